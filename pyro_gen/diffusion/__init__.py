@@ -1,0 +1,97 @@
+"""Diffusion models as Pyro model/guide pairs: schedules, the DDPM (full-chain and time-plate
+forms), parameterizations, samplers, the variational bound and sample-quality scores."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pyro_gen.diffusion.ddpm import DDPM
+from pyro_gen.diffusion.ema import EMA
+from pyro_gen.diffusion.likelihood import (
+    DiscretizedGaussian,
+    normal_kl,
+    prior_kl,
+    variational_bound,
+)
+from pyro_gen.diffusion.parameterization import PARAMETERIZATIONS, convert
+from pyro_gen.diffusion.samplers import ancestral_sample, ddim_sample, ddim_timesteps
+from pyro_gen.diffusion.schedules import (
+    NoiseSchedule,
+    cosine_betas,
+    linear_betas,
+    make_schedule,
+    sigmoid_betas,
+)
+
+__all__ = [
+    "DDPM",
+    "EMA",
+    "PARAMETERIZATIONS",
+    "DiscretizedGaussian",
+    "NoiseSchedule",
+    "ancestral_sample",
+    "build_ddpm",
+    "convert",
+    "cosine_betas",
+    "ddim_sample",
+    "ddim_timesteps",
+    "linear_betas",
+    "make_schedule",
+    "normal_kl",
+    "prior_kl",
+    "sigmoid_betas",
+    "variational_bound",
+]
+
+
+def build_ddpm(
+    event_shape: Sequence[int],
+    *,
+    schedule: str = "linear",
+    param: str = "eps",
+    objective: str = "elbo",
+    timesteps: int = 1000,
+    variance: str = "fixed_small",
+    hidden_dim: int = 128,
+    base_channels: int = 32,
+    num_bins: int = 256,
+    ema_decay: float | None = None,
+    **kwargs,
+) -> DDPM:
+    """A DDPM with a default network for ``event_shape``: a :class:`~pyro_gen.nn.TimeMLP`
+    for vectors ``(D,)``, a :class:`~pyro_gen.nn.UNet` for images ``(H, W)`` / ``(C, H, W)``
+    (floats in [0, 1]; ``num_bins=17`` for sklearn digits scaled by 1/16).
+
+    Train with ``pyro.infer.TraceMeanField_ELBO()`` for the reduced-variance (analytic KL)
+    objective; ``Trace_ELBO`` gives the same bound with Monte Carlo KLs.
+
+    Example:
+        >>> build_ddpm((2,), timesteps=10, hidden_dim=8).sample(2).shape
+        torch.Size([2, 2])
+    """
+    from pyro_gen.nn.time_embedding import TimeMLP
+    from pyro_gen.nn.unet import UNet
+
+    event_shape = tuple(event_shape)
+    out_mult = 2 if variance == "learned_range" else 1
+    if len(event_shape) == 1:
+        net = TimeMLP(event_shape[0], hidden_dim, out_dim=out_mult * event_shape[0])
+    elif len(event_shape) in (2, 3):
+        channels = 1 if len(event_shape) == 2 else event_shape[0]
+        H, W = event_shape[-2:]
+        mults = (1, 2, 2) if H % 4 == 0 and W % 4 == 0 else (1, 2) if H % 2 == 0 else (1,)
+        net = UNet(channels, base_channels, mults, out_channels=out_mult * channels)
+    else:
+        raise ValueError(f"no default network for event shape {event_shape}")
+    return DDPM(
+        net,
+        event_shape,
+        schedule,
+        timesteps=timesteps,
+        param=param,
+        variance=variance,
+        objective=objective,
+        num_bins=num_bins,
+        ema_decay=ema_decay,
+        **kwargs,
+    )

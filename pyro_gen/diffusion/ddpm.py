@@ -1,0 +1,453 @@
+"""DDPM as a Pyro model/guide pair: a Markovian hierarchical VAE whose guide is the fixed
+forward noising process and whose model is the learned reverse chain."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from torch import nn
+
+from pyro_gen.diffusion.ema import EMA
+from pyro_gen.diffusion.likelihood import DiscretizedGaussian, normal_kl
+from pyro_gen.diffusion.parameterization import PARAMETERIZATIONS, convert
+from pyro_gen.diffusion.schedules import NoiseSchedule, make_schedule
+
+__all__ = ["DDPM"]
+
+VARIANCES = ("fixed_small", "fixed_large", "learned_range")
+
+
+class DDPM(nn.Module):
+    """Denoising diffusion probabilistic model written as a Pyro model/guide pair.
+
+    **Full-chain form** (``form="full_chain"``, usable for small :math:`T`). The model is the
+    reverse Markov chain and the guide is the forward process factored so each site pairs with
+    the model's:
+
+    .. math::
+
+        p_\\theta(x_{0:T}) = p(x_T) \\prod_{t=1}^T p_\\theta(x_{t-1} \\mid x_t), \\qquad
+        q(x_{1:T} \\mid x_0) = q(x_T \\mid x_0) \\prod_{t=2}^T q(x_{t-1} \\mid x_t, x_0).
+
+    Sites ``x_T`` (named ``f"x_{T}"``), ``x_{T-1}``, ..., ``x_1`` and the observed ``x_0``.
+    ``Trace_ELBO`` is then the exact DDPM bound (Monte Carlo) and ``TraceMeanField_ELBO``
+    replaces each latent term by its closed-form Gaussian KL.
+
+    **Time-plate form** (``form="time_plate"``, the default, the reduced-variance objective of
+    Ho et al.). The sum over :math:`t` becomes a Pyro plate ``"time"`` of size :math:`T`,
+    subsampled to ``time_samples`` steps per example, which Pyro scales by
+    :math:`T/\\text{time\\_samples}`:
+
+    .. math::
+
+        \\mathcal L = L_T + T\\, \\mathbb E_{t \\sim U\\{1..T\\}} \\mathbb E_{q(x_t \\mid x_0)}
+        \\big[ \\mathbb 1_{t>1} D_{KL}(q(x_{t-1} \\mid x_t, x_0) \\| p_\\theta(x_{t-1}
+        \\mid x_t)) - \\mathbb 1_{t=1} \\log p_\\theta(x_0 \\mid x_1) \\big].
+
+    Inside the plate, site ``"x_t"`` has the forward marginal :math:`q(x_t \\mid x_0)` in both
+    model and guide (so it contributes exactly zero), site ``"x_prev"`` pairs
+    :math:`p_\\theta` with the forward posterior (masked to :math:`t > 1`), and the observed
+    ``"x_0"`` is masked to :math:`t = 1`. A per-example uniform site ``"t"`` (identical in model
+    and guide, hence contributing zero) shifts the plate's subsampled indices so each example
+    sees its own steps. With ``TraceMeanField_ELBO`` the KLs are analytic: an unbiased estimate
+    of the same bound as the full chain with far lower variance. This "model" conditions on
+    :math:`x_0` and is a training objective, not a generative story; ``model(None)`` always runs
+    the full generative chain.
+
+    ``objective="simple"`` replaces the KLs by :math:`\\tfrac12\\|\\text{target} -
+    \\text{prediction}\\|^2` in the network's own parameterization (eps-MSE for ``"eps"`` and
+    ``"score"``), Ho et al.'s :math:`L_{simple}`: a *reweighted* bound that drops each term's
+    weight :math:`\\beta_t^2 / (2\\sigma_t^2 \\alpha_t (1-\\bar\\alpha_t))` and the decoder; it
+    is not the bound. With ``variance="learned_range"`` it adds ``hybrid_weight`` times the
+    bound with a stop-gradient on the mean (Nichol & Dhariwal's :math:`L_{hybrid}`).
+
+    Reverse-step variances: ``"fixed_small"`` (posterior variance :math:`\\tilde\\beta_t`),
+    ``"fixed_large"`` (:math:`\\beta_t`, with :math:`\\tilde\\beta_2` at :math:`t=1`), or
+    ``"learned_range"``: the network emits extra channels :math:`v` and
+    :math:`\\log\\sigma_t^2 = \\tfrac{v+1}{2}\\log\\beta_t + \\tfrac{1-v}{2}\\log\\tilde\\beta_t`.
+
+    Data: vectors ``(B, D)`` (``data="continuous"``: Gaussian :math:`L_0`, bound in nats) or
+    images ``(B, H, W)`` / ``(B, C, H, W)`` with floats in [0, 1] (``data="image"``), mapped
+    to [-1, 1] inside the model, with a discretized Gaussian :math:`L_0` over ``num_bins``
+    levels so the bound is in bits/dim.
+
+    Args:
+        net: ``net(x_t, t) -> prediction`` with ``t`` a long tensor of 1-based steps; output
+            has the input's shape (twice the channels / features for ``learned_range``).
+        event_shape: shape of one example.
+        schedule: a :class:`NoiseSchedule` or a name for :func:`make_schedule`.
+        timesteps: :math:`T` when ``schedule`` is a name.
+        param: what the network predicts: ``"eps"``, ``"x0"``, ``"v"`` or ``"score"``.
+        variance: ``"fixed_small"``, ``"fixed_large"`` or ``"learned_range"``.
+        objective: ``"elbo"`` or ``"simple"``.
+        form: ``"time_plate"`` or ``"full_chain"`` (what ``model``/``guide`` run on data).
+        time_samples: time steps drawn per example in the time-plate form.
+        data: ``"continuous"``, ``"image"`` or ``"auto"`` (image when ``event_shape`` has 2 or 3
+            dims).
+        num_bins: levels of the discretized decoder (256 for 8-bit pixels, 17 for sklearn
+            digits).
+        hybrid_weight: weight of the bound in the hybrid objective.
+        clip_denoised: clamp predicted :math:`x_0` to [-1, 1] while sampling (default: images).
+        ema_decay: if given, keep an :class:`EMA` of the network, updated each time ``model``
+            runs with gradients in training mode (once per SVI step), used by ``sample``.
+        name: the ``pyro.module`` name.
+
+    References:
+        Ho, Jain, Abbeel. Denoising Diffusion Probabilistic Models. arXiv:2006.11239.
+        Sohl-Dickstein et al. Deep Unsupervised Learning using Nonequilibrium Thermodynamics.
+        arXiv:1503.03585. Nichol, Dhariwal. Improved DDPM. arXiv:2102.09672.
+
+    Example:
+        >>> from pyro_gen.nn.time_embedding import TimeMLP
+        >>> m = DDPM(TimeMLP(2, 16, num_layers=1), (2,), "linear", timesteps=4)
+        >>> loss = pyro.infer.TraceMeanField_ELBO().loss(m.model, m.guide, torch.randn(5, 2))
+        >>> m.sample(3).shape
+        torch.Size([3, 2])
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        event_shape: Sequence[int],
+        schedule: NoiseSchedule | str = "linear",
+        *,
+        timesteps: int = 1000,
+        param: str = "eps",
+        variance: str = "fixed_small",
+        objective: Literal["elbo", "simple"] = "elbo",
+        form: Literal["time_plate", "full_chain"] = "time_plate",
+        time_samples: int = 1,
+        data: Literal["auto", "continuous", "image"] = "auto",
+        num_bins: int = 256,
+        hybrid_weight: float = 1e-3,
+        clip_denoised: bool | None = None,
+        ema_decay: float | None = None,
+        name: str = "ddpm",
+    ) -> None:
+        super().__init__()
+        if param not in PARAMETERIZATIONS:
+            raise ValueError(f"param must be one of {PARAMETERIZATIONS}, got {param!r}")
+        if variance not in VARIANCES:
+            raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
+        if objective not in ("elbo", "simple"):
+            raise ValueError(f"objective must be 'elbo' or 'simple', got {objective!r}")
+        if form not in ("time_plate", "full_chain"):
+            raise ValueError(f"form must be 'time_plate' or 'full_chain', got {form!r}")
+        self.net = net
+        self.schedule = (
+            schedule if isinstance(schedule, NoiseSchedule) else make_schedule(schedule, timesteps)
+        )
+        T = self.schedule.num_timesteps
+        if not 1 <= time_samples <= T:
+            raise ValueError(f"time_samples must lie in [1, T={T}], got {time_samples}")
+        self.event_shape = torch.Size(event_shape)
+        if data == "auto":
+            data = "image" if len(self.event_shape) in (2, 3) else "continuous"
+        if data not in ("continuous", "image"):
+            raise ValueError(f"data must be 'continuous', 'image' or 'auto', got {data!r}")
+        self.data = data
+        self.net_shape = (
+            torch.Size((1, *self.event_shape))
+            if data == "image" and len(self.event_shape) == 2
+            else self.event_shape
+        )
+        self.event_dim = len(self.net_shape)
+        self.param, self.variance, self.objective, self.form = param, variance, objective, form
+        self.time_samples = int(time_samples)
+        self.num_bins = int(num_bins)
+        self.hybrid_weight = float(hybrid_weight)
+        self.clip_denoised = (data == "image") if clip_denoised is None else clip_denoised
+        self.name = name
+        s = self.schedule
+        large = torch.cat([s.posterior_variance[1:2] if T > 1 else s.betas[:1], s.betas[1:]])
+        self.register_buffer("large_log_variance", large.log())
+        self.ema = EMA(self.net, ema_decay) if ema_decay is not None else None
+
+    # ------------------------------------------------------------------ data space
+    def to_model_space(self, x: torch.Tensor) -> torch.Tensor:
+        """Validate data and map it to the network's space (images: [0, 1] -> [-1, 1])."""
+        if x.shape[1:] != self.event_shape:
+            raise ValueError(
+                f"expected data of shape (batch, {', '.join(map(str, self.event_shape))}), "
+                f"got {tuple(x.shape)}"
+            )
+        if self.data == "continuous":
+            return x
+        if not torch.is_floating_point(x):
+            raise ValueError("image data must be floats in [0, 1] (divide uint8 pixels by 255)")
+        if bool((x < 0).any() or (x > 1).any()):
+            raise ValueError(
+                f"image data must lie in [0, 1]; got min {float(x.min()):.3g}, "
+                f"max {float(x.max()):.3g}"
+            )
+        return (x * 2 - 1).reshape(x.shape[:1] + self.net_shape)
+
+    def from_model_space(self, x: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`to_model_space` (images clamped to [0, 1])."""
+        if self.data == "continuous":
+            return x
+        return ((x + 1) / 2).clamp(0, 1).reshape(x.shape[:1] + self.event_shape)
+
+    # ------------------------------------------------------------------ network
+    def _times(self, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
+        batch = like.shape[: like.dim() - self.event_dim]
+        return torch.as_tensor(t, device=like.device).long().expand(batch)
+
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the network on any batch shape; returns (prediction, variance output or None)."""
+        batch = x_t.shape[: x_t.dim() - self.event_dim]
+        out = self.net(x_t.reshape(-1, *self.net_shape), t.reshape(-1))
+        if self.variance == "learned_range":
+            pred, v = out.chunk(2, dim=1)
+            return pred.reshape(x_t.shape), v.reshape(x_t.shape)
+        return out.reshape(batch + self.net_shape), None
+
+    def p_mean_logvar(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor | int,
+        *,
+        clip: bool = False,
+        detach_mean: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Reverse step :math:`p_\\theta(x_{t-1} \\mid x_t) = \\mathcal N(\\mu, \\sigma^2 I)`.
+
+        The mean is the forward posterior mean at the predicted :math:`\\hat x_0`:
+        :math:`\\mu = c^{(1)}_t \\hat x_0 + c^{(2)}_t x_t` (for eps-prediction this is Ho et
+        al.'s :math:`\\frac{1}{\\sqrt{\\alpha_t}}(x_t - \\frac{\\beta_t}{\\sqrt{1-\\bar\\alpha_t}}
+        \\hat\\epsilon)`).
+
+        Returns:
+            dict with ``mean``, ``log_var``, ``pred`` (raw prediction), ``x0`` and ``eps``.
+        """
+        t = self._times(t, x_t)
+        s, nd = self.schedule, self.event_dim
+        pred, v = self.predict(x_t, t)
+        if detach_mean:
+            pred = pred.detach()
+        ab = s.extract("alphas_cumprod", t, nd)
+        x0 = convert(pred, self.param, "x0", x_t, ab)
+        if clip:
+            x0 = x0.clamp(-1, 1)
+        eps = convert(x0, "x0", "eps", x_t, ab)
+        mean = (
+            s.extract("posterior_mean_coef1", t, nd) * x0
+            + s.extract("posterior_mean_coef2", t, nd) * x_t
+        )
+        small = s.extract("posterior_log_variance_clipped", t, nd)
+        if self.variance == "fixed_small":
+            log_var = small.expand_as(mean)
+        elif self.variance == "fixed_large":
+            log_var = self.large_log_variance[t - 1].reshape(t.shape + (1,) * nd).expand_as(mean)
+        else:
+            frac = (v + 1) / 2
+            log_var = frac * s.extract("betas", t, nd).log() + (1 - frac) * small
+        return {"mean": mean, "log_var": log_var, "pred": pred, "x0": x0, "eps": eps}
+
+    def decoder(self, mean: torch.Tensor, log_var: torch.Tensor) -> dist.Distribution:
+        """:math:`p_\\theta(x_0 \\mid x_1)`: discretized Gaussian (images) or Gaussian."""
+        scale = (0.5 * log_var).exp()
+        base = (
+            DiscretizedGaussian(mean, scale, self.num_bins)
+            if self.data == "image"
+            else dist.Normal(mean, scale)
+        )
+        return base.to_event(self.event_dim)
+
+    def _normal(self, mean: torch.Tensor, log_var: torch.Tensor) -> dist.Distribution:
+        return dist.Normal(mean, (0.5 * log_var).exp()).to_event(self.event_dim)
+
+    def _maybe_update_ema(self) -> None:
+        if self.ema is not None and self.training and torch.is_grad_enabled():
+            self.ema.update()
+
+    # ------------------------------------------------------------------ full chain
+    def chain_model(self, x: torch.Tensor | None = None, num_samples: int = 1) -> torch.Tensor:
+        """Generative chain :math:`x_T \\to \\dots \\to x_0`; observes ``x`` at ``"x_0"``."""
+        pyro.module(self.name, self)
+        self._maybe_update_ema()
+        T = self.schedule.num_timesteps
+        x0 = None if x is None else self.to_model_space(x)
+        batch = num_samples if x is None else x.shape[0]
+        zeros = self.large_log_variance.new_zeros((batch, *self.net_shape))
+        with pyro.plate("data", batch):
+            x_t = pyro.sample(f"x_{T}", dist.Normal(zeros, 1.0).to_event(self.event_dim))
+            for t in range(T, 1, -1):
+                p = self.p_mean_logvar(x_t, t)
+                x_t = pyro.sample(f"x_{t - 1}", self._normal(p["mean"], p["log_var"]))
+            p = self.p_mean_logvar(x_t, 1)
+            return pyro.sample("x_0", self.decoder(p["mean"], p["log_var"]), obs=x0)
+
+    def chain_guide(self, x: torch.Tensor, num_samples: int = 1) -> None:
+        """Forward process :math:`q(x_T \\mid x_0) \\prod_t q(x_{t-1} \\mid x_t, x_0)`."""
+        s, nd, T = self.schedule, self.event_dim, self.schedule.num_timesteps
+        x0 = self.to_model_space(x)
+        with pyro.plate("data", x0.shape[0]):
+            mean, std = s.q_mean_std(x0, self._times(T, x0), nd)
+            x_t = pyro.sample(f"x_{T}", dist.Normal(mean, std).to_event(nd))
+            for t in range(T, 1, -1):
+                mean, log_var = s.q_posterior(x0, x_t, self._times(t, x0), nd)
+                x_t = pyro.sample(f"x_{t - 1}", self._normal(mean, log_var))
+
+    # ------------------------------------------------------------------ time plate
+    def _plate_times(self, idx: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        # Shifting the plate's k distinct indices by a per-example uniform offset keeps each
+        # example's k steps a uniform k-subset of {1..T}, so the plate's T/k scale stays exact.
+        T = self.schedule.num_timesteps
+        shift = (u * T).long().clamp(max=T - 1)
+        return (idx.to(u.device)[:, None] + shift[None, :]) % T + 1
+
+    def _prior_site(self, x0: torch.Tensor, guide: bool) -> None:
+        T, nd = self.schedule.num_timesteps, self.event_dim
+        if guide:
+            mean, std = self.schedule.q_mean_std(x0, self._times(T, x0), nd)
+            pyro.sample(f"x_{T}", dist.Normal(mean, std).to_event(nd))
+        else:
+            pyro.sample(f"x_{T}", dist.Normal(torch.zeros_like(x0), 1.0).to_event(nd))
+
+    def plate_model(self, x: torch.Tensor) -> None:
+        """Time-plate model (see class docstring)."""
+        pyro.module(self.name, self)
+        self._maybe_update_ema()
+        s, nd, T = self.schedule, self.event_dim, self.schedule.num_timesteps
+        x0 = self.to_model_space(x)
+        B = x0.shape[0]
+        with pyro.plate("data", B, dim=-1):
+            u = pyro.sample("t", dist.Uniform(x0.new_zeros(B), x0.new_ones(B)))
+            self._prior_site(x0, guide=False)
+            with pyro.plate("time", T, subsample_size=self.time_samples, dim=-2) as idx:
+                t = self._plate_times(idx, u)
+                mean, std = s.q_mean_std(x0, t, nd)
+                x_t = pyro.sample("x_t", dist.Normal(mean, std).to_event(nd))
+                obs = x0.expand(x_t.shape)
+                if self.objective == "elbo":
+                    p = self.p_mean_logvar(x_t, t)
+                    self._bound_sites(p["mean"], p["log_var"], t, obs)
+                    return
+                p = self.p_mean_logvar(x_t, t)
+                ab = s.extract("alphas_cumprod", t, nd)
+                eps = convert(obs, "x0", "eps", x_t, ab)
+                native = "eps" if self.param == "score" else self.param
+                target = convert(eps, "eps", native, x_t, ab)
+                pred = convert(p["pred"], self.param, native, x_t, ab)
+                pyro.factor("L_simple", -0.5 * (pred - target).pow(2).flatten(2).sum(-1))
+                if self.variance == "learned_range":
+                    p = self.p_mean_logvar(x_t, t, detach_mean=True)
+                    with poutine.scale(scale=self.hybrid_weight):
+                        self._bound_sites(p["mean"], p["log_var"], t, obs)
+
+    def _bound_sites(self, mean, log_var, t, obs) -> None:
+        with poutine.mask(mask=t > 1):
+            pyro.sample("x_prev", self._normal(mean, log_var))
+        with poutine.mask(mask=t == 1):
+            pyro.sample("x_0", self.decoder(mean, log_var), obs=obs)
+
+    def plate_guide(self, x: torch.Tensor) -> None:
+        """Time-plate guide: forward marginal at ``"x_t"``, forward posterior at ``"x_prev"``."""
+        s, nd, T = self.schedule, self.event_dim, self.schedule.num_timesteps
+        x0 = self.to_model_space(x)
+        B = x0.shape[0]
+        with pyro.plate("data", B, dim=-1):
+            u = pyro.sample("t", dist.Uniform(x0.new_zeros(B), x0.new_ones(B)))
+            self._prior_site(x0, guide=True)
+            with pyro.plate("time", T, subsample_size=self.time_samples, dim=-2) as idx:
+                t = self._plate_times(idx, u)
+                mean, std = s.q_mean_std(x0, t, nd)
+                x_t = pyro.sample("x_t", dist.Normal(mean, std).to_event(nd))
+                if self.objective == "elbo" or self.variance == "learned_range":
+                    weight = 1.0 if self.objective == "elbo" else self.hybrid_weight
+                    mean, log_var = s.q_posterior(x0, x_t, t, nd)
+                    with poutine.scale(scale=weight), poutine.mask(mask=t > 1):
+                        pyro.sample("x_prev", self._normal(mean, log_var))
+
+    # ------------------------------------------------------------------ protocol
+    def model(self, x: torch.Tensor | None = None, num_samples: int = 1) -> torch.Tensor | None:
+        """Time-plate or full-chain model on data; the generative chain when ``x`` is None."""
+        if x is None or self.form == "full_chain":
+            return self.chain_model(x, num_samples)
+        return self.plate_model(x)
+
+    def guide(self, x: torch.Tensor | None = None, num_samples: int = 1) -> None:
+        """The fixed forward process matching :meth:`model`'s form (nothing when ``x`` is None)."""
+        if x is None:
+            return None
+        if self.form == "full_chain":
+            return self.chain_guide(x)
+        return self.plate_guide(x)
+
+    @torch.no_grad()
+    def step_term(self, x0: torch.Tensor, t: int) -> torch.Tensor:
+        """One term of the bound per example (``x0`` in model space): :math:`L_{t-1}` with the
+        analytic KL for ``t > 1``, :math:`L_0 = -\\log p_\\theta(x_0 \\mid x_1)` for ``t = 1``;
+        a single draw of :math:`x_t \\sim q(x_t \\mid x_0)`."""
+        s, nd = self.schedule, self.event_dim
+        tt = self._times(t, x0)
+        x_t = s.q_sample(x0, tt, torch.randn_like(x0), nd)
+        p = self.p_mean_logvar(x_t, tt)
+        if t == 1:
+            return -self.decoder(p["mean"], p["log_var"]).log_prob(x0)
+        q_mean, q_log_var = s.q_posterior(x0, x_t, tt, nd)
+        return normal_kl(q_mean, q_log_var, p["mean"], p["log_var"]).flatten(1).sum(-1)
+
+    def sample(
+        self,
+        num_samples: int,
+        sampler: Literal["ancestral", "ddim"] = "ancestral",
+        *,
+        steps: int | None = None,
+        eta: float = 0.0,
+        use_ema: bool = True,
+        progress: bool = False,
+        batch_size: int | None = None,
+    ) -> torch.Tensor:
+        """Draw samples in data space (images in [0, 1]), see :mod:`pyro_gen.diffusion.samplers`.
+
+        Args:
+            num_samples: how many.
+            sampler: ``"ancestral"`` (all T steps of :math:`p_\\theta`) or ``"ddim"``.
+            steps: DDIM steps (default T); must be in [1, T].
+            eta: DDIM stochasticity (0 deterministic, 1 the DDPM posterior variance).
+            use_ema: sample with the EMA weights when the model keeps them.
+            progress: tqdm bar over the steps.
+            batch_size: draw in chunks of this size.
+        """
+        from pyro_gen.diffusion.samplers import ancestral_sample, ddim_sample
+
+        if sampler not in ("ancestral", "ddim"):
+            raise ValueError(f"sampler must be 'ancestral' or 'ddim', got {sampler!r}")
+        if sampler == "ancestral" and steps not in (None, self.schedule.num_timesteps):
+            raise ValueError("ancestral sampling runs all T steps; use sampler='ddim' for fewer")
+        batch_size = batch_size or num_samples
+        out = []
+        ctx = self.ema.average_parameters() if (use_ema and self.ema is not None) else _null()
+        with ctx:
+            for start in range(0, num_samples, batch_size):
+                n = min(batch_size, num_samples - start)
+                if sampler == "ancestral":
+                    out.append(ancestral_sample(self, n, progress=progress))
+                else:
+                    out.append(ddim_sample(self, n, steps=steps, eta=eta, progress=progress))
+        return torch.cat(out)
+
+    def bits_per_dim(self, x: torch.Tensor, **kwargs) -> float:
+        """Mean bound in bits/dim over ``x`` (all T terms, see
+        :func:`~pyro_gen.diffusion.likelihood.variational_bound`)."""
+        from pyro_gen.diffusion.likelihood import variational_bound
+
+        return float(variational_bound(self, x, **kwargs)["total"].mean()) / (
+            math.prod(self.event_shape) * math.log(2)
+        )
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc) -> None:
+        return None

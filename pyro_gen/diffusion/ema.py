@@ -1,0 +1,89 @@
+"""Exponential moving average of a network's parameters, for sampling."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+__all__ = ["EMA"]
+
+
+class EMA(nn.Module):
+    """Keeps :math:`\\bar\\theta \\leftarrow d\\,\\bar\\theta + (1 - d)\\,\\theta` after each
+    :meth:`update`, with the warm-up :math:`d_n = \\min(d, (1 + n)/(10 + n))` so early averages
+    are not dominated by the initialization.
+
+    The averages are buffers (they follow ``.to(device)`` and ``state_dict``); the tracked
+    module is held outside the module tree so its parameters are not registered twice.
+    Calling the object updates it, so it can also serve as a training callback.
+
+    Args:
+        module: the network whose parameters are averaged.
+        decay: :math:`d` in (0, 1).
+
+    References:
+        Ho, Jain, Abbeel. Denoising Diffusion Probabilistic Models (appendix B).
+        arXiv:2006.11239.
+
+    Example:
+        >>> net = nn.Linear(2, 1)
+        >>> ema = EMA(net, decay=0.5)
+        >>> with torch.no_grad():
+        ...     _ = net.bias.fill_(1.0)
+        >>> ema.update()
+        >>> with ema.average_parameters():
+        ...     bool(net.bias.item() < 1.0)
+        True
+        >>> net.bias.item()
+        1.0
+    """
+
+    num_updates: torch.Tensor
+
+    def __init__(self, module: nn.Module, decay: float = 0.999) -> None:
+        super().__init__()
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"EMA decay must lie in (0, 1), got {decay}")
+        self.decay = float(decay)
+        self.__dict__["_target"] = module
+        self._names = [n for n, p in module.named_parameters() if p.requires_grad]
+        for n, p in module.named_parameters():
+            if p.requires_grad:
+                self.register_buffer(self._key(n), p.detach().clone())
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+
+    @staticmethod
+    def _key(name: str) -> str:
+        return "avg__" + name.replace(".", "__")
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Move the averages towards the module's current parameters."""
+        n = int(self.num_updates)
+        d = min(self.decay, (1 + n) / (10 + n))
+        params = dict(self._target.named_parameters())
+        for name in self._names:
+            avg = getattr(self, self._key(name))
+            avg.lerp_(params[name].detach().to(avg.dtype), 1 - d)
+        self.num_updates += 1
+
+    def __call__(self, *args, **kwargs) -> None:  # usable as a callback of any signature
+        self.update()
+
+    @contextmanager
+    def average_parameters(self) -> Iterator[nn.Module]:
+        """Temporarily load the averages into the module (restored on exit)."""
+        params = dict(self._target.named_parameters())
+        saved = {n: params[n].detach().clone() for n in self._names}
+        with torch.no_grad():
+            for n in self._names:
+                params[n].copy_(getattr(self, self._key(n)))
+        try:
+            yield self._target
+        finally:
+            with torch.no_grad():
+                for n in self._names:
+                    params[n].copy_(saved[n])

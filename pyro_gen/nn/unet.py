@@ -1,0 +1,166 @@
+"""A small U-Net with ResNet blocks and optional self-attention, for 28x28-sized images."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pyro_gen.nn.time_embedding import SinusoidalTimeEmbedding
+
+__all__ = ["UNet"]
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    groups = next(g for g in (8, 4, 2, 1) if channels % g == 0)
+    return nn.GroupNorm(groups, channels)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv twice, time embedding added in between, 1x1 skip when widths
+    differ."""
+
+    def __init__(self, c_in: int, c_out: int, time_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm1, self.conv1 = _norm(c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.time = nn.Linear(time_dim, c_out)
+        self.norm2, self.conv2 = _norm(c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.dropout = nn.Dropout(dropout)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.time(F.silu(emb))[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return h + self.skip(x)
+
+
+class Attention(nn.Module):
+    """Single-head self-attention over spatial positions, residual."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm = _norm(channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, C, H * W).unbind(1)
+        h = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return x + self.proj(h.transpose(1, 2).reshape(B, C, H, W))
+
+
+class UNet(nn.Module):
+    """U-Net :math:`\\epsilon_\\theta(x_t, t)` for images ``(B, C, H, W)``.
+
+    Each resolution has ``num_res_blocks`` ResNet blocks (time embedding added inside), the
+    resolution halves between levels (stride-2 conv) and doubles on the way up (nearest
+    upsampling + conv), with skip connections; self-attention follows each block of the
+    levels listed in ``attention_levels`` (the middle block always has it). H and W must be
+    divisible by ``2 ** (len(channel_mults) - 1)``.
+
+    Args:
+        in_channels: image channels.
+        base_channels: width at full resolution.
+        channel_mults: width multipliers per level (28x28 with ``(1, 2, 2)``: 28, 14, 7).
+        num_res_blocks: ResNet blocks per level.
+        attention_levels: level indices (0 = full resolution, negative from the end) whose
+            blocks get self-attention; the default ``(-1,)`` is the lowest resolution.
+        out_channels: output channels (default ``in_channels``; twice that for learned
+            variances).
+        dropout: dropout in the ResNet blocks.
+
+    References:
+        Ronneberger, Fischer, Brox. U-Net. arXiv:1505.04597. Ho, Jain, Abbeel. Denoising
+        Diffusion Probabilistic Models. arXiv:2006.11239.
+
+    Example:
+        >>> net = UNet(1, base_channels=8, channel_mults=(1, 2), attention_levels=(1,))
+        >>> net(torch.randn(2, 1, 8, 8), torch.tensor([1, 7])).shape
+        torch.Size([2, 1, 8, 8])
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        base_channels: int = 32,
+        channel_mults: Sequence[int] = (1, 2, 2),
+        num_res_blocks: int = 1,
+        attention_levels: Sequence[int] = (-1,),
+        out_channels: int | None = None,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.factor = 2 ** (len(channel_mults) - 1)
+        n_levels = len(channel_mults)
+        attn_levels = {lvl % n_levels for lvl in attention_levels}
+        time_dim = 4 * base_channels
+        self.embed = SinusoidalTimeEmbedding(base_channels, time_dim)
+        self.inp = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+        widths = [base_channels * m for m in channel_mults]
+        self.down = nn.ModuleList()
+        self.down_attn = nn.ModuleList()
+        self.downsample = nn.ModuleList()
+        c = base_channels
+        skips = [c]
+        for level, w in enumerate(widths):
+            blocks, attns = nn.ModuleList(), nn.ModuleList()
+            for _ in range(num_res_blocks):
+                blocks.append(ResBlock(c, w, time_dim, dropout))
+                attns.append(Attention(w) if level in attn_levels else nn.Identity())
+                c = w
+                skips.append(c)
+            self.down.append(blocks)
+            self.down_attn.append(attns)
+            if level < len(widths) - 1:
+                self.downsample.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
+                skips.append(c)
+        self.mid1 = ResBlock(c, c, time_dim, dropout)
+        self.mid_attn = Attention(c)
+        self.mid2 = ResBlock(c, c, time_dim, dropout)
+        self.up = nn.ModuleList()
+        self.up_attn = nn.ModuleList()
+        self.upsample = nn.ModuleList()
+        for level, w in reversed(list(enumerate(widths))):
+            blocks, attns = nn.ModuleList(), nn.ModuleList()
+            for _ in range(num_res_blocks + 1):
+                blocks.append(ResBlock(c + skips.pop(), w, time_dim, dropout))
+                attns.append(Attention(w) if level in attn_levels else nn.Identity())
+                c = w
+            self.up.append(blocks)
+            self.up_attn.append(attns)
+            if level > 0:
+                self.upsample.append(nn.Conv2d(c, c, 3, padding=1))
+        self.out_norm = _norm(c)
+        self.out = nn.Conv2d(c, in_channels if out_channels is None else out_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"UNet expects (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        H, W = x.shape[-2:]
+        if H % self.factor or W % self.factor:
+            raise ValueError(
+                f"image size {H}x{W} is not divisible by {self.factor} "
+                f"(2 ** (len(channel_mults) - 1)); pad the images or use fewer levels"
+            )
+        emb = self.embed(t)
+        h = self.inp(x)
+        hs = [h]
+        for level, (blocks, attns) in enumerate(zip(self.down, self.down_attn)):
+            for block, attn in zip(blocks, attns):
+                h = attn(block(h, emb))
+                hs.append(h)
+            if level < len(self.downsample):
+                h = self.downsample[level](h)
+                hs.append(h)
+        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
+        for i, (blocks, attns) in enumerate(zip(self.up, self.up_attn)):
+            for block, attn in zip(blocks, attns):
+                h = attn(block(torch.cat([h, hs.pop()], dim=1), emb))
+            if i < len(self.upsample):
+                h = self.upsample[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))
+        return self.out(F.silu(self.out_norm(h)))

@@ -1,0 +1,14 @@
+"""Networks used as conditioners and backbones (no probability code here)."""
+
+from __future__ import annotations
+
+from pyro_gen.nn.mlp import MLP, broadcast_context
+from pyro_gen.nn.resnet import ResNetConv
+
+__all__ = ["MLP", "ResNetConv", "broadcast_context"]
+
+# diffusion helper: time-conditioned networks
+from pyro_gen.nn.time_embedding import SinusoidalTimeEmbedding, TimeMLP  # noqa: E402
+from pyro_gen.nn.unet import UNet  # noqa: E402
+
+__all__ += ["SinusoidalTimeEmbedding", "TimeMLP", "UNet"]

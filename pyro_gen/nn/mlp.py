@@ -1,0 +1,92 @@
+"""Fully connected conditioner networks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+def broadcast_context(x: torch.Tensor, context: torch.Tensor, event_dim: int) -> torch.Tensor:
+    """Expands ``context`` (shape ``(..., K)``) to the batch shape of ``x``.
+
+    Args:
+        x: input with ``event_dim`` rightmost event dimensions.
+        context: context vectors, batch dims broadcastable against those of ``x``.
+        event_dim: number of rightmost event dims of ``x``.
+
+    Returns:
+        ``context`` expanded to ``x.shape[:-event_dim] + (K,)`` (or a broadcast of both).
+
+    Example:
+        >>> broadcast_context(torch.zeros(5, 3), torch.ones(2), 1).shape
+        torch.Size([5, 2])
+    """
+    batch = x.shape[: x.dim() - event_dim]
+    shape = torch.broadcast_shapes(batch, context.shape[:-1])
+    return context.expand(shape + context.shape[-1:])
+
+
+class MLP(nn.Module):
+    r"""Multi-layer perceptron :math:`\mathbb{R}^{d_\text{in}} \to \mathbb{R}^{d_\text{out}}`.
+
+    Acts on the last dimension, so any batch shape is accepted. With ``context_dim > 0``
+    the context vector is concatenated to the input (batch dims broadcast), which is how
+    the conditional coupling and autoregressive transforms condition on a class or
+    other side information.
+
+    Args:
+        in_dim: input features.
+        hidden_dims: widths of the hidden layers (may be empty: a linear map).
+        out_dim: output features.
+        activation: activation module class, instantiated once per hidden layer.
+        context_dim: size of an optional context vector concatenated to the input.
+        zero_init_output: zero the last layer so the network starts at the constant 0
+            (a coupling layer built on it then starts at the identity).
+
+    Example:
+        >>> net = MLP(3, [16, 16], 4)
+        >>> net(torch.randn(7, 3)).shape
+        torch.Size([7, 4])
+        >>> cnet = MLP(3, [8], 2, context_dim=5)
+        >>> cnet(torch.randn(2, 7, 3), torch.randn(7, 5)).shape
+        torch.Size([2, 7, 2])
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden_dims: Sequence[int],
+        out_dim: int,
+        activation: type[nn.Module] = nn.ReLU,
+        *,
+        context_dim: int = 0,
+        zero_init_output: bool = False,
+    ) -> None:
+        super().__init__()
+        self.in_dim = in_dim
+        self.out_dim = out_dim
+        self.context_dim = context_dim
+        dims = [in_dim + context_dim, *hidden_dims]
+        layers: list[nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            layers += [nn.Linear(a, b), activation()]
+        self.output = nn.Linear(dims[-1], out_dim)
+        if zero_init_output:
+            nn.init.zeros_(self.output.weight)
+            nn.init.zeros_(self.output.bias)
+        layers.append(self.output)
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        if x.shape[-1] != self.in_dim:
+            raise ValueError(f"MLP expected last dim {self.in_dim}, got shape {tuple(x.shape)}")
+        if self.context_dim:
+            if context is None:
+                raise ValueError("this MLP was built with context_dim > 0; pass a context")
+            context = broadcast_context(x, context, 1)
+            x = torch.cat([x.expand(context.shape[:-1] + x.shape[-1:]), context], dim=-1)
+        elif context is not None:
+            raise ValueError("context given to an MLP built with context_dim=0")
+        return self.net(x)

@@ -1,0 +1,94 @@
+"""Element-wise bijections that coupling and autoregressive transforms are generic over.
+
+A conditioner network predicts ``num_params`` tensors per transformed element; the
+element-wise bijection maps ``x -> y`` with them and returns its log-derivative.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ElementwiseBijection(nn.Module):
+    """Interface: an invertible scalar map :math:`y = h(x; \\theta)` applied per element.
+
+    Subclasses set ``num_params`` and implement :meth:`forward` and :meth:`inverse`, each
+    returning the output and :math:`\\log|\\partial y/\\partial x|` element-wise.
+    """
+
+    num_params: int = 0
+
+    def forward(
+        self, x: torch.Tensor, params: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def inverse(
+        self, y: torch.Tensor, params: tuple[torch.Tensor, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+
+class Additive(ElementwiseBijection):
+    r"""Shift :math:`y = x + t`, volume preserving (NICE).
+
+    Example:
+        >>> y, ladj = Additive()(torch.zeros(2), (torch.ones(2),))
+        >>> y.tolist(), ladj.tolist()
+        ([1.0, 1.0], [0.0, 0.0])
+    """
+
+    num_params = 1
+
+    def forward(self, x, params):
+        (shift,) = params
+        return x + shift, torch.zeros_like(x)
+
+    def inverse(self, y, params):
+        (shift,) = params
+        return y - shift, torch.zeros_like(y)
+
+
+class Affine(ElementwiseBijection):
+    r"""Affine map :math:`y = x \exp(s) + t` with a soft-bounded log-scale.
+
+    The raw log-scale :math:`\tilde s` from the conditioner is squashed as
+    :math:`s = B \tanh(\tilde s / B)`, so :math:`|s| < B` (default :math:`B = 3`). We
+    chose this over Glow's :math:`\sigma(\tilde s + 2)` because it is the identity near 0
+    (a zero-initialised conditioner gives an identity layer) and it bounds the scale in
+    both directions, so neither the forward nor the inverse can blow up, while keeping
+    non-zero gradients everywhere (unlike hard clipping).
+
+    Args:
+        log_scale_bound: :math:`B`.
+
+    Example:
+        >>> f = Affine()
+        >>> y, ladj = f(torch.ones(2), (torch.zeros(2), torch.zeros(2)))
+        >>> y.tolist(), ladj.tolist()
+        ([1.0, 1.0], [0.0, 0.0])
+    """
+
+    num_params = 2
+
+    def __init__(self, log_scale_bound: float = 3.0) -> None:
+        super().__init__()
+        self.log_scale_bound = float(log_scale_bound)
+
+    def _log_scale(self, raw: torch.Tensor) -> torch.Tensor:
+        b = self.log_scale_bound
+        return b * torch.tanh(raw / b)
+
+    def forward(self, x, params):
+        shift, raw = params
+        log_scale = self._log_scale(raw)
+        return x * torch.exp(log_scale) + shift, log_scale
+
+    def inverse(self, y, params):
+        shift, raw = params
+        log_scale = self._log_scale(raw)
+        return (y - shift) * torch.exp(-log_scale), log_scale
+
+    def extra_repr(self) -> str:
+        return f"log_scale_bound={self.log_scale_bound}"

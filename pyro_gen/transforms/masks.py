@@ -1,0 +1,98 @@
+"""Binary masks for coupling layers.
+
+Convention for every mask here: ``True`` marks the *conditioning* elements, which a
+coupling layer passes through unchanged and feeds to its conditioner; ``False`` marks
+the elements it transforms. Alternate ``parity`` between consecutive layers so every
+element gets transformed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def alternating_mask(dim: int, parity: int = 0) -> torch.Tensor:
+    """Alternating (even/odd) mask for vectors, as in NICE.
+
+    Args:
+        dim: vector length.
+        parity: 0 keeps even positions fixed, 1 keeps odd positions fixed.
+
+    Returns:
+        Bool tensor of shape ``(dim,)``.
+
+    Example:
+        >>> alternating_mask(5).int().tolist()
+        [1, 0, 1, 0, 1]
+    """
+    if dim < 2:
+        raise ValueError(f"a coupling mask needs dim >= 2, got {dim}")
+    return torch.arange(dim) % 2 == parity % 2
+
+
+def half_mask(dim: int, parity: int = 0) -> torch.Tensor:
+    """Contiguous split mask (first half fixed), the split Pyro's ``AffineCoupling`` uses.
+
+    Contiguous masks let :class:`~pyro_gen.transforms.Coupling` use slicing instead of
+    gathers, the fastest layout for vectors.
+
+    Args:
+        dim: vector length.
+        parity: 0 keeps the first ``ceil(dim/2)`` entries fixed, 1 keeps the rest fixed.
+
+    Returns:
+        Bool tensor of shape ``(dim,)``.
+
+    Example:
+        >>> half_mask(5).int().tolist()
+        [1, 1, 1, 0, 0]
+    """
+    if dim < 2:
+        raise ValueError(f"a coupling mask needs dim >= 2, got {dim}")
+    mask = torch.arange(dim) < (dim + 1) // 2
+    return mask if parity % 2 == 0 else ~mask
+
+
+def checkerboard_mask(channels: int, height: int, width: int, parity: int = 0) -> torch.Tensor:
+    """Spatial checkerboard mask for images (RealNVP), the same in every channel.
+
+    Args:
+        channels: number of channels ``C``.
+        height: image height ``H``.
+        width: image width ``W``.
+        parity: which colour of the board is kept fixed.
+
+    Returns:
+        Bool tensor of shape ``(C, H, W)``.
+
+    Example:
+        >>> checkerboard_mask(1, 2, 3)[0].int().tolist()
+        [[1, 0, 1], [0, 1, 0]]
+    """
+    if height * width < 2:
+        raise ValueError("a checkerboard mask needs at least two pixels")
+    ij = torch.arange(height)[:, None] + torch.arange(width)[None, :]
+    board = ij % 2 == parity % 2
+    return board.expand(channels, height, width).clone()
+
+
+def channel_mask(channels: int, height: int, width: int, parity: int = 0) -> torch.Tensor:
+    """Channel-wise mask for images (RealNVP after squeezing, Glow): half the channels fixed.
+
+    Args:
+        channels: number of channels ``C`` (at least 2).
+        height: image height ``H``.
+        width: image width ``W``.
+        parity: 0 keeps the first ``ceil(C/2)`` channels fixed, 1 keeps the rest fixed.
+
+    Returns:
+        Bool tensor of shape ``(C, H, W)``.
+
+    Example:
+        >>> channel_mask(4, 1, 1, parity=1).flatten().int().tolist()
+        [0, 0, 1, 1]
+    """
+    if channels < 2:
+        raise ValueError(f"a channel mask needs at least 2 channels, got {channels}")
+    keep = half_mask(channels, parity)
+    return keep[:, None, None].expand(channels, height, width).clone()

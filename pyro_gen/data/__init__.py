@@ -1,0 +1,34 @@
+"""Datasets, preprocessing and on-device batching.
+
+``load(name, split, root)`` gives MNIST, Fashion-MNIST, scikit-learn's 8x8 digits and
+2D toy densities as tensors; :mod:`pyro_gen.data.preprocessing` turns uint8 images into
+binary, dequantized or logit-space data. Every failure to find or read data raises
+:class:`DatasetError` with a message naming the file and the remedy.
+"""
+
+from __future__ import annotations
+
+from pyro_gen.data.errors import DatasetError
+from pyro_gen.data.load import DATASETS, load
+from pyro_gen.data.preprocessing import (
+    bits_per_dim,
+    dynamic_binarize,
+    inverse_logit_transform,
+    logit_transform,
+    static_binarize,
+    uniform_dequantize,
+)
+from pyro_gen.data.toys import TOYS
+
+__all__ = [
+    "DATASETS",
+    "TOYS",
+    "DatasetError",
+    "bits_per_dim",
+    "dynamic_binarize",
+    "inverse_logit_transform",
+    "load",
+    "logit_transform",
+    "static_binarize",
+    "uniform_dequantize",
+]

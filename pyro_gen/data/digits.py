@@ -1,0 +1,74 @@
+"""scikit-learn's bundled 8x8 handwritten digits (1,797 images), for fast tests.
+
+The images ship inside scikit-learn, so no download is ever needed. Pixel values are
+integers 0..16 as scikit-learn gives them (not rescaled). scikit-learn has no official
+split, so a fixed one is used: ``numpy.random.default_rng(0).permutation(1797)``, whose
+first :data:`NUM_TRAIN` = 1,500 indices form ``train`` and the remaining 297 ``test``.
+The split is therefore the same on every machine and never overlaps.
+
+References:
+    E. Alpaydin, C. Kaynak, "Optical Recognition of Handwritten Digits", UCI Machine
+    Learning Repository, 1998.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pyro_gen.data.errors import DatasetError
+from pyro_gen.data.idx_dataset import check_split
+
+NUM_TRAIN = 1500
+SPLIT_SEED = 0
+
+
+def _read_sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None:
+        raise DatasetError(
+            "the digits dataset ships with scikit-learn, which is not installed. "
+            "Install it with: pip install 'pyro-gen[digits]' (or pip install scikit-learn)"
+        )
+    # Importing sklearn takes seconds; its bundled CSV (what load_digits parses) does not.
+    csv = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
+    if csv.is_file():
+        table = np.loadtxt(csv, delimiter=",", dtype=np.float64)
+        return table[:, :-1].reshape(-1, 8, 8), table[:, -1]
+    from sklearn.datasets import load_digits as sklearn_load_digits
+
+    bunch = sklearn_load_digits()
+    return bunch.images, bunch.target
+
+
+@functools.lru_cache(maxsize=1)
+def _all_digits() -> tuple[np.ndarray, np.ndarray]:
+    images, labels = _read_sklearn_digits()
+    images, labels = images.astype(np.uint8), labels.astype(np.int64)
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(labels))
+    return images[order], labels[order]
+
+
+def load_digits(
+    split: str = "train", root: str | os.PathLike[str] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load the 8x8 digits as uint8 images ``(N, 8, 8)`` in 0..16 and int64 labels.
+
+    Args:
+        split: ``"train"`` (1,500 images) or ``"test"`` (297 images).
+        root: ignored (the data ship with scikit-learn); accepted for a uniform API.
+
+    Example:
+        >>> x, y = load_digits("test")
+        >>> x.shape, x.dtype, int(x.max()), y.dtype
+        (torch.Size([297, 8, 8]), torch.uint8, 16, torch.int64)
+    """
+    check_split(split)
+    images, labels = _all_digits()
+    part = slice(None, NUM_TRAIN) if split == "train" else slice(NUM_TRAIN, None)
+    return torch.from_numpy(images[part].copy()), torch.from_numpy(labels[part].copy())

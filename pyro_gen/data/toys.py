@@ -1,0 +1,144 @@
+"""Seeded samplers of the 2D toy densities used to visualise density estimators.
+
+Each sampler draws ``num_samples`` float32 points of shape ``(num_samples, 2)`` from a
+:class:`torch.Generator` on the CPU, so a given seed gives the same points on every
+machine. Through :func:`load_toy` the train and test splits use different streams:
+the generator is seeded with ``2 * seed`` for ``train`` and ``2 * seed + 1`` for
+``test``, so the two splits never repeat each other for any ``seed``.
+
+The shapes and scales follow FFJORD's toy data (all roughly within [-4, 4]^2).
+
+References:
+    W. Grathwohl, R. T. Q. Chen, J. Bettencourt, I. Sutskever, D. Duvenaud, "FFJORD:
+    Free-form Continuous Dynamics for Scalable Reversible Generative Models",
+    arXiv:1810.01367.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+
+import torch
+
+from pyro_gen.data.idx_dataset import check_split
+
+DEFAULT_NUM_SAMPLES = 10_000
+
+Sampler = Callable[[int, torch.Generator], torch.Tensor]
+
+
+def _randn(n: int, g: torch.Generator, d: int = 2) -> torch.Tensor:
+    return torch.randn(n, d, generator=g)
+
+
+def _rand(n: int, g: torch.Generator) -> torch.Tensor:
+    return torch.rand(n, generator=g)
+
+
+def _shuffle(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    return x[torch.randperm(x.shape[0], generator=g)]
+
+
+def eight_gaussians(num_samples: int, generator: torch.Generator) -> torch.Tensor:
+    """Eight Gaussians (std 0.35) with means evenly spaced on a circle of radius 2.83."""
+    angles = torch.arange(8) * (math.pi / 4)
+    centers = 4.0 * torch.stack([angles.cos(), angles.sin()], dim=-1)
+    which = torch.randint(0, 8, (num_samples,), generator=generator)
+    return (centers[which] + 0.5 * _randn(num_samples, generator)) / math.sqrt(2)
+
+
+def moons(num_samples: int, generator: torch.Generator) -> torch.Tensor:
+    """Two interleaving half circles ("two moons") with Gaussian noise of std 0.2."""
+    n_outer = num_samples // 2
+    t = math.pi * _rand(num_samples, generator)
+    outer = torch.stack([t.cos(), t.sin()], dim=-1)
+    inner = torch.stack([1 - t.cos(), 0.5 - t.sin()], dim=-1)
+    x = torch.where((torch.arange(num_samples) < n_outer)[:, None], outer, inner)
+    x = 2 * x + torch.tensor([-1.0, -0.2]) + 0.2 * _randn(num_samples, generator)
+    return _shuffle(x, generator)
+
+
+def checkerboard(num_samples: int, generator: torch.Generator) -> torch.Tensor:
+    """Uniform on the eight black squares of a 4x4 checkerboard over [-4, 4]^2."""
+    x1 = 4 * _rand(num_samples, generator) - 2
+    x2 = _rand(num_samples, generator) - 2 * torch.randint(
+        0, 2, (num_samples,), generator=generator
+    )
+    x2 = x2 + torch.floor(x1) % 2
+    return 2 * torch.stack([x1, x2], dim=-1)
+
+
+def rings(num_samples: int, generator: torch.Generator) -> torch.Tensor:
+    """Four concentric circles (radii 0.75, 1.5, 2.25, 3) with Gaussian noise of std 0.08."""
+    radius = 0.75 * (torch.arange(num_samples) % 4 + 1).float()
+    t = 2 * math.pi * _rand(num_samples, generator)
+    x = radius[:, None] * torch.stack([t.cos(), t.sin()], dim=-1)
+    return _shuffle(x + 0.08 * _randn(num_samples, generator), generator)
+
+
+def spirals(num_samples: int, generator: torch.Generator) -> torch.Tensor:
+    """Two interleaved spiral arms (1.5 turns each) with Gaussian noise of std 0.1."""
+    t = _rand(num_samples, generator).sqrt() * (3 * math.pi)
+    arm = torch.stack([-t.cos() * t, t.sin() * t], dim=-1)
+    arm = arm + 0.5 * torch.rand(num_samples, 2, generator=generator)
+    sign = torch.where(torch.arange(num_samples) % 2 == 0, 1.0, -1.0)[:, None]
+    x = sign * arm / 3 + 0.1 * _randn(num_samples, generator)
+    return _shuffle(x, generator)
+
+
+def pinwheel(num_samples: int, generator: torch.Generator) -> torch.Tensor:
+    """Five curved blades of a pinwheel (radial std 0.3, tangential std 0.1)."""
+    num_blades, rate = 5, 0.25
+    blade = torch.arange(num_samples) % num_blades
+    features = _randn(num_samples, generator) * torch.tensor([0.3, 0.1])
+    features[:, 0] += 1.0
+    angles = blade * (2 * math.pi / num_blades) + rate * features[:, 0].exp()
+    cos, sin = angles.cos(), angles.sin()
+    rotations = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
+    x = 2 * torch.einsum("ti,tij->tj", features, rotations)
+    return _shuffle(x, generator)
+
+
+TOYS: dict[str, Sampler] = {
+    "eight_gaussians": eight_gaussians,
+    "moons": moons,
+    "checkerboard": checkerboard,
+    "rings": rings,
+    "spirals": spirals,
+    "pinwheel": pinwheel,
+}
+
+
+def load_toy(
+    name: str,
+    split: str = "train",
+    root: str | os.PathLike[str] | None = None,
+    *,
+    num_samples: int = DEFAULT_NUM_SAMPLES,
+    seed: int = 0,
+) -> tuple[torch.Tensor, None]:
+    """Draw a split of a 2D toy density: float32 points ``(num_samples, 2)`` and no labels.
+
+    Args:
+        name: one of :data:`TOYS`.
+        split: ``"train"`` or ``"test"``; they use seeds ``2 * seed`` and ``2 * seed + 1``.
+        root: ignored (nothing is stored); accepted for a uniform API.
+        num_samples: number of points.
+        seed: base seed.
+
+    Example:
+        >>> x, y = load_toy("moons", num_samples=5)
+        >>> x.shape, x.dtype, y
+        (torch.Size([5, 2]), torch.float32, None)
+        >>> bool((load_toy("moons", "test", num_samples=5)[0] != x).all())
+        True
+    """
+    check_split(split)
+    if name not in TOYS:
+        raise ValueError(f"unknown toy dataset {name!r}; valid names: {', '.join(TOYS)}")
+    if num_samples < 0:
+        raise ValueError(f"num_samples must be non-negative; got {num_samples}")
+    generator = torch.Generator().manual_seed(2 * int(seed) + (split == "test"))
+    return TOYS[name](int(num_samples), generator).to(torch.float32).contiguous(), None

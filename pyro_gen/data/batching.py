@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Union
 
 import torch
 
-Batch = Union[torch.Tensor, dict[str, torch.Tensor]]
+Batch = torch.Tensor | dict[str, torch.Tensor]
 
 
 class DeviceBatches:
@@ -67,10 +66,7 @@ class DeviceBatches:
 
     def __iter__(self) -> Iterator[Batch]:
         n = self.num_examples
-        if self.shuffle:
-            order = torch.randperm(n, device=self.device)
-        else:
-            order = None
+        order = torch.randperm(n, device=self.device) if self.shuffle else None
         for i in range(len(self)):
             if order is None:
                 batch = {

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any
 
 from pyro.poutine.messenger import Messenger
 
-BetaLike = Union[float, Callable[[], float]]
+BetaLike = float | Callable[[], float]
 
 
 class KLScaleMessenger(Messenger):

@@ -3,9 +3,11 @@ model/guide pair."""
 
 from __future__ import annotations
 
+from pyro_gen.distributions.mixture import GaussianMixture, MixturePrior
+from pyro_gen.distributions.vamp import VampPrior
 from pyro_gen.vae.decoders import ConvDecoder, Decoder, MLPDecoder
 from pyro_gen.vae.encoders import ConvEncoder, Encoder, MLPEncoder
-from pyro_gen.vae.guides import NormalGuide
+from pyro_gen.vae.guides import IAFGuide, NormalGuide, PerExampleGuide, make_guide
 from pyro_gen.vae.likelihoods import (
     BernoulliLikelihood,
     CategoricalLikelihood,
@@ -13,7 +15,7 @@ from pyro_gen.vae.likelihoods import (
     Likelihood,
     make_likelihood,
 )
-from pyro_gen.vae.priors import NormalPrior
+from pyro_gen.vae.priors import FlowPrior, NormalPrior, make_prior
 from pyro_gen.vae.sites import DATA_PLATE, LATENT, OBS, latent_site
 from pyro_gen.vae.vae import VAE
 
@@ -34,6 +36,14 @@ __all__ = [
     "MLPEncoder",
     "NormalGuide",
     "NormalPrior",
+    "FlowPrior",
+    "GaussianMixture",
+    "IAFGuide",
+    "MixturePrior",
+    "PerExampleGuide",
+    "VampPrior",
+    "make_guide",
+    "make_prior",
     "latent_site",
     "make_likelihood",
 ]

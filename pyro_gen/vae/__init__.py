@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pyro_gen.distributions.mixture import GaussianMixture, MixturePrior
 from pyro_gen.distributions.vamp import VampPrior
+from pyro_gen.vae.autoguide import AutoAmortizedNormal
 from pyro_gen.vae.decoders import ConvDecoder, Decoder, MLPDecoder
 from pyro_gen.vae.encoders import ConvEncoder, Encoder, MLPEncoder
 from pyro_gen.vae.guides import IAFGuide, NormalGuide, PerExampleGuide, make_guide
@@ -20,6 +21,7 @@ from pyro_gen.vae.sites import DATA_PLATE, LATENT, OBS, latent_site
 from pyro_gen.vae.vae import VAE
 
 __all__ = [
+    "AutoAmortizedNormal",
     "DATA_PLATE",
     "LATENT",
     "OBS",

@@ -142,7 +142,7 @@ def download_from_mirrors(
         >>> download_from_mirrors("a.gz", "0" * 32, [], "/tmp")
         Traceback (most recent call last):
         ...
-        pyro_gen.data.errors.DatasetError: could not download a.gz: no mirror left to try ...
+        pyro_gen.data.errors.DatasetError: could not download a.gz: no mirrors configured
     """
     dead = set() if dead is None else dead
     errors = []
@@ -156,5 +156,10 @@ def download_from_mirrors(
             if getattr(e, "unreachable", False):
                 dead.add(base)
             errors.append(str(e))
-    details = "\n  ".join(errors) if errors else "no mirror left to try (all unreachable)"
+    if errors:
+        details = "\n  ".join(errors)
+    elif mirrors:
+        details = "no mirror left to try (all were unreachable earlier)"
+    else:
+        details = "no mirrors configured"
     raise DatasetError(f"could not download {filename}: {details}")

@@ -9,6 +9,7 @@ fails, one :class:`~pyro_gen.data.errors.DatasetError` lists what each attempt s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Callable, Sequence
@@ -127,6 +128,10 @@ def read_split(
     images, labels = (read_idx(p) for p in paths)
     validate(spec, split, paths[0], images, labels=False)
     validate(spec, split, paths[1], labels, labels=True)
+    for path, array in zip(paths, (images, labels)):
+        if path.suffix == ".gz":  # keep an uncompressed copy: later loads skip gunzip
+            with contextlib.suppress(DatasetError, OSError):
+                write_idx(path.with_suffix(""), array)
     return torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
 
 

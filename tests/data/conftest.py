@@ -48,7 +48,9 @@ class LocalServer:
         self.httpd.files = {}
         self.httpd.requests = []
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
         self.thread.start()
 
     def serve(self, path: str, body: bytes, mode: str = "ok") -> None:

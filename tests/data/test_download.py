@@ -97,6 +97,8 @@ def test_unreachable_mirror_fails_fast_and_is_tried_once(tmp_path: Path) -> None
     assert dead == {dead_mirror}
     with pytest.raises(DatasetError, match="no mirror left"):
         download_from_mirrors("b.gz", "0" * 32, [dead_mirror], tmp_path, dead=dead)
+    with pytest.raises(DatasetError, match="no mirrors configured"):
+        download_from_mirrors("b.gz", "0" * 32, [], tmp_path)
     assert time.perf_counter() - start < 5
 
 

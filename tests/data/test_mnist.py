@@ -130,3 +130,16 @@ def test_wrong_shape_in_cache_is_named(tmp_path: Path) -> None:
     write_idx(directory / "t10k-labels-idx1-ubyte", np.zeros(10, dtype=np.uint8))
     with pytest.raises(DatasetError, match=r"t10k-images-idx3-ubyte holds .* \(10, 28, 28\)"):
         load("mnist", "test", tmp_path)
+
+
+def test_user_supplied_gz_files_are_read_and_unpacked(mnist_root: Path, tmp_path: Path) -> None:
+    directory = tmp_path / "mnist"
+    directory.mkdir()
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        raw = (mnist_root / "mnist" / name).read_bytes()
+        (directory / f"{name}.gz").write_bytes(gzip.compress(raw, compresslevel=1))
+    x, y = load("mnist", "test", tmp_path)
+    assert x.equal(load("mnist", "test", mnist_root)[0])
+    assert (directory / "t10k-images-idx3-ubyte").read_bytes() == (
+        mnist_root / "mnist" / "t10k-images-idx3-ubyte"
+    ).read_bytes()

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from pyro_gen.nn.made import MADE, MaskedLinear
 from pyro_gen.nn.mlp import MLP, broadcast_context
 from pyro_gen.nn.resnet import ResNetConv
 
-__all__ = ["MLP", "ResNetConv", "broadcast_context"]
+__all__ = ["MADE", "MLP", "MaskedLinear", "ResNetConv", "broadcast_context"]
 
 # diffusion helper: time-conditioned networks
 from pyro_gen.nn.time_embedding import SinusoidalTimeEmbedding, TimeMLP  # noqa: E402

@@ -1,14 +1,26 @@
 """Bijections as Pyro ``TransformModule``s, one family per file.
 
-Pyro transforms we reuse rather than rewrite (they pass our registry test in
-``tests/transforms/test_registry.py``): ``AffineAutoregressive``, ``Spline``,
-``SplineCoupling``, ``Planar``, ``Radial``, ``Householder``, ``Sylvester``; import them
-from ``pyro.distributions.transforms``.
+Direction convention (Pyro's): a transform maps base noise to data; ``log_prob`` applies
+the inverse. Pyro transforms we reuse rather than rewrite (they are in the registry test,
+``tests/transforms/registry.py``): ``AffineAutoregressive`` (affine IAF), ``Spline``,
+``SplineCoupling``, ``Planar``, ``Radial``, ``Householder``; import them from
+``pyro.distributions.transforms``. Pyro's ``Sylvester`` is registered as a known bug: its
+log-determinant disagrees with autograd. Pyro's ``BatchNorm`` is vector-only; use ours.
 """
 
 from __future__ import annotations
 
 from pyro_gen.transforms._base import FlowTransformModule
+from pyro_gen.transforms.autoregressive import (
+    ConditionalInverseAutoregressive,
+    ConditionalMaskedAutoregressive,
+    InverseAutoregressive,
+    MaskedAutoregressive,
+    conditional_inverse_autoregressive,
+    conditional_masked_autoregressive,
+    inverse_autoregressive,
+    masked_autoregressive,
+)
 from pyro_gen.transforms.coupling import (
     AdditiveCoupling,
     AffineCoupling,
@@ -24,19 +36,39 @@ from pyro_gen.transforms.coupling import (
     make_mask,
 )
 from pyro_gen.transforms.elementwise import Additive, Affine, ElementwiseBijection
+from pyro_gen.transforms.linear import InvertibleConv1x1, invertible_conv1x1
 from pyro_gen.transforms.masks import alternating_mask, channel_mask, checkerboard_mask, half_mask
+from pyro_gen.transforms.normalization import ActNorm, BatchNorm
+from pyro_gen.transforms.permutation import (
+    Permute,
+    permute,
+    random_permutation,
+    reverse_permutation,
+)
+from pyro_gen.transforms.reshape import MultiScale, Squeeze, Unsqueeze, multi_scale
 
 __all__ = [
+    "ActNorm",
     "Additive",
     "AdditiveCoupling",
     "Affine",
     "AffineCoupling",
+    "BatchNorm",
     "ConditionalAdditiveCoupling",
     "ConditionalAffineCoupling",
     "ConditionalCoupling",
+    "ConditionalInverseAutoregressive",
+    "ConditionalMaskedAutoregressive",
     "Coupling",
     "ElementwiseBijection",
     "FlowTransformModule",
+    "InverseAutoregressive",
+    "InvertibleConv1x1",
+    "MaskedAutoregressive",
+    "MultiScale",
+    "Permute",
+    "Squeeze",
+    "Unsqueeze",
     "additive_coupling",
     "affine_coupling",
     "alternating_mask",
@@ -44,7 +76,16 @@ __all__ = [
     "checkerboard_mask",
     "conditional_additive_coupling",
     "conditional_affine_coupling",
+    "conditional_inverse_autoregressive",
+    "conditional_masked_autoregressive",
     "coupling",
     "half_mask",
+    "inverse_autoregressive",
+    "invertible_conv1x1",
     "make_mask",
+    "masked_autoregressive",
+    "multi_scale",
+    "permute",
+    "random_permutation",
+    "reverse_permutation",
 ]

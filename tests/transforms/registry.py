@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
+
 
 @dataclass(frozen=True)
 class Case:
@@ -124,6 +126,177 @@ register(
         (T.ConditionalAdditiveCoupling,),
         context_dim=3,
         buffers=("mask",),
+    )
+)
+
+# ------------------------------------------------------------------ autoregressive
+register(
+    Case(
+        "maf",
+        lambda: T.masked_autoregressive(4, [12]),
+        (4,),
+        (T.MaskedAutoregressive,),
+        buffers=("order", "mask"),
+    )
+)
+register(
+    Case(
+        "iaf",
+        lambda: T.inverse_autoregressive(4, [12], order=torch.tensor([2, 0, 3, 1])),
+        (4,),
+        (T.InverseAutoregressive,),
+        buffers=("order",),
+    )
+)
+register(
+    Case(
+        "maf_additive",
+        lambda: T.masked_autoregressive(3, [8], elementwise="additive"),
+        (3,),
+        (T.MaskedAutoregressive,),
+    )
+)
+register(
+    Case(
+        "conditional_maf",
+        lambda: T.conditional_masked_autoregressive(3, 2, [8]),
+        (3,),
+        (T.ConditionalMaskedAutoregressive,),
+        context_dim=2,
+        buffers=("mask",),
+    )
+)
+register(
+    Case(
+        "conditional_iaf",
+        lambda: T.conditional_inverse_autoregressive(3, 2, [8]),
+        (3,),
+        (T.ConditionalInverseAutoregressive,),
+        context_dim=2,
+    )
+)
+
+# ------------------------------------------------------------------- normalization
+register(Case("actnorm_vec", lambda: T.ActNorm(3), (3,), (T.ActNorm,), buffers=("initialized",)))
+register(
+    Case(
+        "actnorm_img",
+        lambda: T.ActNorm((2, 3, 3)),
+        (2, 3, 3),
+        (T.ActNorm,),
+        buffers=("initialized",),
+    )
+)
+register(
+    Case(
+        "batchnorm_vec",
+        lambda: T.BatchNorm(3),
+        (3,),
+        (T.BatchNorm,),
+        buffers=("running_mean", "running_var"),
+    )
+)
+register(
+    Case(
+        "batchnorm_img",
+        lambda: T.BatchNorm((2, 2, 3)),
+        (2, 2, 3),
+        (T.BatchNorm,),
+        buffers=("running_mean", "running_var"),
+    )
+)
+
+# ------------------------------------------------------------ linear / permutation
+register(
+    Case(
+        "conv1x1",
+        lambda: T.InvertibleConv1x1((3, 2, 2)),
+        (3, 2, 2),
+        (T.InvertibleConv1x1,),
+        buffers=("perm", "sign_s", "lower_mask"),
+    )
+)
+register(
+    Case(
+        "linear_lu_vec",
+        lambda: T.invertible_conv1x1(4),
+        (4,),
+        (T.InvertibleConv1x1,),
+        buffers=("perm",),
+    )
+)
+register(
+    Case(
+        "permute_random",
+        lambda: T.permute(5, "random", seed=3),
+        (5,),
+        (T.Permute,),
+        buffers=("permutation", "inv_permutation"),
+        skip=frozenset({"grad"}),
+    )
+)
+register(
+    Case(
+        "permute_channels",
+        lambda: T.permute((3, 2, 2)),
+        (3, 2, 2),
+        (T.Permute,),
+        buffers=("permutation",),
+        skip=frozenset({"grad"}),
+    )
+)
+
+# ------------------------------------------------------------------------- reshape
+register(
+    Case("squeeze", lambda: T.Squeeze((1, 4, 2)), (1, 4, 2), (T.Squeeze,), skip=frozenset({"grad"}))
+)
+register(
+    Case(
+        "unsqueeze",
+        lambda: T.Unsqueeze((8, 1, 2)),
+        (8, 1, 2),
+        (T.Unsqueeze,),
+        skip=frozenset({"grad"}),
+    )
+)
+
+
+def _multiscale():
+    def level(shape, last):
+        mask = "channel" if shape[0] > 1 else "checkerboard"
+        return [
+            T.ActNorm(shape),
+            T.InvertibleConv1x1(shape),
+            T.affine_coupling(shape, mask=mask, hidden_channels=4, num_blocks=1),
+        ]
+
+    return T.multi_scale((1, 4, 4), level, num_levels=2)
+
+
+register(
+    Case("multiscale", _multiscale, (16,), (T.MultiScale,), buffers=("initialized", "perm", "mask"))
+)
+
+
+def _multiscale_realnvp():
+    # RealNVP layout: checkerboard coupling at full resolution, then squeeze (Unsqueeze
+    # in Pyro order) and a channel coupling, factor out half
+    lvl0 = [
+        T.affine_coupling((4, 2, 2), mask="channel", hidden_channels=4, num_blocks=1),
+        T.Unsqueeze((4, 2, 2)),
+        T.affine_coupling((1, 4, 4), hidden_channels=4, num_blocks=1),
+    ]
+    lvl1 = [T.BatchNorm((2, 2, 2)), T.additive_coupling((2, 2, 2), hidden_channels=4, num_blocks=1)]
+    return T.MultiScale((1, 4, 4), [lvl0, lvl1])
+
+
+register(
+    Case(
+        "multiscale_realnvp",
+        _multiscale_realnvp,
+        (16,),
+        (T.MultiScale,),
+        buffers=("running_mean", "mask"),
     )
 )
 

@@ -1,0 +1,110 @@
+"""MADE: masked autoencoder for distribution estimation (autoregressive conditioner)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pyro_gen.nn.mlp import broadcast_context
+
+
+class MaskedLinear(nn.Linear):
+    """Linear layer whose weight is multiplied by a fixed 0/1 mask (a buffer)."""
+
+    def __init__(self, in_features: int, out_features: int, mask: torch.Tensor) -> None:
+        super().__init__(in_features, out_features)
+        self.register_buffer("mask", mask.to(self.weight.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight * self.mask, self.bias)
+
+
+class MADE(nn.Module):
+    r"""Masked MLP whose output :math:`i` depends only on inputs that precede :math:`i`.
+
+    With input order :math:`\pi` (a permutation; default identity) the network returns
+    ``num_params`` outputs per input dimension, each a function of
+    :math:`x_{\pi_1}, \dots, x_{\pi_{k-1}}` for the input at position :math:`\pi_k`
+    (the first in the order gets constants). Hidden units get degrees cycling through
+    :math:`1..D-1`; masks are buffers. An optional context vector is connected to every
+    hidden unit (degree 0), for conditional flows.
+
+    Output layout: ``(..., num_params * D)``, parameter-major (all shifts, then all
+    log-scales, ...), i.e. ``out.unflatten(-1, (num_params, D))``.
+
+    Args:
+        input_dim: :math:`D`.
+        hidden_dims: hidden layer widths (each at least :math:`D-1` recommended).
+        num_params: outputs per input dimension.
+        order: input order :math:`\pi` (a permutation of ``range(D)``).
+        context_dim: size of an optional context vector.
+        activation: activation class.
+        zero_init_output: zero the output layer (a flow on it starts at the identity).
+
+    References:
+        Germain et al., MADE: Masked Autoencoder for Distribution Estimation,
+        arXiv:1502.03509.
+
+    Example:
+        >>> made = MADE(3, [16], num_params=2, zero_init_output=False)
+        >>> x = torch.randn(3, requires_grad=True)
+        >>> out = made(x).unflatten(-1, (2, 3))
+        >>> g = torch.autograd.grad(out[0, 1], x)[0]  # shift of x_1 depends on x_0 only
+        >>> (g != 0).tolist()
+        [True, False, False]
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        hidden_dims: Sequence[int],
+        num_params: int = 2,
+        *,
+        order: torch.Tensor | None = None,
+        context_dim: int = 0,
+        activation: type[nn.Module] = nn.ReLU,
+        zero_init_output: bool = True,
+    ) -> None:
+        super().__init__()
+        d = input_dim
+        self.input_dim = d
+        self.num_params = num_params
+        self.context_dim = context_dim
+        order = torch.arange(d) if order is None else torch.as_tensor(order, dtype=torch.long)
+        if not torch.equal(order.sort().values, torch.arange(d)):
+            raise ValueError(f"order must be a permutation of range({d})")
+        self.register_buffer("order", order)
+        # degree of input at position order[k] is k + 1
+        deg_in = torch.empty(d, dtype=torch.long)
+        deg_in[order] = torch.arange(1, d + 1)
+        deg_in = torch.cat([deg_in, torch.zeros(context_dim, dtype=torch.long)])
+        layers: list[nn.Module] = []
+        prev = deg_in
+        for h in hidden_dims:
+            deg_h = torch.arange(h) % max(d - 1, 1) + 1
+            mask = (deg_h[:, None] >= prev[None, :]).float()
+            layers += [MaskedLinear(prev.numel(), h, mask), activation()]
+            prev = deg_h
+        deg_out = deg_in[:d].repeat(num_params)
+        out_mask = (deg_out[:, None] > prev[None, :]).float()
+        self.output = MaskedLinear(prev.numel(), num_params * d, out_mask)
+        if zero_init_output:
+            nn.init.zeros_(self.output.weight)
+            nn.init.zeros_(self.output.bias)
+        layers.append(self.output)
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        if x.shape[-1] != self.input_dim:
+            raise ValueError(f"MADE expected last dim {self.input_dim}, got {tuple(x.shape)}")
+        if self.context_dim:
+            if context is None:
+                raise ValueError("this MADE was built with context_dim > 0; pass a context")
+            context = broadcast_context(x, context, 1)
+            x = torch.cat([x.expand(context.shape[:-1] + x.shape[-1:]), context], dim=-1)
+        elif context is not None:
+            raise ValueError("context given to a MADE built with context_dim=0")
+        return self.net(x)

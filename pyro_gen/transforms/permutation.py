@@ -1,0 +1,87 @@
+"""Fixed permutations of features (vectors) or channels (images), stored as buffers."""
+
+from __future__ import annotations
+
+import torch
+
+from pyro_gen.transforms._base import FlowTransformModule
+
+
+class Permute(FlowTransformModule):
+    r"""Permutes the first event dim: features of a vector, channels of an image.
+
+    :math:`y = x_{\pi}`, :math:`\log|\det J| = 0`. Unlike
+    :class:`pyro.distributions.transforms.Permute`, the permutation is a registered
+    buffer, so ``.to(device)`` and ``state_dict`` carry it.
+
+    Args:
+        permutation: a permutation of ``range(event_shape[0])``.
+        event_shape: ``D`` / ``(D,)`` or ``(C, H, W)``; defaults to ``(len(permutation),)``.
+
+    Example:
+        >>> t = Permute(torch.tensor([2, 0, 1]))
+        >>> t(torch.tensor([10.0, 11.0, 12.0])).tolist()
+        [12.0, 10.0, 11.0]
+    """
+
+    def __init__(
+        self, permutation: torch.Tensor, event_shape: int | tuple[int, ...] | None = None
+    ) -> None:
+        permutation = torch.as_tensor(permutation, dtype=torch.long)
+        n = permutation.numel()
+        super().__init__((n,) if event_shape is None else event_shape)
+        if self.event_shape[0] != n or not torch.equal(permutation.sort().values, torch.arange(n)):
+            raise ValueError(f"not a permutation of range({self.event_shape[0]}): {permutation}")
+        self.register_buffer("permutation", permutation)
+        self.register_buffer("inv_permutation", torch.argsort(permutation))
+
+    def _ladj(self, v: torch.Tensor) -> torch.Tensor:
+        return v.new_zeros(v.shape[: v.dim() - len(self.event_shape)])
+
+    def _forward(self, x):
+        dim = x.dim() - len(self.event_shape)
+        return x.index_select(dim, self.permutation), self._ladj(x)
+
+    def _backward(self, y):
+        dim = y.dim() - len(self.event_shape)
+        return y.index_select(dim, self.inv_permutation), self._ladj(y)
+
+
+def reverse_permutation(n: int) -> torch.Tensor:
+    """``[n-1, ..., 0]`` (MAF/RealNVP between layers).
+
+    Example:
+        >>> reverse_permutation(3).tolist()
+        [2, 1, 0]
+    """
+    return torch.arange(n - 1, -1, -1)
+
+
+def random_permutation(n: int, seed: int | None = None) -> torch.Tensor:
+    """A uniformly random permutation, reproducible with ``seed``.
+
+    Example:
+        >>> torch.equal(random_permutation(5, seed=1), random_permutation(5, seed=1))
+        True
+    """
+    gen = None if seed is None else torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=gen)
+
+
+def permute(
+    event_shape: int | tuple[int, ...], kind: str = "reverse", seed: int | None = None
+) -> Permute:
+    """Builds a :class:`Permute`: ``kind="reverse"`` or ``"random"`` over the first event dim.
+
+    Example:
+        >>> permute((3, 2, 2)).permutation.tolist()
+        [2, 1, 0]
+    """
+    shape = (event_shape,) if isinstance(event_shape, int) else tuple(event_shape)
+    if kind == "reverse":
+        perm = reverse_permutation(shape[0])
+    elif kind == "random":
+        perm = random_permutation(shape[0], seed)
+    else:
+        raise ValueError(f"kind must be 'reverse' or 'random', got {kind!r}")
+    return Permute(perm, shape)

@@ -8,6 +8,7 @@ binary, dequantized or logit-space data. Every failure to find or read data rais
 
 from __future__ import annotations
 
+from pyro_gen.data.batching import DeviceBatches
 from pyro_gen.data.errors import DatasetError
 from pyro_gen.data.load import DATASETS, load
 from pyro_gen.data.preprocessing import (
@@ -24,6 +25,7 @@ __all__ = [
     "DATASETS",
     "TOYS",
     "DatasetError",
+    "DeviceBatches",
     "bits_per_dim",
     "dynamic_binarize",
     "inverse_logit_transform",

@@ -9,6 +9,7 @@ from pyro_gen.vae.autoguide import AutoAmortizedNormal
 from pyro_gen.vae.decoders import ConvDecoder, Decoder, MLPDecoder
 from pyro_gen.vae.encoders import ConvEncoder, Encoder, MLPEncoder
 from pyro_gen.vae.guides import IAFGuide, NormalGuide, PerExampleGuide, make_guide
+from pyro_gen.vae.hierarchical import HierarchicalVAE
 from pyro_gen.vae.likelihoods import (
     BernoulliLikelihood,
     CategoricalLikelihood,
@@ -21,6 +22,7 @@ from pyro_gen.vae.sites import DATA_PLATE, LATENT, OBS, latent_site
 from pyro_gen.vae.vae import VAE
 
 __all__ = [
+    "HierarchicalVAE",
     "AutoAmortizedNormal",
     "DATA_PLATE",
     "LATENT",

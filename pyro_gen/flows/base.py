@@ -30,10 +30,38 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 from torch.distributions import Transform
+from torch.distributions.transforms import ReshapeTransform
 
-from pyro_gen.transforms.dequantization import UniformDequantization, VariationalDequantization
+from pyro_gen.transforms.dequantization import (
+    ScaledSigmoid,
+    UniformDequantization,
+    VariationalDequantization,
+)
 
-__all__ = ["FlowModel", "make_dequantizer"]
+__all__ = ["FlowModel", "image_shape", "make_dequantizer", "pixel_output"]
+
+
+def image_shape(event_shape: Sequence[int]) -> tuple[int, int, int]:
+    """``(H, W)`` or ``(C, H, W)`` as ``(C, H, W)``; anything else is an error."""
+    shape = tuple(int(s) for s in event_shape)
+    if len(shape) == 2:
+        return (1, *shape)
+    if len(shape) == 3:
+        return shape  # type: ignore[return-value]
+    raise ValueError(f"image flows take (H, W) or (C, H, W) events, got {shape}")
+
+
+def pixel_output(event_shape: Sequence[int], alpha: float) -> list[Transform]:
+    """Last transforms of an image flow: logit space to pixels in [0, 1], then the data shape.
+
+    The flow works on ``(C, H, W)``; :class:`ScaledSigmoid` makes its density one on pixels
+    (the RealNVP logit preprocessing, inverted), and ``(H, W)`` data get a reshape at the end.
+    """
+    chw = image_shape(event_shape)
+    out: list[Transform] = [ScaledSigmoid(alpha, event_dim=3)]
+    if tuple(event_shape) != chw:
+        out.append(ReshapeTransform(torch.Size(chw), torch.Size(event_shape)))
+    return out
 
 
 def make_dequantizer(

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from pyro_gen.flows.base import FlowModel
+from pyro_gen.flows.base import FlowModel, image_shape, pixel_output
 from pyro_gen.transforms.continuous import ODEMLP, ContinuousFlow, ODEConvNet
-from pyro_gen.transforms.dequantization import ScaledSigmoid, UniformDequantization
+from pyro_gen.transforms.dequantization import UniformDequantization
 
 __all__ = ["CNF"]
 
@@ -22,13 +22,13 @@ class CNF(FlowModel):
             + \int_{t_0}^{t_1} \operatorname{tr}\frac{\partial f}{\partial z(t)}\,dt,
         \qquad z(t_0) = x.
 
-    Vectors use a ConcatSquash MLP for :math:`f`; images ``(C, H, W)`` a small conv net and
+    Vectors use a ConcatSquash MLP for :math:`f`; images ``(H, W)``/``(C, H, W)`` a conv net and
     a final :class:`~pyro_gen.transforms.dequantization.ScaledSigmoid` so the density is on
     pixels in :math:`[0,1]`. The trace is exact for at most 16 dimensions and a Hutchinson
     estimate beyond (then ``log_prob`` is an unbiased estimate, not exact).
 
     Args:
-        event_shape: ``(D,)`` or ``(C, H, W)``.
+        event_shape: ``(D,)``, ``(H, W)`` or ``(C, H, W)``.
         hidden_dims: hidden widths of the vector dynamics net (images: width of its convs).
         num_blocks: number of ODE blocks composed.
         trace: ``"exact"``, ``"hutchinson"`` or ``None`` (by size).
@@ -71,18 +71,17 @@ class CNF(FlowModel):
         name: str | None = None,
     ) -> None:
         event_shape = tuple(event_shape)
-        if len(event_shape) not in (1, 3):
-            raise ValueError(f"CNF takes (D,) or (C, H, W) events, got {event_shape}")
+        flow_shape = event_shape if len(event_shape) == 1 else image_shape(event_shape)
         blocks = []
         for _ in range(num_blocks):
             if len(event_shape) == 1:
                 net = ODEMLP(event_shape[0], hidden_dims, activation)
             else:
-                net = ODEConvNet(event_shape[0], hidden_dims[0], num_layers=len(hidden_dims))
+                net = ODEConvNet(flow_shape[0], hidden_dims[0], num_layers=len(hidden_dims))
             blocks.append(
                 ContinuousFlow(
                     net,
-                    event_shape,
+                    flow_shape,
                     trace=trace,
                     method=method,
                     rtol=rtol,
@@ -92,8 +91,8 @@ class CNF(FlowModel):
                 )
             )
         transforms = list(blocks)
-        if len(event_shape) == 3:
-            transforms.append(ScaledSigmoid(alpha, event_dim=3))
+        if len(event_shape) > 1:
+            transforms += pixel_output(event_shape, alpha)
         super().__init__(
             event_shape, transforms, name=name, dequantization=dequantization, num_bins=num_bins
         )

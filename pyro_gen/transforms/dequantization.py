@@ -100,6 +100,11 @@ class ScaledSigmoid(Transform):
         if not torch.isfinite(x).all():
             raise ValueError("ScaledSigmoid.inv got non-finite input")
         p = self.alpha + (1.0 - 2.0 * self.alpha) * x
+        if ((p <= 0) | (p >= 1)).any():
+            raise ValueError(
+                f"ScaledSigmoid(alpha={self.alpha}) expects pixel values in [0, 1], got "
+                f"[{x.min().item():.3g}, {x.max().item():.3g}]"
+            )
         return torch.log(p) - torch.log1p(-p)
 
     def log_abs_det_jacobian(self, y: Tensor, x: Tensor) -> Tensor:

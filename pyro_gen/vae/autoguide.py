@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -92,14 +93,27 @@ class AutoAmortizedNormal(nn.Module):
         self._input_keys: list[int | str] = []
 
     # -- set-up ----------------------------------------------------------------------
+    def _arguments(self, args: tuple, kwargs: dict) -> dict:
+        """The model's arguments by parameter name (by position if it takes ``*args``)."""
+        try:
+            bound = inspect.signature(self.model).bind(*args, **kwargs)
+        except (TypeError, ValueError):
+            return {**dict(enumerate(args)), **kwargs}
+        out = {}
+        for name, value in bound.arguments.items():
+            kind = bound.signature.parameters[name].kind
+            if kind is inspect.Parameter.VAR_POSITIONAL:
+                out.update({f"{name}[{i}]": v for i, v in enumerate(value)})
+            elif kind is inspect.Parameter.VAR_KEYWORD:
+                out.update(value)
+            else:
+                out[name] = value
+        return out
+
     def _find_inputs(self, size: int, args: tuple, kwargs: dict) -> None:
-        keys: list[int | str] = [
-            i for i, a in enumerate(args) if torch.is_tensor(a) and a.dim() and a.shape[0] == size
-        ]
-        keys += [
-            k
-            for k, v in sorted(kwargs.items())
-            if torch.is_tensor(v) and v.dim() and v.shape[0] == size
+        arguments = self._arguments(args, kwargs)
+        keys = [
+            k for k, v in arguments.items() if torch.is_tensor(v) and v.dim() and v.shape[0] == size
         ]
         if not keys:
             raise ValueError(
@@ -112,12 +126,17 @@ class AutoAmortizedNormal(nn.Module):
     def _inputs(self, *args, **kwargs) -> torch.Tensor:
         if self.input_fn is not None:
             return self.input_fn(*args, **kwargs)
-        parts = [args[k] if isinstance(k, int) else kwargs[k] for k in self._input_keys]
-        return torch.cat(
-            [p.reshape(p.shape[0], -1).to(torch.get_default_dtype()) for p in parts], -1
-        )
+        arguments = self._arguments(args, kwargs)
+        missing = [k for k in self._input_keys if arguments.get(k) is None]
+        if missing:
+            raise ValueError(f"the guide was built to encode the model arguments {missing}")
+        parts = [arguments[k] for k in self._input_keys]
+        dtype = torch.get_default_dtype()
+        return torch.cat([p.reshape(p.shape[0], -1).to(dtype) for p in parts], -1)
 
-    def _setup(self, *args, **kwargs) -> None:
+    def setup(self, *args, **kwargs) -> None:
+        """Trace the model on example arguments and build the networks (done by the first
+        call otherwise; call it explicitly to load a ``state_dict`` before training)."""
         trace = poutine.block(poutine.trace(self.model).get_trace)(*args, **kwargs)
         data_frame = None
         local, global_names = {}, []
@@ -197,7 +216,7 @@ class AutoAmortizedNormal(nn.Module):
     def forward(self, *args, **kwargs) -> dict[str, torch.Tensor]:
         """Sample every latent site of the model; returns ``{name: value}``."""
         if self.net is None:
-            self._setup(*args, **kwargs)
+            self.setup(*args, **kwargs)
         result: dict[str, torch.Tensor] = {}
         if self.global_guide is not None:
             result.update(self.global_guide(*args, **kwargs))
@@ -223,7 +242,7 @@ class AutoAmortizedNormal(nn.Module):
     def encode(self, *args, **kwargs) -> dict[str, torch.Tensor]:
         """Posterior location of each local site mapped to its support (the median)."""
         if self.net is None:
-            self._setup(*args, **kwargs)
+            self.setup(*args, **kwargs)
         return {
             name: biject_to(self.local_sites[name]["support"])(loc)
             for name, (loc, _) in self._local_params(*args, **kwargs).items()

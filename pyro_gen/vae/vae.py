@@ -39,7 +39,8 @@ class VAE(nn.Module):
             Normal. A prior with a ``bind(guide)`` method (VampPrior) is bound to the guide.
         decoder: a :class:`~pyro_gen.vae.decoders.Decoder`; default MLP.
         guide: a guide module (``forward(x, context) -> Distribution``); default
-            :class:`~pyro_gen.vae.guides.NormalGuide` over an MLP encoder.
+            :class:`~pyro_gen.vae.guides.NormalGuide` over an MLP encoder. ``"auto"`` builds
+            an :class:`~pyro_gen.vae.autoguide.AutoAmortizedNormal` from this model.
         num_classes: if given, a conditional VAE: ``model(x, y=labels)`` passes the
             one-hot label to prior, decoder and guide (a float ``y`` is used as is).
         name: prefix for the names under which networks enter Pyro's param store, so
@@ -68,7 +69,7 @@ class VAE(nn.Module):
         likelihood: str | Likelihood = "bernoulli",
         prior: nn.Module | None = None,
         decoder: Decoder | None = None,
-        guide: nn.Module | None = None,
+        guide: nn.Module | str | None = None,
         num_classes: int | None = None,
         name: str = "",
     ) -> None:
@@ -85,14 +86,30 @@ class VAE(nn.Module):
             if decoder is not None
             else MLPDecoder(z_dim, self.event_shape, (hidden_dim,), likelihood, context_dim=c)
         )
-        self.posterior = (
-            guide
-            if guide is not None
-            else NormalGuide(MLPEncoder(self.event_shape, z_dim, (hidden_dim,), context_dim=c))
-        )
+        self.prefix = f"{name}." if name else ""
+        self._auto = isinstance(guide, str)
+        if self._auto:
+            if guide != "auto":
+                raise ValueError(f"guide must be a module or 'auto', got {guide!r}")
+            if hasattr(self.prior, "bind"):
+                raise ValueError("the VampPrior needs an amortized Normal guide, not 'auto'")
+            from pyro_gen.vae.autoguide import AutoAmortizedNormal
+
+            self.posterior = AutoAmortizedNormal(
+                self.model, hidden_dims=(hidden_dim,), name=self.prefix + "encoder"
+            )
+            # build the encoder now, so that a state_dict loads before the first step
+            dummy = torch.full((2, *self.event_shape), 0.5)
+            kw = {} if num_classes is None else {"y": torch.zeros(2, dtype=torch.long)}
+            self.posterior.setup(dummy, **kw)
+        else:
+            self.posterior = (
+                guide
+                if guide is not None
+                else NormalGuide(MLPEncoder(self.event_shape, z_dim, (hidden_dim,), context_dim=c))
+            )
         if hasattr(self.prior, "bind"):
             self.prior.bind(self.posterior)
-        self.prefix = f"{name}." if name else ""
 
     # -- helpers ---------------------------------------------------------------------
     def _context(self, y: torch.Tensor | None, batch: int | None = None) -> torch.Tensor | None:
@@ -148,6 +165,8 @@ class VAE(nn.Module):
         if x is None:
             raise ValueError("the guide needs observed data x")
         self._check(x)
+        if self._auto:
+            return self.posterior(x, y=y, **kwargs)[LATENT]
         pyro.module(self.prefix + "encoder", self.posterior)
         context = self._context(y)
         with pyro.plate(DATA_PLATE, x.shape[0]):
@@ -167,6 +186,8 @@ class VAE(nn.Module):
     @torch.no_grad()
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Posterior mean (or a draw, for guides without ``encode``) of the latent."""
+        if self._auto:
+            return self.posterior.encode(x, y=y)[LATENT]
         context = self._context(y)
         if hasattr(self.posterior, "encode"):
             return self.posterior.encode(x, context)[0]

@@ -1,0 +1,366 @@
+"""Same-run step-time benchmark: hand-written PyTorch vs Pyro SVI vs pyro_gen's compiled step.
+
+For the standard MNIST VAE (784-400-50, Bernoulli likelihood, Monte Carlo ELBO) and a
+RealNVP on 2D data, every variant trains on the same batch in one process; after warm-up
+the variants take turns (A B C ... A B C ..., a few steps each) and the median ms/step of
+each is reported with its ratio to hand-written eager PyTorch. Compile time (the first
+step, recording and compilation included) is reported separately, and peak memory as the
+growth of the resident set (CPU) or of allocated memory (CUDA) over a few steps.
+
+Usage::
+
+    .venv/bin/python benchmarks/step_time.py --steps 50            # CPU (+ CUDA if present)
+    .venv/bin/python benchmarks/step_time.py --batch-sizes 128 1024 8192 --device cuda
+
+Results are printed and written to a section of benchmarks/RESULTS.md (``--no-write``
+to skip). Timings on a shared machine are noisy: compare ratios within one run only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import datetime
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pyro_gen.infer.compiled import CompiledSVI
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+BEGIN, END = "<!-- step_time:begin -->", "<!-- step_time:end -->"
+HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+# --- models -------------------------------------------------------------------------------
+
+
+class TorchVAE(nn.Module):
+    """The VAE as one would write it by hand: the same networks and Monte Carlo ELBO."""
+
+    def __init__(self, x_dim: int = 784, hidden: int = 400, z_dim: int = 50) -> None:
+        super().__init__()
+        self.enc = nn.Sequential(nn.Linear(x_dim, hidden), nn.Softplus())
+        self.loc, self.log_scale = nn.Linear(hidden, z_dim), nn.Linear(hidden, z_dim)
+        self.dec = nn.Sequential(nn.Linear(z_dim, hidden), nn.Softplus(), nn.Linear(hidden, x_dim))
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.enc(x)
+        loc, log_scale = self.loc(h), self.log_scale(h)
+        eps = torch.randn_like(loc)
+        z = loc + log_scale.exp() * eps
+        log_px = -F.binary_cross_entropy_with_logits(self.dec(z), x, reduction="none").sum(-1)
+        log_pz = (-0.5 * z**2 - HALF_LOG_2PI).sum(-1)
+        log_qz = (-0.5 * eps**2 - log_scale - HALF_LOG_2PI).sum(-1)
+        return -(log_px + log_pz - log_qz).sum()
+
+
+class PyroVAE(TorchVAE):
+    """The same networks as a Pyro model/guide pair."""
+
+    def __init__(self, name: str, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.name = name
+
+    def model(self, x: torch.Tensor) -> None:
+        pyro.module(self.name + ".dec", self.dec)
+        with pyro.plate("data", x.shape[0]):
+            z_dim = self.loc.out_features
+            prior = dist.Normal(x.new_zeros(z_dim), x.new_ones(z_dim)).to_event(1)
+            z = pyro.sample("z", prior)
+            lik = dist.Bernoulli(logits=self.dec(z), validate_args=False).to_event(1)
+            pyro.sample("x", lik, obs=x)
+
+    def guide(self, x: torch.Tensor) -> None:
+        for part in ("enc", "loc", "log_scale"):
+            pyro.module(f"{self.name}.{part}", getattr(self, part))
+        with pyro.plate("data", x.shape[0]):
+            h = self.enc(x)
+            pyro.sample("z", dist.Normal(self.loc(h), self.log_scale(h).exp()).to_event(1))
+
+
+def realnvp(name: str, dim: int = 2, layers: int = 4, hidden: int = 64) -> nn.Module:
+    """RealNVP from pyro_gen.flows when it exists, else from pyro_gen.transforms couplings."""
+    try:
+        from pyro_gen.flows import RealNVP  # type: ignore[attr-defined]
+
+        return RealNVP((dim,), num_layers=layers, hidden_dims=(hidden, hidden), name=name)
+    except (ImportError, TypeError):
+        from pyro_gen.flows.base import FlowModel
+        from pyro_gen.transforms import affine_coupling
+
+        ts = [
+            affine_coupling(dim, parity=i % 2, hidden_dims=(hidden, hidden)) for i in range(layers)
+        ]
+        return FlowModel((dim,), ts, name=name)
+
+
+# --- variants -----------------------------------------------------------------------------
+
+
+def torch_variant(module: nn.Module, loss_fn: Callable, compiled: bool, device: torch.device):
+    module.to(device)
+    opt = torch.optim.Adam(module.parameters(), lr=1e-3)
+    if compiled:
+        mode = "reduce-overhead" if device.type == "cuda" else None
+        loss_fn = torch.compile(loss_fn, mode=mode)
+
+    def step(x: torch.Tensor) -> torch.Tensor:
+        if compiled and device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()
+        loss = loss_fn(x)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return step
+
+
+def pyro_variant(gen: nn.Module, loss: pyro.infer.ELBO, device: torch.device):
+    gen.to(device)
+    svi = pyro.infer.SVI(gen.model, gen.guide, pyro.optim.Adam({"lr": 1e-3}), loss)
+    return svi.step
+
+
+def ours_variant(gen: nn.Module, backend: str, device: torch.device):
+    gen.to(device)
+    svi = CompiledSVI(gen.model, gen.guide, pyro.optim.Adam({"lr": 1e-3}), backend=backend)
+
+    def step(x: torch.Tensor) -> torch.Tensor:
+        return svi.step(x)
+
+    step.svi = svi  # type: ignore[attr-defined]
+    return step
+
+
+def build_variants(kind: str, device: torch.device, backends: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if kind == "vae":
+        out["torch eager"] = lambda: torch_variant(m := TorchVAE(), m.loss, False, device)
+        out["torch.compile"] = lambda: torch_variant(m := TorchVAE(), m.loss, True, device)
+        make = PyroVAE
+    else:
+
+        def flow_loss(m: nn.Module) -> Callable:
+            return lambda x: -m.log_prob(x).sum()
+
+        out["torch eager"] = lambda: torch_variant(m := realnvp("t0"), flow_loss(m), False, device)
+        out["torch.compile"] = lambda: torch_variant(m := realnvp("t1"), flow_loss(m), True, device)
+
+        def make(name: str) -> nn.Module:
+            return realnvp(name)
+
+    out["pyro Trace_ELBO"] = lambda: pyro_variant(make("p0"), pyro.infer.Trace_ELBO(), device)
+    jit = pyro.infer.JitTrace_ELBO()
+    out["pyro JitTrace_ELBO"] = lambda: pyro_variant(make("p1"), jit, device)
+    for i, b in enumerate(backends):
+        label = "pyro_gen CompiledSVI" + ("" if b == "auto" else f" [{b}]")
+        out[label] = partial(lambda b, i: ours_variant(make(f"o{i}"), b, device), b, i)
+    return out
+
+
+# --- measurement --------------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _proc_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def peak_memory_mb(step: Callable[[], Any], device: torch.device, n: int = 3) -> float:
+    """Growth of memory in use over ``n`` steps, above what is resident before them."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(n):
+            step()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    with contextlib.suppress(OSError, AttributeError):
+        # Hand freed heap back first, or the allocator's cache would hide the growth.
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets the RSS high-water mark
+    except OSError:
+        return float("nan")
+    before = _proc_kb("VmRSS")
+    for _ in range(n):
+        step()
+    return (_proc_kb("VmHWM") - before) / 1024
+
+
+def measure(
+    kind: str,
+    batch: int,
+    device: torch.device,
+    steps: int,
+    warmup: int,
+    block: int,
+    backends: list[str],
+) -> list[dict[str, Any]]:
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    if kind == "vae":
+        x = torch.bernoulli(torch.rand(batch, 784, device=device))
+    else:
+        x = torch.randn(batch, 2, device=device)
+    rows = []
+    steppers = {}
+    for label, make in build_variants(kind, device, backends).items():
+        stepper = make()
+        t0 = time.perf_counter()
+        stepper(x)
+        _sync(device)
+        first = time.perf_counter() - t0
+        for _ in range(warmup):
+            stepper(x)
+        svi = getattr(stepper, "svi", None)
+        compile_s = first
+        if svi is not None:
+            svi.wait_compiled()
+            for _ in range(2):  # swaps the background-compiled program in
+                stepper(x)
+            compile_s = svi.compile_time_s + svi.background_compile_s
+        _sync(device)
+        note = "" if svi is None or svi.compiled else f"fell back: {svi.fallback_reason}"
+        steppers[label] = stepper
+        rows.append({"variant": label, "first_step_s": first, "compile_s": compile_s, "note": note})
+    times: dict[str, list[float]] = {r["variant"]: [] for r in rows}
+    for _ in range(max(1, steps // block)):
+        for label, stepper in steppers.items():
+            for _ in range(block):
+                t0 = time.perf_counter()
+                stepper(x)
+                _sync(device)
+                times[label].append(time.perf_counter() - t0)
+    for r in rows:
+        r["ms"] = 1e3 * statistics.median(times[r["variant"]])
+        r["peak_mb"] = peak_memory_mb(lambda s=steppers[r["variant"]]: s(x), device)
+    base = rows[0]["ms"]
+    for r in rows:
+        r["ratio"] = r["ms"] / base
+    return rows
+
+
+# --- report -------------------------------------------------------------------------------
+
+
+def hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or "unknown CPU"
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                name = line.split(":", 1)[1].strip()
+    return f"{name}, {os.cpu_count()} cores visible, torch threads {torch.get_num_threads()}"
+
+
+def table(title: str, rows: list[dict[str, Any]]) -> str:
+    lines = [
+        f"**{title}**",
+        "",
+        "| variant | ms/step (median) | ratio to torch eager | peak MB | first step s | note |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['variant']} | {r['ms']:.2f} | {r['ratio']:.2f} | {r['peak_mb']:.1f} "
+            f"| {r['compile_s']:.1f} | {r['note']} |"
+        )
+    return "\n".join(lines)
+
+
+def write_results(body: str) -> None:
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    section = f"{BEGIN}\n{body}\n{END}"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + section + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    RESULTS.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=100, help="timed steps per variant")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps after the first")
+    parser.add_argument("--block", type=int, default=5, help="consecutive steps per turn")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=None)
+    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+    parser.add_argument(
+        "--models", nargs="+", choices=["vae", "realnvp"], default=["vae", "realnvp"]
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        default=["auto"],
+        choices=["auto", "inductor", "jit", "fx"],
+        help="CompiledSVI backends to include",
+    )
+    parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    devices = [torch.device("cpu")] if args.device in ("cpu", "all") else []
+    if args.device in ("cuda", "all") and torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    pyro.enable_validation(False)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    body = [
+        "## Step time (benchmarks/step_time.py)",
+        "",
+        f"- date: {stamp}",
+        f"- torch {torch.__version__}, pyro {pyro.__version__}, python {platform.python_version()}",
+        f"- command: `{' '.join([Path(sys.executable).name, *sys.argv])}`",
+        "- ratio: median ms/step over hand-written eager PyTorch in the same run (lower is "
+        "faster); first step s: first step including tracing and compilation; peak MB: growth "
+        "of resident (CPU) or allocated (CUDA) memory over 3 steps",
+    ]
+    for device in devices:
+        body += ["", f"### {device.type}: {hardware(device)}"]
+        for kind in args.models:
+            sizes = args.batch_sizes or (
+                [128, 1024, 8192] if device.type == "cuda" else [128, 1024]
+            )
+            for batch in sizes:
+                rows = measure(
+                    kind, batch, device, args.steps, args.warmup, args.block, args.backends
+                )
+                text = table(f"{kind}, batch {batch}, {device.type}", rows)
+                print(text + "\n", flush=True)
+                body += ["", text]
+    if not args.no_write:
+        write_results("\n".join(body))
+        print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

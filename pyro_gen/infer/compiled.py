@@ -1,0 +1,827 @@
+"""A compiled SVI step: the ELBO and its gradient as one tensor program per input shape.
+
+Pyro runs a model and guide through a stack of Python effect handlers at every step.
+For a model whose structure does not change between steps, that work only needs to be
+done once. :class:`CompiledSVI` runs the guide and the model once per input signature,
+records the resulting tensor program, including the backward pass, with
+:func:`torch.fx.experimental.proxy_tensor.make_fx`, and then replays it as a pure function
+
+.. math::
+
+    (\\theta, x, \\epsilon, \\beta) \\mapsto
+    \\big(-\\mathrm{ELBO}, \\nabla_\\theta(-\\mathrm{ELBO})\\big),
+
+where :math:`\\epsilon` are the standard-noise draws of the reparameterized samplers,
+lifted out of the program and drawn each step with the same random calls, in the same
+order, as Pyro itself makes: with the same seed the compiled step sees the same draws as
+``SVI`` + ``Trace_ELBO`` and gives the same loss and gradients. :math:`\\beta` are the KL
+annealing factors of :func:`pyro_gen.infer.annealing.kl_scale` wrappers, read at each
+step and passed in as inputs, so a changing schedule needs no recompilation. The program
+is compiled (torch.compile / Inductor, with CUDA graphs on CUDA) and the update is a single
+fused optimizer call, with no read-back of the loss to the host.
+
+When the recorded program cannot stand for the model (a site set that changes between
+runs, Python branching on tensor values, a sampler that is not standard noise pushed
+through differentiable operations, an ELBO other than ``Trace_ELBO`` /
+``TraceMeanField_ELBO``), the step falls back to plain Pyro SVI and says why in one
+log line on the ``"pyro_gen"`` logger.
+
+References:
+    Paszke et al., PyTorch 2: Faster Machine Learning Through Dynamic Python Bytecode
+    Transformation and Graph Compilation, ASPLOS 2024.
+    Kingma & Welling, Auto-Encoding Variational Bayes, arXiv:1312.6114 (the
+    reparameterized ELBO gradient).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import pyro
+import pyro.optim
+import torch
+from pyro.distributions.util import scale_and_mask
+from pyro.infer import (
+    ELBO,
+    JitTrace_ELBO,
+    JitTraceMeanField_ELBO,
+    Trace_ELBO,
+    TraceMeanField_ELBO,
+)
+from pyro.infer.util import is_identically_zero
+from pyro.poutine.messenger import _bound_partial
+from torch.distributions import kl_divergence
+from torch.fx.experimental.proxy_tensor import make_fx
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+
+logger = logging.getLogger("pyro_gen")
+
+__all__ = ["CompiledSVI", "supports"]
+
+_TRACE_LOSSES = (Trace_ELBO, JitTrace_ELBO)
+_MEAN_FIELD_LOSSES = (TraceMeanField_ELBO, JitTraceMeanField_ELBO)
+# Allocation ops whose fresh buffer an in-place random op fills with standard noise.
+_ALLOC_OPS = {
+    torch.ops.aten.empty.memory_format,
+    torch.ops.aten.empty_strided.default,
+}
+
+
+def supports(loss: ELBO | None) -> bool:
+    """Whether :class:`CompiledSVI` can compile this ELBO (else use plain Pyro SVI).
+
+    Example:
+        >>> supports(pyro.infer.Trace_ELBO()), supports(pyro.infer.TraceGraph_ELBO())
+        (True, False)
+    """
+    return loss is None or type(loss) in (*_TRACE_LOSSES, *_MEAN_FIELD_LOSSES)
+
+
+class _Unsupported(Exception):
+    """The recorded program cannot stand for the model; the message says why."""
+
+
+@dataclass
+class _Noise:
+    """One random call lifted out of the program, replayed as the same aten call."""
+
+    op: Any
+    args: tuple
+    kwargs: dict
+    alloc: Any = None
+    alloc_args: tuple = ()
+    alloc_kwargs: dict = field(default_factory=dict)
+
+    def draw(self) -> torch.Tensor:
+        if self.alloc is None:
+            return self.op(*self.args, **self.kwargs)
+        return self.op(self.alloc(*self.alloc_args, **self.alloc_kwargs), *self.args, **self.kwargs)
+
+
+@dataclass
+class _Program:
+    fn: Callable[..., Any]
+    gm: torch.fx.GraphModule
+    params: list[torch.Tensor]
+    grad_params: list[torch.Tensor]
+    extras: list[_Noise | torch.Tensor]
+    signature: tuple
+    guards: list[Any]
+    compiled: bool
+    calls: int = 0
+    compiling: bool = False  # a background compilation was started
+    ready: Callable[..., Any] | None = None  # compiled in the background, not yet swapped in
+
+
+class _GuardMode(TorchDispatchMode):
+    """While recording, answers Python's reads of tensor values (``if x.max() > 1``,
+    ``.item()``) with the real value and remembers the tensor read, so that the program
+    can return it and each step can check that the branch taken is still the same."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[tuple[torch.Tensor, Any]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default):
+            with _disable_current_modes():
+                value = args[0].item()
+            self.reads.append((args[0], value))
+            return value
+        if torch.Tag.dynamic_output_shape in func.tags or (
+            torch.Tag.data_dependent_output in func.tags
+        ):
+            raise _Unsupported(f"{func} has a data-dependent result shape or value")
+        return func(*args, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------
+# KL-annealing wrappers: found in the handler chain, their beta becomes a program input.
+
+
+def _kl_messengers(fn: Callable[..., Any]) -> list[Any]:
+    try:
+        from pyro_gen.infer.annealing import KLScaleMessenger
+    except ImportError:  # pragma: no cover - annealing ships with the package
+        return []
+    found = []
+    while True:
+        if isinstance(fn, _bound_partial):
+            fn = fn.func
+        elif isinstance(fn, partial) and len(fn.args) >= 2:
+            if isinstance(fn.args[0], KLScaleMessenger):
+                found.append(fn.args[0])
+            fn = fn.args[1]
+        else:
+            return found
+
+
+@contextlib.contextmanager
+def _bound_betas(messengers: Sequence[Any], values: Sequence[Any]) -> Iterator[None]:
+    saved = [m.beta for m in messengers]
+    try:
+        for m, v in zip(messengers, values):
+            m.beta = v
+        yield
+    finally:
+        for m, v in zip(messengers, saved):
+            m.beta = v
+
+
+# ---------------------------------------------------------------------------------------
+# The ELBO of recorded traces, without host read-backs (Pyro's own calls .item()).
+
+
+def _elbo_particle(loss: ELBO, model_trace: Any, guide_trace: Any) -> torch.Tensor:
+    elbo: Any = 0.0
+    if isinstance(loss, _MEAN_FIELD_LOSSES):
+        # Mirrors TraceMeanField_ELBO._differentiable_loss_particle.
+        for name, msite in model_trace.nodes.items():
+            if msite["type"] != "sample":
+                continue
+            if msite["is_observed"]:
+                elbo = elbo + msite["log_prob_sum"]
+                continue
+            gsite = guide_trace.nodes[name]
+            _require_reparam(name, gsite)
+            try:
+                kl = kl_divergence(gsite["fn"], msite["fn"])
+            except NotImplementedError:
+                elbo = elbo + msite["log_prob_sum"] - gsite["score_parts"].entropy_term.sum()
+                continue
+            kl = scale_and_mask(kl, scale=gsite["scale"], mask=gsite["mask"])
+            if torch.is_tensor(kl):
+                elbo = elbo - kl.sum()
+            else:
+                elbo = elbo - kl * torch.Size(gsite["fn"].batch_shape).numel()
+        for name, gsite in guide_trace.nodes.items():
+            if gsite["type"] == "sample" and name not in model_trace.nodes:
+                _require_reparam(name, gsite)
+                elbo = elbo - gsite["score_parts"].entropy_term.sum()
+        return -elbo
+    # Trace_ELBO: for reparameterized guides its surrogate equals the ELBO itself.
+    for site in model_trace.nodes.values():
+        if site["type"] == "sample":
+            elbo = elbo + site["log_prob_sum"]
+    for name, site in guide_trace.nodes.items():
+        if site["type"] == "sample":
+            _require_reparam(name, site)
+            elbo = elbo - site["log_prob_sum"]
+    return -elbo
+
+
+def _require_reparam(name: str, site: dict[str, Any]) -> None:
+    if not is_identically_zero(site["score_parts"].score_function):
+        raise _Unsupported(
+            f"guide site '{name}' ({type(site['fn']).__name__}) is not reparameterizable"
+        )
+
+
+def _shape_sig(value: Any) -> Any:
+    if torch.is_tensor(value):
+        return ("tensor", tuple(value.shape), str(value.dtype))
+    if value is None or isinstance(value, bool):
+        return value
+    return float(value)
+
+
+def _signature(model_trace: Any, guide_trace: Any) -> tuple:
+    """Everything about the traces that the recorded program bakes in."""
+    sig = []
+    for tag, tr in (("guide", guide_trace), ("model", model_trace)):
+        for name, site in tr.nodes.items():
+            if site["type"] == "param":
+                sig.append((tag, "param", name))
+            elif site["type"] == "sample":
+                fn = site["fn"]
+                sig.append(
+                    (
+                        tag,
+                        name,
+                        site["is_observed"],
+                        type(fn).__name__,
+                        tuple(getattr(fn, "batch_shape", ())),
+                        tuple(getattr(fn, "event_shape", ())),
+                        _shape_sig(site["value"]),
+                        _shape_sig(site["scale"]),
+                        _shape_sig(site["mask"]),
+                        tuple((f.name, f.dim, f.size) for f in site["cond_indep_stack"]),
+                    )
+                )
+    return tuple(sig)
+
+
+def _describe_change(old: tuple, new: tuple) -> str:
+    old_sites = {s[:2] if s[1] != "param" else s for s in old}
+    new_sites = {s[:2] if s[1] != "param" else s for s in new}
+    if old_sites != new_sites:
+        added = sorted(str(s[-1]) for s in new_sites - old_sites)
+        removed = sorted(str(s[-1]) for s in old_sites - new_sites)
+        return f"the site set changed (added {added}, removed {removed})"
+    for a, b in zip(old, new):
+        if a != b:
+            return f"site '{a[1]}' changed from {a[2:]} to {b[2:]}"
+    return "the trace structure changed"
+
+
+# ---------------------------------------------------------------------------------------
+# Graph surgery: random calls and captured constants become inputs.
+
+
+def _lift_inputs(gm: torch.fx.GraphModule) -> list[_Noise | torch.Tensor]:
+    graph = gm.graph
+    anchor = next(n for n in graph.nodes if n.op != "placeholder")
+    extras: list[_Noise | torch.Tensor] = []
+
+    def new_input(node: torch.fx.Node, extra: _Noise | torch.Tensor) -> None:
+        with graph.inserting_before(anchor):
+            ph = graph.placeholder(f"extra_{len(extras)}")
+        node.replace_all_uses_with(ph)
+        graph.erase_node(node)
+        extras.append(extra)
+
+    def constant(x: Any) -> bool:
+        return not any(isinstance(a, torch.fx.Node) for a in pytree.tree_leaves(x))
+
+    for node in list(graph.nodes):
+        if node.op == "get_attr":
+            value = getattr(gm, node.target)
+            if torch.is_tensor(value):
+                # Captured tensors (buffers, constants) are passed in, not frozen.
+                new_input(node, value)
+            continue
+        if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
+            continue
+        if torch.Tag.nondeterministic_seeded not in node.target.tags:
+            continue
+        schema_args = node.target._schema.arguments
+        inplace = bool(schema_args) and schema_args[0].alias_info is not None
+        if inplace:
+            buf = node.args[0]
+            if (
+                isinstance(buf, torch.fx.Node)
+                and buf.target in _ALLOC_OPS
+                and len(buf.users) == 1
+                and constant((buf.args, buf.kwargs, node.args[1:], node.kwargs))
+            ):
+                noise = _Noise(
+                    node.target, tuple(node.args[1:]), dict(node.kwargs), buf.target,
+                    tuple(buf.args), dict(buf.kwargs),
+                )  # fmt: skip
+                new_input(node, noise)
+                graph.erase_node(buf)
+                continue
+        elif constant((node.args, node.kwargs)):
+            new_input(node, _Noise(node.target, tuple(node.args), dict(node.kwargs)))
+            continue
+        raise _Unsupported(
+            f"random op {node.target} depends on traced values (a sampler that is not "
+            "standard noise pushed through differentiable ops, e.g. Gamma or discrete)"
+        )
+    graph.lint()
+    gm.recompile()
+    return extras
+
+
+# ---------------------------------------------------------------------------------------
+# Fused optimizer whose state Pyro's optimizer can still save and load.
+
+
+class _FusedParamView:
+    """Stands in Pyro's ``optim_objs`` for one parameter of the fused optimizer, so that
+    ``PyroOptim.get_state()/set_state()`` (and so checkpoints) see per-parameter state in
+    the format Pyro writes."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, param: torch.Tensor) -> None:
+        self.optimizer_ = optimizer
+        self.param = param
+
+    def _group(self) -> dict[str, Any]:
+        return next(
+            g for g in self.optimizer_.param_groups if any(q is self.param for q in g["params"])
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        hyper = {k: v for k, v in self._group().items() if k != "params"}
+        hyper.update(fused=None, foreach=None)
+        state = self.optimizer_.state.get(self.param, {})
+        state = {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
+        return {"state": {0: state} if state else {}, "param_groups": [{**hyper, "params": [0]}]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = state_dict.get("state", {}).get(0)
+        if state:
+            p = self.param
+            self.optimizer_.state[p] = {
+                k: (v.to(p.device, torch.float32) if k == "step" else v.to(p.device, p.dtype))
+                if torch.is_tensor(v)
+                else v
+                for k, v in state.items()
+            }
+
+    def step(self, *args: Any, **kwargs: Any) -> None:  # pragma: no cover - guarded
+        raise RuntimeError("a fused CompiledSVI optimizer cannot step one parameter")
+
+
+def _fusable(optim: pyro.optim.PyroOptim) -> bool:
+    ctor = getattr(optim, "pt_optim_constructor", None)
+    return (
+        ctor in (torch.optim.Adam, torch.optim.AdamW)
+        and isinstance(optim.pt_optim_args, dict)
+        and not optim.pt_clip_args
+    )
+
+
+# ---------------------------------------------------------------------------------------
+
+
+class CompiledSVI:
+    """SVI whose step runs the ELBO and its gradient as a compiled tensor program.
+
+    A drop-in for ``pyro.infer.SVI(model, guide, optim, loss).step``: same Pyro param
+    store, same optimizer object (its ``get_state``/``set_state`` keep working for
+    checkpoints), same draws for the same seed. Models wrapped with
+    :func:`pyro_gen.infer.annealing.kl_scale` keep their live schedule.
+
+    Args:
+        model: Pyro model; may be wrapped by ``kl_scale``.
+        guide: Pyro guide (may be empty for flows); may be wrapped by ``kl_scale``.
+        optim: a :class:`pyro.optim.PyroOptim`; default ``Adam({"lr": 1e-3})``.
+            ``Adam``/``AdamW`` with a dict of arguments and no ``clip_args`` run as one
+            fused torch optimizer; anything else steps through ``optim`` as SVI does.
+        loss: ``Trace_ELBO`` or ``TraceMeanField_ELBO`` (their Jit variants too); other
+            ELBOs fall back to plain Pyro.
+        grad_clip: if given, the global gradient norm is clipped to it (inside the program)
+            as :func:`torch.nn.utils.clip_grad_norm_` does.
+        backend: ``"auto"``, ``"inductor"`` (torch.compile), ``"jit"`` (torch.jit.trace of
+            the recorded program), ``"fx"`` (the recorded program, uncompiled) or
+            ``"pyro"`` (always plain Pyro SVI: the ``compile=False`` path).
+        check_steps: re-trace the model eagerly on this many steps after each recording
+            and compare its structure; a difference falls back to Pyro.
+        check_every: also compare every this many steps (0: never).
+        max_programs: more distinct input signatures than this falls back to Pyro.
+        compile_after: a signature other than the first one runs the recorded program
+            uncompiled until it has been seen this many times (e.g. the last partial batch
+            of an epoch is not worth a compilation).
+
+    Example:
+        >>> import pyro.distributions as dist
+        >>> def model(x):
+        ...     loc = pyro.param("loc", torch.zeros(1))
+        ...     with pyro.plate("data", x.shape[0]):
+        ...         pyro.sample("x", dist.Normal(loc, 1.0), obs=x)
+        >>> def guide(x):
+        ...     pass
+        >>> svi = CompiledSVI(model, guide, pyro.optim.Adam({"lr": 0.1}), backend="fx")
+        >>> for _ in range(50):
+        ...     loss = svi.step(torch.full((8,), 2.0))
+        >>> svi.compiled, abs(pyro.param("loc").item() - 2.0) < 0.2
+        (True, True)
+    """
+
+    def __init__(
+        self,
+        model: Callable[..., Any],
+        guide: Callable[..., Any],
+        optim: pyro.optim.PyroOptim | None = None,
+        loss: ELBO | None = None,
+        *,
+        grad_clip: float | None = None,
+        backend: str = "auto",
+        check_steps: int = 2,
+        check_every: int = 1000,
+        max_programs: int = 8,
+        compile_after: int = 50,
+    ) -> None:
+        if backend not in ("auto", "inductor", "jit", "fx", "pyro"):
+            raise ValueError(f"unknown backend {backend!r}")
+        self.model, self.guide = model, guide
+        self.optim = optim if optim is not None else pyro.optim.Adam({"lr": 1e-3})
+        self.loss = loss if loss is not None else Trace_ELBO()
+        self.grad_clip = grad_clip
+        self.backend = backend
+        self.check_steps, self.check_every = check_steps, check_every
+        self.max_programs, self.compile_after = max_programs, compile_after
+        self._kl = _kl_messengers(model) + _kl_messengers(guide)
+        self._programs: dict[Any, _Program] = {}
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._params: list[torch.Tensor] = []
+        self.fallback_reason: str | None = None
+        self.compile_time_s = 0.0  # recording and compiling on the training thread
+        self.background_compile_s = 0.0
+        self._threads: list[threading.Thread] = []
+        if backend == "pyro":
+            self.fallback_reason = "compilation turned off"
+        elif not supports(self.loss):
+            self._fall_back(f"{type(self.loss).__name__} is not supported")
+
+    # -- public API ----------------------------------------------------------------------
+
+    @property
+    def compiled(self) -> bool:
+        """Whether steps currently run as a recorded program (not plain Pyro)."""
+        return self.fallback_reason is None
+
+    def parameters(self) -> list[torch.Tensor]:
+        """The unconstrained parameters the step updates (known after the first step)."""
+        return list(self._params)
+
+    def step(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """One gradient step; returns the loss (negative ELBO) as a 0-dim tensor.
+
+        The loss is not read back to the host; call ``float()`` on it only when needed.
+        """
+        if self.fallback_reason is None:
+            try:
+                prog, data = self._program_for(args, kwargs)
+                loss, grads, _ = self._run(prog, data)
+            except _Unsupported as exc:
+                self._fall_back(str(exc))
+            else:
+                return self._update(prog, loss, grads)
+        return self._pyro_step(args, kwargs)
+
+    def __call__(self, step: int, *args: Any, **kwargs: Any) -> float:
+        """``fit``'s step protocol: run :meth:`step` and return the loss as a float,
+        raising on a non-finite loss (parameters keep their last finite values when the
+        optimizer is fused)."""
+        loss = float(self.step(*args, **kwargs))
+        if not math.isfinite(loss):
+            try:
+                from pyro_gen.infer.fit import NonFiniteLossError as error
+            except ImportError:  # pragma: no cover
+                error = FloatingPointError
+            raise error(
+                f"loss became {loss} at step {step}; parameters were left at their last "
+                "finite values. Lower the learning rate, set grad_clip, or check the data"
+            )
+        return loss
+
+    def loss_and_grads(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Loss and gradients (left in ``.grad``) without an update, like
+        ``ELBO.loss_and_grads``; for tests and diagnostics."""
+        if self.fallback_reason is None:
+            try:
+                prog, data = self._program_for(args, kwargs)
+                loss, grads, _ = self._run(prog, data)
+            except _Unsupported as exc:
+                self._fall_back(str(exc))
+            else:
+                for p, g in zip(prog.grad_params, grads):
+                    p.grad = g if p.grad is None else p.grad + g
+                return loss
+        return torch.as_tensor(self.loss.loss_and_grads(self.model, self.guide, *args, **kwargs))
+
+    # -- compiled path -------------------------------------------------------------------
+
+    def _key(self, args: tuple, kwargs: dict) -> tuple[Any, list[torch.Tensor]]:
+        flat, spec = pytree.tree_flatten((args, kwargs))
+        tensors = [v for v in flat if torch.is_tensor(v)]
+        statics = tuple(None if torch.is_tensor(v) else v for v in flat)
+        shapes = tuple((tuple(t.shape), t.dtype, t.device, t.requires_grad) for t in tensors)
+        key = (spec, shapes, statics, torch.is_grad_enabled())
+        try:
+            hash(key)
+        except TypeError as exc:
+            raise _Unsupported(f"a non-tensor argument is not hashable ({exc})") from exc
+        return key, tensors
+
+    def _beta_values(self) -> list[float]:
+        return [float(m.beta() if callable(m.beta) else m.beta) for m in self._kl]
+
+    def _program_for(self, args: tuple, kwargs: dict) -> tuple[_Program, list[torch.Tensor]]:
+        key, tensors = self._key(args, kwargs)
+        prog = self._programs.get(key)
+        if prog is None:
+            if len(self._programs) >= self.max_programs:
+                raise _Unsupported(f"more than {self.max_programs} distinct input signatures")
+            prog = self._programs[key] = self._record(args, kwargs, tensors)
+        elif not (prog.compiled or prog.compiling) and prog.calls + 1 >= self.compile_after:
+            self._start_compile(prog, tensors)
+        prog.calls += 1
+        due = 1 < prog.calls <= 1 + self.check_steps or (
+            self.check_every > 0 and prog.calls % self.check_every == 0
+        )
+        if due:
+            with self._quiet_rng(tensors):
+                sig = self._eager_signature(args, kwargs)
+            if sig != prog.signature:
+                raise _Unsupported(
+                    f"the program's structure changed between steps: "
+                    f"{_describe_change(prog.signature, sig)}"
+                )
+        return prog, tensors
+
+    def _traces(self, args: tuple, kwargs: dict) -> Iterator[tuple[Any, Any]]:
+        return self.loss._get_traces(self.model, self.guide, args, kwargs)
+
+    def _eager_signature(self, args: tuple, kwargs: dict) -> tuple:
+        with torch.no_grad():
+            betas = [torch.tensor(b) for b in self._beta_values()]
+            with _bound_betas(self._kl, betas):
+                sigs = [_signature(m, g) for m, g in self._traces(args, kwargs)]
+        return tuple(sigs)
+
+    @contextlib.contextmanager
+    def _quiet_rng(self, tensors: Sequence[torch.Tensor]) -> Iterator[None]:
+        # Recording and checking draw noise of their own; the training stream must not
+        # notice, so that compiled and plain Pyro runs see the same draws.
+        devices = sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
+        with torch.random.fork_rng(devices=devices):
+            yield
+
+    def _record(self, args: tuple, kwargs: dict, tensors: list[torch.Tensor]) -> _Program:
+        start = time.perf_counter()
+        with self._quiet_rng(tensors):
+            # An eager run creates the parameters and gives the reference structure.
+            signature = self._eager_signature(args, kwargs)
+            names = sorted({s[2] for sig in signature for s in sig if s[1] == "param"})
+            store = pyro.get_param_store()
+            params = [store._params[n] for n in names]
+            dtype = params[0].dtype if params else torch.get_default_dtype()
+            device = tensors[0].device if tensors else torch.device("cpu")
+            betas = [torch.tensor(b, dtype=dtype, device=device) for b in self._beta_values()]
+            flat, spec = pytree.tree_flatten((args, kwargs))
+            slots = [i for i, v in enumerate(flat) if torch.is_tensor(v)]
+            n_p, n_d = len(params), len(tensors)
+            seen: dict[str, Any] = {}
+
+            def program(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+                leaves = list(flat)
+                for i, t in zip(slots, inputs[n_p : n_p + n_d]):
+                    leaves[i] = t
+                a, k = pytree.tree_unflatten(leaves, spec)
+                loss: Any = 0.0
+                sigs = []
+                guard = _GuardMode()
+                with _bound_betas(self._kl, inputs[n_p + n_d :]), guard:
+                    for model_trace, guide_trace in self._traces(a, k):
+                        sigs.append(_signature(model_trace, guide_trace))
+                        loss = loss + _elbo_particle(self.loss, model_trace, guide_trace)
+                    loss = loss / self.loss.num_particles
+                seen["guards"] = [v for _, v in guard.reads]
+                if not torch.is_tensor(loss) or not loss.requires_grad:
+                    raise _Unsupported("the loss does not depend on any parameter")
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+                seen["sig"], seen["used"] = tuple(sigs), [g is not None for g in grads]
+                grads = [g for g in grads if g is not None]
+                if self.grad_clip is not None:
+                    norms = torch.stack([torch.linalg.vector_norm(g) for g in grads])
+                    coef = (self.grad_clip / (torch.linalg.vector_norm(norms) + 1e-6)).clamp(
+                        max=1.0
+                    )
+                    grads = [g * coef for g in grads]
+                return (loss.detach(), *grads, *(t for t, _ in guard.reads))
+
+            try:
+                with pyro.validation_enabled(False), torch.enable_grad():
+                    gm = make_fx(program)(*params, *tensors, *betas)
+            except _Unsupported:
+                raise
+            except Exception as exc:
+                msg = (str(exc) or type(exc).__name__).splitlines()[0]
+                raise _Unsupported(f"recording failed: {msg}") from exc
+            if seen["sig"] != signature:
+                raise _Unsupported(
+                    "the program's structure changed between two runs: "
+                    + _describe_change(signature, seen["sig"])
+                )
+            extras = _lift_inputs(gm)
+        grad_params = [p for p, used in zip(params, seen["used"]) if used]
+        prog = _Program(
+            gm, gm, params, grad_params, extras, signature, seen["guards"], compiled=False
+        )
+        self._register(params)
+        if self._programs and self.compile_after > 1:
+            logger.info("pyro_gen: recorded a new input signature; it runs uncompiled for now")
+        else:
+            self._start_compile(prog, tensors)
+        self.compile_time_s += time.perf_counter() - start
+        return prog
+
+    def _start_compile(self, prog: _Program, data: list[torch.Tensor]) -> None:
+        if self.backend == "auto" and prog.params and prog.params[0].device.type == "cpu":
+            # Steps run the recorded program (already faster than Pyro) while Inductor
+            # compiles on another thread, so compilation never costs a first epoch.
+            self._compile_in_background(prog, data)
+        else:
+            prog.fn, prog.compiled = self._compile(prog, data), True
+
+    def _compile_in_background(self, prog: _Program, data: list[torch.Tensor]) -> None:
+        prog.compiling = True
+        with self._quiet_rng(data):
+            example = [t.detach().clone() for t in self._example_inputs(prog, data)]
+
+        def work() -> None:
+            start = time.perf_counter()
+            try:
+                fn = torch.compile(prog.gm, fullgraph=True, dynamic=False)
+                with torch.no_grad():
+                    fn(*example)
+            except Exception as exc:  # keep training on the recorded program
+                logger.info("pyro_gen: background compilation failed (%s); staying uncompiled", exc)
+                return
+            prog.ready = fn
+            self.background_compile_s += time.perf_counter() - start
+            logger.info(
+                "pyro_gen: compiled the ELBO step (inductor, background) in %.1f s",
+                time.perf_counter() - start,
+            )
+
+        thread = threading.Thread(target=work, name="pyro_gen-compile", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def wait_compiled(self, timeout: float | None = None) -> None:
+        """Blocks until background compilations have finished (for benchmarks, tests)."""
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def _resolved_backend(self, device: torch.device) -> str:
+        if self.backend != "auto":
+            return self.backend
+        return "inductor"
+
+    def _compile(self, prog: _Program, data: list[torch.Tensor]) -> Callable[..., Any]:
+        device = prog.params[0].device if prog.params else torch.device("cpu")
+        backend = self._resolved_backend(device)
+        start = time.perf_counter()
+        if backend == "fx":
+            return prog.gm
+        if backend == "jit":
+            with self._quiet_rng(prog.params), torch.no_grad():
+                fn = torch.jit.trace(prog.gm, self._example_inputs(prog, data), check_trace=False)
+        else:
+            mode = "reduce-overhead" if device.type == "cuda" else None
+            fn = torch.compile(prog.gm, fullgraph=True, dynamic=False, mode=mode)
+        # Warm up (compile) now, on noise that does not touch the training stream.
+        with self._quiet_rng(prog.params), torch.no_grad():
+            for _ in range(2 if backend == "jit" else 1):
+                fn(*self._example_inputs(prog, data))
+        logger.info(
+            "pyro_gen: compiled the ELBO step (%s) in %.1f s", backend, time.perf_counter() - start
+        )
+        return fn
+
+    def _example_inputs(self, prog: _Program, data: list[torch.Tensor]) -> list[torch.Tensor]:
+        # The program returns gradients and mutates no parameter; copies of data and
+        # captured buffers keep a warm-up from touching running statistics.
+        dtype = prog.params[0].dtype if prog.params else torch.get_default_dtype()
+        device = data[0].device if data else torch.device("cpu")
+        out = [*prog.params, *(t.clone() for t in data)]
+        out += [torch.tensor(b, dtype=dtype, device=device) for b in self._beta_values()]
+        for e in prog.extras:
+            out.append(e.draw() if isinstance(e, _Noise) else e.clone())
+        return out
+
+    def _run(
+        self, prog: _Program, data: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
+        dtype = prog.params[0].dtype if prog.params else torch.get_default_dtype()
+        device = data[0].device if data else torch.device("cpu")
+        betas = [torch.tensor(b, dtype=dtype, device=device) for b in self._beta_values()]
+        extras = [e.draw() if isinstance(e, _Noise) else e for e in prog.extras]
+        if prog.ready is not None:
+            prog.fn, prog.compiled, prog.ready = prog.ready, True, None
+        cuda_graphs = prog.compiled and device.type == "cuda" and self._resolved_backend(device)
+        if cuda_graphs == "inductor":
+            torch.compiler.cudagraph_mark_step_begin()
+        with torch.no_grad():
+            out = prog.fn(*prog.params, *data, *betas, *extras)
+        loss = out[0].clone() if cuda_graphs == "inductor" else out[0]
+        n_grads = len(prog.grad_params)
+        for read, expected in zip(out[1 + n_grads :], prog.guards):
+            # One host read per value the model branched on (none for most models).
+            if read.item() != expected:
+                raise _Unsupported(
+                    "data-dependent control flow: a tensor value the model or guide branched "
+                    f"on changed ({expected!r} when recorded, {read.item()!r} now)"
+                )
+        return loss, list(out[1 : 1 + n_grads]), None
+
+    def _register(self, params: list[torch.Tensor]) -> None:
+        new = [p for p in params if not any(p is q for q in self._params)]
+        if not new:
+            return
+        self._params.extend(new)
+        if not _fusable(self.optim):
+            return
+        args = dict(self.optim.pt_optim_args)
+        if self._optimizer is None:
+            ctor = self.optim.pt_optim_constructor
+            try:
+                self._optimizer = ctor(new, **args, fused=True)
+            except (RuntimeError, ValueError, TypeError):
+                self._optimizer = ctor(new, **args, foreach=True)
+        else:
+            self._optimizer.add_param_group({"params": new, **args})
+        for p in new:
+            self.optim.optim_objs[p] = _FusedParamView(self._optimizer, p)
+            self.optim.grad_clip[p] = None
+        self._consume_waiting_state()
+
+    def _consume_waiting_state(self) -> None:
+        waiting = self.optim._state_waiting_to_be_consumed
+        if not waiting:
+            return
+        store = pyro.get_param_store()
+        for p in self._params:
+            view = self.optim.optim_objs.get(p)
+            if isinstance(view, _FusedParamView):
+                state = waiting.pop(store.param_name(p), None)
+                if state is not None:
+                    view.load_state_dict(state)
+
+    def _update(
+        self, prog: _Program, loss: torch.Tensor, grads: list[torch.Tensor]
+    ) -> torch.Tensor:
+        for p, g in zip(prog.grad_params, grads):
+            p.grad = g
+        if self._optimizer is not None:
+            self._consume_waiting_state()
+            # Fused Adam skips the whole update when found_inf is 1: a non-finite loss
+            # leaves the parameters at their last finite values without a host read-back.
+            self._optimizer.found_inf = (~torch.isfinite(loss)).to(torch.float32)
+            self._optimizer.step()
+            self._optimizer.found_inf = None
+        else:
+            self.optim(prog.grad_params)
+        for p in prog.grad_params:
+            p.grad = None
+        return loss
+
+    # -- plain Pyro path -----------------------------------------------------------------
+
+    def _fall_back(self, reason: str) -> None:
+        self.fallback_reason = reason
+        logger.warning("pyro_gen: compiled SVI step off, using plain Pyro SVI: %s", reason)
+        if self._optimizer is None:
+            return
+        # Hand the fused state back to Pyro's per-parameter optimizers.
+        store = pyro.get_param_store()
+        for p in self._params:
+            view = self.optim.optim_objs.pop(p, None)
+            self.optim.grad_clip.pop(p, None)
+            if isinstance(view, _FusedParamView) and p in self._optimizer.state:
+                self.optim._state_waiting_to_be_consumed[store.param_name(p)] = view.state_dict()
+        self._optimizer = None
+
+    def _pyro_step(self, args: tuple, kwargs: dict) -> torch.Tensor:
+        with pyro.poutine.trace(param_only=True) as capture:
+            loss = self.loss.loss_and_grads(self.model, self.guide, *args, **kwargs)
+        params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(list(params), self.grad_clip)
+        self.optim(params)
+        pyro.infer.util.zero_grads(params)
+        return torch.as_tensor(loss)

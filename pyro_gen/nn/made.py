@@ -29,8 +29,9 @@ class MADE(nn.Module):
     ``num_params`` outputs per input dimension, each a function of
     :math:`x_{\pi_1}, \dots, x_{\pi_{k-1}}` for the input at position :math:`\pi_k`
     (the first in the order gets constants). Hidden units get degrees cycling through
-    :math:`1..D-1`; masks are buffers. An optional context vector is connected to every
-    hidden unit (degree 0), for conditional flows.
+    :math:`1..D-1`; masks are buffers. An optional context vector (degree 0) is connected
+    to every hidden unit, and hidden degrees then start at 0, so every output, the first
+    in the order included, depends on the context (conditional flows).
 
     Output layout: ``(..., num_params * D)``, parameter-major (all shifts, then all
     log-scales, ...), i.e. ``out.unflatten(-1, (num_params, D))``.
@@ -83,8 +84,11 @@ class MADE(nn.Module):
         deg_in = torch.cat([deg_in, torch.zeros(context_dim, dtype=torch.long)])
         layers: list[nn.Module] = []
         prev = deg_in
+        # with a context, degree-0 hidden units (seeing only the context) let it reach the
+        # first output in the order too; without one they would be constants
+        low = 0 if context_dim else 1
         for h in hidden_dims:
-            deg_h = torch.arange(h) % max(d - 1, 1) + 1
+            deg_h = torch.arange(h) % max(d - low, 1) + low
             mask = (deg_h[:, None] >= prev[None, :]).float()
             layers += [MaskedLinear(prev.numel(), h, mask), activation()]
             prev = deg_h

@@ -89,3 +89,26 @@ __all__ = [
     "random_permutation",
     "reverse_permutation",
 ]
+
+# continuous flows and dequantization (flows engineer)
+from pyro_gen.transforms.continuous import (  # noqa: E402
+    ContinuousFlow,
+    cnf,
+    ode_log_likelihood,
+    odeint_with_logdet,
+)
+from pyro_gen.transforms.dequantization import (  # noqa: E402
+    ScaledSigmoid,
+    UniformDequantization,
+    VariationalDequantization,
+)
+
+__all__ += [
+    "ContinuousFlow",
+    "ScaledSigmoid",
+    "UniformDequantization",
+    "VariationalDequantization",
+    "cnf",
+    "ode_log_likelihood",
+    "odeint_with_logdet",
+]

@@ -337,3 +337,25 @@ register(
         "determinant when Q commutes with it; disagrees with autograd by ~1e-2",
     )
 )
+
+# ------------------------------------------------------- continuous flows, dequantization
+register(
+    Case(
+        "continuous_flow_exact",
+        # tight tolerances: an ODE flow's log|det J| is exact only up to the solver's
+        lambda: T.cnf(3, (8,), trace="exact", rtol=1e-8, atol=1e-8),
+        (3,),
+        (T.ContinuousFlow,),
+    )
+)
+register(
+    Case(
+        "scaled_sigmoid",
+        lambda: T.ScaledSigmoid(alpha=0.05, event_dim=1),
+        (4,),
+        (T.ScaledSigmoid,),
+        # its inverse is only defined on pixels in [0, 1], not on the registry's Gaussian
+        # inputs; tests/flows/test_dequantization.py checks the round trip there
+        invertible=False,
+    )
+)

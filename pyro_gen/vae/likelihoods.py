@@ -98,8 +98,12 @@ class GaussianLikelihood(Likelihood):
             scale = torch.full_like(loc, self.fixed_scale)
         return dist.Normal(loc, scale).to_event(event_dim)
 
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        # real-valued data (standardized, logit space) is legitimate here
+        return x
+
     def mean(self, params: torch.Tensor) -> torch.Tensor:
-        return params[..., 0].clamp(0, 1)
+        return params[..., 0]
 
 
 class CategoricalLikelihood(Likelihood):

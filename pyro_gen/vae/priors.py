@@ -12,6 +12,9 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from pyro_gen.distributions.flow import Flow
+from pyro_gen.transforms import affine_coupling
+
 
 class NormalPrior(nn.Module):
     """Standard Normal prior :math:`p(z) = \\mathcal{N}(0, I)`.
@@ -34,27 +37,6 @@ class NormalPrior(nn.Module):
         return dist.Normal(self.loc, self.scale).to_event(1)
 
 
-class _Flip(dist.transforms.Transform):
-    """Reverse the last dimension (volume preserving); alternates coupling halves."""
-
-    domain = dist.constraints.real_vector
-    codomain = dist.constraints.real_vector
-    bijective = True
-    volume_preserving = True
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Flip)
-
-    def _call(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flip(-1)
-
-    def _inverse(self, y: torch.Tensor) -> torch.Tensor:
-        return y.flip(-1)
-
-    def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return x.new_zeros(x.shape[:-1])
-
-
 class FlowPrior(nn.Module):
     """Flow prior: a RealNVP (affine coupling) pushforward of a standard Normal,
 
@@ -63,10 +45,8 @@ class FlowPrior(nn.Module):
               \\frac{\\partial f^{-1}}{\\partial z}\\right|.
 
     Coupling layers make both the density of a guide sample (needed in the ELBO) and
-    sampling a single network pass. The halves alternate through a flip between layers.
-
-    Built from ``pyro.distributions.transforms.affine_coupling`` directly (pyro_gen's own
-    flow distributions had not landed when this was written).
+    sampling a single network pass; the masked halves alternate between layers. Built on
+    :class:`pyro_gen.distributions.flow.Flow` and :func:`pyro_gen.transforms.affine_coupling`.
 
     Args:
         z_dim: latent size (at least 2).
@@ -90,24 +70,16 @@ class FlowPrior(nn.Module):
         if z_dim < 2:
             raise ValueError(f"FlowPrior needs z_dim >= 2 for coupling layers, got {z_dim}")
         self.z_dim = z_dim
-        self.register_buffer("loc", torch.zeros(z_dim))
-        self.register_buffer("scale", torch.ones(z_dim))
-        self.flows = nn.ModuleList(
-            dist.transforms.affine_coupling(z_dim, hidden_dims=list(hidden_dims))
-            for _ in range(num_flows)
+        self.flow = Flow(
+            (z_dim,),
+            [
+                affine_coupling(z_dim, parity=i % 2, hidden_dims=tuple(hidden_dims))
+                for i in range(num_flows)
+            ],
         )
 
-    def transforms(self) -> list[dist.transforms.Transform]:
-        out: list[dist.transforms.Transform] = []
-        for i, flow in enumerate(self.flows):
-            if i:
-                out.append(_Flip())
-            out.append(flow)
-        return out
-
     def forward(self, context: torch.Tensor | None = None, **kwargs) -> dist.TorchDistribution:
-        base = dist.Normal(self.loc, self.scale).to_event(1)
-        return dist.TransformedDistribution(base, self.transforms())
+        return self.flow()
 
 
 def make_prior(

@@ -101,10 +101,8 @@ def load_checkpoint(path: Path, map_location: torch.device | str | None = None) 
         ) from e
 
 
-def restore_checkpoint(
-    ckpt: dict[str, Any], gen_model: torch.nn.Module, optim: pyro.optim.PyroOptim
-) -> dict[str, Any]:
-    """Loads a checkpoint's state into a model, the param store, the optimizer and the RNGs."""
+def restore_model(ckpt: dict[str, Any], gen_model: torch.nn.Module) -> None:
+    """Loads a checkpoint's module state and its ``pyro.param`` values (not the optimizer)."""
     expected = f"{type(gen_model).__module__}.{type(gen_model).__qualname__}"
     if ckpt["model_class"] != expected:
         raise CheckpointError(
@@ -128,6 +126,14 @@ def restore_checkpoint(
             "constraints": {n: saved["constraints"][n] for n in saved["params"]},
         }
     )
+
+
+def restore_checkpoint(
+    ckpt: dict[str, Any], gen_model: torch.nn.Module, optim: pyro.optim.PyroOptim
+) -> dict[str, Any]:
+    """Loads a checkpoint's state into a model, the param store, the optimizer and the RNGs,
+    and returns the saved progress (epoch, step, history)."""
+    restore_model(ckpt, gen_model)
     optim.set_state(ckpt["optim_state"])
     pyro.util.set_rng_state(ckpt["rng_state"])
     return ckpt["progress"]

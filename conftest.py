@@ -1,0 +1,16 @@
+"""Root pytest configuration: doctests in pyro_gen/ get a fixed seed and a clean param store."""
+
+from __future__ import annotations
+
+import pyro
+import pytest
+
+collect_ignore = ["pyro_gen/__main__.py", "tutorials", "benchmarks"]
+
+
+@pytest.fixture(autouse=True)
+def _doctest_pyro_state(request: pytest.FixtureRequest) -> None:
+    if isinstance(request.node, pytest.DoctestItem):
+        pyro.set_rng_seed(0)
+        pyro.clear_param_store()
+        pyro.enable_validation(True)

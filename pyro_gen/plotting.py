@@ -1,0 +1,103 @@
+"""PNG figures for run directories: sample grids, 2D scatter/density plots, training curves.
+
+matplotlib is an optional dependency (``pip install pyro-gen[plot]``); it is imported only
+when a figure is drawn, with the Agg backend so no display is needed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError as e:  # pragma: no cover - exercised only without the extra
+        raise ImportError("plots need matplotlib: pip install 'pyro-gen[plot]'") from e
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 1) -> torch.Tensor:
+    """Tiles images ``(N, H, W)`` or ``(N, C, H, W)`` with values in [0, 1] into one
+    ``(rows*H', cols*W')`` or ``(rows*H', cols*W', 3)`` array.
+
+    Example:
+        >>> image_grid(torch.ones(6, 2, 2), nrow=3).shape
+        torch.Size([7, 10])
+    """
+    images = images.detach().float().cpu().clamp(0, 1)
+    if images.dim() == 3:
+        images = images.unsqueeze(1)
+    n, c, h, w = images.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / nrow)
+    grid = torch.zeros(c, rows * (h + pad) + pad, nrow * (w + pad) + pad)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        top, left = pad + r * (h + pad), pad + col * (w + pad)
+        grid[:, top : top + h, left : left + w] = images[i]
+    return grid[0] if c == 1 else grid[:3].permute(1, 2, 0)
+
+
+def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
+    """Writes a PNG grid of images with values in [0, 1]."""
+    plt = _pyplot()
+    path = Path(path)
+    plt.imsave(path, image_grid(images, nrow).numpy(), cmap="gray", vmin=0.0, vmax=1.0)
+    return path
+
+
+def save_scatter(
+    points: torch.Tensor,
+    path: str | Path,
+    log_prob: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    title: str = "",
+) -> Path:
+    """Writes a PNG of 2D samples, over the model density where ``log_prob`` is given."""
+    plt = _pyplot()
+    points = points.detach().float().cpu()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    lo, hi = points.min(0).values - 0.5, points.max(0).values + 0.5
+    if log_prob is not None:
+        xs = torch.linspace(float(lo[0]), float(hi[0]), 150)
+        ys = torch.linspace(float(lo[1]), float(hi[1]), 150)
+        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).reshape(-1, 2)
+        with torch.no_grad():
+            density = log_prob(grid).exp().reshape(150, 150).cpu()
+        ax.pcolormesh(xs, ys, density, shading="auto", cmap="viridis")
+    ax.scatter(points[:, 0], points[:, 1], s=2, c="white" if log_prob is not None else "k")
+    ax.set_title(title)
+    ax.set_aspect("equal")
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)
+
+
+def save_curves(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Writes a PNG of the per-epoch training loss and, where recorded, test ELBO."""
+    plt = _pyplot()
+    epochs = [r["epoch"] for r in history]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epochs, [-r["train_loss"] for r in history], "o-", label="train ELBO / example")
+    tested = [r for r in history if "test_elbo" in r]
+    if tested:
+        ax.plot(
+            [r["epoch"] for r in tested],
+            [r["test_elbo"] for r in tested],
+            "s-",
+            label="test ELBO / example",
+        )
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats")
+    ax.legend()
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)

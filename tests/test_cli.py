@@ -1,0 +1,122 @@
+"""End-to-end tests of the ``pyro-gen`` command on small data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import pyro_gen
+from pyro_gen.cli import main
+
+SMALL_VAE = ["--z-dim", "4", "--hidden-dim", "32", "--batch-size", "64", "--no-progress"]
+
+
+def test_train_evaluate_sample_resume(tmp_path, capsys):
+    run = tmp_path / "vae"
+    args = ["train", "vae", "--data", "digits", "--epochs", "1", "--out", str(run), *SMALL_VAE]
+    assert main(args) == 0
+    for name in ("config.json", "checkpoint.pt", "metrics.jsonl", "samples.png", "curves.png"):
+        assert (run / name).is_file(), name
+    assert "run directory" in capsys.readouterr().out
+
+    assert main(["evaluate", str(run), "--k", "20", "--num-test", "50"]) == 0
+    results = json.loads((run / "evaluation.json").read_text())
+    assert results["num_test"] == 50
+    assert results["iwae_log_likelihood"] >= results["test_elbo"] - 1.0  # IWAE is the tighter bound
+
+    assert main(["sample", str(run), "-n", "9", "--out", str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s.png").stat().st_size > 0
+
+    first = torch.load(run / "checkpoint.pt", weights_only=False)["model_state"]
+    assert (
+        main(["train", "vae", "--data", "digits", "--epochs", "2", "--out", str(run), *SMALL_VAE])
+        == 0
+    )
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    model = pyro_gen.load(run)
+    assert not all(torch.equal(first[k], v) for k, v in model.state_dict().items())
+    assert model.sample(3).shape == (3, 8, 8)
+
+
+def test_resuming_with_other_options_is_refused(tmp_path, capsys):
+    run = tmp_path / "vae"
+    assert (
+        main(["train", "vae", "--data", "digits", "--epochs", "1", "--out", str(run), *SMALL_VAE])
+        == 0
+    )
+    capsys.readouterr()
+    args = ["train", "vae", "--data", "digits", "--epochs", "2", "--out", str(run), "--z-dim", "5"]
+    assert main(args) == 2
+    assert "fresh --out" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "nosuchmodel", "--data", "digits"], "invalid choice"),
+        (["train", "vae", "--data", "nosuchdata"], "invalid choice"),
+        (["train", "vae", "--data", "digits", "--epochs", "-3"], "non-negative"),
+        (["evaluate", "/nonexistent/run"], "does not exist"),
+        (["sample", "/nonexistent/run"], "does not exist"),
+        (["train", "vae", "--data", "moons"], "models images"),
+    ],
+)
+def test_bad_input_gives_one_line_and_nonzero_exit(args, message, capsys):
+    try:
+        status = main(args)
+    except SystemExit as e:  # argparse's own errors
+        status = e.code
+    err = capsys.readouterr().err
+    assert status != 0
+    assert message in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_checkpoint_of_another_model_gives_clear_error(tmp_path, capsys):
+    run = tmp_path / "vae"
+    assert (
+        main(["train", "vae", "--data", "digits", "--epochs", "0", "--out", str(run), *SMALL_VAE])
+        == 0
+    )
+    config = json.loads((run / "config.json").read_text())
+    # A checkpoint of a VAE under a config that names another model.
+    assert not (run / "checkpoint.pt").exists()
+    torch.save(
+        {
+            "model_class": "pyro_gen.vae.vae.VAE",
+            "model_state": {},
+            "param_store": {},
+            "progress": {},
+        },
+        run / "checkpoint.pt",
+    )
+    config["model"], config["options"] = (
+        "ddpm",
+        {
+            "schedule": "linear",
+            "param": "eps",
+            "diffusion_objective": "elbo",
+            "timesteps": 10,
+        },
+    )
+    (run / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--k", "2"]) == 2
+    assert "checkpoint holds a" in capsys.readouterr().err
+
+
+def test_help_documents_every_option():
+    proc = subprocess.run(
+        [sys.executable, "-m", "pyro_gen", "train", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0
+    for option in ("--data", "--epochs", "--device", "--out", "--prior", "--guide", "--schedule"):
+        assert option in proc.stdout

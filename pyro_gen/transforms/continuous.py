@@ -341,7 +341,7 @@ class ConcatSquashLinear(nn.Module):
         self.bias = nn.Linear(1, out_dim, bias=False)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        tt = t.reshape(1, 1).to(x)
+        tt = t.to(x).reshape(1)
         return self.linear(x) * torch.sigmoid(self.gate(tt)) + self.bias(tt)
 
 

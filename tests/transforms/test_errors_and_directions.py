@@ -1,0 +1,125 @@
+"""Bad input gets a clear error; MAF/IAF fast directions really take one pass."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pyro
+import pytest
+import torch
+
+from pyro_gen import transforms as T
+from pyro_gen.distributions import Flow
+
+
+def test_wrong_event_shape_is_a_clear_error() -> None:
+    t = T.affine_coupling(4, hidden_dims=[8])
+    with pytest.raises(ValueError, match=r"event shape \(4,\)"):
+        t(torch.randn(3, 5))
+    flow = Flow(4, [t])
+    with pytest.raises(ValueError, match=r"event shape \(4,\)"):
+        flow.log_prob(torch.randn(3, 5))
+    img = T.InvertibleConv1x1((3, 4, 4))
+    with pytest.raises(ValueError, match="event shape"):
+        img(torch.randn(2, 3, 4, 5))
+
+
+def test_squeeze_odd_size_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="divisible"):
+        T.Squeeze((1, 5, 4))
+    with pytest.raises(ValueError, match="divisible"):
+        T.multi_scale((1, 6, 6), lambda s, last: [T.ActNorm(s)], num_levels=2)
+
+
+def test_non_finite_input_is_a_clear_error() -> None:
+    flow = Flow(2, [T.affine_coupling(2, hidden_dims=[4])])
+    x = torch.tensor([[0.0, float("nan")]])
+    with pytest.raises(ValueError, match="non-finite"):
+        flow.log_prob(x)
+    with pytest.raises(ValueError, match="non-finite"):
+        flow.log_prob(torch.tensor([[float("inf"), 0.0]]))
+
+
+def test_singular_conv1x1_is_a_clear_error() -> None:
+    t = T.InvertibleConv1x1((2, 2, 2))
+    with torch.no_grad():
+        t.log_s[0] = -float("inf")
+    with pytest.raises(ValueError, match="singular"):
+        t.inv(torch.randn(2, 2, 2))
+    with torch.no_grad():
+        t.log_s[0] = -40.0
+    with pytest.raises(ValueError, match="singular"):
+        t.inv(torch.randn(2, 2, 2))
+
+
+def test_conditioner_output_size_mismatch_is_a_clear_error() -> None:
+    from pyro_gen.nn import MLP
+
+    t = T.AffineCoupling(T.alternating_mask(4), MLP(2, [4], 3))
+    with pytest.raises(ValueError, match="num_params"):
+        t(torch.randn(4))
+
+
+def test_bad_masks_and_permutations() -> None:
+    with pytest.raises(ValueError, match="both"):
+        T.Coupling(torch.ones(3, dtype=torch.bool), torch.nn.Identity(), T.Affine())
+    with pytest.raises(ValueError, match="permutation"):
+        T.Permute(torch.tensor([0, 0, 1]))
+    with pytest.raises(ValueError, match="not valid"):
+        T.affine_coupling(4, mask="checkerboard")
+
+
+class _Counting(torch.nn.Module):
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net, self.calls = net, 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.net(x)
+
+
+@pytest.mark.parametrize("maf", [True, False])
+def test_fast_direction_takes_one_made_pass(maf: bool) -> None:
+    d = 5
+    t = (T.masked_autoregressive if maf else T.inverse_autoregressive)(d, [16])
+    t.made = counter = _Counting(t.made)
+    x = torch.randn(7, d)
+    fast, slow = (t.inv, t) if maf else (t, t.inv)
+    y = fast(x)
+    t.log_abs_det_jacobian(*((y, x) if maf else (x, y)))  # cached: no extra pass
+    assert counter.calls == 1
+    counter.calls = 0
+    slow(x)
+    assert counter.calls == d
+
+
+def test_transforms_survive_deepcopy_and_pickle_after_use() -> None:
+    # the log-det cache holds tensors with autograd history; copies must not choke on it
+    flow = Flow(
+        (1, 4, 4),
+        [
+            T.multi_scale(
+                (1, 4, 4),
+                lambda s, last: [
+                    T.ActNorm(s),
+                    T.affine_coupling(s, mask="channel", hidden_channels=4, num_blocks=1),
+                ],
+                num_levels=2,
+            )
+        ],
+    )
+    x = torch.rand(3, 1, 4, 4)
+    flow.log_prob(x).sum().backward()
+    clone = copy.deepcopy(flow)
+    torch.testing.assert_close(clone.log_prob(x), flow.log_prob(x))
+    again = pickle.loads(pickle.dumps(flow))
+    torch.testing.assert_close(again.log_prob(x), flow.log_prob(x))
+
+
+def test_pyro_module_registers_all_parameters() -> None:
+    flow = Flow(3, [T.masked_autoregressive(3, [8]), T.BatchNorm(3), T.affine_coupling(3)])
+    pyro.module("flow", flow)
+    names = set(pyro.get_param_store().keys())
+    assert len(names) == len(list(flow.parameters())) > 0

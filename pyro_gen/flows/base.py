@@ -26,12 +26,12 @@ import math
 from collections.abc import Sequence
 
 import pyro
-import pyro.distributions as dist
 import torch
 from torch import Tensor, nn
 from torch.distributions import Transform
 from torch.distributions.transforms import ReshapeTransform
 
+from pyro_gen.distributions.flow import Flow, FlowDistribution
 from pyro_gen.transforms.dequantization import (
     ScaledSigmoid,
     UniformDequantization,
@@ -93,6 +93,7 @@ class FlowModel(nn.Module):
         num_bins: number of discrete levels for dequantization and :meth:`bits_per_dim`.
 
     Example:
+        >>> import pyro.distributions as dist
         >>> from pyro.distributions.transforms import AffineTransform
         >>> flow = FlowModel((2,), [AffineTransform(1.0, 2.0, event_dim=1)])
         >>> x = torch.randn(4, 2)
@@ -117,15 +118,10 @@ class FlowModel(nn.Module):
     ) -> None:
         super().__init__()
         self.event_shape = torch.Size(event_shape)
-        self._transforms = list(transforms)
-        # Only the modules are registered; the plain list keeps their order with the rest.
-        self.flow = nn.ModuleList(t for t in self._transforms if isinstance(t, nn.Module))
-        base_shape = tuple(self.event_shape)
-        for t in reversed(self._transforms):
-            base_shape = tuple(t.inverse_shape(base_shape))
-        self.base_shape = torch.Size(base_shape)
-        self.register_buffer("base_loc", torch.zeros(self.base_shape))
-        self.register_buffer("base_scale", torch.ones(self.base_shape))
+        # The distribution itself (base, transforms, shapes) is pyro_gen.distributions.Flow;
+        # this class adds the model protocol around it.
+        self.flow = Flow(tuple(self.event_shape), list(transforms))
+        self.base_shape = torch.Size(self.flow.base_shape)
         self.name = name or type(self).__name__.lower()
         self.num_bins = int(num_bins)
         self.dequantization = make_dequantizer(dequantization, self.event_shape, self.num_bins)
@@ -137,27 +133,19 @@ class FlowModel(nn.Module):
     @property
     def transforms(self) -> list[Transform]:
         """The bijections from the base to the data, in order."""
-        return list(self._transforms)
-
-    def base_distribution(self, temperature: float = 1.0) -> dist.Distribution:
-        r""":math:`\mathcal{N}(0, \tau^2 I)` on the base shape (``temperature`` :math:`\tau`)."""
-        return dist.Normal(self.base_loc, self.base_scale * temperature).to_event(
-            len(self.base_shape)
-        )
+        return list(self.flow._transforms)
 
     def distribution(
         self, temperature: float = 1.0, batch_shape: Sequence[int] = ()
-    ) -> dist.TransformedDistribution:
+    ) -> FlowDistribution:
         """The flow as a Pyro distribution, usable in ``pyro.sample`` under plates.
 
         Args:
             temperature: scale of the base standard deviation (1 gives the model's density).
             batch_shape: batch shape to expand to (``pyro.plate`` also expands it).
         """
-        base = self.base_distribution(temperature)
-        if batch_shape:
-            base = base.expand(torch.Size(batch_shape))
-        return dist.TransformedDistribution(base, self._transforms)
+        d = self.flow(temperature=temperature)
+        return d.expand(torch.Size(batch_shape)) if batch_shape else d
 
     def _check(self, x: Tensor) -> None:
         if x.dim() < self.event_dim or x.shape[x.dim() - self.event_dim :] != self.event_shape:

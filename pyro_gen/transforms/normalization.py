@@ -68,6 +68,9 @@ class ActNorm(FlowTransformModule):
         self.loc = nn.Parameter(torch.zeros(n))
         self.log_scale = nn.Parameter(torch.zeros(n))
         self.register_buffer("initialized", torch.tensor(False))
+        # Python mirror of the buffer: once True, calls skip reading the buffer (no host
+        # sync on GPU, no data-dependent branch when traced)
+        self._initialized = False
         self._view = _feature_view(shape)
         self._spatial = 1
         for s in shape[1:]:
@@ -85,19 +88,29 @@ class ActNorm(FlowTransformModule):
             self.log_scale.copy_(-std.log())
             self.loc.copy_(-mean / std)
         self.initialized.fill_(True)
+        self._initialized = True
+
+    def _needs_init(self) -> bool:
+        if not self._initialized:
+            self._initialized = bool(self.initialized)
+        return not self._initialized
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._initialized = False  # re-read the loaded buffer on the next call
 
     def _ladj(self, batch_shape: torch.Size) -> torch.Tensor:
         return (self.log_scale.sum() * self._spatial).expand(batch_shape)
 
     def _forward(self, x):
-        if not self.initialized:
+        if self._needs_init():
             self._initialize(x, data_side=False)
         s, b = self.log_scale.view(self._view), self.loc.view(self._view)
         y = x * torch.exp(s) + b
         return y, self._ladj(x.shape[: x.dim() - len(self.event_shape)])
 
     def _backward(self, y):
-        if not self.initialized:
+        if self._needs_init():
             self._initialize(y, data_side=True)
         s, b = self.log_scale.view(self._view), self.loc.view(self._view)
         x = (y - b) * torch.exp(-s)

@@ -129,3 +129,12 @@ def test_actnorm_init_flag_survives_state_dict() -> None:
     fresh.load_state_dict(sd)
     y = torch.randn(5, 2) + 100.0  # would give very different parameters if re-initialised
     torch.testing.assert_close(fresh.inv(y), t.inv(y))
+
+
+def test_actnorm_loading_an_uninitialized_state_resets_the_flag() -> None:
+    t = ActNorm(2)
+    fresh_state = ActNorm(2).state_dict()
+    t.inv(torch.randn(8, 2))
+    t.load_state_dict(fresh_state)  # back to "not initialised"
+    x = t.inv(5.0 + 2.0 * torch.randn(64, 2))
+    torch.testing.assert_close(x.mean(0), torch.zeros(2), atol=1e-5, rtol=0)

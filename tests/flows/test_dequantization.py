@@ -98,3 +98,25 @@ def test_variational_dequantization_tightens_the_bound():
     assert gap_uniform > 0.2  # the uniform bound is loose for a peaked density
     assert -0.02 < gap_var < 0.5 * gap_uniform  # still a bound, and much tighter
     assert len(pyro.get_param_store()) > 0
+
+
+def test_variational_dequantization_on_an_image_flow():
+    from pyro_gen.flows import RealNVP
+
+    flow = RealNVP(
+        (4, 4),
+        num_layers=1,
+        hidden_channels=4,
+        num_blocks=1,
+        dequantization="variational",
+        num_bins=17,
+    )
+    x = torch.randint(0, 17, (8, 4, 4))
+    svi = SVI(flow.model, flow.guide, Adam({"lr": 1e-3}), Trace_ELBO())
+    assert math.isfinite(svi.step(x))
+    names = set(pyro.get_param_store().keys())
+    assert any(n.startswith("realnvp.dequantization$$$") for n in names)
+    assert any(n.startswith("realnvp$$$") for n in names)
+    # the guide's noise lives in (0, 1) and has the data's shape
+    u = poutine.trace(flow.guide).get_trace(x).nodes["dequantization_noise"]["value"]
+    assert u.shape == x.shape and ((u > 0) & (u < 1)).all()

@@ -40,6 +40,7 @@ import logging
 import math
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -122,6 +123,14 @@ class _Program:
     ready: Callable[..., Any] | None = None  # compiled in the background, not yet swapped in
 
 
+def _integer_indexing(func: Any, args: tuple) -> bool:
+    # Integer (not boolean-mask) indices give a result shape known from the shapes alone.
+    if func.overloadpacket not in (torch.ops.aten.index, torch.ops.aten.index_put):
+        return False
+    indices = args[1]
+    return all(i is None or i.dtype not in (torch.bool, torch.uint8) for i in indices)
+
+
 class _GuardMode(TorchDispatchMode):
     """While recording, answers Python's reads of tensor values (``if x.max() > 1``,
     ``.item()``) with the real value and remembers the tensor read, so that the program
@@ -138,6 +147,8 @@ class _GuardMode(TorchDispatchMode):
                 value = args[0].item()
             self.reads.append((args[0], value))
             return value
+        if torch.Tag.dynamic_output_shape in func.tags and _integer_indexing(func, args):
+            return func(*args, **kwargs)
         if torch.Tag.dynamic_output_shape in func.tags or (
             torch.Tag.data_dependent_output in func.tags
         ):
@@ -262,16 +273,26 @@ def _signature(model_trace: Any, guide_trace: Any) -> tuple:
 
 
 def _describe_change(old: tuple, new: tuple) -> str:
-    old_sites = {s[:2] if s[1] != "param" else s for s in old}
-    new_sites = {s[:2] if s[1] != "param" else s for s in new}
-    if old_sites != new_sites:
-        added = sorted(str(s[-1]) for s in new_sites - old_sites)
-        removed = sorted(str(s[-1]) for s in old_sites - new_sites)
+    old_sites = [s for particle in old for s in particle]
+    new_sites = [s for particle in new for s in particle]
+
+    def names(sites: list[tuple]) -> set[str]:
+        return {f"{s[0]} {'param ' + s[2] if s[1] == 'param' else s[1]}" for s in sites}
+
+    if names(old_sites) != names(new_sites):
+        added = sorted(names(new_sites) - names(old_sites))
+        removed = sorted(names(old_sites) - names(new_sites))
         return f"the site set changed (added {added}, removed {removed})"
-    for a, b in zip(old, new):
+    for a, b in zip(old_sites, new_sites):
         if a != b:
-            return f"site '{a[1]}' changed from {a[2:]} to {b[2:]}"
-    return "the trace structure changed"
+            hint = ""
+            if a[7] != b[7]:
+                hint = (
+                    " (a scale that changes between steps: for KL annealing wrap model and "
+                    "guide with pyro_gen.infer.annealing.kl_scale, whose beta is an input)"
+                )
+            return f"{a[0]} site '{a[1]}' changed from {a[2:]} to {b[2:]}{hint}"
+    return "the number of particles changed"
 
 
 # ---------------------------------------------------------------------------------------
@@ -699,7 +720,8 @@ class CompiledSVI:
         if backend == "fx":
             return prog.gm
         if backend == "jit":
-            with self._quiet_rng(prog.params), torch.no_grad():
+            with self._quiet_rng(prog.params), torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # measured, kept as option
                 fn = torch.jit.trace(prog.gm, self._example_inputs(prog, data), check_trace=False)
         else:
             mode = "reduce-overhead" if device.type == "cuda" else None

@@ -18,9 +18,15 @@ from pyro_gen.transforms.masks import alternating_mask, channel_mask, checkerboa
 Conditioner = Callable[..., torch.Tensor]
 
 
-def _contiguous_range(idx: torch.Tensor) -> tuple[int, int] | None:
-    if idx.numel() and bool((idx == torch.arange(int(idx[0]), int(idx[0]) + idx.numel())).all()):
-        return int(idx[0]), idx.numel()
+def _as_slice(idx: torch.Tensor) -> slice | None:
+    """``idx`` as a strided slice (start, stop, step) when it is an arithmetic progression."""
+    n = idx.numel()
+    if n == 0:
+        return None
+    start = int(idx[0])
+    step = int(idx[1] - idx[0]) if n > 1 else 1
+    if step > 0 and torch.equal(idx, torch.arange(start, start + step * n, step)):
+        return slice(start, start + step * (n - 1) + 1, step)
     return None
 
 
@@ -88,14 +94,17 @@ class Coupling(FlowTransformModule):
             keep = first[:, 0]
             self.register_buffer("cond_idx", torch.nonzero(keep).flatten())
             self.register_buffer("trans_idx", torch.nonzero(~keep).flatten())
-            self._cond_range = _contiguous_range(self.cond_idx)
-            self._trans_range = _contiguous_range(self.trans_idx)
+            # alternating and half masks are strided slices: views instead of gathers
+            self._cond_slice = _as_slice(self.cond_idx)
+            self._trans_slice = _as_slice(self.trans_idx)
 
-    def _select(self, x: torch.Tensor, idx: torch.Tensor, rng: tuple[int, int] | None):
-        dim = x.dim() - len(self.event_shape)
-        if rng is not None:
-            return x.narrow(dim, rng[0], rng[1])
-        return x.index_select(dim, idx)
+    def _index(self, sl: slice) -> tuple:
+        return (Ellipsis, sl) + (slice(None),) * (len(self.event_shape) - 1)
+
+    def _select(self, x: torch.Tensor, idx: torch.Tensor, sl: slice | None) -> torch.Tensor:
+        if sl is not None:
+            return x[self._index(sl)]
+        return x.index_select(x.dim() - len(self.event_shape), idx)
 
     def _params(self, h: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
         p = self.elementwise.num_params
@@ -113,13 +122,19 @@ class Coupling(FlowTransformModule):
         k = len(self.event_shape)
         if self.split:
             dim = x.dim() - k
-            xc = self._select(x, self.cond_idx, self._cond_range)
-            xt = self._select(x, self.trans_idx, self._trans_range)
+            cs, ts = self._cond_slice, self._trans_slice
+            xc = self._select(x, self.cond_idx, cs)
+            xt = self._select(x, self.trans_idx, ts)
             yt, ladj = fn(xt, self._params(xc, xt.shape[dim]))
             yt = yt.expand(xt.shape[:dim] + yt.shape[dim:])
-            if self._cond_range is not None and self._trans_range is not None:
+            if cs is not None and ts is not None:
                 xc = xc.expand(yt.shape[:dim] + xc.shape[dim:])
-                y = torch.cat([xc, yt] if self._cond_range[0] == 0 else [yt, xc], dim=dim)
+                if cs.step == 1 and ts.step == 1:  # contiguous halves
+                    y = torch.cat([xc, yt] if cs.start == 0 else [yt, xc], dim=dim)
+                else:
+                    y = yt.new_empty(yt.shape[:dim] + x.shape[dim:])
+                    y[self._index(cs)] = xc
+                    y[self._index(ts)] = yt
             else:
                 y = x.expand(yt.shape[:dim] + x.shape[dim:]).index_copy(dim, self.trans_idx, yt)
         else:

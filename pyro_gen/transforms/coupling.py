@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Callable, Sequence
 
@@ -28,6 +29,29 @@ def _as_slice(idx: torch.Tensor) -> slice | None:
     if step > 0 and torch.equal(idx, torch.arange(start, start + step * n, step)):
         return slice(start, start + step * (n - 1) + 1, step)
     return None
+
+
+class _Layout:
+    """How a mask splits the input, computed once on the CPU (host syncs happen here only).
+
+    ``split``: the mask depends only on the first event dim, so the layer works on index
+    sets ``cond_idx``/``trans_idx`` along it (as strided slices when possible: alternating
+    and half masks become views instead of gathers).
+    """
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        mask = mask.detach().cpu().bool()
+        if bool(mask.all()) or not bool(mask.any()):
+            raise ValueError("a coupling mask must contain both kept and transformed elements")
+        first = mask.reshape(mask.shape[0], -1)
+        self.split = bool((first == first[:, :1]).all())
+        self.cond_idx = self.trans_idx = self.cond_slice = self.trans_slice = None
+        if self.split:
+            keep = first[:, 0]
+            self.cond_idx = torch.nonzero(keep).flatten()
+            self.trans_idx = torch.nonzero(~keep).flatten()
+            self.cond_slice = _as_slice(self.cond_idx)
+            self.trans_slice = _as_slice(self.trans_idx)
 
 
 class Coupling(FlowTransformModule):
@@ -80,23 +104,20 @@ class Coupling(FlowTransformModule):
         elementwise: ElementwiseBijection,
         *,
         cache_size: int = 0,
+        _layout: _Layout | None = None,
     ) -> None:
         mask = torch.as_tensor(mask).bool()
         super().__init__(tuple(mask.shape), cache_size=cache_size)
-        if bool(mask.all()) or not bool(mask.any()):
-            raise ValueError("a coupling mask must contain both kept and transformed elements")
+        layout = _Layout(mask) if _layout is None else _layout
         self.register_buffer("mask", mask)
         self.conditioner = conditioner  # registered as submodule when it is a Module
         self.elementwise = elementwise
-        first = mask.reshape(mask.shape[0], -1)
-        self.split = bool((first == first[:, :1]).all())
+        self.split = layout.split
         if self.split:
-            keep = first[:, 0]
-            self.register_buffer("cond_idx", torch.nonzero(keep).flatten())
-            self.register_buffer("trans_idx", torch.nonzero(~keep).flatten())
-            # alternating and half masks are strided slices: views instead of gathers
-            self._cond_slice = _as_slice(self.cond_idx)
-            self._trans_slice = _as_slice(self.trans_idx)
+            self.register_buffer("cond_idx", layout.cond_idx.to(mask.device))
+            self.register_buffer("trans_idx", layout.trans_idx.to(mask.device))
+            self._cond_slice = layout.cond_slice
+            self._trans_slice = layout.trans_slice
 
     def _index(self, sl: slice) -> tuple:
         return (Ellipsis, sl) + (slice(None),) * (len(self.event_shape) - 1)
@@ -228,14 +249,24 @@ class ConditionalCoupling(ConditionalTransformModule):
         elementwise: ElementwiseBijection,
     ) -> None:
         super().__init__()
-        self.register_buffer("mask", torch.as_tensor(mask).bool())
+        mask = torch.as_tensor(mask).bool()
+        self.register_buffer("mask", mask)
         self.conditioner = conditioner
         self.elementwise = elementwise
-        self.event_shape = tuple(self.mask.shape)
+        self.event_shape = tuple(mask.shape)
+        self._layout = _Layout(mask)
+        if self._layout.split:
+            self.register_buffer("cond_idx", self._layout.cond_idx)
+            self.register_buffer("trans_idx", self._layout.trans_idx)
 
     def condition(self, context: torch.Tensor) -> Coupling:
+        # reuse the precomputed layout with this module's (device-resident) index buffers:
+        # conditioning on each batch costs no host sync
+        layout = copy.copy(self._layout)
+        if layout.split:
+            layout.cond_idx, layout.trans_idx = self.cond_idx, self.trans_idx
         cond = functools.partial(self.conditioner, context=context)
-        return Coupling(self.mask, cond, self.elementwise)
+        return Coupling(self.mask, cond, self.elementwise, _layout=layout)
 
 
 class ConditionalAdditiveCoupling(ConditionalCoupling):

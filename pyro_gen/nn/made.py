@@ -75,6 +75,7 @@ class MADE(nn.Module):
         self.num_params = num_params
         self.context_dim = context_dim
         order = torch.arange(d) if order is None else torch.as_tensor(order, dtype=torch.long)
+        order = order.cpu()
         if not torch.equal(order.sort().values, torch.arange(d)):
             raise ValueError(f"order must be a permutation of range({d})")
         self.register_buffer("order", order)

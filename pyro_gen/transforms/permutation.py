@@ -30,7 +30,9 @@ class Permute(FlowTransformModule):
         permutation = torch.as_tensor(permutation, dtype=torch.long)
         n = permutation.numel()
         super().__init__((n,) if event_shape is None else event_shape)
-        if self.event_shape[0] != n or not torch.equal(permutation.sort().values, torch.arange(n)):
+        if self.event_shape[0] != n or not torch.equal(
+            permutation.cpu().sort().values, torch.arange(n)
+        ):
             raise ValueError(f"not a permutation of range({self.event_shape[0]}): {permutation}")
         self.register_buffer("permutation", permutation)
         self.register_buffer("inv_permutation", torch.argsort(permutation))

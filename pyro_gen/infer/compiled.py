@@ -91,6 +91,10 @@ class _Unsupported(Exception):
     """The recorded program cannot stand for the model; the message says why."""
 
 
+class _Busy(Exception):
+    """Recording must wait for a background compilation (torch's tracers are global)."""
+
+
 @dataclass
 class _Noise:
     """One random call lifted out of the program, replayed as the same aten call."""
@@ -506,6 +510,8 @@ class CompiledSVI:
             try:
                 prog, data = self._program_for(args, kwargs)
                 loss, grads, _ = self._run(prog, data)
+            except _Busy:
+                pass
             except _Unsupported as exc:
                 self._fall_back(str(exc))
             else:
@@ -535,6 +541,8 @@ class CompiledSVI:
             try:
                 prog, data = self._program_for(args, kwargs)
                 loss, grads, _ = self._run(prog, data)
+            except _Busy:
+                pass
             except _Unsupported as exc:
                 self._fall_back(str(exc))
             else:
@@ -566,6 +574,8 @@ class CompiledSVI:
         if prog is None:
             if len(self._programs) >= self.max_programs:
                 raise _Unsupported(f"more than {self.max_programs} distinct input signatures")
+            if self._compiling():
+                raise _Busy
             prog = self._programs[key] = self._record(args, kwargs, tensors)
         elif not (prog.compiled or prog.compiling) and prog.calls + 1 >= self.compile_after:
             self._start_compile(prog, tensors)
@@ -670,8 +680,13 @@ class CompiledSVI:
         self.compile_time_s += time.perf_counter() - start
         return prog
 
+    def _compiling(self) -> bool:
+        return any(t.is_alive() for t in self._threads)
+
     def _start_compile(self, prog: _Program, data: list[torch.Tensor]) -> None:
         if self.backend == "auto" and prog.params and prog.params[0].device.type == "cpu":
+            if self._compiling():
+                return  # one compilation at a time; this one is retried on a later call
             # Steps run the recorded program (already faster than Pyro) while Inductor
             # compiles on another thread, so compilation never costs a first epoch.
             self._compile_in_background(prog, data)
@@ -699,7 +714,8 @@ class CompiledSVI:
                 time.perf_counter() - start,
             )
 
-        thread = threading.Thread(target=work, name="pyro_gen-compile", daemon=True)
+        # Not a daemon: the interpreter lets a running compilation finish before exiting.
+        thread = threading.Thread(target=work, name="pyro_gen-compile")
         self._threads.append(thread)
         thread.start()
 
@@ -827,23 +843,21 @@ class CompiledSVI:
     def _fall_back(self, reason: str) -> None:
         self.fallback_reason = reason
         logger.warning("pyro_gen: compiled SVI step off, using plain Pyro SVI: %s", reason)
-        if self._optimizer is None:
-            return
-        # Hand the fused state back to Pyro's per-parameter optimizers.
-        store = pyro.get_param_store()
-        for p in self._params:
-            view = self.optim.optim_objs.pop(p, None)
-            self.optim.grad_clip.pop(p, None)
-            if isinstance(view, _FusedParamView) and p in self._optimizer.state:
-                self.optim._state_waiting_to_be_consumed[store.param_name(p)] = view.state_dict()
-        self._optimizer = None
 
     def _pyro_step(self, args: tuple, kwargs: dict) -> torch.Tensor:
+        """The step as SVI takes it; a fused optimizer, once made, keeps doing the update
+        so that its state carries over."""
         with pyro.poutine.trace(param_only=True) as capture:
             loss = self.loss.loss_and_grads(self.model, self.guide, *args, **kwargs)
-        params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
+        params = list({site["value"].unconstrained() for site in capture.trace.nodes.values()})
         if self.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(list(params), self.grad_clip)
-        self.optim(params)
-        pyro.infer.util.zero_grads(params)
-        return torch.as_tensor(loss)
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        loss = torch.as_tensor(loss)
+        if self._optimizer is not None:
+            self._register(params)
+            self._optimizer.step()
+        else:
+            self.optim(params)
+        for p in params:
+            p.grad = None
+        return loss

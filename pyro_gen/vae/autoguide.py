@@ -12,6 +12,7 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.infer.autoguide import AutoNormal
+from pyro.poutine.util import site_is_subsample
 from torch import nn
 from torch.distributions import biject_to
 from torch.distributions.transforms import ComposeTransform, IndependentTransform, Transform
@@ -141,6 +142,8 @@ class AutoAmortizedNormal(nn.Module):
         data_frame = None
         local, global_names = {}, []
         for name, site in trace.iter_stochastic_nodes():
+            if site_is_subsample(site):
+                continue
             frames = site["cond_indep_stack"]
             if any(not f.vectorized for f in frames):
                 raise NotImplementedError(
@@ -150,6 +153,11 @@ class AutoAmortizedNormal(nn.Module):
             if frame is None:
                 global_names.append(name)
                 continue
+            if frame.full_size is not None and frame.full_size != frame.size:
+                raise NotImplementedError(
+                    f"plate {self.plate_name!r} is subsampled inside the model; pass the "
+                    f"minibatch to the model instead (subsampled plates are not supported)"
+                )
             data_frame = frame
             fn, value = site["fn"], site["value"]
             transform = biject_to(fn.support)

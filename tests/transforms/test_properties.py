@@ -51,7 +51,7 @@ def test_vector_coupling(dim, batch, mask, parity, affine, seed) -> None:
     _check(t, x, 1)
 
 
-@SETTINGS
+@settings(SETTINGS, max_examples=5)  # conv conditioners: the slowest Jacobians here
 @given(
     c=st.integers(1, 3),
     hw=st.sampled_from([(2, 2), (2, 4), (4, 2)]),

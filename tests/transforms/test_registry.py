@@ -148,6 +148,27 @@ def test_transform(case: Case, device: torch.device, tmp_path) -> None:
     ctf = _concrete(case, fresh, ctx_b)
     torch.testing.assert_close(ctf(xb), yb, atol=1e-10, rtol=0)
 
+    # training mode: transforms without batch statistics behave exactly as in eval mode
+    # (ActNorm after its init, conditioners without dropout/batch-norm); those with batch
+    # statistics really use them (their train-mode log-det: test_normalization.py)
+    if case.invertible:
+        y_tr = torch.randn(8, *out_shape[1:], dtype=torch.float64)
+        ctx_tr = _context(case, 8)
+        x_ev = _concrete(case, t, ctx_tr).inv(y_tr.clone())
+        t.train()
+        ct_tr = _concrete(case, t, ctx_tr)
+        x_tr = ct_tr.inv(y_tr)
+        ladj_tr = _sum_event(ct_tr.log_abs_det_jacobian(x_tr, y_tr), 1)
+        if case.batch_stats:
+            assert not torch.allclose(x_tr, x_ev)
+        else:
+            torch.testing.assert_close(x_tr, x_ev, atol=1e-8, rtol=1e-6)  # ODE solvers
+            t.eval()
+            ct_ev = _concrete(case, t, ctx_tr)
+            ladj_ev = _sum_event(ct_ev.log_abs_det_jacobian(x_ev, ct_ev(x_ev)), 1)
+            torch.testing.assert_close(ladj_tr, ladj_ev, atol=1e-8, rtol=1e-6)
+        t.eval()
+
     # a gradient reaches every parameter
     if "grad" not in case.skip:
         t.train()

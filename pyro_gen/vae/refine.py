@@ -18,7 +18,7 @@ def refine_posterior(
     x: torch.Tensor,
     num_steps: int = 50,
     lr: float = 1e-2,
-    num_particles: int = 1,
+    num_particles: int = 8,
     **context,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Start from the amortized Normal posterior of each example of ``x`` and take
@@ -67,17 +67,19 @@ def semi_amortized_elbo(
     num_steps: int = 50,
     lr: float = 1e-2,
     num_particles: int = 100,
+    refine_particles: int = 8,
     **context,
 ) -> float:
     """Mean ELBO per example of ``x`` (nats) under the refined posterior of
-    :func:`refine_posterior`, estimated with ``num_particles`` samples.
+    :func:`refine_posterior` (run with ``refine_particles`` samples per step), estimated
+    with ``num_particles`` samples.
 
     Example:
         >>> from pyro_gen.vae import VAE
         >>> isinstance(semi_amortized_elbo(VAE((8, 8), 2, 8), torch.rand(3, 8, 8), 2), float)
         True
     """
-    loc, scale = refine_posterior(vae, x, num_steps, lr, **context)
+    loc, scale = refine_posterior(vae, x, num_steps, lr, refine_particles, **context)
     guide = _local_guide(loc, torch.log(torch.expm1(scale)))
     elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
     with torch.no_grad():

@@ -186,3 +186,25 @@ def test_bad_input_gives_clear_errors():
         vae.guide()
     with pytest.raises(ValueError, match="unknown guide"):
         make_guide("gumbel", SHAPE, 2)
+
+
+def test_free_bits_objective():
+    from pyro_gen.vae import FreeBitsELBO, make_loss
+
+    vae = small_vae()
+    x = data(8)
+    pyro.set_rng_seed(3)
+    meanfield = TraceMeanField_ELBO().loss(vae.model, vae.guide, x)
+    pyro.set_rng_seed(3)
+    assert abs(FreeBitsELBO(0.0).loss(vae.model, vae.guide, x) - meanfield) < 1e-3
+    # a large floor replaces each dimension's KL by the floor: loss = -rec + lam * D * B
+    pyro.set_rng_seed(3)
+    tr = poutine.trace(vae.guide).get_trace(x)
+    rec = poutine.trace(poutine.replay(vae.model, trace=tr)).get_trace(x).nodes[OBS]
+    rec = rec["fn"].log_prob(rec["value"]).sum().item()
+    pyro.set_rng_seed(3)
+    assert abs(FreeBitsELBO(100.0).loss(vae.model, vae.guide, x) - (-rec + 100 * 3 * 8)) < 1e-2
+    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), make_loss("freebits"))
+    assert torch.isfinite(torch.tensor(svi.step(x)))
+    with pytest.raises(ValueError):
+        make_loss("hinge")

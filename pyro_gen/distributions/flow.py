@@ -11,7 +11,7 @@ from pyro.distributions.util import is_validation_enabled
 from torch import nn
 from torch.distributions import Transform
 
-from pyro_gen.transforms._base import as_event_shape
+from pyro_gen.transforms._base import as_event_shape, modules_of
 
 
 class FlowDistribution(dist.TransformedDistribution):
@@ -92,7 +92,7 @@ class Flow(nn.Module):
         super().__init__()
         self.event_shape = as_event_shape(event_shape)
         self._transforms = list(transforms)
-        self.transforms = nn.ModuleList([t for t in self._transforms if isinstance(t, nn.Module)])
+        self.transforms = nn.ModuleList([m for t in self._transforms for m in modules_of(t)])
         if base_shape is None:
             shape = self.event_shape
             for t in reversed(self._transforms):

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from pyro.distributions import constraints
 from pyro.distributions.torch_transform import TransformModule
+from torch.distributions.transforms import ComposeTransform, _InverseTransform
 
 
 class _LadjCache:
@@ -30,6 +31,22 @@ class _LadjCache:
 
     def clear(self) -> None:
         self.x = self.y = self.ladj = None
+
+
+def modules_of(transform: object) -> list[torch.nn.Module]:
+    """The ``nn.Module``s whose parameters a transform uses, for registration.
+
+    ``t.inv`` of a module transform is a plain ``_InverseTransform`` (not a module) and a
+    ``ComposeTransform`` of modules is not one either; containers that skipped them would
+    silently drop their parameters from ``pyro.module`` and ``.to(device)``.
+    """
+    if isinstance(transform, torch.nn.Module):
+        return [transform]
+    if isinstance(transform, _InverseTransform):
+        return modules_of(transform._inv)
+    if isinstance(transform, ComposeTransform):
+        return [m for part in transform.parts for m in modules_of(part)]
+    return []
 
 
 def as_event_shape(event_shape: int | Sequence[int]) -> tuple[int, ...]:

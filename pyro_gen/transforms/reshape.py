@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.distributions import ComposeTransform, Transform
 
-from pyro_gen.transforms._base import FlowTransformModule, as_event_shape
+from pyro_gen.transforms._base import FlowTransformModule, as_event_shape, modules_of
 
 
 def _space_to_depth(x: torch.Tensor, f: int) -> torch.Tensor:
@@ -164,7 +164,7 @@ class MultiScale(FlowTransformModule):
         if not self._levels:
             raise ValueError("MultiScale needs at least one level")
         self.parts = nn.ModuleList(
-            [p for parts in self._levels for p in parts if isinstance(p, nn.Module)]
+            [m for parts in self._levels for p in parts for m in modules_of(p)]
         )
         # shapes: data-side input of each level, its latent-side shape, what continues
         self.level_shapes: list[tuple[tuple[int, ...], tuple[int, ...]]] = []

@@ -147,3 +147,12 @@ def test_flow_module_moves_base_buffers() -> None:
     assert flow.base_loc.dtype == torch.float64
     names = {n for n, _ in flow.named_buffers()}
     assert {"base_loc", "base_scale"} <= names
+
+
+def test_inverse_and_composed_transforms_keep_their_parameters_registered() -> None:
+    from torch.distributions import ComposeTransform
+
+    a, b, c = (T.affine_coupling(2, hidden_dims=[4]) for _ in range(3))
+    flow = Flow(2, [a.inv, ComposeTransform([b, c])])
+    n = sum(p.numel() for m in (a, b, c) for p in m.parameters())
+    assert sum(p.numel() for p in flow.parameters()) == n

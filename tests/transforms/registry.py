@@ -355,8 +355,10 @@ register(
         (3,),
         (PT.Sylvester,),
         invertible=False,
-        known_bug="pyro 1.9 Sylvester: log|det J| uses diag(R)diag(S), which is only the "
-        "determinant when Q commutes with it; disagrees with autograd by ~1e-2",
+        # y = x + tanh(x S Q^T + b) Q R (row vectors) has Jacobian I + S Q^T diag(h') Q R,
+        # whose determinant is not prod(1 + h'_i R_ii S_ii) unless Q = I
+        known_bug="pyro 1.9 Sylvester: log|det J| = sum log(1 + h' R_ii S_ii) is wrong for "
+        "Q != I (row-vector form); disagrees with autograd by ~1e-2 on perturbed parameters",
     )
 )
 

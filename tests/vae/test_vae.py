@@ -72,7 +72,7 @@ def test_gradients_reach_every_parameter_and_params_registered_once(prior, guide
     for name, p in vae.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     # every module parameter is in the param store exactly once (no double updates)
-    stored = [pyro.param(n).unconstrained() for n in pyro.get_param_store().get_all_param_names()]
+    stored = [p for _, p in pyro.get_param_store().named_parameters()]
     ids = [id(t) for t in stored]
     assert len(ids) == len(set(ids))
     assert set(ids) == {id(p) for p in vae.parameters()}

@@ -156,8 +156,9 @@ def variational_bound(
         ddpm: a :class:`~pyro_gen.diffusion.DDPM`.
         x: data in the model's input format (images: floats in [0, 1]).
         batch_size: examples per network pass.
-        timesteps: optionally a subset of steps (1-based) to evaluate; the missing terms are
-            then estimated by rescaling (an unbiased estimate, not the exact sum).
+        timesteps: optionally a subset of steps (1-based) to evaluate; the sum is then
+            rescaled by ``T / len(timesteps)`` (an approximation, unbiased only when the subset
+            is drawn uniformly at random).
         progress: show a tqdm bar over the time steps.
 
     Returns:

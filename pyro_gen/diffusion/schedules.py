@@ -28,13 +28,19 @@ __all__ = [
 ]
 
 
-def linear_betas(timesteps: int, start: float = 1e-4, end: float = 0.02) -> torch.Tensor:
+def linear_betas(
+    timesteps: int, start: float | None = None, end: float | None = None
+) -> torch.Tensor:
     """Linearly spaced :math:`\\beta_t` (Ho et al., 2020).
+
+    The defaults are Ho et al.'s :math:`10^{-4}` to :math:`0.02` at :math:`T = 1000`, scaled
+    by :math:`1000/T` for other :math:`T` (Nichol & Dhariwal) so that :math:`\\bar\\alpha_T`
+    stays near zero and :math:`L_T` negligible; :math:`\\beta_T` is capped at 0.999.
 
     Args:
         timesteps: number of steps :math:`T`.
-        start: :math:`\\beta_1`.
-        end: :math:`\\beta_T`.
+        start: :math:`\\beta_1` (default :math:`10^{-4} \\cdot 1000/T`).
+        end: :math:`\\beta_T` (default :math:`0.02 \\cdot 1000/T`, at most 0.999).
 
     Returns:
         float64 tensor of shape ``(T,)``.
@@ -47,6 +53,9 @@ def linear_betas(timesteps: int, start: float = 1e-4, end: float = 0.02) -> torc
         tensor([0.1000, 0.2000, 0.3000, 0.4000], dtype=torch.float64)
     """
     _check_timesteps(timesteps)
+    scale = 1000 / timesteps
+    start = 1e-4 * scale if start is None else start
+    end = min(0.02 * scale, 0.999) if end is None else end
     return torch.linspace(start, end, timesteps, dtype=torch.float64)
 
 

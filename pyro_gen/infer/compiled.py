@@ -38,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -91,10 +90,6 @@ class _Unsupported(Exception):
     """The recorded program cannot stand for the model; the message says why."""
 
 
-class _Busy(Exception):
-    """Recording must wait for a background compilation (torch's tracers are global)."""
-
-
 @dataclass
 class _Noise:
     """One random call lifted out of the program, replayed as the same aten call."""
@@ -123,8 +118,6 @@ class _Program:
     guards: list[Any]
     compiled: bool
     calls: int = 0
-    compiling: bool = False  # a background compilation was started
-    ready: Callable[..., Any] | None = None  # compiled in the background, not yet swapped in
 
 
 def _integer_indexing(func: Any, args: tuple) -> bool:
@@ -428,16 +421,20 @@ class CompiledSVI:
             ELBOs fall back to plain Pyro.
         grad_clip: if given, the global gradient norm is clipped to it (inside the program)
             as :func:`torch.nn.utils.clip_grad_norm_` does.
-        backend: ``"auto"``, ``"inductor"`` (torch.compile), ``"jit"`` (torch.jit.trace of
-            the recorded program), ``"fx"`` (the recorded program, uncompiled) or
-            ``"pyro"`` (always plain Pyro SVI: the ``compile=False`` path).
+        backend: ``"inductor"`` (torch.compile; CUDA graphs on CUDA), ``"jit"``
+            (torch.jit.trace of the recorded program), ``"fx"`` (the recorded program,
+            uncompiled), ``"pyro"`` (always plain Pyro SVI: the ``compile=False`` path), or
+            ``"auto"``: the recorded program at once (it costs well under a second and is
+            already faster than Pyro), then Inductor once a signature has run
+            ``compile_after`` steps, so that a compilation (10-30 s on a small CPU) is
+            only paid by runs long enough to earn it back.
         check_steps: re-trace the model eagerly on this many steps after each recording
             and compare its structure; a difference falls back to Pyro.
         check_every: also compare every this many steps (0: never).
         max_programs: more distinct input signatures than this falls back to Pyro.
-        compile_after: a signature other than the first one runs the recorded program
-            uncompiled until it has been seen this many times (e.g. the last partial batch
-            of an epoch is not worth a compilation).
+        compile_after: steps a signature runs uncompiled before it is compiled; default
+            500 with ``"auto"``, else 0 for the first signature and 50 for later ones (the
+            last partial batch of an epoch is not worth a compilation).
 
     Example:
         >>> import pyro.distributions as dist
@@ -466,7 +463,7 @@ class CompiledSVI:
         check_steps: int = 2,
         check_every: int = 1000,
         max_programs: int = 8,
-        compile_after: int = 50,
+        compile_after: int | None = None,
     ) -> None:
         if backend not in ("auto", "inductor", "jit", "fx", "pyro"):
             raise ValueError(f"unknown backend {backend!r}")
@@ -482,9 +479,7 @@ class CompiledSVI:
         self._optimizer: torch.optim.Optimizer | None = None
         self._params: list[torch.Tensor] = []
         self.fallback_reason: str | None = None
-        self.compile_time_s = 0.0  # recording and compiling on the training thread
-        self.background_compile_s = 0.0
-        self._threads: list[threading.Thread] = []
+        self.compile_time_s = 0.0  # recording and compiling, in seconds
         if backend == "pyro":
             self.fallback_reason = "compilation turned off"
         elif not supports(self.loss):
@@ -510,8 +505,6 @@ class CompiledSVI:
             try:
                 prog, data = self._program_for(args, kwargs)
                 loss, grads, _ = self._run(prog, data)
-            except _Busy:
-                pass
             except _Unsupported as exc:
                 self._fall_back(str(exc))
             else:
@@ -541,8 +534,6 @@ class CompiledSVI:
             try:
                 prog, data = self._program_for(args, kwargs)
                 loss, grads, _ = self._run(prog, data)
-            except _Busy:
-                pass
             except _Unsupported as exc:
                 self._fall_back(str(exc))
             else:
@@ -574,11 +565,11 @@ class CompiledSVI:
         if prog is None:
             if len(self._programs) >= self.max_programs:
                 raise _Unsupported(f"more than {self.max_programs} distinct input signatures")
-            if self._compiling():
-                raise _Busy
             prog = self._programs[key] = self._record(args, kwargs, tensors)
-        elif not (prog.compiled or prog.compiling) and prog.calls + 1 >= self.compile_after:
-            self._start_compile(prog, tensors)
+        elif not prog.compiled and prog.calls >= self._compile_after(first=False):
+            start = time.perf_counter()
+            prog.fn, prog.compiled = self._compile(prog, tensors), True
+            self.compile_time_s += time.perf_counter() - start
         prog.calls += 1
         due = 1 < prog.calls <= 1 + self.check_steps or (
             self.check_every > 0 and prog.calls % self.check_every == 0
@@ -673,56 +664,23 @@ class CompiledSVI:
             gm, gm, params, grad_params, extras, signature, seen["guards"], compiled=False
         )
         self._register(params)
-        if self._programs and self.compile_after > 1:
-            logger.info("pyro_gen: recorded a new input signature; it runs uncompiled for now")
-        else:
-            self._start_compile(prog, tensors)
+        if self._compile_after(first=not self._programs) == 0:
+            prog.fn, prog.compiled = self._compile(prog, tensors), True
         self.compile_time_s += time.perf_counter() - start
+        logger.info(
+            "pyro_gen: recorded the ELBO step for a new input signature in %.1f s",
+            time.perf_counter() - start,
+        )
         return prog
 
-    def _compiling(self) -> bool:
-        return any(t.is_alive() for t in self._threads)
-
-    def _start_compile(self, prog: _Program, data: list[torch.Tensor]) -> None:
-        if self.backend == "auto" and prog.params and prog.params[0].device.type == "cpu":
-            if self._compiling():
-                return  # one compilation at a time; this one is retried on a later call
-            # Steps run the recorded program (already faster than Pyro) while Inductor
-            # compiles on another thread, so compilation never costs a first epoch.
-            self._compile_in_background(prog, data)
-        else:
-            prog.fn, prog.compiled = self._compile(prog, data), True
-
-    def _compile_in_background(self, prog: _Program, data: list[torch.Tensor]) -> None:
-        prog.compiling = True
-        with self._quiet_rng(data):
-            example = [t.detach().clone() for t in self._example_inputs(prog, data)]
-
-        def work() -> None:
-            start = time.perf_counter()
-            try:
-                fn = torch.compile(prog.gm, fullgraph=True, dynamic=False)
-                with torch.no_grad():
-                    fn(*example)
-            except Exception as exc:  # keep training on the recorded program
-                logger.info("pyro_gen: background compilation failed (%s); staying uncompiled", exc)
-                return
-            prog.ready = fn
-            self.background_compile_s += time.perf_counter() - start
-            logger.info(
-                "pyro_gen: compiled the ELBO step (inductor, background) in %.1f s",
-                time.perf_counter() - start,
-            )
-
-        # Not a daemon: the interpreter lets a running compilation finish before exiting.
-        thread = threading.Thread(target=work, name="pyro_gen-compile")
-        self._threads.append(thread)
-        thread.start()
-
-    def wait_compiled(self, timeout: float | None = None) -> None:
-        """Blocks until background compilations have finished (for benchmarks, tests)."""
-        for thread in self._threads:
-            thread.join(timeout)
+    def _compile_after(self, first: bool) -> int:
+        if self.backend == "fx":
+            return 0
+        if self.compile_after is not None:
+            return self.compile_after
+        if self.backend == "auto":
+            return 500
+        return 0 if first else 50
 
     def _resolved_backend(self, device: torch.device) -> str:
         if self.backend != "auto":
@@ -769,8 +727,6 @@ class CompiledSVI:
         device = data[0].device if data else torch.device("cpu")
         betas = [torch.tensor(b, dtype=dtype, device=device) for b in self._beta_values()]
         extras = [e.draw() if isinstance(e, _Noise) else e for e in prog.extras]
-        if prog.ready is not None:
-            prog.fn, prog.compiled, prog.ready = prog.ready, True, None
         cuda_graphs = prog.compiled and device.type == "cuda" and self._resolved_backend(device)
         if cuda_graphs == "inductor":
             torch.compiler.cudagraph_mark_step_begin()

@@ -346,3 +346,12 @@ def test_new_input_shape_records_a_new_program():
         )
         grads_of_store()
     assert svi.compiled and len(svi._programs) == 2
+
+
+def test_auto_runs_the_recorded_program_before_compiling():
+    gen, x = make("vae")
+    svi = CompiledSVI(gen.model, gen.guide)  # auto: compiles only after 500 steps
+    for _ in range(3):
+        svi.step(x)
+    (prog,) = svi._programs.values()
+    assert svi.compiled and not prog.compiled and prog.fn is prog.gm and prog.calls == 3

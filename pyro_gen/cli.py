@@ -25,7 +25,13 @@ import torch
 from pyro.infer import ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_gen import data as datasets
-from pyro_gen.infer import CheckpointError, evaluate_elbo, fit, iwae_log_likelihood
+from pyro_gen.infer import (
+    CheckpointError,
+    bits_per_dim_from_nats,
+    evaluate_elbo,
+    fit,
+    iwae_log_likelihood,
+)
 from pyro_gen.infer.checkpoint import load_checkpoint, restore_model
 from pyro_gen.runs import RunError, checkpoint_path, read_config, write_config
 
@@ -68,17 +74,10 @@ def _binarized(levels: int) -> Callable[[torch.Tensor], torch.Tensor]:
     return transform
 
 
-def _dequantized(levels: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    def transform(x: torch.Tensor) -> torch.Tensor:
-        return datasets.uniform_dequantize(x, num_bins=levels).unsqueeze(-3)
-
-    return transform
-
-
 def data_view(kind: str, name: str, x: torch.Tensor) -> DataView:
     """Prepares ``x`` from dataset ``name`` for a model that wants ``kind`` of data:
-    ``binary`` (dynamic binarization), ``unit`` (intensities in [0, 1]), ``dequantized``
-    (uniform noise, channel axis added) or ``channels`` (intensities with a channel axis)."""
+    ``binary`` (dynamic binarization), ``unit`` (intensities in [0, 1]) or ``levels``
+    (the integer pixels themselves, for models that dequantize inside their guide)."""
     if name in TOY_DATA:
         return DataView(x, None, tuple(x.shape[1:]), None)
     levels = PIXEL_LEVELS[name]
@@ -87,8 +86,8 @@ def data_view(kind: str, name: str, x: torch.Tensor) -> DataView:
         return DataView(x, _binarized(levels), shape, levels)
     if kind == "unit":
         return DataView(x, _unit_interval(levels), shape, levels)
-    if kind == "dequantized":
-        return DataView(x, _dequantized(levels), (1, *shape), levels)
+    if kind == "levels":
+        return DataView(x, None, shape, levels)
     raise ValueError(f"unknown data kind {kind!r}")
 
 
@@ -105,18 +104,21 @@ class ModelSpec:
     options: tuple[str, ...]
     loss: Callable[[dict[str, Any]], ELBO] = field(default=lambda opts: Trace_ELBO())
     images_only: bool = False
+    # Whether the likelihood is over discrete pixels, so that -log p / (D log 2) is bits/dim.
+    discrete: Callable[[dict[str, Any]], bool] = field(default=lambda opts: True)
 
 
 def _build_vae(event_shape: tuple[int, ...], opts: dict[str, Any]) -> torch.nn.Module:
-    from pyro_gen.vae import VAE, make_guide, make_prior
+    from pyro_gen.vae import build_vae
 
-    return VAE(
+    return build_vae(
         event_shape,
+        prior=opts["prior"],
+        guide=opts["guide"],
+        layers=opts["layers"],
+        likelihood=opts["likelihood"],
         z_dim=opts["z_dim"],
         hidden_dim=opts["hidden_dim"],
-        likelihood=opts["likelihood"],
-        prior=make_prior(opts["prior"], opts["z_dim"], event_shape),
-        guide=make_guide(opts["guide"], event_shape, opts["z_dim"], opts["hidden_dim"]),
     )
 
 
@@ -135,17 +137,41 @@ def _build_ddpm(event_shape: tuple[int, ...], opts: dict[str, Any]) -> torch.nn.
         param=opts["param"],
         objective=opts["diffusion_objective"],
         timesteps=opts["timesteps"],
+        num_bins=opts.get("num_bins", 256),
     )
+
+
+def _flow_builder(name: str) -> Callable[[tuple[int, ...], dict[str, Any]], torch.nn.Module]:
+    def build(event_shape: tuple[int, ...], opts: dict[str, Any]) -> torch.nn.Module:
+        from pyro_gen.flows import build as build_flow
+
+        if len(event_shape) == 1:  # continuous 2D data
+            return build_flow(name, event_shape)
+        return build_flow(
+            name, event_shape, dequantization=opts["dequantization"], num_bins=opts["num_bins"]
+        )
+
+    return build
 
 
 MODELS: dict[str, ModelSpec] = {
     "vae": ModelSpec(
         build=_build_vae,
         data_kind=lambda o: "binary" if o["likelihood"] == "bernoulli" else "unit",
-        options=("z_dim", "hidden_dim", "likelihood", "prior", "guide", "objective", "k"),
+        options=("z_dim", "hidden_dim", "layers", "likelihood", "prior", "guide", "objective", "k"),
         loss=_vae_loss,
         images_only=True,
+        discrete=lambda o: not o["likelihood"].startswith("gaussian"),
     ),
+    **{
+        name: ModelSpec(
+            build=_flow_builder(name),
+            # Flows dequantize inside the model (its guide), so they see integer pixels.
+            data_kind=lambda o: "levels",
+            options=("dequantization",),
+        )
+        for name in ("nice", "realnvp", "glow", "maf", "cnf")
+    },
     "ddpm": ModelSpec(
         build=_build_ddpm,
         data_kind=lambda o: "unit",
@@ -163,7 +189,7 @@ MODELS: dict[str, ModelSpec] = {
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # One line, no usage dump: the user sees what was wrong and where to look.
-        self.exit(2, f"pyro-gen: error: {message} (see pyro-gen {self.prog.split()[-1]} --help)\n")
+        self.exit(2, f"pyro-gen: error: {message} (see `{self.prog} --help`)\n")
 
 
 def _non_negative(text: str) -> int:
@@ -211,13 +237,24 @@ def _parser() -> argparse.ArgumentParser:
     vae.add_argument("--z-dim", type=_positive, default=50, help="latent size (default 50)")
     vae.add_argument("--hidden-dim", type=_positive, default=400, help="hidden width (default 400)")
     vae.add_argument(
-        "--likelihood", choices=("bernoulli", "gaussian", "categorical"), default="bernoulli"
+        "--likelihood",
+        choices=("bernoulli", "gaussian", "gaussian_learned", "categorical"),
+        default="bernoulli",
     )
+    vae.add_argument("--layers", type=_positive, default=1, help="stochastic layers (default 1)")
     vae.add_argument("--prior", choices=("normal", "mog", "vamp", "flow"), default="normal")
-    vae.add_argument("--guide", choices=("normal", "iaf"), default="normal")
+    vae.add_argument("--guide", choices=("normal", "iaf", "auto"), default="normal")
     vae.add_argument("--objective", choices=("elbo", "iwae"), default="elbo")
     vae.add_argument(
         "--k", type=_positive, default=50, help="importance samples for --objective iwae"
+    )
+
+    flows = train.add_argument_group("flow options (nice, realnvp, glow, maf, cnf)")
+    flows.add_argument(
+        "--dequantization",
+        choices=("uniform", "variational"),
+        default="uniform",
+        help="how image flows turn pixels into continuous data (default uniform)",
     )
 
     ddpm = train.add_argument_group("ddpm options")
@@ -303,6 +340,8 @@ def _train(args: argparse.Namespace) -> None:
     device = _device(args.device)
     out = args.out or Path("runs") / f"{args.model}-{args.data}"
     options = {name: getattr(args, name) for name in spec.options}
+    if args.data in PIXEL_LEVELS:
+        options["num_bins"] = PIXEL_LEVELS[args.data]
     config = {
         "model": args.model,
         "data": args.data,
@@ -345,7 +384,13 @@ def _train(args: argparse.Namespace) -> None:
     figures = _write_figures(model, out, view, result.history, num_samples=64)
     last = result.history[-1] if result.history else {}
     elbo = last.get("test_elbo", float("nan"))
-    print(f"trained {args.model} on {args.data}: {result.epoch} epochs, test ELBO {elbo:.2f} nats")
+    summary = (
+        f"trained {args.model} on {args.data}: {result.epoch} epochs, test ELBO {elbo:.2f} nats"
+    )
+    if test_view.levels is not None and spec.discrete(options):
+        bpd = bits_per_dim_from_nats(elbo, math.prod(test_view.event_shape))
+        summary += f" ({bpd:.3f} bits/dim)"
+    print(summary)
     print(f"run directory: {out}")
     print(f"metrics: {out / 'metrics.jsonl'}")
     for path in figures:
@@ -394,9 +439,10 @@ def _evaluate(args: argparse.Namespace) -> None:
     results["iwae_log_likelihood"] = iwae_log_likelihood(
         model, view.x, num_samples=args.k, chunk=min(args.k, 500), transform=view.transform
     )
-    if view.levels is not None and view.transform is not None:
-        dims = math.prod(view.event_shape)
-        results["bits_per_dim"] = -results["iwae_log_likelihood"] / (dims * math.log(2))
+    if view.levels is not None and MODELS[config["model"]].discrete(config["options"]):
+        results["bits_per_dim"] = bits_per_dim_from_nats(
+            results["iwae_log_likelihood"], math.prod(view.event_shape)
+        )
     (Path(args.run) / "evaluation.json").write_text(json.dumps(results, indent=2) + "\n")
     for key, value in results.items():
         print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")

@@ -13,6 +13,9 @@ from typing import Any
 
 import torch
 
+# Density plots evaluate the model on a GRID x GRID mesh (an ODE solve each, for a CNF).
+GRID = 100
+
 
 def _pyplot() -> Any:
     try:
@@ -67,11 +70,11 @@ def save_scatter(
     fig, ax = plt.subplots(figsize=(5, 5))
     lo, hi = points.min(0).values - 0.5, points.max(0).values + 0.5
     if log_prob is not None:
-        xs = torch.linspace(float(lo[0]), float(hi[0]), 150)
-        ys = torch.linspace(float(lo[1]), float(hi[1]), 150)
+        xs = torch.linspace(float(lo[0]), float(hi[0]), GRID)
+        ys = torch.linspace(float(lo[1]), float(hi[1]), GRID)
         grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).reshape(-1, 2)
         with torch.no_grad():
-            density = log_prob(grid).exp().reshape(150, 150).cpu()
+            density = log_prob(grid).exp().reshape(GRID, GRID).cpu()
         ax.pcolormesh(xs, ys, density, shading="auto", cmap="viridis")
     ax.scatter(points[:, 0], points[:, 1], s=2, c="white" if log_prob is not None else "k")
     ax.set_title(title)

@@ -23,7 +23,8 @@ class VampPrior(nn.Module):
     (amortized Normal) guide. The pseudo-inputs are kept in :math:`[0, 1]` through a
     sigmoid. The encoder is taken from the guide by :meth:`bind` (the VAE does this); it is
     held by reference, not registered as a submodule, so its weights enter Pyro's param
-    store once, through the guide.
+    store once, through the guide. With a flow guide (IAF) the components are the Normal
+    stage of the guide (before its flow steps), so the prior is still a Gaussian mixture.
 
     Args:
         event_shape: shape of one example (and of each pseudo-input).

@@ -270,30 +270,33 @@ def measure(
 
 
 def first_epoch(batch: int, device: torch.device, n: int, cold: bool) -> list[dict[str, Any]]:
-    """Wall time of the first ``n`` steps from a fresh model, compilation included."""
+    """Time of the first ``n`` steps from a fresh model, recording and compilation included.
+
+    The variants take turns step by step, so that a change in the machine's load hits all
+    of them alike; each variant's total is the sum of its own steps.
+    """
     x = torch.bernoulli(torch.rand(batch, 784, device=device))
-    rows = []
     variants = {
         "pyro Trace_ELBO": lambda: pyro_variant(PyroVAE("e0"), pyro.infer.Trace_ELBO(), device),
         "pyro_gen CompiledSVI [auto]": lambda: ours_variant(PyroVAE("e1"), "auto", device),
         "pyro_gen CompiledSVI [inductor]": lambda: ours_variant(PyroVAE("e2"), "inductor", device),
     }
-    for label, make in variants.items():
-        pyro.clear_param_store()
-        ctx = contextlib.nullcontext()
-        if cold:  # no help from compilations cached on disk by earlier runs
-            import torch._inductor.config as inductor_config
+    pyro.clear_param_store()
+    ctx = contextlib.nullcontext()
+    if cold:  # no help from compilations cached on disk by earlier runs
+        import torch._inductor.config as inductor_config
 
-            ctx = inductor_config.patch(force_disable_caches=True)
-        with ctx:
-            stepper = make()
-            t0 = time.perf_counter()
-            for _ in range(n):
+        ctx = inductor_config.patch(force_disable_caches=True)
+    totals = dict.fromkeys(variants, 0.0)
+    with ctx:
+        steppers = {label: make() for label, make in variants.items()}
+        for _ in range(n):
+            for label, stepper in steppers.items():
+                t0 = time.perf_counter()
                 stepper(x)
-            _sync(device)
-            total = time.perf_counter() - t0
-        rows.append({"variant": label, "s": total})
-    return rows
+                _sync(device)
+                totals[label] += time.perf_counter() - t0
+    return [{"variant": label, "s": s} for label, s in totals.items()]
 
 
 # --- report -------------------------------------------------------------------------------

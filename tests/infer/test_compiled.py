@@ -356,3 +356,37 @@ def test_auto_runs_the_recorded_program_before_compiling():
     (prog,) = svi._programs.values()
     assert svi.compiled and not prog.compiled and prog.calls == 3
     assert isinstance(prog.fn, torch.jit.ScriptModule)  # TorchScript until Inductor
+
+
+@pytest.mark.parametrize(
+    "loss_cls, form",
+    [
+        (Trace_ELBO, {"time_samples": 3}),
+        (TraceMeanField_ELBO, {}),
+        (TraceMeanField_ELBO, {"form": "full_chain"}),
+    ],
+)
+def test_ddpm_time_plate_same_draws_same_loss_and_grads(loss_cls, form):
+    # float32: the DDPM's schedule buffers are float32 whatever the default dtype.
+    torch.set_default_dtype(torch.float32)
+    from pyro_gen.diffusion.ddpm import DDPM
+    from pyro_gen.nn.time_embedding import TimeMLP
+
+    torch.manual_seed(0)
+    ddpm = DDPM(TimeMLP(2, 16, num_layers=1), (2,), "linear", timesteps=6, **form)
+    x = torch.randn(8, 2)
+    compiled = CompiledSVI(ddpm.model, ddpm.guide, loss=loss_cls(), backend="fx")
+    for seed in (1, 2):
+        pyro.set_rng_seed(seed)
+        expected = loss_cls().loss_and_grads(ddpm.model, ddpm.guide, x)
+        expected_grads = grads_of_store()
+        pyro.set_rng_seed(seed)
+        actual = compiled.loss_and_grads(x)
+        actual_grads = grads_of_store()
+        assert compiled.compiled, compiled.fallback_reason
+        torch.testing.assert_close(actual, torch.tensor(expected), rtol=RTOL, atol=1e-6)
+        assert actual_grads.keys() == expected_grads.keys()
+        for name in expected_grads:
+            torch.testing.assert_close(
+                actual_grads[name], expected_grads[name], rtol=RTOL, atol=1e-7, msg=name
+            )

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from torch import nn
 from torch.nn import functional as F
 
@@ -178,5 +179,19 @@ class HierarchicalVAE(nn.Module):
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Posterior mean of :math:`z_1` (bottom-up statistics)."""
-        return self.encoders[0](x)[0]
+        """Posterior mean of :math:`z_1` (given a posterior draw of the layers above, for
+        top-down inference)."""
+        if self.inference == "bottom_up":
+            return self.encoders[0](x)[0]
+        trace = poutine.trace(self.guide).get_trace(x)
+        return trace.nodes[latent_site(1)]["fn"].base_dist.loc
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, mean: bool = True) -> torch.Tensor:
+        """Decode bottom-layer latents :math:`z_1` to images in data space."""
+        return self.decoder.mean(z) if mean else self.decoder(z).sample().float()
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Decoder mean at the posterior mean of :math:`z_1`."""
+        return self.decode(self.encode(x))

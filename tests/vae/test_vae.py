@@ -16,6 +16,7 @@ from pyro_gen.vae import (
     HierarchicalVAE,
     PerExampleGuide,
     build_vae,
+    interpolate,
     iwae,
     latent_site,
     make_guide,
@@ -146,6 +147,8 @@ def test_hierarchical_vae(inference):
     loss = iwae(3).loss(hvae.model, hvae.guide, x)
     assert torch.isfinite(torch.tensor(loss))
     assert hvae.sample(4).shape == (4, *SHAPE)
+    assert hvae.encode(x).shape == (6, 3) and hvae.reconstruct(x).shape == x.shape
+    assert interpolate(hvae, x[0], x[1], 3).shape == (3, *SHAPE)
 
 
 def test_build_vae_covers_cli_options():

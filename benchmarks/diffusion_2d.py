@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--schedule", default="cosine")
     p.add_argument("--param", default="eps")
     p.add_argument("--objective", default="elbo")
-    p.add_argument("--variance", default="fixed_small")
+    p.add_argument("--variance", default="learned_range")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--hidden", type=int, default=128)

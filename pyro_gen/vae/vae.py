@@ -179,8 +179,11 @@ class VAE(nn.Module):
         """Draw ``num_samples`` images: decoder means (``mean=True``) or likelihood draws,
         shape ``(num_samples, *event_shape)``."""
         context = self._context(y)
-        z = self.prior(context=context).sample((num_samples,) if context is None else ())
-        z = z.expand(num_samples, self.z_dim) if z.dim() == 1 else z
+        if context is not None and context.shape[0] != num_samples:
+            raise ValueError(f"y must hold one label per sample ({num_samples})")
+        prior = self.prior(context=context)
+        # a prior that ignores the context has no batch dims: draw num_samples from it
+        z = prior.sample((num_samples,) if prior.batch_shape == () else ())
         return self.decode(z, y, mean=mean)
 
     @torch.no_grad()

@@ -115,6 +115,7 @@ def test_conditional_vae_passes_label_everywhere():
     s0 = vae.sample(2, y=torch.tensor([0, 0]))
     s1 = vae.sample(2, y=torch.tensor([2, 2]))
     assert s0.shape == (2, *SHAPE) and not torch.allclose(s0, s1)
+    assert not torch.allclose(s0[0], s0[1])  # a fresh z per sample
     with pytest.raises(ValueError, match="y="):
         vae.model(x)
     with pytest.raises(ValueError, match="not conditional"):

@@ -7,6 +7,11 @@ import pytest
 import torch
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Each xdist worker gets one core; more threads per worker only oversubscribe the CPU.
+    torch.set_num_threads(1)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--device", default="cpu", help="device to run tests on (cpu or cuda)")
     parser.addoption("--dtype", default="float32", choices=["float32", "float64"])

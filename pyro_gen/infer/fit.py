@@ -29,6 +29,7 @@ from pyro_gen.infer.checkpoint import (
     save_checkpoint,
     write_metrics,
 )
+from pyro_gen.infer.compiled import CompiledSVI, supports
 from pyro_gen.infer.evaluation import evaluate_elbo, module_device
 
 logger = logging.getLogger("pyro_gen")
@@ -144,7 +145,10 @@ def fit(
         checkpoint_dir: where checkpoints and metrics go; None keeps nothing on disk.
         callbacks: ``callback(record, gen_model)`` after each epoch; returning True stops.
         progress: show a progress bar with the loss and examples per second.
-        compile: reserved for the compiled step; ``False`` forces plain Pyro.
+        compile: ``None`` (default) runs the compiled ELBO step of
+            :class:`~pyro_gen.infer.compiled.CompiledSVI` where the loss supports it
+            (TorchScript at once, Inductor after warm-up); ``True`` compiles with Inductor
+            from the start; ``False`` runs plain Pyro ``SVI`` steps.
 
     Returns:
         A :class:`FitResult` with one record per epoch.
@@ -193,9 +197,19 @@ def fit(
     model, guide = gen_model.model, gen_model.guide
     if annealing is not None:
         model, guide = kl_scale(model, lambda: beta[0]), kl_scale(guide, lambda: beta[0])
-    step_fn = _SVIStep(model, guide, optim, loss, grad_clip)
-    if compile:
-        logger.info("pyro_gen: compiled step not available in this build; using plain Pyro SVI")
+    if compile is False or not supports(loss):
+        step_fn: Callable[..., float] = _SVIStep(model, guide, optim, loss, grad_clip)
+    else:
+        # The compiled program falls back to plain Pyro by itself (one log line saying why)
+        # when the model's structure changes between steps or a site is unsupported.
+        step_fn = CompiledSVI(
+            model,
+            guide,
+            optim,
+            loss,
+            grad_clip=grad_clip,
+            backend="inductor" if compile else "auto",
+        )
 
     result = FitResult()
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None

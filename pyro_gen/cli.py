@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 import pyro
 import pyro.optim
 import torch
-from pyro.infer import ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_gen import data as datasets
 from pyro_gen.infer import (
@@ -123,9 +123,9 @@ def _build_vae(event_shape: tuple[int, ...], opts: dict[str, Any]) -> torch.nn.M
 
 
 def _vae_loss(opts: dict[str, Any]) -> ELBO:
-    if opts["objective"] == "iwae":
-        return RenyiELBO(alpha=0, num_particles=opts["k"], vectorize_particles=True)
-    return Trace_ELBO()
+    from pyro_gen.vae import make_loss
+
+    return make_loss(opts["objective"], num_particles=opts["k"])
 
 
 def _build_ddpm(event_shape: tuple[int, ...], opts: dict[str, Any]) -> torch.nn.Module:
@@ -244,7 +244,12 @@ def _parser() -> argparse.ArgumentParser:
     vae.add_argument("--layers", type=_positive, default=1, help="stochastic layers (default 1)")
     vae.add_argument("--prior", choices=("normal", "mog", "vamp", "flow"), default="normal")
     vae.add_argument("--guide", choices=("normal", "iaf", "auto"), default="normal")
-    vae.add_argument("--objective", choices=("elbo", "iwae"), default="elbo")
+    vae.add_argument(
+        "--objective",
+        choices=("elbo", "meanfield", "iwae", "freebits"),
+        default="elbo",
+        help="Trace_ELBO, TraceMeanField_ELBO (analytic KL), IWAE bound, or free bits",
+    )
     vae.add_argument(
         "--k", type=_positive, default=50, help="importance samples for --objective iwae"
     )

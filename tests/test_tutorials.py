@@ -21,7 +21,7 @@ EXPECTED = [
 
 
 def test_tutorial_list_is_complete():
-    assert TUTORIALS == sorted(EXPECTED)
+    assert sorted(EXPECTED) == TUTORIALS
 
 
 @pytest.mark.parametrize("name", EXPECTED)

@@ -96,6 +96,8 @@ class DDPM(nn.Module):
         clip_denoised: clamp predicted :math:`x_0` to [-1, 1] while sampling (default: images).
         ema_decay: if given, keep an :class:`EMA` of the network, updated each time ``model``
             runs with gradients in training mode (once per SVI step), used by ``sample``.
+            The update is a Python side effect, so ``pyro_gen.infer.fit`` detects it and
+            trains with plain Pyro SVI instead of its compiled step.
         name: the ``pyro.module`` name.
 
     References:

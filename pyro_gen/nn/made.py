@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pyro_gen.nn.mlp import broadcast_context
+from pyro_gen.nn.mlp import concat_context
 
 
 class MaskedLinear(nn.Linear):
@@ -105,11 +105,4 @@ class MADE(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         if x.shape[-1] != self.input_dim:
             raise ValueError(f"MADE expected last dim {self.input_dim}, got {tuple(x.shape)}")
-        if self.context_dim:
-            if context is None:
-                raise ValueError("this MADE was built with context_dim > 0; pass a context")
-            context = broadcast_context(x, context, 1)
-            x = torch.cat([x.expand(context.shape[:-1] + x.shape[-1:]), context], dim=-1)
-        elif context is not None:
-            raise ValueError("context given to a MADE built with context_dim=0")
-        return self.net(x)
+        return self.net(concat_context(x, context, self.context_dim, "MADE"))

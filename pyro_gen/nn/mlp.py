@@ -28,6 +28,37 @@ def broadcast_context(x: torch.Tensor, context: torch.Tensor, event_dim: int) ->
     return context.expand(shape + context.shape[-1:])
 
 
+def concat_context(
+    x: torch.Tensor, context: torch.Tensor | None, context_dim: int, name: str
+) -> torch.Tensor:
+    """Appends ``context`` to the features of ``x`` after checking it against ``context_dim``.
+
+    Shared by the vector conditioners (``MLP``, ``MADE``): a network built with
+    ``context_dim > 0`` requires a context, one built without refuses it.
+
+    Args:
+        x: input of shape ``(..., D)``.
+        context: context vectors ``(..., K)`` (batch dims broadcast against ``x``) or ``None``.
+        context_dim: the ``K`` the network was built with (0: unconditional).
+        name: network name used in error messages.
+
+    Returns:
+        ``x`` unchanged without a context, else ``(..., D + K)`` with broadcast batch dims.
+
+    Example:
+        >>> concat_context(torch.zeros(5, 3), torch.ones(2), 2, "MLP").shape
+        torch.Size([5, 5])
+    """
+    if context_dim:
+        if context is None:
+            raise ValueError(f"this {name} was built with context_dim > 0; pass a context")
+        context = broadcast_context(x, context, 1)
+        return torch.cat([x.expand(context.shape[:-1] + x.shape[-1:]), context], dim=-1)
+    if context is not None:
+        raise ValueError(f"context given to this {name}, built with context_dim=0")
+    return x
+
+
 class MLP(nn.Module):
     r"""Multi-layer perceptron :math:`\mathbb{R}^{d_\text{in}} \to \mathbb{R}^{d_\text{out}}`.
 
@@ -82,11 +113,4 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         if x.shape[-1] != self.in_dim:
             raise ValueError(f"MLP expected last dim {self.in_dim}, got shape {tuple(x.shape)}")
-        if self.context_dim:
-            if context is None:
-                raise ValueError("this MLP was built with context_dim > 0; pass a context")
-            context = broadcast_context(x, context, 1)
-            x = torch.cat([x.expand(context.shape[:-1] + x.shape[-1:]), context], dim=-1)
-        elif context is not None:
-            raise ValueError("context given to an MLP built with context_dim=0")
-        return self.net(x)
+        return self.net(concat_context(x, context, self.context_dim, "MLP"))

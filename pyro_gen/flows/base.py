@@ -64,6 +64,17 @@ def pixel_output(event_shape: Sequence[int], alpha: float) -> list[Transform]:
     return out
 
 
+def flat_pixel_output(event_shape: Sequence[int], alpha: float) -> list[Transform]:
+    """Last transforms of a flow on flattened events (MAF, NICE); none for vector data.
+
+    Images are unflattened to ``(C, H, W)``, then mapped to pixels by :func:`pixel_output`.
+    """
+    if len(event_shape) == 1:
+        return []
+    chw = torch.Size(image_shape(event_shape))
+    return [ReshapeTransform(torch.Size((chw.numel(),)), chw), *pixel_output(event_shape, alpha)]
+
+
 def make_dequantizer(
     dequantization: str | UniformDequantization | None,
     event_shape: Sequence[int],

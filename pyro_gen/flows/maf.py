@@ -5,10 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import torch
-from torch.distributions.transforms import ReshapeTransform
-
-from pyro_gen.flows.base import FlowModel, image_shape, pixel_output
+from pyro_gen.flows.base import FlowModel, flat_pixel_output
 from pyro_gen.transforms import BatchNorm, masked_autoregressive, permute
 from pyro_gen.transforms.dequantization import UniformDequantization
 
@@ -43,6 +40,7 @@ class MAF(FlowModel):
         NeurIPS 2017, arXiv:1705.07057.
 
     Example:
+        >>> import torch
         >>> flow = MAF((3,), num_layers=2, hidden_dims=(16,))
         >>> flow.log_prob(torch.randn(5, 3)).shape, flow.sample(2).shape
         (torch.Size([5]), torch.Size([2, 3]))
@@ -69,12 +67,7 @@ class MAF(FlowModel):
                 if batch_norm:
                     density_order.append(BatchNorm(dim))
             density_order.append(masked_autoregressive(dim, hidden_dims=hidden_dims))
-        transforms = list(reversed(density_order))
-        if len(event_shape) > 1:
-            transforms.append(
-                ReshapeTransform(torch.Size((dim,)), torch.Size(image_shape(event_shape)))
-            )
-            transforms += pixel_output(event_shape, alpha)
+        transforms = list(reversed(density_order)) + flat_pixel_output(event_shape, alpha)
         super().__init__(
             event_shape, transforms, name=name, dequantization=dequantization, num_bins=num_bins
         )

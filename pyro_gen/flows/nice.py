@@ -5,10 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import torch
-from torch.distributions.transforms import ReshapeTransform
-
-from pyro_gen.flows.base import FlowModel, image_shape, pixel_output
+from pyro_gen.flows.base import FlowModel, flat_pixel_output
 from pyro_gen.transforms import ActNorm, additive_coupling
 from pyro_gen.transforms.dequantization import UniformDequantization
 
@@ -43,6 +40,7 @@ class NICE(FlowModel):
         workshop, arXiv:1410.8516.
 
     Example:
+        >>> import torch
         >>> flow = NICE((2,), num_layers=2, hidden_dims=(8,))
         >>> flow.log_prob(torch.randn(5, 2)).shape, flow.sample(3).shape
         (torch.Size([5]), torch.Size([3, 2]))
@@ -64,10 +62,7 @@ class NICE(FlowModel):
         transforms: list = [ActNorm(dim)]
         for i in reversed(range(num_layers)):
             transforms.append(additive_coupling(dim, parity=i % 2, hidden_dims=hidden_dims))
-        if len(event_shape) > 1:
-            chw = torch.Size(image_shape(event_shape))
-            transforms.append(ReshapeTransform(torch.Size((dim,)), chw))
-            transforms += pixel_output(event_shape, alpha)
+        transforms += flat_pixel_output(event_shape, alpha)
         super().__init__(
             event_shape, transforms, name=name, dequantization=dequantization, num_bins=num_bins
         )

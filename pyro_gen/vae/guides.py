@@ -48,7 +48,7 @@ class NormalGuide(nn.Module):
         return dist.Normal(loc, scale).to_event(1)
 
 
-class IAFGuide(nn.Module):
+class IAFGuide(NormalGuide):
     """Amortized flow guide: the encoder's Normal followed by inverse autoregressive flow
     steps conditioned on the encoder's hidden state :math:`h(x)`,
 
@@ -56,7 +56,8 @@ class IAFGuide(nn.Module):
               z_t = \\mu_t(z_{t-1}, h) + \\sigma_t(z_{t-1}, h) \\odot z_{t-1},
 
     with :math:`(\\mu_t, \\sigma_t)` from a conditional MADE (random variable order per
-    step), so sampling and the density of the sample are one pass each.
+    step), so sampling and the density of the sample are one pass each. ``encode``, from
+    :class:`NormalGuide`, gives the Normal before the flow steps (used by diagnostics).
 
     Args:
         encoder: an :class:`~pyro_gen.vae.encoders.Encoder` (its ``hidden_dim`` sizes the
@@ -83,9 +84,8 @@ class IAFGuide(nn.Module):
         num_flows: int = 2,
         hidden_dims: tuple[int, ...] | None = None,
     ) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.z_dim = z = encoder.z_dim
+        super().__init__(encoder)
+        z = self.z_dim
         hidden = list(hidden_dims) if hidden_dims else [max(4 * z, 64)]
         self.flows = nn.ModuleList(
             dist.transforms.conditional_affine_autoregressive(
@@ -93,13 +93,6 @@ class IAFGuide(nn.Module):
             )
             for _ in range(num_flows)
         )
-
-    def encode(
-        self, x: torch.Tensor, context: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The Normal before the flow steps (used by diagnostics)."""
-        loc, scale, _ = self.encoder(x, context)
-        return loc, scale
 
     def forward(
         self, x: torch.Tensor, context: torch.Tensor | None = None, **kwargs

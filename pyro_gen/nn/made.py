@@ -103,6 +103,4 @@ class MADE(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        if x.shape[-1] != self.input_dim:
-            raise ValueError(f"MADE expected last dim {self.input_dim}, got {tuple(x.shape)}")
-        return self.net(concat_context(x, context, self.context_dim, "MADE"))
+        return self.net(concat_context(x, context, self.input_dim, self.context_dim, "MADE"))

@@ -29,9 +29,9 @@ def broadcast_context(x: torch.Tensor, context: torch.Tensor, event_dim: int) ->
 
 
 def concat_context(
-    x: torch.Tensor, context: torch.Tensor | None, context_dim: int, name: str
+    x: torch.Tensor, context: torch.Tensor | None, in_dim: int, context_dim: int, name: str
 ) -> torch.Tensor:
-    """Appends ``context`` to the features of ``x`` after checking it against ``context_dim``.
+    """Checks ``x`` and ``context`` against a network's sizes, then appends the context to ``x``.
 
     Shared by the vector conditioners (``MLP``, ``MADE``): a network built with
     ``context_dim > 0`` requires a context, one built without refuses it.
@@ -39,6 +39,7 @@ def concat_context(
     Args:
         x: input of shape ``(..., D)``.
         context: context vectors ``(..., K)`` (batch dims broadcast against ``x``) or ``None``.
+        in_dim: the ``D`` the network was built with.
         context_dim: the ``K`` the network was built with (0: unconditional).
         name: network name used in error messages.
 
@@ -46,9 +47,11 @@ def concat_context(
         ``x`` unchanged without a context, else ``(..., D + K)`` with broadcast batch dims.
 
     Example:
-        >>> concat_context(torch.zeros(5, 3), torch.ones(2), 2, "MLP").shape
+        >>> concat_context(torch.zeros(5, 3), torch.ones(2), 3, 2, "MLP").shape
         torch.Size([5, 5])
     """
+    if x.shape[-1] != in_dim:
+        raise ValueError(f"{name} expected last dim {in_dim}, got shape {tuple(x.shape)}")
     if context_dim:
         if context is None:
             raise ValueError(f"this {name} was built with context_dim > 0; pass a context")
@@ -111,6 +114,4 @@ class MLP(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        if x.shape[-1] != self.in_dim:
-            raise ValueError(f"MLP expected last dim {self.in_dim}, got shape {tuple(x.shape)}")
-        return self.net(concat_context(x, context, self.context_dim, "MLP"))
+        return self.net(concat_context(x, context, self.in_dim, self.context_dim, "MLP"))

@@ -16,7 +16,7 @@ TUTORIALS = sorted(p.name for p in TUTORIALS_DIR.glob("*.ipynb"))
 EXPECTED = [
     "diffusion_as_hierarchical_vae.ipynb",
     "normalizing_flows.ipynb",
-    "vae_custom_guides.ipynb",
+    "vae_guides_and_priors.ipynb",
 ]
 
 

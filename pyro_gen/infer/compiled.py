@@ -425,16 +425,17 @@ class CompiledSVI:
             (torch.jit.trace of the recorded program), ``"fx"`` (the recorded program,
             uncompiled), ``"pyro"`` (always plain Pyro SVI: the ``compile=False`` path), or
             ``"auto"``: the recorded program through TorchScript at once (it costs well
-            under a second and is already faster than Pyro), then Inductor once a signature
-            has run
-            ``compile_after`` steps, so that a compilation (10-30 s on a small CPU) is
-            only paid by runs long enough to earn it back.
+            under a second and is already faster than Pyro); on CUDA, Inductor with CUDA
+            graphs once a signature has run ``compile_after`` steps. On CPU "auto" stays
+            with TorchScript: an Inductor compile there (30-150 s on a small CPU) rarely
+            earns itself back; ask for it with ``backend="inductor"``.
         check_steps: re-trace the model eagerly on this many steps after each recording
             and compare its structure; a difference falls back to Pyro.
         check_every: also compare every this many steps (0: never).
         max_programs: more distinct input signatures than this falls back to Pyro.
         compile_after: steps a signature runs uncompiled before it is compiled; default
-            500 with ``"auto"``, else 0 for the first signature and 50 for later ones (the
+            500 with ``"auto"`` on CUDA (never on CPU), else 0 for the first signature and
+            50 for later ones (the
             last partial batch of an epoch is not worth a compilation).
 
     Example:
@@ -567,7 +568,9 @@ class CompiledSVI:
             if len(self._programs) >= self.max_programs:
                 raise _Unsupported(f"more than {self.max_programs} distinct input signatures")
             prog = self._programs[key] = self._record(args, kwargs, tensors)
-        elif not prog.compiled and prog.calls >= self._compile_after(first=False):
+        elif not prog.compiled and prog.calls >= self._compile_after(
+            first=False, device=tensors[0].device if tensors else None
+        ):
             start = time.perf_counter()
             prog.fn, prog.compiled = self._compile(prog, tensors), True
             self.compile_time_s += time.perf_counter() - start
@@ -681,13 +684,16 @@ class CompiledSVI:
         )
         return prog
 
-    def _compile_after(self, first: bool) -> int:
+    def _compile_after(self, first: bool, device: torch.device | None = None) -> int | float:
         if self.backend == "fx":
             return 0
         if self.compile_after is not None:
             return self.compile_after
         if self.backend == "auto":
-            return 500
+            # On a small CPU an Inductor compile took 30-150 s in the middle of training
+            # and the TorchScript program is already faster than eager PyTorch, so "auto"
+            # moves to Inductor (with CUDA graphs) only on CUDA, where it pays.
+            return 500 if device is not None and device.type == "cuda" else math.inf
         return 0 if first else 50
 
     def _resolved_backend(self, device: torch.device) -> str:

@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEMO_EPOCHS ?= 3
+DEMO_EPOCHS ?= 10
 
 .PHONY: setup demo test lint format clean
 
@@ -26,6 +26,7 @@ $(STAMP): pyproject.toml constraints-dev.txt
 
 demo: $(STAMP)
 	$(BIN)/pyro-gen train vae --data mnist --epochs $(DEMO_EPOCHS) --out runs/demo-vae
+	$(BIN)/pyro-gen evaluate runs/demo-vae --k 1000 --num-test 1000
 
 test: $(STAMP)
 	$(BIN)/ruff check .

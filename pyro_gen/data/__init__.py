@@ -1,7 +1,8 @@
 """Datasets, preprocessing and on-device batching.
 
 ``load(name, split, root)`` gives MNIST, Fashion-MNIST, scikit-learn's 8x8 digits and
-2D toy densities as tensors; :mod:`pyro_gen.data.preprocessing` turns uint8 images into
+2D toy densities as tensors (:func:`toy_log_prob` gives the exact density of those
+that have one); :mod:`pyro_gen.data.preprocessing` turns uint8 images into
 binary, dequantized or logit-space data. Every failure to find or read data raises
 :class:`DatasetError` with a message naming the file and the remedy.
 """
@@ -19,7 +20,7 @@ from pyro_gen.data.preprocessing import (
     static_binarize,
     uniform_dequantize,
 )
-from pyro_gen.data.toys import TOYS
+from pyro_gen.data.toys import TOYS, toy_log_prob
 
 __all__ = [
     "DATASETS",
@@ -32,5 +33,6 @@ __all__ = [
     "load",
     "logit_transform",
     "static_binarize",
+    "toy_log_prob",
     "uniform_dequantize",
 ]

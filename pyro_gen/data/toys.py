@@ -41,12 +41,21 @@ def _shuffle(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return x[torch.randperm(x.shape[0], generator=g)]
 
 
+# Eight Gaussians: modes at radius _EG_RADIUS, noise std _EG_NOISE, then everything
+# divided by _EG_SHRINK. Both the sampler and toy_log_prob read these.
+_EG_MODES, _EG_RADIUS, _EG_NOISE, _EG_SHRINK = 8, 4.0, 0.5, math.sqrt(2)
+
+
+def _eight_gaussians_centers() -> torch.Tensor:
+    angles = torch.arange(_EG_MODES) * (2 * math.pi / _EG_MODES)
+    return _EG_RADIUS * torch.stack([angles.cos(), angles.sin()], dim=-1)
+
+
 def eight_gaussians(num_samples: int, generator: torch.Generator) -> torch.Tensor:
     """Eight Gaussians (std 0.35) with means evenly spaced on a circle of radius 2.83."""
-    angles = torch.arange(8) * (math.pi / 4)
-    centers = 4.0 * torch.stack([angles.cos(), angles.sin()], dim=-1)
-    which = torch.randint(0, 8, (num_samples,), generator=generator)
-    return (centers[which] + 0.5 * _randn(num_samples, generator)) / math.sqrt(2)
+    centers = _eight_gaussians_centers()
+    which = torch.randint(0, _EG_MODES, (num_samples,), generator=generator)
+    return (centers[which] + _EG_NOISE * _randn(num_samples, generator)) / _EG_SHRINK
 
 
 def moons(num_samples: int, generator: torch.Generator) -> torch.Tensor:
@@ -60,14 +69,19 @@ def moons(num_samples: int, generator: torch.Generator) -> torch.Tensor:
     return _shuffle(x, generator)
 
 
+# Checkerboard: unit cells over [-_CB_HALF, _CB_HALF)^2, black where the cell indices sum
+# to an even number, then scaled by _CB_SCALE. Both the sampler and toy_log_prob read these.
+_CB_HALF, _CB_SCALE = 2, 2.0
+
+
 def checkerboard(num_samples: int, generator: torch.Generator) -> torch.Tensor:
     """Uniform on the eight black squares of a 4x4 checkerboard over [-4, 4]^2."""
-    x1 = 4 * _rand(num_samples, generator) - 2
+    x1 = 2 * _CB_HALF * _rand(num_samples, generator) - _CB_HALF
     x2 = _rand(num_samples, generator) - 2 * torch.randint(
-        0, 2, (num_samples,), generator=generator
+        0, _CB_HALF, (num_samples,), generator=generator
     )
     x2 = x2 + torch.floor(x1) % 2
-    return 2 * torch.stack([x1, x2], dim=-1)
+    return _CB_SCALE * torch.stack([x1, x2], dim=-1)
 
 
 def rings(num_samples: int, generator: torch.Generator) -> torch.Tensor:
@@ -142,3 +156,77 @@ def load_toy(
         raise ValueError(f"num_samples must be non-negative; got {num_samples}")
     generator = torch.Generator().manual_seed(2 * int(seed) + (split == "test"))
     return TOYS[name](int(num_samples), generator).to(torch.float32).contiguous(), None
+
+
+def _eight_gaussians_log_prob(x: torch.Tensor) -> torch.Tensor:
+    centers = _eight_gaussians_centers().to(x) / _EG_SHRINK
+    var = (_EG_NOISE / _EG_SHRINK) ** 2
+    sq = (x[..., None, :] - centers).pow(2).sum(-1)
+    return torch.logsumexp(-0.5 * sq / var, -1) - math.log(2 * math.pi * var * _EG_MODES)
+
+
+def _checkerboard_log_prob(x: torch.Tensor) -> torch.Tensor:
+    u = x / _CB_SCALE
+    # The closed squares: float32 rounding in the sampler can land a point exactly on an
+    # outer edge of a black square (e.g. x2 = 4.0), which must not score -inf.
+    lo, hi = torch.floor(u), torch.ceil(u) - 1
+    inside = torch.zeros(x.shape[:-1], dtype=torch.bool, device=x.device)
+    for a in (lo[..., 0], hi[..., 0]):
+        for b in (lo[..., 1], hi[..., 1]):
+            cell = torch.stack([a, b])
+            in_range = ((cell >= -_CB_HALF) & (cell < _CB_HALF)).all(0)
+            inside |= in_range & ((a + b) % 2 == 0)
+    num_black = (2 * _CB_HALF) ** 2 // 2
+    log_density = -math.log(num_black * _CB_SCALE**2)
+    return torch.where(inside, log_density, -math.inf).to(x.dtype)
+
+
+_LOG_PROBS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "eight_gaussians": _eight_gaussians_log_prob,
+    "checkerboard": _checkerboard_log_prob,
+}
+
+
+def toy_log_prob(name: str, x: torch.Tensor) -> torch.Tensor:
+    r"""Exact log density of a 2D toy whose density has a closed form.
+
+    * ``eight_gaussians``: an equal-weight mixture of isotropic Gaussians,
+      :math:`p(x) = \frac{1}{8} \sum_{k=0}^{7} \mathcal{N}(x \mid c_k, \sigma^2 I)` with
+      :math:`c_k = 2\sqrt{2}\,(\cos(k\pi/4), \sin(k\pi/4))` and
+      :math:`\sigma = 0.5/\sqrt{2}`.
+    * ``checkerboard``: uniform on the eight black 2x2 squares of :math:`[-4, 4]^2`,
+      :math:`p(x) = \frac{1}{32}\,\mathbb{1}[x \in \text{black squares}]`, so
+      :math:`\log p = -\log 32` inside and :math:`-\infty` outside (square edges count
+      as inside).
+
+    The constants are the ones the samplers in this module draw with, so
+    ``toy_log_prob(name, load_toy(name)[0])`` is the log density of those very points.
+
+    Args:
+        name: ``"eight_gaussians"`` or ``"checkerboard"``.
+        x: points of shape ``(..., 2)``, any floating dtype and device.
+
+    Returns:
+        :math:`\log p(x)` of shape ``x.shape[:-1]``, in ``x``'s dtype and device.
+
+    Raises:
+        ValueError: for an unknown name, a toy without a closed-form density (moons,
+            rings, spirals, pinwheel), or ``x`` whose last dimension is not 2.
+
+    Example:
+        >>> toy_log_prob("checkerboard", torch.tensor([[1.0, 1.0], [1.0, -1.0]]))
+        tensor([-3.4657,    -inf])
+        >>> x, _ = load_toy("eight_gaussians", num_samples=20_000)
+        >>> round(-toy_log_prob("eight_gaussians", x).mean().item(), 1)  # entropy, nats
+        2.8
+    """
+    if name not in TOYS:
+        raise ValueError(f"unknown toy dataset {name!r}; valid names: {', '.join(TOYS)}")
+    if name not in _LOG_PROBS:
+        raise ValueError(
+            f"toy dataset {name!r} has no closed-form density; "
+            f"toy_log_prob supports: {', '.join(_LOG_PROBS)}"
+        )
+    if x.shape[-1:] != (2,):
+        raise ValueError(f"x must have shape (..., 2); got {tuple(x.shape)}")
+    return _LOG_PROBS[name](x)

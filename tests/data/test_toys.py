@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from pyro_gen.data import TOYS, load
+from pyro_gen.data import TOYS, load, toy_log_prob
 
 
 @pytest.mark.parametrize("name", sorted(TOYS))
@@ -67,3 +67,105 @@ def test_bad_arguments() -> None:
         load("moons", num_samples=-1)
     with pytest.raises(TypeError):
         load("moons", bogus=1)
+
+
+# --- exact densities (toy_log_prob) ---------------------------------------------------
+
+CLOSED_FORM = ["eight_gaussians", "checkerboard"]
+GRID_STEP = 0.02
+
+
+def _grid(half_width: float = 6.0) -> torch.Tensor:
+    """Cell midpoints of a float64 grid over [-half_width, half_width]^2, off every edge."""
+    t = torch.arange(-half_width + GRID_STEP / 2, half_width, GRID_STEP, dtype=torch.float64)
+    return torch.cartesian_prod(t, t)
+
+
+def _bin_probabilities(log_prob, edges: torch.Tensor) -> torch.Tensor:
+    """Mass of each coarse bin, integrating the density on the fine grid."""
+    g = _grid(float(edges[-1]))
+    mass = log_prob(g).exp() * GRID_STEP**2
+    idx = torch.bucketize(g, edges, right=True) - 1
+    flat = idx[:, 0] * (len(edges) - 1) + idx[:, 1]
+    return torch.zeros((len(edges) - 1) ** 2, dtype=torch.float64).index_add_(0, flat, mass)
+
+
+def _histogram_z(x: torch.Tensor, probs: torch.Tensor, edges: torch.Tensor) -> float:
+    """Largest |z-score| of the sample counts per coarse bin against the density's masses."""
+    idx = (torch.bucketize(x.double(), edges, right=True) - 1).clamp(0, len(edges) - 2)
+    counts = torch.bincount(idx[:, 0] * (len(edges) - 1) + idx[:, 1], minlength=len(probs))
+    n = x.shape[0]
+    sd = (n * probs * (1 - probs)).sqrt().clamp_min(1.0)
+    return float(((counts - n * probs).abs() / sd).max())
+
+
+@pytest.mark.parametrize("name", CLOSED_FORM)
+def test_log_prob_integrates_to_one(name: str) -> None:
+    g = _grid()
+    total = float(toy_log_prob(name, g).exp().sum() * GRID_STEP**2)
+    assert total == pytest.approx(1.0, abs=1e-2)
+
+
+@pytest.mark.parametrize("name", CLOSED_FORM)
+def test_sample_mean_log_prob_matches_grid_negentropy(name: str) -> None:
+    g = _grid()
+    lp = toy_log_prob(name, g)
+    p = lp.exp()
+    grid_value = float(torch.where(p > 0, p * lp, 0.0).sum() * GRID_STEP**2)
+    x, _ = load(name, num_samples=200_000, seed=1)
+    lx = toy_log_prob(name, x)
+    assert torch.isfinite(lx).all()  # every sample lies in the support
+    assert float(lx.double().mean()) == pytest.approx(grid_value, abs=2e-2)
+
+
+@pytest.mark.parametrize("name", CLOSED_FORM)
+def test_samples_histogram_matches_density(name: str) -> None:
+    edges = torch.arange(-5.0, 5.01, 1.0, dtype=torch.float64)
+    x, _ = load(name, num_samples=100_000, seed=2)
+    probs = _bin_probabilities(lambda z: toy_log_prob(name, z), edges)
+    assert _histogram_z(x, probs, edges) < 5
+
+
+def test_histogram_check_catches_a_mismatched_density() -> None:
+    """The same check rejects densities a little off the sampler: it has the power to fail."""
+    edges = torch.arange(-5.0, 5.01, 1.0, dtype=torch.float64)
+    x, _ = load("eight_gaussians", num_samples=100_000, seed=2)
+    wider = _bin_probabilities(  # std 10% too large
+        lambda z: toy_log_prob("eight_gaussians", z / 1.1) - 2 * math.log(1.1), edges
+    )
+    assert _histogram_z(x, wider, edges) > 10
+    x, _ = load("checkerboard", num_samples=100_000, seed=2)
+    flipped = _bin_probabilities(  # the other colour of squares
+        lambda z: toy_log_prob("checkerboard", z + torch.tensor([2.0, 0.0], dtype=z.dtype)),
+        edges,
+    )
+    assert _histogram_z(x, flipped, edges) > 10
+
+
+def test_log_prob_values_dtype_and_edges() -> None:
+    assert toy_log_prob("checkerboard", torch.tensor([[1.0, 1.0], [1.0, -1.0]])).tolist() == [
+        pytest.approx(-math.log(32)),
+        -math.inf,
+    ]
+    # a square's outer edge (which float32 rounding in the sampler can produce) is inside
+    assert toy_log_prob("checkerboard", torch.tensor([[3.0, 4.0], [4.0, 3.0]])).isfinite().all()
+    assert toy_log_prob("checkerboard", torch.tensor([[3.0, 4.5], [4.5, 3.0]])).isinf().all()
+    x = torch.zeros(3, 4, 2, dtype=torch.float64)
+    out = toy_log_prob("eight_gaussians", x)
+    assert out.shape == (3, 4) and out.dtype == torch.float64
+    # at the origin every mode is 2 sqrt 2 away: p(0) = N(2 sqrt 2; 0, sigma^2) in 2D
+    var = 0.125
+    assert float(out[0, 0]) == pytest.approx(-4 / var - math.log(2 * math.pi * var))
+
+
+@pytest.mark.parametrize("name", ["moons", "rings", "spirals", "pinwheel"])
+def test_log_prob_without_closed_form_raises(name: str) -> None:
+    with pytest.raises(ValueError, match="eight_gaussians, checkerboard"):
+        toy_log_prob(name, torch.zeros(1, 2))
+
+
+def test_log_prob_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="unknown toy"):
+        toy_log_prob("bogus", torch.zeros(1, 2))
+    with pytest.raises(ValueError, match=r"\(\.\.\., 2\)"):
+        toy_log_prob("checkerboard", torch.zeros(1, 3))

@@ -14,35 +14,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 
 import pyro
 import torch
 from pyro.infer import SVI, TraceMeanField_ELBO
 
+from pyro_gen.data import load, toy_log_prob
 from pyro_gen.diffusion import build_ddpm, variational_bound
 
 
 def true_log_prob(x: torch.Tensor) -> torch.Tensor:
-    # must mirror pyro_gen.data.toys.eight_gaussians
-    angles = torch.arange(8) * (math.pi / 4)
-    centers = 4.0 * torch.stack([angles.cos(), angles.sin()], dim=-1) / math.sqrt(2)
-    std = 0.5 / math.sqrt(2)
-    comp = torch.distributions.Normal(centers, std).log_prob(x[:, None, :]).sum(-1)
-    return torch.logsumexp(comp, -1) - math.log(8)
+    return toy_log_prob("eight_gaussians", x)
 
 
 def load_data(n: int, split: str) -> torch.Tensor:
-    try:
-        from pyro_gen.data import load
-
-        return load("eight_gaussians", split, num_samples=n, seed=0)[0]
-    except Exception:  # data helper not available: same distribution, own draw
-        g = torch.Generator().manual_seed(0 if split == "train" else 1)
-        angles = torch.randint(0, 8, (n,), generator=g) * (math.pi / 4)
-        centers = 4.0 * torch.stack([angles.cos(), angles.sin()], dim=-1)
-        return (centers + 0.5 * torch.randn(n, 2, generator=g)) / math.sqrt(2)
+    return load("eight_gaussians", split, num_samples=n, seed=0)[0]
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -14,19 +14,12 @@ from pyro_gen.diffusion import build_ddpm, variational_bound
 torch.set_num_threads(1)
 
 
-def _true_log_prob(x: torch.Tensor) -> torch.Tensor:
-    angles = torch.arange(8) * (math.pi / 4)
-    centers = 4.0 * torch.stack([angles.cos(), angles.sin()], dim=-1) / math.sqrt(2)
-    comp = torch.distributions.Normal(centers, 0.5 / math.sqrt(2)).log_prob(x[:, None]).sum(-1)
-    return torch.logsumexp(comp, -1) - math.log(8)
-
-
 def test_eight_gaussians_bound_and_samples():
-    from pyro_gen.data import load
+    from pyro_gen.data import load, toy_log_prob
 
     x, _ = load("eight_gaussians", "train", num_samples=20_000)
     test, _ = load("eight_gaussians", "test", num_samples=1000)
-    entropy = float(-_true_log_prob(test).mean())  # about 2.84 nats
+    entropy = float(-toy_log_prob("eight_gaussians", test).mean())  # about 2.84 nats
     cov = torch.cov(x.T)
     gaussian_entropy = 1 + math.log(2 * math.pi) + 0.5 * float(torch.logdet(cov))  # about 4.26
     m = build_ddpm((2,), timesteps=50, hidden_dim=64, time_samples=4)
@@ -37,4 +30,4 @@ def test_eight_gaussians_bound_and_samples():
     assert entropy < bound < gaussian_entropy - 0.3, (entropy, bound, gaussian_entropy)
     # samples from the best Gaussian score about -11 under the true density, data about -2.8
     samples = m.sample(1000, "ddim", steps=25)
-    assert float(_true_log_prob(samples).mean()) > -entropy - 2.5
+    assert float(toy_log_prob("eight_gaussians", samples).mean()) > -entropy - 2.5

@@ -41,39 +41,42 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import pyro
 import pyro.optim
 import torch
-from pyro.distributions.util import scale_and_mask
 from pyro.infer import (
     ELBO,
-    JitTrace_ELBO,
-    JitTraceMeanField_ELBO,
     Trace_ELBO,
-    TraceMeanField_ELBO,
 )
-from pyro.infer.util import is_identically_zero
-from pyro.poutine.messenger import _bound_partial
-from torch.distributions import kl_divergence
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils import _pytree as pytree
-from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+
+from pyro_gen.infer.compiled_elbo import (
+    _MEAN_FIELD_LOSSES,
+    _TRACE_LOSSES,
+    _bound_betas,
+    _describe_change,
+    _elbo_particle,
+    _kl_messengers,
+    _signature,
+)
+from pyro_gen.infer.compiled_optim import (
+    _fusable,
+    _FusedParamView,
+)
+from pyro_gen.infer.compiled_recording import (
+    _GuardMode,
+    _lift_inputs,
+    _Noise,
+    _Program,
+    _Unsupported,
+)
 
 logger = logging.getLogger("pyro_gen")
 
 __all__ = ["CompiledSVI", "supports"]
-
-_TRACE_LOSSES = (Trace_ELBO, JitTrace_ELBO)
-_MEAN_FIELD_LOSSES = (TraceMeanField_ELBO, JitTraceMeanField_ELBO)
-# Allocation ops whose fresh buffer an in-place random op fills with standard noise.
-_ALLOC_OPS = {
-    torch.ops.aten.empty.memory_format,
-    torch.ops.aten.empty_strided.default,
-}
 
 
 def supports(loss: ELBO | None) -> bool:
@@ -84,323 +87,6 @@ def supports(loss: ELBO | None) -> bool:
         (True, False)
     """
     return loss is None or type(loss) in (*_TRACE_LOSSES, *_MEAN_FIELD_LOSSES)
-
-
-class _Unsupported(Exception):
-    """The recorded program cannot stand for the model; the message says why."""
-
-
-@dataclass
-class _Noise:
-    """One random call lifted out of the program, replayed as the same aten call."""
-
-    op: Any
-    args: tuple
-    kwargs: dict
-    alloc: Any = None
-    alloc_args: tuple = ()
-    alloc_kwargs: dict = field(default_factory=dict)
-
-    def draw(self) -> torch.Tensor:
-        if self.alloc is None:
-            return self.op(*self.args, **self.kwargs)
-        return self.op(self.alloc(*self.alloc_args, **self.alloc_kwargs), *self.args, **self.kwargs)
-
-
-@dataclass
-class _Program:
-    fn: Callable[..., Any]
-    gm: torch.fx.GraphModule
-    params: list[torch.Tensor]
-    grad_params: list[torch.Tensor]
-    extras: list[_Noise | torch.Tensor]
-    signature: tuple
-    guards: list[Any]
-    compiled: bool
-    calls: int = 0
-
-
-def _integer_indexing(func: Any, args: tuple) -> bool:
-    # Integer (not boolean-mask) indices give a result shape known from the shapes alone.
-    if func.overloadpacket not in (torch.ops.aten.index, torch.ops.aten.index_put):
-        return False
-    indices = args[1]
-    return all(i is None or i.dtype not in (torch.bool, torch.uint8) for i in indices)
-
-
-class _GuardMode(TorchDispatchMode):
-    """While recording, answers Python's reads of tensor values (``if x.max() > 1``,
-    ``.item()``) with the real value and remembers the tensor read, so that the program
-    can return it and each step can check that the branch taken is still the same."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.reads: list[tuple[torch.Tensor, Any]] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-        kwargs = kwargs or {}
-        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default):
-            with _disable_current_modes():
-                value = args[0].item()
-            self.reads.append((args[0], value))
-            return value
-        if torch.Tag.dynamic_output_shape in func.tags and _integer_indexing(func, args):
-            return func(*args, **kwargs)
-        if torch.Tag.dynamic_output_shape in func.tags or (
-            torch.Tag.data_dependent_output in func.tags
-        ):
-            raise _Unsupported(f"{func} has a data-dependent result shape or value")
-        return func(*args, **kwargs)
-
-
-# ---------------------------------------------------------------------------------------
-# KL-annealing wrappers: found in the handler chain, their beta becomes a program input.
-
-
-def _kl_messengers(fn: Callable[..., Any]) -> list[Any]:
-    try:
-        from pyro_gen.infer.annealing import KLScaleMessenger
-    except ImportError:  # pragma: no cover - annealing ships with the package
-        return []
-    found = []
-    while True:
-        if isinstance(fn, _bound_partial):
-            fn = fn.func
-        elif isinstance(fn, partial) and len(fn.args) >= 2:
-            if isinstance(fn.args[0], KLScaleMessenger):
-                found.append(fn.args[0])
-            fn = fn.args[1]
-        else:
-            return found
-
-
-@contextlib.contextmanager
-def _bound_betas(messengers: Sequence[Any], values: Sequence[Any]) -> Iterator[None]:
-    saved = [m.beta for m in messengers]
-    try:
-        for m, v in zip(messengers, values):
-            m.beta = v
-        yield
-    finally:
-        for m, v in zip(messengers, saved):
-            m.beta = v
-
-
-# ---------------------------------------------------------------------------------------
-# The ELBO of recorded traces, without host read-backs (Pyro's own calls .item()).
-
-
-def _elbo_particle(loss: ELBO, model_trace: Any, guide_trace: Any) -> torch.Tensor:
-    elbo: Any = 0.0
-    if isinstance(loss, _MEAN_FIELD_LOSSES):
-        # Mirrors TraceMeanField_ELBO._differentiable_loss_particle.
-        for name, msite in model_trace.nodes.items():
-            if msite["type"] != "sample":
-                continue
-            if msite["is_observed"]:
-                elbo = elbo + msite["log_prob_sum"]
-                continue
-            gsite = guide_trace.nodes[name]
-            _require_reparam(name, gsite)
-            try:
-                kl = kl_divergence(gsite["fn"], msite["fn"])
-            except NotImplementedError:
-                elbo = elbo + msite["log_prob_sum"] - gsite["score_parts"].entropy_term.sum()
-                continue
-            kl = scale_and_mask(kl, scale=gsite["scale"], mask=gsite["mask"])
-            if torch.is_tensor(kl):
-                elbo = elbo - kl.sum()
-            else:
-                elbo = elbo - kl * torch.Size(gsite["fn"].batch_shape).numel()
-        for name, gsite in guide_trace.nodes.items():
-            if gsite["type"] == "sample" and name not in model_trace.nodes:
-                _require_reparam(name, gsite)
-                elbo = elbo - gsite["score_parts"].entropy_term.sum()
-        return -elbo
-    # Trace_ELBO: for reparameterized guides its surrogate equals the ELBO itself.
-    for site in model_trace.nodes.values():
-        if site["type"] == "sample":
-            elbo = elbo + site["log_prob_sum"]
-    for name, site in guide_trace.nodes.items():
-        if site["type"] == "sample":
-            _require_reparam(name, site)
-            elbo = elbo - site["log_prob_sum"]
-    return -elbo
-
-
-def _require_reparam(name: str, site: dict[str, Any]) -> None:
-    if not is_identically_zero(site["score_parts"].score_function):
-        raise _Unsupported(
-            f"guide site '{name}' ({type(site['fn']).__name__}) is not reparameterizable"
-        )
-
-
-def _shape_sig(value: Any) -> Any:
-    if torch.is_tensor(value):
-        return ("tensor", tuple(value.shape), str(value.dtype))
-    if value is None or isinstance(value, bool):
-        return value
-    return float(value)
-
-
-def _signature(model_trace: Any, guide_trace: Any) -> tuple:
-    """Everything about the traces that the recorded program bakes in."""
-    sig = []
-    for tag, tr in (("guide", guide_trace), ("model", model_trace)):
-        for name, site in tr.nodes.items():
-            if site["type"] == "param":
-                sig.append((tag, "param", name))
-            elif site["type"] == "sample":
-                fn = site["fn"]
-                sig.append(
-                    (
-                        tag,
-                        name,
-                        site["is_observed"],
-                        type(fn).__name__,
-                        tuple(getattr(fn, "batch_shape", ())),
-                        tuple(getattr(fn, "event_shape", ())),
-                        _shape_sig(site["value"]),
-                        _shape_sig(site["scale"]),
-                        _shape_sig(site["mask"]),
-                        tuple((f.name, f.dim, f.size) for f in site["cond_indep_stack"]),
-                    )
-                )
-    return tuple(sig)
-
-
-def _describe_change(old: tuple, new: tuple) -> str:
-    old_sites = [s for particle in old for s in particle]
-    new_sites = [s for particle in new for s in particle]
-
-    def names(sites: list[tuple]) -> set[str]:
-        return {f"{s[0]} {'param ' + s[2] if s[1] == 'param' else s[1]}" for s in sites}
-
-    if names(old_sites) != names(new_sites):
-        added = sorted(names(new_sites) - names(old_sites))
-        removed = sorted(names(old_sites) - names(new_sites))
-        return f"the site set changed (added {added}, removed {removed})"
-    for a, b in zip(old_sites, new_sites):
-        if a != b:
-            hint = ""
-            if a[7] != b[7]:
-                hint = (
-                    " (a scale that changes between steps: for KL annealing wrap model and "
-                    "guide with pyro_gen.infer.annealing.kl_scale, whose beta is an input)"
-                )
-            return f"{a[0]} site '{a[1]}' changed from {a[2:]} to {b[2:]}{hint}"
-    return "the number of particles changed"
-
-
-# ---------------------------------------------------------------------------------------
-# Graph surgery: random calls and captured constants become inputs.
-
-
-def _lift_inputs(gm: torch.fx.GraphModule) -> list[_Noise | torch.Tensor]:
-    graph = gm.graph
-    anchor = next(n for n in graph.nodes if n.op != "placeholder")
-    extras: list[_Noise | torch.Tensor] = []
-
-    def new_input(node: torch.fx.Node, extra: _Noise | torch.Tensor) -> None:
-        with graph.inserting_before(anchor):
-            ph = graph.placeholder(f"extra_{len(extras)}")
-        node.replace_all_uses_with(ph)
-        graph.erase_node(node)
-        extras.append(extra)
-
-    def constant(x: Any) -> bool:
-        return not any(isinstance(a, torch.fx.Node) for a in pytree.tree_leaves(x))
-
-    for node in list(graph.nodes):
-        if node.op == "get_attr":
-            value = getattr(gm, node.target)
-            if torch.is_tensor(value):
-                # Captured tensors (buffers, constants) are passed in, not frozen.
-                new_input(node, value)
-            continue
-        if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
-            continue
-        if torch.Tag.nondeterministic_seeded not in node.target.tags:
-            continue
-        schema_args = node.target._schema.arguments
-        inplace = bool(schema_args) and schema_args[0].alias_info is not None
-        if inplace:
-            buf = node.args[0]
-            if (
-                isinstance(buf, torch.fx.Node)
-                and buf.target in _ALLOC_OPS
-                and len(buf.users) == 1
-                and constant((buf.args, buf.kwargs, node.args[1:], node.kwargs))
-            ):
-                noise = _Noise(
-                    node.target, tuple(node.args[1:]), dict(node.kwargs), buf.target,
-                    tuple(buf.args), dict(buf.kwargs),
-                )  # fmt: skip
-                new_input(node, noise)
-                graph.erase_node(buf)
-                continue
-        elif constant((node.args, node.kwargs)):
-            new_input(node, _Noise(node.target, tuple(node.args), dict(node.kwargs)))
-            continue
-        raise _Unsupported(
-            f"random op {node.target} depends on traced values (a sampler that is not "
-            "standard noise pushed through differentiable ops, e.g. Gamma or discrete)"
-        )
-    graph.lint()
-    gm.recompile()
-    return extras
-
-
-# ---------------------------------------------------------------------------------------
-# Fused optimizer whose state Pyro's optimizer can still save and load.
-
-
-class _FusedParamView:
-    """Stands in Pyro's ``optim_objs`` for one parameter of the fused optimizer, so that
-    ``PyroOptim.get_state()/set_state()`` (and so checkpoints) see per-parameter state in
-    the format Pyro writes."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, param: torch.Tensor) -> None:
-        self.optimizer_ = optimizer
-        self.param = param
-
-    def _group(self) -> dict[str, Any]:
-        return next(
-            g for g in self.optimizer_.param_groups if any(q is self.param for q in g["params"])
-        )
-
-    def state_dict(self) -> dict[str, Any]:
-        hyper = {k: v for k, v in self._group().items() if k != "params"}
-        hyper.update(fused=None, foreach=None)
-        state = self.optimizer_.state.get(self.param, {})
-        state = {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
-        return {"state": {0: state} if state else {}, "param_groups": [{**hyper, "params": [0]}]}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state = state_dict.get("state", {}).get(0)
-        if state:
-            p = self.param
-            self.optimizer_.state[p] = {
-                k: (v.to(p.device, torch.float32) if k == "step" else v.to(p.device, p.dtype))
-                if torch.is_tensor(v)
-                else v
-                for k, v in state.items()
-            }
-
-    def step(self, *args: Any, **kwargs: Any) -> None:  # pragma: no cover - guarded
-        raise RuntimeError("a fused CompiledSVI optimizer cannot step one parameter")
-
-
-def _fusable(optim: pyro.optim.PyroOptim) -> bool:
-    ctor = getattr(optim, "pt_optim_constructor", None)
-    return (
-        ctor in (torch.optim.Adam, torch.optim.AdamW)
-        and isinstance(optim.pt_optim_args, dict)
-        and not optim.pt_clip_args
-    )
-
-
-# ---------------------------------------------------------------------------------------
 
 
 class CompiledSVI:

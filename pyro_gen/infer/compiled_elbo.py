@@ -1,0 +1,166 @@
+"""The ELBO of recorded Pyro traces without host read-backs, KL-annealing factors as
+program inputs, and the structural signature that tells when a recording went stale."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
+from typing import Any
+
+import torch
+from pyro.distributions.util import scale_and_mask
+from pyro.infer import (
+    ELBO,
+    JitTrace_ELBO,
+    JitTraceMeanField_ELBO,
+    Trace_ELBO,
+    TraceMeanField_ELBO,
+)
+from pyro.infer.util import is_identically_zero
+from pyro.poutine.messenger import _bound_partial
+from torch.distributions import kl_divergence
+
+from pyro_gen.infer.compiled_recording import _Unsupported
+
+_TRACE_LOSSES = (Trace_ELBO, JitTrace_ELBO)
+_MEAN_FIELD_LOSSES = (TraceMeanField_ELBO, JitTraceMeanField_ELBO)
+
+
+# ---------------------------------------------------------------------------------------
+# KL-annealing wrappers: found in the handler chain, their beta becomes a program input.
+
+
+def _kl_messengers(fn: Callable[..., Any]) -> list[Any]:
+    try:
+        from pyro_gen.infer.annealing import KLScaleMessenger
+    except ImportError:  # pragma: no cover - annealing ships with the package
+        return []
+    found = []
+    while True:
+        if isinstance(fn, _bound_partial):
+            fn = fn.func
+        elif isinstance(fn, partial) and len(fn.args) >= 2:
+            if isinstance(fn.args[0], KLScaleMessenger):
+                found.append(fn.args[0])
+            fn = fn.args[1]
+        else:
+            return found
+
+
+@contextlib.contextmanager
+def _bound_betas(messengers: Sequence[Any], values: Sequence[Any]) -> Iterator[None]:
+    saved = [m.beta for m in messengers]
+    try:
+        for m, v in zip(messengers, values):
+            m.beta = v
+        yield
+    finally:
+        for m, v in zip(messengers, saved):
+            m.beta = v
+
+
+# ---------------------------------------------------------------------------------------
+# The ELBO of recorded traces, without host read-backs (Pyro's own calls .item()).
+
+
+def _elbo_particle(loss: ELBO, model_trace: Any, guide_trace: Any) -> torch.Tensor:
+    elbo: Any = 0.0
+    if isinstance(loss, _MEAN_FIELD_LOSSES):
+        # Mirrors TraceMeanField_ELBO._differentiable_loss_particle.
+        for name, msite in model_trace.nodes.items():
+            if msite["type"] != "sample":
+                continue
+            if msite["is_observed"]:
+                elbo = elbo + msite["log_prob_sum"]
+                continue
+            gsite = guide_trace.nodes[name]
+            _require_reparam(name, gsite)
+            try:
+                kl = kl_divergence(gsite["fn"], msite["fn"])
+            except NotImplementedError:
+                elbo = elbo + msite["log_prob_sum"] - gsite["score_parts"].entropy_term.sum()
+                continue
+            kl = scale_and_mask(kl, scale=gsite["scale"], mask=gsite["mask"])
+            if torch.is_tensor(kl):
+                elbo = elbo - kl.sum()
+            else:
+                elbo = elbo - kl * torch.Size(gsite["fn"].batch_shape).numel()
+        for name, gsite in guide_trace.nodes.items():
+            if gsite["type"] == "sample" and name not in model_trace.nodes:
+                _require_reparam(name, gsite)
+                elbo = elbo - gsite["score_parts"].entropy_term.sum()
+        return -elbo
+    # Trace_ELBO: for reparameterized guides its surrogate equals the ELBO itself.
+    for site in model_trace.nodes.values():
+        if site["type"] == "sample":
+            elbo = elbo + site["log_prob_sum"]
+    for name, site in guide_trace.nodes.items():
+        if site["type"] == "sample":
+            _require_reparam(name, site)
+            elbo = elbo - site["log_prob_sum"]
+    return -elbo
+
+
+def _require_reparam(name: str, site: dict[str, Any]) -> None:
+    if not is_identically_zero(site["score_parts"].score_function):
+        raise _Unsupported(
+            f"guide site '{name}' ({type(site['fn']).__name__}) is not reparameterizable"
+        )
+
+
+def _shape_sig(value: Any) -> Any:
+    if torch.is_tensor(value):
+        return ("tensor", tuple(value.shape), str(value.dtype))
+    if value is None or isinstance(value, bool):
+        return value
+    return float(value)
+
+
+def _signature(model_trace: Any, guide_trace: Any) -> tuple:
+    """Everything about the traces that the recorded program bakes in."""
+    sig = []
+    for tag, tr in (("guide", guide_trace), ("model", model_trace)):
+        for name, site in tr.nodes.items():
+            if site["type"] == "param":
+                sig.append((tag, "param", name))
+            elif site["type"] == "sample":
+                fn = site["fn"]
+                sig.append(
+                    (
+                        tag,
+                        name,
+                        site["is_observed"],
+                        type(fn).__name__,
+                        tuple(getattr(fn, "batch_shape", ())),
+                        tuple(getattr(fn, "event_shape", ())),
+                        _shape_sig(site["value"]),
+                        _shape_sig(site["scale"]),
+                        _shape_sig(site["mask"]),
+                        tuple((f.name, f.dim, f.size) for f in site["cond_indep_stack"]),
+                    )
+                )
+    return tuple(sig)
+
+
+def _describe_change(old: tuple, new: tuple) -> str:
+    old_sites = [s for particle in old for s in particle]
+    new_sites = [s for particle in new for s in particle]
+
+    def names(sites: list[tuple]) -> set[str]:
+        return {f"{s[0]} {'param ' + s[2] if s[1] == 'param' else s[1]}" for s in sites}
+
+    if names(old_sites) != names(new_sites):
+        added = sorted(names(new_sites) - names(old_sites))
+        removed = sorted(names(old_sites) - names(new_sites))
+        return f"the site set changed (added {added}, removed {removed})"
+    for a, b in zip(old_sites, new_sites):
+        if a != b:
+            hint = ""
+            if a[7] != b[7]:
+                hint = (
+                    " (a scale that changes between steps: for KL annealing wrap model and "
+                    "guide with pyro_gen.infer.annealing.kl_scale, whose beta is an input)"
+                )
+            return f"{a[0]} site '{a[1]}' changed from {a[2:]} to {b[2:]}{hint}"
+    return "the number of particles changed"

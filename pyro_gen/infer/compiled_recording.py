@@ -1,0 +1,144 @@
+"""Recording a Pyro step as a tensor program: value guards, and random calls and captured
+constants lifted out as program inputs (used by :mod:`pyro_gen.infer.compiled`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+
+# Allocation ops whose fresh buffer an in-place random op fills with standard noise.
+_ALLOC_OPS = {
+    torch.ops.aten.empty.memory_format,
+    torch.ops.aten.empty_strided.default,
+}
+
+
+class _Unsupported(Exception):
+    """The recorded program cannot stand for the model; the message says why."""
+
+
+@dataclass
+class _Noise:
+    """One random call lifted out of the program, replayed as the same aten call."""
+
+    op: Any
+    args: tuple
+    kwargs: dict
+    alloc: Any = None
+    alloc_args: tuple = ()
+    alloc_kwargs: dict = field(default_factory=dict)
+
+    def draw(self) -> torch.Tensor:
+        if self.alloc is None:
+            return self.op(*self.args, **self.kwargs)
+        return self.op(self.alloc(*self.alloc_args, **self.alloc_kwargs), *self.args, **self.kwargs)
+
+
+@dataclass
+class _Program:
+    fn: Callable[..., Any]
+    gm: torch.fx.GraphModule
+    params: list[torch.Tensor]
+    grad_params: list[torch.Tensor]
+    extras: list[_Noise | torch.Tensor]
+    signature: tuple
+    guards: list[Any]
+    compiled: bool
+    calls: int = 0
+
+
+def _integer_indexing(func: Any, args: tuple) -> bool:
+    # Integer (not boolean-mask) indices give a result shape known from the shapes alone.
+    if func.overloadpacket not in (torch.ops.aten.index, torch.ops.aten.index_put):
+        return False
+    indices = args[1]
+    return all(i is None or i.dtype not in (torch.bool, torch.uint8) for i in indices)
+
+
+class _GuardMode(TorchDispatchMode):
+    """While recording, answers Python's reads of tensor values (``if x.max() > 1``,
+    ``.item()``) with the real value and remembers the tensor read, so that the program
+    can return it and each step can check that the branch taken is still the same."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[tuple[torch.Tensor, Any]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default):
+            with _disable_current_modes():
+                value = args[0].item()
+            self.reads.append((args[0], value))
+            return value
+        if torch.Tag.dynamic_output_shape in func.tags and _integer_indexing(func, args):
+            return func(*args, **kwargs)
+        if torch.Tag.dynamic_output_shape in func.tags or (
+            torch.Tag.data_dependent_output in func.tags
+        ):
+            raise _Unsupported(f"{func} has a data-dependent result shape or value")
+        return func(*args, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------
+# Graph surgery: random calls and captured constants become inputs.
+
+
+def _lift_inputs(gm: torch.fx.GraphModule) -> list[_Noise | torch.Tensor]:
+    graph = gm.graph
+    anchor = next(n for n in graph.nodes if n.op != "placeholder")
+    extras: list[_Noise | torch.Tensor] = []
+
+    def new_input(node: torch.fx.Node, extra: _Noise | torch.Tensor) -> None:
+        with graph.inserting_before(anchor):
+            ph = graph.placeholder(f"extra_{len(extras)}")
+        node.replace_all_uses_with(ph)
+        graph.erase_node(node)
+        extras.append(extra)
+
+    def constant(x: Any) -> bool:
+        return not any(isinstance(a, torch.fx.Node) for a in pytree.tree_leaves(x))
+
+    for node in list(graph.nodes):
+        if node.op == "get_attr":
+            value = getattr(gm, node.target)
+            if torch.is_tensor(value):
+                # Captured tensors (buffers, constants) are passed in, not frozen.
+                new_input(node, value)
+            continue
+        if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
+            continue
+        if torch.Tag.nondeterministic_seeded not in node.target.tags:
+            continue
+        schema_args = node.target._schema.arguments
+        inplace = bool(schema_args) and schema_args[0].alias_info is not None
+        if inplace:
+            buf = node.args[0]
+            if (
+                isinstance(buf, torch.fx.Node)
+                and buf.target in _ALLOC_OPS
+                and len(buf.users) == 1
+                and constant((buf.args, buf.kwargs, node.args[1:], node.kwargs))
+            ):
+                noise = _Noise(
+                    node.target, tuple(node.args[1:]), dict(node.kwargs), buf.target,
+                    tuple(buf.args), dict(buf.kwargs),
+                )  # fmt: skip
+                new_input(node, noise)
+                graph.erase_node(buf)
+                continue
+        elif constant((node.args, node.kwargs)):
+            new_input(node, _Noise(node.target, tuple(node.args), dict(node.kwargs)))
+            continue
+        raise _Unsupported(
+            f"random op {node.target} depends on traced values (a sampler that is not "
+            "standard noise pushed through differentiable ops, e.g. Gamma or discrete)"
+        )
+    graph.lint()
+    gm.recompile()
+    return extras

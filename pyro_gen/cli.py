@@ -32,7 +32,7 @@ from pyro_gen.infer import (
     fit,
     iwae_log_likelihood,
 )
-from pyro_gen.infer.checkpoint import load_checkpoint, restore_model
+from pyro_gen.infer.checkpoint import atomic_write_bytes, load_checkpoint, restore_model
 from pyro_gen.runs import RunError, checkpoint_path, read_config, write_config
 
 IMAGE_DATA = ("mnist", "fashion_mnist", "digits")
@@ -318,12 +318,14 @@ def _load_split(name: str, split: str, config: dict[str, Any], limit: int | None
     return x[:limit] if limit is not None else x
 
 
-def build_model(config: dict[str, Any]) -> tuple[torch.nn.Module, ModelSpec, DataView]:
-    """Rebuilds the (untrained) model a config describes, with the test split's data view."""
-    spec = MODELS[config["model"]]
-    x = _load_split(config["data"], "test", config, config.get("test_subset"))
-    view = data_view(spec.data_kind(config["options"]), config["data"], x)
-    return spec.build(view.event_shape, config["options"]), spec, view
+def build_model(config: dict[str, Any]) -> torch.nn.Module:
+    """Rebuilds the (untrained) model a run config describes."""
+    return MODELS[config["model"]].build(tuple(config["event_shape"]), config["options"])
+
+
+def _test_view(config: dict[str, Any], limit: int | None) -> DataView:
+    x = _load_split(config["data"], "test", config, limit)
+    return data_view(MODELS[config["model"]].data_kind(config["options"]), config["data"], x)
 
 
 def load_run(run: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
@@ -333,7 +335,7 @@ def load_run(run: str | Path, device: torch.device | str = "cpu") -> torch.nn.Mo
         raise RunError(
             f"{run} holds a {config.get('model')!r} run, which this version cannot build"
         )
-    model, _, _ = build_model(config)
+    model = build_model(config)
     restore_model(load_checkpoint(checkpoint_path(run), map_location="cpu"), model)
     return model.to(device).eval()
 
@@ -368,9 +370,12 @@ def _train(args: argparse.Namespace) -> None:
                 "options; pass a fresh --out to start a new run"
             )
     pyro.set_rng_seed(args.seed)
-    train_x = _load_split(args.data, "train", config, args.subset)
-    model, spec, test_view = build_model(config)
-    view = data_view(spec.data_kind(options), args.data, train_x)
+    view = data_view(
+        spec.data_kind(options), args.data, _load_split(args.data, "train", config, args.subset)
+    )
+    test_view = _test_view(config, args.test_subset)
+    config["event_shape"] = list(view.event_shape)
+    model = build_model(config)
     write_config(out, config)
     result = fit(
         model,
@@ -386,7 +391,7 @@ def _train(args: argparse.Namespace) -> None:
         checkpoint_dir=out,
         progress=not args.no_progress,
     )
-    figures = _write_figures(model, out, view, result.history, num_samples=64)
+    figures = _write_figures(model, out, result.history, num_samples=64)
     last = result.history[-1] if result.history else {}
     elbo = last.get("test_elbo", float("nan"))
     summary = (
@@ -408,23 +413,17 @@ def _sample(model: torch.nn.Module, n: int, **kwargs: Any) -> torch.Tensor:
 
 
 def _write_figures(
-    model: torch.nn.Module,
-    out: Path,
-    view: DataView,
-    history: Sequence[dict[str, Any]],
-    num_samples: int,
+    model: torch.nn.Module, out: Path, history: Sequence[dict[str, Any]], num_samples: int
 ) -> list[Path]:
     from pyro_gen import plotting
 
     paths = [plotting.save_curves(history, out / "curves.png")] if history else []
     samples = _sample(model.eval(), num_samples)
-    paths.append(_save_samples(model, samples, out / "samples.png", view))
+    paths.append(_save_samples(model, samples, out / "samples.png"))
     return paths
 
 
-def _save_samples(
-    model: torch.nn.Module, samples: torch.Tensor, path: Path, view: DataView
-) -> Path:
+def _save_samples(model: torch.nn.Module, samples: torch.Tensor, path: Path) -> Path:
     from pyro_gen import plotting
 
     if samples.dim() == 2 and samples.shape[-1] == 2:
@@ -436,9 +435,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     device = _device(args.device)
     config = read_config(args.run)
     model = load_run(args.run, device)
-    x = _load_split(config["data"], "test", config, args.num_test)
-    view = data_view(MODELS[config["model"]].data_kind(config["options"]), config["data"], x)
-    results: dict[str, Any] = {"num_test": int(x.shape[0])}
+    view = _test_view(config, args.num_test)
+    results: dict[str, Any] = {"num_test": int(view.x.shape[0])}
     results["test_elbo"] = evaluate_elbo(model, view.x, transform=view.transform)
     results["iwae_k"] = args.k
     results["iwae_log_likelihood"] = iwae_log_likelihood(
@@ -448,21 +446,18 @@ def _evaluate(args: argparse.Namespace) -> None:
         results["bits_per_dim"] = bits_per_dim_from_nats(
             results["iwae_log_likelihood"], math.prod(view.event_shape)
         )
-    (Path(args.run) / "evaluation.json").write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write_bytes(
+        Path(args.run) / "evaluation.json", (json.dumps(results, indent=2) + "\n").encode()
+    )
     for key, value in results.items():
         print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
     print(f"written to {Path(args.run) / 'evaluation.json'}")
 
 
 def _sample_command(args: argparse.Namespace) -> None:
-    device = _device(args.device)
-    config = read_config(args.run)
-    model = load_run(args.run, device)
-    spec = MODELS[config["model"]]
-    x = _load_split(config["data"], "test", config, 1)
-    view = data_view(spec.data_kind(config["options"]), config["data"], x)
+    model = load_run(args.run, _device(args.device))
     samples = _sample(model, args.num_samples, sampler=args.sampler, steps=args.steps)
-    path = _save_samples(model, samples, args.out or Path(args.run) / "samples.png", view)
+    path = _save_samples(model, samples, args.out or Path(args.run) / "samples.png")
     print(f"{args.num_samples} samples written to {path}")
 
 

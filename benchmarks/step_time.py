@@ -338,7 +338,7 @@ def epoch_overhead(device: torch.device, rounds: int) -> list[dict[str, Any]]:
         times = []
         for i, b in enumerate(batches[:n]):
             t0, c0 = time.perf_counter(), time.process_time()
-            step(i, x=b)
+            float(step(i, x=b))  # read back: on CUDA the step is then complete
             times.append((time.perf_counter() - t0, time.process_time() - c0))
         return times
 

@@ -199,21 +199,11 @@ class CompiledSVI:
                 return self._update(prog, loss, grads)
         return self._pyro_step(args, kwargs)
 
-    def __call__(self, step: int, *args: Any, **kwargs: Any) -> float:
-        """``fit``'s step protocol: run :meth:`step` and return the loss as a float,
-        raising on a non-finite loss (parameters keep their last finite values when the
-        optimizer is fused)."""
-        loss = float(self.step(*args, **kwargs))
-        if not math.isfinite(loss):
-            try:
-                from pyro_gen.infer.fit import NonFiniteLossError as error
-            except ImportError:  # pragma: no cover
-                error = FloatingPointError
-            raise error(
-                f"loss became {loss} at step {step}; parameters were left at their last "
-                "finite values. Lower the learning rate, set grad_clip, or check the data"
-            )
-        return loss
+    def __call__(self, step: int, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """``fit``'s step protocol: run :meth:`step` and return the loss, not read back
+        (``fit`` reads losses in groups and raises on a non-finite one; its update was
+        skipped)."""
+        return self.step(*args, **kwargs)
 
     def loss_and_grads(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Loss and gradients (left in ``.grad``) without an update, like
@@ -510,6 +500,10 @@ class CompiledSVI:
         params = list({site["value"].unconstrained() for site in capture.trace.nodes.values()})
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        if not math.isfinite(loss):  # Pyro's loss is a float here: no extra read-back
+            for p in params:
+                p.grad = None
+            return torch.tensor(loss)
         loss = torch.as_tensor(loss)
         if self._optimizer is not None:
             self._register(params)

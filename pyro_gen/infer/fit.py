@@ -35,6 +35,12 @@ from pyro_gen.infer.evaluation import evaluate_elbo, module_device
 logger = logging.getLogger("pyro_gen")
 
 Callback = Callable[[dict[str, Any], torch.nn.Module], Any]
+StepCallback = Callable[[int, torch.nn.Module], Any]
+
+# Steps between host read-backs of the loss. Reading a CUDA loss back stalls the host until
+# the device has caught up, so the loop reads losses in groups, for the progress bar and the
+# NaN check, and never once per step.
+READBACK_EVERY = 20
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -74,7 +80,7 @@ class _SVIStep:
             grad_clip,
         )
 
-    def __call__(self, step: int, **batch: torch.Tensor) -> float:
+    def __call__(self, step: int, **batch: torch.Tensor) -> torch.Tensor:
         with pyro.poutine.trace(param_only=True) as param_capture:
             loss = self.loss.loss_and_grads(self.model, self.guide, **batch)
         params = {site["value"].unconstrained() for site in param_capture.trace.nodes.values()}
@@ -89,7 +95,23 @@ class _SVIStep:
             torch.nn.utils.clip_grad_norm_(list(params), self.grad_clip)
         self.optim(params)
         zero_grads(params)
-        return loss
+        return torch.tensor(loss)
+
+
+def _read_back(losses: list[torch.Tensor], first_step: int) -> float:
+    """The sum of ``losses`` (the steps from ``first_step`` on), read back in one transfer.
+
+    Raises:
+        NonFiniteLossError: naming the first step whose loss was NaN or infinite.
+    """
+    values = torch.stack([loss.detach().reshape(()).double() for loss in losses]).tolist()
+    for i, value in enumerate(values):
+        if not math.isfinite(value):
+            raise NonFiniteLossError(
+                f"loss became {value} at step {first_step + i}; that update was skipped and the "
+                "parameters are finite. Lower the learning rate, set grad_clip, or check the data"
+            )
+    return math.fsum(values)
 
 
 def fit(
@@ -109,6 +131,7 @@ def fit(
     eval_every: int = 1,
     checkpoint_dir: str | Path | None = None,
     callbacks: Iterable[Callback] = (),
+    step_callbacks: Iterable[StepCallback] = (),
     progress: bool = True,
     compile: bool | None = None,
 ) -> FitResult:
@@ -144,6 +167,10 @@ def fit(
         eval_every: evaluate every this many epochs.
         checkpoint_dir: where checkpoints and metrics go; None keeps nothing on disk.
         callbacks: ``callback(record, gen_model)`` after each epoch; returning True stops.
+        step_callbacks: ``callback(step, gen_model)`` after each optimisation step, ``step``
+            counting the steps taken so far; for updates that must follow the optimizer,
+            such as an exponential moving average of the weights, rather than sit inside
+            ``model`` (where they would also stop the compiled step from applying).
         progress: show a progress bar with the loss and examples per second.
         compile: ``None`` (default) runs the compiled ELBO step of
             :class:`~pyro_gen.infer.compiled.CompiledSVI` where the loss supports it
@@ -154,8 +181,10 @@ def fit(
         A :class:`FitResult` with one record per epoch.
 
     Raises:
-        NonFiniteLossError: when a step's loss is NaN or infinite. The last checkpoint on
-            disk is left as it was.
+        NonFiniteLossError: when a step's loss is NaN or infinite; it is raised at the next
+            read-back of the loss (every ``READBACK_EVERY`` steps and at the end of each
+            epoch, before any checkpoint is written), so the last checkpoint on disk is left
+            as it was. The update of the non-finite step is skipped.
 
     Example:
         >>> import pyro, pyro.distributions as dist, torch
@@ -188,7 +217,7 @@ def fit(
     batches = DeviceBatches(data, batch_size, shuffle=True, device=device)
     optim = optim if optim is not None else pyro.optim.Adam({"lr": 1e-3})
     loss = loss if loss is not None else Trace_ELBO()
-    callbacks = list(callbacks)
+    callbacks, step_callbacks = list(callbacks), list(step_callbacks)
 
     # Stale entries under the same names would silently detach the module's parameters
     # from the ones SVI updates, so every run starts from an empty store.
@@ -239,20 +268,26 @@ def fit(
             disable=not progress,
             leave=False,
         )
-        for batch in bar:
+        pending: list[torch.Tensor] = []
+        for i, batch in enumerate(bar):
             batch = _as_dict(batch)
             if transform is not None:
                 batch["x"] = transform(batch["x"])
             if annealing is not None:
                 beta[0] = float(annealing(result.step))
-            total_loss += step_fn(result.step, **batch)
+            pending.append(step_fn(result.step, **batch))
             n = batch["x"].shape[0] if "x" in batch else next(iter(batch.values())).shape[0]
             seen += n
             result.step += 1
-            if progress and result.step % 20 == 0:
+            for step_callback in step_callbacks:
+                step_callback(result.step, gen_model)
+            last = i + 1 == len(batches) or (steps is not None and result.step >= steps)
+            if len(pending) == READBACK_EVERY or last:
+                total_loss += _read_back(pending, result.step - len(pending))
+                pending = []
                 rate = seen / (time.perf_counter() - start)
                 bar.set_postfix(loss=f"{total_loss / seen:.3f}", ex_per_s=f"{rate:.0f}")
-            if steps is not None and result.step >= steps:
+            if last:
                 break
         bar.close()
         result.epoch += 1

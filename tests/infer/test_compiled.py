@@ -326,8 +326,8 @@ def test_non_finite_loss_keeps_parameters_and_raises():
     before = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
     bad = x.clone()
     bad[0, 0] = float("nan")
-    with pytest.raises(Exception, match="at step 9"):
-        svi(9, bad)
+    # The loss comes back unread (fit reads it later and raises); the update is skipped.
+    assert not torch.isfinite(svi(9, bad))
     assert svi.compiled
     for name, value in pyro.get_param_store().items():
         assert torch.equal(value, before[name]), name

@@ -93,6 +93,33 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
         fit(Other(), binary_data(), epochs=2, progress=False, checkpoint_dir=tmp_path)
 
 
+@pytest.mark.parametrize("compile", [None, False])
+def test_step_callbacks_follow_each_update(compile):
+    model, seen = TinyVAE(), []
+
+    def record(step, gen_model):
+        seen.append((step, next(gen_model.parameters()).detach().clone()))
+
+    result = fit(
+        model, binary_data(), epochs=2, batch_size=32, step_callbacks=[record],
+        progress=False, compile=compile,
+    )  # fmt: skip
+    assert [s for s, _ in seen] == list(range(1, result.step + 1))
+    # each call sees the parameters its step has just updated
+    assert all(not a.equal(b) for (_, a), (_, b) in zip(seen, seen[1:]))
+    assert seen[-1][1].equal(next(model.parameters()))
+
+
+def test_compiled_loop_reads_losses_late_but_raises_and_keeps_parameters_finite():
+    data = binary_data()
+    data[40, 0] = float("nan")
+    pyro.enable_validation(False)
+    model = TinyVAE()
+    with pytest.raises(NonFiniteLossError, match=r"at step \d+; that update was skipped"):
+        fit(model, data, epochs=1, batch_size=8, progress=False)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
 def test_annealing_scales_only_latent_sites():
     seen = []
 

@@ -45,7 +45,15 @@ def dynamic_binarize(x: torch.Tensor, generator: torch.Generator | None = None) 
         >>> b[:2].tolist(), b.dtype
         ([0.0, 1.0], torch.float32)
     """
-    return torch.bernoulli(_intensity(x), generator=generator)
+    # A comparison with uniform noise is the same Bernoulli draw as torch.bernoulli at a
+    # quarter of its cost on the CPU, which matters when it runs on every minibatch.
+    if x.dtype == torch.uint8:
+        # r uniform on {0, ..., 254}: P(r < k) = k / 255 exactly, with no float conversion.
+        r = torch.randint(0, 255, x.shape, dtype=torch.uint8, device=x.device, generator=generator)
+        return (r < x).to(torch.get_default_dtype())
+    p = _intensity(x)
+    u = torch.rand(p.shape, dtype=p.dtype, device=p.device, generator=generator)
+    return (u < p).to(p.dtype)
 
 
 def static_binarize(x: torch.Tensor, seed: int = 0) -> torch.Tensor:

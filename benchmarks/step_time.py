@@ -453,8 +453,9 @@ def main(argv: list[str] | None = None) -> None:
         "--backends",
         nargs="+",
         default=["inductor"],
-        choices=["inductor", "jit", "fx"],
-        help="CompiledSVI backends to include (steady state; auto = fx, then inductor)",
+        choices=["auto", "inductor", "jit", "fx"],
+        help="CompiledSVI backends to include (steady state); auto is fit's default: "
+        "TorchScript on CPU, Inductor with CUDA graphs after 500 steps on CUDA",
     )
     parser.add_argument(
         "--epoch-steps",

@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.time()
     for _ in range(args.steps):
         svi.step(train[torch.randint(0, train.shape[0], (args.batch_size,), device=dev)])
+        m.update_ema()  # after the optimizer step, as fit(step_callbacks=[ema_callback]) does
     train_s = time.time() - t0
     m.eval()
     with m.ema.average_parameters():

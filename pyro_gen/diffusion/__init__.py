@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pyro_gen.diffusion.ddpm import DDPM
-from pyro_gen.diffusion.ema import EMA
+from pyro_gen.diffusion.ema import EMA, ema_callback
 from pyro_gen.diffusion.likelihood import (
     DiscretizedGaussian,
     normal_kl,
@@ -35,6 +35,7 @@ __all__ = [
     "cosine_betas",
     "ddim_sample",
     "ddim_timesteps",
+    "ema_callback",
     "linear_betas",
     "make_schedule",
     "normal_kl",

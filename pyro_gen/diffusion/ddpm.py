@@ -94,10 +94,10 @@ class DDPM(nn.Module):
             digits).
         hybrid_weight: weight of the bound in the hybrid objective.
         clip_denoised: clamp predicted :math:`x_0` to [-1, 1] while sampling (default: images).
-        ema_decay: if given, keep an :class:`EMA` of the network, updated each time ``model``
-            runs with gradients in training mode (once per SVI step), used by ``sample``.
-            The update is a Python side effect, so ``pyro_gen.infer.fit`` detects it and
-            trains with plain Pyro SVI instead of its compiled step.
+        ema_decay: if given, keep an :class:`EMA` of the network for ``sample``. It moves
+            only when :meth:`update_ema` is called, which belongs after each optimizer step:
+            ``fit(m, x, step_callbacks=[ema_callback])``. ``model`` itself has no side
+            effects, so the compiled training step can record it.
         name: the ``pyro.module`` name.
 
     References:
@@ -265,15 +265,21 @@ class DDPM(nn.Module):
     def _normal(self, mean: torch.Tensor, log_var: torch.Tensor) -> dist.Distribution:
         return dist.Normal(mean, (0.5 * log_var).exp()).to_event(self.event_dim)
 
-    def _maybe_update_ema(self) -> None:
-        if self.ema is not None and self.training and torch.is_grad_enabled():
-            self.ema.update()
+    def update_ema(self) -> None:
+        """Move the EMA of the network towards its current weights; call it once after each
+        optimizer step (:func:`~pyro_gen.diffusion.ema.ema_callback` does so inside ``fit``).
+
+        Raises:
+            ValueError: when the model was built without ``ema_decay``.
+        """
+        if self.ema is None:
+            raise ValueError("this DDPM keeps no EMA; build it with ema_decay=0.999 (say)")
+        self.ema.update()
 
     # ------------------------------------------------------------------ full chain
     def chain_model(self, x: torch.Tensor | None = None, num_samples: int = 1) -> torch.Tensor:
         """Generative chain :math:`x_T \\to \\dots \\to x_0`; observes ``x`` at ``"x_0"``."""
         pyro.module(self.name, self)
-        self._maybe_update_ema()
         T = self.schedule.num_timesteps
         x0 = None if x is None else self.to_model_space(x)
         batch = num_samples if x is None else x.shape[0]
@@ -316,7 +322,6 @@ class DDPM(nn.Module):
     def plate_model(self, x: torch.Tensor) -> None:
         """Time-plate model (see class docstring)."""
         pyro.module(self.name, self)
-        self._maybe_update_ema()
         s, nd, T = self.schedule, self.event_dim, self.schedule.num_timesteps
         x0 = self.to_model_space(x)
         B = x0.shape[0]

@@ -73,6 +73,7 @@ from pyro_gen.infer.compiled_recording import (
     _Program,
     _Unsupported,
 )
+from pyro_gen.infer.cpu_memory import retain_freed_cpu_memory
 
 logger = logging.getLogger("pyro_gen")
 
@@ -123,6 +124,9 @@ class CompiledSVI:
             500 with ``"auto"`` on CUDA (never on CPU), else 0 for the first signature and
             50 for later ones (the
             last partial batch of an epoch is not worth a compilation).
+        retain_cpu_memory: on the CPU, have glibc keep freed memory for the next step
+            (:func:`~pyro_gen.infer.cpu_memory.retain_freed_cpu_memory`, process-wide);
+            without it, each step page-faults its large temporaries back in.
 
     Example:
         >>> import pyro.distributions as dist
@@ -152,6 +156,7 @@ class CompiledSVI:
         check_every: int = 1000,
         max_programs: int = 8,
         compile_after: int | None = None,
+        retain_cpu_memory: bool = True,
     ) -> None:
         if backend not in ("auto", "inductor", "jit", "fx", "pyro"):
             raise ValueError(f"unknown backend {backend!r}")
@@ -162,6 +167,7 @@ class CompiledSVI:
         self.backend = backend
         self.check_steps, self.check_every = check_steps, check_every
         self.max_programs, self.compile_after = max_programs, compile_after
+        self.retain_cpu_memory = retain_cpu_memory
         self._kl = _kl_messengers(model) + _kl_messengers(guide)
         self._programs: dict[Any, _Program] = {}
         self._optimizer: torch.optim.Optimizer | None = None
@@ -344,6 +350,8 @@ class CompiledSVI:
             gm, gm, params, grad_params, extras, signature, seen["guards"], compiled=False
         )
         self._register(params)
+        if self.retain_cpu_memory and any(p.device.type == "cpu" for p in params):
+            retain_freed_cpu_memory()
         if self._compile_after(first=not self._programs) == 0:
             prog.fn, prog.compiled = self._compile(prog, tensors), True
         elif self.backend == "auto":

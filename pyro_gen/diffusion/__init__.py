@@ -64,10 +64,11 @@ def build_ddpm(
     (floats in [0, 1]; ``num_bins=17`` for sklearn digits scaled by 1/16).
 
     Train with ``pyro.infer.TraceMeanField_ELBO()`` for the reduced-variance (analytic KL)
-    objective; ``Trace_ELBO`` gives the same bound with Monte Carlo KLs. The default reverse
-    variances are learned (Nichol & Dhariwal): on eight Gaussians (T=200, 3000 steps) they
-    tighten the bound from 4.84 to 2.98 nats against a true entropy of 2.84
-    (``benchmarks/diffusion_2d.py``).
+    objective; ``Trace_ELBO`` gives the same bound with Monte Carlo KLs. With ``ema_decay``,
+    train with ``fit(..., step_callbacks=[ema_callback])`` so the average follows each
+    optimizer step (``sample`` then uses it). The default reverse variances are learned
+    (Nichol & Dhariwal): on eight Gaussians (T=200, 3000 steps) they tighten the bound from
+    4.84 to 2.98 nats against a true entropy of 2.84 (``benchmarks/diffusion_2d.py``).
 
     Example:
         >>> build_ddpm((2,), timesteps=10, hidden_dim=8).sample(2).shape

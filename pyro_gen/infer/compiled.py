@@ -66,6 +66,7 @@ from pyro_gen.infer.compiled_optim import (
     _fusable,
     _FusedParamView,
 )
+from pyro_gen.infer.compiled_passes import simplify
 from pyro_gen.infer.compiled_recording import (
     _GuardMode,
     _lift_inputs,
@@ -88,6 +89,19 @@ def supports(loss: ELBO | None) -> bool:
         (True, False)
     """
     return loss is None or type(loss) in (*_TRACE_LOSSES, *_MEAN_FIELD_LOSSES)
+
+
+def _unoptimized(traced: Callable[..., Any]) -> Callable[..., Any]:
+    """Runs a TorchScript program as traced. Its optimizing executor splits every
+    ``addmm`` into ``mm`` + ``add`` so that a fuser can take the add, but no fuser runs on
+    the CPU: the split only costs one more pass over each layer's output."""
+
+    def run(*inputs: torch.Tensor) -> Any:
+        with torch.jit.optimized_execution(False):
+            return traced(*inputs)
+
+    run.traced = traced  # type: ignore[attr-defined]
+    return run
 
 
 class CompiledSVI:
@@ -345,6 +359,7 @@ class CompiledSVI:
                     + _describe_change(signature, seen["sig"])
                 )
             extras = _lift_inputs(gm)
+            simplify(gm)
         grad_params = [p for p, used in zip(params, seen["used"]) if used]
         prog = _Program(
             gm, gm, params, grad_params, extras, signature, seen["guards"], compiled=False
@@ -397,6 +412,8 @@ class CompiledSVI:
             with self._quiet_rng(prog.params), torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)  # measured, kept as option
                 fn = torch.jit.trace(prog.gm, self._example_inputs(prog, data), check_trace=False)
+            if device.type == "cpu":
+                fn = _unoptimized(fn)
         else:
             mode = "reduce-overhead" if device.type == "cuda" else None
             fn = torch.compile(prog.gm, fullgraph=True, dynamic=False, mode=mode)

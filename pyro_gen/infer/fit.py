@@ -174,7 +174,8 @@ def fit(
         progress: show a progress bar with the loss and examples per second.
         compile: ``None`` (default) runs the compiled ELBO step of
             :class:`~pyro_gen.infer.compiled.CompiledSVI` where the loss supports it
-            (TorchScript at once, Inductor after warm-up); ``True`` compiles with Inductor
+            (TorchScript at once; on CUDA, Inductor with CUDA graphs after 500 steps);
+            ``True`` compiles with Inductor
             from the start; ``False`` runs plain Pyro ``SVI`` steps.
 
     Returns:

@@ -106,6 +106,10 @@ class ModelSpec:
     images_only: bool = False
     # Whether the likelihood is over discrete pixels, so that -log p / (D log 2) is bits/dim.
     discrete: Callable[[dict[str, Any]], bool] = field(default=lambda opts: True)
+    # Called by fit after every optimizer step (e.g. the DDPM's weight average).
+    step_callbacks: Callable[[dict[str, Any]], tuple[Callable[..., Any], ...]] = field(
+        default=lambda opts: ()
+    )
 
 
 def _build_vae(event_shape: tuple[int, ...], opts: dict[str, Any]) -> torch.nn.Module:
@@ -138,7 +142,14 @@ def _build_ddpm(event_shape: tuple[int, ...], opts: dict[str, Any]) -> torch.nn.
         objective=opts["diffusion_objective"],
         timesteps=opts["timesteps"],
         num_bins=opts.get("num_bins", 256),
+        ema_decay=opts.get("ema_decay") or None,  # runs from before the option: no EMA
     )
+
+
+def _ddpm_step_callbacks(opts: dict[str, Any]) -> tuple[Callable[..., Any], ...]:
+    from pyro_gen.diffusion import ema_callback
+
+    return (ema_callback,) if opts.get("ema_decay") else ()
 
 
 def _flow_builder(name: str) -> Callable[[tuple[int, ...], dict[str, Any]], torch.nn.Module]:
@@ -175,9 +186,10 @@ MODELS: dict[str, ModelSpec] = {
     "ddpm": ModelSpec(
         build=_build_ddpm,
         data_kind=lambda o: "unit",
-        options=("schedule", "param", "diffusion_objective", "timesteps"),
+        options=("schedule", "param", "diffusion_objective", "timesteps", "ema_decay"),
         # Analytic KL per time step: the reduced-variance form of the bound.
         loss=lambda o: TraceMeanField_ELBO(),
+        step_callbacks=_ddpm_step_callbacks,
     ),
 }
 
@@ -203,6 +215,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _ema_decay(text: str) -> float:
+    value = float(text)
+    if not (value == 0 or 0 < value < 1):
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1), or be 0 for no average; got {text}")
     return value
 
 
@@ -272,6 +291,12 @@ def _parser() -> argparse.ArgumentParser:
         help="the variational bound, or the reweighted L_simple",
     )
     ddpm.add_argument("--timesteps", type=_positive, default=1000)
+    ddpm.add_argument(
+        "--ema-decay",
+        type=_ema_decay,
+        default=0.999,
+        help="decay of the weight average used for sampling (default 0.999; 0: none)",
+    )
 
     evaluate = sub.add_parser("evaluate", help="test ELBO and importance-weighted log-likelihood")
     evaluate.add_argument("run", type=Path, help="run directory")
@@ -389,6 +414,7 @@ def _train(args: argparse.Namespace) -> None:
         transform=view.transform,
         eval_data=test_view.x,
         checkpoint_dir=out,
+        step_callbacks=spec.step_callbacks(options),
         progress=not args.no_progress,
     )
     figures = _write_figures(model, out, result.history, num_samples=64)

@@ -146,3 +146,26 @@ def test_every_model_family_trains_and_samples(model, data, extra, tmp_path, cap
     assert main(["sample", str(run), "-n", "8"]) == 0
     loaded = pyro_gen.load(run)
     assert torch.isfinite(loaded.sample(4)).all()
+
+
+def test_ddpm_keeps_a_weight_average_that_follows_every_step_and_is_saved(tmp_path, capsys):
+    run = tmp_path / "ddpm"
+    args = ["train", "ddpm", "--data", "moons", "--epochs", "1", "--out", str(run),
+            "--no-progress", "--toy-samples", "256", "--test-subset", "64", "--batch-size",
+            "64", "--timesteps", "10", "--ema-decay", "0.9"]  # fmt: skip
+    assert main(args) == 0
+    loaded = pyro_gen.load(run)
+    assert int(loaded.ema.num_updates) == 4  # 256 examples / 64 per step
+    live = [p.detach().clone() for p in loaded.net.parameters()]
+    with loaded.ema.average_parameters():  # the restored average, not the live weights
+        averaged = [p.detach().clone() for p in loaded.net.parameters()]
+    assert not all(torch.equal(a, b) for a, b in zip(averaged, live))
+    assert main([*args[:7], str(tmp_path / "none"), *args[8:-1], "0"]) == 0
+    assert pyro_gen.load(tmp_path / "none").ema is None
+
+
+def test_ema_decay_out_of_range_is_one_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "ddpm", "--data", "moons", "--ema-decay", "1.5", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "must lie in (0, 1)" in capsys.readouterr().err

@@ -113,18 +113,29 @@ class Coupling(FlowTransformModule):
         self.conditioner = conditioner  # registered as submodule when it is a Module
         self.elementwise = elementwise
         self.split = layout.split
+        if not self.split:
+            # the mask as numbers, kept so that each call does not convert the bool mask again;
+            # not persistent: state_dicts stay as they were, and it follows .to(dtype/device)
+            self.register_buffer(
+                "mask_values", mask.to(torch.get_default_dtype()), persistent=False
+            )
         if self.split:
             self.register_buffer("cond_idx", layout.cond_idx.to(mask.device))
             self.register_buffer("trans_idx", layout.trans_idx.to(mask.device))
             self._cond_slice = layout.cond_slice
             self._trans_slice = layout.trans_slice
+            # index tuples built once: they are the same on every call
+            self._cond_index = self._index(layout.cond_slice)
+            self._trans_index = self._index(layout.trans_slice)
 
-    def _index(self, sl: slice) -> tuple:
+    def _index(self, sl: slice | None) -> tuple | None:
+        if sl is None:
+            return None
         return (Ellipsis, sl) + (slice(None),) * (len(self.event_shape) - 1)
 
-    def _select(self, x: torch.Tensor, idx: torch.Tensor, sl: slice | None) -> torch.Tensor:
-        if sl is not None:
-            return x[self._index(sl)]
+    def _select(self, x: torch.Tensor, idx: torch.Tensor, index: tuple | None) -> torch.Tensor:
+        if index is not None:
+            return x[index]
         return x.index_select(x.dim() - len(self.event_shape), idx)
 
     def _params(self, h: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
@@ -144,27 +155,31 @@ class Coupling(FlowTransformModule):
         if self.split:
             dim = x.dim() - k
             cs, ts = self._cond_slice, self._trans_slice
-            xc = self._select(x, self.cond_idx, cs)
-            xt = self._select(x, self.trans_idx, ts)
+            xc = self._select(x, self.cond_idx, self._cond_index)
+            xt = self._select(x, self.trans_idx, self._trans_index)
             yt, ladj = fn(xt, self._params(xc, xt.shape[dim]))
-            yt = yt.expand(xt.shape[:dim] + yt.shape[dim:])
+            # Broadcast only where shapes differ: a no-op expand still adds an autograd node,
+            # which costs a little on every backward pass of every layer.
+            if yt.shape[:dim] != xt.shape[:dim]:
+                yt = yt.expand(xt.shape[:dim] + yt.shape[dim:])
             if cs is not None and ts is not None:
-                xc = xc.expand(yt.shape[:dim] + xc.shape[dim:])
+                if xc.shape[:dim] != yt.shape[:dim]:
+                    xc = xc.expand(yt.shape[:dim] + xc.shape[dim:])
                 if cs.step == 1 and ts.step == 1:  # contiguous halves
                     y = torch.cat([xc, yt] if cs.start == 0 else [yt, xc], dim=dim)
                 else:
                     y = yt.new_empty(yt.shape[:dim] + x.shape[dim:])
-                    y[self._index(cs)] = xc
-                    y[self._index(ts)] = yt
+                    y[self._cond_index] = xc
+                    y[self._trans_index] = yt
             else:
                 y = x.expand(yt.shape[:dim] + x.shape[dim:]).index_copy(dim, self.trans_idx, yt)
         else:
-            mask = self.mask
-            masked = x * mask.to(x.dtype)
+            mask, values = self.mask, self.mask_values
+            masked = x * (values if values.dtype == x.dtype else values.to(x.dtype))
             yt, ladj = fn(x, self._params(masked, self.event_shape[0]))
             y = torch.where(mask, x, yt)
             ladj = ladj.masked_fill(mask, 0.0)
-        ladj = ladj.reshape(ladj.shape[: ladj.dim() - k] + (-1,)).sum(-1)
+        ladj = (ladj if k == 1 else ladj.flatten(ladj.dim() - k)).sum(-1)
         # both directions report log|dy/dx| of the forward map (the elementwise returns it)
         return y, ladj
 

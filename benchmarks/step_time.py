@@ -1,7 +1,8 @@
 """Same-run step-time benchmark: hand-written PyTorch vs Pyro SVI vs pyro_gen's compiled step.
 
-For the standard MNIST VAE (784-400-50, Bernoulli likelihood, Monte Carlo ELBO) and a
-RealNVP on 2D data, every variant trains on the same batch in one process; after warm-up
+For the standard MNIST VAE (784-400-50, Bernoulli likelihood, Monte Carlo ELBO), a
+RealNVP on 2D data and a time-plate DDPM on 2D data (T=1000, L_simple, fixed variances,
+its default time-MLP), every variant trains on the same batch in one process; after warm-up
 the variants take turns (A B C ... A B C ..., a few steps each) and the median ms/step of
 each is reported with its ratio to hand-written eager PyTorch. Compile time (the first
 step, recording and compilation included) is reported separately, and peak memory as the
@@ -112,6 +113,33 @@ def realnvp(name: str, dim: int = 2, layers: int = 4, hidden: int = 64) -> nn.Mo
         return FlowModel((dim,), ts, name=name)
 
 
+def ddpm(name: str, dim: int = 2, timesteps: int = 1000) -> nn.Module:
+    """The time-plate DDPM with L_simple and fixed variances: the form hand-written code uses."""
+    from pyro_gen.diffusion import build_ddpm
+
+    gen = build_ddpm((dim,), objective="simple", variance="fixed_small", timesteps=timesteps)
+    gen.name = name
+    return gen
+
+
+def ddpm_loss(gen: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The same DDPM's loss written by hand: T x L_simple at one uniform step per example
+    (the time plate's estimate) plus the closed-form KL(q(x_T | x_0) || N(0, I))."""
+    s, T = gen.schedule, gen.schedule.num_timesteps
+
+    def loss(x: torch.Tensor) -> torch.Tensor:
+        t = torch.randint(1, T + 1, (x.shape[0],), device=x.device)
+        eps = torch.randn_like(x)
+        ab = s.alphas_cumprod[t - 1].unsqueeze(-1)
+        x_t = ab.sqrt() * x + (1 - ab).sqrt() * eps
+        simple = 0.5 * (gen.net(x_t, t) - eps).pow(2).sum(-1) * T
+        ab_T = s.alphas_cumprod[-1]
+        kl_T = 0.5 * (ab_T * x.pow(2) - ab_T - (1 - ab_T).log()).sum(-1)
+        return (simple + kl_T).sum()
+
+    return loss
+
+
 # --- variants -----------------------------------------------------------------------------
 
 
@@ -157,6 +185,10 @@ def build_variants(kind: str, device: torch.device, backends: list[str]) -> dict
         out["torch eager"] = lambda: torch_variant(m := TorchVAE(), m.loss, False, device)
         out["torch.compile"] = lambda: torch_variant(m := TorchVAE(), m.loss, True, device)
         make = PyroVAE
+    elif kind == "ddpm":
+        out["torch eager"] = lambda: torch_variant(m := ddpm("t0"), ddpm_loss(m), False, device)
+        out["torch.compile"] = lambda: torch_variant(m := ddpm("t1"), ddpm_loss(m), True, device)
+        make = ddpm
     else:
 
         def flow_loss(m: nn.Module) -> Callable:
@@ -446,7 +478,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=None)
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     parser.add_argument(
-        "--models", nargs="+", choices=["vae", "realnvp"], default=["vae", "realnvp"]
+        "--models",
+        nargs="+",
+        choices=["vae", "realnvp", "ddpm"],
+        default=["vae", "realnvp", "ddpm"],
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument(

@@ -13,7 +13,9 @@ kept, both take none.
 ones as the ``MALLOC_TRIM_THRESHOLD_`` and ``MALLOC_MMAP_THRESHOLD_`` environment
 variables. The process then keeps, rather than returns, memory up to its own peak use:
 the trade every caching allocator makes. It affects the whole process (every allocation
-after the call) and cannot be undone; elsewhere than glibc it does nothing.
+after the call) and cannot be undone; elsewhere than glibc it does nothing. To keep
+glibc's defaults, set ``PYRO_GEN_RETAIN_CPU_MEMORY=0`` in the environment (for ``fit``) or
+pass ``CompiledSVI(..., retain_cpu_memory=False)``.
 
 References:
     glibc manual, "Memory Allocation Tunables" (``glibc.malloc.trim_threshold``,
@@ -25,6 +27,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 import sys
 
 logger = logging.getLogger("pyro_gen")
@@ -50,7 +53,7 @@ def retain_freed_cpu_memory() -> bool:
 
     Returns:
         True when the setting took effect (Linux with glibc), False where it does
-        nothing (other C libraries, other systems).
+        nothing (other C libraries, other systems, or ``PYRO_GEN_RETAIN_CPU_MEMORY=0``).
 
     Example:
         >>> retain_freed_cpu_memory() in (True, False)
@@ -58,7 +61,8 @@ def retain_freed_cpu_memory() -> bool:
     """
     global _done
     if _done is None:
-        _done = _set_glibc_thresholds()
+        opted_out = os.environ.get("PYRO_GEN_RETAIN_CPU_MEMORY", "1").strip() == "0"
+        _done = False if opted_out else _set_glibc_thresholds()
         if _done:
             logger.info(
                 "pyro_gen: glibc malloc keeps freed memory up to 32 MiB blocks for reuse "

@@ -10,6 +10,7 @@ saves are measured by ``benchmarks/step_time.py``, not here.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -36,8 +37,13 @@ print(took, libc.mallinfo2().keepcost)
 """
 
 
-def _keepcost(mode: str) -> tuple[str, int]:
-    out = subprocess.run([sys.executable, "-c", _WORKLOAD, mode], capture_output=True, text=True)
+def _keepcost(mode: str, **env: str) -> tuple[str, int]:
+    out = subprocess.run(
+        [sys.executable, "-c", _WORKLOAD, mode],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+    )
     if out.returncode != 0:
         pytest.skip(f"no glibc mallinfo2 here: {out.stderr.strip().splitlines()[-1]}")
     took, keep = out.stdout.split()
@@ -52,6 +58,12 @@ def test_freed_heap_is_kept_rather_than_returned():
     _, default = _keepcost("default")
     assert default < 64 << 20  # trimmed back to the OS
     assert kept >= 200 << 20  # all 200 MiB kept for the next allocations
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc tunables")
+def test_the_environment_can_keep_glibc_defaults():
+    took, kept = _keepcost("retain", PYRO_GEN_RETAIN_CPU_MEMORY="0")
+    assert took == "False" and kept < 64 << 20
 
 
 def test_repeated_calls_give_the_first_answer():

@@ -26,35 +26,12 @@ import time
 
 import pyro
 import torch
+from budget import BudgetSpent, budget
 
 from pyro_gen.data import load, toy_log_prob
 from pyro_gen.flows import build
 from pyro_gen.infer import fit
 from pyro_gen.transforms.continuous import ContinuousFlow
-
-
-class BudgetSpent(Exception):
-    """Raised by the step callback to end ``fit`` mid-epoch once the budget is spent."""
-
-
-def budget(optim: pyro.optim.PyroOptim, lr0: float, final: float, seconds: float, counter: dict):
-    """Step callback: lr = lr0 * final**(elapsed / budget); raises BudgetSpent at the end.
-
-    Checked every step, not every epoch, so a large training set does not overrun the budget.
-    """
-    start = time.perf_counter()
-
-    def callback(step: int, model: torch.nn.Module) -> None:
-        counter["steps"] = step
-        frac = (time.perf_counter() - start) / seconds
-        if frac >= 1.0:
-            raise BudgetSpent
-        for opt in optim.optim_objs.values():
-            # CompiledSVI's fused Adam stands behind a per-parameter view (.optimizer_)
-            for group in getattr(opt, "optimizer_", opt).param_groups:
-                group["lr"] = lr0 * final**frac
-
-    return callback
 
 
 def exact_solver(model: torch.nn.Module, rtol: float, atol: float) -> None:

@@ -32,8 +32,9 @@ import time
 
 import pyro
 import torch
+from budget import BudgetSpent, budget
 
-from pyro_gen.data import load, logit_transform, uniform_dequantize
+from pyro_gen.data import bits_per_dim, load, logit_transform, uniform_dequantize
 from pyro_gen.flows import FlowModel, build
 from pyro_gen.flows.base import pixel_output
 from pyro_gen.infer import fit
@@ -61,35 +62,9 @@ CPU_SIZES: dict[str, dict] = {
 }
 
 
-class BudgetSpent(Exception):
-    """Raised by the step callback to end ``fit`` mid-epoch once the budget is spent."""
-
-
-def budget(optim: pyro.optim.PyroOptim, lr0: float, final: float, seconds: float, counter: dict):
-    """Step callback: lr = lr0 * final**(elapsed / budget); raises BudgetSpent at the end."""
-    start = time.perf_counter()
-
-    def callback(step: int, model: torch.nn.Module) -> None:
-        counter["steps"] = step
-        frac = (time.perf_counter() - start) / seconds
-        if frac >= 1.0:
-            raise BudgetSpent
-        for opt in optim.optim_objs.values():
-            # CompiledSVI's fused Adam stands behind a per-parameter view (.optimizer_)
-            for group in getattr(opt, "optimizer_", opt).param_groups:
-                group["lr"] = lr0 * final**frac
-
-    return callback
-
-
 def logit_space_ll(pixel_ll: torch.Tensor, x: torch.Tensor, lam: float) -> torch.Tensor:
     """Log-density of ``y = logit(lam + (1 - 2 lam) x)`` from the log-density of ``x``."""
     return pixel_ll - logit_transform(x, lam)[1]
-
-
-def bits_per_dim(pixel_ll: torch.Tensor) -> torch.Tensor:
-    """Bits/dim of 8-bit pixels from the density of ``(k + u) / 256`` on [0, 1]^D."""
-    return -(pixel_ll - D * math.log(NUM_BINS)) / (D * math.log(2.0))
 
 
 def check_accounting() -> None:
@@ -115,7 +90,8 @@ def check_accounting() -> None:
         if not torch.allclose(logit_space_ll(ll, x, a), normal, rtol=1e-9, atol=1e-6):
             raise AssertionError(f"logit-space log-likelihood is off (a={a})")
         by_hand = (-ll / math.log(2) + D * 8) / D  # 8 bits per 8-bit pixel for a uniform one
-        if not torch.allclose(bits_per_dim(ll), by_hand) or not torch.allclose(
+        converted = bits_per_dim(-ll, D, num_bins=NUM_BINS)
+        if not torch.allclose(converted, by_hand) or not torch.allclose(
             flow.bits_per_dim(x), by_hand.mean()
         ):
             raise AssertionError("bits/dim disagrees with the code length by hand")
@@ -165,8 +141,8 @@ def run(name: str, args: argparse.Namespace, x_train: torch.Tensor, x_test: torc
         "non_finite": non_finite,
         "pixel_ll": ll.mean().item(),
         "logit_ll": logit_space_ll(ll, x_test.double(), PAPER_LAMBDA).mean().item(),
-        "bpd": bits_per_dim(ll).mean().item(),
-        "bpd_se": bits_per_dim(ll).std().item() / math.sqrt(ll.numel()),
+        "bpd": bits_per_dim(-ll, D, num_bins=NUM_BINS).mean().item(),
+        "bpd_se": bits_per_dim(-ll, D, num_bins=NUM_BINS).std().item() / math.sqrt(ll.numel()),
     }
 
 

@@ -209,15 +209,10 @@ class CompiledSVI:
 
         The loss is not read back to the host; call ``float()`` on it only when needed.
         """
-        if self.fallback_reason is None:
-            try:
-                prog, data = self._program_for(args, kwargs)
-                loss, grads, _ = self._run(prog, data)
-            except _Unsupported as exc:
-                self._fall_back(str(exc))
-            else:
-                return self._update(prog, loss, grads)
-        return self._pyro_step(args, kwargs)
+        ran = self._try_program(args, kwargs)
+        if ran is None:
+            return self._pyro_step(args, kwargs)
+        return self._update(*ran)
 
     def __call__(self, step: int, *args: Any, **kwargs: Any) -> torch.Tensor:
         """``fit``'s step protocol: run :meth:`step` and return the loss, not read back
@@ -228,19 +223,30 @@ class CompiledSVI:
     def loss_and_grads(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Loss and gradients (left in ``.grad``) without an update, like
         ``ELBO.loss_and_grads``; for tests and diagnostics."""
-        if self.fallback_reason is None:
-            try:
-                prog, data = self._program_for(args, kwargs)
-                loss, grads, _ = self._run(prog, data)
-            except _Unsupported as exc:
-                self._fall_back(str(exc))
-            else:
-                for p, g in zip(prog.grad_params, grads):
-                    p.grad = g if p.grad is None else p.grad + g
-                return loss
+        ran = self._try_program(args, kwargs)
+        if ran is not None:
+            prog, loss, grads = ran
+            for p, g in zip(prog.grad_params, grads):
+                p.grad = g if p.grad is None else p.grad + g
+            return loss
         return torch.as_tensor(self.loss.loss_and_grads(self.model, self.guide, *args, **kwargs))
 
     # -- compiled path -------------------------------------------------------------------
+
+    def _try_program(
+        self, args: tuple, kwargs: dict
+    ) -> tuple[_Program, torch.Tensor, list[torch.Tensor]] | None:
+        """Loss and gradients from the recorded program, or None once the step has fallen
+        back to plain Pyro (which this call may decide, saying why)."""
+        if self.fallback_reason is not None:
+            return None
+        try:
+            prog, data = self._program_for(args, kwargs)
+            loss, grads, _ = self._run(prog, data)
+        except _Unsupported as exc:
+            self._fall_back(str(exc))
+            return None
+        return prog, loss, grads
 
     def _key(self, args: tuple, kwargs: dict) -> tuple[Any, list[torch.Tensor]]:
         flat, spec = pytree.tree_flatten((args, kwargs))

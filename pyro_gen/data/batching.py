@@ -1,29 +1,327 @@
-"""Minibatches sliced from a dataset that lives whole on the training device."""
+"""Minibatches as model arguments, from the data forms users already have.
+
+A Pyro model is called as ``model(*args, **kwargs)``; a batch is therefore a :class:`Call`:
+the positional and keyword arguments of one call. :func:`batch_calls` turns any of the
+usual data forms into a re-iterable source of calls:
+
+- a tensor: a dataset whose first dimension indexes examples, passed positionally
+  (``model(batch)``);
+- a tuple of tensors: aligned datasets passed positionally (``model(*batch)``);
+- a dict of tensors: aligned datasets passed by name (``model(**batch)``);
+- any other iterable (a list of batches, a ``DataLoader``) or a function returning a fresh
+  iterator: the batches themselves; a dict is passed by name, a tuple or list
+  positionally, anything else (a tensor, a ``PackedSequence``) as the one argument.
+
+Tensor datasets are moved to the device once and sliced there, so there is no per-batch
+host-to-device copy; their shuffle order is drawn from the global torch RNG on that
+device, which makes it part of the RNG state a checkpoint records.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 Batch = torch.Tensor | dict[str, torch.Tensor]
+Transform = Callable[[Any], Any] | Mapping[int | str, Callable[[Any], Any]]
 
 
-class DeviceBatches:
-    """Shuffled minibatches of a dataset held as one tensor on the training device.
+@dataclass(frozen=True)
+class Call:
+    """One batch, as the arguments of ``model(*args, **kwargs)``.
 
-    The whole dataset is moved to ``device`` once, at construction; every batch is then
-    an index-select on that device, so there is no per-batch host-to-device copy. The
-    shuffle order is drawn from the global torch RNG on the data's device, which makes
-    it part of the RNG state that :func:`pyro_gen.infer.fit` checkpoints.
+    Attributes:
+        args: positional arguments.
+        kwargs: keyword arguments.
+        size: examples in the batch (first dimension of the first tensor), or None when the
+            batch does not say.
+    """
+
+    args: tuple = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    size: int | None = None
+
+
+def _size(value: Any) -> int | None:
+    if isinstance(value, torch.Tensor):
+        return value.shape[0] if value.dim() > 0 else None
+    batch_sizes = getattr(value, "batch_sizes", None)  # a PackedSequence
+    if isinstance(batch_sizes, torch.Tensor) and batch_sizes.numel():
+        return int(batch_sizes[0])
+    return None
+
+
+def _to(value: Any, device: torch.device | None) -> Any:
+    if device is None:
+        return value
+    if isinstance(value, torch.Tensor) or hasattr(value, "batch_sizes"):
+        return value.to(device)
+    return value
+
+
+def _first_size(values: Iterable[Any]) -> int | None:
+    return next((s for s in map(_size, values) if s is not None), None)
+
+
+def as_call(batch: Any, device: torch.device | None = None) -> Call:
+    """The arguments one batch stands for: a dict by name, a tuple or list positionally,
+    anything else as the single positional argument.
+
+    Example:
+        >>> as_call({"x": torch.zeros(3, 2)}).kwargs["x"].shape, as_call(torch.zeros(3)).size
+        (torch.Size([3, 2]), 3)
+    """
+    if isinstance(batch, Mapping):
+        kwargs = {k: _to(v, device) for k, v in batch.items()}
+        return Call((), kwargs, _first_size(kwargs.values()))
+    if isinstance(batch, tuple | list):
+        args = tuple(_to(v, device) for v in batch)
+        return Call(args, {}, _first_size(args))
+    value = _to(batch, device)
+    return Call((value,), {}, _size(value))
+
+
+def _structure(call: Call) -> tuple:
+    return (len(call.args), tuple(sorted(call.kwargs)))
+
+
+def _describe(structure: tuple) -> str:
+    num_args, names = structure
+    parts = [f"{num_args} positional"] if num_args else []
+    if names:
+        parts.append("keywords " + ", ".join(map(repr, names)))
+    return " and ".join(parts) or "no arguments"
+
+
+class TensorBatches:
+    """Shuffled minibatches of tensor datasets held whole on the training device.
 
     Args:
-        data: a tensor whose first dimension indexes examples, or a dict of such tensors
-            that share that first dimension (e.g. ``{"x": images, "y": labels}``).
+        args: positional datasets; tensors share their first dimension (examples).
+        kwargs: named datasets, likewise; non-tensor values are passed unchanged.
         batch_size: examples per batch.
         shuffle: draw a fresh permutation at every pass.
         drop_last: skip the final incomplete batch.
         device: where the data should live; defaults to where it already is.
+    """
+
+    def __init__(
+        self,
+        args: tuple = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        batch_size: int,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        kwargs = dict(kwargs or {})
+        device = torch.device(device) if device is not None else None
+        self.args = tuple(_to(v, device) for v in args)
+        self.kwargs = {k: _to(v, device) for k, v in kwargs.items()}
+        sizes = {
+            (f"argument {i}" if isinstance(i, int) else repr(i)): t.shape[0]
+            for i, t in [*enumerate(self.args), *self.kwargs.items()]
+            if isinstance(t, torch.Tensor)
+        }
+        if not sizes:
+            raise ValueError("data holds no tensor: pass a tensor, a tuple or dict of tensors")
+        if any(
+            isinstance(t, torch.Tensor) and t.dim() == 0
+            for t in [*self.args, *self.kwargs.values()]
+        ):
+            raise ValueError("data tensors need a first dimension that indexes examples")
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"all tensors must share their first dimension, got sizes {sizes}")
+        self.num_examples = next(iter(sizes.values()))
+        if self.num_examples == 0:
+            raise ValueError("data has no examples (its first dimension is 0)")
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        if len(self) == 0:
+            raise ValueError(
+                f"drop_last with batch_size={batch_size} leaves no batch of the "
+                f"{self.num_examples} examples: lower batch_size"
+            )
+
+    @property
+    def device(self) -> torch.device:
+        return next(t for t in [*self.args, *self.kwargs.values()] if torch.is_tensor(t)).device
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_examples // self.batch_size
+        return -(-self.num_examples // self.batch_size)
+
+    def _take(self, index: torch.Tensor | slice) -> Callable[[Any], Any]:
+        def take(t: Any) -> Any:
+            if not torch.is_tensor(t):
+                return t
+            return t[index] if isinstance(index, slice) else t.index_select(0, index)
+
+        return take
+
+    def epoch(self, skip: int = 0) -> Iterator[Call]:
+        """One pass, after drawing its shuffle order; ``skip`` batches are left out at the
+        start (resuming mid-epoch: the same order, the remaining batches)."""
+        order = torch.randperm(self.num_examples, device=self.device) if self.shuffle else None
+        for i in range(skip, len(self)):
+            rows = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            take = self._take(rows if order is None else order[rows])
+            args = tuple(map(take, self.args))
+            kwargs = {k: take(v) for k, v in self.kwargs.items()}
+            yield Call(args, kwargs, _first_size([*args, *kwargs.values()]))
+
+    def __iter__(self) -> Iterator[Call]:
+        return self.epoch()
+
+
+class IterableBatches:
+    """The user's own batches: re-iterated every epoch, checked for a consistent structure.
+
+    Args:
+        source: an iterable (list, ``DataLoader``, ...), a one-shot iterator (one pass
+            only), or a function returning a fresh iterator each time it is called.
+        device: where tensors (and packed sequences) in each batch are moved.
+    """
+
+    def __init__(self, source: Any, device: torch.device | str | None = None) -> None:
+        self.source = source
+        self.device = torch.device(device) if device is not None else None
+        self._one_shot = isinstance(source, Iterator)
+        self._passes = 0
+        self._structure: tuple | None = None
+
+    def __len__(self) -> int:
+        if callable(self.source) and not isinstance(self.source, Iterable):
+            raise TypeError("a batch function has no length")
+        return len(self.source)
+
+    @property
+    def num_examples(self) -> int | None:
+        dataset = getattr(self.source, "dataset", None)  # a DataLoader
+        try:
+            return len(dataset) if dataset is not None else None
+        except TypeError:
+            return None
+
+    def epoch(self, skip: int = 0) -> Iterator[Call]:
+        """One pass over the batches; ``skip`` batches are read and left out at the start."""
+        if self._one_shot and self._passes > 0:
+            raise ValueError(
+                "data is an iterator and was used up after one pass: pass a list, a "
+                "DataLoader or a function that returns a fresh iterator for each epoch"
+            )
+        self._passes += 1
+        batches = iter(self.source if isinstance(self.source, Iterable) else self.source())
+        for i, batch in enumerate(itertools.islice(batches, skip, None), start=skip):
+            call = as_call(batch, self.device)
+            structure = _structure(call)
+            if self._structure is None:
+                self._structure = structure
+            elif structure != self._structure:
+                raise ValueError(
+                    f"batch {i} of data has {_describe(structure)} arguments but the first "
+                    f"had {_describe(self._structure)}: a batch iterator must yield the same "
+                    "arguments every time"
+                )
+            yield call
+
+    def __iter__(self) -> Iterator[Call]:
+        return self.epoch()
+
+
+BatchCalls = TensorBatches | IterableBatches
+
+
+def batch_calls(
+    data: Any,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    device: torch.device | str | None = None,
+    drop_last: bool = False,
+) -> BatchCalls:
+    """A re-iterable source of :class:`Call` s from any of the data forms in this module's
+    docstring.
+
+    Example:
+        >>> calls = batch_calls((torch.zeros(10, 2), torch.arange(10)), 4, shuffle=False)
+        >>> [(len(c.args), c.size) for c in calls]
+        [(2, 4), (2, 4), (2, 2)]
+        >>> [c.kwargs["x"].shape[0] for c in batch_calls([{"x": torch.ones(3)}] * 2, 99,
+        ...                                               shuffle=False)]
+        [3, 3]
+    """
+    if isinstance(data, torch.Tensor):
+        return TensorBatches(
+            (data,), batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, device=device
+        )
+    if isinstance(data, tuple):
+        return TensorBatches(
+            data, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, device=device
+        )
+    if isinstance(data, Mapping):
+        if not data:
+            raise ValueError("data is an empty dict: pass at least one tensor")
+        return TensorBatches(
+            (), data, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, device=device
+        )
+    if isinstance(data, Iterable) or callable(data):
+        return IterableBatches(data, device=device)
+    raise TypeError(
+        f"data of type {type(data).__name__} is not a tensor, a tuple or dict of tensors, an "
+        "iterable of batches, or a function returning an iterator of batches"
+    )
+
+
+def with_transform(call: Call, transform: Transform | None) -> Call:
+    """Applies ``transform`` to a batch: a callable transforms the first positional argument
+    (or ``x`` when the batch is passed by name); a dict maps argument names or positional
+    indices to callables.
+
+    Example:
+        >>> c = with_transform(Call((torch.ones(2), torch.zeros(2))), {1: lambda t: t + 5})
+        >>> c.args[1].tolist()
+        [5.0, 5.0]
+    """
+    if transform is None:
+        return call
+    if not isinstance(transform, Mapping):
+        if call.args:
+            transform = {0: transform}
+        elif "x" in call.kwargs:
+            transform = {"x": transform}
+        else:
+            raise ValueError(
+                "transform= applies to the first positional argument or to 'x', and this batch "
+                f"has neither (keywords {sorted(call.kwargs)}): pass transform={{name: fn}}"
+            )
+    args, kwargs = list(call.args), dict(call.kwargs)
+    for key, fn in transform.items():
+        if isinstance(key, int) and not isinstance(key, bool) and 0 <= key < len(args):
+            args[key] = fn(args[key])
+        elif isinstance(key, str) and key in kwargs:
+            kwargs[key] = fn(kwargs[key])
+        else:
+            raise ValueError(
+                f"transform= names argument {key!r}, which the batch does not have: it has "
+                f"{_describe(_structure(call))} arguments"
+            )
+    return Call(tuple(args), kwargs, call.size)
+
+
+class DeviceBatches:
+    """Shuffled minibatches of one tensor (or a dict of aligned tensors) held on a device.
+
+    Kept for code that wants the batches themselves rather than model arguments.
 
     Example:
         >>> batches = DeviceBatches({"x": torch.zeros(10, 2), "y": torch.arange(10)}, 4)
@@ -40,40 +338,22 @@ class DeviceBatches:
         drop_last: bool = False,
         device: torch.device | str | None = None,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
-        tensors = dict(data) if isinstance(data, Mapping) else {"x": data}
-        if not tensors:
-            raise ValueError("data is an empty dict: pass at least one tensor")
-        sizes = {name: t.shape[0] for name, t in tensors.items()}
-        if len(set(sizes.values())) != 1:
-            raise ValueError(f"all tensors must share their first dimension, got sizes {sizes}")
         self._is_dict = isinstance(data, Mapping)
-        self.tensors = {n: t if device is None else t.to(device) for n, t in tensors.items()}
-        self.num_examples = next(iter(sizes.values()))
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.drop_last = drop_last
+        if self._is_dict and not data:
+            raise ValueError("data is an empty dict: pass at least one tensor")
+        args, kwargs = ((), data) if self._is_dict else ((data,), None)
+        self._batches = TensorBatches(
+            args, kwargs, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, device=device
+        )
+        self.num_examples = self._batches.num_examples
 
     @property
     def device(self) -> torch.device:
-        return next(iter(self.tensors.values())).device
+        return self._batches.device
 
     def __len__(self) -> int:
-        if self.drop_last:
-            return self.num_examples // self.batch_size
-        return -(-self.num_examples // self.batch_size)
+        return len(self._batches)
 
     def __iter__(self) -> Iterator[Batch]:
-        n = self.num_examples
-        order = torch.randperm(n, device=self.device) if self.shuffle else None
-        for i in range(len(self)):
-            if order is None:
-                batch = {
-                    k: t[i * self.batch_size : (i + 1) * self.batch_size]
-                    for k, t in self.tensors.items()
-                }
-            else:
-                idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-                batch = {k: t.index_select(0, idx) for k, t in self.tensors.items()}
-            yield batch if self._is_dict else batch["x"]
+        for call in self._batches:
+            yield call.kwargs if self._is_dict else call.args[0]

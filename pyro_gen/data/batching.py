@@ -168,10 +168,18 @@ class TensorBatches:
 
         return take
 
+    def peek(self) -> Call:
+        """The first batch in data order, drawing no random numbers."""
+        return next(self._calls(None, 0))
+
     def epoch(self, skip: int = 0) -> Iterator[Call]:
-        """One pass, after drawing its shuffle order; ``skip`` batches are left out at the
-        start (resuming mid-epoch: the same order, the remaining batches)."""
+        """One pass. Its shuffle order is drawn now, not at the first batch, so a resume
+        that restores the RNG state of the epoch's start gets the same order; ``skip``
+        batches are then left out (resuming mid-epoch)."""
         order = torch.randperm(self.num_examples, device=self.device) if self.shuffle else None
+        return self._calls(order, skip)
+
+    def _calls(self, order: torch.Tensor | None, skip: int) -> Iterator[Call]:
         for i in range(skip, len(self)):
             rows = slice(i * self.batch_size, (i + 1) * self.batch_size)
             take = self._take(rows if order is None else order[rows])
@@ -212,16 +220,39 @@ class IterableBatches:
         except TypeError:
             return None
 
+    def peek(self) -> Call:
+        """The first batch; a one-shot iterator keeps it for the pass that follows."""
+        if self._one_shot:
+            first = next(self.source, None)
+            if first is None:
+                raise ValueError("data is an iterator that yields no batches")
+            self.source = itertools.chain([first], self.source)
+        else:
+            first = next(self._fresh(), None)
+            if first is None:
+                raise ValueError("data yields no batches")
+        return as_call(first, self.device)
+
+    def _fresh(self) -> Iterator[Any]:
+        return iter(self.source if isinstance(self.source, Iterable) else self.source())
+
     def epoch(self, skip: int = 0) -> Iterator[Call]:
-        """One pass over the batches; ``skip`` batches are read and left out at the start."""
+        """One pass over the batches. The iterator is made and ``skip`` batches are read
+        now, not at the first batch, so a resume that restores the RNG state of the epoch's
+        start reads them with the same random numbers (a ``DataLoader``'s shuffle)."""
         if self._one_shot and self._passes > 0:
             raise ValueError(
                 "data is an iterator and was used up after one pass: pass a list, a "
                 "DataLoader or a function that returns a fresh iterator for each epoch"
             )
         self._passes += 1
-        batches = iter(self.source if isinstance(self.source, Iterable) else self.source())
-        for i, batch in enumerate(itertools.islice(batches, skip, None), start=skip):
+        batches = self._fresh()
+        for _ in itertools.islice(batches, skip):
+            pass
+        return self._checked(batches, skip)
+
+    def _checked(self, batches: Iterator[Any], start: int) -> Iterator[Call]:
+        for i, batch in enumerate(batches, start=start):
             call = as_call(batch, self.device)
             structure = _structure(call)
             if self._structure is None:

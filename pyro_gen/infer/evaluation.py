@@ -1,21 +1,43 @@
-"""Evaluation of any model/guide pair: test ELBO and importance-weighted log-likelihood."""
+"""Evaluation of any model/guide pair: test ELBO and importance-weighted log-likelihood.
+
+Both estimators score each example under the model's data plate, found from the trace (see
+:func:`~pyro_gen.infer.log_weights.find_data_plate`), so they work for any Pyro model, give
+per-example values (``per_example=True``) for standard errors, and do not depend on the
+batch size. Sites outside the data plate (global latents such as the weights of a Bayesian
+layer or a shared mean) are counted once for the whole data set, not once per batch: each
+particle's global latents are drawn once and held fixed on every batch, so the estimate of
+particle :math:`k` is that of one joint draw :math:`(g_k, z_{1k}, \\dots, z_{Nk})` from
+the guide.
+"""
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any, TypeVar
 
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import ELBO, Trace_ELBO
-from pyro.poutine.util import prune_subsample_sites
+from pyro.poutine import Trace
+from tqdm.auto import tqdm
 
-from pyro_gen.data.batching import Batch, DeviceBatches
+from pyro_gen.data.batching import Call, Transform, batch_calls, with_transform
+from pyro_gen.infer.log_weights import (
+    PARTICLE_PLATE,
+    DataPlate,
+    LogWeights,
+    find_data_plate,
+    max_plate_nesting,
+    split_log_weights,
+)
 
-DATA_PLATE = "data"
-_PARTICLE_PLATE = "_iwae_particles"
+#: Particles drawn at once by evaluate_elbo (IWAE takes ``chunk=``).
+ELBO_CHUNK = 100
+
+T = TypeVar("T")
 
 
 def module_device(module: torch.nn.Module) -> torch.device:
@@ -25,219 +47,403 @@ def module_device(module: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _batches(
-    gen_model: torch.nn.Module,
-    data: Batch,
-    batch_size: int,
-    transform: Callable[[torch.Tensor], torch.Tensor] | None,
-) -> Iterator[tuple[dict[str, torch.Tensor], int]]:
-    for batch in DeviceBatches(data, batch_size, shuffle=False, device=module_device(gen_model)):
-        batch = dict(batch) if isinstance(batch, Mapping) else {"x": batch}
-        if transform is not None:
-            batch["x"] = transform(batch["x"])
-        yield batch, next(iter(batch.values())).shape[0]
+def _model_and_guide(
+    model: Any, guide: Callable | None
+) -> tuple[Callable, Callable, list[torch.nn.Module]]:
+    """The model and guide callables, and the modules whose train/eval mode and device count."""
+    model_fn = getattr(model, "model", None)
+    model_fn = model_fn if callable(model_fn) else model
+    if not callable(model_fn):
+        raise TypeError(
+            f"model must be a pyro_gen module (with .model and .guide) or a Pyro model "
+            f"callable, got {type(model).__name__}"
+        )
+    if guide is None:
+        guide = getattr(model, "guide", None) if model_fn is not model else None
+        if not callable(guide):
+            raise TypeError(
+                "model is a plain Pyro model without a guide: pass guide= (a hand-written "
+                "guide, an autoguide, ...)"
+            )
+    if not callable(guide):
+        raise TypeError(f"guide must be a Pyro guide callable, got {type(guide).__name__}")
+    modules = [m for m in (model, guide) if isinstance(m, torch.nn.Module)]
+    return model_fn, guide, list({id(m): m for m in modules}.values())
 
 
-@torch.no_grad()
-def evaluate_elbo(
-    gen_model: torch.nn.Module,
-    data: Batch,
+@contextmanager
+def _eval_mode(modules: list[torch.nn.Module]) -> Iterator[None]:
+    # Evaluation mode (dropout off, batch norm frozen) for the score, restored afterwards.
+    training = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(modules, training):
+            m.train(mode)
+
+
+def _device(modules: list[torch.nn.Module]) -> torch.device | None:
+    for m in modules:
+        for t in list(m.parameters()) + list(m.buffers()):
+            return t.device
+    return None
+
+
+def _only(trace: Trace, names: tuple[str, ...], plate: DataPlate) -> Trace:
+    """A trace of the named sites that lie outside the data plate (for replay)."""
+    kept = Trace()
+    for name in names:
+        site = trace.nodes[name]
+        if all(f.name != plate.name for f in site["cond_indep_stack"]):
+            kept.add_node(name, **site)
+    return kept
+
+
+class _Scorer:
+    """Draws particles of guide and model on batches and splits their log-weights.
+
+    Global latents are drawn on the first batch and replayed on every later one, keyed by
+    particle chunk, so particle k sees one draw of them for the whole data set.
+    """
+
+    def __init__(self, model: Callable, guide: Callable, plate_name: str | None) -> None:
+        self.model, self.guide, self.plate_name = model, guide, plate_name
+        self.plate: DataPlate | None = None
+        self.particle_dim = -1
+        self.has_shared = False
+        self.vectorize, self.vectorized_once = True, False
+        self.fixed: dict[Any, tuple[Trace, Trace]] = {}
+
+    def _traces(self, call: Call, num_particles: int | None, key: Any) -> tuple[Trace, Trace]:
+        guide, fixed = self.guide, self.fixed.get(key)
+        if fixed is not None:
+            guide = poutine.replay(guide, trace=fixed[0])
+        with ExitStack() as stack:
+            if num_particles is not None:
+                stack.enter_context(
+                    pyro.plate(PARTICLE_PLATE, num_particles, dim=self.particle_dim)
+                )
+            guide_trace = poutine.trace(guide).get_trace(*call.args, **call.kwargs)
+            replay = guide_trace
+            if fixed is not None and fixed[1].nodes:
+                replay = guide_trace.copy()
+                for name, site in fixed[1].nodes.items():
+                    replay.add_node(name, **site)
+            model_trace = poutine.trace(poutine.replay(self.model, trace=replay)).get_trace(
+                *call.args, **call.kwargs
+            )
+        return guide_trace, model_trace
+
+    def setup(self, call: Call) -> None:
+        """Finds the data plate and the nesting depth from one unbatched draw."""
+        guide_trace, model_trace = self._traces(call, None, None)
+        self.plate = find_data_plate(model_trace, self.plate_name)
+        self.particle_dim = -max_plate_nesting(guide_trace, model_trace) - 1
+        weights = split_log_weights(model_trace, guide_trace, self.plate)
+        self.has_shared = weights.has_shared
+        if weights.prior_sites:
+            warnings.warn(
+                f"model sites {list(weights.prior_sites)} have no guide site, so evaluation "
+                "draws them from the model itself (its prior is their proposal); the bound "
+                "is valid but looser than enumerating or guiding them",
+                stacklevel=4,
+            )
+
+    def _weights(self, call: Call, num_particles: int, key: Any) -> LogWeights:
+        vectorized = num_particles > 1
+        guide_trace, model_trace = self._traces(call, num_particles if vectorized else None, key)
+        assert self.plate is not None
+        weights = split_log_weights(
+            model_trace,
+            guide_trace,
+            self.plate,
+            num_particles=num_particles,
+            particle_dim=self.particle_dim if vectorized else None,
+        )
+        if self.has_shared and key not in self.fixed:
+            self.fixed[key] = (
+                _only(guide_trace, weights.global_sites, self.plate),
+                _only(model_trace, weights.prior_sites, self.plate),
+            )
+        return weights
+
+    def chunk(self, call: Call, num_particles: int, key: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(local (K, B), shared (K,))`` for ``num_particles`` particles, vectorized under
+        a particle plate when the model and guide broadcast, else one at a time."""
+        if num_particles > 1 and self.vectorize:
+            try:
+                weights = self._weights(call, num_particles, key)
+                self.vectorized_once = True
+                return weights.local, weights.shared
+            except Exception as error:
+                if self.vectorized_once:
+                    raise  # it broadcast before, so this is a genuine error
+                self.vectorize = False
+                warnings.warn(
+                    "the model or guide does not run under a vectorized particle plate "
+                    f"({type(error).__name__}: {error}); drawing particles one at a time, "
+                    "which is slower. Write them to broadcast over extra leading batch "
+                    "dimensions to vectorize",
+                    stacklevel=4,
+                )
+        parts = [self._weights(call, 1, (key, j)) for j in range(num_particles)]
+        return torch.cat([w.local for w in parts]), torch.cat([w.shared for w in parts])
+
+
+def _score_batches(
+    model: Any,
+    data: Any,
     *,
+    guide: Callable | None,
+    batch_size: int,
+    num_particles: int,
+    chunk: int,
+    transform: Transform | None,
+    plate_name: str | None,
+    progress: bool,
+    desc: str,
+    reduce: Callable[[torch.Tensor, torch.Tensor], T],
+) -> tuple[list[T], bool]:
+    """Applies ``reduce(local (K, B), shared (K,))`` to every batch's log-weights; also says
+    whether the model has sites outside the data plate."""
+    model_fn, guide_fn, modules = _model_and_guide(model, guide)
+    calls = batch_calls(data, batch_size, shuffle=False, device=_device(modules))
+    chunks = range(0, num_particles, chunk)
+    try:
+        total = len(calls) * len(chunks)
+    except TypeError:
+        total = None
+    scorer = _Scorer(model_fn, guide_fn, plate_name)
+    results = []
+    with torch.no_grad(), _eval_mode(modules):
+        bar = tqdm(total=total, desc=desc, unit="chunk", disable=not progress, leave=False)
+        try:
+            for call in calls:
+                call = with_transform(call, transform)
+                if scorer.plate is None:
+                    scorer.setup(call)
+                parts = []
+                for key, start in enumerate(chunks):
+                    parts.append(scorer.chunk(call, min(chunk, num_particles - start), key))
+                    bar.update()
+                local = torch.cat([p[0] for p in parts])
+                results.append(reduce(local, torch.cat([p[1] for p in parts])))
+        finally:
+            bar.close()
+    if not results:
+        raise ValueError("data yields no batches: there is nothing to evaluate")
+    return results, scorer.has_shared
+
+
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    # Sums over a whole data set lose digits in float32; MPS has no float64.
+    return t if t.device.type == "mps" else t.to(torch.float64)
+
+
+def _check_counts(**counts: int) -> None:
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def evaluate_elbo(
+    model: Any,
+    data: Any,
+    *,
+    guide: Callable | None = None,
     batch_size: int = 500,
     num_particles: int = 1,
-    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    loss: ELBO | None = None,
-) -> float:
+    transform: Transform | None = None,
+    loss: Any = None,
+    plate_name: str | None = None,
+    per_example: bool = False,
+    progress: bool = False,
+) -> float | torch.Tensor:
     """The ELBO per example on ``data``, in nats (higher is better).
 
-    Args:
-        gen_model: a module with ``model`` and ``guide``.
-        data: a tensor of examples or a dict of tensors (see :func:`~pyro_gen.infer.fit`).
-        batch_size: examples per evaluation batch.
-        num_particles: Monte Carlo samples of the guide per example.
-        transform: applied to each batch's ``x`` (e.g. a binarization).
-        loss: the ELBO estimator; default Trace_ELBO (replaced when num_particles > 1).
-
-    Example:
-        >>> import pyro, pyro.distributions as dist, torch
-        >>> class Unit(torch.nn.Module):
-        ...     def model(self, x):
-        ...         with pyro.plate("data", x.shape[0]):
-        ...             pyro.sample("x", dist.Normal(0.0, 1.0), obs=x)
-        ...     def guide(self, x):
-        ...         pass
-        >>> round(evaluate_elbo(Unit(), torch.zeros(10)), 4)  # log N(0; 0, 1)
-        -0.9189
-    """
-    if loss is None or num_particles != 1:
-        loss = Trace_ELBO(num_particles=num_particles)
-    was_training = gen_model.training
-    gen_model.eval()
-    total, count = 0.0, 0
-    try:
-        for batch, n in _batches(gen_model, data, batch_size, transform):
-            total -= loss.loss(gen_model.model, gen_model.guide, **batch)
-            count += n
-    finally:
-        gen_model.train(was_training)
-    return total / count
-
-
-def _max_plate_nesting(gen_model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> int:
-    guide_trace = poutine.trace(gen_model.guide).get_trace(**batch)
-    replayed = poutine.replay(gen_model.model, trace=guide_trace)
-    model_trace = poutine.trace(replayed).get_trace(**batch)
-    dims = [
-        -frame.dim
-        for tr in (guide_trace, model_trace)
-        for site in tr.nodes.values()
-        if site["type"] == "sample"
-        for frame in site["cond_indep_stack"]
-        if frame.vectorized
-    ]
-    return max(dims, default=0)
-
-
-def _site_log_weights(
-    trace: poutine.Trace, particle_dim: int, num_particles: int, batch_size: int
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Sums the sample sites' log-densities into a per-example part of shape (K, B) and,
-    for sites outside the data plate (global sites), a shared part of shape (K,)."""
-    local: torch.Tensor = torch.zeros(())
-    shared: torch.Tensor | None = None
-    for site in trace.nodes.values():
-        if site["type"] != "sample":
-            continue
-        log_prob = site["log_prob"]
-        dims = {f.name: f.dim for f in site["cond_indep_stack"] if f.vectorized}
-        data_dim = dims.get(DATA_PLATE)
-        # Left-pad so the particle dim exists, then sum every dim but particles and data.
-        log_prob = log_prob.reshape((1,) * max(0, -particle_dim - log_prob.dim()) + log_prob.shape)
-        keep = {log_prob.dim() + particle_dim}
-        if data_dim is not None:
-            keep.add(log_prob.dim() + data_dim)
-        summed = [d for d in range(log_prob.dim()) if d not in keep]
-        log_prob = log_prob.sum(summed) if summed else log_prob
-        if data_dim is None:
-            term = log_prob.reshape(-1).expand(num_particles)
-            shared = term if shared is None else shared + term
-        else:
-            local = local + log_prob.reshape(log_prob.shape[0], -1)
-    return local.expand(num_particles, batch_size), shared
-
-
-@torch.no_grad()
-def _log_weights(
-    gen_model: torch.nn.Module,
-    batch: dict[str, torch.Tensor],
-    num_particles: int,
-    max_plate_nesting: int,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log p(x, z_k) - log q(z_k | x) for k < num_particles, vectorised: a per-example part
-    (K, B) and, when there are global sites, a shared part (K,)."""
-    particle_dim = -max_plate_nesting - 1
-    batch_size = next(iter(batch.values())).shape[0]
-    with pyro.plate(_PARTICLE_PLATE, num_particles, dim=particle_dim):
-        guide_trace = poutine.trace(gen_model.guide).get_trace(**batch)
-        replayed = poutine.replay(gen_model.model, trace=guide_trace)
-        model_trace = poutine.trace(replayed).get_trace(**batch)
-    model_trace = prune_subsample_sites(model_trace)
-    guide_trace = prune_subsample_sites(guide_trace)
-    model_trace.compute_log_prob()
-    guide_trace.compute_log_prob()
-    local_p, shared_p = _site_log_weights(model_trace, particle_dim, num_particles, batch_size)
-    local_q, shared_q = _site_log_weights(guide_trace, particle_dim, num_particles, batch_size)
-    shared = None
-    if shared_p is not None or shared_q is not None:
-        zero = torch.zeros(num_particles, device=local_p.device)
-        shared = (zero if shared_p is None else shared_p) - (zero if shared_q is None else shared_q)
-    return local_p - local_q, shared
-
-
-def iwae_log_likelihood(
-    gen_model: torch.nn.Module,
-    data: Batch,
-    *,
-    num_samples: int = 5000,
-    batch_size: int = 100,
-    chunk: int = 500,
-    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> float:
-    """Importance-weighted estimate of the mean log-likelihood, in nats per example.
-
-    Uses the guide as the proposal, which gives the IWAE bound of Burda et al.:
+    With global latents :math:`g` (sites outside the data plate) and local latents
+    :math:`z_i`, the data set's ELBO divided by the number of examples :math:`N`,
 
     .. math::
 
-        \\log p(x) \\ge \\mathbb{E}\\Big[\\log \\frac{1}{K} \\sum_{k=1}^K
-            \\frac{p(x, z_k)}{q(z_k \\mid x)}\\Big], \\quad z_k \\sim q(z \\mid x),
+        \\frac{1}{N}\\Big(\\mathbb{E}_{q(g)}\\Big[\\log\\frac{p(g)}{q(g)}\\Big]
+        + \\sum_{i=1}^N \\mathbb{E}_{q(g)\\,q(z_i \\mid x_i, g)}
+        \\Big[\\log\\frac{p(x_i, z_i \\mid g)}{q(z_i \\mid x_i, g)}\\Big]\\Big),
 
-    tight as :math:`K \\to \\infty`. Particles are drawn ``chunk`` at a time under a
-    vectorised plate, so memory stays bounded for K = 5000; the log-mean-exp is taken
-    over all K at the end. Sample sites outside the ``"data"`` plate (global latents)
-    make the weight joint over the batch; the estimate is then of ``log p(batch)``
-    divided by the batch size, and a warning says so.
+    estimated with ``num_particles`` draws; each draw's :math:`g` is held fixed over all
+    batches, so the result does not depend on ``batch_size`` and is exact for an exact
+    posterior guide. Each example counts once: a subsampled data plate's scale :math:`N/B`
+    is removed, while other scales (``poutine.scale``, masks, an inner subsampled plate)
+    are kept. ``loss`` is accepted so that :func:`~pyro_gen.infer.fit` can pass its
+    objective: the estimate is always the plain ELBO (what a free-bits or IWAE objective
+    bounds), and the objective's ``num_particles`` is used when ``num_particles`` is 1.
+
+    Args:
+        model: a pyro_gen module (its ``model`` and ``guide``) or any Pyro model callable.
+        data: a tensor, a tuple or dict of tensors, or an iterable of batches (see
+            :func:`~pyro_gen.data.batching.batch_calls`).
+        guide: a Pyro guide replacing the module's guide; required for a plain callable.
+        batch_size: examples per batch when ``data`` is sliced.
+        num_particles: Monte Carlo draws from the guide.
+        transform: applied to each batch (see :func:`~pyro_gen.data.batching.with_transform`).
+        loss: the training objective (only its ``num_particles`` is read).
+        plate_name: the plate over examples; found from the trace when None.
+        per_example: return each example's value (shape ``(N,)``, float64) instead of the
+            mean. With global latents an example's value is its expected local term plus
+            an equal :math:`1/N` share of the global term, so the values still sum to the
+            data set's ELBO; their spread then reflects the local terms only.
+        progress: show a progress bar over batches and particle chunks.
+
+    Raises:
+        ValueError: the data plate cannot be found (pass ``plate_name=``), a guide site is
+            not in the model, or a count is not a positive integer.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist, torch
+        >>> def model(x):
+        ...     with pyro.plate("N", x.shape[0]):
+        ...         pyro.sample("x", dist.Normal(0.0, 1.0), obs=x)
+        >>> round(evaluate_elbo(model, torch.zeros(10), guide=lambda x: None), 4)
+        -0.9189
+    """
+    if loss is not None and num_particles == 1:
+        num_particles = int(getattr(loss, "num_particles", 1))
+    _check_counts(num_particles=num_particles)
+
+    def reduce(local: torch.Tensor, shared: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _wide(local).mean(0), _wide(shared).mean()
+
+    results, _ = _score_batches(
+        model,
+        data,
+        guide=guide,
+        batch_size=batch_size,
+        num_particles=num_particles,
+        chunk=min(num_particles, ELBO_CHUNK),
+        transform=transform,
+        plate_name=plate_name,
+        progress=progress,
+        desc="evaluate_elbo",
+        reduce=reduce,
+    )
+    values = torch.cat([local for local, _ in results]).cpu().double()
+    # Global terms are counted once, from the first batch's draws (the later batches replay
+    # the same draws), and shared equally by the examples.
+    values = values + float(results[0][1]) / values.numel()
+    return values if per_example else float(values.mean())
+
+
+def iwae_log_likelihood(
+    model: Any,
+    data: Any,
+    *,
+    guide: Callable | None = None,
+    num_samples: int = 5000,
+    batch_size: int = 100,
+    chunk: int = 500,
+    transform: Transform | None = None,
+    plate_name: str | None = None,
+    per_example: bool = False,
+    progress: bool = False,
+) -> float | torch.Tensor:
+    """Importance-weighted estimate of the log-likelihood per example, in nats.
+
+    The guide is the proposal. Without global latents each example gets the IWAE bound of
+    Burda et al. with :math:`K` = ``num_samples`` draws,
+
+    .. math::
+
+        \\log p(x_i) \\ge \\mathbb{E}\\Big[\\log \\frac{1}{K} \\sum_{k=1}^K
+            \\frac{p(x_i, z_{ik})}{q(z_{ik} \\mid x_i)}\\Big], \\quad z_{ik} \\sim q,
+
+    tight as :math:`K \\to \\infty`. With global latents :math:`g` (sites outside the data
+    plate) the examples are not independent, and the estimate is of :math:`\\log p(X) / N`
+    for the whole data set: :math:`K` global draws :math:`g_k \\sim q(g)` are made once and
+    held fixed on every batch, each example gets one local draw per :math:`g_k` with
+    log-weight :math:`\\log w_i(g_k)`, and
+
+    .. math::
+
+        \\frac{1}{N} \\log \\frac{1}{K} \\sum_{k=1}^K \\exp\\Big(
+            \\log\\frac{p(g_k)}{q(g_k)} + \\sum_{i=1}^N \\log w_i(g_k)\\Big),
+
+    a lower bound in expectation that does not depend on the batch size. It is tight as
+    :math:`K \\to \\infty`, but for a large data set the sum over examples makes the weights
+    uneven and it approaches :math:`\\log p(X)/N` slowly unless the local guide is good.
+    Particles are drawn ``chunk`` at a time under a vectorized plate (one at a time, with a
+    warning, when the model does not broadcast over it), so memory stays bounded.
 
     References:
         Burda, Grosse, Salakhutdinov, "Importance Weighted Autoencoders", arXiv:1509.00519.
 
     Args:
-        gen_model: a module with ``model`` and ``guide``; local latents under a plate named
-            ``"data"``, written to broadcast over an extra leading particle dimension.
-        data: a tensor of examples or a dict of tensors.
-        num_samples: K, importance samples per example.
-        batch_size: examples per batch.
+        model: a pyro_gen module or any Pyro model callable.
+        data: a tensor, a tuple or dict of tensors, or an iterable of batches.
+        guide: a Pyro guide replacing the module's guide; required for a plain callable.
+        num_samples: :math:`K`, importance samples (per example, or per global draw).
+        batch_size: examples per batch when ``data`` is sliced.
         chunk: particles drawn at once.
-        transform: applied to each batch's ``x``.
+        transform: applied to each batch.
+        plate_name: the plate over examples; found from the trace when None.
+        per_example: return each example's value (shape ``(N,)``, float64) instead of the
+            mean. With global latents an example's value is its mean local log-weight over
+            the global draws plus an equal :math:`1/N` share of the rest of the estimate, so
+            the values sum to the estimate of :math:`\\log p(X)`.
+        progress: show a progress bar over batches and particle chunks.
+
+    Raises:
+        ValueError: the data plate cannot be found (pass ``plate_name=``), a guide site is
+            not in the model, or a count is not a positive integer.
 
     Example:
         >>> import pyro, pyro.distributions as dist, torch
-        >>> class LinearGaussian(torch.nn.Module):  # z ~ N(0,1), x | z ~ N(z, 1)
-        ...     def model(self, x):
-        ...         with pyro.plate("data", x.shape[0]):
-        ...             z = pyro.sample("z", dist.Normal(0.0, 1.0))
-        ...             pyro.sample("x", dist.Normal(z, 1.0), obs=x)
-        ...     def guide(self, x):
-        ...         with pyro.plate("data", x.shape[0]):
-        ...             pyro.sample("z", dist.Normal(x / 2, 0.5**0.5))  # exact posterior
+        >>> def model(x):  # z ~ N(0, 1), x | z ~ N(z, 1)
+        ...     with pyro.plate("data", x.shape[0]):
+        ...         z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        ...         pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+        >>> def guide(x):  # the exact posterior
+        ...     with pyro.plate("data", x.shape[0]):
+        ...         pyro.sample("z", dist.Normal(x / 2, 0.5**0.5))
         >>> x = torch.tensor([0.0, 1.0])
-        >>> exact = dist.Normal(0.0, 2**0.5).log_prob(x).mean()
-        >>> abs(iwae_log_likelihood(LinearGaussian(), x, num_samples=10) - exact.item()) < 1e-5
+        >>> exact = dist.Normal(0.0, 2**0.5).log_prob(x)
+        >>> iwae = iwae_log_likelihood(model, x, guide=guide, num_samples=10, per_example=True)
+        >>> torch.allclose(iwae, exact.double(), atol=1e-5)
         True
     """
-    if num_samples < 1 or chunk < 1:
-        raise ValueError(f"num_samples and chunk must be >= 1, got {num_samples}, {chunk}")
-    was_training = gen_model.training
-    gen_model.eval()
-    total, count, nesting, warned = 0.0, 0, None, False
-    try:
-        for batch, n in _batches(gen_model, data, batch_size, transform):
-            if nesting is None:
-                nesting = _max_plate_nesting(gen_model, batch)
-            local, shared = [], []
-            for start in range(0, num_samples, chunk):
-                log_w, shared_w = _log_weights(
-                    gen_model, batch, min(chunk, num_samples - start), nesting
-                )
-                local.append(log_w)
-                shared.append(shared_w)
-            log_w = torch.cat(local)  # (K, B)
-            if shared[0] is not None:
-                if not warned:
-                    warnings.warn(
-                        "the model has sample sites outside the 'data' plate; the IWAE "
-                        "estimate is of log p(batch) jointly, reported per example",
-                        stacklevel=2,
-                    )
-                    warned = True
-                joint = log_w.sum(1) + torch.cat(shared)
-                total += float(torch.logsumexp(joint, 0) - math.log(joint.shape[0]))
-            else:
-                total += float((torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])).sum())
-            count += n
-    finally:
-        gen_model.train(was_training)
-    return total / count
+    _check_counts(num_samples=num_samples, chunk=chunk)
+
+    def reduce(local: torch.Tensor, shared: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        local = _wide(local)
+        return (
+            torch.logsumexp(local, 0) - math.log(num_samples),  # per example, no globals
+            local.mean(0),  # mean local log-weight, with globals
+            local.sum(1),  # each global draw's local sum
+            _wide(shared),
+        )
+
+    results, has_shared = _score_batches(
+        model,
+        data,
+        guide=guide,
+        batch_size=batch_size,
+        num_particles=num_samples,
+        chunk=min(chunk, num_samples),
+        transform=transform,
+        plate_name=plate_name,
+        progress=progress,
+        desc="iwae_log_likelihood",
+        reduce=reduce,
+    )
+    if not has_shared:
+        values = torch.cat([r[0] for r in results]).cpu().double()
+        return values if per_example else float(values.mean())
+    joint = results[0][3] + sum(r[2] for r in results)  # (K,): log-weights of p(X, g, Z)
+    total = float(torch.logsumexp(joint, 0)) - math.log(num_samples)
+    values = torch.cat([r[1] for r in results]).cpu().double()
+    values = values + (total - float(values.sum())) / values.numel()
+    return values if per_example else total / values.numel()
 
 
 def bits_per_dim_from_nats(log_likelihood_nats: float, num_dims: int) -> float:

@@ -1,0 +1,241 @@
+"""Per-example importance log-weights from a model trace and a guide trace.
+
+For a model :math:`p(g) \\prod_i p(x_i, z_i \\mid g)` and a guide
+:math:`q(g) \\prod_i q(z_i \\mid x_i, g)`, one joint draw from the guide has the log-weight
+
+.. math::
+
+    \\log \\frac{p(g)}{q(g)} + \\sum_i \\log \\frac{p(x_i, z_i \\mid g)}{q(z_i \\mid x_i, g)},
+
+and this module splits it into the *global* part (sites outside the data plate) and one
+*local* part per example (sites inside it), read off the traces without assuming any site
+or plate name. The estimators of :mod:`pyro_gen.infer.evaluation` are built on the split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from pyro.distributions.util import scale_and_mask
+from pyro.poutine import Trace
+from pyro.poutine.util import site_is_subsample
+
+#: The vectorized plate that evaluation wraps around guide and model to draw particles.
+PARTICLE_PLATE = "_pyro_gen_particles"
+
+
+@dataclass(frozen=True)
+class DataPlate:
+    """The vectorized plate whose elements are the examples of the data.
+
+    Attributes:
+        name: the plate's name.
+        dim: its (negative) batch dimension.
+    """
+
+    name: str
+    dim: int
+
+
+@dataclass(frozen=True)
+class LogWeights:
+    """The split log-weights of ``K`` particles on a batch of ``B`` examples.
+
+    Attributes:
+        local: shape ``(K, B)``: each example's log p - log q summed over its sites.
+        shared: shape ``(K,)``: log p - log q of the sites outside the data plate.
+        global_sites: guide sample sites outside the data plate (global latents).
+        prior_sites: model latents without a guide site, drawn from the model itself.
+        has_shared: whether any site lies outside the data plate.
+    """
+
+    local: torch.Tensor
+    shared: torch.Tensor
+    global_sites: tuple[str, ...]
+    prior_sites: tuple[str, ...]
+    has_shared: bool
+
+
+def sample_sites(trace: Trace) -> Iterator[tuple[str, dict]]:
+    """The sample sites of a trace, without the plates' own subsample sites."""
+    for name, site in trace.nodes.items():
+        if site["type"] == "sample" and not site_is_subsample(site):
+            yield name, site
+
+
+def _plates(site: dict) -> dict[str, int]:
+    return {
+        f.name: f.dim for f in site["cond_indep_stack"] if f.vectorized and f.name != PARTICLE_PLATE
+    }
+
+
+def max_plate_nesting(*traces: Trace) -> int:
+    """How many batch dimensions the sites of ``traces`` use, counting plates and the
+    distributions' own batch shapes, so a particle dimension can go left of all of them."""
+    nesting = 0
+    for trace in traces:
+        for _, site in sample_sites(trace):
+            dims = [-d for d in _plates(site).values()]
+            nesting = max(nesting, len(getattr(site["fn"], "batch_shape", ())), *dims)
+    return nesting
+
+
+def find_data_plate(model_trace: Trace, plate_name: str | None = None) -> DataPlate:
+    """The plate over examples: ``plate_name`` when given, else the vectorized plate that
+    encloses every observed site and, among those, the most sample sites.
+
+    Raises:
+        ValueError: ``plate_name`` is not a vectorized plate of the model, or no single plate
+            qualifies (none encloses every observed site, or several tie); the message asks
+            for ``plate_name=``.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist, torch
+        >>> from pyro import poutine
+        >>> def model(x):
+        ...     with pyro.plate("batch", x.shape[0]):
+        ...         z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        ...         with pyro.plate("pixels", x.shape[1]):
+        ...             pyro.sample("x", dist.Normal(z, 1.0), obs=x.T)
+        >>> find_data_plate(poutine.trace(model).get_trace(torch.zeros(5, 3)))
+        DataPlate(name='batch', dim=-1)
+    """
+    sites = list(sample_sites(model_trace))
+    plates: dict[str, int] = {}
+    for _, site in sites:
+        plates.update(_plates(site))
+    if plate_name is not None:
+        if plate_name not in plates:
+            raise ValueError(
+                f"plate_name={plate_name!r} is not a vectorized plate of the model; its "
+                f"vectorized plates are {sorted(plates)}: pass the name of the "
+                "pyro.plate(...) whose elements are the examples"
+            )
+        return DataPlate(plate_name, plates[plate_name])
+    observed = {name: _plates(site) for name, site in sites if site["is_observed"]}
+    if not observed:
+        raise ValueError(
+            "the model has no observed sample site (obs=...), so there is no data to score: "
+            "observe the data in the model"
+        )
+    common = set(plates)
+    for names in observed.values():
+        common &= set(names)
+    counts = {p: sum(p in _plates(site) for _, site in sites) for p in common}
+    best = max(counts.values(), default=0)
+    winners = sorted(p for p, c in counts.items() if c == best)
+    if len(winners) == 1:
+        return DataPlate(winners[0], plates[winners[0]])
+    if not winners:
+        where = "; ".join(f"{n!r} in {sorted(p) or 'no plate'}" for n, p in observed.items())
+        reason = f"no vectorized plate encloses every observed site ({where})"
+    else:
+        reason = f"plates {winners} each enclose every observed site and {best} sample sites"
+    raise ValueError(
+        f"cannot tell which plate indexes the examples: {reason}. Pass plate_name= naming "
+        "the vectorized pyro.plate(...) over the data's examples"
+    )
+
+
+def _site_log_prob(site: dict, plate: DataPlate) -> tuple[torch.Tensor, bool]:
+    """The site's log-density with its mask and user scale but without the data plate's
+    subsampling scale N/B (each example is counted once); and whether it is per example."""
+    log_prob = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
+    scale = site["scale"]
+    frame = next((f for f in site["cond_indep_stack"] if f.name == plate.name), None)
+    if frame is not None and frame.full_size is not None and frame.full_size != frame.size:
+        scale = scale * frame.size / frame.full_size
+    return scale_and_mask(log_prob, scale, site["mask"]), frame is not None
+
+
+def _reduce(log_prob: torch.Tensor, keep: list[int], shape: tuple[int, ...]) -> torch.Tensor:
+    """Sums every dim of ``log_prob`` except the (negative) dims ``keep``, then expands the
+    kept dims (in order) to ``shape``."""
+    log_prob = torch.as_tensor(log_prob)
+    ndim = max([log_prob.dim()] + [-d for d in keep])
+    log_prob = log_prob.reshape((1,) * (ndim - log_prob.dim()) + log_prob.shape)
+    kept = [ndim + d for d in keep]
+    summed = [d for d in range(ndim) if d not in kept]
+    if summed:
+        log_prob = log_prob.sum(summed)
+    return log_prob.expand(shape)
+
+
+def split_log_weights(
+    model_trace: Trace,
+    guide_trace: Trace,
+    plate: DataPlate,
+    *,
+    num_particles: int = 1,
+    particle_dim: int | None = None,
+) -> LogWeights:
+    """Splits log p - log q of one joint draw into per-example and global parts.
+
+    Observed model sites and model latents with a guide site count with +log p, guide
+    latents with -log q. A model latent without a guide site was drawn from the model's own
+    conditional, which is then its proposal, so its density cancels and it is left out.
+
+    Args:
+        model_trace: the model replayed against ``guide_trace``.
+        guide_trace: the guide's trace.
+        plate: the data plate (see :func:`find_data_plate`).
+        num_particles: ``K``, the size of the particle plate (1 without one).
+        particle_dim: the particle plate's dim, or None when the traces have none.
+
+    Raises:
+        ValueError: a guide latent is not a model site, or the data plate is missing.
+    """
+    guide_latents = {
+        name: site
+        for name, site in sample_sites(guide_trace)
+        if not site["is_observed"] and not site["infer"].get("is_auxiliary", False)
+    }
+    for name in guide_latents:
+        if name not in model_trace.nodes:
+            raise ValueError(
+                f"guide site {name!r} is not a sample site of the model: a guide must sample "
+                "only the model's latent sites (check the site names)"
+            )
+    terms: list[tuple[dict, float]] = []
+    prior_sites = []
+    for name, site in sample_sites(model_trace):
+        if site["is_observed"] or name in guide_latents:
+            terms.append((site, 1.0))
+        else:
+            prior_sites.append(name)
+    terms += [(site, -1.0) for site in guide_latents.values()]
+
+    batch_size = None
+    for site, _ in terms:
+        for f in site["cond_indep_stack"]:
+            if f.name == plate.name and f.vectorized:
+                batch_size = int(f.size)
+    if batch_size is None:
+        raise ValueError(
+            f"no sample site of this batch lies in the data plate {plate.name!r}: every "
+            "batch must run the model's pyro.plate over its examples"
+        )
+    K, B = num_particles, batch_size
+    particle = [] if particle_dim is None else [particle_dim]
+    local = torch.zeros(())
+    shared = torch.zeros(())
+    has_shared = False
+    global_sites = []
+    for site, sign in terms:
+        log_prob, is_local = _site_log_prob(site, plate)
+        if is_local:
+            local = local + sign * _reduce(log_prob, particle + [plate.dim], (K, B))
+        else:
+            has_shared = True
+            shared = shared + sign * _reduce(log_prob, particle, (K,))
+            if sign < 0:
+                global_sites.append(site["name"])
+    return LogWeights(
+        local=local.expand(K, B),
+        shared=shared.to(local.device).expand(K),
+        global_sites=tuple(global_sites),
+        prior_sites=tuple(prior_sites),
+        has_shared=has_shared,
+    )

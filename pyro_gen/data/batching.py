@@ -78,7 +78,7 @@ def as_call(batch: Any, device: torch.device | None = None) -> Call:
     if isinstance(batch, Mapping):
         kwargs = {k: _to(v, device) for k, v in batch.items()}
         return Call((), kwargs, _first_size(kwargs.values()))
-    if isinstance(batch, tuple | list):
+    if isinstance(batch, tuple | list) and not hasattr(batch, "_fields"):  # not a namedtuple
         args = tuple(_to(v, device) for v in batch)
         return Call(args, {}, _first_size(args))
     value = _to(batch, device)
@@ -294,6 +294,11 @@ def batch_calls(
     if isinstance(data, torch.Tensor):
         return TensorBatches(
             (data,), batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, device=device
+        )
+    if isinstance(data, tuple) and hasattr(data, "_fields"):
+        raise TypeError(
+            f"data is a {type(data).__name__}, which is one batch: pass a list of batches "
+            "(e.g. [data]) or a function returning an iterator of batches"
         )
     if isinstance(data, tuple):
         return TensorBatches(

@@ -1,11 +1,13 @@
-"""The one training loop: SVI over any model/guide pair that follows the pyro_gen protocol."""
+"""The one training loop: SVI over any Pyro model/guide pair, with exact checkpoints."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import numbers
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from pyro.infer import ELBO, Trace_ELBO
 from pyro.infer.util import zero_grads
 from tqdm.auto import tqdm
 
-from pyro_gen.data.batching import Batch, DeviceBatches
+from pyro_gen.data.batching import BatchCalls, Transform, batch_calls, with_transform
 from pyro_gen.infer.annealing import kl_scale
 from pyro_gen.infer.checkpoint import (
     CHECKPOINT_NAME,
@@ -26,16 +28,18 @@ from pyro_gen.infer.checkpoint import (
     append_metrics,
     load_checkpoint,
     restore_checkpoint,
+    run_lock,
     save_checkpoint,
     write_metrics,
 )
 from pyro_gen.infer.compiled import CompiledSVI, supports
 from pyro_gen.infer.evaluation import evaluate_elbo, module_device
+from pyro_gen.infer.program import Program, program, warm_up
 
 logger = logging.getLogger("pyro_gen")
 
-Callback = Callable[[dict[str, Any], torch.nn.Module], Any]
-StepCallback = Callable[[int, torch.nn.Module], Any]
+Callback = Callable[[dict[str, Any], Any], Any]
+StepCallback = Callable[[int, Any], Any]
 
 # Steps between host read-backs of the loss. Reading a CUDA loss back stalls the host until
 # the device has caught up, so the loop reads losses in groups, for the progress bar and the
@@ -44,52 +48,53 @@ READBACK_EVERY = 20
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; the parameters were not updated with it."""
+    """The loss or a gradient became NaN or infinite; that update was skipped."""
 
 
 @dataclass
 class FitResult:
-    """What :func:`fit` returns: the per-epoch records and where training stopped."""
+    """What :func:`fit` returns: the per-epoch records and where training stopped.
+
+    Attributes:
+        history: one record per epoch; when ``steps=`` stops inside an epoch, a last record
+            with ``"partial": True`` covers the batches of that epoch trained so far.
+        epoch: completed epochs.
+        step: optimisation steps taken.
+    """
 
     history: list[dict[str, Any]] = field(default_factory=list)
     epoch: int = 0
     step: int = 0
 
 
-def _as_dict(batch: Batch) -> dict[str, torch.Tensor]:
-    return dict(batch) if isinstance(batch, Mapping) else {"x": batch}
-
-
 class _SVIStep:
-    """One SVI step, as :class:`pyro.infer.SVI` does it, with a finite-loss check and
-    gradient clipping placed between the gradient and the update."""
+    """One SVI step, as :class:`pyro.infer.SVI` does it, skipping any update whose loss or
+    gradient is not finite, with gradient clipping between the gradient and the update."""
 
     def __init__(
         self,
         model: Callable[..., Any],
         guide: Callable[..., Any],
         optim: pyro.optim.PyroOptim,
-        loss: ELBO,
+        loss: Any,
         grad_clip: float | None,
     ) -> None:
-        self.model, self.guide, self.optim, self.loss, self.grad_clip = (
-            model,
-            guide,
-            optim,
-            loss,
-            grad_clip,
-        )
+        self.model, self.guide, self.optim, self.loss = model, guide, optim, loss
+        self.grad_clip = grad_clip
 
-    def __call__(self, step: int, **batch: torch.Tensor) -> torch.Tensor:
+    def __call__(self, step: int, *args: Any, **kwargs: Any) -> torch.Tensor:
         with pyro.poutine.trace(param_only=True) as param_capture:
-            loss = self.loss.loss_and_grads(self.model, self.guide, **batch)
+            loss = self.loss.loss_and_grads(self.model, self.guide, *args, **kwargs)
         params = {site["value"].unconstrained() for site in param_capture.trace.nodes.values()}
         loss = float(loss)
-        if not math.isfinite(loss):
+        grads = [p.grad for p in params if p.grad is not None]
+        finite_grads = not grads or bool(torch.stack([g.isfinite().all() for g in grads]).all())
+        if not (math.isfinite(loss) and finite_grads):
             zero_grads(params)
+            what = f"loss became {loss}" if not math.isfinite(loss) else "a gradient became NaN"
             raise NonFiniteLossError(
-                f"loss became {loss} at step {step}; parameters were left at their last "
-                "finite values. Lower the learning rate, set grad_clip, or check the data"
+                f"{what} at step {step}; that update was skipped and the parameters are "
+                "finite. Lower the learning rate, set grad_clip, or check the data"
             )
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(list(params), self.grad_clip)
@@ -101,6 +106,9 @@ class _SVIStep:
 def _read_back(losses: list[torch.Tensor], first_step: int) -> float:
     """The sum of ``losses`` (the steps from ``first_step`` on), read back in one transfer.
 
+    A step whose update was skipped on the device (non-finite loss or gradient) returns a
+    non-finite loss.
+
     Raises:
         NonFiniteLossError: naming the first step whose loss was NaN or infinite.
     """
@@ -108,34 +116,128 @@ def _read_back(losses: list[torch.Tensor], first_step: int) -> float:
     for i, value in enumerate(values):
         if not math.isfinite(value):
             raise NonFiniteLossError(
-                f"loss became {value} at step {first_step + i}; that update was skipped and the "
-                "parameters are finite. Lower the learning rate, set grad_clip, or check the data"
+                f"the loss or a gradient became non-finite at step {first_step + i} (loss "
+                f"{value}); that update was skipped and the parameters are finite. Lower the "
+                "learning rate, set grad_clip, or check the data"
             )
     return math.fsum(values)
 
 
+def _whole(name: str, value: Any, minimum: int) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        kind = "non-negative" if minimum == 0 else "positive"
+        raise ValueError(f"{name} must be a {kind} whole number, got {value!r}")
+
+
+def _check_arguments(
+    epochs: Any,
+    steps: Any,
+    batch_size: Any,
+    grad_clip: Any,
+    eval_every: Any,
+    checkpoint_every: Any,
+    checkpoint_dir: Any,
+    optim: Any,
+) -> None:
+    if (epochs is None) == (steps is None):
+        raise ValueError("give exactly one of epochs= or steps=")
+    _whole("epochs", epochs, 0)
+    _whole("steps", steps, 0)
+    _whole("batch_size", batch_size, 1)
+    _whole("eval_every", eval_every, 1)
+    _whole("checkpoint_every", checkpoint_every, 1)
+    if checkpoint_every is not None and checkpoint_dir is None:
+        raise ValueError("checkpoint_every= needs checkpoint_dir= (where to write them)")
+    if grad_clip is not None and not (
+        isinstance(grad_clip, numbers.Real) and math.isfinite(grad_clip) and grad_clip > 0
+    ):
+        raise ValueError(
+            f"grad_clip must be a positive finite gradient norm, got {grad_clip!r} "
+            "(None turns clipping off)"
+        )
+    if optim is not None and not isinstance(optim, pyro.optim.PyroOptim):
+        raise TypeError(
+            f"optim must be a pyro.optim.PyroOptim such as pyro.optim.Adam({{'lr': 1e-3}}), "
+            f"got {type(optim).__name__}"
+        )
+
+
+def _device(model: Any, prog: Program, device: torch.device | str | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    for m in prog.modules.values():
+        if next(iter([*m.parameters(), *m.buffers()]), None) is not None:
+            return module_device(m)
+    return torch.device("cpu")
+
+
+@dataclass
+class _Progress:
+    """Where training stands; what a checkpoint records besides the state of the objects."""
+
+    epoch: int = 0
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    # Inside an epoch: batches done, the RNG state at the epoch's start (to redraw its
+    # shuffle order on resume), and the running sums of its record.
+    batch: int = 0
+    epoch_rng_state: dict[str, Any] | None = None
+    epoch_loss: float = 0.0
+    epoch_seen: int = 0
+    epoch_time: float = 0.0
+
+    def state(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _step_function(
+    prog: Program,
+    optim: pyro.optim.PyroOptim,
+    loss: Any,
+    grad_clip: float | None,
+    annealing: Callable[[int], float] | None,
+    beta: list[float],
+    compile: bool | None,
+) -> Callable[..., torch.Tensor]:
+    model, guide = prog.model, prog.guide
+    if annealing is not None:
+        model, guide = kl_scale(model, lambda: beta[0]), kl_scale(guide, lambda: beta[0])
+    if compile is False or not supports(loss):
+        return _SVIStep(model, guide, optim, loss, grad_clip)
+    # The compiled program falls back to plain Pyro by itself (one log line saying why) when
+    # the model's structure changes between steps or a site is unsupported.
+    return CompiledSVI(
+        model, guide, optim, loss, grad_clip=grad_clip, backend="inductor" if compile else "auto"
+    )
+
+
 def fit(
-    gen_model: torch.nn.Module,
-    data: Batch,
+    model: Any,
+    data: Any,
     *,
+    guide: Callable[..., Any] | None = None,
     epochs: int | None = None,
     steps: int | None = None,
     batch_size: int = 128,
     optim: pyro.optim.PyroOptim | None = None,
-    loss: ELBO | None = None,
+    loss: Any = None,
     device: torch.device | str | None = None,
     annealing: Callable[[int], float] | None = None,
     grad_clip: float | None = None,
-    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    eval_data: Batch | None = None,
+    transform: Transform | None = None,
+    eval_data: Any = None,
     eval_every: int = 1,
     checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int | None = None,
     callbacks: Iterable[Callback] = (),
     step_callbacks: Iterable[StepCallback] = (),
     progress: bool = True,
     compile: bool | None = None,
+    clear_params: bool = False,
 ) -> FitResult:
-    """Trains ``gen_model.model`` / ``gen_model.guide`` with stochastic variational inference.
+    """Trains a Pyro model and guide with stochastic variational inference.
 
     Each step maximises the ELBO (or whichever Pyro ``loss`` is given) on one minibatch:
 
@@ -144,30 +246,55 @@ def fit(
         \\mathcal{L}(\\theta, \\phi) = \\mathbb{E}_{q_\\phi(z \\mid x)}
             [\\log p_\\theta(x, z) - \\log q_\\phi(z \\mid x)] \\le \\log p_\\theta(x).
 
-    The dataset is moved to ``device`` once and sliced there. After every epoch the loop
-    appends a record to ``checkpoint_dir/metrics.jsonl`` and atomically rewrites
-    ``checkpoint_dir/checkpoint.pt`` (module, optimizer, param store, RNG states, progress).
-    If that checkpoint exists when ``fit`` starts, training resumes from it exactly: two
-    epochs in one call give the same parameters as one epoch, a resume, and one more.
+    ``model`` is a pyro_gen module (its ``model`` and ``guide`` are used) or any Pyro model
+    callable; ``guide=`` swaps in any Pyro guide without touching the model. The data take
+    the forms users already have: a tensor (each minibatch passed positionally,
+    ``model(batch)``), a tuple of tensors (``model(*batch)``), a dict of tensors
+    (``model(**batch)``), or the user's own batches (a list, a ``DataLoader``, a function
+    returning a fresh iterator: a dict is passed by name, a tuple or list positionally,
+    anything else such as a ``PackedSequence`` as the one argument). Tensor datasets are
+    moved to ``device`` once and sliced there.
+
+    The param store is the caller's: ``fit`` trains what is in it and does not clear it. A
+    ``pyro.module`` parameter whose store entry is a stale tensor from an earlier model
+    would silently detach the module from training; that raises, and ``clear_params=True``
+    starts from an empty store.
+
+    With ``checkpoint_dir``, the run directory is locked while training; after every epoch
+    (and every ``checkpoint_every`` steps) ``checkpoint.pt`` is rewritten atomically (module
+    and guide state, param store, optimizer, RNG states, progress) and ``metrics.jsonl`` gets
+    the epoch's record. If the checkpoint exists when ``fit`` starts, training resumes from
+    it exactly, mid-epoch included: ``steps=4`` then a resume to ``steps=12`` gives the same
+    parameters as ``steps=12`` in one call.
 
     Args:
-        gen_model: a module with ``model(x=None, **context)`` and ``guide(...)``.
-        data: a tensor of examples (passed as ``x``), or a dict of tensors passed by name.
+        model: a module with ``model(...)`` and ``guide(...)`` methods, or a Pyro model
+            callable.
+        data: the training data, in any of the forms above.
+        guide: a Pyro guide callable used instead of the module's; required for a plain
+            model callable.
         epochs: number of passes over ``data`` (total, counting resumed ones).
         steps: alternatively, the total number of optimisation steps.
-        batch_size: examples per step.
-        optim: a :class:`pyro.optim.PyroOptim`; default Adam with learning rate 1e-3.
-        loss: a Pyro ELBO; default :class:`~pyro.infer.Trace_ELBO`.
-        device: where model and data live during training; default the model's device.
+        batch_size: examples per step (tensor datasets only; the user's batches are used as
+            they come).
+        optim: a :class:`pyro.optim.PyroOptim`; default Adam with learning rate 1e-3. It may
+            be shared with other loops (Pyro's ``SVI``, another ``fit``).
+        loss: a Pyro ELBO (any of Pyro's, e.g. ``TraceEnum_ELBO`` for enumerated discrete
+            sites) or another Pyro loss object; default :class:`~pyro.infer.Trace_ELBO`.
+        device: where modules and tensor data live during training; default the module's.
         annealing: ``step -> beta`` applied to latent sites only (KL warm-up), e.g.
             :class:`~pyro_gen.infer.LinearAnnealing`.
-        grad_clip: clip the global gradient norm to this value.
-        transform: applied on the device to each batch's ``x`` (e.g. dynamic binarization).
-        eval_data: held-out data; its ELBO per example is recorded as ``test_elbo``.
+        grad_clip: clip the global gradient norm to this positive value.
+        transform: applied on the device to each batch: a callable for the first positional
+            argument (or ``x`` when the batch is passed by name), or a dict from argument
+            names or positions to callables (e.g. dynamic binarization).
+        eval_data: held-out data in the same form; its ELBO per example is recorded as
+            ``test_elbo``.
         eval_every: evaluate every this many epochs.
         checkpoint_dir: where checkpoints and metrics go; None keeps nothing on disk.
-        callbacks: ``callback(record, gen_model)`` after each epoch; returning True stops.
-        step_callbacks: ``callback(step, gen_model)`` after each optimisation step, ``step``
+        checkpoint_every: also checkpoint every this many steps inside an epoch.
+        callbacks: ``callback(record, model)`` after each epoch; returning True stops.
+        step_callbacks: ``callback(step, model)`` after each optimisation step, ``step``
             counting the steps taken so far; for updates that must follow the optimizer,
             such as an exponential moving average of the weights, rather than sit inside
             ``model`` (where they would also stop the compiled step from applying).
@@ -175,154 +302,230 @@ def fit(
         compile: ``None`` (default) runs the compiled ELBO step of
             :class:`~pyro_gen.infer.compiled.CompiledSVI` where the loss supports it
             (TorchScript at once; on CUDA, Inductor with CUDA graphs after 500 steps);
-            ``True`` compiles with Inductor
-            from the start; ``False`` runs plain Pyro ``SVI`` steps.
+            ``True`` compiles with Inductor from the start; ``False`` runs plain Pyro SVI.
+        clear_params: empty the Pyro param store before training.
 
     Returns:
         A :class:`FitResult` with one record per epoch.
 
     Raises:
-        NonFiniteLossError: when a step's loss is NaN or infinite; it is raised at the next
-            read-back of the loss (every ``READBACK_EVERY`` steps and at the end of each
-            epoch, before any checkpoint is written), so the last checkpoint on disk is left
-            as it was. The update of the non-finite step is skipped.
+        NonFiniteLossError: when a step's loss or gradient is NaN or infinite. That update is
+            skipped (the parameters stay finite); the error is raised at the next read-back
+            of the loss (every ``READBACK_EVERY`` steps, at each checkpoint and at the end of
+            each epoch, before anything is written), naming the step.
 
     Example:
         >>> import pyro, pyro.distributions as dist, torch
-        >>> class Mean(torch.nn.Module):
-        ...     def __init__(self):
-        ...         super().__init__()
-        ...         self.loc = torch.nn.Parameter(torch.zeros(()))
-        ...     def model(self, x):
-        ...         pyro.module("mean", self)
-        ...         with pyro.plate("data", x.shape[0]):
-        ...             pyro.sample("obs", dist.Normal(self.loc, 1.0), obs=x)
-        ...     def guide(self, x):
-        ...         pass
-        >>> m = Mean()
-        >>> result = fit(m, torch.full((64,), 3.0), epochs=100, batch_size=64,
+        >>> loc = torch.nn.Parameter(torch.zeros(()))
+        >>> def model(x):
+        ...     pyro.module("mean", torch.nn.ParameterList([loc]))
+        ...     with pyro.plate("data", x.shape[0]):
+        ...         pyro.sample("obs", dist.Normal(loc, 1.0), obs=x)
+        >>> def guide(x):
+        ...     pass
+        >>> result = fit(model, torch.full((64,), 3.0), guide=guide, epochs=100, batch_size=64,
         ...              optim=pyro.optim.Adam({"lr": 0.1}), progress=False)
-        >>> round(m.loc.item())
+        >>> round(loc.item())
         3
     """
-    if (epochs is None) == (steps is None):
-        raise ValueError("give exactly one of epochs= or steps=")
-    for name, value in (("epochs", epochs), ("steps", steps)):
-        if value is not None and value < 0:
-            raise ValueError(f"{name} must be a non-negative integer, got {value}")
-    if eval_every < 1:
-        raise ValueError(f"eval_every must be >= 1, got {eval_every}")
-
-    device = torch.device(device) if device is not None else module_device(gen_model)
-    gen_model.to(device)
-    batches = DeviceBatches(data, batch_size, shuffle=True, device=device)
-    optim = optim if optim is not None else pyro.optim.Adam({"lr": 1e-3})
+    _check_arguments(
+        epochs, steps, batch_size, grad_clip, eval_every, checkpoint_every, checkpoint_dir, optim
+    )
     loss = loss if loss is not None else Trace_ELBO()
-    callbacks, step_callbacks = list(callbacks), list(step_callbacks)
-
-    # Stale entries under the same names would silently detach the module's parameters
-    # from the ones SVI updates, so every run starts from an empty store.
-    pyro.clear_param_store()
+    prog = program(model, guide, loss)
+    device = _device(model, prog, device)
+    for m in prog.modules.values():
+        m.to(device)
+    batches = batch_calls(data, batch_size, shuffle=True, device=device)
+    if eval_data is not None:  # refuse bad held-out data now, not after an epoch's training
+        batch_calls(eval_data, batch_size, shuffle=False)
+    optim = optim if optim is not None else pyro.optim.Adam({"lr": 1e-3})
+    if clear_params:
+        pyro.clear_param_store()
     beta = [1.0]
-    model, guide = gen_model.model, gen_model.guide
-    if annealing is not None:
-        model, guide = kl_scale(model, lambda: beta[0]), kl_scale(guide, lambda: beta[0])
-    if compile is False or not supports(loss):
-        step_fn: Callable[..., float] = _SVIStep(model, guide, optim, loss, grad_clip)
-    else:
-        # The compiled program falls back to plain Pyro by itself (one log line saying why)
-        # when the model's structure changes between steps or a site is unsupported.
-        step_fn = CompiledSVI(
+    step_fn = _step_function(prog, optim, loss, grad_clip, annealing, beta, compile)
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    with contextlib.ExitStack() as stack:
+        if ckpt_dir is not None:
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(run_lock(ckpt_dir))
+        warm_up(
+            prog,
+            with_transform(batches.peek(), transform),
+            check_sites=isinstance(loss, ELBO),
+        )
+        state = _Progress()
+        if ckpt_dir is not None and (ckpt_dir / CHECKPOINT_NAME).exists():
+            ckpt = load_checkpoint(ckpt_dir / CHECKPOINT_NAME, map_location=device)
+            state = _Progress(**restore_checkpoint(ckpt, modules=prog.modules, optim=optim))
+            write_metrics(ckpt_dir / METRICS_NAME, state.history)
+        return _train(
             model,
             guide,
-            optim,
-            loss,
-            grad_clip=grad_clip,
-            backend="inductor" if compile else "auto",
-        )
-
-    result = FitResult()
-    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    if ckpt_dir is not None:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        if (ckpt_dir / CHECKPOINT_NAME).exists():
-            ckpt = load_checkpoint(ckpt_dir / CHECKPOINT_NAME, map_location=device)
-            # Parameters must exist in the store before the optimizer state can attach.
-            progress_state = restore_checkpoint(ckpt, gen_model, optim)
-            result = FitResult(
-                list(progress_state["history"]), progress_state["epoch"], progress_state["step"]
-            )
-            write_metrics(ckpt_dir / METRICS_NAME, result.history)
-
-    def done() -> bool:
-        return (epochs is not None and result.epoch >= epochs) or (
-            steps is not None and result.step >= steps
-        )
-
-    while not done():
-        gen_model.train()
-        start, total_loss, seen = time.perf_counter(), 0.0, 0
-        bar = tqdm(
+            prog,
             batches,
-            total=len(batches),
-            desc=f"epoch {result.epoch + 1}",
+            step_fn,
+            state,
+            optim=optim,
+            loss=loss,
+            epochs=epochs,
+            steps=steps,
+            batch_size=batch_size,
+            annealing=annealing,
+            beta=beta,
+            transform=transform,
+            eval_data=eval_data,
+            eval_every=eval_every,
+            ckpt_dir=ckpt_dir,
+            checkpoint_every=checkpoint_every,
+            callbacks=list(callbacks),
+            step_callbacks=list(step_callbacks),
+            progress=progress,
+        )
+
+
+def _train(
+    model: Any,
+    guide: Any,
+    prog: Program,
+    batches: BatchCalls,
+    step_fn: Callable[..., torch.Tensor],
+    state: _Progress,
+    *,
+    optim: pyro.optim.PyroOptim,
+    loss: Any,
+    epochs: int | None,
+    steps: int | None,
+    batch_size: int,
+    annealing: Callable[[int], float] | None,
+    beta: list[float],
+    transform: Transform | None,
+    eval_data: Any,
+    eval_every: int,
+    ckpt_dir: Path | None,
+    checkpoint_every: int | None,
+    callbacks: list[Callback],
+    step_callbacks: list[StepCallback],
+    progress: bool,
+) -> FitResult:
+    def done() -> bool:
+        return (epochs is not None and state.epoch >= epochs) or (
+            steps is not None and state.step >= steps
+        )
+
+    def save() -> None:
+        if ckpt_dir is not None:
+            path, progress = ckpt_dir / CHECKPOINT_NAME, state.state()
+            save_checkpoint(path, modules=prog.modules, optim=optim, progress=progress)
+
+    partial: dict[str, Any] | None = None
+    while not done():
+        for m in prog.modules.values():
+            m.train()
+        if state.batch == 0:
+            state.epoch_rng_state = pyro.util.get_rng_state()
+            epoch_batches = batches.epoch()
+        else:  # resuming mid-epoch: redraw the epoch's order, then carry on from here
+            now = pyro.util.get_rng_state()
+            pyro.util.set_rng_state(state.epoch_rng_state)
+            epoch_batches = batches.epoch(skip=state.batch)
+            pyro.util.set_rng_state(now)
+        try:
+            total = len(batches)
+        except TypeError:
+            total = None
+        bar = tqdm(
+            epoch_batches,
+            total=total,
+            initial=state.batch,
+            desc=f"epoch {state.epoch + 1}",
             disable=not progress,
             leave=False,
         )
+        start = time.perf_counter() - state.epoch_time
         pending: list[torch.Tensor] = []
-        for i, batch in enumerate(bar):
-            batch = _as_dict(batch)
-            if transform is not None:
-                batch["x"] = transform(batch["x"])
-            if annealing is not None:
-                beta[0] = float(annealing(result.step))
-            pending.append(step_fn(result.step, **batch))
-            n = batch["x"].shape[0] if "x" in batch else next(iter(batch.values())).shape[0]
-            seen += n
-            result.step += 1
-            for step_callback in step_callbacks:
-                step_callback(result.step, gen_model)
-            last = i + 1 == len(batches) or (steps is not None and result.step >= steps)
-            if len(pending) == READBACK_EVERY or last:
-                total_loss += _read_back(pending, result.step - len(pending))
+
+        def read_back(start: float = start) -> None:
+            nonlocal pending
+            if pending:
+                state.epoch_loss += _read_back(pending, state.step - len(pending))
                 pending = []
-                rate = seen / (time.perf_counter() - start)
-                bar.set_postfix(loss=f"{total_loss / seen:.3f}", ex_per_s=f"{rate:.0f}")
-            if last:
+            state.epoch_time = time.perf_counter() - start
+
+        stopped_inside = False
+        for call in bar:
+            call = with_transform(call, transform)
+            if annealing is not None:
+                beta[0] = float(annealing(state.step))
+            pending.append(step_fn(state.step, *call.args, **call.kwargs))
+            state.epoch_seen += call.size if call.size is not None else 1
+            state.step += 1
+            state.batch += 1
+            for step_callback in step_callbacks:
+                step_callback(state.step, model)
+            if len(pending) == READBACK_EVERY:
+                read_back()
+                rate = state.epoch_seen / max(state.epoch_time, 1e-9)
+                bar.set_postfix(
+                    loss=f"{state.epoch_loss / state.epoch_seen:.3f}", ex_per_s=f"{rate:.0f}"
+                )
+            if steps is not None and state.step >= steps:
+                stopped_inside = total is None or state.batch < total
                 break
+            at_end = total is not None and state.batch == total
+            if checkpoint_every is not None and state.step % checkpoint_every == 0 and not at_end:
+                read_back()
+                save()
         bar.close()
-        result.epoch += 1
-        elapsed = time.perf_counter() - start
+        read_back()
+        if state.batch == 0:
+            raise ValueError(f"data yielded no batches in epoch {state.epoch + 1}")
         record: dict[str, Any] = {
-            "epoch": result.epoch,
-            "step": result.step,
-            "train_loss": total_loss / max(seen, 1),
-            "examples_per_s": seen / elapsed,
-            "time_s": elapsed,
+            "epoch": state.epoch + 1,
+            "step": state.step,
+            "train_loss": state.epoch_loss / max(state.epoch_seen, 1),
+            "examples_per_s": state.epoch_seen / max(state.epoch_time, 1e-9),
+            "time_s": state.epoch_time,
         }
         if annealing is not None:
             record["beta"] = beta[0]
-        if eval_data is not None and (result.epoch % eval_every == 0 or done()):
+        if stopped_inside:
+            record.update(partial=True, batches=state.batch)
+        else:
+            state.epoch += 1
+            state.batch, state.epoch_rng_state = 0, None
+            state.epoch_loss, state.epoch_seen, state.epoch_time = 0.0, 0, 0.0
+        if eval_data is not None and (state.epoch % eval_every == 0 or done()):
             # Evaluation draws its own noise without moving the training RNG, so where and
             # how often we evaluate never changes the trained parameters.
             rng = pyro.util.get_rng_state()
             record["test_elbo"] = evaluate_elbo(
-                gen_model,
+                model,
                 eval_data,
+                guide=guide,
                 batch_size=max(batch_size, 256),
                 loss=loss,
                 transform=transform,
             )
             pyro.util.set_rng_state(rng)
-        result.history.append(record)
+        if stopped_inside:
+            partial = record
+        else:
+            state.history.append(record)
         if progress:
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "epoch")
-            tqdm.write(f"epoch {result.epoch}: {shown}")
+            shown = ", ".join(
+                f"{k}={v:.4g}"
+                for k, v in record.items()
+                if isinstance(v, float | int) and not isinstance(v, bool) and k != "epoch"
+            )
+            tqdm.write(f"epoch {record['epoch']}: {shown}")
+        save()
         if ckpt_dir is not None:
-            progress_state = {"epoch": result.epoch, "step": result.step, "history": result.history}
-            save_checkpoint(ckpt_dir / CHECKPOINT_NAME, gen_model, optim, progress_state)
             append_metrics(ckpt_dir / METRICS_NAME, record)
-        stop_requests = [cb(record, gen_model) is True for cb in callbacks]
+        if stopped_inside:
+            break
+        stop_requests = [cb(record, model) is True for cb in callbacks]
         if any(stop_requests):
             break
-    return result
+    history = state.history + ([partial] if partial is not None else [])
+    return FitResult(history, state.epoch, state.step)

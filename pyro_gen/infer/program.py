@@ -1,0 +1,160 @@
+"""A user's model/guide pair as ``fit`` and the evaluation helpers take it.
+
+``model`` may be a pyro_gen module (its ``model`` and ``guide`` methods are used) or any Pyro
+model callable; ``guide=`` replaces the module's guide with any Pyro guide (a function, a
+pyro_gen amortized guide, a Pyro autoguide, an ``AutoGuideList``). One warm-up trace of the
+pair, before training, builds lazily created guides (so a checkpoint can be restored into
+them) and catches mistakes that Pyro would only warn about or let pass silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pyro
+import pyro.util
+import torch
+from pyro import poutine
+from pyro.params.param_store import _MODULE_NAMESPACE_DIVIDER
+from pyro.poutine.subsample_messenger import _Subsample
+
+from pyro_gen.data.batching import Call
+
+
+@dataclass(frozen=True)
+class Program:
+    """The callables SVI runs, and the modules whose state a checkpoint keeps.
+
+    Attributes:
+        model: the Pyro model callable.
+        guide: the Pyro guide callable.
+        modules: ``{"model": ..., "guide": ..., "loss": ...}`` for those that are
+            ``torch.nn.Module`` s (their buffers, e.g. ActNorm's or an EMA, are state that
+            the param store does not hold).
+    """
+
+    model: Callable[..., Any]
+    guide: Callable[..., Any]
+    modules: dict[str, torch.nn.Module]
+
+
+def program(model: Any, guide: Any = None, loss: Any = None) -> Program:
+    """Resolves ``model`` (a module with ``model``/``guide`` methods, or a Pyro model callable)
+    and an optional replacement ``guide`` into the pair SVI runs.
+
+    Example:
+        >>> def model(x): pass
+        >>> def guide(x): pass
+        >>> program(model, guide).modules
+        {}
+    """
+    if isinstance(model, torch.nn.Module) and callable(getattr(model, "model", None)):
+        model_fn = model.model
+        if guide is None:
+            guide = getattr(model, "guide", None)
+            if not callable(guide):
+                raise TypeError(
+                    f"{type(model).__name__} has a model but no guide: pass guide= "
+                    "(a Pyro guide callable, e.g. an autoguide)"
+                )
+    elif callable(model):
+        model_fn = model
+        if guide is None:
+            raise TypeError(
+                "model is a plain callable: pass guide= too (a Pyro guide, or "
+                "`lambda *args, **kwargs: None` for a model without latent sites)"
+            )
+    else:
+        raise TypeError(
+            f"model must be a Pyro model callable or a module with model/guide methods, got "
+            f"{type(model).__name__}"
+        )
+    if not callable(guide):
+        raise TypeError(f"guide must be a Pyro guide callable, got {type(guide).__name__}")
+    modules = {
+        name: obj
+        for name, obj in (("model", model), ("guide", guide), ("loss", loss))
+        if isinstance(obj, torch.nn.Module) and not (name == "guide" and obj is model)
+    }
+    return Program(model_fn, guide, modules)
+
+
+def _latent_sites(trace: poutine.Trace) -> dict[str, dict[str, Any]]:
+    return {
+        name: site
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample"
+        and not site["is_observed"]
+        and not site["infer"].get("is_auxiliary")
+        and not isinstance(site["fn"], _Subsample)
+    }
+
+
+def _check_sites(model_trace: poutine.Trace, guide_trace: poutine.Trace) -> None:
+    model_sites, guide_sites = _latent_sites(model_trace), _latent_sites(guide_trace)
+    extra = sorted(set(guide_sites) - set(model_trace.nodes))
+    if extra:
+        raise ValueError(
+            f"the guide samples {extra}, which the model has no site for: guide and model "
+            "must use the same site names (a typo?)"
+        )
+    observed = sorted(n for n in guide_sites if model_trace.nodes[n].get("is_observed"))
+    if observed:
+        raise ValueError(
+            f"the guide samples {observed}, which the model observes: a guide samples only "
+            "the model's latent sites"
+        )
+    missing = sorted(
+        n
+        for n, site in model_sites.items()
+        if n not in guide_sites and site["infer"].get("enumerate") is None
+    )
+    if missing:
+        raise ValueError(
+            f"the model's latent sites {missing} have no counterpart in the guide: sample them "
+            "in the guide, or (for discrete sites) mark them infer={'enumerate': 'parallel'} "
+            "and train with TraceEnum_ELBO"
+        )
+
+
+def _check_params(*traces: poutine.Trace) -> None:
+    for trace in traces:
+        for name, site in trace.nodes.items():
+            if site["type"] != "param" or _MODULE_NAMESPACE_DIVIDER not in name:
+                continue
+            given = site["args"][1] if len(site["args"]) > 1 else None
+            if isinstance(given, torch.nn.Parameter) and site["value"] is not given:
+                raise ValueError(
+                    f"the Pyro param store already holds {name!r} from an earlier model, so "
+                    "training would update that tensor and not your module's parameter: call "
+                    "pyro.clear_param_store() first, or pass fit(..., clear_params=True)"
+                )
+
+
+def warm_up(prog: Program, call: Call, *, check_sites: bool) -> None:
+    """Runs guide then model once on ``call``, as SVI would, without moving the RNG and with
+    the modules in eval mode (no data-dependent initialisation, no running statistics).
+
+    Lazily built guides (autoguides) create their parameters here, so a checkpoint can be
+    restored into them. Raises a clear error for a stale param-store entry that would
+    detach a module from what SVI trains and, with ``check_sites``, for guide and model
+    sites that do not match.
+    """
+    rng = pyro.util.get_rng_state()
+    modes = {name: m.training for name, m in prog.modules.items()}
+    for m in prog.modules.values():
+        m.eval()
+    try:
+        with torch.no_grad():
+            guide_trace = poutine.trace(prog.guide).get_trace(*call.args, **call.kwargs)
+            replayed = poutine.replay(prog.model, trace=guide_trace)
+            model_trace = poutine.trace(replayed).get_trace(*call.args, **call.kwargs)
+    finally:
+        for name, m in prog.modules.items():
+            m.train(modes[name])
+        pyro.util.set_rng_state(rng)
+    _check_params(guide_trace, model_trace)
+    if check_sites:
+        _check_sites(model_trace, guide_trace)

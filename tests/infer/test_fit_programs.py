@@ -1,0 +1,229 @@
+"""fit on users' own Pyro programs: plain callables, swapped guides, every data form."""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import pyro.optim
+import pyro.util
+import pytest
+import torch
+from pyro.infer import SVI, Trace_ELBO
+from pyro.infer.autoguide import AutoNormal
+
+from pyro_gen.infer import NonFiniteLossError, fit
+from tests.infer.tiny_vae import TinyVAE, binary_data
+
+LOC = torch.tensor([1.0, -2.0])
+
+
+def _regression_data(n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, generator=g)
+    return x, 3.0 * x + 0.5 + 0.1 * torch.randn(n, generator=g)
+
+
+def regression(x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+    w = pyro.sample("w", dist.Normal(0.0, 10.0))
+    b = pyro.sample("b", dist.Normal(0.0, 10.0))
+    with pyro.plate("N", x.shape[0]):
+        pyro.sample("y", dist.Normal(w * x + b, 0.1), obs=y)
+
+
+def _posterior_mean(guide: AutoNormal) -> dict[str, float]:
+    return {k: float(v) for k, v in guide.median().items()}
+
+
+def test_plain_function_with_an_autoguide_matches_pyros_svi():
+    """compile=False is Pyro's own SVI step: the same seed gives the same parameters."""
+    x, y = _regression_data()
+    optim = pyro.optim.Adam({"lr": 0.05})
+    pyro.set_rng_seed(1)
+    guide = AutoNormal(regression)
+    fit(regression, (x, y), guide=guide, steps=30, batch_size=64, optim=optim, progress=False,
+        compile=False)  # fmt: skip
+    ours = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(1)
+    guide = AutoNormal(regression)
+    # fit builds a lazy guide in a warm-up call that leaves the RNG where it was
+    rng = pyro.util.get_rng_state()
+    guide(x, y)
+    pyro.util.set_rng_state(rng)
+    svi = SVI(regression, guide, pyro.optim.Adam({"lr": 0.05}), Trace_ELBO())
+    # fit draws each epoch's shuffle order first; a single full batch is that permutation
+    for _ in range(30):
+        perm = torch.randperm(64)
+        svi.step(x[perm], y[perm])
+    theirs = dict(pyro.get_param_store().items())
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        torch.testing.assert_close(ours[name], theirs[name].detach(), msg=name)
+
+
+def test_tuple_and_dict_data_reach_the_model_by_position_and_by_name():
+    x, y = _regression_data()
+    guide = AutoNormal(regression)
+    fit(regression, (x, y), guide=guide, steps=400, batch_size=16, progress=False,
+        optim=pyro.optim.Adam({"lr": 0.05}))  # fmt: skip
+    assert _posterior_mean(guide) == pytest.approx({"w": 3.0, "b": 0.5}, abs=0.1)
+    pyro.clear_param_store()
+    guide = AutoNormal(regression)
+    fit(regression, {"x": x, "y": y}, guide=guide, steps=400, batch_size=16, progress=False,
+        optim=pyro.optim.Adam({"lr": 0.05}))  # fmt: skip
+    assert _posterior_mean(guide) == pytest.approx({"w": 3.0, "b": 0.5}, abs=0.1)
+
+
+def test_the_users_own_batches_a_generator_function_and_a_dataloader():
+    x, y = _regression_data()
+
+    def batches():
+        for i in range(0, 64, 16):
+            yield {"x": x[i : i + 16], "y": y[i : i + 16]}
+
+    guide = AutoNormal(regression)
+    result = fit(regression, batches, guide=guide, epochs=100, progress=False,
+                 optim=pyro.optim.Adam({"lr": 0.05}))  # fmt: skip
+    assert result.step == 400
+    assert _posterior_mean(guide) == pytest.approx({"w": 3.0, "b": 0.5}, abs=0.1)
+
+    pyro.clear_param_store()
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, y), batch_size=16, shuffle=True
+    )
+    guide = AutoNormal(regression)
+    fit(regression, loader, guide=guide, epochs=100, progress=False,
+        optim=pyro.optim.Adam({"lr": 0.05}))  # fmt: skip
+    assert _posterior_mean(guide) == pytest.approx({"w": 3.0, "b": 0.5}, abs=0.1)
+
+
+def test_a_packed_sequence_batch_is_one_positional_argument():
+    seqs = [torch.randn(n, 1) + 2.0 for n in (5, 3, 2)]
+    packed = torch.nn.utils.rnn.pack_sequence(seqs)
+    loc = torch.nn.Parameter(torch.zeros(()))
+
+    def model(sequences: torch.nn.utils.rnn.PackedSequence) -> None:
+        pyro.module("m", torch.nn.ParameterList([loc]))
+        with pyro.plate("steps", sequences.data.shape[0]):
+            pyro.sample("obs", dist.Normal(loc, 1.0), obs=sequences.data[:, 0])
+
+    fit(model, [packed], guide=lambda s: None, epochs=200, progress=False,
+        optim=pyro.optim.Adam({"lr": 0.05}))  # fmt: skip
+    assert loc.item() == pytest.approx(torch.cat(seqs).mean().item(), abs=0.05)
+
+
+def test_a_swapped_guide_leaves_the_modules_own_guide_untouched():
+    vae = TinyVAE()
+    guide = AutoNormal(pyro.poutine.block(vae.model, hide=["x"]))
+    encoder_before = [p.detach().clone() for p in vae.encoder.parameters()]
+    fit(vae, binary_data(), guide=guide, epochs=1, batch_size=32, progress=False)
+    assert any(name.startswith("AutoNormal") for name in pyro.get_param_store())
+    assert all(a.equal(b) for a, b in zip(encoder_before, vae.encoder.parameters()))
+
+
+def test_transform_can_target_any_argument_by_name_or_position():
+    seen = []
+
+    def model(a, b):
+        seen.append((a.max().item(), b.min().item()))
+
+    data = (torch.zeros(8, 1), torch.zeros(8, 1))
+    fit(model, data, guide=lambda a, b: None, steps=1, batch_size=8, progress=False,
+        transform={1: lambda t: t + 7}, compile=False)  # fmt: skip
+    assert seen[-1] == (0.0, 7.0)
+    fit(model, {"a": data[0], "b": data[1]}, guide=lambda a, b: None, steps=1, batch_size=8,
+        progress=False, transform={"a": lambda t: t - 1}, compile=False)  # fmt: skip
+    assert seen[-1] == (-1.0, 0.0)
+
+
+def test_the_param_store_is_the_users():
+    pyro.param("unrelated", torch.ones(3))
+    vae = TinyVAE()
+    fit(vae, binary_data(), epochs=1, batch_size=32, progress=False)
+    assert "unrelated" in pyro.get_param_store()
+    # a second fit of the same model continues with the same tensors
+    fit(vae, binary_data(), epochs=1, batch_size=32, progress=False)
+
+
+def test_a_stale_module_entry_is_refused_and_clear_params_starts_fresh():
+    fit(TinyVAE(), binary_data(), epochs=1, batch_size=32, progress=False)
+    fresh = TinyVAE()
+    with pytest.raises(ValueError, match=r"already holds '(en|de)coder\$\$\$.*clear_params=True"):
+        fit(fresh, binary_data(), epochs=1, batch_size=32, progress=False)
+    before = fresh.decoder[0].weight.detach().clone()
+    fit(fresh, binary_data(), epochs=1, batch_size=32, progress=False, clear_params=True)
+    assert not fresh.decoder[0].weight.detach().equal(before)  # the module itself trained
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"epochs": 2.5}, "epochs must be a non-negative whole number"),
+        ({"steps": -1}, "steps must be a non-negative whole number"),
+        ({"epochs": 1, "batch_size": 0}, "batch_size must be a positive"),
+        ({"epochs": 1, "grad_clip": -1.0}, "grad_clip must be a positive finite"),
+        ({"epochs": 1, "grad_clip": 0.0}, "grad_clip must be a positive finite"),
+        ({"epochs": 1, "optim": torch.optim.Adam}, "optim must be a pyro.optim.PyroOptim"),
+        ({"epochs": 1, "checkpoint_every": 5}, "checkpoint_every= needs checkpoint_dir="),
+        ({"epochs": 1, "eval_data": torch.zeros(0, 6)}, "no examples"),
+    ],
+)
+def test_nonsense_arguments_are_refused_before_training(kwargs, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        fit(TinyVAE(), binary_data(), progress=False, **kwargs)
+
+
+def test_empty_data_is_refused_and_never_loops():
+    with pytest.raises(ValueError, match="no examples"):
+        fit(TinyVAE(), torch.zeros(0, 6), steps=5, progress=False)
+    with pytest.raises(ValueError, match="yields no batches"):
+        fit(TinyVAE(), [], epochs=3, progress=False)
+
+
+def test_a_plain_model_without_a_guide_is_told_to_pass_one():
+    with pytest.raises(TypeError, match="pass guide="):
+        fit(regression, _regression_data(), epochs=1, progress=False)
+
+
+def test_guide_sites_that_do_not_match_the_model_are_named():
+    x, y = _regression_data()
+
+    def typo_guide(x, y=None):
+        pyro.sample("w", dist.Normal(0.0, 1.0))
+        pyro.sample("bias", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(ValueError, match=r"the guide samples \['bias'\]"):
+        fit(regression, (x, y), guide=typo_guide, epochs=1, progress=False)
+
+    def partial_guide(x, y=None):
+        pyro.sample("w", dist.Normal(0.0, 1.0))
+        pyro.sample("bias", dist.Normal(0.0, 1.0), infer={"is_auxiliary": True})
+
+    with pytest.raises(ValueError, match=r"latent sites \['b'\] have no counterpart"):
+        fit(regression, (x, y), guide=partial_guide, epochs=1, progress=False)
+
+
+def test_inconsistent_batches_are_named():
+    x, y = _regression_data()
+    batches = [{"x": x[:8], "y": y[:8]}, {"x": x[8:16], "target": y[8:16]}]
+    with pytest.raises(ValueError, match="batch 1 of data has keywords 'target', 'x'"):
+        fit(regression, batches, guide=AutoNormal(regression), epochs=1, progress=False)
+
+
+@pytest.mark.parametrize("compile", [None, False])
+def test_a_nan_gradient_skips_the_update_and_names_the_step(compile):
+    """A finite loss with a NaN gradient (sqrt at 0) must not reach the parameters."""
+    w = torch.nn.Parameter(torch.tensor([1.0]))
+
+    def model(x):
+        pyro.module("w", torch.nn.ParameterList([w]))
+        with pyro.plate("data", x.shape[0]):
+            # d/dw sqrt(w^2 - 1) is inf at w = 1: a finite loss, a non-finite gradient
+            pyro.sample("x", dist.Normal(torch.sqrt(w**2 - 1.0), 1.0), obs=x)
+
+    pyro.enable_validation(False)
+    with pytest.raises(NonFiniteLossError, match="at step 0"):
+        fit(model, torch.zeros(8), guide=lambda x: None, steps=3, batch_size=8, progress=False,
+            compile=compile)  # fmt: skip
+    assert w.item() == 1.0

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
-from pyro_gen.data.download import DEFAULT_TIMEOUT
+from pyro_gen.data.download import DEFAULT_DEADLINE, DEFAULT_TIMEOUT, Timeout
 from pyro_gen.data.idx_dataset import (
     IdxDatasetSpec,
     directory_source,
@@ -52,11 +52,19 @@ FASHION_MNIST = IdxDatasetSpec(
     sizes={"train": 60_000, "test": 10_000},
     image_shape=(28, 28),
     num_classes=10,
-    raw_md5={
-        "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
-        "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
-        "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
-        "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+    raw_sha256={
+        "train-images-idx3-ubyte": (
+            "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"
+        ),
+        "train-labels-idx1-ubyte": (
+            "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"
+        ),
+        "t10k-images-idx3-ubyte": (
+            "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"
+        ),
+        "t10k-labels-idx1-ubyte": (
+            "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"
+        ),
     },
 )
 
@@ -82,7 +90,8 @@ def load_fashion_mnist(
     download: bool | None = None,
     mirrors: Sequence[str] | None = None,
     system_dirs: Sequence[str] | None = None,
-    timeout: float = DEFAULT_TIMEOUT,
+    timeout: Timeout = DEFAULT_TIMEOUT,
+    deadline: float = DEFAULT_DEADLINE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Load Fashion-MNIST as uint8 images ``(N, 28, 28)`` and int64 labels ``(N,)``.
 
@@ -92,7 +101,9 @@ def load_fashion_mnist(
         download: allow the network (default: unless ``PYRO_GEN_OFFLINE=1``).
         mirrors: base URLs to download from instead of :data:`MIRRORS`.
         system_dirs: folders to copy from instead of :data:`SYSTEM_DIRS`.
-        timeout: seconds before a silent mirror counts as unreachable.
+        timeout: seconds to connect to a mirror and the longest silence tolerated while
+            receiving: one number for both, or ``(connect, read)``.
+        deadline: seconds allowed for each downloaded file.
 
     Raises:
         DatasetError: no source could provide the data, or a cached file is corrupt.
@@ -101,7 +112,12 @@ def load_fashion_mnist(
     dirs = SYSTEM_DIRS if system_dirs is None else system_dirs
     sources = [(f"system folder {d}", directory_source(FASHION_MNIST, d, hint)) for d in dirs]
     sources.append(
-        ("download", download_source(FASHION_MNIST, mirrors, download=download, timeout=timeout))
+        (
+            "download",
+            download_source(
+                FASHION_MNIST, mirrors, download=download, timeout=timeout, deadline=deadline
+            ),
+        )
     )
     remedy = "run `apt install dataset-fashion-mnist`, or allow downloads."
     return load_idx_dataset(FASHION_MNIST, split, root, sources, remedy)

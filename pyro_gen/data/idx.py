@@ -17,12 +17,13 @@ import hashlib
 import os
 import struct
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 
-from pyro_gen.data.errors import DatasetError
+from pyro_gen.data.errors import CorruptCacheError, DatasetError
 from pyro_gen.data.paths import atomic_write
 
 _TYPE_TO_DTYPE = {
@@ -57,14 +58,20 @@ def _body(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=dtype.newbyteorder(">"))
 
 
-def idx_md5(array: np.ndarray) -> str:
-    """The md5 of ``array`` written as an uncompressed IDX file (header included).
+def idx_sha256(array: np.ndarray) -> str:
+    """The sha256 of ``array`` written as an uncompressed IDX file (header included).
+
+    For an array read by :func:`read_idx` from a plain IDX file this is the sha256 of the
+    file, computed without copying the data.
 
     Example:
-        >>> idx_md5(np.zeros(0, dtype=np.uint8))
-        '...'
+        >>> import tempfile
+        >>> a = np.arange(6, dtype=np.uint8).reshape(2, 3)
+        >>> p = write_idx(tempfile.mkdtemp() + "/a", a)
+        >>> idx_sha256(a) == hashlib.sha256(p.read_bytes()).hexdigest()
+        True
     """
-    digest = hashlib.md5(idx_header(array), usedforsecurity=False)
+    digest = hashlib.sha256(idx_header(array))
     digest.update(memoryview(_body(array)).cast("B"))
     return digest.hexdigest()
 
@@ -88,12 +95,23 @@ def write_idx(path: str | os.PathLike[str], array: np.ndarray) -> Path:
     return atomic_write(path, write)
 
 
-def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+def read_idx(
+    path: str | os.PathLike[str], *, max_bytes: int | None = None, rebuild: str | None = None
+) -> np.ndarray:
     """Read an IDX file (plain or ``.gz``) into a native-byte-order numpy array.
 
+    Only the IDX layout is parsed: nothing in the file can make the reader execute code.
+
+    Args:
+        path: the file.
+        max_bytes: refuse a file (or a ``.gz`` whose contents) exceeding this many bytes
+            before reading it all, so a wrong file cannot exhaust memory.
+        rebuild: the command that rebuilds the file when it is a cache file; damage is
+            then reported as :class:`~pyro_gen.data.errors.CorruptCacheError` with it.
+
     Raises:
-        DatasetError: the file is missing, is not IDX, or its size disagrees with its
-            header (truncated or corrupt); the message names the file and the remedy.
+        DatasetError: the file is missing, unreadable, not IDX, or its size disagrees with
+            its header (truncated or corrupt); the message names the file and the remedy.
 
     Example:
         >>> import tempfile
@@ -102,35 +120,47 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
         array([0, 1, 2], dtype=int32)
     """
     path = Path(path)
+
+    def damaged(what: str) -> DatasetError:
+        if rebuild is None:
+            return DatasetError(f"{path} {what}. {_REMEDY}")
+        return CorruptCacheError(f"{path} {what}. Rebuild it with: {rebuild}", path, rebuild)
+
     try:
         if path.suffix == ".gz":
             with gzip.open(path, "rb") as f:
-                data = bytearray(f.read())
+                data = bytearray(f.read(-1 if max_bytes is None else max_bytes + 1))
         else:
-            data = bytearray(path.stat().st_size)
+            size = path.stat().st_size
+            if max_bytes is not None and size > max_bytes:
+                raise damaged(f"has {size} bytes, more than the {max_bytes} expected")
+            data = bytearray(size)
             with open(path, "rb") as f:
                 f.readinto(data)
     except FileNotFoundError as e:
         raise DatasetError(f"{path} does not exist.") from e
+    except PermissionError as e:
+        raise DatasetError(f"cannot read {path} ({e.strerror}); fix its permissions.") from e
     except (OSError, EOFError, zlib.error) as e:
-        raise DatasetError(f"{path} is not a readable gzip/IDX file ({e}). {_REMEDY}") from e
-    return _parse(path, data)
+        raise damaged(f"is not a readable gzip/IDX file ({e})") from e
+    if max_bytes is not None and len(data) > max_bytes:
+        raise damaged(f"decompresses to more than the {max_bytes} bytes expected")
+    return _parse(data, damaged)
 
 
-def _parse(path: Path, data: bytearray) -> np.ndarray:
+def _parse(data: bytearray, damaged: Callable[[str], DatasetError]) -> np.ndarray:
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _TYPE_TO_DTYPE:
-        raise DatasetError(f"{path} is not an IDX file (bad magic number). {_REMEDY}")
+        raise damaged("is not an IDX file (bad magic number)")
     dtype, ndim = _TYPE_TO_DTYPE[data[2]], data[3]
     offset = 4 + 4 * ndim
     if len(data) < offset:
-        raise DatasetError(f"{path} is truncated inside its IDX header. {_REMEDY}")
+        raise damaged("is truncated inside its IDX header")
     shape = struct.unpack_from(f">{ndim}I", data, 4)
     expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(data) != expected:
         what = "truncated" if len(data) < expected else "longer than its header says"
-        raise DatasetError(
-            f"{path} is {what}: its IDX header promises {expected} bytes, the file has "
-            f"{len(data)}. {_REMEDY}"
+        raise damaged(
+            f"is {what}: its IDX header promises {expected} bytes, the file has {len(data)}"
         )
     array = np.frombuffer(data, dtype=dtype, offset=offset).reshape(shape)
     return array if dtype.byteorder in "=|" else array.astype(dtype.newbyteorder("="))

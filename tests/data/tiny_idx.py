@@ -39,5 +39,5 @@ TINY = IdxDatasetSpec(
     sizes=TINY_SIZES,
     image_shape=(4, 4),
     num_classes=3,
-    raw_md5={name: hashlib.md5(raw).hexdigest() for name, raw in TINY_RAW.items()},
+    raw_sha256={name: hashlib.sha256(raw).hexdigest() for name, raw in TINY_RAW.items()},
 )

@@ -2,10 +2,14 @@ from __future__ import annotations
 
 import math
 
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
+from pyro import poutine
 
 from pyro_gen.infer import bits_per_dim_from_nats, evaluate_elbo, iwae_log_likelihood
+from tests.infer.hierarchical_gaussian import HierarchicalGaussian, sample_data
 from tests.infer.linear_gaussian import LinearGaussian
 
 
@@ -65,3 +69,209 @@ def test_bits_per_dim_conversion():
 def test_iwae_rejects_bad_sample_counts():
     with pytest.raises(ValueError, match="num_samples"):
         iwae_log_likelihood(LinearGaussian(), torch.zeros(2, 3, dtype=torch.float64), num_samples=0)
+
+
+# ---------------------------------------------------------------- any model, any plate
+def _scalar_model(plate: str):
+    """z ~ N(0, 1), x | z ~ N(z, 1) under a plate called ``plate``; exact guide."""
+
+    def model(x: torch.Tensor) -> None:
+        with pyro.plate(plate, x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros((), dtype=x.dtype), 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x: torch.Tensor) -> None:
+        with pyro.plate(plate, x.shape[0]):
+            pyro.sample("z", dist.Normal(x / 2, 0.5**0.5))
+
+    return model, guide
+
+
+def _exact_scalar(x: torch.Tensor) -> torch.Tensor:
+    return dist.Normal(torch.zeros((), dtype=torch.float64), 2**0.5).log_prob(x)
+
+
+X = torch.linspace(-2.0, 2.0, 12, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("plate", ["batch", "N"])
+def test_any_plate_name_gives_exact_per_example_values(plate):
+    model, guide = _scalar_model(plate)
+    for estimate in (
+        evaluate_elbo(model, X, guide=guide, per_example=True, batch_size=5),
+        iwae_log_likelihood(model, X, guide=guide, num_samples=7, per_example=True),
+    ):
+        assert estimate.shape == (12,)
+        assert torch.allclose(estimate, _exact_scalar(X), atol=1e-10)
+
+
+def test_data_forms_give_the_same_estimate():
+    def model(x: torch.Tensor, shift: torch.Tensor) -> None:
+        with pyro.plate("obs", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(shift, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x: torch.Tensor, shift: torch.Tensor) -> None:
+        with pyro.plate("obs", x.shape[0]):
+            pyro.sample("z", dist.Normal((x + shift) / 2, 0.5**0.5))
+
+    shift = torch.full_like(X, 0.5)
+    exact = _exact_scalar(X - 0.5).mean().item()
+    batches = [(X[:5], shift[:5]), (X[5:], shift[5:])]
+    forms = {
+        "tuple": (X, shift),
+        "dict": {"x": X, "shift": shift},
+        "list of tuples": batches,
+        "list of dicts": [{"x": a, "shift": b} for a, b in batches],
+        "batch function": lambda: iter(batches),
+        "one-shot iterator": iter(batches),
+    }
+    for name, data in forms.items():
+        elbo = evaluate_elbo(model, data, guide=guide, batch_size=4)
+        assert elbo == pytest.approx(exact, abs=1e-10), name
+    # transform= reaches a named argument.
+    shifted = evaluate_elbo(
+        model, {"x": X, "shift": shift}, guide=guide, transform={"x": lambda t: t + 0.5}
+    )
+    assert shifted == pytest.approx(_exact_scalar(X).mean().item(), abs=1e-10)
+
+
+def test_per_example_values_average_to_the_estimate():
+    model = LinearGaussian(guide_scale=1.5)
+    x = _data(model, n=30)
+    for fn, kwargs in ((evaluate_elbo, {}), (iwae_log_likelihood, {"num_samples": 20})):
+        torch.manual_seed(0)
+        mean = fn(model, x, batch_size=7, **kwargs)
+        torch.manual_seed(0)
+        values = fn(model, x, batch_size=7, per_example=True, **kwargs)
+        assert values.shape == (30,) and values.dtype == torch.float64
+        assert values.mean().item() == pytest.approx(mean, rel=1e-12)
+
+
+def test_user_scale_and_mask_are_kept():
+    keep = torch.arange(12) % 3 != 0
+
+    def model(x: torch.Tensor) -> None:
+        with pyro.plate("data", x.shape[0]), poutine.scale(scale=2.0), poutine.mask(mask=keep):
+            z = pyro.sample("z", dist.Normal(torch.zeros((), dtype=x.dtype), 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x: torch.Tensor) -> None:
+        with pyro.plate("data", x.shape[0]), poutine.scale(scale=2.0), poutine.mask(mask=keep):
+            pyro.sample("z", dist.Normal(x / 2, 0.5**0.5))
+
+    values = evaluate_elbo(model, X, guide=guide, per_example=True)
+    assert torch.allclose(values, torch.where(keep, 2 * _exact_scalar(X), 0.0), atol=1e-10)
+
+
+def test_model_latent_without_guide_site_is_drawn_from_its_prior():
+    """An empty guide makes the prior the proposal: the ELBO is E_p(z)[log p(x | z)] and the
+    IWAE estimate still converges to log p(x)."""
+    model, _ = _scalar_model("data")
+    x = X[::3]
+    with pytest.warns(UserWarning, match="'z'"):
+        elbo = evaluate_elbo(model, x, guide=lambda x: None, num_particles=4000, per_example=True)
+    expected = -0.5 * math.log(2 * math.pi) - 0.5 * (x**2 + 1)
+    standard_error = 0.5 * (2 + 4 * x**2).sqrt() / math.sqrt(4000)  # of -(x - z)^2 / 2
+    assert ((elbo - expected).abs() < 4 * standard_error).all(), (elbo, expected)
+    with pytest.warns(UserWarning, match="'z'"):
+        iwae = iwae_log_likelihood(model, x, guide=lambda x: None, num_samples=4000)
+    assert iwae == pytest.approx(_exact_scalar(x).mean().item(), abs=0.02)
+
+
+def test_models_that_do_not_broadcast_over_particles_fall_back_with_a_warning():
+    def model(x: torch.Tensor) -> None:
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros((), dtype=x.dtype), 1.0))
+            pyro.sample("x", dist.Normal(z.reshape(x.shape[0]), 1.0), obs=x)
+
+    _, guide = _scalar_model("data")
+    with pytest.warns(UserWarning, match="one at a time"):
+        values = iwae_log_likelihood(model, X, guide=guide, num_samples=4, per_example=True)
+    assert torch.allclose(values, _exact_scalar(X), atol=1e-10)
+
+
+# ---------------------------------------------------------------- global latents
+def test_global_latent_elbo_and_iwae_are_exact_at_every_batch_size():
+    """Exact posterior guide over a global latent, a subsampled data plate and an inner plate:
+    every particle's log-weight is log p(X), so both estimators are exact at any batch size."""
+    x = sample_data()
+    hg = HierarchicalGaussian(x)
+    exact = hg.log_evidence() / x.shape[0]
+    data = (x, torch.arange(x.shape[0]))
+    for batch_size in (5, 10, 20):
+        elbo = evaluate_elbo(hg.model, data, guide=hg.guide, batch_size=batch_size)
+        assert elbo == pytest.approx(exact, abs=1e-9), batch_size
+        iwae = iwae_log_likelihood(hg.model, data, guide=hg.guide, num_samples=3, chunk=2)
+        assert iwae == pytest.approx(exact, abs=1e-9), batch_size
+    values = evaluate_elbo(hg.model, data, guide=hg.guide, batch_size=5, per_example=True)
+    assert values.shape == (20,) and values.sum().item() == pytest.approx(exact * 20, abs=1e-8)
+
+
+def test_global_latent_with_a_loose_guide_matches_the_closed_form_at_every_batch_size():
+    """q(g) twice as wide as the posterior: ELBO = log p(X) - KL(q(g) || p(g | X)) whatever the
+    batch size (the global KL is counted once, not once per batch), and the IWAE estimate
+    closes the gap as K grows."""
+    x = sample_data()
+    hg = HierarchicalGaussian(x, global_scale=2.0, groups="N", members="pixels")
+    log_evidence, kl = hg.log_evidence(), hg.global_kl()
+    data = (x, torch.arange(x.shape[0]))
+    # Per particle, log p(g|X) - log q(g) = log s - (s^2 - 1) e^2 / 2 with e ~ N(0, 1).
+    particles = 2000
+    standard_error = (hg.global_scale**2 - 1) / 2 * math.sqrt(2 / particles)
+    for batch_size in (5, 20):
+        total = 20 * evaluate_elbo(
+            hg.model, data, guide=hg.guide, batch_size=batch_size, num_particles=particles
+        )
+        assert total == pytest.approx(log_evidence - kl, abs=5 * standard_error), batch_size
+        iwae = 20 * iwae_log_likelihood(
+            hg.model, data, guide=hg.guide, batch_size=batch_size, num_samples=2000
+        )
+        assert abs(iwae - log_evidence) < 0.1 * kl, batch_size
+
+
+# ---------------------------------------------------------------- errors and progress
+def test_ambiguous_or_missing_data_plate_asks_for_plate_name():
+    def grid(x: torch.Tensor) -> None:
+        with pyro.plate("rows", x.shape[0], dim=-2), pyro.plate("cols", x.shape[1], dim=-1):
+            pyro.sample("x", dist.Normal(0.0, 1.0), obs=x)
+
+    x = torch.zeros(4, 3)
+    with pytest.raises(ValueError, match=r"\['cols', 'rows'\].*plate_name="):
+        evaluate_elbo(grid, x, guide=lambda x: None)
+    values = evaluate_elbo(grid, x, guide=lambda x: None, plate_name="rows", per_example=True)
+    assert values.shape == (4,)
+    assert torch.allclose(
+        values, torch.full((4,), -1.5 * math.log(2 * math.pi), dtype=torch.float64)
+    )
+    with pytest.raises(ValueError, match="'depth' is not a vectorized plate.*'cols', 'rows'"):
+        evaluate_elbo(grid, x, guide=lambda x: None, plate_name="depth")
+
+    def unplated(x: torch.Tensor) -> None:
+        pyro.sample("x", dist.Normal(0.0, 1.0).expand(x.shape).to_event(1), obs=x)
+
+    with pytest.raises(ValueError, match="no vectorized plate encloses.*plate_name="):
+        iwae_log_likelihood(unplated, x[:, 0], guide=lambda x: None, num_samples=2)
+
+
+def test_bad_model_guide_pairs_get_one_clear_error():
+    model, _ = _scalar_model("data")
+    with pytest.raises(TypeError, match="guide="):
+        evaluate_elbo(model, X)
+
+    def typo_guide(x: torch.Tensor) -> None:
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("zz", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(ValueError, match="guide site 'zz' is not a sample site of the model"):
+        evaluate_elbo(model, X, guide=typo_guide)
+    with pytest.raises(ValueError, match="num_particles"):
+        evaluate_elbo(model, X, guide=typo_guide, num_particles=0)
+
+
+def test_progress_bar_is_shown_only_when_asked(capsys):
+    model, guide = _scalar_model("data")
+    iwae_log_likelihood(model, X, guide=guide, num_samples=4, chunk=2, batch_size=6)
+    assert "iwae_log_likelihood" not in capsys.readouterr().err
+    iwae_log_likelihood(model, X, guide=guide, num_samples=4, chunk=2, batch_size=6, progress=True)
+    assert "iwae_log_likelihood" in capsys.readouterr().err

@@ -20,11 +20,19 @@ step and passed in as inputs, so a changing schedule needs no recompilation. The
 is compiled (torch.compile / Inductor, with CUDA graphs on CUDA) and the update is a single
 fused optimizer call, with no read-back of the loss to the host.
 
-When the recorded program cannot stand for the model (a site set that changes between
-runs, Python branching on tensor values, a sampler that is not standard noise pushed
+A new input signature first runs one plain Pyro step, and is recorded only when it comes
+back, so that a model whose structure changes with the batch (sequences of varying length
+with one site per time step) costs no recording at all: when the sites of two batches
+differ, the step falls back to plain Pyro SVI at once. It falls back too, saying why in one
+log line on the ``"pyro_gen"`` logger, when the recorded program cannot stand for the
+model (Python branching on tensor values, a sampler that is not standard noise pushed
 through differentiable operations, an ELBO other than ``Trace_ELBO`` /
-``TraceMeanField_ELBO``), the step falls back to plain Pyro SVI and says why in one
-log line on the ``"pyro_gen"`` logger.
+``TraceMeanField_ELBO``, too many input shapes) or when recording fails for any reason.
+
+Every update is guarded on the device, as :class:`torch.amp.GradScaler` does: a loss or a
+gradient that is NaN or infinite skips the update (parameters and optimizer state stay as
+they were) and the step returns a non-finite loss, for the caller to report when it next
+reads losses back.
 
 References:
     Paszke et al., PyTorch 2: Faster Machine Learning Through Dynamic Python Bytecode
@@ -63,8 +71,10 @@ from pyro_gen.infer.compiled_elbo import (
     _signature,
 )
 from pyro_gen.infer.compiled_optim import (
-    _fusable,
     _FusedParamView,
+    fuse,
+    non_finite,
+    takes_found_inf,
 )
 from pyro_gen.infer.compiled_passes import simplify
 from pyro_gen.infer.compiled_recording import (
@@ -89,6 +99,11 @@ def supports(loss: ELBO | None) -> bool:
         (True, False)
     """
     return loss is None or type(loss) in (*_TRACE_LOSSES, *_MEAN_FIELD_LOSSES)
+
+
+def _site_names(signature: tuple) -> set[tuple[str, str]]:
+    """The (model/guide, name) of every sample and param site of an eager signature."""
+    return {(s[0], s[2] if s[1] == "param" else s[1]) for sig in signature for s in sig}
 
 
 def _unoptimized(traced: Callable[..., Any]) -> Callable[..., Any]:
@@ -134,6 +149,9 @@ class CompiledSVI:
             and compare its structure; a difference falls back to Pyro.
         check_every: also compare every this many steps (0: never).
         max_programs: more distinct input signatures than this falls back to Pyro.
+        step_guard: skip an update whose loss or gradient is not finite, decided on the
+            device (fused Adam's ``found_inf``); other optimizers read one flag back per
+            step. ``False`` only for measuring what the guard costs.
         compile_after: steps a signature runs uncompiled before it is compiled; default
             500 with ``"auto"`` on CUDA (never on CPU), else 0 for the first signature and
             50 for later ones (the
@@ -171,6 +189,7 @@ class CompiledSVI:
         max_programs: int = 8,
         compile_after: int | None = None,
         retain_cpu_memory: bool = True,
+        step_guard: bool = True,
     ) -> None:
         if backend not in ("auto", "inductor", "jit", "fx", "pyro"):
             raise ValueError(f"unknown backend {backend!r}")
@@ -182,8 +201,13 @@ class CompiledSVI:
         self.check_steps, self.check_every = check_steps, check_every
         self.max_programs, self.compile_after = max_programs, compile_after
         self.retain_cpu_memory = retain_cpu_memory
+        self.step_guard = step_guard
         self._kl = _kl_messengers(model) + _kl_messengers(guide)
         self._programs: dict[Any, _Program] = {}
+        # Input signatures seen once (each ran a plain step), with the eager trace signature
+        # of the first batch, whose sites every later batch must repeat.
+        self._sightings: dict[Any, tuple] = {}
+        self._first_signature: tuple | None = None
         self._optimizer: torch.optim.Optimizer | None = None
         self._params: list[torch.Tensor] = []
         self.fallback_reason: str | None = None
@@ -217,7 +241,7 @@ class CompiledSVI:
     def __call__(self, step: int, *args: Any, **kwargs: Any) -> torch.Tensor:
         """``fit``'s step protocol: run :meth:`step` and return the loss, not read back
         (``fit`` reads losses in groups and raises on a non-finite one; its update was
-        skipped)."""
+        skipped, on the device)."""
         return self.step(*args, **kwargs)
 
     def loss_and_grads(self, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -229,7 +253,8 @@ class CompiledSVI:
             for p, g in zip(prog.grad_params, grads):
                 p.grad = g if p.grad is None else p.grad + g
             return loss
-        return torch.as_tensor(self.loss.loss_and_grads(self.model, self.guide, *args, **kwargs))
+        loss, _ = self._plain_loss_and_grads(args, kwargs)
+        return torch.as_tensor(loss)
 
     # -- compiled path -------------------------------------------------------------------
 
@@ -241,10 +266,18 @@ class CompiledSVI:
         if self.fallback_reason is not None:
             return None
         try:
-            prog, data = self._program_for(args, kwargs)
+            found = self._program_for(args, kwargs)
+            if found is None:  # a new input signature: a plain step this time
+                return None
+            prog, data = found
             loss, grads, _ = self._run(prog, data)
         except _Unsupported as exc:
             self._fall_back(str(exc))
+            return None
+        except Exception as exc:  # noqa: BLE001 - the user's run goes on as plain SVI
+            # A defect of the model itself shows again, unchanged, in the plain step.
+            msg = (str(exc) or type(exc).__name__).splitlines()[0]
+            self._fall_back(f"recording failed ({type(exc).__name__}: {msg})")
             return None
         return prog, loss, grads
 
@@ -263,13 +296,27 @@ class CompiledSVI:
     def _beta_values(self) -> list[float]:
         return [float(m.beta() if callable(m.beta) else m.beta) for m in self._kl]
 
-    def _program_for(self, args: tuple, kwargs: dict) -> tuple[_Program, list[torch.Tensor]]:
+    def _program_for(self, args: tuple, kwargs: dict) -> tuple[_Program, list[torch.Tensor]] | None:
+        """The program for these inputs, recorded now if their signature was seen before;
+        None the first time a signature is seen (the caller runs a plain step)."""
         key, tensors = self._key(args, kwargs)
         prog = self._programs.get(key)
         if prog is None:
-            if len(self._programs) >= self.max_programs:
-                raise _Unsupported(f"more than {self.max_programs} distinct input signatures")
-            prog = self._programs[key] = self._record(args, kwargs, tensors)
+            # One eager forward pass, which a recording would start with anyway: it tells a
+            # model whose sites change with the batch before any recording is spent on it.
+            with self._quiet_rng(tensors):
+                signature = self._eager_signature(args, kwargs)
+            self._check_sites(signature)
+            if key not in self._sightings:
+                if len(self._sightings) >= self.max_programs:
+                    raise _Unsupported(
+                        f"more than {self.max_programs} distinct input signatures (the "
+                        "shapes of the inputs change from batch to batch)"
+                    )
+                self._sightings[key] = signature
+                self._register(self._params_of(signature))
+                return None
+            prog = self._programs[key] = self._record(args, kwargs, tensors, signature)
         elif not prog.compiled and prog.calls >= self._compile_after(
             first=False, device=tensors[0].device if tensors else None
         ):
@@ -290,10 +337,34 @@ class CompiledSVI:
                 )
         return prog, tensors
 
+    def _check_sites(self, signature: tuple) -> None:
+        """Raises when the sites differ from the first batch's (in order or kind only, as
+        a lazily built guide's first call may differ, is left to the recording's check)."""
+        if self._first_signature is None:
+            self._first_signature = signature
+            return
+        if _site_names(signature) != _site_names(self._first_signature):
+            raise _Unsupported(
+                "the model's sites change with the batch, so each batch would need its own "
+                f"recording: {_describe_change(self._first_signature, signature)}"
+            )
+
+    @staticmethod
+    def _params_of(signature: tuple) -> list[torch.Tensor]:
+        names = sorted({s[2] for sig in signature for s in sig if s[1] == "param"})
+        store = pyro.get_param_store()
+        return [store._params[n] for n in names]
+
     def _traces(self, args: tuple, kwargs: dict) -> Iterator[tuple[Any, Any]]:
         return self.loss._get_traces(self.model, self.guide, args, kwargs)
 
     def _eager_signature(self, args: tuple, kwargs: dict) -> tuple:
+        # On copies of the inputs: transforms cache their last result by the input's
+        # identity (Pyro's cache_size=1), and a no-grad result must not be found by the
+        # step that follows on the same tensors.
+        args, kwargs = pytree.tree_map(
+            lambda v: v.clone() if torch.is_tensor(v) else v, (args, kwargs)
+        )
         with torch.no_grad():
             betas = [torch.tensor(b) for b in self._beta_values()]
             with _bound_betas(self._kl, betas):
@@ -308,14 +379,13 @@ class CompiledSVI:
         with torch.random.fork_rng(devices=devices):
             yield
 
-    def _record(self, args: tuple, kwargs: dict, tensors: list[torch.Tensor]) -> _Program:
+    def _record(
+        self, args: tuple, kwargs: dict, tensors: list[torch.Tensor], signature: tuple
+    ) -> _Program:
+        """Records the step for these inputs; ``signature`` is their eager run's."""
         start = time.perf_counter()
         with self._quiet_rng(tensors):
-            # An eager run creates the parameters and gives the reference structure.
-            signature = self._eager_signature(args, kwargs)
-            names = sorted({s[2] for sig in signature for s in sig if s[1] == "param"})
-            store = pyro.get_param_store()
-            params = [store._params[n] for n in names]
+            params = self._params_of(signature)
             dtype = params[0].dtype if params else torch.get_default_dtype()
             device = tensors[0].device if tensors else torch.device("cpu")
             betas = [torch.tensor(b, dtype=dtype, device=device) for b in self._beta_values()]
@@ -471,21 +541,10 @@ class CompiledSVI:
         if not new:
             return
         self._params.extend(new)
-        if not _fusable(self.optim):
-            return
-        args = dict(self.optim.pt_optim_args)
-        if self._optimizer is None:
-            ctor = self.optim.pt_optim_constructor
-            try:
-                self._optimizer = ctor(new, **args, fused=True)
-            except (RuntimeError, ValueError, TypeError):
-                self._optimizer = ctor(new, **args, foreach=True)
-        else:
-            self._optimizer.add_param_group({"params": new, **args})
-        for p in new:
-            self.optim.optim_objs[p] = _FusedParamView(self._optimizer, p)
-            self.optim.grad_clip[p] = None
-        self._consume_waiting_state()
+        # One fused optimizer per Pyro optimizer, shared with every other loop given it.
+        self._optimizer = fuse(self.optim, new)
+        if self._optimizer is not None:
+            self._consume_waiting_state()
 
     def _consume_waiting_state(self) -> None:
         waiting = self.optim._state_waiting_to_be_consumed
@@ -506,16 +565,32 @@ class CompiledSVI:
             p.grad = g
         if self._optimizer is not None:
             self._consume_waiting_state()
-            # Fused Adam skips the whole update when found_inf is 1: a non-finite loss
-            # leaves the parameters at their last finite values without a host read-back.
-            self._optimizer.found_inf = (~torch.isfinite(loss)).to(torch.float32)
+        try:
+            if not self.step_guard:
+                self._apply(prog.grad_params)
+                return loss
+            found = non_finite([loss, *grads])
+            if takes_found_inf(self._optimizer):
+                # The fused kernels skip the whole update (and undo the step count) when
+                # found_inf is 1: no host read-back.
+                self._optimizer.found_inf = found  # type: ignore[union-attr]
+                try:
+                    self._optimizer.step()  # type: ignore[union-attr]
+                finally:
+                    self._optimizer.found_inf = None  # type: ignore[union-attr]
+            elif not found.item():  # other optimizers: one read of the flag
+                self._apply(prog.grad_params)
+            # A skipped step reports a non-finite loss, whatever made it skip.
+            return torch.where(found.bool() & torch.isfinite(loss), math.nan, loss)
+        finally:
+            for p in prog.grad_params:
+                p.grad = None
+
+    def _apply(self, params: list[torch.Tensor]) -> None:
+        if self._optimizer is not None:
             self._optimizer.step()
-            self._optimizer.found_inf = None
         else:
-            self.optim(prog.grad_params)
-        for p in prog.grad_params:
-            p.grad = None
-        return loss
+            self.optim(params)
 
     # -- plain Pyro path -----------------------------------------------------------------
 
@@ -523,24 +598,31 @@ class CompiledSVI:
         self.fallback_reason = reason
         logger.warning("pyro_gen: compiled SVI step off, using plain Pyro SVI: %s", reason)
 
-    def _pyro_step(self, args: tuple, kwargs: dict) -> torch.Tensor:
-        """The step as SVI takes it; a fused optimizer, once made, keeps doing the update
-        so that its state carries over."""
+    def _plain_loss_and_grads(self, args: tuple, kwargs: dict) -> tuple[float, list[torch.Tensor]]:
+        """Pyro's loss (a float) and gradients, clipped as the program clips them."""
         with pyro.poutine.trace(param_only=True) as capture:
             loss = self.loss.loss_and_grads(self.model, self.guide, *args, **kwargs)
         params = list({site["value"].unconstrained() for site in capture.trace.nodes.values()})
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
-        if not math.isfinite(loss):  # Pyro's loss is a float here: no extra read-back
+        return float(loss), params
+
+    def _pyro_step(self, args: tuple, kwargs: dict) -> torch.Tensor:
+        """The step as SVI takes it; a fused optimizer, once made, keeps doing the update
+        so that its state carries over. Pyro has read the loss back already, so the guard
+        reads its flag too."""
+        loss, params = self._plain_loss_and_grads(args, kwargs)
+        try:
+            grads = [p.grad for p in params if p.grad is not None]
+            skip = not math.isfinite(loss) or (
+                self.step_guard and bool(grads) and bool(non_finite(grads).item())
+            )
+            if skip:
+                return torch.tensor(loss if not math.isfinite(loss) else math.nan)
+            if self._optimizer is not None:
+                self._register(params)
+            self._apply(params)
+            return torch.tensor(loss)
+        finally:
             for p in params:
                 p.grad = None
-            return torch.tensor(loss)
-        loss = torch.as_tensor(loss)
-        if self._optimizer is not None:
-            self._register(params)
-            self._optimizer.step()
-        else:
-            self.optim(params)
-        for p in params:
-            p.grad = None
-        return loss

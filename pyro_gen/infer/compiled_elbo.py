@@ -148,19 +148,34 @@ def _describe_change(old: tuple, new: tuple) -> str:
     new_sites = [s for particle in new for s in particle]
 
     def names(sites: list[tuple]) -> set[str]:
-        return {f"{s[0]} {'param ' + s[2] if s[1] == 'param' else s[1]}" for s in sites}
+        return {_site_label(s) for s in sites}
 
     if names(old_sites) != names(new_sites):
-        added = sorted(names(new_sites) - names(old_sites))
-        removed = sorted(names(old_sites) - names(new_sites))
+        added = _some(sorted(names(new_sites) - names(old_sites)))
+        removed = _some(sorted(names(old_sites) - names(new_sites)))
         return f"the site set changed (added {added}, removed {removed})"
     for a, b in zip(old_sites, new_sites):
-        if a != b:
-            hint = ""
-            if a[7] != b[7]:
-                hint = (
-                    " (a scale that changes between steps: for KL annealing wrap model and "
-                    "guide with pyro_gen.infer.annealing.kl_scale, whose beta is an input)"
-                )
-            return f"{a[0]} site '{a[1]}' changed from {a[2:]} to {b[2:]}{hint}"
+        if a == b:
+            continue
+        if a[1] == "param" or b[1] == "param" or a[:2] != b[:2]:
+            # Same sites, another order: e.g. a guide that builds itself on its first call.
+            return f"the order of the sites changed ({_site_label(a)} became {_site_label(b)})"
+        hint = ""
+        if a[7] != b[7]:
+            hint = (
+                " (a scale that changes between steps: for KL annealing wrap model and "
+                "guide with pyro_gen.infer.annealing.kl_scale, whose beta is an input)"
+            )
+        return f"{a[0]} site '{a[1]}' changed from {a[2:]} to {b[2:]}{hint}"
     return "the number of particles changed"
+
+
+def _site_label(site: tuple) -> str:
+    return f"{site[0]} {'param ' + site[2] if site[1] == 'param' else site[1]}"
+
+
+def _some(names: list[str], limit: int = 5) -> str:
+    """A list short enough for one log line (a sequence model may add hundreds of sites)."""
+    if len(names) <= limit:
+        return str(names)
+    return f"{names[:limit]} and {len(names) - limit} more"

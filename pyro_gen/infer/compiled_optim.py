@@ -1,18 +1,26 @@
-"""A fused optimizer step whose state Pyro's optimizer can still save and load."""
+"""The compiled step's update: one fused optimizer per Pyro optimizer, whose state Pyro's
+optimizer (and so any other SVI loop sharing it) can still read, write and step, and the
+on-device guard that skips an update with a non-finite loss or gradient."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pyro
 import pyro.optim
 import torch
 
+# Where the fused optimizer lives on the Pyro optimizer it stands for: every CompiledSVI
+# (and every plain loop) given that Pyro optimizer then steps one state per parameter.
+_FUSED_ATTR = "_pyro_gen_fused"
+
 
 class _FusedParamView:
     """Stands in Pyro's ``optim_objs`` for one parameter of the fused optimizer, so that
     ``PyroOptim.get_state()/set_state()`` (and so checkpoints) see per-parameter state in
-    the format Pyro writes."""
+    the format Pyro writes, and a plain ``SVI`` loop over the same Pyro optimizer steps the
+    parameter with the same state."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, param: torch.Tensor) -> None:
         self.optimizer_ = optimizer
@@ -41,8 +49,23 @@ class _FusedParamView:
                 for k, v in state.items()
             }
 
-    def step(self, *args: Any, **kwargs: Any) -> None:  # pragma: no cover - guarded
-        raise RuntimeError("a fused CompiledSVI optimizer cannot step one parameter")
+    def step(self, closure: Any = None) -> None:
+        """Updates this parameter alone (as Pyro's per-parameter optimizers do), with the
+        fused optimizer's state for it: the other parameters' gradients are hidden from it
+        for the call."""
+        hidden = [
+            (q, q.grad)
+            for group in self.optimizer_.param_groups
+            for q in group["params"]
+            if q is not self.param and q.grad is not None
+        ]
+        for q, _ in hidden:
+            q.grad = None
+        try:
+            self.optimizer_.step()
+        finally:
+            for q, grad in hidden:
+                q.grad = grad
 
 
 def _fusable(optim: pyro.optim.PyroOptim) -> bool:
@@ -52,3 +75,72 @@ def _fusable(optim: pyro.optim.PyroOptim) -> bool:
         and isinstance(optim.pt_optim_args, dict)
         and not optim.pt_clip_args
     )
+
+
+def fuse(
+    optim: pyro.optim.PyroOptim, params: Sequence[torch.Tensor]
+) -> torch.optim.Optimizer | None:
+    """Adds ``params`` to the one fused optimizer that stands for ``optim``.
+
+    A parameter that ``optim`` has already stepped on its own (a plain ``SVI`` loop ran
+    first, or ``set_state`` gave it state) brings that state along, so loops that share the
+    Pyro optimizer continue one trajectory.
+
+    Returns:
+        the fused optimizer, or None when ``optim`` cannot be fused (see ``_fusable``).
+
+    Example:
+        >>> w = torch.zeros(3, requires_grad=True)
+        >>> optim = pyro.optim.Adam({"lr": 0.1})
+        >>> fused = fuse(optim, [w])
+        >>> w.grad = torch.ones(3)
+        >>> optim([w])  # Pyro's per-parameter call steps the fused state
+        >>> [round(v, 3) for v in w.tolist()], int(fused.state[w]["step"])
+        ([-0.1, -0.1, -0.1], 1)
+    """
+    if not _fusable(optim):
+        return None
+    fused: torch.optim.Optimizer | None = optim.__dict__.get(_FUSED_ATTR)
+    new = [p for p in params if not isinstance(optim.optim_objs.get(p), _FusedParamView)]
+    if not new:
+        return fused
+    args = dict(optim.pt_optim_args)
+    if fused is None:
+        ctor = optim.pt_optim_constructor
+        try:
+            fused = ctor(new, **{**args, "fused": True})
+        except (RuntimeError, ValueError, TypeError):  # e.g. a device without fused kernels
+            fused = ctor(new, **{**args, "foreach": True})
+        setattr(optim, _FUSED_ATTR, fused)
+    else:
+        fused.add_param_group({"params": new, **args})
+    for p in new:
+        view = _FusedParamView(fused, p)
+        held = optim.optim_objs.get(p)
+        if held is not None:
+            view.load_state_dict(held.state_dict())
+        optim.optim_objs[p] = view
+        optim.grad_clip[p] = None
+    return fused
+
+
+def takes_found_inf(optimizer: torch.optim.Optimizer | None) -> bool:
+    """Whether ``optimizer.step()`` reads a ``found_inf`` flag (the fused kernels do)."""
+    return optimizer is not None and all(g.get("fused") for g in optimizer.param_groups)
+
+
+def non_finite(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """A 0-dim float32 flag on the device, 1 when any of ``tensors`` (the loss and the
+    gradients) holds a NaN or an infinity, else 0; nothing is read back to the host.
+
+    One pass over each tensor, as :class:`torch.amp.GradScaler` checks gradients. The
+    tensors are multiplied in place by 1 (exact).
+
+    Example:
+        >>> non_finite([torch.tensor(1.0), torch.tensor([0.0, float("inf")])])
+        tensor(1.)
+    """
+    found = torch.zeros((), dtype=torch.float32, device=tensors[0].device)
+    one = torch.ones((), dtype=torch.float32, device=tensors[0].device)
+    torch._amp_foreach_non_finite_check_and_unscale_(list(tensors), found, one)
+    return found

@@ -33,6 +33,7 @@ from pyro_gen.infer.log_weights import (
     max_plate_nesting,
     split_log_weights,
 )
+from pyro_gen.infer.program import program
 
 #: Particles drawn at once by evaluate_elbo (IWAE takes ``chunk=``).
 ELBO_CHUNK = 100
@@ -45,30 +46,6 @@ def module_device(module: torch.nn.Module) -> torch.device:
     for t in list(module.parameters()) + list(module.buffers()):
         return t.device
     return torch.device("cpu")
-
-
-def _model_and_guide(
-    model: Any, guide: Callable | None
-) -> tuple[Callable, Callable, list[torch.nn.Module]]:
-    """The model and guide callables, and the modules whose train/eval mode and device count."""
-    model_fn = getattr(model, "model", None)
-    model_fn = model_fn if callable(model_fn) else model
-    if not callable(model_fn):
-        raise TypeError(
-            f"model must be a pyro_gen module (with .model and .guide) or a Pyro model "
-            f"callable, got {type(model).__name__}"
-        )
-    if guide is None:
-        guide = getattr(model, "guide", None) if model_fn is not model else None
-        if not callable(guide):
-            raise TypeError(
-                "model is a plain Pyro model without a guide: pass guide= (a hand-written "
-                "guide, an autoguide, ...)"
-            )
-    if not callable(guide):
-        raise TypeError(f"guide must be a Pyro guide callable, got {type(guide).__name__}")
-    modules = [m for m in (model, guide) if isinstance(m, torch.nn.Module)]
-    return model_fn, guide, list({id(m): m for m in modules}.values())
 
 
 @contextmanager
@@ -208,7 +185,8 @@ def _score_batches(
 ) -> tuple[list[T], bool]:
     """Applies ``reduce(local (K, B), shared (K,))`` to every batch's log-weights; also says
     whether the model has sites outside the data plate."""
-    model_fn, guide_fn, modules = _model_and_guide(model, guide)
+    pair = program(model, guide)
+    model_fn, guide_fn, modules = pair.model, pair.guide, list(pair.modules.values())
     calls = batch_calls(data, batch_size, shuffle=False, device=_device(modules))
     chunks = range(0, num_particles, chunk)
     try:

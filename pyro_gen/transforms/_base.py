@@ -1,4 +1,4 @@
-"""Shared machinery for pyro_gen transforms: shape checks and a log-det cache."""
+"""Shared machinery for pyro_gen transforms: shape checks, caches, ``with_cache``, pickling."""
 
 from __future__ import annotations
 
@@ -12,16 +12,16 @@ from torch.distributions.transforms import ComposeTransform, _InverseTransform
 
 
 class _LadjCache:
-    """Holds the last (x, y, log|det J|) triple.
+    """Holds the last (x, y, log|det J|) triple and the :func:`parameter_stamp` it was made under.
 
     Dropped on deepcopy/pickle, because tensors that carry autograd history cannot be
     deep-copied (copying a model for EMA or checkpointing must not fail).
     """
 
-    __slots__ = ("x", "y", "ladj")
+    __slots__ = ("x", "y", "ladj", "stamp")
 
     def __init__(self) -> None:
-        self.x = self.y = self.ladj = None
+        self.x = self.y = self.ladj = self.stamp = None
 
     def __deepcopy__(self, memo: dict) -> _LadjCache:
         return _LadjCache()
@@ -30,7 +30,52 @@ class _LadjCache:
         return (_LadjCache, ())
 
     def clear(self) -> None:
-        self.x = self.y = self.ladj = None
+        self.x = self.y = self.ladj = self.stamp = None
+
+
+def parameter_stamp(module: torch.nn.Module) -> tuple:
+    """What a cached result depends on besides its input: grad mode and parameter versions.
+
+    An optimizer step changes parameters in place (bumping their version counters), so a
+    result cached before the step is stale after it, and one computed under ``no_grad``
+    carries no graph. Torch's ``cache_size=1`` compares inputs by identity only, which
+    returns the previous step's output (and its freed graph) whenever a density flow scores
+    the same data tensor twice, as an SVI loop over one fixed batch does.
+    """
+    return (torch.is_grad_enabled(), tuple(p._version for p in module.parameters()))
+
+
+def drop_pyro_weakrefs(module: torch.nn.Module) -> None:
+    """Removes the ``unconstrained`` weakrefs that ``pyro.param`` attaches to parameters.
+
+    ``pyro.module(name, m)`` passes each parameter through the param store, which sets
+    ``param.unconstrained = weakref.ref(param)``; weakrefs cannot be pickled, so
+    ``torch.save(m)`` would fail. Pyro's own ``PyroModule.__getstate__`` drops them the same
+    way, and the param store sets them again on the next ``pyro.param`` access.
+    """
+    for param in module.parameters():
+        param.__dict__.pop("unconstrained", None)
+
+
+class PicklableModule(torch.nn.Module):
+    """Mixin: the module pickles (``torch.save(module)``, ``copy.deepcopy``) after
+    ``pyro.module`` registered it (see :func:`drop_pyro_weakrefs`)."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        drop_pyro_weakrefs(self)
+        return super().__getstate__()
+
+
+class _Mode:
+    """The ``training`` flag, one object shared by a transform and its ``with_cache`` twins."""
+
+    __slots__ = ("training",)
+
+    def __init__(self, training: bool = True) -> None:
+        self.training = training
+
+    def __reduce__(self) -> tuple:
+        return (_Mode, (self.training,))
 
 
 def modules_of(transform: object) -> list[torch.nn.Module]:
@@ -73,6 +118,14 @@ class FlowTransformModule(TransformModule):
     dims (shape = batch shape). The pair from the most recent call is cached so that
     :meth:`log_abs_det_jacobian` after a forward or inverse pass costs nothing, which is
     how :class:`~pyro.distributions.TransformedDistribution` uses transforms.
+
+    Caching follows torch/Pyro: with ``cache_size=1``, ``t.inv(t(x))`` returns ``x`` without
+    running the inverse (an IAF scores its own samples in one pass). Unlike torch's cache,
+    a hit also requires the parameters to be unchanged since the value was cached and the
+    same grad mode (see :func:`parameter_stamp`), so a density flow that scores one data
+    tensor at every SVI step recomputes after each optimizer step. :meth:`with_cache`
+    returns a twin with another cache size that shares this module's parameters, buffers,
+    submodules and ``training`` flag.
     """
 
     bijective = True
@@ -86,10 +139,50 @@ class FlowTransformModule(TransformModule):
         out_shape: int | Sequence[int] | None = None,
         cache_size: int = 0,
     ) -> None:
+        if cache_size not in (0, 1):
+            raise ValueError(f"cache_size must be 0 or 1, got {cache_size!r}")
         super().__init__(cache_size=cache_size)
         self.event_shape = as_event_shape(event_shape)
         self.out_shape = self.event_shape if out_shape is None else as_event_shape(out_shape)
         self._ladj_cache = _LadjCache()
+        self._cache_stamp: tuple | None = None
+
+    # ``training`` lives in a shared cell, so ``t.eval()`` also switches the twins that
+    # ``with_cache`` made (e.g. the parts of ``ComposeTransformModule(..., cache_size=1)``)
+    @property
+    def training(self) -> bool:  # type: ignore[override]
+        return self.__dict__["_mode"].training
+
+    @training.setter
+    def training(self, value: bool) -> None:
+        mode = self.__dict__.get("_mode")
+        if mode is None:
+            self.__dict__["_mode"] = _Mode(value)
+        else:
+            mode.training = value
+
+    def with_cache(self, cache_size: int = 1) -> FlowTransformModule:
+        """This transform with another ``cache_size``, sharing all its state.
+
+        Args:
+            cache_size: 0 (no cache) or 1 (remember the last input/output pair).
+
+        Returns:
+            ``self`` when the size is unchanged, else a twin whose parameters, buffers,
+            submodules and training flag are this module's own objects.
+        """
+        if cache_size == self._cache_size:
+            return self
+        if cache_size not in (0, 1):
+            raise ValueError(f"cache_size must be 0 or 1, got {cache_size!r}")
+        twin = type(self).__new__(type(self))
+        twin.__dict__.update(self.__dict__)  # the same _parameters/_buffers/_modules dicts
+        twin._cache_size = cache_size
+        twin._cached_x_y = (None, None)
+        twin._cache_stamp = None
+        twin._inv = None
+        twin._ladj_cache = _LadjCache()
+        return twin
 
     @constraints.dependent_property(is_discrete=False)
     def domain(self) -> constraints.Constraint:
@@ -113,6 +206,20 @@ class FlowTransformModule(TransformModule):
     def _backward(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self._cache_size == 1:
+            x_old, y_old = self._cached_x_y
+            if x is x_old and self._cache_stamp == parameter_stamp(self):
+                return y_old
+        return self._call(x)
+
+    def _inv_call(self, y: torch.Tensor) -> torch.Tensor:
+        if self._cache_size == 1:
+            x_old, y_old = self._cached_x_y
+            if y is y_old and self._cache_stamp == parameter_stamp(self):
+                return x_old
+        return self._inverse(y)
+
     def _call(self, x: torch.Tensor) -> torch.Tensor:
         check_event_shape(x, self.event_shape, type(self).__name__)
         y, ladj = self._forward(x)
@@ -126,19 +233,26 @@ class FlowTransformModule(TransformModule):
         return x
 
     def _store(self, x: torch.Tensor, y: torch.Tensor, ladj: torch.Tensor) -> None:
+        # stamped after the call: ActNorm's data-dependent init changes parameters inside it
+        stamp = parameter_stamp(self)
         cache = self._ladj_cache
-        cache.x, cache.y, cache.ladj = x, y, ladj
+        cache.x, cache.y, cache.ladj, cache.stamp = x, y, ladj, stamp
+        if self._cache_size == 1:
+            self._cached_x_y = x, y
+            self._cache_stamp = stamp
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         cache = self._ladj_cache
-        if cache.x is x and cache.y is y:
+        if cache.x is x and cache.y is y and cache.stamp == parameter_stamp(self):
             return cache.ladj
         if self._ladj_direction == "forward":
             return self._forward(x)[1]
         return self._backward(y)[1]
 
     def __getstate__(self) -> dict[str, Any]:
+        drop_pyro_weakrefs(self)
         state = super().__getstate__()
         if "_cached_x_y" in state:
             state["_cached_x_y"] = (None, None)
+        state["_cache_stamp"] = None
         return state

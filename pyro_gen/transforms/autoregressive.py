@@ -26,7 +26,7 @@ import torch
 from pyro.distributions.conditional import ConditionalTransformModule
 
 from pyro_gen.nn.made import MADE
-from pyro_gen.transforms._base import FlowTransformModule
+from pyro_gen.transforms._base import FlowTransformModule, PicklableModule
 from pyro_gen.transforms.elementwise import Additive, Affine, ElementwiseBijection
 
 
@@ -47,7 +47,7 @@ class _Autoregressive(FlowTransformModule):
         made: Callable[[torch.Tensor], torch.Tensor],
         elementwise: ElementwiseBijection,
         *,
-        cache_size: int = 0,
+        cache_size: int = 1,
     ) -> None:
         super().__init__((input_dim,), cache_size=cache_size)
         self.made = made
@@ -84,6 +84,8 @@ class MaskedAutoregressive(_Autoregressive):
         input_dim: :math:`D`.
         made: conditioner with MADE's output layout (``num_params * D`` outputs).
         elementwise: the element-wise bijection :math:`h`.
+        cache_size: 1 (default, as Pyro's autoregressive transforms) remembers the last
+            input/output pair, so ``t.inv(t(u))`` costs nothing; 0 recomputes.
 
     References:
         Papamakarios et al., Masked Autoregressive Flow for Density Estimation,
@@ -109,8 +111,10 @@ class InverseAutoregressive(_Autoregressive):
     r"""IAF layer :math:`x_i = h(u_i; \theta_i(u_{<i}))`: one-pass sampling, D-pass density.
 
     Sampling (forward) needs one MADE pass and gives the log-det for free, the direction
-    a variational posterior needs; scoring an arbitrary point needs :math:`D` passes.
-    Build one with :func:`inverse_autoregressive`.
+    a variational posterior needs; scoring an arbitrary point needs :math:`D` passes. The
+    default ``cache_size=1`` makes scoring the transform's own samples (what a guide
+    does) reuse the forward pass. Arguments as :class:`MaskedAutoregressive`; build one
+    with :func:`inverse_autoregressive`.
 
     References:
         Kingma et al., Improved Variational Inference with Inverse Autoregressive Flow,
@@ -119,7 +123,10 @@ class InverseAutoregressive(_Autoregressive):
     Example:
         >>> t = inverse_autoregressive(3, hidden_dims=[16])
         >>> u = torch.randn(5, 3)
-        >>> torch.allclose(t.inv(t(u)), u, atol=1e-6)
+        >>> x = t(u)
+        >>> t.inv(x) is u  # its own sample: the cached input, no D-pass inverse
+        True
+        >>> torch.allclose(t.inv(x.clone()), u, atol=1e-6)  # any other point: D passes
         True
     """
 
@@ -132,19 +139,27 @@ class InverseAutoregressive(_Autoregressive):
         return self._sequential(y, inverse=True)
 
 
-class _ConditionalAutoregressive(ConditionalTransformModule):
+class _ConditionalAutoregressive(PicklableModule, ConditionalTransformModule):
     _concrete: type[_Autoregressive]
 
-    def __init__(self, input_dim: int, made: MADE, elementwise: ElementwiseBijection) -> None:
+    def __init__(
+        self,
+        input_dim: int,
+        made: MADE,
+        elementwise: ElementwiseBijection,
+        *,
+        cache_size: int = 1,
+    ) -> None:
         super().__init__()
         self.input_dim = input_dim
         self.event_shape = (input_dim,)
         self.made = made
         self.elementwise = elementwise
+        self.cache_size = cache_size
 
     def condition(self, context: torch.Tensor) -> _Autoregressive:
         made = functools.partial(self.made, context=context)
-        return self._concrete(self.input_dim, made, self.elementwise)
+        return self._concrete(self.input_dim, made, self.elementwise, cache_size=self.cache_size)
 
 
 class ConditionalMaskedAutoregressive(_ConditionalAutoregressive):
@@ -189,6 +204,7 @@ def masked_autoregressive(
     elementwise: str | ElementwiseBijection = "affine",
     order: torch.Tensor | None = None,
     log_scale_bound: float = 3.0,
+    cache_size: int = 1,
 ) -> MaskedAutoregressive:
     """Builds a MAF layer on a zero-initialised :class:`~pyro_gen.nn.MADE` (starts at identity).
 
@@ -198,13 +214,16 @@ def masked_autoregressive(
         elementwise: ``"affine"`` (MAF), ``"additive"`` or an ElementwiseBijection.
         order: MADE input order (default identity; or alternate with :class:`Permute`).
         log_scale_bound: bound of the affine log-scale.
+        cache_size: 1 (Pyro's default for autoregressive transforms) or 0; see
+            :class:`MaskedAutoregressive`.
 
     Example:
         >>> masked_autoregressive(4).made.input_dim
         4
     """
     h = _elementwise(elementwise, log_scale_bound)
-    return MaskedAutoregressive(input_dim, _made(input_dim, hidden_dims, h, order, 0), h)
+    made = _made(input_dim, hidden_dims, h, order, 0)
+    return MaskedAutoregressive(input_dim, made, h, cache_size=cache_size)
 
 
 def inverse_autoregressive(
@@ -214,6 +233,7 @@ def inverse_autoregressive(
     elementwise: str | ElementwiseBijection = "affine",
     order: torch.Tensor | None = None,
     log_scale_bound: float = 3.0,
+    cache_size: int = 1,
 ) -> InverseAutoregressive:
     """Builds an IAF layer on a zero-initialised MADE; arguments as :func:`masked_autoregressive`.
 
@@ -222,7 +242,8 @@ def inverse_autoregressive(
         4
     """
     h = _elementwise(elementwise, log_scale_bound)
-    return InverseAutoregressive(input_dim, _made(input_dim, hidden_dims, h, order, 0), h)
+    made = _made(input_dim, hidden_dims, h, order, 0)
+    return InverseAutoregressive(input_dim, made, h, cache_size=cache_size)
 
 
 def conditional_masked_autoregressive(
@@ -233,8 +254,12 @@ def conditional_masked_autoregressive(
     elementwise: str | ElementwiseBijection = "affine",
     order: torch.Tensor | None = None,
     log_scale_bound: float = 3.0,
+    cache_size: int = 1,
 ) -> ConditionalMaskedAutoregressive:
     """Builds a conditional MAF layer; the context feeds every MADE hidden unit.
+
+    Arguments as :func:`masked_autoregressive`; ``cache_size`` applies to the transforms
+    that ``condition(context)`` returns.
 
     Example:
         >>> conditional_masked_autoregressive(4, 2).made.context_dim
@@ -242,7 +267,7 @@ def conditional_masked_autoregressive(
     """
     h = _elementwise(elementwise, log_scale_bound)
     made = _made(input_dim, hidden_dims, h, order, context_dim)
-    return ConditionalMaskedAutoregressive(input_dim, made, h)
+    return ConditionalMaskedAutoregressive(input_dim, made, h, cache_size=cache_size)
 
 
 def conditional_inverse_autoregressive(
@@ -253,8 +278,12 @@ def conditional_inverse_autoregressive(
     elementwise: str | ElementwiseBijection = "affine",
     order: torch.Tensor | None = None,
     log_scale_bound: float = 3.0,
+    cache_size: int = 1,
 ) -> ConditionalInverseAutoregressive:
     """Builds a conditional IAF layer; the context feeds every MADE hidden unit.
+
+    Arguments as :func:`masked_autoregressive`; ``cache_size`` applies to the transforms
+    that ``condition(context)`` returns.
 
     Example:
         >>> conditional_inverse_autoregressive(4, 2).made.context_dim
@@ -262,4 +291,4 @@ def conditional_inverse_autoregressive(
     """
     h = _elementwise(elementwise, log_scale_bound)
     made = _made(input_dim, hidden_dims, h, order, context_dim)
-    return ConditionalInverseAutoregressive(input_dim, made, h)
+    return ConditionalInverseAutoregressive(input_dim, made, h, cache_size=cache_size)

@@ -35,9 +35,9 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
-from pyro.distributions import constraints
-from pyro.distributions.torch_transform import TransformModule
 from torch import Tensor, nn
+
+from pyro_gen.transforms._base import FlowTransformModule
 
 __all__ = [
     "AugmentedDynamics",
@@ -412,27 +412,7 @@ class ODEConvNet(nn.Module):
         return h
 
 
-class _LadjCache:
-    """The last ``(x, y, log|det J|)`` of a solve, so ``log_abs_det_jacobian`` costs nothing.
-
-    Not torch's ``cache_size=1``: that returns the stale ``x`` (and its freed graph) whenever the
-    same data tensor is passed again, as in an SVI loop over a fixed batch. Dropped on copy.
-    """
-
-    def __init__(self) -> None:
-        self.x = self.y = self.ladj = None
-
-    def store(self, x: Tensor, y: Tensor, ladj: Tensor) -> None:
-        self.x, self.y, self.ladj = x, y, ladj
-
-    def __deepcopy__(self, memo: dict) -> _LadjCache:
-        return _LadjCache()
-
-    def __reduce__(self) -> tuple:
-        return (_LadjCache, ())
-
-
-class ContinuousFlow(TransformModule):
+class ContinuousFlow(FlowTransformModule):
     r"""Continuous normalizing flow (FFJORD) as a Pyro ``TransformModule``.
 
     The forward map (base to data, the direction ``TransformedDistribution`` samples in)
@@ -446,7 +426,10 @@ class ContinuousFlow(TransformModule):
             = -\int_{t_0}^{t_1}\operatorname{tr}\frac{\partial f}{\partial z(t)}\, dt,
 
     computed during the solve and cached for the ``(x, y)`` pair; exact up to solver tolerance
-    with ``trace="exact"``, an unbiased estimate with ``trace="hutchinson"``.
+    with ``trace="exact"``, an unbiased estimate with ``trace="hutchinson"``. Both directions
+    cost a solve, so by default (``cache_size=1``) the inverse of the flow's own sample is the
+    cached input (the cache is invalidated when the parameters change, see
+    :class:`~pyro_gen.transforms.FlowTransformModule`).
 
     Args:
         dynamics: the network ``f(z, t)`` (e.g. :class:`ODEMLP`, :class:`ODEConvNet`).
@@ -460,6 +443,7 @@ class ContinuousFlow(TransformModule):
         atol: absolute tolerance.
         options: torchdiffeq solver options.
         adjoint: adjoint gradients (``odeint_adjoint``).
+        cache_size: 1 (default) or 0.
 
     References:
         Grathwohl et al. FFJORD. ICLR 2019, arXiv:1810.01367.
@@ -471,8 +455,6 @@ class ContinuousFlow(TransformModule):
         >>> d.log_prob(torch.randn(5, 2)).shape
         torch.Size([5])
     """
-
-    bijective = True
 
     def __init__(
         self,
@@ -487,10 +469,10 @@ class ContinuousFlow(TransformModule):
         atol: float = 1e-5,
         options: dict | None = None,
         adjoint: bool = False,
+        cache_size: int = 1,
     ) -> None:
-        super().__init__(cache_size=0)
+        super().__init__(tuple(event_shape), cache_size=cache_size)
         self.dynamics = dynamics
-        self.event_shape = torch.Size(event_shape)
         if trace is None:
             numel = math.prod(self.event_shape)
             trace = "exact" if numel <= EXACT_TRACE_MAX_DIM else "hutchinson"
@@ -501,24 +483,8 @@ class ContinuousFlow(TransformModule):
         self.method, self.rtol, self.atol = method, rtol, atol
         self.options = options
         self.adjoint = adjoint
-        self._ladj_cache = _LadjCache()
-
-    @property
-    def domain(self) -> constraints.Constraint:
-        return constraints.independent(constraints.real, len(self.event_shape))
-
-    codomain = domain
-
-    def _check(self, x: Tensor) -> None:
-        k = len(self.event_shape)
-        if x.dim() < k or x.shape[x.dim() - k :] != self.event_shape:
-            raise ValueError(
-                f"expected input ending in event shape {tuple(self.event_shape)}, "
-                f"got {tuple(x.shape)}"
-            )
 
     def _solve(self, x: Tensor, ta: float, tb: float) -> tuple[Tensor, Tensor]:
-        self._check(x)
         return odeint_with_logdet(
             self.dynamics,
             x,
@@ -534,22 +500,12 @@ class ContinuousFlow(TransformModule):
             adjoint_params=tuple(self.dynamics.parameters()) if self.adjoint else None,
         )
 
-    def _call(self, x: Tensor) -> Tensor:
-        y, logdet = self._solve(x, self.t1, self.t0)
-        self._ladj_cache.store(x, y, logdet)
-        return y
+    def _forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self._solve(x, self.t1, self.t0)
 
-    def _inverse(self, y: Tensor) -> Tensor:
+    def _backward(self, y: Tensor) -> tuple[Tensor, Tensor]:
         x, logdet = self._solve(y, self.t0, self.t1)
-        # log|det dy/dx| = -log|det dx/dy|
-        self._ladj_cache.store(x, y, -logdet)
-        return x
-
-    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
-        cache = self._ladj_cache
-        if cache.x is x and cache.y is y:
-            return cache.ladj
-        return self._solve(x, self.t1, self.t0)[1]
+        return x, -logdet  # log|det dy/dx| = -log|det dx/dy|
 
 
 def cnf(

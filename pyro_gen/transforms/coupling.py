@@ -12,7 +12,7 @@ from torch import nn
 
 from pyro_gen.nn.mlp import MLP
 from pyro_gen.nn.resnet import ResNetConv
-from pyro_gen.transforms._base import FlowTransformModule, as_event_shape
+from pyro_gen.transforms._base import FlowTransformModule, PicklableModule, as_event_shape
 from pyro_gen.transforms.elementwise import Additive, Affine, ElementwiseBijection
 from pyro_gen.transforms.masks import alternating_mask, channel_mask, checkerboard_mask, half_mask
 
@@ -81,7 +81,8 @@ class Coupling(FlowTransformModule):
         mask: bool tensor of the event shape, ``True`` where the input is kept.
         conditioner: network (or any callable) as above.
         elementwise: the element-wise bijection :math:`h`.
-        cache_size: torch transform cache (0 or 1).
+        cache_size: 1 (default, as Pyro's ``AffineCoupling``) remembers the last
+            input/output pair, so ``t.inv(t(x))`` costs nothing; 0 recomputes.
 
     References:
         Dinh et al., NICE: Non-linear Independent Components Estimation, arXiv:1410.8516.
@@ -103,7 +104,7 @@ class Coupling(FlowTransformModule):
         conditioner: Conditioner,
         elementwise: ElementwiseBijection,
         *,
-        cache_size: int = 0,
+        cache_size: int = 1,
         _layout: _Layout | None = None,
     ) -> None:
         mask = torch.as_tensor(mask).bool()
@@ -206,7 +207,7 @@ class AdditiveCoupling(Coupling):
         [0.0, 0.0]
     """
 
-    def __init__(self, mask: torch.Tensor, conditioner: Conditioner, *, cache_size: int = 0):
+    def __init__(self, mask: torch.Tensor, conditioner: Conditioner, *, cache_size: int = 1):
         super().__init__(mask, conditioner, Additive(), cache_size=cache_size)
 
 
@@ -232,12 +233,12 @@ class AffineCoupling(Coupling):
         conditioner: Conditioner,
         *,
         log_scale_bound: float = 3.0,
-        cache_size: int = 0,
+        cache_size: int = 1,
     ):
         super().__init__(mask, conditioner, Affine(log_scale_bound), cache_size=cache_size)
 
 
-class ConditionalCoupling(ConditionalTransformModule):
+class ConditionalCoupling(PicklableModule, ConditionalTransformModule):
     r"""Coupling layer whose conditioner also sees a context :math:`c` (e.g. a class one-hot).
 
     :math:`\theta = \theta(m \odot x, c)`. ``condition(context)`` returns a
@@ -248,6 +249,7 @@ class ConditionalCoupling(ConditionalTransformModule):
         mask: bool mask (see :class:`Coupling`).
         conditioner: network called as ``conditioner(h, context)``.
         elementwise: element-wise bijection.
+        cache_size: cache of the transforms ``condition`` returns (see :class:`Coupling`).
 
     Example:
         >>> t = conditional_affine_coupling(4, context_dim=3)
@@ -262,12 +264,15 @@ class ConditionalCoupling(ConditionalTransformModule):
         mask: torch.Tensor,
         conditioner: nn.Module,
         elementwise: ElementwiseBijection,
+        *,
+        cache_size: int = 1,
     ) -> None:
         super().__init__()
         mask = torch.as_tensor(mask).bool()
         self.register_buffer("mask", mask)
         self.conditioner = conditioner
         self.elementwise = elementwise
+        self.cache_size = cache_size
         self.event_shape = tuple(mask.shape)
         self._layout = _Layout(mask)
         if self._layout.split:
@@ -281,7 +286,9 @@ class ConditionalCoupling(ConditionalTransformModule):
         if layout.split:
             layout.cond_idx, layout.trans_idx = self.cond_idx, self.trans_idx
         cond = functools.partial(self.conditioner, context=context)
-        return Coupling(self.mask, cond, self.elementwise, _layout=layout)
+        return Coupling(
+            self.mask, cond, self.elementwise, cache_size=self.cache_size, _layout=layout
+        )
 
 
 class ConditionalAdditiveCoupling(ConditionalCoupling):
@@ -293,8 +300,8 @@ class ConditionalAdditiveCoupling(ConditionalCoupling):
         torch.Size([3, 4])
     """
 
-    def __init__(self, mask: torch.Tensor, conditioner: nn.Module) -> None:
-        super().__init__(mask, conditioner, Additive())
+    def __init__(self, mask: torch.Tensor, conditioner: nn.Module, *, cache_size: int = 1) -> None:
+        super().__init__(mask, conditioner, Additive(), cache_size=cache_size)
 
 
 class ConditionalAffineCoupling(ConditionalCoupling):
@@ -307,9 +314,14 @@ class ConditionalAffineCoupling(ConditionalCoupling):
     """
 
     def __init__(
-        self, mask: torch.Tensor, conditioner: nn.Module, *, log_scale_bound: float = 3.0
+        self,
+        mask: torch.Tensor,
+        conditioner: nn.Module,
+        *,
+        log_scale_bound: float = 3.0,
+        cache_size: int = 1,
     ) -> None:
-        super().__init__(mask, conditioner, Affine(log_scale_bound))
+        super().__init__(mask, conditioner, Affine(log_scale_bound), cache_size=cache_size)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -374,6 +386,7 @@ def coupling(
     hidden_dims: Sequence[int] = (256, 256),
     hidden_channels: int = 64,
     num_blocks: int = 2,
+    cache_size: int = 1,
 ) -> Coupling:
     """Builds a :class:`Coupling` with an MLP (vectors) or ResNetConv (images) conditioner.
 
@@ -387,6 +400,7 @@ def coupling(
         hidden_dims: MLP hidden widths (vectors).
         hidden_channels: ResNetConv width (images).
         num_blocks: ResNetConv residual blocks (images).
+        cache_size: 1 (Pyro's default for couplings) or 0; see :class:`Coupling`.
 
     Example:
         >>> coupling(6, Affine(), hidden_dims=[8])(torch.randn(6)).shape
@@ -394,7 +408,7 @@ def coupling(
     """
     m = make_mask(event_shape, mask, parity)
     net = _conditioner(m, elementwise.num_params, hidden_dims, hidden_channels, num_blocks, 0)
-    return Coupling(m, net, elementwise)
+    return Coupling(m, net, elementwise, cache_size=cache_size)
 
 
 def additive_coupling(
@@ -405,6 +419,7 @@ def additive_coupling(
     hidden_dims: Sequence[int] = (256, 256),
     hidden_channels: int = 64,
     num_blocks: int = 2,
+    cache_size: int = 1,
 ) -> AdditiveCoupling:
     """Builds an :class:`AdditiveCoupling` (NICE); arguments as in :func:`coupling`.
 
@@ -413,7 +428,8 @@ def additive_coupling(
         [0, 1, 0, 1]
     """
     m = make_mask(event_shape, mask, parity)
-    return AdditiveCoupling(m, _conditioner(m, 1, hidden_dims, hidden_channels, num_blocks, 0))
+    net = _conditioner(m, 1, hidden_dims, hidden_channels, num_blocks, 0)
+    return AdditiveCoupling(m, net, cache_size=cache_size)
 
 
 def affine_coupling(
@@ -425,6 +441,7 @@ def affine_coupling(
     hidden_channels: int = 64,
     num_blocks: int = 2,
     log_scale_bound: float = 3.0,
+    cache_size: int = 1,
 ) -> AffineCoupling:
     """Builds an :class:`AffineCoupling` (RealNVP); arguments as in :func:`coupling`.
 
@@ -435,7 +452,7 @@ def affine_coupling(
     """
     m = make_mask(event_shape, mask, parity)
     net = _conditioner(m, 2, hidden_dims, hidden_channels, num_blocks, 0)
-    return AffineCoupling(m, net, log_scale_bound=log_scale_bound)
+    return AffineCoupling(m, net, log_scale_bound=log_scale_bound, cache_size=cache_size)
 
 
 def conditional_additive_coupling(
@@ -447,6 +464,7 @@ def conditional_additive_coupling(
     hidden_dims: Sequence[int] = (256, 256),
     hidden_channels: int = 64,
     num_blocks: int = 2,
+    cache_size: int = 1,
 ) -> ConditionalAdditiveCoupling:
     """Builds a :class:`ConditionalAdditiveCoupling`; the context is fed to the conditioner.
 
@@ -457,7 +475,7 @@ def conditional_additive_coupling(
     """
     m = make_mask(event_shape, mask, parity)
     net = _conditioner(m, 1, hidden_dims, hidden_channels, num_blocks, context_dim)
-    return ConditionalAdditiveCoupling(m, net)
+    return ConditionalAdditiveCoupling(m, net, cache_size=cache_size)
 
 
 def conditional_affine_coupling(
@@ -470,6 +488,7 @@ def conditional_affine_coupling(
     hidden_channels: int = 64,
     num_blocks: int = 2,
     log_scale_bound: float = 3.0,
+    cache_size: int = 1,
 ) -> ConditionalAffineCoupling:
     """Builds a :class:`ConditionalAffineCoupling`; the context is fed to the conditioner.
 
@@ -480,4 +499,4 @@ def conditional_affine_coupling(
     """
     m = make_mask(event_shape, mask, parity)
     net = _conditioner(m, 2, hidden_dims, hidden_channels, num_blocks, context_dim)
-    return ConditionalAffineCoupling(m, net, log_scale_bound=log_scale_bound)
+    return ConditionalAffineCoupling(m, net, log_scale_bound=log_scale_bound, cache_size=cache_size)

@@ -23,8 +23,16 @@ class InvertibleConv1x1(FlowTransformModule):
 
     costs :math:`O(C)` instead of :math:`O(C^3)`, and the inverse uses two triangular
     solves. :math:`P`, :math:`\operatorname{sign}(s)` and the triangular masks are
-    buffers. Initialised at a random rotation (as Glow). With ``event_shape=(D,)`` the
-    same map acts on vectors (an invertible linear layer).
+    buffers. With ``event_shape=(D,)`` the same map acts on vectors (an invertible linear
+    layer).
+
+    Initialised at a uniformly random rotation (as Glow), drawn so that all of its
+    randomness sits in the parameters: :math:`P = I` and :math:`\operatorname{sign}(s) = +1`.
+    (If :math:`Q = P' L U` is a random rotation, :math:`P'^\top Q D` with
+    :math:`D = \operatorname{diag}(\operatorname{sign}\, U_{ii})` is one too, by the
+    invariance of the Haar measure, and factors without pivoting.) A model restored from
+    parameters alone, as Pyro's param store does, is then the saved map, not one with
+    another random permutation.
 
     The inverse raises ``ValueError`` if the matrix has become numerically singular
     (non-finite :math:`\log|s|` or :math:`|s| < 10^{-12}`) instead of returning garbage
@@ -32,6 +40,7 @@ class InvertibleConv1x1(FlowTransformModule):
 
     Args:
         event_shape: ``(C, H, W)`` for images or ``D`` / ``(D,)`` for vectors.
+        cache_size: 0 (default, as Pyro's ``GeneralizedChannelPermute``) or 1.
 
     References:
         Kingma and Dhariwal, Glow: Generative Flow with Invertible 1x1 Convolutions,
@@ -46,16 +55,18 @@ class InvertibleConv1x1(FlowTransformModule):
         True
     """
 
-    def __init__(self, event_shape: int | tuple[int, ...]) -> None:
-        super().__init__(event_shape)
+    def __init__(self, event_shape: int | tuple[int, ...], *, cache_size: int = 0) -> None:
+        super().__init__(event_shape, cache_size=cache_size)
         if len(self.event_shape) not in (1, 3):
             raise ValueError(f"event_shape must be (D,) or (C, H, W), got {self.event_shape}")
         c = self.event_shape[0]
         q = torch.linalg.qr(torch.randn(c, c))[0]
-        p, lower, upper = torch.linalg.lu(q)
+        _, lower, upper = torch.linalg.lu(q)
+        upper = upper * torch.sign(torch.diagonal(upper))  # W = L U = P'^T Q D, see above
         s = torch.diagonal(upper)
-        self.register_buffer("perm", p)
-        self.register_buffer("sign_s", torch.sign(s))
+        # buffers kept (fixed at I and +1) so state_dicts of earlier versions still load
+        self.register_buffer("perm", torch.eye(c))
+        self.register_buffer("sign_s", torch.ones(c))
         self.register_buffer("lower_mask", torch.tril(torch.ones(c, c), -1))
         self.register_buffer("eye", torch.eye(c))
         self.lower = nn.Parameter(lower * self.lower_mask)
@@ -108,11 +119,13 @@ class InvertibleConv1x1(FlowTransformModule):
         return self._mix(self.inverse_weight(), y), self._ladj(y)
 
 
-def invertible_conv1x1(event_shape: int | tuple[int, ...]) -> InvertibleConv1x1:
+def invertible_conv1x1(
+    event_shape: int | tuple[int, ...], *, cache_size: int = 0
+) -> InvertibleConv1x1:
     """Builds an :class:`InvertibleConv1x1` (no conditioner; for API symmetry).
 
     Example:
         >>> invertible_conv1x1(4).weight().shape
         torch.Size([4, 4])
     """
-    return InvertibleConv1x1(event_shape)
+    return InvertibleConv1x1(event_shape, cache_size=cache_size)

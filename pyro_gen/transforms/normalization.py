@@ -8,12 +8,13 @@ data, so that is where data statistics are taken.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from pyro_gen.transforms._base import FlowTransformModule, as_event_shape
+from pyro_gen.transforms._base import FlowTransformModule, as_event_shape, parameter_stamp
 
 
 def _feature_view(event_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -41,12 +42,19 @@ class ActNorm(FlowTransformModule):
     On its first call, :math:`s, b` are set from that batch so the output of whichever
     direction is called is standardized per channel: called on data (``inv``, as in
     ``log_prob``) the latent side gets zero mean and unit variance; called on base samples
-    (forward) the output does. Afterwards they are ordinary parameters. ``initialized`` is
-    a buffer, so a saved and reloaded model does not re-initialize.
+    (forward) the output does. Afterwards they are ordinary parameters.
+
+    Until then :math:`s, b` are NaN: the parameters themselves record whether the
+    initialization happened, so every path that restores them restores that too
+    (``load_state_dict``; Pyro's param store ``save``/``load`` followed by
+    ``pyro.module(name, module, update_module_params=True)``, which carries parameters
+    only; assigning ``.data``). A separate flag buffer would be lost on the param-store
+    path, and the module would re-initialize over the loaded weights.
 
     Args:
         event_shape: ``D`` / ``(D,)`` or ``(C, H, W)``.
         eps: added to the standard deviation at initialization.
+        cache_size: 0 (default) or 1, see :class:`~pyro_gen.transforms.FlowTransformModule`.
 
     References:
         Kingma and Dhariwal, Glow: Generative Flow with Invertible 1x1 Convolutions,
@@ -54,27 +62,35 @@ class ActNorm(FlowTransformModule):
 
     Example:
         >>> t = ActNorm((2, 4, 4))
+        >>> t.initialized
+        False
         >>> y = 3.0 + 5.0 * torch.randn(64, 2, 4, 4)
         >>> x = t.inv(y)  # first call: data-dependent init
-        >>> bool(t.initialized), round(x.std().item(), 2)
+        >>> t.initialized, round(x.std().item(), 2)
         (True, 1.0)
     """
 
-    def __init__(self, event_shape: int | Sequence[int], *, eps: float = 1e-6) -> None:
+    def __init__(
+        self, event_shape: int | Sequence[int], *, eps: float = 1e-6, cache_size: int = 0
+    ) -> None:
         shape = as_event_shape(event_shape)
-        super().__init__(shape)
+        super().__init__(shape, cache_size=cache_size)
         n = shape[0]
         self.eps = eps
-        self.loc = nn.Parameter(torch.zeros(n))
-        self.log_scale = nn.Parameter(torch.zeros(n))
-        self.register_buffer("initialized", torch.tensor(False))
-        # Python mirror of the buffer: once True, calls skip reading the buffer (no host
-        # sync on GPU, no data-dependent branch when traced)
+        self.loc = nn.Parameter(torch.full((n,), math.nan))
+        self.log_scale = nn.Parameter(torch.full((n,), math.nan))
+        # Python mirror of "the parameters are set": once True, calls skip reading them (no
+        # host sync on GPU, no data-dependent branch when traced)
         self._initialized = False
         self._view = _feature_view(shape)
         self._spatial = 1
         for s in shape[1:]:
             self._spatial *= s
+
+    @property
+    def initialized(self) -> bool:
+        """Whether the data-dependent initialization has set the parameters."""
+        return not bool(torch.isnan(self.log_scale).any() or torch.isnan(self.loc).any())
 
     @torch.no_grad()
     def _initialize(self, v: torch.Tensor, data_side: bool) -> None:
@@ -87,17 +103,22 @@ class ActNorm(FlowTransformModule):
         else:  # y = x e^{s} + b standardized
             self.log_scale.copy_(-std.log())
             self.loc.copy_(-mean / std)
-        self.initialized.fill_(True)
         self._initialized = True
 
     def _needs_init(self) -> bool:
         if not self._initialized:
-            self._initialized = bool(self.initialized)
+            self._initialized = self.initialized
         return not self._initialized
 
-    def _load_from_state_dict(self, *args, **kwargs) -> None:
-        super()._load_from_state_dict(*args, **kwargs)
-        self._initialized = False  # re-read the loaded buffer on the next call
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # state saved before the flag moved into the parameters: drop the old buffer's key
+        legacy = state_dict.pop(prefix + "initialized", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if legacy is not None and not bool(legacy):
+            with torch.no_grad():
+                self.loc.fill_(math.nan)
+                self.log_scale.fill_(math.nan)
+        self._initialized = False  # re-read the loaded parameters on the next call
 
     def _ladj(self, batch_shape: torch.Size) -> torch.Tensor:
         return (self.log_scale.sum() * self._spatial).expand(batch_shape)
@@ -145,6 +166,7 @@ class BatchNorm(FlowTransformModule):
         event_shape: ``D`` / ``(D,)`` or ``(C, H, W)``.
         momentum: running-average momentum.
         eps: variance floor :math:`\epsilon`.
+        cache_size: 0 (default, as Pyro's ``BatchNorm``) or 1.
 
     References:
         Ioffe and Szegedy, Batch Normalization, arXiv:1502.03167.
@@ -160,10 +182,15 @@ class BatchNorm(FlowTransformModule):
     """
 
     def __init__(
-        self, event_shape: int | Sequence[int], *, momentum: float = 0.1, eps: float = 1e-5
+        self,
+        event_shape: int | Sequence[int],
+        *,
+        momentum: float = 0.1,
+        eps: float = 1e-5,
+        cache_size: int = 0,
     ) -> None:
         shape = as_event_shape(event_shape)
-        super().__init__(shape)
+        super().__init__(shape, cache_size=cache_size)
         n = shape[0]
         self.momentum = momentum
         self.eps = eps
@@ -211,7 +238,7 @@ class BatchNorm(FlowTransformModule):
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         cache = self._ladj_cache
-        if cache.x is x and cache.y is y:
+        if cache.x is x and cache.y is y and cache.stamp == parameter_stamp(self):
             return cache.ladj
         # cache miss: follow the density convention (statistics of the data-side batch)
         # without touching the running averages

@@ -17,6 +17,7 @@ class Permute(FlowTransformModule):
     Args:
         permutation: a permutation of ``range(event_shape[0])``.
         event_shape: ``D`` / ``(D,)`` or ``(C, H, W)``; defaults to ``(len(permutation),)``.
+        cache_size: 1 (default, as Pyro's ``Permute``) or 0.
 
     Example:
         >>> t = Permute(torch.tensor([2, 0, 1]))
@@ -25,11 +26,15 @@ class Permute(FlowTransformModule):
     """
 
     def __init__(
-        self, permutation: torch.Tensor, event_shape: int | tuple[int, ...] | None = None
+        self,
+        permutation: torch.Tensor,
+        event_shape: int | tuple[int, ...] | None = None,
+        *,
+        cache_size: int = 1,
     ) -> None:
         permutation = torch.as_tensor(permutation, dtype=torch.long)
         n = permutation.numel()
-        super().__init__((n,) if event_shape is None else event_shape)
+        super().__init__((n,) if event_shape is None else event_shape, cache_size=cache_size)
         if self.event_shape[0] != n or not torch.equal(
             permutation.cpu().sort().values, torch.arange(n)
         ):
@@ -71,7 +76,11 @@ def random_permutation(n: int, seed: int | None = None) -> torch.Tensor:
 
 
 def permute(
-    event_shape: int | tuple[int, ...], kind: str = "reverse", seed: int | None = None
+    event_shape: int | tuple[int, ...],
+    kind: str = "reverse",
+    seed: int | None = None,
+    *,
+    cache_size: int = 1,
 ) -> Permute:
     """Builds a :class:`Permute`: ``kind="reverse"`` or ``"random"`` over the first event dim.
 
@@ -86,4 +95,4 @@ def permute(
         perm = random_permutation(shape[0], seed)
     else:
         raise ValueError(f"kind must be 'reverse' or 'random', got {kind!r}")
-    return Permute(perm, shape)
+    return Permute(perm, shape, cache_size=cache_size)

@@ -38,6 +38,7 @@ class Squeeze(FlowTransformModule):
     Args:
         event_shape: input ``(C, H, W)`` with even ``H`` and ``W``.
         factor: block size (2).
+        cache_size: 0 (default) or 1.
 
     References:
         Dinh et al., Density estimation using Real NVP, arXiv:1605.08803.
@@ -47,14 +48,15 @@ class Squeeze(FlowTransformModule):
         [0.0, 1.0, 4.0, 5.0]
     """
 
-    def __init__(self, event_shape: Sequence[int], factor: int = 2) -> None:
+    def __init__(self, event_shape: Sequence[int], factor: int = 2, *, cache_size: int = 0) -> None:
         shape = as_event_shape(event_shape)
         if len(shape) != 3:
             raise ValueError(f"Squeeze needs an image event shape (C, H, W), got {shape}")
         c, h, w = shape
         if h % factor or w % factor:
             raise ValueError(f"Squeeze by {factor} needs H and W divisible by it, got {shape}")
-        super().__init__(shape, (c * factor * factor, h // factor, w // factor))
+        out = (c * factor * factor, h // factor, w // factor)
+        super().__init__(shape, out, cache_size=cache_size)
         self.factor = factor
 
     def _forward(self, x):
@@ -70,6 +72,7 @@ class Unsqueeze(FlowTransformModule):
     Args:
         event_shape: input ``(C, H, W)`` with ``C`` divisible by ``factor**2``.
         factor: block size (2).
+        cache_size: 0 (default) or 1.
 
     Example:
         >>> x = torch.randn(3, 2, 4, 4)
@@ -77,12 +80,13 @@ class Unsqueeze(FlowTransformModule):
         True
     """
 
-    def __init__(self, event_shape: Sequence[int], factor: int = 2) -> None:
+    def __init__(self, event_shape: Sequence[int], factor: int = 2, *, cache_size: int = 0) -> None:
         shape = as_event_shape(event_shape)
         if len(shape) != 3 or shape[0] % (factor * factor):
             raise ValueError(f"Unsqueeze needs (C, H, W) with C divisible by {factor**2}: {shape}")
         c, h, w = shape
-        super().__init__(shape, (c // (factor * factor), h * factor, w * factor))
+        out = (c // (factor * factor), h * factor, w * factor)
+        super().__init__(shape, out, cache_size=cache_size)
         self.factor = factor
 
     def _forward(self, x):
@@ -129,6 +133,7 @@ class MultiScale(FlowTransformModule):
         image_shape: data event shape ``(C, H, W)``.
         levels: one transform (or list) per level, finest level first.
         split: fraction of channels that continue to the next level (RealNVP: 1/2).
+        cache_size: 0 (default) or 1 for the whole map (each part keeps its own cache).
 
     References:
         Dinh et al., Density estimation using Real NVP, arXiv:1605.08803.
@@ -153,12 +158,13 @@ class MultiScale(FlowTransformModule):
         levels: Sequence[Transform | Sequence[Transform]],
         *,
         split: float = 0.5,
+        cache_size: int = 0,
     ) -> None:
         image_shape = as_event_shape(image_shape)
         if len(image_shape) != 3:
             raise ValueError(f"MultiScale needs an image shape (C, H, W), got {image_shape}")
         numel = image_shape[0] * image_shape[1] * image_shape[2]
-        super().__init__((numel,), image_shape)
+        super().__init__((numel,), image_shape, cache_size=cache_size)
         self.image_shape = image_shape
         self._levels = [_parts(level) for level in levels]
         if not self._levels:
@@ -228,6 +234,7 @@ def multi_scale(
     num_levels: int,
     *,
     squeeze: bool = True,
+    cache_size: int = 0,
 ) -> MultiScale:
     """Builds a :class:`MultiScale` by calling ``level_fn(shape, is_last)`` per level.
 
@@ -242,6 +249,7 @@ def multi_scale(
         level_fn: builds the transforms of one level for its (squeezed) shape.
         num_levels: number of levels :math:`L`.
         squeeze: squeeze at the start of every level.
+        cache_size: cache of the whole map (see :class:`MultiScale`).
 
     Example:
         >>> from pyro_gen.transforms import ActNorm
@@ -263,4 +271,4 @@ def multi_scale(
             inner = tuple(ComposeTransform(parts).inverse_shape(shape))
         levels.append(parts)
         shape = (inner[0] - inner[0] // 2, *inner[1:])
-    return MultiScale(image_shape, levels)
+    return MultiScale(image_shape, levels, cache_size=cache_size)

@@ -196,14 +196,13 @@ register(
 )
 
 # ------------------------------------------------------------------- normalization
-register(Case("actnorm_vec", lambda: T.ActNorm(3), (3,), (T.ActNorm,), buffers=("initialized",)))
+register(Case("actnorm_vec", lambda: T.ActNorm(3), (3,), (T.ActNorm,)))
 register(
     Case(
         "actnorm_img",
         lambda: T.ActNorm((2, 3, 3)),
         (2, 3, 3),
         (T.ActNorm,),
-        buffers=("initialized",),
     )
 )
 register(
@@ -294,9 +293,7 @@ def _multiscale():
     return T.multi_scale((1, 4, 4), level, num_levels=2)
 
 
-register(
-    Case("multiscale", _multiscale, (16,), (T.MultiScale,), buffers=("initialized", "perm", "mask"))
-)
+register(Case("multiscale", _multiscale, (16,), (T.MultiScale,), buffers=("perm", "mask")))
 
 
 def _multiscale_realnvp():

@@ -124,8 +124,8 @@ def test_actnorm_init_flag_survives_state_dict() -> None:
     t = ActNorm(2)
     t.inv(torch.randn(16, 2) * 3)
     sd = t.state_dict()
-    assert "initialized" in sd and bool(sd["initialized"])
     fresh = ActNorm(2)
+    assert not fresh.initialized
     fresh.load_state_dict(sd)
     y = torch.randn(5, 2) + 100.0  # would give very different parameters if re-initialised
     torch.testing.assert_close(fresh.inv(y), t.inv(y))
@@ -137,4 +137,20 @@ def test_actnorm_loading_an_uninitialized_state_resets_the_flag() -> None:
     t.inv(torch.randn(8, 2))
     t.load_state_dict(fresh_state)  # back to "not initialised"
     x = t.inv(5.0 + 2.0 * torch.randn(64, 2))
+    torch.testing.assert_close(x.mean(0), torch.zeros(2), atol=1e-5, rtol=0)
+
+
+def test_actnorm_loads_legacy_state_with_the_flag_buffer() -> None:
+    # state_dicts saved while the flag was a buffer still load (strict), with its meaning
+    t = ActNorm(2)
+    t.inv(torch.randn(16, 2) * 3)
+    done = {**t.state_dict(), "initialized": torch.tensor(True)}
+    not_done = {**t.state_dict(), "initialized": torch.tensor(False)}
+    fresh = ActNorm(2)
+    fresh.load_state_dict(done)
+    y = torch.randn(5, 2) + 100.0
+    torch.testing.assert_close(fresh.inv(y), t.inv(y))
+    fresh.load_state_dict(not_done)
+    assert not fresh.initialized
+    x = fresh.inv(5.0 + 2.0 * torch.randn(64, 2))
     torch.testing.assert_close(x.mean(0), torch.zeros(2), atol=1e-5, rtol=0)

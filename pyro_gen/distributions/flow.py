@@ -11,7 +11,7 @@ from pyro.distributions.util import is_validation_enabled
 from torch import nn
 from torch.distributions import Transform
 
-from pyro_gen.transforms._base import as_event_shape, modules_of
+from pyro_gen.transforms._base import PicklableModule, as_event_shape, modules_of
 
 
 class FlowDistribution(dist.TransformedDistribution):
@@ -19,8 +19,9 @@ class FlowDistribution(dist.TransformedDistribution):
 
     :math:`\log p(x) = \log p_u(f^{-1}(x)) - \log|\det J_f(f^{-1}(x))|`. Batch shape is
     the base's; under ``pyro.plate`` it is expanded like any Pyro distribution. While
-    validation is on, ``log_prob`` raises a clear ``ValueError`` on a wrong event shape or
-    non-finite values instead of returning a wrong number.
+    validation is on, ``log_prob`` raises a clear ``ValueError`` on a wrong event shape,
+    non-finite values or values outside the support (the last transform's codomain)
+    instead of returning a wrong number.
 
     Example:
         >>> from pyro_gen.transforms import affine_coupling
@@ -42,10 +43,17 @@ class FlowDistribution(dist.TransformedDistribution):
                 )
             if not bool(torch.isfinite(value).all()):
                 raise ValueError("flow log_prob got non-finite values (nan or inf)")
+            # a short message instead of torch's, which prints the whole tensor
+            if not bool(self.support.check(value).all()):
+                raise ValueError(
+                    f"flow log_prob got values in [{value.min().item():.4g}, "
+                    f"{value.max().item():.4g}], outside the support of the flow's last "
+                    f"transform, {self.support}"
+                )
         return super().log_prob(value)
 
 
-class Flow(nn.Module):
+class Flow(PicklableModule):
     r"""A normalizing flow as a module; calling it returns a :class:`FlowDistribution`.
 
     Holds the transforms (registered, so ``pyro.module`` and ``.to(device)`` see their

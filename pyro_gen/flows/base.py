@@ -27,11 +27,12 @@ from collections.abc import Sequence
 
 import pyro
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.distributions import Transform
 from torch.distributions.transforms import ReshapeTransform
 
 from pyro_gen.distributions.flow import Flow, FlowDistribution
+from pyro_gen.transforms._base import PicklableModule
 from pyro_gen.transforms.dequantization import (
     ScaledSigmoid,
     UniformDequantization,
@@ -92,7 +93,7 @@ def make_dequantizer(
     )
 
 
-class FlowModel(nn.Module):
+class FlowModel(PicklableModule):
     """A normalizing flow density model following the pyro_gen model protocol.
 
     Args:

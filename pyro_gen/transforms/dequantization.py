@@ -38,6 +38,8 @@ from pyro.distributions.transforms import Permute, conditional_affine_coupling
 from torch import Tensor, nn
 from torch.distributions.transforms import ReshapeTransform, Transform
 
+from pyro_gen.transforms._base import PicklableModule
+
 __all__ = ["ScaledSigmoid", "UniformDequantization", "VariationalDequantization"]
 
 
@@ -45,22 +47,31 @@ class ScaledSigmoid(Transform):
     r"""Map logit space to pixel space: :math:`x = (\sigma(y) - \alpha) / (1 - 2\alpha)`.
 
     Its inverse is the logit preprocessing of RealNVP,
-    :math:`y = \operatorname{logit}(\alpha + (1 - 2\alpha) x)`, finite for :math:`x \in [0, 1]`.
-    Put it last in an image flow so the model's density lives on pixels in :math:`[0,1]`:
+    :math:`y = \operatorname{logit}(\alpha + (1 - 2\alpha) x)`. Put it last in an image flow
+    so the model's density lives on pixels in :math:`[0,1]`:
 
     .. math::
 
         \log\left|\frac{dx}{dy}\right| = \log\sigma(y) + \log\sigma(-y) - \log(1 - 2\alpha).
 
+    The codomain is the true range of the map, the interval
+    :math:`[-\alpha/(1-2\alpha),\ (1-\alpha)/(1-2\alpha)]` (slightly wider than
+    :math:`[0, 1]`), and the inverse is total on it: as in torch's ``SigmoidTransform`` the
+    sigmoid's argument is clipped to :math:`[\text{tiny}, 1 - \text{eps}]` of the dtype, so
+    the end points map to finite logits. A value outside the interval raises ``ValueError``.
+
     Args:
         alpha: boundary margin (0.05 in RealNVP, 1e-6 in MAF).
         event_dim: number of rightmost dimensions summed in the log-determinant.
+        cache_size: torch transform cache (0 or 1).
 
     Example:
         >>> t = ScaledSigmoid(alpha=0.05, event_dim=1)
         >>> x = torch.tensor([[0.0, 0.5, 1.0]])
         >>> torch.allclose(t(t.inv(x)), x, atol=1e-6)
         True
+        >>> t.codomain.base_constraint.lower_bound, t.codomain.base_constraint.upper_bound
+        (-0.05555555555555556, 1.0555555555555556)
     """
 
     bijective = True
@@ -72,6 +83,8 @@ class ScaledSigmoid(Transform):
         super().__init__(cache_size=cache_size)
         self.alpha = float(alpha)
         self._event_dim = event_dim
+        width = 1.0 - 2.0 * self.alpha
+        self.lower, self.upper = -self.alpha / width, (1.0 - self.alpha) / width
 
     @property
     def domain(self) -> constraints.Constraint:
@@ -79,7 +92,8 @@ class ScaledSigmoid(Transform):
 
     @property
     def codomain(self) -> constraints.Constraint:
-        return constraints.independent(constraints.real, self._event_dim)
+        interval = constraints.interval(self.lower, self.upper)
+        return constraints.independent(interval, self._event_dim)
 
     def with_cache(self, cache_size: int = 1) -> ScaledSigmoid:
         if self._cache_size == cache_size:
@@ -93,18 +107,27 @@ class ScaledSigmoid(Transform):
             and other._event_dim == self._event_dim
         )
 
+    def __hash__(self) -> int:
+        return hash((ScaledSigmoid, self.alpha, self._event_dim))
+
+    @staticmethod
+    def _clip(p: Tensor) -> Tensor:
+        finfo = torch.finfo(p.dtype)
+        return p.clamp(min=finfo.tiny, max=1.0 - finfo.eps)
+
     def _call(self, y: Tensor) -> Tensor:
-        return (torch.sigmoid(y) - self.alpha) / (1.0 - 2.0 * self.alpha)
+        return (self._clip(torch.sigmoid(y)) - self.alpha) / (1.0 - 2.0 * self.alpha)
 
     def _inverse(self, x: Tensor) -> Tensor:
         if not torch.isfinite(x).all():
             raise ValueError("ScaledSigmoid.inv got non-finite input")
-        p = self.alpha + (1.0 - 2.0 * self.alpha) * x
-        if ((p <= 0) | (p >= 1)).any():
+        if ((x < self.lower) | (x > self.upper)).any():
             raise ValueError(
-                f"ScaledSigmoid(alpha={self.alpha}) expects pixel values in [0, 1], got "
-                f"[{x.min().item():.3g}, {x.max().item():.3g}]"
+                f"ScaledSigmoid(alpha={self.alpha}).inv is defined on "
+                f"[{self.lower:.6g}, {self.upper:.6g}] (pixels in [0, 1] and a margin), got "
+                f"values in [{x.min().item():.6g}, {x.max().item():.6g}]"
             )
+        p = self._clip(self.alpha + (1.0 - 2.0 * self.alpha) * x)
         return torch.log(p) - torch.log1p(-p)
 
     def log_abs_det_jacobian(self, y: Tensor, x: Tensor) -> Tensor:
@@ -118,7 +141,7 @@ class ScaledSigmoid(Transform):
         return ld
 
 
-class UniformDequantization(nn.Module):
+class UniformDequantization(PicklableModule):
     r"""Uniform dequantization as a model/guide piece: :math:`q(u \mid x) = \mathcal{U}[0,1)^D`.
 
     Inside a ``pyro.plate("data")`` call :meth:`model_step` from the model and :meth:`guide_step`
@@ -158,15 +181,22 @@ class UniformDequantization(nn.Module):
             raise ValueError(f"dequantization expects integers in 0..{self.num_bins - 1}")
 
     def prior(self, x: Tensor) -> dist.Distribution:
-        """The model's uniform prior on :math:`u`: log-density 0 on :math:`[0,1]^D`."""
-        batch_shape = x.shape[: x.dim() - self.event_dim]
-        return dist.ImproperUniform(constraints.unit_interval, batch_shape, self.event_shape)
+        """The model's prior on :math:`u`: :math:`\\mathcal{U}[0,1)^D`, log-density 0.
 
-    def guide_distribution(self, x: Tensor) -> dist.Distribution:
-        r""":math:`q(u \mid x)`, batch shape ``x``'s batch shape, event shape ``event_shape``."""
+        A proper distribution (not ``ImproperUniform``, which has the same density but cannot
+        be sampled), so the model runs without its guide: ``pyro.infer.Predictive``, prior
+        predictive checks, ``poutine.trace(model)``.
+        """
         dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
         zeros = torch.zeros(x.shape, dtype=dtype, device=x.device)
         return dist.Uniform(zeros, torch.ones_like(zeros)).to_event(self.event_dim)
+
+    def guide_distribution(self, x: Tensor) -> dist.Distribution:
+        r""":math:`q(u \mid x)`, batch shape ``x``'s batch shape, event shape ``event_shape``.
+
+        Uniform dequantization's guide is the prior itself.
+        """
+        return self.prior(x)
 
     def observation(self, flow: dist.Distribution) -> dist.Distribution:
         r"""The flow on :math:`[0,1]` pushed to :math:`[0, K]`; adds the :math:`-D\log K` term."""

@@ -126,7 +126,7 @@ def test_image_flows(name):
     assert s.shape == (3, *shape) and torch.isfinite(s).all()
     svi = SVI(flow.model, flow.guide, Adam({"lr": 1e-3}), Trace_ELBO())
     assert math.isfinite(svi.step(x))
-    with pytest.raises(ValueError, match="pixel values"):
+    with pytest.raises(ValueError, match="outside the support|is defined on"):
         flow.log_prob(x + 2.0)
 
 

@@ -17,13 +17,14 @@ from pyro_gen.diffusion.ema import EMA
 from pyro_gen.diffusion.likelihood import DiscretizedGaussian, normal_kl
 from pyro_gen.diffusion.parameterization import PARAMETERIZATIONS, convert
 from pyro_gen.diffusion.schedules import NoiseSchedule, make_schedule
+from pyro_gen.transforms._base import PicklableModule
 
 __all__ = ["DDPM"]
 
 VARIANCES = ("fixed_small", "fixed_large", "learned_range")
 
 
-class DDPM(nn.Module):
+class DDPM(PicklableModule):
     """Denoising diffusion probabilistic model written as a Pyro model/guide pair.
 
     **Full-chain form** (``form="full_chain"``, usable for small :math:`T`). The model is the
@@ -308,8 +309,10 @@ class DDPM(nn.Module):
         # Shifting the plate's k distinct indices by a per-example uniform offset keeps each
         # example's k steps a uniform k-subset of {1..T}, so the plate's T/k scale stays exact.
         T = self.schedule.num_timesteps
+        # u has the data plate's batch shape, (B,) or, under outer plates such as vectorized
+        # particles, (..., 1, B): the time plate (dim -2) broadcasts against it either way
         shift = (u * T).long().clamp(max=T - 1)
-        return (idx.to(u.device)[:, None] + shift[None, :]) % T + 1
+        return (idx.to(u.device)[:, None] + shift) % T + 1
 
     def _prior_site(self, x0: torch.Tensor, guide: bool) -> None:
         T, nd = self.schedule.num_timesteps, self.event_dim
@@ -343,7 +346,9 @@ class DDPM(nn.Module):
                 native = "eps" if self.param == "score" else self.param
                 target = convert(eps, "eps", native, x_t, ab)
                 pred = convert(p["pred"], self.param, native, x_t, ab)
-                pyro.factor("L_simple", -0.5 * (pred - target).pow(2).flatten(2).sum(-1))
+                # sum over the event dims only: any batch dims (time, data, particles) remain
+                sq = (pred - target).pow(2)
+                pyro.factor("L_simple", -0.5 * sq.flatten(sq.dim() - nd).sum(-1))
                 if self.variance == "learned_range":
                     p = self.p_mean_logvar(x_t, t, detach_mean=True)
                     with poutine.scale(scale=self.hybrid_weight):

@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,13 +28,29 @@ from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro_gen import data as datasets
 from pyro_gen.infer import (
     CheckpointError,
+    NonFiniteLossError,
     bits_per_dim_from_nats,
     evaluate_elbo,
     fit,
     iwae_log_likelihood,
 )
-from pyro_gen.infer.checkpoint import atomic_write_bytes, load_checkpoint, restore_model
-from pyro_gen.runs import RunError, checkpoint_path, read_config, write_config
+from pyro_gen.infer.checkpoint import (
+    CHECKPOINT_NAME,
+    METRICS_NAME,
+    load_checkpoint,
+    restore_modules,
+    run_lock,
+    verify_checkpoint,
+)
+from pyro_gen.infer.files import UnsafePathError, atomic_write_bytes, refuse_symlink
+from pyro_gen.runs import (
+    CONFIG_NAME,
+    RunError,
+    checkpoint_path,
+    probe_writable,
+    read_config,
+    write_config,
+)
 
 IMAGE_DATA = ("mnist", "fashion_mnist", "digits")
 TOY_DATA = ("moons", "eight_gaussians", "checkerboard", "rings", "spirals", "pinwheel")
@@ -195,7 +212,47 @@ MODELS: dict[str, ModelSpec] = {
 
 
 # ---------------------------------------------------------------------------------------
-# Argument parsing.
+# Settings: what a run records in config.json, with defaults for a fresh run.
+
+# Training settings of every model. None of them changes the model's architecture, so a
+# resume may change them with --override.
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "batch_size": 128,
+    "lr": 1e-3,
+    "grad_clip": None,
+    "subset": None,
+    "test_subset": None,
+    "toy_samples": 20000,
+    "seed": 0,
+}
+# Model options (each model's ModelSpec.options says which are its own).
+OPTION_DEFAULTS: dict[str, Any] = {
+    "z_dim": 50,
+    "hidden_dim": 400,
+    "likelihood": "bernoulli",
+    "layers": 1,
+    "prior": "normal",
+    "guide": "normal",
+    "objective": "elbo",
+    "k": 50,
+    "dequantization": "uniform",
+    "schedule": "linear",
+    "param": "eps",
+    "diffusion_objective": "elbo",
+    "timesteps": 1000,
+    "ema_decay": 0.999,
+}
+# Model options that change only the loss, not the parameters: a resume may change them.
+LOSS_OPTIONS = ("objective", "k")
+OVERRIDABLE = (*TRAINING_DEFAULTS, *LOSS_OPTIONS)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+# ---------------------------------------------------------------------------------------
+# Argument parsing. Every value is checked here, where the user typed it.
 
 
 class _Parser(argparse.ArgumentParser):
@@ -204,101 +261,143 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"pyro-gen: error: {message} (see `{self.prog} --help`)\n")
 
 
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+
+
 def _non_negative(text: str) -> int:
-    value = int(text)
+    value = _integer(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
     return value
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    value = _integer(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
     return value
 
 
+def _positive_finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
 def _ema_decay(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
     if not (value == 0 or 0 < value < 1):
         raise argparse.ArgumentTypeError(f"must lie in (0, 1), or be 0 for no average; got {text}")
     return value
 
 
+def _overrides(text: str) -> list[str]:
+    names = [n.strip().lstrip("-").replace("-", "_") for n in text.split(",") if n.strip()]
+    for name in names:
+        if name not in OVERRIDABLE:
+            allowed = ", ".join(n.replace("_", "-") for n in OVERRIDABLE)
+            raise argparse.ArgumentTypeError(
+                f"{name.replace('_', '-')!r} cannot be changed on resume; one of: {allowed}"
+            )
+    return names
+
+
+def _add_setting(group: Any, name: str, help: str, **kwargs: Any) -> None:
+    # SUPPRESS: an option appears in the parsed arguments only if the user typed it, so a
+    # resume can tell a setting asked for from a default, and options of other models
+    # can be refused by name.
+    default = {**TRAINING_DEFAULTS, **OPTION_DEFAULTS}[name]
+    group.add_argument(
+        _flag(name), default=argparse.SUPPRESS, help=f"{help} (default {default})", **kwargs
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     parser = _Parser(prog="pyro-gen", description="Deep generative models written the Pyro way.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    train = sub.add_parser("train", help="train a model into a run directory (resumes if present)")
+    train = sub.add_parser(
+        "train", parents=[common], help="train a model into a run directory (resumes if present)"
+    )
     train.add_argument("model", choices=sorted(MODELS), help="model to train")
     train.add_argument("--data", required=True, choices=IMAGE_DATA + TOY_DATA, help="dataset")
     train.add_argument("--epochs", type=_non_negative, default=3, help="total epochs (default 3)")
-    train.add_argument("--batch-size", type=_positive, default=128, help="examples per step")
-    train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    train.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm")
-    train.add_argument(
-        "--subset", type=_positive, default=None, help="use only the first N training examples"
-    )
-    train.add_argument(
-        "--test-subset", type=_positive, default=None, help="evaluate on the first N test examples"
-    )
-    train.add_argument(
-        "--toy-samples", type=_positive, default=20000, help="training samples for 2D toys"
-    )
-    train.add_argument("--seed", type=int, default=0, help="random seed")
-    train.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    _add_setting(train, "batch_size", "examples per step", type=_positive)
+    _add_setting(train, "lr", "Adam learning rate", type=_positive_finite)
+    _add_setting(train, "grad_clip", "clip the gradient norm to this", type=_positive_finite)
+    _add_setting(train, "subset", "use only the first N training examples", type=_positive)
+    _add_setting(train, "test_subset", "evaluate on the first N test examples", type=_positive)
+    _add_setting(train, "toy_samples", "training samples of a 2D toy dataset", type=_positive)
+    _add_setting(train, "seed", "random seed", type=_integer)
+    train.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     train.add_argument(
         "--out", type=Path, default=None, help="run directory (default runs/MODEL-DATA)"
+    )
+    train.add_argument(
+        "--override",
+        type=_overrides,
+        action="extend",
+        default=[],
+        help="on resume, settings that may differ from the recorded run (e.g. lr,batch-size)",
     )
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     vae = train.add_argument_group("vae options")
-    vae.add_argument("--z-dim", type=_positive, default=50, help="latent size (default 50)")
-    vae.add_argument("--hidden-dim", type=_positive, default=400, help="hidden width (default 400)")
-    vae.add_argument(
-        "--likelihood",
+    _add_setting(vae, "z_dim", "latent size", type=_positive)
+    _add_setting(vae, "hidden_dim", "hidden width", type=_positive)
+    _add_setting(
+        vae,
+        "likelihood",
+        "pixel likelihood",
         choices=("bernoulli", "gaussian", "gaussian_learned", "categorical"),
-        default="bernoulli",
     )
-    vae.add_argument("--layers", type=_positive, default=1, help="stochastic layers (default 1)")
-    vae.add_argument("--prior", choices=("normal", "mog", "vamp", "flow"), default="normal")
-    vae.add_argument("--guide", choices=("normal", "iaf", "auto"), default="normal")
-    vae.add_argument(
-        "--objective",
+    _add_setting(vae, "layers", "stochastic layers", type=_positive)
+    _add_setting(vae, "prior", "latent prior", choices=("normal", "mog", "vamp", "flow"))
+    _add_setting(vae, "guide", "amortized guide", choices=("normal", "iaf", "auto"))
+    _add_setting(
+        vae,
+        "objective",
+        "Trace_ELBO, TraceMeanField_ELBO (analytic KL), IWAE bound, or free bits",
         choices=("elbo", "meanfield", "iwae", "freebits"),
-        default="elbo",
-        help="Trace_ELBO, TraceMeanField_ELBO (analytic KL), IWAE bound, or free bits",
     )
-    vae.add_argument(
-        "--k", type=_positive, default=50, help="importance samples for --objective iwae"
-    )
+    _add_setting(vae, "k", "importance samples of --objective iwae", type=_positive)
 
     flows = train.add_argument_group("flow options (nice, realnvp, glow, maf, cnf)")
-    flows.add_argument(
-        "--dequantization",
+    _add_setting(
+        flows,
+        "dequantization",
+        "how image flows turn pixels into continuous data",
         choices=("uniform", "variational"),
-        default="uniform",
-        help="how image flows turn pixels into continuous data (default uniform)",
     )
 
     ddpm = train.add_argument_group("ddpm options")
-    ddpm.add_argument("--schedule", choices=("linear", "cosine", "sigmoid"), default="linear")
-    ddpm.add_argument("--param", choices=("eps", "x0", "v"), default="eps")
-    ddpm.add_argument(
-        "--diffusion-objective",
+    _add_setting(ddpm, "schedule", "noise schedule", choices=("linear", "cosine", "sigmoid"))
+    _add_setting(ddpm, "param", "what the network predicts", choices=("eps", "x0", "v"))
+    _add_setting(
+        ddpm,
+        "diffusion_objective",
+        "the variational bound, or the reweighted L_simple",
         choices=("elbo", "simple"),
-        default="elbo",
-        help="the variational bound, or the reweighted L_simple",
     )
-    ddpm.add_argument("--timesteps", type=_positive, default=1000)
-    ddpm.add_argument(
-        "--ema-decay",
-        type=_ema_decay,
-        default=0.999,
-        help="decay of the weight average used for sampling (default 0.999; 0: none)",
-    )
+    _add_setting(ddpm, "timesteps", "diffusion steps", type=_positive)
+    _add_setting(ddpm, "ema_decay", "decay of the weight average (0: none)", type=_ema_decay)
 
-    evaluate = sub.add_parser("evaluate", help="test ELBO and importance-weighted log-likelihood")
+    evaluate = sub.add_parser(
+        "evaluate", parents=[common], help="test ELBO and importance-weighted log-likelihood"
+    )
     evaluate.add_argument("run", type=Path, help="run directory")
     evaluate.add_argument(
         "--k", type=_positive, default=1000, help="importance samples (default 1000)"
@@ -306,37 +405,87 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--num-test", type=_positive, default=None, help="evaluate on the first N test examples"
     )
-    evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
 
-    sample = sub.add_parser("sample", help="draw samples from a trained run into a PNG")
+    sample = sub.add_parser(
+        "sample", parents=[common], help="draw samples from a trained run into a PNG"
+    )
     sample.add_argument("run", type=Path, help="run directory")
     sample.add_argument("-n", "--num-samples", type=_positive, default=64)
     sample.add_argument(
-        "--sampler", choices=("ancestral", "ddim"), default=None, help="diffusion sampler"
+        "--sampler", choices=("ancestral", "ddim"), default=None, help="diffusion sampler (ddpm)"
     )
-    sample.add_argument("--steps", type=_positive, default=None, help="diffusion sampling steps")
-    sample.add_argument("--out", type=Path, default=None, help="PNG path (default RUN/samples.png)")
-    sample.add_argument("--device", default="cpu")
+    sample.add_argument(
+        "--steps", type=_positive, default=None, help="diffusion sampling steps (ddpm)"
+    )
+    sample.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="PNG file, or an existing folder for FOLDER/samples.png (default RUN/samples.png)",
+    )
+    sample.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     return parser
 
 
 # ---------------------------------------------------------------------------------------
-# Commands.
+# Shared checks.
 
 
 def _device(name: str) -> torch.device:
     try:
         device = torch.device(name)
-    except RuntimeError as e:
-        raise UsageError(f"unknown device {name!r}: use cpu, cuda or cuda:N") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda asked for, but no CUDA device is available here")
+    except RuntimeError:
+        raise UsageError(f"unknown --device {name!r}: use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UsageError(f"--device {name}: no CUDA device is available here; use cpu")
+        if device.index is not None and device.index >= count:
+            raise UsageError(f"--device {name}: there are {count} CUDA devices (0..{count - 1})")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise UsageError(f"--device {name}: MPS is not available here; use cpu")
+    elif device.type != "cpu":
+        raise UsageError(f"--device {name} cannot hold a trained model; use cpu, cuda or cuda:N")
     return device
+
+
+def _run_directory(out: Path) -> Path:
+    """Creates the run directory ``out`` (``--out``) or says in one line why it cannot."""
+    for parent in (out, *out.parents):
+        if parent.exists() and not parent.is_dir():
+            where = "is a file" if parent == out else f"is under {parent}, which is a file"
+            raise UsageError(f"--out {out} {where}; choose a directory path for the run")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(
+            f"cannot create run directory {out} ({e.strerror}); choose another --out or make "
+            f"{next((p for p in out.parents if p.exists()), out.parent)} writable"
+        ) from e
+    return out
+
+
+def _train_command(config: dict[str, Any], out: Path | str) -> str:
+    """The ``pyro-gen train`` command that rebuilds a run from scratch."""
+    words = ["pyro-gen", "train", str(config.get("model")), "--data", str(config.get("data"))]
+    settings = {**config.get("options", {}), **{k: config.get(k) for k in TRAINING_DEFAULTS}}
+    for name, value in settings.items():
+        default = {**TRAINING_DEFAULTS, **OPTION_DEFAULTS}.get(name, value)
+        if value is not None and value != default:
+            words += [_flag(name), str(value)]
+    return " ".join([*words, "--out", str(out)])
+
+
+# ---------------------------------------------------------------------------------------
+# Loading a run.
 
 
 def _load_split(name: str, split: str, config: dict[str, Any], limit: int | None) -> torch.Tensor:
     if name in TOY_DATA:
-        n = config["toy_samples"] if split == "train" else max(config["toy_samples"] // 4, 1)
+        toy = config.get("toy_samples") or TRAINING_DEFAULTS["toy_samples"]
+        n = toy if split == "train" else max(toy // 4, 1)
         x, _ = datasets.load(name, split, num_samples=n)
     else:
         x, _ = datasets.load(name, split)
@@ -353,84 +502,234 @@ def _test_view(config: dict[str, Any], limit: int | None) -> DataView:
     return data_view(MODELS[config["model"]].data_kind(config["options"]), config["data"], x)
 
 
-def load_run(run: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
-    """The trained model of a run directory, on ``device``, in eval mode."""
-    config = read_config(run)
-    if config.get("model") not in MODELS:
+def _check_model(config: dict[str, Any], run: str | Path) -> ModelSpec:
+    if config["model"] not in MODELS:
         raise RunError(
-            f"{run} holds a {config.get('model')!r} run, which this version cannot build"
+            f"{run} holds a {config['model']!r} run, which this version cannot build "
+            f"(it builds {', '.join(sorted(MODELS))})"
         )
+    spec = MODELS[config["model"]]
+    # Runs from before --ema-decay existed have none and sample without an average.
+    missing = [n for n in spec.options if n not in config["options"] and n != "ema_decay"]
+    if missing:
+        raise RunError(
+            f"{Path(run) / CONFIG_NAME} lacks the {config['model']} options "
+            f"{', '.join(missing)}; restore it from a copy or retrain into a fresh directory"
+        )
+    return spec
+
+
+def load_run(run: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """The trained model of a run directory, on ``device``, in eval mode.
+
+    Raises:
+        RunError: if the directory or its config.json is missing or malformed.
+        CheckpointError: if checkpoint.pt is missing, damaged, of another format or model.
+    """
+    config = read_config(run)
+    _check_model(config, run)
     model = build_model(config)
-    restore_model(load_checkpoint(checkpoint_path(run), map_location="cpu"), model)
+    ckpt = load_checkpoint(checkpoint_path(run), map_location="cpu")
+    restore_modules(ckpt, {"model": model})
     return model.to(device).eval()
+
+
+def _load_run_or_explain(run: Path, config: dict[str, Any], device: torch.device) -> Any:
+    try:
+        return load_run(run, device)
+    except CheckpointError as e:
+        raise UsageError(f"{e}; to retrain: {_train_command(config, run)}") from e
+
+
+# ---------------------------------------------------------------------------------------
+# train
+
+
+def _requested_settings(args: argparse.Namespace, spec: ModelSpec) -> dict[str, Any]:
+    """The settings the user typed, after refusing those that do not apply."""
+    given = {k: v for k, v in vars(args).items() if k in TRAINING_DEFAULTS or k in OPTION_DEFAULTS}
+    for name in given:
+        if name in OPTION_DEFAULTS and name not in spec.options:
+            owners = [m for m, s in MODELS.items() if name in s.options]
+            raise UsageError(
+                f"{_flag(name)} is not an option of {args.model} (it belongs to "
+                f"{', '.join(sorted(set(owners)))}); drop it"
+            )
+    if "toy_samples" in given and args.data not in TOY_DATA:
+        raise UsageError(f"--toy-samples applies to the 2D toy datasets, not {args.data}; drop it")
+    if "dequantization" in given and args.data in TOY_DATA:
+        raise UsageError(f"--dequantization applies to image data, not {args.data}; drop it")
+    return given
+
+
+def _new_config(args: argparse.Namespace, spec: ModelSpec, given: dict[str, Any]) -> dict:
+    options = {name: given.get(name, OPTION_DEFAULTS[name]) for name in spec.options}
+    if args.data in PIXEL_LEVELS:
+        options["num_bins"] = PIXEL_LEVELS[args.data]
+    settings = {name: given.get(name, default) for name, default in TRAINING_DEFAULTS.items()}
+    return {"model": args.model, "data": args.data, "options": options, **settings}
+
+
+def _resumed_config(
+    args: argparse.Namespace, out: Path, given: dict[str, Any], previous: dict[str, Any]
+) -> dict[str, Any]:
+    """The recorded config with the user's changes, refusing changes not asked for."""
+    if (previous["model"], previous["data"]) != (args.model, args.data):
+        raise UsageError(
+            f"{out} holds a {previous['model']} run on {previous['data']}; choose a fresh "
+            f"--out for {args.model} on {args.data}"
+        )
+    config = json.loads(json.dumps(previous))  # a deep copy
+    changed, refused = [], []
+    for name, value in given.items():
+        in_options = name in OPTION_DEFAULTS
+        recorded = (
+            previous["options"].get(name)
+            if in_options
+            else previous.get(name, TRAINING_DEFAULTS[name])
+        )
+        if value == recorded:
+            continue
+        (changed if name in args.override else refused).append((name, recorded, value))
+        (config["options"] if in_options else config)[name] = value
+    fixed = [(n, a, b) for n, a, b in refused if n not in OVERRIDABLE]
+    if fixed:
+        raise UsageError(
+            f"{out} was trained with "
+            + ", ".join(f"{_flag(n)} {a}" for n, a, _ in fixed)
+            + "; those change the model, so a resume cannot change them: drop them to resume, "
+            "or choose a fresh --out"
+        )
+    if refused:
+        asked = ", ".join(f"{_flag(n)} {b}" for n, _, b in refused)
+        was = ", ".join(f"{_flag(n)} {a}" for n, a, _ in refused)
+        names = ",".join(n.replace("_", "-") for n, _, _ in refused)
+        raise UsageError(
+            f"{out} was trained with {was}, not {asked}: drop those options to resume as "
+            f"recorded, add --override {names} to change them from here on, or choose a "
+            "fresh --out"
+        )
+    if changed:
+        config.setdefault("overrides", []).append(
+            {name: {"from": a, "to": b} for name, a, b in changed}
+        )
+    return config
+
+
+def _bound_name(config: dict[str, Any]) -> str:
+    """What ``test_elbo`` in a run's records really is: the objective it was trained with."""
+    options = config["options"]
+    if config["model"] == "vae" and options.get("objective") == "iwae":
+        return f"IWAE bound (K={options.get('k')})"
+    return "ELBO"
 
 
 def _train(args: argparse.Namespace) -> None:
     spec = MODELS[args.model]
     if spec.images_only and args.data in TOY_DATA:
         raise UsageError(f"{args.model} models images; pick one of {', '.join(IMAGE_DATA)}")
+    given = _requested_settings(args, spec)
     device = _device(args.device)
-    out = args.out or Path("runs") / f"{args.model}-{args.data}"
-    options = {name: getattr(args, name) for name in spec.options}
-    if args.data in PIXEL_LEVELS:
-        options["num_bins"] = PIXEL_LEVELS[args.data]
-    config = {
-        "model": args.model,
-        "data": args.data,
-        "options": options,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "subset": args.subset,
-        "test_subset": args.test_subset,
-        "toy_samples": args.toy_samples,
-        "seed": args.seed,
-    }
-    if (out / "config.json").exists():
-        previous = read_config(out)
-        if {k: previous.get(k) for k in ("model", "data", "options")} != {
-            k: config[k] for k in ("model", "data", "options")
-        }:
-            raise UsageError(
-                f"{out} holds a {previous.get('model')} run on {previous.get('data')} with other "
-                "options; pass a fresh --out to start a new run"
-            )
-    pyro.set_rng_seed(args.seed)
+    out = _run_directory(args.out or Path("runs") / f"{args.model}-{args.data}")
+    with run_lock(out):
+        probe_writable(out, "the run's files")
+        config_file = out / CONFIG_NAME
+        if config_file.exists() or config_file.is_symlink():
+            config = _resumed_config(args, out, given, read_config(out))
+            if (out / CHECKPOINT_NAME).exists():
+                _verify_or_explain(out / CHECKPOINT_NAME, config, out)
+        else:
+            if (out / CHECKPOINT_NAME).exists():
+                raise UsageError(
+                    f"{out} has a {CHECKPOINT_NAME} but no {CONFIG_NAME}: it is not a complete "
+                    "pyro-gen run; choose a fresh --out"
+                )
+            config = _new_config(args, spec, given)
+        options = config["options"]
+        if options.get("objective", "iwae") != "iwae" and "k" in given:
+            raise UsageError("--k applies only with --objective iwae; drop it")
+        _train_run(args, spec, config, options, out, device)
+
+
+def _verify_or_explain(path: Path, config: dict[str, Any], out: Path) -> None:
+    try:
+        verify_checkpoint(path)
+    except CheckpointError as e:
+        raise UsageError(
+            f"{e}; to retrain from scratch: {_train_command(config, str(out) + '-new')}"
+        ) from e
+
+
+def _train_run(
+    args: argparse.Namespace,
+    spec: ModelSpec,
+    config: dict[str, Any],
+    options: dict[str, Any],
+    out: Path,
+    device: torch.device,
+) -> None:
+    pyro.clear_param_store()  # the command owns this process's param store
+    pyro.set_rng_seed(config["seed"])
     view = data_view(
-        spec.data_kind(options), args.data, _load_split(args.data, "train", config, args.subset)
+        spec.data_kind(options),
+        args.data,
+        _load_split(args.data, "train", config, config["subset"]),
     )
-    test_view = _test_view(config, args.test_subset)
+    test_view = _test_view(config, config["test_subset"])
+    recorded_shape = config.get("event_shape")
+    if recorded_shape is not None and list(view.event_shape) != recorded_shape:
+        raise UsageError(
+            f"{out} was trained on data of shape {recorded_shape}, this data has "
+            f"{list(view.event_shape)}; choose a fresh --out"
+        )
     config["event_shape"] = list(view.event_shape)
     model = build_model(config)
-    write_config(out, config)
-    result = fit(
-        model,
-        view.x,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        optim=pyro.optim.Adam({"lr": args.lr}),
-        loss=spec.loss(options),
-        device=device,
-        grad_clip=args.grad_clip,
-        transform=view.transform,
-        eval_data=test_view.x,
-        checkpoint_dir=out,
-        step_callbacks=spec.step_callbacks(options),
-        progress=not args.no_progress,
-    )
-    figures = _write_figures(model, out, result.history, num_samples=64)
+    write_config(out, config)  # the run is accepted: record it
+    try:
+        # Validation would report a diverged run as a value outside some site's support,
+        # deep in a trace; without it the divergence reaches the loss, and fit names the step.
+        with pyro.validation_enabled(False), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Encountered NaN")  # fit reports it
+            result = fit(
+                model,
+                view.x,
+                epochs=args.epochs,
+                batch_size=config["batch_size"],
+                optim=pyro.optim.Adam({"lr": config["lr"]}),
+                loss=spec.loss(options),
+                device=device,
+                grad_clip=config["grad_clip"],
+                transform=view.transform,
+                eval_data=test_view.x,
+                checkpoint_dir=out,
+                step_callbacks=spec.step_callbacks(options),
+                progress=not args.no_progress,
+            )
+    except NonFiniteLossError as e:
+        kept = (
+            f"{out / CHECKPOINT_NAME} still holds the last good epoch"
+            if (out / CHECKPOINT_NAME).exists()
+            else "no checkpoint was written"
+        )
+        raise UsageError(
+            f"training stopped: {e}. Try a smaller --lr (this run: {config['lr']:g}) or "
+            f"--grad-clip (e.g. 5), with --override lr,grad-clip to resume; {kept}"
+        ) from e
+    bound = _bound_name(config)
+    figures = _write_figures(model, out, result.history, num_samples=64, bound=bound)
     last = result.history[-1] if result.history else {}
-    elbo = last.get("test_elbo", float("nan"))
-    summary = (
-        f"trained {args.model} on {args.data}: {result.epoch} epochs, test ELBO {elbo:.2f} nats"
-    )
-    if test_view.levels is not None and spec.discrete(options):
-        bpd = bits_per_dim_from_nats(elbo, math.prod(test_view.event_shape))
-        summary += f" ({bpd:.3f} bits/dim)"
+    summary = f"trained {args.model} on {args.data}: {result.epoch} epochs"
+    if "test_elbo" in last:
+        value = last["test_elbo"]
+        summary += f", test {bound} {value:.2f} nats"
+        if test_view.levels is not None and spec.discrete(options):
+            bpd = bits_per_dim_from_nats(value, math.prod(test_view.event_shape))
+            summary += f" ({bpd:.3f} bits/dim)"
     print(summary)
     print(f"run directory: {out}")
-    print(f"metrics: {out / 'metrics.jsonl'}")
-    for path in figures:
-        print(f"figure: {path}")
+    for path in (out / METRICS_NAME, *figures):
+        if path.is_file():
+            print(f"{'metrics' if path.suffix == '.jsonl' else 'figure'}: {path}")
 
 
 def _sample(model: torch.nn.Module, n: int, **kwargs: Any) -> torch.Tensor:
@@ -439,11 +738,15 @@ def _sample(model: torch.nn.Module, n: int, **kwargs: Any) -> torch.Tensor:
 
 
 def _write_figures(
-    model: torch.nn.Module, out: Path, history: Sequence[dict[str, Any]], num_samples: int
+    model: torch.nn.Module,
+    out: Path,
+    history: Sequence[dict[str, Any]],
+    num_samples: int,
+    bound: str = "ELBO",
 ) -> list[Path]:
     from pyro_gen import plotting
 
-    paths = [plotting.save_curves(history, out / "curves.png")] if history else []
+    paths = [plotting.save_curves(history, out / "curves.png", bound=bound)] if history else []
     samples = _sample(model.eval(), num_samples)
     paths.append(_save_samples(model, samples, out / "samples.png"))
     return paths
@@ -457,10 +760,17 @@ def _save_samples(model: torch.nn.Module, samples: torch.Tensor, path: Path) -> 
     return plotting.save_image_grid(samples.reshape(samples.shape[0], *samples.shape[-2:]), path)
 
 
+# ---------------------------------------------------------------------------------------
+# evaluate and sample
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     device = _device(args.device)
     config = read_config(args.run)
-    model = load_run(args.run, device)
+    spec = _check_model(config, args.run)
+    target = refuse_symlink(Path(args.run) / "evaluation.json")
+    probe_writable(args.run, "evaluation.json")  # before minutes of computing, not after
+    model = _load_run_or_explain(args.run, config, device)
     view = _test_view(config, args.num_test)
     results: dict[str, Any] = {"num_test": int(view.x.shape[0])}
     results["test_elbo"] = evaluate_elbo(model, view.x, transform=view.transform)
@@ -468,33 +778,93 @@ def _evaluate(args: argparse.Namespace) -> None:
     results["iwae_log_likelihood"] = iwae_log_likelihood(
         model, view.x, num_samples=args.k, chunk=min(args.k, 500), transform=view.transform
     )
-    if view.levels is not None and MODELS[config["model"]].discrete(config["options"]):
+    if view.levels is not None and spec.discrete(config["options"]):
         results["bits_per_dim"] = bits_per_dim_from_nats(
             results["iwae_log_likelihood"], math.prod(view.event_shape)
         )
-    atomic_write_bytes(
-        Path(args.run) / "evaluation.json", (json.dumps(results, indent=2) + "\n").encode()
-    )
+    atomic_write_bytes(target, (json.dumps(results, indent=2) + "\n").encode())
     for key, value in results.items():
         print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
-    print(f"written to {Path(args.run) / 'evaluation.json'}")
+    print(f"written to {target}")
+
+
+def _samples_path(args: argparse.Namespace) -> Path:
+    """Where ``sample`` writes its PNG, checked before any sampling."""
+    if args.out is None:
+        path = Path(args.run) / "samples.png"
+    elif args.out.is_dir():
+        path = args.out / "samples.png"
+    else:
+        path = args.out
+        if path.suffix.lower() != ".png":
+            raise UsageError(f"--out {path}: give a .png file name or an existing folder")
+        if not path.parent.is_dir():
+            raise UsageError(
+                f"--out {path}: folder {path.parent} does not exist; create it or choose "
+                "another --out"
+            )
+    refuse_symlink(path)
+    probe_writable(path.parent, path.name)
+    return path
 
 
 def _sample_command(args: argparse.Namespace) -> None:
-    model = load_run(args.run, _device(args.device))
+    device = _device(args.device)
+    config = read_config(args.run)
+    _check_model(config, args.run)
+    for flag, value in (("--sampler", args.sampler), ("--steps", args.steps)):
+        if value is not None and config["model"] != "ddpm":
+            raise UsageError(f"{flag} applies to ddpm runs; {args.run} holds a {config['model']}")
+    path = _samples_path(args)
+    model = _load_run_or_explain(args.run, config, device)
     samples = _sample(model, args.num_samples, sampler=args.sampler, steps=args.steps)
-    path = _save_samples(model, samples, args.out or Path(args.run) / "samples.png")
+    path = _save_samples(model, samples, path)
     print(f"{args.num_samples} samples written to {path}")
 
 
+# ---------------------------------------------------------------------------------------
+# Entry point: one error path.
+
+# Failures a user can cause and fix; each is reported as one line. Anything else is a bug
+# and keeps its traceback.
+EXPECTED_ERRORS = (
+    UsageError,
+    RunError,
+    CheckpointError,
+    datasets.DatasetError,
+    NonFiniteLossError,
+    OSError,
+    ValueError,
+)
+
+
+def _one_line(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror and not isinstance(error, UnsafePathError):
+        where = f": {error.filename}" if error.filename else ""
+        return f"{error.strerror}{where}; check that path and its permissions, then rerun"
+    text = " ".join(str(error).split())
+    # A message that quotes tensors or traces is not for reading on one line.
+    return text if len(text) <= 400 else text[:400] + " ... (--debug shows all of it)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``pyro-gen`` console script; returns the exit status."""
-    args = _parser().parse_args(argv)
+    """Entry point of the ``pyro-gen`` console script; returns the exit status.
+
+    Example:
+        >>> main(["train", "vae", "--data", "digits", "--lr", "inf"])
+        2
+    """
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # argparse has printed its one line (or --help)
+        return int(e.code or 0)
     commands = {"train": _train, "evaluate": _evaluate, "sample": _sample_command}
     try:
         commands[args.command](args)
-    except (UsageError, RunError, CheckpointError, datasets.DatasetError, ValueError) as e:
-        print(f"pyro-gen: error: {e}", file=sys.stderr)
+    except EXPECTED_ERRORS as e:
+        if args.debug:
+            raise
+        print(f"pyro-gen: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("pyro-gen: interrupted; the last checkpoint is intact", file=sys.stderr)

@@ -6,12 +6,15 @@ when a figure is drawn, with the Agg backend so no display is needed.
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from pyro_gen.infer.files import atomic_write_bytes
 
 # Density plots evaluate the model on a GRID x GRID mesh (an ODE solve each, for a CNF).
 GRID = 100
@@ -50,12 +53,22 @@ def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 1) -> t
     return grid[0] if c == 1 else grid[:3].permute(1, 2, 0)
 
 
+def _write_png(path: str | Path, draw: Callable[[io.BytesIO], None]) -> Path:
+    # Rendered in memory and written atomically to exactly ``path``: never through a planted
+    # symlink, never a half-written file, and no extension appended behind the caller's back.
+    buffer = io.BytesIO()
+    draw(buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
+
+
 def save_image_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
-    """Writes a PNG grid of images with values in [0, 1]."""
+    """Writes a PNG grid of images with values in [0, 1] to exactly ``path``."""
     plt = _pyplot()
-    path = Path(path)
-    plt.imsave(path, image_grid(images, nrow).numpy(), cmap="gray", vmin=0.0, vmax=1.0)
-    return path
+    grid = image_grid(images, nrow).numpy()
+    return _write_png(
+        path, lambda f: plt.imsave(f, grid, cmap="gray", vmin=0.0, vmax=1.0, format="png")
+    )
 
 
 def save_scatter(
@@ -79,28 +92,38 @@ def save_scatter(
     ax.scatter(points[:, 0], points[:, 1], s=2, c="white" if log_prob is not None else "k")
     ax.set_title(title)
     ax.set_aspect("equal")
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return Path(path)
+    try:
+        return _write_png(
+            path, lambda f: fig.savefig(f, dpi=100, bbox_inches="tight", format="png")
+        )
+    finally:
+        plt.close(fig)
 
 
-def save_curves(history: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Writes a PNG of the per-epoch training loss and, where recorded, test ELBO."""
+def save_curves(
+    history: Sequence[dict[str, Any]], path: str | Path, bound: str = "ELBO"
+) -> Path:
+    """Writes a PNG of the per-epoch training bound and, where recorded, the held-out one
+    (``test_elbo`` in the records), labelled ``bound``: the objective trained, e.g. an IWAE
+    bound rather than the ELBO."""
     plt = _pyplot()
     epochs = [r["epoch"] for r in history]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(epochs, [-r["train_loss"] for r in history], "o-", label="train ELBO / example")
+    ax.plot(epochs, [-r["train_loss"] for r in history], "o-", label=f"train {bound} / example")
     tested = [r for r in history if "test_elbo" in r]
     if tested:
         ax.plot(
             [r["epoch"] for r in tested],
             [r["test_elbo"] for r in tested],
             "s-",
-            label="test ELBO / example",
+            label=f"test {bound} / example",
         )
     ax.set_xlabel("epoch")
     ax.set_ylabel("nats")
     ax.legend()
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return Path(path)
+    try:
+        return _write_png(
+            path, lambda f: fig.savefig(f, dpi=100, bbox_inches="tight", format="png")
+        )
+    finally:
+        plt.close(fig)

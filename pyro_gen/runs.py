@@ -1,44 +1,107 @@
 """Run directories: the config a run was trained with, its checkpoint, metrics and figures.
 
-A run directory holds ``config.json`` (model name, dataset, options), ``checkpoint.pt``
-and ``metrics.jsonl`` written by :func:`pyro_gen.infer.fit`, and the PNG figures the
-command line writes. :func:`pyro_gen.load` turns one back into a trained model.
+A run directory holds ``config.json`` (model name, dataset, options, training settings),
+``checkpoint.pt`` and ``metrics.jsonl`` written by :func:`pyro_gen.infer.fit`, and the PNG
+figures the command line writes. :func:`pyro_gen.load` turns one back into a trained model.
+Everything here is parsed as JSON, never unpickled, and checked before it is used.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from pyro_gen.infer.checkpoint import CHECKPOINT_NAME, CheckpointError, atomic_write_bytes
+from pyro_gen.infer.checkpoint import CHECKPOINT_NAME, CheckpointError
+from pyro_gen.infer.files import atomic_write_bytes
 
 CONFIG_NAME = "config.json"
+# What a config must hold to rebuild its model; everything else has a default.
+_REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "model": str,
+    "data": str,
+    "options": dict,
+    "event_shape": list,
+}
 
 
 class RunError(ValueError):
     """A run directory is missing, incomplete, or belongs to another kind of run."""
 
 
-def write_config(run: Path, config: dict[str, Any]) -> None:
-    atomic_write_bytes(run / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode())
+def write_config(run: str | Path, config: dict[str, Any]) -> None:
+    """Writes ``run/config.json`` atomically, never through a symlink."""
+    atomic_write_bytes(Path(run) / CONFIG_NAME, (json.dumps(config, indent=2) + "\n").encode())
 
 
 def read_config(run: str | Path) -> dict[str, Any]:
+    """The parsed and checked ``config.json`` of a run directory.
+
+    Raises:
+        RunError: naming the file and what is wrong with it.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> _ = (d / CONFIG_NAME).write_text("[1, 2]")
+        >>> read_config(d)
+        Traceback (most recent call last):
+        ...
+        pyro_gen.runs.RunError: .../config.json holds a list, not an object ...
+    """
     run = Path(run)
     if not run.is_dir():
-        raise RunError(f"run directory {run} does not exist: train one with `pyro-gen train`")
+        kind = "is a file, not a run directory" if run.exists() else "does not exist"
+        raise RunError(f"run directory {run} {kind}: train one with `pyro-gen train`")
     path = run / CONFIG_NAME
     if not path.is_file():
         raise RunError(f"{run} has no {CONFIG_NAME}: it is not a pyro-gen run directory")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RunError(f"{path} is not valid JSON ({e}); retrain into a fresh directory") from e
+    if not isinstance(config, dict):
+        raise RunError(
+            f"{path} holds a {type(config).__name__}, not an object with the run's settings; "
+            "it was not written by pyro-gen: retrain into a fresh directory"
+        )
+    problems = [
+        f"{key!r} ({'missing' if key not in config else 'not a ' + kind.__name__})"
+        for key, kind in _REQUIRED.items()
+        if not isinstance(config.get(key), kind)
+    ]
+    if not problems and not all(isinstance(n, int) and n > 0 for n in config["event_shape"]):
+        problems.append("'event_shape' (not a list of positive integers)")
+    if problems:
+        raise RunError(
+            f"{path} lacks settings a run needs: {', '.join(problems)}; restore it from a copy "
+            "or retrain into a fresh directory"
+        )
+    return config
 
 
 def checkpoint_path(run: str | Path) -> Path:
+    """``run/checkpoint.pt``, which must exist."""
     path = Path(run) / CHECKPOINT_NAME
     if not path.is_file():
         raise CheckpointError(f"{run} has no {CHECKPOINT_NAME}: training has not finished an epoch")
     return path
+
+
+def probe_writable(directory: str | Path, what: str) -> None:
+    """Checks that files can be created in ``directory`` before any long computation.
+
+    Raises:
+        RunError: naming the directory, the reason and ``what`` was to be written.
+    """
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".probe.", suffix=".tmp")
+    except OSError as e:
+        raise RunError(
+            f"cannot write {what} into {directory} ({e.strerror}): make it writable, or "
+            "choose another directory"
+        ) from e
+    os.close(fd)
+    os.unlink(tmp)

@@ -6,11 +6,13 @@ import json
 import subprocess
 import sys
 
+import pyro.optim
 import pytest
 import torch
 
 import pyro_gen
 from pyro_gen.cli import main
+from pyro_gen.infer.checkpoint import load_checkpoint, save_checkpoint
 
 SMALL_VAE = ["--z-dim", "4", "--hidden-dim", "32", "--batch-size", "64", "--no-progress"]
 
@@ -31,7 +33,7 @@ def test_train_evaluate_sample_resume(tmp_path, capsys):
     assert main(["sample", str(run), "-n", "9", "--out", str(tmp_path / "s.png")]) == 0
     assert (tmp_path / "s.png").stat().st_size > 0
 
-    first = torch.load(run / "checkpoint.pt", weights_only=False)["model_state"]
+    first = load_checkpoint(run / "checkpoint.pt")["modules"]["model"]["state_dict"]
     assert (
         main(["train", "vae", "--data", "digits", "--epochs", "2", "--out", str(run), *SMALL_VAE])
         == 0
@@ -52,7 +54,7 @@ def test_resuming_with_other_options_is_refused(tmp_path, capsys):
     capsys.readouterr()
     args = ["train", "vae", "--data", "digits", "--epochs", "2", "--out", str(run), "--z-dim", "5"]
     assert main(args) == 2
-    assert "fresh --out" in capsys.readouterr().err
+    assert "--z-dim 4; those change the model" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -67,10 +69,7 @@ def test_resuming_with_other_options_is_refused(tmp_path, capsys):
     ],
 )
 def test_bad_input_gives_one_line_and_nonzero_exit(args, message, capsys):
-    try:
-        status = main(args)
-    except SystemExit as e:  # argparse's own errors
-        status = e.code
+    status = main(args)
     err = capsys.readouterr().err
     assert status != 0
     assert message in err
@@ -84,17 +83,10 @@ def test_checkpoint_of_another_model_gives_clear_error(tmp_path, capsys):
         == 0
     )
     config = json.loads((run / "config.json").read_text())
-    # A checkpoint of a VAE under a config that names another model.
     assert not (run / "checkpoint.pt").exists()
-    torch.save(
-        {
-            "model_class": "pyro_gen.vae.vae.VAE",
-            "model_state": {},
-            "param_store": {},
-            "progress": {},
-        },
-        run / "checkpoint.pt",
-    )
+    # A valid checkpoint of a VAE under a config that names another model.
+    vae = pyro_gen.cli.build_model(config)
+    save_checkpoint(run / "checkpoint.pt", modules={"model": vae}, optim=pyro.optim.Adam({}))
     config["model"], config["options"] = (
         "ddpm",
         {
@@ -102,12 +94,14 @@ def test_checkpoint_of_another_model_gives_clear_error(tmp_path, capsys):
             "param": "eps",
             "diffusion_objective": "elbo",
             "timesteps": 10,
+            "ema_decay": 0,
         },
     )
     (run / "config.json").write_text(json.dumps(config))
     capsys.readouterr()
     assert main(["evaluate", str(run), "--k", "2"]) == 2
-    assert "checkpoint holds a" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "is a pyro_gen.vae" in err and "not a pyro_gen.diffusion" in err, err
 
 
 def test_help_documents_every_option():
@@ -137,7 +131,9 @@ def test_help_documents_every_option():
 def test_every_model_family_trains_and_samples(model, data, extra, tmp_path, capsys):
     run = tmp_path / model
     args = ["train", model, "--data", data, "--epochs", "1", "--out", str(run), "--no-progress"]
-    args += ["--toy-samples", "256", "--test-subset", "64", "--batch-size", "64", *extra]
+    args += ["--test-subset", "64", "--batch-size", "64", *extra]
+    if data != "digits":
+        args += ["--toy-samples", "256"]
     assert main(args) == 0
     out = capsys.readouterr().out
     if data == "digits":
@@ -165,7 +161,6 @@ def test_ddpm_keeps_a_weight_average_that_follows_every_step_and_is_saved(tmp_pa
 
 
 def test_ema_decay_out_of_range_is_one_clear_error(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", "ddpm", "--data", "moons", "--ema-decay", "1.5", "--out", str(tmp_path)])
-    assert exit_info.value.code == 2
+    args = ["train", "ddpm", "--data", "moons", "--ema-decay", "1.5", "--out", str(tmp_path)]
+    assert main(args) == 2
     assert "must lie in (0, 1)" in capsys.readouterr().err

@@ -1,139 +1,409 @@
-"""Atomic checkpoints of a training run: module, optimizer, param store, RNG and progress."""
+"""Checkpoints of a training run that load without running code and refuse damage.
+
+A checkpoint holds every module's ``state_dict``, the Pyro param store (unconstrained values
+by name, constraints by their public name), the optimizer state, the RNG states and the
+run's progress. The file is::
+
+    PYRO_GEN CHECKPOINT\\n
+    {"format": 2, "size": N, "sha256": "..."}\\n
+    N bytes written by torch.save
+
+Reading checks the first line, the size (a truncated copy is refused) and the SHA-256 (a
+flipped byte is refused) before anything is parsed, and then parses the payload with
+``torch.load(weights_only=True)`` and no extra allowlist: the payload holds only tensors,
+numbers, strings, lists, tuples and dicts (:mod:`pyro_gen.infer.state_codec` turns numpy
+RNG states and constraints into those), so a crafted file cannot run code even with a
+matching checksum, and a plain ``torch.save`` or pickle file is refused before it is
+unpickled at all.
+
+Why torch's restricted unpickler rather than safetensors + JSON: safetensors is not a
+dependency of pyro_gen, holds flat tensors only (the optimizer's nested state, tuples and
+integer keys would need a second JSON encoding of our own), and the two files of such a
+checkpoint could not be replaced in one atomic step. Load times of both are measured by
+``benchmarks/checkpoint_load.py``.
+
+:func:`run_lock` gives a training run exclusive use of its directory.
+
+Example:
+    >>> import tempfile, pyro.optim
+    >>> net = torch.nn.Linear(2, 1)
+    >>> path = Path(tempfile.mkdtemp()) / "checkpoint.pt"
+    >>> save_checkpoint(path, modules={"model": net}, optim=pyro.optim.Adam({}),
+    ...                 progress={"epoch": 1})
+    >>> restore_checkpoint(load_checkpoint(path), modules={"model": net},
+    ...                    optim=pyro.optim.Adam({}))
+    {'epoch': 1}
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import io
+import itertools
 import json
 import os
-import tempfile
+import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pyro
+import pyro.optim
 import pyro.util
 import torch
 
+from pyro_gen.infer.files import append_line, atomic_write_bytes, remove_stale_temporaries
+from pyro_gen.infer.state_codec import UnsafeStateError, decode, encode, encode_constraint
+
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
+LOCK_NAME = ".pyro-gen.lock"
+FORMAT_VERSION = 2
+MAGIC = b"PYRO_GEN CHECKPOINT\n"
+_HEADER_LIMIT = 4096
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable, or belongs to another model."""
+    """A checkpoint is missing, damaged, of an old format, or belongs to another model."""
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Writes ``payload`` to ``path`` so readers see either the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+class RunLockedError(CheckpointError):
+    """Another process is training into the same run directory."""
+
+
+# ---------------------------------------------------------------------------------------
+# Writing.
+
+
+def save_checkpoint(
+    path: str | Path,
+    gen_model: torch.nn.Module | None = None,
+    optim: pyro.optim.PyroOptim | None = None,
+    progress: dict[str, Any] | None = None,
+    *,
+    modules: Mapping[str, torch.nn.Module] | None = None,
+) -> None:
+    """Atomically writes a checkpoint of ``modules``, the param store, ``optim``, the RNG
+    states and ``progress`` (a dict of JSON-like values, tensors and RNG states).
+
+    ``save_checkpoint(path, gen_model, optim, progress)`` is the older form of
+    ``modules={"model": gen_model}``.
+
+    Raises:
+        CheckpointError: if some state cannot be stored without pickling code (it names it).
+    """
+    if modules is None:
+        if gen_model is None:
+            raise TypeError("save_checkpoint needs modules={name: module}")
+        modules = {"model": gen_model}
+    if optim is None:
+        raise TypeError("save_checkpoint needs optim=")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        payload = {
+            "format": FORMAT_VERSION,
+            "modules": {name: _module_entry(name, m) for name, m in modules.items()},
+            "param_store": _param_store_entry(modules),
+            "optim": encode(optim.get_state(), "optimizer state"),
+            "rng": encode(pyro.util.get_rng_state(), "RNG state"),
+            "progress": encode(dict(progress or {}), "progress"),
+        }
+    except UnsafeStateError as e:
+        raise CheckpointError(f"cannot write checkpoint {path}: {e}") from e
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    data = buffer.getvalue()
+    header = {
+        "format": FORMAT_VERSION,
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+    atomic_write_bytes(path, MAGIC + json.dumps(header).encode() + b"\n" + data)
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` through a temporary file and ``os.replace``: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _module_entry(name: str, module: torch.nn.Module) -> dict[str, Any]:
+    state = module.state_dict()
+    encoded = encode(state, f"{name}.state_dict()")
+    # load_state_dict reads per-module versions from here (BatchNorm, for one).
+    encoded._metadata = getattr(state, "_metadata", {})
+    return {"class": _class_name(module), "state_dict": encoded}
 
 
-def write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
+def _param_store_entry(modules: Mapping[str, torch.nn.Module]) -> dict[str, Any]:
+    # A pyro.module parameter is the module's own tensor: its state_dict already holds it.
+    # Anything else in the store (pyro.param sites, networks registered by a loss that is not
+    # among ``modules``) is saved here.
+    owned = {id(t) for m in modules.values() for t in itertools.chain(m.parameters(), m.buffers())}
+    store = pyro.get_param_store()
+    constraints = store.get_state()["constraints"]
+    params, recorded = {}, {}
+    for name, value in store.named_parameters():
+        if id(value) in owned:
+            continue
+        params[name] = value.detach()
+        recorded[name] = encode_constraint(constraints[name], f"constraint of param {name!r}")
+    return {"params": params, "constraints": recorded}
+
+
+def _class_name(module: torch.nn.Module) -> str:
+    return f"{type(module).__module__}.{type(module).__qualname__}"
+
+
+def write_metrics(path: str | Path, history: list[dict[str, Any]]) -> None:
     """Rewrites the JSON-lines metrics file so it matches ``history`` exactly."""
     atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in history).encode())
 
 
-def append_metrics(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+def append_metrics(path: str | Path, record: dict[str, Any]) -> None:
+    """Appends one record to the JSON-lines metrics file (never through a symlink)."""
+    append_line(path, json.dumps(record))
 
 
-def _non_module_params(state: dict[str, Any]) -> dict[str, Any]:
-    # Parameters registered through pyro.module are restored through the module's own
-    # state_dict; restoring them into the store too would split them from the module.
-    params = state["params"]
+# ---------------------------------------------------------------------------------------
+# Reading.
+
+
+def load_checkpoint(path: str | Path, map_location: Any = None) -> dict[str, Any]:
+    """Reads and verifies a checkpoint written by :func:`save_checkpoint`; runs no code.
+
+    Raises:
+        CheckpointError: naming the file, if it is missing, not a pyro_gen checkpoint of
+            this format, truncated, or fails its checksum.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}: train first or point at a run directory")
+    raw = path.read_bytes()
+    data = _verified_payload(path, raw)
+    try:
+        payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as e:  # the restricted unpickler refuses with several error types
+        raise CheckpointError(
+            f"checkpoint {path} passes its checksum but holds objects a checkpoint never "
+            f"contains ({type(e).__name__}); it was not loaded. It was crafted or written by "
+            "another program: retrain into a fresh directory"
+        ) from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has an unknown layout; it was not loaded")
     return {
-        n: v
-        for n, v in params.items()
-        if pyro.params.param_store._MODULE_NAMESPACE_DIVIDER not in n
+        "format": payload["format"],
+        "modules": payload["modules"],
+        "param_store": {
+            "params": payload["param_store"]["params"],
+            "constraints": decode(payload["param_store"]["constraints"]),
+        },
+        "optim": decode(payload["optim"]),
+        "rng": decode(payload["rng"]),
+        "progress": decode(payload["progress"]),
     }
 
 
-def save_checkpoint(
-    path: Path, gen_model: torch.nn.Module, optim: pyro.optim.PyroOptim, progress: dict[str, Any]
-) -> None:
-    store = pyro.get_param_store().get_state()
-    atomic_torch_save(
-        {
-            "model_class": f"{type(gen_model).__module__}.{type(gen_model).__qualname__}",
-            "model_state": gen_model.state_dict(),
-            "param_store": {
-                "params": _non_module_params(store),
-                "constraints": store["constraints"],
-            },
-            "optim_state": optim.get_state(),
-            "rng_state": pyro.util.get_rng_state(),
-            "progress": progress,
-        },
-        path,
-    )
+def verify_checkpoint(path: str | Path) -> None:
+    """Checks a checkpoint's format, size and SHA-256 without parsing its payload.
 
-
-def load_checkpoint(path: Path, map_location: torch.device | str | None = None) -> dict[str, Any]:
-    """Reads a checkpoint written by :func:`save_checkpoint`, with one clear error if it can't."""
+    Raises:
+        CheckpointError: as :func:`load_checkpoint` does.
+    """
+    path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}: train first or point at a run directory")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # torch raises several types for a damaged file
-        raise CheckpointError(
-            f"checkpoint {path} is unreadable ({e}); delete it to start over"
-        ) from e
+    _verified_payload(path, path.read_bytes())
 
 
-def restore_model(ckpt: dict[str, Any], gen_model: torch.nn.Module) -> None:
-    """Loads a checkpoint's module state and its ``pyro.param`` values (not the optimizer)."""
-    expected = f"{type(gen_model).__module__}.{type(gen_model).__qualname__}"
-    if ckpt["model_class"] != expected:
+def _verified_payload(path: Path, raw: bytes) -> bytes:
+    if not raw.startswith(MAGIC):
+        if raw.startswith(b"PK\x03\x04") or raw.startswith(b"\x80"):
+            kind = "a plain torch.save/pickle file (as older pyro_gen versions wrote)"
+        elif not raw:
+            kind = "empty"
+        else:
+            kind = "not a pyro_gen checkpoint"
         raise CheckpointError(
-            f"checkpoint holds a {ckpt['model_class']}, not a {expected}: "
-            "use a fresh checkpoint directory for a different model"
+            f"{path} is {kind}; it was not loaded, because unpickling such a file can run "
+            "code. Retrain into a fresh directory (or move the file aside to retrain here)"
         )
+    end = raw.find(b"\n", len(MAGIC), len(MAGIC) + _HEADER_LIMIT)
     try:
-        gen_model.load_state_dict(ckpt["model_state"])
-    except RuntimeError as e:
+        header = json.loads(raw[len(MAGIC) : end])
+        size, digest = int(header["size"]), str(header["sha256"])
+    except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(
-            f"checkpoint does not fit this model's architecture ({e}); "
-            "use the same options as the run that wrote it"
+            f"checkpoint {path} has a damaged header; it was not loaded. Restore it from a "
+            "copy, or retrain into a fresh directory"
         ) from e
-    device = next(iter(gen_model.state_dict().values()), torch.empty(0)).device
-    saved = ckpt["param_store"]
-    pyro.get_param_store().set_state(
-        {
-            "params": {
-                n: v.detach().to(device).requires_grad_() for n, v in saved["params"].items()
-            },
-            "constraints": {n: saved["constraints"][n] for n in saved["params"]},
-        }
-    )
+    data = raw[end + 1 :]
+    if len(data) != size:
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or padded ({len(data)} bytes of data, "
+            f"{size} written); it was not loaded. Restore it from a copy, or retrain into a "
+            "fresh directory"
+        )
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise CheckpointError(
+            f"checkpoint {path} is damaged (its SHA-256 differs from the one recorded when it "
+            "was written); it was not loaded. Restore it from a copy, or retrain into a fresh "
+            "directory"
+        )
+    return data
+
+
+# ---------------------------------------------------------------------------------------
+# Restoring.
+
+
+def restore_modules(ckpt: dict[str, Any], modules: Mapping[str, torch.nn.Module]) -> None:
+    """Loads each of ``modules`` strictly from its saved ``state_dict`` and copies the saved
+    param-store values into the store (in place where an entry exists).
+
+    Raises:
+        CheckpointError: if a module is missing from the checkpoint, is of another class, or
+            its parameters do not fit (other options than the run that wrote it).
+    """
+    saved = ckpt["modules"]
+    for name, module in modules.items():
+        if name not in saved:
+            raise CheckpointError(
+                f"the checkpoint has no module {name!r} (it has {sorted(saved)}): it was "
+                "written by another kind of run; use a fresh directory"
+            )
+        expected = _class_name(module)
+        if saved[name]["class"] != expected:
+            raise CheckpointError(
+                f"the checkpoint's {name} is a {saved[name]['class']}, not a {expected}: it "
+                "belongs to another model; use a fresh directory for this one"
+            )
+        try:
+            module.load_state_dict(saved[name]["state_dict"], strict=True)
+        except RuntimeError as e:
+            detail = " ".join(str(e).split())[:300]
+            raise CheckpointError(
+                f"the checkpoint's {name} does not fit this {type(module).__name__} ({detail}); "
+                "use the same model options as the run that wrote it"
+            ) from e
+    _restore_param_store(ckpt["param_store"])
+
+
+def _restore_param_store(saved: dict[str, Any]) -> None:
+    store = pyro.get_param_store()
+    existing = dict(store.named_parameters())
+    current = store.get_state()["constraints"]
+    missing_params, missing_constraints = {}, {}
+    for name, value in saved["params"].items():
+        constraint = saved["constraints"][name]
+        if name not in existing:
+            missing_params[name] = value.detach().clone().requires_grad_()
+            missing_constraints[name] = constraint
+            continue
+        target = existing[name]
+        if target.shape != value.shape:
+            raise CheckpointError(
+                f"param {name!r} has shape {tuple(target.shape)} here but "
+                f"{tuple(value.shape)} in the checkpoint: use the options of the run that wrote it"
+            )
+        if encode_constraint(current[name]) != encode_constraint(constraint):
+            raise CheckpointError(
+                f"param {name!r} is constrained to {current[name]} here but to {constraint} in "
+                "the checkpoint: use the model that wrote it"
+            )
+        with torch.no_grad():
+            target.copy_(value)  # in place: optimizers and modules keep their references
+    if missing_params:
+        store.set_state({"params": missing_params, "constraints": missing_constraints})
 
 
 def restore_checkpoint(
-    ckpt: dict[str, Any], gen_model: torch.nn.Module, optim: pyro.optim.PyroOptim
+    ckpt: dict[str, Any],
+    gen_model: torch.nn.Module | None = None,
+    optim: pyro.optim.PyroOptim | None = None,
+    *,
+    modules: Mapping[str, torch.nn.Module] | None = None,
 ) -> dict[str, Any]:
-    """Loads a checkpoint's state into a model, the param store, the optimizer and the RNGs,
-    and returns the saved progress (epoch, step, history)."""
-    restore_model(ckpt, gen_model)
-    optim.set_state(ckpt["optim_state"])
-    pyro.util.set_rng_state(ckpt["rng_state"])
+    """Restores ``modules`` (exactly the set that was saved), the param store, the optimizer
+    and the RNG states from a loaded checkpoint; returns the saved progress.
+
+    ``restore_checkpoint(ckpt, gen_model, optim)`` is the older form of
+    ``modules={"model": gen_model}``.
+    """
+    if modules is None:
+        if gen_model is None:
+            raise TypeError("restore_checkpoint needs modules={name: module}")
+        modules = {"model": gen_model}
+    if set(modules) != set(ckpt["modules"]):
+        raise CheckpointError(
+            f"the checkpoint holds modules {sorted(ckpt['modules'])} but this run has "
+            f"{sorted(modules)}: it was written by another kind of run; use a fresh directory"
+        )
+    restore_modules(ckpt, modules)
+    if optim is not None:
+        optim.set_state(ckpt["optim"])
+    pyro.util.set_rng_state(ckpt["rng"])
     return ckpt["progress"]
+
+
+# ---------------------------------------------------------------------------------------
+# Exclusive use of a run directory.
+
+_held: dict[str, list[int]] = {}  # real path -> [lock file descriptor, depth]
+_held_guard = threading.Lock()
+
+
+@contextlib.contextmanager
+def run_lock(directory: str | Path) -> Iterator[Path]:
+    """Exclusive use of a run directory (created if missing) for as long as the block runs.
+
+    Re-entrant within one process, so the command line can take it before writing
+    ``config.json`` and :func:`~pyro_gen.infer.fit` take it again. The first acquisition
+    removes temporary files that killed writers left behind.
+
+    Raises:
+        RunLockedError: at once, naming the directory and the other process, if another
+            process holds it.
+
+    Example:
+        >>> import tempfile
+        >>> d = tempfile.mkdtemp()
+        >>> with run_lock(d), run_lock(d):
+        ...     pass
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    key = os.path.realpath(directory)
+    with _held_guard:
+        entry = _held.get(key)
+        if entry is not None:
+            entry[1] += 1
+        else:
+            entry = _held[key] = [_acquire(directory), 1]
+    try:
+        yield directory
+    finally:
+        with _held_guard:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del _held[key]
+                fcntl.flock(entry[0], fcntl.LOCK_UN)
+                os.close(entry[0])
+
+
+def _acquire(directory: Path) -> int:
+    path = directory / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RunLockedError(
+            f"run directory {directory} is in use by another process (pid {holder}); wait for "
+            "it to finish, or choose another directory"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    remove_stale_temporaries(directory)
+    return fd
+
+
+def restore_model(ckpt: dict[str, Any], gen_model: torch.nn.Module) -> None:
+    """Older name of ``restore_modules(ckpt, {"model": gen_model})``."""
+    restore_modules(ckpt, {"model": gen_model})

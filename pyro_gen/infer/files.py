@@ -1,0 +1,141 @@
+"""Writing run files safely: atomic replacement, no symlink following, no leftovers.
+
+Every file a run writes (checkpoint, config, metrics, figures) goes through here, so that
+
+* a reader sees either the old file or the new one, never half of one (temporary file in the
+  same directory, ``fsync``, ``os.replace``);
+* a symlink planted where a run file should be is refused rather than followed, so a write
+  never lands outside the run directory (``os.replace`` would only replace the link, but a
+  link there means someone expects the write to go elsewhere: that is an error, not a guess);
+* a temporary file left by a killed writer is removed when the next run takes the
+  directory (:func:`remove_stale_temporaries`), while one that a live writer still holds is
+  left alone: each writer holds a ``flock`` on its own temporary file until it is renamed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import tempfile
+from pathlib import Path
+
+# mkstemp names its files PREFIX + 8 characters from [a-z0-9_] + SUFFIX.
+_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
+class UnsafePathError(OSError):
+    """A run file's path is a symlink or otherwise not a plain file we may replace."""
+
+
+def refuse_symlink(path: str | Path) -> Path:
+    """Returns ``path`` if writing there cannot follow a symlink; raises otherwise.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> (d / "link.png").symlink_to(d / "elsewhere")
+        >>> refuse_symlink(d / "link.png")
+        Traceback (most recent call last):
+        ...
+        pyro_gen.infer.files.UnsafePathError: ... is a symlink ...
+    """
+    path = Path(path)
+    if path.is_symlink():
+        raise UnsafePathError(
+            f"{path} is a symlink (to {os.readlink(path)}); pyro-gen does not write through "
+            "links: remove the link or choose another path"
+        )
+    if path.exists() and not path.is_file():
+        raise UnsafePathError(
+            f"{path} exists and is not a regular file: move it or choose another path"
+        )
+    return path
+
+
+def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
+    """Writes ``payload`` to ``path`` so readers see either the old file or the new one.
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "a.txt"
+        >>> atomic_write_bytes(p, b"hello")
+        >>> p.read_bytes()
+        b'hello'
+    """
+    path = refuse_symlink(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        # Held until the rename, so a concurrent clean-up leaves this live file alone.
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        # mkstemp makes the file private; the result gets the mode a plain open() would give.
+        os.fchmod(fd, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+            os.replace(tmp, path)
+        _fsync_directory(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def append_line(path: str | Path, line: str) -> None:
+    """Appends one line to ``path`` (created if missing) without following a symlink."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        if path.is_symlink():
+            refuse_symlink(path)
+        raise e
+    with os.fdopen(fd, "a") as f:
+        f.write(line.rstrip("\n") + "\n")
+
+
+def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+    """Removes temporary files that killed writers left in ``directory``; returns them.
+
+    A temporary file still locked by a live writer is kept.
+    """
+    removed = []
+    for entry in os.scandir(directory):
+        if not _TEMPORARY.match(entry.name) or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue  # a live writer holds it
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _umask() -> int:
+    # Read, not set-and-restore: os.umask would briefly change it for every thread.
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    return 0o022
+
+
+def _fsync_directory(directory: Path) -> None:
+    # The rename is durable only once the directory entry is on disk.
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,116 @@
+"""CompiledSVI's step guard: a non-finite loss or gradient skips that update on the device,
+leaves parameters and optimizer state exactly as they were, and returns a non-finite loss."""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from torch import nn
+
+from pyro_gen.infer.compiled import CompiledSVI
+from pyro_gen.infer.compiled_optim import non_finite
+
+
+class Poisonable(nn.Module):
+    """A Normal mean model whose loss (``poison="loss"``) or only gradient (``"grad"``)
+    becomes non-finite while the buffer ``poison`` holds an infinity.
+
+    The gradient case is the one that corrupted parameters: ``where(isfinite(b), b, 0)``
+    is 0 going forward, but its backward multiplies a zero by ``d b / d loc = inf``.
+    """
+
+    def __init__(self, poison: str) -> None:
+        super().__init__()
+        self.loc = nn.Parameter(torch.zeros(2))
+        self.q_loc = nn.Parameter(torch.zeros(2))
+        self.register_buffer("poison", torch.zeros(()))
+        self.kind = poison
+
+    def model(self, x):
+        pyro.module("poisonable", self)
+        z = pyro.sample("z", dist.Normal(self.loc, 1.0).to_event(1))
+        blown = self.loc.sum() * self.poison
+        if self.kind == "grad":
+            pyro.factor("poison", torch.where(torch.isfinite(blown), blown, torch.zeros(())))
+        else:
+            pyro.factor("poison", -self.poison)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.module("poisonable", self)
+        pyro.sample("z", dist.Normal(self.q_loc, 0.5).to_event(1))
+
+
+def snapshot(optim: pyro.optim.PyroOptim) -> tuple[dict, dict]:
+    params = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+    return params, optim.get_state()
+
+
+def assert_same_state(before: dict, after: dict) -> None:
+    assert before.keys() == after.keys()
+    for name in before:
+        for key, value in before[name]["state"][0].items():
+            got = after[name]["state"][0][key]
+            assert torch.equal(torch.as_tensor(got), torch.as_tensor(value)), (name, key)
+
+
+@pytest.mark.parametrize("poison", ["loss", "grad"])
+@pytest.mark.parametrize(
+    "make_optim",
+    [
+        lambda: pyro.optim.Adam({"lr": 0.1}),  # fused: skipped through found_inf
+        lambda: pyro.optim.SGD({"lr": 0.1, "momentum": 0.9}),  # per-parameter: one read
+    ],
+    ids=["fused_adam", "sgd"],
+)
+@pytest.mark.parametrize("backend", ["fx", "pyro"])
+def test_a_non_finite_step_changes_nothing(poison, make_optim, backend):
+    gen = Poisonable(poison)
+    optim = make_optim()
+    svi = CompiledSVI(gen.model, gen.guide, optim, backend=backend)
+    x = torch.randn(8, 2) + 1.0
+    for _ in range(3):  # a plain step, the recording, a replay: the state has momentum
+        assert torch.isfinite(svi.step(x))
+    params, state = snapshot(optim)
+    gen.poison.fill_(math.inf)
+    for _ in range(2):
+        loss = svi.step(x)
+        assert not torch.isfinite(loss)
+    assert svi.compiled == (backend == "fx"), svi.fallback_reason
+    after_params, after_state = snapshot(optim)
+    for name, value in params.items():
+        assert torch.equal(after_params[name], value), name
+    assert_same_state(state, after_state)
+    gen.poison.zero_()  # the next finite step updates again
+    assert torch.isfinite(svi.step(x))
+    assert not torch.equal(pyro.param("poisonable$$$loc"), params["poisonable$$$loc"])
+
+
+def test_guard_off_lets_a_non_finite_gradient_through():
+    """What the guard prevents: without it, one NaN gradient makes the parameters NaN."""
+    gen = Poisonable("grad")
+    svi = CompiledSVI(gen.model, gen.guide, pyro.optim.Adam({"lr": 0.1}), step_guard=False)
+    x = torch.randn(8, 2)
+    for _ in range(2):
+        svi.step(x)
+    gen.poison.fill_(math.inf)
+    assert torch.isfinite(svi.step(x))  # the loss looks fine
+    assert not torch.isfinite(pyro.param("poisonable$$$loc")).all()
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, None])
+def test_non_finite_flag_matches_isfinite(bad):
+    tensors = [torch.tensor(2.0, dtype=torch.float64), torch.randn(3, 4), torch.randn(5)]
+    if bad is not None:
+        tensors[1][2, 1] = bad
+    expected = float(not all(torch.isfinite(t).all() for t in tensors))
+    copies = [t.clone() for t in tensors]
+    flag = non_finite(tensors)
+    assert flag.dtype == torch.float32 and flag.item() == expected
+    for t, c in zip(tensors, copies):  # multiplied by one: unchanged
+        assert torch.equal(t, c) or (torch.isnan(t) == torch.isnan(c)).all()

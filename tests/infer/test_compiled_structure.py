@@ -1,0 +1,179 @@
+"""CompiledSVI's cost is bounded when a recording cannot stand for the model: a model whose
+sites change with the batch runs as plain SVI after one eager pass and no recording, any
+failure while recording falls back with one log line, and guides that build themselves on
+their first call (Pyro's AutoNormal, pyro_gen's AutoAmortizedNormal) with a positive global
+latent are recorded."""
+
+from __future__ import annotations
+
+import logging
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import Trace_ELBO
+from pyro.infer.autoguide import AutoNormal
+from torch import nn
+
+from pyro_gen.infer import compiled
+from pyro_gen.infer.compiled import CompiledSVI
+
+
+class ToyDMM(nn.Module):
+    """A deep-Markov-like model over padded sequences ``(B, T, 3)`` with a mask: one latent
+    ``z_t`` and one observation per time step up to the batch's longest sequence, read
+    either from the padded shape or, with ``loop_over="lengths"``, from the mask's values
+    (same input shapes, different sites)."""
+
+    def __init__(self, loop_over: str = "shape") -> None:
+        super().__init__()
+        self.trans, self.emit = nn.Linear(2, 2), nn.Linear(2, 3)
+        self.comb = nn.Linear(5, 4)
+        self.loop_over = loop_over
+        self.model_runs = 0
+
+    def steps(self, mask: torch.Tensor) -> int:
+        if self.loop_over == "shape":
+            return mask.shape[1]
+        return int(mask.sum(-1).max())
+
+    def model(self, seqs, mask):
+        self.model_runs += 1
+        pyro.module("toy_dmm", self)
+        z = seqs.new_zeros(seqs.shape[0], 2)
+        with pyro.plate("seqs", seqs.shape[0]):
+            for t in range(self.steps(mask)):
+                m = mask[:, t]
+                z = pyro.sample(f"z_{t + 1}", dist.Normal(self.trans(z), 1.0).to_event(1).mask(m))
+                lik = dist.Normal(self.emit(z), 1.0).to_event(1).mask(m)
+                pyro.sample(f"x_{t + 1}", lik, obs=seqs[:, t])
+
+    def guide(self, seqs, mask):
+        pyro.module("toy_dmm", self)
+        z = seqs.new_zeros(seqs.shape[0], 2)
+        with pyro.plate("seqs", seqs.shape[0]):
+            for t in range(self.steps(mask)):
+                h = self.comb(torch.cat([z, seqs[:, t]], -1))
+                q = dist.Normal(h[:, :2], nn.functional.softplus(h[:, 2:]))
+                z = pyro.sample(f"z_{t + 1}", q.to_event(1).mask(mask[:, t]))
+
+
+def sequences(lengths: list[int], pad_to: int | None = None):
+    t_max = pad_to or max(lengths)
+    mask = torch.arange(t_max) < torch.tensor(lengths)[:, None]
+    return torch.randn(len(lengths), t_max, 3) * mask[..., None], mask
+
+
+@pytest.mark.parametrize("loop_over", ["shape", "lengths"])
+def test_sites_that_change_with_the_batch_cost_no_recording(loop_over, monkeypatch, caplog):
+    recordings = []
+    record = CompiledSVI._record
+    monkeypatch.setattr(
+        CompiledSVI, "_record", lambda self, *a: recordings.append(1) or record(self, *a)
+    )
+    gen = ToyDMM(loop_over)
+    svi = CompiledSVI(gen.model, gen.guide, pyro.optim.Adam({"lr": 0.01}), backend="jit")
+    pad = 7 if loop_over == "lengths" else None
+    batches = [sequences(lengths, pad) for lengths in ([3, 2], [5, 4], [3, 1], [6, 2], [5, 5])]
+    with caplog.at_level(logging.INFO, logger="pyro_gen"):
+        losses = [svi.step(*batch) for batch in batches]
+    assert not svi.compiled and "sites change with the batch" in svi.fallback_reason
+    assert "site set changed" in svi.fallback_reason
+    lines = [r.getMessage() for r in caplog.records if r.name == "pyro_gen"]
+    assert len(lines) == 1 and "plain Pyro SVI" in lines[0], lines
+    assert not recordings
+    # Every step is one plain Pyro step (one model run); deciding took two eager passes.
+    assert gen.model_runs == len(batches) + 2
+    assert all(torch.isfinite(loss) for loss in losses)
+
+
+def test_new_shapes_with_the_same_sites_fall_back_after_max_programs(caplog):
+    """Padded to each batch's own length with a vectorized time axis: the sites stay, the
+    shapes keep changing; each new shape costs one eager pass, never a recording."""
+    gen = ToyDMM("shape")
+    svi = CompiledSVI(gen.model, gen.guide, backend="jit", max_programs=2)
+
+    class Vectorized(ToyDMM):
+        def steps(self, mask):
+            return 1  # one site whatever the length: only shapes change
+
+    gen.__class__ = Vectorized
+    with caplog.at_level(logging.WARNING, logger="pyro_gen"):
+        for length in (2, 3, 4, 5):
+            svi.step(*sequences([length, 1]))
+    assert not svi.compiled and "more than 2 distinct input signatures" in svi.fallback_reason
+    assert not svi._programs and gen.model_runs == 4 + 3
+
+
+def test_any_recording_failure_falls_back_with_one_line(monkeypatch, caplog):
+    def broken(gm):
+        raise IndexError("tuple index out of range")
+
+    monkeypatch.setattr(compiled, "simplify", broken)
+    gen = ToyDMM("shape")
+    x, mask = sequences([2, 2])
+    svi = CompiledSVI(gen.model, gen.guide, backend="fx")
+    with caplog.at_level(logging.WARNING, logger="pyro_gen"):
+        losses = [svi.step(x, mask) for _ in range(3)]
+    assert not svi.compiled
+    assert svi.fallback_reason == "recording failed (IndexError: tuple index out of range)"
+    assert len([r for r in caplog.records if r.name == "pyro_gen"]) == 1
+    assert all(torch.isfinite(loss) for loss in losses)
+
+
+class GlobalScale(nn.Module):
+    """A positive global latent outside the data plate, local latents inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dec = nn.Linear(2, 5)
+
+    def model(self, x):
+        pyro.module("global_scale_dec", self.dec)
+        sigma = pyro.sample("sigma", dist.LogNormal(0.0, 1.0))
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(self.dec(z), sigma).to_event(1), obs=x)
+
+    def hand_guide(self, x):
+        loc = pyro.param("sigma_loc", torch.zeros(()))
+        pyro.sample("sigma", dist.LogNormal(loc, 0.3))
+        z_loc = pyro.param("z_loc", torch.zeros(x.shape[0], 2))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(z_loc, 0.5).to_event(1))
+
+
+def guide_for(kind: str, gen: GlobalScale):
+    if kind == "hand":
+        return gen.hand_guide
+    if kind == "auto_normal":
+        return AutoNormal(gen.model)
+    from pyro_gen.vae import AutoAmortizedNormal
+
+    return AutoAmortizedNormal(gen.model)
+
+
+@pytest.mark.parametrize("kind", ["hand", "auto_normal", "auto_amortized"])
+def test_positive_global_latent_records_and_matches_pyro(kind, caplog):
+    torch.manual_seed(0)
+    gen = GlobalScale()
+    guide = guide_for(kind, gen)  # built lazily: its first call is the compiled step's
+    x = torch.randn(6, 5)
+    svi = CompiledSVI(gen.model, guide, pyro.optim.Adam({"lr": 0.01}), backend="fx")
+    with caplog.at_level(logging.WARNING, logger="pyro_gen"):
+        for _ in range(3):
+            assert torch.isfinite(svi.step(x))
+    assert svi.compiled, svi.fallback_reason
+    assert not [r for r in caplog.records if r.name == "pyro_gen"]
+    pyro.set_rng_seed(1)
+    expected = Trace_ELBO().loss_and_grads(gen.model, guide, x.clone())
+    expected_grads = {k: p.grad.clone() for k, p in pyro.get_param_store().named_parameters()}
+    for _, p in pyro.get_param_store().named_parameters():
+        p.grad = None
+    pyro.set_rng_seed(1)
+    actual = svi.loss_and_grads(x.clone())
+    torch.testing.assert_close(actual, torch.tensor(expected), rtol=1e-5, atol=1e-5)
+    for name, grad in expected_grads.items():
+        got = pyro.get_param_store()[name].unconstrained().grad
+        torch.testing.assert_close(got, grad, rtol=1e-4, atol=1e-6, msg=name)

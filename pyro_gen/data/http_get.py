@@ -5,19 +5,23 @@ silence tolerated while waiting for headers or for the next bytes of the body) a
 total deadline covering connection, redirects and the whole body, so a mirror that
 trickles one byte a second fails when the deadline passes instead of never. Each socket
 wait is bounded by the smaller of the read timeout and the time left before the deadline,
-so the deadline is kept to within one system call. A byte cap stops an endless or
+so the deadline is kept to within one system call; while headers are read, a timer
+shuts the socket down at the deadline. A byte cap stops an endless or
 oversized body as soon as it is exceeded, and a body shorter than its ``Content-Length``
 is refused. Redirects (at most :data:`MAX_REDIRECTS`, http and https only) and the
 ``http_proxy``/``https_proxy``/``no_proxy`` environment variables are honoured, as
-:mod:`urllib` would.
+:mod:`urllib` would. Name resolution (DNS) is left to the system resolver's own
+timeouts, which no socket option reaches.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import http.client
 import socket
 import ssl
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -117,6 +121,11 @@ class _Clock:
         )
 
 
+def _abort(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in recv on it
+
+
 def _open(
     url: str, limits: Limits, clock: _Clock
 ) -> tuple[http.client.HTTPResponse, socket.socket]:
@@ -143,6 +152,11 @@ def _open(
                 mirror_dead=True,
             ) from e
         sock = conn.sock  # kept: the connection drops its reference once the response owns it
+        # Headers arrive through many small reads inside http.client, so a per-read timeout
+        # cannot keep the deadline there; a timer shuts the socket down when it passes.
+        watchdog = threading.Timer(max(clock.end - time.monotonic(), 0.0), _abort, (sock,))
+        watchdog.daemon = True
+        watchdog.start()
         try:
             sock.settimeout(clock.wait(limits.read_timeout))
             conn.request("GET", selector, headers={"User-Agent": "pyro_gen"})
@@ -152,10 +166,14 @@ def _open(
             raise clock.timed_out("response") from e
         except (OSError, http.client.HTTPException) as e:
             conn.close()
+            if time.monotonic() >= clock.end:
+                raise clock.deadline_error() from e
             raise DownloadError(
                 f"{url} sent no valid HTTP response ({e!r}); nothing was kept. Try another mirror.",
                 url,
             ) from e
+        finally:
+            watchdog.cancel()
         if response.status in (301, 302, 303, 307, 308):
             location = response.getheader("Location")
             conn.close()

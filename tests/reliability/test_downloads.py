@@ -100,6 +100,12 @@ class _FaultHandler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(BODY[i : i + 1])
             self.wfile.flush()
 
+    def fault_trickle_headers(self) -> None:  # an endless header, one byte per 50 ms
+        self.wfile.write(b"HTTP/1.0 200 OK\r\nX-Slow: ")
+        while self._wait(0.05):
+            self.wfile.write(b"z")
+            self.wfile.flush()
+
     def fault_truncate(self) -> None:  # promises the body, sends half and hangs up
         self._headers(len(BODY))
         self.wfile.write(BODY[: len(BODY) // 2])
@@ -162,6 +168,7 @@ FAULTS = [
     ("stall", "no response for 0.3 s", True),
     ("stall_body", "no data for 0.3 s", True),
     ("trickle", "exceeded its deadline of 0.8 s", True),
+    ("trickle_headers", "exceeded its deadline of 0.8 s", True),
     ("truncate", "truncated", False),
     ("endless", f"more than {len(BODY)} bytes", False),
     ("huge", f"announces {5 << 30} bytes", False),

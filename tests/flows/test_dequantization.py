@@ -137,3 +137,21 @@ def test_image_density_is_logit_space_density_plus_logit_logdet(alpha):
     torch.testing.assert_close(flow.log_prob(x), expected)
     bpd = -(expected.mean() - 16 * math.log(256)) / (16 * math.log(2))
     torch.testing.assert_close(flow.bits_per_dim(x), bpd)
+
+
+@pytest.mark.parametrize("dequantization", ["uniform", "variational"])
+def test_dequantized_model_runs_without_its_guide(dequantization):
+    # the prior on the noise is a proper distribution: Predictive and prior sampling work
+    model = _model(dequantization)
+    x = torch.randint(0, K, (5, 2)).float()
+    tr = poutine.trace(model.model).get_trace(x)
+    u = tr.nodes[model.dequantization.site]["value"]
+    assert u.shape == (5, 2) and bool(((u >= 0) & (u < 1)).all())
+    tr.compute_log_prob()
+    torch.testing.assert_close(
+        tr.nodes[model.dequantization.site]["log_prob"], torch.zeros(5)
+    )  # density 1 on the unit cube, as the bound in the module docstring needs
+    samples = pyro.infer.Predictive(model.model, num_samples=3)(x)
+    assert samples[model.dequantization.site].shape == (3, 5, 2)
+    prior = pyro.infer.Predictive(model.model, num_samples=4)(None, num_samples=2)
+    assert prior[model.site].shape == (4, 2, 2)

@@ -123,3 +123,45 @@ def test_pyro_module_registers_all_parameters() -> None:
     pyro.module("flow", flow)
     names = set(pyro.get_param_store().keys())
     assert len(names) == len(list(flow.parameters())) > 0
+
+
+def test_cached_transform_scoring_one_data_tensor_per_step_is_not_stale() -> None:
+    # torch's cache_size=1 matches inputs by identity only: scoring the same data tensor
+    # after an optimizer step would return the previous step's latent (and its freed graph)
+    torch.manual_seed(0)
+    flow = Flow(3, [T.affine_coupling(3, hidden_dims=[8]), T.masked_autoregressive(3, [8])])
+    ref = copy.deepcopy(flow)
+    for part in ref._transforms:
+        part._cache_size = 0  # the uncached reference, same parameters at every step
+    x = torch.randn(16, 3) * 2.0 + 1.0
+    opt = torch.optim.SGD(flow.parameters(), lr=0.05)
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.05)
+    for _ in range(3):
+        for f, o in ((flow, opt), (ref, ref_opt)):
+            o.zero_grad()
+            loss = -f.log_prob(x).mean()
+            loss.backward()  # raises on a freed graph if the cache were stale
+            o.step()
+        for p, q in zip(flow.parameters(), ref.parameters(), strict=True):
+            torch.testing.assert_close(p, q)
+    # a value cached without grad is not handed to a caller that needs gradients
+    t = T.inverse_autoregressive(3, [8])
+    u = torch.randn(4, 3)
+    with torch.no_grad():
+        y = t(u)
+    assert t(u).requires_grad and not y.requires_grad
+
+
+def test_iaf_scores_its_own_samples_in_one_pass() -> None:
+    # what a guide does: sample, then log_prob of that sample
+    import pyro.distributions as dist
+
+    d = 6
+    t = T.inverse_autoregressive(d, [16])
+    t.made = counter = _Counting(t.made)
+    q = dist.TransformedDistribution(dist.Normal(torch.zeros(d), 1.0).to_event(1), [t])
+    z = q.rsample((5,))
+    q.log_prob(z)
+    assert counter.calls == 1
+    q.log_prob(z.clone())  # any other point: the D-pass inverse
+    assert counter.calls == 1 + d

@@ -1,12 +1,24 @@
-"""One parametrized test over every registered transform (see registry.py)."""
+"""Parametrized tests over every registered transform (see registry.py): the bijection
+itself (``test_transform``) and Pyro's transform contract (``test_pyro_contract``)."""
 
 from __future__ import annotations
 
+import copy
 import inspect
+import io
 
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
-from pyro.distributions.conditional import ConditionalTransform
+from pyro import poutine
+from pyro.distributions import constraints
+from pyro.distributions.conditional import (
+    ConditionalComposeTransformModule,
+    ConditionalTransform,
+)
+from pyro.distributions.torch_transform import ComposeTransformModule
+from pyro.infer.reparam import UnitJacobianReparam
 from torch.autograd.functional import jacobian
 from torch.distributions import Transform
 
@@ -216,3 +228,164 @@ def test_registry_covers_reused_pyro_transforms() -> None:
     }
     assert reused <= covered | set(), f"missing reused Pyro transforms: {reused - covered}"
     assert all(hasattr(PT, n) for n in reused)
+
+
+# ------------------------------------------------------------------ the Pyro contract
+# Checked on pyro_gen's own transforms (Pyro's reused ones are its own business: most
+# cannot change their cache size, and its modules do not pickle after pyro.module).
+OURS = [c for c in CASES if all(cls.__module__.startswith("pyro_gen.") for cls in c.covers)]
+
+
+def _boom(*args, **kwargs):
+    raise RuntimeError("boom: the inverse ran")
+
+
+def _sample_in(constraint, shape: tuple[int, ...], far: float) -> torch.Tensor:
+    """Points of ``constraint`` (batch ``BATCH`` of ordinary ones, ``BATCH`` far out)."""
+    base = constraint
+    while isinstance(base, constraints.independent):
+        base = base.base_constraint
+    if base is constraints.real:
+        typical = torch.randn(BATCH, *shape, dtype=torch.float64)
+        return torch.cat([typical, far * torch.sign(typical) + typical])
+    if isinstance(base, constraints.interval):
+        lo, hi = float(base.lower_bound), float(base.upper_bound)
+        u = torch.rand(2 * BATCH, *shape, dtype=torch.float64)
+        u[BATCH:] = torch.where(u[BATCH:] < 0.5, 1e-12 * u[BATCH:], 1 - 1e-12 * u[BATCH:])
+        u[-1].fill_(1.0)  # the end points themselves
+        u[-2].fill_(0.0)
+        return lo + (hi - lo) * u
+    raise NotImplementedError(f"no sampler for constraint {constraint}; add one here")
+
+
+def _outputs_agree(a, b, x, y) -> None:
+    torch.testing.assert_close(a(x.clone()), b(x.clone()), atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(a.inv(y.clone()), b.inv(y.clone()), atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("case", [_param(c) for c in OURS])
+@pytest.mark.usefixtures("_dtype_for")
+def test_pyro_contract(case: Case, tmp_path) -> None:
+    """with_cache, ComposeTransformModule(cache_size=1), true domains, pickling, param store."""
+    t = _prepare(case)
+    is_module = isinstance(t, torch.nn.Module)
+    ctx = _context(case, 2 * BATCH)
+    ct = _concrete(case, t, ctx)
+    in_shape = case.shape
+    out_shape = tuple(ct.forward_shape(in_shape))
+    x = torch.randn(2 * BATCH, *in_shape, dtype=torch.float64)
+    y = ct(x.clone())
+    params = list(t.parameters()) if is_module else []
+
+    # with_cache: same size -> itself; a twin of the other size computes the same map
+    assert ct.with_cache(ct._cache_size) is ct
+    c1, c0 = ct.with_cache(1), ct.with_cache(0)
+    _outputs_agree(c1, ct, x, y)
+    _outputs_agree(c0, ct, x, y)
+    # the cached twin returns its own input for its own output, without inverting ...
+    y1 = c1(x)
+    c1._inverse = _boom
+    assert c1.inv(y1) is x
+    ladj = c1.log_abs_det_jacobian(x, y1)
+    torch.testing.assert_close(ladj, c0.log_abs_det_jacobian(x.clone(), y1.clone()))
+    # ... and the uncached one inverts
+    y0 = c0(x)
+    c0._inverse = _boom
+    with pytest.raises(RuntimeError, match="boom"):
+        c0.inv(y0)
+    del c1._inverse, c0._inverse
+    if params:
+        # twins share parameters: a change made through the module shows in both, and a
+        # cached value from before the change is not returned after it
+        with torch.no_grad():
+            for p in params:
+                p.add_(0.05 * torch.randn_like(p))
+        _outputs_agree(c1, _concrete(case, t, ctx), x, y)
+        assert not torch.allclose(c1(x.clone()), y1)
+        x_again = c1.inv(y1)
+        assert x_again is not x
+        torch.testing.assert_close(c1(x_again), y1, atol=case.roundtrip_atol, rtol=1e-6)
+        y = ct(x.clone())
+    if is_module and case.context_dim is None:
+        t.train()
+        assert c1.training and c0.training
+        t.eval()
+        assert not c1.training and not c0.training
+
+    # ComposeTransformModule(cache_size=1) (conditional: ConditionalComposeTransformModule)
+    if case.context_dim is None:
+        comp = ComposeTransformModule([t], cache_size=1)
+        assert {id(p) for p in comp.parameters()} == {id(p) for p in params}
+    else:
+        comp = ConditionalComposeTransformModule([t], cache_size=1).condition(ctx)
+    base = dist.Normal(torch.zeros(2 * BATCH, *in_shape, dtype=torch.float64), 1.0)
+    d = dist.TransformedDistribution(base.to_event(len(in_shape)), comp)
+    z = d.rsample()
+    uncached = dist.TransformedDistribution(base.to_event(len(in_shape)), ct.with_cache(0))
+    reference = uncached.log_prob(z.clone())
+    comp.parts[0]._inverse = _boom
+    torch.testing.assert_close(d.log_prob(z), reference, atol=case.ladj_atol, rtol=1e-8)
+    del comp.parts[0]._inverse
+
+    # declared domain/codomain are where the map and its inverse are defined, far out too
+    ys = _sample_in(ct.codomain, out_shape, case.far)
+    assert bool(ct.codomain.check(ys).all())
+    xs = ct.inv(ys)
+    assert bool(torch.isfinite(xs).all()) and bool(ct.domain.check(xs).all())
+    back = ct(xs.clone())
+    scale = ys.abs().flatten(1).amax(1).clamp(min=1.0).reshape(-1, *[1] * len(out_shape))
+    torch.testing.assert_close(back / scale, ys / scale, atol=case.roundtrip_atol, rtol=0)
+    xd = _sample_in(ct.domain, in_shape, case.far)
+    yd = ct(xd)
+    assert bool(torch.isfinite(yd).all()) and bool(ct.codomain.check(yd).all())
+
+    # pickling (torch.save of the whole module, deepcopy) after pyro.module
+    if is_module:
+        pyro.module("t", t)
+    buf = io.BytesIO()
+    torch.save(t, buf)
+    buf.seek(0)
+    for copied in (torch.load(buf, weights_only=False), copy.deepcopy(t)):
+        _outputs_agree(_concrete(case, copied, ctx), ct, x, y)
+    if case.context_dim is None:
+        torch.save(ComposeTransformModule([t], cache_size=1), io.BytesIO())
+    if not is_module:
+        return
+
+    # Pyro's param store: save, load, and restore into a module built afresh
+    pyro.get_param_store().save(tmp_path / "params.pt")
+    pyro.clear_param_store()
+    pyro.get_param_store().load(tmp_path / "params.pt")
+    torch.manual_seed(123)  # a different draw of any random initialization
+    fresh = case.build().double().eval()
+    pyro.module("t", fresh, update_module_params=True)
+    for (name, p), q in zip(fresh.named_parameters(), params, strict=True):
+        torch.testing.assert_close(p, q, atol=0, rtol=0, msg=name)
+    if case.batch_stats:
+        # running statistics are buffers: state_dict / torch.save carry them (checked
+        # above); Pyro's param store holds parameters only, so compare where they are unused
+        fresh.train()
+        t.train()
+        torch.testing.assert_close(
+            _concrete(case, fresh, ctx).inv(y.clone()), _concrete(case, t, ctx).inv(y.clone())
+        )
+        t.eval()
+        return
+    _outputs_agree(_concrete(case, fresh, ctx), ct, x, y)
+
+
+def test_unit_jacobian_reparam_takes_volume_preserving_transforms() -> None:
+    # UnitJacobianReparam calls transform.with_cache() and scores its own sample
+    for t in (T.additive_coupling(4, hidden_dims=[8]), T.permute(4, "random", seed=0)):
+        _perturb(t, 0.3)
+
+        def model():
+            return pyro.sample("z", dist.Normal(torch.zeros(4), 2.0).to_event(1))
+
+        reparam = UnitJacobianReparam(t)
+        tr = poutine.trace(poutine.reparam(model, config={"z": reparam})).get_trace()
+        tr.compute_log_prob()
+        z, z_t = tr.nodes["z"]["value"], tr.nodes["z_transformed"]["value"]
+        torch.testing.assert_close(t(z), z_t)
+        expected = dist.Normal(torch.zeros(4), 2.0).to_event(1).log_prob(z)
+        torch.testing.assert_close(tr.nodes["z_transformed"]["log_prob"], expected)

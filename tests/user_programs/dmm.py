@@ -19,11 +19,11 @@ from pyro import poutine
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-X_DIM = 4
+X_DIM, MAX_LENGTH = 4, 7
 
 
 def sequences(
-    num_sequences: int = 32, min_length: int = 3, max_length: int = 7, seed: int = 0
+    num_sequences: int = 32, min_length: int = 3, max_length: int = MAX_LENGTH, seed: int = 0
 ) -> list[torch.Tensor]:
     """Binary sequences of varying length from a two-state switching process."""
     g = torch.Generator().manual_seed(seed)

@@ -174,8 +174,10 @@ def split_log_weights(
     """Splits log p - log q of one joint draw into per-example and global parts.
 
     Observed model sites and model latents with a guide site count with +log p, guide
-    latents with -log q. A model latent without a guide site was drawn from the model's own
-    conditional, which is then its proposal, so its density cancels and it is left out.
+    latents with -log q, auxiliary ones included (an autoguide's unconstrained draw, whose
+    model site is a Delta carrying the Jacobian), as Pyro's ELBOs count them. A model latent
+    without a guide site was drawn from the model's own conditional, which is then its
+    proposal, so its density cancels and it is left out.
 
     Args:
         model_trace: the model replayed against ``guide_trace``.
@@ -188,12 +190,11 @@ def split_log_weights(
         ValueError: a guide latent is not a model site, or the data plate is missing.
     """
     guide_latents = {
-        name: site
-        for name, site in sample_sites(guide_trace)
-        if not site["is_observed"] and not site["infer"].get("is_auxiliary", False)
+        name: site for name, site in sample_sites(guide_trace) if not site["is_observed"]
     }
-    for name in guide_latents:
-        if name not in model_trace.nodes:
+    for name, site in guide_latents.items():
+        # An auxiliary site (an autoguide's unconstrained draw) is part of log q only.
+        if name not in model_trace.nodes and not site["infer"].get("is_auxiliary", False):
             raise ValueError(
                 f"guide site {name!r} is not a sample site of the model: a guide must sample "
                 "only the model's latent sites (check the site names)"

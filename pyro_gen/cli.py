@@ -624,6 +624,10 @@ def _bound_name(config: dict[str, Any]) -> str:
     return "ELBO"
 
 
+# Files train writes into a run directory.
+RUN_FILES = (CONFIG_NAME, CHECKPOINT_NAME, METRICS_NAME, "curves.png", "samples.png")
+
+
 def _train(args: argparse.Namespace) -> None:
     spec = MODELS[args.model]
     if spec.images_only and args.data in TOY_DATA:
@@ -633,9 +637,14 @@ def _train(args: argparse.Namespace) -> None:
     out = _run_directory(args.out or Path("runs") / f"{args.model}-{args.data}")
     with run_lock(out):
         probe_writable(out, "the run's files")
-        config_file = out / CONFIG_NAME
-        if config_file.exists() or config_file.is_symlink():
-            config = _resumed_config(args, out, given, read_config(out))
+        for name in RUN_FILES:  # refused now, not after the data are loaded
+            refuse_symlink(out / name)
+        previous = read_config(out) if (out / CONFIG_NAME).exists() else None
+        recorded = previous["options"] if previous is not None else OPTION_DEFAULTS
+        if "k" in given and given.get("objective", recorded.get("objective")) != "iwae":
+            raise UsageError("--k applies only with --objective iwae; drop it")
+        if previous is not None:
+            config = _resumed_config(args, out, given, previous)
             if (out / CHECKPOINT_NAME).exists():
                 _verify_or_explain(out / CHECKPOINT_NAME, config, out)
         else:
@@ -646,8 +655,6 @@ def _train(args: argparse.Namespace) -> None:
                 )
             config = _new_config(args, spec, given)
         options = config["options"]
-        if options.get("objective", "iwae") != "iwae" and "k" in given:
-            raise UsageError("--k applies only with --objective iwae; drop it")
         _train_run(args, spec, config, options, out, device)
 
 

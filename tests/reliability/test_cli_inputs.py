@@ -1,0 +1,233 @@
+"""A table of bad command lines and broken run directories: each must be refused with one
+line on stderr that says what was wrong, a non-zero exit and no traceback, and must leave
+the run it touched byte for byte as it was.
+
+To add a fault, add a :class:`Case`: the command (``{run}`` is a copy of a trained VAE run,
+``{tmp}`` a scratch folder), an optional ``setup(run, tmp)`` that breaks something first,
+and the words the error line must contain.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.reliability.run_fixtures import assert_one_line_error, cli, trained_run
+
+TRAIN = ["train", "vae", "--data", "digits", "--no-progress", "--out", "{run}"]
+
+
+@dataclass(frozen=True)
+class Case:
+    args: list[str]
+    expect: tuple[str, ...]
+    setup: Callable[[Path, Path], None] | None = None
+
+
+def _write(name: str, text: str) -> Callable[[Path, Path], None]:
+    return lambda run, tmp: (run / name).write_text(text)
+
+
+def _edit_config(edit: Callable[[dict], None]) -> Callable[[Path, Path], None]:
+    def setup(run: Path, tmp: Path) -> None:
+        config = json.loads((run / "config.json").read_text())
+        edit(config)
+        (run / "config.json").write_text(json.dumps(config))
+
+    return setup
+
+
+def _symlink(name: str) -> Callable[[Path, Path], None]:
+    def setup(run: Path, tmp: Path) -> None:
+        (tmp / "victim").write_text("not yours")
+        (run / name).unlink(missing_ok=True)
+        (run / name).symlink_to(tmp / "victim")
+
+    return setup
+
+
+def _cache_directory(run: Path, tmp: Path) -> None:
+    (tmp / "data" / "mnist" / "train-images-idx3-ubyte").mkdir(parents=True)
+    os.environ["PYRO_GEN_DATA"] = str(tmp / "data")  # restored by the test
+
+
+CASES: dict[str, Case] = {
+    # Options checked where they are parsed.
+    "lr_inf": Case([*TRAIN, "--lr", "inf"], ("--lr", "finite number > 0")),
+    "lr_zero": Case([*TRAIN, "--lr", "0"], ("--lr", "finite number > 0")),
+    "lr_nan": Case([*TRAIN, "--lr", "nan"], ("--lr",)),
+    "lr_text": Case([*TRAIN, "--lr", "fast"], ("--lr", "must be a number")),
+    "grad_clip_negative": Case([*TRAIN, "--grad-clip", "-1"], ("--grad-clip", "> 0")),
+    "grad_clip_zero": Case([*TRAIN, "--grad-clip", "0"], ("--grad-clip", "> 0")),
+    "epochs_fraction": Case([*TRAIN, "--epochs", "2.5"], ("--epochs", "whole number")),
+    "epochs_negative": Case([*TRAIN, "--epochs", "-1"], ("--epochs", "non-negative")),
+    "batch_size_zero": Case([*TRAIN, "--batch-size", "0"], ("--batch-size", "positive")),
+    "ema_decay_one": Case(["train", "ddpm", "--data", "moons", "--ema-decay", "1"], ("(0, 1)",)),
+    "unknown_model": Case(["train", "gpt", "--data", "digits"], ("invalid choice",)),
+    "unknown_command": Case(["fine-tune", "x"], ("invalid choice",)),
+    # Options of another model, or of other data.
+    "schedule_on_realnvp": Case(
+        ["train", "realnvp", "--data", "moons", "--schedule", "cosine", "--out", "{tmp}/r"],
+        ("--schedule is not an option of realnvp", "ddpm"),
+    ),
+    "z_dim_on_ddpm": Case(
+        ["train", "ddpm", "--data", "moons", "--z-dim", "3", "--out", "{tmp}/r"],
+        ("--z-dim is not an option of ddpm",),
+    ),
+    "k_without_iwae": Case([*TRAIN, "--k", "5"], ("--k applies only with --objective iwae",)),
+    "toy_samples_on_images": Case([*TRAIN, "--toy-samples", "9"], ("--toy-samples",)),
+    "dequantization_on_toys": Case(
+        ["train", "realnvp", "--data", "moons", "--dequantization", "variational"],
+        ("--dequantization applies to image data",),
+    ),
+    "vae_on_toys": Case(["train", "vae", "--data", "moons"], ("models images",)),
+    # Devices.
+    "device_meta": Case([*TRAIN, "--device", "meta"], ("--device meta",)),
+    "device_unknown": Case(["sample", "{run}", "--device", "gpu7"], ("unknown --device 'gpu7'",)),
+    "device_missing": Case(["evaluate", "{run}", "--device", "cuda:7"], ("--device cuda:7",)),
+    # The file system.
+    "out_is_a_file": Case([*TRAIN[:-1], "{run}/config.json"], ("is a file", "choose a directory")),
+    "out_under_a_file": Case(
+        [*TRAIN[:-1], "{run}/config.json/deeper"], ("is under", "which is a file")
+    ),
+    "run_missing": Case(["evaluate", "{tmp}/nothing"], ("does not exist",)),
+    "run_is_a_file": Case(["sample", "{run}/metrics.jsonl"], ("is a file",)),
+    "sample_out_missing_folder": Case(
+        ["sample", "{run}", "--out", "{tmp}/no/such/dir/s.png"], ("does not exist",)
+    ),
+    "sample_out_not_png": Case(["sample", "{run}", "--out", "{tmp}/s.jpeg"], (".png",)),
+    "cache_file_is_a_directory": Case(
+        ["train", "vae", "--data", "mnist", "--out", "{tmp}/m"],
+        ("is a directory", "train-images-idx3-ubyte"),
+        _cache_directory,
+    ),
+    # Symlinks planted where a run file goes: refused, never followed.
+    "symlink_samples_png": Case(["sample", "{run}"], ("is a symlink",), _symlink("samples.png")),
+    "symlink_config": Case([*TRAIN, "--epochs", "2"], ("is a symlink",), _symlink("config.json")),
+    "symlink_metrics": Case(
+        [*TRAIN, "--epochs", "2"], ("is a symlink",), _symlink("metrics.jsonl")
+    ),
+    "symlink_evaluation": Case(
+        ["evaluate", "{run}"], ("is a symlink",), _symlink("evaluation.json")
+    ),
+    # Broken run records.
+    "config_is_a_list": Case(["evaluate", "{run}"], ("holds a list",), _write("config.json", "[]")),
+    "config_not_json": Case(["sample", "{run}"], ("not valid JSON",), _write("config.json", "{")),
+    "config_lacks_keys": Case(
+        ["evaluate", "{run}"],
+        ("lacks settings", "'options'"),
+        _edit_config(lambda c: c.pop("options")),
+    ),
+    "config_lacks_options": Case(
+        ["sample", "{run}"],
+        ("lacks the vae options", "z_dim"),
+        _edit_config(lambda c: c["options"].pop("z_dim")),
+    ),
+    "config_unknown_model": Case(
+        ["sample", "{run}"], ("cannot build",), _edit_config(lambda c: c.update(model="gpt"))
+    ),
+    "config_missing_with_checkpoint": Case(
+        [*TRAIN, "--epochs", "2"],
+        ("no config.json",),
+        lambda run, tmp: (run / "config.json").unlink(),
+    ),
+    "checkpoint_bare_state_dict": Case(
+        ["evaluate", "{run}"],
+        ("plain torch.save", "pyro-gen train vae"),
+        lambda run, tmp: torch.save({"w": torch.zeros(1)}, run / "checkpoint.pt"),
+    ),
+    "checkpoint_missing": Case(
+        ["sample", "{run}"],
+        ("has no checkpoint.pt",),
+        lambda run, tmp: (run / "checkpoint.pt").unlink(),
+    ),
+    "checkpoint_is_a_directory": Case(
+        [*TRAIN, "--epochs", "2"],
+        ("not a regular file",),
+        lambda run, tmp: ((run / "checkpoint.pt").unlink(), (run / "checkpoint.pt").mkdir()),
+    ),
+    # The wrong run for the command.
+    "ddim_on_a_vae": Case(["sample", "{run}", "--sampler", "ddim"], ("--sampler applies to ddpm",)),
+    "steps_on_a_vae": Case(["sample", "{run}", "--steps", "10"], ("--steps applies to ddpm",)),
+    "other_model_into_run": Case(
+        ["train", "realnvp", "--data", "digits", "--out", "{run}"], ("holds a vae run",)
+    ),
+    # Resume with settings other than the recorded ones.
+    "resume_other_lr": Case([*TRAIN, "--epochs", "2", "--lr", "0.01"], ("--override lr",)),
+    "resume_other_batch_size": Case(
+        [*TRAIN, "--epochs", "2", "--batch-size", "32"], ("--batch-size 256", "--override")
+    ),
+    "resume_other_seed": Case([*TRAIN, "--epochs", "2", "--seed", "3"], ("--seed 0",)),
+    "resume_other_dataset_size": Case(
+        [*TRAIN, "--epochs", "2", "--subset", "100"], ("--subset None", "--override subset")
+    ),
+    "resume_other_architecture": Case(
+        [*TRAIN, "--epochs", "2", "--z-dim", "8", "--override", "lr"], ("change the model",)
+    ),
+    "override_architecture": Case(
+        [*TRAIN, "--override", "z-dim"], ("'z-dim' cannot be changed on resume",)
+    ),
+    # Divergence: the learning rate is the likely cause, and the message says so.
+    "loss_becomes_nan": Case(
+        [
+            "train",
+            "realnvp",
+            "--data",
+            "moons",
+            "--lr",
+            "5",
+            "--toy-samples",
+            "512",
+            "--epochs",
+            "1",
+            "--no-progress",
+            "--out",
+            "{tmp}/nan",
+        ],  # fmt: skip
+        ("training stopped", "--lr", "--grad-clip"),
+    ),
+}
+
+
+def _snapshot(run: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(run)): p.read_bytes()
+        for p in sorted(run.rglob("*"))
+        if p.is_file() and not p.is_symlink() and p.name != ".pyro-gen.lock"
+    }
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_is_one_line_and_keeps_the_run(name, tmp_path, capsys, monkeypatch):
+    case = CASES[name]
+    run = trained_run(tmp_path)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setenv("PYRO_GEN_DATA", os.environ.get("PYRO_GEN_DATA", ""))
+    if not os.environ["PYRO_GEN_DATA"]:
+        monkeypatch.delenv("PYRO_GEN_DATA")
+    if case.setup is not None:
+        case.setup(run, scratch)
+    before = _snapshot(run)
+    victim = (scratch / "victim").read_bytes() if (scratch / "victim").exists() else None
+    args = [a.format(run=run, tmp=scratch) for a in case.args]
+    status, out, err = cli(capsys, *args)
+    assert_one_line_error(status, err, *case.expect)
+    assert _snapshot(run) == before  # nothing in the run was changed or added
+    if victim is not None:
+        assert (scratch / "victim").read_bytes() == victim  # the symlink was not followed
+
+
+def test_debug_shows_the_traceback(tmp_path, capsys):
+    run = trained_run(tmp_path)
+    (run / "config.json").write_text("[]")
+    from pyro_gen.runs import RunError
+
+    with pytest.raises(RunError, match="holds a list"):
+        cli(capsys, "evaluate", run, "--debug")

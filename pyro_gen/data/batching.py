@@ -85,15 +85,16 @@ def as_call(batch: Any, device: torch.device | None = None) -> Call:
     return Call((value,), {}, _size(value))
 
 
-def _structure(call: Call) -> tuple:
-    return (len(call.args), tuple(sorted(call.kwargs)))
+def describe(call: Call) -> str:
+    """The arguments of a batch in words, for error messages.
 
-
-def _describe(structure: tuple) -> str:
-    num_args, names = structure
-    parts = [f"{num_args} positional"] if num_args else []
-    if names:
-        parts.append("keywords " + ", ".join(map(repr, names)))
+    Example:
+        >>> describe(Call((torch.zeros(2),), {"y": torch.zeros(2)}))
+        "1 positional and keywords 'y'"
+    """
+    parts = [f"{len(call.args)} positional"] if call.args else []
+    if call.kwargs:
+        parts.append("keywords " + ", ".join(map(repr, sorted(call.kwargs))))
     return " and ".join(parts) or "no arguments"
 
 
@@ -192,7 +193,7 @@ class TensorBatches:
 
 
 class IterableBatches:
-    """The user's own batches: re-iterated every epoch, checked for a consistent structure.
+    """The user's own batches, re-iterated every epoch.
 
     Args:
         source: an iterable (list, ``DataLoader``, ...), a one-shot iterator (one pass
@@ -205,7 +206,6 @@ class IterableBatches:
         self.device = torch.device(device) if device is not None else None
         self._one_shot = isinstance(source, Iterator)
         self._passes = 0
-        self._structure: tuple | None = None
 
     def __len__(self) -> int:
         if callable(self.source) and not isinstance(self.source, Iterable):
@@ -249,21 +249,7 @@ class IterableBatches:
         batches = self._fresh()
         for _ in itertools.islice(batches, skip):
             pass
-        return self._checked(batches, skip)
-
-    def _checked(self, batches: Iterator[Any], start: int) -> Iterator[Call]:
-        for i, batch in enumerate(batches, start=start):
-            call = as_call(batch, self.device)
-            structure = _structure(call)
-            if self._structure is None:
-                self._structure = structure
-            elif structure != self._structure:
-                raise ValueError(
-                    f"batch {i} of data has {_describe(structure)} arguments but the first "
-                    f"had {_describe(self._structure)}: a batch iterator must yield the same "
-                    "arguments every time"
-                )
-            yield call
+        return (as_call(batch, self.device) for batch in batches)
 
     def __iter__(self) -> Iterator[Call]:
         return self.epoch()
@@ -349,7 +335,7 @@ def with_transform(call: Call, transform: Transform | None) -> Call:
         else:
             raise ValueError(
                 f"transform= names argument {key!r}, which the batch does not have: it has "
-                f"{_describe(_structure(call))} arguments"
+                f"{describe(call)} arguments"
             )
     return Call(tuple(args), kwargs, call.size)
 

@@ -349,11 +349,9 @@ def fit(
         if ckpt_dir is not None:
             ckpt_dir.mkdir(parents=True, exist_ok=True)
             stack.enter_context(run_lock(ckpt_dir))
-        warm_up(
-            prog,
-            with_transform(batches.peek(), transform),
-            check_sites=isinstance(loss, ELBO),
-        )
+        first = batches.peek()
+        prog.check_call(first, 0)
+        warm_up(prog, with_transform(first, transform), check_sites=isinstance(loss, ELBO))
         state = _Progress()
         if ckpt_dir is not None and (ckpt_dir / CHECKPOINT_NAME).exists():
             ckpt = load_checkpoint(ckpt_dir / CHECKPOINT_NAME, map_location=device)
@@ -454,6 +452,7 @@ def _train(
 
         stopped_inside = False
         for call in bar:
+            prog.check_call(call, state.batch)
             call = with_transform(call, transform)
             if annealing is not None:
                 beta[0] = float(annealing(state.step))

@@ -9,8 +9,10 @@ them) and catches mistakes that Pyro would only warn about or let pass silently.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyro
@@ -20,7 +22,7 @@ from pyro import poutine
 from pyro.params.param_store import _MODULE_NAMESPACE_DIVIDER
 from pyro.poutine.subsample_messenger import _Subsample
 
-from pyro_gen.data.batching import Call
+from pyro_gen.data.batching import Call, describe
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,20 @@ class Program:
     model: Callable[..., Any]
     guide: Callable[..., Any]
     modules: dict[str, torch.nn.Module]
+    signatures: dict[str, inspect.Signature] = field(default_factory=dict, compare=False)
+
+    def check_call(self, call: Call, index: int) -> None:
+        """Raises a clear error when batch ``index`` does not fit the model's or the guide's
+        signature (a batch iterator that yields other arguments than the first batch did).
+        Optional arguments may come and go, as labels do in semi-supervised batches."""
+        for role, signature in self.signatures.items():
+            try:
+                signature.bind(*call.args, **call.kwargs)
+            except TypeError as e:
+                raise ValueError(
+                    f"batch {index} of data has {describe(call)} arguments, which the {role} "
+                    f"{signature} does not take ({e}): every batch must fit its signature"
+                ) from None
 
 
 def program(model: Any, guide: Any = None, loss: Any = None) -> Program:
@@ -78,7 +94,12 @@ def program(model: Any, guide: Any = None, loss: Any = None) -> Program:
         for name, obj in (("model", model), ("guide", guide), ("loss", loss))
         if isinstance(obj, torch.nn.Module) and not (name == "guide" and obj is model)
     }
-    return Program(model_fn, guide, modules)
+    signatures = {}
+    for role, fn in (("model", model_fn), ("guide", guide)):
+        # a builtin or C callable has no signature to check against
+        with contextlib.suppress(TypeError, ValueError):
+            signatures[role] = inspect.signature(fn)
+    return Program(model_fn, guide, modules, signatures)
 
 
 def _latent_sites(trace: poutine.Trace) -> dict[str, dict[str, Any]]:

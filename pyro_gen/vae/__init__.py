@@ -18,7 +18,7 @@ from pyro_gen.vae.diagnostics import (
     reconstruction_grid,
 )
 from pyro_gen.vae.encoders import ConvEncoder, Encoder, MLPEncoder
-from pyro_gen.vae.guides import IAFGuide, NormalGuide, PerExampleGuide, make_guide
+from pyro_gen.vae.guide_slot import GuideSlot
 from pyro_gen.vae.hierarchical import HierarchicalVAE
 from pyro_gen.vae.likelihoods import (
     BernoulliLikelihood,
@@ -28,6 +28,13 @@ from pyro_gen.vae.likelihoods import (
     make_likelihood,
 )
 from pyro_gen.vae.objectives import FreeBitsELBO, iwae, make_loss
+from pyro_gen.vae.posteriors import (
+    IAFPosterior,
+    NormalPosterior,
+    PerExamplePosterior,
+    Posterior,
+    make_posterior,
+)
 from pyro_gen.vae.priors import FlowPrior, NormalPrior, make_prior
 from pyro_gen.vae.refine import refine_posterior, semi_amortized_elbo
 from pyro_gen.vae.sites import DATA_PLATE, LATENT, OBS, latent_site
@@ -63,16 +70,42 @@ __all__ = [
     "Likelihood",
     "MLPDecoder",
     "MLPEncoder",
-    "NormalGuide",
+    "GuideSlot",
+    "NormalPosterior",
     "NormalPrior",
     "FlowPrior",
     "GaussianMixture",
-    "IAFGuide",
+    "IAFPosterior",
     "MixturePrior",
-    "PerExampleGuide",
+    "PerExamplePosterior",
+    "Posterior",
     "VampPrior",
-    "make_guide",
+    "make_posterior",
     "make_prior",
     "latent_site",
     "make_likelihood",
 ]
+
+# Deprecated names (renamed because these return distributions and are not Pyro guides);
+# kept for one release, each access warns.
+_RENAMED = {
+    "NormalGuide": "NormalPosterior",
+    "IAFGuide": "IAFPosterior",
+    "PerExampleGuide": "PerExamplePosterior",
+    "make_guide": "make_posterior",
+}
+
+
+def __getattr__(name: str):
+    if name in _RENAMED:
+        import warnings
+
+        new = _RENAMED[name]
+        warnings.warn(
+            f"pyro_gen.vae.{name} was renamed {new}: it returns a distribution and is not a "
+            f"Pyro guide (pass it as VAE(..., posterior=...))",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return globals()[new]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

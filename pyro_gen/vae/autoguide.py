@@ -1,25 +1,30 @@
-"""An amortized autoguide: an encoder guide built by tracing any model with a data plate."""
+"""AutoAmortizedNormal: an encoder guide built by tracing any model with a plate over data."""
 
 from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.infer.autoguide import AutoNormal
+from pyro.infer.autoguide import AutoGuide, AutoNormal
+from pyro.poutine.indep_messenger import CondIndepStackFrame
 from pyro.poutine.util import site_is_subsample
-from torch import nn
 from torch.distributions import biject_to
 from torch.distributions.transforms import ComposeTransform, IndependentTransform, Transform
 from torch.nn import functional as F
 
 from pyro_gen.vae._utils import mlp
-from pyro_gen.vae.sites import DATA_PLATE
+
+#: Default initial posterior scale (unconstrained space) of the local sites; measured on
+#: MNIST against 0.1 and 0.3 (benchmarks/autoguide_init_scale.py, benchmarks/RESULTS.md).
+DEFAULT_INIT_SCALE = 1.0
+_MIN_SCALE = 1e-5
 
 
 def _is_identity(t: Transform) -> bool:
@@ -28,215 +33,414 @@ def _is_identity(t: Transform) -> bool:
     return isinstance(t, ComposeTransform) and not t.parts
 
 
-class AutoAmortizedNormal(nn.Module):
-    """Amortized mean-field Normal guide for any model whose local latent sites live under
-    a plate named ``"data"`` (default), built automatically by tracing the model.
+def _discrete_site_error(name: str, site: dict) -> ValueError:
+    return ValueError(
+        f"AutoAmortizedNormal cannot guide the discrete site {name!r} "
+        f"({type(site['fn']).__name__}, support {site['fn'].support}). Either enumerate it: "
+        f"sample it with infer={{'enumerate': 'parallel'}} (or pyro.infer.config_enumerate) "
+        f"and train with TraceEnum_ELBO, and this guide leaves it out; or guide it by hand: "
+        f"AutoAmortizedNormal(poutine.block(model, hide=[{name!r}])) inside a "
+        f"pyro.infer.autoguide.AutoGuideList next to your guide for {name!r}."
+    )
 
-    One MLP maps each example's inputs to a loc and a scale for every local site, in the
-    unconstrained space of the site's support (mapped back with ``biject_to``):
+
+class AutoAmortizedNormal(AutoGuide):
+    """Amortized mean-field Normal guide for any model with a plate over data examples,
+    built automatically by tracing the model (a Pyro :class:`~pyro.infer.autoguide.AutoGuide`).
+
+    One MLP maps each example's inputs to a loc and a scale for every *local* site (a
+    latent under the data plate), in the unconstrained space of the site's support (mapped
+    back with ``biject_to``):
 
     .. math:: q(z_n \\mid x_n) = \\prod_{s \\in \\text{local}} T_{s\\#}\\,
               \\mathcal{N}\\big(\\mu_s(x_n), \\operatorname{diag}\\sigma_s^2(x_n)\\big).
 
-    Global sites (outside the data plate) get a Pyro :class:`~pyro.infer.autoguide.AutoNormal`
-    over the model with the local sites blocked. The network input is, by default, every
-    tensor argument of the model whose first dimension is the data plate's size, each
-    flattened per example and concatenated; pass ``input_fn(*args, **kwargs) -> (B, F)``
-    to choose otherwise. The guide is built lazily on its first call (like Pyro's
-    autoguides), on the device of the data.
+    *Global* sites (latents outside the data plate) get a non-amortized Pyro
+    :class:`~pyro.infer.autoguide.AutoNormal` (attribute ``global_guide``).
+
+    **The data plate** is ``plate_name`` or, by default, found in the trace: the plate
+    around the most latent sites whose size (or full size, when subsampled) is the first
+    dimension of a floating-point tensor argument of the model. The encoder's input is
+    every such argument, flattened per example and concatenated (integer arguments, such as
+    indices or labels, are left out); pass ``input_fn(*args, **kwargs) -> (rows,
+    features)`` to choose otherwise.
+
+    **Subsampling.** With ``pyro.plate(name, N, subsample_size=B)`` or
+    ``pyro.plate(name, N, subsample=idx)`` in the model, the guide's local sites sit in a
+    plate of full size ``N`` too, so both sides carry Pyro's ``N/B`` scale and global
+    latents train correctly on minibatches. If the model is given the minibatch (arguments
+    with ``B`` rows), the guide encodes it as is. If it is given the full data (``N``
+    rows) and subsamples inside, the guide draws the indices (the model replays them), or,
+    where the model passes its own ``subsample=idx``, ``create_plates`` must return that
+    plate, as for Pyro's autoguides.
+
+    **Discrete sites** marked ``infer={"enumerate": ...}`` are left out (enumerated by
+    ``TraceEnum_ELBO``); any other discrete site is refused with an error naming it. To
+    guide one by hand, build this guide on ``poutine.block(model, hide=[name])`` and
+    combine it with yours in a Pyro :class:`~pyro.infer.autoguide.AutoGuideList`.
+
+    Parameters are created on the first call (or by :meth:`setup`), outside the recorded
+    trace, so the first step already records the parameters in their steady order and a
+    ``state_dict`` loads into a guide that has been called once.
 
     Args:
         model: a Pyro model callable.
         hidden_dims: hidden sizes of the encoder MLP.
-        input_fn: optional map from the model's arguments to a ``(B, F)`` input tensor.
-        plate_name: name of the data plate.
-        init_scale: initial posterior scale (unconstrained space) of local sites.
-        name: name under which the encoder enters Pyro's param store.
+        input_fn: optional map from the model's arguments to a ``(rows, features)`` tensor.
+        plate_name: name of the data plate (found in the trace when ``None``).
+        init_scale: initial posterior scale (unconstrained space) of the local sites.
+        create_plates: optional ``(*args, **kwargs) -> plate or plates``, as for Pyro's
+            autoguides (needed when the model subsamples full data with its own indices).
+        name: name under which the parameters enter Pyro's param store (default the class
+            name, as for Pyro's autoguides).
 
     References:
         Kingma & Welling, Auto-Encoding Variational Bayes, arXiv:1312.6114.
         Kucukelbir et al., Automatic Differentiation Variational Inference,
         arXiv:1603.00788 (unconstrained Gaussian parameterization).
+        Hoffman et al., Stochastic Variational Inference, arXiv:1206.7051 (minibatch
+        scaling of local terms).
 
     Example:
         >>> def model(x):
-        ...     with pyro.plate("data", x.shape[0]):
+        ...     scale = pyro.sample("scale", dist.LogNormal(0.0, 1.0))  # global
+        ...     with pyro.plate("examples", 100, subsample_size=x.shape[0]):
         ...         z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
-        ...         pyro.sample("x", dist.Normal(z.sum(-1, keepdim=True), 1.0).to_event(1),
+        ...         pyro.sample("x", dist.Normal(z.sum(-1, keepdim=True), scale).to_event(1),
         ...                     obs=x)
         >>> guide = AutoAmortizedNormal(model, hidden_dims=(8,))
         >>> svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}),
         ...                      pyro.infer.Trace_ELBO())
-        >>> loss = svi.step(torch.randn(10, 1))
-        >>> sorted(guide.local_sites)
-        ['z']
+        >>> loss = svi.step(torch.randn(10, 1))  # a minibatch of 10 out of 100
+        >>> guide.plate_name, list(guide.local_sites), sorted(guide.median(torch.randn(3, 1)))
+        ('examples', ['z'], ['scale', 'z'])
     """
 
     def __init__(
         self,
-        model: Callable,
+        model: Callable[..., Any],
         hidden_dims: Sequence[int] = (256,),
         input_fn: Callable[..., torch.Tensor] | None = None,
-        plate_name: str = DATA_PLATE,
-        init_scale: float = 0.1,
-        name: str = "auto_amortized",
+        plate_name: str | None = None,
+        init_scale: float = DEFAULT_INIT_SCALE,
+        *,
+        create_plates: Callable[..., Any] | None = None,
+        name: str | None = None,
     ) -> None:
-        super().__init__()
-        self.model = model
+        if not init_scale > 0:
+            raise ValueError(f"init_scale must be positive, got {init_scale}")
+        super().__init__(model, create_plates=create_plates)
+        if name is not None:
+            self._pyro_name = name
         self.hidden_dims = tuple(hidden_dims)
         self.input_fn = input_fn
         self.plate_name = plate_name
-        self.init_scale = init_scale
-        self.name = name
-        self.net: nn.Module | None = None
+        self.init_scale = float(init_scale)
+        self.net: torch.nn.Module | None = None
         self.global_guide: AutoNormal | None = None
-        self.local_sites: dict[str, dict] = {}
+        self.local_sites: dict[str, dict[str, Any]] = {}
         self._input_keys: list[int | str] = []
+        self._index_inputs = False
+        self._signature: inspect.Signature | bool | None = None
 
-    # -- set-up ----------------------------------------------------------------------
-    def _arguments(self, args: tuple, kwargs: dict) -> dict:
+    # -- the model's arguments ---------------------------------------------------------
+    def _arguments(self, args: tuple, kwargs: dict) -> dict[int | str, Any]:
         """The model's arguments by parameter name (by position if it takes ``*args``)."""
+        if self._signature is None and self.model is not None:
+            # kept, because a pickled Pyro autoguide drops its model
+            try:
+                self._signature = inspect.signature(self.model)
+            except (TypeError, ValueError):
+                self._signature = False
         try:
-            bound = inspect.signature(self.model).bind(*args, **kwargs)
-        except (TypeError, ValueError):
+            bound = self._signature.bind(*args, **kwargs)
+        except (AttributeError, TypeError, ValueError):
             return {**dict(enumerate(args)), **kwargs}
-        out = {}
-        for name, value in bound.arguments.items():
-            kind = bound.signature.parameters[name].kind
+        out: dict[int | str, Any] = {}
+        for key, value in bound.arguments.items():
+            kind = bound.signature.parameters[key].kind
             if kind is inspect.Parameter.VAR_POSITIONAL:
-                out.update({f"{name}[{i}]": v for i, v in enumerate(value)})
+                out.update({f"{key}[{i}]": v for i, v in enumerate(value)})
             elif kind is inspect.Parameter.VAR_KEYWORD:
                 out.update(value)
             else:
-                out[name] = value
+                out[key] = value
         return out
 
-    def _find_inputs(self, size: int, args: tuple, kwargs: dict) -> None:
-        arguments = self._arguments(args, kwargs)
-        keys = [
-            k for k, v in arguments.items() if torch.is_tensor(v) and v.dim() and v.shape[0] == size
-        ]
-        if not keys:
-            raise ValueError(
-                f"AutoAmortizedNormal found no tensor argument of the model with first "
-                f"dimension {size} (the size of plate {self.plate_name!r}) to encode; "
-                f"pass input_fn=lambda *args, **kwargs: tensor of shape (batch, features)"
-            )
-        self._input_keys = keys
-
-    def _inputs(self, *args, **kwargs) -> torch.Tensor:
+    def _rows(self, args: tuple, kwargs: dict) -> torch.Tensor:
+        """Per-example inputs, ``(rows, features)``: the minibatch, or the full data."""
         if self.input_fn is not None:
             return self.input_fn(*args, **kwargs)
         arguments = self._arguments(args, kwargs)
         missing = [k for k in self._input_keys if arguments.get(k) is None]
         if missing:
-            raise ValueError(f"the guide was built to encode the model arguments {missing}")
+            raise ValueError(
+                f"AutoAmortizedNormal was built to encode the model arguments "
+                f"{self._input_keys} but {missing} were not given; pass "
+                f"input_fn=lambda *args, **kwargs: (rows, features) tensor to choose"
+            )
         parts = [arguments[k] for k in self._input_keys]
-        dtype = torch.get_default_dtype()
-        return torch.cat([p.reshape(p.shape[0], -1).to(dtype) for p in parts], -1)
+        return torch.cat([p.reshape(p.shape[0], -1).to(parts[0].dtype) for p in parts], -1)
 
-    def setup(self, *args, **kwargs) -> None:
-        """Trace the model on example arguments and build the networks (done by the first
-        call otherwise; call it explicitly to load a ``state_dict`` before training)."""
-        trace = poutine.block(poutine.trace(self.model).get_trace)(*args, **kwargs)
-        data_frame = None
+    def _sized_arguments(self, sizes: Iterable[int], args: tuple, kwargs: dict) -> list:
+        """Floating-point tensor arguments with one row per example (indices and integer
+        labels are left to ``input_fn``)."""
+        sizes = set(sizes)
+        return [
+            k
+            for k, v in self._arguments(args, kwargs).items()
+            if torch.is_tensor(v) and v.is_floating_point() and v.dim() and v.shape[0] in sizes
+        ]
+
+    # -- set-up --------------------------------------------------------------------------
+    def _trace_model(self, args: tuple, kwargs: dict) -> tuple[Any, set[str], list[str]]:
+        """Trace the latent sites; note the plates that draw random indices (which a guide
+        can draw for the model to replay) and the enumerated sites, left out here."""
+        random_plates: set[str] = set()
+        enumerated: list[str] = []
+
+        def hide(msg: dict) -> bool:
+            if site_is_subsample(msg):
+                if msg["fn"].subsample_size is not None:
+                    random_plates.add(msg["name"])
+                return True
+            if msg["type"] != "sample" or msg["is_observed"]:
+                return True
+            if msg["infer"].get("enumerate"):
+                enumerated.append(msg["name"])
+                return True
+            return False
+
+        model = poutine.block(self.model, hide_fn=hide)
+        trace = poutine.block(poutine.trace(model).get_trace)(*args, **kwargs)
+        return trace, random_plates, enumerated
+
+    def _find_data_plate(self, trace: Any, args: tuple, kwargs: dict) -> CondIndepStackFrame:
+        frames: dict[str, CondIndepStackFrame] = {}
+        counts: dict[str, int] = {}
+        for _, site in trace.iter_stochastic_nodes():
+            for f in site["cond_indep_stack"]:
+                frames[f.name] = f
+                counts[f.name] = counts.get(f.name, 0) + 1
+        described = ", ".join(
+            f"{n!r} (size {f.full_size or f.size}"
+            + (f", subsample {f.size})" if f.full_size not in (None, f.size) else ")")
+            for n, f in frames.items()
+        )
+        if self.plate_name is not None:
+            if self.plate_name not in frames:
+                raise ValueError(
+                    f"no such plate {self.plate_name!r} around a latent site of the model; "
+                    f"its plates are: {described or 'none'}"
+                )
+            return frames[self.plate_name]
+        candidates = [
+            f
+            for f in frames.values()
+            if self.input_fn is not None
+            or self._sized_arguments({f.size, f.full_size or f.size}, args, kwargs)
+        ]
+        if not candidates:
+            raise ValueError(
+                "AutoAmortizedNormal found no plate over data examples: "
+                + (
+                    f"no tensor argument of the model has a plate's size as its first "
+                    f"dimension (plates: {described}); pass plate_name= and input_fn="
+                    f"lambda *args, **kwargs: (batch, features) tensor"
+                    if frames
+                    else "the model has no latent site under a pyro.plate (no such plate); "
+                    "use pyro.infer.autoguide.AutoNormal for a model without local latents"
+                )
+            )
+        # the plate around most latent sites; on a tie the outermost (rightmost dim)
+        return max(candidates, key=lambda f: (counts[f.name], f.dim))
+
+    def _choose_inputs(
+        self, frame: CondIndepStackFrame, random: bool, args: tuple, kwargs: dict
+    ) -> None:
+        full = frame.full_size or frame.size
+        if self.input_fn is None:
+            keys = self._sized_arguments({frame.size}, args, kwargs)
+            self._index_inputs = False
+            if not keys and full != frame.size:
+                keys = self._sized_arguments({full}, args, kwargs)
+                self._index_inputs = True
+            if not keys:
+                raise ValueError(
+                    f"AutoAmortizedNormal found no tensor argument of the model with first "
+                    f"dimension {frame.size} (the size of plate {frame.name!r}) to encode; "
+                    f"pass input_fn=lambda *args, **kwargs: tensor of shape (batch, features)"
+                )
+            self._input_keys = keys
+        else:
+            rows = self.input_fn(*args, **kwargs).shape[0]
+            self._index_inputs = full != frame.size and rows == full
+        user_plate = self.create_plates is not None or (
+            self.master is not None and self.master().create_plates is not None
+        )
+        if self._index_inputs and not random and not user_plate:
+            raise ValueError(
+                f"plate {frame.name!r} subsamples the full data with indices the model "
+                f"chooses itself (subsample=...), which the guide cannot see: pass "
+                f"create_plates=lambda *args, **kwargs: pyro.plate({frame.name!r}, "
+                f"{full}, subsample=<the same indices>), or pass the minibatch to the model"
+            )
+
+    def _setup_prototype(self, *args: Any, **kwargs: Any) -> None:
+        trace, random_plates, enumerated = self._trace_model(args, kwargs)
+        for name, site in trace.iter_stochastic_nodes():
+            if any(not f.vectorized for f in site["cond_indep_stack"]):
+                raise NotImplementedError(
+                    f"site {name!r} is under a sequential plate; use a vectorized pyro.plate"
+                )
+            if site["fn"].support.is_discrete:
+                raise _discrete_site_error(name, site)
+        self.prototype_trace = trace
+        if self.master is not None:
+            self.master()._check_prototype(trace)
+        self._prototype_frames = {
+            f.name: f for _, site in trace.iter_stochastic_nodes() for f in site["cond_indep_stack"]
+        }
+        frame = self._find_data_plate(trace, args, kwargs)
+        self.plate_name, self._data_frame = frame.name, frame
+        self._choose_inputs(frame, frame.name in random_plates, args, kwargs)
+
         local, global_names = {}, []
         for name, site in trace.iter_stochastic_nodes():
-            if site_is_subsample(site):
-                continue
-            frames = site["cond_indep_stack"]
-            if any(not f.vectorized for f in frames):
-                raise NotImplementedError(
-                    f"site {name!r} is under a sequential plate; use vectorized pyro.plate"
-                )
-            frame = next((f for f in frames if f.name == self.plate_name), None)
-            if frame is None:
+            if all(f.name != frame.name for f in site["cond_indep_stack"]):
                 global_names.append(name)
                 continue
-            if frame.full_size is not None and frame.full_size != frame.size:
-                raise NotImplementedError(
-                    f"plate {self.plate_name!r} is subsampled inside the model; pass the "
-                    f"minibatch to the model instead (subsampled plates are not supported)"
-                )
-            data_frame = frame
             fn, value = site["fn"], site["value"]
             transform = biject_to(fn.support)
             unconstrained = transform.inv(value)
             u_event_dim = fn.event_dim + transform.domain.event_dim - transform.codomain.event_dim
-            batch_dims = unconstrained.dim() - u_event_dim
-            pos = batch_dims + frame.dim
-            if pos < 0 or unconstrained.shape[pos] != frame.size:
-                raise NotImplementedError(
-                    f"local site {name!r}: its value does not span plate {self.plate_name!r} "
-                    f"of size {frame.size} (subsampled plates are not supported)"
-                )
+            pos = unconstrained.dim() - u_event_dim + frame.dim
             shape = unconstrained.shape[:pos] + unconstrained.shape[pos + 1 :]
             local[name] = dict(
                 shape=tuple(shape),
                 pos=pos,
                 numel=math.prod(shape),
                 u_event_dim=u_event_dim,
-                event_dim=fn.event_dim,
-                frames=[f for f in frames if f.name != self.plate_name],
                 support=fn.support,
+                frames=[f for f in site["cond_indep_stack"] if f.name != frame.name],
             )
-        for site in trace.nodes.values():
-            for f in site.get("cond_indep_stack", ()):
-                if f.name == self.plate_name:
-                    data_frame = data_frame or f
-        if data_frame is None:
-            raise ValueError(
-                f"AutoAmortizedNormal needs the model's local latent sites under "
-                f"pyro.plate({self.plate_name!r}, ...); the model has no such plate"
-            )
-        if not local:
-            raise ValueError(f"the model has no latent sites under plate {self.plate_name!r}")
         self.local_sites = local
-        self._data_dim = data_frame.dim
-        if self.input_fn is None:
-            self._find_inputs(data_frame.size, args, kwargs)
-        x = self._inputs(*args, **kwargs)
+
+        x = self._rows(args, kwargs)
         total = sum(s["numel"] for s in local.values())
         net = mlp(x.shape[-1], self.hidden_dims, 2 * total)
-        with torch.no_grad():  # start near loc 0, scale init_scale
-            net[-1].weight.mul_(0.1)
+        # Only the biases are set (loc 0, scale init_scale): the weights keep PyTorch's
+        # initialization, so the posteriors of different examples differ from the first
+        # step; shrinking them cost 15 nats of test ELBO on MNIST (benchmarks/RESULTS.md).
+        with torch.no_grad():
             net[-1].bias.zero_()
-            net[-1].bias[total:] = math.log(math.expm1(self.init_scale))
+            net[-1].bias[total:] = math.log(math.expm1(self.init_scale - _MIN_SCALE))
         self.net = net.to(device=x.device, dtype=x.dtype)
         if global_names:
-            self.global_guide = AutoNormal(poutine.block(self.model, hide=list(local)))
+            hidden = list(local) + enumerated
+            self.global_guide = AutoNormal(poutine.block(self.model, hide=hidden))
 
-    # -- guide -----------------------------------------------------------------------
-    def _local_params(self, *args, **kwargs) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        x = self._inputs(*args, **kwargs)
+    def _check_prototype(self, part_trace: Any) -> None:
+        # the global AutoNormal reports its prototype to its master, as in an AutoGuideList
+        for name, site in part_trace.iter_stochastic_nodes():
+            mine = self.prototype_trace.nodes[name]
+            if site["value"].shape != mine["value"].shape:
+                raise ValueError(f"site {name!r} changed shape while the guide was built")
+
+    def setup(self, *args: Any, **kwargs: Any) -> None:
+        """Trace the model on example arguments and create every parameter, without
+        recording anything (the first call does this otherwise). Call it to load a
+        ``state_dict`` before the first step."""
+        if self.prototype_trace is None:
+            self._setup_prototype(*args, **kwargs)
+        if self.global_guide is not None and self.global_guide.prototype_trace is None:
+            with poutine.block():
+                self._create_plates(*args, **kwargs)
+                self.global_guide(*args, **kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # Parameters created inside the first recorded call would be recorded in creation
+        # order rather than in the order of later calls (which trips recorders comparing
+        # two runs, as the compiled step does), so they are created out of the record.
+        if self.prototype_trace is None or (
+            self.global_guide is not None and self.global_guide.prototype_trace is None
+        ):
+            self.setup(*args, **kwargs)
+        return super().__call__(*args, **kwargs)
+
+    # -- plates --------------------------------------------------------------------------
+    def _create_plates(self, *args: Any, **kwargs: Any) -> dict[str, pyro.plate]:
+        if self.master is not None:
+            self.plates = self.master().plates
+            return self.plates
+        plates: dict[str, pyro.plate] = {}
+        if self.create_plates is not None:
+            made = self.create_plates(*args, **kwargs)
+            made = [made] if isinstance(made, pyro.plate) else list(made)
+            if not all(isinstance(p, pyro.plate) for p in made):
+                raise TypeError("create_plates() must return a pyro.plate or plates")
+            plates = {p.name: p for p in made}
+        for name, f in self._prototype_frames.items():
+            # the data plate is made per call, sized by the batch at hand
+            if name not in plates and name != self.plate_name:
+                plates[name] = pyro.plate(
+                    name, f.full_size or f.size, subsample_size=f.size, dim=f.dim
+                )
+        self.plates = plates
+        return plates
+
+    def _data_plate(self, plates: dict[str, pyro.plate], rows: int, device) -> pyro.plate:
+        f = self._data_frame
+        user_plate = self.create_plates is not None or (
+            self.master is not None and self.master().create_plates is not None
+        )
+        if f.name in plates and (user_plate or (self._index_inputs and self.master is not None)):
+            return plates[f.name]  # indices chosen by the user, or drawn once by the master
+        full = f.full_size or f.size
+        if self._index_inputs:  # the model replays the indices drawn here
+            return pyro.plate(f.name, full, subsample_size=f.size, dim=f.dim)
+        # The rows at hand are the examples and only the scale N/B matters: the plate's
+        # index site is kept out of the trace, so the model keeps its own indices (replayed
+        # ones would override a model's subsample=idx) and a hand-written guide part may
+        # open its own plate of this name next to this guide.
+        indices = torch.arange(rows, device=device)
+        with poutine.block(hide_fn=site_is_subsample):
+            return pyro.plate(
+                f.name, rows if full == f.size else full, subsample=indices, dim=f.dim
+            )
+
+    # -- guide ---------------------------------------------------------------------------
+    def _local_params(self, x: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         out = self.net(x)
         total = out.shape[-1] // 2
-        locs, scales = out[..., :total], F.softplus(out[..., total:]) + 1e-5
+        locs, scales = out[..., :total], F.softplus(out[..., total:]) + _MIN_SCALE
         params, start = {}, 0
         for name, s in self.local_sites.items():
             end = start + s["numel"]
-            loc = locs[..., start:end].reshape((x.shape[0],) + s["shape"]).movedim(0, s["pos"])
-            scale = scales[..., start:end].reshape((x.shape[0],) + s["shape"]).movedim(0, s["pos"])
+            shape = (x.shape[0],) + s["shape"]
+            loc = locs[..., start:end].reshape(shape).movedim(0, s["pos"])
+            scale = scales[..., start:end].reshape(shape).movedim(0, s["pos"])
             params[name] = (loc, scale)
             start = end
         return params
 
-    def forward(self, *args, **kwargs) -> dict[str, torch.Tensor]:
-        """Sample every latent site of the model; returns ``{name: value}``."""
-        if self.net is None:
+    def forward(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """Sample every latent site the guide covers; returns ``{name: value}``."""
+        if self.prototype_trace is None:  # called as forward(), not through __call__
             self.setup(*args, **kwargs)
+        plates = self._create_plates(*args, **kwargs)
         result: dict[str, torch.Tensor] = {}
         if self.global_guide is not None:
             result.update(self.global_guide(*args, **kwargs))
-        pyro.module(self.name, self.net)
-        params = self._local_params(*args, **kwargs)
-        batch = next(iter(params.values()))[0].shape[next(iter(self.local_sites.values()))["pos"]]
-        with pyro.plate(self.plate_name, batch, dim=self._data_dim):
+        rows = self._rows(args, kwargs)
+        with self._data_plate(plates, rows.shape[0], rows.device) as indices:
+            x = rows[indices] if self._index_inputs else rows
+            params = self._local_params(x)
             for name, s in self.local_sites.items():
                 loc, scale = params[name]
                 with ExitStack() as stack:
                     for f in s["frames"]:
-                        stack.enter_context(pyro.plate(f.name, f.size, dim=f.dim))
+                        stack.enter_context(plates[f.name])
                     base = dist.Normal(loc, scale).to_event(s["u_event_dim"])
                     transform = biject_to(s["support"])
                     if _is_identity(transform):
@@ -247,11 +451,20 @@ class AutoAmortizedNormal(nn.Module):
         return result
 
     @torch.no_grad()
-    def encode(self, *args, **kwargs) -> dict[str, torch.Tensor]:
-        """Posterior location of each local site mapped to its support (the median)."""
-        if self.net is None:
-            self.setup(*args, **kwargs)
+    def encode(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """Posterior median of each local site (the loc mapped to its support), for every
+        example in the model's arguments."""
+        self.setup(*args, **kwargs)
+        params = self._local_params(self._rows(args, kwargs))
         return {
             name: biject_to(self.local_sites[name]["support"])(loc)
-            for name, (loc, _) in self._local_params(*args, **kwargs).items()
+            for name, (loc, _) in params.items()
         }
+
+    @torch.no_grad()
+    def median(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """Posterior median of every latent site: globals, and locals per example."""
+        self.setup(*args, **kwargs)
+        out = {} if self.global_guide is None else self.global_guide.median(*args, **kwargs)
+        out.update(self.encode(*args, **kwargs))
+        return out

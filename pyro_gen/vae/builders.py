@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from pyro_gen.vae.guides import make_guide
 from pyro_gen.vae.hierarchical import HierarchicalVAE
 from pyro_gen.vae.likelihoods import make_likelihood
+from pyro_gen.vae.posteriors import make_posterior
 from pyro_gen.vae.priors import make_prior
 from pyro_gen.vae.vae import VAE
 
@@ -30,8 +30,9 @@ def build_vae(
     Args:
         event_shape: shape of one example.
         prior: ``normal``, ``mog``, ``vamp`` or ``flow``.
-        guide: ``normal`` (amortized mean-field), ``iaf`` (amortized flow) or ``auto``
-            (:class:`~pyro_gen.vae.autoguide.AutoAmortizedNormal` traced from the model).
+        guide: ``normal`` (amortized mean-field posterior family), ``iaf`` (amortized flow
+            family) or ``auto`` (:class:`~pyro_gen.vae.autoguide.AutoAmortizedNormal` traced
+            from the model).
         layers: 1 (:class:`~pyro_gen.vae.VAE`) or more
             (:class:`~pyro_gen.vae.hierarchical.HierarchicalVAE`, top-down inference; latent
             sizes ``z_dims`` or ``z_dim`` halved per layer; the prior applies to the top).
@@ -53,13 +54,13 @@ def build_vae(
         raise ValueError(f"layers must be at least 1, got {layers}")
     if layers == 1:
         p = make_prior(prior, z_dim, event_shape, num_components)
-        q = (
-            "auto"
-            if guide == "auto"
-            else make_guide(guide, event_shape, z_dim, hidden_dim, num_flows=num_flows)
-        )
+        if guide == "auto":
+            parts = {"guide": "auto"}
+        else:
+            q = make_posterior(guide, event_shape, z_dim, hidden_dim, num_flows=num_flows)
+            parts = {"posterior": q}
         return VAE(
-            event_shape, z_dim, hidden_dim, likelihood=make_likelihood(likelihood), prior=p, guide=q
+            event_shape, z_dim, hidden_dim, likelihood=make_likelihood(likelihood), prior=p, **parts
         )
     if guide != "normal":
         raise ValueError(f"a {layers}-layer VAE has its own top-down guide; use guide='normal'")

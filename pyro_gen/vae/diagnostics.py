@@ -26,8 +26,11 @@ def posterior_params(
     """Loc and scale of the amortized Normal posterior :math:`q(z \\mid x)` (for a flow
     guide, the Normal before the flow steps), batched, each ``(N, z_dim)``."""
     guide = getattr(vae, "posterior", None)
-    if guide is None or not hasattr(guide, "encode") or getattr(vae, "_auto", False):
-        raise TypeError("these diagnostics need a VAE whose guide has encode(x) -> (loc, scale)")
+    if guide is None or not hasattr(guide, "encode") or getattr(vae, "custom_guide", None):
+        raise TypeError(
+            "these diagnostics need a VAE using its built-in guide with a posterior family "
+            "that has encode(x) -> (loc, scale)"
+        )
     locs, scales = [], []
     ctx = vae._context(context.get("y")) if hasattr(vae, "_context") else None
     for i in range(0, x.shape[0], batch_size):

@@ -14,6 +14,7 @@ from torch.nn import functional as F
 from pyro_gen.vae._utils import as_tuple, mlp
 from pyro_gen.vae.decoders import Decoder, MLPDecoder
 from pyro_gen.vae.encoders import MLPEncoder
+from pyro_gen.vae.guide_slot import GuideSlot
 from pyro_gen.vae.likelihoods import Likelihood
 from pyro_gen.vae.priors import NormalPrior
 from pyro_gen.vae.sites import DATA_PLATE, OBS, latent_site
@@ -32,7 +33,7 @@ class ConditionalNormal(nn.Module):
         return loc, F.softplus(raw) + 1e-4
 
 
-class HierarchicalVAE(nn.Module):
+class HierarchicalVAE(GuideSlot):
     """VAE with :math:`L` stochastic layers (layer 1 next to the data),
 
     .. math:: p(x, z_{1:L}) = p(z_L) \\prod_{l=1}^{L-1} p(z_l \\mid z_{l+1})\\, p(x \\mid z_1).
@@ -53,6 +54,9 @@ class HierarchicalVAE(nn.Module):
       data here (all KL near zero even with warm-up), the residual form did not.
 
     Latent sites are named ``z1 ... zL`` (:func:`~pyro_gen.vae.sites.latent_site`).
+    ``hvae.guide`` is :meth:`default_guide` until any Pyro guide over these sites is
+    assigned (``hvae.guide = AutoAmortizedNormal(hvae.model)``; ``None`` restores it), as
+    for :class:`~pyro_gen.vae.VAE`.
 
     Args:
         event_shape: shape of one example.
@@ -135,8 +139,8 @@ class HierarchicalVAE(nn.Module):
                 z = pyro.sample(latent_site(layer), dist.Normal(loc, scale).to_event(1))
             return pyro.sample(OBS, self.decoder(z), obs=obs)
 
-    def guide(self, x: torch.Tensor | None = None, **kwargs) -> dict[str, torch.Tensor]:
-        """Posterior over ``z1 ... zL`` in the chosen inference order."""
+    def default_guide(self, x: torch.Tensor | None = None, **kwargs) -> dict[str, torch.Tensor]:
+        """Built-in guide: posterior over ``z1 ... zL`` in the chosen inference order."""
         if x is None:
             raise ValueError("the guide needs observed data x")
         pyro.module(self.prefix + "encoders", self.encoders)
@@ -180,10 +184,12 @@ class HierarchicalVAE(nn.Module):
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Posterior mean of :math:`z_1` (given a posterior draw of the layers above, for
-        top-down inference)."""
+        top-down inference; for an assigned guide, its median or a draw)."""
+        if self.custom_guide is not None:
+            return self._guide_latent(latent_site(1), x)
         if self.inference == "bottom_up":
             return self.encoders[0](x)[0]
-        trace = poutine.trace(self.guide).get_trace(x)
+        trace = poutine.trace(self.default_guide).get_trace(x)
         return trace.nodes[latent_site(1)]["fn"].base_dist.loc
 
     @torch.no_grad()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import pyro
 import torch
@@ -12,23 +13,39 @@ from torch.nn import functional as F
 from pyro_gen.vae._utils import as_tuple
 from pyro_gen.vae.decoders import Decoder, MLPDecoder
 from pyro_gen.vae.encoders import MLPEncoder
-from pyro_gen.vae.guides import NormalGuide
+from pyro_gen.vae.guide_slot import GuideSlot
 from pyro_gen.vae.likelihoods import Likelihood
+from pyro_gen.vae.posteriors import NormalPosterior, Posterior
 from pyro_gen.vae.priors import NormalPrior
 from pyro_gen.vae.sites import DATA_PLATE, LATENT, OBS
 
 
-class VAE(nn.Module):
+class VAE(GuideSlot):
     """Variational autoencoder :math:`p(z)\\,p(x \\mid z)` with an amortized guide
     :math:`q(z \\mid x)`, trained by maximizing
 
     .. math:: \\mathcal{L}(x) = \\mathbb{E}_{q(z \\mid x)}[\\log p(x \\mid z)]
               - \\mathrm{KL}(q(z \\mid x) \\,\\|\\, p(z)) \\le \\log p(x).
 
-    The prior, the decoder (network + likelihood) and the guide are separate modules,
+    The prior, the decoder (network + likelihood) and the guide are separate parts,
     each replaceable without touching the others. Defaults give the standard VAE: a
     784-400-50 softplus MLP encoder and decoder, a standard Normal prior and a Bernoulli
     likelihood.
+
+    **The guide.** ``vae.guide`` is a Pyro guide. By default it is :meth:`default_guide`,
+    which samples the latent from a *posterior family* (``posterior=``, a module returning
+    :math:`q(z \\mid x)` as a distribution, e.g.
+    :class:`~pyro_gen.vae.posteriors.IAFPosterior`) under the data plate. Any Pyro guide
+    replaces it without touching the model, in one of three ways:
+
+    - ``VAE(..., guide=my_guide)``, or ``guide="auto"`` for an
+      :class:`~pyro_gen.vae.autoguide.AutoAmortizedNormal` traced from this model;
+    - ``vae.guide = AutoAmortizedNormal(vae.model)`` (``vae.guide = None`` restores the
+      built-in guide);
+    - ``pyro_gen.infer.fit(vae, data, guide=my_guide)`` for one run, leaving ``vae`` as is.
+
+    A guide sets the site ``"z"`` under the plate ``"data"`` (names in
+    :mod:`pyro_gen.vae.sites`) and takes the model's arguments ``(x, y=None, **kwargs)``.
 
     Args:
         event_shape: shape of one example (``(28, 28)`` for MNIST).
@@ -38,8 +55,10 @@ class VAE(nn.Module):
         prior: a prior module (``forward(context) -> Distribution``); default standard
             Normal. A prior with a ``bind(guide)`` method (VampPrior) is bound to the guide.
         decoder: a :class:`~pyro_gen.vae.decoders.Decoder`; default MLP.
-        guide: a guide module (``forward(x, context) -> Distribution``); default
-            :class:`~pyro_gen.vae.guides.NormalGuide` over an MLP encoder. ``"auto"`` builds
+        posterior: the posterior family of the built-in guide (``forward(x, context) ->
+            Distribution``); default :class:`~pyro_gen.vae.posteriors.NormalPosterior` over
+            an MLP encoder (built only when no ``guide`` is given).
+        guide: any Pyro guide for this model, replacing the built-in one; ``"auto"`` builds
             an :class:`~pyro_gen.vae.autoguide.AutoAmortizedNormal` from this model.
         num_classes: if given, a conditional VAE: ``model(x, y=labels)`` passes the
             one-hot label to prior, decoder and guide (a float ``y`` is used as is).
@@ -59,6 +78,16 @@ class VAE(nn.Module):
         >>> loss = svi.step(torch.rand(4, 8, 8).round())
         >>> vae.sample(3).shape
         torch.Size([3, 8, 8])
+
+        Swapping the guide for an autoguide traced from the model:
+
+        >>> from pyro_gen.vae import AutoAmortizedNormal
+        >>> vae.guide = AutoAmortizedNormal(vae.model, hidden_dims=(16,))
+        >>> svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}),
+        ...                      pyro.infer.Trace_ELBO())
+        >>> loss = svi.step(torch.rand(4, 8, 8).round())
+        >>> list(vae.guide.local_sites)
+        ['z']
     """
 
     def __init__(
@@ -69,8 +98,9 @@ class VAE(nn.Module):
         likelihood: str | Likelihood = "bernoulli",
         prior: nn.Module | None = None,
         decoder: Decoder | None = None,
-        guide: nn.Module | str | None = None,
+        guide: Callable[..., Any] | str | None = None,
         num_classes: int | None = None,
+        posterior: Posterior | nn.Module | None = None,
         name: str = "",
     ) -> None:
         super().__init__()
@@ -87,29 +117,43 @@ class VAE(nn.Module):
             else MLPDecoder(z_dim, self.event_shape, (hidden_dim,), likelihood, context_dim=c)
         )
         self.prefix = f"{name}." if name else ""
-        self._auto = isinstance(guide, str)
-        if self._auto:
-            if guide != "auto":
-                raise ValueError(f"guide must be a module or 'auto', got {guide!r}")
-            if hasattr(self.prior, "bind"):
-                raise ValueError("the VampPrior needs an amortized Normal guide, not 'auto'")
+        if isinstance(guide, str) and guide != "auto":
+            raise ValueError(f"guide must be a Pyro guide callable or 'auto', got {guide!r}")
+        if posterior is None and guide is None:
+            posterior = NormalPosterior(
+                MLPEncoder(self.event_shape, z_dim, (hidden_dim,), context_dim=c)
+            )
+        self.posterior = posterior
+        if hasattr(self.prior, "bind"):
+            if posterior is None:
+                raise ValueError(
+                    "the VampPrior's components come from the VAE's posterior family: pass "
+                    "posterior=... (an amortized Normal family), not only a guide"
+                )
+            self.prior.bind(posterior)
+        if guide == "auto":
             from pyro_gen.vae.autoguide import AutoAmortizedNormal
 
-            self.posterior = AutoAmortizedNormal(
-                self.model, hidden_dims=(hidden_dim,), name=self.prefix + "encoder"
+            guide = AutoAmortizedNormal(
+                self.model,
+                hidden_dims=(hidden_dim,),
+                input_fn=self._encoder_input,
+                name=self.prefix + "encoder",
             )
             # build the encoder now, so that a state_dict loads before the first step
             dummy = torch.full((2, *self.event_shape), 0.5)
             kw = {} if num_classes is None else {"y": torch.zeros(2, dtype=torch.long)}
-            self.posterior.setup(dummy, **kw)
-        else:
-            self.posterior = (
-                guide
-                if guide is not None
-                else NormalGuide(MLPEncoder(self.event_shape, z_dim, (hidden_dim,), context_dim=c))
-            )
+            guide.setup(dummy, **kw)
+        if guide is not None:
+            self.set_guide(guide)
+
+    def _check_guide(self, guide: Callable[..., Any]) -> None:
         if hasattr(self.prior, "bind"):
-            self.prior.bind(self.posterior)
+            raise ValueError(
+                "the VampPrior's components come from the VAE's posterior family, which a "
+                "replacing guide would leave untrained: keep the built-in guide and choose "
+                "its family with posterior=..."
+            )
 
     # -- helpers ---------------------------------------------------------------------
     def _context(self, y: torch.Tensor | None, batch: int | None = None) -> torch.Tensor | None:
@@ -122,6 +166,12 @@ class VAE(nn.Module):
         if y.is_floating_point():
             return y
         return F.one_hot(y.long(), self.num_classes).float()
+
+    def _encoder_input(self, x: torch.Tensor, y: torch.Tensor | None = None, **kwargs):
+        """Input rows of the ``"auto"`` guide: the flattened image and the one-hot label."""
+        h = x.reshape(x.shape[0], -1).to(torch.get_default_dtype())
+        context = self._context(y)
+        return h if context is None else torch.cat([h, context.to(h.dtype)], -1)
 
     def _check(self, x: torch.Tensor) -> None:
         n = len(self.event_shape)
@@ -158,15 +208,19 @@ class VAE(nn.Module):
             z = pyro.sample(LATENT, self.prior(context=context))
             return pyro.sample(OBS, self.decoder(z, context=context), obs=obs)
 
-    def guide(
+    def default_guide(
         self, x: torch.Tensor | None = None, y: torch.Tensor | None = None, **kwargs
     ) -> torch.Tensor:
-        """Amortized guide :math:`q(z \\mid x)`; ``kwargs`` go to the guide part."""
+        """Built-in guide: samples :math:`z \\sim q(z \\mid x)` from the posterior family
+        under the data plate; ``kwargs`` go to the family."""
         if x is None:
             raise ValueError("the guide needs observed data x")
         self._check(x)
-        if self._auto:
-            return self.posterior(x, y=y, **kwargs)[LATENT]
+        if self.posterior is None:
+            raise ValueError(
+                "this VAE was built with a replacing guide and no posterior family; assign a "
+                "guide (vae.guide = ...) or build it with posterior=..."
+            )
         pyro.module(self.prefix + "encoder", self.posterior)
         context = self._context(y)
         with pyro.plate(DATA_PLATE, x.shape[0]):
@@ -188,9 +242,10 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Posterior mean (or a draw, for guides without ``encode``) of the latent."""
-        if self._auto:
-            return self.posterior.encode(x, y=y)[LATENT]
+        """Posterior mean of the latent (the median for an assigned guide that has one, such
+        as a Pyro autoguide; otherwise a draw)."""
+        if self.custom_guide is not None:
+            return self._guide_latent(LATENT, x, **({} if y is None else {"y": y}))
         context = self._context(y)
         if hasattr(self.posterior, "encode"):
             return self.posterior.encode(x, context)[0]

@@ -1,5 +1,6 @@
 """AutoAmortizedNormal on custom models: VAE-like, two-layer hierarchical (closed-form
-marginal), a global latent with a constrained local, inner plates, and clear errors."""
+marginal), a global latent with a constrained local, inner plates, and clear errors.
+Minibatches, discrete sites and checkpoints have their own files."""
 
 from __future__ import annotations
 
@@ -150,9 +151,11 @@ def test_clear_errors():
     guide = AutoAmortizedNormal(no_data_arg, input_fn=lambda n: torch.ones(n, 1))
     assert guide(4)["z"].shape == (4,)
 
-    def subsampled(x):
-        with pyro.plate("data", 100, subsample_size=x.shape[0]):
-            pyro.sample("z", dist.Normal(0.0, 1.0))
+    def discrete(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("label", dist.Categorical(torch.ones(3) / 3))
 
-    with pytest.raises(NotImplementedError, match="subsampled plates"):
-        AutoAmortizedNormal(subsampled)(torch.zeros(5, 2))
+    with pytest.raises(ValueError, match=r"discrete site 'label'.*TraceEnum_ELBO.*AutoGuideList"):
+        AutoAmortizedNormal(discrete)(torch.zeros(5, 2))
+    with pytest.raises(ValueError, match="init_scale"):
+        AutoAmortizedNormal(discrete, init_scale=0.0)

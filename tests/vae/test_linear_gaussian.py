@@ -22,10 +22,10 @@ from pyro_gen.vae import (
     VAE,
     Decoder,
     GaussianLikelihood,
-    IAFGuide,
+    IAFPosterior,
     MLPEncoder,
-    NormalGuide,
-    PerExampleGuide,
+    NormalPosterior,
+    PerExamplePosterior,
     iwae,
 )
 
@@ -112,7 +112,7 @@ def test_iwae_below_exact_and_tightening_with_k(problem):
 def test_per_example_guide_reaches_exact_log_likelihood(problem):
     W, b, x, _ = problem
     dec = LinearDecoder(W, b)
-    vae = VAE((DX,), DZ, decoder=dec, guide=PerExampleGuide(N, DZ, init_scale=0.3))
+    vae = VAE((DX,), DZ, decoder=dec, posterior=PerExamplePosterior(N, DZ, init_scale=0.3))
     idx = torch.arange(N)
     train(vae, x, steps=200, lr=0.1, idx=idx)
     exact = dec.log_marginal(x).mean().item()
@@ -127,9 +127,11 @@ def test_same_model_three_guides(problem):
     W, b, x, x_test = problem
     true_test = LinearDecoder(W, b).log_marginal(x_test).mean().item()
     guides = {
-        "normal": lambda: NormalGuide(MLPEncoder((DX,), DZ, (16,))),
-        "iaf": lambda: IAFGuide(MLPEncoder((DX,), DZ, (16,)), num_flows=2, hidden_dims=(16,)),
-        "auto": lambda: "auto",
+        "normal": lambda: {"posterior": NormalPosterior(MLPEncoder((DX,), DZ, (16,)))},
+        "iaf": lambda: {
+            "posterior": IAFPosterior(MLPEncoder((DX,), DZ, (16,)), num_flows=2, hidden_dims=(16,))
+        },
+        "auto": lambda: {"guide": "auto"},
     }
     test_elbos = {}
     for name, make in guides.items():
@@ -137,7 +139,7 @@ def test_same_model_three_guides(problem):
         pyro.clear_param_store()
         g = torch.Generator().manual_seed(1)
         dec = LinearDecoder(0.5 * torch.randn(DX, DZ, generator=g), torch.zeros(DX), learn=True)
-        vae = VAE((DX,), DZ, hidden_dim=16, decoder=dec, guide=make())
+        vae = VAE((DX,), DZ, hidden_dim=16, decoder=dec, **make())
         train(vae, x)
         gap = dec.log_marginal(x).mean().item() - mean_elbo(vae, x)
         assert -0.03 < gap < 0.12, (name, gap)

@@ -14,12 +14,12 @@ from pyro_gen.vae import (
     OBS,
     VAE,
     HierarchicalVAE,
-    PerExampleGuide,
+    PerExamplePosterior,
     build_vae,
     interpolate,
     iwae,
     latent_site,
-    make_guide,
+    make_posterior,
     make_prior,
 )
 
@@ -36,7 +36,11 @@ def small_vae(prior="normal", guide="normal", **kw):
         z_dim=3,
         hidden_dim=8,
         prior=make_prior(prior, 3, SHAPE, num_components=5),
-        guide=guide if guide == "auto" else make_guide(guide, SHAPE, 3, 8),
+        **(
+            {"guide": "auto"}
+            if guide == "auto"
+            else {"posterior": make_posterior(guide, SHAPE, 3, 8)}
+        ),
         **kw,
     )
 
@@ -125,7 +129,7 @@ def test_conditional_vae_passes_label_everywhere():
 def test_per_example_guide_indexes_its_parameters():
     n = 10
     x = data(n)
-    vae = VAE(SHAPE, z_dim=2, hidden_dim=8, guide=PerExampleGuide(n, 2))
+    vae = VAE(SHAPE, z_dim=2, hidden_dim=8, posterior=PerExamplePosterior(n, 2))
     svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
     idx = torch.tensor([1, 3, 5])
     svi.step(x[idx], idx=idx)
@@ -188,8 +192,8 @@ def test_bad_input_gives_clear_errors():
         vae.guide(torch.rand(2, 5, 5))
     with pytest.raises(ValueError, match="needs observed data"):
         vae.guide()
-    with pytest.raises(ValueError, match="unknown guide"):
-        make_guide("gumbel", SHAPE, 2)
+    with pytest.raises(ValueError, match="unknown posterior family"):
+        make_posterior("gumbel", SHAPE, 2)
 
 
 def test_free_bits_objective():

@@ -1,9 +1,13 @@
-"""Guides :math:`q(z \\mid x)` for the VAE family, swappable without touching the model.
+"""Posterior families :math:`q(z \\mid x)` for the VAE family: the building blocks of its guide.
 
-A guide part is a module whose ``forward(x, context=None, **kwargs)`` returns the
-distribution of the latent for a batch ``x``; :class:`~pyro_gen.vae.VAE` samples it at
-the latent site under the data plate. Amortized guides also expose ``encode(x)`` giving a
-Normal ``(loc, scale)``, used by the VampPrior and the diagnostics.
+A posterior family is a module whose ``forward(x, context=None, **kwargs)`` *returns the
+distribution* of the latent for a batch ``x``; it has no ``pyro.sample`` statement, so it
+is not a Pyro guide by itself. :class:`~pyro_gen.vae.VAE` turns it into one: its guide
+samples the family's distribution at the latent site under the data plate. Amortized
+families also expose ``encode(x)`` giving a Normal ``(loc, scale)``, used by the VampPrior
+and the diagnostics. To replace the whole guide with any Pyro guide instead (a hand-written
+function, :class:`~pyro_gen.vae.autoguide.AutoAmortizedNormal`, a Pyro autoguide), see
+:class:`~pyro_gen.vae.VAE`.
 """
 
 from __future__ import annotations
@@ -16,8 +20,20 @@ from torch.nn import functional as F
 from pyro_gen.vae.encoders import Encoder
 
 
-class NormalGuide(nn.Module):
-    """Amortized mean-field Normal guide, :math:`q(z \\mid x) = \\mathcal{N}(\\mu(x),
+class Posterior(nn.Module):
+    """Base class of posterior families: ``forward(x, context=None, **kwargs)`` returns the
+    distribution of the latent for the batch ``x`` (batch shape ``(B,)``); the VAE's guide
+    samples it. Passing one as a VAE's ``guide=`` is refused with a pointer to ``posterior=``.
+    """
+
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor | None = None, **kwargs
+    ) -> dist.TorchDistribution:
+        raise NotImplementedError
+
+
+class NormalPosterior(Posterior):
+    """Amortized mean-field Normal posterior family, :math:`q(z \\mid x) = \\mathcal{N}(\\mu(x),
     \\operatorname{diag}\\sigma^2(x))`.
 
     Args:
@@ -25,7 +41,7 @@ class NormalGuide(nn.Module):
 
     Example:
         >>> from pyro_gen.vae.encoders import MLPEncoder
-        >>> q = NormalGuide(MLPEncoder((8, 8), 2, (16,)))
+        >>> q = NormalPosterior(MLPEncoder((8, 8), 2, (16,)))
         >>> q(torch.rand(5, 8, 8)).batch_shape
         torch.Size([5])
     """
@@ -48,8 +64,8 @@ class NormalGuide(nn.Module):
         return dist.Normal(loc, scale).to_event(1)
 
 
-class IAFGuide(NormalGuide):
-    """Amortized flow guide: the encoder's Normal followed by inverse autoregressive flow
+class IAFPosterior(NormalPosterior):
+    """Amortized flow posterior family: the encoder's Normal followed by inverse autoregressive flow
     steps conditioned on the encoder's hidden state :math:`h(x)`,
 
     .. math:: z_0 \\sim \\mathcal{N}(\\mu(x), \\sigma^2(x)),\\quad
@@ -57,7 +73,7 @@ class IAFGuide(NormalGuide):
 
     with :math:`(\\mu_t, \\sigma_t)` from a conditional MADE (random variable order per
     step), so sampling and the density of the sample are one pass each. ``encode``, from
-    :class:`NormalGuide`, gives the Normal before the flow steps (used by diagnostics).
+    :class:`NormalPosterior`, gives the Normal before the flow steps (used by diagnostics).
 
     Args:
         encoder: an :class:`~pyro_gen.vae.encoders.Encoder` (its ``hidden_dim`` sizes the
@@ -72,7 +88,7 @@ class IAFGuide(NormalGuide):
 
     Example:
         >>> from pyro_gen.vae.encoders import MLPEncoder
-        >>> q = IAFGuide(MLPEncoder((8, 8), 2, (16,)), num_flows=2)
+        >>> q = IAFPosterior(MLPEncoder((8, 8), 2, (16,)), num_flows=2)
         >>> qz = q(torch.rand(5, 8, 8))
         >>> qz.log_prob(qz.rsample()).shape
         torch.Size([5])
@@ -102,9 +118,9 @@ class IAFGuide(NormalGuide):
         return dist.TransformedDistribution(base, [f.condition(h) for f in self.flows])
 
 
-class PerExampleGuide(nn.Module):
-    """Non-amortized mean-field guide: free :math:`(\\mu_n, \\sigma_n)` for every training
-    example :math:`n`, looked up by the example ids passed as ``idx``.
+class PerExamplePosterior(Posterior):
+    """Non-amortized mean-field posterior family: free :math:`(\\mu_n, \\sigma_n)` for
+    every training example :math:`n`, looked up by the example ids passed as ``idx``.
 
     Train with batches carrying their ids (``model(x, idx=i)``, ``guide(x, idx=i)``; the
     VAE model ignores ``idx``). Useful as the reference an amortized guide is compared
@@ -116,7 +132,7 @@ class PerExampleGuide(nn.Module):
         init_scale: initial posterior standard deviation.
 
     Example:
-        >>> q = PerExampleGuide(num_data=10, z_dim=2)
+        >>> q = PerExamplePosterior(num_data=10, z_dim=2)
         >>> q(torch.rand(3, 8, 8), idx=torch.tensor([0, 4, 9])).batch_shape
         torch.Size([3])
     """
@@ -136,14 +152,16 @@ class PerExampleGuide(nn.Module):
         **kwargs,
     ) -> dist.TorchDistribution:
         if idx is None:
-            raise ValueError("PerExampleGuide needs the example ids: call guide(x, idx=ids)")
+            raise ValueError(
+                "PerExamplePosterior needs the example ids: call the guide as guide(x, idx=ids)"
+            )
         if idx.shape != x.shape[:1]:
             raise ValueError(f"idx must have shape ({x.shape[0]},), got {tuple(idx.shape)}")
         scale = F.softplus(self.raw_scales[idx]) + 1e-5
         return dist.Normal(self.locs[idx], scale).to_event(1)
 
 
-def make_guide(
+def make_posterior(
     name: str,
     event_shape: tuple[int, ...],
     z_dim: int,
@@ -151,17 +169,17 @@ def make_guide(
     context_dim: int = 0,
     num_flows: int = 2,
 ) -> nn.Module:
-    """Build an amortized guide by name: ``normal`` or ``iaf`` (MLP encoder).
+    """Build an amortized posterior family by name: ``normal`` or ``iaf`` (MLP encoder).
 
     Example:
-        >>> type(make_guide("iaf", (8, 8), 2, 16)).__name__
-        'IAFGuide'
+        >>> type(make_posterior("iaf", (8, 8), 2, 16)).__name__
+        'IAFPosterior'
     """
     from pyro_gen.vae.encoders import MLPEncoder
 
     enc = MLPEncoder(event_shape, z_dim, (hidden_dim,), context_dim=context_dim)
     if name == "normal":
-        return NormalGuide(enc)
+        return NormalPosterior(enc)
     if name == "iaf":
-        return IAFGuide(enc, num_flows=num_flows)
-    raise ValueError(f"unknown guide {name!r}; choose normal or iaf")
+        return IAFPosterior(enc, num_flows=num_flows)
+    raise ValueError(f"unknown posterior family {name!r}; choose normal or iaf")

@@ -18,7 +18,9 @@ import pyro
 import pyro.optim
 import pytest
 import torch
+from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO
+from pyro.infer.autoguide import AutoGuideList
 
 from pyro_gen.infer import evaluate_elbo, fit, iwae_log_likelihood
 from pyro_gen.transforms import inverse_autoregressive
@@ -154,6 +156,9 @@ def test_vae(kind):
     # The same optimizer continues in fit (its default, compiled where it applies).
     fit(v.model, x_train, guide=guide, epochs=8, batch_size=64, optim=optim, progress=False)
     after = evaluate_elbo(v.model, x_test, guide=guide, num_particles=4)
+    # ... and back to Pyro's loop on the optimizer fit used (issue 10: a fused optimizer
+    # could not then step one parameter).
+    svi_epochs(v.model, guide, batches, optim, Trace_ELBO(), epochs=1)
     assert losses[-1] < losses[0]
     assert after > before + 1.0, (before, after)
     check_iwae_not_below_elbo(v.model, guide, x_test)
@@ -168,10 +173,29 @@ def _ss_guide(kind: str, m: ss_vae.SSVAE):
         return m.guide  # samples y from the classifier, enumerated
     if kind == "AutoAmortizedNormal":
         return AutoAmortizedNormal(m.model, hidden_dims=(24,))  # z only; y is enumerated
+    if kind == "AutoGuideList":
+        # y guided by hand (the classifier, enumerated), z by the autoguide on the rest; the
+        # parts share the list's plates, as Pyro's AutoGuideList parts do.
+        def label_guide(xs, ys=None):
+            if ys is None:
+                with guide.plates["data"]:
+                    logits = m.encoder_y(xs)
+                    pyro.sample(
+                        "y",
+                        pyro.distributions.OneHotCategorical(logits=logits),
+                        infer={"enumerate": "parallel"},
+                    )
+
+        guide = AutoGuideList(
+            m.model, create_plates=lambda xs, ys=None: pyro.plate("data", xs.shape[0])
+        )
+        guide.append(AutoAmortizedNormal(poutine.block(m.model, hide=["y"]), hidden_dims=(24,)))
+        guide.append(label_guide)
+        return guide
     return ss_vae.FlowGuide(iafs(m.z_dim))
 
 
-@pytest.mark.parametrize("kind", GUIDES)
+@pytest.mark.parametrize("kind", [*GUIDES, "AutoGuideList"])
 def test_semi_supervised_vae(kind):
     data = ss_vae.clusters()
     m = ss_vae.SSVAE()

@@ -136,6 +136,8 @@ def _open(
             conn.connect()
         except TimeoutError as e:  # socket.timeout is an alias
             conn.close()
+            if time.monotonic() >= clock.end:  # the deadline, not the connect timeout, ran out
+                raise clock.deadline_error() from e
             raise DownloadError(
                 f"could not connect to {url} within {limits.connect_timeout:g} s (connect "
                 f"timeout). Check the network, or set PYRO_GEN_OFFLINE=1 to use offline "

@@ -374,6 +374,37 @@ def test_elbo_of_global_latents_does_not_depend_on_the_batch_size():
     assert abs(whole - quarters) < 0.05, (whole, quarters)
 
 
+def test_an_autoguide_run_resumes_exactly_from_its_checkpoint(tmp_path):
+    """A fresh process builds a fresh AutoAmortizedNormal; fit restores it without the
+    user calling it first (issue 10), and the resumed run equals the straight one."""
+    y, idx = hierarchy.simulate()
+
+    def run(directory, steps):
+        pyro.clear_param_store()
+        guide = _hierarchy_guide("AutoAmortizedNormal")
+        fit(
+            hierarchy.model,
+            (y, idx),
+            guide=guide,
+            steps=steps,
+            batch_size=4,
+            optim=pyro.optim.Adam({"lr": 0.05}),
+            checkpoint_dir=directory,
+            progress=False,
+        )
+        return _store()
+
+    pyro.set_rng_seed(0)
+    straight = run(tmp_path / "straight", 6)
+    pyro.set_rng_seed(0)
+    run(tmp_path / "resumed", 3)
+    pyro.set_rng_seed(123)  # a new process would not share the first run's RNG state
+    resumed = run(tmp_path / "resumed", 6)
+    assert sorted(resumed) == sorted(straight)
+    for name, value in straight.items():
+        assert torch.equal(resumed[name], value), name
+
+
 # ---------------------------------------------------------------------------------------
 # bad input: one clear error naming the site or argument
 

@@ -29,6 +29,7 @@ from pyro_gen.infer.log_weights import (
     PARTICLE_PLATE,
     DataPlate,
     LogWeights,
+    enumeration_problem,
     find_data_plate,
     max_plate_nesting,
     split_log_weights,
@@ -39,6 +40,8 @@ from pyro_gen.infer.program import program
 ELBO_CHUNK = 100
 
 T = TypeVar("T")
+
+_DRAWN = "their prior is their proposal, a valid but looser bound than guiding them"
 
 
 def module_device(module: torch.nn.Module) -> torch.device:
@@ -90,6 +93,7 @@ class _Scorer:
         self.plate: DataPlate | None = None
         self.particle_dim = -1
         self.has_shared = False
+        self.enumerate = False
         self.vectorize, self.vectorized_once = True, False
         self.fixed: dict[Any, tuple[Trace, Trace]] = {}
 
@@ -108,23 +112,44 @@ class _Scorer:
                 replay = guide_trace.copy()
                 for name, site in fixed[1].nodes.items():
                     replay.add_node(name, **site)
-            model_trace = poutine.trace(poutine.replay(self.model, trace=replay)).get_trace(
-                *call.args, **call.kwargs
-            )
+            model = poutine.replay(self.model, trace=replay)
+            if self.enumerate:
+                model = poutine.enum(model, first_available_dim=self.particle_dim - 1)
+            model_trace = poutine.trace(model).get_trace(*call.args, **call.kwargs)
         return guide_trace, model_trace
 
     def setup(self, call: Call) -> None:
-        """Finds the data plate and the nesting depth from one unbatched draw."""
+        """Finds the data plate, the nesting depth and whether model-side discrete sites
+        can be enumerated, from draws without a particle plate."""
         guide_trace, model_trace = self._traces(call, None, None)
         self.plate = find_data_plate(model_trace, self.plate_name)
         self.particle_dim = -max_plate_nesting(guide_trace, model_trace) - 1
-        weights = split_log_weights(model_trace, guide_trace, self.plate)
+        weights = split_log_weights(
+            model_trace, guide_trace, self.plate, particle_dim=self.particle_dim
+        )
         self.has_shared = weights.has_shared
-        if weights.prior_sites:
+        prior_sites = weights.prior_sites
+        marked = [
+            n for n in prior_sites if model_trace.nodes[n]["infer"].get("enumerate") == "parallel"
+        ]
+        if marked:
+            # Sites marked for TraceEnum_ELBO are summed out per example when they are
+            # simple enough (one per example, no pyro.markov reuse); else drawn.
+            self.enumerate = True
+            guide_trace, model_trace = self._traces(call, None, None)
+            problem = enumeration_problem(model_trace, self.plate)
+            if problem is not None:
+                self.enumerate = False
+                warnings.warn(
+                    f"evaluation cannot sum out the model's discrete sites {marked} example "
+                    f"by example ({problem}), so it draws them from the model: {_DRAWN}",
+                    stacklevel=4,
+                )
+            prior_sites = tuple(n for n in prior_sites if n not in marked)
+        if prior_sites:
             warnings.warn(
-                f"model sites {list(weights.prior_sites)} have no guide site, so evaluation "
-                "draws them from the model itself (its prior is their proposal); the bound "
-                "is valid but looser than enumerating or guiding them",
+                f"model sites {list(prior_sites)} have no guide site, so evaluation draws "
+                f"them from the model: {_DRAWN}",
                 stacklevel=4,
             )
 
@@ -136,8 +161,8 @@ class _Scorer:
             model_trace,
             guide_trace,
             self.plate,
-            num_particles=num_particles,
-            particle_dim=self.particle_dim if vectorized else None,
+            particle_dim=self.particle_dim,
+            num_particles=num_particles if vectorized else 1,
         )
         if self.has_shared and key not in self.fixed:
             self.fixed[key] = (

@@ -150,17 +150,42 @@ def _site_log_prob(site: dict, plate: DataPlate) -> tuple[torch.Tensor, bool]:
     return scale_and_mask(log_prob, scale, site["mask"]), frame is not None
 
 
-def _reduce(log_prob: torch.Tensor, keep: list[int], shape: tuple[int, ...]) -> torch.Tensor:
-    """Sums every dim of ``log_prob`` except the (negative) dims ``keep``, then expands the
-    kept dims (in order) to ``shape``."""
+def _reduce(log_prob: torch.Tensor, particle_dim: int, data_dim: int | None) -> torch.Tensor:
+    """Sums every plate dim of ``log_prob`` but the data plate's, keeping the particle dim
+    and the enumeration dims left of it: shape ``(*enum, K or 1[, B or 1])``."""
     log_prob = torch.as_tensor(log_prob)
-    ndim = max([log_prob.dim()] + [-d for d in keep])
+    ndim = max(log_prob.dim(), -particle_dim)
     log_prob = log_prob.reshape((1,) * (ndim - log_prob.dim()) + log_prob.shape)
-    kept = [ndim + d for d in keep]
+    kept = set(range(ndim + particle_dim + 1))
+    if data_dim is not None:
+        kept.add(ndim + data_dim)
     summed = [d for d in range(ndim) if d not in kept]
-    if summed:
-        log_prob = log_prob.sum(summed)
-    return log_prob.expand(shape)
+    return log_prob.sum(summed) if summed else log_prob
+
+
+def enumerated(site: dict) -> bool:
+    """Whether ``poutine.enum`` enumerated the site (its values lie along a new dim)."""
+    return site["infer"].get("_enumerate_dim") is not None
+
+
+def enumeration_problem(model_trace: Trace, plate: DataPlate) -> str | None:
+    """Why the enumerated sites of ``model_trace`` cannot be summed out example by example,
+    or None when they can: each must lie in the data plate and in no other plate, and have
+    a dim of its own (``pyro.markov`` reuses dims, which needs tensor contraction)."""
+    dims: dict[int, str] = {}
+    for name, site in sample_sites(model_trace):
+        if not enumerated(site):
+            continue
+        plates = set(_plates(site))
+        if plates != {plate.name}:
+            return (
+                f"enumerated site {name!r} is in plates {sorted(plates)}, not only {plate.name!r}"
+            )
+        dim = site["infer"]["_enumerate_dim"]
+        if dim in dims:
+            return f"enumerated sites {dims[dim]!r} and {name!r} share a dim (pyro.markov)"
+        dims[dim] = name
+    return None
 
 
 def split_log_weights(
@@ -168,23 +193,26 @@ def split_log_weights(
     guide_trace: Trace,
     plate: DataPlate,
     *,
+    particle_dim: int,
     num_particles: int = 1,
-    particle_dim: int | None = None,
 ) -> LogWeights:
     """Splits log p - log q of one joint draw into per-example and global parts.
 
     Observed model sites and model latents with a guide site count with +log p, guide
     latents with -log q, auxiliary ones included (an autoguide's unconstrained draw, whose
-    model site is a Delta carrying the Jacobian), as Pyro's ELBOs count them. A model latent
-    without a guide site was drawn from the model's own conditional, which is then its
-    proposal, so its density cancels and it is left out.
+    guide site is a Delta carrying the Jacobian), as Pyro's ELBOs count them. Model latents
+    that ``poutine.enum`` enumerated are summed out of each example's weight (they must
+    pass :func:`enumeration_problem`). Any other model latent without a guide site was drawn
+    from the model's own conditional, which is then its proposal, so its density cancels
+    and it is left out.
 
     Args:
         model_trace: the model replayed against ``guide_trace``.
         guide_trace: the guide's trace.
         plate: the data plate (see :func:`find_data_plate`).
+        particle_dim: the dim of the particle plate, left of every plate; enumeration dims
+            are left of it. Without a particle plate the dim has size 1.
         num_particles: ``K``, the size of the particle plate (1 without one).
-        particle_dim: the particle plate's dim, or None when the traces have none.
 
     Raises:
         ValueError: a guide latent is not a model site, or the data plate is missing.
@@ -202,7 +230,7 @@ def split_log_weights(
     terms: list[tuple[dict, float]] = []
     prior_sites = []
     for name, site in sample_sites(model_trace):
-        if site["is_observed"] or name in guide_latents:
+        if site["is_observed"] or name in guide_latents or enumerated(site):
             terms.append((site, 1.0))
         else:
             prior_sites.append(name)
@@ -219,7 +247,6 @@ def split_log_weights(
             "batch must run the model's pyro.plate over its examples"
         )
     K, B = num_particles, batch_size
-    particle = [] if particle_dim is None else [particle_dim]
     local = torch.zeros(())
     shared = torch.zeros(())
     has_shared = False
@@ -227,12 +254,14 @@ def split_log_weights(
     for site, sign in terms:
         log_prob, is_local = _site_log_prob(site, plate)
         if is_local:
-            local = local + sign * _reduce(log_prob, particle + [plate.dim], (K, B))
+            local = local + sign * _reduce(log_prob, particle_dim, plate.dim)
         else:
             has_shared = True
-            shared = shared + sign * _reduce(log_prob, particle, (K,))
+            shared = shared + sign * _reduce(log_prob, particle_dim, None)
             if sign < 0:
                 global_sites.append(site["name"])
+    if local.dim() > 2:  # enumeration dims: sum each example's discrete latents out
+        local = local.expand(local.shape[:-2] + (K, B)).flatten(0, -3).logsumexp(0)
     return LogWeights(
         local=local.expand(K, B),
         shared=shared.to(local.device).expand(K),

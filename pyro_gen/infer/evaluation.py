@@ -12,6 +12,7 @@ the guide.
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from collections.abc import Callable, Iterator
@@ -46,9 +47,7 @@ _DRAWN = "their prior is their proposal, a valid but looser bound than guiding t
 
 def module_device(module: torch.nn.Module) -> torch.device:
     """The device of a module's first parameter or buffer (CPU for a stateless module)."""
-    for t in list(module.parameters()) + list(module.buffers()):
-        return t.device
-    return torch.device("cpu")
+    return _device([module]) or torch.device("cpu")
 
 
 @contextmanager
@@ -65,8 +64,9 @@ def _eval_mode(modules: list[torch.nn.Module]) -> Iterator[None]:
 
 
 def _device(modules: list[torch.nn.Module]) -> torch.device | None:
+    """Where the first parameter or buffer of ``modules`` lives; None when they have none."""
     for m in modules:
-        for t in list(m.parameters()) + list(m.buffers()):
+        for t in itertools.chain(m.parameters(), m.buffers()):
             return t.device
     return None
 

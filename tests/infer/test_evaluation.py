@@ -9,6 +9,7 @@ import pytest
 import torch
 from pyro import poutine
 from pyro.infer.autoguide import AutoNormal
+from torch.utils.data import DataLoader, TensorDataset
 
 from pyro_gen.infer import bits_per_dim_from_nats, evaluate_elbo, iwae_log_likelihood
 from tests.infer.hierarchical_gaussian import HierarchicalGaussian, sample_data
@@ -127,6 +128,7 @@ def test_data_forms_give_the_same_estimate():
         "list of dicts": [{"x": a, "shift": b} for a, b in batches],
         "batch function": lambda: iter(batches),
         "one-shot iterator": iter(batches),
+        "DataLoader": DataLoader(TensorDataset(X, shift), batch_size=5),
     }
     for name, data in forms.items():
         elbo = evaluate_elbo(model, data, guide=guide, batch_size=4)
@@ -270,8 +272,9 @@ def test_global_latent_elbo_and_iwae_are_exact_at_every_batch_size():
         assert elbo == pytest.approx(exact, abs=1e-9), batch_size
         iwae = iwae_log_likelihood(hg.model, data, guide=hg.guide, num_samples=3, chunk=2)
         assert iwae == pytest.approx(exact, abs=1e-9), batch_size
-    values = evaluate_elbo(hg.model, data, guide=hg.guide, batch_size=5, per_example=True)
-    assert values.shape == (20,) and values.sum().item() == pytest.approx(exact * 20, abs=1e-8)
+    for fn in (evaluate_elbo, iwae_log_likelihood):
+        values = fn(hg.model, data, guide=hg.guide, batch_size=5, per_example=True)
+        assert values.shape == (20,) and values.sum().item() == pytest.approx(exact * 20, abs=1e-8)
 
 
 def test_global_latent_with_a_loose_guide_matches_the_closed_form_at_every_batch_size():

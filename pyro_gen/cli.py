@@ -11,11 +11,12 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -635,7 +636,7 @@ def _train(args: argparse.Namespace) -> None:
     given = _requested_settings(args, spec)
     device = _device(args.device)
     out = _run_directory(args.out or Path("runs") / f"{args.model}-{args.data}")
-    with run_lock(out):
+    with _locked(out):
         probe_writable(out, "the run's files")
         for name in RUN_FILES:  # refused now, not after the data are loaded
             refuse_symlink(out / name)
@@ -656,6 +657,20 @@ def _train(args: argparse.Namespace) -> None:
             config = _new_config(args, spec, given)
         options = config["options"]
         _train_run(args, spec, config, options, out, device)
+
+
+@contextlib.contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """:func:`run_lock` on ``out``, with a read-only directory reported as one line."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(run_lock(out))
+        except OSError as e:  # the lock file is the first thing written into the run
+            raise UsageError(
+                f"cannot write to run directory {out} ({e.strerror}); make it writable or "
+                "choose another --out"
+            ) from e
+        yield
 
 
 def _verify_or_explain(path: Path, config: dict[str, Any], out: Path) -> None:

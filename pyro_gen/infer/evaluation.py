@@ -93,7 +93,8 @@ class _Scorer:
         self.plate: DataPlate | None = None
         self.particle_dim = -1
         self.has_shared = False
-        self.enumerate = False
+        self.enumerate, self.enumerable = False, True
+        self.reviewed: set[str] = set()
         self.vectorize, self.vectorized_once = True, False
         self.fixed: dict[Any, tuple[Trace, Trace]] = {}
 
@@ -119,8 +120,7 @@ class _Scorer:
         return guide_trace, model_trace
 
     def setup(self, call: Call) -> None:
-        """Finds the data plate, the nesting depth and whether model-side discrete sites
-        can be enumerated, from draws without a particle plate."""
+        """Finds the data plate and the nesting depth from a draw without particles."""
         guide_trace, model_trace = self._traces(call, None, None)
         self.plate = find_data_plate(model_trace, self.plate_name)
         self.particle_dim = -max_plate_nesting(guide_trace, model_trace) - 1
@@ -128,30 +128,41 @@ class _Scorer:
             model_trace, guide_trace, self.plate, particle_dim=self.particle_dim
         )
         self.has_shared = weights.has_shared
-        prior_sites = weights.prior_sites
-        marked = [
-            n for n in prior_sites if model_trace.nodes[n]["infer"].get("enumerate") == "parallel"
-        ]
-        if marked:
-            # Sites marked for TraceEnum_ELBO are summed out per example when they are
-            # simple enough (one per example, no pyro.markov reuse); else drawn.
+        self._review(call, model_trace, weights.prior_sites)
+
+    def _review(self, call: Call, model_trace: Trace, prior_sites: tuple[str, ...]) -> bool:
+        """Decides, once per site, what to do with model latents that have no guide site:
+        sum out those marked for TraceEnum_ELBO where that can be done example by example
+        (one value per example, no pyro.markov reuse), draw the rest from the model. Returns
+        whether enumeration has just been switched on (so the batch must be redone)."""
+        new = [n for n in prior_sites if n not in self.reviewed]
+        self.reviewed.update(new)
+        marked = [n for n in new if model_trace.nodes[n]["infer"].get("enumerate") == "parallel"]
+        switched = False
+        if marked and self.enumerable:
             self.enumerate = True
-            guide_trace, model_trace = self._traces(call, None, None)
-            problem = enumeration_problem(model_trace, self.plate)
-            if problem is not None:
-                self.enumerate = False
+            try:
+                problem = enumeration_problem(self._traces(call, None, None)[1], self.plate)
+            except Exception as error:  # the model does not run under poutine.enum
+                problem = f"{type(error).__name__}: {error}"
+            if problem is None:
+                switched = True
+                new = [n for n in new if n not in marked]
+            else:
+                self.enumerate = self.enumerable = False
                 warnings.warn(
                     f"evaluation cannot sum out the model's discrete sites {marked} example "
                     f"by example ({problem}), so it draws them from the model: {_DRAWN}",
-                    stacklevel=4,
+                    stacklevel=5,
                 )
-            prior_sites = tuple(n for n in prior_sites if n not in marked)
-        if prior_sites:
+                new = [n for n in new if n not in marked]
+        if new:
             warnings.warn(
-                f"model sites {list(prior_sites)} have no guide site, so evaluation draws "
-                f"them from the model: {_DRAWN}",
-                stacklevel=4,
+                f"model sites {new} have no guide site, so evaluation draws them from the "
+                f"model: {_DRAWN}",
+                stacklevel=5,
             )
+        return switched
 
     def _weights(self, call: Call, num_particles: int, key: Any) -> LogWeights:
         vectorized = num_particles > 1
@@ -164,6 +175,8 @@ class _Scorer:
             particle_dim=self.particle_dim,
             num_particles=num_particles if vectorized else 1,
         )
+        if self._review(call, model_trace, weights.prior_sites):
+            return self._weights(call, num_particles, key)
         if self.has_shared and key not in self.fixed:
             self.fixed[key] = (
                 _only(guide_trace, weights.global_sites, self.plate),

@@ -238,6 +238,19 @@ def test_enumerated_model_sites_are_summed_out_per_example():
         values = fn(point_mixture, x, guide=lambda x: None, per_example=True, batch_size=2)
         assert torch.allclose(values, _mixture_evidence(x, 0.0), atol=1e-10)
 
+    def labelled(x: torch.Tensor, c: torch.Tensor | None) -> None:  # c observed when given
+        with pyro.plate("data", x.shape[0]):
+            c = pyro.sample("c", dist.Categorical(WEIGHTS), obs=c, infer={"enumerate": "parallel"})
+            pyro.sample("x", dist.Normal(MEANS[c], 1.0), obs=x)
+
+    labels = torch.tensor([0, 2])
+    batches = [{"x": x[:2], "c": labels}, {"x": x[2:], "c": None}]  # labelled batch first
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        values = evaluate_elbo(labelled, batches, guide=lambda x, c: None, per_example=True)
+    joint = WEIGHTS[labels].log() + dist.Normal(MEANS[labels], 1.0).log_prob(x[:2])
+    assert torch.allclose(values, torch.cat([joint, _mixture_evidence(x[2:], 0.0)]), atol=1e-10)
+
 
 def test_discrete_sites_that_cannot_be_summed_per_example_are_drawn_with_a_warning():
     def per_pixel(x: torch.Tensor) -> None:

@@ -9,6 +9,14 @@ def load(run: str, device: str = "cpu"):  # noqa: ANN201 - returns the run's mod
     """The trained model of a ``pyro-gen train`` run directory, on ``device``.
 
     The object has ``model``, ``guide``, ``sample`` and, where exact, ``log_prob``.
+    Nothing in the directory is unpickled: ``config.json`` is parsed as JSON and
+    ``checkpoint.pt`` is verified against its checksum, then read with torch's
+    ``weights_only`` loader (see :mod:`pyro_gen.infer.checkpoint`).
+
+    Raises:
+        pyro_gen.runs.RunError: the directory or its ``config.json`` is missing or malformed.
+        pyro_gen.infer.CheckpointError: ``checkpoint.pt`` is missing, damaged, of an older
+            format, or of another model.
     """
     from pyro_gen.cli import load_run
 

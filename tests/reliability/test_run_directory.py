@@ -136,7 +136,7 @@ print(json.dumps(results))
 """
 
 
-def test_read_only_run_and_parent_directories_are_refused_before_any_work(tmp_path):
+def test_read_only_directories_are_refused_before_any_work_leaving_the_run_unchanged(tmp_path):
     # Permission bits do not stop root, so as root the commands run without the capabilities
     # that override them (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH).
     as_root = os.geteuid() == 0

@@ -9,7 +9,9 @@ For a model :math:`p(g) \\prod_i p(x_i, z_i \\mid g)` and a guide
 
 and this module splits it into the *global* part (sites outside the data plate) and one
 *local* part per example (sites inside it), read off the traces without assuming any site
-or plate name. The estimators of :mod:`pyro_gen.infer.evaluation` are built on the split.
+or plate name; discrete sites that ``poutine.enum`` enumerated in the model are summed out
+of each example's part. The estimators of :mod:`pyro_gen.infer.evaluation` are built on
+the split.
 """
 
 from __future__ import annotations
@@ -44,10 +46,12 @@ class LogWeights:
     """The split log-weights of ``K`` particles on a batch of ``B`` examples.
 
     Attributes:
-        local: shape ``(K, B)``: each example's log p - log q summed over its sites.
+        local: shape ``(K, B)``: each example's log p - log q summed over its sites, with
+            enumerated discrete sites summed out.
         shared: shape ``(K,)``: log p - log q of the sites outside the data plate.
         global_sites: guide sample sites outside the data plate (global latents).
-        prior_sites: model latents without a guide site, drawn from the model itself.
+        prior_sites: model latents without a guide site that were drawn from the model
+            itself (not enumerated).
         has_shared: whether any site lies outside the data plate.
     """
 

@@ -292,9 +292,14 @@ def evaluate_elbo(
     batches, so the result does not depend on ``batch_size`` and is exact for an exact
     posterior guide. Each example counts once: a subsampled data plate's scale :math:`N/B`
     is removed, while other scales (``poutine.scale``, masks, an inner subsampled plate)
-    are kept. ``loss`` is accepted so that :func:`~pyro_gen.infer.fit` can pass its
-    objective: the estimate is always the plain ELBO (what a free-bits or IWAE objective
-    bounds), and the objective's ``num_particles`` is used when ``num_particles`` is 1.
+    are kept. (A model that subsamples its data itself, with ``subsample_size=``, scores
+    the examples it draws; pass it minibatches with ``subsample=`` indices instead.)
+    Discrete model sites marked ``infer={"enumerate": "parallel"}`` that the guide does not
+    sample are summed out of each example, as ``TraceEnum_ELBO`` does; a latent the guide
+    lacks otherwise is drawn from the model, with a warning. ``loss`` is accepted so that
+    :func:`~pyro_gen.infer.fit` can pass its objective: the estimate is always the plain
+    ELBO (what a free-bits or IWAE objective bounds), and the objective's
+    ``num_particles`` is used when ``num_particles`` is 1.
 
     Args:
         model: a pyro_gen module (its ``model`` and ``guide``) or any Pyro model callable.
@@ -389,7 +394,8 @@ def iwae_log_likelihood(
     :math:`K \\to \\infty`, but for a large data set the sum over examples makes the weights
     uneven and it approaches :math:`\\log p(X)/N` slowly unless the local guide is good.
     Particles are drawn ``chunk`` at a time under a vectorized plate (one at a time, with a
-    warning, when the model does not broadcast over it), so memory stays bounded.
+    warning, when the model does not broadcast over it), so memory stays bounded. Data
+    plate, scales and enumerated sites are handled as in :func:`evaluate_elbo`.
 
     References:
         Burda, Grosse, Salakhutdinov, "Importance Weighted Autoencoders", arXiv:1509.00519.

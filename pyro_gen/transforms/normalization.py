@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from pyro_gen.transforms._base import FlowTransformModule, as_event_shape, parameter_stamp
+from pyro_gen.transforms._base import FlowTransformModule, as_event_shape
 
 
 def _feature_view(event_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -238,7 +238,7 @@ class BatchNorm(FlowTransformModule):
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         cache = self._ladj_cache
-        if cache.x is x and cache.y is y and cache.stamp == parameter_stamp(self):
+        if cache.x is x and cache.y is y and cache.valid():
             return cache.ladj
         # cache miss: follow the density convention (statistics of the data-side batch)
         # without touching the running averages

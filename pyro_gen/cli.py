@@ -705,6 +705,8 @@ def _train_run(
             f"{list(view.event_shape)}; choose a fresh --out"
         )
     config["event_shape"] = list(view.event_shape)
+    # fit records the held-out bound as test_elbo whatever the objective; say what it is.
+    config["test_elbo_is"] = _bound_name(config)
     model = build_model(config)
     write_config(out, config)  # the run is accepted: record it
     try:

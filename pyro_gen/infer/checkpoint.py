@@ -41,7 +41,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import io
 import itertools
@@ -57,7 +56,14 @@ import pyro.optim
 import pyro.util
 import torch
 
-from pyro_gen.infer.files import append_line, atomic_write_bytes, remove_stale_temporaries
+from pyro_gen.infer.files import (
+    O_NOFOLLOW,
+    append_line,
+    atomic_write_bytes,
+    remove_stale_temporaries,
+    try_lock,
+    unlock,
+)
 from pyro_gen.infer.state_codec import UnsafeStateError, decode, encode, encode_constraint
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -385,24 +391,24 @@ def run_lock(directory: str | Path) -> Iterator[Path]:
             entry[1] -= 1
             if entry[1] == 0:
                 del _held[key]
-                fcntl.flock(entry[0], fcntl.LOCK_UN)
+                unlock(entry[0])
                 os.close(entry[0])
 
 
 def _acquire(directory: Path) -> int:
     path = directory / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | O_NOFOLLOW, 0o644)
+    if not try_lock(fd):
+        os.lseek(fd, 0, os.SEEK_SET)
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
         os.close(fd)
         raise RunLockedError(
             f"run directory {directory} is in use by another process (pid {holder}); wait for "
             "it to finish, or choose another directory"
-        ) from None
+        )
     os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, f"{os.getpid()}\n".encode())
     remove_stale_temporaries(directory)
     return fd
 

@@ -15,11 +15,19 @@ Every file a run writes (checkpoint, config, metrics, figures) goes through here
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import tempfile
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: byte-range locks through msvcrt instead of flock
+    fcntl = None
+    import msvcrt
+
+# Not on every platform; where missing, refuse_symlink's check is the only guard.
+O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 # mkstemp names its files PREFIX + 8 characters from [a-z0-9_] + SUFFIX.
 _TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
@@ -68,9 +76,9 @@ def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         # Held until the rename, so a concurrent clean-up leaves this live file alone.
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try_lock(fd)
         # mkstemp makes the file private; the result gets the mode a plain open() would give.
-        os.fchmod(fd, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask())
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
             f.flush()
@@ -86,7 +94,7 @@ def append_line(path: str | Path, line: str) -> None:
     """Appends one line to ``path`` (created if missing) without following a symlink."""
     path = Path(path)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | O_NOFOLLOW, 0o644)
     except OSError as e:
         if path.is_symlink():
             refuse_symlink(path)
@@ -105,12 +113,10 @@ def remove_stale_temporaries(directory: str | Path) -> list[Path]:
         if not _TEMPORARY.match(entry.name) or not entry.is_file(follow_symlinks=False):
             continue
         try:
-            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
+            fd = os.open(entry.path, os.O_RDONLY | O_NOFOLLOW)
         except OSError:
             continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        if not try_lock(fd):
             os.close(fd)
             continue  # a live writer holds it
         try:
@@ -120,6 +126,32 @@ def remove_stale_temporaries(directory: str | Path) -> list[Path]:
         finally:
             os.close(fd)
     return removed
+
+
+def try_lock(fd: int) -> bool:
+    """Takes an exclusive lock on the open file ``fd`` without waiting; False if another
+    open file holds it. The lock goes with the descriptor, so a killed process releases it."""
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # other errors (no locks on this file system) propagate
+            return False
+        return True
+    os.lseek(fd, 1 << 30, os.SEEK_SET)  # a byte past the content: readers are not blocked
+    try:
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    except OSError:
+        return False
+    return True
+
+
+def unlock(fd: int) -> None:
+    """Releases :func:`try_lock`'s lock."""
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    else:
+        os.lseek(fd, 1 << 30, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
 
 
 def _umask() -> int:

@@ -13,6 +13,7 @@ Usage::
     .venv/bin/python benchmarks/step_time.py --steps 50            # CPU (+ CUDA if present)
     .venv/bin/python benchmarks/step_time.py --batch-sizes 128 1024 8192 --device cuda
     .venv/bin/python benchmarks/step_time.py --epoch-overhead 3 --threads 1 --device cpu
+    .venv/bin/python benchmarks/step_time.py --guard-cost 30 --threads 1 --device cpu
 
 Results are printed and written to a section of benchmarks/RESULTS.md (``--no-write``
 to skip). Timings on a shared machine are noisy: compare ratios within one run only.
@@ -407,6 +408,72 @@ def epoch_overhead(device: torch.device, rounds: int) -> list[dict[str, Any]]:
     return rows
 
 
+def guard_cost(device: torch.device, rounds: int, block: int) -> list[dict[str, Any]]:
+    """The step guard's cost: fit's default step (``backend="auto"``, fused Adam) with the
+    guard on (A) and off (B), two copies of each model from one initialization, taking
+    turns A B A B (``block`` steps a turn) over ``rounds`` rounds on one batch. The ratio
+    of each round's mean step times gives a mean and a standard error over rounds."""
+    out = []
+    cases = [("vae", 128, lambda n: PyroVAE(n)), ("realnvp", 128, lambda n: realnvp(n)),
+             ("realnvp", 1024, lambda n: realnvp(n))]  # fmt: skip
+    for kind, batch, make in cases:
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        if kind == "vae":
+            x = torch.bernoulli(torch.rand(batch, 784, device=device))
+        else:
+            x = torch.randn(batch, 2, device=device)
+        gens = {"on": make(f"guard_on_{kind}"), "off": make(f"guard_off_{kind}")}
+        gens["off"].load_state_dict(gens["on"].state_dict())
+        steppers = {}
+        for label, gen in gens.items():
+            gen.to(device)
+            svi = CompiledSVI(
+                gen.model, gen.guide, pyro.optim.Adam({"lr": 1e-3}), step_guard=label == "on"
+            )
+            for _ in range(20):  # the plain first step, the recording, warm-up
+                svi.step(x)
+            assert svi.compiled, svi.fallback_reason
+            steppers[label] = svi.step
+        means: dict[str, list[float]] = {"on": [], "off": []}
+        for _ in range(rounds):
+            for label, step in steppers.items():
+                _sync(device)
+                t0 = time.perf_counter()
+                for _ in range(block):
+                    step(x)
+                _sync(device)
+                means[label].append((time.perf_counter() - t0) / block)
+        ratios = [a / b for a, b in zip(means["on"], means["off"])]
+        out.append(
+            {
+                "case": f"{kind}, batch {batch}",
+                "on_ms": 1e3 * statistics.mean(means["on"]),
+                "off_ms": 1e3 * statistics.mean(means["off"]),
+                "ratio": statistics.mean(ratios),
+                "se": statistics.stdev(ratios) / math.sqrt(len(ratios)),
+                "median": statistics.median(ratios),
+            }
+        )
+    return out
+
+
+def guard_table(device: torch.device, rows: list[dict[str, Any]], rounds: int, block: int) -> str:
+    lines = [
+        f"**step guard on (A) vs off (B), fit's default compiled step ({device.type}, "
+        f"fused Adam, {rounds} rounds A B of {block} steps); target A/B <= 1.02**",
+        "",
+        "| model | A ms/step | B ms/step | A/B mean +- s.e. | A/B median |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['case']} | {r['on_ms']:.3f} | {r['off_ms']:.3f} "
+            f"| {r['ratio']:.3f} +- {r['se']:.3f} | {r['median']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
 def epoch_table(device: torch.device, rows: list[dict[str, Any]], rounds: int) -> str:
     lines = [
         f"**MNIST epoch (469 steps, VAE 784-400-50, batch 128, dynamic binarization, "
@@ -505,6 +572,13 @@ def main(argv: list[str] | None = None) -> None:
         metavar="ROUNDS",
         help="only compare a fit epoch on MNIST with the sum of its isolated steps (ROUNDS)",
     )
+    parser.add_argument(
+        "--guard-cost",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="only compare steps with the non-finite guard on and off (ROUNDS of A B)",
+    )
     parser.add_argument("--results", type=Path, default=RESULTS, help="results file to update")
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = parser.parse_args(argv)
@@ -533,6 +607,18 @@ def main(argv: list[str] | None = None) -> None:
             "include recording the 128 and the final 96-example signature"
         )
     for device in devices:
+        if args.guard_cost:
+            rows = guard_cost(device, args.guard_cost, args.block)
+            text = guard_table(device, rows, args.guard_cost, args.block)
+            print(text + "\n", flush=True)
+            if not args.no_write:
+                title = f"## Reliability: step guard, {device.type}: {hardware(device)}"
+                write_results(
+                    args.results,
+                    f"guard:{device.type}",
+                    f"{title}\n\n" + "\n".join(header[:3]) + f"\n\n{text}",
+                )
+            continue
         if args.epoch_overhead:
             title = f"## Epoch overhead, {device.type}: {hardware(device)}"
             rows = epoch_overhead(device, args.epoch_overhead)

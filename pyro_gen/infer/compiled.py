@@ -29,10 +29,11 @@ model (Python branching on tensor values, a sampler that is not standard noise p
 through differentiable operations, an ELBO other than ``Trace_ELBO`` /
 ``TraceMeanField_ELBO``, too many input shapes) or when recording fails for any reason.
 
-Every update is guarded on the device, as :class:`torch.amp.GradScaler` does: a loss or a
-gradient that is NaN or infinite skips the update (parameters and optimizer state stay as
-they were) and the step returns a non-finite loss, for the caller to report when it next
-reads losses back.
+Every update is guarded as :class:`torch.amp.GradScaler` does: a loss or a gradient that is
+NaN or infinite skips the update (parameters and optimizer state stay as they were) and
+the step returns a non-finite loss, for the caller to report when it next reads losses
+back. On an accelerator the check runs inside the program and the fused update reads its
+flag there, with no host synchronization.
 
 References:
     Paszke et al., PyTorch 2: Faster Machine Learning Through Dynamic Python Bytecode
@@ -73,8 +74,11 @@ from pyro_gen.infer.compiled_elbo import (
 from pyro_gen.infer.compiled_optim import (
     _FusedParamView,
     fuse,
+    guarded_loss,
     non_finite,
+    skipped_loss,
     takes_found_inf,
+    traceable_checks,
 )
 from pyro_gen.infer.compiled_passes import simplify
 from pyro_gen.infer.compiled_recording import (
@@ -149,9 +153,12 @@ class CompiledSVI:
             and compare its structure; a difference falls back to Pyro.
         check_every: also compare every this many steps (0: never).
         max_programs: more distinct input signatures than this falls back to Pyro.
-        step_guard: skip an update whose loss or gradient is not finite, decided on the
-            device (fused Adam's ``found_inf``); other optimizers read one flag back per
-            step. ``False`` only for measuring what the guard costs.
+        step_guard: skip an update whose loss or gradient is not finite (parameters and
+            optimizer state unchanged; the step returns a non-finite loss). On an
+            accelerator the program computes the flag and fused Adam skips through its
+            ``found_inf``, with no host read; other optimizers read the flag once. On the
+            CPU, where a read is no synchronization, the step reads the flag after the
+            program. ``False`` only to measure what the guard costs.
         compile_after: steps a signature runs uncompiled before it is compiled; default
             500 with ``"auto"`` on CUDA (never on CPU), else 0 for the first signature and
             50 for later ones (the
@@ -209,6 +216,8 @@ class CompiledSVI:
         self._sightings: dict[Any, tuple] = {}
         self._first_signature: tuple | None = None
         self._optimizer: torch.optim.Optimizer | None = None
+        self._flags: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._guard_in_program: bool | None = None  # None: on accelerators (tests set it)
         self._params: list[torch.Tensor] = []
         self.fallback_reason: str | None = None
         self.compile_time_s = 0.0  # recording and compiling, in seconds
@@ -249,7 +258,7 @@ class CompiledSVI:
         ``ELBO.loss_and_grads``; for tests and diagnostics."""
         ran = self._try_program(args, kwargs)
         if ran is not None:
-            prog, loss, grads = ran
+            prog, loss, grads, _ = ran
             for p, g in zip(prog.grad_params, grads):
                 p.grad = g if p.grad is None else p.grad + g
             return loss
@@ -260,9 +269,10 @@ class CompiledSVI:
 
     def _try_program(
         self, args: tuple, kwargs: dict
-    ) -> tuple[_Program, torch.Tensor, list[torch.Tensor]] | None:
-        """Loss and gradients from the recorded program, or None once the step has fallen
-        back to plain Pyro (which this call may decide, saying why)."""
+    ) -> tuple[_Program, torch.Tensor, list[torch.Tensor], torch.Tensor | None] | None:
+        """Loss, gradients and the guard's non-finite flag from the recorded program, or
+        None for a plain step: a new input signature, or once the step has fallen back to
+        plain Pyro (which this call may decide, saying why)."""
         if self.fallback_reason is not None:
             return None
         try:
@@ -270,7 +280,7 @@ class CompiledSVI:
             if found is None:  # a new input signature: a plain step this time
                 return None
             prog, data = found
-            loss, grads, _ = self._run(prog, data)
+            loss, grads, found_inf = self._run(prog, data)
         except _Unsupported as exc:
             self._fall_back(str(exc))
             return None
@@ -279,7 +289,7 @@ class CompiledSVI:
             msg = (str(exc) or type(exc).__name__).splitlines()[0]
             self._fall_back(f"recording failed ({type(exc).__name__}: {msg})")
             return None
-        return prog, loss, grads
+        return prog, loss, grads, found_inf
 
     def _key(self, args: tuple, kwargs: dict) -> tuple[Any, list[torch.Tensor]]:
         flat, spec = pytree.tree_flatten((args, kwargs))
@@ -389,6 +399,12 @@ class CompiledSVI:
             dtype = params[0].dtype if params else torch.get_default_dtype()
             device = tensors[0].device if tensors else torch.device("cpu")
             betas = [torch.tensor(b, dtype=dtype, device=device) for b in self._beta_values()]
+            # On an accelerator the guard runs in the program (a CUDA graph captures it) and
+            # the fused update reads its flag there. On the CPU, where reading a flag is
+            # no synchronization, the step checks after the program and reads the flag.
+            in_program = self.step_guard and (
+                device.type != "cpu" if self._guard_in_program is None else self._guard_in_program
+            )
             flat, spec = pytree.tree_flatten((args, kwargs))
             slots = [i for i, v in enumerate(flat) if torch.is_tensor(v)]
             n_p, n_d = len(params), len(tensors)
@@ -419,7 +435,12 @@ class CompiledSVI:
                         max=1.0
                     )
                     grads = [g * coef for g in grads]
-                return (loss.detach(), *grads, *(t for t, _ in guard.reads))
+                loss = loss.detach()
+                flag: list[torch.Tensor] = []
+                if in_program:
+                    loss, found = guarded_loss(loss, grads)
+                    flag.append(found)
+                return (loss, *grads, *flag, *(t for t, _ in guard.reads))
 
             try:
                 with pyro.validation_enabled(False), torch.enable_grad():
@@ -438,8 +459,9 @@ class CompiledSVI:
             simplify(gm)
         grad_params = [p for p, used in zip(params, seen["used"]) if used]
         prog = _Program(
-            gm, gm, params, grad_params, extras, signature, seen["guards"], compiled=False
-        )
+            gm, gm, params, grad_params, extras, signature, seen["guards"], compiled=False,
+            guarded=in_program,
+        )  # fmt: skip
         self._register(params)
         if self.retain_cpu_memory and any(p.device.type == "cpu" for p in params):
             retain_freed_cpu_memory()
@@ -487,7 +509,9 @@ class CompiledSVI:
         if backend == "jit":
             with self._quiet_rng(prog.params), torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)  # measured, kept as option
-                fn = torch.jit.trace(prog.gm, self._example_inputs(prog, data), check_trace=False)
+                with traceable_checks(prog.gm):
+                    inputs = self._example_inputs(prog, data)
+                    fn = torch.jit.trace(prog.gm, inputs, check_trace=False)
             if device.type == "cpu":
                 fn = _unoptimized(fn)
         else:
@@ -527,14 +551,15 @@ class CompiledSVI:
             out = prog.fn(*prog.params, *data, *betas, *extras)
         loss = out[0].clone() if cuda_graphs == "inductor" else out[0]
         n_grads = len(prog.grad_params)
-        for read, expected in zip(out[1 + n_grads :], prog.guards):
+        found = out[1 + n_grads] if prog.guarded else None
+        for read, expected in zip(out[1 + n_grads + prog.guarded :], prog.guards):
             # One host read per value the model branched on (none for most models).
             if read.item() != expected:
                 raise _Unsupported(
                     "data-dependent control flow: a tensor value the model or guide branched "
                     f"on changed ({expected!r} when recorded, {read.item()!r} now)"
                 )
-        return loss, list(out[1 : 1 + n_grads]), None
+        return loss, list(out[1 : 1 + n_grads]), found
 
     def _register(self, params: list[torch.Tensor]) -> None:
         new = [p for p in params if not any(p is q for q in self._params)]
@@ -559,32 +584,57 @@ class CompiledSVI:
                     view.load_state_dict(state)
 
     def _update(
-        self, prog: _Program, loss: torch.Tensor, grads: list[torch.Tensor]
+        self,
+        prog: _Program,
+        loss: torch.Tensor,
+        grads: list[torch.Tensor],
+        found: torch.Tensor | None,
     ) -> torch.Tensor:
+        """Applies the gradients unless the step guard finds a non-finite loss or gradient;
+        ``found`` is the flag the program computed (None when it has none)."""
         for p, g in zip(prog.grad_params, grads):
             p.grad = g
         if self._optimizer is not None:
             self._consume_waiting_state()
         try:
+            if found is not None:  # on an accelerator: the program made the flag
+                if takes_found_inf(self._optimizer):
+                    # The fused kernels skip the whole update (and undo the step count)
+                    # when found_inf is 1: no host read-back.
+                    self._optimizer.found_inf = found  # type: ignore[union-attr]
+                    try:
+                        self._optimizer.step()  # type: ignore[union-attr]
+                    finally:
+                        self._optimizer.found_inf = None  # type: ignore[union-attr]
+                elif not found.item():  # other optimizers: one read of the flag
+                    self._apply(prog.grad_params)
+                return loss
             if not self.step_guard:
                 self._apply(prog.grad_params)
                 return loss
-            found = non_finite([loss, *grads])
-            if takes_found_inf(self._optimizer):
-                # The fused kernels skip the whole update (and undo the step count) when
-                # found_inf is 1: no host read-back.
-                self._optimizer.found_inf = found  # type: ignore[union-attr]
-                try:
-                    self._optimizer.step()  # type: ignore[union-attr]
-                finally:
-                    self._optimizer.found_inf = None  # type: ignore[union-attr]
-            elif not found.item():  # other optimizers: one read of the flag
-                self._apply(prog.grad_params)
-            # A skipped step reports a non-finite loss, whatever made it skip.
-            return torch.where(found.bool() & torch.isfinite(loss), math.nan, loss)
+            # On the CPU a read is free, while fused Adam's found_inf costs more than the
+            # check itself (a per-parameter loop undoing step counts): read the flag.
+            if self._non_finite_flag([loss, *grads]).item():
+                return skipped_loss(loss)
+            self._apply(prog.grad_params)
+            return loss
         finally:
             for p in prog.grad_params:
                 p.grad = None
+
+    def _non_finite_flag(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """:func:`non_finite` with the flag tensors kept between steps (two fewer ops)."""
+        device = tensors[0].device
+        flags = self._flags.get(device)
+        if flags is None:
+            flags = self._flags[device] = (
+                torch.zeros((), dtype=torch.float32, device=device),
+                torch.ones((), dtype=torch.float32, device=device),
+            )
+        found, one = flags
+        found.zero_()
+        torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, one)
+        return found
 
     def _apply(self, params: list[torch.Tensor]) -> None:
         if self._optimizer is not None:
@@ -618,7 +668,7 @@ class CompiledSVI:
                 self.step_guard and bool(grads) and bool(non_finite(grads).item())
             )
             if skip:
-                return torch.tensor(loss if not math.isfinite(loss) else math.nan)
+                return skipped_loss(torch.tensor(loss))
             if self._optimizer is not None:
                 self._register(params)
             self._apply(params)

@@ -4,7 +4,9 @@ on-device guard that skips an update with a non-finite loss or gradient."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import pyro
@@ -144,3 +146,63 @@ def non_finite(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     one = torch.ones((), dtype=torch.float32, device=tensors[0].device)
     torch._amp_foreach_non_finite_check_and_unscale_(list(tensors), found, one)
     return found
+
+
+def guarded_loss(
+    loss: torch.Tensor, grads: Sequence[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss to report and the flag of :func:`non_finite` for one step, without a
+    host read: a step whose gradient alone is not finite reports a NaN loss, so that
+    whoever reads losses back sees every skipped step (a non-finite loss stays as it is).
+
+    Example:
+        >>> guarded_loss(torch.tensor(2.0), [torch.tensor([1.0, float("nan")])])
+        (tensor(nan), tensor(1.))
+    """
+    found = non_finite([loss, *grads])
+    return torch.where((found > 0) & torch.isfinite(loss), math.nan, loss), found
+
+
+def skipped_loss(loss: torch.Tensor) -> torch.Tensor:
+    """What a skipped step reports (read on the host): the loss if it is not finite, else
+    NaN (a gradient was not finite).
+
+    Example:
+        >>> skipped_loss(torch.tensor(2.0)), skipped_loss(torch.tensor(float("inf")))
+        (tensor(nan), tensor(inf))
+    """
+    return loss if not torch.isfinite(loss) else torch.full_like(loss, math.nan)
+
+
+_AMP_CHECK = torch.ops.aten._amp_foreach_non_finite_check_and_unscale_.default
+
+
+@torch.jit.script
+def _scripted_check(
+    tensors: list[torch.Tensor], found: torch.Tensor, inv: torch.Tensor
+) -> torch.Tensor:
+    torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, inv)
+    return found  # the tracer records a call only for a tensor result
+
+
+def _check_through_script(
+    tensors: list[torch.Tensor], found: torch.Tensor, inv: torch.Tensor
+) -> torch.Tensor:
+    return _scripted_check(tensors, found, inv)
+
+
+@contextmanager
+def traceable_checks(gm: torch.fx.GraphModule) -> Iterator[None]:
+    """While open, ``gm`` calls the non-finite check through TorchScript: the
+    ``torch.jit.trace`` tracer does not record the foreach check, which only mutates its
+    arguments, but records a call into a scripted function."""
+    nodes = [n for n in gm.graph.nodes if n.op == "call_function" and n.target is _AMP_CHECK]
+    for n in nodes:
+        n.target = _check_through_script
+    gm.recompile()
+    try:
+        yield
+    finally:
+        for n in nodes:
+            n.target = _AMP_CHECK
+        gm.recompile()

@@ -49,6 +49,7 @@ class _Program:
     signature: tuple
     guards: list[Any]
     compiled: bool
+    guarded: bool = False  # returns the step guard's non-finite flag after the gradients
     calls: int = 0
 
 

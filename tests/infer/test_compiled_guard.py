@@ -68,11 +68,18 @@ def assert_same_state(before: dict, after: dict) -> None:
     ],
     ids=["fused_adam", "sgd"],
 )
-@pytest.mark.parametrize("backend", ["fx", "pyro"])
-def test_a_non_finite_step_changes_nothing(poison, make_optim, backend):
+@pytest.mark.parametrize(
+    "backend, in_program",
+    [("fx", False), ("jit", False), ("fx", True), ("jit", True), ("pyro", None)],
+    ids=["fx", "jit", "fx_flag_in_program", "jit_flag_in_program", "plain"],
+)
+def test_a_non_finite_step_changes_nothing(poison, make_optim, backend, in_program):
+    """On the CPU the step reads the flag; on accelerators the program computes it and
+    the fused update reads it there (forced here with ``_guard_in_program``)."""
     gen = Poisonable(poison)
     optim = make_optim()
     svi = CompiledSVI(gen.model, gen.guide, optim, backend=backend)
+    svi._guard_in_program = in_program
     x = torch.randn(8, 2) + 1.0
     for _ in range(3):  # a plain step, the recording, a replay: the state has momentum
         assert torch.isfinite(svi.step(x))
@@ -81,7 +88,8 @@ def test_a_non_finite_step_changes_nothing(poison, make_optim, backend):
     for _ in range(2):
         loss = svi.step(x)
         assert not torch.isfinite(loss)
-    assert svi.compiled == (backend == "fx"), svi.fallback_reason
+    assert svi.compiled == (backend != "pyro"), svi.fallback_reason
+    assert all(p.guarded == in_program for p in svi._programs.values())
     after_params, after_state = snapshot(optim)
     for name, value in params.items():
         assert torch.equal(after_params[name], value), name

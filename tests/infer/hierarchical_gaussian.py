@@ -3,7 +3,7 @@
 g ~ N(0, 1);  u_j | g ~ N(g, 1) for groups j;  x_jm | u_j ~ N(u_j, s^2) for members m.
 Then vec(X) ~ N(0, s^2 I + blockdiag(1 1^T) + 1 1^T), the posterior of g depends on the
 group means (x̄_j | g ~ N(g, 1 + s^2 / M)), and u_j | x_j, g is Gaussian, so a guide can be
-the exact posterior (zero-variance ELBO) or the exact one with q(g) widened.
+the exact posterior (zero-variance ELBO) or the exact one with q(g) or q(u | x, g) widened.
 """
 
 from __future__ import annotations
@@ -28,10 +28,12 @@ class HierarchicalGaussian:
         x: torch.Tensor,
         noise: float = 0.7,
         global_scale: float = 1.0,
+        local_scale: float = 1.0,
         groups: str = "groups",
         members: str = "members",
     ) -> None:
-        self.x, self.noise, self.global_scale = x, noise, global_scale
+        self.x, self.noise = x, noise
+        self.global_scale, self.local_scale = global_scale, local_scale
         self.groups, self.members = groups, members
         num_groups, num_members = x.shape
         var_mean = 1.0 + noise**2 / num_members
@@ -67,7 +69,7 @@ class HierarchicalGaussian:
         precision = 1.0 + x.shape[1] / self.noise**2
         with pyro.plate(self.groups, self.x.shape[0], subsample=idx, dim=-2):
             u_loc = (g + x.sum(-1, keepdim=True) / self.noise**2) / precision
-            pyro.sample("u", dist.Normal(u_loc, precision**-0.5))
+            pyro.sample("u", dist.Normal(u_loc, precision**-0.5 * self.local_scale))
 
 
 def sample_data(num_groups: int = 20, num_members: int = 3, seed: int = 0) -> torch.Tensor:

@@ -354,6 +354,25 @@ def test_autoguide_with_a_constrained_global_matches_the_quadrature_evidence():
     assert 8 * elbo < log_evidence.item()
 
 
+def test_local_samples_per_global_draw_tighten_the_global_iwae():
+    """q(u | x, g) twice too wide: with one local draw per global draw the joint weights over
+    20 groups are uneven and IWAE closes only half of the ELBO's gap (16 nats); M = 100 local
+    draws per global draw average each group's weight first and close it (the global guide
+    is exact)."""
+    x = sample_data()
+    hg = HierarchicalGaussian(x, local_scale=2.0)
+    log_evidence = hg.log_evidence()
+    data = (x, torch.arange(20))
+    torch.manual_seed(0)
+    one = 20 * iwae_log_likelihood(hg.model, data, guide=hg.guide, num_samples=5)
+    many = 20 * iwae_log_likelihood(
+        hg.model, data, guide=hg.guide, num_samples=5, local_samples=100, batch_size=10
+    )
+    # Measured over 10 runs: gap 7.9 (sd 4.0) with M = 1; 0.02 (sd 0.17) with M = 100.
+    assert log_evidence - one > 2.0
+    assert abs(log_evidence - many) < 0.6
+
+
 # ---------------------------------------------------------------- errors and progress
 def test_ambiguous_or_missing_data_plate_asks_for_plate_name():
     def grid(x: torch.Tensor) -> None:

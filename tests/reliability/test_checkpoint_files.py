@@ -16,6 +16,10 @@ import json
 import os
 import pickle
 import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyro
@@ -258,3 +262,44 @@ def test_leftover_temporaries_are_removed_when_a_run_starts_but_live_ones_kept(t
     assert unrelated.read_text() == "mine"
     assert remove_stale_temporaries(tmp_path) == [live]
     assert sorted(os.listdir(tmp_path)) == [".pyro-gen.lock", "notes.tmp"]
+
+
+_WRITER = """
+import os, sys, time, pyro.optim, torch
+from pyro_gen.infer.checkpoint import save_checkpoint
+real_fsync = os.fsync
+def slow_fsync(fd):  # a slow disk: the kill lands while a temporary file is being written
+    print("fsync", flush=True)
+    time.sleep(0.5)
+    real_fsync(fd)
+os.fsync = slow_fsync
+net = torch.nn.Linear(10, 20)
+for i in range(100):
+    save_checkpoint(sys.argv[1], modules={"model": net}, optim=pyro.optim.Adam({}),
+                    progress={"i": i})
+    print(i, flush=True)
+"""
+
+
+def test_a_writer_killed_mid_write_leaves_the_last_checkpoint_intact_and_no_leftovers(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(path)],
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for line in writer.stdout:
+            if line.strip() == "0":  # checkpoint 0 is complete
+                break
+        assert writer.stdout.readline().strip() == "fsync"  # checkpoint 1 is being written
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    leftovers = [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".checkpoint.pt.")
+    assert load_checkpoint(path)["progress"]["i"] == 0  # the last complete write, whole
+    with run_lock(tmp_path):  # the next run cleans up after the killed writer
+        pass
+    assert sorted(os.listdir(tmp_path)) == [".pyro-gen.lock", "checkpoint.pt"]

@@ -230,7 +230,7 @@ def _verified_payload(path: Path, raw: bytes) -> bytes:
             kind = "not a pyro_gen checkpoint"
         raise CheckpointError(
             f"{path} is {kind}; it was not loaded, because unpickling such a file can run "
-            "code. Retrain into a fresh directory (or move the file aside to retrain here)"
+            "code. Retrain into a fresh directory"
         )
     end = raw.find(b"\n", len(MAGIC), len(MAGIC) + _HEADER_LIMIT)
     try:

@@ -7,6 +7,7 @@ from typing import Any
 
 import pyro
 import torch
+from pyro.infer.autoguide import AutoGuide
 from torch import nn
 from torch.nn import functional as F
 
@@ -119,6 +120,11 @@ class VAE(GuideSlot):
         self.prefix = f"{name}." if name else ""
         if isinstance(guide, str) and guide != "auto":
             raise ValueError(f"guide must be a Pyro guide callable or 'auto', got {guide!r}")
+        if isinstance(posterior, AutoGuide):
+            raise TypeError(
+                f"{type(posterior).__name__} is a Pyro guide, not a posterior family (a module "
+                f"returning a distribution): pass it as VAE(..., guide=...)"
+            )
         if posterior is None and guide is None:
             posterior = NormalPosterior(
                 MLPEncoder(self.event_shape, z_dim, (hidden_dim,), context_dim=c)

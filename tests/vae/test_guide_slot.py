@@ -85,6 +85,8 @@ def test_posterior_families_and_non_guides_are_refused():
         vae.guide = "normal"
     with pytest.raises(ValueError, match="Pyro guide callable or 'auto'"):
         VAE(SHAPE, z_dim=2, guide="iaf")
+    with pytest.raises(TypeError, match=r"is a Pyro guide.*guide=\.\.\."):
+        VAE(SHAPE, z_dim=2, posterior=AutoAmortizedNormal(vae.model))
     vamp = VAE(SHAPE, z_dim=2, hidden_dim=8, prior=make_prior("vamp", 2, SHAPE, 3))
     with pytest.raises(ValueError, match="VampPrior"):
         vamp.guide = AutoAmortizedNormal(vamp.model)

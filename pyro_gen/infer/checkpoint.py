@@ -88,27 +88,17 @@ class RunLockedError(CheckpointError):
 
 def save_checkpoint(
     path: str | Path,
-    gen_model: torch.nn.Module | None = None,
-    optim: pyro.optim.PyroOptim | None = None,
-    progress: dict[str, Any] | None = None,
     *,
-    modules: Mapping[str, torch.nn.Module] | None = None,
+    modules: Mapping[str, torch.nn.Module],
+    optim: pyro.optim.PyroOptim,
+    progress: dict[str, Any] | None = None,
 ) -> None:
     """Atomically writes a checkpoint of ``modules``, the param store, ``optim``, the RNG
     states and ``progress`` (a dict of JSON-like values, tensors and RNG states).
 
-    ``save_checkpoint(path, gen_model, optim, progress)`` is the older form of
-    ``modules={"model": gen_model}``.
-
     Raises:
         CheckpointError: if some state cannot be stored without pickling code (it names it).
     """
-    if modules is None:
-        if gen_model is None:
-            raise TypeError("save_checkpoint needs modules={name: module}")
-        modules = {"model": gen_model}
-    if optim is None:
-        raise TypeError("save_checkpoint needs optim=")
     try:
         payload = {
             "format": FORMAT_VERSION,
@@ -323,21 +313,13 @@ def _restore_param_store(saved: dict[str, Any]) -> None:
 
 def restore_checkpoint(
     ckpt: dict[str, Any],
-    gen_model: torch.nn.Module | None = None,
-    optim: pyro.optim.PyroOptim | None = None,
     *,
-    modules: Mapping[str, torch.nn.Module] | None = None,
+    modules: Mapping[str, torch.nn.Module],
+    optim: pyro.optim.PyroOptim | None,
 ) -> dict[str, Any]:
     """Restores ``modules`` (exactly the set that was saved), the param store, the optimizer
     and the RNG states from a loaded checkpoint; returns the saved progress.
-
-    ``restore_checkpoint(ckpt, gen_model, optim)`` is the older form of
-    ``modules={"model": gen_model}``.
     """
-    if modules is None:
-        if gen_model is None:
-            raise TypeError("restore_checkpoint needs modules={name: module}")
-        modules = {"model": gen_model}
     if set(modules) != set(ckpt["modules"]):
         raise CheckpointError(
             f"the checkpoint holds modules {sorted(ckpt['modules'])} but this run has "
@@ -411,8 +393,3 @@ def _acquire(directory: Path) -> int:
     os.write(fd, f"{os.getpid()}\n".encode())
     remove_stale_temporaries(directory)
     return fd
-
-
-def restore_model(ckpt: dict[str, Any], gen_model: torch.nn.Module) -> None:
-    """Older name of ``restore_modules(ckpt, {"model": gen_model})``."""
-    restore_modules(ckpt, {"model": gen_model})

@@ -654,6 +654,8 @@ def _train(args: argparse.Namespace) -> None:
                     f"{out} has a {CHECKPOINT_NAME} but no {CONFIG_NAME}: it is not a complete "
                     "pyro-gen run; choose a fresh --out"
                 )
+            if args.override:
+                raise UsageError(f"--override applies when resuming; {out} holds no run yet")
             config = _new_config(args, spec, given)
         options = config["options"]
         _train_run(args, spec, config, options, out, device)

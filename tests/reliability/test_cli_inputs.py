@@ -173,6 +173,10 @@ CASES: dict[str, Case] = {
     "override_architecture": Case(
         [*TRAIN, "--override", "z-dim"], ("'z-dim' cannot be changed on resume",)
     ),
+    "override_on_a_fresh_run": Case(
+        ["train", "vae", "--data", "digits", "--override", "lr", "--out", "{tmp}/fresh"],
+        ("--override applies when resuming",),
+    ),
     # Divergence: the learning rate is the likely cause, and the message says so.
     "loss_becomes_nan": Case(
         [

@@ -39,9 +39,10 @@ def _discrete_site_error(name: str, site: dict) -> ValueError:
         f"AutoAmortizedNormal cannot guide the discrete site {name!r} "
         f"({type(site['fn']).__name__}, support {site['fn'].support}). Either enumerate it: "
         f"sample it with infer={{'enumerate': 'parallel'}} (or pyro.infer.config_enumerate) "
-        f"and train with TraceEnum_ELBO, and this guide leaves it out; or guide it by hand: "
-        f"AutoAmortizedNormal(poutine.block(model, hide=[{name!r}])) inside a "
-        f"pyro.infer.autoguide.AutoGuideList next to your guide for {name!r}."
+        f"and train with TraceEnum_ELBO, and this guide leaves it out; or guide it yourself: "
+        f"build this guide on poutine.block(model, hide=[{name!r}]) and call it from a guide "
+        f"function that also samples {name!r} (for a site outside every plate, a "
+        f"pyro.infer.autoguide.AutoGuideList part of its own works too)."
     )
 
 
@@ -77,8 +78,14 @@ class AutoAmortizedNormal(AutoGuide):
 
     **Discrete sites** marked ``infer={"enumerate": ...}`` are left out (enumerated by
     ``TraceEnum_ELBO``); any other discrete site is refused with an error naming it. To
-    guide one by hand, build this guide on ``poutine.block(model, hide=[name])`` and
-    combine it with yours in a Pyro :class:`~pyro.infer.autoguide.AutoGuideList`.
+    guide one by hand, build this guide on ``poutine.block(model, hide=[name])`` and call it
+    from your guide function, which samples ``name``. A Pyro
+    :class:`~pyro.infer.autoguide.AutoGuideList` takes this guide as a part too; its other
+    parts should be autoguides or sites outside plates, since the list opens every plate
+    itself and a hand-written part opening the same plate again records it twice.
+
+    The latent sites are those of the first call: a model whose site set changes with the
+    batch (sequences of varying length) needs its own guide or a fixed (padded) length.
 
     Parameters are created on the first call (or by :meth:`setup`), outside the recorded
     trace, so the first step already records the parameters in their steady order and a

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import pyro
 import torch
 from pyro import poutine
+from pyro.infer import TraceMeanField_ELBO
 from pyro.poutine import Trace
 from tqdm.auto import tqdm
 
@@ -88,8 +89,11 @@ class _Scorer:
     particle chunk, so particle k sees one draw of them for the whole data set.
     """
 
-    def __init__(self, model: Callable, guide: Callable, plate_name: str | None) -> None:
+    def __init__(
+        self, model: Callable, guide: Callable, plate_name: str | None, analytic_kl: bool
+    ) -> None:
         self.model, self.guide, self.plate_name = model, guide, plate_name
+        self.analytic_kl = analytic_kl
         self.plate: DataPlate | None = None
         self.particle_dim = -1
         self.has_shared = False
@@ -125,7 +129,11 @@ class _Scorer:
         self.plate = find_data_plate(model_trace, self.plate_name)
         self.particle_dim = -max_plate_nesting(guide_trace, model_trace) - 1
         weights = split_log_weights(
-            model_trace, guide_trace, self.plate, particle_dim=self.particle_dim
+            model_trace,
+            guide_trace,
+            self.plate,
+            particle_dim=self.particle_dim,
+            analytic_kl=self.analytic_kl,
         )
         self.has_shared = weights.has_shared
         self._review(call, model_trace, weights.prior_sites)
@@ -174,6 +182,7 @@ class _Scorer:
             self.plate,
             particle_dim=self.particle_dim,
             num_particles=num_particles if vectorized else 1,
+            analytic_kl=self.analytic_kl,
         )
         if self._review(call, model_trace, weights.prior_sites):
             return self._weights(call, num_particles, key)
@@ -221,6 +230,7 @@ def _score_batches(
     desc: str,
     reduce: Callable[[torch.Tensor, torch.Tensor], T],
     local_samples: int = 1,
+    analytic_kl: bool = False,
 ) -> tuple[list[T], bool]:
     """Applies ``reduce(local (K, B), shared (K,))`` to every batch's log-weights; also says
     whether the model has sites outside the data plate. With ``local_samples`` M > 1 each
@@ -233,7 +243,7 @@ def _score_batches(
         total = len(calls) * len(chunks) * local_samples
     except TypeError:
         total = None
-    scorer = _Scorer(model_fn, guide_fn, plate_name)
+    scorer = _Scorer(model_fn, guide_fn, plate_name, analytic_kl)
     results = []
     with torch.no_grad(), _eval_mode(modules):
         bar = tqdm(total=total, desc=desc, unit="chunk", disable=not progress, leave=False)
@@ -307,8 +317,9 @@ def evaluate_elbo(
     sample are summed out of each example, as ``TraceEnum_ELBO`` does; a latent the guide
     lacks otherwise is drawn from the model, with a warning. ``loss`` is accepted so that
     :func:`~pyro_gen.infer.fit` can pass its objective: the estimate is always the plain
-    ELBO (what a free-bits or IWAE objective bounds), and the objective's
-    ``num_particles`` is used when ``num_particles`` is 1.
+    ELBO (what a free-bits or IWAE objective bounds), the objective's ``num_particles`` is
+    used when ``num_particles`` is 1, and with a ``TraceMeanField_ELBO`` the KL of each
+    latent is taken in closed form where torch knows it (the same expectation, less noise).
 
     Args:
         model: a pyro_gen module (its ``model`` and ``guide``) or any Pyro model callable.
@@ -318,7 +329,7 @@ def evaluate_elbo(
         batch_size: examples per batch when ``data`` is sliced.
         num_particles: Monte Carlo draws from the guide.
         transform: applied to each batch (see :func:`~pyro_gen.data.batching.with_transform`).
-        loss: the training objective (only its ``num_particles`` is read).
+        loss: the training objective (its ``num_particles`` and type are read).
         plate_name: the plate over examples; found from the trace when None.
         per_example: return each example's value (shape ``(N,)``, float64) instead of the
             mean. With global latents an example's value is its expected local term plus
@@ -357,6 +368,7 @@ def evaluate_elbo(
         progress=progress,
         desc="evaluate_elbo",
         reduce=reduce,
+        analytic_kl=isinstance(loss, TraceMeanField_ELBO),
     )
     values = torch.cat([local for local, _ in results]).cpu().double()
     # Global terms are counted once, from the first batch's draws (the later batches replay

@@ -24,6 +24,7 @@ from pyro.distributions import Unit
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine import Trace
 from pyro.poutine.util import site_is_subsample
+from torch.distributions import kl_divergence
 
 #: The vectorized plate that evaluation wraps around guide and model to draw particles.
 PARTICLE_PLATE = "_pyro_gen_particles"
@@ -155,10 +156,15 @@ def find_data_plate(model_trace: Trace, plate_name: str | None = None) -> DataPl
     )
 
 
-def _site_log_prob(site: dict, plate: DataPlate) -> tuple[torch.Tensor, bool]:
-    """The site's log-density with its mask and user scale but without the data plate's
-    subsampling scale N/B (each example is counted once); and whether it is per example."""
-    log_prob = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
+def _site_log_prob(
+    site: dict, plate: DataPlate, density: torch.Tensor | None = None
+) -> tuple[torch.Tensor, bool]:
+    """The site's log-density (or ``density`` in its place) with its mask and user scale
+    but without the data plate's subsampling scale N/B (each example is counted once); and
+    whether it is per example."""
+    if density is None:
+        density = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
+    log_prob = density
     scale = site["scale"]
     frame = next((f for f in site["cond_indep_stack"] if f.name == plate.name), None)
     if frame is not None and frame.full_size is not None and frame.full_size != frame.size:
@@ -204,6 +210,20 @@ def enumeration_problem(model_trace: Trace, plate: DataPlate) -> str | None:
     return None
 
 
+def _analytic_kl(model_trace: Trace, guide_latents: dict[str, dict]) -> dict[str, torch.Tensor]:
+    """KL(q || p) per latent where torch knows it in closed form, by site name."""
+    kl = {}
+    for name, q_site in guide_latents.items():
+        p_site = model_trace.nodes.get(name)
+        if p_site is None or p_site["is_observed"] or enumerated(p_site):
+            continue
+        try:
+            kl[name] = kl_divergence(q_site["fn"], p_site["fn"])
+        except NotImplementedError:
+            continue
+    return kl
+
+
 def split_log_weights(
     model_trace: Trace,
     guide_trace: Trace,
@@ -211,6 +231,7 @@ def split_log_weights(
     *,
     particle_dim: int,
     num_particles: int = 1,
+    analytic_kl: bool = False,
 ) -> LogWeights:
     """Splits log p - log q of one joint draw into per-example and global parts.
 
@@ -229,6 +250,9 @@ def split_log_weights(
         particle_dim: the dim of the particle plate, left of every plate; enumeration dims
             are left of it. Without a particle plate the dim has size 1.
         num_particles: ``K``, the size of the particle plate (1 without one).
+        analytic_kl: replace log q - log p of a latent by KL(q || p) where it is known in
+            closed form, as ``TraceMeanField_ELBO`` does (the same expectation, less noise;
+            for an ELBO, not for importance weights).
 
     Raises:
         ValueError: a guide latent is not a model site, or the data plate is missing.
@@ -243,17 +267,20 @@ def split_log_weights(
                 f"guide site {name!r} is not a sample site of the model: a guide must sample "
                 "only the model's latent sites (check the site names)"
             )
-    terms: list[tuple[dict, float]] = []
+    kl = _analytic_kl(model_trace, guide_latents) if analytic_kl else {}
+    terms: list[tuple[dict, float, torch.Tensor | None]] = []
     prior_sites = []
     for name, site in sample_sites(model_trace):
+        if name in kl:
+            continue  # the guide's term carries KL(q || p) for both
         if site["is_observed"] or name in guide_latents or enumerated(site):
-            terms.append((site, 1.0))
+            terms.append((site, 1.0, None))
         else:
             prior_sites.append(name)
-    terms += [(site, -1.0) for site in guide_latents.values()]
+    terms += [(site, -1.0, kl.get(name)) for name, site in guide_latents.items()]
 
     batch_size = None
-    for site, _ in terms:
+    for site, _, _ in terms:
         for f in site["cond_indep_stack"]:
             if f.name == plate.name and f.vectorized:
                 batch_size = int(f.size)
@@ -267,8 +294,8 @@ def split_log_weights(
     shared = torch.zeros(())
     has_shared = False
     global_sites = []
-    for site, sign in terms:
-        log_prob, is_local = _site_log_prob(site, plate)
+    for site, sign, density in terms:
+        log_prob, is_local = _site_log_prob(site, plate, density)
         if is_local:
             local = local + sign * _reduce(log_prob, particle_dim, plate.dim)
         else:

@@ -164,12 +164,11 @@ def _site_log_prob(
     whether it is per example."""
     if density is None:
         density = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
-    log_prob = density
     scale = site["scale"]
     frame = next((f for f in site["cond_indep_stack"] if f.name == plate.name), None)
     if frame is not None and frame.full_size is not None and frame.full_size != frame.size:
         scale = scale * frame.size / frame.full_size
-    return scale_and_mask(log_prob, scale, site["mask"]), frame is not None
+    return scale_and_mask(density, scale, site["mask"]), frame is not None
 
 
 def _reduce(log_prob: torch.Tensor, particle_dim: int, data_dim: int | None) -> torch.Tensor:

@@ -419,6 +419,14 @@ class AutoAmortizedNormal(AutoGuide):
 
     # -- guide ---------------------------------------------------------------------------
     def _local_params(self, x: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        if x.shape[-1] != self.net[0].in_features:
+            raise ValueError(
+                f"AutoAmortizedNormal was built for {self.net[0].in_features} input features "
+                f"per example and got {x.shape[-1]}: the latent sites and the encoder are "
+                f"those of the first call, so inputs whose shape changes with the batch "
+                f"(sequences of varying length) need padding to one length, an input_fn of "
+                f"fixed width, or a guide of their own"
+            )
         out = self.net(x)
         total = out.shape[-1] // 2
         locs, scales = out[..., :total], F.softplus(out[..., total:]) + _MIN_SCALE

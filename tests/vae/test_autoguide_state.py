@@ -115,3 +115,15 @@ def test_a_missing_input_gives_a_clear_error():
     guide(x, w=torch.ones(4, 2))
     with pytest.raises(ValueError, match=r"\['x', 'w'\].*\['w'\].*input_fn"):
         guide(x)
+
+
+def test_inputs_of_another_width_give_a_clear_error():
+    def sequences(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z.unsqueeze(-1), 1.0).to_event(1), obs=x)
+
+    guide = AutoAmortizedNormal(sequences, hidden_dims=(4,))
+    guide(torch.randn(3, 5))
+    with pytest.raises(ValueError, match="built for 5 input features.*got 7.*padding"):
+        guide(torch.randn(3, 7))

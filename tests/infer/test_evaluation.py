@@ -322,7 +322,9 @@ def test_global_latent_elbo_and_iwae_are_exact_at_every_batch_size():
     for batch_size in (5, 10, 20):
         elbo = evaluate_elbo(hg.model, data, guide=hg.guide, batch_size=batch_size)
         assert elbo == pytest.approx(exact, abs=1e-9), batch_size
-        iwae = iwae_log_likelihood(hg.model, data, guide=hg.guide, num_samples=3, chunk=2)
+        iwae = iwae_log_likelihood(
+            hg.model, data, guide=hg.guide, batch_size=batch_size, num_samples=3, chunk=2
+        )
         assert iwae == pytest.approx(exact, abs=1e-9), batch_size
     for fn in (evaluate_elbo, iwae_log_likelihood):
         values = fn(hg.model, data, guide=hg.guide, batch_size=5, per_example=True)

@@ -41,8 +41,9 @@ def _discrete_site_error(name: str, site: dict) -> ValueError:
         f"sample it with infer={{'enumerate': 'parallel'}} (or pyro.infer.config_enumerate) "
         f"and train with TraceEnum_ELBO, and this guide leaves it out; or guide it yourself: "
         f"build this guide on poutine.block(model, hide=[{name!r}]) and call it from a guide "
-        f"function that also samples {name!r} (for a site outside every plate, a "
-        f"pyro.infer.autoguide.AutoGuideList part of its own works too)."
+        f"function that also samples {name!r}, or append both to a "
+        f"pyro.infer.autoguide.AutoGuideList (a hand-written part enters the list's plates, "
+        f"guide_list.plates[...], rather than opening its own)."
     )
 
 
@@ -80,9 +81,9 @@ class AutoAmortizedNormal(AutoGuide):
     ``TraceEnum_ELBO``); any other discrete site is refused with an error naming it. To
     guide one by hand, build this guide on ``poutine.block(model, hide=[name])`` and call it
     from your guide function, which samples ``name``. A Pyro
-    :class:`~pyro.infer.autoguide.AutoGuideList` takes this guide as a part too; its other
-    parts should be autoguides or sites outside plates, since the list opens every plate
-    itself and a hand-written part opening the same plate again records it twice.
+    :class:`~pyro.infer.autoguide.AutoGuideList` takes this guide as a part too; as the list
+    opens every plate itself, a hand-written part there enters ``guide_list.plates[...]``
+    instead of opening the same plate again (which Pyro would record twice).
 
     The latent sites are those of the first call: a model whose site set changes with the
     batch (sequences of varying length) needs its own guide or a fixed (padded) length.

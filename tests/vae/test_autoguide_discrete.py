@@ -1,6 +1,7 @@
 """AutoAmortizedNormal next to discrete sites: enumerated ones are left to TraceEnum_ELBO
 (exactly the ELBO of the model with the label summed out by hand), others are guided by a
-hand-written part, in a Pyro AutoGuideList or in the user's own guide function."""
+hand-written part, in a Pyro AutoGuideList (global, or plated in the list's plate) or in the
+user's own guide function."""
 
 from __future__ import annotations
 
@@ -105,3 +106,25 @@ def test_hand_written_local_part_next_to_the_autoguide():
     assert set(poutine.trace(guide).get_trace(x).nodes) >= {"y", "z"}
     assert classify.weight.grad.abs().sum() > 0
     assert all(p.grad is not None for p in auto.parameters())
+
+
+def test_plated_hand_written_part_in_an_auto_guide_list_uses_the_list_plate():
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            y = pyro.sample("y", dist.Categorical(PROBS))
+            pyro.sample("x", dist.Normal(z + MEANS[y], 1.0), obs=x)
+
+    guide = AutoGuideList(model)
+
+    def y_part(x):
+        with guide.plates["data"]:
+            logits = pyro.param("y_logits", torch.zeros(3))
+            return {"y": pyro.sample("y", dist.Categorical(logits=logits))}
+
+    guide.append(AutoAmortizedNormal(poutine.block(model, hide=["y"]), hidden_dims=(8,)))
+    guide.append(y_part)
+    x = torch.randn(5)
+    tr = poutine.trace(guide).get_trace(x)
+    assert tr.nodes["y"]["value"].shape == tr.nodes["z"]["value"].shape == (5,)
+    assert torch.isfinite(torch.tensor(TraceGraph_ELBO().loss(model, guide, x)))

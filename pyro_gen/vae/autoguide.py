@@ -253,8 +253,8 @@ class AutoAmortizedNormal(AutoGuide):
             raise ValueError(
                 "AutoAmortizedNormal found no plate over data examples: "
                 + (
-                    f"no tensor argument of the model has a plate's size as its first "
-                    f"dimension (plates: {described}); pass plate_name= and input_fn="
+                    f"no floating-point tensor argument of the model has a plate's size as "
+                    f"its first dimension (plates: {described}); pass plate_name= and input_fn="
                     f"lambda *args, **kwargs: (batch, features) tensor"
                     if frames
                     else "the model has no latent site under a pyro.plate (no such plate); "
@@ -265,7 +265,7 @@ class AutoAmortizedNormal(AutoGuide):
         return max(candidates, key=lambda f: (counts[f.name], f.dim))
 
     def _choose_inputs(
-        self, frame: CondIndepStackFrame, random: bool, args: tuple, kwargs: dict
+        self, frame: CondIndepStackFrame, draws_indices: bool, args: tuple, kwargs: dict
     ) -> None:
         full = frame.full_size or frame.size
         if self.input_fn is None:
@@ -276,8 +276,9 @@ class AutoAmortizedNormal(AutoGuide):
                 self._index_inputs = True
             if not keys:
                 raise ValueError(
-                    f"AutoAmortizedNormal found no tensor argument of the model with first "
-                    f"dimension {frame.size} (the size of plate {frame.name!r}) to encode; "
+                    f"AutoAmortizedNormal found no floating-point tensor argument of the model "
+                    f"with first dimension {frame.size} (the size of plate {frame.name!r}) to "
+                    f"encode; "
                     f"pass input_fn=lambda *args, **kwargs: tensor of shape (batch, features)"
                 )
             self._input_keys = keys
@@ -287,7 +288,7 @@ class AutoAmortizedNormal(AutoGuide):
         user_plate = self.create_plates is not None or (
             self.master is not None and self.master().create_plates is not None
         )
-        if self._index_inputs and not random and not user_plate:
+        if self._index_inputs and not draws_indices and not user_plate:
             raise ValueError(
                 f"plate {frame.name!r} subsamples the full data with indices the model "
                 f"chooses itself (subsample=...), which the guide cannot see: pass "

@@ -44,6 +44,7 @@ from pyro_gen.infer.checkpoint import (
     verify_checkpoint,
 )
 from pyro_gen.infer.files import UnsafePathError, atomic_write_bytes, refuse_symlink
+from pyro_gen.infer.legacy_checkpoint import convert_legacy_checkpoint
 from pyro_gen.runs import (
     CONFIG_NAME,
     RunError,
@@ -426,6 +427,18 @@ def _parser() -> argparse.ArgumentParser:
         help="PNG file, or an existing folder for FOLDER/samples.png (default RUN/samples.png)",
     )
     sample.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+
+    convert = sub.add_parser(
+        "convert-checkpoint",
+        parents=[common],
+        help="rewrite the checkpoint of an older pyro-gen run in the current format",
+    )
+    convert.add_argument("run", type=Path, help="run directory")
+    convert.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="required: the old checkpoint is yours (reading it runs any code it holds)",
+    )
     return parser
 
 
@@ -848,20 +861,27 @@ def _sample_command(args: argparse.Namespace) -> None:
     print(f"{args.num_samples} samples written to {path}")
 
 
+def _convert(args: argparse.Namespace) -> None:
+    config = read_config(args.run)
+    _check_model(config, args.run)
+    if not args.trust_pickle:
+        raise UsageError(
+            f"convert-checkpoint unpickles {Path(args.run) / CHECKPOINT_NAME}, which runs any "
+            "code a crafted file holds; add --trust-pickle only if you wrote it yourself"
+        )
+    path = checkpoint_path(args.run)
+    legacy = convert_legacy_checkpoint(path, trust_pickle=True)
+    load_run(args.run)  # the converted checkpoint fits the run's model
+    print(f"converted {path}; the original is kept as {legacy}")
+
+
 # ---------------------------------------------------------------------------------------
 # Entry point: one error path.
 
 # Failures a user can cause and fix; each is reported as one line. Anything else is a bug
 # and keeps its traceback.
-EXPECTED_ERRORS = (
-    UsageError,
-    RunError,
-    CheckpointError,
-    datasets.DatasetError,
-    NonFiniteLossError,
-    OSError,
-    ValueError,
-)
+OWN_ERRORS = (UsageError, RunError, CheckpointError, datasets.DatasetError, NonFiniteLossError)
+EXPECTED_ERRORS = (*OWN_ERRORS, OSError, ValueError)
 
 
 def _one_line(error: BaseException) -> str:
@@ -869,8 +889,10 @@ def _one_line(error: BaseException) -> str:
         where = f": {error.filename}" if error.filename else ""
         return f"{error.strerror}{where}; check that path and its permissions, then rerun"
     text = " ".join(str(error).split())
-    # A message that quotes tensors or traces is not for reading on one line.
-    return text if len(text) <= 400 else text[:400] + " ... (--debug shows all of it)"
+    if isinstance(error, OWN_ERRORS) or len(text) <= 400:
+        return text
+    # Another library's message that quotes tensors or traces is not for one line.
+    return text[:400] + " ... (--debug shows all of it)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -884,7 +906,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as e:  # argparse has printed its one line (or --help)
         return int(e.code or 0)
-    commands = {"train": _train, "evaluate": _evaluate, "sample": _sample_command}
+    commands = {
+        "train": _train,
+        "evaluate": _evaluate,
+        "sample": _sample_command,
+        "convert-checkpoint": _convert,
+    }
     try:
         commands[args.command](args)
     except EXPECTED_ERRORS as e:

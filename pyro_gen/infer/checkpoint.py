@@ -110,6 +110,11 @@ def save_checkpoint(
         }
     except UnsafeStateError as e:
         raise CheckpointError(f"cannot write checkpoint {path}: {e}") from e
+    write_payload(path, payload)
+
+
+def write_payload(path: str | Path, payload: dict[str, Any]) -> None:
+    """Writes an encoded checkpoint payload behind its header, atomically."""
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     data = buffer.getvalue()
@@ -220,7 +225,8 @@ def _verified_payload(path: Path, raw: bytes) -> bytes:
             kind = "not a pyro_gen checkpoint"
         raise CheckpointError(
             f"{path} is {kind}; it was not loaded, because unpickling such a file can run "
-            "code. Retrain into a fresh directory"
+            "code. Retrain into a fresh directory, or, if you wrote it yourself with an older "
+            f"pyro-gen, convert it: pyro-gen convert-checkpoint {path.parent} --trust-pickle"
         )
     end = raw.find(b"\n", len(MAGIC), len(MAGIC) + _HEADER_LIMIT)
     try:

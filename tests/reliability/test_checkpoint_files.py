@@ -303,3 +303,37 @@ def test_a_writer_killed_mid_write_leaves_the_last_checkpoint_intact_and_no_left
     with run_lock(tmp_path):  # the next run cleans up after the killed writer
         pass
     assert sorted(os.listdir(tmp_path)) == [".pyro-gen.lock", "checkpoint.pt"]
+
+
+def test_an_old_format_checkpoint_converts_only_when_trusted_and_then_resumes(tmp_path, capsys):
+    run = trained_run(tmp_path)
+    current = load_checkpoint(run / "checkpoint.pt")
+    # What save_checkpoint wrote before format 2: one torch.save pickle.
+    torch.save(
+        {
+            "model_class": current["modules"]["model"]["class"],
+            "model_state": current["modules"]["model"]["state_dict"],
+            "param_store": {"params": {}, "constraints": {}},
+            "optim_state": current["optim"],
+            "rng_state": current["rng"],
+            "progress": current["progress"],
+        },
+        run / "checkpoint.pt",
+    )
+    old_bytes = (run / "checkpoint.pt").read_bytes()
+    status, _, err = cli(capsys, "sample", run)
+    assert_one_line_error(status, err, "not loaded", f"convert-checkpoint {run} --trust-pickle")
+    status, _, err = cli(capsys, "convert-checkpoint", run)
+    assert_one_line_error(status, err, "--trust-pickle")
+    assert (run / "checkpoint.pt").read_bytes() == old_bytes
+
+    status, out, err = cli(capsys, "convert-checkpoint", run, "--trust-pickle")
+    assert status == 0, err
+    assert (run / "checkpoint.pt.legacy").read_bytes() == old_bytes
+    model = pyro_gen.load(run)
+    for name, value in current["modules"]["model"]["state_dict"].items():
+        assert torch.equal(model.state_dict()[name], value), name
+    status, _, err = cli(capsys, "train", "vae", "--data", "digits", "--epochs", "2", "--out",
+                         run, "--no-progress")  # fmt: skip
+    assert status == 0, err
+    assert load_checkpoint(run / "checkpoint.pt")["progress"]["epoch"] == 2

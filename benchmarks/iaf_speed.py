@@ -1,0 +1,175 @@
+"""Speed of pyro_gen's inverse autoregressive flow against Pyro's ``affine_autoregressive``.
+
+Two measurements, each timed in the same run on one torch thread, the variants interleaved
+(A B A B ...) after warm-up; every repetition times ``--inner`` calls, and the ratio ours /
+Pyro is taken per repetition (lower is faster) and reported as mean +- standard error.
+
+(a) ``score``: what a guide does with a flow: draw a reparameterized sample of a
+    ``TransformedDistribution`` (a diagonal Normal through ``--layers`` IAF layers of
+    ``--dim`` features), score that same sample with ``log_prob``, and backpropagate:
+    ``pyro_gen.transforms.inverse_autoregressive(D, hidden)`` against
+    ``pyro.distributions.transforms.affine_autoregressive(D, hidden_dims=hidden)``.
+(b) ``vae``: one ``SVI.step`` (Trace_ELBO, Adam) of an MNIST-sized VAE: 784 Bernoulli pixels,
+    ``--dim`` latents with a standard Normal prior, MLP decoder and encoder with 400 hidden
+    units, and a hand-written plain-Pyro guide ``Normal(encoder(x)) -> IAF layers``; the
+    same guide with pyro_gen's IAF and with Pyro's. Random binary images stand in for MNIST
+    (the step's cost does not depend on the pixel values).
+
+With ``--uncached`` both add a third variant, pyro_gen's IAF with ``cache_size=0`` (the
+default before issue 10), whose ``log_prob`` of its own sample runs the D-pass inverse.
+
+Run:  .venv/bin/python benchmarks/iaf_speed.py --reps 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import pyro
+import pyro.distributions as dist
+import pyro.distributions.transforms as PT
+import torch
+from pyro.infer import SVI, Trace_ELBO
+from torch import nn
+
+from pyro_gen import transforms as T
+
+
+def iaf_layers(kind: str, dim: int, hidden: list[int], layers: int) -> list[nn.Module]:
+    """``layers`` IAF layers of one implementation with the same sizes."""
+    if kind == "pyro":
+        return [PT.affine_autoregressive(dim, hidden_dims=hidden) for _ in range(layers)]
+    cache = 0 if kind == "ours_uncached" else 1
+    return [T.inverse_autoregressive(dim, hidden, cache_size=cache) for _ in range(layers)]
+
+
+def score_step(kind: str, dim: int, hidden: list[int], layers: int, batch: int) -> Callable:
+    """(a): rsample, log_prob of that sample, backward."""
+    flows = iaf_layers(kind, dim, hidden, layers)
+    loc = torch.zeros(batch, dim, requires_grad=True)
+    log_scale = torch.zeros(batch, dim, requires_grad=True)
+    params = [loc, log_scale] + [p for f in flows for p in f.parameters()]
+
+    def step() -> None:
+        for p in params:
+            p.grad = None
+        base = dist.Normal(loc, log_scale.exp()).to_event(1)
+        q = dist.TransformedDistribution(base, flows)
+        z = q.rsample()
+        q.log_prob(z).sum().backward()
+
+    return step
+
+
+class Encoder(nn.Module):
+    def __init__(self, z_dim: int, hidden: int = 400) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(784, hidden), nn.Softplus())
+        self.loc = nn.Linear(hidden, z_dim)
+        self.scale = nn.Linear(hidden, z_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.body(x)
+        return self.loc(h), nn.functional.softplus(self.scale(h)) + 1e-4
+
+
+def vae_step(kind: str, dim: int, hidden: list[int], layers: int, batch: int) -> Callable:
+    """(b): one SVI step of a plain-Pyro VAE whose guide is Normal(encoder(x)) -> IAF."""
+    decoder = nn.Sequential(nn.Linear(dim, 400), nn.Softplus(), nn.Linear(400, 784))
+    encoder = Encoder(dim)
+    flows = nn.ModuleList(iaf_layers(kind, dim, hidden, layers))
+
+    def model(x: torch.Tensor) -> None:
+        pyro.module(f"{kind}_decoder", decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(dim), 1.0).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=decoder(z)).to_event(1), obs=x)
+
+    def guide(x: torch.Tensor) -> None:
+        pyro.module(f"{kind}_encoder", encoder)
+        pyro.module(f"{kind}_iaf", flows)
+        with pyro.plate("data", x.shape[0]):
+            loc, scale = encoder(x)
+            base = dist.Normal(loc, scale).to_event(1)
+            pyro.sample("z", dist.TransformedDistribution(base, list(flows)))
+
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
+    x = torch.bernoulli(torch.full((batch, 784), 0.13))
+    return lambda: svi.step(x)
+
+
+def interleaved(fns: dict[str, Callable], reps: int, inner: int, warmup: int) -> dict:
+    """CPU seconds per call of each function: ``reps`` samples of ``inner`` calls, interleaved.
+
+    The thread's CPU time, not wall time: on a shared machine the time spent waiting for a
+    core is not the code's; both are on one thread, so CPU time is the work done.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    order = list(fns)
+    for rep in range(reps):
+        # the order alternates (A B, B A, ...) so that neither always runs first
+        for k in order if rep % 2 == 0 else order[::-1]:
+            fn = fns[k]
+            t = time.thread_time()
+            for _ in range(inner):
+                fn()
+            times[k].append((time.thread_time() - t) / inner)
+    return times
+
+
+def mean_se(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), statistics.stdev(xs) / math.sqrt(len(xs))
+
+
+def report(title: str, times: dict[str, list[float]]) -> None:
+    print(f"\n{title}")
+    print("| variant | CPU ms per call (mean +- SE) | ratio to Pyro (mean +- SE) |")
+    print("|---|---:|---:|")
+    for k, ts in times.items():
+        m, s = mean_se([1e3 * t for t in ts])
+        r, rs = mean_se([a / b for a, b in zip(ts, times["pyro"], strict=True)])
+        print(f"| {k} | {m:.2f} +- {s:.2f} | {r:.3f} +- {rs:.3f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dim", type=int, default=50, help="latent / flow dimension")
+    parser.add_argument("--hidden", type=int, nargs="+", default=[320, 320])
+    parser.add_argument("--layers", type=int, default=2, help="IAF layers")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--inner", type=int, default=5, help="calls per timed repetition")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--uncached", action="store_true", help="add ours with cache_size=0")
+    parser.add_argument("--only", choices=["score", "vae"], default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    pyro.set_rng_seed(0)
+    kinds = ["ours", "pyro"] + (["ours_uncached"] if args.uncached else [])
+    sizes = (args.dim, args.hidden, args.layers, args.batch)
+    print(
+        f"torch {torch.__version__}, pyro {pyro.__version__}, {platform.processor() or '?'}, "
+        f"1 thread; D={args.dim}, hidden={args.hidden}, layers={args.layers}, "
+        f"batch={args.batch}, reps={args.reps} x {args.inner} calls"
+    )
+    if args.only in (None, "score"):
+        fns = {k: score_step(k, *sizes) for k in kinds}
+        report("(a) rsample + log_prob of the same sample + backward", interleaved(
+            fns, args.reps, args.inner, args.warmup))  # fmt: skip
+    if args.only in (None, "vae"):
+        fns = {k: vae_step(k, *sizes) for k in kinds}
+        report("(b) one SVI step of the MNIST-sized VAE with an IAF guide", interleaved(
+            fns, args.reps, args.inner, args.warmup))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

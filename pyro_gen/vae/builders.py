@@ -41,7 +41,7 @@ def build_vae(
         z_dim: latent size (of the bottom layer).
         hidden_dim: hidden width of every MLP.
         num_components: mixture components (MoG, default 10) or pseudo-inputs (Vamp, 500).
-        num_flows: IAF steps of the ``iaf`` guide.
+        num_flows: IAF steps of the ``iaf`` posterior family.
 
     Example:
         >>> type(build_vae((8, 8), prior="mog", guide="iaf", z_dim=4, hidden_dim=16)).__name__

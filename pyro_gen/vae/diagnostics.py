@@ -24,9 +24,9 @@ def posterior_params(
     vae: nn.Module, x: torch.Tensor, batch_size: int = 500, **context
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Loc and scale of the amortized Normal posterior :math:`q(z \\mid x)` (for a flow
-    guide, the Normal before the flow steps), batched, each ``(N, z_dim)``."""
-    guide = getattr(vae, "posterior", None)
-    if guide is None or not hasattr(guide, "encode") or getattr(vae, "custom_guide", None):
+    posterior family, the Normal before the flow steps), batched, each ``(N, z_dim)``."""
+    family = getattr(vae, "posterior", None)
+    if family is None or not hasattr(family, "encode") or getattr(vae, "custom_guide", None):
         raise TypeError(
             "these diagnostics need a VAE using its built-in guide with a posterior family "
             "that has encode(x) -> (loc, scale)"
@@ -35,7 +35,7 @@ def posterior_params(
     ctx = vae._context(context.get("y")) if hasattr(vae, "_context") else None
     for i in range(0, x.shape[0], batch_size):
         c = None if ctx is None else ctx[i : i + batch_size]
-        loc, scale = guide.encode(x[i : i + batch_size], c)
+        loc, scale = family.encode(x[i : i + batch_size], c)
         locs.append(loc)
         scales.append(scale)
     return torch.cat(locs), torch.cat(scales)

@@ -1,7 +1,7 @@
 """Encoders: networks from an image ``x`` to the parameters of :math:`q(z \\mid x)`.
 
 Every encoder returns ``(loc, scale, hidden)``: the mean-field Normal parameters and the
-last hidden features, which richer guides (IAF) condition on.
+last hidden features, which richer posterior families (IAF) condition on.
 """
 
 from __future__ import annotations

@@ -152,7 +152,8 @@ class CompiledSVI:
         check_steps: re-trace the model eagerly on this many steps after each recording
             and compare its structure; a difference falls back to Pyro.
         check_every: also compare every this many steps (0: never).
-        max_programs: more distinct input signatures than this falls back to Pyro.
+        max_programs: more distinct input signatures than this falls back to Pyro; so
+            does a third one within the first 30 steps (a fourth within 40, ...).
         step_guard: skip an update whose loss or gradient is not finite (parameters and
             optimizer state unchanged; the step returns a non-finite loss). On an
             accelerator the program computes the flag and fused Adam skips through its
@@ -215,6 +216,7 @@ class CompiledSVI:
         # of the first batch, whose sites every later batch must repeat.
         self._sightings: dict[Any, tuple] = {}
         self._first_signature: tuple | None = None
+        self._calls = 0  # steps that asked for a program
         self._optimizer: torch.optim.Optimizer | None = None
         self._flags: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self._guard_in_program: bool | None = None  # None: on accelerators (tests set it)
@@ -310,6 +312,7 @@ class CompiledSVI:
         """The program for these inputs, recorded now if their signature was seen before;
         None the first time a signature is seen (the caller runs a plain step)."""
         key, tensors = self._key(args, kwargs)
+        self._calls += 1
         prog = self._programs.get(key)
         if prog is None:
             # One eager forward pass, which a recording would start with anyway: it tells a
@@ -318,10 +321,14 @@ class CompiledSVI:
                 signature = self._eager_signature(args, kwargs)
             self._check_sites(signature)
             if key not in self._sightings:
-                if len(self._sightings) >= self.max_programs:
+                seen = len(self._sightings)
+                # Training data give one signature, two with a last partial batch; more,
+                # early on, means the shapes change from batch to batch (packed sequences,
+                # bucketed lengths), and recording each would cost more than it saves.
+                if seen >= self.max_programs or (seen >= 2 and self._calls < 10 * (seen + 1)):
                     raise _Unsupported(
-                        f"more than {self.max_programs} distinct input signatures (the "
-                        "shapes of the inputs change from batch to batch)"
+                        f"the shapes of the inputs change from batch to batch ({seen + 1} "
+                        f"distinct input signatures in {self._calls} steps)"
                     )
                 self._sightings[key] = signature
                 self._register(self._params_of(signature))

@@ -88,22 +88,35 @@ def test_sites_that_change_with_the_batch_cost_no_recording(loop_over, monkeypat
     assert all(torch.isfinite(loss) for loss in losses)
 
 
-def test_new_shapes_with_the_same_sites_fall_back_after_max_programs(caplog):
+@pytest.mark.parametrize("max_programs", [8, 2])
+def test_new_shapes_with_the_same_sites_fall_back_without_recording(max_programs, caplog):
     """Padded to each batch's own length with a vectorized time axis: the sites stay, the
     shapes keep changing; each new shape costs one eager pass, never a recording."""
-    gen = ToyDMM("shape")
-    svi = CompiledSVI(gen.model, gen.guide, backend="jit", max_programs=2)
 
     class Vectorized(ToyDMM):
         def steps(self, mask):
             return 1  # one site whatever the length: only shapes change
 
-    gen.__class__ = Vectorized
+    gen = Vectorized("shape")
+    svi = CompiledSVI(gen.model, gen.guide, backend="jit", max_programs=max_programs)
     with caplog.at_level(logging.WARNING, logger="pyro_gen"):
         for length in (2, 3, 4, 5):
             svi.step(*sequences([length, 1]))
-    assert not svi.compiled and "more than 2 distinct input signatures" in svi.fallback_reason
+    assert not svi.compiled
+    assert svi.fallback_reason.startswith("the shapes of the inputs change from batch to batch")
+    assert "3 distinct input signatures in 3 steps" in svi.fallback_reason
     assert not svi._programs and gen.model_runs == 4 + 3
+
+
+def test_a_last_partial_batch_is_recorded():
+    """An epoch's last, smaller batch is a second signature, recorded when it comes back."""
+    gen = ToyDMM("shape")
+    svi = CompiledSVI(gen.model, gen.guide, backend="fx")
+    full, partial = sequences([3, 2, 3]), sequences([3, 1])
+    for _ in range(3):  # three epochs of four batches
+        for batch in (full, full, full, partial):
+            svi.step(*batch)
+    assert svi.compiled and len(svi._programs) == 2
 
 
 def test_any_recording_failure_falls_back_with_one_line(monkeypatch, caplog):

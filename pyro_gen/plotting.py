@@ -100,9 +100,7 @@ def save_scatter(
         plt.close(fig)
 
 
-def save_curves(
-    history: Sequence[dict[str, Any]], path: str | Path, bound: str = "ELBO"
-) -> Path:
+def save_curves(history: Sequence[dict[str, Any]], path: str | Path, bound: str = "ELBO") -> Path:
     """Writes a PNG of the per-epoch training bound and, where recorded, the held-out one
     (``test_elbo`` in the records), labelled ``bound``: the objective trained, e.g. an IWAE
     bound rather than the ELBO."""

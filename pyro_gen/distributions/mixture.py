@@ -10,6 +10,8 @@ from pyro.distributions.util import broadcast_shape
 from torch import nn
 from torch.distributions import constraints
 
+from pyro_gen.transforms._base import PicklableModule
+
 
 class GaussianMixture(dist.TorchDistribution):
     """Mixture of :math:`K` diagonal Gaussians over :math:`\\mathbb{R}^D`,
@@ -109,7 +111,7 @@ class GaussianMixture(dist.TorchDistribution):
         return (self.logits.softmax(-1)[..., None] * self.locs).sum(-2)
 
 
-class MixturePrior(nn.Module):
+class MixturePrior(PicklableModule):
     """Learnable mixture-of-Gaussians prior for a VAE latent.
 
     Means start spread out (standard Normal draws), scales at one, weights uniform; all

@@ -9,11 +9,12 @@ import torch
 from torch import nn
 
 from pyro_gen.distributions.mixture import GaussianMixture
+from pyro_gen.transforms._base import PicklableModule
 
 Encode = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
-class VampPrior(nn.Module):
+class VampPrior(PicklableModule):
     """Variational mixture of posteriors prior,
 
     .. math:: p(z) = \\frac{1}{K} \\sum_{k=1}^K q(z \\mid u_k),

@@ -7,10 +7,11 @@ element-wise bijection maps ``x -> y`` with them and returns its log-derivative.
 from __future__ import annotations
 
 import torch
-from torch import nn
+
+from pyro_gen.transforms._base import PicklableModule
 
 
-class ElementwiseBijection(nn.Module):
+class ElementwiseBijection(PicklableModule):
     """Interface: an invertible scalar map :math:`y = h(x; \\theta)` applied per element.
 
     Subclasses set ``num_params`` and implement :meth:`forward` and :meth:`inverse`, each

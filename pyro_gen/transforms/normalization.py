@@ -162,6 +162,12 @@ class BatchNorm(FlowTransformModule):
     wrong for samples drawn through the forward map (that used running statistics).
     Pyro's version still sits in the registry test, as a reused transform would.
 
+    The running statistics are buffers: ``state_dict``, ``torch.save`` and ``copy.deepcopy``
+    carry them, but Pyro's param store holds parameters only, so after a param-store
+    ``save``/``load`` and ``pyro.module(..., update_module_params=True)`` they are those of
+    the fresh module; restore them with ``load_state_dict`` (training mode does not use
+    them for the density).
+
     Args:
         event_shape: ``D`` / ``(D,)`` or ``(C, H, W)``.
         momentum: running-average momentum.

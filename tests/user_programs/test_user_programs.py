@@ -59,12 +59,14 @@ def paired_gap(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
 
 def check_iwae_not_below_elbo(model, guide, data, loss=None, **kw) -> tuple[float, float]:
     """The IWAE bound (K = 64) is at least the ELBO, per example, up to three standard
-    errors of the paired difference; returns the two means."""
+    errors of the paired difference, and both bound the log-probability of binary data,
+    which is at most 0; returns the two means."""
     elbo = evaluate_elbo(model, data, guide=guide, per_example=True, loss=loss, **kw)
     iwae = iwae_log_likelihood(model, data, guide=guide, num_samples=64, per_example=True, **kw)
     assert elbo.shape == iwae.shape and elbo.dim() == 1
     gap, se = paired_gap(iwae, elbo)
     assert gap > -3 * se, (gap, se)
+    assert elbo.mean() < 0 and iwae.mean() < 0, (elbo.mean(), iwae.mean())
     return elbo.mean().item(), iwae.mean().item()
 
 
@@ -357,7 +359,7 @@ def test_global_latents_over_a_subsampled_hierarchy(kind):
     iwae = iwae_log_likelihood(hierarchy.model, (y, idx), guide=guide, num_samples=2000)
     # log p(y) per group, from a quadrature: the ELBO is below it, the IWAE bound closes in.
     assert elbo < exact + 0.05
-    assert exact - 0.5 < iwae < exact + 0.05, (elbo, iwae, exact)
+    assert exact - 1.0 < iwae < exact + 0.1, (elbo, iwae, exact)
     assert iwae > elbo - 0.05
 
 

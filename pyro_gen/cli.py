@@ -1,7 +1,8 @@
 """The ``pyro-gen`` command: train, evaluate and sample generative models.
 
-This is the one place that wires names (``vae``, ``realnvp``, ``ddpm``, ``mnist``, ...)
-to classes; everything else in pyro_gen takes objects.
+Every failure a user can cause (a bad option, a file-system problem, a diverged run, a
+damaged or foreign file, the wrong run for a command) is one line on stderr saying what was
+wrong and what to do, with a non-zero exit; ``--debug`` shows the traceback instead.
 
 Example:
     >>> _parser().parse_args(["train", "vae", "--data", "digits", "--epochs", "1"]).epochs
@@ -16,17 +17,44 @@ import json
 import math
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 import pyro
 import pyro.optim
 import torch
-from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_gen import data as datasets
+from pyro_gen.cli_models import (
+    IMAGE_DATA,
+    MODELS,
+    TOY_DATA,
+    ModelSpec,
+    build_model,
+    check_model,
+    data_view,
+    held_out_view,
+    load_run,
+    load_split,
+)
+from pyro_gen.cli_settings import (
+    OPTION_DEFAULTS,
+    TRAINING_DEFAULTS,
+    UsageError,
+    bound_name,
+    ema_decay_value,
+    flag,
+    new_config,
+    non_negative,
+    override_names,
+    positive,
+    positive_finite,
+    requested_settings,
+    resumed_config,
+    train_command,
+    whole_number,
+)
 from pyro_gen.infer import (
     CheckpointError,
     NonFiniteLossError,
@@ -38,8 +66,6 @@ from pyro_gen.infer import (
 from pyro_gen.infer.checkpoint import (
     CHECKPOINT_NAME,
     METRICS_NAME,
-    load_checkpoint,
-    restore_modules,
     run_lock,
     verify_checkpoint,
 )
@@ -54,203 +80,7 @@ from pyro_gen.runs import (
     write_config,
 )
 
-IMAGE_DATA = ("mnist", "fashion_mnist", "digits")
-TOY_DATA = ("moons", "eight_gaussians", "checkerboard", "rings", "spirals", "pinwheel")
-# Intensity levels per pixel: 8-bit for the MNISTs, 0..16 for sklearn's digits.
-PIXEL_LEVELS = {"mnist": 256, "fashion_mnist": 256, "digits": 17}
-
-
-class UsageError(ValueError):
-    """Bad command-line input; reported as one line without a traceback."""
-
-
-# ---------------------------------------------------------------------------------------
-# What each model sees of the data.
-
-
-@dataclass(frozen=True)
-class DataView:
-    """How a model family consumes a dataset: the stored tensor, the per-batch transform
-    applied on the device, and the event shape the model is built for."""
-
-    x: torch.Tensor
-    transform: Callable[[torch.Tensor], torch.Tensor] | None
-    event_shape: tuple[int, ...]
-    levels: int | None  # pixel levels for images (bits/dim), None for continuous data
-
-
-def _unit_interval(levels: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    def transform(x: torch.Tensor) -> torch.Tensor:
-        return x.to(torch.get_default_dtype()) / (levels - 1)
-
-    return transform
-
-
-def _binarized(levels: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    def transform(x: torch.Tensor) -> torch.Tensor:
-        return datasets.dynamic_binarize(x.to(torch.get_default_dtype()) / (levels - 1))
-
-    return transform
-
-
-def data_view(kind: str, name: str, x: torch.Tensor) -> DataView:
-    """Prepares ``x`` from dataset ``name`` for a model that wants ``kind`` of data:
-    ``binary`` (dynamic binarization), ``unit`` (intensities in [0, 1]) or ``levels``
-    (the integer pixels themselves, for models that dequantize inside their guide)."""
-    if name in TOY_DATA:
-        return DataView(x, None, tuple(x.shape[1:]), None)
-    levels = PIXEL_LEVELS[name]
-    shape = tuple(x.shape[1:])
-    if kind == "binary":
-        return DataView(x, _binarized(levels), shape, levels)
-    if kind == "unit":
-        return DataView(x, _unit_interval(levels), shape, levels)
-    if kind == "levels":
-        return DataView(x, None, shape, levels)
-    raise ValueError(f"unknown data kind {kind!r}")
-
-
-# ---------------------------------------------------------------------------------------
-# The model table.
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A trainable model name: how to build it, what data it takes, how to train it."""
-
-    build: Callable[[tuple[int, ...], dict[str, Any]], torch.nn.Module]
-    data_kind: Callable[[dict[str, Any]], str]
-    options: tuple[str, ...]
-    loss: Callable[[dict[str, Any]], ELBO] = field(default=lambda opts: Trace_ELBO())
-    images_only: bool = False
-    # Whether the likelihood is over discrete pixels, so that -log p / (D log 2) is bits/dim.
-    discrete: Callable[[dict[str, Any]], bool] = field(default=lambda opts: True)
-    # Called by fit after every optimizer step (e.g. the DDPM's weight average).
-    step_callbacks: Callable[[dict[str, Any]], tuple[Callable[..., Any], ...]] = field(
-        default=lambda opts: ()
-    )
-
-
-def _build_vae(event_shape: tuple[int, ...], opts: dict[str, Any]) -> torch.nn.Module:
-    from pyro_gen.vae import build_vae
-
-    return build_vae(
-        event_shape,
-        prior=opts["prior"],
-        guide=opts["guide"],
-        layers=opts["layers"],
-        likelihood=opts["likelihood"],
-        z_dim=opts["z_dim"],
-        hidden_dim=opts["hidden_dim"],
-    )
-
-
-def _vae_loss(opts: dict[str, Any]) -> ELBO:
-    from pyro_gen.vae import make_loss
-
-    return make_loss(opts["objective"], num_particles=opts["k"])
-
-
-def _build_ddpm(event_shape: tuple[int, ...], opts: dict[str, Any]) -> torch.nn.Module:
-    from pyro_gen.diffusion import build_ddpm
-
-    return build_ddpm(
-        event_shape,
-        schedule=opts["schedule"],
-        param=opts["param"],
-        objective=opts["diffusion_objective"],
-        timesteps=opts["timesteps"],
-        num_bins=opts.get("num_bins", 256),
-        ema_decay=opts.get("ema_decay") or None,  # runs from before the option: no EMA
-    )
-
-
-def _ddpm_step_callbacks(opts: dict[str, Any]) -> tuple[Callable[..., Any], ...]:
-    from pyro_gen.diffusion import ema_callback
-
-    return (ema_callback,) if opts.get("ema_decay") else ()
-
-
-def _flow_builder(name: str) -> Callable[[tuple[int, ...], dict[str, Any]], torch.nn.Module]:
-    def build(event_shape: tuple[int, ...], opts: dict[str, Any]) -> torch.nn.Module:
-        from pyro_gen.flows import build as build_flow
-
-        if len(event_shape) == 1:  # continuous 2D data
-            return build_flow(name, event_shape)
-        return build_flow(
-            name, event_shape, dequantization=opts["dequantization"], num_bins=opts["num_bins"]
-        )
-
-    return build
-
-
-MODELS: dict[str, ModelSpec] = {
-    "vae": ModelSpec(
-        build=_build_vae,
-        data_kind=lambda o: "binary" if o["likelihood"] == "bernoulli" else "unit",
-        options=("z_dim", "hidden_dim", "layers", "likelihood", "prior", "guide", "objective", "k"),
-        loss=_vae_loss,
-        images_only=True,
-        discrete=lambda o: not o["likelihood"].startswith("gaussian"),
-    ),
-    **{
-        name: ModelSpec(
-            build=_flow_builder(name),
-            # Flows dequantize inside the model (its guide), so they see integer pixels.
-            data_kind=lambda o: "levels",
-            options=("dequantization",),
-        )
-        for name in ("nice", "realnvp", "glow", "maf", "cnf")
-    },
-    "ddpm": ModelSpec(
-        build=_build_ddpm,
-        data_kind=lambda o: "unit",
-        options=("schedule", "param", "diffusion_objective", "timesteps", "ema_decay"),
-        # Analytic KL per time step: the reduced-variance form of the bound.
-        loss=lambda o: TraceMeanField_ELBO(),
-        step_callbacks=_ddpm_step_callbacks,
-    ),
-}
-
-
-# ---------------------------------------------------------------------------------------
-# Settings: what a run records in config.json, with defaults for a fresh run.
-
-# Training settings of every model. None of them changes the model's architecture, so a
-# resume may change them with --override.
-TRAINING_DEFAULTS: dict[str, Any] = {
-    "batch_size": 128,
-    "lr": 1e-3,
-    "grad_clip": None,
-    "subset": None,
-    "test_subset": None,
-    "toy_samples": 20000,
-    "seed": 0,
-}
-# Model options (each model's ModelSpec.options says which are its own).
-OPTION_DEFAULTS: dict[str, Any] = {
-    "z_dim": 50,
-    "hidden_dim": 400,
-    "likelihood": "bernoulli",
-    "layers": 1,
-    "prior": "normal",
-    "guide": "normal",
-    "objective": "elbo",
-    "k": 50,
-    "dequantization": "uniform",
-    "schedule": "linear",
-    "param": "eps",
-    "diffusion_objective": "elbo",
-    "timesteps": 1000,
-    "ema_decay": 0.999,
-}
-# Model options that change only the loss, not the parameters: a resume may change them.
-LOSS_OPTIONS = ("objective", "k")
-OVERRIDABLE = (*TRAINING_DEFAULTS, *LOSS_OPTIONS)
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+__all__ = ["UsageError", "build_model", "load_run", "main"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -263,65 +93,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"pyro-gen: error: {message} (see `{self.prog} --help`)\n")
 
 
-def _integer(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-
-
-def _non_negative(text: str) -> int:
-    value = _integer(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = _integer(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def _positive_finite(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-def _ema_decay(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not (value == 0 or 0 < value < 1):
-        raise argparse.ArgumentTypeError(f"must lie in (0, 1), or be 0 for no average; got {text}")
-    return value
-
-
-def _overrides(text: str) -> list[str]:
-    names = [n.strip().lstrip("-").replace("-", "_") for n in text.split(",") if n.strip()]
-    for name in names:
-        if name not in OVERRIDABLE:
-            allowed = ", ".join(n.replace("_", "-") for n in OVERRIDABLE)
-            raise argparse.ArgumentTypeError(
-                f"{name.replace('_', '-')!r} cannot be changed on resume; one of: {allowed}"
-            )
-    return names
-
-
 def _add_setting(group: Any, name: str, help: str, **kwargs: Any) -> None:
     # SUPPRESS: an option appears in the parsed arguments only if the user typed it, so a
     # resume can tell a setting asked for from a default, and options of other models
     # can be refused by name.
     default = {**TRAINING_DEFAULTS, **OPTION_DEFAULTS}[name]
     group.add_argument(
-        _flag(name), default=argparse.SUPPRESS, help=f"{help} (default {default})", **kwargs
+        flag(name), default=argparse.SUPPRESS, help=f"{help} (default {default})", **kwargs
     )
 
 
@@ -336,21 +114,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("model", choices=sorted(MODELS), help="model to train")
     train.add_argument("--data", required=True, choices=IMAGE_DATA + TOY_DATA, help="dataset")
-    train.add_argument("--epochs", type=_non_negative, default=3, help="total epochs (default 3)")
-    _add_setting(train, "batch_size", "examples per step", type=_positive)
-    _add_setting(train, "lr", "Adam learning rate", type=_positive_finite)
-    _add_setting(train, "grad_clip", "clip the gradient norm to this", type=_positive_finite)
-    _add_setting(train, "subset", "use only the first N training examples", type=_positive)
-    _add_setting(train, "test_subset", "evaluate on the first N test examples", type=_positive)
-    _add_setting(train, "toy_samples", "training samples of a 2D toy dataset", type=_positive)
-    _add_setting(train, "seed", "random seed", type=_integer)
+    train.add_argument("--epochs", type=non_negative, default=3, help="total epochs (default 3)")
+    _add_setting(train, "batch_size", "examples per step", type=positive)
+    _add_setting(train, "lr", "Adam learning rate", type=positive_finite)
+    _add_setting(train, "grad_clip", "clip the gradient norm to this", type=positive_finite)
+    _add_setting(train, "subset", "use only the first N training examples", type=positive)
+    _add_setting(train, "test_subset", "evaluate on the first N test examples", type=positive)
+    _add_setting(train, "toy_samples", "training samples of a 2D toy dataset", type=positive)
+    _add_setting(train, "seed", "random seed", type=whole_number)
     train.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     train.add_argument(
         "--out", type=Path, default=None, help="run directory (default runs/MODEL-DATA)"
     )
     train.add_argument(
         "--override",
-        type=_overrides,
+        type=override_names,
         action="extend",
         default=[],
         help="on resume, settings that may differ from the recorded run (e.g. lr,batch-size)",
@@ -358,15 +136,15 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     vae = train.add_argument_group("vae options")
-    _add_setting(vae, "z_dim", "latent size", type=_positive)
-    _add_setting(vae, "hidden_dim", "hidden width", type=_positive)
+    _add_setting(vae, "z_dim", "latent size", type=positive)
+    _add_setting(vae, "hidden_dim", "hidden width", type=positive)
     _add_setting(
         vae,
         "likelihood",
         "pixel likelihood",
         choices=("bernoulli", "gaussian", "gaussian_learned", "categorical"),
     )
-    _add_setting(vae, "layers", "stochastic layers", type=_positive)
+    _add_setting(vae, "layers", "stochastic layers", type=positive)
     _add_setting(vae, "prior", "latent prior", choices=("normal", "mog", "vamp", "flow"))
     _add_setting(vae, "guide", "amortized guide", choices=("normal", "iaf", "auto"))
     _add_setting(
@@ -375,7 +153,7 @@ def _parser() -> argparse.ArgumentParser:
         "Trace_ELBO, TraceMeanField_ELBO (analytic KL), IWAE bound, or free bits",
         choices=("elbo", "meanfield", "iwae", "freebits"),
     )
-    _add_setting(vae, "k", "importance samples of --objective iwae", type=_positive)
+    _add_setting(vae, "k", "importance samples of --objective iwae", type=positive)
 
     flows = train.add_argument_group("flow options (nice, realnvp, glow, maf, cnf)")
     _add_setting(
@@ -394,18 +172,18 @@ def _parser() -> argparse.ArgumentParser:
         "the variational bound, or the reweighted L_simple",
         choices=("elbo", "simple"),
     )
-    _add_setting(ddpm, "timesteps", "diffusion steps", type=_positive)
-    _add_setting(ddpm, "ema_decay", "decay of the weight average (0: none)", type=_ema_decay)
+    _add_setting(ddpm, "timesteps", "diffusion steps", type=positive)
+    _add_setting(ddpm, "ema_decay", "decay of the weight average (0: none)", type=ema_decay_value)
 
     evaluate = sub.add_parser(
         "evaluate", parents=[common], help="test ELBO and importance-weighted log-likelihood"
     )
     evaluate.add_argument("run", type=Path, help="run directory")
     evaluate.add_argument(
-        "--k", type=_positive, default=1000, help="importance samples (default 1000)"
+        "--k", type=positive, default=1000, help="importance samples (default 1000)"
     )
     evaluate.add_argument(
-        "--num-test", type=_positive, default=None, help="evaluate on the first N test examples"
+        "--num-test", type=positive, default=None, help="evaluate on the first N test examples"
     )
     evaluate.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
 
@@ -413,12 +191,12 @@ def _parser() -> argparse.ArgumentParser:
         "sample", parents=[common], help="draw samples from a trained run into a PNG"
     )
     sample.add_argument("run", type=Path, help="run directory")
-    sample.add_argument("-n", "--num-samples", type=_positive, default=64)
+    sample.add_argument("-n", "--num-samples", type=positive, default=64)
     sample.add_argument(
         "--sampler", choices=("ancestral", "ddim"), default=None, help="diffusion sampler (ddpm)"
     )
     sample.add_argument(
-        "--steps", type=_positive, default=None, help="diffusion sampling steps (ddpm)"
+        "--steps", type=positive, default=None, help="diffusion sampling steps (ddpm)"
     )
     sample.add_argument(
         "--out",
@@ -481,161 +259,19 @@ def _run_directory(out: Path) -> Path:
     return out
 
 
-def _train_command(config: dict[str, Any], out: Path | str) -> str:
-    """The ``pyro-gen train`` command that rebuilds a run from scratch."""
-    words = ["pyro-gen", "train", str(config.get("model")), "--data", str(config.get("data"))]
-    settings = {**config.get("options", {}), **{k: config.get(k) for k in TRAINING_DEFAULTS}}
-    for name, value in settings.items():
-        default = {**TRAINING_DEFAULTS, **OPTION_DEFAULTS}.get(name, value)
-        if value is not None and value != default:
-            words += [_flag(name), str(value)]
-    return " ".join([*words, "--out", str(out)])
-
-
 # ---------------------------------------------------------------------------------------
 # Loading a run.
-
-
-def _load_split(name: str, split: str, config: dict[str, Any], limit: int | None) -> torch.Tensor:
-    if name in TOY_DATA:
-        toy = config.get("toy_samples") or TRAINING_DEFAULTS["toy_samples"]
-        n = toy if split == "train" else max(toy // 4, 1)
-        x, _ = datasets.load(name, split, num_samples=n)
-    else:
-        x, _ = datasets.load(name, split)
-    return x[:limit] if limit is not None else x
-
-
-def build_model(config: dict[str, Any]) -> torch.nn.Module:
-    """Rebuilds the (untrained) model a run config describes."""
-    return MODELS[config["model"]].build(tuple(config["event_shape"]), config["options"])
-
-
-def _test_view(config: dict[str, Any], limit: int | None) -> DataView:
-    x = _load_split(config["data"], "test", config, limit)
-    return data_view(MODELS[config["model"]].data_kind(config["options"]), config["data"], x)
-
-
-def _check_model(config: dict[str, Any], run: str | Path) -> ModelSpec:
-    if config["model"] not in MODELS:
-        raise RunError(
-            f"{run} holds a {config['model']!r} run, which this version cannot build "
-            f"(it builds {', '.join(sorted(MODELS))})"
-        )
-    spec = MODELS[config["model"]]
-    # Runs from before --ema-decay existed have none and sample without an average.
-    missing = [n for n in spec.options if n not in config["options"] and n != "ema_decay"]
-    if missing:
-        raise RunError(
-            f"{Path(run) / CONFIG_NAME} lacks the {config['model']} options "
-            f"{', '.join(missing)}; restore it from a copy or retrain into a fresh directory"
-        )
-    return spec
-
-
-def load_run(run: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
-    """The trained model of a run directory, on ``device``, in eval mode.
-
-    Raises:
-        RunError: if the directory or its config.json is missing or malformed.
-        CheckpointError: if checkpoint.pt is missing, damaged, of another format or model.
-    """
-    config = read_config(run)
-    _check_model(config, run)
-    model = build_model(config)
-    ckpt = load_checkpoint(checkpoint_path(run), map_location="cpu")
-    restore_modules(ckpt, {"model": model})
-    return model.to(device).eval()
 
 
 def _load_run_or_explain(run: Path, config: dict[str, Any], device: torch.device) -> Any:
     try:
         return load_run(run, device)
     except CheckpointError as e:
-        raise UsageError(f"{e}; to retrain: {_train_command(config, run)}") from e
+        raise UsageError(f"{e}; to retrain: {train_command(config, run)}") from e
 
 
 # ---------------------------------------------------------------------------------------
 # train
-
-
-def _requested_settings(args: argparse.Namespace, spec: ModelSpec) -> dict[str, Any]:
-    """The settings the user typed, after refusing those that do not apply."""
-    given = {k: v for k, v in vars(args).items() if k in TRAINING_DEFAULTS or k in OPTION_DEFAULTS}
-    for name in given:
-        if name in OPTION_DEFAULTS and name not in spec.options:
-            owners = [m for m, s in MODELS.items() if name in s.options]
-            raise UsageError(
-                f"{_flag(name)} is not an option of {args.model} (it belongs to "
-                f"{', '.join(sorted(set(owners)))}); drop it"
-            )
-    if "toy_samples" in given and args.data not in TOY_DATA:
-        raise UsageError(f"--toy-samples applies to the 2D toy datasets, not {args.data}; drop it")
-    if "dequantization" in given and args.data in TOY_DATA:
-        raise UsageError(f"--dequantization applies to image data, not {args.data}; drop it")
-    return given
-
-
-def _new_config(args: argparse.Namespace, spec: ModelSpec, given: dict[str, Any]) -> dict:
-    options = {name: given.get(name, OPTION_DEFAULTS[name]) for name in spec.options}
-    if args.data in PIXEL_LEVELS:
-        options["num_bins"] = PIXEL_LEVELS[args.data]
-    settings = {name: given.get(name, default) for name, default in TRAINING_DEFAULTS.items()}
-    return {"model": args.model, "data": args.data, "options": options, **settings}
-
-
-def _resumed_config(
-    args: argparse.Namespace, out: Path, given: dict[str, Any], previous: dict[str, Any]
-) -> dict[str, Any]:
-    """The recorded config with the user's changes, refusing changes not asked for."""
-    if (previous["model"], previous["data"]) != (args.model, args.data):
-        raise UsageError(
-            f"{out} holds a {previous['model']} run on {previous['data']}; choose a fresh "
-            f"--out for {args.model} on {args.data}"
-        )
-    config = json.loads(json.dumps(previous))  # a deep copy
-    changed, refused = [], []
-    for name, value in given.items():
-        in_options = name in OPTION_DEFAULTS
-        recorded = (
-            previous["options"].get(name)
-            if in_options
-            else previous.get(name, TRAINING_DEFAULTS[name])
-        )
-        if value == recorded:
-            continue
-        (changed if name in args.override else refused).append((name, recorded, value))
-        (config["options"] if in_options else config)[name] = value
-    fixed = [(n, a, b) for n, a, b in refused if n not in OVERRIDABLE]
-    if fixed:
-        raise UsageError(
-            f"{out} was trained with "
-            + ", ".join(f"{_flag(n)} {a}" for n, a, _ in fixed)
-            + "; those change the model, so a resume cannot change them: drop them to resume, "
-            "or choose a fresh --out"
-        )
-    if refused:
-        asked = ", ".join(f"{_flag(n)} {b}" for n, _, b in refused)
-        was = ", ".join(f"{_flag(n)} {a}" for n, a, _ in refused)
-        names = ",".join(n.replace("_", "-") for n, _, _ in refused)
-        raise UsageError(
-            f"{out} was trained with {was}, not {asked}: drop those options to resume as "
-            f"recorded, add --override {names} to change them from here on, or choose a "
-            "fresh --out"
-        )
-    if changed:
-        config.setdefault("overrides", []).append(
-            {name: {"from": a, "to": b} for name, a, b in changed}
-        )
-    return config
-
-
-def _bound_name(config: dict[str, Any]) -> str:
-    """What ``test_elbo`` in a run's records really is: the objective it was trained with."""
-    options = config["options"]
-    if config["model"] == "vae" and options.get("objective") == "iwae":
-        return f"IWAE bound (K={options.get('k')})"
-    return "ELBO"
 
 
 # Files train writes into a run directory.
@@ -646,7 +282,7 @@ def _train(args: argparse.Namespace) -> None:
     spec = MODELS[args.model]
     if spec.images_only and args.data in TOY_DATA:
         raise UsageError(f"{args.model} models images; pick one of {', '.join(IMAGE_DATA)}")
-    given = _requested_settings(args, spec)
+    given = requested_settings(args, spec)
     device = _device(args.device)
     out = _run_directory(args.out or Path("runs") / f"{args.model}-{args.data}")
     with _locked(out):
@@ -658,7 +294,7 @@ def _train(args: argparse.Namespace) -> None:
         if "k" in given and given.get("objective", recorded.get("objective")) != "iwae":
             raise UsageError("--k applies only with --objective iwae; drop it")
         if previous is not None:
-            config = _resumed_config(args, out, given, previous)
+            config = resumed_config(args, out, given, previous)
             if (out / CHECKPOINT_NAME).exists():
                 _verify_or_explain(out / CHECKPOINT_NAME, config, out)
         else:
@@ -669,7 +305,7 @@ def _train(args: argparse.Namespace) -> None:
                 )
             if args.override:
                 raise UsageError(f"--override applies when resuming; {out} holds no run yet")
-            config = _new_config(args, spec, given)
+            config = new_config(args, spec, given)
         options = config["options"]
         _train_run(args, spec, config, options, out, device)
 
@@ -693,7 +329,7 @@ def _verify_or_explain(path: Path, config: dict[str, Any], out: Path) -> None:
         verify_checkpoint(path)
     except CheckpointError as e:
         raise UsageError(
-            f"{e}; to retrain from scratch: {_train_command(config, str(out) + '-new')}"
+            f"{e}; to retrain from scratch: {train_command(config, str(out) + '-new')}"
         ) from e
 
 
@@ -710,9 +346,9 @@ def _train_run(
     view = data_view(
         spec.data_kind(options),
         args.data,
-        _load_split(args.data, "train", config, config["subset"]),
+        load_split(args.data, "train", config, config["subset"]),
     )
-    test_view = _test_view(config, config["test_subset"])
+    test_view = held_out_view(config, config["test_subset"])
     recorded_shape = config.get("event_shape")
     if recorded_shape is not None and list(view.event_shape) != recorded_shape:
         raise UsageError(
@@ -721,7 +357,7 @@ def _train_run(
         )
     config["event_shape"] = list(view.event_shape)
     # fit records the held-out bound as test_elbo whatever the objective; say what it is.
-    config["test_elbo_is"] = _bound_name(config)
+    config["test_elbo_is"] = bound_name(config)
     model = build_model(config)
     write_config(out, config)  # the run is accepted: record it
     try:
@@ -754,7 +390,7 @@ def _train_run(
             f"training stopped: {e}. Try a smaller --lr (this run: {config['lr']:g}) or "
             f"--grad-clip (e.g. 5), with --override lr,grad-clip to resume; {kept}"
         ) from e
-    bound = _bound_name(config)
+    bound = bound_name(config)
     figures = _write_figures(model, out, result.history, num_samples=64, bound=bound)
     last = result.history[-1] if result.history else {}
     summary = f"trained {args.model} on {args.data}: {result.epoch} epochs"
@@ -806,11 +442,11 @@ def _save_samples(model: torch.nn.Module, samples: torch.Tensor, path: Path) -> 
 def _evaluate(args: argparse.Namespace) -> None:
     device = _device(args.device)
     config = read_config(args.run)
-    spec = _check_model(config, args.run)
+    spec = check_model(config, args.run)
     target = refuse_symlink(Path(args.run) / "evaluation.json")
     probe_writable(args.run, "evaluation.json")  # before minutes of computing, not after
     model = _load_run_or_explain(args.run, config, device)
-    view = _test_view(config, args.num_test)
+    view = held_out_view(config, args.num_test)
     results: dict[str, Any] = {"num_test": int(view.x.shape[0])}
     results["test_elbo"] = evaluate_elbo(model, view.x, transform=view.transform)
     results["iwae_k"] = args.k
@@ -850,10 +486,10 @@ def _samples_path(args: argparse.Namespace) -> Path:
 def _sample_command(args: argparse.Namespace) -> None:
     device = _device(args.device)
     config = read_config(args.run)
-    _check_model(config, args.run)
-    for flag, value in (("--sampler", args.sampler), ("--steps", args.steps)):
+    check_model(config, args.run)
+    for option, value in (("--sampler", args.sampler), ("--steps", args.steps)):
         if value is not None and config["model"] != "ddpm":
-            raise UsageError(f"{flag} applies to ddpm runs; {args.run} holds a {config['model']}")
+            raise UsageError(f"{option} applies to ddpm runs; {args.run} holds a {config['model']}")
     path = _samples_path(args)
     model = _load_run_or_explain(args.run, config, device)
     samples = _sample(model, args.num_samples, sampler=args.sampler, steps=args.steps)
@@ -863,7 +499,7 @@ def _sample_command(args: argparse.Namespace) -> None:
 
 def _convert(args: argparse.Namespace) -> None:
     config = read_config(args.run)
-    _check_model(config, args.run)
+    check_model(config, args.run)
     if not args.trust_pickle:
         raise UsageError(
             f"convert-checkpoint unpickles {Path(args.run) / CHECKPOINT_NAME}, which runs any "

@@ -1,0 +1,204 @@
+"""What a ``pyro-gen train`` run records in ``config.json``: the settings, their defaults,
+how each is checked where it is parsed, and how a resume is compared with the record.
+
+Example:
+    >>> override_names("lr,batch-size")
+    ['lr', 'batch_size']
+    >>> positive_finite("inf")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: must be a finite number > 0, got inf
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from pyro_gen.cli_models import DEFAULT_TOY_SAMPLES, MODELS, PIXEL_LEVELS, TOY_DATA, ModelSpec
+
+
+class UsageError(ValueError):
+    """Bad command-line input; reported as one line without a traceback."""
+
+
+# Training settings of every model. None of them changes the model's architecture, so a
+# resume may change them with --override.
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "batch_size": 128,
+    "lr": 1e-3,
+    "grad_clip": None,
+    "subset": None,
+    "test_subset": None,
+    "toy_samples": DEFAULT_TOY_SAMPLES,
+    "seed": 0,
+}
+# Model options (each model's ModelSpec.options says which are its own).
+OPTION_DEFAULTS: dict[str, Any] = {
+    "z_dim": 50,
+    "hidden_dim": 400,
+    "likelihood": "bernoulli",
+    "layers": 1,
+    "prior": "normal",
+    "guide": "normal",
+    "objective": "elbo",
+    "k": 50,
+    "dequantization": "uniform",
+    "schedule": "linear",
+    "param": "eps",
+    "diffusion_objective": "elbo",
+    "timesteps": 1000,
+    "ema_decay": 0.999,
+}
+# Model options that change only the loss, not the parameters: a resume may change them.
+LOSS_OPTIONS = ("objective", "k")
+OVERRIDABLE = (*TRAINING_DEFAULTS, *LOSS_OPTIONS)
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+
+
+def non_negative(text: str) -> int:
+    value = whole_number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
+    return value
+
+
+def positive(text: str) -> int:
+    value = whole_number(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def positive_finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def ema_decay_value(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not (value == 0 or 0 < value < 1):
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1), or be 0 for no average; got {text}")
+    return value
+
+
+def override_names(text: str) -> list[str]:
+    names = [n.strip().lstrip("-").replace("-", "_") for n in text.split(",") if n.strip()]
+    for name in names:
+        if name not in OVERRIDABLE:
+            allowed = ", ".join(n.replace("_", "-") for n in OVERRIDABLE)
+            raise argparse.ArgumentTypeError(
+                f"{name.replace('_', '-')!r} cannot be changed on resume; one of: {allowed}"
+            )
+    return names
+
+
+def train_command(config: dict[str, Any], out: Path | str) -> str:
+    """The ``pyro-gen train`` command that rebuilds a run from scratch."""
+    words = ["pyro-gen", "train", str(config.get("model")), "--data", str(config.get("data"))]
+    settings = {**config.get("options", {}), **{k: config.get(k) for k in TRAINING_DEFAULTS}}
+    for name, value in settings.items():
+        default = {**TRAINING_DEFAULTS, **OPTION_DEFAULTS}.get(name, value)
+        if value is not None and value != default:
+            words += [flag(name), str(value)]
+    return " ".join([*words, "--out", str(out)])
+
+
+def requested_settings(args: argparse.Namespace, spec: ModelSpec) -> dict[str, Any]:
+    """The settings the user typed, after refusing those that do not apply."""
+    given = {k: v for k, v in vars(args).items() if k in TRAINING_DEFAULTS or k in OPTION_DEFAULTS}
+    for name in given:
+        if name in OPTION_DEFAULTS and name not in spec.options:
+            owners = [m for m, s in MODELS.items() if name in s.options]
+            raise UsageError(
+                f"{flag(name)} is not an option of {args.model} (it belongs to "
+                f"{', '.join(sorted(set(owners)))}); drop it"
+            )
+    if "toy_samples" in given and args.data not in TOY_DATA:
+        raise UsageError(f"--toy-samples applies to the 2D toy datasets, not {args.data}; drop it")
+    if "dequantization" in given and args.data in TOY_DATA:
+        raise UsageError(f"--dequantization applies to image data, not {args.data}; drop it")
+    return given
+
+
+def new_config(args: argparse.Namespace, spec: ModelSpec, given: dict[str, Any]) -> dict:
+    options = {name: given.get(name, OPTION_DEFAULTS[name]) for name in spec.options}
+    if args.data in PIXEL_LEVELS:
+        options["num_bins"] = PIXEL_LEVELS[args.data]
+    settings = {name: given.get(name, default) for name, default in TRAINING_DEFAULTS.items()}
+    return {"model": args.model, "data": args.data, "options": options, **settings}
+
+
+def resumed_config(
+    args: argparse.Namespace, out: Path, given: dict[str, Any], previous: dict[str, Any]
+) -> dict[str, Any]:
+    """The recorded config with the user's changes, refusing changes not asked for."""
+    if (previous["model"], previous["data"]) != (args.model, args.data):
+        raise UsageError(
+            f"{out} holds a {previous['model']} run on {previous['data']}; choose a fresh "
+            f"--out for {args.model} on {args.data}"
+        )
+    config = json.loads(json.dumps(previous))  # a deep copy
+    changed, refused = [], []
+    for name, value in given.items():
+        in_options = name in OPTION_DEFAULTS
+        recorded = (
+            previous["options"].get(name)
+            if in_options
+            else previous.get(name, TRAINING_DEFAULTS[name])
+        )
+        if value == recorded:
+            continue
+        (changed if name in args.override else refused).append((name, recorded, value))
+        (config["options"] if in_options else config)[name] = value
+    fixed = [(n, a, b) for n, a, b in refused if n not in OVERRIDABLE]
+    if fixed:
+        raise UsageError(
+            f"{out} was trained with "
+            + ", ".join(f"{flag(n)} {a}" for n, a, _ in fixed)
+            + "; those change the model, so a resume cannot change them: drop them to resume, "
+            "or choose a fresh --out"
+        )
+    if refused:
+        asked = ", ".join(f"{flag(n)} {b}" for n, _, b in refused)
+        was = ", ".join(f"{flag(n)} {a}" for n, a, _ in refused)
+        names = ",".join(n.replace("_", "-") for n, _, _ in refused)
+        raise UsageError(
+            f"{out} was trained with {was}, not {asked}: drop those options to resume as "
+            f"recorded, add --override {names} to change them from here on, or choose a "
+            "fresh --out"
+        )
+    if changed:
+        config.setdefault("overrides", []).append(
+            {name: {"from": a, "to": b} for name, a, b in changed}
+        )
+    return config
+
+
+def bound_name(config: dict[str, Any]) -> str:
+    """What ``test_elbo`` in a run's records really is: the objective it was trained with."""
+    options = config["options"]
+    if config["model"] == "vae" and options.get("objective") == "iwae":
+        return f"IWAE bound (K={options.get('k')})"
+    return "ELBO"

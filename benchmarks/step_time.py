@@ -410,9 +410,11 @@ def epoch_overhead(device: torch.device, rounds: int) -> list[dict[str, Any]]:
 
 def guard_cost(device: torch.device, rounds: int, block: int) -> list[dict[str, Any]]:
     """The step guard's cost: fit's default step (``backend="auto"``, fused Adam) with the
-    guard on (A) and off (B), two copies of each model from one initialization, taking
-    turns A B A B (``block`` steps a turn) over ``rounds`` rounds on one batch. The ratio
-    of each round's mean step times gives a mean and a standard error over rounds."""
+    guard on (A) and off (B), taking turns (``block`` steps a turn, the order reversed every
+    other round) over ``rounds`` rounds on one batch. On the CPU the guard is a check after
+    the program, so one step object switches it (same memory, same program); elsewhere it
+    is recorded in the program, so two copies of the model from one initialization are
+    used. The ratio of each round's mean step times gives a mean and a standard error."""
     out = []
     cases = [("vae", 128, lambda n: PyroVAE(n)), ("realnvp", 128, lambda n: realnvp(n)),
              ("realnvp", 1024, lambda n: realnvp(n))]  # fmt: skip
@@ -423,25 +425,34 @@ def guard_cost(device: torch.device, rounds: int, block: int) -> list[dict[str, 
             x = torch.bernoulli(torch.rand(batch, 784, device=device))
         else:
             x = torch.randn(batch, 2, device=device)
-        gens = {"on": make(f"guard_on_{kind}"), "off": make(f"guard_off_{kind}")}
-        gens["off"].load_state_dict(gens["on"].state_dict())
-        steppers = {}
-        for label, gen in gens.items():
-            gen.to(device)
-            svi = CompiledSVI(
-                gen.model, gen.guide, pyro.optim.Adam({"lr": 1e-3}), step_guard=label == "on"
-            )
-            for _ in range(20):  # the plain first step, the recording, warm-up
-                svi.step(x)
-            assert svi.compiled, svi.fallback_reason
-            steppers[label] = svi.step
+        steppers: dict[str, Callable[[], Any]] = {}
+        shared = device.type == "cpu"
+        first = make(f"guard_{kind}").to(device)
+        for label in ("on", "off"):
+            gen = first if shared or label == "on" else make(f"guard_off_{kind}").to(device)
+            if gen is not first:
+                gen.load_state_dict(first.state_dict())
+            svi = steppers.get("on").svi if shared and label == "off" else None  # type: ignore[union-attr]
+            if svi is None:
+                svi = CompiledSVI(gen.model, gen.guide, pyro.optim.Adam({"lr": 1e-3}),
+                                  step_guard=label == "on")  # fmt: skip
+                for _ in range(20):  # the plain first step, the recording, warm-up
+                    svi.step(x)
+                assert svi.compiled, svi.fallback_reason
+
+            def step(svi: CompiledSVI = svi, on: bool = label == "on", x: Any = x) -> Any:
+                svi.step_guard = on
+                return svi.step(x)
+
+            step.svi = svi  # type: ignore[attr-defined]
+            steppers[label] = step
         means: dict[str, list[float]] = {"on": [], "off": []}
-        for _ in range(rounds):
-            for label, step in steppers.items():
+        for r in range(rounds):
+            for label in ("on", "off") if r % 2 == 0 else ("off", "on"):
                 _sync(device)
                 t0 = time.perf_counter()
                 for _ in range(block):
-                    step(x)
+                    steppers[label]()
                 _sync(device)
                 means[label].append((time.perf_counter() - t0) / block)
         ratios = [a / b for a, b in zip(means["on"], means["off"])]
@@ -608,7 +619,12 @@ def main(argv: list[str] | None = None) -> None:
         )
     for device in devices:
         if args.guard_cost:
+            before = os.getloadavg()[0]
             rows = guard_cost(device, args.guard_cost, args.block)
+            load = (
+                f"load average (other jobs on the machine) {before:.1f} before, "
+                f"{os.getloadavg()[0]:.1f} after; on {os.cpu_count()} cores"
+            )
             text = guard_table(device, rows, args.guard_cost, args.block)
             print(text + "\n", flush=True)
             if not args.no_write:
@@ -616,7 +632,7 @@ def main(argv: list[str] | None = None) -> None:
                 write_results(
                     args.results,
                     f"guard:{device.type}",
-                    f"{title}\n\n" + "\n".join(header[:3]) + f"\n\n{text}",
+                    f"{title}\n\n" + "\n".join(header[:3]) + f"\n- {load}\n\n{text}",
                 )
             continue
         if args.epoch_overhead:

@@ -13,3 +13,13 @@ from pyro_gen.nn.time_embedding import SinusoidalTimeEmbedding, TimeMLP  # noqa:
 from pyro_gen.nn.unet import UNet  # noqa: E402
 
 __all__ += ["SinusoidalTimeEmbedding", "TimeMLP", "UNet"]
+
+# adversarial training: generators and discriminators
+from pyro_gen.nn.gan import (  # noqa: E402
+    DCGANDiscriminator,
+    DCGANGenerator,
+    MLPDiscriminator,
+    MLPGenerator,
+)
+
+__all__ += ["DCGANDiscriminator", "DCGANGenerator", "MLPDiscriminator", "MLPGenerator"]

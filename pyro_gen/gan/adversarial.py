@@ -1,0 +1,293 @@
+"""The adversarial loss object: a Pyro loss that owns its discriminator and trains it.
+
+An :class:`AdversarialLoss` is used where Pyro takes a loss: ``pyro_gen.infer.fit(...,
+loss=...)``, or ``pyro.infer.SVI(model, guide, optim, loss=...)``. It follows the idiom of
+:class:`pyro.infer.EnergyDistance`: the model's observed site is the data, and tracing the
+model with its observations removed (``poutine.uncondition``) gives generated examples of
+the same site. Each training call first takes ``n_critic`` optimizer steps on the
+discriminator (its own torch optimizer, never the Pyro param store), then returns the
+generator's loss, whose gradient reaches only the parameters the model registered with
+``pyro.module``: the Pyro optimizer of the training loop updates the generator alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from pyro import poutine
+from pyro.distributions.util import scale_and_mask
+from torch import nn
+from torch.nn import functional as F
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
+@dataclass
+class AdversarialBatch:
+    """One call's real and generated examples of the observed site.
+
+    Attributes:
+        site: name of the observed site.
+        real: the data, shape ``batch_shape + event_shape``.
+        fake: generated examples of the same shape.
+        context: what the discriminator is conditioned on (a one-hot label), or ``None``.
+        event_dim: number of event dimensions of the site.
+        scale: the site's plate scale (subsampling), applied to the generator's loss.
+        mask: the site's mask, or ``None``.
+    """
+
+    site: str
+    real: torch.Tensor
+    fake: torch.Tensor
+    context: torch.Tensor | None
+    event_dim: int
+    scale: Any = 1.0
+    mask: Any = None
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        return self.real.shape[: self.real.dim() - self.event_dim]
+
+
+def _last_layer(module: nn.Module) -> nn.Module:
+    leaves = [m for m in module.modules() if not list(m.children())]
+    return leaves[-1] if leaves else module
+
+
+class AdversarialLoss(nn.Module):
+    """Base class of the adversarial objectives: a Pyro loss object owning a discriminator.
+
+    Subclasses give :meth:`discriminator_loss` (mean over the batch, minimised by the
+    discriminator) and :meth:`generator_loss` (one value per example, minimised by the
+    generator). The discriminator's parameters and its optimizer's state are in this
+    module's ``state_dict`` (the optimizer's through ``get_extra_state``), so a checkpoint
+    of the loss, as :func:`pyro_gen.infer.fit` writes one, resumes adversarial training
+    exactly. The discriminator is never registered in Pyro's param store.
+
+    While the loss is in training mode and gradients are enabled, each call takes
+    ``n_critic`` discriminator steps on the batch (fresh generated examples each time)
+    before returning the generator's loss; in eval mode (``loss.eval()``) or under
+    ``torch.no_grad()`` it only evaluates. The generator's loss is summed over the data
+    plate (with the plate's scale), as Pyro's ELBO is, so ``fit``'s ``train_loss`` is a
+    value per example.
+
+    Conditional GANs pass labels as ``y=`` (the convention of the conditional VAE): the
+    discriminator gets them as its context, one-hot with ``discriminator.context_dim``
+    classes when they are integers.
+
+    Args:
+        discriminator: a module ``D(x)`` (or ``D(x, context)``) returning one unbounded
+            score per example (a logit, or a critic value); it must not end in a sigmoid.
+        optim: builds the discriminator's torch optimizer from its parameters, e.g.
+            ``functools.partial(torch.optim.Adam, lr=2e-4)``; default per loss.
+        n_critic: discriminator steps per generator step.
+        site: the observed site the discriminator judges; default the model's only one.
+    """
+
+    #: what a discriminator ending in a sigmoid is told
+    _sigmoid_message = (
+        "returns probabilities (it ends in a Sigmoid): the loss applies the sigmoid itself, "
+        "in a numerically stable way; remove the final Sigmoid so it returns logits"
+    )
+
+    def __init__(
+        self,
+        discriminator: nn.Module,
+        *,
+        optim: OptimizerFactory | None = None,
+        n_critic: int = 1,
+        site: str | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(discriminator, nn.Module):
+            raise TypeError(f"discriminator must be a torch.nn.Module, got {type(discriminator)}")
+        if isinstance(_last_layer(discriminator), nn.Sigmoid | nn.Softmax):
+            raise ValueError(f"the discriminator {self._sigmoid_message}")
+        if isinstance(n_critic, bool) or not isinstance(n_critic, int) or n_critic < 1:
+            raise ValueError(f"n_critic must be a positive whole number, got {n_critic!r}")
+        self.discriminator = discriminator
+        self.n_critic = n_critic
+        self.site = site
+        factory = optim if optim is not None else self.default_optim
+        self.optimizer = factory(discriminator.parameters())
+        self.last_discriminator_loss: torch.Tensor | None = None
+
+    # -- what each objective defines ----------------------------------------------------
+    @staticmethod
+    def default_optim(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+        """Adam with the DCGAN settings (learning rate 2e-4, beta1 0.5)."""
+        return torch.optim.Adam(params, lr=2e-4, betas=(0.5, 0.999))
+
+    def discriminator_loss(
+        self, real_score: torch.Tensor, fake_score: torch.Tensor
+    ) -> torch.Tensor:
+        """The discriminator's loss (a scalar, mean over examples)."""
+        raise NotImplementedError
+
+    def generator_loss(self, fake_score: torch.Tensor) -> torch.Tensor:
+        """The generator's loss, one value per generated example."""
+        raise NotImplementedError
+
+    def penalty(self, batch: AdversarialBatch) -> torch.Tensor | float:
+        """A regularizer added to the discriminator's loss (none by default)."""
+        return 0.0
+
+    def after_discriminator_step(self) -> None:
+        """Runs after each discriminator update (weight clipping, for one)."""
+
+    # -- the Pyro loss protocol ---------------------------------------------------------
+    def forward(self, model: Callable[..., Any], guide: Callable[..., Any], *args, **kwargs):
+        """Trains the discriminator (in training mode, with gradients enabled), then returns
+        the generator's loss as a differentiable scalar, as Pyro's ``EnergyDistance`` does."""
+        if self.training and torch.is_grad_enabled():
+            for _ in range(self.n_critic):
+                self.discriminator_step(model, guide, *args, **kwargs)
+        batch = self.batch(model, guide, *args, **kwargs)
+        flags = [p.requires_grad for p in self.discriminator.parameters()]
+        # The generator's gradient flows through the discriminator's input only.
+        self.discriminator.requires_grad_(False)
+        try:
+            fake_score = self.score(batch.fake, batch)
+        finally:
+            for p, flag in zip(self.discriminator.parameters(), flags):
+                p.requires_grad_(flag)
+        per_example = self.generator_loss(fake_score)
+        return scale_and_mask(per_example, batch.scale, batch.mask).sum()
+
+    def loss(self, model: Callable[..., Any], guide: Callable[..., Any], *args, **kwargs) -> float:
+        """The generator's loss on this batch, without training anything."""
+        with torch.no_grad():
+            return float(self(model, guide, *args, **kwargs))
+
+    def loss_and_grads(
+        self, model: Callable[..., Any], guide: Callable[..., Any], *args, **kwargs
+    ) -> float:
+        """Updates the discriminator ``n_critic`` times, then leaves the generator's gradient
+        on the parameters the model (and guide) registered, and returns its loss."""
+        value = self(model, guide, *args, **kwargs)
+        if value.requires_grad:
+            value.backward()
+        return float(value.detach())
+
+    # -- the pieces ---------------------------------------------------------------------
+    def discriminator_step(
+        self, model: Callable[..., Any], guide: Callable[..., Any], *args, **kwargs
+    ) -> torch.Tensor:
+        """One optimizer step of the discriminator on real data and fresh generated
+        examples; returns its loss before the step."""
+        with torch.no_grad():
+            batch = self.batch(model, guide, *args, **kwargs)
+        real_score = self.score(batch.real, batch)
+        fake_score = self.score(batch.fake, batch)
+        loss = self.discriminator_loss(real_score, fake_score) + self.penalty(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.after_discriminator_step()
+        self.last_discriminator_loss = loss.detach()
+        return self.last_discriminator_loss
+
+    def batch(
+        self, model: Callable[..., Any], guide: Callable[..., Any], *args, **kwargs
+    ) -> AdversarialBatch:
+        """Real and generated examples of the observed site for one call of the model.
+
+        The guide is traced, then the model is replayed against it with its observations
+        removed, so the observed site holds a generated example and keeps the data in
+        ``site["infer"]["obs"]``.
+        """
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        with poutine.trace() as tr, poutine.uncondition():
+            poutine.replay(model, trace=guide_trace)(*args, **kwargs)
+        observed = [
+            name
+            for name, site in tr.trace.nodes.items()
+            if site["type"] == "sample" and site["infer"].get("was_observed")
+        ]
+        name = self._pick_site(observed)
+        site = tr.trace.nodes[name]
+        real, fake = site["infer"]["obs"], site["value"]
+        event_dim = site["fn"].event_dim
+        if real.shape != fake.shape:
+            raise ValueError(
+                f"site {name!r}: the data have shape {tuple(real.shape)} but the model "
+                f"generates {tuple(fake.shape)}; they must match"
+            )
+        context = self._context(kwargs.get("y"))
+        return AdversarialBatch(name, real, fake, context, event_dim, site["scale"], site["mask"])
+
+    def _pick_site(self, observed: list[str]) -> str:
+        if self.site is not None:
+            if self.site not in observed:
+                raise ValueError(
+                    f"site={self.site!r} is not an observed site of the model (observed: "
+                    f"{observed}); call the model with data"
+                )
+            return self.site
+        if len(observed) == 1:
+            return observed[0]
+        if not observed:
+            raise ValueError(
+                "the model observes no site: an adversarial loss compares the data of an "
+                "observed site (obs=x) with generated examples; call the model with data"
+            )
+        raise ValueError(f"the model observes several sites {observed}: choose one with site=")
+
+    def _context(self, y: torch.Tensor | None) -> torch.Tensor | None:
+        context_dim = getattr(self.discriminator, "context_dim", None)
+        if y is None:
+            if context_dim:
+                raise ValueError(
+                    f"the discriminator is conditional (context_dim={context_dim}) but the "
+                    "model was called without labels: pass y=labels (in fit, the data as a "
+                    "dict {'x': ..., 'y': ...})"
+                )
+            return None
+        if context_dim == 0:
+            raise ValueError(
+                "labels y were given but the discriminator was built with context_dim=0: a "
+                "conditional GAN needs a conditional discriminator (context_dim=num_classes)"
+            )
+        if y.is_floating_point() or context_dim is None:
+            return y
+        return F.one_hot(y.long(), context_dim).to(torch.get_default_dtype())
+
+    def score(self, x: torch.Tensor, batch: AdversarialBatch) -> torch.Tensor:
+        """The discriminator's scores of ``x``, shape ``batch.batch_shape``."""
+        d = self.discriminator
+        expected = getattr(d, "event_shape", None)
+        event_shape = tuple(x.shape[x.dim() - batch.event_dim :])
+        if expected is not None and tuple(expected) != event_shape:
+            raise ValueError(
+                f"the discriminator takes examples of shape {tuple(expected)} but the model's "
+                f"site {batch.site!r} has event shape {event_shape}: build the discriminator "
+                "for the generator's output"
+            )
+        try:
+            out = d(x) if batch.context is None else d(x, batch.context.to(x))
+        except RuntimeError as e:  # a user's network with no event_shape to check first
+            raise ValueError(
+                f"the discriminator failed on site {batch.site!r} (examples of shape "
+                f"{event_shape}): {e}"
+            ) from e
+        shape = batch.batch_shape
+        if out.shape != shape:
+            if out.numel() != math.prod(shape):
+                raise ValueError(
+                    f"the discriminator must return one score per example (shape "
+                    f"{tuple(shape)}), got shape {tuple(out.shape)}"
+                )
+            out = out.reshape(shape)
+        return out
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def get_extra_state(self) -> dict[str, Any]:
+        # plain tensors, numbers, lists and dicts: weights_only checkpoints store them
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])

@@ -1,0 +1,180 @@
+"""A GAN generator as an ordinary Pyro model: an implicit model with a Delta-observed site."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+#: Name of the plate over examples.
+DATA_PLATE = "data"
+#: Name of the latent code's site.
+LATENT = "z"
+#: Name of the generated (observed) example's site.
+OBS = "x"
+
+
+class StandardNormal(nn.Module):
+    """The default latent prior :math:`\\mathcal{N}(0, I_d)`, as a module returning a
+    distribution (the same protocol as :class:`~pyro_gen.distributions.Flow`), whose
+    location and scale are buffers so it follows the generator's device.
+
+    Example:
+        >>> StandardNormal(3)().event_shape
+        torch.Size([3])
+    """
+
+    def __init__(self, latent_dim: int) -> None:
+        super().__init__()
+        self.register_buffer("loc", torch.zeros(latent_dim))
+        self.register_buffer("scale", torch.ones(latent_dim))
+
+    def forward(self, context: torch.Tensor | None = None) -> dist.Distribution:
+        return dist.Normal(self.loc, self.scale).to_event(1)
+
+
+class Generator(nn.Module):
+    """An implicit generative model :math:`z \\sim p(z),\\ x = G(z)` written as a Pyro model.
+
+    The generated example is the site ``"x"`` with distribution
+    ``Delta(G(z), event_dim=len(event_shape))`` under the plate ``"data"``, observed when
+    data are given. A Delta can be sampled but has no useful density, so this model is
+    trained by a likelihood-free objective: one of the adversarial losses of
+    :mod:`pyro_gen.gan`, or Pyro's :class:`~pyro.infer.EnergyDistance`. Being a Pyro
+    model, it works with :class:`~pyro.infer.Predictive`, ``poutine`` handlers and any
+    prior module on ``z`` (a :class:`~pyro_gen.distributions.Flow`, whose parameters then
+    train with the generator). The guide is empty: ``z`` is drawn from the prior.
+
+    Args:
+        net: the generator network ``net(z)`` (or ``net(z, context)`` when conditional)
+            returning examples of shape ``event_shape``, e.g.
+            :class:`~pyro_gen.nn.MLPGenerator`.
+        latent_dim: size of ``z``; default ``net.latent_dim``.
+        event_shape: shape of one example; default ``net.event_shape``.
+        prior: a module returning the distribution of ``z`` when called with
+            ``context=``; default standard Normal.
+        num_classes: if given, a conditional generator: ``model(x, y=labels)`` passes the
+            one-hot label (a float ``y`` is used as is) to the network.
+        name: prefix for the names under which the networks enter Pyro's param store.
+
+    References:
+        Goodfellow et al., Generative Adversarial Nets, arXiv:1406.2661.
+        Mirza & Osindero, Conditional Generative Adversarial Nets, arXiv:1411.1784.
+
+    Example:
+        >>> from pyro_gen.nn import MLPGenerator
+        >>> gen = Generator(MLPGenerator(4, (2,), hidden_dims=(16,)))
+        >>> trace = pyro.poutine.trace(gen.model).get_trace(torch.zeros(5, 2))
+        >>> type(trace.nodes["x"]["fn"]).__name__, trace.nodes["x"]["is_observed"]
+        ('Delta', True)
+        >>> gen.sample(3).shape
+        torch.Size([3, 2])
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        latent_dim: int | None = None,
+        event_shape: Sequence[int] | None = None,
+        *,
+        prior: nn.Module | None = None,
+        num_classes: int | None = None,
+        name: str = "",
+    ) -> None:
+        super().__init__()
+        latent_dim = latent_dim if latent_dim is not None else getattr(net, "latent_dim", None)
+        event_shape = event_shape if event_shape is not None else getattr(net, "event_shape", None)
+        if latent_dim is None or event_shape is None:
+            raise ValueError(
+                f"{type(net).__name__} has no latent_dim/event_shape attributes: pass "
+                "Generator(net, latent_dim=..., event_shape=...)"
+            )
+        self.net = net
+        self.latent_dim = int(latent_dim)
+        self.event_shape = tuple(int(s) for s in event_shape)
+        self.prior = prior if prior is not None else StandardNormal(self.latent_dim)
+        self.num_classes = num_classes
+        self.prefix = f"{name}." if name else ""
+
+    def context(self, y: torch.Tensor | None) -> torch.Tensor | None:
+        """The context passed to the networks for labels ``y``: one-hot for integer labels,
+        ``y`` itself when it is a float tensor, ``None`` for an unconditional generator.
+
+        Example:
+            >>> from pyro_gen.nn import MLPGenerator
+            >>> gen = Generator(MLPGenerator(2, (2,), (8,), context_dim=3), num_classes=3)
+            >>> gen.context(torch.tensor([2]))
+            tensor([[0., 0., 1.]])
+        """
+        if self.num_classes is None:
+            if y is not None:
+                raise ValueError("y was given but this generator is not conditional (num_classes)")
+            return None
+        if y is None:
+            raise ValueError(
+                "this conditional generator needs labels: call the model with y=labels (in fit, "
+                "pass the data as a dict {'x': images, 'y': labels})"
+            )
+        if y.is_floating_point():
+            return y
+        return F.one_hot(y.long(), self.num_classes).to(self.prior_dtype())
+
+    def prior_dtype(self) -> torch.dtype:
+        tensor = next(iter([*self.prior.buffers(), *self.prior.parameters()]), None)
+        return tensor.dtype if tensor is not None else torch.get_default_dtype()
+
+    def _check(self, x: torch.Tensor) -> None:
+        n = len(self.event_shape)
+        if x.dim() != n + 1 or tuple(x.shape[1:]) != self.event_shape:
+            raise ValueError(
+                f"site {OBS!r}: expected data of shape (batch, "
+                f"{', '.join(map(str, self.event_shape))}), got {tuple(x.shape)}"
+            )
+
+    def generate(self, z: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """:math:`G(z)`, the network's output for latent codes ``z``."""
+        return self.net(z) if context is None else self.net(z, context)
+
+    def model(
+        self,
+        x: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
+        num_samples: int | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """:math:`z \\sim p(z),\\ x = G(z)`; the site ``"x"`` is observed when ``x`` is given.
+
+        Extra keyword arguments are ignored, so the model takes what its guide takes.
+        """
+        pyro.module(self.prefix + "generator", self.net)
+        pyro.module(self.prefix + "prior", self.prior)
+        if x is not None:
+            self._check(x)
+            batch = x.shape[0]
+        elif y is not None:
+            batch = y.shape[0]
+        else:
+            batch = num_samples or 1
+        context = self.context(y)
+        with pyro.plate(DATA_PLATE, batch):
+            z = pyro.sample(LATENT, self.prior(context=context))
+            value = self.generate(z, context)
+            return pyro.sample(OBS, dist.Delta(value, event_dim=len(self.event_shape)), obs=x)
+
+    def guide(self, *args: Any, **kwargs: Any) -> None:
+        """The empty guide: ``z`` comes from the prior."""
+
+    @torch.no_grad()
+    def sample(self, num_samples: int, y: torch.Tensor | None = None) -> torch.Tensor:
+        """``num_samples`` generated examples, shape ``(num_samples, *event_shape)``."""
+        context = self.context(y)
+        if context is not None and context.shape[0] != num_samples:
+            raise ValueError(f"y must hold one label per sample ({num_samples})")
+        prior = self.prior(context=context)
+        z = prior.sample((num_samples,) if prior.batch_shape == () else ())
+        return self.generate(z, context)

@@ -1,0 +1,260 @@
+"""Generator and discriminator networks for adversarial training (no probability here).
+
+Two sizes: fully connected networks for vector data (the 2D toys) and DCGAN-style
+convolutional networks for 28x28 images, small enough to train on a CPU. Every network
+records the shapes it works on (``event_shape``, and ``latent_dim`` for generators), which
+the adversarial losses read to refuse a discriminator that does not fit the generator.
+A conditional network (``context_dim > 0``) takes a context vector, such as a one-hot
+label, as its second argument.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
+
+from pyro_gen.nn.mlp import MLP, broadcast_context
+
+
+def _event_shape(shape: int | Sequence[int]) -> tuple[int, ...]:
+    return (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
+
+
+def _check_input(x: torch.Tensor, event_shape: tuple[int, ...], name: str) -> None:
+    n = len(event_shape)
+    if x.dim() < n or tuple(x.shape[x.dim() - n :]) != event_shape:
+        raise ValueError(
+            f"{name} takes inputs of event shape {event_shape}, got a tensor of shape "
+            f"{tuple(x.shape)}"
+        )
+
+
+def _check_context(context: torch.Tensor | None, context_dim: int, name: str) -> None:
+    if context_dim and context is None:
+        raise ValueError(
+            f"this {name} is conditional (context_dim={context_dim}): pass a context, e.g. "
+            "a one-hot label"
+        )
+    if not context_dim and context is not None:
+        raise ValueError(f"a context was given to this {name}, built with context_dim=0")
+
+
+class MLPGenerator(nn.Module):
+    """Fully connected generator :math:`G: \\mathbb{R}^{d_z} \\to \\mathbb{R}^{\\text{event}}`.
+
+    Args:
+        latent_dim: size of the latent code ``z``.
+        event_shape: shape of one generated example, e.g. ``(2,)``.
+        hidden_dims: widths of the hidden layers.
+        context_dim: size of an optional context vector concatenated to ``z``.
+        activation: activation module class of the hidden layers.
+
+    Example:
+        >>> g = MLPGenerator(4, (2,), hidden_dims=(16,))
+        >>> g(torch.randn(5, 4)).shape
+        torch.Size([5, 2])
+    """
+
+    def __init__(
+        self,
+        latent_dim: int,
+        event_shape: int | Sequence[int],
+        hidden_dims: Sequence[int] = (128, 128),
+        *,
+        context_dim: int = 0,
+        activation: type[nn.Module] = nn.ReLU,
+    ) -> None:
+        super().__init__()
+        self.latent_dim, self.context_dim = latent_dim, context_dim
+        self.event_shape = _event_shape(event_shape)
+        out = math.prod(self.event_shape)
+        self.net = MLP(latent_dim, hidden_dims, out, activation, context_dim=context_dim)
+
+    def forward(self, z: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        _check_context(context, self.context_dim, "generator")
+        return self.net(z, context).unflatten(-1, self.event_shape)
+
+
+class MLPDiscriminator(nn.Module):
+    """Fully connected discriminator (or critic): one unbounded score per example.
+
+    The output is a logit (or a Wasserstein critic value), never a probability: the
+    adversarial losses apply the sigmoid themselves where they need one.
+
+    Args:
+        event_shape: shape of one example.
+        hidden_dims: widths of the hidden layers.
+        context_dim: size of an optional context vector concatenated to the input.
+        activation: activation module class; LeakyReLU(0.2) as in DCGAN.
+
+    Example:
+        >>> d = MLPDiscriminator((2,), hidden_dims=(16,))
+        >>> d(torch.randn(5, 2)).shape
+        torch.Size([5])
+    """
+
+    def __init__(
+        self,
+        event_shape: int | Sequence[int],
+        hidden_dims: Sequence[int] = (128, 128),
+        *,
+        context_dim: int = 0,
+        activation: type[nn.Module] | None = None,
+    ) -> None:
+        super().__init__()
+        self.event_shape = _event_shape(event_shape)
+        self.context_dim = context_dim
+        act = activation if activation is not None else _LeakyReLU
+        self.net = MLP(math.prod(self.event_shape), hidden_dims, 1, act, context_dim=context_dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        _check_input(x, self.event_shape, "this discriminator")
+        _check_context(context, self.context_dim, "discriminator")
+        h = x.flatten(x.dim() - len(self.event_shape)) if self.event_shape else x[..., None]
+        return self.net(h, context).squeeze(-1)
+
+
+class _LeakyReLU(nn.LeakyReLU):
+    def __init__(self) -> None:
+        super().__init__(0.2)
+
+
+def _image_shape(event_shape: Sequence[int]) -> tuple[int, int, int]:
+    shape = _event_shape(event_shape)
+    if len(shape) == 2:
+        shape = (1, *shape)
+    if len(shape) != 3 or shape[1:] != (28, 28):
+        raise ValueError(
+            f"the DCGAN networks are sized for 28x28 images: event_shape (28, 28) or "
+            f"(channels, 28, 28), got {tuple(event_shape)}"
+        )
+    return shape  # type: ignore[return-value]
+
+
+class DCGANGenerator(nn.Module):
+    """DCGAN-style generator for 28x28 images (Radford et al.).
+
+    ``z`` (with the context appended) goes through a linear layer to a 7x7 feature map,
+    then two stride-2 transposed convolutions (with batch norm and ReLU between) to 28x28.
+    The output passes through a sigmoid (pixels in [0, 1], as pyro_gen's image datasets)
+    or a tanh (pixels in [-1, 1]).
+
+    Args:
+        latent_dim: size of ``z``.
+        event_shape: ``(28, 28)`` or ``(channels, 28, 28)``.
+        width: channels of the 14x14 layer (the 7x7 layer has twice as many).
+        context_dim: size of an optional context vector (a one-hot label).
+        output: ``"sigmoid"`` or ``"tanh"``.
+
+    References:
+        Radford, Metz & Chintala, Unsupervised Representation Learning with Deep
+        Convolutional Generative Adversarial Networks, arXiv:1511.06434.
+
+    Example:
+        >>> g = DCGANGenerator(8, width=4)
+        >>> g(torch.randn(3, 8)).shape
+        torch.Size([3, 28, 28])
+    """
+
+    def __init__(
+        self,
+        latent_dim: int,
+        event_shape: Sequence[int] = (28, 28),
+        width: int = 32,
+        *,
+        context_dim: int = 0,
+        output: str = "sigmoid",
+    ) -> None:
+        super().__init__()
+        if output not in ("sigmoid", "tanh"):
+            raise ValueError(f"output must be 'sigmoid' or 'tanh', got {output!r}")
+        self.latent_dim, self.context_dim = latent_dim, context_dim
+        self.event_shape = _event_shape(event_shape)
+        channels = _image_shape(event_shape)[0]
+        self.fc = nn.Sequential(
+            nn.Linear(latent_dim + context_dim, 2 * width * 49),
+            nn.BatchNorm1d(2 * width * 49),
+            nn.ReLU(),
+        )
+        self.conv = nn.Sequential(
+            nn.ConvTranspose2d(2 * width, width, 4, 2, 1),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.ConvTranspose2d(width, channels, 4, 2, 1),
+            nn.Sigmoid() if output == "sigmoid" else nn.Tanh(),
+        )
+        self.width = width
+
+    def forward(self, z: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        _check_context(context, self.context_dim, "generator")
+        if context is not None:
+            context = broadcast_context(z, context, 1)
+            z = torch.cat([z.expand(context.shape[:-1] + z.shape[-1:]), context], -1)
+        batch = z.shape[:-1]
+        h = self.fc(z.reshape(-1, z.shape[-1])).unflatten(-1, (2 * self.width, 7, 7))
+        return self.conv(h).reshape(*batch, *self.event_shape)
+
+
+class DCGANDiscriminator(nn.Module):
+    """DCGAN-style discriminator (or critic) for 28x28 images: one unbounded score each.
+
+    Two stride-2 convolutions with LeakyReLU(0.2) down to 7x7, then a linear layer. No
+    batch norm: it would couple the examples of a batch, which the gradient penalty
+    (defined per example) forbids. A context (one-hot label) enters as constant extra
+    input channels. With ``spectral_norm=True`` every layer's weight is divided by its
+    largest singular value (Miyato et al.), bounding the network's Lipschitz constant.
+
+    Args:
+        event_shape: ``(28, 28)`` or ``(channels, 28, 28)``.
+        width: channels of the first convolution (the second has twice as many).
+        context_dim: size of an optional context vector.
+        spectral_norm: apply spectral normalization to every layer.
+
+    References:
+        Radford, Metz & Chintala, arXiv:1511.06434. Miyato, Kataoka, Koyama & Yoshida,
+        Spectral Normalization for Generative Adversarial Networks, arXiv:1802.05957.
+
+    Example:
+        >>> d = DCGANDiscriminator(width=4, spectral_norm=True)
+        >>> d(torch.rand(3, 28, 28)).shape
+        torch.Size([3])
+    """
+
+    def __init__(
+        self,
+        event_shape: Sequence[int] = (28, 28),
+        width: int = 32,
+        *,
+        context_dim: int = 0,
+        spectral_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        self.event_shape = _event_shape(event_shape)
+        self.image_shape = _image_shape(event_shape)
+        self.context_dim = context_dim
+
+        def sn(layer: nn.Module) -> nn.Module:
+            return _spectral_norm(layer) if spectral_norm else layer
+
+        self.net = nn.Sequential(
+            sn(nn.Conv2d(self.image_shape[0] + context_dim, width, 4, 2, 1)),
+            nn.LeakyReLU(0.2),
+            sn(nn.Conv2d(width, 2 * width, 4, 2, 1)),
+            nn.LeakyReLU(0.2),
+            nn.Flatten(),
+            sn(nn.Linear(2 * width * 49, 1)),
+        )
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        _check_input(x, self.event_shape, "this discriminator")
+        _check_context(context, self.context_dim, "discriminator")
+        batch = x.shape[: x.dim() - len(self.event_shape)]
+        h = x.reshape(-1, *self.image_shape)
+        if context is not None:
+            c = context.expand(*batch, self.context_dim).reshape(-1, self.context_dim)
+            h = torch.cat([h, c[:, :, None, None].expand(-1, -1, 28, 28).to(h)], 1)
+        return self.net(h).reshape(batch)

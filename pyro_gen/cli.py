@@ -284,15 +284,16 @@ def _train(args: argparse.Namespace) -> None:
         raise UsageError(f"{args.model} models images; pick one of {', '.join(IMAGE_DATA)}")
     given = requested_settings(args, spec)
     device = _device(args.device)
-    out = _run_directory(args.out or Path("runs") / f"{args.model}-{args.data}")
+    out = args.out or Path("runs") / f"{args.model}-{args.data}"
+    if not out.exists():  # refuse what cannot apply before creating anything
+        _check_applicable(args, given, None, out)
+    out = _run_directory(out)
     with _locked(out):
         probe_writable(out, "the run's files")
         for name in RUN_FILES:  # refused now, not after the data are loaded
             refuse_symlink(out / name)
         previous = read_config(out) if (out / CONFIG_NAME).exists() else None
-        recorded = previous["options"] if previous is not None else OPTION_DEFAULTS
-        if "k" in given and given.get("objective", recorded.get("objective")) != "iwae":
-            raise UsageError("--k applies only with --objective iwae; drop it")
+        _check_applicable(args, given, previous, out)
         if previous is not None:
             config = resumed_config(args, out, given, previous)
             if (out / CHECKPOINT_NAME).exists():
@@ -303,11 +304,19 @@ def _train(args: argparse.Namespace) -> None:
                     f"{out} has a {CHECKPOINT_NAME} but no {CONFIG_NAME}: it is not a complete "
                     "pyro-gen run; choose a fresh --out"
                 )
-            if args.override:
-                raise UsageError(f"--override applies when resuming; {out} holds no run yet")
             config = new_config(args, spec, given)
-        options = config["options"]
-        _train_run(args, spec, config, options, out, device)
+        _train_run(args, spec, config, config["options"], out, device)
+
+
+def _check_applicable(
+    args: argparse.Namespace, given: dict[str, Any], previous: dict[str, Any] | None, out: Path
+) -> None:
+    """Refuses options that mean nothing for this run: new (``previous`` None) or resumed."""
+    recorded = previous["options"] if previous is not None else OPTION_DEFAULTS
+    if "k" in given and given.get("objective", recorded.get("objective")) != "iwae":
+        raise UsageError("--k applies only with --objective iwae; drop it")
+    if args.override and previous is None:
+        raise UsageError(f"--override applies when resuming; {out} holds no run yet")
 
 
 @contextlib.contextmanager

@@ -28,6 +28,7 @@ class Case:
     args: list[str]
     expect: tuple[str, ...]
     setup: Callable[[Path, Path], None] | None = None
+    creates_nothing: bool = False  # a refused fresh run leaves no directory behind
 
 
 def _write(name: str, text: str) -> Callable[[Path, Path], None]:
@@ -75,10 +76,12 @@ CASES: dict[str, Case] = {
     "schedule_on_realnvp": Case(
         ["train", "realnvp", "--data", "moons", "--schedule", "cosine", "--out", "{tmp}/r"],
         ("--schedule is not an option of realnvp", "ddpm"),
+        creates_nothing=True,
     ),
     "z_dim_on_ddpm": Case(
         ["train", "ddpm", "--data", "moons", "--z-dim", "3", "--out", "{tmp}/r"],
         ("--z-dim is not an option of ddpm",),
+        creates_nothing=True,
     ),
     "k_without_iwae": Case([*TRAIN, "--k", "5"], ("--k applies only with --objective iwae",)),
     "toy_samples_on_images": Case([*TRAIN, "--toy-samples", "9"], ("--toy-samples",)),
@@ -176,6 +179,12 @@ CASES: dict[str, Case] = {
     "override_on_a_fresh_run": Case(
         ["train", "vae", "--data", "digits", "--override", "lr", "--out", "{tmp}/fresh"],
         ("--override applies when resuming",),
+        creates_nothing=True,
+    ),
+    "k_without_iwae_on_a_fresh_run": Case(
+        ["train", "vae", "--data", "digits", "--k", "5", "--out", "{tmp}/fresh"],
+        ("--k applies only with --objective iwae",),
+        creates_nothing=True,
     ),
     # Divergence: the learning rate is the likely cause, and the message says so.
     "loss_becomes_nan": Case(
@@ -226,6 +235,8 @@ def test_bad_input_is_one_line_and_keeps_the_run(name, tmp_path, capsys, monkeyp
     assert _snapshot(run) == before  # nothing in the run was changed or added
     if victim is not None:
         assert (scratch / "victim").read_bytes() == victim  # the symlink was not followed
+    if case.creates_nothing:
+        assert sorted(p.name for p in scratch.iterdir()) == ([] if victim is None else ["victim"])
 
 
 def test_debug_shows_the_traceback(tmp_path, capsys):

@@ -85,6 +85,11 @@ class AutoAmortizedNormal(AutoGuide):
     opens every plate itself, a hand-written part there enters ``guide_list.plates[...]``
     instead of opening the same plate again (which Pyro would record twice).
 
+    **Masks.** A local site that the model masks (``poutine.mask``, e.g. the padded steps of
+    sequences) is masked alike here, since a guide that scored it would add its entropy to
+    the ELBO unopposed; the masks of each call are read by one extra run of the model (with
+    gradients off), which models without masked local sites do not pay.
+
     The latent sites are those of the first call: a model whose site set changes with the
     batch (sequences of varying length) needs its own guide or a fixed (padded) length.
 
@@ -151,6 +156,7 @@ class AutoAmortizedNormal(AutoGuide):
         self._input_keys: list[int | str] = []
         self._index_inputs = False
         self._signature: inspect.Signature | bool | None = None
+        self._masked_sites: list[str] = []
 
     # -- the model's arguments ---------------------------------------------------------
     def _arguments(self, args: tuple, kwargs: dict) -> dict[int | str, Any]:
@@ -335,6 +341,7 @@ class AutoAmortizedNormal(AutoGuide):
                 frames=[f for f in site["cond_indep_stack"] if f.name != frame.name],
             )
         self.local_sites = local
+        self._masked_sites = [n for n in local if trace.nodes[n]["mask"] is not None]
 
         x = self._rows(args, kwargs)
         total = sum(s["numel"] for s in local.values())
@@ -419,6 +426,22 @@ class AutoAmortizedNormal(AutoGuide):
                 f.name, rows if full == f.size else full, subsample=indices, dim=f.dim
             )
 
+    @torch.no_grad()
+    def _site_masks(self, data_plate: pyro.plate, args: tuple, kwargs: dict) -> dict[str, Any]:
+        """The model's masks of the local sites for this call (e.g. padded steps of
+        sequences): a guide that scored a site the model masks out would add that site's
+        entropy to the ELBO unopposed. Read by one blocked run of the model."""
+        if self.model is None:
+            raise RuntimeError(
+                "this AutoAmortizedNormal has lost its model (Pyro autoguides drop it when "
+                "pickled) and needs it to read the model's masks: set guide._model = (model,)"
+            )
+        model = self.model
+        if self._index_inputs:  # the model's plate must pick the rows this guide encodes
+            model = poutine.condition(model, data={self.plate_name: data_plate.indices})
+        trace = poutine.block(poutine.trace(model).get_trace)(*args, **kwargs)
+        return {name: trace.nodes[name]["mask"] for name in self._masked_sites}
+
     # -- guide ---------------------------------------------------------------------------
     def _local_params(self, x: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         if x.shape[-1] != self.net[0].in_features:
@@ -451,7 +474,9 @@ class AutoAmortizedNormal(AutoGuide):
         if self.global_guide is not None:
             result.update(self.global_guide(*args, **kwargs))
         rows = self._rows(args, kwargs)
-        with self._data_plate(plates, rows.shape[0], rows.device) as indices:
+        data_plate = self._data_plate(plates, rows.shape[0], rows.device)
+        masks = self._site_masks(data_plate, args, kwargs) if self._masked_sites else {}
+        with data_plate as indices:
             x = rows[indices] if self._index_inputs else rows
             params = self._local_params(x)
             for name, s in self.local_sites.items():
@@ -459,6 +484,8 @@ class AutoAmortizedNormal(AutoGuide):
                 with ExitStack() as stack:
                     for f in s["frames"]:
                         stack.enter_context(plates[f.name])
+                    if name in masks:
+                        stack.enter_context(poutine.mask(mask=masks[name]))
                     base = dist.Normal(loc, scale).to_event(s["u_event_dim"])
                     transform = biject_to(s["support"])
                     if _is_identity(transform):

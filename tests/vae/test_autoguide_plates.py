@@ -153,3 +153,24 @@ def test_any_plate_name_and_the_data_plate_found_by_size():
     chosen = AutoAmortizedNormal(named, plate_name="components", input_fn=lambda x: x[:3, None])
     chosen(x)
     assert set(chosen.local_sites) == {"w"}
+
+
+@pytest.mark.parametrize("subsample", [False, True])
+def test_sites_the_model_masks_are_masked_alike(subsample):
+    """Padded entries are masked out of the model; the guide masks them too (row by row,
+    for the rows the model's plate picks), so its entropy there does not enter the ELBO."""
+    x_full, keep_full = torch.randn(N, 3), torch.rand(N, 3) < 0.6
+
+    def padded(x, keep):
+        size = B if subsample else None
+        with pyro.plate("data", x.shape[0], subsample_size=size, dim=-2) as i:  # noqa: SIM117
+            with poutine.mask(mask=keep[i]):
+                z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([3]))
+                pyro.sample("x", dist.Normal(z, 1.0), obs=x[i])
+
+    guide = AutoAmortizedNormal(padded, hidden_dims=(4,))
+    guide_tr = poutine.trace(guide).get_trace(x_full, keep_full)
+    rows = guide_tr.nodes["data"]["value"] if subsample else torch.arange(N)
+    assert torch.equal(guide_tr.nodes["z"]["mask"], keep_full[rows])
+    guide_tr.compute_log_prob()
+    assert torch.equal(guide_tr.nodes["z"]["log_prob"] == 0, ~keep_full[rows])

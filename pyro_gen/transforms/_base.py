@@ -169,7 +169,10 @@ class FlowTransformModule(TransformModule):
     # ``with_cache`` made (e.g. the parts of ``ComposeTransformModule(..., cache_size=1)``)
     @property
     def training(self) -> bool:  # type: ignore[override]
-        return self.__dict__["_mode"].training
+        mode = self.__dict__.get("_mode")
+        if mode is None:  # unpickled from a version that kept a plain attribute
+            mode = self.__dict__["_mode"] = _Mode(self.__dict__.pop("training", True))
+        return mode.training
 
     @training.setter
     def training(self, value: bool) -> None:

@@ -25,6 +25,20 @@ class GuideSlot(nn.Module):
     the submodule ``custom_guide``, so its weights are in ``state_dict()`` and move with
     ``.to(device)``. ``module.guide = None`` restores the built-in guide. Without this
     slot the assignment would be silently shadowed by the ``guide`` method.
+
+    Example:
+        >>> import pyro
+        >>> from pyro_gen.vae import VAE
+        >>> vae = VAE((4, 4), z_dim=2, hidden_dim=8)
+        >>> def my_guide(x, y=None):
+        ...     with pyro.plate("data", x.shape[0]):
+        ...         pyro.sample("z", pyro.distributions.Normal(0.0, 1.0).expand([2]).to_event(1))
+        >>> vae.guide = my_guide
+        >>> vae.guide is my_guide
+        True
+        >>> vae.guide = None
+        >>> vae.guide == vae.default_guide
+        True
     """
 
     custom_guide: Callable[..., Any] | None

@@ -24,6 +24,14 @@ class Posterior(nn.Module):
     """Base class of posterior families: ``forward(x, context=None, **kwargs)`` returns the
     distribution of the latent for the batch ``x`` (batch shape ``(B,)``); the VAE's guide
     samples it. Passing one as a VAE's ``guide=`` is refused with a pointer to ``posterior=``.
+
+    Example:
+        >>> class Fixed(Posterior):
+        ...     def forward(self, x, context=None, **kwargs):
+        ...         return dist.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(1)
+        >>> from pyro_gen.vae import VAE
+        >>> VAE((4, 4), z_dim=2, hidden_dim=8, posterior=Fixed()).posterior(torch.rand(3, 4, 4))
+        Independent(Normal(loc: torch.Size([3, 2]), scale: torch.Size([3, 2])), 1)
     """
 
     def forward(

@@ -9,7 +9,9 @@ transform's own sample costs no inverse; 0 for the cheap ones) and implements
 ``with_cache``, so ``ComposeTransformModule(..., cache_size=1)``,
 ``ConditionalComposeTransformModule`` and ``pyro.infer.reparam.UnitJacobianReparam`` take
 them; domains and codomains are where the map and its inverse are defined; modules pickle
-after ``pyro.module`` (``tests/transforms/test_registry.py::test_pyro_contract``). Pyro transforms we reuse rather than rewrite (they are in the registry test,
+after ``pyro.module`` (``tests/transforms/test_registry.py::test_pyro_contract``).
+
+Pyro transforms we reuse rather than rewrite (they are in the registry test,
 ``tests/transforms/registry.py``): ``AffineAutoregressive`` (affine IAF), ``Spline``,
 ``SplineCoupling``, ``Planar``, ``Radial``, ``Householder``; import them from
 ``pyro.distributions.transforms``. Pyro's ``Sylvester`` is registered as a known bug: its

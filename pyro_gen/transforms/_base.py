@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -59,6 +60,13 @@ def parameters_of(module: torch.nn.Module) -> list[torch.Tensor]:
         if child is not None:
             out += parameters_of(child)
     return out
+
+
+def partial_module(fn: object) -> tuple[torch.nn.Module, ...]:
+    """``(module,)`` when ``fn`` is a ``functools.partial`` of a module, else ``()``."""
+    if isinstance(fn, functools.partial) and isinstance(fn.func, torch.nn.Module):
+        return (fn.func,)
+    return ()
 
 
 def drop_pyro_weakrefs(module: torch.nn.Module) -> None:
@@ -148,6 +156,10 @@ class FlowTransformModule(TransformModule):
     #: direction used to recompute log|det J| on a cache miss ("forward" or "inverse");
     #: autoregressive transforms pick their one-pass direction.
     _ladj_direction = "forward"
+    #: modules whose parameters the map uses without owning them (the network of a
+    #: conditional transform, held in a ``functools.partial`` with the context): their
+    #: versions are part of the cache stamp too
+    _conditioner_modules: tuple[torch.nn.Module, ...] = ()
 
     def __init__(
         self,
@@ -258,6 +270,8 @@ class FlowTransformModule(TransformModule):
         # guards both; the parameter walk happens here, once per real computation.
         cache = self._ladj_cache
         cache.params = parameters_of(self)
+        for module in self._conditioner_modules:
+            cache.params += parameters_of(module)
         cache.x, cache.y, cache.ladj = x, y, ladj
         cache.stamp = parameter_stamp(cache.params)
         if self._cache_size == 1:

@@ -27,7 +27,7 @@ from pyro.distributions.conditional import ConditionalTransformModule
 from torch import nn
 
 from pyro_gen.nn.made import MADE
-from pyro_gen.transforms._base import FlowTransformModule, PicklableModule
+from pyro_gen.transforms._base import FlowTransformModule, PicklableModule, partial_module
 from pyro_gen.transforms.elementwise import Additive, Affine, ElementwiseBijection
 
 
@@ -53,6 +53,7 @@ class _Autoregressive(FlowTransformModule):
         super().__init__((input_dim,), cache_size=cache_size)
         self.made = made
         self.elementwise = elementwise
+        self._conditioner_modules = partial_module(made)
 
     def _params(self, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
         theta = self.made(v)

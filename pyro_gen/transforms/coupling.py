@@ -12,7 +12,12 @@ from torch import nn
 
 from pyro_gen.nn.mlp import MLP
 from pyro_gen.nn.resnet import ResNetConv
-from pyro_gen.transforms._base import FlowTransformModule, PicklableModule, as_event_shape
+from pyro_gen.transforms._base import (
+    FlowTransformModule,
+    PicklableModule,
+    as_event_shape,
+    partial_module,
+)
 from pyro_gen.transforms.elementwise import Additive, Affine, ElementwiseBijection
 from pyro_gen.transforms.masks import alternating_mask, channel_mask, checkerboard_mask, half_mask
 
@@ -112,6 +117,7 @@ class Coupling(FlowTransformModule):
         layout = _Layout(mask) if _layout is None else _layout
         self.register_buffer("mask", mask)
         self.conditioner = conditioner  # registered as submodule when it is a Module
+        self._conditioner_modules = partial_module(conditioner)
         self.elementwise = elementwise
         self.split = layout.split
         if not self.split:

@@ -165,3 +165,22 @@ def test_iaf_scores_its_own_samples_in_one_pass() -> None:
     assert counter.calls == 1
     q.log_prob(z.clone())  # any other point: the D-pass inverse
     assert counter.calls == 1 + d
+
+
+def test_conditioned_transform_kept_across_a_step_is_not_stale() -> None:
+    # condition(context) holds the network in a functools.partial, not as a submodule; its
+    # parameters still guard the cache
+    for t in (
+        T.conditional_inverse_autoregressive(3, 2, [8]),
+        T.conditional_affine_coupling(3, 2, hidden_dims=[8]),
+    ):
+        ct = t.condition(torch.randn(2))
+        y = torch.randn(4, 3)
+        x = ct.inv(y)
+        with torch.no_grad():
+            for p in t.parameters():
+                p.add_(0.1)
+        x_new = ct.inv(y)
+        assert x_new is not x
+        torch.testing.assert_close(ct(x_new), y, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(x_new, x)

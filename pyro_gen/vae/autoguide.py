@@ -195,7 +195,8 @@ class AutoAmortizedNormal(AutoGuide):
                 f"input_fn=lambda *args, **kwargs: (rows, features) tensor to choose"
             )
         parts = [arguments[k] for k in self._input_keys]
-        return torch.cat([p.reshape(p.shape[0], -1).to(parts[0].dtype) for p in parts], -1)
+        flat = [p.reshape(p.shape[0], -1).to(parts[0].dtype) for p in parts]
+        return flat[0] if len(flat) == 1 else torch.cat(flat, -1)  # no copy for one input
 
     def _sized_arguments(self, sizes: Iterable[int], args: tuple, kwargs: dict) -> list:
         """Floating-point tensor arguments with one row per example (indices and integer

@@ -108,6 +108,23 @@ def test_a_crafted_checkpoint_never_runs(entry, kind, tmp_path, capsys):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("name", ["config.json", "metrics.jsonl"])
+def test_a_crafted_pickle_in_the_other_run_files_never_runs(name, kind, tmp_path, capsys):
+    run = trained_run(tmp_path)
+    marker = tmp_path / "marker"
+    (run / name).write_bytes(_crafted(kind, str(marker)))
+    for args in (["evaluate", run, "--k", "2"], ["sample", run, "-n", "2"],
+                 ["train", "vae", "--data", "digits", "--epochs", "2", "--out", run,
+                  "--no-progress"]):  # fmt: skip
+        status, _, err = cli(capsys, *args)
+        if name == "config.json":
+            assert_one_line_error(status, err, "config.json is not valid JSON")
+        else:  # metrics are only ever written: fit rewrites them from the checkpoint
+            assert status == 0, err
+    assert not marker.exists()
+
+
 def _checkpoint(tmp_path):
     net = torch.nn.Linear(3, 2)
     path = tmp_path / "checkpoint.pt"

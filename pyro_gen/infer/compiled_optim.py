@@ -4,7 +4,9 @@ on-device guard that skips an update with a non-finite loss or gradient."""
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -177,18 +179,22 @@ def skipped_loss(loss: torch.Tensor) -> torch.Tensor:
 _AMP_CHECK = torch.ops.aten._amp_foreach_non_finite_check_and_unscale_.default
 
 
-@torch.jit.script
-def _scripted_check(
-    tensors: list[torch.Tensor], found: torch.Tensor, inv: torch.Tensor
-) -> torch.Tensor:
+def _check(tensors: list[torch.Tensor], found: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
     torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, inv)
     return found  # the tracer records a call only for a tensor result
+
+
+@functools.cache
+def _scripted_check() -> Any:
+    with warnings.catch_warnings():  # TorchScript is deprecated, but it is what "jit" runs on
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.script(_check)
 
 
 def _check_through_script(
     tensors: list[torch.Tensor], found: torch.Tensor, inv: torch.Tensor
 ) -> torch.Tensor:
-    return _scripted_check(tensors, found, inv)
+    return _scripted_check()(tensors, found, inv)
 
 
 @contextmanager

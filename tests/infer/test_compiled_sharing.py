@@ -20,14 +20,25 @@ def _float64():
     torch.set_default_dtype(old)
 
 
-def train(loops: str, steps: int = 6):
+OPTIMIZERS = {
+    "adam": lambda: pyro.optim.Adam({"lr": 0.05}),  # fused in CompiledSVI
+    "clipped_adam": lambda: pyro.optim.ClippedAdam({"lr": 0.05}),
+    "adam_clip_args": lambda: pyro.optim.Adam({"lr": 0.05}, {"clip_norm": 1.0}),
+    "scheduled_sgd": lambda: pyro.optim.ExponentialLR(
+        {"optimizer": torch.optim.SGD, "optim_args": {"lr": 0.05}, "gamma": 0.9}
+    ),
+}
+
+
+def train(loops: str, optimizer: str = "adam", steps: int = 6):
     """Parameters and optimizer state after ``steps`` steps that take turns over the loops
-    named in ``loops`` ("S": Pyro's SVI, "C"/"D": two CompiledSVI), one Adam, one seed."""
+    named in ``loops`` ("S": Pyro's SVI, "C"/"D": two CompiledSVI), one optimizer, one
+    seed."""
     from pyro_gen.infer.compiled import CompiledSVI
 
     pyro.clear_param_store()
     gen, x = make("vae")
-    optim = pyro.optim.Adam({"lr": 0.05})
+    optim = OPTIMIZERS[optimizer]()
     steppers = {
         "S": SVI(gen.model, gen.guide, optim, Trace_ELBO()),
         "C": CompiledSVI(gen.model, gen.guide, optim, backend="fx"),
@@ -42,13 +53,19 @@ def train(loops: str, steps: int = 6):
     return params, optim.get_state()
 
 
-@pytest.mark.parametrize("loops", ["SC", "CS", "SCC", "CD", "CDS"])
-def test_loops_sharing_one_optimizer_follow_plain_svi(loops):
-    ref_params, ref_state = train("S")
-    params, state = train(loops)
+@pytest.mark.parametrize(
+    "loops, optimizer",
+    [("SC", "adam"), ("CS", "adam"), ("SCC", "adam"), ("CDS", "adam")]
+    + [("SC", name) for name in OPTIMIZERS if name != "adam"],
+)
+def test_loops_sharing_one_optimizer_follow_plain_svi(loops, optimizer):
+    ref_params, ref_state = train("S", optimizer)
+    params, state = train(loops, optimizer)
     for name in ref_params:
         torch.testing.assert_close(params[name], ref_params[name], rtol=RTOL, atol=1e-8)
     for name in ref_state:
+        if optimizer == "scheduled_sgd":  # plain SGD keeps no state to compare
+            continue
         got, want = state[name]["state"][0], ref_state[name]["state"][0]
         assert float(got["step"]) == float(want["step"]) == 6, name
         torch.testing.assert_close(got["exp_avg"], want["exp_avg"], rtol=RTOL, atol=1e-10)

@@ -83,7 +83,9 @@ class AutoAmortizedNormal(AutoGuide):
     from your guide function, which samples ``name``. A Pyro
     :class:`~pyro.infer.autoguide.AutoGuideList` takes this guide as a part too; as the list
     opens every plate itself, a hand-written part there enters ``guide_list.plates[...]``
-    instead of opening the same plate again (which Pyro would record twice).
+    instead of opening the same plate again (which Pyro would record twice), and batches of
+    varying size need the list's ``create_plates=lambda x, ...: pyro.plate(name,
+    x.shape[0])`` (the list sizes its plates by the first call otherwise).
 
     **Masks.** A local site that the model masks (``poutine.mask``, e.g. the padded steps of
     sequences) is masked alike here, since a guide that scored it would add its entropy to

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import math
 import sys
@@ -532,7 +533,13 @@ EXPECTED_ERRORS = (*OWN_ERRORS, OSError, ValueError)
 def _one_line(error: BaseException) -> str:
     if isinstance(error, OSError) and error.strerror and not isinstance(error, UnsafePathError):
         where = f": {error.filename}" if error.filename else ""
-        return f"{error.strerror}{where}; check that path and its permissions, then rerun"
+        advice = {
+            errno.ENOSPC: "free some space there and rerun; files written before are intact",
+            errno.EACCES: "check its permissions, then rerun",
+            errno.EPERM: "check its permissions, then rerun",
+            errno.EROFS: "it is on a read-only file system; choose another path",
+        }.get(error.errno, "check that path, then rerun")
+        return f"{error.strerror}{where}; {advice}"
     text = " ".join(str(error).split())
     if isinstance(error, OWN_ERRORS) or len(text) <= 400:
         return text

@@ -85,6 +85,10 @@ def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
             os.fsync(f.fileno())
             os.replace(tmp, path)
         _fsync_directory(path.parent)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        # A failed write (a full disk, say) reports no file name of its own: name the target.
+        raise OSError(e.errno, e.strerror, str(path)) from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -194,3 +194,38 @@ def test_read_only_directories_are_refused_before_any_work_leaving_the_run_uncha
 
 if __name__ == "__main__":  # pragma: no cover
     pytest.main([__file__])
+
+
+@pytest.fixture
+def small_file_system():
+    """A 512 KiB tmpfs (needs root and mount), unmounted afterwards."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small file system needs root")
+    where = Path(tempfile.mkdtemp(prefix="pyro-gen-small-fs-"))
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(where)], capture_output=True
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=False)
+        where.rmdir()
+
+
+def test_a_full_disk_at_checkpoint_time_is_one_line_and_keeps_the_last_checkpoint(
+    small_file_system, tmp_path, capsys
+):
+    run = small_file_system / "run"
+    shutil.copytree(trained_run(tmp_path), run)
+    checkpoint = (run / "checkpoint.pt").read_bytes()
+    stats = os.statvfs(small_file_system)
+    # Room for config.json, not for another checkpoint.
+    filler = stats.f_bavail * stats.f_frsize - len(checkpoint) // 2
+    (small_file_system / "filler").write_bytes(b"\0" * filler)
+    status, _, err = cli(capsys, *TRAIN_VAE[:5], "2", "--out", run, "--no-progress")
+    assert_one_line_error(status, err, "No space left on device", str(run / "checkpoint.pt"))
+    assert (run / "checkpoint.pt").read_bytes() == checkpoint  # the last one, kept whole
+    assert not [p for p in os.listdir(run) if p.endswith(".tmp")]
+    assert _epochs(run) == [1]

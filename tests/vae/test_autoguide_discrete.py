@@ -27,6 +27,14 @@ def labelled(x):
         pyro.sample("x", dist.Normal(z + MEANS[y], 1.0), obs=x)
 
 
+def unenumerated(x):
+    """The labelled model with a label left to the guide."""
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        y = pyro.sample("y", dist.Categorical(PROBS))
+        pyro.sample("x", dist.Normal(z + MEANS[y], 1.0), obs=x)
+
+
 def summed_out(x):
     """The same model with the label marginalized by hand."""
     with pyro.plate("data", x.shape[0]):
@@ -85,14 +93,8 @@ def test_hand_written_part_in_an_auto_guide_list():
 def test_hand_written_local_part_next_to_the_autoguide():
     """The user's own guide function: the autoguide for z, a plated encoder for y."""
 
-    def model(x):
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Normal(0.0, 1.0))
-            y = pyro.sample("y", dist.Categorical(PROBS))
-            pyro.sample("x", dist.Normal(z + MEANS[y], 1.0), obs=x)
-
     classify = torch.nn.Linear(1, 3)
-    auto = AutoAmortizedNormal(poutine.block(model, hide=["y"]), hidden_dims=(8,))
+    auto = AutoAmortizedNormal(poutine.block(unenumerated, hide=["y"]), hidden_dims=(8,))
 
     def guide(x):
         pyro.module("classify", classify)
@@ -101,7 +103,7 @@ def test_hand_written_local_part_next_to_the_autoguide():
             pyro.sample("y", dist.Categorical(logits=classify(x.unsqueeze(-1))))
 
     x = torch.randn(8)
-    loss = TraceGraph_ELBO().loss_and_grads(model, guide, x)
+    loss = TraceGraph_ELBO().loss_and_grads(unenumerated, guide, x)
     assert torch.isfinite(torch.tensor(loss))
     assert set(poutine.trace(guide).get_trace(x).nodes) >= {"y", "z"}
     assert classify.weight.grad.abs().sum() > 0
@@ -109,22 +111,16 @@ def test_hand_written_local_part_next_to_the_autoguide():
 
 
 def test_plated_hand_written_part_in_an_auto_guide_list_uses_the_list_plate():
-    def model(x):
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Normal(0.0, 1.0))
-            y = pyro.sample("y", dist.Categorical(PROBS))
-            pyro.sample("x", dist.Normal(z + MEANS[y], 1.0), obs=x)
-
-    guide = AutoGuideList(model)
+    guide = AutoGuideList(unenumerated)
 
     def y_part(x):
         with guide.plates["data"]:
             logits = pyro.param("y_logits", torch.zeros(3))
             return {"y": pyro.sample("y", dist.Categorical(logits=logits))}
 
-    guide.append(AutoAmortizedNormal(poutine.block(model, hide=["y"]), hidden_dims=(8,)))
+    guide.append(AutoAmortizedNormal(poutine.block(unenumerated, hide=["y"]), hidden_dims=(8,)))
     guide.append(y_part)
     x = torch.randn(5)
     tr = poutine.trace(guide).get_trace(x)
     assert tr.nodes["y"]["value"].shape == tr.nodes["z"]["value"].shape == (5,)
-    assert torch.isfinite(torch.tensor(TraceGraph_ELBO().loss(model, guide, x)))
+    assert torch.isfinite(torch.tensor(TraceGraph_ELBO().loss(unenumerated, guide, x)))

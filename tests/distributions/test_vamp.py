@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from pyro_gen.distributions.vamp import VampPrior
-from pyro_gen.vae import VAE, MLPEncoder, NormalGuide, PerExampleGuide
+from pyro_gen.vae import VAE, MLPEncoder, NormalPosterior, PerExamplePosterior
 
 
 def test_log_prob_is_mean_of_posteriors_at_pseudo_inputs():
     torch.manual_seed(0)
-    guide = NormalGuide(MLPEncoder((3, 3), 2, (8,))).double()
+    guide = NormalPosterior(MLPEncoder((3, 3), 2, (8,))).double()
     prior = VampPrior((3, 3), num_components=4).double()
     prior.bind(guide)
     z = torch.randn(5, 2, dtype=torch.float64)
@@ -43,6 +43,6 @@ def test_errors():
     with pytest.raises(RuntimeError, match="bind"):
         prior()
     with pytest.raises(TypeError, match="amortized"):
-        prior.bind(PerExampleGuide(4, 2))
+        prior.bind(PerExamplePosterior(4, 2))
     with pytest.raises(ValueError, match="VampPrior"):
         VAE((2,), z_dim=2, hidden_dim=4, prior=VampPrior((2,), 3), guide="auto")

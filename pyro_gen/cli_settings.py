@@ -59,10 +59,12 @@ OVERRIDABLE = (*TRAINING_DEFAULTS, *LOSS_OPTIONS)
 
 
 def flag(name: str) -> str:
+    """The command-line flag of a setting: ``batch_size`` -> ``--batch-size``."""
     return "--" + name.replace("_", "-")
 
 
 def whole_number(text: str) -> int:
+    """An argparse type: an integer, refusing ``2.5`` rather than rounding it."""
     try:
         return int(text)
     except ValueError:
@@ -70,6 +72,7 @@ def whole_number(text: str) -> int:
 
 
 def non_negative(text: str) -> int:
+    """An argparse type: an integer >= 0."""
     value = whole_number(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
@@ -77,6 +80,7 @@ def non_negative(text: str) -> int:
 
 
 def positive(text: str) -> int:
+    """An argparse type: an integer >= 1."""
     value = whole_number(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
@@ -84,6 +88,7 @@ def positive(text: str) -> int:
 
 
 def positive_finite(text: str) -> float:
+    """An argparse type: a finite float > 0 (learning rates, clipping norms)."""
     try:
         value = float(text)
     except ValueError:
@@ -94,6 +99,7 @@ def positive_finite(text: str) -> float:
 
 
 def ema_decay_value(text: str) -> float:
+    """An argparse type: a weight-average decay in (0, 1), or 0 for none."""
     try:
         value = float(text)
     except ValueError:
@@ -104,6 +110,7 @@ def ema_decay_value(text: str) -> float:
 
 
 def override_names(text: str) -> list[str]:
+    """An argparse type: comma-separated settings a resume may change (``lr,batch-size``)."""
     names = [n.strip().lstrip("-").replace("-", "_") for n in text.split(",") if n.strip()]
     for name in names:
         if name not in OVERRIDABLE:
@@ -143,6 +150,7 @@ def requested_settings(args: argparse.Namespace, spec: ModelSpec) -> dict[str, A
 
 
 def new_config(args: argparse.Namespace, spec: ModelSpec, given: dict[str, Any]) -> dict:
+    """The config of a fresh run: the settings typed, defaults for the rest."""
     options = {name: given.get(name, OPTION_DEFAULTS[name]) for name in spec.options}
     if args.data in PIXEL_LEVELS:
         options["num_bins"] = PIXEL_LEVELS[args.data]

@@ -392,7 +392,7 @@ def _train_run(
             )
     except NonFiniteLossError as e:
         kept = (
-            f"{out / CHECKPOINT_NAME} still holds the last good epoch"
+            f"{out / CHECKPOINT_NAME} still holds the last checkpoint before it"
             if (out / CHECKPOINT_NAME).exists()
             else "no checkpoint was written"
         )
@@ -403,7 +403,8 @@ def _train_run(
     bound = bound_name(config)
     figures = _write_figures(model, out, result.history, num_samples=64, bound=bound)
     last = result.history[-1] if result.history else {}
-    summary = f"trained {args.model} on {args.data}: {result.epoch} epochs"
+    epochs = f"{result.epoch} epoch" + ("" if result.epoch == 1 else "s")
+    summary = f"trained {args.model} on {args.data}: {epochs}"
     if "test_elbo" in last:
         value = last["test_elbo"]
         summary += f", test {bound} {value:.2f} nats"

@@ -21,7 +21,7 @@ dependency of pyro_gen, holds flat tensors only (the optimizer's nested state, t
 integer keys would need a second JSON encoding of our own), and the two files of such a
 checkpoint could not be replaced in one atomic step. It is faster: on an MNIST-VAE-sized
 checkpoint (8.3 MB with Adam state) a load took 65 ms this way, 13 ms with safetensors +
-JSON and 34 ms with the same SHA-256 added (busy 2-core EPYC, ``benchmarks/checkpoint_load.py``,
+JSON and 34 ms with the same SHA-256 added (busy 2-core Xeon, ``benchmarks/checkpoint_load.py``,
 RESULTS.md "Checkpoint format"). A few tens of milliseconds once per resume, evaluate or
 sample, next to seconds of start-up and of every epoch, do not buy a second dependency.
 

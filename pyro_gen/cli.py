@@ -99,9 +99,8 @@ def _add_setting(group: Any, name: str, help: str, **kwargs: Any) -> None:
     # resume can tell a setting asked for from a default, and options of other models
     # can be refused by name.
     default = {**TRAINING_DEFAULTS, **OPTION_DEFAULTS}[name]
-    group.add_argument(
-        flag(name), default=argparse.SUPPRESS, help=f"{help} (default {default})", **kwargs
-    )
+    shown = "default: " + ("none" if default is None else str(default))
+    group.add_argument(flag(name), default=argparse.SUPPRESS, help=f"{help} ({shown})", **kwargs)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -111,7 +110,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = sub.add_parser(
-        "train", parents=[common], help="train a model into a run directory (resumes if present)"
+        "train",
+        parents=[common],
+        help="train a model into a run directory (resumes if present)",
+        description="Train a model into --out. If --out holds a run, training resumes from its "
+        "checkpoint: settings not given take the recorded values, and a setting given with "
+        "another value is refused unless --override names it.",
     )
     train.add_argument("model", choices=sorted(MODELS), help="model to train")
     train.add_argument("--data", required=True, choices=IMAGE_DATA + TOY_DATA, help="dataset")

@@ -119,7 +119,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("model", choices=sorted(MODELS), help="model to train")
     train.add_argument("--data", required=True, choices=IMAGE_DATA + TOY_DATA, help="dataset")
-    train.add_argument("--epochs", type=non_negative, default=3, help="total epochs (default 3)")
+    train.add_argument(
+        "--epochs",
+        type=non_negative,
+        default=3,
+        help="total epochs, counting resumed ones (default: 3)",
+    )
     _add_setting(train, "batch_size", "examples per step", type=positive)
     _add_setting(train, "lr", "Adam learning rate", type=positive_finite)
     _add_setting(train, "grad_clip", "clip the gradient norm to this", type=positive_finite)

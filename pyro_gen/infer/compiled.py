@@ -619,8 +619,8 @@ class CompiledSVI:
             if not self.step_guard:
                 self._apply(prog.grad_params)
                 return loss
-            # On the CPU a read is free, while fused Adam's found_inf costs more than the
-            # check itself (a per-parameter loop undoing step counts): read the flag.
+            # On the CPU a read is free, while fused Adam's found_inf path cost more than the
+            # read (measured: benchmarks/RESULTS.md, step guard): read the flag.
             if self._non_finite_flag([loss, *grads]).item():
                 return skipped_loss(loss)
             self._apply(prog.grad_params)

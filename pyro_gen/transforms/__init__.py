@@ -122,3 +122,23 @@ __all__ += [
     "ode_log_likelihood",
     "odeint_with_logdet",
 ]
+
+# neural spline flows: the spline is an element-wise map of Coupling / the autoregressive
+# transforms, so the helpers return those classes (no new transform class)
+from pyro_gen.transforms.spline import (  # noqa: E402
+    RationalQuadratic,
+    check_spline_bound,
+    conditional_spline_autoregressive,
+    conditional_spline_coupling,
+    spline_autoregressive,
+    spline_coupling,
+)
+
+__all__ += [
+    "RationalQuadratic",
+    "check_spline_bound",
+    "conditional_spline_autoregressive",
+    "conditional_spline_coupling",
+    "spline_autoregressive",
+    "spline_coupling",
+]

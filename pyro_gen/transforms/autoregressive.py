@@ -57,7 +57,7 @@ class _Autoregressive(FlowTransformModule):
 
     def _params(self, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
         theta = self.made(v)
-        return theta.unflatten(-1, (self.elementwise.num_params, self.event_shape[0])).unbind(-2)
+        return self.elementwise.unpack(theta, -1, self.event_shape[0])
 
     def _one_pass(self, v: torch.Tensor, cond: torch.Tensor, inverse: bool):
         h = self.elementwise.inverse if inverse else self.elementwise.forward

@@ -154,7 +154,7 @@ class Coupling(FlowTransformModule):
                 f"conditioner returned {theta.shape[dim]} features on the first event dim, "
                 f"expected num_params * {n} = {p * n}"
             )
-        return theta.unflatten(dim, (p, n)).unbind(dim)
+        return self.elementwise.unpack(theta, dim, n)
 
     def _couple(self, x: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
         fn = self.elementwise.inverse if inverse else self.elementwise.forward

@@ -20,6 +20,13 @@ class ElementwiseBijection(PicklableModule):
 
     num_params: int = 0
 
+    def unpack(self, theta: torch.Tensor, dim: int, n: int) -> tuple[torch.Tensor, ...]:
+        """Splits a conditioner output with ``num_params * n`` features on ``dim``
+        (parameter-major) into the tensors :meth:`forward` takes: here ``num_params``
+        tensors shaped like the ``n`` transformed elements."""
+        dim = dim % theta.dim()
+        return theta.unflatten(dim, (self.num_params, n)).unbind(dim)
+
     def forward(
         self, x: torch.Tensor, params: tuple[torch.Tensor, ...]
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -401,3 +401,62 @@ register(
         batch_stats=True,
     )
 )
+
+# ------------------------------------------------------------ neural spline flows
+# The spline is an element-wise map (RationalQuadratic), so these are Coupling and the
+# autoregressive classes again; bound 3 puts some inputs in the identity tails.
+register(
+    Case(
+        "spline_coupling_vec",
+        lambda: T.spline_coupling(5, num_bins=4, bound=3.0, hidden_dims=[8]),
+        (5,),
+        (T.Coupling,),
+        buffers=("mask",),
+    )
+)
+register(
+    Case(
+        "spline_coupling_checkerboard",
+        lambda: T.spline_coupling(
+            (2, 3, 3), num_bins=3, bound=3.0, hidden_channels=4, num_blocks=1
+        ),
+        (2, 3, 3),
+        (T.Coupling,),
+        buffers=("mask",),
+    )
+)
+register(
+    Case(
+        "spline_maf",
+        lambda: T.spline_autoregressive(4, [12], num_bins=4, bound=3.0),
+        (4,),
+        (T.MaskedAutoregressive,),
+        buffers=("order",),
+    )
+)
+register(
+    Case(
+        "spline_iaf",
+        lambda: T.spline_autoregressive(3, [12], num_bins=4, bound=3.0, inverse=True),
+        (3,),
+        (T.InverseAutoregressive,),
+    )
+)
+register(
+    Case(
+        "conditional_spline_coupling",
+        lambda: T.conditional_spline_coupling(4, 2, num_bins=4, bound=3.0, hidden_dims=[8]),
+        (4,),
+        (T.ConditionalCoupling,),
+        context_dim=2,
+    )
+)
+register(
+    Case(
+        "conditional_spline_maf",
+        lambda: T.conditional_spline_autoregressive(3, 2, [8], num_bins=4, bound=3.0),
+        (3,),
+        (T.ConditionalMaskedAutoregressive,),
+        context_dim=2,
+    )
+)

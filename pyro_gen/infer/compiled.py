@@ -73,6 +73,7 @@ from pyro_gen.infer.compiled_elbo import (
 )
 from pyro_gen.infer.compiled_optim import (
     _FusedParamView,
+    flag_tensors,
     fuse,
     guarded_loss,
     non_finite,
@@ -355,8 +356,9 @@ class CompiledSVI:
         return prog, tensors
 
     def _check_sites(self, signature: tuple) -> None:
-        """Raises when the sites differ from the first batch's (in order or kind only, as
-        a lazily built guide's first call may differ, is left to the recording's check)."""
+        """Raises when the names of the sites differ from the first batch's. Their order
+        and kinds are left to the recording's own check: a guide built on its first call
+        (Pyro's ``AutoNormal``) visits its sites in another order that once."""
         if self._first_signature is None:
             self._first_signature = signature
             return
@@ -632,16 +634,9 @@ class CompiledSVI:
     def _non_finite_flag(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         """:func:`non_finite` with the flag tensors kept between steps (two fewer ops)."""
         device = tensors[0].device
-        flags = self._flags.get(device)
-        if flags is None:
-            flags = self._flags[device] = (
-                torch.zeros((), dtype=torch.float32, device=device),
-                torch.ones((), dtype=torch.float32, device=device),
-            )
-        found, one = flags
-        found.zero_()
-        torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, one)
-        return found
+        if device not in self._flags:
+            self._flags[device] = flag_tensors(device)
+        return non_finite(tensors, self._flags[device])
 
     def _apply(self, params: list[torch.Tensor]) -> None:
         if self._optimizer is not None:

@@ -133,19 +133,34 @@ def takes_found_inf(optimizer: torch.optim.Optimizer | None) -> bool:
     return optimizer is not None and all(g.get("fused") for g in optimizer.param_groups)
 
 
-def non_finite(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+def flag_tensors(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two 0-dim float32 tensors :func:`non_finite` works with: the flag and a 1."""
+    return (
+        torch.zeros((), dtype=torch.float32, device=device),
+        torch.ones((), dtype=torch.float32, device=device),
+    )
+
+
+def non_finite(
+    tensors: Sequence[torch.Tensor], flags: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> torch.Tensor:
     """A 0-dim float32 flag on the device, 1 when any of ``tensors`` (the loss and the
     gradients) holds a NaN or an infinity, else 0; nothing is read back to the host.
 
     One pass over each tensor, as :class:`torch.amp.GradScaler` checks gradients. The
     tensors are multiplied in place by 1 (exact).
 
+    Args:
+        tensors: on one device.
+        flags: :func:`flag_tensors` kept between calls (the flag is reset and returned);
+            made afresh when not given.
+
     Example:
         >>> non_finite([torch.tensor(1.0), torch.tensor([0.0, float("inf")])])
         tensor(1.)
     """
-    found = torch.zeros((), dtype=torch.float32, device=tensors[0].device)
-    one = torch.ones((), dtype=torch.float32, device=tensors[0].device)
+    found, one = flags if flags is not None else flag_tensors(tensors[0].device)
+    found.zero_()
     torch._amp_foreach_non_finite_check_and_unscale_(list(tensors), found, one)
     return found
 

@@ -27,6 +27,7 @@ from pyro_gen.vae.likelihoods import (
     Likelihood,
     make_likelihood,
 )
+from pyro_gen.vae.missing import check_mask, impute, missing_at_random
 from pyro_gen.vae.objectives import FreeBitsELBO, iwae, make_loss
 from pyro_gen.vae.posteriors import (
     IAFPosterior,
@@ -42,6 +43,9 @@ from pyro_gen.vae.vae import VAE
 
 __all__ = [
     "FreeBitsELBO",
+    "check_mask",
+    "impute",
+    "missing_at_random",
     "PosteriorCollapseWarning",
     "active_units",
     "build_vae",

@@ -16,6 +16,7 @@ from pyro_gen.vae.decoders import Decoder, MLPDecoder
 from pyro_gen.vae.encoders import MLPEncoder
 from pyro_gen.vae.guide_slot import GuideSlot
 from pyro_gen.vae.likelihoods import Likelihood
+from pyro_gen.vae.missing import fill_missing, mask_pixels
 from pyro_gen.vae.posteriors import NormalPosterior, Posterior
 from pyro_gen.vae.priors import NormalPrior
 from pyro_gen.vae.sites import DATA_PLATE, LATENT, OBS
@@ -47,6 +48,11 @@ class VAE(GuideSlot):
 
     A guide sets the site ``"z"`` under the plate ``"data"`` (names in
     :mod:`pyro_gen.vae.sites`) and takes the model's arguments ``(x, y=None, **kwargs)``.
+
+    **Missing data.** ``model(x, mask=m)`` scores only the entries where the boolean ``m``
+    (shape of ``x``) is true, and the built-in guide encodes ``x`` with the missing entries
+    set to zero; trained with :func:`~pyro_gen.vae.objectives.iwae` this is MIWAE (see
+    :mod:`pyro_gen.vae.missing`, and :func:`~pyro_gen.vae.missing.impute` to fill them in).
 
     Args:
         event_shape: shape of one example (``(28, 28)`` for MNIST).
@@ -175,7 +181,8 @@ class VAE(GuideSlot):
 
     def _encoder_input(self, x: torch.Tensor, y: torch.Tensor | None = None, **kwargs):
         """Input rows of the ``"auto"`` guide: the flattened image and the one-hot label."""
-        h = x.reshape(x.shape[0], -1).to(torch.get_default_dtype())
+        h = fill_missing(x, kwargs.get("mask"))
+        h = h.reshape(x.shape[0], -1).to(torch.get_default_dtype())
         context = self._context(y)
         return h if context is None else torch.cat([h, context.to(h.dtype)], -1)
 
@@ -193,11 +200,14 @@ class VAE(GuideSlot):
         x: torch.Tensor | None = None,
         y: torch.Tensor | None = None,
         num_samples: int | None = None,
+        mask: torch.Tensor | None = None,
         **kwargs,
     ) -> torch.Tensor:
         """Generative model :math:`z \\sim p(z),\\ x \\sim p(x \\mid z)`.
 
-        Extra keyword arguments (e.g. ``idx`` for a per-example guide) are ignored.
+        ``mask`` (True where observed, shape of ``x``) restricts the likelihood to the
+        observed entries. Extra keyword arguments (e.g. ``idx`` for a per-example guide)
+        are ignored.
         """
         pyro.module(self.prefix + "prior", self.prior)
         pyro.module(self.prefix + "decoder", self.decoder)
@@ -209,16 +219,24 @@ class VAE(GuideSlot):
         else:
             batch = num_samples or 1
         context = self._context(y)
-        obs = None if x is None else self.decoder.likelihood.prepare(x)
+        if mask is not None and x is None:
+            raise ValueError("mask= marks the observed entries of x: pass x too")
+        obs = None if x is None else self.decoder.likelihood.prepare(fill_missing(x, mask))
         with pyro.plate(DATA_PLATE, batch):
             z = pyro.sample(LATENT, self.prior(context=context))
-            return pyro.sample(OBS, self.decoder(z, context=context), obs=obs)
+            px = mask_pixels(self.decoder(z, context=context), mask)
+            return pyro.sample(OBS, px, obs=obs)
 
     def default_guide(
-        self, x: torch.Tensor | None = None, y: torch.Tensor | None = None, **kwargs
+        self,
+        x: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        **kwargs,
     ) -> torch.Tensor:
         """Built-in guide: samples :math:`z \\sim q(z \\mid x)` from the posterior family
-        under the data plate; ``kwargs`` go to the family."""
+        under the data plate (missing entries of ``x`` set to zero); ``kwargs`` go to the
+        family."""
         if x is None:
             raise ValueError("the guide needs observed data x")
         self._check(x)
@@ -229,6 +247,7 @@ class VAE(GuideSlot):
             )
         pyro.module(self.prefix + "encoder", self.posterior)
         context = self._context(y)
+        x = fill_missing(x, mask)
         with pyro.plate(DATA_PLATE, x.shape[0]):
             return pyro.sample(LATENT, self.posterior(x, context=context, **kwargs))
 

@@ -106,8 +106,12 @@ PROGRAMS = {
 }
 
 
+@pytest.mark.parametrize("compile", [False, None], ids=["plain", "default"])
 @pytest.mark.parametrize("program", sorted(PROGRAMS))
-def test_plain_fit_takes_the_same_steps_as_pyro_svi(program):
+def test_fit_takes_the_same_steps_as_pyro_svi(program, compile):
+    """The plain path is Pyro's SVI step for step, bit for bit; fit's default (compiled where
+    the program allows) agrees up to float rounding, or is the plain path where it falls
+    back (the DMM's sites change with each batch)."""
     pyro.set_rng_seed(0)
     model, guide, batches, loss = PROGRAMS[program]()
     svi_epochs(model, guide, batches, pyro.optim.Adam({"lr": 1e-2}), loss, epochs=2)
@@ -125,13 +129,16 @@ def test_plain_fit_takes_the_same_steps_as_pyro_svi(program):
         epochs=2,
         optim=pyro.optim.Adam({"lr": 1e-2}),
         loss=loss,
-        compile=False,
+        compile=compile,
         progress=False,
     )
     got = _store()
     assert sorted(got) == sorted(expected)
     for name, value in expected.items():
-        assert torch.equal(got[name], value), name
+        if compile is False:
+            assert torch.equal(got[name], value), name
+        else:
+            torch.testing.assert_close(got[name], value, rtol=1e-4, atol=1e-5, msg=name)
 
 
 # ---------------------------------------------------------------------------------------

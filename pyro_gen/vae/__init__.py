@@ -38,6 +38,7 @@ from pyro_gen.vae.posteriors import (
 )
 from pyro_gen.vae.priors import FlowPrior, NormalPrior, make_prior
 from pyro_gen.vae.refine import refine_posterior, semi_amortized_elbo
+from pyro_gen.vae.semi_supervised import SSVAE, semi_supervised_batches
 from pyro_gen.vae.sites import DATA_PLATE, LATENT, OBS, latent_site
 from pyro_gen.vae.vae import VAE
 
@@ -58,6 +59,8 @@ __all__ = [
     "reconstruction_grid",
     "refine_posterior",
     "semi_amortized_elbo",
+    "semi_supervised_batches",
+    "SSVAE",
     "HierarchicalVAE",
     "AutoAmortizedNormal",
     "DATA_PLATE",

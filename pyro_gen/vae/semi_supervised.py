@@ -1,0 +1,240 @@
+"""Semi-supervised learning with the M2 model: the class label is a discrete latent variable.
+
+The generative model is :math:`y \\sim \\mathrm{Cat}(1/C)`, :math:`z \\sim \\mathcal{N}(0, I)`,
+:math:`x \\sim p(x \\mid y, z)`, and the guide is :math:`q(y \\mid x)\\,q(z \\mid x, y)`. For a
+labelled example :math:`y` is observed and the bound is the conditional ELBO
+
+.. math:: \\mathcal{L}(x, y) = \\mathbb{E}_{q(z \\mid x, y)}[\\log p(x \\mid y, z) + \\log p(y)
+          + \\log p(z) - \\log q(z \\mid x, y)];
+
+for an unlabelled one the label is summed out under the guide, exactly,
+
+.. math:: \\mathcal{U}(x) = \\sum_{y=1}^C q(y \\mid x)\\,\\mathcal{L}(x, y)
+          + \\mathcal{H}[q(y \\mid x)],
+
+which is what :class:`~pyro.infer.TraceEnum_ELBO` computes when the guide marks ``y`` for
+parallel enumeration. Because :math:`\\mathcal{L}(x, y)` does not train the classifier
+:math:`q(y \\mid x)` on labelled data, Kingma et al. add :math:`\\alpha \\log q(y \\mid x)`
+for every labelled example; here it is a ``pyro.factor`` site of the model, so one objective
+(``TraceEnum_ELBO``) trains everything through :func:`pyro_gen.infer.fit`. The factor is
+left out in evaluation mode (``module.eval()``, as the evaluation helpers set it), so
+reported bounds are bounds.
+
+References:
+    Kingma, Rezende, Mohamed & Welling, Semi-Supervised Learning with Deep Generative
+    Models, NeurIPS 2014, arXiv:1406.5298.
+    Pyro's SS-VAE tutorial (https://pyro.ai/examples/ss-vae.html).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pyro_gen.vae._utils import as_tuple, mlp, numel
+from pyro_gen.vae.decoders import MLPDecoder
+from pyro_gen.vae.encoders import MLPEncoder
+from pyro_gen.vae.likelihoods import Likelihood
+from pyro_gen.vae.sites import DATA_PLATE, LATENT, OBS
+
+#: Name of the label site.
+LABEL = "y"
+#: Name of the classification factor site (training mode, labelled batches only).
+CLASSIFICATION = "classification"
+
+
+def check_labels(y: torch.Tensor, num_classes: int, batch: int) -> torch.Tensor:
+    """The labels ``y`` as a long tensor, after checking them.
+
+    Raises:
+        ValueError: a label lies outside ``0 .. num_classes - 1`` or there is not one per
+            example.
+        TypeError: the labels are not integers.
+
+    Example:
+        >>> check_labels(torch.tensor([0, 2]), 3, 2)
+        tensor([0, 2])
+    """
+    if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.dtype == torch.bool:
+        kind = y.dtype if isinstance(y, torch.Tensor) else type(y).__name__
+        raise TypeError(f"y must be a tensor of integer class labels, got {kind}")
+    if y.shape != (batch,):
+        raise ValueError(
+            f"y must hold one label per example, shape ({batch},), got {tuple(y.shape)}"
+        )
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(
+            f"labels y must lie in 0..{num_classes - 1} (num_classes={num_classes}), got "
+            f"values in {int(y.min())}..{int(y.max())}; leave y out for unlabelled examples"
+        )
+    return y.long()
+
+
+class SSVAE(nn.Module):
+    """The M2 semi-supervised VAE, :math:`p(y)\\,p(z)\\,p(x \\mid y, z)` with guide
+    :math:`q(y \\mid x)\\,q(z \\mid x, y)`.
+
+    Call ``model(x, y)`` / ``guide(x, y)`` with labels for a labelled batch and
+    ``model(x)`` / ``guide(x)`` without them for an unlabelled one; train with
+    ``TraceEnum_ELBO(max_plate_nesting=1)``, which sums the label out of unlabelled batches
+    (see the module docstring). :func:`semi_supervised_batches` makes the alternating
+    batches that :func:`pyro_gen.infer.fit` takes.
+
+    Args:
+        event_shape: shape of one example.
+        num_classes: :math:`C`.
+        z_dim: size of the continuous latent (the "style").
+        hidden_dims: hidden sizes of the three networks (classifier, encoder, decoder).
+        likelihood: the decoder's likelihood, name or object.
+        alpha: weight :math:`\\alpha` of :math:`\\log q(y \\mid x)` on labelled examples.
+        name: prefix of the networks' names in Pyro's param store.
+
+    Example:
+        >>> m2 = SSVAE((8, 8), num_classes=3, z_dim=2, hidden_dims=(16,))
+        >>> elbo = pyro.infer.TraceEnum_ELBO(max_plate_nesting=1)
+        >>> x = torch.rand(4, 8, 8).round()
+        >>> unlabelled = elbo.loss(m2.model, m2.guide, x)
+        >>> labelled = elbo.loss(m2.model, m2.guide, x, y=torch.tensor([0, 1, 2, 0]))
+        >>> m2.classify(x).shape
+        torch.Size([4])
+    """
+
+    def __init__(
+        self,
+        event_shape: Sequence[int] = (28, 28),
+        num_classes: int = 10,
+        z_dim: int = 50,
+        hidden_dims: Sequence[int] = (500,),
+        likelihood: str | Likelihood = "bernoulli",
+        alpha: float = 50.0,
+        name: str = "",
+    ) -> None:
+        super().__init__()
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+        if not alpha >= 0:
+            raise ValueError(f"alpha must be non-negative, got {alpha!r}")
+        self.event_shape = as_tuple(event_shape)
+        self.num_classes, self.z_dim, self.alpha = num_classes, z_dim, float(alpha)
+        hidden_dims = as_tuple(hidden_dims)
+        self.classifier = mlp(numel(self.event_shape), hidden_dims, num_classes)
+        self.encoder = MLPEncoder(self.event_shape, z_dim, hidden_dims, context_dim=num_classes)
+        self.decoder = MLPDecoder(
+            z_dim, self.event_shape, hidden_dims, likelihood, context_dim=num_classes
+        )
+        self.register_buffer("prior_logits", torch.zeros(num_classes))
+        self.prefix = f"{name}." if name else ""
+
+    def _check(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor | None:
+        n = len(self.event_shape)
+        if x.dim() != n + 1 or tuple(x.shape[1:]) != self.event_shape:
+            raise ValueError(
+                f"expected x of shape (batch, {', '.join(map(str, self.event_shape))}), "
+                f"got {tuple(x.shape)}"
+            )
+        return None if y is None else check_labels(y, self.num_classes, x.shape[0])
+
+    def _one_hot(self, y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(y, self.num_classes).to(like.dtype)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the classifier :math:`q(y \\mid x)`, shape ``(batch, C)``."""
+        return self.classifier(x.reshape(x.shape[0], -1).to(self.prior_logits.dtype))
+
+    def model(self, x: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any) -> None:
+        """:math:`y \\sim p(y)` (observed when given), :math:`z \\sim p(z)`,
+        :math:`x \\sim p(x \\mid y, z)`, and in training mode on labelled batches the factor
+        :math:`\\alpha \\log q(y \\mid x)`."""
+        y = self._check(x, y)
+        pyro.module(self.prefix + "decoder", self.decoder)
+        obs = self.decoder.likelihood.prepare(x)
+        with pyro.plate(DATA_PLATE, x.shape[0]):
+            label = pyro.sample(LABEL, dist.Categorical(logits=self.prior_logits), obs=y)
+            zeros = x.new_zeros(self.z_dim, dtype=self.prior_logits.dtype)
+            z = pyro.sample(LATENT, dist.Normal(zeros, 1.0).to_event(1))
+            pyro.sample(OBS, self.decoder(z, context=self._one_hot(label, z)), obs=obs)
+            if y is not None and self.alpha > 0 and self.training:
+                pyro.module(self.prefix + "classifier", self.classifier)
+                log_q = dist.Categorical(logits=self.logits(x)).log_prob(y)
+                pyro.factor(CLASSIFICATION, self.alpha * log_q)
+
+    def guide(self, x: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any) -> None:
+        """:math:`y \\sim q(y \\mid x)`, enumerated in parallel, when ``y`` is not given;
+        then :math:`z \\sim q(z \\mid x, y)`."""
+        y = self._check(x, y)
+        pyro.module(self.prefix + "classifier", self.classifier)
+        pyro.module(self.prefix + "encoder", self.encoder)
+        with pyro.plate(DATA_PLATE, x.shape[0]):
+            if y is None:
+                y = pyro.sample(
+                    LABEL,
+                    dist.Categorical(logits=self.logits(x)),
+                    infer={"enumerate": "parallel"},
+                )
+            loc, scale, _ = self.encoder(x, self._one_hot(y, self.prior_logits))
+            pyro.sample(LATENT, dist.Normal(loc, scale).to_event(1))
+
+    @torch.no_grad()
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """The most probable label under :math:`q(y \\mid x)`, shape ``(batch,)``."""
+        self._check(x, None)
+        return self.logits(x).argmax(-1)
+
+    @torch.no_grad()
+    def sample(self, num_samples: int, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Decoder means for ``num_samples`` draws of :math:`z` (and of :math:`y` unless the
+        labels ``y`` are given), shape ``(num_samples, *event_shape)``."""
+        if y is None:
+            y = dist.Categorical(logits=self.prior_logits).sample((num_samples,))
+        y = check_labels(y, self.num_classes, num_samples)
+        z = torch.randn(num_samples, self.z_dim, device=self.prior_logits.device)
+        return self.decoder.mean(z, self._one_hot(y, z))
+
+
+def semi_supervised_batches(
+    x_labelled: torch.Tensor,
+    y_labelled: torch.Tensor,
+    x_unlabelled: torch.Tensor,
+    batch_size: int = 100,
+    labelled_batch_size: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Callable[[], Iterator[dict[str, torch.Tensor]]]:
+    """Batches for :func:`pyro_gen.infer.fit`: a function returning, each epoch, one pass
+    over the shuffled unlabelled examples (``{"x": ...}``) with a labelled batch
+    (``{"x": ..., "y": ...}``, cycling through the few labelled examples) after each.
+
+    Example:
+        >>> batches = semi_supervised_batches(torch.zeros(4, 2), torch.tensor([0, 1, 0, 1]),
+        ...                                   torch.zeros(10, 2), batch_size=5)
+        >>> [sorted(b) for b in batches()]
+        [['x'], ['x', 'y'], ['x'], ['x', 'y']]
+    """
+    if x_labelled.shape[0] != y_labelled.shape[0]:
+        raise ValueError(
+            f"{x_labelled.shape[0]} labelled examples but {y_labelled.shape[0]} labels"
+        )
+    if x_labelled.shape[0] == 0 or x_unlabelled.shape[0] == 0:
+        raise ValueError("need at least one labelled and one unlabelled example")
+    labelled_batch_size = labelled_batch_size or min(batch_size, x_labelled.shape[0])
+
+    def epoch() -> Iterator[dict[str, torch.Tensor]]:
+        order = torch.randperm(x_unlabelled.shape[0], generator=generator)
+        labelled = itertools.cycle(
+            torch.randperm(x_labelled.shape[0], generator=generator).split(labelled_batch_size)
+        )
+        for idx in order.split(batch_size):
+            yield {"x": x_unlabelled[idx]}
+            j = next(labelled)
+            yield {"x": x_labelled[j], "y": y_labelled[j]}
+
+    return epoch
+
+
+__all__ = ["CLASSIFICATION", "LABEL", "SSVAE", "check_labels", "semi_supervised_batches"]

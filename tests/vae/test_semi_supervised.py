@@ -1,0 +1,120 @@
+"""The M2 model: TraceEnum_ELBO's enumerated bound against the label summed out by hand."""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import TraceEnum_ELBO
+from torch.nn import functional as F
+
+from pyro_gen.infer import evaluate_elbo, fit
+from pyro_gen.vae.semi_supervised import SSVAE, semi_supervised_batches
+
+C, ZD = 3, 2
+
+
+@pytest.fixture
+def m2():
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    return SSVAE((6,), num_classes=C, z_dim=ZD, hidden_dims=(8,), alpha=2.0)
+
+
+def by_hand(m2, x, y=None):
+    """-(bound summed over the batch) with the same random draws as TraceEnum_ELBO: the
+    enumerated guide draws z for every label at once, shape (C, batch, ZD)."""
+    ys = torch.arange(C)[:, None] if y is None else y
+    onehot = F.one_hot(ys, C).float()
+    loc, scale, _ = m2.encoder(x, onehot)
+    q_z = dist.Normal(loc, scale).to_event(1)
+    z = q_z.rsample()
+    log_lik = m2.decoder(z, context=onehot).log_prob(x)
+    elbo_y = (
+        log_lik
+        + dist.Normal(0.0, 1.0).log_prob(z).sum(-1)
+        - torch.log(torch.tensor(float(C)))
+        - q_z.log_prob(z)
+    )
+    log_q_y = m2.logits(x).log_softmax(-1)
+    if y is None:  # sum over labels weighted by q(y|x), plus the entropy of q(y|x)
+        bound = (log_q_y.exp().T * elbo_y).sum(0) - (log_q_y.exp() * log_q_y).sum(-1)
+    else:
+        bound = elbo_y + m2.alpha * log_q_y.gather(-1, y[:, None])[:, 0]
+    return -bound.sum()
+
+
+def test_enumerated_bound_is_the_label_summed_out_by_hand(m2):
+    x = torch.rand(5, 6).round()
+    elbo = TraceEnum_ELBO(max_plate_nesting=1)
+    pyro.set_rng_seed(3)
+    enumerated = elbo.differentiable_loss(m2.model, m2.guide, x)
+    pyro.set_rng_seed(3)
+    hand = by_hand(m2, x)
+    assert torch.allclose(enumerated, hand, rtol=1e-5)
+    # labelled: y observed, plus alpha * log q(y|x) as the model's factor (training mode)
+    y = torch.tensor([0, 1, 2, 2, 1])
+    pyro.set_rng_seed(4)
+    labelled = elbo.differentiable_loss(m2.model, m2.guide, x, y)
+    pyro.set_rng_seed(4)
+    assert torch.allclose(labelled, by_hand(m2, x, y), rtol=1e-5)
+
+
+def test_evaluation_leaves_the_classification_term_out(m2):
+    x, y = torch.rand(5, 6).round(), torch.tensor([0, 1, 2, 2, 1])
+    m2.alpha = 0.0
+    pyro.set_rng_seed(0)
+    plain = evaluate_elbo(m2, {"x": x, "y": y}, num_particles=2000)
+    m2.alpha = 100.0
+    pyro.set_rng_seed(0)
+    assert evaluate_elbo(m2, {"x": x, "y": y}, num_particles=2000) == pytest.approx(plain)
+    # the unlabelled bound is the label summed out of the labelled ones (up to Monte Carlo)
+    unlabelled = evaluate_elbo(m2, x, num_particles=4000, per_example=True)
+    per_label = torch.stack(
+        [
+            evaluate_elbo(
+                m2, {"x": x, "y": torch.full((5,), k)}, num_particles=4000, per_example=True
+            )
+            for k in range(C)
+        ]
+    )
+    q = m2.logits(x).softmax(-1).double().detach()
+    expected = (q.T * per_label).sum(0) - (q * q.log()).sum(-1)
+    assert torch.allclose(unlabelled, expected, atol=0.05)
+
+
+def test_fit_trains_on_alternating_labelled_and_unlabelled_batches(m2):
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[1.0] * 6, [0.0] * 6, [1, 0, 1, 0, 1, 0.0]])
+    y_all = torch.randint(0, C, (300,), generator=g)
+    x_all = torch.bernoulli(0.05 + 0.9 * centres[y_all], generator=g)
+    batches = semi_supervised_batches(x_all[:6], y_all[:6], x_all[6:], batch_size=50, generator=g)
+    before = (m2.classify(x_all) == y_all).float().mean()
+    fit(
+        m2,
+        batches,
+        loss=TraceEnum_ELBO(max_plate_nesting=1),
+        epochs=15,
+        progress=False,
+        optim=pyro.optim.Adam({"lr": 1e-2}),
+    )
+    after = (m2.classify(x_all) == y_all).float().mean()
+    assert after > 0.95 > before
+
+
+def test_bad_labels_get_one_clear_error(m2):
+    x = torch.rand(3, 6).round()
+    elbo = TraceEnum_ELBO(max_plate_nesting=1)
+    with pytest.raises(
+        ValueError, match=r"labels y must lie in 0..2 \(num_classes=3\), got values in 0..3"
+    ):
+        elbo.loss(m2.model, m2.guide, x, torch.tensor([0, 1, 3]))
+    with pytest.raises(ValueError, match="labels y must lie in 0..2"):
+        m2.guide(x, torch.tensor([-1, 1, 2]))
+    with pytest.raises(TypeError, match="integer class labels"):
+        m2.model(x, torch.tensor([0.0, 1.0, 2.0]))
+    with pytest.raises(ValueError, match=r"one label per example, shape \(3,\)"):
+        m2.model(x, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="num_classes must be an integer >= 2"):
+        SSVAE((6,), num_classes=1)

@@ -341,7 +341,10 @@ class ConcatSquashLinear(nn.Module):
         self.bias = nn.Linear(1, out_dim, bias=False)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        tt = t.to(x).reshape(1)
+        # one time for all (an ODE solve) or one per example, shaped like x's batch (flow
+        # matching trains at a different time for each example)
+        tt = t.to(x)
+        tt = tt.reshape(1) if tt.numel() == 1 else tt.unsqueeze(-1)
         return self.linear(x) * torch.sigmoid(self.gate(tt)) + self.bias(tt)
 
 
@@ -404,8 +407,10 @@ class ODEConvNet(nn.Module):
 
     def forward(self, z: Tensor, t: Tensor) -> Tensor:
         h = z
+        t = t.to(h)
+        t = t.reshape(t.shape + (1, 1, 1)) if t.numel() > 1 else t.reshape(())  # one per example
         for i, conv in enumerate(self.convs):
-            tt = t.to(h).expand(h.shape[:-3] + (1,) + h.shape[-2:])
+            tt = t.expand(h.shape[:-3] + (1,) + h.shape[-2:])
             h = conv(torch.cat([h, tt], dim=-3))
             if i < len(self.convs) - 1:
                 h = nn.functional.softplus(h)

@@ -187,6 +187,8 @@ class AdversarialLoss(nn.Module):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        # only the generator's gradients are left for the training loop to see
+        self.optimizer.zero_grad(set_to_none=True)
         self.after_discriminator_step()
         self.last_discriminator_loss = loss.detach()
         return self.last_discriminator_loss

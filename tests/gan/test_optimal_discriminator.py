@@ -1,0 +1,83 @@
+"""The minimax game's optimal discriminator and value, against closed forms (Goodfellow et
+al. 2014, Proposition 1 and Theorem 1), with a fixed 1D generator."""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import torch
+from torch import nn
+
+from pyro_gen.gan import Generator, MinimaxGAN
+
+# data N(0, 1); generator x = 1 + 1.5 z, i.e. N(1, 1.5^2)
+DATA_LOC, DATA_SCALE, GEN_LOC, GEN_SCALE = 0.0, 1.0, 1.0, 1.5
+
+
+class FixedAffine(nn.Module):
+    """G(z) = loc + scale z, with nothing to train."""
+
+    latent_dim, event_shape = 1, (1,)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return GEN_LOC + GEN_SCALE * z
+
+
+class QuadraticLogit(nn.Module):
+    """D(x) = sigmoid(a x^2 + b x + c): the log density ratio of two Gaussians is quadratic,
+    so this family contains the optimal discriminator."""
+
+    event_shape = (1,)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(torch.cat([x, x.pow(2)], -1)).squeeze(-1)
+
+
+def normal_pdf(x: torch.Tensor, loc: float, scale: float) -> torch.Tensor:
+    return torch.exp(-0.5 * ((x - loc) / scale) ** 2) / (scale * math.sqrt(2 * math.pi))
+
+
+def test_discriminator_approaches_the_optimum_and_the_value_2jsd_minus_log4():
+    pyro.set_rng_seed(0)
+    gen = Generator(FixedAffine())
+    loss = MinimaxGAN(QuadraticLogit(), optim=lambda p: torch.optim.Adam(p, lr=0.05))
+    for _ in range(200):
+        x = DATA_LOC + DATA_SCALE * torch.randn(2048, 1)
+        loss.discriminator_step(gen.model, gen.guide, x)
+
+    grid = torch.linspace(-12.0, 12.0, 20_001, dtype=torch.float64)
+    p_data = normal_pdf(grid, DATA_LOC, DATA_SCALE)
+    p_gen = normal_pdf(grid, GEN_LOC, GEN_SCALE)
+    optimal = p_data / (p_data + p_gen)
+    with torch.no_grad():
+        logit = loss.discriminator.double()(grid[:, None])
+    # D* = p_data / (p_data + p_g) where either density has mass
+    bulk = (grid > -2.5) & (grid < 3.5)
+    assert (torch.sigmoid(logit) - optimal)[bulk].abs().max() < 0.02
+
+    # V(D*, G) = 2 JSD - log 4, the JSD by quadrature from the two densities
+    m = 0.5 * (p_data + p_gen)
+    jsd = 0.5 * torch.trapezoid(p_data * (p_data / m).log(), grid) + 0.5 * torch.trapezoid(
+        p_gen * (p_gen / m).log(), grid
+    )
+    optimum = 2 * jsd - math.log(4)
+    trained = torch.trapezoid(
+        p_data * torch.nn.functional.logsigmoid(logit)
+        + p_gen * torch.nn.functional.logsigmoid(-logit),
+        grid,
+    )
+    assert 0.05 < jsd < math.log(2)  # the two distributions differ: the check has room to fail
+    assert trained <= optimum + 1e-9  # V(D, G) <= V(D*, G) for every D
+    assert optimum - trained < 2e-3
+
+    # the loss's own Monte Carlo estimate of the value
+    loss.discriminator.float()
+    with torch.no_grad():
+        real = loss.discriminator(torch.randn(50_000, 1))
+        fake = loss.discriminator(GEN_LOC + GEN_SCALE * torch.randn(50_000, 1))
+    assert abs(loss.value(real, fake).item() - optimum.item()) < 0.01

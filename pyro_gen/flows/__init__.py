@@ -21,6 +21,7 @@ from pyro_gen.flows.cnf import CNF
 from pyro_gen.flows.glow import Glow
 from pyro_gen.flows.maf import MAF
 from pyro_gen.flows.nice import NICE
+from pyro_gen.flows.nsf import NSF
 from pyro_gen.flows.realnvp import RealNVP
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "FLOWS",
     "MAF",
     "NICE",
+    "NSF",
     "FlowModel",
     "Glow",
     "RealNVP",
@@ -42,6 +44,7 @@ FLOWS: dict[str, type[FlowModel]] = {
     "glow": Glow,
     "maf": MAF,
     "cnf": CNF,
+    "nsf": NSF,
 }
 
 # Sizes that train in minutes on a CPU; any constructor argument overrides them.
@@ -66,6 +69,12 @@ _DEFAULTS: dict[str, dict[str, dict]] = {
         "vector": {"num_layers": 10, "hidden_dims": (64, 64)},
         "image": {"num_layers": 5, "hidden_dims": (1024,)},
     },
+    "nsf": {
+        # autoregressive, as zuko's NSF and the paper's NSF-AR (benchmarks/flows_spline_2d.py)
+        "vector": {"num_layers": 4, "hidden_dims": (64, 64)},
+        # flattened images: a MADE emits 3K - 1 numbers per pixel, so fewer bins and units
+        "image": {"num_layers": 2, "hidden_dims": (512,), "spline_bins": 4},
+    },
     "cnf": {
         "vector": {"hidden_dims": (64, 64, 64), "rtol": 1e-5, "atol": 1e-5},
         "image": {"hidden_dims": (32, 32), "rtol": 1e-4, "atol": 1e-4},
@@ -77,7 +86,7 @@ def build(name: str, event_shape: Sequence[int], **options) -> FlowModel:
     """Build a flow density model by name for data of ``event_shape``.
 
     Args:
-        name: ``"nice"``, ``"realnvp"``, ``"glow"``, ``"maf"`` or ``"cnf"``.
+        name: ``"nice"``, ``"realnvp"``, ``"glow"``, ``"maf"``, ``"nsf"`` or ``"cnf"``.
         event_shape: ``(D,)`` for 2D toys, ``(8, 8)`` for digits, ``(28, 28)`` for MNIST
             (images take pixels in :math:`[0, 1]`, e.g. ``uniform_dequantize(x)``).
         **options: constructor arguments overriding the CPU-sized defaults (e.g.

@@ -11,7 +11,7 @@ from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import Adam
 
-from pyro_gen.flows import CNF, FLOWS, MAF, NICE, FlowModel, Glow, RealNVP, build
+from pyro_gen.flows import CNF, FLOWS, MAF, NICE, NSF, FlowModel, Glow, RealNVP, build
 
 FAST_ODE = dict(method="rk4", options={"step_size": 0.5})
 
@@ -21,6 +21,7 @@ VECTOR = {
     "glow": lambda: Glow((2,), depth=2, hidden_dims=(16,)),
     "maf": lambda: MAF((2,), num_layers=3, hidden_dims=(16,)),
     "cnf": lambda: CNF((2,), hidden_dims=(16,), **FAST_ODE),
+    "nsf": lambda: NSF((2,), num_layers=2, hidden_dims=(16,), spline_bins=4),
 }
 IMAGE = {
     "nice": lambda: NICE((4, 4), num_layers=2, hidden_dims=(16,)),
@@ -28,6 +29,7 @@ IMAGE = {
     "glow": lambda: Glow((4, 4), depth=1, hidden_channels=4, num_blocks=1),
     "maf": lambda: MAF((1, 4, 4), num_layers=2, hidden_dims=(32,)),
     "cnf": lambda: CNF((1, 4, 4), hidden_dims=(4,), **FAST_ODE),
+    "nsf": lambda: NSF((1, 4, 4), num_layers=2, hidden_dims=(32,), spline_bins=4),
 }
 
 
@@ -191,3 +193,17 @@ def test_image_log_prob_matches_autograd_change_of_variables(name):
         jac = torch.autograd.functional.jacobian(lambda v: inverse(v).reshape(-1), xi)
         expected = base.log_prob(z).sum() + torch.linalg.slogdet(jac.reshape(16, 16))[1]
         torch.testing.assert_close(flow.log_prob(xi.clone()), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_nsf_coupling_and_bound_check():
+    flow = NSF((3,), num_layers=3, hidden_dims=(8,), layer="coupling", bound=2.0)
+    x = torch.randn(5, 3)
+    normal = torch.distributions.Normal(0.0, 1.0)
+    torch.testing.assert_close(flow.log_prob(x), normal.log_prob(x).sum(-1))  # identity at init
+    data = torch.zeros(10, 3)
+    data[:3, 0] = 2.5  # 3 of 30 coordinates (10%) outside [-2, 2]
+    with pytest.raises(ValueError, match=r"10\.0% of the values of 'x'.*\[-2, 2\]"):
+        flow.model(data)
+    NSF((3,), num_layers=1, hidden_dims=(8,), bound=2.0, max_outside=0.1).model(data)
+    with pytest.raises(ValueError, match="layer must be"):
+        NSF((3,), layer="spline")

@@ -28,6 +28,7 @@ from pyro_gen.vae.likelihoods import (
     make_likelihood,
 )
 from pyro_gen.vae.missing import check_mask, impute, missing_at_random
+from pyro_gen.vae.naive import naive_log_likelihood, prior_guide
 from pyro_gen.vae.objectives import FreeBitsELBO, iwae, make_loss
 from pyro_gen.vae.posteriors import (
     IAFPosterior,
@@ -56,6 +57,8 @@ __all__ = [
     "iwae",
     "kl_per_dim",
     "make_loss",
+    "naive_log_likelihood",
+    "prior_guide",
     "reconstruction_grid",
     "refine_posterior",
     "semi_amortized_elbo",

@@ -15,6 +15,7 @@ TUTORIALS_DIR = Path(__file__).resolve().parents[1] / "tutorials"
 TUTORIALS = sorted(p.name for p in TUTORIALS_DIR.glob("*.ipynb"))
 EXPECTED = [
     "diffusion_as_hierarchical_vae.ipynb",
+    "gans.ipynb",
     "normalizing_flows.ipynb",
     "vae_guides_and_priors.ipynb",
     "your_own_model.ipynb",

@@ -69,3 +69,21 @@ def test_loops_sharing_one_optimizer_follow_plain_svi(loops, optimizer):
         got, want = state[name]["state"][0], ref_state[name]["state"][0]
         assert float(got["step"]) == float(want["step"]) == 6, name
         torch.testing.assert_close(got["exp_avg"], want["exp_avg"], rtol=RTOL, atol=1e-10)
+
+
+def test_fit_and_svi_take_turns_over_one_optimizer():
+    """Issue 10's report: a compiled fit, then Pyro's SVI, then fit again over one
+    ``pyro.optim.Adam`` raised "a fused CompiledSVI optimizer cannot step one parameter".
+    Now every loop steps one state per parameter: the step counts add up."""
+    from pyro_gen.infer import fit
+
+    gen, x = make("vae")
+    optim = pyro.optim.Adam({"lr": 0.01})
+    fit(gen, x, steps=4, batch_size=5, optim=optim, progress=False)
+    svi = SVI(gen.model, gen.guide, optim, Trace_ELBO())
+    for _ in range(3):
+        svi.step(x)
+    fit(gen, x, steps=4, batch_size=5, optim=optim, progress=False)
+    state = optim.get_state()
+    assert state and all(float(s["state"][0]["step"]) == 11 for s in state.values()), state
+    assert all(torch.isfinite(p).all() for p in pyro.get_param_store().values())

@@ -17,6 +17,7 @@ from pyro_gen.vae.diagnostics import (
     kl_per_dim,
     reconstruction_grid,
 )
+from pyro_gen.vae.discrete import DiscreteVAE, anneal_temperature, temperature_schedule
 from pyro_gen.vae.encoders import ConvEncoder, Encoder, MLPEncoder
 from pyro_gen.vae.guide_slot import GuideSlot
 from pyro_gen.vae.hierarchical import HierarchicalVAE
@@ -45,6 +46,9 @@ from pyro_gen.vae.vae import VAE
 
 __all__ = [
     "FreeBitsELBO",
+    "DiscreteVAE",
+    "anneal_temperature",
+    "temperature_schedule",
     "check_mask",
     "impute",
     "missing_at_random",

@@ -33,6 +33,7 @@ from pyro_gen.infer.checkpoint import (
     write_metrics,
 )
 from pyro_gen.infer.compiled import CompiledSVI, supports
+from pyro_gen.infer.compiled_optim import non_finite
 from pyro_gen.infer.evaluation import evaluate_elbo, module_device
 from pyro_gen.infer.program import Program, program, warm_up
 
@@ -88,7 +89,7 @@ class _SVIStep:
         params = {site["value"].unconstrained() for site in param_capture.trace.nodes.values()}
         loss = float(loss)
         grads = [p.grad for p in params if p.grad is not None]
-        finite_grads = not grads or bool(torch.stack([g.isfinite().all() for g in grads]).all())
+        finite_grads = not grads or not bool(non_finite(grads).item())
         if not (math.isfinite(loss) and finite_grads):
             zero_grads(params)
             what = f"loss became {loss}" if not math.isfinite(loss) else "a gradient became NaN"

@@ -165,7 +165,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_setting(vae, "k", "importance samples of --objective iwae", type=positive)
 
-    flows = train.add_argument_group("flow options (nice, realnvp, glow, maf, cnf)")
+    flows = train.add_argument_group("flow options (nice, realnvp, glow, maf, nsf, cnf)")
     _add_setting(
         flows,
         "dequantization",

@@ -175,7 +175,7 @@ MODELS: dict[str, ModelSpec] = {
             data_kind=lambda o: "levels",
             options=("dequantization",),
         )
-        for name in ("nice", "realnvp", "glow", "maf", "cnf")
+        for name in ("nice", "realnvp", "glow", "maf", "nsf", "cnf")
     },
     "ddpm": ModelSpec(
         build=_build_ddpm,

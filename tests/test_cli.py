@@ -121,6 +121,7 @@ def test_help_documents_every_option():
     [
         ("realnvp", "moons", []),
         ("maf", "eight_gaussians", []),
+        ("nsf", "moons", []),
         ("nice", "digits", ["--subset", "64"]),
         ("glow", "digits", ["--subset", "64", "--dequantization", "variational"]),
         ("cnf", "moons", []),

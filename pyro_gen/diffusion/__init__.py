@@ -1,5 +1,8 @@
 """Diffusion models as Pyro model/guide pairs: schedules, the DDPM (full-chain and time-plate
-forms), parameterizations, samplers, the variational bound and sample-quality scores."""
+forms), parameterizations, samplers, the variational bound and sample-quality scores; forward
+SDEs (VE, VP, sub-VP), score models trained by denoising score matching, score-based samplers
+(annealed Langevin, reverse SDE, predictor-corrector, probability-flow ODE) and likelihoods, and
+flow matching for continuous flows."""
 
 from __future__ import annotations
 
@@ -7,13 +10,18 @@ from collections.abc import Sequence
 
 from pyro_gen.diffusion.ddpm import DDPM
 from pyro_gen.diffusion.ema import EMA, ema_callback
+from pyro_gen.diffusion.flow_matching import FlowMatching, reflow_pairs
 from pyro_gen.diffusion.likelihood import (
     DiscretizedGaussian,
     normal_kl,
     prior_kl,
     variational_bound,
 )
-from pyro_gen.diffusion.parameterization import PARAMETERIZATIONS, convert
+from pyro_gen.diffusion.ode_likelihood import (
+    probability_flow_bits_per_dim,
+    probability_flow_log_prob,
+)
+from pyro_gen.diffusion.parameterization import PARAMETERIZATIONS, convert, convert_scaled
 from pyro_gen.diffusion.samplers import ancestral_sample, ddim_sample, ddim_timesteps
 from pyro_gen.diffusion.schedules import (
     NoiseSchedule,
@@ -22,24 +30,65 @@ from pyro_gen.diffusion.schedules import (
     make_schedule,
     sigmoid_betas,
 )
+from pyro_gen.diffusion.score import (
+    WEIGHTINGS,
+    DDPMScore,
+    ScoreModel,
+    as_score_model,
+    dsm_loss,
+    dsm_weight,
+)
+from pyro_gen.diffusion.score_samplers import (
+    SAMPLERS,
+    annealed_langevin,
+    euler_maruyama,
+    predictor_corrector,
+    probability_flow,
+    sample,
+)
+from pyro_gen.diffusion.sde import SDE, SDES, VESDE, VPSDE, ScheduleSDE, SubVPSDE, make_sde
 
 __all__ = [
     "DDPM",
     "EMA",
     "PARAMETERIZATIONS",
+    "SAMPLERS",
+    "SDE",
+    "SDES",
+    "VESDE",
+    "VPSDE",
+    "WEIGHTINGS",
+    "DDPMScore",
     "DiscretizedGaussian",
+    "FlowMatching",
     "NoiseSchedule",
+    "ScheduleSDE",
+    "ScoreModel",
+    "SubVPSDE",
     "ancestral_sample",
+    "annealed_langevin",
+    "as_score_model",
     "build_ddpm",
     "convert",
+    "convert_scaled",
     "cosine_betas",
     "ddim_sample",
     "ddim_timesteps",
+    "dsm_loss",
+    "dsm_weight",
     "ema_callback",
+    "euler_maruyama",
     "linear_betas",
     "make_schedule",
+    "make_sde",
     "normal_kl",
+    "predictor_corrector",
     "prior_kl",
+    "probability_flow",
+    "probability_flow_bits_per_dim",
+    "probability_flow_log_prob",
+    "reflow_pairs",
+    "sample",
     "sigmoid_betas",
     "variational_bound",
 ]

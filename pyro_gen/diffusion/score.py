@@ -1,0 +1,306 @@
+r"""Score models trained by denoising score matching, as Pyro model/guide pairs, and the score
+of a trained DDPM read as a VP-SDE score model.
+
+Denoising score matching (Vincent 2011) replaces the unknown score of the perturbed data by the
+score of the Gaussian transition, which differs from it by a constant in expectation:
+
+.. math::
+
+    \mathcal L(\theta) = \mathbb E_{t}\, \lambda(t)\, \mathbb E_{x_0, \epsilon}
+    \tfrac12 \big\| s_\theta(x_t, t) + \epsilon / \sigma(t) \big\|^2, \qquad
+    x_t = \alpha(t) x_0 + \sigma(t) \epsilon.
+
+Weightings :math:`\lambda`: ``"sigma2"`` (:math:`\sigma^2`, Song & Ermon; the noise-prediction
+MSE), ``"likelihood"`` (:math:`g(t)^2`, Song et al. 2021: the objective is then, up to a constant,
+a bound on the negative log-likelihood of the SDE model) and ``"none"``.
+
+References:
+    Vincent. A Connection Between Score Matching and Denoising Autoencoders. 2011.
+    Song, Ermon. Generative Modeling by Estimating Gradients of the Data Distribution.
+    arXiv:1907.05600. Song, Durkan, Murray, Ermon. Maximum Likelihood Training of Score-Based
+    Diffusion Models. arXiv:2101.09258.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from torch import Tensor, nn
+
+from pyro_gen.diffusion.parameterization import PARAMETERIZATIONS
+from pyro_gen.diffusion.sde import SDE, ScheduleSDE
+from pyro_gen.transforms._base import PicklableModule
+
+if TYPE_CHECKING:
+    from pyro_gen.diffusion.ddpm import DDPM
+
+__all__ = [
+    "WEIGHTINGS",
+    "DDPMScore",
+    "ScoreModel",
+    "as_score_model",
+    "dsm_loss",
+    "dsm_weight",
+]
+
+ScoreFn = Callable[[Tensor, Tensor], Tensor]
+WEIGHTINGS = ("sigma2", "likelihood", "none")
+
+
+def dsm_weight(sde: SDE, t: Tensor, weighting: str) -> Tensor:
+    """:math:`\\lambda(t)` of the DSM objective for ``weighting`` in :data:`WEIGHTINGS`."""
+    if weighting == "sigma2":
+        return sde.marginal(t)[1] ** 2
+    if weighting == "likelihood":
+        return sde.diffusion(t) ** 2
+    if weighting == "none":
+        return torch.ones_like(t)
+    raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+
+
+def dsm_loss(
+    score_fn: ScoreFn,
+    sde: SDE,
+    x0: Tensor,
+    t: Tensor,
+    noise: Tensor,
+    event_dim: int,
+    weighting: str = "sigma2",
+) -> Tensor:
+    """Per-example denoising score matching term,
+    :math:`\\lambda(t)\\tfrac12\\|s_\\theta(x_t, t) + \\epsilon/\\sigma\\|^2`.
+
+    Args:
+        score_fn: ``score_fn(x_t, t)``.
+        sde: the forward process.
+        x0: data, shape ``batch + event``.
+        t: times, shape ``batch``.
+        noise: :math:`\\epsilon`, shaped like ``x0``.
+        event_dim: number of event dims (summed over).
+        weighting: one of :data:`WEIGHTINGS`.
+
+    Returns:
+        tensor of shape ``batch``.
+
+    Example:
+        >>> from pyro_gen.diffusion.sde import VPSDE
+        >>> sde, x0, eps, t = VPSDE(), torch.randn(4, 2), torch.randn(4, 2), torch.rand(4)
+        >>> exact = lambda x, s: -eps / sde.expand(sde.marginal(s)[1], x)  # the oracle
+        >>> dsm_loss(exact, sde, x0, t, eps, event_dim=1).abs().max().item() < 1e-10
+        True
+    """
+    x_t = sde.perturb(x0, t, noise)
+    sigma = sde.expand(sde.marginal(t)[1], x0)
+    sq = (score_fn(x_t, t) + noise / sigma).pow(2)
+    sq = sq.flatten(sq.dim() - event_dim).sum(-1) if event_dim else sq
+    return 0.5 * dsm_weight(sde, t, weighting) * sq
+
+
+class ScoreModel(PicklableModule):
+    r"""A noise-conditional score network :math:`s_\theta(x, t)` for a forward SDE, trained by
+    denoising score matching as a Pyro model/guide pair.
+
+    Sites (model and guide alike, so each contributes exactly zero to the ELBO):
+    ``"t"`` :math:`\sim U(\epsilon_t, 1)` and ``"x_t"`` :math:`\sim p_{0t}(\cdot \mid x_0)`,
+    under the plates ``"data"`` (dim -1) and ``"time"`` (dim -2, ``time_samples`` draws per
+    example, scaled by ``1/time_samples`` so it is an average over time). The model adds the
+    DSM term as ``pyro.factor("dsm", -loss)``; ``Trace_ELBO`` then returns the DSM loss, so
+    :func:`~pyro_gen.infer.fit`, the compiled step and checkpoints train it unchanged.
+
+    The network sees :math:`t \cdot` ``time_scale`` (sinusoidal embeddings need the spread) and
+    predicts in parameterization ``param`` (``"eps"``, ``"score"``, ``"x0"`` or ``"v"``),
+    converted to a score by :meth:`SDE.convert <pyro_gen.diffusion.sde.SDE.convert>`.
+
+    Args:
+        net: ``net(x, t)`` with ``x`` of shape ``(B, *event_shape)`` and ``t`` a float ``(B,)``.
+        sde: the forward process (:class:`~pyro_gen.diffusion.sde.VESDE`, ``VPSDE``, ...).
+        event_shape: shape of one example.
+        param: what ``net`` predicts.
+        weighting: :math:`\lambda(t)`, one of :data:`WEIGHTINGS`.
+        eps: smallest training time :math:`\epsilon_t` (the score explodes at 0).
+        time_samples: time draws per example and step.
+        time_scale: factor on :math:`t` before the network.
+        name: the ``pyro.module`` name.
+
+    Example:
+        >>> from pyro_gen.diffusion.sde import VPSDE
+        >>> from pyro_gen.nn.time_embedding import TimeMLP
+        >>> m = ScoreModel(TimeMLP(2, 16, num_layers=1), VPSDE(), (2,))
+        >>> loss = pyro.infer.Trace_ELBO().loss(m.model, m.guide, torch.randn(8, 2))
+        >>> m.sample(3, sampler="euler_maruyama", steps=10).shape
+        torch.Size([3, 2])
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        sde: SDE,
+        event_shape: Sequence[int],
+        *,
+        param: str = "eps",
+        weighting: str = "sigma2",
+        eps: float = 1e-3,
+        time_samples: int = 1,
+        time_scale: float = 1000.0,
+        name: str = "score_model",
+    ) -> None:
+        super().__init__()
+        if param not in PARAMETERIZATIONS:
+            raise ValueError(f"param must be one of {PARAMETERIZATIONS}, got {param!r}")
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        if not 0 < eps < 1:
+            raise ValueError(f"eps (the smallest training time) must lie in (0, 1), got {eps}")
+        if int(time_samples) != time_samples or time_samples < 1:
+            raise ValueError(f"time_samples must be a whole number >= 1, got {time_samples}")
+        self.net, self.sde = net, sde
+        self.event_shape = torch.Size(event_shape)
+        self.param, self.weighting = param, weighting
+        self.eps, self.time_samples = float(eps), int(time_samples)
+        self.time_scale, self.name = float(time_scale), name
+
+    @property
+    def event_dim(self) -> int:
+        return len(self.event_shape)
+
+    def score(self, x: Tensor, t: Tensor | float) -> Tensor:
+        """:math:`s_\\theta(x, t)` for ``x`` of shape ``batch + event_shape`` (any batch)."""
+        batch = x.shape[: x.dim() - self.event_dim]
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(batch)
+        flat_t = t.reshape(-1)
+        pred = self.net(x.reshape(-1, *self.event_shape), flat_t * self.time_scale)
+        return self.sde.convert(pred.reshape(x.shape), self.param, "score", x, t)
+
+    def _check(self, x: Tensor) -> None:
+        if x.dim() != self.event_dim + 1 or x.shape[1:] != self.event_shape:
+            raise ValueError(
+                f"{type(self).__name__} expects data of shape (batch, *{tuple(self.event_shape)}),"
+                f" got {tuple(x.shape)}"
+            )
+
+    def _sites(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        B, K = x.shape[0], self.time_samples
+        low = x.new_full((K, B), self.eps)
+        t = pyro.sample("t", dist.Uniform(low, torch.ones_like(low)))
+        # one copy of each example per time draw, so coefficients of shape (K, B) line up
+        x0 = x.expand((K, *x.shape))
+        mean, std = self.sde.marginal_params(x0, t)
+        x_t = pyro.sample("x_t", dist.Normal(mean, std).to_event(self.event_dim))
+        return t, x_t
+
+    def model(self, x: Tensor | None = None, num_samples: int = 1) -> Tensor | None:
+        """DSM objective on data ``x`` (see class docstring); samples when ``x`` is None."""
+        if x is None:
+            return self.sample(num_samples)
+        pyro.module(self.name, self)
+        self._check(x)
+        with (
+            pyro.plate("data", x.shape[0], dim=-1),
+            poutine.scale(scale=1 / self.time_samples),
+            pyro.plate("time", self.time_samples, dim=-2),
+        ):
+            t, x_t = self._sites(x)
+            x0 = x.expand((self.time_samples, *x.shape))
+            mean, std = self.sde.marginal_params(x0, t)
+            noise = (x_t - mean) / std
+            loss = dsm_loss(self.score, self.sde, x0, t, noise, self.event_dim, self.weighting)
+            pyro.factor("dsm", -loss)
+        return None
+
+    def guide(self, x: Tensor | None = None, num_samples: int = 1) -> None:
+        """The fixed time and perturbation distributions (nothing when ``x`` is None)."""
+        if x is None:
+            return None
+        self._check(x)
+        with (
+            pyro.plate("data", x.shape[0], dim=-1),
+            poutine.scale(scale=1 / self.time_samples),
+            pyro.plate("time", self.time_samples, dim=-2),
+        ):
+            self._sites(x)
+        return None
+
+    def sample(self, num_samples: int, sampler: str = "pc", **kwargs: Any) -> Tensor:
+        """Samples by ``sampler`` (see :func:`~pyro_gen.diffusion.score_samplers.sample`)."""
+        from pyro_gen.diffusion.score_samplers import sample
+
+        return sample(self, num_samples, sampler, **kwargs)
+
+    def log_prob(self, x: Tensor, **kwargs: Any) -> Tensor:
+        """Probability-flow ODE log-density (see
+        :func:`~pyro_gen.diffusion.ode_likelihood.probability_flow_log_prob`)."""
+        from pyro_gen.diffusion.ode_likelihood import probability_flow_log_prob
+
+        return probability_flow_log_prob(self, x, **kwargs)
+
+
+class DDPMScore(nn.Module):
+    r"""A trained :class:`~pyro_gen.diffusion.DDPM` read as a score model of its
+    :class:`~pyro_gen.diffusion.sde.ScheduleSDE`: time :math:`t` is the fractional step
+    :math:`tT` given to the network, and its prediction becomes a score with the SDE's
+    :math:`(\alpha(t), \sigma(t))`. Works in the DDPM's model space (images in [-1, 1]).
+
+    Example:
+        >>> from pyro_gen.diffusion import build_ddpm
+        >>> s = DDPMScore(build_ddpm((2,), timesteps=10, hidden_dim=8))
+        >>> s.score(torch.randn(4, 2), torch.full((4,), 0.5)).shape
+        torch.Size([4, 2])
+    """
+
+    def __init__(self, ddpm: DDPM, use_ema: bool = True) -> None:
+        super().__init__()
+        self.ddpm = ddpm
+        self.sde = ScheduleSDE(ddpm.schedule)
+        self.event_shape = ddpm.net_shape
+        self.use_ema = use_ema
+        self.eps = 1.0 / ddpm.schedule.num_timesteps
+
+    @property
+    def event_dim(self) -> int:
+        return len(self.event_shape)
+
+    def to_model_space(self, x: Tensor) -> Tensor:
+        """Data to the DDPM's space (see :meth:`DDPM.to_model_space`)."""
+        return self.ddpm.to_model_space(x)
+
+    def from_model_space(self, x: Tensor) -> Tensor:
+        """The DDPM's space to data (images clamped to [0, 1])."""
+        return self.ddpm.from_model_space(x)
+
+    def score(self, x: Tensor, t: Tensor | float) -> Tensor:
+        """:math:`-\\hat\\epsilon / \\sigma(t)` from the DDPM's network at step :math:`tT`."""
+        batch = x.shape[: x.dim() - self.event_dim]
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(batch)
+        ddpm = self.ddpm
+        steps = t * ddpm.schedule.num_timesteps
+        if self.use_ema and ddpm.ema is not None:
+            with ddpm.ema.average_parameters():
+                pred, _ = ddpm.predict(x, steps)
+        else:
+            pred, _ = ddpm.predict(x, steps)
+        return self.sde.convert(pred, ddpm.param, "score", x, t)
+
+
+def as_score_model(model: Any) -> Any:
+    """``model`` as something with ``.sde``, ``.score(x, t)`` and ``.event_shape``: a
+    :class:`ScoreModel` (or any object with those) as is, a DDPM through :class:`DDPMScore`.
+
+    Raises:
+        TypeError: when ``model`` cannot provide a score.
+    """
+    from pyro_gen.diffusion.ddpm import DDPM
+
+    if isinstance(model, DDPM):
+        return DDPMScore(model)
+    if all(hasattr(model, a) for a in ("sde", "score", "event_shape")):
+        return model
+    raise TypeError(
+        f"{type(model).__name__} cannot provide a score: the score-based samplers and the "
+        "probability-flow likelihood need a ScoreModel, a DDPM, or an object with .sde, "
+        ".score(x, t) and .event_shape"
+    )

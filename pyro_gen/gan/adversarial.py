@@ -77,7 +77,8 @@ class AdversarialLoss(nn.Module):
 
     Conditional GANs pass labels as ``y=`` (the convention of the conditional VAE): the
     discriminator gets them as its context, one-hot with ``discriminator.context_dim``
-    classes when they are integers.
+    classes when they are integers (a network without a ``context_dim`` attribute gets
+    ``y`` as given).
 
     Args:
         discriminator: a module ``D(x)`` (or ``D(x, context)``) returning one unbounded

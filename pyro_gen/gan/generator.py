@@ -122,9 +122,9 @@ class Generator(nn.Module):
             )
         if y.is_floating_point():
             return y
-        return F.one_hot(y.long(), self.num_classes).to(self.prior_dtype())
+        return F.one_hot(y.long(), self.num_classes).to(self._prior_dtype())
 
-    def prior_dtype(self) -> torch.dtype:
+    def _prior_dtype(self) -> torch.dtype:
         tensor = next(iter([*self.prior.buffers(), *self.prior.parameters()]), None)
         return tensor.dtype if tensor is not None else torch.get_default_dtype()
 

@@ -140,8 +140,9 @@ class DCGANGenerator(nn.Module):
 
     ``z`` (with the context appended) goes through a linear layer to a 7x7 feature map,
     then two stride-2 transposed convolutions (with batch norm and ReLU between) to 28x28.
-    The output passes through a sigmoid (pixels in [0, 1], as pyro_gen's image datasets)
-    or a tanh (pixels in [-1, 1]).
+    Layers followed by batch norm have no bias (the norm's shift replaces it; a bias there
+    gets no gradient). The output passes through a sigmoid (pixels in [0, 1], as pyro_gen's
+    image datasets) or a tanh (pixels in [-1, 1]).
 
     Args:
         latent_dim: size of ``z``.
@@ -176,12 +177,12 @@ class DCGANGenerator(nn.Module):
         self.event_shape = _event_shape(event_shape)
         channels = _image_shape(event_shape)[0]
         self.fc = nn.Sequential(
-            nn.Linear(latent_dim + context_dim, 2 * width * 49),
+            nn.Linear(latent_dim + context_dim, 2 * width * 49, bias=False),
             nn.BatchNorm1d(2 * width * 49),
             nn.ReLU(),
         )
         self.conv = nn.Sequential(
-            nn.ConvTranspose2d(2 * width, width, 4, 2, 1),
+            nn.ConvTranspose2d(2 * width, width, 4, 2, 1, bias=False),
             nn.BatchNorm2d(width),
             nn.ReLU(),
             nn.ConvTranspose2d(width, channels, 4, 2, 1),

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pyro
 import pytest
 import torch
 
+from pyro_gen.gan import Generator, WassersteinGP
+from pyro_gen.infer import fit
 from pyro_gen.nn import DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator
 
 
@@ -43,3 +46,19 @@ def test_mlp_networks_check_their_inputs():
         MLPDiscriminator((2,), (8,), context_dim=2)(torch.randn(5, 2))
     with pytest.raises(ValueError, match="sized for 28x28"):
         DCGANGenerator(4, (32, 32))
+
+
+def test_dcgan_trains_through_fit_with_a_gradient_penalty():
+    pyro.set_rng_seed(0)
+    gen = Generator(DCGANGenerator(8, width=4))
+    loss = WassersteinGP(DCGANDiscriminator(width=4, spectral_norm=True), n_critic=1)
+    # the critic's output bias cancels in E f(real) - E f(fake) and is left out
+    params = [
+        *gen.parameters(),
+        *(p for n, p in loss.named_parameters() if n != "discriminator.net.5.bias"),
+    ]
+    before = [p.detach().clone() for p in params]
+    result = fit(gen, torch.rand(4, 28, 28), steps=1, batch_size=4, loss=loss, progress=False)
+    assert torch.isfinite(torch.tensor(result.history[-1]["train_loss"]))
+    assert all(not torch.equal(a, p.detach()) for a, p in zip(before, params))  # both trained
+    assert gen.sample(3).shape == (3, 28, 28)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pyro_gen.distributions.mixture import GaussianMixture, MixturePrior
 from pyro_gen.distributions.vamp import VampPrior
 from pyro_gen.vae.autoguide import AutoAmortizedNormal
+from pyro_gen.vae.bayesian import BayesianVAE
 from pyro_gen.vae.builders import build_vae
 from pyro_gen.vae.decoders import ConvDecoder, Decoder, MLPDecoder
 from pyro_gen.vae.diagnostics import (
@@ -46,6 +47,7 @@ from pyro_gen.vae.vae import VAE
 
 __all__ = [
     "FreeBitsELBO",
+    "BayesianVAE",
     "DiscreteVAE",
     "anneal_temperature",
     "temperature_schedule",

@@ -15,10 +15,11 @@ class SurrogateLoss:
     so that a training loop calling ``loss_and_grads`` can use it.
 
     Pyro's :class:`~pyro.infer.EnergyDistance` is the likelihood-free baseline for a
-    :class:`~pyro_gen.gan.Generator`. It scores the whole batch of one call as one joint
-    vector (the distance is taken after summing squared errors over the data plate), which
-    is a proper scoring rule for independent examples too, but its signal concentrates on
-    the batch's first two moments as the batch grows: train it with small batches.
+    :class:`~pyro_gen.gan.Generator`. It scores the whole batch of one call as one vector
+    (it sums squared errors over the data plate before taking the distance), so a batch of
+    ``B`` examples of dimension ``D`` is one draw in ``B * D`` dimensions: still a proper
+    scoring rule for independent examples, but one data point per call, so small batches
+    and several particles suit it (``benchmarks/gan_toys.py`` uses 16 and 8).
 
     Args:
         loss_fn: the surrogate loss, e.g. ``pyro.infer.EnergyDistance(num_particles=8)``.

@@ -11,6 +11,10 @@ transform's own sample costs no inverse; 0 for the cheap ones) and implements
 them; domains and codomains are where the map and its inverse are defined; modules pickle
 after ``pyro.module`` (``tests/transforms/test_registry.py::test_pyro_contract``).
 
+Neural spline flows are no class of their own: :class:`RationalQuadratic` is an element-wise
+map beside ``Affine`` and ``Additive``, and ``spline_coupling`` / ``spline_autoregressive``
+(and their conditional versions) put it in ``Coupling`` and the autoregressive layers.
+
 Pyro transforms we reuse rather than rewrite (they are in the registry test,
 ``tests/transforms/registry.py``): ``AffineAutoregressive`` (affine IAF), ``Spline``,
 ``SplineCoupling``, ``Planar``, ``Radial``, ``Householder``; import them from
@@ -142,3 +146,8 @@ __all__ += [
     "spline_autoregressive",
     "spline_coupling",
 ]
+
+# residual flows (i-ResNet, Residual Flows)
+from pyro_gen.transforms.residual import LipschitzMLP, ResidualBlock, residual_block  # noqa: E402
+
+__all__ += ["LipschitzMLP", "ResidualBlock", "residual_block"]

@@ -460,3 +460,16 @@ register(
         context_dim=2,
     )
 )
+
+# ------------------------------------------------------------------- residual flows
+register(
+    Case(
+        "residual_block",
+        # exact log-det in training mode too: the roulette estimate is random by design
+        # (its unbiasedness is tested in test_residual.py); tight fixed-point tolerance
+        lambda: T.residual_block(3, [8], lipschitz=0.7, logdet="exact", tol=1e-11),
+        (3,),
+        (T.ResidualBlock,),
+        perturb=0.5,
+    )
+)

@@ -23,6 +23,7 @@ from pyro_gen.flows.maf import MAF
 from pyro_gen.flows.nice import NICE
 from pyro_gen.flows.nsf import NSF
 from pyro_gen.flows.realnvp import RealNVP
+from pyro_gen.flows.resflow import ResidualFlow
 
 __all__ = [
     "CNF",
@@ -33,6 +34,7 @@ __all__ = [
     "FlowModel",
     "Glow",
     "RealNVP",
+    "ResidualFlow",
     "build",
     "make_dequantizer",
 ]
@@ -45,6 +47,7 @@ FLOWS: dict[str, type[FlowModel]] = {
     "maf": MAF,
     "cnf": CNF,
     "nsf": NSF,
+    "resflow": ResidualFlow,
 }
 
 # Sizes that train in minutes on a CPU; any constructor argument overrides them.
@@ -75,6 +78,11 @@ _DEFAULTS: dict[str, dict[str, dict]] = {
         # flattened images: a MADE emits 3K - 1 numbers per pixel, so fewer bins and units
         "image": {"num_layers": 2, "hidden_dims": (512,), "spline_bins": 4},
     },
+    "resflow": {
+        "vector": {"num_layers": 8, "hidden_dims": (64, 64)},
+        # flattened images: the roulette log-det (784 dimensions), one hidden layer
+        "image": {"num_layers": 4, "hidden_dims": (512,)},
+    },
     "cnf": {
         "vector": {"hidden_dims": (64, 64, 64), "rtol": 1e-5, "atol": 1e-5},
         "image": {"hidden_dims": (32, 32), "rtol": 1e-4, "atol": 1e-4},
@@ -86,7 +94,8 @@ def build(name: str, event_shape: Sequence[int], **options) -> FlowModel:
     """Build a flow density model by name for data of ``event_shape``.
 
     Args:
-        name: ``"nice"``, ``"realnvp"``, ``"glow"``, ``"maf"``, ``"nsf"`` or ``"cnf"``.
+        name: ``"nice"``, ``"realnvp"``, ``"glow"``, ``"maf"``, ``"nsf"``, ``"resflow"`` or
+            ``"cnf"``.
         event_shape: ``(D,)`` for 2D toys, ``(8, 8)`` for digits, ``(28, 28)`` for MNIST
             (images take pixels in :math:`[0, 1]`, e.g. ``uniform_dequantize(x)``).
         **options: constructor arguments overriding the CPU-sized defaults (e.g.

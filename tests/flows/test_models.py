@@ -11,7 +11,18 @@ from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import Adam
 
-from pyro_gen.flows import CNF, FLOWS, MAF, NICE, NSF, FlowModel, Glow, RealNVP, build
+from pyro_gen.flows import (
+    CNF,
+    FLOWS,
+    MAF,
+    NICE,
+    NSF,
+    FlowModel,
+    Glow,
+    RealNVP,
+    ResidualFlow,
+    build,
+)
 
 FAST_ODE = dict(method="rk4", options={"step_size": 0.5})
 
@@ -22,6 +33,7 @@ VECTOR = {
     "maf": lambda: MAF((2,), num_layers=3, hidden_dims=(16,)),
     "cnf": lambda: CNF((2,), hidden_dims=(16,), **FAST_ODE),
     "nsf": lambda: NSF((2,), num_layers=2, hidden_dims=(16,), spline_bins=4),
+    "resflow": lambda: ResidualFlow((2,), num_layers=2, hidden_dims=(16,)),
 }
 IMAGE = {
     "nice": lambda: NICE((4, 4), num_layers=2, hidden_dims=(16,)),
@@ -30,6 +42,7 @@ IMAGE = {
     "maf": lambda: MAF((1, 4, 4), num_layers=2, hidden_dims=(32,)),
     "cnf": lambda: CNF((1, 4, 4), hidden_dims=(4,), **FAST_ODE),
     "nsf": lambda: NSF((1, 4, 4), num_layers=2, hidden_dims=(32,), spline_bins=4),
+    "resflow": lambda: ResidualFlow((1, 4, 4), num_layers=1, hidden_dims=(16,)),
 }
 
 

@@ -30,7 +30,9 @@ class NSF(FlowModel):
     Every layer starts at the identity. Only the data-side layer sees the data, so
     ``model(x)`` checks that the bound covers them: more than ``max_outside`` of the
     coordinates outside :math:`[-B, B]` is an error naming the share, since the tails are
-    the identity and such data are left to the base distribution. Images (``(H, W)`` or
+    the identity and such data are left to the base distribution (under ``fit``'s compiled
+    step the check runs on the batches the model runs eagerly: the first ones of each batch
+    shape, which suffices for a bound meant to cover the data with margin). Images (``(H, W)`` or
     ``(C, H, W)``, pixels in :math:`[0,1]`) are flattened and modelled in logit space, whose
     range :math:`\pm\log((1-\alpha)/\alpha)` (2.9 at :math:`\alpha = 0.05`) lies inside the
     default bound.

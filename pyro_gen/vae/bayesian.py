@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -189,7 +188,7 @@ class BayesianVAE(nn.Module):
         if self.num_data is not None and x.shape[0] > self.num_data:
             raise ValueError(f"a batch of {x.shape[0]} is larger than num_data={self.num_data}")
 
-    def model(self, x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    def model(self, x: torch.Tensor) -> torch.Tensor:
         """:math:`\\theta \\sim p(\\theta)` (outside the data plate), then per example
         :math:`z \\sim \\mathcal{N}(0, I)`, :math:`x \\sim p(x \\mid z, \\theta)`."""
         self._check(x)
@@ -201,7 +200,7 @@ class BayesianVAE(nn.Module):
         with data_plate:
             return pyro.sample(OBS, px, obs=self.decoder.likelihood.prepare(x))
 
-    def guide(self, x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    def guide(self, x: torch.Tensor) -> torch.Tensor:
         """:math:`q(\\theta)` (AutoNormal, global) and :math:`q(z \\mid x)` (amortized,
         local)."""
         self._check(x)

@@ -169,7 +169,7 @@ class DiscreteVAE(nn.Module):
         h = self.encoder(x.reshape(x.shape[0], -1).to(self.prior_logits.dtype))
         return h.reshape(x.shape[0], self.num_latents, self.num_categories)
 
-    def model(self, x: torch.Tensor | None = None, num_samples: int | None = None, **kwargs):
+    def model(self, x: torch.Tensor | None = None, num_samples: int | None = None):
         """Uniform categorical (or its relaxation) prior, then :math:`x \\sim p(x \\mid z)`."""
         pyro.module(self.prefix + "decoder", self.decoder)
         if x is not None:
@@ -180,7 +180,7 @@ class DiscreteVAE(nn.Module):
             z = pyro.sample(LATENT, self._latent(self.prior_logits))
             return pyro.sample(OBS, self.decoder(self._decode_input(z)), obs=obs)
 
-    def guide(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+    def guide(self, x: torch.Tensor) -> torch.Tensor:
         """Amortized :math:`q(z \\mid x)`: relaxed draws, or marked for parallel enumeration."""
         self._check(x)
         pyro.module(self.prefix + "encoder", self.encoder)

@@ -16,6 +16,7 @@ from pyro_gen.vae.decoders import Decoder, MLPDecoder
 from pyro_gen.vae.encoders import MLPEncoder
 from pyro_gen.vae.guide_slot import GuideSlot
 from pyro_gen.vae.likelihoods import Likelihood
+from pyro_gen.vae.missing import fill_missing, mask_pixels
 from pyro_gen.vae.priors import NormalPrior
 from pyro_gen.vae.sites import DATA_PLATE, OBS, latent_site
 
@@ -126,23 +127,36 @@ class HierarchicalVAE(GuideSlot):
         pyro.module(self.prefix + "decoder", self.decoder)
         pyro.module(self.prefix + "topdown", self.topdown)
 
-    def model(self, x: torch.Tensor | None = None, num_samples: int | None = None, **kwargs):
+    def model(
+        self,
+        x: torch.Tensor | None = None,
+        num_samples: int | None = None,
+        mask: torch.Tensor | None = None,
+        **kwargs,
+    ):
         """:math:`z_L \\sim p(z_L)`, :math:`z_l \\sim p(z_l \\mid z_{l+1})`,
-        :math:`x \\sim p(x \\mid z_1)`."""
+        :math:`x \\sim p(x \\mid z_1)`; ``mask`` (True where observed) restricts the
+        likelihood to the observed entries, as in :class:`~pyro_gen.vae.VAE`."""
         self._register_generative()
+        if mask is not None and x is None:
+            raise ValueError("mask= marks the observed entries of x: pass x too")
         batch = x.shape[0] if x is not None else (num_samples or 1)
-        obs = None if x is None else self.decoder.likelihood.prepare(x)
+        obs = None if x is None else self.decoder.likelihood.prepare(fill_missing(x, mask))
         with pyro.plate(DATA_PLATE, batch):
             z = pyro.sample(latent_site(self.num_layers), self.prior())
             for layer in range(self.num_layers - 1, 0, -1):
                 loc, scale = self.topdown[layer - 1](z)
                 z = pyro.sample(latent_site(layer), dist.Normal(loc, scale).to_event(1))
-            return pyro.sample(OBS, self.decoder(z), obs=obs)
+            return pyro.sample(OBS, mask_pixels(self.decoder(z), mask), obs=obs)
 
-    def default_guide(self, x: torch.Tensor | None = None, **kwargs) -> dict[str, torch.Tensor]:
-        """Built-in guide: posterior over ``z1 ... zL`` in the chosen inference order."""
+    def default_guide(
+        self, x: torch.Tensor | None = None, mask: torch.Tensor | None = None, **kwargs
+    ) -> dict[str, torch.Tensor]:
+        """Built-in guide: posterior over ``z1 ... zL`` in the chosen inference order (missing
+        entries of ``x`` set to zero)."""
         if x is None:
             raise ValueError("the guide needs observed data x")
+        x = fill_missing(x, mask)
         pyro.module(self.prefix + "encoders", self.encoders)
         out: dict[str, torch.Tensor] = {}
         with pyro.plate(DATA_PLATE, x.shape[0]):

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -148,7 +147,7 @@ class SSVAE(nn.Module):
         """Logits of the classifier :math:`q(y \\mid x)`, shape ``(batch, C)``."""
         return self.classifier(x.reshape(x.shape[0], -1).to(self.prior_logits.dtype))
 
-    def model(self, x: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any) -> None:
+    def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         """:math:`y \\sim p(y)` (observed when given), :math:`z \\sim p(z)`,
         :math:`x \\sim p(x \\mid y, z)`, and in training mode on labelled batches the factor
         :math:`\\alpha \\log q(y \\mid x)`."""
@@ -165,7 +164,7 @@ class SSVAE(nn.Module):
                 log_q = dist.Categorical(logits=self.logits(x)).log_prob(y)
                 pyro.factor(CLASSIFICATION, self.alpha * log_q)
 
-    def guide(self, x: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any) -> None:
+    def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         """:math:`y \\sim q(y \\mid x)`, enumerated in parallel, when ``y`` is not given;
         then :math:`z \\sim q(z \\mid x, y)`."""
         y = self._check(x, y)

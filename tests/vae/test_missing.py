@@ -152,3 +152,26 @@ def test_mask_errors_are_clear():
         missing_at_random((3, 4), 1.0)
     with pytest.raises(ValueError, match="num_samples must be a positive integer"):
         impute(vae, x, torch.ones(3, 4, dtype=torch.bool), num_samples=0)
+
+
+def test_the_hierarchical_vae_scores_only_observed_pixels_too():
+    from pyro_gen.vae import HierarchicalVAE
+
+    x = torch.rand(4, 6).round()
+    m = torch.rand(4, 6) < 0.5
+    hvae = HierarchicalVAE((6,), z_dims=(3, 2), hidden_dim=8)
+    losses = []
+    for data in (x, torch.where(m, x, float("nan")), torch.where(m, x, 1 - x)):
+        pyro.set_rng_seed(0)
+        losses.append(iwae(4).loss(hvae.model, hvae.guide, data, mask=m))
+    assert losses[0] == losses[1] == losses[2]
+    pyro.set_rng_seed(0)
+    assert iwae(4).loss(hvae.model, hvae.guide, x) != losses[0]
+
+
+def test_models_without_a_mask_refuse_it_rather_than_ignore_it():
+    from pyro_gen.vae import SSVAE
+
+    m2 = SSVAE((6,), num_classes=3, z_dim=2, hidden_dims=(8,))
+    with pytest.raises(TypeError, match="mask"):
+        m2.model(torch.rand(2, 6).round(), mask=torch.ones(2, 6, dtype=torch.bool))

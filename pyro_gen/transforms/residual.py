@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pyro_gen.transforms._base import FlowTransformModule
+from pyro_gen.transforms._base import FlowTransformModule, PicklableModule
 
 __all__ = ["LipschitzMLP", "ResidualBlock", "residual_block"]
 
@@ -54,7 +54,7 @@ class _SpectralLinear(nn.Linear):
         return F.linear(x, self.normalized_weight(), self.bias)
 
 
-class LipschitzMLP(nn.Sequential):
+class LipschitzMLP(PicklableModule, nn.Sequential):
     """MLP whose Lipschitz constant is below ``lipschitz``: every linear layer has spectral
     norm at most ``lipschitz`` and the activation (LipSwish) is 1-Lipschitz; the bound of the
     composition is ``lipschitz ** num_linear_layers``.

@@ -1,5 +1,6 @@
 """On Gaussian data the score of every forward marginal is known; a briefly trained network's
-score (converted from its eps prediction) must match it."""
+score (converted from its eps prediction) must match it, also read through DDPMScore between
+its steps, and its probability-flow density must match the data's."""
 
 from __future__ import annotations
 
@@ -7,7 +8,14 @@ import pyro
 import torch
 from pyro.infer import SVI, TraceMeanField_ELBO
 
-from pyro_gen.diffusion import DDPM, NoiseSchedule, convert, linear_betas
+from pyro_gen.diffusion import (
+    DDPM,
+    DDPMScore,
+    NoiseSchedule,
+    convert,
+    linear_betas,
+    probability_flow_log_prob,
+)
 from pyro_gen.nn.time_embedding import TimeMLP
 
 torch.set_num_threads(1)
@@ -35,3 +43,24 @@ def test_trained_score_matches_true_score():
         learned = convert(pred, "eps", "score", x_t, ab)
         rel = (learned - true).norm(dim=-1).mean() / true.norm(dim=-1).mean()
         assert rel < 0.15, (t, float(rel))
+    # the same network as a score model of the VP SDE through the schedule, asked between
+    # its trained steps (as ODE solvers do), and its probability-flow density
+    sm = DDPMScore(m)
+    for t in (4.5, 10.5):
+        alpha, sigma = sm.sde.marginal(torch.tensor(t / 20))
+        cov_t = alpha**2 * cov + sigma**2 * torch.eye(2)
+        x_t = alpha * mu + torch.randn(2000, 2) @ torch.linalg.cholesky(cov_t).T
+        true = -(x_t - alpha * mu) @ torch.linalg.inv(cov_t)
+        with torch.no_grad():
+            learned = sm.score(x_t, torch.tensor(t / 20))
+        rel = (learned - true).norm(dim=-1).mean() / true.norm(dim=-1).mean()
+        assert rel < 0.15, (t, float(rel))
+    # T = 20 leaves alpha(1) = 0.19, so the ODE starts from the exact p_1, not N(0, I)
+    alpha, sigma = sm.sde.marginal(torch.tensor(1.0))
+    p1 = torch.distributions.MultivariateNormal(
+        alpha * mu, alpha**2 * cov + sigma**2 * torch.eye(2)
+    )
+    x = data[:64]
+    lp = probability_flow_log_prob(m, x, rtol=1e-3, atol=1e-3, prior_log_prob=p1.log_prob)
+    true_lp = torch.distributions.MultivariateNormal(mu, cov).log_prob(x)
+    assert abs(float((lp - true_lp).mean())) < 0.1

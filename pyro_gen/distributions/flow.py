@@ -53,6 +53,108 @@ class FlowDistribution(dist.TransformedDistribution):
         return super().log_prob(value)
 
 
+class LearnedNormal(PicklableModule):
+    r"""A learnable diagonal Gaussian base :math:`\mathcal{N}(\mu, \operatorname{diag}(\sigma^2))`.
+
+    Starts at the standard normal (:math:`\mu = 0`, :math:`\log\sigma = 0`).
+    ``temperature`` :math:`T` scales :math:`\sigma` (sampling at :math:`T < 1` draws
+    closer to the mode, as in Glow); the density at :math:`T = 1` is the model's.
+
+    Args:
+        event_shape: the flow's base event shape.
+
+    Example:
+        >>> base = LearnedNormal(2)
+        >>> base(temperature=0.5).sample((1000,)).std().item() < 0.6
+        True
+    """
+
+    def __init__(self, event_shape: int | Sequence[int]) -> None:
+        super().__init__()
+        self.event_shape = as_event_shape(event_shape)
+        self.loc = nn.Parameter(torch.zeros(self.event_shape))
+        self.log_scale = nn.Parameter(torch.zeros(self.event_shape))
+
+    def forward(
+        self, context: torch.Tensor | None = None, temperature: float = 1.0
+    ) -> dist.TorchDistribution:
+        loc, scale = self.loc, self.log_scale.exp() * temperature
+        if context is not None:
+            batch = context.shape[:-1]
+            loc, scale = loc.expand(batch + loc.shape), scale.expand(batch + scale.shape)
+        return dist.Normal(loc, scale).to_event(len(self.event_shape))
+
+
+class LearnedMixture(PicklableModule):
+    r"""A learnable mixture of :math:`K` diagonal Gaussians as a flow's base (vector events).
+
+    :math:`p(u) = \sum_k \pi_k \mathcal{N}(u; \mu_k, \operatorname{diag}\sigma_k^2)`
+    with :math:`\pi = \operatorname{softmax}(\text{logits})`; the means start spread
+    (:math:`\mathcal{N}(0, I)` draws), the scales at 1. ``temperature`` scales every
+    component's :math:`\sigma_k` (not the density's exponent).
+
+    Args:
+        dim: base event size.
+        num_components: :math:`K`.
+
+    Example:
+        >>> base = LearnedMixture(2, num_components=3)
+        >>> base().log_prob(torch.zeros(5, 2)).shape
+        torch.Size([5])
+    """
+
+    def __init__(self, dim: int, num_components: int = 8) -> None:
+        super().__init__()
+        self.event_shape = (int(dim),)
+        self.logits = nn.Parameter(torch.zeros(num_components))
+        self.loc = nn.Parameter(torch.randn(num_components, dim))
+        self.log_scale = nn.Parameter(torch.zeros(num_components, dim))
+
+    def forward(
+        self, context: torch.Tensor | None = None, temperature: float = 1.0
+    ) -> dist.TorchDistribution:
+        batch = torch.Size(() if context is None else context.shape[:-1])
+        logits = self.logits.expand(batch + self.logits.shape)
+        loc = self.loc.expand(batch + self.loc.shape)
+        scale = (self.log_scale.exp() * temperature).expand(batch + self.loc.shape)
+        components = dist.Normal(loc, scale).to_event(1)
+        return dist.MixtureSameFamily(dist.Categorical(logits=logits), components)
+
+
+class ConditionalNormal(PicklableModule):
+    r"""A diagonal Gaussian base whose mean and log-scale are a network of the context.
+
+    :math:`p(u \mid c) = \mathcal{N}(\mu(c), \operatorname{diag}\sigma(c)^2)`; the
+    network's last layer starts at zero, so the base starts standard normal.
+    ``temperature`` scales :math:`\sigma(c)`.
+
+    Args:
+        dim: base event size.
+        context_dim: context size.
+        hidden_dims: hidden widths of the network.
+
+    Example:
+        >>> base = ConditionalNormal(2, context_dim=3, hidden_dims=(8,))
+        >>> base(torch.zeros(4, 3)).batch_shape
+        torch.Size([4])
+    """
+
+    def __init__(self, dim: int, context_dim: int, hidden_dims: Sequence[int] = (64,)) -> None:
+        super().__init__()
+        from pyro_gen.nn.mlp import MLP
+
+        self.event_shape = (int(dim),)
+        self.net = MLP(context_dim, hidden_dims, 2 * dim, zero_init_output=True)
+
+    def forward(
+        self, context: torch.Tensor | None = None, temperature: float = 1.0
+    ) -> dist.TorchDistribution:
+        if context is None:
+            raise ValueError("ConditionalNormal is a conditional base: pass a context")
+        loc, log_scale = self.net(context).chunk(2, -1)
+        return dist.Normal(loc, log_scale.exp() * temperature).to_event(1)
+
+
 class Flow(PicklableModule):
     r"""A normalizing flow as a module; calling it returns a :class:`FlowDistribution`.
 
@@ -76,6 +178,10 @@ class Flow(PicklableModule):
         transforms: transforms in Pyro order (base to data).
         base_shape: base event shape; inferred with ``inverse_shape`` when omitted
             (conditional transforms are assumed to keep the shape).
+        base: a learnable base instead of the standard normal: a module called as
+            ``base(context, temperature)`` returning a distribution with event shape
+            ``base_shape`` (:class:`LearnedNormal`, :class:`LearnedMixture`,
+            :class:`ConditionalNormal`); a mismatched event shape is an error.
 
     Example:
         >>> import pyro
@@ -96,6 +202,7 @@ class Flow(PicklableModule):
         transforms: Sequence[Transform | ConditionalTransform],
         *,
         base_shape: int | Sequence[int] | None = None,
+        base: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.event_shape = as_event_shape(event_shape)
@@ -111,6 +218,16 @@ class Flow(PicklableModule):
         self.register_buffer("base_loc", torch.zeros(self.base_shape))
         self.register_buffer("base_scale", torch.ones(self.base_shape))
         self.conditional = any(isinstance(t, ConditionalTransform) for t in self._transforms)
+        if base is not None:
+            shape = tuple(getattr(base, "event_shape", ()))
+            if shape != self.base_shape:
+                raise ValueError(
+                    f"the base distribution has event shape {shape} but the flow's base "
+                    f"(the transforms' input) has {self.base_shape}; build the base with "
+                    f"event shape {self.base_shape}"
+                )
+            self.conditional = self.conditional or isinstance(base, ConditionalNormal)
+        self.base = base
 
     def forward(
         self, context: torch.Tensor | None = None, temperature: float = 1.0
@@ -118,11 +235,14 @@ class Flow(PicklableModule):
         """The flow distribution (conditioned on ``context`` if the flow is conditional)."""
         if self.conditional and context is None:
             raise ValueError("this flow has conditional transforms; pass a context")
-        loc, scale = self.base_loc, self.base_scale * temperature
-        if context is not None:
-            batch = context.shape[:-1]
-            loc, scale = loc.expand(batch + loc.shape), scale.expand(batch + scale.shape)
-        base = dist.Normal(loc, scale).to_event(len(self.base_shape))
+        if self.base is not None:
+            base = self.base(context, temperature)
+        else:
+            loc, scale = self.base_loc, self.base_scale * temperature
+            if context is not None:
+                batch = context.shape[:-1]
+                loc, scale = loc.expand(batch + loc.shape), scale.expand(batch + scale.shape)
+            base = dist.Normal(loc, scale).to_event(len(self.base_shape))
         parts = [
             t.condition(context) if isinstance(t, ConditionalTransform) else t
             for t in self._transforms

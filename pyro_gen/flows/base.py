@@ -103,6 +103,8 @@ class FlowModel(PicklableModule):
         dequantization: ``None`` (continuous data), ``"uniform"``, ``"variational"`` or a
             dequantizer module; with one, ``model``/``guide`` take integers ``0..num_bins-1``.
         num_bins: number of discrete levels for dequantization and :meth:`bits_per_dim`.
+        base: a learnable base distribution module instead of the standard normal (see
+            :class:`~pyro_gen.distributions.flow.LearnedNormal` and its siblings).
 
     Example:
         >>> import pyro.distributions as dist
@@ -127,12 +129,13 @@ class FlowModel(PicklableModule):
         name: str | None = None,
         dequantization: str | UniformDequantization | None = None,
         num_bins: int = 256,
+        base: torch.nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.event_shape = torch.Size(event_shape)
         # The distribution itself (base, transforms, shapes) is pyro_gen.distributions.Flow;
         # this class adds the model protocol around it.
-        self.flow = Flow(tuple(self.event_shape), list(transforms))
+        self.flow = Flow(tuple(self.event_shape), list(transforms), base=base)
         self.base_shape = torch.Size(self.flow.base_shape)
         self.name = name or type(self).__name__.lower()
         self.num_bins = int(num_bins)

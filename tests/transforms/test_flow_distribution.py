@@ -12,6 +12,7 @@ from pyro.optim import Adam
 
 from pyro_gen import transforms as T
 from pyro_gen.distributions import Flow, FlowDistribution
+from pyro_gen.distributions.flow import ConditionalNormal, LearnedMixture, LearnedNormal
 
 
 def _perturb(module: torch.nn.Module, scale: float = 0.3) -> None:
@@ -156,3 +157,47 @@ def test_inverse_and_composed_transforms_keep_their_parameters_registered() -> N
     flow = Flow(2, [a.inv, ComposeTransform([b, c])])
     n = sum(p.numel() for m in (a, b, c) for p in m.parameters())
     assert sum(p.numel() for p in flow.parameters()) == n
+
+
+# ------------------------------------------------------------ learnable base distributions
+
+
+def test_learned_bases_have_their_closed_form_densities() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(6, 2)
+    normal, mixture = LearnedNormal(2), LearnedMixture(2, num_components=3)
+    with torch.no_grad():
+        for p in [*normal.parameters(), *mixture.parameters()]:
+            p.add_(0.5 * torch.randn_like(p))
+    # with no transforms the flow's density is the base's, checked against closed forms
+    lp = Flow(2, [], base=normal).log_prob(x)
+    sd = normal.log_scale.exp()
+    expected = torch.distributions.Normal(normal.loc, sd).log_prob(x).sum(-1)
+    torch.testing.assert_close(lp, expected)
+    lp = Flow(2, [], base=mixture).log_prob(x)
+    comp = torch.distributions.Normal(mixture.loc, mixture.log_scale.exp())
+    per = comp.log_prob(x[:, None, :]).sum(-1) + mixture.logits.log_softmax(-1)
+    torch.testing.assert_close(lp, per.logsumexp(-1))
+
+
+def test_learned_base_trains_and_temperature_scales_it() -> None:
+    flow = Flow(2, [T.affine_coupling(2, hidden_dims=[8])], base=LearnedNormal(2))
+    loss = -flow.log_prob(torch.randn(16, 2) + 3.0).mean()
+    loss.backward()
+    assert flow.base.loc.grad is not None and flow.base.loc.grad.abs().sum() > 0
+    # identity transform at init: samples are the base's, temperature scales its std
+    torch.manual_seed(1)
+    assert flow.sample(4000, temperature=0.5).std().item() == pytest.approx(0.5, rel=0.05)
+
+
+def test_conditional_base() -> None:
+    flow = Flow(2, [T.affine_coupling(2, hidden_dims=[8])], base=ConditionalNormal(2, 3, (8,)))
+    assert flow.conditional
+    assert flow.log_prob(torch.randn(5, 2), torch.randn(5, 3)).shape == (5,)
+    with pytest.raises(ValueError, match="pass a context"):
+        flow.log_prob(torch.randn(5, 2))
+
+
+def test_base_event_shape_must_match() -> None:
+    with pytest.raises(ValueError, match=r"event shape \(3,\) but the flow's base .* \(2,\)"):
+        Flow(2, [T.affine_coupling(2, hidden_dims=[8])], base=LearnedNormal(3))

@@ -239,7 +239,7 @@ class ScoreModel(PicklableModule):
         return probability_flow_log_prob(self, x, **kwargs)
 
 
-class DDPMScore(nn.Module):
+class DDPMScore(PicklableModule):
     r"""A trained :class:`~pyro_gen.diffusion.DDPM` read as a score model of its
     :class:`~pyro_gen.diffusion.sde.ScheduleSDE`: time :math:`t` is the fractional step
     :math:`tT` given to the network, and its prediction becomes a score with the SDE's

@@ -31,10 +31,11 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from pyro_gen.diffusion.parameterization import convert_scaled
 from pyro_gen.diffusion.schedules import NoiseSchedule
+from pyro_gen.transforms._base import PicklableModule
 
 __all__ = ["SDE", "SDES", "ScheduleSDE", "SubVPSDE", "VESDE", "VPSDE", "make_sde"]
 
@@ -42,7 +43,7 @@ __all__ = ["SDE", "SDES", "ScheduleSDE", "SubVPSDE", "VESDE", "VPSDE", "make_sde
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 
 
-class SDE(nn.Module):
+class SDE(PicklableModule):
     r"""A linear-drift forward SDE :math:`dx = f(t) x\, dt + g(t)\, dw` on :math:`[0, 1]`.
 
     Subclasses define :meth:`marginal` (:math:`\alpha(t), \sigma(t)`), :meth:`drift_coef`

@@ -115,11 +115,17 @@ def _latent_sites(trace: poutine.Trace) -> dict[str, dict[str, Any]]:
 
 def _check_sites(model_trace: poutine.Trace, guide_trace: poutine.Trace) -> None:
     model_sites, guide_sites = _latent_sites(model_trace), _latent_sites(guide_trace)
+    unguided = sorted(
+        n
+        for n, site in model_sites.items()
+        if n not in guide_sites and site["infer"].get("enumerate") is None
+    )
     extra = sorted(set(guide_sites) - set(model_trace.nodes))
     if extra:
+        hint = f"; the model's unguided latent sites are {unguided}" if unguided else ""
         raise ValueError(
-            f"the guide samples {extra}, which the model has no site for: guide and model "
-            "must use the same site names (a typo?)"
+            f"the guide samples {extra}, which the model has no site for{hint}: guide and "
+            "model must use the same site names (a typo?)"
         )
     observed = sorted(n for n in guide_sites if model_trace.nodes[n].get("is_observed"))
     if observed:
@@ -127,14 +133,9 @@ def _check_sites(model_trace: poutine.Trace, guide_trace: poutine.Trace) -> None
             f"the guide samples {observed}, which the model observes: a guide samples only "
             "the model's latent sites"
         )
-    missing = sorted(
-        n
-        for n, site in model_sites.items()
-        if n not in guide_sites and site["infer"].get("enumerate") is None
-    )
-    if missing:
+    if unguided:
         raise ValueError(
-            f"the model's latent sites {missing} have no counterpart in the guide: sample them "
+            f"the model's latent sites {unguided} have no counterpart in the guide: sample them "
             "in the guide, or (for discrete sites) mark them infer={'enumerate': 'parallel'} "
             "and train with TraceEnum_ELBO"
         )

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
-from pyro_gen.distributions.flow import Flow, FlowDistribution
+from pyro_gen.distributions.flow import (
+    ConditionalNormal,
+    Flow,
+    FlowDistribution,
+    LearnedMixture,
+    LearnedNormal,
+)
 
-__all__ = ["Flow", "FlowDistribution"]
+__all__ = ["ConditionalNormal", "Flow", "FlowDistribution", "LearnedMixture", "LearnedNormal"]

@@ -83,11 +83,20 @@ class _SVIStep:
         self.model, self.guide, self.optim, self.loss = model, guide, optim, loss
         self.grad_clip = grad_clip
 
+    def _loss_and_grads(self, *args: Any, **kwargs: Any) -> Any:
+        if hasattr(self.loss, "loss_and_grads"):
+            return self.loss.loss_and_grads(self.model, self.guide, *args, **kwargs)
+        # A callable loss, as Pyro's SVI takes one (e.g. EnergyDistance): differentiate it here.
+        value = self.loss(self.model, self.guide, *args, **kwargs)
+        if getattr(value, "requires_grad", False):
+            value.backward()
+        return value
+
     def __call__(self, step: int, *args: Any, **kwargs: Any) -> torch.Tensor:
         with pyro.poutine.trace(param_only=True) as param_capture:
-            loss = self.loss.loss_and_grads(self.model, self.guide, *args, **kwargs)
+            loss = self._loss_and_grads(*args, **kwargs)
         params = {site["value"].unconstrained() for site in param_capture.trace.nodes.values()}
-        loss = float(loss)
+        loss = float(loss.detach() if torch.is_tensor(loss) else loss)
         grads = [p.grad for p in params if p.grad is not None]
         finite_grads = not grads or not bool(non_finite(grads).item())
         if not (math.isfinite(loss) and finite_grads):
@@ -122,6 +131,27 @@ def _read_back(losses: list[torch.Tensor], first_step: int) -> float:
                 "learning rate, set grad_clip, or check the data"
             )
     return math.fsum(values)
+
+
+@torch.no_grad()
+def _evaluate_loss(
+    prog: Program, data: Any, loss: Any, batch_size: int, transform: Transform | None
+) -> float:
+    """A loss object's value per example on held-out data (modules in eval mode)."""
+    modes = {name: m.training for name, m in prog.modules.items()}
+    for m in prog.modules.values():
+        m.eval()
+    total, seen = 0.0, 0
+    try:
+        for call in batch_calls(data, batch_size, shuffle=False):
+            call = with_transform(call, transform)
+            evaluate = loss.loss if hasattr(loss, "loss_and_grads") else loss
+            total += float(evaluate(prog.model, prog.guide, *call.args, **call.kwargs))
+            seen += call.size if call.size is not None else 1
+    finally:
+        for name, m in prog.modules.items():
+            m.train(modes[name])
+    return total / max(seen, 1)
 
 
 def _whole(name: str, value: Any, minimum: int) -> None:
@@ -281,7 +311,9 @@ def fit(
         optim: a :class:`pyro.optim.PyroOptim`; default Adam with learning rate 1e-3. It may
             be shared with other loops (Pyro's ``SVI``, another ``fit``).
         loss: a Pyro ELBO (any of Pyro's, e.g. ``TraceEnum_ELBO`` for enumerated discrete
-            sites) or another Pyro loss object; default :class:`~pyro.infer.Trace_ELBO`.
+            sites), another Pyro loss object with ``loss_and_grads`` (the adversarial losses
+            of :mod:`pyro_gen.gan`), or a callable loss as Pyro's ``SVI`` takes one
+            (``EnergyDistance``); default :class:`~pyro.infer.Trace_ELBO`.
         device: where modules and tensor data live during training; default the module's.
         annealing: ``step -> beta`` applied to latent sites only (KL warm-up), e.g.
             :class:`~pyro_gen.infer.LinearAnnealing`.
@@ -290,7 +322,8 @@ def fit(
             argument (or ``x`` when the batch is passed by name), or a dict from argument
             names or positions to callables (e.g. dynamic binarization).
         eval_data: held-out data in the same form; its ELBO per example is recorded as
-            ``test_elbo``.
+            ``test_elbo`` (for a loss that is not an ELBO, the loss per example as
+            ``test_loss``).
         eval_every: evaluate every this many epochs.
         checkpoint_dir: where checkpoints and metrics go; None keeps nothing on disk.
         checkpoint_every: also checkpoint every this many steps inside an epoch.
@@ -333,6 +366,11 @@ def fit(
         epochs, steps, batch_size, grad_clip, eval_every, checkpoint_every, checkpoint_dir, optim
     )
     loss = loss if loss is not None else Trace_ELBO()
+    if not (hasattr(loss, "loss_and_grads") or callable(loss)):
+        raise TypeError(
+            f"loss must be a Pyro loss (an ELBO, an object with loss_and_grads, or a callable "
+            f"loss(model, guide, *args)), got {type(loss).__name__}"
+        )
     prog = program(model, guide, loss)
     device = _device(model, prog, device)
     for m in prog.modules.values():
@@ -499,14 +537,19 @@ def _train(
             # Evaluation draws its own noise without moving the training RNG, so where and
             # how often we evaluate never changes the trained parameters.
             rng = pyro.util.get_rng_state()
-            record["test_elbo"] = evaluate_elbo(
-                model,
-                eval_data,
-                guide=guide,
-                batch_size=max(batch_size, 256),
-                loss=loss,
-                transform=transform,
-            )
+            if isinstance(loss, ELBO):
+                record["test_elbo"] = evaluate_elbo(
+                    model,
+                    eval_data,
+                    guide=guide,
+                    batch_size=max(batch_size, 256),
+                    loss=loss,
+                    transform=transform,
+                )
+            else:  # an adversarial or likelihood-free objective: no ELBO to report
+                record["test_loss"] = _evaluate_loss(
+                    prog, eval_data, loss, max(batch_size, 256), transform
+                )
             pyro.util.set_rng_state(rng)
         if stopped_inside:
             partial = record

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pyro
 import pyro.distributions as dist
 import pyro.optim
@@ -227,3 +229,27 @@ def test_a_nan_gradient_skips_the_update_and_names_the_step(compile):
         fit(model, torch.zeros(8), guide=lambda x: None, steps=3, batch_size=8, progress=False,
             compile=compile)  # fmt: skip
     assert w.item() == 1.0
+
+
+def test_a_callable_loss_trains_as_in_pyros_svi_and_reports_a_test_loss():
+    """EnergyDistance has no loss_and_grads; Pyro's SVI differentiates it, and so does fit."""
+    from pyro.infer import EnergyDistance
+
+    loc = torch.nn.Parameter(torch.zeros(2))
+
+    def implicit(x):
+        pyro.module("gen", torch.nn.ParameterList([loc]))
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Delta(z + loc, event_dim=1), obs=x)
+
+    data = torch.randn(256, 2) + LOC
+    pyro.enable_validation(False)  # EnergyDistance warns that z has no guide site, by design
+    result = fit(implicit, data, guide=lambda x: None, epochs=60, batch_size=64, progress=False,
+                 loss=EnergyDistance(num_particles=4), optim=pyro.optim.Adam({"lr": 0.05}),
+                 eval_data=data[:64])  # fmt: skip
+    torch.testing.assert_close(loc.detach(), LOC, atol=0.25, rtol=0)
+    assert "test_elbo" not in result.history[-1]
+    assert math.isfinite(result.history[-1]["test_loss"])
+    with pytest.raises(TypeError, match="loss must be a Pyro loss"):
+        fit(implicit, data, guide=lambda x: None, epochs=1, loss=3.0, progress=False)

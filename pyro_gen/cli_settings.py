@@ -202,11 +202,3 @@ def resumed_config(
             {name: {"from": a, "to": b} for name, a, b in changed}
         )
     return config
-
-
-def bound_name(config: dict[str, Any]) -> str:
-    """What ``test_elbo`` in a run's records really is: the objective it was trained with."""
-    options = config["options"]
-    if config["model"] == "vae" and options.get("objective") == "iwae":
-        return f"IWAE bound (K={options.get('k')})"
-    return "ELBO"

@@ -395,6 +395,8 @@ def fit(
         if ckpt_dir is not None and (ckpt_dir / CHECKPOINT_NAME).exists():
             ckpt = load_checkpoint(ckpt_dir / CHECKPOINT_NAME, map_location=device)
             state = _Progress(**restore_checkpoint(ckpt, modules=prog.modules, optim=optim))
+        if ckpt_dir is not None:
+            # the records match the checkpoint: none for a fresh start, whatever was there
             write_metrics(ckpt_dir / METRICS_NAME, state.history)
         return _train(
             model,

@@ -72,3 +72,10 @@ def test_resume_with_a_shuffling_dataloader_is_exact(tmp_path):
     _run(tmp_path / "b", data=loader(), steps=3)
     resumed = _run(tmp_path / "b", seed=3, data=loader(), steps=10)
     _assert_same(straight, resumed)
+
+
+def test_a_fresh_run_does_not_append_to_old_metrics(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 7, "train_loss": 1.0}\n')
+    _run(tmp_path, epochs=1)
+    records = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in records] == [1]

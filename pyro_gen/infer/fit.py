@@ -395,7 +395,7 @@ def fit(
         if ckpt_dir is not None and (ckpt_dir / CHECKPOINT_NAME).exists():
             ckpt = load_checkpoint(ckpt_dir / CHECKPOINT_NAME, map_location=device)
             state = _Progress(**restore_checkpoint(ckpt, modules=prog.modules, optim=optim))
-        if ckpt_dir is not None:
+        if ckpt_dir is not None and (state.history or (ckpt_dir / METRICS_NAME).exists()):
             # the records match the checkpoint: none for a fresh start, whatever was there
             write_metrics(ckpt_dir / METRICS_NAME, state.history)
         return _train(

@@ -44,7 +44,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pyro_gen.infer.compiled import CompiledSVI
-from pyro_gen.infer.fit import _SVIStep, fit
+from pyro_gen.infer.fit import fit
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 MARK = "<!-- step_time:{device}:{end} -->"
@@ -364,10 +364,8 @@ def epoch_overhead(device: torch.device, rounds: int) -> list[dict[str, Any]]:
     def run_steps(compile: bool | None, n: int) -> list[tuple[float, float]]:
         pyro.clear_param_store()  # as fit does
         optim, loss = pyro.optim.Adam({"lr": 1e-3}), pyro.infer.Trace_ELBO()
-        if compile is False:
-            step: Callable[..., float] = _SVIStep(gen.model, gen.guide, optim, loss, None)
-        else:
-            step = CompiledSVI(gen.model, gen.guide, optim, loss, backend="auto")
+        backend = "pyro" if compile is False else "auto"  # fit's plain and default steps
+        step = CompiledSVI(gen.model, gen.guide, optim, loss, backend=backend)
         times = []
         for i, b in enumerate(batches[:n]):
             t0, c0 = time.perf_counter(), time.process_time()

@@ -653,11 +653,16 @@ class CompiledSVI:
     def _plain_loss_and_grads(self, args: tuple, kwargs: dict) -> tuple[float, list[torch.Tensor]]:
         """Pyro's loss (a float) and gradients, clipped as the program clips them."""
         with pyro.poutine.trace(param_only=True) as capture:
-            loss = self.loss.loss_and_grads(self.model, self.guide, *args, **kwargs)
+            if hasattr(self.loss, "loss_and_grads"):
+                loss = self.loss.loss_and_grads(self.model, self.guide, *args, **kwargs)
+            else:  # a callable loss, as Pyro's SVI takes one (EnergyDistance)
+                loss = self.loss(self.model, self.guide, *args, **kwargs)
+                if getattr(loss, "requires_grad", False):
+                    loss.backward()
         params = list({site["value"].unconstrained() for site in capture.trace.nodes.values()})
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
-        return float(loss), params
+        return float(loss.detach() if torch.is_tensor(loss) else loss), params
 
     def _pyro_step(self, args: tuple, kwargs: dict) -> torch.Tensor:
         """The step as SVI takes it; a fused optimizer, once made, keeps doing the update

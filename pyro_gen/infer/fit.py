@@ -17,7 +17,6 @@ import pyro.optim
 import pyro.util
 import torch
 from pyro.infer import ELBO, Trace_ELBO
-from pyro.infer.util import zero_grads
 from tqdm.auto import tqdm
 
 from pyro_gen.data.batching import BatchCalls, Transform, batch_calls, with_transform
@@ -33,7 +32,6 @@ from pyro_gen.infer.checkpoint import (
     write_metrics,
 )
 from pyro_gen.infer.compiled import CompiledSVI, supports
-from pyro_gen.infer.compiled_optim import non_finite
 from pyro_gen.infer.evaluation import evaluate_elbo, module_device
 from pyro_gen.infer.program import Program, program, warm_up
 
@@ -66,51 +64,6 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     epoch: int = 0
     step: int = 0
-
-
-class _SVIStep:
-    """One SVI step, as :class:`pyro.infer.SVI` does it, skipping any update whose loss or
-    gradient is not finite, with gradient clipping between the gradient and the update."""
-
-    def __init__(
-        self,
-        model: Callable[..., Any],
-        guide: Callable[..., Any],
-        optim: pyro.optim.PyroOptim,
-        loss: Any,
-        grad_clip: float | None,
-    ) -> None:
-        self.model, self.guide, self.optim, self.loss = model, guide, optim, loss
-        self.grad_clip = grad_clip
-
-    def _loss_and_grads(self, *args: Any, **kwargs: Any) -> Any:
-        if hasattr(self.loss, "loss_and_grads"):
-            return self.loss.loss_and_grads(self.model, self.guide, *args, **kwargs)
-        # A callable loss, as Pyro's SVI takes one (e.g. EnergyDistance): differentiate it here.
-        value = self.loss(self.model, self.guide, *args, **kwargs)
-        if getattr(value, "requires_grad", False):
-            value.backward()
-        return value
-
-    def __call__(self, step: int, *args: Any, **kwargs: Any) -> torch.Tensor:
-        with pyro.poutine.trace(param_only=True) as param_capture:
-            loss = self._loss_and_grads(*args, **kwargs)
-        params = {site["value"].unconstrained() for site in param_capture.trace.nodes.values()}
-        loss = float(loss.detach() if torch.is_tensor(loss) else loss)
-        grads = [p.grad for p in params if p.grad is not None]
-        finite_grads = not grads or not bool(non_finite(grads).item())
-        if not (math.isfinite(loss) and finite_grads):
-            zero_grads(params)
-            what = f"loss became {loss}" if not math.isfinite(loss) else "a gradient became NaN"
-            raise NonFiniteLossError(
-                f"{what} at step {step}; that update was skipped and the parameters are "
-                "finite. Lower the learning rate, set grad_clip, or check the data"
-            )
-        if self.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(list(params), self.grad_clip)
-        self.optim(params)
-        zero_grads(params)
-        return torch.tensor(loss)
 
 
 def _read_back(losses: list[torch.Tensor], first_step: int) -> float:
@@ -235,13 +188,14 @@ def _step_function(
     model, guide = prog.model, prog.guide
     if annealing is not None:
         model, guide = kl_scale(model, lambda: beta[0]), kl_scale(guide, lambda: beta[0])
+    # backend="pyro" is Pyro's SVI step with the same guard, clipping and optimizer handling;
+    # the compiled program falls back to it by itself (one log line saying why) when the
+    # model's structure changes between steps or a site is unsupported.
     if compile is False or not supports(loss):
-        return _SVIStep(model, guide, optim, loss, grad_clip)
-    # The compiled program falls back to plain Pyro by itself (one log line saying why) when
-    # the model's structure changes between steps or a site is unsupported.
-    return CompiledSVI(
-        model, guide, optim, loss, grad_clip=grad_clip, backend="inductor" if compile else "auto"
-    )
+        backend = "pyro"
+    else:
+        backend = "inductor" if compile else "auto"
+    return CompiledSVI(model, guide, optim, loss, grad_clip=grad_clip, backend=backend)
 
 
 def fit(

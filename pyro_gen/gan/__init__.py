@@ -4,12 +4,14 @@ A generator is an ordinary Pyro model (:class:`Generator`: ``z`` from a prior, t
 a Delta-observed site); adversarial objectives are Pyro loss objects that own their
 discriminator (:class:`MinimaxGAN`, :class:`NonSaturatingGAN`, :class:`LeastSquaresGAN`,
 :class:`HingeGAN`, :class:`WassersteinGAN`, :class:`WassersteinGP`), so a GAN trains with
-:func:`pyro_gen.infer.fit` or :class:`pyro.infer.SVI` like any other model.
+:func:`pyro_gen.infer.fit` or :class:`pyro.infer.SVI` like any other model; a generator can
+keep an :class:`ExponentialAverage` of its weights to sample from.
 """
 
 from __future__ import annotations
 
 from pyro_gen.gan.adversarial import AdversarialBatch, AdversarialLoss
+from pyro_gen.gan.average import ExponentialAverage
 from pyro_gen.gan.generator import DATA_PLATE, LATENT, OBS, Generator, StandardNormal
 from pyro_gen.gan.objectives import HingeGAN, LeastSquaresGAN, MinimaxGAN, NonSaturatingGAN
 from pyro_gen.gan.surrogate import SurrogateLoss
@@ -21,6 +23,7 @@ __all__ = [
     "OBS",
     "AdversarialBatch",
     "AdversarialLoss",
+    "ExponentialAverage",
     "Generator",
     "HingeGAN",
     "LeastSquaresGAN",

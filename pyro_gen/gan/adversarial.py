@@ -12,9 +12,9 @@ generator's loss, whose gradient reaches only the parameters the model registere
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,7 +26,7 @@ from torch.nn import functional as F
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
-@dataclass
+@dataclasses.dataclass
 class AdversarialBatch:
     """One call's real and generated examples of the observed site.
 
@@ -69,8 +69,9 @@ class AdversarialLoss(nn.Module):
     exactly. The discriminator is never registered in Pyro's param store.
 
     While the loss is in training mode and gradients are enabled, each call takes
-    ``n_critic`` discriminator steps on the batch (fresh generated examples each time)
-    before returning the generator's loss; in eval mode (``loss.eval()``) or under
+    ``n_critic`` discriminator steps on the batch (fresh generated examples each time,
+    the last of them the ones the generator's loss then scores) before returning the
+    generator's loss; in eval mode (``loss.eval()``) or under
     ``torch.no_grad()`` it only evaluates. The generator's loss is summed over the data
     plate (with the plate's scale), as Pyro's ELBO is, so ``fit``'s ``train_loss`` is a
     value per example.
@@ -143,11 +144,19 @@ class AdversarialLoss(nn.Module):
     # -- the Pyro loss protocol ---------------------------------------------------------
     def forward(self, model: Callable[..., Any], guide: Callable[..., Any], *args, **kwargs):
         """Trains the discriminator (in training mode, with gradients enabled), then returns
-        the generator's loss as a differentiable scalar, as Pyro's ``EnergyDistance`` does."""
-        if self.training and torch.is_grad_enabled():
-            for _ in range(self.n_critic):
+        the generator's loss as a differentiable scalar, as Pyro's ``EnergyDistance`` does.
+
+        The last discriminator update and the generator's loss share one generated batch
+        (one run of the model per step when ``n_critic=1``, as in PyTorch's DCGAN example):
+        the discriminator sees it detached, the generator's loss scores it again with the
+        updated discriminator."""
+        train = self.training and torch.is_grad_enabled()
+        if train:
+            for _ in range(self.n_critic - 1):
                 self.discriminator_step(model, guide, *args, **kwargs)
         batch = self.batch(model, guide, *args, **kwargs)
+        if train:
+            self.update_discriminator(batch)
         flags = [p.requires_grad for p in self.discriminator.parameters()]
         # The generator's gradient flows through the discriminator's input only.
         self.discriminator.requires_grad_(False)
@@ -178,10 +187,17 @@ class AdversarialLoss(nn.Module):
     def discriminator_step(
         self, model: Callable[..., Any], guide: Callable[..., Any], *args, **kwargs
     ) -> torch.Tensor:
-        """One optimizer step of the discriminator on real data and fresh generated
+        """One optimizer step of the discriminator on real data and freshly generated
         examples; returns its loss before the step."""
         with torch.no_grad():
             batch = self.batch(model, guide, *args, **kwargs)
+        return self.update_discriminator(batch)
+
+    def update_discriminator(self, batch: AdversarialBatch) -> torch.Tensor:
+        """One optimizer step of the discriminator on ``batch`` (its generated examples
+        detached, so no gradient reaches the generator); returns its loss before the step."""
+        if batch.fake.requires_grad:
+            batch = dataclasses.replace(batch, fake=batch.fake.detach())
         real_score = self.score(batch.real, batch)
         fake_score = self.score(batch.fake, batch)
         loss = self.discriminator_loss(real_score, fake_score) + self.penalty(batch)

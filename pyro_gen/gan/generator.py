@@ -11,6 +11,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pyro_gen.gan.average import ExponentialAverage
+
 #: Name of the plate over examples.
 DATA_PLATE = "data"
 #: Name of the latent code's site.
@@ -61,6 +63,11 @@ class Generator(nn.Module):
         num_classes: if given, a conditional generator: ``model(x, y=labels)`` passes the
             one-hot label (a float ``y`` is used as is) to the network.
         name: prefix for the names under which the networks enter Pyro's param store.
+        average: if given, the decay of an exponential moving average of the network's
+            and the prior's weights (:class:`ExponentialAverage`, e.g. ``0.999``), moved by
+            :meth:`update_average` after each optimizer step (in ``fit``:
+            ``step_callbacks=[gen.update_average]``). :meth:`sample`, and the model in eval
+            mode, then generate with the averaged weights; training uses the network's own.
 
     References:
         Goodfellow et al., Generative Adversarial Nets, arXiv:1406.2661.
@@ -85,6 +92,7 @@ class Generator(nn.Module):
         prior: nn.Module | None = None,
         num_classes: int | None = None,
         name: str = "",
+        average: float | None = None,
     ) -> None:
         super().__init__()
         latent_dim = latent_dim if latent_dim is not None else getattr(net, "latent_dim", None)
@@ -100,6 +108,13 @@ class Generator(nn.Module):
         self.prior = prior if prior is not None else StandardNormal(self.latent_dim)
         self.num_classes = num_classes
         self.prefix = f"{name}." if name else ""
+        # net and prior averaged together: samples pair the averaged prior with the
+        # averaged network
+        self.average = (
+            None
+            if average is None
+            else ExponentialAverage(nn.ModuleList([self.net, self.prior]), average)
+        )
 
     def context(self, y: torch.Tensor | None) -> torch.Tensor | None:
         """The context passed to the networks for labels ``y``: one-hot for integer labels,
@@ -136,9 +151,37 @@ class Generator(nn.Module):
                 f"{', '.join(map(str, self.event_shape))}), got {tuple(x.shape)}"
             )
 
-    def generate(self, z: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """:math:`G(z)`, the network's output for latent codes ``z``."""
-        return self.net(z) if context is None else self.net(z, context)
+    def update_average(self, *_: Any) -> None:
+        """Moves the averaged weights toward the current ones; call it after each optimizer
+        step (its arguments are ignored, so it is also a ``fit`` step callback).
+
+        Example:
+            >>> from pyro_gen.nn import MLPGenerator
+            >>> gen = Generator(MLPGenerator(2, (2,), (8,)), average=0.999)
+            >>> gen.update_average()
+            >>> int(gen.average.num_updates)
+            1
+        """
+        if self.average is None:
+            raise ValueError(
+                "this generator keeps no average of its weights: build it with "
+                "Generator(..., average=0.999)"
+            )
+        self.average.update(nn.ModuleList([self.net, self.prior]))
+
+    def _averaged(self) -> bool:
+        return self.average is not None and not self.training
+
+    def generate(
+        self, z: torch.Tensor, context: torch.Tensor | None = None, *, averaged: bool = False
+    ) -> torch.Tensor:
+        """:math:`G(z)`, the network's output for latent codes ``z`` (with the averaged
+        weights when ``averaged`` and the generator keeps an average)."""
+        net = self.average.module[0] if averaged and self.average is not None else self.net
+        return net(z) if context is None else net(z, context)
+
+    def _prior(self, averaged: bool) -> nn.Module:
+        return self.average.module[1] if averaged and self.average is not None else self.prior
 
     def model(
         self,
@@ -161,9 +204,10 @@ class Generator(nn.Module):
         else:
             batch = num_samples or 1
         context = self.context(y)
+        averaged = self._averaged()
         with pyro.plate(DATA_PLATE, batch):
-            z = pyro.sample(LATENT, self.prior(context=context))
-            value = self.generate(z, context)
+            z = pyro.sample(LATENT, self._prior(averaged)(context=context))
+            value = self.generate(z, context, averaged=averaged)
             return pyro.sample(OBS, dist.Delta(value, event_dim=len(self.event_shape)), obs=x)
 
     def guide(self, *args: Any, **kwargs: Any) -> None:
@@ -171,10 +215,12 @@ class Generator(nn.Module):
 
     @torch.no_grad()
     def sample(self, num_samples: int, y: torch.Tensor | None = None) -> torch.Tensor:
-        """``num_samples`` generated examples, shape ``(num_samples, *event_shape)``."""
+        """``num_samples`` generated examples, shape ``(num_samples, *event_shape)``, from
+        the averaged weights when the generator keeps an average."""
         context = self.context(y)
         if context is not None and context.shape[0] != num_samples:
             raise ValueError(f"y must hold one label per sample ({num_samples})")
-        prior = self.prior(context=context)
+        averaged = self.average is not None
+        prior = self._prior(averaged)(context=context)
         z = prior.sample((num_samples,) if prior.batch_shape == () else ())
-        return self.generate(z, context)
+        return self.generate(z, context, averaged=averaged)

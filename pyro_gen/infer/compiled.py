@@ -161,6 +161,9 @@ class CompiledSVI:
             ``found_inf``, with no host read; other optimizers read the flag once. On the
             CPU, where a read is no synchronization, the step reads the flag after the
             program. ``False`` only to measure what the guard costs.
+        grad_reducer: ``reduce(loss, params)``, run between the gradient (in ``p.grad``) and
+            the update: replaces the gradients in place and returns the loss to report
+            (data-parallel training's all-reduce, :mod:`pyro_gen.infer.distributed`).
         compile_after: steps a signature runs uncompiled before it is compiled; default
             500 with ``"auto"`` on CUDA (never on CPU), else 0 for the first signature and
             50 for later ones (the
@@ -199,6 +202,7 @@ class CompiledSVI:
         compile_after: int | None = None,
         retain_cpu_memory: bool = True,
         step_guard: bool = True,
+        grad_reducer: Callable[[torch.Tensor, list[torch.Tensor]], torch.Tensor] | None = None,
     ) -> None:
         if backend not in ("auto", "inductor", "jit", "fx", "pyro"):
             raise ValueError(f"unknown backend {backend!r}")
@@ -211,6 +215,7 @@ class CompiledSVI:
         self.max_programs, self.compile_after = max_programs, compile_after
         self.retain_cpu_memory = retain_cpu_memory
         self.step_guard = step_guard
+        self.grad_reducer = grad_reducer
         self._kl = _kl_messengers(model) + _kl_messengers(guide)
         self._programs: dict[Any, _Program] = {}
         # Input signatures seen once (each ran a plain step), with the eager trace signature
@@ -603,6 +608,10 @@ class CompiledSVI:
         ``found`` is the flag the program computed (None when it has none)."""
         for p, g in zip(prog.grad_params, grads):
             p.grad = g
+        if self.grad_reducer is not None:  # data-parallel: every process updates with the sum
+            loss = self.grad_reducer(loss, prog.grad_params)
+            if found is not None:
+                loss, found = guarded_loss(loss, grads)
         if self._optimizer is not None:
             self._consume_waiting_state()
         try:
@@ -669,6 +678,8 @@ class CompiledSVI:
         so that its state carries over. Pyro has read the loss back already, so the guard
         reads its flag too."""
         loss, params = self._plain_loss_and_grads(args, kwargs)
+        if self.grad_reducer is not None:
+            loss = float(self.grad_reducer(torch.tensor(loss, dtype=torch.float64), params))
         try:
             grads = [p.grad for p in params if p.grad is not None]
             skip = not math.isfinite(loss) or (

@@ -62,6 +62,12 @@ from pyro.infer import (
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils import _pytree as pytree
 
+from pyro_gen.infer.compiled_checks import (
+    InputCheckError,
+    failed_checks,
+    first_failed,
+    probe_input_checks,
+)
 from pyro_gen.infer.compiled_elbo import (
     _MEAN_FIELD_LOSSES,
     _TRACE_LOSSES,
@@ -93,7 +99,7 @@ from pyro_gen.infer.cpu_memory import retain_freed_cpu_memory
 
 logger = logging.getLogger("pyro_gen")
 
-__all__ = ["CompiledSVI", "supports"]
+__all__ = ["CompiledSVI", "InputCheckError", "supports"]
 
 
 def supports(loss: ELBO | None) -> bool:
@@ -227,6 +233,10 @@ class CompiledSVI:
         self._flags: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self._guard_in_program: bool | None = None  # None: on accelerators (tests set it)
         self._params: list[torch.Tensor] = []
+        # KL-annealing factors as device tensors, refilled each step: a new tensor made
+        # from a Python float would be a host-to-device copy, which synchronizes on CUDA.
+        self._betas: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
+        self._step_no = 0  # the number of the next step, for the input checks' errors
         self.fallback_reason: str | None = None
         self.compile_time_s = 0.0  # recording and compiling, in seconds
         if backend == "pyro":
@@ -249,24 +259,69 @@ class CompiledSVI:
         """One gradient step; returns the loss (negative ELBO) as a 0-dim tensor.
 
         The loss is not read back to the host; call ``float()`` on it only when needed.
+        A NaN loss marks a skipped update: a non-finite loss or gradient, or (on an
+        accelerator) a batch that failed one of the model's input checks, which
+        :meth:`check` then reports with the model's own error.
         """
+        step_no, self._step_no = self._step_no, self._step_no + 1
         ran = self._try_program(args, kwargs)
         if ran is None:
             return self._pyro_step(args, kwargs)
-        return self._update(*ran)
+        loss = self._update(*ran, step_no=step_no)
+        if loss is None:
+            # The batch failed an input check (read on the CPU with the guard's flag): the
+            # plain step raises the model's own error, or takes the branch the model meant.
+            return self._pyro_step(args, kwargs)
+        return loss
 
     def __call__(self, step: int, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """``fit``'s step protocol: run :meth:`step` and return the loss, not read back
-        (``fit`` reads losses in groups and raises on a non-finite one; its update was
-        skipped, on the device)."""
+        """``fit``'s step protocol: run :meth:`step` as step number ``step`` and return the
+        loss, not read back (``fit`` reads losses in groups, calling :meth:`check` first,
+        and raises on a non-finite one; its update was skipped, on the device)."""
+        self._step_no = step
         return self.step(*args, **kwargs)
+
+    def check(self) -> None:
+        """Raises the model's own error for the first batch since the last call that failed
+        one of the model's input checks on the device.
+
+        Input checks are the model's ``if <tensor condition>: raise ...`` lines
+        (:mod:`pyro_gen.infer.compiled_checks`). On an accelerator the program runs them on
+        the device and a failing batch's update is skipped, with no host read; this call
+        reads them back in one transfer and runs the model on the kept batch for its
+        error. On the CPU the step reads them with the guard's flag and raises at once.
+        ``fit`` calls this whenever it reads losses back.
+
+        Raises:
+            InputCheckError: naming the step, with the model's message.
+        """
+        progs = list(self._programs.values())
+        failed = first_failed([p.held for p in progs])
+        if failed is None:
+            return
+        step, index = failed
+        prog = progs[index]
+        args, kwargs = prog.rebuild(prog.held.tensors)  # type: ignore[misc]
+        try:
+            with self._quiet_rng(prog.held.tensors):
+                self._eager_signature(args, kwargs)
+        except Exception as exc:
+            message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+            raise InputCheckError(
+                f"the batch of step {step} failed an input check of the model, so its update "
+                f"was skipped ({type(exc).__name__}: {message[:500]})"
+            ) from exc
+        # The model takes this batch after all: the value was control flow, not a check.
+        self._fall_back(
+            f"a value the model branched on changed at step {step} (that update was skipped)"
+        )
 
     def loss_and_grads(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Loss and gradients (left in ``.grad``) without an update, like
         ``ELBO.loss_and_grads``; for tests and diagnostics."""
         ran = self._try_program(args, kwargs)
         if ran is not None:
-            prog, loss, grads, _ = ran
+            prog, loss, grads, *_ = ran
             for p, g in zip(prog.grad_params, grads):
                 p.grad = g if p.grad is None else p.grad + g
             return loss
@@ -275,12 +330,11 @@ class CompiledSVI:
 
     # -- compiled path -------------------------------------------------------------------
 
-    def _try_program(
-        self, args: tuple, kwargs: dict
-    ) -> tuple[_Program, torch.Tensor, list[torch.Tensor], torch.Tensor | None] | None:
-        """Loss, gradients and the guard's non-finite flag from the recorded program, or
-        None for a plain step: a new input signature, or once the step has fallen back to
-        plain Pyro (which this call may decide, saying why)."""
+    def _try_program(self, args: tuple, kwargs: dict) -> tuple[Any, ...] | None:
+        """The program, its loss, gradients, the guard's non-finite flag and the input
+        checks' flag (see :meth:`_run`) and the data tensors, or None for a plain step: a
+        new input signature, or once the step has fallen back to plain Pyro (which this
+        call may decide, saying why)."""
         if self.fallback_reason is not None:
             return None
         try:
@@ -288,7 +342,7 @@ class CompiledSVI:
             if found is None:  # a new input signature: a plain step this time
                 return None
             prog, data = found
-            loss, grads, found_inf = self._run(prog, data)
+            loss, grads, found_inf, failed = self._run(prog, data)
         except _Unsupported as exc:
             self._fall_back(str(exc))
             return None
@@ -297,7 +351,7 @@ class CompiledSVI:
             msg = (str(exc) or type(exc).__name__).splitlines()[0]
             self._fall_back(f"recording failed ({type(exc).__name__}: {msg})")
             return None
-        return prog, loss, grads, found_inf
+        return prog, loss, grads, found_inf, failed, data
 
     def _key(self, args: tuple, kwargs: dict) -> tuple[Any, list[torch.Tensor]]:
         flat, spec = pytree.tree_flatten((args, kwargs))
@@ -421,14 +475,20 @@ class CompiledSVI:
             )
             flat, spec = pytree.tree_flatten((args, kwargs))
             slots = [i for i, v in enumerate(flat) if torch.is_tensor(v)]
+            template = [None if torch.is_tensor(v) else v for v in flat]  # holds no batch
+
+            def rebuild(data: Sequence[torch.Tensor]) -> tuple[tuple, dict]:
+                leaves = list(template)
+                for i, t in zip(slots, data):
+                    leaves[i] = t
+                return pytree.tree_unflatten(leaves, spec)
+
             n_p, n_d = len(params), len(tensors)
             seen: dict[str, Any] = {}
+            probed, is_check = self._probe(args, kwargs, tensors)
 
             def program(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-                leaves = list(flat)
-                for i, t in zip(slots, inputs[n_p : n_p + n_d]):
-                    leaves[i] = t
-                a, k = pytree.tree_unflatten(leaves, spec)
+                a, k = rebuild(inputs[n_p : n_p + n_d])
                 loss: Any = 0.0
                 sigs = []
                 guard = _GuardMode()
@@ -437,7 +497,14 @@ class CompiledSVI:
                         sigs.append(_signature(model_trace, guide_trace))
                         loss = loss + _elbo_particle(self.loss, model_trace, guide_trace)
                     loss = loss / self.loss.num_particles
-                seen["guards"] = [v for _, v in guard.reads]
+                # Reads that the probe found to be input checks are compared on the device;
+                # the others (control flow) are returned for the step to read. Reads that are
+                # not the probe's (noise-dependent ones) are all taken as control flow.
+                aligned = [v for _, v in guard.reads] == probed
+                flags = is_check if aligned else [False] * len(guard.reads)
+                checks = [r for r, c in zip(guard.reads, flags) if c]
+                kept = [r for r, c in zip(guard.reads, flags) if not c]
+                seen["guards"], seen["checked"] = [v for _, v in kept], bool(checks)
                 if not torch.is_tensor(loss) or not loss.requires_grad:
                     raise _Unsupported("the loss does not depend on any parameter")
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
@@ -451,10 +518,14 @@ class CompiledSVI:
                     grads = [g * coef for g in grads]
                 loss = loss.detach()
                 flag: list[torch.Tensor] = []
+                failed = [failed_checks(checks)] if checks else []
                 if in_program:
                     loss, found = guarded_loss(loss, grads)
+                    if failed:  # a failed check skips the update and marks the loss
+                        found = torch.maximum(found, failed[0])
+                        loss = torch.where(failed[0] > 0, math.nan, loss)
                     flag.append(found)
-                return (loss, *grads, *flag, *(t for t, _ in guard.reads))
+                return (loss, *grads, *flag, *failed, *(t for t, _ in kept))
 
             try:
                 with pyro.validation_enabled(False), torch.enable_grad():
@@ -474,7 +545,7 @@ class CompiledSVI:
         grad_params = [p for p, used in zip(params, seen["used"]) if used]
         prog = _Program(
             gm, gm, params, grad_params, extras, signature, seen["guards"], compiled=False,
-            guarded=in_program,
+            guarded=in_program, checked=seen["checked"], rebuild=rebuild,
         )  # fmt: skip
         self._register(params)
         if self.retain_cpu_memory and any(p.device.type == "cpu" for p in params):
@@ -494,6 +565,19 @@ class CompiledSVI:
             time.perf_counter() - start,
         )
         return prog
+
+    def _probe(
+        self, args: tuple, kwargs: dict, tensors: Sequence[torch.Tensor]
+    ) -> tuple[list[Any], list[bool]]:
+        """The values the step reads from tensors, and which are input checks
+        (:func:`~pyro_gen.infer.compiled_checks.probe_input_checks`), from eager runs
+        without Pyro's validation, as the recording runs."""
+
+        def run() -> None:
+            with self._quiet_rng(tensors), pyro.validation_enabled(False):
+                self._eager_signature(args, kwargs)
+
+        return probe_input_checks(run)
 
     def _compile_after(self, first: bool, device: torch.device | None = None) -> int | float:
         if self.backend == "fx":
@@ -553,10 +637,13 @@ class CompiledSVI:
 
     def _run(
         self, prog: _Program, data: list[torch.Tensor]
-    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
+    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
+        """Runs the program: the loss, the gradients, the guard's non-finite flag (None
+        unless the program computes it) and the input checks' flag (None unless the model
+        has input checks). Values the model branched on are read back and compared here."""
         dtype = prog.params[0].dtype if prog.params else torch.get_default_dtype()
         device = data[0].device if data else torch.device("cpu")
-        betas = [torch.tensor(b, dtype=dtype, device=device) for b in self._beta_values()]
+        betas = self._beta_tensors(dtype, device)
         extras = [e.draw() if isinstance(e, _Noise) else e for e in prog.extras]
         cuda_graphs = prog.compiled and device.type == "cuda" and self._resolved_backend(device)
         if cuda_graphs == "inductor":
@@ -566,14 +653,25 @@ class CompiledSVI:
         loss = out[0].clone() if cuda_graphs == "inductor" else out[0]
         n_grads = len(prog.grad_params)
         found = out[1 + n_grads] if prog.guarded else None
-        for read, expected in zip(out[1 + n_grads + prog.guarded :], prog.guards):
+        failed = out[1 + n_grads + prog.guarded] if prog.checked else None
+        for read, expected in zip(out[1 + n_grads + prog.guarded + prog.checked :], prog.guards):
             # One host read per value the model branched on (none for most models).
             if read.item() != expected:
                 raise _Unsupported(
                     "data-dependent control flow: a tensor value the model or guide branched "
                     f"on changed ({expected!r} when recorded, {read.item()!r} now)"
                 )
-        return loss, list(out[1 : 1 + n_grads]), found
+        return loss, list(out[1 : 1 + n_grads]), found, failed
+
+    def _beta_tensors(self, dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
+        values = self._beta_values()
+        held = self._betas.get((dtype, device))
+        if held is None or len(held) != len(values):
+            held = [torch.empty((), dtype=dtype, device=device) for _ in values]
+            self._betas[(dtype, device)] = held
+        for t, v in zip(held, values):
+            t.fill_(v)  # a kernel argument: no copy from the host
+        return held
 
     def _register(self, params: list[torch.Tensor]) -> None:
         new = [p for p in params if not any(p is q for q in self._params)]
@@ -603,9 +701,21 @@ class CompiledSVI:
         loss: torch.Tensor,
         grads: list[torch.Tensor],
         found: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """Applies the gradients unless the step guard finds a non-finite loss or gradient;
-        ``found`` is the flag the program computed (None when it has none)."""
+        failed: torch.Tensor | None,
+        data: list[torch.Tensor],
+        *,
+        step_no: int,
+    ) -> torch.Tensor | None:
+        """Applies the gradients unless the step guard finds a non-finite loss or gradient
+        or the batch failed an input check; ``found`` is the flag the program computed (None
+        when it has none), ``failed`` the input checks' flag (None when there are none).
+
+        Returns:
+            the loss, or None when the batch failed an input check that was read here (the
+            caller runs the batch as a plain step). Where the program computed ``found``
+            it holds the checks too: a failing batch is kept on the device for
+            :meth:`check`.
+        """
         for p, g in zip(prog.grad_params, grads):
             p.grad = g
         if self.grad_reducer is not None:  # data-parallel: every process updates with the sum
@@ -616,6 +726,8 @@ class CompiledSVI:
             self._consume_waiting_state()
         try:
             if found is not None:  # on an accelerator: the program made the flag
+                if failed is not None:
+                    prog.held.note(failed, data, step_no)
                 if takes_found_inf(self._optimizer):
                     # The fused kernels skip the whole update (and undo the step count)
                     # when found_inf is 1: no host read-back.
@@ -628,11 +740,20 @@ class CompiledSVI:
                     self._apply(prog.grad_params)
                 return loss
             if not self.step_guard:
+                if failed is not None and failed.item():
+                    return None
                 self._apply(prog.grad_params)
                 return loss
             # On the CPU a read is free, while fused Adam's found_inf path cost more than the
-            # read (measured: benchmarks/RESULTS.md, step guard): read the flag.
-            if self._non_finite_flag([loss, *grads]).item():
+            # read (measured: benchmarks/RESULTS.md, step guard): read the flag, and the
+            # input checks' flag with it (2 added: one read for both).
+            flag = self._non_finite_flag([loss, *grads])
+            if failed is not None:
+                flag.add_(failed, alpha=2)
+            read = flag.item()
+            if read >= 2:
+                return None
+            if read:
                 return skipped_loss(loss)
             self._apply(prog.grad_params)
             return loss

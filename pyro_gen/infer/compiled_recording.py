@@ -3,13 +3,15 @@ constants lifted out as program inputs (used by :mod:`pyro_gen.infer.compiled`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+
+from pyro_gen.infer.compiled_checks import VALUE_READS, HeldBatch
 
 # Allocation ops whose fresh buffer an in-place random op fills with standard noise.
 _ALLOC_OPS = {
@@ -50,7 +52,12 @@ class _Program:
     guards: list[Any]
     compiled: bool
     guarded: bool = False  # returns the step guard's non-finite flag after the gradients
+    checked: bool = False  # then returns the input checks' flag (1: a check failed)
     calls: int = 0
+    # Rebuilds the step's (args, kwargs) from its data tensors, and the first batch whose
+    # input checks failed on the device since the last read-back (accelerator path).
+    rebuild: Callable[[Sequence[torch.Tensor]], tuple[tuple, dict]] | None = None
+    held: HeldBatch = field(default_factory=HeldBatch)
 
 
 def _integer_indexing(func: Any, args: tuple) -> bool:
@@ -72,7 +79,7 @@ class _GuardMode(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
-        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default):
+        if func in VALUE_READS:
             with _disable_current_modes():
                 value = args[0].item()
             self.reads.append((args[0], value))

@@ -1,0 +1,177 @@
+"""Input checks of a recorded step, run on the device instead of read back every step.
+
+Models check their inputs in Python: ``if (x < 0).any(): raise ValueError(...)``. Recorded
+as a tensor program (:mod:`pyro_gen.infer.compiled_recording`), such a check becomes a value
+the program returns and that each step would have to read back to the host, which on an
+accelerator is one synchronization per check and per step. Here, once per recording, each
+value the model read as a bool is *probed*: the model is run once more with that one
+answer flipped. If the flipped answer makes the model raise, the read is an input check;
+the program then compares it on the device, a failed check skips that step's update as the
+non-finite guard does, and the batch is kept on the device so that the model's own error
+can be raised, for that batch, when the steps are next read back. Reads whose other answer
+does not raise are genuine control flow and stay host reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+
+__all__ = ["InputCheckError", "VALUE_READS"]
+
+# The ops through which Python reads a tensor's value (bool(t), float(t), t.item()).
+VALUE_READS = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default)
+
+
+class InputCheckError(ValueError):
+    """A batch failed an input check that the compiled step ran on the device; the message
+    names the step and carries the model's own error for that batch."""
+
+
+class _Refused(Exception):
+    """A flipped branch tried to write to a tensor that existed before the flip."""
+
+
+class _ProbeMode(TorchDispatchMode):
+    """Answers reads of tensor values with the real value, except the ``flip``-th bool read
+    and any later read of the same tensor (``bool(a or b)`` reads ``a`` twice), which it
+    answers with the opposite. After the flip, writes to tensors that existed before it
+    (parameters, buffers, inputs) are refused, so probing changes no state."""
+
+    def __init__(self, flip: int = -1) -> None:
+        super().__init__()
+        self.flip = flip
+        self.values: list[Any] = []
+        self._flipped: torch.Tensor | None = None
+        self._fresh: set[int] = set()  # storages made after the flip
+        self._keep: list[torch.Tensor] = []  # holds them, so no address is reused
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        if func in VALUE_READS:
+            with _disable_current_modes():
+                value = args[0].item()
+            if len(self.values) == self.flip and isinstance(value, bool):
+                self._flipped = args[0]
+            if self._flipped is not None and args[0] is self._flipped:
+                value = not value
+            self.values.append(value)
+            return value
+        flipped = 0 <= self.flip < len(self.values)
+        if flipped and any(_storage(t) not in self._fresh for t in _written(func, args, kwargs)):
+            raise _Refused(str(func))
+        out = func(*args, **kwargs)
+        if flipped:
+            for t in pytree.tree_leaves(out):
+                if torch.is_tensor(t):
+                    self._fresh.add(_storage(t))
+                    self._keep.append(t)
+        return out
+
+
+def _storage(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr()
+
+
+def _written(func: Any, args: tuple, kwargs: dict) -> Iterator[torch.Tensor]:
+    """The tensors an op writes to (in-place and ``out=`` arguments)."""
+    for i, arg in enumerate(func._schema.arguments):
+        if arg.alias_info is None or not arg.alias_info.is_write:
+            continue
+        value = args[i] if i < len(args) else kwargs.get(arg.name)
+        for t in value if isinstance(value, (list, tuple)) else (value,):
+            if torch.is_tensor(t):
+                yield t
+
+
+def _raised_by_model(exc: BaseException) -> bool:
+    """Whether ``exc`` is the model's own error, not a refused write (Pyro may wrap it)."""
+    while exc is not None:
+        if isinstance(exc, _Refused):
+            return False
+        exc = exc.__cause__ or exc.__context__
+    return True
+
+
+def probe_input_checks(run: Callable[[], Any]) -> tuple[list[Any], list[bool]]:
+    """The values ``run`` reads from tensors, and which of them are input checks.
+
+    ``run`` is one eager pass of the step; it runs once as it is and once more per bool
+    read with that read's answer flipped. A read is an input check when its flipped answer
+    makes ``run`` raise.
+
+    Example:
+        >>> def run():
+        ...     x = torch.tensor([0.5, 2.0])
+        ...     if (x < 0).any():
+        ...         raise ValueError("x must be non-negative")
+        ...     return x.log() if bool(x.max() > 1) else x
+        >>> probe_input_checks(run)
+        ([False, True], [True, False])
+    """
+    with _ProbeMode() as mode:
+        run()
+    values, checks = mode.values, []
+    for i, value in enumerate(values):
+        if not isinstance(value, bool):
+            checks.append(False)
+            continue
+        try:
+            with _ProbeMode(flip=i):
+                run()
+        except Exception as exc:  # noqa: BLE001 - any error of the model's own counts
+            checks.append(_raised_by_model(exc))
+        else:
+            checks.append(False)
+    return values, checks
+
+
+def failed_checks(reads: Sequence[tuple[torch.Tensor, Any]]) -> torch.Tensor:
+    """A 0-dim float32 flag, computed on the device: 1 when any checked value differs from
+    the value it had when the program was recorded (traced into the program)."""
+    differs = [torch.ne(t, value).reshape(()) for t, value in reads]
+    return torch.stack(differs).any().to(torch.float32)
+
+
+class HeldBatch:
+    """The first batch since the last read-back whose input checks failed on the device:
+    its step number and a copy of its tensors, updated without a host read."""
+
+    def __init__(self) -> None:
+        self.step: torch.Tensor | None = None  # -1 while no batch failed
+        self.tensors: list[torch.Tensor] = []
+
+    def note(self, failed: torch.Tensor, tensors: Sequence[torch.Tensor], step: int) -> None:
+        """Keeps ``tensors`` as the failing batch if ``failed`` and none failed before."""
+        if self.step is None:
+            self.step = torch.full((), -1, dtype=torch.int64, device=failed.device)
+            self.tensors = [torch.empty_like(t) for t in tensors]
+        take = (failed > 0) & (self.step < 0)
+        self.step = torch.where(take, step, self.step)
+        for held, t in zip(self.tensors, tensors):
+            held.copy_(torch.where(take, t, held))
+
+
+def first_failed(held: Sequence[HeldBatch]) -> tuple[int, int] | None:
+    """Reads the held batches' step numbers back (one transfer per device) and resets them.
+
+    Returns:
+        the earliest failing step and the index in ``held`` of the batch that holds its
+        tensors, or None when no batch failed.
+    """
+    by_device: dict[torch.device, list[int]] = {}
+    for i, h in enumerate(held):
+        if h.step is not None:
+            by_device.setdefault(h.step.device, []).append(i)
+    failing = []
+    for indices in by_device.values():
+        steps = torch.stack([held[i].step for i in indices]).tolist()  # type: ignore[misc]
+        failing += [(s, i) for s, i in zip(steps, indices) if s >= 0]
+    for indices in by_device.values():
+        for i in indices:
+            held[i].step.fill_(-1)  # type: ignore[union-attr]
+    return min(failing) if failing else None

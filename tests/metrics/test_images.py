@@ -1,0 +1,97 @@
+"""Image metrics: the Frechet distance against scipy's matrix square root and a closed form,
+class coverage and label agreement from their definitions, and scores computed on the
+samples' device (CUDA when there is one)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from pyro_gen.metrics import (
+    SmallClassifier,
+    class_coverage,
+    frechet_distance,
+    label_agreement,
+    sample_quality,
+)
+
+
+def test_frechet_distance_matches_scipys_matrix_square_root():
+    g = torch.Generator().manual_seed(0)
+    # correlated features whose covariances do not commute
+    f1 = torch.randn(400, 5, generator=g) @ torch.randn(5, 5, generator=g)
+    f2 = torch.randn(300, 5, generator=g) @ torch.randn(5, 5, generator=g) + 0.5
+    a, b = f1.double().numpy(), f2.double().numpy()
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = scipy.linalg.sqrtm(s1 @ s2).real
+    expected = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(s1 + s2 - 2 * root)
+    assert math.isclose(frechet_distance(f1, f2), expected, rel_tol=1e-8)
+
+
+def test_frechet_distance_of_gaussians_approaches_the_closed_form():
+    # N(m1, diag(v1)) against N(m2, diag(v2)): |m1 - m2|^2 + sum (sqrt(v1) - sqrt(v2))^2
+    g = torch.Generator().manual_seed(1)
+    sd1, sd2 = torch.tensor([1.0, 2.0, 0.5]), torch.tensor([1.5, 1.0, 0.5])
+    m1, m2 = torch.zeros(3), torch.tensor([1.0, -1.0, 0.0])
+    f1 = m1 + sd1 * torch.randn(200_000, 3, generator=g)
+    f2 = m2 + sd2 * torch.randn(200_000, 3, generator=g)
+    exact = float((m1 - m2).square().sum() + (sd1 - sd2).square().sum())  # 2 + 0.25 + 1
+    assert abs(frechet_distance(f1, f2) - exact) < 0.05
+
+
+def test_frechet_distance_refuses_mismatched_features():
+    with pytest.raises(ValueError, match="same width"):
+        frechet_distance(torch.zeros(5, 2), torch.zeros(5, 3))
+
+
+def test_class_coverage_and_label_agreement_follow_their_definitions():
+    cov = class_coverage(torch.tensor([0, 0, 1, 3]), 4)
+    torch.testing.assert_close(cov.histogram, torch.tensor([0.5, 0.25, 0.0, 0.25]).double())
+    assert cov.covered == 3
+    assert math.isclose(cov.kl_to_uniform, 0.5 * math.log(2) + 0.5 * math.log(1), abs_tol=1e-12)
+    torch.manual_seed(0)
+    clf = SmallClassifier(10)
+    x = torch.rand(40, 1, 28, 28)
+    own = clf(x).argmax(-1)
+    wrong = (own + 1) % 10
+    share, se = label_agreement(clf, x, torch.cat([own[:30], wrong[30:]]))
+    assert share == 0.75 and math.isclose(se, math.sqrt(0.75 * 0.25 / 40))
+    with pytest.raises(ValueError, match="one label per sample"):
+        label_agreement(clf, x, own[:5])
+
+
+def _scores(device: str) -> tuple[float, float, float, int]:
+    torch.manual_seed(0)
+    clf = SmallClassifier(10)
+    g = torch.Generator().manual_seed(0)
+    real = torch.rand(200, 1, 28, 28, generator=g)
+    other = torch.rand(200, 1, 28, 28, generator=g)
+    shifted = (other * 0.3).to(device)
+    same = sample_quality(clf, other.to(device), real, batch_size=64)
+    far = sample_quality(clf, shifted, real, batch_size=64)
+    assert next(clf.parameters()).device.type == torch.device(device).type
+    return same.frechet, far.frechet, far.confidence, far.classes_covered
+
+
+def test_sample_quality_separates_real_from_shifted_images():
+    same, far, confidence, covered = _scores("cpu")
+    assert same < far / 10  # two halves of one distribution against a darkened copy
+    assert 0.1 <= confidence <= 1 and 1 <= covered <= 10
+
+
+@pytest.mark.requires_cuda
+def test_sample_quality_runs_on_the_samples_device():
+    cpu, cuda = _scores("cpu"), _scores("cuda")
+    for a, b in zip(cpu, cuda):
+        assert math.isclose(a, b, rel_tol=1e-3, abs_tol=1e-4), (cpu, cuda)
+
+
+def test_the_diffusion_names_still_import():
+    from pyro_gen.diffusion import quality
+
+    assert quality.frechet_distance is frechet_distance
+    assert quality.sample_quality is sample_quality

@@ -128,12 +128,17 @@ def m2(args: argparse.Namespace) -> None:
     order = torch.randperm(x.shape[0], generator=g)
     # 10 labelled examples per class, the rest unlabelled
     labelled = torch.cat([order[y[order] == c][: args.labels // 10] for c in range(10)])
-    unlabelled = order[~torch.isin(order, labelled)]
+    unlabelled = order[~torch.isin(order, labelled)][: args.unlabelled]
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     model = SSVAE((28, 28), 10, z_dim=args.z_dim, hidden_dims=(args.hidden,), alpha=args.alpha)
     batches = semi_supervised_batches(
-        x[labelled], y[labelled], x[unlabelled], batch_size=args.batch, generator=g
+        x[labelled],
+        y[labelled],
+        x[unlabelled],
+        batch_size=args.batch,
+        labelled_passes=args.labelled_passes,
+        generator=g,
     )
     history = []
 
@@ -153,9 +158,10 @@ def m2(args: argparse.Namespace) -> None:
     fit(
         model,
         batches,
-        loss=TraceEnum_ELBO(max_plate_nesting=1),
+        # labelled batches have no site to enumerate, which is expected here
+        loss=TraceEnum_ELBO(max_plate_nesting=1, strict_enumeration_warning=False),
         epochs=args.epochs,
-        optim=pyro.optim.Adam({"lr": args.lr}),
+        optim=pyro.optim.Adam({"lr": args.lr, "betas": (args.beta1, 0.999)}),
         callbacks=[test_error],
         progress=False,
     )
@@ -176,6 +182,8 @@ def m2(args: argparse.Namespace) -> None:
                 "hidden": args.hidden,
                 "z_dim": args.z_dim,
                 "lr": args.lr,
+                "beta1": args.beta1,
+                "labelled_passes": args.labelled_passes,
                 "anchor_kingma2014_m2": 0.1197,
             }
         ),
@@ -240,9 +248,19 @@ def main() -> None:
         "--models", nargs="+", choices=("elbo", "miwae"), default=["elbo", "miwae"]
     )
     sub.choices["m2"].add_argument("--labels", type=int, default=100)
+    sub.choices["m2"].add_argument(
+        "--unlabelled", type=int, default=None, help="unlabelled images (default: the rest)"
+    )
     sub.choices["m2"].add_argument("--alpha", type=float, default=50.0)
     sub.choices["m2"].add_argument("--batch", type=int, default=100)
     sub.choices["m2"].add_argument("--lr", type=float, default=1e-3)
+    sub.choices["m2"].add_argument("--beta1", type=float, default=0.9)
+    sub.choices["m2"].add_argument(
+        "--labelled-passes",
+        type=float,
+        default=1.0,
+        help="passes over the labelled images per epoch (1: each image once, Kingma's sum)",
+    )
     sub.choices["naive"].add_argument("--ks", type=int, nargs="+", default=[10, 100, 1000])
     sub.choices["naive"].add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()

@@ -89,18 +89,64 @@ def test_fit_trains_on_alternating_labelled_and_unlabelled_batches(m2):
     centres = torch.tensor([[1.0] * 6, [0.0] * 6, [1, 0, 1, 0, 1, 0.0]])
     y_all = torch.randint(0, C, (300,), generator=g)
     x_all = torch.bernoulli(0.05 + 0.9 * centres[y_all], generator=g)
-    batches = semi_supervised_batches(x_all[:6], y_all[:6], x_all[6:], batch_size=50, generator=g)
+    # six passes over the six labels an epoch: a labelled batch after each unlabelled one
+    batches = semi_supervised_batches(
+        x_all[:6], y_all[:6], x_all[6:], batch_size=50, labelled_passes=6, generator=g
+    )
     before = (m2.classify(x_all) == y_all).float().mean()
     fit(
         m2,
         batches,
-        loss=TraceEnum_ELBO(max_plate_nesting=1),
+        # labelled batches have no site to enumerate: expected, so no warning
+        loss=TraceEnum_ELBO(max_plate_nesting=1, strict_enumeration_warning=False),
         epochs=15,
         progress=False,
         optim=pyro.optim.Adam({"lr": 1e-2}),
     )
     after = (m2.classify(x_all) == y_all).float().mean()
     assert after > 0.95 > before
+
+
+@pytest.mark.parametrize("passes", [1, 2.5, 12])
+def test_batches_see_the_labelled_examples_passes_times_spread_evenly(passes):
+    x_l, y_l = torch.arange(10.0)[:, None], torch.arange(10) % 3
+    x_u = 100 + torch.arange(97.0)[:, None]
+    epoch = list(
+        semi_supervised_batches(
+            x_l,
+            y_l,
+            x_u,
+            batch_size=10,
+            labelled_batch_size=4,
+            labelled_passes=passes,
+            generator=torch.Generator().manual_seed(0),
+        )()
+    )
+    unlabelled = [b for b in epoch if "y" not in b]
+    labelled = [b for b in epoch if "y" in b]
+    # every unlabelled example once; round(passes * 3) labelled batches of the 3 per pass
+    assert (
+        sorted(torch.cat([b["x"] for b in unlabelled]).flatten().tolist()) == x_u.flatten().tolist()
+    )
+    assert len(labelled) == round(passes * 3)
+    seen = torch.cat([b["x"] for b in labelled]).flatten().long()
+    for b in labelled:  # labels travel with their examples
+        assert torch.equal(b["y"], b["x"].flatten().long() % 3)
+    whole_passes = len(labelled) // 3  # each full pass shows every labelled example once
+    assert torch.equal(
+        torch.bincount(seen[: whole_passes * 10], minlength=10), torch.full((10,), whole_passes)
+    )
+    # spread: between two labelled batches at most ceil(10 / len(labelled)) unlabelled ones
+    gaps, run = [], 0
+    for b in epoch:
+        if "y" in b:
+            gaps.append(run)
+            run = 0
+        else:
+            run += 1
+    assert max(gaps) <= -(-10 // len(labelled)) and "y" in epoch[-1]
+    with pytest.raises(ValueError, match="labelled_passes must be positive, got 0"):
+        semi_supervised_batches(x_l, y_l, x_u, labelled_passes=0)
 
 
 def test_bad_labels_get_one_clear_error(m2):

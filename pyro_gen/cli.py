@@ -27,9 +27,12 @@ import pyro.optim
 import torch
 
 from pyro_gen import data as datasets
+from pyro_gen.cli_evaluate import bound_results
+from pyro_gen.cli_impute import impute_command
 from pyro_gen.cli_models import (
     IMAGE_DATA,
     MODELS,
+    PIXEL_LEVELS,
     TOY_DATA,
     ModelSpec,
     build_model,
@@ -38,7 +41,9 @@ from pyro_gen.cli_models import (
     held_out_view,
     load_run,
     load_split,
+    run_options,
 )
+from pyro_gen.cli_models_gan import LOSSES
 from pyro_gen.cli_settings import (
     OPTION_DEFAULTS,
     TRAINING_DEFAULTS,
@@ -50,18 +55,18 @@ from pyro_gen.cli_settings import (
     override_names,
     positive,
     positive_finite,
+    rate,
     requested_settings,
     resumed_config,
     train_command,
     whole_number,
 )
+from pyro_gen.cli_spec import MIXTURE_DATA, Evaluation
 from pyro_gen.infer import (
     CheckpointError,
     NonFiniteLossError,
     bits_per_dim_from_nats,
-    evaluate_elbo,
     fit,
-    iwae_log_likelihood,
 )
 from pyro_gen.infer.checkpoint import (
     CHECKPOINT_NAME,
@@ -117,7 +122,12 @@ def _parser() -> argparse.ArgumentParser:
         "another value is refused unless --override names it.",
     )
     train.add_argument("model", choices=sorted(MODELS), help="model to train")
-    train.add_argument("--data", required=True, choices=IMAGE_DATA + TOY_DATA, help="dataset")
+    train.add_argument(
+        "--data",
+        required=True,
+        choices=IMAGE_DATA + TOY_DATA + MIXTURE_DATA,
+        help="dataset (grid and ring: the GAN benchmarks' 25- and 8-Gaussian mixtures)",
+    )
     train.add_argument(
         "--epochs",
         type=non_negative,
@@ -144,9 +154,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
-    vae = train.add_argument_group("vae options")
-    _add_setting(vae, "z_dim", "latent size", type=positive)
-    _add_setting(vae, "hidden_dim", "hidden width", type=positive)
+    vae = train.add_argument_group("vae and ssvae options (z-dim, hidden-dim: also gan)")
+    _add_setting(vae, "z_dim", "latent size (gan: 16)", type=positive)
+    _add_setting(vae, "hidden_dim", "hidden width (gan: 128; ncsn, sde: 128)", type=positive)
     _add_setting(
         vae,
         "likelihood",
@@ -159,10 +169,20 @@ def _parser() -> argparse.ArgumentParser:
     _add_setting(
         vae,
         "objective",
-        "Trace_ELBO, TraceMeanField_ELBO (analytic KL), IWAE bound, or free bits",
-        choices=("elbo", "meanfield", "iwae", "freebits"),
+        "vae: Trace_ELBO, TraceMeanField_ELBO (analytic KL), IWAE bound, or free bits; "
+        "cnf: maximum likelihood (ml), flow-matching or rectified (cnf default: ml)",
+        choices=("elbo", "meanfield", "iwae", "freebits", "ml", "flow-matching", "rectified"),
     )
     _add_setting(vae, "k", "importance samples of --objective iwae", type=positive)
+    _add_setting(
+        vae,
+        "missing_rate",
+        "hide this share of pixels at random; the model scores the observed ones (with "
+        "--objective iwae: MIWAE)",
+        type=rate,
+    )
+    _add_setting(vae, "labels", "ssvae: labelled training examples, balanced by class",
+                 type=positive)  # fmt: skip
 
     flows = train.add_argument_group("flow options (nice, realnvp, glow, maf, nsf, cnf)")
     _add_setting(
@@ -170,6 +190,29 @@ def _parser() -> argparse.ArgumentParser:
         "dequantization",
         "how image flows turn pixels into continuous data",
         choices=("uniform", "variational"),
+    )
+
+    gan = train.add_argument_group("gan, wgan, cgan options")
+    _add_setting(
+        gan,
+        "loss",
+        "adversarial objective (wgan: wgan-gp, or wgan-clip; gan: not the wgan ones)",
+        choices=tuple(LOSSES),
+    )
+    _add_setting(
+        gan,
+        "n_critic",
+        "discriminator steps per generator step (the loss's own: 1, or 5 for wgan)",
+        type=positive,
+    )
+
+    score = train.add_argument_group("ncsn, sde options")
+    _add_setting(score, "sde", "forward SDE (ncsn: ve)", choices=("ve", "vp", "subvp"))
+    _add_setting(
+        score,
+        "weighting",
+        "denoising score matching weight: sigma^2, g^2 (a likelihood bound), or none",
+        choices=("sigma2", "likelihood", "none"),
     )
 
     ddpm = train.add_argument_group("ddpm options")
@@ -185,7 +228,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_setting(ddpm, "ema_decay", "decay of the weight average (0: none)", type=ema_decay_value)
 
     evaluate = sub.add_parser(
-        "evaluate", parents=[common], help="test ELBO and importance-weighted log-likelihood"
+        "evaluate",
+        parents=[common],
+        help="test ELBO and importance-weighted log-likelihood; exact densities; GAN metrics",
     )
     evaluate.add_argument("run", type=Path, help="run directory")
     evaluate.add_argument(
@@ -194,6 +239,18 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--num-test", type=positive, default=None, help="evaluate on the first N test examples"
     )
+    evaluate.add_argument(
+        "-n", "--num-samples", type=positive, default=None,
+        help="samples a GAN on a 2D mixture is scored by (default 2500)",
+    )  # fmt: skip
+    evaluate.add_argument(
+        "--classifier-epochs", type=positive, default=3,
+        help="epochs of the classifier that scores GAN images (default 3)",
+    )  # fmt: skip
+    evaluate.add_argument(
+        "--probability-flow", action="store_true",
+        help="ddpm: also the probability-flow ODE likelihood (slow for images)",
+    )  # fmt: skip
     evaluate.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
 
     sample = sub.add_parser(
@@ -202,11 +259,16 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("run", type=Path, help="run directory")
     sample.add_argument("-n", "--num-samples", type=positive, default=64)
     sample.add_argument(
-        "--sampler", choices=("ancestral", "ddim"), default=None, help="diffusion sampler (ddpm)"
+        "--sampler",
+        choices=sorted({name for spec in MODELS.values() for name in spec.samplers}),
+        default=None,
+        help="ddpm: ancestral (default) or ddim; ddpm, ncsn, sde: langevin (ncsn's default), "
+        "euler-maruyama, pc (sde's default) or ode",
     )
     sample.add_argument(
-        "--steps", type=positive, default=None, help="diffusion sampling steps (ddpm)"
-    )
+        "--steps", type=positive, default=None,
+        help="sampling steps (langevin: noise levels; ode: ignored, it is adaptive)",
+    )  # fmt: skip
     sample.add_argument(
         "--out",
         type=Path,
@@ -214,6 +276,31 @@ def _parser() -> argparse.ArgumentParser:
         help="PNG file, or an existing folder for FOLDER/samples.png (default RUN/samples.png)",
     )
     sample.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+
+    impute = sub.add_parser(
+        "impute",
+        parents=[common],
+        help="fill pixels hidden at random in test images with a trained vae (MIWAE)",
+        description="Hides pixels of test images at random, fills them by self-normalised "
+        "importance sampling with the run's VAE, and reports the error on the hidden pixels "
+        "beside mean imputation; writes a PNG of truth, observed and imputed images.",
+    )
+    impute.add_argument("run", type=Path, help="run directory of a vae")
+    impute.add_argument(
+        "--missing-rate", type=rate, default=None,
+        help="share of pixels hidden (default: the run's --missing-rate, or 0.5)",
+    )  # fmt: skip
+    impute.add_argument(
+        "--k", type=positive, default=1000, help="importance samples per image (default 1000)"
+    )
+    impute.add_argument(
+        "--num-test", type=positive, default=100, help="test images to impute (default 100)"
+    )
+    impute.add_argument(
+        "--out", type=Path, default=None,
+        help="PNG file, or an existing folder for FOLDER/imputed.png (default RUN/imputed.png)",
+    )  # fmt: skip
+    impute.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
 
     convert = sub.add_parser(
         "convert-checkpoint",
@@ -289,7 +376,7 @@ RUN_FILES = (CONFIG_NAME, CHECKPOINT_NAME, METRICS_NAME, "curves.png", "samples.
 
 def _train(args: argparse.Namespace) -> None:
     spec = MODELS[args.model]
-    if spec.images_only and args.data in TOY_DATA:
+    if spec.images_only and args.data not in PIXEL_LEVELS:
         raise UsageError(f"{args.model} models images; pick one of {', '.join(IMAGE_DATA)}")
     given = requested_settings(args, spec)
     device = _device(args.device)
@@ -361,12 +448,9 @@ def _train_run(
 ) -> None:
     pyro.clear_param_store()  # the command owns this process's param store
     pyro.set_rng_seed(config["seed"])
-    view = data_view(
-        spec.data_kind(options),
-        args.data,
-        load_split(args.data, "train", config, config["subset"]),
-    )
-    test_view = held_out_view(config, config["test_subset"])
+    x, y = load_split(args.data, "train", config, config["subset"])
+    view = data_view(spec.data_kind(options), args.data, x)
+    test_view, test_y = held_out_view(config, config["test_subset"])
     recorded_shape = config.get("event_shape")
     if recorded_shape is not None and list(view.event_shape) != recorded_shape:
         raise UsageError(
@@ -376,8 +460,14 @@ def _train_run(
     config["event_shape"] = list(view.event_shape)
     # fit scores held-out data with evaluate_elbo: the plain ELBO (averaged over the
     # objective's particles) whatever the objective; `pyro-gen evaluate --k` gives the IWAE.
-    config["test_elbo_is"] = "ELBO"
+    # Score and flow-matching models' "ELBO" is their negated regression loss.
+    config["test_elbo_is"] = spec.bound(run_options(config))
     model = build_model(config)
+    loss = spec.loss(tuple(view.event_shape), run_options(config))
+    train_data = spec.fit_data(view.x, y, config, "train")
+    test_data = None
+    if spec.held_out_in_fit(options):
+        test_data = spec.fit_data(test_view.x, test_y, config, "test")
     write_config(out, config)  # the run is accepted: record it
     try:
         # Validation would report a diverged run as a value outside some site's support,
@@ -386,15 +476,15 @@ def _train_run(
             warnings.filterwarnings("ignore", message="Encountered NaN")  # fit reports it
             result = fit(
                 model,
-                view.x,
+                train_data,
                 epochs=args.epochs,
                 batch_size=config["batch_size"],
-                optim=pyro.optim.Adam({"lr": config["lr"]}),
-                loss=spec.loss(options),
+                optim=pyro.optim.Adam({"lr": config["lr"], **spec.adam}),
+                loss=loss,
                 device=device,
                 grad_clip=config["grad_clip"],
                 transform=view.transform,
-                eval_data=test_view.x,
+                eval_data=test_data,
                 checkpoint_dir=out,
                 step_callbacks=spec.step_callbacks(options),
                 progress=not args.no_progress,
@@ -410,7 +500,7 @@ def _train_run(
             f"--grad-clip (e.g. 5), with --override lr,grad-clip to resume; {kept}"
         ) from e
     bound = config["test_elbo_is"]
-    figures = _write_figures(model, out, result.history, num_samples=64, bound=bound)
+    figures = _write_figures(spec, config, model, out, result.history, bound=bound)
     last = result.history[-1] if result.history else {}
     epochs = f"{result.epoch} epoch" + ("" if result.epoch == 1 else "s")
     summary = f"trained {args.model} on {args.data}: {epochs}"
@@ -420,6 +510,8 @@ def _train_run(
         if test_view.levels is not None and spec.discrete(options):
             bpd = bits_per_dim_from_nats(value, math.prod(test_view.event_shape))
             summary += f" ({bpd:.3f} bits/dim)"
+    elif "test_loss" in last:  # an adversarial objective: no likelihood to report
+        summary += f", test {bound} {last['test_loss']:.3f} per example"
     print(summary)
     print(f"run directory: {out}")
     for path in (out / METRICS_NAME, *figures):
@@ -427,31 +519,42 @@ def _train_run(
             print(f"{'metrics' if path.suffix == '.jsonl' else 'figure'}: {path}")
 
 
-def _sample(model: torch.nn.Module, n: int, **kwargs: Any) -> torch.Tensor:
-    with torch.no_grad():
-        return model.sample(n, **{k: v for k, v in kwargs.items() if v is not None})
+def _sample(
+    spec: ModelSpec, model: torch.nn.Module, n: int, sampler: str | None, steps: int | None
+) -> torch.Tensor:
+    try:
+        with torch.no_grad():
+            return spec.sample(model, n, sampler, steps)
+    except ValueError as e:  # a knob out of range for this model (e.g. DDIM steps > T)
+        raise UsageError(f"cannot sample: {e}") from e
 
 
 def _write_figures(
+    spec: ModelSpec,
+    config: dict[str, Any],
     model: torch.nn.Module,
     out: Path,
     history: Sequence[dict[str, Any]],
-    num_samples: int,
+    num_samples: int = 64,
     bound: str = "ELBO",
 ) -> list[Path]:
     from pyro_gen import plotting
 
     paths = [plotting.save_curves(history, out / "curves.png", bound=bound)] if history else []
-    samples = _sample(model.eval(), num_samples)
-    paths.append(_save_samples(model, samples, out / "samples.png"))
+    samples = _sample(spec, model.eval(), num_samples, None, None)
+    behind = spec.plot_density(run_options(config))
+    paths.append(_save_samples(model, samples, out / "samples.png", behind))
     return paths
 
 
-def _save_samples(model: torch.nn.Module, samples: torch.Tensor, path: Path) -> Path:
+def _save_samples(
+    model: torch.nn.Module, samples: torch.Tensor, path: Path, density_behind: bool = True
+) -> Path:
     from pyro_gen import plotting
 
     if samples.dim() == 2 and samples.shape[-1] == 2:
-        return plotting.save_scatter(samples, path, getattr(model, "log_prob", None))
+        density = getattr(model, "log_prob", None) if density_behind else None
+        return plotting.save_scatter(samples, path, density)
     return plotting.save_image_grid(samples.reshape(samples.shape[0], *samples.shape[-2:]), path)
 
 
@@ -463,32 +566,32 @@ def _evaluate(args: argparse.Namespace) -> None:
     device = _device(args.device)
     config = read_config(args.run)
     spec = check_model(config, args.run)
+    if args.probability_flow and config["model"] != "ddpm":
+        raise UsageError(
+            f"--probability-flow applies to ddpm runs ({config['model']} runs report their "
+            "own likelihood or metrics); drop it"
+        )
     target = refuse_symlink(Path(args.run) / "evaluation.json")
     probe_writable(args.run, "evaluation.json")  # before minutes of computing, not after
     model = _load_run_or_explain(args.run, config, device)
-    view = held_out_view(config, args.num_test)
-    results: dict[str, Any] = {"num_test": int(view.x.shape[0])}
-    results["test_elbo"] = evaluate_elbo(model, view.x, transform=view.transform)
-    results["iwae_k"] = args.k
-    results["iwae_log_likelihood"] = iwae_log_likelihood(
-        model, view.x, num_samples=args.k, chunk=min(args.k, 500), transform=view.transform
-    )
-    if view.levels is not None and spec.discrete(config["options"]):
-        results["bits_per_dim"] = bits_per_dim_from_nats(
-            results["iwae_log_likelihood"], math.prod(view.event_shape)
-        )
+    view, labels = held_out_view(config, args.num_test)
+    ev = Evaluation(model, config, view, labels, args)
+    if spec.evaluate is None:
+        results = bound_results(ev, spec.discrete(run_options(config)))
+    else:
+        results = spec.evaluate(ev)
     atomic_write_bytes(target, (json.dumps(results, indent=2) + "\n").encode())
     for key, value in results.items():
         print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
     print(f"written to {target}")
 
 
-def _samples_path(args: argparse.Namespace) -> Path:
-    """Where ``sample`` writes its PNG, checked before any sampling."""
+def _samples_path(args: argparse.Namespace, name: str) -> Path:
+    """Where ``sample`` (or ``impute``) writes its PNG, checked before any computing."""
     if args.out is None:
-        path = Path(args.run) / "samples.png"
+        path = Path(args.run) / name
     elif args.out.is_dir():
-        path = args.out / "samples.png"
+        path = args.out / name
     else:
         path = args.out
         if path.suffix.lower() != ".png":
@@ -507,14 +610,40 @@ def _sample_command(args: argparse.Namespace) -> None:
     device = _device(args.device)
     config = read_config(args.run)
     check_model(config, args.run)
-    for option, value in (("--sampler", args.sampler), ("--steps", args.steps)):
-        if value is not None and config["model"] != "ddpm":
-            raise UsageError(f"{option} applies to ddpm runs; {args.run} holds a {config['model']}")
-    path = _samples_path(args)
+    spec = MODELS[config["model"]]
+    takes = [m for m, s in MODELS.items() if args.sampler in s.samplers]
+    if args.sampler is not None and args.sampler not in spec.samplers:
+        own = f" (it takes {', '.join(spec.samplers)})" if spec.samplers else ""
+        raise UsageError(
+            f"--sampler {args.sampler} applies to {', '.join(takes)} runs; {args.run} holds a "
+            f"{config['model']}{own}"
+        )
+    if args.steps is not None and not spec.samplers:
+        raise UsageError(f"--steps applies to diffusion runs; {args.run} holds a {config['model']}")
+    path = _samples_path(args, "samples.png")
     model = _load_run_or_explain(args.run, config, device)
-    samples = _sample(model, args.num_samples, sampler=args.sampler, steps=args.steps)
-    path = _save_samples(model, samples, path)
+    samples = _sample(spec, model, args.num_samples, args.sampler, args.steps)
+    path = _save_samples(model, samples, path, spec.plot_density(run_options(config)))
     print(f"{args.num_samples} samples written to {path}")
+
+
+def _impute(args: argparse.Namespace) -> None:
+    device = _device(args.device)
+    config = read_config(args.run)
+    check_model(config, args.run)
+    if config["model"] != "vae" or config["options"].get("layers", 1) != 1:
+        raise UsageError(
+            f"impute fills pixels with a one-layer vae; {args.run} holds a "
+            f"{config['options'].get('layers')}-layer {config['model']}"
+            if config["model"] == "vae"
+            else f"impute fills pixels with a one-layer vae; {args.run} holds a {config['model']}"
+        )
+    path = _samples_path(args, "imputed.png")
+    refuse_symlink(Path(args.run) / "imputation.json")
+    probe_writable(args.run, "imputation.json")
+    model = _load_run_or_explain(args.run, config, device)
+    view, _ = held_out_view(config, args.num_test)
+    impute_command(model, config, view, args, path)
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -572,6 +701,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train": _train,
         "evaluate": _evaluate,
         "sample": _sample_command,
+        "impute": _impute,
         "convert-checkpoint": _convert,
     }
     try:

@@ -1,149 +1,75 @@
 """The model table of the ``pyro-gen`` command: names to classes, and how each model
 family sees a dataset; :func:`load_run` rebuilds a run directory's trained model.
 
-This and :mod:`pyro_gen.cli` are the one place that wires names (``vae``, ``realnvp``,
-``ddpm``, ``mnist``, ...) to classes; everything else in pyro_gen takes objects.
+This module, its family tables (:mod:`pyro_gen.cli_models_vae`, ``cli_models_gan``,
+``cli_models_score``) and :mod:`pyro_gen.cli` are the one place that wires names (``vae``,
+``realnvp``, ``ddpm``, ``mnist``, ...) to classes; everything else in pyro_gen takes objects.
+The flows are here.
 
 Example:
     >>> sorted(MODELS)[:3]
-    ['cnf', 'ddpm', 'glow']
+    ['cgan', 'cnf', 'ddpm']
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_gen import data as datasets
-from pyro_gen.infer.checkpoint import (
-    load_checkpoint,
-    restore_modules,
+from pyro_gen.cli_evaluate import bound_results, density_results
+from pyro_gen.cli_models_gan import GAN_MODELS
+from pyro_gen.cli_models_score import SCORE_MODELS
+from pyro_gen.cli_models_vae import VAE_MODELS
+from pyro_gen.cli_spec import (
+    DEFAULT_TOY_SAMPLES,
+    IMAGE_DATA,
+    MIXTURE_DATA,
+    PIXEL_LEVELS,
+    TOY_DATA,
+    DataView,
+    Evaluation,
+    ModelSpec,
+    UsageError,
+    data_view,
 )
-from pyro_gen.runs import (
-    CONFIG_NAME,
-    RunError,
-    checkpoint_path,
-    read_config,
-)
+from pyro_gen.infer.checkpoint import load_checkpoint, restore_modules
+from pyro_gen.metrics import grid_modes, ring_modes, sample_modes
+from pyro_gen.runs import CONFIG_NAME, RunError, checkpoint_path, read_config
 
-IMAGE_DATA = ("mnist", "fashion_mnist", "digits")
-TOY_DATA = ("moons", "eight_gaussians", "checkerboard", "rings", "spirals", "pinwheel")
-# Intensity levels per pixel: 8-bit for the MNISTs, 0..16 for sklearn's digits.
-PIXEL_LEVELS = {"mnist": 256, "fashion_mnist": 256, "digits": 17}
-# Training samples drawn from a 2D toy (the test split gets a quarter as many).
-DEFAULT_TOY_SAMPLES = 20000
+__all__ = [
+    "DEFAULT_TOY_SAMPLES",
+    "IMAGE_DATA",
+    "MIXTURES",
+    "MODELS",
+    "PIXEL_LEVELS",
+    "TOY_DATA",
+    "DataView",
+    "ModelSpec",
+    "build_model",
+    "check_model",
+    "data_view",
+    "held_out_view",
+    "load_run",
+    "load_split",
+]
+
+#: 2D mixtures of isotropic Gaussians by dataset name: (means, standard deviation). The
+#: eight Gaussians of pyro_gen.data (radius 4 and std 0.5, shrunk by sqrt 2), and the GAN
+#: benchmarks' 25-Gaussian grid and 8-Gaussian ring (VEEGAN, PacGAN).
+MIXTURES: dict[str, tuple[torch.Tensor, float]] = {
+    "eight_gaussians": (ring_modes(8, 4.0 / math.sqrt(2)), 0.5 / math.sqrt(2)),
+    "grid": (grid_modes(), 0.05),
+    "ring": (ring_modes(), 0.02),
+}
 
 
 # ---------------------------------------------------------------------------------------
-# What each model sees of the data.
-
-
-@dataclass(frozen=True)
-class DataView:
-    """How a model family consumes a dataset: the stored tensor, the per-batch transform
-    applied on the device, and the event shape the model is built for."""
-
-    x: torch.Tensor
-    transform: Callable[[torch.Tensor], torch.Tensor] | None
-    event_shape: tuple[int, ...]
-    levels: int | None  # pixel levels for images (bits/dim), None for continuous data
-
-
-def _unit_interval(levels: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    def transform(x: torch.Tensor) -> torch.Tensor:
-        return x.to(torch.get_default_dtype()) / (levels - 1)
-
-    return transform
-
-
-def _binarized(levels: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    def transform(x: torch.Tensor) -> torch.Tensor:
-        return datasets.dynamic_binarize(x.to(torch.get_default_dtype()) / (levels - 1))
-
-    return transform
-
-
-def data_view(kind: str, name: str, x: torch.Tensor) -> DataView:
-    """Prepares ``x`` from dataset ``name`` for a model that wants ``kind`` of data:
-    ``binary`` (dynamic binarization), ``unit`` (intensities in [0, 1]) or ``levels``
-    (the integer pixels themselves, for models that dequantize inside their guide)."""
-    if name in TOY_DATA:
-        return DataView(x, None, tuple(x.shape[1:]), None)
-    levels = PIXEL_LEVELS[name]
-    shape = tuple(x.shape[1:])
-    if kind == "binary":
-        return DataView(x, _binarized(levels), shape, levels)
-    if kind == "unit":
-        return DataView(x, _unit_interval(levels), shape, levels)
-    if kind == "levels":
-        return DataView(x, None, shape, levels)
-    raise ValueError(f"unknown data kind {kind!r}")
-
-
-# ---------------------------------------------------------------------------------------
-# The model table.
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A trainable model name: how to build it, what data it takes, how to train it."""
-
-    build: Callable[[tuple[int, ...], dict[str, Any]], torch.nn.Module]
-    data_kind: Callable[[dict[str, Any]], str]
-    options: tuple[str, ...]
-    loss: Callable[[dict[str, Any]], ELBO] = field(default=lambda opts: Trace_ELBO())
-    images_only: bool = False
-    # Whether the likelihood is over discrete pixels, so that -log p / (D log 2) is bits/dim.
-    discrete: Callable[[dict[str, Any]], bool] = field(default=lambda opts: True)
-    # Called by fit after every optimizer step (e.g. the DDPM's weight average).
-    step_callbacks: Callable[[dict[str, Any]], tuple[Callable[..., Any], ...]] = field(
-        default=lambda opts: ()
-    )
-
-
-def _build_vae(event_shape: tuple[int, ...], opts: dict[str, Any]) -> torch.nn.Module:
-    from pyro_gen.vae import build_vae
-
-    return build_vae(
-        event_shape,
-        prior=opts["prior"],
-        guide=opts["guide"],
-        layers=opts["layers"],
-        likelihood=opts["likelihood"],
-        z_dim=opts["z_dim"],
-        hidden_dim=opts["hidden_dim"],
-    )
-
-
-def _vae_loss(opts: dict[str, Any]) -> ELBO:
-    from pyro_gen.vae import make_loss
-
-    return make_loss(opts["objective"], num_particles=opts["k"])
-
-
-def _build_ddpm(event_shape: tuple[int, ...], opts: dict[str, Any]) -> torch.nn.Module:
-    from pyro_gen.diffusion import build_ddpm
-
-    return build_ddpm(
-        event_shape,
-        schedule=opts["schedule"],
-        param=opts["param"],
-        objective=opts["diffusion_objective"],
-        timesteps=opts["timesteps"],
-        num_bins=opts.get("num_bins", 256),
-        ema_decay=opts.get("ema_decay") or None,  # runs from before the option: no EMA
-    )
-
-
-def _ddpm_step_callbacks(opts: dict[str, Any]) -> tuple[Callable[..., Any], ...]:
-    from pyro_gen.diffusion import ema_callback
-
-    return (ema_callback,) if opts.get("ema_decay") else ()
+# Flows.
 
 
 def _flow_builder(name: str) -> Callable[[tuple[int, ...], dict[str, Any]], torch.nn.Module]:
@@ -159,15 +85,35 @@ def _flow_builder(name: str) -> Callable[[tuple[int, ...], dict[str, Any]], torc
     return build
 
 
+#: cnf --objective -> pyro_gen.diffusion.FlowMatching's objective (None: maximum likelihood)
+CNF_OBJECTIVES = {"ml": None, "flow-matching": "cfm", "rectified": "rectified"}
+
+
+def _build_cnf(event_shape: tuple[int, ...], opts: dict[str, Any]) -> torch.nn.Module:
+    objective = CNF_OBJECTIVES[opts.get("objective", "ml")]
+    flow = _flow_builder("cnf")(event_shape, opts)
+    if objective is None:
+        return flow
+    if len(event_shape) != 1:
+        raise UsageError(
+            f"--objective {opts['objective']} trains the velocity field of a vector CNF; "
+            "use a 2D toy dataset, or --objective ml for images"
+        )
+    from pyro_gen.diffusion import FlowMatching
+
+    return FlowMatching(flow, objective=objective)
+
+
+def _cnf_evaluate(ev: Evaluation) -> dict[str, Any]:
+    if CNF_OBJECTIVES[ev.config["options"].get("objective", "ml")] is None:
+        return bound_results(ev, discrete=True)
+    return density_results(ev)  # a flow-matching loss is no bound: the exact ODE density
+
+
+_FLOWS = ("nice", "realnvp", "glow", "maf", "nsf", "resflow")
+
 MODELS: dict[str, ModelSpec] = {
-    "vae": ModelSpec(
-        build=_build_vae,
-        data_kind=lambda o: "binary" if o["likelihood"] == "bernoulli" else "unit",
-        options=("z_dim", "hidden_dim", "layers", "likelihood", "prior", "guide", "objective", "k"),
-        loss=_vae_loss,
-        images_only=True,
-        discrete=lambda o: not o["likelihood"].startswith("gaussian"),
-    ),
+    **VAE_MODELS,
     **{
         name: ModelSpec(
             build=_flow_builder(name),
@@ -175,40 +121,63 @@ MODELS: dict[str, ModelSpec] = {
             data_kind=lambda o: "levels",
             options=("dequantization",),
         )
-        for name in ("nice", "realnvp", "glow", "maf", "nsf", "cnf")
+        for name in _FLOWS
     },
-    "ddpm": ModelSpec(
-        build=_build_ddpm,
-        data_kind=lambda o: "unit",
-        options=("schedule", "param", "diffusion_objective", "timesteps", "ema_decay"),
-        # Analytic KL per time step: the reduced-variance form of the bound.
-        loss=lambda o: TraceMeanField_ELBO(),
-        step_callbacks=_ddpm_step_callbacks,
+    "cnf": ModelSpec(
+        build=_build_cnf,
+        data_kind=lambda o: "levels",
+        options=("dequantization", "objective"),
+        defaults={"objective": "ml"},
+        choices={"objective": tuple(CNF_OBJECTIVES)},
+        added_later={"objective": "ml"},
+        evaluate=_cnf_evaluate,
+        plot_density=lambda o: o["objective"] == "ml",
+        held_out_in_fit=lambda o: o["objective"] == "ml",
+        bound=lambda o: "ELBO" if o["objective"] == "ml" else "negated flow-matching loss",
     ),
+    **SCORE_MODELS,
+    **GAN_MODELS,
 }
 
 
-def load_split(name: str, split: str, config: dict[str, Any], limit: int | None) -> torch.Tensor:
-    """The first ``limit`` examples (all if None) of a dataset split, as the run's config
-    asks (2D toys are drawn, ``toy_samples`` of them for training)."""
-    if name in TOY_DATA:
+def load_split(
+    name: str, split: str, config: dict[str, Any], limit: int | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The first ``limit`` examples (all if None) of a dataset split and their labels (None
+    for 2D data), as the run's config asks (2D toys are drawn, ``toy_samples`` of them for
+    training)."""
+    if name in TOY_DATA or name in MIXTURE_DATA:
         toy = config.get("toy_samples") or DEFAULT_TOY_SAMPLES
         n = toy if split == "train" else max(toy // 4, 1)
-        x, _ = datasets.load(name, split, num_samples=n)
+        if name in MIXTURE_DATA:
+            seed = 2 * int(config.get("seed") or 0) + (split == "test")
+            x, y = sample_modes(*MIXTURES[name], n, torch.Generator().manual_seed(seed)), None
+        else:
+            x, y = datasets.load(name, split, num_samples=n)
     else:
-        x, _ = datasets.load(name, split)
-    return x[:limit] if limit is not None else x
+        x, y = datasets.load(name, split)
+    if limit is not None:
+        x, y = x[:limit], (None if y is None else y[:limit])
+    return x, y
+
+
+def run_options(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's model options, with the values that runs from before an option had."""
+    return {**MODELS[config["model"]].added_later, **config["options"]}
 
 
 def build_model(config: dict[str, Any]) -> torch.nn.Module:
     """Rebuilds the (untrained) model a run config describes."""
-    return MODELS[config["model"]].build(tuple(config["event_shape"]), config["options"])
+    return MODELS[config["model"]].build(tuple(config["event_shape"]), run_options(config))
 
 
-def held_out_view(config: dict[str, Any], limit: int | None) -> DataView:
-    """The test split of a run's dataset, prepared as its model sees data."""
-    x = load_split(config["data"], "test", config, limit)
-    return data_view(MODELS[config["model"]].data_kind(config["options"]), config["data"], x)
+def held_out_view(
+    config: dict[str, Any], limit: int | None
+) -> tuple[DataView, torch.Tensor | None]:
+    """The test split of a run's dataset, prepared as its model sees data, and its labels."""
+    x, y = load_split(config["data"], "test", config, limit)
+    kind = MODELS[config["model"]].data_kind(run_options(config))
+    return data_view(kind, config["data"], x), y
 
 
 def check_model(config: dict[str, Any], run: str | Path) -> ModelSpec:
@@ -223,8 +192,7 @@ def check_model(config: dict[str, Any], run: str | Path) -> ModelSpec:
             f"(it builds {', '.join(sorted(MODELS))})"
         )
     spec = MODELS[config["model"]]
-    # Runs from before --ema-decay existed have none and sample without an average.
-    missing = [n for n in spec.options if n not in config["options"] and n != "ema_decay"]
+    missing = [n for n in spec.options if n not in run_options(config)]
     if missing:
         raise RunError(
             f"{Path(run) / CONFIG_NAME} lacks the {config['model']} options "

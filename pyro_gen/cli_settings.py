@@ -18,12 +18,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pyro_gen.cli_models import DEFAULT_TOY_SAMPLES, MODELS, PIXEL_LEVELS, TOY_DATA, ModelSpec
-
-
-class UsageError(ValueError):
-    """Bad command-line input; reported as one line without a traceback."""
-
+from pyro_gen.cli_models import DEFAULT_TOY_SAMPLES, MODELS, PIXEL_LEVELS, ModelSpec
+from pyro_gen.cli_spec import NUM_CLASSES, UsageError
 
 # Training settings of every model. None of them changes the model's architecture, so a
 # resume may change them with --override.
@@ -36,7 +32,8 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "toy_samples": DEFAULT_TOY_SAMPLES,
     "seed": 0,
 }
-# Model options (each model's ModelSpec.options says which are its own).
+# Model options (each model's ModelSpec.options says which are its own, and
+# ModelSpec.defaults where its default differs from these).
 OPTION_DEFAULTS: dict[str, Any] = {
     "z_dim": 50,
     "hidden_dim": 400,
@@ -52,10 +49,15 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "diffusion_objective": "elbo",
     "timesteps": 1000,
     "ema_decay": 0.999,
+    "missing_rate": 0.0,
+    "labels": 100,
+    "sde": "vp",
+    "weighting": "sigma2",
+    "loss": "nonsaturating",
+    "n_critic": None,  # the loss's own: 1, or 5 for the Wasserstein losses
 }
-# Model options that change only the loss, not the parameters: a resume may change them.
-LOSS_OPTIONS = ("objective", "k")
-OVERRIDABLE = (*TRAINING_DEFAULTS, *LOSS_OPTIONS)
+# Options a resume may change for some model (ModelSpec.loss_options says for which).
+OVERRIDABLE = (*TRAINING_DEFAULTS, *{n for s in MODELS.values() for n in s.loss_options})
 
 
 def flag(name: str) -> str:
@@ -109,6 +111,17 @@ def ema_decay_value(text: str) -> float:
     return value
 
 
+def rate(text: str) -> float:
+    """An argparse type: a probability in [0, 1) (a share of pixels to hide)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {text}")
+    return value
+
+
 def override_names(text: str) -> list[str]:
     """An argparse type: comma-separated settings a resume may change (``lr,batch-size``)."""
     names = [n.strip().lstrip("-").replace("-", "_") for n in text.split(",") if n.strip()]
@@ -142,18 +155,33 @@ def requested_settings(args: argparse.Namespace, spec: ModelSpec) -> dict[str, A
                 f"{flag(name)} is not an option of {args.model} (it belongs to "
                 f"{', '.join(sorted(set(owners)))}); drop it"
             )
-    if "toy_samples" in given and args.data not in TOY_DATA:
+    for name, allowed in spec.choices.items():
+        if name in given and given[name] not in allowed:
+            raise UsageError(
+                f"{flag(name)} {given[name]} does not apply to {args.model} (it takes "
+                f"{', '.join(map(str, allowed))})"
+            )
+    images = args.data in PIXEL_LEVELS
+    if "toy_samples" in given and images:
         raise UsageError(f"--toy-samples applies to the 2D toy datasets, not {args.data}; drop it")
-    if "dequantization" in given and args.data in TOY_DATA:
+    if "dequantization" in given and not images:
         raise UsageError(f"--dequantization applies to image data, not {args.data}; drop it")
+    if spec.labelled and args.data not in NUM_CLASSES:
+        raise UsageError(
+            f"{args.model} trains on labelled data and {args.data} has no labels; pick one of "
+            f"{', '.join(NUM_CLASSES)}"
+        )
     return given
 
 
 def new_config(args: argparse.Namespace, spec: ModelSpec, given: dict[str, Any]) -> dict:
     """The config of a fresh run: the settings typed, defaults for the rest."""
-    options = {name: given.get(name, OPTION_DEFAULTS[name]) for name in spec.options}
+    defaults = {**OPTION_DEFAULTS, **spec.defaults}
+    options = {name: given.get(name, defaults[name]) for name in spec.options}
     if args.data in PIXEL_LEVELS:
         options["num_bins"] = PIXEL_LEVELS[args.data]
+    if spec.labelled:
+        options["num_classes"] = NUM_CLASSES[args.data]
     settings = {name: given.get(name, default) for name, default in TRAINING_DEFAULTS.items()}
     return {"model": args.model, "data": args.data, "options": options, **settings}
 
@@ -172,7 +200,7 @@ def resumed_config(
     for name, value in given.items():
         in_options = name in OPTION_DEFAULTS
         recorded = (
-            previous["options"].get(name)
+            {**MODELS[args.model].added_later, **previous["options"]}.get(name)
             if in_options
             else previous.get(name, TRAINING_DEFAULTS[name])
         )
@@ -180,7 +208,8 @@ def resumed_config(
             continue
         (changed if name in args.override else refused).append((name, recorded, value))
         (config["options"] if in_options else config)[name] = value
-    fixed = [(n, a, b) for n, a, b in refused if n not in OVERRIDABLE]
+    overridable = (*TRAINING_DEFAULTS, *MODELS[args.model].loss_options)
+    fixed = [(n, a, b) for n, a, b in refused if n not in overridable]
     if fixed:
         raise UsageError(
             f"{out} was trained with "

@@ -1,0 +1,149 @@
+"""The GANs of the ``pyro-gen`` command: ``gan``, ``wgan`` and the conditional ``cgan``.
+
+The model is a :class:`~pyro_gen.gan.Generator` (the trained object ``pyro_gen.load``
+returns); the adversarial loss object owns the discriminator, which ``fit`` checkpoints
+beside it. 2D data and sklearn's 8x8 digits get MLP networks, 28x28 images DCGAN ones.
+
+Example:
+    >>> sorted(GAN_MODELS), LOSSES["wgan-gp"].__name__
+    (['cgan', 'gan', 'wgan'], 'WassersteinGP')
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from pyro_gen.cli_evaluate import mixture_results, sample_quality
+from pyro_gen.cli_spec import Evaluation, ModelSpec
+from pyro_gen.gan import (
+    HingeGAN,
+    LeastSquaresGAN,
+    MinimaxGAN,
+    NonSaturatingGAN,
+    WassersteinGAN,
+    WassersteinGP,
+)
+
+#: ``--loss`` names -> the adversarial objectives
+LOSSES = {
+    "minimax": MinimaxGAN,
+    "nonsaturating": NonSaturatingGAN,
+    "lsgan": LeastSquaresGAN,
+    "hinge": HingeGAN,
+    "wgan-clip": WassersteinGAN,
+    "wgan-gp": WassersteinGP,
+}
+WASSERSTEIN = ("wgan-clip", "wgan-gp")
+# Samples scored by `evaluate` (mode coverage needs many; the classifier scores as many
+# samples as real test images).
+MIXTURE_SAMPLES = 2500
+
+
+def _conditional(opts: dict[str, Any]) -> int:
+    return int(opts.get("num_classes") or 0)
+
+
+def _networks(event_shape: tuple[int, ...], opts: dict[str, Any], which: str) -> torch.nn.Module:
+    from pyro_gen.nn import DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator
+
+    context, hidden = _conditional(opts), (opts["hidden_dim"],) * 2
+    if tuple(event_shape[-2:]) == (28, 28):
+        if which == "generator":
+            return DCGANGenerator(opts["z_dim"], event_shape, context_dim=context)
+        return DCGANDiscriminator(event_shape, context_dim=context)
+    if which == "generator":
+        return MLPGenerator(opts["z_dim"], event_shape, hidden, context_dim=context)
+    return MLPDiscriminator(event_shape, hidden, context_dim=context)
+
+
+def _build(event_shape: tuple[int, ...], opts: dict[str, Any]) -> torch.nn.Module:
+    from pyro_gen.gan import Generator
+
+    net = _networks(event_shape, opts, "generator")
+    return Generator(net, num_classes=_conditional(opts) or None)
+
+
+def _loss(event_shape: tuple[int, ...], opts: dict[str, Any]) -> torch.nn.Module:
+    kwargs = {"n_critic": opts["n_critic"]} if opts.get("n_critic") else {}
+    return LOSSES[opts["loss"]](_networks(event_shape, opts, "discriminator"), **kwargs)
+
+
+def _labelled_data(x: torch.Tensor, y: torch.Tensor | None, config: dict, split: str) -> Any:
+    return {"x": x, "y": y}
+
+
+def _requested_labels(model: Any, n: int) -> torch.Tensor | None:
+    # Every class in turn, so a grid of samples shows each row's digit.
+    classes = getattr(model, "num_classes", None)
+    return None if not classes else torch.arange(n) % classes
+
+
+def _sample(model: Any, n: int, sampler: str | None, steps: int | None) -> torch.Tensor:
+    y = _requested_labels(model, n)
+    device = next(model.parameters()).device
+    return model.sample(n, y=None if y is None else y.to(device))
+
+
+def _evaluate(ev: Evaluation) -> dict[str, Any]:
+    from pyro_gen.cli_models import MIXTURES
+
+    model, config, view = ev.model, ev.config, ev.view
+    results: dict[str, Any] = {"num_test": int(view.x.shape[0])}
+    if view.levels is None:
+        mixture = MIXTURES.get(config["data"])
+        if mixture is None:
+            raise ValueError(
+                f"a GAN has no likelihood, and {config['data']} is not a mixture of Gaussians "
+                f"whose modes could be counted: train on {', '.join(sorted(MIXTURES))} to "
+                "evaluate mode coverage, or on images for classifier scores"
+            )
+        with torch.no_grad():
+            samples = _sample(model, ev.args.num_samples or MIXTURE_SAMPLES, None, None)
+        return {**results, **mixture_results(samples.cpu(), *mixture)}
+    n = int(view.x.shape[0])
+    requested = _requested_labels(model, n)
+    with torch.no_grad():
+        samples = _sample(model, n, None, None).cpu()
+    real = view.transform(view.x) if view.transform is not None else view.x
+    return {**results, **sample_quality(ev, samples, real, requested)}
+
+
+_GAN_OPTIONS = ("z_dim", "hidden_dim", "loss", "n_critic")
+_GAN_DEFAULTS = {"z_dim": 16, "hidden_dim": 128}
+_COMMON = dict(
+    build=_build,
+    # pixels in [0, 1], the DCGAN generator's sigmoid range
+    data_kind=lambda o: "unit",
+    loss=_loss,
+    # the non-Wasserstein losses compare against a fixed n_critic of 1 unless asked
+    loss_options=("n_critic",),
+    evaluate=_evaluate,
+    sample=_sample,
+    bound=lambda o: "generator loss",
+    # DCGAN's Adam settings for the generator (Radford et al.)
+    adam={"betas": (0.5, 0.999)},
+)
+
+GAN_MODELS: dict[str, ModelSpec] = {
+    "gan": ModelSpec(
+        options=_GAN_OPTIONS,
+        defaults={**_GAN_DEFAULTS, "loss": "nonsaturating"},
+        choices={"loss": tuple(n for n in LOSSES if n not in WASSERSTEIN)},
+        **_COMMON,
+    ),
+    "wgan": ModelSpec(
+        options=_GAN_OPTIONS,
+        defaults={**_GAN_DEFAULTS, "loss": "wgan-gp"},
+        choices={"loss": WASSERSTEIN},
+        **_COMMON,
+    ),
+    "cgan": ModelSpec(
+        options=_GAN_OPTIONS,
+        defaults={**_GAN_DEFAULTS, "loss": "nonsaturating"},
+        labelled=True,
+        fit_data=_labelled_data,
+        **_COMMON,
+    ),
+}

@@ -1,0 +1,161 @@
+"""The VAEs of the ``pyro-gen`` command: ``vae`` (also on incomplete data: ``--missing-rate``
+hides pixels at random and the model scores only the observed ones; with ``--objective iwae``
+that is MIWAE) and the semi-supervised M2 model ``ssvae`` (``--labels N`` labelled examples,
+the rest unlabelled).
+
+Example:
+    >>> mask = missing_mask(torch.zeros(4, 8, 8), 0.5, seed=0, split="train")
+    >>> mask.shape, mask.dtype
+    (torch.Size([4, 8, 8]), torch.bool)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pyro.infer import TraceEnum_ELBO
+
+from pyro_gen.cli_evaluate import bound_results
+from pyro_gen.cli_spec import Evaluation, ModelSpec, UsageError
+
+
+def missing_mask(x: torch.Tensor, rate: float, seed: int, split: str) -> torch.Tensor:
+    """The observation mask (True = observed) of a split: each pixel missing with
+    probability ``rate``, the same pixels for the same seed (train and test differ)."""
+    from pyro_gen.vae import missing_at_random
+
+    generator = torch.Generator().manual_seed(2 * int(seed) + (split != "train"))
+    return missing_at_random(x.shape, float(rate), generator)
+
+
+# ---------------------------------------------------------------------------------------
+# vae
+
+
+def _build_vae(event_shape: tuple[int, ...], opts: dict[str, Any]) -> torch.nn.Module:
+    from pyro_gen.vae import build_vae
+
+    return build_vae(
+        event_shape,
+        prior=opts["prior"],
+        guide=opts["guide"],
+        layers=opts["layers"],
+        likelihood=opts["likelihood"],
+        z_dim=opts["z_dim"],
+        hidden_dim=opts["hidden_dim"],
+    )
+
+
+def _vae_loss(event_shape: tuple[int, ...], opts: dict[str, Any]) -> Any:
+    from pyro_gen.vae import make_loss
+
+    return make_loss(opts["objective"], num_particles=opts["k"])
+
+
+def _vae_data(x: torch.Tensor, y: torch.Tensor | None, config: dict, split: str) -> Any:
+    rate = config["options"].get("missing_rate") or 0.0
+    if not rate:
+        return x
+    return {"x": x, "mask": missing_mask(x, rate, config["seed"], split)}
+
+
+def _vae_evaluate(ev: Evaluation) -> dict[str, Any]:
+    opts = {**VAE_MODELS["vae"].added_later, **ev.config["options"]}
+    discrete = VAE_MODELS["vae"].discrete(opts)
+    data = _vae_data(ev.view.x, None, ev.config, "test")
+    results = bound_results(ev, discrete, data)
+    if isinstance(data, dict):  # the bounds are of the observed pixels only
+        results["missing_rate"] = opts["missing_rate"]
+    return results
+
+
+# ---------------------------------------------------------------------------------------
+# ssvae
+
+
+def _build_ssvae(event_shape: tuple[int, ...], opts: dict[str, Any]) -> torch.nn.Module:
+    from pyro_gen.vae import SSVAE
+
+    return SSVAE(event_shape, opts["num_classes"], opts["z_dim"], (opts["hidden_dim"],))
+
+
+def labelled_indices(y: torch.Tensor, count: int, num_classes: int) -> torch.Tensor:
+    """The first ``count`` examples of ``y`` taken class by class (as equal a share of
+    each class as ``count`` allows), as Kingma et al. choose their labelled set.
+
+    Example:
+        >>> labelled_indices(torch.tensor([0, 0, 0, 1, 1, 1]), 4, 2).tolist()
+        [0, 1, 3, 4]
+    """
+    chosen = []
+    for c in range(num_classes):
+        share = count // num_classes + (c < count % num_classes)
+        chosen.append(torch.nonzero(y == c).flatten()[:share])
+    return torch.cat(chosen).sort().values
+
+
+def _ssvae_data(x: torch.Tensor, y: torch.Tensor | None, config: dict, split: str) -> Any:
+    from pyro_gen.vae import semi_supervised_batches
+
+    if split != "train":  # held out: the bound of unlabelled data, the label summed out
+        return {"x": x}
+    opts = config["options"]
+    count = opts["labels"]
+    if count >= x.shape[0]:
+        raise UsageError(
+            f"--labels {count} leaves no unlabelled training example (there are "
+            f"{x.shape[0]}); choose fewer labels"
+        )
+    labelled = labelled_indices(y, count, opts["num_classes"])
+    rest = torch.ones(x.shape[0], dtype=torch.bool)
+    rest[labelled] = False
+    generator = torch.Generator().manual_seed(int(config["seed"]))
+    return semi_supervised_batches(
+        x[labelled], y[labelled], x[rest], config["batch_size"], generator=generator
+    )
+
+
+def _ssvae_evaluate(ev: Evaluation) -> dict[str, Any]:
+    from pyro_gen.infer import evaluate_elbo
+
+    view, model = ev.view, ev.model
+    x = view.transform(view.x) if view.transform is not None else view.x
+    results: dict[str, Any] = {"num_test": int(x.shape[0])}
+    with torch.no_grad():
+        wrong = (model.classify(x) != ev.labels.to(x.device)).double()
+    results["test_error"] = float(wrong.mean())
+    results["test_error_se"] = float(wrong.std() / wrong.numel() ** 0.5)
+    results["test_elbo"] = evaluate_elbo(model, {"x": x}, loss=TraceEnum_ELBO(max_plate_nesting=1))
+    return results
+
+
+_VAE_OPTIONS = ("z_dim", "hidden_dim", "layers", "likelihood", "prior", "guide", "objective", "k")
+
+VAE_MODELS: dict[str, ModelSpec] = {
+    "vae": ModelSpec(
+        build=_build_vae,
+        data_kind=lambda o: "binary" if o["likelihood"] == "bernoulli" else "unit",
+        options=(*_VAE_OPTIONS, "missing_rate"),
+        loss=_vae_loss,
+        images_only=True,
+        # bits/dim divide by every pixel: not for a bound on the observed ones
+        discrete=lambda o: not o["likelihood"].startswith("gaussian") and not o["missing_rate"],
+        choices={"objective": ("elbo", "meanfield", "iwae", "freebits")},
+        added_later={"missing_rate": 0.0},
+        loss_options=("objective", "k"),
+        fit_data=_vae_data,
+        evaluate=_vae_evaluate,
+    ),
+    "ssvae": ModelSpec(
+        build=_build_ssvae,
+        data_kind=lambda o: "binary",
+        options=("z_dim", "hidden_dim", "labels"),
+        # TraceEnum_ELBO sums the label out of unlabelled batches exactly.
+        loss=lambda shape, o: TraceEnum_ELBO(max_plate_nesting=1),
+        images_only=True,
+        labelled=True,
+        fit_data=_ssvae_data,
+        evaluate=_ssvae_evaluate,
+    ),
+}

@@ -7,7 +7,7 @@ import logging
 import math
 import numbers
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,11 +19,12 @@ import torch
 from pyro.infer import ELBO, Trace_ELBO
 from tqdm.auto import tqdm
 
-from pyro_gen.data.batching import BatchCalls, Transform, batch_calls, with_transform
+from pyro_gen.data.batching import BatchCalls, Call, Transform, batch_calls, with_transform
 from pyro_gen.infer.annealing import kl_scale
 from pyro_gen.infer.checkpoint import (
     CHECKPOINT_NAME,
     METRICS_NAME,
+    CheckpointError,
     append_metrics,
     load_checkpoint,
     restore_checkpoint,
@@ -32,6 +33,7 @@ from pyro_gen.infer.checkpoint import (
     write_metrics,
 )
 from pyro_gen.infer.compiled import CompiledSVI, supports
+from pyro_gen.infer.distributed import DataParallel, GradReducer, ShardedBatches, setup
 from pyro_gen.infer.evaluation import evaluate_elbo, module_device
 from pyro_gen.infer.program import Program, program, warm_up
 
@@ -171,6 +173,9 @@ class _Progress:
     epoch_loss: float = 0.0
     epoch_seen: int = 0
     epoch_time: float = 0.0
+    # Data-parallel runs: the number of processes, and each one's RNG streams.
+    world_size: int = 1
+    rank_streams: list[dict[str, Any]] | None = None
 
     def state(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -184,6 +189,7 @@ def _step_function(
     annealing: Callable[[int], float] | None,
     beta: list[float],
     compile: bool | None,
+    reducer: GradReducer | None,
 ) -> Callable[..., torch.Tensor]:
     model, guide = prog.model, prog.guide
     if annealing is not None:
@@ -195,7 +201,11 @@ def _step_function(
         backend = "pyro"
     else:
         backend = "inductor" if compile else "auto"
-    return CompiledSVI(model, guide, optim, loss, grad_clip=grad_clip, backend=backend)
+    if reducer is not None:  # clipping then applies to the summed gradient
+        grad_clip = None
+    return CompiledSVI(
+        model, guide, optim, loss, grad_clip=grad_clip, backend=backend, grad_reducer=reducer
+    )
 
 
 def fit(
@@ -327,31 +337,45 @@ def fit(
         )
     prog = program(model, guide, loss)
     device = _device(model, prog, device)
+    dp = setup(device)
+    if dp is not None:
+        device = dp.device
+        if hasattr(loss, "loss_and_grads") and not isinstance(loss, ELBO):
+            raise ValueError(
+                f"data-parallel training takes a Pyro ELBO or a callable loss; "
+                f"{type(loss).__name__} updates networks of its own inside loss_and_grads, "
+                "which the processes cannot keep in step: train it in one process"
+            )
     for m in prog.modules.values():
         m.to(device)
-    batches = batch_calls(data, batch_size, shuffle=True, device=device)
+    if dp is not None:
+        batches: BatchCalls | ShardedBatches = dp.shard(data, batch_size)
+    else:
+        batches = batch_calls(data, batch_size, shuffle=True, device=device)
     if eval_data is not None:  # refuse bad held-out data now, not after an epoch's training
         batch_calls(eval_data, batch_size, shuffle=False)
     optim = optim if optim is not None else pyro.optim.Adam({"lr": 1e-3})
     if clear_params:
         pyro.clear_param_store()
     beta = [1.0]
-    step_fn = _step_function(prog, optim, loss, grad_clip, annealing, beta, compile)
+    reducer = dp.reducer(grad_clip) if dp is not None else None
+    step_fn = _step_function(prog, optim, loss, grad_clip, annealing, beta, compile, reducer)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     with contextlib.ExitStack() as stack:
-        if ckpt_dir is not None:
-            ckpt_dir.mkdir(parents=True, exist_ok=True)
-            stack.enter_context(run_lock(ckpt_dir))
+
+        def lock() -> None:
+            if ckpt_dir is not None:
+                ckpt_dir.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(run_lock(ckpt_dir))
+
+        _on_main(dp, lock)  # only rank 0 touches the run directory
         first = batches.peek()
         prog.check_call(first, 0)
-        warm_up(prog, with_transform(first, transform), check_sites=isinstance(loss, ELBO))
-        state = _Progress()
-        if ckpt_dir is not None and (ckpt_dir / CHECKPOINT_NAME).exists():
-            ckpt = load_checkpoint(ckpt_dir / CHECKPOINT_NAME, map_location=device)
-            state = _Progress(**restore_checkpoint(ckpt, modules=prog.modules, optim=optim))
-        if ckpt_dir is not None and (state.history or (ckpt_dir / METRICS_NAME).exists()):
-            # the records match the checkpoint: none for a fresh start, whatever was there
-            write_metrics(ckpt_dir / METRICS_NAME, state.history)
+        first = with_transform(first, transform)
+        warm_up(prog, first, check_sites=isinstance(loss, ELBO))
+        if dp is not None:
+            dp.start(prog.modules, loss, prog, first)
+        state = _resume(dp, ckpt_dir, device, prog, optim)
         return _train(
             model,
             guide,
@@ -374,14 +398,72 @@ def fit(
             callbacks=list(callbacks),
             step_callbacks=list(step_callbacks),
             progress=progress,
+            dp=dp,
         )
+
+
+def _on_main(dp: DataParallel | None, fn: Callable[[], Any]) -> Any:
+    return fn() if dp is None else dp.on_main(fn)
+
+
+def _resume(
+    dp: DataParallel | None,
+    ckpt_dir: Path | None,
+    device: torch.device,
+    prog: Program,
+    optim: pyro.optim.PyroOptim,
+) -> _Progress:
+    """The progress to start from: fresh, or restored (objects, RNG streams) from the run
+    directory's checkpoint, which rank 0 reads and every rank restores."""
+    world_size = dp.world_size if dp is not None else 1
+    if ckpt_dir is None:
+        return _Progress(world_size=world_size)
+    path = ckpt_dir / CHECKPOINT_NAME
+
+    def read() -> dict[str, Any] | None:
+        if not path.exists():
+            return None
+        # Loaded to the CPU when it is sent on to the other ranks, whose devices differ.
+        return load_checkpoint(path, map_location=device if dp is None else "cpu")
+
+    ckpt = _on_main(dp, read)
+    state = _Progress(world_size=world_size)
+    if ckpt is not None:
+        state = _Progress(**restore_checkpoint(ckpt, modules=prog.modules, optim=optim))
+        if state.world_size != world_size:
+            raise CheckpointError(
+                f"checkpoint {path} was written by {state.world_size} process(es) and this run "
+                f"has {world_size}: the shuffle order and each process's random numbers depend "
+                f"on the number of processes, so it resumes exactly only under "
+                f"{state.world_size} (torchrun --nproc_per_node {state.world_size}, or one "
+                "process for 1); or train into a fresh checkpoint_dir"
+            )
+        if dp is not None and state.rank_streams is not None:
+            dp.restore_streams(state.rank_streams)
+
+    def reset_metrics() -> None:
+        if state.history or (ckpt_dir / METRICS_NAME).exists():
+            # the records match the checkpoint: none for a fresh start, whatever was there
+            write_metrics(ckpt_dir / METRICS_NAME, state.history)
+
+    _on_main(dp, reset_metrics)
+    return state
+
+
+def _epoch_calls(
+    batches: BatchCalls | ShardedBatches, skip: int, number: int
+) -> Iterator[tuple[Call, int]]:
+    """The epoch's ``(call, examples in the step)`` pairs, its order drawn now."""
+    if isinstance(batches, ShardedBatches):
+        return batches.epoch(skip=skip, number=number)
+    return ((c, c.size if c.size is not None else 1) for c in batches.epoch(skip=skip))
 
 
 def _train(
     model: Any,
     guide: Any,
     prog: Program,
-    batches: BatchCalls,
+    batches: BatchCalls | ShardedBatches,
     step_fn: Callable[..., torch.Tensor],
     state: _Progress,
     *,
@@ -400,14 +482,22 @@ def _train(
     callbacks: list[Callback],
     step_callbacks: list[StepCallback],
     progress: bool,
+    dp: DataParallel | None,
 ) -> FitResult:
+    main = dp is None or dp.main  # the process that evaluates, writes and shows progress
+    progress = progress and main
+
     def done() -> bool:
         return (epochs is not None and state.epoch >= epochs) or (
             steps is not None and state.step >= steps
         )
 
     def save() -> None:
-        if ckpt_dir is not None:
+        if dp is not None:
+            dp.sync_buffers(prog.modules)
+            if ckpt_dir is not None:
+                state.rank_streams = dp.gather_streams()
+        if ckpt_dir is not None and main:
             path, progress = ckpt_dir / CHECKPOINT_NAME, state.state()
             save_checkpoint(path, modules=prog.modules, optim=optim, progress=progress)
 
@@ -417,12 +507,14 @@ def _train(
             m.train()
         if state.batch == 0:
             state.epoch_rng_state = pyro.util.get_rng_state()
-            epoch_batches = batches.epoch()
+            epoch_batches = _epoch_calls(batches, 0, state.epoch)
         else:  # resuming mid-epoch: redraw the epoch's order, then carry on from here
             now = pyro.util.get_rng_state()
             pyro.util.set_rng_state(state.epoch_rng_state)
-            epoch_batches = batches.epoch(skip=state.batch)
+            epoch_batches = _epoch_calls(batches, state.batch, state.epoch)
             pyro.util.set_rng_state(now)
+        if dp is not None:  # the order came from the shared stream; noise is the rank's own
+            dp.enter_epoch()
         try:
             total = len(batches)
         except TypeError:
@@ -446,13 +538,15 @@ def _train(
             state.epoch_time = time.perf_counter() - start
 
         stopped_inside = False
-        for call in bar:
+        for call, examples in bar:
             prog.check_call(call, state.batch)
             call = with_transform(call, transform)
             if annealing is not None:
                 beta[0] = float(annealing(state.step))
+            if dp is not None:
+                dp.begin_step(call.size if call.size is not None else 1, examples)
             pending.append(step_fn(state.step, *call.args, **call.kwargs))
-            state.epoch_seen += call.size if call.size is not None else 1
+            state.epoch_seen += examples
             state.step += 1
             state.batch += 1
             for step_callback in step_callbacks:
@@ -472,6 +566,8 @@ def _train(
                 save()
         bar.close()
         read_back()
+        if dp is not None:
+            dp.leave_epoch()
         if state.batch == 0:
             raise ValueError(f"data yielded no batches in epoch {state.epoch + 1}")
         record: dict[str, Any] = {
@@ -489,7 +585,7 @@ def _train(
             state.epoch += 1
             state.batch, state.epoch_rng_state = 0, None
             state.epoch_loss, state.epoch_seen, state.epoch_time = 0.0, 0, 0.0
-        if eval_data is not None and (state.epoch % eval_every == 0 or done()):
+        if eval_data is not None and (state.epoch % eval_every == 0 or done()) and main:
             # Evaluation draws its own noise without moving the training RNG, so where and
             # how often we evaluate never changes the trained parameters.
             rng = pyro.util.get_rng_state()
@@ -507,6 +603,8 @@ def _train(
                     prog, eval_data, loss, max(batch_size, 256), transform
                 )
             pyro.util.set_rng_state(rng)
+        if dp is not None:  # rank 0's record (its evaluation, its clock) everywhere
+            record = dp.broadcast(record)
         if stopped_inside:
             partial = record
         else:
@@ -519,12 +617,15 @@ def _train(
             )
             tqdm.write(f"epoch {record['epoch']}: {shown}")
         save()
-        if ckpt_dir is not None:
+        if ckpt_dir is not None and main:
             append_metrics(ckpt_dir / METRICS_NAME, record)
         if stopped_inside:
             break
         stop_requests = [cb(record, model) is True for cb in callbacks]
-        if any(stop_requests):
+        stop = any(stop_requests)
+        if dp is not None:  # callbacks run on every rank; one asking to stop stops all
+            stop = dp.any(stop)
+        if stop:
             break
     history = state.history + ([partial] if partial is not None else [])
     return FitResult(history, state.epoch, state.step)

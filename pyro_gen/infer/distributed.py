@@ -1,0 +1,528 @@
+"""Data-parallel training on :mod:`torch.distributed`: the process group, the sharding of
+each epoch's batches, the gradient all-reduce and the rank-0 gate that :func:`fit` uses.
+
+``fit`` trains data-parallel when it runs in one of several processes: a process group is
+already initialized, or ``torchrun`` set ``WORLD_SIZE`` > 1 (``fit`` then initializes the
+group itself: NCCL on CUDA, gloo on the CPU). Every process keeps a full replica of the
+model and the optimizer; a step is
+
+.. math::
+
+    g = \\sum_r w_r \\nabla_\\theta \\mathcal{L}_r, \\qquad \\theta \\leftarrow
+    \\mathrm{update}(\\theta, g),
+
+with one all-reduce of the gradients of the parameters Pyro registered (the set of a Pyro
+program's parameters is only known after tracing it, so the all-reduce runs on the
+param-store gradients between the gradient and the update rather than through
+``DistributedDataParallel``). The weights make one step on :math:`R` ranks the step of one
+process on the combined batch:
+
+* an ELBO whose data plate is the batch (``pyro.plate("data", x.shape[0])``) is a sum over
+  the batch's examples, so the combined batch's loss is the sum of the ranks' losses:
+  :math:`w_r = 1`;
+* an ELBO whose data plate subsamples (``pyro.plate("data", N, subsample=...)``) scales
+  each rank's examples by :math:`N / B_r`; the combined batch scales by :math:`N / B`
+  (:math:`B = \\sum_r B_r`) and counts global sites once, so :math:`w_r = B_r / B`;
+* any other loss is an estimate per batch, averaged likewise: :math:`w_r = B_r / B`.
+
+Gradient clipping applies to the reduced gradient, as it would in one process.
+
+Tensor data are sharded by splitting the combined batch: every rank draws the same
+shuffle order (the RNG stream of the epoch orders is shared), takes the combined batch of
+``batch_size * world_size`` examples that one process would take, and keeps its part of
+it, so ``batch_size`` is per process as with ``DistributedDataParallel``. The user's own
+batches (a ``DataLoader``) are dealt out in turn: rank ``r`` takes batches ``r``, ``r + R``,
+...; a ``DataLoader`` with a :class:`~torch.utils.data.DistributedSampler` is already
+sharded and is used as it comes (with ``set_epoch`` called each epoch). Each rank draws
+its sampling noise from its own stream, seeded from the shared one and its rank, and all
+streams are recorded in checkpoints, so a run resumes exactly under the same world size.
+Evaluation, checkpoints, metrics and the progress bar are rank 0's.
+
+Example:
+    >>> is_main_process()  # a single process is its own rank 0
+    True
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+
+import pyro
+import pyro.util
+import torch
+import torch.distributed as dist
+from pyro import poutine
+from pyro.infer import ELBO
+
+from pyro_gen.data.batching import Call, IterableBatches, TensorBatches, as_call, batch_calls
+
+T = TypeVar("T")
+
+__all__ = ["DataParallel", "GradReducer", "is_main_process", "setup"]
+
+
+def is_main_process() -> bool:
+    """Whether this process is rank 0 (or the only process): the one that writes.
+
+    Reads the initialized process group, else ``torchrun``'s ``RANK`` variable, so it can
+    be asked before :func:`fit` has joined the group.
+
+    Example:
+        >>> is_main_process()
+        True
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r} is not a whole number") from None
+
+
+def setup(device: torch.device) -> DataParallel | None:
+    """The data-parallel context of this process, or None for a single process.
+
+    Uses an initialized process group, else initializes one from ``torchrun``'s variables
+    (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``): NCCL for
+    a CUDA ``device``, gloo otherwise. A CUDA device without an index becomes
+    ``cuda:LOCAL_RANK``, one GPU per process.
+
+    Raises:
+        RuntimeError: when the group's backend cannot reduce tensors on ``device``.
+    """
+    initialized = dist.is_available() and dist.is_initialized()
+    world = dist.get_world_size() if initialized else (_env_int("WORLD_SIZE") or 1)
+    if world <= 1:
+        return None
+    if not dist.is_available():
+        raise RuntimeError(
+            f"WORLD_SIZE={world} asks for data-parallel training, but this PyTorch build has "
+            "no torch.distributed; run one process, or install a build with it"
+        )
+    local_rank = _env_int("LOCAL_RANK")
+    if device.type == "cuda":
+        index = device.index if device.index is not None else (local_rank or 0)
+        device = torch.device("cuda", index)
+        torch.cuda.set_device(device)  # NCCL's object collectives use the current device
+    owns = False
+    if not initialized:
+        if _env_int("RANK") is None:
+            raise RuntimeError(
+                f"WORLD_SIZE={world} is set but RANK is not: launch with torchrun, or "
+                "initialize torch.distributed before calling fit"
+            )
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(
+            backend, device_id=device if backend == "nccl" else None
+        )  # fmt: skip
+        atexit.register(_destroy)
+        owns = True
+    elif dist.get_backend() == "nccl" and device.type != "cuda":
+        raise RuntimeError(
+            f"the process group uses NCCL, which reduces CUDA tensors only, and fit trains "
+            f"on {device}: pass device='cuda', or initialize the group with backend='gloo'"
+        )
+    return DataParallel(dist.get_rank(), dist.get_world_size(), device, owns)
+
+
+def _destroy() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state = {"pyro": pyro.util.get_rng_state()}
+    if device.type == "cuda":  # tensor data on CUDA draw their shuffle order there
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    pyro.util.set_rng_state(state["pyro"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+class DataParallel:
+    """One process's place in a data-parallel run and the collectives :func:`fit` needs.
+
+    Args:
+        rank: this process's rank.
+        world_size: number of processes.
+        device: where this process trains.
+        owns_group: whether :func:`setup` initialized the process group (it is then
+            destroyed at exit).
+    """
+
+    def __init__(self, rank: int, world_size: int, device: torch.device, owns_group: bool):
+        self.rank, self.world_size, self.device = rank, world_size, device
+        self.owns_group = owns_group
+        # "sum" (w_r = 1) or "mean" (w_r = B_r / B): see the module docstring.
+        self.reduction = "mean"
+        self._shared: dict[str, Any] | None = None  # the epoch-order stream, while in an epoch
+        self._local: dict[str, Any] | None = None  # this rank's noise stream, between epochs
+        self._in_epoch = False
+
+    @property
+    def main(self) -> bool:
+        """Whether this is rank 0, the process that evaluates and writes."""
+        return self.rank == 0
+
+    # -- agreement ----------------------------------------------------------------------
+
+    def broadcast(self, value: T) -> T:
+        """Rank 0's ``value`` on every rank (any picklable object)."""
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def on_main(self, fn: Callable[[], T]) -> T:
+        """Runs ``fn`` on rank 0 and returns its result on every rank; an error it raises
+        is raised on every rank, so no rank is left waiting in a collective."""
+        outcome: tuple[bool, Any] = (True, None)
+        if self.main:
+            try:
+                outcome = (True, fn())
+            except Exception as e:  # noqa: BLE001 - re-raised below, on every rank
+                outcome = (False, e)
+        ok, value = self.broadcast(outcome)
+        if not ok:
+            raise value
+        return value
+
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any rank."""
+        t = torch.tensor([int(flag)], device=self._collective_device())
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def _collective_device(self) -> torch.device:
+        return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+    # -- start: the same state everywhere ------------------------------------------------
+
+    def start(self, modules: Mapping[str, torch.nn.Module], loss: Any, prog: Any, call: Call):
+        """Makes every rank start from rank 0's RNG state, parameters and buffers, and
+        decides how gradients combine (:attr:`reduction`) from the model's plates.
+
+        Raises:
+            RuntimeError: when the ranks' param stores hold different parameters.
+        """
+        _set_rng_state(self.broadcast(_rng_state(self.device)), self.device)
+        store = pyro.get_param_store()
+        names = sorted(name for name, _ in store.named_parameters())
+        everyone = [None] * self.world_size
+        dist.all_gather_object(everyone, names)
+        if any(n != names for n in everyone):
+            raise RuntimeError(
+                "the processes' Pyro param stores hold different parameters (rank 0: "
+                f"{everyone[0]}; rank {self.rank}: {names}): build the same model on every rank"
+            )
+        tensors = [store[name].unconstrained() for name in names]
+        tensors += [t for m in modules.values() for t in (*m.parameters(), *m.buffers())]
+        self._broadcast_tensors(tensors)
+        self.reduction = "sum" if isinstance(loss, ELBO) and not _subsampled(prog, call) else "mean"
+        everyone = [None] * self.world_size
+        dist.all_gather_object(everyone, self.reduction)
+        if len(set(everyone)) > 1:
+            raise RuntimeError(
+                "the ranks' first batches disagree on whether the data plate subsamples "
+                f"(reductions by rank: {everyone}): every rank must run the same model"
+            )
+        self.seed_streams()
+
+    def _broadcast_tensors(self, tensors: Sequence[torch.Tensor]) -> None:
+        seen: set[int] = set()
+        with torch.no_grad():
+            for t in tensors:
+                if id(t) in seen:  # a module parameter is also a param-store entry
+                    continue
+                seen.add(id(t))
+                if t.is_contiguous() and t.device == self.device:
+                    dist.broadcast(t, src=0)
+                else:
+                    buffer = t.detach().to(self.device).contiguous()
+                    dist.broadcast(buffer, src=0)
+                    t.copy_(buffer)
+
+    def sync_buffers(self, modules: Mapping[str, torch.nn.Module]) -> None:
+        """Rank 0's module buffers (running statistics, an EMA) on every rank, as
+        ``DistributedDataParallel`` keeps them; done where a checkpoint may be written, so
+        an interrupted run and the same run resumed agree."""
+        self._broadcast_tensors([b for m in modules.values() for b in m.buffers()])
+
+    # -- RNG streams ---------------------------------------------------------------------
+
+    def seed_streams(self) -> None:
+        """Seeds this rank's noise stream from the shared stream and the rank, without
+        moving the shared stream (so the epoch orders are those of one process)."""
+        shared = _rng_state(self.device)
+        seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        pyro.set_rng_seed(seed + self.rank)
+        self._local = _rng_state(self.device)
+        _set_rng_state(shared, self.device)
+        self._in_epoch = False
+
+    def enter_epoch(self) -> None:
+        """After the epoch's order is drawn from the shared stream: this rank's noise
+        stream takes over for the steps."""
+        self._shared = _rng_state(self.device)
+        _set_rng_state(self._local, self.device)
+        self._in_epoch = True
+
+    def leave_epoch(self) -> None:
+        """At the epoch's end (or where training stops inside it): back to the shared
+        stream, which every rank holds in the same state."""
+        self._local = _rng_state(self.device)
+        _set_rng_state(self._shared, self.device)
+        self._in_epoch = False
+
+    def gather_streams(self) -> list[dict[str, Any]] | None:
+        """Every rank's streams, on rank 0 (None elsewhere), for a checkpoint."""
+        current = _rng_state(self.device)
+        mine = {
+            "shared": self._shared if self._in_epoch else current,
+            "local": current if self._in_epoch else self._local,
+        }
+        everyone = [None] * self.world_size if self.main else None
+        dist.gather_object(mine, everyone, dst=0)
+        return everyone
+
+    def restore_streams(self, streams: Sequence[dict[str, Any]]) -> None:
+        """Restores this rank's streams from a checkpoint's :meth:`gather_streams`."""
+        mine = streams[self.rank]
+        self._local = mine["local"]
+        _set_rng_state(mine["shared"], self.device)
+        self._in_epoch = False
+
+    # -- data and gradients --------------------------------------------------------------
+
+    def shard(self, data: Any, batch_size: int) -> ShardedBatches:
+        """This rank's share of each epoch's batches (see the module docstring)."""
+        return ShardedBatches(data, batch_size, self.rank, self.world_size, self.device)
+
+    def reducer(self, grad_clip: float | None) -> GradReducer:
+        """The all-reduce that :class:`~pyro_gen.infer.compiled.CompiledSVI` runs between
+        the gradient and the update."""
+        self._reducer = GradReducer(self.device, grad_clip)
+        return self._reducer
+
+    def begin_step(self, size: int, combined: int) -> None:
+        """Before a step on ``size`` of the combined batch's ``combined`` examples."""
+        self._reducer.begin_step(1.0 if self.reduction == "sum" else size / combined)
+
+
+def _subsampled(prog: Any, call: Call) -> bool:
+    """Whether a sample site of the model sits in a plate that subsamples (its scale
+    depends on the batch size), from one trace of guide and model on ``call`` that moves
+    neither the RNG nor running statistics."""
+    modes = {name: m.training for name, m in prog.modules.items()}
+    for m in prog.modules.values():
+        m.eval()
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            state = pyro.util.get_rng_state()
+            guide_trace = poutine.trace(prog.guide).get_trace(*call.args, **call.kwargs)
+            model = poutine.replay(prog.model, trace=guide_trace)
+            trace = poutine.trace(model).get_trace(*call.args, **call.kwargs)
+            pyro.util.set_rng_state(state)
+    finally:
+        for name, m in prog.modules.items():
+            m.train(modes[name])
+    return any(
+        f.full_size not in (None, f.size)
+        for site in trace.nodes.values()
+        if site["type"] == "sample"
+        for f in site["cond_indep_stack"]
+    )
+
+
+class ShardedBatches:
+    """This rank's batches of an epoch, each with the examples in the combined batch.
+
+    Args:
+        data: any data form :func:`~pyro_gen.data.batching.batch_calls` takes.
+        batch_size: examples per process and step (tensor data).
+        rank: this process's rank.
+        world_size: number of processes.
+        device: where this rank's batches go.
+    """
+
+    def __init__(
+        self, data: Any, batch_size: int, rank: int, world_size: int, device: torch.device
+    ) -> None:
+        self.rank, self.world_size, self.device = rank, world_size, device
+        self.inner: TensorBatches | IterableBatches
+        self.inner = batch_calls(data, batch_size * world_size, shuffle=True, device=device)
+        if isinstance(self.inner, TensorBatches):
+            if self.inner.num_examples < world_size:
+                raise ValueError(
+                    f"data has {self.inner.num_examples} examples, fewer than the "
+                    f"{world_size} processes training on it: use fewer processes"
+                )
+            self._sampler = None
+        else:  # the user's batches, moved to the device only on the rank that takes them
+            self.inner = IterableBatches(data)
+            loader_sampler = getattr(data, "batch_sampler", None)
+            sampler = getattr(data, "sampler", None)
+            sampler = getattr(loader_sampler, "sampler", sampler)
+            presharded = isinstance(sampler, torch.utils.data.DistributedSampler)
+            self._sampler = sampler if presharded else None
+
+    def __len__(self) -> int:
+        if isinstance(self.inner, TensorBatches):
+            full, rest = divmod(self.inner.num_examples, self.inner.batch_size)
+            return full + (rest >= self.world_size)
+        if self._sampler is not None:
+            return len(self.inner)
+        return len(self.inner) // self.world_size
+
+    def peek(self) -> Call:
+        """This rank's first batch in data order (for checks), drawing no random numbers."""
+        first = self.inner.peek()
+        if isinstance(self.inner, TensorBatches):
+            return _part(first, self.rank, self.world_size)
+        return self._to_device(first)
+
+    def epoch(self, skip: int = 0, number: int = 0) -> Iterator[tuple[Call, int]]:
+        """Pass ``number`` (counting from 0): ``(this rank's call, examples in the combined
+        batch)`` per step. The order is drawn now, from the current (shared) RNG stream;
+        ``skip`` steps are left out (resuming mid-epoch). A last combined batch with fewer
+        examples than processes is left out."""
+        if self._sampler is not None:
+            self._sampler.set_epoch(number)
+        if isinstance(self.inner, TensorBatches):
+            return self._tensor_epoch(self.inner.epoch(skip=skip))
+        if self._sampler is not None:
+            return self._presharded_epoch(self.inner.epoch(skip=skip))
+        return self._dealt_epoch(self.inner.epoch(skip=skip * self.world_size))
+
+    def _tensor_epoch(self, calls: Iterator[Call]) -> Iterator[tuple[Call, int]]:
+        for call in calls:
+            size = call.size if call.size is not None else self.world_size
+            if size < self.world_size:
+                return
+            yield _part(call, self.rank, self.world_size), size
+
+    def _presharded_epoch(self, calls: Iterator[Call]) -> Iterator[tuple[Call, int]]:
+        # A DistributedSampler gives every rank as many examples, so its batches match.
+        for call in calls:
+            yield self._to_device(call), _count(call) * self.world_size
+
+    def _dealt_epoch(self, calls: Iterator[Call]) -> Iterator[tuple[Call, int]]:
+        while True:
+            group = list(itertools.islice(calls, self.world_size))
+            if len(group) < self.world_size:
+                return
+            yield self._to_device(group[self.rank]), sum(map(_count, group))
+
+    def _to_device(self, call: Call) -> Call:
+        return as_call(dict(call.kwargs) if call.kwargs else list(call.args), self.device)
+
+
+def _count(call: Call) -> int:
+    """Examples in a batch; a batch that does not say counts as one."""
+    return call.size if call.size is not None else 1
+
+
+def _part(call: Call, rank: int, world_size: int) -> Call:
+    """Rank ``rank``'s rows of a combined tensor batch (sizes differ by at most one)."""
+
+    def take(v: Any) -> Any:
+        if torch.is_tensor(v) and v.dim() > 0:
+            return v.tensor_split(world_size)[rank]
+        return v
+
+    args = tuple(map(take, call.args))
+    kwargs = {k: take(v) for k, v in call.kwargs.items()}
+    size = next((t.shape[0] for t in (*args, *kwargs.values()) if torch.is_tensor(t)), None)
+    return Call(args, kwargs, size if call.size is not None else None)
+
+
+class GradReducer:
+    """Sums ``weight`` times every rank's loss and parameter gradients in one all-reduce
+    per dtype, then clips the summed gradient.
+
+    Called by :class:`~pyro_gen.infer.compiled.CompiledSVI` as ``reduce(loss, params)``
+    between the gradient and the update, with the gradients in ``params[i].grad``; the
+    gradients are replaced in place and the combined loss is returned. Parameters are
+    ordered by their param-store names; the first time a set of names is seen, the ranks
+    check that they agree (a rank whose model reaches other parameters is an error, not a
+    silent mix-up).
+
+    Args:
+        device: where the reduction runs (this rank's training device).
+        grad_clip: clip the global norm of the reduced gradient to this.
+    """
+
+    def __init__(self, device: torch.device, grad_clip: float | None) -> None:
+        self.device, self.grad_clip = device, grad_clip
+        self.weight = 1.0  # w_r, set by fit before each step
+        self._layouts: set[tuple[str, ...]] = set()
+        self._reduced = False
+
+    def begin_step(self, weight: float) -> None:
+        """Called by ``fit`` before each step, with this rank's weight :math:`w_r`."""
+        self.weight, self._reduced = weight, False
+
+    def __call__(self, loss: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tensor:
+        if self._reduced:
+            # Every rank must reduce once per step, or the collectives pair up wrongly.
+            raise RuntimeError(
+                "this process's step ran its gradient twice (a batch that failed one of the "
+                "model's input checks in the compiled step is re-run as a plain step), which "
+                "data-parallel training cannot match on the other processes: fix the batch "
+                "the model refuses, or train with compile=False"
+            )
+        self._reduced = True
+        store = pyro.get_param_store()
+        named = sorted(
+            ((store.param_name(p), p) for p in params if p.grad is not None),
+            key=lambda item: str(item[0]),
+        )
+        if any(name is None for name, _ in named):
+            raise RuntimeError(
+                "a parameter being trained is not in the Pyro param store, so the processes "
+                "cannot match it by name: register networks with pyro.module"
+            )
+        self._check_layout(tuple(name for name, _ in named))
+        grads = [p.grad for _, p in named]
+        loss = loss.detach().reshape(1).to(self.device)
+        buckets: dict[torch.dtype, list[torch.Tensor]] = {}
+        for t in (loss, *grads):
+            buckets.setdefault(t.dtype, []).append(t)
+        for tensors in buckets.values():
+            flat = torch.cat([t.reshape(-1).to(self.device) for t in tensors])
+            if self.weight != 1.0:
+                flat.mul_(self.weight)
+            dist.all_reduce(flat)
+            for t, piece in zip(tensors, flat.split([t.numel() for t in tensors])):
+                t.copy_(piece.view_as(t))
+        if self.grad_clip is not None and grads:
+            torch.nn.utils.clip_grad_norm_([p for _, p in named], self.grad_clip)
+        return loss.reshape(())
+
+    def _check_layout(self, names: tuple[str, ...]) -> None:
+        if names in self._layouts:
+            return
+        everyone = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, names)
+        if any(n != names for n in everyone):
+            differ = [r for r, n in enumerate(everyone) if n != names]
+            raise RuntimeError(
+                f"the processes' gradients reach different parameters (rank "
+                f"{dist.get_rank()}: {list(names)}; ranks {differ} differ): data-parallel "
+                "training needs a model whose parameters do not depend on the batch"
+            )
+        self._layouts.add(names)

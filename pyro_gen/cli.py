@@ -74,6 +74,7 @@ from pyro_gen.infer.checkpoint import (
     run_lock,
     verify_checkpoint,
 )
+from pyro_gen.infer.distributed import is_main_process
 from pyro_gen.infer.files import UnsafePathError, atomic_write_bytes, refuse_symlink
 from pyro_gen.infer.legacy_checkpoint import convert_legacy_checkpoint
 from pyro_gen.runs import (
@@ -418,6 +419,9 @@ def _check_applicable(
 @contextlib.contextmanager
 def _locked(out: Path) -> Iterator[None]:
     """:func:`run_lock` on ``out``, with a read-only directory reported as one line."""
+    if not is_main_process():  # under torchrun, rank 0 owns the run directory
+        yield
+        return
     with contextlib.ExitStack() as stack:
         try:
             stack.enter_context(run_lock(out))
@@ -468,7 +472,8 @@ def _train_run(
     test_data = None
     if spec.held_out_in_fit(options):
         test_data = spec.fit_data(test_view.x, test_y, config, "test")
-    write_config(out, config)  # the run is accepted: record it
+    if is_main_process():
+        write_config(out, config)  # the run is accepted: record it
     try:
         # Validation would report a diverged run as a value outside some site's support,
         # deep in a trace; without it the divergence reaches the loss, and fit names the step.
@@ -499,6 +504,8 @@ def _train_run(
             f"training stopped: {e}. Try a smaller --lr (this run: {config['lr']:g}) or "
             f"--grad-clip (e.g. 5), with --override lr,grad-clip to resume; {kept}"
         ) from e
+    if not is_main_process():  # rank 0 draws the figures and reports
+        return
     bound = config["test_elbo_is"]
     figures = _write_figures(spec, config, model, out, result.history, bound=bound)
     last = result.history[-1] if result.history else {}

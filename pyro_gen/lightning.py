@@ -1,0 +1,355 @@
+"""Any Pyro model/guide pair and Pyro loss as a Lightning ``LightningModule``.
+
+:class:`LightningSVI` is for users who train with Lightning: its ``Trainer`` then brings
+its strategies (DDP on one or many nodes), mixed precision, loggers and callbacks to a
+pyro_gen model, or to any Pyro model and guide, with any Pyro loss. Everyone else trains
+with :func:`pyro_gen.infer.fit`, the library's one loop; both take the same model, guide,
+loss and ``transform=``.
+
+Pyro creates parameters lazily, in its param store, the first time a model or guide runs
+(``pyro.param``, autoguides), and Lightning builds the optimizer and the DDP wrapper from
+the module's parameters before the first step. So the pair is traced once first, on
+``example_batch=`` or on the first batch of the training data: every parameter that trace
+registers (``pyro.module``, ``pyro.param``, autoguides) becomes a parameter of the
+``LightningModule`` (those held only by the param store under their store names, in
+``pyro_params``), is what the optimizer trains and what DDP averages, and is saved in
+Lightning's checkpoints. The param store keeps pointing at the same tensors.
+
+Needs the ``lightning`` extra: ``pip install pyro-gen[lightning]``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import pyro
+import pyro.util
+import torch
+from pyro import poutine
+from pyro.infer import ELBO, Trace_ELBO
+from torch import nn
+
+try:
+    import lightning
+except ImportError as e:  # pragma: no cover - the dev extra installs it
+    raise ImportError(
+        "pyro_gen.lightning needs Lightning: pip install pyro-gen[lightning] "
+        "(or pip install lightning); pyro_gen.infer.fit trains without it"
+    ) from e
+
+from pyro_gen.data.batching import Call, Transform, as_call, with_transform
+from pyro_gen.infer.annealing import kl_scale
+from pyro_gen.infer.program import Program, program, warm_up
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+__all__ = ["LightningSVI"]
+
+
+def _world_size() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+class LightningSVI(lightning.LightningModule):
+    """Stochastic variational inference (or any Pyro loss) as a ``LightningModule``.
+
+    Each training step returns the loss of one batch (for an ELBO, the negative ELBO
+    summed over the batch, as Pyro's ``SVI`` and :func:`~pyro_gen.infer.fit` minimise it)
+    and Lightning takes the optimizer step. The loss may be
+
+    - a Pyro ELBO with ``differentiable_loss`` (``Trace_ELBO``, ``TraceMeanField_ELBO``,
+      ``TraceEnum_ELBO``, pyro_gen's ``FreeBitsELBO``, ...);
+    - a callable loss ``loss(model, guide, *args, **kwargs)`` returning a differentiable
+      scalar: pyro_gen's adversarial losses, Pyro's ``EnergyDistance``;
+    - any other Pyro loss with ``loss_and_grads`` (``RenyiELBO``, so pyro_gen's ``iwae``,
+      ``TraceGraph_ELBO``): it leaves its gradient on the parameters, which the step hands
+      to Lightning as a surrogate whose gradient is exactly that one, so gradient
+      accumulation, clipping and DDP apply to it as to the others.
+
+    Under DDP each process computes the loss of its own share of the data and the gradients
+    are averaged, so each process's loss must estimate the same objective (a model that
+    scales its data plate by ``N / batch`` gives each process an unbiased estimate of the
+    whole data set's ELBO; a plain VAE's summed ELBO makes the step that of a batch of one
+    process's size). An adversarial loss trains its discriminator inside the step with its
+    own optimizer: under DDP its gradients are averaged across processes before each of its
+    steps and its weights start from process 0's, so every process keeps the same
+    discriminator.
+
+    Batches are what the ``DataLoader`` yields: a dict is passed to the model by name, a
+    tuple or list positionally (a ``TensorDataset``'s ``[x]`` calls ``model(x)``), anything
+    else as the one argument; ``transform=`` is applied on the device as in ``fit``. The
+    training loss per example is logged as ``train_loss``, and the validation loss (the
+    negative ELBO per example for an ELBO) as ``val_loss``.
+
+    Args:
+        model: a pyro_gen module (its ``model`` and ``guide`` are used) or a Pyro model
+            callable.
+        guide: a Pyro guide used instead of the module's; required for a model callable.
+        loss: a Pyro loss (see above); default :class:`~pyro.infer.Trace_ELBO`.
+        optimizer: builds the torch optimizer from the parameters the pair registered;
+            default Adam with learning rate 1e-3 (``fit``'s default). Override
+            ``configure_optimizers`` for schedulers.
+        transform: applied to each batch on the device (e.g. dynamic binarization).
+        annealing: ``step -> beta`` scaling the latent sites (KL warm-up), as in ``fit``.
+        example_batch: a batch to trace the pair on now; by default the first training
+            batch is used when ``Trainer.fit`` starts.
+
+    Example:
+        >>> import lightning, torch
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> from pyro_gen.vae import VAE
+        >>> x = torch.rand(64, 8, 8).round()
+        >>> svi = LightningSVI(VAE(event_shape=(8, 8), z_dim=2, hidden_dim=16))
+        >>> trainer = lightning.Trainer(max_steps=5, accelerator="cpu", logger=False,
+        ...     enable_checkpointing=False, enable_progress_bar=False,
+        ...     enable_model_summary=False)
+        >>> trainer.fit(svi, DataLoader(TensorDataset(x), batch_size=16))
+        >>> trainer.global_step
+        5
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        guide: Callable[..., Any] | None = None,
+        *,
+        loss: Any = None,
+        optimizer: OptimizerFactory | None = None,
+        transform: Transform | None = None,
+        annealing: Callable[[int], float] | None = None,
+        example_batch: Any = None,
+    ) -> None:
+        super().__init__()
+        loss = loss if loss is not None else Trace_ELBO()
+        if isinstance(optimizer, pyro.optim.PyroOptim):
+            raise TypeError(
+                "optimizer must build a torch optimizer from parameters, e.g. "
+                "functools.partial(torch.optim.Adam, lr=1e-3): Lightning steps torch "
+                f"optimizers, not a Pyro {type(optimizer).__name__}"
+            )
+        if optimizer is not None and not callable(optimizer):
+            raise TypeError(
+                "optimizer must be a callable params -> torch.optim.Optimizer, got "
+                f"{type(optimizer).__name__}"
+            )
+        if hasattr(loss, "differentiable_loss"):
+            self._mode = "differentiable"
+        elif callable(loss) and not isinstance(loss, ELBO):
+            self._mode = "callable"
+        elif hasattr(loss, "loss_and_grads"):
+            self._mode = "gradients"
+        else:
+            raise TypeError(
+                f"loss must be a Pyro loss (an ELBO, a callable loss(model, guide, *args), or "
+                f"an object with loss_and_grads), got {type(loss).__name__}"
+            )
+        self._prog: Program = program(model, guide, loss)
+        self.loss = loss
+        self.optimizer_factory = optimizer or functools.partial(torch.optim.Adam, lr=1e-3)
+        self.transform = transform
+        self.annealing = annealing
+        self._beta = [1.0]
+        self._model, self._guide = self._prog.model, self._prog.guide
+        if annealing is not None:
+            self._model = kl_scale(self._model, lambda: self._beta[0])
+            self._guide = kl_scale(self._guide, lambda: self._beta[0])
+        # the model, guide and loss objects that are modules: their parameters, buffers and
+        # extra state (an adversarial loss's optimizer) are in Lightning's checkpoints
+        self.pyro_modules = nn.ModuleDict(self._prog.modules)
+        # parameters that only the param store holds (plain pyro.param sites), by store name
+        self.pyro_params = nn.ParameterDict()
+        self._trained: list[nn.Parameter] = []
+        self._hooks: list[Any] = []
+        if example_batch is not None:
+            self.trace_parameters(example_batch)
+
+    # -- parameters ------------------------------------------------------------------------
+    def trace_parameters(self, batch: Any) -> list[nn.Parameter]:
+        """Runs guide and model once on ``batch`` (RNG unchanged, modules in eval mode) and
+        makes every parameter they register a trained parameter of this module.
+
+        Called by itself when ``Trainer.fit`` starts; call it yourself (or pass
+        ``example_batch=``) to have the parameters before that, e.g. to count them.
+
+        Returns:
+            the parameters the optimizer trains, in the order the trace met them.
+        """
+        call = self._call(batch, self.device)
+        warm_up(self._prog, call, check_sites=isinstance(self.loss, ELBO))
+        rng = pyro.util.get_rng_state()
+        modes = {m: m.training for m in self.pyro_modules.values()}
+        for m in modes:
+            m.eval()
+        try:
+            with torch.no_grad():
+                guide_trace = poutine.trace(self._prog.guide).get_trace(*call.args, **call.kwargs)
+                replayed = poutine.replay(self._prog.model, trace=guide_trace)
+                model_trace = poutine.trace(replayed).get_trace(*call.args, **call.kwargs)
+        finally:
+            for m, mode in modes.items():
+                m.train(mode)
+            pyro.util.set_rng_state(rng)
+        names = [
+            name
+            for trace in (guide_trace, model_trace)
+            for name, site in trace.nodes.items()
+            if site["type"] == "param"
+        ]
+        store = dict(pyro.get_param_store().named_parameters())  # unconstrained: the leaves
+        owned = {id(p) for p in self.parameters()}
+        trained: dict[int, nn.Parameter] = {}
+        for name in dict.fromkeys(names):
+            value = store[name]
+            if id(value) not in owned:
+                value = self._adopt(name, value)
+                owned.add(id(value))
+            trained.setdefault(id(value), value)
+        self._trained = list(trained.values())
+        if not self._trained:
+            raise ValueError(
+                "the model and guide register no parameters (no pyro.module, pyro.param or "
+                "autoguide site was traced on the example batch): there is nothing to train"
+            )
+        return self._trained
+
+    def _adopt(self, name: str, value: torch.Tensor) -> nn.Parameter:
+        """Registers a param-store tensor as a parameter of this module; the store is made to
+        hold that same ``nn.Parameter`` (a plain ``pyro.param`` leaf is not one)."""
+        store = pyro.get_param_store()
+        if not isinstance(value, nn.Parameter):
+            constraint = store.get_state()["constraints"][name]
+            value = nn.Parameter(value.detach())
+            del store[name]
+            store.set_state({"params": {name: value}, "constraints": {name: constraint}})
+        self.pyro_params[name.replace(".", "/")] = value
+        return value
+
+    # -- Lightning hooks -------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """Traces the pair on the first training batch (unless done already), so that the
+        optimizer and DDP see every parameter Pyro registered."""
+        if stage != "fit":
+            return
+        if not self._trained:
+            self._trace_first_batch()
+        # DDP reduces the gradients of the parameters the loss trains; the others (an
+        # adversarial loss's discriminator, unused submodules) get none from the loss
+        nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            self, self._untrained_parameter_names()
+        )
+
+    def _trace_first_batch(self) -> None:
+        try:
+            loader = self.trainer.fit_loop._data_source.dataloader()
+            batch = next(iter(loader))
+        except Exception as e:  # a data module or loader we cannot peek into
+            raise RuntimeError(
+                "LightningSVI could not read a first training batch to trace the model and "
+                f"guide ({e}); pass LightningSVI(..., example_batch=batch)"
+            ) from e
+        self.trace_parameters(batch)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        if not self._trained:
+            raise RuntimeError(
+                "the model and guide have not been traced yet: pass example_batch= or call "
+                "trace_parameters(batch) before configure_optimizers"
+            )
+        return self.optimizer_factory(self._trained)
+
+    def on_fit_start(self) -> None:
+        """Under DDP: ignores the untrained parameters (a discriminator) in DDP's gradient
+        reduction, broadcasts the loss's weights from process 0 and averages the gradients
+        of the loss's own optimizers before each of their steps."""
+        self._loss_optimizers_to(self.device)
+        if _world_size() == 1:
+            return
+        for module in self._loss_modules():
+            for tensor in [*module.parameters(), *module.buffers()]:
+                torch.distributed.broadcast(tensor.data, src=0)
+        for opt in self._loss_optimizers():
+            self._hooks.append(opt.register_step_pre_hook(_average_gradients))
+
+    def on_fit_end(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        call = self._call(batch)
+        if self.annealing is not None:
+            self._beta[0] = float(self.annealing(self.global_step))
+        value = self._loss(call)
+        size = call.size if call.size is not None else 1
+        self.log("train_loss", value.detach() / size, prog_bar=True, batch_size=size)
+        return value
+
+    def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        call = self._call(batch)
+        evaluate = getattr(self.loss, "loss", None)
+        if not callable(evaluate):  # a callable loss such as EnergyDistance
+            evaluate = self.loss
+        value = torch.as_tensor(
+            float(evaluate(self._model, self._guide, *call.args, **call.kwargs))
+        )
+        size = call.size if call.size is not None else 1
+        self.log("val_loss", value / size, prog_bar=True, batch_size=size, sync_dist=True)
+        return value
+
+    # -- the loss --------------------------------------------------------------------------
+    def _call(self, batch: Any, device: torch.device | None = None) -> Call:
+        return with_transform(as_call(batch, device), self.transform)
+
+    def _loss(self, call: Call) -> torch.Tensor:
+        model, guide = self._model, self._guide
+        if self._mode == "differentiable":
+            return self.loss.differentiable_loss(model, guide, *call.args, **call.kwargs)
+        if self._mode == "callable":
+            return self.loss(model, guide, *call.args, **call.kwargs)
+        # loss_and_grads leaves its gradient on the parameters: keep any gradient being
+        # accumulated, take the new one, and return a surrogate whose gradient it is
+        held = [p.grad for p in self._trained]
+        for p in self._trained:
+            p.grad = None
+        value = self.loss.loss_and_grads(model, guide, *call.args, **call.kwargs)
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._trained]
+        for p, g in zip(self._trained, held):
+            p.grad = g
+        surrogate = sum((p * g).sum() for p, g in zip(self._trained, grads))
+        return surrogate - surrogate.detach() + torch.as_tensor(float(value), device=self.device)
+
+    def _loss_modules(self) -> list[nn.Module]:
+        return [self.loss] if isinstance(self.loss, nn.Module) else []
+
+    def _loss_optimizers(self) -> Iterator[torch.optim.Optimizer]:
+        for module in self._loss_modules():
+            for value in vars(module).values():
+                if isinstance(value, torch.optim.Optimizer):
+                    yield value
+
+    def _loss_optimizers_to(self, device: torch.device) -> None:
+        # a checkpoint restores a loss's optimizer state before Lightning moves the modules
+        for opt in self._loss_optimizers():
+            for state in opt.state.values():
+                for key, value in state.items():
+                    if isinstance(value, torch.Tensor) and key != "step":
+                        state[key] = value.to(device)
+
+    # -- DDP -------------------------------------------------------------------------------
+    def _untrained_parameter_names(self) -> list[str]:
+        trained = {id(p) for p in self._trained}
+        return [name for name, p in self.named_parameters() if id(p) not in trained]
+
+
+def _average_gradients(optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> None:
+    """Averages the gradients of ``optimizer``'s parameters over all processes."""
+    world = _world_size()
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= world

@@ -1,0 +1,275 @@
+"""The compiled step reads nothing back to the host between the loss read-backs of ``fit``.
+
+A read of a tensor's value (``.item()``, ``bool(t)``, ``float(t)``, ``.tolist()``, ...)
+waits for the device: on CUDA it is a synchronization that stalls the step and breaks CUDA
+graphs. The CPU cannot show the stall, so the reads are counted: every op through which
+Python reads a value is seen by a dispatch mode, and the methods that read without
+dispatching are patched. The accelerator path (the guard's flag and the input checks
+computed inside the program) is forced on the CPU with ``_guard_in_program``; the CPU path
+reads exactly one flag per step by design (benchmarks/RESULTS.md, step guard).
+
+Bad input is still refused: on the CPU at once, by the model's own error; on the
+accelerator path the batch's update is skipped on the device and :meth:`CompiledSVI.check`
+raises the model's error for it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pyro
+import pytest
+import torch
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from pyro_gen.diffusion import build_ddpm
+from pyro_gen.flows import build as build_flow
+from pyro_gen.infer.compiled import CompiledSVI, InputCheckError
+from pyro_gen.vae import build_vae
+
+fit_module = importlib.import_module("pyro_gen.infer.fit")  # the module, not the function
+aten = torch.ops.aten
+# Ops that hand a tensor's value to Python, and so wait for the device.
+_READ_OPS = {
+    aten._local_scalar_dense.default,
+    aten.item.default,
+    aten.equal.default,
+    aten.allclose.default,
+}
+# Methods that copy values to the host without passing through the dispatcher.
+_READ_METHODS = ("tolist", "numpy", "__array__")
+
+
+class HostReads(TorchDispatchMode):
+    """Counts host reads while open; ``where`` says where each came from."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.where: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        if func in _READ_OPS or (
+            torch.Tag.dynamic_output_shape in func.tags and not _integer_indexing(func, args)
+        ):
+            self._note(str(func))
+        return func(*args, **(kwargs or {}))
+
+    def _note(self, what: str) -> None:
+        frame = sys._getframe(1)  # the innermost caller in pyro_gen, without reading sources
+        while frame is not None and "pyro_gen" not in frame.f_code.co_filename:
+            frame = frame.f_back
+        at = f" at {frame.f_code.co_filename}:{frame.f_lineno}" if frame is not None else ""
+        self.where.append(what + at)
+
+    @property
+    def count(self) -> int:
+        return len(self.where)
+
+
+def _integer_indexing(func: Any, args: tuple) -> bool:
+    """Indexing by integer tensors: the result's shape is the indices' (no read); a boolean
+    mask's result has as many elements as the mask has True values (a read)."""
+    if func.overloadpacket not in (aten.index, aten.index_put):
+        return False
+    return all(i is None or i.dtype not in (torch.bool, torch.uint8) for i in args[1])
+
+
+@contextmanager
+def counting_reads() -> Iterator[HostReads]:
+    mode = HostReads()
+    saved = {name: getattr(torch.Tensor, name) for name in _READ_METHODS}
+
+    def patched(name: str) -> Callable[..., Any]:
+        def method(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            mode._note(f"Tensor.{name}")
+            return saved[name](self, *args, **kwargs)
+
+        return method
+
+    for name in _READ_METHODS:
+        setattr(torch.Tensor, name, patched(name))
+    try:
+        with mode:
+            yield mode
+    finally:
+        for name, method in saved.items():
+            setattr(torch.Tensor, name, method)
+
+
+def test_the_counter_sees_every_kind_of_read():
+    x = torch.tensor([0.5, 2.0])
+    reads = [
+        lambda: x.max().item(),
+        lambda: bool((x > 1).any()),
+        lambda: float(x[0]),
+        lambda: int(x[1]),
+        lambda: x.tolist(),
+        lambda: x.numpy(),
+        lambda: torch.equal(x, x),
+        lambda: x[x > 1],  # boolean mask: the result's size is read from the device
+    ]
+    for read in reads:
+        with counting_reads() as counter:
+            read()
+        assert counter.count >= 1
+    with counting_reads() as counter:
+        (x * 2).sum().exp()
+    assert counter.count == 0
+
+
+def _vae() -> tuple[torch.nn.Module, Any, torch.Tensor]:
+    return build_vae((8, 8), z_dim=4, hidden_dim=32), Trace_ELBO(), torch.rand(16, 8, 8).round()
+
+
+def _realnvp() -> tuple[torch.nn.Module, Any, torch.Tensor]:
+    flow = build_flow(
+        "realnvp",
+        (8, 8),
+        dequantization="uniform",
+        num_bins=17,
+        num_layers=2,
+        num_levels=1,
+        hidden_channels=8,
+        num_blocks=1,
+    )
+    return flow, Trace_ELBO(), torch.randint(0, 17, (16, 8, 8)).float()
+
+
+def _ddpm() -> tuple[torch.nn.Module, Any, torch.Tensor]:
+    # 5 x 5 pixels: a U-Net of one level, the smallest image network
+    ddpm = build_ddpm((5, 5), timesteps=20, base_channels=8, num_bins=17)
+    return ddpm, TraceMeanField_ELBO(), torch.rand(16, 5, 5)
+
+
+MODELS = {"vae": _vae, "realnvp": _realnvp, "ddpm": _ddpm}
+
+
+def _svi(name: str, in_program: bool) -> tuple[CompiledSVI, torch.Tensor]:
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    module, loss, x = MODELS[name]()
+    svi = CompiledSVI(module.model, module.guide, pyro.optim.Adam({"lr": 1e-3}), loss)
+    svi._guard_in_program = in_program
+    # The first step is plain Pyro, the second records; the two after it re-trace the
+    # model eagerly to check its structure (check_steps=2), as every 1000th step does.
+    for _ in range(4):
+        svi.step(x)
+    assert svi.compiled, svi.fallback_reason
+    return svi, x
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_no_host_read_in_steady_state_steps(name):
+    """Before input checks ran on the device: 2 reads per step for the VAE, 4 for the image
+    RealNVP and the image DDPM (one per check and step)."""
+    svi, x = _svi(name, in_program=True)
+    assert all(p.checked for p in svi._programs.values())  # the models' checks were found
+    with counting_reads() as counter:
+        for _ in range(3):
+            svi.step(x)
+    assert counter.where == []
+    with counting_reads() as counter:
+        svi.check()  # what fit does at a read-back: one transfer
+    assert counter.count == 1
+
+
+def test_the_cpu_path_reads_one_flag_per_step():
+    svi, x = _svi("realnvp", in_program=False)
+    with counting_reads() as counter:
+        for _ in range(3):
+            svi.step(x)
+    assert counter.count == 3, counter.where
+
+
+def _parameters() -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+
+
+@pytest.mark.parametrize(
+    "name, error", [("vae", r"expects data in \[0, 1\]"), ("realnvp", r"integers in 0\.\.16")]
+)
+def test_bad_input_is_refused_with_the_models_error_on_the_cpu_path(name, error):
+    svi, x = _svi(name, in_program=False)
+    before = _parameters()
+    with pytest.raises(ValueError, match=error):
+        svi.step(x + 0.5)
+    after = _parameters()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_bad_input_on_the_device_path_skips_the_update_and_check_names_the_step():
+    svi, x = _svi("vae", in_program=True)
+    before = _parameters()
+    svi(7, x)  # fit's protocol: step number 7
+    trained, adam = _parameters(), svi.optim.get_state()
+    assert any(not torch.equal(before[k], trained[k]) for k in before)
+    for step in (8, 9):  # out of [0, 1]: the Bernoulli likelihood's check fails
+        assert torch.isnan(svi(step, x * 3))
+    after = _parameters()
+    assert all(torch.equal(trained[k], after[k]) for k in trained)
+    assert all(
+        torch.equal(adam[k]["state"][0]["step"], state["state"][0]["step"])
+        for k, state in svi.optim.get_state().items()
+    )
+    with pytest.raises(InputCheckError, match=r"step 8 .*expects data in \[0, 1\], got values"):
+        svi.check()
+    svi.check()  # reported once
+    assert svi.compiled
+    assert torch.isfinite(svi(10, x))
+
+
+def test_control_flow_is_not_taken_for_an_input_check():
+    """A branch whose other side runs is read each step, as before, and a flip falls back
+    to plain Pyro (tests/infer/test_compiled.py::test_fallback_when_a_data_dependent_...)."""
+    pyro.clear_param_store()
+    module, loss, x = _vae()
+    prepare = module.decoder.likelihood.prepare
+
+    def branching(v: torch.Tensor) -> torch.Tensor:
+        return prepare(v if bool(v.mean() > 0.25) else 1 - v)
+
+    module.decoder.likelihood.prepare = branching
+    svi = CompiledSVI(module.model, module.guide, pyro.optim.Adam({"lr": 1e-3}), loss)
+    svi._guard_in_program = True
+    for _ in range(4):
+        svi.step(x)
+    (prog,) = svi._programs.values()
+    assert prog.guards == [True] and prog.checked
+    svi.step(torch.zeros_like(x))
+    assert not svi.compiled and "data-dependent control flow" in svi.fallback_reason
+
+
+def test_fit_reads_only_at_its_read_backs(monkeypatch):
+    """Through fit: reads happen only where fit reads losses back (every READBACK_EVERY
+    steps, and at the end), one transfer each."""
+
+    class OnDevice(CompiledSVI):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._guard_in_program = True
+
+    monkeypatch.setattr(fit_module, "CompiledSVI", OnDevice)
+    pyro.clear_param_store()
+    module, loss, x = _vae()
+    x = torch.rand(64, 8, 8).round()
+    every = fit_module.READBACK_EVERY
+    per_step: list[int] = []
+    with counting_reads() as counter:
+
+        def mark(step: int, model: Any) -> None:
+            per_step.append(counter.count)
+
+        fit_module.fit(module, x, batch_size=1, steps=3 * every, loss=loss, step_callbacks=[mark])
+    reads = [b - a for a, b in zip(per_step, per_step[1:])]
+    # Between the callbacks of steps s and s+1 lie fit's read-back after step s (if due)
+    # and step s+1. Skip the first steps: plain step, recording and structural checks.
+    steady = {s: n for s, n in enumerate(reads, start=1) if s > 5}
+    assert {s: n for s, n in steady.items() if s % every} == dict.fromkeys(
+        (s for s in steady if s % every), 0
+    )
+    assert all(n <= 2 for s, n in steady.items() if s % every == 0), steady

@@ -41,6 +41,7 @@ except ImportError as e:  # pragma: no cover - the dev extra installs it
 
 from pyro_gen.data.batching import Call, Transform, as_call, with_transform
 from pyro_gen.infer.annealing import kl_scale
+from pyro_gen.infer.distributed import _plates
 from pyro_gen.infer.program import Program, program, warm_up
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -69,14 +70,17 @@ class LightningSVI(lightning.LightningModule):
       to Lightning as a surrogate whose gradient is exactly that one, so gradient
       accumulation, clipping and DDP apply to it as to the others.
 
-    Under DDP each process computes the loss of its own share of the data and the gradients
-    are averaged, so each process's loss must estimate the same objective (a model that
-    scales its data plate by ``N / batch`` gives each process an unbiased estimate of the
-    whole data set's ELBO; a plain VAE's summed ELBO makes the step that of a batch of one
-    process's size). An adversarial loss trains its discriminator inside the step with its
-    own optimizer: under DDP its gradients are averaged across processes before each of its
-    steps and its weights start from process 0's, so every process keeps the same
-    discriminator.
+    Under DDP a step on :math:`R` processes is the step of one process on their combined
+    batch, as in ``fit``'s data-parallel training: DDP averages the processes' gradients,
+    so an ELBO whose data plate is the batch (a sum over its examples) is multiplied by
+    :math:`R` on each process, while an ELBO whose data plate subsamples
+    (``pyro.plate("data", N, subsample=...)``, each process's loss an estimate of the whole
+    data set's) and any other loss are averaged as they are (processes with equal batch
+    sizes). Latent sites outside every plate are then counted :math:`R` times by a summed
+    ELBO: subsample the data plate to count them once. An adversarial loss trains its
+    discriminator inside the step with its own optimizer: under DDP its gradients are
+    averaged across processes before each of its steps and its weights start from process
+    0's, so every process keeps the same discriminator.
 
     Batches are what the ``DataLoader`` yields: a dict is passed to the model by name, a
     tuple or list positionally (a ``TensorDataset``'s ``[x]`` calls ``model(x)``), anything
@@ -163,6 +167,8 @@ class LightningSVI(lightning.LightningModule):
         self.pyro_params = nn.ParameterDict()
         self._trained: list[nn.Parameter] = []
         self._hooks: list[Any] = []
+        self._example: Call | None = None  # the batch the pair was traced on
+        self._loss_scale = 1.0  # R for a summed ELBO under DDP (see above)
         if example_batch is not None:
             self.trace_parameters(example_batch)
 
@@ -177,7 +183,7 @@ class LightningSVI(lightning.LightningModule):
         Returns:
             the parameters the optimizer trains, in the order the trace met them.
         """
-        call = self._call(batch, self.device)
+        call = self._example = self._call(batch, self.device)
         warm_up(self._prog, call, check_sites=isinstance(self.loss, ELBO))
         rng = pyro.util.get_rng_state()
         modes = {m: m.training for m in self.pyro_modules.values()}
@@ -240,6 +246,10 @@ class LightningSVI(lightning.LightningModule):
         nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
             self, self._untrained_parameter_names()
         )
+        world = self.trainer.world_size
+        if world > 1 and isinstance(self.loss, ELBO) and self._example is not None:
+            subsampled, _ = _plates(self._prog, self._example)
+            self._loss_scale = 1.0 if subsampled else float(world)
 
     def _trace_first_batch(self) -> None:
         try:
@@ -285,7 +295,7 @@ class LightningSVI(lightning.LightningModule):
         value = self._loss(call)
         size = call.size if call.size is not None else 1
         self.log("train_loss", value.detach() / size, prog_bar=True, batch_size=size)
-        return value
+        return value * self._loss_scale if self._loss_scale != 1.0 else value
 
     def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         call = self._call(batch)

@@ -209,10 +209,9 @@ def test_bad_arguments_are_refused() -> None:
 
 def test_ddp_on_two_cpu_processes(tmp_path: Path) -> None:
     """``strategy="ddp"`` with 2 CPU processes (gloo): 4 SGD steps with each process on half
-    of each batch equal 4 steps of one process on whole batches at half the learning rate
-    (DDP averages the two halves' summed gradients), for the network and for the
-    param-store-only parameter; an adversarial loss's discriminator stays the same on both
-    processes."""
+    of each batch equal 4 steps of one process on the whole batches, as in ``fit``'s
+    data-parallel training, for the network and for the param-store-only parameter; an
+    adversarial loss's discriminator stays the same on both processes."""
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -225,7 +224,7 @@ def test_ddp_on_two_cpu_processes(tmp_path: Path) -> None:
         capture_output=True,
     )
     ranks = [torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in (0, 1)]
-    _, reference = runpy.run_path(str(script))["regression"](1, 16, 0.005)
+    _, reference = runpy.run_path(str(script))["regression"](1, 16, 0.01)
     assert sorted(reference) == ["pyro_params.net$$$bias", "pyro_params.net$$$weight",
                                  "pyro_params.scale"]  # fmt: skip
     for rank in ranks:

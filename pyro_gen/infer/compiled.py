@@ -276,8 +276,9 @@ class CompiledSVI:
 
     def __call__(self, step: int, *args: Any, **kwargs: Any) -> torch.Tensor:
         """``fit``'s step protocol: run :meth:`step` as step number ``step`` and return the
-        loss, not read back (``fit`` reads losses in groups, calling :meth:`check` first,
-        and raises on a non-finite one; its update was skipped, on the device)."""
+        loss, not read back (``fit`` reads losses in groups and raises on a non-finite one,
+        asking :meth:`check` first whether a failed input check explains it; that step's
+        update was skipped, on the device)."""
         self._step_no = step
         return self.step(*args, **kwargs)
 
@@ -290,7 +291,8 @@ class CompiledSVI:
         the device and a failing batch's update is skipped, with no host read; this call
         reads them back in one transfer and runs the model on the kept batch for its
         error. On the CPU the step reads them with the guard's flag and raises at once.
-        ``fit`` calls this whenever it reads losses back.
+        A failing batch's loss is NaN, so a caller that reads losses back needs this call
+        only when it finds a non-finite one.
 
         Raises:
             InputCheckError: naming the step, with the model's message.
@@ -719,6 +721,9 @@ class CompiledSVI:
         for p, g in zip(prog.grad_params, grads):
             p.grad = g
         if self.grad_reducer is not None:  # data-parallel: every process updates with the sum
+            if failed is not None and found is None:
+                # A batch this process refuses makes every process skip the step.
+                loss = torch.where(failed > 0, math.nan, loss)
             loss = self.grad_reducer(loss, prog.grad_params)
             if found is not None:
                 loss, found = guarded_loss(loss, grads)

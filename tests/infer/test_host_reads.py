@@ -174,7 +174,7 @@ def test_no_host_read_in_steady_state_steps(name):
             svi.step(x)
     assert counter.where == []
     with counting_reads() as counter:
-        svi.check()  # what fit does at a read-back: one transfer
+        svi.check()  # one transfer, when a read-back finds a NaN loss
     assert counter.count == 1
 
 

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
@@ -57,10 +58,12 @@ import torch
 import torch.distributed as dist
 from pyro import poutine
 from pyro.infer import ELBO
+from pyro.poutine.util import site_is_subsample
 
 from pyro_gen.data.batching import Call, IterableBatches, TensorBatches, as_call, batch_calls
 
 T = TypeVar("T")
+logger = logging.getLogger("pyro_gen")
 
 __all__ = ["DataParallel", "GradReducer", "is_main_process", "setup"]
 
@@ -232,7 +235,18 @@ class DataParallel:
         tensors = [store[name].unconstrained() for name in names]
         tensors += [t for m in modules.values() for t in (*m.parameters(), *m.buffers())]
         self._broadcast_tensors(tensors)
-        self.reduction = "sum" if isinstance(loss, ELBO) and not _subsampled(prog, call) else "mean"
+        subsampled, global_sites = _plates(prog, call)
+        self.reduction = "sum" if isinstance(loss, ELBO) and not subsampled else "mean"
+        if self.reduction == "sum" and global_sites and self.main:
+            logger.warning(
+                "pyro_gen: latent sites %s sit outside every plate, so each of the %d "
+                "processes counts their terms of the ELBO and the summed step counts them %d "
+                "times: give the data plate the data set's size and subsample it "
+                "(pyro.plate('data', N, subsample=...)) to count them once",
+                global_sites,
+                self.world_size,
+                self.world_size,
+            )
         everyone = [None] * self.world_size
         dist.all_gather_object(everyone, self.reduction)
         if len(set(everyone)) > 1:
@@ -323,10 +337,10 @@ class DataParallel:
         self._reducer.begin_step(1.0 if self.reduction == "sum" else size / combined)
 
 
-def _subsampled(prog: Any, call: Call) -> bool:
+def _plates(prog: Any, call: Call) -> tuple[bool, list[str]]:
     """Whether a sample site of the model sits in a plate that subsamples (its scale
-    depends on the batch size), from one trace of guide and model on ``call`` that moves
-    neither the RNG nor running statistics."""
+    depends on the batch size), and the latent sites outside every plate, from one trace
+    of guide and model on ``call`` that moves neither the RNG nor running statistics."""
     modes = {name: m.training for name, m in prog.modules.items()}
     for m in prog.modules.values():
         m.eval()
@@ -340,12 +354,16 @@ def _subsampled(prog: Any, call: Call) -> bool:
     finally:
         for name, m in prog.modules.items():
             m.train(modes[name])
-    return any(
-        f.full_size not in (None, f.size)
-        for site in trace.nodes.values()
-        if site["type"] == "sample"
-        for f in site["cond_indep_stack"]
+    sites = [s for s in trace.nodes.values() if s["type"] == "sample"]
+    subsampled = any(
+        f.full_size not in (None, f.size) for s in sites for f in s["cond_indep_stack"]
     )
+    global_sites = [
+        s["name"]
+        for s in sites
+        if not s["is_observed"] and not s["cond_indep_stack"] and not site_is_subsample(s)
+    ]
+    return subsampled, global_sites
 
 
 class ShardedBatches:

@@ -262,6 +262,15 @@ def fit(
     it exactly, mid-epoch included: ``steps=4`` then a resume to ``steps=12`` gives the same
     parameters as ``steps=12`` in one call.
 
+    Under ``torchrun --nproc_per_node N`` (or in a process group the caller initialized),
+    ``fit`` trains data-parallel (:mod:`pyro_gen.infer.distributed`): each process takes its
+    part of the combined batch of ``N * batch_size`` examples that one process would take,
+    the gradients of the param store are summed over the processes by one all-reduce per
+    step (weighted by batch size when the data plate subsamples), so that a step is the
+    step of one process on the combined batch; each process draws its own sampling noise.
+    Rank 0 alone evaluates, shows progress and writes checkpoints and metrics; a checkpoint
+    resumes exactly under the same number of processes and is refused under another.
+
     Args:
         model: a module with ``model(...)`` and ``guide(...)`` methods, or a Pyro model
             callable.
@@ -271,7 +280,7 @@ def fit(
         epochs: number of passes over ``data`` (total, counting resumed ones).
         steps: alternatively, the total number of optimisation steps.
         batch_size: examples per step (tensor datasets only; the user's batches are used as
-            they come).
+            they come); per process when training data-parallel.
         optim: a :class:`pyro.optim.PyroOptim`; default Adam with learning rate 1e-3. It may
             be shared with other loops (Pyro's ``SVI``, another ``fit``).
         loss: a Pyro ELBO (any of Pyro's, e.g. ``TraceEnum_ELBO`` for enumerated discrete
@@ -291,7 +300,10 @@ def fit(
         eval_every: evaluate every this many epochs.
         checkpoint_dir: where checkpoints and metrics go; None keeps nothing on disk.
         checkpoint_every: also checkpoint every this many steps inside an epoch.
-        callbacks: ``callback(record, model)`` after each epoch; returning True stops.
+        callbacks: ``callback(record, model)`` after each epoch; returning True stops. When
+            data-parallel they run on every process, with rank 0's record (one asking to
+            stop stops all); write files only where
+            :func:`~pyro_gen.infer.distributed.is_main_process` holds.
         step_callbacks: ``callback(step, model)`` after each optimisation step, ``step``
             counting the steps taken so far; for updates that must follow the optimizer,
             such as an exponential moving average of the weights, rather than sit inside

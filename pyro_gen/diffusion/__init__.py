@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from pyro_gen.diffusion.bound import likelihood_bound
 from pyro_gen.diffusion.ddpm import DDPM
 from pyro_gen.diffusion.ema import EMA, ema_callback
 from pyro_gen.diffusion.flow_matching import FlowMatching, reflow_pairs
+from pyro_gen.diffusion.learned_sde import LearnedVPSDE
 from pyro_gen.diffusion.likelihood import (
     DiscretizedGaussian,
     normal_kl,
@@ -61,6 +63,7 @@ __all__ = [
     "DDPMScore",
     "DiscretizedGaussian",
     "FlowMatching",
+    "LearnedVPSDE",
     "NoiseSchedule",
     "ScheduleSDE",
     "ScoreModel",
@@ -78,6 +81,7 @@ __all__ = [
     "dsm_weight",
     "ema_callback",
     "euler_maruyama",
+    "likelihood_bound",
     "linear_betas",
     "make_schedule",
     "make_sde",

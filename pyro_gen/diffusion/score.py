@@ -11,8 +11,9 @@ score of the Gaussian transition, which differs from it by a constant in expecta
     x_t = \alpha(t) x_0 + \sigma(t) \epsilon.
 
 Weightings :math:`\lambda`: ``"sigma2"`` (:math:`\sigma^2`, Song & Ermon; the noise-prediction
-MSE), ``"likelihood"`` (:math:`g(t)^2`, Song et al. 2021: the objective is then, up to a constant,
-a bound on the negative log-likelihood of the SDE model) and ``"none"``.
+MSE), ``"likelihood"`` (:math:`g(t)^2`, Song et al. 2021: the objective is then, up to terms free
+of :math:`\theta`, a bound on the negative log-likelihood of the SDE model, see
+:mod:`pyro_gen.diffusion.bound`) and ``"none"``.
 
 References:
     Vincent. A Connection Between Score Matching and Denoising Autoencoders. 2011.
@@ -32,6 +33,7 @@ import torch
 from pyro import poutine
 from torch import Tensor, nn
 
+from pyro_gen.diffusion.bound import bound_sites
 from pyro_gen.diffusion.parameterization import PARAMETERIZATIONS
 from pyro_gen.diffusion.sde import SDE, ScheduleSDE
 from pyro_gen.transforms._base import PicklableModule
@@ -112,6 +114,14 @@ class ScoreModel(PicklableModule):
     DSM term as ``pyro.factor("dsm", -loss)``; ``Trace_ELBO`` then returns the DSM loss, so
     :func:`~pyro_gen.infer.fit`, the compiled step and checkpoints train it unchanged.
 
+    With ``bound=True`` (likelihood weighting) the model is the continuous-time variational bound
+    of :mod:`pyro_gen.diffusion.bound`: the DSM factor is scaled by :math:`1 - \epsilon_t` (the
+    length of the time interval) and the sites ``"x_1"`` (prior term) and ``"x_eps"`` / observed
+    ``"x"`` (reconstruction term) are added, so the negative ELBO *is* the bound on
+    :math:`-\log p(x)`. With a :class:`~pyro_gen.diffusion.learned_sde.LearnedVPSDE` this is a
+    Variational Diffusion Model: its schedule's parameters are registered with the network's
+    and trained by the same bound.
+
     The network sees :math:`t \cdot` ``time_scale`` (sinusoidal embeddings need the spread) and
     predicts in parameterization ``param`` (``"eps"``, ``"score"``, ``"x0"`` or ``"v"``),
     converted to a score by :meth:`SDE.convert <pyro_gen.diffusion.sde.SDE.convert>`.
@@ -125,6 +135,7 @@ class ScoreModel(PicklableModule):
         eps: smallest training time :math:`\epsilon_t` (the score explodes at 0).
         time_samples: time draws per example and step.
         time_scale: factor on :math:`t` before the network.
+        bound: train the continuous-time variational bound (needs ``weighting="likelihood"``).
         name: the ``pyro.module`` name.
 
     Example:
@@ -147,6 +158,7 @@ class ScoreModel(PicklableModule):
         eps: float = 1e-3,
         time_samples: int = 1,
         time_scale: float = 1000.0,
+        bound: bool = False,
         name: str = "score_model",
     ) -> None:
         super().__init__()
@@ -154,8 +166,18 @@ class ScoreModel(PicklableModule):
             raise ValueError(f"param must be one of {PARAMETERIZATIONS}, got {param!r}")
         if weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-        if not 0 < eps < 1:
+        if not 0 <= eps < 1:
             raise ValueError(f"eps (the smallest training time) must lie in (0, 1), got {eps}")
+        if eps == 0 and not float(sde.marginal(torch.tensor(0.0))[1].detach()) > 0:
+            raise ValueError(
+                f"eps (the smallest training time) must lie in (0, 1) for {type(sde).__name__}: "
+                "its sigma(0) is 0, where the score explodes"
+            )
+        if bound and weighting != "likelihood":
+            raise ValueError(
+                f"bound=True trains the variational bound, whose weighting is 'likelihood'; got "
+                f"weighting={weighting!r}"
+            )
         if int(time_samples) != time_samples or time_samples < 1:
             raise ValueError(f"time_samples must be a whole number >= 1, got {time_samples}")
         self.net, self.sde = net, sde
@@ -163,6 +185,7 @@ class ScoreModel(PicklableModule):
         self.param, self.weighting = param, weighting
         self.eps, self.time_samples = float(eps), int(time_samples)
         self.time_scale, self.name = float(time_scale), name
+        self.bound = bool(bound)
 
     @property
     def event_dim(self) -> int:
@@ -199,17 +222,17 @@ class ScoreModel(PicklableModule):
             return self.sample(num_samples)
         pyro.module(self.name, self)
         self._check(x)
-        with (
-            pyro.plate("data", x.shape[0], dim=-1),
-            poutine.scale(scale=1 / self.time_samples),
-            pyro.plate("time", self.time_samples, dim=-2),
-        ):
-            t, x_t = self._sites(x)
-            x0 = x.expand((self.time_samples, *x.shape))
-            mean, std = self.sde.marginal_params(x0, t)
-            noise = (x_t - mean) / std
-            loss = dsm_loss(self.score, self.sde, x0, t, noise, self.event_dim, self.weighting)
-            pyro.factor("dsm", -loss)
+        K = self.time_samples
+        with pyro.plate("data", x.shape[0], dim=-1):
+            with poutine.scale(scale=1 / K), pyro.plate("time", K, dim=-2):
+                t, x_t = self._sites(x)
+                x0 = x.expand((K, *x.shape))
+                mean, std = self.sde.marginal_params(x0, t)
+                noise = (x_t - mean) / std
+                loss = dsm_loss(self.score, self.sde, x0, t, noise, self.event_dim, self.weighting)
+                pyro.factor("dsm", -(1 - self.eps if self.bound else 1.0) * loss)
+            if self.bound:
+                bound_sites(self.sde, x, self.eps, self.event_dim, model=True)
         return None
 
     def guide(self, x: Tensor | None = None, num_samples: int = 1) -> None:
@@ -217,12 +240,12 @@ class ScoreModel(PicklableModule):
         if x is None:
             return None
         self._check(x)
-        with (
-            pyro.plate("data", x.shape[0], dim=-1),
-            poutine.scale(scale=1 / self.time_samples),
-            pyro.plate("time", self.time_samples, dim=-2),
-        ):
-            self._sites(x)
+        K = self.time_samples
+        with pyro.plate("data", x.shape[0], dim=-1):
+            with poutine.scale(scale=1 / K), pyro.plate("time", K, dim=-2):
+                self._sites(x)
+            if self.bound:
+                bound_sites(self.sde, x, self.eps, self.event_dim, model=False)
         return None
 
     def sample(self, num_samples: int, sampler: str = "pc", **kwargs: Any) -> Tensor:

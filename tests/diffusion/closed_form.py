@@ -84,3 +84,43 @@ def mixture(sde: SDE) -> MixtureScore:
         [[-2.0, 0.0], [1.5, 1.0]],
         [[[0.3, 0.1], [0.1, 0.2]], [[0.2, 0.0], [0.0, 0.4]]],
     )
+
+
+def gaussian_expected_bound(cf: MixtureScore, eps: float, nodes: int = 400) -> float:
+    """:math:`\\mathbb E_x` of the continuous-time bound (:mod:`pyro_gen.diffusion.bound`) for
+    Gaussian data (one component) under its exact score.
+
+    With :math:`x = \\mu + \\delta`, :math:`x_t = \\alpha x + \\sigma\\epsilon` and
+    :math:`s = -P(x_t - \\alpha\\mu)`, :math:`P = (\\alpha^2\\Sigma + \\sigma^2 I)^{-1}`:
+    :math:`\\sigma^2\\, \\mathbb E\\|s + \\epsilon/\\sigma\\|^2 = \\alpha^2\\sigma^2
+    \\operatorname{tr}(P\\Sigma P) + \\operatorname{tr}((I - \\sigma^2 P)^2)`, integrated over the
+    log noise-to-signal ratio :math:`\\gamma` by Gauss-Legendre; the prior KL and the
+    reconstruction term in closed form.
+    """
+    import numpy as np
+
+    from pyro_gen.diffusion.bound import _log_snr, log_snr_inverse
+
+    if cf.mu.shape[0] != 1:
+        raise ValueError("the closed-form bound is for a single Gaussian")
+    sde = cf.sde
+    mu, S = cf.mu[0], cf.cov[0]
+    D = mu.shape[0]
+    with torch.no_grad():
+        ends = _log_snr(sde, torch.tensor([eps, 1.0], dtype=torch.float64))
+        g0, g1 = float(ends[0]), float(ends[1])
+        z, w = np.polynomial.legendre.leggauss(nodes)
+        gamma = torch.tensor(g0 + (g1 - g0) * (z + 1) / 2)
+        a, s = sde.marginal(log_snr_inverse(sde, gamma, eps, 1.0))
+        eye = torch.eye(D, dtype=torch.float64)
+        P = torch.linalg.inv(a[:, None, None] ** 2 * S + s[:, None, None] ** 2 * eye)
+        f = (a * s) ** 2 * torch.einsum("kij,jl,kli->k", P, S, P)
+        f = f + ((eye - s[:, None, None] ** 2 * P) ** 2).sum((-1, -2))
+        diffusion = 0.5 * (g1 - g0) / 2 * float((torch.tensor(w) * f).sum())
+        a1, s1 = (float(v) for v in sde.marginal(torch.tensor(1.0, dtype=torch.float64)))
+        ae, se = (float(v) for v in sde.marginal(torch.tensor(eps, dtype=torch.float64)))
+    p2 = sde.prior_std**2
+    ex2 = torch.diagonal(S) + mu**2
+    prior = float(0.5 * (s1**2 / p2 + a1**2 * ex2 / p2 - 1 - math.log(s1**2 / p2)).sum())
+    recon = 0.5 * D * (math.log(2 * math.pi) + 2 * math.log(se / ae) + 1)
+    return prior + recon + diffusion

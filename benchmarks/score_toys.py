@@ -11,7 +11,8 @@ Models (the recipes of ``flow_matching_2d.py``, which this reuses):
 Training budget: ``--cpu-min`` minutes of this thread's CPU time per model (the issue's "one CPU
 thread, 5 minutes each"). KL = E_true[log p_true(x) - log p_model(x)] on fresh test points,
 float64, with its Monte Carlo standard error. The moons density has no closed form in
-``pyro_gen.data``; it is computed here by quadrature over the arc angle (``moons_log_prob``: both half circles, noise std 0.2).
+``pyro_gen.data``; it is computed here by quadrature over the arc angle (``moons_log_prob``:
+both half circles, noise std 0.2).
 
 Run:  .venv/bin/python benchmarks/score_toys.py --cpu-min 5 --data checkerboard moons
 """

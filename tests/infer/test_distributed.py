@@ -82,25 +82,53 @@ def _data() -> dict[str, torch.Tensor]:
     return {"x": x, "y": y, "idx": torch.arange(NUM_DATA)}
 
 
-# The comparisons: (model options, fit options). The first sums the ranks' gradients
-# (the plate is the batch), compiled step, Adam, clipping applied after the sum; the second
-# weights them by batch size (a subsampling plate and a global latent), plain Pyro steps, SGD.
+def _batches(batch_size: int) -> list[dict[str, torch.Tensor]]:
+    """The first 40 examples as the user's own batches, in order."""
+    data = _data()
+    return [{k: v[i : i + batch_size] for k, v in data.items()} for i in range(0, 40, batch_size)]
+
+
+def _sharded_loader(batch_size: int) -> Any:
+    """A DataLoader already sharded by a DistributedSampler (rank r: rows r, r + 2, ...)."""
+    data = _data()
+    dataset = torch.utils.data.TensorDataset(*(data[k][:40] for k in ("x", "y", "idx")))
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    sampler = torch.utils.data.DistributedSampler(
+        dataset, num_replicas=world, rank=rank, shuffle=False
+    )
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler)
+
+
+ADAM = {"optim": lambda: pyro.optim.Adam({"lr": 0.05})}
+# The comparisons: (model options, fit options, data for a batch size). "sum" sums the
+# ranks' gradients (the plate is the batch): compiled step, SGD (which, unlike Adam, sees
+# the gradient's scale), clipping after the sum. "mean" weights them by batch size (a
+# subsampling plate and a global latent): plain Pyro steps, SGD. "dealt": the user's
+# batches, dealt out in turn; "sampler": a DataLoader that a DistributedSampler shards (one
+# process reads it whole, with batches of 10); both with the compiled step and fused Adam.
 CASES = {
-    "sum": ({}, {"optim": lambda: pyro.optim.Adam({"lr": 0.05}), "grad_clip": 2.0}),
+    "sum": (
+        {},
+        {"optim": lambda: pyro.optim.SGD({"lr": 0.01}), "grad_clip": 5.0},
+        lambda b: _data(),
+    ),
     "mean": (
         {"num_data": NUM_DATA},
         {"optim": lambda: pyro.optim.SGD({"lr": 0.002}), "compile": False},
+        lambda b: _data(),
     ),
+    "dealt": ({}, ADAM, _batches),
+    "sampler": ({}, ADAM, _sharded_loader),
 }
 
 
 def _train(case: str, batch_size: int, **kwargs: Any) -> dict[str, torch.Tensor]:
-    options, fit_options = CASES[case]
+    options, fit_options, data = CASES[case]
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     model = Regression(**options)
     fit_options = {**fit_options, "optim": fit_options["optim"](), **kwargs}
-    fit(model, _data(), batch_size=batch_size, epochs=1, progress=False, **fit_options)
+    fit(model, data(batch_size), batch_size=batch_size, epochs=1, progress=False, **fit_options)
     return {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
 
 

@@ -618,15 +618,18 @@ def _sample_command(args: argparse.Namespace) -> None:
     config = read_config(args.run)
     check_model(config, args.run)
     spec = MODELS[config["model"]]
-    takes = [m for m, s in MODELS.items() if args.sampler in s.samplers]
+    takes = sorted(m for m, s in MODELS.items() if args.sampler in s.samplers)
     if args.sampler is not None and args.sampler not in spec.samplers:
         own = f" (it takes {', '.join(spec.samplers)})" if spec.samplers else ""
         raise UsageError(
-            f"--sampler {args.sampler} applies to {', '.join(takes)} runs; {args.run} holds a "
+            f"--sampler applies to {', '.join(takes)} runs ({args.sampler}); {args.run} holds a "
             f"{config['model']}{own}"
         )
     if args.steps is not None and not spec.samplers:
-        raise UsageError(f"--steps applies to diffusion runs; {args.run} holds a {config['model']}")
+        takes = sorted(m for m, s in MODELS.items() if s.samplers)
+        raise UsageError(
+            f"--steps applies to {', '.join(takes)} runs; {args.run} holds a {config['model']}"
+        )
     path = _samples_path(args, "samples.png")
     model = _load_run_or_explain(args.run, config, device)
     samples = _sample(spec, model, args.num_samples, args.sampler, args.steps)

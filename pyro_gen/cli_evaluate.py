@@ -29,7 +29,7 @@ def _mean_se(values: torch.Tensor) -> tuple[float, float]:
     return float(values.mean()), float(se)
 
 
-def _with_se(results: dict[str, Any], name: str, values: torch.Tensor) -> None:
+def with_se(results: dict[str, Any], name: str, values: torch.Tensor) -> None:
     results[name], results[f"{name}_se"] = _mean_se(values)
 
 
@@ -41,13 +41,13 @@ def bound_results(ev: Evaluation, discrete: bool, data: Any = None) -> dict[str,
     data = view.x if data is None else data
     results: dict[str, Any] = {"num_test": int(view.x.shape[0])}
     elbo = evaluate_elbo(ev.model, data, transform=view.transform, per_example=True)
-    _with_se(results, "test_elbo", elbo)
+    with_se(results, "test_elbo", elbo)
     results["iwae_k"] = k
     iwae = iwae_log_likelihood(
         ev.model, data, num_samples=k, chunk=min(k, 500), transform=view.transform,
         per_example=True,
     )  # fmt: skip
-    _with_se(results, "iwae_log_likelihood", iwae)
+    with_se(results, "iwae_log_likelihood", iwae)
     if view.levels is not None and discrete:
         dims = math.prod(view.event_shape)
         results["bits_per_dim"] = bits_per_dim_from_nats(results["iwae_log_likelihood"], dims)
@@ -66,18 +66,18 @@ def density_results(ev: Evaluation, log_prob: Any = None) -> dict[str, Any]:
         levels = view.x.to(torch.get_default_dtype()).unsqueeze(-3)  # the model's channel
         bpd = probability_flow_bits_per_dim(model, levels, num_bins=view.levels, low=0.0,
                                             high=1.0, rtol=1e-4, atol=1e-4)  # fmt: skip
-        _with_se(results, "probability_flow_bits_per_dim", bpd)
+        with_se(results, "probability_flow_bits_per_dim", bpd)
         return results
     log_prob = log_prob or model.log_prob
     with torch.no_grad():
         lp = log_prob(view.x.to(torch.get_default_dtype()))
-    _with_se(results, "test_log_likelihood", lp)
+    with_se(results, "test_log_likelihood", lp)
     name = ev.config["data"]
     try:
         truth = datasets.toy_log_prob(name, view.x)
     except ValueError:  # no closed-form density for this toy
         return results
-    _with_se(results, "kl_true_to_model", truth.double() - lp.double())
+    with_se(results, "kl_true_to_model", truth.double() - lp.double())
     return results
 
 
@@ -116,7 +116,7 @@ def sample_quality(
         "mean_confidence": quality.confidence,
     }
     if requested is not None:
-        _with_se(results, "label_agreement", (predicted == requested).double())
+        with_se(results, "label_agreement", (predicted == requested).double())
     return results
 
 

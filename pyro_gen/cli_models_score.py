@@ -12,13 +12,14 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from pyro.infer import TraceMeanField_ELBO
 
-from pyro_gen.cli_evaluate import bound_results, density_results
+from pyro_gen.cli_evaluate import bound_results, density_results, with_se
 from pyro_gen.cli_spec import Evaluation, ModelSpec
 
 #: the score-based samplers' command-line names (``pyro_gen.diffusion.SAMPLERS`` spelled
@@ -109,20 +110,26 @@ def _ddpm_sample(model: Any, n: int, sampler: str | None, steps: int | None) -> 
 
 
 def _ddpm_evaluate(ev: Evaluation) -> dict[str, Any]:
-    from pyro_gen.diffusion import probability_flow_bits_per_dim, probability_flow_log_prob
+    from pyro_gen.diffusion import (
+        DDPMScore,
+        probability_flow_bits_per_dim,
+        probability_flow_log_prob,
+    )
 
     results = bound_results(ev, discrete=True)
     if not ev.args.probability_flow:
         return results
-    view = ev.view
+    view, ema = ev.view, ev.model.ema
     x = view.transform(view.x) if view.transform is not None else view.x
-    with torch.no_grad():
+    # The weights that sample, loaded once around the whole solve: DDPMScore's own swap per
+    # score call changes them in place under the exact divergence's autograd graph.
+    with ema.average_parameters() if ema is not None else contextlib.nullcontext():
+        score = DDPMScore(ev.model, use_ema=False)
         if view.levels is not None:
-            bpd = probability_flow_bits_per_dim(ev.model, x, num_bins=view.levels)
-            results["probability_flow_bits_per_dim"] = float(bpd.mean())
+            bpd = probability_flow_bits_per_dim(score, x, num_bins=view.levels)
+            with_se(results, "probability_flow_bits_per_dim", bpd)
         else:
-            lp = probability_flow_log_prob(ev.model, x)
-            results["probability_flow_log_likelihood"] = float(lp.mean())
+            with_se(results, "probability_flow_log_likelihood", probability_flow_log_prob(score, x))
     return results
 
 

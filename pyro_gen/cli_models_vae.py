@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from pyro.infer import TraceEnum_ELBO
 
-from pyro_gen.cli_evaluate import bound_results
+from pyro_gen.cli_evaluate import bound_results, with_se
 from pyro_gen.cli_spec import Evaluation, ModelSpec, UsageError
 
 
@@ -124,8 +124,7 @@ def _ssvae_evaluate(ev: Evaluation) -> dict[str, Any]:
     results: dict[str, Any] = {"num_test": int(x.shape[0])}
     with torch.no_grad():
         wrong = (model.classify(x) != ev.labels.to(x.device)).double()
-    results["test_error"] = float(wrong.mean())
-    results["test_error_se"] = float(wrong.std() / wrong.numel() ** 0.5)
+    with_se(results, "test_error", wrong)
     results["test_elbo"] = evaluate_elbo(model, {"x": x}, loss=TraceEnum_ELBO(max_plate_nesting=1))
     return results
 

@@ -1,0 +1,101 @@
+"""``pyro-gen train ncsn|sde``, ``cnf --objective flow-matching`` and the score-based samplers
+(also for the DDPM) end to end on tiny data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import pyro_gen
+from pyro_gen.cli_models import load_split
+from pyro_gen.data import toy_log_prob
+from tests.reliability.run_fixtures import assert_one_line_error, cli
+
+TINY = ["--epochs", "1", "--batch-size", "64", "--toy-samples", "256", "--no-progress"]
+
+
+def _test_points(run) -> torch.Tensor:
+    config = json.loads((run / "config.json").read_text())
+    return load_split(config["data"], "test", config, 16)[0]
+
+
+def test_sde_trains_samples_with_every_sampler_and_reports_the_ode_likelihood(tmp_path, capsys):
+    run = tmp_path / "sde"
+    status, out, err = cli(capsys, "train", "sde", "--data", "eight_gaussians", "--sde", "subvp",
+                           "--weighting", "likelihood", *TINY, "--out", run)  # fmt: skip
+    assert status == 0, err
+    config = json.loads((run / "config.json").read_text())
+    assert config["options"] == {"sde": "subvp", "weighting": "likelihood", "hidden_dim": 128}
+    model = pyro_gen.load(run)
+    assert type(model.sde).__name__ == "SubVPSDE"
+    for sampler in ("langevin", "euler-maruyama", "pc", "ode"):
+        status, _, err = cli(capsys, "sample", run, "-n", "8", "--sampler", sampler,
+                             "--steps", "5")  # fmt: skip
+        assert status == 0, (sampler, err)
+    status, _, err = cli(capsys, "evaluate", run, "--num-test", "16")
+    assert status == 0, err
+    results = json.loads((run / "evaluation.json").read_text())
+    # the KL is against the toy's known density at the same 16 test points
+    truth = float(toy_log_prob("eight_gaussians", _test_points(run)).mean())
+    kl = truth - results["test_log_likelihood"]
+    assert results["kl_true_to_model"] == pytest.approx(kl, abs=1e-4)
+    assert results["num_test"] == 16 and results["test_log_likelihood_se"] > 0
+
+    status, _, err = cli(capsys, "sample", run, "--sampler", "ddim")
+    assert_one_line_error(status, err, "--sampler applies to ddpm runs (ddim)", "it takes langevin")
+
+
+def test_ncsn_defaults_to_the_ve_sde(tmp_path, capsys):
+    run = tmp_path / "ncsn"
+    args = ["train", "ncsn", "--data", "moons", *TINY, "--epochs", "0", "--out", run]
+    status, _, err = cli(capsys, *args)
+    assert status == 0, err
+    assert json.loads((run / "config.json").read_text())["options"]["sde"] == "ve"
+
+
+def test_flow_matching_cnf_reports_its_exact_likelihood(tmp_path, capsys):
+    run = tmp_path / "fm"
+    status, out, err = cli(capsys, "train", "cnf", "--data", "moons", "--objective",
+                           "rectified", *TINY, "--out", run)  # fmt: skip
+    assert status == 0, err
+    model = pyro_gen.load(run)
+    assert type(model).__name__ == "FlowMatching" and model.objective == "rectified"
+    status, _, err = cli(capsys, "evaluate", run, "--num-test", "16")
+    assert status == 0, err
+    results = json.loads((run / "evaluation.json").read_text())
+    lp = model.log_prob(_test_points(run))
+    assert results["test_log_likelihood"] == pytest.approx(float(lp.mean()), abs=1e-3)
+    assert "kl_true_to_model" not in results  # moons have no closed-form density
+
+    status, _, err = cli(capsys, "train", "cnf", "--data", "moons", "--objective", "ml",
+                         *TINY, "--out", run)  # fmt: skip
+    assert_one_line_error(status, err, "--objective rectified", "those change the model")
+
+
+def test_ddpm_samples_with_the_score_samplers_and_gives_its_ode_likelihood(tmp_path, capsys):
+    run = tmp_path / "ddpm"
+    status, _, err = cli(capsys, "train", "ddpm", "--data", "moons", "--timesteps", "10",
+                         *TINY, "--out", run)  # fmt: skip
+    assert status == 0, err
+    assert cli(capsys, "sample", run, "-n", "8", "--sampler", "pc", "--steps", "5")[0] == 0
+    status, out, err = cli(capsys, "evaluate", run, "--k", "4", "--num-test", "16",
+                           "--probability-flow")  # fmt: skip
+    assert status == 0, err
+    results = json.loads((run / "evaluation.json").read_text())
+    assert torch.isfinite(torch.tensor(results["probability_flow_log_likelihood"]))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["cnf", "--data", "digits", "--objective", "flow-matching"], "use a 2D toy dataset"),
+        (["vae", "--data", "digits", "--objective", "rectified"], "does not apply to vae"),
+        (["realnvp", "--data", "moons", "--objective", "ml"], "not an option of realnvp"),
+        (["sde", "--data", "moons", "--sde", "nosuch"], "invalid choice: 'nosuch'"),
+    ],
+)
+def test_bad_score_options_are_one_line_errors(args, message, tmp_path, capsys):
+    status, _, err = cli(capsys, "train", *args, "--epochs", "0", "--out", tmp_path / "run")
+    assert status == 2 and message in err and len(err.strip().splitlines()) == 1, err

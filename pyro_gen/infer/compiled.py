@@ -88,6 +88,7 @@ from pyro_gen.infer.compiled_optim import (
     traceable_checks,
 )
 from pyro_gen.infer.compiled_passes import simplify
+from pyro_gen.infer.compiled_precision import check_precision, networks_in
 from pyro_gen.infer.compiled_recording import (
     _GuardMode,
     _lift_inputs,
@@ -170,6 +171,10 @@ class CompiledSVI:
         grad_reducer: ``reduce(loss, params)``, run between the gradient (in ``p.grad``) and
             the update: replaces the gradients in place and returns the loss to report
             (data-parallel training's all-reduce, :mod:`pyro_gen.infer.distributed`).
+        mixed_precision: ``torch.bfloat16`` runs every network (each outermost
+            ``torch.nn.Module`` call) under autocast in bfloat16 and keeps the
+            distributions' log-densities, the loss and the parameters in float32
+            (:mod:`~pyro_gen.infer.compiled_precision`); ``None`` (default): float32.
         compile_after: steps a signature runs uncompiled before it is compiled; default
             500 with ``"auto"`` on CUDA (never on CPU), else 0 for the first signature and
             50 for later ones (the
@@ -209,6 +214,7 @@ class CompiledSVI:
         retain_cpu_memory: bool = True,
         step_guard: bool = True,
         grad_reducer: Callable[[torch.Tensor, list[torch.Tensor]], torch.Tensor] | None = None,
+        mixed_precision: torch.dtype | None = None,
     ) -> None:
         if backend not in ("auto", "inductor", "jit", "fx", "pyro"):
             raise ValueError(f"unknown backend {backend!r}")
@@ -222,6 +228,7 @@ class CompiledSVI:
         self.retain_cpu_memory = retain_cpu_memory
         self.step_guard = step_guard
         self.grad_reducer = grad_reducer
+        self.mixed_precision = check_precision(mixed_precision)
         self._kl = _kl_messengers(model) + _kl_messengers(guide)
         self._programs: dict[Any, _Program] = {}
         # Input signatures seen once (each ran a plain step), with the eager trace signature
@@ -445,11 +452,17 @@ class CompiledSVI:
         args, kwargs = pytree.tree_map(
             lambda v: v.clone() if torch.is_tensor(v) else v, (args, kwargs)
         )
-        with torch.no_grad():
+        with torch.no_grad(), self._networks(args, kwargs):
             betas = [torch.tensor(b) for b in self._beta_values()]
             with _bound_betas(self._kl, betas):
                 sigs = [_signature(m, g) for m, g in self._traces(args, kwargs)]
         return tuple(sigs)
+
+    def _networks(self, args: tuple, kwargs: dict) -> contextlib.AbstractContextManager:
+        """The networks' precision for a step on these inputs (mixed_precision)."""
+        tensors = [v for v in pytree.tree_leaves((args, kwargs)) if torch.is_tensor(v)]
+        device_type = tensors[0].device.type if tensors else "cpu"
+        return networks_in(self.mixed_precision, device_type)
 
     @contextlib.contextmanager
     def _quiet_rng(self, tensors: Sequence[torch.Tensor]) -> Iterator[None]:
@@ -494,7 +507,7 @@ class CompiledSVI:
                 loss: Any = 0.0
                 sigs = []
                 guard = _GuardMode()
-                with _bound_betas(self._kl, inputs[n_p + n_d :]), guard:
+                with _bound_betas(self._kl, inputs[n_p + n_d :]), guard, self._networks(a, k):
                     for model_trace, guide_trace in self._traces(a, k):
                         sigs.append(_signature(model_trace, guide_trace))
                         loss = loss + _elbo_particle(self.loss, model_trace, guide_trace)
@@ -787,7 +800,7 @@ class CompiledSVI:
 
     def _plain_loss_and_grads(self, args: tuple, kwargs: dict) -> tuple[float, list[torch.Tensor]]:
         """Pyro's loss (a float) and gradients, clipped as the program clips them."""
-        with pyro.poutine.trace(param_only=True) as capture:
+        with self._networks(args, kwargs), pyro.poutine.trace(param_only=True) as capture:
             if hasattr(self.loss, "loss_and_grads"):
                 loss = self.loss.loss_and_grads(self.model, self.guide, *args, **kwargs)
             else:  # a callable loss, as Pyro's SVI takes one (EnergyDistance)

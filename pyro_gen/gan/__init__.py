@@ -5,13 +5,15 @@ a Delta-observed site); adversarial objectives are Pyro loss objects that own th
 discriminator (:class:`MinimaxGAN`, :class:`NonSaturatingGAN`, :class:`LeastSquaresGAN`,
 :class:`HingeGAN`, :class:`WassersteinGAN`, :class:`WassersteinGP`), so a GAN trains with
 :func:`pyro_gen.infer.fit` or :class:`pyro.infer.SVI` like any other model; a generator can
-keep an :class:`ExponentialAverage` of its weights to sample from.
+keep an :class:`ExponentialAverage` of its weights to sample from. :class:`CycleGAN` and
+:class:`CycleGANLoss` translate between unpaired domains.
 """
 
 from __future__ import annotations
 
 from pyro_gen.gan.adversarial import AdversarialBatch, AdversarialLoss
 from pyro_gen.gan.average import ExponentialAverage
+from pyro_gen.gan.cycle import CycleGAN, CycleGANLoss
 from pyro_gen.gan.generator import DATA_PLATE, LATENT, OBS, Generator, StandardNormal
 from pyro_gen.gan.objectives import HingeGAN, LeastSquaresGAN, MinimaxGAN, NonSaturatingGAN
 from pyro_gen.gan.surrogate import SurrogateLoss
@@ -23,6 +25,8 @@ __all__ = [
     "OBS",
     "AdversarialBatch",
     "AdversarialLoss",
+    "CycleGAN",
+    "CycleGANLoss",
     "ExponentialAverage",
     "Generator",
     "HingeGAN",

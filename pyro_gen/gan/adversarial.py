@@ -173,6 +173,12 @@ class AdversarialLoss(nn.Module):
         batch = self.batch(model, guide, *args, **kwargs)
         if train:
             self.update_discriminator(batch)
+        per_example = self.generator_term(batch)
+        return scale_and_mask(per_example, batch.scale, batch.mask).sum()
+
+    def generator_term(self, batch: AdversarialBatch) -> torch.Tensor:
+        """The generator's loss per example of ``batch``, differentiable in the generated
+        examples and not in the discriminator's parameters."""
         flags = [p.requires_grad for p in self.discriminator.parameters()]
         # The generator's gradient flows through the discriminator's input only.
         self.discriminator.requires_grad_(False)
@@ -181,8 +187,7 @@ class AdversarialLoss(nn.Module):
         finally:
             for p, flag in zip(self.discriminator.parameters(), flags):
                 p.requires_grad_(flag)
-        per_example = self.generator_loss(fake_score)
-        return scale_and_mask(per_example, batch.scale, batch.mask).sum()
+        return self.generator_loss(fake_score)
 
     def loss(self, model: Callable[..., Any], guide: Callable[..., Any], *args, **kwargs) -> float:
         """The generator's loss on this batch, without training anything."""
@@ -229,12 +234,18 @@ class AdversarialLoss(nn.Module):
     def batch(
         self, model: Callable[..., Any], guide: Callable[..., Any], *args, **kwargs
     ) -> AdversarialBatch:
-        """Real and generated examples of the observed site for one call of the model.
+        """Real and generated examples of the observed site for one call of the model
+        (:meth:`unconditioned_trace`, then :meth:`batch_from`)."""
+        trace = self.unconditioned_trace(model, guide, *args, **kwargs)
+        return self.batch_from(trace, self._context(kwargs.get("y")))
 
-        The guide is traced, then the model is replayed against it with its observations
-        removed, so the observed site holds a generated example and keeps the data in
-        ``site["infer"]["obs"]``.
-        """
+    @staticmethod
+    def unconditioned_trace(
+        model: Callable[..., Any], guide: Callable[..., Any], *args, **kwargs
+    ) -> poutine.Trace:
+        """The guide is traced, then the model is replayed against it with its observations
+        removed, so each observed site holds a generated example and keeps the data in
+        ``site["infer"]["obs"]``."""
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         # an empty guide (the Generator's) leaves nothing to replay: one handler fewer on
         # each of the model's sites
@@ -242,13 +253,20 @@ class AdversarialLoss(nn.Module):
         run = poutine.replay(model, trace=guide_trace) if replays else model
         with poutine.trace() as tr, poutine.uncondition():
             run(*args, **kwargs)
+        return tr.trace
+
+    def batch_from(self, trace: poutine.Trace, context: torch.Tensor | None) -> AdversarialBatch:
+        """The real and generated examples of this loss's site in an unconditioned trace;
+        ``pyro.deterministic`` sites are not data and are never picked."""
         observed = [
             name
-            for name, site in tr.trace.nodes.items()
-            if site["type"] == "sample" and site["infer"].get("was_observed")
+            for name, site in trace.nodes.items()
+            if site["type"] == "sample"
+            and site["infer"].get("was_observed")
+            and not site["infer"].get("_deterministic")
         ]
         name = self._pick_site(observed)
-        site = tr.trace.nodes[name]
+        site = trace.nodes[name]
         real, fake = site["infer"]["obs"], site["value"]
         event_dim = site["fn"].event_dim
         if real.shape != fake.shape:
@@ -256,7 +274,6 @@ class AdversarialLoss(nn.Module):
                 f"site {name!r}: the data have shape {tuple(real.shape)} but the model "
                 f"generates {tuple(fake.shape)}; they must match"
             )
-        context = self._context(kwargs.get("y"))
         return AdversarialBatch(name, real, fake, context, event_dim, site["scale"], site["mask"])
 
     def _pick_site(self, observed: list[str]) -> str:

@@ -35,6 +35,16 @@ the step returns a non-finite loss, for the caller to report when it next reads 
 back. On an accelerator the check runs inside the program and the fused update reads its
 flag there, with no host synchronization.
 
+The model's own input checks (``if (x < 0).any(): raise ValueError(...)``), which a
+recorded program would otherwise read back every step, are told apart from control flow
+once per recording (:mod:`pyro_gen.infer.compiled_checks`) and run on the device: a batch
+that fails one has its update skipped and a NaN loss, and :meth:`CompiledSVI.check` raises
+the model's own error for it. A steady-state step on an accelerator thus reads nothing back
+to the host (on the CPU it reads the guard's one flag, which there is no synchronization).
+What still reads: values the model branches on, optimizers other than fused Adam/AdamW (one
+flag), and the eager structural re-checks after a recording and every ``check_every`` steps
+(``tests/infer/test_host_reads.py`` counts them).
+
 References:
     Paszke et al., PyTorch 2: Faster Machine Learning Through Dynamic Python Bytecode
     Transformation and Graph Compilation, ASPLOS 2024.

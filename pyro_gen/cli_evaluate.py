@@ -89,9 +89,9 @@ def sample_quality(
 ) -> dict[str, Any]:
     """Classifier scores of image samples against as many real test images: the classifier
     (:func:`pyro_gen.diffusion.quality.train_classifier`) trains on the run's training split
-    for ``--classifier-epochs``; the real-against-real Frechet distance of two halves of the
-    test set is the floor a perfect model would reach at that sample count. With the labels
-    ``requested`` of conditional samples, the share the classifier gives those labels."""
+    for ``--classifier-epochs``; the Frechet distance of as many training images to the test
+    images is what a model that reproduced the data would reach at that sample count. With the
+    labels ``requested`` of conditional samples, the share the classifier gives those labels."""
     from pyro_gen.cli_models import load_split
     from pyro_gen.diffusion.quality import sample_quality as score
     from pyro_gen.diffusion.quality import train_classifier
@@ -101,8 +101,7 @@ def sample_quality(
     unit = x.to(torch.get_default_dtype()) / (view.levels - 1)
     clf = train_classifier(unit, y, epochs=ev.args.classifier_epochs, seed=config["seed"])
     quality = score(clf, samples.clamp(0, 1), real, ev.labels)
-    half = real.shape[0] // 2
-    floor = score(clf, real[:half], real[half : 2 * half])
+    floor = score(clf, unit[: real.shape[0]], real)
     with torch.no_grad():
         predicted = clf(samples.clamp(0, 1)).argmax(-1)
     counts = predicted.bincount(minlength=NUM_CLASSES[config["data"]])
@@ -110,7 +109,7 @@ def sample_quality(
         "classifier_epochs": ev.args.classifier_epochs,
         "classifier_test_accuracy": quality.real_accuracy,
         "frechet_distance": quality.frechet,
-        "frechet_distance_real_halves": floor.frechet,
+        "frechet_distance_train_images": floor.frechet,
         "classes_covered": int((counts > 0).sum()),
         "class_kl_to_uniform": quality.class_kl,
         "mean_confidence": quality.confidence,

@@ -112,7 +112,21 @@ def test_help_documents_every_option():
         timeout=120,
     )
     assert proc.returncode == 0
-    for option in ("--data", "--epochs", "--device", "--out", "--prior", "--guide", "--schedule"):
+    for option in (
+        "--data",
+        "--epochs",
+        "--device",
+        "--out",
+        "--prior",
+        "--guide",
+        "--schedule",
+        "--loss",
+        "--n-critic",
+        "--sde",
+        "--weighting",
+        "--missing-rate",
+        "--labels",
+    ):
         assert option in proc.stdout
 
 

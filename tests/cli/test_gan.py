@@ -66,8 +66,8 @@ def test_cgan_on_digits_reports_classifier_scores_and_label_agreement(tmp_path, 
     results = json.loads((run / "evaluation.json").read_text())
     assert 0 <= results["label_agreement"] <= 1 and results["label_agreement_se"] > 0
     assert 1 <= results["classes_covered"] <= 10
-    # a real-against-real Frechet distance is the floor of the model's
-    assert results["frechet_distance"] > results["frechet_distance_real_halves"] >= 0
+    # training images score far closer to the test images than an epoch's samples do
+    assert results["frechet_distance"] > results["frechet_distance_train_images"] >= 0
     model = pyro_gen.load(run)
     assert model.sample(4, y=torch.tensor([0, 1, 2, 3])).shape == (4, 8, 8)
 

@@ -10,6 +10,7 @@ it opened for writing (an audit hook), so the test sees that only rank 0 wrote.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -160,6 +161,18 @@ def _kill_at(step: int):  # noqa: ANN202 - a step callback
     return callback
 
 
+class _Fallbacks(logging.Handler):
+    """Collects the compiled step's messages that it fell back to plain Pyro."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "compiled SVI step off" in record.getMessage():
+            self.messages.append(record.getMessage())
+
+
 def _worker(rank: int, port: int, out: str, launch: str) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
@@ -187,8 +200,11 @@ def _worker(rank: int, port: int, out: str, launch: str) -> None:
         sys.stderr = err
         sys.addaudithook(audit)
         if launch == "first":
+            fallbacks = _Fallbacks()
+            logging.getLogger("pyro_gen").addHandler(fallbacks)
             for case in CASES:
                 results[case] = _train(case, BATCH)
+                results[f"{case} fallbacks"], fallbacks.messages = fallbacks.messages, []
             results["straight"] = _checkpointed(out_dir / "straight")
             results["main"] = is_main_process()
             results["written"] = list(written)
@@ -241,6 +257,8 @@ def test_one_epoch_equals_one_process_on_combined_batches(runs, single, case):
         for rank in ranks:
             torch.testing.assert_close(rank[case][name], value, rtol=0, atol=1e-6)
         assert torch.equal(ranks[0][case][name], ranks[1][case][name])  # one model, not two
+    if CASES[case][1].get("compile") is not False:  # the all-reduce ran in the compiled step
+        assert ranks[0][f"{case} fallbacks"] == ranks[1][f"{case} fallbacks"] == []
     # the runs trained: the comparison is not between untouched parameters
     assert not torch.allclose(single["regression$$$net.weight"], start["net.weight"])
 

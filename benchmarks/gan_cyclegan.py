@@ -20,7 +20,6 @@ import time
 
 import pyro
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from pyro_gen.data import load
@@ -28,7 +27,7 @@ from pyro_gen.gan import CycleGAN, CycleGANLoss
 from pyro_gen.gan.adversarial import fused_adam
 from pyro_gen.infer import fit
 from pyro_gen.metrics import label_agreement, train_classifier
-from pyro_gen.nn import DCGANDiscriminator, ResNetConv
+from pyro_gen.nn import ConvTranslator, DCGANDiscriminator
 
 SHAPE = (1, 28, 28)
 
@@ -36,18 +35,6 @@ SHAPE = (1, 28, 28)
 def dilate(x: torch.Tensor) -> torch.Tensor:
     """The true mapping: grey-level dilation by a 3x3 square (thicker strokes)."""
     return F.max_pool2d(x, 3, stride=1, padding=1)
-
-
-class Translator(nn.Module):
-    """:math:`\\sigma(\\operatorname{logit}(x) + r(x))` with a residual conv net :math:`r`
-    whose last layer starts at zero, so the translator starts as the identity."""
-
-    def __init__(self, width: int, blocks: int) -> None:
-        super().__init__()
-        self.net = ResNetConv(1, width, 1, num_blocks=blocks)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(torch.logit(x.clamp(1e-3, 1 - 1e-3)) + self.net(x))
 
 
 def main() -> None:
@@ -76,8 +63,8 @@ def main() -> None:
     out["classifier_accuracy_on_dilated_test"] = label_agreement(clf, dilate(test), yt[: len(test)])
     pyro.clear_param_store()
     pyro.set_rng_seed(args.seed)
-    cyc = CycleGAN(Translator(args.width, args.blocks), Translator(args.width, args.blocks),
-                   SHAPE, SHAPE)  # fmt: skip
+    g, f = (ConvTranslator(1, args.width, args.blocks) for _ in range(2))
+    cyc = CycleGAN(g, f, SHAPE, SHAPE)
     d_optim = functools.partial(fused_adam, lr=2e-4, betas=(0.5, 0.999))
     loss = CycleGANLoss(DCGANDiscriminator(SHAPE), DCGANDiscriminator(SHAPE),
                         cycle_weight=args.cycle_weight, optim=d_optim)  # fmt: skip

@@ -16,10 +16,17 @@ __all__ += ["SinusoidalTimeEmbedding", "TimeMLP", "UNet"]
 
 # adversarial training: generators and discriminators
 from pyro_gen.nn.gan import (  # noqa: E402
+    ConvTranslator,
     DCGANDiscriminator,
     DCGANGenerator,
     MLPDiscriminator,
     MLPGenerator,
 )
 
-__all__ += ["DCGANDiscriminator", "DCGANGenerator", "MLPDiscriminator", "MLPGenerator"]
+__all__ += [
+    "ConvTranslator",
+    "DCGANDiscriminator",
+    "DCGANGenerator",
+    "MLPDiscriminator",
+    "MLPGenerator",
+]

@@ -1,7 +1,8 @@
 """Generator and discriminator networks for adversarial training (no probability here).
 
 Two sizes: fully connected networks for vector data (the 2D toys) and DCGAN-style
-convolutional networks for 28x28 images, small enough to train on a CPU. Every network
+convolutional networks for 28x28 images, small enough to train on a CPU; and an
+image-to-image translator for CycleGAN. Every network
 records the shapes it works on (``event_shape``, and ``latent_dim`` for generators), which
 the adversarial losses read to refuse a discriminator that does not fit the generator.
 A conditional network (``context_dim > 0``) takes a context vector, such as a one-hot
@@ -18,6 +19,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 from pyro_gen.nn.mlp import MLP, broadcast_context
+from pyro_gen.nn.resnet import ResNetConv
 
 
 def _event_shape(shape: int | Sequence[int]) -> tuple[int, ...]:
@@ -259,3 +261,33 @@ class DCGANDiscriminator(nn.Module):
             c = context.expand(*batch, self.context_dim).reshape(-1, self.context_dim)
             h = torch.cat([h, c[:, :, None, None].expand(-1, -1, 28, 28).to(h)], 1)
         return self.net(h).reshape(batch)
+
+
+class ConvTranslator(nn.Module):
+    """Image-to-image translator for CycleGAN on images in [0, 1] of any size:
+    :math:`G(x) = \\sigma(\\operatorname{logit}(x) + r(x))` with a residual convolutional net
+    :math:`r` (:class:`~pyro_gen.nn.ResNetConv`) whose last layer starts at zero, so the
+    translator starts as the identity and learns the change between the domains.
+
+    Args:
+        channels: image channels (input and output).
+        width: channels of the residual trunk.
+        num_blocks: residual blocks.
+        eps: inputs are clamped to ``[eps, 1 - eps]`` before the logit.
+
+    Example:
+        >>> t = ConvTranslator(1, width=4, num_blocks=1)
+        >>> x = torch.rand(2, 1, 28, 28) * 0.9 + 0.05
+        >>> torch.allclose(t(x), x, atol=1e-5)  # the identity at initialisation
+        True
+    """
+
+    def __init__(
+        self, channels: int = 1, width: int = 32, num_blocks: int = 2, *, eps: float = 1e-3
+    ) -> None:
+        super().__init__()
+        self.net = ResNetConv(channels, width, channels, num_blocks=num_blocks)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(torch.logit(x.clamp(self.eps, 1 - self.eps)) + self.net(x))

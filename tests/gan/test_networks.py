@@ -8,7 +8,13 @@ import torch
 
 from pyro_gen.gan import Generator, WassersteinGP
 from pyro_gen.infer import fit
-from pyro_gen.nn import DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator
+from pyro_gen.nn import (
+    ConvTranslator,
+    DCGANDiscriminator,
+    DCGANGenerator,
+    MLPDiscriminator,
+    MLPGenerator,
+)
 
 
 @pytest.mark.parametrize("event_shape", [(28, 28), (3, 28, 28)])
@@ -62,3 +68,14 @@ def test_dcgan_trains_through_fit_with_a_gradient_penalty():
     assert torch.isfinite(torch.tensor(result.history[-1]["train_loss"]))
     assert all(not torch.equal(a, p.detach()) for a, p in zip(before, params))  # both trained
     assert gen.sample(3).shape == (3, 28, 28)
+
+
+def test_the_translator_starts_as_the_identity_and_stays_in_the_unit_interval():
+    t = ConvTranslator(1, width=4, num_blocks=1)
+    x = torch.rand(3, 1, 28, 28) * 0.98 + 0.01
+    torch.testing.assert_close(t(x), x, atol=1e-5, rtol=1e-4)
+    with torch.no_grad():
+        for p in t.parameters():
+            p.add_(torch.randn_like(p))  # any weights: the output stays a valid pixel
+    y = t(x)
+    assert y.shape == x.shape and ((y >= 0) & (y <= 1)).all() and not torch.allclose(y, x)

@@ -25,6 +25,9 @@ __all__ = ["InputCheckError", "VALUE_READS"]
 
 # The ops through which Python reads a tensor's value (bool(t), float(t), t.item()).
 VALUE_READS = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default)
+# Probing costs one eager pass per bool read; past this many reads, none is probed (all
+# stay host reads), so a model that reads hundreds of values records in bounded time.
+MAX_PROBES = 32
 
 
 class InputCheckError(ValueError):
@@ -32,23 +35,21 @@ class InputCheckError(ValueError):
     names the step and carries the model's own error for that batch."""
 
 
-class _Refused(Exception):
-    """A flipped branch tried to write to a tensor that existed before the flip."""
-
-
 class _ProbeMode(TorchDispatchMode):
     """Answers reads of tensor values with the real value, except the ``flip``-th bool read
     and any later read of the same tensor (``bool(a or b)`` reads ``a`` twice), which it
-    answers with the opposite. After the flip, writes to tensors that existed before it
-    (parameters, buffers, inputs) are refused, so probing changes no state."""
+    answers with the opposite. Writes to tensors that existed before the run (parameters,
+    buffers such as running statistics, inputs) go to copies, so probing changes no state.
+    """
 
     def __init__(self, flip: int = -1) -> None:
         super().__init__()
         self.flip = flip
         self.values: list[Any] = []
         self._flipped: torch.Tensor | None = None
-        self._fresh: set[int] = set()  # storages made after the flip
-        self._keep: list[torch.Tensor] = []  # holds them, so no address is reused
+        # Storages made during the run. A storage that existed before stays alive while in
+        # use, so no storage made during the run can share its address.
+        self._fresh: set[int] = set()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
@@ -61,20 +62,23 @@ class _ProbeMode(TorchDispatchMode):
                 value = not value
             self.values.append(value)
             return value
-        flipped = 0 <= self.flip < len(self.values)
-        if flipped and any(_storage(t) not in self._fresh for t in _written(func, args, kwargs)):
-            raise _Refused(str(func))
+        kept = {id(t) for t in _written(func, args, kwargs) if _storage(t) not in self._fresh}
+        if kept:
+            args, kwargs = pytree.tree_map_only(
+                torch.Tensor, lambda t: t.clone() if id(t) in kept else t, (args, kwargs)
+            )
         out = func(*args, **kwargs)
-        if flipped:
-            for t in pytree.tree_leaves(out):
-                if torch.is_tensor(t):
-                    self._fresh.add(_storage(t))
-                    self._keep.append(t)
+        for t in pytree.tree_leaves(out):
+            if torch.is_tensor(t):
+                self._fresh.add(_storage(t))
         return out
 
 
 def _storage(t: torch.Tensor) -> int:
-    return t.untyped_storage().data_ptr()
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # no storage (e.g. sparse): never fresh
+        return -1
 
 
 def _written(func: Any, args: tuple, kwargs: dict) -> Iterator[torch.Tensor]:
@@ -88,21 +92,13 @@ def _written(func: Any, args: tuple, kwargs: dict) -> Iterator[torch.Tensor]:
                 yield t
 
 
-def _raised_by_model(exc: BaseException) -> bool:
-    """Whether ``exc`` is the model's own error, not a refused write (Pyro may wrap it)."""
-    while exc is not None:
-        if isinstance(exc, _Refused):
-            return False
-        exc = exc.__cause__ or exc.__context__
-    return True
-
-
 def probe_input_checks(run: Callable[[], Any]) -> tuple[list[Any], list[bool]]:
     """The values ``run`` reads from tensors, and which of them are input checks.
 
     ``run`` is one eager pass of the step; it runs once as it is and once more per bool
-    read with that read's answer flipped. A read is an input check when its flipped answer
-    makes ``run`` raise.
+    read with that read's answer flipped (at most ``MAX_PROBES``). A read is an input check
+    when its flipped answer makes ``run`` raise. Writes to tensors that existed before a run
+    go to copies: probing leaves parameters and buffers as they were.
 
     Example:
         >>> def run():
@@ -116,6 +112,8 @@ def probe_input_checks(run: Callable[[], Any]) -> tuple[list[Any], list[bool]]:
     with _ProbeMode() as mode:
         run()
     values, checks = mode.values, []
+    if sum(isinstance(v, bool) for v in values) > MAX_PROBES:
+        return values, [False] * len(values)
     for i, value in enumerate(values):
         if not isinstance(value, bool):
             checks.append(False)
@@ -123,8 +121,8 @@ def probe_input_checks(run: Callable[[], Any]) -> tuple[list[Any], list[bool]]:
         try:
             with _ProbeMode(flip=i):
                 run()
-        except Exception as exc:  # noqa: BLE001 - any error of the model's own counts
-            checks.append(_raised_by_model(exc))
+        except Exception:  # noqa: BLE001 - any error of the model's own counts
+            checks.append(True)
         else:
             checks.append(False)
     return values, checks

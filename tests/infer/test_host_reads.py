@@ -30,6 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from pyro_gen.diffusion import build_ddpm
 from pyro_gen.flows import build as build_flow
 from pyro_gen.infer.compiled import CompiledSVI, InputCheckError
+from pyro_gen.infer.compiled_checks import probe_input_checks
 from pyro_gen.vae import build_vae
 
 fit_module = importlib.import_module("pyro_gen.infer.fit")  # the module, not the function
@@ -221,6 +222,21 @@ def test_bad_input_on_the_device_path_skips_the_update_and_check_names_the_step(
     svi.check()  # reported once
     assert svi.compiled
     assert torch.isfinite(svi(10, x))
+
+
+def test_probing_changes_no_tensor_that_existed_before():
+    """Running statistics and other buffers the model writes stay as they were."""
+    stats, x = torch.zeros(2), torch.tensor([0.5, 2.0])
+
+    def run() -> None:
+        stats.mul_(0.9).add_(x, alpha=0.1)
+        if bool((x < 0).any()):
+            stats.fill_(float("nan"))
+            raise ValueError("x must be non-negative")
+
+    values, checks = probe_input_checks(run)
+    assert values == [False] and checks == [True]
+    assert torch.equal(stats, torch.zeros(2))
 
 
 def test_control_flow_is_not_taken_for_an_input_check():

@@ -216,7 +216,7 @@ def _parser() -> argparse.ArgumentParser:
         choices=("sigma2", "likelihood", "none"),
     )
 
-    ddpm = train.add_argument_group("ddpm options")
+    ddpm = train.add_argument_group("ddpm options (ema-decay: also gan, wgan, cgan)")
     _add_setting(ddpm, "schedule", "noise schedule", choices=("linear", "cosine", "sigmoid"))
     _add_setting(ddpm, "param", "what the network predicts", choices=("eps", "x0", "v"))
     _add_setting(

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from pyro_gen import data as datasets
-from pyro_gen.cli_spec import NUM_CLASSES, Evaluation
+from pyro_gen.cli_spec import Evaluation
 from pyro_gen.infer import bits_per_dim_from_nats, evaluate_elbo, iwae_log_likelihood
 
 
@@ -88,34 +88,32 @@ def sample_quality(
     requested: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     """Classifier scores of image samples against as many real test images: the classifier
-    (:func:`pyro_gen.diffusion.quality.train_classifier`) trains on the run's training split
-    for ``--classifier-epochs``; the Frechet distance of as many training images to the test
+    (:func:`pyro_gen.metrics.train_classifier`) trains on the run's training split for
+    ``--classifier-epochs``; the Frechet distance of as many training images to the test
     images is what a model that reproduced the data would reach at that sample count. With the
     labels ``requested`` of conditional samples, the share the classifier gives those labels."""
     from pyro_gen.cli_models import load_split
-    from pyro_gen.diffusion.quality import sample_quality as score
-    from pyro_gen.diffusion.quality import train_classifier
+    from pyro_gen.metrics import label_agreement, train_classifier
+    from pyro_gen.metrics import sample_quality as score
 
     config, view = ev.config, ev.view
     x, y = load_split(config["data"], "train", config, None)  # all of it, whatever --subset
     unit = x.to(torch.get_default_dtype()) / (view.levels - 1)
     clf = train_classifier(unit, y, epochs=ev.args.classifier_epochs, seed=config["seed"])
-    quality = score(clf, samples.clamp(0, 1), real, ev.labels)
-    floor = score(clf, unit[: real.shape[0]], real)
-    with torch.no_grad():
-        predicted = clf(samples.clamp(0, 1)).argmax(-1)
-    counts = predicted.bincount(minlength=NUM_CLASSES[config["data"]])
+    samples = samples.clamp(0, 1)
+    quality = score(clf, samples, real, ev.labels)
     results = {
         "classifier_epochs": ev.args.classifier_epochs,
         "classifier_test_accuracy": quality.real_accuracy,
         "frechet_distance": quality.frechet,
-        "frechet_distance_train_images": floor.frechet,
-        "classes_covered": int((counts > 0).sum()),
+        "frechet_distance_train_images": score(clf, unit[: real.shape[0]], real).frechet,
+        "classes_covered": quality.classes_covered,
         "class_kl_to_uniform": quality.class_kl,
         "mean_confidence": quality.confidence,
     }
     if requested is not None:
-        with_se(results, "label_agreement", (predicted == requested).double())
+        agreement = label_agreement(clf, samples, requested)
+        results["label_agreement"], results["label_agreement_se"] = agreement
     return results
 
 

@@ -62,7 +62,12 @@ def _build(event_shape: tuple[int, ...], opts: dict[str, Any]) -> torch.nn.Modul
     from pyro_gen.gan import Generator
 
     net = _networks(event_shape, opts, "generator")
-    return Generator(net, num_classes=_conditional(opts) or None)
+    average = opts.get("ema_decay") or None  # sample() then uses the averaged weights
+    return Generator(net, num_classes=_conditional(opts) or None, average=average)
+
+
+def _update_average(step: int, generator: Any) -> None:
+    generator.update_average()
 
 
 def _loss(event_shape: tuple[int, ...], opts: dict[str, Any]) -> torch.nn.Module:
@@ -110,14 +115,17 @@ def _evaluate(ev: Evaluation) -> dict[str, Any]:
     return {**results, **sample_quality(ev, samples, real, requested)}
 
 
-_GAN_OPTIONS = ("z_dim", "hidden_dim", "loss", "n_critic")
+_GAN_OPTIONS = ("z_dim", "hidden_dim", "loss", "n_critic", "ema_decay")
 _GAN_DEFAULTS = {"z_dim": 16, "hidden_dim": 128}
 _COMMON = dict(
     build=_build,
     # pixels in [0, 1], the DCGAN generator's sigmoid range
     data_kind=lambda o: "unit",
     loss=_loss,
-    # the non-Wasserstein losses compare against a fixed n_critic of 1 unless asked
+    step_callbacks=lambda o: (_update_average,) if o.get("ema_decay") else (),
+    # runs from before --ema-decay applied to GANs sample with the raw weights
+    added_later={"ema_decay": 0},
+    # the discriminator's schedule only: a resume may change it
     loss_options=("n_critic",),
     evaluate=_evaluate,
     sample=_sample,

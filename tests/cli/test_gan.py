@@ -46,7 +46,9 @@ def test_wgan_on_the_ring_trains_samples_and_counts_modes(tmp_path, capsys):
     assert results["num_modes"] == 8 and 0 <= results["modes_captured"] <= 8
     assert 0 <= results["high_quality_share"] <= 1
     assert cli(capsys, "sample", run, "-n", "16")[0] == 0
-    assert pyro_gen.load(run).sample(5).shape == (5, 2)
+    generator = pyro_gen.load(run)
+    assert generator.sample(5).shape == (5, 2)
+    assert int(generator.average.num_updates) == 4  # the weight average followed every step
 
     status, _, err = cli(capsys, "sample", run, "--sampler", "ode")
     assert_one_line_error(status, err, "--sampler applies to ddpm, ncsn, sde runs (ode)")

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from pyro_gen.flows.base import FlowModel, flat_pixel_output
+from pyro_gen.flows.base import FlowModel, flat_pixel_output, image_shape, pixel_output
+from pyro_gen.flows.realnvp import max_levels, multiscale_couplings
 from pyro_gen.transforms import permute, spline_autoregressive, spline_coupling
 from pyro_gen.transforms.dequantization import UniformDequantization
 from pyro_gen.transforms.spline import check_spline_bound
@@ -25,7 +26,11 @@ class NSF(FlowModel):
 
     * ``layer="autoregressive"`` (NSF-AR, the default): MADE conditioners in the MAF
       direction, so ``log_prob`` takes one pass per layer and ``sample`` takes :math:`D`;
-    * ``layer="coupling"`` (NSF-C): alternating-mask couplings, one pass either way.
+    * ``layer="coupling"`` (NSF-C): alternating-mask couplings, one pass either way; on
+      images, RealNVP's multi-scale architecture
+      (:func:`~pyro_gen.flows.realnvp.multiscale_couplings`: checkerboard and channel
+      couplings, squeeze, half the channels factored out per level) with spline couplings
+      on conv-net conditioners.
 
     Every layer starts at the identity. Only the data-side layer sees the data, so
     ``model(x)`` checks that the bound covers them: more than ``max_outside`` of the
@@ -33,17 +38,21 @@ class NSF(FlowModel):
     the identity and such data are left to the base distribution (under ``fit``'s compiled
     step the check runs on the batches the model runs eagerly: the first ones of each batch
     shape, which suffices for a bound meant to cover the data with margin). Images (``(H, W)`` or
-    ``(C, H, W)``, pixels in :math:`[0,1]`) are flattened and modelled in logit space, whose
-    range :math:`\pm\log((1-\alpha)/\alpha)` (2.9 at :math:`\alpha = 0.05`) lies inside the
-    default bound.
+    ``(C, H, W)``, pixels in :math:`[0,1]`) are modelled in logit space (flattened for the
+    autoregressive layers), whose range :math:`\pm\log((1-\alpha)/\alpha)` (2.9 at
+    :math:`\alpha = 0.05`) lies inside the default bound.
 
     Args:
         event_shape: ``(D,)``, ``(H, W)`` or ``(C, H, W)``.
         num_layers: spline layers.
-        hidden_dims: hidden widths of each conditioner.
+        hidden_dims: hidden widths of each conditioner (vectors, and autoregressive images).
         layer: ``"autoregressive"`` or ``"coupling"``.
         spline_bins: bins :math:`K` per spline.
         bound: :math:`B` (standardize data to well inside it).
+        hidden_channels: conv width of the multi-scale couplings (coupling images).
+        num_blocks: residual blocks per conv conditioner (coupling images).
+        num_levels: multi-scale levels (coupling images; default: as many as the size
+            allows, <= 3).
         max_outside: share of training coordinates allowed outside :math:`[-B, B]`
             (``None`` skips the check).
         alpha: logit margin for images.
@@ -65,6 +74,9 @@ class NSF(FlowModel):
         Traceback (most recent call last):
         ...
         ValueError: 100.0% of the values of 'x' lie outside the spline bound [-5, 5] ...
+        >>> image = NSF((1, 4, 4), num_layers=1, layer="coupling", hidden_channels=4, num_blocks=1)
+        >>> image.sample(2).shape
+        torch.Size([2, 1, 4, 4])
     """
 
     def __init__(
@@ -76,6 +88,9 @@ class NSF(FlowModel):
         layer: str = "autoregressive",
         spline_bins: int = 8,
         bound: float = 5.0,
+        hidden_channels: int = 64,
+        num_blocks: int = 2,
+        num_levels: int | None = None,
         max_outside: float | None = 0.01,
         alpha: float = 0.05,
         dequantization: str | UniformDequantization | None = None,
@@ -85,8 +100,36 @@ class NSF(FlowModel):
         if layer not in ("autoregressive", "coupling"):
             raise ValueError(f"layer must be 'autoregressive' or 'coupling', got {layer!r}")
         event_shape = tuple(event_shape)
-        dim = math.prod(event_shape)
         spline = dict(num_bins=spline_bins, bound=bound)
+        if layer == "coupling" and len(event_shape) > 1:
+            chw = image_shape(event_shape)
+            levels = max_levels(chw, squeeze_last=False) if num_levels is None else num_levels
+            conv = dict(hidden_channels=hidden_channels, num_blocks=num_blocks, **spline)
+
+            def make(shape: tuple[int, int, int], mask: str, parity: int):
+                return spline_coupling(shape, mask=mask, parity=parity, **conv)
+
+            transforms = [multiscale_couplings(chw, make, num_layers, levels)]
+            transforms += pixel_output(event_shape, alpha)
+        else:
+            transforms = self._vector_layers(event_shape, num_layers, hidden_dims, layer, spline)
+            transforms += flat_pixel_output(event_shape, alpha)
+        super().__init__(
+            event_shape, transforms, name=name, dequantization=dequantization, num_bins=num_bins
+        )
+        self.bound = float(bound)
+        self.max_outside = max_outside
+
+    @staticmethod
+    def _vector_layers(
+        event_shape: tuple[int, ...],
+        num_layers: int,
+        hidden_dims: Sequence[int],
+        layer: str,
+        spline: dict,
+    ) -> list:
+        """Spline layers on the flattened event, base to data."""
+        dim = math.prod(event_shape)
         density_order: list = []  # data -> base
         for i in range(num_layers):
             if layer == "coupling":
@@ -96,12 +139,7 @@ class NSF(FlowModel):
                     density_order.append(permute(dim, "reverse"))
                 t = spline_autoregressive(dim, hidden_dims, **spline)
             density_order.append(t)
-        transforms = list(reversed(density_order)) + flat_pixel_output(event_shape, alpha)
-        super().__init__(
-            event_shape, transforms, name=name, dequantization=dequantization, num_bins=num_bins
-        )
-        self.bound = float(bound)
-        self.max_outside = max_outside
+        return list(reversed(density_order))
 
     def model(self, x: Tensor | None = None, num_samples: int = 1, **context) -> Tensor:
         """As :meth:`FlowModel.model`, after checking that the spline bound covers vector data."""

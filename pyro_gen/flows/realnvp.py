@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+from torch.distributions import Transform
 
 from pyro_gen.flows.base import FlowModel, image_shape, pixel_output
 from pyro_gen.transforms import BatchNorm, Unsqueeze, affine_coupling, multi_scale
 from pyro_gen.transforms.dequantization import UniformDequantization
 from pyro_gen.transforms.reshape import Squeeze
 
-__all__ = ["RealNVP", "max_levels"]
+__all__ = ["RealNVP", "max_levels", "multiscale_couplings"]
 
 
 def max_levels(shape: Sequence[int], squeeze_last: bool, cap: int = 3) -> int:
@@ -31,6 +33,43 @@ def max_levels(shape: Sequence[int], squeeze_last: bool, cap: int = 3) -> int:
         if h % 2**n == 0 and w % 2**n == 0 and min(h, w) // 2**n >= small:
             best = levels
     return best
+
+
+def multiscale_couplings(
+    chw: tuple[int, int, int],
+    make_coupling: Callable[[tuple[int, int, int], str, int], Transform],
+    num_layers: int,
+    levels: int,
+) -> Transform:
+    """RealNVP's multi-scale stack for any coupling: ``make_coupling(shape, mask, parity)``.
+
+    Each level (density direction) runs ``num_layers`` checkerboard couplings, squeezes,
+    runs ``num_layers`` channel couplings and factors out half of the channels; the last
+    level runs ``num_layers + 1`` checkerboard couplings. The affine couplings give RealNVP,
+    spline couplings the multi-scale neural spline flow (:class:`~pyro_gen.flows.NSF`).
+
+    Example:
+        >>> import torch
+        >>> from pyro_gen.transforms import affine_coupling
+        >>> t = multiscale_couplings(
+        ...     (1, 4, 4), lambda s, m, p: affine_coupling(s, mask=m, parity=p, hidden_channels=4),
+        ...     num_layers=1, levels=2)
+        >>> t(torch.randn(3, 16)).shape
+        torch.Size([3, 1, 4, 4])
+    """
+
+    def level(shape: tuple[int, int, int], last: bool) -> list:
+        # Pyro order (base to data): channel couplings, unsqueeze, checkerboard ones.
+        n = num_layers + 1 if last else num_layers
+        parts: list = []
+        if not last:
+            squeezed = Squeeze(shape).out_shape
+            parts += [make_coupling(squeezed, "channel", j % 2) for j in range(num_layers)[::-1]]
+            parts.append(Unsqueeze(squeezed))
+        parts += [make_coupling(shape, "checkerboard", j % 2) for j in reversed(range(n))]
+        return parts
+
+    return multi_scale(chw, level, levels, squeeze=False)
 
 
 class RealNVP(FlowModel):
@@ -105,24 +144,10 @@ class RealNVP(FlowModel):
             levels = max_levels(chw, squeeze_last=False) if num_levels is None else num_levels
             conv = dict(hidden_channels=hidden_channels, num_blocks=num_blocks)
 
-            def level(shape: tuple[int, int, int], last: bool) -> list:
-                # Pyro order (base to data): channel couplings, unsqueeze, checkerboard ones.
-                n = num_layers + 1 if last else num_layers
-                parts: list = []
-                if not last:
-                    squeezed = Squeeze(shape).out_shape
-                    parts += [
-                        affine_coupling(squeezed, mask="channel", parity=j % 2, **conv)
-                        for j in reversed(range(num_layers))
-                    ]
-                    parts.append(Unsqueeze(squeezed))
-                parts += [
-                    affine_coupling(shape, mask="checkerboard", parity=j % 2, **conv)
-                    for j in reversed(range(n))
-                ]
-                return parts
+            def make(shape: tuple[int, int, int], mask: str, parity: int):
+                return affine_coupling(shape, mask=mask, parity=parity, **conv)
 
-            transforms = [multi_scale(chw, level, levels, squeeze=False)]
+            transforms = [multiscale_couplings(chw, make, num_layers, levels)]
             transforms += pixel_output(event_shape, alpha)
         super().__init__(
             event_shape, transforms, name=name, dequantization=dequantization, num_bins=num_bins

@@ -44,6 +44,14 @@ IMAGE = {
     "nsf": lambda: NSF((1, 4, 4), num_layers=2, hidden_dims=(32,), spline_bins=4),
     "resflow": lambda: ResidualFlow((1, 4, 4), num_layers=1, hidden_dims=(16,)),
 }
+# image variants of a registered flow, run through the same image tests
+IMAGE_VARIANTS = {
+    # multi-scale spline couplings (RealNVP's architecture with the spline element-wise map)
+    "nsf_multiscale": lambda: NSF(
+        (1, 4, 4), num_layers=1, layer="coupling", hidden_channels=4, num_blocks=1, spline_bins=4
+    ),
+}
+ALL_IMAGE = {**IMAGE, **IMAGE_VARIANTS}
 
 
 def _perturbed(make) -> FlowModel:
@@ -127,9 +135,9 @@ def test_temperature_scales_samples():
     assert flow.sample(4000, temperature=0.5).std().item() == pytest.approx(0.5, rel=0.05)
 
 
-@pytest.mark.parametrize("name", sorted(IMAGE))
+@pytest.mark.parametrize("name", sorted(ALL_IMAGE))
 def test_image_flows(name):
-    flow = _perturbed(IMAGE[name]) if name != "cnf" else IMAGE[name]()
+    flow = _perturbed(ALL_IMAGE[name]) if name != "cnf" else ALL_IMAGE[name]()
     shape = tuple(flow.event_shape)
     x = torch.rand(6, *shape)
     lp = flow.log_prob(x)
@@ -189,12 +197,12 @@ def test_build(name):
         build("nope", (2,))
 
 
-@pytest.mark.parametrize("name", sorted(IMAGE))
+@pytest.mark.parametrize("name", sorted(ALL_IMAGE))
 def test_image_log_prob_matches_autograd_change_of_variables(name):
     """The whole stack (multi-scale, squeeze, logit, reshape) against an autograd Jacobian."""
     from torch.distributions import ComposeTransform
 
-    flow = _perturbed(IMAGE[name]).double()
+    flow = _perturbed(ALL_IMAGE[name]).double()
     for t in flow.transforms:
         if hasattr(t, "rtol"):  # continuous flows: tight solver tolerances in float64
             t.rtol = t.atol = 1e-9

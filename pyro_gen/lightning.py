@@ -151,7 +151,7 @@ class LightningSVI(lightning.LightningModule):
                 f"an object with loss_and_grads), got {type(loss).__name__}"
             )
         self._prog: Program = program(model, guide, loss)
-        self.loss = loss
+        self._held_loss = [loss]  # a module loss is registered once, in pyro_modules
         self.optimizer_factory = optimizer or functools.partial(torch.optim.Adam, lr=1e-3)
         self.transform = transform
         self.annealing = annealing
@@ -171,6 +171,11 @@ class LightningSVI(lightning.LightningModule):
         self._loss_scale = 1.0  # R for a summed ELBO under DDP (see above)
         if example_batch is not None:
             self.trace_parameters(example_batch)
+
+    @property
+    def loss(self) -> Any:
+        """The Pyro loss the steps minimise."""
+        return self._held_loss[0]
 
     # -- parameters ------------------------------------------------------------------------
     def trace_parameters(self, batch: Any) -> list[nn.Parameter]:

@@ -193,7 +193,7 @@ def _parser() -> argparse.ArgumentParser:
         choices=("uniform", "variational"),
     )
 
-    gan = train.add_argument_group("gan, wgan, cgan options")
+    gan = train.add_argument_group("gan, wgan, cgan, cyclegan options")
     _add_setting(
         gan,
         "loss",
@@ -205,6 +205,13 @@ def _parser() -> argparse.ArgumentParser:
         "n_critic",
         "discriminator steps per generator step (the loss's own: 1, or 5 for wgan)",
         type=positive,
+    )
+
+    _add_setting(
+        gan,
+        "cycle_weight",
+        "cyclegan: weight of the L1 cycle-consistency error",
+        type=positive_finite,
     )
 
     score = train.add_argument_group("ncsn, sde options")
@@ -527,10 +534,17 @@ def _train_run(
 
 
 def _sample(
-    spec: ModelSpec, model: torch.nn.Module, n: int, sampler: str | None, steps: int | None
+    spec: ModelSpec,
+    config: dict[str, Any],
+    model: torch.nn.Module,
+    n: int,
+    sampler: str | None = None,
+    steps: int | None = None,
 ) -> torch.Tensor:
     try:
         with torch.no_grad():
+            if spec.figure is not None:  # a model that transforms data rather than samples
+                return spec.figure(model, config, n)
             return spec.sample(model, n, sampler, steps)
     except ValueError as e:  # a knob out of range for this model (e.g. DDIM steps > T)
         raise UsageError(f"cannot sample: {e}") from e
@@ -548,7 +562,7 @@ def _write_figures(
     from pyro_gen import plotting
 
     paths = [plotting.save_curves(history, out / "curves.png", bound=bound)] if history else []
-    samples = _sample(spec, model.eval(), num_samples, None, None)
+    samples = _sample(spec, config, model.eval(), num_samples)
     behind = spec.plot_density(run_options(config))
     paths.append(_save_samples(model, samples, out / "samples.png", behind))
     return paths
@@ -632,7 +646,7 @@ def _sample_command(args: argparse.Namespace) -> None:
         )
     path = _samples_path(args, "samples.png")
     model = _load_run_or_explain(args.run, config, device)
-    samples = _sample(spec, model, args.num_samples, args.sampler, args.steps)
+    samples = _sample(spec, config, model, args.num_samples, args.sampler, args.steps)
     path = _save_samples(model, samples, path, spec.plot_density(run_options(config)))
     print(f"{args.num_samples} samples written to {path}")
 

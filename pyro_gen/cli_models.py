@@ -2,8 +2,9 @@
 family sees a dataset; :func:`load_run` rebuilds a run directory's trained model.
 
 This module, its family tables (:mod:`pyro_gen.cli_models_vae`, ``cli_models_gan``,
-``cli_models_score``) and :mod:`pyro_gen.cli` are the one place that wires names (``vae``,
-``realnvp``, ``ddpm``, ``mnist``, ...) to classes; everything else in pyro_gen takes objects.
+``cli_models_cyclegan``, ``cli_models_score``) and :mod:`pyro_gen.cli` are the one place that
+wires names (``vae``, ``realnvp``, ``ddpm``, ``mnist``, ...) to classes; everything else in
+pyro_gen takes objects.
 The flows are here.
 
 Example:
@@ -22,6 +23,7 @@ import torch
 
 from pyro_gen import data as datasets
 from pyro_gen.cli_evaluate import bound_results, density_results
+from pyro_gen.cli_models_cyclegan import CYCLEGAN_MODELS
 from pyro_gen.cli_models_gan import GAN_MODELS
 from pyro_gen.cli_models_score import SCORE_MODELS
 from pyro_gen.cli_models_vae import VAE_MODELS
@@ -137,6 +139,7 @@ MODELS: dict[str, ModelSpec] = {
     ),
     **SCORE_MODELS,
     **GAN_MODELS,
+    **CYCLEGAN_MODELS,
 }
 
 

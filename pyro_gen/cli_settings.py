@@ -55,6 +55,7 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "weighting": "sigma2",
     "loss": "nonsaturating",
     "n_critic": None,  # the loss's own: 1, or 5 for the Wasserstein losses
+    "cycle_weight": 10.0,
 }
 # Options a resume may change for some model (ModelSpec.loss_options says for which).
 OVERRIDABLE = (*TRAINING_DEFAULTS, *{n for s in MODELS.values() for n in s.loss_options})

@@ -161,6 +161,8 @@ class ModelSpec:
         held_out_in_fit: ``options -> bool``: whether ``fit`` scores the held-out split after
             each epoch (not for models whose time plate, like the data plate, encloses every
             site: ``fit``'s evaluation cannot tell which plate indexes the examples).
+        figure: ``(model, config, n) -> images`` drawn instead of ``n`` samples, by a model
+            that transforms data rather than samples it (CycleGAN: translated test images).
         plot_density: ``options -> bool``: whether the 2D sample plot shows ``log_prob``
             behind the points (not where each of its 10,000 grid points is an ODE solve).
     """
@@ -192,4 +194,5 @@ class ModelSpec:
     bound: Callable[[dict[str, Any]], str] = field(default=lambda opts: "ELBO")
     adam: Mapping[str, Any] = field(default_factory=dict)
     held_out_in_fit: Callable[[dict[str, Any]], bool] = field(default=lambda opts: True)
+    figure: Callable[[Any, dict[str, Any], int], torch.Tensor] | None = None
     plot_density: Callable[[dict[str, Any]], bool] = field(default=lambda opts: True)

@@ -1,4 +1,5 @@
-"""``pyro-gen train gan|wgan|cgan``, ``sample`` and ``evaluate`` end to end on tiny data."""
+"""``pyro-gen train gan|wgan|cgan|cyclegan``, ``sample`` and ``evaluate`` end to end on tiny
+data."""
 
 from __future__ import annotations
 
@@ -83,6 +84,8 @@ def test_cgan_on_digits_reports_classifier_scores_and_label_agreement(tmp_path, 
         (["cgan", "--data", "moons"], "cgan trains on labelled data and moons has no labels"),
         (["gan", "--data", "ring", "--n-critic", "0"], "must be a positive integer"),
         (["gan", "--data", "ring", "--prior", "vamp"], "--prior is not an option of gan"),
+        (["cyclegan", "--data", "moons"], "cyclegan models images"),
+        (["gan", "--data", "ring", "--cycle-weight", "2"], "--cycle-weight is not an option"),
     ],
 )
 def test_bad_gan_options_are_one_line_errors(args, message, tmp_path, capsys):
@@ -92,3 +95,22 @@ def test_bad_gan_options_are_one_line_errors(args, message, tmp_path, capsys):
         assert message in err and len(err.strip().splitlines()) == 1, err
     else:
         assert_one_line_error(status, err, message)
+
+
+def test_cyclegan_translates_digits_and_scores_against_the_known_mapping(tmp_path, capsys):
+    run = tmp_path / "cyclegan"
+    args = ["--subset", "128", "--cycle-weight", "5", *TINY]
+    status, out, err = cli(capsys, "train", "cyclegan", "--data", "digits", *args, "--out", run)
+    assert status == 0, err
+    assert "translators' loss" in out
+    saved = load_checkpoint(run / "checkpoint.pt")["modules"]
+    assert saved["loss"]["class"].endswith("CycleGANLoss")  # both discriminators saved
+    status, _, err = cli(capsys, "evaluate", run, "--num-test", "64", "--classifier-epochs", "1")
+    assert status == 0, err
+    results = json.loads((run / "evaluation.json").read_text())
+    x = load("digits", "test")[0][:64].float()[:, None] / 16
+    identity = (x - torch.nn.functional.max_pool2d(x, 3, 1, 1)).abs().mean()
+    assert results["l1_identity_to_true_mapping"] == pytest.approx(float(identity), abs=1e-6)
+    assert 0 <= results["class_preservation"] <= 1 and results["cycle_error"] >= 0
+    assert cli(capsys, "sample", run, "-n", "9")[0] == 0
+    assert pyro_gen.load(run).translate(x[:3]).shape == (3, 1, 8, 8)

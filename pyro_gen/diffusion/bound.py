@@ -204,15 +204,16 @@ def bound_sites(sde: SDE, x: Tensor, eps: float, event_dim: int, model: bool) ->
     observes ``"x"`` from the decoder :math:`\\mathcal N(x_\\epsilon/\\alpha_\\epsilon,
     \\sigma_\\epsilon^2/\\alpha_\\epsilon^2)` (minus the reconstruction term).
     """
-    mean1, std1 = sde.marginal_params(x, 1.0)
+    # the SDE's own coefficients (no range check: both times are fixed and valid)
+    a1, s1 = sde.marginal(torch.ones((), dtype=x.dtype, device=x.device))
+    mean1, std1 = a1 * x, s1.expand_as(x)
     if model:
         prior = dist.Normal(torch.zeros_like(mean1), sde.prior_std * torch.ones_like(std1))
         pyro.sample("x_1", prior.to_event(event_dim))
     else:
         pyro.sample("x_1", dist.Normal(mean1, std1).to_event(event_dim))
-    mean, std = sde.marginal_params(x, eps)
-    z = pyro.sample("x_eps", dist.Normal(mean, std).to_event(event_dim))
+    a, s = sde.marginal(torch.as_tensor(eps, dtype=x.dtype, device=x.device))
+    z = pyro.sample("x_eps", dist.Normal(a * x, s.expand_as(x)).to_event(event_dim))
     if model:
-        a, s = sde.marginal(torch.as_tensor(eps, dtype=x.dtype, device=x.device))
         decoder = dist.Normal(z / a, (s / a).expand_as(z))
         pyro.sample("x", decoder.to_event(event_dim), obs=x)

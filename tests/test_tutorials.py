@@ -17,6 +17,7 @@ EXPECTED = [
     "diffusion_as_hierarchical_vae.ipynb",
     "gans.ipynb",
     "normalizing_flows.ipynb",
+    "score_models_and_sdes.ipynb",
     "vae_applications.ipynb",
     "vae_guides_and_priors.ipynb",
     "your_own_model.ipynb",

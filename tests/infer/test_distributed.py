@@ -228,42 +228,38 @@ def _launch(tmp_path: Path, launch: str) -> None:
     mp.start_processes(_worker, args=(port, str(tmp_path), launch), nprocs=2, start_method="fork")
 
 
-@pytest.fixture(scope="module")
-def single() -> dict[str, dict[str, torch.Tensor]]:
-    """One process on the combined batches (the same seed, batches of 10)."""
-    return {case: _train(case, 2 * BATCH) for case in CASES}
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory, single) -> Path:
-    tmp_path = tmp_path_factory.mktemp("dp")
+def test_two_gloo_processes(tmp_path):
+    """One test, so that xdist does not run the launches once per worker."""
+    single = {case: _train(case, 2 * BATCH) for case in CASES}  # one process, batches of 10
     with pytest.raises(mp.ProcessExitedException) as killed:
         _launch(tmp_path, "first")
     assert killed.value.signal_name == "SIGKILL"
     records = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["epoch"] for r in records] == [1]  # killed at step 7 of 10
     _launch(tmp_path, "resume")
-    return tmp_path
+    for case in CASES:
+        _one_epoch_equals_one_process_on_combined_batches(tmp_path, single[case], case)
+    _only_rank_0_writes(tmp_path)
+    _killed_run_resumes_exactly(tmp_path)
+    _resume_under_another_world_size_is_refused(tmp_path)
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_one_epoch_equals_one_process_on_combined_batches(runs, single, case):
+def _one_epoch_equals_one_process_on_combined_batches(runs, single, case):
     ranks = [torch.load(runs / f"rank{r}.pt") for r in range(2)]
-    single = single[case]
-    assert set(single) == set(ranks[0][case])
+    assert set(single) == set(ranks[0][case]), case
     pyro.set_rng_seed(0)
     start = Regression(**CASES[case][0]).state_dict()
     for name, value in single.items():
         for rank in ranks:
-            torch.testing.assert_close(rank[case][name], value, rtol=0, atol=1e-6)
-        assert torch.equal(ranks[0][case][name], ranks[1][case][name])  # one model, not two
+            torch.testing.assert_close(rank[case][name], value, rtol=0, atol=1e-6, msg=case)
+        assert torch.equal(ranks[0][case][name], ranks[1][case][name]), case  # one model
     if CASES[case][1].get("compile") is not False:  # the all-reduce ran in the compiled step
-        assert ranks[0][f"{case} fallbacks"] == ranks[1][f"{case} fallbacks"] == []
+        assert ranks[0][f"{case} fallbacks"] == ranks[1][f"{case} fallbacks"] == [], case
     # the runs trained: the comparison is not between untouched parameters
-    assert not torch.allclose(single["regression$$$net.weight"], start["net.weight"])
+    assert not torch.allclose(single["regression$$$net.weight"], start["net.weight"]), case
 
 
-def test_only_rank_0_writes(runs):
+def _only_rank_0_writes(runs):
     ranks = [torch.load(runs / f"rank{r}.pt") for r in range(2)]
     assert [r["main"] for r in ranks] == [True, False]
     run = runs / "straight"
@@ -280,7 +276,7 @@ def test_only_rank_0_writes(runs):
     assert (runs / "stderr1.txt").read_text() == ""
 
 
-def test_killed_run_resumes_exactly(runs):
+def _killed_run_resumes_exactly(runs):
     straight = torch.load(runs / "rank0.pt")["straight"]
     for rank in range(2):
         resumed = torch.load(runs / f"resumed{rank}.pt")["resumed"]
@@ -295,7 +291,7 @@ def test_killed_run_resumes_exactly(runs):
     ]
 
 
-def test_resume_under_another_world_size_is_refused(runs):
+def _resume_under_another_world_size_is_refused(runs):
     pyro.clear_param_store()
     model = Regression(latent=True)
     with pytest.raises(CheckpointError, match="written by 2 process"):

@@ -234,3 +234,29 @@ def test_ddp_on_two_cpu_processes(tmp_path: Path) -> None:
             torch.testing.assert_close(rank["disc"][name], value, rtol=0, atol=0)
     assert any(not torch.equal(ranks[0]["disc"][k], v) for k, v in ranks[0]["start"].items())
     assert json.dumps  # results are tensors; nothing else is written
+
+
+def test_lightning_checkpoint_restores_the_param_store(tmp_path: Path) -> None:
+    """``Trainer.fit(..., ckpt_path=)`` into a fresh module and an emptied param store: the
+    plain ``pyro.param`` values come back into the store Pyro reads."""
+    data = 3.0 + 2.0 * torch.randn(256)
+
+    def model(x):
+        loc = pyro.param("loc", torch.zeros(()))
+        scale = pyro.param("scale", torch.ones(()), constraint=dist.constraints.positive)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("obs", dist.Normal(loc, scale), obs=x)
+
+    adam = functools.partial(torch.optim.Adam, lr=0.05)
+    trainer = _trainer(20)
+    trainer.fit(LightningSVI(model, lambda x: None, optimizer=adam), _loader(data, batch_size=64))
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    saved = {name: pyro.param(name).item() for name in ("loc", "scale")}
+    assert saved["loc"] > 0.5  # trained
+    pyro.clear_param_store()
+    fresh = _trainer(20)  # as many steps as the checkpoint: restore only
+    svi = LightningSVI(model, lambda x: None, optimizer=adam)
+    fresh.fit(svi, _loader(data, batch_size=64), ckpt_path=tmp_path / "last.ckpt")
+    assert fresh.global_step == 20
+    for name, value in saved.items():
+        assert pyro.param(name).item() == pytest.approx(value, rel=1e-6)

@@ -142,10 +142,8 @@ def test_param_store_parameters_are_adopted_and_trained() -> None:
         with pyro.plate("data", x.shape[0]):
             pyro.sample("obs", dist.Normal(loc, scale), obs=x)
 
-    svi = LightningSVI(
-        model, lambda x: None, optimizer=functools.partial(torch.optim.Adam, lr=0.05)
-    )
-    _trainer(300).fit(svi, _loader(data, batch_size=512))
+    svi = LightningSVI(model, lambda x: None, optimizer=functools.partial(torch.optim.Adam, lr=0.1))
+    _trainer(150).fit(svi, _loader(data, batch_size=512))
     assert sorted(name for name, _ in svi.named_parameters()) == [
         "pyro_params.loc",
         "pyro_params.scale",

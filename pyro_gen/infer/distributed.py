@@ -65,7 +65,7 @@ from pyro_gen.data.batching import Call, IterableBatches, TensorBatches, as_call
 T = TypeVar("T")
 logger = logging.getLogger("pyro_gen")
 
-__all__ = ["DataParallel", "GradReducer", "is_main_process", "setup"]
+__all__ = ["DataParallel", "GradReducer", "is_main_process", "rng_state", "set_rng_state", "setup"]
 
 
 def is_main_process() -> bool:
@@ -144,15 +144,23 @@ def _destroy() -> None:
         dist.destroy_process_group()
 
 
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    state = {"pyro": pyro.util.get_rng_state()}
-    if device.type == "cuda":  # tensor data on CUDA draw their shuffle order there
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """:func:`pyro.util.get_rng_state`, plus the generator of a CUDA ``device`` (tensor
+    data there draw their shuffle order, and models their noise, from it).
+
+    Example:
+        >>> sorted(rng_state(torch.device("cpu")))
+        ['numpy', 'random', 'torch']
+    """
+    state = pyro.util.get_rng_state()
+    if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    pyro.util.set_rng_state(state["pyro"])
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Restores a state of :func:`rng_state` (or of :func:`pyro.util.get_rng_state`)."""
+    pyro.util.set_rng_state(state)
     if "cuda" in state and device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda"], device)
 
@@ -168,7 +176,7 @@ class DataParallel:
             destroyed at exit).
     """
 
-    def __init__(self, rank: int, world_size: int, device: torch.device, owns_group: bool):
+    def __init__(self, rank: int, world_size: int, device: torch.device, owns_group: bool) -> None:
         self.rank, self.world_size, self.device = rank, world_size, device
         self.owns_group = owns_group
         # "sum" (w_r = 1) or "mean" (w_r = B_r / B): see the module docstring.
@@ -215,14 +223,16 @@ class DataParallel:
 
     # -- start: the same state everywhere ------------------------------------------------
 
-    def start(self, modules: Mapping[str, torch.nn.Module], loss: Any, prog: Any, call: Call):
+    def start(
+        self, modules: Mapping[str, torch.nn.Module], loss: Any, prog: Any, call: Call
+    ) -> None:
         """Makes every rank start from rank 0's RNG state, parameters and buffers, and
         decides how gradients combine (:attr:`reduction`) from the model's plates.
 
         Raises:
             RuntimeError: when the ranks' param stores hold different parameters.
         """
-        _set_rng_state(self.broadcast(_rng_state(self.device)), self.device)
+        set_rng_state(self.broadcast(rng_state(self.device)), self.device)
         store = pyro.get_param_store()
         names = sorted(name for name, _ in store.named_parameters())
         everyone = [None] * self.world_size
@@ -281,30 +291,30 @@ class DataParallel:
     def seed_streams(self) -> None:
         """Seeds this rank's noise stream from the shared stream and the rank, without
         moving the shared stream (so the epoch orders are those of one process)."""
-        shared = _rng_state(self.device)
+        shared = rng_state(self.device)
         seed = int(torch.randint(0, 2**31 - 1, ()).item())
         pyro.set_rng_seed(seed + self.rank)
-        self._local = _rng_state(self.device)
-        _set_rng_state(shared, self.device)
+        self._local = rng_state(self.device)
+        set_rng_state(shared, self.device)
         self._in_epoch = False
 
     def enter_epoch(self) -> None:
         """After the epoch's order is drawn from the shared stream: this rank's noise
         stream takes over for the steps."""
-        self._shared = _rng_state(self.device)
-        _set_rng_state(self._local, self.device)
+        self._shared = rng_state(self.device)
+        set_rng_state(self._local, self.device)
         self._in_epoch = True
 
     def leave_epoch(self) -> None:
         """At the epoch's end (or where training stops inside it): back to the shared
         stream, which every rank holds in the same state."""
-        self._local = _rng_state(self.device)
-        _set_rng_state(self._shared, self.device)
+        self._local = rng_state(self.device)
+        set_rng_state(self._shared, self.device)
         self._in_epoch = False
 
     def gather_streams(self) -> list[dict[str, Any]] | None:
         """Every rank's streams, on rank 0 (None elsewhere), for a checkpoint."""
-        current = _rng_state(self.device)
+        current = rng_state(self.device)
         mine = {
             "shared": self._shared if self._in_epoch else current,
             "local": current if self._in_epoch else self._local,
@@ -317,7 +327,7 @@ class DataParallel:
         """Restores this rank's streams from a checkpoint's :meth:`gather_streams`."""
         mine = streams[self.rank]
         self._local = mine["local"]
-        _set_rng_state(mine["shared"], self.device)
+        set_rng_state(mine["shared"], self.device)
         self._in_epoch = False
 
     # -- data and gradients --------------------------------------------------------------

@@ -33,7 +33,14 @@ from pyro_gen.infer.checkpoint import (
     write_metrics,
 )
 from pyro_gen.infer.compiled import CompiledSVI, supports
-from pyro_gen.infer.distributed import DataParallel, GradReducer, ShardedBatches, setup
+from pyro_gen.infer.distributed import (
+    DataParallel,
+    GradReducer,
+    ShardedBatches,
+    rng_state,
+    set_rng_state,
+    setup,
+)
 from pyro_gen.infer.evaluation import evaluate_elbo, module_device
 from pyro_gen.infer.program import Program, program, warm_up
 
@@ -411,6 +418,7 @@ def fit(
             step_callbacks=list(step_callbacks),
             progress=progress,
             dp=dp,
+            device=device,
         )
 
 
@@ -495,6 +503,7 @@ def _train(
     step_callbacks: list[StepCallback],
     progress: bool,
     dp: DataParallel | None,
+    device: torch.device,
 ) -> FitResult:
     main = dp is None or dp.main  # the process that evaluates, writes and shows progress
     progress = progress and main
@@ -517,14 +526,15 @@ def _train(
     while not done():
         for m in prog.modules.values():
             m.train()
+        # Tensor data on CUDA draw their order from the CUDA generator: it is recorded too.
         if state.batch == 0:
-            state.epoch_rng_state = pyro.util.get_rng_state()
+            state.epoch_rng_state = rng_state(device)
             epoch_batches = _epoch_calls(batches, 0, state.epoch)
         else:  # resuming mid-epoch: redraw the epoch's order, then carry on from here
-            now = pyro.util.get_rng_state()
-            pyro.util.set_rng_state(state.epoch_rng_state)
+            now = rng_state(device)
+            set_rng_state(state.epoch_rng_state, device)
             epoch_batches = _epoch_calls(batches, state.batch, state.epoch)
-            pyro.util.set_rng_state(now)
+            set_rng_state(now, device)
         if dp is not None:  # the order came from the shared stream; noise is the rank's own
             dp.enter_epoch()
         try:

@@ -74,7 +74,29 @@ def _last_layer(module: nn.Module) -> nn.Module:
     return leaves[-1] if leaves else module
 
 
-class AdversarialLoss(nn.Module):
+class PyroLoss(nn.Module):
+    """A Pyro loss object whose ``forward(model, guide, *args, **kwargs)`` returns the
+    differentiable training loss (training whatever the object owns on the way, in
+    training mode); ``loss`` and ``loss_and_grads`` are the two methods Pyro's ``SVI`` and
+    :func:`pyro_gen.infer.fit` call."""
+
+    def loss(self, model: Callable[..., Any], guide: Callable[..., Any], *args, **kwargs) -> float:
+        """The loss on this batch, without training anything."""
+        with torch.no_grad():
+            return float(self(model, guide, *args, **kwargs))
+
+    def loss_and_grads(
+        self, model: Callable[..., Any], guide: Callable[..., Any], *args, **kwargs
+    ) -> float:
+        """Trains what the loss owns (a discriminator), then leaves the gradient of the loss
+        on the parameters the model and guide registered, and returns the loss."""
+        value = self(model, guide, *args, **kwargs)
+        if value.requires_grad:
+            value.backward()
+        return float(value.detach())
+
+
+class AdversarialLoss(PyroLoss):
     """Base class of the adversarial objectives: a Pyro loss object owning a discriminator.
 
     Subclasses give :meth:`discriminator_loss` (mean over the batch, minimised by the
@@ -188,21 +210,6 @@ class AdversarialLoss(nn.Module):
             for p, flag in zip(self.discriminator.parameters(), flags):
                 p.requires_grad_(flag)
         return self.generator_loss(fake_score)
-
-    def loss(self, model: Callable[..., Any], guide: Callable[..., Any], *args, **kwargs) -> float:
-        """The generator's loss on this batch, without training anything."""
-        with torch.no_grad():
-            return float(self(model, guide, *args, **kwargs))
-
-    def loss_and_grads(
-        self, model: Callable[..., Any], guide: Callable[..., Any], *args, **kwargs
-    ) -> float:
-        """Updates the discriminator ``n_critic`` times, then leaves the generator's gradient
-        on the parameters the model (and guide) registered, and returns its loss."""
-        value = self(model, guide, *args, **kwargs)
-        if value.requires_grad:
-            value.backward()
-        return float(value.detach())
 
     # -- the pieces ---------------------------------------------------------------------
     def discriminator_step(

@@ -12,7 +12,7 @@ import torch
 from pyro.distributions.util import scale_and_mask
 from torch import nn
 
-from pyro_gen.gan.adversarial import OptimizerFactory
+from pyro_gen.gan.adversarial import OptimizerFactory, PyroLoss
 from pyro_gen.gan.objectives import LeastSquaresGAN
 
 #: Sites of the CycleGAN model: the translations (observed at the other domain's data) and
@@ -110,7 +110,7 @@ class CycleGAN(nn.Module):
         return self.f(y)
 
 
-class CycleGANLoss(nn.Module):
+class CycleGANLoss(PyroLoss):
     """The CycleGAN objective as a Pyro loss object owning both discriminators.
 
     With least-squares adversarial terms (:class:`LeastSquaresGAN`, one per domain, each
@@ -182,18 +182,3 @@ class CycleGANLoss(nn.Module):
         per_example = per_example + self.cycle_weight * self.cycle_errors(trace)
         batch = batches[0][1]
         return scale_and_mask(per_example, batch.scale, batch.mask).sum()
-
-    def loss(self, model: Callable[..., Any], guide: Callable[..., Any], *args, **kwargs) -> float:
-        """The translators' loss on this batch, without training anything."""
-        with torch.no_grad():
-            return float(self(model, guide, *args, **kwargs))
-
-    def loss_and_grads(
-        self, model: Callable[..., Any], guide: Callable[..., Any], *args, **kwargs
-    ) -> float:
-        """Updates both discriminators, leaves the translators' gradients and returns
-        their loss."""
-        value = self(model, guide, *args, **kwargs)
-        if value.requires_grad:
-            value.backward()
-        return float(value.detach())

@@ -25,8 +25,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from pyro_gen.data.batching import Call, batch_calls
 from pyro_gen.infer import CheckpointError, fit
-from pyro_gen.infer.distributed import is_main_process
+from pyro_gen.infer.distributed import ShardedBatches, _plates, is_main_process
+from pyro_gen.infer.program import program
 
 F64 = torch.float64
 NUM_DATA = 45  # combined batches of 10, the last of 5 (split 3 and 2 between the ranks)
@@ -296,3 +298,34 @@ def _resume_under_another_world_size_is_refused(runs):
     model = Regression(latent=True)
     with pytest.raises(CheckpointError, match="written by 2 process"):
         fit(model, _data(), batch_size=BATCH, epochs=3, checkpoint_dir=runs / "straight")
+
+
+def test_shards_are_the_combined_batch_split():
+    """Without processes: every rank's share of a step, put together, is the batch one
+    process takes with batch_size * world_size, in the same shuffled order."""
+    data = _data()
+    world = 3
+    pyro.set_rng_seed(4)
+    combined = [c.kwargs for c in batch_calls(data, 4 * world, shuffle=True).epoch()]
+    shares = []
+    for rank in range(world):
+        pyro.set_rng_seed(4)  # every rank holds the same shared stream
+        sharded = ShardedBatches(data, 4, rank, world, torch.device("cpu"))
+        assert len(sharded) == len(combined)  # 45 = 3 * 12 + 9: the last split 3, 3, 3
+        shares.append(list(sharded.epoch()))
+    for step, batch in enumerate(combined):
+        parts = [shares[rank][step][0].kwargs for rank in range(world)]
+        assert all(shares[rank][step][1] == batch["x"].shape[0] for rank in range(world))
+        for key in batch:
+            assert torch.equal(torch.cat([p[key] for p in parts]), batch[key])
+
+
+def test_plates_tell_summed_from_subsampled_models():
+    for options, subsampled, global_sites in [
+        ({}, False, []),
+        ({"num_data": NUM_DATA}, True, ["w"]),
+    ]:
+        model = Regression(**options)
+        prog = program(model)
+        call = Call((), {k: v[:5] for k, v in _data().items()}, 5)
+        assert _plates(prog, call) == (subsampled, global_sites)

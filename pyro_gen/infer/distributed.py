@@ -126,9 +126,7 @@ def setup(device: torch.device) -> DataParallel | None:
                 "initialize torch.distributed before calling fit"
             )
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(
-            backend, device_id=device if backend == "nccl" else None
-        )  # fmt: skip
+        dist.init_process_group(backend, device_id=device if backend == "nccl" else None)
         atexit.register(_destroy)
         owns = True
     elif dist.get_backend() == "nccl" and device.type != "cuda":
@@ -184,6 +182,7 @@ class DataParallel:
         self._shared: dict[str, Any] | None = None  # the epoch-order stream, while in an epoch
         self._local: dict[str, Any] | None = None  # this rank's noise stream, between epochs
         self._in_epoch = False
+        self._reducer: GradReducer | None = None
 
     @property
     def main(self) -> bool:
@@ -344,6 +343,7 @@ class DataParallel:
 
     def begin_step(self, size: int, combined: int) -> None:
         """Before a step on ``size`` of the combined batch's ``combined`` examples."""
+        assert self._reducer is not None, "reducer() first"
         self._reducer.begin_step(1.0 if self.reduction == "sum" else size / combined)
 
 

@@ -214,10 +214,11 @@ def semi_supervised_batches(
     Kingma et al.'s objective sums the bound over *all* examples, each once, so with the
     default ``labelled_passes=1`` every example, labelled or not, is seen once an epoch: with
     100 labels among 60,000 images that is one labelled batch in 600, and the unlabelled
-    bound does most of the teaching. Showing the few labelled examples more often
-    (``labelled_passes`` large) overweights their bound and the classification term by that
-    factor; on MNIST with 100 labels that overfits the labels and the test error *rises*
-    with training (benchmarks/RESULTS.md).
+    bound does most of the teaching (Pyro's SS-VAE example batches the same way). Showing
+    the few labelled examples more often (``labelled_passes`` k > 1) weights their bound and
+    the classification term k-fold. In short runs that can give a lower test error, but on
+    MNIST with 100 labels the error then rises with training as the unlabelled bound takes
+    over (benchmarks/RESULTS.md).
 
     Args:
         x_labelled: labelled examples, shape ``(L, *event_shape)``.

@@ -58,7 +58,6 @@ import contextlib
 import logging
 import math
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -72,6 +71,12 @@ from pyro.infer import (
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils import _pytree as pytree
 
+from pyro_gen.infer.compiled_backends import (
+    BACKENDS,
+    compile_after,
+    compile_program,
+    resolved_backend,
+)
 from pyro_gen.infer.compiled_checks import (
     InputCheckError,
     failed_checks,
@@ -95,7 +100,6 @@ from pyro_gen.infer.compiled_optim import (
     non_finite,
     skipped_loss,
     takes_found_inf,
-    traceable_checks,
 )
 from pyro_gen.infer.compiled_passes import simplify
 from pyro_gen.infer.compiled_precision import check_precision, networks_in
@@ -126,19 +130,6 @@ def supports(loss: ELBO | None) -> bool:
 def _site_names(signature: tuple) -> set[tuple[str, str]]:
     """The (model/guide, name) of every sample and param site of an eager signature."""
     return {(s[0], s[2] if s[1] == "param" else s[1]) for sig in signature for s in sig}
-
-
-def _unoptimized(traced: Callable[..., Any]) -> Callable[..., Any]:
-    """Runs a TorchScript program as traced. Its optimizing executor splits every
-    ``addmm`` into ``mm`` + ``add`` so that a fuser can take the add, but no fuser runs on
-    the CPU: the split only costs one more pass over each layer's output."""
-
-    def run(*inputs: torch.Tensor) -> Any:
-        with torch.jit.optimized_execution(False):
-            return traced(*inputs)
-
-    run.traced = traced  # type: ignore[attr-defined]
-    return run
 
 
 class CompiledSVI:
@@ -226,7 +217,7 @@ class CompiledSVI:
         grad_reducer: Callable[[torch.Tensor, list[torch.Tensor]], torch.Tensor] | None = None,
         mixed_precision: torch.dtype | None = None,
     ) -> None:
-        if backend not in ("auto", "inductor", "jit", "fx", "pyro"):
+        if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}")
         self.model, self.guide = model, guide
         self.optim = optim if optim is not None else pyro.optim.Adam({"lr": 1e-3})
@@ -413,8 +404,11 @@ class CompiledSVI:
                 self._register(self._params_of(signature))
                 return None
             prog = self._programs[key] = self._record(args, kwargs, tensors, signature)
-        elif not prog.compiled and prog.calls >= self._compile_after(
-            first=False, device=tensors[0].device if tensors else None
+        elif not prog.compiled and prog.calls >= compile_after(
+            self.backend,
+            self.compile_after,
+            first=False,
+            device=tensors[0].device if tensors else None,
         ):
             start = time.perf_counter()
             prog.fn, prog.compiled = self._compile(prog, tensors), True
@@ -575,7 +569,7 @@ class CompiledSVI:
         self._register(params)
         if self.retain_cpu_memory and any(p.device.type == "cpu" for p in params):
             retain_freed_cpu_memory()
-        if self._compile_after(first=not self._programs) == 0:
+        if compile_after(self.backend, self.compile_after, first=not self._programs) == 0:
             prog.fn, prog.compiled = self._compile(prog, tensors), True
         elif self.backend == "auto":
             # TorchScript runs the recorded program without Python per op (2x faster for
@@ -604,50 +598,17 @@ class CompiledSVI:
 
         return probe_input_checks(run)
 
-    def _compile_after(self, first: bool, device: torch.device | None = None) -> int | float:
-        if self.backend == "fx":
-            return 0
-        if self.compile_after is not None:
-            return self.compile_after
-        if self.backend == "auto":
-            # On a small CPU an Inductor compile took 30-150 s in the middle of training
-            # and the TorchScript program is already faster than eager PyTorch, so "auto"
-            # moves to Inductor (with CUDA graphs) only on CUDA, where it pays.
-            return 500 if device is not None and device.type == "cuda" else math.inf
-        return 0 if first else 50
-
-    def _resolved_backend(self, device: torch.device) -> str:
-        if self.backend != "auto":
-            return self.backend
-        return "inductor"
-
     def _compile(
         self, prog: _Program, data: list[torch.Tensor], backend: str | None = None
     ) -> Callable[..., Any]:
         device = prog.params[0].device if prog.params else torch.device("cpu")
-        backend = backend or self._resolved_backend(device)
-        start = time.perf_counter()
-        if backend == "fx":
-            return prog.gm
-        if backend == "jit":
-            with self._quiet_rng(prog.params), torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)  # measured, kept as option
-                with traceable_checks(prog.gm):
-                    inputs = self._example_inputs(prog, data)
-                    fn = torch.jit.trace(prog.gm, inputs, check_trace=False)
-            if device.type == "cpu":
-                fn = _unoptimized(fn)
-        else:
-            mode = "reduce-overhead" if device.type == "cuda" else None
-            fn = torch.compile(prog.gm, fullgraph=True, dynamic=False, mode=mode)
-        # Warm up (compile) now, on noise that does not touch the training stream.
-        with self._quiet_rng(prog.params), torch.no_grad():
-            for _ in range(2 if backend == "jit" else 1):
-                fn(*self._example_inputs(prog, data))
-        logger.info(
-            "pyro_gen: compiled the ELBO step (%s) in %.1f s", backend, time.perf_counter() - start
+        return compile_program(
+            prog.gm,
+            backend or resolved_backend(self.backend),
+            device,
+            lambda: self._example_inputs(prog, data),
+            lambda: self._quiet_rng(prog.params),
         )
-        return fn
 
     def _example_inputs(self, prog: _Program, data: list[torch.Tensor]) -> list[torch.Tensor]:
         # The program returns gradients and mutates no parameter; copies of data and
@@ -670,7 +631,7 @@ class CompiledSVI:
         device = data[0].device if data else torch.device("cpu")
         betas = self._beta_tensors(dtype, device)
         extras = [e.draw() if isinstance(e, _Noise) else e for e in prog.extras]
-        cuda_graphs = prog.compiled and device.type == "cuda" and self._resolved_backend(device)
+        cuda_graphs = prog.compiled and device.type == "cuda" and resolved_backend(self.backend)
         if cuda_graphs == "inductor":
             torch.compiler.cudagraph_mark_step_begin()
         with torch.no_grad():

@@ -154,6 +154,12 @@ def _parser() -> argparse.ArgumentParser:
         help="on resume, settings that may differ from the recorded run (e.g. lr,batch-size)",
     )
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    train.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="plain Pyro SVI steps instead of the compiled step, whose tracing takes seconds "
+        "before the first step (worth it for long runs only)",
+    )
 
     vae = train.add_argument_group("vae and ssvae options (z-dim, hidden-dim: also gan)")
     _add_setting(vae, "z_dim", "latent size (gan: 16)", type=positive)
@@ -500,6 +506,7 @@ def _train_run(
                 checkpoint_dir=out,
                 step_callbacks=spec.step_callbacks(options),
                 progress=not args.no_progress,
+                compile=False if args.no_compile else None,
             )
     except NonFiniteLossError as e:
         kept = (

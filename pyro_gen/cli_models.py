@@ -8,8 +8,9 @@ pyro_gen takes objects.
 The flows are here.
 
 Example:
-    >>> sorted(MODELS)[:3]
-    ['cgan', 'cnf', 'ddpm']
+    >>> sorted(MODELS)  # doctest: +NORMALIZE_WHITESPACE
+    ['cgan', 'cnf', 'cyclegan', 'ddpm', 'gan', 'glow', 'maf', 'ncsn', 'nice', 'nsf', 'realnvp',
+     'resflow', 'sde', 'ssvae', 'vae', 'wgan']
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ from pyro_gen.cli_models import load_split
 from pyro_gen.data import toy_log_prob
 from tests.reliability.run_fixtures import assert_one_line_error, cli
 
-TINY = ["--epochs", "1", "--batch-size", "64", "--toy-samples", "256", "--no-progress"]
+TINY = ["--epochs", "1", "--batch-size", "64", "--toy-samples", "256", "--no-progress",
+        "--no-compile"]  # fmt: skip
 
 
 def _test_points(run) -> torch.Tensor:

@@ -14,7 +14,7 @@ from pyro_gen.cli_models_vae import missing_mask
 from tests.reliability.run_fixtures import assert_one_line_error, cli
 
 SMALL = ["--z-dim", "4", "--hidden-dim", "32", "--batch-size", "64", "--subset", "256",
-         "--test-subset", "64", "--epochs", "1", "--no-progress"]  # fmt: skip
+         "--test-subset", "64", "--epochs", "1", "--no-progress", "--no-compile"]  # fmt: skip
 
 
 def test_miwae_trains_on_incomplete_images_and_imputes_them(tmp_path, capsys):

@@ -105,7 +105,7 @@ def save_checkpoint(
             "modules": {name: _module_entry(name, m) for name, m in modules.items()},
             "param_store": _param_store_entry(modules),
             "optim": encode(optim.get_state(), "optimizer state"),
-            "rng": encode(pyro.util.get_rng_state(), "RNG state"),
+            "rng": encode(_rng_state(), "RNG state"),
             "progress": encode(dict(progress or {}), "progress"),
         }
     except UnsafeStateError as e:
@@ -334,8 +334,28 @@ def restore_checkpoint(
     restore_modules(ckpt, modules)
     if optim is not None:
         optim.set_state(ckpt["optim"])
-    pyro.util.set_rng_state(ckpt["rng"])
+    _set_rng_state(ckpt["rng"])
     return ckpt["progress"]
+
+
+def _rng_state() -> dict[str, Any]:
+    """:func:`pyro.util.get_rng_state`, plus every CUDA generator once CUDA is in use: on a
+    GPU the epoch's shuffle order and the models' noise are drawn from those, so a resume
+    without them would not continue the same run."""
+    state = pyro.util.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    """Restores :func:`_rng_state`; the CUDA generators when there are as many devices
+    (a run resumed on another machine continues with that machine's GPU noise)."""
+    state = dict(state)
+    cuda = state.pop("cuda", None)
+    pyro.util.set_rng_state(state)
+    if cuda is not None and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
+        torch.cuda.set_rng_state_all(cuda)
 
 
 # ---------------------------------------------------------------------------------------

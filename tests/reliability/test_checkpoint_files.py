@@ -354,3 +354,25 @@ def test_an_old_format_checkpoint_converts_only_when_trusted_and_then_resumes(tm
                          run, "--no-progress")  # fmt: skip
     assert status == 0, err
     assert load_checkpoint(run / "checkpoint.pt")["progress"]["epoch"] == 2
+
+
+def test_cuda_generators_are_saved_and_restored_once_cuda_is_in_use(tmp_path, monkeypatch):
+    # No GPU here: torch.cuda's generator functions stand in for two devices' generators.
+    states = [torch.randint(0, 255, (16,), dtype=torch.uint8) for _ in range(2)]
+    restored: list[list[torch.Tensor]] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [s.clone() for s in states])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    net = torch.nn.Linear(2, 2)
+    optim = pyro.optim.Adam({"lr": 0.1})
+    save_checkpoint(tmp_path / "c.pt", modules={"model": net}, optim=optim)
+    expected = torch.rand(3)  # the CPU stream continues from the save as before
+    restore_checkpoint(load_checkpoint(tmp_path / "c.pt"), modules={"model": net}, optim=optim)
+    assert torch.equal(torch.rand(3), expected)
+    assert len(restored) == 1 and all(map(torch.equal, restored[0], states))
+    # On a machine with another number of GPUs the CPU streams are restored, CUDA's left.
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    restore_checkpoint(load_checkpoint(tmp_path / "c.pt"), modules={"model": net}, optim=optim)
+    assert torch.equal(torch.rand(3), expected) and len(restored) == 1

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pyro
 import pytest
 
 collect_ignore = ["pyro_gen/__main__.py", "tutorials", "benchmarks"]
+# The Lightning adapter is an optional extra: without it, its doctests cannot import.
+if importlib.util.find_spec("lightning") is None:
+    collect_ignore.append("pyro_gen/lightning.py")
 
 
 @pytest.fixture(autouse=True)

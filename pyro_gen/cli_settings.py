@@ -58,7 +58,10 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "cycle_weight": 10.0,
 }
 # Options a resume may change for some model (ModelSpec.loss_options says for which).
-OVERRIDABLE = (*TRAINING_DEFAULTS, *{n for s in MODELS.values() for n in s.loss_options})
+OVERRIDABLE = (
+    *TRAINING_DEFAULTS,
+    *dict.fromkeys(n for s in MODELS.values() for n in s.loss_options),
+)
 
 
 def flag(name: str) -> str:

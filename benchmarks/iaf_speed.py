@@ -15,6 +15,8 @@ Pyro is taken per repetition (lower is faster) and reported as mean +- standard 
     same guide with pyro_gen's IAF and with Pyro's. Random binary images stand in for MNIST
     (the step's cost does not depend on the pixel values).
 
+With ``--random-init`` both add pyro_gen's IAF whose MADE output layer is initialised as
+Pyro's is (``nn.Linear``'s random init) instead of zero (the identity map at the start).
 With ``--uncached`` both add a third variant, pyro_gen's IAF with ``cache_size=0`` (the
 default before issue 10), whose ``log_prob`` of its own sample runs the D-pass inverse.
 
@@ -24,9 +26,12 @@ Run:  .venv/bin/python benchmarks/iaf_speed.py --reps 30
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -45,7 +50,11 @@ def iaf_layers(kind: str, dim: int, hidden: list[int], layers: int) -> list[nn.M
     if kind == "pyro":
         return [PT.affine_autoregressive(dim, hidden_dims=hidden) for _ in range(layers)]
     cache = 0 if kind == "ours_uncached" else 1
-    return [T.inverse_autoregressive(dim, hidden, cache_size=cache) for _ in range(layers)]
+    flows = [T.inverse_autoregressive(dim, hidden, cache_size=cache) for _ in range(layers)]
+    if kind == "ours_random_init":  # the output layer initialised as Pyro's (nn.Linear's)
+        for f in flows:
+            nn.Linear.reset_parameters(f.made.output)
+    return flows
 
 
 def score_step(kind: str, dim: int, hidden: list[int], layers: int, batch: int) -> Callable:
@@ -129,6 +138,12 @@ def mean_se(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), statistics.stdev(xs) / math.sqrt(len(xs))
 
 
+TITLES = {
+    "score": "(a) rsample + log_prob of the same sample + backward",
+    "vae": "(b) one SVI step of the MNIST-sized VAE with an IAF guide",
+}
+
+
 def report(title: str, times: dict[str, list[float]]) -> None:
     print(f"\n{title}")
     print("| variant | CPU ms per call (mean +- SE) | ratio to Pyro (mean +- SE) |")
@@ -137,6 +152,52 @@ def report(title: str, times: dict[str, list[float]]) -> None:
         m, s = mean_se([1e3 * t for t in ts])
         r, rs = mean_se([a / b for a, b in zip(ts, times["pyro"], strict=True)])
         print(f"| {k} | {m:.2f} +- {s:.2f} | {r:.3f} +- {rs:.3f} |")
+
+
+def one_run(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
+    """CPU seconds per call of every variant of every measurement, in this process."""
+    torch.set_num_threads(1)
+    torch.manual_seed(args.seed)
+    pyro.set_rng_seed(args.seed)
+    kinds = ["ours", "pyro"] + (["ours_uncached"] if args.uncached else [])
+    kinds += ["ours_random_init"] if args.random_init else []
+    sizes = (args.dim, args.hidden, args.layers, args.batch)
+    builders = {"score": score_step, "vae": vae_step}
+    out = {}
+    for name in [args.only] if args.only else list(builders):
+        fns = {k: builders[name](k, *sizes) for k in kinds}
+        out[name] = interleaved(fns, args.reps, args.inner, args.warmup)
+    return out
+
+
+def across_runs(args: argparse.Namespace) -> None:
+    """``--runs`` fresh processes, one after the other; each run's mean ratio is one sample.
+
+    Within one process the interleaved repetitions share one memory layout and one set of
+    weights, and the ratio differs between processes by more than its within-run standard
+    error (about 2% on this machine): the honest comparison is across processes.
+    """
+    child = [f"--{k}={v}" for k in ("dim", "layers", "batch", "reps", "inner", "warmup")
+             for v in [getattr(args, k)]]  # fmt: skip
+    child += ["--hidden", *map(str, args.hidden)] + ["--uncached"] * args.uncached
+    child += ["--random-init"] * args.random_init
+    child += [f"--only={args.only}"] if args.only else []
+    per_run: dict[str, dict[str, list[float]]] = {}
+    for run in range(args.runs):
+        cmd = [sys.executable, __file__, *child, "--runs", "1", "--seed", str(run), "--json"]
+        result = json.loads(subprocess.run(cmd, check=True, capture_output=True).stdout)
+        for name, times in result.items():
+            for k, ts in times.items():
+                ratio = statistics.fmean(a / b for a, b in zip(ts, times["pyro"], strict=True))
+                per_run.setdefault(name, {}).setdefault(k, []).append(ratio)
+    for name, ratios in per_run.items():
+        print(f"\n{TITLES[name]}: ratio to Pyro, one value per process")
+        runs = " | ".join(f"run {i + 1}" for i in range(args.runs))
+        print(f"| variant | {runs} | mean +- SE |")
+        print("|---|" + "---:|" * (args.runs + 1))
+        for k, rs in ratios.items():
+            m, s = mean_se(rs)
+            print(f"| {k} | " + " | ".join(f"{r:.3f}" for r in rs) + f" | {m:.3f} +- {s:.3f} |")
 
 
 def main() -> None:
@@ -149,26 +210,32 @@ def main() -> None:
     parser.add_argument("--inner", type=int, default=5, help="calls per timed repetition")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--uncached", action="store_true", help="add ours with cache_size=0")
-    parser.add_argument("--only", choices=["score", "vae"], default=None)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    pyro.set_rng_seed(0)
-    kinds = ["ours", "pyro"] + (["ours_uncached"] if args.uncached else [])
-    sizes = (args.dim, args.hidden, args.layers, args.batch)
-    print(
-        f"torch {torch.__version__}, pyro {pyro.__version__}, {platform.processor() or '?'}, "
-        f"1 thread; D={args.dim}, hidden={args.hidden}, layers={args.layers}, "
-        f"batch={args.batch}, reps={args.reps} x {args.inner} calls"
+    parser.add_argument(
+        "--random-init",
+        action="store_true",
+        help="add ours with the MADE output layer randomly initialised, as Pyro's is",
     )
-    if args.only in (None, "score"):
-        fns = {k: score_step(k, *sizes) for k in kinds}
-        report("(a) rsample + log_prob of the same sample + backward", interleaved(
-            fns, args.reps, args.inner, args.warmup))  # fmt: skip
-    if args.only in (None, "vae"):
-        fns = {k: vae_step(k, *sizes) for k in kinds}
-        report("(b) one SVI step of the MNIST-sized VAE with an IAF guide", interleaved(
-            fns, args.reps, args.inner, args.warmup))  # fmt: skip
+    parser.add_argument("--only", choices=["score", "vae"], default=None)
+    parser.add_argument("--runs", type=int, default=1, help="independent processes (>= 2)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print the raw times as JSON")
+    args = parser.parse_args()
+    print_header = not args.json
+    if print_header:
+        print(
+            f"torch {torch.__version__}, pyro {pyro.__version__}, "
+            f"{platform.processor() or '?'}, 1 thread; D={args.dim}, hidden={args.hidden}, "
+            f"layers={args.layers}, batch={args.batch}, reps={args.reps} x {args.inner} calls"
+        )
+    if args.runs > 1:
+        across_runs(args)
+        return
+    times = one_run(args)
+    if args.json:
+        print(json.dumps(times))
+        return
+    for name, t in times.items():
+        report(TITLES[name], t)
 
 
 if __name__ == "__main__":

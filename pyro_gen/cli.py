@@ -161,9 +161,14 @@ def _parser() -> argparse.ArgumentParser:
         "before the first step (worth it for long runs only)",
     )
 
-    vae = train.add_argument_group("vae and ssvae options (z-dim, hidden-dim: also gan)")
-    _add_setting(vae, "z_dim", "latent size (gan: 16)", type=positive)
-    _add_setting(vae, "hidden_dim", "hidden width (gan: 128; ncsn, sde: 128)", type=positive)
+    vae = train.add_argument_group("vae, ssvae options (z-dim: also GANs; hidden-dim: also others)")
+    _add_setting(vae, "z_dim", "latent size (GANs: 16)", type=positive)
+    _add_setting(
+        vae,
+        "hidden_dim",
+        "hidden width (GANs, ncsn, sde: 128; cyclegan: 32 channels)",
+        type=positive,
+    )
     _add_setting(
         vae,
         "likelihood",
@@ -191,7 +196,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_setting(vae, "labels", "ssvae: labelled training examples, balanced by class",
                  type=positive)  # fmt: skip
 
-    flows = train.add_argument_group("flow options (nice, realnvp, glow, maf, nsf, cnf)")
+    flows = train.add_argument_group("flow options (nice, realnvp, glow, maf, nsf, resflow, cnf)")
     _add_setting(
         flows,
         "dequantization",

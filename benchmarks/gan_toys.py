@@ -118,6 +118,7 @@ def main() -> None:
     parser.add_argument("--average", type=float, default=0.999,
                         help="decay of the generator's weight average")  # fmt: skip
     parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--energy-lr", type=float, default=1e-3)
     parser.add_argument("--latent-dim", type=int, default=2)
@@ -135,7 +136,10 @@ def main() -> None:
     budgets = sorted({*args.report_at, args.cpu_seconds})
     for toy in args.toys:
         for name in args.losses:
-            runs = [run(toy, name, budgets, seed, args) for seed in range(args.seeds)]
+            runs = [
+                run(toy, name, budgets, seed, args)
+                for seed in range(args.first_seed, args.first_seed + args.seeds)
+            ]
             for rs in zip(*runs):  # one row per budget, over seeds
                 cells = []
                 for key in ("modes", "hq", "avg_modes", "avg_hq"):

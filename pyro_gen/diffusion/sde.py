@@ -318,17 +318,21 @@ class ScheduleSDE(SDE):
 
 
 #: names accepted by :func:`make_sde`
-SDES = ("ve", "vp", "subvp")
+SDES = ("ve", "vp", "subvp", "vdm")
 
 
 def make_sde(name: str, **kwargs: float) -> SDE:
-    """Build an SDE by name: ``"ve"``, ``"vp"`` or ``"subvp"`` (keyword arguments go to it).
+    """Build an SDE by name: ``"ve"``, ``"vp"``, ``"subvp"`` or ``"vdm"`` (the VP SDE with a
+    learned schedule, :class:`~pyro_gen.diffusion.learned_sde.LearnedVPSDE`); keyword arguments
+    go to it.
 
     Example:
-        >>> type(make_sde("subvp")).__name__
-        'SubVPSDE'
+        >>> type(make_sde("subvp")).__name__, type(make_sde("vdm")).__name__
+        ('SubVPSDE', 'LearnedVPSDE')
     """
-    builders = {"ve": VESDE, "vp": VPSDE, "subvp": SubVPSDE}
+    from pyro_gen.diffusion.learned_sde import LearnedVPSDE
+
+    builders = {"ve": VESDE, "vp": VPSDE, "subvp": SubVPSDE, "vdm": LearnedVPSDE}
     if name not in builders:
         raise ValueError(f"unknown SDE {name!r}; choose one of {list(SDES)}")
     return builders[name](**kwargs)

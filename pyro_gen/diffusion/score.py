@@ -177,6 +177,12 @@ class ScoreModel(PicklableModule):
                 f"eps (the smallest training time) must lie in (0, 1) for {type(sde).__name__}: "
                 "its sigma(0) is 0, where the score explodes"
             )
+        if not bound and any(p.requires_grad for p in sde.parameters()):
+            raise ValueError(
+                f"{type(sde).__name__} has a learnable schedule, which only the variational bound "
+                "trains correctly (DSM alone would shrink it): pass bound=True, "
+                "weighting='likelihood'"
+            )
         if bound and weighting != "likelihood":
             raise ValueError(
                 f"bound=True trains the variational bound, whose weighting is 'likelihood'; got "

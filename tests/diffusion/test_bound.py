@@ -161,7 +161,10 @@ def test_bad_input():
         ScoreModel(net, VPSDE(), (2,), bound=True)
     with pytest.raises(ValueError, match=r"eps .* must lie in \(0, 1\) for VPSDE"):
         ScoreModel(net, VPSDE(), (2,), eps=0.0)
-    ScoreModel(net, LearnedVPSDE(), (2,), eps=0.0)  # sigma(0) > 0: t = 0 is allowed
+    # sigma(0) > 0: t = 0 is allowed
+    ScoreModel(net, LearnedVPSDE(), (2,), eps=0.0, weighting="likelihood", bound=True)
+    with pytest.raises(ValueError, match="learnable schedule, which only the variational bound"):
+        ScoreModel(net, LearnedVPSDE(), (2,), eps=0.0, weighting="likelihood")
     with pytest.raises(ValueError, match="gamma_min .* must be below gamma_max"):
         LearnedVPSDE(3.0, -3.0)
     with pytest.raises(ValueError, match="bins must be a whole number"):

@@ -8,30 +8,21 @@ import pytest
 import torch
 from pyro.infer import Trace_ELBO
 
-from pyro_gen.flows import build as build_flow
 from pyro_gen.infer.compiled import CompiledSVI
-from pyro_gen.vae import build_vae
+from tests.infer.test_host_reads import MODELS
 
 
 def _vae() -> tuple[torch.nn.Module, torch.Tensor]:
-    return build_vae((8, 8), z_dim=4, hidden_dim=64), torch.rand(32, 8, 8).round()
+    module, _, x = MODELS["vae"]()
+    return module, x
 
 
 def _realnvp() -> tuple[torch.nn.Module, torch.Tensor]:
-    flow = build_flow(
-        "realnvp",
-        (8, 8),
-        dequantization="uniform",
-        num_bins=17,
-        num_layers=2,
-        num_levels=1,
-        hidden_channels=8,
-        num_blocks=1,
-    )
+    flow, _, x = MODELS["realnvp"]()
     with torch.no_grad():  # the couplings start as the identity: move them off it
         for p in flow.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    return flow, torch.randint(0, 17, (32, 8, 8)).float()
+    return flow, x
 
 
 def _loss_and_grads(module, x, precision):

@@ -316,7 +316,11 @@ class CompiledSVI:
             with self._quiet_rng(prog.held.tensors):
                 self._eager_signature(args, kwargs)
         except Exception as exc:
-            message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+            # The model's message, without the trace shapes that Pyro appends to it.
+            lines = [line.strip() for line in str(exc).splitlines()]
+            if "Trace Shapes:" in lines:
+                lines = lines[: lines.index("Trace Shapes:")]
+            message = " ".join(line for line in lines if line)
             raise InputCheckError(
                 f"the batch of step {step} failed an input check of the model, so its update "
                 f"was skipped ({type(exc).__name__}: {message[:500]})"

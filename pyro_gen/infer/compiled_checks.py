@@ -143,6 +143,7 @@ class HeldBatch:
         self.step: torch.Tensor | None = None  # -1 while no batch failed
         self.tensors: list[torch.Tensor] = []
 
+    @torch.no_grad()
     def note(self, failed: torch.Tensor, tensors: Sequence[torch.Tensor], step: int) -> None:
         """Keeps ``tensors`` as the failing batch if ``failed`` and none failed before."""
         if self.step is None:

@@ -21,7 +21,15 @@ import torch
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
-__all__ = ["InputCheckError", "VALUE_READS"]
+__all__ = [
+    "MAX_PROBES",
+    "VALUE_READS",
+    "HeldBatch",
+    "InputCheckError",
+    "failed_checks",
+    "first_failed",
+    "probe_input_checks",
+]
 
 # The ops through which Python reads a tensor's value (bool(t), float(t), t.item()).
 VALUE_READS = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default)

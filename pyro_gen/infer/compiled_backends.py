@@ -47,7 +47,12 @@ def compile_after(
 
 
 def resolved_backend(backend: str) -> str:
-    """The backend a compilation uses: ``"auto"`` compiles with Inductor."""
+    """The backend a compilation uses: ``"auto"`` compiles with Inductor.
+
+    Example:
+        >>> resolved_backend("auto"), resolved_backend("jit")
+        ('inductor', 'jit')
+    """
     return "inductor" if backend == "auto" else backend
 
 
@@ -60,7 +65,17 @@ def compile_program(
 ) -> Callable[..., Any]:
     """``gm`` compiled with ``backend`` (``"fx"``, ``"jit"`` or ``"inductor"``) and warmed up
     on ``example_inputs()`` inside ``quiet_rng()`` (noise that the training stream does not
-    see)."""
+    see).
+
+    Example:
+        >>> from contextlib import nullcontext
+        >>> from torch.fx.experimental.proxy_tensor import make_fx
+        >>> gm = make_fx(lambda x: (x * 2).sum())(torch.ones(3))
+        >>> cpu, inputs = torch.device("cpu"), lambda: [torch.ones(3)]
+        >>> fn = compile_program(gm, "jit", cpu, inputs, nullcontext)
+        >>> fn(torch.arange(3.0))
+        tensor(6.)
+    """
     start = time.perf_counter()
     if backend == "fx":
         return gm

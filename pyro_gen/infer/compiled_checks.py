@@ -138,14 +138,28 @@ def probe_input_checks(run: Callable[[], Any]) -> tuple[list[Any], list[bool]]:
 
 def failed_checks(reads: Sequence[tuple[torch.Tensor, Any]]) -> torch.Tensor:
     """A 0-dim float32 flag, computed on the device: 1 when any checked value differs from
-    the value it had when the program was recorded (traced into the program)."""
+    the value it had when the program was recorded (traced into the program).
+
+    Example:
+        >>> x = torch.tensor([0.5, 2.0])
+        >>> failed_checks([((x < 0).any(), False)]), failed_checks([((x > 1).any(), False)])
+        (tensor(0.), tensor(1.))
+    """
     differs = [torch.ne(t, value).reshape(()) for t, value in reads]
     return torch.stack(differs).any().to(torch.float32)
 
 
 class HeldBatch:
     """The first batch since the last read-back whose input checks failed on the device:
-    its step number and a copy of its tensors, updated without a host read."""
+    its step number and a copy of its tensors, updated without a host read.
+
+    Example:
+        >>> held = HeldBatch()
+        >>> for step, x in enumerate([torch.ones(2), torch.full((2,), 9.0), torch.zeros(2)]):
+        ...     held.note((x > 1).any().float(), [x], step)
+        >>> first_failed([held]), held.tensors, first_failed([held])
+        ((1, 0), [tensor([9., 9.])], None)
+    """
 
     def __init__(self) -> None:
         self.step: torch.Tensor | None = None  # -1 while no batch failed

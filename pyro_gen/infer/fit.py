@@ -197,6 +197,7 @@ def _step_function(
     beta: list[float],
     compile: bool | None,
     reducer: GradReducer | None,
+    mixed_precision: torch.dtype | None,
 ) -> Callable[..., torch.Tensor]:
     model, guide = prog.model, prog.guide
     if annealing is not None:
@@ -211,7 +212,14 @@ def _step_function(
     if reducer is not None:  # clipping then applies to the summed gradient
         grad_clip = None
     return CompiledSVI(
-        model, guide, optim, loss, grad_clip=grad_clip, backend=backend, grad_reducer=reducer
+        model,
+        guide,
+        optim,
+        loss,
+        grad_clip=grad_clip,
+        backend=backend,
+        grad_reducer=reducer,
+        mixed_precision=mixed_precision,
     )
 
 
@@ -238,6 +246,7 @@ def fit(
     progress: bool = True,
     compile: bool | None = None,
     clear_params: bool = False,
+    mixed_precision: torch.dtype | None = None,
 ) -> FitResult:
     """Trains a Pyro model and guide with stochastic variational inference.
 
@@ -321,6 +330,9 @@ def fit(
             (TorchScript at once; on CUDA, Inductor with CUDA graphs after 500 steps);
             ``True`` compiles with Inductor from the start; ``False`` runs plain Pyro SVI.
         clear_params: empty the Pyro param store before training.
+        mixed_precision: ``torch.bfloat16`` runs the networks under autocast in bfloat16
+            while log-densities, the loss and the parameters stay float32
+            (:class:`~pyro_gen.infer.compiled.CompiledSVI`); ``None`` (default): float32.
 
     Returns:
         A :class:`FitResult` with one record per epoch.
@@ -378,7 +390,9 @@ def fit(
         pyro.clear_param_store()
     beta = [1.0]
     reducer = dp.reducer(grad_clip) if dp is not None else None
-    step_fn = _step_function(prog, optim, loss, grad_clip, annealing, beta, compile, reducer)
+    step_fn = _step_function(
+        prog, optim, loss, grad_clip, annealing, beta, compile, reducer, mixed_precision
+    )
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     with contextlib.ExitStack() as stack:
 
@@ -555,7 +569,13 @@ def _train(
         def read_back(start: float = start) -> None:
             nonlocal pending
             if pending:
-                state.epoch_loss += _read_back(pending, state.step - len(pending))
+                try:
+                    state.epoch_loss += _read_back(pending, state.step - len(pending))
+                except NonFiniteLossError:
+                    # A batch that failed one of the model's input checks on the device
+                    # also reads back NaN: raise the model's own error for it instead.
+                    step_fn.check()
+                    raise
                 pending = []
             state.epoch_time = time.perf_counter() - start
 

@@ -290,3 +290,38 @@ def test_fit_reads_only_at_its_read_backs(monkeypatch):
     steady = {s: n for s, n in enumerate(reads, start=1) if s > 5}
     expected = {s: 0 if s % every else 1 for s in steady}  # one .tolist() per read-back
     assert steady == expected
+
+
+def test_fit_raises_the_models_error_for_a_batch_refused_on_the_device(monkeypatch):
+    """On the device path a refused batch only reads back as a NaN loss; fit asks the step
+    for the model's own error instead of reporting a non-finite loss."""
+
+    class OnDevice(CompiledSVI):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._guard_in_program = True
+
+    monkeypatch.setattr(fit_module, "CompiledSVI", OnDevice)
+    pyro.clear_param_store()
+    module, loss, _ = _vae()
+    x = torch.rand(16, 8, 8).round()
+    x[12] = 3.0  # out of [0, 1]: the Bernoulli likelihood's input check fails on its step
+    with pytest.raises(InputCheckError, match=r"step \d+ .*expects data in \[0, 1\]"):
+        fit_module.fit(module, x, batch_size=1, epochs=1, loss=loss, progress=False)
+
+
+def test_fit_trains_the_networks_in_bfloat16_when_asked():
+    """fit(mixed_precision=torch.bfloat16): the first step's loss moves off float32's by
+    bfloat16's rounding (it is applied) and stays within it (log-densities stay float32)."""
+    losses = {}
+    for precision in (None, torch.bfloat16):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        module, loss, x = _vae()
+        result = fit_module.fit(
+            module, x, batch_size=16, steps=1, loss=loss, progress=False,
+            mixed_precision=precision,
+        )  # fmt: skip
+        losses[precision] = result.history[-1]["train_loss"]
+    relative = abs(losses[torch.bfloat16] - losses[None]) / abs(losses[None])
+    assert 0 < relative < 2e-2

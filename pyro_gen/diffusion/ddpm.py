@@ -57,7 +57,9 @@ class DDPM(PicklableModule):
     ``"x_0"`` is masked to :math:`t = 1`. A per-example uniform site ``"t"`` (identical in model
     and guide, hence contributing zero) shifts the plate's subsampled indices so each example
     sees its own steps. With ``TraceMeanField_ELBO`` the KLs are analytic: an unbiased estimate
-    of the same bound as the full chain with far lower variance. This "model" conditions on
+    of the same bound as the full chain at a fraction of its cost per step (not of its variance:
+    one sampled step per example has a larger standard deviation than the whole chain, see
+    tutorials/diffusion_as_hierarchical_vae.ipynb). This "model" conditions on
     :math:`x_0` and is a training objective, not a generative story; ``model(None)`` always runs
     the full generative chain.
 

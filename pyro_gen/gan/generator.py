@@ -68,6 +68,10 @@ class Generator(nn.Module):
             :meth:`update_average` after each optimizer step (in ``fit``:
             ``step_callbacks=[gen.update_average]``). :meth:`sample`, and the model in eval
             mode, then generate with the averaged weights; training uses the network's own.
+            Batch norm's running statistics are copied from the network, not averaged, so
+            they belong to the raw weights: with batch norm (the DCGAN generator) draw
+            samples in training mode, normalising with each batch's own statistics, as
+            ``benchmarks/gan_mnist.py`` does.
 
     References:
         Goodfellow et al., Generative Adversarial Nets, arXiv:1406.2661.

@@ -788,9 +788,10 @@ class CompiledSVI:
         return float(loss.detach() if torch.is_tensor(loss) else loss), params
 
     def _pyro_step(self, args: tuple, kwargs: dict) -> torch.Tensor:
-        """The step as SVI takes it; a fused optimizer, once made, keeps doing the update
-        so that its state carries over. Pyro has read the loss back already, so the guard
-        reads its flag too."""
+        """The step as SVI takes it, with the update of one fused optimizer for every
+        parameter (Pyro's Adam runs one optimizer per parameter; the fused one keeps the
+        same per-parameter state, which Pyro's optimizer reads and writes). Pyro has read
+        the loss back already, so the guard reads its flag too."""
         loss, params = self._plain_loss_and_grads(args, kwargs)
         if self.grad_reducer is not None:
             loss = float(self.grad_reducer(torch.tensor(loss, dtype=torch.float64), params))
@@ -801,8 +802,7 @@ class CompiledSVI:
             )
             if skip:
                 return skipped_loss(torch.tensor(loss))
-            if self._optimizer is not None:
-                self._register(params)
+            self._register(params)
             self._apply(params)
             return torch.tensor(loss)
         finally:

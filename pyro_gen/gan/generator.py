@@ -143,9 +143,16 @@ class Generator(nn.Module):
             return y
         return F.one_hot(y.long(), self.num_classes).to(self._prior_dtype())
 
+    def _prior_tensor(self) -> torch.Tensor | None:
+        return next(iter([*self.prior.buffers(), *self.prior.parameters()]), None)
+
     def _prior_dtype(self) -> torch.dtype:
-        tensor = next(iter([*self.prior.buffers(), *self.prior.parameters()]), None)
+        tensor = self._prior_tensor()
         return tensor.dtype if tensor is not None else torch.get_default_dtype()
+
+    def _prior_device(self) -> torch.device:
+        tensor = self._prior_tensor()
+        return tensor.device if tensor is not None else torch.device("cpu")
 
     def _check(self, x: torch.Tensor) -> None:
         n = len(self.event_shape)
@@ -220,7 +227,18 @@ class Generator(nn.Module):
     @torch.no_grad()
     def sample(self, num_samples: int, y: torch.Tensor | None = None) -> torch.Tensor:
         """``num_samples`` generated examples, shape ``(num_samples, *event_shape)``, from
-        the averaged weights when the generator keeps an average."""
+        the averaged weights when the generator keeps an average. A conditional generator
+        given no labels draws every class in turn (``y = arange(num_samples) % num_classes``),
+        so that ``load(run).sample(n)`` works for every generator.
+
+        Example:
+            >>> from pyro_gen.nn import MLPGenerator
+            >>> gen = Generator(MLPGenerator(2, (2,), (8,), context_dim=3), num_classes=3)
+            >>> gen.sample(4).shape
+            torch.Size([4, 2])
+        """
+        if y is None and self.num_classes is not None:
+            y = torch.arange(num_samples, device=self._prior_device()) % self.num_classes
         context = self.context(y)
         if context is not None and context.shape[0] != num_samples:
             raise ValueError(f"y must hold one label per sample ({num_samples})")

@@ -114,3 +114,14 @@ def test_bad_input_gets_one_clear_error():
         closs.loss_and_grads(cgen.model, cgen.guide, y=torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="n_critic must be a positive whole number"):
         NonSaturatingGAN(MLPDiscriminator((2,), (8,)), n_critic=0)
+
+
+def test_a_conditional_generator_samples_every_class_in_turn_without_labels():
+    gen = Generator(MLPGenerator(2, (2,), (8,), context_dim=3), num_classes=3)
+    torch.manual_seed(0)
+    unlabelled = gen.sample(7)
+    torch.manual_seed(0)
+    labelled = gen.sample(7, y=torch.tensor([0, 1, 2, 0, 1, 2, 0]))
+    assert torch.equal(unlabelled, labelled)
+    torch.manual_seed(0)
+    assert not torch.equal(gen.sample(7, y=torch.zeros(7, dtype=torch.long)), labelled)

@@ -176,6 +176,12 @@ class CompiledSVI:
             ``torch.nn.Module`` call) under autocast in bfloat16 and keeps the
             distributions' log-densities, the loss and the parameters in float32
             (:mod:`~pyro_gen.infer.compiled_precision`); ``None`` (default): float32.
+        fused_update: whether a plain Pyro step (``backend="pyro"``, or a loss or model the
+            program cannot stand for) updates every parameter with one fused optimizer from
+            its first step: as fast as the recorded program's update, equal to Pyro's Adam up
+            to float rounding. ``False`` (default) is Pyro's step bit for bit (one optimizer
+            per parameter) until a recorded program has made the fused optimizer, which then
+            keeps its state.
         compile_after: steps a signature runs uncompiled before it is compiled; default
             500 with ``"auto"`` on CUDA (never on CPU), else 0 for the first signature and
             50 for later ones (the
@@ -216,6 +222,7 @@ class CompiledSVI:
         step_guard: bool = True,
         grad_reducer: Callable[[torch.Tensor, list[torch.Tensor]], torch.Tensor] | None = None,
         mixed_precision: torch.dtype | None = None,
+        fused_update: bool = False,
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}")
@@ -230,6 +237,7 @@ class CompiledSVI:
         self.step_guard = step_guard
         self.grad_reducer = grad_reducer
         self.mixed_precision = check_precision(mixed_precision)
+        self.fused_update = fused_update
         self._kl = _kl_messengers(model) + _kl_messengers(guide)
         self._programs: dict[Any, _Program] = {}
         # Input signatures seen once (each ran a plain step), with the eager trace signature
@@ -788,10 +796,10 @@ class CompiledSVI:
         return float(loss.detach() if torch.is_tensor(loss) else loss), params
 
     def _pyro_step(self, args: tuple, kwargs: dict) -> torch.Tensor:
-        """The step as SVI takes it, with the update of one fused optimizer for every
-        parameter (Pyro's Adam runs one optimizer per parameter; the fused one keeps the
-        same per-parameter state, which Pyro's optimizer reads and writes). Pyro has read
-        the loss back already, so the guard reads its flag too."""
+        """The step as SVI takes it. The update is the fused optimizer's with
+        ``fused_update`` or once a program made it (it keeps the same per-parameter state,
+        which Pyro's optimizer reads and writes), else Pyro's own. Pyro has read the loss
+        back already, so the guard reads its flag too."""
         loss, params = self._plain_loss_and_grads(args, kwargs)
         if self.grad_reducer is not None:
             loss = float(self.grad_reducer(torch.tensor(loss, dtype=torch.float64), params))
@@ -802,7 +810,8 @@ class CompiledSVI:
             )
             if skip:
                 return skipped_loss(torch.tensor(loss))
-            self._register(params)
+            if self.fused_update or self._optimizer is not None:
+                self._register(params)
             self._apply(params)
             return torch.tensor(loss)
         finally:

@@ -220,6 +220,9 @@ def _step_function(
         backend=backend,
         grad_reducer=reducer,
         mixed_precision=mixed_precision,
+        # compile=False is Pyro's SVI step bit for bit; otherwise the plain step (a loss
+        # the program does not support, a fallback) takes the fused update
+        fused_update=compile is not False,
     )
 
 

@@ -87,3 +87,34 @@ def test_fit_and_svi_take_turns_over_one_optimizer():
     state = optim.get_state()
     assert state and all(float(s["state"][0]["step"]) == 11 for s in state.values()), state
     assert all(torch.isfinite(p).all() for p in pyro.get_param_store().values())
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_plain_step_with_fused_update_is_pyros_step_up_to_rounding(fused):
+    """backend="pyro" is Pyro's SVI bit for bit; with fused_update it updates every
+    parameter with one fused Adam (what fit's default does for a loss the program cannot
+    take), equal to Pyro's per-parameter Adam up to float rounding, in the state Pyro reads."""
+    from pyro_gen.infer.compiled import CompiledSVI
+    from pyro_gen.infer.compiled_optim import _FUSED_ATTR
+
+    runs = {}
+    for name in ("svi", "plain"):
+        pyro.clear_param_store()
+        gen, x = make("vae")
+        optim = pyro.optim.Adam({"lr": 0.05})
+        if name == "svi":
+            stepper = SVI(gen.model, gen.guide, optim, Trace_ELBO())
+        else:
+            stepper = CompiledSVI(gen.model, gen.guide, optim, backend="pyro", fused_update=fused)
+        pyro.set_rng_seed(3)
+        for _ in range(5):
+            stepper.step(x)
+        runs[name] = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+        state = optim.get_state()
+    assert (_FUSED_ATTR in optim.__dict__) == fused
+    assert all(int(s["state"][0]["step"]) == 5 for s in state.values())
+    for k, v in runs["svi"].items():
+        if fused:
+            torch.testing.assert_close(runs["plain"][k], v, rtol=RTOL, atol=1e-8)
+        else:
+            assert torch.equal(runs["plain"][k], v), k

@@ -27,7 +27,7 @@ import time
 
 import pyro
 import torch
-from budget import BudgetSpent
+from budget import BudgetSpent, budget
 from flow_matching_2d import build as build_fm
 
 from pyro_gen.data import load, toy_log_prob
@@ -51,24 +51,6 @@ def moons_log_prob(x: torch.Tensor, nodes: int = 8000) -> torch.Tensor:
         lse = torch.logsumexp(-0.5 * sq / var, -1)
         out.append(lse - math.log(2 * nodes) - math.log(2 * math.pi * var))
     return torch.cat(out).to(x.dtype)
-
-
-def cpu_budget(optim, lr0: float, final: float, seconds: float, counter: dict):
-    """Step callback: lr = lr0 * final**(spent / budget) over this thread's CPU seconds
-    (``time.thread_time``), then BudgetSpent. On a machine shared by many processes a
-    wall-clock budget buys a varying amount of training; CPU time buys about the same."""
-    start = time.thread_time()
-
-    def callback(step: int, model) -> None:
-        counter["steps"] = step
-        frac = (time.thread_time() - start) / seconds
-        if frac >= 1.0:
-            raise BudgetSpent
-        for opt in optim.optim_objs.values():
-            for group in getattr(opt, "optimizer_", opt).param_groups:
-                group["lr"] = lr0 * final**frac
-
-    return callback
 
 
 def true_log_prob(data: str, x: torch.Tensor) -> torch.Tensor:
@@ -98,7 +80,9 @@ def run(name: str, data: str, args: argparse.Namespace) -> dict:
     x = x / scale
     optim = pyro.optim.Adam({"lr": args.lr})
     counter = {"steps": 0}
-    callback = cpu_budget(optim, args.lr, args.lr_final, 60 * args.cpu_min, counter)
+    callback = budget(
+        optim, args.lr, args.lr_final, 60 * args.cpu_min, counter, clock=time.thread_time
+    )
     start, cpu = time.perf_counter(), time.thread_time()
     with contextlib.suppress(BudgetSpent):
         fit(module, x, epochs=10**9, batch_size=args.batch_size, optim=optim,

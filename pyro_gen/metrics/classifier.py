@@ -58,8 +58,10 @@ def train_classifier(
         False
     """
     gen = torch.Generator().manual_seed(seed)
+    # The weights are drawn on the CPU from its generator alone: torch.manual_seed would
+    # also reseed every CUDA generator, which fork_rng(devices=[]) does not restore.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)
         clf = SmallClassifier(int(y.max()) + 1).to(x.device)
     y = y.to(x.device)
     opt = torch.optim.Adam(clf.parameters(), lr=lr)

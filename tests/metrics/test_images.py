@@ -95,3 +95,17 @@ def test_the_diffusion_names_still_import():
 
     assert quality.frechet_distance is frechet_distance
     assert quality.sample_quality is sample_quality
+
+
+def test_training_a_classifier_leaves_the_cuda_generators_alone(monkeypatch):
+    """Its initial weights come from the CPU generator under fork_rng, which restores only the
+    CPU's; torch.manual_seed would also reseed every CUDA generator of the caller."""
+    from pyro_gen.metrics import train_classifier
+
+    reseeded: list[int] = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", reseeded.append)
+    x, y = torch.rand(32, 8, 8), torch.randint(0, 3, (32,))
+    untrained = [train_classifier(x, y, epochs=0).state_dict() for _ in range(2)]
+    assert reseeded == []
+    # the seed still fixes the initial weights
+    assert all(torch.equal(a, b) for a, b in zip(*(s.values() for s in untrained)))

@@ -32,21 +32,6 @@ def dilate(x: torch.Tensor) -> torch.Tensor:
     return F.max_pool2d(x, 3, stride=1, padding=1)
 
 
-class Translator(nn.Module):
-    """:math:`\\sigma(\\operatorname{logit}(x) + r(x))` for images in [0, 1], with a residual
-    conv net :math:`r` whose last layer starts at zero: the translator starts as the
-    identity, which is what a cycle-consistent translation between similar domains is near."""
-
-    def __init__(self, width: int, blocks: int = 2) -> None:
-        super().__init__()
-        from pyro_gen.nn import ResNetConv
-
-        self.net = ResNetConv(1, width, 1, num_blocks=blocks)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(torch.logit(x.clamp(1e-3, 1 - 1e-3)) + self.net(x))
-
-
 def _image_shape(event_shape: tuple[int, ...]) -> tuple[int, ...]:
     return (1, *event_shape[-2:])
 
@@ -61,10 +46,11 @@ def _discriminator(shape: tuple[int, ...], opts: dict[str, Any]) -> nn.Module:
 
 def _build(event_shape: tuple[int, ...], opts: dict[str, Any]) -> nn.Module:
     from pyro_gen.gan import CycleGAN
+    from pyro_gen.nn import ConvTranslator
 
     shape = _image_shape(event_shape)
     width = opts["hidden_dim"]
-    return CycleGAN(Translator(width), Translator(width), shape, shape)
+    return CycleGAN(ConvTranslator(1, width), ConvTranslator(1, width), shape, shape)
 
 
 def _loss(event_shape: tuple[int, ...], opts: dict[str, Any]) -> nn.Module:

@@ -249,6 +249,7 @@ class CompiledSVI:
         self._flags: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self._guard_in_program: bool | None = None  # None: on accelerators (tests set it)
         self._params: list[torch.Tensor] = []
+        self._param_ids: set[int] = set()  # of _params: _register runs on every plain step
         # KL-annealing factors as device tensors, refilled each step: a new tensor made
         # from a Python float would be a host-to-device copy, which synchronizes on CUDA.
         self._betas: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
@@ -672,10 +673,11 @@ class CompiledSVI:
         return held
 
     def _register(self, params: list[torch.Tensor]) -> None:
-        new = [p for p in params if not any(p is q for q in self._params)]
+        new = [p for p in params if id(p) not in self._param_ids]
         if not new:
             return
         self._params.extend(new)
+        self._param_ids.update(map(id, new))
         # One fused optimizer per Pyro optimizer, shared with every other loop given it.
         self._optimizer = fuse(self.optim, new)
         if self._optimizer is not None:

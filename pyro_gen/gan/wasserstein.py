@@ -151,6 +151,15 @@ class WassersteinGP(_Critic):
 
     References:
         Gulrajani et al., Improved Training of Wasserstein GANs, arXiv:1704.00028.
+
+    Example:
+        >>> from pyro_gen.gan import Generator
+        >>> from pyro_gen.nn import MLPDiscriminator, MLPGenerator
+        >>> gen = Generator(MLPGenerator(2, (2,), (8,)))
+        >>> loss = WassersteinGP(MLPDiscriminator((2,), (8,)), n_critic=2)
+        >>> value = loss.loss_and_grads(gen.model, gen.guide, torch.randn(16, 2))
+        >>> isinstance(value, float)
+        True
     """
 
     def __init__(

@@ -385,6 +385,12 @@ class ShardedBatches:
         rank: this process's rank.
         world_size: number of processes.
         device: where this rank's batches go.
+
+    Example:
+        >>> x = torch.arange(10.0)  # 2 processes, 2 examples each a step: combined batches of 4
+        >>> shards = [ShardedBatches(x, 2, r, 2, torch.device("cpu")) for r in range(2)]
+        >>> [len(s) for s in shards]  # 4 + 4 + 2: the last combined batch is shared too
+        [3, 3]
     """
 
     def __init__(

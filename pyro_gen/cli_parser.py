@@ -1,0 +1,278 @@
+"""The grammar of the ``pyro-gen`` command: its subcommands and options, each value checked
+where the user typed it (the commands themselves are in :mod:`pyro_gen.cli`).
+
+Example:
+    >>> build_parser().parse_args(["train", "vae", "--data", "digits", "--epochs", "1"]).epochs
+    1
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, NoReturn
+
+from pyro_gen.cli_models import IMAGE_DATA, MODELS, TOY_DATA
+from pyro_gen.cli_models_gan import LOSSES
+from pyro_gen.cli_settings import (
+    OPTION_DEFAULTS,
+    TRAINING_DEFAULTS,
+    ema_decay_value,
+    flag,
+    non_negative,
+    override_names,
+    positive,
+    positive_finite,
+    rate,
+    whole_number,
+)
+from pyro_gen.cli_spec import MIXTURE_DATA
+
+# ---------------------------------------------------------------------------------------
+# Argument parsing. Every value is checked here, where the user typed it.
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, no usage dump: the user sees what was wrong and where to look.
+        self.exit(2, f"pyro-gen: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _add_setting(group: Any, name: str, help: str, **kwargs: Any) -> None:
+    # SUPPRESS: an option appears in the parsed arguments only if the user typed it, so a
+    # resume can tell a setting asked for from a default, and options of other models
+    # can be refused by name.
+    default = {**TRAINING_DEFAULTS, **OPTION_DEFAULTS}[name]
+    shown = "default: " + ("none" if default is None else str(default))
+    group.add_argument(flag(name), default=argparse.SUPPRESS, help=f"{help} ({shown})", **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    parser = _Parser(prog="pyro-gen", description="Deep generative models written the Pyro way.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = sub.add_parser(
+        "train",
+        parents=[common],
+        help="train a model into a run directory (resumes if present)",
+        description="Train a model into --out. If --out holds a run, training resumes from its "
+        "checkpoint: settings not given take the recorded values, and a setting given with "
+        "another value is refused unless --override names it.",
+    )
+    train.add_argument("model", choices=sorted(MODELS), help="model to train")
+    train.add_argument(
+        "--data",
+        required=True,
+        choices=IMAGE_DATA + TOY_DATA + MIXTURE_DATA,
+        help="dataset (grid and ring: the GAN benchmarks' 25- and 8-Gaussian mixtures)",
+    )
+    train.add_argument(
+        "--epochs",
+        type=non_negative,
+        default=3,
+        help="total epochs, counting resumed ones (default: 3)",
+    )
+    _add_setting(train, "batch_size", "examples per step", type=positive)
+    _add_setting(train, "lr", "Adam learning rate", type=positive_finite)
+    _add_setting(train, "grad_clip", "clip the gradient norm to this", type=positive_finite)
+    _add_setting(train, "subset", "use only the first N training examples", type=positive)
+    _add_setting(train, "test_subset", "evaluate on the first N test examples", type=positive)
+    _add_setting(train, "toy_samples", "training samples of a 2D toy dataset", type=positive)
+    _add_setting(train, "seed", "random seed", type=whole_number)
+    train.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    train.add_argument(
+        "--out", type=Path, default=None, help="run directory (default runs/MODEL-DATA)"
+    )
+    train.add_argument(
+        "--override",
+        type=override_names,
+        action="extend",
+        default=[],
+        help="on resume, settings that may differ from the recorded run (e.g. lr,batch-size)",
+    )
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    train.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="plain Pyro SVI steps instead of the compiled step, whose tracing takes seconds "
+        "before the first step (worth it for long runs only)",
+    )
+
+    vae = train.add_argument_group("vae, ssvae options (z-dim: also GANs; hidden-dim: also others)")
+    _add_setting(vae, "z_dim", "latent size (GANs: 16)", type=positive)
+    _add_setting(
+        vae,
+        "hidden_dim",
+        "hidden width (GANs, ncsn, sde: 128; cyclegan: 32 channels)",
+        type=positive,
+    )
+    _add_setting(
+        vae,
+        "likelihood",
+        "pixel likelihood",
+        choices=("bernoulli", "gaussian", "gaussian_learned", "categorical"),
+    )
+    _add_setting(vae, "layers", "stochastic layers", type=positive)
+    _add_setting(vae, "prior", "latent prior", choices=("normal", "mog", "vamp", "flow"))
+    _add_setting(vae, "guide", "amortized guide", choices=("normal", "iaf", "auto"))
+    _add_setting(
+        vae,
+        "objective",
+        "vae: Trace_ELBO, TraceMeanField_ELBO (analytic KL), IWAE bound, or free bits; "
+        "cnf: maximum likelihood (ml), flow-matching or rectified (cnf default: ml)",
+        choices=("elbo", "meanfield", "iwae", "freebits", "ml", "flow-matching", "rectified"),
+    )
+    _add_setting(vae, "k", "importance samples of --objective iwae", type=positive)
+    _add_setting(
+        vae,
+        "missing_rate",
+        "hide this share of pixels at random; the model scores the observed ones (with "
+        "--objective iwae: MIWAE)",
+        type=rate,
+    )
+    _add_setting(vae, "labels", "ssvae: labelled training examples, balanced by class",
+                 type=positive)  # fmt: skip
+
+    flows = train.add_argument_group("flow options (nice, realnvp, glow, maf, nsf, resflow, cnf)")
+    _add_setting(
+        flows,
+        "dequantization",
+        "how image flows turn pixels into continuous data",
+        choices=("uniform", "variational"),
+    )
+
+    gan = train.add_argument_group("gan, wgan, cgan, cyclegan options")
+    _add_setting(
+        gan,
+        "loss",
+        "adversarial objective (wgan: wgan-gp, or wgan-clip; gan: not the wgan ones)",
+        choices=tuple(LOSSES),
+    )
+    _add_setting(
+        gan,
+        "n_critic",
+        "discriminator steps per generator step (the loss's own: 1, or 5 for wgan)",
+        type=positive,
+    )
+
+    _add_setting(
+        gan,
+        "cycle_weight",
+        "cyclegan: weight of the L1 cycle-consistency error",
+        type=positive_finite,
+    )
+
+    score = train.add_argument_group("ncsn, sde options")
+    _add_setting(score, "sde", "forward SDE (ncsn: ve)", choices=("ve", "vp", "subvp"))
+    _add_setting(
+        score,
+        "weighting",
+        "denoising score matching weight: sigma^2, g^2 (a likelihood bound), or none",
+        choices=("sigma2", "likelihood", "none"),
+    )
+
+    ddpm = train.add_argument_group("ddpm options (ema-decay: also gan, wgan, cgan)")
+    _add_setting(ddpm, "schedule", "noise schedule", choices=("linear", "cosine", "sigmoid"))
+    _add_setting(ddpm, "param", "what the network predicts", choices=("eps", "x0", "v"))
+    _add_setting(
+        ddpm,
+        "diffusion_objective",
+        "the variational bound, or the reweighted L_simple",
+        choices=("elbo", "simple"),
+    )
+    _add_setting(ddpm, "timesteps", "diffusion steps", type=positive)
+    _add_setting(ddpm, "ema_decay", "decay of the weight average (0: none)", type=ema_decay_value)
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        parents=[common],
+        help="test ELBO and importance-weighted log-likelihood; exact densities; GAN metrics",
+    )
+    evaluate.add_argument("run", type=Path, help="run directory")
+    evaluate.add_argument(
+        "--k", type=positive, default=1000, help="importance samples (default 1000)"
+    )
+    evaluate.add_argument(
+        "--num-test", type=positive, default=None, help="evaluate on the first N test examples"
+    )
+    evaluate.add_argument(
+        "-n", "--num-samples", type=positive, default=None,
+        help="samples a GAN on a 2D mixture is scored by (default 2500)",
+    )  # fmt: skip
+    evaluate.add_argument(
+        "--classifier-epochs", type=positive, default=3,
+        help="epochs of the classifier that scores GAN images (default 3)",
+    )  # fmt: skip
+    evaluate.add_argument(
+        "--probability-flow", action="store_true",
+        help="ddpm: also the probability-flow ODE likelihood (slow for images)",
+    )  # fmt: skip
+    evaluate.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+
+    sample = sub.add_parser(
+        "sample", parents=[common], help="draw samples from a trained run into a PNG"
+    )
+    sample.add_argument("run", type=Path, help="run directory")
+    sample.add_argument("-n", "--num-samples", type=positive, default=64)
+    sample.add_argument(
+        "--sampler",
+        choices=sorted({name for spec in MODELS.values() for name in spec.samplers}),
+        default=None,
+        help="ddpm: ancestral (default) or ddim; ddpm, ncsn, sde: langevin (ncsn's default), "
+        "euler-maruyama, pc (sde's default) or ode",
+    )
+    sample.add_argument(
+        "--steps", type=positive, default=None,
+        help="sampling steps (langevin: noise levels; ode: ignored, it is adaptive)",
+    )  # fmt: skip
+    sample.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="PNG file, or an existing folder for FOLDER/samples.png (default RUN/samples.png)",
+    )
+    sample.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+
+    impute = sub.add_parser(
+        "impute",
+        parents=[common],
+        help="fill pixels hidden at random in test images with a trained vae (MIWAE)",
+        description="Hides pixels of test images at random, fills them by self-normalised "
+        "importance sampling with the run's VAE, and reports the error on the hidden pixels "
+        "beside mean imputation; writes a PNG of truth, observed and imputed images.",
+    )
+    impute.add_argument("run", type=Path, help="run directory of a vae")
+    impute.add_argument(
+        "--missing-rate", type=rate, default=None,
+        help="share of pixels hidden (default: the run's --missing-rate, or 0.5)",
+    )  # fmt: skip
+    impute.add_argument(
+        "--k", type=positive, default=1000, help="importance samples per image (default 1000)"
+    )
+    impute.add_argument(
+        "--num-test", type=positive, default=100, help="test images to impute (default 100)"
+    )
+    impute.add_argument(
+        "--out", type=Path, default=None,
+        help="PNG file, or an existing folder for FOLDER/imputed.png (default RUN/imputed.png)",
+    )  # fmt: skip
+    impute.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+
+    convert = sub.add_parser(
+        "convert-checkpoint",
+        parents=[common],
+        help="rewrite the checkpoint of an older pyro-gen run in the current format",
+    )
+    convert.add_argument("run", type=Path, help="run directory")
+    convert.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="required: the old checkpoint is yours (reading it runs any code it holds)",
+    )
+    return parser
+
+
+# ---------------------------------------------------------------------------------------
+# Shared checks.

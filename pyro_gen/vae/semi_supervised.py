@@ -94,6 +94,12 @@ class SSVAE(nn.Module):
         hidden_dims: hidden sizes of the three networks (classifier, encoder, decoder).
         likelihood: the decoder's likelihood, name or object.
         alpha: weight :math:`\\alpha` of :math:`\\log q(y \\mid x)` on labelled examples.
+        init_scale: standard deviation of the Normal draws that initialize the weights and
+            biases of the three networks' hidden layers (their output layers keep PyTorch's
+            initialization), as Pyro's SS-VAE example does with 0.001; None keeps PyTorch's
+            initialization everywhere. Small hidden weights start every network nearly
+            constant in its input, so early on z carries almost nothing about x and the
+            decoder learns to use y (benchmarks/RESULTS.md).
         name: prefix of the networks' names in Pyro's param store.
 
     Example:
@@ -114,6 +120,7 @@ class SSVAE(nn.Module):
         hidden_dims: Sequence[int] = (500,),
         likelihood: str | Likelihood = "bernoulli",
         alpha: float = 50.0,
+        init_scale: float | None = None,
         name: str = "",
     ) -> None:
         super().__init__()
@@ -121,6 +128,8 @@ class SSVAE(nn.Module):
             raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
         if not alpha >= 0:
             raise ValueError(f"alpha must be non-negative, got {alpha!r}")
+        if init_scale is not None and not init_scale > 0:
+            raise ValueError(f"init_scale must be positive or None, got {init_scale!r}")
         self.event_shape = as_tuple(event_shape)
         self.num_classes, self.z_dim, self.alpha = num_classes, z_dim, float(alpha)
         hidden_dims = as_tuple(hidden_dims)
@@ -129,6 +138,12 @@ class SSVAE(nn.Module):
         self.decoder = MLPDecoder(
             z_dim, self.event_shape, hidden_dims, likelihood, context_dim=num_classes
         )
+        if init_scale is not None:
+            hidden = [*self.classifier[:-1], *self.encoder.trunk, *self.decoder.net[:-1]]
+            for layer in hidden:
+                if isinstance(layer, nn.Linear):
+                    nn.init.normal_(layer.weight, 0.0, init_scale)
+                    nn.init.normal_(layer.bias, 0.0, init_scale)
         self.register_buffer("prior_logits", torch.zeros(num_classes))
         self.prefix = f"{name}." if name else ""
 

@@ -164,3 +164,22 @@ def test_bad_labels_get_one_clear_error(m2):
         m2.model(x, torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="num_classes must be an integer >= 2"):
         SSVAE((6,), num_classes=1)
+
+
+def test_init_scale_draws_the_hidden_layers_small_and_keeps_the_output_layers():
+    torch.manual_seed(0)
+    default = dict(SSVAE((100,), num_classes=4, z_dim=3, hidden_dims=(60,)).named_parameters())
+    torch.manual_seed(0)
+    small = SSVAE((100,), num_classes=4, z_dim=3, hidden_dims=(60,), init_scale=1e-3)
+    hidden = {"classifier.0", "encoder.trunk.0", "decoder.net.0"}
+    seen = set()
+    for name, p in small.named_parameters():
+        layer = name.rsplit(".", 1)[0]
+        if layer in hidden:  # N(0, 0.001) draws: sample std within ~3 standard errors
+            seen.add(layer)
+            assert abs(p.std().item() - 1e-3) < 3e-4, name
+        else:  # the same draws as PyTorch's initialization with the same seed
+            assert torch.equal(p, default[name]), name
+    assert seen == hidden
+    with pytest.raises(ValueError, match="init_scale must be positive or None, got 0.0"):
+        SSVAE((6,), init_scale=0.0)

@@ -23,11 +23,15 @@ fused optimizer call, with no read-back of the loss to the host.
 A new input signature first runs one plain Pyro step, and is recorded only when it comes
 back, so that a model whose structure changes with the batch (sequences of varying length
 with one site per time step) costs no recording at all: when the sites of two batches
-differ, the step falls back to plain Pyro SVI at once. It falls back too, saying why in one
+with the same argument structure differ, the step falls back to plain Pyro SVI at once
+(batches whose arguments differ in structure, such as the labelled and unlabelled batches of
+a semi-supervised model, get a program each). It falls back too, saying why in one
 log line on the ``"pyro_gen"`` logger, when the recorded program cannot stand for the
 model (Python branching on tensor values, a sampler that is not standard noise pushed
 through differentiable operations, an ELBO other than ``Trace_ELBO`` /
-``TraceMeanField_ELBO``, too many input shapes) or when recording fails for any reason.
+``TraceMeanField_ELBO`` / ``TraceEnum_ELBO`` with parallel enumeration, too many input
+shapes) or when recording fails for any reason. With ``TraceEnum_ELBO`` the enumerated
+sites are summed out by Pyro's own contraction, recorded as tensor operations.
 
 Every update is guarded as :class:`torch.amp.GradScaler` does: a loss or a gradient that is
 NaN or infinite skips the update (parameters and optimizer state stay as they were) and
@@ -84,6 +88,7 @@ from pyro_gen.infer.compiled_checks import (
     probe_input_checks,
 )
 from pyro_gen.infer.compiled_elbo import (
+    _ENUM_LOSSES,
     _MEAN_FIELD_LOSSES,
     _TRACE_LOSSES,
     _bound_betas,
@@ -124,7 +129,7 @@ def supports(loss: ELBO | None) -> bool:
         >>> supports(pyro.infer.Trace_ELBO()), supports(pyro.infer.TraceGraph_ELBO())
         (True, False)
     """
-    return loss is None or type(loss) in (*_TRACE_LOSSES, *_MEAN_FIELD_LOSSES)
+    return loss is None or type(loss) in (*_TRACE_LOSSES, *_MEAN_FIELD_LOSSES, *_ENUM_LOSSES)
 
 
 def _site_names(signature: tuple) -> set[tuple[str, str]]:
@@ -240,10 +245,11 @@ class CompiledSVI:
         self.fused_update = fused_update
         self._kl = _kl_messengers(model) + _kl_messengers(guide)
         self._programs: dict[Any, _Program] = {}
-        # Input signatures seen once (each ran a plain step), with the eager trace signature
-        # of the first batch, whose sites every later batch must repeat.
+        # Input signatures seen once (each ran a plain step), and the eager trace signature
+        # of the first batch of each argument structure, whose sites every later batch of
+        # that structure must repeat.
         self._sightings: dict[Any, tuple] = {}
-        self._first_signature: tuple | None = None
+        self._first_signatures: dict[Any, tuple] = {}
         self._calls = 0  # steps that asked for a program
         self._optimizer: torch.optim.Optimizer | None = None
         self._flags: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -402,7 +408,7 @@ class CompiledSVI:
             # model whose sites change with the batch before any recording is spent on it.
             with self._quiet_rng(tensors):
                 signature = self._eager_signature(args, kwargs)
-            self._check_sites(signature)
+            self._check_sites(signature, structure=(key[0], key[2]))
             if key not in self._sightings:
                 seen = len(self._sightings)
                 # Training data give one signature, two with a last partial batch; more,
@@ -440,17 +446,20 @@ class CompiledSVI:
                 )
         return prog, tensors
 
-    def _check_sites(self, signature: tuple) -> None:
-        """Raises when the names of the sites differ from the first batch's. Their order
+    def _check_sites(self, signature: tuple, structure: Any) -> None:
+        """Raises when the names of the sites differ from those of the first batch with the
+        same argument ``structure`` (the pytree of the arguments and their non-tensor
+        values, shapes aside). Arguments that change the program by their structure, such
+        as the labels a semi-supervised model takes on labelled batches only, give one
+        site set each; sites that change with the shapes alone (one site per time step of
+        a sequence) mean that each batch would need its own recording. The sites' order
         and kinds are left to the recording's own check: a guide built on its first call
         (Pyro's ``AutoNormal``) visits its sites in another order that once."""
-        if self._first_signature is None:
-            self._first_signature = signature
-            return
-        if _site_names(signature) != _site_names(self._first_signature):
+        first = self._first_signatures.setdefault(structure, signature)
+        if _site_names(signature) != _site_names(first):
             raise _Unsupported(
                 "the model's sites change with the batch, so each batch would need its own "
-                f"recording: {_describe_change(self._first_signature, signature)}"
+                f"recording: {_describe_change(first, signature)}"
             )
 
     @staticmethod

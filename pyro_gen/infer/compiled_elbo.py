@@ -13,10 +13,13 @@ from pyro.distributions.util import scale_and_mask
 from pyro.infer import (
     ELBO,
     JitTrace_ELBO,
+    JitTraceEnum_ELBO,
     JitTraceMeanField_ELBO,
     Trace_ELBO,
+    TraceEnum_ELBO,
     TraceMeanField_ELBO,
 )
+from pyro.infer.traceenum_elbo import _compute_dice_elbo
 from pyro.infer.util import is_identically_zero
 from pyro.poutine.messenger import _bound_partial
 from torch.distributions import kl_divergence
@@ -25,6 +28,9 @@ from pyro_gen.infer.compiled_recording import _Unsupported
 
 _TRACE_LOSSES = (Trace_ELBO, JitTrace_ELBO)
 _MEAN_FIELD_LOSSES = (TraceMeanField_ELBO, JitTraceMeanField_ELBO)
+# Parallel enumeration only: its traces and contraction are fixed by the input shapes, so
+# one recording holds. Sequential enumeration reruns the model per value from a queue.
+_ENUM_LOSSES = (TraceEnum_ELBO, JitTraceEnum_ELBO)
 
 
 # ---------------------------------------------------------------------------------------
@@ -66,6 +72,8 @@ def _bound_betas(messengers: Sequence[Any], values: Sequence[Any]) -> Iterator[N
 
 def _elbo_particle(loss: ELBO, model_trace: Any, guide_trace: Any) -> torch.Tensor:
     elbo: Any = 0.0
+    if isinstance(loss, _ENUM_LOSSES):
+        return -_enumerated_elbo(model_trace, guide_trace)
     if isinstance(loss, _MEAN_FIELD_LOSSES):
         # Mirrors TraceMeanField_ELBO._differentiable_loss_particle.
         for name, msite in model_trace.nodes.items():
@@ -100,6 +108,26 @@ def _elbo_particle(loss: ELBO, model_trace: Any, guide_trace: Any) -> torch.Tens
             _require_reparam(name, site)
             elbo = elbo - site["log_prob_sum"]
     return -elbo
+
+
+def _enumerated_elbo(model_trace: Any, guide_trace: Any) -> Any:
+    """``TraceEnum_ELBO``'s particle: enumerated sites summed out exactly (Pyro's own
+    contraction, recorded as tensor operations), every other guide site reparameterized,
+    so that the Dice surrogate's value and gradient are the ELBO's own."""
+    for trace in (guide_trace, model_trace):
+        for name, site in trace.nodes.items():
+            if site["type"] != "sample":
+                continue
+            how = site["infer"].get("enumerate")
+            if how == "sequential":
+                raise _Unsupported(
+                    f"site '{name}' is enumerated sequentially (the compiled step takes "
+                    "parallel enumeration)"
+                )
+            if trace is guide_trace and how != "parallel":
+                _require_reparam(name, site)
+    elbo = _compute_dice_elbo(model_trace, guide_trace)
+    return 0.0 if is_identically_zero(elbo) else elbo
 
 
 def _require_reparam(name: str, site: dict[str, Any]) -> None:

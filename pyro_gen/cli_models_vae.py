@@ -1,7 +1,8 @@
 """The VAEs of the ``pyro-gen`` command: ``vae`` (also on incomplete data: ``--missing-rate``
-hides pixels at random and the model scores only the observed ones; with ``--objective iwae``
-that is MIWAE) and the semi-supervised M2 model ``ssvae`` (``--labels N`` labelled examples,
-the rest unlabelled).
+hides pixels at random, or ``--mask-file`` gives the training images' own mask, and the model
+scores only the observed ones; with ``--objective iwae`` that is MIWAE) and the
+semi-supervised M2 model ``ssvae`` (``--labels N`` labelled examples, the rest unlabelled;
+``--labelled-passes`` and ``--alpha`` weight them).
 
 Example:
     >>> mask = missing_mask(torch.zeros(4, 8, 8), 0.5, seed=0, split="train")
@@ -11,8 +12,10 @@ Example:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from pyro.infer import TraceEnum_ELBO
 
@@ -27,6 +30,48 @@ def missing_mask(x: torch.Tensor, rate: float, seed: int, split: str) -> torch.T
 
     generator = torch.Generator().manual_seed(2 * int(seed) + (split != "train"))
     return missing_at_random(x.shape, float(rate), generator)
+
+
+def load_mask(path: str | Path, x: torch.Tensor) -> torch.Tensor:
+    """The observation mask in ``path`` (True = observed) for the images ``x``, checked.
+
+    The file holds a tensor saved with ``torch.save`` (``.pt``) or a NumPy array (``.npy``),
+    boolean or of zeros and ones, one entry per pixel of each image.
+
+    Raises:
+        UsageError: the file cannot be read, holds something else, or its shape is not
+            ``x``'s.
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "mask.pt"
+        >>> torch.save(torch.tensor([[1, 0], [0, 1]]), path)
+        >>> load_mask(path, torch.zeros(2, 2)).tolist()
+        [[True, False], [False, True]]
+    """
+    path = Path(path)
+    try:
+        if path.suffix == ".npy":
+            mask = torch.from_numpy(np.load(path, allow_pickle=False))
+        else:
+            mask = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, ValueError, RuntimeError, EOFError) as e:
+        raise UsageError(f"--mask-file {path}: cannot read a mask from it ({e})") from None
+    if not isinstance(mask, torch.Tensor):
+        raise UsageError(f"--mask-file {path}: holds a {type(mask).__name__}, not a tensor")
+    if tuple(mask.shape) != tuple(x.shape):
+        raise UsageError(
+            f"--mask-file {path}: the mask has shape {tuple(mask.shape)} but the training "
+            f"images have shape {tuple(x.shape)}; give one entry per pixel of each image "
+            "(True = observed)"
+        )
+    if mask.dtype != torch.bool:
+        if mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all()):
+            raise UsageError(
+                f"--mask-file {path}: the mask must be boolean or hold only 0 and 1 (1 = observed)"
+            )
+        mask = mask != 0
+    return mask
 
 
 # ---------------------------------------------------------------------------------------
@@ -55,6 +100,11 @@ def _vae_loss(event_shape: tuple[int, ...], opts: dict[str, Any]) -> Any:
 
 def _vae_data(x: torch.Tensor, y: torch.Tensor | None, config: dict, split: str) -> Any:
     rate = config["options"].get("missing_rate") or 0.0
+    mask_file = config["options"].get("mask_file")
+    if mask_file and rate:
+        raise UsageError("give --missing-rate or --mask-file, not both")
+    if mask_file:  # the training images' own mask; held-out images are scored whole
+        return {"x": x, "mask": load_mask(mask_file, x)} if split == "train" else x
     if not rate:
         return x
     return {"x": x, "mask": missing_mask(x, rate, config["seed"], split)}
@@ -77,7 +127,9 @@ def _vae_evaluate(ev: Evaluation) -> dict[str, Any]:
 def _build_ssvae(event_shape: tuple[int, ...], opts: dict[str, Any]) -> torch.nn.Module:
     from pyro_gen.vae import SSVAE
 
-    return SSVAE(event_shape, opts["num_classes"], opts["z_dim"], (opts["hidden_dim"],))
+    return SSVAE(
+        event_shape, opts["num_classes"], opts["z_dim"], (opts["hidden_dim"],), alpha=opts["alpha"]
+    )
 
 
 def labelled_indices(y: torch.Tensor, count: int, num_classes: int) -> torch.Tensor:
@@ -100,7 +152,7 @@ def _ssvae_data(x: torch.Tensor, y: torch.Tensor | None, config: dict, split: st
 
     if split != "train":  # held out: the bound of unlabelled data, the label summed out
         return {"x": x}
-    opts = config["options"]
+    opts = {**VAE_MODELS["ssvae"].added_later, **config["options"]}
     count = opts["labels"]
     if count >= x.shape[0]:
         raise UsageError(
@@ -112,7 +164,12 @@ def _ssvae_data(x: torch.Tensor, y: torch.Tensor | None, config: dict, split: st
     rest[labelled] = False
     generator = torch.Generator().manual_seed(int(config["seed"]))
     return semi_supervised_batches(
-        x[labelled], y[labelled], x[rest], config["batch_size"], generator=generator
+        x[labelled],
+        y[labelled],
+        x[rest],
+        config["batch_size"],
+        labelled_passes=opts["labelled_passes"],
+        generator=generator,
     )
 
 
@@ -135,13 +192,13 @@ VAE_MODELS: dict[str, ModelSpec] = {
     "vae": ModelSpec(
         build=_build_vae,
         data_kind=lambda o: "binary" if o["likelihood"] == "bernoulli" else "unit",
-        options=(*_VAE_OPTIONS, "missing_rate"),
+        options=(*_VAE_OPTIONS, "missing_rate", "mask_file"),
         loss=_vae_loss,
         images_only=True,
         # bits/dim divide by every pixel: not for a bound on the observed ones
         discrete=lambda o: not o["likelihood"].startswith("gaussian") and not o["missing_rate"],
         choices={"objective": ("elbo", "meanfield", "iwae", "freebits")},
-        added_later={"missing_rate": 0.0},
+        added_later={"missing_rate": 0.0, "mask_file": None},
         loss_options=("objective", "k"),
         fit_data=_vae_data,
         evaluate=_vae_evaluate,
@@ -149,7 +206,8 @@ VAE_MODELS: dict[str, ModelSpec] = {
     "ssvae": ModelSpec(
         build=_build_ssvae,
         data_kind=lambda o: "binary",
-        options=("z_dim", "hidden_dim", "labels"),
+        options=("z_dim", "hidden_dim", "labels", "labelled_passes", "alpha"),
+        added_later={"labelled_passes": 1.0, "alpha": 50.0},
         # TraceEnum_ELBO sums the label out of unlabelled batches exactly.
         loss=lambda shape, o: TraceEnum_ELBO(max_plate_nesting=1),
         images_only=True,

@@ -134,6 +134,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_setting(vae, "labels", "ssvae: labelled training examples, balanced by class",
                  type=positive)  # fmt: skip
+    _add_setting(
+        vae,
+        "labelled_passes",
+        "ssvae: passes over the labelled examples per epoch (1: each example once)",
+        type=positive_finite,
+    )
+    _add_setting(
+        vae, "alpha", "ssvae: weight of log q(y|x) per labelled example", type=positive_finite
+    )
+    _add_setting(
+        vae,
+        "mask_file",
+        "vae: observation mask of the training images, .pt or .npy, one entry per pixel "
+        "(True or 1 = observed); the model scores the observed pixels",
+    )
 
     flows = train.add_argument_group("flow options (nice, realnvp, glow, maf, nsf, resflow, cnf)")
     _add_setting(

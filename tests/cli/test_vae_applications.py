@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
 import pyro_gen
 from pyro_gen.cli_models import load_split
-from pyro_gen.cli_models_vae import missing_mask
+from pyro_gen.cli_models_vae import VAE_MODELS, missing_mask
 from tests.reliability.run_fixtures import assert_one_line_error, cli
 
 SMALL = ["--z-dim", "4", "--hidden-dim", "32", "--batch-size", "64", "--subset", "256",
@@ -80,3 +81,45 @@ def test_ssvae_trains_with_few_labels_and_reports_its_test_error(tmp_path, capsy
 def test_bad_vae_application_options_are_one_line_errors(args, message, tmp_path, capsys):
     status, _, err = cli(capsys, "train", *args, "--epochs", "0", "--out", tmp_path / "run")
     assert status == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_vae_trains_on_the_mask_file_given_and_refuses_one_of_another_shape(tmp_path, capsys):
+    mask = torch.ones(256, 8, 8, dtype=torch.bool)
+    mask[:, 4:] = False  # the bottom half of every training image unseen
+    torch.save(mask, tmp_path / "mask.pt")
+    run = tmp_path / "masked"
+    status, _, err = cli(capsys, "train", "vae", "--data", "digits", "--mask-file",
+                         tmp_path / "mask.pt", *SMALL, "--out", run)  # fmt: skip
+    assert status == 0, err
+    config = json.loads((run / "config.json").read_text())
+    assert config["options"]["mask_file"] == str(tmp_path / "mask.pt")
+    # what fit trained on: the file's mask for the training images, whole held-out images
+    x = torch.zeros(256, 8, 8)
+    train = VAE_MODELS["vae"].fit_data(x, None, config, "train")
+    assert torch.equal(train["mask"], mask) and train["x"] is x
+    assert VAE_MODELS["vae"].fit_data(x, None, config, "test") is x
+    np.save(tmp_path / "mask.npy", mask[:, :, :4].numpy().astype(np.uint8))
+    status, _, err = cli(capsys, "train", "vae", "--data", "digits", "--mask-file",
+                         tmp_path / "mask.npy", *SMALL, "--out", tmp_path / "bad")  # fmt: skip
+    assert_one_line_error(
+        status, err, "--mask-file", "mask has shape (256, 8, 4)", "images have shape (256, 8, 8)"
+    )
+    np.save(tmp_path / "mask.npy", np.full((256, 8, 8), 2, dtype=np.uint8))
+    status, _, err = cli(capsys, "train", "vae", "--data", "digits", "--mask-file",
+                         tmp_path / "mask.npy", *SMALL, "--out", tmp_path / "bad2")  # fmt: skip
+    assert_one_line_error(status, err, "boolean or hold only 0 and 1")
+
+
+def test_ssvae_labelled_passes_and_alpha_reach_the_batches_and_the_model(tmp_path, capsys):
+    run = tmp_path / "ssvae"
+    weights = ["--labels", "30", "--labelled-passes", "3", "--alpha", "7"]
+    status, _, err = cli(
+        capsys, "train", "ssvae", "--data", "digits", *weights, *SMALL, "--out", run
+    )
+    assert status == 0, err
+    config = json.loads((run / "config.json").read_text())
+    assert pyro_gen.load(run).alpha == 7.0
+    x, y = torch.zeros(256, 8, 8), torch.arange(256) % 10
+    kinds = [sorted(b) for b in VAE_MODELS["ssvae"].fit_data(x, y, config, "train")()]
+    # 226 unlabelled images in batches of 64, and 3 passes over the 30 labelled ones
+    assert kinds.count(["x"]) == 4 and kinds.count(["x", "y"]) == 3

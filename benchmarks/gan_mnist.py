@@ -3,7 +3,7 @@ the conditional GAN, label agreement.
 
 Each model (non-saturating GAN, WGAN-GP, conditional non-saturating GAN) trains through
 ``pyro_gen.infer.fit`` with the DCGAN networks of ``pyro_gen.nn`` for ``--cpu-seconds`` of
-this process's CPU time (one torch thread); samples of the generator's weight average and
+this thread's CPU time (one torch thread); samples of the generator's weight average and
 of its own weights are both scored.
 A :class:`~pyro_gen.metrics.SmallClassifier` trained on the training set then scores
 ``--num-samples`` samples against as many test images; the Frechet distance between two
@@ -19,6 +19,7 @@ import functools
 import json
 import time
 import warnings
+from collections.abc import Callable
 
 import pyro
 import torch
@@ -33,13 +34,19 @@ from pyro_gen.nn import DCGANDiscriminator, DCGANGenerator
 MODELS = ["cgan", "gan", "wgan-gp"]
 
 
-def build(name: str, args) -> tuple[Generator, torch.nn.Module, pyro.optim.PyroOptim]:
+def build(
+    name: str, args, conditioning: tuple[str, str] = ("projection", "concat")
+) -> tuple[Generator, torch.nn.Module, pyro.optim.PyroOptim]:
     """Generator, loss and the generator's optimizer: DCGAN settings (Adam 2e-4, beta1 0.5)
-    for the GANs, the paper's (Adam 1e-4, betas (0, 0.9), 5 critic steps) for WGAN-GP."""
+    for the GANs, the paper's (Adam 1e-4, betas (0, 0.9), 5 critic steps) for WGAN-GP;
+    ``conditioning`` is how the conditional GAN's discriminator and generator take the
+    label."""
     classes = 10 if name == "cgan" else 0
-    net = DCGANGenerator(args.latent_dim, width=args.width, context_dim=classes)
+    net = DCGANGenerator(
+        args.latent_dim, width=args.width, context_dim=classes, conditioning=conditioning[1]
+    )
     gen = Generator(net, num_classes=classes or None, average=args.average)
-    d = DCGANDiscriminator(width=args.width, context_dim=classes)
+    d = DCGANDiscriminator(width=args.width, context_dim=classes, conditioning=conditioning[0])
     if name == "wgan-gp":
         adam = {"lr": 1e-4, "betas": (0.0, 0.9)}
         return (
@@ -55,19 +62,32 @@ def build(name: str, args) -> tuple[Generator, torch.nn.Module, pyro.optim.PyroO
     )
 
 
-def train(name: str, x: torch.Tensor, y: torch.Tensor, args) -> tuple[Generator, dict]:
+def train(
+    name: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    args,
+    conditioning: tuple[str, str],
+    score: Callable[[Generator], dict],
+) -> list[dict]:
+    """Trains for ``--cpu-seconds`` of this thread's CPU time and scores the generator at
+    each ``--report-at`` time and at the end (scoring is left out of the training time)."""
     pyro.clear_param_store()
     pyro.set_rng_seed(args.seed)
-    gen, loss, optim = build(name, args)
+    gen, loss, optim = build(name, args, conditioning)
     data = {"x": x, "y": y} if name == "cgan" else x
-    start, steps = time.process_time(), 0
-    while time.process_time() - start < args.cpu_seconds:
-        fit(gen, data, steps=args.chunk, batch_size=args.batch_size, loss=loss,
-            optim=optim, progress=False, step_callbacks=[gen.update_average])  # fmt: skip
-        steps += args.chunk
-    used = time.process_time() - start
-    return gen, {"steps": steps, "epochs": round(steps * args.batch_size / len(x), 2),
-                 "cpu_s": round(used, 1)}  # fmt: skip
+    used, steps, records = 0.0, 0, []
+    for mark in sorted({*args.report_at, args.cpu_seconds}):
+        start = time.thread_time()
+        while used + time.thread_time() - start < mark:
+            fit(gen, data, steps=args.chunk, batch_size=args.batch_size, loss=loss,
+                optim=optim, progress=False, step_callbacks=[gen.update_average])  # fmt: skip
+            steps += args.chunk
+        used += time.thread_time() - start
+        records.append({"steps": steps, "epochs": round(steps * args.batch_size / len(x), 2),
+                        "cpu_s": round(used, 1), **score(gen)})  # fmt: skip
+        print(json.dumps(records[-1]), flush=True)
+    return records
 
 
 @torch.no_grad()
@@ -85,15 +105,47 @@ def draw(gen: Generator, n: int, labels: torch.Tensor | None, averaged: bool) ->
     return torch.cat(out)[:, None]
 
 
+def score(
+    gen: Generator,
+    *,
+    clf: torch.nn.Module,
+    real: tuple[torch.Tensor, torch.Tensor],
+    labels: torch.Tensor | None,
+    record: dict,
+    save_to: str | None,
+) -> dict:
+    """Scores samples of the averaged and the raw weights, added to ``record``."""
+    record = dict(record)
+    for which, averaged in (("average", True), ("raw", False)):
+        samples = draw(gen, len(real[0]), labels, averaged)
+        record[which] = vars(sample_quality(clf, samples, *real))
+        if labels is not None:
+            share, se = label_agreement(clf, samples, labels)
+            record[which].update(label_agreement=share, label_agreement_se=se)
+        if save_to:
+            torch.save(samples[:100].clone(), f"{save_to}_{which}.pt")
+    return record
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
     parser.add_argument("--cpu-seconds", type=float, default=300.0)
+    parser.add_argument("--report-at", type=float, nargs="*", default=[],
+                        help="earlier CPU times at which to score too")  # fmt: skip
     parser.add_argument("--num-samples", type=int, default=5000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--latent-dim", type=int, default=32)
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--average", type=float, default=0.999)
+    parser.add_argument(
+        "--conditioning", nargs="+", default=["projection"], choices=["projection", "concat"],
+        help="how the cGAN's discriminator takes the label; one cGAN run for each",
+    )  # fmt: skip
+    parser.add_argument(
+        "--generator-conditioning", nargs="+", default=["concat"], choices=["concat", "batchnorm"],
+        help="how the cGAN's generator takes the label; one cGAN run for each",
+    )  # fmt: skip
     parser.add_argument("--classifier-epochs", type=int, default=2)
     parser.add_argument("--chunk", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
@@ -105,29 +157,24 @@ def main() -> None:
     xt, yt = load("mnist", "test")
     x, xt = xs.float() / 255, xt.float() / 255
     n = args.num_samples
-    t = time.process_time()
+    t = time.thread_time()
     clf = train_classifier(x[:, None], ys, epochs=args.classifier_epochs, seed=args.seed)
     real = xt[:n, None]
     floor = sample_quality(clf, xt[n : 2 * n, None], real, yt[:n])
     out = {"args": vars(args), "torch": torch.__version__, "pyro": pyro.__version__,
-           "classifier_cpu_s": round(time.process_time() - t, 1),
+           "classifier_cpu_s": round(time.thread_time() - t, 1),
            "classifier_test_accuracy": floor.real_accuracy,
            "real_against_real": vars(floor)}  # fmt: skip
     print(json.dumps(out), flush=True)
-    for name in args.models:
-        gen, record = train(name, x, ys, args)
+    variants = [(d, g) for d in args.conditioning for g in args.generator_conditioning]
+    runs = [(m, c) for m in args.models for c in (variants if m == "cgan" else [None])]
+    for name, conditioning in runs:
         labels = torch.arange(n) % 10 if name == "cgan" else None
-        record["model"] = name
-        for which, averaged in (("average", True), ("raw", False)):
-            samples = draw(gen, n, labels, averaged)
-            q = sample_quality(clf, samples, real, yt[:n])
-            record[which] = vars(q)
-            if labels is not None:
-                share, se = label_agreement(clf, samples, labels)
-                record[which].update(label_agreement=share, label_agreement_se=se)
-            if args.save_samples_to:
-                torch.save(samples[:100].clone(), f"{args.save_samples_to}_{name}_{which}.pt")
-        print(json.dumps(record), flush=True)
+        tag = "_".join([str(args.save_samples_to), name, *(conditioning or ())])
+        scorer = functools.partial(score, clf=clf, real=(real, yt[:n]), labels=labels,
+                                   record={"model": name, "conditioning": conditioning},
+                                   save_to=args.save_samples_to and tag)  # fmt: skip
+        train(name, x, ys, args, conditioning or ("projection", "concat"), scorer)
 
 
 if __name__ == "__main__":

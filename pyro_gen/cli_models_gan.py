@@ -52,7 +52,8 @@ def _networks(event_shape: tuple[int, ...], opts: dict[str, Any], which: str) ->
     if tuple(event_shape[-2:]) == (28, 28):
         if which == "generator":
             return DCGANGenerator(opts["z_dim"], event_shape, context_dim=context)
-        return DCGANDiscriminator(event_shape, context_dim=context)
+        conditioning = opts.get("conditioning", "projection")
+        return DCGANDiscriminator(event_shape, context_dim=context, conditioning=conditioning)
     if which == "generator":
         return MLPGenerator(opts["z_dim"], event_shape, hidden, context_dim=context)
     return MLPDiscriminator(event_shape, hidden, context_dim=context)
@@ -147,11 +148,13 @@ GAN_MODELS: dict[str, ModelSpec] = {
         choices={"loss": WASSERSTEIN},
         **_COMMON,
     ),
+    # How the image discriminator takes the label: recorded in the run's options (no flag);
+    # runs from before the projection discriminator took it as input channels.
     "cgan": ModelSpec(
-        options=_GAN_OPTIONS,
-        defaults={**_GAN_DEFAULTS, "loss": "nonsaturating"},
+        options=(*_GAN_OPTIONS, "conditioning"),
+        defaults={**_GAN_DEFAULTS, "loss": "nonsaturating", "conditioning": "projection"},
         labelled=True,
         fit_data=_labelled_data,
-        **_COMMON,
+        **{**_COMMON, "added_later": {**_COMMON["added_later"], "conditioning": "concat"}},
     ),
 }

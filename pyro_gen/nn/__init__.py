@@ -15,6 +15,7 @@ from pyro_gen.nn.unet import UNet  # noqa: E402
 __all__ += ["SinusoidalTimeEmbedding", "TimeMLP", "UNet"]
 
 # adversarial training: generators and discriminators
+from pyro_gen.nn.conditional_norm import ConditionalBatchNorm  # noqa: E402
 from pyro_gen.nn.gan import (  # noqa: E402
     ConvTranslator,
     DCGANDiscriminator,
@@ -24,6 +25,7 @@ from pyro_gen.nn.gan import (  # noqa: E402
 )
 
 __all__ += [
+    "ConditionalBatchNorm",
     "ConvTranslator",
     "DCGANDiscriminator",
     "DCGANGenerator",

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
+from pyro_gen.nn.conditional_norm import ConditionalBatchNorm
 from pyro_gen.nn.mlp import MLP, broadcast_context
 from pyro_gen.nn.resnet import ResNetConv
 
@@ -146,16 +147,24 @@ class DCGANGenerator(nn.Module):
     gets no gradient). The output passes through a sigmoid (pixels in [0, 1], as pyro_gen's
     image datasets) or a tanh (pixels in [-1, 1]).
 
+    A context (a one-hot label) is appended to ``z``; with ``conditioning="batchnorm"`` it
+    also sets the scale and shift of both batch norms
+    (:class:`~pyro_gen.nn.conditional_norm.ConditionalBatchNorm`, the generator of Miyato &
+    Koyama's conditional GAN), so it acts on every layer and not only through the input.
+
     Args:
         latent_dim: size of ``z``.
         event_shape: ``(28, 28)`` or ``(channels, 28, 28)``.
         width: channels of the 14x14 layer (the 7x7 layer has twice as many).
         context_dim: size of an optional context vector (a one-hot label).
         output: ``"sigmoid"`` or ``"tanh"``.
+        conditioning: ``"concat"`` (the context appended to ``z`` only) or
+            ``"batchnorm"`` (also class-conditional batch norm).
 
     References:
         Radford, Metz & Chintala, Unsupervised Representation Learning with Deep
         Convolutional Generative Adversarial Networks, arXiv:1511.06434.
+        Miyato & Koyama, cGANs with Projection Discriminator, arXiv:1802.05637.
 
     Example:
         >>> g = DCGANGenerator(8, width=4)
@@ -171,21 +180,30 @@ class DCGANGenerator(nn.Module):
         *,
         context_dim: int = 0,
         output: str = "sigmoid",
+        conditioning: str = "concat",
     ) -> None:
         super().__init__()
         if output not in ("sigmoid", "tanh"):
             raise ValueError(f"output must be 'sigmoid' or 'tanh', got {output!r}")
+        if conditioning not in ("concat", "batchnorm"):
+            raise ValueError(f"conditioning must be 'concat' or 'batchnorm', got {conditioning!r}")
         self.latent_dim, self.context_dim = latent_dim, context_dim
         self.event_shape = _event_shape(event_shape)
         channels = _image_shape(event_shape)[0]
+        self.conditioning = conditioning
+        cbn = bool(context_dim) and conditioning == "batchnorm"
+
+        def norm(features: int, plain: type[nn.Module]) -> nn.Module:
+            return ConditionalBatchNorm(features, context_dim) if cbn else plain(features)
+
         self.fc = nn.Sequential(
             nn.Linear(latent_dim + context_dim, 2 * width * 49, bias=False),
-            nn.BatchNorm1d(2 * width * 49),
+            norm(2 * width * 49, nn.BatchNorm1d),
             nn.ReLU(),
         )
         self.conv = nn.Sequential(
             nn.ConvTranspose2d(2 * width, width, 4, 2, 1, bias=False),
-            nn.BatchNorm2d(width),
+            norm(width, nn.BatchNorm2d),
             nn.ReLU(),
             nn.ConvTranspose2d(width, channels, 4, 2, 1),
             nn.Sigmoid() if output == "sigmoid" else nn.Tanh(),
@@ -194,32 +212,54 @@ class DCGANGenerator(nn.Module):
 
     def forward(self, z: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         _check_context(context, self.context_dim, "generator")
+        c = None
         if context is not None:
             context = broadcast_context(z, context, 1)
             z = torch.cat([z.expand(context.shape[:-1] + z.shape[-1:]), context], -1)
+            c = context.reshape(-1, context.shape[-1])
         batch = z.shape[:-1]
-        h = self.fc(z.reshape(-1, z.shape[-1])).unflatten(-1, (2 * self.width, 7, 7))
-        return self.conv(h).reshape(*batch, *self.event_shape)
+        h = _run(self.fc, z.reshape(-1, z.shape[-1]), c)
+        h = _run(self.conv, h.unflatten(-1, (2 * self.width, 7, 7)), c)
+        return h.reshape(*batch, *self.event_shape)
+
+
+def _run(layers: nn.Sequential, h: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+    """``layers(h)``, passing the context to the conditional batch norms."""
+    for layer in layers:
+        h = layer(h, context) if isinstance(layer, ConditionalBatchNorm) else layer(h)
+    return h
 
 
 class DCGANDiscriminator(nn.Module):
     """DCGAN-style discriminator (or critic) for 28x28 images: one unbounded score each.
 
-    Two stride-2 convolutions with LeakyReLU(0.2) down to 7x7, then a linear layer. No
-    batch norm: it would couple the examples of a batch, which the gradient penalty
-    (defined per example) forbids. A context (one-hot label) enters as constant extra
-    input channels. With ``spectral_norm=True`` every layer's weight is divided by its
-    largest singular value (Miyato et al.), bounding the network's Lipschitz constant.
+    Two stride-2 convolutions with LeakyReLU(0.2) down to 7x7 features :math:`\\phi(x)`,
+    then a linear layer :math:`\\psi`. No batch norm: it would couple the examples of a
+    batch, which the gradient penalty (defined per example) forbids. With
+    ``spectral_norm=True`` every layer's weight is divided by its largest singular value
+    (Miyato et al.), bounding the network's Lipschitz constant.
+
+    A context :math:`c` (a one-hot label) enters in one of two ways:
+
+    - ``conditioning="projection"`` (the default; Miyato & Koyama 2018):
+      :math:`D(x, c) = \\psi(\\phi(x)) + c^\\top V \\phi(x)`, an inner product of the
+      features with the label's embedding :math:`V^\\top c`. This is the form of the
+      optimal discriminator's logit when :math:`\\log p(c \\mid x)` is a softmax of
+      features, so the label acts on what the network has recognised in the image.
+    - ``conditioning="concat"``: the context as constant extra input channels (Mirza &
+      Osindero), which the first convolution has to learn to combine with the pixels.
 
     Args:
         event_shape: ``(28, 28)`` or ``(channels, 28, 28)``.
         width: channels of the first convolution (the second has twice as many).
         context_dim: size of an optional context vector.
-        spectral_norm: apply spectral normalization to every layer.
+        spectral_norm: apply spectral normalization to every layer (the embedding too).
+        conditioning: ``"projection"`` or ``"concat"``, how a context enters.
 
     References:
         Radford, Metz & Chintala, arXiv:1511.06434. Miyato, Kataoka, Koyama & Yoshida,
         Spectral Normalization for Generative Adversarial Networks, arXiv:1802.05957.
+        Miyato & Koyama, cGANs with Projection Discriminator, arXiv:1802.05637.
 
     Example:
         >>> d = DCGANDiscriminator(width=4, spectral_norm=True)
@@ -234,22 +274,34 @@ class DCGANDiscriminator(nn.Module):
         *,
         context_dim: int = 0,
         spectral_norm: bool = False,
+        conditioning: str = "projection",
     ) -> None:
         super().__init__()
+        if conditioning not in ("projection", "concat"):
+            raise ValueError(f"conditioning must be 'projection' or 'concat', got {conditioning!r}")
         self.event_shape = _event_shape(event_shape)
         self.image_shape = _image_shape(event_shape)
         self.context_dim = context_dim
+        self.conditioning = conditioning
+        concat = context_dim if conditioning == "concat" else 0
 
         def sn(layer: nn.Module) -> nn.Module:
             return _spectral_norm(layer) if spectral_norm else layer
 
+        features = 2 * width * 49
         self.net = nn.Sequential(
-            sn(nn.Conv2d(self.image_shape[0] + context_dim, width, 4, 2, 1)),
+            sn(nn.Conv2d(self.image_shape[0] + concat, width, 4, 2, 1)),
             nn.LeakyReLU(0.2),
             sn(nn.Conv2d(width, 2 * width, 4, 2, 1)),
             nn.LeakyReLU(0.2),
             nn.Flatten(),
-            sn(nn.Linear(2 * width * 49, 1)),
+            sn(nn.Linear(features, 1)),
+        )
+        # V of the projection term: row c of V^T is the embedding of label c
+        self.embed = (
+            sn(nn.Linear(context_dim, features, bias=False))
+            if context_dim and conditioning == "projection"
+            else None
         )
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
@@ -257,10 +309,16 @@ class DCGANDiscriminator(nn.Module):
         _check_context(context, self.context_dim, "discriminator")
         batch = x.shape[: x.dim() - len(self.event_shape)]
         h = x.reshape(-1, *self.image_shape)
+        c = None
         if context is not None:
-            c = context.expand(*batch, self.context_dim).reshape(-1, self.context_dim)
-            h = torch.cat([h, c[:, :, None, None].expand(-1, -1, 28, 28).to(h)], 1)
-        return self.net(h).reshape(batch)
+            c = context.expand(*batch, self.context_dim).reshape(-1, self.context_dim).to(h)
+        if self.embed is None:
+            if c is not None:
+                h = torch.cat([h, c[:, :, None, None].expand(-1, -1, 28, 28)], 1)
+            return self.net(h).reshape(batch)
+        features = self.net[:-1](h)
+        score = self.net[-1](features).squeeze(-1) + (self.embed(c) * features).sum(-1)
+        return score.reshape(batch)
 
 
 class ConvTranslator(nn.Module):

@@ -114,3 +114,19 @@ def test_cyclegan_translates_digits_and_scores_against_the_known_mapping(tmp_pat
     assert 0 <= results["class_preservation"] <= 1 and results["cycle_error"] >= 0
     assert cli(capsys, "sample", run, "-n", "9")[0] == 0
     assert pyro_gen.load(run).translate(x[:3]).shape == (3, 1, 8, 8)
+
+
+def test_cgan_records_the_projection_discriminator_and_older_runs_rebuild_theirs():
+    from pyro_gen.cli_models import run_options
+    from pyro_gen.cli_models_gan import GAN_MODELS
+
+    spec = GAN_MODELS["cgan"]
+    new = {"z_dim": 8, "hidden_dim": 16, "loss": "nonsaturating", "num_classes": 10}
+    assert spec.defaults["conditioning"] == "projection" and "conditioning" in spec.options
+    # a run written before the option existed has no "conditioning" in its options: it was
+    # trained with the label as input channels and must rebuild that network
+    old = run_options({"model": "cgan", "options": new})
+    loss = spec.loss((28, 28), old)
+    assert loss.discriminator.conditioning == "concat" and loss.discriminator.embed is None
+    current = spec.loss((28, 28), {**new, "conditioning": "projection"})
+    assert current.discriminator.embed is not None

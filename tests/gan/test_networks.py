@@ -9,6 +9,7 @@ import torch
 from pyro_gen.gan import Generator, WassersteinGP
 from pyro_gen.infer import fit
 from pyro_gen.nn import (
+    ConditionalBatchNorm,
     ConvTranslator,
     DCGANDiscriminator,
     DCGANGenerator,
@@ -79,3 +80,54 @@ def test_the_translator_starts_as_the_identity_and_stays_in_the_unit_interval():
             p.add_(torch.randn_like(p))  # any weights: the output stays a valid pixel
     y = t(x)
     assert y.shape == x.shape and ((y >= 0) & (y <= 1)).all() and not torch.allclose(y, x)
+
+
+def test_the_projection_discriminator_is_its_unconditional_score_plus_a_label_inner_product():
+    # Miyato & Koyama: D(x, c) = psi(phi(x)) + c^T V phi(x), so D is affine in the context
+    # and two labels differ by (c1 - c2)^T V phi(x) exactly
+    torch.manual_seed(0)
+    d = DCGANDiscriminator(width=4, context_dim=3)
+    x, c1, c2 = torch.rand(5, 28, 28), torch.eye(3)[[0, 1, 2, 0, 1]], torch.eye(3)[[2, 2, 0, 1, 0]]
+    phi = d.net[:-1](x[:, None])
+    expected = d.net[-1](phi).squeeze(-1) + ((c1 @ d.embed.weight.T) * phi).sum(-1)
+    torch.testing.assert_close(d(x, c1), expected)
+    torch.testing.assert_close(d(x, 0.3 * c1 + 0.7 * c2), 0.3 * d(x, c1) + 0.7 * d(x, c2))
+    d(x, c1).sum().backward()
+    assert d.embed.weight.grad.abs().sum() > 0  # the embedding trains
+    with pytest.raises(ValueError, match="conditioning must be 'projection' or 'concat'"):
+        DCGANDiscriminator(context_dim=3, conditioning="sum")
+
+
+def test_conditional_batch_norm_is_batch_norm_with_a_scale_and_shift_per_class():
+    torch.manual_seed(0)
+    bn = ConditionalBatchNorm(4, context_dim=3)
+    with torch.no_grad():
+        bn.scale.weight.normal_()
+        bn.shift.weight.normal_()
+    h, labels = torch.randn(6, 4, 5, 5), torch.tensor([0, 1, 2, 2, 1, 0])
+    c = torch.eye(3)[labels]
+    gain = 1 + bn.scale.weight.T[labels][:, :, None, None]
+    bias = bn.shift.weight.T[labels][:, :, None, None]
+    plain = torch.nn.BatchNorm2d(4, affine=False)
+    torch.testing.assert_close(bn(h, c), plain(h) * gain + bias)
+    bn.eval(), plain.eval()  # the running statistics, as batch norm keeps them
+    torch.testing.assert_close(bn(h, c), plain(h) * gain + bias)
+    with pytest.raises(ValueError, match="one context per example"):
+        bn(h, c[:2])
+
+
+def test_the_conditional_batch_norm_generator_starts_as_the_concat_one_and_uses_the_label():
+    torch.manual_seed(0)
+    concat = DCGANGenerator(4, width=4, context_dim=3)
+    cbn = DCGANGenerator(4, width=4, context_dim=3, conditioning="batchnorm")
+    shared = {k: v for k, v in concat.state_dict().items() if not k.startswith(("fc.1", "conv.1"))}
+    cbn.load_state_dict(shared, strict=False)
+    z, c = torch.randn(6, 4), torch.eye(3)[[0, 1, 2, 0, 1, 2]]
+    torch.testing.assert_close(cbn(z, c), concat(z, c))  # zero-initialised scales and shifts
+    cbn(z, c).sum().backward()
+    assert (
+        cbn.fc[1].scale.weight.grad.abs().sum() > 0
+        and cbn.conv[1].shift.weight.grad.abs().sum() > 0
+    )
+    with pytest.raises(ValueError, match="conditioning must be 'concat' or 'batchnorm'"):
+        DCGANGenerator(4, context_dim=3, conditioning="projection")

@@ -28,6 +28,7 @@ import time
 import pyro
 import torch
 from budget import BudgetSpent, budget
+from flow_matching_2d import add_fm_arguments
 from flow_matching_2d import build as build_fm
 
 from pyro_gen.data import load, toy_log_prob
@@ -98,6 +99,7 @@ def run(name: str, data: str, args: argparse.Namespace) -> dict:
     gap = true_lp - model_lp
     return {
         "model": name + (" (standardized)" if args.standardize else ""),
+        "fm_dynamics": args.fm_dynamics,
         "data": data,
         "steps": counter["steps"],
         "train_s": round(train_s, 1),
@@ -123,6 +125,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--lr-final", type=float, default=0.02, help="lr factor at end of budget")
     p.add_argument("--eval-tol", type=float, default=1e-5, help="ODE rtol = atol at test")
+    add_fm_arguments(p)
     p.add_argument("--sigma-max", type=float, default=12.0, help="VE SDE's largest std")
     p.add_argument("--standardize", action="store_true", help="train on data / its std")
     p.add_argument("--seed", type=int, default=0)

@@ -45,6 +45,7 @@ __all__ = [
     "ContinuousFlow",
     "ODEConvNet",
     "ODEMLP",
+    "ODETimeMLP",
     "cnf",
     "divergence_exact",
     "divergence_hutchinson",
@@ -382,6 +383,43 @@ class ODEMLP(nn.Module):
             if i < len(self.layers) - 1:
                 h = self.activation(h)
         return h
+
+
+class ODETimeMLP(nn.Module):
+    r"""Dynamics network :math:`f(z, t)` for vectors with a sinusoidal embedding of the time:
+    :class:`~pyro_gen.nn.TimeMLP` (residual SiLU blocks, each adding a projection of the
+    embedding) applied to ``t * time_scale``.
+
+    Why beside :class:`ODEMLP`: ConcatSquash layers see :math:`t` only through one sigmoid gate
+    and one bias per unit, which makes fields that change quickly in time hard to fit. Trained by
+    flow matching on the checkerboard for 60 CPU seconds (width 128, 3 layers), this network
+    reached a KL of 0.18 nats against ConcatSquash's 0.32 (``benchmarks/RESULTS.md``).
+
+    Args:
+        dim: event size.
+        hidden_dim: width of the residual blocks.
+        num_layers: number of residual blocks.
+        time_scale: factor on :math:`t` before the embedding (its frequencies span
+            ``1`` to ``1e-4`` per unit, so times in ``[0, 1]`` need the spread).
+
+    Example:
+        >>> f = ODETimeMLP(2, 16, num_layers=1)
+        >>> f(torch.randn(4, 2), torch.tensor(0.5)).shape, f(torch.randn(4, 2), torch.rand(4)).shape
+        (torch.Size([4, 2]), torch.Size([4, 2]))
+    """
+
+    def __init__(
+        self, dim: int, hidden_dim: int = 128, num_layers: int = 3, time_scale: float = 1000.0
+    ) -> None:
+        super().__init__()
+        from pyro_gen.nn.time_embedding import TimeMLP
+
+        self.net = TimeMLP(dim, hidden_dim, num_layers=num_layers)
+        self.time_scale = float(time_scale)
+
+    def forward(self, z: Tensor, t: Tensor) -> Tensor:
+        # one time for the whole batch (an ODE solve) or one per example (flow matching)
+        return self.net(z, t.to(z) * self.time_scale)
 
 
 class ODEConvNet(nn.Module):

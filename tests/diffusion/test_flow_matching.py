@@ -135,3 +135,21 @@ def test_reflow_and_bad_input():
         FlowMatching(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="objective must be one of"):
         FlowMatching(cnf(2, (8,)), objective="ot")
+
+
+def test_time_mlp_dynamics_read_one_time_as_per_example_times():
+    # the ODE solve passes one time for the batch, flow matching one per example: both must be
+    # the same field, or training and the likelihood would see different networks
+    from pyro_gen.flows import CNF
+
+    torch.manual_seed(0)
+    model = CNF((2,), hidden_dims=(8, 8), dynamics="time_mlp", rtol=1e-5, atol=1e-5).double()
+    f = model.transforms[0].dynamics
+    z = torch.randn(3, 2, dtype=torch.float64)
+    assert torch.allclose(f(z, torch.tensor(0.3)), f(z, torch.full((3,), 0.3)), atol=1e-12)
+    with torch.no_grad():  # the same solve either way (FlowMatching.log_prob runs without grad)
+        assert torch.allclose(FlowMatching(model).log_prob(z), model.log_prob(z), atol=1e-10)
+    with pytest.raises(ValueError, match="dynamics must be one of"):
+        CNF((2,), dynamics="unet")
+    with pytest.raises(ValueError, match="equal widths"):
+        CNF((2,), hidden_dims=(16, 8), dynamics="time_mlp")

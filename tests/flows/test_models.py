@@ -35,13 +35,23 @@ VECTOR = {
     "nsf": lambda: NSF((2,), num_layers=2, hidden_dims=(16,), spline_bins=4),
     "resflow": lambda: ResidualFlow((2,), num_layers=2, hidden_dims=(16,)),
 }
+# vector variants of a registered flow, run through the same vector tests
+VECTOR_VARIANTS = {
+    # the autoregressive spline layers (NSF's default is the coupling)
+    "nsf_autoregressive": lambda: NSF(
+        (2,), num_layers=2, hidden_dims=(16,), layer="autoregressive", spline_bins=4
+    ),
+}
+ALL_VECTOR = {**VECTOR, **VECTOR_VARIANTS}
 IMAGE = {
     "nice": lambda: NICE((4, 4), num_layers=2, hidden_dims=(16,)),
     "realnvp": lambda: RealNVP((1, 4, 4), num_layers=1, hidden_channels=4, num_blocks=1),
     "glow": lambda: Glow((4, 4), depth=1, hidden_channels=4, num_blocks=1),
     "maf": lambda: MAF((1, 4, 4), num_layers=2, hidden_dims=(32,)),
     "cnf": lambda: CNF((1, 4, 4), hidden_dims=(4,), **FAST_ODE),
-    "nsf": lambda: NSF((1, 4, 4), num_layers=2, hidden_dims=(32,), spline_bins=4),
+    "nsf": lambda: NSF(
+        (1, 4, 4), num_layers=2, hidden_dims=(32,), layer="autoregressive", spline_bins=4
+    ),
     "resflow": lambda: ResidualFlow((1, 4, 4), num_layers=1, hidden_dims=(16,)),
 }
 # image variants of a registered flow, run through the same image tests
@@ -91,9 +101,9 @@ def test_svi_smoke_and_exact_elbo(name):
     assert [f.name for f in tr.nodes["x"]["cond_indep_stack"]] == ["data"]
 
 
-@pytest.mark.parametrize("name", sorted(VECTOR))
+@pytest.mark.parametrize("name", sorted(ALL_VECTOR))
 def test_density_integrates_to_one_and_matches_samples(name):
-    flow = _perturbed(VECTOR[name])
+    flow = _perturbed(ALL_VECTOR[name])
     n, lim = 241, 8.0
     g = torch.linspace(-lim, lim, n)
     grid = torch.stack(torch.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
@@ -228,3 +238,19 @@ def test_nsf_coupling_and_bound_check():
     NSF((3,), num_layers=1, hidden_dims=(8,), bound=2.0, max_outside=0.1).model(data)
     with pytest.raises(ValueError, match="layer must be"):
         NSF((3,), layer="spline")
+
+
+def test_nsf_defaults_are_the_measured_ones():
+    """``build("nsf")`` (what ``pyro-gen train nsf`` runs): 32-bin spline couplings on vectors,
+    the measured choice (NSF's docstring); flattened autoregressive layers on images."""
+    from pyro_gen.transforms import Coupling, MaskedAutoregressive, RationalQuadratic
+
+    def layers(flow, kind):
+        return [m for m in flow.modules() if isinstance(m, kind)]
+
+    vector = build("nsf", (2,))
+    assert len(layers(vector, Coupling)) == 4 and not layers(vector, MaskedAutoregressive)
+    assert {h.num_bins for h in layers(vector, RationalQuadratic)} == {32}
+    image = build("nsf", (8, 8))
+    assert len(layers(image, MaskedAutoregressive)) == 2 and not layers(image, Coupling)
+    assert {h.num_bins for h in layers(image, RationalQuadratic)} == {4}

@@ -58,7 +58,7 @@ def true_log_prob(data: str, x: torch.Tensor) -> torch.Tensor:
     return moons_log_prob(x) if data == "moons" else toy_log_prob(data, x)
 
 
-def build(name: str, args: argparse.Namespace):
+def build(name: str, args: argparse.Namespace, x: torch.Tensor):
     """(module trained by fit, log-density function used for the KL)."""
     if name == "score_ve":
         sde = VESDE(0.01, args.sigma_max)
@@ -66,7 +66,7 @@ def build(name: str, args: argparse.Namespace):
         return sm, lambda x: probability_flow_log_prob(
             sm, x, eps=1e-3, rtol=args.eval_tol, atol=args.eval_tol
         )
-    return build_fm(name, args)
+    return build_fm(name, args, x)
 
 
 def run(name: str, data: str, args: argparse.Namespace) -> dict:
@@ -74,11 +74,11 @@ def run(name: str, data: str, args: argparse.Namespace) -> dict:
     pyro.set_rng_seed(args.seed)
     x, _ = load(data, "train", num_samples=args.train_samples, seed=args.seed)
     xt, _ = load(data, "test", num_samples=args.test_samples, seed=args.seed)
-    module, log_prob = build(name, args)
     # --standardize: train on x / s (s the training data's per-coordinate std) and read the
     # density back by the change of variables log p(x) = log p_s(x / s) - sum(log s)
     scale = x.std(0) if args.standardize else torch.ones(2)
     x = x / scale
+    module, log_prob = build(name, args, x)
     optim = pyro.optim.Adam({"lr": args.lr})
     counter = {"steps": 0}
     callback = budget(
@@ -100,6 +100,7 @@ def run(name: str, data: str, args: argparse.Namespace) -> dict:
     return {
         "model": name + (" (standardized)" if args.standardize else ""),
         "fm_dynamics": args.fm_dynamics,
+        "fm_precondition": args.fm_precondition,
         "data": data,
         "steps": counter["steps"],
         "train_s": round(train_s, 1),

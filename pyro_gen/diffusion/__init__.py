@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pyro_gen.diffusion.bound import likelihood_bound
 from pyro_gen.diffusion.ddpm import DDPM
 from pyro_gen.diffusion.ema import EMA, ema_callback
-from pyro_gen.diffusion.flow_matching import FlowMatching, reflow_pairs
+from pyro_gen.diffusion.flow_matching import FlowMatching, PreconditionedVelocity, reflow_pairs
 from pyro_gen.diffusion.learned_sde import LearnedVPSDE
 from pyro_gen.diffusion.likelihood import (
     DiscretizedGaussian,
@@ -63,6 +63,7 @@ __all__ = [
     "DDPMScore",
     "DiscretizedGaussian",
     "FlowMatching",
+    "PreconditionedVelocity",
     "LearnedVPSDE",
     "NoiseSchedule",
     "ScheduleSDE",

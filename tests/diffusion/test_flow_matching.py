@@ -153,3 +153,33 @@ def test_time_mlp_dynamics_read_one_time_as_per_example_times():
         CNF((2,), dynamics="unet")
     with pytest.raises(ValueError, match="equal widths"):
         CNF((2,), hidden_dims=(16, 8), dynamics="time_mlp")
+
+
+@pytest.mark.parametrize("sigma_min", [0.0, 1e-2])
+def test_preconditioned_velocity_is_exact_for_gaussian_data(sigma_min):
+    # with F = 0 the preconditioned field is c_skip(s) x, which must be the marginal field of
+    # N(0, v I) data: compare with Gaussian conditioning, and its ODE must carry N(0, I) back to
+    # the data's density (t1 = 2 checks the flow-time scaling)
+    from pyro_gen.diffusion import PreconditionedVelocity
+
+    v = 2.5
+    zero = lambda x, t: torch.zeros_like(x)  # noqa: E731
+    f = PreconditionedVelocity(zero, v**0.5, sigma_min=sigma_min, t0=0.0, t1=2.0)
+    y = torch.randn(4, 2, dtype=torch.float64)
+    s = torch.rand(4, dtype=torch.float64)
+    c = (sigma_min + (1 - sigma_min) * s)[:, None]
+    expected = ((1 - sigma_min) * c - (1 - s[:, None]) * v) / ((1 - s[:, None]) ** 2 * v + c**2)
+    assert torch.allclose(f(y, 2 * s), expected * y / 2, atol=1e-12)
+    flow = ContinuousFlow(f, (2,), t1=2.0, rtol=1e-9, atol=1e-9)
+    lp = FlowMatching(flow).log_prob(y)
+    scale = (v + sigma_min**2) ** 0.5  # at s = 0 the path is data + sigma_min z
+    truth = torch.distributions.Normal(0.0, scale).log_prob(y).sum(-1)
+    assert torch.allclose(lp, truth, atol=1e-6)
+    with pytest.raises(ValueError, match="data_std must be positive"):
+        PreconditionedVelocity(zero, 0.0)
+    # FlowMatching(data_std=...) wraps the flow's own network once, for its log_prob too
+    plain = cnf(2, (8,))
+    FlowMatching(plain, data_std=2.0, sigma_min=sigma_min)
+    FlowMatching(plain, data_std=2.0, sigma_min=sigma_min)
+    assert isinstance(plain.dynamics, PreconditionedVelocity)
+    assert not isinstance(plain.dynamics.net, PreconditionedVelocity)

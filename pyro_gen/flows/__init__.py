@@ -76,13 +76,14 @@ _DEFAULTS: dict[str, dict[str, dict]] = {
         # the class's defaults, 4 spline couplings of 32 bins: faster per step than the
         # autoregressive layers and what meets the 2D toy targets (NSF's docstring says why)
         "vector": {"num_layers": 4, "hidden_dims": (64, 64)},
-        # flattened images, autoregressive: a MADE emits 3K - 1 numbers per pixel, so fewer
-        # bins and units
+        # multi-scale spline couplings at RealNVP's MNIST CPU size: 1.33 bits/dim in 8 CPU
+        # minutes, against 1.65 for flattened autoregressive spline layers (RESULTS.md)
         "image": {
-            "layer": "autoregressive",
             "num_layers": 2,
-            "hidden_dims": (512,),
-            "spline_bins": 4,
+            "hidden_channels": 16,
+            "num_blocks": 1,
+            "num_levels": 2,
+            "spline_bins": 8,
         },
     },
     "resflow": {

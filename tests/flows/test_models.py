@@ -241,8 +241,8 @@ def test_nsf_coupling_and_bound_check():
 
 
 def test_nsf_defaults_are_the_measured_ones():
-    """``build("nsf")`` (what ``pyro-gen train nsf`` runs): 32-bin spline couplings on vectors,
-    the measured choice (NSF's docstring); flattened autoregressive layers on images."""
+    """``build("nsf")`` (what ``pyro-gen train nsf`` runs): spline couplings, the measured
+    choice (NSF's docstring): 32 bins on vectors, multi-scale with 8 bins on images."""
     from pyro_gen.transforms import Coupling, MaskedAutoregressive, RationalQuadratic
 
     def layers(flow, kind):
@@ -252,5 +252,6 @@ def test_nsf_defaults_are_the_measured_ones():
     assert len(layers(vector, Coupling)) == 4 and not layers(vector, MaskedAutoregressive)
     assert {h.num_bins for h in layers(vector, RationalQuadratic)} == {32}
     image = build("nsf", (8, 8))
-    assert len(layers(image, MaskedAutoregressive)) == 2 and not layers(image, Coupling)
-    assert {h.num_bins for h in layers(image, RationalQuadratic)} == {4}
+    # 2 levels: 2 checkerboard and 2 channel couplings, then 3 checkerboard ones
+    assert len(layers(image, Coupling)) == 7 and not layers(image, MaskedAutoregressive)
+    assert {h.num_bins for h in layers(image, RationalQuadratic)} == {8}

@@ -98,8 +98,8 @@ class SSVAE(nn.Module):
             biases of the three networks' hidden layers (their output layers keep PyTorch's
             initialization), as Pyro's SS-VAE example does with 0.001; None keeps PyTorch's
             initialization everywhere. Small hidden weights start every network nearly
-            constant in its input, so early on z carries almost nothing about x and the
-            decoder learns to use y (benchmarks/RESULTS.md).
+            constant in its input; on MNIST with 100 labels they lowered the test error
+            after 5 epochs from 50.6% to 33.2% (benchmarks/RESULTS.md).
         name: prefix of the networks' names in Pyro's param store.
 
     Example:

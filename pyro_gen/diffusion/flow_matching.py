@@ -64,7 +64,7 @@ def _the_flow(flow: Any) -> ContinuousFlow:
     )
 
 
-class PreconditionedVelocity(torch.nn.Module):
+class PreconditionedVelocity(PicklableModule):
     r"""Velocity field :math:`f(x, t) = c_{skip}(s)\, x + c_{out}(s)\, F_\theta(x, t)` on
     flow matching's path, with the coefficients of the best linear predictor (as in Karras et
     al.'s EDM preconditioning).

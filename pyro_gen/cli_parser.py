@@ -157,6 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
         "how image flows turn pixels into continuous data",
         choices=("uniform", "variational"),
     )
+    _add_setting(
+        flows,
+        "velocity_net",
+        "cnf on 2D data: the network of the ODE's velocity, FFJORD's concat_squash or "
+        "time_mlp (a sinusoidal time embedding; none: time_mlp for --objective flow-matching "
+        "and rectified, whose checkerboard KL it halved, concat_squash for ml)",
+        choices=("concat_squash", "time_mlp"),
+    )
 
     gan = train.add_argument_group("gan, wgan, cgan, cyclegan options")
     _add_setting(

@@ -44,6 +44,7 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "objective": "elbo",
     "k": 50,
     "dequantization": "uniform",
+    "velocity_net": None,  # cnf: by the objective (see _build_cnf)
     "schedule": "linear",
     "param": "eps",
     "diffusion_objective": "elbo",

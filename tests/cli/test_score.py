@@ -63,6 +63,8 @@ def test_flow_matching_cnf_reports_its_exact_likelihood(tmp_path, capsys):
     assert status == 0, err
     model = pyro_gen.load(run)
     assert type(model).__name__ == "FlowMatching" and model.objective == "rectified"
+    nets = {type(m).__name__ for m in model.modules()}
+    assert "ODETimeMLP" in nets and "ODEMLP" not in nets  # flow matching's default net
     status, _, err = cli(capsys, "evaluate", run, "--num-test", "16")
     assert status == 0, err
     results = json.loads((run / "evaluation.json").read_text())
@@ -73,6 +75,19 @@ def test_flow_matching_cnf_reports_its_exact_likelihood(tmp_path, capsys):
     status, _, err = cli(capsys, "train", "cnf", "--data", "moons", "--objective", "ml",
                          *TINY, "--out", run)  # fmt: skip
     assert_one_line_error(status, err, "--objective rectified", "those change the model")
+
+    # A run written before --velocity-net (FFJORD's net) still rebuilds and loads.
+    config = json.loads((run / "config.json").read_text())
+    del config["options"]["velocity_net"]
+    (run / "config.json").write_text(json.dumps(config))
+    old = tmp_path / "old"
+    status, _, err = cli(capsys, "train", "cnf", "--data", "moons", "--objective", "rectified",
+                         "--velocity-net", "concat_squash", *TINY, "--out", old)  # fmt: skip
+    assert status == 0, err
+    config = json.loads((old / "config.json").read_text())
+    del config["options"]["velocity_net"]
+    (old / "config.json").write_text(json.dumps(config))
+    assert "ODEMLP" in {type(m).__name__ for m in pyro_gen.load(old).modules()}
 
 
 def test_ddpm_samples_with_the_score_samplers_and_gives_its_ode_likelihood(tmp_path, capsys):
@@ -92,6 +107,8 @@ def test_ddpm_samples_with_the_score_samplers_and_gives_its_ode_likelihood(tmp_p
     "args, message",
     [
         (["cnf", "--data", "digits", "--objective", "flow-matching"], "use a 2D toy dataset"),
+        (["cnf", "--data", "digits", "--velocity-net", "time_mlp"], "image CNFs use a conv net"),
+        (["realnvp", "--data", "moons", "--velocity-net", "time_mlp"], "not an option of"),
         (["vae", "--data", "digits", "--objective", "rectified"], "does not apply to vae"),
         (["realnvp", "--data", "moons", "--objective", "ml"], "not an option of realnvp"),
         (["sde", "--data", "moons", "--sde", "nosuch"], "invalid choice: 'nosuch'"),

@@ -14,6 +14,7 @@ from pyro.infer import SVI, TraceEnum_ELBO, config_enumerate
 from torch import nn
 
 from pyro_gen.infer.compiled import CompiledSVI, supports
+from tests.infer.test_compiled import grads_of_store
 
 RTOL = 1e-5
 
@@ -80,15 +81,6 @@ class Mixture(nn.Module):
         loc = pyro.param("q_loc", torch.tensor([-1.0, 1.0]))
         scale = pyro.param("q_scale", torch.ones(2) * 0.5, constraint=dist.constraints.positive)
         pyro.sample("locs", dist.Normal(loc, scale).to_event(1))
-
-
-def grads_of_store() -> dict[str, torch.Tensor]:
-    out = {}
-    for name, p in pyro.get_param_store().named_parameters():
-        if p.grad is not None:
-            out[name] = p.grad.clone()
-            p.grad = None
-    return out
 
 
 def batches(kind: str):

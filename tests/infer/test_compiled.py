@@ -136,19 +136,25 @@ def test_same_draws_same_loss_and_grads(kind, loss_cls, annealed):
             beta[0] += 0.2  # a live schedule is read at every step, not baked in
         # Fresh tensors per call: a flow caches its last inverse by the input's identity
         # (Pyro's cache_size=1), so plain Pyro itself cannot take one tensor twice.
-        pyro.set_rng_seed(seed)
-        expected = loss_cls().loss_and_grads(model, guide, x.clone())
-        expected_grads = grads_of_store()
-        pyro.set_rng_seed(seed)
-        actual = compiled.loss_and_grads(x.clone())
-        actual_grads = grads_of_store()
-        assert compiled.compiled, compiled.fallback_reason
-        torch.testing.assert_close(actual, torch.tensor(expected), rtol=RTOL, atol=0)
-        assert actual_grads.keys() == expected_grads.keys()
-        for name in expected_grads:
-            torch.testing.assert_close(
-                actual_grads[name], expected_grads[name], rtol=RTOL, atol=1e-10, msg=name
-            )
+        assert_same_loss_and_grads(compiled, loss_cls(), seed, x)
+
+
+def assert_same_loss_and_grads(compiled: CompiledSVI, loss, seed: int, *args) -> None:
+    """With the same seed, the compiled step gives Pyro's loss and gradients (on fresh
+    copies of ``args``) and ran its program."""
+    pyro.set_rng_seed(seed)
+    expected = loss.loss_and_grads(compiled.model, compiled.guide, *(a.clone() for a in args))
+    expected_grads = grads_of_store()
+    pyro.set_rng_seed(seed)
+    actual = compiled.loss_and_grads(*(a.clone() for a in args))
+    actual_grads = grads_of_store()
+    assert compiled.compiled, compiled.fallback_reason
+    torch.testing.assert_close(actual, torch.tensor(expected), rtol=RTOL, atol=0)
+    assert actual_grads.keys() == expected_grads.keys()
+    for name in expected_grads:
+        torch.testing.assert_close(
+            actual_grads[name], expected_grads[name], rtol=RTOL, atol=1e-10, msg=name
+        )
 
 
 @pytest.mark.parametrize("backend", ["fx", "jit", "inductor"])

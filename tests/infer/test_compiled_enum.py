@@ -14,7 +14,7 @@ from pyro.infer import SVI, TraceEnum_ELBO, config_enumerate
 from torch import nn
 
 from pyro_gen.infer.compiled import CompiledSVI, supports
-from tests.infer.test_compiled import grads_of_store
+from tests.infer.test_compiled import assert_same_loss_and_grads
 
 RTOL = 1e-5
 
@@ -105,20 +105,7 @@ def test_same_draws_same_loss_and_grads(kind):
     compiled = CompiledSVI(model, guide, loss=TraceEnum_ELBO(max_plate_nesting=1), backend="fx")
     # each signature: first a plain step, then a recording, then replays
     for step, args in enumerate(data * 2):
-        args = tuple(a.clone() for a in args)
-        pyro.set_rng_seed(step)
-        expected = TraceEnum_ELBO(max_plate_nesting=1).loss_and_grads(model, guide, *args)
-        expected_grads = grads_of_store()
-        pyro.set_rng_seed(step)
-        actual = compiled.loss_and_grads(*args)
-        actual_grads = grads_of_store()
-        assert compiled.compiled, compiled.fallback_reason
-        torch.testing.assert_close(actual, torch.tensor(expected), rtol=RTOL, atol=0)
-        assert actual_grads.keys() == expected_grads.keys()
-        for name in expected_grads:
-            torch.testing.assert_close(
-                actual_grads[name], expected_grads[name], rtol=RTOL, atol=1e-10, msg=name
-            )
+        assert_same_loss_and_grads(compiled, TraceEnum_ELBO(max_plate_nesting=1), step, *args)
     assert len(compiled._programs) == len({tuple(a.shape for a in args) for args in data})
 
 

@@ -73,11 +73,15 @@ class _FusedParamView:
 
 
 def _fusable(optim: pyro.optim.PyroOptim) -> bool:
+    # A learning-rate scheduler (pyro.optim.ExponentialLR, OneCycleLR, ...) keeps Pyro's own
+    # per-parameter optimizers: its step() walks them, and a fused stand-in would leave the
+    # rate where it started without a word.
     ctor = getattr(optim, "pt_optim_constructor", None)
     return (
         ctor in (torch.optim.Adam, torch.optim.AdamW)
         and isinstance(optim.pt_optim_args, dict)
         and not optim.pt_clip_args
+        and not isinstance(optim, pyro.optim.PyroLRScheduler)
     )
 
 

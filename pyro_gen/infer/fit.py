@@ -301,7 +301,9 @@ def fit(
         batch_size: examples per step (tensor datasets only; the user's batches are used as
             they come); per process when training data-parallel.
         optim: a :class:`pyro.optim.PyroOptim`; default Adam with learning rate 1e-3. It may
-            be shared with other loops (Pyro's ``SVI``, another ``fit``).
+            be shared with other loops (Pyro's ``SVI``, another ``fit``). A Pyro scheduler
+            (``pyro.optim.ExponentialLR`` ...) advances where Pyro's docs step it, between
+            epochs: ``callbacks=[lambda record, module: scheduler.step()]``.
         loss: a Pyro ELBO (any of Pyro's, e.g. ``TraceEnum_ELBO`` for enumerated discrete
             sites), another Pyro loss object with ``loss_and_grads`` (the adversarial losses
             of :mod:`pyro_gen.gan`), or a callable loss as Pyro's ``SVI`` takes one

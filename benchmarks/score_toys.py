@@ -7,6 +7,7 @@ Models (the recipes of ``flow_matching_2d.py``, which this reuses):
 * ``score_ve``: a ``ScoreModel`` on the VE SDE (NCSN as an SDE; sigma from 0.01 to
   ``--sigma-max``), eps-prediction, sigma^2 weighting, density by the probability-flow ODE.
 * ``score_vp``: the same on the VP SDE.
+* ``score_subvp``: the same on the sub-VP SDE (VP drift, smaller diffusion).
 
 Training budget: ``--cpu-min`` minutes of this thread's CPU time per model (the issue's "one CPU
 thread, 5 minutes each"). KL = E_true[log p_true(x) - log p_model(x)] on fresh test points,
@@ -32,7 +33,7 @@ from flow_matching_2d import add_fm_arguments
 from flow_matching_2d import build as build_fm
 
 from pyro_gen.data import load, toy_log_prob
-from pyro_gen.diffusion import VESDE, ScoreModel, probability_flow_log_prob
+from pyro_gen.diffusion import VESDE, ScoreModel, SubVPSDE, probability_flow_log_prob
 from pyro_gen.infer import fit
 from pyro_gen.nn.time_embedding import TimeMLP
 
@@ -60,8 +61,8 @@ def true_log_prob(data: str, x: torch.Tensor) -> torch.Tensor:
 
 def build(name: str, args: argparse.Namespace, x: torch.Tensor):
     """(module trained by fit, log-density function used for the KL)."""
-    if name == "score_ve":
-        sde = VESDE(0.01, args.sigma_max)
+    if name in ("score_ve", "score_subvp"):
+        sde = VESDE(0.01, args.sigma_max) if name == "score_ve" else SubVPSDE()
         sm = ScoreModel(TimeMLP(2, args.hidden, num_layers=args.layers), sde, (2,))
         return sm, lambda x: probability_flow_log_prob(
             sm, x, eps=1e-3, rtol=args.eval_tol, atol=args.eval_tol
@@ -115,7 +116,7 @@ def run(name: str, data: str, args: argparse.Namespace) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=["fm", "score_ve", "score_vp"])
+    p.add_argument("--models", nargs="+", default=["fm", "score_ve", "score_vp", "score_subvp"])
     p.add_argument("--data", nargs="+", default=["checkerboard", "moons"])
     p.add_argument("--cpu-min", type=float, default=5.0, help="training CPU minutes per model")
     p.add_argument("--test-samples", type=int, default=5_000)

@@ -61,6 +61,9 @@ def add_fm_arguments(p: argparse.ArgumentParser) -> None:
     # checkerboard: KL 0.14 against 0.18 without after 60 CPU s, but 0.058 against 0.056 after
     # the issue's 5 minutes (RESULTS.md, session 5), so it is off by default
     p.add_argument("--fm-precondition", action=argparse.BooleanOptionalAction, default=False)
+    # random Fourier features of the state for the time_mlp net (CNF(fourier_features=...))
+    p.add_argument("--fm-fourier", type=int, default=0, help="random Fourier features (0: none)")
+    p.add_argument("--fm-fourier-scale", type=float, default=1.0, help="their frequencies' std")
 
 
 def build(name: str, args: argparse.Namespace, x: torch.Tensor):
@@ -68,7 +71,8 @@ def build(name: str, args: argparse.Namespace, x: torch.Tensor):
     hidden = tuple([args.hidden] * args.layers)
     if name in ("fm", "rectified"):
         cnf = CNF((2,), hidden_dims=hidden, activation=nn.SiLU, dynamics=args.fm_dynamics,
-                  rtol=args.eval_tol, atol=args.eval_tol)  # fmt: skip
+                  rtol=args.eval_tol, atol=args.eval_tol, fourier_features=args.fm_fourier,
+                  fourier_scale=args.fm_fourier_scale)  # fmt: skip
         objective = "cfm" if name == "fm" else "rectified"
         data_std = x.var(0).mean().sqrt().item() if args.fm_precondition else None
         fm = FlowMatching(cnf, objective=objective, time_samples=1, data_std=data_std)

@@ -102,6 +102,7 @@ def run(name: str, data: str, args: argparse.Namespace) -> dict:
         "model": name + (" (standardized)" if args.standardize else ""),
         "fm_dynamics": args.fm_dynamics,
         "fm_precondition": args.fm_precondition,
+        "fm_fourier": [args.fm_fourier, args.fm_fourier_scale],
         "data": data,
         "steps": counter["steps"],
         "train_s": round(train_s, 1),

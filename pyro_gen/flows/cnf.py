@@ -46,6 +46,9 @@ class CNF(FlowModel):
         activation: activation of the ConcatSquash dynamics nets.
         dynamics: vector dynamics network, ``"concat_squash"`` or ``"time_mlp"`` (its width is
             ``hidden_dims[0]``, its residual blocks ``len(hidden_dims)``).
+        fourier_features: random Fourier features of the state fed to the ``"time_mlp"`` net
+            (see :class:`~pyro_gen.transforms.continuous.ODETimeMLP`; 0: none).
+        fourier_scale: std of their frequencies, in cycles per unit of the data.
         dequantization: see :class:`~pyro_gen.flows.base.FlowModel`.
         num_bins: discrete levels of the data.
 
@@ -77,6 +80,8 @@ class CNF(FlowModel):
         num_bins: int = 256,
         name: str | None = None,
         dynamics: str = "concat_squash",
+        fourier_features: int = 0,
+        fourier_scale: float = 1.0,
     ) -> None:
         event_shape = tuple(event_shape)
         if dynamics not in VECTOR_DYNAMICS:
@@ -86,11 +91,22 @@ class CNF(FlowModel):
                 f"dynamics='time_mlp' has one width for every block; got hidden_dims="
                 f"{tuple(hidden_dims)}: pass equal widths, e.g. (128, 128, 128)"
             )
+        if fourier_features and not (dynamics == "time_mlp" and len(event_shape) == 1):
+            raise ValueError(
+                f"fourier_features={fourier_features} needs vector data and dynamics='time_mlp'; "
+                f"got event_shape={event_shape}, dynamics={dynamics!r}"
+            )
         flow_shape = event_shape if len(event_shape) == 1 else image_shape(event_shape)
         blocks = []
         for _ in range(num_blocks):
             if len(event_shape) == 1 and dynamics == "time_mlp":
-                net = ODETimeMLP(event_shape[0], hidden_dims[0], num_layers=len(hidden_dims))
+                net = ODETimeMLP(
+                    event_shape[0],
+                    hidden_dims[0],
+                    num_layers=len(hidden_dims),
+                    fourier_features=fourier_features,
+                    fourier_scale=fourier_scale,
+                )
             elif len(event_shape) == 1:
                 net = ODEMLP(event_shape[0], hidden_dims, activation)
             else:

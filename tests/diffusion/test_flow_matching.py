@@ -155,6 +155,43 @@ def test_time_mlp_dynamics_read_one_time_as_per_example_times():
         CNF((2,), hidden_dims=(16, 8), dynamics="time_mlp")
 
 
+def test_fourier_features_of_the_state(tmp_path):
+    # the time_mlp net with fourier_features=m sees [z, sin(2 pi B^T z), cos(2 pi B^T z)], B fixed
+    # with std fourier_scale; it is saved with the model, and a model without it has the state
+    # dict of runs written before the option
+    import math
+
+    from pyro_gen.flows import CNF
+    from pyro_gen.nn.time_embedding import TimeMLP
+
+    torch.manual_seed(0)
+    plain = CNF((2,), hidden_dims=(8, 8), dynamics="time_mlp")
+    assert not any("fourier" in k for k in plain.state_dict())
+    model = CNF((2,), hidden_dims=(8, 8), dynamics="time_mlp", fourier_features=500,
+                fourier_scale=3.0, rtol=1e-5, atol=1e-5).double()  # fmt: skip
+    f = model.transforms[0].dynamics
+    B = f.fourier_matrix
+    assert B.shape == (2, 500) and abs(float(B.std()) - 3.0) < 0.3
+    ref = TimeMLP(2 + 1000, 8, num_layers=2, out_dim=2).double()
+    ref.load_state_dict(f.net.state_dict())
+    z, t = torch.randn(5, 2, dtype=torch.float64), torch.rand(5, dtype=torch.float64)
+    proj = 2 * math.pi * z @ B
+    feats = torch.cat([z, proj.sin(), proj.cos()], -1)
+    assert torch.allclose(f(z, t), ref(feats, t * 1000.0), atol=1e-12)
+    assert torch.allclose(f(z, torch.tensor(0.3)), f(z, torch.full((5,), 0.3)), atol=1e-12)
+    torch.save(model.state_dict(), tmp_path / "cnf.pt")
+    again = CNF((2,), hidden_dims=(8, 8), dynamics="time_mlp", fourier_features=500).double()
+    again.load_state_dict(torch.load(tmp_path / "cnf.pt"))
+    with torch.no_grad():
+        assert torch.equal(again.transforms[0].dynamics(z, t), f(z, t))
+    with pytest.raises(ValueError, match="needs vector data and dynamics='time_mlp'"):
+        CNF((2,), fourier_features=4)
+    with pytest.raises(ValueError, match="fourier_features must be a whole number >= 0"):
+        CNF((2,), hidden_dims=(8, 8), dynamics="time_mlp", fourier_features=-1)
+    with pytest.raises(ValueError, match="fourier_scale must be positive"):
+        CNF((2,), hidden_dims=(8, 8), dynamics="time_mlp", fourier_features=4, fourier_scale=0.0)
+
+
 @pytest.mark.parametrize("sigma_min", [0.0, 1e-2])
 def test_preconditioned_velocity_is_exact_for_gaussian_data(sigma_min):
     # with F = 0 the preconditioned field is c_skip(s) x, which must be the marginal field of

@@ -43,6 +43,7 @@ from pyro_gen.vae.priors import FlowPrior, NormalPrior, make_prior
 from pyro_gen.vae.refine import refine_posterior, semi_amortized_elbo
 from pyro_gen.vae.semi_supervised import SSVAE, semi_supervised_batches
 from pyro_gen.vae.sites import DATA_PLATE, LATENT, OBS, latent_site
+from pyro_gen.vae.stacked import M1M2, LatentFeatures, latent_features
 from pyro_gen.vae.vae import VAE
 
 __all__ = [
@@ -70,6 +71,9 @@ __all__ = [
     "semi_amortized_elbo",
     "semi_supervised_batches",
     "SSVAE",
+    "LatentFeatures",
+    "M1M2",
+    "latent_features",
     "HierarchicalVAE",
     "AutoAmortizedNormal",
     "DATA_PLATE",

@@ -221,6 +221,8 @@ def semi_supervised_batches(
     labelled_batch_size: int | None = None,
     labelled_passes: float = 1.0,
     generator: torch.Generator | None = None,
+    labelled_scale: torch.Tensor | None = None,
+    unlabelled_scale: torch.Tensor | None = None,
 ) -> Callable[[], Iterator[dict[str, torch.Tensor]]]:
     """Batches for :func:`pyro_gen.infer.fit`: a function returning, each epoch, one pass
     over the shuffled unlabelled examples (``{"x": ...}``) with ``labelled_passes`` passes
@@ -234,6 +236,12 @@ def semi_supervised_batches(
     the classification term k-fold; in short runs that gave the lower test error
     (benchmarks/RESULTS.md).
 
+    With ``labelled_scale`` and ``unlabelled_scale`` the examples are the means of Normals
+    with those standard deviations and every batch is a fresh draw from them: M1+M2
+    (:mod:`pyro_gen.vae.stacked`) passes the mean and scale of M1's posterior, so that M2
+    sees a new :math:`z_1 \\sim q(z_1 \\mid x)` each time it sees an image, as in Kingma
+    et al.'s code.
+
     Args:
         x_labelled: labelled examples, shape ``(L, *event_shape)``.
         y_labelled: their labels, shape ``(L,)``.
@@ -241,11 +249,15 @@ def semi_supervised_batches(
         batch_size: size of an unlabelled batch.
         labelled_batch_size: size of a labelled batch (default ``min(batch_size, L)``).
         labelled_passes: passes over the labelled examples per epoch (at least one batch).
-        generator: random generator for the shuffles.
+        generator: random generator for the shuffles (and the draws).
+        labelled_scale: standard deviations of the labelled examples, their shape; both
+            scales or neither.
+        unlabelled_scale: standard deviations of the unlabelled examples, their shape.
 
     Raises:
-        ValueError: the labels do not match the labelled examples, a set is empty, or
-            ``labelled_passes`` is not positive.
+        ValueError: the labels do not match the labelled examples, a set is empty,
+            ``labelled_passes`` is not positive, or a scale is given alone, has another shape
+            than its examples or is negative.
 
     Example:
         >>> batches = semi_supervised_batches(torch.zeros(4, 2), torch.tensor([0, 1, 0, 1]),
@@ -266,6 +278,18 @@ def semi_supervised_batches(
         raise ValueError("need at least one labelled and one unlabelled example")
     if not labelled_passes > 0:
         raise ValueError(f"labelled_passes must be positive, got {labelled_passes!r}")
+    if (labelled_scale is None) != (unlabelled_scale is None):
+        raise ValueError("give both labelled_scale and unlabelled_scale, or neither")
+    for name, scale, x in (
+        ("labelled_scale", labelled_scale, x_labelled),
+        ("unlabelled_scale", unlabelled_scale, x_unlabelled),
+    ):
+        if scale is not None and (scale.shape != x.shape or bool((scale < 0).any())):
+            raise ValueError(
+                f"{name} must hold a non-negative standard deviation per entry of its "
+                f"examples, shape {tuple(x.shape)}; got shape {tuple(scale.shape)}"
+                + (", with negative entries" if scale.shape == x.shape else "")
+            )
     labelled_batch_size = labelled_batch_size or min(batch_size, x_labelled.shape[0])
     num_unlabelled = math.ceil(x_unlabelled.shape[0] / batch_size)
     per_pass = math.ceil(x_labelled.shape[0] / labelled_batch_size)
@@ -276,17 +300,23 @@ def semi_supervised_batches(
             n = x_labelled.shape[0]
             yield from torch.randperm(n, generator=generator).split(labelled_batch_size)
 
+    def draw(x: torch.Tensor, scale: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor:
+        if scale is None:
+            return x[idx]
+        noise = torch.randn(x[idx].shape, generator=generator, dtype=x.dtype)
+        return x[idx] + scale[idx] * noise.to(x.device)
+
     def epoch() -> Iterator[dict[str, torch.Tensor]]:
         order = torch.randperm(x_unlabelled.shape[0], generator=generator)
         labelled = labelled_batches()
         for i, idx in enumerate(order.split(batch_size)):
-            yield {"x": x_unlabelled[idx]}
+            yield {"x": draw(x_unlabelled, unlabelled_scale, idx)}
             # labelled batch number k goes after unlabelled batch (k + 1) * U_b / L_b - 1,
             # so they are spread evenly and the epoch ends on one
             due = (i + 1) * num_labelled // num_unlabelled - i * num_labelled // num_unlabelled
             for _ in range(due):
                 j = next(labelled)
-                yield {"x": x_labelled[j], "y": y_labelled[j]}
+                yield {"x": draw(x_labelled, labelled_scale, j), "y": y_labelled[j]}
 
     return epoch
 

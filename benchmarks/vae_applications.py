@@ -16,12 +16,22 @@ the earlier runs' (binarized pixels, PyTorch's initialization, the last epoch re
 Pyro's SS-VAE example is ``--pixels grey --init-scale 1e-3 --validation 10000`` (the test
 error at the epoch of best validation error is reported too).
 
+``m1m2``: Kingma et al.'s M1+M2 with 100 labels: M1, a VAE (784-500-500-50 by default, grey
+levels as Bernoulli targets) trained on all 60,000 training images for a thread-CPU budget;
+its posterior means and scales on the active units (:func:`pyro_gen.vae.latent_features`)
+are the features of M2, an SSVAE with a Gaussian likelihood trained for its own budget with
+a fresh draw of the features each time an image is seen. The last ``--validation`` training
+images are held out: their labels only choose M2's epoch (they are among M1's unlabelled
+images). Beside it, the same classifier network trained on the 100 labelled features alone,
+its step chosen on the same validation images. Anchors: 3.33% (M1+M2), 11.97% (M2).
+
 ``naive``: a VAE trained with the ELBO; per test image, the naive estimate of
 :math:`\\log p(x)` (prior draws) and the importance-weighted one (guide draws) at equal
 sample counts, repeated, with standard errors.
 
     python benchmarks/vae_applications.py miwae --train 10000 --epochs 10
     python benchmarks/vae_applications.py m2 --epochs 5
+    python benchmarks/vae_applications.py m1m2 --m1-cpu-minutes 10 --m2-cpu-minutes 5
     python benchmarks/vae_applications.py naive --epochs 5
 """
 
@@ -31,6 +41,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import time
 
 import pyro
@@ -40,7 +51,18 @@ from torch.nn import functional as F
 
 from pyro_gen.data import load
 from pyro_gen.infer import fit, iwae_log_likelihood
-from pyro_gen.vae import SSVAE, VAE, impute, iwae, missing_at_random, naive_log_likelihood
+from pyro_gen.vae import (
+    SSVAE,
+    VAE,
+    MLPDecoder,
+    MLPEncoder,
+    NormalPosterior,
+    impute,
+    iwae,
+    latent_features,
+    missing_at_random,
+    naive_log_likelihood,
+)
 from pyro_gen.vae.semi_supervised import semi_supervised_batches
 
 
@@ -250,6 +272,182 @@ def m2(args: argparse.Namespace) -> None:
     )
 
 
+def m1_vae(hidden: int, layers: int, z_dim: int) -> VAE:
+    """M1: an MLP VAE with ``layers`` softplus layers of ``hidden`` units each way."""
+    dims = (hidden,) * layers
+    return VAE(
+        (28, 28),
+        z_dim=z_dim,
+        decoder=MLPDecoder(z_dim, (28, 28), dims),
+        posterior=NormalPosterior(MLPEncoder((28, 28), z_dim, dims)),
+        name="m1",
+    )
+
+
+def train_m1(args: argparse.Namespace, x: torch.Tensor) -> tuple[VAE, dict]:
+    """M1 on all the training images for a thread-CPU budget, or loaded from ``--m1-path``
+    when that file exists (with the record of the run that trained it)."""
+    m1 = m1_vae(args.m1_hidden, args.m1_layers, args.z_dim)
+    if args.m1_path and os.path.exists(args.m1_path):
+        saved = torch.load(args.m1_path, weights_only=False)
+        m1.load_state_dict(saved["state_dict"])
+        return m1, saved["record"] | {"loaded_from": args.m1_path}
+    pyro.set_rng_seed(args.seed)
+    history = []
+    cpu_start = time.thread_time()
+
+    def budget(record, module):
+        history.append(
+            {
+                "epoch": record["epoch"],
+                "train_elbo": round(-record["train_loss"], 2),
+                "cpu_s": round(time.thread_time() - cpu_start, 1),
+            }
+        )
+        print(json.dumps({"m1": history[-1]}), flush=True)
+        return time.thread_time() - cpu_start > 60 * args.m1_cpu_minutes
+
+    fit(m1, x, epochs=10_000, batch_size=100, callbacks=[budget], progress=False)
+    record = {
+        "m1_epochs": len(history),
+        "m1_cpu_s": history[-1]["cpu_s"],
+        "m1_hidden": [args.m1_hidden] * args.m1_layers,
+        "m1_z_dim": args.z_dim,
+        "m1_last_train_elbo": history[-1]["train_elbo"],
+    }
+    if args.m1_path:
+        torch.save({"state_dict": m1.state_dict(), "record": record}, args.m1_path)
+    return m1, record
+
+
+def m1m2(args: argparse.Namespace) -> None:
+    (x, y), (x_test, y_test) = grey_levels("train", None), grey_levels("test", args.test)
+    pyro.clear_param_store()
+    m1, m1_record = train_m1(args, x)
+    print(json.dumps({"experiment": "m1m2 M1"} | m1_record), flush=True)
+    features = latent_features(m1, x)
+    keep = features.keep
+    f_test = latent_features(m1, x_test, keep=keep).loc
+    cut = x.shape[0] - args.validation
+    f_valid, y_valid = features.loc[cut:], y[cut:]
+    loc, scale, y = features.loc[:cut], features.scale[:cut], y[:cut]
+    g = torch.Generator().manual_seed(args.seed)
+    order = torch.randperm(cut, generator=g)
+    labelled = torch.cat([order[y[order] == c][: args.labels // 10] for c in range(10)])
+    unlabelled = order[~torch.isin(order, labelled)]
+    d = int(keep.sum())
+    pyro.set_rng_seed(args.seed)
+    init_scale = args.init_scale if args.init_scale > 0 else None
+    m2 = SSVAE(
+        (d,),
+        10,
+        z_dim=args.m2_z_dim,
+        hidden_dims=(args.hidden,),
+        likelihood="gaussian_learned",
+        alpha=args.alpha,
+        init_scale=init_scale,
+        name="m2",
+    )
+
+    def errors(logits_fn) -> tuple[float, float, float]:
+        with torch.no_grad():
+            valid = float((logits_fn(f_valid).argmax(-1) != y_valid).double().mean())
+            err, se = mean_se((logits_fn(f_test).argmax(-1) != y_test).double())
+        return valid, err, se
+
+    # the supervised baseline: M2's classifier network on the labelled features alone
+    alone = copy.deepcopy(m2.classifier)
+    opt = torch.optim.Adam(alone.parameters(), lr=args.lr)
+    best_alone: dict = {}
+    for step in range(1, args.baseline_steps + 1):
+        loss = F.cross_entropy(alone(loc[labelled]), y[labelled])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 25 == 0:
+            valid, err, se = errors(alone)
+            if not best_alone or valid < best_alone["valid_error"]:
+                best_alone = {"step": step, "valid_error": valid, "test_error": err, "se": se}
+    record = {"experiment": "m1m2 baseline", "method": "M2's classifier on the labelled features"}
+    print(json.dumps(record | {k: round(v, 4) for k, v in best_alone.items()}), flush=True)
+
+    batches = semi_supervised_batches(
+        loc[labelled],
+        y[labelled],
+        loc[unlabelled],
+        batch_size=args.batch,
+        labelled_batch_size=args.labelled_batch,
+        labelled_passes=args.labelled_passes,
+        generator=g,
+        labelled_scale=scale[labelled] if args.resample else None,
+        unlabelled_scale=scale[unlabelled] if args.resample else None,
+    )
+    history: list[dict] = []
+    best: dict = {}
+
+    def evaluate(record, module):
+        valid, err, se = errors(module.logits)
+        with torch.no_grad():
+            log_q = module.logits(f_test).log_softmax(-1)
+        history.append(
+            {
+                "epoch": record["epoch"],
+                "test_error": round(err, 4),
+                "valid_error": round(valid, 4),
+                "entropy_q_y_nats": round(float(-(log_q.exp() * log_q).sum(-1).mean()), 3),
+                "cpu_s": round(time.thread_time() - cpu_start, 1),
+            }
+        )
+        if not best or valid < best["valid_error"]:
+            best.update(history[-1], test_error_se=round(se, 4))
+        print(json.dumps(history[-1]), flush=True)
+        return time.thread_time() - cpu_start > 60 * args.m2_cpu_minutes
+
+    cpu_start = time.thread_time()
+    fit(
+        m2,
+        batches,
+        loss=TraceEnum_ELBO(max_plate_nesting=1, strict_enumeration_warning=False),
+        epochs=args.epochs,
+        optim=pyro.optim.Adam({"lr": args.lr, "betas": (args.beta1, 0.999)}),
+        callbacks=[evaluate],
+        progress=False,
+    )
+    print(
+        json.dumps(
+            {
+                "experiment": "m1m2",
+                "labels": int(labelled.numel()),
+                "unlabelled": int(unlabelled.numel()),
+                "validation": args.validation,
+                "kept_units": d,
+                "best_validation_epoch": best["epoch"],
+                "test_error_at_best_validation": best["test_error"],
+                "test_error_se": best["test_error_se"],
+                "validation_error": best["valid_error"],
+                "last_test_error": history[-1]["test_error"],
+                "baseline_test_error": round(best_alone["test_error"], 4),
+                "baseline_test_error_se": round(best_alone["se"], 4),
+                "m2_epochs_run": len(history),
+                "m2_cpu_s": history[-1]["cpu_s"],
+                **m1_record,
+                "alpha": args.alpha,
+                "hidden": args.hidden,
+                "m2_z_dim": args.m2_z_dim,
+                "batch": args.batch,
+                "labelled_batch": args.labelled_batch,
+                "labelled_passes": args.labelled_passes,
+                "resample": args.resample,
+                "lr": args.lr,
+                "init_scale": init_scale,
+                "seed": args.seed,
+                "anchor_kingma2014": {"m1m2": 0.0333, "m2": 0.1197},
+            }
+        ),
+        flush=True,
+    )
+
+
 def naive(args: argparse.Namespace) -> None:
     x, _ = binarized("train", args.train, 0)
     x_test, _ = binarized("test", args.test, 1)
@@ -348,11 +546,40 @@ def main() -> None:
         default=1.0,
         help="passes over the labelled images per epoch (1: each image once, Kingma's sum)",
     )
+    p = sub.add_parser("m1m2")
+    p.add_argument("--test", type=int, default=None, help="test images (default all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--labels", type=int, default=100)
+    p.add_argument("--validation", type=int, default=1000, help="held-out training labels")
+    p.add_argument("--z-dim", type=int, default=50, help="M1's latent size")
+    p.add_argument("--m1-hidden", type=int, default=500)
+    p.add_argument("--m1-layers", type=int, default=2)
+    p.add_argument("--m1-cpu-minutes", type=float, default=10.0)
+    p.add_argument("--m1-path", default=None, help="save M1 here, or load it if it exists")
+    p.add_argument("--m2-cpu-minutes", type=float, default=5.0)
+    p.add_argument("--m2-z-dim", type=int, default=50)
+    p.add_argument("--hidden", type=int, default=300, help="M2's hidden width (Kingma: 300)")
+    p.add_argument("--epochs", type=int, default=10_000, help="M2 epochs (the budget stops)")
+    p.add_argument("--alpha", type=float, default=50.0)
+    p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--labelled-batch", type=int, default=None)
+    p.add_argument("--labelled-passes", type=float, default=1.0)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--beta1", type=float, default=0.9)
+    p.add_argument("--init-scale", type=float, default=1e-3)
+    p.add_argument("--baseline-steps", type=int, default=1000)
+    p.add_argument(
+        "--resample",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a fresh draw of M1's features each time M2 sees an image (Kingma's code)",
+    )
     sub.choices["naive"].add_argument("--ks", type=int, nargs="+", default=[10, 100, 1000])
     sub.choices["naive"].add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    {"miwae": miwae, "m2": m2, "naive": naive}[args.experiment](args)
+    experiments = {"miwae": miwae, "m2": m2, "m1m2": m1m2, "naive": naive}
+    experiments[args.experiment](args)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,14 @@ so every sampler, the probability-flow likelihood and the continuous-time bound
 Here :math:`\gamma(t) = \gamma_0 + (\gamma_1 - \gamma_0) F(t)` with :math:`F` piecewise linear on
 ``bins`` equal pieces, slopes ``bins * softmax(logits)``: monotone by construction, with an
 exact derivative (VDM uses a monotone MLP; a piecewise-linear :math:`F` spans the same family
-as the bins grow and keeps :math:`\gamma'` exact without a second autograd pass). The
-endpoints are learned by the variational bound; the bound does not depend on :math:`F` in
-continuous time (Kingma et al., eq. 16), so the interior only changes the estimator's variance.
+as the bins grow and keeps :math:`\gamma'` exact without a second autograd pass). Everything is
+learned by the variational bound. For a score that is a function of the noise level
+:math:`\gamma` (as VDM's network is, and as the exact score is) the continuous-time bound does
+not depend on :math:`F` between the endpoints (Kingma et al., eq. 16), and VDM trains the interior
+to reduce the estimator's variance instead. A :class:`~pyro_gen.diffusion.score.ScoreModel`'s
+network sees the time :math:`t`, not :math:`\gamma`, so here :math:`F` also decides which
+noise level the network sees at each :math:`t` (a learned warping of its time input), and the
+bound's gradient trains it as such; VDM's variance-minimising update is not implemented.
 
 References:
     Kingma, Salimans, Poole, Ho. Variational Diffusion Models. NeurIPS 2021, arXiv:2107.00630.

@@ -15,6 +15,7 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro_gen.diffusion import (
     VESDE,
     VPSDE,
+    LearnedVPSDE,
     ScoreModel,
     dsm_loss,
     dsm_weight,
@@ -150,6 +151,35 @@ def test_likelihood_weighted_objective_of_a_wrong_score_bounds_the_ode_nll():
     nll = -probability_flow_log_prob(m, x[:32], rtol=1e-5, atol=1e-5)
     assert torch.allclose(nll, -q_eps.log_prob(x[:32]), atol=0.03)
     assert float(bound.mean()) > float(nll.mean()) - 4 * se
+
+
+class TimeConditionedScore(torch.nn.Module):
+    """A score that depends on the time t, not on the noise level: -x (0.5 + 2 t)."""
+
+    def forward(self, x, t):
+        return -x * (0.5 + 2 * (t / 1000.0))[..., None]
+
+
+def test_learned_schedule_interior_warps_the_time_a_network_sees():
+    # the bound is invariant to the schedule between its endpoints only for a score given as a
+    # function of the noise level (tests/diffusion/test_bound.py); a ScoreModel's network sees t,
+    # so the interior changes which noise level it is asked at, and the bound with it
+    torch.manual_seed(5)
+    x = gaussian(VPSDE()).sample_data(1000)
+    totals = []
+    for logits in ([0.0, 0.0, 0.0, 0.0], [1.5, -1.0, 0.5, -2.0]):
+        sde = LearnedVPSDE(-8.0, 5.0, bins=4).double()
+        with torch.no_grad():
+            sde.logits.copy_(torch.tensor(logits))
+        m = ScoreModel(TimeConditionedScore(), sde, (2,), param="score", weighting="likelihood",
+                       eps=0.0, bound=True)  # fmt: skip
+        totals.append(
+            likelihood_bound(m, x, time_samples=8, generator=torch.Generator().manual_seed(0))[
+                "total"
+            ]
+        )
+    diff = totals[0] - totals[1]
+    assert float(diff.mean()) > 10 * float(diff.std()) / math.sqrt(len(diff)), float(diff.mean())
 
 
 def test_fit_trains_a_score_the_samplers_and_likelihood_use():

@@ -11,6 +11,8 @@ usual data forms into a re-iterable source of calls:
 - any other iterable (a list of batches, a ``DataLoader``) or a function returning a fresh
   iterator: the batches themselves; a dict is passed by name, a tuple or list
   positionally, anything else (a tensor, a ``PackedSequence``) as the one argument.
+- a tuple or dict holding no tensor (``()`` for a model without arguments): the same call
+  at every step, one step an epoch.
 
 Tensor datasets are moved to the device once and sliced there, so there is no per-batch
 host-to-device copy; their shuffle order is drawn from the global torch RNG on that
@@ -276,6 +278,8 @@ def batch_calls(
         >>> [c.kwargs["x"].shape[0] for c in batch_calls([{"x": torch.ones(3)}] * 2, 99,
         ...                                               shuffle=False)]
         [3, 3]
+        >>> [c.args for c in batch_calls((), 99, shuffle=False)]  # model(): one call an epoch
+        [()]
     """
     if isinstance(data, torch.Tensor):
         return TensorBatches(
@@ -286,13 +290,17 @@ def batch_calls(
             f"data is a {type(data).__name__}, which is one batch: pass a list of batches "
             "(e.g. [data]) or a function returning an iterator of batches"
         )
+    if isinstance(data, tuple | Mapping) and not any(
+        map(torch.is_tensor, data.values() if isinstance(data, Mapping) else data)
+    ):
+        # No dataset to slice (a model of an unnormalized density, or one that holds its own
+        # data): every step is the same call, as Pyro's ``svi.step(*data)``; an epoch is one.
+        return IterableBatches([data], device=device)
     if isinstance(data, tuple):
         return TensorBatches(
             data, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, device=device
         )
     if isinstance(data, Mapping):
-        if not data:
-            raise ValueError("data is an empty dict: pass at least one tensor")
         return TensorBatches(
             (), data, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, device=device
         )
@@ -300,7 +308,8 @@ def batch_calls(
         return IterableBatches(data, device=device)
     raise TypeError(
         f"data of type {type(data).__name__} is not a tensor, a tuple or dict of tensors, an "
-        "iterable of batches, or a function returning an iterator of batches"
+        "iterable of batches, or a function returning an iterator of batches (for a model "
+        "that takes no arguments pass data=())"
     )
 
 

@@ -466,7 +466,9 @@ class CompiledSVI:
     def _params_of(signature: tuple) -> list[torch.Tensor]:
         names = sorted({s[2] for sig in signature for s in sig if s[1] == "param"})
         store = pyro.get_param_store()
-        return [store._params[n] for n in names]
+        # One tensor may sit under two names (Pyro's AutoNormalizingFlow keeps its first
+        # transform parameter as "_prototype_tensor" too): it is one parameter, updated once.
+        return list({id(t): t for t in (store._params[n] for n in names)}.values())
 
     def _traces(self, args: tuple, kwargs: dict) -> Iterator[tuple[Any, Any]]:
         return self.loss._get_traces(self.model, self.guide, args, kwargs)

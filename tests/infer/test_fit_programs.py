@@ -64,6 +64,44 @@ def test_plain_function_with_an_autoguide_matches_pyros_svi():
         torch.testing.assert_close(ours[name], theirs[name].detach(), msg=name)
 
 
+def banana() -> None:
+    """An unnormalized density written as a model without arguments (Pyro's NeuTra example)."""
+    x = pyro.sample("x", dist.Normal(0.0, 1.0))
+    pyro.sample("y", dist.Normal(x**2 / 2, 0.5))
+
+
+def test_a_model_without_data_trains_as_svi_step_does_with_pyros_flow_autoguide():
+    """data=() calls model() at every step, as ``svi.step()``; AutoIAFNormal keeps one
+    parameter under two names, which fit's compiled step updates once, as Pyro does."""
+    from pyro.infer.autoguide import AutoIAFNormal
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        runs = []
+        for use_fit in (True, False):
+            pyro.clear_param_store()
+            pyro.set_rng_seed(2)
+            guide = AutoIAFNormal(banana, hidden_dim=[8], num_transforms=2)
+            optim = pyro.optim.Adam({"lr": 0.05})
+            if use_fit:
+                result = fit(banana, (), guide=guide, steps=12, optim=optim, progress=False)
+                assert result.step == 12 and len(result.history) == 12  # one step an epoch
+            else:
+                rng = pyro.util.get_rng_state()  # fit's warm-up call leaves the RNG as it was
+                guide()
+                pyro.util.set_rng_state(rng)
+                svi = SVI(banana, guide, optim, Trace_ELBO())
+                for _ in range(12):
+                    svi.step()
+            runs.append({k: v.detach().clone() for k, v in pyro.get_param_store().items()})
+    finally:
+        torch.set_default_dtype(old)
+    assert runs[0].keys() == runs[1].keys()
+    for name in runs[0]:
+        torch.testing.assert_close(runs[0][name], runs[1][name], rtol=1e-6, atol=1e-9, msg=name)
+
+
 def test_tuple_and_dict_data_reach_the_model_by_position_and_by_name():
     x, y = _regression_data()
     guide = AutoNormal(regression)

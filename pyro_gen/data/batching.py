@@ -12,7 +12,7 @@ usual data forms into a re-iterable source of calls:
   iterator: the batches themselves; a dict is passed by name, a tuple or list
   positionally, anything else (a tensor, a ``PackedSequence``) as the one argument.
 - a tuple or dict holding no tensor (``()`` for a model without arguments): the same call
-  at every step, one step an epoch.
+  at every step, :data:`STEPS_PER_EPOCH_WITHOUT_DATA` steps an epoch.
 
 Tensor datasets are moved to the device once and sliced there, so there is no per-batch
 host-to-device copy; their shuffle order is drawn from the global torch RNG on that
@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 Batch = torch.Tensor | dict[str, torch.Tensor]
+STEPS_PER_EPOCH_WITHOUT_DATA = 100
 Transform = Callable[[Any], Any] | Mapping[int | str, Callable[[Any], Any]]
 
 
@@ -278,8 +279,9 @@ def batch_calls(
         >>> [c.kwargs["x"].shape[0] for c in batch_calls([{"x": torch.ones(3)}] * 2, 99,
         ...                                               shuffle=False)]
         [3, 3]
-        >>> [c.args for c in batch_calls((), 99, shuffle=False)]  # model(): one call an epoch
-        [()]
+        >>> calls = batch_calls((), 99, shuffle=False)  # model(): the same call, 100 an epoch
+        >>> len(calls), {c.args for c in calls}
+        (100, {()})
     """
     if isinstance(data, torch.Tensor):
         return TensorBatches(
@@ -294,8 +296,10 @@ def batch_calls(
         map(torch.is_tensor, data.values() if isinstance(data, Mapping) else data)
     ):
         # No dataset to slice (a model of an unnormalized density, or one that holds its own
-        # data): every step is the same call, as Pyro's ``svi.step(*data)``; an epoch is one.
-        return IterableBatches([data], device=device)
+        # data): every step is the same call, as Pyro's ``svi.step(*data)``. With no pass
+        # over examples to mark, an epoch is a fixed number of steps, so that the history,
+        # evaluation and checkpoints come at that pace rather than after every step.
+        return IterableBatches([data] * STEPS_PER_EPOCH_WITHOUT_DATA, device=device)
     if isinstance(data, tuple):
         return TensorBatches(
             data, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, device=device

@@ -267,7 +267,9 @@ def fit(
     (``model(**batch)``), or the user's own batches (a list, a ``DataLoader``, a function
     returning a fresh iterator: a dict is passed by name, a tuple or list positionally,
     anything else such as a ``PackedSequence`` as the one argument). Tensor datasets are
-    moved to ``device`` once and sliced there.
+    moved to ``device`` once and sliced there. A model without data (an unnormalized
+    density, as in Pyro's NeuTra example) takes ``data=()``: ``model()`` at every step, as
+    ``svi.step()``, 100 steps an epoch.
 
     The param store is the caller's: ``fit`` trains what is in it and does not clear it. A
     ``pyro.module`` parameter whose store entry is a stale tensor from an earlier model

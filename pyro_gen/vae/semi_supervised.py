@@ -92,7 +92,9 @@ class SSVAE(nn.Module):
         num_classes: :math:`C`.
         z_dim: size of the continuous latent (the "style").
         hidden_dims: hidden sizes of the three networks (classifier, encoder, decoder).
-        likelihood: the decoder's likelihood, name or object.
+        likelihood: the decoder's likelihood, name or object; ``"gaussian_learned"`` for
+            real-valued examples such as the features of M1+M2
+            (:mod:`pyro_gen.vae.stacked`).
         alpha: weight :math:`\\alpha` of :math:`\\log q(y \\mid x)` on labelled examples.
         init_scale: standard deviation of the Normal draws that initialize the weights and
             biases of the three networks' hidden layers (their output layers keep PyTorch's

@@ -97,15 +97,7 @@ from pyro_gen.infer.compiled_elbo import (
     _kl_messengers,
     _signature,
 )
-from pyro_gen.infer.compiled_optim import (
-    _FusedParamView,
-    flag_tensors,
-    fuse,
-    guarded_loss,
-    non_finite,
-    skipped_loss,
-    takes_found_inf,
-)
+from pyro_gen.infer.compiled_optim import guarded_loss
 from pyro_gen.infer.compiled_passes import simplify
 from pyro_gen.infer.compiled_precision import check_precision, networks_in
 from pyro_gen.infer.compiled_recording import (
@@ -115,6 +107,7 @@ from pyro_gen.infer.compiled_recording import (
     _Program,
     _Unsupported,
 )
+from pyro_gen.infer.compiled_update import GuardedUpdate
 from pyro_gen.infer.cpu_memory import retain_freed_cpu_memory
 
 logger = logging.getLogger("pyro_gen")
@@ -240,7 +233,6 @@ class CompiledSVI:
         self.max_programs, self.compile_after = max_programs, compile_after
         self.retain_cpu_memory = retain_cpu_memory
         self.step_guard = step_guard
-        self.grad_reducer = grad_reducer
         self.mixed_precision = check_precision(mixed_precision)
         self.fused_update = fused_update
         self._kl = _kl_messengers(model) + _kl_messengers(guide)
@@ -251,11 +243,8 @@ class CompiledSVI:
         self._sightings: dict[Any, tuple] = {}
         self._first_signatures: dict[Any, tuple] = {}
         self._calls = 0  # steps that asked for a program
-        self._optimizer: torch.optim.Optimizer | None = None
-        self._flags: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._updates = GuardedUpdate(self.optim, grad_reducer)
         self._guard_in_program: bool | None = None  # None: on accelerators (tests set it)
-        self._params: list[torch.Tensor] = []
-        self._param_ids: set[int] = set()  # of _params: _register runs on every plain step
         # KL-annealing factors as device tensors, refilled each step: a new tensor made
         # from a Python float would be a host-to-device copy, which synchronizes on CUDA.
         self._betas: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
@@ -276,7 +265,7 @@ class CompiledSVI:
 
     def parameters(self) -> list[torch.Tensor]:
         """The unconstrained parameters the step updates (known after the first step)."""
-        return list(self._params)
+        return list(self._updates.params)
 
     def step(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         """One gradient step; returns the loss (negative ELBO) as a 0-dim tensor.
@@ -290,7 +279,11 @@ class CompiledSVI:
         ran = self._try_program(args, kwargs)
         if ran is None:
             return self._pyro_step(args, kwargs)
-        loss = self._update(*ran, step_no=step_no)
+        prog, loss, grads, found, failed, data = ran
+        loss = self._updates.program(
+            prog.grad_params, loss, grads, found, failed, guard=self.step_guard,
+            hold_failed=lambda flag: prog.held.note(flag, data, step_no),
+        )  # fmt: skip
         if loss is None:
             # The batch failed an input check (read on the CPU with the guard's flag): the
             # plain step raises the model's own error, or takes the branch the model meant.
@@ -420,7 +413,7 @@ class CompiledSVI:
                         f"distinct input signatures in {self._calls} steps)"
                     )
                 self._sightings[key] = signature
-                self._register(self._params_of(signature))
+                self._updates.register(self._params_of(signature))
                 return None
             prog = self._programs[key] = self._record(args, kwargs, tensors, signature)
         elif not prog.compiled and prog.calls >= compile_after(
@@ -590,7 +583,7 @@ class CompiledSVI:
             gm, gm, params, grad_params, extras, signature, seen["guards"], compiled=False,
             guarded=in_program, checked=seen["checked"], rebuild=rebuild,
         )  # fmt: skip
-        self._register(params)
+        self._updates.register(params)
         if self.retain_cpu_memory and any(p.device.type == "cpu" for p in params):
             retain_freed_cpu_memory()
         if compile_after(self.backend, self.compile_after, first=not self._programs) == 0:
@@ -683,111 +676,6 @@ class CompiledSVI:
             t.fill_(v)  # a kernel argument: no copy from the host
         return held
 
-    def _register(self, params: list[torch.Tensor]) -> None:
-        new = [p for p in params if id(p) not in self._param_ids]
-        if not new:
-            return
-        self._params.extend(new)
-        self._param_ids.update(map(id, new))
-        # One fused optimizer per Pyro optimizer, shared with every other loop given it.
-        self._optimizer = fuse(self.optim, new)
-        if self._optimizer is not None:
-            self._consume_waiting_state()
-
-    def _consume_waiting_state(self) -> None:
-        waiting = self.optim._state_waiting_to_be_consumed
-        if not waiting:
-            return
-        store = pyro.get_param_store()
-        for p in self._params:
-            view = self.optim.optim_objs.get(p)
-            if isinstance(view, _FusedParamView):
-                state = waiting.pop(store.param_name(p), None)
-                if state is not None:
-                    view.load_state_dict(state)
-
-    def _update(
-        self,
-        prog: _Program,
-        loss: torch.Tensor,
-        grads: list[torch.Tensor],
-        found: torch.Tensor | None,
-        failed: torch.Tensor | None,
-        data: list[torch.Tensor],
-        *,
-        step_no: int,
-    ) -> torch.Tensor | None:
-        """Applies the gradients unless the step guard finds a non-finite loss or gradient
-        or the batch failed an input check; ``found`` is the flag the program computed (None
-        when it has none), ``failed`` the input checks' flag (None when there are none).
-
-        Returns:
-            the loss, or None when the batch failed an input check that was read here (the
-            caller runs the batch as a plain step). Where the program computed ``found``
-            it holds the checks too: a failing batch is kept on the device for
-            :meth:`check`.
-        """
-        for p, g in zip(prog.grad_params, grads):
-            p.grad = g
-        if self.grad_reducer is not None:  # data-parallel: every process updates with the sum
-            if failed is not None and found is None:
-                # A batch this process refuses makes every process skip the step.
-                loss = torch.where(failed > 0, math.nan, loss)
-            loss = self.grad_reducer(loss, prog.grad_params)
-            if found is not None:
-                loss, found = guarded_loss(loss, grads)
-        if self._optimizer is not None:
-            self._consume_waiting_state()
-        try:
-            if found is not None:  # on an accelerator: the program made the flag
-                if failed is not None:
-                    prog.held.note(failed, data, step_no)
-                if takes_found_inf(self._optimizer):
-                    # The fused kernels skip the whole update (and undo the step count)
-                    # when found_inf is 1: no host read-back.
-                    self._optimizer.found_inf = found  # type: ignore[union-attr]
-                    try:
-                        self._optimizer.step()  # type: ignore[union-attr]
-                    finally:
-                        self._optimizer.found_inf = None  # type: ignore[union-attr]
-                elif not found.item():  # other optimizers: one read of the flag
-                    self._apply(prog.grad_params)
-                return loss
-            if not self.step_guard:
-                if failed is not None and failed.item():
-                    return None
-                self._apply(prog.grad_params)
-                return loss
-            # On the CPU a read is free, while fused Adam's found_inf path cost more than the
-            # read (measured: benchmarks/RESULTS.md, step guard): read the flag, and the
-            # input checks' flag with it (2 added: one read for both).
-            flag = self._non_finite_flag([loss, *grads])
-            if failed is not None:
-                flag.add_(failed, alpha=2)
-            read = flag.item()
-            if read >= 2:
-                return None
-            if read:
-                return skipped_loss(loss)
-            self._apply(prog.grad_params)
-            return loss
-        finally:
-            for p in prog.grad_params:
-                p.grad = None
-
-    def _non_finite_flag(self, tensors: list[torch.Tensor]) -> torch.Tensor:
-        """:func:`non_finite` with the flag tensors kept between steps (two fewer ops)."""
-        device = tensors[0].device
-        if device not in self._flags:
-            self._flags[device] = flag_tensors(device)
-        return non_finite(tensors, self._flags[device])
-
-    def _apply(self, params: list[torch.Tensor]) -> None:
-        if self._optimizer is not None:
-            self._optimizer.step()
-        else:
-            self.optim(params)
-
     # -- plain Pyro path -----------------------------------------------------------------
 
     def _fall_back(self, reason: str) -> None:
@@ -809,24 +697,6 @@ class CompiledSVI:
         return float(loss.detach() if torch.is_tensor(loss) else loss), params
 
     def _pyro_step(self, args: tuple, kwargs: dict) -> torch.Tensor:
-        """The step as SVI takes it. The update is the fused optimizer's with
-        ``fused_update`` or once a program made it (it keeps the same per-parameter state,
-        which Pyro's optimizer reads and writes), else Pyro's own. Pyro has read the loss
-        back already, so the guard reads its flag too."""
+        """The step as SVI takes it, updated by :meth:`GuardedUpdate.plain`."""
         loss, params = self._plain_loss_and_grads(args, kwargs)
-        if self.grad_reducer is not None:
-            loss = float(self.grad_reducer(torch.tensor(loss, dtype=torch.float64), params))
-        try:
-            grads = [p.grad for p in params if p.grad is not None]
-            skip = not math.isfinite(loss) or (
-                self.step_guard and bool(grads) and bool(non_finite(grads).item())
-            )
-            if skip:
-                return skipped_loss(torch.tensor(loss))
-            if self.fused_update or self._optimizer is not None:
-                self._register(params)
-            self._apply(params)
-            return torch.tensor(loss)
-        finally:
-            for p in params:
-                p.grad = None
+        return self._updates.plain(loss, params, guard=self.step_guard, fused=self.fused_update)

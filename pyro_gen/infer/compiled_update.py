@@ -1,0 +1,190 @@
+"""How a step's gradients become an update: one fused optimizer per Pyro optimizer (shared
+with every loop given it), gradients summed over processes when data-parallel, and the guard
+that skips an update whose loss or gradient is not finite, as :class:`torch.amp.GradScaler`
+does."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import pyro
+import pyro.optim
+import torch
+
+from pyro_gen.infer.compiled_optim import (
+    _FusedParamView,
+    flag_tensors,
+    fuse,
+    guarded_loss,
+    non_finite,
+    skipped_loss,
+    takes_found_inf,
+)
+
+
+class GuardedUpdate:
+    """The update of :class:`~pyro_gen.infer.compiled.CompiledSVI`, for the recorded program
+    and for the plain Pyro step alike.
+
+    Args:
+        optim: the Pyro optimizer. ``Adam``/``AdamW`` with a dict of arguments and no
+            ``clip_args`` run as one fused torch optimizer whose per-parameter state Pyro's
+            optimizer still reads and steps; anything else steps through ``optim``.
+        grad_reducer: ``reduce(loss, params)`` run between the gradients (in ``p.grad``) and
+            the update (data-parallel training's all-reduce).
+
+    Example:
+        >>> w = torch.zeros(2, requires_grad=True)
+        >>> update = GuardedUpdate(pyro.optim.Adam({"lr": 0.1}))
+        >>> update.register([w])
+        >>> w.grad = torch.tensor([1.0, float("nan")])
+        >>> update.plain(2.0, [w], guard=True, fused=True)  # skipped: w stays where it was
+        tensor(nan)
+        >>> w.tolist()
+        [0.0, 0.0]
+    """
+
+    def __init__(
+        self,
+        optim: pyro.optim.PyroOptim,
+        grad_reducer: Callable[[torch.Tensor, list[torch.Tensor]], torch.Tensor] | None = None,
+    ) -> None:
+        self.optim = optim
+        self.grad_reducer = grad_reducer
+        self.optimizer: torch.optim.Optimizer | None = None  # the fused one, once made
+        self.params: list[torch.Tensor] = []
+        self._param_ids: set[int] = set()  # of params: register runs on every plain step
+        self._flags: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def register(self, params: list[torch.Tensor]) -> None:
+        """Adds parameters to the fused optimizer (when ``optim`` can be fused)."""
+        new = [p for p in params if id(p) not in self._param_ids]
+        if not new:
+            return
+        self.params.extend(new)
+        self._param_ids.update(map(id, new))
+        # One fused optimizer per Pyro optimizer, shared with every other loop given it.
+        self.optimizer = fuse(self.optim, new)
+        if self.optimizer is not None:
+            self._consume_waiting_state()
+
+    def _consume_waiting_state(self) -> None:
+        waiting = self.optim._state_waiting_to_be_consumed
+        if not waiting:
+            return
+        store = pyro.get_param_store()
+        for p in self.params:
+            view = self.optim.optim_objs.get(p)
+            if isinstance(view, _FusedParamView):
+                state = waiting.pop(store.param_name(p), None)
+                if state is not None:
+                    view.load_state_dict(state)
+
+    def program(
+        self,
+        grad_params: list[torch.Tensor],
+        loss: torch.Tensor,
+        grads: list[torch.Tensor],
+        found: torch.Tensor | None,
+        failed: torch.Tensor | None,
+        *,
+        guard: bool,
+        hold_failed: Callable[[torch.Tensor], None],
+    ) -> torch.Tensor | None:
+        """Applies a recorded program's gradients unless the guard finds a non-finite loss
+        or gradient or the batch failed an input check; ``found`` is the flag the program
+        computed (None when it has none), ``failed`` the input checks' flag (None when
+        there are none), ``hold_failed(failed)`` keeps a batch whose checks are read later.
+
+        Returns:
+            the loss, or None when the batch failed an input check that was read here (the
+            caller runs the batch as a plain step). Where the program computed ``found``
+            it holds the checks too: a failing batch is kept on the device.
+        """
+        for p, g in zip(grad_params, grads):
+            p.grad = g
+        if self.grad_reducer is not None:  # data-parallel: every process updates with the sum
+            if failed is not None and found is None:
+                # A batch this process refuses makes every process skip the step.
+                loss = torch.where(failed > 0, math.nan, loss)
+            loss = self.grad_reducer(loss, grad_params)
+            if found is not None:
+                loss, found = guarded_loss(loss, grads)
+        if self.optimizer is not None:
+            self._consume_waiting_state()
+        try:
+            if found is not None:  # on an accelerator: the program made the flag
+                if failed is not None:
+                    hold_failed(failed)
+                if takes_found_inf(self.optimizer):
+                    # The fused kernels skip the whole update (and undo the step count)
+                    # when found_inf is 1: no host read-back.
+                    self.optimizer.found_inf = found  # type: ignore[union-attr]
+                    try:
+                        self.optimizer.step()  # type: ignore[union-attr]
+                    finally:
+                        self.optimizer.found_inf = None  # type: ignore[union-attr]
+                elif not found.item():  # other optimizers: one read of the flag
+                    self.apply(grad_params)
+                return loss
+            if not guard:
+                if failed is not None and failed.item():
+                    return None
+                self.apply(grad_params)
+                return loss
+            # On the CPU a read is free, while fused Adam's found_inf path cost more than the
+            # read (measured: benchmarks/RESULTS.md, step guard): read the flag, and the
+            # input checks' flag with it (2 added: one read for both).
+            flag = self._non_finite_flag([loss, *grads])
+            if failed is not None:
+                flag.add_(failed, alpha=2)
+            read = flag.item()
+            if read >= 2:
+                return None
+            if read:
+                return skipped_loss(loss)
+            self.apply(grad_params)
+            return loss
+        finally:
+            for p in grad_params:
+                p.grad = None
+
+    def plain(
+        self, loss: float, params: list[torch.Tensor], *, guard: bool, fused: bool
+    ) -> torch.Tensor:
+        """Applies the gradients a plain Pyro step left in ``p.grad`` (and clears them);
+        ``loss`` is the step's, already read back, so the guard reads its flag too. The
+        update is the fused optimizer's with ``fused`` or once a program made it (it keeps
+        the same per-parameter state, which Pyro's optimizer reads and writes), else
+        Pyro's own."""
+        if self.grad_reducer is not None:
+            loss = float(self.grad_reducer(torch.tensor(loss, dtype=torch.float64), params))
+        try:
+            grads = [p.grad for p in params if p.grad is not None]
+            skip = not math.isfinite(loss) or (
+                guard and bool(grads) and bool(non_finite(grads).item())
+            )
+            if skip:
+                return skipped_loss(torch.tensor(loss))
+            if fused or self.optimizer is not None:
+                self.register(params)
+            self.apply(params)
+            return torch.tensor(loss)
+        finally:
+            for p in params:
+                p.grad = None
+
+    def _non_finite_flag(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """:func:`non_finite` with the flag tensors kept between steps (two fewer ops)."""
+        device = tensors[0].device
+        if device not in self._flags:
+            self._flags[device] = flag_tensors(device)
+        return non_finite(tensors, self._flags[device])
+
+    def apply(self, params: list[torch.Tensor]) -> None:
+        """One optimizer step on ``params``' gradients, with no guard."""
+        if self.optimizer is not None:
+            self.optimizer.step()
+        else:
+            self.optim(params)

@@ -481,6 +481,8 @@ class CompiledSVI:
 
     def _networks(self, args: tuple, kwargs: dict) -> contextlib.AbstractContextManager:
         """The networks' precision for a step on these inputs (mixed_precision)."""
+        if self.mixed_precision is None:  # skips flattening the arguments on every step
+            return contextlib.nullcontext()
         tensors = [v for v in pytree.tree_leaves((args, kwargs)) if torch.is_tensor(v)]
         device_type = tensors[0].device.type if tensors else "cpu"
         return networks_in(self.mixed_precision, device_type)

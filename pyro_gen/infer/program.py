@@ -41,11 +41,17 @@ class Program:
     guide: Callable[..., Any]
     modules: dict[str, torch.nn.Module]
     signatures: dict[str, inspect.Signature] = field(default_factory=dict, compare=False)
+    # Argument layouts (positional count, keyword names) already found to fit: binding
+    # the signatures again for every batch costs more than some small models' step.
+    _fitting: set[tuple[int, tuple[str, ...]]] = field(default_factory=set, compare=False)
 
     def check_call(self, call: Call, index: int) -> None:
         """Raises a clear error when batch ``index`` does not fit the model's or the guide's
         signature (a batch iterator that yields other arguments than the first batch did).
         Optional arguments may come and go, as labels do in semi-supervised batches."""
+        layout = (len(call.args), tuple(sorted(call.kwargs)))
+        if layout in self._fitting:
+            return
         for role, signature in self.signatures.items():
             try:
                 signature.bind(*call.args, **call.kwargs)
@@ -54,6 +60,7 @@ class Program:
                     f"batch {index} of data has {describe(call)} arguments, which the {role} "
                     f"{signature} does not take ({e}): every batch must fit its signature"
                 ) from None
+        self._fitting.add(layout)
 
 
 def program(model: Any, guide: Any = None, loss: Any = None) -> Program:

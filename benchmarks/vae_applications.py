@@ -31,7 +31,7 @@ sample counts, repeated, with standard errors.
 
     python benchmarks/vae_applications.py miwae --train 10000 --epochs 10
     python benchmarks/vae_applications.py m2 --epochs 5
-    python benchmarks/vae_applications.py m1m2 --m1-cpu-minutes 10 --m2-cpu-minutes 5
+    python benchmarks/vae_applications.py m1m2 --m1-cpu-minutes 10 --m2-cpu-minutes 6
     python benchmarks/vae_applications.py naive --epochs 5
 """
 
@@ -556,7 +556,7 @@ def main() -> None:
     p.add_argument("--m1-layers", type=int, default=2)
     p.add_argument("--m1-cpu-minutes", type=float, default=10.0)
     p.add_argument("--m1-path", default=None, help="save M1 here, or load it if it exists")
-    p.add_argument("--m2-cpu-minutes", type=float, default=5.0)
+    p.add_argument("--m2-cpu-minutes", type=float, default=6.0)
     p.add_argument("--m2-z-dim", type=int, default=50)
     p.add_argument("--hidden", type=int, default=300, help="M2's hidden width (Kingma: 300)")
     p.add_argument("--epochs", type=int, default=10_000, help="M2 epochs (the budget stops)")

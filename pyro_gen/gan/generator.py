@@ -37,7 +37,8 @@ class StandardNormal(nn.Module):
         self.register_buffer("scale", torch.ones(latent_dim))
 
     def forward(self, context: torch.Tensor | None = None) -> dist.Distribution:
-        return dist.Normal(self.loc, self.scale).to_event(1)
+        # Buffers of zeros and ones need no argument check at every step.
+        return dist.Normal(self.loc, self.scale, validate_args=False).to_event(1)
 
 
 class Generator(nn.Module):

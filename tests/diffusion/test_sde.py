@@ -31,8 +31,8 @@ SDES = {
 def test_marginal_solves_moment_equations(name):
     # d log(alpha)/dt = f and d sigma^2/dt = 2 f sigma^2 + g^2, with autograd derivatives in t
     sde = SDES[name]()
-    # interior points away from the schedule's knots i/40, where beta jumps
-    t = (torch.tensor([0.013, 0.21, 0.5, 0.77, 0.96], dtype=torch.float64)).requires_grad_()
+    # interior points, and two of the schedule's knots i/40 (0.2, 0.5)
+    t = torch.tensor([0.013, 0.2, 0.21, 0.5, 0.77, 0.96], dtype=torch.float64).requires_grad_()
     alpha, sigma = sde.marginal(t)
     (dlog_alpha,) = torch.autograd.grad(alpha.log().sum() + 0 * t.sum(), t, retain_graph=True)
     (dvar,) = torch.autograd.grad((sigma**2).sum(), t)
@@ -63,10 +63,17 @@ def test_schedule_sde_passes_through_the_ddpm_steps():
     alpha, sigma = sde.marginal(t)
     assert torch.allclose(alpha**2, s.alphas_cumprod.double(), rtol=1e-6)
     assert torch.allclose(sigma**2, 1 - s.alphas_cumprod.double(), rtol=1e-5)
-    # beta(t) = -T log(1 - beta_i) on ((i-1)/T, i/T], about T beta_i for small steps
-    beta = sde.beta(t - 0.01)
-    assert torch.allclose(beta, -50 * torch.log1p(-s.betas.double()), rtol=1e-6)
-    assert torch.allclose(beta[:5], 50 * s.betas[:5].double(), rtol=0.03)
+    # beta(t) is continuous (no jump for an ODE solver to restart at), never negative, and
+    # its mean over step i is the discrete step's, -T log(1 - beta_i) (Simpson's rule is
+    # exact: beta is quadratic within a step)
+    knots = t[:-1]
+    assert torch.allclose(sde.beta(knots - 1e-9), sde.beta(knots + 1e-9), rtol=1e-5)
+    fine = torch.linspace(1e-4, 1, 5001, dtype=torch.float64)
+    assert bool((sde.beta(fine) >= 0).all())
+    start, h = t - 1 / 50, 1 / 50
+    ends = [sde.beta(start + 1e-12), sde.beta(start + h / 2), sde.beta(t - 1e-12)]
+    mean = (ends[0] + 4 * ends[1] + ends[2]) / 6
+    assert torch.allclose(mean, -50 * torch.log1p(-s.betas.double()), rtol=1e-8)
 
 
 def test_ddpm_linear_schedule_discretises_the_vp_sde():

@@ -155,6 +155,20 @@ def grey_levels(split: str, limit: int | None) -> tuple[torch.Tensor, torch.Tens
     return x[:limit].float() / 255, y[:limit]
 
 
+def fit_semi_supervised(model, batches, args: argparse.Namespace, callback) -> None:
+    """M2's training through fit: the label summed out of unlabelled batches (labelled ones
+    have no site to enumerate, which is expected here), Adam, ``callback`` after each epoch."""
+    fit(
+        model,
+        batches,
+        loss=TraceEnum_ELBO(max_plate_nesting=1, strict_enumeration_warning=False),
+        epochs=args.epochs,
+        optim=pyro.optim.Adam({"lr": args.lr, "betas": (args.beta1, 0.999)}),
+        callbacks=[callback],
+        progress=False,
+    )
+
+
 def m2(args: argparse.Namespace) -> None:
     if args.pixels == "grey":
         (x, y), (x_test, y_test) = grey_levels("train", None), grey_levels("test", args.test)
@@ -228,16 +242,7 @@ def m2(args: argparse.Namespace) -> None:
         )
 
     start, cpu_start = time.perf_counter(), time.thread_time()
-    fit(
-        model,
-        batches,
-        # labelled batches have no site to enumerate, which is expected here
-        loss=TraceEnum_ELBO(max_plate_nesting=1, strict_enumeration_warning=False),
-        epochs=args.epochs,
-        optim=pyro.optim.Adam({"lr": args.lr, "betas": (args.beta1, 0.999)}),
-        callbacks=[test_error],
-        progress=False,
-    )
+    fit_semi_supervised(model, batches, args, test_error)
     err, se = mean_se((model.classify(x_test) != y_test).double())
     print(
         json.dumps(
@@ -404,15 +409,7 @@ def m1m2(args: argparse.Namespace) -> None:
         return time.thread_time() - cpu_start > 60 * args.m2_cpu_minutes
 
     cpu_start = time.thread_time()
-    fit(
-        m2,
-        batches,
-        loss=TraceEnum_ELBO(max_plate_nesting=1, strict_enumeration_warning=False),
-        epochs=args.epochs,
-        optim=pyro.optim.Adam({"lr": args.lr, "betas": (args.beta1, 0.999)}),
-        callbacks=[evaluate],
-        progress=False,
-    )
+    fit_semi_supervised(m2, batches, args, evaluate)
     print(
         json.dumps(
             {

@@ -303,10 +303,11 @@ def semi_supervised_batches(
             yield from torch.randperm(n, generator=generator).split(labelled_batch_size)
 
     def draw(x: torch.Tensor, scale: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor:
+        mean = x[idx]
         if scale is None:
-            return x[idx]
-        noise = torch.randn(x[idx].shape, generator=generator, dtype=x.dtype)
-        return x[idx] + scale[idx] * noise.to(x.device)
+            return mean
+        noise = torch.randn(mean.shape, generator=generator, dtype=x.dtype)
+        return mean + scale[idx] * noise.to(x.device)
 
     def epoch() -> Iterator[dict[str, torch.Tensor]]:
         order = torch.randperm(x_unlabelled.shape[0], generator=generator)

@@ -17,10 +17,12 @@ from pyro_gen.diffusion.likelihood import (
     DiscretizedGaussian,
     normal_kl,
     prior_kl,
+    sampled_variational_bound,
     variational_bound,
 )
 from pyro_gen.diffusion.ode_likelihood import (
     probability_flow_bits_per_dim,
+    probability_flow_decoder_bound,
     probability_flow_log_prob,
 )
 from pyro_gen.diffusion.parameterization import PARAMETERIZATIONS, convert, convert_scaled
@@ -91,9 +93,11 @@ __all__ = [
     "prior_kl",
     "probability_flow",
     "probability_flow_bits_per_dim",
+    "probability_flow_decoder_bound",
     "probability_flow_log_prob",
     "reflow_pairs",
     "sample",
+    "sampled_variational_bound",
     "sigmoid_betas",
     "variational_bound",
 ]

@@ -23,6 +23,8 @@ from pyro.distributions.util import scale_and_mask
 from torch import nn
 from torch.nn import functional as F
 
+from pyro_gen.gan.recorded import ObservedSite, RecordedRuns, observed_sites, unconditioned_traces
+
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
@@ -126,6 +128,10 @@ class AdversarialLoss(PyroLoss):
             ``functools.partial(torch.optim.Adam, lr=2e-4)``; default per loss.
         n_critic: discriminator steps per generator step.
         site: the observed site the discriminator judges; default the model's only one.
+        record: run the model's generating run from a recording, replayed each step
+            (:class:`~pyro_gen.gan.recorded.RecordedRuns`: the same examples and gradients as
+            the Pyro run, without Pyro's per-site work; models it cannot stand for run
+            through Pyro, with one log line saying why); ``False``: every run through Pyro.
     """
 
     #: what a discriminator ending in a sigmoid is told
@@ -141,6 +147,7 @@ class AdversarialLoss(PyroLoss):
         optim: OptimizerFactory | None = None,
         n_critic: int = 1,
         site: str | None = None,
+        record: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(discriminator, nn.Module):
@@ -155,6 +162,8 @@ class AdversarialLoss(PyroLoss):
         factory = optim if optim is not None else self.default_optim
         self.optimizer = factory(discriminator.parameters())
         self.last_discriminator_loss: torch.Tensor | None = None
+        # the model's generating run, replayed from a recording (not module state)
+        self.runs = RecordedRuns(backend="auto" if record else "pyro")
 
     # -- what each objective defines ----------------------------------------------------
     @staticmethod
@@ -241,10 +250,11 @@ class AdversarialLoss(PyroLoss):
     def batch(
         self, model: Callable[..., Any], guide: Callable[..., Any], *args, **kwargs
     ) -> AdversarialBatch:
-        """Real and generated examples of the observed site for one call of the model
-        (:meth:`unconditioned_trace`, then :meth:`batch_from`)."""
-        trace = self.unconditioned_trace(model, guide, *args, **kwargs)
-        return self.batch_from(trace, self._context(kwargs.get("y")))
+        """Real and generated examples of the observed site for one run of the model with
+        its observations removed (replayed from a recording where the model allows one:
+        :class:`~pyro_gen.gan.recorded.RecordedRuns`)."""
+        sites = self.runs(model, guide, args, kwargs)
+        return self.batch_of(sites, self._context(kwargs.get("y")))
 
     @staticmethod
     def unconditioned_trace(
@@ -253,35 +263,26 @@ class AdversarialLoss(PyroLoss):
         """The guide is traced, then the model is replayed against it with its observations
         removed, so each observed site holds a generated example and keeps the data in
         ``site["infer"]["obs"]``."""
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        # an empty guide (the Generator's) leaves nothing to replay: one handler fewer on
-        # each of the model's sites
-        replays = any(site["type"] == "sample" for site in guide_trace.nodes.values())
-        run = poutine.replay(model, trace=guide_trace) if replays else model
-        with poutine.trace() as tr, poutine.uncondition():
-            run(*args, **kwargs)
-        return tr.trace
+        return unconditioned_traces(model, guide, args, kwargs)[0]
 
     def batch_from(self, trace: poutine.Trace, context: torch.Tensor | None) -> AdversarialBatch:
-        """The real and generated examples of this loss's site in an unconditioned trace;
+        """The real and generated examples of this loss's site in an unconditioned trace."""
+        return self.batch_of(observed_sites(trace), context)
+
+    def batch_of(
+        self, sites: dict[str, ObservedSite], context: torch.Tensor | None
+    ) -> AdversarialBatch:
+        """The real and generated examples of this loss's site among a run's observed sites;
         ``pyro.deterministic`` sites are not data and are never picked."""
-        observed = [
-            name
-            for name, site in trace.nodes.items()
-            if site["type"] == "sample"
-            and site["infer"].get("was_observed")
-            and not site["infer"].get("_deterministic")
-        ]
-        name = self._pick_site(observed)
-        site = trace.nodes[name]
-        real, fake = site["infer"]["obs"], site["value"]
-        event_dim = site["fn"].event_dim
+        name = self._pick_site([n for n, site in sites.items() if not site.deterministic])
+        site = sites[name]
+        real, fake = site.obs, site.value
         if real.shape != fake.shape:
             raise ValueError(
                 f"site {name!r}: the data have shape {tuple(real.shape)} but the model "
                 f"generates {tuple(fake.shape)}; they must match"
             )
-        return AdversarialBatch(name, real, fake, context, event_dim, site["scale"], site["mask"])
+        return AdversarialBatch(name, real, fake, context, site.event_dim, site.scale, site.mask)
 
     def _pick_site(self, observed: list[str]) -> str:
         if self.site is not None:

@@ -14,6 +14,7 @@ from torch import nn
 
 from pyro_gen.gan.adversarial import OptimizerFactory, PyroLoss
 from pyro_gen.gan.objectives import LeastSquaresGAN
+from pyro_gen.gan.recorded import ObservedSite, RecordedRuns, observed_sites
 
 #: Sites of the CycleGAN model: the translations (observed at the other domain's data) and
 #: the round trips (deterministic).
@@ -129,6 +130,8 @@ class CycleGANLoss(PyroLoss):
         discriminator_y: judges examples of ``Y``.
         cycle_weight: :math:`\\lambda` (10 in the paper).
         optim: builds each discriminator's optimizer; default fused Adam 2e-4, beta1 0.5.
+        record: replay the translators' run from a recording (see
+            :class:`~pyro_gen.gan.AdversarialLoss`); ``False``: every run through Pyro.
 
     References:
         Zhu et al., arXiv:1703.10593. Mao et al., Least Squares GANs, arXiv:1611.04076.
@@ -148,6 +151,7 @@ class CycleGANLoss(PyroLoss):
         *,
         cycle_weight: float = 10.0,
         optim: OptimizerFactory | None = None,
+        record: bool = True,
     ) -> None:
         super().__init__()
         if not cycle_weight >= 0:
@@ -155,30 +159,35 @@ class CycleGANLoss(PyroLoss):
         self.x = LeastSquaresGAN(discriminator_x, optim=optim, site=TO_X)
         self.y = LeastSquaresGAN(discriminator_y, optim=optim, site=TO_Y)
         self.cycle_weight = float(cycle_weight)
+        # the translators' run, replayed from a recording (see AdversarialLoss's record=)
+        self.runs = RecordedRuns(backend="auto" if record else "pyro")
 
-    def cycle_errors(self, trace: pyro.poutine.Trace) -> torch.Tensor:
-        """Mean absolute round-trip error per example, both domains added."""
+    def cycle_errors(self, sites: dict[str, ObservedSite] | pyro.poutine.Trace) -> torch.Tensor:
+        """Mean absolute round-trip error per example, both domains added, from a run's
+        observed sites (:func:`~pyro_gen.gan.recorded.observed_sites`) or its trace."""
+        if isinstance(sites, pyro.poutine.Trace):
+            sites = observed_sites(sites)
         total = 0.0
         for name in (CYCLE_X, CYCLE_Y):
-            site = trace.nodes.get(name)
+            site = sites.get(name)
             if site is None:
                 raise ValueError(
                     f"the model has no site {name!r}: CycleGANLoss trains a CycleGAN model"
                 )
-            obs = trace.nodes[TO_X if name == CYCLE_X else TO_Y]["infer"]["obs"]
-            error = (site["value"] - obs).abs()
-            total = total + error.flatten(error.dim() - site["fn"].event_dim).mean(-1)
+            obs = sites[TO_X if name == CYCLE_X else TO_Y].obs
+            error = (site.value - obs).abs()
+            total = total + error.flatten(error.dim() - site.event_dim).mean(-1)
         return total  # type: ignore[return-value]
 
     def forward(self, model: Callable[..., Any], guide: Callable[..., Any], *args, **kwargs):
         """Updates both discriminators (in training mode, with gradients enabled), then
         returns the translators' loss as a differentiable scalar."""
-        trace = self.x.unconditioned_trace(model, guide, *args, **kwargs)
-        batches = [(term, term.batch_from(trace, None)) for term in (self.x, self.y)]
+        sites = self.runs(model, guide, args, kwargs)
+        batches = [(term, term.batch_of(sites, None)) for term in (self.x, self.y)]
         if self.training and torch.is_grad_enabled():
             for term, batch in batches:
                 term.update_discriminator(batch)
         per_example = sum(term.generator_term(batch) for term, batch in batches)
-        per_example = per_example + self.cycle_weight * self.cycle_errors(trace)
+        per_example = per_example + self.cycle_weight * self.cycle_errors(sites)
         batch = batches[0][1]
         return scale_and_mask(per_example, batch.scale, batch.mask).sum()

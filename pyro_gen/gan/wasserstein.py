@@ -95,6 +95,7 @@ class WassersteinGAN(_Critic):
         optim: builds the critic's optimizer; default RMSprop(lr=5e-5).
         n_critic: critic steps per generator step.
         site: the observed site; default the model's only one.
+        record: replay the model's run from a recording (see :class:`AdversarialLoss`).
 
     References:
         Arjovsky, Chintala & Bottou, Wasserstein GAN, arXiv:1701.07875.
@@ -117,10 +118,11 @@ class WassersteinGAN(_Critic):
         optim: OptimizerFactory | None = None,
         n_critic: int = 5,
         site: str | None = None,
+        record: bool = True,
     ) -> None:
         if not clip > 0:
             raise ValueError(f"clip must be a positive weight bound, got {clip!r}")
-        super().__init__(critic, optim=optim, n_critic=n_critic, site=site)
+        super().__init__(critic, optim=optim, n_critic=n_critic, site=site, record=record)
         self.clip = float(clip)
         self.after_discriminator_step()  # the critic starts inside the bound too
 
@@ -148,6 +150,7 @@ class WassersteinGP(_Critic):
         optim: builds the critic's optimizer; default Adam(lr=1e-4, betas=(0, 0.9)).
         n_critic: critic steps per generator step.
         site: the observed site; default the model's only one.
+        record: replay the model's run from a recording (see :class:`AdversarialLoss`).
 
     References:
         Gulrajani et al., Improved Training of Wasserstein GANs, arXiv:1704.00028.
@@ -170,10 +173,11 @@ class WassersteinGP(_Critic):
         optim: OptimizerFactory | None = None,
         n_critic: int = 5,
         site: str | None = None,
+        record: bool = True,
     ) -> None:
         if not penalty_weight >= 0:
             raise ValueError(f"penalty_weight must be non-negative, got {penalty_weight!r}")
-        super().__init__(critic, optim=optim, n_critic=n_critic, site=site)
+        super().__init__(critic, optim=optim, n_critic=n_critic, site=site, record=record)
         self.penalty_weight = float(penalty_weight)
 
     @staticmethod

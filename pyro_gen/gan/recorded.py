@@ -1,0 +1,574 @@
+"""The generated examples of a Pyro model's run, recorded once per input signature and replayed
+as a tensor program: what the adversarial losses run every step.
+
+An adversarial loss needs, each step, the examples a model generates at its observed sites:
+the model run with its observations removed (``poutine.uncondition``), as Pyro's
+``EnergyDistance`` runs it. Run as a Pyro program, a small generator spends most of that
+run in Pyro's handlers (each parameter sent through ``pyro.module``, the plate, building and
+validating its distributions), not in its network. :class:`RecordedRuns` does for that run
+what :class:`~pyro_gen.infer.compiled.CompiledSVI` does for an ELBO: it records the run once
+per input signature with :func:`~torch.fx.experimental.proxy_tensor.make_fx` as a pure
+tensor program
+
+.. math:: (\\theta, x, \\epsilon) \\mapsto \\big(G_\\theta(\\epsilon, x), \\ldots\\big),
+
+the parameters :math:`\\theta`, the data :math:`x` and the standard-noise draws
+:math:`\\epsilon` in, the observed sites' generated values out, and replays it with autograd
+on, so the generator's gradients flow as before. The noise draws are lifted out of the
+program (:mod:`pyro_gen.infer.compiled_recording`) and drawn at each replay with the same
+random calls, in the same order, as Pyro makes them: with the same seed the replay generates
+the same examples as the Pyro run. Each replay still announces the run's parameters as Pyro
+param sites (``pyro.param``), because ``SVI`` and :func:`pyro_gen.infer.fit` find the
+parameters to update in the param sites the loss's call records.
+
+A new input signature is first run as Pyro (its sites noted), recorded at its second run (the
+recording is that step's run), re-run as Pyro and compared on the ``check_steps`` steps that
+follow and every ``check_every`` steps, and replayed otherwise. It falls back to Pyro for
+good, saying why in one log line on the ``"pyro_gen"`` logger, when the model's sites change
+between runs, when a random draw is not standard noise pushed through differentiable
+operations (a Gamma, a discrete site whose probabilities are learned), when a value the model
+branched on (``if x.max() > 1``, Pyro's argument checks) changes, when the shapes of the
+inputs keep changing, or when recording fails. Calls made under any Pyro handler other than a
+``param_only`` trace (which is what ``SVI`` and ``fit`` use) run as Pyro, so that the handler
+sees the model's sites.
+
+What a replay takes as fixed: the model's Python control flow other than tensor values and
+the ``training`` flags of the modules of a model or guide that is a module's method (both are
+part of the signature). Buffers (batch norm's running statistics, a prior's location) are
+read, and updated, through references taken when recording; a module moved to another device
+after recording keeps its old buffers in the program, so record again
+(:meth:`RecordedRuns.clear`) after moving it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.poutine.runtime import _PYRO_STACK, Message, am_i_wrapped, apply_stack
+from pyro.poutine.trace_messenger import TraceMessenger
+from torch import nn
+from torch.fx.experimental.proxy_tensor import make_fx
+from torch.utils import _pytree as pytree
+
+from pyro_gen.infer.compiled_backends import compile_program
+from pyro_gen.infer.compiled_elbo import _describe_change, _signature
+from pyro_gen.infer.compiled_recording import _GuardMode, _lift_inputs, _Noise, _Unsupported
+
+logger = logging.getLogger("pyro_gen")
+
+__all__ = ["ObservedSite", "RecordedRuns", "observed_sites", "unconditioned_traces"]
+
+#: the backends a replay runs on: TorchScript, the recorded fx program, torch.compile, or
+#: never recorded (every run through Pyro)
+BACKENDS = ("auto", "jit", "fx", "inductor", "pyro")
+
+
+@dataclasses.dataclass
+class ObservedSite:
+    """An observed site of a model run with its observations removed.
+
+    Attributes:
+        value: the generated value (differentiable in the model's parameters).
+        obs: the data the site observes.
+        event_dim: number of event dimensions of the site.
+        scale: the site's scale (a plate's subsampling), a number or a tensor.
+        mask: the site's mask, or ``None``.
+        deterministic: whether the site is a ``pyro.deterministic`` site (not data).
+    """
+
+    value: torch.Tensor
+    obs: torch.Tensor
+    event_dim: int
+    scale: Any = 1.0
+    mask: Any = None
+    deterministic: bool = False
+
+
+def unconditioned_traces(
+    model: Callable[..., Any], guide: Callable[..., Any], args: tuple, kwargs: dict
+) -> tuple[poutine.Trace, poutine.Trace]:
+    """The guide's trace and the model's, replayed against it with its observations removed:
+    each observed site holds a generated value and keeps the data in
+    ``site["infer"]["obs"]``.
+
+    Example:
+        >>> import pyro.distributions as dist
+        >>> def model(x):
+        ...     pyro.sample("x", dist.Normal(0.0, 1.0), obs=x)
+        >>> model_trace, _ = unconditioned_traces(model, lambda x: None, (torch.tensor(3.0),), {})
+        >>> model_trace.nodes["x"]["infer"]["obs"]
+        tensor(3.)
+    """
+    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    # an empty guide (the Generator's) leaves nothing to replay: one handler fewer on each
+    # of the model's sites
+    replays = any(site["type"] == "sample" for site in guide_trace.nodes.values())
+    run = poutine.replay(model, trace=guide_trace) if replays else model
+    with poutine.trace() as tr, poutine.uncondition():
+        run(*args, **kwargs)
+    return tr.trace, guide_trace
+
+
+def observed_sites(trace: poutine.Trace) -> dict[str, ObservedSite]:
+    """The observed sites of an unconditioned model trace, in the order the model visits
+    them.
+
+    Example:
+        >>> import pyro.distributions as dist
+        >>> def model(x):
+        ...     pyro.sample("x", dist.Normal(0.0, 1.0), obs=x)
+        >>> model_trace, _ = unconditioned_traces(model, lambda x: None, (torch.tensor(3.0),), {})
+        >>> site = observed_sites(model_trace)["x"]
+        >>> site.obs, site.event_dim, site.value.shape
+        (tensor(3.), 0, torch.Size([]))
+    """
+    return {
+        name: ObservedSite(
+            site["value"],
+            site["infer"]["obs"],
+            site["fn"].event_dim,
+            site["scale"],
+            site["mask"],
+            bool(site["infer"].get("_deterministic")),
+        )
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample" and site["infer"].get("was_observed")
+    }
+
+
+@dataclasses.dataclass
+class _Layout:
+    """Where each observed site's tensors are among a program's outputs."""
+
+    name: str
+    event_dim: int
+    deterministic: bool
+    scale: Any  # a number, or the index of its output
+    mask: Any  # None, or the index of its output
+    tensor_scale: bool
+    tensor_mask: bool
+
+
+@dataclasses.dataclass
+class _Recording:
+    fn: Callable[..., Any]
+    names: list[str]  # the param sites, in the order the run visits them
+    params: list[torch.Tensor]  # their unconstrained tensors, as recorded
+    extras: list[_Noise | torch.Tensor]
+    layout: list[_Layout]
+    signature: tuple
+    guards: list[Any]
+    n_out: int
+    devices: list[int]  # CUDA devices whose generators the noise draws use
+    calls: int = 0
+
+
+class RecordedRuns:
+    """The observed sites of unconditioned runs of a model, replayed from a recording.
+
+    Calling it runs ``model`` against ``guide`` with the observations removed and returns
+    its observed sites (:class:`ObservedSite`), from a recorded tensor program where the
+    model allows one and from Pyro otherwise (see the module's docstring).
+
+    Args:
+        backend: ``"auto"`` (TorchScript, falling back to the recorded fx program),
+            ``"jit"``, ``"fx"``, ``"inductor"`` (torch.compile: minutes on a small CPU) or
+            ``"pyro"`` (never record: every run through Pyro).
+        check_steps: runs of a signature, after its recording, that run through Pyro and
+            are compared with the recording.
+        check_every: also run through Pyro and compare every this many runs (0: never).
+        max_programs: more distinct input signatures than this falls back to Pyro; so does
+            a third one within the first 30 runs (a fourth within 40, ...).
+
+    Example:
+        >>> from pyro_gen.gan import Generator
+        >>> from pyro_gen.nn import MLPGenerator
+        >>> gen = Generator(MLPGenerator(2, (2,), (8,)))
+        >>> runs, x = RecordedRuns(), torch.zeros(4, 2)
+        >>> values = [runs(gen.model, gen.guide, (x,), {})["x"].value for _ in range(5)]
+        >>> runs.recorded, runs.fallback_reason, values[-1].shape
+        (True, None, torch.Size([4, 2]))
+    """
+
+    def __init__(
+        self,
+        *,
+        backend: str = "auto",
+        check_steps: int = 2,
+        check_every: int = 1000,
+        max_programs: int = 8,
+    ) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}: choose one of {BACKENDS}")
+        self.backend = backend
+        self.check_steps, self.check_every = check_steps, check_every
+        self.max_programs = max_programs
+        self.fallback_reason: str | None = (
+            "recording turned off (backend='pyro')" if backend == "pyro" else None
+        )
+        self.record_time_s = 0.0
+        self.clear()
+
+    def clear(self) -> None:
+        """Forgets every recording (the next runs record again)."""
+        self._programs: dict[Any, _Recording] = {}
+        self._sightings: dict[Any, tuple[tuple, list[str]]] = {}
+        self._calls = 0
+        self._modules: dict[int, tuple[nn.Module, list[nn.Module]]] = {}
+
+    @property
+    def recorded(self) -> bool:
+        """Whether a recording exists and runs are not falling back to Pyro."""
+        return bool(self._programs) and self.fallback_reason is None
+
+    # A recording holds graphs and compiled functions: copies and pickles record again.
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.update(_programs={}, _sightings={}, _calls=0, _modules={})
+        return state
+
+    def __call__(
+        self, model: Callable[..., Any], guide: Callable[..., Any], args: tuple, kwargs: dict
+    ) -> dict[str, ObservedSite]:
+        """The observed sites of one unconditioned run of ``model(*args, **kwargs)``."""
+        if self.fallback_reason is not None or not _only_param_capture():
+            return self._pyro(model, guide, args, kwargs)
+        try:
+            key, data = self._key(model, guide, args, kwargs)
+        except _Unsupported as exc:
+            return self._fall_back(str(exc), model, guide, args, kwargs)
+        self._calls += 1
+        prog = self._programs.get(key)
+        if prog is None:
+            if key in self._sightings:
+                return self._record(key, model, guide, args, kwargs, data)
+            seen = len(self._sightings)
+            if seen >= self.max_programs or (seen >= 2 and self._calls < 10 * (seen + 1)):
+                return self._fall_back(
+                    f"the shapes of the inputs change from batch to batch ({seen + 1} "
+                    f"distinct input signatures in {self._calls} runs)",
+                    model, guide, args, kwargs,
+                )  # fmt: skip
+            sites, signature, names = self._pyro_signature(model, guide, args, kwargs)
+            self._sightings[key] = (signature, names)
+            return sites
+        prog.calls += 1
+        due = prog.calls <= self.check_steps or (
+            self.check_every > 0 and prog.calls % self.check_every == 0
+        )
+        if due:
+            # The check is this step's run: it costs nothing beyond a Pyro step.
+            sites, signature, _ = self._pyro_signature(model, guide, args, kwargs)
+            if signature != prog.signature:
+                self.fallback_reason = (
+                    "the model's structure changed between runs: "
+                    + _describe_change((prog.signature,), (signature,))
+                )
+                logger.warning(_LOG, self.fallback_reason)
+            return sites
+        sites = self._replay(prog, data)
+        return sites if sites is not None else self._pyro(model, guide, args, kwargs)
+
+    # -- Pyro runs ------------------------------------------------------------------------
+
+    @staticmethod
+    def _pyro(model: Callable[..., Any], guide: Callable[..., Any], args: tuple, kwargs: dict):
+        return observed_sites(unconditioned_traces(model, guide, args, kwargs)[0])
+
+    @staticmethod
+    def _pyro_signature(
+        model: Callable[..., Any], guide: Callable[..., Any], args: tuple, kwargs: dict
+    ) -> tuple[dict[str, ObservedSite], tuple, list[str]]:
+        model_trace, guide_trace = unconditioned_traces(model, guide, args, kwargs)
+        names = [
+            name
+            for tr in (guide_trace, model_trace)
+            for name, site in tr.nodes.items()
+            if site["type"] == "param"
+        ]
+        return observed_sites(model_trace), _signature(model_trace, guide_trace), names
+
+    def _fall_back(self, reason: str, model, guide, args, kwargs) -> dict[str, ObservedSite]:  # noqa: ANN001
+        self.fallback_reason = reason
+        logger.warning(_LOG, reason)
+        return self._pyro(model, guide, args, kwargs)
+
+    # -- recording ------------------------------------------------------------------------
+
+    def _key(
+        self, model: Callable[..., Any], guide: Callable[..., Any], args: tuple, kwargs: dict
+    ) -> tuple[Any, list[torch.Tensor]]:
+        leaves = (*args, *kwargs.values())
+        if all(v is None or torch.is_tensor(v) for v in leaves):
+            # the usual call (tensors and Nones): pytree's order, without its cost
+            spec: Any = (len(args), tuple(kwargs))
+            data = [v for v in leaves if v is not None]
+            statics: tuple = tuple(v is None for v in leaves)
+        else:
+            flat, spec = pytree.tree_flatten((args, kwargs))
+            data = [v for v in flat if torch.is_tensor(v)]
+            statics = tuple(None if torch.is_tensor(v) else v for v in flat)
+        shapes = tuple((t.shape, t.dtype, t.device, t.requires_grad) for t in data)
+        flags = (self._training(model), self._training(guide))
+        key = (model, guide, spec, shapes, statics, flags)
+        try:
+            hash(key)
+        except TypeError as exc:
+            raise _Unsupported(f"a non-tensor argument is not hashable ({exc})") from exc
+        return key, data
+
+    def _training(self, fn: Callable[..., Any]) -> tuple[bool, ...] | None:
+        """The ``training`` flags of the modules of a model or guide that is a module's
+        method (batch norm, an averaged generator in eval mode run other programs)."""
+        owner = getattr(fn, "__self__", None)
+        if not isinstance(owner, nn.Module):
+            return None
+        found = self._modules.get(id(owner))
+        if found is None or found[0] is not owner:
+            found = self._modules[id(owner)] = (owner, list(owner.modules()))
+        return tuple(m.training for m in found[1])
+
+    def _record(
+        self,
+        key: Any,
+        model: Callable[..., Any],
+        guide: Callable[..., Any],
+        args: tuple,
+        kwargs: dict,
+        data: list[torch.Tensor],
+    ) -> dict[str, ObservedSite]:
+        """Records the run on these inputs; the recording's run is this step's run."""
+        start = time.perf_counter()
+        signature, names = self._sightings[key]
+        store = pyro.get_param_store()
+        params = [store._params[n] for n in names]
+        flat, spec = pytree.tree_flatten((args, kwargs))
+        slots = [i for i, v in enumerate(flat) if torch.is_tensor(v)]
+        n_p = len(params)
+        seen: dict[str, Any] = {}
+
+        def program(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            leaves = list(flat)
+            for i, t in zip(slots, inputs[n_p:]):
+                leaves[i] = t
+            a, k = pytree.tree_unflatten(leaves, spec)
+            guard = _GuardMode()
+            with guard:
+                model_trace, guide_trace = unconditioned_traces(model, guide, a, k)
+            seen["signature"] = _signature(model_trace, guide_trace)
+            seen["sites"] = sites = observed_sites(model_trace)
+            seen["guards"] = [value for _, value in guard.reads]
+            outputs, layout = _outputs(sites)
+            seen["layout"], seen["n_out"] = layout, len(outputs)
+            return (*outputs, *(t for t, _ in guard.reads))
+
+        devices = sorted({t.device.index or 0 for t in data if t.device.type == "cuda"})
+        rng = _rng_state(devices)
+        try:
+            gm = make_fx(program)(*params, *data)
+        except Exception as exc:  # noqa: BLE001 - the run goes on through Pyro
+            # Pyro's run then draws what the failed recording drew.
+            _set_rng_state(rng, devices)
+            msg = (str(exc) or type(exc).__name__).splitlines()[0]
+            return self._fall_back(
+                f"recording failed ({type(exc).__name__}: {msg})", model, guide, args, kwargs
+            )
+        sites = seen["sites"]  # a complete Pyro run, whatever happens to its recording
+        try:
+            if seen["signature"] != signature:
+                raise _Unsupported(
+                    "the model's structure changed between runs: "
+                    + _describe_change((signature,), (seen["signature"],))
+                )
+            extras = _lift_inputs(gm)
+            varying = _drop_constant_reads(gm, seen["n_out"])
+            guards = [seen["guards"][i] for i in varying]
+            _prune(gm)
+            fn = self._compile(gm, params, data, extras, devices)
+        except _Unsupported as exc:
+            self.fallback_reason = str(exc)
+            logger.warning(_LOG, exc)
+            return sites
+        self._programs[key] = _Recording(
+            fn, names, params, extras, seen["layout"], signature, guards, seen["n_out"], devices
+        )
+        self.record_time_s += time.perf_counter() - start
+        logger.info(
+            "pyro_gen: recorded the model's run for a new input signature in %.2f s",
+            time.perf_counter() - start,
+        )
+        return sites
+
+    def _compile(
+        self,
+        gm: torch.fx.GraphModule,
+        params: list[torch.Tensor],
+        data: list[torch.Tensor],
+        extras: list[_Noise | torch.Tensor],
+        devices: list[int],
+    ) -> Callable[..., Any]:
+        backend = "jit" if self.backend == "auto" else self.backend
+        if backend == "fx":
+            return gm
+
+        def example_inputs() -> list[torch.Tensor]:
+            # Copies of data and buffers: a warm-up leaves running statistics alone.
+            out = [*params, *(t.clone() for t in data)]
+            return out + [e.draw() if isinstance(e, _Noise) else e.clone() for e in extras]
+
+        device = (params or data or [torch.zeros(())])[0].device
+        try:
+            return compile_program(
+                gm, backend, device, example_inputs, lambda: torch.random.fork_rng(devices)
+            )
+        except Exception as exc:  # noqa: BLE001 - the recorded program still works
+            if self.backend != "auto":
+                raise _Unsupported(f"{backend} could not compile the recording: {exc}") from exc
+            logger.info("pyro_gen: TorchScript could not take the recorded run (%s)", exc)
+            return gm
+
+    # -- replay ---------------------------------------------------------------------------
+
+    def _replay(self, prog: _Recording, data: list[torch.Tensor]) -> dict[str, ObservedSite] | None:
+        """The sites from the recording, or None when this run must go through Pyro (the
+        param store's tensors changed, or a value the model branched on did)."""
+        params = _param_sites(prog.names)
+        if params is None or any(p is not q for p, q in zip(params, prog.params)):
+            self.clear()  # new parameter tensors (a loaded param store): record again
+            return None
+        rng = _rng_state(prog.devices) if prog.guards else None
+        extras = [e.draw() if isinstance(e, _Noise) else e for e in prog.extras]
+        out = prog.fn(*params, *data, *extras)
+        for read, expected in zip(out[prog.n_out :], prog.guards):
+            # One host read per value the model branched on (Pyro's argument checks).
+            if read.item() != expected:
+                _set_rng_state(rng, prog.devices)  # Pyro's run draws what this one drew
+                self.fallback_reason = (
+                    "a tensor value the model branched on changed "
+                    f"({expected!r} when recorded, {read.item()!r} now)"
+                )
+                logger.warning(_LOG, self.fallback_reason)
+                return None
+        return {
+            site.name: ObservedSite(
+                out[2 * i],
+                out[2 * i + 1],
+                site.event_dim,
+                out[site.scale] if site.tensor_scale else site.scale,
+                out[site.mask] if site.tensor_mask else site.mask,
+                site.deterministic,
+            )
+            for i, site in enumerate(prog.layout)
+        }
+
+
+_LOG = "pyro_gen: the model's recorded run is off, running it through Pyro: %s"
+
+
+def _only_param_capture() -> bool:
+    # SVI and fit record param sites only; any other handler must see the model's sites.
+    return all(isinstance(m, TraceMessenger) and m.param_only for m in _PYRO_STACK)
+
+
+def _param_sites(names: Sequence[str]) -> list[torch.Tensor] | None:
+    """The unconstrained tensors of the named parameters, each announced as a param site as
+    ``pyro.param(name)`` announces it (SVI and fit find what to update in these sites); None
+    when one is missing from the param store (it was cleared)."""
+    store = pyro.get_param_store()
+    try:
+        params = [store._params[name] for name in names]
+    except KeyError:
+        return None
+    if am_i_wrapped():
+        for name in names:
+            # pyro.param's message, its value already looked up
+            kwargs = {"constraint": store._constraints[name], "event_dim": None}
+            msg = Message(
+                type="param", name=name, fn=store.get_param, is_observed=False, args=(name,),
+                kwargs=kwargs, value=store[name], scale=1.0, mask=None, cond_indep_stack=(),
+                done=False, stop=False, continuation=None, infer={},
+            )  # fmt: skip
+            apply_stack(msg)
+    return params
+
+
+def _drop_constant_reads(gm: torch.fx.GraphModule, n_out: int) -> list[int]:
+    """Removes from the program's results the values read by Python that depend on no input
+    (Pyro's checks of constants, such as a Delta's zero log-density): they cannot change.
+
+    Returns:
+        the indices, among the reads, of those kept.
+    """
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    results = list(output.args[0])
+    kept = [i for i, node in enumerate(results[n_out:]) if _reads_input(node)]
+    output.args = (tuple(results[:n_out] + [results[n_out + i] for i in kept]),)
+    gm.recompile()
+    return kept
+
+
+def _reads_input(node: Any) -> bool:
+    todo, seen = [node], set()
+    while todo:
+        n = todo.pop()
+        if not isinstance(n, torch.fx.Node) or n in seen:
+            continue
+        if n.op == "placeholder":
+            return True
+        seen.add(n)
+        todo.extend(n.all_input_nodes)
+    return False
+
+
+def _outputs(sites: dict[str, ObservedSite]) -> tuple[list[torch.Tensor], list[_Layout]]:
+    """The tensors a program returns for ``sites`` (value and data of each, then the
+    scales and masks that are tensors) and where each site finds them."""
+    outputs = [t for site in sites.values() for t in (site.value, site.obs)]
+    layout = []
+    for name, site in sites.items():
+        tensor_scale, tensor_mask = torch.is_tensor(site.scale), torch.is_tensor(site.mask)
+        scale, mask = site.scale, site.mask
+        if tensor_scale:
+            scale = len(outputs)
+            outputs.append(site.scale)
+        if tensor_mask:
+            mask = len(outputs)
+            outputs.append(site.mask)
+        flags = (site.deterministic, scale, mask, tensor_scale, tensor_mask)
+        layout.append(_Layout(name, site.event_dim, *flags))
+    return outputs, layout
+
+
+def _prune(gm: torch.fx.GraphModule) -> None:
+    """Removes the recording's unused results (Pyro's subsample indices, autograd's
+    detaches), keeping every input and every op that writes (running statistics)."""
+    # A fresh copy first: the lifted inputs may sit next to erased nodes in the old list.
+    graph = torch.fx.Graph()
+    graph.output(graph.graph_copy(gm.graph, {}))
+    for node in reversed(list(graph.nodes)):
+        if node.op == "call_function" and not node.users and not node.is_impure():
+            graph.erase_node(node)
+    graph.lint()
+    gm.graph = graph
+    gm.recompile()
+
+
+def _rng_state(devices: Sequence[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    cuda = [torch.cuda.get_rng_state(d) for d in devices]
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state: Any, devices: Sequence[int]) -> None:
+    if state is None:
+        return
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    for d, s in zip(devices, cuda):
+        torch.cuda.set_rng_state(s, d)

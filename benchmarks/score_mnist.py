@@ -14,11 +14,21 @@ Three steps, each a subcommand, so the long ones can run one at a time in the ba
     sigma^2 weighting (the DDPM's "simple" loss in continuous time), on images mapped to [-1, 1].
     The trained module is saved with ``torch.save``; the thread CPU time is recorded.
 ``nll``
-    On ``--num-test`` test images drawn at random (fixed seed): the DDPM's bound (all 1000
-    terms, EMA weights), and the probability-flow bits/dim of both models (uniform
-    dequantization, Hutchinson's trace estimator, dopri5 at ``--tol``), per image, with the
-    network evaluations (NFE) and CPU seconds per batch; standard errors of the means and of
-    the paired differences.
+    On ``--num-test`` test images drawn at random (fixed seed): the DDPM's bound (``--bound
+    full``: all 1000 terms, split into L_0 and the rest; ``sampled``: the stratified estimate;
+    EMA weights), and the probability-flow bits/dim of both models with each ``--endpoints``
+    treatment of the pixels (``dequantize``: uniform noise in each bin, Song et al.'s;
+    ``decoder``: the ODE density of x_1 ~ q(x_1 | x_0) and the DDPM's own decoder p(x_0 | x_1),
+    term by term comparable with the bound, see ``probability_flow_bits_per_dim``),
+    Hutchinson's trace estimator, dopri5 at ``--tol``, per image, with the network
+    evaluations (NFE) and CPU seconds; standard errors of the means and of the paired
+    differences. Results are checkpointed per batch (``nll_checkpoint_*.pt``): a stopped run
+    resumes where it stopped.
+``bound``
+    The DDPM bound on the first ``--num-test`` test images (10000: the test set) by the
+    stratified estimate (``sampled_variational_bound``: L_T, L_0 exact, one step in each of
+    ``--strata`` geometric strata of the rest), checkpointed per batch; with ``--check N``,
+    first the estimate against all 1000 terms on N random images (``--replicas`` draws each).
 ``samplers``
     ``--num-samples`` samples per sampler at about ``--nfe`` network evaluations each
     (annealed Langevin, Euler-Maruyama, predictor-corrector, probability-flow ODE with a
@@ -31,6 +41,7 @@ Run (logs and files in the working directory ``--dir``)::
     python benchmarks/score_mnist.py train --model ddpm --dir /tmp/h13b
     python benchmarks/score_mnist.py train --model score --dir /tmp/h13b
     python benchmarks/score_mnist.py nll --num-test 128 --dir /tmp/h13b
+    python benchmarks/score_mnist.py bound --num-test 10000 --check 32 --dir /tmp/h13b
     python benchmarks/score_mnist.py samplers --num-samples 256 --nfe 100 --dir /tmp/h13b
 """
 
@@ -38,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -56,6 +68,8 @@ from pyro_gen.diffusion import (
     sample,
     variational_bound,
 )
+from pyro_gen.diffusion.likelihood import sampled_variational_bound
+from pyro_gen.diffusion.ode_likelihood import probability_flow_decoder_bound
 from pyro_gen.diffusion.sde import VPSDE
 from pyro_gen.infer import fit
 from pyro_gen.nn import UNet
@@ -126,63 +140,165 @@ def _mean_se(v: torch.Tensor) -> tuple[float, float]:
     return float(v.mean()), float(v.std() / v.numel() ** 0.5)
 
 
+def _bpd_parts(out: dict, dims: int) -> dict[str, torch.Tensor]:
+    scale = dims * math.log(2)
+    return {k: out[k].detach() / scale for k in ("ode", "decoder", "entropy")}
+
+
 def nll(args: argparse.Namespace) -> dict:
     xt, _ = _images("test")
-    gen = torch.Generator().manual_seed(args.seed)
-    idx = torch.randperm(xt.shape[0], generator=gen)[: args.num_test]
+    perm = torch.randperm(xt.shape[0], generator=torch.Generator().manual_seed(args.seed))
+    idx = perm[: args.num_test]
     x = xt[idx]
-    out: dict = {"num_test": args.num_test, "test_indices_seed": args.seed, "tol": args.tol}
+    dims = 28 * 28
+    out: dict = {"num_test": args.num_test, "test_indices_seed": args.seed, "tol": args.tol,
+                 "bound": args.bound, "endpoints": args.endpoints}  # fmt: skip
+    # Per-batch results go to a checkpoint as they come, so a long run can stop and resume.
+    # It holds the whole permutation of the test set: a run with a smaller --num-test (a
+    # multiple of --batch-size) reads the batches a longer, stopped run finished. Each batch
+    # draws from its own generator, seeded by its position, so a resumed run draws what an
+    # unbroken one would.
+    ckpt = Path(args.dir) / f"nll_checkpoint_seed{args.seed}_batch{args.batch_size}.pt"
+    done: dict[str, dict[int, torch.Tensor]] = {}
+    if ckpt.exists():
+        saved = torch.load(ckpt)
+        if torch.equal(saved["indices"], perm):
+            done = saved["done"]
+    cpu: dict[str, float] = {}
+
+    def batches(key: str, fn) -> torch.Tensor:
+        parts = done.setdefault(key, {})
+        results = []
+        for a in range(0, args.num_test, args.batch_size):
+            b = min(a + args.batch_size, args.num_test)
+            if a not in parts or parts[a].shape[0] != b - a:
+                g = torch.Generator().manual_seed(args.seed * 100_003 + a + 1)
+                c0 = time.thread_time()
+                parts[a] = fn(a, b, g)
+                cpu[key] = cpu.get(key, 0.0) + time.thread_time() - c0
+                torch.save({"indices": perm, "done": done}, ckpt)
+                print(key, a, round(float(parts[a].reshape(b - a, -1)[:, 0].mean()), 4),
+                      round(time.thread_time() - c0, 1), flush=True)  # fmt: skip
+            results.append(parts[a])
+        return torch.cat(results)
+
     per_image: dict[str, torch.Tensor] = {}
-    # The DDPM's ScheduleSDE had a jump in beta(t) at each of its T steps, and the solver
-    # options restarted dopri5 at every one (over 1000 NFE per solve), which --no-restarts
-    # turned off at a loss of accuracy; since beta(t) is continuous (monotone cubic
-    # log alpha_bar) there are no restarts and the flag changes nothing.
-    solver = {"options": {"step_t": torch.tensor([1.0], dtype=torch.float64)}}
-    solver = solver if args.no_restarts else {}
-    out["solver_restarts_at_schedule_steps"] = not args.no_restarts
     for name in args.models.split(","):
         m = _load(args, name)
         if name == "ddpm":
             # the weights that sample, loaded once around each solve (DDPMScore's own per-call
             # swap would change them in place under the divergence's autograd graph)
-            with torch.no_grad(), m.ema.average_parameters():
-                c0 = time.thread_time()
-                b = variational_bound(m, x[:, 0], batch_size=64)["bits_per_dim"]
-                per_image["ddpm_bound"] = b
-                out["ddpm_bound_cpu_seconds_per_image"] = (time.thread_time() - c0) / len(x)
-                print("bound", _mean_se(b), flush=True)
             ema, sm, data = m.ema, DDPMScore(m, use_ema=False), x[:, 0]
         else:
             ema, sm, data = m.ema, m, (x * 255).round()
+        with torch.no_grad(), ema.average_parameters():
+            if name == "ddpm" and args.bound == "full":
+
+                def full(a, b, g, m=m, data=data):
+                    torch.manual_seed(int(torch.randint(2**31, (), generator=g)))
+                    r = variational_bound(m, data[a:b], batch_size=64)
+                    chain = r["prior"] + r["terms"][:, 1:].sum(-1)
+                    return torch.stack([chain, r["terms"][:, 0]], -1) / (dims * math.log(2))
+
+                parts = batches("ddpm_bound_terms", full)
+                per_image["ddpm_bound_chain"], per_image["ddpm_bound_L0"] = parts.unbind(-1)
+                per_image["ddpm_bound"] = parts.sum(-1)
+            elif name == "ddpm" and args.bound == "sampled":
+
+                def sampled(a, b, g, m=m, data=data):
+                    r = sampled_variational_bound(m, data[a:b], strata=args.strata, generator=g)
+                    return r["bits_per_dim"]
+
+                per_image["ddpm_bound"] = batches("ddpm_bound_sampled", sampled)
         with ema.average_parameters():
-            vals, nfes, secs = [], [], []
-            for start in range(0, args.num_test, args.batch_size):
+            for endpoint in args.endpoints.split(","):
                 counted = _Counting(sm)
-                c0 = time.thread_time()
-                bpd = probability_flow_bits_per_dim(
-                    counted, data[start : start + args.batch_size], num_bins=256,
-                    rtol=args.tol, atol=args.tol, generator=gen, **solver,
-                )  # fmt: skip
-                secs.append(time.thread_time() - c0)
-                vals.append(bpd)
-                nfes.append(counted.calls)
-                print(name, start, round(float(bpd.mean()), 4), counted.calls,
-                      round(secs[-1], 1), flush=True)  # fmt: skip
-            per_image[f"{name}_pf_ode"] = torch.cat(vals)
-            out[f"{name}_pf_ode_nfe_per_batch"] = nfes
-            out[f"{name}_pf_ode_cpu_seconds_per_image"] = sum(secs) / args.num_test
-    path = Path(args.dir) / "nll_per_image.pt"
-    if path.exists():  # results of the other model on the same images, from an earlier call
-        old = torch.load(path)
-        if torch.equal(old.pop("indices"), idx):
-            per_image = {**old, **per_image}
+
+                def solve(a, b, g, endpoint=endpoint, counted=counted, data=data):
+                    kw = {"num_bins": 256, "rtol": args.tol, "atol": args.tol, "generator": g}
+                    if endpoint == "dequantize":
+                        return probability_flow_bits_per_dim(counted, data[a:b], **kw)
+                    r = probability_flow_decoder_bound(counted, data[a:b], **kw)
+                    return torch.stack([r["bits_per_dim"].detach(),
+                                        *_bpd_parts(r, dims).values()], -1)  # fmt: skip
+
+                key = f"{name}_pf_{endpoint}"
+                res = batches(key, solve)
+                if endpoint == "decoder":
+                    res, ode, dec, ent = res.unbind(-1)
+                    per_image[f"{key}_chain"] = ode - ent  # against the bound's L_T + sum L_t
+                    per_image[f"{key}_L0"] = dec  # against the bound's L_0
+                per_image[key] = res
+                if key in cpu:  # of the batches computed in this run
+                    out[f"{key}_cpu_seconds"] = cpu[key]
+                    out[f"{key}_nfe"] = counted.calls
     for k, v in per_image.items():
         out[k] = _mean_se(v)
-    for a, b in (("ddpm_pf_ode", "ddpm_bound"), ("score_pf_ode", "ddpm_bound"),
-                 ("score_pf_ode", "ddpm_pf_ode")):  # fmt: skip
+    for endpoint in args.endpoints.split(","):
+        for name in args.models.split(","):
+            a = f"{name}_pf_{endpoint}"
+            if a in per_image and "ddpm_bound" in per_image:
+                out[f"{a} - ddpm_bound (paired)"] = _mean_se(per_image[a] - per_image["ddpm_bound"])
+    for part in ("chain", "L0"):
+        a, b = f"ddpm_pf_decoder_{part}", f"ddpm_bound_{part}"
         if a in per_image and b in per_image:
             out[f"{a} - {b} (paired)"] = _mean_se(per_image[a] - per_image[b])
-    torch.save({"indices": idx, **per_image}, path)
+    if "score_pf_dequantize" in per_image and "ddpm_pf_dequantize" in per_image:
+        out["score - ddpm, dequantized (paired)"] = _mean_se(
+            per_image["score_pf_dequantize"] - per_image["ddpm_pf_dequantize"]
+        )
+    torch.save({"indices": idx, **per_image}, Path(args.dir) / f"nll_{args.num_test}.pt")
+    return out
+
+
+def bound(args: argparse.Namespace) -> dict:
+    """The DDPM bound on the whole test set by :func:`sampled_variational_bound` (checkpointed
+    per batch), and its check against the full 1000-term sum on ``--check`` images."""
+    xt, _ = _images("test")
+    n = min(args.num_test, xt.shape[0])
+    m = _load(args, "ddpm")
+    out: dict = {"num_test": n, "strata": args.strata}
+    with torch.no_grad(), m.ema.average_parameters():
+        if args.check:
+            idx = torch.randperm(xt.shape[0], generator=torch.Generator().manual_seed(0))
+            xc = xt[idx[: args.check], 0]
+            torch.manual_seed(0)
+            c0 = time.thread_time()
+            full = variational_bound(m, xc, batch_size=64)["bits_per_dim"]
+            full_cpu = (time.thread_time() - c0) / args.check
+            g = torch.Generator().manual_seed(1)
+            reps = torch.stack([sampled_variational_bound(m, xc, strata=args.strata,
+                                                          generator=g)["bits_per_dim"]
+                                for _ in range(args.replicas)])  # fmt: skip
+            out["check"] = {
+                "images": args.check,
+                "replicas": args.replicas,
+                "full_1000_terms": _mean_se(full),
+                "sampled": _mean_se(reps.mean(0)),
+                "sampled - full (paired)": _mean_se(reps.mean(0) - full),
+                "time-sampling sd per image (bpd)": float(reps.std(0).pow(2).mean().sqrt()),
+                "full cpu s per image": full_cpu,
+            }
+            print(out["check"], flush=True)
+        ckpt = Path(args.dir) / f"bound_checkpoint_{args.strata}.pt"
+        parts: dict[int, torch.Tensor] = torch.load(ckpt) if ckpt.exists() else {}
+        c0, cpu_done = time.thread_time(), 0
+        for start in range(0, n, args.batch_size):
+            if start in parts:
+                continue
+            g = torch.Generator().manual_seed(start + 1)
+            end = min(start + args.batch_size, n)
+            r = sampled_variational_bound(m, xt[start:end, 0], strata=args.strata, generator=g,
+                                          batch_size=args.batch_size)  # fmt: skip
+            parts[start] = r["bits_per_dim"]
+            cpu_done += end - start
+            torch.save(parts, ckpt)
+            print("bound", start, round(float(r["bits_per_dim"].mean()), 4), flush=True)
+        b = torch.cat([parts[s] for s in sorted(parts)])[:n]
+        out["bits_per_dim"] = _mean_se(b)
+        out["images"] = int(b.numel())
+        if cpu_done:
+            out["cpu_seconds_per_image"] = (time.thread_time() - c0) / cpu_done
     return out
 
 
@@ -248,22 +364,35 @@ def samplers(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("step", choices=["train", "nll", "samplers"])
+    p.add_argument("step", choices=["train", "nll", "bound", "samplers"])
     p.add_argument("--model", choices=["ddpm", "score"], default="ddpm")
     p.add_argument("--steps", type=int, default=1800, help="training steps (the tutorial's)")
     p.add_argument("--dir", default=".", help="where models and per-image results go")
     p.add_argument("--models", default="ddpm,score", help="which trained models to evaluate")
-    p.add_argument("--num-test", type=int, default=128, help="random test images for nll")
+    p.add_argument("--num-test", type=int, default=128, help="test images (nll, bound)")
     p.add_argument("--batch-size", type=int, default=32, help="images per ODE solve")
     p.add_argument("--tol", type=float, default=1e-5, help="dopri5 rtol = atol")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-restarts", action="store_true", help="(no effect now: no jumps)")
+    p.add_argument(
+        "--endpoints",
+        default="dequantize,decoder",
+        help="how the ODE meets the pixels (probability_flow_bits_per_dim)",
+    )
+    p.add_argument(
+        "--bound",
+        choices=["full", "sampled", "none"],
+        default="full",
+        help="the DDPM bound paired with the ODE: all 1000 terms, or sampled",
+    )
+    p.add_argument("--strata", type=int, default=16, help="sampled bound: step strata")
+    p.add_argument("--check", type=int, default=0, help="bound: images checked against all terms")
+    p.add_argument("--replicas", type=int, default=8, help="bound: sampled draws per checked image")
     p.add_argument("--num-samples", type=int, default=256)
     p.add_argument("--nfe", type=int, default=100, help="network evaluations per sample")
     p.add_argument("--ancestral", action="store_true", help="also the DDPM's 1000 steps")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    out = {"train": train, "nll": nll, "samplers": samplers}[args.step](args)
+    out = {"train": train, "nll": nll, "bound": bound, "samplers": samplers}[args.step](args)
     out["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     print(json.dumps(out, indent=1, default=str))
     return out

@@ -166,9 +166,10 @@ def probability_flow_bits_per_dim(
       model "the ODE density at the data-end time :math:`\\epsilon`, integrated over each bin".
       When :math:`\\sigma(\\epsilon)` is wider than a bin (a DDPM's first step: 0.01 against
       bins of 2/256 on [-1, 1]) :math:`p_\\epsilon` spreads each level over its neighbours
-      and beyond the ends of [-1, 1], so this code is long even under the exact score (a
-      test: 0.8 nats/dim above the data's entropy on a 256-level case where the DDPM
-      bound under the exact network is 0.5 above).
+      and beyond the ends of [-1, 1], so this code is long even under the exact score: on
+      two-dimensional data with 256 levels, 60% of them at -1 (like MNIST's black pixels),
+      and a 1000-step DDPM, 0.87 nats/dim above :math:`-\\log P(x)`, against 0.27 for
+      ``"decoder"`` (closed forms, ``tests/diffusion/test_discrete_likelihood.py``).
     - ``"decoder"`` (:func:`probability_flow_decoder_bound`): the ODE replaces only the
       diffusion's prior-to-:math:`x_{t_1}` part, and the discrete data are decoded from
       :math:`x_{t_1}` (a DDPM's own :math:`p(x_0 \\mid x_1)`, the :math:`L_0` of its bound);

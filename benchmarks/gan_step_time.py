@@ -15,6 +15,9 @@ and standard error over rounds). The hand-written step uses ``torch.optim.Adam``
 DCGAN example does (on the CPU that is the per-parameter implementation); a second
 hand-written variant with ``fused=True`` (what ``fit`` and the discriminator's default
 optimizer use) shows how much of the comparison is the optimizer's implementation.
+``fit`` runs its default: the loss replays the generator's recorded run
+(:class:`pyro_gen.gan.recorded.RecordedRuns`), and the script stops if it fell back to Pyro;
+``--pyro-run`` adds fit with the generator model run through Pyro each step.
 
     .venv/bin/python benchmarks/gan_step_time.py --rounds 20 --inner 20
 """
@@ -82,12 +85,16 @@ class Hand:
 
 class Ours:
     """The same step through fit: Generator model, NonSaturatingGAN loss (fused Adam for the
-    discriminator), Pyro Adam for the generator (fit's choice)."""
+    discriminator), Pyro Adam for the generator (fit's choice). By default the loss replays
+    the generator's run from its recording (``record=True``); ``record=False`` runs the
+    generator model through Pyro every step."""
 
-    def __init__(self, g: torch.nn.Module, d: torch.nn.Module) -> None:
-        self.gen = Generator(g, name="ours")
+    def __init__(
+        self, g: torch.nn.Module, d: torch.nn.Module, name: str = "ours", record: bool = True
+    ) -> None:
+        self.gen = Generator(g, name=name)
         # the loss's default discriminator optimizer: Adam with its fused kernel
-        self.loss = NonSaturatingGAN(d, optim=functools.partial(fused_adam, **ADAM))
+        self.loss = NonSaturatingGAN(d, optim=functools.partial(fused_adam, **ADAM), record=record)
         self.optim = pyro.optim.Adam(dict(ADAM))
 
     def timed(self, x: torch.Tensor, skip: int, n: int) -> float:
@@ -124,14 +131,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--inner", type=int, default=20)
     parser.add_argument("--skip", type=int, default=3, help="untimed steps at each turn's start")
+    parser.add_argument(
+        "--pyro-run",
+        action="store_true",
+        help="also time fit with the generator run through Pyro each step (record=False)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     pyro.set_rng_seed(0)
+    extra = " fit, Pyro run: ms/step | its ratio to hand |" if args.pyro_run else ""
     print(
         "| networks | batch | hand-written ms/step | fit ms/step | ratio fit / hand | "
-        "hand-written, fused Adam: ms/step | its ratio to hand |"
+        "hand-written, fused Adam: ms/step | its ratio to hand |" + extra
     )
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|" + "---:|---:|" * args.pyro_run)
     for kind in args.kinds:
         g, d, shape = networks(kind)
         x = torch.rand(args.batch_size, *shape)
@@ -140,6 +153,8 @@ def main() -> None:
             "ours": Ours(copy.deepcopy(g), copy.deepcopy(d)),
             "fused": Hand(copy.deepcopy(g), copy.deepcopy(d), g.latent_dim, fused=True),
         }
+        if args.pyro_run:
+            variants["pyro"] = Ours(copy.deepcopy(g), copy.deepcopy(d), "pyro", record=False)
         times: dict[str, list[float]] = {name: [] for name in variants}
         order = list(variants)
         for r in range(args.rounds):
@@ -147,10 +162,17 @@ def main() -> None:
                 seconds = variants[name].timed(x, args.skip, args.inner)
                 times[name].append(1e3 * seconds / args.inner)
 
+        # the timed fit steps must have replayed the recording, not fallen back to Pyro
+        runs = variants["ours"].loss.runs
+        if not runs.recorded:
+            raise RuntimeError(f"fit's generator run was not replayed: {runs.fallback_reason}")
         ms = {name: statistics.median(t) for name, t in times.items()}
+        pyro_run = (
+            f" {ms['pyro']:.2f} | {ratio(times['pyro'], times['hand'])} |" if args.pyro_run else ""
+        )
         print(f"| {kind} | {args.batch_size} | {ms['hand']:.2f} | {ms['ours']:.2f} | "
               f"{ratio(times['ours'], times['hand'])} | {ms['fused']:.2f} | "
-              f"{ratio(times['fused'], times['hand'])} |", flush=True)  # fmt: skip
+              f"{ratio(times['fused'], times['hand'])} |{pyro_run}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

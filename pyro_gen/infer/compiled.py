@@ -83,6 +83,7 @@ from pyro_gen.infer.compiled_backends import (
 )
 from pyro_gen.infer.compiled_checks import (
     InputCheckError,
+    UndoWrites,
     failed_checks,
     first_failed,
     probe_input_checks,
@@ -473,7 +474,9 @@ class CompiledSVI:
         args, kwargs = pytree.tree_map(
             lambda v: v.clone() if torch.is_tensor(v) else v, (args, kwargs)
         )
-        with torch.no_grad(), self._networks(args, kwargs):
+        # The check is not a step: running statistics and other buffers it would update
+        # (batch norm's) are put back after it, so that they see each step once, as in SVI.
+        with torch.no_grad(), self._networks(args, kwargs), UndoWrites():
             betas = [torch.tensor(b) for b in self._beta_values()]
             with _bound_betas(self._kl, betas):
                 sigs = [_signature(m, g) for m, g in self._traces(args, kwargs)]
@@ -566,7 +569,7 @@ class CompiledSVI:
                 return (loss, *grads, *flag, *failed, *(t for t, _ in kept))
 
             try:
-                with pyro.validation_enabled(False), torch.enable_grad():
+                with pyro.validation_enabled(False), torch.enable_grad(), UndoWrites():
                     gm = make_fx(program)(*params, *tensors, *betas)
             except _Unsupported:
                 raise
@@ -621,13 +624,22 @@ class CompiledSVI:
         self, prog: _Program, data: list[torch.Tensor], backend: str | None = None
     ) -> Callable[..., Any]:
         device = prog.params[0].device if prog.params else torch.device("cpu")
-        return compile_program(
-            prog.gm,
-            backend or resolved_backend(self.backend),
-            device,
-            lambda: self._example_inputs(prog, data),
-            lambda: self._quiet_rng(prog.params),
-        )
+        # Compiling runs the program on example inputs; the buffers it captured (running
+        # statistics) must not count those runs as steps.
+        buffers = [t for t in prog.extras if torch.is_tensor(t)]
+        saved = [t.clone() for t in buffers]
+        try:
+            return compile_program(
+                prog.gm,
+                backend or resolved_backend(self.backend),
+                device,
+                lambda: self._example_inputs(prog, data),
+                lambda: self._quiet_rng(prog.params),
+            )
+        finally:
+            with torch.no_grad():
+                for target, value in zip(buffers, saved):
+                    target.copy_(value)
 
     def _example_inputs(self, prog: _Program, data: list[torch.Tensor]) -> list[torch.Tensor]:
         # The program returns gradients and mutates no parameter; copies of data and
@@ -649,6 +661,11 @@ class CompiledSVI:
         dtype = prog.params[0].dtype if prog.params else torch.get_default_dtype()
         device = data[0].device if data else torch.device("cpu")
         betas = self._beta_tensors(dtype, device)
+        # A step whose branch changed does not count: its noise draws and the buffers it
+        # updated (running statistics) are put back before the plain step redoes it.
+        kept = [e for e in prog.extras if torch.is_tensor(e)] if prog.guards else []
+        before = [t.clone() for t in kept]
+        rng = pyro.util.get_rng_state() if prog.guards else None
         extras = [e.draw() if isinstance(e, _Noise) else e for e in prog.extras]
         cuda_graphs = prog.compiled and device.type == "cuda" and resolved_backend(self.backend)
         if cuda_graphs == "inductor":
@@ -662,6 +679,10 @@ class CompiledSVI:
         for read, expected in zip(out[1 + n_grads + prog.guarded + prog.checked :], prog.guards):
             # One host read per value the model branched on (none for most models).
             if read.item() != expected:
+                with torch.no_grad():
+                    for target, value in zip(kept, before):
+                        target.copy_(value)
+                pyro.util.set_rng_state(rng)
                 raise _Unsupported(
                     "data-dependent control flow: a tensor value the model or guide branched "
                     f"on changed ({expected!r} when recorded, {read.item()!r} now)"

@@ -29,6 +29,7 @@ __all__ = [
     "failed_checks",
     "first_failed",
     "probe_input_checks",
+    "UndoWrites",
 ]
 
 # The ops through which Python reads a tensor's value (bool(t), float(t), t.item()).
@@ -43,11 +44,60 @@ class InputCheckError(ValueError):
     names the step and carries the model's own error for that batch."""
 
 
-class _ProbeMode(TorchDispatchMode):
+class UndoWrites(TorchDispatchMode):
+    """Undoes, on exit, what the code run inside wrote to tensors that existed before it
+    (parameters, buffers such as a batch norm's running statistics, inputs), so that a
+    structural check, a probe or a recording leaves the model's state as it was. Writes
+    happen in place while the code runs, as they would outside; each written tensor is
+    saved before its first write and copied back on exit, errors included.
+
+    Example:
+        >>> bn = torch.nn.BatchNorm1d(2)
+        >>> with UndoWrites():
+        ...     _ = bn(torch.randn(8, 2))
+        >>> int(bn.num_batches_tracked), bn.running_mean.tolist()
+        (0, [0.0, 0.0])
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Storages made during the run. A storage that existed before stays alive while in
+        # use, so no storage made during the run can share its address.
+        self._fresh: set[int] = set()
+        self._saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        return self._run(func, args, kwargs or {})
+
+    def __exit__(self, *exc: Any) -> None:
+        super().__exit__(*exc)
+        with torch.no_grad():  # the latest saved first, for overlapping views
+            for target, saved in reversed(self._saved.values()):
+                target.copy_(saved)
+        self._saved.clear()
+
+    def _run(self, func: Any, args: tuple, kwargs: dict) -> Any:
+        for t in _written(func, args, kwargs):
+            if _plain(t) and id(t) not in self._saved and _storage(t) not in self._fresh:
+                self._saved[id(t)] = (t, t.clone())
+        out = func(*args, **kwargs)
+        # An output is new memory unless it is a view of an input (a slice of a buffer).
+        used = {_storage(t) for t in pytree.tree_leaves((args, kwargs)) if _plain(t)}
+        for t in pytree.tree_leaves(out):
+            if _plain(t) and _storage(t) not in used:
+                self._fresh.add(_storage(t))
+        return out
+
+
+def _plain(t: Any) -> bool:
+    # Tensor subclasses (the fake tensors of a recording) hold no state to put back.
+    return type(t) in (torch.Tensor, torch.nn.Parameter)
+
+
+class _ProbeMode(UndoWrites):
     """Answers reads of tensor values with the real value, except the ``flip``-th bool read
     and any later read of the same tensor (``bool(a or b)`` reads ``a`` twice), which it
-    answers with the opposite. Writes to tensors that existed before the run (parameters,
-    buffers such as running statistics, inputs) go to copies, so probing changes no state.
+    answers with the opposite; its writes are undone as in :class:`UndoWrites`.
     """
 
     def __init__(self, flip: int = -1) -> None:
@@ -55,9 +105,6 @@ class _ProbeMode(TorchDispatchMode):
         self.flip = flip
         self.values: list[Any] = []
         self._flipped: torch.Tensor | None = None
-        # Storages made during the run. A storage that existed before stays alive while in
-        # use, so no storage made during the run can share its address.
-        self._fresh: set[int] = set()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
@@ -70,16 +117,7 @@ class _ProbeMode(TorchDispatchMode):
                 value = not value
             self.values.append(value)
             return value
-        kept = {id(t) for t in _written(func, args, kwargs) if _storage(t) not in self._fresh}
-        if kept:
-            args, kwargs = pytree.tree_map_only(
-                torch.Tensor, lambda t: t.clone() if id(t) in kept else t, (args, kwargs)
-            )
-        out = func(*args, **kwargs)
-        for t in pytree.tree_leaves(out):
-            if torch.is_tensor(t):
-                self._fresh.add(_storage(t))
-        return out
+        return self._run(func, args, kwargs)
 
 
 def _storage(t: torch.Tensor) -> int:
@@ -89,8 +127,24 @@ def _storage(t: torch.Tensor) -> int:
         return -1
 
 
+# Ops that update a batch norm's running statistics without declaring the write in their
+# schema: op -> (positions of the running mean and variance, position of the training flag).
+_UNDECLARED_WRITES = {
+    torch.ops.aten.native_batch_norm.default: ((3, 4), 5),
+    torch.ops.aten.cudnn_batch_norm.default: ((3, 4), 5),
+    torch.ops.aten.miopen_batch_norm.default: ((3, 4), 5),
+    torch.ops.aten.batch_norm_update_stats.default: ((1, 2), None),
+}
+
+
 def _written(func: Any, args: tuple, kwargs: dict) -> Iterator[torch.Tensor]:
-    """The tensors an op writes to (in-place and ``out=`` arguments)."""
+    """The tensors an op writes to (in-place and ``out=`` arguments, and the running
+    statistics of batch norm ops, whose schemas do not say that they write them)."""
+    undeclared = _UNDECLARED_WRITES.get(func)
+    if undeclared is not None:
+        positions, training = undeclared
+        if training is None or (len(args) > training and args[training]):
+            yield from (args[i] for i in positions if torch.is_tensor(args[i]))
     for i, arg in enumerate(func._schema.arguments):
         if arg.alias_info is None or not arg.alias_info.is_write:
             continue
@@ -106,7 +160,7 @@ def probe_input_checks(run: Callable[[], Any]) -> tuple[list[Any], list[bool]]:
     ``run`` is one eager pass of the step; it runs once as it is and once more per bool
     read with that read's answer flipped (at most ``MAX_PROBES``). A read is an input check
     when its flipped answer makes ``run`` raise. Writes to tensors that existed before a run
-    go to copies: probing leaves parameters and buffers as they were.
+    are undone after it: probing leaves parameters and buffers as they were.
 
     Example:
         >>> def run():

@@ -32,6 +32,7 @@ from torch import nn
 
 from pyro_gen.data import load, toy_log_prob
 from pyro_gen.diffusion import VPSDE, FlowMatching, ScoreModel, probability_flow_log_prob
+from pyro_gen.diffusion.flow_matching import TIME_SAMPLINGS, WEIGHTINGS
 from pyro_gen.flows import CNF
 from pyro_gen.infer import fit
 from pyro_gen.nn.time_embedding import TimeMLP
@@ -66,6 +67,11 @@ def add_fm_arguments(p: argparse.ArgumentParser) -> None:
     # (0.056 without in session 5), so off by default (RESULTS.md, session 6)
     p.add_argument("--fm-fourier", type=int, default=0, help="random Fourier features (0: none)")
     p.add_argument("--fm-fourier-scale", type=float, default=1.0, help="their frequencies' std")
+    # FlowMatching(time_sampling=, time_params=, weighting=): the law of the path fraction s
+    # and the loss weight (RESULTS.md, session 7)
+    p.add_argument("--fm-time", default="uniform", choices=tuple(TIME_SAMPLINGS))
+    p.add_argument("--fm-time-params", type=float, nargs=2, default=None, help="of logit s")
+    p.add_argument("--fm-weighting", default="velocity", choices=WEIGHTINGS)
 
 
 def build(name: str, args: argparse.Namespace, x: torch.Tensor):
@@ -77,7 +83,9 @@ def build(name: str, args: argparse.Namespace, x: torch.Tensor):
                   fourier_scale=args.fm_fourier_scale)  # fmt: skip
         objective = "cfm" if name == "fm" else "rectified"
         data_std = x.var(0).mean().sqrt().item() if args.fm_precondition else None
-        fm = FlowMatching(cnf, objective=objective, time_samples=1, data_std=data_std)
+        fm = FlowMatching(cnf, objective=objective, time_samples=1, data_std=data_std,
+                          time_sampling=args.fm_time, time_params=args.fm_time_params,
+                          weighting=args.fm_weighting)  # fmt: skip
         return fm, cnf.log_prob
     if name == "score_vp":
         sm = ScoreModel(TimeMLP(2, args.hidden, num_layers=args.layers), VPSDE(), (2,))

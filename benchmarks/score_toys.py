@@ -92,6 +92,8 @@ def run(name: str, data: str, args: argparse.Namespace) -> dict:
     x = x / scale
     module, log_prob = build(name, args, x)
     lr, lr_final = AFFINE.get(name, (args.lr, args.lr_final))
+    if name in AFFINE and args.affine_lr is not None:
+        lr = args.affine_lr
     optim = pyro.optim.Adam({"lr": lr})
     counter = {"steps": 0}
     callback = budget(optim, lr, lr_final, 60 * args.cpu_min, counter, clock=time.thread_time)
@@ -113,6 +115,9 @@ def run(name: str, data: str, args: argparse.Namespace) -> dict:
         "fm_dynamics": args.fm_dynamics,
         "fm_precondition": args.fm_precondition,
         "fm_fourier": [args.fm_fourier, args.fm_fourier_scale],
+        "fm_time": [args.fm_time, args.fm_time_params, args.fm_weighting],
+        "lr": [lr, lr_final],
+        "seed": args.seed,
         "data": data,
         "steps": counter["steps"],
         "train_s": round(train_s, 1),
@@ -137,6 +142,7 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=3)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--lr-final", type=float, default=0.02, help="lr factor at end of budget")
+    p.add_argument("--affine-lr", type=float, default=None, help="realnvp/maf lr (None: 1e-3)")
     p.add_argument("--eval-tol", type=float, default=1e-5, help="ODE rtol = atol at test")
     add_fm_arguments(p)
     p.add_argument("--sigma-max", type=float, default=12.0, help="VE SDE's largest std")

@@ -42,10 +42,21 @@ from torch import Tensor
 from pyro_gen.transforms._base import PicklableModule
 from pyro_gen.transforms.continuous import ContinuousFlow, _torchdiffeq, ode_log_likelihood
 
-__all__ = ["OBJECTIVES", "FlowMatching", "PreconditionedVelocity", "reflow_pairs"]
+__all__ = [
+    "OBJECTIVES",
+    "TIME_SAMPLINGS",
+    "WEIGHTINGS",
+    "FlowMatching",
+    "PreconditionedVelocity",
+    "reflow_pairs",
+]
 
 #: names accepted by ``FlowMatching(objective=...)``
 OBJECTIVES = ("cfm", "rectified")
+#: names accepted by ``FlowMatching(time_sampling=...)``, with their default ``time_params``
+TIME_SAMPLINGS = {"uniform": (), "logit_normal": (0.0, 1.0), "logit_uniform": (-4.6, 2.5)}
+#: names accepted by ``FlowMatching(weighting=...)``
+WEIGHTINGS = ("velocity", "noise")
 
 
 def _the_flow(flow: Any) -> ContinuousFlow:
@@ -143,7 +154,11 @@ class FlowMatching(PicklableModule):
     dynamics="time_mlp")``) reached KL 0.056 nats after 5 CPU minutes where FFJORD's
     ConcatSquash net was at 0.205 after 2; drawing more times near the data end, ``sigma_min``
     0.01 and larger batches did not help, and the exact-trace ODE density was the same at
-    tolerances 1e-5 and 1e-7.
+    tolerances 1e-5 and 1e-7. What helped was the loss weight: ``weighting="noise"`` (an
+    eps-prediction score model's weighting, which quiets the base end's noisy targets) took the
+    KL after 2 CPU minutes from 0.100 to 0.074 nats with uniform times and to 0.069 with
+    ``time_sampling="logit_uniform"`` (a VE score model's noise levels), where the time laws
+    alone did not help (logit-normal 0.122, logit-uniform 0.108; one seed each).
 
     Args:
         flow: a :class:`ContinuousFlow`, or a flow model whose ``transforms`` are exactly one
@@ -157,6 +172,19 @@ class FlowMatching(PicklableModule):
             :class:`PreconditionedVelocity` for data of this std (the flow is changed in
             place, so its own ``log_prob`` and ``sample`` use the same field); None keeps the
             plain velocity network.
+        time_sampling: the law of the path fraction :math:`s` at site ``"t"``:
+            ``"uniform"`` (Lipman et al.), ``"logit_normal"`` (:math:`\operatorname{logit} s
+            \sim \mathcal N(m, v^2)`, Esser et al. 2024) or ``"logit_uniform"``
+            (:math:`\operatorname{logit} s \sim U(a, b)`: the noise-to-signal ratio
+            :math:`s/(1-s)` log-uniform, as a VE score model's noise levels; the default
+            :math:`(a, b) = (-4.6, 2.5)` is :math:`\sigma \in [0.01, 12]`).
+        time_params: ``(m, v)`` or ``(a, b)`` for the logit laws (None: those of
+            :data:`TIME_SAMPLINGS`).
+        weighting: ``"velocity"`` (the plain regression) or ``"noise"``: each term times
+            :math:`(1 - s)^2`, which makes it the squared error of the base draw :math:`z`
+            implied by the velocity (:math:`u = (z - x_s)/(1 - s)` in path time), the weighting
+            of an eps-prediction score model; it down-weights the base end, where the target's
+            irreducible variance (the data's) is largest.
 
     Example:
         >>> from pyro_gen.transforms.continuous import cnf
@@ -175,10 +203,34 @@ class FlowMatching(PicklableModule):
         time_samples: int = 1,
         name: str = "flow_matching",
         data_std: float | None = None,
+        time_sampling: str = "uniform",
+        time_params: tuple[float, float] | None = None,
+        weighting: str = "velocity",
     ) -> None:
         super().__init__()
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        if time_sampling not in TIME_SAMPLINGS:
+            raise ValueError(
+                f"time_sampling must be one of {tuple(TIME_SAMPLINGS)}, got {time_sampling!r}"
+            )
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        params = TIME_SAMPLINGS[time_sampling] if time_params is None else tuple(time_params)
+        if time_sampling == "uniform" and params:
+            raise ValueError(f"time_sampling='uniform' takes no time_params, got {params}")
+        if time_sampling != "uniform" and (
+            len(params) != 2
+            or (time_sampling == "logit_normal" and not params[1] > 0)
+            or (time_sampling == "logit_uniform" and not params[0] < params[1])
+        ):
+            what = "(loc, scale > 0)" if time_sampling == "logit_normal" else "(low, high > low)"
+            raise ValueError(
+                f"time_params for time_sampling={time_sampling!r} must be {what} of logit s, "
+                f"got {params}"
+            )
+        self.time_sampling, self.weighting = time_sampling, weighting
+        self.time_params = tuple(float(v) for v in params)
         if not 0 <= sigma_min < 1:
             raise ValueError(f"sigma_min must lie in [0, 1), got {sigma_min}")
         if int(time_samples) != time_samples or time_samples < 1:
@@ -227,13 +279,24 @@ class FlowMatching(PicklableModule):
                 raise ValueError(f"coupling z must be shaped like x {tuple(x.shape)}, got "
                                  f"{tuple(z.shape)}")  # fmt: skip
 
+    def _time_law(self, zeros: Tensor) -> dist.Distribution:
+        """The law of ``"t"`` with the batch shape of ``zeros``."""
+        if self.time_sampling == "uniform":
+            return dist.Uniform(zeros, zeros + 1)
+        a, b = self.time_params
+        base = (
+            dist.Normal(zeros + a, b)
+            if self.time_sampling == "logit_normal"
+            else dist.Uniform(zeros + a, zeros + b)
+        )
+        return dist.TransformedDistribution(base, [dist.transforms.SigmoidTransform()])
+
     def _sites(self, x: Tensor, z: Tensor | None) -> tuple[Tensor, Tensor]:
-        K, B = self.time_samples, x.shape[0]
-        s = pyro.sample("t", dist.Uniform(x.new_zeros(K, B), x.new_ones(K, B)))
+        s = pyro.sample("t", self._time_law(x.new_zeros(self.time_samples, x.shape[0])))
         if z is None:
-            base = dist.Normal(x.new_zeros(()), 1.0).expand((K, *x.shape))
+            base = dist.Normal(x.new_zeros(()), 1.0).expand((self.time_samples, *x.shape))
             z = pyro.sample("z", base.to_event(self.event_dim))
-        return s, z.expand((K, *x.shape))
+        return s, z.expand((self.time_samples, *x.shape))
 
     def model(self, x: Tensor | None = None, z: Tensor | None = None, num_samples: int = 1):
         """Flow-matching objective on ``x`` (with an optional coupling ``z``); draws
@@ -251,6 +314,8 @@ class FlowMatching(PicklableModule):
             x_s, target = self.path(x, zz, s)
             sq = (self.velocity(x_s, s) - target).pow(2)
             sq = sq.flatten(sq.dim() - self.event_dim).sum(-1)
+            if self.weighting == "noise":
+                sq = sq * (1 - s).pow(2)
             pyro.factor("flow_matching", -0.5 * sq)
         return None
 

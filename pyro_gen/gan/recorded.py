@@ -32,12 +32,12 @@ inputs keep changing, or when recording fails. Calls made under any Pyro handler
 ``param_only`` trace (which is what ``SVI`` and ``fit`` use) run as Pyro, so that the handler
 sees the model's sites.
 
-What a replay takes as fixed: the model's Python control flow other than tensor values and
-the ``training`` flags of the modules of a model or guide that is a module's method (both are
-part of the signature). Buffers (batch norm's running statistics, a prior's location) are
-read, and updated, through references taken when recording; a module moved to another device
-after recording keeps its old buffers in the program, so record again
-(:meth:`RecordedRuns.clear`) after moving it.
+A replay takes the model's Python control flow as fixed, except where it depends on the
+tensor values the model reads (compared at each replay), on the input shapes and non-tensor
+arguments, or on the ``training`` flags of the modules of a model or guide that is a module's
+method (these choose the recording). Buffers (batch norm's running statistics, a prior's
+location) are read, and updated, through references taken when recording: after moving a
+module to another device, call :meth:`RecordedRuns.clear` to record again.
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ from typing import Any
 import pyro
 import torch
 from pyro import poutine
-from pyro.poutine.runtime import _PYRO_STACK, Message, am_i_wrapped, apply_stack
+from pyro.poutine import runtime
+from pyro.poutine.runtime import Message, am_i_wrapped, apply_stack
 from pyro.poutine.trace_messenger import TraceMessenger
 from torch import nn
 from torch.fx.experimental.proxy_tensor import make_fx
@@ -474,7 +475,7 @@ _LOG = "pyro_gen: the model's recorded run is off, running it through Pyro: %s"
 
 def _only_param_capture() -> bool:
     # SVI and fit record param sites only; any other handler must see the model's sites.
-    return all(isinstance(m, TraceMessenger) and m.param_only for m in _PYRO_STACK)
+    return all(isinstance(m, TraceMessenger) and m.param_only for m in runtime._PYRO_STACK)
 
 
 def _param_sites(names: Sequence[str]) -> list[torch.Tensor] | None:

@@ -83,7 +83,6 @@ from pyro_gen.infer.compiled_backends import (
 )
 from pyro_gen.infer.compiled_checks import (
     InputCheckError,
-    UndoWrites,
     failed_checks,
     first_failed,
     probe_input_checks,
@@ -110,6 +109,7 @@ from pyro_gen.infer.compiled_recording import (
 )
 from pyro_gen.infer.compiled_update import GuardedUpdate
 from pyro_gen.infer.cpu_memory import retain_freed_cpu_memory
+from pyro_gen.infer.undo_writes import UndoWrites
 
 logger = logging.getLogger("pyro_gen")
 

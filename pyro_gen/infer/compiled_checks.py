@@ -14,12 +14,13 @@ does not raise are genuine control flow and stay host reads.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch.utils import _pytree as pytree
-from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+from torch.utils._python_dispatch import _disable_current_modes
+
+from pyro_gen.infer.undo_writes import UndoWrites
 
 __all__ = [
     "MAX_PROBES",
@@ -29,7 +30,6 @@ __all__ = [
     "failed_checks",
     "first_failed",
     "probe_input_checks",
-    "UndoWrites",
 ]
 
 # The ops through which Python reads a tensor's value (bool(t), float(t), t.item()).
@@ -42,56 +42,6 @@ MAX_PROBES = 32
 class InputCheckError(ValueError):
     """A batch failed an input check that the compiled step ran on the device; the message
     names the step and carries the model's own error for that batch."""
-
-
-class UndoWrites(TorchDispatchMode):
-    """Undoes, on exit, what the code run inside wrote to tensors that existed before it
-    (parameters, buffers such as a batch norm's running statistics, inputs), so that a
-    structural check, a probe or a recording leaves the model's state as it was. Writes
-    happen in place while the code runs, as they would outside; each written tensor is
-    saved before its first write and copied back on exit, errors included.
-
-    Example:
-        >>> bn = torch.nn.BatchNorm1d(2)
-        >>> with UndoWrites():
-        ...     _ = bn(torch.randn(8, 2))
-        >>> int(bn.num_batches_tracked), bn.running_mean.tolist()
-        (0, [0.0, 0.0])
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        # Storages made during the run. A storage that existed before stays alive while in
-        # use, so no storage made during the run can share its address.
-        self._fresh: set[int] = set()
-        self._saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-        return self._run(func, args, kwargs or {})
-
-    def __exit__(self, *exc: Any) -> None:
-        super().__exit__(*exc)
-        with torch.no_grad():  # the latest saved first, for overlapping views
-            for target, saved in reversed(self._saved.values()):
-                target.copy_(saved)
-        self._saved.clear()
-
-    def _run(self, func: Any, args: tuple, kwargs: dict) -> Any:
-        for t in _written(func, args, kwargs):
-            if _plain(t) and id(t) not in self._saved and _storage(t) not in self._fresh:
-                self._saved[id(t)] = (t, t.clone())
-        out = func(*args, **kwargs)
-        # An output is new memory unless it is a view of an input (a slice of a buffer).
-        used = {_storage(t) for t in pytree.tree_leaves((args, kwargs)) if _plain(t)}
-        for t in pytree.tree_leaves(out):
-            if _plain(t) and _storage(t) not in used:
-                self._fresh.add(_storage(t))
-        return out
-
-
-def _plain(t: Any) -> bool:
-    # Tensor subclasses (the fake tensors of a recording) hold no state to put back.
-    return type(t) in (torch.Tensor, torch.nn.Parameter)
 
 
 class _ProbeMode(UndoWrites):
@@ -118,40 +68,6 @@ class _ProbeMode(UndoWrites):
             self.values.append(value)
             return value
         return self._run(func, args, kwargs)
-
-
-def _storage(t: torch.Tensor) -> int:
-    try:
-        return t.untyped_storage().data_ptr()
-    except (RuntimeError, NotImplementedError):  # no storage (e.g. sparse): never fresh
-        return -1
-
-
-# Ops that update a batch norm's running statistics without declaring the write in their
-# schema: op -> (positions of the running mean and variance, position of the training flag).
-_UNDECLARED_WRITES = {
-    torch.ops.aten.native_batch_norm.default: ((3, 4), 5),
-    torch.ops.aten.cudnn_batch_norm.default: ((3, 4), 5),
-    torch.ops.aten.miopen_batch_norm.default: ((3, 4), 5),
-    torch.ops.aten.batch_norm_update_stats.default: ((1, 2), None),
-}
-
-
-def _written(func: Any, args: tuple, kwargs: dict) -> Iterator[torch.Tensor]:
-    """The tensors an op writes to (in-place and ``out=`` arguments, and the running
-    statistics of batch norm ops, whose schemas do not say that they write them)."""
-    undeclared = _UNDECLARED_WRITES.get(func)
-    if undeclared is not None:
-        positions, training = undeclared
-        if training is None or (len(args) > training and args[training]):
-            yield from (args[i] for i in positions if torch.is_tensor(args[i]))
-    for i, arg in enumerate(func._schema.arguments):
-        if arg.alias_info is None or not arg.alias_info.is_write:
-            continue
-        value = args[i] if i < len(args) else kwargs.get(arg.name)
-        for t in value if isinstance(value, (list, tuple)) else (value,):
-            if torch.is_tensor(t):
-                yield t
 
 
 def probe_input_checks(run: Callable[[], Any]) -> tuple[list[Any], list[bool]]:

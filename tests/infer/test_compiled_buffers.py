@@ -12,7 +12,7 @@ from pyro.infer import SVI, Trace_ELBO
 from torch import nn
 
 from pyro_gen.infer.compiled import CompiledSVI
-from pyro_gen.infer.compiled_checks import UndoWrites
+from pyro_gen.infer.undo_writes import UndoWrites
 
 
 class BatchNormVAE(nn.Module):
@@ -82,3 +82,14 @@ def test_undo_writes_puts_back_views_and_leaves_new_tensors() -> None:
         made = torch.ones(2).add_(1.0)  # a tensor made inside keeps its writes
     assert buffer.tolist() == [0.0, 0.0, 0.0, 0.0]
     assert made.tolist() == [2.0, 2.0]
+
+
+def test_undo_writes_keeps_a_data_dependent_initialization() -> None:
+    from pyro_gen.transforms import ActNorm
+
+    act = ActNorm(3)
+    x = torch.randn(32, 3) * 4.0 + 2.0
+    with torch.no_grad(), UndoWrites():
+        act(x)
+    assert act.initialized  # the parameters the first call set are kept
+    assert torch.allclose(act(x).mean(0), torch.zeros(3), atol=1e-5)

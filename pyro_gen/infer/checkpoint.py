@@ -64,6 +64,7 @@ from pyro_gen.infer.files import (
     try_lock,
     unlock,
 )
+from pyro_gen.infer.pyro_modules import MODULE_KEY
 from pyro_gen.infer.state_codec import UnsafeStateError, decode, encode, encode_constraint
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -267,6 +268,8 @@ def restore_modules(ckpt: dict[str, Any], modules: Mapping[str, torch.nn.Module]
     """
     saved = ckpt["modules"]
     for name, module in modules.items():
+        if name not in saved and name.startswith(MODULE_KEY):
+            continue  # written before the modules a plain function closes over were kept
         if name not in saved:
             raise CheckpointError(
                 f"the checkpoint has no module {name!r} (it has {sorted(saved)}): it was "

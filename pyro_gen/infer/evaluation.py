@@ -36,7 +36,7 @@ from pyro_gen.infer.log_weights import (
     max_plate_nesting,
     split_log_weights,
 )
-from pyro_gen.infer.program import program
+from pyro_gen.infer.program import program, trace_once
 
 #: Particles drawn at once by evaluate_elbo (IWAE takes ``chunk=``).
 ELBO_CHUNK = 100
@@ -236,8 +236,15 @@ def _score_batches(
     whether the model has sites outside the data plate. With ``local_samples`` M > 1 each
     particle's local log-weight is the log-mean-exp of M draws given its global latents."""
     pair = program(model, guide)
+    calls = batch_calls(
+        data, batch_size, shuffle=False, device=_device(list(pair.modules.values()))
+    )
+    # One run finds the modules a plain function closes over (to switch their mode); it
+    # and its transformed batch leave the RNG where it was.
+    rng = pyro.util.get_rng_state()
+    trace_once(pair, with_transform(calls.peek(), transform))
+    pyro.util.set_rng_state(rng)
     model_fn, guide_fn, modules = pair.model, pair.guide, list(pair.modules.values())
-    calls = batch_calls(data, batch_size, shuffle=False, device=_device(modules))
     chunks = range(0, num_particles, chunk)
     try:
         total = len(calls) * len(chunks) * local_samples

@@ -23,6 +23,8 @@ from pyro.params.param_store import _MODULE_NAMESPACE_DIVIDER
 from pyro.poutine.subsample_messenger import _Subsample
 
 from pyro_gen.data.batching import Call, describe
+from pyro_gen.infer.pyro_modules import MODULE_KEY, called_modules, registered_names
+from pyro_gen.infer.undo_writes import UndoWrites
 
 
 @dataclass(frozen=True)
@@ -162,21 +164,20 @@ def _check_params(*traces: poutine.Trace) -> None:
                 )
 
 
-def warm_up(prog: Program, call: Call, *, check_sites: bool) -> None:
-    """Runs guide then model once on ``call``, as SVI would, without moving the RNG and with
-    the modules in eval mode (no data-dependent initialisation, no running statistics).
-
-    Lazily built guides (autoguides) create their parameters here, so a checkpoint can be
-    restored into them. Raises a clear error for a stale param-store entry that would
-    detach a module from what SVI trains and, with ``check_sites``, for guide and model
-    sites that do not match.
+def trace_once(prog: Program, call: Call) -> tuple[poutine.Trace, poutine.Trace]:
+    """The guide's and the model's traces of one run on ``call``, as SVI's would be, leaving
+    no trace behind: the RNG is restored, ``prog.modules`` run in eval mode (no data-dependent
+    initialisation, no running statistics) and other tensors' buffer writes are undone.
+    Modules that a plain model or guide function registers with ``pyro.module`` join
+    ``prog.modules`` (as ``"pyro.module:<name>"``), so that checkpoints keep their buffers
+    and evaluation switches their mode.
     """
     rng = pyro.util.get_rng_state()
     modes = {name: m.training for name, m in prog.modules.items()}
     for m in prog.modules.values():
         m.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), UndoWrites(), called_modules() as called:
             guide_trace = poutine.trace(prog.guide).get_trace(*call.args, **call.kwargs)
             replayed = poutine.replay(prog.model, trace=guide_trace)
             model_trace = poutine.trace(replayed).get_trace(*call.args, **call.kwargs)
@@ -184,6 +185,21 @@ def warm_up(prog: Program, call: Call, *, check_sites: bool) -> None:
         for name, m in prog.modules.items():
             m.train(modes[name])
         pyro.util.set_rng_state(rng)
+    traces = [guide_trace, model_trace]
+    for name, module in registered_names(called, traces, prog.modules.values()).items():
+        prog.modules[MODULE_KEY + name] = module
+    return guide_trace, model_trace
+
+
+def warm_up(prog: Program, call: Call, *, check_sites: bool) -> None:
+    """Runs guide then model once on ``call`` (:func:`trace_once`).
+
+    Lazily built guides (autoguides) create their parameters here, so a checkpoint can be
+    restored into them. Raises a clear error for a stale param-store entry that would
+    detach a module from what SVI trains and, with ``check_sites``, for guide and model
+    sites that do not match.
+    """
+    guide_trace, model_trace = trace_once(prog, call)
     _check_params(guide_trace, model_trace)
     if check_sites:
         _check_sites(model_trace, guide_trace)

@@ -185,8 +185,8 @@ class RecordedRuns:
         check_steps: runs of a signature, after its recording, that run through Pyro and
             are compared with the recording.
         check_every: also run through Pyro and compare every this many runs (0: never).
-        max_programs: more distinct input signatures than this falls back to Pyro; so does
-            a third one within the first 30 runs (a fourth within 40, ...).
+        max_programs: more distinct input signatures (shapes, non-tensor arguments,
+            modules' training flags) than this falls back to Pyro.
 
     Example:
         >>> from pyro_gen.gan import Generator
@@ -221,7 +221,7 @@ class RecordedRuns:
         """Forgets every recording (the next runs record again)."""
         self._programs: dict[Any, _Recording] = {}
         self._sightings: dict[Any, tuple[tuple, list[str]]] = {}
-        self._calls = 0
+        self._calls = 0  # runs that looked for a recording
         self._modules: dict[int, tuple[nn.Module, list[nn.Module]]] = {}
 
     @property
@@ -250,10 +250,12 @@ class RecordedRuns:
         if prog is None:
             if key in self._sightings:
                 return self._record(key, model, guide, args, kwargs, data)
-            seen = len(self._sightings)
-            if seen >= self.max_programs or (seen >= 2 and self._calls < 10 * (seen + 1)):
+            # Training and held-out batches, their last partial batches, train and eval
+            # modes: a few signatures. More means shapes that change from batch to batch; a
+            # sighting is a plain run, so at most max_programs recordings are spent on them.
+            if len(self._sightings) >= self.max_programs:
                 return self._fall_back(
-                    f"the shapes of the inputs change from batch to batch ({seen + 1} "
+                    f"the inputs' shapes or arguments keep changing ({self.max_programs + 1} "
                     f"distinct input signatures in {self._calls} runs)",
                     model, guide, args, kwargs,
                 )  # fmt: skip

@@ -212,3 +212,26 @@ def test_other_handlers_see_the_model_s_sites_and_a_cleared_param_store_records_
 def test_bad_backend_gets_one_clear_error():
     with pytest.raises(ValueError, match="unknown backend 'tpu'"):
         RecordedRuns(backend="tpu")
+
+
+def test_held_out_batches_get_their_own_recording_and_changing_shapes_fall_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def build(record: bool):  # noqa: ANN202
+        gen = Generator(MLPGenerator(2, (2,), (8,)))
+        return gen, NonSaturatingGAN(MLPDiscriminator((2,), (8,)), record=record)
+
+    # train batches of 16 and a last one of 8; held-out batches of 24 in eval mode
+    data, held_out = torch.rand(56, 2), torch.rand(24, 2)
+    plain, _ = _trajectory(False, build, data, batch_size=16, eval_data=held_out)
+    recorded, loss = _trajectory(True, build, data, batch_size=16, eval_data=held_out)
+    assert loss.runs.recorded and len(loss.runs._programs) == 3
+    assert all(torch.equal(a, b) for a, b in zip(plain, recorded))
+
+    gen, runs = Generator(MLPGenerator(2, (2,), (8,))), RecordedRuns(max_programs=2)
+    with caplog.at_level(logging.WARNING, logger="pyro_gen"):
+        for n in (4, 4, 5, 5, 6):
+            sites = runs(gen.model, gen.guide, (torch.rand(n, 2),), {})
+    assert sites["x"].value.shape == (6, 2)
+    assert "keep changing (3 distinct input signatures" in runs.fallback_reason
+    assert sum("recorded run is off" in r.getMessage() for r in caplog.records) == 1

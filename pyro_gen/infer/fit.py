@@ -16,7 +16,7 @@ import pyro
 import pyro.optim
 import pyro.util
 import torch
-from pyro.infer import ELBO, Trace_ELBO
+from pyro.infer import ELBO, Trace_ELBO, TraceTailAdaptive_ELBO
 from tqdm.auto import tqdm
 
 from pyro_gen.data.batching import BatchCalls, Call, Transform, batch_calls, with_transform
@@ -372,6 +372,12 @@ def fit(
         raise TypeError(
             f"loss must be a Pyro loss (an ELBO, an object with loss_and_grads, or a callable "
             f"loss(model, guide, *args)), got {type(loss).__name__}"
+        )
+    if isinstance(loss, TraceTailAdaptive_ELBO):
+        raise ValueError(
+            "TraceTailAdaptive_ELBO estimates no loss (Pyro returns inf at every step by "
+            "design), which fit's guard cannot tell from a divergence: train it with Pyro's "
+            "SVI, or pass another ELBO"
         )
     prog = program(model, guide, loss)
     device = _device(model, prog, device)

@@ -292,3 +292,18 @@ def test_a_callable_loss_trains_as_in_pyros_svi_and_reports_a_test_loss():
     assert math.isfinite(result.history[-1]["test_loss"])
     with pytest.raises(TypeError, match="loss must be a Pyro loss"):
         fit(implicit, data, guide=lambda x: None, epochs=1, loss=3.0, progress=False)
+
+
+def test_an_elbo_without_a_loss_estimate_is_refused_clearly():
+    # Pyro's TraceTailAdaptive_ELBO returns inf at every step by design; fit's guard would
+    # take it for a divergence at step 0 and stop with a misleading error.
+    from pyro.infer import TraceTailAdaptive_ELBO
+
+    def model(x):
+        loc = pyro.sample("loc", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(loc, 1.0), obs=x)
+
+    loss = TraceTailAdaptive_ELBO(num_particles=2, vectorize_particles=True)
+    with pytest.raises(ValueError, match="TraceTailAdaptive_ELBO estimates no loss"):
+        fit(model, torch.zeros(4), guide=AutoNormal(model), steps=1, loss=loss, progress=False)

@@ -9,7 +9,6 @@ import pyro
 import pyro.distributions as dist
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from pyro_gen.gan.average import ExponentialAverage
 
@@ -142,7 +141,17 @@ class Generator(nn.Module):
             )
         if y.is_floating_point():
             return y
-        return F.one_hot(y.long(), self.num_classes).to(self._prior_dtype())
+        labels = y.long()
+        # One read of a flag that stays False, where F.one_hot's own range check reads the
+        # largest label, a value that changes from batch to batch (and would make a
+        # recorded run of the model fall back: pyro_gen.gan.recorded).
+        if bool(((labels < 0) | (labels >= self.num_classes)).any()):
+            raise ValueError(
+                f"labels y must be whole numbers in 0..{self.num_classes - 1} "
+                f"(num_classes={self.num_classes}), got {int(labels.min())}..{int(labels.max())}"
+            )
+        classes = torch.arange(self.num_classes, device=labels.device)
+        return (labels.unsqueeze(-1) == classes).to(self._prior_dtype())
 
     def _prior_tensor(self) -> torch.Tensor | None:
         return next(iter([*self.prior.buffers(), *self.prior.parameters()]), None)

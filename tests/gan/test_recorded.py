@@ -47,8 +47,9 @@ def test_fit_with_the_recorded_run_follows_the_pyro_run_exactly(kind: str) -> No
     else:
         context = 3 if kind == "conditional" else 0
         data = torch.rand(n, 2)
-        if context:
-            data = {"x": data, "y": torch.randint(3, (n,))}
+        if context:  # batches whose smallest and largest labels differ
+            labels = [torch.arange(16) % k + lo for k, lo in ((2, 0), (3, 0), (2, 1), (2, 0))]
+            data = [{"x": x, "y": y} for x, y in zip(data.split(16), labels)]
 
         def build(record: bool):  # noqa: ANN202
             net = MLPGenerator(2, (2,), (16, 16), context_dim=context)
@@ -209,9 +210,16 @@ def test_other_handlers_see_the_model_s_sites_and_a_cleared_param_store_records_
     assert set(params) == set(gen.net.parameters())
 
 
-def test_bad_backend_gets_one_clear_error():
+def test_bad_backend_and_bad_labels_get_one_clear_error():
     with pytest.raises(ValueError, match="unknown backend 'tpu'"):
         RecordedRuns(backend="tpu")
+    gen = Generator(MLPGenerator(2, (2,), (8,), context_dim=3), num_classes=3)
+    runs, x = RecordedRuns(), torch.rand(4, 2)
+    for _ in range(5):
+        runs(gen.model, gen.guide, (x,), {"y": torch.tensor([0, 1, 2, 1])})
+    assert runs.recorded
+    with pytest.raises(ValueError, match=r"labels y must be whole numbers in 0..2 .* got 0..3"):
+        runs(gen.model, gen.guide, (x,), {"y": torch.tensor([0, 1, 3, 1])})
 
 
 def test_held_out_batches_get_their_own_recording_and_changing_shapes_fall_back(

@@ -292,7 +292,12 @@ class FlowMatching(PicklableModule):
         return dist.TransformedDistribution(base, [dist.transforms.SigmoidTransform()])
 
     def _sites(self, x: Tensor, z: Tensor | None) -> tuple[Tensor, Tensor]:
-        s = pyro.sample("t", self._time_law(x.new_zeros(self.time_samples, x.shape[0])))
+        law = self._time_law(x.new_zeros(self.time_samples, x.shape[0]))
+        # the law's log-density cancels between model and guide; the logit laws' is masked out
+        # because the round trip s -> logit s can land just outside the base's support at its
+        # edge (a draw of exactly a), and -inf - (-inf) made one loss NaN in 16 million draws
+        with poutine.mask(mask=self.time_sampling == "uniform"):
+            s = pyro.sample("t", law)
         if z is None:
             base = dist.Normal(x.new_zeros(()), 1.0).expand((self.time_samples, *x.shape))
             z = pyro.sample("z", base.to_event(self.event_dim))

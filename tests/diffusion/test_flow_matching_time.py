@@ -80,3 +80,16 @@ def test_bad_time_options():
         FlowMatching(f, time_sampling="logit_normal", time_params=(0.0, 0.0))
     with pytest.raises(ValueError, match=r"must be \(low, high > low\) of logit s"):
         FlowMatching(f, time_sampling="logit_uniform", time_params=(2.0, -2.0))
+
+
+def test_a_draw_at_the_logit_laws_edge_gives_a_finite_loss():
+    # u = 2.4999998 < b = 2.5, but logit(sigmoid(u)) rounds to >= 2.5 in float32, outside the
+    # base's support: unmasked, model and guide would both score -inf and the ELBO be NaN
+    fm = FlowMatching(cnf(2, (8,)), time_sampling="logit_uniform", weighting="noise")
+    x = torch.randn(4, 2)
+    edge = torch.sigmoid(torch.tensor(2.4999998))
+    assert torch.isinf(fm._time_law(torch.zeros(())).log_prob(edge))
+    guide = poutine.trace(fm.guide).get_trace(x)
+    guide.nodes["t"]["value"] = edge.expand(1, 4)
+    model = poutine.trace(poutine.replay(fm.model, trace=guide)).get_trace(x)
+    assert torch.isfinite(model.log_prob_sum() - guide.log_prob_sum())

@@ -27,7 +27,6 @@ from typing import Any
 import pyro
 import pyro.util
 import torch
-from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO
 from torch import nn
 
@@ -189,20 +188,14 @@ class LightningSVI(lightning.LightningModule):
             the parameters the optimizer trains, in the order the trace met them.
         """
         call = self._example = self._call(batch, self.device)
-        warm_up(self._prog, call, check_sites=isinstance(self.loss, ELBO))
-        rng = pyro.util.get_rng_state()
-        modes = {m: m.training for m in self.pyro_modules.values()}
-        for m in modes:
-            m.eval()
-        try:
-            with torch.no_grad():
-                guide_trace = poutine.trace(self._prog.guide).get_trace(*call.args, **call.kwargs)
-                replayed = poutine.replay(self._prog.model, trace=guide_trace)
-                model_trace = poutine.trace(replayed).get_trace(*call.args, **call.kwargs)
-        finally:
-            for m, mode in modes.items():
-                m.train(mode)
-            pyro.util.set_rng_state(rng)
+        guide_trace, model_trace = warm_up(
+            self._prog, call, check_sites=isinstance(self.loss, ELBO)
+        )
+        # networks a plain model or guide function closes over, found by that run
+        for name, module in self._prog.modules.items():
+            key = name.replace(".", "/")
+            if key not in self.pyro_modules:
+                self.pyro_modules[key] = module
         names = [
             name
             for trace in (guide_trace, model_trace)

@@ -191,8 +191,8 @@ def trace_once(prog: Program, call: Call) -> tuple[poutine.Trace, poutine.Trace]
     return guide_trace, model_trace
 
 
-def warm_up(prog: Program, call: Call, *, check_sites: bool) -> None:
-    """Runs guide then model once on ``call`` (:func:`trace_once`).
+def warm_up(prog: Program, call: Call, *, check_sites: bool) -> tuple[poutine.Trace, poutine.Trace]:
+    """Runs guide then model once on ``call`` (:func:`trace_once`) and returns their traces.
 
     Lazily built guides (autoguides) create their parameters here, so a checkpoint can be
     restored into them. Raises a clear error for a stale param-store entry that would
@@ -203,3 +203,4 @@ def warm_up(prog: Program, call: Call, *, check_sites: bool) -> None:
     _check_params(guide_trace, model_trace)
     if check_sites:
         _check_sites(model_trace, guide_trace)
+    return guide_trace, model_trace

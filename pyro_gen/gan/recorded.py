@@ -429,7 +429,12 @@ class RecordedRuns:
         device = (params or data or [torch.zeros(())])[0].device
         try:
             return compile_program(
-                gm, backend, device, example_inputs, lambda: torch.random.fork_rng(devices)
+                gm,
+                backend,
+                device,
+                example_inputs,
+                lambda: torch.random.fork_rng(devices),
+                what="the generating run",
             )
         except Exception as exc:  # noqa: BLE001 - the recorded program still works
             if self.backend != "auto":

@@ -62,10 +62,11 @@ def compile_program(
     device: torch.device,
     example_inputs: Callable[[], list[torch.Tensor]],
     quiet_rng: Callable[[], AbstractContextManager],
+    what: str = "the ELBO step",
 ) -> Callable[..., Any]:
     """``gm`` compiled with ``backend`` (``"fx"``, ``"jit"`` or ``"inductor"``) and warmed up
     on ``example_inputs()`` inside ``quiet_rng()`` (noise that the training stream does not
-    see).
+    see); ``what`` names the program in the log line.
 
     Example:
         >>> from contextlib import nullcontext
@@ -92,9 +93,7 @@ def compile_program(
     with quiet_rng(), torch.no_grad():
         for _ in range(2 if backend == "jit" else 1):
             fn(*example_inputs())
-    logger.info(
-        "pyro_gen: compiled the ELBO step (%s) in %.1f s", backend, time.perf_counter() - start
-    )
+    logger.info("pyro_gen: compiled %s (%s) in %.1f s", what, backend, time.perf_counter() - start)
     return fn
 
 

@@ -99,12 +99,18 @@ class _GuardMode(TorchDispatchMode):
 
 def _lift_inputs(gm: torch.fx.GraphModule) -> list[_Noise | torch.Tensor]:
     graph = gm.graph
-    anchor = next(n for n in graph.nodes if n.op != "placeholder")
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    # New inputs go after the last input, not before the first other node: that node may be
+    # the next one lifted and erased, and inserting before an erased node corrupts the graph.
+    last = [placeholders[-1] if placeholders else None]
     extras: list[_Noise | torch.Tensor] = []
 
     def new_input(node: torch.fx.Node, extra: _Noise | torch.Tensor) -> None:
-        with graph.inserting_before(anchor):
+        place = last[0]
+        where = graph.inserting_after(place) if place else graph.inserting_before(node)
+        with where:
             ph = graph.placeholder(f"extra_{len(extras)}")
+        last[0] = ph
         node.replace_all_uses_with(ph)
         graph.erase_node(node)
         extras.append(extra)

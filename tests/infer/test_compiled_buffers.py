@@ -93,3 +93,22 @@ def test_undo_writes_keeps_a_data_dependent_initialization() -> None:
         act(x)
     assert act.initialized  # the parameters the first call set are kept
     assert torch.allclose(act(x).mean(0), torch.zeros(3), atol=1e-5)
+
+
+def test_lifting_a_captured_constant_that_comes_first_keeps_the_graph_whole() -> None:
+    # The first op reads a captured constant, which becomes an input; new inputs were once
+    # inserted before that erased node, corrupting the node list.
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from pyro_gen.infer.compiled_recording import _lift_inputs, _Noise
+
+    constant = torch.tensor([1.0, 2.0])
+    gm = make_fx(lambda x: (x + constant) * torch.randn(2))(torch.ones(2))
+    extras = _lift_inputs(gm)
+    gm.recompile()
+    nodes = list(gm.graph.nodes)
+    assert [n.name for n in reversed(gm.graph.nodes)] == [n.name for n in reversed(nodes)]
+    assert [n.op for n in nodes[:3]] == ["placeholder"] * 3
+    assert extras[0] is constant and isinstance(extras[1], _Noise)
+    noise = torch.full((2,), 0.5)
+    assert gm(torch.ones(2), constant, noise).tolist() == [1.0, 1.5]

@@ -171,6 +171,19 @@ def trace_once(prog: Program, call: Call) -> tuple[poutine.Trace, poutine.Trace]
     Modules that a plain model or guide function registers with ``pyro.module`` join
     ``prog.modules`` (as ``"pyro.module:<name>"``), so that checkpoints keep their buffers
     and evaluation switches their mode.
+
+    Example:
+        >>> import pyro.distributions as dist
+        >>> from pyro_gen.data.batching import batch_calls
+        >>> pyro.clear_param_store()
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
+        >>> def model(x):
+        ...     pyro.module("net", net)
+        ...     pyro.sample("x", dist.Normal(net(x), 1.0).to_event(2), obs=x)
+        >>> prog = program(model, lambda x: None)
+        >>> _ = trace_once(prog, batch_calls(torch.randn(8, 3), 8, shuffle=False).peek())
+        >>> list(prog.modules), int(net[1].num_batches_tracked)
+        (['pyro.module:net'], 0)
     """
     rng = pyro.util.get_rng_state()
     modes = {name: m.training for name, m in prog.modules.items()}

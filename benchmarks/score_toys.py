@@ -8,9 +8,10 @@ Models (the recipes of ``flow_matching_2d.py``, which this reuses):
   ``--sigma-max``), eps-prediction, sigma^2 weighting, density by the probability-flow ODE.
 * ``score_vp``: the same on the VP SDE.
 * ``score_subvp``: the same on the sub-VP SDE (VP drift, smaller diffusion).
-* ``realnvp``, ``maf``: the affine flows of ``flows_2d.py`` with that script's recipe (Adam 1e-3
-  decayed to 5e-5, ``build``'s defaults) but this script's CPU-time budget, so the issue's
-  "below every affine flow" compares models trained in the same conditions.
+* ``nice``, ``realnvp``, ``glow``, ``maf``: the affine flows (``pyro_gen.flows.build``) with
+  ``flows_2d.py``'s recipe (Adam 1e-3 decayed to 5e-5, ``build``'s defaults) but this
+  script's CPU-time budget, so the issue's "below every affine flow" compares models trained
+  in the same conditions.
 
 Training budget: ``--cpu-min`` minutes of this thread's CPU time per model (the issue's "one CPU
 thread, 5 minutes each"). KL = E_true[log p_true(x) - log p_model(x)] on fresh test points,
@@ -64,7 +65,7 @@ def true_log_prob(data: str, x: torch.Tensor) -> torch.Tensor:
 
 
 #: flows_2d.py's learning rate and its final factor for the affine flows
-AFFINE = {"realnvp": (1e-3, 0.05), "maf": (1e-3, 0.05)}
+AFFINE = {name: (1e-3, 0.05) for name in ("nice", "realnvp", "glow", "maf")}
 
 
 def build(name: str, args: argparse.Namespace, x: torch.Tensor):

@@ -343,18 +343,18 @@ def samplers(args: argparse.Namespace) -> dict:
             ema, sm, post = m.ema, m, lambda s: (s + 1) / 2
         with torch.no_grad(), ema.average_parameters():
             for sname, kw in configs.items():
-                pyro.set_rng_seed(1)
+                pyro.set_rng_seed(args.sample_seed)
                 stats: dict = {}
                 c0 = time.thread_time()
                 s = sample(sm, n, sname, stats=stats, **kw)
                 score_row(f"{mname}: {sname}", post(s), stats["nfe"], time.thread_time() - c0)
             if mname == "ddpm":
-                pyro.set_rng_seed(1)
+                pyro.set_rng_seed(args.sample_seed)
                 c0 = time.thread_time()
                 s = ddpm.sample(n, "ddim", steps=nfe)
                 score_row("ddpm: ddim (eta 0)", s, nfe, time.thread_time() - c0)
                 if args.ancestral:
-                    pyro.set_rng_seed(1)
+                    pyro.set_rng_seed(args.sample_seed)
                     c0 = time.thread_time()
                     s = ddpm.sample(n)
                     score_row("ddpm: ancestral (T=1000)", s, 1000, time.thread_time() - c0)
@@ -388,6 +388,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--check", type=int, default=0, help="bound: images checked against all terms")
     p.add_argument("--replicas", type=int, default=8, help="bound: sampled draws per checked image")
     p.add_argument("--num-samples", type=int, default=256)
+    p.add_argument("--sample-seed", type=int, default=1, help="samplers: the seed of each draw")
     p.add_argument("--nfe", type=int, default=100, help="network evaluations per sample")
     p.add_argument("--ancestral", action="store_true", help="also the DDPM's 1000 steps")
     args = p.parse_args(argv)

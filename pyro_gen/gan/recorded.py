@@ -60,7 +60,15 @@ from torch.utils import _pytree as pytree
 
 from pyro_gen.infer.compiled_backends import compile_program
 from pyro_gen.infer.compiled_elbo import _describe_change, _signature
-from pyro_gen.infer.compiled_recording import _GuardMode, _lift_inputs, _Noise, _Unsupported
+from pyro_gen.infer.compiled_recording import (
+    _GuardMode,
+    _lift_inputs,
+    _Noise,
+    _Unsupported,
+    noise_devices,
+    noise_rng_state,
+    set_noise_rng_state,
+)
 
 logger = logging.getLogger("pyro_gen")
 
@@ -372,13 +380,13 @@ class RecordedRuns:
             seen["layout"], seen["n_out"] = layout, len(outputs)
             return (*outputs, *(t for t, _ in guard.reads))
 
-        devices = sorted({t.device.index or 0 for t in data if t.device.type == "cuda"})
-        rng = _rng_state(devices)
+        devices = noise_devices(data)
+        rng = noise_rng_state(devices)
         try:
             gm = make_fx(program)(*params, *data)
         except Exception as exc:  # noqa: BLE001 - the run goes on through Pyro
             # Pyro's run then draws what the failed recording drew.
-            _set_rng_state(rng, devices)
+            set_noise_rng_state(rng, devices)
             msg = (str(exc) or type(exc).__name__).splitlines()[0]
             return self._fall_back(
                 f"recording failed ({type(exc).__name__}: {msg})", model, guide, args, kwargs
@@ -451,13 +459,13 @@ class RecordedRuns:
         if params is None or any(p is not q for p, q in zip(params, prog.params)):
             self.clear()  # new parameter tensors (a loaded param store): record again
             return None
-        rng = _rng_state(prog.devices) if prog.guards else None
+        rng = noise_rng_state(prog.devices) if prog.guards else None
         extras = [e.draw() if isinstance(e, _Noise) else e for e in prog.extras]
         out = prog.fn(*params, *data, *extras)
         for read, expected in zip(out[prog.n_out :], prog.guards):
             # One host read per value the model branched on (Pyro's argument checks).
             if read.item() != expected:
-                _set_rng_state(rng, prog.devices)  # Pyro's run draws what this one drew
+                set_noise_rng_state(rng, prog.devices)  # Pyro's run draws what this one drew
                 self.fallback_reason = (
                     "a tensor value the model branched on changed "
                     f"({expected!r} when recorded, {read.item()!r} now)"
@@ -557,26 +565,6 @@ def _outputs(sites: dict[str, ObservedSite]) -> tuple[list[torch.Tensor], list[_
 def _prune(gm: torch.fx.GraphModule) -> None:
     """Removes the recording's unused results (Pyro's subsample indices, autograd's
     detaches), keeping every input and every op that writes (running statistics)."""
-    # A fresh copy first: the lifted inputs may sit next to erased nodes in the old list.
-    graph = torch.fx.Graph()
-    graph.output(graph.graph_copy(gm.graph, {}))
-    for node in reversed(list(graph.nodes)):
-        if node.op == "call_function" and not node.users and not node.is_impure():
-            graph.erase_node(node)
-    graph.lint()
-    gm.graph = graph
+    gm.graph.eliminate_dead_code()  # keeps placeholders and ops FX knows to be impure
+    gm.graph.lint()
     gm.recompile()
-
-
-def _rng_state(devices: Sequence[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    cuda = [torch.cuda.get_rng_state(d) for d in devices]
-    return torch.get_rng_state(), cuda
-
-
-def _set_rng_state(state: Any, devices: Sequence[int]) -> None:
-    if state is None:
-        return
-    cpu, cuda = state
-    torch.set_rng_state(cpu)
-    for d, s in zip(devices, cuda):
-        torch.cuda.set_rng_state(s, d)

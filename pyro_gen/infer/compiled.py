@@ -106,6 +106,9 @@ from pyro_gen.infer.compiled_recording import (
     _Noise,
     _Program,
     _Unsupported,
+    noise_devices,
+    noise_rng_state,
+    set_noise_rng_state,
 )
 from pyro_gen.infer.compiled_update import GuardedUpdate
 from pyro_gen.infer.cpu_memory import retain_freed_cpu_memory
@@ -494,8 +497,7 @@ class CompiledSVI:
     def _quiet_rng(self, tensors: Sequence[torch.Tensor]) -> Iterator[None]:
         # Recording and checking draw noise of their own; the training stream must not
         # notice, so that compiled and plain Pyro runs see the same draws.
-        devices = sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=noise_devices(tensors)):
             yield
 
     def _record(
@@ -665,7 +667,7 @@ class CompiledSVI:
         # updated (running statistics) are put back before the plain step redoes it.
         kept = [e for e in prog.extras if torch.is_tensor(e)] if prog.guards else []
         before = [t.clone() for t in kept]
-        rng = pyro.util.get_rng_state() if prog.guards else None
+        rng = noise_rng_state(noise_devices(data)) if prog.guards else None
         extras = [e.draw() if isinstance(e, _Noise) else e for e in prog.extras]
         cuda_graphs = prog.compiled and device.type == "cuda" and resolved_backend(self.backend)
         if cuda_graphs == "inductor":
@@ -682,7 +684,7 @@ class CompiledSVI:
                 with torch.no_grad():
                     for target, value in zip(kept, before):
                         target.copy_(value)
-                pyro.util.set_rng_state(rng)
+                set_noise_rng_state(rng, noise_devices(data))
                 raise _Unsupported(
                     "data-dependent control flow: a tensor value the model or guide branched "
                     f"on changed ({expected!r} when recorded, {read.item()!r} now)"

@@ -93,6 +93,30 @@ class _GuardMode(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
+def noise_devices(tensors: Sequence[torch.Tensor]) -> list[int]:
+    """The CUDA devices whose generators a program's noise draws use (its inputs')."""
+    return sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
+
+
+RngState = tuple[torch.Tensor, list[torch.Tensor]]
+
+
+def noise_rng_state(devices: Sequence[int]) -> RngState:
+    """The state of the generators the lifted noise draws from (torch's CPU generator and
+    those of ``devices``), to give back a step that does not count."""
+    return torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in devices]
+
+
+def set_noise_rng_state(
+    state: tuple[torch.Tensor, list[torch.Tensor]], devices: Sequence[int]
+) -> None:
+    """Restores what :func:`noise_rng_state` returned."""
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    for d, s in zip(devices, cuda):
+        torch.cuda.set_rng_state(s, d)
+
+
 # ---------------------------------------------------------------------------------------
 # Graph surgery: random calls and captured constants become inputs.
 

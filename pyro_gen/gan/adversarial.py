@@ -23,7 +23,8 @@ from pyro.distributions.util import scale_and_mask
 from torch import nn
 from torch.nn import functional as F
 
-from pyro_gen.gan.recorded import ObservedSite, RecordedRuns, observed_sites, unconditioned_traces
+from pyro_gen.gan.observed import ObservedSite, observed_sites, unconditioned_traces
+from pyro_gen.gan.recorded import RecordedRuns
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 

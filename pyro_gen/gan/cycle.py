@@ -14,7 +14,8 @@ from torch import nn
 
 from pyro_gen.gan.adversarial import OptimizerFactory, PyroLoss
 from pyro_gen.gan.objectives import LeastSquaresGAN
-from pyro_gen.gan.recorded import ObservedSite, RecordedRuns, observed_sites
+from pyro_gen.gan.observed import ObservedSite, observed_sites
+from pyro_gen.gan.recorded import RecordedRuns
 
 #: Sites of the CycleGAN model: the translations (observed at the other domain's data) and
 #: the round trips (deterministic).
@@ -164,7 +165,7 @@ class CycleGANLoss(PyroLoss):
 
     def cycle_errors(self, sites: dict[str, ObservedSite] | pyro.poutine.Trace) -> torch.Tensor:
         """Mean absolute round-trip error per example, both domains added, from a run's
-        observed sites (:func:`~pyro_gen.gan.recorded.observed_sites`) or its trace."""
+        observed sites (:func:`~pyro_gen.gan.observed.observed_sites`) or its trace."""
         if isinstance(sites, pyro.poutine.Trace):
             sites = observed_sites(sites)
         total = 0.0

@@ -264,7 +264,6 @@ def sampled_variational_bound(
         raise ValueError(f"strata must be a whole number >= 1, got {strata!r}")
     left = T - exact_steps
     edges = _geometric_strata(exact_steps + 1, T, min(int(strata), left)) if left else None
-    s, nd = ddpm.schedule, ddpm.event_dim
     x0_all = ddpm.to_model_space(x)
     priors, exacts, sampled = [], [], []
     for start in range(0, x0_all.shape[0], batch_size):
@@ -278,11 +277,7 @@ def sampled_variational_bound(
                 u = torch.rand(B, generator=generator, device=x0.device)
                 t = lo + (u * (hi - lo)).long().clamp(max=hi - lo - 1)
                 noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
-                x_t = s.q_sample(x0, t, noise.to(x0.device), nd)
-                p = ddpm.p_mean_logvar(x_t, t)
-                q_mean, q_log_var = s.q_posterior(x0, x_t, t, nd)
-                kl = normal_kl(q_mean, q_log_var, p["mean"], p["log_var"])
-                est = est + (hi - lo) * kl.flatten(1).sum(-1)
+                est = est + (hi - lo) * ddpm.kl_term(x0, t, noise.to(x0.device))
         sampled.append(est)
     prior, exact, rest = torch.cat(priors), torch.cat(exacts), torch.cat(sampled)
     total = prior + exact + rest

@@ -406,7 +406,13 @@ def epoch_overhead(device: torch.device, rounds: int) -> list[dict[str, Any]]:
     return rows
 
 
-def guard_cost(device: torch.device, rounds: int, block: int) -> list[dict[str, Any]]:
+def guard_cost(
+    device: torch.device,
+    rounds: int,
+    block: int,
+    backend: str = "auto",
+    kinds: tuple[str, ...] = ("vae", "realnvp"),
+) -> list[dict[str, Any]]:
     """The step guard's cost: fit's default step (``backend="auto"``, fused Adam) with the
     guard on (A) and off (B), taking turns (``block`` steps a turn, the order reversed every
     other round) over ``rounds`` rounds on one batch. On the CPU the guard is a check after
@@ -414,7 +420,7 @@ def guard_cost(device: torch.device, rounds: int, block: int) -> list[dict[str, 
     is recorded in the program, so two copies of the model from one initialization are
     used. The ratio of each round's mean step times gives a mean and a standard error."""
     out = []
-    cases = [(kind, batch) for kind in ("vae", "realnvp") for batch in (128, 1024)]
+    cases = [(kind, batch) for kind in kinds for batch in (128, 1024)]
     for kind, batch in cases:
         make = PyroVAE if kind == "vae" else realnvp
         pyro.clear_param_store()
@@ -433,7 +439,7 @@ def guard_cost(device: torch.device, rounds: int, block: int) -> list[dict[str, 
             svi = steppers.get("on").svi if shared and label == "off" else None  # type: ignore[union-attr]
             if svi is None:
                 svi = CompiledSVI(gen.model, gen.guide, pyro.optim.Adam({"lr": 1e-3}),
-                                  step_guard=label == "on")  # fmt: skip
+                                  step_guard=label == "on", backend=backend)  # fmt: skip
                 for _ in range(20):  # the plain first step, the recording, warm-up
                     svi.step(x)
                 assert svi.compiled, svi.fallback_reason
@@ -472,9 +478,12 @@ def guard_cost(device: torch.device, rounds: int, block: int) -> list[dict[str, 
     return out
 
 
-def guard_table(device: torch.device, rows: list[dict[str, Any]], rounds: int, block: int) -> str:
+def guard_table(
+    device: torch.device, rows: list[dict[str, Any]], rounds: int, block: int, backend: str
+) -> str:
+    step = "fit's default compiled step" if backend == "auto" else f"backend={backend!r}"
     lines = [
-        f"**step guard on (A) vs off (B), fit's default compiled step ({device.type}, "
+        f"**step guard on (A) vs off (B), {step} ({device.type}, "
         f"fused Adam, {rounds} rounds A B of {block} steps); target A/B <= 1.02**",
         "",
         "| model | clock | A ms/step | B ms/step | A/B mean +- s.e. | A/B median |",
@@ -595,6 +604,12 @@ def main(argv: list[str] | None = None) -> None:
         metavar="ROUNDS",
         help="only compare steps with the non-finite guard on and off (ROUNDS of A B)",
     )
+    parser.add_argument(
+        "--guard-backend",
+        default="auto",
+        choices=["auto", "inductor", "jit", "fx"],
+        help="the CompiledSVI backend --guard-cost times (auto: fit's default)",
+    )
     parser.add_argument("--results", type=Path, default=RESULTS, help="results file to update")
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = parser.parse_args(argv)
@@ -625,12 +640,13 @@ def main(argv: list[str] | None = None) -> None:
     for device in devices:
         if args.guard_cost:
             before = os.getloadavg()[0]
-            rows = guard_cost(device, args.guard_cost, args.block)
+            kinds = tuple(k for k in args.models if k in ("vae", "realnvp"))
+            rows = guard_cost(device, args.guard_cost, args.block, args.guard_backend, kinds)
             load = (
                 f"load average (other jobs on the machine) {before:.1f} before, "
                 f"{os.getloadavg()[0]:.1f} after; on {os.cpu_count()} cores"
             )
-            text = guard_table(device, rows, args.guard_cost, args.block)
+            text = guard_table(device, rows, args.guard_cost, args.block, args.guard_backend)
             print(text + "\n", flush=True)
             if not args.no_write:
                 title = f"## Reliability: step guard, {device.type}: {hardware(device)}"

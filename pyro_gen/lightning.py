@@ -21,6 +21,7 @@ Needs the ``lightning`` extra: ``pip install pyro-gen[lightning]``.
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -187,7 +188,7 @@ class LightningSVI(lightning.LightningModule):
         Returns:
             the parameters the optimizer trains, in the order the trace met them.
         """
-        call = self._example = self._call(batch, self.device)
+        call = self._example = self._call(batch, self._tensors_device())
         guide_trace, model_trace = warm_up(
             self._prog, call, check_sites=isinstance(self.loss, ELBO)
         )
@@ -218,6 +219,14 @@ class LightningSVI(lightning.LightningModule):
                 "autoguide site was traced on the example batch): there is nothing to train"
             )
         return self._trained
+
+    def _tensors_device(self) -> torch.device:
+        """Where this module's parameters and buffers are now. ``Trainer.fit`` sets
+        ``self.device`` to the accelerator before it moves them there (after ``setup``), so
+        the trace in ``setup`` runs beside them; with none yet, on the CPU, where the
+        user's code creates tensors."""
+        first = next(itertools.chain(self.parameters(), self.buffers()), None)
+        return torch.device("cpu") if first is None else first.device
 
     def _adopt(self, name: str, value: torch.Tensor) -> nn.Parameter:
         """Registers a param-store tensor as a parameter of this module; the store is made to

@@ -356,9 +356,11 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     (a run resumed on another machine continues with that machine's GPU noise)."""
     state = dict(state)
     cuda = state.pop("cuda", None)
-    pyro.util.set_rng_state(state)
+    # Generator states must be CPU byte tensors; a checkpoint loaded with map_location="cuda"
+    # holds them on the device.
+    pyro.util.set_rng_state({**state, "torch": state["torch"].cpu()})
     if cuda is not None and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
-        torch.cuda.set_rng_state_all(cuda)
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
 
 
 # ---------------------------------------------------------------------------------------

@@ -97,6 +97,7 @@ from pyro_gen.infer.compiled_elbo import (
     _kl_messengers,
     _signature,
 )
+from pyro_gen.infer.compiled_masks import fill_masked_assignments
 from pyro_gen.infer.compiled_optim import guarded_loss
 from pyro_gen.infer.compiled_passes import simplify
 from pyro_gen.infer.compiled_precision import check_precision, networks_in
@@ -585,6 +586,7 @@ class CompiledSVI:
                 )
             extras = _lift_inputs(gm)
             simplify(gm)
+            fill_masked_assignments(gm)
         grad_params = [p for p, used in zip(params, seen["used"]) if used]
         prog = _Program(
             gm, gm, params, grad_params, extras, signature, seen["guards"], compiled=False,

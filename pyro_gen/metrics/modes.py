@@ -123,5 +123,6 @@ def mode_coverage(
     distance, nearest = torch.cdist(samples, centers).min(-1)
     good = distance <= n_sigma * std
     counts = torch.bincount(nearest[good], minlength=len(centers))
-    share = good.float().mean().item() if len(samples) else 0.0
+    # counted, then divided on the host: the same share on every device, to the last bit
+    share = int(good.sum()) / len(samples) if len(samples) else 0.0
     return ModeCoverage(int((counts >= min_count).sum()), len(centers), share, counts)

@@ -21,6 +21,7 @@ import torch
 from pyro_gen import data as datasets
 from pyro_gen.cli_spec import Evaluation
 from pyro_gen.infer import bits_per_dim_from_nats, evaluate_elbo, iwae_log_likelihood
+from pyro_gen.infer.evaluation import module_device
 
 
 def _mean_se(values: torch.Tensor) -> tuple[float, float]:
@@ -60,17 +61,18 @@ def density_results(ev: Evaluation, log_prob: Any = None) -> dict[str, Any]:
     probability-flow ODE on uniformly dequantized pixels."""
     view, model = ev.view, ev.model
     results: dict[str, Any] = {"num_test": int(view.x.shape[0])}
+    x = view.x.to(module_device(model), torch.get_default_dtype())  # beside the model
     if view.levels is not None:
         from pyro_gen.diffusion import probability_flow_bits_per_dim
 
-        levels = view.x.to(torch.get_default_dtype()).unsqueeze(-3)  # the model's channel
+        levels = x.unsqueeze(-3)  # the model's channel
         bpd = probability_flow_bits_per_dim(model, levels, num_bins=view.levels, low=0.0,
                                             high=1.0, rtol=1e-4, atol=1e-4)  # fmt: skip
         with_se(results, "probability_flow_bits_per_dim", bpd)
         return results
     log_prob = log_prob or model.log_prob
     with torch.no_grad():
-        lp = log_prob(view.x.to(torch.get_default_dtype()))
+        lp = log_prob(x).cpu()
     with_se(results, "test_log_likelihood", lp)
     name = ev.config["data"]
     try:

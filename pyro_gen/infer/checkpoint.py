@@ -56,6 +56,7 @@ import pyro.optim
 import pyro.util
 import torch
 
+from pyro_gen.infer.distributed import set_pyro_rng_state
 from pyro_gen.infer.files import (
     O_NOFOLLOW,
     append_line,
@@ -356,9 +357,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     (a run resumed on another machine continues with that machine's GPU noise)."""
     state = dict(state)
     cuda = state.pop("cuda", None)
-    # Generator states must be CPU byte tensors; a checkpoint loaded with map_location="cuda"
-    # holds them on the device.
-    pyro.util.set_rng_state({**state, "torch": state["torch"].cpu()})
+    set_pyro_rng_state(state)
     if cuda is not None and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
         torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
 

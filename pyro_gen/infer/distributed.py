@@ -157,10 +157,19 @@ def rng_state(device: torch.device) -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    """Restores a state of :func:`rng_state` (or of :func:`pyro.util.get_rng_state`)."""
-    pyro.util.set_rng_state(state)
+    """Restores a state of :func:`rng_state` (or of :func:`pyro.util.get_rng_state`), also
+    one loaded onto the device (generators take their states as CPU byte tensors)."""
+    set_pyro_rng_state(state)
     if "cuda" in state and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+def set_pyro_rng_state(state: dict[str, Any]) -> None:
+    """:func:`pyro.util.set_rng_state` for a state whose torch generator state may have been
+    loaded onto a device (``map_location="cuda"``); keys other than Pyro's are ignored."""
+    pyro.util.set_rng_state(
+        {"torch": state["torch"].cpu(), "random": state["random"], "numpy": state["numpy"]}
+    )
 
 
 class DataParallel:

@@ -307,6 +307,12 @@ class DDPM(PicklableModule):
                 x_t = pyro.sample(f"x_{t - 1}", self._normal(mean, log_var))
 
     # ------------------------------------------------------------------ time plate
+    def _time_plate(self, x0: torch.Tensor) -> pyro.plate:
+        # The subsample indices are drawn on the data's device: drawn on the CPU (a plate's
+        # default), each step would copy them to the GPU and wait for the copy.
+        T = self.schedule.num_timesteps
+        return pyro.plate("time", T, subsample_size=self.time_samples, dim=-2, device=x0.device)
+
     def _plate_times(self, idx: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         # Shifting the plate's k distinct indices by a per-example uniform offset keeps each
         # example's k steps a uniform k-subset of {1..T}, so the plate's T/k scale stays exact.
@@ -327,13 +333,13 @@ class DDPM(PicklableModule):
     def plate_model(self, x: torch.Tensor) -> None:
         """Time-plate model (see class docstring)."""
         pyro.module(self.name, self)
-        s, nd, T = self.schedule, self.event_dim, self.schedule.num_timesteps
+        s, nd = self.schedule, self.event_dim
         x0 = self.to_model_space(x)
         B = x0.shape[0]
         with pyro.plate("data", B, dim=-1):
             u = pyro.sample("t", dist.Uniform(x0.new_zeros(B), x0.new_ones(B)))
             self._prior_site(x0, guide=False)
-            with pyro.plate("time", T, subsample_size=self.time_samples, dim=-2) as idx:
+            with self._time_plate(x0) as idx:
                 t = self._plate_times(idx, u)
                 mean, std = s.q_mean_std(x0, t, nd)
                 x_t = pyro.sample("x_t", dist.Normal(mean, std).to_event(nd))
@@ -364,13 +370,13 @@ class DDPM(PicklableModule):
 
     def plate_guide(self, x: torch.Tensor) -> None:
         """Time-plate guide: forward marginal at ``"x_t"``, forward posterior at ``"x_prev"``."""
-        s, nd, T = self.schedule, self.event_dim, self.schedule.num_timesteps
+        s, nd = self.schedule, self.event_dim
         x0 = self.to_model_space(x)
         B = x0.shape[0]
         with pyro.plate("data", B, dim=-1):
             u = pyro.sample("t", dist.Uniform(x0.new_zeros(B), x0.new_ones(B)))
             self._prior_site(x0, guide=True)
-            with pyro.plate("time", T, subsample_size=self.time_samples, dim=-2) as idx:
+            with self._time_plate(x0) as idx:
                 t = self._plate_times(idx, u)
                 mean, std = s.q_mean_std(x0, t, nd)
                 x_t = pyro.sample("x_t", dist.Normal(mean, std).to_event(nd))

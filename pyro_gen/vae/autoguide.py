@@ -418,7 +418,7 @@ class AutoAmortizedNormal(AutoGuide):
             return plates[f.name]  # indices chosen by the user, or drawn once by the master
         full = f.full_size or f.size
         if self._index_inputs:  # the model replays the indices drawn here
-            return pyro.plate(f.name, full, subsample_size=f.size, dim=f.dim)
+            return pyro.plate(f.name, full, subsample_size=f.size, dim=f.dim, device=device)
         # The rows at hand are the examples and only the scale N/B matters: the plate's
         # index site is kept out of the trace, so the model keeps its own indices (replayed
         # ones would override a model's subsample=idx) and a hand-written guide part may

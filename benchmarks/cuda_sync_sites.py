@@ -3,8 +3,9 @@ synchronizes with the host, and the Python stack of each synchronizing call in w
 
 ``tests/cuda/test_compiled.py`` only says *that* a steady-state step synchronized (under
 ``torch.cuda.set_sync_debug_mode("error")``); this says *where*. The recorded FX graph is run
-node by node under ``"warn"`` (a TorchScript or Inductor program is one opaque call), then
-three steps are taken with every warning's stack printed. For a session lent a GPU:
+node by node under ``"error"`` (a TorchScript or Inductor program is one opaque call), then
+one step is taken under ``"error"`` and the stack of its first synchronizing call printed.
+For a session lent a GPU:
 
     python3 benchmarks/cuda_sync_sites.py ddpm auto     # a model of tests/infer/test_host_reads
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import sys
 import traceback
-import warnings
 from pathlib import Path
 
 import pyro
@@ -25,18 +25,20 @@ from tests.infer.test_host_reads import MODELS  # noqa: E402
 
 
 class _SyncingNodes(torch.fx.Interpreter):
+    """Runs each node under ``"error"`` (the C++ warning of ``"warn"`` does not reach
+    Python's warnings): a node that raises is named, then run again with the mode off."""
+
     def run_node(self, n: torch.fx.Node) -> object:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            out = super().run_node(n)
-        if any("synchroniz" in str(w.message) for w in caught):
-            print("graph node syncs:", n.format_node()[:400])
-        return out
-
-
-def _show_stack(message, category, filename, lineno, file=None, line=None) -> None:
-    if "synchroniz" in str(message):
-        print("step syncs at:\n" + "".join(traceback.format_stack(limit=14)[:-1]))
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return super().run_node(n)
+        except RuntimeError as exc:
+            if "synchroniz" not in str(exc):
+                raise
+            print("graph node syncs:", n.format_node()[:400], flush=True)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        return super().run_node(n)
 
 
 def main(name: str = "ddpm", backend: str = "auto") -> None:
@@ -50,15 +52,14 @@ def main(name: str = "ddpm", backend: str = "auto") -> None:
         svi.step(x)
     print(f"{name} [{backend}]: compiled {svi.compiled}, fallback {svi.fallback_reason}")
     torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("warn")
-    try:
-        for prog in svi._programs.values():
-            with torch.no_grad():
-                _SyncingNodes(prog.gm).run(*svi._example_inputs(prog, [x]))
-        warnings.showwarning = _show_stack
-        warnings.simplefilter("always")
-        for _ in range(3):
-            svi.step(x)
+    for prog in svi._programs.values():
+        with torch.no_grad():
+            _SyncingNodes(prog.gm).run(*svi._example_inputs(prog, [x]))
+    torch.cuda.set_sync_debug_mode("error")
+    try:  # the first synchronizing call of a whole step, with its Python stack
+        svi.step(x)
+    except RuntimeError:
+        print("step syncs at:\n" + traceback.format_exc(limit=-14))
     finally:
         torch.cuda.set_sync_debug_mode("default")
     print("done")

@@ -184,3 +184,21 @@ def test_conditioned_transform_kept_across_a_step_is_not_stale() -> None:
         assert x_new is not x
         torch.testing.assert_close(ct(x_new), y, atol=1e-5, rtol=1e-5)
         assert not torch.allclose(x_new, x)
+
+
+def test_elementwise_unpack_is_parameter_major_and_checks_its_size() -> None:
+    # the layout MADE and the coupling conditioners produce: all shifts, then all log-scales,
+    # on any dim (channel dim of images included)
+    from pyro_gen.transforms.elementwise import Affine
+
+    h = Affine()
+    theta = torch.randn(2, 6, 5, requires_grad=True)
+    for dim in (1, -2):
+        shift, raw = h.unpack(theta, dim, 3)
+        torch.testing.assert_close(shift, theta[:, :3])
+        torch.testing.assert_close(raw, theta[:, 3:])
+    (shift * 2.0 + raw).sum().backward()
+    torch.testing.assert_close(theta.grad[:, :3], torch.full((2, 3, 5), 2.0))
+    torch.testing.assert_close(theta.grad[:, 3:], torch.full((2, 3, 5), 1.0))
+    with pytest.raises(ValueError, match=r"Affine takes num_params \* n = 2 \* 4"):
+        h.unpack(theta, 1, 4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,6 +39,9 @@ class _LadjCache:
         self.x = self.y = self.ladj = self.params = self.stamp = None
 
 
+_VERSION = operator.attrgetter("_version")
+
+
 def parameter_stamp(params: Sequence[torch.Tensor]) -> tuple:
     """What a cached result depends on besides its input: grad mode and parameter versions.
 
@@ -47,7 +51,8 @@ def parameter_stamp(params: Sequence[torch.Tensor]) -> tuple:
     returns the previous step's output (and its freed graph) whenever a density flow scores
     the same data tensor twice, as an SVI loop over one fixed batch does.
     """
-    return (torch.is_grad_enabled(), tuple(p._version for p in params))
+    # map with a C getter: no generator frame per parameter (it runs several times a step)
+    return (torch.is_grad_enabled(), *map(_VERSION, params))
 
 
 def parameters_of(module: torch.nn.Module) -> list[torch.Tensor]:

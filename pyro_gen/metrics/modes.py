@@ -75,8 +75,14 @@ def sample_modes(
         >>> print(mode_coverage(x, ring_modes(), 0.02))
         8/8 modes, 99.1% high quality
     """
-    which = torch.randint(len(centers), (num_samples,), generator=generator)
-    noise = torch.randn(num_samples, centers.shape[-1], generator=generator, dtype=centers.dtype)
+    which = torch.randint(len(centers), (num_samples,), generator=generator, device=centers.device)
+    noise = torch.randn(
+        num_samples,
+        centers.shape[-1],
+        generator=generator,
+        dtype=centers.dtype,
+        device=centers.device,
+    )
     return centers[which] + std * noise
 
 

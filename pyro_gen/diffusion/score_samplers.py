@@ -194,12 +194,15 @@ def predictor_corrector(
     )
 
 
-def _geometric_levels(sde: SDE, levels: int, eps: float) -> list[float]:
+def _geometric_levels(sde: SDE, levels: int, eps: float, device: torch.device) -> list[float]:
     # times whose marginal stds are geometric from sigma(1) to sigma(eps), as NCSN's levels
-    # (for the VE SDE these are equally spaced times)
-    grid = torch.linspace(eps, 1.0, 4001, dtype=torch.float64)
+    # (for the VE SDE these are equally spaced times); the grid lies beside the samples, where
+    # a learned schedule's buffers are
+    grid = torch.linspace(eps, 1.0, 4001, dtype=torch.float64, device=device)
     log_sigma = sde.marginal(grid)[1].clamp(min=1e-300).log()
-    targets = torch.linspace(float(log_sigma[-1]), float(log_sigma[0]), levels, dtype=torch.float64)
+    targets = torch.linspace(
+        float(log_sigma[-1]), float(log_sigma[0]), levels, dtype=torch.float64, device=device
+    )
     idx = torch.searchsorted(log_sigma.contiguous(), targets).clamp(max=grid.numel() - 1)
     times = grid[idx].tolist()
     times[0], times[-1] = 1.0, eps
@@ -267,7 +270,7 @@ def annealed_langevin(
     )
     step_size, eps = _positive("step_size", step_size), _check_eps(eps)
     x, batch = _start(sde, shape, x_init, generator, dtype, device)
-    times = _geometric_levels(sde, levels, eps)
+    times = _geometric_levels(sde, levels, eps, x.device)
     if float(sde.marginal(torch.tensor(times[-1], dtype=torch.float64))[1]) <= 0:
         raise ValueError("the smallest noise level has std 0; raise eps above 0")
     for t_val in times:

@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import ctypes
 import datetime
+import functools
 import math
 import os
 import platform
@@ -415,10 +416,9 @@ def guard_cost(
 ) -> list[dict[str, Any]]:
     """The step guard's cost: fit's default step (``backend="auto"``, fused Adam) with the
     guard on (A) and off (B), taking turns (``block`` steps a turn, the order reversed every
-    other round) over ``rounds`` rounds on one batch. On the CPU the guard is a check after
-    the program, so one step object switches it (same memory, same program); elsewhere it
-    is recorded in the program, so two copies of the model from one initialization are
-    used. The ratio of each round's mean step times gives a mean and a standard error."""
+    other round) over ``rounds`` rounds on one batch. The guard is recorded in the program,
+    so two copies of the model from one initialization are used. The ratio of each round's
+    mean step times gives a mean and a standard error."""
     out = []
     cases = [(kind, batch) for kind in kinds for batch in (128, 1024)]
     for kind, batch in cases:
@@ -430,26 +430,18 @@ def guard_cost(
         else:
             x = torch.randn(batch, 2, device=device)
         steppers: dict[str, Callable[[], Any]] = {}
-        shared = device.type == "cpu"
         first = make(f"guard_{kind}").to(device)
         for label in ("on", "off"):
-            gen = first if shared or label == "on" else make(f"guard_off_{kind}").to(device)
+            gen = first if label == "on" else make(f"guard_off_{kind}").to(device)
             if gen is not first:
                 gen.load_state_dict(first.state_dict())
-            svi = steppers.get("on").svi if shared and label == "off" else None  # type: ignore[union-attr]
-            if svi is None:
-                svi = CompiledSVI(gen.model, gen.guide, pyro.optim.Adam({"lr": 1e-3}),
-                                  step_guard=label == "on", backend=backend)  # fmt: skip
-                for _ in range(20):  # the plain first step, the recording, warm-up
-                    svi.step(x)
-                assert svi.compiled, svi.fallback_reason
+            svi = CompiledSVI(gen.model, gen.guide, pyro.optim.Adam({"lr": 1e-3}),
+                              step_guard=label == "on", backend=backend)  # fmt: skip
+            for _ in range(20):  # the plain first step, the recording, warm-up
+                svi.step(x)
+            assert svi.compiled, svi.fallback_reason
 
-            def step(svi: CompiledSVI = svi, on: bool = label == "on", x: Any = x) -> Any:
-                svi.step_guard = on
-                return svi.step(x)
-
-            step.svi = svi  # type: ignore[attr-defined]
-            steppers[label] = step
+            steppers[label] = functools.partial(svi.step, x)
         # Wall time, and the process's CPU time, which other jobs on a shared machine
         # move less (they still share caches and memory bandwidth).
         means: dict[str, list[float]] = {"on": [], "off": [], "on_cpu": [], "off_cpu": []}

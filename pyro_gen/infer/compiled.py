@@ -81,6 +81,7 @@ from pyro_gen.infer.compiled_backends import (
     compile_program,
     resolved_backend,
 )
+from pyro_gen.infer.compiled_check_placement import check_where_made
 from pyro_gen.infer.compiled_checks import (
     InputCheckError,
     failed_checks,
@@ -98,7 +99,7 @@ from pyro_gen.infer.compiled_elbo import (
     _signature,
 )
 from pyro_gen.infer.compiled_masks import fill_masked_assignments
-from pyro_gen.infer.compiled_optim import guarded_loss
+from pyro_gen.infer.compiled_optim import guarded_loss, non_finite
 from pyro_gen.infer.compiled_passes import simplify
 from pyro_gen.infer.compiled_precision import check_precision, networks_in
 from pyro_gen.infer.compiled_recording import (
@@ -249,7 +250,9 @@ class CompiledSVI:
         self._first_signatures: dict[Any, tuple] = {}
         self._calls = 0  # steps that asked for a program
         self._updates = GuardedUpdate(self.optim, grad_reducer)
-        self._guard_in_program: bool | None = None  # None: on accelerators (tests set it)
+        # Who reads the guard's flag: None, the fused update on the device on accelerators
+        # and the step on the CPU (a read is free there); True forces the device (tests).
+        self._flag_on_device: bool | None = None
         # KL-annealing factors as device tensors, refilled each step: a new tensor made
         # from a Python float would be a host-to-device copy, which synchronizes on CUDA.
         self._betas: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
@@ -287,6 +290,7 @@ class CompiledSVI:
         prog, loss, grads, found, failed, data = ran
         loss = self._updates.program(
             prog.grad_params, loss, grads, found, failed, guard=self.step_guard,
+            read_flags=not prog.flag_on_device,
             hold_failed=lambda flag: prog.held.note(flag, data, step_no),
         )  # fmt: skip
         if loss is None:
@@ -511,11 +515,13 @@ class CompiledSVI:
             dtype = params[0].dtype if params else torch.get_default_dtype()
             device = tensors[0].device if tensors else torch.device("cpu")
             betas = [torch.tensor(b, dtype=dtype, device=device) for b in self._beta_values()]
-            # On an accelerator the guard runs in the program (a CUDA graph captures it) and
-            # the fused update reads its flag there. On the CPU, where reading a flag is
-            # no synchronization, the step checks after the program and reads the flag.
-            in_program = self.step_guard and (
-                device.type != "cpu" if self._guard_in_program is None else self._guard_in_program
+            # The guard's check is part of the program, large gradients checked where they
+            # are made (still in cache); a CUDA graph captures it with the rest. Who reads
+            # the flag: on an accelerator the fused update, on the device; on the CPU, where
+            # a read is free, the step, with the input checks' flag.
+            in_program = self.step_guard
+            on_device = (
+                device.type != "cpu" if self._flag_on_device is None else self._flag_on_device
             )
             flat, spec = pytree.tree_flatten((args, kwargs))
             slots = [i for i, v in enumerate(flat) if torch.is_tensor(v)]
@@ -563,12 +569,14 @@ class CompiledSVI:
                 loss = loss.detach()
                 flag: list[torch.Tensor] = []
                 failed = [failed_checks(checks)] if checks else []
-                if in_program:
+                if in_program and on_device:
                     loss, found = guarded_loss(loss, grads)
                     if failed:  # a failed check skips the update and marks the loss
                         found = torch.maximum(found, failed[0])
                         loss = torch.where(failed[0] > 0, math.nan, loss)
                     flag.append(found)
+                elif in_program:  # read on the host: the flag alone, the step marks the loss
+                    flag.append(non_finite([loss, *grads]))
                 return (loss, *grads, *flag, *failed, *(t for t, _ in kept))
 
             try:
@@ -587,10 +595,13 @@ class CompiledSVI:
             extras = _lift_inputs(gm)
             simplify(gm)
             fill_masked_assignments(gm)
+            # Read on the host, the flag may come from sums (re-checked when raised).
+            check_where_made(gm, summed=in_program and not on_device)
         grad_params = [p for p, used in zip(params, seen["used"]) if used]
         prog = _Program(
             gm, gm, params, grad_params, extras, signature, seen["guards"], compiled=False,
-            guarded=in_program, checked=seen["checked"], rebuild=rebuild,
+            guarded=in_program, flag_on_device=in_program and on_device,
+            checked=seen["checked"], rebuild=rebuild,
         )  # fmt: skip
         self._updates.register(params)
         if self.retain_cpu_memory and any(p.device.type == "cpu" for p in params):

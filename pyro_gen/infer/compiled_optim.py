@@ -152,7 +152,9 @@ def non_finite(
     gradients) holds a NaN or an infinity, else 0; nothing is read back to the host.
 
     One pass over each tensor, as :class:`torch.amp.GradScaler` checks gradients. The
-    tensors are multiplied in place by 1 (exact).
+    tensors are multiplied in place by 1 (exact); one whose elements share memory (the
+    gradient of ``w.sum()`` is a 1 expanded to ``w``'s shape) is checked through a copy,
+    since an in-place write into it is an error.
 
     Args:
         tensors: on one device.
@@ -165,8 +167,15 @@ def non_finite(
     """
     found, one = flags if flags is not None else flag_tensors(tensors[0].device)
     found.zero_()
-    torch._amp_foreach_non_finite_check_and_unscale_(list(tensors), found, one)
+    checked = [t.contiguous() if _shares_elements(t) else t for t in tensors]
+    torch._amp_foreach_non_finite_check_and_unscale_(checked, found, one)
     return found
+
+
+def _shares_elements(t: torch.Tensor) -> bool:
+    # A stride of 0 over more than one element: an expanded tensor (what autograd gives for
+    # a sum's input); other layouts that overlap do not come out of a backward pass.
+    return any(stride == 0 and size > 1 for stride, size in zip(t.stride(), t.shape))
 
 
 def guarded_loss(

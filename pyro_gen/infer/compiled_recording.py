@@ -52,6 +52,7 @@ class _Program:
     guards: list[Any]
     compiled: bool
     guarded: bool = False  # returns the step guard's non-finite flag after the gradients
+    flag_on_device: bool = False  # the fused update reads it there (else the step reads it)
     checked: bool = False  # then returns the input checks' flag (1: a check failed)
     calls: int = 0
     # Rebuilds the step's (args, kwargs) from its data tensors, and the first batch whose

@@ -90,22 +90,25 @@ class GuardedUpdate:
         failed: torch.Tensor | None,
         *,
         guard: bool,
+        read_flags: bool = False,
         hold_failed: Callable[[torch.Tensor], None],
     ) -> torch.Tensor | None:
         """Applies a recorded program's gradients unless the guard finds a non-finite loss
         or gradient or the batch failed an input check; ``found`` is the flag the program
         computed (None when it has none), ``failed`` the input checks' flag (None when
         there are none), ``hold_failed(failed)`` keeps a batch whose checks are read later.
+        ``read_flags``: read the flags on the host now (the CPU, where a read is free);
+        otherwise an accelerator's fused update reads ``found`` on the device.
 
         Returns:
             the loss, or None when the batch failed an input check that was read here (the
-            caller runs the batch as a plain step). Where the program computed ``found``
-            it holds the checks too: a failing batch is kept on the device.
+            caller runs the batch as a plain step). Where the flags stay on the device, a
+            failing batch is kept there for :meth:`CompiledSVI.check`.
         """
         for p, g in zip(grad_params, grads):
             p.grad = g
         if self.grad_reducer is not None:  # data-parallel: every process updates with the sum
-            if failed is not None and found is None:
+            if failed is not None:
                 # A batch this process refuses makes every process skip the step.
                 loss = torch.where(failed > 0, math.nan, loss)
             loss = self.grad_reducer(loss, grad_params)
@@ -114,6 +117,11 @@ class GuardedUpdate:
         if self.optimizer is not None:
             self._consume_waiting_state()
         try:
+            if found is not None and read_flags:
+                # On the CPU a read is free, while fused Adam's found_inf path cost more than
+                # the read (measured: benchmarks/RESULTS.md, step guard): read the program's
+                # flag, and the input checks' flag with it (2 added: one read for both).
+                return self._read_flags(grad_params, loss, found, failed)
             if found is not None:  # on an accelerator: the program made the flag
                 if failed is not None:
                     hold_failed(failed)
@@ -133,19 +141,10 @@ class GuardedUpdate:
                     return None
                 self.apply(grad_params)
                 return loss
-            # On the CPU a read is free, while fused Adam's found_inf path cost more than the
-            # read (measured: benchmarks/RESULTS.md, step guard): read the flag, and the
-            # input checks' flag with it (2 added: one read for both).
-            flag = self._non_finite_flag([loss, *grads])
-            if failed is not None:
-                flag.add_(failed, alpha=2)
-            read = flag.item()
-            if read >= 2:
-                return None
-            if read:
-                return skipped_loss(loss)
-            self.apply(grad_params)
-            return loss
+            # A program recorded without the guard, stepped with it: check after it.
+            return self._read_flags(
+                grad_params, loss, self._non_finite_flag([loss, *grads]), failed
+            )
         finally:
             for p in grad_params:
                 p.grad = None
@@ -174,6 +173,27 @@ class GuardedUpdate:
         finally:
             for p in params:
                 p.grad = None
+
+    def _read_flags(
+        self,
+        grad_params: list[torch.Tensor],
+        loss: torch.Tensor,
+        found: torch.Tensor,
+        failed: torch.Tensor | None,
+    ) -> torch.Tensor | None:
+        """The update, unless the flags read in one transfer say a batch failed an input
+        check (None: the caller runs it as a plain step) or a value was not finite. A raised
+        non-finite flag is checked again exactly: a program's flag may come from sums of the
+        gradients (:func:`~pyro_gen.infer.compiled_check_placement.check_where_made`), and
+        a sum of finite values can overflow."""
+        read = (found if failed is None else found + 2 * failed).item()
+        if read >= 2:
+            return None
+        grads = [p.grad for p in grad_params if p.grad is not None]
+        if read and self._non_finite_flag([loss, *grads]).item():
+            return skipped_loss(loss)
+        self.apply(grad_params)
+        return loss
 
     def _non_finite_flag(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         """:func:`non_finite` with the flag tensors kept between steps (two fewer ops)."""

@@ -71,15 +71,15 @@ def assert_same_state(before: dict, after: dict) -> None:
 @pytest.mark.parametrize(
     "backend, in_program",
     [("fx", False), ("jit", False), ("fx", True), ("jit", True), ("pyro", None)],
-    ids=["fx", "jit", "fx_flag_in_program", "jit_flag_in_program", "plain"],
+    ids=["fx", "jit", "fx_flag_on_device", "jit_flag_on_device", "plain"],
 )
 def test_a_non_finite_step_changes_nothing(poison, make_optim, backend, in_program):
-    """On the CPU the step reads the flag; on accelerators the program computes it and
-    the fused update reads it there (forced here with ``_guard_in_program``)."""
+    """The program computes the flag; on the CPU the step reads it, on accelerators the
+    fused update reads it on the device (forced here with ``_flag_on_device``)."""
     gen = Poisonable(poison)
     optim = make_optim()
     svi = CompiledSVI(gen.model, gen.guide, optim, backend=backend)
-    svi._guard_in_program = in_program
+    svi._flag_on_device = in_program
     x = torch.randn(8, 2) + 1.0
     for _ in range(3):  # a plain step, the recording, a replay: the state has momentum
         assert torch.isfinite(svi.step(x))
@@ -89,7 +89,7 @@ def test_a_non_finite_step_changes_nothing(poison, make_optim, backend, in_progr
         loss = svi.step(x)
         assert not torch.isfinite(loss)
     assert svi.compiled == (backend != "pyro"), svi.fallback_reason
-    assert all(p.guarded == in_program for p in svi._programs.values())
+    assert all(p.guarded for p in svi._programs.values())
     after_params, after_state = snapshot(optim)
     for name, value in params.items():
         assert torch.equal(after_params[name], value), name
@@ -122,3 +122,21 @@ def test_non_finite_flag_matches_isfinite(bad):
     assert flag.dtype == torch.float32 and flag.item() == expected
     for t, c in zip(tensors, copies):  # multiplied by one: unchanged
         assert torch.equal(t, c) or (torch.isnan(t) == torch.isnan(c)).all()
+
+
+@pytest.mark.parametrize("on_device", [None, True], ids=["cpu_reads", "flag_on_device"])
+def test_a_gradient_expanded_from_a_scalar_is_checked(on_device):
+    """The gradient of ``w.sum()`` is a 1 expanded to ``w``'s shape (one memory location):
+    the guard's in-place check used to fail on it; it reads it through a copy."""
+    pyro.clear_param_store()
+
+    def model():
+        s = pyro.param("w", torch.zeros(5)).sum()
+        pyro.factor("f", s - 0.1 * s**2)
+
+    svi = CompiledSVI(model, lambda: None, pyro.optim.Adam({"lr": 0.1}))
+    svi._flag_on_device = on_device
+    for _ in range(4):
+        assert math.isfinite(float(svi.step()))
+    assert svi.compiled, svi.fallback_reason
+    assert not torch.equal(pyro.param("w"), torch.zeros(5))

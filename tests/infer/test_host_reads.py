@@ -4,9 +4,10 @@ A read of a tensor's value (``.item()``, ``bool(t)``, ``float(t)``, ``.tolist()`
 waits for the device: on CUDA it is a synchronization that stalls the step and breaks CUDA
 graphs. The CPU cannot show the stall, so the reads are counted: every op through which
 Python reads a value is seen by a dispatch mode, and the methods that read without
-dispatching are patched. The accelerator path (the guard's flag and the input checks
-computed inside the program) is forced on the CPU with ``_guard_in_program``; the CPU path
-reads exactly one flag per step by design (benchmarks/RESULTS.md, step guard).
+dispatching are patched. The program computes the guard's flag and the input checks'; the
+accelerator path (the fused update reads the flag on the device) is forced on the CPU with
+``_flag_on_device``; the CPU path reads exactly one flag per step by design
+(benchmarks/RESULTS.md, step guard).
 
 Bad input is still refused: on the CPU at once, by the model's own error; on the
 accelerator path the batch's update is skipped on the device and :meth:`CompiledSVI.check`
@@ -155,7 +156,7 @@ def _svi(name: str, in_program: bool) -> tuple[CompiledSVI, torch.Tensor]:
     pyro.set_rng_seed(0)
     module, loss, x = MODELS[name]()
     svi = CompiledSVI(module.model, module.guide, pyro.optim.Adam({"lr": 1e-3}), loss)
-    svi._guard_in_program = in_program
+    svi._flag_on_device = in_program
     # The first step is plain Pyro, the second records; the two after it re-trace the
     # model eagerly to check its structure (check_steps=2), as every 1000th step does.
     for _ in range(4):
@@ -254,7 +255,7 @@ def test_control_flow_is_not_taken_for_an_input_check():
 
     module.decoder.likelihood.prepare = branching
     svi = CompiledSVI(module.model, module.guide, pyro.optim.Adam({"lr": 1e-3}), loss)
-    svi._guard_in_program = True
+    svi._flag_on_device = True
     for _ in range(4):
         svi.step(x)
     (prog,) = svi._programs.values()
@@ -268,7 +269,7 @@ class _OnDevice(CompiledSVI):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._guard_in_program = True
+        self._flag_on_device = True
 
 
 def test_fit_reads_only_at_its_read_backs(monkeypatch):

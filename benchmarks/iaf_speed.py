@@ -20,6 +20,14 @@ Pyro's is (``nn.Linear``'s random init) instead of zero (the identity map at the
 With ``--uncached`` both add a third variant, pyro_gen's IAF with ``cache_size=0`` (the
 default before issue 10), whose ``log_prob`` of its own sample runs the D-pass inverse.
 
+With ``--fixed-malloc`` (with ``--runs``) the processes run with glibc's mmap and trim
+thresholds fixed (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``): by default glibc
+moves them as the process frees memory, and whether a step's 160 KB-1.3 MB buffers come from
+fresh pages (minor page faults, counted in the thread's CPU time as system time) then depends
+on the heap's history, which differs between processes and between the two variants by
+up to about 1% of a step (minor faults read with getrusage). Fixed thresholds take that
+allocator noise out of the comparison.
+
 Run:  .venv/bin/python benchmarks/iaf_speed.py --reps 30
 """
 
@@ -28,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
 import subprocess
@@ -186,10 +195,14 @@ def across_runs(args: argparse.Namespace) -> None:
     child += ["--hidden", *map(str, args.hidden)] + ["--uncached"] * args.uncached
     child += ["--random-init"] * args.random_init
     child += [f"--only={args.only}"] if args.only else []
+    env = dict(os.environ)
+    if args.fixed_malloc:  # no mmap below 32 MB and no heap trimming: freed pages are reused
+        env.update(MALLOC_MMAP_THRESHOLD_=str(32 << 20), MALLOC_TRIM_THRESHOLD_=str(256 << 20))
     per_run: dict[str, dict[str, list[float]]] = {}
     for run in range(args.runs):
         cmd = [sys.executable, __file__, *child, "--runs", "1", "--seed", str(run), "--json"]
-        result = json.loads(subprocess.run(cmd, check=True, capture_output=True).stdout)
+        out = subprocess.run(cmd, check=True, capture_output=True, env=env).stdout
+        result = json.loads(out)
         for name, times in result.items():
             for k, ts in times.items():
                 ratio = statistics.fmean(a / b for a, b in zip(ts, times["pyro"], strict=True))
@@ -220,6 +233,11 @@ def main() -> None:
         help="add ours with the MADE output layer randomly initialised, as Pyro's is",
     )
     parser.add_argument("--only", choices=["score", "vae"], default=None)
+    parser.add_argument(
+        "--fixed-malloc",
+        action="store_true",
+        help="with --runs: fix glibc's mmap/trim thresholds in the processes (allocator noise)",
+    )
     parser.add_argument("--runs", type=int, default=1, help="independent processes (>= 2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print the raw times as JSON")

@@ -36,8 +36,9 @@ sites are summed out by Pyro's own contraction, recorded as tensor operations.
 Every update is guarded as :class:`torch.amp.GradScaler` does: a loss or a gradient that is
 NaN or infinite skips the update (parameters and optimizer state stay as they were) and
 the step returns a non-finite loss, for the caller to report when it next reads losses
-back. On an accelerator the check runs inside the program and the fused update reads its
-flag there, with no host synchronization.
+back. The check runs inside the program, each large gradient checked right after it is made
+(:mod:`pyro_gen.infer.compiled_check_placement`). On an accelerator the fused update reads
+the flag there, with no host synchronization; on the CPU the step reads it.
 
 The model's own input checks (``if (x < 0).any(): raise ValueError(...)``), which a
 recorded program would otherwise read back every step, are told apart from control flow

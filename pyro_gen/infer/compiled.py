@@ -596,8 +596,8 @@ class CompiledSVI:
             extras = _lift_inputs(gm)
             simplify(gm)
             fill_masked_assignments(gm)
-            # Read on the host, the flag may come from sums (re-checked when raised).
-            check_where_made(gm, summed=in_program and not on_device)
+            if in_program and not on_device:  # read on the host, which re-checks a raised flag
+                check_where_made(gm)
         grad_params = [p for p, used in zip(params, seen["used"]) if used]
         prog = _Program(
             gm, gm, params, grad_params, extras, signature, seen["guards"], compiled=False,

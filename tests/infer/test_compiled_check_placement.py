@@ -1,8 +1,10 @@
-"""The guard's check moved next to each gradient's producer: the same flag and gradients,
-and a tensor written again later is still checked after the write."""
+"""Large gradients summed for the guard where they are made: the same flag and gradients,
+a tensor written again later still checked after the write, and a sum that overflows
+re-checked before a step is skipped."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pyro
@@ -11,7 +13,7 @@ from pyro.infer import Trace_ELBO
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from pyro_gen.infer.compiled import CompiledSVI
-from pyro_gen.infer.compiled_check_placement import _OWN_CHECK_MIN_ELEMENTS, check_where_made
+from pyro_gen.infer.compiled_check_placement import _SUMMED_MIN_ELEMENTS, check_where_made
 from pyro_gen.infer.compiled_optim import non_finite
 from pyro_gen.vae import build_vae
 
@@ -30,21 +32,28 @@ def _step(x, y):
     return a.sum() + b.sum() + c.sum(), non_finite([a, b, c])
 
 
-def test_checks_follow_producers_and_flag_every_non_finite_tensor():
-    x, y = torch.rand(256, 256), torch.rand(256, 256)  # 2**16 elements: a check of their own
+def _sums(gm: torch.fx.GraphModule) -> list[torch.fx.Node]:
+    (check,) = _checks(gm)
+    return [a for a in check.args[0] if a.target is torch.ops.aten.sum.default]
+
+
+def test_large_tensors_are_summed_where_made_and_every_non_finite_value_flags():
+    x, y = torch.rand(256, 256), torch.rand(256, 256)  # 2**16 elements: summed
     gm = make_fx(_step)(x, y)
     assert check_where_made(gm) == 3
     nodes = list(gm.graph.nodes)
-    for check in _checks(gm):  # right after the node that wrote the checked tensor
-        (target,) = check.args[0]
-        assert nodes.index(check) == nodes.index(target) + 1
-        assert target.target is not torch.ops.aten.t.default  # b is checked at its producer
+    for total in _sums(gm):  # right after the node that wrote the tensor
+        (target,) = total.args
+        assert nodes.index(total) == nodes.index(target) + 1
+        assert target.target is not torch.ops.aten.t.default  # b is summed at its producer
     cases = [(0.0, 0.0, 0.0), (math.inf, 0.0, 1.0), (0.0, math.nan, 1.0), (-math.inf, 0.0, 1.0)]
     for poison_x, poison_y, expected in cases:
         xs, ys = x.clone(), y.clone()
         xs[1, 2] += poison_x
         ys[200, 0] += poison_y
         assert float(gm(xs, ys)[1]) == expected == float(_step(xs, ys)[1])
+    big = torch.full((256, 256), 80.0)  # exp(80) is finite, but 2**16 of them overflow a sum
+    assert float(_step(big, big * 0)[1]) == 0.0 and float(gm(big, big * 0)[1]) == 1.0
 
 
 def _view_then_write(x, y):
@@ -54,8 +63,8 @@ def _view_then_write(x, y):
     return v.sum(), non_finite([v])
 
 
-def test_a_tensor_written_after_the_checked_view_keeps_its_check_at_the_end():
-    """Checked at ``sin``, ``v`` would miss the infinity that ``c.add_(x)`` brings in."""
+def test_a_tensor_written_after_the_checked_view_is_checked_as_it_is_at_the_end():
+    """Summed at ``sin``, ``v`` would miss the infinity that ``c.add_(x)`` brings in."""
     n = 1 << 16
     gm = make_fx(_view_then_write)(torch.rand(n), torch.rand(n))
     assert check_where_made(gm) == 0
@@ -68,11 +77,11 @@ def test_a_tensor_written_after_the_checked_view_keeps_its_check_at_the_end():
     assert float(gm(x, torch.rand(n))[1]) == 1.0
 
 
-def test_small_tensors_stay_in_the_check_at_the_end():
+def test_small_tensors_stay_in_the_check_as_they_are():
     gm = make_fx(_step)(torch.rand(3, 4), torch.rand(3, 4))
     assert check_where_made(gm) == 0
     (check,) = _checks(gm)
-    assert len(check.args[0]) == 3
+    assert len(check.args[0]) == 3 and _sums(gm) == []
 
 
 def test_a_program_without_the_guard_is_left_alone():
@@ -82,60 +91,32 @@ def test_a_program_without_the_guard_is_left_alone():
 
 
 def test_a_recorded_step_gives_the_same_flag_and_gradients():
-    """The VAE's recorded program with the checks placed: one per large gradient and one at
-    the end for the rest, and the same loss, gradients and flag, bit for bit, as the program
-    with the one check at the end."""
+    """The VAE's recorded program with its large gradients summed where they are made gives
+    the same loss, gradients and flag, bit for bit, as the program that checks them as they
+    are at the end."""
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
-    module = build_vae((16, 16), z_dim=4, hidden_dim=256)  # 256 x 256 weights: own checks
+    module = build_vae((16, 16), z_dim=4, hidden_dim=256)  # 256 x 256 weights: summed
     x = torch.rand(8, 16, 16).round()
     svi = CompiledSVI(module.model, module.guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
     for _ in range(2):
         svi.step(x)
     (prog,) = svi._programs.values()
-    (check,) = _checks(prog.gm)  # on the CPU: large gradients summed where made, checked here
-    large = sum(p.numel() >= _OWN_CHECK_MIN_ELEMENTS for p in prog.grad_params)
-    sums = [a for a in check.args[0] if a.target is torch.ops.aten.sum.default]
-    assert large >= 1 and len(sums) == large
+    large = sum(p.numel() >= _SUMMED_MIN_ELEMENTS for p in prog.grad_params)
+    assert large >= 1 and len(_sums(prog.gm)) == large  # on the CPU: summed where made
+    unsummed = copy.deepcopy(prog.gm)
+    (check,) = _checks(unsummed)
+    check.args = (
+        [a.args[0] if a.target is torch.ops.aten.sum.default else a for a in check.args[0]],
+        *check.args[1:],
+    )
+    unsummed.recompile()
     inputs = svi._example_inputs(prog, [x])
-    end = torch.fx.GraphModule(prog.gm, torch.fx.Graph())
-    end.graph = _with_one_check(prog.gm)
-    end.recompile()
     got = prog.gm(*[t.clone() for t in inputs])
-    expected = end(*[t.clone() for t in inputs])
+    expected = unsummed(*[t.clone() for t in inputs])
     assert len(got) == len(expected)
     for a, b in zip(got, expected):
         assert torch.equal(a, b)
-
-
-def _with_one_check(gm: torch.fx.GraphModule) -> torch.fx.Graph:
-    """A copy of ``gm``'s graph with its checks merged into one before the output."""
-    graph = torch.fx.Graph()
-    env: dict[torch.fx.Node, torch.fx.Node] = {}
-    merged, flags = [], None
-    for node in gm.graph.nodes:
-        if node.target is CHECK:
-            merged += node.args[0]
-            flags = node.args[1:]
-            continue
-        if node.op == "output":
-            graph.call_function(CHECK, ([env[t] for t in merged], *(env[f] for f in flags)))
-        env[node] = graph.node_copy(node, lambda n: env[n])
-    return graph
-
-
-def test_sums_carry_every_non_finite_value_and_flag_an_overflow_as_a_candidate():
-    x, y = torch.rand(256, 256), torch.rand(256, 256)
-    gm = make_fx(_step)(x, y)
-    assert check_where_made(gm, summed=True) == 3
-    assert len(_checks(gm)) == 1  # one check at the end, over the sums
-    for poison_x, poison_y in [(0.0, 0.0), (math.inf, 0.0), (0.0, math.nan), (-math.inf, 0.0)]:
-        xs, ys = x.clone(), y.clone()
-        xs[1, 2] += poison_x
-        ys[200, 0] += poison_y
-        assert float(gm(xs, ys)[1]) == float(_step(xs, ys)[1])
-    big = torch.full((256, 256), 80.0)  # exp(80) is finite, but 2**16 of them overflow a sum
-    assert float(_step(big, big * 0)[1]) == 0.0 and float(gm(big, big * 0)[1]) == 1.0
 
 
 def test_an_overflowing_sum_does_not_skip_a_finite_step():

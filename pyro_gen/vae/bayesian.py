@@ -215,11 +215,12 @@ class BayesianVAE(nn.Module):
         """Decoder means at prior draws of :math:`z`, under ``num_decoders`` draws of the
         weights from their guide: shape ``(num_decoders, num_samples, *event_shape)``; the
         spread over the first dimension is the decoder's epistemic uncertainty."""
+        device = next(self.encoder.parameters()).device
         out = []
         for _ in range(num_decoders):
-            weights = self.weight_guide(torch.zeros(1, *self.event_shape))
+            weights = self.weight_guide(torch.zeros(1, *self.event_shape, device=device))
             decoder = poutine.condition(self.decoder.params, data=weights)
-            params = decoder(torch.randn(num_samples, self.z_dim))
+            params = decoder(torch.randn(num_samples, self.z_dim, device=device))
             out.append(self.decoder.likelihood.mean(params))
         return torch.stack(out)
 

@@ -60,7 +60,7 @@ def active_units(
         torch.Size([3])
     """
     loc, _ = posterior_params(vae, x, **context)
-    activity = loc.var(0) if loc.shape[0] > 1 else torch.zeros(loc.shape[-1])
+    activity = loc.var(0) if loc.shape[0] > 1 else loc.new_zeros(loc.shape[-1])
     return int((activity > threshold).sum()), activity
 
 

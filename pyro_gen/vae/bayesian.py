@@ -57,10 +57,14 @@ class BayesianLinear(PyroModule):
     def __init__(self, in_features: int, out_features: int, prior_scale: float = 1.0) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.weight = PyroSample(
-            dist.Normal(0.0, prior_scale).expand([out_features, in_features]).to_event(2)
-        )
-        self.bias = PyroSample(dist.Normal(0.0, prior_scale).expand([out_features]).to_event(1))
+        # the prior's parameters are buffers, so that module.to(device) moves the prior too
+        self.register_buffer("prior_loc", torch.zeros(()), persistent=False)
+        self.register_buffer("prior_scale", torch.tensor(float(prior_scale)), persistent=False)
+        self.weight = PyroSample(lambda self: self._prior(out_features, in_features).to_event(2))
+        self.bias = PyroSample(lambda self: self._prior(out_features).to_event(1))
+
+    def _prior(self, *shape: int) -> dist.Normal:
+        return dist.Normal(self.prior_loc, self.prior_scale).expand(shape)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         weight, bias = self.weight, self.bias
@@ -104,6 +108,10 @@ class BayesianMLPDecoder(PyroModule):
 
     def forward(self, z: torch.Tensor) -> dist.TorchDistribution:
         return self.likelihood(self.params(z), len(self.event_shape))
+
+
+def _init_buffer(site: str) -> str:
+    return "_init_" + site.replace(".", "_")
 
 
 class BayesianVAE(nn.Module):
@@ -158,10 +166,16 @@ class BayesianVAE(nn.Module):
                 else (layer.out_features,)
             )
             bound = 1 / math.sqrt(layer.in_features)
-            initial[name] = torch.empty(shape).uniform_(-bound, bound)
+            initial[name] = _init_buffer(name)
+            # a buffer, so that the guide, set up at its first call, starts on the model's device
+            self.register_buffer(
+                initial[name], torch.empty(shape).uniform_(-bound, bound), persistent=False
+            )
         weights_only = poutine.block(self.model, expose_fn=lambda msg: msg["name"] in initial)
         self.weight_guide = AutoNormal(
-            weights_only, init_loc_fn=lambda site: initial[site["name"]], init_scale=init_scale
+            weights_only,
+            init_loc_fn=lambda site: getattr(self, initial[site["name"]]),
+            init_scale=init_scale,
         )
 
     def weight_sites(self) -> list[str]:

@@ -100,15 +100,21 @@ def _read_back(losses: list[torch.Tensor], first_step: int) -> float:
 
 @torch.no_grad()
 def _evaluate_loss(
-    prog: Program, data: Any, loss: Any, batch_size: int, transform: Transform | None
+    prog: Program,
+    data: Any,
+    loss: Any,
+    batch_size: int,
+    transform: Transform | None,
+    device: torch.device,
 ) -> float:
-    """A loss object's value per example on held-out data (modules in eval mode)."""
+    """A loss object's value per example on held-out data (modules in eval mode), the
+    batches moved to the training ``device``."""
     modes = {name: m.training for name, m in prog.modules.items()}
     for m in prog.modules.values():
         m.eval()
     total, seen = 0.0, 0
     try:
-        for call in batch_calls(data, batch_size, shuffle=False):
+        for call in batch_calls(data, batch_size, shuffle=False, device=device):
             call = with_transform(call, transform)
             evaluate = loss.loss if hasattr(loss, "loss_and_grads") else loss
             total += float(evaluate(prog.model, prog.guide, *call.args, **call.kwargs))
@@ -658,7 +664,7 @@ def _train(
                 )
             else:  # an adversarial or likelihood-free objective: no ELBO to report
                 record["test_loss"] = _evaluate_loss(
-                    prog, eval_data, loss, max(batch_size, 256), transform
+                    prog, eval_data, loss, max(batch_size, 256), transform, device
                 )
             pyro.util.set_rng_state(rng)
         if dp is not None:  # rank 0's record (its evaluation, its clock) everywhere

@@ -175,9 +175,11 @@ def _ssvae_data(x: torch.Tensor, y: torch.Tensor | None, config: dict, split: st
 
 def _ssvae_evaluate(ev: Evaluation) -> dict[str, Any]:
     from pyro_gen.infer import evaluate_elbo
+    from pyro_gen.infer.evaluation import module_device
 
     view, model = ev.view, ev.model
-    x = view.transform(view.x) if view.transform is not None else view.x
+    x = view.x.to(module_device(model))  # beside the model, which classifies it
+    x = view.transform(x) if view.transform is not None else x
     results: dict[str, Any] = {"num_test": int(x.shape[0])}
     with torch.no_grad():
         wrong = (model.classify(x) != ev.labels.to(x.device)).double()

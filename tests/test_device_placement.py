@@ -222,7 +222,9 @@ def on_model_device(context: DefaultDeviceElsewhere, *tensors: torch.Tensor) -> 
     )
 
 
-def fit_both_ways(model: Any, data: Any, caplog: pytest.LogCaptureFixture, **kwargs: Any) -> None:
+def fit_both_ways(
+    model: Any, data: Any, caplog: pytest.LogCaptureFixture, steps: int = 2, **kwargs: Any
+) -> None:
     """fit with the compiled (recorded) step, which must not fall back to plain Pyro, whose
     recording would swallow a device error, and then with plain Pyro SVI."""
     from pyro_gen.infer import fit
@@ -230,7 +232,7 @@ def fit_both_ways(model: Any, data: Any, caplog: pytest.LogCaptureFixture, **kwa
     caplog.set_level(logging.INFO, logger="pyro_gen")
     for compile in (None, False):
         caplog.clear()
-        result = fit(model, data, steps=2, progress=False, compile=compile, **kwargs)
+        result = fit(model, data, steps=steps, progress=False, compile=compile, **kwargs)
         assert all(math.isfinite(r["train_loss"]) for r in result.history)
         fell_back = [r.getMessage() for r in caplog.records if FELL_BACK in r.getMessage()]
         assert not fell_back, fell_back
@@ -281,6 +283,26 @@ def test_vae_trains_evaluates_samples_and_imputes_on_the_models_device(
     mask = to_model(elsewhere, missing_at_random(x.shape, 0.5))
     imputed = impute(vae, x, mask, num_samples=4)
     assert on_model_device(elsewhere, vae.sample(3), imputed, active_units(vae, x[:1])[1])
+
+
+def test_the_compiled_steps_accelerator_path_keeps_to_the_device(elsewhere, caplog, monkeypatch):
+    """On CUDA the compiled step keeps its non-finite guard and the model's input checks in
+    the recorded program (flags and held batches on the device); forced here on the CPU,
+    as tests/infer/test_host_reads.py does."""
+    import importlib
+
+    from pyro_gen.infer.compiled import CompiledSVI
+    from pyro_gen.vae import build_vae
+
+    class OnDevice(CompiledSVI):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._guard_in_program = True
+
+    monkeypatch.setattr(importlib.import_module("pyro_gen.infer.fit"), "CompiledSVI", OnDevice)
+    vae, x = to_model(elsewhere, build_vae((8, 8), z_dim=4, hidden_dim=16), torch.rand(16, 8, 8))
+    # the first step is plain Pyro, the second records, the later ones replay
+    fit_both_ways(vae, x.round(), caplog, steps=5, batch_size=4)
 
 
 def test_bayesian_vae_trains_and_samples_on_the_models_device(elsewhere, caplog):

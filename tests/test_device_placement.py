@@ -58,20 +58,20 @@ class DefaultDeviceElsewhere(DeviceContext):
     def __init__(self) -> None:
         super().__init__(HOST)
         self.host = WeakTensorKeyDictionary()
-        self._new_parameter = torch.nn.Parameter.__new__
+        self._new_parameter = torch.nn.Parameter.__dict__["__new__"]  # the staticmethod
         self._from_numpy = torch.from_numpy
 
     def __enter__(self) -> DefaultDeviceElsewhere:
         # Two ways to make a tensor that torch functions do not see: a parameter is a new
         # tensor over its data's memory (on the host if the data is), and a tensor over a
         # numpy array's memory is on the host.
-        new_parameter, from_numpy = self._new_parameter, self._from_numpy
+        new_parameter, from_numpy = self._new_parameter.__func__, self._from_numpy
 
         def host_parameter(cls: type, data: Any = None, requires_grad: bool = True) -> Any:
             p = new_parameter(cls, data, requires_grad)
             return self._mark(p) if data is not None and self.is_host(data) else p
 
-        torch.nn.Parameter.__new__ = host_parameter
+        torch.nn.Parameter.__new__ = staticmethod(host_parameter)
         torch.from_numpy = lambda array: self._mark(from_numpy(array))
         super().__enter__()
         return self

@@ -355,9 +355,8 @@ def _rng_state() -> dict[str, Any]:
 def _set_rng_state(state: dict[str, Any]) -> None:
     """Restores :func:`_rng_state`; the CUDA generators when there are as many devices
     (a run resumed on another machine continues with that machine's GPU noise)."""
-    state = dict(state)
-    cuda = state.pop("cuda", None)
     set_pyro_rng_state(state)
+    cuda = state.get("cuda")
     if cuda is not None and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
         torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
 

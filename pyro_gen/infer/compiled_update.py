@@ -189,9 +189,10 @@ class GuardedUpdate:
         read = (found if failed is None else found + 2 * failed).item()
         if read >= 2:
             return None
-        grads = [p.grad for p in grad_params if p.grad is not None]
-        if read and self._non_finite_flag([loss, *grads]).item():
-            return skipped_loss(loss)
+        if read:  # rare: the exact check decides
+            grads = [p.grad for p in grad_params if p.grad is not None]
+            if self._non_finite_flag([loss, *grads]).item():
+                return skipped_loss(loss)
         self.apply(grad_params)
         return loss
 

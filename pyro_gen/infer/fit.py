@@ -85,7 +85,7 @@ def _read_back(losses: list[torch.Tensor], first_step: int) -> float:
         NonFiniteLossError: naming the first step whose loss was NaN or infinite.
     """
     # A plain Pyro step's loss is on the CPU and a recorded step's on the data's device: bring
-    # them to the last one's device (a copy from the host does not wait), then read once.
+    # them to the last one's device, then read once (the read waits for the device anyway).
     device = losses[-1].device
     values = torch.stack([l.detach().reshape(()).double().to(device) for l in losses]).tolist()
     for i, value in enumerate(values):

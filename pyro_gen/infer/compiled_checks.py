@@ -115,8 +115,18 @@ def failed_checks(reads: Sequence[tuple[torch.Tensor, Any]]) -> torch.Tensor:
         >>> failed_checks([((x < 0).any(), False)]), failed_checks([((x > 1).any(), False)])
         (tensor(0.), tensor(1.))
     """
-    differs = [torch.ne(t, value).reshape(()) for t, value in reads]
+    differs = [_differs(t, value).reshape(()) for t, value in reads]
     return torch.stack(differs).any().to(torch.float32)
+
+
+def _differs(t: torch.Tensor, value: Any) -> torch.Tensor:
+    # ``ne`` with a Python bool is the one form TorchScript's tracer cannot take (its alias
+    # analysis has no ``ne(Tensor, bool)``), which sent every program with an input check
+    # to the slower plain recorded program: compare a bool through logical ops instead.
+    if not isinstance(value, bool):
+        return torch.ne(t, value)
+    truth = t if t.dtype == torch.bool else t != 0
+    return truth.logical_not() if value else truth
 
 
 class HeldBatch:

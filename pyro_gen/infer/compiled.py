@@ -101,7 +101,7 @@ from pyro_gen.infer.compiled_elbo import (
 )
 from pyro_gen.infer.compiled_masks import fill_masked_assignments
 from pyro_gen.infer.compiled_optim import guarded_loss, non_finite
-from pyro_gen.infer.compiled_passes import simplify
+from pyro_gen.infer.compiled_passes import drop_unused, simplify
 from pyro_gen.infer.compiled_precision import check_precision, networks_in
 from pyro_gen.infer.compiled_recording import (
     _GuardMode,
@@ -596,6 +596,7 @@ class CompiledSVI:
             extras = _lift_inputs(gm)
             simplify(gm)
             fill_masked_assignments(gm)
+            drop_unused(gm)
             if in_program and not on_device:  # read on the host, which re-checks a raised flag
                 check_where_made(gm)
         grad_params = [p for p, used in zip(params, seen["used"]) if used]

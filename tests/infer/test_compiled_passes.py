@@ -1,11 +1,14 @@
-"""The recorded program's rewrites: fewer passes over large tensors, bitwise the same values."""
+"""The recorded program's rewrites: fewer passes over large tensors, bitwise the same values,
+and no op whose result nothing reads."""
 
 from __future__ import annotations
 
+import pyro
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from pyro_gen.infer.compiled_passes import simplify
+from pyro_gen.infer.compiled import CompiledSVI
+from pyro_gen.infer.compiled_passes import drop_unused, simplify
 
 
 def _ops(gm: torch.fx.GraphModule) -> list[str]:
@@ -46,3 +49,24 @@ def test_a_negation_that_is_needed_at_full_size_stays():
 
     gm = make_fx(f)(torch.ones(4))
     assert simplify(gm) == 0
+
+
+def test_a_recorded_step_evaluates_no_unused_value():
+    """``pyro.param``'s initial value is evaluated on every call of the model; the recorded
+    program drops it (and anything else nothing reads) and gives the same step."""
+    pyro.clear_param_store()
+    x = torch.randn(64, 3)
+
+    def model(x):
+        w = pyro.param("w", torch.zeros(3, 256))  # the initial value: a dead op once stored
+        pyro.factor("f", -(x @ w).square().sum())
+
+    svi = CompiledSVI(model, lambda x: None, pyro.optim.SGD({"lr": 1e-3}))
+    for _ in range(3):
+        svi.step(x)
+    (prog,) = svi._programs.values()
+    gm = prog.gm
+    assert all(n.users or n.op == "output" or n.is_impure() for n in gm.graph.nodes)
+    zeros = [n for n in gm.graph.nodes if n.target is torch.ops.aten.zeros.default]
+    assert [n.args[0] for n in zeros] == [[]]  # only the guard's flag, not the 3 x 256 value
+    assert drop_unused(gm) == 0

@@ -1,6 +1,7 @@
-"""Large gradients summed for the guard where they are made: the same flag and gradients,
-a tensor written again later still checked after the write, and a sum that overflows
-re-checked before a step is skipped."""
+"""Large gradients summed for the guard where they are made, or bounded through the factors
+of the matrix product that makes them: the same flag and gradients, a tensor written again
+later still checked after the write, and a sum or bound that overflows re-checked before a
+step is skipped."""
 
 from __future__ import annotations
 
@@ -35,6 +36,11 @@ def _step(x, y):
 def _sums(gm: torch.fx.GraphModule) -> list[torch.fx.Node]:
     (check,) = _checks(gm)
     return [a for a in check.args[0] if a.target is torch.ops.aten.sum.default]
+
+
+def _bounds(gm: torch.fx.GraphModule) -> list[torch.fx.Node]:
+    (check,) = _checks(gm)
+    return [a for a in check.args[0] if a.target is torch.ops.aten.mul.Tensor]
 
 
 def test_large_tensors_are_summed_where_made_and_every_non_finite_value_flags():
@@ -102,14 +108,20 @@ def test_a_recorded_step_gives_the_same_flag_and_gradients():
     for _ in range(2):
         svi.step(x)
     (prog,) = svi._programs.values()
-    large = sum(p.numel() >= _SUMMED_MIN_ELEMENTS for p in prog.grad_params)
-    assert large >= 1 and len(_sums(prog.gm)) == large  # on the CPU: summed where made
+    large = [p for p in prog.grad_params if p.numel() >= _SUMMED_MIN_ELEMENTS]
+    assert len(large) == 2  # the 256 x 256 weights of encoder and decoder
+    # the decoder's output layer's gradient (256 x 256 from 8 x 256 factors): bounded; the
+    # 256 x 256 hidden weight's too; at batch 8 both have smaller factors than themselves
+    assert len(_sums(prog.gm)) + len(_bounds(prog.gm)) == 2 and len(_bounds(prog.gm)) >= 1
     unsummed = copy.deepcopy(prog.gm)
     (check,) = _checks(unsummed)
+    moved = {id(n) for n in _sums(unsummed) + _bounds(unsummed)}
+    originals = [g for g in unsummed.graph.output_node().args[0][1:] if _numel(g) >= 1 << 16]
     check.args = (
-        [a.args[0] if a.target is torch.ops.aten.sum.default else a for a in check.args[0]],
+        [a for a in check.args[0] if id(a) not in moved] + originals,
         *check.args[1:],
     )
+    unsummed.graph.eliminate_dead_code()
     unsummed.recompile()
     inputs = svi._example_inputs(prog, [x])
     got = prog.gm(*[t.clone() for t in inputs])
@@ -117,6 +129,96 @@ def test_a_recorded_step_gives_the_same_flag_and_gradients():
     assert len(got) == len(expected)
     for a, b in zip(got, expected):
         assert torch.equal(a, b)
+
+
+def _numel(node: object) -> int:
+    val = getattr(node, "meta", {}).get("val")
+    return val.numel() if isinstance(val, torch.Tensor) else 0
+
+
+def _outer(a, b):
+    g = a.t() @ b  # a weight's gradient: a product of two batch-sized factors
+    return g.sum(), non_finite([g])
+
+
+def test_a_product_is_bounded_through_its_factors_before_it_is_made():
+    a, b = torch.randn(8, 512), torch.randn(8, 256)  # the product: 512 x 256 = 2**17
+    gm = make_fx(_outer)(a, b)
+    assert check_where_made(gm) == 1
+    assert _sums(gm) == [] and len(_bounds(gm)) == 1
+    nodes = list(gm.graph.nodes)
+    dots = [n for n in nodes if n.target is torch.ops.aten.dot.default]
+    (mm,) = [n for n in nodes if n.target is torch.ops.aten.mm.default]
+    assert len(dots) == 2 and max(map(nodes.index, dots)) < nodes.index(mm)
+    cases = [(0.0, 0.0, 0.0), (math.inf, 0.0, 1.0), (0.0, math.nan, 1.0), (-math.inf, 0.0, 1.0)]
+    for poison_a, poison_b, expected in cases:
+        aa, bb = a.clone(), b.clone()
+        aa[3, 100] += poison_a
+        bb[7, 0] += poison_b
+        assert float(gm(aa, bb)[1]) == expected == float(_outer(aa, bb)[1])
+
+
+def test_a_finite_bound_means_a_finite_product():
+    """Whatever the factors' scale, around where the bound overflows and where the product
+    does: a bound that lets a step through never hides a non-finite product."""
+    gm = make_fx(_outer)(torch.randn(8, 512), torch.randn(8, 256))
+    check_where_made(gm)
+    gen = torch.Generator().manual_seed(0)
+    passed = flagged_finite = 0
+    for exponent in range(0, 39):
+        for _ in range(3):
+            a = torch.randn(8, 512, generator=gen) * 10.0**exponent
+            b = torch.randn(8, 256, generator=gen) * 10.0 ** (exponent // 2)
+            flag = float(gm(a, b)[1])
+            finite = bool(torch.isfinite(a.t() @ b).all())
+            assert flag == 1.0 or finite
+            passed += flag == 0.0
+            flagged_finite += flag == 1.0 and finite
+    assert passed > 0 and flagged_finite > 0  # both sides of the bound were reached
+
+
+def _view_written_then_multiplied(x, y, b):
+    a = x.exp()
+    v = a.t()  # the product reads a through a view made before the write below
+    a.add_(y)
+    g = v @ b
+    return g.sum(), non_finite([g])
+
+
+def test_a_factor_written_in_place_is_read_where_the_product_reads_it():
+    """Read right after ``exp``, the bound would miss the infinity that ``add_`` brings."""
+    x, y, b = torch.rand(8, 512), torch.zeros(8, 512), torch.rand(8, 256)
+    gm = make_fx(_view_written_then_multiplied)(x, y, b)
+    assert check_where_made(gm) == 1 and len(_bounds(gm)) == 1
+    y[2, 3] = math.inf
+    assert float(gm(x, y, b)[1]) == 1.0 == float(_view_written_then_multiplied(x, y, b)[1])
+
+
+def test_factors_larger_than_the_product_leave_it_summed():
+    gm = make_fx(_outer)(torch.randn(1024, 256), torch.randn(1024, 256))
+    assert check_where_made(gm) == 1 and len(_sums(gm)) == 1 and _bounds(gm) == []
+
+
+def test_an_overflowing_bound_does_not_skip_a_finite_step():
+    """Inputs of 1e20 (their squared norm overflows float32) times output gradients below
+    1e-30: the weight's gradient, below 1e-10 an element, is finite and updates the weight."""
+    pyro.clear_param_store()
+    x, c = torch.full((2, 512), 1e20), torch.rand(2, 256)
+
+    def model(x, c):
+        w = pyro.param("w", torch.zeros(512, 256))
+        pyro.factor("f", 1e-30 * (x @ w * c).sum())  # its output gradient: 1e-30 c
+
+    svi = CompiledSVI(model, lambda x, c: None, pyro.optim.SGD({"lr": 1.0}))
+    for _ in range(3):  # plain, recording, replay
+        assert math.isfinite(float(svi.step(x, c)))
+    assert svi.compiled, svi.fallback_reason
+    (prog,) = svi._programs.values()
+    assert len(_bounds(prog.gm)) == 1
+    assert float(prog.fn(*svi._example_inputs(prog, [x, c]))[-1]) == 1.0  # the bound: inf
+    before = pyro.param("w").detach().clone()
+    assert math.isfinite(float(svi.step(x, c)))
+    assert not torch.equal(pyro.param("w"), before)
 
 
 def test_an_overflowing_sum_does_not_skip_a_finite_step():

@@ -29,6 +29,7 @@ import functools
 import math
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -413,80 +414,97 @@ def guard_cost(
     block: int,
     backend: str = "auto",
     kinds: tuple[str, ...] = ("vae", "realnvp"),
+    builds: int = 1,
 ) -> list[dict[str, Any]]:
     """The step guard's cost: fit's default step (``backend="auto"``, fused Adam) with the
-    guard on (A) and off (B), taking turns (``block`` steps a turn, the order reversed every
-    other round) over ``rounds`` rounds on one batch. The guard is recorded in the program,
-    so two copies of the model from one initialization are used. The ratio of each round's
-    mean step times gives a mean and a standard error."""
+    guard on (A) and off (B), and a second step with it off (C, the control), all three on
+    one model (its parameters in one place in memory), taking turns (``block`` steps a turn,
+    in a random order each round) over ``rounds`` rounds on one batch. Everything is built
+    afresh ``builds`` times: where a process's tensors lie moves a step's time by a few
+    percent between copies of one model (measured: up to 3% between two unguarded copies),
+    which the control shows. Ratios are per round; the mean and standard error are over
+    builds (over rounds with one build)."""
     out = []
     cases = [(kind, batch) for kind in kinds for batch in (128, 1024)]
+    labels = ("on", "off", "control")
+    order = random.Random(0)
     for kind, batch in cases:
         make = PyroVAE if kind == "vae" else realnvp
-        pyro.clear_param_store()
-        torch.manual_seed(0)
-        if kind == "vae":
-            x = torch.bernoulli(torch.rand(batch, 784, device=device))
-        else:
-            x = torch.randn(batch, 2, device=device)
-        steppers: dict[str, Callable[[], Any]] = {}
-        first = make(f"guard_{kind}").to(device)
-        for label in ("on", "off"):
-            gen = first if label == "on" else make(f"guard_off_{kind}").to(device)
-            if gen is not first:
-                gen.load_state_dict(first.state_dict())
-            svi = CompiledSVI(gen.model, gen.guide, pyro.optim.Adam({"lr": 1e-3}),
-                              step_guard=label == "on", backend=backend)  # fmt: skip
-            for _ in range(20):  # the plain first step, the recording, warm-up
-                svi.step(x)
-            assert svi.compiled, svi.fallback_reason
-
-            steppers[label] = functools.partial(svi.step, x)
-        # Wall time, and the process's CPU time, which other jobs on a shared machine
-        # move less (they still share caches and memory bandwidth).
-        means: dict[str, list[float]] = {"on": [], "off": [], "on_cpu": [], "off_cpu": []}
-        for r in range(rounds):
-            for label in ("on", "off") if r % 2 == 0 else ("off", "on"):
-                _sync(device)
-                t0, c0 = time.perf_counter(), time.process_time()
-                for _ in range(block):
-                    steppers[label]()
-                _sync(device)
-                means[label].append((time.perf_counter() - t0) / block)
-                means[label + "_cpu"].append((time.process_time() - c0) / block)
-        row: dict[str, Any] = {"case": f"{kind}, batch {batch}"}
+        keys = [label + clock for label in labels for clock in ("", "_cpu")]
+        means: dict[str, list[list[float]]] = {key: [] for key in keys}
+        for build in range(builds):
+            pyro.clear_param_store()
+            torch.manual_seed(build)
+            if kind == "vae":
+                x = torch.bernoulli(torch.rand(batch, 784, device=device))
+            else:
+                x = torch.randn(batch, 2, device=device)
+            model = make(f"guard_{kind}").to(device)
+            steppers: dict[str, Callable[[], Any]] = {}
+            for label in labels:
+                svi = CompiledSVI(model.model, model.guide, pyro.optim.Adam({"lr": 1e-3}),
+                                  step_guard=label == "on", backend=backend)  # fmt: skip
+                for _ in range(20):  # the plain first step, the recording, warm-up
+                    svi.step(x)
+                assert svi.compiled, svi.fallback_reason
+                steppers[label] = functools.partial(svi.step, x)
+            for key in means:
+                means[key].append([])
+            # Wall time, and the process's CPU time, which other jobs on a shared machine
+            # move less (they still share caches and memory bandwidth).
+            for _ in range(rounds):
+                for label in order.sample(labels, len(labels)):
+                    _sync(device)
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    for _ in range(block):
+                        steppers[label]()
+                    _sync(device)
+                    means[label][-1].append((time.perf_counter() - t0) / block)
+                    means[label + "_cpu"][-1].append((time.process_time() - c0) / block)
+        row: dict[str, Any] = {"case": f"{kind}, batch {batch}", "builds": builds}
         for clock in ("", "_cpu"):
-            ratios = [a / b for a, b in zip(means["on" + clock], means["off" + clock])]
-            row.update(
-                {
-                    f"on_ms{clock}": 1e3 * statistics.mean(means["on" + clock]),
-                    f"off_ms{clock}": 1e3 * statistics.mean(means["off" + clock]),
-                    f"ratio{clock}": statistics.mean(ratios),
-                    f"se{clock}": statistics.stdev(ratios) / math.sqrt(len(ratios)),
-                    f"median{clock}": statistics.median(ratios),
-                }
-            )
+            for label in ("on", "control"):
+                per_build = [
+                    [a / b for a, b in zip(num, den)]
+                    for num, den in zip(means[label + clock], means["off" + clock])
+                ]
+                xs = [statistics.mean(r) for r in per_build] if builds > 1 else per_build[0]
+                row[f"{label}_ratio{clock}"] = statistics.mean(xs)
+                row[f"{label}_se{clock}"] = statistics.stdev(xs) / math.sqrt(len(xs))
+                row[f"{label}_median{clock}"] = statistics.median(sum(per_build, []))
+            for label in labels:
+                row[f"{label}_ms{clock}"] = 1e3 * statistics.mean(sum(means[label + clock], []))
         out.append(row)
     return out
 
 
 def guard_table(
-    device: torch.device, rows: list[dict[str, Any]], rounds: int, block: int, backend: str
+    device: torch.device,
+    rows: list[dict[str, Any]],
+    rounds: int,
+    block: int,
+    backend: str,
+    builds: int = 1,
 ) -> str:
     step = "fit's default compiled step" if backend == "auto" else f"backend={backend!r}"
+    over = f"s.e. over {builds} builds" if builds > 1 else f"s.e. over {rounds} rounds"
     lines = [
-        f"**step guard on (A) vs off (B), {step} ({device.type}, "
-        f"fused Adam, {rounds} rounds A B of {block} steps); target A/B <= 1.02**",
+        f"**step guard on (A) vs off (B), with a second unguarded step (C) as the control, one "
+        f"model, {step} ({device.type}, fused Adam, {builds} build(s) x {rounds} rounds of "
+        f"{block} steps each, random order); target A/B <= 1.02**",
         "",
-        "| model | clock | A ms/step | B ms/step | A/B mean +- s.e. | A/B median |",
-        "|---|---|---:|---:|---:|---:|",
+        f"| model | clock | A ms/step | B ms/step | C ms/step | A/B mean +- {over} "
+        "| A/B median | C/B mean +- s.e. |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         for clock, name in (("", "wall"), ("_cpu", "process CPU")):
             lines.append(
                 f"| {r['case']} | {name} | {r['on_ms' + clock]:.3f} | {r['off_ms' + clock]:.3f} "
-                f"| {r['ratio' + clock]:.3f} +- {r['se' + clock]:.3f} "
-                f"| {r['median' + clock]:.3f} |"
+                f"| {r['control_ms' + clock]:.3f} "
+                f"| {r['on_ratio' + clock]:.3f} +- {r['on_se' + clock]:.3f} "
+                f"| {r['on_median' + clock]:.3f} "
+                f"| {r['control_ratio' + clock]:.3f} +- {r['control_se' + clock]:.3f} |"
             )
     return "\n".join(lines)
 
@@ -597,6 +615,13 @@ def main(argv: list[str] | None = None) -> None:
         help="only compare steps with the non-finite guard on and off (ROUNDS of A B)",
     )
     parser.add_argument(
+        "--guard-builds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --guard-cost: build the model and its steps afresh N times and pool",
+    )
+    parser.add_argument(
         "--guard-backend",
         default="auto",
         choices=["auto", "inductor", "jit", "fx"],
@@ -633,12 +658,16 @@ def main(argv: list[str] | None = None) -> None:
         if args.guard_cost:
             before = os.getloadavg()[0]
             kinds = tuple(k for k in args.models if k in ("vae", "realnvp"))
-            rows = guard_cost(device, args.guard_cost, args.block, args.guard_backend, kinds)
+            rows = guard_cost(
+                device, args.guard_cost, args.block, args.guard_backend, kinds, args.guard_builds
+            )
             load = (
                 f"load average (other jobs on the machine) {before:.1f} before, "
                 f"{os.getloadavg()[0]:.1f} after; on {os.cpu_count()} cores"
             )
-            text = guard_table(device, rows, args.guard_cost, args.block, args.guard_backend)
+            text = guard_table(
+                device, rows, args.guard_cost, args.block, args.guard_backend, args.guard_builds
+            )
             print(text + "\n", flush=True)
             if not args.no_write:
                 title = f"## Reliability: step guard, {device.type}: {hardware(device)}"

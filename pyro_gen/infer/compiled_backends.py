@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from pyro_gen.infer.compiled_optim import traceable_checks
+from pyro_gen.infer.compiled_traceable import traceable_ops
 
 logger = logging.getLogger("pyro_gen")
 
@@ -83,7 +83,7 @@ def compile_program(
     if backend == "jit":
         with quiet_rng(), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # measured, kept as option
-            with traceable_checks(gm):
+            with traceable_ops(gm):
                 fn = torch.jit.trace(gm, example_inputs(), check_trace=False)
         if device.type == "cpu":
             fn = _unoptimized(fn)

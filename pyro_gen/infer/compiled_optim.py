@@ -4,11 +4,8 @@ on-device guard that skips an update with a non-finite loss or gradient."""
 
 from __future__ import annotations
 
-import functools
 import math
-import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import pyro
@@ -202,41 +199,3 @@ def skipped_loss(loss: torch.Tensor) -> torch.Tensor:
         (tensor(nan), tensor(inf))
     """
     return loss if not torch.isfinite(loss) else torch.full_like(loss, math.nan)
-
-
-_AMP_CHECK = torch.ops.aten._amp_foreach_non_finite_check_and_unscale_.default
-
-
-def _check(tensors: list[torch.Tensor], found: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
-    torch._amp_foreach_non_finite_check_and_unscale_(tensors, found, inv)
-    return found  # the tracer records a call only for a tensor result
-
-
-@functools.cache
-def _scripted_check() -> Any:
-    with warnings.catch_warnings():  # TorchScript is deprecated, but it is what "jit" runs on
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return torch.jit.script(_check)
-
-
-def _check_through_script(
-    tensors: list[torch.Tensor], found: torch.Tensor, inv: torch.Tensor
-) -> torch.Tensor:
-    return _scripted_check()(tensors, found, inv)
-
-
-@contextmanager
-def traceable_checks(gm: torch.fx.GraphModule) -> Iterator[None]:
-    """While open, ``gm`` calls the non-finite check through TorchScript: the
-    ``torch.jit.trace`` tracer does not record the foreach check, which only mutates its
-    arguments, but records a call into a scripted function."""
-    nodes = [n for n in gm.graph.nodes if n.op == "call_function" and n.target is _AMP_CHECK]
-    for n in nodes:
-        n.target = _check_through_script
-    gm.recompile()
-    try:
-        yield
-    finally:
-        for n in nodes:
-            n.target = _AMP_CHECK
-        gm.recompile()

@@ -185,14 +185,16 @@ def _flow_2d() -> tuple[torch.nn.Module, Any, torch.Tensor]:
     return build_flow("realnvp", (2,), num_layers=2), Trace_ELBO(), torch.randn(16, 2)
 
 
-@pytest.mark.parametrize("make, bad", [(_vae, 3.0), (_flow_2d, math.nan)])
+@pytest.mark.parametrize(
+    "make, bad", [(_vae, 3.0), (_flow_2d, math.nan), (_realnvp, 3.0), (_ddpm, 3.0)]
+)
 @pytest.mark.parametrize("in_program", [False, True])
 def test_programs_with_input_checks_run_on_torchscript(make, bad, in_program):
     """The default backend runs the recorded program through TorchScript on the CPU. The
     checks' comparison with a recorded bool was once ``ne(Tensor, bool)``, which the tracer
     cannot take: every model with an input check ran as the plain recorded program (a 2-D
-    RealNVP step took 1.8 times as long). (Convolutions still do: the tracer cannot take
-    ``convolution_backward``'s ``bool[3]`` argument.)"""
+    RealNVP step took 1.8 times as long). So did every convolutional model, whose gradient
+    ``convolution_backward`` takes a ``bool[3]`` the tracer cannot take either."""
     pyro.clear_param_store()
     module, loss, x = make()
     svi = CompiledSVI(module.model, module.guide, pyro.optim.Adam({"lr": 1e-3}), loss)

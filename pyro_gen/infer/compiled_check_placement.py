@@ -54,6 +54,9 @@ _SUMMED_MIN_ELEMENTS = 1 << 16
 # Matrix products whose result is bounded through its factors (the bound of the module's
 # docstring holds for each matrix of a batched product, so for the whole batch).
 _PRODUCTS = (aten.mm.default, aten.bmm.default)
+# Where a squared norm that does not overflow leaves the product far from overflow (in half
+# precision a squared norm overflows at 256, every step would be re-checked exactly).
+_BOUNDED_DTYPES = (torch.float32, torch.float64)
 
 
 def check_where_made(gm: torch.fx.GraphModule) -> int:
@@ -115,7 +118,7 @@ def _product_bound(
     position: dict[torch.fx.Node, int],
 ) -> torch.fx.Node | None:
     """``dot(A, A) * dot(B, B)`` for ``product`` = ``A @ B``, or None where the factors hold
-    more elements than the product (its sum reads less), are not of a floating dtype, or
+    more elements than the product (its sum reads less), are not float32 or float64, or
     are not laid out contiguously (reading them would copy). Each factor's dot product is
     taken while the factor is in cache: right after the node that makes it, or an input's
     after its first reader (unless written in place in between: then where the product reads
@@ -126,7 +129,7 @@ def _product_bound(
     factors = [_contiguous_elements(a) for a in product.args[:2]]
     if any(f is None for f in factors) or sum(map(_numel, factors)) >= _numel(product):
         return None
-    if not all(f.meta["val"].dtype.is_floating_point for f in factors):
+    if not all(f.meta["val"].dtype in _BOUNDED_DTYPES for f in factors):
         return None
     for arg, f in zip(product.args[:2], factors):
         if f in squares:

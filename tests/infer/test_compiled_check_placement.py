@@ -199,6 +199,14 @@ def test_factors_larger_than_the_product_leave_it_summed():
     assert check_where_made(gm) == 1 and len(_sums(gm)) == 1 and _bounds(gm) == []
 
 
+def test_a_half_precision_product_is_summed():
+    """Its squared norms would overflow at 256: the bound would ask for the exact check at
+    nearly every step."""
+    a, b = torch.randn(8, 512).bfloat16(), torch.randn(8, 256).bfloat16()
+    gm = make_fx(_outer)(a, b)
+    assert check_where_made(gm) == 1 and len(_sums(gm)) == 1 and _bounds(gm) == []
+
+
 def test_an_overflowing_bound_does_not_skip_a_finite_step():
     """Inputs of 1e20 (their squared norm overflows float32) times output gradients below
     1e-30: the weight's gradient, below 1e-10 an element, is finite and updates the weight."""

@@ -40,10 +40,12 @@ class _LadjCache:
 
 
 _VERSION = operator.attrgetter("_version")
+_tracing = torch._C._get_tracing_state
 
 
 def parameter_stamp(params: Sequence[torch.Tensor]) -> tuple:
-    """What a cached result depends on besides its input: grad mode and parameter versions.
+    """What a cached result depends on besides its input: grad mode, whether a jit trace is
+    recording, and parameter versions.
 
     An optimizer step changes parameters in place (bumping their version counters), so a
     result cached before the step is stale after it, and one computed under ``no_grad``
@@ -51,8 +53,10 @@ def parameter_stamp(params: Sequence[torch.Tensor]) -> tuple:
     returns the previous step's output (and its freed graph) whenever a density flow scores
     the same data tensor twice, as an SVI loop over one fixed batch does.
     """
-    # map with a C getter: no generator frame per parameter (it runs several times a step)
-    return (torch.is_grad_enabled(), *map(_VERSION, params))
+    # map with a C getter: no generator frame per parameter (it runs several times a step).
+    # Whether a jit trace is recording: a value cached outside a trace is not the trace's
+    # (Pyro's JitTrace_ELBO runs the model once eagerly, then traces it with the same data).
+    return (torch.is_grad_enabled(), _tracing(), *map(_VERSION, params))
 
 
 def parameters_of(module: torch.nn.Module) -> list[torch.Tensor]:

@@ -152,6 +152,27 @@ def test_cached_transform_scoring_one_data_tensor_per_step_is_not_stale() -> Non
     assert t(u).requires_grad and not y.requires_grad
 
 
+def test_pyros_jit_elbo_trains_a_density_flow_on_one_data_tensor() -> None:
+    """Pyro's JitTrace_ELBO runs the model once eagerly, then traces it with the same data
+    tensor and parameters: a value cached by the eager run was handed to the trace, which
+    refused it ("Cannot insert a Tensor that requires grad as a constant"). The same steps
+    without the jit give the same losses."""
+    from pyro.infer import SVI, JitTrace_ELBO, Trace_ELBO
+
+    from pyro_gen.flows import build as build_flow
+
+    x = torch.randn(64, 2)
+    losses = {}
+    for loss in (JitTrace_ELBO(), Trace_ELBO()):
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        flow = build_flow("realnvp", (2,), num_layers=2)
+        svi = SVI(flow.model, flow.guide, pyro.optim.Adam({"lr": 1e-2}), loss)
+        losses[type(loss).__name__] = [svi.step(x) for _ in range(3)]
+    assert losses["JitTrace_ELBO"][0] > losses["JitTrace_ELBO"][-1]
+    torch.testing.assert_close(losses["JitTrace_ELBO"], losses["Trace_ELBO"], rtol=1e-5, atol=0)
+
+
 def test_iaf_scores_its_own_samples_in_one_pass() -> None:
     # what a guide does: sample, then log_prob of that sample
     import pyro.distributions as dist

@@ -27,6 +27,8 @@ checked again exactly, as for a sum.
 
 from __future__ import annotations
 
+import operator
+
 import torch
 
 __all__ = ["check_where_made"]
@@ -93,7 +95,7 @@ def check_where_made(gm: torch.fx.GraphModule) -> int:
     summed, checked = {}, []
     for t in dict.fromkeys(tensors):
         chain = _views_back_to_producer(t)
-        if _numel(t) < _SUMMED_MIN_ELEMENTS or any(_written_in_place(n) for n in chain):
+        if _numel(t) < _SUMMED_MIN_ELEMENTS or _memory_written(t):
             checked.append(t)  # small, or a later in-place op may still change it: as it is
         else:
             summed.setdefault(chain[-1], None)
@@ -135,7 +137,7 @@ def _product_bound(
         if f in squares:
             continue
         place = graph.inserting_before(product)  # where the product reads it: always right
-        if not any(map(_written_in_place, _views_back_to(arg, f))):  # same value earlier
+        if not _memory_written(arg):  # the same values earlier
             if f.op != "placeholder":
                 place = graph.inserting_after(f)
             elif (reader := _first_reader(f, position)) and position[reader] < position[product]:
@@ -152,14 +154,6 @@ def _first_reader(node: torch.fx.Node, position: dict[torch.fx.Node, int]) -> to
     """The first node that reads ``node``'s elements (not only a view of them), if any."""
     readers = [n for n in node.users if n.target not in _SAME_ELEMENTS]
     return min(readers, key=position.__getitem__) if readers else None
-
-
-def _views_back_to(node: torch.fx.Node, base: torch.fx.Node) -> list[torch.fx.Node]:
-    """``node``, the views it was made through, and ``base`` they start from."""
-    chain = [node]
-    while chain[-1] is not base:
-        chain.append(chain[-1].args[0])
-    return chain
 
 
 def _contiguous_elements(node: object) -> torch.fx.Node | None:
@@ -193,6 +187,40 @@ def _views_back_to_producer(node: torch.fx.Node) -> list[torch.fx.Node]:
         node = node.args[0]
         chain.append(node)
     return chain
+
+
+def _memory_written(node: torch.fx.Node) -> bool:
+    """Whether some op writes into ``node``'s memory: into it, or into any tensor that shares
+    it (the tensor it is a view of, and every view of that, found through the ops' alias
+    annotations; a getitem of a list of views counts as a view)."""
+    root = node
+    while _aliases_first_argument(root):
+        root = root.args[0]
+    seen, todo = set(), [root]
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if _written_in_place(n):
+            return True
+        todo += [u for u in n.users if _aliases_first_argument(u) and u.args[0] is n]
+    return False
+
+
+def _aliases_first_argument(node: torch.fx.Node) -> bool:
+    """Whether ``node``'s result shares memory with its first argument (a view, or an item
+    of a list of views)."""
+    if node.op != "call_function" or not node.args or not isinstance(node.args[0], torch.fx.Node):
+        return False
+    if node.target is operator.getitem:
+        return True  # conservatively: an item of a split, an unbind, ...
+    schema = getattr(node.target, "_schema", None)
+    if schema is None or not schema.arguments or not schema.returns:
+        return False
+    first = schema.arguments[0].alias_info
+    out = schema.returns[0].alias_info
+    return first is not None and not first.is_write and out is not None
 
 
 def _written_in_place(node: torch.fx.Node) -> bool:

@@ -194,6 +194,24 @@ def test_a_factor_written_in_place_is_read_where_the_product_reads_it():
     assert float(gm(x, y, b)[1]) == 1.0 == float(_view_written_then_multiplied(x, y, b)[1])
 
 
+def _sibling_view_written(x, y, b):
+    a = x.exp()
+    g = a.t() @ b  # the product reads a as made...
+    w = (a * 2).t()  # ...while w, large too, is written through a sibling view of its base
+    w.t().view(-1).add_(y.view(-1))
+    return g.sum() + w.sum(), non_finite([g, w])
+
+
+def test_a_write_through_another_view_keeps_the_check_after_it():
+    """``w`` is written through a view made from its base, not through ``w``'s own chain of
+    views: summed where its base is made, the check would miss the infinity ``add_`` brings."""
+    x, y, b = torch.rand(8, 1 << 13), torch.zeros(8, 1 << 13), torch.rand(8, 256)
+    gm = make_fx(_sibling_view_written)(x, y, b)
+    assert check_where_made(gm) == 1 and len(_bounds(gm)) == 1 and _sums(gm) == []
+    y[2, 3] = math.inf
+    assert float(gm(x, y, b)[1]) == 1.0 == float(_sibling_view_written(x, y, b)[1])
+
+
 def test_factors_larger_than_the_product_leave_it_summed():
     gm = make_fx(_outer)(torch.randn(1024, 256), torch.randn(1024, 256))
     assert check_where_made(gm) == 1 and len(_sums(gm)) == 1 and _bounds(gm) == []

@@ -152,6 +152,7 @@ def test_cached_transform_scoring_one_data_tensor_per_step_is_not_stale() -> Non
     assert t(u).requires_grad and not y.requires_grad
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated:DeprecationWarning")
 def test_pyros_jit_elbo_trains_a_density_flow_on_one_data_tensor() -> None:
     """Pyro's JitTrace_ELBO runs the model once eagerly, then traces it with the same data
     tensor and parameters: a value cached by the eager run was handed to the trace, which
@@ -163,7 +164,7 @@ def test_pyros_jit_elbo_trains_a_density_flow_on_one_data_tensor() -> None:
 
     x = torch.randn(64, 2)
     losses = {}
-    for loss in (JitTrace_ELBO(), Trace_ELBO()):
+    for loss in (JitTrace_ELBO(ignore_jit_warnings=True), Trace_ELBO()):
         pyro.clear_param_store()
         torch.manual_seed(0)
         flow = build_flow("realnvp", (2,), num_layers=2)

@@ -100,7 +100,7 @@ from pyro_gen.infer.compiled_elbo import (
     _signature,
 )
 from pyro_gen.infer.compiled_masks import fill_masked_assignments
-from pyro_gen.infer.compiled_optim import guarded_loss, non_finite
+from pyro_gen.infer.compiled_optim import guarded_loss, in_layout_of, non_finite
 from pyro_gen.infer.compiled_passes import drop_unused, simplify
 from pyro_gen.infer.compiled_precision import check_precision, networks_in
 from pyro_gen.infer.compiled_recording import (
@@ -560,7 +560,7 @@ class CompiledSVI:
                     raise _Unsupported("the loss does not depend on any parameter")
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
                 seen["sig"], seen["used"] = tuple(sigs), [g is not None for g in grads]
-                grads = [g for g in grads if g is not None]
+                grads = [in_layout_of(g, p) for g, p in zip(grads, params) if g is not None]
                 if self.grad_clip is not None:
                     norms = torch.stack([torch.linalg.vector_norm(g) for g in grads])
                     coef = (self.grad_clip / (torch.linalg.vector_norm(norms) + 1e-6)).clamp(

@@ -129,6 +129,28 @@ def fuse(
     return fused
 
 
+def in_layout_of(grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """``grad`` laid out as ``param`` is (the same strides), copied only when it is not.
+
+    Autograd's own accumulation into ``.grad`` does this; a recorded program's gradient is
+    whatever its last op made: the gradient of ``w.sum()`` is one value expanded to ``w``'s
+    shape, that of ``x @ w.t()`` may be transposed. Torch's fused Adam walks a gradient's
+    memory as if laid out like its parameter, so it read past an expanded gradient's one
+    element (garbage, NaN at times) and permuted a transposed one.
+
+    Example:
+        >>> w = torch.zeros(2, 3)
+        >>> g = in_layout_of(torch.ones(()).expand(2, 3), w)
+        >>> g.stride(), g.tolist()
+        ((3, 1), [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
+    """
+    strides = zip(grad.stride(), param.stride(), param.shape)
+    if all(a == b for a, b, size in strides if size > 1):  # a size-1 dim's stride is moot
+        return grad
+    out = torch.empty_strided(param.shape, param.stride(), dtype=grad.dtype, device=grad.device)
+    return out.copy_(grad)
+
+
 def takes_found_inf(optimizer: torch.optim.Optimizer | None) -> bool:
     """Whether ``optimizer.step()`` reads a ``found_inf`` flag (the fused kernels do)."""
     return optimizer is not None and all(g.get("fused") for g in optimizer.param_groups)

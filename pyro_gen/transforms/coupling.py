@@ -165,21 +165,28 @@ class Coupling(FlowTransformModule):
             xc = self._select(x, self.cond_idx, self._cond_index)
             xt = self._select(x, self.trans_idx, self._trans_index)
             yt, ladj = fn(xt, self._params(xc, xt.shape[dim]))
-            # Broadcast only where shapes differ: a no-op expand still adds an autograd node,
-            # which costs a little on every backward pass of every layer.
-            if yt.shape[:dim] != xt.shape[:dim]:
-                yt = yt.expand(xt.shape[:dim] + yt.shape[dim:])
+            # The output's batch shape is that of x broadcast with the conditioner's output,
+            # whose batch is a conditional layer's context's: a context batch of (N,) with a
+            # single x gives N outputs, as the autoregressive layers do. Broadcast only where
+            # shapes differ: a no-op expand still adds an autograd node, which costs a little
+            # on every backward pass of every layer.
+            batch = yt.shape[: yt.dim() - k]
+            if batch != xt.shape[:dim]:
+                batch = torch.broadcast_shapes(batch, xt.shape[:dim])
+                yt = yt.expand(batch + yt.shape[yt.dim() - k :])
+                x = x.expand(batch + x.shape[dim:])
+                dim = len(batch)
             if cs is not None and ts is not None:
-                if xc.shape[:dim] != yt.shape[:dim]:
-                    xc = xc.expand(yt.shape[:dim] + xc.shape[dim:])
+                if xc.shape[: xc.dim() - k] != batch:
+                    xc = xc.expand(batch + xc.shape[xc.dim() - k :])
                 if cs.step == 1 and ts.step == 1:  # contiguous halves
                     y = torch.cat([xc, yt] if cs.start == 0 else [yt, xc], dim=dim)
                 else:
-                    y = yt.new_empty(yt.shape[:dim] + x.shape[dim:])
+                    y = yt.new_empty(batch + x.shape[dim:])
                     y[self._cond_index] = xc
                     y[self._trans_index] = yt
             else:
-                y = x.expand(yt.shape[:dim] + x.shape[dim:]).index_copy(dim, self.trans_idx, yt)
+                y = x.index_copy(dim, self.trans_idx, yt)
         else:
             mask, values = self.mask, self.mask_values
             masked = x * (values if values.dtype == x.dtype else values.to(x.dtype))

@@ -1,0 +1,59 @@
+"""pyro_gen transforms dropped into plain Pyro programs, with no pyro_gen wrapper.
+
+Each test is a use Pyro's own tutorials and tests make of a transform (conditional
+distributions, ``torch.inference_mode``, ...) that once failed or gave a wrong value.
+"""
+
+from __future__ import annotations
+
+import pyro.distributions as dist
+import pytest
+import torch
+
+from pyro_gen import transforms as T
+
+
+def _perturb(module: torch.nn.Module, scale: float = 0.3) -> None:
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn_like(p))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: T.conditional_affine_coupling(3, 2, hidden_dims=[8]),
+        lambda: T.conditional_additive_coupling(3, 2, hidden_dims=[8]),
+        lambda: T.conditional_affine_coupling(4, 2, mask="half", hidden_dims=[8]),
+        lambda: T.conditional_spline_coupling(3, 2, hidden_dims=[8]),
+        lambda: T.conditional_masked_autoregressive(3, 2, [8]),
+    ],
+    ids=["affine", "additive", "half", "spline", "maf"],
+)
+def test_a_context_batch_broadcasts_against_the_value(make) -> None:
+    # ConditionalTransformedDistribution(base, [t]).condition(ctx) with ctx of shape (N, C):
+    # a draw without a sample shape, or a (M,) draw from ctx of shape (N, 1, C), broadcasts
+    # x against the context as the autoregressive layers do (the couplings once failed in
+    # an index assignment with "expand(...): the number of sizes provided ...")
+    torch.manual_seed(0)
+    t = make()
+    _perturb(t)
+    dim = t.event_shape[0]
+    base = dist.Normal(torch.zeros(dim), torch.ones(dim))
+    cond = dist.ConditionalTransformedDistribution(base, [t])
+    ctx = torch.randn(5, 2)
+    x = torch.randn(dim)
+    y = t.condition(ctx)(x)
+    assert y.shape == (5, dim)
+    for i in range(5):
+        torch.testing.assert_close(y[i], t.condition(ctx[i])(x))
+        torch.testing.assert_close(t.condition(ctx).inv(y)[i], x, atol=1e-5, rtol=1e-5)
+    assert cond.condition(ctx).rsample().shape == (5, dim)
+    d = cond.condition(ctx.unsqueeze(1))
+    s = d.sample((4,))
+    assert s.shape == (5, 4, dim)
+    lp = d.log_prob(s)
+    for i in range(5):
+        torch.testing.assert_close(
+            lp[i], cond.condition(ctx[i]).log_prob(s[i]), atol=1e-4, rtol=1e-5
+        )

@@ -220,13 +220,14 @@ class ScoreModel(PicklableModule):
         B, K = x.shape[0], self.time_samples
         low = x.new_full((K, B), self.eps)
         t = pyro.sample("t", dist.Uniform(low, torch.ones_like(low)))
-        # one copy of each example per time draw, so coefficients of shape (K, B) line up
-        x0 = x.expand((K, *x.shape))
+        # t is (K, B), or (..., K, B) under outer plates (vectorized particles): coefficients
+        # take the event dims and broadcast against the data (B, *event_shape)
         # t ~ U(eps, 1) is in range by construction: no data-dependent check, which would stop
         # fit's compiled step from recording the program
         alpha, sigma = self.sde.marginal(t)
-        mean = self.sde.expand(alpha, x0) * x0
-        std = self.sde.expand(sigma, x0).expand_as(mean)
+        ones = (1,) * self.event_dim
+        mean = alpha.reshape(t.shape + ones) * x
+        std = sigma.reshape(t.shape + ones).expand_as(mean)
         x_t = pyro.sample("x_t", dist.Normal(mean, std).to_event(self.event_dim))
         return t, x_t, mean, std
 

@@ -106,6 +106,29 @@ def test_elbo_of_the_model_is_the_dsm_loss(weighting):
     assert abs(loss - float(expected.detach())) < 1e-8 * max(1.0, abs(loss))
 
 
+def test_vectorized_particles_give_each_particle_its_own_dsm_loss():
+    # Pyro's vectorized particles put a plate at dim -3 around model and guide: "t" is then
+    # (P, K, B) and each particle's DSM term must use its own times against the same data
+    torch.manual_seed(1)
+    sde = VPSDE()
+    A, b = torch.randn(2, 2, dtype=torch.float64), torch.randn(2, dtype=torch.float64)
+    m = ScoreModel(LinearScore(A, b), sde, (2,), param="score", time_samples=3)
+    x = torch.randn(5, 2, dtype=torch.float64)
+    elbo = Trace_ELBO(num_particles=4, vectorize_particles=True, max_plate_nesting=2)
+    pyro.set_rng_seed(2)
+    loss = elbo.loss(m.model, m.guide, x)
+    pyro.set_rng_seed(2)
+    with pyro.plate("particles", 4, dim=-3):
+        guide_tr = poutine.trace(m.guide).get_trace(x)
+    t, x_t = guide_tr.nodes["t"]["value"], guide_tr.nodes["x_t"]["value"]
+    assert t.shape == (4, 3, 5) and x_t.shape == (4, 3, 5, 2)
+    alpha, sigma = sde.marginal(t)
+    noise = (x_t - alpha[..., None] * x) / sigma[..., None]
+    terms = dsm_loss(m.score, sde, x.expand(4, 3, 5, 2), t, noise, 1)  # (P, K, B)
+    expected = terms.mean(1).sum(-1).mean(0)
+    assert abs(loss - float(expected.detach())) < 1e-8 * max(1.0, abs(loss))
+
+
 class OtherGaussianScore(torch.nn.Module):
     """The exact score of a diffused Gaussian q that is not the data's, as ``net(x, t * 1000)``."""
 

@@ -303,7 +303,8 @@ class FlowMatching(PicklableModule):
             s = pyro.sample("t", law)
         if z is None:
             base = dist.Normal(x.new_zeros(()), 1.0).expand((self.time_samples, *x.shape))
-            z = pyro.sample("z", base.to_event(self.event_dim))
+            # (K, B, *event), or with the outer plates' dims (vectorized particles) in front
+            return s, pyro.sample("z", base.to_event(self.event_dim))
         return s, z.expand((self.time_samples, *x.shape))
 
     def model(self, x: Tensor | None = None, z: Tensor | None = None, num_samples: int = 1):

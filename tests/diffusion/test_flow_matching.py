@@ -93,6 +93,27 @@ def test_elbo_of_the_model_is_the_flow_matching_loss():
     assert abs(loss - float(expected)) < 1e-8 * max(1.0, abs(loss))
 
 
+def test_vectorized_particles_give_each_particle_its_own_flow_matching_loss():
+    # Pyro's vectorized particles put a plate at dim -3: "z" is then (P, K, B, D), and each
+    # particle's regression must use its own base draw (an expand to (K, B, D) refused it)
+    torch.manual_seed(2)
+    fm = FlowMatching(cnf(2, (8,)).double(), sigma_min=0.05, time_samples=3)
+    x = torch.randn(5, 2, dtype=torch.float64)
+    elbo = Trace_ELBO(num_particles=4, vectorize_particles=True, max_plate_nesting=2)
+    pyro.set_rng_seed(3)
+    loss = elbo.loss(fm.model, fm.guide, x)
+    pyro.set_rng_seed(3)
+    with pyro.plate("particles", 4, dim=-3):
+        tr = poutine.trace(fm.guide).get_trace(x)
+    s, z = tr.nodes["t"]["value"], tr.nodes["z"]["value"]
+    assert s.shape == (4, 3, 5) and z.shape == (4, 3, 5, 2)
+    x_s = (1 - s[..., None]) * x + (0.05 + 0.95 * s[..., None]) * z
+    with torch.no_grad():
+        v = fm.flow.dynamics(x_s.reshape(-1, 2), s.reshape(-1)).reshape(4, 3, 5, 2)
+    expected = 0.5 * (v - (0.95 * z - x)).pow(2).sum(-1).mean(1).sum(-1).mean(0)
+    assert abs(loss - float(expected)) < 1e-8 * max(1.0, abs(loss))
+
+
 class AffineInX(torch.nn.Module):
     """:math:`f(y, t) = G(t) y + h(t)`, an MLP in t: the family the exact field lies in."""
 

@@ -24,6 +24,7 @@ import torch
 from pyro import poutine
 from pyro.infer import TraceMeanField_ELBO
 from pyro.poutine import Trace
+from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
 from pyro_gen.data.batching import Call, Transform, batch_calls, with_transform
@@ -72,6 +73,16 @@ def _device(modules: list[torch.nn.Module]) -> torch.device | None:
     return None
 
 
+def _subsample_sites(*traces: Trace) -> Trace:
+    """A trace of the plates' subsample sites (their indices) in ``traces``, for replay."""
+    kept = Trace()
+    for trace in traces:
+        for name, site in trace.nodes.items():
+            if site["type"] == "sample" and site_is_subsample(site) and name not in kept.nodes:
+                kept.add_node(name, **site)
+    return kept
+
+
 def _only(trace: Trace, names: tuple[str, ...], plate: DataPlate) -> Trace:
     """A trace of the named sites that lie outside the data plate (for replay)."""
     kept = Trace()
@@ -101,11 +112,22 @@ class _Scorer:
         self.reviewed: set[str] = set()
         self.vectorize, self.vectorized_once = True, False
         self.fixed: dict[Any, tuple[Trace, Trace]] = {}
+        self.subsamples: Trace | None = None
+
+    def new_batch(self) -> None:
+        """Forgets the subsample indices drawn for the previous batch."""
+        self.subsamples = None
 
     def _traces(self, call: Call, num_particles: int | None, key: Any) -> tuple[Trace, Trace]:
         guide, fixed = self.guide, self.fixed.get(key)
         if fixed is not None:
             guide = poutine.replay(guide, trace=fixed[0])
+        # A plate that draws its own subsample (subsample_size=) must pick the same examples
+        # for every particle chunk of a batch: the chunks' log-weights are combined example
+        # by example, so indices drawn afresh would mix the weights of different examples.
+        subsamples = self.subsamples
+        if subsamples is not None:
+            guide = poutine.replay(guide, trace=subsamples)
         with ExitStack() as stack:
             if num_particles is not None:
                 stack.enter_context(
@@ -113,14 +135,19 @@ class _Scorer:
                 )
             guide_trace = poutine.trace(guide).get_trace(*call.args, **call.kwargs)
             replay = guide_trace
-            if fixed is not None and fixed[1].nodes:
+            extra = [*(fixed[1].nodes.items() if fixed is not None else ())]
+            extra += [*(subsamples.nodes.items() if subsamples is not None else ())]
+            if extra:
                 replay = guide_trace.copy()
-                for name, site in fixed[1].nodes.items():
-                    replay.add_node(name, **site)
+                for name, site in extra:
+                    if name not in guide_trace.nodes:
+                        replay.add_node(name, **site)
             model = poutine.replay(self.model, trace=replay)
             if self.enumerate:
                 model = poutine.enum(model, first_available_dim=self.particle_dim - 1)
             model_trace = poutine.trace(model).get_trace(*call.args, **call.kwargs)
+        if subsamples is None:
+            self.subsamples = _subsample_sites(guide_trace, model_trace)
         return guide_trace, model_trace
 
     def setup(self, call: Call) -> None:
@@ -259,6 +286,7 @@ def _score_batches(
                 call = with_transform(call, transform)
                 if scorer.plate is None:
                     scorer.setup(call)
+                scorer.new_batch()
                 parts = []
                 for key, start in enumerate(chunks):
                     draws = []
@@ -319,7 +347,8 @@ def evaluate_elbo(
     posterior guide. Each example counts once: a subsampled data plate's scale :math:`N/B`
     is removed, while other scales (``poutine.scale``, masks, an inner subsampled plate)
     are kept. (A model that subsamples its data itself, with ``subsample_size=``, scores
-    the examples it draws; pass it minibatches with ``subsample=`` indices instead.)
+    the examples it draws, one draw per batch shared by all particles; pass it minibatches
+    with ``subsample=`` indices to score every example.)
     Discrete model sites marked ``infer={"enumerate": "parallel"}`` that the guide does not
     sample are summed out of each example, as ``TraceEnum_ELBO`` does; a latent the guide
     lacks otherwise is drawn from the model, with a warning. ``loss`` is accepted so that

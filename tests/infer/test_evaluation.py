@@ -170,6 +170,32 @@ def test_per_example_values_average_to_the_estimate():
         assert values.mean().item() == pytest.approx(mean, rel=1e-12)
 
 
+def test_a_plate_that_subsamples_itself_keeps_its_examples_across_particle_chunks():
+    """A model that draws its own minibatch (``pyro.plate(..., subsample_size=)`` over the
+    full data, as in Pyro's SVI tutorials) is scored on the examples of one draw: with an
+    exact guide each value is exactly one example's log p(x), however the particles are
+    chunked (chunks that drew their own indices mixed the weights of different examples)."""
+
+    def model(x: torch.Tensor) -> None:
+        with pyro.plate("data", x.shape[0], subsample_size=4) as idx:
+            z = pyro.sample("z", dist.Normal(torch.zeros((), dtype=x.dtype), 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x[idx])
+
+    def guide(x: torch.Tensor) -> None:
+        with pyro.plate("data", x.shape[0], subsample_size=4) as idx:
+            pyro.sample("z", dist.Normal(x[idx] / 2, 0.5**0.5))
+
+    exact = _exact_scalar(X)
+    pyro.set_rng_seed(0)
+    for values in (
+        iwae_log_likelihood(model, X, guide=guide, num_samples=6, chunk=2, per_example=True),
+        evaluate_elbo(model, X, guide=guide, num_particles=150, per_example=True),
+    ):
+        assert values.shape == (4,)
+        nearest = (values[:, None] - exact[None]).abs().min(1).values
+        assert (nearest < 1e-9).all(), nearest
+
+
 def test_user_scale_and_mask_are_kept():
     keep = torch.arange(12) % 3 != 0
 

@@ -59,6 +59,42 @@ def parameter_stamp(params: Sequence[torch.Tensor]) -> tuple:
     return (torch.is_grad_enabled(), _tracing(), *map(_VERSION, params))
 
 
+class _GradOutsideInference:
+    """``torch.inference_mode(False)`` and ``torch.enable_grad()`` together."""
+
+    __slots__ = ("_modes",)
+
+    def __enter__(self) -> None:
+        self._modes = (torch.inference_mode(False), torch.enable_grad())
+        for mode in self._modes:
+            mode.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        for mode in reversed(self._modes):
+            mode.__exit__(*exc)
+
+
+def autograd_enabled() -> Any:
+    """A context in which a transform can take derivatives of its own map (a log-det by
+    ``torch.autograd.grad``), whatever the caller's mode.
+
+    ``torch.enable_grad()`` is enough under ``no_grad``, but not under
+    ``torch.inference_mode()`` (how Lightning's validation and many evaluation scripts run):
+    there it records nothing and the derivative fails with "element 0 of tensors does not
+    require grad". Inside this context, pass the caller's tensors through
+    :func:`graph_input` first.
+    """
+    if torch.is_inference_mode_enabled():
+        return _GradOutsideInference()
+    return torch.enable_grad()
+
+
+def graph_input(x: torch.Tensor) -> torch.Tensor:
+    """``x``, or a normal copy of it when it is an inference tensor (one made under
+    ``torch.inference_mode``), which autograd can neither differentiate nor save."""
+    return x.clone() if x.is_inference() else x
+
+
 def parameters_of(module: torch.nn.Module) -> list[torch.Tensor]:
     """The module's parameters, read afresh (a parameter swapped in by
     ``pyro.module(..., update_module_params=True)`` is seen), without ``parameters()``'s

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from pyro_gen.transforms._base import FlowTransformModule
+from pyro_gen.transforms._base import FlowTransformModule, autograd_enabled, graph_input
 from pyro_gen.transforms.ode_dynamics import ODEMLP, ConcatSquashLinear, ODEConvNet, ODETimeMLP
 
 __all__ = [
@@ -179,7 +179,8 @@ class AugmentedDynamics(nn.Module):
         # Differentiating the divergence again is only needed when the caller records a graph
         # (training, or the adjoint's backward pass); sampling under no_grad skips it.
         create_graph = torch.is_grad_enabled()
-        with torch.enable_grad():
+        with autograd_enabled():
+            z, t = graph_input(z), graph_input(t)
             if not z.requires_grad:
                 z = z.detach().requires_grad_(True)
             dz = self.drift_fn(z, t)

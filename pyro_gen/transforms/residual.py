@@ -22,7 +22,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pyro_gen.transforms._base import FlowTransformModule, PicklableModule
+from pyro_gen.transforms._base import (
+    FlowTransformModule,
+    PicklableModule,
+    autograd_enabled,
+    graph_input,
+)
 
 __all__ = ["LipschitzMLP", "ResidualBlock", "residual_block"]
 
@@ -219,8 +224,8 @@ class ResidualBlock(FlowTransformModule):
     # ------------------------------------------------------------------------ directions
     def _backward(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         grad = torch.is_grad_enabled()
-        with torch.enable_grad():
-            yr = y if y.requires_grad else y.detach().requires_grad_(True)
+        with autograd_enabled():
+            yr = y if y.requires_grad else graph_input(y).detach().requires_grad_(True)
             gy = self.net(yr)
             ladj = self._log_det(yr, gy, create_graph=grad)
         z = y + (gy if grad else gy.detach())
@@ -241,8 +246,8 @@ class ResidualBlock(FlowTransformModule):
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         y_star = self._solve(x)
         grad = torch.is_grad_enabled()
-        with torch.enable_grad():
-            y0 = y_star.detach().requires_grad_(True)
+        with autograd_enabled():
+            y0 = graph_input(y_star).detach().requires_grad_(True)
             g0 = self.net(y0)
             f0 = x - g0  # one more iteration, with a graph to x and the parameters
             if grad and f0.requires_grad:

@@ -57,3 +57,30 @@ def test_a_context_batch_broadcasts_against_the_value(make) -> None:
         torch.testing.assert_close(
             lp[i], cond.condition(ctx[i]).log_prob(s[i]), atol=1e-4, rtol=1e-5
         )
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: T.cnf(2, (8,), trace="exact", rtol=1e-6, atol=1e-6),
+        lambda: T.residual_block(2, [8]),
+    ],
+    ids=["cnf", "residual"],
+)
+def test_log_det_by_autograd_works_under_inference_mode(make) -> None:
+    # these transforms differentiate their own map for log|det J|; torch.enable_grad() alone
+    # does not lift torch.inference_mode (Lightning's validation, evaluation scripts), where
+    # sampling and log_prob failed with "element 0 of tensors does not require grad"
+    torch.manual_seed(0)
+    t = make().eval()
+    _perturb(t, 0.1)
+    d = dist.TransformedDistribution(dist.Normal(torch.zeros(2), 1.0).to_event(1), [t])
+    x = torch.randn(4, 2)
+    with torch.no_grad():
+        expected = d.log_prob(x.clone())
+    with torch.inference_mode():
+        lp = d.log_prob(x.clone())
+        s = d.sample((3,))
+        lp_s = d.log_prob(s)
+    torch.testing.assert_close(lp, expected)
+    assert s.shape == (3, 2) and bool(torch.isfinite(lp_s).all())

@@ -183,7 +183,8 @@ def variational_bound(
     for start in range(0, x0_all.shape[0], batch_size):
         x0 = x0_all[start : start + batch_size]
         priors.append(prior_kl(ddpm, x0))
-        cols = torch.zeros(x0.shape[0], T, device=x0.device)
+        # the terms' own dtype: a float64 model's bound is not rounded to float32
+        cols = priors[-1].new_zeros(x0.shape[0], T)
         for t_val in tqdm(steps.tolist(), disable=not progress, desc="bound", leave=False):
             cols[:, t_val - 1] = ddpm.step_term(x0, t_val)
         terms.append(cols)

@@ -68,6 +68,16 @@ def test_closed_form_decomposition_is_exact_sum_of_terms():
     assert torch.allclose(out["bits_per_dim"], out["total"] / (2 * torch.log(torch.tensor(2.0))))
 
 
+def test_a_float64_bound_keeps_its_terms_in_float64():
+    m = tiny_ddpm().double()
+    x = torch.randn(4, 2, dtype=torch.float64)
+    torch.manual_seed(3)
+    out = variational_bound(m, x)
+    torch.manual_seed(3)  # the same draws, one per step in order
+    terms = torch.stack([m.step_term(x, t) for t in range(1, 9)], -1)
+    assert out["terms"].dtype == torch.float64 and torch.equal(out["terms"], terms)
+
+
 def test_trace_shows_every_term():
     m = tiny_ddpm(form="full_chain")
     x = torch.randn(3, 2)

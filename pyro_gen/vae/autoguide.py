@@ -455,7 +455,9 @@ class AutoAmortizedNormal(AutoGuide):
                 f"(sequences of varying length) need padding to one length, an input_fn of "
                 f"fixed width, or a guide of their own"
             )
-        out = self.net(x)
+        # The encoder computes in its own dtype (as pyro_gen's encoders do), so a guide moved
+        # with .double() after it was built on float32 rows still takes them.
+        out = self.net(x.to(self.net[0].weight.dtype))
         total = out.shape[-1] // 2
         locs, scales = out[..., :total], F.softplus(out[..., total:]) + _MIN_SCALE
         params, start = {}, 0

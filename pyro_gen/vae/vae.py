@@ -182,7 +182,8 @@ class VAE(GuideSlot):
     def _encoder_input(self, x: torch.Tensor, y: torch.Tensor | None = None, **kwargs):
         """Input rows of the ``"auto"`` guide: the flattened image and the one-hot label."""
         h = fill_missing(x, kwargs.get("mask"))
-        h = h.reshape(x.shape[0], -1).to(torch.get_default_dtype())
+        h = h.reshape(x.shape[0], -1)
+        h = h if h.is_floating_point() else h.to(torch.get_default_dtype())
         context = self._context(y)
         return h if context is None else torch.cat([h, context.to(h.dtype)], -1)
 

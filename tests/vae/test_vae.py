@@ -182,6 +182,19 @@ def test_state_dict_round_trip_including_auto_guide():
     assert torch.allclose(a.decode(a.encode(x)), b.decode(b.encode(x)))
 
 
+@pytest.mark.parametrize("guide", ["normal", "auto"])
+def test_a_vae_moved_to_float64_trains_and_encodes_in_float64(guide):
+    """``vae.double()`` as a Pyro user does for a float64 program: the ``"auto"`` guide was
+    built on float32 rows and used to feed them to its float64 encoder (a dtype error)."""
+    pyro.clear_param_store()
+    vae = small_vae("normal", guide).double()
+    x = data().double()
+    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+    assert torch.isfinite(torch.tensor(svi.step(x)))
+    assert {v.dtype for v in pyro.get_param_store().values()} == {torch.float64}
+    assert vae.encode(x).dtype == torch.float64
+
+
 def test_bad_input_gives_clear_errors():
     with pytest.raises(ValueError, match="at least 1"):
         VAE(SHAPE, z_dim=0)

@@ -106,7 +106,10 @@ class InvertibleConv1x1(FlowTransformModule):
     def _mix(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if len(self.event_shape) == 1:
             return x @ w.T
-        return torch.einsum("ij,...jhw->...ihw", w, x)
+        # W times every pixel's channel vector as one product over (C, H*W): the output is
+        # contiguous (einsum's was channel-strided, and transforms after this one that
+        # .view it failed, torch's AffineTransform.log_abs_det_jacobian among them)
+        return torch.matmul(w, x.flatten(-2)).view(x.shape)
 
     def _ladj(self, v: torch.Tensor) -> torch.Tensor:
         batch = v.shape[: v.dim() - len(self.event_shape)]

@@ -84,3 +84,25 @@ def test_log_det_by_autograd_works_under_inference_mode(make) -> None:
         lp_s = d.log_prob(s)
     torch.testing.assert_close(lp, expected)
     assert s.shape == (3, 2) and bool(torch.isfinite(lp_s).all())
+
+
+def test_conv1x1_output_feeds_torch_transforms() -> None:
+    # Glow's 1x1 convolution followed by torch's AffineTransform (a rescaling to data units):
+    # the conv's output was channel-strided, and the affine's log-det .view() of it failed
+    torch.manual_seed(0)
+    conv = T.InvertibleConv1x1((2, 3, 3))
+    d = dist.TransformedDistribution(
+        dist.Normal(torch.zeros(2, 3, 3), 1.0).to_event(3),
+        [conv, dist.transforms.AffineTransform(0.5, 2.0, event_dim=3)],
+    )
+    y = d.sample((4,))
+    assert conv(torch.randn(4, 2, 3, 3)).is_contiguous()
+    # closed form: y = 2 W x + 0.5 per pixel, so u = W^-1 (y - 0.5) / 2 and
+    # log p(y) = log N(u) - H W sum log|s| - D log 2
+    u = torch.einsum("ij,njhw->nihw", torch.linalg.inv(conv.weight()), (y - 0.5) / 2)
+    expected = (
+        dist.Normal(0.0, 1.0).log_prob(u).sum((1, 2, 3))
+        - 9 * conv.log_s.sum()
+        - 18 * torch.log(torch.tensor(2.0))
+    )
+    torch.testing.assert_close(d.log_prob(y), expected, atol=1e-4, rtol=1e-5)

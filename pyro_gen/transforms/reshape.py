@@ -17,7 +17,9 @@ def _space_to_depth(x: torch.Tensor, f: int) -> torch.Tensor:
     x = x.reshape(*batch, c, h // f, f, w // f, f)
     n = len(batch)
     x = x.permute(*range(n), n, n + 2, n + 4, n + 1, n + 3)
-    return x.reshape(*batch, c * f * f, h // f, w // f)
+    # contiguous: with W == f the reshape is a strided view, and torch transforms after this
+    # one .view() it (AffineTransform's log-det)
+    return x.reshape(*batch, c * f * f, h // f, w // f).contiguous()
 
 
 def _depth_to_space(x: torch.Tensor, f: int) -> torch.Tensor:
@@ -25,7 +27,7 @@ def _depth_to_space(x: torch.Tensor, f: int) -> torch.Tensor:
     n = len(batch)
     x = x.reshape(*batch, c // (f * f), f, f, h, w)
     x = x.permute(*range(n), n, n + 3, n + 1, n + 4, n + 2)
-    return x.reshape(*batch, c // (f * f), h * f, w * f)
+    return x.reshape(*batch, c // (f * f), h * f, w * f).contiguous()
 
 
 class Squeeze(FlowTransformModule):

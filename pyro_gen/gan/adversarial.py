@@ -72,6 +72,22 @@ def fused_adam(params: Iterable[nn.Parameter], **kwargs: Any) -> torch.optim.Ada
         return torch.optim.Adam(params, **kwargs)
 
 
+def _unmasked(batch: AdversarialBatch) -> AdversarialBatch:
+    """The examples of ``batch`` that its site's mask keeps, as one flat batch: padding or
+    missing examples a model masks out (``poutine.mask``) must not teach the discriminator
+    what real data look like, just as they add nothing to the generator's loss."""
+    if batch.mask is None or batch.mask is True:
+        return batch
+    shape = batch.batch_shape
+    keep = torch.as_tensor(batch.mask, dtype=torch.bool, device=batch.real.device).expand(shape)
+    context = batch.context
+    if context is not None:
+        context = context.expand(*shape, *context.shape[len(shape) :])[keep]
+    return dataclasses.replace(
+        batch, real=batch.real[keep], fake=batch.fake[keep], context=context, mask=None
+    )
+
+
 def _last_layer(module: nn.Module) -> nn.Module:
     leaves = [m for m in module.modules() if not list(m.children())]
     return leaves[-1] if leaves else module
@@ -233,7 +249,11 @@ class AdversarialLoss(PyroLoss):
 
     def update_discriminator(self, batch: AdversarialBatch) -> torch.Tensor:
         """One optimizer step of the discriminator on ``batch`` (its generated examples
-        detached, so no gradient reaches the generator); returns its loss before the step."""
+        detached, so no gradient reaches the generator); returns its loss before the step.
+        Examples the site's mask leaves out count for nothing, as in Pyro's ELBO."""
+        batch = _unmasked(batch)
+        if batch.real.numel() == 0:  # every example masked out: nothing to learn from
+            return batch.real.new_full((), float("nan"))
         if batch.fake.requires_grad:
             batch = dataclasses.replace(batch, fake=batch.fake.detach())
         real_score = self.score(batch.real, batch)

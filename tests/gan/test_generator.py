@@ -125,3 +125,38 @@ def test_a_conditional_generator_samples_every_class_in_turn_without_labels():
     assert torch.equal(unlabelled, labelled)
     torch.manual_seed(0)
     assert not torch.equal(gen.sample(7, y=torch.zeros(7, dtype=torch.long)), labelled)
+
+
+@pytest.mark.parametrize("loss_type", [NonSaturatingGAN, WassersteinGP])
+def test_examples_the_model_masks_out_count_for_nothing(loss_type):
+    # a user's generator whose last examples are padding, masked out as in any Pyro model:
+    # neither the discriminator nor the generator may learn from what the padding holds
+    def run(padding: float, keeps: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        net, disc = nn.Linear(3, 2), nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 1))
+
+        def model(x, keep):
+            pyro.module("g", net)
+            with pyro.plate("N", x.shape[0]), pyro.poutine.mask(mask=keep):
+                z = pyro.sample("z", pyro.distributions.Normal(0.0, 1.0).expand([3]).to_event(1))
+                pyro.sample("obs", pyro.distributions.Delta(net(z), event_dim=1), obs=x)
+
+        loss = loss_type(disc, n_critic=2)
+        svi = pyro.infer.SVI(model, lambda x, keep: None, pyro.optim.Adam({"lr": 0.01}), loss)
+        pyro.set_rng_seed(1)
+        states = []
+        for keep in keeps:
+            x = torch.randn(8, 2)
+            x[~keep] = padding
+            svi.step(x, keep)
+            states.append([p.detach().clone() for p in disc.parameters()])
+        return states
+
+    some, none = torch.arange(8) < 6, torch.zeros(8, dtype=torch.bool)
+    zero, far = run(0.0, [some] * 3), run(1e3, [some] * 3)
+    assert all(torch.equal(a, b) for a, b in zip(zero[-1], far[-1]))
+    # a batch with every example masked out leaves the discriminator where it was (no
+    # optimizer step: Adam's momentum alone would move it)
+    before, after = run(0.0, [some, none])
+    assert all(torch.equal(a, b) for a, b in zip(before, after))

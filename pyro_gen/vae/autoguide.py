@@ -13,6 +13,8 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.infer.autoguide import AutoGuide, AutoNormal
+from pyro.nn.module import _make_name
+from pyro.params.param_store import param_with_module_name
 from pyro.poutine.indep_messenger import CondIndepStackFrame
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
@@ -97,7 +99,9 @@ class AutoAmortizedNormal(AutoGuide):
 
     Parameters are created on the first call (or by :meth:`setup`), outside the recorded
     trace, so the first step already records the parameters in their steady order and a
-    ``state_dict`` loads into a guide that has been called once.
+    ``state_dict`` loads into a guide that has been called once. As with Pyro's autoguides,
+    values the param store holds under the guide's names (a store restored with
+    ``pyro.get_param_store().load(path)``) are the ones used and trained.
 
     Args:
         model: a Pyro model callable.
@@ -377,6 +381,36 @@ class AutoAmortizedNormal(AutoGuide):
             with poutine.block():
                 self._create_plates(*args, **kwargs)
                 self.global_guide(*args, **kwargs)
+        self._use_stored_encoder()
+
+    def _use_stored_encoder(self) -> None:
+        """Takes the param store's tensors for the encoder's weights where it holds them
+        under this guide's names (a store restored with ``pyro.get_param_store().load``), as
+        Pyro's autoguides do for their parameters. Without this a restored guide encoded with
+        fresh weights while training updated the restored tensors, which nothing read."""
+        net = self._modules.get("net")  # not self.net: that is a pyro.module statement
+        if net is None:
+            return
+        store = pyro.get_param_store()
+        prefix = _make_name(self._pyro_name, "net")
+        for path, param in list(net.named_parameters()):
+            full = param_with_module_name(prefix, path)
+            if full not in store:
+                continue
+            stored = store[full]
+            if stored is param:
+                continue
+            if (stored.shape, stored.dtype, stored.device) != (
+                param.shape,
+                param.dtype,
+                param.device,
+            ):
+                continue  # another model's entry: left for fit's stale-entry check
+            if not isinstance(stored, torch.nn.Parameter):
+                store[full] = torch.nn.Parameter(stored.detach())
+                stored = store[full]
+            owner, _, leaf = path.rpartition(".")
+            net.get_submodule(owner)._parameters[leaf] = stored
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # Parameters created inside the first recorded call would be recorded in creation
@@ -386,6 +420,8 @@ class AutoAmortizedNormal(AutoGuide):
             self.global_guide is not None and self.global_guide.prototype_trace is None
         ):
             self.setup(*args, **kwargs)
+        else:
+            self._use_stored_encoder()
         return super().__call__(*args, **kwargs)
 
     # -- plates --------------------------------------------------------------------------

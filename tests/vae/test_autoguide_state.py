@@ -57,6 +57,32 @@ def test_state_dict_loads_into_a_guide_called_once():
     assert {id(p) for p in store.values()} <= loaded and len(store) == len(loaded)
 
 
+@pytest.mark.parametrize("loaded_before_first_call", [True, False])
+def test_a_param_store_loaded_the_pyro_way_restores_the_guide(tmp_path, loaded_before_first_call):
+    """``pyro.get_param_store().save`` / ``.load`` then a new guide object, as Pyro's
+    tutorials restore an autoguide: the guide encodes with the loaded weights, and training
+    updates the tensors it encodes with (it kept fresh weights while SVI trained the loaded
+    ones, which nothing read)."""
+    x = torch.randn(6, 1)
+    pyro.clear_param_store()
+    saved = trained_guide(x)
+    expected = saved.median(x)
+    pyro.get_param_store().save(tmp_path / "params.pt")
+    pyro.clear_param_store()
+    fresh = AutoAmortizedNormal(model, hidden_dims=(8,))
+    if loaded_before_first_call:
+        pyro.get_param_store().load(tmp_path / "params.pt")
+    else:  # the guide already ran once with its own weights
+        fresh.setup(x)
+        pyro.get_param_store().load(tmp_path / "params.pt")
+        poutine.trace(fresh).get_trace(x)
+    for name, value in fresh.median(x).items():
+        assert torch.allclose(value, expected[name]), name
+    before = fresh.encode(x)["z"].clone()
+    SVI(model, fresh, pyro.optim.Adam({"lr": 0.05}), Trace_ELBO()).step(x)
+    assert not torch.allclose(fresh.encode(x)["z"], before)
+
+
 def test_setup_builds_everything_without_recording():
     x = torch.randn(4, 1)
     guide = AutoAmortizedNormal(model, hidden_dims=(8,))

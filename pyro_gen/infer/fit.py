@@ -332,7 +332,8 @@ def fit(
         eval_every: evaluate every this many epochs.
         checkpoint_dir: where checkpoints and metrics go; None keeps nothing on disk.
         checkpoint_every: also checkpoint every this many steps inside an epoch.
-        callbacks: ``callback(record, model)`` after each epoch; returning True stops. When
+        callbacks: ``callback(record, model)`` after each epoch, before its checkpoint is
+            written (so a resume keeps what they changed); returning True stops. When
             data-parallel they run on every process, with rank 0's record (one asking to
             stop stops all); write files only where
             :func:`~pyro_gen.infer.distributed.is_main_process` holds.
@@ -680,16 +681,18 @@ def _train(
                 if isinstance(v, float | int) and not isinstance(v, bool) and k != "epoch"
             )
             tqdm.write(f"epoch {record['epoch']}: {shown}")
+        stop = False
+        if not stopped_inside:
+            # Callbacks run before the checkpoint, so that it holds what they changed (a
+            # scheduler's step) and the random numbers they drew: a resume then continues
+            # exactly where the uninterrupted run would.
+            stop = any([cb(record, model) is True for cb in callbacks])
+            if dp is not None:  # callbacks run on every rank; one asking to stop stops all
+                stop = dp.any(stop)
         save()
         if ckpt_dir is not None and main:
             append_metrics(ckpt_dir / METRICS_NAME, record)
-        if stopped_inside:
-            break
-        stop_requests = [cb(record, model) is True for cb in callbacks]
-        stop = any(stop_requests)
-        if dp is not None:  # callbacks run on every rank; one asking to stop stops all
-            stop = dp.any(stop)
-        if stop:
+        if stopped_inside or stop:
             break
     history = state.history + ([partial] if partial is not None else [])
     return FitResult(history, state.epoch, state.step)

@@ -232,9 +232,13 @@ class ScoreModel(PicklableModule):
         return t, x_t, mean, std
 
     def model(self, x: Tensor | None = None, num_samples: int = 1) -> Tensor | None:
-        """DSM objective on data ``x`` (see class docstring); samples when ``x`` is None."""
+        """DSM objective on data ``x`` (see class docstring). Without data, the generative
+        program: ``"x_1"`` from the prior, carried to the data end by the default sampler
+        (:meth:`sample`) to the site ``"x"``, under ``pyro.plate("data", num_samples)``, so
+        :class:`~pyro.infer.Predictive` and ``poutine`` see the draws (outer plates add their
+        dims, as vectorized samples do)."""
         if x is None:
-            return self.sample(num_samples)
+            return self._generate(num_samples)
         pyro.module(self.name, self)
         self._check(x)
         K = self.time_samples
@@ -248,6 +252,19 @@ class ScoreModel(PicklableModule):
             if self.bound:
                 bound_sites(self.sde, x, self.eps, self.event_dim, model=True)
         return None
+
+    def _generate(self, num_samples: int) -> Tensor:
+        ref = next(iter([*self.parameters(), *self.buffers()]), torch.zeros(()))
+        zeros = torch.zeros(self.event_shape, dtype=ref.dtype, device=ref.device)
+        with pyro.plate("data", num_samples):
+            prior = dist.Normal(zeros, self.sde.prior_std).to_event(self.event_dim)
+            x1 = pyro.sample("x_1", prior)
+            # the sampler takes one flat batch; outer plates' dims are restored after
+            flat = x1.reshape(-1, *self.event_shape)
+            draws = self.sample(flat.shape[0], x_init=flat).reshape(x1.shape)
+            # the sampler's output is an implicit distribution of x_1: a Delta site, as a
+            # GAN generator's example
+            return pyro.sample("x", dist.Delta(draws, event_dim=self.event_dim))
 
     def guide(self, x: Tensor | None = None, num_samples: int = 1) -> None:
         """The fixed time and perturbation distributions (nothing when ``x`` is None)."""

@@ -10,7 +10,7 @@ import pyro
 import pytest
 import torch
 from pyro import poutine
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import Predictive, Trace_ELBO, TraceMeanField_ELBO
 
 from pyro_gen.diffusion import (
     VESDE,
@@ -127,6 +127,21 @@ def test_vectorized_particles_give_each_particle_its_own_dsm_loss():
     terms = dsm_loss(m.score, sde, x.expand(4, 3, 5, 2), t, noise, 1)  # (P, K, B)
     expected = terms.mean(1).sum(-1).mean(0)
     assert abs(loss - float(expected.detach())) < 1e-8 * max(1.0, abs(loss))
+
+
+def test_predictive_draws_from_the_model_without_data():
+    # data N(0, I) under the VP SDE: the score is -x at every time, so the program's "x" is
+    # N(0, I); a vectorized Predictive must give each predictive sample its own draws
+    eye = torch.eye(2, dtype=torch.float64)
+    m = ScoreModel(LinearScore(-eye, torch.zeros(2, dtype=torch.float64)), VPSDE(), (2,),
+                   param="score")  # fmt: skip
+    pyro.set_rng_seed(0)
+    draws = Predictive(m.model, num_samples=3, parallel=True)(num_samples=400)
+    x, x1 = draws["x"], draws["x_1"]
+    assert x.shape == x1.shape == (3, 400, 2) and x.dtype == torch.float64
+    assert not torch.equal(x[0], x[1])
+    assert float(x.mean().abs()) < 0.1 and float((x.std() - 1).abs()) < 0.1
+    assert Predictive(m.model, num_samples=2)(num_samples=5)["x"].shape == (2, 5, 2)
 
 
 class OtherGaussianScore(torch.nn.Module):

@@ -308,10 +308,12 @@ class FlowMatching(PicklableModule):
         return s, z.expand((self.time_samples, *x.shape))
 
     def model(self, x: Tensor | None = None, z: Tensor | None = None, num_samples: int = 1):
-        """Flow-matching objective on ``x`` (with an optional coupling ``z``); draws
-        ``num_samples`` when ``x`` is None."""
+        """Flow-matching objective on ``x`` (with an optional coupling ``z``). Without data,
+        the generative program: base draws ``"z"`` transported by the flow's ODE to the site
+        ``"x"``, under ``pyro.plate("data", num_samples)``, so
+        :class:`~pyro.infer.Predictive` and ``poutine`` see the draws."""
         if x is None:
-            return self.sample(num_samples)
+            return self._generate(num_samples)
         pyro.module(self.name, self.flow)
         self._check(x, z)
         with (
@@ -327,6 +329,16 @@ class FlowMatching(PicklableModule):
                 sq = sq * (1 - s).pow(2)
             pyro.factor("flow_matching", -0.5 * sq)
         return None
+
+    def _generate(self, num_samples: int) -> Tensor:
+        ref = next(self.flow.parameters())
+        zeros = torch.zeros(self.event_shape, dtype=ref.dtype, device=ref.device)
+        with pyro.plate("data", num_samples):
+            z = pyro.sample("z", dist.Normal(zeros, 1.0).to_event(self.event_dim))
+            # the ODE takes one flat batch; outer plates' dims are restored after
+            x = self.transport(z.reshape(-1, *self.event_shape)).reshape(z.shape)
+            # a deterministic map of z: a Delta site, as a GAN generator's example
+            return pyro.sample("x", dist.Delta(x, event_dim=self.event_dim))
 
     def guide(self, x: Tensor | None = None, z: Tensor | None = None, num_samples: int = 1):
         """The fixed time and base draws (nothing when ``x`` is None)."""

@@ -8,7 +8,7 @@ import pyro
 import pytest
 import torch
 from pyro import poutine
-from pyro.infer import Trace_ELBO
+from pyro.infer import Predictive, Trace_ELBO
 
 from pyro_gen.diffusion import FlowMatching, reflow_pairs
 from pyro_gen.infer import fit
@@ -74,6 +74,17 @@ def test_marginal_field_transports_the_data_to_the_base(sigma_min):
     y = fm.transport(torch.randn(4000, 2, dtype=torch.float64), rtol=1e-5, atol=1e-5)
     assert (y.mean(0) - M).abs().max() < 0.05
     assert (torch.cov(y.T) - S - sigma_min**2 * EYE).abs().max() < 0.04
+
+
+def test_predictive_draws_from_the_model_without_data():
+    # without data the model is z ~ N(0, I) carried by the ODE to "x": a vectorized
+    # Predictive gives each predictive sample its own base draws and their images
+    torch.manual_seed(2)
+    fm = FlowMatching(cnf(2, (8,), rtol=1e-4, atol=1e-4).double())
+    draws = Predictive(fm.model, num_samples=3, parallel=True)(num_samples=5)
+    z, x = draws["z"], draws["x"]
+    assert z.shape == x.shape == (3, 5, 2) and not torch.equal(z[0], z[1])
+    torch.testing.assert_close(x, fm.transport(z.reshape(15, 2)).reshape(3, 5, 2))
 
 
 def test_elbo_of_the_model_is_the_flow_matching_loss():

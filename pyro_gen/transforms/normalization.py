@@ -32,6 +32,12 @@ def _reduce_dims(x: torch.Tensor, event_shape: tuple[int, ...]) -> list[int]:
     return [d for d in range(x.dim()) if d != feat]
 
 
+def _values_per_feature(x: torch.Tensor, event_shape: tuple[int, ...]) -> int:
+    """How many values each feature/channel statistic is taken over. (An unbatched vector
+    has none of :func:`_reduce_dims`, and ``mean([])`` would reduce over the features.)"""
+    return x.numel() // x.shape[x.dim() - len(event_shape)]
+
+
 class ActNorm(FlowTransformModule):
     r"""Activation normalization (Glow): a per-channel affine map with data-dependent init.
 
@@ -42,7 +48,9 @@ class ActNorm(FlowTransformModule):
     On its first call, :math:`s, b` are set from that batch so the output of whichever
     direction is called is standardized per channel: called on data (``inv``, as in
     ``log_prob``) the latent side gets zero mean and unit variance; called on base samples
-    (forward) the output does. Afterwards they are ordinary parameters.
+    (forward) the output does. Afterwards they are ordinary parameters. A first call with one
+    value per channel (a single vector, as the flow of Pyro's ``AutoNormalizingFlow`` first
+    sees) has no spread to standardize by and starts the layer at the identity.
 
     Until then :math:`s, b` are NaN: the parameters themselves record whether the
     initialization happened, so every path that restores them restores that too
@@ -94,6 +102,13 @@ class ActNorm(FlowTransformModule):
 
     @torch.no_grad()
     def _initialize(self, v: torch.Tensor, data_side: bool) -> None:
+        if _values_per_feature(v, self.event_shape) < 2:
+            # one value per feature (a single vector, as an autoguide's flow first sees):
+            # no spread to standardize by, so start at the identity
+            self.loc.zero_()
+            self.log_scale.zero_()
+            self._initialized = True
+            return
         dims = _reduce_dims(v, self.event_shape)
         mean = v.mean(dims)
         std = v.std(dims, unbiased=False) + self.eps
@@ -214,11 +229,19 @@ class BatchNorm(FlowTransformModule):
         return (per.sum() * self._spatial).expand(batch_shape)
 
     def _batch_stats(self, y: torch.Tensor, update: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        n = _values_per_feature(y, self.event_shape)
+        if n < 2:
+            # as torch.nn.BatchNorm: a batch of one has no variance (it gave x = 0 and a
+            # log-det of D/2 log(eps), a density too high by ~17 nats for 3 features)
+            raise ValueError(
+                f"BatchNorm in training mode takes statistics over the batch and needs more "
+                f"than one value per feature, got a value of shape {tuple(y.shape)}; call "
+                f".eval() to use the running averages"
+            )
         dims = _reduce_dims(y, self.event_shape)
         mean = y.mean(dims)
         var = y.var(dims, unbiased=False)
         if update:
-            n = y.numel() // y.shape[y.dim() - len(self.event_shape)]
             with torch.no_grad():
                 unbiased = var * (n / max(n - 1, 1))
                 self.running_mean.lerp_(mean.detach(), self.momentum)

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import math
 
+import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro.infer import Trace_ELBO
+from pyro.infer.autoguide import AutoNormalizingFlow
 
 from pyro_gen import transforms as T
 
@@ -147,3 +150,35 @@ def test_outputs_feed_torch_transforms_that_view_them(case: Case) -> None:
         - math.prod(out) * math.log(2.0)
     )
     torch.testing.assert_close(d.log_prob(y), expected, atol=1e-4, rtol=1e-5)
+
+
+def test_actnorm_first_called_on_one_vector_starts_at_the_identity() -> None:
+    # Pyro's AutoNormalizingFlow first pushes one (D,) base draw through its flow: the
+    # statistics of an unbatched vector were taken across its features (mean([]) reduces
+    # every dim), and those of a single value per feature gave a scale of 1e6 (NaN ELBO)
+    for x in (torch.randn(3), torch.randn(1, 3), torch.randn(1)):
+        t = T.ActNorm(x.shape[-1])
+        torch.testing.assert_close(t(x), x)
+        assert t.initialized and float(t.log_scale.detach().abs().max()) == 0.0
+    t = T.ActNorm(2)
+    t(5.0 + 3.0 * torch.randn(64, 2))  # a batch still standardizes per feature
+    assert float(t.log_scale.detach().abs().min()) > 0.5
+
+    def model():
+        pyro.sample("a", dist.Gamma(2.0, 1.0))
+
+    pyro.clear_param_store()
+    guide = AutoNormalizingFlow(model, T.ActNorm)
+    assert math.isfinite(Trace_ELBO().loss(model, guide))
+
+
+def test_batchnorm_training_mode_on_a_batch_of_one_is_a_clear_error() -> None:
+    # batch statistics of one value per feature gave x = 0 and log|det| = D/2 log(eps):
+    # a single point's density ~17 nats too high for D = 3, silently
+    bn = T.BatchNorm(3)
+    for y in (torch.randn(1, 3), torch.randn(3)):
+        with pytest.raises(ValueError, match="more than one value per feature.*eval"):
+            bn.inv(y)
+    bn.eval()
+    assert bn.inv(torch.randn(3)).shape == (3,)
+    assert T.BatchNorm((2, 3, 3)).inv(torch.randn(1, 2, 3, 3)).shape == (1, 2, 3, 3)

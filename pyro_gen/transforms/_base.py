@@ -353,6 +353,13 @@ class FlowTransformModule(TransformModule):
         if self._cache_size == 1:
             self._cached_x_y = x, y
 
+    def clear_cache(self) -> None:
+        """Drops the cached input/output pair and log-det, so that no tensor or autograd graph
+        of the last call stays referenced (what ``TransformedDistribution.clear_cache()``
+        after a training step, as in Pyro's flow tutorials, is for)."""
+        super().clear_cache()
+        self._ladj_cache.clear()
+
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         cache = self._ladj_cache
         if cache.x is x and cache.y is y and cache.valid():

@@ -6,7 +6,9 @@ distributions, ``torch.inference_mode``, ...) that once failed or gave a wrong v
 
 from __future__ import annotations
 
+import gc
 import math
+import weakref
 
 import pyro
 import pyro.distributions as dist
@@ -182,3 +184,15 @@ def test_batchnorm_training_mode_on_a_batch_of_one_is_a_clear_error() -> None:
     bn.eval()
     assert bn.inv(torch.randn(3)).shape == (3,)
     assert T.BatchNorm((2, 3, 3)).inv(torch.randn(1, 2, 3, 3)).shape == (1, 2, 3, 3)
+
+
+def test_clear_cache_releases_the_last_call() -> None:
+    # Pyro's tutorials call flow_dist.clear_cache() after each step; the log-det cache kept
+    # the last call's tensors, and with them their autograd graph (after a log_prob that was
+    # never backpropagated, every layer's saved activations), until the next call
+    t = T.affine_coupling(4, hidden_dims=[8])
+    d = dist.TransformedDistribution(dist.Normal(torch.zeros(4), 1.0).to_event(1), [t])
+    x = weakref.ref(t.inv(torch.randn(10, 4)))  # the last output, held by the caches only
+    d.clear_cache()
+    gc.collect()
+    assert x() is None

@@ -254,7 +254,8 @@ def split_log_weights(
             for an ELBO, not for importance weights).
 
     Raises:
-        ValueError: a guide latent is not a model site, or the data plate is missing.
+        ValueError: a guide latent is not a model site or is observed there, or the data
+            plate is missing.
     """
     guide_latents = {
         name: site for name, site in sample_sites(guide_trace) if not site["is_observed"]
@@ -265,6 +266,12 @@ def split_log_weights(
             raise ValueError(
                 f"guide site {name!r} is not a sample site of the model: a guide must sample "
                 "only the model's latent sites (check the site names)"
+            )
+        if model_trace.nodes.get(name, {}).get("is_observed"):
+            # its -log q would be counted against a log p of the observed value
+            raise ValueError(
+                f"guide site {name!r} is observed in the model (obs= or pyro.condition): a "
+                "guide samples only the model's latent sites; leave it out of the guide"
             )
     kl = _analytic_kl(model_trace, guide_latents) if analytic_kl else {}
     terms: list[tuple[dict, float, torch.Tensor | None]] = []

@@ -460,6 +460,12 @@ def test_bad_model_guide_pairs_get_one_clear_error():
         evaluate_elbo(model, X, guide=typo_guide)
     with pytest.raises(ValueError, match="num_particles"):
         evaluate_elbo(model, X, guide=typo_guide, num_particles=0)
+    # a model conditioned on its latent (pyro.condition) with the old guide still sampling
+    # it: the guide's -log q was scored against log p of the conditioned value, silently
+    conditioned = poutine.condition(model, data={"z": torch.zeros_like(X)})
+    for estimate in (evaluate_elbo, iwae_log_likelihood):
+        with pytest.raises(ValueError, match="guide site 'z' is observed in the model"):
+            estimate(conditioned, X, guide=_scalar_model("data")[1])
 
 
 def test_progress_bar_is_shown_only_when_asked(capsys):

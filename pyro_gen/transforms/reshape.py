@@ -193,6 +193,14 @@ class MultiScale(FlowTransformModule):
                 self.factored_shapes.append(inner)
         self._sizes = [c * h * w for c, h, w in self.factored_shapes]
 
+    def clear_cache(self) -> None:
+        """Clears this map's caches and those of every part (see
+        :meth:`FlowTransformModule.clear_cache`)."""
+        super().clear_cache()
+        for parts in self._levels:
+            for part in parts:
+                part.clear_cache()
+
     @staticmethod
     def _flat_ladj(ladj: torch.Tensor, batch_dims: int) -> torch.Tensor:
         return ladj.reshape(ladj.shape[:batch_dims] + (-1,)).sum(-1)

@@ -196,3 +196,11 @@ def test_clear_cache_releases_the_last_call() -> None:
     d.clear_cache()
     gc.collect()
     assert x() is None
+    # a container passes it on to its parts
+    part = T.affine_coupling((4, 2, 2), mask="channel", hidden_channels=4, num_blocks=1)
+    ms = T.MultiScale((1, 4, 4), [[part, T.Unsqueeze((4, 2, 2))]])
+    ms.inv(torch.randn(3, 1, 4, 4))
+    x = weakref.ref(part._ladj_cache.x)
+    dist.TransformedDistribution(dist.Normal(torch.zeros(16), 1.0).to_event(1), [ms]).clear_cache()
+    gc.collect()
+    assert x() is None

@@ -149,6 +149,8 @@ class AdversarialLoss(PyroLoss):
             (:class:`~pyro_gen.gan.recorded.RecordedRuns`: the same examples and gradients as
             the Pyro run, without Pyro's per-site work; models it cannot stand for run
             through Pyro, with one log line saying why); ``False``: every run through Pyro.
+            Python numbers the model reads are constants of a recording: after changing
+            one (an annealed noise scale), call ``loss.runs.clear()``.
     """
 
     #: what a discriminator ending in a sigmoid is told

@@ -37,7 +37,12 @@ tensor values the model reads (compared at each replay), on the input shapes and
 arguments, or on the ``training`` flags of the modules of a model or guide that is a module's
 method (these choose the recording). Buffers (batch norm's running statistics, a prior's
 location) are read, and updated, through references taken when recording: after moving a
-module to another device, call :meth:`RecordedRuns.clear` to record again.
+module to another device, call :meth:`RecordedRuns.clear` to record again. Python numbers
+the model computes with (a closure's noise scale, a module's float attribute) are constants
+of a recording: the checks compare the recording's values with the Pyro run's on the same
+noise, so a changed number is caught at the next check, which falls back to Pyro; a schedule
+that changes such a number should call :meth:`RecordedRuns.clear` after each change (or the
+loss be built with ``record=False``).
 """
 
 from __future__ import annotations
@@ -202,12 +207,22 @@ class RecordedRuns:
             self.check_every > 0 and prog.calls % self.check_every == 0
         )
         if due:
-            # The check is this step's run: it costs nothing beyond a Pyro step.
+            # The check is this step's run, beside a replay on the same noise: a Python
+            # number the model reads (a closure's noise scale changed by an annealing
+            # schedule) is a constant of the recording, seen only by comparing values.
+            replayed = self._check_replay(prog, data)
             sites, signature, _ = self._pyro_signature(model, guide, args, kwargs)
             if signature != prog.signature:
                 self.fallback_reason = (
                     "the model's structure changed between runs: "
                     + _describe_change((prog.signature,), (signature,))
+                )
+                logger.warning(_LOG, self.fallback_reason)
+            elif replayed is not None and (name := _differs(replayed, sites)) is not None:
+                self.fallback_reason = (
+                    f"the recording no longer reproduces the model's site {name!r} on the "
+                    "same noise (a Python number the model reads, such as a closure's "
+                    "scale, changed since it was recorded)"
                 )
                 logger.warning(_LOG, self.fallback_reason)
             return sites
@@ -379,6 +394,23 @@ class RecordedRuns:
 
     # -- replay ---------------------------------------------------------------------------
 
+    def _check_replay(
+        self, prog: _Recording, data: list[torch.Tensor]
+    ) -> dict[str, ObservedSite] | None:
+        """A replay that leaves no trace: the noise it draws is drawn again by the Pyro run
+        that follows, and the buffers it writes (running statistics) are put back."""
+        buffers = [e for e in prog.extras if torch.is_tensor(e)]
+        saved = [b.clone() for b in buffers]
+        rng = noise_rng_state(prog.devices)
+        try:
+            with torch.no_grad():
+                return self._replay(prog, data)
+        finally:
+            set_noise_rng_state(rng, prog.devices)
+            with torch.no_grad():
+                for b, v in zip(buffers, saved):
+                    b.copy_(v)
+
     def _replay(self, prog: _Recording, data: list[torch.Tensor]) -> dict[str, ObservedSite] | None:
         """The sites from the recording, or None when this run must go through Pyro (the
         param store's tensors changed, or a value the model branched on did)."""
@@ -440,6 +472,16 @@ def _param_sites(names: Sequence[str]) -> list[torch.Tensor] | None:
             )  # fmt: skip
             apply_stack(msg)
     return params
+
+
+def _differs(replayed: dict[str, ObservedSite], sites: dict[str, ObservedSite]) -> str | None:
+    """The first site whose generated value differs between a replay and the Pyro run on the
+    same noise (beyond the rounding of a compiled program), or None."""
+    for name, site in sites.items():
+        other = replayed.get(name)
+        if other is None or not torch.allclose(other.value, site.value.detach(), 1e-4, 1e-6):
+            return name
+    return None
 
 
 def _drop_constant_reads(gm: torch.fx.GraphModule, n_out: int) -> list[int]:

@@ -190,6 +190,37 @@ def test_models_a_recording_cannot_stand_for_run_through_pyro_with_one_log_line(
     assert all(torch.equal(a, b) for a, b in zip(plain, recorded))
 
 
+def test_a_python_number_the_model_reads_is_checked_against_the_recording():
+    # a user's model whose observation noise is a closure's number, annealed during training:
+    # the recording holds the old value, and the next check's comparison must catch it
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    net, noise = torch.nn.Linear(3, 2), {"scale": 0.5}
+
+    def model(x):  # noqa: ANN001, ANN202
+        pyro.module("g", net)
+        with pyro.plate("N", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([3]).to_event(1))
+            pyro.sample("obs", dist.Normal(net(z), noise["scale"]).to_event(1), obs=x)
+
+    def guide(x):  # noqa: ANN001, ANN202
+        pass
+
+    runs, x = RecordedRuns(check_steps=1, check_every=3), torch.rand(4, 2)
+    for _ in range(4):  # seen, recorded, checked, replayed
+        runs(model, guide, (x,), {})
+    assert runs.recorded
+    noise["scale"] = 0.01
+    runs(model, guide, (x,), {})  # the recording's third run: checked
+    assert runs.fallback_reason is not None and "'obs'" in runs.fallback_reason
+    pyro.set_rng_seed(3)
+    value = runs(model, guide, (x,), {})["obs"].value
+    pyro.set_rng_seed(3)
+    z = dist.Normal(0.0, 1.0).expand([4, 3]).sample()
+    spread = (value - net(z)).abs().max()
+    assert spread < 0.1  # the new scale's draws, not the recorded 0.5's
+
+
 def test_other_handlers_see_the_model_s_sites_and_a_cleared_param_store_records_again():
     gen = Generator(MLPGenerator(2, (2,), (8,)))
     runs, x = RecordedRuns(check_steps=0), torch.rand(4, 2)

@@ -78,13 +78,17 @@ class Additive(ElementwiseBijection):
 
     num_params = 1
 
+    # the log-derivative takes the output's shape, which a shift with more batch dims than
+    # the input (a context batch) broadcasts to, as Affine's does
     def forward(self, x, params):
         (shift,) = params
-        return x + shift, torch.zeros_like(x)
+        y = x + shift
+        return y, torch.zeros_like(y)
 
     def inverse(self, y, params):
         (shift,) = params
-        return y - shift, torch.zeros_like(y)
+        x = y - shift
+        return x, torch.zeros_like(x)
 
 
 class Affine(ElementwiseBijection):

@@ -36,8 +36,12 @@ def _perturb(module: torch.nn.Module, scale: float = 0.3) -> None:
         lambda: T.conditional_affine_coupling(4, 2, mask="half", hidden_dims=[8]),
         lambda: T.conditional_spline_coupling(3, 2, hidden_dims=[8]),
         lambda: T.conditional_masked_autoregressive(3, 2, [8]),
+        lambda: T.conditional_additive_coupling(
+            (2, 2, 2), 2, mask="channel", hidden_channels=4, num_blocks=1
+        ),
+        lambda: T.conditional_affine_coupling((1, 2, 2), 2, hidden_channels=4, num_blocks=1),
     ],
-    ids=["affine", "additive", "half", "spline", "maf"],
+    ids=["affine", "additive", "half", "spline", "maf", "channel", "checkerboard"],
 )
 def test_a_context_batch_broadcasts_against_the_value(make) -> None:
     # ConditionalTransformedDistribution(base, [t]).condition(ctx) with ctx of shape (N, C):
@@ -47,20 +51,21 @@ def test_a_context_batch_broadcasts_against_the_value(make) -> None:
     torch.manual_seed(0)
     t = make()
     _perturb(t)
-    dim = t.event_shape[0]
-    base = dist.Normal(torch.zeros(dim), torch.ones(dim))
+    shape = t.event_shape
+    base = dist.Normal(torch.zeros(shape), 1.0).to_event(len(shape))
     cond = dist.ConditionalTransformedDistribution(base, [t])
     ctx = torch.randn(5, 2)
-    x = torch.randn(dim)
+    x = torch.randn(shape)
     y = t.condition(ctx)(x)
-    assert y.shape == (5, dim)
+    assert y.shape == (5, *shape)
+    assert t.condition(ctx).log_abs_det_jacobian(x, y).shape == (5,)
     for i in range(5):
         torch.testing.assert_close(y[i], t.condition(ctx[i])(x))
         torch.testing.assert_close(t.condition(ctx).inv(y)[i], x, atol=1e-5, rtol=1e-5)
-    assert cond.condition(ctx).rsample().shape == (5, dim)
+    assert cond.condition(ctx).rsample().shape == (5, *shape)
     d = cond.condition(ctx.unsqueeze(1))
     s = d.sample((4,))
-    assert s.shape == (5, 4, dim)
+    assert s.shape == (5, 4, *shape)
     lp = d.log_prob(s)
     for i in range(5):
         torch.testing.assert_close(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from pyro import poutine
 from pyro.distributions import Independent, Normal
+from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
@@ -80,7 +81,7 @@ class FreeBitsELBO(ELBO):
             elbo = 0.0
             for site in model_trace.nodes.values():
                 if site["type"] == "sample" and site["is_observed"]:
-                    elbo = elbo + (site["log_prob"] * site["scale"]).sum()
+                    elbo = elbo + site["log_prob"].sum()  # already scaled and masked
             for name, q_site in guide_trace.nodes.items():
                 if q_site["type"] != "sample" or q_site["is_observed"]:
                     continue
@@ -94,10 +95,17 @@ class FreeBitsELBO(ELBO):
         return total / self.num_particles
 
     def _clamped_kl(self, q_site: dict, p_site: dict) -> torch.Tensor:
+        """The site's KL with each dimension's floor: with example weights :math:`w_b`
+        (the site's scale, such as a subsampled plate's N/B, times its mask),
+        :math:`\\sum_j \\max(\\lambda \\sum_b w_b, \\sum_b w_b \\mathrm{KL}_{bj})`, i.e.
+        :math:`\\lambda` against the batch mean of each dimension's KL, scaled."""
         q, p = q_site["fn"], p_site["fn"]
         value = q_site["value"]
         batch = value.shape[: value.dim() - q.event_dim]
         n = max(batch.numel(), 1)
+        ones = torch.ones(batch, dtype=value.dtype, device=value.device)
+        weights = scale_and_mask(ones, q_site["scale"], q_site["mask"]).expand(batch)
+        weights = weights.reshape(n)
         if (
             isinstance(q, Independent)
             and isinstance(p, Independent)
@@ -105,11 +113,12 @@ class FreeBitsELBO(ELBO):
             and isinstance(p.base_dist, Normal)
         ):
             kl = kl_divergence(q.base_dist, p.base_dist)  # (*batch, *event)
-            per_dim = kl.reshape(n, -1).mean(0)
-            return per_dim.clamp(min=self.free_bits).sum() * n * q_site["scale"]
-        kl = q_site["log_prob"] - p_site["log_prob"]
+            per_dim = (weights[:, None] * kl.reshape(n, -1)).sum(0)
+            return per_dim.clamp(min=self.free_bits * weights.sum()).sum()
+        # the sites' log_prob are scaled and masked already
+        kl = (q_site["log_prob"] - p_site["log_prob"]).sum()
         size = max(value[(0,) * len(batch)].numel(), 1) if len(batch) else value.numel()
-        return kl.mean().clamp(min=self.free_bits * size) * n * q_site["scale"]
+        return kl.clamp(min=self.free_bits * size * weights.sum())
 
     def _get_trace(self, model, guide, args, kwargs):  # required by ELBO, unused
         raise NotImplementedError

@@ -53,15 +53,19 @@ def image_shape(event_shape: Sequence[int]) -> tuple[int, int, int]:
 
 
 def pixel_output(event_shape: Sequence[int], alpha: float) -> list[Transform]:
-    """Last transforms of an image flow: logit space to pixels in [0, 1], then the data shape.
+    """Last transforms of an image flow: the data shape, then logit space to pixels in [0, 1].
 
-    The flow works on ``(C, H, W)``; :class:`ScaledSigmoid` makes its density one on pixels
-    (the RealNVP logit preprocessing, inverted), and ``(H, W)`` data get a reshape at the end.
+    The flow works on ``(C, H, W)``; ``(H, W)`` data get a reshape, and :class:`ScaledSigmoid`
+    makes the density one on pixels (the RealNVP logit preprocessing, inverted). The sigmoid
+    comes last so that its interval is the distribution's ``support``: after a reshape the
+    support would read as all reals, and Pyro's autoguides and MCMC (``biject_to(support)``)
+    would propose pixels where the density is not defined.
     """
     chw = image_shape(event_shape)
-    out: list[Transform] = [ScaledSigmoid(alpha, event_dim=3)]
+    out: list[Transform] = []
     if tuple(event_shape) != chw:
         out.append(ReshapeTransform(torch.Size(chw), torch.Size(event_shape)))
+    out.append(ScaledSigmoid(alpha, event_dim=len(event_shape)))
     return out
 
 

@@ -88,6 +88,10 @@ class FreeBitsELBO(ELBO):
                 if site_is_subsample(q_site):
                     continue
                 if name not in model_trace.nodes:
+                    # an auxiliary draw (an autoguide's unconstrained value): its -log q is
+                    # part of the ELBO, outside any latent's floor
+                    if q_site["infer"].get("is_auxiliary", False):
+                        elbo = elbo - q_site["log_prob"].sum()
                     continue
                 p_site = model_trace.nodes[name]
                 elbo = elbo - self._clamped_kl(q_site, p_site)

@@ -170,6 +170,17 @@ def as_event_shape(event_shape: int | Sequence[int]) -> tuple[int, ...]:
     return tuple(int(s) for s in event_shape)
 
 
+def check_context(context: torch.Tensor, conditioner: object, name: str) -> None:
+    """Raises a clear ValueError when ``context``'s last dim is not the conditioner's
+    ``context_dim`` (the network's own error was a matrix-size mismatch deep inside it)."""
+    k = getattr(conditioner, "context_dim", None)
+    if k and (context.dim() == 0 or context.shape[-1] != k):
+        raise ValueError(
+            f"{name}.condition(context) expects contexts of size context_dim={k} in the last "
+            f"dim, got shape {tuple(context.shape)}"
+        )
+
+
 def check_event_shape(x: torch.Tensor, event_shape: tuple[int, ...], name: str) -> None:
     """Raises a clear ValueError when the rightmost dims of ``x`` are not ``event_shape``."""
     k = len(event_shape)

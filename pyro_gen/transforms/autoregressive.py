@@ -27,7 +27,12 @@ from pyro.distributions.conditional import ConditionalTransformModule
 from torch import nn
 
 from pyro_gen.nn.made import MADE
-from pyro_gen.transforms._base import FlowTransformModule, PicklableModule, partial_module
+from pyro_gen.transforms._base import (
+    FlowTransformModule,
+    PicklableModule,
+    check_context,
+    partial_module,
+)
 from pyro_gen.transforms.elementwise import Additive, Affine, ElementwiseBijection
 
 
@@ -160,6 +165,7 @@ class _ConditionalAutoregressive(PicklableModule, ConditionalTransformModule):
         self.cache_size = cache_size
 
     def condition(self, context: torch.Tensor) -> _Autoregressive:
+        check_context(context, self.made, type(self).__name__)
         made = functools.partial(self.made, context=context)
         return self._concrete(self.input_dim, made, self.elementwise, cache_size=self.cache_size)
 

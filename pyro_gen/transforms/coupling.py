@@ -16,6 +16,7 @@ from pyro_gen.transforms._base import (
     FlowTransformModule,
     PicklableModule,
     as_event_shape,
+    check_context,
     partial_module,
 )
 from pyro_gen.transforms.elementwise import Additive, Affine, ElementwiseBijection
@@ -295,6 +296,7 @@ class ConditionalCoupling(PicklableModule, ConditionalTransformModule):
     def condition(self, context: torch.Tensor) -> Coupling:
         # reuse the precomputed layout with this module's (device-resident) index buffers:
         # conditioning on each batch costs no host sync
+        check_context(context, self.conditioner, type(self).__name__)
         layout = copy.copy(self._layout)
         if layout.split:
             layout.cond_idx, layout.trans_idx = self.cond_idx, self.trans_idx

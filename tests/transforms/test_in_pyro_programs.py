@@ -209,3 +209,22 @@ def test_clear_cache_releases_the_last_call() -> None:
     dist.TransformedDistribution(dist.Normal(torch.zeros(16), 1.0).to_event(1), [ms]).clear_cache()
     gc.collect()
     assert x() is None
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: T.conditional_affine_coupling(4, 3, hidden_dims=[8]),
+        lambda: T.conditional_affine_coupling((2, 2, 2), 3, hidden_channels=4, num_blocks=1),
+        lambda: T.conditional_inverse_autoregressive(4, 3, [8]),
+        lambda: T.conditional_spline_autoregressive(4, 3, hidden_dims=[8]),
+    ],
+    ids=["coupling", "image_coupling", "iaf", "spline_ar"],
+)
+def test_a_context_of_the_wrong_size_is_a_clear_error(make) -> None:
+    # the network's own error was "mat1 and mat2 shapes cannot be multiplied" or a view error
+    t = make()
+    for ctx in (torch.randn(5, 7), torch.tensor(1.0)):
+        with pytest.raises(ValueError, match=r"context_dim=3.*got shape"):
+            t.condition(ctx)
+    assert t.condition(torch.randn(5, 3))(torch.randn(5, *t.event_shape)).shape[0] == 5

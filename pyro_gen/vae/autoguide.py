@@ -235,6 +235,17 @@ class AutoAmortizedNormal(AutoGuide):
 
         model = poutine.block(self.model, hide_fn=hide)
         trace = poutine.block(poutine.trace(model).get_trace)(*args, **kwargs)
+        for _, site in trace.iter_stochastic_nodes():
+            # A plate without a size (pyro.plate("data"), as in Pyro's ss_vae example) takes
+            # it from the sites' batch shape: record that size, which the plates made here
+            # (and the search for the data plate) need.
+            batch = site["fn"].batch_shape
+            site["cond_indep_stack"] = tuple(
+                f._replace(size=batch[f.dim], full_size=batch[f.dim])
+                if f.size == -1 and f.dim is not None and -f.dim <= len(batch)
+                else f
+                for f in site["cond_indep_stack"]
+            )
         return trace, random_plates, enumerated
 
     def _find_data_plate(self, trace: Any, args: tuple, kwargs: dict) -> CondIndepStackFrame:
@@ -376,7 +387,11 @@ class AutoAmortizedNormal(AutoGuide):
         recording anything (the first call does this otherwise). Call it to load a
         ``state_dict`` before the first step."""
         if self.prototype_trace is None:
-            self._setup_prototype(*args, **kwargs)
+            try:
+                self._setup_prototype(*args, **kwargs)
+            except Exception:
+                self.prototype_trace = None  # set up again next call, not half built
+                raise
         if self.global_guide is not None and self.global_guide.prototype_trace is None:
             with poutine.block():
                 self._create_plates(*args, **kwargs)

@@ -174,3 +174,30 @@ def test_sites_the_model_masks_are_masked_alike(subsample):
     assert torch.equal(guide_tr.nodes["z"]["mask"], keep_full[rows])
     guide_tr.compute_log_prob()
     assert torch.equal(guide_tr.nodes["z"]["log_prob"] == 0, ~keep_full[rows])
+
+
+def test_a_plate_without_a_size_as_in_pyros_ss_vae_example():
+    """``pyro.plate("data")`` with no size takes it from the sites' batch shape; the guide
+    used its recorded size -1 (it found no data plate, and its plates could not be made).
+    The guide's ELBO equals that on the same model with a sized plate, at any batch size."""
+
+    def model(x, sized=False):
+        with pyro.plate("data", x.shape[0] if sized else None):
+            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z.sum(-1, keepdim=True), 1.0).to_event(1), obs=x)
+
+    pyro.clear_param_store()
+    guide = AutoAmortizedNormal(model, hidden_dims=(8,))
+    guide.setup(torch.randn(6, 1))  # before the seeded draws
+    for x in (torch.randn(6, 1), torch.randn(4, 1)):
+        pyro.set_rng_seed(0)
+        loss = Trace_ELBO().loss(model, guide, x)
+        pyro.set_rng_seed(0)
+        assert loss == pytest.approx(Trace_ELBO().loss(model, guide, x, sized=True), rel=1e-6)
+        assert poutine.trace(guide).get_trace(x).nodes["z"]["value"].shape == (x.shape[0], 2)
+    assert guide.plate_name == "data"
+    # a set-up that failed is done again, with the same clear error, not used half built
+    bad = AutoAmortizedNormal(model, hidden_dims=(8,), plate_name="nope")
+    for _ in range(2):
+        with pytest.raises(ValueError, match="no such plate 'nope'"):
+            bad(torch.randn(6, 1))

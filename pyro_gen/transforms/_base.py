@@ -20,14 +20,23 @@ class _LadjCache:
     deep-copied (copying a model for EMA or checkpointing must not fail).
     """
 
-    __slots__ = ("x", "y", "ladj", "params", "stamp")
+    __slots__ = ("x", "y", "ladj", "owners", "names", "params", "stamp")
 
     def __init__(self) -> None:
-        self.x = self.y = self.ladj = self.params = self.stamp = None
+        self.clear()
 
     def valid(self) -> bool:
-        """The stamp still holds (a lookup costs a few version reads, not a module walk)."""
-        return self.stamp == parameter_stamp(self.params)
+        """The stamp still holds and every parameter slot still holds the object it was made
+        with (a lookup costs a few dict and version reads, not a module walk).
+
+        Objects are compared, not only versions: ``pyro.module(name, m,
+        update_module_params=True)`` swaps new parameters into the module's ``_parameters``
+        dicts, leaving the old objects (and their versions) as they were.
+        """
+        current = list(map(_GETITEM, self.owners, self.names))
+        return self.stamp == parameter_stamp(current) and all(
+            map(operator.is_, current, self.params)
+        )
 
     def __deepcopy__(self, memo: dict) -> _LadjCache:
         return _LadjCache()
@@ -36,10 +45,12 @@ class _LadjCache:
         return (_LadjCache, ())
 
     def clear(self) -> None:
-        self.x = self.y = self.ladj = self.params = self.stamp = None
+        self.x = self.y = self.ladj = self.stamp = None
+        self.owners, self.names, self.params = [], [], []
 
 
 _VERSION = operator.attrgetter("_version")
+_GETITEM = dict.__getitem__
 _tracing = torch._C._get_tracing_state
 
 
@@ -95,16 +106,20 @@ def graph_input(x: torch.Tensor) -> torch.Tensor:
     return x.clone() if x.is_inference() else x
 
 
-def parameters_of(module: torch.nn.Module) -> list[torch.Tensor]:
-    """The module's parameters, read afresh (a parameter swapped in by
-    ``pyro.module(..., update_module_params=True)`` is seen), without ``parameters()``'s
-    generator and de-duplication: on a small flow layer the stamp is taken on every call,
-    and the walk cost a few percent of an IAF step. Duplicates are harmless for stamps."""
-    out = [p for p in module._parameters.values() if p is not None]
+def parameter_slots(module: torch.nn.Module, owners: list[dict], names: list[str]) -> None:
+    """Appends where each of the module's parameters lives (its ``_parameters`` dict and key),
+    so that a cache lookup reads the current objects without a module walk, and sees one
+    swapped in by ``pyro.module(..., update_module_params=True)``. No ``parameters()``
+    generator or de-duplication: the walk runs on every real computation of a small flow
+    layer, and it cost a few percent of an IAF step. Duplicates are harmless for stamps."""
+    owned = module._parameters
+    for name, p in owned.items():
+        if p is not None:
+            owners.append(owned)
+            names.append(name)
     for child in module._modules.values():
         if child is not None:
-            out += parameters_of(child)
-    return out
+            parameter_slots(child, owners, names)
 
 
 def partial_module(fn: object) -> tuple[torch.nn.Module, ...]:
@@ -356,9 +371,12 @@ class FlowTransformModule(TransformModule):
         # Both caches (torch's x/y pair and the log-det) hold the same pair, so one stamp
         # guards both; the parameter walk happens here, once per real computation.
         cache = self._ladj_cache
-        cache.params = parameters_of(self)
+        owners, names = [], []
+        parameter_slots(self, owners, names)
         for module in self._conditioner_modules:
-            cache.params += parameters_of(module)
+            parameter_slots(module, owners, names)
+        cache.owners, cache.names = owners, names
+        cache.params = list(map(_GETITEM, owners, names))
         cache.x, cache.y, cache.ladj = x, y, ladj
         cache.stamp = parameter_stamp(cache.params)
         if self._cache_size == 1:

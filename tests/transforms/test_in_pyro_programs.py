@@ -228,3 +228,25 @@ def test_a_context_of_the_wrong_size_is_a_clear_error(make) -> None:
         with pytest.raises(ValueError, match=r"context_dim=3.*got shape"):
             t.condition(ctx)
     assert t.condition(torch.randn(5, 3))(torch.randn(5, *t.event_shape)).shape[0] == 5
+
+
+def test_parameters_restored_through_the_param_store_invalidate_the_cache(tmp_path) -> None:
+    # Pyro's way to restore a module in place: param store load, then
+    # pyro.module(name, m, update_module_params=True), which swaps new Parameter objects
+    # into the module. The cache checked the versions of the old objects only, so scoring
+    # the same data tensor again returned the density of the parameters before the restore
+    torch.manual_seed(0)
+    pyro.clear_param_store()
+    t = T.masked_autoregressive(3, [8])
+    pyro.module("t", t)
+    pyro.get_param_store().save(tmp_path / "params.pt")
+    _perturb(t)
+    d = dist.TransformedDistribution(dist.Normal(torch.zeros(3), 1.0).to_event(1), [t])
+    x = torch.randn(5, 3)
+    perturbed = d.log_prob(x)
+    pyro.clear_param_store()
+    pyro.get_param_store().load(tmp_path / "params.pt")
+    pyro.module("t", t, update_module_params=True)
+    restored = d.log_prob(x)
+    torch.testing.assert_close(restored, d.log_prob(x.clone()))
+    assert not torch.allclose(restored, perturbed)

@@ -218,11 +218,14 @@ class BayesianVAE(nn.Module):
         """:math:`q(\\theta)` (AutoNormal, global) and :math:`q(z \\mid x)` (amortized,
         local)."""
         self._check(x)
-        self.weight_guide(x)
         pyro.module("encoder", self.encoder)
         loc, scale, _ = self.encoder(x)
         with self._plate(x):
-            return pyro.sample(LATENT, dist.Normal(loc, scale).to_event(1))
+            z = pyro.sample(LATENT, dist.Normal(loc, scale).to_event(1))
+        # after z, in the model's order of sites, which TraceMeanField_ELBO checks (it
+        # warned that it could not verify the mean-field restriction)
+        self.weight_guide(x)
+        return z
 
     @torch.no_grad()
     def sample(self, num_samples: int, num_decoders: int = 1) -> torch.Tensor:

@@ -84,3 +84,19 @@ def test_bad_arguments_are_refused():
     vae = BayesianVAE((6,), z_dim=2, hidden_dims=(5,), num_data=4)
     with pytest.raises(ValueError, match="larger than num_data=4"):
         vae.model(torch.zeros(5, 6))
+
+
+def test_trains_with_pyros_mean_field_elbo_without_its_ordering_warning(data):
+    """The guide samples its sites in the model's order (z, then the weights), so Pyro's
+    TraceMeanField_ELBO verifies the mean-field restriction instead of warning that it
+    could not (the weights' guide used to run first)."""
+    import warnings
+
+    from pyro.infer import SVI, TraceMeanField_ELBO
+
+    pyro.clear_param_store()
+    vae = BayesianVAE((6,), z_dim=2, hidden_dims=(5,))
+    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-2}), TraceMeanField_ELBO())
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*mean field restriction")
+        assert torch.isfinite(torch.tensor(svi.step(data[:8])))

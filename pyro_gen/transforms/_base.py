@@ -20,7 +20,7 @@ class _LadjCache:
     deep-copied (copying a model for EMA or checkpointing must not fail).
     """
 
-    __slots__ = ("x", "y", "ladj", "owners", "names", "params", "stamp")
+    __slots__ = ("x", "y", "x_version", "y_version", "ladj", "owners", "names", "params", "stamp")
 
     def __init__(self) -> None:
         self.clear()
@@ -38,6 +38,16 @@ class _LadjCache:
             map(operator.is_, current, self.params)
         )
 
+    def holds(self, x: torch.Tensor | None, y: torch.Tensor | None) -> bool:
+        """Whether the cached pair is valid for these tensors (``None``: not compared): the
+        same objects, not written in place since (a buffer reused for every batch with
+        ``copy_``, Langevin steps updating ``x``), under a stamp that still holds."""
+        return (
+            (x is None or (x is self.x and _version_of(x) == self.x_version))
+            and (y is None or (y is self.y and _version_of(y) == self.y_version))
+            and self.valid()
+        )
+
     def __deepcopy__(self, memo: dict) -> _LadjCache:
         return _LadjCache()
 
@@ -45,12 +55,20 @@ class _LadjCache:
         return (_LadjCache, ())
 
     def clear(self) -> None:
-        self.x = self.y = self.ladj = self.stamp = None
+        self.x = self.y = self.x_version = self.y_version = self.ladj = self.stamp = None
         self.owners, self.names, self.params = [], [], []
 
 
 _VERSION = operator.attrgetter("_version")
 _GETITEM = dict.__getitem__
+
+
+def _version_of(x: torch.Tensor) -> int | None:
+    """``x``'s in-place write counter; ``None`` for an inference tensor, which has none (its
+    cache hits are by identity alone, as torch's)."""
+    return None if x.is_inference() else x._version
+
+
 _tracing = torch._C._get_tracing_state
 
 
@@ -341,17 +359,13 @@ class FlowTransformModule(TransformModule):
         raise NotImplementedError
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self._cache_size == 1:
-            x_old, y_old = self._cached_x_y
-            if x is x_old and self._ladj_cache.valid():
-                return y_old
+        if self._cache_size == 1 and self._ladj_cache.holds(x, None):
+            return self._ladj_cache.y
         return self._call(x)
 
     def _inv_call(self, y: torch.Tensor) -> torch.Tensor:
-        if self._cache_size == 1:
-            x_old, y_old = self._cached_x_y
-            if y is y_old and self._ladj_cache.valid():
-                return x_old
+        if self._cache_size == 1 and self._ladj_cache.holds(None, y):
+            return self._ladj_cache.x
         return self._inverse(y)
 
     def _call(self, x: torch.Tensor) -> torch.Tensor:
@@ -378,6 +392,7 @@ class FlowTransformModule(TransformModule):
         cache.owners, cache.names = owners, names
         cache.params = list(map(_GETITEM, owners, names))
         cache.x, cache.y, cache.ladj = x, y, ladj
+        cache.x_version, cache.y_version = _version_of(x), _version_of(y)
         cache.stamp = parameter_stamp(cache.params)
         if self._cache_size == 1:
             self._cached_x_y = x, y
@@ -391,7 +406,7 @@ class FlowTransformModule(TransformModule):
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         cache = self._ladj_cache
-        if cache.x is x and cache.y is y and cache.valid():
+        if cache.holds(x, y):
             return cache.ladj
         if self._ladj_direction == "forward":
             return self._forward(x)[1]

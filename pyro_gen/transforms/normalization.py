@@ -267,7 +267,7 @@ class BatchNorm(FlowTransformModule):
 
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         cache = self._ladj_cache
-        if cache.x is x and cache.y is y and cache.valid():
+        if cache.holds(x, y):
             return cache.ladj
         # cache miss: follow the density convention (statistics of the data-side batch)
         # without touching the running averages

@@ -78,8 +78,9 @@ def test_a_context_batch_broadcasts_against_the_value(make) -> None:
     [
         lambda: T.cnf(2, (8,), trace="exact", rtol=1e-6, atol=1e-6),
         lambda: T.residual_block(2, [8]),
+        lambda: T.inverse_autoregressive(2, [8]),
     ],
-    ids=["cnf", "residual"],
+    ids=["cnf", "residual", "iaf"],
 )
 def test_log_det_by_autograd_works_under_inference_mode(make) -> None:
     # these transforms differentiate their own map for log|det J|; torch.enable_grad() alone
@@ -250,3 +251,36 @@ def test_parameters_restored_through_the_param_store_invalidate_the_cache(tmp_pa
     restored = d.log_prob(x)
     torch.testing.assert_close(restored, d.log_prob(x.clone()))
     assert not torch.allclose(restored, perturbed)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: T.masked_autoregressive(2, [8]), lambda: T.affine_coupling(2, hidden_dims=[8])],
+    ids=["maf", "coupling"],
+)
+def test_an_input_written_in_place_is_not_a_cache_hit(make) -> None:
+    # a tensor reused for every batch (buf.copy_(batch)), or Langevin steps updating x in
+    # place, is the same object with new values: the cache answered with the first
+    # batch's density (silently), or with a graph already backpropagated through
+    torch.manual_seed(0)
+    t = make()
+    _perturb(t)
+    base = dist.Normal(torch.zeros(2), 1.0).to_event(1)
+    d = dist.TransformedDistribution(base, [t])
+    uncached = dist.TransformedDistribution(base, [t.with_cache(0)])
+    buf = torch.empty(4, 2)
+    for scale in (1.0, 2.0):
+        batch = scale * torch.randn(4, 2)
+        with torch.no_grad():
+            buf.copy_(batch)
+            torch.testing.assert_close(d.log_prob(buf), uncached.log_prob(batch))
+    x = torch.randn(4, 2, requires_grad=True)
+    for _ in range(2):
+        (g,) = torch.autograd.grad(d.log_prob(x).sum(), x)
+        with torch.no_grad():
+            x += 0.1 * g
+    u = torch.randn(3, 2)
+    t(u)
+    u.add_(1.0)
+    torch.testing.assert_close(t(u), t.with_cache(0)(u))
+    assert t.inv(t(u)) is u  # an unmodified input still hits

@@ -234,9 +234,11 @@ class FlowTransformModule(TransformModule):
 
     Caching follows torch/Pyro: with ``cache_size=1``, ``t.inv(t(x))`` returns ``x`` without
     running the inverse (an IAF scores its own samples in one pass). Unlike torch's cache,
-    a hit also requires the parameters to be unchanged since the value was cached and the
-    same grad mode (see :func:`parameter_stamp`), so a density flow that scores one data
-    tensor at every SVI step recomputes after each optimizer step. :meth:`with_cache`
+    a hit also requires the parameters to be unchanged since the value was cached (the same
+    objects, not written since), the same grad mode (see :func:`parameter_stamp`) and the
+    input not written in place since, so a density flow that scores one data tensor at every
+    SVI step recomputes after each optimizer step, and a buffer reused for every batch is
+    scored afresh. :meth:`with_cache`
     returns a twin with another cache size that shares this module's parameters, buffers,
     submodules and ``training`` flag.
 

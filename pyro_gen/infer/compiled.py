@@ -33,6 +33,14 @@ through differentiable operations, an ELBO other than ``Trace_ELBO`` /
 shapes) or when recording fails for any reason. With ``TraceEnum_ELBO`` the enumerated
 sites are summed out by Pyro's own contraction, recorded as tensor operations.
 
+A recording holds what the model and guide read besides parameters, inputs and annealing
+factors as constants: a Python number such as an observation noise that a callback
+anneals. After each recording, every ``check_every`` steps and when :meth:`~CompiledSVI.verify_next`
+asks (``fit`` does after each epoch's callbacks), a step runs Pyro's model and guide on the
+draws the program will take and compares the two losses before the update: a program that
+went stale is recorded again, once; a value that keeps changing sends the step back to
+plain Pyro SVI.
+
 Every update is guarded as :class:`torch.amp.GradScaler` does: a loss or a gradient that is
 NaN or infinite skips the update (parameters and optimizer state stay as they were) and
 the step returns a non-finite loss, for the caller to report when it next reads losses
@@ -118,6 +126,12 @@ from pyro_gen.infer.cpu_memory import retain_freed_cpu_memory
 from pyro_gen.infer.undo_writes import UndoWrites
 
 logger = logging.getLogger("pyro_gen")
+
+
+class _StaleConstants(Exception):
+    """A recorded program's loss is not Pyro's on the same draws: it holds a value that
+    has changed since it was recorded."""
+
 
 __all__ = ["CompiledSVI", "InputCheckError", "supports"]
 
@@ -258,6 +272,13 @@ class CompiledSVI:
         # from a Python float would be a host-to-device copy, which synchronizes on CUDA.
         self._betas: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
         self._step_no = 0  # the number of the next step, for the input checks' errors
+        # Values a recording holds as constants (Python numbers the model reads) are checked
+        # by comparing a step's loss with Pyro's on the same draws (_program_for): after a
+        # recording, every check_every steps and when verify_next() asks. Programs found
+        # stale are recorded again once; a second change means they keep changing.
+        self._verify = False
+        self._stale: set[Any] = set()
+        self._rerecorded = False
         self.fallback_reason: str | None = None
         self.compile_time_s = 0.0  # recording and compiling, in seconds
         if backend == "pyro":
@@ -348,6 +369,19 @@ class CompiledSVI:
             f"a value the model branched on changed at step {step} (that update was skipped)"
         )
 
+    def verify_next(self) -> None:
+        """Checks the next recorded step against Pyro's own run before its update.
+
+        A recording holds what the model reads besides parameters and inputs as constants,
+        such as a Python number (an observation noise a callback anneals). The step compares
+        the program's loss with Pyro's on the same draws after each recording and every
+        ``check_every`` steps; this call asks for that check at the next step too (``fit``
+        calls it after the epoch's callbacks). A program found stale is recorded again with
+        the values read then; if the values change again, the step falls back to plain
+        Pyro SVI, saying why.
+        """
+        self._verify = True
+
     def loss_and_grads(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Loss and gradients (left in ``.grad``) without an update, like
         ``ELBO.loss_and_grads``; for tests and diagnostics."""
@@ -373,8 +407,21 @@ class CompiledSVI:
             found = self._program_for(args, kwargs)
             if found is None:  # a new input signature: a plain step this time
                 return None
-            prog, data = found
-            loss, grads, found_inf, failed = self._run(prog, data)
+            prog, data, expected = found
+            loss, grads, found_inf, failed = self._run(prog, data, expected)
+        except _StaleConstants as exc:
+            if self._rerecorded:
+                self._fall_back(
+                    f"{exc}, again after a new recording: a value the model reads keeps "
+                    "changing (an annealed scale?). Pass it to the model as a tensor argument "
+                    "(or anneal KL terms with pyro_gen.infer.annealing.kl_scale) to keep "
+                    "the compiled step"
+                )
+            else:
+                self._rerecorded = True
+                self._stale.update(self._programs)
+                logger.info("pyro_gen: %s; recording the step again", exc)
+            return None  # this batch runs as a plain step
         except _Unsupported as exc:
             self._fall_back(str(exc))
             return None
@@ -400,12 +447,20 @@ class CompiledSVI:
     def _beta_values(self) -> list[float]:
         return [float(m.beta() if callable(m.beta) else m.beta) for m in self._kl]
 
-    def _program_for(self, args: tuple, kwargs: dict) -> tuple[_Program, list[torch.Tensor]] | None:
-        """The program for these inputs, recorded now if their signature was seen before;
-        None the first time a signature is seen (the caller runs a plain step)."""
+    def _program_for(
+        self, args: tuple, kwargs: dict
+    ) -> tuple[_Program, list[torch.Tensor], float | None] | None:
+        """The program for these inputs, recorded now if their signature was seen before,
+        and the loss Pyro's own run gives on the draws the program will take, where the
+        step is checked (else None); None the first time a signature is seen (the caller
+        runs a plain step)."""
         key, tensors = self._key(args, kwargs)
         self._calls += 1
         prog = self._programs.get(key)
+        held = None
+        if prog is not None and key in self._stale:  # recorded again, with today's values
+            self._stale.discard(key)
+            held, prog = self._programs.pop(key).held, None
         if prog is None:
             # One eager forward pass, which a recording would start with anyway: it tells a
             # model whose sites change with the batch before any recording is spent on it.
@@ -426,6 +481,8 @@ class CompiledSVI:
                 self._updates.register(self._params_of(signature))
                 return None
             prog = self._programs[key] = self._record(args, kwargs, tensors, signature)
+            if held is not None:  # batches whose input checks failed, not yet reported
+                prog.held = held
         elif not prog.compiled and prog.calls >= compile_after(
             self.backend,
             self.compile_after,
@@ -436,18 +493,24 @@ class CompiledSVI:
             prog.fn, prog.compiled = self._compile(prog, tensors), True
             self.compile_time_s += time.perf_counter() - start
         prog.calls += 1
-        due = 1 < prog.calls <= 1 + self.check_steps or (
-            self.check_every > 0 and prog.calls % self.check_every == 0
+        due = (
+            self._verify
+            or 1 < prog.calls <= 1 + self.check_steps
+            or (self.check_every > 0 and prog.calls % self.check_every == 0)
         )
+        expected = None
         if due:
+            self._verify = False
+            # Under the training stream's RNG state, restored after: the program then draws
+            # the same noise, and its loss must be Pyro's.
             with self._quiet_rng(tensors):
-                sig = self._eager_signature(args, kwargs)
+                sig, expected = self._eager_run(args, kwargs)
             if sig != prog.signature:
                 raise _Unsupported(
                     f"the program's structure changed between steps: "
                     f"{_describe_change(prog.signature, sig)}"
                 )
-        return prog, tensors
+        return prog, tensors, expected
 
     def _check_sites(self, signature: tuple, structure: Any) -> None:
         """Raises when the names of the sites differ from those of the first batch with the
@@ -477,6 +540,13 @@ class CompiledSVI:
         return self.loss._get_traces(self.model, self.guide, args, kwargs)
 
     def _eager_signature(self, args: tuple, kwargs: dict) -> tuple:
+        return self._eager_run(args, kwargs, with_loss=False)[0]
+
+    def _eager_run(
+        self, args: tuple, kwargs: dict, *, with_loss: bool = True
+    ) -> tuple[tuple, float | None]:
+        """The trace signature of a step on these inputs and (``with_loss``) its loss, from
+        Pyro's own run of the model and guide (no update, no gradient)."""
         # On copies of the inputs: transforms cache their last result by the input's
         # identity (Pyro's cache_size=1), and a no-grad result must not be found by the
         # step that follows on the same tensors.
@@ -487,9 +557,13 @@ class CompiledSVI:
         # (batch norm's) are put back after it, so that they see each step once, as in SVI.
         with torch.no_grad(), self._networks(args, kwargs), UndoWrites():
             betas = [torch.tensor(b) for b in self._beta_values()]
+            sigs, loss = [], 0.0
             with _bound_betas(self._kl, betas):
-                sigs = [_signature(m, g) for m, g in self._traces(args, kwargs)]
-        return tuple(sigs)
+                for m, g in self._traces(args, kwargs):
+                    sigs.append(_signature(m, g))
+                    if with_loss:
+                        loss = loss + _elbo_particle(self.loss, m, g)
+        return tuple(sigs), float(loss) / self.loss.num_particles if with_loss else None
 
     def _networks(self, args: tuple, kwargs: dict) -> contextlib.AbstractContextManager:
         """The networks' precision for a step on these inputs (mixed_precision)."""
@@ -670,19 +744,22 @@ class CompiledSVI:
         return out
 
     def _run(
-        self, prog: _Program, data: list[torch.Tensor]
+        self, prog: _Program, data: list[torch.Tensor], expected_loss: float | None = None
     ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
         """Runs the program: the loss, the gradients, the guard's non-finite flag (None
         unless the program computes it) and the input checks' flag (None unless the model
-        has input checks). Values the model branched on are read back and compared here."""
+        has input checks). Values the model branched on are read back and compared here,
+        and the loss with ``expected_loss`` (Pyro's on the same draws) where given."""
         dtype = prog.params[0].dtype if prog.params else torch.get_default_dtype()
         device = data[0].device if data else torch.device("cpu")
         betas = self._beta_tensors(dtype, device)
-        # A step whose branch changed does not count: its noise draws and the buffers it
-        # updated (running statistics) are put back before the plain step redoes it.
-        kept = [e for e in prog.extras if torch.is_tensor(e)] if prog.guards else []
+        # A step whose branch changed, or whose loss is not Pyro's, does not count: its noise
+        # draws and the buffers it updated (running statistics) are put back before the
+        # plain step redoes it.
+        checked = bool(prog.guards) or expected_loss is not None
+        kept = [e for e in prog.extras if torch.is_tensor(e)] if checked else []
         before = [t.clone() for t in kept]
-        rng = noise_rng_state(noise_devices(data)) if prog.guards else None
+        rng = noise_rng_state(noise_devices(data)) if checked else None
         extras = [e.draw() if isinstance(e, _Noise) else e for e in prog.extras]
         cuda_graphs = prog.compiled and device.type == "cuda" and resolved_backend(self.backend)
         if cuda_graphs == "inductor":
@@ -693,16 +770,35 @@ class CompiledSVI:
         n_grads = len(prog.grad_params)
         found = out[1 + n_grads] if prog.guarded else None
         failed = out[1 + n_grads + prog.guarded] if prog.checked else None
+
+        def undo() -> None:
+            with torch.no_grad():
+                for target, value in zip(kept, before):
+                    target.copy_(value)
+            set_noise_rng_state(rng, noise_devices(data))
+
         for read, expected in zip(out[1 + n_grads + prog.guarded + prog.checked :], prog.guards):
             # One host read per value the model branched on (none for most models).
             if read.item() != expected:
-                with torch.no_grad():
-                    for target, value in zip(kept, before):
-                        target.copy_(value)
-                set_noise_rng_state(rng, noise_devices(data))
+                undo()
                 raise _Unsupported(
                     "data-dependent control flow: a tensor value the model or guide branched "
                     f"on changed ({expected!r} when recorded, {read.item()!r} now)"
+                )
+        if expected_loss is not None:
+            got = float(loss)
+            # Rounding differs between the program and Pyro's run by far less than this; a
+            # constant that went stale (a Python number the model reads) moves it by more.
+            if (
+                math.isfinite(got)
+                and math.isfinite(expected_loss)
+                and not math.isclose(got, expected_loss, rel_tol=1e-4, abs_tol=1e-4)
+            ):
+                undo()
+                raise _StaleConstants(
+                    f"the recorded step's loss ({got:.6g}) is not Pyro's on the same draws "
+                    f"({expected_loss:.6g}): a value the model or guide reads besides its "
+                    "parameters and inputs, held as a constant by the recording, has changed"
                 )
         return loss, list(out[1 : 1 + n_grads]), found, failed
 

@@ -406,6 +406,12 @@ class FlowTransformModule(TransformModule):
         super().clear_cache()
         self._ladj_cache.clear()
 
+    def _apply(self, fn: Any, recurse: bool = True) -> FlowTransformModule:
+        # .to(dtype/device), .double(), .cuda() convert parameters in place (same objects,
+        # same versions): a cached pair would still pass for valid, in the old dtype/device
+        self.clear_cache()
+        return super()._apply(fn, recurse)
+
     def log_abs_det_jacobian(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         cache = self._ladj_cache
         if cache.holds(x, y):

@@ -284,3 +284,16 @@ def test_an_input_written_in_place_is_not_a_cache_hit(make) -> None:
     u.add_(1.0)
     torch.testing.assert_close(t(u), t.with_cache(0)(u))
     assert t.inv(t(u)) is u  # an unmodified input still hits
+
+
+def test_to_dtype_drops_the_cache() -> None:
+    # .double() converts parameters in place (same objects, same versions): scoring the
+    # tensor cached before gave back the float32 value of the float32 map, silently
+    t = T.inverse_autoregressive(3, [8])
+    d = dist.TransformedDistribution(dist.Normal(torch.zeros(3), 1.0).to_event(1), [t])
+    x = d.rsample((4,))
+    t.double()
+    with pytest.raises(RuntimeError, match="dtype"):
+        d.log_prob(x)
+    base64 = dist.Normal(torch.zeros(3, dtype=torch.float64), 1.0).to_event(1)
+    assert dist.TransformedDistribution(base64, [t]).log_prob(x.double()).dtype == torch.float64

@@ -681,17 +681,30 @@ def _train(
                 if isinstance(v, float | int) and not isinstance(v, bool) and k != "epoch"
             )
             tqdm.write(f"epoch {record['epoch']}: {shown}")
+
+        def keep(record: dict[str, Any] = record) -> None:
+            save()
+            if ckpt_dir is not None and main:
+                append_metrics(ckpt_dir / METRICS_NAME, record)
+
         stop = False
-        if not stopped_inside:
+        if not stopped_inside and callbacks:
             # Callbacks run before the checkpoint, so that it holds what they changed (a
             # scheduler's step) and the random numbers they drew: a resume then continues
-            # exactly where the uninterrupted run would.
-            stop = any([cb(record, model) is True for cb in callbacks])
+            # exactly where the uninterrupted run would. One that fails loses no training.
+            try:
+                stop = any([cb(record, model) is True for cb in callbacks])
+            except BaseException:
+                keep()
+                raise
             if dp is not None:  # callbacks run on every rank; one asking to stop stops all
                 stop = dp.any(stop)
-        save()
-        if ckpt_dir is not None and main:
-            append_metrics(ckpt_dir / METRICS_NAME, record)
+            # A callback may change what the model reads (an annealed noise scale), which a
+            # recorded step holds as a constant: the next step checks it against Pyro's.
+            verify = getattr(step_fn, "verify_next", None)
+            if verify is not None:
+                verify()
+        keep()
         if stopped_inside or stop:
             break
     history = state.history + ([partial] if partial is not None else [])

@@ -100,3 +100,21 @@ def test_resume_is_exact_with_an_epoch_callback_stepping_a_scheduler(tmp_path):
     resumed, resumed_lr = run(tmp_path / "b", 9, epochs=3)
     assert resumed_lr == lr == 0.01 * 0.5**3
     _assert_same(straight, resumed)
+
+
+def test_a_failing_callback_loses_no_training(tmp_path):
+    """A callback that raises after an epoch (a plot that fails) still leaves that epoch's
+    checkpoint and metrics record behind, and a resume from it equals the run without the
+    failure."""
+
+    def fails_in_epoch_2(record, model):
+        if record["epoch"] == 2:
+            raise OSError("disk full while saving a figure")
+
+    with pytest.raises(OSError, match="disk full"):
+        _run(tmp_path / "b", seed=0, epochs=3, callbacks=[fails_in_epoch_2])
+    records = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").open()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    resumed = _run(tmp_path / "b", seed=9, epochs=3)
+    straight = _run(tmp_path / "a", seed=0, epochs=3)
+    _assert_same(straight, resumed)

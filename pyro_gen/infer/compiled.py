@@ -306,6 +306,7 @@ class CompiledSVI:
         :meth:`check` then reports with the model's own error.
         """
         step_no, self._step_no = self._step_no, self._step_no + 1
+        self._guess_plate_nesting(args, kwargs)
         ran = self._try_program(args, kwargs)
         if ran is None:
             return self._pyro_step(args, kwargs)
@@ -385,6 +386,7 @@ class CompiledSVI:
     def loss_and_grads(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         """Loss and gradients (left in ``.grad``) without an update, like
         ``ELBO.loss_and_grads``; for tests and diagnostics."""
+        self._guess_plate_nesting(args, kwargs)
         ran = self._try_program(args, kwargs)
         if ran is not None:
             prog, loss, grads, *_ = ran
@@ -395,6 +397,17 @@ class CompiledSVI:
         return torch.as_tensor(loss)
 
     # -- compiled path -------------------------------------------------------------------
+
+    def _guess_plate_nesting(self, args: tuple, kwargs: dict) -> None:
+        """Pyro's ELBO guesses an unset ``max_plate_nesting`` at its first step by running
+        the guide and model once, on the training stream of random numbers; the step's
+        eager checks run on a forked stream and would make the guess there. Made here, where
+        Pyro makes it, the guess leaves the step the same draws as Pyro's SVI."""
+        loss = self.loss
+        if getattr(loss, "max_plate_nesting", None) != float("inf"):
+            return
+        if isinstance(loss, _ENUM_LOSSES) or getattr(loss, "vectorize_particles", False):
+            loss._guess_max_plate_nesting(self.model, self.guide, args, kwargs)
 
     def _try_program(self, args: tuple, kwargs: dict) -> tuple[Any, ...] | None:
         """The program, its loss, gradients, the guard's non-finite flag and the input

@@ -404,7 +404,10 @@ class CompiledSVI:
         eager checks run on a forked stream and would make the guess there. Made here, where
         Pyro makes it, the guess leaves the step the same draws as Pyro's SVI."""
         loss = self.loss
-        if getattr(loss, "max_plate_nesting", None) != float("inf"):
+        # Plain steps (a fallback, a loss without programs) leave the guess to Pyro's code.
+        if self.fallback_reason is not None or not isinstance(loss, ELBO):
+            return
+        if loss.max_plate_nesting != float("inf"):
             return
         if isinstance(loss, _ENUM_LOSSES) or getattr(loss, "vectorize_particles", False):
             loss._guess_max_plate_nesting(self.model, self.guide, args, kwargs)

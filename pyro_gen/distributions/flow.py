@@ -215,6 +215,16 @@ class Flow(PicklableModule):
                     shape = tuple(t.inverse_shape(shape))
             base_shape = shape
         self.base_shape = as_event_shape(base_shape)
+        shape = self.base_shape
+        for t in self._transforms:
+            if isinstance(t, Transform):
+                shape = tuple(t.forward_shape(shape))
+        if shape != self.event_shape:
+            # else the event shape given was silently ignored: samples took the transforms'
+            raise ValueError(
+                f"the transforms map the base event shape {self.base_shape} to {shape}, not "
+                f"to the flow's event_shape {self.event_shape}"
+            )
         self.register_buffer("base_loc", torch.zeros(self.base_shape))
         self.register_buffer("base_scale", torch.ones(self.base_shape))
         self.conditional = any(isinstance(t, ConditionalTransform) for t in self._transforms)

@@ -201,3 +201,13 @@ def test_conditional_base() -> None:
 def test_base_event_shape_must_match() -> None:
     with pytest.raises(ValueError, match=r"event shape \(3,\) but the flow's base .* \(2,\)"):
         Flow(2, [T.affine_coupling(2, hidden_dims=[8])], base=LearnedNormal(3))
+
+
+def test_transforms_must_reach_the_event_shape() -> None:
+    # Flow(4, [a coupling on 3 features]) inferred a (3,) base and drew (3,) samples: the
+    # event shape given was silently ignored
+    with pytest.raises(ValueError, match=r"to \(3,\), not to the flow's event_shape \(4,\)"):
+        Flow(4, [T.affine_coupling(3, hidden_dims=[8])])
+    with pytest.raises(ValueError, match="event_shape"):
+        Flow((2, 4, 4), [T.Unsqueeze((4, 2, 2))])
+    assert Flow((1, 4, 4), [T.Unsqueeze((4, 2, 2))]).base_shape == (4, 2, 2)

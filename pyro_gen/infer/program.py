@@ -157,10 +157,15 @@ def _check_params(*traces: poutine.Trace) -> None:
                 continue
             given = site["args"][1] if len(site["args"]) > 1 else None
             if isinstance(given, torch.nn.Parameter) and site["value"] is not given:
+                owner = name.split(_MODULE_NAMESPACE_DIVIDER)[0]
                 raise ValueError(
-                    f"the Pyro param store already holds {name!r} from an earlier model, so "
-                    "training would update that tensor and not your module's parameter: call "
-                    "pyro.clear_param_store() first, or pass fit(..., clear_params=True)"
+                    f"the Pyro param store already holds {name!r} (from an earlier model, or "
+                    "a store loaded with pyro.get_param_store().load), so training would "
+                    "update that tensor and not your module's parameter. To start afresh, "
+                    "call pyro.clear_param_store() first or pass fit(..., clear_params=True); "
+                    "to continue from the stored values, call "
+                    f"pyro.module({owner!r}, <that module>, update_module_params=True) once "
+                    "before fit (or resume with fit(..., checkpoint_dir=...))"
                 )
 
 

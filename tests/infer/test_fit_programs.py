@@ -197,6 +197,25 @@ def test_a_stale_module_entry_is_refused_and_clear_params_starts_fresh():
     assert not fresh.decoder[0].weight.detach().equal(before)  # the module itself trained
 
 
+def test_a_store_loaded_the_pyro_way_continues_through_the_advised_registration(tmp_path):
+    """The stale-entry error's advice for a store restored with ``load``: register each
+    named module with ``update_module_params=True``, after which fit trains the loaded
+    values (the module computes with them)."""
+    trained = TinyVAE()
+    fit(trained, binary_data(), epochs=1, batch_size=32, progress=False)
+    pyro.get_param_store().save(tmp_path / "params.pt")
+    pyro.clear_param_store()
+    pyro.get_param_store().load(tmp_path / "params.pt")
+    fresh = TinyVAE()
+    with pytest.raises(ValueError, match=r"pyro.module\('(en|de)coder', <that module>, update"):
+        fit(fresh, binary_data(), epochs=1, batch_size=32, progress=False)
+    pyro.module("encoder", fresh.encoder, update_module_params=True)
+    pyro.module("decoder", fresh.decoder, update_module_params=True)
+    assert fresh.decoder[0].weight.equal(trained.decoder[0].weight)
+    fit(fresh, binary_data(), epochs=1, batch_size=32, progress=False)
+    assert not fresh.decoder[0].weight.equal(trained.decoder[0].weight)  # trained on
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

@@ -485,13 +485,17 @@ class CompiledSVI:
             self._check_sites(signature, structure=(key[0], key[2]))
             if key not in self._sightings:
                 seen = len(self._sightings)
-                # Training data give one signature, two with a last partial batch; more,
-                # early on, means the shapes change from batch to batch (packed sequences,
-                # bucketed lengths), and recording each would cost more than it saves.
-                if seen >= self.max_programs or (seen >= 2 and self._calls < 10 * (seen + 1)):
+                # Training data give one signature per argument structure (a semi-supervised
+                # model's labelled and unlabelled batches are two), two with a last partial
+                # batch; more of one structure, early on, means the shapes change from batch
+                # to batch (packed sequences, bucketed lengths), and recording each would
+                # cost more than it saves.
+                same = sum((k[0], k[2]) == (key[0], key[2]) for k in self._sightings)
+                if seen >= self.max_programs or (same >= 2 and self._calls < 10 * (same + 1)):
                     raise _Unsupported(
-                        f"the shapes of the inputs change from batch to batch ({seen + 1} "
-                        f"distinct input signatures in {self._calls} steps)"
+                        f"the shapes of the inputs change from batch to batch ({same + 1} "
+                        f"distinct input shapes of one argument structure in {self._calls} "
+                        "steps)"
                     )
                 self._sightings[key] = signature
                 self._updates.register(self._params_of(signature))

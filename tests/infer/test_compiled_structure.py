@@ -104,7 +104,7 @@ def test_new_shapes_with_the_same_sites_fall_back_without_recording(max_programs
             svi.step(*sequences([length, 1]))
     assert not svi.compiled
     assert svi.fallback_reason.startswith("the shapes of the inputs change from batch to batch")
-    assert "3 distinct input signatures in 3 steps" in svi.fallback_reason
+    assert "3 distinct input shapes of one argument structure in 3 steps" in svi.fallback_reason
     assert not svi._programs and gen.model_runs == 4 + 3
 
 
@@ -190,3 +190,28 @@ def test_positive_global_latent_records_and_matches_pyro(kind, caplog):
     for name, grad in expected_grads.items():
         got = pyro.get_param_store()[name].unconstrained().grad
         torch.testing.assert_close(got, grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_two_argument_structures_each_with_a_partial_batch_stay_compiled():
+    """A semi-supervised model's labelled ``(x, y)`` and unlabelled ``(x,)`` batches, each
+    with a last partial batch: four input signatures in a few steps, two shapes per
+    structure, which is what training data give (before, the third signature within 30
+    steps sent the tutorial's M2 back to plain SVI)."""
+
+    def model(x, y=None):
+        loc = pyro.param("loc", torch.zeros(2))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
+            if y is not None:
+                pyro.sample("y", dist.Normal(loc[0], 1.0), obs=y)
+
+    def guide(x, y=None):
+        pass
+
+    svi = CompiledSVI(model, guide, backend="fx")
+    sizes = [(100, False), (50, True)] * 3 + [(30, False), (20, True)] + [(100, False)] * 4
+    for size, labelled in sizes:
+        x = torch.randn(size, 2)
+        svi.step(x, x[:, 0]) if labelled else svi.step(x)
+    assert svi.compiled, svi.fallback_reason
+    assert len(svi._sightings) == 4 and len(svi._programs) == 2  # partial batches: seen once

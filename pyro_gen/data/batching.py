@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 Batch = torch.Tensor | dict[str, torch.Tensor]
@@ -307,6 +308,16 @@ def batch_calls(
     if isinstance(data, Mapping):
         return TensorBatches(
             (), data, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, device=device
+        )
+    if isinstance(data, np.ndarray):  # iterable, but over rows: each would be one "batch"
+        raise TypeError(
+            f"data is a numpy array of shape {data.shape}: pass a tensor, e.g. "
+            "torch.as_tensor(data).float() (the model's dtype)"
+        )
+    if isinstance(data, torch.utils.data.Dataset) and not isinstance(data, Iterable):
+        raise TypeError(
+            f"data is a {type(data).__name__}, which holds single examples: pass "
+            "torch.utils.data.DataLoader(data, batch_size=..., shuffle=True), or its tensors"
         )
     if isinstance(data, Iterable) or callable(data):
         return IterableBatches(data, device=device)

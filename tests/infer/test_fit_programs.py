@@ -234,6 +234,21 @@ def test_nonsense_arguments_are_refused_before_training(kwargs, message):
         fit(TinyVAE(), binary_data(), progress=False, **kwargs)
 
 
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (binary_data().numpy(), r"numpy array of shape \(96, 6\).*torch.as_tensor"),
+        (torch.utils.data.TensorDataset(binary_data()), "single examples.*DataLoader"),
+    ],
+    ids=["numpy", "TensorDataset"],
+)
+def test_data_in_a_form_fit_does_not_take_gets_one_clear_error(data, message):
+    """A numpy array is iterable over its rows, so each row was taken as a batch and the
+    model failed on it; a Dataset yields single examples."""
+    with pytest.raises(TypeError, match=message):
+        fit(TinyVAE(), data, epochs=1, progress=False)
+
+
 def test_empty_data_is_refused_and_never_loops():
     with pytest.raises(ValueError, match="no examples"):
         fit(TinyVAE(), torch.zeros(0, 6), steps=5, progress=False)

@@ -122,6 +122,13 @@ def set_noise_rng_state(
 # Graph surgery: random calls and captured constants become inputs.
 
 
+# Random ops on a tensor's shape alone, and the op that draws the same from a shape.
+_LIKE = {
+    torch.ops.aten.randn_like.default: torch.ops.aten.randn.default,
+    torch.ops.aten.rand_like.default: torch.ops.aten.rand.default,
+}
+
+
 def _lift_inputs(gm: torch.fx.GraphModule) -> list[_Noise | torch.Tensor]:
     graph = gm.graph
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
@@ -174,6 +181,14 @@ def _lift_inputs(gm: torch.fx.GraphModule) -> list[_Noise | torch.Tensor]:
         elif constant((node.args, node.kwargs)):
             new_input(node, _Noise(node.target, tuple(node.args), dict(node.kwargs)))
             continue
+        elif node.target in _LIKE and constant((node.args[1:], node.kwargs)):
+            # randn_like(x) reads only x's shape, dtype and device, fixed in a recording:
+            # the same draw as randn(shape) from the same generator.
+            val = node.meta.get("val")
+            if torch.is_tensor(val) and val.is_contiguous():
+                like = {"dtype": val.dtype, "device": val.device}
+                new_input(node, _Noise(_LIKE[node.target], (list(val.shape),), like))
+                continue
         raise _Unsupported(
             f"random op {node.target} depends on traced values (a sampler that is not "
             "standard noise pushed through differentiable ops, e.g. Gamma or discrete)"

@@ -219,6 +219,37 @@ def test_an_unset_max_plate_nesting_is_guessed_on_pyros_random_stream(loss):
         torch.testing.assert_close(params[name], ref_params[name], rtol=RTOL, atol=1e-8)
 
 
+@pytest.mark.parametrize("backend", ["fx", "jit"])
+def test_noise_drawn_like_a_traced_tensor_is_replayed(backend):
+    """A model drawing its own noise with torch.randn_like(x) / rand_like (a user's
+    denoising score matching): recorded, with Pyro's draws and losses (before, the step fell
+    back, calling it "a sampler that is not standard noise")."""
+    net = nn.Linear(3, 2)
+
+    def model(x):
+        pyro.module("score", net)
+        with pyro.plate("data", x.shape[0]):
+            t = torch.rand_like(x[:, :1]) * 0.9 + 0.1
+            eps = torch.randn_like(x)
+            pred = net(torch.cat([x + t.sqrt() * eps, t], -1))
+            pyro.factor("dsm", -((pred + eps) ** 2).sum(-1))
+
+    def run(compiled: bool):
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        net.reset_parameters()
+        x = torch.randn(8, 2)
+        optim = pyro.optim.Adam({"lr": 0.05})
+        svi = (CompiledSVI(model, lambda x: None, optim, backend=backend) if compiled
+               else SVI(model, lambda x: None, optim, Trace_ELBO()))  # fmt: skip
+        pyro.set_rng_seed(4)
+        losses = [float(svi.step(x)) for _ in range(5)]
+        assert not compiled or svi.compiled, svi.fallback_reason
+        return losses
+
+    torch.testing.assert_close(torch.tensor(run(True)), torch.tensor(run(False)), rtol=RTOL, atol=0)
+
+
 def _params_used_through_views(x, y):
     w = pyro.param("w", 0.1 * torch.arange(12.0).reshape(3, 4))
     v = pyro.param("v", 0.1 * torch.arange(12.0).reshape(4, 3))

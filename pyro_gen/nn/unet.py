@@ -136,6 +136,16 @@ class UNet(nn.Module):
             if level > 0:
                 self.upsample.append(nn.Conv2d(c, c, 3, padding=1))
         self.out_norm = _norm(c)
+        # The fewest channels per group among the norms at the lowest resolution: at 1x1
+        # one channel a group leaves one value to normalize, which GroupNorm refuses.
+        lowest = [self.down[-1], self.down_attn[-1], self.mid1, self.mid_attn, self.mid2]
+        lowest += [self.up[0], self.up_attn[0]]
+        self._lowest_per_group = min(
+            n.num_channels // n.num_groups
+            for part in lowest
+            for n in part.modules()
+            if isinstance(n, nn.GroupNorm)
+        )
         self.out = nn.Conv2d(c, in_channels if out_channels is None else out_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -146,6 +156,12 @@ class UNet(nn.Module):
             raise ValueError(
                 f"image size {H}x{W} is not divisible by {self.factor} "
                 f"(2 ** (len(channel_mults) - 1)); pad the images or use fewer levels"
+            )
+        if self._lowest_per_group * (H // self.factor) * (W // self.factor) < 2:
+            raise ValueError(
+                f"at {H}x{W} the U-Net's lowest level is {H // self.factor}x{W // self.factor} "
+                f"with {self._lowest_per_group} channel per GroupNorm group, one value to "
+                "normalize: use a larger base_channels or fewer levels (channel_mults)"
             )
         emb = self.embed(t)
         h = self.inp(x)

@@ -74,3 +74,16 @@ def test_resnet_shapes_context_and_zero_init() -> None:
         net(torch.randn(3, 4, 4), torch.zeros(3))
     with pytest.raises(ValueError, match="odd"):
         ResNetConv(2, 8, 2, kernel_size=2)
+
+
+@pytest.mark.parametrize(("size", "base"), [(4, 4), (2, 8)])
+def test_a_unet_too_small_for_its_group_norms_says_so(size, base):
+    """At a 1x1 lowest level with one channel per GroupNorm group there is one value to
+    normalize; the error was torch's "Expected more than 1 value per channel"."""
+    from pyro_gen.nn.unet import UNet
+
+    net = UNet(1, base_channels=base, channel_mults=(1, 2, 2) if size == 4 else (1, 2))
+    with pytest.raises(ValueError, match="lowest level is 1x1 .* larger base_channels"):
+        net(torch.zeros(1, 1, size, size), torch.zeros(1))
+    wider = UNet(1, base_channels=2 * base, channel_mults=(1, 2, 2) if size == 4 else (1, 2))
+    assert wider(torch.zeros(1, 1, size, size), torch.zeros(1)).shape == (1, 1, size, size)

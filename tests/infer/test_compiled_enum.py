@@ -14,7 +14,7 @@ from pyro.infer import SVI, TraceEnum_ELBO, config_enumerate
 from torch import nn
 
 from pyro_gen.infer.compiled import CompiledSVI, supports
-from tests.infer.test_compiled import assert_same_loss_and_grads
+from tests.infer.test_compiled import assert_same_as_svi, assert_same_loss_and_grads
 
 RTOL = 1e-5
 
@@ -121,11 +121,7 @@ def test_training_trajectory_matches_svi():
         assert not compiled or svi.compiled, svi.fallback_reason
         return losses, {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
 
-    ref_losses, ref_params = run(False)
-    losses, params = run(True)
-    torch.testing.assert_close(torch.tensor(losses), torch.tensor(ref_losses), rtol=RTOL, atol=0)
-    for name in ref_params:
-        torch.testing.assert_close(params[name], ref_params[name], rtol=RTOL, atol=1e-8)
+    assert_same_as_svi(run)
 
 
 def test_sequential_enumeration_falls_back(caplog):

@@ -269,9 +269,12 @@ class VariationalDequantization(UniformDequantization):
             if i > 0:
                 transforms.append(Permute(self.reverse))
             transforms.append(coupling.condition(context))
+        # The sigmoid last: the distribution's support is the last map's codomain, (0, 1)
+        # per element (after the reshape it was all reals); elementwise, the order changes
+        # neither the values nor the density.
         transforms += [
-            dist.transforms.SigmoidTransform(),
             ReshapeTransform((self.dim,), self.event_shape),
+            dist.transforms.SigmoidTransform(),
         ]
         zeros = torch.zeros(batch_shape + (self.dim,), dtype=dtype, device=x.device)
         base = dist.Normal(zeros, 1.0).to_event(1)

@@ -11,7 +11,7 @@ from pyro import poutine
 from pyro.distributions.transforms import AffineTransform
 from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import Adam
-from torch.distributions import Normal
+from torch.distributions import Normal, constraints
 
 from pyro_gen.flows.base import FlowModel
 from pyro_gen.transforms.dequantization import (
@@ -155,3 +155,19 @@ def test_dequantized_model_runs_without_its_guide(dequantization):
     assert samples[model.dequantization.site].shape == (3, 5, 2)
     prior = pyro.infer.Predictive(model.model, num_samples=4)(None, num_samples=2)
     assert prior[model.site].shape == (4, 2, 2)
+
+
+def test_variational_dequantization_guide_declares_its_true_support():
+    """q(u | x) lies in (0, 1) per element, and says so: its support was the reshape's
+    codomain (all reals), so Pyro's checks and reparameterizations that read a site's support
+    saw an unbounded site."""
+    deq = VariationalDequantization((2, 3), num_bins=4, hidden_dims=(8,))
+    x = torch.randint(0, 4, (5, 2, 3)).float()
+    q = deq.guide_distribution(x)
+    u = q.rsample()
+    assert q.support.check(u).all() and not q.support.check(u + 1.0).any()
+    assert isinstance(q.support.base_constraint, constraints.interval)
+    # the same density as with the reshape last: the sigmoid is elementwise
+    *body, reshape, sigmoid = q.transforms
+    before = pyro.distributions.TransformedDistribution(q.base_dist, [*body, sigmoid, reshape])
+    torch.testing.assert_close(before.log_prob(u), q.log_prob(u))

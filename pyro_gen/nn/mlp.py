@@ -24,7 +24,14 @@ def broadcast_context(x: torch.Tensor, context: torch.Tensor, event_dim: int) ->
         torch.Size([5, 2])
     """
     batch = x.shape[: x.dim() - event_dim]
-    shape = torch.broadcast_shapes(batch, context.shape[:-1])
+    try:
+        shape = torch.broadcast_shapes(batch, context.shape[:-1])
+    except RuntimeError as exc:
+        raise ValueError(
+            f"the context's batch shape {tuple(context.shape[:-1])} (context shape "
+            f"{tuple(context.shape)}) does not broadcast with the input's {tuple(batch)} "
+            f"(input shape {tuple(x.shape)}): give one context per input, or one for all"
+        ) from exc
     return context.expand(shape + context.shape[-1:])
 
 

@@ -87,3 +87,13 @@ def test_a_unet_too_small_for_its_group_norms_says_so(size, base):
         net(torch.zeros(1, 1, size, size), torch.zeros(1))
     wider = UNet(1, base_channels=2 * base, channel_mults=(1, 2, 2) if size == 4 else (1, 2))
     assert wider(torch.zeros(1, 1, size, size), torch.zeros(1)).shape == (1, 1, size, size)
+
+
+def test_a_context_batch_that_does_not_broadcast_is_named():
+    from pyro_gen.nn.mlp import broadcast_context
+
+    with pytest.raises(ValueError, match=r"context's batch shape \(4,\).*input's \(5,\)"):
+        broadcast_context(torch.zeros(5, 3), torch.ones(4, 2), 1)
+    made = MADE(3, [8], context_dim=2)
+    with pytest.raises(ValueError, match="does not broadcast"):
+        made(torch.zeros(5, 3), torch.ones(4, 2))

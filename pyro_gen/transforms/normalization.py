@@ -235,8 +235,9 @@ class BatchNorm(FlowTransformModule):
             # log-det of D/2 log(eps), a density too high by ~17 nats for 3 features)
             raise ValueError(
                 f"BatchNorm in training mode takes statistics over the batch and needs more "
-                f"than one value per feature, got a value of shape {tuple(y.shape)}; call "
-                f".eval() to use the running averages"
+                f"than one value per feature, got a value of shape {tuple(y.shape)}: train on "
+                f"batches of at least 2 (with fit, a batch_size that leaves no last batch of "
+                f"one), or call .eval() to use the running averages"
             )
         dims = _reduce_dims(y, self.event_shape)
         mean = y.mean(dims)

@@ -349,6 +349,9 @@ def _evaluate(args: argparse.Namespace) -> None:
     model = _load_run_or_explain(args.run, config, device)
     view, labels = held_out_view(config, args.num_test)
     ev = Evaluation(model, config, view, labels, args)
+    # Monte Carlo estimates from the run's own seed: evaluating a run twice gives one answer
+    # (unseeded, two evaluations of one run differed by 0.4 nats on 300 test images).
+    pyro.set_rng_seed(config["seed"])
     if spec.evaluate is None:
         results = bound_results(ev, spec.discrete(run_options(config)))
     else:

@@ -28,6 +28,9 @@ def test_train_evaluate_sample_resume(tmp_path, capsys):
     assert main(["evaluate", str(run), "--k", "20", "--num-test", "50"]) == 0
     results = json.loads((run / "evaluation.json").read_text())
     assert results["num_test"] == 50
+    torch.manual_seed(123)  # whatever state the process is in, the run's seed decides
+    assert main(["evaluate", str(run), "--k", "20", "--num-test", "50"]) == 0
+    assert json.loads((run / "evaluation.json").read_text()) == results
     assert results["iwae_log_likelihood"] >= results["test_elbo"] - 1.0  # IWAE is the tighter bound
 
     assert main(["sample", str(run), "-n", "9", "--out", str(tmp_path / "s.png")]) == 0

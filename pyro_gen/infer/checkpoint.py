@@ -107,6 +107,7 @@ def save_checkpoint(
             "modules": {name: _module_entry(name, m) for name, m in modules.items()},
             "param_store": _param_store_entry(modules),
             "optim": encode(optim.get_state(), "optimizer state"),
+            "optim_kind": optimizer_kind(optim),
             "rng": encode(_rng_state(), "RNG state"),
             "progress": encode(dict(progress or {}), "progress"),
         }
@@ -200,6 +201,8 @@ def load_checkpoint(path: str | Path, map_location: Any = None) -> dict[str, Any
             "constraints": decode(payload["param_store"]["constraints"]),
         },
         "optim": decode(payload["optim"]),
+        # absent from checkpoints written before it was recorded: then not checked
+        "optim_kind": payload.get("optim_kind"),
         "rng": decode(payload["rng"]),
         "progress": decode(payload["progress"]),
     }
@@ -337,9 +340,32 @@ def restore_checkpoint(
         )
     restore_modules(ckpt, modules)
     if optim is not None:
+        saved_kind, kind = ckpt.get("optim_kind"), optimizer_kind(optim)
+        if saved_kind is not None and saved_kind != kind:
+            # Pyro loads the saved state into the new optimizer lazily, at its first step,
+            # where another torch optimizer fails on a missing key (SGD: KeyError 'momentum')
+            raise CheckpointError(
+                f"the checkpoint was trained with the optimizer {saved_kind} but this run "
+                f"passes {kind}: resume with the same Pyro optimizer (its state, e.g. Adam's "
+                "moments, is part of the checkpoint), or train into a fresh directory"
+            )
         optim.set_state(ckpt["optim"])
     _set_rng_state(ckpt["rng"])
     return ckpt["progress"]
+
+
+def optimizer_kind(optim: pyro.optim.PyroOptim) -> str:
+    """The torch optimizer (and learning-rate scheduler) a Pyro optimizer wraps, e.g.
+    ``"Adam"`` or ``"ExponentialLR(Adam)"``: their states do not load into one another.
+
+    Example:
+        >>> optimizer_kind(pyro.optim.ExponentialLR(
+        ...     {"optimizer": torch.optim.SGD, "optim_args": {"lr": 0.1}, "gamma": 0.9}))
+        'ExponentialLR(SGD)'
+    """
+    name = getattr(optim.pt_optim_constructor, "__name__", type(optim).__name__)
+    scheduler = getattr(optim, "pt_scheduler_constructor", None)
+    return name if scheduler is None else f"{getattr(scheduler, '__name__', scheduler)}({name})"
 
 
 def _rng_state() -> dict[str, Any]:

@@ -38,6 +38,14 @@ def frechet_distance(f1: torch.Tensor, f2: torch.Tensor) -> float:
         )
     if f1.shape[0] < 2 or f2.shape[0] < 2:
         raise ValueError("each feature set needs at least 2 rows to estimate a covariance")
+    for name, f in (("f1", f1), ("f2", f2)):
+        # a NaN or inf row would make the distance NaN (or a finite-looking wrong number)
+        # with nothing to say which set held it
+        if not bool(torch.isfinite(f).all()):
+            raise ValueError(
+                f"{name} holds NaN or infinite values; drop those rows (a diverged model's "
+                "samples) before computing the distance"
+            )
     a, b = f1.detach().double(), f2.detach().to(f1.device).double()
     mu1, mu2 = a.mean(0), b.mean(0)
     s1, s2 = torch.cov(a.T).reshape(a.shape[1], -1), torch.cov(b.T).reshape(b.shape[1], -1)

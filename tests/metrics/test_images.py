@@ -48,6 +48,16 @@ def test_frechet_distance_refuses_mismatched_features():
         frechet_distance(torch.zeros(5, 2), torch.zeros(5, 3))
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_frechet_distance_refuses_non_finite_features(bad):
+    # an inf row gave a finite-looking 0.82 and a NaN row gave NaN, neither naming the set
+    f = torch.randn(5, 2, generator=torch.Generator().manual_seed(0))
+    g = f.clone()
+    g[1, 1] = bad
+    with pytest.raises(ValueError, match="f2 holds NaN or infinite"):
+        frechet_distance(f, g)
+
+
 def test_class_coverage_and_label_agreement_follow_their_definitions():
     cov = class_coverage(torch.tensor([0, 0, 1, 3]), 4)
     torch.testing.assert_close(cov.histogram, torch.tensor([0.5, 0.25, 0.0, 0.25]).double())

@@ -85,8 +85,8 @@ class LightningSVI(lightning.LightningModule):
     Batches are what the ``DataLoader`` yields: a dict is passed to the model by name, a
     tuple or list positionally (a ``TensorDataset``'s ``[x]`` calls ``model(x)``), anything
     else as the one argument; ``transform=`` is applied on the device as in ``fit``. The
-    training loss per example is logged as ``train_loss``, and the validation loss (the
-    negative ELBO per example for an ELBO) as ``val_loss``.
+    training loss per example is logged as ``train_loss``, and the validation and test losses
+    (the negative ELBO per example for an ELBO) as ``val_loss`` and ``test_loss``.
 
     Args:
         model: a pyro_gen module (its ``model`` and ``guide`` are used) or a Pyro model
@@ -305,6 +305,12 @@ class LightningSVI(lightning.LightningModule):
         return value * self._loss_scale if self._loss_scale != 1.0 else value
 
     def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._evaluate(batch, "val_loss")
+
+    def test_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._evaluate(batch, "test_loss")
+
+    def _evaluate(self, batch: Any, metric: str) -> torch.Tensor:
         call = self._call(batch)
         evaluate = getattr(self.loss, "loss", None)
         if not callable(evaluate):  # a callable loss such as EnergyDistance
@@ -313,7 +319,7 @@ class LightningSVI(lightning.LightningModule):
             float(evaluate(self._model, self._guide, *call.args, **call.kwargs))
         )
         size = call.size if call.size is not None else 1
-        self.log("val_loss", value / size, prog_bar=True, batch_size=size, sync_dist=True)
+        self.log(metric, value / size, prog_bar=True, batch_size=size, sync_dist=True)
         return value
 
     # -- the loss --------------------------------------------------------------------------

@@ -268,3 +268,15 @@ def test_buffers_of_networks_a_function_closes_over_are_in_its_state() -> None:
     assert torch.equal(state["pyro_modules.pyro/module:encoder.1.running_mean"],
                        encoder[1].running_mean)  # fmt: skip
     assert int(encoder[1].num_batches_tracked) == 0  # tracing it counted no batch
+
+
+def test_trainer_test_logs_the_test_loss() -> None:
+    """``Trainer.test`` runs (it raised: no ``test_step``) and logs ``test_loss``, the
+    negative log-likelihood per example for this model without latents (closed form)."""
+    data = 3.0 + 2.0 * torch.randn(64)
+    trainer = _trainer(5)
+    svi = LightningSVI(normal_model, lambda x: None)
+    trainer.fit(svi, _loader(data, batch_size=32))
+    (result,) = trainer.test(svi, _loader(data, batch_size=32, shuffle=False), verbose=False)
+    exact = -dist.Normal(pyro.param("loc"), pyro.param("scale")).log_prob(data).mean()
+    assert result["test_loss"] == pytest.approx(exact.item(), rel=1e-5)

@@ -44,6 +44,18 @@ def class_coverage(predicted: torch.Tensor, num_classes: int) -> ClassCoverage:
     """
     if predicted.dim() != 1 or predicted.numel() == 0:
         raise ValueError(f"predicted must be a non-empty 1-d tensor, got {tuple(predicted.shape)}")
+    # a class outside [0, num_classes) lengthened the histogram (and its KL) without a word,
+    # and a float was truncated to a class
+    if predicted.is_floating_point() or predicted.is_complex():
+        raise ValueError(
+            f"predicted must hold integer class indices, got dtype {predicted.dtype} "
+            "(pass probabilities.argmax(-1))"
+        )
+    if int(predicted.min()) < 0 or int(predicted.max()) >= num_classes:
+        raise ValueError(
+            f"predicted classes must lie in [0, {num_classes}) for num_classes={num_classes}, "
+            f"got values from {int(predicted.min())} to {int(predicted.max())}"
+        )
     hist = predicted.long().bincount(minlength=num_classes).double() / predicted.numel()
     kl = (hist * (hist * num_classes).clamp(min=1e-300).log()).sum()
     return ClassCoverage(hist, int((hist > 0).sum()), float(kl))

@@ -58,6 +58,16 @@ def test_frechet_distance_refuses_non_finite_features(bad):
         frechet_distance(f, g)
 
 
+@pytest.mark.parametrize(
+    "predicted, match",
+    [([0, 1, 12], r"\[0, 10\)"), ([0, -1], r"\[0, 10\)"), ([0.5, 1.7], "integer class")],
+)
+def test_class_coverage_refuses_classes_outside_the_label_set(predicted, match):
+    # class 12 of 10 gave a 13-bin histogram and a KL against the wrong uniform
+    with pytest.raises(ValueError, match=match):
+        class_coverage(torch.tensor(predicted), 10)
+
+
 def test_class_coverage_and_label_agreement_follow_their_definitions():
     cov = class_coverage(torch.tensor([0, 0, 1, 3]), 4)
     torch.testing.assert_close(cov.histogram, torch.tensor([0.5, 0.25, 0.0, 0.25]).double())

@@ -98,6 +98,8 @@ def label_agreement(
             f"labels must hold one label per sample: {samples.shape[0]} samples, labels of "
             f"shape {tuple(labels.shape)}"
         )
+    if samples.shape[0] == 0:
+        raise ValueError("label_agreement needs at least one sample, got none")
     clf = _on(clf, samples.device)
     _, probs = _classify(clf, samples, batch_size)
     hit = (probs.argmax(-1) == labels.to(samples.device)).double()
@@ -148,6 +150,11 @@ def sample_quality(
         >>> 1 <= q.classes_covered <= 10 and q.frechet >= 0
         True
     """
+    if real_labels is not None and real_labels.shape != real.shape[:1]:
+        raise ValueError(
+            f"real_labels must hold one label per real image: {real.shape[0]} images, labels "
+            f"of shape {tuple(real_labels.shape)}"
+        )
     device = samples.device
     clf = _on(clf, device)
     fs, probs = _classify(clf, samples, batch_size)

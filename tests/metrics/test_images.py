@@ -68,6 +68,16 @@ def test_class_coverage_refuses_classes_outside_the_label_set(predicted, match):
         class_coverage(torch.tensor(predicted), 10)
 
 
+def test_label_agreement_and_sample_quality_name_a_bad_argument():
+    clf = SmallClassifier(10)
+    # no samples: a ZeroDivisionError from the standard error
+    with pytest.raises(ValueError, match="at least one sample"):
+        label_agreement(clf, torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long))
+    # 3 labels for 5 real images: torch's size-mismatch error from inside the accuracy
+    with pytest.raises(ValueError, match="real_labels must hold one label per real image"):
+        sample_quality(clf, torch.rand(5, 8, 8), torch.rand(5, 8, 8), torch.zeros(3).long())
+
+
 def test_class_coverage_and_label_agreement_follow_their_definitions():
     cov = class_coverage(torch.tensor([0, 0, 1, 3]), 4)
     torch.testing.assert_close(cov.histogram, torch.tensor([0.5, 0.25, 0.0, 0.25]).double())

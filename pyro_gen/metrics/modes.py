@@ -125,10 +125,16 @@ def mode_coverage(
         )
     if not std > 0:
         raise ValueError(f"std must be positive, got {std!r}")
+    # no samples read as "0 modes, 0% high quality", and min_count=0 counted every mode as
+    # captured with no sample near it
+    if samples.shape[0] == 0:
+        raise ValueError("mode_coverage needs at least one sample, got none")
+    if min_count < 1:
+        raise ValueError(f"min_count must be at least 1, got {min_count!r}")
     samples = samples.detach().to(centers)
     distance, nearest = torch.cdist(samples, centers).min(-1)
     good = distance <= n_sigma * std
     counts = torch.bincount(nearest[good], minlength=len(centers))
     # counted, then divided on the host: the same share on every device, to the last bit
-    share = int(good.sum()) / len(samples) if len(samples) else 0.0
+    share = int(good.sum()) / len(samples)
     return ModeCoverage(int((counts >= min_count).sum()), len(centers), share, counts)

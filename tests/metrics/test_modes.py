@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from pyro_gen.metrics import grid_modes, mode_coverage, ring_modes, sample_modes
@@ -28,3 +29,12 @@ def test_collapse_and_blur_are_measured():
     cov = mode_coverage(blurred, centers, 0.02)
     # within 0.06 of a mode for sd 0.2: 1 - exp(-0.045) ~ 4.4%
     assert cov.high_quality < 0.07
+
+
+def test_no_samples_and_a_zero_min_count_are_refused():
+    # both read as a result: "0/8 modes, 0.0%" for no samples, and "8/8 modes, 0.0% high
+    # quality" for min_count=0 with every sample far from every mode
+    with pytest.raises(ValueError, match="at least one sample"):
+        mode_coverage(torch.zeros(0, 2), ring_modes(), 0.02)
+    with pytest.raises(ValueError, match="min_count must be at least 1"):
+        mode_coverage(torch.full((10, 2), 10.0), ring_modes(), 0.02, min_count=0)

@@ -57,6 +57,13 @@ def train_classifier(
         >>> clf.training
         False
     """
+    # a label vector of another length failed mid-epoch with an IndexError, and float labels
+    # inside cross_entropy, neither naming the argument
+    if y.shape != x.shape[:1] or y.is_floating_point():
+        raise ValueError(
+            f"y must hold one integer label per image: {x.shape[0]} images, y of shape "
+            f"{tuple(y.shape)} and dtype {y.dtype}"
+        )
     gen = torch.Generator().manual_seed(seed)
     # The weights are drawn on the CPU from its generator alone: torch.manual_seed would
     # also reseed every CUDA generator, which fork_rng(devices=[]) does not restore.

@@ -17,6 +17,7 @@ from pyro_gen.metrics import (
     frechet_distance,
     label_agreement,
     sample_quality,
+    train_classifier,
 )
 
 
@@ -76,6 +77,12 @@ def test_label_agreement_and_sample_quality_name_a_bad_argument():
     # 3 labels for 5 real images: torch's size-mismatch error from inside the accuracy
     with pytest.raises(ValueError, match="real_labels must hold one label per real image"):
         sample_quality(clf, torch.rand(5, 8, 8), torch.rand(5, 8, 8), torch.zeros(3).long())
+
+
+def test_train_classifier_refuses_labels_that_do_not_match_the_images():
+    # 9 labels for 10 images: an IndexError from the batch loop
+    with pytest.raises(ValueError, match="one integer label per image: 10 images"):
+        train_classifier(torch.rand(10, 8, 8), torch.zeros(9).long(), epochs=1)
 
 
 def test_class_coverage_and_label_agreement_follow_their_definitions():

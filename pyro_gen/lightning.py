@@ -41,12 +41,16 @@ except ImportError as e:  # pragma: no cover - the dev extra installs it
 
 from pyro_gen.data.batching import Call, Transform, as_call, with_transform
 from pyro_gen.infer.annealing import kl_scale
+from pyro_gen.infer.checkpoint import _rng_state, _set_rng_state
 from pyro_gen.infer.distributed import _plates
 from pyro_gen.infer.program import Program, program, warm_up
+from pyro_gen.infer.state_codec import decode, encode
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 __all__ = ["LightningSVI"]
+
+_RNG_KEY = "pyro_gen_rng_state"  # our entry in Lightning's checkpoint dict
 
 
 def _world_size() -> int:
@@ -321,6 +325,27 @@ class LightningSVI(lightning.LightningModule):
         size = call.size if call.size is not None else 1
         self.log(metric, value / size, prog_bar=True, batch_size=size, sync_dist=True)
         return value
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Adds the random number generators' states (torch, Python, numpy, and CUDA's once
+        in use), which Lightning's checkpoints leave out, so that ``Trainer.fit(ckpt_path=)``
+        continues a one-process run exactly: the same shuffles and the same Pyro draws as
+        a run that was never stopped. Not under DDP, where Lightning saves rank 0's
+        checkpoint only and restoring its state on every rank would give them all the same
+        noise."""
+        if self.trainer.world_size == 1:
+            checkpoint[_RNG_KEY] = encode(_rng_state(), "RNG state")
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restores the saved generators when ``Trainer.fit`` resumes (after the first-batch
+        trace, before the first step); loading weights alone leaves the caller's RNG be."""
+        state = checkpoint.get(_RNG_KEY)
+        trainer = self._trainer
+        if state is None or trainer is None or trainer.state.fn != "fit":
+            return
+        if trainer.world_size == 1:
+            _set_rng_state(decode(state))
 
     # -- the loss --------------------------------------------------------------------------
     def _call(self, batch: Any, device: torch.device | None = None) -> Call:

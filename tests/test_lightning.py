@@ -11,6 +11,7 @@ import sys
 import textwrap
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -280,3 +281,37 @@ def test_trainer_test_logs_the_test_loss() -> None:
     (result,) = trainer.test(svi, _loader(data, batch_size=32, shuffle=False), verbose=False)
     exact = -dist.Normal(pyro.param("loc"), pyro.param("scale")).log_prob(data).mean()
     assert result["test_loss"] == pytest.approx(exact.item(), rel=1e-5)
+
+
+def _latent_mean_model(x: torch.Tensor) -> None:
+    loc = pyro.sample("loc", dist.Normal(0.0, 10.0))
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("obs", dist.Normal(loc, 1.0), obs=x)
+
+
+def test_resume_from_a_lightning_checkpoint_continues_exactly(tmp_path: Path) -> None:
+    """2 epochs, a checkpoint, and ``Trainer.fit(ckpt_path=)`` to 4 epochs in a fresh module
+    and store equals 4 epochs in one go, bit for bit: the checkpoint carries the RNG states
+    (the shuffle and the guide's draws), which Lightning's checkpoints leave out."""
+    data = 3.0 + torch.randn(32)
+
+    def run(epochs: int, ckpt_path: Path | None = None, seed: int = 0) -> tuple[dict, Any]:
+        pyro.clear_param_store()
+        lightning.seed_everything(seed, verbose=False)
+        guide = pyro.infer.autoguide.AutoNormal(_latent_mean_model)
+        svi = LightningSVI(_latent_mean_model, guide, optimizer=_adam_lr_01)
+        trainer = _trainer(-1, max_epochs=epochs)
+        trainer.fit(svi, _loader(data, batch_size=8), ckpt_path=ckpt_path)
+        return {k: v.detach().clone() for k, v in pyro.get_param_store().items()}, trainer
+
+    whole, _ = run(4)
+    _, first = run(2)
+    first.save_checkpoint(tmp_path / "epoch2.ckpt")
+    # another seed, as a new process would have: the checkpoint's states replace it
+    resumed, _ = run(4, tmp_path / "epoch2.ckpt", seed=123)
+    assert whole.keys() == resumed.keys()
+    for name, value in whole.items():
+        assert torch.equal(value, resumed[name]), name
+
+
+_adam_lr_01 = functools.partial(torch.optim.Adam, lr=0.1)

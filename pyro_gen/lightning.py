@@ -339,7 +339,24 @@ class LightningSVI(lightning.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restores the saved generators when ``Trainer.fit`` resumes (after the first-batch
-        trace, before the first step); loading weights alone leaves the caller's RNG be."""
+        trace, before the first step); loading weights alone leaves the caller's RNG be.
+
+        Raises:
+            RuntimeError: if the checkpoint holds parameters that this module does not have
+                yet because the pair was not traced (``load_from_checkpoint`` or
+                ``Trainer.validate(ckpt_path=)`` on a fresh module); it says to pass
+                ``example_batch=``.
+        """
+        own = self.state_dict().keys()
+        unknown = [k for k in checkpoint.get("state_dict", {}) if k not in own]
+        if unknown and not self._trained:
+            raise RuntimeError(
+                f"the checkpoint holds {len(unknown)} entries (e.g. {unknown[0]!r}) that "
+                "Pyro creates lazily, when the model and guide first run, and they have not "
+                "run yet: pass a batch to trace them on, e.g. LightningSVI.load_from_checkpoint("
+                "path, model=model, guide=guide, example_batch=batch), or call "
+                "trace_parameters(batch) before Trainer.validate/test(ckpt_path=...)"
+            )
         state = checkpoint.get(_RNG_KEY)
         trainer = self._trainer
         if state is None or trainer is None or trainer.state.fn != "fit":

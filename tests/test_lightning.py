@@ -315,3 +315,28 @@ def test_resume_from_a_lightning_checkpoint_continues_exactly(tmp_path: Path) ->
 
 
 _adam_lr_01 = functools.partial(torch.optim.Adam, lr=0.1)
+
+
+def test_load_from_checkpoint_says_to_pass_an_example_batch(tmp_path: Path) -> None:
+    """The pair's lazily created parameters do not exist before a trace: loading without
+    ``example_batch=`` says so (it was torch's list of unexpected keys), and with it the
+    store gets the trained values."""
+    data = 3.0 + torch.randn(32)
+    trainer = _trainer(4)
+    svi = LightningSVI(_latent_mean_model, pyro.infer.autoguide.AutoNormal(_latent_mean_model))
+    trainer.fit(svi, _loader(data, batch_size=8))
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    trained = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+    pyro.clear_param_store()
+
+    def load(**kwargs: Any) -> LightningSVI:
+        guide = pyro.infer.autoguide.AutoNormal(_latent_mean_model)
+        return LightningSVI.load_from_checkpoint(
+            tmp_path / "last.ckpt", model=_latent_mean_model, guide=guide, **kwargs
+        )
+
+    with pytest.raises(RuntimeError, match="example_batch=batch"):
+        load()
+    load(example_batch=[data[:8]])
+    for name, value in trained.items():
+        assert torch.equal(pyro.param(name).detach(), value), name

@@ -127,12 +127,17 @@ def sample_quality(
 
 
 def mixture_results(samples: torch.Tensor, centers: torch.Tensor, std: float) -> dict[str, Any]:
-    """Modes captured and the share of samples within 3 standard deviations of a mode."""
+    """Modes captured and the share of samples within 3 standard deviations of a mode, with
+    its binomial standard error and the number of samples it was measured on (not the test
+    examples: a GAN is scored by its own samples)."""
     from pyro_gen.metrics import mode_coverage
 
     cov = mode_coverage(samples, centers, std)
+    n, p = int(samples.shape[0]), cov.high_quality
     return {
+        "num_samples": n,
         "modes_captured": cov.modes,
         "num_modes": cov.num_modes,
-        "high_quality_share": cov.high_quality,
+        "high_quality_share": p,
+        "high_quality_share_se": math.sqrt(p * (1 - p) / n),
     }

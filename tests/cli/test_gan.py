@@ -4,6 +4,7 @@ data."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -46,6 +47,10 @@ def test_wgan_on_the_ring_trains_samples_and_counts_modes(tmp_path, capsys):
     results = json.loads((run / "evaluation.json").read_text())
     assert results["num_modes"] == 8 and 0 <= results["modes_captured"] <= 8
     assert 0 <= results["high_quality_share"] <= 1
+    # scored on the 400 samples asked for, not the test set's size, with a binomial error
+    assert results["num_samples"] == 400
+    p = results["high_quality_share"]
+    assert math.isclose(results["high_quality_share_se"], math.sqrt(p * (1 - p) / 400))
     assert cli(capsys, "sample", run, "-n", "16")[0] == 0
     generator = pyro_gen.load(run)
     assert generator.sample(5).shape == (5, 2)

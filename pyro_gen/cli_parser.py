@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=override_names,
         action="extend",
         default=[],
-        help="on resume, settings that may differ from the recorded run (e.g. lr,batch-size)",
+        help="on resume, settings that may differ from the recorded run (e.g. lr,batch-size; "
+        "default: none)",
     )
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.add_argument(
@@ -218,8 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--k", type=positive, default=1000, help="importance samples (default 1000)"
     )
     evaluate.add_argument(
-        "--num-test", type=positive, default=None, help="evaluate on the first N test examples"
-    )
+        "--num-test", type=positive, default=None,
+        help="evaluate on the first N test examples (default: all)",
+    )  # fmt: skip
     evaluate.add_argument(
         "-n", "--num-samples", type=positive, default=None,
         help="samples a GAN on a 2D mixture is scored by (default 2500)",
@@ -238,7 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
         "sample", parents=[common], help="draw samples from a trained run into a PNG"
     )
     sample.add_argument("run", type=Path, help="run directory")
-    sample.add_argument("-n", "--num-samples", type=positive, default=64)
+    sample.add_argument(
+        "-n", "--num-samples", type=positive, default=64, help="samples to draw (default 64)"
+    )
     sample.add_argument(
         "--sampler",
         choices=sorted({name for spec in MODELS.values() for name in spec.samplers}),

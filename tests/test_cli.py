@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import torch
 
 import pyro_gen
 from pyro_gen.cli import main
+from pyro_gen.cli_parser import build_parser
 from pyro_gen.infer.checkpoint import load_checkpoint, save_checkpoint
 
 SMALL_VAE = ["--z-dim", "4", "--hidden-dim", "32", "--batch-size", "64", "--no-progress"]
@@ -105,6 +107,22 @@ def test_checkpoint_of_another_model_gives_clear_error(tmp_path, capsys):
     assert main(["evaluate", str(run), "--k", "2"]) == 2
     err = capsys.readouterr().err
     assert "is a pyro_gen.vae" in err and "not a pyro_gen.diffusion" in err, err
+
+
+def test_every_option_of_every_command_has_help_stating_its_default():
+    # sample's -n had no help at all (its default of 64 unstated), evaluate's --num-test did
+    # not say that it defaults to the whole test set
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, parser in commands.choices.items():
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction) or not action.option_strings:
+                continue
+            where = f"{name} {action.option_strings[-1]}"
+            assert action.help, f"{where} has no help"
+            if action.default not in (None, False, argparse.SUPPRESS) or where.endswith(
+                "--num-test"
+            ):
+                assert "default" in action.help, f"{where} does not state its default"
 
 
 def test_help_documents_every_option():

@@ -295,9 +295,15 @@ class LightningSVI(lightning.LightningModule):
             self._hooks.append(opt.register_step_pre_hook(_average_gradients))
 
     def on_fit_end(self) -> None:
+        """Removes the DDP hooks and clears the trained parameters' gradients: they are the
+        user's modules and param-store tensors, and Lightning leaves the last backward's
+        gradients on them, which Pyro's ``SVI`` or ``fit`` would then add to its first
+        step's (Pyro zeroes gradients after each step, not before the first)."""
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
+        for p in self._trained:
+            p.grad = None
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         call = self._call(batch)

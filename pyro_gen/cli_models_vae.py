@@ -184,7 +184,11 @@ def _ssvae_evaluate(ev: Evaluation) -> dict[str, Any]:
     with torch.no_grad():
         wrong = (model.classify(x) != ev.labels.to(x.device)).double()
     with_se(results, "test_error", wrong)
-    results["test_elbo"] = evaluate_elbo(model, {"x": x}, loss=TraceEnum_ELBO(max_plate_nesting=1))
+    # per example, for its standard error: the README promises one beside every average
+    elbo = evaluate_elbo(
+        model, {"x": x}, loss=TraceEnum_ELBO(max_plate_nesting=1), per_example=True
+    )
+    with_se(results, "test_elbo", elbo)
     return results
 
 

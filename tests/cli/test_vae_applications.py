@@ -63,6 +63,7 @@ def test_ssvae_trains_with_few_labels_and_reports_its_test_error(tmp_path, capsy
     model = pyro_gen.load(run)
     assert model.num_classes == 10
     assert 0 <= results["test_error"] <= 1 and results["test_elbo"] < 0
+    assert 0 < results["test_elbo_se"] < 5  # an average over 64 examples: it has one
     assert model.sample(3).shape == (3, 8, 8)
 
     status, _, err = cli(capsys, "impute", run)

@@ -47,7 +47,7 @@ import itertools
 import json
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -329,10 +329,30 @@ def restore_checkpoint(
     *,
     modules: Mapping[str, torch.nn.Module],
     optim: pyro.optim.PyroOptim | None,
+    params: Iterable[str] = (),
 ) -> dict[str, Any]:
     """Restores ``modules`` (exactly the set that was saved), the param store, the optimizer
     and the RNG states from a loaded checkpoint; returns the saved progress.
+
+    ``params`` are the param-store names the program registers now (its traced param
+    sites): each must be in the checkpoint, as a saved param or inside a saved module, or
+    the model has changed since the run that wrote it and resuming would train a new
+    ``pyro.param`` from its initial value beside restored ones, silently.
+
+    Raises:
+        CheckpointError: naming the first param of ``params`` that the checkpoint lacks.
     """
+    owned = {id(t) for m in modules.values() for t in m.parameters()}
+    store = dict(pyro.get_param_store().named_parameters())
+    for name in params:
+        value = store.get(name)
+        if name not in ckpt["param_store"]["params"] and id(value) not in owned:
+            raise CheckpointError(
+                f"param {name!r} of this model is not in the checkpoint: the model has changed "
+                "since the run that wrote it (a new pyro.param or autoguide site would start "
+                "from its initial value beside restored ones); use the model that wrote it, or "
+                "train into a fresh directory"
+            )
     if set(modules) != set(ckpt["modules"]):
         raise CheckpointError(
             f"the checkpoint holds modules {sorted(ckpt['modules'])} but this run has "

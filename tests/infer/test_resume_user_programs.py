@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from pyro_gen.infer import CheckpointError, fit
+from pyro_gen.infer.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
 
 
 def _model(x: torch.Tensor) -> None:
@@ -43,3 +44,21 @@ def test_resuming_with_another_optimizer_names_both(tmp_path) -> None:
     with pytest.raises(CheckpointError, match=r"passes ExponentialLR\(Adam\)"):
         _fit(tmp_path, scheduled, epochs=2)
     _fit(tmp_path, pyro.optim.Adam({"lr": 0.01}), epochs=2)  # the same optimizer resumes
+
+
+def test_restore_refuses_a_param_the_checkpoint_lacks(tmp_path) -> None:
+    """A model that gained a ``pyro.param`` since the checkpoint was written is refused when
+    its traced param names are given (without them the new param trained from its initial
+    value beside restored ones, silently); the module's own parameters are in its state."""
+    net = torch.nn.Linear(3, 3)
+    adam = pyro.optim.Adam({"lr": 0.01})
+    pyro.clear_param_store()
+    pyro.module("net", net)
+    pyro.param("scale", torch.ones(3), constraint=dist.constraints.positive)
+    save_checkpoint(tmp_path / "c.pt", modules={"net": net}, optim=adam)
+    ckpt = load_checkpoint(tmp_path / "c.pt")
+    pyro.param("extra", torch.zeros(2))
+    names = list(pyro.get_param_store().keys())
+    restore_checkpoint(ckpt, modules={"net": net}, optim=adam, params=names[:-1])
+    with pytest.raises(CheckpointError, match="param 'extra' of this model is not in"):
+        restore_checkpoint(ckpt, modules={"net": net}, optim=adam, params=names)

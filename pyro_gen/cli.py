@@ -313,7 +313,9 @@ def _write_figures(
 ) -> list[Path]:
     from pyro_gen import plotting
 
-    paths = [plotting.save_curves(history, out / "curves.png", bound=bound)] if history else []
+    train_bound = spec.train_bound(run_options(config))
+    curves = out / "curves.png"
+    paths = [plotting.save_curves(history, curves, bound, train_bound)] if history else []
     samples = _sample(spec, config, model.eval(), num_samples)
     behind = spec.plot_density(run_options(config))
     paths.append(_save_samples(model, samples, out / "samples.png", behind))

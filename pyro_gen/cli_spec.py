@@ -157,6 +157,8 @@ class ModelSpec:
         samplers: the ``sample --sampler`` names it takes (none: ``--sampler`` is refused).
         sample: ``(model, n, sampler, steps) -> samples`` in data space.
         bound: ``options -> what fit's held-out test_elbo (or test_loss) is``, in words.
+        train_bound: ``options -> what fit's train_loss is``, in words, where it is not
+            ``bound`` (None: it is).
         adam: extra Adam arguments of the training optimizer (GANs: ``betas``).
         held_out_in_fit: ``options -> bool``: whether ``fit`` scores the held-out split after
             each epoch (not for models whose time plate, like the data plate, encloses every
@@ -192,6 +194,7 @@ class ModelSpec:
         default=_plain_sample
     )
     bound: Callable[[dict[str, Any]], str] = field(default=lambda opts: "ELBO")
+    train_bound: Callable[[dict[str, Any]], str | None] = field(default=lambda opts: None)
     adam: Mapping[str, Any] = field(default_factory=dict)
     held_out_in_fit: Callable[[dict[str, Any]], bool] = field(default=lambda opts: True)
     figure: Callable[[Any, dict[str, Any], int], torch.Tensor] | None = None

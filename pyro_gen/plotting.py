@@ -101,14 +101,25 @@ def save_scatter(
         plt.close(fig)
 
 
-def save_curves(history: Sequence[dict[str, Any]], path: str | Path, bound: str = "ELBO") -> Path:
-    """Writes a PNG of the per-epoch training bound and, where recorded, the held-out one
-    (``test_elbo`` in the records), labelled ``bound``: the objective trained, e.g. an IWAE
-    bound rather than the ELBO."""
+def save_curves(
+    history: Sequence[dict[str, Any]],
+    path: str | Path,
+    bound: str = "ELBO",
+    train_bound: str | None = None,
+) -> Path:
+    """Writes a PNG of the per-epoch training objective and, where recorded, the held-out
+    bound (``test_elbo`` in the records), labelled ``bound``; the training curve is labelled
+    ``train_bound`` (default ``bound``) where the objective trained differs from the held-out
+    one, e.g. an IWAE bound trained while ``test_elbo`` is the ELBO."""
     plt = _pyplot()
     epochs = [r["epoch"] for r in history]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(epochs, [-r["train_loss"] for r in history], "o-", label=f"train {bound} / example")
+    ax.plot(
+        epochs,
+        [-r["train_loss"] for r in history],
+        "o-",
+        label=f"train {train_bound or bound} / example",
+    )
     tested = [r for r in history if "test_elbo" in r]
     if tested:
         ax.plot(

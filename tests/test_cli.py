@@ -202,3 +202,21 @@ def test_ema_decay_out_of_range_is_one_clear_error(tmp_path, capsys):
     args = ["train", "ddpm", "--data", "moons", "--ema-decay", "1.5", "--out", str(tmp_path)]
     assert main(args) == 2
     assert "must lie in (0, 1)" in capsys.readouterr().err
+
+
+def test_curves_label_the_training_objective_apart_from_the_held_out_elbo(tmp_path, monkeypatch):
+    # With --objective iwae the training curve is the IWAE bound while fit's test_elbo is the
+    # ELBO; both were labelled "ELBO".
+    import matplotlib.pyplot as plt
+
+    from pyro_gen import plotting
+    from pyro_gen.cli_models import MODELS
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    train_bound = MODELS["vae"].train_bound({"objective": "iwae", "k": 5})
+    history = [{"epoch": 1, "train_loss": 30.0, "test_elbo": -31.0}]
+    plotting.save_curves(history, tmp_path / "curves.png", "ELBO", train_bound)
+    labels = figures[0].axes[0].get_legend_handles_labels()[1]
+    assert labels == ["train IWAE bound (k=5) / example", "test ELBO / example"]
+    assert MODELS["vae"].train_bound({"objective": "elbo", "k": 50}) is None

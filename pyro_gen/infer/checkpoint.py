@@ -66,7 +66,13 @@ from pyro_gen.infer.files import (
     unlock,
 )
 from pyro_gen.infer.pyro_modules import MODULE_KEY
-from pyro_gen.infer.state_codec import UnsafeStateError, decode, encode, encode_constraint
+from pyro_gen.infer.state_codec import (
+    UnsafeStateError,
+    decode,
+    encode,
+    encode_constraint,
+    same_constraint,
+)
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
@@ -313,7 +319,7 @@ def _restore_param_store(saved: dict[str, Any]) -> None:
                 f"param {name!r} has shape {tuple(target.shape)} here but "
                 f"{tuple(value.shape)} in the checkpoint: use the options of the run that wrote it"
             )
-        if encode_constraint(current[name]) != encode_constraint(constraint):
+        if not same_constraint(current[name], constraint):
             raise CheckpointError(
                 f"param {name!r} is constrained to {current[name]} here but to {constraint} in "
                 "the checkpoint: use the model that wrote it"

@@ -118,6 +118,36 @@ def encode_constraint(constraint: torch_constraints.Constraint, where: str = "co
     )
 
 
+def same_constraint(a: torch_constraints.Constraint, b: torch_constraints.Constraint) -> bool:
+    """Whether two constraints are the same one with the same arguments; bounds may be
+    tensors (``interval(low, high)`` per element), compared by value.
+
+    Example:
+        >>> same_constraint(torch_constraints.greater_than(torch.zeros(2)),
+        ...                 torch_constraints.greater_than(torch.zeros(2)))
+        True
+        >>> same_constraint(torch_constraints.positive, torch_constraints.interval(0.0, 1.0))
+        False
+    """
+    return _same(encode_constraint(a), encode_constraint(b))
+
+
+def _same(a: Any, b: Any) -> bool:
+    # == on dicts holding tensors asks a tensor of several elements for its truth value
+    if torch.is_tensor(a) or torch.is_tensor(b):
+        return (
+            torch.is_tensor(a)
+            and torch.is_tensor(b)
+            and a.shape == b.shape
+            and torch.equal(a.cpu(), b.cpu())
+        )
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return bool(a == b)
+
+
 def decode_constraint(value: dict[str, Any]) -> torch_constraints.Constraint:
     """Rebuilds a constraint recorded by :func:`encode_constraint`."""
     name = value["name"]

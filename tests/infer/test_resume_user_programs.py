@@ -62,3 +62,36 @@ def test_restore_refuses_a_param_the_checkpoint_lacks(tmp_path) -> None:
     restore_checkpoint(ckpt, modules={"net": net}, optim=adam, params=names[:-1])
     with pytest.raises(CheckpointError, match="param 'extra' of this model is not in"):
         restore_checkpoint(ckpt, modules={"net": net}, optim=adam, params=names)
+
+
+def test_resume_with_a_tensor_bounded_constraint(tmp_path) -> None:
+    """A ``pyro.param`` with per-element bounds (``greater_than(tensor)``) resumes; the
+    comparison of its constraint raised 'Boolean value of Tensor with more than one value is
+    ambiguous'. Other bounds are refused as another constraint."""
+
+    def model_with(bound: torch.Tensor):
+        def model(x: torch.Tensor) -> None:
+            constraint = dist.constraints.greater_than(bound)
+            scale = pyro.param("scale", bound + 1.0, constraint=constraint)
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("x", dist.Normal(0.0, scale).to_event(1), obs=x)
+
+        return model
+
+    def run(bound: torch.Tensor, epochs: int) -> None:
+        pyro.clear_param_store()
+        fit(
+            model_with(bound),
+            torch.randn(8, 3),
+            guide=lambda x: None,
+            epochs=epochs,
+            batch_size=4,
+            checkpoint_dir=tmp_path,
+            progress=False,
+            compile=False,
+        )
+
+    run(torch.zeros(3), epochs=1)
+    run(torch.zeros(3), epochs=2)
+    with pytest.raises(CheckpointError, match="param 'scale' is constrained to"):
+        run(torch.tensor([0.0, 0.0, 0.5]), epochs=3)

@@ -67,6 +67,15 @@ def _classify(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Features and class probabilities, in batches (a conv net on 10,000 images at once
     would hold gigabytes of activations)."""
+    # uint8 pixels (0..255) and float64 images failed inside the first conv layer with
+    # torch's "Input type ... and bias type ... should be the same"
+    if not images.is_floating_point():
+        raise ValueError(
+            f"images must be floating-point pixels in [0, 1], got dtype {images.dtype} "
+            "(divide integer pixels by their maximum, e.g. x / 255)"
+        )
+    dtype = next(clf.parameters()).dtype
+    images = images.to(dtype)
     feats, probs = [], []
     for chunk in images.split(batch_size):
         f = clf.features(chunk)

@@ -85,6 +85,16 @@ def test_train_classifier_refuses_labels_that_do_not_match_the_images():
         train_classifier(torch.rand(10, 8, 8), torch.zeros(9).long(), epochs=1)
 
 
+def test_images_of_another_dtype_are_scored_or_refused_clearly():
+    torch.manual_seed(0)
+    clf, x = SmallClassifier(10), torch.rand(6, 8, 8)
+    # float64 images are the same images: the same scores (they failed with a dtype error)
+    q32, q64 = sample_quality(clf, x, x), sample_quality(clf, x.double(), x.double())
+    assert math.isclose(q32.confidence, q64.confidence, rel_tol=1e-6)
+    with pytest.raises(ValueError, match=r"pixels in \[0, 1\], got dtype torch.uint8"):
+        label_agreement(clf, (x * 255).to(torch.uint8), torch.zeros(6).long())
+
+
 def test_class_coverage_and_label_agreement_follow_their_definitions():
     cov = class_coverage(torch.tensor([0, 0, 1, 3]), 4)
     torch.testing.assert_close(cov.histogram, torch.tensor([0.5, 0.25, 0.0, 0.25]).double())

@@ -18,10 +18,10 @@ def _model(x: torch.Tensor) -> None:
         pyro.sample("x", dist.Normal(0.0, scale).to_event(1), obs=x)
 
 
-def _fit(tmp_path, optim: pyro.optim.PyroOptim, epochs: int) -> None:
+def _fit(tmp_path, optim: pyro.optim.PyroOptim | None, epochs: int, model=_model) -> None:
     pyro.clear_param_store()
     fit(
-        _model,
+        model,
         torch.randn(8, 3),
         guide=lambda x: None,
         epochs=epochs,
@@ -79,17 +79,7 @@ def test_resume_with_a_tensor_bounded_constraint(tmp_path) -> None:
         return model
 
     def run(bound: torch.Tensor, epochs: int) -> None:
-        pyro.clear_param_store()
-        fit(
-            model_with(bound),
-            torch.randn(8, 3),
-            guide=lambda x: None,
-            epochs=epochs,
-            batch_size=4,
-            checkpoint_dir=tmp_path,
-            progress=False,
-            compile=False,
-        )
+        _fit(tmp_path, None, epochs, model=model_with(bound))
 
     run(torch.zeros(3), epochs=1)
     run(torch.zeros(3), epochs=2)

@@ -108,7 +108,7 @@ from pyro_gen.infer.compiled_elbo import (
     _signature,
 )
 from pyro_gen.infer.compiled_masks import fill_masked_assignments
-from pyro_gen.infer.compiled_optim import guarded_loss, in_layout_of, non_finite
+from pyro_gen.infer.compiled_optim import guarded_loss, in_layout_of, non_finite, shares_elements
 from pyro_gen.infer.compiled_passes import drop_unused, simplify
 from pyro_gen.infer.compiled_precision import check_precision, networks_in
 from pyro_gen.infer.compiled_recording import (
@@ -736,8 +736,10 @@ class CompiledSVI:
     ) -> Callable[..., Any]:
         device = prog.params[0].device if prog.params else torch.device("cpu")
         # Compiling runs the program on example inputs; the buffers it captured (running
-        # statistics) must not count those runs as steps.
-        buffers = [t for t in prog.extras if torch.is_tensor(t)]
+        # statistics) must not count those runs as steps. A constant whose elements share
+        # memory (a prior's expanded loc, as PyroSample's ``Normal(0, 1).expand(...)``
+        # holds) cannot be written in place, by the program or by this restore.
+        buffers = [t for t in prog.extras if torch.is_tensor(t) and not shares_elements(t)]
         saved = [t.clone() for t in buffers]
         try:
             return compile_program(

@@ -186,12 +186,12 @@ def non_finite(
     """
     found, one = flags if flags is not None else flag_tensors(tensors[0].device)
     found.zero_()
-    checked = [t.contiguous() if _shares_elements(t) else t for t in tensors]
+    checked = [t.contiguous() if shares_elements(t) else t for t in tensors]
     torch._amp_foreach_non_finite_check_and_unscale_(checked, found, one)
     return found
 
 
-def _shares_elements(t: torch.Tensor) -> bool:
+def shares_elements(t: torch.Tensor) -> bool:
     # A stride of 0 over more than one element: an expanded tensor (what autograd gives for
     # a sum's input); other layouts that overlap do not come out of a backward pass.
     return any(stride == 0 and size > 1 for stride, size in zip(t.stride(), t.shape))

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pyro_gen.nn.legacy_keys import rename_legacy_keys
 from pyro_gen.nn.mlp import concat_context
 
 
@@ -99,8 +101,16 @@ class MADE(nn.Module):
         if zero_init_output:
             nn.init.zeros_(self.output.weight)
             nn.init.zeros_(self.output.bias)
-        layers.append(self.output)
+        # The hidden layers only: the output layer is registered once, as ``output`` (the name
+        # the param store knows it by), so each tensor has one name in the state dict.
         self.net = nn.Sequential(*layers)
 
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # Earlier versions also held the output layer as the last entry of ``net``, so their
+        # state dicts name its tensors twice: ``net.<2 * len(hidden_dims)>.*`` as well.
+        rename_legacy_keys(state_dict, prefix, f"net.{len(self.net)}.", "output.")
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        return self.net(concat_context(x, context, self.input_dim, self.context_dim, "MADE"))
+        x = concat_context(x, context, self.input_dim, self.context_dim, "MADE")
+        return self.output(self.net(x))

@@ -100,9 +100,13 @@ def save_checkpoint(
     modules: Mapping[str, torch.nn.Module],
     optim: pyro.optim.PyroOptim,
     progress: dict[str, Any] | None = None,
+    params: Iterable[str] | None = None,
 ) -> None:
     """Atomically writes a checkpoint of ``modules``, the param store, ``optim``, the RNG
     states and ``progress`` (a dict of JSON-like values, tensors and RNG states).
+
+    ``params``: the param-store names the program registers (its traced param sites), kept
+    so that :func:`restore_checkpoint` can tell a model that lost a ``pyro.param`` since.
 
     Raises:
         CheckpointError: if some state cannot be stored without pickling code (it names it).
@@ -117,6 +121,8 @@ def save_checkpoint(
             "rng": encode(_rng_state(), "RNG state"),
             "progress": encode(dict(progress or {}), "progress"),
         }
+        if params is not None:
+            payload["traced_params"] = sorted(set(params))
     except UnsafeStateError as e:
         raise CheckpointError(f"cannot write checkpoint {path}: {e}") from e
     write_payload(path, payload)
@@ -211,6 +217,8 @@ def load_checkpoint(path: str | Path, map_location: Any = None) -> dict[str, Any
         "optim_kind": payload.get("optim_kind"),
         "rng": decode(payload["rng"]),
         "progress": decode(payload["progress"]),
+        # absent when not given to save_checkpoint (and before it was recorded)
+        "traced_params": payload.get("traced_params"),
     }
 
 
@@ -335,30 +343,23 @@ def restore_checkpoint(
     *,
     modules: Mapping[str, torch.nn.Module],
     optim: pyro.optim.PyroOptim | None,
-    params: Iterable[str] = (),
+    params: Iterable[str] | None = None,
 ) -> dict[str, Any]:
     """Restores ``modules`` (exactly the set that was saved), the param store, the optimizer
     and the RNG states from a loaded checkpoint; returns the saved progress.
 
     ``params`` are the param-store names the program registers now (its traced param
-    sites): each must be in the checkpoint, as a saved param or inside a saved module, or
-    the model has changed since the run that wrote it and resuming would train a new
-    ``pyro.param`` from its initial value beside restored ones, silently.
+    sites). Each must be in the checkpoint, as a saved param or inside a saved module, and,
+    where the checkpoint recorded the names its program registered (``save_checkpoint(...,
+    params=)``), none of those may be missing now: otherwise the model has changed since the
+    run that wrote it, and resuming would train a new ``pyro.param`` from its initial value
+    beside restored ones, or continue a model that is not the checkpoint's, silently.
 
     Raises:
-        CheckpointError: naming the first param of ``params`` that the checkpoint lacks.
+        CheckpointError: naming every param that is new or gone, before anything is restored.
     """
-    owned = {id(t) for m in modules.values() for t in m.parameters()}
-    store = dict(pyro.get_param_store().named_parameters())
-    for name in params:
-        value = store.get(name)
-        if name not in ckpt["param_store"]["params"] and id(value) not in owned:
-            raise CheckpointError(
-                f"param {name!r} of this model is not in the checkpoint: the model has changed "
-                "since the run that wrote it (a new pyro.param or autoguide site would start "
-                "from its initial value beside restored ones); use the model that wrote it, or "
-                "train into a fresh directory"
-            )
+    if params is not None:
+        _check_params(ckpt, modules, list(params))
     if set(modules) != set(ckpt["modules"]):
         raise CheckpointError(
             f"the checkpoint holds modules {sorted(ckpt['modules'])} but this run has "
@@ -378,6 +379,30 @@ def restore_checkpoint(
         optim.set_state(ckpt["optim"])
     _set_rng_state(ckpt["rng"])
     return ckpt["progress"]
+
+
+def _check_params(
+    ckpt: dict[str, Any], modules: Mapping[str, torch.nn.Module], params: list[str]
+) -> None:
+    owned = {id(t) for m in modules.values() for t in m.parameters()}
+    store = dict(pyro.get_param_store().named_parameters())
+    saved = ckpt["param_store"]["params"]
+    new = sorted(n for n in set(params) if n not in saved and id(store.get(n)) not in owned)
+    recorded = ckpt.get("traced_params")
+    gone = sorted(set(recorded) - set(params)) if recorded is not None else []
+    if new or gone:
+        changes = [
+            f"{kind} this model: {names}"
+            for kind, names in (("new in", new), ("gone from", gone))
+            if names
+        ]
+        raise CheckpointError(
+            f"the model or guide has changed since the run that wrote this checkpoint: params "
+            f"{'; '.join(changes)}. Resuming would train a new pyro.param (or autoguide site) "
+            "from its initial value beside restored ones, or continue another model than the "
+            "checkpoint's. Resume with the model and guide that wrote it, or train into a "
+            "fresh checkpoint_dir"
+        )
 
 
 def optimizer_kind(optim: pyro.optim.PyroOptim) -> str:

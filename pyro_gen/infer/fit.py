@@ -428,10 +428,13 @@ def fit(
         first = batches.peek()
         prog.check_call(first, 0)
         first = with_transform(first, transform)
-        warm_up(prog, first, check_sites=isinstance(loss, ELBO))
+        traces = warm_up(prog, first, check_sites=isinstance(loss, ELBO))
+        # The param-store names the pair registers: a resume refuses a checkpoint written by
+        # a model that had others, and every checkpoint records them for the next resume.
+        params = sorted({n for t in traces for n, s in t.nodes.items() if s["type"] == "param"})
         if dp is not None:
             dp.start(prog.modules, loss, prog, first)
-        state = _resume(dp, ckpt_dir, device, prog, optim)
+        state = _resume(dp, ckpt_dir, device, prog, optim, params)
         return _train(
             model,
             guide,
@@ -440,6 +443,7 @@ def fit(
             step_fn,
             state,
             optim=optim,
+            params=params,
             loss=loss,
             epochs=epochs,
             steps=steps,
@@ -469,6 +473,7 @@ def _resume(
     device: torch.device,
     prog: Program,
     optim: pyro.optim.PyroOptim,
+    params: list[str],
 ) -> _Progress:
     """The progress to start from: fresh, or restored (objects, RNG streams) from the run
     directory's checkpoint, which rank 0 reads and every rank restores."""
@@ -486,7 +491,9 @@ def _resume(
     ckpt = _on_main(dp, read)
     state = _Progress(world_size=world_size)
     if ckpt is not None:
-        state = _Progress(**restore_checkpoint(ckpt, modules=prog.modules, optim=optim))
+        state = _Progress(
+            **restore_checkpoint(ckpt, modules=prog.modules, optim=optim, params=params)
+        )
         if state.world_size != world_size:
             raise CheckpointError(
                 f"checkpoint {path} was written by {state.world_size} process(es) and this run "
@@ -525,6 +532,7 @@ def _train(
     state: _Progress,
     *,
     optim: pyro.optim.PyroOptim,
+    params: list[str],
     loss: Any,
     epochs: int | None,
     steps: int | None,
@@ -557,7 +565,9 @@ def _train(
                 state.rank_streams = dp.gather_streams()
         if ckpt_dir is not None and main:
             path, progress = ckpt_dir / CHECKPOINT_NAME, state.state()
-            save_checkpoint(path, modules=prog.modules, optim=optim, progress=progress)
+            save_checkpoint(
+                path, modules=prog.modules, optim=optim, progress=progress, params=params
+            )
 
     partial: dict[str, Any] | None = None
     while not done():

@@ -60,7 +60,7 @@ def test_restore_refuses_a_param_the_checkpoint_lacks(tmp_path) -> None:
     pyro.param("extra", torch.zeros(2))
     names = list(pyro.get_param_store().keys())
     restore_checkpoint(ckpt, modules={"net": net}, optim=adam, params=names[:-1])
-    with pytest.raises(CheckpointError, match="param 'extra' of this model is not in"):
+    with pytest.raises(CheckpointError, match=r"params new in this model: \['extra'\]"):
         restore_checkpoint(ckpt, modules={"net": net}, optim=adam, params=names)
 
 
@@ -85,3 +85,23 @@ def test_resume_with_a_tensor_bounded_constraint(tmp_path) -> None:
     run(torch.zeros(3), epochs=2)
     with pytest.raises(CheckpointError, match="param 'scale' is constrained to"):
         run(torch.tensor([0.0, 0.0, 0.5]), epochs=3)
+
+
+def _with_shift(x: torch.Tensor) -> None:
+    scale = pyro.param("scale", torch.ones(3), constraint=dist.constraints.positive)
+    shift = pyro.param("shift", torch.zeros(3))
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("x", dist.Normal(shift, scale).to_event(1), obs=x)
+
+
+def test_resume_refuses_a_model_that_gained_or_lost_a_param(tmp_path) -> None:
+    """fit passes the warm-up's param names to the restore: a model that gained
+    ``pyro.param("shift")`` resumed silently, training it from zero beside the restored
+    scale, and one that lost it resumed a model that is no longer the checkpoint's."""
+    _fit(tmp_path / "a", None, epochs=1)
+    with pytest.raises(CheckpointError, match=r"new in this model: \['shift'\].*fresh"):
+        _fit(tmp_path / "a", None, epochs=2, model=_with_shift)
+    _fit(tmp_path / "b", None, epochs=1, model=_with_shift)
+    with pytest.raises(CheckpointError, match=r"gone from this model: \['shift'\]"):
+        _fit(tmp_path / "b", None, epochs=2)
+    _fit(tmp_path / "b", None, epochs=2, model=_with_shift)  # the same model resumes

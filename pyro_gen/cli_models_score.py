@@ -118,9 +118,9 @@ def _ddpm_evaluate(ev: Evaluation) -> dict[str, Any]:
 
     # The time-plate form's joint reweights one sampled step by T: an unbiased estimate of
     # the bound, but exp of it is no importance weight (on moons after one epoch its "IWAE"
-    # read +539 nats against a test ELBO of -2.9). The full chain's is, at T network calls
-    # per sample.
-    iw = ev.model.form == "full_chain"
+    # read +539 nats against a test ELBO of -2.9), and iwae_log_likelihood refuses it. The
+    # full chain's is, at T network calls per sample.
+    iw = ev.model.joint_is_density
     results = bound_results(ev, discrete=True, importance_weighted=iw)
     if not ev.args.probability_flow:
         return results

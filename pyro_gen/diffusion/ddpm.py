@@ -392,6 +392,15 @@ class DDPM(PicklableModule):
                         pyro.sample("x_prev", self._normal(mean, log_var))
 
     # ------------------------------------------------------------------ protocol
+    @property
+    def joint_is_density(self) -> bool:
+        """Whether :meth:`model` and :meth:`guide` on data are a joint density over the
+        whole chain and its proposal, so that importance weights over them are valid
+        (:func:`~pyro_gen.infer.iwae_log_likelihood` refuses the pair otherwise): the full
+        chain's are; the time plate samples and reweights steps independently, an unbiased
+        estimate of the bound whose exp is no importance weight."""
+        return self.form == "full_chain"
+
     def model(self, x: torch.Tensor | None = None, num_samples: int = 1) -> torch.Tensor | None:
         """Time-plate or full-chain model on data; the generative chain when ``x`` is None."""
         if x is None or self.form == "full_chain":

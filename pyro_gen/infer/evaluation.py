@@ -35,6 +35,7 @@ from pyro_gen.infer.log_weights import (
     enumeration_problem,
     find_data_plate,
     max_plate_nesting,
+    scaled_site,
     split_log_weights,
 )
 from pyro_gen.infer.program import program, trace_once
@@ -101,10 +102,15 @@ class _Scorer:
     """
 
     def __init__(
-        self, model: Callable, guide: Callable, plate_name: str | None, analytic_kl: bool
+        self,
+        model: Callable,
+        guide: Callable,
+        plate_name: str | None,
+        analytic_kl: bool,
+        importance: bool = False,
     ) -> None:
         self.model, self.guide, self.plate_name = model, guide, plate_name
-        self.analytic_kl = analytic_kl
+        self.analytic_kl, self.importance = analytic_kl, importance
         self.plate: DataPlate | None = None
         self.particle_dim = -1
         self.has_shared = False
@@ -154,6 +160,14 @@ class _Scorer:
         """Finds the data plate and the nesting depth from a draw without particles."""
         guide_trace, model_trace = self._traces(call, None, None)
         self.plate = find_data_plate(model_trace, self.plate_name)
+        problem = scaled_site(self.plate, model_trace, guide_trace) if self.importance else None
+        if problem is not None:
+            raise ValueError(
+                f"iwae_log_likelihood cannot weight by this model: {problem}, so exp of its "
+                "log-weight is no importance weight and the estimate would bound nothing. "
+                "Evaluate it with every plate at full size and no poutine.scale, or use "
+                "evaluate_elbo, which keeps scales"
+            )
         self.particle_dim = -max_plate_nesting(guide_trace, model_trace) - 1
         weights = split_log_weights(
             model_trace,
@@ -258,6 +272,7 @@ def _score_batches(
     reduce: Callable[[torch.Tensor, torch.Tensor], T],
     local_samples: int = 1,
     analytic_kl: bool = False,
+    importance: bool = False,
 ) -> tuple[list[T], bool]:
     """Applies ``reduce(local (K, B), shared (K,))`` to every batch's log-weights; also says
     whether the model has sites outside the data plate. With ``local_samples`` M > 1 each
@@ -277,7 +292,7 @@ def _score_batches(
         total = len(calls) * len(chunks) * local_samples
     except TypeError:
         total = None
-    scorer = _Scorer(model_fn, guide_fn, plate_name, analytic_kl)
+    scorer = _Scorer(model_fn, guide_fn, plate_name, analytic_kl, importance)
     results = []
     with torch.no_grad(), _eval_mode(modules):
         bar = tqdm(total=total, desc=desc, unit="chunk", disable=not progress, leave=False)
@@ -310,6 +325,25 @@ def _score_batches(
 def _wide(t: torch.Tensor) -> torch.Tensor:
     # Sums over a whole data set lose digits in float32; MPS has no float64.
     return t if t.device.type == "mps" else t.to(torch.float64)
+
+
+def _check_density(model: Any) -> None:
+    """Refuses a module's own model/guide pair when the module declares (with
+    ``joint_is_density = False``) that on data it is a training objective estimating a bound,
+    not a joint density over each example's latents with its proposal."""
+    owner = model if isinstance(model, torch.nn.Module) else getattr(model, "__self__", None)
+    if owner is None or getattr(owner, "joint_is_density", True):
+        return
+    if model is owner or model == getattr(owner, "model", None):
+        raise ValueError(
+            f"{type(owner).__name__}'s model and guide on data are a training objective "
+            "that estimates a bound (its joint_is_density is False), not a density over each "
+            "example's whole latent trajectory and its proposal: exp of its log-weight is no "
+            "importance weight, so an IWAE of it bounds nothing. Use evaluate_elbo for the "
+            "bound it estimates, or an exact likelihood of the model (a DDPM's "
+            "probability_flow_log_prob, or iwae_log_likelihood(m.chain_model, data, "
+            "guide=m.chain_guide) for the IWAE over its whole chain)"
+        )
 
 
 def _check_counts(**counts: int) -> None:
@@ -499,6 +533,7 @@ def iwae_log_likelihood(
         True
     """
     _check_counts(num_samples=num_samples, chunk=chunk, local_samples=local_samples)
+    _check_density(model)
 
     def reduce(local: torch.Tensor, shared: torch.Tensor) -> tuple[torch.Tensor, ...]:
         local = _wide(local)
@@ -522,6 +557,7 @@ def iwae_log_likelihood(
         desc="iwae_log_likelihood",
         reduce=reduce,
         local_samples=local_samples,
+        importance=True,
     )
     if not has_shared:
         values = torch.cat([r[0] for r in results]).cpu().double()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from pyro.distributions import Unit
@@ -156,6 +157,59 @@ def find_data_plate(model_trace: Trace, plate_name: str | None = None) -> DataPl
     )
 
 
+def _data_frame(site: dict, plate: DataPlate) -> Any:
+    return next((f for f in site["cond_indep_stack"] if f.name == plate.name), None)
+
+
+def example_scale(site: dict, plate: DataPlate) -> float | torch.Tensor:
+    """The site's scale without the data plate's subsampling factor N/B (so that each
+    example counts once): what ``poutine.scale`` and other subsampled plates give it."""
+    scale = site["scale"]
+    frame = _data_frame(site, plate)
+    if frame is not None and frame.full_size is not None and frame.full_size != frame.size:
+        scale = scale * frame.size / frame.full_size
+    return scale
+
+
+def scaled_site(plate: DataPlate, *traces: Trace) -> str | None:
+    """Says which sample site of ``traces`` has a scale other than 1 (0, which masks an
+    element out, aside) once the data plate's N/B is removed, and where the scale comes
+    from; None when there is none. Such a site's log-weight is a reweighted estimate, not a
+    log density ratio, so its exp is no importance weight.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> from pyro import poutine
+        >>> def model():
+        ...     with pyro.plate("data", 3), poutine.scale(scale=0.5):
+        ...         pyro.sample("x", dist.Normal(0.0, 1.0), obs=torch.zeros(3))
+        >>> scaled_site(DataPlate("data", -1), poutine.trace(model).get_trace())
+        "site 'x' has scale 0.5 (poutine.scale)"
+    """
+    for trace in traces:
+        for name, site in sample_sites(trace):
+            scale = torch.as_tensor(example_scale(site, plate), dtype=torch.float64)
+            if bool(((scale == 0) | torch.isclose(scale, torch.ones(()).double())).all()):
+                continue
+            subsampled = [
+                f.name
+                for f in site["cond_indep_stack"]
+                if f.name != plate.name and f.full_size is not None and f.full_size != f.size
+            ]
+            how = (
+                f"plate {subsampled[0]!r} subsamples its elements and reweights them"
+                if subsampled
+                else "poutine.scale"
+            )
+            value = (
+                f"{float(scale):g}"
+                if scale.numel() == 1
+                else f"between {float(scale.min()):g} and {float(scale.max()):g}"
+            )
+            return f"site {name!r} has scale {value} ({how})"
+    return None
+
+
 def _site_log_prob(
     site: dict, plate: DataPlate, density: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, bool]:
@@ -164,11 +218,8 @@ def _site_log_prob(
     whether it is per example."""
     if density is None:
         density = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
-    scale = site["scale"]
-    frame = next((f for f in site["cond_indep_stack"] if f.name == plate.name), None)
-    if frame is not None and frame.full_size is not None and frame.full_size != frame.size:
-        scale = scale * frame.size / frame.full_size
-    return scale_and_mask(density, scale, site["mask"]), frame is not None
+    scale = example_scale(site, plate)
+    return scale_and_mask(density, scale, site["mask"]), _data_frame(site, plate) is not None
 
 
 def _reduce(log_prob: torch.Tensor, particle_dim: int, data_dim: int | None) -> torch.Tensor:

@@ -492,7 +492,8 @@ def iwae_log_likelihood(
     the :math:`K M` draws are simply each example's importance samples.
     Particles are drawn ``chunk`` at a time under a vectorized plate (one at a time, with a
     warning, when the model does not broadcast over it), so memory stays bounded. Data
-    plate, scales and enumerated sites are handled as in :func:`evaluate_elbo`.
+    plate and enumerated sites are handled as in :func:`evaluate_elbo`; masks are kept, but
+    a scaled site is refused, since exp of a scaled log-weight is no importance weight.
 
     References:
         Burda, Grosse, Salakhutdinov, "Importance Weighted Autoencoders", arXiv:1509.00519.
@@ -515,7 +516,10 @@ def iwae_log_likelihood(
 
     Raises:
         ValueError: the data plate cannot be found (pass ``plate_name=``), a guide site is
-            not in the model, or a count is not a positive integer.
+            not in the model, or a count is not a positive integer; or the joint is no
+            density: a site has a scale other than 1 (``poutine.scale``, a subsampled plate
+            besides the data plate's N/B), or the module says ``joint_is_density = False``
+            (a training objective estimating a bound, such as a time-plate DDPM).
 
     Example:
         >>> import pyro, pyro.distributions as dist, torch

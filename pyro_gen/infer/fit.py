@@ -19,7 +19,14 @@ import torch
 from pyro.infer import ELBO, Trace_ELBO, TraceTailAdaptive_ELBO
 from tqdm.auto import tqdm
 
-from pyro_gen.data.batching import BatchCalls, Call, Transform, batch_calls, with_transform
+from pyro_gen.data.batching import (
+    BatchCalls,
+    Call,
+    TensorBatches,
+    Transform,
+    batch_calls,
+    with_transform,
+)
 from pyro_gen.infer.annealing import kl_scale
 from pyro_gen.infer.checkpoint import (
     CHECKPOINT_NAME,
@@ -192,6 +199,8 @@ class _Progress:
     # Data-parallel runs: the number of processes, and each one's RNG streams.
     world_size: int = 1
     rank_streams: list[dict[str, Any]] | None = None
+    # How the data were cut into batches (:func:`_layout`): a mid-epoch resume needs the same.
+    layout: dict[str, int | None] | None = None
 
     def state(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -290,7 +299,10 @@ def fit(
     and guide state, param store, optimizer, RNG states, progress) and ``metrics.jsonl`` gets
     the epoch's record. If the checkpoint exists when ``fit`` starts, training resumes from
     it exactly, mid-epoch included: ``steps=4`` then a resume to ``steps=12`` gives the same
-    parameters as ``steps=12`` in one call.
+    parameters as ``steps=12`` in one call. A resume inside an epoch needs the data batched
+    as before (the same batch size and number of examples) and is refused otherwise; at an
+    epoch boundary the batch size may change. A checkpoint of a model or guide with other
+    param sites is refused, naming them.
 
     Under ``torchrun --nproc_per_node N`` (or in a process group the caller initialized),
     ``fit`` trains data-parallel (:mod:`pyro_gen.infer.distributed`): each process takes its
@@ -434,7 +446,7 @@ def fit(
         params = sorted({n for t in traces for n, s in t.nodes.items() if s["type"] == "param"})
         if dp is not None:
             dp.start(prog.modules, loss, prog, first)
-        state = _resume(dp, ckpt_dir, device, prog, optim, params)
+        state = _resume(dp, ckpt_dir, device, prog, optim, params, _layout(batches, batch_size))
         return _train(
             model,
             guide,
@@ -474,12 +486,14 @@ def _resume(
     prog: Program,
     optim: pyro.optim.PyroOptim,
     params: list[str],
+    layout: dict[str, int | None],
 ) -> _Progress:
     """The progress to start from: fresh, or restored (objects, RNG streams) from the run
-    directory's checkpoint, which rank 0 reads and every rank restores."""
+    directory's checkpoint, which rank 0 reads and every rank restores. A checkpoint that
+    cannot continue this run exactly is refused before anything is restored."""
     world_size = dp.world_size if dp is not None else 1
     if ckpt_dir is None:
-        return _Progress(world_size=world_size)
+        return _Progress(world_size=world_size, layout=layout)
     path = ckpt_dir / CHECKPOINT_NAME
 
     def read() -> dict[str, Any] | None:
@@ -489,19 +503,23 @@ def _resume(
         return load_checkpoint(path, map_location=device if dp is None else "cpu")
 
     ckpt = _on_main(dp, read)
-    state = _Progress(world_size=world_size)
+    state = _Progress(world_size=world_size, layout=layout)
     if ckpt is not None:
+        saved = _Progress(**ckpt["progress"])
+        if saved.world_size != world_size:
+            raise CheckpointError(
+                f"checkpoint {path} was written by {saved.world_size} process(es) and this run "
+                f"has {world_size}: the shuffle order and each process's random numbers depend "
+                f"on the number of processes, so it resumes exactly only under "
+                f"{saved.world_size} (torchrun --nproc_per_node {saved.world_size}, or one "
+                "process for 1); or train into a fresh checkpoint_dir"
+            )
+        _check_layout(path, saved, layout)
         state = _Progress(
             **restore_checkpoint(ckpt, modules=prog.modules, optim=optim, params=params)
         )
-        if state.world_size != world_size:
-            raise CheckpointError(
-                f"checkpoint {path} was written by {state.world_size} process(es) and this run "
-                f"has {world_size}: the shuffle order and each process's random numbers depend "
-                f"on the number of processes, so it resumes exactly only under "
-                f"{state.world_size} (torchrun --nproc_per_node {state.world_size}, or one "
-                "process for 1); or train into a fresh checkpoint_dir"
-            )
+        # at an epoch boundary the data may be batched anew (as Lightning allows)
+        state.layout = layout
         if dp is not None and state.rank_streams is not None:
             dp.restore_streams(state.rank_streams)
 
@@ -512,6 +530,53 @@ def _resume(
 
     _on_main(dp, reset_metrics)
     return state
+
+
+def _layout(batches: BatchCalls | ShardedBatches, batch_size: int) -> dict[str, int | None]:
+    """How the data are cut into an epoch's batches: the batch size (tensor data, which
+    ``fit`` batches), the number of examples and of batches (None where unknown)."""
+    inner = batches.inner if isinstance(batches, ShardedBatches) else batches
+    try:
+        number: int | None = len(batches)
+    except TypeError:  # a function returning the user's batches
+        number = None
+    return {
+        "batch_size": batch_size if isinstance(inner, TensorBatches) else None,
+        "examples": inner.num_examples,
+        "batches": number,
+    }
+
+
+def _describe_layout(layout: dict[str, int | None], keys: list[str]) -> str:
+    units = {
+        "batch_size": "batch_size={}",
+        "examples": "{} examples",
+        "batches": "{} batches an epoch",
+    }
+    return ", ".join(units[k].format(layout[k]) for k in keys)
+
+
+def _check_layout(path: Path, saved: _Progress, layout: dict[str, int | None]) -> None:
+    """Refuses a mid-epoch checkpoint whose data were batched otherwise than this run's:
+    its place in the epoch is a count of batches of the epoch's shuffled order, which means
+    another place (or none) in batches of another size or in another number of examples."""
+    if saved.batch == 0 or saved.layout is None:
+        return
+    differ = [
+        k
+        for k, v in saved.layout.items()
+        if v is not None and layout.get(k) is not None and layout[k] != v
+    ]
+    if not differ:
+        return
+    raise CheckpointError(
+        f"checkpoint {path} was written {saved.batch} batches into epoch {saved.epoch + 1} "
+        f"with {_describe_layout(saved.layout, differ)}, but this run has "
+        f"{_describe_layout(layout, differ)}: the rest of that epoch's shuffled order cannot "
+        f"be continued from there exactly. Resume with the data batched as before until the "
+        f"epoch ends (epochs={saved.epoch + 1}), then change it (a resume at an epoch "
+        "boundary takes another batch size), or train into a fresh checkpoint_dir"
+    )
 
 
 def _epoch_calls(

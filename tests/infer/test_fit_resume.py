@@ -8,17 +8,17 @@ import pyro
 import pytest
 import torch
 
-from pyro_gen.infer import fit
+from pyro_gen.infer import CheckpointError, fit
 from tests.infer.tiny_vae import TinyVAE, binary_data
 
 
-def _run(tmp_path, *, seed: int = 0, data=None, **kwargs) -> TinyVAE:
+def _run(tmp_path, *, seed: int = 0, data=None, batch_size: int = 16, **kwargs) -> TinyVAE:
     pyro.set_rng_seed(seed)
     model = TinyVAE()
     fit(
         model,
         binary_data() if data is None else data,
-        batch_size=16,  # 96 examples: 6 batches per epoch
+        batch_size=batch_size,  # 96 examples: 6 batches of 16 per epoch
         progress=False,
         checkpoint_dir=tmp_path,
         clear_params=True,
@@ -118,3 +118,41 @@ def test_a_failing_callback_loses_no_training(tmp_path):
     resumed = _run(tmp_path / "b", seed=9, epochs=3)
     straight = _run(tmp_path / "a", seed=0, epochs=3)
     _assert_same(straight, resumed)
+
+
+def _loader(batch_size: int) -> torch.utils.data.DataLoader:
+    dataset = torch.utils.data.TensorDataset(binary_data())
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True)
+
+
+def test_mid_epoch_resume_refuses_another_batch_layout(tmp_path):
+    """A checkpoint 4 batches into an epoch holds its place in that epoch's shuffled order
+    in batches of 16: resumed with batch_size=32 it skipped 4 batches of 32, past the end of
+    the 3-batch epoch, and closed the epoch with 32 of its examples never trained, silently.
+    Refused before anything is restored, naming both sizes; the same size resumes exactly."""
+    straight = _run(tmp_path / "a", steps=10)
+    _run(tmp_path / "b", steps=4)
+    with pytest.raises(CheckpointError, match=r"batch_size=16.*batch_size=32.*epochs=1"):
+        _run(tmp_path / "b", steps=10, batch_size=32)
+    _assert_same(straight, _run(tmp_path / "b", seed=3, steps=10))
+    # the user's own batches: a DataLoader of another batch size has another number of them
+    _run(tmp_path / "c", data=_loader(16), steps=3)
+    with pytest.raises(CheckpointError, match=r"6 batches an epoch.*3 batches an epoch"):
+        _run(tmp_path / "c", data=_loader(32), steps=10)
+
+
+def test_epoch_boundary_resume_takes_another_batch_size(tmp_path):
+    """At an epoch boundary no epoch is half done, so, as in Lightning, a resume may change
+    the batch size: it continues as one process would that trained an epoch with 16 and
+    then went on with 32 (same Adam state, same random numbers)."""
+    _run(tmp_path / "a", epochs=1)
+    resumed = _run(tmp_path / "a", seed=4, epochs=2, batch_size=32)
+    pyro.set_rng_seed(0)
+    pyro.clear_param_store()
+    optim = pyro.optim.Adam({"lr": 1e-3})
+    straight = TinyVAE()
+    for batch_size in (16, 32):
+        fit(straight, binary_data(), batch_size=batch_size, epochs=1, optim=optim, progress=False)
+    _assert_same(straight, resumed)
+    records = [json.loads(r) for r in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [6, 6 + 3]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import numbers
@@ -292,7 +293,9 @@ def fit(
     The param store is the caller's: ``fit`` trains what is in it and does not clear it. A
     ``pyro.module`` parameter whose store entry is a stale tensor from an earlier model
     would silently detach the module from training; that raises, and ``clear_params=True``
-    starts from an empty store.
+    starts from an empty store. Gradients left on the trained parameters (a
+    ``loss.backward()`` of the user's) are dropped, so that the first update is the first
+    step's alone.
 
     With ``checkpoint_dir``, the run directory is locked while training; after every epoch
     (and every ``checkpoint_every`` steps) ``checkpoint.pt`` is rewritten atomically (module
@@ -447,6 +450,7 @@ def fit(
         if dp is not None:
             dp.start(prog.modules, loss, prog, first)
         state = _resume(dp, ckpt_dir, device, prog, optim, params, _layout(batches, batch_size))
+        _clear_gradients(prog, params)
         return _train(
             model,
             guide,
@@ -473,6 +477,17 @@ def fit(
             dp=dp,
             device=device,
         )
+
+
+def _clear_gradients(prog: Program, params: list[str]) -> None:
+    """Drops gradients left on what ``fit`` trains (the user's own ``loss.backward()``, a
+    loop stopped between backward and update): a step adds its gradients into ``.grad``, as
+    autograd and Pyro's SVI do, so its first update would carry them. A training loop starts
+    from zero gradients, as a torch loop's ``zero_grad`` does."""
+    store = dict(pyro.get_param_store().named_parameters())
+    trained = [store[n] for n in params if n in store]
+    for p in itertools.chain(trained, *(m.parameters() for m in prog.modules.values())):
+        p.grad = None
 
 
 def _on_main(dp: DataParallel | None, fn: Callable[[], Any]) -> Any:

@@ -19,7 +19,9 @@ program (:mod:`pyro_gen.infer.compiled_recording`) and drawn at each replay with
 random calls, in the same order, as Pyro makes them: with the same seed the replay generates
 the same examples as the Pyro run. Each replay still announces the run's parameters as Pyro
 param sites (``pyro.param``), because ``SVI`` and :func:`pyro_gen.infer.fit` find the
-parameters to update in the param sites the loss's call records.
+parameters to update in the param sites the loss's call records. This module decides when to
+record, check, replay or run Pyro; :mod:`pyro_gen.gan.recorded_program` makes a recording
+and :mod:`pyro_gen.gan.recorded_replay` replays it.
 
 A new input signature is first run as Pyro (its sites noted), recorded at its second run (the
 recording is that step's run), re-run as Pyro and compared on the ``check_steps`` steps that
@@ -47,28 +49,33 @@ loss be built with ``record=False``).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import pyro
 import torch
-from pyro.poutine import runtime
-from pyro.poutine.runtime import Message, am_i_wrapped, apply_stack
-from pyro.poutine.trace_messenger import TraceMessenger
 from torch import nn
-from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils import _pytree as pytree
 
 from pyro_gen.gan.observed import ObservedSite, observed_sites, unconditioned_traces
-from pyro_gen.infer.compiled_backends import compile_program
+from pyro_gen.gan.recorded_program import (
+    BACKENDS,
+    _Recording,
+    compile_recording,
+    finish_program,
+    record_program,
+)
+from pyro_gen.gan.recorded_replay import (
+    _NewParameters,
+    differs,
+    leaves_no_trace,
+    only_param_capture,
+    replay,
+)
 from pyro_gen.infer.compiled_elbo import _describe_change, _signature
 from pyro_gen.infer.compiled_recording import (
-    _GuardMode,
-    _lift_inputs,
-    _Noise,
     _Unsupported,
     noise_devices,
     noise_rng_state,
@@ -78,37 +85,6 @@ from pyro_gen.infer.compiled_recording import (
 logger = logging.getLogger("pyro_gen")
 
 __all__ = ["RecordedRuns"]
-
-#: the backends a replay runs on: TorchScript, the recorded fx program, torch.compile, or
-#: never recorded (every run through Pyro)
-BACKENDS = ("auto", "jit", "fx", "inductor", "pyro")
-
-
-@dataclasses.dataclass
-class _Layout:
-    """Where each observed site's tensors are among a program's outputs."""
-
-    name: str
-    event_dim: int
-    deterministic: bool
-    scale: Any  # a number, or the index of its output
-    mask: Any  # None, or the index of its output
-    tensor_scale: bool
-    tensor_mask: bool
-
-
-@dataclasses.dataclass
-class _Recording:
-    fn: Callable[..., Any]
-    names: list[str]  # the param sites, in the order the run visits them
-    params: list[torch.Tensor]  # their unconstrained tensors, as recorded
-    extras: list[_Noise | torch.Tensor]
-    layout: list[_Layout]
-    signature: tuple
-    guards: list[Any]
-    n_out: int
-    devices: list[int]  # CUDA devices whose generators the noise draws use
-    calls: int = 0
 
 
 class RecordedRuns:
@@ -179,7 +155,7 @@ class RecordedRuns:
         self, model: Callable[..., Any], guide: Callable[..., Any], args: tuple, kwargs: dict
     ) -> dict[str, ObservedSite]:
         """The observed sites of one unconditioned run of ``model(*args, **kwargs)``."""
-        if self.fallback_reason is not None or not _only_param_capture():
+        if self.fallback_reason is not None or not only_param_capture():
             return self._pyro(model, guide, args, kwargs)
         try:
             key, data = self._key(model, guide, args, kwargs)
@@ -218,7 +194,7 @@ class RecordedRuns:
                     + _describe_change((prog.signature,), (signature,))
                 )
                 logger.warning(_LOG, self.fallback_reason)
-            elif replayed is not None and (name := _differs(replayed, sites)) is not None:
+            elif replayed is not None and (name := differs(replayed, sites)) is not None:
                 self.fallback_reason = (
                     f"the recording no longer reproduces the model's site {name!r} on the "
                     "same noise (a Python number the model reads, such as a closure's "
@@ -302,30 +278,10 @@ class RecordedRuns:
         signature, names = self._sightings[key]
         store = pyro.get_param_store()
         params = [store._params[n] for n in names]
-        flat, spec = pytree.tree_flatten((args, kwargs))
-        slots = [i for i, v in enumerate(flat) if torch.is_tensor(v)]
-        n_p = len(params)
-        seen: dict[str, Any] = {}
-
-        def program(*inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            leaves = list(flat)
-            for i, t in zip(slots, inputs[n_p:]):
-                leaves[i] = t
-            a, k = pytree.tree_unflatten(leaves, spec)
-            guard = _GuardMode()
-            with guard:
-                model_trace, guide_trace = unconditioned_traces(model, guide, a, k)
-            seen["signature"] = _signature(model_trace, guide_trace)
-            seen["sites"] = sites = observed_sites(model_trace)
-            seen["guards"] = [value for _, value in guard.reads]
-            outputs, layout = _outputs(sites)
-            seen["layout"], seen["n_out"] = layout, len(outputs)
-            return (*outputs, *(t for t, _ in guard.reads))
-
         devices = noise_devices(data)
         rng = noise_rng_state(devices)
         try:
-            gm = make_fx(program)(*params, *data)
+            gm, seen = record_program(model, guide, args, kwargs, params, data)
         except Exception as exc:  # noqa: BLE001 - the run goes on through Pyro
             # Pyro's run then draws what the failed recording drew.
             set_noise_rng_state(rng, devices)
@@ -340,11 +296,8 @@ class RecordedRuns:
                     "the model's structure changed between runs: "
                     + _describe_change((signature,), (seen["signature"],))
                 )
-            extras = _lift_inputs(gm)
-            varying = _drop_constant_reads(gm, seen["n_out"])
-            guards = [seen["guards"][i] for i in varying]
-            _prune(gm)
-            fn = self._compile(gm, params, data, extras, devices)
+            extras, guards = finish_program(gm, seen)
+            fn = compile_recording(gm, self.backend, params, data, extras, devices)
         except _Unsupported as exc:
             self.fallback_reason = str(exc)
             logger.warning(_LOG, exc)
@@ -359,181 +312,26 @@ class RecordedRuns:
         )
         return sites
 
-    def _compile(
-        self,
-        gm: torch.fx.GraphModule,
-        params: list[torch.Tensor],
-        data: list[torch.Tensor],
-        extras: list[_Noise | torch.Tensor],
-        devices: list[int],
-    ) -> Callable[..., Any]:
-        backend = "jit" if self.backend == "auto" else self.backend
-        if backend == "fx":
-            return gm
-
-        def example_inputs() -> list[torch.Tensor]:
-            # Copies of data and buffers: a warm-up leaves running statistics alone.
-            out = [*params, *(t.clone() for t in data)]
-            return out + [e.draw() if isinstance(e, _Noise) else e.clone() for e in extras]
-
-        device = (params or data or [torch.zeros(())])[0].device
-        try:
-            return compile_program(
-                gm,
-                backend,
-                device,
-                example_inputs,
-                lambda: torch.random.fork_rng(devices),
-                what="the generating run",
-            )
-        except Exception as exc:  # noqa: BLE001 - the recorded program still works
-            if self.backend != "auto":
-                raise _Unsupported(f"{backend} could not compile the recording: {exc}") from exc
-            logger.info("pyro_gen: TorchScript could not take the recorded run (%s)", exc)
-            return gm
-
     # -- replay ---------------------------------------------------------------------------
 
     def _check_replay(
         self, prog: _Recording, data: list[torch.Tensor]
     ) -> dict[str, ObservedSite] | None:
-        """A replay that leaves no trace: the noise it draws is drawn again by the Pyro run
-        that follows, and the buffers it writes (running statistics) are put back."""
-        buffers = [e for e in prog.extras if torch.is_tensor(e)]
-        saved = [b.clone() for b in buffers]
-        rng = noise_rng_state(prog.devices)
-        try:
-            with torch.no_grad():
-                return self._replay(prog, data)
-        finally:
-            set_noise_rng_state(rng, prog.devices)
-            with torch.no_grad():
-                for b, v in zip(buffers, saved):
-                    b.copy_(v)
+        """A replay that leaves no trace (see :func:`leaves_no_trace`)."""
+        with leaves_no_trace(prog), torch.no_grad():
+            return self._replay(prog, data)
 
     def _replay(self, prog: _Recording, data: list[torch.Tensor]) -> dict[str, ObservedSite] | None:
         """The sites from the recording, or None when this run must go through Pyro (the
         param store's tensors changed, or a value the model branched on did)."""
-        params = _param_sites(prog.names)
-        if params is None or any(p is not q for p, q in zip(params, prog.params)):
+        try:
+            return replay(prog, data)
+        except _NewParameters:
             self.clear()  # new parameter tensors (a loaded param store): record again
-            return None
-        rng = noise_rng_state(prog.devices) if prog.guards else None
-        extras = [e.draw() if isinstance(e, _Noise) else e for e in prog.extras]
-        out = prog.fn(*params, *data, *extras)
-        for read, expected in zip(out[prog.n_out :], prog.guards):
-            # One host read per value the model branched on (Pyro's argument checks).
-            if read.item() != expected:
-                set_noise_rng_state(rng, prog.devices)  # Pyro's run draws what this one drew
-                self.fallback_reason = (
-                    "a tensor value the model branched on changed "
-                    f"({expected!r} when recorded, {read.item()!r} now)"
-                )
-                logger.warning(_LOG, self.fallback_reason)
-                return None
-        return {
-            site.name: ObservedSite(
-                out[2 * i],
-                out[2 * i + 1],
-                site.event_dim,
-                out[site.scale] if site.tensor_scale else site.scale,
-                out[site.mask] if site.tensor_mask else site.mask,
-                site.deterministic,
-            )
-            for i, site in enumerate(prog.layout)
-        }
+        except _Unsupported as exc:
+            self.fallback_reason = str(exc)
+            logger.warning(_LOG, self.fallback_reason)
+        return None
 
 
 _LOG = "pyro_gen: the model's recorded run is off, running it through Pyro: %s"
-
-
-def _only_param_capture() -> bool:
-    # SVI and fit record param sites only; any other handler must see the model's sites.
-    return all(isinstance(m, TraceMessenger) and m.param_only for m in runtime._PYRO_STACK)
-
-
-def _param_sites(names: Sequence[str]) -> list[torch.Tensor] | None:
-    """The unconstrained tensors of the named parameters, each announced as a param site as
-    ``pyro.param(name)`` announces it (SVI and fit find what to update in these sites); None
-    when one is missing from the param store (it was cleared)."""
-    store = pyro.get_param_store()
-    try:
-        params = [store._params[name] for name in names]
-    except KeyError:
-        return None
-    if am_i_wrapped():
-        for name in names:
-            # pyro.param's message, its value already looked up
-            kwargs = {"constraint": store._constraints[name], "event_dim": None}
-            msg = Message(
-                type="param", name=name, fn=store.get_param, is_observed=False, args=(name,),
-                kwargs=kwargs, value=store[name], scale=1.0, mask=None, cond_indep_stack=(),
-                done=False, stop=False, continuation=None, infer={},
-            )  # fmt: skip
-            apply_stack(msg)
-    return params
-
-
-def _differs(replayed: dict[str, ObservedSite], sites: dict[str, ObservedSite]) -> str | None:
-    """The first site whose generated value differs between a replay and the Pyro run on the
-    same noise (beyond the rounding of a compiled program), or None."""
-    for name, site in sites.items():
-        other = replayed.get(name)
-        if other is None or not torch.allclose(other.value, site.value.detach(), 1e-4, 1e-6):
-            return name
-    return None
-
-
-def _drop_constant_reads(gm: torch.fx.GraphModule, n_out: int) -> list[int]:
-    """Removes from the program's results the values read by Python that depend on no input
-    (Pyro's checks of constants, such as a Delta's zero log-density): they cannot change.
-
-    Returns:
-        the indices, among the reads, of those kept.
-    """
-    output = next(n for n in gm.graph.nodes if n.op == "output")
-    results = list(output.args[0])
-    kept = [i for i, node in enumerate(results[n_out:]) if _reads_input(node)]
-    output.args = (tuple(results[:n_out] + [results[n_out + i] for i in kept]),)
-    gm.recompile()
-    return kept
-
-
-def _reads_input(node: Any) -> bool:
-    todo, seen = [node], set()
-    while todo:
-        n = todo.pop()
-        if not isinstance(n, torch.fx.Node) or n in seen:
-            continue
-        if n.op == "placeholder":
-            return True
-        seen.add(n)
-        todo.extend(n.all_input_nodes)
-    return False
-
-
-def _outputs(sites: dict[str, ObservedSite]) -> tuple[list[torch.Tensor], list[_Layout]]:
-    """The tensors a program returns for ``sites`` (value and data of each, then the
-    scales and masks that are tensors) and where each site finds them."""
-    outputs = [t for site in sites.values() for t in (site.value, site.obs)]
-    layout = []
-    for name, site in sites.items():
-        tensor_scale, tensor_mask = torch.is_tensor(site.scale), torch.is_tensor(site.mask)
-        scale, mask = site.scale, site.mask
-        if tensor_scale:
-            scale = len(outputs)
-            outputs.append(site.scale)
-        if tensor_mask:
-            mask = len(outputs)
-            outputs.append(site.mask)
-        flags = (site.deterministic, scale, mask, tensor_scale, tensor_mask)
-        layout.append(_Layout(name, site.event_dim, *flags))
-    return outputs, layout
-
-
-def _prune(gm: torch.fx.GraphModule) -> None:
-    """Removes the recording's unused results (Pyro's subsample indices, autograd's
-    detaches), keeping every input and every op that writes (running statistics)."""
-    gm.graph.eliminate_dead_code()  # keeps placeholders and ops FX knows to be impure
-    gm.graph.lint()
-    gm.recompile()

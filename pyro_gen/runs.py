@@ -57,7 +57,20 @@ def read_config(run: str | Path) -> dict[str, Any]:
         raise RunError(f"run directory {run} {kind}: train one with `pyro-gen train`")
     path = run / CONFIG_NAME
     if not path.is_file():
-        raise RunError(f"{run} has no {CONFIG_NAME}: it is not a pyro-gen run directory")
+        if (run / CHECKPOINT_NAME).is_file():
+            # fit(checkpoint_dir=) writes a checkpoint but no config: the model is the user's
+            raise RunError(
+                f"{run} has a {CHECKPOINT_NAME} but no {CONFIG_NAME}, so no model can be "
+                "rebuilt from it: it is a fit(checkpoint_dir=...) directory (or a `pyro-gen "
+                f"train` run that lost its {CONFIG_NAME}: restore that from a copy). Build your "
+                "model and guide as they were, then restore them with pyro_gen.infer.fit(model, "
+                f"data, guide=guide, checkpoint_dir={str(run)!r}, steps=0), which restores the "
+                "checkpoint and trains nothing"
+            )
+        raise RunError(
+            f"{run} has no {CONFIG_NAME}: it is not a pyro-gen run directory; point at the "
+            "--out directory of `pyro-gen train`"
+        )
     try:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -305,7 +305,8 @@ def fit(
     parameters as ``steps=12`` in one call. A resume inside an epoch needs the data batched
     as before (the same batch size and number of examples) and is refused otherwise; at an
     epoch boundary the batch size may change. A checkpoint of a model or guide with other
-    param sites is refused, naming them.
+    param sites is refused, naming them. ``steps=0`` restores a checkpoint and trains nothing
+    (to evaluate or sample from a trained run).
 
     Under ``torchrun --nproc_per_node N`` (or in a process group the caller initialized),
     ``fit`` trains data-parallel (:mod:`pyro_gen.infer.distributed`): each process takes its

@@ -8,8 +8,10 @@ import pyro.optim
 import pytest
 import torch
 
+import pyro_gen
 from pyro_gen.infer import CheckpointError, fit
 from pyro_gen.infer.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
+from pyro_gen.runs import RunError
 
 
 def _model(x: torch.Tensor) -> None:
@@ -105,3 +107,17 @@ def test_resume_refuses_a_model_that_gained_or_lost_a_param(tmp_path) -> None:
     with pytest.raises(CheckpointError, match=r"gone from this model: \['shift'\]"):
         _fit(tmp_path / "b", None, epochs=2)
     _fit(tmp_path / "b", None, epochs=2, model=_with_shift)  # the same model resumes
+
+
+def test_load_of_a_fit_directory_says_how_to_restore_it(tmp_path) -> None:
+    """``pyro_gen.load`` on a ``fit(checkpoint_dir=)`` directory said only that it is not a
+    pyro-gen run directory; it now says that it holds fit's checkpoint and which call
+    restores it, and that call (followed here) gives back the trained param."""
+    _fit(tmp_path, pyro.optim.Adam({"lr": 0.1}), epochs=2)
+    trained = pyro.param("scale").detach().clone()
+    with pytest.raises(RunError, match=r"no config.json.*fit\(model, data, guide=.*steps=0"):
+        pyro_gen.load(str(tmp_path))
+    pyro.clear_param_store()
+    x = torch.randn(8, 3)
+    fit(_model, x, guide=lambda x: None, checkpoint_dir=tmp_path, steps=0, batch_size=4)
+    assert torch.equal(pyro.param("scale").detach(), trained)

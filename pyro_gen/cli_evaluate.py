@@ -17,11 +17,14 @@ import math
 from typing import Any
 
 import torch
+from pyro.poutine.util import site_is_subsample
 
 from pyro_gen import data as datasets
 from pyro_gen.cli_spec import Evaluation
+from pyro_gen.data.batching import Transform, batch_calls, with_transform
 from pyro_gen.infer import bits_per_dim_from_nats, evaluate_elbo, iwae_log_likelihood
 from pyro_gen.infer.evaluation import module_device
+from pyro_gen.infer.program import program, trace_once
 
 
 def _mean_se(values: torch.Tensor) -> tuple[float, float]:
@@ -34,6 +37,19 @@ def with_se(results: dict[str, Any], name: str, values: torch.Tensor) -> None:
     results[name], results[f"{name}_se"] = _mean_se(values)
 
 
+def samples_latents(model: torch.nn.Module, data: Any, transform: Transform | None = None) -> bool:
+    """Whether the model, replayed against its guide on (two examples of) ``data``, has a
+    latent site. Without one the ELBO is no bound but the exact log-likelihood (a flow on
+    vectors); a dequantized flow's noise is a latent, so its ELBO bounds the discrete one.
+    The trace leaves no state behind (see :func:`~pyro_gen.infer.program.trace_once`)."""
+    call = with_transform(batch_calls(data, 2, shuffle=False).peek(), transform)
+    _, model_trace = trace_once(program(model), call)
+    return any(
+        site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+        for site in model_trace.nodes.values()
+    )
+
+
 def bound_results(
     ev: Evaluation, discrete: bool, data: Any = None, importance_weighted: bool = True
 ) -> dict[str, Any]:
@@ -41,14 +57,21 @@ def bound_results(
     nats per example (and bits/dim for discrete pixels, from the tighter of the two).
     ``data`` replaces the held-out tensor (a dict with a mask, for one);
     ``importance_weighted=False`` leaves out the IWAE estimate, for a model/guide pair whose
-    joint is an estimator of the bound rather than a density (a DDPM's time plate)."""
+    joint is an estimator of the bound rather than a density (a DDPM's time plate). A model
+    without latents (a flow on vectors) gets its exact ``test_log_likelihood`` instead of
+    both, as :func:`density_results` gives it."""
     view, k = ev.view, ev.args.k
     data = view.x if data is None else data
     results: dict[str, Any] = {"num_test": int(view.x.shape[0])}
     elbo = evaluate_elbo(ev.model, data, transform=view.transform, per_example=True)
-    with_se(results, "test_elbo", elbo)
     best = "test_elbo"
-    if importance_weighted:
+    if not samples_latents(ev.model, data, view.transform):
+        # nothing to bound or to weight: the ELBO is log p(x) itself (an IWAE would repeat it)
+        best = "test_log_likelihood"
+        _log_likelihood(ev, results, elbo)
+    else:
+        with_se(results, "test_elbo", elbo)
+    if importance_weighted and best == "test_elbo":
         results["iwae_k"] = k
         iwae = iwae_log_likelihood(
             ev.model, data, num_samples=k, chunk=min(k, 500), transform=view.transform,
@@ -80,14 +103,19 @@ def density_results(ev: Evaluation, log_prob: Any = None) -> dict[str, Any]:
     log_prob = log_prob or model.log_prob
     with torch.no_grad():
         lp = log_prob(x).cpu()
-    with_se(results, "test_log_likelihood", lp)
-    name = ev.config["data"]
-    try:
-        truth = datasets.toy_log_prob(name, view.x)
-    except ValueError:  # no closed-form density for this toy
-        return results
-    with_se(results, "kl_true_to_model", truth.double() - lp.double())
+    _log_likelihood(ev, results, lp)
     return results
+
+
+def _log_likelihood(ev: Evaluation, results: dict[str, Any], lp: torch.Tensor) -> None:
+    """Adds the exact test log-likelihood ``lp`` (per example) and, on a toy whose density is
+    known, KL(p_true || p_model) at the same points."""
+    with_se(results, "test_log_likelihood", lp)
+    try:
+        truth = datasets.toy_log_prob(ev.config["data"], ev.view.x)
+    except ValueError:  # images, or a toy without a closed-form density
+        return
+    with_se(results, "kl_true_to_model", truth.double() - lp.double().cpu())
 
 
 def sample_quality(

@@ -61,19 +61,44 @@ def class_coverage(predicted: torch.Tensor, num_classes: int) -> ClassCoverage:
     return ClassCoverage(hist, int((hist > 0).sum()), float(kl))
 
 
+#: Slack on [0, 1] for rounding (a sigmoid's 1 + 1 ulp), far below any other pixel scale.
+_RANGE_SLACK = 1e-6
+
+
+def _check_unit_interval(images: torch.Tensor, name: str) -> None:
+    """Refuses images that are not pixels in [0, 1], saying what range was found."""
+    # uint8 pixels (0..255) failed inside the first conv layer with torch's "Input type ...
+    # and bias type ... should be the same"
+    if not images.is_floating_point():
+        raise ValueError(
+            f"{name} must be floating-point pixels in [0, 1], got dtype {images.dtype} "
+            "(divide integer pixels by their maximum, e.g. x / 255)"
+        )
+    if images.numel() == 0:
+        return
+    # [-1, 1] images (a tanh generator, a diffusion model's space) and 0..255 floats were
+    # scored silently: the classifier, trained on [0, 1], gave meaningless features
+    if not bool(torch.isfinite(images).all()):
+        raise ValueError(
+            f"{name} must be pixels in [0, 1], found NaN or infinite values (a diverged "
+            "model's samples?): drop or fix them before scoring"
+        )
+    low, high = float(images.min()), float(images.max())
+    if low < -_RANGE_SLACK or high > 1 + _RANGE_SLACK:
+        raise ValueError(
+            f"{name} must be pixels in [0, 1], found values from {low:.4g} to {high:.4g}: "
+            "map [-1, 1] images with (x + 1) / 2, divide 0..255 pixels by 255, or clamp "
+            "samples that overshoot with x.clamp(0, 1)"
+        )
+
+
 @torch.no_grad()
 def _classify(
-    clf: nn.Module, images: torch.Tensor, batch_size: int
+    clf: nn.Module, images: torch.Tensor, batch_size: int, name: str = "images"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Features and class probabilities, in batches (a conv net on 10,000 images at once
     would hold gigabytes of activations)."""
-    # uint8 pixels (0..255) and float64 images failed inside the first conv layer with
-    # torch's "Input type ... and bias type ... should be the same"
-    if not images.is_floating_point():
-        raise ValueError(
-            f"images must be floating-point pixels in [0, 1], got dtype {images.dtype} "
-            "(divide integer pixels by their maximum, e.g. x / 255)"
-        )
+    _check_unit_interval(images, name)
     dtype = next(clf.parameters()).dtype
     images = images.to(dtype)
     feats, probs = [], []
@@ -110,7 +135,7 @@ def label_agreement(
     if samples.shape[0] == 0:
         raise ValueError("label_agreement needs at least one sample, got none")
     clf = _on(clf, samples.device)
-    _, probs = _classify(clf, samples, batch_size)
+    _, probs = _classify(clf, samples, batch_size, "samples")
     hit = (probs.argmax(-1) == labels.to(samples.device)).double()
     share = float(hit.mean())
     return share, math.sqrt(share * (1 - share) / len(hit))
@@ -149,7 +174,7 @@ def sample_quality(
         clf: a classifier with ``features(x)`` and ``head(features)`` (moved to the
             samples' device, in eval mode).
         samples: generated images in [0, 1], ``(N, 1, H, W)`` or ``(N, H, W)``.
-        real: real images, same layout.
+        real: real images, same layout and range.
         real_labels: the real images' labels, for the classifier's accuracy.
         batch_size: images per classifier call.
 
@@ -158,6 +183,10 @@ def sample_quality(
         >>> q = sample_quality(SmallClassifier(10), torch.rand(50, 28, 28), torch.rand(50, 28, 28))
         >>> 1 <= q.classes_covered <= 10 and q.frechet >= 0
         True
+
+    Raises:
+        ValueError: images that are not floating-point pixels in [0, 1] (the range found
+            is named), or labels of another length than the real images.
     """
     if real_labels is not None and real_labels.shape != real.shape[:1]:
         raise ValueError(
@@ -166,8 +195,8 @@ def sample_quality(
         )
     device = samples.device
     clf = _on(clf, device)
-    fs, probs = _classify(clf, samples, batch_size)
-    fr, real_probs = _classify(clf, real.to(device), batch_size)
+    fs, probs = _classify(clf, samples, batch_size, "samples")
+    fr, real_probs = _classify(clf, real.to(device), batch_size, "real")
     coverage = class_coverage(probs.argmax(-1), probs.shape[-1])
     acc = float("nan")
     if real_labels is not None:

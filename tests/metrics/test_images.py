@@ -95,6 +95,25 @@ def test_images_of_another_dtype_are_scored_or_refused_clearly():
         label_agreement(clf, (x * 255).to(torch.uint8), torch.zeros(6).long())
 
 
+@pytest.mark.parametrize(
+    "argument, scale, found",
+    [
+        ("samples", lambda x: 2 * x - 1, r"values from -0.9\d* to 0.9\d*"),  # a [-1, 1] model
+        ("real", lambda x: 255 * x, r"values from 0.\d+ to 2\d\d"),  # 8-bit floats
+        ("samples", lambda x: x.masked_fill(x > 0.9, math.nan), "NaN"),
+    ],
+)
+def test_images_outside_the_unit_interval_are_refused_naming_the_range(argument, scale, found):
+    # [-1, 1] or 0..255 float images were scored silently, as if they were pixels in [0, 1]
+    clf, x = SmallClassifier(10), torch.rand(6, 8, 8, generator=torch.Generator().manual_seed(0))
+    images = {"samples": x, "real": x, argument: scale(x)}
+    with pytest.raises(ValueError, match=rf"{argument} must be pixels in \[0, 1\].*{found}"):
+        sample_quality(clf, images["samples"], images["real"])
+    if argument == "samples":
+        with pytest.raises(ValueError, match=rf"samples must be pixels in \[0, 1\].*{found}"):
+            label_agreement(clf, images["samples"], torch.zeros(6).long())
+
+
 def test_class_coverage_and_label_agreement_follow_their_definitions():
     cov = class_coverage(torch.tensor([0, 0, 1, 3]), 4)
     torch.testing.assert_close(cov.histogram, torch.tensor([0.5, 0.25, 0.0, 0.25]).double())

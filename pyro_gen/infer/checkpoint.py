@@ -278,12 +278,22 @@ def _verified_payload(path: Path, raw: bytes) -> bytes:
 
 def restore_modules(ckpt: dict[str, Any], modules: Mapping[str, torch.nn.Module]) -> None:
     """Loads each of ``modules`` strictly from its saved ``state_dict`` and copies the saved
-    param-store values into the store (in place where an entry exists).
+    param-store values into the store (in place where an entry exists). Everything is
+    checked first: a refused checkpoint leaves the modules and the store as they were.
 
     Raises:
         CheckpointError: if a module is missing from the checkpoint, is of another class, or
             its parameters do not fit (other options than the run that wrote it).
     """
+    _check_modules(ckpt, modules)
+    _check_param_store(ckpt["param_store"])
+    _load_modules(ckpt, modules)
+    _restore_param_store(ckpt["param_store"])
+
+
+def _saved_modules(
+    ckpt: dict[str, Any], modules: Mapping[str, torch.nn.Module]
+) -> Iterator[tuple[str, torch.nn.Module, dict[str, Any]]]:
     saved = ckpt["modules"]
     for name, module in modules.items():
         if name not in saved and name.startswith(MODULE_KEY):
@@ -293,38 +303,69 @@ def restore_modules(ckpt: dict[str, Any], modules: Mapping[str, torch.nn.Module]
                 f"the checkpoint has no module {name!r} (it has {sorted(saved)}): it was "
                 "written by another kind of run; use a fresh directory"
             )
+        yield name, module, saved[name]
+
+
+def _check_modules(ckpt: dict[str, Any], modules: Mapping[str, torch.nn.Module]) -> None:
+    for name, module, entry in _saved_modules(ckpt, modules):
         expected = _class_name(module)
-        if saved[name]["class"] != expected:
+        if entry["class"] != expected:
             raise CheckpointError(
-                f"the checkpoint's {name} is a {saved[name]['class']}, not a {expected}: it "
+                f"the checkpoint's {name} is a {entry['class']}, not a {expected}: it "
                 "belongs to another model; use a fresh directory for this one"
             )
+        misfit = _misfit(module.state_dict(), entry["state_dict"])
+        if misfit:
+            raise CheckpointError(
+                f"the checkpoint's {name} does not fit this {type(module).__name__} "
+                f"({misfit}); use the same model options as the run that wrote it"
+            )
+
+
+def _misfit(current: Mapping[str, Any], saved: Mapping[str, Any]) -> str:
+    """What a strict ``load_state_dict`` of ``saved`` would fail on, found without loading
+    (it copies tensor by tensor, so a failure midway leaves a module half restored)."""
+    problems = [
+        f"missing {[k for k in current if k not in saved]}",
+        f"unexpected {[k for k in saved if k not in current]}",
+    ]
+    sizes = [
+        f"{k}: {tuple(saved[k].shape)} saved, {tuple(v.shape)} here"
+        for k, v in current.items()
+        if k in saved
+        and torch.is_tensor(v)
+        and torch.is_tensor(saved[k])
+        # a lazy module's parameter takes its shape from what is loaded
+        and not isinstance(v, torch.nn.parameter.UninitializedTensorMixin)
+        and v.shape != saved[k].shape
+    ]
+    problems.append(f"other shapes {sizes}")
+    return "; ".join(p for p in problems if not p.endswith("[]"))
+
+
+def _load_modules(ckpt: dict[str, Any], modules: Mapping[str, torch.nn.Module]) -> None:
+    for name, module, entry in _saved_modules(ckpt, modules):
         try:
-            module.load_state_dict(saved[name]["state_dict"], strict=True)
-        except RuntimeError as e:
+            module.load_state_dict(entry["state_dict"], strict=True)
+        except RuntimeError as e:  # a module's own loading hook refused it
             detail = " ".join(str(e).split())[:300]
             raise CheckpointError(
                 f"the checkpoint's {name} does not fit this {type(module).__name__} ({detail}); "
                 "use the same model options as the run that wrote it"
             ) from e
-    _restore_param_store(ckpt["param_store"])
 
 
-def _restore_param_store(saved: dict[str, Any]) -> None:
+def _check_param_store(saved: dict[str, Any]) -> None:
     store = pyro.get_param_store()
     existing = dict(store.named_parameters())
     current = store.get_state()["constraints"]
-    missing_params, missing_constraints = {}, {}
     for name, value in saved["params"].items():
-        constraint = saved["constraints"][name]
         if name not in existing:
-            missing_params[name] = value.detach().clone().requires_grad_()
-            missing_constraints[name] = constraint
             continue
-        target = existing[name]
-        if target.shape != value.shape:
+        constraint = saved["constraints"][name]
+        if existing[name].shape != value.shape:
             raise CheckpointError(
-                f"param {name!r} has shape {tuple(target.shape)} here but "
+                f"param {name!r} has shape {tuple(existing[name].shape)} here but "
                 f"{tuple(value.shape)} in the checkpoint: use the options of the run that wrote it"
             )
         if not same_constraint(current[name], constraint):
@@ -332,8 +373,19 @@ def _restore_param_store(saved: dict[str, Any]) -> None:
                 f"param {name!r} is constrained to {current[name]} here but to {constraint} in "
                 "the checkpoint: use the model that wrote it"
             )
+
+
+def _restore_param_store(saved: dict[str, Any]) -> None:
+    store = pyro.get_param_store()
+    existing = dict(store.named_parameters())
+    missing_params, missing_constraints = {}, {}
+    for name, value in saved["params"].items():
+        if name not in existing:
+            missing_params[name] = value.detach().clone().requires_grad_()
+            missing_constraints[name] = saved["constraints"][name]
+            continue
         with torch.no_grad():
-            target.copy_(value)  # in place: optimizers and modules keep their references
+            existing[name].copy_(value)  # in place: optimizers and modules keep their references
     if missing_params:
         store.set_state({"params": missing_params, "constraints": missing_constraints})
 
@@ -355,8 +407,13 @@ def restore_checkpoint(
     run that wrote it, and resuming would train a new ``pyro.param`` from its initial value
     beside restored ones, or continue a model that is not the checkpoint's, silently.
 
+    Everything is checked before anything is written: a refused checkpoint leaves the
+    modules, the param store, the optimizer and the RNG as they were (a fresh start after a
+    refusal starts from the user's values, not from half of the checkpoint's).
+
     Raises:
-        CheckpointError: naming every param that is new or gone, before anything is restored.
+        CheckpointError: naming every param that is new or gone, a module or param that does
+            not fit, or another optimizer, before anything is restored.
     """
     if params is not None:
         _check_params(ckpt, modules, list(params))
@@ -365,7 +422,8 @@ def restore_checkpoint(
             f"the checkpoint holds modules {sorted(ckpt['modules'])} but this run has "
             f"{sorted(modules)}: it was written by another kind of run; use a fresh directory"
         )
-    restore_modules(ckpt, modules)
+    _check_modules(ckpt, modules)
+    _check_param_store(ckpt["param_store"])
     if optim is not None:
         saved_kind, kind = ckpt.get("optim_kind"), optimizer_kind(optim)
         if saved_kind is not None and saved_kind != kind:
@@ -376,6 +434,10 @@ def restore_checkpoint(
                 f"passes {kind}: resume with the same Pyro optimizer (its state, e.g. Adam's "
                 "moments, is part of the checkpoint), or train into a fresh directory"
             )
+    # Everything is checked: from here on nothing is refused, so nothing is half restored.
+    _load_modules(ckpt, modules)
+    _restore_param_store(ckpt["param_store"])
+    if optim is not None:
         optim.set_state(ckpt["optim"])
     _set_rng_state(ckpt["rng"])
     return ckpt["progress"]

@@ -13,6 +13,8 @@ from pyro_gen.infer import CheckpointError, fit
 from pyro_gen.infer.checkpoint import load_checkpoint, restore_checkpoint, save_checkpoint
 from pyro_gen.runs import RunError
 
+_positive = dist.constraints.positive
+
 
 def _model(x: torch.Tensor) -> None:
     scale = pyro.param("scale", torch.ones(3), constraint=dist.constraints.positive)
@@ -121,3 +123,31 @@ def test_load_of_a_fit_directory_says_how_to_restore_it(tmp_path) -> None:
     x = torch.randn(8, 3)
     fit(_model, x, guide=lambda x: None, checkpoint_dir=tmp_path, steps=0, batch_size=4)
     assert torch.equal(pyro.param("scale").detach(), trained)
+
+
+def test_a_refused_resume_leaves_the_model_as_it_was(tmp_path) -> None:
+    """A resume refused for another optimizer or a param of another shape had already
+    copied the checkpoint's network weights (and params) into the model, so the fresh run
+    the message advises started from the checkpoint's values instead of the user's."""
+    net = torch.nn.Linear(3, 3)
+
+    def model_with(scale_shape: tuple[int, ...]):
+        def model(x: torch.Tensor) -> None:
+            pyro.module("net", net)
+            scale = pyro.param("scale", torch.ones(scale_shape), constraint=_positive)
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("x", dist.Normal(net(x), scale).to_event(1), obs=x)
+
+        return model
+
+    _fit(tmp_path, pyro.optim.Adam({"lr": 0.1}), epochs=1, model=model_with((3,)))
+    for optim, shape, refusal in [
+        (pyro.optim.SGD({"lr": 0.1}), (3,), "optimizer Adam but this run passes SGD"),
+        (pyro.optim.Adam({"lr": 0.1}), (1,), r"'scale' has shape \(1,\) here but \(3,\)"),
+    ]:
+        with torch.no_grad():
+            net.weight.fill_(7.0)  # the user's own initial values
+        with pytest.raises(CheckpointError, match=refusal):
+            _fit(tmp_path, optim, epochs=2, model=model_with(shape))
+        assert bool((net.weight == 7.0).all())
+        assert torch.equal(pyro.param("scale").detach(), torch.ones(shape))

@@ -446,10 +446,20 @@ def restore_checkpoint(
 def _check_params(
     ckpt: dict[str, Any], modules: Mapping[str, torch.nn.Module], params: list[str]
 ) -> None:
-    owned = {id(t) for m in modules.values() for t in m.parameters()}
+    # A module's parameter is in the checkpoint when that module's saved state has it (a
+    # closure's module is not in checkpoints written before they were kept: not checked).
+    in_modules = {
+        id(t): key in ckpt["modules"][name]["state_dict"]
+        if name in ckpt["modules"]
+        else name.startswith(MODULE_KEY)
+        for name, m in modules.items()
+        for key, t in m.named_parameters()
+    }
     store = dict(pyro.get_param_store().named_parameters())
     saved = ckpt["param_store"]["params"]
-    new = sorted(n for n in set(params) if n not in saved and id(store.get(n)) not in owned)
+    new = sorted(
+        n for n in set(params) if n not in saved and not in_modules.get(id(store.get(n)), False)
+    )
     recorded = ckpt.get("traced_params")
     gone = sorted(set(recorded) - set(params)) if recorded is not None else []
     if new or gone:

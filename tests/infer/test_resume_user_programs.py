@@ -7,6 +7,7 @@ import pyro.distributions as dist
 import pyro.optim
 import pytest
 import torch
+from pyro.infer.autoguide import AutoDelta, AutoNormal
 
 import pyro_gen
 from pyro_gen.infer import CheckpointError, fit
@@ -151,3 +152,32 @@ def test_a_refused_resume_leaves_the_model_as_it_was(tmp_path) -> None:
             _fit(tmp_path, optim, epochs=2, model=model_with(shape))
         assert bool((net.weight == 7.0).all())
         assert torch.equal(pyro.param("scale").detach(), torch.ones(shape))
+
+
+def test_resume_with_another_autoguide_names_the_params_of_both(tmp_path) -> None:
+    """``guide=AutoDelta(model)`` on a checkpoint of ``AutoNormal(model)`` named only the
+    AutoNormal params as gone: AutoDelta's own (a module's parameters) are new as well."""
+
+    def model(x: torch.Tensor) -> None:
+        z = pyro.sample("z", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(z, 1.0).to_event(1), obs=x)
+
+    def run(guide, epochs: int) -> None:
+        pyro.clear_param_store()
+        x = torch.randn(8, 3)
+        fit(
+            model,
+            x,
+            guide=guide,
+            epochs=epochs,
+            batch_size=4,
+            checkpoint_dir=tmp_path,
+            progress=False,
+        )
+
+    run(AutoNormal(model), epochs=1)
+    expected = r"new in this model: \['AutoDelta.z'\]; gone from this model: \['AutoNormal"
+    with pytest.raises(CheckpointError, match=expected):
+        run(AutoDelta(model), epochs=2)
+    run(AutoNormal(model, init_scale=0.5), epochs=2)  # the same params: resumes

@@ -1,52 +1,43 @@
-"""AutoAmortizedNormal: an encoder guide built by tracing any model with a plate over data."""
+"""AutoAmortizedNormal: an encoder guide built by tracing any model with a plate over data.
+
+The guide's parts sit beside it: reading the model's trace (:mod:`.autoguide_trace`), the
+encoder's inputs (:mod:`.autoguide_inputs`) and the encoder with the posteriors it outputs
+(:mod:`.autoguide_encoder`); this module builds the guide from them and opens its plates.
+"""
 
 from __future__ import annotations
 
 import inspect
-import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from typing import Any
 
 import pyro
-import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.infer.autoguide import AutoGuide, AutoNormal
-from pyro.nn.module import _make_name
-from pyro.params.param_store import param_with_module_name
 from pyro.poutine.indep_messenger import CondIndepStackFrame
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
-from torch.distributions.transforms import ComposeTransform, IndependentTransform, Transform
-from torch.nn import functional as F
 
-from pyro_gen.vae._utils import mlp
+from pyro_gen.vae.autoguide_encoder import (
+    DEFAULT_INIT_SCALE,
+    local_params,
+    local_posterior,
+    local_site,
+    make_encoder,
+    use_stored_encoder,
+)
+from pyro_gen.vae.autoguide_inputs import (
+    bind_arguments,
+    choose_inputs,
+    encoder_rows,
+    model_signature,
+    sized_arguments,
+)
+from pyro_gen.vae.autoguide_trace import check_latent_sites, find_data_plate, trace_latents
 
-#: Default initial posterior scale (unconstrained space) of the local sites: on Pyro's MNIST
-#: VAE it beat 0.1, 0.3 and 2 (by 0.5-1.6 nats) and the example's hand-written guide
-#: (benchmarks/autoguide_init_scale.py, benchmarks/RESULTS.md).
-DEFAULT_INIT_SCALE = 1.0
-_MIN_SCALE = 1e-5
-
-
-def _is_identity(t: Transform) -> bool:
-    if isinstance(t, IndependentTransform):
-        return _is_identity(t.base_transform)
-    return isinstance(t, ComposeTransform) and not t.parts
-
-
-def _discrete_site_error(name: str, site: dict) -> ValueError:
-    return ValueError(
-        f"AutoAmortizedNormal cannot guide the discrete site {name!r} "
-        f"({type(site['fn']).__name__}, support {site['fn'].support}). Either enumerate it: "
-        f"sample it with infer={{'enumerate': 'parallel'}} (or pyro.infer.config_enumerate) "
-        f"and train with TraceEnum_ELBO, and this guide leaves it out; or guide it yourself: "
-        f"build this guide on poutine.block(model, hide=[{name!r}]) and call it from a guide "
-        f"function that also samples {name!r}, or append both to a "
-        f"pyro.infer.autoguide.AutoGuideList (a hand-written part enters the list's plates, "
-        f"guide_list.plates[...], rather than opening its own)."
-    )
+__all__ = ["DEFAULT_INIT_SCALE", "AutoAmortizedNormal"]
 
 
 class AutoAmortizedNormal(AutoGuide):
@@ -122,6 +113,7 @@ class AutoAmortizedNormal(AutoGuide):
         scaling of local terms).
 
     Example:
+        >>> import pyro.distributions as dist
         >>> def model(x):
         ...     scale = pyro.sample("scale", dist.LogNormal(0.0, 1.0))  # global
         ...     with pyro.plate("examples", 100, subsample_size=x.shape[0]):
@@ -164,171 +156,51 @@ class AutoAmortizedNormal(AutoGuide):
         self._signature: inspect.Signature | bool | None = None
         self._masked_sites: list[str] = []
 
-    # -- the model's arguments ---------------------------------------------------------
+    # -- the model's arguments and its trace (autoguide_inputs, autoguide_trace) ----------
     def _arguments(self, args: tuple, kwargs: dict) -> dict[int | str, Any]:
         """The model's arguments by parameter name (by position if it takes ``*args``)."""
         if self._signature is None and self.model is not None:
             # kept, because a pickled Pyro autoguide drops its model
-            try:
-                self._signature = inspect.signature(self.model)
-            except (TypeError, ValueError):
-                self._signature = False
-        try:
-            bound = self._signature.bind(*args, **kwargs)
-        except (AttributeError, TypeError, ValueError):
-            return {**dict(enumerate(args)), **kwargs}
-        out: dict[int | str, Any] = {}
-        for key, value in bound.arguments.items():
-            kind = bound.signature.parameters[key].kind
-            if kind is inspect.Parameter.VAR_POSITIONAL:
-                out.update({f"{key}[{i}]": v for i, v in enumerate(value)})
-            elif kind is inspect.Parameter.VAR_KEYWORD:
-                out.update(value)
-            else:
-                out[key] = value
-        return out
+            self._signature = model_signature(self.model)
+        return bind_arguments(self._signature, args, kwargs)
 
     def _rows(self, args: tuple, kwargs: dict) -> torch.Tensor:
         """Per-example inputs, ``(rows, features)``: the minibatch, or the full data."""
         if self.input_fn is not None:
             return self.input_fn(*args, **kwargs)
-        arguments = self._arguments(args, kwargs)
-        missing = [k for k in self._input_keys if arguments.get(k) is None]
-        if missing:
-            raise ValueError(
-                f"AutoAmortizedNormal was built to encode the model arguments "
-                f"{self._input_keys} but {missing} were not given; pass "
-                f"input_fn=lambda *args, **kwargs: (rows, features) tensor to choose"
-            )
-        parts = [arguments[k] for k in self._input_keys]
-        flat = [p.reshape(p.shape[0], -1).to(parts[0].dtype) for p in parts]
-        return flat[0] if len(flat) == 1 else torch.cat(flat, -1)  # no copy for one input
-
-    def _sized_arguments(self, sizes: Iterable[int], args: tuple, kwargs: dict) -> list:
-        """Floating-point tensor arguments with one row per example (indices and integer
-        labels are left to ``input_fn``)."""
-        sizes = set(sizes)
-        return [
-            k
-            for k, v in self._arguments(args, kwargs).items()
-            if torch.is_tensor(v) and v.is_floating_point() and v.dim() and v.shape[0] in sizes
-        ]
-
-    # -- set-up --------------------------------------------------------------------------
-    def _trace_model(self, args: tuple, kwargs: dict) -> tuple[Any, set[str], list[str]]:
-        """Trace the latent sites; note the plates that draw random indices (which a guide
-        can draw for the model to replay) and the enumerated sites, left out here."""
-        random_plates: set[str] = set()
-        enumerated: list[str] = []
-
-        def hide(msg: dict) -> bool:
-            if site_is_subsample(msg):
-                if msg["fn"].subsample_size is not None:
-                    random_plates.add(msg["name"])
-                return True
-            if msg["type"] != "sample" or msg["is_observed"]:
-                return True
-            if msg["infer"].get("enumerate"):
-                enumerated.append(msg["name"])
-                return True
-            return False
-
-        model = poutine.block(self.model, hide_fn=hide)
-        trace = poutine.block(poutine.trace(model).get_trace)(*args, **kwargs)
-        for _, site in trace.iter_stochastic_nodes():
-            # A plate without a size (pyro.plate("data"), as in Pyro's ss_vae example) takes
-            # it from the sites' batch shape: record that size, which the plates made here
-            # (and the search for the data plate) need.
-            batch = site["fn"].batch_shape
-            site["cond_indep_stack"] = tuple(
-                f._replace(size=batch[f.dim], full_size=batch[f.dim])
-                if f.size == -1 and f.dim is not None and -f.dim <= len(batch)
-                else f
-                for f in site["cond_indep_stack"]
-            )
-        return trace, random_plates, enumerated
+        return encoder_rows(self._arguments(args, kwargs), self._input_keys)
 
     def _find_data_plate(self, trace: Any, args: tuple, kwargs: dict) -> CondIndepStackFrame:
-        frames: dict[str, CondIndepStackFrame] = {}
-        counts: dict[str, int] = {}
-        for _, site in trace.iter_stochastic_nodes():
-            for f in site["cond_indep_stack"]:
-                frames[f.name] = f
-                counts[f.name] = counts.get(f.name, 0) + 1
-        described = ", ".join(
-            f"{n!r} (size {f.full_size or f.size}"
-            + (f", subsample {f.size})" if f.full_size not in (None, f.size) else ")")
-            for n, f in frames.items()
-        )
-        if self.plate_name is not None:
-            if self.plate_name not in frames:
-                raise ValueError(
-                    f"no such plate {self.plate_name!r} around a latent site of the model; "
-                    f"its plates are: {described or 'none'}"
-                )
-            return frames[self.plate_name]
-        candidates = [
-            f
-            for f in frames.values()
-            if self.input_fn is not None
-            or self._sized_arguments({f.size, f.full_size or f.size}, args, kwargs)
-        ]
-        if not candidates:
-            raise ValueError(
-                "AutoAmortizedNormal found no plate over data examples: "
-                + (
-                    f"no floating-point tensor argument of the model has a plate's size as "
-                    f"its first dimension (plates: {described}); pass plate_name= and input_fn="
-                    f"lambda *args, **kwargs: (batch, features) tensor"
-                    if frames
-                    else "the model has no latent site under a pyro.plate (no such plate); "
-                    "use pyro.infer.autoguide.AutoNormal for a model without local latents"
-                )
-            )
-        # the plate around most latent sites; on a tie the outermost (rightmost dim)
-        return max(candidates, key=lambda f: (counts[f.name], f.dim))
+        def has_inputs(f: CondIndepStackFrame) -> bool:
+            if self.input_fn is not None:
+                return True
+            sizes = {f.size, f.full_size or f.size}
+            return bool(sized_arguments(self._arguments(args, kwargs), sizes))
+
+        return find_data_plate(trace, self.plate_name, has_inputs)
 
     def _choose_inputs(
         self, frame: CondIndepStackFrame, draws_indices: bool, args: tuple, kwargs: dict
     ) -> None:
-        full = frame.full_size or frame.size
         if self.input_fn is None:
-            keys = self._sized_arguments({frame.size}, args, kwargs)
-            self._index_inputs = False
-            if not keys and full != frame.size:
-                keys = self._sized_arguments({full}, args, kwargs)
-                self._index_inputs = True
-            if not keys:
-                raise ValueError(
-                    f"AutoAmortizedNormal found no floating-point tensor argument of the model "
-                    f"with first dimension {frame.size} (the size of plate {frame.name!r}) to "
-                    f"encode; "
-                    f"pass input_fn=lambda *args, **kwargs: tensor of shape (batch, features)"
-                )
-            self._input_keys = keys
+            arguments = self._arguments(args, kwargs)
+            self._input_keys, self._index_inputs = choose_inputs(frame, arguments)
         else:
+            full = frame.full_size or frame.size
             rows = self.input_fn(*args, **kwargs).shape[0]
             self._index_inputs = full != frame.size and rows == full
-        user_plate = self.create_plates is not None or (
-            self.master is not None and self.master().create_plates is not None
-        )
-        if self._index_inputs and not draws_indices and not user_plate:
+        if self._index_inputs and not draws_indices and not self._user_plates():
             raise ValueError(
                 f"plate {frame.name!r} subsamples the full data with indices the model "
                 f"chooses itself (subsample=...), which the guide cannot see: pass "
                 f"create_plates=lambda *args, **kwargs: pyro.plate({frame.name!r}, "
-                f"{full}, subsample=<the same indices>), or pass the minibatch to the model"
+                f"{frame.full_size or frame.size}, subsample=<the same indices>), or pass "
+                f"the minibatch to the model"
             )
 
     def _setup_prototype(self, *args: Any, **kwargs: Any) -> None:
-        trace, random_plates, enumerated = self._trace_model(args, kwargs)
-        for name, site in trace.iter_stochastic_nodes():
-            if any(not f.vectorized for f in site["cond_indep_stack"]):
-                raise NotImplementedError(
-                    f"site {name!r} is under a sequential plate; use a vectorized pyro.plate"
-                )
-            if site["fn"].support.is_discrete:
-                raise _discrete_site_error(name, site)
+        trace, random_plates, enumerated = trace_latents(self.model, args, kwargs)
+        check_latent_sites(trace)
         self.prototype_trace = trace
         if self.master is not None:
             self.master()._check_prototype(trace)
@@ -344,33 +216,12 @@ class AutoAmortizedNormal(AutoGuide):
             if all(f.name != frame.name for f in site["cond_indep_stack"]):
                 global_names.append(name)
                 continue
-            fn, value = site["fn"], site["value"]
-            transform = biject_to(fn.support)
-            unconstrained = transform.inv(value)
-            u_event_dim = fn.event_dim + transform.domain.event_dim - transform.codomain.event_dim
-            pos = unconstrained.dim() - u_event_dim + frame.dim
-            shape = unconstrained.shape[:pos] + unconstrained.shape[pos + 1 :]
-            local[name] = dict(
-                shape=tuple(shape),
-                pos=pos,
-                numel=math.prod(shape),
-                u_event_dim=u_event_dim,
-                support=fn.support,
-                frames=[f for f in site["cond_indep_stack"] if f.name != frame.name],
-            )
+            local[name] = local_site(site, frame)
         self.local_sites = local
         self._masked_sites = [n for n in local if trace.nodes[n]["mask"] is not None]
 
-        x = self._rows(args, kwargs)
         total = sum(s["numel"] for s in local.values())
-        net = mlp(x.shape[-1], self.hidden_dims, 2 * total)
-        # Only the biases are set (loc 0, scale init_scale): the weights keep PyTorch's
-        # initialization, so the posteriors of different examples differ from the first
-        # step; shrinking them 10x cost 15 nats of test ELBO on MNIST (benchmarks/RESULTS.md).
-        with torch.no_grad():
-            net[-1].bias.zero_()
-            net[-1].bias[total:] = math.log(math.expm1(self.init_scale - _MIN_SCALE))
-        self.net = net.to(device=x.device, dtype=x.dtype)
+        self.net = make_encoder(self._rows(args, kwargs), self.hidden_dims, total, self.init_scale)
         if global_names:
             hidden = list(local) + enumerated
             self.global_guide = AutoNormal(poutine.block(self.model, hide=hidden))
@@ -399,33 +250,11 @@ class AutoAmortizedNormal(AutoGuide):
         self._use_stored_encoder()
 
     def _use_stored_encoder(self) -> None:
-        """Takes the param store's tensors for the encoder's weights where it holds them
-        under this guide's names (a store restored with ``pyro.get_param_store().load``), as
-        Pyro's autoguides do for their parameters. Without this a restored guide encoded with
-        fresh weights while training updated the restored tensors, which nothing read."""
+        """The param store's tensors for the encoder's weights, where it holds them under
+        this guide's names (see :func:`use_stored_encoder`)."""
         net = self._modules.get("net")  # not self.net: that is a pyro.module statement
-        if net is None:
-            return
-        store = pyro.get_param_store()
-        prefix = _make_name(self._pyro_name, "net")
-        for path, param in list(net.named_parameters()):
-            full = param_with_module_name(prefix, path)
-            if full not in store:
-                continue
-            stored = store[full]
-            if stored is param:
-                continue
-            if (stored.shape, stored.dtype, stored.device) != (
-                param.shape,
-                param.dtype,
-                param.device,
-            ):
-                continue  # another model's entry: left for fit's stale-entry check
-            if not isinstance(stored, torch.nn.Parameter):
-                store[full] = torch.nn.Parameter(stored.detach())
-                stored = store[full]
-            owner, _, leaf = path.rpartition(".")
-            net.get_submodule(owner)._parameters[leaf] = stored
+        if net is not None:
+            use_stored_encoder(net, self._pyro_name)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # Parameters created inside the first recorded call would be recorded in creation
@@ -460,11 +289,16 @@ class AutoAmortizedNormal(AutoGuide):
         self.plates = plates
         return plates
 
-    def _data_plate(self, plates: dict[str, pyro.plate], rows: int, device) -> pyro.plate:
-        f = self._data_frame
-        user_plate = self.create_plates is not None or (
+    def _user_plates(self) -> bool:
+        """Whether the user makes the plates (this guide's or its AutoGuideList's
+        ``create_plates``)."""
+        return self.create_plates is not None or (
             self.master is not None and self.master().create_plates is not None
         )
+
+    def _data_plate(self, plates: dict[str, pyro.plate], rows: int, device) -> pyro.plate:
+        f = self._data_frame
+        user_plate = self._user_plates()
         if f.name in plates and (user_plate or (self._index_inputs and self.master is not None)):
             return plates[f.name]  # indices chosen by the user, or drawn once by the master
         full = f.full_size or f.size
@@ -498,28 +332,7 @@ class AutoAmortizedNormal(AutoGuide):
 
     # -- guide ---------------------------------------------------------------------------
     def _local_params(self, x: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        if x.shape[-1] != self.net[0].in_features:
-            raise ValueError(
-                f"AutoAmortizedNormal was built for {self.net[0].in_features} input features "
-                f"per example and got {x.shape[-1]}: the latent sites and the encoder are "
-                f"those of the first call, so inputs whose shape changes with the batch "
-                f"(sequences of varying length) need padding to one length, an input_fn of "
-                f"fixed width, or a guide of their own"
-            )
-        # The encoder computes in its own dtype (as pyro_gen's encoders do), so a guide moved
-        # with .double() after it was built on float32 rows still takes them.
-        out = self.net(x.to(self.net[0].weight.dtype))
-        total = out.shape[-1] // 2
-        locs, scales = out[..., :total], F.softplus(out[..., total:]) + _MIN_SCALE
-        params, start = {}, 0
-        for name, s in self.local_sites.items():
-            end = start + s["numel"]
-            shape = (x.shape[0],) + s["shape"]
-            loc = locs[..., start:end].reshape(shape).movedim(0, s["pos"])
-            scale = scales[..., start:end].reshape(shape).movedim(0, s["pos"])
-            params[name] = (loc, scale)
-            start = end
-        return params
+        return local_params(self.net, self.local_sites, x)
 
     def forward(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
         """Sample every latent site the guide covers; returns ``{name: value}``."""
@@ -542,13 +355,7 @@ class AutoAmortizedNormal(AutoGuide):
                         stack.enter_context(plates[f.name])
                     if name in masks:
                         stack.enter_context(poutine.mask(mask=masks[name]))
-                    base = dist.Normal(loc, scale).to_event(s["u_event_dim"])
-                    transform = biject_to(s["support"])
-                    if _is_identity(transform):
-                        fn = base
-                    else:
-                        fn = dist.TransformedDistribution(base, transform.with_cache())
-                    result[name] = pyro.sample(name, fn)
+                    result[name] = pyro.sample(name, local_posterior(loc, scale, s))
         return result
 
     @torch.no_grad()

@@ -1,0 +1,113 @@
+"""What the encoder of :class:`~pyro_gen.vae.autoguide.AutoAmortizedNormal` reads: the
+model's floating-point tensor arguments with one row per example, flattened per example and
+concatenated."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from pyro.poutine.indep_messenger import CondIndepStackFrame
+
+
+def model_signature(model: Callable[..., Any]) -> inspect.Signature | bool:
+    """The model's signature, or False where Python cannot tell it."""
+    try:
+        return inspect.signature(model)
+    except (TypeError, ValueError):
+        return False
+
+
+def bind_arguments(
+    signature: inspect.Signature | bool | None, args: tuple, kwargs: dict
+) -> dict[int | str, Any]:
+    """The model's arguments by parameter name (by position if it takes ``*args``, or when
+    ``signature`` is unknown or does not bind them).
+
+    Example:
+        >>> def model(x, *rest, y=None, **more): ...
+        >>> bind_arguments(inspect.signature(model), (1, 2, 3), {"y": 4, "w": 5})
+        {'x': 1, 'rest[0]': 2, 'rest[1]': 3, 'y': 4, 'w': 5}
+        >>> bind_arguments(False, (1, 2), {"y": 4})
+        {0: 1, 1: 2, 'y': 4}
+    """
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except (AttributeError, TypeError, ValueError):
+        return {**dict(enumerate(args)), **kwargs}
+    out: dict[int | str, Any] = {}
+    for key, value in bound.arguments.items():
+        kind = bound.signature.parameters[key].kind
+        if kind is inspect.Parameter.VAR_POSITIONAL:
+            out.update({f"{key}[{i}]": v for i, v in enumerate(value)})
+        elif kind is inspect.Parameter.VAR_KEYWORD:
+            out.update(value)
+        else:
+            out[key] = value
+    return out
+
+
+def sized_arguments(arguments: dict[int | str, Any], sizes: Iterable[int]) -> list:
+    """Floating-point tensor arguments with one row per example (indices and integer
+    labels are left to ``input_fn``).
+
+    Example:
+        >>> args = {"x": torch.zeros(5, 2), "idx": torch.arange(5), "c": torch.zeros(3)}
+        >>> sized_arguments(args, {5})
+        ['x']
+    """
+    sizes = set(sizes)
+    return [
+        k
+        for k, v in arguments.items()
+        if torch.is_tensor(v) and v.is_floating_point() and v.dim() and v.shape[0] in sizes
+    ]
+
+
+def encoder_rows(arguments: dict[int | str, Any], keys: list[int | str]) -> torch.Tensor:
+    """Per-example inputs, ``(rows, features)``: the arguments ``keys``, flattened per
+    example and concatenated.
+
+    Example:
+        >>> args = {"x": torch.zeros(5, 2, 2), "y": torch.ones(5, 1)}
+        >>> encoder_rows(args, ["x", "y"]).shape
+        torch.Size([5, 5])
+    """
+    missing = [k for k in keys if arguments.get(k) is None]
+    if missing:
+        raise ValueError(
+            f"AutoAmortizedNormal was built to encode the model arguments "
+            f"{keys} but {missing} were not given; pass "
+            f"input_fn=lambda *args, **kwargs: (rows, features) tensor to choose"
+        )
+    parts = [arguments[k] for k in keys]
+    flat = [p.reshape(p.shape[0], -1).to(parts[0].dtype) for p in parts]
+    return flat[0] if len(flat) == 1 else torch.cat(flat, -1)  # no copy for one input
+
+
+def choose_inputs(
+    frame: CondIndepStackFrame, arguments: dict[int | str, Any]
+) -> tuple[list[int | str], bool]:
+    """The arguments to encode for the data plate ``frame``, and whether they hold the full
+    data (to be indexed by the plate's subsample) rather than the minibatch.
+
+    Example:
+        >>> from pyro.poutine.indep_messenger import CondIndepStackFrame
+        >>> frame = CondIndepStackFrame("data", -1, 4, 0, full_size=100)
+        >>> choose_inputs(frame, {"x": torch.zeros(100, 3)})  # the full data: indexed
+        (['x'], True)
+    """
+    full = frame.full_size or frame.size
+    keys, index_inputs = sized_arguments(arguments, {frame.size}), False
+    if not keys and full != frame.size:
+        keys, index_inputs = sized_arguments(arguments, {full}), True
+    if not keys:
+        raise ValueError(
+            f"AutoAmortizedNormal found no floating-point tensor argument of the model "
+            f"with first dimension {frame.size} (the size of plate {frame.name!r}) to "
+            f"encode; "
+            f"pass input_fn=lambda *args, **kwargs: tensor of shape (batch, features)"
+        )
+    return keys, index_inputs

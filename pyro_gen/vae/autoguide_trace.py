@@ -1,0 +1,142 @@
+"""Reading a model's trace for :class:`~pyro_gen.vae.autoguide.AutoAmortizedNormal`: its
+latent sites (the ones the guide can cover) and the plate over data examples."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pyro import poutine
+from pyro.poutine.indep_messenger import CondIndepStackFrame
+from pyro.poutine.util import site_is_subsample
+
+
+def trace_latents(
+    model: Callable[..., Any], args: tuple, kwargs: dict
+) -> tuple[poutine.Trace, set[str], list[str]]:
+    """Trace the latent sites; note the plates that draw random indices (which a guide
+    can draw for the model to replay) and the enumerated sites, left out here.
+
+    Example:
+        >>> import pyro
+        >>> import pyro.distributions as dist
+        >>> def model():
+        ...     with pyro.plate("data", 10, subsample_size=4):
+        ...         y = pyro.sample("y", dist.Bernoulli(0.5), infer={"enumerate": "parallel"})
+        ...         pyro.sample("z", dist.Normal(0.0, 1.0))
+        >>> trace, random_plates, enumerated = trace_latents(model, (), {})
+        >>> list(trace.stochastic_nodes), random_plates, enumerated
+        (['z'], {'data'}, ['y'])
+    """
+    random_plates: set[str] = set()
+    enumerated: list[str] = []
+
+    def hide(msg: dict) -> bool:
+        if site_is_subsample(msg):
+            if msg["fn"].subsample_size is not None:
+                random_plates.add(msg["name"])
+            return True
+        if msg["type"] != "sample" or msg["is_observed"]:
+            return True
+        if msg["infer"].get("enumerate"):
+            enumerated.append(msg["name"])
+            return True
+        return False
+
+    model = poutine.block(model, hide_fn=hide)
+    trace = poutine.block(poutine.trace(model).get_trace)(*args, **kwargs)
+    for _, site in trace.iter_stochastic_nodes():
+        # A plate without a size (pyro.plate("data"), as in Pyro's ss_vae example) takes
+        # it from the sites' batch shape: record that size, which the plates made here
+        # (and the search for the data plate) need.
+        batch = site["fn"].batch_shape
+        site["cond_indep_stack"] = tuple(
+            f._replace(size=batch[f.dim], full_size=batch[f.dim])
+            if f.size == -1 and f.dim is not None and -f.dim <= len(batch)
+            else f
+            for f in site["cond_indep_stack"]
+        )
+    return trace, random_plates, enumerated
+
+
+def check_latent_sites(trace: poutine.Trace) -> None:
+    """Refuses, naming it, a latent site under a sequential plate or a discrete one (which
+    the guide would have to leave out or enumerate, see :func:`discrete_site_error`)."""
+    for name, site in trace.iter_stochastic_nodes():
+        if any(not f.vectorized for f in site["cond_indep_stack"]):
+            raise NotImplementedError(
+                f"site {name!r} is under a sequential plate; use a vectorized pyro.plate"
+            )
+        if site["fn"].support.is_discrete:
+            raise discrete_site_error(name, site)
+
+
+def discrete_site_error(name: str, site: dict) -> ValueError:
+    """The error for a discrete latent site the guide was asked to cover: it says how to
+    enumerate the site or guide it by hand."""
+    return ValueError(
+        f"AutoAmortizedNormal cannot guide the discrete site {name!r} "
+        f"({type(site['fn']).__name__}, support {site['fn'].support}). Either enumerate it: "
+        f"sample it with infer={{'enumerate': 'parallel'}} (or pyro.infer.config_enumerate) "
+        f"and train with TraceEnum_ELBO, and this guide leaves it out; or guide it yourself: "
+        f"build this guide on poutine.block(model, hide=[{name!r}]) and call it from a guide "
+        f"function that also samples {name!r}, or append both to a "
+        f"pyro.infer.autoguide.AutoGuideList (a hand-written part enters the list's plates, "
+        f"guide_list.plates[...], rather than opening its own)."
+    )
+
+
+def find_data_plate(
+    trace: poutine.Trace,
+    plate_name: str | None,
+    has_inputs: Callable[[CondIndepStackFrame], bool],
+) -> CondIndepStackFrame:
+    """The plate over data examples: ``plate_name``, or else the plate around the most latent
+    sites among those for which ``has_inputs`` (the model has per-example inputs of its size);
+    on a tie the outermost.
+
+    Example:
+        >>> import pyro
+        >>> import pyro.distributions as dist
+        >>> def model():
+        ...     with pyro.plate("data", 10, dim=-2):
+        ...         pyro.sample("z", dist.Normal(0.0, 1.0))
+        ...         with pyro.plate("pixels", 3):
+        ...             pyro.sample("u", dist.Normal(0.0, 1.0))
+        >>> trace = trace_latents(model, (), {})[0]
+        >>> find_data_plate(trace, None, lambda frame: frame.size == 10).name
+        'data'
+    """
+    frames: dict[str, CondIndepStackFrame] = {}
+    counts: dict[str, int] = {}
+    for _, site in trace.iter_stochastic_nodes():
+        for f in site["cond_indep_stack"]:
+            frames[f.name] = f
+            counts[f.name] = counts.get(f.name, 0) + 1
+    described = ", ".join(
+        f"{n!r} (size {f.full_size or f.size}"
+        + (f", subsample {f.size})" if f.full_size not in (None, f.size) else ")")
+        for n, f in frames.items()
+    )
+    if plate_name is not None:
+        if plate_name not in frames:
+            raise ValueError(
+                f"no such plate {plate_name!r} around a latent site of the model; "
+                f"its plates are: {described or 'none'}"
+            )
+        return frames[plate_name]
+    candidates = [f for f in frames.values() if has_inputs(f)]
+    if not candidates:
+        raise ValueError(
+            "AutoAmortizedNormal found no plate over data examples: "
+            + (
+                f"no floating-point tensor argument of the model has a plate's size as "
+                f"its first dimension (plates: {described}); pass plate_name= and input_fn="
+                f"lambda *args, **kwargs: (batch, features) tensor"
+                if frames
+                else "the model has no latent site under a pyro.plate (no such plate); "
+                "use pyro.infer.autoguide.AutoNormal for a model without local latents"
+            )
+        )
+    # the plate around most latent sites; on a tie the outermost (rightmost dim)
+    return max(candidates, key=lambda f: (counts[f.name], f.dim))

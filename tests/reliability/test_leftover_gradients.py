@@ -12,8 +12,9 @@ from pyro_gen.infer import fit
 
 
 def _first_step(compile: bool | None, leftover: bool) -> dict[str, torch.Tensor]:
-    """One SGD step of a model with a ``pyro.param`` and a ``pyro.module`` network, after
-    the user's own ``loss.backward()`` when ``leftover``."""
+    """One SGD step of a model with two ``pyro.param`` s (one constrained: its gradient sits
+    on its unconstrained tensor) and a ``pyro.module`` network, after the user's own
+    ``loss.backward()`` when ``leftover``."""
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     net = torch.nn.Linear(2, 2)
@@ -22,12 +23,14 @@ def _first_step(compile: bool | None, leftover: bool) -> dict[str, torch.Tensor]
     def model(x: torch.Tensor) -> None:
         pyro.module("net", net)
         loc = pyro.param("loc", torch.zeros(2))
+        scale = pyro.param("scale", torch.ones(2), constraint=dist.constraints.positive)
         with pyro.plate("data", x.shape[0]):
-            pyro.sample("x", dist.Normal(net(x) + loc, 1.0).to_event(1), obs=x)
+            pyro.sample("x", dist.Normal(net(x) + loc, scale).to_event(1), obs=x)
 
     if leftover:  # e.g. the user checked a loss by hand before training
-        pyro.param("loc", torch.zeros(2))
-        (net(x).sum() + 5.0 * pyro.param("loc").sum()).backward()
+        loc = pyro.param("loc", torch.zeros(2))
+        scale = pyro.param("scale", torch.ones(2), constraint=dist.constraints.positive)
+        (net(x).sum() + 5.0 * loc.sum() + scale.sum()).backward()
     fit(
         model,
         x,
@@ -38,7 +41,8 @@ def _first_step(compile: bool | None, leftover: bool) -> dict[str, torch.Tensor]
         compile=compile,
         progress=False,
     )
-    return {"loc": pyro.param("loc").detach().clone(), **net.state_dict()}
+    store = pyro.get_param_store()
+    return {**{n: store[n].detach().clone() for n in ("loc", "scale")}, **net.state_dict()}
 
 
 @pytest.mark.parametrize("compile", [None, True, False])

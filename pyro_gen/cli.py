@@ -119,6 +119,12 @@ def _run_directory(out: Path) -> Path:
 
 
 def _load_run_or_explain(run: Path, config: dict[str, Any], device: torch.device) -> Any:
+    if not (Path(run) / CHECKPOINT_NAME).exists():
+        # a run set up with --epochs 0 (or stopped in its first epoch): not a damaged one
+        raise UsageError(
+            f"{run} holds no trained model: no epoch has finished (--epochs 0 records a run's "
+            f"settings only); train it: {train_command(config, run)} --epochs 1"
+        )
     try:
         return load_run(run, device)
     except CheckpointError as e:
@@ -224,6 +230,7 @@ def _train_run(
     # objective's particles) whatever the objective; `pyro-gen evaluate --k` gives the IWAE.
     # Score and flow-matching models' "ELBO" is their negated regression loss; a model
     # without latents (a flow on vectors) has an ELBO that is its exact log-likelihood.
+    done_before = _recorded_epochs(out)
     model = build_model(config)
     bound = spec.bound(run_options(config))
     if bound == "ELBO" and not samples_latents(model, view.x, view.transform):
@@ -269,6 +276,20 @@ def _train_run(
         ) from e
     if not is_main_process():  # rank 0 draws the figures and reports
         return
+    if result.epoch == 0:  # a fresh --epochs 0: no checkpoint, so no model to draw from
+        print(
+            f"{args.model} on {args.data}: trained nothing (--epochs 0), so there is no "
+            f"checkpoint yet; to train it: {train_command(config, out)} --epochs 1"
+        )
+        print(f"settings: {out / CONFIG_NAME}")
+        return
+    if result.epoch == done_before:  # a resume with no epoch left: the run is as it was
+        epochs = f"{result.epoch} epoch" + ("" if result.epoch == 1 else "s")
+        print(
+            f"nothing to train: {out} holds {epochs}, and --epochs {args.epochs} counts "
+            f"the epochs done; give --epochs {result.epoch + 1} or more to train further"
+        )
+        return
     bound = config["test_elbo_is"]
     figures = _write_figures(spec, config, model, out, result.history, bound=bound)
     last = result.history[-1] if result.history else {}
@@ -287,6 +308,15 @@ def _train_run(
     for path in (out / METRICS_NAME, *figures):
         if path.is_file():
             print(f"{'metrics' if path.suffix == '.jsonl' else 'figure'}: {path}")
+
+
+def _recorded_epochs(out: Path) -> int:
+    """The epochs a run's metrics.jsonl records as finished (0 without one)."""
+    try:
+        lines = (out / METRICS_NAME).read_text().splitlines()
+        return sum(1 for line in lines if line.strip() and not json.loads(line).get("partial"))
+    except (OSError, ValueError, AttributeError):  # no records, or not ours: train anew
+        return 0
 
 
 def _sample(

@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--epochs",
         type=non_negative,
         default=3,
-        help="total epochs, counting resumed ones (default: 3)",
+        help="total epochs, counting resumed ones; 0 records a new run's settings only "
+        "(default: 3)",
     )
     _add_setting(train, "batch_size", "examples per step", type=positive)
     _add_setting(train, "lr", "Adam learning rate", type=positive_finite)

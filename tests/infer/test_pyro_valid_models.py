@@ -22,11 +22,13 @@ estimate the same number without noise (Delta guides, enumerated sites, an exact
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import pyro
@@ -85,7 +87,9 @@ class Case:
     batches: list[Any] | None = None
     optim: Callable[[], pyro.optim.PyroOptim] = sgd
     steps: int = STEPS
-    reset: Callable[[], None] | None = None  # puts modules the pair closes over back
+    # modules the pair closes over: put back before each run, their state (batch norm's
+    # running statistics included) compared after it
+    modules: tuple[torch.nn.Module, ...] = ()
     marks: tuple[Any, ...] = field(default_factory=tuple)
 
 
@@ -410,18 +414,23 @@ def mean_field_guide(x):
         pyro.sample("w", dist.Normal(pyro.param("w_loc", torch.zeros(len(x))), 0.8))
 
 
-class _Net(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.layer = torch.nn.Linear(1, 2)
+def _encoder(dropout: bool) -> torch.nn.Module:
+    """A small amortized encoder (batch norm, optionally dropout), its weights drawn from a
+    generator of its own."""
+    net = torch.nn.Sequential(
+        torch.nn.Linear(1, 4),
+        torch.nn.BatchNorm1d(4),
+        torch.nn.Dropout(0.3) if dropout else torch.nn.Identity(),
+        torch.nn.Linear(4, 2),
+    )
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(0.5 * torch.randn(p.shape, generator=generator))
+    return net
 
 
-NET = _Net()
-
-
-def reset_net() -> None:
-    NET.load_state_dict(_Net().state_dict())
+ENCODER, DROPOUT_ENCODER = _encoder(dropout=False), _encoder(dropout=True)
 
 
 def amortized_model(x):
@@ -430,11 +439,14 @@ def amortized_model(x):
         pyro.sample("x", dist.Normal(z, 1.0), obs=x)
 
 
-def amortized_guide(x):
-    pyro.module("encoder", NET)
-    out = NET.layer(x.unsqueeze(-1))
-    with pyro.plate("data", len(x)):
-        pyro.sample("z", dist.Normal(out[..., 0], out[..., 1].exp()))
+def amortized_guide(encoder: torch.nn.Module) -> Callable[[torch.Tensor], None]:
+    def guide(x):
+        pyro.module("encoder", encoder)
+        out = encoder(x.unsqueeze(-1))
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(out[..., 0], out[..., 1].exp()))
+
+    return guide
 
 
 # --- enumeration ---------------------------------------------------------------------------
@@ -745,13 +757,22 @@ CASES = [
         X_BATCH,
     ),
     Case(
-        "pyro_module",
+        "pyro_module_batch_norm",
         amortized_model,
-        amortized_guide,
+        amortized_guide(ENCODER),
         Trace_ELBO,
         COMPILED,
-        X_BATCH,
-        reset=reset_net,
+        [(X4,)],
+        modules=(ENCODER,),
+    ),
+    Case(
+        "pyro_module_dropout",
+        amortized_model,
+        amortized_guide(DROPOUT_ENCODER),
+        Trace_ELBO,
+        "aten.bernoulli_",
+        [(X4,)],
+        modules=(DROPOUT_ENCODER,),
     ),
     # particles
     Case(
@@ -878,11 +899,24 @@ def _size(batch: Any) -> int:
     return tensors[0].shape[0] if tensors else 1
 
 
+_INITIAL_STATES: dict[int, dict[str, torch.Tensor]] = {}
+
+
+def _put_back(case: Case) -> None:
+    """Modules start each run from the state they had before the first."""
+    for m in case.modules:
+        initial = _INITIAL_STATES.setdefault(id(m), copy.deepcopy(m.state_dict()))
+        m.load_state_dict(initial)
+
+
+def _states(case: Case) -> list[dict[str, torch.Tensor]]:
+    return [copy.deepcopy(m.state_dict()) for m in case.modules]
+
+
 def _pyro_run(case: Case) -> tuple[list[dict[str, torch.Tensor]], list[float]]:
     """Pyro's own SVI loop: the parameters after each step, and each step's loss."""
     pyro.clear_param_store()
-    if case.reset is not None:
-        case.reset()
+    _put_back(case)
     pyro.set_rng_seed(SEED)
     svi = SVI(case.model, case.guide, case.optim(), case.loss())
     params, losses = [], []
@@ -896,8 +930,7 @@ def _pyro_run(case: Case) -> tuple[list[dict[str, torch.Tensor]], list[float]]:
 def _fit_run(case: Case) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, Any]]]:
     """fit's run (default, compiled path): the parameters after each step, its history."""
     pyro.clear_param_store()
-    if case.reset is not None:
-        case.reset()
+    _put_back(case)
     pyro.set_rng_seed(SEED)
     params: list[dict[str, torch.Tensor]] = []
     result = fit(
@@ -940,7 +973,9 @@ def test_fit_trains_as_pyros_svi(case: Case, caplog: pytest.LogCaptureFixture) -
     with caplog.at_level(logging.INFO, logger="pyro_gen"):
         ours, history = _fit_run(case)
     path = _path(caplog)
+    our_states = _states(case)
     theirs, losses = _pyro_run(case)
+    torch.testing.assert_close(our_states, _states(case), rtol=1e-5, atol=1e-6)
     assert len(ours) == len(theirs) == case.steps
     for step, (a, b) in enumerate(zip(ours, theirs)):
         assert a.keys() == b.keys(), (step, sorted(a), sorted(b))
@@ -1063,31 +1098,43 @@ def obs_mask_map_guide(y):
         pyro.sample("y_unobserved", dist.Delta(pyro.param("y_map", torch.zeros(len(y)))))
 
 
+def indexed_model(idx):
+    # the user subsamples: minibatches of indices into data the model holds
+    z = pyro.sample("z", dist.Normal(0.0, 1.0))
+    with pyro.plate("data", len(X10), subsample=idx):
+        pyro.sample("x", dist.Normal(z, 0.5), obs=X10[idx])
+
+
+def indexed_map_guide(idx):
+    pyro.sample("z", dist.Delta(pyro.param("z_map", torch.tensor(0.4))))
+
+
+ENUM_LOSS = partial(TraceEnum_ELBO, max_plate_nesting=1)
 EVALUATIONS = [
-    # (id, model, guide, loss): estimates without noise, so they must agree exactly
-    ("delta_guide", map_model, map_guide, Trace_ELBO),
-    (
-        "enum_in_model",
-        mixture_model,
-        mixture_map_guide,
-        lambda: TraceEnum_ELBO(max_plate_nesting=1),
-    ),
-    ("mask_and_scale", masked_scaled_model, z_map_guide, Trace_ELBO),
-    ("obs_mask", obs_mask_data_model, obs_mask_map_guide, Trace_ELBO),
-    ("exact_posterior", conjugate_model, exact_posterior_guide, Trace_ELBO),
-]
+    # (id, model, guide, loss, data, batch_size): estimates without noise, so they must agree
+    # exactly; in batches, the global sites are counted once for the whole data
+    ("delta_guide", map_model, map_guide, Trace_ELBO, X4, 4),
+    ("delta_guide_in_batches", map_model, map_guide, Trace_ELBO, X10, 3),
+    ("enum_in_model", mixture_model, mixture_map_guide, ENUM_LOSS, X4, 4),
+    ("enum_in_model_in_batches", mixture_model, mixture_map_guide, ENUM_LOSS, X10, 3),
+    ("mask_and_scale", masked_scaled_model, z_map_guide, Trace_ELBO, X4, 4),
+    ("obs_mask", obs_mask_data_model, obs_mask_map_guide, Trace_ELBO, X4, 4),
+    ("exact_posterior", conjugate_model, exact_posterior_guide, Trace_ELBO, X4, 4),
+    ("user_subsample_in_batches", indexed_model, indexed_map_guide, Trace_ELBO,
+     torch.arange(len(X10)), 4),
+]  # fmt: skip
 
 
-@pytest.mark.parametrize(("model", "guide", "loss"), [e[1:] for e in EVALUATIONS],
-                         ids=[e[0] for e in EVALUATIONS])  # fmt: skip
-def test_evaluate_elbo_is_pyros_loss_per_example(model, guide, loss):
-    """The ELBO per example is ``-loss.loss / N`` where no draw changes it (Delta guides,
-    sites summed out, an exact posterior), global sites counted once."""
-    ours = evaluate_elbo(model, X4, guide=guide, loss=loss())
-    theirs = -loss().loss(model, guide, X4) / len(X4)
+@pytest.mark.parametrize(("model", "guide", "loss", "data", "batch_size"),
+                         [e[1:] for e in EVALUATIONS], ids=[e[0] for e in EVALUATIONS])  # fmt: skip
+def test_evaluate_elbo_is_pyros_loss_per_example(model, guide, loss, data, batch_size):
+    """The ELBO per example is ``-loss.loss / N`` on the whole data where no draw changes it
+    (Delta guides, sites summed out, an exact posterior), whatever the batch size."""
+    ours = evaluate_elbo(model, data, guide=guide, loss=loss(), batch_size=batch_size)
+    theirs = -loss().loss(model, guide, data) / len(data)
     assert ours == pytest.approx(theirs, rel=1e-6, abs=1e-6)
     if model is conjugate_model:
-        assert ours == pytest.approx(log_evidence(X4) / len(X4), rel=1e-5)
+        assert ours == pytest.approx(log_evidence(data) / len(data), rel=1e-5)
 
 
 def test_evaluate_elbo_with_mean_field_kl_matches_pyros_estimate():

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pyro_gen.nn.legacy_keys import rename_legacy_keys
+from pyro_gen.nn.legacy_keys import LegacyKeys
 from pyro_gen.nn.mlp import concat_context
 
 
@@ -24,7 +23,7 @@ class MaskedLinear(nn.Linear):
         return F.linear(x, self.weight * self.mask, self.bias)
 
 
-class MADE(nn.Module):
+class MADE(LegacyKeys):
     r"""Masked MLP whose output :math:`i` depends only on inputs that precede :math:`i`.
 
     With input order :math:`\pi` (a permutation; default identity) the network returns
@@ -105,11 +104,10 @@ class MADE(nn.Module):
         # the param store knows it by), so each tensor has one name in the state dict.
         self.net = nn.Sequential(*layers)
 
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    def _legacy_keys(self) -> dict[str, str]:
         # Earlier versions also held the output layer as the last entry of ``net``, so their
         # state dicts name its tensors twice: ``net.<2 * len(hidden_dims)>.*`` as well.
-        rename_legacy_keys(state_dict, prefix, f"net.{len(self.net)}.", "output.")
-        super()._load_from_state_dict(state_dict, prefix, *args)
+        return {f"net.{len(self.net)}.": "output."}
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         x = concat_context(x, context, self.input_dim, self.context_dim, "MADE")

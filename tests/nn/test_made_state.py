@@ -8,9 +8,17 @@ import io
 
 import pyro
 import pyro.distributions as dist
+import pytest
 import torch
 
+from pyro_gen.infer.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    restore_modules,
+    save_checkpoint,
+)
 from pyro_gen.nn import MADE
+from pyro_gen.nn.legacy_keys import upgrade_state_dict
 from pyro_gen.transforms import inverse_autoregressive
 
 
@@ -110,3 +118,35 @@ def test_param_store_round_trip_of_an_iaf_guide(tmp_path) -> None:
     assert torch.equal(fresh(z), expected)
     for name, param in fresh.named_parameters():
         assert torch.equal(param, store[f"iaf$$${name}"])
+
+
+def test_upgrade_state_dict_renames_as_loading_does() -> None:
+    """What a key check before loading compares (pyro_gen's checkpoints check first)."""
+    flow = inverse_autoregressive(3, [8])
+    old = _with_legacy_keys(flow.state_dict(), "made.", 2)
+    upgraded = upgrade_state_dict(flow, old)
+    assert list(upgraded) == list(flow.state_dict())
+    assert all(torch.equal(upgraded[k], v) for k, v in flow.state_dict().items())
+    assert "made.net.2.weight" in old  # the caller's dict is left as it was
+
+
+@pytest.mark.xfail(
+    raises=CheckpointError,
+    strict=True,
+    reason="pyro_gen.infer.checkpoint._check_modules compares the saved keys before loading "
+    "and needs upgrade_state_dict(module, saved) (lead's file)",
+)
+def test_a_checkpoint_written_before_the_fix_restores(tmp_path) -> None:
+    saved = inverse_autoregressive(3, [8])
+    _randomized(saved.made)
+    pyro.module("flow", saved)
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, modules={"model": saved}, optim=pyro.optim.Adam({"lr": 0.1}))
+    ckpt = load_checkpoint(path)
+    entry = ckpt["modules"]["model"]
+    entry["state_dict"] = _with_legacy_keys(entry["state_dict"], "made.", 2)
+    pyro.clear_param_store()
+    fresh = inverse_autoregressive(3, [8])
+    restore_modules(ckpt, {"model": fresh})
+    z = torch.randn(4, 3)
+    assert torch.equal(fresh(z), saved(z))

@@ -45,6 +45,7 @@ import hashlib
 import io
 import itertools
 import json
+import logging
 import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping
@@ -65,6 +66,7 @@ from pyro_gen.infer.files import (
     try_lock,
     unlock,
 )
+from pyro_gen.infer.optim_args import apply_args, changed_args, optimizer_args
 from pyro_gen.infer.pyro_modules import MODULE_KEY
 from pyro_gen.infer.state_codec import (
     UnsafeStateError,
@@ -73,6 +75,8 @@ from pyro_gen.infer.state_codec import (
     encode_constraint,
     same_constraint,
 )
+
+logger = logging.getLogger("pyro_gen")
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
@@ -118,6 +122,7 @@ def save_checkpoint(
             "param_store": _param_store_entry(modules),
             "optim": encode(optim.get_state(), "optimizer state"),
             "optim_kind": optimizer_kind(optim),
+            "optim_args": optimizer_args(optim),
             "rng": encode(_rng_state(), "RNG state"),
             "progress": encode(dict(progress or {}), "progress"),
         }
@@ -215,6 +220,7 @@ def load_checkpoint(path: str | Path, map_location: Any = None) -> dict[str, Any
         "optim": decode(payload["optim"]),
         # absent from checkpoints written before it was recorded: then not checked
         "optim_kind": payload.get("optim_kind"),
+        "optim_args": payload.get("optim_args"),
         "rng": decode(payload["rng"]),
         "progress": decode(payload["progress"]),
         # absent when not given to save_checkpoint (and before it was recorded)
@@ -407,6 +413,10 @@ def restore_checkpoint(
     run that wrote it, and resuming would train a new ``pyro.param`` from its initial value
     beside restored ones, or continue a model that is not the checkpoint's, silently.
 
+    Optimizer arguments that differ from the recorded ones (``Adam({"lr": ...})``) apply to
+    the restored state; a scheduler's are refused when they differ
+    (:mod:`pyro_gen.infer.optim_args`).
+
     Everything is checked before anything is written: a refused checkpoint leaves the
     modules, the param store, the optimizer and the RNG as they were (a fresh start after a
     refusal starts from the user's values, not from half of the checkpoint's).
@@ -424,6 +434,7 @@ def restore_checkpoint(
         )
     _check_modules(ckpt, modules)
     _check_param_store(ckpt["param_store"])
+    changed: dict[str, tuple[Any, Any]] = {}
     if optim is not None:
         saved_kind, kind = ckpt.get("optim_kind"), optimizer_kind(optim)
         if saved_kind is not None and saved_kind != kind:
@@ -434,9 +445,24 @@ def restore_checkpoint(
                 f"passes {kind}: resume with the same Pyro optimizer (its state, e.g. Adam's "
                 "moments, is part of the checkpoint), or train into a fresh directory"
             )
+        changed = changed_args(ckpt.get("optim_args"), optim)
+        if changed and isinstance(optim, pyro.optim.PyroLRScheduler):
+            raise CheckpointError(
+                f"the checkpoint's scheduler {kind} was built with "
+                f"{ {k: a for k, (a, _) in changed.items()} } but this run passes "
+                f"{ {k: b for k, (_, b) in changed.items()} }: the scheduler's saved state sets "
+                "the learning rate, so its arguments cannot change on resume; pass the "
+                "recorded ones, or train into a fresh directory"
+            )
     # Everything is checked: from here on nothing is refused, so nothing is half restored.
     _load_modules(ckpt, modules)
     _restore_param_store(ckpt["param_store"])
+    if changed:  # the arguments given apply; the moments and step counts continue
+        apply_args(ckpt["optim"], optim, list(changed))
+        logger.warning(
+            "resuming with the optimizer arguments given, "
+            + ", ".join(f"{k}={b} (the checkpoint's: {a})" for k, (a, b) in changed.items())
+        )
     if optim is not None:
         optim.set_state(ckpt["optim"])
     _set_rng_state(ckpt["rng"])

@@ -450,7 +450,8 @@ def fit(
         params = sorted({n for t in traces for n, s in t.nodes.items() if s["type"] == "param"})
         if dp is not None:
             dp.start(prog.modules, loss, prog, first)
-        state = _resume(dp, ckpt_dir, device, prog, optim, params, _layout(batches, batch_size))
+        layout = _layout(batches, batch_size)
+        state = _resume(dp, ckpt_dir, device, prog, optim, params, layout, epochs, steps)
         _clear_gradients(prog, params)
         return _train(
             model,
@@ -503,6 +504,8 @@ def _resume(
     optim: pyro.optim.PyroOptim,
     params: list[str],
     layout: dict[str, int | None],
+    epochs: int | None,
+    steps: int | None,
 ) -> _Progress:
     """The progress to start from: fresh, or restored (objects, RNG streams) from the run
     directory's checkpoint, which rank 0 reads and every rank restores. A checkpoint that
@@ -530,7 +533,8 @@ def _resume(
                 f"{saved.world_size} (torchrun --nproc_per_node {saved.world_size}, or one "
                 "process for 1); or train into a fresh checkpoint_dir"
             )
-        _check_layout(path, saved, layout)
+        if not _finished(saved, epochs, steps):  # restoring only (steps=0): any batching
+            _check_layout(path, saved, layout)
         state = _Progress(
             **restore_checkpoint(ckpt, modules=prog.modules, optim=optim, params=params)
         )
@@ -546,6 +550,12 @@ def _resume(
 
     _on_main(dp, reset_metrics)
     return state
+
+
+def _finished(progress: _Progress, epochs: int | None, steps: int | None) -> bool:
+    return (epochs is not None and progress.epoch >= epochs) or (
+        steps is not None and progress.step >= steps
+    )
 
 
 def _layout(batches: BatchCalls | ShardedBatches, batch_size: int) -> dict[str, int | None]:
@@ -635,9 +645,7 @@ def _train(
     progress = progress and main
 
     def done() -> bool:
-        return (epochs is not None and state.epoch >= epochs) or (
-            steps is not None and state.step >= steps
-        )
+        return _finished(state, epochs, steps)
 
     def save() -> None:
         if dp is not None:

@@ -134,6 +134,7 @@ def test_mid_epoch_resume_refuses_another_batch_layout(tmp_path):
     _run(tmp_path / "b", steps=4)
     with pytest.raises(CheckpointError, match=r"batch_size=16.*batch_size=32.*epochs=1"):
         _run(tmp_path / "b", steps=10, batch_size=32)
+    _run(tmp_path / "b", steps=0, batch_size=32)  # restoring only, training nothing: taken
     _assert_same(straight, _run(tmp_path / "b", seed=3, steps=10))
     # the user's own batches: a DataLoader of another batch size has another number of them
     _run(tmp_path / "c", data=_loader(16), steps=3)

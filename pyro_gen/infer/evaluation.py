@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import pyro
 import torch
 from pyro import poutine
+from pyro.distributions import Delta
 from pyro.infer import TraceMeanField_ELBO
 from pyro.poutine import Trace
 from pyro.poutine.util import site_is_subsample
@@ -35,6 +36,7 @@ from pyro_gen.infer.log_weights import (
     enumeration_problem,
     find_data_plate,
     max_plate_nesting,
+    sample_sites,
     scaled_site,
     split_log_weights,
 )
@@ -160,6 +162,7 @@ class _Scorer:
         """Finds the data plate and the nesting depth from a draw without particles."""
         guide_trace, model_trace = self._traces(call, None, None)
         self.plate = find_data_plate(model_trace, self.plate_name)
+        _check_densities(guide_trace, model_trace, self.importance)
         problem = scaled_site(self.plate, model_trace, guide_trace) if self.importance else None
         if problem is not None:
             raise ValueError(
@@ -327,6 +330,48 @@ def _wide(t: torch.Tensor) -> torch.Tensor:
     return t if t.device.type == "mps" else t.to(torch.float64)
 
 
+def _is_delta(fn: Any) -> bool:
+    while not isinstance(fn, Delta) and hasattr(fn, "base_dist"):  # Independent, masked, ...
+        fn = fn.base_dist
+    return isinstance(fn, Delta)
+
+
+def _check_densities(guide_trace: Trace, model_trace: Trace, importance: bool) -> None:
+    """Refuses a model that observes its data through a Delta (no likelihood to estimate),
+    and point-mass guide sites for importance weighting (warns for the ELBO)."""
+    for name, site in sample_sites(model_trace):
+        if site["is_observed"] and _is_delta(site["fn"]):
+            density = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
+            if not bool(torch.isfinite(density).all()):
+                raise ValueError(
+                    f"observed site {name!r} is a Delta (an implicit model, such as a GAN "
+                    "generator): the data have density 0 under it almost everywhere, so "
+                    "there is no likelihood to estimate. Score such a model by its samples "
+                    "(pyro_gen.metrics: mode_coverage, sample_quality)"
+                )
+    latents = [(n, s) for n, s in sample_sites(guide_trace) if not s["is_observed"]]
+    # An autoguide's Delta sites carry their density (a Jacobian) from an auxiliary draw;
+    # without one they are point estimates (AutoDelta, MAP).
+    if any(s["infer"].get("is_auxiliary", False) for _, s in latents):
+        return
+    points = [n for n, s in latents if _is_delta(s["fn"])]
+    if not points:
+        return
+    if importance:
+        raise ValueError(
+            f"guide sites {points} are point masses (Delta, as AutoDelta's): a point mass "
+            "has no density to weight by, so the estimate would be log p(x, z) at those "
+            "points, which is no bound on log p(x) (it can lie above it). Guide them with a "
+            "density (AutoNormal, a flow guide), or use evaluate_elbo for the MAP objective"
+        )
+    warnings.warn(
+        f"guide sites {points} are point masses (Delta, as AutoDelta's), so evaluate_elbo "
+        "gives log p(x, z) at those points (the MAP objective, without the entropy a "
+        "density would add), not a lower bound on log p(x)",
+        stacklevel=5,
+    )
+
+
 def _check_density(model: Any) -> None:
     """Refuses a module's own model/guide pair when the module declares (with
     ``joint_is_density = False``) that on data it is a training objective estimating a bound,
@@ -409,7 +454,9 @@ def evaluate_elbo(
 
     Raises:
         ValueError: the data plate cannot be found (pass ``plate_name=``), a guide site is
-            not in the model, or a count is not a positive integer.
+            not in the model, a count is not a positive integer, or the model observes its
+            data through a Delta (an implicit model: no likelihood). Guide sites that are
+            point masses (``AutoDelta``) get a warning: the estimate is then log p(x, z).
 
     Example:
         >>> import pyro, pyro.distributions as dist, torch
@@ -517,8 +564,10 @@ def iwae_log_likelihood(
     Raises:
         ValueError: the data plate cannot be found (pass ``plate_name=``), a guide site is
             not in the model, or a count is not a positive integer; or the joint is no
-            density: a site has a scale other than 1 (``poutine.scale``, a subsampled plate
-            besides the data plate's N/B), or the module says ``joint_is_density = False``
+            density: a guide site is a point mass (``AutoDelta``), the data are observed
+            through a Delta (an implicit model), a site has a scale other than 1
+            (``poutine.scale``, a subsampled plate besides the data plate's N/B), or the
+            module says ``joint_is_density = False``
             (a training objective estimating a bound, such as a time-plate DDPM).
 
     Example:

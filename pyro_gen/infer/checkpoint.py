@@ -464,9 +464,28 @@ def restore_checkpoint(
             + ", ".join(f"{k}={b} (the checkpoint's: {a})" for k, (a, b) in changed.items())
         )
     if optim is not None:
-        optim.set_state(ckpt["optim"])
+        _set_optim_state(optim, ckpt["optim"])
     _set_rng_state(ckpt["rng"])
     return ckpt["progress"]
+
+
+def _set_optim_state(optim: pyro.optim.PyroOptim, states: dict[str, Any]) -> None:
+    """``optim.set_state(states)``, also for parameters ``optim`` already holds a torch
+    optimizer of: Pyro loads a set state only into the ones it creates later, so an
+    optimizer reused after an interrupted run (a notebook cell run again) went on with its
+    own moments beside the restored weights."""
+    optim.set_state(states)
+    waiting = optim._state_waiting_to_be_consumed
+    store = pyro.get_param_store()
+    for param, optimizer in optim.optim_objs.items():
+        state = waiting.pop(store.param_name(param), None)
+        if state is None:
+            continue
+        if "scheduler" in state:  # a PyroLRScheduler's, as Pyro saves it
+            optimizer.load_state_dict(state["scheduler"])
+            optimizer.optimizer.load_state_dict(state["optimizer"])
+        else:
+            optimizer.load_state_dict(state)
 
 
 def _check_params(

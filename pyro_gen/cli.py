@@ -27,7 +27,7 @@ import pyro.optim
 import torch
 
 from pyro_gen import data as datasets
-from pyro_gen.cli_evaluate import bound_results, samples_latents
+from pyro_gen.cli_evaluate import bound_results, report, samples_latents
 from pyro_gen.cli_impute import impute_command
 from pyro_gen.cli_models import (
     IMAGE_DATA,
@@ -65,7 +65,7 @@ from pyro_gen.infer.checkpoint import (
     verify_checkpoint,
 )
 from pyro_gen.infer.distributed import is_main_process
-from pyro_gen.infer.files import UnsafePathError, atomic_write_bytes, refuse_symlink
+from pyro_gen.infer.files import UnsafePathError, refuse_symlink
 from pyro_gen.infer.legacy_checkpoint import convert_legacy_checkpoint
 from pyro_gen.runs import (
     CONFIG_NAME,
@@ -120,10 +120,17 @@ def _run_directory(out: Path) -> Path:
 
 def _load_run_or_explain(run: Path, config: dict[str, Any], device: torch.device) -> Any:
     if not (Path(run) / CHECKPOINT_NAME).exists():
+        done = _recorded_epochs(Path(run))
+        if done:  # trained, and the checkpoint since lost
+            raise UsageError(
+                f"{run} has no {CHECKPOINT_NAME}, though its {METRICS_NAME} records {done} "
+                f"epoch(s): it was moved or deleted; restore it, or retrain: "
+                f"{train_command(config, run)}"
+            )
         # a run set up with --epochs 0 (or stopped in its first epoch): not a damaged one
         raise UsageError(
-            f"{run} holds no trained model: no epoch has finished (--epochs 0 records a run's "
-            f"settings only); train it: {train_command(config, run)} --epochs 1"
+            f"{run} has no {CHECKPOINT_NAME}: no epoch has finished (--epochs 0 records a "
+            f"run's settings only); train it: {train_command(config, run)} --epochs 1"
         )
     try:
         return load_run(run, device)
@@ -392,9 +399,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         results = bound_results(ev, spec.discrete(run_options(config)))
     else:
         results = spec.evaluate(ev)
-    atomic_write_bytes(target, (json.dumps(results, indent=2) + "\n").encode())
-    for key, value in results.items():
-        print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+    report(results, target)
     print(f"written to {target}")
 
 

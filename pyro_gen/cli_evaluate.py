@@ -7,13 +7,15 @@ Every function takes an :class:`~pyro_gen.cli_spec.Evaluation` and returns plain
 (``name -> float``), each mean over test examples beside its standard error as ``NAME_se``.
 
 Example:
-    >>> _mean_se(torch.tensor([1.0, 3.0]))
-    (2.0, 1.0)
+    >>> _mean_se(torch.tensor([1.0, 3.0])), _mean_se(torch.tensor([1.0]))
+    ((2.0, 1.0), (1.0, None))
 """
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,17 +26,29 @@ from pyro_gen.cli_spec import Evaluation
 from pyro_gen.data.batching import Transform, batch_calls, with_transform
 from pyro_gen.infer import bits_per_dim_from_nats, evaluate_elbo, iwae_log_likelihood
 from pyro_gen.infer.evaluation import module_device
+from pyro_gen.infer.files import atomic_write_bytes
 from pyro_gen.infer.program import program, trace_once
 
 
-def _mean_se(values: torch.Tensor) -> tuple[float, float]:
+def _mean_se(values: torch.Tensor) -> tuple[float, float | None]:
+    # one value has no standard error: None (JSON null), not NaN, which JSON cannot hold
     values = values.detach().double().flatten()
-    se = values.std() / math.sqrt(len(values)) if len(values) > 1 else torch.tensor(math.nan)
-    return float(values.mean()), float(se)
+    se = float(values.std() / math.sqrt(len(values))) if len(values) > 1 else None
+    return float(values.mean()), se
 
 
 def with_se(results: dict[str, Any], name: str, values: torch.Tensor) -> None:
     results[name], results[f"{name}_se"] = _mean_se(values)
+
+
+def report(results: dict[str, Any], path: Path) -> None:
+    """Writes ``results`` to ``path`` as JSON and prints them, one ``name: value`` a line (an
+    undefined standard error, of one test example, as ``n/a``)."""
+    atomic_write_bytes(path, (json.dumps(results, indent=2) + "\n").encode())
+    for key, value in results.items():
+        if value is None:
+            value = "n/a (one test example)"
+        print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
 
 
 def samples_latents(model: torch.nn.Module, data: Any, transform: Transform | None = None) -> bool:

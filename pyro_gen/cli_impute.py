@@ -12,16 +12,14 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
-import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from pyro_gen.cli_evaluate import report, with_se
 from pyro_gen.cli_models_vae import missing_mask
 from pyro_gen.cli_spec import DataView
-from pyro_gen.infer.files import atomic_write_bytes
 
 # Images shown in the PNG (each as truth, observed and imputed).
 SHOWN = 8
@@ -63,16 +61,10 @@ def impute_command(
     hidden = (~mask).to(truth.dtype)
     results: dict[str, Any] = {"num_test": int(truth.shape[0]), "missing_rate": rate, "k": args.k}
     for name, guess in (("vae", filled), ("mean_imputation", mean_imputation(truth, mask))):
-        error = _error(guess, truth, hidden).double()
-        results[f"{name}_mse"] = float(error.mean())
-        results[f"{name}_mse_se"] = float(error.std() / math.sqrt(len(error)))
-    atomic_write_bytes(
-        Path(args.run) / "imputation.json", (json.dumps(results, indent=2) + "\n").encode()
-    )
+        with_se(results, f"{name}_mse", _error(guess, truth, hidden))
     n = min(SHOWN, truth.shape[0])
     observed = torch.where(mask, truth, torch.full_like(truth, 0.5))  # hidden pixels grey
     rows = torch.cat([truth[:n], observed[:n], filled[:n]]).cpu()
     plotting.save_image_grid(rows.reshape(rows.shape[0], *rows.shape[-2:]), path, nrow=n)
-    for key, value in results.items():
-        print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+    report(results, Path(args.run) / "imputation.json")
     print(f"truth, observed and imputed images written to {path}")

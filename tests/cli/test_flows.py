@@ -40,6 +40,14 @@ def test_a_flow_on_vectors_reports_its_exact_log_likelihood_not_an_elbo(tmp_path
     assert results["test_log_likelihood"] == pytest.approx(record["test_elbo"], abs=1e-4)
     truth = toy_log_prob("eight_gaussians", x).double()
     assert results["kl_true_to_model"] == pytest.approx(float((truth - lp).mean()), abs=1e-4)
+    # one test example has no standard error: it was written as NaN, which is not JSON
+    status, out, err = cli(capsys, "evaluate", run, "--num-test", "1")
+    assert status == 0, err
+    assert "test_log_likelihood_se: n/a" in out, out
+    text = (run / "evaluation.json").read_text()
+    results = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in {text}"))
+    assert results["test_log_likelihood_se"] is None
+    assert results["test_log_likelihood"] == pytest.approx(float(lp[0]), abs=1e-4)
 
 
 def test_only_a_flow_without_dequantization_has_no_latents():

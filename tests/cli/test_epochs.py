@@ -48,3 +48,7 @@ def test_a_resume_with_no_epochs_left_says_so_and_keeps_the_run(tmp_path, capsys
         assert after.keys() == files.keys()
         assert all(after[n] == files[n] for n in files if n != "config.json"), out
     assert json.loads((run / "metrics.jsonl").read_text())["epoch"] == 1
+    # a trained run whose checkpoint is gone is not mistaken for one set up with --epochs 0
+    (run / "checkpoint.pt").unlink()
+    status, _, err = cli(capsys, "sample", run, "-n", "2")
+    assert_one_line_error(status, err, "has no checkpoint.pt", "records 1 epoch", "deleted")

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from pyro_gen.nn.legacy_keys import LegacyKeys
+
 
 def broadcast_context(x: torch.Tensor, context: torch.Tensor, event_dim: int) -> torch.Tensor:
     """Expands ``context`` (shape ``(..., K)``) to the batch shape of ``x``.
@@ -69,7 +71,7 @@ def concat_context(
     return x
 
 
-class MLP(nn.Module):
+class MLP(LegacyKeys):
     r"""Multi-layer perceptron :math:`\mathbb{R}^{d_\text{in}} \to \mathbb{R}^{d_\text{out}}`.
 
     Acts on the last dimension, so any batch shape is accepted. With ``context_dim > 0``
@@ -117,8 +119,15 @@ class MLP(nn.Module):
         if zero_init_output:
             nn.init.zeros_(self.output.weight)
             nn.init.zeros_(self.output.bias)
-        layers.append(self.output)
+        # The hidden layers only: the output layer is registered once, as ``output`` (the name
+        # the param store knows it by), so each tensor has one name in the state dict.
         self.net = nn.Sequential(*layers)
 
+    def _legacy_keys(self) -> dict[str, str]:
+        # Earlier versions also held the output layer as the last entry of ``net``, so their
+        # state dicts name its tensors twice: ``net.<2 * len(hidden_dims)>.*`` as well.
+        return {f"net.{len(self.net)}.": "output."}
+
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        return self.net(concat_context(x, context, self.in_dim, self.context_dim, "MLP"))
+        x = concat_context(x, context, self.in_dim, self.context_dim, "MLP")
+        return self.output(self.net(x))

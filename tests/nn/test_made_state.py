@@ -150,3 +150,24 @@ def test_a_checkpoint_written_before_the_fix_restores(tmp_path) -> None:
     restore_modules(ckpt, {"model": fresh})
     z = torch.randn(4, 3)
     assert torch.equal(fresh(z), saved(z))
+
+
+def test_mlp_names_each_tensor_once_and_loads_earlier_state_dicts() -> None:
+    """MLP held its output layer twice as MADE did (``output`` and the last entry of
+    ``net``); a coupling layer's state dict written that way still loads."""
+    from pyro_gen.nn import MLP
+    from pyro_gen.transforms import affine_coupling
+
+    state = MLP(3, [8, 8], 2).state_dict(keep_vars=True)
+    assert len({id(t) for t in state.values()}) == len(state)
+    saved = affine_coupling(4, hidden_dims=[8, 8])
+    with torch.no_grad():
+        for p in saved.parameters():
+            p.normal_()
+    (prefix,) = {k[: -len("output.weight")] for k in saved.state_dict() if "output.weight" in k}
+    old = _with_legacy_keys(saved.state_dict(), prefix, 4)
+    assert any(k.startswith(prefix + "net.4.") for k in old)  # as written before
+    fresh = affine_coupling(4, hidden_dims=[8, 8])
+    fresh.load_state_dict(old)  # strict: no key left over
+    x = torch.randn(5, 4)
+    assert torch.equal(fresh(x), saved(x))

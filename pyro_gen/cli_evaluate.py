@@ -22,7 +22,7 @@ import torch
 from pyro.poutine.util import site_is_subsample
 
 from pyro_gen import data as datasets
-from pyro_gen.cli_spec import Evaluation
+from pyro_gen.cli_spec import Evaluation, UsageError
 from pyro_gen.data.batching import Transform, batch_calls, with_transform
 from pyro_gen.infer import bits_per_dim_from_nats, evaluate_elbo, iwae_log_likelihood
 from pyro_gen.infer.evaluation import module_device
@@ -148,6 +148,11 @@ def sample_quality(
     from pyro_gen.metrics import sample_quality as score
 
     config, view = ev.config, ev.view
+    if real.shape[0] < 2:  # before the classifier's minutes of training
+        raise UsageError(
+            f"--num-test {real.shape[0]}: the Frechet distance compares the covariances of "
+            "the test images' and the samples' features; give --num-test 2 or more"
+        )
     x, y = load_split(config["data"], "train", config, None)  # all of it, whatever --subset
     unit = x.to(torch.get_default_dtype()) / (view.levels - 1)
     clf = train_classifier(unit, y, epochs=ev.args.classifier_epochs, seed=config["seed"])

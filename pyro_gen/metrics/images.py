@@ -188,6 +188,12 @@ def sample_quality(
         ValueError: images that are not floating-point pixels in [0, 1] (the range found
             is named), or labels of another length than the real images.
     """
+    if samples.shape[0] < 2 or real.shape[0] < 2:  # the Frechet distance's covariances
+        counts = f"{samples.shape[0]} sample(s) and {real.shape[0]} real image(s)"
+        raise ValueError(
+            f"sample_quality needs at least 2 samples and 2 real images, got {counts}: the "
+            "Frechet distance compares the covariances of their features"
+        )
     if real_labels is not None and real_labels.shape != real.shape[:1]:
         raise ValueError(
             f"real_labels must hold one label per real image: {real.shape[0]} images, labels "

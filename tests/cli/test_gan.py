@@ -78,6 +78,9 @@ def test_cgan_on_digits_reports_classifier_scores_and_label_agreement(tmp_path, 
     assert results["frechet_distance"] > results["frechet_distance_train_images"] >= 0
     model = pyro_gen.load(run)
     assert model.sample(4, y=torch.tensor([0, 1, 2, 3])).shape == (4, 8, 8)
+    # one test image has no feature covariance: "each feature set needs at least 2 rows"
+    status, _, err = cli(capsys, "evaluate", run, "--num-test", "1")
+    assert_one_line_error(status, err, "--num-test 1", "--num-test 2 or more")
 
 
 @pytest.mark.parametrize(

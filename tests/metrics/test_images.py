@@ -77,6 +77,9 @@ def test_label_agreement_and_sample_quality_name_a_bad_argument():
     # 3 labels for 5 real images: torch's size-mismatch error from inside the accuracy
     with pytest.raises(ValueError, match="real_labels must hold one label per real image"):
         sample_quality(clf, torch.rand(5, 8, 8), torch.rand(5, 8, 8), torch.zeros(3).long())
+    # one image: "each feature set needs at least 2 rows", from inside the Frechet distance
+    with pytest.raises(ValueError, match=r"2 real images, got 1 sample\(s\) and 5"):
+        sample_quality(clf, torch.rand(1, 8, 8), torch.rand(5, 8, 8))
 
 
 def test_train_classifier_refuses_labels_that_do_not_match_the_images():

@@ -34,6 +34,7 @@ from typing import Any
 import pyro
 import pyro.distributions as dist
 import pyro.optim
+import pyro.util
 import pytest
 import torch
 from pyro import poutine
@@ -45,6 +46,13 @@ from pyro.infer import (
     TraceGraph_ELBO,
     TraceMeanField_ELBO,
     config_enumerate,
+)
+from pyro.infer.autoguide import (
+    AutoDelta,
+    AutoDiscreteParallel,
+    AutoGuideList,
+    AutoLowRankMultivariateNormal,
+    AutoNormal,
 )
 from pyro.infer.reparam import LocScaleReparam
 from torch.distributions import constraints, kl_divergence
@@ -449,6 +457,26 @@ def amortized_guide(encoder: torch.nn.Module) -> Callable[[torch.Tensor], None]:
     return guide
 
 
+class _Autoguide:
+    """A Pyro autoguide built afresh for each run (it keeps its parameters itself)."""
+
+    def __init__(self, build: Callable[[], Callable[..., Any]]) -> None:
+        self.build = build
+        self.guide: Callable[..., Any] | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.guide is None:
+            self.guide = self.build()
+        return self.guide(*args, **kwargs)
+
+
+def _guide_list() -> AutoGuideList:
+    guide = AutoGuideList(nested_model)
+    guide.append(AutoDelta(poutine.block(nested_model, expose=["mu"])))
+    guide.append(AutoNormal(poutine.block(nested_model, hide=["mu"])))
+    return guide
+
+
 # --- enumeration ---------------------------------------------------------------------------
 
 
@@ -775,6 +803,44 @@ CASES = [
         [(X4,)],
         modules=(DROPOUT_ENCODER,),
     ),
+    # Pyro's autoguides
+    Case(
+        "autonormal_nested_subsampled_plates",
+        nested_subsampled_model,
+        _Autoguide(lambda: AutoNormal(nested_subsampled_model)),
+        lambda: Trace_ELBO(num_particles=2, vectorize_particles=True, max_plate_nesting=2),
+        COMPILED,
+    ),
+    Case(
+        "autoguidelist_delta_and_normal",
+        nested_model,
+        _Autoguide(_guide_list),
+        Trace_ELBO,
+        COMPILED,
+    ),
+    Case(
+        "autolowrank_mvn",
+        nested_model,
+        _Autoguide(lambda: AutoLowRankMultivariateNormal(nested_model, rank=2)),
+        Trace_ELBO,
+        COMPILED,
+    ),
+    Case(
+        "autodelta_enum_in_model",
+        mixture_model,
+        _Autoguide(lambda: AutoDelta(poutine.block(mixture_model, hide=["k"]))),
+        ENUM_LOSS,
+        COMPILED,
+        X_BATCH,
+    ),
+    Case(
+        "autodiscrete_parallel",
+        enum_guide_model,
+        _Autoguide(lambda: AutoDiscreteParallel(enum_guide_model)),
+        ENUM_LOSS,
+        COMPILED,
+        X_BATCH,
+    ),
     # particles
     Case(
         "num_particles",
@@ -904,7 +970,10 @@ _INITIAL_STATES: dict[int, dict[str, torch.Tensor]] = {}
 
 
 def _put_back(case: Case) -> None:
-    """Modules start each run from the state they had before the first."""
+    """Modules start each run from the state they had before the first, autoguides
+    unbuilt."""
+    if isinstance(case.guide, _Autoguide):
+        case.guide.guide = None
     for m in case.modules:
         initial = _INITIAL_STATES.setdefault(id(m), copy.deepcopy(m.state_dict()))
         m.load_state_dict(initial)
@@ -919,6 +988,13 @@ def _pyro_run(case: Case) -> tuple[list[dict[str, torch.Tensor]], list[float]]:
     pyro.clear_param_store()
     _put_back(case)
     pyro.set_rng_seed(SEED)
+    if isinstance(case.guide, _Autoguide):
+        # fit builds a lazy guide in a warm-up run that leaves the RNG where it was (its
+        # prototype trace draws from the model): build it so here too
+        rng = pyro.util.get_rng_state()
+        args, kwargs = _step_args(case.batches[0] if case.batches else None)
+        case.guide(*args, **kwargs)
+        pyro.util.set_rng_state(rng)
     svi = SVI(case.model, case.guide, case.optim(), case.loss())
     params, losses = [], []
     for step in range(case.steps):

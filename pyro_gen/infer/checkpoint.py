@@ -66,7 +66,7 @@ from pyro_gen.infer.files import (
     try_lock,
     unlock,
 )
-from pyro_gen.infer.optim_args import apply_args, changed_args, optimizer_args
+from pyro_gen.infer.optim_args import Change, apply_args, changed_args, describe, optimizer_args
 from pyro_gen.infer.pyro_modules import MODULE_KEY
 from pyro_gen.infer.state_codec import (
     UnsafeStateError,
@@ -434,7 +434,7 @@ def restore_checkpoint(
         )
     _check_modules(ckpt, modules)
     _check_param_store(ckpt["param_store"])
-    changed: dict[str, tuple[Any, Any]] = {}
+    changed: list[Change] = []
     if optim is not None:
         saved_kind, kind = ckpt.get("optim_kind"), optimizer_kind(optim)
         if saved_kind is not None and saved_kind != kind:
@@ -448,21 +448,16 @@ def restore_checkpoint(
         changed = changed_args(ckpt.get("optim_args"), optim)
         if changed and isinstance(optim, pyro.optim.PyroLRScheduler):
             raise CheckpointError(
-                f"the checkpoint's scheduler {kind} was built with "
-                f"{ {k: a for k, (a, _) in changed.items()} } but this run passes "
-                f"{ {k: b for k, (_, b) in changed.items()} }: the scheduler's saved state sets "
-                "the learning rate, so its arguments cannot change on resume; pass the "
-                "recorded ones, or train into a fresh directory"
+                f"this run's {kind} differs from the checkpoint's: {describe(changed)}. The "
+                "scheduler's saved state sets the learning rate, so its arguments cannot "
+                "change on resume; pass the recorded ones, or train into a fresh directory"
             )
     # Everything is checked: from here on nothing is refused, so nothing is half restored.
     _load_modules(ckpt, modules)
     _restore_param_store(ckpt["param_store"])
     if changed:  # the arguments given apply; the moments and step counts continue
-        apply_args(ckpt["optim"], optim, list(changed))
-        logger.warning(
-            "resuming with the optimizer arguments given, "
-            + ", ".join(f"{k}={b} (the checkpoint's: {a})" for k, (a, b) in changed.items())
-        )
+        apply_args(ckpt["optim"], optim, changed)
+        logger.warning("resuming with the optimizer arguments given: %s", describe(changed))
     if optim is not None:
         _set_optim_state(optim, ckpt["optim"])
     _set_rng_state(ckpt["rng"])

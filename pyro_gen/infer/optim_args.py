@@ -3,27 +3,43 @@ them.
 
 Pyro restores an optimizer's saved state whole, hyperparameters included: resumed with
 ``Adam({"lr": 1e-4})`` a run trained with ``lr=1e-3`` went on at ``1e-3`` without a word.
-A checkpoint therefore records the arguments given (not the saved ``param_groups``, which a
+A checkpoint therefore records the arguments each parameter's optimizer was given (a dict,
+or what a per-parameter function returns for it; not the saved ``param_groups``, which a
 scheduler or ``ClippedAdam``'s decay change as training goes), and a resume applies the
 ones that differ to the restored state.
 
 Example:
+    >>> pyro.clear_param_store()
+    >>> loc = pyro.param("loc", torch.zeros(2))
     >>> adam = pyro.optim.Adam({"lr": 0.1, "betas": (0.9, 0.99)})
+    >>> adam([loc.unconstrained()])
     >>> recorded = optimizer_args(adam)
     >>> recorded
-    '{"betas": [0.9, 0.99], "lr": 0.1}'
-    >>> changed_args(recorded, pyro.optim.Adam({"lr": 0.01, "betas": (0.9, 0.99)}))
-    {'lr': (0.1, 0.01)}
+    '{"params": {"loc": {"betas": [0.9, 0.99], "lr": 0.1}}, "scheduler": null}'
+    >>> per_param = pyro.optim.Adam(lambda name: {"lr": 0.01, "betas": (0.9, 0.99)})
+    >>> describe(changed_args(recorded, per_param))
+    "lr=0.01 (the checkpoint's: 0.1) for 1 param"
 """
 
 from __future__ import annotations
 
 import inspect
 import json
-from typing import Any
+from collections import defaultdict
+from typing import Any, NamedTuple
 
+import pyro
 import pyro.optim
 import torch
+
+
+class Change(NamedTuple):
+    """One argument of one parameter's optimizer (``param`` None: the scheduler's)."""
+
+    param: str | None
+    name: str
+    recorded: Any
+    given: Any
 
 
 def _plain(value: Any) -> Any:
@@ -32,42 +48,73 @@ def _plain(value: Any) -> Any:
     return getattr(value, "__name__", repr(value))  # a class or function: by name
 
 
-def _arguments(optim: pyro.optim.PyroOptim) -> dict[str, Any] | None:
-    args = optim.pt_optim_args
-    if callable(args):  # per-parameter arguments: a function cannot be compared
-        return None
-    if isinstance(optim, pyro.optim.PyroLRScheduler):
-        return {"optim_args": dict(args), **optim.kwargs}
-    return dict(args)
+def _canonical(args: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(args, sort_keys=True, default=_plain))
 
 
-def optimizer_args(optim: pyro.optim.PyroOptim) -> str | None:
-    """The arguments ``optim`` was built with, as canonical JSON (None when they are a
-    function of the parameter)."""
-    args = _arguments(optim)
-    return None if args is None else json.dumps(args, sort_keys=True, default=_plain)
+def _arguments(optim: pyro.optim.PyroOptim, names: list[str]) -> dict[str, Any]:
+    store = dict(pyro.get_param_store().named_parameters())
+    params = {
+        # Pyro's own lookup of a parameter's arguments (a dict, or the function's result)
+        name: _canonical(optim._get_optim_args(store[name]))
+        for name in names
+        if name in store
+    }
+    scheduler = _canonical(optim.kwargs) if isinstance(optim, pyro.optim.PyroLRScheduler) else None
+    return {"params": params, "scheduler": scheduler}
 
 
-def changed_args(recorded: str | None, optim: pyro.optim.PyroOptim) -> dict[str, tuple[Any, Any]]:
-    """``{name: (recorded, given)}`` for each argument of ``optim`` that differs from the
-    ``recorded`` ones (nothing when either is unknown)."""
-    given = optimizer_args(optim)
-    if recorded is None or given is None or given == recorded:
-        return {}
-    old, new = json.loads(recorded), json.loads(given)
-    return {k: (old.get(k), new.get(k)) for k in sorted({*old, *new}) if old.get(k) != new.get(k)}
+def optimizer_args(optim: pyro.optim.PyroOptim) -> str:
+    """The arguments of ``optim`` for each parameter it has an optimizer for, and its
+    scheduler's, as canonical JSON."""
+    store = pyro.get_param_store()
+    names = [n for n in map(store.param_name, optim.optim_objs) if n is not None]
+    return json.dumps(_arguments(optim, sorted(names)), sort_keys=True)
 
 
-def apply_args(states: dict[str, Any], optim: pyro.optim.PyroOptim, names: list[str]) -> None:
-    """Sets the arguments ``names`` of ``optim`` (a plain Pyro optimizer) in every param
-    group of its saved ``states`` (``optim.get_state()``); an argument no longer given
-    takes the torch optimizer's default."""
-    given = optim.pt_optim_args
+def changed_args(recorded: str | None, optim: pyro.optim.PyroOptim) -> list[Change]:
+    """The arguments of ``optim`` that differ from the ``recorded`` ones, for the parameters
+    recorded (nothing when none were recorded)."""
+    old = json.loads(recorded) if recorded is not None else None
+    if not isinstance(old, dict) or "params" not in old:  # not recorded (older checkpoints)
+        return []
+    new = _arguments(optim, list(old["params"]))
+    changes = []
+    for where, before, after in [
+        (None, old["scheduler"] or {}, new["scheduler"] or {}),
+        *((n, old["params"][n], new["params"][n]) for n in sorted(new["params"])),
+    ]:
+        for key in sorted({*before, *after}):
+            if before.get(key) != after.get(key):
+                changes.append(Change(where, key, before.get(key), after.get(key)))
+    return changes
+
+
+def describe(changes: list[Change]) -> str:
+    """The changes in a few words, those shared by several parameters once."""
+    params: dict[tuple[str, str, str], list[str | None]] = defaultdict(list)
+    for c in changes:
+        params[(c.name, json.dumps(c.given), json.dumps(c.recorded))].append(c.param)
+    parts = []
+    for (name, given, recorded), where in params.items():
+        count = sum(p is not None for p in where)
+        whose = f" for {count} param{'s' * (count != 1)}" if count else " (scheduler)"
+        parts.append(f"{name}={given} (the checkpoint's: {recorded}){whose}")
+    return ", ".join(parts)
+
+
+def apply_args(states: dict[str, Any], optim: pyro.optim.PyroOptim, changes: list[Change]) -> None:
+    """Sets the changed arguments in the param groups of the saved ``states``
+    (``optim.get_state()`` of a plain Pyro optimizer); an argument no longer given takes
+    the torch optimizer's default."""
     defaults = inspect.signature(optim.pt_optim_constructor).parameters
-    for state in states.values():
-        for group in state["param_groups"]:
-            for name in names:
-                if name in given:
-                    group[name] = given[name]
-                elif name in defaults and defaults[name].default is not inspect.Parameter.empty:
-                    group[name] = defaults[name].default
+    store = dict(pyro.get_param_store().named_parameters())
+    for change in changes:
+        if change.param is None or change.param not in states:
+            continue
+        given = optim._get_optim_args(store[change.param])
+        for group in states[change.param]["param_groups"]:
+            if change.name in given:
+                group[change.name] = given[change.name]
+            elif change.name in defaults:
+                group[change.name] = defaults[change.name].default

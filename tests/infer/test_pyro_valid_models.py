@@ -51,7 +51,6 @@ from pyro.infer.autoguide import (
     AutoDelta,
     AutoDiscreteParallel,
     AutoGuideList,
-    AutoLowRankMultivariateNormal,
     AutoNormal,
 )
 from pyro.infer.reparam import LocScaleReparam
@@ -719,7 +718,6 @@ CASES = [
     Case("poutine_scale", scale_model, scale_guide, Trace_ELBO, COMPILED),
     Case("poutine_mask", mask_model, mask_guide, Trace_ELBO, COMPILED),
     Case("obs_mask", obs_mask_model, obs_mask_guide, Trace_ELBO, COMPILED),
-    Case("obs_mask_mean_field", obs_mask_model, obs_mask_guide, TraceMeanField_ELBO, COMPILED),
     Case("obs_mask_multivariate", obs_mask_mvn_model, obs_mask_mvn_guide, Trace_ELBO, COMPILED),
     Case("factor", factor_model, z_guide, Trace_ELBO, COMPILED),
     Case("factor_in_guide", deterministic_model, factor_guide(True), Trace_ELBO, COMPILED),
@@ -766,7 +764,6 @@ CASES = [
         TraceGraph_ELBO,
         UNSUPPORTED,
     ),
-    Case("constrained_params", constrained_model, constrained_guide, Trace_ELBO, COMPILED, X_BATCH),
     Case(
         "constrained_params_adam",
         constrained_model,
@@ -815,13 +812,6 @@ CASES = [
         "autoguidelist_delta_and_normal",
         nested_model,
         _Autoguide(_guide_list),
-        Trace_ELBO,
-        COMPILED,
-    ),
-    Case(
-        "autolowrank_mvn",
-        nested_model,
-        _Autoguide(lambda: AutoLowRankMultivariateNormal(nested_model, rank=2)),
         Trace_ELBO,
         COMPILED,
     ),

@@ -75,9 +75,12 @@ def bound_results(
     without latents (a flow on vectors) gets its exact ``test_log_likelihood`` instead of
     both, as :func:`density_results` gives it."""
     view, k = ev.view, ev.args.k
+    progress = not getattr(ev.args, "no_progress", False)
     data = view.x if data is None else data
     results: dict[str, Any] = {"num_test": int(view.x.shape[0])}
-    elbo = evaluate_elbo(ev.model, data, transform=view.transform, per_example=True)
+    elbo = evaluate_elbo(
+        ev.model, data, transform=view.transform, per_example=True, progress=progress
+    )
     best = "test_elbo"
     if not samples_latents(ev.model, data, view.transform):
         # nothing to bound or to weight: the ELBO is log p(x) itself (an IWAE would repeat it)
@@ -89,7 +92,7 @@ def bound_results(
         results["iwae_k"] = k
         iwae = iwae_log_likelihood(
             ev.model, data, num_samples=k, chunk=min(k, 500), transform=view.transform,
-            per_example=True,
+            per_example=True, progress=progress,
         )  # fmt: skip
         with_se(results, "iwae_log_likelihood", iwae)
         best = "iwae_log_likelihood"

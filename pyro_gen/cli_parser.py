@@ -236,6 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="ddpm: also the probability-flow ODE likelihood (slow for images)",
     )  # fmt: skip
     evaluate.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    evaluate.add_argument(
+        "--no-progress", action="store_true",
+        help="hide the progress bars of the test ELBO and IWAE passes (default: shown)",
+    )  # fmt: skip
 
     sample = sub.add_parser(
         "sample", parents=[common], help="draw samples from a trained run into a PNG"

@@ -220,3 +220,14 @@ def test_curves_label_the_training_objective_apart_from_the_held_out_elbo(tmp_pa
     labels = figures[0].axes[0].get_legend_handles_labels()[1]
     assert labels == ["train IWAE bound (k=5) / example", "test ELBO / example"]
     assert MODELS["vae"].train_bound({"objective": "elbo", "k": 50}) is None
+
+
+def test_evaluate_shows_progress_unless_asked_not_to(tmp_path, capsys):
+    # K=1000 on MNIST took over 4 minutes without a word
+    from tests.reliability.run_fixtures import cli, trained_run
+
+    run = trained_run(tmp_path)
+    status, _, err = cli(capsys, "evaluate", run, "--k", "4", "--num-test", "8")
+    assert status == 0 and "evaluate_elbo" in err and "iwae_log_likelihood" in err, err
+    status, _, err = cli(capsys, "evaluate", run, "--k", "4", "--num-test", "8", "--no-progress")
+    assert status == 0 and err == "", err

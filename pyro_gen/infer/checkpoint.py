@@ -161,13 +161,18 @@ def _param_store_entry(modules: Mapping[str, torch.nn.Module]) -> dict[str, Any]
     owned = {id(t) for m in modules.values() for t in itertools.chain(m.parameters(), m.buffers())}
     store = pyro.get_param_store()
     constraints = store.get_state()["constraints"]
-    params, recorded = {}, {}
+    params, recorded, of_modules = {}, {}, {}
     for name, value in store.named_parameters():
-        if id(value) in owned:
+        where = f"constraint of param {name!r}"
+        if id(value) not in owned:
+            params[name] = value.detach()
+            recorded[name] = encode_constraint(constraints[name], where)
             continue
-        params[name] = value.detach()
-        recorded[name] = encode_constraint(constraints[name], f"constraint of param {name!r}")
-    return {"params": params, "constraints": recorded}
+        # A module's value is its unconstrained tensor (a PyroModule's PyroParam): the
+        # constraint that reads it is kept too, so that a resume can compare it.
+        with contextlib.suppress(UnsafeStateError):  # a custom one: not compared
+            of_modules[name] = encode_constraint(constraints[name], where)
+    return {"params": params, "constraints": recorded, "module_constraints": of_modules}
 
 
 def _class_name(module: torch.nn.Module) -> str:
@@ -216,6 +221,8 @@ def load_checkpoint(path: str | Path, map_location: Any = None) -> dict[str, Any
         "param_store": {
             "params": payload["param_store"]["params"],
             "constraints": decode(payload["param_store"]["constraints"]),
+            # absent from checkpoints written before it was recorded: then not checked
+            "module_constraints": decode(payload["param_store"].get("module_constraints", {})),
         },
         "optim": decode(payload["optim"]),
         # absent from checkpoints written before it was recorded: then not checked
@@ -374,11 +381,18 @@ def _check_param_store(saved: dict[str, Any]) -> None:
                 f"param {name!r} has shape {tuple(existing[name].shape)} here but "
                 f"{tuple(value.shape)} in the checkpoint: use the options of the run that wrote it"
             )
-        if not same_constraint(current[name], constraint):
-            raise CheckpointError(
-                f"param {name!r} is constrained to {current[name]} here but to {constraint} in "
-                "the checkpoint: use the model that wrote it"
-            )
+        _check_constraint(name, current[name], constraint)
+    for name, constraint in saved.get("module_constraints", {}).items():
+        if name in current:
+            _check_constraint(name, current[name], constraint)
+
+
+def _check_constraint(name: str, current: Any, saved: Any) -> None:
+    if not same_constraint(current, saved):
+        raise CheckpointError(
+            f"param {name!r} is constrained to {current} here but to {saved} in the "
+            "checkpoint: use the model that wrote it"
+        )
 
 
 def _restore_param_store(saved: dict[str, Any]) -> None:

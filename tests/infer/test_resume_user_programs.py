@@ -8,6 +8,7 @@ import pyro.optim
 import pytest
 import torch
 from pyro.infer.autoguide import AutoDelta, AutoNormal
+from pyro.nn import PyroModule, PyroParam
 
 import pyro_gen
 from pyro_gen.infer import CheckpointError, fit
@@ -210,3 +211,29 @@ def test_resume_applies_the_optimizer_arguments_it_is_given(tmp_path) -> None:
     with pytest.raises(CheckpointError, match=r"gamma=0.5 \(the checkpoint's: 0.9\)"):
         _fit(tmp_path / "s", scheduler(0.5), epochs=2)
     _fit(tmp_path / "s", scheduler(0.9), epochs=2)
+
+
+def test_resume_refuses_a_pyro_module_param_with_another_constraint(tmp_path) -> None:
+    """A ``PyroModule``'s ``PyroParam`` is the module's own tensor, so the checkpoint kept
+    its unconstrained value in the module's state and not its constraint: resumed with
+    ``interval(0, 10)`` instead of ``positive``, the trained scale 1.6 read back as 6.2
+    through the other transform, silently."""
+
+    class Scaled(PyroModule):
+        def __init__(self, constraint: dist.constraints.Constraint) -> None:
+            super().__init__()
+            self.sigma = PyroParam(torch.tensor(1.0), constraint=constraint)
+
+        def forward(self, x: torch.Tensor) -> None:
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("x", dist.Normal(0.0, self.sigma), obs=x)
+
+    def run(constraint: dist.constraints.Constraint, epochs: int) -> None:
+        pyro.clear_param_store()
+        x, model = torch.randn(8), Scaled(constraint)
+        fit(model, x, guide=lambda x: None, epochs=epochs, checkpoint_dir=tmp_path, progress=False)
+
+    run(_positive, epochs=1)
+    with pytest.raises(CheckpointError, match="param 'sigma' is constrained to Interval"):
+        run(dist.constraints.interval(0.0, 10.0), epochs=2)
+    run(_positive, epochs=2)

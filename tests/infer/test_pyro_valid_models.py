@@ -2,19 +2,22 @@
 
 Each row of the table is a model and guide written in plain Pyro (plates nested, non-nested,
 subsampled by size and by the user's indices, sequential plates, ``poutine.scale`` and
-``poutine.mask``, ``obs_mask``, ``pyro.factor``, ``pyro.deterministic``, a site set that
-changes between steps, Delta, reparameterized and score-function guide sites, enumeration in
-guide and model, several ELBOs and particle settings, constrained params, no observed site).
-Each is trained for three steps by ``fit`` on its default path, which records the step into a
-compiled program, and by a hand-written ``SVI`` loop from the same seed and the same (empty)
-param store. After every step the parameters must be Pyro's, and the losses ``fit`` reports
-must be the losses ``SVI.step`` returned. Plain SGD is the main optimizer because its update
-is linear in the gradient (Adam's first steps are invariant to a rescaled gradient, so they
-would hide a missing scale); a few rows train with Adam, ``fit``'s fused update.
+``poutine.mask``, ``obs_mask``, ``pyro.factor``, ``pyro.deterministic``, site sets that
+change between steps, Delta, reparameterized and score-function guide sites, enumeration in
+guide and model, several ELBOs and particle settings, constrained params, no observed site,
+``pyro.module`` networks, Pyro's autoguides). Each is trained for a few steps by ``fit`` on
+its default path, which records the step into a compiled program, and by a hand-written
+``SVI`` loop from the same seed and the same (empty) param store. After every step the
+parameters must be Pyro's, modules' buffers too, and the losses ``fit`` reports must be the
+losses ``SVI.step`` returned. Plain SGD is the main optimizer because its update is linear
+in the gradient (Adam's first steps are invariant to a rescaled gradient, so they would hide
+a missing scale); a few rows train with Adam, ``fit``'s fused update.
 
 Each row also states the path the step must take, read from the ``"pyro_gen"`` log: recorded
-and kept, or back to plain Pyro SVI with the logged reason. A fallback is fine when it says
-why; a parameter that differs from Pyro's is a defect.
+and kept (then the recorded program must have taken every step after each signature's
+first), or back to plain Pyro SVI with the logged reason. A fallback is fine when it says
+why; a parameter that differs from Pyro's is a defect. Defects found this way are the
+``xfail(strict=True)`` tests after the table, each reason saying where the fault lies.
 
 A second table checks ``evaluate_elbo`` against ``loss.loss`` and closed forms where both
 estimate the same number without noise (Delta guides, enumerated sites, an exact posterior).
@@ -30,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
+from unittest import mock
 
 import pyro
 import pyro.distributions as dist
@@ -57,6 +61,7 @@ from pyro.infer.reparam import LocScaleReparam
 from torch.distributions import constraints, kl_divergence
 
 from pyro_gen.infer import evaluate_elbo, fit
+from pyro_gen.infer.compiled import CompiledSVI
 
 SEED = 3
 STEPS = 3
@@ -94,6 +99,8 @@ class Case:
     batches: list[Any] | None = None
     optim: Callable[[], pyro.optim.PyroOptim] = sgd
     steps: int = STEPS
+    # distinct input signatures: each runs one plain step, then the recorded program
+    signatures: int = 1
     # modules the pair closes over: put back before each run, their state (batch norm's
     # running statistics included) compared after it
     modules: tuple[torch.nn.Module, ...] = ()
@@ -738,6 +745,7 @@ CASES = [
         COMPILED,
         [{"x": X4, "noise": 0.5}, {"x": X4, "noise": 2.0}],
         steps=6,
+        signatures=2,
     ),
     Case("deterministic", deterministic_model, z_guide, Trace_ELBO, COMPILED),
     # Delta, score function, constraints, no observed site
@@ -1037,7 +1045,11 @@ def _path(caplog: pytest.LogCaptureFixture) -> str:
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in CASES])
 def test_fit_trains_as_pyros_svi(case: Case, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="pyro_gen"):
+    # counts the steps the recorded program took (the others were plain Pyro steps)
+    with (
+        caplog.at_level(logging.INFO, logger="pyro_gen"),
+        mock.patch.object(CompiledSVI, "_run", autospec=True, side_effect=CompiledSVI._run) as run,
+    ):
         ours, history = _fit_run(case)
     path = _path(caplog)
     our_states = _states(case)
@@ -1054,6 +1066,7 @@ def test_fit_trains_as_pyros_svi(case: Case, caplog: pytest.LogCaptureFixture) -
     assert reported == pytest.approx(_epoch_losses(case, losses), rel=1e-5, abs=1e-6)
     if case.path == COMPILED:
         assert path == COMPILED, path
+        assert run.call_count == case.steps - case.signatures
     else:
         assert path != COMPILED and re.search(case.path, path), path
 

@@ -42,6 +42,7 @@ import pyro.util
 import pytest
 import torch
 from pyro import poutine
+from pyro.distributions import constraints
 from pyro.infer import (
     SVI,
     RenyiELBO,
@@ -58,7 +59,7 @@ from pyro.infer.autoguide import (
     AutoNormal,
 )
 from pyro.infer.reparam import LocScaleReparam
-from torch.distributions import constraints, kl_divergence
+from torch.distributions import kl_divergence
 
 from pyro_gen.infer import evaluate_elbo, fit
 from pyro_gen.infer.compiled import CompiledSVI
@@ -397,6 +398,29 @@ def constrained_guide(x):
     loc = pyro.param("shift_loc", torch.zeros(2))
     tril = pyro.param("shift_tril", torch.eye(2), constraint=constraints.lower_cholesky)
     pyro.sample("shift", dist.MultivariateNormal(loc, scale_tril=tril))
+
+
+def exotic_constraints_model():
+    corr = pyro.param("corr", torch.eye(3), constraint=constraints.corr_cholesky)
+    ordered = pyro.param(
+        "ordered", torch.tensor([-1.0, 0.0, 2.0]), constraint=constraints.ordered_vector
+    )
+    soft = pyro.param("soft", torch.tensor(1.0), constraint=constraints.softplus_positive)
+    above = pyro.param(
+        "above",
+        torch.tensor([3.0, 4.0]),
+        constraint=constraints.greater_than(torch.tensor([1.0, 2.0])),
+    )
+    unit = pyro.param("unit", torch.tensor([0.6, 0.8]), constraint=constraints.sphere)
+    bounds = constraints.interval(torch.tensor([0.0, 0.1]), torch.tensor([1.0, 2.0]))
+    within = pyro.param("within", torch.tensor([0.2, 0.5]), constraint=bounds)
+    z = pyro.sample("z", dist.MultivariateNormal(ordered, scale_tril=corr * soft))
+    loc = z.sum() + above.sum() + (unit * within).sum()
+    pyro.sample("obs", dist.Normal(loc, 1.0), obs=torch.tensor(3.0))
+
+
+def exotic_constraints_guide():
+    _normal_guide("z", (3,))
 
 
 def latent_only_model():
@@ -771,6 +795,13 @@ CASES = [
         nested_subsampled_guide,
         TraceGraph_ELBO,
         UNSUPPORTED,
+    ),
+    Case(
+        "exotic_constraints",
+        exotic_constraints_model,
+        exotic_constraints_guide,
+        Trace_ELBO,
+        COMPILED,
     ),
     Case(
         "constrained_params_adam",

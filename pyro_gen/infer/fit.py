@@ -20,14 +20,7 @@ import torch
 from pyro.infer import ELBO, Trace_ELBO, TraceTailAdaptive_ELBO
 from tqdm.auto import tqdm
 
-from pyro_gen.data.batching import (
-    BatchCalls,
-    Call,
-    TensorBatches,
-    Transform,
-    batch_calls,
-    with_transform,
-)
+from pyro_gen.data.batching import BatchCalls, Call, Transform, batch_calls, with_transform
 from pyro_gen.infer.annealing import kl_scale
 from pyro_gen.infer.checkpoint import (
     CHECKPOINT_NAME,
@@ -50,6 +43,7 @@ from pyro_gen.infer.distributed import (
     setup,
 )
 from pyro_gen.infer.evaluation import evaluate_elbo, module_device
+from pyro_gen.infer.fit_layout import Layout, check_layout, data_layout
 from pyro_gen.infer.program import Program, program, warm_up
 
 logger = logging.getLogger("pyro_gen")
@@ -200,8 +194,9 @@ class _Progress:
     # Data-parallel runs: the number of processes, and each one's RNG streams.
     world_size: int = 1
     rank_streams: list[dict[str, Any]] | None = None
-    # How the data were cut into batches (:func:`_layout`): a mid-epoch resume needs the same.
-    layout: dict[str, int | None] | None = None
+    # How the data were cut into batches (:func:`~pyro_gen.infer.fit_layout.data_layout`): a
+    # mid-epoch resume needs the same.
+    layout: Layout | None = None
 
     def state(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -450,7 +445,7 @@ def fit(
         params = sorted({n for t in traces for n, s in t.nodes.items() if s["type"] == "param"})
         if dp is not None:
             dp.start(prog.modules, loss, prog, first)
-        layout = _layout(batches, batch_size)
+        layout = data_layout(batches, batch_size)
         state = _resume(dp, ckpt_dir, device, prog, optim, params, layout, epochs, steps)
         _clear_gradients(prog, params)
         return _train(
@@ -503,7 +498,7 @@ def _resume(
     prog: Program,
     optim: pyro.optim.PyroOptim,
     params: list[str],
-    layout: dict[str, int | None],
+    layout: Layout,
     epochs: int | None,
     steps: int | None,
 ) -> _Progress:
@@ -534,7 +529,7 @@ def _resume(
                 "process for 1); or train into a fresh checkpoint_dir"
             )
         if not _finished(saved, epochs, steps):  # restoring only (steps=0): any batching
-            _check_layout(path, saved, layout)
+            check_layout(path, saved.epoch, saved.batch, saved.layout, layout)
         state = _Progress(
             **restore_checkpoint(ckpt, modules=prog.modules, optim=optim, params=params)
         )
@@ -555,53 +550,6 @@ def _resume(
 def _finished(progress: _Progress, epochs: int | None, steps: int | None) -> bool:
     return (epochs is not None and progress.epoch >= epochs) or (
         steps is not None and progress.step >= steps
-    )
-
-
-def _layout(batches: BatchCalls | ShardedBatches, batch_size: int) -> dict[str, int | None]:
-    """How the data are cut into an epoch's batches: the batch size (tensor data, which
-    ``fit`` batches), the number of examples and of batches (None where unknown)."""
-    inner = batches.inner if isinstance(batches, ShardedBatches) else batches
-    try:
-        number: int | None = len(batches)
-    except TypeError:  # a function returning the user's batches
-        number = None
-    return {
-        "batch_size": batch_size if isinstance(inner, TensorBatches) else None,
-        "examples": inner.num_examples,
-        "batches": number,
-    }
-
-
-def _describe_layout(layout: dict[str, int | None], keys: list[str]) -> str:
-    units = {
-        "batch_size": "batch_size={}",
-        "examples": "{} examples",
-        "batches": "{} batches an epoch",
-    }
-    return ", ".join(units[k].format(layout[k]) for k in keys)
-
-
-def _check_layout(path: Path, saved: _Progress, layout: dict[str, int | None]) -> None:
-    """Refuses a mid-epoch checkpoint whose data were batched otherwise than this run's:
-    its place in the epoch is a count of batches of the epoch's shuffled order, which means
-    another place (or none) in batches of another size or in another number of examples."""
-    if saved.batch == 0 or saved.layout is None:
-        return
-    differ = [
-        k
-        for k, v in saved.layout.items()
-        if v is not None and layout.get(k) is not None and layout[k] != v
-    ]
-    if not differ:
-        return
-    raise CheckpointError(
-        f"checkpoint {path} was written {saved.batch} batches into epoch {saved.epoch + 1} "
-        f"with {_describe_layout(saved.layout, differ)}, but this run has "
-        f"{_describe_layout(layout, differ)}: the rest of that epoch's shuffled order cannot "
-        f"be continued from there exactly. Resume with the data batched as before until the "
-        f"epoch ends (epochs={saved.epoch + 1}), then change it (a resume at an epoch "
-        "boundary takes another batch size), or train into a fresh checkpoint_dir"
     )
 
 

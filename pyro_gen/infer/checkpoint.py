@@ -203,7 +203,20 @@ def load_checkpoint(path: str | Path, map_location: Any = None) -> dict[str, Any
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}: train first or point at a run directory")
-    raw = path.read_bytes()
+    return parse_checkpoint(path.read_bytes(), path, map_location)
+
+
+def parse_checkpoint(raw: bytes, path: str | Path, map_location: Any = None) -> dict[str, Any]:
+    """:func:`load_checkpoint` of the bytes ``raw`` read from ``path`` (named in errors).
+
+    Processes that cannot read the file take its bytes from the one that can, and parse
+    them themselves: a parsed checkpoint sent between processes is pickled, which copies
+    the constraint singletons (``constraints.real``) that checks compare by identity.
+
+    Raises:
+        CheckpointError: as :func:`load_checkpoint` does.
+    """
+    path = Path(path)
     data = _verified_payload(path, raw)
     try:
         payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)

@@ -28,6 +28,7 @@ from pyro_gen.infer.checkpoint import (
     CheckpointError,
     append_metrics,
     load_checkpoint,
+    parse_checkpoint,
     restore_checkpoint,
     run_lock,
     save_checkpoint,
@@ -510,13 +511,17 @@ def _resume(
         return _Progress(world_size=world_size, layout=layout)
     path = ckpt_dir / CHECKPOINT_NAME
 
-    def read() -> dict[str, Any] | None:
+    def read() -> bytes | None:
         if not path.exists():
             return None
-        # Loaded to the CPU when it is sent on to the other ranks, whose devices differ.
-        return load_checkpoint(path, map_location=device if dp is None else "cpu")
+        if not path.is_file():
+            load_checkpoint(path)  # raises its error, naming the path
+        return path.read_bytes()
 
-    ckpt = _on_main(dp, read)
+    # Rank 0 reads the bytes and every rank parses them (onto its own device): a parsed
+    # checkpoint sent between processes would hold copies of the constraint singletons.
+    raw = _on_main(dp, read)
+    ckpt = parse_checkpoint(raw, path, map_location=device) if raw is not None else None
     state = _Progress(world_size=world_size, layout=layout)
     if ckpt is not None:
         saved = _Progress(**ckpt["progress"])

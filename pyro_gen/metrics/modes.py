@@ -131,6 +131,13 @@ def mode_coverage(
         raise ValueError("mode_coverage needs at least one sample, got none")
     if min_count < 1:
         raise ValueError(f"min_count must be at least 1, got {min_count!r}")
+    # a diverged model's NaN samples read as a mode collapse ("0/8 modes")
+    finite = torch.isfinite(samples).all(-1)
+    if not bool(finite.all()):
+        raise ValueError(
+            f"{int((~finite).sum())} of {len(samples)} samples hold NaN or infinite values (a "
+            "diverged model?): drop or fix them before counting modes"
+        )
     samples = samples.detach().to(centers)
     distance, nearest = torch.cdist(samples, centers).min(-1)
     good = distance <= n_sigma * std

@@ -38,3 +38,13 @@ def test_no_samples_and_a_zero_min_count_are_refused():
         mode_coverage(torch.zeros(0, 2), ring_modes(), 0.02)
     with pytest.raises(ValueError, match="min_count must be at least 1"):
         mode_coverage(torch.full((10, 2), 10.0), ring_modes(), 0.02, min_count=0)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_samples_are_refused(bad):
+    # a diverged generator's NaN samples read as "0/8 modes, 0.0% high quality", a mode
+    # collapse, where frechet_distance refuses them naming the cause
+    samples = torch.zeros(10, 2)
+    samples[3] = bad
+    with pytest.raises(ValueError, match="1 of 10 samples hold NaN or infinite values"):
+        mode_coverage(samples, ring_modes(), 0.02)

@@ -40,7 +40,7 @@ except ImportError as e:  # pragma: no cover - the dev extra installs it
     ) from e
 
 from pyro_gen.data.batching import Call, Transform, as_call, with_transform
-from pyro_gen.infer.annealing import kl_scale
+from pyro_gen.infer.annealing import kl_scale_pair
 from pyro_gen.infer.checkpoint import _rng_state, _set_rng_state
 from pyro_gen.infer.distributed import _plates
 from pyro_gen.infer.program import Program, program, warm_up
@@ -162,8 +162,9 @@ class LightningSVI(lightning.LightningModule):
         self._beta = [1.0]
         self._model, self._guide = self._prog.model, self._prog.guide
         if annealing is not None:
-            self._model = kl_scale(self._model, lambda: self._beta[0])
-            self._guide = kl_scale(self._guide, lambda: self._beta[0])
+            self._model, self._guide = kl_scale_pair(
+                self._model, self._guide, lambda: self._beta[0]
+            )
         # the model, guide and loss objects that are modules: their parameters, buffers and
         # extra state (an adversarial loss's optimizer) are in Lightning's checkpoints
         self.pyro_modules = nn.ModuleDict(self._prog.modules)

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from pyro_gen.infer.annealing import CyclicalAnnealing, KLScaleMessenger, LinearAnnealing, kl_scale
+from pyro_gen.infer.annealing import (
+    CyclicalAnnealing,
+    KLScaleMessenger,
+    LinearAnnealing,
+    kl_scale,
+    kl_scale_pair,
+)
 from pyro_gen.infer.checkpoint import CheckpointError
 from pyro_gen.infer.evaluation import bits_per_dim_from_nats, evaluate_elbo, iwae_log_likelihood
 from pyro_gen.infer.fit import FitResult, NonFiniteLossError, fit
@@ -19,4 +25,5 @@ __all__ = [
     "fit",
     "iwae_log_likelihood",
     "kl_scale",
+    "kl_scale_pair",
 ]

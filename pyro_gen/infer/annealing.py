@@ -27,22 +27,45 @@ class KLScaleMessenger(Messenger):
     Unlike :class:`pyro.poutine.scale`, beta may be zero (the start of a warm-up) and may
     be a zero-argument callable, read afresh at every site so one wrapped model follows a
     changing schedule.
+
+    Args:
+        beta: a non-negative float, or a callable returning the current value.
+        guide_sites: on a guide, a set this messenger refills with the latent sites of each
+            run; on a model, the set its guide fills, with which a site the model enumerates
+            and the guide does not sample keeps its scale (see :func:`kl_scale_pair`).
+        records: True on the guide side of such a pair.
     """
 
-    def __init__(self, beta: BetaLike) -> None:
+    def __init__(
+        self, beta: BetaLike, guide_sites: set[str] | None = None, records: bool = False
+    ) -> None:
         super().__init__()
         self.beta = beta
+        self.guide_sites = guide_sites
+        self.records = records
+
+    def __enter__(self) -> KLScaleMessenger:
+        if self.records and self.guide_sites is not None:
+            self.guide_sites.clear()  # a new run of the guide
+        return super().__enter__()
 
     def _process_message(self, msg: dict[str, Any]) -> None:
-        if msg["type"] == "sample" and not msg["is_observed"]:
-            beta = self.beta() if callable(self.beta) else self.beta
-            msg["scale"] = msg["scale"] * beta
+        if msg["type"] != "sample" or msg["is_observed"]:
+            return
+        if self.guide_sites is not None:
+            if self.records:
+                self.guide_sites.add(msg["name"])
+            elif msg["infer"].get("enumerate") and msg["name"] not in self.guide_sites:
+                return  # summed out of the model's likelihood: no KL term
+        beta = self.beta() if callable(self.beta) else self.beta
+        msg["scale"] = msg["scale"] * beta
 
 
 def kl_scale(fn: Callable[..., Any], beta: BetaLike) -> Callable[..., Any]:
     """Wraps a model or guide so its latent sites are scaled by ``beta``.
 
     Apply it to both the model and the guide: the ELBO's KL term is then scaled by beta.
+    For a model that enumerates discrete sites of its own, use :func:`kl_scale_pair`.
 
     Args:
         fn: a Pyro model or guide.
@@ -57,6 +80,40 @@ def kl_scale(fn: Callable[..., Any], beta: BetaLike) -> Callable[..., Any]:
         0.5
     """
     return KLScaleMessenger(beta)(fn)
+
+
+def kl_scale_pair(
+    model: Callable[..., Any], guide: Callable[..., Any], beta: BetaLike
+) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """The model and guide with the KL term of their ELBO scaled by ``beta``: every latent
+    site the guide samples is scaled on both sides.
+
+    A discrete site that the model enumerates and the guide does not sample is summed out
+    of the likelihood, :math:`p(x \\mid z) = \\sum_k p(k)\\, p(x \\mid z, k)`: it is no KL
+    term, and Pyro's ``TraceEnum_ELBO`` refuses an enumerated site whose scale differs from
+    its plate's observations, so it keeps its scale. The guide runs before the model in
+    every ELBO, and its wrapper tells the model's which sites it sampled; a site the guide
+    enumerates (a semi-supervised label) is a KL term and scaled, whether or not the model
+    marks it for enumeration too.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist, torch
+        >>> def model():
+        ...     k = pyro.sample("k", dist.Bernoulli(0.5), infer={"enumerate": "parallel"})
+        ...     pyro.sample("z", dist.Normal(k, 1.0))
+        >>> def guide():
+        ...     pyro.sample("z", dist.Normal(0.0, 1.0))
+        >>> m, g = kl_scale_pair(model, guide, 0.5)
+        >>> g_tr = pyro.poutine.trace(g).get_trace()
+        >>> m_tr = pyro.poutine.trace(pyro.poutine.replay(m, trace=g_tr)).get_trace()
+        >>> m_tr.nodes["k"]["scale"], m_tr.nodes["z"]["scale"], g_tr.nodes["z"]["scale"]
+        (1.0, 0.5, 0.5)
+    """
+    sites: set[str] = set()
+    return (
+        KLScaleMessenger(beta, guide_sites=sites)(model),
+        KLScaleMessenger(beta, guide_sites=sites, records=True)(guide),
+    )
 
 
 class LinearAnnealing:

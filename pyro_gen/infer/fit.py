@@ -21,7 +21,7 @@ from pyro.infer import ELBO, Trace_ELBO, TraceTailAdaptive_ELBO
 from tqdm.auto import tqdm
 
 from pyro_gen.data.batching import BatchCalls, Call, Transform, batch_calls, with_transform
-from pyro_gen.infer.annealing import kl_scale
+from pyro_gen.infer.annealing import kl_scale_pair
 from pyro_gen.infer.checkpoint import (
     CHECKPOINT_NAME,
     METRICS_NAME,
@@ -216,7 +216,7 @@ def _step_function(
 ) -> Callable[..., torch.Tensor]:
     model, guide = prog.model, prog.guide
     if annealing is not None:
-        model, guide = kl_scale(model, lambda: beta[0]), kl_scale(guide, lambda: beta[0])
+        model, guide = kl_scale_pair(model, guide, lambda: beta[0])
     # backend="pyro" is Pyro's SVI step with the same guard, clipping and optimizer handling;
     # the compiled program falls back to it by itself (one log line saying why) when the
     # model's structure changes between steps or a site is unsupported.

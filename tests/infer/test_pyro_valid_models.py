@@ -1180,15 +1180,6 @@ def _annealed_mixture(beta: list[float]) -> tuple[Callable, Callable]:
     return model, guide
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: fit(annealing=...) with a discrete site enumerated in the model crashes "
-    "in Pyro's TraceEnum_ELBO ('Expected all enumerated sample sites to share a common "
-    "poutine.scale'), on the compiled path and with compile=False alike: "
-    "annealing.py KLScaleMessenger._process_message scales every non-observed site, the "
-    "enumerated assignment too, so its scale differs from the observation's. It should leave "
-    "sites with infer['enumerate'] unscaled (reproducer: /tmp/h4/anneal_enum.py)",
-)
 def test_kl_annealing_leaves_sites_enumerated_in_the_model_alone():
     from pyro_gen.infer import LinearAnnealing
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pyro
 import pytest
 import torch
 
@@ -137,6 +138,11 @@ def test_a_ddpm_trained_on_l_simple_is_labelled_so_and_evaluated_by_its_bound(tm
     results = json.loads((run / "evaluation.json").read_text())
     config = json.loads((run / "config.json").read_text())
     x = load_split(config["data"], "test", config, 64)[0]
-    bound = -variational_bound(pyro_gen.load(run), x)["total"].double()
-    se = (results["test_elbo_se"] ** 2 + float(bound.var()) / len(bound)) ** 0.5
-    assert abs(results["test_elbo"] - float(bound.mean())) < 3 * se, (results, bound.mean(), se)
+    model = pyro_gen.load(run)
+    pyro.set_rng_seed(config["seed"])  # evaluate's draws of x_t
+    # every term of the bound, not the time plate's one sampled step per example, whose
+    # standard error was 33 times larger on moons
+    bound = -variational_bound(model, x)["total"].double()
+    assert results["test_elbo"] == pytest.approx(float(bound.mean()), rel=1e-6)
+    assert results["test_elbo_se"] == pytest.approx(float(bound.std() / 8), rel=1e-6)
+    assert model.objective == "simple"

@@ -129,6 +129,18 @@ _LIKE = {
 }
 
 
+def _fresh_like(buf: torch.fx.Node) -> tuple[Any, tuple, dict] | None:
+    """``empty(shape, dtype, device)`` standing for ``buf`` = ``empty_like(x)`` of a
+    contiguous ``x`` (as ``(op, args, kwargs)``), or None."""
+    if buf.target is not torch.ops.aten.empty_like.default or len(buf.args) != 1:
+        return None
+    val = buf.meta.get("val")
+    if not torch.is_tensor(val) or not val.is_contiguous():
+        return None
+    kwargs = {"dtype": val.dtype, "device": val.device}
+    return torch.ops.aten.empty.memory_format, (list(val.shape),), kwargs
+
+
 def _lift_inputs(gm: torch.fx.GraphModule) -> list[_Noise | torch.Tensor]:
     graph = gm.graph
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
@@ -165,15 +177,25 @@ def _lift_inputs(gm: torch.fx.GraphModule) -> list[_Noise | torch.Tensor]:
         inplace = bool(schema_args) and schema_args[0].alias_info is not None
         if inplace:
             buf = node.args[0]
+            fresh = isinstance(buf, torch.fx.Node) and len(buf.users) == 1
             if (
-                isinstance(buf, torch.fx.Node)
+                fresh
                 and buf.target in _ALLOC_OPS
-                and len(buf.users) == 1
                 and constant((buf.args, buf.kwargs, node.args[1:], node.kwargs))
             ):
                 noise = _Noise(
                     node.target, tuple(node.args[1:]), dict(node.kwargs), buf.target,
                     tuple(buf.args), dict(buf.kwargs),
+                )  # fmt: skip
+                new_input(node, noise)
+                graph.erase_node(buf)
+                continue
+            alloc = _fresh_like(buf) if fresh else None
+            if alloc is not None and constant((node.args[1:], node.kwargs)):
+                # Dropout's mask: bernoulli_ into empty_like(x), which reads only x's shape,
+                # dtype and device, fixed in a recording (the same draw into empty(shape)).
+                noise = _Noise(
+                    node.target, tuple(node.args[1:]), dict(node.kwargs), *alloc
                 )  # fmt: skip
                 new_input(node, noise)
                 graph.erase_node(buf)

@@ -835,7 +835,7 @@ CASES = [
         amortized_model,
         amortized_guide(DROPOUT_ENCODER),
         Trace_ELBO,
-        "aten.bernoulli_",
+        COMPILED,
         [(X4,)],
         modules=(DROPOUT_ENCODER,),
     ),

@@ -64,16 +64,12 @@ def samples_latents(model: torch.nn.Module, data: Any, transform: Transform | No
     )
 
 
-def bound_results(
-    ev: Evaluation, discrete: bool, data: Any = None, importance_weighted: bool = True
-) -> dict[str, Any]:
+def bound_results(ev: Evaluation, discrete: bool, data: Any = None) -> dict[str, Any]:
     """Test ELBO and the importance-weighted estimate of log p(x) with ``--k`` samples, in
     nats per example (and bits/dim for discrete pixels, from the tighter of the two).
-    ``data`` replaces the held-out tensor (a dict with a mask, for one);
-    ``importance_weighted=False`` leaves out the IWAE estimate, for a model/guide pair whose
-    joint is an estimator of the bound rather than a density (a DDPM's time plate). A model
-    without latents (a flow on vectors) gets its exact ``test_log_likelihood`` instead of
-    both, as :func:`density_results` gives it."""
+    ``data`` replaces the held-out tensor (a dict with a mask, for one). A model without
+    latents (a flow on vectors) gets its exact ``test_log_likelihood`` instead of both, as
+    :func:`density_results` gives it."""
     view, k = ev.view, ev.args.k
     progress = not getattr(ev.args, "no_progress", False)
     data = view.x if data is None else data
@@ -81,14 +77,12 @@ def bound_results(
     elbo = evaluate_elbo(
         ev.model, data, transform=view.transform, per_example=True, progress=progress
     )
-    best = "test_elbo"
     if not samples_latents(ev.model, data, view.transform):
         # nothing to bound or to weight: the ELBO is log p(x) itself (an IWAE would repeat it)
         best = "test_log_likelihood"
         _log_likelihood(ev, results, elbo)
     else:
         with_se(results, "test_elbo", elbo)
-    if importance_weighted and best == "test_elbo":
         results["iwae_k"] = k
         iwae = iwae_log_likelihood(
             ev.model, data, num_samples=k, chunk=min(k, 500), transform=view.transform,

@@ -75,6 +75,7 @@ from pyro_gen.infer.state_codec import (
     encode_constraint,
     same_constraint,
 )
+from pyro_gen.nn.legacy_keys import upgrade_state_dict
 
 logger = logging.getLogger("pyro_gen")
 
@@ -340,7 +341,9 @@ def _check_modules(ckpt: dict[str, Any], modules: Mapping[str, torch.nn.Module])
                 f"the checkpoint's {name} is a {entry['class']}, not a {expected}: it "
                 "belongs to another model; use a fresh directory for this one"
             )
-        misfit = _misfit(module.state_dict(), entry["state_dict"])
+        # Names that a network's earlier versions wrote (the output layer once registered
+        # twice) count as the names they load under.
+        misfit = _misfit(module.state_dict(), upgrade_state_dict(module, entry["state_dict"]))
         if misfit:
             raise CheckpointError(
                 f"the checkpoint's {name} does not fit this {type(module).__name__} "

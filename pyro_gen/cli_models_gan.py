@@ -25,6 +25,7 @@ from pyro_gen.gan import (
     WassersteinGAN,
     WassersteinGP,
 )
+from pyro_gen.infer.callbacks import changes_only_tensors
 
 #: ``--loss`` names -> the adversarial objectives
 LOSSES = {
@@ -67,6 +68,7 @@ def _build(event_shape: tuple[int, ...], opts: dict[str, Any]) -> torch.nn.Modul
     return Generator(net, num_classes=_conditional(opts) or None, average=average)
 
 
+@changes_only_tensors
 def _update_average(step: int, generator: Any) -> None:
     generator.update_average()
 

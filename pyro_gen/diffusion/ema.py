@@ -8,6 +8,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from pyro_gen.infer.callbacks import changes_only_tensors
+
 __all__ = ["EMA", "ema_callback"]
 
 
@@ -89,6 +91,7 @@ class EMA(nn.Module):
                     params[n].copy_(saved[n])
 
 
+@changes_only_tensors
 def ema_callback(step: int, gen_model: nn.Module) -> None:
     """Per-step callback for :func:`pyro_gen.infer.fit` (``step_callbacks=[ema_callback]``):
     updates every :class:`EMA` held inside ``gen_model`` after the optimizer step.

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from pyro_gen.gan.average import ExponentialAverage
+from pyro_gen.infer.callbacks import changes_only_tensors
 
 #: Name of the plate over examples.
 DATA_PLATE = "data"
@@ -172,6 +173,7 @@ class Generator(nn.Module):
                 f"{', '.join(map(str, self.event_shape))}), got {tuple(x.shape)}"
             )
 
+    @changes_only_tensors
     def update_average(self, *_: Any) -> None:
         """Moves the averaged weights toward the current ones; call it after each optimizer
         step (its arguments are ignored, so it is also a ``fit`` step callback).

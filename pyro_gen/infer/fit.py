@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from pyro_gen.data.batching import BatchCalls, Call, Transform, batch_calls, with_transform
 from pyro_gen.infer.annealing import kl_scale_pair
+from pyro_gen.infer.callbacks import only_tensors
 from pyro_gen.infer.checkpoint import (
     CHECKPOINT_NAME,
     METRICS_NAME,
@@ -596,6 +597,9 @@ def _train(
 ) -> FitResult:
     main = dp is None or dp.main  # the process that evaluates, writes and shows progress
     progress = progress and main
+    # The recorded step's check against Pyro's run (None: a step with nothing recorded).
+    verify: Callable[[], None] = getattr(step_fn, "verify_next", None) or (lambda: None)
+    check_after_callbacks = not only_tensors(step_callbacks)
 
     def done() -> bool:
         return _finished(state, epochs, steps)
@@ -668,6 +672,10 @@ def _train(
             state.batch += 1
             for step_callback in step_callbacks:
                 step_callback(state.step, model)
+            if check_after_callbacks:
+                # A step callback may change a value the model reads, which the recorded
+                # step holds as a constant: the next step checks it against Pyro's.
+                verify()
             if len(pending) == READBACK_EVERY:
                 read_back()
                 rate = state.epoch_seen / max(state.epoch_time, 1e-9)
@@ -753,9 +761,7 @@ def _train(
                 stop = dp.any(stop)
             # A callback may change what the model reads (an annealed noise scale), which a
             # recorded step holds as a constant: the next step checks it against Pyro's.
-            verify = getattr(step_fn, "verify_next", None)
-            if verify is not None:
-                verify()
+            verify()
         keep()
         if stopped_inside or stop:
             break

@@ -36,6 +36,7 @@ from pyro.distributions.torch_distribution import TorchDistributionMixin
 from torch import nn
 from torch.distributions.relaxed_categorical import ExpRelaxedCategorical as _ExpRelaxedCategorical
 
+from pyro_gen.infer.callbacks import changes_only_tensors
 from pyro_gen.vae._utils import as_tuple, mlp, numel
 from pyro_gen.vae.decoders import MLPDecoder
 from pyro_gen.vae.likelihoods import Likelihood
@@ -244,6 +245,7 @@ def anneal_temperature(
         0.5
     """
 
+    @changes_only_tensors  # the temperature is a buffer, filled in place
     def callback(step: int, model: Any) -> None:
         vae.temperature = schedule(step)
 

@@ -113,3 +113,31 @@ def test_fit_checks_the_recording_after_the_epochs_callbacks():
         histories.append([r["train_loss"] for r in result.history])
     assert histories[1] == pytest.approx(histories[0], rel=1e-4)
     assert histories[0][1] > 20 * histories[0][0]  # the annealed noise shows in the loss
+
+
+def test_fit_checks_after_unmarked_step_callbacks_only(setup, monkeypatch):
+    """A step callback may change a value the model reads, so fit checks the recording after
+    each step that ran one, unless every step callback is marked as changing only tensors
+    (an exponential moving average, a buffer the model reads): those cost no check."""
+    from pyro_gen.infer import fit
+    from pyro_gen.infer.callbacks import changes_only_tensors
+
+    guide, x = setup
+    runs = []
+    eager_run = CompiledSVI._eager_run
+
+    def counted(self, *args, **kwargs):
+        runs.append(1)
+        return eager_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(CompiledSVI, "_eager_run", counted)
+
+    def noop(step, model):
+        pass
+
+    fit(model, x, guide=guide, steps=20, batch_size=32, progress=False, step_callbacks=[noop])
+    unmarked = len(runs)
+    runs.clear()
+    fit(model, x, guide=guide, steps=20, batch_size=32, progress=False,
+        step_callbacks=[changes_only_tensors(noop)])  # fmt: skip
+    assert unmarked >= 18 > len(runs)

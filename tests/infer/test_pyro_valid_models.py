@@ -1115,14 +1115,6 @@ def _anneal(step: int, model: Any = None) -> None:
     BETA[0] = 1.0 if step < 5 else 10.0  # from the sixth step on (step: steps taken so far)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: fit runs step_callbacks but never asks the compiled step to verify the "
-    "next step (fit.py _train calls verify_next only after epoch callbacks), so a Python "
-    "number the model reads, changed by a step callback after the step's eager checks "
-    "(steps 2-3 of a recording), stays baked into the recorded program: z_loc 0.573 against "
-    "Pyro's 1.817 after 8 steps (reproducer: /tmp/h4/stale_step_callback.py)",
-)
 def test_a_value_a_step_callback_changes_reaches_the_model(caplog):
     """``step_callbacks`` are fit's place for updates that follow the optimizer; one that
     changes what the model reads must change the next step, as in Pyro's loop."""

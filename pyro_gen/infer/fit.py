@@ -353,7 +353,10 @@ def fit(
         step_callbacks: ``callback(step, model)`` after each optimisation step, ``step``
             counting the steps taken so far; for updates that must follow the optimizer,
             such as an exponential moving average of the weights, rather than sit inside
-            ``model`` (where they would also stop the compiled step from applying).
+            ``model`` (where they would also stop the compiled step from applying). The
+            compiled step checks its recording against Pyro's run after each (a callback
+            may change a number the model reads); mark one that changes only tensors with
+            :func:`~pyro_gen.infer.changes_only_tensors` to spare that forward pass.
         progress: show a progress bar with the loss and examples per second.
         compile: ``None`` (default) runs the compiled ELBO step of
             :class:`~pyro_gen.infer.compiled.CompiledSVI` where the loss supports it

@@ -223,6 +223,14 @@ def _step_function(
     # model's structure changes between steps or a site is unsupported.
     if compile is False or not supports(loss):
         backend = "pyro"
+        if compile is not False and isinstance(loss, ELBO):
+            logger.log(
+                logging.WARNING if compile else logging.INFO,
+                "pyro_gen: %s is not supported by the compiled step (Trace_ELBO, "
+                "TraceMeanField_ELBO, TraceEnum_ELBO and their Jit variants are): training "
+                "with Pyro's own SVI step",
+                type(loss).__name__,
+            )
     else:
         backend = "inductor" if compile else "auto"
     if reducer is not None:  # clipping then applies to the summed gradient

@@ -46,7 +46,8 @@ from pyro_gen.infer.distributed import (
 )
 from pyro_gen.infer.evaluation import evaluate_elbo, module_device
 from pyro_gen.infer.fit_layout import Layout, check_layout, data_layout
-from pyro_gen.infer.program import Program, program, warm_up
+from pyro_gen.infer.log_weights import find_data_plate
+from pyro_gen.infer.program import Program, program, trace_once, warm_up
 
 logger = logging.getLogger("pyro_gen")
 
@@ -266,6 +267,7 @@ def fit(
     transform: Transform | None = None,
     eval_data: Any = None,
     eval_every: int = 1,
+    plate_name: str | None = None,
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int | None = None,
     callbacks: Iterable[Callback] = (),
@@ -351,6 +353,9 @@ def fit(
             ``test_elbo`` (for a loss that is not an ELBO, the loss per example as
             ``test_loss``).
         eval_every: evaluate every this many epochs.
+        plate_name: the ``pyro.plate`` over the examples, for evaluating ``eval_data``
+            (found from the model's trace by default: see
+            :func:`~pyro_gen.infer.evaluate_elbo`).
         checkpoint_dir: where checkpoints and metrics go; None keeps nothing on disk.
         checkpoint_every: also checkpoint every this many steps inside an epoch.
         callbacks: ``callback(record, model)`` after each epoch, before its checkpoint is
@@ -431,7 +436,7 @@ def fit(
     else:
         batches = batch_calls(data, batch_size, shuffle=True, device=device)
     if eval_data is not None:  # refuse bad held-out data now, not after an epoch's training
-        batch_calls(eval_data, batch_size, shuffle=False)
+        eval_first = batch_calls(eval_data, batch_size, shuffle=False, device=device).peek()
     optim = optim if optim is not None else pyro.optim.Adam({"lr": 1e-3})
     if clear_params:
         pyro.clear_param_store()
@@ -453,6 +458,11 @@ def fit(
         prog.check_call(first, 0)
         first = with_transform(first, transform)
         traces = warm_up(prog, first, check_sites=isinstance(loss, ELBO))
+        if eval_data is not None and isinstance(loss, ELBO):
+            # The plate evaluate_elbo will score by, found now: a model it cannot score
+            # fails before an epoch's training, not after.
+            _, model_trace = trace_once(prog, with_transform(eval_first, transform))
+            find_data_plate(model_trace, plate_name)
         # The param-store names the pair registers: a resume refuses a checkpoint written by
         # a model that had others, and every checkpoint records them for the next resume.
         params = sorted({n for t in traces for n, s in t.nodes.items() if s["type"] == "param"})
@@ -479,6 +489,7 @@ def fit(
             transform=transform,
             eval_data=eval_data,
             eval_every=eval_every,
+            plate_name=plate_name,
             ckpt_dir=ckpt_dir,
             checkpoint_every=checkpoint_every,
             callbacks=list(callbacks),
@@ -598,6 +609,7 @@ def _train(
     transform: Transform | None,
     eval_data: Any,
     eval_every: int,
+    plate_name: str | None,
     ckpt_dir: Path | None,
     checkpoint_every: int | None,
     callbacks: list[Callback],
@@ -733,6 +745,7 @@ def _train(
                     batch_size=max(batch_size, 256),
                     loss=loss,
                     transform=transform,
+                    plate_name=plate_name,
                 )
             else:  # an adversarial or likelihood-free objective: no ELBO to report
                 record["test_loss"] = _evaluate_loss(

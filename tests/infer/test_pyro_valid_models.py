@@ -1196,19 +1196,20 @@ def anchored_guide(x):
 
 
 @pytest.mark.filterwarnings("ignore:guide sites .* are point masses")
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: fit(eval_data=...) on a model with an observed site outside its data "
-    "plate trains the epoch, then fails in evaluate_elbo with 'cannot tell which plate "
-    "indexes the examples ... Pass plate_name=', which fit does not take (fit.py passes no "
-    "plate_name to evaluate_elbo in _train); evaluate_elbo(plate_name='data') scores it. "
-    "Reproducer: /tmp/h4/fit_eval_plate_name.py",
-)
 def test_fit_evaluates_a_model_with_a_global_observation_given_the_plate_name():
     result = fit(anchored_model, X10, guide=anchored_guide, epochs=1, batch_size=5,
                  eval_data=X10, plate_name="data", optim=sgd(), progress=False)  # fmt: skip
     expected = evaluate_elbo(anchored_model, X10, guide=anchored_guide, plate_name="data")
     assert result.history[-1]["test_elbo"] == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:guide sites .* are point masses")
+def test_held_out_data_fit_cannot_score_is_refused_before_training():
+    loc = pyro.param("loc_map", torch.tensor(0.0)).detach().clone()
+    with pytest.raises(ValueError, match="plate_name="):
+        fit(anchored_model, X10, guide=anchored_guide, epochs=1, batch_size=5,
+            eval_data=X10, optim=sgd(), progress=False)  # fmt: skip
+    assert torch.equal(pyro.param("loc_map").detach(), loc)  # no step was taken
 
 
 # --- evaluate_elbo against loss.loss -------------------------------------------------------

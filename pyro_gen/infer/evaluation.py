@@ -295,6 +295,8 @@ def _score_batches(
         total = len(calls) * len(chunks) * local_samples
     except TypeError:
         total = None
+    if plate_name is None:
+        plate_name = declared_plate(model)
     scorer = _Scorer(model_fn, guide_fn, plate_name, analytic_kl, importance)
     results = []
     with torch.no_grad(), _eval_mode(modules):
@@ -372,22 +374,36 @@ def _check_densities(guide_trace: Trace, model_trace: Trace, importance: bool) -
     )
 
 
+def _own_pair_module(model: Any) -> torch.nn.Module | None:
+    """The module whose own model/guide pair ``model`` stands for (the module, or its bound
+    ``model`` method), else None."""
+    owner = model if isinstance(model, torch.nn.Module) else getattr(model, "__self__", None)
+    if owner is not None and (model is owner or model == getattr(owner, "model", None)):
+        return owner
+    return None
+
+
+def declared_plate(model: Any) -> str | None:
+    """The data plate a module names (``data_plate``) for its own pair: its objective may
+    hold another plate that encloses every site too (a score model's time samples)."""
+    return getattr(_own_pair_module(model), "data_plate", None)
+
+
 def _check_density(model: Any) -> None:
     """Refuses a module's own model/guide pair when the module declares (with
     ``joint_is_density = False``) that on data it is a training objective estimating a bound,
     not a joint density over each example's latents with its proposal."""
-    owner = model if isinstance(model, torch.nn.Module) else getattr(model, "__self__", None)
-    if owner is None or getattr(owner, "joint_is_density", True):
-        return
-    if model is owner or model == getattr(owner, "model", None):
+    owner = _own_pair_module(model)
+    if owner is not None and not getattr(owner, "joint_is_density", True):
         raise ValueError(
             f"{type(owner).__name__}'s model and guide on data are a training objective "
             "that estimates a bound (its joint_is_density is False), not a density over each "
             "example's whole latent trajectory and its proposal: exp of its log-weight is no "
             "importance weight, so an IWAE of it bounds nothing. Use evaluate_elbo for the "
-            "bound it estimates, or an exact likelihood of the model (a DDPM's "
-            "probability_flow_log_prob, or iwae_log_likelihood(m.chain_model, data, "
-            "guide=m.chain_guide) for the IWAE over its whole chain)"
+            "bound it estimates, or an exact likelihood of the model (the probability-flow "
+            "log_prob of a score or flow-matching model or a DDPM, or for a DDPM "
+            "iwae_log_likelihood(m.chain_model, data, guide=m.chain_guide), the IWAE over "
+            "its whole chain)"
         )
 
 

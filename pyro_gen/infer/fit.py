@@ -44,7 +44,7 @@ from pyro_gen.infer.distributed import (
     set_rng_state,
     setup,
 )
-from pyro_gen.infer.evaluation import evaluate_elbo, module_device
+from pyro_gen.infer.evaluation import declared_plate, evaluate_elbo, module_device
 from pyro_gen.infer.fit_layout import Layout, check_layout, data_layout
 from pyro_gen.infer.log_weights import find_data_plate
 from pyro_gen.infer.program import Program, program, trace_once, warm_up
@@ -462,7 +462,7 @@ def fit(
             # The plate evaluate_elbo will score by, found now: a model it cannot score
             # fails before an epoch's training, not after.
             _, model_trace = trace_once(prog, with_transform(eval_first, transform))
-            find_data_plate(model_trace, plate_name)
+            find_data_plate(model_trace, plate_name or declared_plate(model))
         # The param-store names the pair registers: a resume refuses a checkpoint written by
         # a model that had others, and every checkpoint records them for the next resume.
         params = sorted({n for t in traces for n, s in t.nodes.items() if s["type"] == "param"})

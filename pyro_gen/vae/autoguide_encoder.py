@@ -128,6 +128,13 @@ def local_posterior(
     transform = biject_to(site["support"])
     if _is_identity(transform):
         return base
+    if torch.jit.is_tracing() and site["u_event_dim"]:
+        # Under torch.jit tracing (JitTrace_ELBO) every size is a traced tensor, and a
+        # transform that computes its output shape in Python fails on it
+        # (CorrCholeskyTransform rounds a square root: LKJCholesky sites raised "Tensor
+        # doesn't define __round__"). The event sizes are the site's, fixed by the model,
+        # so they are given as ints; the batch sizes stay traced.
+        base._event_shape = torch.Size(site["shape"][len(site["shape"]) - site["u_event_dim"] :])
     return dist.TransformedDistribution(base, transform.with_cache())
 
 

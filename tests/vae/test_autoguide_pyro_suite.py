@@ -107,6 +107,22 @@ def test_shapes_under_every_elbo_and_vectorized_particles(Elbo, num_particles):
     assert all(math.isfinite(loss) for loss in losses), losses
 
 
+def test_jit_trace_elbo_equals_trace_elbo_across_batch_sizes():
+    """The compiled JitTrace_ELBO gives Trace_ELBO's loss on the same draws, also for a
+    batch size other than the one it was traced with (the LKJ site's event shape is fixed,
+    its batch size is not)."""
+    guide = AutoAmortizedNormal(shapes_model, hidden_dims=(8,))
+    jit, plain = JitTrace_ELBO(ignore_jit_warnings=True), Trace_ELBO()
+    # the first call compiles (running the program twice, so drawing other numbers)
+    jit.loss_and_grads(shapes_model, guide, torch.randn(4, 3))
+    for rows in (4, 6):
+        x = torch.randn(rows, 3)
+        pyro.set_rng_seed(1)
+        compiled = jit.loss_and_grads(shapes_model, guide, x)
+        pyro.set_rng_seed(1)
+        assert compiled == pytest.approx(plain.loss(shapes_model, guide, x), rel=1e-5)
+
+
 @pytest.mark.parametrize("sample_shape", [(), (6,), (5, 4)], ids=str)
 def test_replay_under_an_outer_plate(sample_shape):
     """As Pyro's test_replay_plates: under outer particle plates the guide's draws get the

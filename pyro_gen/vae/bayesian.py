@@ -35,6 +35,7 @@ from pyro.nn import PyroModule, PyroSample
 from torch import nn
 from torch.nn import functional as F
 
+from pyro_gen.transforms._base import PicklableModule
 from pyro_gen.vae._utils import as_tuple, numel
 from pyro_gen.vae.encoders import MLPEncoder
 from pyro_gen.vae.likelihoods import Likelihood, make_likelihood
@@ -114,7 +115,7 @@ def _init_buffer(site: str) -> str:
     return "_init_" + site.replace(".", "_")
 
 
-class BayesianVAE(nn.Module):
+class BayesianVAE(PicklableModule):
     """VAE with a Bayesian decoder; its guide pairs an
     :class:`~pyro.infer.autoguide.AutoNormal` over the decoder's weights (global) with an
     amortized Normal encoder for :math:`z` (local). See the module docstring.

@@ -8,11 +8,12 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from pyro_gen.transforms._base import PicklableModule
 from pyro_gen.vae._utils import as_tuple, cat_context, mlp, numel
 from pyro_gen.vae.likelihoods import Likelihood, make_likelihood
 
 
-class Decoder(nn.Module):
+class Decoder(PicklableModule):
     """Base class. Subclasses implement :meth:`params` returning
     ``(..., *event_shape, likelihood.num_params)``."""
 

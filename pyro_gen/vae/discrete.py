@@ -33,10 +33,10 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.distributions.torch_distribution import TorchDistributionMixin
-from torch import nn
 from torch.distributions.relaxed_categorical import ExpRelaxedCategorical as _ExpRelaxedCategorical
 
 from pyro_gen.infer.callbacks import changes_only_tensors
+from pyro_gen.transforms._base import PicklableModule
 from pyro_gen.vae._utils import as_tuple, mlp, numel
 from pyro_gen.vae.decoders import MLPDecoder
 from pyro_gen.vae.likelihoods import Likelihood
@@ -67,7 +67,7 @@ def check_temperature(temperature: Any) -> float:
     return value
 
 
-class DiscreteVAE(nn.Module):
+class DiscreteVAE(PicklableModule):
     """VAE with :math:`L` categorical latents of :math:`K` categories (see the module
     docstring for the two ways of training it).
 

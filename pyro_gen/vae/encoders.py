@@ -12,10 +12,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pyro_gen.transforms._base import PicklableModule
 from pyro_gen.vae._utils import as_tuple, cat_context, mlp, numel
 
 
-class Encoder(nn.Module):
+class Encoder(PicklableModule):
     """Base class: a trunk to ``hidden_dim`` features followed by loc and scale heads."""
 
     z_dim: int

@@ -10,10 +10,11 @@ import torch
 from pyro import poutine
 from torch import nn
 
+from pyro_gen.transforms._base import PicklableModule
 from pyro_gen.vae.posteriors import Posterior
 
 
-class GuideSlot(nn.Module):
+class GuideSlot(PicklableModule):
     """Base of modules whose ``guide`` is their built-in :meth:`default_guide` until a Pyro
     guide is assigned.
 

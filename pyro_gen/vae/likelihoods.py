@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import pyro.distributions as dist
 import torch
-from torch import nn
 from torch.nn import functional as F
 
+from pyro_gen.transforms._base import PicklableModule
 
-class Likelihood(nn.Module):
+
+class Likelihood(PicklableModule):
     """Base class; subclasses set :attr:`num_params` (decoder outputs per pixel) and
     implement :meth:`forward` (the distribution of an example) and :meth:`mean`.
 

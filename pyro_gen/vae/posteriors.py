@@ -17,10 +17,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pyro_gen.transforms._base import PicklableModule
 from pyro_gen.vae.encoders import Encoder
 
 
-class Posterior(nn.Module):
+class Posterior(PicklableModule):
     """Base class of posterior families: ``forward(x, context=None, **kwargs)`` returns the
     distribution of the latent for the batch ``x`` (batch shape ``(B,)``); the VAE's guide
     samples it. Passing one as a VAE's ``guide=`` is refused with a pointer to ``posterior=``.

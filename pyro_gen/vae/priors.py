@@ -14,9 +14,10 @@ from torch import nn
 
 from pyro_gen.distributions.flow import Flow
 from pyro_gen.transforms import affine_coupling
+from pyro_gen.transforms._base import PicklableModule
 
 
-class NormalPrior(nn.Module):
+class NormalPrior(PicklableModule):
     """Standard Normal prior :math:`p(z) = \\mathcal{N}(0, I)`.
 
     Example:
@@ -37,7 +38,7 @@ class NormalPrior(nn.Module):
         return dist.Normal(self.loc, self.scale).to_event(1)
 
 
-class FlowPrior(nn.Module):
+class FlowPrior(PicklableModule):
     """Flow prior: a RealNVP (affine coupling) pushforward of a standard Normal,
 
     .. math:: z = f_L \\circ \\dots \\circ f_1(\\epsilon),\\ \\epsilon \\sim \\mathcal{N}(0, I),

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pyro_gen.transforms._base import PicklableModule
 from pyro_gen.vae._utils import as_tuple, mlp, numel
 from pyro_gen.vae.decoders import MLPDecoder
 from pyro_gen.vae.encoders import MLPEncoder
@@ -76,7 +77,7 @@ def check_labels(y: torch.Tensor, num_classes: int, batch: int) -> torch.Tensor:
     return y.long()
 
 
-class SSVAE(nn.Module):
+class SSVAE(PicklableModule):
     """The M2 semi-supervised VAE, :math:`p(y)\\,p(z)\\,p(x \\mid y, z)` with guide
     :math:`q(y \\mid x)\\,q(z \\mid x, y)`.
 

@@ -28,6 +28,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from pyro_gen.transforms._base import PicklableModule
 from pyro_gen.vae.diagnostics import posterior_params
 from pyro_gen.vae.semi_supervised import SSVAE
 
@@ -106,7 +107,7 @@ def latent_features(
     return LatentFeatures(loc[:, keep], scale[:, keep], keep)
 
 
-class M1M2(nn.Module):
+class M1M2(PicklableModule):
     """The M1+M2 classifier: an image goes to M1's posterior mean on the kept units, then to
     M2's :math:`q(y \\mid z_1)`.
 

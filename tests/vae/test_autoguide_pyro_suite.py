@@ -258,6 +258,10 @@ def test_auto_guide_list_with_a_pyro_guide_for_the_globals(GlobalGuide):
     assert all(math.isfinite(svi.step(x)) for _ in range(2))
     assert guide[1].global_guide is None  # the global site is the other part's
     assert set(guide(x)) == set(guide.median(x)) == {"a", *LOCAL_SHAPES}
+    if GlobalGuide is AutoNormal:  # (AutoDelta has no quantiles)
+        quantiles = guide.quantiles([0.25, 0.75], x)
+        assert set(quantiles) == {"a", *LOCAL_SHAPES}
+        assert quantiles["z"].shape == (2, 4, 2) and (quantiles["z"][0] < quantiles["z"][1]).all()
     guide_trace = poutine.trace(guide).get_trace(x)
     model_trace = poutine.trace(poutine.replay(shapes_model, guide_trace)).get_trace(x)
     check_model_guide_match(model_trace, guide_trace)

@@ -23,6 +23,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -40,6 +41,13 @@ from pyro_gen.vae._utils import as_tuple, numel
 from pyro_gen.vae.encoders import MLPEncoder
 from pyro_gen.vae.likelihoods import Likelihood, make_likelihood
 from pyro_gen.vae.sites import DATA_PLATE, LATENT, OBS
+
+
+def _layer_prior(layer: BayesianLinear, *, weight: bool) -> dist.TorchDistribution:
+    """The Normal prior of a :class:`BayesianLinear` layer's weight or bias."""
+    if weight:
+        return layer._prior(layer.out_features, layer.in_features).to_event(2)
+    return layer._prior(layer.out_features).to_event(1)
 
 
 class BayesianLinear(PyroModule):
@@ -61,8 +69,9 @@ class BayesianLinear(PyroModule):
         # the prior's parameters are buffers, so that module.to(device) moves the prior too
         self.register_buffer("prior_loc", torch.zeros(()), persistent=False)
         self.register_buffer("prior_scale", torch.tensor(float(prior_scale)), persistent=False)
-        self.weight = PyroSample(lambda self: self._prior(out_features, in_features).to_event(2))
-        self.bias = PyroSample(lambda self: self._prior(out_features).to_event(1))
+        # module-level priors, not lambdas, so that torch.save(layer) can pickle them
+        self.weight = PyroSample(functools.partial(_layer_prior, weight=True))
+        self.bias = PyroSample(functools.partial(_layer_prior, weight=False))
 
     def _prior(self, *shape: int) -> dist.Normal:
         return dist.Normal(self.prior_loc, self.prior_scale).expand(shape)
@@ -113,6 +122,15 @@ class BayesianMLPDecoder(PyroModule):
 
 def _init_buffer(site: str) -> str:
     return "_init_" + site.replace(".", "_")
+
+
+def _is_site_of(names: frozenset[str], msg: dict) -> bool:
+    return msg["name"] in names
+
+
+def _initial_value(vae: nn.Module, buffers: dict[str, str], site: dict) -> torch.Tensor:
+    """A weight site's initial value: the buffer ``buffers[site]`` of ``vae``."""
+    return getattr(vae, buffers[site["name"]])
 
 
 class BayesianVAE(PicklableModule):
@@ -172,10 +190,13 @@ class BayesianVAE(PicklableModule):
             self.register_buffer(
                 initial[name], torch.empty(shape).uniform_(-bound, bound), persistent=False
             )
-        weights_only = poutine.block(self.model, expose_fn=lambda msg: msg["name"] in initial)
+        # partials of module-level functions, not lambdas, so that torch.save(vae) pickles
+        weights_only = poutine.block(
+            self.model, expose_fn=functools.partial(_is_site_of, frozenset(initial))
+        )
         self.weight_guide = AutoNormal(
             weights_only,
-            init_loc_fn=lambda site: getattr(self, initial[site["name"]]),
+            init_loc_fn=functools.partial(_initial_value, self, initial),
             init_scale=init_scale,
         )
 

@@ -79,3 +79,24 @@ def test_every_public_vae_module_drops_the_param_store_weakrefs():
         obj = getattr(V, name)
         if inspect.isclass(obj) and issubclass(obj, torch.nn.Module):
             assert issubclass(obj, PicklableModule | pyro.nn.PyroModule), name
+
+
+def test_a_trained_bayesian_vae_saves_whole_and_draws_the_same_weights():
+    """BayesianVAE's PyroSample priors were lambdas, which ``torch.save`` cannot pickle."""
+    pyro.clear_param_store()
+    vae = V.BayesianVAE((4,), z_dim=2, hidden_dims=(5,), likelihood="gaussian")
+    fit(vae, _data(), steps=2, batch_size=16, progress=False)
+    buf = io.BytesIO()
+    torch.save(vae, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    draws = []
+    for module in (vae, loaded):
+        pyro.set_rng_seed(3)
+        draws.append(pyro.poutine.trace(module.model).get_trace(_data()).nodes)
+    weight = "decoder.layers.0.weight"
+    assert draws[0][weight]["value"].shape == (5, 2)
+    for name in (weight, "x"):
+        torch.testing.assert_close(draws[1][name]["value"], draws[0][name]["value"], msg=name)
+        torch.testing.assert_close(draws[1][name]["fn"].log_prob(draws[1][name]["value"]),
+                                   draws[0][name]["fn"].log_prob(draws[0][name]["value"]))  # fmt: skip

@@ -363,3 +363,60 @@ def test_exact_means_with_a_global_latent():
     median = guide.median(data)
     assert median["g"].item() == pytest.approx(mean[0].item(), abs=0.05)
     assert median["y"] == pytest.approx(mean[1:], abs=0.05)
+
+
+@pytest.mark.parametrize("init_scale", [1e-1, 1e-4])
+def test_init_scale_sets_the_initial_posterior_scales(init_scale):
+    """As Pyro's test_init_scale: the root mean square of the initial scales is within a
+    factor 2 of ``init_scale`` (the encoder's random weights spread them around it)."""
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(0.0, 1.0).expand([10]).to_event(1))
+
+    x = torch.randn(100, 5)
+    guide = AutoAmortizedNormal(model, hidden_dims=(16,), init_scale=init_scale)
+    guide(x)
+    scale = guide.quantiles([0.5, 0.8413447], x)["z"].diff(dim=0)  # one sd above the median
+    rms = scale.pow(2).mean().sqrt().item()
+    assert 0.5 * init_scale < rms < 2.0 * init_scale
+
+
+def test_an_init_scale_below_the_scale_floor_is_refused():
+    """Pyro's test_init_scale also asks for 1e-8; the encoder's scales have a floor of 1e-5
+    (softplus + 1e-5, for stable gradients), so such a scale is refused by name rather than
+    failing with Python's 'math domain error' on the first call."""
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(ValueError, match=r"init_scale.*1e-08.*1e-05"):
+        AutoAmortizedNormal(model, init_scale=1e-8)
+
+
+def sphere_model(x):
+    with pyro.plate("data", x.shape[0]):
+        loc = pyro.sample("loc", dist.Normal(0.0, 1.0).expand([3]).to_event(1))
+        direction = pyro.sample("direction", dist.ProjectedNormal(loc))
+        pyro.sample("x", dist.Normal(direction, 1.0).to_event(1), obs=x)
+
+
+def test_a_site_without_a_bijection_is_named_with_the_fix():
+    """As Pyro's test_sphere_helpful_error: a ProjectedNormal local (support on the sphere,
+    which no bijection reaches) is refused naming the site and ProjectedNormalReparam."""
+    with pytest.raises(ValueError, match=r"'direction'.*ProjectedNormalReparam"):
+        AutoAmortizedNormal(sphere_model)(torch.randn(3, 3))
+
+
+def test_a_reparametrized_sphere_site_is_guided():
+    """As Pyro's test_sphere_reparam_ok: with ProjectedNormalReparam the guide covers the
+    auxiliary Normal site and the model's trace scores the direction."""
+    from pyro.infer.reparam import ProjectedNormalReparam
+
+    model = poutine.reparam(sphere_model, {"direction": ProjectedNormalReparam()})
+    x = torch.randn(3, 3)
+    guide = AutoAmortizedNormal(model, hidden_dims=(4,))
+    loss = Trace_ELBO().loss(model, guide, x)
+    assert math.isfinite(loss)
+    assert set(guide.local_sites) == {"loc", "direction_normal"}

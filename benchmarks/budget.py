@@ -11,6 +11,8 @@ from collections.abc import Callable
 import pyro
 import torch
 
+from pyro_gen.infer.callbacks import changes_only_tensors
+
 
 class BudgetSpent(Exception):
     """Raised by the step callback to end ``fit`` mid-epoch once the budget is spent."""
@@ -31,6 +33,7 @@ def budget(
     """
     start = clock()
 
+    @changes_only_tensors  # a learning rate and a clock: no check of the recorded step
     def callback(step: int, model: torch.nn.Module) -> None:
         counter["steps"] = step
         frac = (clock() - start) / seconds

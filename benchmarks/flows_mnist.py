@@ -48,6 +48,7 @@ from pyro_gen.data import bits_per_dim, load, logit_transform, uniform_dequantiz
 from pyro_gen.flows import FlowModel, build
 from pyro_gen.flows.base import pixel_output
 from pyro_gen.infer import fit
+from pyro_gen.infer.callbacks import changes_only_tensors
 from pyro_gen.transforms.residual import ResidualBlock
 
 #: the MAF paper's logit margin, in which its MNIST log-likelihoods are stated
@@ -146,6 +147,7 @@ def run(name: str, args: argparse.Namespace, x_train: torch.Tensor, x_test: torc
     callback = budget(optim, args.lr, args.lr_final, 60 * args.budget_min, counter, clock)
     start, first_steps = clock(), []
 
+    @changes_only_tensors  # reads the clock only
     def first(step: int, model: torch.nn.Module) -> None:
         # the budget's clock at the first steps: the compiled step's recording is in them
         if len(first_steps) < 3:

@@ -23,6 +23,7 @@ from torch.distributions import biject_to
 
 from pyro_gen.vae.autoguide_encoder import (
     DEFAULT_INIT_SCALE,
+    MIN_SCALE,
     local_params,
     local_posterior,
     local_site,
@@ -100,7 +101,8 @@ class AutoAmortizedNormal(AutoGuide):
         hidden_dims: hidden sizes of the encoder MLP.
         input_fn: optional map from the model's arguments to a ``(rows, features)`` tensor.
         plate_name: name of the data plate (found in the trace when ``None``).
-        init_scale: initial posterior scale (unconstrained space) of the local sites.
+        init_scale: initial posterior scale (unconstrained space) of the local sites,
+            greater than the scales' floor ``MIN_SCALE`` (1e-5).
         create_plates: optional ``(*args, **kwargs) -> plate or plates``, as for Pyro's
             autoguides (needed when the model subsamples full data with its own indices).
         name: name under which the parameters enter Pyro's param store (default the class
@@ -140,8 +142,12 @@ class AutoAmortizedNormal(AutoGuide):
         create_plates: Callable[..., Any] | None = None,
         name: str | None = None,
     ) -> None:
-        if not init_scale > 0:
-            raise ValueError(f"init_scale must be positive, got {init_scale}")
+        if not init_scale > MIN_SCALE:
+            # the encoder's scales are softplus(...) + MIN_SCALE, which cannot start lower
+            raise ValueError(
+                f"init_scale must be greater than the posterior scales' floor {MIN_SCALE:g}, "
+                f"got {init_scale:g}"
+            )
         super().__init__(model, create_plates=create_plates)
         if name is not None:
             self._pyro_name = name

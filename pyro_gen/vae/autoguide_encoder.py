@@ -24,7 +24,8 @@ from pyro_gen.vae._utils import mlp
 #: VAE it beat 0.1, 0.3 and 2 (by 0.5-1.6 nats) and the example's hand-written guide
 #: (benchmarks/autoguide_init_scale.py, benchmarks/RESULTS.md).
 DEFAULT_INIT_SCALE = 1.0
-_MIN_SCALE = 1e-5
+#: Floor of the local posteriors' scales (softplus output + MIN_SCALE), for stable gradients.
+MIN_SCALE = 1e-5
 
 
 def local_site(site: dict[str, Any], frame: CondIndepStackFrame) -> dict[str, Any]:
@@ -68,7 +69,7 @@ def make_encoder(
     Example:
         >>> net = make_encoder(torch.zeros(4, 3), (8,), total=2, init_scale=0.5)
         >>> bias = net[-1].bias.detach()  # two locs, then two scales before softplus
-        >>> bias[:2].tolist(), (F.softplus(bias[2:]) + _MIN_SCALE).tolist()
+        >>> bias[:2].tolist(), (F.softplus(bias[2:]) + MIN_SCALE).tolist()
         ([0.0, 0.0], [0.5, 0.5])
         >>> sites = {"z": {"shape": (2,), "pos": 0, "numel": 2}}
         >>> loc, scale = local_params(net, sites, torch.zeros(4, 3))["z"]
@@ -81,7 +82,7 @@ def make_encoder(
     # step; shrinking them 10x cost 15 nats of test ELBO on MNIST (benchmarks/RESULTS.md).
     with torch.no_grad():
         net[-1].bias.zero_()
-        net[-1].bias[total:] = math.log(math.expm1(init_scale - _MIN_SCALE))
+        net[-1].bias[total:] = math.log(math.expm1(init_scale - MIN_SCALE))
     return net.to(device=x.device, dtype=x.dtype)
 
 
@@ -102,7 +103,7 @@ def local_params(
     # with .double() after it was built on float32 rows still takes them.
     out = net(x.to(net[0].weight.dtype))
     total = out.shape[-1] // 2
-    locs, scales = out[..., :total], F.softplus(out[..., total:]) + _MIN_SCALE
+    locs, scales = out[..., :total], F.softplus(out[..., total:]) + MIN_SCALE
     params, start = {}, 0
     for name, s in local_sites.items():
         end = start + s["numel"]

@@ -391,7 +391,7 @@ def test_an_init_scale_below_the_scale_floor_is_refused():
         with pyro.plate("data", x.shape[0]):
             pyro.sample("z", dist.Normal(0.0, 1.0))
 
-    with pytest.raises(ValueError, match=r"init_scale.*1e-08.*1e-05"):
+    with pytest.raises(ValueError, match=r"init_scale.*floor 1e-05.*got 1e-08"):
         AutoAmortizedNormal(model, init_scale=1e-8)
 
 

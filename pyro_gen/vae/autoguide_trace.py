@@ -9,6 +9,7 @@ from typing import Any
 from pyro import poutine
 from pyro.poutine.indep_messenger import CondIndepStackFrame
 from pyro.poutine.util import site_is_subsample
+from torch.distributions import biject_to
 
 
 def trace_latents(
@@ -60,8 +61,9 @@ def trace_latents(
 
 
 def check_latent_sites(trace: poutine.Trace) -> None:
-    """Refuses, naming it, a latent site under a sequential plate or a discrete one (which
-    the guide would have to leave out or enumerate, see :func:`discrete_site_error`)."""
+    """Refuses, naming it, a latent site under a sequential plate, a discrete one (which
+    the guide would have to leave out or enumerate, see :func:`discrete_site_error`) or one
+    whose support no bijection reaches (see :func:`unreachable_support_error`)."""
     for name, site in trace.iter_stochastic_nodes():
         if any(not f.vectorized for f in site["cond_indep_stack"]):
             raise NotImplementedError(
@@ -69,6 +71,10 @@ def check_latent_sites(trace: poutine.Trace) -> None:
             )
         if site["fn"].support.is_discrete:
             raise discrete_site_error(name, site)
+        try:
+            biject_to(site["fn"].support)
+        except NotImplementedError:
+            raise unreachable_support_error(name, site) from None
 
 
 def discrete_site_error(name: str, site: dict) -> ValueError:
@@ -83,6 +89,33 @@ def discrete_site_error(name: str, site: dict) -> ValueError:
         f"function that also samples {name!r}, or append both to a "
         f"pyro.infer.autoguide.AutoGuideList (a hand-written part enters the list's plates, "
         f"guide_list.plates[...], rather than opening its own)."
+    )
+
+
+def unreachable_support_error(name: str, site: dict) -> ValueError:
+    """The error for a continuous site whose support no bijection from real numbers reaches
+    (a sphere): it names the site and the reparametrization that makes it guidable.
+
+    Example:
+        >>> import pyro.distributions as dist
+        >>> import torch
+        >>> site = {"fn": dist.ProjectedNormal(torch.zeros(3))}
+        >>> print(unreachable_support_error("direction", site))  # doctest: +ELLIPSIS
+        AutoAmortizedNormal cannot guide the site 'direction' ... ProjectedNormalReparam()}) ...
+    """
+    fn = site["fn"]
+    hint = (
+        f"reparametrize it, poutine.reparam(model, config={{{name!r}: "
+        f"ProjectedNormalReparam()}}) (pyro.infer.reparam), and this guide covers its "
+        f"auxiliary Normal site; or "
+        if "sphere" in repr(fn.support).lower()
+        else ""
+    )
+    return ValueError(
+        f"AutoAmortizedNormal cannot guide the site {name!r} ({type(fn).__name__}, support "
+        f"{fn.support}): no bijection from real numbers reaches that support. Either {hint}"
+        f"guide it yourself: build this guide on poutine.block(model, hide=[{name!r}]) and "
+        f"sample {name!r} in your own guide function or AutoGuideList part."
     )
 
 

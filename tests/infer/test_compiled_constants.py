@@ -7,6 +7,8 @@ a step found stale is Pyro's own."""
 
 from __future__ import annotations
 
+import logging
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -115,7 +117,7 @@ def test_fit_checks_the_recording_after_the_epochs_callbacks():
     assert histories[0][1] > 20 * histories[0][0]  # the annealed noise shows in the loss
 
 
-def test_fit_checks_after_unmarked_step_callbacks_only(setup, monkeypatch):
+def test_fit_checks_after_unmarked_step_callbacks_only(setup, monkeypatch, caplog):
     """A step callback may change a value the model reads, so fit checks the recording after
     each step that ran one, unless every step callback is marked as changing only tensors
     (an exponential moving average, a buffer the model reads): those cost no check."""
@@ -135,7 +137,9 @@ def test_fit_checks_after_unmarked_step_callbacks_only(setup, monkeypatch):
     def noop(step, model):
         pass
 
-    fit(model, x, guide=guide, steps=20, batch_size=32, progress=False, step_callbacks=[noop])
+    with caplog.at_level(logging.INFO, logger="pyro_gen"):
+        fit(model, x, guide=guide, steps=20, batch_size=32, progress=False, step_callbacks=[noop])
+    assert "changes_only_tensors (unmarked: noop)" in caplog.text  # says what it costs
     unmarked = len(runs)
     runs.clear()
     fit(model, x, guide=guide, steps=20, batch_size=32, progress=False,

@@ -25,6 +25,7 @@ from torch.nn import functional as F
 
 from pyro_gen.gan.observed import ObservedSite, observed_sites, unconditioned_traces
 from pyro_gen.gan.recorded import RecordedRuns
+from pyro_gen.transforms._base import PicklableModule
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
@@ -93,7 +94,7 @@ def _last_layer(module: nn.Module) -> nn.Module:
     return leaves[-1] if leaves else module
 
 
-class PyroLoss(nn.Module):
+class PyroLoss(PicklableModule):
     """A Pyro loss object whose ``forward(model, guide, *args, **kwargs)`` returns the
     differentiable training loss (training whatever the object owns on the way, in
     training mode); ``loss`` and ``loss_and_grads`` are the two methods Pyro's ``SVI`` and

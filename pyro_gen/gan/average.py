@@ -7,8 +7,10 @@ import copy
 import torch
 from torch import nn
 
+from pyro_gen.transforms._base import PicklableModule
 
-class ExponentialAverage(nn.Module):
+
+class ExponentialAverage(PicklableModule):
     """A frozen copy of a module whose weights follow an exponential moving average of the
     original's:
 

@@ -16,13 +16,14 @@ from pyro_gen.gan.adversarial import OptimizerFactory, PyroLoss
 from pyro_gen.gan.objectives import LeastSquaresGAN
 from pyro_gen.gan.observed import ObservedSite, observed_sites
 from pyro_gen.gan.recorded import RecordedRuns
+from pyro_gen.transforms._base import PicklableModule
 
 #: Sites of the CycleGAN model: the translations (observed at the other domain's data) and
 #: the round trips (deterministic).
 TO_Y, TO_X, CYCLE_X, CYCLE_Y = "y", "x", "x_cycle", "y_cycle"
 
 
-class CycleGAN(nn.Module):
+class CycleGAN(PicklableModule):
     """Translators :math:`G: X \\to Y` and :math:`F: Y \\to X` as a Pyro model over one
     unpaired batch of each domain.
 

@@ -12,6 +12,7 @@ from torch import nn
 
 from pyro_gen.gan.average import ExponentialAverage
 from pyro_gen.infer.callbacks import changes_only_tensors
+from pyro_gen.transforms._base import PicklableModule
 
 #: Name of the plate over examples.
 DATA_PLATE = "data"
@@ -21,7 +22,7 @@ LATENT = "z"
 OBS = "x"
 
 
-class StandardNormal(nn.Module):
+class StandardNormal(PicklableModule):
     """The default latent prior :math:`\\mathcal{N}(0, I_d)`, as a module returning a
     distribution (the same protocol as :class:`~pyro_gen.distributions.Flow`), whose
     location and scale are buffers so it follows the generator's device.
@@ -41,7 +42,7 @@ class StandardNormal(nn.Module):
         return dist.Normal(self.loc, self.scale, validate_args=False).to_event(1)
 
 
-class Generator(nn.Module):
+class Generator(PicklableModule):
     """An implicit generative model :math:`z \\sim p(z),\\ x = G(z)` written as a Pyro model.
 
     The generated example is the site ``"x"`` with distribution

@@ -124,46 +124,46 @@ def test_bad_score_options_are_one_line_errors(args, message, tmp_path, capsys):
     assert status == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_a_ddpm_trained_on_l_simple_is_labelled_so_and_evaluated_by_its_bound(tmp_path, capsys):
-    # Its held-out number is the negated L_simple (reweighted terms, no decoder), which train
-    # printed as "test ELBO -12.38" and evaluate as test_elbo -17.6 where the DDPM's bound,
-    # every term computed, was -403 nats on moons
-    run = tmp_path / "simple"
-    status, out, err = cli(capsys, "train", "ddpm", "--data", "moons", "--timesteps", "4",
-                           "--diffusion-objective", "simple", *TINY, "--out", run)  # fmt: skip
+def _evaluated_ddpm(run, capsys, *train_args):
+    """Trains a DDPM on moons with ``train_args``, evaluates it on 64 test points and gives
+    (train's output, evaluation.json, the model, the test points), the RNG seeded as
+    evaluate seeded it for its draws of steps and x_t."""
+    status, out, err = cli(capsys, "train", "ddpm", "--data", "moons", *train_args, *TINY,
+                           "--out", run)  # fmt: skip
     assert status == 0, err
-    assert "test negated L_simple (not a bound)" in out and "ELBO" not in out, out
     status, _, err = cli(capsys, "evaluate", run, "--num-test", "64")
     assert status == 0, err
     results = json.loads((run / "evaluation.json").read_text())
     config = json.loads((run / "config.json").read_text())
     x = load_split(config["data"], "test", config, 64)[0]
     model = pyro_gen.load(run)
-    pyro.set_rng_seed(config["seed"])  # evaluate's draws of x_t
-    # every term of the bound, not the time plate's one sampled step per example, whose
-    # standard error was 33 times larger on moons
-    bound = -variational_bound(model, x)["total"].double()
+    pyro.set_rng_seed(config["seed"])
+    return out, results, model, x
+
+
+def _assert_reports(results, bound):
     assert results["test_elbo"] == pytest.approx(float(bound.mean()), rel=1e-6)
     assert results["test_elbo_se"] == pytest.approx(float(bound.std() / 8), rel=1e-6)
+
+
+def test_a_ddpm_trained_on_l_simple_is_labelled_so_and_evaluated_by_its_bound(tmp_path, capsys):
+    # Its held-out number is the negated L_simple (reweighted terms, no decoder), which train
+    # printed as "test ELBO -12.38" and evaluate as test_elbo -17.6 where the DDPM's bound,
+    # every term computed, was -403 nats on moons
+    out, results, model, x = _evaluated_ddpm(
+        tmp_path / "simple", capsys, "--timesteps", "4", "--diffusion-objective", "simple"
+    )
+    assert "test negated L_simple (not a bound)" in out and "ELBO" not in out, out
+    # every term of the bound, not the time plate's one sampled step per example, whose
+    # standard error was 33 times larger on moons
+    _assert_reports(results, -variational_bound(model, x)["total"].double())
     assert model.objective == "simple"
 
 
 def test_a_ddpm_with_many_steps_is_evaluated_by_the_stratified_bound(tmp_path, capsys):
     """Above 17 steps the whole bound costs T network passes per test example (hours for an
     MNIST DDPM on a CPU): evaluate reports sampled_variational_bound's unbiased estimate,
-    17 passes per example, drawn from the run's seed."""
-    run = tmp_path / "ddpm"
-    status, _, err = cli(capsys, "train", "ddpm", "--data", "moons", "--timesteps", "40",
-                         *TINY, "--out", run)  # fmt: skip
-    assert status == 0, err
-    status, _, err = cli(capsys, "evaluate", run, "--num-test", "64")
-    assert status == 0, err
-    results = json.loads((run / "evaluation.json").read_text())
-    config = json.loads((run / "config.json").read_text())
-    x = load_split(config["data"], "test", config, 64)[0]
-    model = pyro_gen.load(run)
-    pyro.set_rng_seed(config["seed"])  # evaluate's draws of steps and x_t
-    bound = -sampled_variational_bound(model, x, strata=16)["total"].double()
+    17 passes per example."""
+    _, results, model, x = _evaluated_ddpm(tmp_path / "ddpm", capsys, "--timesteps", "40")
     assert results["bound_passes_per_example"] == 17
-    assert results["test_elbo"] == pytest.approx(float(bound.mean()), rel=1e-6)
-    assert results["test_elbo_se"] == pytest.approx(float(bound.std() / 8), rel=1e-6)
+    _assert_reports(results, -sampled_variational_bound(model, x, strata=16)["total"].double())

@@ -98,5 +98,5 @@ def test_a_trained_bayesian_vae_saves_whole_and_draws_the_same_weights():
     assert draws[0][weight]["value"].shape == (5, 2)
     for name in (weight, "x"):
         torch.testing.assert_close(draws[1][name]["value"], draws[0][name]["value"], msg=name)
-        torch.testing.assert_close(draws[1][name]["fn"].log_prob(draws[1][name]["value"]),
-                                   draws[0][name]["fn"].log_prob(draws[0][name]["value"]))  # fmt: skip
+        new, old = (d[name]["fn"].log_prob(d[name]["value"]) for d in draws[::-1])
+        torch.testing.assert_close(new, old, msg=name)

@@ -525,6 +525,17 @@ def _check_params(
         for name, m in modules.items()
         for key, t in m.named_parameters()
     }
+    if pyro.settings.get("module_local_params"):
+        # Pyro then keeps a PyroModule's params (and an optimizer's state of them) out of
+        # the global param store, which the checkpoint's param and optimizer state are keyed
+        # by: a resume would continue with fresh optimizer state, not bit for bit.
+        raise CheckpointError(
+            "fit cannot resume under pyro.settings module_local_params=True: the params "
+            "then live in the modules, outside the param store that checkpoints key the "
+            "optimizer's state by, so the run would not continue exactly. Train with "
+            "module_local_params=False (Pyro's default) to resume, or into a fresh "
+            "checkpoint_dir"
+        )
     store = dict(pyro.get_param_store().named_parameters())
     saved = ckpt["param_store"]["params"]
     new = sorted(

@@ -141,6 +141,31 @@ def test_replay_under_an_outer_plate(sample_shape):
         assert torch.equal(model_trace.nodes[name]["value"], guide_trace.nodes[name]["value"])
 
 
+def test_local_sites_under_an_outer_plate_of_the_model():
+    """Local sites may sit under another plate of the model as well, outside the data plate
+    (dim -2): the guide gives every example that plate's entries, globals stay global, and
+    Predictive's own outer plate goes around both."""
+
+    def model(x):
+        a = pyro.sample("a", dist.Normal(0.0, 1.0))
+        with pyro.plate("groups", 2, dim=-2):
+            b = pyro.sample("b", dist.Normal(0.0, 1.0))
+            with pyro.plate("data", x.shape[0], dim=-1):
+                z = pyro.sample("z", dist.Normal(a + b, 1.0))
+                pyro.sample("x", dist.Normal(z, 1.0), obs=x.T)
+
+    x = torch.randn(5, 2)
+    guide = AutoAmortizedNormal(model, hidden_dims=(4,))
+    elbo = Trace_ELBO(num_particles=3, vectorize_particles=True)
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), elbo)
+    assert all(math.isfinite(svi.step(x)) for _ in range(2))
+    assert guide.plate_name == "data" and list(guide.local_sites) == ["z"]
+    draws = guide(x)
+    assert draws["a"].shape == () and draws["b"].shape == (2, 1) and draws["z"].shape == (2, 5)
+    samples = Predictive(model, guide=guide, num_samples=3, parallel=True)(x)
+    assert samples["z"].shape == (3, 2, 5) and samples["b"].shape == (3, 2, 1)
+
+
 def prior_only(x):
     """Latents the data do not inform: the posterior is the prior."""
     pyro.sample("g", dist.LogNormal(0.0, 1.0))
@@ -150,9 +175,10 @@ def prior_only(x):
         pyro.sample("b", dist.Beta(2.0, 2.0))
 
 
-def train(model, guide, *args, steps, lr=0.05, particles=50, Elbo=Trace_ELBO):
+def train(model, guide, *args, steps, lr=0.05, lr_end=0.1, particles=50, Elbo=Trace_ELBO):
+    """ClippedAdam from ``lr`` decaying to ``lr_end * lr`` over ``steps``, as in Pyro's suite."""
     elbo = Elbo(num_particles=particles, vectorize_particles=True)
-    optim = pyro.optim.ClippedAdam({"lr": lr, "betas": (0.8, 0.99), "lrd": 0.1 ** (1 / steps)})
+    optim = pyro.optim.ClippedAdam({"lr": lr, "betas": (0.8, 0.99), "lrd": lr_end ** (1 / steps)})
     svi = SVI(model, guide, optim, elbo)
     for _ in range(steps):
         svi.step(*args)
@@ -308,7 +334,7 @@ def test_exact_elbo_on_a_linear_gaussian_model():
     N(P^-1 W^T (x - b) / s^2, P^-1), P = I + W^T W / s^2, is diagonal and its mean linear in
     x: the guide with a linear encoder (hidden_dims=()) can represent it exactly, and after
     training the ELBO must equal log p(x) = sum_n log N(x_n; b, W W^T + s^2 I) (closed form)
-    within 0.05 nats over 8 examples, and the guide's moments the posterior's."""
+    within 0.01 nats over 8 examples, and the guide's locs and scales the posterior's."""
     g = torch.Generator().manual_seed(0)
     W = torch.linalg.qr(torch.randn(3, 2, generator=g))[0] * torch.tensor([2.0, 0.7])
     b, s = torch.tensor([0.5, -1.0, 0.0]), 0.6
@@ -326,14 +352,18 @@ def test_exact_elbo_on_a_linear_gaussian_model():
     post_mean = (x - b) @ W @ post_cov / s**2
 
     guide = AutoAmortizedNormal(model, hidden_dims=())
-    train(model, guide, x, steps=400, lr=0.05, particles=20)
+    train(model, guide, x, steps=500, lr=0.05, lr_end=0.01, particles=100)
     with torch.no_grad():
         loss = Trace_ELBO(num_particles=4000, vectorize_particles=True).loss(model, guide, x)
-        with pyro.plate("particles", 4000, dim=-2):
-            z = guide(x)["z"]
-    assert -loss == pytest.approx(log_px, abs=0.05)
+    # over 6 seeds the gap was at most 0.002 nats, the locs within 0.02, the scales 2%
+    assert -loss == pytest.approx(log_px, abs=0.01)
+    median, one_sd = guide.quantiles([0.5, 0.8413447], x)["z"]  # Phi(1) = 0.8413447
+    assert median == pytest.approx(post_mean, abs=0.04)
+    assert one_sd - median == pytest.approx(post_cov.diagonal().sqrt().expand(8, 2), rel=0.04)
+    with torch.no_grad(), pyro.plate("particles", 4000, dim=-2):  # and so do its draws
+        z = guide(x)["z"]
     assert z.mean(0) == pytest.approx(post_mean, abs=0.05)
-    assert z.std(0) == pytest.approx(post_cov.diagonal().sqrt().expand(8, 2), rel=0.05)
+    assert z.std(0) == pytest.approx(post_cov.diagonal().sqrt().expand(8, 2), rel=0.06)
 
 
 def test_exact_means_with_a_global_latent():

@@ -3,9 +3,7 @@ trained adversarially by ``fit``: the trained generator and loss save whole."""
 
 from __future__ import annotations
 
-import copy
 import inspect
-import io
 
 import pyro
 import pytest
@@ -16,6 +14,7 @@ import pyro_gen.gan as G
 from pyro_gen.infer import fit
 from pyro_gen.nn import MLPDiscriminator, MLPGenerator
 from pyro_gen.transforms._base import PicklableModule
+from tests.infer.pickle_roundtrip import assert_survives_pickling
 
 
 class Net(pyro.nn.PyroModule):
@@ -26,16 +25,6 @@ class Net(pyro.nn.PyroModule):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.layers(z)
-
-
-def _roundtrip(module: nn.Module) -> None:
-    buf = io.BytesIO()
-    torch.save(module, buf)
-    buf.seek(0)
-    for copied in (torch.load(buf, weights_only=False), copy.deepcopy(module)):
-        assert copied.state_dict().keys() == module.state_dict().keys()
-        for (name, a), b in zip(copied.state_dict().items(), module.state_dict().values()):
-            torch.testing.assert_close(a, b, msg=name)
 
 
 @pytest.mark.parametrize("net", ["pyro_module", "mlp_generator"])
@@ -49,8 +38,8 @@ def test_a_trained_generator_and_its_loss_save_whole(net: str):
     data = torch.randn(32, 2, generator=torch.Generator().manual_seed(0))
     fit(gen, data, loss=loss, steps=2, batch_size=16, progress=False,
         step_callbacks=[gen.update_average])  # fmt: skip
-    _roundtrip(gen)
-    _roundtrip(loss)
+    assert_survives_pickling(gen)
+    assert_survives_pickling(loss)
     fit(gen, data, loss=loss, steps=1, batch_size=16, progress=False)  # still trains after
 
 

@@ -3,7 +3,6 @@ in Pyro's "Modules in Pyro" tutorial): trained by ``fit`` as by Pyro's SVI, save
 
 from __future__ import annotations
 
-import copy
 import inspect
 import io
 
@@ -18,6 +17,7 @@ from pyro_gen.infer import fit
 from pyro_gen.transforms._base import PicklableModule
 from pyro_gen.vae import VAE
 from pyro_gen.vae.decoders import MLPDecoder
+from tests.infer.pickle_roundtrip import assert_survives_pickling
 
 
 def _vae() -> VAE:
@@ -63,13 +63,7 @@ def test_a_trained_vae_saves_whole_and_loads_with_its_parameters():
     pyro.clear_param_store()
     vae = _vae()
     fit(vae, _data(), steps=2, batch_size=16, progress=False)
-    buf = io.BytesIO()
-    torch.save(vae, buf)
-    buf.seek(0)
-    for copied in (torch.load(buf, weights_only=False), copy.deepcopy(vae)):
-        assert copied.state_dict().keys() == vae.state_dict().keys()
-        for (name, a), b in zip(copied.state_dict().items(), vae.state_dict().values()):
-            torch.testing.assert_close(a, b, msg=name)
+    assert_survives_pickling(vae)
     # the param store still trains the same tensors afterwards
     fit(vae, _data(), steps=1, batch_size=16, progress=False)
 

@@ -199,7 +199,7 @@ def variational_bound(
     }
 
 
-def _geometric_strata(first: int, last: int, strata: int) -> torch.Tensor:
+def geometric_strata(first: int, last: int, strata: int) -> torch.Tensor:
     """Edges ``e_0 = first < e_1 < ... = last + 1`` of about ``strata`` integer intervals
     ``[e_k, e_{k+1})`` of geometrically growing length (the bound's terms fall like ``1/t``,
     so equal-length strata would leave most of the variance in the first)."""
@@ -264,7 +264,7 @@ def sampled_variational_bound(
     if isinstance(strata, bool) or int(strata) != strata or strata < 1:
         raise ValueError(f"strata must be a whole number >= 1, got {strata!r}")
     left = T - exact_steps
-    edges = _geometric_strata(exact_steps + 1, T, min(int(strata), left)) if left else None
+    edges = geometric_strata(exact_steps + 1, T, min(int(strata), left)) if left else None
     x0_all = ddpm.to_model_space(x)
     priors, exacts, sampled = [], [], []
     for start in range(0, x0_all.shape[0], batch_size):

@@ -22,7 +22,9 @@ device, which makes it part of the RNG state a checkpoint records.
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -196,6 +198,20 @@ class TensorBatches:
         return self.epoch()
 
 
+@contextmanager
+def _rng_kept() -> Iterator[None]:
+    """Restores the global random states (torch's CPU and, once initialized, CUDA
+    generators, Python's ``random`` and numpy's) on exit."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    cuda = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=cuda):
+            yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+
 class IterableBatches:
     """The user's own batches, re-iterated every epoch.
 
@@ -232,7 +248,12 @@ class IterableBatches:
                 raise ValueError("data is an iterator that yields no batches")
             self.source = itertools.chain([first], self.source)
         else:
-            first = next(self._fresh(), None)
+            # A fresh iterator may draw random numbers (a DataLoader draws its workers' base
+            # seed and its shuffle order from the global RNG; a user's generator may shuffle):
+            # the pass that follows draws them again, so this look must leave the RNG as it
+            # was, or training would not follow the same seed as the user's own loop.
+            with _rng_kept():
+                first = next(self._fresh(), None)
             if first is None:
                 raise ValueError("data yields no batches")
         return as_call(first, self.device)

@@ -304,6 +304,15 @@ def fit(
     ``loss.backward()`` of the user's) are dropped, so that the first update is the first
     step's alone.
 
+    How often ``model`` and ``guide`` run is not one call per step, as with Pyro's ``SVI``:
+    ``fit`` traces them once before training (to check the guide's sites against the model's
+    and find the data plate), the compiled step runs them to record its tensor program and
+    then replays that program without calling them (10 steps of a small model: 8 calls), and
+    evaluation runs them on ``eval_data``. A model that reads Python state changing between
+    calls (a call counter, a global) should not rely on being called once per step: pass
+    such values as tensors or data, or train with ``compile=False``, where each step runs
+    ``model`` and ``guide`` once per particle as ``SVI.step`` does (after the one trace).
+
     With ``checkpoint_dir``, the run directory is locked while training; after every epoch
     (and every ``checkpoint_every`` steps) ``checkpoint.pt`` is rewritten atomically (module
     and guide state, param store, optimizer, RNG states, progress) and ``metrics.jsonl`` gets

@@ -262,6 +262,7 @@ class CompiledSVI:
         # of the first batch of each argument structure, whose sites every later batch of
         # that structure must repeat.
         self._sightings: dict[Any, tuple] = {}
+        self._local_params: dict[str, torch.Tensor] = {}  # see _note_local_params
         self._first_signatures: dict[Any, tuple] = {}
         self._calls = 0  # steps that asked for a program
         self._updates = GuardedUpdate(self.optim, grad_reducer)
@@ -548,13 +549,15 @@ class CompiledSVI:
                 f"recording: {_describe_change(first, signature)}"
             )
 
-    @staticmethod
-    def _params_of(signature: tuple) -> list[torch.Tensor]:
+    def _params_of(self, signature: tuple) -> list[torch.Tensor]:
         names = sorted({s[2] for sig in signature for s in sig if s[1] == "param"})
         store = pyro.get_param_store()
+        # A name the store lacks is a module's own param (Pyro's module_local_params): its
+        # tensor was read from the eager run's trace.
+        found = (store._params[n] if n in store._params else self._local_params[n] for n in names)
         # One tensor may sit under two names (Pyro's AutoNormalizingFlow keeps its first
         # transform parameter as "_prototype_tensor" too): it is one parameter, updated once.
-        return list({id(t): t for t in (store._params[n] for n in names)}.values())
+        return list({id(t): t for t in found}.values())
 
     def _traces(self, args: tuple, kwargs: dict) -> Iterator[tuple[Any, Any]]:
         return self.loss._get_traces(self.model, self.guide, args, kwargs)
@@ -581,9 +584,28 @@ class CompiledSVI:
             with _bound_betas(self._kl, betas):
                 for m, g in self._traces(args, kwargs):
                     sigs.append(_signature(m, g))
+                    self._note_local_params(m, g)
                     if with_loss:
                         loss = loss + _elbo_particle(self.loss, m, g)
         return tuple(sigs), float(loss) / self.loss.num_particles if with_loss else None
+
+    def _note_local_params(self, *traces: Any) -> None:
+        """Remembers the tensors of param sites outside the global param store: under Pyro's
+        ``module_local_params`` a PyroModule's params live in the module, and a site's value
+        points to its unconstrained tensor as Pyro's ``SVI`` reads it."""
+        store = pyro.get_param_store()
+        for tr in traces:
+            for name, site in tr.nodes.items():
+                if site["type"] != "param" or name in store._params:
+                    continue
+                ref = getattr(site["value"], "unconstrained", None)
+                tensor = ref() if ref is not None else None
+                if tensor is None:
+                    raise _Unsupported(
+                        f"param site {name!r} is not in the param store and has no "
+                        "unconstrained tensor (a plain nn.Parameter under module_local_params)"
+                    )
+                self._local_params[name] = tensor
 
     def _networks(self, args: tuple, kwargs: dict) -> contextlib.AbstractContextManager:
         """The networks' precision for a step on these inputs (mixed_precision)."""

@@ -83,12 +83,6 @@ def test_the_plain_step_trains_module_local_params_as_pyros_svi():
         assert torch.equal(value, theirs[name]), name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="CompiledSVI._params_of looks the recorded param sites up in the global param "
-    "store (store._params[name]), which module_local_params leaves empty: the recording "
-    "fails with KeyError 'AutoNormal.locs.linear.weight' and every step runs as plain SVI",
-)
 def test_the_compiled_step_records_module_local_params(caplog):
     with caplog.at_level(logging.INFO, logger="pyro_gen"):
         ours = _train("compiled")

@@ -66,6 +66,7 @@ from pyro_gen.infer.files import (
     try_lock,
     unlock,
 )
+from pyro_gen.infer.local_params import optim_state, restore_optim_state
 from pyro_gen.infer.optim_args import Change, apply_args, changed_args, describe, optimizer_args
 from pyro_gen.infer.pyro_modules import MODULE_KEY
 from pyro_gen.infer.state_codec import (
@@ -106,12 +107,16 @@ def save_checkpoint(
     optim: pyro.optim.PyroOptim,
     progress: dict[str, Any] | None = None,
     params: Iterable[str] | None = None,
+    local_params: Mapping[str, torch.Tensor] | None = None,
 ) -> None:
     """Atomically writes a checkpoint of ``modules``, the param store, ``optim``, the RNG
     states and ``progress`` (a dict of JSON-like values, tensors and RNG states).
 
     ``params``: the param-store names the program registers (its traced param sites), kept
     so that :func:`restore_checkpoint` can tell a model that lost a ``pyro.param`` since.
+    ``local_params``: the params outside the param store (a PyroModule's own under Pyro's
+    ``module_local_params``) by site name, whose optimizer state is kept under that name
+    (:mod:`pyro_gen.infer.local_params`).
 
     Raises:
         CheckpointError: if some state cannot be stored without pickling code (it names it).
@@ -121,7 +126,7 @@ def save_checkpoint(
             "format": FORMAT_VERSION,
             "modules": {name: _module_entry(name, m) for name, m in modules.items()},
             "param_store": _param_store_entry(modules),
-            "optim": encode(optim.get_state(), "optimizer state"),
+            "optim": encode(optim_state(optim, local_params or {}), "optimizer state"),
             "optim_kind": optimizer_kind(optim),
             "optim_args": optimizer_args(optim),
             "rng": encode(_rng_state(), "RNG state"),
@@ -432,6 +437,7 @@ def restore_checkpoint(
     modules: Mapping[str, torch.nn.Module],
     optim: pyro.optim.PyroOptim | None,
     params: Iterable[str] | None = None,
+    local_params: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Restores ``modules`` (exactly the set that was saved), the param store, the optimizer
     and the RNG states from a loaded checkpoint; returns the saved progress.
@@ -445,7 +451,9 @@ def restore_checkpoint(
 
     Optimizer arguments that differ from the recorded ones (``Adam({"lr": ...})``) apply to
     the restored state; a scheduler's are refused when they differ
-    (:mod:`pyro_gen.infer.optim_args`).
+    (:mod:`pyro_gen.infer.optim_args`). ``local_params`` are the params outside the param
+    store by site name (as :func:`save_checkpoint` takes them): each must be a saved
+    module's, and gets its optimizer state back.
 
     Everything is checked before anything is written: a refused checkpoint leaves the
     modules, the param store, the optimizer and the RNG as they were (a fresh start after a
@@ -455,8 +463,9 @@ def restore_checkpoint(
         CheckpointError: naming every param that is new or gone, a module or param that does
             not fit, or another optimizer, before anything is restored.
     """
+    local = dict(local_params or {})
     if params is not None:
-        _check_params(ckpt, modules, list(params))
+        _check_params(ckpt, modules, list(params), local)
     if set(modules) != set(ckpt["modules"]):
         raise CheckpointError(
             f"the checkpoint holds modules {sorted(ckpt['modules'])} but this run has "
@@ -490,6 +499,7 @@ def restore_checkpoint(
         logger.warning("resuming with the optimizer arguments given: %s", describe(changed))
     if optim is not None:
         _set_optim_state(optim, ckpt["optim"])
+        restore_optim_state(optim, ckpt["optim"], local)
     _set_rng_state(ckpt["rng"])
     return ckpt["progress"]
 
@@ -514,7 +524,10 @@ def _set_optim_state(optim: pyro.optim.PyroOptim, states: dict[str, Any]) -> Non
 
 
 def _check_params(
-    ckpt: dict[str, Any], modules: Mapping[str, torch.nn.Module], params: list[str]
+    ckpt: dict[str, Any],
+    modules: Mapping[str, torch.nn.Module],
+    params: list[str],
+    local: Mapping[str, torch.Tensor],
 ) -> None:
     # A module's parameter is in the checkpoint when that module's saved state has it (a
     # closure's module is not in checkpoints written before they were kept: not checked).
@@ -525,18 +538,8 @@ def _check_params(
         for name, m in modules.items()
         for key, t in m.named_parameters()
     }
-    if pyro.settings.get("module_local_params"):
-        # Pyro then keeps a PyroModule's params (and an optimizer's state of them) out of
-        # the global param store, which the checkpoint's param and optimizer state are keyed
-        # by: a resume would continue with fresh optimizer state, not bit for bit.
-        raise CheckpointError(
-            "fit cannot resume under pyro.settings module_local_params=True: the params "
-            "then live in the modules, outside the param store that checkpoints key the "
-            "optimizer's state by, so the run would not continue exactly. Train with "
-            "module_local_params=False (Pyro's default) to resume, or into a fresh "
-            "checkpoint_dir"
-        )
-    store = dict(pyro.get_param_store().named_parameters())
+    # a param outside the store (module_local_params) is looked up by its own tensor
+    store = {**dict(pyro.get_param_store().named_parameters()), **local}
     saved = ckpt["param_store"]["params"]
     new = sorted(
         n for n in set(params) if n not in saved and not in_modules.get(id(store.get(n)), False)

@@ -123,6 +123,7 @@ from pyro_gen.infer.compiled_recording import (
 )
 from pyro_gen.infer.compiled_update import GuardedUpdate
 from pyro_gen.infer.cpu_memory import retain_freed_cpu_memory
+from pyro_gen.infer.local_params import LocalParamError, local_params
 from pyro_gen.infer.undo_writes import UndoWrites
 
 logger = logging.getLogger("pyro_gen")
@@ -590,22 +591,12 @@ class CompiledSVI:
         return tuple(sigs), float(loss) / self.loss.num_particles if with_loss else None
 
     def _note_local_params(self, *traces: Any) -> None:
-        """Remembers the tensors of param sites outside the global param store: under Pyro's
-        ``module_local_params`` a PyroModule's params live in the module, and a site's value
-        points to its unconstrained tensor as Pyro's ``SVI`` reads it."""
-        store = pyro.get_param_store()
-        for tr in traces:
-            for name, site in tr.nodes.items():
-                if site["type"] != "param" or name in store._params:
-                    continue
-                ref = getattr(site["value"], "unconstrained", None)
-                tensor = ref() if ref is not None else None
-                if tensor is None:
-                    raise _Unsupported(
-                        f"param site {name!r} is not in the param store and has no "
-                        "unconstrained tensor (a plain nn.Parameter under module_local_params)"
-                    )
-                self._local_params[name] = tensor
+        """Remembers the tensors of param sites outside the global param store (a
+        PyroModule's own under Pyro's ``module_local_params``)."""
+        try:
+            self._local_params.update(local_params(*traces))
+        except LocalParamError as exc:
+            raise _Unsupported(str(exc)) from exc
 
     def _networks(self, args: tuple, kwargs: dict) -> contextlib.AbstractContextManager:
         """The networks' precision for a step on these inputs (mixed_precision)."""

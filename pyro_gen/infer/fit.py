@@ -46,6 +46,7 @@ from pyro_gen.infer.distributed import (
 )
 from pyro_gen.infer.evaluation import declared_plate, evaluate_elbo, module_device
 from pyro_gen.infer.fit_layout import Layout, check_layout, data_layout
+from pyro_gen.infer.local_params import local_params
 from pyro_gen.infer.log_weights import find_data_plate
 from pyro_gen.infer.program import Program, program, trace_once, warm_up
 
@@ -475,11 +476,12 @@ def fit(
         # The param-store names the pair registers: a resume refuses a checkpoint written by
         # a model that had others, and every checkpoint records them for the next resume.
         params = sorted({n for t in traces for n, s in t.nodes.items() if s["type"] == "param"})
+        local = local_params(*traces)  # a PyroModule's own, under module_local_params
         if dp is not None:
             dp.start(prog.modules, loss, prog, first)
         layout = data_layout(batches, batch_size)
-        state = _resume(dp, ckpt_dir, device, prog, optim, params, layout, epochs, steps)
-        _clear_gradients(prog, params)
+        state = _resume(dp, ckpt_dir, device, prog, optim, params, local, layout, epochs, steps)
+        _clear_gradients(prog, params, local)
         return _train(
             model,
             guide,
@@ -489,6 +491,7 @@ def fit(
             state,
             optim=optim,
             params=params,
+            local=local,
             loss=loss,
             epochs=epochs,
             steps=steps,
@@ -509,13 +512,13 @@ def fit(
         )
 
 
-def _clear_gradients(prog: Program, params: list[str]) -> None:
+def _clear_gradients(prog: Program, params: list[str], local: dict[str, torch.Tensor]) -> None:
     """Drops gradients left on what ``fit`` trains (the user's own ``loss.backward()``, a
     loop stopped between backward and update): a step adds its gradients into ``.grad``, as
     autograd and Pyro's SVI do, so its first update would carry them. A training loop starts
     from zero gradients, as a torch loop's ``zero_grad`` does."""
     store = dict(pyro.get_param_store().named_parameters())
-    trained = [store[n] for n in params if n in store]
+    trained = [store[n] for n in params if n in store] + list(local.values())
     for p in itertools.chain(trained, *(m.parameters() for m in prog.modules.values())):
         p.grad = None
 
@@ -531,6 +534,7 @@ def _resume(
     prog: Program,
     optim: pyro.optim.PyroOptim,
     params: list[str],
+    local: dict[str, torch.Tensor],
     layout: Layout,
     epochs: int | None,
     steps: int | None,
@@ -568,7 +572,9 @@ def _resume(
         if not _finished(saved, epochs, steps):  # restoring only (steps=0): any batching
             check_layout(path, saved.epoch, saved.batch, saved.layout, layout)
         state = _Progress(
-            **restore_checkpoint(ckpt, modules=prog.modules, optim=optim, params=params)
+            **restore_checkpoint(
+                ckpt, modules=prog.modules, optim=optim, params=params, local_params=local
+            )
         )
         # at an epoch boundary the data may be batched anew (as Lightning allows)
         state.layout = layout
@@ -609,6 +615,7 @@ def _train(
     *,
     optim: pyro.optim.PyroOptim,
     params: list[str],
+    local: dict[str, torch.Tensor],
     loss: Any,
     epochs: int | None,
     steps: int | None,
@@ -656,7 +663,12 @@ def _train(
         if ckpt_dir is not None and main:
             path, progress = ckpt_dir / CHECKPOINT_NAME, state.state()
             save_checkpoint(
-                path, modules=prog.modules, optim=optim, progress=progress, params=params
+                path,
+                modules=prog.modules,
+                optim=optim,
+                progress=progress,
+                params=params,
+                local_params=local,
             )
 
     partial: dict[str, Any] | None = None

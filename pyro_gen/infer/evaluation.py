@@ -22,7 +22,6 @@ from typing import Any, TypeVar
 import pyro
 import torch
 from pyro import poutine
-from pyro.distributions import Delta
 from pyro.infer import TraceMeanField_ELBO
 from pyro.poutine import Trace
 from pyro.poutine.util import site_is_subsample
@@ -35,6 +34,7 @@ from pyro_gen.infer.log_weights import (
     LogWeights,
     enumeration_problem,
     find_data_plate,
+    is_delta,
     max_plate_nesting,
     sample_sites,
     scaled_site,
@@ -332,17 +332,11 @@ def _wide(t: torch.Tensor) -> torch.Tensor:
     return t if t.device.type == "mps" else t.to(torch.float64)
 
 
-def _is_delta(fn: Any) -> bool:
-    while not isinstance(fn, Delta) and hasattr(fn, "base_dist"):  # Independent, masked, ...
-        fn = fn.base_dist
-    return isinstance(fn, Delta)
-
-
 def _check_densities(guide_trace: Trace, model_trace: Trace, importance: bool) -> None:
     """Refuses a model that observes its data through a Delta (no likelihood to estimate),
     and point-mass guide sites for importance weighting (warns for the ELBO)."""
     for name, site in sample_sites(model_trace):
-        if site["is_observed"] and _is_delta(site["fn"]):
+        if site["is_observed"] and is_delta(site["fn"]):
             density = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
             if not bool(torch.isfinite(density).all()):
                 raise ValueError(
@@ -356,7 +350,7 @@ def _check_densities(guide_trace: Trace, model_trace: Trace, importance: bool) -
     # without one they are point estimates (AutoDelta, MAP).
     if any(s["infer"].get("is_auxiliary", False) for _, s in latents):
         return
-    points = [n for n, s in latents if _is_delta(s["fn"])]
+    points = [n for n, s in latents if is_delta(s["fn"])]
     if not points:
         return
     if importance:
@@ -450,7 +444,9 @@ def evaluate_elbo(
     :func:`~pyro_gen.infer.fit` can pass its objective: the estimate is always the plain
     ELBO (what a free-bits or IWAE objective bounds), the objective's ``num_particles`` is
     used when ``num_particles`` is 1, and with a ``TraceMeanField_ELBO`` the KL of each
-    latent is taken in closed form where torch knows it (the same expectation, less noise).
+    latent is taken in closed form where torch knows it (the same expectation, less noise;
+    an autoguide's Delta sites keep their log-density, the Jacobian that Pyro's
+    KL(Delta || p) drops, as NumPyro's does since pyro-ppl/numpyro#1625).
 
     Args:
         model: a pyro_gen module (its ``model`` and ``guide``) or any Pyro model callable.

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from pyro.distributions import Unit
+from pyro.distributions import Delta, Unit
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine import Trace
 from pyro.poutine.util import site_is_subsample
@@ -260,13 +260,27 @@ def enumeration_problem(model_trace: Trace, plate: DataPlate) -> str | None:
     return None
 
 
+def is_delta(fn: Any) -> bool:
+    """Whether ``fn`` is a Delta, possibly wrapped (Independent, masked, expanded)."""
+    while not isinstance(fn, Delta) and hasattr(fn, "base_dist"):  # Independent, masked, ...
+        fn = fn.base_dist
+    return isinstance(fn, Delta)
+
+
 def _analytic_kl(model_trace: Trace, guide_latents: dict[str, dict]) -> dict[str, torch.Tensor]:
-    """KL(q || p) per latent where torch knows it in closed form, by site name."""
+    """KL(q || p) per latent where torch knows it in closed form, by site name.
+
+    A Delta guide site is left to its log-density: Pyro's KL(Delta || p) is -log p(v),
+    which drops the Delta's own density, the Jacobian an autoguide (AutoNormal on a
+    constrained site, AutoAmortizedNormal's globals) gives it from its unconstrained draw.
+    """
     kl = {}
     for name, q_site in guide_latents.items():
         p_site = model_trace.nodes.get(name)
         if p_site is None or p_site["is_observed"] or enumerated(p_site):
             continue
+        if is_delta(q_site["fn"]):
+            continue  # its log-density term is exact and costs nothing
         try:
             kl[name] = kl_divergence(q_site["fn"], p_site["fn"])
         except NotImplementedError:

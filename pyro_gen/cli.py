@@ -42,16 +42,17 @@ from pyro_gen.cli_models import (
     load_split,
     run_options,
 )
-from pyro_gen.cli_parser import build_parser
+from pyro_gen.cli_parser import EVALUATE_DEFAULTS, build_parser
 from pyro_gen.cli_settings import (
     OPTION_DEFAULTS,
     UsageError,
+    flag,
     new_config,
     requested_settings,
     resumed_config,
     train_command,
 )
-from pyro_gen.cli_spec import Evaluation
+from pyro_gen.cli_spec import EVALUATE_OPTIONS, Evaluation
 from pyro_gen.infer import (
     CheckpointError,
     NonFiniteLossError,
@@ -179,12 +180,29 @@ def _train(args: argparse.Namespace) -> None:
 def _check_applicable(
     args: argparse.Namespace, given: dict[str, Any], previous: dict[str, Any] | None, out: Path
 ) -> None:
-    """Refuses options that mean nothing for this run: new (``previous`` None) or resumed."""
-    recorded = previous["options"] if previous is not None else OPTION_DEFAULTS
-    if "k" in given and given.get("objective", recorded.get("objective")) != "iwae":
-        raise UsageError("--k applies only with --objective iwae; drop it")
+    """Refuses options that mean nothing for this run: new (``previous`` None) or resumed.
+
+    What a model reads depends on its other options and on the data (``--k`` only with
+    ``--objective iwae``, ``--hidden-dim`` not where the network's width is fixed): each
+    model's ``unused_options`` says which, so none is ignored silently."""
     if args.override and previous is None:
         raise UsageError(f"--override applies when resuming; {out} holds no run yet")
+    spec = MODELS[args.model]
+    if previous is not None and previous.get("model") != args.model:
+        return  # resumed_config refuses the other model's run directory
+    recorded = run_options(previous) if previous is not None else {}
+    options = {**OPTION_DEFAULTS, **spec.defaults, **recorded}
+    options.update((k, v) for k, v in given.items() if k in OPTION_DEFAULTS)
+    unused = dict(spec.unused_options(options, args.data))
+    if not spec.held_out_in_fit(options):  # fit then never loads the test split
+        unused["test_subset"] = (
+            f"sets the held-out examples scored after each epoch, and {args.model} training "
+            "with these options scores none (`pyro-gen evaluate RUN --num-test N` chooses the "
+            "test examples evaluate scores)"
+        )
+    for name in given:
+        if name in unused:
+            raise UsageError(f"{flag(name)} {unused[name]}; drop it")
 
 
 @contextlib.contextmanager
@@ -382,15 +400,14 @@ def _evaluate(args: argparse.Namespace) -> None:
     device = _device(args.device)
     config = read_config(args.run)
     spec = check_model(config, args.run)
-    if args.probability_flow and config["model"] != "ddpm":
-        raise UsageError(
-            f"--probability-flow applies to ddpm runs ({config['model']} runs report their "
-            "own likelihood or metrics); drop it"
-        )
+    _check_evaluate_options(args, spec, config)
     target = refuse_symlink(Path(args.run) / "evaluation.json")
     probe_writable(args.run, "evaluation.json")  # before minutes of computing, not after
     model = _load_run_or_explain(args.run, config, device)
     view, labels = held_out_view(config, args.num_test)
+    for name, default in EVALUATE_DEFAULTS.items():  # None above: not typed
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     ev = Evaluation(model, config, view, labels, args)
     # Monte Carlo estimates from the run's own seed: evaluating a run twice gives one answer
     # (unseeded, two evaluations of one run differed by 0.4 nats on 300 test images).
@@ -401,6 +418,25 @@ def _evaluate(args: argparse.Namespace) -> None:
         results = spec.evaluate(ev)
     report(results, target)
     print(f"written to {target}")
+
+
+# How evaluate's options are spelled on the command line, where not by their flag().
+_EVALUATE_FLAGS = {"num_samples": "-n/--num-samples"}
+
+
+def _check_evaluate_options(args: argparse.Namespace, spec: ModelSpec, config: dict) -> None:
+    """Refuses the options of ``evaluate`` that this run's evaluation does not read (each
+    model's ``evaluate_options`` names those it honours)."""
+    honoured = spec.evaluate_options(run_options(config), config["data"])
+    for name, what in EVALUATE_OPTIONS.items():
+        if name in honoured or getattr(args, name) in (None, False):  # not typed
+            continue
+        takes = ", ".join(_EVALUATE_FLAGS.get(n, flag(n)) for n in honoured)
+        raise UsageError(
+            f"{_EVALUATE_FLAGS.get(name, flag(name))} ({what}) does not apply to {args.run}, a "
+            f"{config['model']} run on {config['data']} (its evaluation takes "
+            f"{takes or 'none of these options'}); drop it"
+        )
 
 
 def _samples_path(args: argparse.Namespace, name: str) -> Path:
@@ -439,6 +475,12 @@ def _sample_command(args: argparse.Namespace) -> None:
         takes = sorted(m for m, s in MODELS.items() if s.samplers)
         raise UsageError(
             f"--steps applies to {', '.join(takes)} runs; {args.run} holds a {config['model']}"
+        )
+    if args.steps is not None and args.sampler in spec.fixed_step_samplers:
+        stepped = [name for name in spec.samplers if name not in spec.fixed_step_samplers]
+        raise UsageError(
+            f"--steps does not apply to --sampler {args.sampler}, which chooses its own steps; "
+            f"drop it, or pick a sampler that takes them ({', '.join(stepped)})"
         )
     path = _samples_path(args, "samples.png")
     model = _load_run_or_explain(args.run, config, device)

@@ -70,7 +70,7 @@ def bound_results(ev: Evaluation, discrete: bool, data: Any = None) -> dict[str,
     ``data`` replaces the held-out tensor (a dict with a mask, for one). A model without
     latents (a flow on vectors) gets its exact ``test_log_likelihood`` instead of both, as
     :func:`density_results` gives it."""
-    view, k = ev.view, ev.args.k
+    view = ev.view
     progress = not getattr(ev.args, "no_progress", False)
     data = view.x if data is None else data
     results: dict[str, Any] = {"num_test": int(view.x.shape[0])}
@@ -83,6 +83,7 @@ def bound_results(ev: Evaluation, discrete: bool, data: Any = None) -> dict[str,
         _log_likelihood(ev, results, elbo)
     else:
         with_se(results, "test_elbo", elbo)
+        k = ev.args.k  # read only here: a model without latents refuses --k (evaluate_options)
         results["iwae_k"] = k
         iwae = iwae_log_likelihood(
             ev.model, data, num_samples=k, chunk=min(k, 500), transform=view.transform,

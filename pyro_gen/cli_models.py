@@ -119,6 +119,24 @@ def _build_cnf(event_shape: tuple[int, ...], opts: dict[str, Any]) -> torch.nn.M
     return FlowMatching(flow, objective=objective)
 
 
+def _flow_evaluate_options(opts: dict[str, Any], data: str) -> tuple[str, ...]:
+    # On images the dequantization noise is a latent that the IWAE weights; a flow on 2D
+    # data has none, so its evaluation is the exact log-likelihood (see bound_results).
+    return ("k", "num_test") if data in PIXEL_LEVELS else ("num_test",)
+
+
+def _cnf_evaluate_options(opts: dict[str, Any], data: str) -> tuple[str, ...]:
+    if CNF_OBJECTIVES[opts["objective"]] is None:
+        return _flow_evaluate_options(opts, data)
+    return ("num_test",)  # the exact ODE density (see _cnf_evaluate)
+
+
+def _cnf_unused(opts: dict[str, Any], data: str) -> dict[str, str]:
+    if data in PIXEL_LEVELS:  # see _build_cnf
+        return {"velocity_net": "applies to 2D data, and image CNFs use a conv net"}
+    return {}
+
+
 def _cnf_evaluate(ev: Evaluation) -> dict[str, Any]:
     if CNF_OBJECTIVES[ev.config["options"].get("objective", "ml")] is None:
         return bound_results(ev, discrete=True)
@@ -135,6 +153,7 @@ MODELS: dict[str, ModelSpec] = {
             # Flows dequantize inside the model (its guide), so they see integer pixels.
             data_kind=lambda o: "levels",
             options=("dequantization",),
+            evaluate_options=_flow_evaluate_options,
         )
         for name in _FLOWS
     },
@@ -142,6 +161,8 @@ MODELS: dict[str, ModelSpec] = {
         build=_build_cnf,
         data_kind=lambda o: "levels",
         options=("dequantization", "objective", "velocity_net"),
+        evaluate_options=_cnf_evaluate_options,
+        unused_options=_cnf_unused,
         defaults={"objective": "ml"},
         choices={"objective": tuple(CNF_OBJECTIVES)},
         # runs written before --velocity-net used FFJORD's net whatever the objective

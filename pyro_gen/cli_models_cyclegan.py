@@ -114,6 +114,8 @@ CYCLEGAN_MODELS: dict[str, ModelSpec] = {
         loss_options=("cycle_weight",),
         fit_data=_domains,
         evaluate=_evaluate,
+        # translations of test images, scored by a classifier
+        evaluate_options=lambda o, data: ("num_test", "classifier_epochs"),
         figure=_translations,
         bound=lambda o: "translators' loss",
         adam={"betas": (0.5, 0.999)},

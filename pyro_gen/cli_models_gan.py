@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from pyro_gen.cli_evaluate import mixture_results, sample_quality
-from pyro_gen.cli_spec import Evaluation, ModelSpec
+from pyro_gen.cli_spec import IMAGE_SIZES, PIXEL_LEVELS, Evaluation, ModelSpec
 from pyro_gen.gan import (
     HingeGAN,
     LeastSquaresGAN,
@@ -46,11 +46,15 @@ def _conditional(opts: dict[str, Any]) -> int:
     return int(opts.get("num_classes") or 0)
 
 
+# Image sizes whose GANs have DCGAN networks (the others MLPs of --hidden-dim units).
+DCGAN_SIZE = (28, 28)
+
+
 def _networks(event_shape: tuple[int, ...], opts: dict[str, Any], which: str) -> torch.nn.Module:
     from pyro_gen.nn import DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator
 
     context, hidden = _conditional(opts), (opts["hidden_dim"],) * 2
-    if tuple(event_shape[-2:]) == (28, 28):
+    if tuple(event_shape[-2:]) == DCGAN_SIZE:
         if which == "generator":
             return DCGANGenerator(opts["z_dim"], event_shape, context_dim=context)
         conditioning = opts.get("conditioning", "projection")
@@ -94,11 +98,22 @@ def _sample(model: Any, n: int, sampler: str | None, steps: int | None) -> torch
     return model.sample(n, y=None if y is None else y.to(device))
 
 
+def _evaluate_options(opts: dict[str, Any], data: str) -> tuple[str, ...]:
+    # images: samples against as many test images, by a classifier; 2D data: the generator's
+    # own samples, however many test points there are
+    return ("num_test", "classifier_epochs") if data in PIXEL_LEVELS else ("num_samples",)
+
+
+def _unused_options(opts: dict[str, Any], data: str) -> dict[str, str]:
+    if IMAGE_SIZES.get(data) == DCGAN_SIZE:
+        return {"hidden_dim": f"sets the MLP width, and {data} GANs have DCGAN networks"}
+    return {}
+
+
 def _evaluate(ev: Evaluation) -> dict[str, Any]:
     from pyro_gen.cli_models import MIXTURES
 
     model, config, view = ev.model, ev.config, ev.view
-    results: dict[str, Any] = {"num_test": int(view.x.shape[0])}
     if view.levels is None:
         mixture = MIXTURES.get(config["data"])
         if mixture is None:
@@ -109,13 +124,14 @@ def _evaluate(ev: Evaluation) -> dict[str, Any]:
             )
         with torch.no_grad():
             samples = _sample(model, ev.args.num_samples or MIXTURE_SAMPLES, None, None)
-        return {**results, **mixture_results(samples.cpu(), *mixture)}
+        # scored by its own samples: no test example is used, so no num_test
+        return mixture_results(samples.cpu(), *mixture)
     n = int(view.x.shape[0])
     requested = _requested_labels(model, n)
     with torch.no_grad():
         samples = _sample(model, n, None, None).cpu()
     real = view.transform(view.x) if view.transform is not None else view.x
-    return {**results, **sample_quality(ev, samples, real, requested)}
+    return {"num_test": n, **sample_quality(ev, samples, real, requested)}
 
 
 _GAN_OPTIONS = ("z_dim", "hidden_dim", "loss", "n_critic", "ema_decay")
@@ -131,6 +147,8 @@ _COMMON = dict(
     # the discriminator's schedule only: a resume may change it
     loss_options=("n_critic",),
     evaluate=_evaluate,
+    evaluate_options=_evaluate_options,
+    unused_options=_unused_options,
     sample=_sample,
     bound=lambda o: "generator loss",
     # DCGAN's Adam settings for the generator (Radford et al.)

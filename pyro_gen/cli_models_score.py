@@ -21,13 +21,15 @@ import torch
 from pyro.infer import TraceMeanField_ELBO
 
 from pyro_gen.cli_evaluate import density_results, with_se
-from pyro_gen.cli_spec import Evaluation, ModelSpec
+from pyro_gen.cli_spec import PIXEL_LEVELS, Evaluation, ModelSpec
 from pyro_gen.infer import bits_per_dim_from_nats
 from pyro_gen.infer.evaluation import module_device
 
 #: the score-based samplers' command-line names (``pyro_gen.diffusion.SAMPLERS`` spelled
 #: with hyphens, as options are)
 SCORE_SAMPLERS = ("langevin", "euler-maruyama", "pc", "ode")
+# ... of which the adaptive ODE solver picks its own steps (rtol and atol are its knobs)
+ADAPTIVE_SAMPLERS = ("ode",)
 
 
 def _score_sample(model: Any, n: int, sampler: str, steps: int | None) -> torch.Tensor:
@@ -64,6 +66,17 @@ def _score_sampler(default: str) -> Callable[[Any, int, str | None, int | None],
     return draw
 
 
+def _score_unused(opts: dict[str, Any], data: str) -> dict[str, str]:
+    if data in PIXEL_LEVELS:  # see _score_net
+        return {
+            "hidden_dim": (
+                "sets the MLP width of score models on 2D data, and image ones have a U-Net of "
+                "fixed width"
+            )
+        }
+    return {}
+
+
 def _score_spec(sde: str, sampler: str) -> ModelSpec:
     return ModelSpec(
         build=_build_score,
@@ -71,8 +84,12 @@ def _score_spec(sde: str, sampler: str) -> ModelSpec:
         data_kind=lambda o: "dequantized",
         options=("sde", "weighting", "hidden_dim"),
         defaults={"sde": sde, "hidden_dim": 128},
+        unused_options=_score_unused,
         evaluate=density_results,
+        # the probability-flow ODE density of the test points, its own solve (no bound)
+        evaluate_options=lambda o, data: ("num_test",),
         samplers=SCORE_SAMPLERS,
+        fixed_step_samplers=ADAPTIVE_SAMPLERS,
         sample=_score_sampler(sampler),
         discrete=lambda o: False,
         bound=lambda o: "negated DSM loss",
@@ -197,7 +214,10 @@ SCORE_MODELS: dict[str, ModelSpec] = {
         # Runs from before --ema-decay existed have none and sample without an average.
         added_later={"ema_decay": 0},
         evaluate=_ddpm_evaluate,
+        # its bound has no IWAE (see _ddpm_bound); the ODE likelihood on request
+        evaluate_options=lambda o, data: ("num_test", "probability_flow"),
         samplers=("ancestral", "ddim", *SCORE_SAMPLERS),
+        fixed_step_samplers=ADAPTIVE_SAMPLERS,
         sample=_ddpm_sample,
         # fit scores held-out data with the training objective: L_simple is no bound
         bound=lambda o: (

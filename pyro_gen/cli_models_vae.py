@@ -199,6 +199,8 @@ VAE_MODELS: dict[str, ModelSpec] = {
         build=_build_vae,
         data_kind=lambda o: "binary" if o["likelihood"] == "bernoulli" else "unit",
         options=(*_VAE_OPTIONS, "missing_rate", "mask_file"),
+        # the held-out bound, and the IWAE over its latent
+        evaluate_options=lambda o, data: ("k", "num_test"),
         loss=_vae_loss,
         images_only=True,
         # bits/dim divide by every pixel: not for a bound on the observed ones
@@ -206,6 +208,10 @@ VAE_MODELS: dict[str, ModelSpec] = {
         choices={"objective": ("elbo", "meanfield", "iwae", "freebits")},
         added_later={"missing_rate": 0.0, "mask_file": None},
         loss_options=("objective", "k"),
+        # the training particles of the IWAE bound; the other objectives draw one
+        unused_options=lambda o, data: (
+            {} if o["objective"] == "iwae" else {"k": "applies only with --objective iwae"}
+        ),
         # fit's test_elbo is the ELBO whatever the objective; its train_loss is the objective's
         train_bound=lambda o: {
             "iwae": f"IWAE bound (k={o['k']})",
@@ -218,6 +224,8 @@ VAE_MODELS: dict[str, ModelSpec] = {
         build=_build_ssvae,
         data_kind=lambda o: "binary",
         options=("z_dim", "hidden_dim", "labels", "labelled_passes", "alpha"),
+        # the test error and the ELBO with the label summed out: no importance sampling
+        evaluate_options=lambda o, data: ("num_test",),
         added_later={"labelled_passes": 1.0, "alpha": 50.0},
         # TraceEnum_ELBO sums the label out of unlabelled batches exactly.
         loss=lambda shape, o: TraceEnum_ELBO(max_plate_nesting=1),

@@ -28,6 +28,10 @@ from pyro_gen.cli_settings import (
 )
 from pyro_gen.cli_spec import MIXTURE_DATA
 
+# Defaults of evaluate's options, filled in once the run's model has refused the options it
+# does not read (which it can tell only from an option's parsed value of None: not typed).
+EVALUATE_DEFAULTS = {"k": 1000, "classifier_epochs": 3}
+
 # ---------------------------------------------------------------------------------------
 # Argument parsing. Every value is checked here, where the user typed it.
 
@@ -214,22 +218,28 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate",
         parents=[common],
         help="test ELBO and importance-weighted log-likelihood; exact densities; GAN metrics",
+        description="Scores a trained run on its held-out data. What is measured depends on "
+        "the run's model, and an option its evaluation does not read is refused.",
     )
     evaluate.add_argument("run", type=Path, help="run directory")
     evaluate.add_argument(
-        "--k", type=positive, default=1000, help="importance samples (default 1000)"
-    )
+        "--k", type=positive, default=None,
+        help="importance samples of the IWAE log-likelihood: VAEs, flows on images "
+        f"(default {EVALUATE_DEFAULTS['k']})",
+    )  # fmt: skip
     evaluate.add_argument(
         "--num-test", type=positive, default=None,
-        help="evaluate on the first N test examples (default: all)",
+        help="evaluate on the first N test examples (default: all; not GANs on 2D data, "
+        "which are scored by their own samples)",
     )  # fmt: skip
     evaluate.add_argument(
         "-n", "--num-samples", type=positive, default=None,
         help="samples a GAN on a 2D mixture is scored by (default 2500)",
     )  # fmt: skip
     evaluate.add_argument(
-        "--classifier-epochs", type=positive, default=3,
-        help="epochs of the classifier that scores GAN images (default 3)",
+        "--classifier-epochs", type=positive, default=None,
+        help="epochs of the classifier that scores GAN and CycleGAN images "
+        f"(default {EVALUATE_DEFAULTS['classifier_epochs']})",
     )  # fmt: skip
     evaluate.add_argument(
         "--probability-flow", action="store_true",
@@ -257,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sample.add_argument(
         "--steps", type=positive, default=None,
-        help="sampling steps (langevin: noise levels; ode: ignored, it is adaptive)",
+        help="sampling steps (langevin: noise levels; not ode, which is adaptive)",
     )  # fmt: skip
     sample.add_argument(
         "--out",

@@ -32,6 +32,19 @@ PIXEL_LEVELS = {"mnist": 256, "fashion_mnist": 256, "digits": 17}
 NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10, "digits": 10}
 # Training samples drawn from a 2D toy (the test split gets a quarter as many).
 DEFAULT_TOY_SAMPLES = 20000
+# Height and width of each image dataset's images (networks are chosen by them).
+IMAGE_SIZES = {"mnist": (28, 28), "fashion_mnist": (28, 28), "digits": (8, 8)}
+#: The options of ``pyro-gen evaluate`` that some family's evaluation reads, with what each
+#: sets; each :class:`ModelSpec` names those its evaluation honours, and the others are
+#: refused. (``--device``, and the switches ``--no-progress`` and ``--debug``, which ask for
+#: nothing a run could lack, apply to every run.)
+EVALUATE_OPTIONS: dict[str, str] = {
+    "k": "importance samples of the IWAE log-likelihood",
+    "num_test": "test examples scored",
+    "num_samples": "generated samples scored",
+    "classifier_epochs": "epochs of the classifier that scores images",
+    "probability_flow": "the probability-flow ODE likelihood",
+}
 
 
 class UsageError(ValueError):
@@ -143,6 +156,9 @@ class ModelSpec:
         build: ``(event_shape, options) -> module`` following the model protocol.
         data_kind: ``options -> kind`` of :func:`data_view`.
         options: the model options (``config["options"]``) this model records.
+        evaluate_options: ``(options, data) -> names``: the :data:`EVALUATE_OPTIONS` that
+            ``evaluate`` honours for a run of this model on dataset ``data`` (required, so
+            that a new model cannot ignore one silently: ``evaluate`` refuses the rest).
         loss: ``(event_shape, options) -> loss`` given to ``fit`` (an ELBO or a loss object).
         images_only: refuses the 2D toys.
         labelled: trains on ``(x, y)``: refuses unlabelled data.
@@ -152,9 +168,14 @@ class ModelSpec:
         choices: the values of shared options this model accepts, by option.
         added_later: options that runs written before them lack, with the value they had.
         loss_options: options that change only the loss, so a resume may change them.
+        unused_options: ``(options, data) -> {name: why}``: options of this model that a run
+            with these options on dataset ``data`` would not read, each with the reason
+            (``train`` refuses them when typed).
         fit_data: ``(x, y, config, split) -> data`` in a form ``fit`` takes.
         evaluate: ``Evaluation -> results``; None: the test ELBO and IWAE estimate.
         samplers: the ``sample --sampler`` names it takes (none: ``--sampler`` is refused).
+        fixed_step_samplers: those of ``samplers`` whose steps ``--steps`` cannot set (an
+            adaptive ODE solver): ``--steps`` is refused with them.
         sample: ``(model, n, sampler, steps) -> samples`` in data space.
         bound: ``options -> what fit's held-out test_elbo (or test_loss) is``, in words.
         train_bound: ``options -> what fit's train_loss is``, in words, where it is not
@@ -172,6 +193,7 @@ class ModelSpec:
     build: Callable[[tuple[int, ...], dict[str, Any]], torch.nn.Module]
     data_kind: Callable[[dict[str, Any]], str]
     options: tuple[str, ...]
+    evaluate_options: Callable[[dict[str, Any], str], tuple[str, ...]]
     loss: Callable[[tuple[int, ...], dict[str, Any]], Any] = field(
         default=lambda shape, opts: Trace_ELBO()
     )
@@ -185,11 +207,15 @@ class ModelSpec:
     choices: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
     added_later: Mapping[str, Any] = field(default_factory=dict)
     loss_options: tuple[str, ...] = ()
+    unused_options: Callable[[dict[str, Any], str], Mapping[str, str]] = field(
+        default=lambda opts, data: {}
+    )
     fit_data: Callable[[torch.Tensor, torch.Tensor | None, dict[str, Any], str], Any] = field(
         default=_whole_tensor
     )
     evaluate: Callable[[Evaluation], dict[str, Any]] | None = None
     samplers: tuple[str, ...] = ()
+    fixed_step_samplers: tuple[str, ...] = ()
     sample: Callable[[Any, int, str | None, int | None], torch.Tensor] = field(
         default=_plain_sample
     )

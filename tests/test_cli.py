@@ -104,7 +104,7 @@ def test_checkpoint_of_another_model_gives_clear_error(tmp_path, capsys):
     )
     (run / "config.json").write_text(json.dumps(config))
     capsys.readouterr()
-    assert main(["evaluate", str(run), "--k", "2"]) == 2
+    assert main(["evaluate", str(run), "--num-test", "2"]) == 2
     err = capsys.readouterr().err
     assert "is a pyro_gen.vae" in err and "not a pyro_gen.diffusion" in err, err
 

@@ -12,7 +12,7 @@ from pyro_gen.cli_evaluate import samples_latents
 from pyro_gen.cli_models import load_split
 from pyro_gen.data import toy_log_prob
 from pyro_gen.flows import build as build_flow
-from tests.reliability.run_fixtures import cli
+from tests.reliability.run_fixtures import assert_one_line_error, cli
 
 TINY = ["--epochs", "1", "--batch-size", "64", "--toy-samples", "256", "--test-subset", "16",
         "--no-progress", "--no-compile"]  # fmt: skip
@@ -29,7 +29,10 @@ def test_a_flow_on_vectors_reports_its_exact_log_likelihood_not_an_elbo(tmp_path
     config = json.loads((run / "config.json").read_text())
     assert config["test_elbo_is"] == "exact log-likelihood"  # what metrics.jsonl's key holds
     record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    # nothing to weight: --k is refused rather than ignored
     status, out, err = cli(capsys, "evaluate", run, "--k", "3", "--num-test", "16")
+    assert_one_line_error(status, err, "--k", "does not apply", "takes --num-test")
+    status, out, err = cli(capsys, "evaluate", run, "--num-test", "16")
     assert status == 0, err
     assert "elbo" not in out.lower() and "iwae" not in out.lower(), out
     results = json.loads((run / "evaluation.json").read_text())

@@ -59,7 +59,10 @@ def test_wgan_on_the_ring_trains_samples_and_counts_modes(tmp_path, capsys):
     status, _, err = cli(capsys, "sample", run, "--sampler", "ode")
     assert_one_line_error(status, err, "--sampler applies to ddpm, ncsn, sde runs (ode)")
     status, _, err = cli(capsys, "evaluate", run, "--probability-flow")
-    assert_one_line_error(status, err, "--probability-flow applies to ddpm")
+    assert_one_line_error(status, err, "--probability-flow", "a wgan run on ring")
+    # scored by its own samples (-n), not by test examples
+    status, _, err = cli(capsys, "evaluate", run, "--num-test", "10")
+    assert_one_line_error(status, err, "--num-test", "takes -n/--num-samples")
 
 
 def test_cgan_on_digits_reports_classifier_scores_and_label_agreement(tmp_path, capsys):

@@ -11,6 +11,7 @@ import torch
 
 import pyro_gen
 from pyro_gen.cli import main
+from pyro_gen.cli_models import MODELS, run_options
 from pyro_gen.infer.checkpoint import load_checkpoint
 from tests.cuda.tier import DEVICE, MARKS, capture, compiled_step_ran, messages
 
@@ -33,6 +34,23 @@ FAMILIES = [
     ("cnf", "moons", [*TOY, "--objective", "flow-matching"], True),
     ("gan", "ring", [*TOY, "--z-dim", "4", "--hidden-dim", "32"], False),
 ]
+
+
+# evaluate's options, small; each run is given those its model's evaluation reads (the others
+# are refused)
+EVALUATE_ARGS = {
+    "k": ["--k", "4"],
+    "num_test": ["--num-test", "64"],
+    "num_samples": ["-n", "64"],
+    "classifier_epochs": ["--classifier-epochs", "1"],
+    "probability_flow": [],  # the ODE likelihood: not part of this smoke run
+}
+
+
+def _evaluate_args(run) -> list[str]:
+    config = json.loads((run / "config.json").read_text())
+    honoured = MODELS[config["model"]].evaluate_options(run_options(config), config["data"])
+    return [word for name in honoured for word in EVALUATE_ARGS[name]]
 
 
 def _finite_numbers(results: dict) -> list[float]:
@@ -72,8 +90,8 @@ def test_train_resume_evaluate_sample(model, data, options, compiled, tmp_path, 
     x = trained.sample(4)
     assert x.device.type == DEVICE.type and bool(torch.isfinite(x).all())
 
-    evaluate = ["evaluate", str(run), "--device", str(DEVICE), "--num-test", "64"]
-    assert main([*evaluate, "--k", "4", "-n", "64", "--classifier-epochs", "1"]) == 0
+    evaluate = ["evaluate", str(run), "--device", str(DEVICE), *_evaluate_args(run)]
+    assert main(evaluate) == 0
     results = json.loads((run / "evaluation.json").read_text())
     numbers = _finite_numbers(results)
     assert numbers and all(math.isfinite(v) for v in numbers), results

@@ -53,6 +53,18 @@ def _symlink(name: str) -> Callable[[Path, Path], None]:
     return setup
 
 
+def _settings_only(*train: str) -> Callable[[Path, Path], None]:
+    """Sets up ``{tmp}/settings``: a run of ``train`` recorded with --epochs 0."""
+
+    def setup(run: Path, tmp: Path) -> None:
+        from pyro_gen.cli import main
+
+        out = str(tmp / "settings")
+        assert main(["train", *train, "--epochs", "0", "--no-progress", "--out", out]) == 0
+
+    return setup
+
+
 def _cache_directory(run: Path, tmp: Path) -> None:
     (tmp / "data" / "mnist" / "train-images-idx3-ubyte").mkdir(parents=True)
     os.environ["PYRO_GEN_DATA"] = str(tmp / "data")  # restored by the test
@@ -90,6 +102,27 @@ CASES: dict[str, Case] = {
         ("--dequantization applies to image data",),
     ),
     "vae_on_toys": Case(["train", "vae", "--data", "moons"], ("models images",)),
+    # Options the chosen options or data make unread.
+    "hidden_dim_on_image_ncsn": Case(
+        ["train", "ncsn", "--data", "digits", "--hidden-dim", "8", "--out", "{tmp}/r"],
+        ("--hidden-dim", "U-Net", "drop it"),
+        creates_nothing=True,
+    ),
+    "hidden_dim_on_mnist_gan": Case(
+        ["train", "gan", "--data", "mnist", "--hidden-dim", "8", "--out", "{tmp}/r"],
+        ("--hidden-dim", "DCGAN", "drop it"),
+        creates_nothing=True,
+    ),
+    "velocity_net_on_image_cnf": Case(
+        ["train", "cnf", "--data", "digits", "--velocity-net", "concat_squash", "--out", "{tmp}/r"],
+        ("--velocity-net", "2D data", "drop it"),
+        creates_nothing=True,
+    ),  # fmt: skip
+    "test_subset_without_held_out_scoring": Case(
+        ["train", "sde", "--data", "moons", "--test-subset", "8", "--out", "{tmp}/r"],
+        ("--test-subset", "--num-test", "drop it"),
+        creates_nothing=True,
+    ),
     # Devices.
     "device_meta": Case([*TRAIN, "--device", "meta"], ("--device meta",)),
     "device_unknown": Case(["sample", "{run}", "--device", "gpu7"], ("unknown --device 'gpu7'",)),
@@ -158,6 +191,31 @@ CASES: dict[str, Case] = {
     # The wrong run for the command.
     "ddim_on_a_vae": Case(["sample", "{run}", "--sampler", "ddim"], ("--sampler applies to ddpm",)),
     "steps_on_a_vae": Case(["sample", "{run}", "--steps", "10"], ("--steps applies to ddpm",)),
+    "steps_with_the_ode_sampler": Case(
+        ["sample", "{tmp}/settings", "--sampler", "ode", "--steps", "10"],
+        ("--steps does not apply to --sampler ode",),
+        _settings_only("ddpm", "--data", "moons", "--timesteps", "10", "--toy-samples", "64"),
+    ),
+    # evaluate's options that this run's evaluation does not read
+    "num_samples_on_a_vae": Case(
+        ["evaluate", "{run}", "-n", "100"], ("-n/--num-samples", "does not apply", "--k")
+    ),
+    "classifier_epochs_on_a_vae": Case(
+        ["evaluate", "{run}", "--classifier-epochs", "2"], ("--classifier-epochs", "drop it")
+    ),
+    "probability_flow_on_a_vae": Case(
+        ["evaluate", "{run}", "--probability-flow"], ("--probability-flow", "a vae run")
+    ),
+    "k_on_a_2d_flow": Case(
+        ["evaluate", "{tmp}/settings", "--k", "10"],
+        ("--k", "a realnvp run on moons", "takes --num-test"),
+        _settings_only("realnvp", "--data", "moons", "--toy-samples", "64"),
+    ),
+    "num_test_on_a_mixture_gan": Case(
+        ["evaluate", "{tmp}/settings", "--num-test", "10"],
+        ("--num-test", "takes -n/--num-samples"),
+        _settings_only("gan", "--data", "ring", "--toy-samples", "64"),
+    ),
     "other_model_into_run": Case(
         ["train", "realnvp", "--data", "digits", "--out", "{run}"], ("holds a vae run",)
     ),

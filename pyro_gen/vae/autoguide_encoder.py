@@ -86,6 +86,51 @@ def make_encoder(
     return net.to(device=x.device, dtype=x.dtype)
 
 
+@torch.no_grad()
+def start_locs_at(net: torch.nn.Sequential, x: torch.Tensor, locs: torch.Tensor) -> None:
+    """Sets the encoder's location head (the first ``total`` outputs of its last layer) so
+    that it maps the rows ``x`` to the unconstrained locations ``locs``, ``(rows, total)``;
+    the scale head is left as :func:`make_encoder` made it.
+
+    Pyro's autoguides start each site's loc at ``init_loc_fn``'s value; the encoder's loc
+    is a function of the example, so it starts as the function that gives each example its
+    value. Where every example has the same value (Pyro's strategies on a prior that is the
+    same for every example, or a value broadcast over the plate) that is weights 0 and bias
+    the value: exact for every example, seen or not. Where values differ per example, the
+    head is the minimum-norm least-squares fit from the last hidden layer's features of
+    ``x`` (an affine map, so exact for the rows of ``x`` when they are at most that layer's
+    width + 1 in general position), which carries over to new examples as far as the
+    inputs explain the values. A head fitted this way is not a hand-made special case: it is
+    a state the trained encoder could be in, so training, checkpoints and the compiled step
+    treat it like any other.
+
+    Example:
+        >>> net = make_encoder(torch.zeros(5, 3), (8,), total=2, init_scale=1.0)
+        >>> start_locs_at(net, torch.randn(5, 3), torch.tensor([[0.5, -1.0]]).expand(5, 2))
+        >>> sites = {"z": {"shape": (2,), "pos": 0, "numel": 2}}
+        >>> local_params(net, sites, torch.randn(7, 3))["z"][0][:2].tolist()  # any example
+        [[0.5, -1.0], [0.5, -1.0]]
+        >>> x, values = torch.randn(5, 3), torch.randn(5, 2)  # one value per example
+        >>> start_locs_at(net, x, values)
+        >>> torch.allclose(local_params(net, sites, x)["z"][0], values, atol=1e-4)
+        True
+    """
+    last = net[-1]
+    total = locs.shape[-1]
+    weight = last.weight.new_zeros(total, last.in_features)
+    if (locs == locs[:1]).all():
+        bias = locs[0]
+    else:
+        # float64: the features of nearby examples are close, and the fit subtracts them
+        h = net[:-1](x.to(last.weight.dtype)).double()
+        values = locs.double()
+        h_mean, values_mean = h.mean(0), values.mean(0)
+        weight_t = torch.linalg.pinv(h - h_mean) @ (values - values_mean)
+        weight, bias = weight_t.T, values_mean - h_mean @ weight_t
+    last.weight[:total] = weight.to(last.weight)
+    last.bias[:total] = bias.to(last.bias)
+
+
 def local_params(
     net: torch.nn.Sequential, local_sites: dict[str, dict[str, Any]], x: torch.Tensor
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -7,27 +7,35 @@ from collections.abc import Callable
 from typing import Any
 
 from pyro import poutine
+from pyro.infer.autoguide.initialization import InitMessenger
 from pyro.poutine.indep_messenger import CondIndepStackFrame
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
 
 
 def trace_latents(
-    model: Callable[..., Any], args: tuple, kwargs: dict
-) -> tuple[poutine.Trace, set[str], list[str]]:
+    model: Callable[..., Any],
+    args: tuple,
+    kwargs: dict,
+    init_loc_fn: Callable[[dict], Any] | None = None,
+) -> tuple[poutine.Trace, set[str], list[str], dict[str, Any]]:
     """Trace the latent sites; note the plates that draw random indices (which a guide
-    can draw for the model to replay) and the enumerated sites, left out here.
+    can draw for the model to replay), the enumerated sites, left out here, and the indices
+    each subsampled plate took (the examples the latents' values belong to). With
+    ``init_loc_fn`` (a Pyro init strategy) the latent sites take its values, as in Pyro's
+    autoguides; sites left out are not given to it.
 
     Example:
         >>> import pyro
         >>> import pyro.distributions as dist
+        >>> import torch
         >>> def model():
         ...     with pyro.plate("data", 10, subsample_size=4):
         ...         y = pyro.sample("y", dist.Bernoulli(0.5), infer={"enumerate": "parallel"})
         ...         pyro.sample("z", dist.Normal(0.0, 1.0))
-        >>> trace, random_plates, enumerated = trace_latents(model, (), {})
-        >>> list(trace.stochastic_nodes), random_plates, enumerated
-        (['z'], {'data'}, ['y'])
+        >>> trace, random_plates, enumerated, subsamples = trace_latents(model, (), {})
+        >>> list(trace.stochastic_nodes), random_plates, enumerated, subsamples["data"].shape
+        (['z'], {'data'}, ['y'], torch.Size([4]))
     """
     random_plates: set[str] = set()
     enumerated: list[str] = []
@@ -44,8 +52,16 @@ def trace_latents(
             return True
         return False
 
-    model = poutine.block(model, hide_fn=hide)
+    every_site = poutine.trace(model)  # inside the block: it records the plates' indices
+    model = poutine.block(every_site, hide_fn=hide)
+    if init_loc_fn is not None:  # outside the block, so that hidden sites are not given
+        model = InitMessenger(init_loc_fn)(model)
     trace = poutine.block(poutine.trace(model).get_trace)(*args, **kwargs)
+    subsamples = {
+        name: site["value"]
+        for name, site in every_site.msngr.trace.nodes.items()
+        if site_is_subsample(site)
+    }
     for _, site in trace.iter_stochastic_nodes():
         # A plate without a size (pyro.plate("data"), as in Pyro's ss_vae example) takes
         # it from the sites' batch shape: record that size, which the plates made here
@@ -57,7 +73,7 @@ def trace_latents(
             else f
             for f in site["cond_indep_stack"]
         )
-    return trace, random_plates, enumerated
+    return trace, random_plates, enumerated, subsamples
 
 
 def check_latent_sites(trace: poutine.Trace) -> None:

@@ -43,6 +43,7 @@ from pyro_gen.data.batching import Call, Transform, as_call, with_transform
 from pyro_gen.infer.annealing import kl_scale_pair
 from pyro_gen.infer.checkpoint import _rng_state, _set_rng_state
 from pyro_gen.infer.distributed import _plates
+from pyro_gen.infer.local_params import local_params
 from pyro_gen.infer.program import Program, program, warm_up
 from pyro_gen.infer.state_codec import decode, encode
 
@@ -209,10 +210,13 @@ class LightningSVI(lightning.LightningModule):
             if site["type"] == "param"
         ]
         store = dict(pyro.get_param_store().named_parameters())  # unconstrained: the leaves
+        # params outside the store: a PyroModule's own under Pyro's module_local_params (as
+        # in Pyro's Lightning example), registered here as the module's parameters already
+        local = local_params(guide_trace, model_trace)
         owned = {id(p) for p in self.parameters()}
         trained: dict[int, nn.Parameter] = {}
         for name in dict.fromkeys(names):
-            value = store[name]
+            value = store[name] if name in store else local[name]
             if id(value) not in owned:
                 value = self._adopt(name, value)
                 owned.add(id(value))
@@ -237,7 +241,7 @@ class LightningSVI(lightning.LightningModule):
         """Registers a param-store tensor as a parameter of this module; the store is made to
         hold that same ``nn.Parameter`` (a plain ``pyro.param`` leaf is not one)."""
         store = pyro.get_param_store()
-        if not isinstance(value, nn.Parameter):
+        if name in store and not isinstance(value, nn.Parameter):
             constraint = store.get_state()["constraints"][name]
             value = nn.Parameter(value.detach())
             del store[name]

@@ -357,3 +357,47 @@ def test_fit_leaves_no_gradients_on_the_users_parameters() -> None:
     _trainer(2).fit(LightningSVI(model, lambda x: None), _loader(torch.randn(16), batch_size=8))
     assert net.weight.grad is None and net.bias.grad is None
     assert pyro.get_param_store().get_param("scale").unconstrained().grad is None
+
+
+class _LocalMean(pyro.nn.PyroModule):
+    """Pyro's examples/svi_lightning.py pattern: a PyroModule under module_local_params,
+    whose params live in the module and never in the param store."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loc = pyro.nn.PyroSample(dist.Normal(0.0, 10.0))
+        self.scale = pyro.nn.PyroParam(torch.tensor(1.0), constraint=dist.constraints.positive)
+
+    def forward(self, data: torch.Tensor) -> None:
+        loc = self.loc
+        with pyro.plate("data", len(data)):
+            pyro.sample("obs", dist.Normal(loc, self.scale), obs=data)
+
+
+def test_module_local_params_train_and_resume_as_in_pyros_lightning_example(
+    tmp_path: Path,
+) -> None:
+    """Before, tracing the parameters looked every param site up in the (empty) global
+    store: ``KeyError: 'AutoNormal.locs.loc'`` before the first step."""
+    data = 3.0 + torch.randn(64)
+
+    def run(epochs: int, ckpt_path: Path | None = None) -> tuple[dict, Any]:
+        lightning.seed_everything(0, verbose=False)
+        model = _LocalMean()
+        guide = pyro.infer.autoguide.AutoNormal(model)
+        svi = LightningSVI(model, guide, optimizer=_adam_lr_01)
+        trainer = _trainer(-1, max_epochs=epochs)
+        trainer.fit(svi, _loader(data, batch_size=16), ckpt_path=ckpt_path)
+        assert len(pyro.get_param_store()) == 0  # the params stayed the modules' own
+        return {k: v.detach().clone() for k, v in svi.named_parameters()}, trainer
+
+    with pyro.settings.context(module_local_params=True):
+        whole, _ = run(30)
+        assert len(whole) == 3  # the guide's loc and scale of "loc", the model's scale
+        median = next(v for k, v in whole.items() if "locs" in k)
+        assert median.item() == pytest.approx(data.mean().item(), abs=0.15)
+        _, first = run(15)
+        first.save_checkpoint(tmp_path / "half.ckpt")
+        resumed, _ = run(30, tmp_path / "half.ckpt")
+    for name, value in whole.items():
+        assert torch.equal(value, resumed[name]), name

@@ -465,7 +465,7 @@ CLI_RUNS = [
     ("ddpm", "moons", [*TOY, "--timesteps", "8"], ["sample", "--sampler", "ddim", "--steps", "2"]),
     # an adversarial loss scored on held-out images each epoch; the images' evaluation
     ("cgan", "digits", [*DIGITS, "--z-dim", "4", "--hidden-dim", "16"],
-     ["evaluate", "-n", "32", "--classifier-epochs", "1"]),
+     ["evaluate", "--num-test", "32", "--classifier-epochs", "1"]),
     # labels as a discrete latent: the test error of the classifier it is
     ("ssvae", "digits", [*DIGITS, "--labels", "20", "--z-dim", "4", "--hidden-dim", "16"],
      ["evaluate"]),

@@ -132,9 +132,16 @@ def _cnf_evaluate_options(opts: dict[str, Any], data: str) -> tuple[str, ...]:
 
 
 def _cnf_unused(opts: dict[str, Any], data: str) -> dict[str, str]:
-    if data in PIXEL_LEVELS:  # see _build_cnf
-        return {"velocity_net": "applies to 2D data, and image CNFs use a conv net"}
-    return {}
+    if data not in PIXEL_LEVELS:
+        return {}
+    unused = {"velocity_net": "applies to 2D data, and image CNFs use a conv net"}  # _build_cnf
+    objective = opts.get("objective", "ml")
+    if CNF_OBJECTIVES[objective] is not None:  # refused here, before the run directory exists
+        unused["objective"] = (
+            f"{objective} trains the velocity field of a vector CNF, on 2D toy data; image "
+            "CNFs train by maximum likelihood (ml, the default)"
+        )
+    return unused
 
 
 def _cnf_evaluate(ev: Evaluation) -> dict[str, Any]:

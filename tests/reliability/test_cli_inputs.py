@@ -118,6 +118,11 @@ CASES: dict[str, Case] = {
         ("--velocity-net", "2D data", "drop it"),
         creates_nothing=True,
     ),  # fmt: skip
+    "flow_matching_on_image_cnf": Case(
+        ["train", "cnf", "--data", "digits", "--objective", "flow-matching", "--out", "{tmp}/r"],
+        ("--objective flow-matching", "2D toy data", "drop it"),
+        creates_nothing=True,
+    ),  # fmt: skip
     "test_subset_without_held_out_scoring": Case(
         ["train", "sde", "--data", "moons", "--test-subset", "8", "--out", "{tmp}/r"],
         ("--test-subset", "--num-test", "drop it"),

@@ -95,25 +95,31 @@ class AutoAmortizedNormal(AutoGuide):
     **Initialization.** ``init_loc_fn`` is a Pyro init strategy, as for
     :class:`~pyro.infer.autoguide.AutoNormal` (``init_to_median``, ``init_to_mean``,
     ``init_to_sample``, ``init_to_feasible``, ``init_to_uniform``, ``init_to_generated``,
-    ``init_to_value(values=...)``, or any function of a site): right after setup every
-    example's location (unconstrained) is the strategy's value, so :meth:`median` gives the
-    value itself, and the global sites' AutoNormal starts there too. The encoder's
-    location head is set to the map that gives each example its value: where the value is
-    the same for every example (Pyro's strategies on a prior shared by the examples, or a
-    value given with one example's shape, which broadcasts over the plate), weights 0 and
-    bias the value, exact for every example, seen or not; where values differ per example
-    (``init_to_value`` with one value per example, the plate's shape; ``init_to_sample``,
-    ``init_to_uniform`` and ``init_to_median``'s 15-draw estimates, which differ by their
-    noise), the least-squares fit from the last hidden layer over the first call's examples,
-    exact for up to that layer's width + 1 of them. This keeps the location a function of
-    the inputs alone (an offset per example would not be amortized, and a bias offset on
-    top of random weights would not start at the value), and it is just a state of the
-    encoder, which checkpoints and the compiled step handle as any other. A value that does
-    not broadcast to the site's shape or lies outside its support raises a one-line error
-    naming the site. The scales start at ``init_scale`` either way. Without
-    ``init_loc_fn`` (the default), the biases start at Pyro's ``init_to_feasible`` point and
-    the encoder's random weights spread the examples around it, which trained a VAE on
-    MNIST 15 nats better than every example starting at one point (benchmarks/RESULTS.md).
+    ``init_to_value(values=...)``, or any function of a site). Right after setup every
+    example's location (unconstrained) is its init value, so :meth:`median` returns the
+    values, and the global sites' AutoNormal starts at theirs. The encoder's location head
+    is set to the map giving each example its value:
+
+    - a value common to the examples (a strategy on a prior the examples share, a value
+      given with one example's shape, which broadcasts over the plate): weights 0 and bias
+      the value, exact for every example, seen or not. A strategy's own values count as
+      common: where they differ between examples (``init_to_sample``, ``init_to_uniform``,
+      ``init_to_median``'s estimate from 15 draws) every example takes the first
+      example's, as that difference is noise an encoder would fit with large weights;
+    - values the user gives per example (``init_to_value`` with the plate's shape, or a
+      function of the site, e.g. ``lambda site: site["fn"].mean`` for a prior that depends
+      on the example): the least-squares fit from the last hidden layer over the first
+      call's examples, exact for up to that layer's width + 1 of them.
+
+    This keeps the location a function of the inputs alone (an offset per example would
+    not be amortized, and an offset on top of random weights would not start at the
+    value), and the head is just a state of the encoder, which checkpoints and the
+    compiled step handle as any other. A value that does not broadcast to the site's shape
+    or lies outside its support raises a one-line error naming the site. The scales start
+    at ``init_scale`` either way. Without ``init_loc_fn`` (the default) the biases start at
+    Pyro's ``init_to_feasible`` point and the encoder's random weights spread the examples
+    around it, which trained a VAE on MNIST 15 nats better than every example starting at
+    one point (benchmarks/RESULTS.md).
 
     Parameters are created on the first call (or by :meth:`setup`), outside the recorded
     trace, so the first step already records the parameters in their steady order and a

@@ -94,15 +94,14 @@ def start_locs_at(net: torch.nn.Sequential, x: torch.Tensor, locs: torch.Tensor)
 
     Pyro's autoguides start each site's loc at ``init_loc_fn``'s value; the encoder's loc
     is a function of the example, so it starts as the function that gives each example its
-    value. Where every example has the same value (Pyro's strategies on a prior that is the
-    same for every example, or a value broadcast over the plate) that is weights 0 and bias
-    the value: exact for every example, seen or not. Where values differ per example, the
-    head is the minimum-norm least-squares fit from the last hidden layer's features of
-    ``x`` (an affine map, so exact for the rows of ``x`` when they are at most that layer's
-    width + 1 in general position), which carries over to new examples as far as the
-    inputs explain the values. A head fitted this way is not a hand-made special case: it is
-    a state the trained encoder could be in, so training, checkpoints and the compiled step
-    treat it like any other.
+    value. Where every example has the same value that is weights 0 and bias the value:
+    exact for every example, seen or not. Where values differ per example (values the user
+    chose, see :func:`~pyro_gen.vae.autoguide_init.per_example_locs`), the head is the
+    minimum-norm least-squares fit from the last hidden layer's features of ``x`` (an affine
+    map, so exact for the rows of ``x`` when they are at most that layer's width + 1 in
+    general position), which carries over to new examples as far as the inputs explain the
+    values. A head set this way is a state the trained encoder could be in, not a special
+    case, so training, checkpoints and the compiled step treat it like any other.
 
     Example:
         >>> net = make_encoder(torch.zeros(5, 3), (8,), total=2, init_scale=1.0)

@@ -66,6 +66,9 @@ class CheckedInit:
         if fn.support.is_discrete or not _reachable(fn.support):
             return fn.sample().detach()  # refused by name later (check_latent_sites)
         value = self.init_loc_fn(site)
+        # Pyro marks a strategy's own values (init_to_median, init_to_sample, ...) with
+        # _pyro_custom_init = False; values the user chose (init_to_value) are unmarked
+        generated = getattr(value, "_pyro_custom_init", True) is False
         if not torch.is_tensor(value):
             value = torch.as_tensor(value, dtype=torch.get_default_dtype())
         value = value.detach()
@@ -91,6 +94,7 @@ class CheckedInit:
                 f"{value.reshape(inside.shape + (-1,))[~inside][0].tolist()}): give a value "
                 f"in the support"
             )
+        value._pyro_custom_init = not generated  # kept: Pyro's reparam handlers read it
         return value
 
 
@@ -109,6 +113,16 @@ def per_example_locs(
     data plate, in the encoder's output order: ``(rows, total)``, the inverse of
     :func:`~pyro_gen.vae.autoguide_encoder.local_params`'s layout.
 
+    Where a Pyro strategy made the values (marked ``_pyro_custom_init = False``), every
+    example takes the first example's: what varies between examples there is the
+    strategy's noise (``init_to_median``'s estimate from 15 draws) or its randomness
+    (``init_to_sample``, ``init_to_uniform``), which an encoder could hold only with large
+    weights fitted to noise (from those, 150 steps did not bring the posterior of a
+    prior-only model back to the prior); the first example's value is still a median
+    estimate, a prior draw or a uniform point, consistent with the values of the sites it
+    depends on. Values the user gave (``init_to_value``, a function of their own) are kept
+    per example.
+
     Example:
         >>> import pyro
         >>> import pyro.distributions as dist
@@ -126,5 +140,8 @@ def per_example_locs(
     for name, s in local_sites.items():
         site = trace.nodes[name]
         unconstrained = biject_to(site["fn"].support).inv(site["value"].detach())
-        parts.append(unconstrained.movedim(s["pos"], 0).reshape(rows, s["numel"]))
+        values = unconstrained.movedim(s["pos"], 0).reshape(rows, s["numel"])
+        if getattr(site["value"], "_pyro_custom_init", True) is False:
+            values = values[:1].expand(rows, -1)
+        parts.append(values)
     return torch.cat(parts, -1)

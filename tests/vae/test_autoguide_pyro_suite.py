@@ -24,7 +24,16 @@ from pyro.infer import (
     TraceGraph_ELBO,
     TraceMeanField_ELBO,
 )
-from pyro.infer.autoguide import AutoDelta, AutoDiscreteParallel, AutoGuideList, AutoNormal
+from pyro.infer.autoguide import (
+    AutoDelta,
+    AutoDiscreteParallel,
+    AutoGuideList,
+    AutoNormal,
+    init_to_feasible,
+    init_to_mean,
+    init_to_median,
+    init_to_sample,
+)
 from pyro.util import check_model_guide_match
 
 from pyro_gen.vae import AutoAmortizedNormal
@@ -185,12 +194,17 @@ def train(model, guide, *args, steps, lr=0.05, lr_end=0.1, particles=50, Elbo=Tr
     return elbo
 
 
-def test_median_and_quantiles_reach_the_prior():
-    """As Pyro's test_median and test_quantiles: with the posterior equal to the prior, the
-    median of u ~ N(0, 1), v ~ LogNormal(0, 1), b ~ Beta(2, 2) is 0, 1, 0.5 for every
-    example; quantiles have the median in the middle and the prior's spread."""
+INIT_STRATEGIES = [None, init_to_feasible, init_to_mean, init_to_median, init_to_sample]
+
+
+@pytest.mark.parametrize("init_loc_fn", INIT_STRATEGIES, ids=lambda f: getattr(f, "__name__", f))
+def test_median_and_quantiles_reach_the_prior(init_loc_fn):
+    """As Pyro's test_median and test_quantiles, from every init strategy (Pyro runs
+    test_median with them too): with the posterior equal to the prior, the median of
+    u ~ N(0, 1), v ~ LogNormal(0, 1), b ~ Beta(2, 2) is 0, 1, 0.5 for every example;
+    quantiles have the median in the middle and the prior's spread."""
     x = torch.randn(6, 2)
-    guide = AutoAmortizedNormal(prior_only, hidden_dims=(4,))
+    guide = AutoAmortizedNormal(prior_only, hidden_dims=(4,), init_loc_fn=init_loc_fn)
     train(prior_only, guide, x, steps=150)
     median = guide.median(x)
     assert median["g"].item() == pytest.approx(1.0, abs=0.15)
@@ -226,10 +240,12 @@ def test_predictive_with_the_guide():
         assert not torch.allclose(samples["z"][0], samples["z"][1])  # independent draws
 
 
-def test_torch_save_after_training_gives_the_same_guide():
-    """As Pyro's test_serialization (nojit): ``torch.save`` of the whole trained guide."""
+@pytest.mark.parametrize("init_loc_fn", INIT_STRATEGIES, ids=lambda f: getattr(f, "__name__", f))
+def test_torch_save_after_training_gives_the_same_guide(init_loc_fn):
+    """As Pyro's test_serialization (nojit), over its init strategies: ``torch.save`` of the
+    whole trained guide."""
     x = torch.randn(4, 3)
-    guide = AutoAmortizedNormal(shapes_model, hidden_dims=(8,))
+    guide = AutoAmortizedNormal(shapes_model, hidden_dims=(8,), init_loc_fn=init_loc_fn)
     train(shapes_model, guide, x, steps=3, particles=1)
     buffer = io.BytesIO()
     torch.save(guide, buffer)

@@ -14,6 +14,7 @@ import pytest
 import torch
 from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
+from pyro.infer.autoguide import init_to_median, init_to_sample
 
 from pyro_gen.vae import AutoAmortizedNormal
 
@@ -26,21 +27,24 @@ def model(x):
         pyro.sample("x", dist.Normal(z.sum(-1, keepdim=True), scale).to_event(1), obs=x)
 
 
-def trained_guide(x, steps=5):
-    guide = AutoAmortizedNormal(model, hidden_dims=(8,))
+def trained_guide(x, steps=5, init_loc_fn=None):
+    guide = AutoAmortizedNormal(model, hidden_dims=(8,), init_loc_fn=init_loc_fn)
     svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), Trace_ELBO())
     for _ in range(steps):
         svi.step(x)
     return guide
 
 
-def test_state_dict_loads_into_a_guide_called_once():
+@pytest.mark.parametrize("init_loc_fn", [None, init_to_sample], ids=["default", "sample"])
+def test_state_dict_loads_into_a_guide_called_once(init_loc_fn):
+    """(With init_to_sample the fresh guide starts from other draws: the loaded state
+    replaces them.)"""
     x = torch.randn(6, 1)
-    saved = trained_guide(x)
+    saved = trained_guide(x, init_loc_fn=init_loc_fn)
     buffer = io.BytesIO()
     torch.save(saved.state_dict(), buffer)
     pyro.clear_param_store()
-    fresh = AutoAmortizedNormal(model, hidden_dims=(8,))
+    fresh = AutoAmortizedNormal(model, hidden_dims=(8,), init_loc_fn=init_loc_fn)
     poutine.trace(fresh).get_trace(x)  # the warm-up call fit makes before restoring
     buffer.seek(0)
     fresh.load_state_dict(torch.load(buffer, weights_only=True))
@@ -118,11 +122,12 @@ def test_pickle_round_trip_after_use():
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_compiled_step_with_positive_global_latents(caplog):
+@pytest.mark.parametrize("init_loc_fn", [None, init_to_median], ids=["default", "median"])
+def test_compiled_step_with_positive_global_latents(caplog, init_loc_fn):
     from pyro_gen.infer.compiled import CompiledSVI
 
     x = torch.randn(16, 1)
-    guide = AutoAmortizedNormal(model, hidden_dims=(8,))
+    guide = AutoAmortizedNormal(model, hidden_dims=(8,), init_loc_fn=init_loc_fn)
     svi = CompiledSVI(model, guide, pyro.optim.Adam({"lr": 1e-2}))
     with caplog.at_level("INFO", logger="pyro_gen"):
         losses = [float(svi.step(x)) for _ in range(3)]

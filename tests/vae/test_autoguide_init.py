@@ -456,3 +456,49 @@ def test_fit_resumes_exactly_and_stays_compiled_with_an_init_loc_fn(tmp_path, ca
     assert sorted(resumed) == sorted(straight)
     for name, value in straight.items():
         assert torch.equal(resumed[name], value), name
+
+
+@pytest.mark.parametrize(
+    "init_loc_fn", [None, init_to_mean, init_to_median], ids=["default", "mean", "median"]
+)
+def test_subsample_guide_as_in_pyros_suite(init_loc_fn):
+    """Pyro's test_subsample_guide (the model of its easyguide tutorial), from its init
+    strategies: a global drift, a chain of local states per example, minibatches of a
+    plate of 50 with the model's own indices (create_plates). Two epochs train."""
+
+    def model(batch, subsample, full_size):
+        drift = pyro.sample("drift", dist.LogNormal(-1.0, 0.5))
+        with pyro.plate("data", full_size, subsample=subsample):
+            z = 0.0
+            for t in range(len(batch)):
+                z = pyro.sample(f"state_{t}", dist.Normal(z, drift))
+                pyro.sample(f"obs_{t}", dist.Bernoulli(logits=z), obs=batch[t])
+
+    def create_plates(batch, subsample, full_size):
+        return pyro.plate("data", full_size, subsample=subsample)
+
+    data = (torch.rand(8, 50) < 0.5).float()
+    guide = AutoAmortizedNormal(
+        model,
+        hidden_dims=(8,),
+        input_fn=lambda batch, subsample, full_size: batch.T,
+        init_loc_fn=init_loc_fn,
+        create_plates=create_plates,
+    )
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.02}), Trace_ELBO())
+    for _ in range(2):
+        for begin in range(0, 50, 20):
+            subsample = torch.arange(begin, min(50, begin + 20))
+            assert math.isfinite(svi.step(data[:, subsample], subsample, full_size=50))
+    if init_loc_fn is init_to_mean:  # the states' prior mean is 0 (a chain from 0)
+        pyro.clear_param_store()
+        fresh = AutoAmortizedNormal(
+            model,
+            hidden_dims=(8,),
+            input_fn=lambda batch, subsample, full_size: batch.T,
+            init_loc_fn=init_loc_fn,
+            create_plates=create_plates,
+        )
+        start = fresh.median(data[:, :20], torch.arange(20), 50)
+        assert start["drift"].item() == pytest.approx(math.exp(-1.0 + 0.5**2 / 2), rel=1e-5)
+        assert all(not start[f"state_{t}"].any() for t in range(8))

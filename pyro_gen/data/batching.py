@@ -24,7 +24,6 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -198,18 +197,46 @@ class TensorBatches:
         return self.epoch()
 
 
-@contextmanager
-def _rng_kept() -> Iterator[None]:
-    """Restores the global random states (torch's CPU and, once initialized, CUDA
-    generators, Python's ``random`` and numpy's) on exit."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    cuda = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
-    try:
-        with torch.random.fork_rng(devices=cuda):
-            yield
-    finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
+RngStates = tuple[torch.Tensor, list[torch.Tensor], Any, Any]
+
+
+def _rng_states() -> RngStates:
+    """The global random states: torch's CPU and (once initialized) CUDA generators,
+    Python's ``random`` and numpy's."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []
+    return torch.get_rng_state(), cuda, random.getstate(), np.random.get_state()
+
+
+def _set_rng_states(states: RngStates) -> None:
+    cpu, cuda, py_state, np_state = states
+    torch.set_rng_state(cpu)
+    if cuda:
+        torch.cuda.set_rng_state_all(cuda)
+    random.setstate(py_state)
+    np.random.set_state(np_state)
+
+
+def _same_rng_states(a: RngStates, b: RngStates) -> bool:
+    def same_np(x: Any, y: Any) -> bool:
+        return all(np.array_equal(u, v) for u, v in zip(x, y))
+
+    return (
+        torch.equal(a[0], b[0])
+        and len(a[1]) == len(b[1])
+        and all(torch.equal(u, v) for u, v in zip(a[1], b[1]))
+        and a[2] == b[2]
+        and same_np(a[3], b[3])
+    )
+
+
+@dataclass
+class _Peeked:
+    """An iterator that :meth:`IterableBatches.peek` started, with the random states from
+    before and after it was made and read once."""
+
+    batches: Iterator[Any]
+    before: RngStates
+    after: RngStates
 
 
 class IterableBatches:
@@ -226,6 +253,7 @@ class IterableBatches:
         self.device = torch.device(device) if device is not None else None
         self._one_shot = isinstance(source, Iterator)
         self._passes = 0
+        self._peeked: _Peeked | None = None
 
     def __len__(self) -> int:
         if callable(self.source) and not isinstance(self.source, Iterable):
@@ -241,21 +269,34 @@ class IterableBatches:
             return None
 
     def peek(self) -> Call:
-        """The first batch; a one-shot iterator keeps it for the pass that follows."""
+        """The first batch, read so that training still follows the user's own loop: the
+        user's batch function is called (an iterable iterated) once per epoch, and the same
+        random numbers are drawn.
+
+        A one-shot iterator keeps the batch for the pass that follows. Otherwise the
+        iterator made here is kept for the first pass, and the random states are put back
+        as they were: making and reading it may have drawn random numbers (a
+        ``DataLoader``'s base seed and shuffle order, a generator's own shuffle), which the
+        first pass takes up if it starts from the same states (as ``fit`` does, with
+        nothing drawn in between); if not (a resume restored other states, or skips
+        batches), the pass makes a fresh iterator instead.
+        """
         if self._one_shot:
             first = next(self.source, None)
             if first is None:
                 raise ValueError("data is an iterator that yields no batches")
             self.source = itertools.chain([first], self.source)
-        else:
-            # A fresh iterator may draw random numbers (a DataLoader draws its workers' base
-            # seed and its shuffle order from the global RNG; a user's generator may shuffle):
-            # the pass that follows draws them again, so this look must leave the RNG as it
-            # was, or training would not follow the same seed as the user's own loop.
-            with _rng_kept():
-                first = next(self._fresh(), None)
-            if first is None:
-                raise ValueError("data yields no batches")
+            return as_call(first, self.device)
+        before = _rng_states()
+        try:
+            batches = self._fresh()
+            first = next(batches, None)
+            after = _rng_states()
+        finally:
+            _set_rng_states(before)
+        if first is None:
+            raise ValueError("data yields no batches")
+        self._peeked = _Peeked(itertools.chain([first], batches), before, after)
         return as_call(first, self.device)
 
     def _fresh(self) -> Iterator[Any]:
@@ -271,7 +312,12 @@ class IterableBatches:
                 "DataLoader or a function that returns a fresh iterator for each epoch"
             )
         self._passes += 1
-        batches = self._fresh()
+        peeked, self._peeked = self._peeked, None
+        if peeked is not None and skip == 0 and _same_rng_states(_rng_states(), peeked.before):
+            batches = peeked.batches  # its draws made now, as a fresh iterator's would be
+            _set_rng_states(peeked.after)
+        else:
+            batches = self._fresh()
         for _ in itertools.islice(batches, skip):
             pass
         return (as_call(batch, self.device) for batch in batches)

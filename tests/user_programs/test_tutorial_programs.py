@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from pyro_gen.infer import evaluate_elbo, fit, iwae_log_likelihood
 from pyro_gen.vae import AutoAmortizedNormal
-from tests.user_programs import cvae, missing_data, prodlda, sparse_gamma_def
+from tests.user_programs import annealed_vae, cvae, missing_data, prodlda, sparse_gamma_def, vae
+from tests.user_programs.annealed_vae import annealed_batches
 from tests.user_programs.test_user_programs import (
     GUIDES,
     _store,
@@ -453,3 +454,61 @@ def test_ppca_with_missing_entries(kind):
     assert gap < 3 * se, (gap, se)
     gap, se = paired_gap(iwae, exact)
     assert -0.15 - 3 * se < gap < 3 * se, (gap, se)
+
+
+# ---------------------------------------------------------------------------------------
+# KL annealing written inline with poutine.scale, the factor passed with each batch
+
+
+@pytest.mark.parametrize("compile", [False, None], ids=["plain", "default"])
+def test_annealing_factor_passed_with_each_batch(compile):
+    """A Python float argument that changes at every step (the DMM example's annealing):
+    fit takes Pyro's SVI steps on the user's generator, the compiled default included (it
+    must not hold a recorded factor fixed); the annealed model is scored at factor 1, and
+    the importance-weighted bound refuses a scaled latent by name."""
+    x, x_test = vae.digits(num_train=96, num_test=32)
+
+    def run(train):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        m = annealed_vae.AnnealedVAE()
+        state = {"step": 0}
+        train(m, lambda: annealed_batches(x, 16, state), pyro.optim.SGD({"lr": 1e-2}))
+        return m, _store()
+
+    def by_svi(m, batches, optim):
+        svi = SVI(m.model, m.guide, optim, Trace_ELBO())
+        for _ in range(3):
+            for batch in batches():
+                svi.step(**batch)
+
+    _, expected = run(by_svi)
+    m, got = run(
+        lambda m, batches, optim: fit(
+            m.model, batches, guide=m.guide, epochs=3, optim=optim, compile=compile, progress=False
+        )
+    )
+    assert_same_store(got, expected, exact=compile is False)
+    plain = evaluate_elbo(m.model, x_test, guide=m.guide, num_particles=50)
+    as_vae = evaluate_elbo(vae.VAE.model.__get__(m), x_test, guide=vae.VAE.guide.__get__(m))
+    assert abs(plain - as_vae) < 1.0, (plain, as_vae)
+    with pytest.raises(ValueError, match="'z' has scale 0.5"):
+        iwae_log_likelihood(
+            m.model, {"x": x_test, "annealing_factor": 0.5}, guide=m.guide, num_samples=4
+        )
+
+
+def test_fit_calls_the_users_batch_function_once_per_epoch():
+    """A function returning each epoch's batches is the user's epoch: fit calls it once per
+    epoch, as the user's own loop does (looking at the first batch used to call it once
+    more, which moved any counter it keeps, such as the annealing schedule above)."""
+    x, _ = vae.digits(num_train=64, num_test=0)
+    m = vae.VAE()
+    calls = []
+
+    def batches():
+        calls.append(len(calls))
+        return iter([(x[:32],), (x[32:],)])
+
+    fit(m.model, batches, guide=m.guide, epochs=3, progress=False)
+    assert len(calls) == 3

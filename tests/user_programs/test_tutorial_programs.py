@@ -1,11 +1,12 @@
-"""Issue 10, continued with Pyro's own tutorials: ProdLDA (amortized LDA) and the
-conditional VAE, written in plain Pyro as the tutorials write them, train with
-:func:`pyro_gen.infer.fit` and with Pyro's ``SVI`` loop, take three guides without any edit
-to the model (hand-written, :class:`~pyro_gen.vae.AutoAmortizedNormal`, a flow guide on
-pyro_gen's IAF) and are scored by :func:`~pyro_gen.infer.evaluate_elbo` and
-:func:`~pyro_gen.infer.iwae_log_likelihood`. The options of ``fit`` a user reaches for
-(batch_size, a ``DataLoader``, eval_data, checkpoints, compile on and off) are used on them.
-"""
+"""Issue 10, continued with Pyro's own tutorials and examples: ProdLDA (amortized LDA),
+the conditional VAE, the sparse gamma DEF, a model with ``obs_mask`` (probabilistic PCA
+with missing entries) and KL annealing written with ``poutine.scale``, each in plain Pyro
+as those write them. Each trains with :func:`pyro_gen.infer.fit` and with Pyro's ``SVI``
+loop, takes three guides without any edit to the model (hand-written,
+:class:`~pyro_gen.vae.AutoAmortizedNormal`, a flow guide on pyro_gen's IAF) and is scored
+by :func:`~pyro_gen.infer.evaluate_elbo` and :func:`~pyro_gen.infer.iwae_log_likelihood`.
+The options of ``fit`` a user reaches for (batch_size, a ``DataLoader``, the user's batch
+function, eval_data, checkpoints, compile on and off) are used on them."""
 
 from __future__ import annotations
 
@@ -464,8 +465,8 @@ def test_ppca_with_missing_entries(kind):
 def test_annealing_factor_passed_with_each_batch(compile):
     """A Python float argument that changes at every step (the DMM example's annealing):
     fit takes Pyro's SVI steps on the user's generator, the compiled default included (it
-    must not hold a recorded factor fixed); the annealed model is scored at factor 1, and
-    the importance-weighted bound refuses a scaled latent by name."""
+    must not hold a recorded factor fixed); the importance-weighted bound refuses a scaled
+    latent by name."""
     x, x_test = vae.digits(num_train=96, num_test=32)
 
     def run(train):
@@ -489,9 +490,6 @@ def test_annealing_factor_passed_with_each_batch(compile):
         )
     )
     assert_same_store(got, expected, exact=compile is False)
-    plain = evaluate_elbo(m.model, x_test, guide=m.guide, num_particles=50)
-    as_vae = evaluate_elbo(vae.VAE.model.__get__(m), x_test, guide=vae.VAE.guide.__get__(m))
-    assert abs(plain - as_vae) < 1.0, (plain, as_vae)
     with pytest.raises(ValueError, match="'z' has scale 0.5"):
         iwae_log_likelihood(
             m.model, {"x": x_test, "annealing_factor": 0.5}, guide=m.guide, num_samples=4

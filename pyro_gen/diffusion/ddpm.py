@@ -68,8 +68,10 @@ class DDPM(PicklableModule):
     every example draws its own step :math:`t_k`, scaled by :math:`n_k`;
     :math:`\\sum_k n_k L_{t_k - 1}` has the expectation :math:`\\sum_{t \\ge 2} L_{t-1}`
     (stratified sampling, :func:`~pyro_gen.diffusion.sampled_variational_bound`'s design).
-    On held-out moons (T = 500) its spread over points was 2.35 nats against 124 for one
-    uniform step, for 17 network passes per point instead of 1 (benchmarks/RESULTS.md).
+    On held-out moons (T = 500) its spread over points was 5.3 nats against 137 for one
+    uniform step, for 5 network passes per point instead of 1 (``eval_strata=4``, the
+    default: 100 times the information per pass; 16 strata, 17 passes, gave 2.3 nats;
+    benchmarks/RESULTS.md).
     This "model" conditions on :math:`x_0` and is a training objective, not a generative
     story; ``model(None)`` always runs the full generative chain.
 
@@ -107,8 +109,9 @@ class DDPM(PicklableModule):
         form: ``"time_plate"`` or ``"full_chain"`` (what ``model``/``guide`` run on data).
         time_samples: time steps drawn per example in the time-plate form.
         eval_strata: in eval mode, the time plate draws one step per example from each of
-            ``eval_strata`` geometric strata of steps 2..T, with :math:`L_0` exact (0: the
-            training draw also in eval mode).
+            ``eval_strata`` geometric strata of steps 2..T, with :math:`L_0` exact: 1 +
+            ``eval_strata`` network passes per example (0: the training draw also in eval
+            mode).
         data: ``"continuous"``, ``"image"`` or ``"auto"`` (image when ``event_shape`` has 2 or 3
             dims).
         num_bins: levels of the discretized decoder (256 for 8-bit pixels, 17 for sklearn
@@ -146,7 +149,7 @@ class DDPM(PicklableModule):
         objective: Literal["elbo", "simple"] = "elbo",
         form: Literal["time_plate", "full_chain"] = "time_plate",
         time_samples: int = 1,
-        eval_strata: int = 16,
+        eval_strata: int = 4,
         data: Literal["auto", "continuous", "image"] = "auto",
         num_bins: int = 256,
         hybrid_weight: float = 1e-3,

@@ -313,6 +313,12 @@ def fit(
     calls (a call counter, a global) should not rely on being called once per step: pass
     such values as tensors or data, or train with ``compile=False``, where each step runs
     ``model`` and ``guide`` once per particle as ``SVI.step`` does (after the one trace).
+    That trace leaves the random number generators as it found them, but it creates the
+    parameters a guide makes on its first call (Pyro's autoguides, a ``pyro.param`` with a
+    random initial value): the first step then draws other random numbers than a loop
+    whose first ``svi.step`` creates them (a sparse gamma DEF: parameters 0.1 apart after 10
+    Adam steps). Call the guide once on a batch beforehand, as one does to inspect an
+    autoguide, and ``fit`` with ``compile=False`` takes the loop's steps bit for bit.
 
     With ``checkpoint_dir``, the run directory is locked while training; after every epoch
     (and every ``checkpoint_every`` steps) ``checkpoint.pt`` is rewritten atomically (module

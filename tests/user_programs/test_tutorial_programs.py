@@ -510,3 +510,42 @@ def test_fit_calls_the_users_batch_function_once_per_epoch():
 
     fit(m.model, batches, guide=m.guide, epochs=3, progress=False)
     assert len(calls) == 3
+
+
+@pytest.mark.parametrize("kind", ["hand-written", "AutoAmortizedNormal"])
+def test_sparse_gamma_def_fit_takes_pyro_svi_steps_once_the_guide_has_its_parameters(kind):
+    """With TraceMeanField_ELBO and Gamma draws (the compiled step falls back to Pyro's),
+    fit takes Pyro's steps bit for bit once the guide has made its parameters, which both
+    of these make lazily on their first call, drawing random numbers (documented in fit:
+    without the call, fit's checking trace makes them before the first step)."""
+    x = sparse_gamma_def.counts()
+    batches = [(x,)] if kind == "hand-written" else [(x[:20],), (x[20:],)]
+
+    def run(train):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        guide = _def_guide(kind)
+        guide(*batches[0])
+        train(guide, pyro.optim.Adam({"lr": 1e-2}))
+        return _store()
+
+    def by_svi(guide, optim):
+        svi = SVI(sparse_gamma_def.model, guide, optim, TraceMeanField_ELBO())
+        for _ in range(4):
+            for batch in batches:
+                svi.step(*batch)
+
+    expected = run(by_svi)
+    got = run(
+        lambda guide, optim: fit(
+            sparse_gamma_def.model,
+            batches,
+            guide=guide,
+            epochs=4,
+            optim=optim,
+            loss=TraceMeanField_ELBO(),
+            compile=False,
+            progress=False,
+        )
+    )
+    assert_same_store(got, expected, exact=True)

@@ -161,6 +161,23 @@ def test_prodlda_subsampling_the_corpus_inside_the_model():
     assert after > before + 1.0, (before, after)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    raises=IndexError,
+    reason="AutoAmortizedNormal keeps the full size its plate had on the first call and "
+    "draws subsample indices up to it for a corpus of another size (pyro_gen/vae/autoguide.py)",
+)
+def test_prodlda_autoguide_scores_a_held_out_corpus_the_model_subsamples():
+    """The amortized guide of the model that subsamples the corpus itself, trained on 64
+    documents, scores 32 held-out ones: the model's plate says N = 32 there."""
+    docs, test_docs = prodlda.corpus(64), prodlda.corpus(32, seed=1)
+    m = prodlda.ProdLDA()
+    guide = AutoAmortizedNormal(m.subsampled_model, hidden_dims=(16,))
+    fit(m.subsampled_model, [docs], guide=guide, epochs=5, progress=False)
+    for _ in range(5):  # each draws 16 of the 32 documents
+        assert evaluate_elbo(m.subsampled_model, [test_docs], guide=guide) < 0
+
+
 def test_prodlda_resumes_exactly_with_its_batch_norm_statistics(tmp_path):
     """A fresh ProdLDA (as in a new process) resumes from fit's checkpoint: the parameters
     and the batch norms' running statistics equal those of the uninterrupted run."""

@@ -112,7 +112,7 @@ def test_ddpm_samples_with_the_score_samplers_and_gives_its_ode_likelihood(tmp_p
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["cnf", "--data", "digits", "--objective", "flow-matching"], "use a 2D toy dataset"),
+        (["cnf", "--data", "digits", "--objective", "flow-matching"], "on 2D toy data"),
         (["cnf", "--data", "digits", "--velocity-net", "time_mlp"], "image CNFs use a conv net"),
         (["realnvp", "--data", "moons", "--velocity-net", "time_mlp"], "not an option of"),
         (["vae", "--data", "digits", "--objective", "rectified"], "does not apply to vae"),

@@ -16,6 +16,7 @@ the split.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,8 @@ from typing import Any
 import torch
 from pyro.distributions import Delta, Unit
 from pyro.distributions.util import scale_and_mask
+from pyro.ops import packed
+from pyro.ops.contract import contract_to_tensor
 from pyro.poutine import Trace
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
@@ -242,22 +245,81 @@ def enumerated(site: dict) -> bool:
 
 def enumeration_problem(model_trace: Trace, plate: DataPlate) -> str | None:
     """Why the enumerated sites of ``model_trace`` cannot be summed out example by example,
-    or None when they can: each must lie in the data plate and in no other plate, and have
-    a dim of its own (``pyro.markov`` reuses dims, which needs tensor contraction)."""
+    or None when they can: each must lie in the data plate (it may lie in plates inside it
+    too, such as each word's topic in a document) and have a dim of its own (``pyro.markov``
+    reuses dims, which this does not follow)."""
     dims: dict[int, str] = {}
     for name, site in sample_sites(model_trace):
         if not enumerated(site):
             continue
         plates = set(_plates(site))
-        if plates != {plate.name}:
+        if plate.name not in plates:
             return (
-                f"enumerated site {name!r} is in plates {sorted(plates)}, not only {plate.name!r}"
+                f"enumerated site {name!r} is in plates {sorted(plates)}, outside the data "
+                f"plate {plate.name!r}, so it couples the examples"
             )
         dim = site["infer"]["_enumerate_dim"]
         if dim in dims:
             return f"enumerated sites {dims[dim]!r} and {name!r} share a dim (pyro.markov)"
         dims[dim] = name
     return None
+
+
+def _enumerated_log_weight(
+    model_trace: Trace, plate: DataPlate
+) -> tuple[torch.Tensor, set[str]] | None:
+    """Each example's log-density of the model sites that depend on enumerated sites, with
+    those summed out: the sites' factors are contracted by Pyro's plated sum-product (a
+    sum over each enumerated value inside every plate element, a product over plate
+    elements) down to the particle and data plates, as ``TraceEnum_ELBO`` contracts them.
+    Masks apply inside the sum and the (common) scale outside, as there. Returns the
+    unpacked tensor and the names of the sites it covers, or None without enumeration.
+
+    Raises:
+        ValueError: the sites have different scales (besides the data plate's N/B).
+    """
+    if not any(enumerated(site) for _, site in sample_sites(model_trace)):
+        return None
+    model_trace.compute_log_prob()
+    model_trace.pack_tensors()
+    plate_symbols = set(model_trace.plate_to_symbol.values())
+    enum_dims: set[str] = set()
+    for _, site in sample_sites(model_trace):
+        if enumerated(site):
+            enum_dims.update(site["packed"]["unscaled_log_prob"]._pyro_dims)
+    enum_dims -= plate_symbols
+    tree: OrderedDict[frozenset, list[torch.Tensor]] = OrderedDict()
+    covered, scales = set(), []
+    for name, site in sample_sites(model_trace):
+        log_prob = site["packed"]["unscaled_log_prob"]
+        if enum_dims.isdisjoint(log_prob._pyro_dims):
+            continue
+        ordinal = frozenset(
+            model_trace.plate_to_symbol[f.name] for f in site["cond_indep_stack"] if f.vectorized
+        )
+        tree.setdefault(ordinal, []).append(
+            packed.scale_and_mask(log_prob, mask=site["packed"]["mask"])
+        )
+        covered.add(name)
+        scales.append((name, example_scale(site, plate)))
+    first_name, scale = scales[0]
+    for name, other in scales[1:]:
+        if not bool(torch.all(torch.as_tensor(other) == torch.as_tensor(scale))):
+            raise ValueError(
+                f"sites {first_name!r} and {name!r} depend on an enumerated site and have "
+                "different scales (poutine.scale), so its sum cannot be weighted by one: give "
+                "them the same scale"
+            )
+    # The particle and data plates are kept, where the factors have their dims (the caller
+    # broadcasts the rest); every other plate is a product, each enumerated dim a sum.
+    present = set().union(*(t._pyro_dims for terms in tree.values() for t in terms))
+    target = frozenset(
+        model_trace.plate_to_symbol[name]
+        for name in (PARTICLE_PLATE, plate.name)
+        if model_trace.plate_to_symbol.get(name) in present
+    )
+    contracted = contract_to_tensor(tree, enum_dims, target_ordinal=target)
+    return packed.unpack(contracted, model_trace.symbol_to_dim) * scale, covered
 
 
 def is_delta(fn: Any) -> bool:
@@ -338,12 +400,16 @@ def split_log_weights(
                 f"guide site {name!r} is observed in the model (obs= or pyro.condition): a "
                 "guide samples only the model's latent sites; leave it out of the guide"
             )
+    summed_out = _enumerated_log_weight(model_trace, plate)
+    covered = summed_out[1] if summed_out is not None else set()
+    # a latent whose prior depends on a summed-out site is part of that sum, not a KL
     kl = _analytic_kl(model_trace, guide_latents) if analytic_kl else {}
+    kl = {name: value for name, value in kl.items() if name not in covered}
     terms: list[tuple[dict, float, torch.Tensor | None]] = []
     prior_sites = []
     for name, site in sample_sites(model_trace):
-        if name in kl:
-            continue  # the guide's term carries KL(q || p) for both
+        if name in kl or name in covered:
+            continue  # the guide's term carries KL(q || p) for both; or summed out below
         if site["is_observed"] or name in guide_latents or enumerated(site):
             terms.append((site, 1.0, None))
         else:
@@ -351,7 +417,7 @@ def split_log_weights(
     terms += [(site, -1.0, kl.get(name)) for name, site in guide_latents.items()]
 
     batch_size = None
-    for site, _, _ in terms:
+    for site in [s for s, _, _ in terms] + [model_trace.nodes[n] for n in covered]:
         for f in site["cond_indep_stack"]:
             if f.name == plate.name and f.vectorized:
                 batch_size = int(f.size)
@@ -374,8 +440,8 @@ def split_log_weights(
             shared = shared + sign * _reduce(log_prob, particle_dim, None)
             if sign < 0:
                 global_sites.append(site["name"])
-    if local.dim() > 2:  # enumeration dims: sum each example's discrete latents out
-        local = local.expand(local.shape[:-2] + (K, B)).flatten(0, -3).logsumexp(0)
+    if summed_out is not None:  # the enumerated sites and those depending on them
+        local = local + _reduce(summed_out[0], particle_dim, plate.dim)
     return LogWeights(
         local=local.expand(K, B),
         shared=shared.to(local.device).expand(K),

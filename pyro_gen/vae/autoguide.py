@@ -15,6 +15,7 @@ from typing import Any
 import pyro
 import pyro.distributions as dist
 import torch
+import torch.utils._pytree as pytree
 from pyro import poutine
 from pyro.infer.autoguide import AutoGuide, AutoNormal
 from pyro.poutine.indep_messenger import CondIndepStackFrame
@@ -39,7 +40,12 @@ from pyro_gen.vae.autoguide_inputs import (
     model_signature,
     sized_arguments,
 )
-from pyro_gen.vae.autoguide_trace import check_latent_sites, find_data_plate, trace_latents
+from pyro_gen.vae.autoguide_trace import (
+    check_latent_sites,
+    find_data_plate,
+    plate_sizes,
+    trace_latents,
+)
 
 __all__ = ["DEFAULT_INIT_SCALE", "AutoAmortizedNormal"]
 
@@ -70,7 +76,10 @@ class AutoAmortizedNormal(AutoGuide):
     plate of full size ``N`` too, so both sides carry Pyro's ``N/B`` scale and global
     latents train correctly on minibatches. If the model is given the minibatch (arguments
     with ``B`` rows), the guide encodes it as is. If it is given the full data (``N``
-    rows) and subsamples inside, the guide draws the indices (the model replays them), or,
+    rows) and subsamples inside, the guide draws the indices (the model replays them) with
+    the sizes the model opens its plate with on that call's data (read once per number of
+    examples and non-tensor arguments, by running the model as far as the plate: a held-out
+    set of another size, ``batch_size=None`` to score every example), or,
     where the model passes its own ``subsample=idx``, ``create_plates`` must return that
     plate, as for Pyro's autoguides.
 
@@ -288,6 +297,10 @@ class AutoAmortizedNormal(AutoGuide):
 
         total = sum(s["numel"] for s in local.values())
         rows = self._rows(args, kwargs)
+        # the data plate's sizes for calls like this one (see _plate_sizes)
+        self._subsample_sizes = {
+            _call_key(rows.shape[0], args, kwargs): (frame.full_size or frame.size, frame.size)
+        }
         self.net = make_encoder(rows, self.hidden_dims, total, self.init_scale)
         if init is not None:
             # Pyro's meaning (each site's loc starts at the init value) for a loc that is a
@@ -374,14 +387,17 @@ class AutoAmortizedNormal(AutoGuide):
             self.master is not None and self.master().create_plates is not None
         )
 
-    def _data_plate(self, plates: dict[str, pyro.plate], rows: int, device) -> pyro.plate:
+    def _data_plate(
+        self, plates: dict[str, pyro.plate], rows: int, device, args: tuple, kwargs: dict
+    ) -> pyro.plate:
         f = self._data_frame
         user_plate = self._user_plates()
         if f.name in plates and (user_plate or (self._index_inputs and self.master is not None)):
             return plates[f.name]  # indices chosen by the user, or drawn once by the master
         full = f.full_size or f.size
         if self._index_inputs:  # the model replays the indices drawn here
-            return pyro.plate(f.name, full, subsample_size=f.size, dim=f.dim, device=device)
+            full, size = self._plate_sizes(rows, args, kwargs)
+            return pyro.plate(f.name, full, subsample_size=size, dim=f.dim, device=device)
         # The rows at hand are the examples and only the scale N/B matters: the plate's
         # index site is kept out of the trace, so the model keeps its own indices (replayed
         # ones would override a model's subsample=idx) and a hand-written guide part may
@@ -391,6 +407,18 @@ class AutoAmortizedNormal(AutoGuide):
             return pyro.plate(
                 f.name, rows if full == f.size else full, subsample=indices, dim=f.dim
             )
+
+    def _plate_sizes(self, rows: int, args: tuple, kwargs: dict) -> tuple[int, int]:
+        """The full and subsample sizes of the data plate that the model subsamples itself,
+        for this call: the trace's, or, for other data or other options than the trace's
+        (a held-out set of another size, another ``batch_size=``), the model's own, read
+        once per such call structure by running it as far as the plate."""
+        known = self.__dict__.setdefault("_subsample_sizes", {})
+        key = _call_key(rows, args, kwargs)
+        if key not in known:
+            f = self._data_frame
+            known[key] = plate_sizes(self.model, args, kwargs, f.name) or (rows, f.size)
+        return known[key]
 
     @torch.no_grad()
     def _site_masks(self, data_plate: pyro.plate, args: tuple, kwargs: dict) -> dict[str, Any]:
@@ -421,7 +449,7 @@ class AutoAmortizedNormal(AutoGuide):
         if self.global_guide is not None:
             result.update(self.global_guide(*args, **kwargs))
         rows = self._rows(args, kwargs)
-        data_plate = self._data_plate(plates, rows.shape[0], rows.device)
+        data_plate = self._data_plate(plates, rows.shape[0], rows.device, args, kwargs)
         masks = self._site_masks(data_plate, args, kwargs) if self._masked_sites else {}
         with data_plate as indices:
             x = rows[indices] if self._index_inputs else rows
@@ -490,3 +518,9 @@ class AutoAmortizedNormal(AutoGuide):
             values = dist.Normal(loc, scale).icdf(q.reshape((-1,) + (1,) * loc.dim()))
             out[name] = biject_to(self.local_sites[name]["support"])(values)
         return out
+
+
+def _call_key(rows: int, args: tuple, kwargs: dict) -> tuple:
+    """What decides a model's own subsampling of its data: the number of examples and the
+    arguments that are not tensors (``batch_size=``, flags)."""
+    return (rows, *(v for v in pytree.tree_leaves((args, kwargs)) if not torch.is_tensor(v)))

@@ -6,9 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pyro
+import pyro.util
 from pyro import poutine
 from pyro.infer.autoguide.initialization import InitMessenger
 from pyro.poutine.indep_messenger import CondIndepStackFrame
+from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
 
@@ -189,3 +192,44 @@ def find_data_plate(
         )
     # the plate around most latent sites; on a tie the outermost (rightmost dim)
     return max(candidates, key=lambda f: (counts[f.name], f.dim))
+
+
+class _PlateOpened(Exception):
+    """Carries a plate's sizes out of the model run that opened it."""
+
+
+class _PlateProbe(Messenger):
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+    def _pyro_sample(self, msg: dict) -> None:
+        if site_is_subsample(msg) and msg["name"] == self.name:
+            fn = msg["fn"]
+            raise _PlateOpened(fn.size, fn.subsample_size or fn.size)
+
+
+def plate_sizes(model: Callable[..., Any], args: tuple, kwargs: dict, name: str) -> tuple | None:
+    """``(full size, subsample size)`` with which ``model`` opens plate ``name`` on these
+    arguments (None if it does not), read by running the model only as far as that plate,
+    hidden from any outer handler, and with the random state put back: a model that
+    subsamples its own data takes the sizes of the data it is given, which a guide must
+    follow when that data changes (a held-out set of another size).
+
+    Example:
+        >>> import pyro, torch
+        >>> def model(x, batch_size=None):
+        ...     with pyro.plate("docs", x.shape[0], subsample_size=batch_size):
+        ...         pass
+        >>> plate_sizes(model, (torch.zeros(32),), {"batch_size": 8}, "docs")
+        (32, 8)
+    """
+    rng = pyro.util.get_rng_state()
+    try:
+        with poutine.block(), _PlateProbe(name):
+            model(*args, **kwargs)
+    except _PlateOpened as opened:
+        return opened.args
+    finally:
+        pyro.util.set_rng_state(rng)
+    return None

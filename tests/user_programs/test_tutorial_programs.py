@@ -610,3 +610,31 @@ def test_lda_layout_bounds_close_in_on_each_documents_evidence():
     assert (iwae - exact).abs().max() < 0.1, iwae - exact
     gap, se = paired_gap(elbo, exact)
     assert gap < 3 * se, (gap, se)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ValueError,
+    reason="AutoAmortizedNormal takes the plate of global latents ('topics') for the data "
+    "plate when no plate's size is the first dimension of an argument (pyro_gen/vae/"
+    "autoguide_trace.py): 'Model and guide shapes disagree at site topic_weights'",
+)
+def test_autoguide_finds_the_documents_plate_of_data_laid_out_words_by_documents():
+    """Pyro's LDA example lays its data out (words, documents), with the documents plate at
+    dim -1 after a plate of global topics; the encoder is given the documents as rows."""
+    data = topic_mixture.corpus()
+
+    def model(data):
+        with pyro.plate("topics", 2):
+            weights = pyro.sample(
+                "topic_weights", dist.Gamma(torch.ones((), dtype=data.dtype), 1.0)
+            )
+        with pyro.plate("documents", data.shape[1], dim=-1):
+            scale = pyro.sample("scale", dist.LogNormal(torch.zeros((), dtype=data.dtype), 1.0))
+            with pyro.plate("words", data.shape[0], dim=-2):
+                pyro.sample("x", dist.Normal(weights.sum(-1), scale), obs=data)
+
+    x = data.double()
+    guide = AutoAmortizedNormal(model, hidden_dims=(8,), input_fn=lambda data: data.T)
+    assert Trace_ELBO().loss(model, guide, x) > 0
+    assert guide.plate_name == "documents"

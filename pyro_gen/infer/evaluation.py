@@ -185,7 +185,8 @@ class _Scorer:
     def _review(self, call: Call, model_trace: Trace, prior_sites: tuple[str, ...]) -> bool:
         """Decides, once per site, what to do with model latents that have no guide site:
         sum out those marked for TraceEnum_ELBO where that can be done example by example
-        (one value per example, no pyro.markov reuse), draw the rest from the model. Returns
+        (inside the data plate, nested plates and pyro.markov chains included), draw the rest
+        from the model. Returns
         whether enumeration has just been switched on (so the batch must be redone)."""
         new = [n for n in prior_sites if n not in self.reviewed]
         self.reviewed.update(new)

@@ -246,9 +246,8 @@ def enumerated(site: dict) -> bool:
 def enumeration_problem(model_trace: Trace, plate: DataPlate) -> str | None:
     """Why the enumerated sites of ``model_trace`` cannot be summed out example by example,
     or None when they can: each must lie in the data plate (it may lie in plates inside it
-    too, such as each word's topic in a document) and have a dim of its own (``pyro.markov``
-    reuses dims, which this does not follow)."""
-    dims: dict[int, str] = {}
+    too, such as each word's topic in a document, and form ``pyro.markov`` chains, such as
+    a sequence's hidden states); one outside it would couple the examples."""
     for name, site in sample_sites(model_trace):
         if not enumerated(site):
             continue
@@ -258,10 +257,6 @@ def enumeration_problem(model_trace: Trace, plate: DataPlate) -> str | None:
                 f"enumerated site {name!r} is in plates {sorted(plates)}, outside the data "
                 f"plate {plate.name!r}, so it couples the examples"
             )
-        dim = site["infer"]["_enumerate_dim"]
-        if dim in dims:
-            return f"enumerated sites {dims[dim]!r} and {name!r} share a dim (pyro.markov)"
-        dims[dim] = name
     return None
 
 
@@ -272,7 +267,9 @@ def _enumerated_log_weight(
     those summed out: the sites' factors are contracted by Pyro's plated sum-product (a
     sum over each enumerated value inside every plate element, a product over plate
     elements) down to the particle and data plates, as ``TraceEnum_ELBO`` contracts them.
-    Masks apply inside the sum and the (common) scale outside, as there. Returns the
+    Masks apply inside the sum and the (common) scale outside, as there. Pyro's packing
+    gives each site of a ``pyro.markov`` chain its own symbols although the chain reuses
+    dims, so the sum runs along the chain (the forward algorithm of an HMM). Returns the
     unpacked tensor and the names of the sites it covers, or None without enumeration.
 
     Raises:

@@ -19,7 +19,7 @@ import pyro.distributions as dist
 import pyro.optim
 import pytest
 import torch
-from pyro.infer import SVI, Predictive, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import SVI, Predictive, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from pyro.infer.autoguide import AutoNormal
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -28,6 +28,7 @@ from pyro_gen.vae import AutoAmortizedNormal
 from tests.user_programs import (
     annealed_vae,
     cvae,
+    discrete_hmm,
     missing_data,
     prodlda,
     sparse_gamma_def,
@@ -638,3 +639,37 @@ def test_autoguide_finds_the_documents_plate_of_data_laid_out_words_by_documents
     guide = AutoAmortizedNormal(model, hidden_dims=(8,), input_fn=lambda data: data.T)
     assert Trace_ELBO().loss(model, guide, x) > 0
     assert guide.plate_name == "documents"
+
+
+# ---------------------------------------------------------------------------------------
+# a discrete HMM: hidden states enumerated along a pyro.markov chain in each sequence
+
+
+def test_hmm_states_enumerated_along_a_markov_chain_give_the_forward_algorithm():
+    """Both estimators sum the chain out exactly per sequence (they drew it from the prior
+    with a warning before: the chain reuses enumeration dims, 30 nats off here)."""
+    seqs = discrete_hmm.sequences()
+    exact = discrete_hmm.forward_log_likelihood(seqs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        elbo = evaluate_elbo(discrete_hmm.model, seqs, guide=lambda s: None, per_example=True)
+        iwae = iwae_log_likelihood(
+            discrete_hmm.model, seqs, guide=lambda s: None, num_samples=5, per_example=True
+        )
+    assert torch.allclose(elbo, exact, atol=1e-10)
+    assert torch.allclose(iwae, exact, atol=1e-10)
+
+
+def test_hmm_with_a_guided_scale_matches_pyros_traceenum_elbo():
+    """With each sequence's emission scale guided, evaluate_elbo estimates what Pyro's
+    TraceEnum_ELBO does (measured: 0.02 apart at 4000 particles each), and the IWAE bound
+    lies above it."""
+    seqs = discrete_hmm.sequences()
+    model, guide = discrete_hmm.scaled_model, discrete_hmm.scale_guide
+    ours = evaluate_elbo(model, seqs, guide=guide, num_particles=4000)
+    loss = TraceEnum_ELBO(max_plate_nesting=1, num_particles=4000, vectorize_particles=True)
+    with torch.no_grad():
+        pyros = -loss.loss(model, guide, seqs) / seqs.shape[0]
+    iwae = iwae_log_likelihood(model, seqs, guide=guide, num_samples=4000)
+    assert abs(ours - pyros) < 0.1, (ours, pyros)
+    assert iwae > ours + 0.1, (iwae, ours)

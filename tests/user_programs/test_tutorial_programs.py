@@ -673,3 +673,45 @@ def test_hmm_with_a_guided_scale_matches_pyros_traceenum_elbo():
     iwae = iwae_log_likelihood(model, seqs, guide=guide, num_samples=4000)
     assert abs(ours - pyros) < 0.1, (ours, pyros)
     assert iwae > ours + 0.1, (iwae, ours)
+
+
+@pytest.mark.parametrize("compile", [False, None], ids=["plain", "default"])
+def test_hmm_emission_means_trained_by_fit_as_by_pyro_svi(compile):
+    """Maximum likelihood of the emission means with TraceEnum_ELBO (the chain summed out,
+    no guide): fit takes Pyro's SVI steps, and the exact evidence rises."""
+    seqs = discrete_hmm.sequences(num=32)
+    loss = TraceEnum_ELBO(max_plate_nesting=1)
+    batches = [(seqs[i : i + 8],) for i in range(0, 32, 8)]
+
+    def run(train):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        discrete_hmm.learned_model(seqs[:1])  # the param, made before either loop
+        before = discrete_hmm.forward_log_likelihood(seqs, pyro.param("locs").detach()).mean()
+        train(pyro.optim.Adam({"lr": 0.05}))
+        return before, _store()
+
+    def by_svi(optim):
+        svi = SVI(discrete_hmm.learned_model, lambda s: None, optim, loss)
+        for _ in range(10):
+            for (batch,) in batches:
+                svi.step(batch)
+
+    _, expected = run(by_svi)
+    before, got = run(
+        lambda optim: fit(
+            discrete_hmm.learned_model,
+            batches,
+            guide=lambda s: None,
+            epochs=10,
+            optim=optim,
+            loss=loss,
+            compile=compile,
+            progress=False,
+        )
+    )
+    assert_same_store(got, expected, exact=compile is False)
+    after = discrete_hmm.forward_log_likelihood(seqs, got["locs"]).mean()
+    assert after > before + 1.0, (before, after)
+    elbo = evaluate_elbo(discrete_hmm.learned_model, seqs, guide=lambda s: None)
+    assert abs(elbo - after.item()) < 1e-6

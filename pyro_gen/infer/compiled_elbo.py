@@ -18,6 +18,7 @@ from pyro.infer import (
     Trace_ELBO,
     TraceEnum_ELBO,
     TraceMeanField_ELBO,
+    traceenum_elbo,
 )
 from pyro.infer.traceenum_elbo import _compute_dice_elbo
 from pyro.infer.util import is_identically_zero
@@ -126,8 +127,31 @@ def _enumerated_elbo(model_trace: Any, guide_trace: Any) -> Any:
                 )
             if trace is guide_trace and how != "parallel":
                 _require_reparam(name, site)
-    elbo = _compute_dice_elbo(model_trace, guide_trace)
+    with _scales_compared_by_identity():
+        elbo = _compute_dice_elbo(model_trace, guide_trace)
     return 0.0 if is_identically_zero(elbo) else elbo
+
+
+@contextlib.contextmanager
+def _scales_compared_by_identity() -> Iterator[None]:
+    """Pyro checks that the sites of one enumerated sum share a scale by reading each
+    scale's value (``float(scale)``): a read-back of a KL-annealing factor, which is an
+    input of the program and so reads as data-dependent control flow. A scale that is one
+    tensor object for all of the sum's sites (the annealing wrappers give one product per
+    scale) is shared without reading it; anything else is left to Pyro's check."""
+    pyro_check = traceenum_elbo._get_common_scale
+
+    def common_scale(scales: list[Any]) -> Any:
+        first = scales[0] if scales else None
+        if torch.is_tensor(first) and first.dim() == 0 and all(s is first for s in scales):
+            return first
+        return pyro_check(scales)
+
+    traceenum_elbo._get_common_scale = common_scale
+    try:
+        yield
+    finally:
+        traceenum_elbo._get_common_scale = pyro_check
 
 
 def _require_reparam(name: str, site: dict[str, Any]) -> None:

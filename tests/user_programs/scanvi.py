@@ -97,7 +97,15 @@ class SCANVI(nn.Module):
         self.z1_encoder = mlp(LATENT + TYPES, hidden, 2 * LATENT)
         self.classifier = mlp(GENES, hidden, TYPES)
 
-    def model(self, x: torch.Tensor, y: torch.Tensor | None = None, batch_size=None) -> None:
+    def model(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None = None,
+        batch_size: int | None = None,
+        annealing_factor: float = 1.0,
+    ) -> None:
+        """``annealing_factor`` scales the latents' terms, KL annealing as Pyro's DMM
+        example writes it by hand (an observed label is data and keeps its weight)."""
         pyro.module("scanvi", self)
         theta = pyro.param(
             "inverse_dispersion", 10.0 * x.new_ones(GENES), constraint=constraints.positive
@@ -106,13 +114,16 @@ class SCANVI(nn.Module):
             x = x[idx]
             y = None if y is None else y[idx]
             n = x.shape[0]
-            z1 = pyro.sample("z1", dist.Normal(x.new_zeros(n, LATENT), 1.0).to_event(1))
+            with poutine.scale(scale=annealing_factor):
+                z1 = pyro.sample("z1", dist.Normal(x.new_zeros(n, LATENT), 1.0).to_event(1))
             prior = dist.OneHotCategorical(logits=x.new_zeros(n, TYPES))
-            y_ = pyro.sample("y", prior, obs=y)
-            loc, scale = self.z2_decoder(_cat(z1, y_)).chunk(2, -1)
-            z2 = pyro.sample("z2", dist.Normal(loc, F.softplus(scale)).to_event(1))
-            l_loc = x.new_full((n, 1), L_LOC)
-            library = pyro.sample("l", dist.LogNormal(l_loc, L_SCALE).to_event(1))
+            with poutine.scale(scale=annealing_factor if y is None else 1.0):
+                y_ = pyro.sample("y", prior, obs=y)
+            with poutine.scale(scale=annealing_factor):
+                loc, scale = self.z2_decoder(_cat(z1, y_)).chunk(2, -1)
+                z2 = pyro.sample("z2", dist.Normal(loc, F.softplus(scale)).to_event(1))
+                l_loc = x.new_full((n, 1), L_LOC)
+                library = pyro.sample("l", dist.LogNormal(l_loc, L_SCALE).to_event(1))
             gate_logits, rho = self.x_decoder(z2).chunk(2, -1)
             nb_logits = (library * F.softmax(rho, -1) + 5e-3).log() - (theta + 5e-3).log()
             counts = dist.ZeroInflatedNegativeBinomial(

@@ -150,9 +150,12 @@ class _Scorer:
                 for name, site in extra:
                     if name not in guide_trace.nodes:
                         replay.add_node(name, **site)
-            model = poutine.replay(self.model, trace=replay)
+            model = self.model
             if self.enumerate:
+                # inside the replay, as TraceEnum_ELBO puts it: enum then sees the replayed
+                # sites too and records the enumeration dims their densities depend on
                 model = poutine.enum(model, first_available_dim=self.particle_dim - 1)
+            model = poutine.replay(model, trace=replay)
             model_trace = poutine.trace(model).get_trace(*call.args, **call.kwargs)
         if subsamples is None:
             self.subsamples = _subsample_sites(guide_trace, model_trace)

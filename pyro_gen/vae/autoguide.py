@@ -245,10 +245,12 @@ class AutoAmortizedNormal(AutoGuide):
         return encoder_rows(self._arguments(args, kwargs), self._input_keys)
 
     def _find_data_plate(self, trace: Any, args: tuple, kwargs: dict) -> CondIndepStackFrame:
+        rows = self.input_fn(*args, **kwargs).shape[0] if self.input_fn is not None else None
+
         def has_inputs(f: CondIndepStackFrame) -> bool:
-            if self.input_fn is not None:
-                return True
             sizes = {f.size, f.full_size or f.size}
+            if rows is not None:  # the encoder's rows are the examples: a plate of their number
+                return rows in sizes
             return bool(sized_arguments(self._arguments(args, kwargs), sizes))
 
         return find_data_plate(trace, self.plate_name, has_inputs)

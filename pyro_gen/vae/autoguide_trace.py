@@ -182,8 +182,9 @@ def find_data_plate(
         raise ValueError(
             "AutoAmortizedNormal found no plate over data examples: "
             + (
-                f"no floating-point tensor argument of the model has a plate's size as "
-                f"its first dimension (plates: {described}); pass plate_name= and input_fn="
+                f"no plate has the size of the examples to encode (the first dimension of a "
+                f"floating-point tensor argument of the model, or the rows input_fn returns; "
+                f"plates: {described}); pass plate_name= and input_fn="
                 f"lambda *args, **kwargs: (batch, features) tensor"
                 if frames
                 else "the model has no latent site under a pyro.plate (no such plate); "

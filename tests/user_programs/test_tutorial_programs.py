@@ -615,13 +615,6 @@ def test_lda_layout_bounds_close_in_on_each_documents_evidence():
     assert gap < 3 * se, (gap, se)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="AutoAmortizedNormal takes the plate of global latents ('topics') for the data "
-    "plate when no plate's size is the first dimension of an argument (pyro_gen/vae/"
-    "autoguide_trace.py): 'Model and guide shapes disagree at site topic_weights'",
-)
 def test_autoguide_finds_the_documents_plate_of_data_laid_out_words_by_documents():
     """Pyro's LDA example lays its data out (words, documents), with the documents plate at
     dim -1 after a plate of global topics; the encoder is given the documents as rows."""

@@ -101,6 +101,7 @@ from pyro_gen.infer.compiled_elbo import (
     _ENUM_LOSSES,
     _MEAN_FIELD_LOSSES,
     _TRACE_LOSSES,
+    BETA_DTYPE,
     _bound_betas,
     _describe_change,
     _elbo_particle,
@@ -580,7 +581,7 @@ class CompiledSVI:
         # The check is not a step: running statistics and other buffers it would update
         # (batch norm's) are put back after it, so that they see each step once, as in SVI.
         with torch.no_grad(), self._networks(args, kwargs), UndoWrites():
-            betas = [torch.tensor(b) for b in self._beta_values()]
+            betas = [torch.tensor(b, dtype=BETA_DTYPE) for b in self._beta_values()]
             sigs, loss = [], 0.0
             with _bound_betas(self._kl, betas):
                 for m, g in self._traces(args, kwargs):
@@ -620,9 +621,8 @@ class CompiledSVI:
         start = time.perf_counter()
         with self._quiet_rng(tensors):
             params = self._params_of(signature)
-            dtype = params[0].dtype if params else torch.get_default_dtype()
             device = tensors[0].device if tensors else torch.device("cpu")
-            betas = [torch.tensor(b, dtype=dtype, device=device) for b in self._beta_values()]
+            betas = [torch.tensor(b, dtype=BETA_DTYPE, device=device) for b in self._beta_values()]
             # The guard's check is part of the program, large gradients checked where they
             # are made (still in cache); a CUDA graph captures it with the rest. Who reads
             # the flag: on an accelerator the fused update, on the device; on the CPU, where
@@ -770,10 +770,9 @@ class CompiledSVI:
     def _example_inputs(self, prog: _Program, data: list[torch.Tensor]) -> list[torch.Tensor]:
         # The program returns gradients and mutates no parameter; copies of data and
         # captured buffers keep a warm-up from touching running statistics.
-        dtype = prog.params[0].dtype if prog.params else torch.get_default_dtype()
         device = data[0].device if data else torch.device("cpu")
         out = [*prog.params, *(t.clone() for t in data)]
-        out += [torch.tensor(b, dtype=dtype, device=device) for b in self._beta_values()]
+        out += [torch.tensor(b, dtype=BETA_DTYPE, device=device) for b in self._beta_values()]
         for e in prog.extras:
             out.append(e.draw() if isinstance(e, _Noise) else e.clone())
         return out
@@ -841,7 +840,7 @@ class CompiledSVI:
         values = self._beta_values()
         held = self._betas.get((dtype, device))
         if held is None or len(held) != len(values):
-            held = [torch.empty((), dtype=dtype, device=device) for _ in values]
+            held = [torch.empty((), dtype=BETA_DTYPE, device=device) for _ in values]
             self._betas[(dtype, device)] = held
         for t, v in zip(held, values):
             t.fill_(v)  # a kernel argument: no copy from the host

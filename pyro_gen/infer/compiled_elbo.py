@@ -37,6 +37,12 @@ _ENUM_LOSSES = (TraceEnum_ELBO, JitTraceEnum_ELBO)
 # ---------------------------------------------------------------------------------------
 # KL-annealing wrappers: found in the handler chain, their beta becomes a program input.
 
+#: The dtype of the beta inputs. Pyro multiplies a site's scale by beta as Python numbers
+#: (double) and the log-density by the product, cast to its own dtype; a float32 beta would
+#: round the product differently, so a compiled step would not be the plain step bit for bit
+#: (a checkpoint resumed with an annealing schedule, whose first steps are plain, drifted).
+BETA_DTYPE = torch.float64
+
 
 def _kl_messengers(fn: Callable[..., Any]) -> list[Any]:
     try:

@@ -83,6 +83,7 @@ class KLScaleMessenger(Messenger):
         self._enum_dims: dict[int, str] = {}
         self._dependents: dict[str, list[tuple[str, bool]]] = {}
         self._pending: list[tuple[torch.Tensor, float, list[str]]] = []
+        self._open: dict[str, tuple[float, list[str]]] = {}
         self._products: dict[float, Any] = {}
 
     def __enter__(self) -> KLScaleMessenger:
@@ -187,15 +188,20 @@ class KLScaleMessenger(Messenger):
         unknown = [s for s in sums_in if s not in sums.prior]
         if unknown:
             # First run of this sum: whether it is prior or shared shows only when the
-            # model has run; the scale is a tensor that __exit__ sets in place.
-            # float64, as the Python numbers that Pyro multiplies scales as
-            scale = torch.as_tensor(msg["scale"], dtype=torch.float64).clone()
-            self._pending.append((scale, self._beta(), unknown))
-            msg["scale"] = scale
+            # model has run; the scale is a tensor (float64, as the Python numbers Pyro
+            # multiplies scales as) that __exit__ sets in place.
+            msg["scale"] = torch.as_tensor(msg["scale"], dtype=torch.float64).clone()
+            self._open[name] = (self._beta(), unknown)
             return
         msg["scale"] = self._scaled(msg["scale"])
 
     def _postprocess_message(self, msg: dict[str, Any]) -> None:
+        if msg["type"] == "sample" and msg["name"] in self._open:
+            # Handlers outside this one (a vectorized particle plate) may have multiplied
+            # the scale since: the trace holds their product, which is what to set.
+            beta, names = self._open.pop(msg["name"])
+            if torch.is_tensor(msg["scale"]) and msg["scale"].dtype == torch.float64:
+                self._pending.append((msg["scale"], beta, names))
         if (
             msg["type"] == "sample"
             and self.sums is not None

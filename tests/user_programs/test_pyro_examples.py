@@ -630,3 +630,33 @@ def test_an_annealed_compiled_run_resumes_exactly(tmp_path):
     run(tmp_path / "resumed", 2)
     pyro.set_rng_seed(123)
     assert_same_store(run(tmp_path / "resumed", 4), straight, exact=True)
+
+
+@pytest.mark.parametrize("vectorize", [False, True], ids=["particles in turn", "vectorized"])
+def test_annealing_a_mixture_prior_is_right_from_the_first_call(vectorize):
+    """The first call tells the sum over ``c`` apart (only the latent ``z`` depends on it:
+    a mixture prior, scaled whole) and its scales are set when the model's run ends; under
+    a vectorized particle plate, which multiplies the scales after the wrapper, too."""
+    locs = torch.tensor([-2.0, 2.0])
+
+    def model(x, beta=1.0):
+        with pyro.plate("data", len(x)):
+            with poutine.scale(scale=beta):  # the annealing a user writes by hand
+                c = pyro.sample(
+                    "c", dist.Categorical(logits=torch.zeros(2)), infer={"enumerate": "parallel"}
+                )
+                z = pyro.sample("z", dist.Normal(locs[c], 1.0))
+            pyro.sample("x", dist.Normal(z, 0.5), obs=x)
+
+    def guide(x, beta=1.0):
+        with pyro.plate("data", len(x)), poutine.scale(scale=beta):
+            pyro.sample("z", dist.Normal(x, 0.7))
+
+    x = torch.tensor([-2.1, 0.3, 1.9])
+    loss = TraceEnum_ELBO(max_plate_nesting=1, num_particles=3, vectorize_particles=vectorize)
+    pyro.set_rng_seed(0)
+    expected = loss.loss(model, guide, x, beta=0.3)
+    annealed = kl_scale_pair(model, guide, 0.3)
+    for _ in range(2):
+        pyro.set_rng_seed(0)
+        assert loss.loss(*annealed, x) == expected

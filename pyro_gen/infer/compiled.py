@@ -495,11 +495,7 @@ class CompiledSVI:
                 # cost more than it saves.
                 same = sum((k[0], k[2]) == (key[0], key[2]) for k in self._sightings)
                 if seen >= self.max_programs or (same >= 2 and self._calls < 10 * (same + 1)):
-                    raise _Unsupported(
-                        f"the shapes of the inputs change from batch to batch ({same + 1} "
-                        f"distinct input shapes of one argument structure in {self._calls} "
-                        "steps)"
-                    )
+                    raise _Unsupported(self._why_signatures_vary(key, args, kwargs, same))
                 self._sightings[key] = signature
                 self._updates.register(self._params_of(signature))
                 return None
@@ -534,6 +530,24 @@ class CompiledSVI:
                     f"{_describe_change(prog.signature, sig)}"
                 )
         return prog, tensors, expected
+
+    def _why_signatures_vary(self, key: tuple, args: tuple, kwargs: dict, same: int) -> str:
+        """Why this step saw too many input signatures: a non-tensor argument taking new
+        values (named, with what to do), or the tensors' shapes changing."""
+        keys = [k for k in (*self._sightings, key) if k[0] == key[0]]
+        varying = [i for i in range(len(key[2])) if len({k[2][i] for k in keys}) > 1]
+        if varying:
+            paths = [path for path, _ in pytree.tree_flatten_with_path((args, kwargs))[0]]
+            where = ", ".join(f"{_argument_name(paths[i])} (now {key[2][i]!r})" for i in varying)
+            return (
+                f"a non-tensor argument takes a new value from batch to batch ({where}), and "
+                "each value would need its own recording: pass it as a tensor "
+                "(torch.tensor(value)) to keep the compiled step"
+            )
+        return (
+            f"the shapes of the inputs change from batch to batch ({same + 1} distinct input "
+            f"shapes of one argument structure in {self._calls} steps)"
+        )
 
     def _check_sites(self, signature: tuple, structure: Any) -> None:
         """Raises when the names of the sites differ from those of the first batch with the
@@ -870,3 +884,15 @@ class CompiledSVI:
         """The step as SVI takes it, updated by :meth:`GuardedUpdate.plain`."""
         loss, params = self._plain_loss_and_grads(args, kwargs)
         return self._updates.plain(loss, params, guard=self.step_guard, fused=self.fused_update)
+
+
+def _argument_name(path: tuple) -> str:
+    """A leaf of ``(args, kwargs)`` as a user names it: ``positional argument 1``,
+    ``argument 'beta'``, with the place inside a container after it."""
+    top, *rest = path[1:]
+    head = (
+        f"positional argument {top.idx}"
+        if isinstance(top, pytree.SequenceKey)
+        else f"argument {top.key!r}"
+    )
+    return head + (pytree.keystr(tuple(rest)) if rest else "")

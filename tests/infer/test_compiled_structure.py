@@ -215,3 +215,30 @@ def test_two_argument_structures_each_with_a_partial_batch_stay_compiled():
         svi.step(x, x[:, 0]) if labelled else svi.step(x)
     assert svi.compiled, svi.fallback_reason
     assert len(svi._sightings) == 4 and len(svi._programs) == 2  # partial batches: seen once
+
+
+@pytest.mark.parametrize("by_name", [False, True])
+def test_a_number_argument_changing_every_batch_is_named_in_the_fallback(by_name):
+    """A Python float that changes every step (an annealing factor passed with the batch, as
+    in Pyro's DMM example) makes a new signature each step. The fallback said "the shapes of
+    the inputs change (1 distinct input shapes ...)"; it names the argument and the fix."""
+
+    def model(x, beta):
+        loc = pyro.param("loc", torch.zeros(()))
+        with pyro.plate("data", x.shape[0]), pyro.poutine.scale(scale=beta):
+            pyro.sample("obs", dist.Normal(loc, 1.0), obs=x)
+
+    def guide(x, beta):
+        pass
+
+    pyro.clear_param_store()
+    svi = CompiledSVI(model, guide, backend="jit", max_programs=3)
+    for i in range(5):
+        x, beta = torch.randn(10), 0.1 * (i + 1)
+        svi.step(x, beta=beta) if by_name else svi.step(x, beta)
+    assert not svi.compiled
+    name = "argument 'beta'" if by_name else "positional argument 1"
+    assert f"a non-tensor argument takes a new value from batch to batch ({name} (now 0.4)" in (
+        svi.fallback_reason
+    ), svi.fallback_reason
+    assert "torch.tensor(value)" in svi.fallback_reason

@@ -28,16 +28,13 @@ from pyro_gen.infer import LinearAnnealing, evaluate_elbo, fit, iwae_log_likelih
 from pyro_gen.infer.annealing import kl_scale_pair
 from pyro_gen.vae import AutoAmortizedNormal
 from tests.user_programs import air, lda, scanvi
-from tests.user_programs.test_user_programs import _store, paired_gap, svi_epochs
-
-
-def assert_same_store(got: dict, expected: dict, exact: bool) -> None:
-    assert sorted(got) == sorted(expected)
-    for name, value in expected.items():
-        if exact:
-            assert torch.equal(got[name], value), name
-        else:
-            torch.testing.assert_close(got[name], value, rtol=1e-4, atol=1e-5, msg=name)
+from tests.user_programs.test_user_programs import (
+    _store,
+    assert_same_store,
+    paired_gap,
+    resumed_and_straight,
+    svi_epochs,
+)
 
 
 def pyro_gen_lines(caplog) -> list[str]:
@@ -158,12 +155,7 @@ def test_air_resumes_exactly(tmp_path, compile):
         )
         return _store()
 
-    pyro.set_rng_seed(0)
-    straight = run(tmp_path / "straight", 6)
-    pyro.set_rng_seed(0)
-    run(tmp_path / "resumed", 3)
-    pyro.set_rng_seed(123)
-    assert_same_store(run(tmp_path / "resumed", 6), straight, exact=True)
+    assert_same_store(*resumed_and_straight(run, tmp_path, 6, 3), exact=True)
 
 
 def test_air_default_step_costs_no_recording():
@@ -451,12 +443,7 @@ def test_lda_resumes_exactly(tmp_path):
         )
         return _store()
 
-    pyro.set_rng_seed(0)
-    straight = run(tmp_path / "straight", 6)
-    pyro.set_rng_seed(0)
-    run(tmp_path / "resumed", 3)
-    pyro.set_rng_seed(123)
-    assert_same_store(run(tmp_path / "resumed", 6), straight, exact=True)
+    assert_same_store(*resumed_and_straight(run, tmp_path, 6, 3), exact=True)
 
 
 def test_lda_evaluate_elbo_sums_out_word_topics_as_traceenum_elbo_does():
@@ -490,10 +477,11 @@ def test_lda_evaluate_elbo_sums_out_word_topics_as_traceenum_elbo_does():
 # KL annealing of a latent whose prior is a sum over a site the model enumerates
 
 
-def test_evaluate_elbo_sums_out_an_enumerated_mixture_prior():
-    """A latent whose prior is a sum over a site the model enumerates, sum_c p(c) p(z | c),
-    with z guided: evaluate_elbo agrees with Pyro's TraceEnum_ELBO (0efcb19 broke it, failing
-    to pack the trace at z; fixed in 42dc106)."""
+def test_annealing_leaves_a_latent_that_shares_a_sum_with_an_observation_unscaled():
+    """``x`` depends on the enumerated ``c`` and on ``z``, which depends on ``c`` too: the
+    sum over ``c`` is likelihood and prior at once, and TraceEnum_ELBO puts one scale outside
+    it, so ``z`` keeps its scale (in model and guide, from the model's first run on) and
+    the user is told which latent is not annealed."""
     locs = torch.tensor([-2.0, 2.0])
 
     def model(x):
@@ -502,16 +490,47 @@ def test_evaluate_elbo_sums_out_an_enumerated_mixture_prior():
                 "c", dist.Categorical(logits=torch.zeros(2)), infer={"enumerate": "parallel"}
             )
             z = pyro.sample("z", dist.Normal(locs[c], 1.0))
-            pyro.sample("x", dist.Normal(z, 0.5), obs=x)
+            pyro.sample("x", dist.Normal(z + locs[c], 0.5), obs=x)
 
     def guide(x):
         with pyro.plate("data", len(x)):
-            pyro.sample("z", dist.Normal(x, 0.5))
+            pyro.sample("z", dist.Normal(x / 2, 0.7))
 
-    x = torch.tensor([-2.1, 0.3, 1.9])
-    pyro_elbo = TraceEnum_ELBO(max_plate_nesting=1, num_particles=4000, vectorize_particles=True)
-    expected = -pyro_elbo.loss(model, guide, x) / len(x)
-    assert abs(evaluate_elbo(model, x, guide=guide, num_particles=4000) - expected) < 0.05
+    x = torch.tensor([-4.1, 0.3, 3.9])
+    loss = TraceEnum_ELBO(max_plate_nesting=1)
+    annealed = kl_scale_pair(model, guide, 0.3)
+    with pytest.warns(UserWarning, match=r"\['z'\] unscaled"):
+        loss.loss(*annealed, x)  # the model's first run tells the sum apart
+    pyro.set_rng_seed(0)
+    expected = loss.loss(model, guide, x)
+    pyro.set_rng_seed(0)
+    assert loss.loss(*annealed, x) == expected
+
+
+def test_an_annealed_compiled_run_resumes_exactly(tmp_path):
+    """Resumed, each input signature's first step is Pyro's plain step again, where the
+    straight run replays its program: with a KL-annealing schedule the two rounded the
+    scaled log-densities differently (beta a float32 input against Pyro's double), 4e-7
+    apart after 4 epochs; now the same bits."""
+    data = scanvi.cells()
+
+    def run(directory, epochs):
+        pyro.clear_param_store()
+        m = scanvi.SCANVI()
+        fit(
+            m.model,
+            lambda: scanvi.epoch(data),
+            guide=config_enumerate(m.guide, "parallel", expand=True),
+            epochs=epochs,
+            optim=pyro.optim.Adam({"lr": 1e-2}),
+            loss=_scanvi_loss(),
+            annealing=LinearAnnealing(warmup_steps=20),
+            checkpoint_dir=directory,
+            progress=False,
+        )
+        return _store()
+
+    assert_same_store(*resumed_and_straight(run, tmp_path, 4, 2), exact=True)
 
 
 @pytest.mark.parametrize("compile", [False, None], ids=["plain", "default"])
@@ -569,67 +588,6 @@ def test_annealing_a_latent_under_an_enumerated_mixture_prior(compile, caplog):
         )
     assert_same_store(got, expected, exact=compile is False)
     assert pyro_gen_lines(caplog) == []
-
-
-def test_annealing_leaves_a_latent_that_shares_a_sum_with_an_observation_unscaled():
-    """``x`` depends on the enumerated ``c`` and on ``z``, which depends on ``c`` too: the
-    sum over ``c`` is likelihood and prior at once, and TraceEnum_ELBO puts one scale outside
-    it, so ``z`` keeps its scale (in model and guide, from the model's first run on) and
-    the user is told which latent is not annealed."""
-    locs = torch.tensor([-2.0, 2.0])
-
-    def model(x):
-        with pyro.plate("data", len(x)):
-            c = pyro.sample(
-                "c", dist.Categorical(logits=torch.zeros(2)), infer={"enumerate": "parallel"}
-            )
-            z = pyro.sample("z", dist.Normal(locs[c], 1.0))
-            pyro.sample("x", dist.Normal(z + locs[c], 0.5), obs=x)
-
-    def guide(x):
-        with pyro.plate("data", len(x)):
-            pyro.sample("z", dist.Normal(x / 2, 0.7))
-
-    x = torch.tensor([-4.1, 0.3, 3.9])
-    loss = TraceEnum_ELBO(max_plate_nesting=1)
-    annealed = kl_scale_pair(model, guide, 0.3)
-    with pytest.warns(UserWarning, match=r"\['z'\] unscaled"):
-        loss.loss(*annealed, x)  # the model's first run tells the sum apart
-    pyro.set_rng_seed(0)
-    expected = loss.loss(model, guide, x)
-    pyro.set_rng_seed(0)
-    assert loss.loss(*annealed, x) == expected
-
-
-def test_an_annealed_compiled_run_resumes_exactly(tmp_path):
-    """Resumed, each input signature's first step is Pyro's plain step again, where the
-    straight run replays its program: with a KL-annealing schedule the two rounded the
-    scaled log-densities differently (beta a float32 input against Pyro's double), 4e-7
-    apart after 4 epochs; now the same bits."""
-    data = scanvi.cells()
-
-    def run(directory, epochs):
-        pyro.clear_param_store()
-        m = scanvi.SCANVI()
-        fit(
-            m.model,
-            lambda: scanvi.epoch(data),
-            guide=config_enumerate(m.guide, "parallel", expand=True),
-            epochs=epochs,
-            optim=pyro.optim.Adam({"lr": 1e-2}),
-            loss=_scanvi_loss(),
-            annealing=LinearAnnealing(warmup_steps=20),
-            checkpoint_dir=directory,
-            progress=False,
-        )
-        return _store()
-
-    pyro.set_rng_seed(0)
-    straight = run(tmp_path / "straight", 4)
-    pyro.set_rng_seed(0)
-    run(tmp_path / "resumed", 2)
-    pyro.set_rng_seed(123)
-    assert_same_store(run(tmp_path / "resumed", 4), straight, exact=True)
 
 
 @pytest.mark.parametrize("vectorize", [False, True], ids=["particles in turn", "vectorized"])

@@ -39,20 +39,13 @@ from tests.user_programs.annealed_vae import annealed_batches
 from tests.user_programs.test_user_programs import (
     GUIDES,
     _store,
+    assert_same_store,
     check_iwae_not_below_elbo,
     iafs,
     paired_gap,
+    resumed_and_straight,
     svi_epochs,
 )
-
-
-def assert_same_store(got: dict, expected: dict, exact: bool) -> None:
-    assert sorted(got) == sorted(expected)
-    for name, value in expected.items():
-        if exact:
-            assert torch.equal(got[name], value), name
-        else:
-            torch.testing.assert_close(got[name], value, rtol=1e-4, atol=1e-5, msg=name)
 
 
 def buffers(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -206,12 +199,7 @@ def test_prodlda_resumes_exactly_with_its_batch_norm_statistics(tmp_path):
         )
         return _store(), buffers(m)
 
-    pyro.set_rng_seed(0)
-    straight = run(tmp_path / "straight", 7)
-    pyro.set_rng_seed(0)
-    run(tmp_path / "resumed", 4)  # stops inside the second epoch
-    pyro.set_rng_seed(123)
-    resumed = run(tmp_path / "resumed", 7)
+    resumed, straight = resumed_and_straight(run, tmp_path, 7, 4)  # stops inside the second epoch
     assert_same_store(resumed[0], straight[0], exact=True)
     assert_same_store(resumed[1], straight[1], exact=True)
 
@@ -350,12 +338,7 @@ def test_cvae_autoguide_run_resumes_exactly(tmp_path):
         )
         return _store()
 
-    pyro.set_rng_seed(0)
-    straight = run(tmp_path / "straight", 8)
-    pyro.set_rng_seed(0)
-    run(tmp_path / "resumed", 5)
-    pyro.set_rng_seed(123)
-    resumed = run(tmp_path / "resumed", 8)
+    resumed, straight = resumed_and_straight(run, tmp_path, 8, 5)
     assert_same_store(resumed, straight, exact=True)
 
 

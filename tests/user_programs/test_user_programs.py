@@ -51,6 +51,27 @@ def _store() -> dict[str, torch.Tensor]:
     return {name: value.detach().clone() for name, value in pyro.get_param_store().items()}
 
 
+def assert_same_store(got: dict, expected: dict, exact: bool) -> None:
+    assert sorted(got) == sorted(expected)
+    for name, value in expected.items():
+        if exact:
+            assert torch.equal(got[name], value), name
+        else:
+            torch.testing.assert_close(got[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def resumed_and_straight(run: Callable, tmp_path, steps: int, stop: int) -> tuple:
+    """``run(directory, steps)`` for ``steps`` in one go, and for ``stop`` then ``steps``
+    resumed from the first call's checkpoint under another seed (a new process would not
+    share the first run's RNG state): the resumed result and the straight one."""
+    pyro.set_rng_seed(0)
+    straight = run(tmp_path / "straight", steps)
+    pyro.set_rng_seed(0)
+    run(tmp_path / "resumed", stop)
+    pyro.set_rng_seed(123)
+    return run(tmp_path / "resumed", steps), straight
+
+
 def paired_gap(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     """Mean and standard error of ``a - b`` over examples."""
     d = (a - b).double()
@@ -403,12 +424,7 @@ def test_an_autoguide_run_resumes_exactly_from_its_checkpoint(tmp_path):
         )
         return _store()
 
-    pyro.set_rng_seed(0)
-    straight = run(tmp_path / "straight", 6)
-    pyro.set_rng_seed(0)
-    run(tmp_path / "resumed", 3)
-    pyro.set_rng_seed(123)  # a new process would not share the first run's RNG state
-    resumed = run(tmp_path / "resumed", 6)
+    resumed, straight = resumed_and_straight(run, tmp_path, 6, 3)
     assert sorted(resumed) == sorted(straight)
     for name, value in straight.items():
         assert torch.equal(resumed[name], value), name

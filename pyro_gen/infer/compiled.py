@@ -729,7 +729,13 @@ class CompiledSVI:
         self._updates.register(params)
         if self.retain_cpu_memory and any(p.device.type == "cpu" for p in params):
             retain_freed_cpu_memory()
-        if compile_after(self.backend, self.compile_after, first=not self._programs) == 0:
+        now = compile_after(self.backend, self.compile_after, first=not self._programs) == 0
+        if now and prog.guards and resolved_backend(self.backend) == "inductor":
+            # Values read from the data steer this program (control flow): the next batch
+            # may not take its path (ProdLDA's int(counts.max()) did not; Inductor had spent
+            # 20 s on it), so it compiles once it has held for a while (_program_for).
+            now = False
+        if now:
             prog.fn, prog.compiled = self._compile(prog, tensors), True
         elif self.backend == "auto":
             # TorchScript runs the recorded program without Python per op (2x faster for

@@ -242,3 +242,46 @@ def test_a_number_argument_changing_every_batch_is_named_in_the_fallback(by_name
         svi.fallback_reason
     ), svi.fallback_reason
     assert "torch.tensor(value)" in svi.fallback_reason
+
+
+def _counting_compiles(monkeypatch) -> list[str]:
+    """CompiledSVI._compile replaced by a stand-in that runs the recorded program as it is
+    and records the backend asked for (Inductor takes tens of seconds on a CPU)."""
+    asked: list[str] = []
+
+    def stand_in(self, prog, data, backend=None):
+        asked.append(backend or compiled.resolved_backend(self.backend))
+        return prog.gm
+
+    monkeypatch.setattr(CompiledSVI, "_compile", stand_in)
+    return asked
+
+
+@pytest.mark.parametrize("steered", [False, True])
+def test_inductor_waits_for_a_program_that_data_values_steer(steered, monkeypatch):
+    """compile=True compiles a recorded program with Inductor at once, unless values read
+    from the data steer it (control flow): ProdLDA's int(counts.max()) changed at the next
+    batch, and Inductor's 20 s on CPU were spent on a program used once. Such a program
+    compiles once it has held for a while."""
+
+    def model(x):
+        loc = pyro.param("loc", torch.zeros(()))
+        width = float(x.abs().max().ceil()) if steered else 1.0  # read from the data
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("obs", dist.Normal(loc, width), obs=x)
+
+    def guide(x):
+        pass
+
+    pyro.clear_param_store()
+    asked = _counting_compiles(monkeypatch)
+    svi = CompiledSVI(model, guide, backend="inductor")
+    x = torch.full((8,), 0.5)  # every batch takes the same path
+    for _ in range(2):
+        svi.step(x)
+    (prog,) = svi._programs.values()
+    assert bool(prog.guards) == steered
+    assert asked == ([] if steered else ["inductor"])
+    for _ in range(60):
+        svi.step(x)
+    assert asked == ["inductor"] and svi.compiled  # steered: after 50 steps that held

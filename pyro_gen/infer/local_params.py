@@ -11,6 +11,7 @@ one's optimizer state and a resume gives it back.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +19,8 @@ import pyro
 import pyro.optim
 import torch
 from pyro.optim.optim import _get_state_dict, _load_state_dict
+
+logger = logging.getLogger("pyro_gen")
 
 
 class LocalParamError(ValueError):
@@ -72,7 +75,9 @@ def restore_optim_state(
     """Gives each of the ``local`` params its saved optimizer state, creating its optimizer
     as ``optim`` would on its first step (Pyro looks waiting state up by the store's names,
     so it would start these afresh). The learning rate and the other arguments of a plain
-    optimizer are the ones ``optim`` is given now, as for the store's params."""
+    optimizer are the ones ``optim`` is given now, as for the store's params (a change is
+    logged)."""
+    changed: set[str] = set()
     for name, tensor in local.items():
         state = states.get(name)
         optim._state_waiting_to_be_consumed.pop(name, None)
@@ -86,4 +91,12 @@ def restore_optim_state(
         if isinstance(held, torch.optim.Optimizer):  # a scheduler's arguments cannot change
             given = optim._get_optim_args(tensor)
             for group in held.param_groups:
-                group.update({k: v for k, v in given.items() if k in group})
+                for key, value in given.items():
+                    if key in group and group[key] != value:
+                        changed.add(f"{key} {group[key]!r} -> {value!r}")
+                        group[key] = value
+    if changed:  # as the store's params say it (checkpoint.restore_checkpoint)
+        logger.warning(
+            "resuming with the optimizer arguments given (module-local params): %s",
+            ", ".join(sorted(changed)),
+        )

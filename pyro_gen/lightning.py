@@ -40,8 +40,8 @@ except ImportError as e:  # pragma: no cover - the dev extra installs it
     ) from e
 
 from pyro_gen.data.batching import Call, Transform, as_call, with_transform
+from pyro_gen.data.random_state import global_rng_state, set_global_rng_state
 from pyro_gen.infer.annealing import kl_scale_pair
-from pyro_gen.infer.checkpoint import _rng_state, _set_rng_state
 from pyro_gen.infer.distributed import _plates
 from pyro_gen.infer.local_params import local_params
 from pyro_gen.infer.program import Program, program, warm_up
@@ -346,7 +346,7 @@ class LightningSVI(lightning.LightningModule):
         checkpoint only and restoring its state on every rank would give them all the same
         noise."""
         if self.trainer.world_size == 1:
-            checkpoint[_RNG_KEY] = encode(_rng_state(), "RNG state")
+            checkpoint[_RNG_KEY] = encode(global_rng_state(), "RNG state")
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restores the saved generators when ``Trainer.fit`` resumes (after the first-batch
@@ -373,7 +373,7 @@ class LightningSVI(lightning.LightningModule):
         if state is None or trainer is None or trainer.state.fn != "fit":
             return
         if trainer.world_size == 1:
-            _set_rng_state(decode(state))
+            set_global_rng_state(decode(state))
 
     # -- the loss --------------------------------------------------------------------------
     def _call(self, batch: Any, device: torch.device | None = None) -> Call:

@@ -22,13 +22,14 @@ device, which makes it part of the RNG state a checkpoint records.
 from __future__ import annotations
 
 import itertools
-import random
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+
+from pyro_gen.data.random_state import global_rng_state, same_rng_state, set_global_rng_state
 
 Batch = torch.Tensor | dict[str, torch.Tensor]
 STEPS_PER_EPOCH_WITHOUT_DATA = 100
@@ -197,46 +198,14 @@ class TensorBatches:
         return self.epoch()
 
 
-RngStates = tuple[torch.Tensor, list[torch.Tensor], Any, Any]
-
-
-def _rng_states() -> RngStates:
-    """The global random states: torch's CPU and (once initialized) CUDA generators,
-    Python's ``random`` and numpy's."""
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []
-    return torch.get_rng_state(), cuda, random.getstate(), np.random.get_state()
-
-
-def _set_rng_states(states: RngStates) -> None:
-    cpu, cuda, py_state, np_state = states
-    torch.set_rng_state(cpu)
-    if cuda:
-        torch.cuda.set_rng_state_all(cuda)
-    random.setstate(py_state)
-    np.random.set_state(np_state)
-
-
-def _same_rng_states(a: RngStates, b: RngStates) -> bool:
-    def same_np(x: Any, y: Any) -> bool:
-        return all(np.array_equal(u, v) for u, v in zip(x, y))
-
-    return (
-        torch.equal(a[0], b[0])
-        and len(a[1]) == len(b[1])
-        and all(torch.equal(u, v) for u, v in zip(a[1], b[1]))
-        and a[2] == b[2]
-        and same_np(a[3], b[3])
-    )
-
-
 @dataclass
 class _Peeked:
     """An iterator that :meth:`IterableBatches.peek` started, with the random states from
     before and after it was made and read once."""
 
     batches: Iterator[Any]
-    before: RngStates
-    after: RngStates
+    before: dict[str, Any]
+    after: dict[str, Any]
 
 
 class IterableBatches:
@@ -287,13 +256,13 @@ class IterableBatches:
                 raise ValueError("data is an iterator that yields no batches")
             self.source = itertools.chain([first], self.source)
             return as_call(first, self.device)
-        before = _rng_states()
+        before = global_rng_state()
         try:
             batches = self._fresh()
             first = next(batches, None)
-            after = _rng_states()
+            after = global_rng_state()
         finally:
-            _set_rng_states(before)
+            set_global_rng_state(before)
         if first is None:
             raise ValueError("data yields no batches")
         self._peeked = _Peeked(itertools.chain([first], batches), before, after)
@@ -313,9 +282,9 @@ class IterableBatches:
             )
         self._passes += 1
         peeked, self._peeked = self._peeked, None
-        if peeked is not None and skip == 0 and _same_rng_states(_rng_states(), peeked.before):
+        if peeked is not None and skip == 0 and same_rng_state(global_rng_state(), peeked.before):
             batches = peeked.batches  # its draws made now, as a fresh iterator's would be
-            _set_rng_states(peeked.after)
+            set_global_rng_state(peeked.after)
         else:
             batches = self._fresh()
         for _ in itertools.islice(batches, skip):

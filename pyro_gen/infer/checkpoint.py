@@ -57,7 +57,7 @@ import pyro.optim
 import pyro.util
 import torch
 
-from pyro_gen.infer.distributed import set_pyro_rng_state
+from pyro_gen.data.random_state import global_rng_state, set_global_rng_state
 from pyro_gen.infer.files import (
     O_NOFOLLOW,
     append_line,
@@ -129,7 +129,7 @@ def save_checkpoint(
             "optim": encode(optim_state(optim, local_params or {}), "optimizer state"),
             "optim_kind": optimizer_kind(optim),
             "optim_args": optimizer_args(optim),
-            "rng": encode(_rng_state(), "RNG state"),
+            "rng": encode(global_rng_state(), "RNG state"),
             "progress": encode(dict(progress or {}), "progress"),
         }
         if params is not None:
@@ -500,7 +500,7 @@ def restore_checkpoint(
     if optim is not None:
         _set_optim_state(optim, ckpt["optim"])
         restore_optim_state(optim, ckpt["optim"], local)
-    _set_rng_state(ckpt["rng"])
+    set_global_rng_state(ckpt["rng"])
     return ckpt["progress"]
 
 
@@ -573,25 +573,6 @@ def optimizer_kind(optim: pyro.optim.PyroOptim) -> str:
     name = getattr(optim.pt_optim_constructor, "__name__", type(optim).__name__)
     scheduler = getattr(optim, "pt_scheduler_constructor", None)
     return name if scheduler is None else f"{getattr(scheduler, '__name__', scheduler)}({name})"
-
-
-def _rng_state() -> dict[str, Any]:
-    """:func:`pyro.util.get_rng_state`, plus every CUDA generator once CUDA is in use: on a
-    GPU the epoch's shuffle order and the models' noise are drawn from those, so a resume
-    without them would not continue the same run."""
-    state = pyro.util.get_rng_state()
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    """Restores :func:`_rng_state`; the CUDA generators when there are as many devices
-    (a run resumed on another machine continues with that machine's GPU noise)."""
-    set_pyro_rng_state(state)
-    cuda = state.get("cuda")
-    if cuda is not None and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
-        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
 
 
 # ---------------------------------------------------------------------------------------

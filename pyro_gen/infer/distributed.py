@@ -61,6 +61,7 @@ from pyro.infer import ELBO
 from pyro.poutine.util import site_is_subsample
 
 from pyro_gen.data.batching import Call, IterableBatches, TensorBatches, as_call, batch_calls
+from pyro_gen.data.random_state import set_pyro_rng_state
 
 T = TypeVar("T")
 logger = logging.getLogger("pyro_gen")
@@ -162,14 +163,6 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     set_pyro_rng_state(state)
     if "cuda" in state and device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda"].cpu(), device)
-
-
-def set_pyro_rng_state(state: dict[str, Any]) -> None:
-    """:func:`pyro.util.set_rng_state` for a state whose torch generator state may have been
-    loaded onto a device (``map_location="cuda"``); keys other than Pyro's are ignored."""
-    pyro.util.set_rng_state(
-        {"torch": state["torch"].cpu(), "random": state["random"], "numpy": state["numpy"]}
-    )
 
 
 class DataParallel:

@@ -47,7 +47,15 @@ ELBO_CHUNK = 100
 
 T = TypeVar("T")
 
-_DRAWN = "their prior is their proposal, a valid but looser bound than guiding them"
+# Drawing a site from p(site | parents) cancels its density from the weight: for a leaf that
+# is its exact posterior, so only a site another density depends on makes the bound looser.
+_DRAWN = (
+    "each is proposed from its conditional given its parents, which loosens the bound only "
+    "where another site's density depends on it (an observed child); for a site nothing "
+    "depends on (a leaf such as obs_mask's x_unobserved) that draw is its exact posterior "
+    "and the bound is unchanged. Where a site has such dependents, add a guide site for it "
+    "to tighten the bound"
+)
 
 
 def module_device(module: torch.nn.Module) -> torch.device:

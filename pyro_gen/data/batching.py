@@ -271,6 +271,30 @@ class IterableBatches:
     def _fresh(self) -> Iterator[Any]:
         return iter(self.source if isinstance(self.source, Iterable) else self.source())
 
+    @property
+    def makes_a_pass_per_read(self) -> bool:
+        """Whether each pass costs a call of the user's function or uses up their one-shot
+        iterator (rather than re-iterating a list or a ``DataLoader``)."""
+        return self._one_shot or not isinstance(self.source, Iterable)
+
+    def take_peeked(self) -> Iterator[Any]:
+        """The user's batches of the pass :meth:`peek` started, from its first, for a
+        consumer that makes its own pass of them whatever the random state is by then
+        (held-out data checked before training and scored after it), so that the peek
+        costs no extra call of the user's function and no batch of their iterator. After
+        it, or without a peek, a fresh pass (a one-shot iterator has none: it is refused).
+        """
+        if self._one_shot:
+            if self._passes > 0:
+                raise ValueError(
+                    "data is an iterator and was used up after one pass: pass a list, a "
+                    "DataLoader or a function that returns a fresh iterator for each pass"
+                )
+            self._passes += 1
+            return self.source
+        peeked, self._peeked = self._peeked, None
+        return peeked.batches if peeked is not None else self._fresh()
+
     def epoch(self, skip: int = 0) -> Iterator[Call]:
         """One pass over the batches. The iterator is made and ``skip`` batches are read
         now, not at the first batch, so a resume that restores the RNG state of the epoch's

@@ -46,6 +46,7 @@ from pyro_gen.infer.distributed import (
 )
 from pyro_gen.infer.evaluation import declared_plate, evaluate_elbo, module_device
 from pyro_gen.infer.fit_layout import Layout, check_layout, data_layout
+from pyro_gen.infer.held_out import HeldOutData, evaluations
 from pyro_gen.infer.local_params import local_params
 from pyro_gen.infer.log_weights import find_data_plate
 from pyro_gen.infer.program import Program, program, trace_once, warm_up
@@ -367,7 +368,11 @@ def fit(
             names or positions to callables (e.g. dynamic binarization).
         eval_data: held-out data in the same form; its ELBO per example is recorded as
             ``test_elbo`` (for a loss that is not an ELBO, the loss per example as
-            ``test_loss``).
+            ``test_loss``). Its first batch is read before training, so that data the
+            model cannot be scored on fail before an epoch's work, not after; that read is
+            the first evaluation's, so a function returning batches is called once per
+            evaluation (on each process when data-parallel, where rank 0 evaluates). An
+            iterator is read by one evaluation only (``eval_every=epochs``).
         eval_every: evaluate every this many epochs.
         plate_name: the ``pyro.plate`` over the examples, for evaluating ``eval_data``
             (found from the model's trace by default: see
@@ -451,8 +456,6 @@ def fit(
         batches: BatchCalls | ShardedBatches = dp.shard(data, batch_size)
     else:
         batches = batch_calls(data, batch_size, shuffle=True, device=device)
-    if eval_data is not None:  # refuse bad held-out data now, not after an epoch's training
-        eval_first = batch_calls(eval_data, batch_size, shuffle=False, device=device).peek()
     optim = optim if optim is not None else pyro.optim.Adam({"lr": 1e-3})
     if clear_params:
         pyro.clear_param_store()
@@ -474,11 +477,6 @@ def fit(
         prog.check_call(first, 0)
         first = with_transform(first, transform)
         traces = warm_up(prog, first, check_sites=isinstance(loss, ELBO))
-        if eval_data is not None and isinstance(loss, ELBO):
-            # The plate evaluate_elbo will score by, found now: a model it cannot score
-            # fails before an epoch's training, not after.
-            _, model_trace = trace_once(prog, with_transform(eval_first, transform))
-            find_data_plate(model_trace, plate_name or declared_plate(model))
         # The param-store names the pair registers: a resume refuses a checkpoint written by
         # a model that had others, and every checkpoint records them for the next resume.
         params = sorted({n for t in traces for n, s in t.nodes.items() if s["type"] == "param"})
@@ -487,6 +485,21 @@ def fit(
             dp.start(prog.modules, loss, prog, first)
         layout = data_layout(batches, batch_size)
         state = _resume(dp, ckpt_dir, device, prog, optim, params, local, layout, epochs, steps)
+        held_out = None
+        if eval_data is not None and not _finished(state, epochs, steps):
+            held_out = _held_out(
+                prog,
+                model,
+                eval_data,
+                state,
+                epochs,
+                eval_every,
+                loss,
+                batch_size,
+                transform,
+                plate_name,
+                device,
+            )
         _clear_gradients(prog, params, local)
         return _train(
             model,
@@ -505,7 +518,7 @@ def fit(
             annealing=annealing,
             beta=beta,
             transform=transform,
-            eval_data=eval_data,
+            held_out=held_out,
             eval_every=eval_every,
             plate_name=plate_name,
             ckpt_dir=ckpt_dir,
@@ -516,6 +529,38 @@ def fit(
             dp=dp,
             device=device,
         )
+
+
+def _held_out(
+    prog: Program,
+    model: Any,
+    eval_data: Any,
+    state: _Progress,
+    epochs: int | None,
+    eval_every: int,
+    loss: Any,
+    batch_size: int,
+    transform: Transform | None,
+    plate_name: str | None,
+    device: torch.device,
+) -> HeldOutData:
+    """``eval_data`` checked before training, not after an epoch of it: its first batch is
+    read (the first evaluation's own read, so the user's batch function is called once per
+    evaluation) and, for an ELBO, the plate evaluate_elbo will score by is found on it."""
+    if isinstance(eval_data, Iterator) and epochs is not None:
+        count = evaluations(state.epoch, epochs, eval_every)
+        if count > 1:
+            raise ValueError(
+                f"eval_data is an iterator, which one evaluation uses up, and this run "
+                f"evaluates {count} times (epochs={epochs}, eval_every={eval_every}): pass a "
+                "tensor, a list of batches or a function returning a fresh iterator, or "
+                f"eval_every={epochs} to evaluate once at the end"
+            )
+    held_out = HeldOutData(eval_data, batch_size, device)
+    if isinstance(loss, ELBO):
+        _, model_trace = trace_once(prog, with_transform(held_out.first, transform))
+        find_data_plate(model_trace, plate_name or declared_plate(model))
+    return held_out
 
 
 def _clear_gradients(prog: Program, params: list[str], local: dict[str, torch.Tensor]) -> None:
@@ -629,7 +674,7 @@ def _train(
     annealing: Callable[[int], float] | None,
     beta: list[float],
     transform: Transform | None,
-    eval_data: Any,
+    held_out: HeldOutData | None,
     eval_every: int,
     plate_name: str | None,
     ckpt_dir: Path | None,
@@ -772,7 +817,8 @@ def _train(
             state.epoch += 1
             state.batch, state.epoch_rng_state = 0, None
             state.epoch_loss, state.epoch_seen, state.epoch_time = 0.0, 0, 0.0
-        if eval_data is not None and (state.epoch % eval_every == 0 or done()) and main:
+        if held_out is not None and (state.epoch % eval_every == 0 or done()) and main:
+            eval_data = held_out.for_evaluation()
             # Evaluation draws its own noise without moving the training RNG, so where and
             # how often we evaluate never changes the trained parameters.
             rng = pyro.util.get_rng_state()

@@ -1,21 +1,29 @@
 """DDPM as a Pyro model/guide pair: a Markovian hierarchical VAE whose guide is the fixed
-forward noising process and whose model is the learned reverse chain."""
+forward noising process and whose model is the learned reverse chain.
+
+This module holds the model's settings, its data space, the reverse step and sampling; its
+two forms on data and the single terms of its bound live beside it, one concept per file
+(:mod:`~pyro_gen.diffusion.ddpm_chain`, :mod:`~pyro_gen.diffusion.ddpm_time_plate` with
+the steps it draws in :mod:`~pyro_gen.diffusion.ddpm_time_steps`, and
+:mod:`~pyro_gen.diffusion.ddpm_bound_terms`). :class:`DDPM` stays defined here, so
+checkpoints, which record ``pyro_gen.diffusion.ddpm.DDPM``, load unchanged.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Literal
 
-import pyro
 import pyro.distributions as dist
 import torch
-from pyro import poutine
 from torch import nn
 
+from pyro_gen.diffusion.ddpm_bound_terms import BoundTerms
+from pyro_gen.diffusion.ddpm_chain import FullChainForm
+from pyro_gen.diffusion.ddpm_time_plate import TimePlateForm
 from pyro_gen.diffusion.ema import EMA
-from pyro_gen.diffusion.likelihood import DiscretizedGaussian, geometric_strata, normal_kl
+from pyro_gen.diffusion.likelihood import DiscretizedGaussian
 from pyro_gen.diffusion.parameterization import PARAMETERIZATIONS, convert
 from pyro_gen.diffusion.schedules import NoiseSchedule, make_schedule
 from pyro_gen.transforms._base import PicklableModule
@@ -25,7 +33,7 @@ __all__ = ["DDPM"]
 VARIANCES = ("fixed_small", "fixed_large", "learned_range")
 
 
-class DDPM(PicklableModule):
+class DDPM(FullChainForm, TimePlateForm, BoundTerms, PicklableModule):
     """Denoising diffusion probabilistic model written as a Pyro model/guide pair.
 
     **Full-chain form** (``form="full_chain"``, usable for small :math:`T`). The model is the
@@ -130,6 +138,7 @@ class DDPM(PicklableModule):
         arXiv:1503.03585. Nichol, Dhariwal. Improved DDPM. arXiv:2102.09672.
 
     Example:
+        >>> import pyro
         >>> from pyro_gen.nn.time_embedding import TimeMLP
         >>> m = DDPM(TimeMLP(2, 16, num_layers=1), (2,), "linear", timesteps=4)
         >>> loss = pyro.infer.TraceMeanField_ELBO().loss(m.model, m.guide, torch.randn(5, 2))
@@ -304,133 +313,6 @@ class DDPM(PicklableModule):
             raise ValueError("this DDPM keeps no EMA; build it with ema_decay=0.999 (say)")
         self.ema.update()
 
-    # ------------------------------------------------------------------ full chain
-    def chain_model(self, x: torch.Tensor | None = None, num_samples: int = 1) -> torch.Tensor:
-        """Generative chain :math:`x_T \\to \\dots \\to x_0`; observes ``x`` at ``"x_0"``."""
-        pyro.module(self.name, self)
-        T = self.schedule.num_timesteps
-        x0 = None if x is None else self.to_model_space(x)
-        batch = num_samples if x is None else x.shape[0]
-        zeros = self.large_log_variance.new_zeros((batch, *self.net_shape))
-        with pyro.plate("data", batch):
-            x_t = pyro.sample(f"x_{T}", dist.Normal(zeros, 1.0).to_event(self.event_dim))
-            for t in range(T, 1, -1):
-                p = self.p_mean_logvar(x_t, t)
-                x_t = pyro.sample(f"x_{t - 1}", self._normal(p["mean"], p["log_var"]))
-            p = self.p_mean_logvar(x_t, 1)
-            return pyro.sample("x_0", self.decoder(p["mean"], p["log_var"]), obs=x0)
-
-    def chain_guide(self, x: torch.Tensor, num_samples: int = 1) -> None:
-        """Forward process :math:`q(x_T \\mid x_0) \\prod_t q(x_{t-1} \\mid x_t, x_0)`."""
-        s, nd, T = self.schedule, self.event_dim, self.schedule.num_timesteps
-        x0 = self.to_model_space(x)
-        with pyro.plate("data", x0.shape[0]):
-            mean, std = s.q_mean_std(x0, self._times(T, x0), nd)
-            x_t = pyro.sample(f"x_{T}", dist.Normal(mean, std).to_event(nd))
-            for t in range(T, 1, -1):
-                mean, log_var = s.q_posterior(x0, x_t, self._times(t, x0), nd)
-                x_t = pyro.sample(f"x_{t - 1}", self._normal(mean, log_var))
-
-    # ------------------------------------------------------------------ time plate
-    @contextmanager
-    def _time_steps(self, x0: torch.Tensor, guide: bool) -> Iterator[torch.Tensor]:
-        """Samples ``"t"`` and the prior site, enters the time plate and yields each example's
-        steps (1-based, batch shape ``(k, B)``): ``time_samples`` uniform steps in training,
-        one step per stratum in eval mode (see the class docstring)."""
-        T, B = self.schedule.num_timesteps, x0.shape[0]
-        if self.training or not self.eval_strata:
-            u = pyro.sample("t", dist.Uniform(x0.new_zeros(B), x0.new_ones(B)))
-            self._prior_site(x0, guide)
-            # The subsample indices are drawn on the data's device: drawn on the CPU (a
-            # plate's default), each step would copy them to the GPU and wait for the copy.
-            with pyro.plate(
-                "time", T, subsample_size=self.time_samples, dim=-2, device=x0.device
-            ) as idx:
-                yield self._plate_times(idx, u)
-            return
-        self._prior_site(x0, guide)
-        edges = torch.cat([torch.ones(1, dtype=torch.long), self._strata_edges(T)]).to(x0.device)
-        first, size = edges[:-1, None], (edges[1:] - edges[:-1])[:, None]
-        K = size.shape[0]
-        # The plate scales its K subsampled steps by T / K; stratum k must count n_k times.
-        weight = (size * K / T).to(x0.dtype)
-        with pyro.plate("time", T, subsample=first[:, 0] - 1, dim=-2), poutine.scale(scale=weight):
-            # one uniform per stratum and example (its log-density is the same in model and
-            # guide, so it adds nothing): independent steps across strata
-            u = pyro.sample("t", dist.Uniform(x0.new_zeros(K, B), x0.new_ones(K, B)))
-            yield first + (u * size).long().clamp(max=size - 1)
-
-    def _strata_edges(self, T: int) -> torch.Tensor:
-        # steps 2..T in at most eval_strata intervals; none when T = 1
-        if T == 1:
-            return torch.tensor([2])
-        return geometric_strata(2, T, min(self.eval_strata, T - 1))
-
-    def _plate_times(self, idx: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        # Shifting the plate's k distinct indices by a per-example uniform offset keeps each
-        # example's k steps a uniform k-subset of {1..T}, so the plate's T/k scale stays exact.
-        T = self.schedule.num_timesteps
-        # u has the data plate's batch shape, (B,) or, under outer plates such as vectorized
-        # particles, (..., 1, B): the time plate (dim -2) broadcasts against it either way
-        shift = (u * T).long().clamp(max=T - 1)
-        return (idx.to(u.device)[:, None] + shift) % T + 1
-
-    def _prior_site(self, x0: torch.Tensor, guide: bool) -> None:
-        T, nd = self.schedule.num_timesteps, self.event_dim
-        if guide:
-            mean, std = self.schedule.q_mean_std(x0, self._times(T, x0), nd)
-            pyro.sample(f"x_{T}", dist.Normal(mean, std).to_event(nd))
-        else:
-            pyro.sample(f"x_{T}", dist.Normal(torch.zeros_like(x0), 1.0).to_event(nd))
-
-    def plate_model(self, x: torch.Tensor) -> None:
-        """Time-plate model (see class docstring)."""
-        pyro.module(self.name, self)
-        s, nd = self.schedule, self.event_dim
-        x0 = self.to_model_space(x)
-        B = x0.shape[0]
-        with pyro.plate("data", B, dim=-1), self._time_steps(x0, guide=False) as t:
-            mean, std = s.q_mean_std(x0, t, nd)
-            x_t = pyro.sample("x_t", dist.Normal(mean, std).to_event(nd))
-            obs = x0.expand(x_t.shape)
-            if self.objective == "elbo":
-                p = self.p_mean_logvar(x_t, t)
-                self._bound_sites(p["mean"], p["log_var"], t, obs)
-                return
-            p = self.p_mean_logvar(x_t, t)
-            ab = s.extract("alphas_cumprod", t, nd)
-            eps = convert(obs, "x0", "eps", x_t, ab)
-            native = "eps" if self.param == "score" else self.param
-            target = convert(eps, "eps", native, x_t, ab)
-            pred = convert(p["pred"], self.param, native, x_t, ab)
-            # sum over the event dims only: any batch dims (time, data, particles) remain
-            sq = (pred - target).pow(2)
-            pyro.factor("L_simple", -0.5 * sq.flatten(sq.dim() - nd).sum(-1))
-            if self.variance == "learned_range":
-                p = self.p_mean_logvar(x_t, t, detach_mean=True)
-                with poutine.scale(scale=self.hybrid_weight):
-                    self._bound_sites(p["mean"], p["log_var"], t, obs)
-
-    def _bound_sites(self, mean, log_var, t, obs) -> None:
-        with poutine.mask(mask=t > 1):
-            pyro.sample("x_prev", self._normal(mean, log_var))
-        with poutine.mask(mask=t == 1):
-            pyro.sample("x_0", self.decoder(mean, log_var), obs=obs)
-
-    def plate_guide(self, x: torch.Tensor) -> None:
-        """Time-plate guide: forward marginal at ``"x_t"``, forward posterior at ``"x_prev"``."""
-        s, nd = self.schedule, self.event_dim
-        x0 = self.to_model_space(x)
-        B = x0.shape[0]
-        with pyro.plate("data", B, dim=-1), self._time_steps(x0, guide=True) as t:
-            mean, std = s.q_mean_std(x0, t, nd)
-            x_t = pyro.sample("x_t", dist.Normal(mean, std).to_event(nd))
-            if self.objective == "elbo" or self.variance == "learned_range":
-                weight = 1.0 if self.objective == "elbo" else self.hybrid_weight
-                mean, log_var = s.q_posterior(x0, x_t, t, nd)
-                with poutine.scale(scale=weight), poutine.mask(mask=t > 1):
-                    pyro.sample("x_prev", self._normal(mean, log_var))
-
     # ------------------------------------------------------------------ protocol
     @property
     def joint_is_density(self) -> bool:
@@ -454,28 +336,6 @@ class DDPM(PicklableModule):
         if self.form == "full_chain":
             return self.chain_guide(x)
         return self.plate_guide(x)
-
-    @torch.no_grad()
-    def step_term(self, x0: torch.Tensor, t: int) -> torch.Tensor:
-        """One term of the bound per example (``x0`` in model space): :math:`L_{t-1}` with the
-        analytic KL for ``t > 1``, :math:`L_0 = -\\log p_\\theta(x_0 \\mid x_1)` for ``t = 1``;
-        a single draw of :math:`x_t \\sim q(x_t \\mid x_0)`."""
-        tt = self._times(t, x0)
-        if t > 1:
-            return self.kl_term(x0, tt, torch.randn_like(x0))
-        x_1 = self.schedule.q_sample(x0, tt, torch.randn_like(x0), self.event_dim)
-        p = self.p_mean_logvar(x_1, tt)
-        return -self.decoder(p["mean"], p["log_var"]).log_prob(x0)
-
-    def kl_term(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """:math:`L_{t-1} = \\mathrm{KL}(q(x_{t-1} \\mid x_t, x_0) \\,\\|\\, p_\\theta(x_{t-1}
-        \\mid x_t))` per example, at per-example steps ``t`` (all > 1), for the draw
-        :math:`x_t` that ``noise`` gives."""
-        s, nd = self.schedule, self.event_dim
-        x_t = s.q_sample(x0, t, noise, nd)
-        p = self.p_mean_logvar(x_t, t)
-        q_mean, q_log_var = s.q_posterior(x0, x_t, t, nd)
-        return normal_kl(q_mean, q_log_var, p["mean"], p["log_var"]).flatten(1).sum(-1)
 
     def sample(
         self,

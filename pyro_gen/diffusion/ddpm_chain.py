@@ -1,0 +1,58 @@
+"""The full-chain form of :class:`~pyro_gen.diffusion.DDPM`: the reverse Markov chain as the
+model and the forward process, factored site by site to pair with it, as the guide (a
+Markovian hierarchical VAE, so ``Trace_ELBO`` on the pair is the exact DDPM bound)."""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import torch
+
+__all__ = ["FullChainForm"]
+
+
+class FullChainForm:
+    """Mixin of :class:`~pyro_gen.diffusion.DDPM`: sites ``x_T``, ..., ``x_1`` and ``x_0``.
+
+    Reads the DDPM's ``schedule``, ``event_dim``, ``net_shape``, ``name``,
+    ``large_log_variance``, ``to_model_space``, ``p_mean_logvar``, ``decoder``, ``_normal``
+    and ``_times``.
+
+    Example:
+        >>> from pyro_gen.diffusion import DDPM
+        >>> from pyro_gen.nn.time_embedding import TimeMLP
+        >>> m = DDPM(TimeMLP(2, 16, num_layers=1), (2,), timesteps=3, form="full_chain")
+        >>> x = torch.randn(5, 2)
+        >>> guide = pyro.poutine.trace(m.chain_guide).get_trace(x)
+        >>> [n for n, s in guide.nodes.items() if s["type"] == "sample"]
+        ['data', 'x_3', 'x_2', 'x_1']
+        >>> model = pyro.poutine.trace(pyro.poutine.replay(m.chain_model, guide)).get_trace(x)
+        >>> [n for n, s in model.nodes.items() if s["type"] == "sample"]
+        ['data', 'x_3', 'x_2', 'x_1', 'x_0']
+    """
+
+    def chain_model(self, x: torch.Tensor | None = None, num_samples: int = 1) -> torch.Tensor:
+        """Generative chain :math:`x_T \\to \\dots \\to x_0`; observes ``x`` at ``"x_0"``."""
+        pyro.module(self.name, self)
+        T = self.schedule.num_timesteps
+        x0 = None if x is None else self.to_model_space(x)
+        batch = num_samples if x is None else x.shape[0]
+        zeros = self.large_log_variance.new_zeros((batch, *self.net_shape))
+        with pyro.plate("data", batch):
+            x_t = pyro.sample(f"x_{T}", dist.Normal(zeros, 1.0).to_event(self.event_dim))
+            for t in range(T, 1, -1):
+                p = self.p_mean_logvar(x_t, t)
+                x_t = pyro.sample(f"x_{t - 1}", self._normal(p["mean"], p["log_var"]))
+            p = self.p_mean_logvar(x_t, 1)
+            return pyro.sample("x_0", self.decoder(p["mean"], p["log_var"]), obs=x0)
+
+    def chain_guide(self, x: torch.Tensor, num_samples: int = 1) -> None:
+        """Forward process :math:`q(x_T \\mid x_0) \\prod_t q(x_{t-1} \\mid x_t, x_0)`."""
+        s, nd, T = self.schedule, self.event_dim, self.schedule.num_timesteps
+        x0 = self.to_model_space(x)
+        with pyro.plate("data", x0.shape[0]):
+            mean, std = s.q_mean_std(x0, self._times(T, x0), nd)
+            x_t = pyro.sample(f"x_{T}", dist.Normal(mean, std).to_event(nd))
+            for t in range(T, 1, -1):
+                mean, log_var = s.q_posterior(x0, x_t, self._times(t, x0), nd)
+                x_t = pyro.sample(f"x_{t - 1}", self._normal(mean, log_var))

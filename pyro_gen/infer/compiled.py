@@ -645,6 +645,8 @@ class CompiledSVI:
             on_device = (
                 device.type != "cpu" if self._flag_on_device is None else self._flag_on_device
             )
+            # made here, not while recording: the program raises them, as inputs
+            raised = self._updates.raised_flags(device)
             flat, spec = pytree.tree_flatten((args, kwargs))
             slots = [i for i, v in enumerate(flat) if torch.is_tensor(v)]
             template = [None if torch.is_tensor(v) else v for v in flat]  # holds no batch
@@ -698,7 +700,7 @@ class CompiledSVI:
                         loss = torch.where(failed[0] > 0, math.nan, loss)
                     flag.append(found)
                 elif in_program:  # read on the host: the flag alone, the step marks the loss
-                    flag.append(non_finite([loss, *grads]))
+                    flag.append(non_finite([loss, *grads], raised, reset=False))
                 return (loss, *grads, *flag, *failed, *(t for t, _ in kept))
 
             try:

@@ -165,7 +165,10 @@ def flag_tensors(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def non_finite(
-    tensors: Sequence[torch.Tensor], flags: tuple[torch.Tensor, torch.Tensor] | None = None
+    tensors: Sequence[torch.Tensor],
+    flags: tuple[torch.Tensor, torch.Tensor] | None = None,
+    *,
+    reset: bool = True,
 ) -> torch.Tensor:
     """A 0-dim float32 flag on the device, 1 when any of ``tensors`` (the loss and the
     gradients) holds a NaN or an infinity, else 0; nothing is read back to the host.
@@ -179,13 +182,17 @@ def non_finite(
         tensors: on one device.
         flags: :func:`flag_tensors` kept between calls (the flag is reset and returned);
             made afresh when not given.
+        reset: with ``False``, a kept flag is not cleared first: the check only ever
+            raises it, and whoever reads it raised clears it (a recorded step then spends
+            no op making or clearing flags, ~3% of a 1 ms step).
 
     Example:
         >>> non_finite([torch.tensor(1.0), torch.tensor([0.0, float("inf")])])
         tensor(1.)
     """
     found, one = flags if flags is not None else flag_tensors(tensors[0].device)
-    found.zero_()
+    if reset and flags is not None:  # fresh flags are zeros already
+        found.zero_()
     checked = [t.contiguous() if shares_elements(t) else t for t in tensors]
     torch._amp_foreach_non_finite_check_and_unscale_(checked, found, one)
     return found

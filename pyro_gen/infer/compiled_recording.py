@@ -148,8 +148,16 @@ def _lift_inputs(gm: torch.fx.GraphModule) -> list[_Noise | torch.Tensor]:
     # the next one lifted and erased, and inserting before an erased node corrupts the graph.
     last = [placeholders[-1] if placeholders else None]
     extras: list[_Noise | torch.Tensor] = []
+    # A tensor captured in several places (make_fx gives each use its own get_attr) is one
+    # input: the program's in-place writes to it (the guard's flag) reach every use, and
+    # whoever passes the inputs, copies included, passes it once.
+    lifted: dict[int, torch.fx.Node] = {}
 
     def new_input(node: torch.fx.Node, extra: _Noise | torch.Tensor) -> None:
+        if torch.is_tensor(extra) and id(extra) in lifted:
+            node.replace_all_uses_with(lifted[id(extra)])
+            graph.erase_node(node)
+            return
         place = last[0]
         where = graph.inserting_after(place) if place else graph.inserting_before(node)
         with where:
@@ -158,6 +166,8 @@ def _lift_inputs(gm: torch.fx.GraphModule) -> list[_Noise | torch.Tensor]:
         node.replace_all_uses_with(ph)
         graph.erase_node(node)
         extras.append(extra)
+        if torch.is_tensor(extra):
+            lifted[id(extra)] = ph
 
     def constant(x: Any) -> bool:
         return not any(isinstance(a, torch.fx.Node) for a in pytree.tree_leaves(x))

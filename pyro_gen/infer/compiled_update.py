@@ -56,6 +56,7 @@ class GuardedUpdate:
         self.params: list[torch.Tensor] = []
         self._param_ids: set[int] = set()  # of params: register runs on every plain step
         self._flags: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._raised: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def register(self, params: list[torch.Tensor]) -> None:
         """Adds parameters to the fused optimizer (when ``optim`` can be fused)."""
@@ -80,6 +81,15 @@ class GuardedUpdate:
                 state = waiting.pop(store.param_name(p), None)
                 if state is not None:
                     view.load_state_dict(state)
+
+    def raised_flags(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The flag tensors (:func:`flag_tensors`) that recorded programs whose flag the
+        host reads raise with ``non_finite(..., reset=False)``: kept here between steps,
+        cleared by :meth:`program` when it reads them raised, so a program neither makes
+        nor clears them (three ops a step)."""
+        if device not in self._raised:
+            self._raised[device] = flag_tensors(device)
+        return self._raised[device]
 
     def program(
         self,
@@ -187,6 +197,10 @@ class GuardedUpdate:
         gradients (:func:`~pyro_gen.infer.compiled_check_placement.check_where_made`), and
         a sum of finite values can overflow."""
         read = (found if failed is None else found + 2 * failed).item()
+        if read:  # a raised flag stays raised (raised_flags) until read: clear it
+            found.zero_()
+            if found.device in self._raised:  # found is it, unless a backend copied it
+                self._raised[found.device][0].zero_()
         if read >= 2:
             return None
         if read:  # rare: the exact check decides

@@ -99,6 +99,31 @@ def test_a_non_finite_step_changes_nothing(poison, make_optim, backend, in_progr
     assert not torch.equal(pyro.param("poisonable$$$loc"), params["poisonable$$$loc"])
 
 
+@pytest.mark.parametrize("backend", ["fx", "jit"])
+def test_the_flag_read_on_the_cpu_is_kept_and_cleared_once_read_raised(backend):
+    """The program neither makes nor clears the flag the CPU step reads (three ops of a 1 ms
+    step): it is an input, raised by the check only, and the step clears it once it reads
+    it raised, so the next step starts from a clear flag."""
+    gen = Poisonable("grad")
+    svi = CompiledSVI(gen.model, gen.guide, pyro.optim.Adam({"lr": 0.1}), backend=backend)
+    x = torch.randn(8, 2)
+    for _ in range(3):
+        assert torch.isfinite(svi.step(x))
+    (prog,) = svi._programs.values()
+    amp = torch.ops.aten._amp_foreach_non_finite_check_and_unscale_.default
+    (check,) = [n for n in prog.gm.graph.nodes if n.target is amp]
+    assert all(a.op == "placeholder" for a in check.args[1:3])  # the flag and its 1: inputs
+    flag = svi._updates.raised_flags(torch.device("cpu"))[0]
+    assert any(e is flag for e in prog.extras)
+    gen.poison.fill_(math.inf)
+    assert not torch.isfinite(svi.step(x))  # raised, read, skipped
+    assert flag.item() == 0.0
+    gen.poison.zero_()
+    before = pyro.param("poisonable$$$loc").detach().clone()
+    assert torch.isfinite(svi.step(x)) and flag.item() == 0.0
+    assert not torch.equal(pyro.param("poisonable$$$loc"), before)
+
+
 def test_guard_off_lets_a_non_finite_gradient_through():
     """What the guard prevents: without it, one NaN gradient makes the parameters NaN."""
     gen = Poisonable("grad")

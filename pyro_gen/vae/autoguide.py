@@ -32,7 +32,12 @@ from pyro_gen.vae.autoguide_encoder import (
     start_locs_at,
     use_stored_encoder,
 )
-from pyro_gen.vae.autoguide_init import CheckedInit, per_example_locs, reported_init_errors
+from pyro_gen.vae.autoguide_init import (
+    CheckedInit,
+    full_plate_locs,
+    per_example_locs,
+    reported_init_errors,
+)
 from pyro_gen.vae.autoguide_inputs import (
     bind_arguments,
     choose_inputs,
@@ -118,7 +123,16 @@ class AutoAmortizedNormal(AutoGuide):
     - values the user gives per example (``init_to_value`` with the plate's shape, or a
       function of the site, e.g. ``lambda site: site["fn"].mean`` for a prior that depends
       on the example): the least-squares fit from the last hidden layer over the first
-      call's examples, exact for up to that layer's width + 1 of them.
+      call's examples, exact for up to that layer's width + 1 of them;
+    - a value for every example of a subsampled data plate (its full size along the
+      plate's dim, which Pyro's ``AutoNormal`` keeps as the locs of every example): each
+      example takes the value at its index in the plate. Where the model is given the full
+      data the head is fitted to every example's value (as ``AutoNormal`` starts every
+      example there); where it is given a minibatch, to the call's examples, whose indices
+      the model's ``subsample=`` gives. A plate that draws its indices itself
+      (``subsample_size=``) around a minibatch passed in says nothing of which examples
+      the rows are (``AutoNormal`` would give them the values at random indices), so that
+      is refused, saying what to pass instead.
 
     This keeps the location a function of the inputs alone (an offset per example would
     not be amortized, and an offset on top of random weights would not start at the
@@ -310,19 +324,30 @@ class AutoAmortizedNormal(AutoGuide):
             # its value (weights 0 and bias the value where it is common, the least-squares
             # fit where it differs), rather than an offset beside the encoder, so the guide
             # stays a plain encoder and checkpoints and the compiled step see nothing new.
-            if self._index_inputs:  # the full data: the examples the trace's plate took
-                rows = rows[subsamples[frame.name]]
-            start_locs_at(self.net, rows, per_example_locs(trace, local, frame.size))
+            full = frame.full_size or frame.size
+            if frame.name in random_plates and not self._index_inputs:
+                _refuse_random_indices(init.full_values, frame.name, full)
+            every = full_plate_locs(trace, local, init.full_values, frame.name, full)
+            if self._index_inputs and every is not None:  # the full data, a value for each
+                start_locs_at(self.net, rows, every)
+            else:
+                if self._index_inputs:  # the full data: the examples the trace's plate took
+                    rows = rows[subsamples[frame.name]]
+                start_locs_at(self.net, rows, per_example_locs(trace, local, frame.size))
         if global_names:
             hidden = list(local) + enumerated
-            options = {} if init is None else {"init_loc_fn": init}
+            # a strategy of its own: its trace draws its own indices, which this one's
+            # reading of the prototype's plates would not know
+            options = {} if init is None else {"init_loc_fn": CheckedInit(self.init_loc_fn)}
             self.global_guide = AutoNormal(poutine.block(self.model, hide=hidden), **options)
 
     def _check_prototype(self, part_trace: Any) -> None:
         # the global AutoNormal reports its prototype to its master, as in an AutoGuideList
+        # the distributions' shapes, not the values': a global site under a subsampled
+        # plate may hold an init value of the plate's full size there (see CheckedInit)
         for name, site in part_trace.iter_stochastic_nodes():
             mine = self.prototype_trace.nodes[name]
-            if site["value"].shape != mine["value"].shape:
+            if _shape(site) != _shape(mine):
                 raise ValueError(f"site {name!r} changed shape while the guide was built")
 
     def setup(self, *args: Any, **kwargs: Any) -> None:
@@ -520,6 +545,27 @@ class AutoAmortizedNormal(AutoGuide):
             values = dist.Normal(loc, scale).icdf(q.reshape((-1,) + (1,) * loc.dim()))
             out[name] = biject_to(self.local_sites[name]["support"])(values)
         return out
+
+
+def _shape(site: dict) -> torch.Size:
+    return site["fn"].batch_shape + site["fn"].event_shape
+
+
+def _refuse_random_indices(
+    full_values: dict[str, tuple[torch.Tensor, tuple[str, ...]]], plate: str, full: int
+) -> None:
+    """Refuses values for every example of a plate that draws random indices around the
+    minibatch the model is given: the indices do not say which examples the rows are."""
+    names = sorted(n for n, (_, plates) in full_values.items() if plate in plates)
+    if names:
+        raise ValueError(
+            f"init_loc_fn gave sites {names} one value per example of the data set "
+            f"({full} along plate {plate!r}), but that plate draws its subsample indices at "
+            f"random (subsample_size=) while the model is given the minibatch, so nothing "
+            f"says which of those values are the minibatch's examples: open the plate with "
+            f"subsample=<the minibatch's indices in the data set>, give the values of this "
+            f"call's examples, or give the model the full data to subsample"
+        )
 
 
 def _call_key(rows: int, args: tuple, kwargs: dict) -> tuple:

@@ -59,6 +59,9 @@ def trace_latents(
     model = poutine.block(every_site, hide_fn=hide)
     if init_loc_fn is not None:  # outside the block, so that hidden sites are not given
         model = InitMessenger(init_loc_fn)(model)
+        read_plate_indices = getattr(init_loc_fn, "read_plate_indices", None)
+        if read_plate_indices is not None:  # a value of a plate's full size is indexed by them
+            read_plate_indices(lambda name: _indices(every_site.msngr.trace, name))
     trace = poutine.block(poutine.trace(model).get_trace)(*args, **kwargs)
     subsamples = {
         name: site["value"]
@@ -77,6 +80,13 @@ def trace_latents(
             for f in site["cond_indep_stack"]
         )
     return trace, random_plates, enumerated, subsamples
+
+
+def _indices(trace: poutine.Trace, plate: str) -> Any:
+    """The indices the plate ``plate`` took so far in the run ``trace`` records (None
+    before it)."""
+    site = trace.nodes.get(plate)
+    return site["value"] if site is not None and site_is_subsample(site) else None
 
 
 def check_latent_sites(trace: poutine.Trace) -> None:

@@ -59,12 +59,6 @@ class HeldOutData:
         if isinstance(calls, IterableBatches) and calls.makes_a_pass_per_read:
             self._kept = calls
         self._one_shot = isinstance(data, Iterator)
-        self._evaluations = 0
-
-    @property
-    def one_shot(self) -> bool:
-        """Whether the data are an iterator, which only one evaluation can read."""
-        return self._one_shot
 
     def for_evaluation(self) -> Any:
         """The data to pass to the next evaluation: the kept pass (an iterator of the
@@ -73,7 +67,6 @@ class HeldOutData:
         Raises:
             ValueError: a one-shot iterator asked for a second evaluation.
         """
-        self._evaluations += 1
         if self._kept is not None:
             kept, self._kept = self._kept, None
             return kept.take_peeked()

@@ -1,0 +1,109 @@
+"""The loop both evaluation estimators run: every batch of the data, in particle chunks, with
+the modules in evaluation mode, no gradients, and an optional progress bar."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import pyro
+import torch
+from tqdm.auto import tqdm
+
+from pyro_gen.data.batching import Transform, batch_calls, with_transform
+from pyro_gen.infer.evaluation_scorer import ParticleScorer
+from pyro_gen.infer.module_devices import modules_device
+from pyro_gen.infer.pair_declarations import declared_plate
+from pyro_gen.infer.program import program, trace_once
+
+__all__ = ["score_batches", "widen"]
+
+T = TypeVar("T")
+
+
+@contextmanager
+def _eval_mode(modules: list[torch.nn.Module]) -> Iterator[None]:
+    # Evaluation mode (dropout off, batch norm frozen) for the score, restored afterwards.
+    training = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(modules, training):
+            m.train(mode)
+
+
+def score_batches(
+    model: Any,
+    data: Any,
+    *,
+    guide: Callable | None,
+    batch_size: int,
+    num_particles: int,
+    chunk: int,
+    transform: Transform | None,
+    plate_name: str | None,
+    progress: bool,
+    desc: str,
+    reduce: Callable[[torch.Tensor, torch.Tensor], T],
+    local_samples: int = 1,
+    analytic_kl: bool = False,
+    importance: bool = False,
+) -> tuple[list[T], bool]:
+    """Applies ``reduce(local (K, B), shared (K,))`` to every batch's log-weights; also says
+    whether the model has sites outside the data plate. With ``local_samples`` M > 1 each
+    particle's local log-weight is the log-mean-exp of M draws given its global latents."""
+    pair = program(model, guide)
+    calls = batch_calls(
+        data, batch_size, shuffle=False, device=modules_device(list(pair.modules.values()))
+    )
+    # One run finds the modules a plain function closes over (to switch their mode); it
+    # and its transformed batch leave the RNG where it was.
+    rng = pyro.util.get_rng_state()
+    trace_once(pair, with_transform(calls.peek(), transform))
+    pyro.util.set_rng_state(rng)
+    model_fn, guide_fn, modules = pair.model, pair.guide, list(pair.modules.values())
+    chunks = range(0, num_particles, chunk)
+    try:
+        total = len(calls) * len(chunks) * local_samples
+    except TypeError:
+        total = None
+    if plate_name is None:
+        plate_name = declared_plate(model)
+    scorer = ParticleScorer(model_fn, guide_fn, plate_name, analytic_kl, importance)
+    results = []
+    with torch.no_grad(), _eval_mode(modules):
+        bar = tqdm(total=total, desc=desc, unit="chunk", disable=not progress, leave=False)
+        try:
+            for call in calls:
+                call = with_transform(call, transform)
+                if scorer.plate is None:
+                    scorer.setup(call)
+                scorer.new_batch()
+                parts = []
+                for key, start in enumerate(chunks):
+                    draws = []
+                    for _ in range(local_samples):  # the chunk's global draws are replayed
+                        draws.append(scorer.chunk(call, min(chunk, num_particles - start), key))
+                        bar.update()
+                    local = draws[0][0]
+                    if local_samples > 1:
+                        local = widen(torch.stack([d[0] for d in draws])).logsumexp(0)
+                        local = local - math.log(local_samples)
+                    parts.append((local, draws[0][1]))
+                local = torch.cat([p[0] for p in parts])
+                results.append(reduce(local, torch.cat([p[1] for p in parts])))
+        finally:
+            bar.close()
+    if not results:
+        raise ValueError("data yields no batches: there is nothing to evaluate")
+    return results, scorer.has_shared
+
+
+def widen(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float64 for summing over a whole data set (float32 loses digits there), or
+    as it is on MPS, which has no float64."""
+    return t if t.device.type == "mps" else t.to(torch.float64)

@@ -1,0 +1,234 @@
+"""Particles of a model/guide pair drawn on one batch and split into per-example log-weights.
+
+Global latents are drawn on the first batch and replayed on every later one, and a plate's
+own subsample is replayed for every particle chunk of a batch. Model latents the guide lacks
+are summed out where they are enumerated and that can be done example by example, else
+drawn from the model, with a warning. Particles are vectorized under a particle plate when
+the model and guide broadcast over it, else drawn one at a time, with a warning.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from contextlib import ExitStack
+from typing import Any
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.poutine import Trace
+from pyro.poutine.util import site_is_subsample
+
+from pyro_gen.data.batching import Call
+from pyro_gen.infer.evaluation_checks import check_site_densities
+from pyro_gen.infer.log_weights import (
+    PARTICLE_PLATE,
+    DataPlate,
+    LogWeights,
+    enumeration_problem,
+    find_data_plate,
+    max_plate_nesting,
+    scaled_site,
+    split_log_weights,
+)
+
+__all__ = ["ParticleScorer"]
+
+# Drawing a site from p(site | parents) cancels its density from the weight: for a leaf that
+# is its exact posterior, so only a site another density depends on makes the bound looser.
+_DRAWN = (
+    "each is proposed from its conditional given its parents, which loosens the bound only "
+    "where another site's density depends on it (an observed child); for a site nothing "
+    "depends on (a leaf such as obs_mask's x_unobserved) that draw is its exact posterior "
+    "and the bound is unchanged. Where a site has such dependents, add a guide site for it "
+    "to tighten the bound"
+)
+
+
+def _subsample_sites(*traces: Trace) -> Trace:
+    """A trace of the plates' subsample sites (their indices) in ``traces``, for replay."""
+    kept = Trace()
+    for trace in traces:
+        for name, site in trace.nodes.items():
+            if site["type"] == "sample" and site_is_subsample(site) and name not in kept.nodes:
+                kept.add_node(name, **site)
+    return kept
+
+
+def _only(trace: Trace, names: tuple[str, ...], plate: DataPlate) -> Trace:
+    """A trace of the named sites that lie outside the data plate (for replay)."""
+    kept = Trace()
+    for name in names:
+        site = trace.nodes[name]
+        if all(f.name != plate.name for f in site["cond_indep_stack"]):
+            kept.add_node(name, **site)
+    return kept
+
+
+class ParticleScorer:
+    """Draws particles of guide and model on batches and splits their log-weights.
+
+    Global latents are drawn on the first batch and replayed on every later one, keyed by
+    particle chunk, so particle k sees one draw of them for the whole data set.
+    """
+
+    def __init__(
+        self,
+        model: Callable,
+        guide: Callable,
+        plate_name: str | None,
+        analytic_kl: bool,
+        importance: bool = False,
+    ) -> None:
+        self.model, self.guide, self.plate_name = model, guide, plate_name
+        self.analytic_kl, self.importance = analytic_kl, importance
+        self.plate: DataPlate | None = None
+        self.particle_dim = -1
+        self.has_shared = False
+        self.enumerate, self.enumerable = False, True
+        self.reviewed: set[str] = set()
+        self.vectorize, self.vectorized_once = True, False
+        self.fixed: dict[Any, tuple[Trace, Trace]] = {}
+        self.subsamples: Trace | None = None
+
+    def new_batch(self) -> None:
+        """Forgets the subsample indices drawn for the previous batch."""
+        self.subsamples = None
+
+    def _traces(self, call: Call, num_particles: int | None, key: Any) -> tuple[Trace, Trace]:
+        guide, fixed = self.guide, self.fixed.get(key)
+        if fixed is not None:
+            guide = poutine.replay(guide, trace=fixed[0])
+        # A plate that draws its own subsample (subsample_size=) must pick the same examples
+        # for every particle chunk of a batch: the chunks' log-weights are combined example
+        # by example, so indices drawn afresh would mix the weights of different examples.
+        subsamples = self.subsamples
+        if subsamples is not None:
+            guide = poutine.replay(guide, trace=subsamples)
+        with ExitStack() as stack:
+            if num_particles is not None:
+                stack.enter_context(
+                    pyro.plate(PARTICLE_PLATE, num_particles, dim=self.particle_dim)
+                )
+            guide_trace = poutine.trace(guide).get_trace(*call.args, **call.kwargs)
+            replay = guide_trace
+            extra = [*(fixed[1].nodes.items() if fixed is not None else ())]
+            extra += [*(subsamples.nodes.items() if subsamples is not None else ())]
+            if extra:
+                replay = guide_trace.copy()
+                for name, site in extra:
+                    if name not in guide_trace.nodes:
+                        replay.add_node(name, **site)
+            model = self.model
+            if self.enumerate:
+                # inside the replay, as TraceEnum_ELBO puts it: enum then sees the replayed
+                # sites too and records the enumeration dims their densities depend on
+                model = poutine.enum(model, first_available_dim=self.particle_dim - 1)
+            model = poutine.replay(model, trace=replay)
+            model_trace = poutine.trace(model).get_trace(*call.args, **call.kwargs)
+        if subsamples is None:
+            self.subsamples = _subsample_sites(guide_trace, model_trace)
+        return guide_trace, model_trace
+
+    def setup(self, call: Call) -> None:
+        """Finds the data plate and the nesting depth from a draw without particles."""
+        guide_trace, model_trace = self._traces(call, None, None)
+        self.plate = find_data_plate(model_trace, self.plate_name)
+        check_site_densities(guide_trace, model_trace, self.importance)
+        problem = scaled_site(self.plate, model_trace, guide_trace) if self.importance else None
+        if problem is not None:
+            raise ValueError(
+                f"iwae_log_likelihood cannot weight by this model: {problem}, so exp of its "
+                "log-weight is no importance weight and the estimate would bound nothing. "
+                "Evaluate it with every plate at full size and no poutine.scale, or use "
+                "evaluate_elbo, which keeps scales"
+            )
+        self.particle_dim = -max_plate_nesting(guide_trace, model_trace) - 1
+        weights = split_log_weights(
+            model_trace,
+            guide_trace,
+            self.plate,
+            particle_dim=self.particle_dim,
+            analytic_kl=self.analytic_kl,
+        )
+        self.has_shared = weights.has_shared
+        self._review(call, model_trace, weights.prior_sites)
+
+    def _review(self, call: Call, model_trace: Trace, prior_sites: tuple[str, ...]) -> bool:
+        """Decides, once per site, what to do with model latents that have no guide site:
+        sum out those marked for TraceEnum_ELBO where that can be done example by example
+        (inside the data plate, nested plates and pyro.markov chains included), draw the rest
+        from the model. Returns
+        whether enumeration has just been switched on (so the batch must be redone)."""
+        new = [n for n in prior_sites if n not in self.reviewed]
+        self.reviewed.update(new)
+        marked = [n for n in new if model_trace.nodes[n]["infer"].get("enumerate") == "parallel"]
+        switched = False
+        if marked and self.enumerable:
+            self.enumerate = True
+            try:
+                problem = enumeration_problem(self._traces(call, None, None)[1], self.plate)
+            except Exception as error:  # the model does not run under poutine.enum
+                problem = f"{type(error).__name__}: {error}"
+            if problem is None:
+                switched = True
+                new = [n for n in new if n not in marked]
+            else:
+                self.enumerate = self.enumerable = False
+                warnings.warn(
+                    f"evaluation cannot sum out the model's discrete sites {marked} example "
+                    f"by example ({problem}), so it draws them from the model: {_DRAWN}",
+                    stacklevel=5,
+                )
+                new = [n for n in new if n not in marked]
+        if new:
+            warnings.warn(
+                f"model sites {new} have no guide site, so evaluation draws them from the "
+                f"model: {_DRAWN}",
+                stacklevel=5,
+            )
+        return switched
+
+    def _weights(self, call: Call, num_particles: int, key: Any) -> LogWeights:
+        vectorized = num_particles > 1
+        guide_trace, model_trace = self._traces(call, num_particles if vectorized else None, key)
+        assert self.plate is not None
+        weights = split_log_weights(
+            model_trace,
+            guide_trace,
+            self.plate,
+            particle_dim=self.particle_dim,
+            num_particles=num_particles if vectorized else 1,
+            analytic_kl=self.analytic_kl,
+        )
+        if self._review(call, model_trace, weights.prior_sites):
+            return self._weights(call, num_particles, key)
+        if self.has_shared and key not in self.fixed:
+            self.fixed[key] = (
+                _only(guide_trace, weights.global_sites, self.plate),
+                _only(model_trace, weights.prior_sites, self.plate),
+            )
+        return weights
+
+    def chunk(self, call: Call, num_particles: int, key: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(local (K, B), shared (K,))`` for ``num_particles`` particles, vectorized under
+        a particle plate when the model and guide broadcast, else one at a time."""
+        if num_particles > 1 and self.vectorize:
+            try:
+                weights = self._weights(call, num_particles, key)
+                self.vectorized_once = True
+                return weights.local, weights.shared
+            except Exception as error:
+                if self.vectorized_once:
+                    raise  # it broadcast before, so this is a genuine error
+                self.vectorize = False
+                warnings.warn(
+                    "the model or guide does not run under a vectorized particle plate "
+                    f"({type(error).__name__}: {error}); drawing particles one at a time, "
+                    "which is slower. Write them to broadcast over extra leading batch "
+                    "dimensions to vectorize",
+                    stacklevel=4,
+                )
+        parts = [self._weights(call, 1, (key, j)) for j in range(num_particles)]
+        return torch.cat([w.local for w in parts]), torch.cat([w.shared for w in parts])

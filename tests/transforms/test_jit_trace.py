@@ -1,0 +1,66 @@
+"""Every registered transform under ``torch.jit.trace``, as Pyro's ``NUTS(jit_compile=True)``
+and ``JitTrace_ELBO`` run them: a trace recorded at one input and replayed at another gives
+the eager values, log-dets and input gradients, or the transform refuses to be traced with
+an error that says so. A trace freezes Python control flow and drops autograd hooks, so a
+transform that iterates to a tolerance or shapes its gradient with a hook is silently wrong
+there; HMC's potential gradients are what such a trace computes.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from .registry import CASES, Case
+from .test_registry import _concrete, _context, _dtype_for, _prepare  # noqa: F401
+
+
+def _direction(ct, inverse: bool):
+    def objective(v: torch.Tensor) -> torch.Tensor:
+        out = ct.inv(v) if inverse else ct(v)
+        x, y = (out, v) if inverse else (v, out)
+        return (out**2).sum() + ct.log_abs_det_jacobian(x, y).sum()
+
+    return objective
+
+
+def _value_and_grad(fn, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    v = v.clone().requires_grad_(True)
+    value = fn(v)
+    (grad,) = torch.autograd.grad(value, v)
+    return value.detach(), grad
+
+
+@pytest.mark.parametrize("inverse", [False, True], ids=["forward", "inverse"])
+# known_bug cases (a wrong log-det) trace consistently: the replay agrees with eager
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.name) for c in CASES])
+@pytest.mark.usefixtures("_dtype_for")
+def test_a_trace_replays_the_eager_values_and_gradients_or_is_refused(
+    case: Case, inverse: bool
+) -> None:
+    if inverse and not case.invertible:
+        pytest.skip("no inverse")
+    t = _prepare(case)
+    if isinstance(t, torch.nn.Module):
+        t.requires_grad_(False)  # as Pyro's jit potential does: only the inputs are traced
+    ct = _concrete(case, t, _context(case, 3))
+    shape = tuple(ct.forward_shape((3, *case.shape))) if inverse else (3, *case.shape)
+    g = torch.Generator().manual_seed(1)
+    at_trace = torch.randn(shape, generator=g, dtype=torch.float64)
+    elsewhere = 1.7 * torch.randn(shape, generator=g, dtype=torch.float64)
+    fn = _direction(ct, inverse)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            example = (at_trace.clone().requires_grad_(True),)
+            traced = torch.jit.trace(fn, example, check_trace=False)
+    except RuntimeError as e:
+        assert "torch.jit.trace" in str(e) and type(ct).__name__ in str(e), str(e)
+        return
+    value, grad = _value_and_grad(fn, elsewhere)
+    traced_value, traced_grad = _value_and_grad(traced, elsewhere)
+    atol = max(1e-7, 10 * case.roundtrip_atol)
+    torch.testing.assert_close(traced_value, value, atol=atol, rtol=1e-6)
+    torch.testing.assert_close(traced_grad, grad, atol=atol, rtol=1e-5)

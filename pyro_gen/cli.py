@@ -200,6 +200,10 @@ def _check_applicable(
             "with these options scores none (`pyro-gen evaluate RUN --num-test N` chooses the "
             "test examples evaluate scores)"
         )
+        unused["eval_every"] = (
+            f"sets how often the held-out examples are scored, and {args.model} training "
+            "with these options scores none"
+        )
     for name in given:
         if name in unused:
             raise UsageError(f"{flag(name)} {unused[name]}; drop it")
@@ -284,6 +288,8 @@ def _train_run(
                 grad_clip=config["grad_clip"],
                 transform=view.transform,
                 eval_data=test_data,
+                # a run recorded before --eval-every existed scored every epoch
+                eval_every=config.get("eval_every", 1),
                 checkpoint_dir=out,
                 step_callbacks=spec.step_callbacks(options),
                 progress=not args.no_progress,

@@ -84,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting(train, "grad_clip", "clip the gradient norm to this", type=positive_finite)
     _add_setting(train, "subset", "use only the first N training examples", type=positive)
     _add_setting(train, "test_subset", "evaluate on the first N test examples", type=positive)
+    _add_setting(
+        train,
+        "eval_every",
+        "score the held-out data after every N-th epoch (and the last)",
+        type=positive,
+    )
     _add_setting(train, "toy_samples", "training samples of a 2D toy dataset", type=positive)
     _add_setting(train, "seed", "random seed", type=whole_number)
     train.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")

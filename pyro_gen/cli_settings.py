@@ -29,6 +29,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "grad_clip": None,
     "subset": None,
     "test_subset": None,
+    "eval_every": 1,
     "toy_samples": DEFAULT_TOY_SAMPLES,
     "seed": 0,
 }

@@ -198,6 +198,25 @@ def test_ddpm_keeps_a_weight_average_that_follows_every_step_and_is_saved(tmp_pa
     assert pyro_gen.load(tmp_path / "none").ema is None
 
 
+def test_eval_every_scores_the_held_out_data_after_every_nth_epoch_and_the_last(tmp_path, capsys):
+    """A DDPM's held-out bound costs several training epochs on images: --eval-every thins
+    it out, and the record, the curve and the summary take the epochs that were scored."""
+    run = tmp_path / "ddpm"
+    args = ["train", "ddpm", "--data", "moons", "--out", str(run), "--no-progress",
+            "--no-compile", "--toy-samples", "128", "--test-subset", "32", "--batch-size", "64",
+            "--timesteps", "10", "--eval-every", "2"]  # fmt: skip
+    assert main([*args, "--epochs", "3"]) == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if "test_elbo" in r] == [2, 3]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert "test ELBO" in capsys.readouterr().out
+    assert json.loads((run / "config.json").read_text())["eval_every"] == 2
+    # resumed as recorded: the fourth epoch is the last, so it is scored
+    assert main([*args[:-2], "--epochs", "4"]) == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if "test_elbo" in r] == [2, 3, 4]
+
+
 def test_ema_decay_out_of_range_is_one_clear_error(tmp_path, capsys):
     args = ["train", "ddpm", "--data", "moons", "--ema-decay", "1.5", "--out", str(tmp_path)]
     assert main(args) == 2

@@ -155,6 +155,8 @@ TRAIN_REFUSED = {
         ["cnf", "--data", "moons", "--objective", "rectified", "--test-subset", "4"],
         ("--test-subset",),
     ),
+    "eval_every_ncsn": (["ncsn", "--data", "moons", "--eval-every", "2"],
+                        ("--eval-every", "scores none")),
     "k_with_meanfield": (["vae", "--data", "digits", "--objective", "meanfield", "--k", "4"],
                          ("--k applies only with --objective iwae",)),
 }  # fmt: skip
@@ -168,6 +170,7 @@ TRAIN_TAKEN = {
     "test_subset_ddpm": (["ddpm", "--data", "moons", "--test-subset", "4"], "test_subset", 4),
     "test_subset_gan": (["gan", "--data", "ring", "--test-subset", "4"], "test_subset", 4),
     "k_with_iwae": (["vae", "--data", "digits", "--objective", "iwae", "--k", "4"], "k", 4),
+    "eval_every_ddpm": (["ddpm", "--data", "moons", "--eval-every", "3"], "eval_every", 3),
 }  # fmt: skip
 
 

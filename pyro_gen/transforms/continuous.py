@@ -181,7 +181,12 @@ class AugmentedDynamics(nn.Module):
         create_graph = torch.is_grad_enabled()
         with autograd_enabled():
             z, t = graph_input(z), graph_input(t)
-            if not z.requires_grad:
+            # Without a graph to keep, differentiate at a fresh leaf: the adjoint's forward
+            # solve runs under no_grad, where the state is a view of an input that requires
+            # grad (a reparameterized sample, HMC's position); autograd routes such a view's
+            # gradient to its base, so the divergence w.r.t. the view failed ("not used in
+            # the graph").
+            if not create_graph or not z.requires_grad:
                 z = z.detach().requires_grad_(True)
             dz = self.drift_fn(z, t)
             if dz.shape != z.shape:
@@ -195,6 +200,38 @@ class AugmentedDynamics(nn.Module):
         if not create_graph:
             dz, div = dz.detach(), div.detach()
         return dz, div
+
+
+#: torchdiffeq's fixed-grid solvers: their steps do not depend on the state
+FIXED_STEP_METHODS = frozenset(
+    {"euler", "midpoint", "heun2", "heun3", "rk4"}
+    | {"explicit_adams", "implicit_adams", "fixed_adams"}
+)
+
+
+def _refuse_tracing(method: str, adjoint: bool) -> None:
+    """A clear error instead of a silently wrong ``torch.jit.trace`` (what Pyro's
+    ``NUTS(jit_compile=True)`` and ``JitTrace_ELBO`` record): a trace keeps the steps an
+    adaptive solver chose for the input it was recorded at, so elsewhere the tolerance no
+    longer holds (1e-2 errors at rtol=1e-6), and the adjoint's backward pass is not
+    recorded at all."""
+    if torch._C._get_tracing_state() is None:
+        return
+    if adjoint:
+        reason = "the adjoint method's backward pass is not recorded by a trace"
+    elif method not in FIXED_STEP_METHODS:
+        reason = (
+            f"method={method!r} picks its steps from the input, and a trace replays the steps "
+            "of the input it was recorded at, without error control"
+        )
+    else:
+        return
+    raise RuntimeError(
+        f"ContinuousFlow (odeint_with_logdet) cannot run under torch.jit.trace, as "
+        f"NUTS/HMC(jit_compile=True) and JitTrace_ELBO run it: {reason}. Use "
+        "jit_compile=False (Trace_ELBO), or a fixed-step solver without the adjoint: "
+        "method='rk4', options={'step_size': ...}, adjoint=False."
+    )
 
 
 def _sample_noise(z: Tensor, kind: str) -> Tensor:
@@ -262,6 +299,7 @@ def odeint_with_logdet(
         raise ValueError(f"x of shape {tuple(x.shape)} has fewer than event_dim={event_dim} dims")
     if not torch.isfinite(x).all():
         raise ValueError("odeint_with_logdet got non-finite input")
+    _refuse_tracing(method, adjoint)
     if trace is None:
         num_dims = math.prod(x.shape[x.dim() - event_dim :])
         trace = "exact" if num_dims <= EXACT_TRACE_MAX_DIM else "hutchinson"

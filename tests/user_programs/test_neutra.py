@@ -194,6 +194,51 @@ def test_the_neutra_potential_is_the_models_plus_the_log_det(program, jit_compil
         torch.testing.assert_close(grads[latent], eager_grads[latent], atol=1e-4, rtol=1e-4)
 
 
+def test_neutra_with_a_continuous_flow_guide_adjoint_and_traced():
+    """A CNF (fixed-step rk4) as the guide's flow. With ``adjoint=True`` HMC's potential
+    gradient failed inside the adjoint's forward solve (HMC's position requires grad); it is
+    now the direct solve's gradient, and the potential is the model's plus autograd's
+    log-det. ``jit_compile=True`` refuses the adjoint with an error naming the fix, and
+    traces the direct fixed-step solve exactly."""
+    from pyro_gen.transforms import cnf
+
+    pyro.set_rng_seed(0)
+    args = (neutra.A, neutra.B)
+
+    def flow(dim):
+        return cnf(dim, (16,), method="rk4", options={"step_size": 0.25}, adjoint=True)
+
+    guide = AutoNormalizingFlow(neutra.model, flow)
+    neutra.fit_guide(guide, 10, *args)
+    t = guide.get_transform()
+    reparam, model = neutra.neutra_model(guide)
+    original, adjoint_potential = _potentials(neutra.model, model, args, False)
+    z = 1.5 * torch.randn(3, 2)
+    results = []
+    for adjoint in (True, False):
+        t.adjoint = adjoint
+        for zi, log_det in zip(z, autograd_log_det(t, z)):
+            with torch.no_grad():
+                expected = original({"x": t(zi.clone())}) - log_det
+            grads, value = potential_grad(adjoint_potential, {"x_shared_latent": zi.clone()})
+            assert float(value) == pytest.approx(float(expected), abs=2e-4, rel=1e-5)
+            results.append(grads["x_shared_latent"])
+    for with_adjoint, direct in zip(results[:3], results[3:]):
+        torch.testing.assert_close(with_adjoint, direct, atol=1e-3, rtol=1e-3)
+
+    t.adjoint = True
+    _, traced = _potentials(neutra.model, model, args, True)  # traces at its first call
+    with pytest.raises(RuntimeError, match="ContinuousFlow.*adjoint=False"):
+        traced({"x_shared_latent": z[0].clone()})
+    t.adjoint = False
+    _, traced = _potentials(neutra.model, model, args, True)
+    # traced at its first call, with the position requiring grad, as HMC's setup calls it
+    potential_grad(traced, {"x_shared_latent": torch.zeros(2)})
+    for zi, direct in zip(z, results[3:]):
+        grads, _ = potential_grad(traced, {"x_shared_latent": zi.clone()})
+        torch.testing.assert_close(grads["x_shared_latent"], direct, atol=1e-5, rtol=1e-5)
+
+
 # -------------------------------------------------------------------- NeuTra HMC, end to end
 
 

@@ -193,6 +193,16 @@ def test_the_neutra_potential_is_the_models_plus_the_log_det(program, jit_compil
         torch.testing.assert_close(value, eager_value, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(grads[latent], eager_grads[latent], atol=1e-4, rtol=1e-4)
 
+    # one position tensor moved in place between evaluations (a leapfrog written with add_):
+    # the transform's cache must not return the old point's image and log-det
+    position = z[0].clone()
+    potential_grad(reparameterized, {latent: position})
+    with torch.no_grad():
+        position.add_(0.5)
+    _, moved = potential_grad(reparameterized, {latent: position})
+    _, fresh = potential_grad(eager, {latent: position.clone()})
+    torch.testing.assert_close(moved, fresh, atol=1e-5, rtol=1e-5)
+
 
 def test_neutra_with_a_continuous_flow_guide_adjoint_and_traced():
     """A CNF (fixed-step rk4) as the guide's flow. With ``adjoint=True`` HMC's potential

@@ -299,7 +299,7 @@ def test_the_compiled_steps_accelerator_path_keeps_to_the_device(elsewhere, capl
             super().__init__(*args, **kwargs)
             self._guard_in_program = True
 
-    monkeypatch.setattr(importlib.import_module("pyro_gen.infer.fit"), "CompiledSVI", OnDevice)
+    monkeypatch.setattr(importlib.import_module("pyro_gen.infer.fit_step"), "CompiledSVI", OnDevice)
     vae, x = to_model(elsewhere, build_vae((8, 8), z_dim=4, hidden_dim=16), torch.rand(16, 8, 8))
     # the first step is plain Pyro, the second records, the later ones replay
     fit_both_ways(vae, x.round(), caplog, steps=5, batch_size=4)

@@ -37,6 +37,7 @@ from pyro_gen.infer.compiled_checks import probe_input_checks
 from pyro_gen.vae import build_vae
 
 fit_module = importlib.import_module("pyro_gen.infer.fit")  # the module, not the function
+fit_step = importlib.import_module("pyro_gen.infer.fit_step")  # where fit reads CompiledSVI
 aten = torch.ops.aten
 # Ops that hand a tensor's value to Python, and so wait for the device.
 _READ_OPS = {
@@ -308,7 +309,7 @@ def test_fit_reads_only_at_its_read_backs(monkeypatch):
     """Through fit: reads happen only where fit reads losses back (every READBACK_EVERY
     steps, and at the end), one transfer each."""
 
-    monkeypatch.setattr(fit_module, "CompiledSVI", _OnDevice)
+    monkeypatch.setattr(fit_step, "CompiledSVI", _OnDevice)
     pyro.clear_param_store()
     module, loss, x = _vae()
     x = torch.rand(64, 8, 8).round()
@@ -333,7 +334,7 @@ def test_fit_raises_the_models_error_for_a_batch_refused_on_the_device(monkeypat
     """On the device path a refused batch only reads back as a NaN loss; fit asks the step
     for the model's own error instead of reporting a non-finite loss."""
 
-    monkeypatch.setattr(fit_module, "CompiledSVI", _OnDevice)
+    monkeypatch.setattr(fit_step, "CompiledSVI", _OnDevice)
     pyro.clear_param_store()
     module, loss, _ = _vae()
     x = torch.rand(16, 8, 8).round()

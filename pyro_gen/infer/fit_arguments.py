@@ -1,0 +1,64 @@
+"""``fit``'s arguments checked before anything is set up, and the device it trains on."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import pyro
+import pyro.optim
+import torch
+
+from pyro_gen.infer.evaluation import module_device
+from pyro_gen.infer.program import Program
+
+
+def _whole(name: str, value: Any, minimum: int) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        kind = "non-negative" if minimum == 0 else "positive"
+        raise ValueError(f"{name} must be a {kind} whole number, got {value!r}")
+
+
+def _check_arguments(
+    epochs: Any,
+    steps: Any,
+    batch_size: Any,
+    grad_clip: Any,
+    eval_every: Any,
+    checkpoint_every: Any,
+    checkpoint_dir: Any,
+    optim: Any,
+) -> None:
+    if (epochs is None) == (steps is None):
+        raise ValueError("give exactly one of epochs= or steps=")
+    _whole("epochs", epochs, 0)
+    _whole("steps", steps, 0)
+    _whole("batch_size", batch_size, 1)
+    _whole("eval_every", eval_every, 1)
+    _whole("checkpoint_every", checkpoint_every, 1)
+    if checkpoint_every is not None and checkpoint_dir is None:
+        raise ValueError("checkpoint_every= needs checkpoint_dir= (where to write them)")
+    if grad_clip is not None and not (
+        isinstance(grad_clip, numbers.Real) and math.isfinite(grad_clip) and grad_clip > 0
+    ):
+        raise ValueError(
+            f"grad_clip must be a positive finite gradient norm, got {grad_clip!r} "
+            "(None turns clipping off)"
+        )
+    if optim is not None and not isinstance(optim, pyro.optim.PyroOptim):
+        raise TypeError(
+            f"optim must be a pyro.optim.PyroOptim such as pyro.optim.Adam({{'lr': 1e-3}}), "
+            f"got {type(optim).__name__}"
+        )
+
+
+def _device(model: Any, prog: Program, device: torch.device | str | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    for m in prog.modules.values():
+        if next(iter([*m.parameters(), *m.buffers()]), None) is not None:
+            return module_device(m)
+    return torch.device("cpu")

@@ -1,0 +1,75 @@
+"""``fit``'s held-out data: checked before training, and scored by a loss that is not an ELBO."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from pyro.infer import ELBO
+
+from pyro_gen.data.batching import Transform, batch_calls, with_transform
+from pyro_gen.infer.evaluation import declared_plate
+from pyro_gen.infer.fit_progress import _Progress
+from pyro_gen.infer.held_out import HeldOutData, evaluations
+from pyro_gen.infer.log_weights import find_data_plate
+from pyro_gen.infer.program import Program, trace_once
+
+
+@torch.no_grad()
+def _evaluate_loss(
+    prog: Program,
+    data: Any,
+    loss: Any,
+    batch_size: int,
+    transform: Transform | None,
+    device: torch.device,
+) -> float:
+    """A loss object's value per example on held-out data (modules in eval mode), the
+    batches moved to the training ``device``."""
+    modes = {name: m.training for name, m in prog.modules.items()}
+    for m in prog.modules.values():
+        m.eval()
+    total, seen = 0.0, 0
+    try:
+        for call in batch_calls(data, batch_size, shuffle=False, device=device):
+            call = with_transform(call, transform)
+            evaluate = loss.loss if hasattr(loss, "loss_and_grads") else loss
+            total += float(evaluate(prog.model, prog.guide, *call.args, **call.kwargs))
+            seen += call.size if call.size is not None else 1
+    finally:
+        for name, m in prog.modules.items():
+            m.train(modes[name])
+    return total / max(seen, 1)
+
+
+def _held_out(
+    prog: Program,
+    model: Any,
+    eval_data: Any,
+    state: _Progress,
+    epochs: int | None,
+    eval_every: int,
+    loss: Any,
+    batch_size: int,
+    transform: Transform | None,
+    plate_name: str | None,
+    device: torch.device,
+) -> HeldOutData:
+    """``eval_data`` checked before training, not after an epoch of it: its first batch is
+    read (the first evaluation's own read, so the user's batch function is called once per
+    evaluation) and, for an ELBO, the plate evaluate_elbo will score by is found on it."""
+    if isinstance(eval_data, Iterator) and epochs is not None:
+        count = evaluations(state.epoch, epochs, eval_every)
+        if count > 1:
+            raise ValueError(
+                f"eval_data is an iterator, which one evaluation uses up, and this run "
+                f"evaluates {count} times (epochs={epochs}, eval_every={eval_every}): pass a "
+                "tensor, a list of batches or a function returning a fresh iterator, or "
+                f"eval_every={epochs} to evaluate once at the end"
+            )
+    held_out = HeldOutData(eval_data, batch_size, device)
+    if isinstance(loss, ELBO):
+        _, model_trace = trace_once(prog, with_transform(held_out.first, transform))
+        find_data_plate(model_trace, plate_name or declared_plate(model))
+    return held_out

@@ -16,7 +16,7 @@ from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 from torch import nn
 
-from pyro_gen.infer import compiled
+from pyro_gen.infer import compiled_backends, compiled_step_recorder
 from pyro_gen.infer.compiled import CompiledSVI
 
 
@@ -123,7 +123,7 @@ def test_any_recording_failure_falls_back_with_one_line(monkeypatch, caplog):
     def broken(gm):
         raise IndexError("tuple index out of range")
 
-    monkeypatch.setattr(compiled, "simplify", broken)
+    monkeypatch.setattr(compiled_step_recorder, "simplify", broken)
     gen = ToyDMM("shape")
     x, mask = sequences([2, 2])
     svi = CompiledSVI(gen.model, gen.guide, backend="fx")
@@ -250,7 +250,7 @@ def _counting_compiles(monkeypatch) -> list[str]:
     asked: list[str] = []
 
     def stand_in(self, prog, data, backend=None):
-        asked.append(backend or compiled.resolved_backend(self.backend))
+        asked.append(backend or compiled_backends.resolved_backend(self.backend))
         return prog.gm
 
     monkeypatch.setattr(CompiledSVI, "_compile", stand_in)

@@ -294,15 +294,20 @@ def test_the_compiled_steps_accelerator_path_keeps_to_the_device(elsewhere, capl
     from pyro_gen.infer.compiled import CompiledSVI
     from pyro_gen.vae import build_vae
 
+    made: list[CompiledSVI] = []
+
     class OnDevice(CompiledSVI):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            self._guard_in_program = True
+            self._flag_on_device = True  # what a CUDA device decides
+            made.append(self)
 
     monkeypatch.setattr(importlib.import_module("pyro_gen.infer.fit_step"), "CompiledSVI", OnDevice)
     vae, x = to_model(elsewhere, build_vae((8, 8), z_dim=4, hidden_dim=16), torch.rand(16, 8, 8))
     # the first step is plain Pyro, the second records, the later ones replay
     fit_both_ways(vae, x.round(), caplog, steps=5, batch_size=4)
+    programs = [p for svi in made for p in svi._programs.values()]
+    assert programs and all(p.flag_on_device and p.guarded for p in programs)
 
 
 def test_bayesian_vae_trains_and_samples_on_the_models_device(elsewhere, caplog):

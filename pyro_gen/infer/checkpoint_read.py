@@ -1,0 +1,121 @@
+"""Reading a checkpoint: header, size and SHA-256 checked, then a weights_only parse."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pyro_gen.infer.checkpoint_format import FORMAT_VERSION, MAGIC, CheckpointError
+from pyro_gen.infer.state_codec import decode
+
+_HEADER_LIMIT = 4096
+
+
+def load_checkpoint(path: str | Path, map_location: Any = None) -> dict[str, Any]:
+    """Reads and verifies a checkpoint written by :func:`save_checkpoint`; runs no code.
+
+    Raises:
+        CheckpointError: naming the file, if it is missing, not a pyro_gen checkpoint of
+            this format, truncated, or fails its checksum.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}: train first or point at a run directory")
+    return parse_checkpoint(path.read_bytes(), path, map_location)
+
+
+def parse_checkpoint(raw: bytes, path: str | Path, map_location: Any = None) -> dict[str, Any]:
+    """:func:`load_checkpoint` of the bytes ``raw`` read from ``path`` (named in errors).
+
+    Processes that cannot read the file take its bytes from the one that can, and parse
+    them themselves: a parsed checkpoint sent between processes is pickled, which copies
+    the constraint singletons (``constraints.real``) that checks compare by identity.
+
+    Raises:
+        CheckpointError: as :func:`load_checkpoint` does.
+    """
+    path = Path(path)
+    data = _verified_payload(path, raw)
+    try:
+        payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as e:  # the restricted unpickler refuses with several error types
+        raise CheckpointError(
+            f"checkpoint {path} passes its checksum but holds objects a checkpoint never "
+            f"contains ({type(e).__name__}); it was not loaded. It was crafted or written by "
+            "another program: retrain into a fresh directory"
+        ) from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has an unknown layout; it was not loaded")
+    return {
+        "format": payload["format"],
+        "modules": payload["modules"],
+        "param_store": {
+            "params": payload["param_store"]["params"],
+            "constraints": decode(payload["param_store"]["constraints"]),
+            # absent from checkpoints written before it was recorded: then not checked
+            "module_constraints": decode(payload["param_store"].get("module_constraints", {})),
+        },
+        "optim": decode(payload["optim"]),
+        # absent from checkpoints written before it was recorded: then not checked
+        "optim_kind": payload.get("optim_kind"),
+        "optim_args": payload.get("optim_args"),
+        "rng": decode(payload["rng"]),
+        "progress": decode(payload["progress"]),
+        # absent when not given to save_checkpoint (and before it was recorded)
+        "traced_params": payload.get("traced_params"),
+    }
+
+
+def verify_checkpoint(path: str | Path) -> None:
+    """Checks a checkpoint's format, size and SHA-256 without parsing its payload.
+
+    Raises:
+        CheckpointError: as :func:`load_checkpoint` does.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}: train first or point at a run directory")
+    _verified_payload(path, path.read_bytes())
+
+
+def _verified_payload(path: Path, raw: bytes) -> bytes:
+    if not raw.startswith(MAGIC):
+        if raw.startswith(b"PK\x03\x04") or raw.startswith(b"\x80"):
+            kind = "a plain torch.save/pickle file (as older pyro_gen versions wrote)"
+        elif not raw:
+            kind = "empty"
+        else:
+            kind = "not a pyro_gen checkpoint"
+        raise CheckpointError(
+            f"{path} is {kind}; it was not loaded, because unpickling such a file can run "
+            "code. Retrain into a fresh directory, or, if you wrote it yourself with an older "
+            f"pyro-gen, convert it: pyro-gen convert-checkpoint {path.parent} --trust-pickle"
+        )
+    end = raw.find(b"\n", len(MAGIC), len(MAGIC) + _HEADER_LIMIT)
+    try:
+        header = json.loads(raw[len(MAGIC) : end])
+        size, digest = int(header["size"]), str(header["sha256"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(
+            f"checkpoint {path} has a damaged header; it was not loaded. Restore it from a "
+            "copy, or retrain into a fresh directory"
+        ) from e
+    data = raw[end + 1 :]
+    if len(data) != size:
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or padded ({len(data)} bytes of data, "
+            f"{size} written); it was not loaded. Restore it from a copy, or retrain into a "
+            "fresh directory"
+        )
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise CheckpointError(
+            f"checkpoint {path} is damaged (its SHA-256 differs from the one recorded when it "
+            "was written); it was not loaded. Restore it from a copy, or retrain into a fresh "
+            "directory"
+        )
+    return data

@@ -31,7 +31,7 @@ from pyro_gen.infer.fit_held_out import _evaluate_loss
 from pyro_gen.infer.fit_progress import _finished, _Progress
 from pyro_gen.infer.fit_read_back import NonFiniteLossError, _read_back
 from pyro_gen.infer.fit_result import FitResult
-from pyro_gen.infer.held_out import HeldOutData
+from pyro_gen.infer.held_out import HeldOutData, evaluates_after
 from pyro_gen.infer.program import Program
 
 logger = logging.getLogger("pyro_gen")
@@ -215,7 +215,7 @@ def _train(
             state.epoch += 1
             state.batch, state.epoch_rng_state = 0, None
             state.epoch_loss, state.epoch_seen, state.epoch_time = 0.0, 0, 0.0
-        if held_out is not None and (state.epoch % eval_every == 0 or done()) and main:
+        if held_out is not None and evaluates_after(state.epoch, eval_every, done()) and main:
             eval_data = held_out.for_evaluation()
             # Evaluation draws its own noise without moving the training RNG, so where and
             # how often we evaluate never changes the trained parameters.

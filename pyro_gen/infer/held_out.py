@@ -79,6 +79,17 @@ class HeldOutData:
         return self.data
 
 
+def evaluates_after(epoch: int, eval_every: int, last: bool) -> bool:
+    """Whether ``fit`` scores the held-out data once ``epoch`` epochs are complete: after
+    every ``eval_every``-th epoch and after the ``last``.
+
+    Example:
+        >>> evaluates_after(4, 2, False), evaluates_after(3, 2, False), evaluates_after(3, 2, True)
+        (True, False, True)
+    """
+    return epoch % eval_every == 0 or last
+
+
 def evaluations(first_epoch: int, epochs: int, eval_every: int) -> int:
     """How many evaluations ``fit`` makes training from ``first_epoch`` (completed epochs)
     to ``epochs``: after every ``eval_every``-th epoch and after the last.
@@ -87,4 +98,5 @@ def evaluations(first_epoch: int, epochs: int, eval_every: int) -> int:
         >>> evaluations(0, 5, 2), evaluations(0, 4, 2), evaluations(3, 4, 1), evaluations(4, 4, 1)
         (3, 2, 1, 0)
     """
-    return sum(1 for e in range(first_epoch + 1, epochs + 1) if e % eval_every == 0 or e == epochs)
+    after = range(first_epoch + 1, epochs + 1)
+    return sum(1 for e in after if evaluates_after(e, eval_every, last=e == epochs))

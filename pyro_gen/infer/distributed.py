@@ -38,6 +38,9 @@ its sampling noise from its own stream, seeded from the shared one and its rank,
 streams are recorded in checkpoints, so a run resumes exactly under the same world size.
 Evaluation, checkpoints, metrics and the progress bar are rank 0's.
 
+The sharding lives in :mod:`~pyro_gen.infer.distributed_batches`, the all-reduce in
+:mod:`~pyro_gen.infer.distributed_reduce`; both are importable from here.
+
 Example:
     >>> is_main_process()  # a single process is its own rank 0
     True
@@ -46,10 +49,9 @@ Example:
 from __future__ import annotations
 
 import atexit
-import itertools
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import pyro
@@ -60,13 +62,23 @@ from pyro import poutine
 from pyro.infer import ELBO
 from pyro.poutine.util import site_is_subsample
 
-from pyro_gen.data.batching import Call, IterableBatches, TensorBatches, as_call, batch_calls
+from pyro_gen.data.batching import Call
 from pyro_gen.data.random_state import set_pyro_rng_state
+from pyro_gen.infer.distributed_batches import ShardedBatches
+from pyro_gen.infer.distributed_reduce import GradReducer
 
 T = TypeVar("T")
 logger = logging.getLogger("pyro_gen")
 
-__all__ = ["DataParallel", "GradReducer", "is_main_process", "rng_state", "set_rng_state", "setup"]
+__all__ = [
+    "DataParallel",
+    "GradReducer",
+    "ShardedBatches",
+    "is_main_process",
+    "rng_state",
+    "set_rng_state",
+    "setup",
+]
 
 
 def is_main_process() -> bool:
@@ -376,189 +388,3 @@ def _plates(prog: Any, call: Call) -> tuple[bool, list[str]]:
         if not s["is_observed"] and not s["cond_indep_stack"] and not site_is_subsample(s)
     ]
     return subsampled, global_sites
-
-
-class ShardedBatches:
-    """This rank's batches of an epoch, each with the examples in the combined batch.
-
-    Args:
-        data: any data form :func:`~pyro_gen.data.batching.batch_calls` takes.
-        batch_size: examples per process and step (tensor data).
-        rank: this process's rank.
-        world_size: number of processes.
-        device: where this rank's batches go.
-
-    Example:
-        >>> x = torch.arange(10.0)  # 2 processes, 2 examples each a step: combined batches of 4
-        >>> shards = [ShardedBatches(x, 2, r, 2, torch.device("cpu")) for r in range(2)]
-        >>> [len(s) for s in shards]  # 4 + 4 + 2: the last combined batch is shared too
-        [3, 3]
-    """
-
-    def __init__(
-        self, data: Any, batch_size: int, rank: int, world_size: int, device: torch.device
-    ) -> None:
-        self.rank, self.world_size, self.device = rank, world_size, device
-        self.inner: TensorBatches | IterableBatches
-        self.inner = batch_calls(data, batch_size * world_size, shuffle=True, device=device)
-        if isinstance(self.inner, TensorBatches):
-            if self.inner.num_examples < world_size:
-                raise ValueError(
-                    f"data has {self.inner.num_examples} examples, fewer than the "
-                    f"{world_size} processes training on it: use fewer processes"
-                )
-            self._sampler = None
-        else:  # the user's batches, moved to the device only on the rank that takes them
-            self.inner = IterableBatches(data)
-            loader_sampler = getattr(data, "batch_sampler", None)
-            sampler = getattr(data, "sampler", None)
-            sampler = getattr(loader_sampler, "sampler", sampler)
-            presharded = isinstance(sampler, torch.utils.data.DistributedSampler)
-            self._sampler = sampler if presharded else None
-
-    def __len__(self) -> int:
-        if isinstance(self.inner, TensorBatches):
-            full, rest = divmod(self.inner.num_examples, self.inner.batch_size)
-            return full + (rest >= self.world_size)
-        if self._sampler is not None:
-            return len(self.inner)
-        return len(self.inner) // self.world_size
-
-    def peek(self) -> Call:
-        """This rank's first batch in data order (for checks), drawing no random numbers."""
-        first = self.inner.peek()
-        if isinstance(self.inner, TensorBatches):
-            return _part(first, self.rank, self.world_size)
-        return self._to_device(first)
-
-    def epoch(self, skip: int = 0, number: int = 0) -> Iterator[tuple[Call, int]]:
-        """Pass ``number`` (counting from 0): ``(this rank's call, examples in the combined
-        batch)`` per step. The order is drawn now, from the current (shared) RNG stream;
-        ``skip`` steps are left out (resuming mid-epoch). A last combined batch with fewer
-        examples than processes is left out."""
-        if self._sampler is not None:
-            self._sampler.set_epoch(number)
-        if isinstance(self.inner, TensorBatches):
-            return self._tensor_epoch(self.inner.epoch(skip=skip))
-        if self._sampler is not None:
-            return self._presharded_epoch(self.inner.epoch(skip=skip))
-        return self._dealt_epoch(self.inner.epoch(skip=skip * self.world_size))
-
-    def _tensor_epoch(self, calls: Iterator[Call]) -> Iterator[tuple[Call, int]]:
-        for call in calls:
-            size = call.size if call.size is not None else self.world_size
-            if size < self.world_size:
-                return
-            yield _part(call, self.rank, self.world_size), size
-
-    def _presharded_epoch(self, calls: Iterator[Call]) -> Iterator[tuple[Call, int]]:
-        # A DistributedSampler gives every rank as many examples, so its batches match.
-        for call in calls:
-            yield self._to_device(call), _count(call) * self.world_size
-
-    def _dealt_epoch(self, calls: Iterator[Call]) -> Iterator[tuple[Call, int]]:
-        while True:
-            group = list(itertools.islice(calls, self.world_size))
-            if len(group) < self.world_size:
-                return
-            yield self._to_device(group[self.rank]), sum(map(_count, group))
-
-    def _to_device(self, call: Call) -> Call:
-        return as_call(dict(call.kwargs) if call.kwargs else list(call.args), self.device)
-
-
-def _count(call: Call) -> int:
-    """Examples in a batch; a batch that does not say counts as one."""
-    return call.size if call.size is not None else 1
-
-
-def _part(call: Call, rank: int, world_size: int) -> Call:
-    """Rank ``rank``'s rows of a combined tensor batch (sizes differ by at most one)."""
-
-    def take(v: Any) -> Any:
-        if torch.is_tensor(v) and v.dim() > 0:
-            return v.tensor_split(world_size)[rank]
-        return v
-
-    args = tuple(map(take, call.args))
-    kwargs = {k: take(v) for k, v in call.kwargs.items()}
-    size = next((t.shape[0] for t in (*args, *kwargs.values()) if torch.is_tensor(t)), None)
-    return Call(args, kwargs, size if call.size is not None else None)
-
-
-class GradReducer:
-    """Sums ``weight`` times every rank's loss and parameter gradients in one all-reduce
-    per dtype, then clips the summed gradient.
-
-    Called by :class:`~pyro_gen.infer.compiled.CompiledSVI` as ``reduce(loss, params)``
-    between the gradient and the update, with the gradients in ``params[i].grad``; the
-    gradients are replaced in place and the combined loss is returned. Parameters are
-    ordered by their param-store names; the first time a set of names is seen, the ranks
-    check that they agree (a rank whose model reaches other parameters is an error, not a
-    silent mix-up).
-
-    Args:
-        device: where the reduction runs (this rank's training device).
-        grad_clip: clip the global norm of the reduced gradient to this.
-    """
-
-    def __init__(self, device: torch.device, grad_clip: float | None) -> None:
-        self.device, self.grad_clip = device, grad_clip
-        self.weight = 1.0  # w_r, set by fit before each step
-        self._layouts: set[tuple[str, ...]] = set()
-        self._reduced = False
-
-    def begin_step(self, weight: float) -> None:
-        """Called by ``fit`` before each step, with this rank's weight :math:`w_r`."""
-        self.weight, self._reduced = weight, False
-
-    def __call__(self, loss: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tensor:
-        if self._reduced:
-            # Every rank must reduce once per step, or the collectives pair up wrongly.
-            raise RuntimeError(
-                "this process's step ran its gradient twice (a batch that failed one of the "
-                "model's input checks in the compiled step is re-run as a plain step), which "
-                "data-parallel training cannot match on the other processes: fix the batch "
-                "the model refuses, or train with compile=False"
-            )
-        self._reduced = True
-        store = pyro.get_param_store()
-        named = sorted(
-            ((store.param_name(p), p) for p in params if p.grad is not None),
-            key=lambda item: str(item[0]),
-        )
-        if any(name is None for name, _ in named):
-            raise RuntimeError(
-                "a parameter being trained is not in the Pyro param store, so the processes "
-                "cannot match it by name: register networks with pyro.module"
-            )
-        self._check_layout(tuple(name for name, _ in named))
-        grads = [p.grad for _, p in named]
-        loss = loss.detach().reshape(1).to(self.device)
-        buckets: dict[torch.dtype, list[torch.Tensor]] = {}
-        for t in (loss, *grads):
-            buckets.setdefault(t.dtype, []).append(t)
-        for tensors in buckets.values():
-            flat = torch.cat([t.reshape(-1).to(self.device) for t in tensors])
-            if self.weight != 1.0:
-                flat.mul_(self.weight)
-            dist.all_reduce(flat)
-            for t, piece in zip(tensors, flat.split([t.numel() for t in tensors])):
-                t.copy_(piece.view_as(t))
-        if self.grad_clip is not None and grads:
-            torch.nn.utils.clip_grad_norm_([p for _, p in named], self.grad_clip)
-        return loss.reshape(())
-
-    def _check_layout(self, names: tuple[str, ...]) -> None:
-        if names in self._layouts:
-            return
-        everyone = [None] * dist.get_world_size()
-        dist.all_gather_object(everyone, names)
-        if any(n != names for n in everyone):
-            differ = [r for r, n in enumerate(everyone) if n != names]
-            raise RuntimeError(
-                f"the processes' gradients reach different parameters (rank "
-                f"{dist.get_rank()}: {list(names)}; ranks {differ} differ): data-parallel "
-                "training needs a model whose parameters do not depend on the batch"
-            )
-        self._layouts.add(names)

@@ -21,6 +21,21 @@ class ProgramCompiler:
     """Mixin of :class:`~pyro_gen.infer.compiled.CompiledSVI`: :meth:`_compile`.
 
     Reads the step's ``backend`` and calls ``_beta_values`` and ``_quiet_rng``.
+
+    Example:
+        TorchScript takes the recorded step of ``-|w|^2`` and computes what it computes:
+
+        >>> import pyro
+        >>> from pyro_gen.infer.compiled import CompiledSVI
+        >>> def model():
+        ...     pyro.factor("f", -pyro.param("w", torch.ones(2)).square().sum())
+        >>> svi = CompiledSVI(model, lambda: None, pyro.optim.SGD({"lr": 0.1}), backend="fx")
+        >>> _, _ = svi.step(), svi.step()  # a plain step, then the recording
+        >>> (prog,) = svi._programs.values()
+        >>> scripted = svi._compile(prog, [], backend="jit")
+        >>> inputs = svi._example_inputs(prog, [])
+        >>> all(torch.equal(a, b) for a, b in zip(scripted(*inputs), prog.gm(*inputs)))
+        True
     """
 
     def _compile(

@@ -32,6 +32,24 @@ class ProgramRunner:
     """Mixin of :class:`~pyro_gen.infer.compiled.CompiledSVI`: :meth:`_run`.
 
     Reads the step's ``backend``, ``_kl`` and ``_betas``.
+
+    Example:
+        A recorded step of ``-|w|^2`` returns its loss and the gradient ``2 w``, with no
+        update (the step applies it):
+
+        >>> import pyro
+        >>> from pyro_gen.infer.compiled import CompiledSVI
+        >>> def model():
+        ...     pyro.factor("f", -pyro.param("w", torch.ones(2)).square().sum())
+        >>> svi = CompiledSVI(model, lambda: None, pyro.optim.SGD({"lr": 0.1}), backend="fx")
+        >>> _, _ = svi.step(), svi.step()  # a plain step, then the recording
+        >>> (prog,) = svi._programs.values()
+        >>> w = pyro.param("w").detach().clone()
+        >>> loss, grads, found, failed = svi._run(prog, [])
+        >>> torch.allclose(loss, w.square().sum()), torch.allclose(grads[0], 2 * w)
+        (True, True)
+        >>> float(found), failed is None  # the guard's flag; no input checks
+        (0.0, True)
     """
 
     def _beta_values(self) -> list[float]:

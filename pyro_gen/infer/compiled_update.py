@@ -130,7 +130,7 @@ class GuardedUpdate:
             if found is not None and read_flags:
                 # On the CPU a read is free, while fused Adam's found_inf path cost more than
                 # the read (measured: benchmarks/RESULTS.md, step guard): read the program's
-                # flag, and the input checks' flag with it (2 added: one read for both).
+                # flag, and the input checks' flag after it.
                 return self._read_flags(grad_params, loss, found, failed)
             if found is not None:  # on an accelerator: the program made the flag
                 if failed is not None:
@@ -191,19 +191,26 @@ class GuardedUpdate:
         found: torch.Tensor,
         failed: torch.Tensor | None,
     ) -> torch.Tensor | None:
-        """The update, unless the flags read in one transfer say a batch failed an input
-        check (None: the caller runs it as a plain step) or a value was not finite. A raised
+        """The update, unless the flags say a batch failed an input check (None: the caller
+        runs it as a plain step) or a value was not finite. A raised
         non-finite flag is checked again exactly: a program's flag may come from sums of the
         gradients (:func:`~pyro_gen.infer.compiled_check_placement.check_where_made`), and
         a sum of finite values can overflow."""
-        read = (found if failed is None else found + 2 * failed).item()
-        if read:  # a raised flag stays raised (raised_flags) until read: clear it
+        if failed is None:
+            raised, failed_now = found.item(), 0.0
+        elif found.device.type == "cpu":
+            # Two reads, not one of ``found + 2 * failed``: a CPU read costs well under a
+            # microsecond, the two ops that would combine them several (1% of a 1 ms step).
+            raised, failed_now = found.item(), failed.item()
+        else:  # one transfer where a read waits for the device
+            raised, failed_now = torch.stack([found, failed.to(found.dtype)]).tolist()
+        if raised:  # a raised flag stays raised (raised_flags) until read: clear it
             found.zero_()
             if found.device in self._raised:  # found is it, unless a backend copied it
                 self._raised[found.device][0].zero_()
-        if read >= 2:
+        if failed_now:
             return None
-        if read:  # rare: the exact check decides
+        if raised:  # rare: the exact check decides
             grads = [p.grad for p in grad_params if p.grad is not None]
             if self._non_finite_flag([loss, *grads]).item():
                 return skipped_loss(loss)

@@ -12,6 +12,8 @@ import pyro
 import pyro.optim
 import torch
 
+from pyro_gen.infer.fused_adam_step import fused_adam_step
+
 # Where the fused optimizer lives on the Pyro optimizer it stands for: every CompiledSVI
 # (and every plain loop) given that Pyro optimizer then steps one state per parameter.
 _FUSED_ATTR = "_pyro_gen_fused"
@@ -63,7 +65,7 @@ class _FusedParamView:
         for q, _ in hidden:
             q.grad = None
         try:
-            self.optimizer_.step()
+            fused_adam_step(self.optimizer_)
         finally:
             for q, grad in hidden:
                 q.grad = grad

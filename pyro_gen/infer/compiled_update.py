@@ -21,6 +21,7 @@ from pyro_gen.infer.compiled_optim import (
     skipped_loss,
     takes_found_inf,
 )
+from pyro_gen.infer.fused_adam_step import fused_adam_step
 
 
 class GuardedUpdate:
@@ -138,11 +139,7 @@ class GuardedUpdate:
                 if takes_found_inf(self.optimizer):
                     # The fused kernels skip the whole update (and undo the step count)
                     # when found_inf is 1: no host read-back.
-                    self.optimizer.found_inf = found  # type: ignore[union-attr]
-                    try:
-                        self.optimizer.step()  # type: ignore[union-attr]
-                    finally:
-                        self.optimizer.found_inf = None  # type: ignore[union-attr]
+                    fused_adam_step(self.optimizer, found_inf=found)  # type: ignore[arg-type]
                 elif not found.item():  # other optimizers: one read of the flag
                     self.apply(grad_params)
                 return loss
@@ -227,6 +224,6 @@ class GuardedUpdate:
     def apply(self, params: list[torch.Tensor]) -> None:
         """One optimizer step on ``params``' gradients, with no guard."""
         if self.optimizer is not None:
-            self.optimizer.step()
+            fused_adam_step(self.optimizer)
         else:
             self.optim(params)

@@ -98,9 +98,12 @@ def _verified_payload(path: Path, raw: bytes) -> bytes:
         )
     end = raw.find(b"\n", len(MAGIC), len(MAGIC) + _HEADER_LIMIT)
     try:
+        if end < 0:  # no end of header line: the file is cut inside it, or is not ours
+            raise ValueError("no header line")
         header = json.loads(raw[len(MAGIC) : end])
         size, digest = int(header["size"]), str(header["sha256"])
-    except (ValueError, KeyError, TypeError) as e:
+    # OverflowError: JSON's Infinity (or 1e400) as the size, which int() cannot convert
+    except (ValueError, KeyError, TypeError, OverflowError) as e:
         raise CheckpointError(
             f"checkpoint {path} has a damaged header; it was not loaded. Restore it from a "
             "copy, or retrain into a fresh directory"

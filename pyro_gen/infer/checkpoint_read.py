@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributions.constraints import Constraint
 
 from pyro_gen.infer.checkpoint_format import FORMAT_VERSION, MAGIC, CheckpointError
 from pyro_gen.infer.state_codec import decode
@@ -51,6 +52,22 @@ def parse_checkpoint(raw: bytes, path: str | Path, map_location: Any = None) -> 
         ) from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {path} has an unknown layout; it was not loaded")
+    try:
+        ckpt = _parts(payload)
+        problem = _layout_problem(ckpt)
+    # A payload that passes its checksum was written by pyro_gen or crafted to pass it: a
+    # crafted one's missing keys, wrong types or undecodable entries fail in these ways.
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError, IndexError) as e:
+        problem = f"{type(e).__name__}: {e}"
+    if problem is not None:
+        raise CheckpointError(
+            f"checkpoint {path} passes its checksum but has an unknown layout ({problem}); it "
+            "was not loaded. It was written by another program: retrain into a fresh directory"
+        )
+    return ckpt
+
+
+def _parts(payload: dict[str, Any]) -> dict[str, Any]:
     return {
         "format": payload["format"],
         "modules": payload["modules"],
@@ -69,6 +86,44 @@ def parse_checkpoint(raw: bytes, path: str | Path, map_location: Any = None) -> 
         # absent when not given to save_checkpoint (and before it was recorded)
         "traced_params": payload.get("traced_params"),
     }
+
+
+def _layout_problem(ckpt: dict[str, Any]) -> str | None:
+    """What in a decoded checkpoint has another type than restoring it indexes, or None."""
+    modules, store = ckpt["modules"], ckpt["param_store"]
+    if not isinstance(modules, dict):
+        return "modules is not a dict"
+    for name, entry in modules.items():
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("class"), str)
+            and isinstance(entry.get("state_dict"), dict)
+            and all(isinstance(k, str) for k in entry["state_dict"])
+        ):
+            return f"module {name!r} is not a class name and a state_dict"
+    params, constraints = store["params"], store["constraints"]
+    if not isinstance(params, dict) or not all(torch.is_tensor(v) for v in params.values()):
+        return "the param store's params are not tensors by name"
+    if not isinstance(constraints, dict) or not isinstance(store["module_constraints"], dict):
+        return "the param store's constraints are not a dict"
+    for name in params:
+        if not isinstance(constraints.get(name), Constraint):
+            return f"param {name!r} has no constraint"
+    for name, constraint in store["module_constraints"].items():
+        if not isinstance(constraint, Constraint):
+            return f"the constraint of {name!r} is not a constraint"
+    for key in ("optim", "rng", "progress"):
+        if not isinstance(ckpt[key], dict):
+            return f"{key} is not a dict"
+    for key in ("optim_kind", "optim_args"):
+        if not isinstance(ckpt[key], (str, type(None))):
+            return f"{key} is not a string"
+    traced = ckpt["traced_params"]
+    if traced is not None and not (
+        isinstance(traced, list) and all(isinstance(n, str) for n in traced)
+    ):
+        return "traced_params is not a list of names"
+    return None
 
 
 def verify_checkpoint(path: str | Path) -> None:

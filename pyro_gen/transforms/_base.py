@@ -223,6 +223,21 @@ def check_event_shape(x: torch.Tensor, event_shape: tuple[int, ...], name: str) 
         )
 
 
+def _check_rank(shape: Sequence[int], event_shape: tuple[int, ...], name: str, fn: str) -> None:
+    """Raises ValueError, as torch's ``ReshapeTransform`` does, for a shape with fewer dims
+    than the event: slicing ``shape[: len(shape) - k]`` with a negative end silently made
+    up a shape (``Squeeze((1, 4, 2)).forward_shape((4, 2))`` was ``(4, 4, 2, 1)``).
+
+    Sizes are not compared here: a stack of mismatched event shapes is reported by the
+    caller that knows the whole stack (``Flow``), and inputs by :func:`check_event_shape`.
+    """
+    if len(shape) < len(event_shape):
+        raise ValueError(
+            f"{name}.{fn} expects a shape ending in the event shape {event_shape}, got "
+            f"{tuple(shape)} with fewer dims"
+        )
+
+
 class FlowTransformModule(TransformModule):
     """Base class: a bijection on a fixed event shape that computes its log-det on the fly.
 
@@ -347,10 +362,12 @@ class FlowTransformModule(TransformModule):
         return self._codomain
 
     def forward_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        _check_rank(shape, self.event_shape, type(self).__name__, "forward_shape")
         k = len(self.event_shape)
         return tuple(shape[: len(shape) - k]) + self.out_shape
 
     def inverse_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        _check_rank(shape, self.out_shape, type(self).__name__, "inverse_shape")
         k = len(self.out_shape)
         return tuple(shape[: len(shape) - k]) + self.event_shape
 

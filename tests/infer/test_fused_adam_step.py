@@ -184,3 +184,39 @@ def test_the_compiled_step_updates_through_the_kernel_as_torch_would(monkeypatch
         assert len(torch_steps) == (1 if how == "kernel" else 10)
         finals[how] = pyro.param("loc").detach().clone()
     assert torch.equal(finals["kernel"], finals["torch"])
+
+
+def test_step_counts_shared_as_one_tensor_save_load_and_step_one_at_a_time(tmp_path):
+    """The counts of one kernel call become views of one tensor; the state still saves and
+    loads as torch's, and torch stepping one parameter alone (as Pyro's per-parameter
+    optimizers do through the fused one) counts that parameter alone."""
+    mine, theirs, opt_mine, opt_theirs = _pair("adam")
+    mine, theirs = mine[:2], theirs[:2]  # the first group only
+    opt_mine.param_groups.pop(), opt_theirs.param_groups.pop()
+
+    def both(step: int, only: int | None = None) -> None:
+        for ps, opt, fast in ((mine, opt_mine, True), (theirs, opt_theirs, False)):
+            for i, (p, g) in enumerate(zip(ps, _grads(ps, step, unused=False))):
+                p.grad = g.clone() if only in (None, i) else None
+            fused_adam_step(opt) if fast else opt.step()
+        _assert_same(mine, theirs, _state(opt_mine, mine), _state(opt_theirs, theirs))
+
+    for step in range(3):
+        both(step)
+    counts = [opt_mine.state[p]["step"] for p in mine]
+    assert counts[0]._base is not None and all(c._base is counts[0]._base for c in counts)
+    both(3, only=0)  # one parameter alone, through torch's step
+    assert [int(opt_mine.state[p]["step"]) for p in mine] == [4, 3]
+    both(4)
+    torch.save(opt_mine.state_dict(), tmp_path / "opt.pt")
+    restored_params = [p.detach().clone().requires_grad_() for p in mine]
+    restored = torch.optim.Adam(restored_params, fused=True, **CASES["adam"][1])
+    restored.load_state_dict(torch.load(tmp_path / "opt.pt", weights_only=True))
+    for step in range(5, 8):
+        for ps in (restored_params, theirs):
+            for p, g in zip(ps, _grads(ps, step, unused=False)):
+                p.grad = g.clone()
+        fused_adam_step(restored)
+        opt_theirs.step()
+        _assert_same(restored_params, theirs, _state(restored, restored_params),
+                     _state(opt_theirs, theirs))  # fmt: skip

@@ -72,7 +72,10 @@ class SignaturePrograms:
         self._calls += 1
         prog = self._programs.get(key)
         held = None
-        if prog is not None and key in self._stale:  # recorded again, with today's values
+        # A stale program is recorded again, with today's values. (``self._stale and``: the
+        # key's hash walks the argument structure in Python, 4 us, and none is stale on
+        # nearly every step.)
+        if prog is not None and self._stale and key in self._stale:
             self._stale.discard(key)
             held, prog = self._programs.pop(key).held, None
         if prog is None:

@@ -221,6 +221,20 @@ def test_transformed_distribution_over_a_batched_base(case: Case) -> None:
         expected = base.log_prob(x) - ladj
         torch.testing.assert_close(d.log_prob(y), expected, atol=case.ladj_atol, rtol=1e-6)
 
+    # Pyro's _test_shape uses a base without .to_event: TransformedDistribution takes the
+    # transform's event dims from the base's batch dims, with the same density
+    zeros = torch.zeros(*batch, *case.shape, dtype=torch.float64)
+    plain = dist.TransformedDistribution(dist.Normal(zeros, 1.0), [ct])
+    k = max(ct.domain.event_dim, ct.codomain.event_dim)
+    assert plain.batch_shape == (batch + out)[: len(batch) + len(out) - k]
+    assert plain.event_shape == (batch + out)[len(batch) + len(out) - k :]
+    assert plain.sample().shape == batch + out
+    if case.invertible:
+        y = y.clone()
+        lp_plain = plain.log_prob(y)
+        lp_plain = lp_plain.reshape(*lp_plain.shape[: 1 + len(batch)], -1).sum(-1)
+        torch.testing.assert_close(lp_plain, d.log_prob(y.clone()), atol=case.ladj_atol, rtol=1e-6)
+
     # .expand: a new leading batch dim; the same transform, the same density per element
     # (a conditioned one's context broadcasts against it)
     if True:

@@ -193,6 +193,13 @@ def test_batched_inputs_compute_each_elements_map(case: Case) -> None:
         torch.testing.assert_close(
             y21, ct21(x13.expand(2, 3, *case.shape).clone()), atol=atol, rtol=1e-6
         )
+        if case.invertible:
+            # log_prob of a value without the context's batch takes this direction
+            y13 = y21[:1].clone()
+            x21 = ct21.inv(y13)
+            assert tuple(ct21.log_abs_det_jacobian(x21, y13).shape) == (2, 3)
+            expected = ct21.inv(y13.expand(2, 3, *y13.shape[2:]).clone())
+            torch.testing.assert_close(x21, expected, atol=atol, rtol=1e-6)
     else:
         torch.testing.assert_close(ct21(x13)[0], ct21(x13[0].clone()), atol=atol, rtol=1e-6)
 

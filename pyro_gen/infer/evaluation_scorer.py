@@ -3,8 +3,10 @@
 Global latents are drawn on the first batch and replayed on every later one, and a plate's
 own subsample is replayed for every particle chunk of a batch. Model latents the guide lacks
 are summed out where they are enumerated and that can be done example by example, else
-drawn from the model, with a warning. Particles are vectorized under a particle plate when
-the model and guide broadcast over it, else drawn one at a time, with a warning.
+drawn from the model, with a warning where that loosens the bound (a scored density depends
+on them; :mod:`~pyro_gen.infer.drawn_site_dependents`). Particles are vectorized under a
+particle plate when the model and guide broadcast over it, else drawn one at a time, with a
+warning.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pyro.poutine import Trace
 from pyro.poutine.util import site_is_subsample
 
 from pyro_gen.data.batching import Call
+from pyro_gen.infer.drawn_site_dependents import describe, scored_dependents
 from pyro_gen.infer.evaluation_checks import check_site_densities
 from pyro_gen.infer.log_weights import (
     PARTICLE_PLATE,
@@ -183,12 +186,31 @@ class ParticleScorer:
                 )
                 new = [n for n in new if n not in marked]
         if new:
+            summed = marked if switched else []
+            self._warn_drawn(call, new, [n for n in prior_sites if n not in summed])
+        return switched
+
+    def _warn_drawn(self, call: Call, new: list[str], drawn: list[str]) -> None:
+        """Warns about the model sites ``new`` drawn from the model where that loosens the
+        bound: where some scored density depends on them (named), or where that cannot be
+        told. A leaf (nothing scored depends on it) costs nothing and is not warned about."""
+        dependents = scored_dependents(self.model, call.args, call.kwargs, drawn)
+        if dependents is None:
             warnings.warn(
                 f"model sites {new} have no guide site, so evaluation draws them from the "
                 f"model: {_DRAWN}",
-                stacklevel=5,
+                stacklevel=6,
             )
-        return switched
+            return
+        loosening = {n: dependents[n] for n in new if dependents.get(n)}
+        if loosening:
+            warnings.warn(
+                f"model sites {list(loosening)} have no guide site, so evaluation draws them "
+                "from the model (each from its conditional given its parents), and the bound "
+                f"is looser than it need be: scored densities depend on them "
+                f"({describe(loosening)}). Add a guide site for each to tighten the bound",
+                stacklevel=6,
+            )
 
     def _weights(self, call: Call, num_particles: int, key: Any) -> LogWeights:
         vectorized = num_particles > 1

@@ -60,6 +60,17 @@ def _pair(case: str, dtype: torch.dtype = torch.float32):
     return mine, theirs, opt_mine, opt_theirs
 
 
+def _step_and_compare(mine, opt_mine, theirs, opt_theirs, step, only=None) -> None:
+    """One step with the same gradients: ``mine`` through fused_adam_step, ``theirs``
+    through torch's step(); ``only``: the index of the one parameter given a gradient."""
+    for ps in (mine, theirs):
+        for i, (p, g) in enumerate(zip(ps, _grads(ps, step, unused=False))):
+            p.grad = g.clone() if only in (None, i) else None
+    fused_adam_step(opt_mine)
+    opt_theirs.step()
+    _assert_same(mine, theirs, _state(opt_mine, mine), _state(opt_theirs, theirs))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_steps_are_torchs_to_the_bit(case, dtype):
@@ -98,11 +109,7 @@ def test_a_raised_found_inf_skips_the_update_and_keeps_the_count():
 def test_state_loaded_between_steps_is_the_state_stepped():
     mine, theirs, opt_mine, opt_theirs = _pair("adamw")
     for step in range(3):
-        for ps in (mine, theirs):
-            for p, g in zip(ps, _grads(ps, step, unused=False)):
-                p.grad = g.clone()
-        fused_adam_step(opt_mine)
-        opt_theirs.step()
+        _step_and_compare(mine, opt_mine, theirs, opt_theirs, step)
     saved = copy.deepcopy(opt_theirs.state_dict())
     for step in range(3, 5):  # mine moves on, then is put back to theirs
         for p, g in zip(mine, _grads(mine, step, unused=False)):
@@ -113,12 +120,7 @@ def test_state_loaded_between_steps_is_the_state_stepped():
         for a, b in zip(mine, theirs):
             a.copy_(b)
     for step in range(5, 8):
-        for ps in (mine, theirs):
-            for p, g in zip(ps, _grads(ps, step, unused=False)):
-                p.grad = g.clone()
-        fused_adam_step(opt_mine)
-        opt_theirs.step()
-        _assert_same(mine, theirs, _state(opt_mine, mine), _state(opt_theirs, theirs))
+        _step_and_compare(mine, opt_mine, theirs, opt_theirs, step)
 
 
 def test_what_it_does_not_take_goes_through_torchs_step():
@@ -195,11 +197,7 @@ def test_step_counts_shared_as_one_tensor_save_load_and_step_one_at_a_time(tmp_p
     opt_mine.param_groups.pop(), opt_theirs.param_groups.pop()
 
     def both(step: int, only: int | None = None) -> None:
-        for ps, opt, fast in ((mine, opt_mine, True), (theirs, opt_theirs, False)):
-            for i, (p, g) in enumerate(zip(ps, _grads(ps, step, unused=False))):
-                p.grad = g.clone() if only in (None, i) else None
-            fused_adam_step(opt) if fast else opt.step()
-        _assert_same(mine, theirs, _state(opt_mine, mine), _state(opt_theirs, theirs))
+        _step_and_compare(mine, opt_mine, theirs, opt_theirs, step, only)
 
     for step in range(3):
         both(step)
@@ -213,10 +211,4 @@ def test_step_counts_shared_as_one_tensor_save_load_and_step_one_at_a_time(tmp_p
     restored = torch.optim.Adam(restored_params, fused=True, **CASES["adam"][1])
     restored.load_state_dict(torch.load(tmp_path / "opt.pt", weights_only=True))
     for step in range(5, 8):
-        for ps in (restored_params, theirs):
-            for p, g in zip(ps, _grads(ps, step, unused=False)):
-                p.grad = g.clone()
-        fused_adam_step(restored)
-        opt_theirs.step()
-        _assert_same(restored_params, theirs, _state(restored, restored_params),
-                     _state(opt_theirs, theirs))  # fmt: skip
+        _step_and_compare(restored_params, restored, theirs, opt_theirs, step)

@@ -40,7 +40,7 @@ from pyro_gen.cli_spec import (
     UsageError,
     data_view,
 )
-from pyro_gen.infer.checkpoint import load_checkpoint, restore_modules
+from pyro_gen.infer.checkpoint import CHECKPOINT_NAME, load_checkpoint, restore_modules
 from pyro_gen.metrics import grid_modes, ring_modes, sample_modes
 from pyro_gen.runs import CONFIG_NAME, RunError, checkpoint_path, read_config
 
@@ -243,7 +243,41 @@ def check_model(config: dict[str, Any], run: str | Path) -> ModelSpec:
             f"{Path(run) / CONFIG_NAME} lacks the {config['model']} options "
             f"{', '.join(missing)}; restore it from a copy or retrain into a fresh directory"
         )
+    problem = _option_problem(config, Path(run))
+    if problem is not None:
+        raise RunError(
+            f"{Path(run) / CONFIG_NAME} {problem}, which no pyro-gen run records; restore it "
+            "from a copy or retrain into a fresh directory"
+        )
     return spec
+
+
+def _option_problem(config: dict[str, Any], run: Path) -> str | None:
+    """What in a config's options no run could have recorded, or None.
+
+    Options are finite numbers, strings, booleans or null. A size is checked before a model
+    is built from it, since building one of 2**31 layers takes hours: no option or
+    event size of the model a checkpoint stores exceeds that checkpoint's byte count (each
+    unit of a size is at least one stored parameter), so a larger one was not recorded.
+    """
+    options = run_options(config)
+    for name, value in options.items():
+        plain = value is None or isinstance(value, (bool, str, int, float))
+        if not plain or (isinstance(value, float) and not math.isfinite(value)):
+            return f"records the option {name} as {value!r}"
+    ckpt = run / CHECKPOINT_NAME
+    if not ckpt.is_file():
+        return None
+    limit = ckpt.stat().st_size
+    sizes = {n: v for n, v in options.items() if isinstance(v, int) and not isinstance(v, bool)}
+    sizes["event_shape"] = math.prod(config["event_shape"])
+    for name, value in sizes.items():
+        if value > limit:
+            return (
+                f"records {name} = {value}, larger than the {limit} bytes of its "
+                f"{CHECKPOINT_NAME} could store a model of"
+            )
+    return None
 
 
 def load_run(run: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
@@ -255,7 +289,14 @@ def load_run(run: str | Path, device: torch.device | str = "cpu") -> torch.nn.Mo
     """
     config = read_config(run)
     check_model(config, run)
-    model = build_model(config)
+    try:
+        model = build_model(config)
+    # an option of the right type that the model refuses (an unknown prior, a size of 0)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise RunError(
+            f"{Path(run) / CONFIG_NAME} records options no {config['model']} can be built "
+            f"from ({e}); restore it from a copy or retrain into a fresh directory"
+        ) from e
     ckpt = load_checkpoint(checkpoint_path(run), map_location="cpu")
     restore_modules(ckpt, {"model": model})
     return model.to(device).eval()

@@ -21,6 +21,7 @@ import functools
 import hashlib
 import importlib.util
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,8 @@ def _read_sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
     if csv.is_file():
         try:
             table = np.loadtxt(csv, delimiter=",", dtype=np.float64, ndmin=2)
-        except (OSError, EOFError, ValueError) as e:  # bad gzip, or not numbers
+        # zlib.error: a damaged deflate stream, which gzip does not turn into an OSError
+        except (OSError, EOFError, zlib.error, ValueError) as e:  # bad gzip, or not numbers
             raise DatasetError(
                 f"{csv} is not a readable CSV of digits ({e}). Reinstall it with: {_REINSTALL}"
             ) from e

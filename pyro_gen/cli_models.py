@@ -40,7 +40,13 @@ from pyro_gen.cli_spec import (
     UsageError,
     data_view,
 )
-from pyro_gen.infer.checkpoint import CHECKPOINT_NAME, load_checkpoint, restore_modules
+from pyro_gen.infer.checkpoint import (
+    CHECKPOINT_NAME,
+    CheckpointError,
+    load_checkpoint,
+    restore_modules,
+    verify_checkpoint,
+)
 from pyro_gen.metrics import grid_modes, ring_modes, sample_modes
 from pyro_gen.runs import CONFIG_NAME, RunError, checkpoint_path, read_config
 
@@ -266,7 +272,9 @@ def _option_problem(config: dict[str, Any], run: Path) -> str | None:
         if not plain or (isinstance(value, float) and not math.isfinite(value)):
             return f"records the option {name} as {value!r}"
     ckpt = run / CHECKPOINT_NAME
-    if not ckpt.is_file():
+    try:
+        verify_checkpoint(ckpt)
+    except CheckpointError:  # it is reported as itself, before a model is built (load_run)
         return None
     limit = ckpt.stat().st_size
     sizes = {n: v for n, v in options.items() if isinstance(v, int) and not isinstance(v, bool)}
@@ -289,6 +297,7 @@ def load_run(run: str | Path, device: torch.device | str = "cpu") -> torch.nn.Mo
     """
     config = read_config(run)
     check_model(config, run)
+    ckpt = load_checkpoint(checkpoint_path(run), map_location="cpu")
     try:
         model = build_model(config)
     # an option of the right type that the model refuses (an unknown prior, a size of 0)
@@ -297,6 +306,5 @@ def load_run(run: str | Path, device: torch.device | str = "cpu") -> torch.nn.Mo
             f"{Path(run) / CONFIG_NAME} records options no {config['model']} can be built "
             f"from ({e}); restore it from a copy or retrain into a fresh directory"
         ) from e
-    ckpt = load_checkpoint(checkpoint_path(run), map_location="cpu")
     restore_modules(ckpt, {"model": model})
     return model.to(device).eval()

@@ -123,17 +123,17 @@ def _kernel_calls(optimizer: torch.optim.Optimizer) -> dict[tuple, list[list]] |
             return None
         decoupled = group.get("decoupled_weight_decay", default_decoupled)
         amsgrad = group["amsgrad"]
+        where, tensors = None, []
         for p in group["params"]:
             grad = p.grad
             if grad is None:
                 continue
             s = state.get(p)
-            if not s or grad.is_sparse or p.is_complex():
+            if not s or grad.is_sparse or p.dtype.is_complex:
                 return None  # torch makes the state (and refuses what it refuses)
-            key = (hyper, decoupled, p.device, p.dtype)
-            tensors = calls.get(key)
-            if tensors is None:
-                tensors = calls[key] = [[], [], [], [], [], []]
+            if where != (p.device, p.dtype):  # a group's parameters nearly always share one
+                where = (p.device, p.dtype)
+                tensors = calls.setdefault((hyper, decoupled, *where), [[], [], [], [], [], []])
             tensors[0].append(p)
             tensors[1].append(grad)
             tensors[2].append(s["exp_avg"])

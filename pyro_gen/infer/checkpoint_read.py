@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.distributions.constraints import Constraint
 
@@ -57,7 +59,15 @@ def parse_checkpoint(raw: bytes, path: str | Path, map_location: Any = None) -> 
         problem = _layout_problem(ckpt)
     # A payload that passes its checksum was written by pyro_gen or crafted to pass it: a
     # crafted one's missing keys, wrong types or undecodable entries fail in these ways.
-    except (KeyError, TypeError, ValueError, AttributeError, OverflowError, IndexError) as e:
+    except (
+        KeyError,
+        TypeError,
+        ValueError,
+        AttributeError,
+        OverflowError,
+        IndexError,
+        RuntimeError,  # torch's refusal of a generator state
+    ) as e:
         problem = f"{type(e).__name__}: {e}"
     if problem is not None:
         raise CheckpointError(
@@ -115,6 +125,12 @@ def _layout_problem(ckpt: dict[str, Any]) -> str | None:
     for key in ("optim", "rng", "progress"):
         if not isinstance(ckpt[key], dict):
             return f"{key} is not a dict"
+    rng = ckpt["rng"]
+    # Each stream's state is set on a throwaway generator of its kind: what would fail to
+    # restore (a random state that is not a tuple) fails here, before anything is restored.
+    random.Random().setstate(rng["random"])
+    np.random.RandomState().set_state(rng["numpy"])
+    torch.Generator().set_state(rng["torch"].cpu())
     for key in ("optim_kind", "optim_args"):
         if not isinstance(ckpt[key], (str, type(None))):
             return f"{key} is not a string"

@@ -503,6 +503,44 @@ def test_cli_sample_and_evaluate_give_one_line(tmp_path: Path, capsys) -> None:
         (run / name).write_bytes(good[name])
 
 
+RNG_DAMAGE = [
+    ("rng/random state 'NaN'", ("rng", "random", 1), "NaN"),
+    ("rng/random version 99", ("rng", "random", 0), 99),
+    ("rng/numpy name", ("rng", "numpy", 0), "x"),
+    ("rng/torch a number", ("rng", "torch"), 0),
+    ("rng/torch too short", ("rng", "torch"), torch.zeros(3, dtype=torch.uint8)),
+]
+
+
+@pytest.mark.parametrize(("label", "where", "value"), RNG_DAMAGE, ids=[c[0] for c in RNG_DAMAGE])
+def test_train_resume_refuses_a_checksummed_rng_state_it_cannot_set(
+    tmp_path: Path, capsys, label: str, where: tuple, value: Any
+) -> None:
+    """``pyro-gen train`` resuming from a payload whose RNG state no generator takes: it
+    escaped as TypeError from random.setstate midway through restoring (a traceback, and
+    the modules already overwritten) before the states were tried on throwaway generators
+    when the checkpoint is read."""
+    run = trained_run(tmp_path)
+    path = run / "checkpoint.pt"
+    raw = path.read_bytes()
+    payload = torch.load(io.BytesIO(raw[raw.index(b"\n", len(MAGIC)) + 1 :]), weights_only=True)
+    write_payload(path, _replaced(payload, where, value, delete=False))
+    with _deadline(60):
+        status, _, err = cli(
+            capsys,
+            "train",
+            "vae",
+            "--data",
+            "digits",
+            "--epochs",
+            "2",
+            "--no-progress",
+            "--out",
+            run,
+        )
+    assert_one_line_error(status, err, str(path), "unknown layout")
+
+
 # --- dataset caches -------------------------------------------------------------------
 
 IMAGES, LABELS = MNIST.files["test"]

@@ -18,7 +18,7 @@ import json
 import math
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +162,9 @@ def _train(args: argparse.Namespace) -> None:
         for name in RUN_FILES:  # refused now, not after the data are loaded
             refuse_symlink(out / name)
         previous = read_config(out) if (out / CONFIG_NAME).exists() else None
+        if previous is not None:  # what resuming reads from it, before anything is built
+            check_model(previous, out)
+            _check_recorded_settings(previous, out)
         _check_applicable(args, given, previous, out)
         if previous is not None:
             config = resumed_config(args, out, given, previous)
@@ -175,6 +178,50 @@ def _train(args: argparse.Namespace) -> None:
                 )
             config = new_config(args, spec, given)
         _train_run(args, spec, config, config["options"], out, device)
+
+
+def _whole(value: Any, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _positive_number(value: Any) -> bool:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return number and math.isfinite(value) and value > 0
+
+
+# The training settings a resume reads from config.json, as `pyro-gen train` records them
+# (the checks its command line makes); absent ones are refused, except where noted.
+_RECORDED_SETTINGS: dict[str, Callable[[Any], bool]] = {
+    "batch_size": lambda v: _whole(v, 1),
+    "lr": _positive_number,
+    "grad_clip": lambda v: v is None or _positive_number(v),
+    "subset": lambda v: v is None or _whole(v, 1),
+    "test_subset": lambda v: v is None or _whole(v, 1),
+    "seed": lambda v: _whole(v, 0) and v < 2**32,  # what numpy's seed takes
+}
+# recorded by later versions: a run from before them has its default
+_ADDED_LATER_SETTINGS: dict[str, Callable[[Any], bool]] = {
+    "eval_every": lambda v: _whole(v, 1),
+    "toy_samples": lambda v: _whole(v, 1),
+}
+
+
+def _check_recorded_settings(config: dict[str, Any], out: Path) -> None:
+    """Refuses a config.json whose training settings no run records (a damaged or edited
+    file), naming it, before a resume indexes or computes with them."""
+    path = out / CONFIG_NAME
+    for name, valid in {**_RECORDED_SETTINGS, **_ADDED_LATER_SETTINGS}.items():
+        if name not in config:
+            if name in _RECORDED_SETTINGS:
+                raise RunError(
+                    f"{path} lacks the setting {name!r}; restore it from a copy or retrain "
+                    "into a fresh directory"
+                )
+        elif not valid(config[name]):
+            raise RunError(
+                f"{path} records {name} = {config[name]!r}, which `pyro-gen train` never "
+                "records; restore it from a copy or retrain into a fresh directory"
+            )
 
 
 def _check_applicable(
@@ -260,7 +307,15 @@ def _train_run(
     # Score and flow-matching models' "ELBO" is their negated regression loss; a model
     # without latents (a flow on vectors) has an ELBO that is its exact log-likelihood.
     done_before = _recorded_epochs(out)
-    model = build_model(config)
+    try:
+        model = build_model(config)
+    except (ValueError, TypeError, OverflowError) as e:
+        if not (out / CONFIG_NAME).exists():  # a fresh run's options: the error says which
+            raise
+        raise RunError(
+            f"{out / CONFIG_NAME} records options no {config['model']} can be built from "
+            f"({e}); restore it from a copy or retrain into a fresh directory"
+        ) from e
     bound = spec.bound(run_options(config))
     if bound == "ELBO" and not samples_latents(model, view.x, view.transform):
         bound = "exact log-likelihood"

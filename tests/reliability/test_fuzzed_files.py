@@ -503,6 +503,43 @@ def test_cli_sample_and_evaluate_give_one_line(tmp_path: Path, capsys) -> None:
         (run / name).write_bytes(good[name])
 
 
+def test_train_resume_from_a_mutated_config(tmp_path: Path, capsys) -> None:
+    """``pyro-gen train`` resuming reads config.json's options and training settings: before
+    they were checked there, 2**31 layers built for minutes, and a missing seed, a list as
+    --subset or 10**30 as a size escaped as KeyError or TypeError (a traceback). config.json
+    has no checksum, so a mutation the run still trains with may train."""
+    config = json.loads((trained_run(tmp_path, "probe") / "config.json").read_text())
+    named = [
+        ("layers 2**31", {**config, "options": {**config["options"], "layers": 2**31}}),
+        ("seed deleted", {k: v for k, v in config.items() if k != "seed"}),
+        ("subset a list", {**config, "subset": []}),
+        ("lr NaN", {**config, "lr": math.nan}),
+        ("z_dim 10**30", {**config, "options": {**config["options"], "z_dim": 10**30}}),
+    ]
+    picked = random.Random(SEED).sample(_value_mutations(config, 200, SEED), 10)
+    for i, (label, value) in enumerate([*named, *picked]):
+        run = trained_run(tmp_path, f"run{i}")
+        (run / "config.json").write_text(json.dumps(value))
+        with _deadline(60):
+            status, _, err = cli(
+                capsys,
+                "train",
+                "vae",
+                "--data",
+                "digits",
+                "--epochs",
+                "2",
+                "--no-progress",
+                "--out",
+                run,
+            )
+        if i < len(named):
+            assert status != 0, f"{label}: trained"
+            assert_one_line_error(status, err, str(run / "config.json"))
+        elif status != 0:
+            assert_one_line_error(status, err)
+
+
 RNG_DAMAGE = [
     ("rng/random state 'NaN'", ("rng", "random", 1), "NaN"),
     ("rng/random version 99", ("rng", "random", 0), 99),

@@ -125,6 +125,9 @@ def _layout_problem(ckpt: dict[str, Any]) -> str | None:
     for key in ("optim", "rng", "progress"):
         if not isinstance(ckpt[key], dict):
             return f"{key} is not a dict"
+    problem = _optimizer_state_problem(ckpt["optim"], params)
+    if problem is not None:
+        return problem
     rng = ckpt["rng"]
     # Each stream's state is set on a throwaway generator of its kind: what would fail to
     # restore (a random state that is not a tuple) fails here, before anything is restored.
@@ -140,6 +143,60 @@ def _layout_problem(ckpt: dict[str, Any]) -> str | None:
     ):
         return "traced_params is not a list of names"
     return None
+
+
+# Per-parameter state that torch's optimizers keep as a tensor of the parameter's shape
+# (Adam, AdamW, NAdam, RAdam, Adamax, SGD, RMSprop, Adadelta, Adagrad, Rprop, ASGD).
+_PARAM_SHAPED = (
+    "exp_avg",
+    "exp_avg_sq",
+    "max_exp_avg_sq",
+    "exp_inf",
+    "momentum_buffer",
+    "square_avg",
+    "grad_avg",
+    "acc_delta",
+    "sum",
+    "prev",
+    "step_size",
+    "ax",
+)
+
+
+def _optimizer_state_problem(optim: dict[Any, Any], params: dict[str, Any]) -> str | None:
+    """What in the optimizer's saved state would fail at the first training step instead of
+    here (a float where Adam keeps a tensor, moments of two shapes), or None. Each
+    entry is Pyro's per-parameter state dict, or a scheduler's pair of them."""
+    for name, entry in optim.items():
+        if not isinstance(entry, dict):
+            return f"the optimizer state of {name!r} is not a dict"
+        for state_dict in (entry.get("optimizer"),) if "scheduler" in entry else (entry,):
+            states = state_dict.get("state") if isinstance(state_dict, dict) else None
+            if not isinstance(states, dict) or not all(map(_is_dict, states.values())):
+                return f"the optimizer state of {name!r} is not a state dict"
+            # the parameter's shape where the param store holds it; a module's parameters are
+            # saved with the module (under other names): there its moments must agree
+            known = params[name].shape if name in params else None
+            for state in states.values():
+                shape = known
+                for key in _PARAM_SHAPED:
+                    value = state.get(key)
+                    if value is None:  # absent (or SGD's momentum buffer before its first step)
+                        continue
+                    if not torch.is_tensor(value) or (shape is not None and value.shape != shape):
+                        return f"the optimizer's {key!r} of {name!r} is not a tensor of its shape"
+                    shape = value.shape
+                step = state.get("step")
+                if step is not None and not (
+                    (torch.is_tensor(step) and step.numel() == 1)
+                    or (isinstance(step, (int, float)) and not isinstance(step, bool))
+                ):
+                    return f"the optimizer's step count of {name!r} is not a number"
+    return None
+
+
+def _is_dict(value: Any) -> bool:
+    return isinstance(value, dict)
 
 
 def verify_checkpoint(path: str | Path) -> None:

@@ -578,6 +578,40 @@ def test_train_resume_refuses_a_checksummed_rng_state_it_cannot_set(
     assert_one_line_error(status, err, str(path), "unknown layout")
 
 
+OPTIMIZER_DAMAGE = [
+    ("exp_avg a float", ("state", 0, "exp_avg"), 0.5, "'exp_avg'"),
+    ("exp_avg of another shape", ("state", 0, "exp_avg_sq"), torch.zeros(3), "'exp_avg_sq'"),
+    ("step a string", ("state", 0, "step"), "x", "step count"),
+    ("state a list", ("state",), [], "not a state dict"),
+]
+
+
+@pytest.mark.parametrize(
+    ("label", "where", "value", "named"), OPTIMIZER_DAMAGE, ids=[c[0] for c in OPTIMIZER_DAMAGE]
+)
+def test_train_resume_refuses_checksummed_optimizer_state_it_cannot_step(
+    tmp_path: Path, capsys, label: str, where: tuple, value: Any, named: str
+) -> None:
+    """``pyro-gen train`` resuming from a payload whose Adam state holds a float where a
+    tensor of the parameter's shape belongs: it read cleanly and failed at the first
+    training step with a TypeError traceback; now refused when the file is read, naming
+    the parameter and what was wrong."""
+    run = trained_run(tmp_path)
+    path = run / "checkpoint.pt"
+    raw = path.read_bytes()
+    payload = torch.load(io.BytesIO(raw[raw.index(b"\n", len(MAGIC)) + 1 :]), weights_only=True)
+    first = next(iter(payload["optim"]))
+    write_payload(path, _replaced(payload, ("optim", first, *where), value, delete=False))
+    with pytest.raises(CheckpointError, match=rf"unknown layout.*{named}.*{first}|{named}"):
+        load_checkpoint(path)
+    with _deadline(60):
+        status, _, err = cli(
+            capsys, "train", "vae", "--data", "digits", "--epochs", "2", "--no-progress",
+            "--out", run,
+        )  # fmt: skip
+    assert_one_line_error(status, err, str(path), "unknown layout")
+
+
 # --- dataset caches -------------------------------------------------------------------
 
 IMAGES, LABELS = MNIST.files["test"]

@@ -342,8 +342,7 @@ def test_checksummed_payloads_of_another_layout(tmp_path: Path) -> None:
     UnsafeStateError."""
     run = trained_run(tmp_path)
     path = run / "checkpoint.pt"
-    raw = path.read_bytes()
-    payload = torch.load(io.BytesIO(raw[raw.index(b"\n", len(MAGIC)) + 1 :]), weights_only=True)
+    payload = _payload(path)
     marker = tmp_path / "marker"
     cases = _value_mutations(payload, 120, SEED, CRAFTED_VALUES)
     cases.append(("pickled code", {**payload, "progress": _Payload(str(marker))}))
@@ -503,6 +502,22 @@ def test_cli_sample_and_evaluate_give_one_line(tmp_path: Path, capsys) -> None:
         (run / name).write_bytes(good[name])
 
 
+def _payload(path: Path) -> Any:
+    """The payload of a checkpoint file (after its header line)."""
+    raw = path.read_bytes()
+    return torch.load(io.BytesIO(raw[raw.index(b"\n", len(MAGIC)) + 1 :]), weights_only=True)
+
+
+def _train_resume(capsys: pytest.CaptureFixture, run: Path) -> tuple[int, str]:
+    """``pyro-gen train`` resuming ``run`` for a second epoch: exit status and stderr."""
+    with _deadline(60):
+        status, _, err = cli(
+            capsys, "train", "vae", "--data", "digits", "--epochs", "2", "--no-progress",
+            "--out", run,
+        )  # fmt: skip
+    return status, err
+
+
 def test_train_resume_from_a_mutated_config(tmp_path: Path, capsys) -> None:
     """``pyro-gen train`` resuming reads config.json's options and training settings: before
     they were checked there, 2**31 layers built for minutes, and a missing seed, a list as
@@ -520,19 +535,7 @@ def test_train_resume_from_a_mutated_config(tmp_path: Path, capsys) -> None:
     for i, (label, value) in enumerate([*named, *picked]):
         run = trained_run(tmp_path, f"run{i}")
         (run / "config.json").write_text(json.dumps(value))
-        with _deadline(60):
-            status, _, err = cli(
-                capsys,
-                "train",
-                "vae",
-                "--data",
-                "digits",
-                "--epochs",
-                "2",
-                "--no-progress",
-                "--out",
-                run,
-            )
+        status, err = _train_resume(capsys, run)
         if i < len(named):
             assert status != 0, f"{label}: trained"
             assert_one_line_error(status, err, str(run / "config.json"))
@@ -559,22 +562,9 @@ def test_train_resume_refuses_a_checksummed_rng_state_it_cannot_set(
     when the checkpoint is read."""
     run = trained_run(tmp_path)
     path = run / "checkpoint.pt"
-    raw = path.read_bytes()
-    payload = torch.load(io.BytesIO(raw[raw.index(b"\n", len(MAGIC)) + 1 :]), weights_only=True)
+    payload = _payload(path)
     write_payload(path, _replaced(payload, where, value, delete=False))
-    with _deadline(60):
-        status, _, err = cli(
-            capsys,
-            "train",
-            "vae",
-            "--data",
-            "digits",
-            "--epochs",
-            "2",
-            "--no-progress",
-            "--out",
-            run,
-        )
+    status, err = _train_resume(capsys, run)
     assert_one_line_error(status, err, str(path), "unknown layout")
 
 
@@ -598,17 +588,12 @@ def test_train_resume_refuses_checksummed_optimizer_state_it_cannot_step(
     the parameter and what was wrong."""
     run = trained_run(tmp_path)
     path = run / "checkpoint.pt"
-    raw = path.read_bytes()
-    payload = torch.load(io.BytesIO(raw[raw.index(b"\n", len(MAGIC)) + 1 :]), weights_only=True)
+    payload = _payload(path)
     first = next(iter(payload["optim"]))
     write_payload(path, _replaced(payload, ("optim", first, *where), value, delete=False))
     with pytest.raises(CheckpointError, match=rf"unknown layout.*{named}.*{first}|{named}"):
         load_checkpoint(path)
-    with _deadline(60):
-        status, _, err = cli(
-            capsys, "train", "vae", "--data", "digits", "--epochs", "2", "--no-progress",
-            "--out", run,
-        )  # fmt: skip
+    status, err = _train_resume(capsys, run)
     assert_one_line_error(status, err, str(path), "unknown layout")
 
 

@@ -44,6 +44,7 @@ from pyro_gen.data.random_state import global_rng_state, set_global_rng_state
 from pyro_gen.infer.annealing import kl_scale_pair
 from pyro_gen.infer.distributed import _plates
 from pyro_gen.infer.local_params import local_params
+from pyro_gen.infer.loss_value import reported_loss
 from pyro_gen.infer.program import Program, program, warm_up
 from pyro_gen.infer.state_codec import decode, encode
 
@@ -331,7 +332,7 @@ class LightningSVI(lightning.LightningModule):
         if not callable(evaluate):  # a callable loss such as EnergyDistance
             evaluate = self.loss
         value = torch.as_tensor(
-            float(evaluate(self._model, self._guide, *call.args, **call.kwargs))
+            reported_loss(evaluate(self._model, self._guide, *call.args, **call.kwargs))
         )
         size = call.size if call.size is not None else 1
         self.log(metric, value / size, prog_bar=True, batch_size=size, sync_dist=True)
@@ -395,7 +396,10 @@ class LightningSVI(lightning.LightningModule):
         for p, g in zip(self._trained, held):
             p.grad = g
         surrogate = sum((p * g).sum() for p, g in zip(self._trained, grads))
-        return surrogate - surrogate.detach() + torch.as_tensor(float(value), device=self.device)
+        # A loss of several terms (ReweightedWakeSleep) put every term's gradient on the
+        # parameters; its value is reported by the model's term.
+        value = torch.as_tensor(reported_loss(value), device=self.device)
+        return surrogate - surrogate.detach() + value
 
     def _loss_modules(self) -> list[nn.Module]:
         return [self.loss] if isinstance(self.loss, nn.Module) else []

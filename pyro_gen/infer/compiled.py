@@ -271,8 +271,10 @@ class CompiledSVI(
         """The unconstrained parameters the step updates (known after the first step)."""
         return list(self._updates.params)
 
-    def step(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """One gradient step; returns the loss (negative ELBO) as a 0-dim tensor.
+    def step(self, *args: Any, **kwargs: Any) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """One gradient step; returns the loss (negative ELBO) as a 0-dim tensor, or a tuple
+        of them for a loss of several terms (ReweightedWakeSleep's model and guide losses,
+        as Pyro's ``SVI.step`` returns them).
 
         The loss is not read back to the host; call ``float()`` on it only when needed.
         A NaN loss marks a skipped update: a non-finite loss or gradient, or (on an
@@ -296,7 +298,9 @@ class CompiledSVI(
             return self._pyro_step(args, kwargs)
         return loss
 
-    def __call__(self, step: int, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def __call__(
+        self, step: int, *args: Any, **kwargs: Any
+    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """``fit``'s step protocol: run :meth:`step` as step number ``step`` and return the
         loss, not read back (``fit`` reads losses in groups and raises on a non-finite one,
         asking :meth:`check` first whether a failed input check explains it; that step's

@@ -41,8 +41,12 @@ class PlainFallback:
         self.fallback_reason = reason
         logger.warning("pyro_gen: compiled SVI step off, using plain Pyro SVI: %s", reason)
 
-    def _plain_loss_and_grads(self, args: tuple, kwargs: dict) -> tuple[float, list[torch.Tensor]]:
-        """Pyro's loss (a float) and gradients, clipped as the program clips them."""
+    def _plain_loss_and_grads(
+        self, args: tuple, kwargs: dict
+    ) -> tuple[float | tuple[float, ...], list[torch.Tensor]]:
+        """Pyro's loss and gradients, clipped as the program clips them. The loss is a float,
+        or a tuple of floats for a loss with several terms, which Pyro's SVI returns as they
+        are (ReweightedWakeSleep: the model's and the guide's loss)."""
         with self._networks(args, kwargs), pyro.poutine.trace(param_only=True) as capture:
             if hasattr(self.loss, "loss_and_grads"):
                 loss = self.loss.loss_and_grads(self.model, self.guide, *args, **kwargs)
@@ -53,9 +57,15 @@ class PlainFallback:
         params = list({site["value"].unconstrained() for site in capture.trace.nodes.values()})
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
-        return float(loss.detach() if torch.is_tensor(loss) else loss), params
+        if isinstance(loss, tuple):
+            return tuple(map(_as_float, loss)), params
+        return _as_float(loss), params
 
     def _pyro_step(self, args: tuple, kwargs: dict) -> torch.Tensor:
         """The step as SVI takes it, updated by :meth:`GuardedUpdate.plain`."""
         loss, params = self._plain_loss_and_grads(args, kwargs)
         return self._updates.plain(loss, params, guard=self.step_guard, fused=self.fused_update)
+
+
+def _as_float(loss: torch.Tensor | float) -> float:
+    return float(loss.detach() if torch.is_tensor(loss) else loss)

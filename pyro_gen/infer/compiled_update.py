@@ -157,26 +157,40 @@ class GuardedUpdate:
                 p.grad = None
 
     def plain(
-        self, loss: float, params: list[torch.Tensor], *, guard: bool, fused: bool
-    ) -> torch.Tensor:
+        self,
+        loss: float | tuple[float, ...],
+        params: list[torch.Tensor],
+        *,
+        guard: bool,
+        fused: bool,
+    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """Applies the gradients a plain Pyro step left in ``p.grad`` (and clears them);
         ``loss`` is the step's, already read back, so the guard reads its flag too. The
         update is the fused optimizer's with ``fused`` or once a program made it (it keeps
         the same per-parameter state, which Pyro's optimizer reads and writes), else
-        Pyro's own."""
-        if self.grad_reducer is not None:
-            loss = float(self.grad_reducer(torch.tensor(loss, dtype=torch.float64), params))
+        Pyro's own.
+
+        A loss of several terms (a tuple: ReweightedWakeSleep's model and guide losses) is
+        returned as a tuple of 0-dim tensors, as Pyro's ``SVI.step`` returns it; the update
+        is skipped when any term is not finite, and then every term is returned non-finite.
+        """
+        terms = loss if isinstance(loss, tuple) else (loss,)
+        if self.grad_reducer is not None:  # every process skips, or none does
+            summed = self.grad_reducer(torch.tensor(terms, dtype=torch.float64), params)
+            terms = tuple(summed.tolist())
         try:
             grads = [p.grad for p in params if p.grad is not None]
-            skip = not math.isfinite(loss) or (
+            skip = not all(map(math.isfinite, terms)) or (
                 guard and bool(grads) and bool(non_finite(grads).item())
             )
             if skip:
-                return skipped_loss(torch.tensor(loss))
-            if fused or self.optimizer is not None:
-                self.register(params)
-            self.apply(params)
-            return torch.tensor(loss)
+                out = tuple(skipped_loss(torch.tensor(t)) for t in terms)
+            else:
+                if fused or self.optimizer is not None:
+                    self.register(params)
+                self.apply(params)
+                out = tuple(map(torch.tensor, terms))
+            return out if isinstance(loss, tuple) else out[0]
         finally:
             for p in params:
                 p.grad = None

@@ -58,7 +58,8 @@ class GradReducer:
             )
         self._check_layout(tuple(name for name, _ in named))
         grads = [p.grad for _, p in named]
-        loss = loss.detach().reshape(1).to(self.device)
+        shape = loss.shape  # a 0-dim loss, or one term each of a loss with several
+        loss = loss.detach().reshape(-1).to(self.device)
         buckets: dict[torch.dtype, list[torch.Tensor]] = {}
         for t in (loss, *grads):
             buckets.setdefault(t.dtype, []).append(t)
@@ -71,7 +72,7 @@ class GradReducer:
                 t.copy_(piece.view_as(t))
         if self.grad_clip is not None and grads:
             torch.nn.utils.clip_grad_norm_([p for _, p in named], self.grad_clip)
-        return loss.reshape(())
+        return loss.reshape(shape)
 
     def _check_layout(self, names: tuple[str, ...]) -> None:
         if names in self._layouts:

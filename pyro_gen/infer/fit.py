@@ -152,7 +152,10 @@ def fit(
         loss: a Pyro ELBO (any of Pyro's, e.g. ``TraceEnum_ELBO`` for enumerated discrete
             sites), another Pyro loss object with ``loss_and_grads`` (the adversarial losses
             of :mod:`pyro_gen.gan`), or a callable loss as Pyro's ``SVI`` takes one
-            (``EnergyDistance``); default :class:`~pyro.infer.Trace_ELBO`.
+            (``EnergyDistance``); default :class:`~pyro.infer.Trace_ELBO`. A loss of
+            several terms (``ReweightedWakeSleep``: the model's, then the guide's) trains
+            on all of them, skips a step where any is not finite, and records the first as
+            ``train_loss``.
         device: where modules and tensor data live during training; default the module's.
         annealing: ``step -> beta`` applied to latent sites only (KL warm-up), e.g.
             :class:`~pyro_gen.infer.LinearAnnealing`.

@@ -13,6 +13,7 @@ from pyro_gen.infer.evaluation import declared_plate
 from pyro_gen.infer.fit_progress import _Progress
 from pyro_gen.infer.held_out import HeldOutData, evaluations
 from pyro_gen.infer.log_weights import find_data_plate
+from pyro_gen.infer.loss_value import reported_loss
 from pyro_gen.infer.program import Program, trace_once
 
 
@@ -35,7 +36,7 @@ def _evaluate_loss(
         for call in batch_calls(data, batch_size, shuffle=False, device=device):
             call = with_transform(call, transform)
             evaluate = loss.loss if hasattr(loss, "loss_and_grads") else loss
-            total += float(evaluate(prog.model, prog.guide, *call.args, **call.kwargs))
+            total += reported_loss(evaluate(prog.model, prog.guide, *call.args, **call.kwargs))
             seen += call.size if call.size is not None else 1
     finally:
         for name, m in prog.modules.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -213,10 +214,25 @@ def restore_checkpoint(
         apply_args(ckpt["optim"], optim, changed)
         logger.warning("resuming with the optimizer arguments given: %s", describe(changed))
     if optim is not None:
+        _scheduler_state_types(optim, ckpt["optim"])
         _set_optim_state(optim, ckpt["optim"])
         restore_optim_state(optim, ckpt["optim"], local)
     set_global_rng_state(ckpt["rng"])
     return ckpt["progress"]
+
+
+def _scheduler_state_types(optim: pyro.optim.PyroOptim, states: dict[str, Any]) -> None:
+    """Gives saved scheduler state back the container types the scheduler holds. A checkpoint
+    stores a ``Counter`` as the plain dict of its counts (it loads with ``weights_only``):
+    MultiStepLR's ``milestones`` came back a dict, and its closed form
+    (``scheduler.step(epoch)``) then failed with AttributeError on ``.elements()``."""
+    ctor = getattr(optim, "pt_scheduler_constructor", None)
+    if not (isinstance(ctor, type) and issubclass(ctor, torch.optim.lr_scheduler.MultiStepLR)):
+        return
+    for state in states.values():
+        scheduler = state.get("scheduler") if isinstance(state, dict) else None
+        if isinstance(scheduler, dict) and isinstance(scheduler.get("milestones"), dict):
+            scheduler["milestones"] = Counter(scheduler["milestones"])
 
 
 def _set_optim_state(optim: pyro.optim.PyroOptim, states: dict[str, Any]) -> None:

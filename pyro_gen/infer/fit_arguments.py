@@ -51,8 +51,33 @@ def _check_arguments(
     if optim is not None and not isinstance(optim, pyro.optim.PyroOptim):
         raise TypeError(
             f"optim must be a pyro.optim.PyroOptim such as pyro.optim.Adam({{'lr': 1e-3}}), "
-            f"got {type(optim).__name__}"
+            f"got {_what(optim)}"
         )
+
+
+def _what(optim: Any) -> str:
+    """What a wrong ``optim`` is and what to pass instead: torch's optimizers and
+    schedulers, and Pyro's wrappers not yet called, were reported by bare type names ("got
+    Adam" for ``torch.optim.Adam(...)``, "got function" for ``pyro.optim.Adam``)."""
+    schedulers = (torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    if isinstance(optim, type) and issubclass(optim, torch.optim.Optimizer):
+        what, name = f"the class torch.optim.{optim.__name__}", optim.__name__
+    elif isinstance(optim, (torch.optim.Optimizer, *schedulers)):
+        what, name = f"a torch {type(optim).__name__}", type(optim).__name__
+    elif callable(optim) and getattr(optim, "__module__", "").startswith("pyro.optim"):
+        what, name = f"pyro.optim.{optim.__name__} not called", optim.__name__
+    else:
+        return type(optim).__name__
+    if hasattr(torch.optim.lr_scheduler, name):
+        return (
+            f"{what}: pass pyro.optim.{name}({{'optimizer': torch.optim.SGD, 'optim_args': "
+            "{'lr': 0.01}, ...}), which schedules each parameter's optimizer, and step it "
+            "from callbacks= as fit's docstring shows"
+        )
+    return (
+        f"{what}: pass pyro.optim.{name}({{'lr': ...}}) with its arguments, which makes one "
+        "torch optimizer per parameter as Pyro's SVI does"
+    )
 
 
 def _device(model: Any, prog: Program, device: torch.device | str | None) -> torch.device:

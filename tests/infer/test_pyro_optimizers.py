@@ -348,3 +348,32 @@ def test_resumed_multistep_scheduler_takes_an_epoch(tmp_path):
     resumed = _make(name)
     _fit(name, "epoch", 8, checkpoint_dir=tmp_path, optim=resumed)
     assert rates_at_epoch(resumed) == want
+
+
+def _torch_sgd() -> torch.optim.SGD:
+    return torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+
+
+@pytest.mark.parametrize(
+    "make_optim, names",
+    [
+        (lambda: torch.optim.Adam, r"the class torch\.optim\.Adam: pass pyro\.optim\.Adam\("),
+        (lambda: torch.optim.Adam(_torch_sgd().param_groups[0]["params"]), r"pyro\.optim\.Adam\("),
+        (
+            lambda: torch.optim.lr_scheduler.ExponentialLR(_torch_sgd(), 0.9),
+            r"torch ExponentialLR: pass pyro\.optim\.ExponentialLR\(\{'optimizer'",
+        ),
+        (
+            lambda: torch.optim.lr_scheduler.ReduceLROnPlateau(_torch_sgd()),
+            r"pass pyro\.optim\.ReduceLROnPlateau\(",
+        ),
+        (lambda: pyro.optim.ClippedAdam, r"pyro\.optim\.ClippedAdam not called"),
+        (lambda: pyro.optim.OneCycleLR, r"pyro\.optim\.OneCycleLR not called: .*'optimizer'"),
+    ],
+)
+def test_torch_optimizer_is_refused_naming_pyros_wrapper(make_optim, names):
+    """A torch optimizer or scheduler, or Pyro's wrapper not called, was refused as "got
+    Adam" / "got function": the error now says which pyro.optim wrapper to pass."""
+    _, model, guide = _pair()
+    with pytest.raises(TypeError, match=names):
+        fit(model, _batches(), guide=guide, optim=make_optim(), steps=1, progress=False)

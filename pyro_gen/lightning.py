@@ -44,7 +44,8 @@ from pyro_gen.data.random_state import global_rng_state, set_global_rng_state
 from pyro_gen.infer.annealing import kl_scale_pair
 from pyro_gen.infer.distributed import _plates
 from pyro_gen.infer.local_params import local_params
-from pyro_gen.infer.loss_value import reported_loss
+from pyro_gen.infer.loss_value import reported_loss, subsampled_size
+from pyro_gen.infer.pair_declarations import declared_plate
 from pyro_gen.infer.program import Program, program, warm_up
 from pyro_gen.infer.state_codec import decode, encode
 
@@ -175,6 +176,7 @@ class LightningSVI(lightning.LightningModule):
         self._trained: list[nn.Parameter] = []
         self._hooks: list[Any] = []
         self._example: Call | None = None  # the batch the pair was traced on
+        self._represented: int | None = None
         self._loss_scale = 1.0  # R for a summed ELBO under DDP (see above)
         if example_batch is not None:
             self.trace_parameters(example_batch)
@@ -199,6 +201,8 @@ class LightningSVI(lightning.LightningModule):
         guide_trace, model_trace = warm_up(
             self._prog, call, check_sites=isinstance(self.loss, ELBO)
         )
+        # A subsampling data plate's full size: a step's loss stands for that many examples
+        self._represented = subsampled_size(model_trace, declared_plate(self._prog.model))
         # networks a plain model or guide function closes over, found by that run
         for name, module in self._prog.modules.items():
             key = name.replace(".", "/")
@@ -317,7 +321,8 @@ class LightningSVI(lightning.LightningModule):
             self._beta[0] = float(self.annealing(self.global_step))
         value = self._loss(call)
         size = call.size if call.size is not None else 1
-        self.log("train_loss", value.detach() / size, prog_bar=True, batch_size=size)
+        per_example = value.detach() / (self._represented or size)
+        self.log("train_loss", per_example, prog_bar=True, batch_size=size)
         return value * self._loss_scale if self._loss_scale != 1.0 else value
 
     def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:

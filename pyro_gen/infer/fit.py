@@ -35,6 +35,8 @@ from pyro_gen.infer.fit_result import FitResult
 from pyro_gen.infer.fit_resume import _on_main, _resume
 from pyro_gen.infer.fit_step import _step_function
 from pyro_gen.infer.local_params import local_params
+from pyro_gen.infer.loss_value import subsampled_size
+from pyro_gen.infer.pair_declarations import declared_plate
 from pyro_gen.infer.program import Program, program, warm_up
 
 __all__ = [
@@ -199,7 +201,10 @@ def fit(
             (:class:`~pyro_gen.infer.compiled.CompiledSVI`); ``None`` (default): float32.
 
     Returns:
-        A :class:`FitResult` with one record per epoch.
+        A :class:`FitResult` with one record per epoch: ``train_loss`` is the epoch's loss
+        per example. Where the data plate subsamples (``pyro.plate("data", N,
+        subsample=...)``), Pyro scales each step's loss to the whole data set, so a step
+        counts for the plate's ``N`` examples, not its batch's.
 
     Raises:
         NonFiniteLossError: when a step's loss or gradient is NaN or infinite. That update is
@@ -318,6 +323,7 @@ def fit(
             held_out=held_out,
             eval_every=eval_every,
             plate_name=plate_name,
+            represented=subsampled_size(traces[1], plate_name or declared_plate(model)),
             ckpt_dir=ckpt_dir,
             checkpoint_every=checkpoint_every,
             callbacks=list(callbacks),

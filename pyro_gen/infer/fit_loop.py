@@ -75,6 +75,7 @@ def _train(
     held_out: HeldOutData | None,
     eval_every: int,
     plate_name: str | None,
+    represented: int | None,
     ckpt_dir: Path | None,
     checkpoint_every: int | None,
     callbacks: list[Callback],
@@ -149,18 +150,22 @@ def _train(
         )
         start = time.perf_counter() - state.epoch_time
         pending: list[torch.Tensor] = []
+        # Each step's share of train_loss, the loss per example: its examples over those its
+        # loss stands for (a subsampling data plate's full size; else the batch's own).
+        weights: list[float] = []
 
         def read_back(start: float = start) -> None:
-            nonlocal pending
+            nonlocal pending, weights
             if pending:
                 try:
-                    state.epoch_loss += _read_back(pending, state.step - len(pending))
+                    first = state.step - len(pending)
+                    state.epoch_loss += _read_back(pending, first, weights)
                 except NonFiniteLossError:
                     # A batch that failed one of the model's input checks on the device
                     # also reads back NaN: raise the model's own error for it instead.
                     step_fn.check()
                     raise
-                pending = []
+                pending, weights = [], []
             state.epoch_time = time.perf_counter() - start
 
         stopped_inside = False
@@ -172,6 +177,7 @@ def _train(
             if dp is not None:
                 dp.begin_step(call.size if call.size is not None else 1, examples)
             pending.append(step_fn(state.step, *call.args, **call.kwargs))
+            weights.append(examples / represented if represented else 1.0)
             state.epoch_seen += examples
             state.step += 1
             state.batch += 1

@@ -13,8 +13,13 @@ class NonFiniteLossError(FloatingPointError):
     """The loss or a gradient became NaN or infinite; that update was skipped."""
 
 
-def _read_back(losses: list[torch.Tensor | tuple[torch.Tensor, ...]], first_step: int) -> float:
-    """The sum of ``losses`` (the steps from ``first_step`` on), read back in one transfer.
+def _read_back(
+    losses: list[torch.Tensor | tuple[torch.Tensor, ...]],
+    first_step: int,
+    weights: list[float] | None = None,
+) -> float:
+    """The sum of ``losses`` (the steps from ``first_step`` on), each times its weight
+    (default 1), read back in one transfer.
 
     A step whose update was skipped on the device (non-finite loss or gradient) returns a
     non-finite loss. A loss of several terms (a tuple, as ReweightedWakeSleep's model and
@@ -38,4 +43,5 @@ def _read_back(losses: list[torch.Tensor | tuple[torch.Tensor, ...]], first_step
                 f"{value}); that update was skipped and the parameters are finite. Lower the "
                 "learning rate, set grad_clip, or check the data"
             )
-    return math.fsum(terms[0] for terms in read)
+    weights = weights if weights is not None else [1.0] * len(read)
+    return math.fsum(terms[0] * w for terms, w in zip(read, weights, strict=True))

@@ -1,12 +1,15 @@
-"""A Pyro loss's value as the one number a run reports."""
+"""A Pyro loss's value as the one number a run reports, and how many examples it stands for."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+from pyro.poutine import Trace
 
-__all__ = ["reported_loss"]
+from pyro_gen.infer.log_weights import find_data_plate, sample_sites
+
+__all__ = ["reported_loss", "subsampled_size"]
 
 
 def reported_loss(value: Any) -> float:
@@ -22,3 +25,28 @@ def reported_loss(value: Any) -> float:
     if isinstance(value, tuple):
         value = value[0]
     return float(value.detach() if torch.is_tensor(value) else value)
+
+
+def subsampled_size(model_trace: Trace, plate_name: str | None = None) -> int | None:
+    """The number of examples a step's loss stands for, where the data plate subsamples:
+    its full size :math:`N`, since Pyro scales a subsample of :math:`B` examples by
+    :math:`N / B` (the loss estimates the whole data set's); None when the data plate does
+    not subsample (the loss is the batch's own) or the model has no single data plate.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> def model(idx):
+        ...     with pyro.plate("data", 100, subsample=idx):
+        ...         pyro.sample("x", dist.Normal(0.0, 1.0), obs=torch.zeros(len(idx)))
+        >>> subsampled_size(pyro.poutine.trace(model).get_trace(torch.arange(10)))
+        100
+    """
+    try:
+        plate = find_data_plate(model_trace, plate_name)
+    except ValueError:  # no single data plate (a GAN's generator, a model without data)
+        return None
+    for _, site in sample_sites(model_trace):
+        for frame in site["cond_indep_stack"]:
+            if frame.name == plate.name and frame.full_size not in (None, frame.size):
+                return int(frame.full_size)
+    return None

@@ -153,12 +153,14 @@ def _step_scheduler(optim: pyro.optim.PyroOptim, metric: float) -> None:
             optim.step()
 
 
-def _svi(name: str, per: str | None, steps: int) -> tuple[list[float], dict, dict]:
+def _svi(
+    name: str, per: str | None, steps: int, optim: pyro.optim.PyroOptim | None = None
+) -> tuple[list[float], dict, dict]:
     """Pyro's loop: epoch losses per example, params and rates after ``steps`` steps."""
     pyro.clear_param_store()
     _, model, guide = _pair()
     data = _batches()
-    optim = _make(name)
+    optim = optim if optim is not None else _make(name)
     svi = SVI(model, guide, optim, Trace_ELBO())
     pyro.set_rng_seed(0)
     epoch: list[float] = []
@@ -250,14 +252,37 @@ COMPILED = [
 @pytest.mark.parametrize("name, per", COMPILED)
 def test_compiled_fit_follows_pyro_svi(name, per):
     """compile left at its default: Pyro's trajectory up to float rounding (the fused
-    update sums in another order), and the same learning rates."""
-    want_losses, want_params, want_rates = _svi(name, per, 6)
-    losses, params, rates = _fit(name, per, 6, compile=None)
+    update sums in another order), the same learning rates, and optimizer state that
+    Pyro's ``get_state`` reads in Pyro's own layout (fit's fused stand-ins included)."""
+    reference, compiled = _make(name), _make(name)
+    want_losses, want_params, want_rates = _svi(name, per, 6, optim=reference)
+    want_state = reference.get_state()  # before the next run clears the param store
+    losses, params, rates = _fit(name, per, 6, compile=None, optim=compiled)
     assert losses == pytest.approx(want_losses, rel=1e-6)
     _assert_params(params, want_params, exact=False)
     assert rates.keys() == want_rates.keys()
     for k in want_rates:
         assert rates[k] == pytest.approx(want_rates[k], rel=1e-12)
+    _assert_state_close(compiled.get_state(), want_state)
+
+
+def _assert_state_close(got: Any, want: Any, where: str = "state") -> None:
+    """Same containers, keys and types; tensors equal up to float rounding."""
+    assert type(got) is type(want), where
+    if isinstance(want, dict):
+        assert got.keys() == want.keys(), where
+        for k in want:
+            _assert_state_close(got[k], want[k], f"{where}[{k!r}]")
+    elif isinstance(want, list | tuple):
+        assert len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want)):
+            _assert_state_close(g, w, f"{where}[{i}]")
+    elif torch.is_tensor(want):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7, msg=where)
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, rel=1e-12), where
+    else:
+        assert got == want, where
 
 
 @pytest.mark.parametrize(

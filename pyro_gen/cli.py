@@ -68,6 +68,7 @@ from pyro_gen.infer.checkpoint import (
 from pyro_gen.infer.distributed import is_main_process
 from pyro_gen.infer.files import UnsafePathError, refuse_symlink
 from pyro_gen.infer.legacy_checkpoint import convert_legacy_checkpoint
+from pyro_gen.infer.usable_device import device_problem
 from pyro_gen.runs import (
     CONFIG_NAME,
     RunError,
@@ -85,17 +86,9 @@ def _device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise UsageError(f"unknown --device {name!r}: use cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise UsageError(f"--device {name}: no CUDA device is available here; use cpu")
-        if device.index is not None and device.index >= count:
-            raise UsageError(f"--device {name}: there are {count} CUDA devices (0..{count - 1})")
-    elif device.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise UsageError(f"--device {name}: MPS is not available here; use cpu")
-    elif device.type != "cpu":
-        raise UsageError(f"--device {name} cannot hold a trained model; use cpu, cuda or cuda:N")
+    problem = device_problem(device)
+    if problem is not None:
+        raise UsageError(f"--device {name}: {problem}")
     return device
 
 

@@ -12,6 +12,7 @@ import torch
 
 from pyro_gen.infer.evaluation import module_device
 from pyro_gen.infer.program import Program
+from pyro_gen.infer.usable_device import device_problem
 
 
 def _whole(name: str, value: Any, minimum: int) -> None:
@@ -82,7 +83,15 @@ def _what(optim: Any) -> str:
 
 def _device(model: Any, prog: Program, device: torch.device | str | None) -> torch.device:
     if device is not None:
-        return torch.device(device)
+        try:
+            chosen = torch.device(device)
+        except (RuntimeError, TypeError) as e:
+            msg = f"device={device!r} is not a device ({e}); use 'cpu' or 'cuda'"
+            raise ValueError(msg) from None
+        problem = device_problem(chosen)
+        if problem is not None:
+            raise ValueError(f"device={device!r}: {problem}")
+        return chosen
     for m in prog.modules.values():
         if next(iter([*m.parameters(), *m.buffers()]), None) is not None:
             return module_device(m)

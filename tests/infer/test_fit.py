@@ -176,6 +176,9 @@ def test_callback_can_stop_training():
         ({"epochs": 1, "steps": 1}, "exactly one"),
         ({}, "exactly one"),
         ({"epochs": 1, "batch_size": 0}, "batch_size"),
+        ({"epochs": 1, "device": "meta"}, "device='meta': cannot hold a trained model; use cpu"),
+        ({"epochs": 1, "device": "gpu"}, "device='gpu' is not a device"),
+        ({"epochs": 1, "device": "cuda:99"}, "device='cuda:99': (no CUDA|there are)"),
     ],
 )
 def test_bad_arguments(kwargs, message):

@@ -14,7 +14,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro.infer import SVI, ReweightedWakeSleep, Trace_ELBO
+from pyro.infer import SVI, ReweightedWakeSleep
 from torch import nn
 
 from pyro_gen.infer import fit
@@ -136,7 +136,7 @@ def test_a_non_finite_guide_term_skips_the_update_and_names_the_step() -> None:
     assert all(torch.isfinite(p).all() for p in net.parameters())
 
 
-@pytest.mark.filterwarnings("ignore:You are trying to `self.log\(\)`")
+@pytest.mark.filterwarnings(r"ignore:You are trying to `self.log\(\)`")
 def test_lightning_adapter_trains_with_both_terms() -> None:
     """The adapter's surrogate carries the gradients ``loss_and_grads`` left (both terms')
     and reports the model's term."""
@@ -157,4 +157,3 @@ def test_lightning_adapter_trains_with_both_terms() -> None:
     for n, p in net.named_parameters():
         torch.testing.assert_close(p.grad, expected[n])
     assert svi._evaluate([batches[1]], "val_loss").ndim == 0
-

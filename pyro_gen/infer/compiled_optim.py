@@ -34,6 +34,21 @@ class _FusedParamView:
             g for g in self.optimizer_.param_groups if any(q is self.param for q in g["params"])
         )
 
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        """This parameter's group, as Pyro's per-parameter optimizer has one: a learning
+        rate set by hand (``o.param_groups[0]["lr"] *= 0.5`` for each ``o`` in
+        ``optim.optim_objs.values()``, a common Pyro idiom) changes this parameter's alone.
+        The first read moves the parameter into a group of its own in the fused optimizer
+        (one more kernel call a step for each parameter so moved); its state stays."""
+        group = self._group()
+        if len(group["params"]) > 1:
+            group["params"] = [q for q in group["params"] if q is not self.param]
+            hyper = {k: v for k, v in group.items() if k != "params"}
+            self.optimizer_.add_param_group({**hyper, "params": [self.param]})
+            group = self.optimizer_.param_groups[-1]
+        return [group]
+
     def state_dict(self) -> dict[str, Any]:
         hyper = {k: v for k, v in self._group().items() if k != "params"}
         hyper.update(fused=None, foreach=None)

@@ -101,6 +101,44 @@ def test_fit_and_svi_take_turns_over_one_optimizer():
     assert all(torch.isfinite(p).all() for p in pyro.get_param_store().values())
 
 
+@pytest.mark.parametrize("halve", ["all", "one"])
+def test_learning_rates_set_by_hand_through_optim_objs(halve):
+    """Pyro's idiom ``for o in optim.optim_objs.values(): o.param_groups[0]["lr"] *= 0.5``
+    after a compiled fit (whose fused optimizer stands in ``optim_objs``) had no
+    ``param_groups`` to change; each parameter's rate is now its own, as with Pyro's own
+    per-parameter optimizers: halved once each (not once per parameter), or for one
+    parameter alone. The runs equal Pyro's SVI to rounding."""
+    from pyro_gen.infer import fit
+
+    def run(loop):
+        gen, x = make("vae")
+        optim = pyro.optim.Adam({"lr": 0.01})
+        svi = SVI(gen.model, gen.guide, optim, Trace_ELBO())
+        pyro.set_rng_seed(0)
+        if loop == "fit":
+            fit(gen, x, steps=3, batch_size=len(x), optim=optim, progress=False)
+        else:
+            for _ in range(3):
+                svi.step(x)
+        views = list(optim.optim_objs.values())
+        for o in views if halve == "all" else views[:1]:
+            o.param_groups[0]["lr"] *= 0.5
+        rates = [o.param_groups[0]["lr"] for o in views]
+        if loop == "fit":
+            fit(gen, x, steps=3, batch_size=len(x), optim=optim, progress=False)
+        else:
+            for _ in range(3):
+                svi.step(x)
+        return rates, {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+
+    rates, ours = run("fit")
+    expected_rates, theirs = run("svi")
+    assert rates == expected_rates
+    assert rates.count(0.005) == (len(rates) if halve == "all" else 1)
+    for name, value in theirs.items():
+        torch.testing.assert_close(ours[name], value, rtol=RTOL, atol=1e-6)
+
+
 def test_fit_follows_a_pyro_learning_rate_schedule():
     """A Pyro scheduler stepped from fit's callback, as Pyro's docs step it between epochs,
     gives SVI's trajectory (the rate halves each epoch)."""

@@ -150,7 +150,10 @@ def fit(
         optim: a :class:`pyro.optim.PyroOptim`; default Adam with learning rate 1e-3. It may
             be shared with other loops (Pyro's ``SVI``, another ``fit``). A Pyro scheduler
             (``pyro.optim.ExponentialLR`` ...) advances where Pyro's docs step it, between
-            epochs: ``callbacks=[lambda record, module: scheduler.step()]``.
+            epochs: ``callbacks=[lambda record, module: scheduler.step()]``
+            (``scheduler.step(record["train_loss"])`` for ``ReduceLROnPlateau``), or
+            after every step: ``step_callbacks=[changes_only_tensors(lambda step, module:
+            scheduler.step())]``.
         loss: a Pyro ELBO (any of Pyro's, e.g. ``TraceEnum_ELBO`` for enumerated discrete
             sites), another Pyro loss object with ``loss_and_grads`` (the adversarial losses
             of :mod:`pyro_gen.gan`), or a callable loss as Pyro's ``SVI`` takes one

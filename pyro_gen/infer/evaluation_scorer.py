@@ -20,6 +20,7 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.poutine import Trace
+from pyro.poutine.replay_messenger import ReplayMessenger
 from pyro.poutine.util import site_is_subsample
 
 from pyro_gen.data.batching import Call
@@ -57,6 +58,21 @@ def _subsample_sites(*traces: Trace) -> Trace:
             if site["type"] == "sample" and site_is_subsample(site) and name not in kept.nodes:
                 kept.add_node(name, **site)
     return kept
+
+
+class _ReplayValues(ReplayMessenger):
+    """Pyro's replay of the sites' values, each keeping this call's ``infer`` dict.
+
+    Pyro's replay also puts the replayed trace's ``infer`` in place, which for a messenger
+    guide (``AutoNormalMessenger`` and its kin) holds the first batch's prior, broadcast
+    over the particle plate; a replayed site is not broadcast again, so the guide's check of
+    that prior against the site's distribution failed on every batch after the first.
+    """
+
+    def _pyro_sample(self, msg: dict) -> None:
+        infer = msg["infer"]
+        super()._pyro_sample(msg)
+        msg["infer"] = infer
 
 
 def _only(trace: Trace, names: tuple[str, ...], plate: DataPlate) -> Trace:
@@ -102,7 +118,7 @@ class ParticleScorer:
     def _traces(self, call: Call, num_particles: int | None, key: Any) -> tuple[Trace, Trace]:
         guide, fixed = self.guide, self.fixed.get(key)
         if fixed is not None:
-            guide = poutine.replay(guide, trace=fixed[0])
+            guide = _ReplayValues(trace=fixed[0])(guide)
         # A plate that draws its own subsample (subsample_size=) must pick the same examples
         # for every particle chunk of a batch: the chunks' log-weights are combined example
         # by example, so indices drawn afresh would mix the weights of different examples.

@@ -29,21 +29,30 @@ def check_site_densities(guide_trace: Trace, model_trace: Trace, importance: boo
                 )
     latents = [(n, s) for n, s in sample_sites(guide_trace) if not s["is_observed"]]
     # An autoguide's Delta sites carry their density (a Jacobian) from an auxiliary draw;
-    # without one they are point estimates (AutoDelta, MAP).
-    if any(s["infer"].get("is_auxiliary", False) for _, s in latents):
+    # without one they are point estimates (AutoDelta, MAP). An auxiliary draw that is a
+    # point mass itself (AutoLaplaceApproximation's MAP point) gives them none. (Where only
+    # some are, as in a list of such guides, the sites are not told apart: no refusal.)
+    auxiliary = [s for _, s in latents if s["infer"].get("is_auxiliary", False)]
+    if auxiliary and not all(is_delta(s["fn"]) for s in auxiliary):
         return
-    points = [n for n, s in latents if is_delta(s["fn"])]
+    points = [n for n, s in latents if is_delta(s["fn"]) and not s["infer"].get("is_auxiliary")]
     if not points:
         return
+    kind = "Delta, as AutoDelta's"
+    if auxiliary:  # the density the user can evaluate instead
+        kind = (
+            "one MAP point, as AutoLaplaceApproximation's: its "
+            "laplace_approximation(*args) is the guide with a density"
+        )
     if importance:
         raise ValueError(
-            f"guide sites {points} are point masses (Delta, as AutoDelta's): a point mass "
+            f"guide sites {points} are point masses ({kind}): a point mass "
             "has no density to weight by, so the estimate would be log p(x, z) at those "
             "points, which is no bound on log p(x) (it can lie above it). Guide them with a "
             "density (AutoNormal, a flow guide), or use evaluate_elbo for the MAP objective"
         )
     warnings.warn(
-        f"guide sites {points} are point masses (Delta, as AutoDelta's), so evaluate_elbo "
+        f"guide sites {points} are point masses ({kind}), so evaluate_elbo "
         "gives log p(x, z) at those points (the MAP objective, without the entropy a "
         "density would add), not a lower bound on log p(x)",
         stacklevel=5,

@@ -49,6 +49,7 @@ from pyro_gen.vae.autoguide_trace import (
     check_latent_sites,
     find_data_plate,
     plate_sizes,
+    random_plates_of,
     trace_latents,
 )
 
@@ -300,6 +301,11 @@ class AutoAmortizedNormal(AutoGuide):
         }
         frame = self._find_data_plate(trace, args, kwargs)
         self.plate_name, self._data_frame = frame.name, frame
+        subsampled = frame.full_size not in (None, frame.size)
+        if subsampled and frame.name not in random_plates and self.master is not None:
+            # a part of an AutoGuideList, whose model may hide the plate's own indices
+            # (expose=[...]): the list draws them for the model to replay, if it draws any
+            random_plates |= random_plates_of(self.master().model, args, kwargs) & {frame.name}
         self._choose_inputs(frame, frame.name in random_plates, args, kwargs)
 
         local, global_names = {}, []

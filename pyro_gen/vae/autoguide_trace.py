@@ -82,6 +82,26 @@ def trace_latents(
     return trace, random_plates, enumerated, subsamples
 
 
+def random_plates_of(model: Callable[..., Any], args: tuple, kwargs: dict) -> set[str]:
+    """The plates that draw their own random indices (``subsample_size=``) in a run of
+    ``model``: an AutoGuideList draws those for its parts (Pyro's
+    ``AutoGuide._create_plates``), whose blocked models (``poutine.block(model,
+    expose=[...])``) hide the indices from them. The run leaves the RNG as it found it,
+    and its trace is not recorded by an enclosing one."""
+    state = pyro.util.get_rng_state()
+    try:
+        trace = poutine.block(poutine.trace(model).get_trace)(*args, **kwargs)
+    finally:
+        pyro.util.set_rng_state(state)
+    return {
+        name
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample"
+        and site_is_subsample(site)
+        and site["fn"].subsample_size is not None
+    }
+
+
 def _indices(trace: poutine.Trace, plate: str) -> Any:
     """The indices the plate ``plate`` took so far in the run ``trace`` records (None
     before it)."""

@@ -172,6 +172,18 @@ def test_a_damaged_checkpoint_via_the_cli_names_the_file_and_the_rebuild(tmp_pat
     assert "delete" not in err
 
 
+def test_loading_a_run_hashes_its_checkpoint_once(tmp_path, monkeypatch):
+    """``pyro_gen.load`` (``evaluate``, ``sample``) read and hashed the checkpoint three
+    times: twice to trust its size as a bound on the config's options, once to load it.
+    The load's own check is enough; the size bound hashes only where it refuses a size."""
+    run = trained_run(tmp_path)
+    calls = []
+    real = hashlib.sha256
+    monkeypatch.setattr(hashlib, "sha256", lambda *a: calls.append(1) or real(*a))
+    pyro_gen.load(run)
+    assert len(calls) == 1
+
+
 def test_a_bare_state_dict_is_refused_as_not_ours(tmp_path, capsys):
     run = trained_run(tmp_path)
     torch.save(torch.nn.Linear(2, 2).state_dict(), run / "checkpoint.pt")

@@ -19,6 +19,7 @@ import pyro
 import pyro.util
 import torch
 from pyro import poutine
+from pyro.infer import TraceGraph_ELBO, TraceMeanField_ELBO
 from pyro.params.param_store import _MODULE_NAMESPACE_DIVIDER
 from pyro.poutine.subsample_messenger import _Subsample
 
@@ -43,6 +44,8 @@ class Program:
     guide: Callable[..., Any]
     modules: dict[str, torch.nn.Module]
     signatures: dict[str, inspect.Signature] = field(default_factory=dict, compare=False)
+    # The objective, when given: which model sites a guide may leave out depends on it.
+    loss: Any = field(default=None, compare=False)
     # Argument layouts (positional count, keyword names) already found to fit: binding
     # the signatures again for every batch costs more than some small models' step.
     _fitting: set[tuple[int, tuple[str, ...]]] = field(default_factory=set, compare=False)
@@ -108,7 +111,7 @@ def program(model: Any, guide: Any = None, loss: Any = None) -> Program:
         # a builtin or C callable has no signature to check against
         with contextlib.suppress(TypeError, ValueError):
             signatures[role] = inspect.signature(fn)
-    return Program(model_fn, guide, modules, signatures)
+    return Program(model_fn, guide, modules, signatures, loss=loss)
 
 
 def _latent_sites(trace: poutine.Trace) -> dict[str, dict[str, Any]]:
@@ -122,8 +125,9 @@ def _latent_sites(trace: poutine.Trace) -> dict[str, dict[str, Any]]:
     }
 
 
-def _check_sites(model_trace: poutine.Trace, guide_trace: poutine.Trace) -> None:
+def _check_sites(model_trace: poutine.Trace, guide_trace: poutine.Trace, loss: Any = None) -> None:
     model_sites, guide_sites = _latent_sites(model_trace), _latent_sites(guide_trace)
+    _check_enumerated(model_sites, guide_sites, loss)
     unguided = sorted(
         n
         for n, site in model_sites.items()
@@ -147,6 +151,29 @@ def _check_sites(model_trace: poutine.Trace, guide_trace: poutine.Trace) -> None
             f"the model's latent sites {unguided} have no counterpart in the guide: sample them "
             "in the guide, or (for discrete sites) mark them infer={'enumerate': 'parallel'} "
             "and train with TraceEnum_ELBO"
+        )
+
+
+def _check_enumerated(
+    model_sites: dict[str, dict[str, Any]], guide_sites: dict[str, dict[str, Any]], loss: Any
+) -> None:
+    """A site marked for enumeration may stay out of the guide, for TraceEnum_ELBO to sum
+    out (Trace_ELBO and RenyiELBO draw it from the model instead). TraceMeanField_ELBO and
+    TraceGraph_ELBO pair every model latent with a guide site and fail on the first step with
+    Pyro's bare ``KeyError: 'y'``; name the sites and the loss before training instead."""
+    if not isinstance(loss, (TraceMeanField_ELBO, TraceGraph_ELBO)):
+        return
+    marked = sorted(
+        n
+        for n, site in model_sites.items()
+        if n not in guide_sites and site["infer"].get("enumerate") is not None
+    )
+    if marked:
+        raise ValueError(
+            f"the model's latent sites {marked} are marked for enumeration and not in the "
+            f"guide, but {type(loss).__name__} does not enumerate: it needs a guide site for "
+            "every latent. Train with TraceEnum_ELBO (or JitTraceEnum_ELBO) to sum them out, "
+            "or sample them in the guide"
         )
 
 
@@ -220,5 +247,5 @@ def warm_up(prog: Program, call: Call, *, check_sites: bool) -> tuple[poutine.Tr
     guide_trace, model_trace = trace_once(prog, call)
     _check_params(guide_trace, model_trace)
     if check_sites:
-        _check_sites(model_trace, guide_trace)
+        _check_sites(model_trace, guide_trace, prog.loss)
     return guide_trace, model_trace

@@ -147,7 +147,7 @@ def _layout_problem(ckpt: dict[str, Any]) -> str | None:
 
 # Per-parameter state that torch's optimizers keep as a tensor of the parameter's shape
 # (Adam, AdamW, NAdam, RAdam, Adamax, SGD, RMSprop, Adadelta, Adagrad, Rprop, ASGD).
-_PARAM_SHAPED = (
+PARAM_SHAPED = (
     "exp_avg",
     "exp_avg_sq",
     "max_exp_avg_sq",
@@ -179,7 +179,7 @@ def _optimizer_state_problem(optim: dict[Any, Any], params: dict[str, Any]) -> s
             known = params[name].shape if name in params else None
             for state in states.values():
                 shape = known
-                for key in _PARAM_SHAPED:
+                for key in PARAM_SHAPED:
                     value = state.get(key)
                     if value is None:  # absent (or SGD's momentum buffer before its first step)
                         continue

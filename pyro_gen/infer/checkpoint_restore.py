@@ -14,6 +14,7 @@ import torch
 
 from pyro_gen.data.random_state import set_global_rng_state
 from pyro_gen.infer.checkpoint_format import CheckpointError
+from pyro_gen.infer.checkpoint_read import PARAM_SHAPED
 from pyro_gen.infer.checkpoint_write import _class_name, optimizer_kind
 from pyro_gen.infer.local_params import restore_optim_state
 from pyro_gen.infer.optim_args import Change, apply_args, changed_args, describe
@@ -191,6 +192,7 @@ def restore_checkpoint(
     _check_param_store(ckpt["param_store"])
     changed: list[Change] = []
     if optim is not None:
+        _check_moment_shapes(ckpt)
         saved_kind, kind = ckpt.get("optim_kind"), optimizer_kind(optim)
         if saved_kind is not None and saved_kind != kind:
             # Pyro loads the saved state into the new optimizer lazily, at its first step,
@@ -219,6 +221,32 @@ def restore_checkpoint(
         restore_optim_state(optim, ckpt["optim"], local)
     set_global_rng_state(ckpt["rng"])
     return ckpt["progress"]
+
+
+def _check_moment_shapes(ckpt: dict[str, Any]) -> None:
+    """Each saved moment (Adam's ``exp_avg``, SGD's momentum, ...) has its parameter's
+    shape: the saved one for a param-store param, the live one (which the saved module
+    state was checked to fit) for a module's. Reading the file compared a module
+    parameter's moments only with each other (the file saves the parameter with its module,
+    under another name); a moment of another shape failed at the first step with torch's
+    error."""
+    # unconstrained shapes: what the optimizer steps
+    shapes = {n: p.shape for n, p in pyro.get_param_store().named_parameters()}
+    shapes.update({n: v.shape for n, v in ckpt["param_store"]["params"].items()})
+    for name, entry in ckpt["optim"].items():
+        shape = shapes.get(name)
+        if shape is None:
+            continue
+        for state_dict in (entry["optimizer"],) if "scheduler" in entry else (entry,):
+            for state in state_dict["state"].values():
+                for key in PARAM_SHAPED:
+                    value = state.get(key)
+                    if torch.is_tensor(value) and value.shape != shape:
+                        raise CheckpointError(
+                            f"the optimizer's {key!r} of {name!r} has shape "
+                            f"{tuple(value.shape)}, its parameter {tuple(shape)}: the "
+                            "file was not written by this run; retrain into a fresh directory"
+                        )
 
 
 def _scheduler_state_types(optim: pyro.optim.PyroOptim, states: dict[str, Any]) -> None:

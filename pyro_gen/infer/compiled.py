@@ -100,6 +100,7 @@ from pyro_gen.infer.compiled_elbo import (
     _kl_messengers,
 )
 from pyro_gen.infer.compiled_fallback import PlainFallback
+from pyro_gen.infer.compiled_optim import OptimizerStateError
 from pyro_gen.infer.compiled_precision import check_precision
 from pyro_gen.infer.compiled_recording import _Program, _Unsupported
 from pyro_gen.infer.compiled_runner import ProgramRunner, _StaleConstants
@@ -419,6 +420,8 @@ class CompiledSVI(
         except _Unsupported as exc:
             self._fall_back(str(exc))
             return None
+        except OptimizerStateError:  # the user's optimizer state: not the model's to excuse
+            raise
         except Exception as exc:  # noqa: BLE001 - the user's run goes on as plain SVI
             # A defect of the model itself shows again, unchanged, in the plain step.
             msg = (str(exc) or type(exc).__name__).splitlines()[0]

@@ -19,6 +19,10 @@ from pyro_gen.infer.fused_adam_step import fused_adam_step
 _FUSED_ATTR = "_pyro_gen_fused"
 
 
+class OptimizerStateError(ValueError):
+    """Optimizer state given for a parameter it does not fit (a moment of another shape)."""
+
+
 class _FusedParamView:
     """Stands in Pyro's ``optim_objs`` for one parameter of the fused optimizer, so that
     ``PyroOptim.get_state()/set_state()`` (and so checkpoints) see per-parameter state in
@@ -57,9 +61,22 @@ class _FusedParamView:
         return {"state": {0: state} if state else {}, "param_groups": [{**hyper, "params": [0]}]}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Takes a per-parameter state as Pyro saves it (dtype and device converted).
+
+        Raises:
+            OptimizerStateError: for a moment of another shape than the parameter. The fused kernel,
+                called directly, does not check shapes: it would read past the moment's end.
+        """
         state = state_dict.get("state", {}).get(0)
         if state:
             p = self.param
+            for key, value in state.items():
+                if key != "step" and torch.is_tensor(value) and value.shape != p.shape:
+                    raise OptimizerStateError(
+                        f"optimizer state {key!r} of shape {tuple(value.shape)} given for a "
+                        f"parameter of shape {tuple(p.shape)}: it was saved for another "
+                        "parameter (a set_state or checkpoint of another model)"
+                    )
             self.optimizer_.state[p] = {
                 k: (v.to(p.device, torch.float32) if k == "step" else v.to(p.device, p.dtype))
                 if torch.is_tensor(v)

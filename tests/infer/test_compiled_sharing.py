@@ -204,3 +204,30 @@ def test_a_plain_step_with_fused_update_is_pyros_step_up_to_rounding(fused):
             torch.testing.assert_close(runs["plain"][k], v, rtol=RTOL, atol=1e-8)
         else:
             assert torch.equal(runs["plain"][k], v), k
+
+
+def test_optimizer_state_of_another_shape_is_refused_not_stepped():
+    """Adam moments of another shape set with ``set_state`` reached the fused kernel, which
+    torch calls without a shape check: the process crashed (a segmentation fault, found
+    resuming a crafted checkpoint). The state is now refused where it enters."""
+    import pyro.distributions as dist
+
+    from pyro_gen.infer import fit
+    from pyro_gen.infer.compiled_optim import OptimizerStateError
+
+    def model(x):
+        loc = pyro.param("loc", torch.zeros(3))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
+
+    pyro.clear_param_store()
+    x = torch.randn(8, 3)
+    optim = pyro.optim.Adam({"lr": 0.1})
+    fit(model, x, guide=lambda x: None, optim=optim, steps=2, batch_size=8, progress=False)
+    state = optim.get_state()
+    for key in ("exp_avg", "exp_avg_sq"):
+        state["loc"]["state"][0][key] = torch.zeros(7)
+    again = pyro.optim.Adam({"lr": 0.1})
+    again.set_state(state)
+    with pytest.raises(OptimizerStateError, match=r"'exp_avg' of shape \(7,\).*shape \(3,\)"):
+        fit(model, x, guide=lambda x: None, optim=again, steps=3, batch_size=8, progress=False)

@@ -597,6 +597,26 @@ def test_train_resume_refuses_checksummed_optimizer_state_it_cannot_step(
     assert_one_line_error(status, err, str(path), "unknown layout")
 
 
+def test_train_resume_refuses_moments_of_another_shape_than_their_parameter(
+    tmp_path: Path, capsys
+) -> None:
+    """Both Adam moments of a module's parameter replaced by tensors of one wrong shape:
+    reading compares them only with each other (the file saves the parameter with its
+    module, under another name), so this passed the read and failed at the first training
+    step with torch's error. The resume compares them with the live parameter before it
+    restores anything."""
+    run = trained_run(tmp_path)
+    path = run / "checkpoint.pt"
+    payload = _payload(path)
+    name = next(n for n in payload["optim"] if n not in payload["param_store"]["params"])
+    for key in ("exp_avg", "exp_avg_sq"):
+        payload = _replaced(payload, ("optim", name, "state", 0, key), torch.zeros(7), False)
+    write_payload(path, payload)
+    load_checkpoint(path)  # consistent with each other: the read takes them
+    status, err = _train_resume(capsys, run)
+    assert_one_line_error(status, err, name, "has shape (7,)", "fresh directory")
+
+
 # --- dataset caches -------------------------------------------------------------------
 
 IMAGES, LABELS = MNIST.files["test"]

@@ -12,7 +12,7 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from pyro_gen.data.batching import Transform, batch_calls, with_transform
+from pyro_gen.data.batching import TensorBatches, Transform, batch_calls, with_transform
 from pyro_gen.infer.evaluation_scorer import ParticleScorer
 from pyro_gen.infer.module_devices import modules_device
 from pyro_gen.infer.pair_declarations import declared_plate
@@ -63,8 +63,10 @@ def score_batches(
     # One run finds the modules a plain function closes over (to switch their mode); it
     # and its transformed batch leave the RNG where it was.
     rng = pyro.util.get_rng_state()
-    trace_once(pair, with_transform(calls.peek(), transform))
-    pyro.util.set_rng_state(rng)
+    try:
+        _first_trace(pair, calls, transform)
+    finally:
+        pyro.util.set_rng_state(rng)
     model_fn, guide_fn, modules = pair.model, pair.guide, list(pair.modules.values())
     chunks = range(0, num_particles, chunk)
     try:
@@ -101,6 +103,32 @@ def score_batches(
     if not results:
         raise ValueError("data yields no batches: there is nothing to evaluate")
     return results, scorer.has_shared
+
+
+def _first_trace(pair: Any, calls: Any, transform: Transform | None) -> None:
+    """Runs model and guide on the first batch. Where that fails on a slice of tensor data
+    that runs whole, the slicing is the cause: a guide with parameters for each example of
+    a local latent (Pyro's AutoNormal, AutoDelta, AutoMultivariateNormal ... built on the
+    full data) fits no slice of it, and Pyro's shape error says nothing of batch_size."""
+    try:
+        trace_once(pair, with_transform(calls.peek(), transform))
+    except Exception as error:
+        if not isinstance(calls, TensorBatches) or len(calls) == 1:
+            raise
+        n = calls.num_examples
+        whole = TensorBatches(calls.args, calls.kwargs, batch_size=n, shuffle=False)
+        try:
+            trace_once(pair, with_transform(whole.peek(), transform))
+        except Exception:
+            raise error from None
+        raise ValueError(
+            f"the model and guide fail on a batch of {calls.batch_size} of the {n} examples "
+            f"but run on all of them ({type(error).__name__}: {str(error).splitlines()[0]}): "
+            "the guide has parameters for each example of a local latent (a Pyro autoguide "
+            f"built on the whole data), so it takes no batch of them. Pass batch_size={n} "
+            "(or more), or have the model's data plate take the batch's indices "
+            "(pyro.plate(name, size, subsample=idx))"
+        ) from error
 
 
 def widen(t: torch.Tensor) -> torch.Tensor:

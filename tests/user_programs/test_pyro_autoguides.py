@@ -25,7 +25,7 @@ import pytest
 import torch
 from pyro import poutine
 from pyro.contrib.easyguide import easy_guide
-from pyro.distributions.transforms import iterated
+from pyro.distributions.transforms import ComposeTransformModule, iterated
 from pyro.infer import SVI, Predictive, Trace_ELBO
 from pyro.infer import autoguide as ag
 from pyro.poutine.util import site_is_subsample
@@ -89,6 +89,14 @@ def _flow(helper, **kw):
     return functools.partial(iterated, 2, helper, **kw)
 
 
+def _mixed_flow(dim: int) -> ComposeTransformModule:
+    # ActNorm initializes from its first input: on a resume, from the checkpoint instead
+    return ComposeTransformModule(
+        [T.ActNorm(dim), T.affine_coupling(dim, hidden_dims=(8,)), T.permute(dim),
+         T.affine_coupling(dim, hidden_dims=(8,))]
+    )  # fmt: skip
+
+
 def _easyguide(model):
     @easy_guide(model)
     def guide(self, *args):
@@ -123,9 +131,7 @@ GUIDES = {
     "flow:inverse_autoregressive": lambda m, n: ag.AutoNormalizingFlow(
         m, _flow(T.inverse_autoregressive, hidden_dims=[16])
     ),
-    "flow:affine_coupling": lambda m, n: ag.AutoNormalizingFlow(
-        m, _flow(T.affine_coupling, hidden_dims=(8,))
-    ),
+    "flow:ActNorm+permute+affine_coupling": lambda m, n: ag.AutoNormalizingFlow(m, _mixed_flow),
     "flow:spline_coupling": lambda m, n: ag.AutoNormalizingFlow(
         m, _flow(T.spline_coupling, hidden_dims=(8,))
     ),
@@ -173,6 +179,8 @@ def _build(guide_name: str, model_name: str, call_first: bool = True):
 
 
 def _fit(guide_name, model_name, steps, compile, call_first=True, **kw):
+    # the data as one batch per epoch, the batches SVI steps on: tensor data would be
+    # shuffled, drawing a permutation per epoch (fit's docstring)
     pyro.clear_param_store()
     model, data, guide = _build(guide_name, model_name, call_first)
     fit(model, [data], guide=guide, steps=steps, optim=pyro.optim.Adam({"lr": 0.02}),
@@ -334,3 +342,16 @@ def test_laplace_approximation_after_fit_is_evaluated():
     assert iwae >= elbo - 1e-5, (elbo, iwae)
     samples = Predictive(model, guide=laplace, num_samples=3)(*data)
     assert samples["w"].shape[:1] == (3,) and torch.isfinite(samples["w"]).all()
+
+
+@pytest.mark.parametrize("guide_name", ["AutoNormal", "AutoNormalMessenger", "easyguide"])
+@pytest.mark.parametrize("estimator", [evaluate_elbo, iwae_log_likelihood])
+def test_a_guide_with_a_parameter_per_example_is_not_evaluated_in_slices(guide_name, estimator):
+    """A latent per school guided by a parameter per school (not amortized) fits the four
+    schools it was trained on and no slice of them, as in Pyro: evaluating in batches of 3
+    is one error naming the batch size that works (Pyro's own is a shape error), and the
+    whole data set is scored."""
+    model, data, guide = _trained(guide_name, "hierarchy")
+    with pytest.raises(ValueError, match=r"batch of 3 of the 4 examples.*batch_size=4"):
+        estimator(model, data, guide=guide, batch_size=3)
+    assert torch.isfinite(torch.tensor(estimator(model, data, guide=guide, batch_size=4)))

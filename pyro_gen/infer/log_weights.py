@@ -16,6 +16,7 @@ the split.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -291,6 +292,8 @@ def _enumerated_log_weight(
         log_prob = site["packed"]["unscaled_log_prob"]
         if enum_dims.isdisjoint(log_prob._pyro_dims):
             continue
+        if enumerated(site) and site["infer"].get("num_samples") is not None:
+            log_prob = _sampled_enumeration_factor(log_prob, site["infer"]["num_samples"])
         ordinal = frozenset(
             model_trace.plate_to_symbol[f.name] for f in site["cond_indep_stack"] if f.vectorized
         )
@@ -317,6 +320,17 @@ def _enumerated_log_weight(
     )
     contracted = contract_to_tensor(tree, enum_dims, target_ordinal=target)
     return packed.unpack(contracted, model_trace.symbol_to_dim) * scale, covered
+
+
+def _sampled_enumeration_factor(log_prob: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """The factor of a site enumerated by ``num_samples`` draws from its own (conditional)
+    prior (``infer={"enumerate": "parallel", "num_samples": S}``, Tensor Monte Carlo), not
+    over its support: summing its density over the draws would weigh each by p(z_k) twice
+    (the estimate of log p(x) rose above log p(x)). As in ``TraceTMC_ELBO``, its density
+    cancels against the proposal's and each draw weighs 1/S."""
+    factor = torch.full_like(log_prob, -math.log(num_samples))
+    factor._pyro_dims = log_prob._pyro_dims
+    return factor
 
 
 def is_delta(fn: Any) -> bool:

@@ -50,8 +50,10 @@ def evaluate_elbo(
     the examples it draws, one draw per batch shared by all particles; pass it minibatches
     with ``subsample=`` indices to score every example.)
     Discrete model sites marked ``infer={"enumerate": "parallel"}`` that the guide does not
-    sample are summed out of each example, as ``TraceEnum_ELBO`` does; a latent the guide
-    lacks otherwise is drawn from the model, with a warning. ``loss`` is accepted so that
+    sample are summed out of each example, as ``TraceEnum_ELBO`` does (sites enumerated by
+    draws from their prior, ``"num_samples": S``, are averaged over the draws, as
+    ``TraceTMC_ELBO`` does); a latent the guide lacks otherwise is drawn from the model,
+    with a warning. ``loss`` is accepted so that
     :func:`~pyro_gen.infer.fit` can pass its objective: the estimate is always the plain
     ELBO (what a free-bits or IWAE objective bounds), the objective's ``num_particles`` is
     used when ``num_particles`` is 1, and with a ``TraceMeanField_ELBO`` the KL of each

@@ -243,7 +243,7 @@ def test_fit_without_compile_is_pyro_svi_auto_guide_and_global(name, kind):
 
 def _default_cases() -> list:
     """Each loss with vectorized particles; Trace_ELBO and TraceEnum_ELBO also with one
-    particle (a program of its own). JitTraceMeanField_ELBO is a reported defect."""
+    particle (a program of its own). JitTraceMeanField_ELBO's mismatch is reported."""
     cases = []
     for name in sorted(LOSSES):
         one_too = name in ("Trace_ELBO", "TraceEnum_ELBO")
@@ -251,8 +251,9 @@ def _default_cases() -> list:
             marks = []
             if name == "JitTraceMeanField_ELBO":
                 reason = (
-                    "defect (reported): the compiled step draws as TraceMeanField_ELBO does, "
-                    "not as Pyro's JitTraceMeanField_ELBO, so losses differ from step 2"
+                    "reported: Pyro 1.9's JitTraceMeanField_ELBO re-traces every step (it "
+                    "tests _loss_and_surrogate_loss but stores _differentiable_loss), drawing "
+                    "3 noise tensors a step; the compiled step draws one, as the loss means"
                 )
                 marks = [pytest.mark.xfail(strict=True, reason=reason)]
             cases.append(pytest.param(name, particles, marks=marks, id=f"{name}-{particles[0]}"))

@@ -119,8 +119,18 @@ def supports(loss: ELBO | None) -> bool:
     Example:
         >>> supports(pyro.infer.Trace_ELBO()), supports(pyro.infer.TraceGraph_ELBO())
         (True, False)
+        >>> supports(pyro.infer.JitTraceMeanField_ELBO())  # Pyro's draws: see the comment
+        False
     """
-    return loss is None or type(loss) in (*_TRACE_LOSSES, *_MEAN_FIELD_LOSSES, *_ENUM_LOSSES)
+    if loss is None:
+        return True
+    # Pyro 1.9's JitTraceMeanField_ELBO re-traces at every call (it tests the attribute
+    # ``_loss_and_surrogate_loss`` but stores ``_differentiable_loss``) and so draws its noise
+    # three times a step: the recorded step, which draws once, would not take Pyro's draws.
+    # Pyro's own step keeps them (and TraceMeanField_ELBO, the same estimate, compiles).
+    if type(loss) is pyro.infer.JitTraceMeanField_ELBO:
+        return False
+    return type(loss) in (*_TRACE_LOSSES, *_MEAN_FIELD_LOSSES, *_ENUM_LOSSES)
 
 
 class CompiledSVI(
@@ -139,8 +149,9 @@ class CompiledSVI(
         optim: a :class:`pyro.optim.PyroOptim`; default ``Adam({"lr": 1e-3})``.
             ``Adam``/``AdamW`` with a dict of arguments and no ``clip_args`` run as one
             fused torch optimizer; anything else steps through ``optim`` as SVI does.
-        loss: ``Trace_ELBO`` or ``TraceMeanField_ELBO`` (their Jit variants too); other
-            ELBOs fall back to plain Pyro.
+        loss: ``Trace_ELBO``, ``TraceMeanField_ELBO``, ``TraceEnum_ELBO``, ``JitTrace_ELBO``
+            or ``JitTraceEnum_ELBO``; other losses (``JitTraceMeanField_ELBO`` among them,
+            see :func:`supports`) fall back to plain Pyro.
         grad_clip: if given, the global gradient norm is clipped to it (inside the program)
             as :func:`torch.nn.utils.clip_grad_norm_` does.
         backend: ``"inductor"`` (torch.compile; CUDA graphs on CUDA), ``"jit"``

@@ -43,8 +43,8 @@ def _step_function(
             logger.log(
                 logging.WARNING if compile else logging.INFO,
                 "pyro_gen: %s is not supported by the compiled step (Trace_ELBO, "
-                "TraceMeanField_ELBO, TraceEnum_ELBO and their Jit variants are): training "
-                "with Pyro's own SVI step",
+                "TraceMeanField_ELBO, TraceEnum_ELBO, JitTrace_ELBO and JitTraceEnum_ELBO "
+                "are): training with Pyro's own SVI step",
                 type(loss).__name__,
             )
     else:

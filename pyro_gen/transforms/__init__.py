@@ -5,7 +5,8 @@ the inverse.
 
 Pyro's transform contract: every transform takes ``cache_size`` (its helper too) with
 Pyro's defaults (1 for autoregressive, coupling, permutation and ODE flows, so scoring a
-transform's own sample costs no inverse; 0 for the cheap ones) and implements
+transform's own sample costs no inverse, and for ``BatchNorm``, whose training-mode inverse
+its forward map does not undo; 0 for the cheap ones) and implements
 ``with_cache``, so ``ComposeTransformModule(..., cache_size=1)``,
 ``ConditionalComposeTransformModule`` and ``pyro.infer.reparam.UnitJacobianReparam`` take
 them; domains and codomains are where the map and its inverse are defined; modules pickle

@@ -187,7 +187,12 @@ class BatchNorm(FlowTransformModule):
         event_shape: ``D`` / ``(D,)`` or ``(C, H, W)``.
         momentum: running-average momentum.
         eps: variance floor :math:`\epsilon`.
-        cache_size: 0 (default, as Pyro's ``BatchNorm``) or 1.
+        cache_size: 1 (default) or 0. Unlike Pyro's ``BatchNorm`` (0) the pair from the
+            last call is kept: in training mode ``t(t.inv(y))`` is not ``y`` (the forward map
+            uses the running averages), and ``ComposeTransformModule``'s log-det recomputes
+            its intermediate values with forward calls, so without the cache a BatchNorm in
+            a ``ComposeTransformModule`` gave another density than the same list of
+            transforms (a different value, silently).
 
     References:
         Ioffe and Szegedy, Batch Normalization, arXiv:1502.03167.
@@ -208,7 +213,7 @@ class BatchNorm(FlowTransformModule):
         *,
         momentum: float = 0.1,
         eps: float = 1e-5,
-        cache_size: int = 0,
+        cache_size: int = 1,
     ) -> None:
         shape = as_event_shape(event_shape)
         super().__init__(shape, cache_size=cache_size)

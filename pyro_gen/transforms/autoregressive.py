@@ -34,6 +34,7 @@ from pyro_gen.transforms._base import (
     partial_module,
 )
 from pyro_gen.transforms.elementwise import Additive, Affine, ElementwiseBijection
+from pyro_gen.transforms.pyro_arguments import pyro_arguments
 
 
 def _elementwise(kind: str | ElementwiseBijection, log_scale_bound: float) -> ElementwiseBijection:
@@ -215,6 +216,7 @@ def _made(
     )
 
 
+@pyro_arguments
 def masked_autoregressive(
     input_dim: int,
     hidden_dims: Sequence[int] | None = None,
@@ -244,6 +246,7 @@ def masked_autoregressive(
     return MaskedAutoregressive(input_dim, made, h, cache_size=cache_size)
 
 
+@pyro_arguments
 def inverse_autoregressive(
     input_dim: int,
     hidden_dims: Sequence[int] | None = None,
@@ -264,6 +267,7 @@ def inverse_autoregressive(
     return InverseAutoregressive(input_dim, made, h, cache_size=cache_size)
 
 
+@pyro_arguments
 def conditional_masked_autoregressive(
     input_dim: int,
     context_dim: int,
@@ -288,6 +292,7 @@ def conditional_masked_autoregressive(
     return ConditionalMaskedAutoregressive(input_dim, made, h, cache_size=cache_size)
 
 
+@pyro_arguments
 def conditional_inverse_autoregressive(
     input_dim: int,
     context_dim: int,

@@ -21,6 +21,7 @@ from pyro_gen.transforms._base import (
 )
 from pyro_gen.transforms.elementwise import Additive, Affine, ElementwiseBijection
 from pyro_gen.transforms.masks import alternating_mask, channel_mask, checkerboard_mask, half_mask
+from pyro_gen.transforms.pyro_arguments import pyro_arguments
 
 Conditioner = Callable[..., torch.Tensor]
 
@@ -426,12 +427,13 @@ def coupling(
     return Coupling(m, net, elementwise, cache_size=cache_size)
 
 
+@pyro_arguments
 def additive_coupling(
     event_shape: int | Sequence[int],
+    hidden_dims: Sequence[int] = (256, 256),
     *,
     mask: str | torch.Tensor | None = None,
     parity: int = 0,
-    hidden_dims: Sequence[int] = (256, 256),
     hidden_channels: int = 64,
     num_blocks: int = 2,
     cache_size: int = 1,
@@ -447,12 +449,13 @@ def additive_coupling(
     return AdditiveCoupling(m, net, cache_size=cache_size)
 
 
+@pyro_arguments
 def affine_coupling(
     event_shape: int | Sequence[int],
+    hidden_dims: Sequence[int] = (256, 256),
     *,
     mask: str | torch.Tensor | None = None,
     parity: int = 0,
-    hidden_dims: Sequence[int] = (256, 256),
     hidden_channels: int = 64,
     num_blocks: int = 2,
     log_scale_bound: float = 3.0,
@@ -470,13 +473,14 @@ def affine_coupling(
     return AffineCoupling(m, net, log_scale_bound=log_scale_bound, cache_size=cache_size)
 
 
+@pyro_arguments
 def conditional_additive_coupling(
     event_shape: int | Sequence[int],
     context_dim: int,
+    hidden_dims: Sequence[int] = (256, 256),
     *,
     mask: str | torch.Tensor | None = None,
     parity: int = 0,
-    hidden_dims: Sequence[int] = (256, 256),
     hidden_channels: int = 64,
     num_blocks: int = 2,
     cache_size: int = 1,
@@ -493,13 +497,14 @@ def conditional_additive_coupling(
     return ConditionalAdditiveCoupling(m, net, cache_size=cache_size)
 
 
+@pyro_arguments
 def conditional_affine_coupling(
     event_shape: int | Sequence[int],
     context_dim: int,
+    hidden_dims: Sequence[int] = (256, 256),
     *,
     mask: str | torch.Tensor | None = None,
     parity: int = 0,
-    hidden_dims: Sequence[int] = (256, 256),
     hidden_channels: int = 64,
     num_blocks: int = 2,
     log_scale_bound: float = 3.0,

@@ -11,6 +11,16 @@ from __future__ import annotations
 import torch
 
 
+def _too_small(dim: int) -> str:
+    # a 1-D variable (Pyro's tutorial conditions x2 on x1 with one dim each) cannot be split;
+    # say what takes its place rather than only what is wrong
+    return (
+        f"a coupling mask needs dim >= 2 (one part is kept, the other transformed), got {dim}; "
+        f"for a 1-D variable use spline_autoregressive(1) or "
+        f"conditional_spline_autoregressive(1, context_dim), which have no split"
+    )
+
+
 def alternating_mask(dim: int, parity: int = 0) -> torch.Tensor:
     """Alternating (even/odd) mask for vectors, as in NICE.
 
@@ -26,7 +36,7 @@ def alternating_mask(dim: int, parity: int = 0) -> torch.Tensor:
         [1, 0, 1, 0, 1]
     """
     if dim < 2:
-        raise ValueError(f"a coupling mask needs dim >= 2, got {dim}")
+        raise ValueError(_too_small(dim))
     return torch.arange(dim) % 2 == parity % 2
 
 
@@ -48,7 +58,7 @@ def half_mask(dim: int, parity: int = 0) -> torch.Tensor:
         [1, 1, 1, 0, 0]
     """
     if dim < 2:
-        raise ValueError(f"a coupling mask needs dim >= 2, got {dim}")
+        raise ValueError(_too_small(dim))
     mask = torch.arange(dim) < (dim + 1) // 2
     return mask if parity % 2 == 0 else ~mask
 

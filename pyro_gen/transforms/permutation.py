@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from pyro_gen.transforms._base import FlowTransformModule
+from pyro_gen.transforms.pyro_arguments import pyro_arguments
 
 
 class Permute(FlowTransformModule):
@@ -75,21 +76,25 @@ def random_permutation(n: int, seed: int | None = None) -> torch.Tensor:
     return torch.randperm(n, generator=gen)
 
 
+@pyro_arguments
 def permute(
     event_shape: int | tuple[int, ...],
-    kind: str = "reverse",
+    kind: str | torch.Tensor = "reverse",
     seed: int | None = None,
     *,
     cache_size: int = 1,
 ) -> Permute:
-    """Builds a :class:`Permute`: ``kind="reverse"`` or ``"random"`` over the first event dim.
+    """Builds a :class:`Permute`: ``kind="reverse"`` or ``"random"`` over the first event dim,
+    or a given permutation tensor (Pyro's ``permute(input_dim, permutation)``).
 
     Example:
         >>> permute((3, 2, 2)).permutation.tolist()
         [2, 1, 0]
     """
     shape = (event_shape,) if isinstance(event_shape, int) else tuple(event_shape)
-    if kind == "reverse":
+    if isinstance(kind, torch.Tensor):
+        perm = kind
+    elif kind == "reverse":
         perm = reverse_permutation(shape[0])
     elif kind == "random":
         perm = random_permutation(shape[0], seed)

@@ -31,6 +31,7 @@ from pyro_gen.transforms.coupling import (
     make_mask,
 )
 from pyro_gen.transforms.elementwise import ElementwiseBijection
+from pyro_gen.transforms.pyro_arguments import pyro_arguments
 
 __all__ = [
     "RationalQuadratic",
@@ -233,6 +234,7 @@ def check_spline_bound(
 # --------------------------------------------------------------------------- helpers
 
 
+@pyro_arguments
 def spline_coupling(
     event_shape: int | Sequence[int],
     *,
@@ -261,6 +263,7 @@ def spline_coupling(
     return Coupling(m, net, h, cache_size=cache_size)
 
 
+@pyro_arguments
 def conditional_spline_coupling(
     event_shape: int | Sequence[int],
     context_dim: int,
@@ -291,6 +294,7 @@ def conditional_spline_coupling(
     return ConditionalCoupling(m, net, h, cache_size=cache_size)
 
 
+@pyro_arguments
 def spline_autoregressive(
     input_dim: int,
     hidden_dims: Sequence[int] | None = None,
@@ -327,6 +331,7 @@ def spline_autoregressive(
     return cls(input_dim, made, h, cache_size=cache_size)
 
 
+@pyro_arguments
 def conditional_spline_autoregressive(
     input_dim: int,
     context_dim: int,

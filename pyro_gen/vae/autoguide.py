@@ -291,6 +291,8 @@ class AutoAmortizedNormal(AutoGuide):
 
     def _setup_prototype(self, *args: Any, **kwargs: Any) -> None:
         init = None if self.init_loc_fn is None else CheckedInit(self.init_loc_fn)
+        if init is not None and self.master is not None:
+            self._check_plates_seen(args, kwargs)
         trace, random_plates, enumerated, subsamples = trace_latents(self.model, args, kwargs, init)
         check_latent_sites(trace)
         self.prototype_trace = trace
@@ -346,6 +348,22 @@ class AutoAmortizedNormal(AutoGuide):
             # reading of the prototype's plates would not know
             options = {} if init is None else {"init_loc_fn": CheckedInit(self.init_loc_fn)}
             self.global_guide = AutoNormal(poutine.block(self.model, hide=hidden), **options)
+
+    def _check_plates_seen(self, args: tuple, kwargs: dict) -> None:
+        """Init values are placed by the examples a plate drew (see Initialization), which
+        a part's model blocked with ``expose=`` hides (the plate's indices are a site too);
+        without them a value per example would be refused as the wrong shape, or a common
+        one fail, so this says what to change."""
+        hidden = random_plates_of(self.master().model, args, kwargs) - random_plates_of(
+            self.model, args, kwargs
+        )
+        if hidden:
+            raise ValueError(
+                f"init_loc_fn: this AutoGuideList part's model hides the indices plate(s) "
+                f"{sorted(hidden)} draw (poutine.block(model, expose=[...]) blocks them as "
+                "sites too), so the init values cannot be placed on their examples: block "
+                "the other parts' sites with poutine.block(model, hide=[...]) instead"
+            )
 
     def _check_prototype(self, part_trace: Any) -> None:
         # the global AutoNormal reports its prototype to its master, as in an AutoGuideList

@@ -355,3 +355,28 @@ def test_a_guide_with_a_parameter_per_example_is_not_evaluated_in_slices(guide_n
     with pytest.raises(ValueError, match=r"batch of 3 of the 4 examples.*batch_size=4"):
         estimator(model, data, guide=guide, batch_size=3)
     assert torch.isfinite(torch.tensor(estimator(model, data, guide=guide, batch_size=4)))
+
+
+@pytest.mark.parametrize("block", ["expose", "hide"])
+def test_an_amortized_list_part_starts_at_its_init_values(block):
+    """In the list, AutoAmortizedNormal places init values by the examples the plate drew.
+    Blocked with ``expose=`` its model hides those indices: one error saying to block with
+    ``hide=``; so blocked, every example starts at z's prior mean, common to them (loc,
+    hidden from the part, is a prior draw there, as in Pyro's blocked autoguides), where
+    the encoder's random weights would spread them."""
+    model, data = MODELS["subsampled"]
+    guide = ag.AutoGuideList(model)
+    part = poutine.block(
+        model, **({"expose": ["z"]} if block == "expose" else {"hide": ["loc", "scale"]})
+    )
+    guide.append(AutoAmortizedNormal(part, hidden_dims=(8,), init_loc_fn=ag.init_to_mean))
+    guide.append(ag.AutoNormal(poutine.block(model, hide=["z"]), init_loc_fn=ag.init_to_mean))
+    if block == "expose":
+        with pytest.raises(ValueError, match=r"hides the indices.*hide=\[\.\.\.\]"):
+            guide(*data)
+        return
+    guide(*data)
+    z = guide.median(*data)["z"]
+    assert z.shape == POINTS.shape
+    torch.testing.assert_close(z, z[:1].expand_as(z), atol=1e-5, rtol=0)
+    assert z.abs().sum() > 0

@@ -74,16 +74,24 @@ FLOWS = {
 def _train(transforms: list, seed: int, steps: int, lr: float = 1e-2) -> float:
     """The tutorial's loop; returns the held-out mean log-density."""
     flow = dist.TransformedDistribution(_base(), transforms)
-    optimizer = torch.optim.Adam(_modules(transforms).parameters(), lr=lr)
-    x = _data(128, seed)
+    _tutorial_loop(flow, _modules(transforms).parameters(), _data(128, seed), steps, lr)
+    with torch.no_grad():
+        return flow.log_prob(_data(512, 1000 + seed)).mean().item()
+
+
+def _tutorial_loop(flow, parameters, x: torch.Tensor, steps: int, lr: float) -> list[float]:
+    """Pyro's tutorial: Adam on -log_prob(x).mean(), clear_cache() after each step; the
+    losses."""
+    optimizer = torch.optim.Adam(parameters, lr=lr)
+    losses = []
     for _ in range(steps):
         optimizer.zero_grad()
         loss = -flow.log_prob(x).mean()
         loss.backward()
         optimizer.step()
         flow.clear_cache()
-    with torch.no_grad():
-        return flow.log_prob(_data(512, 1000 + seed)).mean().item()
+        losses.append(loss.item())
+    return losses
 
 
 @pytest.mark.parametrize("name", list(FLOWS))
@@ -210,17 +218,8 @@ def _losses(kind: str, compose: bool, steps: int = 4) -> list[float]:
         _perturb(t, 0.1)
     modules = PT.ComposeTransformModule(layers) if compose else torch.nn.ModuleList(layers)
     flow = dist.TransformedDistribution(_base(), [modules] if compose else layers)
-    optimizer = torch.optim.Adam(modules.parameters(), lr=1e-2)
     x = _data(64, 0) * torch.tensor([2.0, 0.5]) + 1.0
-    losses = []
-    for _ in range(steps):
-        optimizer.zero_grad()
-        loss = -flow.log_prob(x).mean()
-        loss.backward()
-        optimizer.step()
-        flow.clear_cache()
-        losses.append(loss.item())
-    return losses
+    return _tutorial_loop(flow, modules.parameters(), x, steps, lr=1e-2)
 
 
 @pytest.mark.parametrize("kind", ["actnorm", "batchnorm", "spline", "autoregressive"])

@@ -33,6 +33,11 @@ from pyro.poutine.util import site_is_subsample
 import pyro_gen.transforms as T
 from pyro_gen.infer import evaluate_elbo, fit, iwae_log_likelihood
 from pyro_gen.vae import AutoAmortizedNormal
+from tests.user_programs.test_user_programs import (
+    _store,
+    assert_same_store,
+    resumed_and_straight,
+)
 
 # ---------------------------------------------------------------------------------------
 # models
@@ -154,19 +159,6 @@ AFTER_FIT = [(g, m) for g, m in CASES if m != "hierarchy"]
 POINT_MASS = {"AutoDelta", "AutoLaplaceApproximation"}
 
 
-def _store() -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
-
-
-def _assert_same(got: dict, expected: dict, exact: bool) -> None:
-    assert sorted(got) == sorted(expected)
-    for name, value in expected.items():
-        if exact:
-            assert torch.equal(got[name], value), (name, (got[name] - value).abs().max())
-        else:
-            torch.testing.assert_close(got[name], value, rtol=1e-4, atol=1e-5, msg=name)
-
-
 def _build(guide_name: str, model_name: str, call_first: bool = True):
     """A fresh guide; called once on the data when ``call_first`` (as one does to inspect
     an autoguide), so that its parameters exist before the first step: fit's own warm-up
@@ -210,7 +202,7 @@ def test_plain_fit_takes_pyros_svi_steps(guide_name, model_name):
     expected = _store()
     pyro.set_rng_seed(0)
     _fit(guide_name, model_name, 4, False)
-    _assert_same(_store(), expected, exact=True)
+    assert_same_store(_store(), expected, exact=True)
 
 
 # the compiled step records each guide's program once (3-5 s each): a spread of kinds
@@ -231,7 +223,7 @@ def test_default_fit_agrees_with_pyros_svi_or_says_it_fell_back(guide_name, mode
         _fit(guide_name, model_name, 4, None)
     fallbacks = [r.getMessage() for r in caplog.records if "plain Pyro SVI" in r.getMessage()]
     assert len(fallbacks) <= 1, fallbacks
-    _assert_same(_store(), expected, exact=bool(fallbacks))
+    assert_same_store(_store(), expected, exact=bool(fallbacks))
 
 
 # ---------------------------------------------------------------------------------------
@@ -247,12 +239,7 @@ def _resumed_and_straight(guide_name, model_name, tmp_path, compile, steps=6, st
         _fit(guide_name, model_name, n, compile, call_first=False, checkpoint_dir=directory)
         return _store()
 
-    pyro.set_rng_seed(0)
-    straight = run(tmp_path / "straight", steps)
-    pyro.set_rng_seed(0)
-    run(tmp_path / "resumed", stop)
-    pyro.set_rng_seed(123)
-    return run(tmp_path / "resumed", steps), straight
+    return resumed_and_straight(run, tmp_path, steps, stop)
 
 
 @pytest.mark.parametrize("guide_name", list(GUIDES))
@@ -260,13 +247,13 @@ def test_a_run_resumes_exactly_in_a_fresh_guide(guide_name, tmp_path):
     """On the subsampled model, the hardest case: the resumed run must also draw the
     subsample indices the straight run drew."""
     resumed, straight = _resumed_and_straight(guide_name, "subsampled", tmp_path, False)
-    _assert_same(resumed, straight, exact=True)
+    assert_same_store(resumed, straight, exact=True)
 
 
 def test_a_compiled_run_resumes_exactly_in_a_fresh_guide(tmp_path):
     """The default step, on a guide whose parameters appear on its first call."""
     resumed, straight = _resumed_and_straight("AutoNormal", "regression", tmp_path, None, 4, 2)
-    _assert_same(resumed, straight, exact=True)
+    assert_same_store(resumed, straight, exact=True)
 
 
 # ---------------------------------------------------------------------------------------

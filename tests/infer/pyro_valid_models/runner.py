@@ -17,6 +17,7 @@ from pyro.infer import SVI
 
 from pyro_gen.infer import changes_only_tensors, fit
 from pyro_gen.infer.compiled import CompiledSVI
+from pyro_gen.infer.loss_value import subsampled_size
 
 from .case import COMPILED, PLAIN_UNSAID, SEED, Autoguide, Case
 
@@ -93,16 +94,22 @@ def _fit_run(case: Case) -> tuple[list[dict[str, torch.Tensor]], list[dict[str, 
 
 def _epoch_losses(case: Case, losses: list[float]) -> list[float]:
     """The train_loss records fit writes for these step losses: per epoch (100 steps when
-    there is no data, else one pass over the batches), the loss per example."""
+    there is no data, else one pass over the batches), the loss per example. Where the
+    data plate subsamples, a step's loss is Pyro's estimate for the plate's N examples, so
+    it counts for N, not for the batch's."""
     per_epoch = 100 if case.batches is None else len(case.batches)
     steps = case.steps
     sizes = [
         _size(case.batches[s % len(case.batches)]) if case.batches else 1 for s in range(steps)
     ]
+    args, kwargs = _step_args(case.batches[0]) if case.batches else ((), {})
+    with pyro.poutine.block():
+        represented = subsampled_size(pyro.poutine.trace(case.model).get_trace(*args, **kwargs))
+    shares = [loss * size / (represented or size) for loss, size in zip(losses, sizes)]
     out = []
     for start in range(0, steps, per_epoch):
         stop = min(start + per_epoch, steps)
-        out.append(math.fsum(losses[start:stop]) / sum(sizes[start:stop]))
+        out.append(math.fsum(shares[start:stop]) / sum(sizes[start:stop]))
     return out
 
 

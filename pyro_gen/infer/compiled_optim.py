@@ -12,6 +12,7 @@ import pyro
 import pyro.optim
 import torch
 
+from pyro_gen.infer.checkpoint_read import PARAM_SHAPED
 from pyro_gen.infer.fused_adam_step import fused_adam_step
 
 # Where the fused optimizer lives on the Pyro optimizer it stands for: every CompiledSVI
@@ -20,7 +21,18 @@ _FUSED_ATTR = "_pyro_gen_fused"
 
 
 class OptimizerStateError(ValueError):
-    """Optimizer state given for a parameter it does not fit (a moment of another shape)."""
+    """Optimizer state given for a parameter it does not fit (a moment of another shape).
+
+    Example:
+        >>> w = torch.zeros(3, requires_grad=True)
+        >>> fused = fuse(pyro.optim.Adam({"lr": 0.1}), [w])
+        >>> state = {"state": {0: {"exp_avg": torch.zeros(7)}}}
+        >>> try:
+        ...     _FusedParamView(fused, w).load_state_dict(state)
+        ... except OptimizerStateError as e:
+        ...     print(str(e)[:68])
+        optimizer state 'exp_avg' of shape (7,) given for a parameter of sha
+    """
 
 
 class _FusedParamView:
@@ -71,7 +83,7 @@ class _FusedParamView:
         if state:
             p = self.param
             for key, value in state.items():
-                if key != "step" and torch.is_tensor(value) and value.shape != p.shape:
+                if key in PARAM_SHAPED and torch.is_tensor(value) and value.shape != p.shape:
                     raise OptimizerStateError(
                         f"optimizer state {key!r} of shape {tuple(value.shape)} given for a "
                         f"parameter of shape {tuple(p.shape)}: it was saved for another "

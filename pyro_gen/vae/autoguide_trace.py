@@ -87,7 +87,18 @@ def random_plates_of(model: Callable[..., Any], args: tuple, kwargs: dict) -> se
     ``model``: an AutoGuideList draws those for its parts (Pyro's
     ``AutoGuide._create_plates``), whose blocked models (``poutine.block(model,
     expose=[...])``) hide the indices from them. The run leaves the RNG as it found it,
-    and its trace is not recorded by an enclosing one."""
+    and its trace is not recorded by an enclosing one.
+
+    Example:
+        >>> import pyro.distributions as dist
+        >>> def model():
+        ...     with pyro.plate("data", 100, subsample_size=10):
+        ...         pyro.sample("x", dist.Normal(0.0, 1.0))
+        ...     with pyro.plate("all", 5):
+        ...         pyro.sample("y", dist.Normal(0.0, 1.0))
+        >>> random_plates_of(model, (), {})
+        {'data'}
+    """
     state = pyro.util.get_rng_state()
     try:
         trace = poutine.block(poutine.trace(model).get_trace)(*args, **kwargs)

@@ -50,6 +50,7 @@ from pyro_gen.infer.checkpoint import (
 )
 from pyro_gen.runs import RunError
 from tests.reliability.run_fixtures import assert_one_line_error, cli, trained_run
+from tests.reliability.test_data_caches import _fake_module
 
 SEED = 11  # the issue's number: change it to explore, keep it to reproduce
 # Per mutation: a reader that takes longer is taken as hung (a load here takes < 0.1 s).
@@ -707,15 +708,6 @@ def test_read_idx_of_every_dtype(tmp_path: Path) -> None:
     escapes.check(at_least_refused=100)
 
 
-def _fake_package(monkeypatch: pytest.MonkeyPatch, module: str, location: Path) -> None:
-    spec = importlib.machinery.ModuleSpec(module, None, is_package=True)
-    spec.submodule_search_locations = [str(location)]
-    real = importlib.util.find_spec
-    monkeypatch.setattr(
-        "importlib.util.find_spec", lambda name, *a: spec if name == module else real(name, *a)
-    )
-
-
 @pytest.mark.filterwarnings("ignore:loadtxt")  # an empty file: refused, after numpy's warning
 def test_digits_csv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """scikit-learn's gzipped CSV, damaged in its deflate stream or its text. A damaged
@@ -735,7 +727,7 @@ def test_digits_csv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ]
     digits._all_digits.cache_clear()
     expected = load("digits", "test")  # from the real file
-    _fake_package(monkeypatch, "sklearn", tmp_path / "sklearn")
+    _fake_module(monkeypatch, "sklearn", tmp_path / "sklearn")
 
     def same() -> bool:  # scikit-learn's SHA-256 of the values passed: they are the original
         x, y = load("digits", "test")

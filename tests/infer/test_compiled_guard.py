@@ -124,6 +124,26 @@ def test_the_flag_read_on_the_cpu_is_kept_and_cleared_once_read_raised(backend):
     assert not torch.equal(pyro.param("poisonable$$$loc"), before)
 
 
+def test_the_traced_program_holds_the_check_inline():
+    """TorchScript records the guard's check as a call into a scripted function; the CPU runs
+    traced programs unoptimized, which would run it as a call (a frame and an argument list
+    a step), so the traced graph is inlined: the check is an op of the program itself."""
+    gen = Poisonable("grad")
+    svi = CompiledSVI(gen.model, gen.guide, pyro.optim.Adam({"lr": 0.1}), backend="jit")
+    x = torch.randn(8, 2)
+    for _ in range(3):
+        assert torch.isfinite(svi.step(x))
+    (prog,) = svi._programs.values()
+    graph = getattr(prog.fn, "traced", prog.fn).graph
+    kinds = [n.kind() for n in graph.nodes()]
+    assert "prim::CallFunction" not in kinds
+    assert "aten::_amp_foreach_non_finite_check_and_unscale_" in kinds
+    gen.poison.fill_(math.inf)  # and the inlined check still skips a poisoned step
+    before = pyro.param("poisonable$$$loc").detach().clone()
+    assert not torch.isfinite(svi.step(x))
+    assert torch.equal(pyro.param("poisonable$$$loc"), before)
+
+
 def test_guard_off_lets_a_non_finite_gradient_through():
     """What the guard prevents: without it, one NaN gradient makes the parameters NaN."""
     gen = Poisonable("grad")

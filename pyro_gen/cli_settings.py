@@ -18,8 +18,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from pyro_gen.cli_models import DEFAULT_TOY_SAMPLES, MODELS, PIXEL_LEVELS, ModelSpec
 from pyro_gen.cli_spec import NUM_CLASSES, UsageError
+from pyro_gen.infer.usable_device import device_problem
 
 # Training settings of every model. None of them changes the model's architecture, so a
 # resume may change them with --override.
@@ -240,3 +243,15 @@ def resumed_config(
             {name: {"from": a, "to": b} for name, a, b in changed}
         )
     return config
+
+
+def device_option(name: str) -> torch.device:
+    """The torch device ``--device NAME`` names, or one line saying why it cannot be used."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown --device {name!r}: use cpu, cuda or cuda:N") from None
+    problem = device_problem(device)
+    if problem is not None:
+        raise UsageError(f"--device {name}: {problem}")
+    return device

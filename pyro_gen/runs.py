@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pyro_gen.infer.checkpoint import CHECKPOINT_NAME, CheckpointError
+from pyro_gen.infer.checkpoint import CHECKPOINT_NAME, METRICS_NAME, CheckpointError
 from pyro_gen.infer.files import atomic_write_bytes
 
 CONFIG_NAME = "config.json"
@@ -118,3 +118,12 @@ def probe_writable(directory: str | Path, what: str) -> None:
         ) from e
     os.close(fd)
     os.unlink(tmp)
+
+
+def recorded_epochs(run: str | Path) -> int:
+    """The epochs a run's metrics.jsonl records as finished (0 without one)."""
+    try:
+        lines = (Path(run) / METRICS_NAME).read_text().splitlines()
+        return sum(1 for line in lines if line.strip() and not json.loads(line).get("partial"))
+    except (OSError, ValueError, AttributeError):  # no records, or not ours: train anew
+        return 0

@@ -36,7 +36,6 @@ import pytest
 import torch
 
 import pyro_gen
-from pyro_gen.cli import _recorded_epochs
 from pyro_gen.data import DatasetError, digits, load
 from pyro_gen.data.errors import CorruptCacheError
 from pyro_gen.data.idx import read_idx, write_idx
@@ -48,7 +47,7 @@ from pyro_gen.infer.checkpoint import (
     load_checkpoint,
     write_payload,
 )
-from pyro_gen.runs import RunError
+from pyro_gen.runs import RunError, recorded_epochs
 from tests.reliability.run_fixtures import assert_one_line_error, cli, trained_run
 from tests.reliability.test_data_caches import _fake_module
 
@@ -425,7 +424,7 @@ def test_metrics_jsonl(tmp_path: Path) -> None:
     escapes = Escapes()
     for label, mutated in cases:
         path.write_bytes(mutated)
-        escapes.run(label, lambda: _recorded_epochs(run), (), None, lambda: True)
+        escapes.run(label, lambda: recorded_epochs(run), (), None, lambda: True)
     assert not escapes.found, escapes.found[:10]
 
 
@@ -440,7 +439,7 @@ def test_empty_file_or_directory_in_its_place(tmp_path: Path, name: str, kind: s
     else:
         (path / "inside").mkdir(parents=True)
     if name == "metrics.jsonl":
-        assert _recorded_epochs(run) == 0
+        assert recorded_epochs(run) == 0
         return
     error = CheckpointError if name == "checkpoint.pt" else RunError
     with pytest.raises(error) as info:

@@ -154,7 +154,12 @@ class ParticleScorer:
         """Finds the data plate and the nesting depth from a draw without particles."""
         guide_trace, model_trace = self._traces(call, None, None)
         self.plate = find_data_plate(model_trace, self.plate_name)
-        check_site_densities(guide_trace, model_trace, self.importance)
+
+        def rerun(replayed: Trace) -> Trace:
+            guide = poutine.replay(self.guide, trace=replayed)
+            return poutine.trace(guide).get_trace(*call.args, **call.kwargs)
+
+        check_site_densities(guide_trace, model_trace, self.importance, rerun)
         problem = scaled_site(self.plate, model_trace, guide_trace) if self.importance else None
         if problem is not None:
             raise ValueError(

@@ -19,6 +19,8 @@ class Permute(FlowTransformModule):
         permutation: a permutation of ``range(event_shape[0])``.
         event_shape: ``D`` / ``(D,)`` or ``(C, H, W)``; defaults to ``(len(permutation),)``.
         cache_size: 1 (default, as Pyro's ``Permute``) or 0.
+        dim: Pyro's spelling of which dim is permuted, accepted where it names the first
+            event dim: ``-1`` for a vector, ``-3`` with ``event_shape=(C, H, W)``.
 
     Example:
         >>> t = Permute(torch.tensor([2, 0, 1]))
@@ -32,10 +34,20 @@ class Permute(FlowTransformModule):
         event_shape: int | tuple[int, ...] | None = None,
         *,
         cache_size: int = 1,
+        dim: int | None = None,
     ) -> None:
         permutation = torch.as_tensor(permutation, dtype=torch.long)
         n = permutation.numel()
         super().__init__((n,) if event_shape is None else event_shape, cache_size=cache_size)
+        if dim is not None and dim != -len(self.event_shape):
+            # Pyro's Permute(perm, dim=d) permutes dim d of an event of -d dims; here the
+            # event shape says which dims form the event, and the first of them is permuted.
+            raise ValueError(
+                f"Permute(dim={dim}) with event_shape {self.event_shape}: pyro_gen permutes the "
+                f"first event dim, which is dim {-len(self.event_shape)} here; pass the event "
+                f"shape whose first dim is the one to permute (e.g. event_shape=(C, H, W) for "
+                f"Pyro's dim=-3 on images) and dim={-len(self.event_shape)} or no dim"
+            )
         if self.event_shape[0] != n or not torch.equal(
             permutation.cpu().sort().values, torch.arange(n)
         ):

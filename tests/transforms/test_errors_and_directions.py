@@ -70,6 +70,21 @@ def test_bad_masks_and_permutations() -> None:
         T.affine_coupling(4, mask="checkerboard")
 
 
+def test_permute_takes_pyros_dim_where_it_names_the_first_event_dim() -> None:
+    """Pyro's ``Permute(perm, dim=d)`` permutes dim ``d`` of a ``-d``-dim event: the same map
+    as ours with that event shape; a dim that is not the event's first is refused, saying
+    which event shape to pass."""
+    import pyro.distributions.transforms as PT
+
+    perm = torch.tensor([1, 2, 0])
+    x, images = torch.randn(4, 3), torch.randn(2, 3, 4, 5)
+    assert torch.equal(T.Permute(perm, dim=-1)(x), PT.Permute(perm, dim=-1)(x))
+    ours = T.Permute(perm, (3, 4, 5), dim=-3)
+    assert torch.equal(ours(images), PT.Permute(perm, dim=-3)(images))
+    with pytest.raises(ValueError, match=r"event_shape=\(C, H, W\)"):
+        T.Permute(perm, dim=-3)  # a vector event: dim -3 is not its first event dim
+
+
 class _Counting(torch.nn.Module):
     def __init__(self, net: torch.nn.Module) -> None:
         super().__init__()

@@ -481,3 +481,144 @@ def test_point_mass_beside_auxiliary_draws_in_a_guide_list():
         iwae_log_likelihood(global_model, (x, idx), guide=guide, num_samples=8)
     with pytest.warns(UserWarning, match=r"guide sites \['w'\] are point masses"):
         evaluate_elbo(global_model, (x, idx), guide=guide)
+
+
+# ---------------------------------------------------------------------------------------
+# Annealing with guides the user cannot put poutine.scale inside, and with callable losses.
+
+
+def _scaled_global_model(x: torch.Tensor, idx: torch.Tensor, beta: float) -> None:
+    """global_model with the tutorial's scale on every latent site."""
+    with poutine.scale(scale=beta):
+        w = pyro.sample("w", dist.Normal(torch.zeros(X_DIM), W_PRIOR).to_event(1))
+    with pyro.plate("data", N, subsample=idx):
+        with poutine.scale(scale=beta):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([X_DIM]).to_event(1))
+        pyro.sample("x", dist.Normal(w + z, 1.0).to_event(1), obs=x)
+
+
+def _global_guide(kind: str) -> Callable:
+    if kind == "AutoMultivariateNormal":
+        from pyro.infer.autoguide import AutoMultivariateNormal
+
+        guide = AutoMultivariateNormal(global_model)
+        guide(*_easy_batches()[0])
+        return guide
+    return _easy(kind)[1]
+
+
+@pytest.mark.parametrize("kind", ["AutoMultivariateNormal", "groups", "map"])
+def test_annealing_option_with_auxiliary_guides_is_the_whole_guide_scaled(kind):
+    """A guide with auxiliary draws (an autoguide, an easyguide's groups) or a MAP point is
+    annealed the tutorial's way by scaling the whole guide, ``poutine.scale(guide, beta)``,
+    and the model's latents: fit(annealing=beta) takes those steps bit for bit."""
+    batches = _easy_batches()
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    guide = _global_guide(kind)
+    pyro.set_rng_seed(1)
+
+    def scaled_guide(x: torch.Tensor, idx: torch.Tensor, beta: float) -> None:
+        poutine.scale(guide, scale=beta)(x, idx)
+
+    svi = SVI(_scaled_global_model, scaled_guide, pyro.optim.Adam({"lr": 0.02}), Trace_ELBO())
+    for t, b in enumerate(batches * 2):
+        svi.step(*b, SCHEDULE(t))
+    expected = _store()
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    guide = _global_guide(kind)
+    pyro.set_rng_seed(1)
+    optim = pyro.optim.Adam({"lr": 0.02})
+    fit(
+        global_model,
+        batches,
+        guide=guide,
+        optim=optim,
+        epochs=2,
+        annealing=SCHEDULE,
+        compile=False,
+        progress=False,
+    )
+    store = _store()
+    assert sorted(store) == sorted(expected)
+    for k in expected:
+        assert torch.equal(store[k], expected[k]), k
+
+
+@pytest.mark.parametrize("compile", [False, None], ids=["compile=False", "default"])
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_annealing_option_with_a_callable_loss(name, compile):
+    """fit(annealing=beta, loss=callable) is SVI with that callable on the tutorial's scaled
+    model and guide; train_loss is SVI's (annealed) loss per example."""
+    got, svi, store, expected = _svi_then_fit(
+        lambda: _vae_program("flow"),
+        _annealing_batches(),
+        LOSSES[name],
+        compile,
+        svi_kwargs=[{"annealing_factor": SCHEDULE(t)} for t in range(6)],
+        annealing=SCHEDULE,
+    )
+    _assert_same(got, svi, store, expected, exact=compile is False)
+
+
+# ---------------------------------------------------------------------------------------
+# Defects in lead-owned files, kept as strict xfails with the expected behaviour.
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="fit_step: a callable loss with compile=True trains with Pyro's step silently",
+)
+def test_compile_true_with_a_callable_loss_says_it_is_not_compiled(caplog):
+    """compile=True asks for the compiled step; a loss it cannot compile (here a callable)
+    should say so in one log line, as TraceGraph_ELBO does, not train uncompiled silently."""
+    pyro.clear_param_store()
+    with caplog.at_level(logging.INFO, logger="pyro_gen"):
+        fit(
+            nn_model,
+            _data(),
+            guide=exact_guide,
+            loss=simple_elbo,
+            steps=1,
+            compile=True,
+            progress=False,
+        )
+    said = [r.getMessage() for r in caplog.records if "not supported" in r.getMessage()]
+    assert len(said) == 1 and "simple_elbo" in said[0], said
+
+
+NE = 600  # held-out examples: more than fit's evaluation batch of 256
+
+
+def _observed_only(x: torch.Tensor, idx: torch.Tensor) -> None:
+    """No latent: any ELBO is log p(x) = sum_i log N(x_i; mu, 1), scaled by N/B."""
+    mu = pyro.param("mu", torch.zeros(()))
+    with pyro.plate("data", NE, subsample=idx):
+        pyro.sample("obs", dist.Normal(mu, 1.0), obs=x)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="fit_held_out._evaluate_loss divides N/B-scaled batch losses by B: x batches",
+)
+def test_held_out_loss_per_example_with_a_subsampled_plate():
+    """test_loss of a callable loss is per example, as train_loss is, when the data plate
+    subsamples: -mean log N(x; mu, 1) at mu = 0 (SGD with lr 0 leaves mu there)."""
+    x = torch.randn(NE, generator=torch.Generator().manual_seed(0))
+    data = (x, torch.arange(NE))
+    truth = float(-dist.Normal(0.0, 1.0).log_prob(x).mean())
+    pyro.clear_param_store()
+    result = fit(
+        _observed_only,
+        data,
+        guide=lambda x, idx: None,
+        loss=simple_elbo,
+        steps=1,
+        batch_size=100,
+        optim=pyro.optim.SGD({"lr": 0.0}),
+        eval_data=data,
+        compile=False,
+        progress=False,
+    )
+    assert result.history[0]["test_loss"] == pytest.approx(truth, rel=1e-5)

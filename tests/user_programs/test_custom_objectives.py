@@ -257,7 +257,7 @@ def test_exact_guide_steps_are_closed_form_gradient_steps(name, compile):
 
 
 def _fitted_exact_pair(compile: bool | None) -> torch.Tensor:
-    """mu after 30 Adam epochs of fit with the tutorial's simple_elbo, left in the store."""
+    """mu after 10 Adam epochs of fit with the tutorial's simple_elbo, left in the store."""
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     fit(
@@ -266,7 +266,7 @@ def _fitted_exact_pair(compile: bool | None) -> torch.Tensor:
         guide=exact_guide,
         loss=simple_elbo,
         optim=pyro.optim.Adam({"lr": 0.1}),
-        epochs=30,
+        epochs=10,
         batch_size=B,
         compile=compile,
         progress=False,
@@ -325,8 +325,13 @@ def _annealing_batches() -> list[tuple]:
     return [(x[i : i + B],) for i in range(0, N, B)]
 
 
-@pytest.mark.parametrize("compile", [False, None], ids=["compile=False", "default"])
-@pytest.mark.parametrize("guide_kind", ["hand", "flow"])
+# the compiled (default) step with the flow guide only: each compilation costs seconds
+ANNEALING_CASES = [("hand", False), ("flow", False), ("flow", None)]
+
+
+@pytest.mark.parametrize(
+    "guide_kind,compile", ANNEALING_CASES, ids=[f"{g}-compile={c}" for g, c in ANNEALING_CASES]
+)
 def test_annealing_option_is_the_tutorials_scaled_sites(guide_kind, compile):
     """SVI stepping the tutorial's model and guide with annealing_factor=beta(step) takes
     the steps of fit(annealing=beta) on the same program (factor left at 1)."""
@@ -429,8 +434,12 @@ def _easy_batches() -> list[tuple]:
     return [(x[i : i + B], idx[i : i + B]) for i in range(0, N, B)]
 
 
-@pytest.mark.parametrize("compile", [False, None], ids=["compile=False", "default"])
-@pytest.mark.parametrize("kind", ["map", "groups"])
+EASY_CASES = [("map", False), ("groups", False), ("groups", None)]
+
+
+@pytest.mark.parametrize(
+    "kind,compile", EASY_CASES, ids=[f"{k}-compile={c}" for k, c in EASY_CASES]
+)
 def test_easyguide_fit_is_pyro_svi(kind, compile):
     """An EasyGuide with map_estimate, group and plate (subsampled): SVI's steps. The data
     plate subsamples, so Pyro's loss is scaled to the N examples: per example is /N."""
@@ -449,7 +458,7 @@ def test_easyguide_bounds():
         pyro.clear_param_store()
         pyro.set_rng_seed(0)
         model, guide = _easy(kind)
-        fit(model, _easy_batches(), guide=guide, epochs=3, progress=False)
+        fit(model, _easy_batches(), guide=guide, epochs=3, compile=False, progress=False)
         pyro.set_rng_seed(3)
         elbo_pyro = Trace_ELBO(num_particles=2000, vectorize_particles=True)
         reference = -elbo_pyro.loss(model, guide, x, idx) / N

@@ -34,6 +34,7 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import pytest
 import torch
+from pyro.distributions import constraints
 from pyro.distributions.testing import fakes
 from pyro.infer import (
     Trace_ELBO,
@@ -42,6 +43,7 @@ from pyro.infer import (
     TraceMeanField_ELBO,
     config_enumerate,
 )
+from torch.distributions import kl_divergence
 
 from pyro_gen.infer.compiled import CompiledSVI
 
@@ -178,8 +180,13 @@ def _pathwise(reparam: str) -> bool:
     return reparam in ("reparam", "reparam-True")
 
 
-@pytest.mark.parametrize("reparam", REPARAMS)
-@pytest.mark.parametrize("elbo", [Trace_ELBO, TraceEnum_ELBO])
+@pytest.mark.parametrize(
+    "elbo, reparam",
+    [(Trace_ELBO, reparam) for reparam in REPARAMS]
+    # TraceEnum_ELBO's own score-function surrogate, and its pathwise one
+    + [(TraceEnum_ELBO, "nonreparam"), (TraceEnum_ELBO, "reparam")],
+    ids=lambda v: getattr(v, "__name__", str(v)),
+)
 def test_particle_gradient(elbo, reparam, caplog):
     """Pyro's test_particle_gradient: one particle, the gradient against its closed form
     on the draws the step took (pathwise, or score function)."""
@@ -234,24 +241,30 @@ def _vectorized(elbo: type, particles: int, nesting: int | None = 1) -> Callable
     return make_loss
 
 
-SUBSAMPLE_ELBOS = [
-    pytest.param(Trace_ELBO, False, id="Trace"),
-    pytest.param(TraceGraph_ELBO, False, id="TraceGraph"),
-    pytest.param(TraceMeanField_ELBO, False, id="TraceMeanField"),  # analytic KL(q || p)
-    pytest.param(TraceEnum_ELBO, False, id="TraceEnum"),
-    pytest.param(TraceEnum_ELBO, True, id="TraceEnum-local-samples"),
+# Pyro's grid, less the rows that repeat a path: a non-reparameterized site falls back
+# before the loss matters, so it runs with Trace_ELBO (and with a site enumerated by sampling,
+# whose fallback says something else), and TraceGraph_ELBO falls back whatever the pair.
+SUBSAMPLE_ROWS = [
+    pytest.param(elbo, local, reparam, subsample, id=f"{name}-{reparam}-{tag}")
+    for name, elbo, local, reparams in [
+        ("Trace", Trace_ELBO, False, ["reparam", "nonreparam"]),
+        ("TraceMeanField", TraceMeanField_ELBO, False, ["reparam", "nonreparam"]),  # analytic KL
+        ("TraceEnum", TraceEnum_ELBO, False, ["reparam"]),
+        ("TraceEnum-local-samples", TraceEnum_ELBO, True, ["reparam", "nonreparam"]),
+        ("TraceGraph", TraceGraph_ELBO, False, ["nonreparam"]),
+    ]
+    for reparam in reparams
+    for subsample, tag in [(False, "full"), (True, "subsample-scaled")]
+    if subsample or reparam == "reparam"
 ]
 
 
-@pytest.mark.parametrize(
-    "subsample, scale", [(False, 1.0), (True, 2.0)], ids=["full", "subsample-scaled"]
-)
-@pytest.mark.parametrize("reparam", ["reparam", "nonreparam"])
-@pytest.mark.parametrize("elbo, local_samples", SUBSAMPLE_ELBOS)
-def test_subsample_gradient(elbo, local_samples, reparam, subsample, scale, caplog):
+@pytest.mark.parametrize("elbo, local_samples, reparam, subsample", SUBSAMPLE_ROWS)
+def test_subsample_gradient(elbo, local_samples, reparam, subsample, caplog):
     """Pyro's test_subsample_gradient: the user's subsample indices (one example of two, or
-    both), ``poutine.scale`` on model and guide, vectorized particles or a guide site
-    enumerated by sampling; the mean gradient is ``scale * EXPECTED``."""
+    both), ``poutine.scale`` on model and guide (by 2 where subsampled), vectorized particles
+    or a guide site enumerated by sampling; the mean gradient is ``scale * EXPECTED``."""
+    scale = 2.0 if subsample else 1.0
     # a mean gradient only where the program runs (non-reparameterized sites fall back)
     particles = PARTICLES if reparam == "reparam" else 64
     model, guide = two_point_pair(reparam, 1 if subsample else 2, scale)
@@ -318,9 +331,20 @@ def nuisance_pair(reparam: str, particles: int | None):
     return model, guide
 
 
-@pytest.mark.parametrize("vectorized", [False, True], ids=["particle-plate", "vectorized"])
-@pytest.mark.parametrize("reparam", ["reparam", "nonreparam"])
-@pytest.mark.parametrize("elbo", [Trace_ELBO, TraceGraph_ELBO, TraceEnum_ELBO])
+PLATE_ROWS = [
+    (elbo, "reparam", vectorized)
+    for elbo in (Trace_ELBO, TraceEnum_ELBO)
+    for vectorized in (False, True)
+] + [(Trace_ELBO, "nonreparam", False), (TraceGraph_ELBO, "nonreparam", True)]  # fallbacks
+
+
+@pytest.mark.parametrize(
+    "elbo, reparam, vectorized",
+    [
+        pytest.param(*row, id=f"{row[0].__name__}-{row[1]}-{'vectorized' if row[2] else 'plate'}")
+        for row in PLATE_ROWS
+    ],
+)
 def test_plate(elbo, reparam, vectorized, caplog):
     """Pyro's test_plate and test_plate_elbo_vectorized_particles: particles as the user's
     own plate (the gradient divided by their number) or as the ELBO's vectorized particles
@@ -390,3 +414,239 @@ def test_subsample_gradient_sequential(elbo, particles, caplog):
         expected["loc"][i] -= 2 * (x - 2 * z) / particles
         expected["scale"] -= 2 * ((x - 2 * z) * eps + 1).sum(0, keepdim=True) / particles
     _assert_near(results[-1][1], expected, 1e-9)
+
+
+# --- test_conjugate_gradients.py: a Gaussian chain whose guide is the exact posterior -----
+
+
+class GaussianChain:
+    """Pyro's conjugate chain z_1 -> ... -> z_N -> x (4 points), with the guide the exact
+    posterior q(z_k | z_{k+1}) = N(kappa_k z_{k+1} + loc_k, sigma_k), ``node_reparam`` the
+    nodes drawn by a reparameterized sampler whatever ``reparameterized`` says. At the exact
+    posterior, log p(x, z) - log q(z) is log p(x) for every z, so the ELBO's gradient is 0."""
+
+    def __init__(self, n: int, node_reparam: tuple[bool, ...]) -> None:
+        self.n, self.node_reparam = n, node_reparam
+        self.loc0, self.data = torch.tensor([0.2]), torch.tensor([-0.1, 0.03, 0.20, 0.10])
+        self.lambdas = [torch.tensor([1.5 * (k + 1) / n]) for k in range(n + 1)]
+        tilde = [self.lambdas[0]]  # precision of z_k given the chain above it, x ignored
+        for k in range(1, n):
+            tilde.append(self.lambdas[k] * tilde[-1] / (self.lambdas[k] + tilde[-1]))
+        post = [None] + [self.lambdas[k] + tilde[k - 1] for k in range(1, n)]
+        post.append(len(self.data) * self.lambdas[n] + tilde[n - 1])
+        self.post = post
+        self.kappas = [None] + [self.lambdas[k] / post[k] for k in range(1, n)]
+        self.locs = [None] + [self.loc0 * tilde[k - 1] / post[k] for k in range(1, n)]
+        self.locs.append(
+            self.data.sum() * self.lambdas[n] / post[n] + self.loc0 * tilde[n - 1] / post[n]
+        )
+
+    def model(self, reparameterized: bool) -> None:
+        z = self.loc0
+        for k in range(1, self.n + 1):
+            z = pyro.sample(f"z_{k}", dist.Normal(z, self.lambdas[k - 1] ** -0.5))
+        with pyro.plate("data", len(self.data)):
+            pyro.sample("obs", dist.Normal(z, self.lambdas[self.n] ** -0.5), obs=self.data)
+
+    def guide(self, reparameterized: bool) -> None:
+        below = None
+        for k in reversed(range(1, self.n + 1)):
+            loc = pyro.param(f"loc_q_{k}", self.locs[k].clone())
+            log_sig = pyro.param(f"log_sig_q_{k}", -0.5 * torch.log(self.post[k]))
+            mean = loc
+            if k != self.n:
+                mean = pyro.param(f"kappa_q_{k}", self.kappas[k].clone()) * below + loc
+            normal = dist.Normal if reparameterized or self.node_reparam[k - 1] else None
+            normal = normal or fakes.NonreparameterizedNormal
+            below = pyro.sample(
+                f"z_{k}",
+                normal(mean, log_sig.exp()),
+                infer={"baseline": {"use_decaying_avg_baseline": True}},
+            )
+
+
+@pytest.mark.parametrize(
+    "elbo, reparameterized, path",
+    [
+        (Trace_ELBO, True, COMPILED),
+        (TraceGraph_ELBO, False, TRACEGRAPH),  # baselines on the score-function nodes
+    ],
+    ids=["Trace-reparameterized", "TraceGraph-baselines"],
+)
+def test_conjugate_chain_gradient_is_zero(elbo, reparameterized, path, caplog):
+    """Pyro's test_conjugate_gradients (TraceGraph_ELBO, 100000 vectorized particles, zero
+    within 0.10); the decaying-average baselines keep their state in the param store, which
+    both runs move alike. Where the program runs, its mean gradient is zero too."""
+    chain = GaussianChain(3, node_reparam=(False, True, False))
+    particles = PARTICLES if path == COMPILED else 64
+    kwargs = {"reparameterized": reparameterized}
+    results, _ = same_as_pyro(
+        chain.model, chain.guide, _vectorized(elbo, particles), [((), kwargs)] * 3, path, caplog
+    )
+    if path == COMPILED:
+        grads = results[-1][1]
+        assert len(grads) == 3 * 3 - 1  # loc, log_sig and kappa, no kappa at the chain's end
+        _assert_near(grads, {name: torch.zeros_like(g) for name, g in grads.items()}, 0.10)
+
+
+# --- test_enum.py: discrete sites enumerated in guide and model ----------------------------
+
+
+def _closed_form_grads(value: torch.Tensor) -> dict[str, torch.Tensor]:
+    """d value / d(unconstrained param) for every param in the store."""
+    names = list(pyro.get_param_store().keys())
+    params = [pyro.param(name).unconstrained() for name in names]
+    grads = torch.autograd.grad(value, params, allow_unused=True)
+    return {n: g for n, g in zip(names, grads) if g is not None}
+
+
+@pytest.mark.parametrize("scale", [1.0, 10.0])
+def test_elbo_bern_enumerated_in_the_guide(scale, caplog):
+    """Pyro's test_elbo_bern (parallel): the loss and gradient are scale * KL(q || p) and its
+    gradient, exactly, the guide's Bernoulli summed out."""
+
+    @poutine.scale(scale=scale)
+    def model():
+        with pyro.plate("particles", 1):
+            pyro.sample("z", dist.Bernoulli(0.25).expand_by([1]))
+
+    @config_enumerate
+    @poutine.scale(scale=scale)
+    def guide():
+        q = pyro.param("q", torch.tensor(0.5))
+        with pyro.plate("particles", 1):
+            pyro.sample("z", dist.Bernoulli(q).expand_by([1]))
+
+    results, _ = same_as_pyro(
+        model, guide, lambda: TraceEnum_ELBO(), [((), {})] * 3, COMPILED, caplog
+    )
+    q = pyro.param("q")
+    kl = scale * kl_divergence(dist.Bernoulli(q), dist.Bernoulli(0.25))
+    assert results[-1][0] == pytest.approx(float(kl.detach()), rel=1e-12)
+    _assert_near(results[-1][1], _closed_form_grads(kl), 1e-12)
+
+
+def test_elbo_normal_enumerated_by_sampling_in_the_guide(caplog):
+    """Pyro's test_elbo_normal (parallel, num_samples=20000): a reparameterized guide site
+    enumerated by 20000 draws; the gradient is that of KL(N(q, 1) || N(0, 1)) within 0.01."""
+
+    def model():
+        with pyro.plate("particles", 1):
+            pyro.sample("z", dist.Normal(0.0, 1.0).expand_by([1]))
+
+    @config_enumerate(num_samples=20000)
+    def guide():
+        q = pyro.param("q", torch.tensor(1.0))
+        with pyro.plate("particles", 1):
+            pyro.sample("z", dist.Normal(q, 1.0).expand_by([1]))
+
+    results, _ = same_as_pyro(
+        model, guide, lambda: TraceEnum_ELBO(), [((), {})] * 3, COMPILED, caplog
+    )
+    kl = kl_divergence(dist.Normal(pyro.param("q"), 1.0), dist.Normal(0.0, 1.0))
+    _assert_near(results[-1][1], _closed_form_grads(kl), 0.01)
+
+
+def test_non_mean_field_bern_bern_gradient(caplog):
+    """Pyro's test_non_mean_field_bern_bern_elbo_gradient (parallel): q(z | y) depends on the
+    enumerated y; the gradient is the closed form's, exactly."""
+
+    def model():
+        with pyro.plate("particles", 1):
+            y = pyro.sample("y", dist.Bernoulli(0.33).expand_by([1]))
+            pyro.sample("z", dist.Bernoulli(0.55 * y + 0.10))
+
+    @config_enumerate
+    def guide():
+        q1 = pyro.param("q1", torch.tensor(0.43))
+        q2 = pyro.param("q2", torch.tensor(0.27))
+        with pyro.plate("particles", 1):
+            y = pyro.sample("y", dist.Bernoulli(q1).expand_by([1]))
+            pyro.sample("z", dist.Bernoulli(q2 * y + 0.10))
+
+    results, _ = same_as_pyro(
+        model, guide, lambda: TraceEnum_ELBO(), [((), {})] * 3, COMPILED, caplog
+    )
+    q1, q2 = pyro.param("q1"), pyro.param("q2")
+    kl = kl_divergence(dist.Bernoulli(q1), dist.Bernoulli(0.33))
+    kl = kl + q1 * kl_divergence(dist.Bernoulli(q2 + 0.10), dist.Bernoulli(0.65))
+    kl = kl + (1.0 - q1) * kl_divergence(dist.Bernoulli(0.10), dist.Bernoulli(0.10))
+    assert results[-1][0] == pytest.approx(float(kl.detach()), rel=1e-12)
+    _assert_near(results[-1][1], _closed_form_grads(kl), 1e-12)
+
+
+def _enum_params() -> None:
+    for name, value in [
+        ("guide_probs_x", [0.1, 0.9]),
+        ("model_probs_x", [0.4, 0.6]),
+        ("model_probs_y", [[0.75, 0.25], [0.55, 0.45]]),
+        ("model_probs_z", [[0.3, 0.7], [0.2, 0.8]]),
+    ]:
+        pyro.param(name, torch.tensor(value), constraint=constraints.simplex)
+
+
+def _probs():
+    return [pyro.param(f"model_probs_{k}") for k in "xyz"]
+
+
+def enum_plate_models(inside: bool, num_masked: int, scale: float):
+    """Pyro's test_elbo_enumerate_plate_1 (``inside`` False: y above the data plate) and _2
+    (y inside it), each example of the plate masked from ``num_masked`` on, under
+    ``poutine.scale``; the hand model sums y out as a sequential plate over the unmasked
+    examples only."""
+
+    def auto_model(data):
+        _enum_params()
+        probs_x, probs_y, probs_z = _probs()
+        x = pyro.sample("x", dist.Categorical(probs_x))
+        mask = torch.arange(len(data)) < num_masked
+        with poutine.scale(scale=scale):
+            if not inside:
+                y = pyro.sample("y", dist.Categorical(probs_y[x]), infer={"enumerate": "parallel"})
+            with pyro.plate("data", len(data)), poutine.mask(mask=mask):
+                if inside:
+                    y = pyro.sample(
+                        "y", dist.Categorical(probs_y[x]), infer={"enumerate": "parallel"}
+                    )
+                pyro.sample("z", dist.Categorical(probs_z[y]), obs=data)
+
+    def hand_model(data):
+        _enum_params()
+        probs_x, probs_y, probs_z = _probs()
+        x = pyro.sample("x", dist.Categorical(probs_x))
+        with poutine.scale(scale=scale):
+            if not inside:
+                y = pyro.sample("y", dist.Categorical(probs_y[x]), infer={"enumerate": "parallel"})
+            for i in pyro.plate("data", num_masked):
+                if inside:
+                    y = pyro.sample(
+                        f"y_{i}", dist.Categorical(probs_y[x]), infer={"enumerate": "parallel"}
+                    )
+                pyro.sample(f"z_{i}", dist.Categorical(probs_z[y]), obs=data[i])
+
+    @config_enumerate
+    def guide(data):
+        _enum_params()
+        pyro.sample("x", dist.Categorical(pyro.param("guide_probs_x")))
+
+    return auto_model, hand_model, guide
+
+
+@pytest.mark.parametrize(
+    "inside, num_masked, scale",
+    [(False, 2, 10.0), (True, 2, 1.0), (True, 3, 10.0)],
+    ids=["plate_1-masked-scaled", "plate_2-masked", "plate_2-batch-scaled"],
+)
+def test_elbo_enumerate_plate(inside, num_masked, scale, caplog):
+    """Pyro's test_elbo_enumerate_plate_1/_2: the model's enumerated y (above or inside a
+    masked, scaled data plate) and the guide's enumerated x, all summed out; the compiled
+    step's loss and gradients are Pyro's, and exactly the hand-summed model's."""
+    auto_model, hand_model, guide = enum_plate_models(inside, num_masked, scale)
+    data = torch.tensor([1, 0, 1])
+    calls = [((data,), {})] * 3
+    results, _ = same_as_pyro(
+        auto_model, guide, lambda: TraceEnum_ELBO(max_plate_nesting=1), calls, COMPILED, caplog
+    )
+    hand = TraceEnum_ELBO(max_plate_nesting=0).differentiable_loss(hand_model, guide, data)
+    assert results[-1][0] == pytest.approx(float(hand.detach()), rel=1e-12)
+    _assert_near(results[-1][1], _closed_form_grads(hand), 1e-12)

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from pyro import poutine
 from pyro.infer import ELBO
 
 from pyro_gen.data.batching import Transform, batch_calls, with_transform
@@ -13,11 +14,10 @@ from pyro_gen.infer.evaluation import declared_plate
 from pyro_gen.infer.fit_progress import _Progress
 from pyro_gen.infer.held_out import HeldOutData, evaluations
 from pyro_gen.infer.log_weights import find_data_plate
-from pyro_gen.infer.loss_value import reported_loss
+from pyro_gen.infer.loss_value import reported_loss, subsampled_size
 from pyro_gen.infer.program import Program, trace_once
 
 
-@torch.no_grad()
 def _evaluate_loss(
     prog: Program,
     data: Any,
@@ -25,19 +25,40 @@ def _evaluate_loss(
     batch_size: int,
     transform: Transform | None,
     device: torch.device,
+    plate_name: str | None = None,
 ) -> float:
-    """A loss object's value per example on held-out data (modules in eval mode), the
-    batches moved to the training ``device``."""
+    """A loss's value per example on held-out data (modules in eval mode), the batches moved
+    to the training ``device``.
+
+    A loss object is read through its ``loss``, without a graph. A callable loss, as
+    ``SVI`` takes one (``simple_elbo``, ``TraceEnum_ELBO().differentiable_loss``), returns a
+    differentiable tensor and may refuse to run without autograd: it runs with gradients
+    enabled and its value is read off (no backward pass, nothing reaches ``.grad``); where
+    the data plate subsamples, a batch's value stands for the plate's full size (Pyro
+    scales it by N/B), so it counts as ``train_loss`` counts it."""
     modes = {name: m.training for name, m in prog.modules.items()}
     for m in prog.modules.values():
         m.eval()
+    model: Any = prog.model
+    if hasattr(loss, "loss_and_grads"):  # a loss object: its own batch's value
+        evaluate, autograd, traced = loss.loss, torch.no_grad(), None
+    else:
+        # A callable loss is an ELBO-like sum over the model's sites: the model's last run
+        # on a batch (traced here, the loss is opaque) says from its data plate how many
+        # examples the value stands for.
+        evaluate, autograd = loss, torch.enable_grad()
+        model = traced = poutine.trace(prog.model)
+    plate = plate_name or declared_plate(prog.model)
     total, seen = 0.0, 0
     try:
         for call in batch_calls(data, batch_size, shuffle=False, device=device):
             call = with_transform(call, transform)
-            evaluate = loss.loss if hasattr(loss, "loss_and_grads") else loss
-            total += reported_loss(evaluate(prog.model, prog.guide, *call.args, **call.kwargs))
-            seen += call.size if call.size is not None else 1
+            with autograd:
+                value = reported_loss(evaluate(model, prog.guide, *call.args, **call.kwargs))
+            examples = call.size if call.size is not None else 1
+            represented = None if traced is None else subsampled_size(traced.trace, plate)
+            total += value * (examples / represented if represented else 1.0)
+            seen += examples
     finally:
         for name, m in prog.modules.items():
             m.train(modes[name])

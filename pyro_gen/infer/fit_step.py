@@ -39,13 +39,15 @@ def _step_function(
     # model's structure changes between steps or a site is unsupported.
     if compile is False or not supports(loss):
         backend = "pyro"
-        if compile is not False and isinstance(loss, ELBO):
+        # Said for an ELBO the default would compile, and for any loss compile=True asks
+        # to compile (a callable loss, an adversarial objective): never a silent plain step.
+        if compile or (compile is None and isinstance(loss, ELBO)):
             logger.log(
                 logging.WARNING if compile else logging.INFO,
                 "pyro_gen: %s is not supported by the compiled step (Trace_ELBO, "
                 "TraceMeanField_ELBO, TraceEnum_ELBO, JitTrace_ELBO and JitTraceEnum_ELBO "
                 "are): training with Pyro's own SVI step",
-                type(loss).__name__,
+                _loss_name(loss),
             )
     else:
         backend = "inductor" if compile else "auto"
@@ -64,3 +66,11 @@ def _step_function(
         # the program does not support, a fallback) takes the fused update
         fused_update=compile is not False,
     )
+
+
+def _loss_name(loss: Any) -> str:
+    """A loss as a user wrote it: a function's or bound method's name (``simple_elbo``,
+    ``TraceEnum_ELBO.differentiable_loss``), else the loss object's class."""
+    if isinstance(loss, ELBO) or not hasattr(loss, "__qualname__"):
+        return type(loss).__name__
+    return loss.__qualname__

@@ -19,7 +19,11 @@ What is checked against what:
   against ``fit(annealing=...)``, both against Pyro's SVI;
 - ``pyro.contrib.easyguide`` guides (``group``, ``plate``, ``map_estimate``) through ``fit``
   against SVI and through the evaluation helpers against Pyro's ``Trace_ELBO``;
-- ``Predictive`` and ``EmpiricalMarginal`` after ``fit`` against the exact posterior.
+- ``Predictive`` and ``EmpiricalMarginal`` after ``fit`` against the exact posterior;
+- pyro_gen flows after the exact posterior as guide parts (exact at their identity
+  initialization, Pyro's ``Trace_ELBO`` once perturbed); the tutorial's scaled loss;
+- fit's held-out ``test_loss`` of a callable loss against the closed form, and the one log
+  line of ``compile=True`` with a loss the compiled step does not take.
 """
 
 from __future__ import annotations
@@ -350,6 +354,32 @@ def test_flow_on_the_exact_posterior_in_the_evaluation_helpers(flow):
     elbo = evaluate_elbo(nn_model, x, guide=guide, num_particles=2000, batch_size=5)
     assert elbo == pytest.approx(reference / N, abs=0.1)
     assert elbo < truth
+
+
+def test_tutorials_scaled_loss():
+    """The tutorial's "scaling the loss", poutine.scale(model and guide, 1/N): train_loss is
+    the scaled loss per example (-log p(x) / N here), evaluate_elbo keeps the scale (as
+    documented) and iwae_log_likelihood refuses it naming the site and the scale."""
+    x = _data()
+    model = poutine.scale(nn_model, scale=1.0 / N)
+    guide = poutine.scale(exact_guide, scale=1.0 / N)
+    truth = float(log_evidence(x.double(), torch.zeros(X_DIM, dtype=torch.float64)).mean())
+    pyro.clear_param_store()
+    result = fit(
+        model,
+        x,
+        guide=guide,
+        loss=simple_elbo,
+        epochs=1,
+        batch_size=N,
+        optim=pyro.optim.SGD({"lr": 0.0}),
+        compile=False,
+        progress=False,
+    )
+    assert result.history[0]["train_loss"] == pytest.approx(-truth / N, rel=1e-5)
+    assert evaluate_elbo(model, x, guide=guide) == pytest.approx(truth / N, rel=1e-5)
+    with pytest.raises(ValueError, match="site 'z' has scale 0.083"):
+        iwae_log_likelihood(model, x, guide=guide)
 
 
 # ---------------------------------------------------------------------------------------

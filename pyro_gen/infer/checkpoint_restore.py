@@ -24,6 +24,12 @@ from pyro_gen.nn.legacy_keys import upgrade_state_dict
 
 logger = logging.getLogger("pyro_gen")
 
+_SAME_DTYPE = (
+    "build the model in the checkpoint's dtype before resuming (module.double() or "
+    "torch.set_default_dtype(torch.float64) for a float64 run, module.float() for a float32 "
+    "one), or train into a fresh directory"
+)
+
 
 def restore_modules(ckpt: dict[str, Any], modules: Mapping[str, torch.nn.Module]) -> None:
     """Loads each of ``modules`` strictly from its saved ``state_dict`` and copies the saved
@@ -91,6 +97,20 @@ def _misfit(current: Mapping[str, Any], saved: Mapping[str, Any]) -> str:
         and v.shape != saved[k].shape
     ]
     problems.append(f"other shapes {sizes}")
+    # load_state_dict casts silently: a float64 run resumed into a float32 module would go
+    # on in float32 (and a float32 one in float64), not as the run that wrote it
+    dtypes = [
+        f"{k}: {saved[k].dtype} saved, {v.dtype} here"
+        for k, v in current.items()
+        if k in saved
+        and torch.is_tensor(v)
+        and torch.is_tensor(saved[k])
+        and v.is_floating_point()
+        and saved[k].is_floating_point()
+        and v.dtype != saved[k].dtype
+    ]
+    if dtypes:
+        problems.append(f"other dtypes {dtypes}: {_SAME_DTYPE}")
     return "; ".join(p for p in problems if not p.endswith("[]"))
 
 
@@ -118,6 +138,12 @@ def _check_param_store(saved: dict[str, Any]) -> None:
             raise CheckpointError(
                 f"param {name!r} has shape {tuple(existing[name].shape)} here but "
                 f"{tuple(value.shape)} in the checkpoint: use the options of the run that wrote it"
+            )
+        if existing[name].dtype != value.dtype:
+            # the store's value is copied in place, which would cast it silently
+            raise CheckpointError(
+                f"param {name!r} is {existing[name].dtype} here but {value.dtype} in the "
+                f"checkpoint: {_SAME_DTYPE}"
             )
         _check_constraint(name, current[name], constraint)
     for name, constraint in saved.get("module_constraints", {}).items():

@@ -133,8 +133,9 @@ class NoiseSchedule(nn.Module):
 
     as ``posterior_variance``, ``posterior_log_variance_clipped`` (entry 0, which is
     :math:`\\log 0`, replaced by entry 1 as in Nichol & Dhariwal), ``posterior_mean_coef1``,
-    ``posterior_mean_coef2``. Everything is computed in float64 and stored as float32, so
-    ``.to(device)`` / ``.double()`` move it with the model.
+    ``posterior_mean_coef2``. Everything is computed in float64 and stored in the default
+    dtype (float64 under ``torch.set_default_dtype(torch.float64)``), so ``.to(device)`` /
+    ``.double()`` move it with the model.
 
     Args:
         betas: 1-D tensor of :math:`\\beta_t` strictly inside (0, 1).
@@ -187,8 +188,11 @@ class NoiseSchedule(nn.Module):
             "posterior_mean_coef1": betas * alpha_bar_prev.sqrt() / (1 - alpha_bar),
             "posterior_mean_coef2": (1 - alpha_bar_prev) * alphas.sqrt() / (1 - alpha_bar),
         }
+        # the default dtype, as the model's parameters: float32 coefficients in a model built
+        # under torch.set_default_dtype(torch.float64) computed its bound in float32 precision
+        dtype = torch.get_default_dtype()
         for name, value in derived.items():
-            self.register_buffer(name, value.float())
+            self.register_buffer(name, value.to(dtype))
 
     @property
     def num_timesteps(self) -> int:

@@ -56,7 +56,9 @@ class VampPrior(PicklableModule):
         if init is None:
             raw = 0.1 * torch.randn(num_components, *self.event_shape)
         else:
-            p = init.float().clamp(0.01, 0.99)
+            # the default dtype, as the randn above and every module's parameters: float32
+            # pseudo-inputs in a float64 program trained in float32
+            p = init.to(torch.get_default_dtype()).clamp(0.01, 0.99)
             raw = (p / (1 - p)).log()
         self.pseudo_inputs_raw = nn.Parameter(raw)
         self._encode = [encode]  # a list, so the encoder is not registered as a submodule

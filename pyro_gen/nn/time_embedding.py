@@ -42,7 +42,11 @@ class SinusoidalTimeEmbedding(nn.Module):
         if dim % 2:
             raise ValueError(f"embedding dim must be even, got {dim}")
         half = dim // 2
-        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
+        # in the default dtype, as nn.Linear's weights: a float32 buffer in a module built
+        # under torch.set_default_dtype(torch.float64) cast its times to float32 (and its
+        # MLP then refused the float32 features)
+        dtype = torch.get_default_dtype()
+        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=dtype) / half)
         self.register_buffer("freqs", freqs)
         self.mlp = (
             nn.Sequential(nn.Linear(dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))

@@ -193,7 +193,8 @@ class HierarchicalVAE(GuideSlot):
             z = loc + scale * torch.randn_like(loc)
         if mean:
             return self.decoder.mean(z)
-        return self.decoder(z).sample().to(torch.get_default_dtype())
+        # z's dtype: a float64 model's Gaussian draws were rounded to float32 (the default)
+        return self.decoder(z).sample().to(z.dtype)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -209,7 +210,8 @@ class HierarchicalVAE(GuideSlot):
     @torch.no_grad()
     def decode(self, z: torch.Tensor, mean: bool = True) -> torch.Tensor:
         """Decode bottom-layer latents :math:`z_1` to images in data space."""
-        return self.decoder.mean(z) if mean else self.decoder(z).sample().float()
+        # z's dtype: .float() rounded a float64 model's Gaussian draws to float32
+        return self.decoder.mean(z) if mean else self.decoder(z).sample().to(z.dtype)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

@@ -286,8 +286,8 @@ class VAE(GuideSlot):
         if mean:
             return self.decoder.mean(z, context)
         out = self.decoder(z, context=context).sample()
-        if not out.is_floating_point():  # categorical levels back to [0, 1]
-            out = out.float() / (self.decoder.likelihood.num_params - 1)
+        if not out.is_floating_point():  # categorical levels back to [0, 1], in z's dtype
+            out = out.to(z.dtype) / (self.decoder.likelihood.num_params - 1)
         return out
 
     @torch.no_grad()

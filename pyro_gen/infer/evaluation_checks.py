@@ -74,15 +74,17 @@ def check_site_densities(
 
 def _unmoved(guide_trace: Trace, deltas: list[str], rerun: Callable[[Trace], Trace]) -> list[str]:
     """The sites of ``deltas`` whose values stay put when the guide runs again with every
-    floating auxiliary draw shifted by one (every other sample site replayed as drawn, so no
-    random number is drawn); none if that run fails (then nothing is refused)."""
+    auxiliary draw shifted by one (every other sample site replayed as drawn, so no random
+    number is drawn); none if a draw cannot be shifted (a discrete one) or that run fails
+    (then nothing is refused)."""
     shifted = Trace()
     for name, site in guide_trace.nodes.items():
         if site["type"] != "sample" or name in deltas:
             continue
-        value = site["value"]
-        if site["infer"].get("is_auxiliary", False) and torch.is_floating_point(value):
-            site = {**site, "value": value + 1.0}
+        if site["infer"].get("is_auxiliary", False):
+            if not torch.is_floating_point(site["value"]):
+                return []  # a Delta read off a discrete draw would look unmoved
+            site = {**site, "value": site["value"] + 1.0}
         shifted.add_node(name, **site)
     try:
         again = rerun(shifted)

@@ -717,3 +717,30 @@ def test_held_out_loss_with_a_differentiable_loss_callable():
     )
     truth = float(-log_evidence(x, torch.zeros(X_DIM)).mean())
     assert result.history[0]["test_loss"] == pytest.approx(truth, rel=1e-5)
+
+
+def test_delta_read_off_a_discrete_auxiliary_draw_is_a_density():
+    """A discrete model site guided by a Categorical auxiliary draw and a Delta of it (the
+    pattern of an enumerating easyguide) has the auxiliary's pmf: with the exact posterior
+    both bounds are log p(x) = log sum_k p(k) N(x; m_k, 1), not a point-mass refusal."""
+    x = _data()[:, 0] + 1.0
+    probs, means = torch.tensor([0.3, 0.7]), torch.tensor([0.0, 2.0])
+
+    def model(x: torch.Tensor) -> None:
+        with pyro.plate("data", x.shape[0]):
+            k = pyro.sample("k", dist.Categorical(probs))
+            pyro.sample("x", dist.Normal(means[k], 1.0), obs=x)
+
+    def guide(x: torch.Tensor) -> None:
+        logits = probs.log() + dist.Normal(means, 1.0).log_prob(x[:, None])
+        with pyro.plate("data", x.shape[0]):
+            j = pyro.sample("j", dist.Categorical(logits=logits), infer={"is_auxiliary": True})
+            pyro.sample("k", dist.Delta(j))
+
+    truth = float(
+        torch.logsumexp(probs.log() + dist.Normal(means, 1.0).log_prob(x[:, None]), -1).mean()
+    )
+    assert evaluate_elbo(model, x, guide=guide, num_particles=4) == pytest.approx(truth, abs=1e-5)
+    assert iwae_log_likelihood(model, x, guide=guide, num_samples=4) == pytest.approx(
+        truth, abs=1e-5
+    )

@@ -581,10 +581,14 @@ def _global_guide(kind: str) -> Callable:
         guide = AutoMultivariateNormal(global_model)
         guide(*_easy_batches()[0])
         return guide
+    if kind == "AutoAmortizedNormal":
+        guide = AutoAmortizedNormal(global_model, hidden_dims=(8,))
+        guide(*_easy_batches()[0])
+        return guide
     return _easy(kind)[1]
 
 
-@pytest.mark.parametrize("kind", ["AutoMultivariateNormal", "groups", "map"])
+@pytest.mark.parametrize("kind", ["AutoMultivariateNormal", "AutoAmortizedNormal", "groups", "map"])
 def test_annealing_option_with_auxiliary_guides_is_the_whole_guide_scaled(kind):
     """A guide with auxiliary draws (an autoguide, an easyguide's groups) or a MAP point is
     annealed the tutorial's way by scaling the whole guide, ``poutine.scale(guide, beta)``,

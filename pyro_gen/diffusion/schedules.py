@@ -193,6 +193,21 @@ class NoiseSchedule(nn.Module):
         dtype = torch.get_default_dtype()
         for name, value in derived.items():
             self.register_buffer(name, value.to(dtype))
+        # kept beside the buffers (not in the state dict): .double() of a float32 build
+        # widened float32-rounded coefficients (relative errors ~1e-7 in a float64 bound)
+        self._float64 = derived
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        for name, exact in self._float64.items():
+            buffer = getattr(self, name)
+            if buffer.dtype != torch.float64:
+                continue
+            exact = exact.to(buffer.device)
+            # only a widened float32 copy of these very values (a loaded state stays)
+            if not torch.equal(buffer, exact) and torch.equal(buffer, exact.float().double()):
+                setattr(self, name, exact.clone())
+        return self
 
     @property
     def num_timesteps(self) -> int:

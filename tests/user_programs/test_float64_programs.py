@@ -599,3 +599,36 @@ def test_decoders_draws_keep_a_double_models_dtype(likelihood):
         pyro.set_rng_seed(0)
         expected = hvae.decoder(z).sample()
         assert torch.equal(draws, expected)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_float64_ddpm_trains_as_pyro_svi(mode):
+    """A DDPM (TimeMLP network, time-plate bound) built under float64 defaults failed at its
+    first step (its time embedding's float32 features into a float64 MLP); moved with
+    .double(), its schedule held float32-rounded coefficients. Now its coefficients are
+    the float64 ones and fit takes SVI's steps bit for bit."""
+    from pyro_gen.diffusion import build_ddpm
+    from pyro_gen.diffusion.schedules import make_schedule
+
+    _enter(mode)
+    x = _data()[:, :2]
+    stores = []
+    for use_fit in (True, False):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        ddpm = _as_user_builds(build_ddpm((2,), timesteps=10, hidden_dim=8), mode)
+        pyro.set_rng_seed(1)
+        if use_fit:
+            _fit(ddpm.model, ddpm.guide, [(x[:8],), (x[8:],)], 1, False)
+        else:
+            _svi(ddpm.model, ddpm.guide, [(x[:8],), (x[8:],)], 1, None)
+        stores.append(_store())
+    for name, value in stores[1].items():
+        assert stores[0][name].dtype == torch.float64, name
+        assert torch.equal(stores[0][name], value), name
+    torch.set_default_dtype(torch.float64)  # the float64 computation, as a reference
+    reference = make_schedule("linear", 10)
+    for name, value in reference.named_buffers():
+        assert torch.equal(getattr(ddpm.schedule, name), value), name
+    exact = torch.cumprod(1 - reference.betas, 0)
+    torch.testing.assert_close(ddpm.schedule.alphas_cumprod, exact, rtol=1e-15, atol=0)

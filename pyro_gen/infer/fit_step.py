@@ -39,9 +39,11 @@ def _step_function(
     # model's structure changes between steps or a site is unsupported.
     if compile is False or not supports(loss):
         backend = "pyro"
-        # Said for an ELBO the default would compile, and for any loss compile=True asks
-        # to compile (a callable loss, an adversarial objective): never a silent plain step.
-        if compile or (compile is None and isinstance(loss, ELBO)):
+        # Said for an ELBO or a callable loss (SVI's other kind) the default would compile,
+        # and for any loss compile=True asks to compile: never a silent plain step. A loss
+        # object of another kind (an adversarial objective) runs its own step, by design.
+        elbo_like = isinstance(loss, ELBO) or not hasattr(loss, "loss_and_grads")
+        if compile or (compile is None and elbo_like):
             logger.log(
                 logging.WARNING if compile else logging.INFO,
                 "pyro_gen: %s is not supported by the compiled step (Trace_ELBO, "

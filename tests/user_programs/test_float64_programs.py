@@ -7,7 +7,8 @@ What each check is against:
 - ``fit`` on a plain-Pyro VAE and on a model with a global latent over a subsampled plate:
   ``compile=False`` takes ``pyro.infer.SVI``'s steps bit for bit, the default compiled
   step agrees to float64 rounding, the parameters stay float64, and the recorded losses
-  are Pyro's float64 ones; a checkpointed run resumed equals the straight run bit for bit,
+  are Pyro's float64 ones (a strict xfail under float32 defaults: a defect of the lead's
+  compiled_update.py, reported); a checkpointed run resumed equals the straight run bit for bit,
   its file holds float64 tensors, and a resume into a model of another dtype is refused
   (it was cast silently); float32 data into a float64 network fails as Pyro's SVI does.
 - ``evaluate_elbo`` / ``iwae_log_likelihood`` with exact-posterior guides (an amortized
@@ -18,7 +19,8 @@ What each check is against:
   ``torch.autograd.gradcheck`` of the forward map; ``AutoAmortizedNormal``, the IAF
   posterior and a flow guide built from pyro_gen transforms train as Pyro's SVI does.
 - modules that build tensors themselves (time embedding, VampPrior init, noise schedule,
-  decoders' draws) follow the program's dtype instead of rounding to float32.
+  decoders' draws) follow the program's dtype instead of rounding to float32; a float64
+  DDPM trains as Pyro's SVI does, on the float64 schedule.
 """
 
 from __future__ import annotations
@@ -214,13 +216,13 @@ def _floating_tensors(tree, path: str = ""):
     ids=["default-compile_false", "double-compile_false", "default-compiled"],
 )
 def test_checkpoint_resume_is_exact_in_float64(mode, compile, tmp_path):
-    """One epoch, then a resume to three in a freshly built program equals three straight
+    """One epoch, then a resume to two in a freshly built program equals two straight
     epochs bit for bit; the file holds the weights, params and Adam moments in float64."""
     _enter(mode)
     pyro.clear_param_store()
     model, guide, batches = _program("global", mode)
     pyro.set_rng_seed(1)
-    straight_losses = _fit(model, guide, batches, 3, compile)
+    straight_losses = _fit(model, guide, batches, 2, compile)
     straight = _store()
 
     pyro.clear_param_store()
@@ -237,7 +239,7 @@ def test_checkpoint_resume_is_exact_in_float64(mode, compile, tmp_path):
     pyro.clear_param_store()
     model, guide, batches = _program("global", mode)  # as a new process builds it
     pyro.set_rng_seed(123)  # the checkpoint's RNG state replaces this
-    resumed_losses = _fit(model, guide, batches, 3, compile, checkpoint_dir=tmp_path)
+    resumed_losses = _fit(model, guide, batches, 2, compile, checkpoint_dir=tmp_path)
     resumed = _store()
     if mode == "default":
         assert resumed_losses == straight_losses
@@ -432,23 +434,17 @@ def _is_ode(case: Case) -> bool:
     return T.ContinuousFlow in case.covers
 
 
-def _tolerances(case: Case) -> tuple[float, float]:
-    """1e-8 for log|det J|, 1e-10 for the round trip; an ODE flow is exact only to its
-    solver's tolerance (rtol = atol = 1e-8 per solve, a round trip is two)."""
-    return (1e-6, 1e-6) if _is_ode(case) else (1e-8, 1e-10)
-
-
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("case", [_transform_param(c) for c in CASES])
 def test_transform_in_float64(case, mode):
     """log|det J| vs autograd's Jacobian, the inverse round trip, and gradcheck of the
     forward map, built under the default dtype ("default") or moved with .double()."""
-    if _is_ode(case) and mode == "default":
-        pytest.skip("an ODE solve per call (seconds): its float64 run is the 'double' case")
+    if _is_ode(case):
+        # exact only to its solver's tolerance, at which test_registry checks it in float64
+        pytest.skip("an ODE flow: nothing tighter to check than tests/transforms' float64 run")
     if mode == "default" or case.default_float64:  # see Case.default_float64 (Pyro's own)
         torch.set_default_dtype(torch.float64)
     t = _prepare(case)  # built, moved with .double(), perturbed, warmed up, eval mode
-    ladj_tol, trip_tol = _tolerances(case)
     ct = _concrete(case, t, _context(case))
     torch.manual_seed(1)
     x = torch.randn(case.shape, dtype=torch.float64)
@@ -458,14 +454,14 @@ def test_transform_in_float64(case, mode):
     assert ladj.dtype == torch.float64
     J = jacobian(lambda v: ct(v.reshape(case.shape)).reshape(-1), x.reshape(-1))
     ref = torch.linalg.slogdet(J.reshape(y.numel(), x.numel()))[1]
-    torch.testing.assert_close(ladj, ref, atol=ladj_tol, rtol=0)
+    torch.testing.assert_close(ladj, ref, atol=1e-8, rtol=0)
     if case.invertible:
         xb = torch.randn(3, *case.shape, dtype=torch.float64)
         ctb = _concrete(case, t, _context(case, 3))
         back = ctb.inv(ctb(xb).clone())  # clone: a cache would return xb itself
         assert back.dtype == torch.float64
-        torch.testing.assert_close(back, xb, atol=trip_tol, rtol=0)
-    if mode == "double" and not _is_ode(case):  # an ODE solve: slow, and solver-exact
+        torch.testing.assert_close(back, xb, atol=1e-10, rtol=0)
+    if mode == "double":
         # clone: the transforms cache their last input by identity, and gradcheck perturbs
         # its input in place. The residual block's implicit gradient (a hook on the
         # fixed point) is not called with undefined output gradients, which gradcheck's
@@ -518,15 +514,16 @@ def _guide_program(kind: str, mode: str):
 
 
 # compile=False in both modes, the compiled step where networks are moved with .double()
-GUIDE_CASES = [(m, False) for m in MODES] + [("double", None)]
+# (the flow guide's transforms are the transform test's)
+GUIDE_CASES = [(k, m, False) for k in ("auto", "iaf", "flow") for m in MODES]
+GUIDE_CASES += [(k, "double", None) for k in ("auto", "iaf")]
 
 
 @pytest.mark.parametrize(
-    "mode,compile",
+    "kind,mode,compile",
     GUIDE_CASES,
-    ids=[f"{m}-{'compile_false' if c is False else 'compiled'}" for m, c in GUIDE_CASES],
+    ids=[f"{k}-{m}-{'compile_false' if c is False else 'compiled'}" for k, m, c in GUIDE_CASES],
 )
-@pytest.mark.parametrize("kind", ["auto", "iaf", "flow"])
 def test_pyro_gen_guides_train_as_pyro_svi_in_float64(kind, mode, compile):
     """AutoAmortizedNormal, the IAF posterior and a flow guide of pyro_gen transforms: the
     parameters, the encoder built lazily from float64 rows included, stay float64 and take

@@ -8,9 +8,10 @@ chain whose guide is the exact posterior, ``TraceGraph_ELBO`` with decaying-aver
 baselines) and test_enum.py (discrete sites enumerated in guide and model, masks and
 scales, Markov chains, against closed forms and hand-summed models); ``obs_mask`` and
 nested self-subsampling plates, which those tests leave to test_valid_models, are added.
-The same pairs, written again here (read from Pyro, not copied), run through :class:`~pyro_gen.infer.compiled.CompiledSVI` (``fit``'s default step) and
-through Pyro's ``loss.loss_and_grads``, each call on the same seed from the same param
-store, so both see the same draws:
+The same pairs, written again here (read from Pyro, not copied), run through
+:class:`~pyro_gen.infer.compiled.CompiledSVI` (``fit``'s default step) and through Pyro's
+``loss.loss_and_grads``, each call on the same seed from the same param store, so both see
+the same draws:
 
 - the loss and every parameter's gradient must be Pyro's, to float rounding;
 - the step must take the path the pair states: its recorded program (which then ran every
@@ -373,14 +374,12 @@ def test_plate(elbo, reparam, vectorized, caplog):
         _assert_near(grads, EXPECTED, 0.06)
 
 
-@pytest.mark.parametrize(
-    "elbo, particles", [(Trace_ELBO, 10), (TraceMeanField_ELBO, 3), (TraceEnum_ELBO, 3)]
-)
-def test_subsample_gradient_sequential(elbo, particles, caplog):
+@pytest.mark.parametrize("elbo", [Trace_ELBO, TraceMeanField_ELBO])
+def test_subsample_gradient_sequential(elbo, caplog):
     """Pyro's test_subsample_gradient_sequential: the plate draws its own subsample (one
     example of two) at every call, the guide indexes its parameter with it, and the ELBO
-    runs its particles one after another (Pyro's 10; 3 where a recording of 10 unrolled
-    particles would add seconds and nothing new).
+    runs its particles one after another (4, not Pyro's 10: the recording unrolls them, and
+    each costs time and shows nothing new).
 
     Pyro's test averages 5000 draws to reach EXPECTED within 0.333; here the replayed
     call's gradient is checked against its closed form on its own draws instead (exact,
@@ -399,6 +398,8 @@ def test_subsample_gradient_sequential(elbo, particles, caplog):
         scale = pyro.param("scale", lambda: torch.tensor([1.0]))
         with pyro.plate("data", len(DATA), 1) as ind:
             pyro.sample("z", dist.Normal(loc[ind], scale))
+
+    particles = 4
 
     def make_loss():
         return elbo(num_particles=particles, strict_enumeration_warning=False)
@@ -592,39 +593,30 @@ def _probs():
     return [pyro.param(f"model_probs_{k}") for k in "xyz"]
 
 
-def enum_plate_models(inside: bool, num_masked: int, scale: float):
-    """Pyro's test_elbo_enumerate_plate_1 (``inside`` False: y above the data plate) and _2
-    (y inside it), each example of the plate masked from ``num_masked`` on, under
-    ``poutine.scale``; the hand model sums y out as a sequential plate over the unmasked
-    examples only."""
+def enum_plate_models(num_masked: int, scale: float):
+    """Pyro's test_elbo_enumerate_plate_2: y enumerated inside the data plate (the harder of
+    _1 and _2: its enumeration dim meets the plate's), the examples masked from
+    ``num_masked`` on, under ``poutine.scale``; the hand model sums y out as a sequential
+    plate over the unmasked examples only."""
 
     def auto_model(data):
         _enum_params()
         probs_x, probs_y, probs_z = _probs()
         x = pyro.sample("x", dist.Categorical(probs_x))
         mask = torch.arange(len(data)) < num_masked
-        with poutine.scale(scale=scale):
-            if not inside:
-                y = pyro.sample("y", dist.Categorical(probs_y[x]), infer={"enumerate": "parallel"})
-            with pyro.plate("data", len(data)), poutine.mask(mask=mask):
-                if inside:
-                    y = pyro.sample(
-                        "y", dist.Categorical(probs_y[x]), infer={"enumerate": "parallel"}
-                    )
-                pyro.sample("z", dist.Categorical(probs_z[y]), obs=data)
+        with poutine.scale(scale=scale), pyro.plate("data", len(data)), poutine.mask(mask=mask):
+            y = pyro.sample("y", dist.Categorical(probs_y[x]), infer={"enumerate": "parallel"})
+            pyro.sample("z", dist.Categorical(probs_z[y]), obs=data)
 
     def hand_model(data):
         _enum_params()
         probs_x, probs_y, probs_z = _probs()
         x = pyro.sample("x", dist.Categorical(probs_x))
         with poutine.scale(scale=scale):
-            if not inside:
-                y = pyro.sample("y", dist.Categorical(probs_y[x]), infer={"enumerate": "parallel"})
             for i in pyro.plate("data", num_masked):
-                if inside:
-                    y = pyro.sample(
-                        f"y_{i}", dist.Categorical(probs_y[x]), infer={"enumerate": "parallel"}
-                    )
+                y = pyro.sample(
+                    f"y_{i}", dist.Categorical(probs_y[x]), infer={"enumerate": "parallel"}
+                )
                 pyro.sample(f"z_{i}", dist.Categorical(probs_z[y]), obs=data[i])
 
     @config_enumerate
@@ -635,16 +627,11 @@ def enum_plate_models(inside: bool, num_masked: int, scale: float):
     return auto_model, hand_model, guide
 
 
-@pytest.mark.parametrize(
-    "inside, num_masked, scale",
-    [(False, 2, 10.0), (True, 2, 1.0)],
-    ids=["plate_1-masked-scaled", "plate_2-masked"],
-)
-def test_elbo_enumerate_plate(inside, num_masked, scale, caplog):
-    """Pyro's test_elbo_enumerate_plate_1/_2: the model's enumerated y (above or inside a
-    masked, scaled data plate) and the guide's enumerated x, all summed out; the compiled
-    step's loss and gradients are Pyro's, and exactly the hand-summed model's."""
-    auto_model, hand_model, guide = enum_plate_models(inside, num_masked, scale)
+def test_elbo_enumerate_plate_masked_and_scaled(caplog):
+    """Pyro's test_elbo_enumerate_plate_2 (masked, scale 10): the model's enumerated y and
+    the guide's enumerated x, all summed out; the compiled step's loss and gradients are
+    Pyro's, and exactly the hand-summed model's."""
+    auto_model, hand_model, guide = enum_plate_models(num_masked=2, scale=10.0)
     data = torch.tensor([1, 0, 1])
     calls = [((data,), {})] * 3
     results, _ = same_as_pyro(
@@ -655,7 +642,7 @@ def test_elbo_enumerate_plate(inside, num_masked, scale, caplog):
     _assert_near(results[-1][1], _closed_form_grads(hand), 1e-12)
 
 
-@pytest.mark.parametrize("num_steps", [3])
+@pytest.mark.parametrize("num_steps", [2])
 def test_elbo_hmm_in_model(num_steps, caplog):
     """Pyro's test_elbo_hmm_in_model (parallel): a Markov chain of states enumerated in the
     model, a mean-field guide enumerated in parallel; the gradient's closed form in the

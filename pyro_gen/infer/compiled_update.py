@@ -183,13 +183,16 @@ class GuardedUpdate:
             skip = not all(map(math.isfinite, terms)) or (
                 guard and bool(grads) and bool(non_finite(grads).item())
             )
+            # Pyro's loss is a Python float (a double): kept as float64, every digit of it
+            # (the default dtype would round a float64 model's loss to float32)
+            values = [torch.tensor(t, dtype=torch.float64) for t in terms]
             if skip:
-                out = tuple(skipped_loss(torch.tensor(t)) for t in terms)
+                out = tuple(map(skipped_loss, values))
             else:
                 if fused or self.optimizer is not None:
                     self.register(params)
                 self.apply(params)
-                out = tuple(map(torch.tensor, terms))
+                out = tuple(values)
             return out if isinstance(loss, tuple) else out[0]
         finally:
             for p in params:

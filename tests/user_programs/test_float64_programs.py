@@ -7,8 +7,7 @@ What each check is against:
 - ``fit`` on a plain-Pyro VAE and on a model with a global latent over a subsampled plate:
   ``compile=False`` takes ``pyro.infer.SVI``'s steps bit for bit, the default compiled
   step agrees to float64 rounding, the parameters stay float64, and the recorded losses
-  are Pyro's float64 ones (a strict xfail under float32 defaults: a defect of the lead's
-  compiled_update.py, reported); a checkpointed run resumed equals the straight run bit for bit,
+  are Pyro's float64 ones; a checkpointed run resumed equals the straight run bit for bit,
   its file holds float64 tensors, and a resume into a model of another dtype is refused
   (it was cast silently); float32 data into a float64 network fails as Pyro's SVI does.
 - ``evaluate_elbo`` / ``iwae_log_likelihood`` with exact-posterior guides (an amortized
@@ -176,8 +175,7 @@ def test_fit_takes_pyros_float64_steps(kind, mode, compile):
     """compile=False is SVI bit for bit; the compiled step agrees to float64 rounding; the
     parameters stay float64."""
     losses, svi_losses, store, expected = _fit_and_svi(kind, mode, compile)
-    if mode == "default":  # under float32 defaults: see the xfail below
-        torch.testing.assert_close(losses, svi_losses, rtol=1e-12, atol=0)
+    torch.testing.assert_close(losses, svi_losses, rtol=1e-12, atol=0)
     assert sorted(store) == sorted(expected)
     for name, value in expected.items():
         assert store[name].dtype == torch.float64, name
@@ -187,13 +185,10 @@ def test_fit_takes_pyros_float64_steps(kind, mode, compile):
             torch.testing.assert_close(store[name], value, rtol=1e-12, atol=1e-14, msg=name)
 
 
-# Lead-owned (pyro_gen/infer/compiled_update.py, GuardedUpdate.plain): Pyro's step returns a
-# Python float, which the plain update (compile=False, a fallback, the compiled step's
-# recording step) wraps with torch.tensor(t) in the default dtype, float32 here.
-@pytest.mark.xfail(reason="plain step's loss rounded to the default dtype", strict=True)
 def test_recorded_losses_of_a_double_model_are_pyros_float64_losses():
     """The history's train_loss is the mean of SVI's float64 losses, not their float32
-    rounding (a relative 1e-8 of it shows)."""
+    rounding (a relative 1e-8 of it shows): the plain update (compile=False, a fallback,
+    the compiled step's recording step) once wrapped Pyro's float loss in the default dtype."""
     losses, svi_losses, _, _ = _fit_and_svi("vae", "double", False)
     torch.testing.assert_close(losses, svi_losses, rtol=1e-12, atol=0)
 
@@ -241,10 +236,7 @@ def test_checkpoint_resume_is_exact_in_float64(mode, compile, tmp_path):
     pyro.set_rng_seed(123)  # the checkpoint's RNG state replaces this
     resumed_losses = _fit(model, guide, batches, 2, compile, checkpoint_dir=tmp_path)
     resumed = _store()
-    if mode == "default":
-        assert resumed_losses == straight_losses
-    else:  # a plain step's loss is rounded to float32 (see the xfail above), params are not
-        torch.testing.assert_close(resumed_losses, straight_losses, rtol=1e-7, atol=0)
+    assert resumed_losses == straight_losses
     for name, value in straight.items():
         assert resumed[name].dtype == torch.float64
         assert torch.equal(resumed[name], value), name

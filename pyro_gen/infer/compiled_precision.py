@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch.utils import _pytree as pytree
 
-__all__ = ["check_precision", "networks_in"]
+__all__ = ["check_precision", "check_trained_dtypes", "networks_in"]
 
 
 def check_precision(dtype: Any) -> torch.dtype | None:
@@ -41,6 +41,29 @@ def check_precision(dtype: Any) -> torch.dtype | None:
         f"mixed_precision must be None or torch.bfloat16, got {dtype!r} (float16 would need "
         "loss scaling; bfloat16 has float32's range and needs none)"
     )
+
+
+def check_trained_dtypes(dtype: torch.dtype | None, named: dict[str, torch.Tensor]) -> None:
+    """Refuses mixed precision for a model trained in float64: autocast casts float32
+    inputs only, so its networks would run in float64 as before, with nothing said.
+
+    Example:
+        >>> check_trained_dtypes(torch.bfloat16, {"w": torch.zeros(2)})  # float32: runs
+        >>> check_trained_dtypes(torch.bfloat16, {"w": torch.zeros(2, dtype=torch.float64)})
+        Traceback (most recent call last):
+        ...
+        ValueError: mixed_precision=torch.bfloat16 runs float32 networks ... float64: ['w']. ...
+    """
+    if dtype is None:
+        return
+    wide = sorted(name for name, t in named.items() if t.dtype == torch.float64)
+    if wide:
+        shown = wide[:5] + (["..."] if len(wide) > 5 else [])
+        raise ValueError(
+            f"mixed_precision={dtype} runs float32 networks in {dtype}, and autocast leaves "
+            f"float64 ones as they are; these parameters are float64: {shown}. Cast the model "
+            "to float32 (.float()) or drop mixed_precision"
+        )
 
 
 @contextmanager

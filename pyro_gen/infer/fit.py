@@ -24,6 +24,7 @@ from pyro.infer import ELBO, Trace_ELBO, TraceTailAdaptive_ELBO
 
 from pyro_gen.data.batching import BatchCalls, Transform, batch_calls, with_transform
 from pyro_gen.infer.checkpoint import run_lock
+from pyro_gen.infer.compiled_precision import check_trained_dtypes
 from pyro_gen.infer.distributed import ShardedBatches, setup
 from pyro_gen.infer.fit_arguments import _check_arguments, _device
 from pyro_gen.infer.fit_held_out import _held_out
@@ -286,6 +287,8 @@ def fit(
         # a model that had others, and every checkpoint records them for the next resume.
         params = sorted({n for t in traces for n, s in t.nodes.items() if s["type"] == "param"})
         local = local_params(*traces)  # a PyroModule's own, under module_local_params
+        store = dict(pyro.get_param_store().named_parameters())
+        check_trained_dtypes(mixed_precision, {n: store[n] for n in params if n in store})
         if dp is not None:
             dp.start(prog.modules, loss, prog, first)
         layout = data_layout(batches, batch_size)

@@ -193,6 +193,18 @@ def test_recorded_losses_of_a_double_model_are_pyros_float64_losses():
     torch.testing.assert_close(losses, svi_losses, rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_mixed_precision_on_a_float64_model_is_refused_before_training(mode):
+    """Autocast casts float32 inputs only: bfloat16 "mixed precision" on a float64 model would
+    train in float64, silently. fit refuses it, naming the parameters, before any step."""
+    _enter(mode)
+    pyro.clear_param_store()
+    model, guide, batches = _program("vae", mode)
+    with pytest.raises(ValueError, match=r"float64: \[.*\]\. Cast the model to float32"):
+        fit(model, batches, guide=guide, epochs=1, progress=False, mixed_precision=torch.bfloat16)
+    assert all(v.grad is None for v in pyro.get_param_store().values())
+
+
 # --------------------------------------------------------------------------- checkpoints
 
 

@@ -107,6 +107,7 @@ from pyro_gen.infer.compiled_runner import ProgramRunner, _StaleConstants
 from pyro_gen.infer.compiled_signatures import SignaturePrograms
 from pyro_gen.infer.compiled_step_recorder import StepRecorder
 from pyro_gen.infer.compiled_update import GuardedUpdate
+from pyro_gen.infer.loss_value import loss_name
 
 logger = logging.getLogger("pyro_gen")
 
@@ -270,7 +271,7 @@ class CompiledSVI(
         if backend == "pyro":
             self.fallback_reason = "compilation turned off"
         elif not supports(self.loss):
-            self._fall_back(f"{type(self.loss).__name__} is not supported")
+            self._fall_back(f"{loss_name(self.loss)} is not supported")
 
     # -- public API ----------------------------------------------------------------------
 

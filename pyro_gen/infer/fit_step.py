@@ -15,6 +15,7 @@ from pyro.infer import ELBO
 from pyro_gen.infer.annealing import kl_scale_pair
 from pyro_gen.infer.compiled import CompiledSVI, supports
 from pyro_gen.infer.distributed import GradReducer
+from pyro_gen.infer.loss_value import loss_name
 from pyro_gen.infer.program import Program
 
 logger = logging.getLogger("pyro_gen")
@@ -49,7 +50,7 @@ def _step_function(
                 "pyro_gen: %s is not supported by the compiled step (Trace_ELBO, "
                 "TraceMeanField_ELBO, TraceEnum_ELBO, JitTrace_ELBO and JitTraceEnum_ELBO "
                 "are): training with Pyro's own SVI step",
-                _loss_name(loss),
+                loss_name(loss),
             )
     else:
         backend = "inductor" if compile else "auto"
@@ -68,11 +69,3 @@ def _step_function(
         # the program does not support, a fallback) takes the fused update
         fused_update=compile is not False,
     )
-
-
-def _loss_name(loss: Any) -> str:
-    """A loss as a user wrote it: a function's or bound method's name (``simple_elbo``,
-    ``TraceEnum_ELBO.differentiable_loss``), else the loss object's class."""
-    if isinstance(loss, ELBO) or not hasattr(loss, "__qualname__"):
-        return type(loss).__name__
-    return loss.__qualname__

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from pyro.infer import ELBO
 from pyro.poutine import Trace
 
 from pyro_gen.infer.log_weights import find_data_plate, sample_sites
 
-__all__ = ["reported_loss", "subsampled_size"]
+__all__ = ["loss_name", "reported_loss", "subsampled_size"]
 
 
 def reported_loss(value: Any) -> float:
@@ -50,3 +51,18 @@ def subsampled_size(model_trace: Trace, plate_name: str | None = None) -> int | 
             if frame.name == plate.name and frame.full_size not in (None, frame.size):
                 return int(frame.full_size)
     return None
+
+
+def loss_name(loss: Any) -> str:
+    """A loss as a user wrote it: a function's or bound method's name, else the loss
+    object's class.
+
+    Example:
+        >>> from pyro.infer import Trace_ELBO
+        >>> elbo = Trace_ELBO()
+        >>> loss_name(elbo), loss_name(elbo.differentiable_loss)
+        ('Trace_ELBO', 'Trace_ELBO.differentiable_loss')
+    """
+    if isinstance(loss, ELBO) or not hasattr(loss, "__qualname__"):
+        return type(loss).__name__
+    return loss.__qualname__

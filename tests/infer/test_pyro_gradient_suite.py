@@ -802,12 +802,6 @@ def test_masked_and_nested_plates(model, guide, elbo, args, caplog):
     same_as_pyro(model, guide, elbo, [(args, {})] * 3, COMPILED, caplog)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect in pyro_gen/infer/compiled.py (lead's): CompiledSVI's fallback line for a "
-    "callable loss names its type, 'method is not supported', not the loss (fit's own line "
-    "names it through fit_step._loss_name)",
-)
 def test_a_differentiable_loss_falls_back_naming_it(caplog):
     """Pyro's DiffTrace_ELBO rows (test_subsample_gradient, test_plate): SVI given
     ``Trace_ELBO().differentiable_loss``, a callable loss. The compiled step takes Pyro's

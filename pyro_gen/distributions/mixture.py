@@ -13,6 +13,10 @@ from torch.distributions import constraints
 from pyro_gen.transforms._base import PicklableModule
 
 
+def _broadcasts(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    return all(s in (1, t) for s, t in zip(shape, target))
+
+
 class GaussianMixture(dist.TorchDistribution):
     """Mixture of :math:`K` diagonal Gaussians over :math:`\\mathbb{R}^D`,
 
@@ -53,6 +57,19 @@ class GaussianMixture(dist.TorchDistribution):
         if locs.dim() < 2 or locs.shape[-1] < 1:
             raise ValueError(f"locs must have shape (*batch, K, D), got {tuple(locs.shape)}")
         k, d = locs.shape[-2:]
+        if logits.dim() < 1 or logits.shape[-1] != k:
+            raise ValueError(
+                f"logits must have shape (*batch, K) with K = {k} (locs' second-last dim), "
+                f"got {tuple(logits.shape)}"
+            )
+        if scales.dim() < 2 or not _broadcasts(scales.shape[-2:], (k, d)):
+            raise ValueError(
+                f"scales must have shape (*batch, K, D) broadcastable to locs' (K, D) = "
+                f"{(k, d)}, got {tuple(scales.shape)}"
+            )
+        # a (K, 1) or (1, D) scale is shared across dims/components; the matmul path below
+        # needs the full (K, D)
+        scales = scales.expand(scales.shape[:-2] + (k, d))
         own = broadcast_shape(logits.shape[:-1], locs.shape[:-2], scales.shape[:-2])
         batch_shape = torch.Size(broadcast_shape(own, batch_shape or ()))
         self._params = (logits, locs, scales)
@@ -69,7 +86,19 @@ class GaussianMixture(dist.TorchDistribution):
         return self.locs.shape[-2]
 
     def expand(self, batch_shape, _instance=None) -> GaussianMixture:
-        return GaussianMixture(*self._params, batch_shape=batch_shape, validate_args=False)
+        # Pyro's expand: the current batch shape must broadcast to the new one (expanding
+        # the already-expanded views raises otherwise), and validation is kept, so a plate
+        # (which scores the expanded distribution) still checks the observed values
+        batch_shape = torch.Size(batch_shape)
+        new = self._get_checked_instance(GaussianMixture, _instance)
+        k, d = self.locs.shape[-2:]
+        new.logits = self.logits.expand(batch_shape + (k,))
+        new.locs = self.locs.expand(batch_shape + (k, d))
+        new.scales = self.scales.expand(batch_shape + (k, d))
+        new._params, new._shared = self._params, self._shared
+        super(GaussianMixture, new).__init__(batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
 
     def component_log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """:math:`\\log \\pi_k + \\log \\mathcal{N}(z; \\mu_k, \\sigma_k^2)`, shape

@@ -33,6 +33,17 @@ class FlowDistribution(dist.TransformedDistribution):
 
     arg_constraints: dict = {}
 
+    # torch's TransformedDistribution keeps the shapes its transforms' forward_shape
+    # returned, and ours return tuples; Pyro (EnergyDistance, AutoGaussian) and users call
+    # .numel() on them, so they are given back as torch.Size like every distribution's
+    @property
+    def batch_shape(self) -> torch.Size:
+        return torch.Size(self._batch_shape)
+
+    @property
+    def event_shape(self) -> torch.Size:
+        return torch.Size(self._event_shape)
+
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if is_validation_enabled():
             k = len(self.event_shape)

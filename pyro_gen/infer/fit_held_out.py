@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from pyro import poutine
 from pyro.infer import ELBO
 
 from pyro_gen.data.batching import Transform, batch_calls, with_transform
@@ -20,43 +19,37 @@ from pyro_gen.infer.program import Program, trace_once
 
 def _evaluate_loss(
     prog: Program,
+    held_out: HeldOutData,
     data: Any,
     loss: Any,
     batch_size: int,
     transform: Transform | None,
     device: torch.device,
-    plate_name: str | None = None,
 ) -> float:
-    """A loss's value per example on held-out data (modules in eval mode), the batches moved
-    to the training ``device``.
+    """A loss's value per example on held-out ``data`` (modules in eval mode), the batches
+    moved to the training ``device``, counted as ``train_loss`` counts it: where the data
+    plate subsamples, a batch's value stands for the plate's full size
+    (``held_out.represented``; Pyro scales a batch of B by N / B).
 
     A loss object is read through its ``loss``, without a graph. A callable loss, as
     ``SVI`` takes one (``simple_elbo``, ``TraceEnum_ELBO().differentiable_loss``), returns a
     differentiable tensor and may refuse to run without autograd: it runs with gradients
-    enabled and its value is read off (no backward pass, nothing reaches ``.grad``); where
-    the data plate subsamples, a batch's value stands for the plate's full size (Pyro
-    scales it by N/B), so it counts as ``train_loss`` counts it."""
+    enabled and its value is read off (no backward pass, nothing reaches ``.grad``)."""
     modes = {name: m.training for name, m in prog.modules.items()}
     for m in prog.modules.values():
         m.eval()
-    model: Any = prog.model
-    if hasattr(loss, "loss_and_grads"):  # a loss object: its own batch's value
-        evaluate, autograd, traced = loss.loss, torch.no_grad(), None
+    if hasattr(loss, "loss_and_grads"):
+        evaluate, autograd = loss.loss, torch.no_grad()
     else:
-        # A callable loss is an ELBO-like sum over the model's sites: the model's last run
-        # on a batch (traced here, the loss is opaque) says from its data plate how many
-        # examples the value stands for.
         evaluate, autograd = loss, torch.enable_grad()
-        model = traced = poutine.trace(prog.model)
-    plate = plate_name or declared_plate(prog.model)
+    represented = held_out.represented
     total, seen = 0.0, 0
     try:
         for call in batch_calls(data, batch_size, shuffle=False, device=device):
             call = with_transform(call, transform)
             with autograd:
-                value = reported_loss(evaluate(model, prog.guide, *call.args, **call.kwargs))
+                value = reported_loss(evaluate(prog.model, prog.guide, *call.args, **call.kwargs))
             examples = call.size if call.size is not None else 1
-            represented = None if traced is None else subsampled_size(traced.trace, plate)
             total += value * (examples / represented if represented else 1.0)
             seen += examples
     finally:
@@ -80,7 +73,8 @@ def _held_out(
 ) -> HeldOutData:
     """``eval_data`` checked before training, not after an epoch of it: its first batch is
     read (the first evaluation's own read, so the user's batch function is called once per
-    evaluation) and, for an ELBO, the plate evaluate_elbo will score by is found on it."""
+    evaluation) and the model traced on it: for an ELBO, the plate evaluate_elbo will score
+    by is found; for another loss, how many examples a batch's value stands for."""
     if isinstance(eval_data, Iterator) and epochs is not None:
         count = evaluations(state.epoch, epochs, eval_every)
         if count > 1:
@@ -91,7 +85,10 @@ def _held_out(
                 f"eval_every={epochs} to evaluate once at the end"
             )
     held_out = HeldOutData(eval_data, batch_size, device)
+    _, model_trace = trace_once(prog, with_transform(held_out.first, transform))
+    plate = plate_name or declared_plate(model)
     if isinstance(loss, ELBO):
-        _, model_trace = trace_once(prog, with_transform(held_out.first, transform))
-        find_data_plate(model_trace, plate_name or declared_plate(model))
+        find_data_plate(model_trace, plate)
+    else:  # evaluate_elbo finds the plate itself; another loss is counted by it here
+        held_out.represented = subsampled_size(model_trace, plate)
     return held_out

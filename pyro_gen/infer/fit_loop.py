@@ -238,7 +238,7 @@ def _train(
                 )
             else:  # an adversarial or likelihood-free objective: no ELBO to report
                 record["test_loss"] = _evaluate_loss(
-                    prog, eval_data, loss, max(batch_size, 256), transform, device, plate_name
+                    prog, held_out, eval_data, loss, max(batch_size, 256), transform, device
                 )
             pyro.util.set_rng_state(rng)
         if dp is not None:  # rank 0's record (its evaluation, its clock) everywhere

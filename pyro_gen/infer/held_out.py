@@ -59,6 +59,9 @@ class HeldOutData:
         if isinstance(calls, IterableBatches) and calls.makes_a_pass_per_read:
             self._kept = calls
         self._one_shot = isinstance(data, Iterator)
+        #: the examples a batch's loss stands for where the data plate subsamples (its full
+        #: size N: Pyro scales a batch of B by N / B); None: a batch stands for itself
+        self.represented: int | None = None
 
     def for_evaluation(self) -> Any:
         """The data to pass to the next evaluation: the kept pass (an iterator of the

@@ -679,9 +679,26 @@ def _observed_only(x: torch.Tensor, idx: torch.Tensor) -> None:
         pyro.sample("obs", dist.Normal(mu, 1.0), obs=x)
 
 
-def test_held_out_loss_per_example_with_a_subsampled_plate():
-    """test_loss of a callable loss is per example, as train_loss is, when the data plate
-    subsamples: -mean log N(x; mu, 1) at mu = 0 (SGD with lr 0 leaves mu there)."""
+class SimpleELBOObject:
+    """The tutorial's ELBO as a loss object (``loss`` / ``loss_and_grads``), the other kind
+    of loss ``SVI`` takes."""
+
+    def loss(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
+        with torch.no_grad():
+            return float(simple_elbo(model, guide, *args, **kwargs))
+
+    def loss_and_grads(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
+        value = simple_elbo(model, guide, *args, **kwargs)
+        value.backward()
+        return float(value)
+
+
+@pytest.mark.parametrize("kind", ["callable", "object"])
+def test_held_out_loss_per_example_with_a_subsampled_plate(kind):
+    """test_loss of a callable loss or a loss object is per example, as train_loss is, when
+    the data plate subsamples: -mean log N(x; mu, 1) at mu = 0 (SGD with lr 0 leaves mu
+    there)."""
+    loss = simple_elbo if kind == "callable" else SimpleELBOObject()
     x = torch.randn(NE, generator=torch.Generator().manual_seed(0))
     data = (x, torch.arange(NE))
     truth = float(-dist.Normal(0.0, 1.0).log_prob(x).mean())
@@ -690,7 +707,7 @@ def test_held_out_loss_per_example_with_a_subsampled_plate():
         _observed_only,
         data,
         guide=lambda x, idx: None,
-        loss=simple_elbo,
+        loss=loss,
         steps=1,
         batch_size=100,
         optim=pyro.optim.SGD({"lr": 0.0}),

@@ -178,13 +178,31 @@ def _check_enumerated(
 
 
 def _check_params(*traces: poutine.Trace) -> None:
-    for trace in traces:
+    # The first module to register a name during this run owns the store entry; a later
+    # module registered under the same name (Pyro's CEVAE: its Model and Guide PyroModules
+    # both name a child ``t_nn``) gets that tensor back from ``pyro.module``, which Pyro's
+    # SVI trains while the later module's own parameter stays at its initial value.
+    first: dict[str, tuple[torch.Tensor, str]] = {}
+    for trace, role in zip(traces, ("guide", "model")):
         for name, site in trace.nodes.items():
             if site["type"] != "param" or _MODULE_NAMESPACE_DIVIDER not in name:
                 continue
             given = site["args"][1] if len(site["args"]) > 1 else None
-            if isinstance(given, torch.nn.Parameter) and site["value"] is not given:
-                owner = name.split(_MODULE_NAMESPACE_DIVIDER)[0]
+            if not isinstance(given, torch.nn.Parameter):
+                continue
+            owner = name.split(_MODULE_NAMESPACE_DIVIDER)[0]
+            if site["value"] is not given and name in first and site["value"] is first[name][0]:
+                raise ValueError(
+                    f"two different modules are registered under the name {owner!r} (in the "
+                    f"{first[name][1]} and in the {role}): {name!r} would be the first one's "
+                    "tensor for both, so Pyro's SVI trains it and leaves the other module's "
+                    "parameter at its initial value. Give them distinct names: another "
+                    "pyro.module name, or, for PyroModules whose plain nn.Module children "
+                    "share an attribute name (CEVAE's Model.t_nn and Guide.t_nn), make model "
+                    "and guide children of one PyroModule so that each name is prefixed "
+                    "('model.t_nn', 'guide.t_nn')"
+                )
+            if site["value"] is not given:
                 raise ValueError(
                     f"the Pyro param store already holds {name!r} (from an earlier model, or "
                     "a store loaded with pyro.get_param_store().load), so training would "
@@ -194,6 +212,7 @@ def _check_params(*traces: poutine.Trace) -> None:
                     f"pyro.module({owner!r}, <that module>, update_module_params=True) once "
                     "before fit (or resume with fit(..., checkpoint_dir=...))"
                 )
+            first.setdefault(name, (given, role))
 
 
 def trace_once(prog: Program, call: Call) -> tuple[poutine.Trace, poutine.Trace]:

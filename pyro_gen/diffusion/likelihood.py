@@ -88,8 +88,13 @@ class DiscretizedGaussian(TorchDistribution):
 
     def expand(self, batch_shape, _instance=None):  # noqa: D102
         batch_shape = torch.Size(batch_shape)
+        # the instance's validate_args, as Pyro's expand keeps it: a plate scores the
+        # expanded copy, which otherwise fell back to the global flag
         return DiscretizedGaussian(
-            self.loc.expand(batch_shape), self.scale.expand(batch_shape), self.num_bins
+            self.loc.expand(batch_shape),
+            self.scale.expand(batch_shape),
+            self.num_bins,
+            validate_args=self._validate_args,
         )
 
     @property

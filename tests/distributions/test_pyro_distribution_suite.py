@@ -238,6 +238,36 @@ def test_validation_refuses_out_of_support_values_also_under_a_plate(case) -> No
             pyro.poutine.trace(model).get_trace().compute_log_prob()
 
 
+@pytest.mark.parametrize("validate", [True, False])
+@pytest.mark.parametrize(
+    "name", ["GaussianMixture", "DiscretizedGaussian", "ExpRelaxedCategorical"]
+)
+def test_expand_keeps_an_explicit_validate_args(name, validate) -> None:
+    # Pyro's expand copies _validate_args: validate_args=True refuses bad values under a
+    # plate with global validation off, validate_args=False scores them with it on
+    build = {
+        "GaussianMixture": lambda v: GaussianMixture(
+            torch.zeros(K), torch.randn(K, D), torch.ones(K, D), validate_args=v
+        ),
+        "DiscretizedGaussian": lambda v: DiscretizedGaussian(
+            torch.zeros(3), torch.ones(3), validate_args=v
+        ),
+        "ExpRelaxedCategorical": lambda v: ExpRelaxedCategorical(
+            torch.tensor(0.5), logits=torch.zeros(3, K), validate_args=v
+        ),
+    }
+    d = build[name](validate)
+    large = d.expand((2,) + d.batch_shape)
+    assert large._validate_args is validate
+    bad = _bad_value(d, large.shape())
+    with pyro.validation_enabled(not validate):
+        if validate:
+            with pytest.raises(ValueError):
+                large.log_prob(bad)
+        else:
+            large.log_prob(bad)
+
+
 def test_to_event_and_mask(case) -> None:
     large = case.expand((4,) + case.batch_shape)
     with torch.no_grad():

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 import pyro.distributions as dist
 import torch
 from pyro.distributions.conditional import ConditionalTransform
-from pyro.distributions.util import is_validation_enabled
 from torch import nn
 from torch.distributions import Transform
 
@@ -45,7 +44,9 @@ class FlowDistribution(dist.TransformedDistribution):
         return torch.Size(self._event_shape)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        if is_validation_enabled():
+        # the instance's flag (set from the global one when validate_args is None, kept by
+        # expand), so validate_args=False turns these checks off as it does torch's
+        if self._validate_args:
             k = len(self.event_shape)
             if value.dim() < k or tuple(value.shape[value.dim() - k :]) != tuple(self.event_shape):
                 raise ValueError(

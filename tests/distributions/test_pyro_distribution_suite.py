@@ -40,7 +40,13 @@ from pyro.infer.autoguide import AutoGaussian
 
 from pyro_gen import transforms as T
 from pyro_gen.diffusion.likelihood import DiscretizedGaussian
-from pyro_gen.distributions import ConditionalNormal, Flow, LearnedMixture, LearnedNormal
+from pyro_gen.distributions import (
+    ConditionalNormal,
+    Flow,
+    FlowDistribution,
+    LearnedMixture,
+    LearnedNormal,
+)
 from pyro_gen.distributions.mixture import GaussianMixture, MixturePrior
 from pyro_gen.distributions.vamp import VampPrior
 from pyro_gen.vae.discrete import ExpRelaxedCategorical
@@ -240,7 +246,7 @@ def test_validation_refuses_out_of_support_values_also_under_a_plate(case) -> No
 
 @pytest.mark.parametrize("validate", [True, False])
 @pytest.mark.parametrize(
-    "name", ["GaussianMixture", "DiscretizedGaussian", "ExpRelaxedCategorical"]
+    "name", ["GaussianMixture", "DiscretizedGaussian", "ExpRelaxedCategorical", "FlowDistribution"]
 )
 def test_expand_keeps_an_explicit_validate_args(name, validate) -> None:
     # Pyro's expand copies _validate_args: validate_args=True refuses bad values under a
@@ -254,6 +260,12 @@ def test_expand_keeps_an_explicit_validate_args(name, validate) -> None:
         ),
         "ExpRelaxedCategorical": lambda v: ExpRelaxedCategorical(
             torch.tensor(0.5), logits=torch.zeros(3, K), validate_args=v
+        ),
+        "FlowDistribution": lambda v: FlowDistribution(
+            # Pyro leaves the base's flag to the base
+            dist.Independent(dist.Normal(torch.zeros(D), 1.0, validate_args=v), 1, validate_args=v),
+            [T.affine_coupling(D, hidden_dims=[8])],
+            validate_args=v,
         ),
     }
     d = build[name](validate)

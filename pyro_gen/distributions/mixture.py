@@ -139,6 +139,13 @@ class GaussianMixture(dist.TorchDistribution):
     def mean(self) -> torch.Tensor:
         return (self.logits.softmax(-1)[..., None] * self.locs).sum(-2)
 
+    @property
+    def variance(self) -> torch.Tensor:
+        r"""Per-dim variance, :math:`\sum_k \pi_k (\sigma_k^2 + \mu_k^2) - \bar\mu^2` (law of
+        total variance), as Pyro's mixtures give it."""
+        pi = self.logits.softmax(-1)[..., None]
+        return (pi * (self.scales.pow(2) + self.locs.pow(2))).sum(-2) - self.mean.pow(2)
+
 
 class MixturePrior(PicklableModule):
     """Learnable mixture-of-Gaussians prior for a VAE latent.

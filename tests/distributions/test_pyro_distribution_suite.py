@@ -339,6 +339,7 @@ def test_gaussian_mixture_sampled_mean_and_covariance_match_the_closed_form() ->
     n = 40000
     x = p.sample((n,)).reshape(-1, D)
     torch.testing.assert_close(p.mean[0], mean)
+    torch.testing.assert_close(p.variance, cov.diagonal().expand(2, D))
     m = x.mean(0)
     assert ((m - mean).abs() < 5 * x.std(0) / math.sqrt(len(x))).all()
     c = x - m

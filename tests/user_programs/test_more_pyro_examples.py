@@ -20,17 +20,19 @@ import pytest
 import torch
 from pyro import poutine
 from pyro.contrib.cevae import CEVAE, PreWhitener, TraceCausalEffect_ELBO
+from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import ClippedAdam
 from torch.utils.data import DataLoader, TensorDataset
 
 from pyro_gen.infer import evaluate_elbo, fit, iwae_log_likelihood
-from tests.user_programs import cevae
+from tests.user_programs import bayesian_decoder, cevae
 from tests.user_programs.test_user_programs import (
     _store,
     assert_same_store,
     paired_gap,
     resumed_and_straight,
 )
+from tests.user_programs.vae import digits
 
 # ---------------------------------------------------------------------------------------
 # Causal effect VAE
@@ -194,3 +196,116 @@ def test_cevae_resumes_exactly(tmp_path):
 
     resumed, straight = resumed_and_straight(run, tmp_path, steps=8, stop=4)
     assert_same_store(resumed, straight, exact=True)
+
+
+# ---------------------------------------------------------------------------------------
+# PyroModule + PyroSample: a Bayesian decoder, guided by AutoNormal plus an amortized part
+
+
+def _bayesian_decoder_run(train) -> tuple:
+    """A fresh model and guide from one seed; the guide is called once first, creating its
+    parameters as a user inspecting an autoguide does (so both loops draw alike)."""
+    x, _ = digits(num_train=96, num_test=0)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    vae = bayesian_decoder.BayesianDecoderVAE()
+    guide = bayesian_decoder.guide_for(vae)
+    guide(x[:32])
+    train(vae, guide, x)
+    return vae, guide, _store()
+
+
+@pytest.mark.parametrize("compile", [False, None], ids=["plain", "default"])
+def test_bayesian_decoder_fit_takes_pyro_svi_steps(compile):
+    """Two epochs of three batches with Pyro's ``SVI`` and with ``fit``: the same AutoNormal
+    locations and scales and encoder weights, bit for bit on the plain step and to float
+    rounding on the compiled one."""
+
+    def by_svi(vae, guide, x):
+        svi = SVI(vae, guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+        for _ in range(2):
+            for i in range(0, 96, 32):
+                svi.step(x[i : i + 32])
+
+    *_, expected = _bayesian_decoder_run(by_svi)
+    assert any(name.startswith("AutoGuideList.0.scales.decoder") for name in expected)
+    *_, got = _bayesian_decoder_run(
+        lambda vae, guide, x: fit(
+            vae,
+            [(x[i : i + 32],) for i in range(0, 96, 32)],
+            guide=guide,
+            epochs=2,
+            optim=pyro.optim.Adam({"lr": 1e-2}),
+            compile=compile,
+            progress=False,
+        )
+    )
+    assert_same_store(got, expected, exact=compile is False)
+
+
+def _hand_log_weights(vae, guide, x: torch.Tensor, draws: int) -> torch.Tensor:
+    """Each draw's whole-data-set log weight, log p(W, Z, X) - log q(W, Z | X), by hand."""
+    weights = []
+    with torch.no_grad():
+        for _ in range(draws):
+            guide_trace = poutine.trace(guide).get_trace(x)
+            model_trace = poutine.trace(poutine.replay(vae, guide_trace)).get_trace(x)
+            guide_trace.compute_log_prob()
+            model_trace.compute_log_prob()
+            log_p = sum(
+                s["log_prob_sum"] for s in model_trace.nodes.values() if s["type"] == "sample"
+            )
+            log_q = sum(
+                s["log_prob_sum"]
+                for s in guide_trace.nodes.values()
+                if s["type"] == "sample" and not s["is_observed"]
+            )
+            weights.append(log_p - log_q)
+    return torch.stack(weights).double()
+
+
+@pytest.mark.filterwarnings("ignore:the model or guide does not run under a vectorized")
+def test_bayesian_decoder_trains_resumes_and_is_scored_with_its_global_weights(tmp_path):
+    """A run resumed from its checkpoint (6 steps, then on to 12 under another seed) equals
+    12 straight. After training the test ELBO rose, and ``evaluate_elbo`` and
+    ``iwae_log_likelihood`` equal, within four standard errors, the hand-written
+    estimates of the whole data set's bounds divided by N, the weights drawn once per
+    particle for all examples (the decoder does not broadcast over a particle plate, so
+    particles run one by one, with a warning)."""
+    _, x_test = digits(num_train=0, num_test=64)
+
+    def run(directory, steps):
+        def train(vae, guide, x):
+            fit(
+                vae,
+                x,
+                guide=guide,
+                steps=steps,
+                batch_size=32,
+                optim=pyro.optim.Adam({"lr": 1e-2}),
+                checkpoint_dir=directory,
+                checkpoint_every=2,
+                compile=False,  # the compiled step's recordings would double the test's time
+                progress=False,
+            )
+
+        return _bayesian_decoder_run(train)
+
+    (vae, guide, resumed), (*_, straight) = resumed_and_straight(run, tmp_path, steps=12, stop=6)
+    assert_same_store(resumed, straight, exact=True)
+    before = evaluate_elbo(vae, x_test, guide=guide, num_particles=20)
+    run(tmp_path / "resumed", 36)
+    n = x_test.shape[0]
+    elbo = evaluate_elbo(vae, x_test, guide=guide, num_particles=40)
+    hand = _hand_log_weights(vae, guide, x_test, 40) / n
+    assert elbo > before + 2.0, (before, elbo)
+    se = math.sqrt(2 / 40) * hand.std().item()
+    assert abs(elbo - hand.mean().item()) < 4 * se, (elbo, hand.mean(), se)
+    k, reps = 10, 4
+    iwae = [iwae_log_likelihood(vae, x_test, guide=guide, num_samples=k) for _ in range(reps)]
+    hand = _hand_log_weights(vae, guide, x_test, k * reps).reshape(reps, k)
+    hand = (hand.logsumexp(1) - math.log(k)) / n
+    iwae = torch.tensor(iwae, dtype=torch.float64)
+    se = math.sqrt((iwae.var() + hand.var()).item() / reps)
+    assert abs(iwae.mean() - hand.mean()).item() < 4 * se + 1e-3, (iwae, hand)
+    assert iwae.mean() > elbo - 4 * se

@@ -16,12 +16,16 @@ usual data forms into a re-iterable source of calls:
 
 Tensor datasets are moved to the device once and sliced there, so there is no per-batch
 host-to-device copy; their shuffle order is drawn from the global torch RNG on that
-device, which makes it part of the RNG state a checkpoint records.
+device, which makes it part of the RNG state a checkpoint records. So is a ``DataLoader``'s
+when it has no generator of its own (its sampler and workers' seeds are drawn from the
+global RNG); a loader or sampler given ``generator=`` draws from a state no checkpoint
+holds, and a pass that follows a restored state says so with a warning.
 """
 
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,6 +106,66 @@ def describe(call: Call) -> str:
     if call.kwargs:
         parts.append("keywords " + ", ".join(map(repr, sorted(call.kwargs))))
     return " and ".join(parts) or "no arguments"
+
+
+def own_generator(source: Any) -> str | None:
+    """Where a ``DataLoader`` (or any object with ``generator`` / ``sampler`` attributes)
+    draws random numbers from a ``torch.Generator`` of its own rather than the global RNG,
+    in words; None when it has none.
+
+    Example:
+        >>> data = torch.utils.data.TensorDataset(torch.zeros(4))
+        >>> own_generator(torch.utils.data.DataLoader(data, shuffle=True)) is None
+        True
+        >>> own_generator(torch.utils.data.DataLoader(data, generator=torch.Generator()))
+        'its generator= argument'
+    """
+    if isinstance(getattr(source, "generator", None), torch.Generator):
+        return "its generator= argument"
+    sampler = getattr(source, "sampler", None)
+    batch_sampler = getattr(source, "batch_sampler", None)
+    for name, owner in [("sampler", sampler), ("batch_sampler", batch_sampler)]:
+        if isinstance(getattr(owner, "generator", None), torch.Generator):
+            return f"its {name}'s generator"
+    inner = getattr(batch_sampler, "sampler", None)
+    if inner is not sampler and isinstance(getattr(inner, "generator", None), torch.Generator):
+        return "its batch_sampler's sampler's generator"
+    return None
+
+
+def _kind(value: Any) -> str:
+    """What a batch argument is, for telling batches apart: a tensor (any subclass), else
+    its type's name."""
+    if torch.is_tensor(value):
+        return "Tensor"
+    kind = type(value)
+    return (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+
+
+def _kinds(call: Call) -> dict[int | str, str]:
+    """Each argument's kind, by position or name; None values (an optional argument left
+    out, as labels are in semi-supervised batches) are not counted."""
+    named: list[tuple[int | str, Any]] = [*enumerate(call.args), *call.kwargs.items()]
+    return {k: _kind(v) for k, v in named if v is not None}
+
+
+def _check_kinds(first: dict[int | str, str], call: Call, index: int) -> None:
+    """Refuses batch ``index`` when an argument is of another kind than in the first batch
+    (a collate_fn that returns a numpy array or a list for some batches): the model would
+    fail deep inside with an error naming neither the batch nor the argument."""
+    for key, kind in _kinds(call).items():
+        if key in first and first[key] != kind:
+            where = f"argument {key}" if isinstance(key, int) else f"argument {key!r}"
+            raise TypeError(
+                f"batch {index} of data has {where} a {kind}, where batch 0 has a "
+                f"{first[key]}: every batch must hold the same kinds of values (have the "
+                "DataLoader's collate_fn or your batch function return tensors, e.g. "
+                "torch.as_tensor)"
+            )
 
 
 class TensorBatches:
@@ -223,6 +287,8 @@ class IterableBatches:
         self._one_shot = isinstance(source, Iterator)
         self._passes = 0
         self._peeked: _Peeked | None = None
+        self._first_kinds: dict[int | str, str] | None = None  # batch 0's, once read
+        self._warned = False
 
     def __len__(self) -> int:
         if callable(self.source) and not isinstance(self.source, Iterable):
@@ -255,7 +321,7 @@ class IterableBatches:
             if first is None:
                 raise ValueError("data is an iterator that yields no batches")
             self.source = itertools.chain([first], self.source)
-            return as_call(first, self.device)
+            return self._first(first)
         before = global_rng_state()
         try:
             batches = self._fresh()
@@ -266,7 +332,12 @@ class IterableBatches:
         if first is None:
             raise ValueError("data yields no batches")
         self._peeked = _Peeked(itertools.chain([first], batches), before, after)
-        return as_call(first, self.device)
+        return self._first(first)
+
+    def _first(self, batch: Any) -> Call:
+        call = as_call(batch, self.device)
+        self._first_kinds = _kinds(call)
+        return call
 
     def _fresh(self) -> Iterator[Any]:
         return iter(self.source if isinstance(self.source, Iterable) else self.source())
@@ -298,7 +369,12 @@ class IterableBatches:
     def epoch(self, skip: int = 0) -> Iterator[Call]:
         """One pass over the batches. The iterator is made and ``skip`` batches are read
         now, not at the first batch, so a resume that restores the RNG state of the epoch's
-        start reads them with the same random numbers (a ``DataLoader``'s shuffle)."""
+        start reads them with the same random numbers (a ``DataLoader``'s shuffle).
+
+        A pass that :meth:`peek` started but that begins from another random state, or
+        inside the epoch (a resume restored a checkpoint's state), warns when the source
+        draws from a generator of its own, which the restored state does not include.
+        Every batch's arguments must be of the kinds the first one has."""
         if self._one_shot and self._passes > 0:
             raise ValueError(
                 "data is an iterator and was used up after one pass: pass a list, a "
@@ -310,10 +386,43 @@ class IterableBatches:
             batches = peeked.batches  # its draws made now, as a fresh iterator's would be
             set_global_rng_state(peeked.after)
         else:
+            if peeked is not None or skip > 0:
+                self._warn_unrecorded()
             batches = self._fresh()
         for _ in itertools.islice(batches, skip):
             pass
-        return (as_call(batch, self.device) for batch in batches)
+        return self._checked(batches, skip)
+
+    def _checked(self, batches: Iterator[Any], start: int) -> Iterator[Call]:
+        # A while loop, not a for loop, so that the pass is held by the local alone (not
+        # by the loop's own iterator): a refused batch's error keeps this frame in its
+        # traceback, and a DataLoader's workers should end now, not when the error goes.
+        index, end = start, object()
+        while (batch := next(batches, end)) is not end:
+            call = as_call(batch, self.device)
+            if self._first_kinds is None:
+                self._first_kinds = _kinds(call)
+            try:
+                _check_kinds(self._first_kinds, call, index)
+            except TypeError:
+                del batches, batch
+                raise
+            yield call
+            index += 1
+
+    def _warn_unrecorded(self) -> None:
+        where = own_generator(self.source)
+        if where is None or self._warned:
+            return
+        self._warned = True
+        warnings.warn(
+            f"data ({type(self.source).__name__}) draws its order from {where}, whose state "
+            "a checkpoint does not hold (it records the global random state): this resumed "
+            "pass is not the one the uninterrupted run made, nor are the batches after it. "
+            "Leave generator= unset so that the shuffle draws from the global RNG, which "
+            "checkpoints record, to resume exactly",
+            stacklevel=2,
+        )
 
     def __iter__(self) -> Iterator[Call]:
         return self.epoch()

@@ -80,7 +80,9 @@ def score_batches(
     with torch.no_grad(), _eval_mode(modules):
         bar = tqdm(total=total, desc=desc, unit="chunk", disable=not progress, leave=False)
         try:
-            for call in calls:
+            for index, call in enumerate(calls):
+                # a batch the model or guide does not take: fit's error, naming the batch
+                pair.check_call(call, index)
                 call = with_transform(call, transform)
                 if scorer.plate is None:
                     scorer.setup(call)

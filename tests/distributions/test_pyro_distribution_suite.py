@@ -5,7 +5,7 @@ Ported (read, not copied) from pyro-ppl/pyro ``tests/distributions/test_distribu
 ``test_subsequent_expands_ok``, ``test_expand_error``, ``test_score_errors_*``,
 ``check_sample_shapes``) and run over every distribution pyro_gen hands to
 ``pyro.sample``: GaussianMixture (shared and batched parameters), MixturePrior, VampPrior,
-Flow / FlowDistribution (plain, conditional, LearnedNormal / LearnedMixture /
+Flow / FlowDistribution (plain, conditional, image-shaped, LearnedNormal / LearnedMixture /
 ConditionalNormal bases), the VAE's NormalPrior / FlowPrior, the DDPM's DiscretizedGaussian
 and the discrete VAE's ExpRelaxedCategorical. What each check compares against:
 
@@ -100,6 +100,12 @@ CASES: dict[str, Callable[[], dist.TorchDistribution]] = {
     "Flow-LearnedNormal": lambda: _flow_of(LearnedNormal(D))(),
     "Flow-LearnedMixture": lambda: _flow_of(LearnedMixture(D, K))(),
     "Flow-ConditionalNormal": lambda: _flow_of(ConditionalNormal(D, 3, (8,)))(),
+    "Flow-image": lambda: _perturbed(
+        Flow(
+            (4, 2, 2),
+            [T.Squeeze((1, 4, 4)), T.affine_coupling((4, 2, 2), mask="channel", hidden_channels=4)],
+        )
+    )(),
     "NormalPrior": lambda: NormalPrior(D)(),
     "FlowPrior": lambda: _perturbed(FlowPrior(D, 2, (8,)))(),
     "DiscretizedGaussian": lambda: DiscretizedGaussian(torch.randn(3, 1), torch.rand(3, 1) + 0.2),
@@ -109,8 +115,9 @@ CASES: dict[str, Callable[[], dist.TorchDistribution]] = {
 }
 
 
-# draws on a grid (a pmf) or on a simplex's log-space surface: no density on R^2 to test
-_NO_DENSITY = {"DiscretizedGaussian", "ExpRelaxedCategorical"}
+# draws on a grid (a pmf), on a simplex's log-space surface, or in R^16: no density on a
+# 2-D grid to test
+_NO_DENSITY = {"DiscretizedGaussian", "ExpRelaxedCategorical", "Flow-image"}
 
 
 @pytest.fixture(params=sorted(CASES))

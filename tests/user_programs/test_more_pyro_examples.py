@@ -20,19 +20,18 @@ import pytest
 import torch
 from pyro import poutine
 from pyro.contrib.cevae import CEVAE, PreWhitener, TraceCausalEffect_ELBO
-from pyro.infer import SVI, Trace_ELBO
+from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from pyro.optim import ClippedAdam
 from torch.utils.data import DataLoader, TensorDataset
 
 from pyro_gen.infer import evaluate_elbo, fit, iwae_log_likelihood
-from tests.user_programs import bayesian_decoder, cevae
+from tests.user_programs import bayesian_decoder, cevae, vae
 from tests.user_programs.test_user_programs import (
     _store,
     assert_same_store,
     paired_gap,
     resumed_and_straight,
 )
-from tests.user_programs.vae import digits
 
 # ---------------------------------------------------------------------------------------
 # Causal effect VAE
@@ -205,14 +204,14 @@ def test_cevae_resumes_exactly(tmp_path):
 def _bayesian_decoder_run(train) -> tuple:
     """A fresh model and guide from one seed; the guide is called once first, creating its
     parameters as a user inspecting an autoguide does (so both loops draw alike)."""
-    x, _ = digits(num_train=96, num_test=0)
+    x, _ = vae.digits(num_train=96, num_test=0)
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
-    vae = bayesian_decoder.BayesianDecoderVAE()
-    guide = bayesian_decoder.guide_for(vae)
+    model = bayesian_decoder.BayesianDecoderVAE()
+    guide = bayesian_decoder.guide_for(model)
     guide(x[:32])
-    train(vae, guide, x)
-    return vae, guide, _store()
+    train(model, guide, x)
+    return model, guide, _store()
 
 
 @pytest.mark.parametrize("compile", [False, None], ids=["plain", "default"])
@@ -221,8 +220,8 @@ def test_bayesian_decoder_fit_takes_pyro_svi_steps(compile):
     locations and scales and encoder weights, bit for bit on the plain step and to float
     rounding on the compiled one."""
 
-    def by_svi(vae, guide, x):
-        svi = SVI(vae, guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+    def by_svi(model, guide, x):
+        svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
         for _ in range(2):
             for i in range(0, 96, 32):
                 svi.step(x[i : i + 32])
@@ -230,8 +229,8 @@ def test_bayesian_decoder_fit_takes_pyro_svi_steps(compile):
     *_, expected = _bayesian_decoder_run(by_svi)
     assert any(name.startswith("AutoGuideList.0.scales.decoder") for name in expected)
     *_, got = _bayesian_decoder_run(
-        lambda vae, guide, x: fit(
-            vae,
+        lambda model, guide, x: fit(
+            model,
             [(x[i : i + 32],) for i in range(0, 96, 32)],
             guide=guide,
             epochs=2,
@@ -243,13 +242,13 @@ def test_bayesian_decoder_fit_takes_pyro_svi_steps(compile):
     assert_same_store(got, expected, exact=compile is False)
 
 
-def _hand_log_weights(vae, guide, x: torch.Tensor, draws: int) -> torch.Tensor:
+def _hand_log_weights(model, guide, x: torch.Tensor, draws: int) -> torch.Tensor:
     """Each draw's whole-data-set log weight, log p(W, Z, X) - log q(W, Z | X), by hand."""
     weights = []
     with torch.no_grad():
         for _ in range(draws):
             guide_trace = poutine.trace(guide).get_trace(x)
-            model_trace = poutine.trace(poutine.replay(vae, guide_trace)).get_trace(x)
+            model_trace = poutine.trace(poutine.replay(model, guide_trace)).get_trace(x)
             guide_trace.compute_log_prob()
             model_trace.compute_log_prob()
             log_p = sum(
@@ -272,12 +271,12 @@ def test_bayesian_decoder_trains_resumes_and_is_scored_with_its_global_weights(t
     estimates of the whole data set's bounds divided by N, the weights drawn once per
     particle for all examples (the decoder does not broadcast over a particle plate, so
     particles run one by one, with a warning)."""
-    _, x_test = digits(num_train=0, num_test=64)
+    _, x_test = vae.digits(num_train=0, num_test=64)
 
     def run(directory, steps):
-        def train(vae, guide, x):
+        def train(model, guide, x):
             fit(
-                vae,
+                model,
                 x,
                 guide=guide,
                 steps=steps,
@@ -291,21 +290,78 @@ def test_bayesian_decoder_trains_resumes_and_is_scored_with_its_global_weights(t
 
         return _bayesian_decoder_run(train)
 
-    (vae, guide, resumed), (*_, straight) = resumed_and_straight(run, tmp_path, steps=12, stop=6)
+    (model, guide, resumed), (*_, straight) = resumed_and_straight(run, tmp_path, steps=12, stop=6)
     assert_same_store(resumed, straight, exact=True)
-    before = evaluate_elbo(vae, x_test, guide=guide, num_particles=20)
+    before = evaluate_elbo(model, x_test, guide=guide, num_particles=20)
     run(tmp_path / "resumed", 36)
     n = x_test.shape[0]
-    elbo = evaluate_elbo(vae, x_test, guide=guide, num_particles=40)
-    hand = _hand_log_weights(vae, guide, x_test, 40) / n
+    elbo = evaluate_elbo(model, x_test, guide=guide, num_particles=40)
+    hand = _hand_log_weights(model, guide, x_test, 40) / n
     assert elbo > before + 2.0, (before, elbo)
     se = math.sqrt(2 / 40) * hand.std().item()
     assert abs(elbo - hand.mean().item()) < 4 * se, (elbo, hand.mean(), se)
     k, reps = 10, 4
-    iwae = [iwae_log_likelihood(vae, x_test, guide=guide, num_samples=k) for _ in range(reps)]
-    hand = _hand_log_weights(vae, guide, x_test, k * reps).reshape(reps, k)
+    iwae = [iwae_log_likelihood(model, x_test, guide=guide, num_samples=k) for _ in range(reps)]
+    hand = _hand_log_weights(model, guide, x_test, k * reps).reshape(reps, k)
     hand = (hand.logsumexp(1) - math.log(k)) / n
     iwae = torch.tensor(iwae, dtype=torch.float64)
     se = math.sqrt((iwae.var() + hand.var()).item() / reps)
     assert abs(iwae.mean() - hand.mean()).item() < 4 * se + 1e-3, (iwae, hand)
     assert iwae.mean() > elbo - 4 * se
+
+
+# ---------------------------------------------------------------------------------------
+# Pyro's examples/vae/vae_comparison.py: the same networks trained by a PyTorch loop
+
+
+def _pytorch_vae_loss(v: vae.VAE, x: torch.Tensor) -> torch.Tensor:
+    """vae_comparison's PyTorch objective: summed Bernoulli cross-entropy of one
+    reparameterized draw plus the Normal KL in closed form."""
+    loc, scale = v.encoder(x)
+    z = loc + scale * torch.randn_like(loc)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(v.decoder(z), x, reduction="sum")
+    kl = 0.5 * (loc**2 + scale**2 - 1).sum() - scale.log().sum()
+    return bce + kl
+
+
+@pytest.mark.parametrize("compile", [False, None], ids=["plain", "default"])
+def test_vae_fit_with_a_mean_field_elbo_equals_a_hand_written_pytorch_loop(compile):
+    """The ``model``/``guide`` methods of one ``nn.Module`` trained by ``fit`` with
+    ``TraceMeanField_ELBO`` (the KL in closed form) and the same networks trained by
+    vae_comparison's hand-written PyTorch loop (``torch.optim.Adam`` on a summed BCE + KL)
+    from one seed: the draws are the same, so the weights agree to float rounding after
+    two epochs."""
+    x, _ = vae.digits(num_train=96, num_test=0)
+    batches = [x[i : i + 32] for i in range(0, 96, 32)]
+
+    def run(train):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        v = vae.VAE()
+        train(v)
+        return {name: p.detach().clone() for name, p in v.named_parameters()}
+
+    def by_hand(v):
+        optim = torch.optim.Adam(v.parameters(), lr=1e-2)
+        for _ in range(2):
+            for batch in batches:
+                optim.zero_grad()
+                _pytorch_vae_loss(v, batch).backward()
+                optim.step()
+
+    expected = run(by_hand)
+    got = run(
+        lambda v: fit(
+            v,
+            [(b,) for b in batches],
+            epochs=2,
+            optim=pyro.optim.Adam({"lr": 1e-2}),
+            loss=TraceMeanField_ELBO(),
+            compile=compile,
+            progress=False,
+        )
+    )
+    pyro.set_rng_seed(0)
+    initial = vae.VAE().decoder[0].weight
+    assert not torch.allclose(got["decoder.0.weight"], initial, atol=1e-3)  # it trained
+    assert_same_store(got, expected, exact=False)

@@ -411,18 +411,31 @@ class IterableBatches:
             index += 1
 
     def _warn_unrecorded(self) -> None:
+        if self._warned:
+            return
+        name = type(self.source).__name__
         where = own_generator(self.source)
-        if where is None or self._warned:
+        if where is not None:
+            message = (
+                f"data ({name}) draws its order from {where}, whose state a checkpoint does "
+                "not hold (it records the global random state): this resumed pass is not the "
+                "one the uninterrupted run made, nor are the batches after it. Leave "
+                "generator= unset so that the shuffle draws from the global RNG, which "
+                "checkpoints record, to resume exactly"
+            )
+        elif getattr(self.source, "persistent_workers", False):
+            # Its shuffle resumes exactly; what its workers draw themselves may not.
+            message = (
+                f"data ({name}) has persistent_workers=True: its workers' random states "
+                "carry over from epoch to epoch, and a checkpoint does not hold them, so if "
+                "the dataset draws random numbers in them (augmentation, noise) this resumed "
+                "run's batches differ from the uninterrupted run's. persistent_workers=False "
+                "seeds the workers from the global RNG each epoch and resumes exactly"
+            )
+        else:
             return
         self._warned = True
-        warnings.warn(
-            f"data ({type(self.source).__name__}) draws its order from {where}, whose state "
-            "a checkpoint does not hold (it records the global random state): this resumed "
-            "pass is not the one the uninterrupted run made, nor are the batches after it. "
-            "Leave generator= unset so that the shuffle draws from the global RNG, which "
-            "checkpoints record, to resume exactly",
-            stacklevel=2,
-        )
+        warnings.warn(message, stacklevel=2)
 
     def __iter__(self) -> Iterator[Call]:
         return self.epoch()

@@ -510,3 +510,29 @@ def test_auto_gaussian_guide_on_a_flow_observed_given_a_latent() -> None:
     model_trace = pyro.poutine.trace(pyro.poutine.replay(model, guide_trace)).get_trace(x)
     expected = guide_trace.log_prob_sum() - model_trace.log_prob_sum()
     assert math.isfinite(loss) and loss == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["transform", "base"])
+def test_trace_enum_elbo_sums_out_a_class_conditioning_a_flow(kind) -> None:
+    # a class-conditional flow p(x | c), c enumerated: the context arrives with the enum
+    # dim, (2, 1, 2), against data (N, D); the loss is -sum_n logsumexp_c(log w_c + log p(x_n | c))
+    torch.manual_seed(0)
+    if kind == "transform":
+        flow = Flow(D, [T.conditional_affine_coupling(D, 2, hidden_dims=[8])])
+    else:
+        flow = Flow(D, [T.affine_coupling(D, hidden_dims=[8])], base=ConditionalNormal(D, 2, (8,)))
+    _perturbed(flow)
+    w, x = torch.tensor([0.4, 0.6]), torch.randn(5, D)
+    one_hot = torch.eye(2)
+
+    @config_enumerate
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            c = pyro.sample("c", dist.Categorical(w))
+            pyro.sample("x", flow(one_hot[c]), obs=x)
+
+    with torch.no_grad():
+        per = torch.stack([flow.log_prob(x, one_hot[c].expand(5, 2)) for c in (0, 1)])
+        expected = -(w.log()[:, None] + per).logsumexp(0).sum().item()
+        loss = TraceEnum_ELBO(max_plate_nesting=1).loss(model, lambda x: None, x)
+    assert loss == pytest.approx(expected, rel=1e-5)

@@ -183,6 +183,9 @@ def test_expand_new_dims_and_expand_by(case, sample_shape) -> None:
     by = case.expand_by(list(sample_shape))
     assert by.batch_shape == large.batch_shape
     _check_sample_shapes(case, by)
+    # Pyro's default expand (an ExpandedDistribution around the small one) agrees
+    wrapped = dist.TorchDistribution.expand(case, large.batch_shape)
+    _check_sample_shapes(case, wrapped)
 
 
 def test_expand_existing_dim(case) -> None:

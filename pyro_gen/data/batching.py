@@ -334,6 +334,12 @@ class IterableBatches:
         self._peeked = _Peeked(itertools.chain([first], batches), before, after)
         return self._first(first)
 
+    def release(self) -> None:
+        """Drops the pass :meth:`peek` started and kept, if no pass took it: a caller that
+        is done, or gives up before its first pass (an error), lets a ``DataLoader``'s
+        iterator and its worker processes go now, not when the error or this object goes."""
+        self._peeked = None
+
     def _first(self, batch: Any) -> Call:
         call = as_call(batch, self.device)
         self._first_kinds = _kinds(call)
@@ -442,6 +448,23 @@ class IterableBatches:
 
 
 BatchCalls = TensorBatches | IterableBatches
+
+
+def release_peeked(batches: Any) -> None:
+    """:meth:`IterableBatches.release` for the user's batches that ``batches`` reads (itself,
+    or the batches a data-parallel wrapper shards); nothing for tensor data, which holds no
+    iterator.
+
+    Example:
+        >>> calls = batch_calls([torch.zeros(2)], 8, shuffle=False)
+        >>> _ = calls.peek()
+        >>> release_peeked(calls)
+        >>> calls._peeked is None
+        True
+    """
+    inner = getattr(batches, "inner", batches)
+    if isinstance(inner, IterableBatches):
+        inner.release()
 
 
 def batch_calls(

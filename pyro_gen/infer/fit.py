@@ -22,7 +22,13 @@ import pyro.optim
 import torch
 from pyro.infer import ELBO, Trace_ELBO, TraceTailAdaptive_ELBO
 
-from pyro_gen.data.batching import BatchCalls, Transform, batch_calls, with_transform
+from pyro_gen.data.batching import (
+    BatchCalls,
+    Transform,
+    batch_calls,
+    release_peeked,
+    with_transform,
+)
 from pyro_gen.infer.checkpoint import run_lock
 from pyro_gen.infer.compiled_precision import check_trained_dtypes
 from pyro_gen.infer.distributed import ShardedBatches, setup
@@ -279,6 +285,9 @@ def fit(
                 stack.enter_context(run_lock(ckpt_dir))
 
         _on_main(dp, lock)  # only rank 0 touches the run directory
+        # A pass the first read below keeps (a DataLoader's iterator, its workers) goes when
+        # fit does, returning or raising, not when the error's traceback goes.
+        stack.callback(release_peeked, batches)
         first = batches.peek()
         prog.check_call(first, 0)
         first = with_transform(first, transform)

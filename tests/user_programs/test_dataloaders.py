@@ -356,6 +356,21 @@ def test_a_bad_batch_gets_one_clear_error(kind: str) -> None:
     assert not _workers()
 
 
+def test_a_model_error_before_training_lets_the_workers_go() -> None:
+    """fit's first read of the data starts a pass (the loader's workers) that the first
+    epoch takes up; a model that fails before it must not keep them alive through the error
+    it raises (they lived until the next garbage collection)."""
+
+    def broken(x: torch.Tensor) -> None:
+        raise ValueError("a defect of the model")
+
+    loader = DataLoader(TensorDataset(X), B, shuffle=True, num_workers=2)
+    with pytest.raises(ValueError, match="a defect of the model") as raised:
+        fit(broken, loader, guide=lambda x: None, epochs=1, progress=False)
+    assert raised.value is not None  # the error (its traceback, fit's frame) is still held
+    assert not _workers()
+
+
 def test_evaluation_over_a_loader_equals_over_the_tensor() -> None:
     vae = _vae()
     # No shuffle and a generator of the loader's own: the same batches as the tensor's and

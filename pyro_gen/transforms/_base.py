@@ -361,15 +361,17 @@ class FlowTransformModule(TransformModule):
     def codomain(self) -> constraints.Constraint:
         return self._codomain
 
-    def forward_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+    # torch.Size, as torch's transforms return: a TransformedDistribution takes its batch
+    # and event shapes from these, and Pyro's code calls their .numel() (AutoGaussian)
+    def forward_shape(self, shape: Sequence[int]) -> torch.Size:
         _check_rank(shape, self.event_shape, type(self).__name__, "forward_shape")
         k = len(self.event_shape)
-        return tuple(shape[: len(shape) - k]) + self.out_shape
+        return torch.Size(tuple(shape[: len(shape) - k]) + self.out_shape)
 
-    def inverse_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+    def inverse_shape(self, shape: Sequence[int]) -> torch.Size:
         _check_rank(shape, self.out_shape, type(self).__name__, "inverse_shape")
         k = len(self.out_shape)
-        return tuple(shape[: len(shape) - k]) + self.event_shape
+        return torch.Size(tuple(shape[: len(shape) - k]) + self.event_shape)
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError

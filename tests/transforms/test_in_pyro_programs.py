@@ -297,3 +297,29 @@ def test_to_dtype_drops_the_cache() -> None:
         d.log_prob(x)
     base64 = dist.Normal(torch.zeros(3, dtype=torch.float64), 1.0).to_event(1)
     assert dist.TransformedDistribution(base64, [t]).log_prob(x.double()).dtype == torch.float64
+
+
+def test_autogaussian_takes_a_flow_observed_given_a_latent() -> None:
+    """Pyro's AutoGaussian reads ``event_shape.numel()`` of every site: a
+    TransformedDistribution over pyro_gen transforms has torch.Size shapes, as over torch's
+    (they were tuples, and the guide raised AttributeError before any loss)."""
+    from pyro.infer.autoguide import AutoGaussian
+
+    torch.manual_seed(0)
+    t = T.conditional_affine_coupling(2, 1, hidden_dims=[8])
+    x = torch.randn(5, 2)
+
+    def model(x: torch.Tensor) -> None:
+        pyro.module("t", t)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            base = dist.Normal(torch.zeros(2), 1.0).to_event(1)
+            flow = dist.TransformedDistribution(base, [t.condition(z[:, None])])
+            assert type(flow.event_shape) is torch.Size
+            pyro.sample("x", flow, obs=x)
+
+    pyro.clear_param_store()
+    guide = AutoGaussian(model, backend="dense")
+    pyro.set_rng_seed(1)
+    loss = Trace_ELBO().loss(model, guide, x)
+    assert math.isfinite(loss)

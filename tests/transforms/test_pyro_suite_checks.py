@@ -100,6 +100,10 @@ def test_shapes_for_several_batch_shapes(case: Case) -> None:
     for batch in BATCH_SHAPES:
         ct = _concrete(case, t, _context(case, *batch))
         x = torch.randn(*batch, *case.shape, dtype=torch.float64)
+        # torch.Size, as torch's transforms give: a TransformedDistribution's shapes are
+        # these, and Pyro calls their .numel() (AutoGaussian)
+        assert type(ct.forward_shape(x.shape)) is torch.Size
+        assert type(ct.inverse_shape(torch.Size(batch + out))) is torch.Size
         assert tuple(ct.forward_shape(x.shape)) == batch + out
         assert tuple(ct.inverse_shape(batch + out)) == x.shape
         y = ct(x)

@@ -86,28 +86,24 @@ def _misfit(current: Mapping[str, Any], saved: Mapping[str, Any]) -> str:
         f"missing {[k for k in current if k not in saved]}",
         f"unexpected {[k for k in saved if k not in current]}",
     ]
-    sizes = [
-        f"{k}: {tuple(saved[k].shape)} saved, {tuple(v.shape)} here"
+    both = [
+        (k, v, saved[k])
         for k, v in current.items()
-        if k in saved
-        and torch.is_tensor(v)
-        and torch.is_tensor(saved[k])
+        if k in saved and torch.is_tensor(v) and torch.is_tensor(saved[k])
+    ]
+    sizes = [
+        f"{k}: {tuple(s.shape)} saved, {tuple(v.shape)} here"
+        for k, v, s in both
         # a lazy module's parameter takes its shape from what is loaded
-        and not isinstance(v, torch.nn.parameter.UninitializedTensorMixin)
-        and v.shape != saved[k].shape
+        if not isinstance(v, torch.nn.parameter.UninitializedTensorMixin) and v.shape != s.shape
     ]
     problems.append(f"other shapes {sizes}")
     # load_state_dict casts silently: a float64 run resumed into a float32 module would go
     # on in float32 (and a float32 one in float64), not as the run that wrote it
     dtypes = [
-        f"{k}: {saved[k].dtype} saved, {v.dtype} here"
-        for k, v in current.items()
-        if k in saved
-        and torch.is_tensor(v)
-        and torch.is_tensor(saved[k])
-        and v.is_floating_point()
-        and saved[k].is_floating_point()
-        and v.dtype != saved[k].dtype
+        f"{k}: {s.dtype} saved, {v.dtype} here"
+        for k, v, s in both
+        if v.is_floating_point() and s.is_floating_point() and v.dtype != s.dtype
     ]
     if dtypes:
         problems.append(f"other dtypes {dtypes}: {_SAME_DTYPE}")

@@ -41,7 +41,7 @@ class GuardedUpdate:
         >>> update.register([w])
         >>> w.grad = torch.tensor([1.0, float("nan")])
         >>> update.plain(2.0, [w], guard=True, fused=True)  # skipped: w stays where it was
-        tensor(nan)
+        tensor(nan, dtype=torch.float64)
         >>> w.tolist()
         [0.0, 0.0]
     """

@@ -43,3 +43,13 @@ def _clean_pyro_state() -> None:
     pyro.enable_validation(True)
     yield
     pyro.clear_param_store()
+
+
+@pytest.fixture
+def float64_default() -> None:
+    """float64 as the default dtype for one test (checks against Pyro to 1e-9 and closer),
+    the previous default put back after it."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)

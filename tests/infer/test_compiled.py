@@ -17,12 +17,8 @@ from pyro_gen.infer.compiled import CompiledSVI, supports
 RTOL = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+# float64 throughout (tests/conftest.py, whose autouse fixture also clears the param store)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def assert_same_as_svi(run) -> None:

@@ -19,13 +19,8 @@ from tests.infer.test_compiled import assert_same_as_svi, assert_same_loss_and_g
 RTOL = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    pyro.clear_param_store()
-    yield
-    torch.set_default_dtype(old)
+# float64 throughout (tests/conftest.py, whose autouse fixture also clears the param store)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def cat(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -11,13 +11,8 @@ from pyro.infer import SVI, Trace_ELBO
 
 from tests.infer.test_compiled import RTOL, make
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+# float64 throughout (tests/conftest.py, whose autouse fixture also clears the param store)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 OPTIMIZERS = {

@@ -65,14 +65,8 @@ EXPECTED = {"loc": torch.tensor([0.5, -2.0]), "scale": torch.tensor([2.0])}
 PARTICLES = 100_000
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    pyro.clear_param_store()
-    yield
-    pyro.clear_param_store()
-    torch.set_default_dtype(old)
+# float64 throughout (tests/conftest.py, whose autouse fixture also clears the param store)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 Call = tuple[tuple, dict]

@@ -296,8 +296,9 @@ def fit(
         # a model that had others, and every checkpoint records them for the next resume.
         params = sorted({n for t in traces for n, s in t.nodes.items() if s["type"] == "param"})
         local = local_params(*traces)  # a PyroModule's own, under module_local_params
-        store = dict(pyro.get_param_store().named_parameters())
-        check_trained_dtypes(mixed_precision, {n: store[n] for n in params if n in store})
+        if mixed_precision is not None:
+            store = dict(pyro.get_param_store().named_parameters())
+            check_trained_dtypes(mixed_precision, {n: store[n] for n in params if n in store})
         if dp is not None:
             dp.start(prog.modules, loss, prog, first)
         layout = data_layout(batches, batch_size)

@@ -2,6 +2,9 @@
 
 Every function works on the device of its input and returns a tensor there. Integer
 inputs are read as pixels in ``0..255``; floating inputs as intensities in ``[0, 1]``.
+:func:`dynamic_binarize` and :func:`uniform_dequantize` return floats of the input's own
+floating dtype, or of torch's default dtype for integer input, unless ``dtype=`` says
+otherwise (so a ``.double()`` model gets float64 data under float32 defaults).
 
 References:
     R. Salakhutdinov, I. Murray, "On the quantitative analysis of deep belief networks",
@@ -21,13 +24,30 @@ import torch
 _PIXEL_MAX = 255.0
 
 
-def _intensity(x: torch.Tensor) -> torch.Tensor:
+def _intensity(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     if x.is_floating_point():
         return x
-    return x.to(torch.get_default_dtype()) / _PIXEL_MAX
+    return x.to(dtype or torch.get_default_dtype()) / _PIXEL_MAX
 
 
-def dynamic_binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def _output_dtype(x: torch.Tensor, dtype: torch.dtype | None, caller: str) -> torch.dtype:
+    """``dtype=`` if given, else the input's floating dtype, else torch's default: data the
+    user already holds in float64 must stay float64, or a float64 model fails on it."""
+    if dtype is None:
+        return x.dtype if x.is_floating_point() else torch.get_default_dtype()
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(
+            f"{caller}: dtype= must be a floating torch dtype such as torch.float64, got {dtype!r}"
+        )
+    return dtype
+
+
+def dynamic_binarize(
+    x: torch.Tensor,
+    generator: torch.Generator | None = None,
+    *,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     r"""A fresh Bernoulli draw per pixel, :math:`b \sim \mathrm{Bernoulli}(x)`, at every call.
 
     Calling it on every minibatch gives each epoch new binary images, which regularises
@@ -36,6 +56,8 @@ def dynamic_binarize(x: torch.Tensor, generator: torch.Generator | None = None) 
     Args:
         x: uint8 pixels in 0..255 or floats in [0, 1], on any device.
         generator: optional RNG (on ``x``'s device); the global one by default.
+        dtype: floating dtype of the result; by default ``x``'s own if it is floating,
+            else torch's default dtype.
 
     Returns:
         floats in {0, 1} with ``x``'s shape, on ``x``'s device.
@@ -44,16 +66,19 @@ def dynamic_binarize(x: torch.Tensor, generator: torch.Generator | None = None) 
         >>> b = dynamic_binarize(torch.tensor([0, 255, 128], dtype=torch.uint8))
         >>> b[:2].tolist(), b.dtype
         ([0.0, 1.0], torch.float32)
+        >>> dynamic_binarize(torch.tensor([0, 255], dtype=torch.uint8), dtype=torch.float64).dtype
+        torch.float64
     """
+    out = _output_dtype(x, dtype, "dynamic_binarize")
     # A comparison with uniform noise is the same Bernoulli draw as torch.bernoulli at a
     # quarter of its cost on the CPU, which matters when it runs on every minibatch.
     if x.dtype == torch.uint8:
         # r uniform on {0, ..., 254}: P(r < k) = k / 255 exactly, with no float conversion.
         r = torch.randint(0, 255, x.shape, dtype=torch.uint8, device=x.device, generator=generator)
-        return (r < x).to(torch.get_default_dtype())
-    p = _intensity(x)
+        return (r < x).to(out)
+    p = _intensity(x, out)
     u = torch.rand(p.shape, dtype=p.dtype, device=p.device, generator=generator)
-    return (u < p).to(p.dtype)
+    return (u < p).to(out)
 
 
 def static_binarize(x: torch.Tensor, seed: int = 0) -> torch.Tensor:
@@ -78,7 +103,11 @@ def static_binarize(x: torch.Tensor, seed: int = 0) -> torch.Tensor:
 
 
 def uniform_dequantize(
-    x: torch.Tensor, num_bins: int = 256, generator: torch.Generator | None = None
+    x: torch.Tensor,
+    num_bins: int = 256,
+    generator: torch.Generator | None = None,
+    *,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     r"""Spread integer levels over their bins: :math:`y = (x + u) / K`, :math:`u \sim U[0,1)`.
 
@@ -89,16 +118,20 @@ def uniform_dequantize(
         x: integer levels in ``0..num_bins - 1`` (e.g. uint8 pixels).
         num_bins: number of levels :math:`K`.
         generator: optional RNG (on ``x``'s device).
+        dtype: floating dtype of the result; by default ``x``'s own if it is floating
+            (levels held as floats), else torch's default dtype.
 
     Returns:
-        floats in [0, 1) (default dtype) on ``x``'s device.
+        floats in [0, 1) on ``x``'s device.
 
     Example:
         >>> y = uniform_dequantize(torch.tensor([0, 255], dtype=torch.uint8))
-        >>> bool(y[0] < 1 / 256) and bool(255 / 256 <= y[1] < 1)
-        True
+        >>> bool(y[0] < 1 / 256) and bool(255 / 256 <= y[1] < 1), y.dtype
+        (True, torch.float32)
+        >>> uniform_dequantize(torch.tensor([0.0, 255.0], dtype=torch.float64)).dtype
+        torch.float64
     """
-    dtype = torch.get_default_dtype()
+    dtype = _output_dtype(x, dtype, "uniform_dequantize")
     u = torch.rand(x.shape, generator=generator, dtype=dtype, device=x.device)
     y = (x.to(dtype) + u) / num_bins
     # (K - 1 + u) / K can round up to exactly 1 in float32.

@@ -48,6 +48,28 @@ def test_uniform_dequantize_stays_in_its_bin(device: torch.device) -> None:
     assert (y * 256 - x).mean().item() == pytest.approx(0.5, abs=0.02)
 
 
+@pytest.mark.parametrize("fn", [dynamic_binarize, uniform_dequantize])
+def test_float64_data_for_a_double_model(fn) -> None:
+    """float64 input, or integer pixels with dtype=torch.float64, give float64 data that a
+    ``.double()`` network accepts whatever the default dtype (it refuses float32 with torch's
+    dtype error); integer pixels without dtype= keep giving the default dtype."""
+    net = torch.nn.Linear(3, 1).double()
+    pixels = torch.tensor([[0, 128, 255]], dtype=torch.uint8)
+    floats = pixels.double() / 255 if fn is dynamic_binarize else pixels.double()
+    for y in (fn(floats), fn(pixels, dtype=torch.float64)):
+        assert y.dtype == torch.float64
+        net(y)
+    assert fn(pixels).dtype == torch.get_default_dtype()
+    assert fn(floats, dtype=torch.float32).dtype == torch.float32
+
+
+def test_dtype_must_be_floating() -> None:
+    pixels = torch.tensor([0, 255], dtype=torch.uint8)
+    for fn in (dynamic_binarize, uniform_dequantize):
+        with pytest.raises(TypeError, match=r"dtype= must be a floating torch dtype"):
+            fn(pixels, dtype=torch.int64)
+
+
 def _constant_rand(value: float):
     def rand(shape, generator=None, dtype=None, device=None):
         return torch.full(shape, value, dtype=dtype, device=device)

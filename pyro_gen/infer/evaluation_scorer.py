@@ -11,6 +11,7 @@ warning.
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -58,6 +59,27 @@ def _subsample_sites(*traces: Trace) -> Trace:
             if site["type"] == "sample" and site_is_subsample(site) and name not in kept.nodes:
                 kept.add_node(name, **site)
     return kept
+
+
+def _last_site(program: str, trace: Trace) -> str:
+    """Where a traced program failed, in words: after its last recorded sample site (the
+    failing statement itself is not recorded) and that site's value shape."""
+    sites = [
+        site
+        for site in trace.nodes.values()
+        if site["type"] == "sample" and not site_is_subsample(site)
+    ]
+    if not sites:
+        return f"the {program} failed before its first sample site"
+    shape = tuple(getattr(sites[-1]["value"], "shape", ()))
+    return f"the {program} failed after its site {sites[-1]['name']!r} (value shape {shape})"
+
+
+def _one_line(error: Exception) -> str:
+    """The error's message without the trace-shape table that Pyro appends to errors raised
+    inside a trace (its rows repeat what :func:`_last_site` says), on one line."""
+    text = re.split(r"\n\s*Trace Shapes:", str(error), maxsplit=1)[0]
+    return " ".join(line.strip() for line in text.splitlines() if line.strip()).rstrip(".")
 
 
 class _ReplayValues(ReplayMessenger):
@@ -110,12 +132,23 @@ class ParticleScorer:
         self.vectorize, self.vectorized_once = True, False
         self.fixed: dict[Any, tuple[Trace, Trace]] = {}
         self.subsamples: Trace | None = None
+        self.failed_at: str | None = None  # where the last traced program failed
+
+    def _trace(self, program: str, fn: Callable, call: Call) -> Trace:
+        tracer = poutine.trace(fn)
+        try:
+            return tracer.get_trace(*call.args, **call.kwargs)
+        except Exception:
+            # the partial trace is the one record of how far the program got
+            self.failed_at = _last_site(program, tracer.msngr.trace)
+            raise
 
     def new_batch(self) -> None:
         """Forgets the subsample indices drawn for the previous batch."""
         self.subsamples = None
 
     def _traces(self, call: Call, num_particles: int | None, key: Any) -> tuple[Trace, Trace]:
+        self.failed_at = None
         guide, fixed = self.guide, self.fixed.get(key)
         if fixed is not None:
             guide = _ReplayValues(trace=fixed[0])(guide)
@@ -130,7 +163,7 @@ class ParticleScorer:
                 stack.enter_context(
                     pyro.plate(PARTICLE_PLATE, num_particles, dim=self.particle_dim)
                 )
-            guide_trace = poutine.trace(guide).get_trace(*call.args, **call.kwargs)
+            guide_trace = self._trace("guide", guide, call)
             replay = guide_trace
             extra = [*(fixed[1].nodes.items() if fixed is not None else ())]
             extra += [*(subsamples.nodes.items() if subsamples is not None else ())]
@@ -145,7 +178,7 @@ class ParticleScorer:
                 # sites too and records the enumeration dims their densities depend on
                 model = poutine.enum(model, first_available_dim=self.particle_dim - 1)
             model = poutine.replay(model, trace=replay)
-            model_trace = poutine.trace(model).get_trace(*call.args, **call.kwargs)
+            model_trace = self._trace("model", model, call)
         if subsamples is None:
             self.subsamples = _subsample_sites(guide_trace, model_trace)
         return guide_trace, model_trace
@@ -266,11 +299,13 @@ class ParticleScorer:
                 if self.vectorized_once:
                     raise  # it broadcast before, so this is a genuine error
                 self.vectorize = False
+                where = f"{self.failed_at} with " if self.failed_at is not None else ""
                 warnings.warn(
                     "the model or guide does not run under a vectorized particle plate "
-                    f"({type(error).__name__}: {error}); drawing particles one at a time, "
-                    "which is slower. Write them to broadcast over extra leading batch "
-                    "dimensions to vectorize",
+                    f"({num_particles} particles at dim {self.particle_dim}), so evaluation "
+                    f"draws particles one at a time, which is slower: {where}"
+                    f"{type(error).__name__}: {_one_line(error)}. Write them to broadcast "
+                    "over extra leading batch dimensions to vectorize",
                     stacklevel=4,
                 )
         parts = [self._weights(call, 1, (key, j)) for j in range(num_particles)]

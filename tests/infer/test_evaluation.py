@@ -255,9 +255,14 @@ def test_models_that_do_not_broadcast_over_particles_fall_back_with_a_warning():
             pyro.sample("x", dist.Normal(z.reshape(x.shape[0]), 1.0), obs=x)
 
     _, guide = _scalar_model("data")
-    with pytest.warns(UserWarning, match="one at a time"):
+    with pytest.warns(UserWarning, match="one at a time") as record:
         values = iwae_log_likelihood(model, X, guide=guide, num_samples=4, per_example=True)
     assert torch.allclose(values, _exact_scalar(X), atol=1e-10)
+    # One line saying where it failed, without the trace-shape table Pyro appends.
+    (message,) = [str(w.message) for w in record if "one at a time" in str(w.message)]
+    assert "\n" not in message and "Trace Shapes" not in message, message
+    assert "the model failed after its site 'z' (value shape (4, 12))" in message, message
+    assert "shape '[12]' is invalid" in message, message
 
 
 MEANS = torch.tensor([-2.0, 0.5, 3.0], dtype=torch.float64)

@@ -478,7 +478,16 @@ def guard_cost(
                     [a / b for a, b in zip(num, den)]
                     for num, den in zip(means[label + clock], means["off" + clock])
                 ]
-                xs = [statistics.mean(r) for r in per_build] if builds > 1 else per_build[0]
+                # A build's ratio is its ratio of mean step times, not the mean of its rounds'
+                # ratios: a mean of ratios is biased up by about the squared coefficient of
+                # variation of the denominator (rounds on this host vary by ~10%, so ~1%),
+                # which showed as a control (C, the same program as B) at 1.01.
+                num, den = means[label + clock], means["off" + clock]
+                ratio_of_means = [statistics.mean(n) / statistics.mean(d) for n, d in zip(num, den)]
+                xs = ratio_of_means if builds > 1 else per_build[0]
+                row[f"{label}_round_ratio{clock}"] = statistics.mean(
+                    map(statistics.mean, per_build)
+                )
                 row[f"{label}_ratio{clock}"] = statistics.mean(xs)
                 row[f"{label}_se{clock}"] = statistics.stdev(xs) / math.sqrt(len(xs))
                 row[f"{label}_median{clock}"] = statistics.median(sum(per_build, []))

@@ -263,8 +263,17 @@ def warm_up(prog: Program, call: Call, *, check_sites: bool) -> tuple[poutine.Tr
     detach a module from what SVI trains and, with ``check_sites``, for guide and model
     sites that do not match.
     """
+    store = pyro.get_param_store()
+    held = set(store.keys())
     guide_trace, model_trace = trace_once(prog, call)
-    _check_params(guide_trace, model_trace)
-    if check_sites:
-        _check_sites(model_trace, guide_trace, prog.loss)
+    try:
+        _check_params(guide_trace, model_trace)
+        if check_sites:
+            _check_sites(model_trace, guide_trace, prog.loss)
+    except ValueError:
+        # A refused pair leaves the store as it found it: the names this run registered
+        # would otherwise go into the next run's checkpoint, or meet a retry as stale.
+        for name in set(store.keys()) - held:
+            del store[name]
+        raise
     return guide_trace, model_trace

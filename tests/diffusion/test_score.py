@@ -30,8 +30,13 @@ def test_trained_score_matches_true_score():
     data = mu + torch.randn(4096, 2) @ chol.T
     m = DDPM(TimeMLP(2, 64, num_layers=2), (2,), NoiseSchedule(linear_betas(20, 0.01, 0.3)),
              objective="simple", time_samples=4)  # fmt: skip
-    svi = SVI(m.model, m.guide, pyro.optim.Adam({"lr": 3e-3}), TraceMeanField_ELBO())
-    for _ in range(600):
+    # A decaying step size reaches the noise floor sooner than a constant one: after 250
+    # steps from lr 1e-2 down to 5e-4 the largest relative error below was 0.04-0.11 over
+    # four seeds, against 0.09 after 600 steps at a constant 3e-3 (and 0.13 after 300).
+    steps = 250
+    optim = pyro.optim.ClippedAdam({"lr": 1e-2, "lrd": 0.05 ** (1 / steps)})
+    svi = SVI(m.model, m.guide, optim, TraceMeanField_ELBO())
+    for _ in range(steps):
         svi.step(data[torch.randint(0, 4096, (256,))])
     s = m.schedule
     for t in (4, 10, 18):

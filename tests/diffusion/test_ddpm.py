@@ -152,8 +152,10 @@ def test_compiled_step_records_the_time_plate_image_model_with_ema(caplog):
     # record, so it fell back to plain Pyro SVI; now the update is a per-step callback.
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
-    m = build_ddpm((8, 8), timesteps=20, base_channels=8, num_bins=17, ema_decay=0.9)
-    x = torch.randint(0, 17, (16, 8, 8)).float() / 16
+    # 5 x 5 pixels: a U-Net of one level, the smallest image network (recording an 8 x 8
+    # one took twice as long, 11 s a recording, for nothing this test reads)
+    m = build_ddpm((5, 5), timesteps=20, base_channels=8, num_bins=17, ema_decay=0.9)
+    x = torch.randint(0, 17, (16, 5, 5)).float() / 16
     svi = CompiledSVI(m.model, m.guide, pyro.optim.Adam({"lr": 1e-3}), TraceMeanField_ELBO())
     start = m.ema.avg__out__weight.clone()
     for step in range(5):  # past the step-2 structure re-check

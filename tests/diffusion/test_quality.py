@@ -23,8 +23,13 @@ def test_eight_gaussians_bound_and_samples():
     cov = torch.cov(x.T)
     gaussian_entropy = 1 + math.log(2 * math.pi) + 0.5 * float(torch.logdet(cov))  # about 4.26
     m = build_ddpm((2,), timesteps=50, hidden_dim=64, time_samples=4)
-    svi = SVI(m.model, m.guide, pyro.optim.Adam({"lr": 3e-3}), TraceMeanField_ELBO())
-    for _ in range(400):
+    # 250 steps with the step size decaying from 5e-3 to 1e-3: over four seeds the bound was
+    # 3.34-3.46 and the samples' mean log-density -4.07 to -4.31, better than 400 steps at a
+    # constant 3e-3 gave (3.48-3.53, -4.24 to -4.38), so the thresholds keep their margins.
+    steps = 250
+    optim = pyro.optim.ClippedAdam({"lr": 5e-3, "lrd": 0.2 ** (1 / steps)})
+    svi = SVI(m.model, m.guide, optim, TraceMeanField_ELBO())
+    for _ in range(steps):
         svi.step(x[torch.randint(0, x.shape[0], (256,))])
     bound = float(variational_bound(m, test)["total"].mean())
     assert entropy < bound < gaussian_entropy - 0.3, (entropy, bound, gaussian_entropy)

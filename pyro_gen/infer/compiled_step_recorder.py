@@ -16,6 +16,7 @@ from typing import Any
 
 import pyro
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils import _pytree as pytree
 
@@ -37,6 +38,19 @@ from pyro_gen.infer.cpu_memory import retain_freed_cpu_memory
 from pyro_gen.infer.undo_writes import UndoWrites
 
 logger = logging.getLogger("pyro_gen")
+
+
+def _one_fake_mode() -> Any:
+    """A tracing context whose one fake-tensor mode describes every recorded value.
+
+    ``make_fx`` keeps each node's value as a fake tensor's metadata; with no fake mode in
+    context it builds a new ``FakeTensorMode`` per value, and each one captures the whole
+    Python stack (``traceback.extract_stack``), deep under Pyro's handlers: 2.8 s of a
+    6-layer ResidualFlow's 12 s recording. Tracing stays real (``tracing_mode="real"``).
+    """
+    mode = FakeTensorMode(allow_fallback_kernels=True)
+    return torch._guards.tracing(torch._guards.TracingContext(mode))
+
 
 __all__ = ["StepRecorder"]
 
@@ -139,7 +153,12 @@ class StepRecorder:
                 return (loss, *grads, *flag, *failed, *(t for t, _ in kept))
 
             try:
-                with pyro.validation_enabled(False), torch.enable_grad(), UndoWrites():
+                with (
+                    pyro.validation_enabled(False),
+                    torch.enable_grad(),
+                    UndoWrites(),
+                    _one_fake_mode(),
+                ):
                     gm = make_fx(program)(*params, *tensors, *betas)
             except _Unsupported:
                 raise

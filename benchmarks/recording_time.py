@@ -1,12 +1,16 @@
-"""What recording a compiled SVI step costs, with make_fx given one fake-tensor mode and
-without (how it ran before: a ``FakeTensorMode`` per recorded value, each capturing the
-whole Python stack).
+"""What recording a compiled SVI step costs, as the recorder runs now and with either of two
+savings taken out (how it ran before session 17):
+
+* ``one fake mode``: make_fx is given one fake-tensor mode; without it, it builds a
+  ``FakeTensorMode`` per recorded value, each capturing the whole Python stack;
+* ``one recompile``: the graph passes after make_fx regenerate the program's Python code
+  once; without it, once per pass.
 
 Each repetition builds the model afresh and records its step in a new ``CompiledSVI``
 (``backend="fx"``: the recording alone, no TorchScript trace), taking ``compile_time_s``;
-the two variants take turns (A B, B A, ...) on one thread, after one warm-up recording of
+the variants take turns in a rotating order on one thread, after one warm-up recording of
 each (the first recording in a process pays one-time imports). Reported: median seconds per
-recording of each and the median of the per-repetition ratios.
+recording of each, and the median of the per-repetition ratios now / without both.
 
 Run:  .venv/bin/python benchmarks/recording_time.py --reps 5
 """
@@ -45,19 +49,27 @@ MODELS: dict[str, tuple[Callable[[str], torch.nn.Module], Callable[[], torch.Ten
 }
 
 
-def record_once(make: Callable[[str], torch.nn.Module], x: torch.Tensor, one_mode: bool) -> float:
+# what each variant takes out of the recorder
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "now": (),
+    "without one fake mode": ("_one_fake_mode",),
+    "without one recompile": ("_one_recompile",),
+    "without both": ("_one_fake_mode", "_one_recompile"),
+}
+
+
+def record_once(make: Callable[[str], torch.nn.Module], x: torch.Tensor, variant: str) -> float:
     """Seconds ``CompiledSVI`` spent recording one model's step."""
     pyro.clear_param_store()
     model = make("rec")
     svi = CompiledSVI(model.model, model.guide, pyro.optim.Adam({"lr": 1e-3}), backend="fx")
-    patch = (
-        contextlib.nullcontext()
-        if one_mode
-        else unittest.mock.patch.object(
-            compiled_step_recorder, "_one_fake_mode", contextlib.nullcontext
-        )
-    )
-    with patch:
+    with contextlib.ExitStack() as stack:
+        for name in VARIANTS[variant]:
+            stack.enter_context(
+                unittest.mock.patch.object(
+                    compiled_step_recorder, name, lambda *_: contextlib.nullcontext()
+                )
+            )
         for _ in range(3):  # the plain first step, then the recording
             svi.step(x)
     assert svi.compiled, svi.fallback_reason
@@ -74,21 +86,21 @@ def main() -> None:
         f"torch {torch.__version__}, pyro {pyro.__version__}, "
         f"{platform.processor() or '?'}, 1 thread, {args.reps} repetitions"
     )
-    print("\n| model | one fake mode, s | a mode per value, s | ratio (median) |")
-    print("|---|---:|---:|---:|")
+    names = list(VARIANTS)
+    print("\n| model | " + " | ".join(f"{v}, s" for v in names) + " | now / without both |")
+    print("|---|" + "---:|" * (len(names) + 1))
     for name, (make, data) in MODELS.items():
         x = data()
-        for one_mode in (True, False):  # warm-up
-            record_once(make, x, one_mode)
-        times: dict[bool, list[float]] = {True: [], False: []}
+        for variant in names:  # warm-up
+            record_once(make, x, variant)
+        times: dict[str, list[float]] = {v: [] for v in names}
         for rep in range(args.reps):
-            for one_mode in (True, False) if rep % 2 == 0 else (False, True):
-                times[one_mode].append(record_once(make, x, one_mode))
-        ratio = statistics.median(a / b for a, b in zip(times[True], times[False], strict=True))
-        print(
-            f"| {name} | {statistics.median(times[True]):.2f} "
-            f"| {statistics.median(times[False]):.2f} | {ratio:.2f} |"
-        )
+            for variant in names[rep % len(names) :] + names[: rep % len(names)]:
+                times[variant].append(record_once(make, x, variant))
+        pairs = zip(times["now"], times["without both"], strict=True)
+        ratio = statistics.median(a / b for a, b in pairs)
+        medians = " | ".join(f"{statistics.median(times[v]):.2f}" for v in names)
+        print(f"| {name} | {medians} | {ratio:.2f} |")
 
 
 if __name__ == "__main__":

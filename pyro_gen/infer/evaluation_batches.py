@@ -16,7 +16,7 @@ from pyro_gen.data.batching import TensorBatches, Transform, batch_calls, with_t
 from pyro_gen.infer.evaluation_scorer import ParticleScorer
 from pyro_gen.infer.module_devices import modules_device
 from pyro_gen.infer.pair_declarations import declared_plate
-from pyro_gen.infer.program import program, trace_once
+from pyro_gen.infer.program import program, refuse_callable_data, trace_once
 
 __all__ = ["score_batches", "widen"]
 
@@ -56,6 +56,7 @@ def score_batches(
     """Applies ``reduce(local (K, B), shared (K,))`` to every batch's log-weights; also says
     whether the model has sites outside the data plate. With ``local_samples`` M > 1 each
     particle's local log-weight is the log-mean-exp of M draws given its global latents."""
+    refuse_callable_data(data)
     pair = program(model, guide)
     calls = batch_calls(
         data, batch_size, shuffle=False, device=modules_device(list(pair.modules.values()))

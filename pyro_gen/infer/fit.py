@@ -44,7 +44,7 @@ from pyro_gen.infer.fit_step import _step_function
 from pyro_gen.infer.local_params import local_params
 from pyro_gen.infer.loss_value import subsampled_size
 from pyro_gen.infer.pair_declarations import declared_plate
-from pyro_gen.infer.program import Program, program, warm_up
+from pyro_gen.infer.program import Program, program, refuse_callable_data, warm_up
 
 __all__ = [
     "READBACK_EVERY",
@@ -236,6 +236,7 @@ def fit(
         >>> round(loc.item())
         3
     """
+    refuse_callable_data(data)
     _check_arguments(
         epochs, steps, batch_size, grad_clip, eval_every, checkpoint_every, checkpoint_dir, optim
     )

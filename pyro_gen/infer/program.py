@@ -68,6 +68,40 @@ class Program:
         self._fitting.add(layout)
 
 
+def refuse_callable_data(data: Any) -> None:
+    """Refuses a guide where the data goes (Pyro's order is ``SVI(model, guide, ...)``).
+
+    Data may be a function of no arguments that returns an iterator of batches (called each
+    epoch); a module, or a function that needs arguments (a guide takes the model's), is
+    not one.
+
+    Example:
+        >>> def guide(x): pass
+        >>> refuse_callable_data(guide)
+        Traceback (most recent call last):
+        ...
+        TypeError: data is 'guide', a callable that takes arguments: the second argument is the data (a tensor, a dict or tuple of tensors, an iterable of batches, or a function of no arguments returning one); pass a guide as guide=
+        >>> refuse_callable_data(lambda: iter([torch.zeros(2)]))  # a batch function: data
+    """
+    if not callable(data) or torch.is_tensor(data):
+        return
+    if not isinstance(data, torch.nn.Module):
+        try:
+            inspect.signature(data).bind()
+            return  # callable with no arguments: a batch function
+        except TypeError:
+            pass
+        except ValueError:  # no signature to read (a builtin): let the data layer judge
+            return
+    name = getattr(data, "__name__", type(data).__name__)
+    raise TypeError(
+        f"data is {name!r}, a {'module' if isinstance(data, torch.nn.Module) else 'callable'} "
+        "that takes arguments: the second argument is the data (a tensor, a dict or tuple "
+        "of tensors, an iterable of batches, or a function of no arguments returning one); "
+        "pass a guide as guide="
+    )
+
+
 def program(model: Any, guide: Any = None, loss: Any = None) -> Program:
     """Resolves ``model`` (a module with ``model``/``guide`` methods, or a Pyro model callable)
     and an optional replacement ``guide`` into the pair SVI runs.

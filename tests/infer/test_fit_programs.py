@@ -13,7 +13,7 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 
-from pyro_gen.infer import NonFiniteLossError, fit
+from pyro_gen.infer import NonFiniteLossError, evaluate_elbo, fit, iwae_log_likelihood
 from tests.infer.tiny_vae import TinyVAE, binary_data
 
 LOC = torch.tensor([1.0, -2.0])
@@ -259,6 +259,20 @@ def test_empty_data_is_refused_and_never_loops():
 def test_a_plain_model_without_a_guide_is_told_to_pass_one():
     with pytest.raises(TypeError, match="pass guide="):
         fit(regression, _regression_data(), epochs=1, progress=False)
+
+
+def test_a_guide_in_the_data_position_is_named_as_such():
+    """Pyro's order is ``SVI(model, guide, ...)``: ``fit(model, guide)`` took the guide for
+    the data and said only "pass guide=", and the evaluation helpers did the same."""
+    guide = AutoNormal(regression)
+    message = r"data is '{}', a {} that takes arguments.*pass a guide as guide="
+    for call in (fit, evaluate_elbo, iwae_log_likelihood):
+        with pytest.raises(TypeError, match=message.format("AutoNormal", "module")):
+            call(regression, guide)
+        with pytest.raises(TypeError, match=message.format("<lambda>", "callable")):
+            call(regression, lambda x, y: None)
+    with pytest.raises(TypeError, match=message.format("AutoNormal", "module")):
+        fit(TinyVAE(), guide, epochs=1, progress=False)  # a module with its own guide too
 
 
 def test_guide_sites_that_do_not_match_the_model_are_named():

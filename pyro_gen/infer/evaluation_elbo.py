@@ -11,6 +11,7 @@ from pyro.infer import TraceMeanField_ELBO
 from pyro_gen.data.batching import Transform
 from pyro_gen.infer.evaluation_batches import score_batches, widen
 from pyro_gen.infer.evaluation_checks import check_counts
+from pyro_gen.infer.program import check_loss
 
 __all__ = ["ELBO_CHUNK", "evaluate_elbo"]
 
@@ -91,6 +92,8 @@ def evaluate_elbo(
         >>> round(evaluate_elbo(model, torch.zeros(10), guide=lambda x: None), 4)
         -0.9189
     """
+    if loss is not None:
+        check_loss(loss)
     if loss is not None and num_particles == 1:
         num_particles = int(getattr(loss, "num_particles", 1))
     check_counts(num_particles=num_particles)

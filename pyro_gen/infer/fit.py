@@ -44,7 +44,7 @@ from pyro_gen.infer.fit_step import _step_function
 from pyro_gen.infer.local_params import local_params
 from pyro_gen.infer.loss_value import subsampled_size
 from pyro_gen.infer.pair_declarations import declared_plate
-from pyro_gen.infer.program import Program, program, refuse_callable_data, warm_up
+from pyro_gen.infer.program import Program, check_loss, program, refuse_callable_data, warm_up
 
 __all__ = [
     "READBACK_EVERY",
@@ -241,11 +241,7 @@ def fit(
         epochs, steps, batch_size, grad_clip, eval_every, checkpoint_every, checkpoint_dir, optim
     )
     loss = loss if loss is not None else Trace_ELBO()
-    if not (hasattr(loss, "loss_and_grads") or callable(loss)):
-        raise TypeError(
-            f"loss must be a Pyro loss (an ELBO, an object with loss_and_grads, or a callable "
-            f"loss(model, guide, *args)), got {type(loss).__name__}"
-        )
+    check_loss(loss)
     if isinstance(loss, TraceTailAdaptive_ELBO):
         raise ValueError(
             "TraceTailAdaptive_ELBO estimates no loss (Pyro returns inf at every step by "

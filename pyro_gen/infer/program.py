@@ -102,6 +102,30 @@ def refuse_callable_data(data: Any) -> None:
     )
 
 
+def check_loss(loss: Any) -> None:
+    """Refuses what is not a Pyro loss: an ELBO (an object with ``loss_and_grads``) or a
+    callable ``loss(model, guide, *args)``; a loss class not yet called is named as such.
+
+    Example:
+        >>> from pyro.infer import Trace_ELBO
+        >>> check_loss(Trace_ELBO())
+        >>> check_loss(Trace_ELBO)
+        Traceback (most recent call last):
+        ...
+        TypeError: loss is the class Trace_ELBO, not called: pass Trace_ELBO() (with its arguments, e.g. num_particles=)
+    """
+    if isinstance(loss, type):  # callable, but calling it makes a loss rather than computing one
+        raise TypeError(
+            f"loss is the class {loss.__name__}, not called: pass {loss.__name__}() (with its "
+            "arguments, e.g. num_particles=)"
+        )
+    if not (hasattr(loss, "loss_and_grads") or callable(loss)):
+        raise TypeError(
+            f"loss must be a Pyro loss (an ELBO, an object with loss_and_grads, or a callable "
+            f"loss(model, guide, *args)), got {type(loss).__name__}"
+        )
+
+
 def program(model: Any, guide: Any = None, loss: Any = None) -> Program:
     """Resolves ``model`` (a module with ``model``/``guide`` methods, or a Pyro model callable)
     and an optional replacement ``guide`` into the pair SVI runs.

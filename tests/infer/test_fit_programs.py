@@ -227,6 +227,7 @@ def test_a_store_loaded_the_pyro_way_continues_through_the_advised_registration(
         ({"epochs": 1, "optim": torch.optim.Adam}, "optim must be a pyro.optim.PyroOptim"),
         ({"epochs": 1, "checkpoint_every": 5}, "checkpoint_every= needs checkpoint_dir="),
         ({"epochs": 1, "eval_data": torch.zeros(0, 6)}, "no examples"),
+        ({"epochs": 1, "loss": Trace_ELBO}, r"loss is the class Trace_ELBO, not called"),
     ],
 )
 def test_nonsense_arguments_are_refused_before_training(kwargs, message):
@@ -273,6 +274,17 @@ def test_a_guide_in_the_data_position_is_named_as_such():
             call(regression, lambda x, y: None)
     with pytest.raises(TypeError, match=message.format("AutoNormal", "module")):
         fit(TinyVAE(), guide, epochs=1, progress=False)  # a module with its own guide too
+
+
+@pytest.mark.parametrize("loss", [Trace_ELBO, "elbo", 3], ids=["class", "str", "int"])
+def test_evaluate_elbo_refuses_what_is_not_a_loss_as_fit_does(loss):
+    """evaluate_elbo reads the training loss's particles and type; anything else was ignored."""
+    x, y = _regression_data()
+    message = "loss is the class Trace_ELBO|loss must be a Pyro"
+    with pytest.raises(TypeError, match=message):
+        fit(regression, (x, y), guide=AutoNormal(regression), loss=loss, epochs=1)
+    with pytest.raises(TypeError, match=message):
+        evaluate_elbo(regression, (x, y), guide=AutoNormal(regression), loss=loss)
 
 
 def test_guide_sites_that_do_not_match_the_model_are_named():

@@ -80,7 +80,7 @@ def refuse_callable_data(data: Any) -> None:
         >>> refuse_callable_data(guide)
         Traceback (most recent call last):
         ...
-        TypeError: data is 'guide', a callable that takes arguments: the second argument is the data (a tensor, a dict or tuple of tensors, an iterable of batches, or a function of no arguments returning one); pass a guide as guide=
+        TypeError: data is 'guide', a callable that takes arguments: ...; pass a guide as guide=
         >>> refuse_callable_data(lambda: iter([torch.zeros(2)]))  # a batch function: data
     """
     if not callable(data) or torch.is_tensor(data):
@@ -112,7 +112,7 @@ def check_loss(loss: Any) -> None:
         >>> check_loss(Trace_ELBO)
         Traceback (most recent call last):
         ...
-        TypeError: loss is the class Trace_ELBO, not called: pass Trace_ELBO() (with its arguments, e.g. num_particles=)
+        TypeError: loss is the class Trace_ELBO, not called: pass Trace_ELBO() (with its ...)
     """
     if isinstance(loss, type):  # callable, but calling it makes a loss rather than computing one
         raise TypeError(

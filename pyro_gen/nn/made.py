@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pyro_gen.nn.legacy_keys import LegacyKeys
-from pyro_gen.nn.mlp import concat_context
+from pyro_gen.nn.mlp import concat_context, layer_widths
 
 
 class MaskedLinear(nn.Linear):
@@ -89,7 +89,7 @@ class MADE(LegacyKeys):
         # with a context, degree-0 hidden units (seeing only the context) let it reach the
         # first output in the order too; without one they would be constants
         low = 0 if context_dim else 1
-        for h in hidden_dims:
+        for h in layer_widths(hidden_dims):
             deg_h = torch.arange(h) % max(d - low, 1) + low
             mask = (deg_h[:, None] >= prev[None, :]).float()
             layers += [MaskedLinear(prev.numel(), h, mask), activation()]

@@ -2,12 +2,39 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from pyro_gen.nn.legacy_keys import LegacyKeys
+
+
+def layer_widths(hidden_dims: object) -> list[int]:
+    """``hidden_dims`` as a list of positive ints, or one error that says what was wrong
+    (an int for one layer was iterated, and the error named neither the argument nor the
+    fix).
+
+    Example:
+        >>> layer_widths((64, 64))
+        [64, 64]
+        >>> layer_widths(16)
+        Traceback (most recent call last):
+        ...
+        TypeError: hidden_dims must be a sequence of layer widths, e.g. [16] for one layer, ...
+    """
+    if isinstance(hidden_dims, (int, torch.Tensor)) or not isinstance(hidden_dims, Sequence):
+        raise TypeError(
+            "hidden_dims must be a sequence of layer widths, e.g. "
+            f"[{hidden_dims!r}] for one layer, got the {type(hidden_dims).__name__} {hidden_dims!r}"
+        )
+    widths = list(hidden_dims)
+    if not all(
+        isinstance(h, numbers.Integral) and not isinstance(h, bool) and h > 0 for h in widths
+    ):
+        raise ValueError(f"hidden_dims must hold positive whole numbers, got {widths!r}")
+    return [int(h) for h in widths]
 
 
 def broadcast_context(x: torch.Tensor, context: torch.Tensor, event_dim: int) -> torch.Tensor:
@@ -111,7 +138,7 @@ class MLP(LegacyKeys):
         self.in_dim = in_dim
         self.out_dim = out_dim
         self.context_dim = context_dim
-        dims = [in_dim + context_dim, *hidden_dims]
+        dims = [in_dim + context_dim, *layer_widths(hidden_dims)]
         layers: list[nn.Module] = []
         for a, b in zip(dims[:-1], dims[1:]):
             layers += [nn.Linear(a, b), activation()]

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from pyro.distributions import constraints
+from pyro.distributions.conditional import ConditionalTransformModule
 from pyro.distributions.torch_transform import TransformModule
 from torch.distributions.transforms import ComposeTransform, _InverseTransform
 
@@ -168,6 +169,27 @@ class PicklableModule(torch.nn.Module):
         return super().__getstate__()
 
 
+class ConditionalModule(PicklableModule, ConditionalTransformModule):
+    """Base of pyro_gen's conditional transforms (Pyro's
+    :class:`~pyro.distributions.conditional.ConditionalTransformModule`): ``condition(c)``
+    gives the transform for context ``c``. Applied directly, Pyro's base said only that
+    ``forward`` is missing; this says what to do instead.
+
+    Example:
+        >>> from pyro_gen.transforms import conditional_affine_coupling
+        >>> conditional_affine_coupling(4, context_dim=3)(torch.zeros(2, 4))
+        Traceback (most recent call last):
+        ...
+        TypeError: ConditionalAffineCoupling is a conditional transform: apply ... t.condition(c)(x)
+    """
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            f"{type(self).__name__} is a conditional transform: apply t.condition(context) "
+            "(the transform for that context), e.g. t.condition(c)(x)"
+        )
+
+
 class _Mode:
     """The ``training`` flag, one object shared by a transform and its ``with_cache`` twins."""
 
@@ -212,6 +234,28 @@ def check_context(context: torch.Tensor, conditioner: object, name: str) -> None
             f"{name}.condition(context) expects contexts of size context_dim={k} in the last "
             f"dim, got shape {tuple(context.shape)}"
         )
+
+
+def dtype_mismatch(module: torch.nn.Module, x: torch.Tensor) -> str | None:
+    """What to say when ``x``'s dtype is not that of ``module``'s floating parameters (torch
+    said "mat1 and mat2 must have the same dtype", naming neither), or None.
+
+    Example:
+        >>> dtype_mismatch(torch.nn.Linear(2, 2), torch.zeros(2, dtype=torch.float64))
+        'Linear holds torch.float32 parameters and got torch.float64 input: ...'
+        >>> dtype_mismatch(torch.nn.Linear(2, 2), torch.zeros(2, dtype=torch.long))
+        'Linear holds torch.float32 parameters and got torch.int64 input: a flow takes ...'
+    """
+    p = next((p for p in module.parameters() if p.is_floating_point()), None)
+    if p is None or p.dtype == x.dtype:
+        return None
+    said = f"{type(module).__name__} holds {p.dtype} parameters and got {x.dtype} input"
+    if not x.is_floating_point():
+        return (
+            f"{said}: a flow takes floating input (x.to({p.dtype}); integer data such as "
+            "pixels is dequantized first, e.g. pyro_gen.data.uniform_dequantize)"
+        )
+    return f"{said}: convert one to the other (x.to({p.dtype}), or the module .to({x.dtype}))"
 
 
 def check_event_shape(x: torch.Tensor, event_shape: tuple[int, ...], name: str) -> None:
@@ -391,13 +435,23 @@ class FlowTransformModule(TransformModule):
 
     def _call(self, x: torch.Tensor) -> torch.Tensor:
         check_event_shape(x, self.event_shape, type(self).__name__)
-        y, ladj = self._forward(x)
+        try:
+            y, ladj = self._forward(x)
+        except RuntimeError as exc:  # explained only on failure: nothing on the hot path
+            if (mismatch := dtype_mismatch(self, x)) is None:
+                raise
+            raise TypeError(mismatch) from exc
         self._store(x, y, ladj)
         return y
 
     def _inverse(self, y: torch.Tensor) -> torch.Tensor:
         check_event_shape(y, self.out_shape, type(self).__name__)
-        x, ladj = self._backward(y)
+        try:
+            x, ladj = self._backward(y)
+        except RuntimeError as exc:
+            if (mismatch := dtype_mismatch(self, y)) is None:
+                raise
+            raise TypeError(mismatch) from exc
         self._store(x, y, ladj)
         return x
 

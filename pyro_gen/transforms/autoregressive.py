@@ -23,13 +23,13 @@ import functools
 from collections.abc import Callable, Sequence
 
 import torch
-from pyro.distributions.conditional import ConditionalTransformModule
 from torch import nn
 
 from pyro_gen.nn.made import MADE
+from pyro_gen.nn.mlp import layer_widths
 from pyro_gen.transforms._base import (
+    ConditionalModule,
     FlowTransformModule,
-    PicklableModule,
     check_context,
     partial_module,
 )
@@ -147,7 +147,7 @@ class InverseAutoregressive(_Autoregressive):
         return self._sequential(y, inverse=True)
 
 
-class _ConditionalAutoregressive(PicklableModule, ConditionalTransformModule):
+class _ConditionalAutoregressive(ConditionalModule):
     _concrete: type[_Autoregressive]
 
     def __init__(
@@ -202,7 +202,7 @@ def _made(
     order: torch.Tensor | None,
     context_dim: int,
 ) -> MADE:
-    hidden = [max(10 * input_dim, 32)] * 2 if hidden_dims is None else list(hidden_dims)
+    hidden = [max(10 * input_dim, 32)] * 2 if hidden_dims is None else layer_widths(hidden_dims)
     # in-place ReLU: each follows a masked linear layer, whose backward does not need its
     # output, so it saves an allocation per layer (~2% of an IAF guide's step on CPU)
     relu = functools.partial(nn.ReLU, inplace=True)

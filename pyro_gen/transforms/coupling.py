@@ -7,14 +7,13 @@ import functools
 from collections.abc import Callable, Sequence
 
 import torch
-from pyro.distributions.conditional import ConditionalTransformModule
 from torch import nn
 
 from pyro_gen.nn.mlp import MLP
 from pyro_gen.nn.resnet import ResNetConv
 from pyro_gen.transforms._base import (
+    ConditionalModule,
     FlowTransformModule,
-    PicklableModule,
     as_event_shape,
     check_context,
     partial_module,
@@ -253,7 +252,7 @@ class AffineCoupling(Coupling):
         super().__init__(mask, conditioner, Affine(log_scale_bound), cache_size=cache_size)
 
 
-class ConditionalCoupling(PicklableModule, ConditionalTransformModule):
+class ConditionalCoupling(ConditionalModule):
     r"""Coupling layer whose conditioner also sees a context :math:`c` (e.g. a class one-hot).
 
     :math:`\theta = \theta(m \odot x, c)`. ``condition(context)`` returns a

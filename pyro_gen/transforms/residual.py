@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pyro_gen.nn.mlp import layer_widths
 from pyro_gen.transforms._base import (
     FlowTransformModule,
     PicklableModule,
@@ -82,7 +83,7 @@ class LipschitzMLP(PicklableModule, nn.Sequential):
                 f"lipschitz must lie in (0, 1) for the residual block to be invertible, "
                 f"got {lipschitz!r}"
             )
-        sizes = [dim, *hidden_dims, dim]
+        sizes = [dim, *layer_widths(hidden_dims), dim]
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
             if i > 0:

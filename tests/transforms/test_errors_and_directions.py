@@ -25,6 +25,58 @@ def test_wrong_event_shape_is_a_clear_error() -> None:
         img(torch.randn(2, 3, 4, 5))
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda h: T.inverse_autoregressive(3, h),
+        lambda h: T.masked_autoregressive(3, h),
+        lambda h: T.affine_coupling(3, hidden_dims=h),
+        lambda h: T.spline_coupling(3, hidden_dims=h),
+        lambda h: T.spline_autoregressive(3, h),
+        lambda h: T.residual_block(3, hidden_dims=h),
+    ],
+    ids=["iaf", "maf", "affine_coupling", "spline_coupling", "spline_autoregressive", "residual"],
+)
+def test_hidden_dims_given_as_one_int_or_a_zero_width_is_a_clear_error(make) -> None:
+    """An int for one layer was iterated ("'int' object is not iterable")."""
+    with pytest.raises(TypeError, match=r"hidden_dims must be a sequence.*\[16\] for one layer"):
+        make(16)
+    with pytest.raises(ValueError, match="hidden_dims must hold positive whole numbers"):
+        make([8, 0])
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: T.conditional_inverse_autoregressive(3, 2, [8]),
+        lambda: T.conditional_masked_autoregressive(3, 2, [8]),
+        lambda: T.conditional_affine_coupling(3, context_dim=2),
+        lambda: T.conditional_additive_coupling(3, context_dim=2),
+        lambda: T.conditional_spline_coupling(3, 2),
+        lambda: T.conditional_spline_autoregressive(3, 2, [8]),
+    ],
+    ids=["iaf", "maf", "affine_coupling", "additive_coupling", "spline_coupling", "spline_ar"],
+)
+def test_a_conditional_transform_applied_without_a_context_says_condition_it(make) -> None:
+    """Pyro's base only said its forward was missing."""
+    t = make()
+    with pytest.raises(TypeError, match=r"is a conditional transform: apply t.condition"):
+        t(torch.zeros(4, 3))
+    assert t.condition(torch.zeros(2))(torch.zeros(4, 3)).shape == (4, 3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.int64])
+def test_input_of_another_dtype_than_the_parameters_is_a_clear_error(dtype) -> None:
+    """torch said "mat1 and mat2 must have the same dtype", naming neither."""
+    x = torch.ones(4, 3, dtype=dtype)
+    for t in (T.inverse_autoregressive(3, [8]), T.affine_coupling(3), T.residual_block(3, [8])):
+        for direction in (t, t.inv):
+            with pytest.raises(TypeError, match=rf"holds torch.float32 parameters.*{dtype}"):
+                direction(x)
+    t = T.inverse_autoregressive(3, [8]).to(torch.float64)  # converted: it works
+    assert t(torch.ones(4, 3, dtype=torch.float64)).dtype == torch.float64
+
+
 def test_squeeze_odd_size_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="divisible"):
         T.Squeeze((1, 5, 4))

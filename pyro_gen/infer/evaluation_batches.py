@@ -16,7 +16,7 @@ from pyro_gen.data.batching import TensorBatches, Transform, batch_calls, with_t
 from pyro_gen.infer.evaluation_scorer import ParticleScorer
 from pyro_gen.infer.module_devices import modules_device
 from pyro_gen.infer.pair_declarations import declared_plate
-from pyro_gen.infer.program import program, refuse_callable_data, trace_once
+from pyro_gen.infer.program import PlateSizeError, program, refuse_callable_data, trace_once
 
 __all__ = ["score_batches", "widen"]
 
@@ -115,6 +115,8 @@ def _first_trace(pair: Any, calls: Any, transform: Transform | None) -> None:
     full data) fits no slice of it, and Pyro's shape error says nothing of batch_size."""
     try:
         trace_once(pair, with_transform(calls.peek(), transform))
+    except PlateSizeError:
+        raise  # says this itself, naming the plate and both sizes
     except Exception as error:
         if not isinstance(calls, TensorBatches) or len(calls) == 1:
             raise

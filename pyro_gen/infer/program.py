@@ -310,7 +310,40 @@ def trace_once(prog: Program, call: Call) -> tuple[poutine.Trace, poutine.Trace]
     traces = [guide_trace, model_trace]
     for name, module in registered_names(called, traces, prog.modules.values()).items():
         prog.modules[MODULE_KEY + name] = module
+    _check_plate_sizes(guide_trace, model_trace)
     return guide_trace, model_trace
+
+
+class PlateSizeError(ValueError):
+    """The guide's plate has another size than the model's plate of that name."""
+
+
+def _check_plate_sizes(guide_trace: poutine.Trace, model_trace: poutine.Trace) -> None:
+    """Refuses a guide whose plate has another size than the model's plate of that name.
+
+    A guide with one parameter per example (Pyro's ``AutoNormal`` over local latents) is
+    sized to the data it first saw. On a batch of another size the model's plate replays
+    the guide's indices (one per example the guide knows), and Pyro failed later, at a
+    ``log_prob``, naming neither the guide nor the batch ("Value is not broadcastable ...
+    torch.Size([500]) vs torch.Size([1000])").
+    """
+    for name, site in model_trace.nodes.items():
+        if site["type"] != "sample" or not isinstance(site["fn"], _Subsample):
+            continue
+        guide_fn = guide_trace.nodes.get(name, {}).get("fn")
+        # The model's plate may take the guide's subsample (that is how a guide shares its
+        # indices); what cannot hold is two sizes for one plate.
+        if not isinstance(guide_fn, _Subsample) or guide_fn.size == site["fn"].size:
+            continue
+        takes, size = site["fn"].size, guide_fn.size
+        raise PlateSizeError(
+            f"the model's plate {name!r} has size {takes} on this batch, but the guide's plate "
+            f"of that name has size {size} (the examples it was set up on): a guide with "
+            "parameters per example (e.g. Pyro's AutoNormal over local latents) scores "
+            f"batches of all {size} examples only. Pass batch_size={size}, use an amortized "
+            "guide (pyro_gen.vae.AutoAmortizedNormal), or subsample in the model "
+            f"(pyro.plate({name!r}, {size}, subsample_size=...))"
+        )
 
 
 def warm_up(prog: Program, call: Call, *, check_sites: bool) -> tuple[poutine.Trace, poutine.Trace]:

@@ -276,6 +276,28 @@ def test_a_guide_in_the_data_position_is_named_as_such():
         fit(TinyVAE(), guide, epochs=1, progress=False)  # a module with its own guide too
 
 
+def test_a_guide_with_parameters_per_example_on_a_batch_names_the_plate_and_sizes():
+    """Pyro's AutoNormal set up on 64 examples, then given batches of 16: Pyro failed at a
+    log_prob ("Value is not broadcastable ... [16] vs [64]"), naming neither guide nor batch."""
+
+    def local_model(x):
+        shift = pyro.sample("shift", dist.Normal(0.0, 1.0))
+        with pyro.plate("rows", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(shift + z, 1.0), obs=x)
+
+    x = torch.randn(64)
+    guide = AutoNormal(local_model)
+    guide(x)  # set up on the whole data, as Pyro's SVI on it would
+    message = r"plate 'rows' has size 16 on this batch.*guide's plate .* size 64.*batch_size=64"
+    with pytest.raises(ValueError, match=message):
+        fit(local_model, x, guide=guide, epochs=1, batch_size=16, progress=False)
+    for call in (evaluate_elbo, iwae_log_likelihood):
+        with pytest.raises(ValueError, match=message):
+            call(local_model, x, guide=guide, batch_size=16)
+    assert math.isfinite(evaluate_elbo(local_model, x, guide=guide, batch_size=64))
+
+
 @pytest.mark.parametrize("loss", [Trace_ELBO, "elbo", 3], ids=["class", "str", "int"])
 def test_evaluate_elbo_refuses_what_is_not_a_loss_as_fit_does(loss):
     """evaluate_elbo reads the training loss's particles and type; anything else was ignored."""

@@ -16,7 +16,8 @@ from pyro_gen.data.batching import TensorBatches, Transform, batch_calls, with_t
 from pyro_gen.infer.evaluation_scorer import ParticleScorer
 from pyro_gen.infer.module_devices import modules_device
 from pyro_gen.infer.pair_declarations import declared_plate
-from pyro_gen.infer.program import PlateSizeError, program, refuse_callable_data, trace_once
+from pyro_gen.infer.program import program, trace_once
+from pyro_gen.infer.program_checks import PlateSizeError, refuse_callable_data
 
 __all__ = ["score_batches", "widen"]
 

@@ -11,7 +11,7 @@ from pyro.infer import TraceMeanField_ELBO
 from pyro_gen.data.batching import Transform
 from pyro_gen.infer.evaluation_batches import score_batches, widen
 from pyro_gen.infer.evaluation_checks import check_counts
-from pyro_gen.infer.program import check_loss
+from pyro_gen.infer.program_checks import check_loss
 
 __all__ = ["ELBO_CHUNK", "evaluate_elbo"]
 

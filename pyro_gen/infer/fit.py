@@ -44,7 +44,8 @@ from pyro_gen.infer.fit_step import _step_function
 from pyro_gen.infer.local_params import local_params
 from pyro_gen.infer.loss_value import subsampled_size
 from pyro_gen.infer.pair_declarations import declared_plate
-from pyro_gen.infer.program import Program, check_loss, program, refuse_callable_data, warm_up
+from pyro_gen.infer.program import Program, program, warm_up
+from pyro_gen.infer.program_checks import check_loss, refuse_callable_data
 
 __all__ = [
     "READBACK_EVERY",

@@ -19,11 +19,9 @@ import pyro
 import pyro.util
 import torch
 from pyro import poutine
-from pyro.infer import TraceGraph_ELBO, TraceMeanField_ELBO
-from pyro.params.param_store import _MODULE_NAMESPACE_DIVIDER
-from pyro.poutine.subsample_messenger import _Subsample
 
 from pyro_gen.data.batching import Call, describe
+from pyro_gen.infer.program_checks import check_matching_sites, check_params, check_plate_sizes
 from pyro_gen.infer.pyro_modules import MODULE_KEY, called_modules, registered_names
 from pyro_gen.infer.undo_writes import UndoWrites
 
@@ -66,64 +64,6 @@ class Program:
                     f"{signature} does not take ({e}): every batch must fit its signature"
                 ) from None
         self._fitting.add(layout)
-
-
-def refuse_callable_data(data: Any) -> None:
-    """Refuses a guide where the data goes (Pyro's order is ``SVI(model, guide, ...)``).
-
-    Data may be a function of no arguments that returns an iterator of batches (called each
-    epoch); a module, or a function that needs arguments (a guide takes the model's), is
-    not one.
-
-    Example:
-        >>> def guide(x): pass
-        >>> refuse_callable_data(guide)
-        Traceback (most recent call last):
-        ...
-        TypeError: data is 'guide', a callable that takes arguments: ...; pass a guide as guide=
-        >>> refuse_callable_data(lambda: iter([torch.zeros(2)]))  # a batch function: data
-    """
-    if not callable(data) or torch.is_tensor(data):
-        return
-    if not isinstance(data, torch.nn.Module):
-        try:
-            inspect.signature(data).bind()
-            return  # callable with no arguments: a batch function
-        except TypeError:
-            pass
-        except ValueError:  # no signature to read (a builtin): let the data layer judge
-            return
-    name = getattr(data, "__name__", type(data).__name__)
-    raise TypeError(
-        f"data is {name!r}, a {'module' if isinstance(data, torch.nn.Module) else 'callable'} "
-        "that takes arguments: the second argument is the data (a tensor, a dict or tuple "
-        "of tensors, an iterable of batches, or a function of no arguments returning one); "
-        "pass a guide as guide="
-    )
-
-
-def check_loss(loss: Any) -> None:
-    """Refuses what is not a Pyro loss: an ELBO (an object with ``loss_and_grads``) or a
-    callable ``loss(model, guide, *args)``; a loss class not yet called is named as such.
-
-    Example:
-        >>> from pyro.infer import Trace_ELBO
-        >>> check_loss(Trace_ELBO())
-        >>> check_loss(Trace_ELBO)
-        Traceback (most recent call last):
-        ...
-        TypeError: loss is the class Trace_ELBO, not called: pass Trace_ELBO() (with its ...)
-    """
-    if isinstance(loss, type):  # callable, but calling it makes a loss rather than computing one
-        raise TypeError(
-            f"loss is the class {loss.__name__}, not called: pass {loss.__name__}() (with its "
-            "arguments, e.g. num_particles=)"
-        )
-    if not (hasattr(loss, "loss_and_grads") or callable(loss)):
-        raise TypeError(
-            f"loss must be a Pyro loss (an ELBO, an object with loss_and_grads, or a callable "
-            f"loss(model, guide, *args)), got {type(loss).__name__}"
-        )
 
 
 def program(model: Any, guide: Any = None, loss: Any = None) -> Program:
@@ -172,107 +112,6 @@ def program(model: Any, guide: Any = None, loss: Any = None) -> Program:
     return Program(model_fn, guide, modules, signatures, loss=loss)
 
 
-def _latent_sites(trace: poutine.Trace) -> dict[str, dict[str, Any]]:
-    return {
-        name: site
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample"
-        and not site["is_observed"]
-        and not site["infer"].get("is_auxiliary")
-        and not isinstance(site["fn"], _Subsample)
-    }
-
-
-def _check_sites(model_trace: poutine.Trace, guide_trace: poutine.Trace, loss: Any = None) -> None:
-    model_sites, guide_sites = _latent_sites(model_trace), _latent_sites(guide_trace)
-    _check_enumerated(model_sites, guide_sites, loss)
-    unguided = sorted(
-        n
-        for n, site in model_sites.items()
-        if n not in guide_sites and site["infer"].get("enumerate") is None
-    )
-    extra = sorted(set(guide_sites) - set(model_trace.nodes))
-    if extra:
-        hint = f"; the model's unguided latent sites are {unguided}" if unguided else ""
-        raise ValueError(
-            f"the guide samples {extra}, which the model has no site for{hint}: guide and "
-            "model must use the same site names (a typo?)"
-        )
-    observed = sorted(n for n in guide_sites if model_trace.nodes[n].get("is_observed"))
-    if observed:
-        raise ValueError(
-            f"the guide samples {observed}, which the model observes: a guide samples only "
-            "the model's latent sites"
-        )
-    if unguided:
-        raise ValueError(
-            f"the model's latent sites {unguided} have no counterpart in the guide: sample them "
-            "in the guide, or (for discrete sites) mark them infer={'enumerate': 'parallel'} "
-            "and train with TraceEnum_ELBO"
-        )
-
-
-def _check_enumerated(
-    model_sites: dict[str, dict[str, Any]], guide_sites: dict[str, dict[str, Any]], loss: Any
-) -> None:
-    """A site marked for enumeration may stay out of the guide, for TraceEnum_ELBO to sum
-    out (Trace_ELBO and RenyiELBO draw it from the model instead). TraceMeanField_ELBO and
-    TraceGraph_ELBO pair every model latent with a guide site and fail on the first step with
-    Pyro's bare ``KeyError: 'y'``; name the sites and the loss before training instead."""
-    if not isinstance(loss, (TraceMeanField_ELBO, TraceGraph_ELBO)):
-        return
-    marked = sorted(
-        n
-        for n, site in model_sites.items()
-        if n not in guide_sites and site["infer"].get("enumerate") is not None
-    )
-    if marked:
-        raise ValueError(
-            f"the model's latent sites {marked} are marked for enumeration and not in the "
-            f"guide, but {type(loss).__name__} does not enumerate: it needs a guide site for "
-            "every latent. Train with TraceEnum_ELBO (or JitTraceEnum_ELBO) to sum them out, "
-            "or sample them in the guide"
-        )
-
-
-def _check_params(*traces: poutine.Trace) -> None:
-    # The first module to register a name during this run owns the store entry; a later
-    # module registered under the same name (Pyro's CEVAE: its Model and Guide PyroModules
-    # both name a child ``t_nn``) gets that tensor back from ``pyro.module``, which Pyro's
-    # SVI trains while the later module's own parameter stays at its initial value.
-    first: dict[str, tuple[torch.Tensor, str]] = {}
-    for trace, role in zip(traces, ("guide", "model")):
-        for name, site in trace.nodes.items():
-            if site["type"] != "param" or _MODULE_NAMESPACE_DIVIDER not in name:
-                continue
-            given = site["args"][1] if len(site["args"]) > 1 else None
-            if not isinstance(given, torch.nn.Parameter):
-                continue
-            owner = name.split(_MODULE_NAMESPACE_DIVIDER)[0]
-            if site["value"] is not given and name in first and site["value"] is first[name][0]:
-                raise ValueError(
-                    f"two different modules are registered under the name {owner!r} (in the "
-                    f"{first[name][1]} and in the {role}): {name!r} would be the first one's "
-                    "tensor for both, so Pyro's SVI trains it and leaves the other module's "
-                    "parameter at its initial value. Give them distinct names: another "
-                    "pyro.module name, or, for PyroModules whose plain nn.Module children "
-                    "share an attribute name (CEVAE's Model.t_nn and Guide.t_nn), make model "
-                    "and guide children of one PyroModule so that each name is prefixed "
-                    "('model.t_nn', 'guide.t_nn')"
-                )
-            if site["value"] is not given:
-                raise ValueError(
-                    f"the Pyro param store already holds {name!r} (from an earlier model, or "
-                    "a store loaded with pyro.get_param_store().load), so training would "
-                    "update that tensor and not your module's parameter. To start afresh, "
-                    "call pyro.clear_param_store() first or pass fit(..., clear_params=True); "
-                    "to continue from the stored values, call "
-                    f"pyro.module({owner!r}, <that module>, update_module_params=True) once "
-                    "before fit (or resume with fit(..., checkpoint_dir=...))"
-                )
-            first.setdefault(name, (given, role))
-
-
 def trace_once(prog: Program, call: Call) -> tuple[poutine.Trace, poutine.Trace]:
     """The guide's and the model's traces of one run on ``call``, as SVI's would be, leaving
     no trace behind: the RNG is restored, ``prog.modules`` run in eval mode (no data-dependent
@@ -310,40 +149,8 @@ def trace_once(prog: Program, call: Call) -> tuple[poutine.Trace, poutine.Trace]
     traces = [guide_trace, model_trace]
     for name, module in registered_names(called, traces, prog.modules.values()).items():
         prog.modules[MODULE_KEY + name] = module
-    _check_plate_sizes(guide_trace, model_trace)
+    check_plate_sizes(guide_trace, model_trace)
     return guide_trace, model_trace
-
-
-class PlateSizeError(ValueError):
-    """The guide's plate has another size than the model's plate of that name."""
-
-
-def _check_plate_sizes(guide_trace: poutine.Trace, model_trace: poutine.Trace) -> None:
-    """Refuses a guide whose plate has another size than the model's plate of that name.
-
-    A guide with one parameter per example (Pyro's ``AutoNormal`` over local latents) is
-    sized to the data it first saw. On a batch of another size the model's plate replays
-    the guide's indices (one per example the guide knows), and Pyro failed later, at a
-    ``log_prob``, naming neither the guide nor the batch ("Value is not broadcastable ...
-    torch.Size([500]) vs torch.Size([1000])").
-    """
-    for name, site in model_trace.nodes.items():
-        if site["type"] != "sample" or not isinstance(site["fn"], _Subsample):
-            continue
-        guide_fn = guide_trace.nodes.get(name, {}).get("fn")
-        # The model's plate may take the guide's subsample (that is how a guide shares its
-        # indices); what cannot hold is two sizes for one plate.
-        if not isinstance(guide_fn, _Subsample) or guide_fn.size == site["fn"].size:
-            continue
-        takes, size = site["fn"].size, guide_fn.size
-        raise PlateSizeError(
-            f"the model's plate {name!r} has size {takes} on this batch, but the guide's plate "
-            f"of that name has size {size} (the examples it was set up on): a guide with "
-            "parameters per example (e.g. Pyro's AutoNormal over local latents) scores "
-            f"batches of all {size} examples only. Pass batch_size={size}, use an amortized "
-            "guide (pyro_gen.vae.AutoAmortizedNormal), or subsample in the model "
-            f"(pyro.plate({name!r}, {size}, subsample_size=...))"
-        )
 
 
 def warm_up(prog: Program, call: Call, *, check_sites: bool) -> tuple[poutine.Trace, poutine.Trace]:
@@ -358,9 +165,9 @@ def warm_up(prog: Program, call: Call, *, check_sites: bool) -> tuple[poutine.Tr
     held = set(store.keys())
     guide_trace, model_trace = trace_once(prog, call)
     try:
-        _check_params(guide_trace, model_trace)
+        check_params(guide_trace, model_trace)
         if check_sites:
-            _check_sites(model_trace, guide_trace, prog.loss)
+            check_matching_sites(model_trace, guide_trace, prog.loss)
     except ValueError:
         # A refused pair leaves the store as it found it: the names this run registered
         # would otherwise go into the next run's checkpoint, or meet a retry as stale.

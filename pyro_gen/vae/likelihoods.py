@@ -45,7 +45,13 @@ class Likelihood(PicklableModule):
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """Check data in :math:`[0, 1]` and convert it to the observed value."""
-        if x.is_floating_point() and x.numel() and (x.min() < 0 or x.max() > 1):
+        if not x.is_floating_point():  # which scale integers are on (0/1, 0-255) is unknown
+            raise TypeError(
+                f"{type(self).__name__} takes floating data in [0, 1], got {x.dtype}: pass "
+                "x.float() for 0/1 data or x.float() / 255 for 8-bit pixels (a "
+                "CategoricalLikelihood takes the integers)"
+            )
+        if x.numel() and (x.min() < 0 or x.max() > 1):
             raise ValueError(
                 f"{type(self).__name__} expects data in [0, 1], got values in "
                 f"[{x.min().item():.3g}, {x.max().item():.3g}]; rescale the images first"

@@ -34,6 +34,19 @@ def test_bernoulli_matches_closed_form_and_checks_range():
         lik.prepare(torch.tensor([0.0, 1.5]))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         lik.prepare(torch.tensor([-0.1, 0.5]))
+    # integers: 0/1 or 0-255 cannot be told apart; torch raised "result type Float can't be
+    # cast to the desired output type Long" from inside the ELBO
+    for dtype in (torch.long, torch.uint8, torch.bool):
+        with pytest.raises(TypeError, match=rf"floating data in \[0, 1\], got {dtype}.*/ 255"):
+            lik.prepare(torch.ones(3, dtype=dtype))
+
+
+def test_build_vae_takes_an_int_event_shape_and_names_unknown_options():
+    from pyro_gen.vae import build_vae
+
+    assert build_vae(20, z_dim=4, hidden_dim=8).event_shape == (20,)  # was "'int' ... iterable"
+    with pytest.raises(ValueError, match="unknown guide 'flow'; choose normal, iaf or auto"):
+        build_vae(20, guide="flow")
 
 
 def test_gaussian_fixed_and_learned_scale_bounded_below():

@@ -51,6 +51,7 @@ from pyro_gen.diffusion.score_samplers import (
     sample,
 )
 from pyro_gen.diffusion.sde import SDE, SDES, VESDE, VPSDE, ScheduleSDE, SubVPSDE, make_sde
+from pyro_gen.transforms._base import as_event_shape
 
 __all__ = [
     "DDPM",
@@ -135,7 +136,7 @@ def build_ddpm(
     from pyro_gen.nn.time_embedding import TimeMLP
     from pyro_gen.nn.unet import UNet
 
-    event_shape = tuple(event_shape)
+    event_shape = as_event_shape(event_shape)
     out_mult = 2 if variance == "learned_range" else 1
     if len(event_shape) == 1:
         net = TimeMLP(event_shape[0], hidden_dim, out_dim=out_mult * event_shape[0])

@@ -26,7 +26,7 @@ from pyro_gen.diffusion.ema import EMA
 from pyro_gen.diffusion.likelihood import DiscretizedGaussian
 from pyro_gen.diffusion.parameterization import PARAMETERIZATIONS, convert
 from pyro_gen.diffusion.schedules import NoiseSchedule, make_schedule
-from pyro_gen.transforms._base import PicklableModule
+from pyro_gen.transforms._base import PicklableModule, as_event_shape
 
 __all__ = ["DDPM"]
 
@@ -184,7 +184,7 @@ class DDPM(FullChainForm, TimePlateForm, BoundTerms, PicklableModule):
             raise ValueError(f"time_samples must lie in [1, T={T}], got {time_samples}")
         if isinstance(eval_strata, bool) or int(eval_strata) != eval_strata or eval_strata < 0:
             raise ValueError(f"eval_strata must be a whole number >= 0, got {eval_strata!r}")
-        self.event_shape = torch.Size(event_shape)
+        self.event_shape = torch.Size(as_event_shape(event_shape))
         if data == "auto":
             data = "image" if len(self.event_shape) in (2, 3) else "continuous"
         if data not in ("continuous", "image"):
@@ -216,10 +216,15 @@ class DDPM(FullChainForm, TimePlateForm, BoundTerms, PicklableModule):
                 f"expected data of shape (batch, {', '.join(map(str, self.event_shape))}), "
                 f"got {tuple(x.shape)}"
             )
+        if not torch.is_floating_point(x):
+            # continuous data too: integers went on into the ELBO, where Pyro's Normal refused
+            # its own noise scale ("Expected scale > 0"), naming neither data nor dtype
+            raise TypeError(
+                f"data must be floating point, got {x.dtype}: pass x.float() (images: "
+                "x.float() / 255, in [0, 1])"
+            )
         if self.data == "continuous":
             return x
-        if not torch.is_floating_point(x):
-            raise ValueError("image data must be floats in [0, 1] (divide uint8 pixels by 255)")
         if bool((x < 0).any() or (x > 1).any()):
             raise ValueError(
                 f"image data must lie in [0, 1]; got min {float(x.min()):.3g}, "

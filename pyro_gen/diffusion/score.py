@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from pyro_gen.diffusion.bound import bound_sites
 from pyro_gen.diffusion.parameterization import PARAMETERIZATIONS
 from pyro_gen.diffusion.sde import SDE, ScheduleSDE
-from pyro_gen.transforms._base import PicklableModule
+from pyro_gen.transforms._base import PicklableModule, as_event_shape
 
 if TYPE_CHECKING:
     from pyro_gen.diffusion.ddpm import DDPM
@@ -191,7 +191,7 @@ class ScoreModel(PicklableModule):
         if int(time_samples) != time_samples or time_samples < 1:
             raise ValueError(f"time_samples must be a whole number >= 1, got {time_samples}")
         self.net, self.sde = net, sde
-        self.event_shape = torch.Size(event_shape)
+        self.event_shape = torch.Size(as_event_shape(event_shape))
         self.param, self.weighting = param, weighting
         self.eps, self.time_samples = float(eps), int(time_samples)
         self.time_scale, self.name = float(time_scale), name

@@ -24,6 +24,7 @@ from pyro_gen.flows.nice import NICE
 from pyro_gen.flows.nsf import NSF
 from pyro_gen.flows.realnvp import RealNVP
 from pyro_gen.flows.resflow import ResidualFlow
+from pyro_gen.transforms._base import as_event_shape
 
 __all__ = [
     "CNF",
@@ -115,6 +116,7 @@ def build(name: str, event_shape: Sequence[int], **options) -> FlowModel:
     key = name.lower()
     if key not in FLOWS:
         raise ValueError(f"unknown flow {name!r}; choose from {sorted(FLOWS)}")
-    kind = "vector" if len(tuple(event_shape)) == 1 else "image"
+    event_shape = as_event_shape(event_shape)
+    kind = "vector" if len(event_shape) == 1 else "image"
     kwargs = {**_DEFAULTS[key][kind], **options}
-    return FLOWS[key](tuple(event_shape), **kwargs)
+    return FLOWS[key](event_shape, **kwargs)

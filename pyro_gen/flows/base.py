@@ -32,7 +32,7 @@ from torch.distributions import Transform
 from torch.distributions.transforms import ReshapeTransform
 
 from pyro_gen.distributions.flow import Flow, FlowDistribution
-from pyro_gen.transforms._base import PicklableModule
+from pyro_gen.transforms._base import PicklableModule, as_event_shape
 from pyro_gen.transforms.dequantization import (
     ScaledSigmoid,
     UniformDequantization,
@@ -136,7 +136,7 @@ class FlowModel(PicklableModule):
         base: torch.nn.Module | None = None,
     ) -> None:
         super().__init__()
-        self.event_shape = torch.Size(event_shape)
+        self.event_shape = torch.Size(as_event_shape(event_shape))
         # The distribution itself (base, transforms, shapes) is pyro_gen.distributions.Flow;
         # this class adds the model protocol around it.
         self.flow = Flow(tuple(self.event_shape), list(transforms), base=base)

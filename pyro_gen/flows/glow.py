@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pyro_gen.flows.base import FlowModel, image_shape, pixel_output
 from pyro_gen.flows.realnvp import max_levels
 from pyro_gen.transforms import ActNorm, InvertibleConv1x1, affine_coupling, multi_scale
+from pyro_gen.transforms._base import as_event_shape
 from pyro_gen.transforms.dequantization import UniformDequantization
 
 __all__ = ["Glow"]
@@ -79,7 +80,7 @@ class Glow(FlowModel):
         num_bins: int = 256,
         name: str | None = None,
     ) -> None:
-        event_shape = tuple(event_shape)
+        event_shape = as_event_shape(event_shape)
         if len(event_shape) == 1:
             transforms = _steps(event_shape, depth, dict(hidden_dims=hidden_dims))
         else:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from pyro_gen.flows.base import FlowModel, flat_pixel_output
 from pyro_gen.transforms import BatchNorm, masked_autoregressive, permute
+from pyro_gen.transforms._base import as_event_shape
 from pyro_gen.transforms.dequantization import UniformDequantization
 
 __all__ = ["MAF"]
@@ -58,7 +59,7 @@ class MAF(FlowModel):
         num_bins: int = 256,
         name: str | None = None,
     ) -> None:
-        event_shape = tuple(event_shape)
+        event_shape = as_event_shape(event_shape)
         dim = math.prod(event_shape)
         density_order: list = []  # data -> base
         for i in range(num_layers):

@@ -10,6 +10,7 @@ from torch import Tensor
 from pyro_gen.flows.base import FlowModel, flat_pixel_output, image_shape, pixel_output
 from pyro_gen.flows.realnvp import max_levels, multiscale_couplings
 from pyro_gen.transforms import permute, spline_autoregressive, spline_coupling
+from pyro_gen.transforms._base import as_event_shape
 from pyro_gen.transforms.dequantization import UniformDequantization
 from pyro_gen.transforms.spline import check_spline_bound
 
@@ -115,7 +116,7 @@ class NSF(FlowModel):
     ) -> None:
         if layer not in ("autoregressive", "coupling"):
             raise ValueError(f"layer must be 'autoregressive' or 'coupling', got {layer!r}")
-        event_shape = tuple(event_shape)
+        event_shape = as_event_shape(event_shape)
         spline = dict(num_bins=spline_bins, bound=bound)
         if layer == "coupling" and len(event_shape) > 1:
             chw = image_shape(event_shape)

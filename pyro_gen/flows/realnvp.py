@@ -8,6 +8,7 @@ from torch.distributions import Transform
 
 from pyro_gen.flows.base import FlowModel, image_shape, pixel_output
 from pyro_gen.transforms import BatchNorm, Unsqueeze, affine_coupling, multi_scale
+from pyro_gen.transforms._base import as_event_shape
 from pyro_gen.transforms.dequantization import UniformDequantization
 from pyro_gen.transforms.reshape import Squeeze
 
@@ -129,7 +130,7 @@ class RealNVP(FlowModel):
         num_bins: int = 256,
         name: str | None = None,
     ) -> None:
-        event_shape = tuple(event_shape)
+        event_shape = as_event_shape(event_shape)
         if len(event_shape) == 1:
             density_order: list = []
             for i in range(num_layers):

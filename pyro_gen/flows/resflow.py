@@ -9,6 +9,7 @@ from torch import Tensor
 
 from pyro_gen.flows.base import FlowModel, flat_pixel_output
 from pyro_gen.transforms import ActNorm, residual_block
+from pyro_gen.transforms._base import as_event_shape
 from pyro_gen.transforms.dequantization import UniformDequantization
 from pyro_gen.transforms.residual import ResidualBlock
 
@@ -68,7 +69,7 @@ class ResidualFlow(FlowModel):
         num_bins: int = 256,
         name: str | None = None,
     ) -> None:
-        event_shape = tuple(event_shape)
+        event_shape = as_event_shape(event_shape)
         dim = math.prod(event_shape)
         density_order: list = []  # data -> base
         for _ in range(num_layers):

@@ -169,3 +169,14 @@ def test_bad_input():
         LearnedVPSDE(3.0, -3.0)
     with pytest.raises(ValueError, match="bins must be a whole number"):
         LearnedVPSDE(bins=0)
+
+
+def test_an_int_event_shape_and_integer_data_get_what_a_user_expects():
+    """``build_ddpm(2)`` raised "'int' object is not iterable"; integer data went on into the
+    ELBO, where Pyro's Normal refused its noise scale ("Expected scale > 0")."""
+    from pyro_gen.diffusion import build_ddpm
+
+    ddpm = build_ddpm(2, timesteps=10, hidden_dim=8)
+    assert ddpm.event_shape == (2,)
+    with pytest.raises(TypeError, match=r"data must be floating point, got torch.int64.*/ 255"):
+        ddpm.model(torch.ones(4, 2, dtype=torch.long))

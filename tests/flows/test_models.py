@@ -172,6 +172,14 @@ def test_bad_input_gets_clear_errors(make):
         flow.model(torch.tensor([[float("nan"), 0.0]]))
 
 
+@pytest.mark.parametrize("name", ["nice", "realnvp", "maf", "nsf", "resflow", "cnf"])
+def test_an_int_event_shape_is_a_vector_shape_as_in_the_vae(name):
+    """``RealNVP(2)`` raised "'int' object is not iterable" where ``VAE(20, ...)`` worked."""
+    flow = build(name, 2, hidden_dims=(8,)) if name != "cnf" else build(name, 2)
+    assert flow.event_shape == (2,)
+    assert flow.log_prob(torch.randn(3, 2)).shape == (3,)
+
+
 def test_state_dict_round_trip():
     a = _perturbed(IMAGE["glow"])
     torch.manual_seed(5)

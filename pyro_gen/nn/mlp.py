@@ -12,27 +12,28 @@ from pyro_gen.nn.legacy_keys import LegacyKeys
 
 
 def layer_widths(hidden_dims: object) -> list[int]:
-    """``hidden_dims`` as a list of positive ints, or one error that says what was wrong
-    (an int for one layer was iterated, and the error named neither the argument nor the
-    fix).
+    """``hidden_dims`` as a list of positive ints: a sequence of widths, or one int for one
+    layer (as the VAE's networks take it; the flows iterated it, "'int' object is not
+    iterable"). Anything else gets one error naming the argument.
 
     Example:
-        >>> layer_widths((64, 64))
-        [64, 64]
-        >>> layer_widths(16)
+        >>> layer_widths((64, 64)), layer_widths(16)
+        ([64, 64], [16])
+        >>> layer_widths([8, 0])
         Traceback (most recent call last):
         ...
-        TypeError: hidden_dims must be a sequence of layer widths, e.g. [16] for one layer, ...
+        ValueError: hidden_dims must hold positive whole numbers, got [8, 0]
     """
-    if isinstance(hidden_dims, (int, torch.Tensor)) or not isinstance(hidden_dims, Sequence):
+    if isinstance(hidden_dims, numbers.Integral) and not isinstance(hidden_dims, bool):
+        hidden_dims = [hidden_dims]
+    if isinstance(hidden_dims, (str, torch.Tensor)) or not isinstance(hidden_dims, Sequence):
         raise TypeError(
-            "hidden_dims must be a sequence of layer widths, e.g. "
-            f"[{hidden_dims!r}] for one layer, got the {type(hidden_dims).__name__} {hidden_dims!r}"
+            "hidden_dims must be a sequence of layer widths (or one int for one layer), got "
+            f"the {type(hidden_dims).__name__} {hidden_dims!r}"
         )
     widths = list(hidden_dims)
-    if not all(
-        isinstance(h, numbers.Integral) and not isinstance(h, bool) and h > 0 for h in widths
-    ):
+    whole = (numbers.Integral,)
+    if not all(isinstance(h, whole) and not isinstance(h, bool) and h > 0 for h in widths):
         raise ValueError(f"hidden_dims must hold positive whole numbers, got {widths!r}")
     return [int(h) for h in widths]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pyro_gen.transforms._base import FlowTransformModule
+from pyro_gen.transforms._base import FlowTransformModule, as_event_shape
 from pyro_gen.transforms.pyro_arguments import pyro_arguments
 
 
@@ -103,7 +103,7 @@ def permute(
         >>> permute((3, 2, 2)).permutation.tolist()
         [2, 1, 0]
     """
-    shape = (event_shape,) if isinstance(event_shape, int) else tuple(event_shape)
+    shape = as_event_shape(event_shape)
     if isinstance(kind, torch.Tensor):
         perm = kind
     elif kind == "reverse":

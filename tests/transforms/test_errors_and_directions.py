@@ -37,12 +37,16 @@ def test_wrong_event_shape_is_a_clear_error() -> None:
     ],
     ids=["iaf", "maf", "affine_coupling", "spline_coupling", "spline_autoregressive", "residual"],
 )
-def test_hidden_dims_given_as_one_int_or_a_zero_width_is_a_clear_error(make) -> None:
-    """An int for one layer was iterated ("'int' object is not iterable")."""
-    with pytest.raises(TypeError, match=r"hidden_dims must be a sequence.*\[16\] for one layer"):
-        make(16)
+def test_hidden_dims_takes_one_int_for_one_layer_and_refuses_zero_widths(make) -> None:
+    """An int for one layer was iterated ("'int' object is not iterable"); the VAE's
+    networks took it as one layer, and so do the flows now."""
+    t = make(16)
+    assert t(torch.randn(2, 3)).shape == (2, 3)
+    assert str(make([16])) == str(t)  # the same layers as the list form
     with pytest.raises(ValueError, match="hidden_dims must hold positive whole numbers"):
         make([8, 0])
+    with pytest.raises(TypeError, match="hidden_dims must be a sequence of layer widths"):
+        make("16")
 
 
 @pytest.mark.parametrize(

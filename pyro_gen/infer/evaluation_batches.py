@@ -110,10 +110,11 @@ def score_batches(
 
 
 def _first_trace(pair: Any, calls: Any, transform: Transform | None) -> None:
-    """Runs model and guide on the first batch. Where that fails on a slice of tensor data
-    that runs whole, the slicing is the cause: a guide with parameters for each example of
-    a local latent (Pyro's AutoNormal, AutoDelta, AutoMultivariateNormal ... built on the
-    full data) fits no slice of it, and Pyro's shape error says nothing of batch_size."""
+    """Runs model and guide on the first batch. A guide whose plate was sized to the full
+    data (Pyro's AutoNormal, AutoDelta ... over local latents) is refused by the trace itself
+    (:class:`~pyro_gen.infer.program_checks.PlateSizeError`). Where the run fails otherwise
+    on a slice of tensor data that runs whole, the slicing is still the cause (per-example
+    parameters outside any plate), and Pyro's shape error says nothing of batch_size."""
     try:
         trace_once(pair, with_transform(calls.peek(), transform))
     except PlateSizeError:

@@ -94,8 +94,8 @@ def evaluate_elbo(
     """
     if loss is not None:
         check_loss(loss)
-    if loss is not None and num_particles == 1:
-        num_particles = int(getattr(loss, "num_particles", 1))
+        if num_particles == 1:
+            num_particles = int(getattr(loss, "num_particles", 1))
     check_counts(num_particles=num_particles)
 
     def reduce(local: torch.Tensor, shared: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -99,6 +99,8 @@ def _latent_sites(trace: poutine.Trace) -> dict[str, dict[str, Any]]:
 def check_matching_sites(
     model_trace: poutine.Trace, guide_trace: poutine.Trace, loss: Any = None
 ) -> None:
+    """Refuses guide sites the model lacks or observes, and model latents the guide lacks
+    (unless marked for enumeration by a ``loss`` that enumerates)."""
     model_sites, guide_sites = _latent_sites(model_trace), _latent_sites(guide_trace)
     _check_enumerated(model_sites, guide_sites, loss)
     unguided = sorted(

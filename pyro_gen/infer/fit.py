@@ -45,7 +45,7 @@ from pyro_gen.infer.local_params import local_params
 from pyro_gen.infer.loss_value import subsampled_size
 from pyro_gen.infer.pair_declarations import declared_plate
 from pyro_gen.infer.program import Program, program, warm_up
-from pyro_gen.infer.program_checks import check_loss, refuse_callable_data
+from pyro_gen.infer.program_checks import check_loss, refuse_callable_data, warn_unscaled_batches
 
 __all__ = [
     "READBACK_EVERY",
@@ -300,6 +300,7 @@ def fit(
         if dp is not None:
             dp.start(prog.modules, loss, prog, first)
         layout = data_layout(batches, batch_size)
+        warn_unscaled_batches(traces[1], plate_name or declared_plate(model), layout["examples"])
         state = _resume(dp, ckpt_dir, device, prog, optim, params, local, layout, epochs, steps)
         held_out = None
         if eval_data is not None and not _finished(state, epochs, steps):

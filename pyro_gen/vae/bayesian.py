@@ -145,7 +145,8 @@ class BayesianVAE(PicklableModule):
         likelihood: the decoder's likelihood, name or object.
         prior_scale: standard deviation of the Normal prior on every decoder weight.
         num_data: training-set size :math:`N`; the data plate is then subsampled, scaling a
-            minibatch's local terms by :math:`N/B` (None: each batch is the data set).
+            minibatch's local terms by :math:`N/B` (None: each batch is the data set;
+            ``fit`` on batches of a larger set then warns, ``UnscaledBatchWarning``).
         init_scale: initial standard deviation of the weights' guide.
 
     Example:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pyro
 import pyro.distributions as dist
@@ -14,6 +15,7 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 
 from pyro_gen.infer import NonFiniteLossError, evaluate_elbo, fit, iwae_log_likelihood
+from pyro_gen.infer.program_checks import UnscaledBatchWarning
 from tests.infer.tiny_vae import TinyVAE, binary_data
 
 LOC = torch.tensor([1.0, -2.0])
@@ -389,3 +391,45 @@ def test_an_elbo_without_a_loss_estimate_is_refused_clearly():
     loss = TraceTailAdaptive_ELBO(num_particles=2, vectorize_particles=True)
     with pytest.raises(ValueError, match="TraceTailAdaptive_ELBO estimates no loss"):
         fit(model, torch.zeros(4), guide=AutoNormal(model), steps=1, loss=loss, progress=False)
+
+
+def _subsampled_regression(x: torch.Tensor, y: torch.Tensor) -> None:
+    """``regression`` with the data plate told the data set's size (Pyro's svi_lightning)."""
+    w = pyro.sample("w", dist.Normal(0.0, 10.0))
+    b = pyro.sample("b", dist.Normal(0.0, 10.0))
+    with pyro.plate("N", 64, subsample_size=x.shape[0]):
+        pyro.sample("y", dist.Normal(w * x + b, 0.1), obs=y)
+
+
+def test_global_latents_beside_a_batch_sized_plate_are_warned_about():
+    """Pyro's regression tutorial model (``pyro.plate("N", len(x))``, global w and b) on
+    batches: each step weighs the prior against one batch, so the posterior is that of 16
+    examples. Nothing said so; the warning names the sites, both sizes and the fix."""
+    x, y = _regression_data(64)
+    message = (
+        r"latents outside its data plate 'N' \('w', 'b'\).*batch's size \(16\).*from 64 "
+        r"examples.*pyro.plate\('N', 64, subsample_size=len\(batch\)\).*batch_size=64"
+    )
+    with pytest.warns(UserWarning, match=message):
+        fit(
+            regression, (x, y), guide=AutoNormal(regression), steps=1, batch_size=16, progress=False
+        )
+
+
+@pytest.mark.parametrize(
+    "model, batch_size",
+    [(_subsampled_regression, 16), (regression, 64)],
+    ids=["plate-told-the-full-size", "one-batch-of-all"],
+)
+def test_a_scaled_or_whole_batch_is_not_warned_about(model, batch_size):
+    x, y = _regression_data(64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnscaledBatchWarning)
+        fit(model, (x, y), guide=AutoNormal(model), steps=2, batch_size=batch_size, progress=False)
+
+
+def test_local_latents_alone_are_not_warned_about():
+    """The scale changes a VAE's loss, not its optimum: nothing to warn about."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnscaledBatchWarning)
+        fit(TinyVAE(), binary_data(64), steps=2, batch_size=16, progress=False)

@@ -24,7 +24,7 @@ from pyro_gen.cli_settings import (
     positive,
     positive_finite,
     rate,
-    whole_number,
+    seed_value,
 )
 from pyro_gen.cli_spec import MIXTURE_DATA
 
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive,
     )
     _add_setting(train, "toy_samples", "training samples of a 2D toy dataset", type=positive)
-    _add_setting(train, "seed", "random seed", type=whole_number)
+    _add_setting(train, "seed", "random seed", type=seed_value)
     train.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     train.add_argument(
         "--out", type=Path, default=None, help="run directory (default runs/MODEL-DATA)"

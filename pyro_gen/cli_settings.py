@@ -101,6 +101,14 @@ def positive(text: str) -> int:
     return value
 
 
+def seed_value(text: str) -> int:
+    """An argparse type: a random seed, an integer in [0, 2**32) (what numpy's seed takes)."""
+    value = whole_number(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 2**32 - 1, got {value}")
+    return value
+
+
 def positive_finite(text: str) -> float:
     """An argparse type: a finite float > 0 (learning rates, clipping norms)."""
     try:

@@ -76,6 +76,8 @@ CASES: dict[str, Case] = {
     "lr_zero": Case([*TRAIN, "--lr", "0"], ("--lr", "finite number > 0")),
     "lr_nan": Case([*TRAIN, "--lr", "nan"], ("--lr",)),
     "lr_text": Case([*TRAIN, "--lr", "fast"], ("--lr", "must be a number")),
+    "seed_negative": Case([*TRAIN, "--seed", "-3"], ("--seed", "from 0 to 2**32 - 1")),
+    "seed_too_large": Case([*TRAIN, "--seed", str(2**32)], ("--seed", "from 0 to 2**32 - 1")),
     "grad_clip_negative": Case([*TRAIN, "--grad-clip", "-1"], ("--grad-clip", "> 0")),
     "grad_clip_zero": Case([*TRAIN, "--grad-clip", "0"], ("--grad-clip", "> 0")),
     "epochs_fraction": Case([*TRAIN, "--epochs", "2.5"], ("--epochs", "whole number")),

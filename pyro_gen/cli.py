@@ -149,6 +149,8 @@ def _sample_command(args: argparse.Namespace) -> None:
         )
     path = samples_path(args, "samples.png")
     model = _load_run_or_explain(args.run, config, device)
+    if args.seed is not None:
+        pyro.set_rng_seed(args.seed)
     samples = draw_samples(spec, config, model, args.num_samples, args.sampler, args.steps)
     path = save_samples(model, samples, path, spec.plot_density(run_options(config)))
     print(f"{args.num_samples} samples written to {path}")

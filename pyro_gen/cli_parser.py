@@ -282,6 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="PNG file, or an existing folder for FOLDER/samples.png (default RUN/samples.png)",
     )
     sample.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    sample.add_argument(
+        "--seed", type=seed_value, default=None,
+        help="random seed, for samples drawn again the same (default: unseeded, new ones)",
+    )  # fmt: skip
 
     impute = sub.add_parser(
         "impute",

@@ -37,6 +37,15 @@ def test_train_evaluate_sample_resume(tmp_path, capsys):
 
     assert main(["sample", str(run), "-n", "9", "--out", str(tmp_path / "s.png")]) == 0
     assert (tmp_path / "s.png").stat().st_size > 0
+    # --seed draws the same samples again; unseeded calls draw new ones
+    pngs = {}
+    for name, seed in (("a", ["--seed", "5"]), ("b", ["--seed", "5"]), ("c", [])):
+        assert (
+            main(["sample", str(run), "-n", "4", "--out", str(tmp_path / f"{name}.png"), *seed])
+            == 0
+        )
+        pngs[name] = (tmp_path / f"{name}.png").read_bytes()
+    assert pngs["a"] == pngs["b"] != pngs["c"]
 
     first = load_checkpoint(run / "checkpoint.pt")["modules"]["model"]["state_dict"]
     assert (

@@ -300,7 +300,12 @@ def fit(
         if dp is not None:
             dp.start(prog.modules, loss, prog, first)
         layout = data_layout(batches, batch_size)
-        warn_unscaled_batches(traces[1], plate_name or declared_plate(model), layout["examples"])
+        warn_unscaled_batches(
+            traces[1],
+            plate_name or declared_plate(model),
+            layout["examples"],
+            sliced=layout["batch_size"] is not None,
+        )
         state = _resume(dp, ckpt_dir, device, prog, optim, params, local, layout, epochs, steps)
         held_out = None
         if eval_data is not None and not _finished(state, epochs, steps):

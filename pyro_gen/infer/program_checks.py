@@ -232,7 +232,7 @@ class UnscaledBatchWarning(UserWarning):
 
 
 def warn_unscaled_batches(
-    model_trace: poutine.Trace, plate_name: str | None, examples: int | None
+    model_trace: poutine.Trace, plate_name: str | None, examples: int | None, sliced: bool = True
 ) -> None:
     """Warns where ``fit`` trains on batches of a data set of ``examples`` examples a model
     whose data plate has the batch's size (``pyro.plate("data", len(x))``) while latents lie
@@ -243,7 +243,8 @@ def warn_unscaled_batches(
     :math:`\\sqrt{N/B}`. Pyro scales a batch by :math:`N/B` when the plate is told the full
     size, ``pyro.plate("data", N, subsample_size=B)``, as its ``svi_lightning`` example
     does. A model of local latents only is not concerned (the scale changes the loss, not
-    its optimum), nor one whose plate subsamples already.
+    its optimum), nor one whose plate subsamples already. ``sliced``: ``fit`` cuts the
+    batches itself (tensor data), so ``batch_size=`` is the other way out.
     """
     from pyro_gen.infer.log_weights import find_data_plate, sample_sites
 
@@ -279,7 +280,8 @@ def warn_unscaled_batches(
         "examples: each step weighs their prior against one batch, so the posterior found "
         f"is that of {size} examples. Give the plate the full size, "
         f"pyro.plate({plate.name!r}, {examples}, subsample_size=len(batch)), so that Pyro "
-        f"scales a batch by N/B, or pass batch_size={examples}",
+        "scales a batch by N/B, or "
+        + (f"pass batch_size={examples}" if sliced else "give all the examples in one batch"),
         UnscaledBatchWarning,
         stacklevel=3,
     )

@@ -414,6 +414,11 @@ def test_global_latents_beside_a_batch_sized_plate_are_warned_about():
         fit(
             regression, (x, y), guide=AutoNormal(regression), steps=1, batch_size=16, progress=False
         )
+    # the user's own DataLoader: its batch size is not fit's to change
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
+    pyro.clear_param_store()
+    with pytest.warns(UserWarning, match=r"batch's size \(16\).*give all the examples in one"):
+        fit(regression, loader, guide=AutoNormal(regression), steps=1, progress=False)
 
 
 @pytest.mark.parametrize(

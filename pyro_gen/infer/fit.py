@@ -46,6 +46,7 @@ from pyro_gen.infer.loss_value import subsampled_size
 from pyro_gen.infer.pair_declarations import declared_plate
 from pyro_gen.infer.program import Program, program, warm_up
 from pyro_gen.infer.program_checks import check_loss, refuse_callable_data, warn_unscaled_batches
+from pyro_gen.infer.unregistered_params import warn_unregistered
 
 __all__ = [
     "READBACK_EVERY",
@@ -111,14 +112,15 @@ def fit(
     step's alone.
 
     How often ``model`` and ``guide`` run is not one call per step, as with Pyro's ``SVI``:
-    ``fit`` traces them once before training (to check the guide's sites against the model's
-    and find the data plate), the compiled step runs them to record its tensor program and
+    ``fit`` runs them twice before training (a trace to check the guide's sites against the
+    model's and find the data plate, and a run with gradients on to find networks that are
+    not registered with Pyro), the compiled step runs them to record its tensor program and
     then replays that program without calling them (10 steps of a small model: 8 calls), and
     evaluation runs them on ``eval_data``. A model that reads Python state changing between
     calls (a call counter, a global) should not rely on being called once per step: pass
     such values as tensors or data, or train with ``compile=False``, where each step runs
-    ``model`` and ``guide`` once per particle as ``SVI.step`` does (after the one trace).
-    That trace leaves the random number generators as it found them, but it creates the
+    ``model`` and ``guide`` once per particle as ``SVI.step`` does (after the two runs).
+    They leave the random number generators as they found them, but the first creates the
     parameters a guide makes on its first call (Pyro's autoguides, a ``pyro.param`` with a
     random initial value): the first step then draws other random numbers than a loop
     whose first ``svi.step`` creates them (a sparse gamma DEF: parameters 0.1 apart after 10
@@ -306,6 +308,7 @@ def fit(
             layout["examples"],
             sliced=layout["batch_size"] is not None,
         )
+        warn_unregistered(prog, first)
         state = _resume(dp, ckpt_dir, device, prog, optim, params, local, layout, epochs, steps)
         held_out = None
         if eval_data is not None and not _finished(state, epochs, steps):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,6 +112,31 @@ def program(model: Any, guide: Any = None, loss: Any = None) -> Program:
     return Program(model_fn, guide, modules, signatures, loss=loss)
 
 
+@contextlib.contextmanager
+def quiet_run(prog: Program) -> Iterator[None]:
+    """A run of the pair that leaves no trace behind: the RNG is restored, ``prog.modules``
+    run in eval mode (no data-dependent initialisation, no running statistics) and other
+    tensors' buffer writes are undone."""
+    rng = pyro.util.get_rng_state()
+    modes = {name: m.training for name, m in prog.modules.items()}
+    for m in prog.modules.values():
+        m.eval()
+    try:
+        with UndoWrites():
+            yield
+    finally:
+        for name, m in prog.modules.items():
+            m.train(modes[name])
+        pyro.util.set_rng_state(rng)
+
+
+def traces_of(prog: Program, call: Call) -> tuple[poutine.Trace, poutine.Trace]:
+    """The guide's trace on ``call``, then the model's replayed on it, as SVI's would be."""
+    guide_trace = poutine.trace(prog.guide).get_trace(*call.args, **call.kwargs)
+    replayed = poutine.replay(prog.model, trace=guide_trace)
+    return guide_trace, poutine.trace(replayed).get_trace(*call.args, **call.kwargs)
+
+
 def trace_once(prog: Program, call: Call) -> tuple[poutine.Trace, poutine.Trace]:
     """The guide's and the model's traces of one run on ``call``, as SVI's would be, leaving
     no trace behind: the RNG is restored, ``prog.modules`` run in eval mode (no data-dependent
@@ -133,19 +158,8 @@ def trace_once(prog: Program, call: Call) -> tuple[poutine.Trace, poutine.Trace]
         >>> list(prog.modules), int(net[1].num_batches_tracked)
         (['pyro.module:net'], 0)
     """
-    rng = pyro.util.get_rng_state()
-    modes = {name: m.training for name, m in prog.modules.items()}
-    for m in prog.modules.values():
-        m.eval()
-    try:
-        with torch.no_grad(), UndoWrites(), called_modules() as called:
-            guide_trace = poutine.trace(prog.guide).get_trace(*call.args, **call.kwargs)
-            replayed = poutine.replay(prog.model, trace=guide_trace)
-            model_trace = poutine.trace(replayed).get_trace(*call.args, **call.kwargs)
-    finally:
-        for name, m in prog.modules.items():
-            m.train(modes[name])
-        pyro.util.set_rng_state(rng)
+    with quiet_run(prog), torch.no_grad(), called_modules() as called:
+        guide_trace, model_trace = traces_of(prog, call)
     traces = [guide_trace, model_trace]
     for name, module in registered_names(called, traces, prog.modules.values()).items():
         prog.modules[MODULE_KEY + name] = module

@@ -171,7 +171,9 @@ def fit(
             several terms (``ReweightedWakeSleep``: the model's, then the guide's) trains
             on all of them, skips a step where any is not finite, and records the first as
             ``train_loss``.
-        device: where modules and tensor data live during training; default the module's.
+        device: where modules and tensor data live during training; default the module's,
+            or for a plain model function the tensor data's (the user's networks are where
+            the user put them, as in Pyro's loop).
         annealing: ``step -> beta`` applied to latent sites only (KL warm-up), e.g.
             :class:`~pyro_gen.infer.LinearAnnealing`.
         grad_clip: clip the global gradient norm to this positive value.
@@ -252,7 +254,7 @@ def fit(
             "SVI, or pass another ELBO"
         )
     prog = program(model, guide, loss)
-    device = _device(model, prog, device)
+    device = _device(model, prog, device, data)
     dp = setup(device)
     if dp is not None:
         device = dp.device

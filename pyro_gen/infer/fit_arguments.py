@@ -81,7 +81,30 @@ def _what(optim: Any) -> str:
     )
 
 
-def _device(model: Any, prog: Program, device: torch.device | str | None) -> torch.device:
+def _data_device(data: Any) -> torch.device | None:
+    """Where tensor data lie: the first tensor of a tensor, a tuple or list, or a dict."""
+    if isinstance(data, torch.Tensor):
+        return data.device
+    if isinstance(data, dict):
+        data = tuple(data.values())
+    for item in data if isinstance(data, tuple | list) else ():
+        if isinstance(item, torch.Tensor):
+            return item.device
+    return None
+
+
+def _device(
+    model: Any, prog: Program, device: torch.device | str | None, data: Any = None
+) -> torch.device:
+    """``device`` when given; else that of the first module of the pair with a parameter or
+    buffer; else, for a plain model function (whose networks ``fit`` meets only when it
+    runs), the tensor data's device, as Pyro's loop would leave the user's data; else the
+    CPU.
+
+    Example:
+        >>> _device(lambda x: None, Program(print, print, {}), None, torch.zeros(2, device="meta"))
+        device(type='meta')
+    """
     if device is not None:
         try:
             chosen = torch.device(device)
@@ -95,4 +118,4 @@ def _device(model: Any, prog: Program, device: torch.device | str | None) -> tor
     for m in prog.modules.values():
         if next(iter([*m.parameters(), *m.buffers()]), None) is not None:
             return module_device(m)
-    return torch.device("cpu")
+    return _data_device(data) or torch.device("cpu")

@@ -152,3 +152,34 @@ def test_fit_resumes_exactly_on_the_device(tmp_path):
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert a.device.type == DEVICE.type
         torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_a_plain_pyro_program_trains_where_its_data_and_networks_are(compile):
+    """A model function registering its decoder with ``pyro.module``, decoder and data moved
+    to the device by the user as in Pyro's VAE example, no ``device=``: fit knows the
+    networks only once the model runs, so it keeps the data where the user put them (it
+    moved them to the CPU, and the model failed with torch's device mismatch)."""
+    pyro.clear_param_store()
+    decoder = torch.nn.Linear(2, 6).to(DEVICE)
+    encoder = torch.nn.Linear(6, 4).to(DEVICE)
+
+    def model(x):
+        pyro.module("decoder", decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", pyro.distributions.Normal(0.0, 1.0).expand([2]).to_event(1))
+            logits = decoder(z)
+            pyro.sample("x", pyro.distributions.Bernoulli(logits=logits).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.module("encoder", encoder)
+        with pyro.plate("data", x.shape[0]):
+            loc, log_scale = encoder(x).chunk(2, -1)
+            pyro.sample("z", pyro.distributions.Normal(loc, log_scale.exp()).to_event(1))
+
+    before = decoder.weight.detach().clone()
+    result = fit(model, binary_data().to(DEVICE), guide=guide, steps=5, batch_size=16,
+                 progress=False, compile=compile)  # fmt: skip
+    assert math.isfinite(result.history[-1]["train_loss"])
+    assert decoder.weight.device.type == DEVICE.type
+    assert not torch.equal(before, decoder.weight)

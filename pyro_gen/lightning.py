@@ -48,6 +48,7 @@ from pyro_gen.infer.loss_value import reported_loss, subsampled_size
 from pyro_gen.infer.pair_declarations import declared_plate
 from pyro_gen.infer.program import Program, program, warm_up
 from pyro_gen.infer.state_codec import decode, encode
+from pyro_gen.infer.unregistered_params import warn_unregistered
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
@@ -201,6 +202,7 @@ class LightningSVI(lightning.LightningModule):
         guide_trace, model_trace = warm_up(
             self._prog, call, check_sites=isinstance(self.loss, ELBO)
         )
+        warn_unregistered(self._prog, call)  # a network never registered is never trained
         # A subsampling data plate's full size: a step's loss stands for that many examples
         self._represented = subsampled_size(model_trace, declared_plate(self._prog.model))
         # networks a plain model or guide function closes over, found by that run

@@ -401,3 +401,16 @@ def test_module_local_params_train_and_resume_as_in_pyros_lightning_example(
         resumed, _ = run(30, tmp_path / "half.ckpt")
     for name, value in whole.items():
         assert torch.equal(value, resumed[name]), name
+
+
+def test_a_network_the_model_does_not_register_is_warned_about() -> None:
+    """As in fit: a decoder without ``pyro.module`` is no parameter of the LightningModule,
+    so no optimizer would step it."""
+    from pyro_gen.infer.unregistered_params import UnregisteredParameterWarning
+    from tests.infer.test_unregistered_params import X, _decoder, _vae
+
+    pyro.clear_param_store()
+    model = _vae(False, _decoder())
+    guide = pyro.infer.autoguide.AutoNormal(model)
+    with pytest.warns(UnregisteredParameterWarning, match=r"a Sequential \(parameters of"):
+        LightningSVI(model, guide, example_batch=X)

@@ -217,6 +217,15 @@ def check_plate_sizes(guide_trace: poutine.Trace, model_trace: poutine.Trace) ->
         if not isinstance(guide_fn, _Subsample) or guide_fn.size == site["fn"].size:
             continue
         takes, size = site["fn"].size, guide_fn.size
+        if takes > size and site["fn"].subsample_size == size:
+            # the model's plate was told the data set's size, the guide's the batch's
+            raise PlateSizeError(
+                f"the model's plate {name!r} has the data set's size {takes} (subsampling "
+                f"{size}), but the guide's plate of that name has the batch's size {size}: "
+                "Pyro would scale the model's local sites by N/B and the guide's by 1. Give "
+                f"the guide's plate the same size, pyro.plate({name!r}, {takes}, "
+                "subsample_size=len(batch))"
+            )
         raise PlateSizeError(
             f"the model's plate {name!r} has size {takes} on this batch, but the guide's plate "
             f"of that name has size {size} (the examples it was set up on): a guide with "

@@ -438,3 +438,34 @@ def test_local_latents_alone_are_not_warned_about():
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnscaledBatchWarning)
         fit(TinyVAE(), binary_data(64), steps=2, batch_size=16, progress=False)
+
+
+def test_a_guide_plate_of_the_batchs_size_beside_a_full_size_model_plate_is_named():
+    """The model's plate told the data set's size (as the unscaled-batch warning advises),
+    the guide's left at the batch's: Pyro scaled the model's local sites by N/B and the
+    guide's by 1, silently; the error was the per-example guide's, which misled."""
+    encoder = torch.nn.Linear(1, 2)
+
+    def model(x):
+        with pyro.plate("rows", 64, subsample_size=x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def guide(x, full_size=False):
+        pyro.module("encoder", encoder)
+        size = 64 if full_size else x.shape[0]
+        with pyro.plate("rows", size, subsample_size=x.shape[0]):
+            loc, log_scale = encoder(x[:, None]).unbind(-1)
+            pyro.sample("z", dist.Normal(loc, log_scale.exp()))
+
+    x = torch.randn(64)
+    message = (
+        r"model's plate 'rows' has the data set's size 64 \(subsampling 16\), but the guide's "
+        r"plate of that name has the batch's size 16.*pyro.plate\('rows', 64, "
+        r"subsample_size=len\(batch\)\)"
+    )
+    with pytest.raises(ValueError, match=message):
+        fit(model, x, guide=guide, steps=1, batch_size=16, progress=False)
+    full = lambda x: guide(x, full_size=True)  # noqa: E731
+    assert math.isfinite(fit(model, x, guide=full, steps=2, batch_size=16, progress=False)
+                         .history[-1]["train_loss"])  # fmt: skip

@@ -26,7 +26,7 @@ __all__ = ["UnregisteredParameterWarning", "warn_unregistered"]
 
 
 class UnregisteredParameterWarning(UserWarning):
-    """A model or guide computes with tensors that require a gradient but are not trained."""
+    """A model or guide computes with ``nn.Parameter`` s that no Pyro optimizer steps."""
 
 
 def _tensors(obj: object) -> list[torch.Tensor]:
@@ -41,9 +41,8 @@ def _tensors(obj: object) -> list[torch.Tensor]:
 
 
 def _leaves(roots: Iterable[torch.Tensor], data: list[torch.Tensor]) -> list[torch.Tensor]:
-    """The ``nn.Parameter`` s that ``roots`` were computed from, not
-    counting ``data`` and what it was computed from (a batch sliced from a tensor that
-    requires a gradient)."""
+    """The ``nn.Parameter`` s that ``roots`` were computed from, not counting ``data`` and
+    what it was computed from (a batch sliced from a tensor that requires a gradient)."""
     seen = {id(t.grad_fn) for t in data if t.grad_fn is not None}
     data_ids = {id(t) for t in data}
     stack = [t.grad_fn for t in roots if t.grad_fn is not None]
@@ -69,8 +68,8 @@ def _log_densities(trace: poutine.Trace) -> list[torch.Tensor]:
             continue
         try:
             out.append(site["fn"].log_prob(site["value"]))
-        except Exception:  # noqa: BLE001 - a site that cannot score its value adds no leaf
-            continue
+        except (ValueError, RuntimeError, TypeError, NotImplementedError):
+            continue  # a site that cannot score its value (an improper prior) adds no leaf
     return out
 
 

@@ -469,3 +469,24 @@ def test_a_guide_plate_of_the_batchs_size_beside_a_full_size_model_plate_is_name
     full = lambda x: guide(x, full_size=True)  # noqa: E731
     assert math.isfinite(fit(model, x, guide=full, steps=2, batch_size=16, progress=False)
                          .history[-1]["train_loss"])  # fmt: skip
+
+
+@pytest.mark.parametrize("model", [regression, _subsampled_regression], ids=["batch-sized", "full"])
+def test_the_unscaled_batch_warnings_claim_against_the_closed_form(model):
+    """What the warning says, checked: for a Gaussian posterior the mean-field optimum has
+    standard deviations ``1 / sqrt(diag(precision))``. With the plate at the batch's size B
+    the data term counts B/N of its weight, so ``fit`` finds ``sqrt(N/B)`` = 2 times those;
+    told the full size, the optimum itself (within 15%: the stochastic steps' noise)."""
+    x, y = _regression_data(64)
+    design = torch.stack([x, torch.ones(64)], 1).double()
+    precision = design.T @ design / 0.1**2 + torch.eye(2, dtype=torch.float64) / 10.0**2
+    counted = 1.0 if model is _subsampled_regression else 16 / 64
+    expected = (1 / (precision.diag() * counted).sqrt()).tolist()
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnscaledBatchWarning)
+        fit(model, (x, y), guide=AutoNormal(model), steps=3000, batch_size=16,
+            optim=pyro.optim.ClippedAdam({"lr": 0.05, "lrd": 0.999}), progress=False)  # fmt: skip
+    found = [float(pyro.param(f"AutoNormal.scales.{site}")) for site in ("w", "b")]
+    assert found == pytest.approx(expected, rel=0.15)

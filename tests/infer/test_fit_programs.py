@@ -490,3 +490,26 @@ def test_the_unscaled_batch_warnings_claim_against_the_closed_form(model):
             optim=pyro.optim.ClippedAdam({"lr": 0.05, "lrd": 0.999}), progress=False)  # fmt: skip
     found = [float(pyro.param(f"AutoNormal.scales.{site}")) for site in ("w", "b")]
     assert found == pytest.approx(expected, rel=0.15)
+
+
+def test_networks_and_data_on_two_devices_are_named_with_their_devices():
+    """A decoder left on another device than the data ("meta" stands in for CUDA here):
+    torch's message named neither the network nor the batch."""
+    decoder = torch.nn.Linear(2, 6).to("meta")
+
+    def model(x):
+        pyro.module("decoder", decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=decoder(z)).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+
+    x = torch.rand(32, 6).round()
+    message = r"mixed devices on the first batch .*: the batch is on cpu, Linear on meta\. Put"
+    with pytest.raises(RuntimeError, match=message):
+        fit(model, x, guide=guide, steps=1, progress=False)
+    with pytest.raises(RuntimeError, match=message):
+        evaluate_elbo(model, x, guide=guide)

@@ -31,6 +31,26 @@ class Call:
     kwargs: dict[str, Any] = field(default_factory=dict)
     size: int | None = None
 
+    def tensors(self) -> list[torch.Tensor]:
+        """The batch's tensors, also inside tuples, lists and dicts (a PackedSequence's
+        ``data`` among them).
+
+        Example:
+            >>> len(Call((torch.zeros(2), [torch.ones(1)]), {"y": {"z": torch.ones(3)}}).tensors())
+            3
+        """
+        return _tensors((self.args, self.kwargs))
+
+
+def _tensors(obj: Any) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, tuple | list):
+        return [t for item in obj for t in _tensors(item)]
+    if isinstance(obj, Mapping):
+        return [t for item in obj.values() for t in _tensors(item)]
+    return []
+
 
 def _size(value: Any) -> int | None:
     if isinstance(value, torch.Tensor):

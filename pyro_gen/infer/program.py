@@ -23,6 +23,7 @@ from pyro import poutine
 from pyro_gen.data.batching import Call, describe
 from pyro_gen.infer.program_checks import check_matching_sites, check_params, check_plate_sizes
 from pyro_gen.infer.pyro_modules import MODULE_KEY, called_modules, registered_names
+from pyro_gen.infer.tensor_mismatch import explain_mismatch
 from pyro_gen.infer.undo_writes import UndoWrites
 
 
@@ -162,40 +163,13 @@ def trace_once(prog: Program, call: Call) -> tuple[poutine.Trace, poutine.Trace]
         with quiet_run(prog), torch.no_grad(), called_modules() as called:
             guide_trace, model_trace = traces_of(prog, call)
     except RuntimeError as e:
-        _explain_devices(e, call, called)
+        explain_mismatch(e, call, called)
         raise
     traces = [guide_trace, model_trace]
     for name, module in registered_names(called, traces, prog.modules.values()).items():
         prog.modules[MODULE_KEY + name] = module
     check_plate_sizes(guide_trace, model_trace)
     return guide_trace, model_trace
-
-
-class DeviceMismatchError(RuntimeError):
-    """The model or guide met tensors on two devices on the first batch."""
-
-
-def _explain_devices(error: RuntimeError, call: Call, called: list[torch.nn.Module]) -> None:
-    """Raises :class:`DeviceMismatchError` naming where the batch and the networks are, when
-    ``error`` is torch's refusal to mix devices (its message names neither)."""
-    text = str(error)
-    if "same device" not in text and "expected device" not in text:
-        return
-    data = {str(t.device) for t in (*call.args, *call.kwargs.values()) if torch.is_tensor(t)}
-    nets = {
-        f"{type(m).__name__} on {t.device}"
-        for m in called
-        for t in [next(iter([*m.parameters(recurse=False), *m.buffers(recurse=False)]), None)]
-        if t is not None and str(t.device) not in data
-    }
-    where = f"the batch is on {', '.join(sorted(data)) or 'no device'}"
-    if nets:
-        where += f", {', '.join(sorted(nets))}"
-    first_line = text.splitlines()[0] if text else type(error).__name__
-    raise DeviceMismatchError(
-        f"the model or guide mixed devices on the first batch ({first_line}): {where}. Put "
-        "the networks (module.to(device)) and the data (or fit's device=) on one device"
-    ) from error
 
 
 def warm_up(prog: Program, call: Call, *, check_sites: bool) -> tuple[poutine.Trace, poutine.Trace]:

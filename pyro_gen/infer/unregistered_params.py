@@ -29,17 +29,6 @@ class UnregisteredParameterWarning(UserWarning):
     """A model or guide computes with ``nn.Parameter`` s that no Pyro optimizer steps."""
 
 
-def _tensors(obj: object) -> list[torch.Tensor]:
-    """The tensors in a batch argument (a tensor, or tuples, lists and dicts of them)."""
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, (tuple, list)):
-        return [t for item in obj for t in _tensors(item)]
-    if isinstance(obj, dict):
-        return [t for item in obj.values() for t in _tensors(item)]
-    return []
-
-
 def _leaves(roots: Iterable[torch.Tensor], data: list[torch.Tensor]) -> list[torch.Tensor]:
     """The ``nn.Parameter`` s that ``roots`` were computed from, not counting ``data`` and
     what it was computed from (a batch sliced from a tensor that requires a gradient)."""
@@ -114,7 +103,7 @@ def warn_unregistered(prog: Program, call: Call) -> None:
     with quiet_run(prog), torch.enable_grad(), called_modules() as called:
         traces = traces_of(prog, call)
         roots = [t for trace in traces for t in _log_densities(trace)]
-        leaves = _leaves(roots, _tensors((call.args, call.kwargs)))
+        leaves = _leaves(roots, call.tensors())
     trained = _trained(traces)
     untrained = [t for t in leaves if id(t) not in trained]
     if not untrained:

@@ -492,23 +492,30 @@ def test_the_unscaled_batch_warnings_claim_against_the_closed_form(model):
     assert found == pytest.approx(expected, rel=0.15)
 
 
-def test_networks_and_data_on_two_devices_are_named_with_their_devices():
-    """A decoder left on another device than the data ("meta" stands in for CUDA here):
-    torch's message named neither the network nor the batch."""
-    decoder = torch.nn.Linear(2, 6).to("meta")
+@pytest.mark.parametrize("where", ["device", "dtype"])
+def test_networks_and_data_that_torch_will_not_mix_are_named(where):
+    """A decoder left on another device than the data ("meta" stands in for CUDA here), or
+    float64 data (numpy's) given to float32 networks: torch's message named neither the
+    network nor the batch."""
+    decoder = torch.nn.Linear(2, 6)
+    x = torch.rand(32, 6).round()
+    if where == "device":
+        decoder = decoder.to("meta")
+        message = r"on the first batch \(.*\): the batch is on cpu, Linear on meta\. Put the"
+    else:
+        x = x.double()
+        message = r"the batch is float64, Linear holds float32\. Convert the data \(x.float\(\)"
 
     def model(x):
         pyro.module("decoder", decoder)
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
-            pyro.sample("x", dist.Bernoulli(logits=decoder(z)).to_event(1), obs=x)
+            pyro.sample("x", dist.Bernoulli(logits=decoder(z.to(x.dtype))).to_event(1), obs=x)
 
     def guide(x):
         with pyro.plate("data", x.shape[0]):
             pyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
 
-    x = torch.rand(32, 6).round()
-    message = r"mixed devices on the first batch .*: the batch is on cpu, Linear on meta\. Put"
     with pytest.raises(RuntimeError, match=message):
         fit(model, x, guide=guide, steps=1, progress=False)
     with pytest.raises(RuntimeError, match=message):

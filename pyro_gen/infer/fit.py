@@ -29,6 +29,7 @@ from pyro_gen.data.batching import (
     release_peeked,
     with_transform,
 )
+from pyro_gen.infer.batch_checks import check_sliced_dimension, warn_unscaled_batches
 from pyro_gen.infer.checkpoint import run_lock
 from pyro_gen.infer.compiled_precision import check_trained_dtypes
 from pyro_gen.infer.distributed import ShardedBatches, setup
@@ -45,7 +46,7 @@ from pyro_gen.infer.local_params import local_params
 from pyro_gen.infer.loss_value import subsampled_size
 from pyro_gen.infer.pair_declarations import declared_plate
 from pyro_gen.infer.program import Program, program, warm_up
-from pyro_gen.infer.program_checks import check_loss, refuse_callable_data, warn_unscaled_batches
+from pyro_gen.infer.program_checks import check_loss, refuse_callable_data
 from pyro_gen.infer.unregistered_params import warn_unregistered
 
 __all__ = [
@@ -304,6 +305,8 @@ def fit(
         if dp is not None:
             dp.start(prog.modules, loss, prog, first)
         layout = data_layout(batches, batch_size)
+        if layout["batch_size"] is not None:  # tensor data, cut by fit
+            check_sliced_dimension(traces[1], plate_name or declared_plate(model), first.size)
         warn_unscaled_batches(
             traces[1],
             plate_name or declared_plate(model),

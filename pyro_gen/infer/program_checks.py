@@ -3,15 +3,13 @@
 Each check raises one error that names what was wrong and what to do, where Pyro would warn,
 let it pass silently, or fail later naming neither the site nor the cause: a guide passed
 where the data goes, a loss class not called, guide and model sites that do not match, a
-stale param-store entry, a guide sized to other data than the batch. One case is a warning,
-since the objective it gives is a valid (if rarely meant) one: global latents beside a data
-plate that does not scale a batch up to the data set (:func:`warn_unscaled_batches`).
+stale param-store entry, a guide sized to other data than the batch. How ``fit``'s batches
+meet the model's data plate is checked in :mod:`~pyro_gen.infer.batch_checks`.
 """
 
 from __future__ import annotations
 
 import inspect
-import warnings
 from typing import Any
 
 import torch
@@ -27,8 +25,6 @@ __all__ = [
     "check_plate_sizes",
     "check_matching_sites",
     "refuse_callable_data",
-    "UnscaledBatchWarning",
-    "warn_unscaled_batches",
 ]
 
 
@@ -90,7 +86,7 @@ def check_loss(loss: Any) -> None:
         )
 
 
-def _latent_sites(trace: poutine.Trace) -> dict[str, dict[str, Any]]:
+def latent_sites(trace: poutine.Trace) -> dict[str, dict[str, Any]]:
     return {
         name: site
         for name, site in trace.nodes.items()
@@ -106,7 +102,7 @@ def check_matching_sites(
 ) -> None:
     """Refuses guide sites the model lacks or observes, and model latents the guide lacks
     (unless marked for enumeration by a ``loss`` that enumerates)."""
-    model_sites, guide_sites = _latent_sites(model_trace), _latent_sites(guide_trace)
+    model_sites, guide_sites = latent_sites(model_trace), latent_sites(guide_trace)
     _check_enumerated(model_sites, guide_sites, loss)
     unguided = sorted(
         n
@@ -234,63 +230,3 @@ def check_plate_sizes(guide_trace: poutine.Trace, model_trace: poutine.Trace) ->
             "guide (pyro_gen.vae.AutoAmortizedNormal), or subsample in the model "
             f"(pyro.plate({name!r}, {size}, subsample_size=...))"
         )
-
-
-class UnscaledBatchWarning(UserWarning):
-    """Batches of a model with global latents are not scaled up to the data set."""
-
-
-def warn_unscaled_batches(
-    model_trace: poutine.Trace, plate_name: str | None, examples: int | None, sliced: bool = True
-) -> None:
-    """Warns where ``fit`` trains on batches of a data set of ``examples`` examples a model
-    whose data plate has the batch's size (``pyro.plate("data", len(x))``) while latents lie
-    outside it.
-
-    Each step's ELBO then weighs the globals' prior against one batch, not the data set:
-    the posterior found is that of :math:`B` examples, too wide by about
-    :math:`\\sqrt{N/B}`. Pyro scales a batch by :math:`N/B` when the plate is told the full
-    size, ``pyro.plate("data", N, subsample_size=B)``, as its ``svi_lightning`` example
-    does. A model of local latents only is not concerned (the scale changes the loss, not
-    its optimum), nor one whose plate subsamples already. ``sliced``: ``fit`` cuts the
-    batches itself (tensor data), so ``batch_size=`` is the other way out.
-    """
-    from pyro_gen.infer.log_weights import find_data_plate, sample_sites
-
-    if examples is None:
-        return
-    try:
-        plate = find_data_plate(model_trace, plate_name)
-    except ValueError:  # no single data plate: nothing to scale
-        return
-    frames = [
-        f
-        for _, site in sample_sites(model_trace)
-        for f in site["cond_indep_stack"]
-        if f.name == plate.name
-    ]
-    if not frames or any(f.full_size not in (None, f.size) for f in frames):
-        return
-    size = frames[0].size
-    if size >= examples:
-        return
-    outside = [
-        name
-        for name, site in _latent_sites(model_trace).items()
-        if not site["infer"].get("_deterministic", False)
-        and all(f.name != plate.name for f in site["cond_indep_stack"])
-    ]
-    if not outside:
-        return
-    named = ", ".join(repr(n) for n in outside[:3]) + (", ..." if len(outside) > 3 else "")
-    warnings.warn(
-        f"the model has latents outside its data plate {plate.name!r} ({named}), and that "
-        f"plate has the batch's size ({size}) while fit draws batches from {examples} "
-        "examples: each step weighs their prior against one batch, so the posterior found "
-        f"is that of {size} examples. Give the plate the full size, "
-        f"pyro.plate({plate.name!r}, {examples}, subsample_size=len(batch)), so that Pyro "
-        "scales a batch by N/B, or "
-        + (f"pass batch_size={examples}" if sliced else "give all the examples in one batch"),
-        UnscaledBatchWarning,
-        stacklevel=3,
-    )

@@ -55,10 +55,16 @@ def explain_mismatch(error: RuntimeError, call: Call, called: list[torch.nn.Modu
         )
     else:
         kinds = ", ".join(sorted(str(d)[6:] for d in floats))
+        net_dtype = next(s.dtype for m in called if (s := _own_state(m)) is not None
+                         and s.is_floating_point() and s.dtype not in floats)  # fmt: skip
+        data_dtype = next(iter(floats))
+        to_module = {torch.float32: "float()", torch.float64: "double()"}.get(
+            data_dtype, f"to({data_dtype})"
+        )
+        numpy = "; numpy arrays arrive as float64" if data_dtype == torch.float64 else ""
         where, fix = (
             f"the batch is {kinds}, {', '.join(sorted(other_dtype))}",
-            "Convert the data (x.float(); numpy arrays arrive as float64) or the networks "
-            "(module.double())",
+            f"Convert the data (x.to({net_dtype}){numpy}) or the networks (module.{to_module})",
         )
     raise BatchMismatchError(
         f"the model or guide could not run on the first batch ({first_line}): {where}. {fix}"

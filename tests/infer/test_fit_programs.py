@@ -15,7 +15,7 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 
 from pyro_gen.infer import NonFiniteLossError, evaluate_elbo, fit, iwae_log_likelihood
-from pyro_gen.infer.program_checks import UnscaledBatchWarning
+from pyro_gen.infer.batch_checks import UnscaledBatchWarning
 from tests.infer.tiny_vae import TinyVAE, binary_data
 
 LOC = torch.tensor([1.0, -2.0])
@@ -504,7 +504,11 @@ def test_networks_and_data_that_torch_will_not_mix_are_named(where):
         message = r"on the first batch \(.*\): the batch is on cpu, Linear on meta\. Put the"
     else:
         x = x.double()
-        message = r"the batch is float64, Linear holds float32\. Convert the data \(x.float\(\)"
+        message = (
+            r"the batch is float64, Linear holds float32\. Convert the data "
+            r"\(x.to\(torch.float32\); numpy arrays arrive as float64\) or the networks "
+            r"\(module.double\(\)\)"
+        )
 
     def model(x):
         pyro.module("decoder", decoder)
@@ -520,3 +524,22 @@ def test_networks_and_data_that_torch_will_not_mix_are_named(where):
         fit(model, x, guide=guide, steps=1, progress=False)
     with pytest.raises(RuntimeError, match=message):
         evaluate_elbo(model, x, guide=guide)
+
+
+def test_time_major_sequences_are_refused_before_fit_cuts_them_along_time():
+    """PyTorch's RNNs take (T, N, D) by default. fit cuts tensors along the first dimension:
+    spans of 8 time steps were trained on as batches of examples, without a word."""
+    rnn, out = torch.nn.GRU(3, 4), torch.nn.Linear(4, 3)
+
+    def model(x):
+        pyro.module("rnn", rnn)
+        pyro.module("out", out)
+        with pyro.plate("sequences", x.shape[1]):
+            h, _ = rnn(x)
+            pyro.sample("x", dist.Normal(out(h).transpose(0, 1), 1.0).to_event(2),
+                        obs=x.transpose(0, 1))  # fmt: skip
+
+    x = torch.randn(20, 30, 3)
+    message = r"this batch has 8 rows, but the model's data plate 'sequences' has size 30"
+    with pytest.raises(ValueError, match=message + r".*x.transpose\(0, 1\)"):
+        fit(model, x, guide=lambda x: None, steps=1, batch_size=8, progress=False)

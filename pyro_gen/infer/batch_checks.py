@@ -1,0 +1,125 @@
+"""How ``fit``'s batches meet the model's data plate.
+
+``fit`` cuts tensor data along their first dimension into batches (or takes the user's).
+Two ways a model can disagree with that, which Pyro would let pass: its data plate is not
+over that first dimension (time-major sequences), which is refused; or it has global latents
+while the plate has the batch's size, which scales the prior against one batch and is
+warned about (a valid objective, if rarely meant).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from pyro import poutine
+
+from pyro_gen.infer.log_weights import DataPlate, find_data_plate, sample_sites
+from pyro_gen.infer.program_checks import latent_sites
+
+__all__ = ["UnscaledBatchWarning", "check_sliced_dimension", "warn_unscaled_batches"]
+
+
+def _data_plate(
+    model_trace: poutine.Trace, plate_name: str | None
+) -> tuple[DataPlate, int, bool] | None:
+    """The data plate, its size on this batch and whether it subsamples a larger data set;
+    None when the model has no single data plate."""
+    try:
+        plate = find_data_plate(model_trace, plate_name)
+    except ValueError:
+        return None
+    frames = [
+        f
+        for _, site in sample_sites(model_trace)
+        for f in site["cond_indep_stack"]
+        if f.name == plate.name
+    ]
+    if not frames:
+        return None
+    return plate, frames[0].size, any(f.full_size not in (None, f.size) for f in frames)
+
+
+def check_sliced_dimension(
+    model_trace: poutine.Trace, plate_name: str | None, batch_rows: int | None
+) -> None:
+    """Refuses tensor data whose first dimension, the one ``fit`` cuts into batches, is not
+    the model's data plate: on a batch of ``batch_rows`` rows the plate has another size.
+
+    Time-major sequences (``(T, N, D)``, PyTorch's RNN default) were cut into spans of
+    time steps, each trained on as if it were a batch of examples.
+    """
+    if batch_rows is None:
+        return
+    try:
+        plate = find_data_plate(model_trace, plate_name)
+    except ValueError:
+        return
+    frames = [
+        f
+        for _, site in sample_sites(model_trace)
+        for f in site["cond_indep_stack"]
+        if f.name == plate.name
+    ]
+    sizes = {f.size for f in frames}
+    # the plate over the batch's rows, or subsampling them (a model that draws its own
+    # examples from the batch it is given); a plate without a size (-1) takes each site's
+    if len(sizes) != 1 or batch_rows in sizes or any(f.full_size == batch_rows for f in frames):
+        return
+    if next(iter(sizes)) in (None, -1):
+        return
+    size = sizes.pop()
+    raise ValueError(
+        f"fit cuts tensor data along their first dimension, and this batch has {batch_rows} "
+        f"rows, but the model's data plate {plate.name!r} has size {size} on it: the "
+        "examples are not the first dimension (time-major sequences?). Put the examples "
+        "first (e.g. x.transpose(0, 1)), or pass your own batches (an iterable)"
+    )
+
+
+class UnscaledBatchWarning(UserWarning):
+    """Batches of a model with global latents are not scaled up to the data set."""
+
+
+def warn_unscaled_batches(
+    model_trace: poutine.Trace, plate_name: str | None, examples: int | None, sliced: bool = True
+) -> None:
+    """Warns where ``fit`` trains on batches of a data set of ``examples`` examples a model
+    whose data plate has the batch's size (``pyro.plate("data", len(x))``) while latents lie
+    outside it.
+
+    Each step's ELBO then weighs the globals' prior against one batch, not the data set:
+    the posterior found is that of :math:`B` examples, too wide by about
+    :math:`\\sqrt{N/B}`. Pyro scales a batch by :math:`N/B` when the plate is told the full
+    size, ``pyro.plate("data", N, subsample_size=B)``, as its ``svi_lightning`` example
+    does. A model of local latents only is not concerned (the scale changes the loss, not
+    its optimum), nor one whose plate subsamples already. ``sliced``: ``fit`` cuts the
+    batches itself (tensor data), so ``batch_size=`` is the other way out.
+    """
+    if examples is None:
+        return
+    found = _data_plate(model_trace, plate_name)
+    if found is None or found[2]:
+        return
+    plate, size, _ = found
+    if size >= examples:
+        return
+    outside = [
+        name
+        for name, site in latent_sites(model_trace).items()
+        if not site["infer"].get("_deterministic", False)
+        and all(f.name != plate.name for f in site["cond_indep_stack"])
+    ]
+    if not outside:
+        return
+    named = ", ".join(repr(n) for n in outside[:3]) + (", ..." if len(outside) > 3 else "")
+    warnings.warn(
+        f"the model has latents outside its data plate {plate.name!r} ({named}), and that "
+        f"plate has the batch's size ({size}) while fit draws batches from {examples} "
+        "examples: each step weighs their prior against one batch, so the posterior found "
+        f"is that of {size} examples. Give the plate the full size, "
+        f"pyro.plate({plate.name!r}, {examples}, subsample_size=len(batch)), so that Pyro "
+        "scales a batch by N/B, or "
+        + (f"pass batch_size={examples}" if sliced else "give all the examples in one batch"),
+        UnscaledBatchWarning,
+        stacklevel=3,
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import warnings
 
 from pyro import poutine
+from pyro.poutine.indep_messenger import CondIndepStackFrame
 
 from pyro_gen.infer.log_weights import DataPlate, find_data_plate, sample_sites
 from pyro_gen.infer.program_checks import latent_sites
@@ -19,11 +20,11 @@ from pyro_gen.infer.program_checks import latent_sites
 __all__ = ["UnscaledBatchWarning", "check_sliced_dimension", "warn_unscaled_batches"]
 
 
-def _data_plate(
+def _data_plate_frames(
     model_trace: poutine.Trace, plate_name: str | None
-) -> tuple[DataPlate, int, bool] | None:
-    """The data plate, its size on this batch and whether it subsamples a larger data set;
-    None when the model has no single data plate."""
+) -> tuple[DataPlate, list[CondIndepStackFrame]] | None:
+    """The data plate and its frames at every sample site (one per site it encloses); None
+    when the model has no single data plate."""
     try:
         plate = find_data_plate(model_trace, plate_name)
     except ValueError:
@@ -34,9 +35,7 @@ def _data_plate(
         for f in site["cond_indep_stack"]
         if f.name == plate.name
     ]
-    if not frames:
-        return None
-    return plate, frames[0].size, any(f.full_size not in (None, f.size) for f in frames)
+    return (plate, frames) if frames else None
 
 
 def check_sliced_dimension(
@@ -47,27 +46,31 @@ def check_sliced_dimension(
 
     Time-major sequences (``(T, N, D)``, PyTorch's RNN default) were cut into spans of
     time steps, each trained on as if it were a batch of examples.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist, torch
+        >>> def model(x):  # x: (T, N), the plate over N
+        ...     with pyro.plate("sequences", x.shape[1]):
+        ...         pyro.sample("x", dist.Normal(0.0, 1.0).expand([x.shape[0], x.shape[1]])
+        ...                     .to_event(0), obs=x)
+        >>> trace = pyro.poutine.trace(model).get_trace(torch.zeros(8, 30))
+        >>> check_sliced_dimension(trace, None, 8)
+        Traceback (most recent call last):
+        ...
+        ValueError: fit cuts tensor data along their first dimension, and this batch has 8 ...
     """
-    if batch_rows is None:
+    found = _data_plate_frames(model_trace, plate_name)
+    if found is None or batch_rows is None:
         return
-    try:
-        plate = find_data_plate(model_trace, plate_name)
-    except ValueError:
-        return
-    frames = [
-        f
-        for _, site in sample_sites(model_trace)
-        for f in site["cond_indep_stack"]
-        if f.name == plate.name
-    ]
+    plate, frames = found
     sizes = {f.size for f in frames}
     # the plate over the batch's rows, or subsampling them (a model that draws its own
     # examples from the batch it is given); a plate without a size (-1) takes each site's
     if len(sizes) != 1 or batch_rows in sizes or any(f.full_size == batch_rows for f in frames):
         return
-    if next(iter(sizes)) in (None, -1):
-        return
     size = sizes.pop()
+    if size in (None, -1):
+        return
     raise ValueError(
         f"fit cuts tensor data along their first dimension, and this batch has {batch_rows} "
         f"rows, but the model's data plate {plate.name!r} has size {size} on it: the "
@@ -94,13 +97,27 @@ def warn_unscaled_batches(
     does. A model of local latents only is not concerned (the scale changes the loss, not
     its optimum), nor one whose plate subsamples already. ``sliced``: ``fit`` cuts the
     batches itself (tensor data), so ``batch_size=`` is the other way out.
+
+    Example:
+        >>> import warnings, pyro, pyro.distributions as dist, torch
+        >>> def model(x):
+        ...     w = pyro.sample("w", dist.Normal(0.0, 1.0))
+        ...     with pyro.plate("data", x.shape[0]):
+        ...         pyro.sample("x", dist.Normal(w, 1.0), obs=x)
+        >>> trace = pyro.poutine.trace(model).get_trace(torch.zeros(10))
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     warn_unscaled_batches(trace, None, examples=100)
+        >>> str(caught[0].message)[:60]
+        "the model has latents outside its data plate 'data' ('w'), a"
     """
-    if examples is None:
+    found = _data_plate_frames(model_trace, plate_name)
+    if examples is None or found is None:
         return
-    found = _data_plate(model_trace, plate_name)
-    if found is None or found[2]:
+    plate, frames = found
+    if any(f.full_size not in (None, f.size) for f in frames):  # subsampled already
         return
-    plate, size, _ = found
+    size = frames[0].size
     if size >= examples:
         return
     outside = [

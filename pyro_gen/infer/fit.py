@@ -305,11 +305,12 @@ def fit(
         if dp is not None:
             dp.start(prog.modules, loss, prog, first)
         layout = data_layout(batches, batch_size)
+        data_plate = plate_name or declared_plate(model)
         if layout["batch_size"] is not None:  # tensor data, cut by fit
-            check_sliced_dimension(traces[1], plate_name or declared_plate(model), first.size)
+            check_sliced_dimension(traces[1], data_plate, first.size)
         warn_unscaled_batches(
             traces[1],
-            plate_name or declared_plate(model),
+            data_plate,
             layout["examples"],
             sliced=layout["batch_size"] is not None,
         )
@@ -351,7 +352,7 @@ def fit(
             held_out=held_out,
             eval_every=eval_every,
             plate_name=plate_name,
-            represented=subsampled_size(traces[1], plate_name or declared_plate(model)),
+            represented=subsampled_size(traces[1], data_plate),
             ckpt_dir=ckpt_dir,
             checkpoint_every=checkpoint_every,
             callbacks=list(callbacks),

@@ -29,7 +29,18 @@ def _own_state(module: torch.nn.Module) -> torch.Tensor | None:
 
 def explain_mismatch(error: RuntimeError, call: Call, called: list[torch.nn.Module]) -> None:
     """Raises :class:`BatchMismatchError` from ``error`` when the batch of ``call`` and the
-    modules ``called`` on it differ in device, or in floating dtype; else returns."""
+    modules ``called`` on it differ in device, or in floating dtype; else returns.
+
+    Example:
+        >>> net, x = torch.nn.Linear(2, 1), torch.zeros(3, 2, dtype=torch.float64)
+        >>> try:
+        ...     net(x)
+        ... except RuntimeError as e:
+        ...     explain_mismatch(e, Call((x,)), [net])
+        Traceback (most recent call last):
+        ...
+        pyro_gen.infer.tensor_mismatch.BatchMismatchError: ... the batch is float64, Linear ...
+    """
     text = str(error)
     if not any(word in text for word in _MENTIONS):
         return

@@ -99,7 +99,20 @@ def warn_unregistered(prog: Program, call: Call) -> None:
     """Warns where the pair's log-densities on ``call`` depend on ``nn.Parameter`` s that
     require a gradient but that no param site holds (so no Pyro optimizer steps them). One
     run of guide and model with gradients on; it leaves no trace
-    (:func:`~pyro_gen.infer.program.quiet_run`)."""
+    (:func:`~pyro_gen.infer.program.quiet_run`).
+
+    Example:
+        >>> import warnings, pyro.distributions as dist
+        >>> from pyro_gen.infer.program import program
+        >>> net = torch.nn.Linear(1, 1)
+        >>> def model(x):  # no pyro.module("net", net)
+        ...     pyro.sample("x", dist.Normal(net(x), 1.0).to_event(2), obs=x)
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     warn_unregistered(program(model, lambda x: None), Call((torch.zeros(3, 1),)))
+        >>> str(caught[0].message)[:73]
+        'the model or guide computes with a Linear (parameters of shapes (1, 1), ('
+    """
     with quiet_run(prog), torch.enable_grad(), called_modules() as called:
         traces = traces_of(prog, call)
         roots = [t for trace in traces for t in _log_densities(trace)]

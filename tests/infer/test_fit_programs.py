@@ -492,14 +492,21 @@ def test_the_unscaled_batch_warnings_claim_against_the_closed_form(model):
     assert found == pytest.approx(expected, rel=0.15)
 
 
-@pytest.mark.parametrize("where", ["device", "dtype"])
+@pytest.mark.parametrize("where", ["device", "dtype", "integers"])
 def test_networks_and_data_that_torch_will_not_mix_are_named(where):
-    """A decoder left on another device than the data ("meta" stands in for CUDA here), or
-    float64 data (numpy's) given to float32 networks: torch's message named neither the
-    network nor the batch."""
-    decoder = torch.nn.Linear(2, 6)
+    """A decoder left on another device than the data ("meta" stands in for CUDA here),
+    float64 data (numpy's) given to float32 networks, or uint8 images (MNIST's raw pixels)
+    given to an encoder: torch's message named neither the network nor the batch."""
+    encoder, decoder = torch.nn.Linear(6, 2), torch.nn.Linear(2, 6)
     x = torch.rand(32, 6).round()
-    if where == "device":
+    if where == "integers":
+        x = (x * 255).to(torch.uint8)
+        message = (
+            r"\(mat1 and mat2 must have the same dtype, but got Byte and Float\): the batch "
+            r"holds uint8 values where a network takes floats \(Linear holds float32\)\. "
+            r"Convert them before the model sees them: x\.float\(\) \(images of 0-255: "
+        )
+    elif where == "device":
         decoder = decoder.to("meta")
         message = r"on the first batch \(.*\): the batch is on cpu, Linear on meta\. Put the"
     else:
@@ -514,11 +521,12 @@ def test_networks_and_data_that_torch_will_not_mix_are_named(where):
         pyro.module("decoder", decoder)
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
-            pyro.sample("x", dist.Bernoulli(logits=decoder(z.to(x.dtype))).to_event(1), obs=x)
+            pyro.sample("x", dist.Bernoulli(logits=decoder(z)).to_event(1), obs=x)
 
     def guide(x):
+        pyro.module("encoder", encoder)
         with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+            pyro.sample("z", dist.Normal(encoder(x), 1.0).to_event(1))
 
     with pytest.raises(RuntimeError, match=message):
         fit(model, x, guide=guide, steps=1, progress=False)

@@ -33,7 +33,7 @@ from pyro_gen.infer.batch_checks import check_sliced_dimension, warn_unscaled_ba
 from pyro_gen.infer.checkpoint import run_lock
 from pyro_gen.infer.compiled_precision import check_trained_dtypes
 from pyro_gen.infer.distributed import ShardedBatches, setup
-from pyro_gen.infer.fit_arguments import _check_arguments, _device
+from pyro_gen.infer.fit_arguments import _check_arguments, _device, checked_callbacks
 from pyro_gen.infer.fit_held_out import _held_out
 from pyro_gen.infer.fit_layout import data_layout
 from pyro_gen.infer.fit_loop import READBACK_EVERY, Callback, StepCallback, _train
@@ -246,6 +246,8 @@ def fit(
     _check_arguments(
         epochs, steps, batch_size, grad_clip, eval_every, checkpoint_every, checkpoint_dir, optim
     )
+    callbacks = checked_callbacks("callbacks", callbacks, "callback(record, model)")
+    step_callbacks = checked_callbacks("step_callbacks", step_callbacks, "callback(step, model)")
     loss = loss if loss is not None else Trace_ELBO()
     check_loss(loss)
     if isinstance(loss, TraceTailAdaptive_ELBO):
@@ -355,8 +357,8 @@ def fit(
             represented=subsampled_size(traces[1], data_plate),
             ckpt_dir=ckpt_dir,
             checkpoint_every=checkpoint_every,
-            callbacks=list(callbacks),
-            step_callbacks=list(step_callbacks),
+            callbacks=callbacks,
+            step_callbacks=step_callbacks,
             progress=progress,
             dp=dp,
             device=device,

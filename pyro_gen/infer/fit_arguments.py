@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
+from collections.abc import Iterable
 from typing import Any
 
 import pyro
@@ -54,6 +56,39 @@ def _check_arguments(
             f"optim must be a pyro.optim.PyroOptim such as pyro.optim.Adam({{'lr': 1e-3}}), "
             f"got {_what(optim)}"
         )
+
+
+def checked_callbacks(kind: str, callbacks: Iterable[Any], call: str) -> list[Any]:
+    """``callbacks`` as a list, each checked to take the call ``call`` (two positional
+    arguments) before training starts: a wrong one failed only at the end of the first
+    epoch, which can be hours in.
+
+    Example:
+        >>> try:
+        ...     checked_callbacks("callbacks", [lambda: None], "callback(record, model)")
+        ... except TypeError as e:
+        ...     print(str(e).split(":")[0])
+        callbacks[0] (<lambda>) cannot be called as callback(record, model)
+    """
+    if callable(callbacks):
+        raise TypeError(f"{kind} takes a list of callables, got one callable: {kind}=[...]")
+    out = list(callbacks)
+    for i, cb in enumerate(out):
+        if not callable(cb):
+            raise TypeError(f"{kind}[{i}] is a {type(cb).__name__}, not callable as {call}")
+        try:
+            signature = inspect.signature(cb)
+        except (TypeError, ValueError):  # a builtin without a signature: its call will tell
+            continue
+        try:
+            signature.bind(None, None)
+        except TypeError as e:
+            name = getattr(cb, "__qualname__", type(cb).__name__)
+            raise TypeError(
+                f"{kind}[{i}] ({name}) cannot be called as {call}: {e}. Give it two "
+                "parameters (it may ignore them)"
+            ) from None
+    return out
 
 
 def _what(optim: Any) -> str:

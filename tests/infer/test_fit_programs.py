@@ -551,3 +551,40 @@ def test_time_major_sequences_are_refused_before_fit_cuts_them_along_time():
     message = r"this batch has 8 rows, but the model's data plate 'sequences' has size 30"
     with pytest.raises(ValueError, match=message + r".*x.transpose\(0, 1\)"):
         fit(model, x, guide=lambda x: None, steps=1, batch_size=8, progress=False)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"callbacks": [lambda: None]}, r"callbacks\[0\] \(.*<lambda>\) cannot be called as "
+                                        r"callback\(record, model\)"),
+        ({"step_callbacks": [lambda model: None]}, r"step_callbacks\[0\] .* cannot be called as "
+                                                   r"callback\(step, model\)"),
+        ({"callbacks": lambda record, model: None}, r"callbacks takes a list of callables"),
+        ({"callbacks": [None]}, r"callbacks\[0\] is a NoneType, not callable"),
+    ],
+)  # fmt: skip
+def test_a_callback_fit_cannot_call_is_refused_before_the_first_step(kwargs, message):
+    """A callback with the wrong parameters failed only after the first epoch had trained
+    (Python's bare "takes 0 positional arguments but 2 were given"): here no step runs."""
+    model = TinyVAE()
+    pyro.clear_param_store()
+    with pytest.raises(TypeError, match=message):
+        fit(model, binary_data(16), epochs=1, batch_size=8, progress=False, **kwargs)
+    assert not pyro.get_param_store().keys()  # nothing ran: no parameter was made
+
+
+def test_callbacks_that_take_more_or_keyword_parameters_are_called():
+    """Defaults, *args and a callable object bind; each is called once per epoch."""
+    calls = []
+
+    class Counter:
+        def __call__(self, record, model):
+            calls.append("object")
+
+    def with_default(record, model, extra="default"):
+        calls.append(extra)
+
+    fit(TinyVAE(), binary_data(16), epochs=2, batch_size=8, progress=False,
+        callbacks=[Counter(), with_default, lambda *args: calls.append(len(args))])  # fmt: skip
+    assert calls == ["object", "default", 2] * 2

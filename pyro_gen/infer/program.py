@@ -21,6 +21,7 @@ import torch
 from pyro import poutine
 
 from pyro_gen.data.batching import Call, describe
+from pyro_gen.infer.param_values import check_param_values, explain_param_values
 from pyro_gen.infer.program_checks import check_matching_sites, check_params, check_plate_sizes
 from pyro_gen.infer.pyro_modules import MODULE_KEY, called_modules, registered_names
 from pyro_gen.infer.tensor_mismatch import explain_mismatch
@@ -159,12 +160,19 @@ def trace_once(prog: Program, call: Call) -> tuple[poutine.Trace, poutine.Trace]
         >>> list(prog.modules), int(net[1].num_batches_tracked)
         (['pyro.module:net'], 0)
     """
+    held = set(pyro.get_param_store().keys())
     try:
         with quiet_run(prog), torch.no_grad(), called_modules() as called:
             guide_trace, model_trace = traces_of(prog, call)
-    except RuntimeError as e:
-        explain_mismatch(e, call, called)
+    except (RuntimeError, ValueError) as e:
+        registered = set(pyro.get_param_store().keys()) - held
+        explain_param_values(e, registered)
+        if isinstance(e, RuntimeError):
+            explain_mismatch(e, call, called)
         raise
+    check_param_values(
+        n for t in (guide_trace, model_trace) for n, s in t.nodes.items() if s["type"] == "param"
+    )
     traces = [guide_trace, model_trace]
     for name, module in registered_names(called, traces, prog.modules.values()).items():
         prog.modules[MODULE_KEY + name] = module

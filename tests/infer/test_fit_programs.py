@@ -588,3 +588,51 @@ def test_callbacks_that_take_more_or_keyword_parameters_are_called():
     fit(TinyVAE(), binary_data(16), epochs=2, batch_size=8, progress=False,
         callbacks=[Counter(), with_default, lambda *args: calls.append(len(args))])  # fmt: skip
     assert calls == ["object", "default", 2] * 2
+
+
+@pytest.mark.parametrize("init, where", [(-1.0, "outside"), (0.0, "on the edge of")])
+def test_a_param_started_outside_its_constraint_is_named(init, where):
+    """Pyro stores log(init) for a positive param: -1 gives NaN, 0 gives -inf. Pyro's own
+    error comes from the distribution, naming neither the param nor its start."""
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    def guide(x):
+        sigma = pyro.param("sigma", torch.tensor(init), constraint=dist.constraints.positive)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(0.0, sigma))
+
+    x = torch.zeros(8)
+    pyro.clear_param_store()
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.1}), Trace_ELBO())
+    with pytest.raises(ValueError) as pyros:
+        svi.step(x)
+    assert "sigma" not in str(pyros.value).split("Trace Shapes")[0]
+    pyro.clear_param_store()
+    with pytest.raises(ValueError, match=rf"pyro.param\('sigma'\) was given an initial value "
+                       rf"{where} its constraint GreaterThan\(lower_bound=0.0\)"):  # fmt: skip
+        fit(model, x, guide=guide, steps=1, progress=False)
+
+
+def test_structural_minus_infinity_logits_of_a_real_param_train_as_in_pyro():
+    """An unconstrained param may hold -inf on purpose (a transition that cannot happen):
+    it is not refused, and fit takes Pyro's steps."""
+
+    def model(y):
+        logits = pyro.param("logits", torch.tensor([0.0, 0.0, -math.inf]))
+        with pyro.plate("data", y.shape[0]):
+            pyro.sample("y", dist.Categorical(logits=logits), obs=y)
+
+    y = torch.tensor([0, 0, 1, 0])
+    pyro.clear_param_store()
+    fit(model, y, guide=lambda y: None, steps=5, batch_size=4, progress=False,
+        optim=pyro.optim.Adam({"lr": 0.1}), compile=False)  # fmt: skip
+    ours = pyro.param("logits").detach().clone()
+    pyro.clear_param_store()
+    svi = SVI(model, lambda y: None, pyro.optim.Adam({"lr": 0.1}), Trace_ELBO())
+    for _ in range(5):
+        svi.step(y)
+    assert torch.equal(ours, pyro.param("logits").detach())
+    assert ours[2] == -math.inf

@@ -39,7 +39,15 @@ class PlainFallback:
 
     def _fall_back(self, reason: str) -> None:
         self.fallback_reason = reason
-        logger.warning("pyro_gen: compiled SVI step off, using plain Pyro SVI: %s", reason)
+        # Said once the plain step has run: a model that fails in Pyro's own step as well
+        # (a user's shape error, found first by the recording) gets its error alone, not a
+        # line about the compiled step before it.
+        self._unannounced = reason
+
+    def _announce_fallback(self) -> None:
+        reason = self.__dict__.pop("_unannounced", None)
+        if reason is not None:
+            logger.warning("pyro_gen: compiled SVI step off, using plain Pyro SVI: %s", reason)
 
     def _plain_loss_and_grads(
         self, args: tuple, kwargs: dict
@@ -54,6 +62,7 @@ class PlainFallback:
                 loss = self.loss(self.model, self.guide, *args, **kwargs)
                 if getattr(loss, "requires_grad", False):
                     loss.backward()
+        self._announce_fallback()
         params = list({site["value"].unconstrained() for site in capture.trace.nodes.values()})
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, self.grad_clip)

@@ -501,3 +501,24 @@ def test_ddpm_time_plate_same_draws_same_loss_and_grads(loss_cls, form):
             torch.testing.assert_close(
                 actual_grads[name], expected_grads[name], rtol=RTOL, atol=1e-7, msg=name
             )
+
+
+def test_a_model_that_fails_in_pyros_step_too_gets_its_error_alone(caplog):
+    """A guide site without its plate: the compiled step's first run fails on it, falls
+    back, and Pyro's plain step raises the same error. The fallback was announced first
+    ("compiled SVI step off, using plain Pyro SVI"), a line about the compiled step above
+    every bug of the user's own; it is now said once a plain step has run."""
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    def guide(x):
+        pyro.sample("z", dist.Normal(torch.zeros(x.shape[0]), 1.0))  # no plate
+
+    svi = CompiledSVI(model, guide, pyro.optim.Adam({"lr": 0.05}), backend="fx")
+    with caplog.at_level(logging.WARNING, logger="pyro_gen"):
+        with pytest.raises(ValueError, match='at site "z", invalid log_prob shape'):
+            svi.step(torch.zeros(4))
+    assert not [r for r in caplog.records if r.name == "pyro_gen"]
+    assert not svi.compiled  # the fallback itself stands, announced at a step that runs

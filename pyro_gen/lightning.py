@@ -42,6 +42,7 @@ except ImportError as e:  # pragma: no cover - the dev extra installs it
 from pyro_gen.data.batching import Call, Transform, as_call, with_transform
 from pyro_gen.data.random_state import global_rng_state, set_global_rng_state
 from pyro_gen.infer.annealing import kl_scale_pair
+from pyro_gen.infer.batch_checks import warn_nothing_observed
 from pyro_gen.infer.distributed import _plates
 from pyro_gen.infer.local_params import local_params
 from pyro_gen.infer.loss_value import reported_loss, subsampled_size
@@ -203,6 +204,8 @@ class LightningSVI(lightning.LightningModule):
             self._prog, call, check_sites=isinstance(self.loss, ELBO)
         )
         warn_unregistered(self._prog, call)  # a network never registered is never trained
+        if isinstance(self.loss, ELBO):
+            warn_nothing_observed(model_trace, call)
         # A subsampling data plate's full size: a step's loss stands for that many examples
         self._represented = subsampled_size(model_trace, declared_plate(self._prog.model))
         # networks a plain model or guide function closes over, found by that run

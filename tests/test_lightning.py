@@ -414,3 +414,19 @@ def test_a_network_the_model_does_not_register_is_warned_about() -> None:
     guide = pyro.infer.autoguide.AutoNormal(model)
     with pytest.warns(UnregisteredParameterWarning, match=r"a Sequential \(parameters of"):
         LightningSVI(model, guide, example_batch=X)
+
+
+def test_a_batch_without_the_observations_is_warned_about() -> None:
+    """As in fit: regression(x, y=None) given x alone observes nothing."""
+    from pyro_gen.infer.batch_checks import NothingObservedWarning
+    from tests.infer.test_fit_programs import _regression_data, regression
+
+    pyro.clear_param_store()
+    x, y = _regression_data(16)
+    guide = pyro.infer.autoguide.AutoNormal(regression)
+    with pytest.warns(NothingObservedWarning, match=r"\(1 positional; latent 'w', 'b', 'y'\)"):
+        LightningSVI(regression, guide, example_batch=x)
+    pyro.clear_param_store()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NothingObservedWarning)
+        LightningSVI(regression, pyro.infer.autoguide.AutoNormal(regression), example_batch=(x, y))

@@ -1,10 +1,11 @@
 """How ``fit``'s batches meet the model's data plate.
 
 ``fit`` cuts tensor data along their first dimension into batches (or takes the user's).
-Two ways a model can disagree with that, which Pyro would let pass: its data plate is not
-over that first dimension (time-major sequences), which is refused; or it has global latents
-while the plate has the batch's size, which scales the prior against one batch and is
-warned about (a valid objective, if rarely meant).
+Three ways a model can disagree with that, which Pyro would let pass: its data plate is not
+over that first dimension (time-major sequences), which is refused; it has global latents
+while the plate has the batch's size, which scales the prior against one batch; or it
+observes nothing of the batch (``model(x, y=None)`` given ``x`` alone). The last two are
+warned about: valid objectives, if rarely meant.
 """
 
 from __future__ import annotations
@@ -14,10 +15,17 @@ import warnings
 from pyro import poutine
 from pyro.poutine.indep_messenger import CondIndepStackFrame
 
+from pyro_gen.data.batch_call import Call, describe
 from pyro_gen.infer.log_weights import DataPlate, find_data_plate, sample_sites
 from pyro_gen.infer.program_checks import latent_sites
 
-__all__ = ["UnscaledBatchWarning", "check_sliced_dimension", "warn_unscaled_batches"]
+__all__ = [
+    "NothingObservedWarning",
+    "UnscaledBatchWarning",
+    "check_sliced_dimension",
+    "warn_nothing_observed",
+    "warn_unscaled_batches",
+]
 
 
 def _data_plate_frames(
@@ -138,5 +146,47 @@ def warn_unscaled_batches(
         "scales a batch by N/B, or "
         + (f"pass batch_size={examples}" if sliced else "give all the examples in one batch"),
         UnscaledBatchWarning,
+        stacklevel=3,
+    )
+
+
+class NothingObservedWarning(UserWarning):
+    """The model observed nothing on the first batch: training fits the guide to the prior."""
+
+
+def warn_nothing_observed(model_trace: poutine.Trace, call: Call) -> None:
+    """Warns when the model's run on the batch ``call`` has latent sites and no observed
+    one: no ``obs=``, no ``pyro.factor``. Its ELBO is then free of the data, and the guide
+    is trained towards the prior, which Pyro's SVI does without a word. The usual cause is
+    an observation left out of the batch: a regression ``model(x, y=None)`` given ``x``
+    alone samples ``y`` as one more latent. A model given no tensors is left alone: a
+    target density written as latents (``fit(model, ())``) observes nothing by design.
+
+    Example:
+        >>> import warnings, pyro, pyro.distributions as dist, torch
+        >>> def model(x, y=None):
+        ...     with pyro.plate("data", x.shape[0]):
+        ...         pyro.sample("y", dist.Normal(x, 1.0), obs=y)
+        >>> trace = pyro.poutine.trace(model).get_trace(torch.zeros(3))
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     warn_nothing_observed(trace, Call((torch.zeros(3),)))
+        >>> str(caught[0].message)[:72]
+        "the model observed nothing on the first batch (1 positional; latent 'y')"
+    """
+    latent = list(latent_sites(model_trace))
+    # pyro.deterministic records an observed site too: it observes nothing of the data
+    if not (call.tensors() and latent) or any(
+        s["is_observed"] and not s["infer"].get("_deterministic", False)
+        for _, s in sample_sites(model_trace)
+    ):
+        return
+    named = ", ".join(repr(n) for n in latent[:3]) + (", ..." if len(latent) > 3 else "")
+    warnings.warn(
+        f"the model observed nothing on the first batch ({describe(call)}; latent {named}): "
+        "with no obs= site and no pyro.factor, its ELBO does not depend on the data, and "
+        "training fits the guide to the prior. Pass the observations with the batch (a "
+        "model(x, y=None) needs data=(x, y)), or observe the data with obs= in the model",
+        NothingObservedWarning,
         stacklevel=3,
     )

@@ -29,7 +29,11 @@ from pyro_gen.data.batching import (
     release_peeked,
     with_transform,
 )
-from pyro_gen.infer.batch_checks import check_sliced_dimension, warn_unscaled_batches
+from pyro_gen.infer.batch_checks import (
+    check_sliced_dimension,
+    warn_nothing_observed,
+    warn_unscaled_batches,
+)
 from pyro_gen.infer.checkpoint import run_lock
 from pyro_gen.infer.compiled_precision import check_trained_dtypes
 from pyro_gen.infer.distributed import ShardedBatches, setup
@@ -316,6 +320,8 @@ def fit(
             layout["examples"],
             sliced=layout["batch_size"] is not None,
         )
+        if isinstance(loss, ELBO):  # other losses (adversarial) read the data their own way
+            warn_nothing_observed(traces[1], first)
         warn_unregistered(prog, first)
         state = _resume(dp, ckpt_dir, device, prog, optim, params, local, layout, epochs, steps)
         held_out = None

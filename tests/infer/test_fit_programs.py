@@ -15,7 +15,7 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 
 from pyro_gen.infer import NonFiniteLossError, evaluate_elbo, fit, iwae_log_likelihood
-from pyro_gen.infer.batch_checks import UnscaledBatchWarning
+from pyro_gen.infer.batch_checks import NothingObservedWarning, UnscaledBatchWarning
 from tests.infer.tiny_vae import TinyVAE, binary_data
 
 LOC = torch.tensor([1.0, -2.0])
@@ -636,3 +636,22 @@ def test_structural_minus_infinity_logits_of_a_real_param_train_as_in_pyro():
         svi.step(y)
     assert torch.equal(ours, pyro.param("logits").detach())
     assert ours[2] == -math.inf
+
+
+def test_a_batch_without_the_observations_is_warned_about():
+    """regression(x, y=None) given x alone: y becomes one more latent, nothing is observed,
+    and Pyro's SVI fits the guide to the prior without a word: w's mean stays near the
+    prior's 0 instead of moving to the data's slope, 3."""
+    x, y = _regression_data(64)
+    pyro.clear_param_store()
+    with pytest.warns(NothingObservedWarning, match=r"observed nothing on the first batch "
+                      r"\(1 positional; latent 'w', 'b', 'y'\)"):  # fmt: skip
+        fit(regression, x, guide=AutoNormal(regression), steps=300, batch_size=64,
+            optim=pyro.optim.Adam({"lr": 0.05}), progress=False)  # fmt: skip
+    assert abs(pyro.param("AutoNormal.locs.w").item()) < 1.0
+    pyro.clear_param_store()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NothingObservedWarning)
+        fit(regression, (x, y), guide=AutoNormal(regression), steps=300, batch_size=64,
+            optim=pyro.optim.Adam({"lr": 0.05}), progress=False)  # fmt: skip
+    assert pyro.param("AutoNormal.locs.w").item() == pytest.approx(3.0, abs=0.1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import numbers
 import operator
 from collections.abc import Sequence
 from typing import Any
@@ -219,10 +220,27 @@ def modules_of(transform: object) -> list[torch.nn.Module]:
 
 
 def as_event_shape(event_shape: int | Sequence[int]) -> tuple[int, ...]:
-    """Normalizes an int or sequence to a tuple event shape."""
-    if isinstance(event_shape, int):
-        return (event_shape,)
-    return tuple(int(s) for s in event_shape)
+    """Normalizes an int or sequence to a tuple event shape.
+
+    Raises:
+        ValueError: for anything but positive whole numbers (a float dimension failed with
+            "'float' object is not iterable", and ``0`` built a flow over nothing).
+
+    Example:
+        >>> as_event_shape(3), as_event_shape(torch.Size([1, 28, 28]))
+        ((3,), (1, 28, 28))
+    """
+    sizes = (event_shape,) if isinstance(event_shape, numbers.Integral) else event_shape
+    try:
+        dims = list(sizes)  # type: ignore[arg-type]
+    except TypeError:
+        dims = [event_shape]
+    if not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0 for d in dims):
+        raise ValueError(
+            f"a shape (or dimension) must be a positive whole number or a sequence of them, "
+            f"got {event_shape!r}"
+        )
+    return tuple(int(d) for d in dims)
 
 
 def check_context(context: torch.Tensor, conditioner: object, name: str) -> None:

@@ -30,6 +30,7 @@ from pyro_gen.nn.mlp import layer_widths
 from pyro_gen.transforms._base import (
     ConditionalModule,
     FlowTransformModule,
+    as_event_shape,
     check_context,
     partial_module,
 )
@@ -202,6 +203,7 @@ def _made(
     order: torch.Tensor | None,
     context_dim: int,
 ) -> MADE:
+    (input_dim,) = as_event_shape(input_dim)  # a clear error before MADE's own
     hidden = [max(10 * input_dim, 32)] * 2 if hidden_dims is None else layer_widths(hidden_dims)
     # in-place ReLU: each follows a masked linear layer, whose backward does not need its
     # output, so it saves an allocation per layer (~2% of an IAF guide's step on CPU)

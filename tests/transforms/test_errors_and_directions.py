@@ -26,6 +26,21 @@ def test_wrong_event_shape_is_a_clear_error() -> None:
 
 
 @pytest.mark.parametrize(
+    "make, given",
+    [
+        (lambda: T.inverse_autoregressive(0), r"0"),  # was a flow over nothing
+        (lambda: T.affine_coupling(4.0), r"4\.0"),  # was "'float' object is not iterable"
+        (lambda: T.masked_autoregressive(-2), r"-2"),  # was torch.arange's error
+        (lambda: Flow((1, 0), []), r"\(1, 0\)"),
+    ],
+    ids=["zero", "float", "negative", "zero-entry"],
+)
+def test_a_dimension_that_is_not_a_positive_whole_number_is_named(make, given) -> None:
+    with pytest.raises(ValueError, match=rf"positive whole number .*got {given}"):
+        make()
+
+
+@pytest.mark.parametrize(
     "make",
     [
         lambda h: T.inverse_autoregressive(3, h),

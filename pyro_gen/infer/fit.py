@@ -116,6 +116,18 @@ def fit(
     ``loss.backward()`` of the user's) are dropped, so that the first update is the first
     step's alone.
 
+    The first batch is checked for what Pyro's ``SVI`` would let pass or report without
+    naming the cause. Refused: guide sites that do not match the model's, a data plate not
+    over the first dimension of tensor data (time-major sequences), networks on another
+    device or of another dtype than the batch, or given integers
+    (:class:`~pyro_gen.infer.tensor_mismatch.BatchMismatchError`), a ``pyro.param`` started
+    outside its constraint (:class:`~pyro_gen.infer.param_values.ParamInitError`), callbacks
+    that cannot take their two arguments. Warned about: global latents beside a plate of the
+    batch's size (:class:`~pyro_gen.infer.batch_checks.UnscaledBatchWarning`), a model that
+    observes nothing of the batch (:class:`~pyro_gen.infer.batch_checks.NothingObservedWarning`),
+    a network used without ``pyro.module``
+    (:class:`~pyro_gen.infer.unregistered_params.UnregisteredParameterWarning`).
+
     How often ``model`` and ``guide`` run is not one call per step, as with Pyro's ``SVI``:
     ``fit`` runs them twice before training (a trace to check the guide's sites against the
     model's and find the data plate, and a run with gradients on to find networks that are

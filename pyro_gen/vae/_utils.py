@@ -41,7 +41,3 @@ def cat_context(h: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
     shape = torch.broadcast_shapes(h.shape[:-1], context.shape[:-1])
     h = h.expand(shape + h.shape[-1:])
     return torch.cat([h, context.expand(shape + context.shape[-1:])], -1)
-
-
-def as_tuple(x: int | Sequence[int]) -> tuple[int, ...]:
-    return (int(x),) if isinstance(x, int) else tuple(int(v) for v in x)

@@ -36,8 +36,9 @@ from pyro.nn import PyroModule, PyroSample
 from torch import nn
 from torch.nn import functional as F
 
-from pyro_gen.transforms._base import PicklableModule
-from pyro_gen.vae._utils import as_tuple, numel
+from pyro_gen.nn.mlp import layer_widths
+from pyro_gen.transforms._base import PicklableModule, as_event_shape
+from pyro_gen.vae._utils import numel
 from pyro_gen.vae.encoders import MLPEncoder
 from pyro_gen.vae.likelihoods import Likelihood, make_likelihood
 from pyro_gen.vae.sites import DATA_PLATE, LATENT, OBS
@@ -103,9 +104,13 @@ class BayesianMLPDecoder(PyroModule):
         name: str = "decoder",
     ) -> None:
         super().__init__(name=name)
-        self.event_shape = as_tuple(event_shape)
+        self.event_shape = as_event_shape(event_shape)
         self.likelihood = make_likelihood(likelihood)
-        dims = [z_dim, *as_tuple(hidden_dims), numel(self.event_shape) * self.likelihood.num_params]
+        dims = [
+            z_dim,
+            *layer_widths(hidden_dims),
+            numel(self.event_shape) * self.likelihood.num_params,
+        ]
         self.layers = PyroModule[nn.ModuleList](
             [BayesianLinear(a, b, prior_scale) for a, b in zip(dims[:-1], dims[1:])]
         )
@@ -171,7 +176,7 @@ class BayesianVAE(PicklableModule):
             raise ValueError(f"prior_scale must be positive, got {prior_scale!r}")
         if num_data is not None and (isinstance(num_data, bool) or num_data < 1):
             raise ValueError(f"num_data must be a positive integer or None, got {num_data!r}")
-        self.event_shape, self.z_dim, self.num_data = as_tuple(event_shape), z_dim, num_data
+        self.event_shape, self.z_dim, self.num_data = as_event_shape(event_shape), z_dim, num_data
         self.decoder = BayesianMLPDecoder(z_dim, event_shape, hidden_dims, likelihood, prior_scale)
         self.encoder = MLPEncoder(event_shape, z_dim, hidden_dims)
         # the weights' guide starts at a usual deterministic initialization (uniform in

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from pyro_gen.vae._utils import as_tuple
+from pyro_gen.transforms._base import as_event_shape
 from pyro_gen.vae.hierarchical import HierarchicalVAE
 from pyro_gen.vae.likelihoods import make_likelihood
 from pyro_gen.vae.posteriors import make_posterior
@@ -50,7 +50,7 @@ def build_vae(
         >>> build_vae((8, 8), layers=2, z_dim=4, hidden_dim=16).z_dims
         (4, 2)
     """
-    event_shape = as_tuple(event_shape)
+    event_shape = as_event_shape(event_shape)
     if layers < 1:
         raise ValueError(f"layers must be at least 1, got {layers}")
     if guide not in ("normal", "iaf", "auto"):

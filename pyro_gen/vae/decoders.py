@@ -8,8 +8,9 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pyro_gen.transforms._base import PicklableModule
-from pyro_gen.vae._utils import as_tuple, cat_context, mlp, numel
+from pyro_gen.nn.mlp import layer_widths
+from pyro_gen.transforms._base import PicklableModule, as_event_shape
+from pyro_gen.vae._utils import cat_context, mlp, numel
 from pyro_gen.vae.likelihoods import Likelihood, make_likelihood
 
 
@@ -61,10 +62,10 @@ class MLPDecoder(Decoder):
         context_dim: int = 0,
     ) -> None:
         super().__init__()
-        self.event_shape = as_tuple(event_shape)
+        self.event_shape = as_event_shape(event_shape)
         self.likelihood = make_likelihood(likelihood)
         k = self.likelihood.num_params
-        self.net = mlp(z_dim + context_dim, as_tuple(hidden_dims), numel(self.event_shape) * k)
+        self.net = mlp(z_dim + context_dim, layer_widths(hidden_dims), numel(self.event_shape) * k)
 
     def params(self, z: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         out = self.net(cat_context(z, context))
@@ -91,7 +92,7 @@ class ConvDecoder(Decoder):
         context_dim: int = 0,
     ) -> None:
         super().__init__()
-        self.event_shape = as_tuple(event_shape)
+        self.event_shape = as_event_shape(event_shape)
         self.likelihood = make_likelihood(likelihood)
         c, h, w = (1, *self.event_shape) if len(self.event_shape) == 2 else self.event_shape
         if h % 4 or w % 4:

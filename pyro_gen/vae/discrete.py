@@ -36,8 +36,9 @@ from pyro.distributions.torch_distribution import TorchDistributionMixin
 from torch.distributions.relaxed_categorical import ExpRelaxedCategorical as _ExpRelaxedCategorical
 
 from pyro_gen.infer.callbacks import changes_only_tensors
-from pyro_gen.transforms._base import PicklableModule
-from pyro_gen.vae._utils import as_tuple, mlp, numel
+from pyro_gen.nn.mlp import layer_widths
+from pyro_gen.transforms._base import PicklableModule, as_event_shape
+from pyro_gen.vae._utils import mlp, numel
 from pyro_gen.vae.decoders import MLPDecoder
 from pyro_gen.vae.likelihoods import Likelihood
 from pyro_gen.vae.sites import DATA_PLATE, LATENT, OBS
@@ -122,13 +123,13 @@ class DiscreteVAE(PicklableModule):
                 f"exact enumeration sums over K^L = {num_categories}^{num_latents} joint values "
                 "of the latents; use num_latents=1, or inference='relaxed'"
             )
-        self.event_shape = as_tuple(event_shape)
+        self.event_shape = as_event_shape(event_shape)
         self.num_latents, self.num_categories, self.inference = (
             num_latents,
             num_categories,
             inference,
         )
-        hidden_dims = as_tuple(hidden_dims)
+        hidden_dims = tuple(layer_widths(hidden_dims))
         self.encoder = mlp(numel(self.event_shape), hidden_dims, num_latents * num_categories)
         self.decoder = MLPDecoder(
             num_latents * num_categories, self.event_shape, hidden_dims, likelihood

@@ -12,8 +12,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pyro_gen.transforms._base import PicklableModule
-from pyro_gen.vae._utils import as_tuple, cat_context, mlp, numel
+from pyro_gen.nn.mlp import layer_widths
+from pyro_gen.transforms._base import PicklableModule, as_event_shape
+from pyro_gen.vae._utils import cat_context, mlp, numel
 
 
 class Encoder(PicklableModule):
@@ -70,8 +71,8 @@ class MLPEncoder(Encoder):
         min_scale: float = 1e-4,
     ) -> None:
         super().__init__()
-        self.event_shape = as_tuple(event_shape)
-        hidden_dims = as_tuple(hidden_dims)
+        self.event_shape = as_event_shape(event_shape)
+        hidden_dims = tuple(layer_widths(hidden_dims))
         self.trunk = mlp(numel(self.event_shape) + context_dim, hidden_dims)
         self._heads(hidden_dims[-1], z_dim, min_scale)
 
@@ -101,7 +102,7 @@ class ConvEncoder(Encoder):
         min_scale: float = 1e-4,
     ) -> None:
         super().__init__()
-        self.event_shape = as_tuple(event_shape)
+        self.event_shape = as_event_shape(event_shape)
         c, h, w = (1, *self.event_shape) if len(self.event_shape) == 2 else self.event_shape
         if h % 4 or w % 4:
             raise ValueError(f"ConvEncoder needs H and W divisible by 4, got {self.event_shape}")

@@ -11,7 +11,8 @@ from pyro import poutine
 from torch import nn
 from torch.nn import functional as F
 
-from pyro_gen.vae._utils import as_tuple, mlp
+from pyro_gen.transforms._base import as_event_shape
+from pyro_gen.vae._utils import mlp
 from pyro_gen.vae.decoders import Decoder, MLPDecoder
 from pyro_gen.vae.encoders import MLPEncoder
 from pyro_gen.vae.guide_slot import GuideSlot
@@ -97,8 +98,8 @@ class HierarchicalVAE(GuideSlot):
         super().__init__()
         if inference not in ("top_down", "bottom_up"):
             raise ValueError(f"inference must be 'top_down' or 'bottom_up', got {inference!r}")
-        self.event_shape = as_tuple(event_shape)
-        self.z_dims = as_tuple(z_dims)
+        self.event_shape = as_event_shape(event_shape)
+        self.z_dims = as_event_shape(z_dims)
         if not self.z_dims or min(self.z_dims) < 1:
             raise ValueError(f"every latent size must be at least 1, got z_dims={z_dims}")
         self.num_layers = len(self.z_dims)

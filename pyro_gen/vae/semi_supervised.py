@@ -37,8 +37,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pyro_gen.transforms._base import PicklableModule
-from pyro_gen.vae._utils import as_tuple, mlp, numel
+from pyro_gen.nn.mlp import layer_widths
+from pyro_gen.transforms._base import PicklableModule, as_event_shape
+from pyro_gen.vae._utils import mlp, numel
 from pyro_gen.vae.decoders import MLPDecoder
 from pyro_gen.vae.encoders import MLPEncoder
 from pyro_gen.vae.likelihoods import Likelihood
@@ -133,9 +134,9 @@ class SSVAE(PicklableModule):
             raise ValueError(f"alpha must be non-negative, got {alpha!r}")
         if init_scale is not None and not init_scale > 0:
             raise ValueError(f"init_scale must be positive or None, got {init_scale!r}")
-        self.event_shape = as_tuple(event_shape)
+        self.event_shape = as_event_shape(event_shape)
         self.num_classes, self.z_dim, self.alpha = num_classes, z_dim, float(alpha)
-        hidden_dims = as_tuple(hidden_dims)
+        hidden_dims = tuple(layer_widths(hidden_dims))
         self.classifier = mlp(numel(self.event_shape), hidden_dims, num_classes)
         self.encoder = MLPEncoder(self.event_shape, z_dim, hidden_dims, context_dim=num_classes)
         self.decoder = MLPDecoder(

@@ -11,7 +11,7 @@ from pyro.infer.autoguide import AutoGuide
 from torch import nn
 from torch.nn import functional as F
 
-from pyro_gen.vae._utils import as_tuple
+from pyro_gen.transforms._base import as_event_shape
 from pyro_gen.vae.decoders import Decoder, MLPDecoder
 from pyro_gen.vae.encoders import MLPEncoder
 from pyro_gen.vae.guide_slot import GuideSlot
@@ -113,7 +113,7 @@ class VAE(GuideSlot):
         super().__init__()
         if z_dim < 1:
             raise ValueError(f"the latent size must be at least 1, got z_dim={z_dim}")
-        self.event_shape = as_tuple(event_shape)
+        self.event_shape = as_event_shape(event_shape)
         self.z_dim = z_dim
         self.num_classes = num_classes
         c = num_classes or 0

@@ -12,7 +12,7 @@ from pyro_gen.data.batching import Transform, batch_calls, with_transform
 from pyro_gen.infer.evaluation import declared_plate
 from pyro_gen.infer.fit_progress import _Progress
 from pyro_gen.infer.held_out import HeldOutData, evaluations
-from pyro_gen.infer.log_weights import find_data_plate
+from pyro_gen.infer.log_weights import check_guide_plates, find_data_plate
 from pyro_gen.infer.loss_value import reported_loss, subsampled_size
 from pyro_gen.infer.program import Program, trace_once
 
@@ -85,10 +85,10 @@ def _held_out(
                 f"eval_every={epochs} to evaluate once at the end"
             )
     held_out = HeldOutData(eval_data, batch_size, device)
-    _, model_trace = trace_once(prog, with_transform(held_out.first, transform))
+    guide_trace, model_trace = trace_once(prog, with_transform(held_out.first, transform))
     plate = plate_name or declared_plate(model)
     if isinstance(loss, ELBO):
-        find_data_plate(model_trace, plate)
+        check_guide_plates(model_trace, guide_trace, find_data_plate(model_trace, plate))
     else:  # evaluate_elbo finds the plate itself; another loss is counted by it here
         held_out.represented = subsampled_size(model_trace, plate)
     return held_out

@@ -361,6 +361,27 @@ def _analytic_kl(model_trace: Trace, guide_latents: dict[str, dict]) -> dict[str
     return kl
 
 
+def check_guide_plates(model_trace: Trace, guide_trace: Trace, plate: DataPlate) -> None:
+    """Refuses a guide latent that the model holds in the data plate while the guide holds
+    it in a plate of another name: its weight would count as one draw shared by the whole
+    batch, and the estimate silently became a joint one (Pyro only warns, "Found plate
+    statements in guide but not model"). A guide site in no plate (a joint guide, as
+    ``AutoMultivariateNormal``'s latent) is such a draw by design, and is left alone."""
+    for name, site in sample_sites(guide_trace):
+        model_site = model_trace.nodes.get(name)
+        if site["is_observed"] or model_site is None:
+            continue
+        in_model = {f.name for f in model_site["cond_indep_stack"] if f.vectorized}
+        in_guide = {f.name for f in site["cond_indep_stack"] if f.vectorized}
+        other = sorted(in_guide - in_model)
+        if plate.name in in_model and plate.name not in in_guide and other:
+            raise ValueError(
+                f"guide site {name!r} lies in the guide's plate {other[0]!r} but in the "
+                f"model's data plate {plate.name!r}: each example's weight needs the guide's "
+                f"plate over the examples to be the model's. Name it {plate.name!r} in the guide"
+            )
+
+
 def split_log_weights(
     model_trace: Trace,
     guide_trace: Trace,
@@ -411,6 +432,7 @@ def split_log_weights(
                 f"guide site {name!r} is observed in the model (obs= or pyro.condition): a "
                 "guide samples only the model's latent sites; leave it out of the guide"
             )
+    check_guide_plates(model_trace, guide_trace, plate)
     summed_out = _enumerated_log_weight(model_trace, plate)
     covered = summed_out[1] if summed_out is not None else set()
     # a latent whose prior depends on a summed-out site is part of that sum, not a KL

@@ -366,7 +366,25 @@ def check_guide_plates(model_trace: Trace, guide_trace: Trace, plate: DataPlate)
     it in a plate of another name: its weight would count as one draw shared by the whole
     batch, and the estimate silently became a joint one (Pyro only warns, "Found plate
     statements in guide but not model"). A guide site in no plate (a joint guide, as
-    ``AutoMultivariateNormal``'s latent) is such a draw by design, and is left alone."""
+    ``AutoMultivariateNormal``'s latent) is such a draw by design, and is left alone.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> def model(x):
+        ...     with pyro.plate("data", 3):
+        ...         z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        ...         pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+        >>> def guide(x):
+        ...     with pyro.plate("batch", 3):
+        ...         pyro.sample("z", dist.Normal(0.0, 1.0))
+        >>> x = torch.zeros(3)
+        >>> g = pyro.poutine.trace(guide).get_trace(x)
+        >>> m = pyro.poutine.trace(pyro.poutine.replay(model, trace=g)).get_trace(x)
+        >>> check_guide_plates(m, g, find_data_plate(m, None))
+        Traceback (most recent call last):
+        ...
+        ValueError: guide site 'z' lies in the guide's plate 'batch' but in the model's data ...
+    """
     for name, site in sample_sites(guide_trace):
         model_site = model_trace.nodes.get(name)
         if site["is_observed"] or model_site is None:

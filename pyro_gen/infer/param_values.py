@@ -85,7 +85,16 @@ def explain_param_values(error: Exception, registered: Iterable[str]) -> None:
 def check_param_values(names: Iterable[str]) -> None:
     """Raises :class:`ParamInitError` when one of the params ``names`` with a constraint
     holds a NaN unconstrained value (a run that did not fail on it would train to a NaN
-    loss)."""
+    loss).
+
+    Example:
+        >>> pyro.clear_param_store()
+        >>> _ = pyro.param("rate", torch.tensor(-2.0), constraint=constraints.positive)
+        >>> check_param_values(["rate"])
+        Traceback (most recent call last):
+        ...
+        pyro_gen.infer.param_values.ParamInitError: pyro.param('rate') was given an initial ...
+    """
     found = _bad_params(names, edges=False)
     if found:
         raise ParamInitError(_message(found))

@@ -37,7 +37,12 @@ from pyro_gen.infer.batch_checks import (
 from pyro_gen.infer.checkpoint import run_lock
 from pyro_gen.infer.compiled_precision import check_trained_dtypes
 from pyro_gen.infer.distributed import ShardedBatches, setup
-from pyro_gen.infer.fit_arguments import _check_arguments, _device, checked_callbacks
+from pyro_gen.infer.fit_arguments import (
+    _check_arguments,
+    _device,
+    check_kinds,
+    checked_callbacks,
+)
 from pyro_gen.infer.fit_held_out import _held_out
 from pyro_gen.infer.fit_layout import data_layout
 from pyro_gen.infer.fit_loop import READBACK_EVERY, Callback, StepCallback, _train
@@ -261,6 +266,13 @@ def fit(
     refuse_callable_data(data)
     _check_arguments(
         epochs, steps, batch_size, grad_clip, eval_every, checkpoint_every, checkpoint_dir, optim
+    )
+    check_kinds(
+        compile=compile,
+        annealing=annealing,
+        transform=transform,
+        plate_name=plate_name,
+        checkpoint_dir=checkpoint_dir,
     )
     callbacks = checked_callbacks("callbacks", callbacks, "callback(record, model)")
     step_callbacks = checked_callbacks("step_callbacks", step_callbacks, "callback(step, model)")

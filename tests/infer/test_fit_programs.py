@@ -655,3 +655,21 @@ def test_a_batch_without_the_observations_is_warned_about():
         fit(regression, (x, y), guide=AutoNormal(regression), steps=300, batch_size=64,
             optim=pyro.optim.Adam({"lr": 0.05}), progress=False)  # fmt: skip
     assert pyro.param("AutoNormal.locs.w").item() == pytest.approx(3.0, abs=0.1)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"annealing": 0.5}, r"annealing must be a function of the step number .* got the "
+                             r"float 0\.5"),  # was "'float' object is not callable", at step 1
+        ({"compile": "no"}, r"compile must be None, True or False; got the str 'no'"),  # truthy
+        ({"transform": 255}, r"transform must be a function of a batch tensor"),
+        ({"plate_name": 0}, r"plate_name must be a pyro.plate's name"),  # matched no plate
+        ({"checkpoint_dir": 7}, r"checkpoint_dir must be a directory path"),
+    ],
+)  # fmt: skip
+def test_an_argument_of_the_wrong_kind_is_refused_before_anything_runs(kwargs, message):
+    pyro.clear_param_store()
+    with pytest.raises(TypeError, match=message):
+        fit(TinyVAE(), binary_data(16), epochs=1, batch_size=8, progress=False, **kwargs)
+    assert not pyro.get_param_store().keys()

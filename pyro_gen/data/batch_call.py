@@ -116,6 +116,12 @@ def with_transform(call: Call, transform: Transform | None) -> Call:
     """
     if transform is None:
         return call
+    fns = transform.values() if isinstance(transform, Mapping) else [transform]
+    if not all(callable(fn) for fn in fns):
+        raise TypeError(
+            "transform must be a function of a batch tensor, a dict of them by argument name "
+            f"or position, or None; got {transform!r}"
+        )
     if not isinstance(transform, Mapping):
         if call.args:
             transform = {0: transform}

@@ -270,7 +270,6 @@ def fit(
     check_kinds(
         compile=compile,
         annealing=annealing,
-        transform=transform,
         plate_name=plate_name,
         checkpoint_dir=checkpoint_dir,
     )

@@ -6,7 +6,7 @@ import inspect
 import math
 import numbers
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 import pyro
@@ -66,8 +66,7 @@ def check_kinds(**given: Any) -> None:
     truthy, ``plate_name=3`` matches no plate).
 
     Example:
-        >>> check_kinds(compile=None, annealing=None, transform=None, plate_name="data",
-        ...             checkpoint_dir="runs/a")
+        >>> check_kinds(compile=None, annealing=None, plate_name="data", checkpoint_dir="runs/a")
         >>> try:
         ...     check_kinds(annealing=0.5)
         ... except TypeError as e:
@@ -80,10 +79,6 @@ def check_kinds(**given: Any) -> None:
             lambda v: v is None or callable(v),
             "a function of the step number returning the KL weight (e.g. lambda step: "
             "min(1.0, step / 1000)), or None",
-        ),
-        "transform": (
-            lambda v: v is None or callable(v) or isinstance(v, Mapping),
-            "a function of a batch tensor, a dict of them by argument name or position, or None",
         ),
         "plate_name": (lambda v: v is None or isinstance(v, str), "a pyro.plate's name, or None"),
         "checkpoint_dir": (

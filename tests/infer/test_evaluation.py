@@ -520,3 +520,13 @@ def test_a_guide_plate_named_otherwise_than_the_models_is_refused_before_trainin
         _one_latent_per_example, x, guide=lambda x: guide(x, "data"), num_samples=1000
     )
     assert same == pytest.approx(float(exact), abs=0.01)
+
+
+@pytest.mark.parametrize("evaluate", [evaluate_elbo, iwae_log_likelihood])
+def test_a_transform_that_is_not_a_function_is_named(evaluate):
+    """transform=255 (meant as a scale) failed with Python's "'int' object is not callable"."""
+    x = torch.zeros(4, 3)
+    with pytest.raises(TypeError, match=r"transform must be a function of a batch tensor.*got 255"):
+        evaluate(_one_latent_per_example, x, guide=lambda x: None, transform=255)
+    with pytest.raises(TypeError, match=r"got \{'x': 255\}"):
+        evaluate(_one_latent_per_example, x, guide=lambda x: None, transform={"x": 255})

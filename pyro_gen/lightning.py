@@ -44,10 +44,12 @@ from pyro_gen.data.random_state import global_rng_state, set_global_rng_state
 from pyro_gen.infer.annealing import kl_scale_pair
 from pyro_gen.infer.batch_checks import warn_nothing_observed
 from pyro_gen.infer.distributed import _plates
+from pyro_gen.infer.fit_arguments import check_kinds
 from pyro_gen.infer.local_params import local_params
 from pyro_gen.infer.loss_value import reported_loss, subsampled_size
 from pyro_gen.infer.pair_declarations import declared_plate
 from pyro_gen.infer.program import Program, program, warm_up
+from pyro_gen.infer.program_checks import check_loss
 from pyro_gen.infer.state_codec import decode, encode
 from pyro_gen.infer.unregistered_params import warn_unregistered
 
@@ -137,6 +139,8 @@ class LightningSVI(lightning.LightningModule):
     ) -> None:
         super().__init__()
         loss = loss if loss is not None else Trace_ELBO()
+        check_loss(loss)  # the class Trace_ELBO, not called, has a differentiable_loss too
+        check_kinds(annealing=annealing)
         if isinstance(optimizer, pyro.optim.PyroOptim):
             raise TypeError(
                 "optimizer must build a torch optimizer from parameters, e.g. "

@@ -430,3 +430,19 @@ def test_a_batch_without_the_observations_is_warned_about() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error", NothingObservedWarning)
         LightningSVI(regression, pyro.infer.autoguide.AutoNormal(regression), example_batch=(x, y))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"loss": pyro.infer.Trace_ELBO}, r"loss is the class Trace_ELBO, not called"),
+        ({"annealing": 0.5}, r"annealing must be a function of the step number"),
+    ],
+)
+def test_a_loss_class_or_a_number_for_annealing_is_refused_as_fit_refuses_it(kwargs, message):
+    """The constructor took Trace_ELBO not called (the class has a differentiable_loss
+    attribute, so it passed for a loss) and annealing=0.5, which fit refuses."""
+    from tests.infer.test_fit_programs import regression
+
+    with pytest.raises(TypeError, match=message):
+        LightningSVI(regression, pyro.infer.autoguide.AutoNormal(regression), **kwargs)

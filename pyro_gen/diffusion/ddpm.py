@@ -26,7 +26,7 @@ from pyro_gen.diffusion.ema import EMA
 from pyro_gen.diffusion.likelihood import DiscretizedGaussian
 from pyro_gen.diffusion.parameterization import PARAMETERIZATIONS, convert
 from pyro_gen.diffusion.schedules import NoiseSchedule, make_schedule
-from pyro_gen.transforms._base import PicklableModule, as_event_shape
+from pyro_gen.transforms._base import PicklableModule, as_event_shape, sample_count
 
 __all__ = ["DDPM"]
 
@@ -366,15 +366,17 @@ class DDPM(FullChainForm, TimePlateForm, BoundTerms, PicklableModule):
         """
         from pyro_gen.diffusion.samplers import ancestral_sample, ddim_sample
 
+        num_samples = sample_count(num_samples)
         if sampler not in ("ancestral", "ddim"):
             raise ValueError(f"sampler must be 'ancestral' or 'ddim', got {sampler!r}")
         if sampler == "ancestral" and steps not in (None, self.schedule.num_timesteps):
             raise ValueError("ancestral sampling runs all T steps; use sampler='ddim' for fewer")
-        batch_size = batch_size or num_samples
+        batch_size = batch_size or max(num_samples, 1)
         out = []
         ctx = self.ema.average_parameters() if (use_ema and self.ema is not None) else _null()
         with ctx:
-            for start in range(0, num_samples, batch_size):
+            # one chunk of none for num_samples=0: an empty draw of the right shape
+            for start in range(0, num_samples, batch_size) or [0]:
                 n = min(batch_size, num_samples - start)
                 if sampler == "ancestral":
                     out.append(ancestral_sample(self, n, progress=progress))

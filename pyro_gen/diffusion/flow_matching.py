@@ -39,7 +39,7 @@ import torch
 from pyro import poutine
 from torch import Tensor
 
-from pyro_gen.transforms._base import PicklableModule
+from pyro_gen.transforms._base import PicklableModule, sample_count
 from pyro_gen.transforms.continuous import ContinuousFlow, _torchdiffeq, ode_log_likelihood
 
 __all__ = [
@@ -385,7 +385,9 @@ class FlowMatching(PicklableModule):
         """Draws of the flow (base draws transported by the ODE); ``solver`` overrides the
         flow's ``method``/``rtol``/``atol``/``options``."""
         ref = next(self.flow.parameters())
-        z = torch.randn((int(num_samples), *self.event_shape), dtype=ref.dtype, device=ref.device)
+        z = torch.randn(
+            (sample_count(num_samples), *self.event_shape), dtype=ref.dtype, device=ref.device
+        )
         return self.transport(z, **solver)
 
     def log_prob(self, x: Tensor, **solver: Any) -> Tensor:

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from pyro_gen.diffusion.sde import SDE
+from pyro_gen.transforms._base import sample_count
 
 __all__ = [
     "SAMPLERS",
@@ -374,6 +375,7 @@ def sample(
         ...        stats=stats).shape, stats["nfe"]
         (torch.Size([4, 2]), 10)
     """
+    num_samples = sample_count(num_samples)
     from pyro_gen.diffusion.score import as_score_model
 
     if sampler not in _LOW_LEVEL:

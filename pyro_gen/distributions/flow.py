@@ -10,7 +10,7 @@ from pyro.distributions.conditional import ConditionalTransform
 from torch import nn
 from torch.distributions import Transform
 
-from pyro_gen.transforms._base import PicklableModule, as_event_shape, modules_of
+from pyro_gen.transforms._base import PicklableModule, as_event_shape, modules_of, sample_count
 
 
 class FlowDistribution(dist.TransformedDistribution):
@@ -282,10 +282,12 @@ class Flow(PicklableModule):
         temperature: float = 1.0,
     ) -> torch.Tensor:
         """``num_samples`` draws (no gradient), shape ``(num_samples, *batch, *event_shape)``."""
+        num_samples = sample_count(num_samples)
         return self(context, temperature).sample((num_samples,))
 
     def rsample(
         self, num_samples: int, context: torch.Tensor | None = None, temperature: float = 1.0
     ) -> torch.Tensor:
         """Reparameterized draws (gradients flow to the transforms)."""
+        num_samples = sample_count(num_samples)
         return self(context, temperature).rsample((num_samples,))

@@ -32,7 +32,7 @@ from torch.distributions import Transform
 from torch.distributions.transforms import ReshapeTransform
 
 from pyro_gen.distributions.flow import Flow, FlowDistribution
-from pyro_gen.transforms._base import PicklableModule, as_event_shape
+from pyro_gen.transforms._base import PicklableModule, as_event_shape, sample_count
 from pyro_gen.transforms.dequantization import (
     ScaledSigmoid,
     UniformDequantization,
@@ -207,6 +207,7 @@ class FlowModel(PicklableModule):
     @torch.no_grad()
     def sample(self, num_samples: int, temperature: float = 1.0) -> Tensor:
         """Draw ``(num_samples, *event_shape)`` from the base at ``temperature`` pushed forward."""
+        num_samples = sample_count(num_samples)
         return self.distribution(temperature).sample((num_samples,))
 
     def bits_per_dim(self, x: Tensor, num_bins: int | None = None) -> Tensor:

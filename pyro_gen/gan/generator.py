@@ -12,7 +12,7 @@ from torch import nn
 
 from pyro_gen.gan.average import ExponentialAverage
 from pyro_gen.infer.callbacks import changes_only_tensors
-from pyro_gen.transforms._base import PicklableModule
+from pyro_gen.transforms._base import PicklableModule, sample_count
 
 #: Name of the plate over examples.
 DATA_PLATE = "data"
@@ -250,6 +250,7 @@ class Generator(PicklableModule):
             >>> gen.sample(4).shape
             torch.Size([4, 2])
         """
+        num_samples = sample_count(num_samples)
         if y is None and self.num_classes is not None:
             y = torch.arange(num_samples, device=self._prior_device()) % self.num_classes
         context = self.context(y)

@@ -243,6 +243,26 @@ def as_event_shape(event_shape: int | Sequence[int]) -> tuple[int, ...]:
     return tuple(int(d) for d in dims)
 
 
+def sample_count(num_samples: object) -> int:
+    """``num_samples`` of a ``sample`` method, checked: a whole number >= 0 (torch's own
+    errors named neither: "The expanded size of the tensor (-1) isn't allowed", or
+    "torch.Size() takes an iterable of 'int'" for 2.5).
+
+    Example:
+        >>> sample_count(3)
+        3
+        >>> sample_count(-1)
+        Traceback (most recent call last):
+        ...
+        ValueError: num_samples must be a whole number >= 0, got -1
+    """
+    if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral):
+        raise ValueError(f"num_samples must be a whole number >= 0, got {num_samples!r}")
+    if num_samples < 0:
+        raise ValueError(f"num_samples must be a whole number >= 0, got {num_samples!r}")
+    return int(num_samples)
+
+
 def check_context(context: torch.Tensor, conditioner: object, name: str) -> None:
     """Raises a clear ValueError when ``context``'s last dim is not the conditioner's
     ``context_dim`` (the network's own error was a matrix-size mismatch deep inside it)."""

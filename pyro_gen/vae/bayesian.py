@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pyro_gen.nn.mlp import layer_widths
-from pyro_gen.transforms._base import PicklableModule, as_event_shape
+from pyro_gen.transforms._base import PicklableModule, as_event_shape, sample_count
 from pyro_gen.vae._utils import numel
 from pyro_gen.vae.encoders import MLPEncoder
 from pyro_gen.vae.likelihoods import Likelihood, make_likelihood
@@ -260,6 +260,7 @@ class BayesianVAE(PicklableModule):
         """Decoder means at prior draws of :math:`z`, under ``num_decoders`` draws of the
         weights from their guide: shape ``(num_decoders, num_samples, *event_shape)``; the
         spread over the first dimension is the decoder's epistemic uncertainty."""
+        num_samples = sample_count(num_samples)
         device = next(self.encoder.parameters()).device
         out = []
         for _ in range(num_decoders):

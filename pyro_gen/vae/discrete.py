@@ -37,7 +37,7 @@ from torch.distributions.relaxed_categorical import ExpRelaxedCategorical as _Ex
 
 from pyro_gen.infer.callbacks import changes_only_tensors
 from pyro_gen.nn.mlp import layer_widths
-from pyro_gen.transforms._base import PicklableModule, as_event_shape
+from pyro_gen.transforms._base import PicklableModule, as_event_shape, sample_count
 from pyro_gen.vae._utils import mlp, numel
 from pyro_gen.vae.decoders import MLPDecoder
 from pyro_gen.vae.likelihoods import Likelihood
@@ -211,6 +211,7 @@ class DiscreteVAE(PicklableModule):
     @torch.no_grad()
     def sample(self, num_samples: int) -> torch.Tensor:
         """Decoder means at one-hot draws from the prior, ``(num_samples, *event_shape)``."""
+        num_samples = sample_count(num_samples)
         k = dist.Categorical(logits=self.prior_logits).sample((num_samples,))  # (N, L)
         onehot = torch.nn.functional.one_hot(k, self.num_categories).to(self.prior_logits.dtype)
         return self.decoder.mean(onehot.reshape(num_samples, -1))

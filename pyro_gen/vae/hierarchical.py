@@ -11,7 +11,7 @@ from pyro import poutine
 from torch import nn
 from torch.nn import functional as F
 
-from pyro_gen.transforms._base import as_event_shape
+from pyro_gen.transforms._base import as_event_shape, sample_count
 from pyro_gen.vae._utils import mlp
 from pyro_gen.vae.decoders import Decoder, MLPDecoder
 from pyro_gen.vae.encoders import MLPEncoder
@@ -188,6 +188,7 @@ class HierarchicalVAE(GuideSlot):
     @torch.no_grad()
     def sample(self, num_samples: int, mean: bool = True) -> torch.Tensor:
         """Ancestral samples, ``(num_samples, *event_shape)`` (decoder means by default)."""
+        num_samples = sample_count(num_samples)
         z = self.prior().sample((num_samples,))
         for layer in range(self.num_layers - 1, 0, -1):
             loc, scale = self.topdown[layer - 1](z)

@@ -38,7 +38,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pyro_gen.nn.mlp import layer_widths
-from pyro_gen.transforms._base import PicklableModule, as_event_shape
+from pyro_gen.transforms._base import PicklableModule, as_event_shape, sample_count
 from pyro_gen.vae._utils import mlp, numel
 from pyro_gen.vae.decoders import MLPDecoder
 from pyro_gen.vae.encoders import MLPEncoder
@@ -210,6 +210,7 @@ class SSVAE(PicklableModule):
     def sample(self, num_samples: int, y: torch.Tensor | None = None) -> torch.Tensor:
         """Decoder means for ``num_samples`` draws of :math:`z` (and of :math:`y` unless the
         labels ``y`` are given), shape ``(num_samples, *event_shape)``."""
+        num_samples = sample_count(num_samples)
         if y is None:
             y = dist.Categorical(logits=self.prior_logits).sample((num_samples,))
         y = check_labels(y, self.num_classes, num_samples)

@@ -11,7 +11,7 @@ from pyro.infer.autoguide import AutoGuide
 from torch import nn
 from torch.nn import functional as F
 
-from pyro_gen.transforms._base import as_event_shape
+from pyro_gen.transforms._base import as_event_shape, sample_count
 from pyro_gen.vae.decoders import Decoder, MLPDecoder
 from pyro_gen.vae.encoders import MLPEncoder
 from pyro_gen.vae.guide_slot import GuideSlot
@@ -258,6 +258,7 @@ class VAE(GuideSlot):
     ) -> torch.Tensor:
         """Draw ``num_samples`` images: decoder means (``mean=True``) or likelihood draws,
         shape ``(num_samples, *event_shape)``."""
+        num_samples = sample_count(num_samples)
         context = self._context(y)
         if context is not None and context.shape[0] != num_samples:
             raise ValueError(f"y must hold one label per sample ({num_samples})")

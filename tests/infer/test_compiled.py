@@ -517,8 +517,10 @@ def test_a_model_that_fails_in_pyros_step_too_gets_its_error_alone(caplog):
         pyro.sample("z", dist.Normal(torch.zeros(x.shape[0]), 1.0))  # no plate
 
     svi = CompiledSVI(model, guide, pyro.optim.Adam({"lr": 0.05}), backend="fx")
-    with caplog.at_level(logging.WARNING, logger="pyro_gen"):
-        with pytest.raises(ValueError, match='at site "z", invalid log_prob shape'):
-            svi.step(torch.zeros(4))
+    with (
+        caplog.at_level(logging.WARNING, logger="pyro_gen"),
+        pytest.raises(ValueError, match='at site "z", invalid log_prob shape'),
+    ):
+        svi.step(torch.zeros(4))
     assert not [r for r in caplog.records if r.name == "pyro_gen"]
     assert not svi.compiled  # the fallback itself stands, announced at a step that runs

@@ -256,11 +256,10 @@ def sample_count(num_samples: object) -> int:
         ...
         ValueError: num_samples must be a whole number >= 0, got -1
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, numbers.Integral):
+    whole = isinstance(num_samples, numbers.Integral) and not isinstance(num_samples, bool)
+    if not (whole and num_samples >= 0):  # type: ignore[operator]
         raise ValueError(f"num_samples must be a whole number >= 0, got {num_samples!r}")
-    if num_samples < 0:
-        raise ValueError(f"num_samples must be a whole number >= 0, got {num_samples!r}")
-    return int(num_samples)
+    return int(num_samples)  # type: ignore[call-overload]
 
 
 def check_context(context: torch.Tensor, conditioner: object, name: str) -> None:

@@ -151,7 +151,20 @@ def warn_unscaled_batches(
 
 
 class NothingObservedWarning(UserWarning):
-    """The model observed nothing on the first batch: training fits the guide to the prior."""
+    """The model observed nothing on the first batch: training fits the guide to the prior.
+
+    Filter it where that is meant, as for any warning.
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("error", NothingObservedWarning)
+        ...     try:
+        ...         warnings.warn("observed nothing", NothingObservedWarning)
+        ...     except UserWarning as w:
+        ...         print(type(w).__name__)
+        NothingObservedWarning
+    """
 
 
 def warn_nothing_observed(model_trace: poutine.Trace, call: Call) -> None:

@@ -24,7 +24,19 @@ _UNCONSTRAINED = (constraints.real, constraints.real_vector)
 
 
 class ParamInitError(ValueError):
-    """A ``pyro.param`` was given an initial value outside (or on the edge of) its constraint."""
+    """A ``pyro.param`` was given an initial value outside (or on the edge of) its constraint.
+
+    A ``ValueError``, as Pyro's own refusal of the value it replaces.
+
+    Example:
+        >>> pyro.clear_param_store()
+        >>> _ = pyro.param("p", torch.tensor(-2.0), constraint=constraints.positive)
+        >>> try:
+        ...     check_param_values(["p"])
+        ... except ValueError as e:
+        ...     print(type(e).__name__, str(e).split(" was")[0])
+        ParamInitError pyro.param('p')
+    """
 
 
 def _bad_params(names: Iterable[str], *, edges: bool) -> list[str]:

@@ -160,6 +160,23 @@ def test_help_documents_every_option():
         assert option in proc.stdout
 
 
+def test_hierarchical_vae_with_the_autoguide_trains_resumes_and_loads(tmp_path, capsys):
+    # --layers 2 --guide auto was refused ("has its own top-down guide") though the
+    # autoguide works on the hierarchical model like on the one-layer one
+    run = tmp_path / "hvae"
+    args = ["train", "vae", "--data", "digits", "--layers", "2", "--guide", "auto",
+            "--subset", "128", "--test-subset", "64", "--out", str(run), *SMALL_VAE]  # fmt: skip
+    assert main([*args, "--epochs", "1"]) == 0
+    assert main([*args, "--epochs", "2"]) == 0  # resumes into the autoguide's weights
+    saved = load_checkpoint(run / "checkpoint.pt")["modules"]["model"]["state_dict"]
+    encoder = {k: v for k, v in saved.items() if k.startswith("custom_guide.")}
+    assert encoder and not any(k.startswith("encoders.") for k in saved)
+    model = pyro_gen.load(run)
+    assert type(model.guide).__name__ == "AutoAmortizedNormal"
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in encoder.items())
+    assert main(["evaluate", str(run), "--k", "5", "--num-test", "32"]) == 0
+
+
 @pytest.mark.parametrize(
     "model, data, extra",
     [

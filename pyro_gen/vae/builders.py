@@ -32,8 +32,8 @@ def build_vae(
         event_shape: shape of one example.
         prior: ``normal``, ``mog``, ``vamp`` or ``flow``.
         guide: ``normal`` (amortized mean-field posterior family), ``iaf`` (amortized flow
-            family) or ``auto`` (:class:`~pyro_gen.vae.autoguide.AutoAmortizedNormal` traced
-            from the model).
+            family, one layer only) or ``auto``
+            (:class:`~pyro_gen.vae.autoguide.AutoAmortizedNormal` traced from the model).
         layers: 1 (:class:`~pyro_gen.vae.VAE`) or more
             (:class:`~pyro_gen.vae.hierarchical.HierarchicalVAE`, top-down inference; latent
             sizes ``z_dims`` or ``z_dim`` halved per layer; the prior applies to the top).
@@ -65,8 +65,11 @@ def build_vae(
         return VAE(
             event_shape, z_dim, hidden_dim, likelihood=make_likelihood(likelihood), prior=p, **parts
         )
-    if guide != "normal":
-        raise ValueError(f"a {layers}-layer VAE has its own top-down guide; use guide='normal'")
+    if guide == "iaf":
+        raise ValueError(
+            f"the IAF posterior family is for one latent layer; a {layers}-layer VAE takes "
+            f"guide='normal' (its top-down guide) or guide='auto'"
+        )
     if prior == "vamp":
         raise ValueError("the VampPrior is implemented for 1-layer VAEs only")
     dims = tuple(z_dims) if z_dims else tuple(max(1, z_dim // 2**i) for i in range(layers))
@@ -79,4 +82,5 @@ def build_vae(
         likelihood=make_likelihood(likelihood),
         inference="top_down",
         prior=make_prior(prior, dims[-1], event_shape, num_components),
+        guide="auto" if guide == "auto" else None,
     )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -17,7 +18,7 @@ from pyro_gen.vae.decoders import Decoder, MLPDecoder
 from pyro_gen.vae.encoders import MLPEncoder
 from pyro_gen.vae.guide_slot import GuideSlot
 from pyro_gen.vae.likelihoods import Likelihood
-from pyro_gen.vae.missing import fill_missing, mask_pixels
+from pyro_gen.vae.missing import fill_missing, mask_pixels, observed_rows
 from pyro_gen.vae.priors import NormalPrior
 from pyro_gen.vae.sites import DATA_PLATE, OBS, latent_site
 
@@ -58,7 +59,9 @@ class HierarchicalVAE(GuideSlot):
     Latent sites are named ``z1 ... zL`` (:func:`~pyro_gen.vae.sites.latent_site`).
     ``hvae.guide`` is :meth:`default_guide` until any Pyro guide over these sites is
     assigned (``hvae.guide = AutoAmortizedNormal(hvae.model)``; ``None`` restores it), as
-    for :class:`~pyro_gen.vae.VAE`.
+    for :class:`~pyro_gen.vae.VAE`. ``guide="auto"`` builds that autoguide (one network
+    giving a mean-field Normal over every layer's latents, against the built-in guide's
+    inference order) and no built-in encoders.
 
     Args:
         event_shape: shape of one example.
@@ -68,6 +71,10 @@ class HierarchicalVAE(GuideSlot):
         inference: ``"top_down"`` or ``"bottom_up"``.
         prior: prior module for the top layer (default standard Normal).
         decoder: decoder from :math:`z_1` (default MLP).
+        guide: any Pyro guide over ``z1 ... zL``, replacing the built-in one (which is then
+            not built); ``"auto"`` builds an
+            :class:`~pyro_gen.vae.autoguide.AutoAmortizedNormal` from this model, with one
+            hidden layer of ``hidden_dim`` units.
         name: prefix for param-store names.
 
     References:
@@ -93,9 +100,12 @@ class HierarchicalVAE(GuideSlot):
         inference: str = "top_down",
         prior: nn.Module | None = None,
         decoder: Decoder | None = None,
+        guide: Callable[..., Any] | str | None = None,
         name: str = "",
     ) -> None:
         super().__init__()
+        if isinstance(guide, str) and guide != "auto":
+            raise ValueError(f"guide must be a Pyro guide callable or 'auto', got {guide!r}")
         if inference not in ("top_down", "bottom_up"):
             raise ValueError(f"inference must be 'top_down' or 'bottom_up', got {inference!r}")
         self.event_shape = as_event_shape(event_shape)
@@ -116,12 +126,32 @@ class HierarchicalVAE(GuideSlot):
             ConditionalNormal(self.z_dims[i + 1], self.z_dims[i], h)
             for i in range(self.num_layers - 1)
         )
-        encoders = [MLPEncoder(self.event_shape, self.z_dims[0], h)]
-        for i in range(1, self.num_layers):
-            in_dim = self.z_dims[i - 1] if inference == "bottom_up" else hidden_dim
-            encoders.append(MLPEncoder((in_dim,), self.z_dims[i], h))
-        self.encoders = nn.ModuleList(encoders)
         self.prefix = f"{name}." if name else ""
+        self.encoders: nn.ModuleList | None = None  # the built-in guide's, when it is used
+        if guide is None:
+            encoders = [MLPEncoder(self.event_shape, self.z_dims[0], h)]
+            for i in range(1, self.num_layers):
+                in_dim = self.z_dims[i - 1] if inference == "bottom_up" else hidden_dim
+                encoders.append(MLPEncoder((in_dim,), self.z_dims[i], h))
+            self.encoders = nn.ModuleList(encoders)
+        elif guide == "auto":
+            from pyro_gen.vae.autoguide import AutoAmortizedNormal
+
+            guide = AutoAmortizedNormal(
+                self.model, hidden_dims=h, input_fn=observed_rows, name=self.prefix + "encoder"
+            )
+            # build the encoder now, so that a state_dict loads before the first step
+            guide.setup(torch.full((2, *self.event_shape), 0.5))
+        if guide is not None:
+            self.set_guide(guide)
+
+    def _built_in_encoders(self) -> nn.ModuleList:
+        if self.encoders is None:
+            raise ValueError(
+                "this hierarchical VAE was built with a replacing guide and no built-in "
+                "encoders; assign a guide (hvae.guide = ...)"
+            )
+        return self.encoders
 
     def _register_generative(self) -> None:
         pyro.module(self.prefix + "prior", self.prior)
@@ -157,21 +187,22 @@ class HierarchicalVAE(GuideSlot):
         entries of ``x`` set to zero)."""
         if x is None:
             raise ValueError("the guide needs observed data x")
+        encoders = self._built_in_encoders()
         x = fill_missing(x, mask)
-        pyro.module(self.prefix + "encoders", self.encoders)
+        pyro.module(self.prefix + "encoders", encoders)
         out: dict[str, torch.Tensor] = {}
         with pyro.plate(DATA_PLATE, x.shape[0]):
             if self.inference == "bottom_up":
                 inp = x
                 for layer in range(1, self.num_layers + 1):
-                    loc, scale, _ = self.encoders[layer - 1](inp)
+                    loc, scale, _ = encoders[layer - 1](inp)
                     inp = out[latent_site(layer)] = pyro.sample(
                         latent_site(layer), dist.Normal(loc, scale).to_event(1)
                     )
                 return out
             pyro.module(self.prefix + "topdown", self.topdown)
             stats, inp = [], x
-            for enc in self.encoders:
+            for enc in encoders:
                 loc, scale, inp = enc(inp)
                 stats.append((loc, scale))
             loc, scale = stats[-1]
@@ -204,8 +235,9 @@ class HierarchicalVAE(GuideSlot):
         top-down inference; for an assigned guide, its median or a draw)."""
         if self.custom_guide is not None:
             return self._guide_latent(latent_site(1), x)
+        encoders = self._built_in_encoders()
         if self.inference == "bottom_up":
-            return self.encoders[0](x)[0]
+            return encoders[0](x)[0]
         trace = poutine.trace(self.default_guide).get_trace(x)
         return trace.nodes[latent_site(1)]["fn"].base_dist.loc
 

@@ -67,6 +67,18 @@ def check_mask(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return mask != 0
 
 
+def observed_rows(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """What an encoder reads of a batch: one floating-point row per example, its missing
+    entries set to zero (the input of the ``"auto"`` guides of pyro_gen's VAEs).
+
+    Example:
+        >>> observed_rows(torch.ones(2, 2, 2, dtype=torch.uint8)).shape
+        torch.Size([2, 4])
+    """
+    rows = fill_missing(x, mask).reshape(x.shape[0], -1)
+    return rows if rows.is_floating_point() else rows.to(torch.get_default_dtype())
+
+
 def fill_missing(x: torch.Tensor, mask: torch.Tensor | None, value: float = 0.0) -> torch.Tensor:
     """``x`` with its missing entries set to ``value`` (what the encoder sees; NaNs placed
     at missing entries are replaced too).

@@ -16,7 +16,7 @@ from pyro_gen.vae.decoders import Decoder, MLPDecoder
 from pyro_gen.vae.encoders import MLPEncoder
 from pyro_gen.vae.guide_slot import GuideSlot
 from pyro_gen.vae.likelihoods import Likelihood
-from pyro_gen.vae.missing import fill_missing, mask_pixels
+from pyro_gen.vae.missing import fill_missing, mask_pixels, observed_rows
 from pyro_gen.vae.posteriors import NormalPosterior, Posterior
 from pyro_gen.vae.priors import NormalPrior
 from pyro_gen.vae.sites import DATA_PLATE, LATENT, OBS
@@ -181,9 +181,7 @@ class VAE(GuideSlot):
 
     def _encoder_input(self, x: torch.Tensor, y: torch.Tensor | None = None, **kwargs):
         """Input rows of the ``"auto"`` guide: the flattened image and the one-hot label."""
-        h = fill_missing(x, kwargs.get("mask"))
-        h = h.reshape(x.shape[0], -1)
-        h = h if h.is_floating_point() else h.to(torch.get_default_dtype())
+        h = observed_rows(x, kwargs.get("mask"))
         context = self._context(y)
         return h if context is None else torch.cat([h, context.to(h.dtype)], -1)
 

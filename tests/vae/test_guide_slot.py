@@ -102,6 +102,32 @@ def test_hierarchical_vae_guide_is_swappable():
     assert hvae.encode(x).shape == (6, 3)
 
 
+def test_hierarchical_vae_builds_the_autoguide_and_no_unused_encoders():
+    """``guide="auto"``: the autoguide reads the observed rows (missing entries as zero, not
+    the NaNs a user may put there), its weights load before the first call, and restoring
+    the built-in guide, which was not built, says so."""
+    pyro.clear_param_store()
+    hvae = HierarchicalVAE(SHAPE, z_dims=(3, 2), hidden_dim=8, guide="auto")
+    assert isinstance(hvae.guide, AutoAmortizedNormal)
+    assert not any(k.startswith("encoders.") for k in hvae.state_dict())
+    twin = HierarchicalVAE(SHAPE, z_dims=(3, 2), hidden_dim=8, guide="auto")
+    twin.load_state_dict(hvae.state_dict())  # before either guide has run
+    x, mask = data(), torch.rand(6, *SHAPE) > 0.3
+    with_nan = torch.where(mask, x, torch.nan)
+    loss = Trace_ELBO().differentiable_loss
+    pyro.set_rng_seed(0)
+    a = loss(hvae.model, hvae.guide, with_nan, mask=mask)
+    pyro.set_rng_seed(0)
+    b = loss(twin.model, twin.guide, x * mask, mask=mask)
+    assert torch.isfinite(a) and torch.allclose(a, b)
+    assert hvae.encode(x).shape == (6, 3)
+    hvae.guide = None
+    with pytest.raises(ValueError, match="no built-in encoders; assign a guide"):
+        hvae.encode(x)
+    with pytest.raises(ValueError, match="Pyro guide callable or 'auto'"):
+        HierarchicalVAE(SHAPE, guide="Auto")
+
+
 def test_old_names_warn_and_point_to_the_new_ones():
     import pyro_gen.vae as vae_module
 

@@ -13,6 +13,7 @@ from pyro_gen.vae import (
     LATENT,
     OBS,
     VAE,
+    AutoAmortizedNormal,
     HierarchicalVAE,
     PerExamplePosterior,
     build_vae,
@@ -168,7 +169,10 @@ def test_build_vae_covers_cli_options():
     assert isinstance(h, HierarchicalVAE) and h.z_dims == (4, 2)
     x = data()
     assert torch.isfinite(Trace_ELBO().differentiable_loss(h.model, h.guide, x))
-    with pytest.raises(ValueError):
+    auto = build_vae(SHAPE, layers=2, guide="auto", z_dim=4, hidden_dim=8)
+    assert isinstance(auto.guide, AutoAmortizedNormal) and auto.encoders is None
+    assert torch.isfinite(Trace_ELBO().differentiable_loss(auto.model, auto.guide, x))
+    with pytest.raises(ValueError, match="IAF posterior family is for one latent layer"):
         build_vae(SHAPE, guide="iaf", layers=2)
     with pytest.raises(ValueError):
         build_vae(SHAPE, layers=0)

@@ -107,6 +107,21 @@ def _dsm_terms(score: Tensor, noise: Tensor, sigma: Tensor, weight: Tensor, even
     return 0.5 * weight * sq
 
 
+def default_time_scale(net: nn.Module) -> float:
+    r"""The factor on :math:`t \in [0, 1]` that ``net`` was made for: 1000 where it embeds
+    time with :class:`~pyro_gen.nn.SinusoidalTimeEmbedding` (made for DDPM steps), else 1.
+
+    Example:
+        >>> from pyro_gen.nn import TimeMLP
+        >>> default_time_scale(TimeMLP(2, 8)), default_time_scale(nn.Linear(3, 2))
+        (1000.0, 1.0)
+    """
+    from pyro_gen.nn.time_embedding import SinusoidalTimeEmbedding
+
+    steps = any(isinstance(m, SinusoidalTimeEmbedding) for m in net.modules())
+    return 1000.0 if steps else 1.0
+
+
 class ScoreModel(PicklableModule):
     r"""A noise-conditional score network :math:`s_\theta(x, t)` for a forward SDE, trained by
     denoising score matching as a Pyro model/guide pair.
@@ -126,19 +141,24 @@ class ScoreModel(PicklableModule):
     Variational Diffusion Model: its schedule's parameters are registered with the network's
     and trained by the same bound.
 
-    The network sees :math:`t \cdot` ``time_scale`` (sinusoidal embeddings need the spread) and
-    predicts in parameterization ``param`` (``"eps"``, ``"score"``, ``"x0"`` or ``"v"``),
-    converted to a score by :meth:`SDE.convert <pyro_gen.diffusion.sde.SDE.convert>`.
+    The network sees :math:`t \cdot` ``time_scale`` and predicts in parameterization ``param``
+    (``"eps"``, ``"score"``, ``"x0"`` or ``"v"``), converted to a score by
+    :meth:`SDE.convert <pyro_gen.diffusion.sde.SDE.convert>`.
 
     Args:
-        net: ``net(x, t)`` with ``x`` of shape ``(B, *event_shape)`` and ``t`` a float ``(B,)``.
+        net: ``net(x, t)`` with ``x`` of shape ``(B, *event_shape)`` and ``t`` a float ``(B,)``
+            (the time times ``time_scale``).
         sde: the forward process (:class:`~pyro_gen.diffusion.sde.VESDE`, ``VPSDE``, ...).
         event_shape: shape of one example.
         param: what ``net`` predicts.
         weighting: :math:`\lambda(t)`, one of :data:`WEIGHTINGS`.
         eps: smallest training time :math:`\epsilon_t` (the score explodes at 0).
         time_samples: time draws per example and step.
-        time_scale: factor on :math:`t` before the network.
+        time_scale: factor on :math:`t` before the network. Default: 1000 for a network that
+            embeds time with :class:`~pyro_gen.nn.SinusoidalTimeEmbedding` (pyro_gen's
+            ``TimeMLP`` and ``UNet``: its frequencies span 1 to 1e-4 per unit, made for the
+            steps 1 to 1000 of a DDPM), else 1: a network of the user's sees
+            :math:`t \in [\epsilon_t, 1]` itself, as the docs of score models write it.
         bound: train the continuous-time variational bound (needs ``weighting="likelihood"``).
         name: the ``pyro.module`` name.
 
@@ -161,7 +181,7 @@ class ScoreModel(PicklableModule):
         weighting: str = "sigma2",
         eps: float = 1e-3,
         time_samples: int = 1,
-        time_scale: float = 1000.0,
+        time_scale: float | None = None,
         bound: bool = False,
         name: str = "score_model",
     ) -> None:
@@ -194,7 +214,8 @@ class ScoreModel(PicklableModule):
         self.event_shape = torch.Size(as_event_shape(event_shape))
         self.param, self.weighting = param, weighting
         self.eps, self.time_samples = float(eps), int(time_samples)
-        self.time_scale, self.name = float(time_scale), name
+        self.time_scale = default_time_scale(net) if time_scale is None else float(time_scale)
+        self.name = name
         self.bound = bool(bound)
 
     @property

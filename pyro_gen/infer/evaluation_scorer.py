@@ -75,7 +75,7 @@ def _last_site(program: str, trace: Trace) -> str:
     return f"the {program} failed after its site {sites[-1]['name']!r} (value shape {shape})"
 
 
-def _one_line(error: Exception) -> str:
+def one_line_message(error: Exception) -> str:
     """The error's message without the trace-shape table that Pyro appends to errors raised
     inside a trace (its rows repeat what :func:`_last_site` says), on one line."""
     text = re.split(r"\n\s*Trace Shapes:", str(error), maxsplit=1)[0]
@@ -304,7 +304,7 @@ class ParticleScorer:
                     "the model or guide does not run under a vectorized particle plate "
                     f"({num_particles} particles at dim {self.particle_dim}), so evaluation "
                     f"draws particles one at a time, which is slower: {where}"
-                    f"{type(error).__name__}: {_one_line(error)}. Write them to broadcast "
+                    f"{type(error).__name__}: {one_line_message(error)}. Write them to broadcast "
                     "over extra leading batch dimensions to vectorize",
                     stacklevel=4,
                 )

@@ -147,6 +147,8 @@ def impute(
     x: torch.Tensor,
     mask: torch.Tensor,
     *,
+    guide: Any = None,
+    site: str | None = None,
     num_samples: int = 1000,
     num_imputations: int | None = None,
     chunk: int = 250,
@@ -168,12 +170,24 @@ def impute(
     (sampling importance resampling): approximate draws from :math:`p(x_{mis} \\mid x_{obs})`
     for multiple imputation. Observed entries are returned unchanged.
 
+    Any Pyro model works: ``impute(model, x, mask, guide=guide)`` calls
+    ``model(x, mask=mask, **context)`` and the guide alike (missing entries of ``x`` set to
+    zero), and reads :math:`p(x \\mid z_k)` from the model's observed site, which must
+    observe ``x`` itself (a reshaped view is fine) and mask its likelihood with ``mask``
+    (``dist.Bernoulli(logits=...).mask(mask)``); the site's distribution needs a ``mean``
+    for the single imputation. A model with global latents is refused: their draws would
+    couple the examples' weights.
+
     Args:
-        vae: a :class:`~pyro_gen.vae.VAE` (or a model with ``model``/``guide`` taking
-            ``mask=``, a latent site ``"z"`` and a ``decoder``), ideally trained on
-            incomplete data with the same kind of mask.
+        vae: a pyro_gen VAE (a module with ``model`` and ``guide`` taking ``mask=``), or a
+            Pyro model callable with ``guide=``; ideally trained on incomplete data with
+            the same kind of mask.
         x: a batch of examples; missing entries may hold anything, NaN included.
         mask: ``True`` where observed, same shape as ``x``.
+        guide: a Pyro guide for ``vae`` (required for a model callable; default the
+            module's ``guide``).
+        site: the model's observed site of ``x`` (default: its only observed site in the
+            data plate).
         num_samples: :math:`K`, importance samples per example.
         num_imputations: :math:`M`; None gives the single (conditional-mean) imputation.
         chunk: particles drawn at once (memory grows with ``chunk`` x batch x pixels).
@@ -209,6 +223,12 @@ def impute(
         )
     mask = check_mask(x, mask)
     x_in = fill_missing(x, mask)
+    from pyro_gen.vae.vae import VAE
+
+    if guide is not None or site is not None or not isinstance(vae, VAE):
+        return _impute_any(
+            vae, guide, x_in, mask, site, num_samples, num_imputations, chunk, context
+        )
     ctx = _context_tensor(vae, context)
     training = vae.training
     vae.eval()
@@ -243,6 +263,49 @@ def impute(
     finally:
         vae.train(training)
     return torch.where(mask, x_in, filled)
+
+
+def _impute_any(
+    vae: Any,
+    guide: Any,
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    site: str | None,
+    num_samples: int,
+    num_imputations: int | None,
+    chunk: int,
+    context: dict[str, Any],
+) -> torch.Tensor:
+    """:func:`impute` for any model and guide, read through the model's trace."""
+    from pyro_gen.vae.imputation import impute_with_guide
+
+    module = vae if hasattr(vae, "model") and hasattr(vae, "guide") else None
+    model = module.model if module is not None else vae
+    guide = guide if guide is not None else (module.guide if module is not None else None)
+    if not callable(model) or guide is None or not callable(guide):
+        raise TypeError(
+            "impute takes a pyro_gen VAE, or a Pyro model callable with guide=...: got "
+            f"{type(vae).__name__}" + ("" if guide is None else f" and {type(guide).__name__}")
+        )
+    training = module.training if isinstance(module, torch.nn.Module) else None
+    if isinstance(module, torch.nn.Module):
+        module.eval()
+    try:
+        filled = impute_with_guide(
+            model,
+            guide,
+            x,
+            mask,
+            site=site,
+            num_samples=num_samples,
+            num_imputations=num_imputations,
+            chunk=chunk,
+            context=context,
+        )
+    finally:
+        if isinstance(module, torch.nn.Module) and training is not None:
+            module.train(training)
+    return torch.where(mask, x, filled)
 
 
 def effective_sample_size(log_weights: torch.Tensor, dim: int = 0) -> torch.Tensor:

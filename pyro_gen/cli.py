@@ -160,13 +160,8 @@ def _impute(args: argparse.Namespace) -> None:
     device = device_option(args.device)
     config = read_config(args.run)
     check_model(config, args.run)
-    if config["model"] != "vae" or config["options"].get("layers", 1) != 1:
-        raise UsageError(
-            f"impute fills pixels with a one-layer vae; {args.run} holds a "
-            f"{config['options'].get('layers')}-layer {config['model']}"
-            if config["model"] == "vae"
-            else f"impute fills pixels with a one-layer vae; {args.run} holds a {config['model']}"
-        )
+    if config["model"] != "vae":
+        raise UsageError(f"impute fills pixels with a vae; {args.run} holds a {config['model']}")
     path = samples_path(args, "imputed.png")
     refuse_symlink(Path(args.run) / "imputation.json")
     probe_writable(args.run, "imputation.json")

@@ -45,6 +45,19 @@ def test_miwae_trains_on_incomplete_images_and_imputes_them(tmp_path, capsys):
     assert status == 2 and "must lie in [0, 1)" in err
 
 
+def test_a_hierarchical_vae_trained_on_incomplete_images_imputes_them(tmp_path, capsys):
+    # impute was refused for --layers 2 ("fills pixels with a one-layer vae")
+    run = tmp_path / "hvae"
+    status, _, err = cli(capsys, "train", "vae", "--data", "digits", "--missing-rate", "0.5",
+                         "--layers", "2", *SMALL, "--out", run)  # fmt: skip
+    assert status == 0, err
+    status, _, err = cli(capsys, "impute", run, "--k", "20", "--num-test", "32")
+    assert status == 0, err
+    imputed = json.loads((run / "imputation.json").read_text())
+    assert imputed["num_test"] == 32 and imputed["vae_mse"] > 0
+    assert (run / "imputed.png").stat().st_size > 0
+
+
 def test_missing_masks_are_seeded_per_split():
     x = torch.zeros(500, 8, 8)
     train, again = missing_mask(x, 0.3, 0, "train"), missing_mask(x, 0.3, 0, "train")
@@ -67,7 +80,7 @@ def test_ssvae_trains_with_few_labels_and_reports_its_test_error(tmp_path, capsy
     assert model.sample(3).shape == (3, 8, 8)
 
     status, _, err = cli(capsys, "impute", run)
-    assert_one_line_error(status, err, "impute fills pixels with a one-layer vae")
+    assert_one_line_error(status, err, "impute fills pixels with a vae; ")
 
 
 @pytest.mark.parametrize(

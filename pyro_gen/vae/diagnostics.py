@@ -14,6 +14,8 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from pyro_gen.vae.latent_statistics import latent_statistics
+
 
 class PosteriorCollapseWarning(UserWarning):
     """Few latent dimensions carry information about the data."""
@@ -41,14 +43,36 @@ def posterior_params(
     return torch.cat(locs), torch.cat(scales)
 
 
+def _built_in_family(vae: Any, guide: Any, site: str | None) -> bool:
+    # a pyro_gen VAE with its own guide: its posterior family encodes directly
+    family = getattr(vae, "posterior", None)
+    return (
+        guide is None
+        and site is None
+        and hasattr(family, "encode")
+        and not getattr(vae, "custom_guide", None)
+    )
+
+
 @torch.no_grad()
 def active_units(
-    vae: nn.Module, x: torch.Tensor, threshold: float = 0.01, **context
+    vae: Any,
+    x: torch.Tensor,
+    threshold: float = 0.01,
+    *,
+    guide: Any = None,
+    site: str | None = None,
+    **context,
 ) -> tuple[int, torch.Tensor]:
     """Number of active latent units and the activity of each,
 
     .. math:: A_u = \\operatorname{Cov}_x\\big(\\mathbb{E}_{q(z \\mid x)}[z_u]\\big),
               \\quad u \\text{ active if } A_u > \\text{threshold}.
+
+    ``vae`` is a pyro_gen VAE or a user's Pyro model with ``guide=`` (any guide: an
+    autoguide, a flow); ``site`` names the latent where the guide has several (a
+    hierarchical VAE's ``"z2"``); see
+    :func:`~pyro_gen.vae.latent_statistics.latent_statistics`.
 
     References:
         Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders, arXiv:1509.00519.
@@ -59,21 +83,36 @@ def active_units(
         >>> activity.shape
         torch.Size([3])
     """
-    loc, _ = posterior_params(vae, x, **context)
+    if _built_in_family(vae, guide, site):
+        loc, _ = posterior_params(vae, x, **context)
+    else:
+        loc, _ = latent_statistics(vae, x, guide=guide, site=site, **context)
     activity = loc.var(0) if loc.shape[0] > 1 else loc.new_zeros(loc.shape[-1])
     return int((activity > threshold).sum()), activity
 
 
 @torch.no_grad()
-def kl_per_dim(vae: nn.Module, x: torch.Tensor, **context) -> torch.Tensor:
+def kl_per_dim(
+    vae: Any, x: torch.Tensor, *, guide: Any = None, site: str | None = None, **context
+) -> torch.Tensor:
     """Average over ``x`` of :math:`\\mathrm{KL}(q(z_j \\mid x) \\,\\|\\, p(z_j))` for each
-    latent dimension :math:`j` (analytic; needs a diagonal Normal prior and guide).
+    latent dimension :math:`j` (analytic; needs a diagonal Normal prior and guide). Models,
+    guides and ``site`` as for :func:`active_units`; for a layer of a hierarchical VAE,
+    :math:`p(z_j)` is its conditional given the layer above.
 
     Example:
         >>> from pyro_gen.vae import VAE
         >>> kl_per_dim(VAE((8, 8), 3, 8), torch.rand(4, 8, 8)).shape
         torch.Size([3])
     """
+    if not _built_in_family(vae, guide, site):
+        _, kl = latent_statistics(vae, x, guide=guide, site=site, **context)
+        if kl is None:
+            raise TypeError(
+                "per-dimension KL needs diagonal Normal densities of the latent in both the "
+                "guide and the model; use active_units for others"
+            )
+        return kl.mean(0)
     loc, scale = posterior_params(vae, x, **context)
     prior = vae.prior()
     base = getattr(prior, "base_dist", None)
@@ -86,14 +125,18 @@ def kl_per_dim(vae: nn.Module, x: torch.Tensor, **context) -> torch.Tensor:
 
 
 def check_posterior_collapse(
-    vae: nn.Module,
+    vae: Any,
     x: torch.Tensor,
     threshold: float = 0.01,
     min_active_fraction: float = 0.05,
+    *,
+    guide: Any = None,
+    site: str | None = None,
     **context,
 ) -> dict[str, Any]:
     """Warn (:class:`PosteriorCollapseWarning`) when fewer than ``min_active_fraction`` of
-    the latent dimensions are active (at least one must be); returns the statistics.
+    the latent dimensions are active (at least one must be); returns the statistics. Models,
+    guides and ``site`` as for :func:`active_units`.
 
     Example:
         >>> from pyro_gen.vae import VAE
@@ -103,9 +146,9 @@ def check_posterior_collapse(
         >>> sorted(stats)
         ['active_units', 'activity', 'collapsed', 'kl_per_dim', 'z_dim']
     """
-    n, activity = active_units(vae, x, threshold, **context)
+    n, activity = active_units(vae, x, threshold, guide=guide, site=site, **context)
     try:
-        kl = kl_per_dim(vae, x, **context)
+        kl = kl_per_dim(vae, x, guide=guide, site=site, **context)
     except TypeError:
         kl = None
     z_dim = activity.numel()

@@ -278,17 +278,12 @@ def _impute_any(
 ) -> torch.Tensor:
     """:func:`impute` for any model and guide, read through the model's trace."""
     from pyro_gen.vae.imputation import impute_with_guide
+    from pyro_gen.vae.pairs import model_and_guide
 
-    module = vae if hasattr(vae, "model") and hasattr(vae, "guide") else None
-    model = module.model if module is not None else vae
-    guide = guide if guide is not None else (module.guide if module is not None else None)
-    if not callable(model) or guide is None or not callable(guide):
-        raise TypeError(
-            "impute takes a pyro_gen VAE, or a Pyro model callable with guide=...: got "
-            f"{type(vae).__name__}" + ("" if guide is None else f" and {type(guide).__name__}")
-        )
-    training = module.training if isinstance(module, torch.nn.Module) else None
-    if isinstance(module, torch.nn.Module):
+    model, guide = model_and_guide(vae, guide)
+    module = vae if isinstance(vae, torch.nn.Module) else None
+    training = module.training if module is not None else None
+    if module is not None:
         module.eval()
     try:
         filled = impute_with_guide(
@@ -303,8 +298,8 @@ def _impute_any(
             context=context,
         )
     finally:
-        if isinstance(module, torch.nn.Module) and training is not None:
-            module.train(training)
+        if module is not None:
+            module.train(bool(training))
     return torch.where(mask, x, filled)
 
 

@@ -111,7 +111,7 @@ def test_models_impute_cannot_read_are_refused_by_name(incomplete):  # noqa: F81
         impute(standardized, x, m, guide=guide, num_samples=4)
     with pytest.raises(ValueError, match=r"site 'x' is not an observed site .* \['pixels'\]"):
         impute(user_model(W, b), x, m, guide=guide, site="x", num_samples=4)
-    with pytest.raises(TypeError, match="Pyro model callable with guide="):
+    with pytest.raises(TypeError, match="a Pyro model callable with guide="):
         impute(user_model(W, b), x, m, num_samples=4)
 
 

@@ -7,6 +7,7 @@ from pyro import poutine
 from pyro.distributions import Independent, Normal
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.poutine import Trace
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
 
@@ -76,6 +77,8 @@ class FreeBitsELBO(ELBO):
             model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
                 *args, **kwargs
             )
+            if torch.is_grad_enabled():
+                _check_reparameterized(model_trace, guide_trace)
             model_trace.compute_log_prob()
             guide_trace.compute_log_prob()
             elbo = 0.0
@@ -135,6 +138,28 @@ class FreeBitsELBO(ELBO):
         loss = self.differentiable_loss(model, guide, *args, **kwargs)
         loss.backward()
         return loss.item()
+
+
+def _check_reparameterized(model_trace: Trace, guide_trace: Trace) -> None:
+    """FreeBitsELBO's gradient is the pathwise one: every latent it draws must be
+    reparameterized, or the gradient misses its score-function term without a word."""
+    for trace, program in ((guide_trace, "guide"), (model_trace, "model")):
+        for name, site in trace.nodes.items():
+            if (
+                site["type"] != "sample"
+                or site["is_observed"]
+                or site_is_subsample(site)
+                or (program == "model" and name in guide_trace.nodes)
+            ):
+                continue
+            if not getattr(site["fn"], "has_rsample", False):
+                raise ValueError(
+                    f"FreeBitsELBO differentiates through the latents it draws, and {program} "
+                    f"site {name!r} ({type(site['fn']).__name__}) cannot be reparameterized, "
+                    "so its gradient would be biased: train a model with discrete latents "
+                    "with TraceEnum_ELBO (enumerating them) or TraceGraph_ELBO, or relax them "
+                    "(RelaxedOneHotCategorical)"
+                )
 
 
 def make_loss(objective: str = "elbo", num_particles: int = 50, free_bits: float = 0.25) -> ELBO:

@@ -304,3 +304,29 @@ def test_free_bits_counts_an_autoguides_auxiliary_draw():
     expected = Trace_ELBO().loss(model, guide, x)
     pyro.set_rng_seed(0)
     assert FreeBitsELBO(0.0).loss(model, guide, x) == pytest.approx(expected, rel=1e-6)
+
+
+def test_free_bits_refuses_to_train_a_latent_it_cannot_differentiate_through():
+    """A discrete guide site trained silently with a biased gradient (no score-function
+    term: the classifier learned only from log q); its value is still the estimate."""
+    import pyro.distributions as dist
+
+    from pyro_gen.vae import FreeBitsELBO
+
+    classifier = torch.nn.Linear(2, 3)
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            y = pyro.sample("y", dist.Categorical(torch.ones(3) / 3))
+            pyro.sample("x", dist.Normal(y.float().unsqueeze(-1), 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("y", dist.Categorical(logits=classifier(x)))
+
+    x = torch.randn(5, 2)
+    assert isinstance(FreeBitsELBO(0.1).loss(model, guide, x), float)
+    with pytest.raises(ValueError, match=r"guide site 'y' \(Categorical\) cannot be repar"):
+        FreeBitsELBO(0.1).differentiable_loss(model, guide, x)
+    with pytest.raises(ValueError, match=r"model site 'y' \(Categorical\) cannot be repar"):
+        FreeBitsELBO(0.1).loss_and_grads(model, poutine.block(guide, hide=["y"]), x)

@@ -42,9 +42,9 @@ except ImportError as e:  # pragma: no cover - the dev extra installs it
 from pyro_gen.data.batching import Call, Transform, as_call, with_transform
 from pyro_gen.data.random_state import global_rng_state, set_global_rng_state
 from pyro_gen.infer.annealing import kl_scale_pair
+from pyro_gen.infer.argument_kinds import check_kinds
 from pyro_gen.infer.batch_checks import warn_nothing_observed
 from pyro_gen.infer.distributed import _plates
-from pyro_gen.infer.fit_arguments import check_kinds
 from pyro_gen.infer.local_params import local_params
 from pyro_gen.infer.loss_value import reported_loss, subsampled_size
 from pyro_gen.infer.pair_declarations import declared_plate

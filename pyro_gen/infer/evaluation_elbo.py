@@ -9,6 +9,7 @@ import torch
 from pyro.infer import TraceMeanField_ELBO
 
 from pyro_gen.data.batching import Transform
+from pyro_gen.infer.argument_kinds import check_kinds
 from pyro_gen.infer.evaluation_batches import score_batches, widen
 from pyro_gen.infer.evaluation_checks import check_counts
 from pyro_gen.infer.program_checks import check_loss
@@ -97,6 +98,7 @@ def evaluate_elbo(
         if num_particles == 1:
             num_particles = int(getattr(loss, "num_particles", 1))
     check_counts(num_particles=num_particles)
+    check_kinds(plate_name=plate_name, per_example=per_example, progress=progress)
 
     def reduce(local: torch.Tensor, shared: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return widen(local).mean(0), widen(shared).mean()

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from pyro_gen.data.batching import Transform
+from pyro_gen.infer.argument_kinds import check_kinds
 from pyro_gen.infer.evaluation_batches import score_batches, widen
 from pyro_gen.infer.evaluation_checks import check_counts
 from pyro_gen.infer.pair_declarations import check_joint_is_density
@@ -110,6 +111,7 @@ def iwae_log_likelihood(
         True
     """
     check_counts(num_samples=num_samples, chunk=chunk, local_samples=local_samples)
+    check_kinds(plate_name=plate_name, per_example=per_example, progress=progress)
     check_joint_is_density(model)
 
     def reduce(local: torch.Tensor, shared: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -29,6 +29,7 @@ from pyro_gen.data.batching import (
     release_peeked,
     with_transform,
 )
+from pyro_gen.infer.argument_kinds import check_kinds
 from pyro_gen.infer.batch_checks import (
     check_sliced_dimension,
     warn_nothing_observed,
@@ -37,12 +38,7 @@ from pyro_gen.infer.batch_checks import (
 from pyro_gen.infer.checkpoint import run_lock
 from pyro_gen.infer.compiled_precision import check_trained_dtypes
 from pyro_gen.infer.distributed import ShardedBatches, setup
-from pyro_gen.infer.fit_arguments import (
-    _check_arguments,
-    _device,
-    check_kinds,
-    checked_callbacks,
-)
+from pyro_gen.infer.fit_arguments import _check_arguments, _device, checked_callbacks
 from pyro_gen.infer.fit_held_out import _held_out
 from pyro_gen.infer.fit_layout import data_layout
 from pyro_gen.infer.fit_loop import READBACK_EVERY, Callback, StepCallback, _train
@@ -272,6 +268,8 @@ def fit(
         annealing=annealing,
         plate_name=plate_name,
         checkpoint_dir=checkpoint_dir,
+        progress=progress,
+        clear_params=clear_params,
     )
     callbacks = checked_callbacks("callbacks", callbacks, "callback(record, model)")
     step_callbacks = checked_callbacks("step_callbacks", step_callbacks, "callback(step, model)")

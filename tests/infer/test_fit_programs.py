@@ -666,6 +666,7 @@ def test_a_batch_without_the_observations_is_warned_about():
         ({"transform": 255}, r"transform must be a function of a batch tensor"),
         ({"plate_name": 0}, r"plate_name must be a pyro.plate's name"),  # matched no plate
         ({"checkpoint_dir": 7}, r"checkpoint_dir must be a directory path"),
+        ({"clear_params": "no"}, r"clear_params must be True or False; got the str 'no'"),
     ],
 )  # fmt: skip
 def test_an_argument_of_the_wrong_kind_is_refused_before_anything_runs(kwargs, message):
@@ -673,3 +674,14 @@ def test_an_argument_of_the_wrong_kind_is_refused_before_anything_runs(kwargs, m
     with pytest.raises(TypeError, match=message):
         fit(TinyVAE(), binary_data(16), epochs=1, batch_size=8, progress=False, **kwargs)
     assert not pyro.get_param_store().keys()
+
+
+@pytest.mark.parametrize("evaluate", [evaluate_elbo, iwae_log_likelihood])
+def test_evaluation_flags_must_be_true_or_false(evaluate):
+    # per_example="no" is truthy: a tensor came back where the caller expected a float
+    vae = TinyVAE()
+    with pytest.raises(TypeError, match=r"per_example must be True or False; got the str 'no'"):
+        evaluate(vae, binary_data(8), per_example="no")
+    with pytest.raises(TypeError, match=r"progress must be True or False; got the str 'off'"):
+        evaluate(vae, binary_data(8), progress="off")
+    assert isinstance(evaluate(vae, binary_data(8), per_example=0), float)  # 0 and 1 are flags

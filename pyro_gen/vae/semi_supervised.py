@@ -228,6 +228,7 @@ def semi_supervised_batches(
     generator: torch.Generator | None = None,
     labelled_scale: torch.Tensor | None = None,
     unlabelled_scale: torch.Tensor | None = None,
+    names: tuple[str, str] = ("x", "y"),
 ) -> Callable[[], Iterator[dict[str, torch.Tensor]]]:
     """Batches for :func:`pyro_gen.infer.fit`: a function returning, each epoch, one pass
     over the shuffled unlabelled examples (``{"x": ...}``) with ``labelled_passes`` passes
@@ -258,6 +259,9 @@ def semi_supervised_batches(
         labelled_scale: standard deviations of the labelled examples, their shape; both
             scales or neither.
         unlabelled_scale: standard deviations of the unlabelled examples, their shape.
+        names: the model's keyword arguments for the examples and the labels, e.g.
+            ``("xs", "ys")`` for a model written as Pyro's SS-VAE example,
+            ``model(xs, ys=None)``.
 
     Raises:
         ValueError: the labels do not match the labelled examples, a set is empty,
@@ -275,6 +279,17 @@ def semi_supervised_batches(
         >>> [sorted(b) for b in batches()]
         [['x'], ['x', 'y'], ['x'], ['x', 'y']]
     """
+    if (
+        not isinstance(names, tuple)
+        or len(names) != 2
+        or not all(isinstance(n, str) and n.isidentifier() for n in names)
+        or names[0] == names[1]
+    ):
+        raise ValueError(
+            f"names must be two different keyword argument names, the examples' then the "
+            f"labels' (e.g. ('xs', 'ys')); got {names!r}"
+        )
+    x_name, y_name = names
     if x_labelled.shape[0] != y_labelled.shape[0]:
         raise ValueError(
             f"{x_labelled.shape[0]} labelled examples but {y_labelled.shape[0]} labels"
@@ -316,13 +331,13 @@ def semi_supervised_batches(
         order = torch.randperm(x_unlabelled.shape[0], generator=generator)
         labelled = labelled_batches()
         for i, idx in enumerate(order.split(batch_size)):
-            yield {"x": draw(x_unlabelled, unlabelled_scale, idx)}
+            yield {x_name: draw(x_unlabelled, unlabelled_scale, idx)}
             # labelled batch number k goes after unlabelled batch (k + 1) * U_b / L_b - 1,
             # so they are spread evenly and the epoch ends on one
             due = (i + 1) * num_labelled // num_unlabelled - i * num_labelled // num_unlabelled
             for _ in range(due):
                 j = next(labelled)
-                yield {"x": draw(x_labelled, labelled_scale, j), "y": y_labelled[j]}
+                yield {x_name: draw(x_labelled, labelled_scale, j), y_name: y_labelled[j]}
 
     return epoch
 

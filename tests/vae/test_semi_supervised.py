@@ -107,6 +107,42 @@ def test_fit_trains_on_alternating_labelled_and_unlabelled_batches(m2):
     assert after > 0.95 > before
 
 
+def test_batches_take_the_names_of_a_users_model():
+    """A model written as Pyro's SS-VAE example, model(xs, ys=None), with one-hot labels:
+    the batches were always {"x", "y"}, which fit refused for it."""
+    enc_y, enc_z, dec = torch.nn.Linear(4, 2), torch.nn.Linear(6, 4), torch.nn.Linear(4, 4)
+
+    def model(xs, ys=None):
+        pyro.module("dec", dec)
+        with pyro.plate("data", xs.shape[0]):
+            zs = pyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+            ys = pyro.sample("y", dist.OneHotCategorical(torch.ones(2) / 2), obs=ys)
+            shape = torch.broadcast_shapes(zs.shape[:-1], ys.shape[:-1])
+            h = torch.cat([zs.expand(*shape, 2), ys.expand(*shape, 2)], -1)
+            pyro.sample("x", dist.Bernoulli(logits=dec(h)).to_event(1), obs=xs)
+
+    def guide(xs, ys=None):
+        pyro.module("enc_y", enc_y)
+        pyro.module("enc_z", enc_z)
+        with pyro.plate("data", xs.shape[0]):
+            if ys is None:
+                ys = pyro.sample("y", dist.OneHotCategorical(logits=enc_y(xs)),
+                                 infer={"enumerate": "parallel"})  # fmt: skip
+            shape = torch.broadcast_shapes(xs.shape[:-1], ys.shape[:-1])
+            h = enc_z(torch.cat([xs.expand(*shape, 4), ys.expand(*shape, 2)], -1))
+            pyro.sample("z", dist.Normal(h[..., :2], h[..., 2:].exp()).to_event(1))
+
+    x_l, y_l = torch.rand(6, 4).round(), F.one_hot(torch.arange(6) % 2, 2).float()
+    batches = semi_supervised_batches(x_l, y_l, torch.rand(30, 4).round(), batch_size=10,
+                                      names=("xs", "ys"))  # fmt: skip
+    assert {frozenset(b) for b in batches()} == {frozenset({"xs"}), frozenset({"xs", "ys"})}
+    loss = TraceEnum_ELBO(max_plate_nesting=1, strict_enumeration_warning=False)
+    result = fit(model, batches, guide=guide, loss=loss, epochs=2, progress=False)
+    assert result.step == 2 * 4  # 3 unlabelled batches and 1 labelled one an epoch
+    with pytest.raises(ValueError, match="names must be two different keyword argument names"):
+        semi_supervised_batches(x_l, y_l, x_l, names=("xs", "xs"))
+
+
 @pytest.mark.parametrize("passes", [1, 2.5, 12])
 def test_batches_see_the_labelled_examples_passes_times_spread_evenly(passes):
     x_l, y_l = torch.arange(10.0)[:, None], torch.arange(10) % 3

@@ -115,6 +115,7 @@ def _first_trace(pair: Any, calls: Any, transform: Transform | None) -> None:
     (:class:`~pyro_gen.infer.program_checks.PlateSizeError`). Where the run fails otherwise
     on a slice of tensor data that runs whole, the slicing is still the cause (per-example
     parameters outside any plate), and Pyro's shape error says nothing of batch_size."""
+    pair.check_call(calls.peek(), 0)  # a batch they do not take: named before any run
     try:
         trace_once(pair, with_transform(calls.peek(), transform))
     except PlateSizeError:

@@ -64,8 +64,27 @@ class Program:
                 raise ValueError(
                     f"batch {index} of data has {describe(call)} arguments, which the {role} "
                     f"{signature} does not take ({e}): every batch must fit its signature"
+                    + _extra_positional_hint(call, signature)
                 ) from None
         self._fitting.add(layout)
+
+
+def _extra_positional_hint(call: Call, signature: inspect.Signature) -> str:
+    """What to do when the batches carry more positional values than the program takes:
+    the usual case is a DataLoader of ``(image, label)`` pairs fed to ``model(x)``, as in
+    Pyro's VAE tutorial."""
+    params = signature.parameters.values()
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return ""
+    taken = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+    if len(call.args) <= taken:
+        return ""
+    return (
+        f". To leave out what it does not use (a DataLoader of (x, label) pairs for a "
+        f"model(x)), pass a function returning the batches it takes: data=lambda: "
+        f"(batch[:{taken}] for batch in loader) (batch[0] for one), or give it parameters "
+        f"for the rest (y=None)"
+    )
 
 
 def program(model: Any, guide: Any = None, loss: Any = None) -> Program:

@@ -141,6 +141,27 @@ def test_the_users_own_batches_a_generator_function_and_a_dataloader():
     assert _posterior_mean(guide) == pytest.approx({"w": 3.0, "b": 0.5}, abs=0.1)
 
 
+def test_a_loader_of_image_label_pairs_for_a_model_of_images_is_told_how_to_drop_labels():
+    """Pyro's VAE tutorial iterates ``for x, _ in train_loader``: given that loader, ``fit``
+    named the mismatch but not the fix, and the evaluation helpers gave the guide's own
+    "takes 1 positional argument but 2 were given". The advised data then run."""
+    pyro.clear_param_store()
+    vae = TinyVAE()
+    x = binary_data(32)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, torch.zeros(32, dtype=torch.long)), batch_size=8
+    )
+    advice = r"batch 0 of data has 2 positional .*data=lambda: \(batch\[:1\] for batch in"
+    for run in (
+        lambda data: fit(vae, data, epochs=1, progress=False),
+        lambda data: evaluate_elbo(vae, data),
+        lambda data: iwae_log_likelihood(vae, data, num_samples=2),
+    ):
+        with pytest.raises(ValueError, match=advice):
+            run(loader)
+        run(lambda: (batch[0] for batch in loader))  # as the message advises
+
+
 def test_a_packed_sequence_batch_is_one_positional_argument():
     seqs = [torch.randn(n, 1) + 2.0 for n in (5, 3, 2)]
     packed = torch.nn.utils.rnn.pack_sequence(seqs)

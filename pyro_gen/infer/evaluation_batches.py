@@ -19,14 +19,14 @@ from pyro_gen.infer.pair_declarations import declared_plate
 from pyro_gen.infer.program import program, trace_once
 from pyro_gen.infer.program_checks import PlateSizeError, refuse_callable_data
 
-__all__ = ["score_batches", "widen"]
+__all__ = ["evaluation_mode", "score_batches", "widen"]
 
 T = TypeVar("T")
 
 
 @contextmanager
-def _eval_mode(modules: list[torch.nn.Module]) -> Iterator[None]:
-    # Evaluation mode (dropout off, batch norm frozen) for the score, restored afterwards.
+def evaluation_mode(modules: list[torch.nn.Module]) -> Iterator[None]:
+    """Evaluation mode (dropout off, batch norm frozen) for a score, restored afterwards."""
     training = [m.training for m in modules]
     for m in modules:
         m.eval()
@@ -79,7 +79,7 @@ def score_batches(
         plate_name = declared_plate(model)
     scorer = ParticleScorer(model_fn, guide_fn, plate_name, analytic_kl, importance)
     results = []
-    with torch.no_grad(), _eval_mode(modules):
+    with torch.no_grad(), evaluation_mode(modules):
         bar = tqdm(total=total, desc=desc, unit="chunk", disable=not progress, leave=False)
         try:
             for index, call in enumerate(calls):

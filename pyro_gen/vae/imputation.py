@@ -22,6 +22,7 @@ import torch
 from pyro import poutine
 from pyro.poutine import Trace
 
+from pyro_gen.infer.evaluation_batches import evaluation_mode
 from pyro_gen.infer.evaluation_scorer import one_line_message
 from pyro_gen.infer.log_weights import (
     PARTICLE_PLATE,
@@ -30,6 +31,7 @@ from pyro_gen.infer.log_weights import (
     max_plate_nesting,
     split_log_weights,
 )
+from pyro_gen.vae.pairs import model_and_guide
 
 __all__ = ["impute_with_guide"]
 
@@ -81,8 +83,8 @@ def _check_observes_x(node: dict, x: torch.Tensor) -> None:
 
 
 def impute_with_guide(
-    model: Callable,
-    guide: Callable,
+    vae: Any,
+    guide: Callable | None,
     x: torch.Tensor,
     mask: torch.Tensor,
     *,
@@ -93,8 +95,10 @@ def impute_with_guide(
     context: dict[str, Any],
 ) -> torch.Tensor:
     """The conditional-mean imputation of ``x`` (missing entries already zero), or
-    ``num_imputations`` draws by sampling importance resampling, for ``model(x, mask=mask,
-    **context)`` and ``guide`` (see :func:`~pyro_gen.vae.missing.impute`).
+    ``num_imputations`` draws by sampling importance resampling, for a module's
+    ``model(x, mask=mask, **context)`` and guide, or a model callable and ``guide`` (see
+    :func:`~pyro_gen.vae.missing.impute`). A module runs in evaluation mode, then is left
+    as it was.
 
     Example:
         >>> import pyro.distributions as dist
@@ -112,74 +116,80 @@ def impute_with_guide(
         >>> round(float(filled[0, 1]), 1)  # z given x_obs = 2 is near 2: so is x_mis
         2.0
     """
-    args, kwargs = (x,), {"mask": mask, **context}
-    try:
-        guide_trace, model_trace = _traces(model, guide, args, kwargs, None, -1)
-    except TypeError as error:
-        raise TypeError(
-            f"impute calls model(x, mask=mask, ...) and guide(x, mask=mask, ...); they "
-            f"failed with: {error}. Give both a mask argument (True where observed) and "
-            "mask the likelihood with it: dist.Bernoulli(...).mask(mask)"
-        ) from error
-    plate = find_data_plate(model_trace)
-    name = _observed_site(model_trace, plate, site)
-    _check_observes_x(model_trace.nodes[name], x)
-    dim = -max_plate_nesting(guide_trace, model_trace) - 1
-    shared = split_log_weights(model_trace, guide_trace, plate, particle_dim=dim).global_sites
-    if shared:
-        raise ValueError(
-            f"impute weighs each example's particles on their own, which global latents "
-            f"(guide sites {list(shared)} outside plate {plate.name!r}) would couple "
-            "across the data: condition on their values instead "
-            "(pyro.condition(model, data={...}) and the same for the guide)"
-        )
-    vectorize = True
-
-    def particles(k: int) -> tuple[torch.Tensor, Any]:
-        nonlocal vectorize
-        if vectorize and k > 1:
-            try:
-                return _weighted(model, guide, args, kwargs, k, dim, plate, name)
-            except Exception as error:  # noqa: BLE001 - the loop below shows a genuine error
-                vectorize = False
-                warnings.warn(
-                    f"the model or guide does not run under a particle plate ({k} particles "
-                    f"at dim {dim}), so impute draws particles one at a time, which is "
-                    f"slower: {type(error).__name__}: {one_line_message(error)}",
-                    stacklevel=5,  # the caller of impute
-                )
-        parts = [_weighted(model, guide, args, kwargs, None, dim, plate, name) for _ in range(k)]
-        return torch.cat([w for w, _ in parts]), [fn for _, fn in parts]
-
-    num_draws = 1 if num_imputations is None else num_imputations
-    total = torch.full((x.shape[0],), -torch.inf, device=x.device, dtype=torch.float64)
-    filled = torch.zeros((num_draws, *x.shape), device=x.device, dtype=x.dtype)
-    for start in range(0, num_samples, chunk):
-        log_w, fns = particles(min(chunk, num_samples - start))
-        log_w = log_w.to(torch.float64)
-        chunk_total = torch.logsumexp(log_w, 0)
-        new_total = torch.logaddexp(total, chunk_total)
-        if num_imputations is None:
-            means = _values(fns, x, len(log_w), lambda fn: fn.mean)
-            w = torch.exp(log_w - new_total).to(x.dtype)
-            w = w.reshape(w.shape + (1,) * (x.dim() - 1))
-            filled[0] = filled[0] * torch.exp(total - new_total).to(x.dtype).reshape(
-                w.shape[1:]
-            ) + (w * means).sum(0)
-        else:
-            # Streaming resampling: each imputation keeps its draw, or takes one from this
-            # chunk with the chunk's share of the weight so far (then a particle by weight).
-            take = torch.rand(num_draws, x.shape[0], device=x.device) < torch.exp(
-                chunk_total - new_total
+    model, guide = model_and_guide(vae, guide)
+    modules = [vae] if isinstance(vae, torch.nn.Module) else []
+    with evaluation_mode(modules):
+        args, kwargs = (x,), {"mask": mask, **context}
+        try:
+            guide_trace, model_trace = _traces(model, guide, args, kwargs, None, -1)
+        except TypeError as error:
+            raise TypeError(
+                f"impute calls model(x, mask=mask, ...) and guide(x, mask=mask, ...); they "
+                f"failed with: {error}. Give both a mask argument (True where observed) and "
+                "mask the likelihood with it: dist.Bernoulli(...).mask(mask)"
+            ) from error
+        plate = find_data_plate(model_trace)
+        name = _observed_site(model_trace, plate, site)
+        _check_observes_x(model_trace.nodes[name], x)
+        dim = -max_plate_nesting(guide_trace, model_trace) - 1
+        shared = split_log_weights(model_trace, guide_trace, plate, particle_dim=dim).global_sites
+        if shared:
+            raise ValueError(
+                f"impute weighs each example's particles on their own, which global latents "
+                f"(guide sites {list(shared)} outside plate {plate.name!r}) would couple "
+                "across the data: condition on their values instead "
+                "(pyro.condition(model, data={...}) and the same for the guide)"
             )
-            for m in range(num_draws):
-                pick = torch.distributions.Categorical(logits=log_w.T).sample()  # (B,)
-                draws = _values(fns, x, len(log_w), lambda fn: fn.sample())
-                chosen = draws[pick, torch.arange(x.shape[0], device=x.device)]
-                where = take[m].reshape((-1,) + (1,) * (x.dim() - 1))
-                filled[m] = torch.where(where, chosen.to(x.dtype), filled[m])
-        total = new_total
-    return filled[0] if num_imputations is None else filled
+        vectorize = True
+
+        def particles(k: int) -> tuple[torch.Tensor, Any]:
+            nonlocal vectorize
+            if vectorize and k > 1:
+                try:
+                    return _weighted(model, guide, args, kwargs, k, dim, plate, name)
+                except Exception as error:  # noqa: BLE001 - the loop below shows a genuine error
+                    vectorize = False
+                    warnings.warn(
+                        f"the model or guide does not run under a particle plate ({k} particles "
+                        f"at dim {dim}), so impute draws particles one at a time, which is "
+                        f"slower: {type(error).__name__}: {one_line_message(error)}",
+                        stacklevel=5,  # the caller of impute (under no_grad)
+                    )
+            parts = [
+                _weighted(model, guide, args, kwargs, None, dim, plate, name) for _ in range(k)
+            ]
+            return torch.cat([w for w, _ in parts]), [fn for _, fn in parts]
+
+        num_draws = 1 if num_imputations is None else num_imputations
+        total = torch.full((x.shape[0],), -torch.inf, device=x.device, dtype=torch.float64)
+        filled = torch.zeros((num_draws, *x.shape), device=x.device, dtype=x.dtype)
+        for start in range(0, num_samples, chunk):
+            log_w, fns = particles(min(chunk, num_samples - start))
+            log_w = log_w.to(torch.float64)
+            chunk_total = torch.logsumexp(log_w, 0)
+            new_total = torch.logaddexp(total, chunk_total)
+            if num_imputations is None:
+                means = _values(fns, x, len(log_w), lambda fn: fn.mean)
+                w = torch.exp(log_w - new_total).to(x.dtype)
+                w = w.reshape(w.shape + (1,) * (x.dim() - 1))
+                filled[0] = filled[0] * torch.exp(total - new_total).to(x.dtype).reshape(
+                    w.shape[1:]
+                ) + (w * means).sum(0)
+            else:
+                # Streaming resampling: each imputation keeps its draw, or takes one from this
+                # chunk with the chunk's share of the weight so far (then a particle by weight).
+                take = torch.rand(num_draws, x.shape[0], device=x.device) < torch.exp(
+                    chunk_total - new_total
+                )
+                for m in range(num_draws):
+                    pick = torch.distributions.Categorical(logits=log_w.T).sample()  # (B,)
+                    draws = _values(fns, x, len(log_w), lambda fn: fn.sample())
+                    chosen = draws[pick, torch.arange(x.shape[0], device=x.device)]
+                    where = take[m].reshape((-1,) + (1,) * (x.dim() - 1))
+                    filled[m] = torch.where(where, chosen.to(x.dtype), filled[m])
+            total = new_total
+        filled = filled[0] if num_imputations is None else filled
+    return torch.where(mask, x, filled)
 
 
 def _weighted(

@@ -226,8 +226,18 @@ def impute(
     from pyro_gen.vae.vae import VAE
 
     if guide is not None or site is not None or not isinstance(vae, VAE):
-        return _impute_any(
-            vae, guide, x_in, mask, site, num_samples, num_imputations, chunk, context
+        from pyro_gen.vae.imputation import impute_with_guide
+
+        return impute_with_guide(
+            vae,
+            guide,
+            x_in,
+            mask,
+            site=site,
+            num_samples=num_samples,
+            num_imputations=num_imputations,
+            chunk=chunk,
+            context=context,
         )
     ctx = _context_tensor(vae, context)
     training = vae.training
@@ -263,44 +273,6 @@ def impute(
     finally:
         vae.train(training)
     return torch.where(mask, x_in, filled)
-
-
-def _impute_any(
-    vae: Any,
-    guide: Any,
-    x: torch.Tensor,
-    mask: torch.Tensor,
-    site: str | None,
-    num_samples: int,
-    num_imputations: int | None,
-    chunk: int,
-    context: dict[str, Any],
-) -> torch.Tensor:
-    """:func:`impute` for any model and guide, read through the model's trace."""
-    from pyro_gen.vae.imputation import impute_with_guide
-    from pyro_gen.vae.pairs import model_and_guide
-
-    model, guide = model_and_guide(vae, guide)
-    module = vae if isinstance(vae, torch.nn.Module) else None
-    training = module.training if module is not None else None
-    if module is not None:
-        module.eval()
-    try:
-        filled = impute_with_guide(
-            model,
-            guide,
-            x,
-            mask,
-            site=site,
-            num_samples=num_samples,
-            num_imputations=num_imputations,
-            chunk=chunk,
-            context=context,
-        )
-    finally:
-        if module is not None:
-            module.train(bool(training))
-    return torch.where(mask, x, filled)
 
 
 def effective_sample_size(log_weights: torch.Tensor, dim: int = 0) -> torch.Tensor:

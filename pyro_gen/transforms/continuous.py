@@ -90,15 +90,21 @@ def divergence_exact(dz: Tensor, z: Tensor, event_dim: int, create_graph: bool) 
         True
     """
     batch_shape = z.shape[: z.dim() - event_dim]
-    flat_dz = dz.reshape(batch_shape + (-1,))
+    flat_dz = _flat_event(dz, event_dim)
     num_dims = flat_dz.shape[-1]
     div = torch.zeros(batch_shape, dtype=z.dtype, device=z.device)
     for i in range(num_dims):
         (grad,) = torch.autograd.grad(
             flat_dz[..., i].sum(), z, create_graph=create_graph, retain_graph=True
         )
-        div = div + grad.reshape(batch_shape + (-1,))[..., i]
+        div = div + _flat_event(grad, event_dim)[..., i]
     return div
+
+
+def _flat_event(t: Tensor, event_dim: int) -> Tensor:
+    """``t`` with its event dims flattened into one; unlike ``reshape(batch + (-1,))`` it
+    takes an empty batch, whose -1 torch cannot infer."""
+    return t.flatten(t.dim() - event_dim) if event_dim else t.unsqueeze(-1)
 
 
 def divergence_hutchinson(
@@ -129,7 +135,7 @@ def divergence_hutchinson(
     """
     (vjp,) = torch.autograd.grad(dz, z, noise, create_graph=create_graph, retain_graph=True)
     prod = vjp * noise
-    return prod.reshape(prod.shape[: prod.dim() - event_dim] + (-1,)).sum(-1)
+    return _flat_event(prod, event_dim).sum(-1)
 
 
 class AugmentedDynamics(nn.Module):
@@ -267,6 +273,7 @@ def odeint_with_logdet(
             = \int_{t_0}^{t_1} \operatorname{tr}\frac{\partial f}{\partial z(t)}\, dt.
 
     ``t1 < t0`` integrates backwards (the inverse map). Exact only up to the solver tolerance.
+    An empty batch (``x`` with no elements) is returned as it is, with a zero log-det.
 
     Args:
         drift_fn: ``f(z, t)``; ``t`` is a 0-dim tensor.
@@ -306,6 +313,9 @@ def odeint_with_logdet(
     eps = _sample_noise(x, noise) if trace == "hutchinson" else None
     dynamics = AugmentedDynamics(drift_fn, event_dim=event_dim, trace=trace, noise=eps)
     batch_shape = x.shape[: x.dim() - event_dim]
+    if x.numel() == 0:
+        # an empty batch: adaptive solvers would divide by its zero-element error norm
+        return x.clone(), x.new_zeros(batch_shape)
     state = (x, torch.zeros(batch_shape, dtype=x.dtype, device=x.device))
     times = torch.tensor([t0, t1], dtype=x.dtype, device=x.device)
     tdq = _torchdiffeq()

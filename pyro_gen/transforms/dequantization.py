@@ -137,7 +137,8 @@ class ScaledSigmoid(Transform):
             - math.log(1.0 - 2.0 * self.alpha)
         )
         if self._event_dim:
-            ld = ld.reshape(ld.shape[: ld.dim() - self._event_dim] + (-1,)).sum(-1)
+            # sums the event dims; reshape(batch + (-1,)) cannot infer -1 for an empty batch
+            ld = ld.sum(tuple(range(-self._event_dim, 0)))
         return ld
 
 

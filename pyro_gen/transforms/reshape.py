@@ -203,11 +203,16 @@ class MultiScale(FlowTransformModule):
 
     @staticmethod
     def _flat_ladj(ladj: torch.Tensor, batch_dims: int) -> torch.Tensor:
-        return ladj.reshape(ladj.shape[:batch_dims] + (-1,)).sum(-1)
+        # sums the event dims; reshape(batch + (-1,)) cannot infer -1 for an empty batch,
+        # and sum(()) would sum every dim
+        if ladj.dim() <= batch_dims:
+            return ladj
+        return ladj.sum(tuple(range(batch_dims, ladj.dim())))
 
     def _backward(self, y):
         batch = y.shape[:-3]
         nb = len(batch)
+        # flatten(-3), not reshape(*batch, -1): -1 is not inferable for an empty batch
         h, ladj, zs = y, y.new_zeros(batch), []
         for i, parts in enumerate(self._levels):
             for part in reversed(parts):
@@ -216,10 +221,10 @@ class MultiScale(FlowTransformModule):
                 h = x
             if i < len(self._levels) - 1:
                 keep = h.shape[-3] - self.factored_shapes[i][0]
-                zs.append(h[..., keep:, :, :].reshape(*batch, -1))
+                zs.append(h[..., keep:, :, :].flatten(-3))
                 h = h[..., :keep, :, :]
             else:
-                zs.append(h.reshape(*batch, -1))
+                zs.append(h.flatten(-3))
         return torch.cat(zs, dim=-1), ladj
 
     def _forward(self, x):

@@ -238,7 +238,8 @@ class ResidualBlock(FlowTransformModule):
             y = x.clone()
             for _ in range(self.max_iter):
                 y_new = x - self.net(y)
-                done = (y_new - y).abs().max() <= self.tol
+                # all(), not max(): max() of an empty batch is an error, all() is True
+                done = bool(((y_new - y).abs() <= self.tol).all())
                 y = y_new
                 if done:
                     break
@@ -282,7 +283,8 @@ class ResidualBlock(FlowTransformModule):
             u = a
             for _ in range(self.max_iter):
                 u_new = a - torch.autograd.grad(g0, y0, u, retain_graph=True)[0]
-                done = (u_new - u).abs().max() <= self.tol * max(1.0, float(a.abs().max()))
+                scale = max(1.0, float(a.abs().max())) if a.numel() else 1.0
+                done = bool(((u_new - u).abs() <= self.tol * scale).all())
                 u = u_new
                 if done:
                     break

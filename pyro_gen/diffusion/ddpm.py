@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import pyro.distributions as dist
 import torch
 from torch import nn
 
+from pyro_gen.diffusion.context import expand_context, slice_context
 from pyro_gen.diffusion.ddpm_bound_terms import BoundTerms
 from pyro_gen.diffusion.ddpm_chain import FullChainForm
 from pyro_gen.diffusion.ddpm_time_plate import TimePlateForm
@@ -108,6 +109,10 @@ class DDPM(FullChainForm, TimePlateForm, BoundTerms, PicklableModule):
     Args:
         net: ``net(x_t, t) -> prediction`` with ``t`` a long tensor of 1-based steps; output
             has the input's shape (twice the channels / features for ``learned_range``).
+            Keyword arguments given to :meth:`model` (``y=labels``) and ``sample(...,
+            context={"y": labels})`` reach it as ``net(x_t, t, y=...)``: a conditional model.
+            The score-based samplers and likelihoods (:class:`~pyro_gen.diffusion.DDPMScore`)
+            call it with fractional float steps.
         event_shape: shape of one example.
         schedule: a :class:`NoiseSchedule` or a name for :func:`make_schedule`.
         timesteps: :math:`T` when ``schedule`` is a name.
@@ -243,10 +248,14 @@ class DDPM(FullChainForm, TimePlateForm, BoundTerms, PicklableModule):
         batch = like.shape[: like.dim() - self.event_dim]
         return torch.as_tensor(t, device=like.device).long().expand(batch)
 
-    def predict(self, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the network on any batch shape; returns (prediction, variance output or None)."""
+    def predict(
+        self, x_t: torch.Tensor, t: torch.Tensor, **context: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the network on any batch shape; returns (prediction, variance output or None).
+        ``context`` (one row per example) goes to the network as keyword arguments."""
         batch = x_t.shape[: x_t.dim() - self.event_dim]
-        out = self.net(x_t.reshape(-1, *self.net_shape), t.reshape(-1))
+        context = expand_context(context, batch)
+        out = self.net(x_t.reshape(-1, *self.net_shape), t.reshape(-1), **context)
         if self.variance == "learned_range":
             pred, v = out.chunk(2, dim=1)
             return pred.reshape(x_t.shape), v.reshape(x_t.shape)
@@ -259,6 +268,7 @@ class DDPM(FullChainForm, TimePlateForm, BoundTerms, PicklableModule):
         *,
         clip: bool = False,
         detach_mean: bool = False,
+        **context: Any,
     ) -> dict[str, torch.Tensor]:
         """Reverse step :math:`p_\\theta(x_{t-1} \\mid x_t) = \\mathcal N(\\mu, \\sigma^2 I)`.
 
@@ -267,12 +277,14 @@ class DDPM(FullChainForm, TimePlateForm, BoundTerms, PicklableModule):
         al.'s :math:`\\frac{1}{\\sqrt{\\alpha_t}}(x_t - \\frac{\\beta_t}{\\sqrt{1-\\bar\\alpha_t}}
         \\hat\\epsilon)`).
 
+        ``context`` (labels, ...) goes to the network: ``net(x_t, t, **context)``.
+
         Returns:
             dict with ``mean``, ``log_var``, ``pred`` (raw prediction), ``x0`` and ``eps``.
         """
         t = self._times(t, x_t)
         s, nd = self.schedule, self.event_dim
-        pred, v = self.predict(x_t, t)
+        pred, v = self.predict(x_t, t, **context)
         if detach_mean:
             pred = pred.detach()
         ab = s.extract("alphas_cumprod", t, nd)
@@ -328,14 +340,20 @@ class DDPM(FullChainForm, TimePlateForm, BoundTerms, PicklableModule):
         estimate of the bound whose exp is no importance weight."""
         return self.form == "full_chain"
 
-    def model(self, x: torch.Tensor | None = None, num_samples: int = 1) -> torch.Tensor | None:
-        """Time-plate or full-chain model on data; the generative chain when ``x`` is None."""
+    def model(
+        self, x: torch.Tensor | None = None, num_samples: int = 1, **context: Any
+    ) -> torch.Tensor | None:
+        """Time-plate or full-chain model on data; the generative chain when ``x`` is None.
+        ``context`` (e.g. ``y=labels``, one row per example) goes to the network as
+        ``net(x_t, t, **context)``: ``fit(m, {"x": x, "y": y})`` trains a class-conditional
+        DDPM."""
         if x is None or self.form == "full_chain":
-            return self.chain_model(x, num_samples)
-        return self.plate_model(x)
+            return self.chain_model(x, num_samples, **context)
+        return self.plate_model(x, **context)
 
-    def guide(self, x: torch.Tensor | None = None, num_samples: int = 1) -> None:
-        """The fixed forward process matching :meth:`model`'s form (nothing when ``x`` is None)."""
+    def guide(self, x: torch.Tensor | None = None, num_samples: int = 1, **context: Any) -> None:
+        """The fixed forward process matching :meth:`model`'s form (nothing when ``x`` is None);
+        it takes the model's ``context`` and needs none of it."""
         if x is None:
             return None
         if self.form == "full_chain":
@@ -352,6 +370,7 @@ class DDPM(FullChainForm, TimePlateForm, BoundTerms, PicklableModule):
         use_ema: bool = True,
         progress: bool = False,
         batch_size: int | None = None,
+        context: dict[str, Any] | None = None,
     ) -> torch.Tensor:
         """Draw samples in data space (images in [0, 1]), see :mod:`pyro_gen.diffusion.samplers`.
 
@@ -363,6 +382,8 @@ class DDPM(FullChainForm, TimePlateForm, BoundTerms, PicklableModule):
             use_ema: sample with the EMA weights when the model keeps them.
             progress: tqdm bar over the steps.
             batch_size: draw in chunks of this size.
+            context: keyword arguments for the network, one row per sample (e.g.
+                ``{"y": labels}`` for a model trained with ``model(x, y=labels)``).
         """
         from pyro_gen.diffusion.samplers import ancestral_sample, ddim_sample
 
@@ -372,16 +393,21 @@ class DDPM(FullChainForm, TimePlateForm, BoundTerms, PicklableModule):
         if sampler == "ancestral" and steps not in (None, self.schedule.num_timesteps):
             raise ValueError("ancestral sampling runs all T steps; use sampler='ddim' for fewer")
         batch_size = batch_size or max(num_samples, 1)
+        context = dict(context or {})
+        expand_context(context, (num_samples,))  # one row per sample, or a clear error
         out = []
         ctx = self.ema.average_parameters() if (use_ema and self.ema is not None) else _null()
         with ctx:
             # one chunk of none for num_samples=0: an empty draw of the right shape
             for start in range(0, num_samples, batch_size) or [0]:
                 n = min(batch_size, num_samples - start)
+                chunk = slice_context(context, start, start + n)
                 if sampler == "ancestral":
-                    out.append(ancestral_sample(self, n, progress=progress))
+                    out.append(ancestral_sample(self, n, progress=progress, context=chunk))
                 else:
-                    out.append(ddim_sample(self, n, steps=steps, eta=eta, progress=progress))
+                    out.append(
+                        ddim_sample(self, n, steps=steps, eta=eta, progress=progress, context=chunk)
+                    )
         return torch.cat(out)
 
     def bits_per_dim(self, x: torch.Tensor, **kwargs) -> float:

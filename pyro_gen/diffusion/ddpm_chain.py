@@ -31,8 +31,11 @@ class FullChainForm:
         ['data', 'x_3', 'x_2', 'x_1', 'x_0']
     """
 
-    def chain_model(self, x: torch.Tensor | None = None, num_samples: int = 1) -> torch.Tensor:
-        """Generative chain :math:`x_T \\to \\dots \\to x_0`; observes ``x`` at ``"x_0"``."""
+    def chain_model(
+        self, x: torch.Tensor | None = None, num_samples: int = 1, **context
+    ) -> torch.Tensor:
+        """Generative chain :math:`x_T \\to \\dots \\to x_0`; observes ``x`` at ``"x_0"``;
+        ``context`` goes to the network."""
         pyro.module(self.name, self)
         T = self.schedule.num_timesteps
         x0 = None if x is None else self.to_model_space(x)
@@ -41,9 +44,9 @@ class FullChainForm:
         with pyro.plate("data", batch):
             x_t = pyro.sample(f"x_{T}", dist.Normal(zeros, 1.0).to_event(self.event_dim))
             for t in range(T, 1, -1):
-                p = self.p_mean_logvar(x_t, t)
+                p = self.p_mean_logvar(x_t, t, **context)
                 x_t = pyro.sample(f"x_{t - 1}", self._normal(p["mean"], p["log_var"]))
-            p = self.p_mean_logvar(x_t, 1)
+            p = self.p_mean_logvar(x_t, 1, **context)
             return pyro.sample("x_0", self.decoder(p["mean"], p["log_var"]), obs=x0)
 
     def chain_guide(self, x: torch.Tensor, num_samples: int = 1) -> None:

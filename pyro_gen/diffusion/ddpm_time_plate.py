@@ -38,8 +38,8 @@ class TimePlateForm(TimeStepDraws):
         ['data', 't', 'x_10', 'time', 'x_t', 'x_prev', 'x_0']
     """
 
-    def plate_model(self, x: torch.Tensor) -> None:
-        """Time-plate model (see the DDPM's docstring)."""
+    def plate_model(self, x: torch.Tensor, **context) -> None:
+        """Time-plate model (see the DDPM's docstring); ``context`` goes to the network."""
         pyro.module(self.name, self)
         s, nd = self.schedule, self.event_dim
         x0 = self.to_model_space(x)
@@ -49,10 +49,10 @@ class TimePlateForm(TimeStepDraws):
             x_t = pyro.sample("x_t", dist.Normal(mean, std).to_event(nd))
             obs = x0.expand(x_t.shape)
             if self.objective == "elbo":
-                p = self.p_mean_logvar(x_t, t)
+                p = self.p_mean_logvar(x_t, t, **context)
                 self._bound_sites(p["mean"], p["log_var"], t, obs)
                 return
-            p = self.p_mean_logvar(x_t, t)
+            p = self.p_mean_logvar(x_t, t, **context)
             ab = s.extract("alphas_cumprod", t, nd)
             eps = convert(obs, "x0", "eps", x_t, ab)
             native = "eps" if self.param == "score" else self.param
@@ -62,7 +62,7 @@ class TimePlateForm(TimeStepDraws):
             sq = (pred - target).pow(2)
             pyro.factor("L_simple", -0.5 * sq.flatten(sq.dim() - nd).sum(-1))
             if self.variance == "learned_range":
-                p = self.p_mean_logvar(x_t, t, detach_mean=True)
+                p = self.p_mean_logvar(x_t, t, detach_mean=True, **context)
                 with poutine.scale(scale=self.hybrid_weight):
                     self._bound_sites(p["mean"], p["log_var"], t, obs)
 

@@ -31,6 +31,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import pyro
@@ -39,6 +40,7 @@ import torch
 from pyro import poutine
 from torch import Tensor
 
+from pyro_gen.diffusion.context import expand_context
 from pyro_gen.transforms._base import PicklableModule, sample_count
 from pyro_gen.transforms.continuous import ContinuousFlow, _torchdiffeq, ode_log_likelihood
 
@@ -127,7 +129,7 @@ class PreconditionedVelocity(PicklableModule):
         self.net, self.var = net, float(data_std) ** 2
         self.sigma_min, self.t0, self.t1 = float(sigma_min), float(t0), float(t1)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, **context: Any) -> Tensor:
         # one time for the batch (an ODE solve) or one per example (training)
         s = (t.to(x) - self.t0) / (self.t1 - self.t0)
         s = s.reshape(s.shape + (1,) * (x.dim() - s.dim())) if s.dim() else s
@@ -137,7 +139,7 @@ class PreconditionedVelocity(PicklableModule):
         c_skip = cov / var
         c_out = ((1 - self.sigma_min) ** 2 + self.var - c_skip * cov).clamp_min(1e-12).sqrt()
         # velocities in flow time: d/dt = d/ds / (t1 - t0)
-        return (c_skip * x + c_out * self.net(x, t)) / (self.t1 - self.t0)
+        return (c_skip * x + c_out * self.net(x, t, **context)) / (self.t1 - self.t0)
 
 
 class FlowMatching(PicklableModule):
@@ -162,6 +164,14 @@ class FlowMatching(PicklableModule):
     minutes that pair reached 0.035 (two seeds), below RealNVP (0.062) and MAF (0.084) trained
     under the same budget. The defaults stay Lipman et al.'s objective (uniform times, plain
     regression), the one also measured on eight Gaussians and moons.
+
+    The velocity network is the flow's ``dynamics(x, t)``, called with the flow's time
+    :math:`t = t_0 + s (t_1 - t_0)` (in :math:`[0, 1]` by default, the data at 0): in training
+    ``t`` holds one time per example, shape ``(B,)``, while the ODE solves of :meth:`sample`
+    and :meth:`log_prob` pass one 0-dim time for the batch, so a network of the user's should
+    take either (``t.expand(x.shape[:1])``). Keyword arguments of :meth:`model` (``y=labels``,
+    one row per example) reach it as ``dynamics(x, t, y=...)``, and ``context={"y": labels}``
+    in :meth:`sample` / :meth:`log_prob` gives the conditional flow.
 
     Args:
         flow: a :class:`ContinuousFlow`, or a flow model whose ``transforms`` are exactly one
@@ -262,11 +272,15 @@ class FlowMatching(PicklableModule):
         x_s = (1 - s) * x + (self.sigma_min + (1 - self.sigma_min) * s) * z
         return x_s, ((1 - self.sigma_min) * z - x) / (self.flow.t1 - self.flow.t0)
 
-    def velocity(self, x: Tensor, s: Tensor) -> Tensor:
-        """:math:`f_\\theta(x, t)` at the path fraction ``s`` (one per example)."""
+    def velocity(self, x: Tensor, s: Tensor, **context: Any) -> Tensor:
+        """:math:`f_\\theta(x, t)` at the path fraction ``s`` (one per example); ``context``
+        (one row per example) goes to the network."""
         t = self.flow.t0 + s * (self.flow.t1 - self.flow.t0)
         batch = x.shape[: x.dim() - self.event_dim]
-        flat = self.flow.dynamics(x.reshape(-1, *self.event_shape), t.expand(batch).reshape(-1))
+        context = expand_context(context, batch)
+        flat = self.flow.dynamics(
+            x.reshape(-1, *self.event_shape), t.expand(batch).reshape(-1), **context
+        )
         return flat.reshape(x.shape)
 
     def _check(self, x: Tensor, z: Tensor | None) -> None:
@@ -320,13 +334,20 @@ class FlowMatching(PicklableModule):
         log-likelihood was -9.73); the exact log-likelihood is :meth:`log_prob`."""
         return False
 
-    def model(self, x: Tensor | None = None, z: Tensor | None = None, num_samples: int = 1):
+    def model(
+        self,
+        x: Tensor | None = None,
+        z: Tensor | None = None,
+        num_samples: int = 1,
+        **context: Any,
+    ):
         """Flow-matching objective on ``x`` (with an optional coupling ``z``). Without data,
         the generative program: base draws ``"z"`` transported by the flow's ODE to the site
         ``"x"``, under ``pyro.plate("data", num_samples)``, so
-        :class:`~pyro.infer.Predictive` and ``poutine`` see the draws."""
+        :class:`~pyro.infer.Predictive` and ``poutine`` see the draws. ``context``
+        (``y=labels``, one row per example) goes to the velocity network."""
         if x is None:
-            return self._generate(num_samples)
+            return self._generate(num_samples, context)
         pyro.module(self.name, self.flow)
         self._check(x, z)
         with (
@@ -336,25 +357,34 @@ class FlowMatching(PicklableModule):
         ):
             s, zz = self._sites(x, z)
             x_s, target = self.path(x, zz, s)
-            sq = (self.velocity(x_s, s) - target).pow(2)
+            sq = (self.velocity(x_s, s, **context) - target).pow(2)
             sq = sq.flatten(sq.dim() - self.event_dim).sum(-1)
             if self.weighting == "noise":
                 sq = sq * (1 - s).pow(2)
             pyro.factor("flow_matching", -0.5 * sq)
         return None
 
-    def _generate(self, num_samples: int) -> Tensor:
+    def _generate(self, num_samples: int, context: dict) -> Tensor:
         ref = next(self.flow.parameters())
         zeros = torch.zeros(self.event_shape, dtype=ref.dtype, device=ref.device)
         with pyro.plate("data", num_samples):
             z = pyro.sample("z", dist.Normal(zeros, 1.0).to_event(self.event_dim))
             # the ODE takes one flat batch; outer plates' dims are restored after
-            x = self.transport(z.reshape(-1, *self.event_shape)).reshape(z.shape)
+            context = expand_context(context, z.shape[: z.dim() - self.event_dim])
+            x = self.transport(z.reshape(-1, *self.event_shape), context=context)
+            x = x.reshape(z.shape)
             # a deterministic map of z: a Delta site, as a GAN generator's example
             return pyro.sample("x", dist.Delta(x, event_dim=self.event_dim))
 
-    def guide(self, x: Tensor | None = None, z: Tensor | None = None, num_samples: int = 1):
-        """The fixed time and base draws (nothing when ``x`` is None)."""
+    def guide(
+        self,
+        x: Tensor | None = None,
+        z: Tensor | None = None,
+        num_samples: int = 1,
+        **context: Any,
+    ):
+        """The fixed time and base draws (nothing when ``x`` is None); it takes the model's
+        ``context`` and needs none of it."""
         if x is None:
             return None
         self._check(x, z)
@@ -372,35 +402,48 @@ class FlowMatching(PicklableModule):
         out.update(kwargs)
         return out
 
+    def _dynamics(self, context: dict[str, Any] | None, rows: int) -> Any:
+        """The flow's velocity with ``context`` (one row per example) bound."""
+        if not context:
+            return self.flow.dynamics
+        expand_context(context, (rows,))  # one row per example, or a clear error
+        return functools.partial(self.flow.dynamics, **context)
+
     @torch.no_grad()
-    def transport(self, z: Tensor, **solver: Any) -> Tensor:
-        """Solve the ODE from base points ``z`` (time :math:`t_1`) to the data end (no trace)."""
+    def transport(self, z: Tensor, context: dict[str, Any] | None = None, **solver: Any) -> Tensor:
+        """Solve the ODE from base points ``z`` (time :math:`t_1`) to the data end (no trace);
+        ``context`` (one row per point) goes to the velocity network."""
         f = self.flow
+        dynamics = self._dynamics(context, z.shape[0])
         times = torch.tensor([f.t1, f.t0], dtype=z.dtype, device=z.device)
         return _torchdiffeq().odeint(
-            lambda t, y: f.dynamics(y, t), z, times, **self._solver_kwargs(solver)
+            lambda t, y: dynamics(y, t), z, times, **self._solver_kwargs(solver)
         )[-1]
 
-    def sample(self, num_samples: int, **solver: Any) -> Tensor:
-        """Draws of the flow (base draws transported by the ODE); ``solver`` overrides the
+    def sample(
+        self, num_samples: int, context: dict[str, Any] | None = None, **solver: Any
+    ) -> Tensor:
+        """Draws of the flow (base draws transported by the ODE); ``context`` (one row per
+        sample, e.g. ``{"y": labels}``) goes to the velocity network; ``solver`` overrides the
         flow's ``method``/``rtol``/``atol``/``options``."""
         ref = next(self.flow.parameters())
         z = torch.randn(
             (sample_count(num_samples), *self.event_shape), dtype=ref.dtype, device=ref.device
         )
-        return self.transport(z, **solver)
+        return self.transport(z, context, **solver)
 
-    def log_prob(self, x: Tensor, **solver: Any) -> Tensor:
+    def log_prob(self, x: Tensor, context: dict[str, Any] | None = None, **solver: Any) -> Tensor:
         """Exact :math:`\\log p(x)` through the flow's ODE (solver settings as :meth:`sample`,
-        plus ``trace``)."""
+        plus ``trace``); with ``context`` (one row per example), :math:`\\log p(x \\mid y)`."""
         f = self.flow
         self._check(x, None)
+        dynamics = self._dynamics(context, x.shape[0])
         kwargs = self._solver_kwargs(solver)
         kwargs.setdefault("trace", f.trace)
         base = dist.Normal(x.new_zeros(()), 1.0).expand(self.event_shape).to_event(self.event_dim)
         with torch.no_grad():
             return ode_log_likelihood(
-                f.dynamics, x, f.t0, f.t1, base.log_prob, event_dim=self.event_dim, **kwargs
+                dynamics, x, f.t0, f.t1, base.log_prob, event_dim=self.event_dim, **kwargs
             )
 
 

@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pyro_gen.diffusion.context import expand_context
+
 __all__ = [
     "ENDPOINTS",
     "probability_flow_bits_per_dim",
@@ -51,6 +53,7 @@ def probability_flow_log_prob(
     atol: float = 1e-5,
     method: str = "dopri5",
     prior_log_prob: Any = None,
+    context: dict[str, Any] | None = None,
     _model_space: bool = False,
     **kwargs: Any,
 ) -> Tensor:
@@ -67,6 +70,8 @@ def probability_flow_log_prob(
         atol: solver absolute tolerance.
         method: torchdiffeq solver.
         prior_log_prob: ``z -> log p_1(z)`` (default the SDE's Gaussian prior).
+        context: keyword arguments for the network, one row per example of ``x``
+            (``{"y": labels}``: the conditional density :math:`\\log p(x \\mid y)`).
         **kwargs: forwarded to :func:`~pyro_gen.transforms.continuous.odeint_with_logdet`.
 
     Raises:
@@ -107,10 +112,12 @@ def probability_flow_log_prob(
         raise ValueError(f"expected data of shape (batch, *{event_shape}), got {tuple(x.shape)}")
     sde = sm.sde
     batch = x.shape[: x.dim() - event_dim]
+    context = dict(context or {})
+    expand_context(context, batch)  # one row per example, or a clear error
 
     def drift(z: Tensor, t: Tensor) -> Tensor:
         tb = t.to(z.dtype).expand(batch)
-        return sde.reverse_drift(z, tb, sm.score(z, tb), probability_flow=True)
+        return sde.reverse_drift(z, tb, sm.score(z, tb, **context), probability_flow=True)
 
     base = prior_log_prob or (lambda z: sde.prior_log_prob(z, event_dim))
     if "options" not in kwargs:

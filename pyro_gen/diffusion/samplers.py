@@ -3,7 +3,7 @@ chain) and DDIM (any subsequence of steps, deterministic at ``eta=0``)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
@@ -29,10 +29,12 @@ def ancestral_sample(
     progress: bool = False,
     generator: torch.Generator | None = None,
     x_T: torch.Tensor | None = None,
+    context: dict[str, Any] | None = None,
 ) -> torch.Tensor:
     """Run :math:`x_T \\sim \\mathcal N(0, I)`, :math:`x_{t-1} \\sim p_\\theta(x_{t-1} \\mid
     x_t)` for :math:`t = T, \\dots, 2`, and return the decoder mean
-    :math:`\\mu_\\theta(x_1, 1)` without noise (as in Ho et al.), in data space.
+    :math:`\\mu_\\theta(x_1, 1)` without noise (as in Ho et al.), in data space. ``context``
+    (one row per sample) goes to the network as keyword arguments.
 
     Example:
         >>> from pyro_gen.diffusion import build_ddpm
@@ -42,7 +44,7 @@ def ancestral_sample(
     T = ddpm.schedule.num_timesteps
     x = _noise(ddpm, num_samples, generator) if x_T is None else x_T
     for t in tqdm(range(T, 0, -1), disable=not progress, desc="ancestral", leave=False):
-        p = ddpm.p_mean_logvar(x, t, clip=ddpm.clip_denoised)
+        p = ddpm.p_mean_logvar(x, t, clip=ddpm.clip_denoised, **(context or {}))
         if t == 1:
             x = p["mean"]
         else:
@@ -74,6 +76,7 @@ def ddim_sample(
     progress: bool = False,
     generator: torch.Generator | None = None,
     x_T: torch.Tensor | None = None,
+    context: dict[str, Any] | None = None,
 ) -> torch.Tensor:
     """DDIM sampling along steps :math:`\\tau_S > \\dots > \\tau_1`, with
     :math:`\\tau_0 = 0`, :math:`\\bar\\alpha_0 = 1`:
@@ -88,6 +91,7 @@ def ddim_sample(
 
     ``eta=0`` is deterministic; ``eta=1`` with all T steps is exactly the ancestral sampler
     with the posterior variance (``variance="fixed_small"``). Learned variances are ignored.
+    ``context`` (one row per sample) goes to the network as keyword arguments.
 
     References:
         Song, Meng, Ermon. Denoising Diffusion Implicit Models. arXiv:2010.02502.
@@ -103,7 +107,7 @@ def ddim_sample(
     x = _noise(ddpm, num_samples, generator) if x_T is None else x_T
     for i in tqdm(range(len(taus) - 1, -1, -1), disable=not progress, desc="ddim", leave=False):
         t = taus[i]
-        p = ddpm.p_mean_logvar(x, t, clip=ddpm.clip_denoised)
+        p = ddpm.p_mean_logvar(x, t, clip=ddpm.clip_denoised, **(context or {}))
         ab = s.alphas_cumprod[t - 1]
         ab_prev = s.alphas_cumprod[taus[i - 1] - 1] if i > 0 else ab.new_ones(())
         sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).clamp(min=0).sqrt()

@@ -34,6 +34,7 @@ from pyro import poutine
 from torch import Tensor, nn
 
 from pyro_gen.diffusion.bound import bound_sites
+from pyro_gen.diffusion.context import expand_context
 from pyro_gen.diffusion.parameterization import PARAMETERIZATIONS
 from pyro_gen.diffusion.sde import SDE, ScheduleSDE
 from pyro_gen.transforms._base import PicklableModule, as_event_shape
@@ -147,7 +148,8 @@ class ScoreModel(PicklableModule):
 
     Args:
         net: ``net(x, t)`` with ``x`` of shape ``(B, *event_shape)`` and ``t`` a float ``(B,)``
-            (the time times ``time_scale``).
+            (the time times ``time_scale``); keyword arguments of :meth:`model` (``y=labels``)
+            and ``sample(..., context={"y": labels})`` reach it as ``net(x, t, y=...)``.
         sde: the forward process (:class:`~pyro_gen.diffusion.sde.VESDE`, ``VPSDE``, ...).
         event_shape: shape of one example.
         param: what ``net`` predicts.
@@ -222,12 +224,14 @@ class ScoreModel(PicklableModule):
     def event_dim(self) -> int:
         return len(self.event_shape)
 
-    def score(self, x: Tensor, t: Tensor | float) -> Tensor:
-        """:math:`s_\\theta(x, t)` for ``x`` of shape ``batch + event_shape`` (any batch)."""
+    def score(self, x: Tensor, t: Tensor | float, **context: Any) -> Tensor:
+        """:math:`s_\\theta(x, t)` for ``x`` of shape ``batch + event_shape`` (any batch);
+        ``context`` (one row per example) goes to the network as keyword arguments."""
         batch = x.shape[: x.dim() - self.event_dim]
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(batch)
         flat_t = t.reshape(-1)
-        pred = self.net(x.reshape(-1, *self.event_shape), flat_t * self.time_scale)
+        context = expand_context(context, batch)
+        pred = self.net(x.reshape(-1, *self.event_shape), flat_t * self.time_scale, **context)
         return self.sde.convert(pred.reshape(x.shape), self.param, "score", x, t)
 
     def _check(self, x: Tensor) -> None:
@@ -265,14 +269,16 @@ class ScoreModel(PicklableModule):
         log-likelihood was -9.73); the exact log-likelihood is :meth:`log_prob`."""
         return False
 
-    def model(self, x: Tensor | None = None, num_samples: int = 1) -> Tensor | None:
+    def model(self, x: Tensor | None = None, num_samples: int = 1, **context: Any) -> Tensor | None:
         """DSM objective on data ``x`` (see class docstring). Without data, the generative
         program: ``"x_1"`` from the prior, carried to the data end by the default sampler
         (:meth:`sample`) to the site ``"x"``, under ``pyro.plate("data", num_samples)``, so
         :class:`~pyro.infer.Predictive` and ``poutine`` see the draws (outer plates add their
-        dims, as vectorized samples do)."""
+        dims, as vectorized samples do). ``context`` (e.g. ``y=labels``, one row per example)
+        goes to the network as ``net(x, t, **context)``: ``fit(m, {"x": x, "y": y})`` trains
+        a conditional score model."""
         if x is None:
-            return self._generate(num_samples)
+            return self._generate(num_samples, context)
         pyro.module(self.name, self)
         self._check(x)
         K = self.time_samples
@@ -281,13 +287,14 @@ class ScoreModel(PicklableModule):
                 t, x_t, mean, std = self._sites(x)
                 noise = (x_t - mean) / std
                 weight = dsm_weight(self.sde, t, self.weighting)
-                loss = _dsm_terms(self.score(x_t, t), noise, std, weight, self.event_dim)
+                score = self.score(x_t, t, **context)
+                loss = _dsm_terms(score, noise, std, weight, self.event_dim)
                 pyro.factor("dsm", -(1 - self.eps if self.bound else 1.0) * loss)
             if self.bound:
                 bound_sites(self.sde, x, self.eps, self.event_dim, model=True)
         return None
 
-    def _generate(self, num_samples: int) -> Tensor:
+    def _generate(self, num_samples: int, context: dict) -> Tensor:
         ref = next(iter([*self.parameters(), *self.buffers()]), torch.zeros(()))
         zeros = torch.zeros(self.event_shape, dtype=ref.dtype, device=ref.device)
         with pyro.plate("data", num_samples):
@@ -295,13 +302,15 @@ class ScoreModel(PicklableModule):
             x1 = pyro.sample("x_1", prior)
             # the sampler takes one flat batch; outer plates' dims are restored after
             flat = x1.reshape(-1, *self.event_shape)
-            draws = self.sample(flat.shape[0], x_init=flat).reshape(x1.shape)
+            context = expand_context(context, x1.shape[: x1.dim() - self.event_dim])
+            draws = self.sample(flat.shape[0], x_init=flat, context=context).reshape(x1.shape)
             # the sampler's output is an implicit distribution of x_1: a Delta site, as a
             # GAN generator's example
             return pyro.sample("x", dist.Delta(draws, event_dim=self.event_dim))
 
-    def guide(self, x: Tensor | None = None, num_samples: int = 1) -> None:
-        """The fixed time and perturbation distributions (nothing when ``x`` is None)."""
+    def guide(self, x: Tensor | None = None, num_samples: int = 1, **context: Any) -> None:
+        """The fixed time and perturbation distributions (nothing when ``x`` is None); it
+        takes the model's ``context`` and needs none of it."""
         if x is None:
             return None
         self._check(x)
@@ -314,7 +323,8 @@ class ScoreModel(PicklableModule):
         return None
 
     def sample(self, num_samples: int, sampler: str = "pc", **kwargs: Any) -> Tensor:
-        """Samples by ``sampler`` (see :func:`~pyro_gen.diffusion.score_samplers.sample`)."""
+        """Samples by ``sampler`` (see :func:`~pyro_gen.diffusion.score_samplers.sample`;
+        ``context={"y": labels}`` conditions a network trained with ``model(x, y=...)``)."""
         from pyro_gen.diffusion.score_samplers import sample
 
         return sample(self, num_samples, sampler, **kwargs)
@@ -360,17 +370,18 @@ class DDPMScore(PicklableModule):
         """The DDPM's space to data (images clamped to [0, 1])."""
         return self.ddpm.from_model_space(x)
 
-    def score(self, x: Tensor, t: Tensor | float) -> Tensor:
-        """:math:`-\\hat\\epsilon / \\sigma(t)` from the DDPM's network at step :math:`tT`."""
+    def score(self, x: Tensor, t: Tensor | float, **context: Any) -> Tensor:
+        """:math:`-\\hat\\epsilon / \\sigma(t)` from the DDPM's network at step :math:`tT`
+        (``context`` goes to the network)."""
         batch = x.shape[: x.dim() - self.event_dim]
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(batch)
         ddpm = self.ddpm
         steps = t * ddpm.schedule.num_timesteps
         if self.use_ema and ddpm.ema is not None:
             with ddpm.ema.average_parameters():
-                pred, _ = ddpm.predict(x, steps)
+                pred, _ = ddpm.predict(x, steps, **context)
         else:
-            pred, _ = ddpm.predict(x, steps)
+            pred, _ = ddpm.predict(x, steps, **context)
         return self.sde.convert(pred, ddpm.param, "score", x, t)
 
 

@@ -15,6 +15,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pyro_gen.diffusion.context import expand_context
 from pyro_gen.diffusion.sde import SDE
 from pyro_gen.transforms._base import sample_count
 
@@ -348,6 +350,7 @@ def sample(
     *,
     steps: int | None = None,
     stats: dict | None = None,
+    context: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> Tensor:
     """Draw ``num_samples`` from a score model by sampler name, in data space.
@@ -362,6 +365,8 @@ def sample(
             ``rtol``/``atol``.
         stats: if given, filled with ``nfe`` (network evaluations), ``seconds`` and
             ``samples_per_second``.
+        context: keyword arguments for the network, one row per sample (``{"y": labels}``
+            for a model trained with ``model(x, y=labels)``).
         **kwargs: forwarded to the sampler (``eps``, ``snr``, ``rtol``, ``generator``, ...).
 
     Raises:
@@ -381,7 +386,9 @@ def sample(
     if sampler not in _LOW_LEVEL:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {list(SAMPLERS)}")
     sm = as_score_model(model)
-    counted = _Counted(sm.score)
+    if context:
+        expand_context(context, (num_samples,))  # one row per sample, or a clear error
+    counted = _Counted(functools.partial(sm.score, **context) if context else sm.score)
     kwargs.setdefault("eps", getattr(sm, "eps", 1e-3))
     if steps is not None and sampler != "ode":
         kwargs["levels" if sampler == "langevin" else "steps"] = steps

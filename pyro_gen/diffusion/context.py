@@ -1,0 +1,54 @@
+"""Conditioning inputs (class labels, text features, ...) that the diffusion models pass
+through to a user's network as keyword arguments: ``net(x, t, **context)``.
+
+Why a helper: the models call the network on flattened batches whose rows are several copies
+of the data batch (time samples, vectorized particles), so each per-example context tensor is
+expanded over those dims and flattened the same way. Values that are not tensors (a guidance
+scale, a flag) go to the network unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+__all__ = ["expand_context", "slice_context"]
+
+
+def expand_context(context: Mapping[str, Any], batch: torch.Size | tuple[int, ...]) -> dict:
+    """``context`` with each tensor (one row per example, leading dim ``batch[-1]``) expanded
+    to ``batch`` and flattened to ``prod(batch)`` rows, as the network's inputs are.
+
+    Raises:
+        ValueError: when a tensor does not hold one row per example.
+
+    Example:
+        >>> y = torch.tensor([0, 1])
+        >>> expand_context({"y": y, "scale": 2.0}, (3, 2))["y"].tolist()
+        [0, 1, 0, 1, 0, 1]
+    """
+    batch = torch.Size(batch)
+    rows = batch[-1] if len(batch) else 1
+    out = {}
+    for name, value in context.items():
+        if torch.is_tensor(value):
+            if value.dim() == 0 or value.shape[0] != rows:
+                raise ValueError(
+                    f"context {name}= must hold one row per example ({rows}, the batch's "
+                    f"length), got shape {tuple(value.shape)}"
+                )
+            value = value.expand(batch + value.shape[1:]).reshape(-1, *value.shape[1:])
+        out[name] = value
+    return out
+
+
+def slice_context(context: Mapping[str, Any], start: int, stop: int) -> dict:
+    """Rows ``start:stop`` of each tensor of ``context`` (a chunk of samples).
+
+    Example:
+        >>> slice_context({"y": torch.arange(5), "scale": 2.0}, 1, 3)
+        {'y': tensor([1, 2]), 'scale': 2.0}
+    """
+    return {k: v[start:stop] if torch.is_tensor(v) else v for k, v in context.items()}

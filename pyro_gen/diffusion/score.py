@@ -24,6 +24,7 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -377,12 +378,28 @@ class DDPMScore(PicklableModule):
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(batch)
         ddpm = self.ddpm
         steps = t * ddpm.schedule.num_timesteps
-        if self.use_ema and ddpm.ema is not None:
-            with ddpm.ema.average_parameters():
-                pred, _ = ddpm.predict(x, steps, **context)
-        else:
-            pred, _ = ddpm.predict(x, steps, **context)
+        ema = self.use_ema and ddpm.ema is not None
+        with ddpm.ema.average_parameters() if ema else contextlib.nullcontext():
+            pred = self._predict(x, steps, context)
         return self.sde.convert(pred, ddpm.param, "score", x, t)
+
+    def _predict(self, x: Tensor, steps: Tensor, context: dict) -> Tensor:
+        try:
+            return self.ddpm.predict(x, steps, **context)[0]
+        except (RuntimeError, IndexError, TypeError) as err:
+            # a network of the user's written for whole steps (an nn.Embedding of steps, as
+            # the DDPM's docs allow: "t a long tensor") failed deep in torch on fractional ones
+            try:
+                self.ddpm.predict(x, steps.round().long().clamp(min=1), **context)
+            except Exception:
+                raise err from None
+            raise TypeError(
+                "the score-based samplers and the probability-flow likelihood read a DDPM at "
+                "fractional steps t*T (a float tensor), and this DDPM's network takes only whole "
+                "steps (it failed on float steps and ran on long ones). Give it a time input "
+                "that takes floats (e.g. pyro_gen.nn.SinusoidalTimeEmbedding), or sample with "
+                "ddpm.sample(n, 'ancestral' or 'ddim')"
+            ) from err
 
 
 def as_score_model(model: Any) -> Any:

@@ -274,6 +274,7 @@ def odeint_with_logdet(
 
     ``t1 < t0`` integrates backwards (the inverse map). Exact only up to the solver tolerance.
     An empty batch (``x`` with no elements) is returned as it is, with a zero log-det.
+    Under ``torch.compile`` the solve runs eagerly (a graph break) and the rest compiles.
 
     Args:
         drift_fn: ``f(z, t)``; ``t`` is a 0-dim tensor.
@@ -318,17 +319,25 @@ def odeint_with_logdet(
         return x.clone(), x.new_zeros(batch_shape)
     state = (x, torch.zeros(batch_shape, dtype=x.dtype, device=x.device))
     times = torch.tensor([t0, t1], dtype=x.dtype, device=x.device)
-    tdq = _torchdiffeq()
     kwargs = dict(rtol=rtol, atol=atol, method=method, options=options)
+    if adjoint and adjoint_params is None:
+        adjoint_params = tuple(dynamics.parameters())
+    zs, logdets = _odeint(dynamics, state, times, adjoint, adjoint_params, kwargs)
+    return zs[-1], logdets[-1]
+
+
+# torch.compile runs the solve eagerly (a graph break) and compiles the rest of the program:
+# torchdiffeq's adaptive step control takes data-dependent branches and calls unique(), which
+# Inductor cannot lower (LoweringException on aten._unique2 after a minute of compiling).
+# make_fx recordings (pyro_gen.infer's compiled path) are not affected by the marker.
+@torch.compiler.disable
+def _odeint(dynamics, state, times, adjoint, adjoint_params, kwargs):
+    tdq = _torchdiffeq()
     if adjoint:
-        if adjoint_params is None:
-            adjoint_params = tuple(dynamics.parameters())
-        zs, logdets = tdq.odeint_adjoint(
+        return tdq.odeint_adjoint(
             dynamics, state, times, adjoint_params=tuple(adjoint_params), **kwargs
         )
-    else:
-        zs, logdets = tdq.odeint(dynamics, state, times, **kwargs)
-    return zs[-1], logdets[-1]
+    return tdq.odeint(dynamics, state, times, **kwargs)
 
 
 def ode_log_likelihood(

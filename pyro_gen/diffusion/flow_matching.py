@@ -40,7 +40,7 @@ import torch
 from pyro import poutine
 from torch import Tensor
 
-from pyro_gen.diffusion.context import expand_context
+from pyro_gen.diffusion.context import expand_context, slice_context
 from pyro_gen.transforms._base import PicklableModule, sample_count
 from pyro_gen.transforms.continuous import ContinuousFlow, _torchdiffeq, ode_log_likelihood
 
@@ -278,10 +278,38 @@ class FlowMatching(PicklableModule):
         t = self.flow.t0 + s * (self.flow.t1 - self.flow.t0)
         batch = x.shape[: x.dim() - self.event_dim]
         context = expand_context(context, batch)
-        flat = self.flow.dynamics(
-            x.reshape(-1, *self.event_shape), t.expand(batch).reshape(-1), **context
-        )
+        flat_x, flat_t = x.reshape(-1, *self.event_shape), t.expand(batch).reshape(-1)
+        cause = None
+        try:
+            flat = self.flow.dynamics(flat_x, flat_t, **context)
+        except (RuntimeError, IndexError, TypeError) as err:
+            flat, cause = None, err
+        if flat is None or flat.shape != flat_x.shape:
+            self._refuse_times(flat_x, flat_t, context, flat, cause)
         return flat.reshape(x.shape)
+
+    def _refuse_times(self, x: Tensor, t: Tensor, context: dict, out: Any, cause: Any) -> None:
+        """One error for a velocity network that failed on one time per example: written for
+        the ODE solves' single 0-dim time (ContinuousFlow's contract), it met torch's shape
+        errors, or broadcast ``t`` of shape (B,) against (B, 1) into (B, B) silently."""
+        try:
+            one = self.flow.dynamics(x[:1], t[0], **slice_context(context, 0, 1))
+            takes_one_time = one.shape == x[:1].shape
+        except Exception:
+            takes_one_time = False
+        if takes_one_time:
+            raise ValueError(
+                "FlowMatching trains the velocity network with one time per example, t of shape "
+                f"(batch,) = {tuple(t.shape)}; this network takes only the single 0-dim time of "
+                "an ODE solve (it ran on one). Make it broadcast either: e.g. "
+                "t = t.expand(x.shape[:1]) before using t"
+            ) from cause
+        if cause is not None:
+            raise cause
+        raise ValueError(
+            f"the velocity network returned shape {tuple(out.shape)} for points of shape "
+            f"{tuple(x.shape)}; it must return a velocity shaped like its input"
+        )
 
     def _check(self, x: Tensor, z: Tensor | None) -> None:
         if x.dim() != self.event_dim + 1 or x.shape[1:] != self.event_shape:

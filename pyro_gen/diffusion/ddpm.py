@@ -255,11 +255,37 @@ class DDPM(FullChainForm, TimePlateForm, BoundTerms, PicklableModule):
         ``context`` (one row per example) goes to the network as keyword arguments."""
         batch = x_t.shape[: x_t.dim() - self.event_dim]
         context = expand_context(context, batch)
-        out = self.net(x_t.reshape(-1, *self.net_shape), t.reshape(-1), **context)
+        flat = x_t.reshape(-1, *self.net_shape)
+        out = self.net(flat, t.reshape(-1), **context)
+        self._check_output(out, flat)
         if self.variance == "learned_range":
             pred, v = out.chunk(2, dim=1)
             return pred.reshape(x_t.shape), v.reshape(x_t.shape)
         return out.reshape(batch + self.net_shape), None
+
+    def _check_output(self, out: torch.Tensor, flat: torch.Tensor) -> None:
+        # A wrong output size met torch's "shape '[1, 8, 2]' is invalid for input of size 8"
+        # in a reshape, naming neither the network nor the learned variances' extra channels.
+        learned = self.variance == "learned_range"
+        N, C = flat.shape[0], flat.shape[1]
+        ok = (
+            out.dim() >= 2 and out.shape[:2] == (N, 2 * C) and out.numel() == 2 * flat.numel()
+            if learned
+            else out.dim() >= 1 and out.shape[0] == N and out.numel() == flat.numel()
+        )
+        if not ok:
+            want = (N, 2 * C, *flat.shape[2:]) if learned else tuple(flat.shape)
+            why = (
+                ": variance='learned_range' needs the prediction and the variance output, twice "
+                "the channels (features) of x_t; give the network twice the outputs or use "
+                "variance='fixed_small'"
+                if learned
+                else ""
+            )
+            raise ValueError(
+                f"the DDPM's network returned shape {tuple(out.shape)} for x_t of shape "
+                f"{tuple(flat.shape)}; expected {want}{why}"
+            )
 
     def p_mean_logvar(
         self,

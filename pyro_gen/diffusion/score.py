@@ -232,7 +232,15 @@ class ScoreModel(PicklableModule):
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(batch)
         flat_t = t.reshape(-1)
         context = expand_context(context, batch)
-        pred = self.net(x.reshape(-1, *self.event_shape), flat_t * self.time_scale, **context)
+        flat = x.reshape(-1, *self.event_shape)
+        pred = self.net(flat, flat_t * self.time_scale, **context)
+        if pred.shape[:1] != flat.shape[:1] or pred.numel() != flat.numel():
+            # torch's reshape error ("shape '[1, 8, 2]' is invalid ...") named no network
+            raise ValueError(
+                f"the score model's network returned shape {tuple(pred.shape)} for x of shape "
+                f"{tuple(flat.shape)}; it must predict ({self.param!r}) one value per "
+                "coordinate of x, shaped like x"
+            )
         return self.sde.convert(pred.reshape(x.shape), self.param, "score", x, t)
 
     def _check(self, x: Tensor) -> None:

@@ -147,7 +147,8 @@ class UniformDequantization(PicklableModule):
 
     Inside a ``pyro.plate("data")`` call :meth:`model_step` from the model and :meth:`guide_step`
     from the guide; the resulting Trace_ELBO is the bound in the module docstring, with
-    :math:`\log q = 0`. ``x`` holds integers ``0..num_bins-1`` (any dtype).
+    :math:`\log q = 0`. ``x`` holds integers ``0..num_bins-1`` (any dtype); the noise has
+    ``x``'s dtype when it is a float, else the module's (``.double()`` makes it float64).
 
     Args:
         event_shape: shape of one data point, e.g. ``(1, 28, 28)``.
@@ -168,6 +169,13 @@ class UniformDequantization(PicklableModule):
         self.event_shape = torch.Size(event_shape)
         self.num_bins = int(num_bins)
         self.site = site
+        # the float dtype of the noise for integer data, which carry none: follows .to() /
+        # .double() of the module (a flow converted to float64 gets float64 noise); not
+        # persistent, so state dicts stay as they were
+        self.register_buffer("_float", torch.zeros(()), persistent=False)
+
+    def _noise_dtype(self, x: Tensor) -> torch.dtype:
+        return x.dtype if x.is_floating_point() else self._float.dtype
 
     @property
     def event_dim(self) -> int:
@@ -188,8 +196,7 @@ class UniformDequantization(PicklableModule):
         be sampled), so the model runs without its guide: ``pyro.infer.Predictive``, prior
         predictive checks, ``poutine.trace(model)``.
         """
-        dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
-        zeros = torch.zeros(x.shape, dtype=dtype, device=x.device)
+        zeros = torch.zeros(x.shape, dtype=self._noise_dtype(x), device=x.device)
         return dist.Uniform(zeros, torch.ones_like(zeros)).to_event(self.event_dim)
 
     def guide_distribution(self, x: Tensor) -> dist.Distribution:
@@ -263,7 +270,7 @@ class VariationalDequantization(UniformDequantization):
 
     def guide_distribution(self, x: Tensor) -> dist.Distribution:
         batch_shape = x.shape[: x.dim() - self.event_dim]
-        dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
+        dtype = self._noise_dtype(x)
         context = (x.to(dtype) / self.num_bins - 0.5).reshape(batch_shape + (self.dim,))
         transforms: list = []
         for i, coupling in enumerate(self.couplings):

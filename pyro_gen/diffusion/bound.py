@@ -34,6 +34,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -42,6 +43,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor
 
+from pyro_gen.diffusion.context import expand_context
 from pyro_gen.diffusion.sde import SDE
 
 __all__ = [
@@ -112,6 +114,7 @@ def likelihood_bound(
     eps: float | None = None,
     time_samples: int = 16,
     generator: torch.Generator | None = None,
+    context: dict[str, Any] | None = None,
 ) -> dict[str, Tensor]:
     """The continuous-time bound on :math:`-\\log p_\\theta(x)` (module docstring), in nats.
 
@@ -131,6 +134,7 @@ def likelihood_bound(
         eps: data-end time (default the model's ``eps``); needs :math:`\\sigma(\\epsilon) > 0`.
         time_samples: stratified noise levels per example.
         generator: random generator.
+        context: keyword arguments for the network, one row per example (``{"y": labels}``).
 
     Returns:
         per-example tensors ``"prior"``, ``"reconstruction"``, ``"diffusion"`` and ``"total"``,
@@ -172,6 +176,8 @@ def likelihood_bound(
     sde = sm.sde
     eps = _check_eps(sde, getattr(sm, "eps", 1e-3) if eps is None else eps, x)
     B = x.shape[0]
+    if context:
+        expand_context(context, (B,))  # one row per example, or a clear error
     with torch.no_grad():
         ends = _log_snr(sde, torch.tensor([eps, 1.0], dtype=torch.float64, device=x.device))
         g0, g1 = float(ends[0]), float(ends[1])
@@ -181,7 +187,8 @@ def likelihood_bound(
         t = log_snr_inverse(sde, gamma, eps, 1.0).to(x.dtype)
         noise = torch.randn((K, *x.shape), generator=generator, dtype=x.dtype, device=x.device)
         x_k = x.expand((K, *x.shape))
-        terms = (g1 - g0) * dsm_loss(sm.score, sde, x_k, t, noise, event_dim, "sigma2")
+        score = functools.partial(sm.score, **context) if context else sm.score
+        terms = (g1 - g0) * dsm_loss(score, sde, x_k, t, noise, event_dim, "sigma2")
         diffusion = terms.mean(0)
         se = terms.std(0) / math.sqrt(K) if K > 1 else torch.full_like(diffusion, math.nan)
         prior = prior_term(sde, x, event_dim)

@@ -29,23 +29,25 @@ class BoundTerms:
     """
 
     @torch.no_grad()
-    def step_term(self, x0: torch.Tensor, t: int) -> torch.Tensor:
+    def step_term(self, x0: torch.Tensor, t: int, **context) -> torch.Tensor:
         """One term of the bound per example (``x0`` in model space): :math:`L_{t-1}` with the
         analytic KL for ``t > 1``, :math:`L_0 = -\\log p_\\theta(x_0 \\mid x_1)` for ``t = 1``;
-        a single draw of :math:`x_t \\sim q(x_t \\mid x_0)`."""
+        a single draw of :math:`x_t \\sim q(x_t \\mid x_0)`; ``context`` goes to the network."""
         tt = self._times(t, x0)
         if t > 1:
-            return self.kl_term(x0, tt, torch.randn_like(x0))
+            return self.kl_term(x0, tt, torch.randn_like(x0), **context)
         x_1 = self.schedule.q_sample(x0, tt, torch.randn_like(x0), self.event_dim)
-        p = self.p_mean_logvar(x_1, tt)
+        p = self.p_mean_logvar(x_1, tt, **context)
         return -self.decoder(p["mean"], p["log_var"]).log_prob(x0)
 
-    def kl_term(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def kl_term(
+        self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, **context
+    ) -> torch.Tensor:
         """:math:`L_{t-1} = \\mathrm{KL}(q(x_{t-1} \\mid x_t, x_0) \\,\\|\\, p_\\theta(x_{t-1}
         \\mid x_t))` per example, at per-example steps ``t`` (all > 1), for the draw
         :math:`x_t` that ``noise`` gives."""
         s, nd = self.schedule, self.event_dim
         x_t = s.q_sample(x0, t, noise, nd)
-        p = self.p_mean_logvar(x_t, t)
+        p = self.p_mean_logvar(x_t, t, **context)
         q_mean, q_log_var = s.q_posterior(x0, x_t, t, nd)
         return normal_kl(q_mean, q_log_var, p["mean"], p["log_var"]).flatten(1).sum(-1)

@@ -13,10 +13,12 @@ KLs, the closed-form prior term :math:`L_T`, and the whole bound (in nats and bi
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pyro.distributions import TorchDistribution, constraints
+
+from pyro_gen.diffusion.context import expand_context, slice_context
 
 if TYPE_CHECKING:
     from pyro_gen.diffusion.ddpm import DDPM
@@ -150,6 +152,7 @@ def variational_bound(
     batch_size: int = 256,
     timesteps: torch.Tensor | None = None,
     progress: bool = False,
+    context: dict[str, Any] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The DDPM bound on :math:`-\\log p(x)`, every one of its :math:`T + 1` terms computed.
 
@@ -166,6 +169,8 @@ def variational_bound(
             rescaled by ``T / len(timesteps)`` (an approximation, unbiased only when the subset
             is drawn uniformly at random).
         progress: show a tqdm bar over the time steps.
+        context: keyword arguments for the network, one row per example (``{"y": labels}``:
+            the bound on :math:`-\\log p(x \\mid y)` of a conditional DDPM).
 
     Returns:
         dict with per-example tensors ``"prior"`` (:math:`L_T`), ``"terms"`` (shape
@@ -184,14 +189,17 @@ def variational_bound(
     T = ddpm.schedule.num_timesteps
     steps = torch.arange(1, T + 1) if timesteps is None else torch.as_tensor(timesteps).long()
     x0_all = ddpm.to_model_space(x)
+    context = dict(context or {})
+    expand_context(context, x0_all.shape[:1])  # one row per example, or a clear error
     priors, terms = [], []
     for start in range(0, x0_all.shape[0], batch_size):
         x0 = x0_all[start : start + batch_size]
+        chunk = slice_context(context, start, start + batch_size)
         priors.append(prior_kl(ddpm, x0))
         # the terms' own dtype: a float64 model's bound is not rounded to float32
         cols = priors[-1].new_zeros(x0.shape[0], T)
         for t_val in tqdm(steps.tolist(), disable=not progress, desc="bound", leave=False):
-            cols[:, t_val - 1] = ddpm.step_term(x0, t_val)
+            cols[:, t_val - 1] = ddpm.step_term(x0, t_val, **chunk)
         terms.append(cols)
     prior, terms_t = torch.cat(priors), torch.cat(terms)
     total = prior + terms_t.sum(-1) * (T / len(steps))
@@ -223,6 +231,7 @@ def sampled_variational_bound(
     exact_steps: int = 1,
     batch_size: int = 256,
     generator: torch.Generator | None = None,
+    context: dict[str, Any] | None = None,
 ) -> dict[str, torch.Tensor]:
     r"""An unbiased estimate of :func:`variational_bound`'s total at a fraction of its cost.
 
@@ -247,6 +256,7 @@ def sampled_variational_bound(
             decoder term :math:`L_0`, the largest, is never sampled).
         batch_size: examples per network pass.
         generator: random generator for the steps and the draws of :math:`x_t`.
+        context: keyword arguments for the network, one row per example.
 
     Returns:
         dict with per-example tensors ``"prior"`` (:math:`L_T`), ``"exact"`` (the first
@@ -271,19 +281,22 @@ def sampled_variational_bound(
     left = T - exact_steps
     edges = geometric_strata(exact_steps + 1, T, min(int(strata), left)) if left else None
     x0_all = ddpm.to_model_space(x)
+    context = dict(context or {})
+    expand_context(context, x0_all.shape[:1])  # one row per example, or a clear error
     priors, exacts, sampled = [], [], []
     for start in range(0, x0_all.shape[0], batch_size):
         x0 = x0_all[start : start + batch_size]
+        chunk = slice_context(context, start, start + batch_size)
         B = x0.shape[0]
         priors.append(prior_kl(ddpm, x0))
-        exacts.append(sum(ddpm.step_term(x0, t) for t in range(1, exact_steps + 1)))
+        exacts.append(sum(ddpm.step_term(x0, t, **chunk) for t in range(1, exact_steps + 1)))
         est = x0.new_zeros(B)
         if edges is not None:
             for lo, hi in zip(edges[:-1].tolist(), edges[1:].tolist()):
                 u = torch.rand(B, generator=generator, device=x0.device)
                 t = lo + (u * (hi - lo)).long().clamp(max=hi - lo - 1)
                 noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
-                est = est + (hi - lo) * ddpm.kl_term(x0, t, noise.to(x0.device))
+                est = est + (hi - lo) * ddpm.kl_term(x0, t, noise.to(x0.device), **chunk)
         sampled.append(est)
     prior, exact, rest = torch.cat(priors), torch.cat(exacts), torch.cat(sampled)
     total = prior + exact + rest

@@ -326,7 +326,7 @@ def probability_flow_decoder_bound(
             use_ema = getattr(sm, "use_ema", False) and ddpm.ema is not None
             ctx = ddpm.ema.average_parameters() if use_ema else contextlib.nullcontext()
             with ctx:
-                p = ddpm.p_mean_logvar(x1, 1)
+                p = ddpm.p_mean_logvar(x1, 1, **(kwargs.get("context") or {}))
                 decoder = -ddpm.decoder(p["mean"], p["log_var"]).log_prob(x0)
         else:
             # VDM's decoder: each dimension's level by q(z | level) under a flat prior

@@ -24,6 +24,7 @@ from pyro_gen.diffusion import (
     FlowMatching,
     ScoreModel,
     likelihood_bound,
+    probability_flow_bits_per_dim,
     probability_flow_log_prob,
     sampled_variational_bound,
     variational_bound,
@@ -224,3 +225,35 @@ def test_bounds_given_labels_are_near_the_class_nll_and_far_with_the_other_label
         gap = float((bound(y) - nll).mean())
         assert -1.0 < gap < 3.5, name
         assert float((bound(1 - y) - nll).mean()) > 20, name
+
+
+class ImageLabelNet(nn.Module):
+    """``net(x, t, y)``; with ``fixed`` labels set, ``net(x, t)`` reads them from itself: the
+    unconditional twin whose scores the conditional calls must reproduce."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c, self.e, self.fixed = nn.Conv2d(1, 1, 3, padding=1), nn.Embedding(2, 1), None
+
+    def forward(self, x, t, y=None):
+        y = self.fixed if y is None else y
+        return self.c(x) * t.to(x)[:, None, None, None] / 10 + self.e(y)[:, :, None, None]
+
+
+@pytest.mark.parametrize("endpoint", ["dequantize", "decoder"])
+def test_image_bits_per_dim_with_labels_equal_those_of_a_net_holding_them(endpoint):
+    torch.manual_seed(0)
+    m = DDPM(ImageLabelNet(), (1, 4, 4), timesteps=10)
+    x, y = torch.randint(0, 256, (3, 1, 4, 4)) / 255.0, torch.tensor([0, 1, 1])
+
+    def bpd(**context):
+        g = torch.Generator().manual_seed(1)
+        return probability_flow_bits_per_dim(
+            m, x, endpoint=endpoint, generator=g, rtol=1e-4, atol=1e-4, **context
+        )
+
+    conditional = bpd(context={"y": y})
+    m.net.fixed = y
+    torch.testing.assert_close(conditional, bpd())
+    m.net.fixed = 1 - y
+    assert not torch.allclose(conditional, bpd())

@@ -233,7 +233,8 @@ class DDPM(FullChainForm, TimePlateForm, BoundTerms, PicklableModule):
         if bool((x < 0).any() or (x > 1).any()):
             raise ValueError(
                 f"image data must lie in [0, 1]; got min {float(x.min()):.3g}, "
-                f"max {float(x.max()):.3g}"
+                f"max {float(x.max()):.3g} (images: x.float() / 255; data of event shape "
+                f"{tuple(self.event_shape)} that are not images: DDPM(..., data='continuous'))"
             )
         return (x * 2 - 1).reshape(x.shape[:1] + self.net_shape)
 

@@ -71,3 +71,22 @@ def test_networks_of_the_right_width_train_and_sample():
     assert torch.isfinite(torch.tensor(_loss(img, torch.rand(3, 1, 4, 4))))
     sm = ScoreModel(Width(2, 2), VPSDE(), (2,))
     assert torch.isfinite(torch.tensor(_loss(sm, x)))
+
+
+class TimeScale(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(()))
+
+    def forward(self, x, t):
+        return self.w * x * t.to(x).reshape((-1,) + (1,) * (x.dim() - 1)) / 5
+
+
+def test_matrix_data_read_as_an_image_names_data_continuous():
+    # data="auto" reads an event of 2 or 3 dims as an image; a user's (L, D) sequences met
+    # "image data must lie in [0, 1]" alone, not the option that fits them
+    net = TimeScale()
+    x = torch.randn(4, 5, 3)
+    with pytest.raises(ValueError, match=r"event shape \(5, 3\) that are not images.*continuous"):
+        _loss(DDPM(net, (5, 3), timesteps=5), x)
+    assert torch.isfinite(torch.tensor(_loss(DDPM(net, (5, 3), timesteps=5, data="continuous"), x)))

@@ -47,6 +47,9 @@ class _Layout:
 
     def __init__(self, mask: torch.Tensor) -> None:
         mask = mask.detach().cpu().bool()
+        # kept as ints: a layout is reused by ``condition``, which may run under
+        # torch.jit.trace, where a buffer's ``.shape`` holds tensors
+        self.event_shape = tuple(int(s) for s in mask.shape)
         if bool(mask.all()) or not bool(mask.any()):
             raise ValueError("a coupling mask must contain both kept and transformed elements")
         first = mask.reshape(mask.shape[0], -1)
@@ -114,8 +117,8 @@ class Coupling(FlowTransformModule):
         _layout: _Layout | None = None,
     ) -> None:
         mask = torch.as_tensor(mask).bool()
-        super().__init__(tuple(mask.shape), cache_size=cache_size)
         layout = _Layout(mask) if _layout is None else _layout
+        super().__init__(layout.event_shape, cache_size=cache_size)
         self.register_buffer("mask", mask)
         self.conditioner = conditioner  # registered as submodule when it is a Module
         self._conditioner_modules = partial_module(conditioner)
@@ -258,6 +261,8 @@ class ConditionalCoupling(ConditionalModule):
     :math:`\theta = \theta(m \odot x, c)`. ``condition(context)`` returns a
     :class:`Coupling` sharing this module's mask, conditioner and parameters, the Pyro
     :class:`~pyro.distributions.conditional.ConditionalTransformModule` protocol.
+    ``condition`` may run under ``torch.jit.trace`` (a ``JitTrace_ELBO`` guide conditioned on
+    its data).
 
     Args:
         mask: bool mask (see :class:`Coupling`).
@@ -287,8 +292,8 @@ class ConditionalCoupling(ConditionalModule):
         self.conditioner = conditioner
         self.elementwise = elementwise
         self.cache_size = cache_size
-        self.event_shape = tuple(mask.shape)
         self._layout = _Layout(mask)
+        self.event_shape = self._layout.event_shape
         if self._layout.split:
             self.register_buffer("cond_idx", self._layout.cond_idx)
             self.register_buffer("trans_idx", self._layout.trans_idx)

@@ -108,3 +108,32 @@ def test_a_continuous_flow_is_traced_only_where_the_trace_is_exact(kwargs, refus
     traced_value, traced_grad = _value_and_grad(traced, elsewhere)
     torch.testing.assert_close(traced_value, value, atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(traced_grad, grad, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("inverse", [False, True], ids=["forward", "inverse"])
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, id=c.name) for c in CASES if c.context_dim is not None]
+)
+@pytest.mark.usefixtures("_dtype_for")
+def test_conditioning_inside_a_trace_replays_the_eager_values(case: Case, inverse: bool) -> None:
+    # JitTrace_ELBO traces a guide that conditions a flow on its data: ``condition`` runs
+    # inside the trace, with the context a traced input (conditional couplings once failed
+    # there: a traced mask's shape holds tensors, refused as an event shape)
+    t = _prepare(case)
+    t.requires_grad_(False)  # parameters would be trace inputs (as JitTrace_ELBO passes them)
+    g = torch.Generator().manual_seed(2)
+
+    def draw(scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx = scale * torch.randn(3, case.context_dim, generator=g, dtype=torch.float64)
+        shape = tuple(t.condition(ctx).forward_shape((3, *case.shape))) if inverse else None
+        v = torch.randn(shape or (3, *case.shape), generator=g, dtype=torch.float64)
+        return scale * v, ctx
+
+    def fn(v: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        return _direction(t.condition(ctx), inverse)(v)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(fn, draw(1.0), check_trace=False)
+    v, ctx = draw(1.7)
+    torch.testing.assert_close(traced(v, ctx), fn(v, ctx), atol=1e-7, rtol=1e-6)

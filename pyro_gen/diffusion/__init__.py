@@ -116,11 +116,14 @@ def build_ddpm(
     base_channels: int = 32,
     num_bins: int = 256,
     ema_decay: float | None = None,
+    num_classes: int | None = None,
     **kwargs,
 ) -> DDPM:
     """A DDPM with a default network for ``event_shape``: a :class:`~pyro_gen.nn.TimeMLP`
     for vectors ``(D,)``, a :class:`~pyro_gen.nn.UNet` for images ``(H, W)`` / ``(C, H, W)``
-    (floats in [0, 1]; ``num_bins=17`` for sklearn digits scaled by 1/16).
+    (floats in [0, 1]; ``num_bins=17`` for sklearn digits scaled by 1/16). With
+    ``num_classes``, the network takes integer labels: train on ``fit(m, {"x": x, "y": y})``
+    and sample with ``m.sample(n, context={"y": labels})``.
 
     Train with ``pyro.infer.TraceMeanField_ELBO()`` for the reduced-variance (analytic KL)
     objective; ``Trace_ELBO`` gives the same bound with Monte Carlo KLs. With ``ema_decay``,
@@ -139,12 +142,20 @@ def build_ddpm(
     event_shape = as_event_shape(event_shape)
     out_mult = 2 if variance == "learned_range" else 1
     if len(event_shape) == 1:
-        net = TimeMLP(event_shape[0], hidden_dim, out_dim=out_mult * event_shape[0])
+        net = TimeMLP(
+            event_shape[0], hidden_dim, out_dim=out_mult * event_shape[0], num_classes=num_classes
+        )
     elif len(event_shape) in (2, 3):
         channels = 1 if len(event_shape) == 2 else event_shape[0]
         H, W = event_shape[-2:]
         mults = (1, 2, 2) if H % 4 == 0 and W % 4 == 0 else (1, 2) if H % 2 == 0 else (1,)
-        net = UNet(channels, base_channels, mults, out_channels=out_mult * channels)
+        net = UNet(
+            channels,
+            base_channels,
+            mults,
+            out_channels=out_mult * channels,
+            num_classes=num_classes,
+        )
     else:
         raise ValueError(f"no default network for event shape {event_shape}")
     return DDPM(

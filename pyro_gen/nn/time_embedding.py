@@ -60,6 +60,41 @@ class SinusoidalTimeEmbedding(nn.Module):
         return self.mlp(torch.cat([args.sin(), args.cos()], dim=-1))
 
 
+def label_table(num_classes: int | None, dim: int) -> nn.Embedding | None:
+    """A learned embedding per class label, added to the time embedding (a class-conditional
+    network, as in Dhariwal & Nichol's class-conditional U-Net); None without classes."""
+    if num_classes is None:
+        return None
+    if isinstance(num_classes, bool) or int(num_classes) != num_classes or num_classes < 1:
+        raise ValueError(f"num_classes must be a whole number >= 1, got {num_classes!r}")
+    return nn.Embedding(int(num_classes), dim)
+
+
+def add_label(
+    emb: torch.Tensor, table: nn.Embedding | None, y: torch.Tensor | None, owner: str
+) -> torch.Tensor:
+    """``emb`` plus the embedding of labels ``y`` (one per row), with one error for a label
+    missing or given to a network built without ``num_classes``."""
+    if table is None:
+        if y is not None:
+            raise ValueError(
+                f"{owner} got labels y= but was built without classes: build it with "
+                "num_classes=... to condition on them"
+            )
+        return emb
+    if y is None:
+        raise ValueError(
+            f"{owner} was built with num_classes={table.num_embeddings} and needs labels: pass "
+            "y= to the model (model(x, y=labels), sample(..., context={'y': labels}))"
+        )
+    if torch.is_floating_point(y) or y.shape != emb.shape[:1]:
+        raise ValueError(
+            f"{owner}'s labels y must be integers, one per example ({emb.shape[0]}), got "
+            f"{y.dtype} of shape {tuple(y.shape)}"
+        )
+    return emb + table(y.long())
+
+
 class TimeMLP(nn.Module):
     """Residual MLP :math:`\\epsilon_\\theta(x_t, t)` for vector data: each block adds a
     projection of the time embedding before a SiLU layer.
@@ -70,11 +105,17 @@ class TimeMLP(nn.Module):
         num_layers: residual blocks.
         out_dim: output size (default ``dim``; ``2 * dim`` for learned variances).
         time_dim: sinusoidal embedding size.
+        num_classes: when given, ``forward(x, t, y)`` takes integer labels ``y`` in
+            ``[0, num_classes)`` whose learned embedding joins the time embedding (a
+            class-conditional network: ``model(x, y=labels)``).
 
     Example:
         >>> net = TimeMLP(2, 32)
         >>> net(torch.randn(5, 2), torch.randint(1, 100, (5,))).shape
         torch.Size([5, 2])
+        >>> TimeMLP(2, 32, num_classes=3)(torch.randn(2, 2), torch.tensor([1, 4]),
+        ...                               y=torch.tensor([0, 2])).shape
+        torch.Size([2, 2])
     """
 
     def __init__(
@@ -84,9 +125,11 @@ class TimeMLP(nn.Module):
         num_layers: int = 3,
         out_dim: int | None = None,
         time_dim: int = 32,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
         self.embed = SinusoidalTimeEmbedding(time_dim, hidden_dim)
+        self.label = label_table(num_classes, hidden_dim)
         self.inp = nn.Linear(dim, hidden_dim)
         self.blocks = nn.ModuleList(
             nn.ModuleDict(
@@ -101,8 +144,10 @@ class TimeMLP(nn.Module):
         self.out = nn.Linear(hidden_dim, dim if out_dim is None else out_dim)
         self.act = nn.SiLU()
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        emb = self.embed(t)
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        emb = add_label(self.embed(t), self.label, y, "TimeMLP")
         h = self.inp(x)
         for block in self.blocks:
             r = self.act(block["fc1"](self.act(h)) + block["time"](emb))

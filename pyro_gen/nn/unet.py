@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyro_gen.nn.time_embedding import SinusoidalTimeEmbedding
+from pyro_gen.nn.time_embedding import SinusoidalTimeEmbedding, add_label, label_table
 
 __all__ = ["UNet"]
 
@@ -72,6 +72,9 @@ class UNet(nn.Module):
         out_channels: output channels (default ``in_channels``; twice that for learned
             variances).
         dropout: dropout in the ResNet blocks.
+        num_classes: when given, ``forward(x, t, y)`` takes integer labels ``y`` in
+            ``[0, num_classes)`` whose learned embedding joins the time embedding (a
+            class-conditional network: ``model(x, y=labels)``).
 
     References:
         Ronneberger, Fischer, Brox. U-Net. arXiv:1505.04597. Ho, Jain, Abbeel. Denoising
@@ -92,6 +95,7 @@ class UNet(nn.Module):
         attention_levels: Sequence[int] = (-1,),
         out_channels: int | None = None,
         dropout: float = 0.0,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
         self.in_channels = in_channels
@@ -100,6 +104,7 @@ class UNet(nn.Module):
         attn_levels = {lvl % n_levels for lvl in attention_levels}
         time_dim = 4 * base_channels
         self.embed = SinusoidalTimeEmbedding(base_channels, time_dim)
+        self.label = label_table(num_classes, time_dim)
         self.inp = nn.Conv2d(in_channels, base_channels, 3, padding=1)
         widths = [base_channels * m for m in channel_mults]
         self.down = nn.ModuleList()
@@ -148,7 +153,9 @@ class UNet(nn.Module):
         )
         self.out = nn.Conv2d(c, in_channels if out_channels is None else out_channels, 3, padding=1)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"UNet expects (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
         H, W = x.shape[-2:]
@@ -163,7 +170,7 @@ class UNet(nn.Module):
                 f"with {self._lowest_per_group} channel per GroupNorm group, one value to "
                 "normalize: use a larger base_channels or fewer levels (channel_mults)"
             )
-        emb = self.embed(t)
+        emb = add_label(self.embed(t), self.label, y, "UNet")
         h = self.inp(x)
         hs = [h]
         for level, (blocks, attns) in enumerate(zip(self.down, self.down_attn)):

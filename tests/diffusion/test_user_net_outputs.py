@@ -5,7 +5,9 @@ returned only the data's channels, or a network of the wrong width in a DDPM or 
 failed in a reshape with torch's "shape '[1, 8, 2]' is invalid for input of size 8". Checked:
 the error names the network's shape and the expected one (and, for learned variances, the
 extra channels); networks of the right shape, with learned variances too, still train and
-sample (the learned variance against its range [posterior variance, beta_t] by hand).
+sample (the learned variance against its range [posterior variance, beta_t] by hand). Data of
+an event of 2 dims that are not images (read as images by ``data="auto"``) get an error naming
+``data="continuous"``, which then trains.
 """
 
 from __future__ import annotations

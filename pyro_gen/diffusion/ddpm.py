@@ -107,8 +107,10 @@ class DDPM(FullChainForm, TimePlateForm, BoundTerms, PicklableModule):
     levels so the bound is in bits/dim.
 
     Args:
-        net: ``net(x_t, t) -> prediction`` with ``t`` a long tensor of 1-based steps; output
-            has the input's shape (twice the channels / features for ``learned_range``).
+        net: ``net(x_t, t) -> prediction`` with ``x_t`` of shape ``(B, *event_shape)``
+            (images of event shape ``(H, W)`` as ``(B, 1, H, W)``, in [-1, 1]) and ``t`` a long
+            tensor of 1-based steps; output has the input's shape (twice the channels /
+            features for ``learned_range``).
             Keyword arguments given to :meth:`model` (``y=labels``) and ``sample(...,
             context={"y": labels})`` reach it as ``net(x_t, t, y=...)``: a conditional model.
             The score-based samplers and likelihoods (:class:`~pyro_gen.diffusion.DDPMScore`)

@@ -115,9 +115,10 @@ def _first_trace(pair: Any, calls: Any, transform: Transform | None) -> None:
     (:class:`~pyro_gen.infer.program_checks.PlateSizeError`). Where the run fails otherwise
     on a slice of tensor data that runs whole, the slicing is still the cause (per-example
     parameters outside any plate), and Pyro's shape error says nothing of batch_size."""
-    pair.check_call(calls.peek(), 0)  # a batch they do not take: named before any run
+    first = calls.peek()  # once: a peek of the user's batch function calls it
+    pair.check_call(first, 0)  # a batch they do not take: named before any run
     try:
-        trace_once(pair, with_transform(calls.peek(), transform))
+        trace_once(pair, with_transform(first, transform))
     except PlateSizeError:
         raise  # says this itself, naming the plate and both sizes
     except Exception as error:

@@ -26,7 +26,16 @@ T = TypeVar("T")
 
 @contextmanager
 def evaluation_mode(modules: list[torch.nn.Module]) -> Iterator[None]:
-    """Evaluation mode (dropout off, batch norm frozen) for a score, restored afterwards."""
+    """Evaluation mode (dropout off, batch norm frozen) for a score, restored afterwards.
+
+    Example:
+        >>> net = torch.nn.Dropout()
+        >>> with evaluation_mode([net]):
+        ...     print(net.training)
+        False
+        >>> net.training
+        True
+    """
     training = [m.training for m in modules]
     for m in modules:
         m.eval()

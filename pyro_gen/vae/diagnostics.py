@@ -87,6 +87,10 @@ def active_units(
         loc, _ = posterior_params(vae, x, **context)
     else:
         loc, _ = latent_statistics(vae, x, guide=guide, site=site, **context)
+    return _activity(loc, threshold)
+
+
+def _activity(loc: torch.Tensor, threshold: float) -> tuple[int, torch.Tensor]:
     activity = loc.var(0) if loc.shape[0] > 1 else loc.new_zeros(loc.shape[-1])
     return int((activity > threshold).sum()), activity
 
@@ -146,11 +150,16 @@ def check_posterior_collapse(
         >>> sorted(stats)
         ['active_units', 'activity', 'collapsed', 'kl_per_dim', 'z_dim']
     """
-    n, activity = active_units(vae, x, threshold, guide=guide, site=site, **context)
-    try:
-        kl = kl_per_dim(vae, x, guide=guide, site=site, **context)
-    except TypeError:
-        kl = None
+    if _built_in_family(vae, guide, site):
+        n, activity = active_units(vae, x, threshold, **context)
+        try:
+            kl = kl_per_dim(vae, x, **context)
+        except TypeError:
+            kl = None
+    else:  # one pass of guide and model gives both
+        mean, kl_all = latent_statistics(vae, x, guide=guide, site=site, **context)
+        n, activity = _activity(mean, threshold)
+        kl = None if kl_all is None else kl_all.mean(0)
     z_dim = activity.numel()
     collapsed = n < max(1, math.ceil(min_active_fraction * z_dim))
     if collapsed:

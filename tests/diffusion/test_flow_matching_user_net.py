@@ -58,19 +58,12 @@ def test_the_named_idiom_trains_and_samples_with_the_flows_own_density():
     torch.testing.assert_close(fm.log_prob(x[:4]), own.log_prob(x[:4]), atol=1e-4, rtol=1e-4)
 
 
-class WrongShape(nn.Module):
-    def __init__(self) -> None:
+class IgnoresTime(nn.Module):
+    """A linear map of x alone: (2, 3) returns the wrong width, (5, 2) fails on 2-d input."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
         super().__init__()
-        self.f = nn.Linear(2, 3)
-
-    def forward(self, x, t):
-        return self.f(x)
-
-
-class Broken(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.f = nn.Linear(5, 2)
+        self.f = nn.Linear(in_dim, out_dim)
 
     def forward(self, x, t):
         return self.f(x)
@@ -78,6 +71,6 @@ class Broken(nn.Module):
 
 def test_other_failures_keep_their_error_or_name_the_shape():
     with pytest.raises(ValueError, match=r"returned shape \(16, 3\) for points of shape \(16, 2\)"):
-        _loss(FlowMatching(ContinuousFlow(WrongShape(), (2,))), torch.randn(16, 2))
+        _loss(FlowMatching(ContinuousFlow(IgnoresTime(2, 3), (2,))), torch.randn(16, 2))
     with pytest.raises(RuntimeError, match="cannot be multiplied"):
-        _loss(FlowMatching(ContinuousFlow(Broken(), (2,))), torch.randn(16, 2))
+        _loss(FlowMatching(ContinuousFlow(IgnoresTime(5, 2), (2,))), torch.randn(16, 2))

@@ -77,7 +77,12 @@ def _last_site(program: str, trace: Trace) -> str:
 
 def one_line_message(error: Exception) -> str:
     """The error's message without the trace-shape table that Pyro appends to errors raised
-    inside a trace (its rows repeat what :func:`_last_site` says), on one line."""
+    inside a trace (its rows repeat what :func:`_last_site` says), on one line.
+
+    Example:
+        >>> one_line_message(ValueError("shapes differ.\\n  at site x\\n Trace Shapes:\\n  x 3"))
+        'shapes differ. at site x'
+    """
     text = re.split(r"\n\s*Trace Shapes:", str(error), maxsplit=1)[0]
     return " ".join(line.strip() for line in text.splitlines() if line.strip()).rstrip(".")
 

@@ -9,6 +9,7 @@ from pyro_gen.vae.autoguide import AutoAmortizedNormal
 from pyro_gen.vae.bayesian import BayesianVAE
 from pyro_gen.vae.builders import build_vae
 from pyro_gen.vae.decoders import ConvDecoder, Decoder, MLPDecoder
+from pyro_gen.vae.decoding import PosteriorPoint, reconstruct
 from pyro_gen.vae.diagnostics import (
     PosteriorCollapseWarning,
     active_units,
@@ -66,7 +67,9 @@ __all__ = [
     "make_loss",
     "naive_log_likelihood",
     "prior_guide",
+    "reconstruct",
     "reconstruction_grid",
+    "PosteriorPoint",
     "refine_posterior",
     "semi_amortized_elbo",
     "semi_supervised_batches",

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pyro.distributions as dist
 import torch
 from torch import nn
 
+from pyro_gen.vae.decoding import interpolation, reconstruct
 from pyro_gen.vae.latent_statistics import latent_statistics
 
 
@@ -178,21 +180,70 @@ def check_posterior_collapse(
     }
 
 
+def _own_decoder(vae: Any, guide: Any, *names: Any) -> bool:
+    # a pyro_gen VAE with its own guide decodes with its networks directly
+    return (
+        guide is None
+        and all(n is None for n in names)
+        and hasattr(vae, "encode")
+        and hasattr(vae, "decode")
+        and not getattr(vae, "custom_guide", None)
+    )
+
+
 @torch.no_grad()
 def interpolate(
-    vae: nn.Module, x_a: torch.Tensor, x_b: torch.Tensor, steps: int = 8
+    vae: Any,
+    x_a: torch.Tensor,
+    x_b: torch.Tensor,
+    steps: int = 8,
+    *,
+    guide: Callable | None = None,
+    latent: str | None = None,
+    site: str | None = None,
+    num_draws: int = 64,
+    **context: Any,
 ) -> torch.Tensor:
-    """Decoded images along the straight line between the posterior means of two
-    examples, shape ``(steps, *event_shape)``.
+    """Decoded examples along the straight line between the posterior means of two
+    examples, shape ``(steps, *x_a.shape)``.
+
+    A pyro_gen VAE with its own guide decodes with its networks. Any other model and guide
+    (a user's Pyro model callable with ``guide=``, or an assigned guide) are read through
+    their traces (:func:`~pyro_gen.vae.decoding.interpolation`): every latent of the data
+    plate at the guide's point estimate (mean; the average of ``num_draws`` draws for a
+    flow), moved along the line (only ``latent`` if given; the model draws the others),
+    decoded as the mean of the model's observed site of the data (``site`` if several).
+
+    Args:
+        vae: a pyro_gen VAE, or a Pyro model callable ``model(x, **context)``.
+        x_a, x_b: the two examples (without a batch dimension).
+        steps: points on the line, both ends included.
+        guide: a Pyro guide (default: the module's).
+        latent: the one latent site to interpolate.
+        site: the model's observed site of the data.
+        num_draws: draws for a latent whose mean has no closed form.
+        **context: further arguments of model and guide, broadcast over the examples.
 
     Example:
         >>> from pyro_gen.vae import VAE
         >>> interpolate(VAE((8, 8), 2, 8), torch.rand(8, 8), torch.rand(8, 8), 5).shape
         torch.Size([5, 8, 8])
     """
-    z = vae.encode(torch.stack([x_a, x_b]))
-    t = torch.linspace(0, 1, steps, device=z.device, dtype=z.dtype)[:, None]
-    return vae.decode((1 - t) * z[0] + t * z[1])
+    if _own_decoder(vae, guide, latent, site) and not context:
+        z = vae.encode(torch.stack([x_a, x_b]))
+        t = torch.linspace(0, 1, steps, device=z.device, dtype=z.dtype)[:, None]
+        return vae.decode((1 - t) * z[0] + t * z[1])
+    return interpolation(
+        vae,
+        x_a,
+        x_b,
+        steps,
+        guide=guide,
+        latent=latent,
+        site=site,
+        num_draws=num_draws,
+        context=context,
+    )
 
 
 def image_grid(images: torch.Tensor, nrow: int = 8, pad: int = 1) -> torch.Tensor:
@@ -203,6 +254,12 @@ def image_grid(images: torch.Tensor, nrow: int = 8, pad: int = 1) -> torch.Tenso
         >>> image_grid(torch.zeros(6, 4, 4), nrow=3).shape
         torch.Size([9, 14])
     """
+    if images.dim() not in (3, 4):
+        raise ValueError(
+            f"image_grid takes images of shape (N, H, W) or (N, C, H, W), got "
+            f"{tuple(images.shape)}: reshape flat examples first (reconstruction_grid "
+            "takes image_shape=(H, W))"
+        )
     gray = images.dim() == 3
     if gray:
         images = images[:, None]
@@ -218,15 +275,34 @@ def image_grid(images: torch.Tensor, nrow: int = 8, pad: int = 1) -> torch.Tenso
 
 
 @torch.no_grad()
-def reconstruction_grid(vae: nn.Module, x: torch.Tensor, nrow: int = 8) -> torch.Tensor:
+def reconstruction_grid(
+    vae: Any,
+    x: torch.Tensor,
+    nrow: int = 8,
+    *,
+    guide: Callable | None = None,
+    site: str | None = None,
+    image_shape: Sequence[int] | None = None,
+    **context: Any,
+) -> torch.Tensor:
     """Originals and reconstructions in alternating rows of ``nrow`` images.
+
+    A pyro_gen VAE with its own guide reconstructs with its networks; any other model and
+    guide through :func:`~pyro_gen.vae.decoding.reconstruct` (the model's mean of x at the
+    guide's posterior mean). ``image_shape`` (e.g. ``(28, 28)``) reshapes flat examples
+    into images.
 
     Example:
         >>> from pyro_gen.vae import VAE
         >>> reconstruction_grid(VAE((8, 8), 2, 8), torch.rand(4, 8, 8), nrow=4).shape
         torch.Size([17, 35])
     """
-    rec = vae.reconstruct(x)
+    if _own_decoder(vae, guide, site) and not context:
+        rec = vae.reconstruct(x)
+    else:
+        rec = reconstruct(vae, x, guide=guide, site=site, **context)
+    if image_shape is not None:
+        x, rec = x.reshape(-1, *image_shape), rec.reshape(-1, *image_shape)
     rows = []
     for i in range(0, x.shape[0], nrow):
         rows += [x[i : i + nrow].to(rec.dtype), rec[i : i + nrow]]

@@ -22,7 +22,6 @@ import torch
 from pyro import poutine
 from pyro.poutine import Trace
 
-from pyro_gen.infer.evaluation_batches import evaluation_mode
 from pyro_gen.infer.evaluation_scorer import one_line_message
 from pyro_gen.infer.log_weights import (
     PARTICLE_PLATE,
@@ -31,7 +30,8 @@ from pyro_gen.infer.log_weights import (
     max_plate_nesting,
     split_log_weights,
 )
-from pyro_gen.vae.pairs import model_and_guide
+from pyro_gen.vae.observed_site import observed_data_site
+from pyro_gen.vae.pairs import evaluated_pair, model_and_guide
 
 __all__ = ["impute_with_guide"]
 
@@ -46,40 +46,6 @@ def _traces(
         replayed = poutine.replay(model, trace=guide_trace)
         model_trace = poutine.trace(replayed).get_trace(*args, **kwargs)
     return guide_trace, model_trace
-
-
-def _observed_site(model_trace: Trace, plate: DataPlate, site: str | None) -> str:
-    observed = [
-        name
-        for name, node in model_trace.nodes.items()
-        if node["type"] == "sample"
-        and node["is_observed"]
-        and any(f.name == plate.name for f in node["cond_indep_stack"])
-    ]
-    if site is None:
-        if len(observed) != 1:
-            raise ValueError(
-                f"impute needs the model's observed site of the data; the model observes "
-                f"{observed or 'nothing'} in plate {plate.name!r}: name it with site=..."
-            )
-        return observed[0]
-    if site not in observed:
-        raise ValueError(
-            f"site {site!r} is not an observed site of the model in plate {plate.name!r} "
-            f"(observed there: {observed})"
-        )
-    return site
-
-
-def _check_observes_x(node: dict, x: torch.Tensor) -> None:
-    value = node["value"]
-    if value.numel() != x.numel() or not torch.equal(value.reshape(x.shape).to(x.dtype), x):
-        raise ValueError(
-            f"the model's site {node['name']!r} does not observe x as given (it observes a "
-            f"tensor of shape {tuple(value.shape)}, x has {tuple(x.shape)}, or other values): "
-            "impute fills x with the site's distribution, so the site must observe x itself "
-            "(a reshaped view is fine)"
-        )
 
 
 def impute_with_guide(
@@ -97,8 +63,8 @@ def impute_with_guide(
     """The conditional-mean imputation of ``x`` (missing entries already zero), or
     ``num_imputations`` draws by sampling importance resampling, for a module's
     ``model(x, mask=mask, **context)`` and guide, or a model callable and ``guide`` (see
-    :func:`~pyro_gen.vae.missing.impute`). A module runs in evaluation mode, then is left
-    as it was.
+    :func:`~pyro_gen.vae.missing.impute`). Model and guide run in evaluation mode (a module's,
+    and the networks they register with ``pyro.module``), then are left as they were.
 
     Example:
         >>> import pyro.distributions as dist
@@ -116,11 +82,11 @@ def impute_with_guide(
         >>> round(float(filled[0, 1]), 1)  # z given x_obs = 2 is near 2: so is x_mis
         2.0
     """
-    model, guide = model_and_guide(vae, guide)
-    modules = [vae] if isinstance(vae, torch.nn.Module) else []
-    with evaluation_mode(modules):
-        args, kwargs = (x,), {"mask": mask, **context}
+    model_and_guide(vae, guide)  # a wrong pair is named as such, not as a missing mask
+    args, kwargs = (x,), {"mask": mask, **context}
+    with ExitStack() as evaluating:
         try:
+            model, guide = evaluating.enter_context(evaluated_pair(vae, guide, x, kwargs))
             guide_trace, model_trace = _traces(model, guide, args, kwargs, None, -1)
         except TypeError as error:
             raise TypeError(
@@ -129,8 +95,7 @@ def impute_with_guide(
                 "mask the likelihood with it: dist.Bernoulli(...).mask(mask)"
             ) from error
         plate = find_data_plate(model_trace)
-        name = _observed_site(model_trace, plate, site)
-        _check_observes_x(model_trace.nodes[name], x)
+        name = observed_data_site(model_trace, plate, x, site, "impute")
         dim = -max_plate_nesting(guide_trace, model_trace) - 1
         shared = split_log_weights(model_trace, guide_trace, plate, particle_dim=dim).global_sites
         if shared:

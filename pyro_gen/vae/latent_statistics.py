@@ -14,12 +14,13 @@ from pyro import poutine
 from pyro.poutine import Trace
 
 from pyro_gen.infer.log_weights import find_data_plate
-from pyro_gen.vae.pairs import model_and_guide
+from pyro_gen.vae.pairs import evaluated_pair
 
 __all__ = ["latent_statistics"]
 
 
-def _local_latents(guide_trace: Trace, plate: str) -> list[str]:
+def local_latents(guide_trace: Trace, plate: str) -> list[str]:
+    """The guide's latent sample sites in the data plate ``plate`` (auxiliary sites left out)."""
     return [
         name
         for name, site in guide_trace.nodes.items()
@@ -52,7 +53,8 @@ def latent_statistics(
     Normal densities, :math:`\\mathrm{KL}(q(z_j \\mid x) \\,\\|\\, p(z_j))` per dimension
     (else None); each ``(N, D)``.
 
-    The guide runs as ``guide(x_batch, **context)`` and the model replays it; a mean the
+    The guide runs as ``guide(x_batch, **context)`` and the model replays it, both in
+    evaluation mode; a mean the
     guide's distribution does not give in closed form (a flow) is the average of
     ``num_draws`` draws, whose noise adds about :math:`\\mathrm{Var}_q / \\text{num\\_draws}`
     to a spread of means taken over ``x``.
@@ -79,35 +81,35 @@ def latent_statistics(
         >>> mean[0].tolist(), round(float(kl[0, 0]), 4)  # KL(N(1/2, 1/2) || N(0, 1))
         ([0.5, 0.5], 0.2216)
     """
-    model, guide = model_and_guide(vae, guide)
     means, kls = [], []
-    for start in range(0, x.shape[0], batch_size):
-        batch = x[start : start + batch_size]
-        guide_trace = poutine.trace(guide).get_trace(batch, **context)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-            batch, **context
-        )
-        if site is None:
-            plate = find_data_plate(model_trace).name
-            latents = _local_latents(guide_trace, plate)
-            if len(latents) != 1:
-                raise ValueError(
-                    f"the guide has the latent sites {latents} in the data plate {plate!r}: "
-                    "name the one to describe with site=..."
-                )
-            site = latents[0]
-        if site not in guide_trace.nodes or guide_trace.nodes[site]["is_observed"]:
-            raise ValueError(f"site {site!r} is not a latent site of the guide")
-        q, p = guide_trace.nodes[site]["fn"], model_trace.nodes[site]["fn"]
-        rows = batch.shape[0]
-        try:
-            mean = q.mean
-        except NotImplementedError:  # a flow: no closed form
-            mean = q.sample((num_draws,)).mean(0)
-        means.append(mean.reshape(rows, -1))
-        q_normal, p_normal = _diagonal_normal(q), _diagonal_normal(p)
-        if q_normal is not None and p_normal is not None:
-            kl = torch.distributions.kl_divergence(q_normal, p_normal)
-            kls.append(kl.expand(mean.shape).reshape(rows, -1))
+    with evaluated_pair(vae, guide, x[:batch_size], context) as (model, guide):
+        for start in range(0, x.shape[0], batch_size):
+            batch = x[start : start + batch_size]
+            guide_trace = poutine.trace(guide).get_trace(batch, **context)
+            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+                batch, **context
+            )
+            if site is None:
+                plate = find_data_plate(model_trace).name
+                latents = local_latents(guide_trace, plate)
+                if len(latents) != 1:
+                    raise ValueError(
+                        f"the guide has the latent sites {latents} in the data plate {plate!r}: "
+                        "name the one to describe with site=..."
+                    )
+                site = latents[0]
+            if site not in guide_trace.nodes or guide_trace.nodes[site]["is_observed"]:
+                raise ValueError(f"site {site!r} is not a latent site of the guide")
+            q, p = guide_trace.nodes[site]["fn"], model_trace.nodes[site]["fn"]
+            rows = batch.shape[0]
+            try:
+                mean = q.mean
+            except NotImplementedError:  # a flow: no closed form
+                mean = q.sample((num_draws,)).mean(0)
+            means.append(mean.reshape(rows, -1))
+            q_normal, p_normal = _diagonal_normal(q), _diagonal_normal(p)
+            if q_normal is not None and p_normal is not None:
+                kl = torch.distributions.kl_divergence(q_normal, p_normal)
+                kls.append(kl.expand(mean.shape).reshape(rows, -1))
     kl_all = torch.cat(kls) if len(kls) == len(means) else None
     return torch.cat(means), kl_all

@@ -1,49 +1,195 @@
 """Semi-amortized inference: refine the amortized posterior of one batch by SVI steps, or fit
-each example's Normal posterior from scratch (no amortization at all)."""
+each example's Normal posterior from scratch (no amortization at all), for a pyro_gen VAE or
+any Pyro model and guide."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from pyro.infer import Trace_ELBO
-from torch import nn
+from pyro.poutine.messenger import Messenger
 from torch.nn import functional as F
 
-from pyro_gen.vae.diagnostics import posterior_params
-from pyro_gen.vae.sites import DATA_PLATE, LATENT
+from pyro_gen.infer.log_weights import find_data_plate, max_plate_nesting
+from pyro_gen.vae.diagnostics import _built_in_family, posterior_params
+from pyro_gen.vae.latent_statistics import _diagonal_normal, local_latents
+from pyro_gen.vae.pairs import evaluated_pair
+from pyro_gen.vae.sites import LATENT
+
+_STARTS = ("encoder", "standard_normal")
+
+
+class _LocalNormal(Messenger):
+    """Draws the guide's ``site`` from the per-example Normal(loc, softplus(raw)) instead of
+    the guide's own distribution; the rest of the guide runs as written (a lower layer of a
+    hierarchy then follows the refined value)."""
+
+    def __init__(self, site: str, loc: torch.Tensor, raw: torch.Tensor, event_dim: int):
+        super().__init__()
+        self.site, self.loc, self.raw, self.event_dim = site, loc, raw, event_dim
+
+    def _pyro_sample(self, msg: dict) -> None:
+        if msg["name"] == self.site:
+            msg["fn"] = dist.Normal(self.loc, F.softplus(self.raw)).to_event(self.event_dim)
+
+
+@dataclass
+class _Refinement:
+    model: Callable
+    guide: Callable
+    site: str
+    loc: torch.Tensor
+    raw: torch.Tensor
+    event_dim: int
+    nesting: int
+
+    def refined_guide(self, *args: Any, **kwargs: Any) -> Any:
+        with _LocalNormal(self.site, self.loc, self.raw, self.event_dim):
+            return self.guide(*args, **kwargs)
+
+    def elbo(self, num_particles: int) -> Trace_ELBO:
+        return Trace_ELBO(
+            num_particles=num_particles, vectorize_particles=True, max_plate_nesting=self.nesting
+        )
+
+
+def _site_start(guide_trace: Any, site: str) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The guide's loc and scale of ``site`` (a diagonal Normal's own, else the mean and
+    standard deviation of draws), and its event dimensions."""
+    fn = guide_trace.nodes[site]["fn"]
+    support = fn.support
+    while hasattr(support, "base_constraint"):
+        support = support.base_constraint
+    if support is not dist.constraints.real:
+        raise ValueError(
+            f"refine_posterior refines the guide's site {site!r} with a Normal, but its "
+            f"support is {fn.support}: choose a real-valued latent with site=..."
+        )
+    normal = _diagonal_normal(fn)
+    shape = fn.batch_shape + fn.event_shape
+    if normal is not None:
+        return normal.loc.expand(shape), normal.scale.expand(shape), len(fn.event_shape)
+    draws = fn.sample((64,))  # a flow: its first two moments
+    return draws.mean(0), draws.std(0), len(fn.event_shape)
+
+
+def _refinement(
+    vae: Any,
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    *,
+    start: str,
+    built_in: bool,
+    site: str | None,
+    context: dict,
+) -> _Refinement:
+    """The model, the guide and the starting per-example Normal of its latent ``site``: a
+    built-in VAE's encoder output, else the guide's own distribution of the site."""
+    if start not in _STARTS:
+        raise ValueError(f"start must be 'encoder' or 'standard_normal', got {start!r}")
+    rng = pyro.util.get_rng_state()
+    try:  # finding the starting point leaves the RNG where it was
+        guide_trace = poutine.trace(guide).get_trace(x, **context)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+            x, **context
+        )
+        if built_in:
+            site, event_dim = LATENT, 1
+            loc0, scale0 = posterior_params(vae, x, **context)
+        else:
+            if site is None:
+                plate = find_data_plate(model_trace).name
+                latents = local_latents(guide_trace, plate)
+                if len(latents) != 1:
+                    raise ValueError(
+                        f"the guide has the latent sites {latents} in the data plate "
+                        f"{plate!r}: name the one to refine with site=..."
+                    )
+                site = latents[0]
+            elif site not in guide_trace.nodes or guide_trace.nodes[site]["is_observed"]:
+                raise ValueError(f"site {site!r} is not a latent site of the guide")
+            loc0, scale0, event_dim = _site_start(guide_trace, site)
+    finally:
+        pyro.util.set_rng_state(rng)
+    if start == "standard_normal":
+        loc0, scale0 = torch.zeros_like(loc0), torch.ones_like(scale0)
+    loc = loc0.detach().clone().requires_grad_(True)
+    raw = torch.log(torch.expm1(scale0.detach().clamp(min=1e-5))).requires_grad_(True)
+    nesting = max_plate_nesting(guide_trace, model_trace)
+    return _Refinement(model, guide, site, loc, raw, event_dim, nesting)
+
+
+def _refine(
+    refinement: _Refinement,
+    x: torch.Tensor,
+    num_steps: int,
+    lr: float,
+    num_particles: int,
+    context: dict,
+) -> None:
+    r = refinement
+    opt = torch.optim.Adam([r.loc, r.raw], lr=lr)
+    elbo = r.elbo(num_particles)
+    for _ in range(num_steps):
+        loss = elbo.differentiable_loss(r.model, r.refined_guide, x, **context)
+        grads = torch.autograd.grad(loss, [r.loc, r.raw])
+        opt.zero_grad()
+        r.loc.grad, r.raw.grad = grads
+        opt.step()
 
 
 def refine_posterior(
-    vae: nn.Module,
+    vae: Any,
     x: torch.Tensor,
     num_steps: int = 50,
     lr: float = 1e-2,
     num_particles: int = 8,
     start: str = "encoder",
-    **context,
+    *,
+    guide: Callable | None = None,
+    site: str | None = None,
+    **context: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Start from the amortized Normal posterior of each example of ``x`` and take
+    r"""Start from the amortized Normal posterior of each example of ``x`` and take
     ``num_steps`` Adam steps on the ELBO with respect to the per-example loc and scale
-    only (model and encoder are left untouched). Returns the refined ``(loc, scale)``.
+    only (model and guide networks are left untouched). Returns the refined ``(loc, scale)``,
+    each shaped as the latent's value.
 
     This closes part of the amortization gap, so an evaluation with the refined guide
     gives a tighter bound than the encoder alone. With ``start="standard_normal"`` every
-    example starts from :math:`\\mathcal{N}(0, I)` instead: classical per-example variational
+    example starts from :math:`\mathcal{N}(0, I)` instead: classical per-example variational
     inference, which shows what the encoder's starting point is worth for a given number of
     steps.
 
+    A pyro_gen VAE with its own guide starts from its encoder's loc and scale (for a flow
+    posterior, the Normal before the flow steps). Any other guide (a user's model callable
+    with ``guide=``, an assigned guide) has its latent ``site`` (default: its only latent in
+    the data plate) replaced by the per-example Normal, starting from the guide's own loc
+    and scale there (a flow's: the mean and standard deviation of draws); the rest of the
+    guide runs as written, so a lower layer of a hierarchy follows the refined value.
+    Model and guide run in evaluation mode.
+
     Args:
-        vae: a VAE whose posterior family has ``encode(x) -> (loc, scale)``.
+        vae: a pyro_gen VAE, or a Pyro model callable ``model(x, **context)``.
         x: the batch.
         num_steps: Adam steps.
         lr: Adam's learning rate.
-        num_particles: samples of the ELBO per step.
+        num_particles: samples of the ELBO per step (vectorized).
         start: ``"encoder"`` (semi-amortized) or ``"standard_normal"`` (per-example).
+        guide: a Pyro guide (default: the module's).
+        site: the real-valued latent site to refine.
         **context: the model's other arguments (e.g. ``mask``).
 
     Raises:
-        ValueError: an unknown ``start``.
+        ValueError: an unknown ``start``; no single latent to refine (name it with
+            ``site=``); a site that is not real-valued.
 
     References:
         Kim et al., Semi-Amortized Variational Autoencoders, arXiv:1802.02550.
@@ -55,54 +201,43 @@ def refine_posterior(
         >>> loc.shape
         torch.Size([3, 2])
     """
-    if start not in ("encoder", "standard_normal"):
-        raise ValueError(f"start must be 'encoder' or 'standard_normal', got {start!r}")
-    loc0, scale0 = posterior_params(vae, x, **context)
-    if start == "standard_normal":
-        loc0, scale0 = torch.zeros_like(loc0), torch.ones_like(scale0)
-    loc = loc0.clone().requires_grad_(True)
-    raw = torch.log(torch.expm1(scale0.clamp(min=1e-5))).requires_grad_(True)
-    guide = _local_guide(loc, raw)
-    opt = torch.optim.Adam([loc, raw], lr=lr)
-    elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
-    for _ in range(num_steps):
-        loss = elbo.differentiable_loss(vae.model, guide, x, **context)
-        grads = torch.autograd.grad(loss, [loc, raw])
-        opt.zero_grad()
-        loc.grad, raw.grad = grads
-        opt.step()
-    return loc.detach(), F.softplus(raw.detach())
-
-
-def _local_guide(loc: torch.Tensor, raw: torch.Tensor):
-    def guide(x, **kwargs):
-        with pyro.plate(DATA_PLATE, x.shape[0]):
-            return pyro.sample(LATENT, dist.Normal(loc, F.softplus(raw)).to_event(1))
-
-    return guide
+    built_in = guide is None and site is None and _built_in_family(vae, None, None)
+    with evaluated_pair(vae, guide, x, context) as (model, guide_fn):
+        r = _refinement(
+            vae, model, guide_fn, x, start=start, built_in=built_in, site=site, context=context
+        )
+        _refine(r, x, num_steps, lr, num_particles, context)
+    return r.loc.detach(), F.softplus(r.raw.detach())
 
 
 def semi_amortized_elbo(
-    vae: nn.Module,
+    vae: Any,
     x: torch.Tensor,
     num_steps: int = 50,
     lr: float = 1e-2,
     num_particles: int = 100,
     refine_particles: int = 8,
     start: str = "encoder",
-    **context,
+    *,
+    guide: Callable | None = None,
+    site: str | None = None,
+    **context: Any,
 ) -> float:
     """Mean ELBO per example of ``x`` (nats) under the refined posterior of
-    :func:`refine_posterior` (run with ``refine_particles`` samples per step, from ``start``),
-    estimated with ``num_particles`` samples.
+    :func:`refine_posterior` (run with ``refine_particles`` samples per step, from ``start``,
+    on ``guide``'s ``site``), estimated with ``num_particles`` samples.
 
     Example:
         >>> from pyro_gen.vae import VAE
         >>> isinstance(semi_amortized_elbo(VAE((8, 8), 2, 8), torch.rand(3, 8, 8), 2), float)
         True
     """
-    loc, scale = refine_posterior(vae, x, num_steps, lr, refine_particles, start, **context)
-    guide = _local_guide(loc, torch.log(torch.expm1(scale)))
-    elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
-    with torch.no_grad():
-        return -elbo.loss(vae.model, guide, x, **context) / x.shape[0]
+    built_in = guide is None and site is None and _built_in_family(vae, None, None)
+    with evaluated_pair(vae, guide, x, context) as (model, guide_fn):
+        r = _refinement(
+            vae, model, guide_fn, x, start=start, built_in=built_in, site=site, context=context
+        )
+        _refine(r, x, num_steps, lr, refine_particles, context)
+        with torch.no_grad():
+            loss = r.elbo(num_particles).loss(r.model, r.refined_guide, x, **context)
+    return -loss / x.shape[0]

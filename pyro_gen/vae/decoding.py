@@ -1,0 +1,236 @@
+r"""Decoding through any Pyro model and guide: reconstructions and latent interpolations of a
+user's own VAE (an inline prior, ``pyro.module`` networks, any guide), a hierarchical one,
+or a pyro_gen VAE with a swapped guide.
+
+Both read the decoder as the model's own :math:`p(x \mid z)`: the guide's point estimate
+of each latent (:class:`PosteriorPoint`) is replayed through the model, and the answer is the
+mean of the distribution at the model's observed site of the data, so nothing about the
+model's networks needs to be known. This is what the Pyro VAE tutorial's
+``reconstruct_img`` computes by hand, at the posterior mean instead of a draw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from pyro import poutine
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.trace_struct import Trace
+
+from pyro_gen.infer.log_weights import DataPlate, find_data_plate
+from pyro_gen.vae.latent_statistics import local_latents
+from pyro_gen.vae.observed_site import observed_data_site
+from pyro_gen.vae.pairs import evaluated_pair
+
+__all__ = ["PosteriorPoint", "decode_trace", "interpolation", "reconstruct"]
+
+
+def _point(fn: Any, num_draws: int) -> torch.Tensor:
+    """A point estimate under ``fn``: its mean, the average of ``num_draws`` draws where
+    the mean has no closed form (a flow), or for a discrete site its mode (else a draw:
+    an average of labels is no label)."""
+    discrete = getattr(fn.support, "is_discrete", False)
+    try:
+        value = fn.mode if discrete else fn.mean
+    except NotImplementedError:
+        value = None
+    if value is not None and bool(torch.isfinite(value).all()):
+        return value.expand(fn.batch_shape + fn.event_shape)
+    return fn.sample() if discrete else fn.sample((num_draws,)).mean(0)
+
+
+class PosteriorPoint(Messenger):
+    """Gives every latent sample site of a guide its point estimate instead of a draw: the
+    distribution's mean, the average of ``num_draws`` draws where the mean has no closed
+    form (a flow), the mode of a discrete site. Sites later in the guide are computed
+    from the earlier sites' points (the lower layer of a hierarchy at the upper layer's).
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> def guide():
+        ...     z = pyro.sample("z", dist.Normal(2.0, 1.0))
+        ...     pyro.sample("w", dist.Normal(z, 1.0))
+        >>> trace = poutine.trace(PosteriorPoint()(guide)).get_trace()
+        >>> float(trace.nodes["z"]["value"]), float(trace.nodes["w"]["value"])
+        (2.0, 2.0)
+    """
+
+    def __init__(self, num_draws: int = 64) -> None:
+        super().__init__()
+        self.num_draws = num_draws
+
+    def _pyro_sample(self, msg: dict) -> None:
+        if msg["is_observed"] or msg["value"] is not None:
+            return
+        if not isinstance(msg["fn"], torch.distributions.Distribution):
+            return  # a plate's subsample site
+        msg["value"] = _point(msg["fn"], self.num_draws)
+
+
+def decode_trace(
+    model: Callable,
+    latents: Trace,
+    x: torch.Tensor,
+    *,
+    site: str | None,
+    purpose: str,
+    context: dict[str, Any],
+) -> torch.Tensor:
+    """The mean of :math:`p(x \\mid z)` at the latents' values in ``latents``, shaped as
+    ``x``: the model replayed on ``x`` (``model(x, **context)``) and read at its observed
+    site of ``x`` (``site``, or the only one in the data plate). Model latents that
+    ``latents`` lacks are drawn from the model."""
+    trace = poutine.trace(poutine.replay(model, trace=latents)).get_trace(x, **context)
+    name = observed_data_site(trace, find_data_plate(trace), x, site, purpose)
+    node = trace.nodes[name]
+    try:
+        mean = node["fn"].mean
+    except NotImplementedError:
+        mean = None
+    if mean is None or not bool(torch.isfinite(mean).all()):
+        raise ValueError(
+            f"{purpose} decodes x as the mean of the model's site {name!r}, whose "
+            f"{type(node['fn']).__name__} distribution has no finite mean (a categorical "
+            "over levels has none): observe x with a distribution that has one (Bernoulli, "
+            "ContinuousBernoulli, Normal, ...)"
+        )
+    return mean.expand(node["value"].shape).reshape(x.shape)
+
+
+@torch.no_grad()
+def reconstruct(
+    vae: Any,
+    x: torch.Tensor,
+    *,
+    guide: Callable | None = None,
+    site: str | None = None,
+    num_draws: int = 64,
+    **context: Any,
+) -> torch.Tensor:
+    """The model's mean of :math:`x` at the guide's point estimate of the latents given
+    ``x``, shaped as ``x``: every latent at its posterior mean (see :class:`PosteriorPoint`),
+    then :math:`\\mathbb{E}_{p(x \\mid z)}[x]` read from the model's observed site of the
+    data. Model and guide run in evaluation mode.
+
+    Args:
+        vae: a pyro_gen VAE, or a Pyro model callable ``model(x, **context)`` with ``guide=``.
+        x: the batch.
+        guide: a Pyro guide (default: the module's).
+        site: the model's observed site of ``x`` (default: the only one in the data plate).
+        num_draws: draws for a latent whose mean has no closed form.
+        **context: further arguments of model and guide.
+
+    Raises:
+        ValueError: no single observed site of ``x`` (name it with ``site=``), or its
+            distribution has no finite mean.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> def model(x):
+        ...     with pyro.plate("data", x.shape[0]):
+        ...         z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        ...         loc = 2 * z.unsqueeze(-1).expand(-1, 2)
+        ...         pyro.sample("x", dist.Normal(loc, 0.1).to_event(1), obs=x)
+        >>> def guide(x):
+        ...     with pyro.plate("data", x.shape[0]):
+        ...         pyro.sample("z", dist.Normal(x.mean(-1) / 2, 0.05))
+        >>> reconstruct(model, torch.tensor([[1.0, 3.0]]), guide=guide)
+        tensor([[2., 2.]])
+    """
+    with evaluated_pair(vae, guide, x, context) as (model, guide):
+        latents = poutine.trace(PosteriorPoint(num_draws)(guide)).get_trace(x, **context)
+        return decode_trace(model, latents, x, site=site, purpose="reconstruct", context=context)
+
+
+def _along_plate(node: dict, plate: DataPlate, t: torch.Tensor) -> torch.Tensor:
+    """The straight line from the site's value at the plate's first element to its second,
+    at ``t``, along the plate's dimension of the value."""
+    frame = next(f for f in node["cond_indep_stack"] if f.name == plate.name)
+    dim = frame.dim - len(node["fn"].event_shape)
+    value = node["value"]
+    a, b = value.narrow(dim, 0, 1), value.narrow(dim, 1, 1)
+    shape = [1] * value.dim()
+    shape[dim] = t.numel()
+    t = t.to(device=value.device, dtype=value.dtype).reshape(shape)
+    return a + t * (b - a)
+
+
+@torch.no_grad()
+def interpolation(
+    vae: Any,
+    x_a: torch.Tensor,
+    x_b: torch.Tensor,
+    steps: int,
+    *,
+    guide: Callable | None,
+    latent: str | None,
+    site: str | None,
+    num_draws: int,
+    context: dict[str, Any],
+) -> torch.Tensor:
+    """The model's means of :math:`x`, shape ``(steps, *x_a.shape)``, along the straight
+    line between the guide's point estimates (:class:`PosteriorPoint`) for ``x_a`` and
+    ``x_b``: of every latent in the data plate, or of ``latent`` only (the model then draws
+    the others given it). Global latents stay at their point estimate. See
+    :func:`~pyro_gen.vae.diagnostics.interpolate`.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> def model(x):
+        ...     with pyro.plate("data", x.shape[0]):
+        ...         z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        ...         loc = z.unsqueeze(-1).expand(-1, 2)
+        ...         pyro.sample("x", dist.Normal(loc, 0.1).to_event(1), obs=x)
+        >>> def guide(x):
+        ...     with pyro.plate("data", x.shape[0]):
+        ...         pyro.sample("z", dist.Normal(x.mean(-1), 0.1))
+        >>> interpolation(model, torch.zeros(2), torch.ones(2), 3, guide=guide, latent=None,
+        ...               site=None, num_draws=1, context={})[:, 0]
+        tensor([0.0000, 0.5000, 1.0000])
+    """
+    x = torch.stack([x_a, x_b])
+    with evaluated_pair(vae, guide, x, context) as (model, guide):
+        points = poutine.trace(PosteriorPoint(num_draws)(guide)).get_trace(x, **context)
+        replayed = poutine.trace(poutine.replay(model, trace=points)).get_trace(x, **context)
+        plate = find_data_plate(replayed)
+        local = local_latents(points, plate.name)
+        if latent is not None and latent not in local:
+            raise ValueError(
+                f"latent={latent!r} is not a latent site of the guide in the data plate "
+                f"{plate.name!r} (those are {local})"
+            )
+        chosen = local if latent is None else [latent]
+        if not chosen:
+            raise ValueError(
+                f"the guide has no latent site in the data plate {plate.name!r}: nothing "
+                "to interpolate"
+            )
+        line = Trace()
+        t = torch.linspace(0, 1, steps)
+        for name, node in points.nodes.items():
+            if node["type"] != "sample" or not isinstance(
+                node["fn"], torch.distributions.Distribution
+            ):
+                continue  # the plates' subsample sites: they are sized by the new batch
+            if name in local and name not in chosen:
+                continue  # the model draws a local latent that is not interpolated
+            node = dict(node)
+            if name in chosen:
+                if getattr(node["fn"].support, "is_discrete", False):
+                    raise ValueError(
+                        f"the guide's site {name!r} is discrete and cannot be interpolated: "
+                        "pass its value to model and guide (a label as an argument) or "
+                        "choose the continuous latent with latent=..."
+                    )
+                node["value"] = _along_plate(node, plate, t)
+            line.add_node(name, **node)
+        return decode_trace(
+            model,
+            line,
+            x_a.expand(steps, *x_a.shape),
+            site=site,
+            purpose="interpolate",
+            context=context,
+        )

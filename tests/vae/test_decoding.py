@@ -17,6 +17,7 @@ from torch import nn
 
 from pyro_gen.transforms import inverse_autoregressive
 from pyro_gen.vae import VAE, interpolate, reconstruct, reconstruction_grid
+from pyro_gen.vae.latent_statistics import latent_statistics
 
 DZ, DX, SIG = 2, 5, 0.3
 
@@ -209,3 +210,16 @@ def test_flat_examples_need_an_image_shape_for_a_grid():
     model, guide, *_ = tutorial_vae()
     with pytest.raises(ValueError, match=r"got \(8, 16\): reshape flat examples"):
         reconstruction_grid(model, torch.rand(4, 16).round(), guide=guide)
+
+
+def test_the_posterior_diagnostics_run_a_users_dropout_in_evaluation_mode():
+    pyro.clear_param_store()
+    model, guide, encoder, _ = tutorial_vae()
+    x = torch.rand(8, 16).round()
+    mean, _ = latent_statistics(model, x, guide=guide)
+    assert encoder.training  # restored afterwards
+    encoder.eval()
+    with torch.no_grad():
+        assert torch.allclose(mean, encoder(x)[0], atol=1e-6)
+        encoder.train()
+        assert not torch.allclose(mean, encoder(x)[0], atol=1e-3)  # dropout would show

@@ -45,8 +45,16 @@ def posterior_params(
     return torch.cat(locs), torch.cat(scales)
 
 
-def _built_in_family(vae: Any, guide: Any, site: str | None) -> bool:
-    # a pyro_gen VAE with its own guide: its posterior family encodes directly
+def own_posterior_family(vae: Any, guide: Any, site: str | None) -> bool:
+    """Whether ``vae`` is a pyro_gen VAE asked about its own guide (no ``guide=`` or
+    ``site=``), whose posterior family gives ``encode(x) -> (loc, scale)`` directly.
+
+    Example:
+        >>> from pyro_gen.vae import VAE
+        >>> vae = VAE((4,), 2, 8)
+        >>> own_posterior_family(vae, None, None), own_posterior_family(vae, None, "z")
+        (True, False)
+    """
     family = getattr(vae, "posterior", None)
     return (
         guide is None
@@ -85,7 +93,7 @@ def active_units(
         >>> activity.shape
         torch.Size([3])
     """
-    if _built_in_family(vae, guide, site):
+    if own_posterior_family(vae, guide, site):
         loc, _ = posterior_params(vae, x, **context)
     else:
         loc, _ = latent_statistics(vae, x, guide=guide, site=site, **context)
@@ -111,7 +119,7 @@ def kl_per_dim(
         >>> kl_per_dim(VAE((8, 8), 3, 8), torch.rand(4, 8, 8)).shape
         torch.Size([3])
     """
-    if not _built_in_family(vae, guide, site):
+    if not own_posterior_family(vae, guide, site):
         _, kl = latent_statistics(vae, x, guide=guide, site=site, **context)
         if kl is None:
             raise TypeError(
@@ -152,7 +160,7 @@ def check_posterior_collapse(
         >>> sorted(stats)
         ['active_units', 'activity', 'collapsed', 'kl_per_dim', 'z_dim']
     """
-    if _built_in_family(vae, guide, site):
+    if own_posterior_family(vae, guide, site):
         n, activity = active_units(vae, x, threshold, **context)
         try:
             kl = kl_per_dim(vae, x, **context)

@@ -31,7 +31,13 @@ def local_latents(guide_trace: Trace, plate: str) -> list[str]:
     ]
 
 
-def _diagonal_normal(fn: Any) -> dist.Normal | None:
+def diagonal_normal(fn: Any) -> dist.Normal | None:
+    """The Normal under ``fn``'s ``Independent`` wrappers, or None for another family.
+
+    Example:
+        >>> diagonal_normal(dist.Normal(torch.zeros(3), 1.0).to_event(1)).loc.shape
+        torch.Size([3])
+    """
     while isinstance(fn, dist.Independent):
         fn = fn.base_dist
     return fn if isinstance(fn, torch.distributions.Normal) else None
@@ -107,7 +113,7 @@ def latent_statistics(
             except NotImplementedError:  # a flow: no closed form
                 mean = q.sample((num_draws,)).mean(0)
             means.append(mean.reshape(rows, -1))
-            q_normal, p_normal = _diagonal_normal(q), _diagonal_normal(p)
+            q_normal, p_normal = diagonal_normal(q), diagonal_normal(p)
             if q_normal is not None and p_normal is not None:
                 kl = torch.distributions.kl_divergence(q_normal, p_normal)
                 kls.append(kl.expand(mean.shape).reshape(rows, -1))

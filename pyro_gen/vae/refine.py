@@ -17,8 +17,8 @@ from pyro.poutine.messenger import Messenger
 from torch.nn import functional as F
 
 from pyro_gen.infer.log_weights import find_data_plate, max_plate_nesting
-from pyro_gen.vae.diagnostics import _built_in_family, posterior_params
-from pyro_gen.vae.latent_statistics import _diagonal_normal, local_latents
+from pyro_gen.vae.diagnostics import own_posterior_family, posterior_params
+from pyro_gen.vae.latent_statistics import diagonal_normal, local_latents
 from pyro_gen.vae.pairs import evaluated_pair
 from pyro_gen.vae.sites import LATENT
 
@@ -71,7 +71,7 @@ def _site_start(guide_trace: Any, site: str) -> tuple[torch.Tensor, torch.Tensor
             f"refine_posterior refines the guide's site {site!r} with a Normal, but its "
             f"support is {fn.support}: choose a real-valued latent with site=..."
         )
-    normal = _diagonal_normal(fn)
+    normal = diagonal_normal(fn)
     shape = fn.batch_shape + fn.event_shape
     if normal is not None:
         return normal.loc.expand(shape), normal.scale.expand(shape), len(fn.event_shape)
@@ -201,7 +201,7 @@ def refine_posterior(
         >>> loc.shape
         torch.Size([3, 2])
     """
-    built_in = guide is None and site is None and _built_in_family(vae, None, None)
+    built_in = own_posterior_family(vae, guide, site)
     with evaluated_pair(vae, guide, x, context) as (model, guide_fn):
         r = _refinement(
             vae, model, guide_fn, x, start=start, built_in=built_in, site=site, context=context
@@ -232,7 +232,7 @@ def semi_amortized_elbo(
         >>> isinstance(semi_amortized_elbo(VAE((8, 8), 2, 8), torch.rand(3, 8, 8), 2), float)
         True
     """
-    built_in = guide is None and site is None and _built_in_family(vae, None, None)
+    built_in = own_posterior_family(vae, guide, site)
     with evaluated_pair(vae, guide, x, context) as (model, guide_fn):
         r = _refinement(
             vae, model, guide_fn, x, start=start, built_in=built_in, site=site, context=context

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from pyro_gen.vae.decoding import interpolation, reconstruct
+from pyro_gen.vae.guide_slot import GuideSlot
 from pyro_gen.vae.latent_statistics import latent_statistics
 
 
@@ -189,13 +190,13 @@ def check_posterior_collapse(
 
 
 def _own_decoder(vae: Any, guide: Any, *names: Any) -> bool:
-    # a pyro_gen VAE with its own guide decodes with its networks directly
+    # a pyro_gen VAE with its own guide decodes with its networks directly (a user's module
+    # may have encode/decode methods of its own meaning: it goes through its model and guide)
     return (
         guide is None
         and all(n is None for n in names)
-        and hasattr(vae, "encode")
-        and hasattr(vae, "decode")
-        and not getattr(vae, "custom_guide", None)
+        and isinstance(vae, GuideSlot)
+        and vae.custom_guide is None
     )
 
 

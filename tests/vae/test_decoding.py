@@ -223,3 +223,37 @@ def test_the_posterior_diagnostics_run_a_users_dropout_in_evaluation_mode():
         assert torch.allclose(mean, encoder(x)[0], atol=1e-6)
         encoder.train()
         assert not torch.allclose(mean, encoder(x)[0], atol=1e-3)  # dropout would show
+
+
+class TutorialModule(nn.Module):
+    """Pyro's VAE tutorial's layout: one module with model/guide methods, and (here) an
+    encode method of its own meaning, which the helpers must not take for pyro_gen's."""
+
+    def __init__(self):
+        super().__init__()
+        self.model_fn, self.guide_fn, self.encoder, self.decoder = tutorial_vae()
+
+    def encode(self, x):
+        return self.encoder(x)  # (loc, scale): not a tensor of codes
+
+    def decode(self, z):
+        return torch.sigmoid(self.decoder(z))
+
+    def model(self, x):
+        return self.model_fn(x)
+
+    def guide(self, x):
+        return self.guide_fn(x)
+
+
+def test_a_users_module_with_model_and_guide_methods_is_read_through_them():
+    pyro.clear_param_store()
+    vae = TutorialModule()
+    x = torch.rand(4, 16).round()
+    line = interpolate(vae, x[0], x[1], 3)
+    grid = reconstruction_grid(vae, x, nrow=4, image_shape=(4, 4))
+    vae.eval()
+    with torch.no_grad():
+        ends = vae.decode(vae.encode(x[:2])[0])
+    assert torch.allclose(line[[0, -1]], ends, atol=1e-6)
+    assert torch.allclose(grid[5:9, :4], ends[0].reshape(4, 4), atol=1e-6)

@@ -43,6 +43,35 @@ def diagonal_normal(fn: Any) -> dist.Normal | None:
     return fn if isinstance(fn, torch.distributions.Normal) else None
 
 
+def chosen_latent(guide_trace: Trace, model_trace: Trace, site: str | None, verb: str) -> str:
+    """``site`` if it is a latent site of the guide, else (``site`` None) the guide's only
+    latent in the model's data plate; the error asks for ``site=`` to name the one to
+    ``verb``.
+
+    Example:
+        >>> import pyro
+        >>> def model(x):
+        ...     with pyro.plate("rows", 2):
+        ...         z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        ...         pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+        >>> trace = poutine.trace(model).get_trace(torch.zeros(2))  # the prior as guide
+        >>> chosen_latent(trace, trace, None, "describe")
+        'z'
+    """
+    if site is None:
+        plate = find_data_plate(model_trace).name
+        latents = local_latents(guide_trace, plate)
+        if len(latents) != 1:
+            raise ValueError(
+                f"the guide has the latent sites {latents} in the data plate {plate!r}: "
+                f"name the one to {verb} with site=..."
+            )
+        return latents[0]
+    if site not in guide_trace.nodes or guide_trace.nodes[site]["is_observed"]:
+        raise ValueError(f"site {site!r} is not a latent site of the guide")
+    return site
+
+
 @torch.no_grad()
 def latent_statistics(
     vae: Any,
@@ -95,17 +124,7 @@ def latent_statistics(
             model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
                 batch, **context
             )
-            if site is None:
-                plate = find_data_plate(model_trace).name
-                latents = local_latents(guide_trace, plate)
-                if len(latents) != 1:
-                    raise ValueError(
-                        f"the guide has the latent sites {latents} in the data plate {plate!r}: "
-                        "name the one to describe with site=..."
-                    )
-                site = latents[0]
-            if site not in guide_trace.nodes or guide_trace.nodes[site]["is_observed"]:
-                raise ValueError(f"site {site!r} is not a latent site of the guide")
+            site = chosen_latent(guide_trace, model_trace, site, "describe")
             q, p = guide_trace.nodes[site]["fn"], model_trace.nodes[site]["fn"]
             rows = batch.shape[0]
             try:

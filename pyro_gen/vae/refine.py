@@ -16,9 +16,9 @@ from pyro.infer import Trace_ELBO
 from pyro.poutine.messenger import Messenger
 from torch.nn import functional as F
 
-from pyro_gen.infer.log_weights import find_data_plate, max_plate_nesting
+from pyro_gen.infer.log_weights import max_plate_nesting
 from pyro_gen.vae.diagnostics import own_posterior_family, posterior_params
-from pyro_gen.vae.latent_statistics import diagonal_normal, local_latents
+from pyro_gen.vae.latent_statistics import chosen_latent, diagonal_normal
 from pyro_gen.vae.pairs import evaluated_pair
 from pyro_gen.vae.sites import LATENT
 
@@ -104,17 +104,7 @@ def _refinement(
             site, event_dim = LATENT, 1
             loc0, scale0 = posterior_params(vae, x, **context)
         else:
-            if site is None:
-                plate = find_data_plate(model_trace).name
-                latents = local_latents(guide_trace, plate)
-                if len(latents) != 1:
-                    raise ValueError(
-                        f"the guide has the latent sites {latents} in the data plate "
-                        f"{plate!r}: name the one to refine with site=..."
-                    )
-                site = latents[0]
-            elif site not in guide_trace.nodes or guide_trace.nodes[site]["is_observed"]:
-                raise ValueError(f"site {site!r} is not a latent site of the guide")
+            site = chosen_latent(guide_trace, model_trace, site, "refine")
             loc0, scale0, event_dim = _site_start(guide_trace, site)
     finally:
         pyro.util.set_rng_state(rng)

@@ -9,7 +9,7 @@ from pyro_gen.vae.autoguide import AutoAmortizedNormal
 from pyro_gen.vae.bayesian import BayesianVAE
 from pyro_gen.vae.builders import build_vae
 from pyro_gen.vae.decoders import ConvDecoder, Decoder, MLPDecoder
-from pyro_gen.vae.decoding import PosteriorPoint, reconstruct
+from pyro_gen.vae.decoding import reconstruct
 from pyro_gen.vae.diagnostics import (
     PosteriorCollapseWarning,
     active_units,
@@ -33,6 +33,7 @@ from pyro_gen.vae.likelihoods import (
 from pyro_gen.vae.missing import check_mask, impute, missing_at_random
 from pyro_gen.vae.naive import naive_log_likelihood, prior_guide
 from pyro_gen.vae.objectives import FreeBitsELBO, iwae, make_loss
+from pyro_gen.vae.posterior_point import PosteriorPoint
 from pyro_gen.vae.posteriors import (
     IAFPosterior,
     NormalPosterior,

@@ -16,57 +16,16 @@ from typing import Any
 
 import torch
 from pyro import poutine
-from pyro.poutine.messenger import Messenger
 from pyro.poutine.trace_struct import Trace
 
 from pyro_gen.infer.log_weights import DataPlate, find_data_plate
+from pyro_gen.vae.example_rows import plate_dim
 from pyro_gen.vae.latent_statistics import local_latents
 from pyro_gen.vae.observed_site import observed_data_site
 from pyro_gen.vae.pairs import evaluated_pair
+from pyro_gen.vae.posterior_point import PosteriorPoint
 
-__all__ = ["PosteriorPoint", "decode_trace", "interpolation", "reconstruct"]
-
-
-def _point(fn: Any, num_draws: int) -> torch.Tensor:
-    """A point estimate under ``fn``: its mean, the average of ``num_draws`` draws where
-    the mean has no closed form (a flow), or for a discrete site its mode (else a draw:
-    an average of labels is no label)."""
-    discrete = getattr(fn.support, "is_discrete", False)
-    try:
-        value = fn.mode if discrete else fn.mean
-    except NotImplementedError:
-        value = None
-    if value is not None and bool(torch.isfinite(value).all()):
-        return value.expand(fn.batch_shape + fn.event_shape)
-    return fn.sample() if discrete else fn.sample((num_draws,)).mean(0)
-
-
-class PosteriorPoint(Messenger):
-    """Gives every latent sample site of a guide its point estimate instead of a draw: the
-    distribution's mean, the average of ``num_draws`` draws where the mean has no closed
-    form (a flow), the mode of a discrete site. Sites later in the guide are computed
-    from the earlier sites' points (the lower layer of a hierarchy at the upper layer's).
-
-    Example:
-        >>> import pyro, pyro.distributions as dist
-        >>> def guide():
-        ...     z = pyro.sample("z", dist.Normal(2.0, 1.0))
-        ...     pyro.sample("w", dist.Normal(z, 1.0))
-        >>> trace = poutine.trace(PosteriorPoint()(guide)).get_trace()
-        >>> float(trace.nodes["z"]["value"]), float(trace.nodes["w"]["value"])
-        (2.0, 2.0)
-    """
-
-    def __init__(self, num_draws: int = 64) -> None:
-        super().__init__()
-        self.num_draws = num_draws
-
-    def _pyro_sample(self, msg: dict) -> None:
-        if msg["is_observed"] or msg["value"] is not None:
-            return
-        if not isinstance(msg["fn"], torch.distributions.Distribution):
-            return  # a plate's subsample site
-        msg["value"] = _point(msg["fn"], self.num_draws)
+__all__ = ["decode_trace", "interpolation", "reconstruct"]
 
 
 def decode_trace(
@@ -147,8 +106,7 @@ def reconstruct(
 def _along_plate(node: dict, plate: DataPlate, t: torch.Tensor) -> torch.Tensor:
     """The straight line from the site's value at the plate's first element to its second,
     at ``t``, along the plate's dimension of the value."""
-    frame = next(f for f in node["cond_indep_stack"] if f.name == plate.name)
-    dim = frame.dim - len(node["fn"].event_shape)
+    dim = plate_dim(node, plate)
     value = node["value"]
     a, b = value.narrow(dim, 0, 1), value.narrow(dim, 1, 1)
     shape = [1] * value.dim()

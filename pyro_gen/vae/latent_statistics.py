@@ -8,25 +8,31 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.poutine import Trace
 
 from pyro_gen.infer.log_weights import find_data_plate
+from pyro_gen.vae.example_rows import check_every_example, example_rows
 from pyro_gen.vae.pairs import evaluated_pair
+from pyro_gen.vae.posterior_point import PosteriorPoint
 
 __all__ = ["latent_statistics"]
 
 
 def local_latents(guide_trace: Trace, plate: str) -> list[str]:
-    """The guide's latent sample sites in the data plate ``plate`` (auxiliary sites left out)."""
+    """The guide's latent sample sites in the data plate ``plate`` (auxiliary sites, nested
+    plates' subsample sites and ``pyro.deterministic`` records left out)."""
     return [
         name
         for name, site in guide_trace.nodes.items()
         if site["type"] == "sample"
         and not site["is_observed"]
+        and isinstance(site["fn"], torch.distributions.Distribution)
         and not site["infer"].get("is_auxiliary", False)
+        and not site["infer"].get("_deterministic", False)
         and any(f.name == plate for f in site["cond_indep_stack"])
     ]
 
@@ -44,8 +50,8 @@ def diagonal_normal(fn: Any) -> dist.Normal | None:
 
 
 def chosen_latent(guide_trace: Trace, model_trace: Trace, site: str | None, verb: str) -> str:
-    """``site`` if it is a latent site of the guide, else (``site`` None) the guide's only
-    latent in the model's data plate; the error asks for ``site=`` to name the one to
+    """``site`` if it is a latent site of the guide in the model's data plate, else (``site``
+    None) the guide's only latent there; the error asks for ``site=`` to name the one to
     ``verb``.
 
     Example:
@@ -58,17 +64,20 @@ def chosen_latent(guide_trace: Trace, model_trace: Trace, site: str | None, verb
         >>> chosen_latent(trace, trace, None, "describe")
         'z'
     """
+    plate = find_data_plate(model_trace).name
+    latents = local_latents(guide_trace, plate)
     if site is None:
-        plate = find_data_plate(model_trace).name
-        latents = local_latents(guide_trace, plate)
         if len(latents) != 1:
             raise ValueError(
                 f"the guide has the latent sites {latents} in the data plate {plate!r}: "
                 f"name the one to {verb} with site=..."
             )
         return latents[0]
-    if site not in guide_trace.nodes or guide_trace.nodes[site]["is_observed"]:
-        raise ValueError(f"site {site!r} is not a latent site of the guide")
+    if site not in latents:
+        raise ValueError(
+            f"site {site!r} is not a latent site of the guide in the data plate {plate!r} "
+            f"(those are {latents})"
+        )
     return site
 
 
@@ -88,15 +97,20 @@ def latent_statistics(
     Normal densities, :math:`\\mathrm{KL}(q(z_j \\mid x) \\,\\|\\, p(z_j))` per dimension
     (else None); each ``(N, D)``.
 
-    The guide runs as ``guide(x_batch, **context)`` and the model replays it, both in
-    evaluation mode; a mean the
-    guide's distribution does not give in closed form (a flow) is the average of
-    ``num_draws`` draws, whose noise adds about :math:`\\mathrm{Var}_q / \\text{num\\_draws}`
-    to a spread of means taken over ``x``.
+    The guide runs as ``guide(x_batch, **context)`` with every latent at its point estimate
+    (:class:`~pyro_gen.vae.posterior_point.PosteriorPoint`: a site below another, a layer
+    of a hierarchy or a local latent under a global one, is described at the other's
+    point; a Pyro autoguide's latent at its auxiliary site's mean), and the model replays
+    it, both in evaluation mode. A mean the guide's distribution does not give in closed
+    form (a flow) is the average of ``num_draws`` draws, whose noise adds about
+    :math:`\\mathrm{Var}_q / \\text{num\\_draws}` to a spread of means taken over ``x``;
+    the caller's random state is left as it was. Rows follow the model's data plate,
+    wherever it lies in ``x`` (LDA's words by documents: one row per document).
 
     Args:
         vae: a pyro_gen VAE, or a Pyro model callable with ``guide=``.
-        x: the examples, batched along the model's data plate.
+        x: the examples, cut into batches along its first dimension when the data plate
+            runs along it.
         guide: a Pyro guide (default: the module's).
         site: the latent site (default: the guide's only latent in the data plate).
         batch_size: examples per run of the guide.
@@ -116,25 +130,44 @@ def latent_statistics(
         >>> mean[0].tolist(), round(float(kl[0, 0]), 4)  # KL(N(1/2, 1/2) || N(0, 1))
         ([0.5, 0.5], 0.2216)
     """
+    rng = pyro.util.get_rng_state()  # a description draws nothing the caller would see
+    try:
+        with evaluated_pair(vae, guide, x[:batch_size], context) as (model, guide):
+            return _statistics(model, guide, x, site, batch_size, num_draws, context)
+    finally:
+        pyro.util.set_rng_state(rng)
+
+
+def _statistics(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    site: str | None,
+    batch_size: int,
+    num_draws: int,
+    context: dict,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     means, kls = [], []
-    with evaluated_pair(vae, guide, x[:batch_size], context) as (model, guide):
-        for start in range(0, x.shape[0], batch_size):
-            batch = x[start : start + batch_size]
-            guide_trace = poutine.trace(guide).get_trace(batch, **context)
-            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-                batch, **context
-            )
-            site = chosen_latent(guide_trace, model_trace, site, "describe")
-            q, p = guide_trace.nodes[site]["fn"], model_trace.nodes[site]["fn"]
-            rows = batch.shape[0]
-            try:
-                mean = q.mean
-            except NotImplementedError:  # a flow: no closed form
-                mean = q.sample((num_draws,)).mean(0)
-            means.append(mean.reshape(rows, -1))
-            q_normal, p_normal = diagonal_normal(q), diagonal_normal(p)
-            if q_normal is not None and p_normal is not None:
-                kl = torch.distributions.kl_divergence(q_normal, p_normal)
-                kls.append(kl.expand(mean.shape).reshape(rows, -1))
-    kl_all = torch.cat(kls) if len(kls) == len(means) else None
-    return torch.cat(means), kl_all
+    start = 0
+    while start < x.shape[0]:
+        batch = x[start : start + batch_size]
+        guide_trace = poutine.trace(PosteriorPoint(num_draws)(guide)).get_trace(batch, **context)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+            batch, **context
+        )
+        plate = find_data_plate(model_trace)
+        check_every_example(model_trace, plate, batch, "latent_statistics")
+        site = chosen_latent(guide_trace, model_trace, site, "describe")
+        node = guide_trace.nodes[site]
+        rows = example_rows(node["value"], node, plate)
+        if start == 0 and rows.shape[0] != batch.shape[0] and batch.shape[0] < x.shape[0]:
+            # the examples do not run along x's first dimension (LDA's words by documents):
+            # x cannot be cut into batches of examples, so it is described whole
+            batch_size = x.shape[0]
+            continue
+        means.append(rows)
+        q, p = diagonal_normal(node["fn"]), diagonal_normal(model_trace.nodes[site]["fn"])
+        if q is not None and p is not None:
+            kls.append(example_rows(torch.distributions.kl_divergence(q, p), node, plate))
+        start += batch.shape[0]
+    return torch.cat(means), (torch.cat(kls) if len(kls) == len(means) else None)

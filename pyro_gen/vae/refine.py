@@ -4,6 +4,7 @@ any Pyro model and guide."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -12,14 +13,17 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.infer import Trace_ELBO
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 from pyro.poutine.messenger import Messenger
 from torch.nn import functional as F
 
-from pyro_gen.infer.log_weights import max_plate_nesting
+from pyro_gen.infer.evaluation_scorer import one_line_message
+from pyro_gen.infer.log_weights import find_data_plate, max_plate_nesting
 from pyro_gen.vae.diagnostics import own_posterior_family, posterior_params
+from pyro_gen.vae.example_rows import check_every_example
 from pyro_gen.vae.latent_statistics import chosen_latent, diagonal_normal
 from pyro_gen.vae.pairs import evaluated_pair
+from pyro_gen.vae.posterior_point import PosteriorPoint
 from pyro_gen.vae.sites import LATENT
 
 _STARTS = ("encoder", "standard_normal")
@@ -48,29 +52,71 @@ class _Refinement:
     raw: torch.Tensor
     event_dim: int
     nesting: int
+    enumerated: bool  # sites marked for enumeration: the ELBO the user trains sums them out
+    vectorize: bool = True  # particles in a plate, until the model or guide refuses one
 
     def refined_guide(self, *args: Any, **kwargs: Any) -> Any:
         with _LocalNormal(self.site, self.loc, self.raw, self.event_dim):
             return self.guide(*args, **kwargs)
 
-    def elbo(self, num_particles: int) -> Trace_ELBO:
-        return Trace_ELBO(
-            num_particles=num_particles, vectorize_particles=True, max_plate_nesting=self.nesting
-        )
+    def loss(self, x: torch.Tensor, context: dict, num_particles: int, differentiable: bool) -> Any:
+        """The negative ELBO of the refined guide (``Trace_ELBO``, or ``TraceEnum_ELBO``
+        where sites are marked for enumeration), its particles vectorized while the model
+        and guide run under a particle plate, else drawn one at a time (with a warning)."""
+        while True:
+            kind = TraceEnum_ELBO if self.enumerated else Trace_ELBO
+            elbo = kind(
+                num_particles=num_particles,
+                vectorize_particles=self.vectorize,
+                max_plate_nesting=self.nesting,
+            )
+            run = elbo.differentiable_loss if differentiable else elbo.loss
+            try:
+                return run(self.model, self.refined_guide, x, **context)
+            except Exception as error:  # noqa: BLE001 - the unvectorized run shows a real one
+                if not self.vectorize or num_particles == 1:
+                    raise
+                self.vectorize = False
+                warnings.warn(
+                    f"the model or guide does not run under a particle plate, so the "
+                    f"refinement draws its {num_particles} particles one at a time, which is "
+                    f"slower: {type(error).__name__}: {one_line_message(error)}",
+                    stacklevel=4,
+                )
 
 
-def _site_start(guide_trace: Any, site: str) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """The guide's loc and scale of ``site`` (a diagonal Normal's own, else the mean and
-    standard deviation of draws), and its event dimensions."""
-    fn = guide_trace.nodes[site]["fn"]
+def _support_is_real(fn: Any) -> bool:
     support = fn.support
     while hasattr(support, "base_constraint"):
         support = support.base_constraint
-    if support is not dist.constraints.real:
+    return support is dist.constraints.real
+
+
+def _site_start(
+    guide_trace: Any, model_trace: Any, site: str
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The guide's loc and scale of ``site`` (a diagonal Normal's own, else the mean and
+    standard deviation of draws), and its event dimensions."""
+    fn = guide_trace.nodes[site]["fn"]
+    base = fn
+    while isinstance(base, (dist.Independent, dist.MaskedDistribution)):
+        base = base.base_dist
+    if isinstance(base, dist.Delta):
         raise ValueError(
-            f"refine_posterior refines the guide's site {site!r} with a Normal, but its "
-            f"support is {fn.support}: choose a real-valued latent with site=..."
+            f"refine_posterior refines the guide's distribution of site {site!r}, but the "
+            "guide gives it a Delta (a point, or a Pyro autoguide that draws its latents "
+            "through an auxiliary site): refine a guide that samples the site itself, such "
+            "as AutoAmortizedNormal or a hand-written one"
         )
+    for role, f in (("guide", fn), ("model", model_trace.nodes[site]["fn"])):
+        # a TransformedDistribution's support is its last transform's codomain, which torch
+        # often leaves as Real: the model's own distribution says where the site lies
+        if not _support_is_real(f):
+            raise ValueError(
+                f"refine_posterior refines the guide's site {site!r} with a Normal, but the "
+                f"{role}'s distribution of it has support {f.support}: choose a "
+                "real-valued latent with site=..."
+            )
     normal = diagonal_normal(fn)
     shape = fn.batch_shape + fn.event_shape
     if normal is not None:
@@ -91,12 +137,14 @@ def _refinement(
     context: dict,
 ) -> _Refinement:
     """The model, the guide and the starting per-example Normal of its latent ``site``: a
-    built-in VAE's encoder output, else the guide's own distribution of the site."""
+    built-in VAE's encoder output, else the guide's own distribution of the site with the
+    guide's other latents at their point estimates (a layer below another at the upper
+    layer's mean)."""
     if start not in _STARTS:
         raise ValueError(f"start must be 'encoder' or 'standard_normal', got {start!r}")
     rng = pyro.util.get_rng_state()
     try:  # finding the starting point leaves the RNG where it was
-        guide_trace = poutine.trace(guide).get_trace(x, **context)
+        guide_trace = poutine.trace(PosteriorPoint()(guide)).get_trace(x, **context)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
             x, **context
         )
@@ -104,8 +152,9 @@ def _refinement(
             site, event_dim = LATENT, 1
             loc0, scale0 = posterior_params(vae, x, **context)
         else:
+            check_every_example(model_trace, find_data_plate(model_trace), x, "refine_posterior")
             site = chosen_latent(guide_trace, model_trace, site, "refine")
-            loc0, scale0, event_dim = _site_start(guide_trace, site)
+            loc0, scale0, event_dim = _site_start(guide_trace, model_trace, site)
     finally:
         pyro.util.set_rng_state(rng)
     if start == "standard_normal":
@@ -113,7 +162,12 @@ def _refinement(
     loc = loc0.detach().clone().requires_grad_(True)
     raw = torch.log(torch.expm1(scale0.detach().clamp(min=1e-5))).requires_grad_(True)
     nesting = max_plate_nesting(guide_trace, model_trace)
-    return _Refinement(model, guide, site, loc, raw, event_dim, nesting)
+    enumerated = any(
+        node["type"] == "sample" and node["infer"].get("enumerate")
+        for trace in (guide_trace, model_trace)
+        for node in trace.nodes.values()
+    )
+    return _Refinement(model, guide, site, loc, raw, event_dim, nesting, enumerated)
 
 
 def _refine(
@@ -126,9 +180,8 @@ def _refine(
 ) -> None:
     r = refinement
     opt = torch.optim.Adam([r.loc, r.raw], lr=lr)
-    elbo = r.elbo(num_particles)
     for _ in range(num_steps):
-        loss = elbo.differentiable_loss(r.model, r.refined_guide, x, **context)
+        loss = r.loss(x, context, num_particles, differentiable=True)
         grads = torch.autograd.grad(loss, [r.loc, r.raw])
         opt.zero_grad()
         r.loc.grad, r.raw.grad = grads
@@ -229,5 +282,5 @@ def semi_amortized_elbo(
         )
         _refine(r, x, num_steps, lr, refine_particles, context)
         with torch.no_grad():
-            loss = r.elbo(num_particles).loss(r.model, r.refined_guide, x, **context)
+            loss = r.loss(x, context, num_particles, differentiable=False)
     return -loss / x.shape[0]

@@ -128,5 +128,8 @@ def test_a_constrained_latent_is_refused_by_name():
         with pyro.plate("data", x.shape[0]):
             pyro.sample("rate", dist.Gamma(x + 1.0, 1.0))
 
-    with pytest.raises(ValueError, match="site 'rate' with a Normal, but its support"):
+    with pytest.raises(
+        ValueError,
+        match="site 'rate' with a Normal, but the guide's distribution of it has support",
+    ):
         refine_posterior(model, torch.tensor([1.0, 3.0]), 1, guide=guide)

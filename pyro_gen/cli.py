@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -162,6 +163,11 @@ def _impute(args: argparse.Namespace) -> None:
     check_model(config, args.run)
     if config["model"] != "vae":
         raise UsageError(f"impute fills pixels with a vae; {args.run} holds a {config['model']}")
+    if args.missing_rate == 0:  # it reported an error of 0 for both methods on no pixel
+        raise UsageError(
+            "--missing-rate 0 hides no pixel, so there is nothing to impute; give a share in "
+            "(0, 1), or leave it out for the run's own (or 0.5)"
+        )
     path = samples_path(args, "imputed.png")
     refuse_symlink(Path(args.run) / "imputation.json")
     probe_writable(args.run, "imputation.json")
@@ -210,6 +216,24 @@ def _one_line(error: BaseException) -> str:
     return text[:400] + " ... (--debug shows all of it)"
 
 
+def _out_of_memory(error: BaseException) -> str | None:
+    """One line for an allocation that failed, or None for any other error."""
+    text = str(error)
+    if not (
+        isinstance(error, (MemoryError, torch.OutOfMemoryError))
+        or "can't allocate memory" in text
+        or "out of memory" in text
+    ):
+        return None
+    asked = re.search(r"allocate (\d+) bytes", text)
+    size = f" ({int(asked[1]) / 2**30:.1f} GiB asked for at once)" if asked else ""
+    return (
+        f"out of memory{size}: the model or batch these options describe does not fit; choose "
+        "smaller sizes (--z-dim, --hidden-dim, --layers, --batch-size, --k, -n) or another "
+        "--device; files written before are intact"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pyro-gen`` console script; returns the exit status.
 
@@ -234,6 +258,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"pyro-gen: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:
+        # Sizes a user typed (--z-dim 100000000) that no memory holds: torch's allocator
+        # raises a RuntimeError, CUDA's a torch.OutOfMemoryError. Any other is a bug.
+        if args.debug or not _out_of_memory(e):
+            raise
+        print(f"pyro-gen: error: {_out_of_memory(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("pyro-gen: interrupted; the last checkpoint is intact", file=sys.stderr)

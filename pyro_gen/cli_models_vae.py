@@ -12,6 +12,8 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,13 @@ def load_mask(path: str | Path, x: torch.Tensor) -> torch.Tensor:
             mask = torch.from_numpy(np.load(path, allow_pickle=False))
         else:
             mask = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own message advises weights_only=False: never for a file handed to us
+        raise UsageError(
+            f"--mask-file {path}: cannot read a mask from it: it holds pickled objects other "
+            "than tensors, which pyro-gen does not load (nothing in it was run); save the "
+            "mask tensor alone (torch.save(mask, path)) or as a .npy array"
+        ) from None
     except (OSError, ValueError, RuntimeError, EOFError) as e:
         raise UsageError(f"--mask-file {path}: cannot read a mask from it ({e})") from None
     if not isinstance(mask, torch.Tensor):
@@ -71,6 +80,11 @@ def load_mask(path: str | Path, x: torch.Tensor) -> torch.Tensor:
                 f"--mask-file {path}: the mask must be boolean or hold only 0 and 1 (1 = observed)"
             )
         mask = mask != 0
+    if not bool(mask.any()):  # the model would score nothing and train on the prior alone
+        raise UsageError(
+            f"--mask-file {path}: the mask observes no pixel (all False or 0); mark the "
+            "observed pixels True or 1"
+        )
     return mask
 
 
@@ -104,10 +118,32 @@ def _vae_data(x: torch.Tensor, y: torch.Tensor | None, config: dict, split: str)
     if mask_file and rate:
         raise UsageError("give --missing-rate or --mask-file, not both")
     if mask_file:  # the training images' own mask; held-out images are scored whole
-        return {"x": x, "mask": load_mask(mask_file, x)} if split == "train" else x
+        if split != "train":
+            return x
+        mask = load_mask(mask_file, x)
+        _check_recorded_mask(mask, mask_file, config)
+        return {"x": x, "mask": mask}
     if not rate:
         return x
     return {"x": x, "mask": missing_mask(x, rate, config["seed"], split)}
+
+
+# config.json's record of the mask a run trained on (the file can change after training)
+MASK_DIGEST = "mask_file_sha256"
+
+
+def _check_recorded_mask(mask: torch.Tensor, path: str, config: dict[str, Any]) -> None:
+    """Records the SHA-256 of the mask in ``config`` (a fresh run, or one recorded before
+    the digest was), or refuses a mask other than the recorded one: a resume trained on
+    whatever the file held by then, so the record no longer described the checkpoint."""
+    digest = hashlib.sha256(mask.contiguous().numpy().tobytes()).hexdigest()
+    recorded = config.setdefault(MASK_DIGEST, digest)
+    if recorded != digest:
+        raise UsageError(
+            f"--mask-file {path} now holds another mask than the one this run was trained on "
+            "(its SHA-256 differs from the one in config.json); restore that mask to resume, "
+            "or train into a fresh --out"
+        )
 
 
 def _vae_evaluate(ev: Evaluation) -> dict[str, Any]:
@@ -192,6 +228,31 @@ def _ssvae_evaluate(ev: Evaluation) -> dict[str, Any]:
     return results
 
 
+def _vae_unused(opts: dict[str, Any], data: str) -> dict[str, str]:
+    """The vae options these options leave unread, or contradict (refused before the run
+    directory is made; build_vae refused them only once the data were loaded, in its own
+    words: ``guide='normal'``, ``posterior=...``)."""
+    unused = {} if opts["objective"] == "iwae" else {"k": "applies only with --objective iwae"}
+    layers = opts["layers"]
+    if layers > 1 and opts["guide"] == "iaf":
+        unused["guide"] = (
+            f"iaf is a posterior family of one latent layer, and --layers {layers} asks for "
+            f"{layers}: a {layers}-layer vae takes --guide normal (top-down) or auto"
+        )
+    if opts["prior"] == "vamp" and (layers > 1 or opts["guide"] == "auto"):
+        which = f"--layers {layers}" if layers > 1 else "--guide auto"
+        unused["prior"] = (
+            "vamp mixes the posteriors of a one-layer amortized guide (--guide normal or iaf), "
+            f"which {which} does not have"
+        )
+    if opts["mask_file"] and opts["missing_rate"]:  # one mask or the other: not both
+        unused["mask_file"] = (
+            "gives the training images' own mask, and --missing-rate draws another at random "
+            "(one or the other)"
+        )
+    return unused
+
+
 _VAE_OPTIONS = ("z_dim", "hidden_dim", "layers", "likelihood", "prior", "guide", "objective", "k")
 
 VAE_MODELS: dict[str, ModelSpec] = {
@@ -208,10 +269,8 @@ VAE_MODELS: dict[str, ModelSpec] = {
         choices={"objective": ("elbo", "meanfield", "iwae", "freebits")},
         added_later={"missing_rate": 0.0, "mask_file": None},
         loss_options=("objective", "k"),
-        # the training particles of the IWAE bound; the other objectives draw one
-        unused_options=lambda o, data: (
-            {} if o["objective"] == "iwae" else {"k": "applies only with --objective iwae"}
-        ),
+        # k: the training particles of the IWAE bound; the other objectives draw one
+        unused_options=_vae_unused,
         # fit's test_elbo is the ELBO whatever the objective; its train_loss is the objective's
         train_bound=lambda o: {
             "iwae": f"IWAE bound (k={o['k']})",

@@ -44,7 +44,14 @@ from pyro_gen.cli_settings import (
     train_command,
 )
 from pyro_gen.infer import CheckpointError, NonFiniteLossError, bits_per_dim_from_nats, fit
-from pyro_gen.infer.checkpoint import CHECKPOINT_NAME, METRICS_NAME, run_lock, verify_checkpoint
+from pyro_gen.infer.checkpoint import (
+    CHECKPOINT_NAME,
+    LOCK_NAME,
+    METRICS_NAME,
+    RunLockedError,
+    run_lock,
+    verify_checkpoint,
+)
 from pyro_gen.infer.distributed import is_main_process
 from pyro_gen.infer.files import refuse_symlink
 from pyro_gen.runs import (
@@ -70,9 +77,27 @@ def train(args: argparse.Namespace) -> None:
     given = requested_settings(args, spec)
     device = device_option(args.device)
     out = args.out or Path("runs") / f"{args.model}-{args.data}"
-    if not out.exists():  # refuse what cannot apply before creating anything
+    created = not out.exists()
+    if created:  # refuse what cannot apply before creating anything
         _check_applicable(args, given, None, out)
     out = _run_directory(out)
+    try:
+        _train_locked(args, spec, given, out, device)
+    except RunLockedError:  # another process took the folder meanwhile: it is theirs
+        raise
+    except BaseException:
+        if created:  # refused once the data or the model were read: leave no folder behind
+            _remove_unrecorded(out)
+        raise
+
+
+def _train_locked(
+    args: argparse.Namespace,
+    spec: ModelSpec,
+    given: dict[str, Any],
+    out: Path,
+    device: torch.device,
+) -> None:
     with _locked(out):
         probe_writable(out, "the run's files")
         for name in RUN_FILES:  # refused now, not after the data are loaded
@@ -94,6 +119,19 @@ def train(args: argparse.Namespace) -> None:
                 )
             config = new_config(args, spec, given)
         _train_run(args, spec, config, config["options"], out, device)
+
+
+def _remove_unrecorded(out: Path) -> None:
+    """Removes the run directory this command created if it holds nothing but its lock
+    file: no config.json was written, so the run was never accepted (a refused fresh run
+    left an empty folder with a lock file, which the next try then took for a run)."""
+    lock = out / LOCK_NAME
+    try:
+        if {p.name for p in out.iterdir()} <= {LOCK_NAME}:
+            lock.unlink(missing_ok=True)
+            out.rmdir()
+    except OSError:  # another process wrote into it meanwhile: it is theirs now
+        pass
 
 
 def _whole(value: Any, least: int) -> bool:
@@ -293,8 +331,17 @@ def _train_run(
         )
         return
     bound = config["test_elbo_is"]
-    figures = write_figures(spec, config, model, out, result.history, bound=bound)
     last = result.history[-1] if result.history else {}
+    held_out = last.get("test_elbo", last.get("test_loss"))
+    if held_out is not None and not math.isfinite(held_out):
+        # every step's loss was finite, yet the parameters score the held-out data as nan
+        # (one step at --lr 1e9): this printed "test ELBO nan nats" and exited 0
+        raise UsageError(
+            f"training diverged: the held-out {bound} is {held_out} after epoch {result.epoch}"
+            f" ({out / CHECKPOINT_NAME} holds those parameters); retrain into a fresh --out "
+            f"with a smaller --lr (this run: {config['lr']:g}) or --grad-clip (e.g. 5)"
+        )
+    figures = write_figures(spec, config, model, out, result.history, bound=bound)
     epochs = f"{result.epoch} epoch" + ("" if result.epoch == 1 else "s")
     summary = f"trained {args.model} on {args.data}: {epochs}"
     if "test_elbo" in last:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 
 import pyro
 import pyro.distributions as dist
@@ -203,15 +204,15 @@ def test_vae_semi_amortized_elbo_without_steps_is_pyros_elbo_and_steps_raise_it(
     m, x = tutorial_vae
     guide = m.guide if kind == "hand-written" else AutoAmortizedNormal(m.model, hidden_dims=(8,))
     guide(x)  # set up (an autoguide's first call draws), as after training
-    expected = pyro_elbo(m.model, guide, x, seed=3, particles=500)
-    pyro.set_rng_seed(3)
-    assert semi_amortized_elbo(m.model, x, 0, num_particles=500, guide=guide) == pytest.approx(
+    expected = pyro_elbo(m.model, guide, x, seed=3, particles=200)
+    assert refined_from_the_start(m.model, x, 3, 200, guide=guide) == pytest.approx(
         expected, rel=1e-6
     )
+    start = refined_from_the_start(m.model, x, 4, 2000, guide=guide)
     pyro.set_rng_seed(4)
     with untouched(m, rng=False):  # the per-example Normals train, not the networks
-        refined = semi_amortized_elbo(m.model, x, 100, lr=0.05, num_particles=500, guide=guide)
-    assert refined > expected + 0.5  # the ELBO's noise here is about 0.05
+        refined = semi_amortized_elbo(m.model, x, 100, lr=0.1, num_particles=2000, guide=guide)
+    assert refined > start + 0.2  # each estimate's noise is about 0.02
 
 
 def test_vae_autoamortized_guide_is_decoded_at_its_median(tutorial_vae):
@@ -423,6 +424,23 @@ def test_ss_vae_semi_amortized_elbo_sums_an_enumerated_label_out(m2):
     pyro.set_rng_seed(3)
     got = semi_amortized_elbo(m.model, xs, 0, num_particles=2000, guide=guide)
     assert got == pytest.approx(expected, abs=0.2)  # noise ~0.02
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="semi_amortized_elbo runs Trace_ELBO on a guide that enumerates y (Pyro's M2 "
+    "guide): Pyro warns the user 'If you want to enumerate sites, you need to use "
+    "TraceEnum_ELBO instead', which they cannot choose here (the value is right in "
+    "expectation)",
+)
+def test_ss_vae_refinement_of_an_enumerating_guide_does_not_tell_the_user_to_change_loss(m2):
+    m, _, _ = m2
+    xs = ss_vae.clusters()["xs_unsup"][:8]
+    expected = pyro_elbo(m.model, m.guide, xs, seed=1, particles=2000, enum=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = refined_from_the_start(m.model, xs, 1, 2000, guide=m.guide, site="z")
+    assert got == pytest.approx(expected, abs=0.05)  # y drawn, not summed: noise ~0.01
 
 
 # --- Pyro's examples/dmm.py: sequences, pyro.markov, masked padding ----------------------
@@ -787,16 +805,16 @@ def test_ppca_multiple_imputations_follow_the_gaussian_conditional():
         mask,
         guide=guide,
         site="x_observed",
-        num_samples=4000,
-        chunk=4000,
-        num_imputations=400,
+        num_samples=2000,
+        chunk=2000,
+        num_imputations=300,
     )
-    assert torch.equal(draws[:, mask], x[mask].expand(400, -1))
+    assert torch.equal(draws[:, mask], x[mask].expand(300, -1))
     missing = ~mask
-    z = (draws.mean(0) - mean)[missing] / (var[missing].sqrt() / math.sqrt(400))
+    z = (draws.mean(0) - mean)[missing] / (var[missing].sqrt() / math.sqrt(300))
     assert z.abs().max() < 4
-    ratio = draws.var(0)[missing] / var[missing]  # standard error about 0.07
-    assert ((ratio > 0.7) & (ratio < 1.3)).all(), ratio
+    ratio = draws.var(0)[missing] / var[missing]  # standard error about 0.08
+    assert ((ratio > 0.65) & (ratio < 1.35)).all(), ratio
 
 
 def masked_ppca(x, mask=None):
@@ -837,6 +855,11 @@ def test_bayesian_decoder_is_decoded_at_the_weights_and_codes_medians():
         expected = torch.sigmoid(poutine.condition(bv.decoder, data=weights)(z))
     torch.testing.assert_close(reconstruct(bv, x, guide=guide), expected)
     torch.testing.assert_close(latent_statistics(bv, x, guide=guide)[0], z)
+    # the weights (global) stay at their medians along the line between the two codes
+    line = interpolate(bv, x[0], x[1], 3, guide=guide)
+    with torch.no_grad():
+        mid = torch.sigmoid(poutine.condition(bv.decoder, data=weights)((z[:1] + z[1:2]) / 2))
+    torch.testing.assert_close(line[1], mid[0])
 
 
 @pytest.mark.xfail(

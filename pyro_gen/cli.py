@@ -142,11 +142,17 @@ def _sample_command(args: argparse.Namespace) -> None:
         raise UsageError(
             f"--steps applies to {', '.join(takes)} runs; {args.run} holds a {config['model']}"
         )
-    if args.steps is not None and args.sampler in spec.fixed_step_samplers:
+    sampler = args.sampler or spec.default_sampler
+    if args.steps is not None and sampler in spec.fixed_step_samplers:
         stepped = [name for name in spec.samplers if name not in spec.fixed_step_samplers]
+        which = (
+            f"--sampler {sampler}"
+            if args.sampler
+            else f"{sampler} sampling, this {config['model']}'s default"
+        )
         raise UsageError(
-            f"--steps does not apply to --sampler {args.sampler}, which chooses its own steps; "
-            f"drop it, or pick a sampler that takes them ({', '.join(stepped)})"
+            f"--steps does not apply to {which}, which sets its own number of steps; drop it, "
+            f"or pick a sampler that takes them with --sampler ({', '.join(stepped)})"
         )
     path = samples_path(args, "samples.png")
     model = _load_run_or_explain(args.run, config, device)

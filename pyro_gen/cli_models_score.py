@@ -90,6 +90,7 @@ def _score_spec(sde: str, sampler: str) -> ModelSpec:
         evaluate_options=lambda o, data: ("num_test",),
         samplers=SCORE_SAMPLERS,
         fixed_step_samplers=ADAPTIVE_SAMPLERS,
+        default_sampler=sampler,
         sample=_score_sampler(sampler),
         discrete=lambda o: False,
         bound=lambda o: "negated DSM loss",
@@ -217,7 +218,10 @@ SCORE_MODELS: dict[str, ModelSpec] = {
         # its bound has no IWAE (see _ddpm_bound); the ODE likelihood on request
         evaluate_options=lambda o, data: ("num_test", "probability_flow"),
         samplers=("ancestral", "ddim", *SCORE_SAMPLERS),
-        fixed_step_samplers=ADAPTIVE_SAMPLERS,
+        # the ancestral chain runs all T steps (DDIM takes fewer): --steps was refused by
+        # DDPM.sample, in its own words (sampler='ddim'), once the run was loaded
+        fixed_step_samplers=("ancestral", *ADAPTIVE_SAMPLERS),
+        default_sampler="ancestral",
         sample=_ddpm_sample,
         # fit scores held-out data with the training objective: L_simple is no bound
         bound=lambda o: (

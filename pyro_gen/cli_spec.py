@@ -175,7 +175,9 @@ class ModelSpec:
         evaluate: ``Evaluation -> results``; None: the test ELBO and IWAE estimate.
         samplers: the ``sample --sampler`` names it takes (none: ``--sampler`` is refused).
         fixed_step_samplers: those of ``samplers`` whose steps ``--steps`` cannot set (an
-            adaptive ODE solver): ``--steps`` is refused with them.
+            adaptive ODE solver, the DDPM's ancestral chain of all T steps): ``--steps`` is
+            refused with them.
+        default_sampler: the one of ``samplers`` that ``sample`` uses without ``--sampler``.
         sample: ``(model, n, sampler, steps) -> samples`` in data space.
         bound: ``options -> what fit's held-out test_elbo (or test_loss) is``, in words.
         train_bound: ``options -> what fit's train_loss is``, in words, where it is not
@@ -216,6 +218,7 @@ class ModelSpec:
     evaluate: Callable[[Evaluation], dict[str, Any]] | None = None
     samplers: tuple[str, ...] = ()
     fixed_step_samplers: tuple[str, ...] = ()
+    default_sampler: str | None = None
     sample: Callable[[Any, int, str | None, int | None], torch.Tensor] = field(
         default=_plain_sample
     )

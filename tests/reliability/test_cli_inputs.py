@@ -203,6 +203,18 @@ CASES: dict[str, Case] = {
         ("--steps does not apply to --sampler ode",),
         _settings_only("ddpm", "--data", "moons", "--timesteps", "10", "--toy-samples", "64"),
     ),
+    # the DDPM's ancestral chain runs all T steps: refused before the run is loaded (it was
+    # refused after, as "use sampler='ddim' for fewer")
+    "steps_with_the_ancestral_default": Case(
+        ["sample", "{tmp}/settings", "--steps", "3"],
+        ("--steps does not apply to ancestral sampling", "--sampler (ddim"),
+        _settings_only("ddpm", "--data", "moons", "--timesteps", "10", "--toy-samples", "64"),
+    ),
+    "steps_with_the_ancestral_sampler": Case(
+        ["sample", "{tmp}/settings", "--sampler", "ancestral", "--steps", "3"],
+        ("--steps does not apply to --sampler ancestral",),
+        _settings_only("ddpm", "--data", "moons", "--timesteps", "10", "--toy-samples", "64"),
+    ),
     # evaluate's options that this run's evaluation does not read
     "num_samples_on_a_vae": Case(
         ["evaluate", "{run}", "-n", "100"], ("-n/--num-samples", "does not apply", "--k")

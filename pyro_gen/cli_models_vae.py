@@ -52,6 +52,11 @@ def load_mask(path: str | Path, x: torch.Tensor) -> torch.Tensor:
         [[True, False], [False, True]]
     """
     path = Path(path)
+    pickled = UsageError(
+        f"--mask-file {path}: cannot read a mask from it: it is no tensor saved by torch.save "
+        "or NumPy array, or it holds pickled objects, which pyro-gen does not load (nothing "
+        "in it was run); save the mask tensor alone (torch.save(mask, path)) or as a .npy array"
+    )
     try:
         if path.suffix == ".npy":
             mask = torch.from_numpy(np.load(path, allow_pickle=False))
@@ -59,12 +64,12 @@ def load_mask(path: str | Path, x: torch.Tensor) -> torch.Tensor:
             mask = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         # torch's own message advises weights_only=False: never for a file handed to us
-        raise UsageError(
-            f"--mask-file {path}: cannot read a mask from it: it holds pickled objects other "
-            "than tensors, which pyro-gen does not load (nothing in it was run); save the "
-            "mask tensor alone (torch.save(mask, path)) or as a .npy array"
-        ) from None
-    except (OSError, ValueError, RuntimeError, EOFError) as e:
+        raise pickled from None
+    except ValueError as e:
+        if "pickled" in str(e):  # NumPy's advises allow_pickle=True: nor that
+            raise pickled from None
+        raise UsageError(f"--mask-file {path}: cannot read a mask from it ({e})") from None
+    except (OSError, RuntimeError, EOFError) as e:
         raise UsageError(f"--mask-file {path}: cannot read a mask from it ({e})") from None
     if not isinstance(mask, torch.Tensor):
         raise UsageError(f"--mask-file {path}: holds a {type(mask).__name__}, not a tensor")

@@ -118,12 +118,12 @@ CASES: dict[str, Case] = {
     ),
     "mask_file_holds_a_pickle": Case(
         [*FRESH, "{tmp}/fresh", "--mask-file", "{tmp}/mask.pt"],
-        ("--mask-file", "cannot read a mask"),
+        ("--mask-file", "pickled objects, which pyro-gen does not load"),
         lambda run, tmp: torch.save(_Payload(tmp / "marker"), tmp / "mask.pt"),
     ),
     "mask_file_npy_of_objects": Case(
         [*FRESH, "{tmp}/fresh", "--mask-file", "{tmp}/mask.npy"],
-        ("--mask-file", "allow_pickle=False"),
+        ("--mask-file", "pickled objects, which pyro-gen does not load"),
         lambda run, tmp: np.save(
             tmp / "mask.npy", np.array([_Payload(tmp / "marker")]), allow_pickle=True
         ),

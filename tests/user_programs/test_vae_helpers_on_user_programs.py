@@ -744,20 +744,34 @@ class ExactPosterior(torch.nn.Module):
         return torch.stack(locs), torch.stack(scales)
 
 
-def test_ppca_imputation_is_the_gaussian_conditional_mean():
-    x, mask = missing_data.rows(8)
+def ppca_conditional(x, mask, w, sigma):
+    """Each missing entry's mean and variance given the row's observed entries (b = 0)."""
+    cov = w.T @ w + sigma**2 * torch.eye(w.shape[1])
+    mean, var = x.clone(), torch.zeros_like(x)
+    for n in range(x.shape[0]):
+        o, u = mask[n], ~mask[n]
+        gain = cov[u][:, o] @ torch.linalg.inv(cov[o][:, o])
+        mean[n, u] = gain @ x[n, o]
+        var[n, u] = (cov[u][:, u] - gain @ cov[o][:, u]).diagonal()
+    return mean, var
+
+
+def _ppca_store() -> torch.Tensor:
+    """The param store at the loadings that generated ``missing_data.rows``, noise 0.3."""
     g = torch.Generator().manual_seed(1234)
     w = torch.randn(missing_data.RANK, missing_data.DIM, generator=g)
     pyro.param("w", w.clone())
     pyro.param("b", torch.zeros(missing_data.DIM))
     pyro.param("sigma", torch.tensor(0.3), constraint=dist.constraints.positive)
+    return w
+
+
+def test_ppca_imputation_is_the_gaussian_conditional_mean():
+    x, mask = missing_data.rows(8)
+    w = _ppca_store()
     guide = missing_data.Guide()
     guide.encoder = ExactPosterior(w, 0.3)  # a good proposal: the weights do the rest
-    cov = w.T @ w + 0.09 * torch.eye(missing_data.DIM)
-    expected = x.clone()
-    for n in range(x.shape[0]):
-        o, u = mask[n], ~mask[n]
-        expected[n, u] = cov[u][:, o] @ torch.linalg.solve(cov[o][:, o], x[n, o])
+    expected, _ = ppca_conditional(x, mask, w, 0.3)
     # obs_mask splits the site: x_observed is the data, x holds the guide's imputations too
     clear_error(
         lambda: impute(missing_data.model, x, mask, guide=guide, num_samples=10),
@@ -771,26 +785,6 @@ def test_ppca_imputation_is_the_gaussian_conditional_mean():
     assert torch.equal(got[mask], x[mask])
     # self-normalised importance sampling, 20000 draws of a good proposal: a few thousandths
     assert (got - expected).abs().max() < 0.03
-
-
-def ppca_conditional(x, mask, w, sigma):
-    """Each missing entry's mean and variance given the row's observed entries (b = 0)."""
-    cov = w.T @ w + sigma**2 * torch.eye(w.shape[1])
-    mean, var = x.clone(), torch.zeros_like(x)
-    for n in range(x.shape[0]):
-        o, u = mask[n], ~mask[n]
-        gain = cov[u][:, o] @ torch.linalg.inv(cov[o][:, o])
-        mean[n, u] = gain @ x[n, o]
-        var[n, u] = (cov[u][:, u] - gain @ cov[o][:, u]).diagonal()
-    return mean, var
-
-
-def _ppca_store():
-    w = torch.randn(missing_data.RANK, missing_data.DIM, generator=torch.Generator().manual_seed(1))
-    pyro.param("w", w.clone())
-    pyro.param("b", torch.zeros(missing_data.DIM))
-    pyro.param("sigma", torch.tensor(0.3), constraint=dist.constraints.positive)
-    return w
 
 
 def test_ppca_multiple_imputations_follow_the_gaussian_conditional():

@@ -66,7 +66,7 @@ def load_mask(path: str | Path, x: torch.Tensor) -> torch.Tensor:
         # torch's own message advises weights_only=False: never for a file handed to us
         raise pickled from None
     except ValueError as e:
-        if "pickled" in str(e):  # NumPy's advises allow_pickle=True: nor that
+        if "pickle" in str(e):  # NumPy advises allow_pickle=True for some: nor that
             raise pickled from None
         raise UsageError(f"--mask-file {path}: cannot read a mask from it ({e})") from None
     except (OSError, RuntimeError, EOFError) as e:

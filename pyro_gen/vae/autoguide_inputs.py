@@ -24,7 +24,10 @@ def bind_arguments(
     signature: inspect.Signature | bool | None, args: tuple, kwargs: dict
 ) -> dict[int | str, Any]:
     """The model's arguments by parameter name (by position if it takes ``*args``, or when
-    ``signature`` is unknown or does not bind them).
+    ``signature`` is unknown).
+
+    Raises:
+        TypeError: the arguments do not fit the model's signature.
 
     Example:
         >>> def model(x, *rest, y=None, **more): ...
@@ -33,10 +36,17 @@ def bind_arguments(
         >>> bind_arguments(False, (1, 2), {"y": 4})
         {0: 1, 1: 2, 'y': 4}
     """
+    if not isinstance(signature, inspect.Signature):
+        return {**dict(enumerate(args)), **kwargs}
     try:
         bound = signature.bind(*args, **kwargs)
-    except (AttributeError, TypeError, ValueError):
-        return {**dict(enumerate(args)), **kwargs}
+    except TypeError as error:
+        # the model would refuse them too: say so here, not "x was not given" further on
+        raise TypeError(
+            f"the guide was called with arguments that the model{signature} does not take "
+            f"({error}); AutoAmortizedNormal reads the model's own arguments, so call model "
+            "and guide with the same ones"
+        ) from None
     out: dict[int | str, Any] = {}
     for key, value in bound.arguments.items():
         kind = bound.signature.parameters[key].kind

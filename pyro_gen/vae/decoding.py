@@ -11,13 +11,15 @@ model's networks needs to be known. This is what the Pyro VAE tutorial's
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from typing import Any
 
 import torch
 from pyro import poutine
 from pyro.poutine.trace_struct import Trace
 
+from pyro_gen.infer.evaluation_scorer import one_line_message
 from pyro_gen.infer.log_weights import DataPlate, find_data_plate
 from pyro_gen.vae.example_rows import plate_dim
 from pyro_gen.vae.latent_statistics import local_latents
@@ -25,23 +27,32 @@ from pyro_gen.vae.observed_site import observed_data_site
 from pyro_gen.vae.pairs import evaluated_pair
 from pyro_gen.vae.posterior_point import PosteriorPoint
 
-__all__ = ["decode_trace", "interpolation", "reconstruct"]
+__all__ = ["decoded_mean", "interpolation", "reconstruct", "replayed"]
 
 
-def decode_trace(
-    model: Callable,
+def replayed(model: Callable, latents: Trace, x: torch.Tensor, context: dict) -> Trace:
+    """The model's trace on ``x`` with its latents replayed from ``latents``."""
+    return poutine.trace(poutine.replay(model, trace=latents)).get_trace(x, **context)
+
+
+def decoded_mean(
+    trace: Trace,
     latents: Trace,
     x: torch.Tensor,
     *,
     site: str | None,
     purpose: str,
-    context: dict[str, Any],
+    drawn: Sequence[str] = (),
 ) -> torch.Tensor:
-    """The mean of :math:`p(x \\mid z)` at the latents' values in ``latents``, shaped as
-    ``x``: the model replayed on ``x`` (``model(x, **context)``) and read at its observed
-    site of ``x`` (``site``, or the only one in the data plate). Model latents that
-    ``latents`` lacks are drawn from the model."""
-    trace = poutine.trace(poutine.replay(model, trace=latents)).get_trace(x, **context)
+    """The mean of :math:`p(x \\mid z)` in the model's ``trace`` (see :func:`replayed`),
+    shaped as ``x``, read at its observed site of ``x`` (``site``, or the only one in the
+    data plate).
+
+    Raises:
+        ValueError: no single observed site of x; a distribution without a finite mean; a
+            model latent that ``latents`` lacks (left to enumeration, or drawn from the
+            model), unless named in ``drawn``: the mean would be at a random draw of it.
+    """
     name = observed_data_site(trace, find_data_plate(trace), x, site, purpose)
     node = trace.nodes[name]
     try:
@@ -54,6 +65,22 @@ def decode_trace(
             f"{type(node['fn']).__name__} distribution has no finite mean (a categorical "
             "over levels has none): observe x with a distribution that has one (Bernoulli, "
             "ContinuousBernoulli, Normal, ...)"
+        )
+    random = [
+        name
+        for name, node in trace.nodes.items()
+        if node["type"] == "sample"
+        and not node["is_observed"]
+        and isinstance(node["fn"], torch.distributions.Distribution)
+        and name not in latents.nodes
+        and name not in drawn
+    ]
+    if random:
+        raise ValueError(
+            f"the model's latent sites {random} have no site in the guide (left to "
+            f"enumeration, or drawn from the model), so {purpose} would decode at a random "
+            "draw of them: pass their values to model and guide as arguments (a label: "
+            "ys=...), or use a guide that samples them"
         )
     return mean.expand(node["value"].shape).reshape(x.shape)
 
@@ -100,7 +127,8 @@ def reconstruct(
     """
     with evaluated_pair(vae, guide, x, context) as (model, guide):
         latents = poutine.trace(PosteriorPoint(num_draws)(guide)).get_trace(x, **context)
-        return decode_trace(model, latents, x, site=site, purpose="reconstruct", context=context)
+        trace = replayed(model, latents, x, context)
+        return decoded_mean(trace, latents, x, site=site, purpose="reconstruct")
 
 
 def _along_plate(node: dict, plate: DataPlate, t: torch.Tensor) -> torch.Tensor:
@@ -149,10 +177,20 @@ def interpolation(
         tensor([0.0000, 0.5000, 1.0000])
     """
     x = torch.stack([x_a, x_b])
-    with evaluated_pair(vae, guide, x, context) as (model, guide):
-        points = poutine.trace(PosteriorPoint(num_draws)(guide)).get_trace(x, **context)
-        replayed = poutine.trace(poutine.replay(model, trace=points)).get_trace(x, **context)
-        plate = find_data_plate(replayed)
+    rows = [k for k, v in context.items() if torch.is_tensor(v) and v.dim() and v.shape[0] == 2]
+    with ExitStack() as evaluating:
+        try:
+            model, guide = evaluating.enter_context(evaluated_pair(vae, guide, x, context))
+            points = poutine.trace(PosteriorPoint(num_draws)(guide)).get_trace(x, **context)
+            plate = find_data_plate(replayed(model, points, x, context))
+        except (RuntimeError, ValueError, IndexError) as error:
+            raise ValueError(
+                "interpolate encodes x_a and x_b as a batch of 2 examples with the guide; "
+                f"model and guide failed on it: {one_line_message(error)}. A guide with "
+                "parameters for each training example (Pyro's AutoNormal or AutoDelta over "
+                "local latents) cannot encode other examples: interpolate with an amortized "
+                "guide. Arguments with one row per example need the two examples' rows"
+            ) from error
         local = local_latents(points, plate.name)
         if latent is not None and latent not in local:
             raise ValueError(
@@ -184,11 +222,20 @@ def interpolation(
                     )
                 node["value"] = _along_plate(node, plate, t)
             line.add_node(name, **node)
-        return decode_trace(
-            model,
-            line,
-            x_a.expand(steps, *x_a.shape),
-            site=site,
-            purpose="interpolate",
-            context=context,
-        )
+        x_line = x_a.expand(steps, *x_a.shape)
+        try:
+            trace = replayed(model, line, x_line, context)
+        except (RuntimeError, ValueError, IndexError) as error:
+            raise ValueError(
+                f"interpolate decodes the line's {steps} points as a batch of {steps} "
+                f"examples, and the model failed on it: {one_line_message(error)}. "
+                + (
+                    f"The arguments {rows} have one row per example and do not fit the "
+                    "line's points: pass values that broadcast over them (one example's "
+                    "row, e.g. mask[0])"
+                    if rows
+                    else "Its other arguments must broadcast over the line's points"
+                )
+            ) from error
+        drawn = [name for name in local if name not in chosen]
+        return decoded_mean(trace, line, x_line, site=site, purpose="interpolate", drawn=drawn)

@@ -113,7 +113,8 @@ def latent_statistics(
             runs along it.
         guide: a Pyro guide (default: the module's).
         site: the latent site (default: the guide's only latent in the data plate).
-        batch_size: examples per run of the guide.
+        batch_size: examples per run of the guide (arguments with one row per example of x,
+            a label or a mask, are cut into the same batches).
         num_draws: draws for a mean without a closed form.
         **context: further arguments of model and guide.
 
@@ -132,10 +133,20 @@ def latent_statistics(
     """
     rng = pyro.util.get_rng_state()  # a description draws nothing the caller would see
     try:
-        with evaluated_pair(vae, guide, x[:batch_size], context) as (model, guide):
+        first = _rows(context, x.shape[0], 0, batch_size)
+        with evaluated_pair(vae, guide, x[:batch_size], first) as (model, guide):
             return _statistics(model, guide, x, site, batch_size, num_draws, context)
     finally:
         pyro.util.set_rng_state(rng)
+
+
+def _rows(context: dict, n: int, start: int, stop: int) -> dict:
+    """The batch's rows of the arguments with one row per example of x (``n`` rows: a
+    label, a mask), the others as given."""
+    return {
+        k: v[start:stop] if torch.is_tensor(v) and v.dim() and v.shape[0] == n else v
+        for k, v in context.items()
+    }
 
 
 def _statistics(
@@ -151,9 +162,10 @@ def _statistics(
     start = 0
     while start < x.shape[0]:
         batch = x[start : start + batch_size]
-        guide_trace = poutine.trace(PosteriorPoint(num_draws)(guide)).get_trace(batch, **context)
+        kwargs = _rows(context, x.shape[0], start, start + batch_size)
+        guide_trace = poutine.trace(PosteriorPoint(num_draws)(guide)).get_trace(batch, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-            batch, **context
+            batch, **kwargs
         )
         plate = find_data_plate(model_trace)
         check_every_example(model_trace, plate, batch, "latent_statistics")

@@ -5,6 +5,7 @@ an assigned autoguide, one layer of a hierarchical VAE."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +17,7 @@ from pyro.poutine import Trace
 
 from pyro_gen.infer.log_weights import find_data_plate
 from pyro_gen.vae.example_rows import check_every_example, example_rows
-from pyro_gen.vae.pairs import evaluated_pair
+from pyro_gen.vae.pairs import evaluated_pair, model_and_guide
 from pyro_gen.vae.posterior_point import PosteriorPoint
 
 __all__ = ["latent_statistics"]
@@ -88,7 +89,7 @@ def latent_statistics(
     *,
     guide: Callable | None = None,
     site: str | None = None,
-    batch_size: int = 500,
+    batch_size: int | None = None,
     num_draws: int = 64,
     **context: Any,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -113,8 +114,8 @@ def latent_statistics(
             runs along it.
         guide: a Pyro guide (default: the module's).
         site: the latent site (default: the guide's only latent in the data plate).
-        batch_size: examples per run of the guide (arguments with one row per example of x,
-            a label or a mask, are cut into the same batches).
+        batch_size: examples per run of the guide (default 500; arguments with one row per
+            example of x, a label or a mask, are cut into the same batches).
         num_draws: draws for a mean without a closed form.
         **context: further arguments of model and guide.
 
@@ -131,6 +132,13 @@ def latent_statistics(
         >>> mean[0].tolist(), round(float(kl[0, 0]), 4)  # KL(N(1/2, 1/2) || N(0, 1))
         ([0.5, 0.5], 0.2216)
     """
+    if batch_size is not None and "batch_size" in _parameters(model_and_guide(vae, guide)[0]):
+        raise ValueError(
+            "batch_size= is latent_statistics' own (examples per run of the guide), and the "
+            "model takes a batch_size argument too, which it would not receive: fix the "
+            "model's with functools.partial(model, batch_size=...) (and the guide's)"
+        )
+    batch_size = 500 if batch_size is None else batch_size
     rng = pyro.util.get_rng_state()  # a description draws nothing the caller would see
     try:
         first = _rows(context, x.shape[0], 0, batch_size)
@@ -138,6 +146,13 @@ def latent_statistics(
             return _statistics(model, guide, x, site, batch_size, num_draws, context)
     finally:
         pyro.util.set_rng_state(rng)
+
+
+def _parameters(fn: Callable) -> set[str]:
+    try:
+        return set(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):  # no signature Python can read
+        return set()
 
 
 def _rows(context: dict, n: int, start: int, stop: int) -> dict:

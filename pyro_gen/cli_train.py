@@ -49,6 +49,8 @@ from pyro_gen.infer.checkpoint import (
     LOCK_NAME,
     METRICS_NAME,
     RunLockedError,
+    load_checkpoint,
+    restore_modules,
     run_lock,
     verify_checkpoint,
 )
@@ -236,6 +238,23 @@ def _verify_or_explain(path: Path, config: dict[str, Any], out: Path) -> None:
         ) from e
 
 
+def _check_checkpoint_fits(model: torch.nn.Module, config: dict[str, Any], out: Path) -> None:
+    """Refuses a checkpoint written by another model than config.json describes (copied in,
+    or config.json edited) before the record is rewritten, as ``evaluate`` does; fit refused
+    it only after, listing every parameter and naming its own ``checkpoint_dir``."""
+    try:
+        # fit restores the same values again (a model with an autoguide cannot be copied);
+        # restoring fills the param store, which this command owns and clears for fit
+        restore_modules(load_checkpoint(out / CHECKPOINT_NAME), {"model": model})
+    except CheckpointError as e:
+        raise UsageError(
+            f"{out / CHECKPOINT_NAME}: {e}; restore the run's own checkpoint, or retrain: "
+            f"{train_command(config, str(out) + '-new')}"
+        ) from e
+    finally:
+        pyro.clear_param_store()
+
+
 def _train_run(
     args: argparse.Namespace,
     spec: ModelSpec,
@@ -270,6 +289,8 @@ def _train_run(
             f"{out / CONFIG_NAME} records options no {config['model']} can be built from "
             f"({e}); restore it from a copy or retrain into a fresh directory"
         ) from e
+    if (out / CHECKPOINT_NAME).exists():  # a resume: the checkpoint must fit this model
+        _check_checkpoint_fits(model, config, out)
     bound = spec.bound(run_options(config))
     if bound == "ELBO" and not samples_latents(model, view.x, view.transform):
         bound = "exact log-likelihood"

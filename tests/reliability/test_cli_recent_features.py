@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from pyro_gen.cli import main
-from tests.reliability.run_fixtures import assert_one_line_error, cli
+from tests.reliability.run_fixtures import assert_one_line_error, cli, trained_run
 
 SMALL = ["--z-dim", "4", "--hidden-dim", "16", "--batch-size", "256", "--subset", "256",
          "--test-subset", "64", "--no-progress", "--no-compile"]  # fmt: skip
@@ -71,6 +71,10 @@ class _Payload:
 
     def __reduce__(self):
         return (Path.touch, (self.marker,))
+
+
+def _foreign_checkpoint(run: Path, tmp: Path) -> None:
+    shutil.copy(trained_run(tmp, "one-layer") / "checkpoint.pt", run / "checkpoint.pt")
 
 
 def _settings_only(run: Path, tmp: Path) -> None:
@@ -221,6 +225,18 @@ CASES: dict[str, Case] = {
         ],
         ("trained with --guide auto",),
     ),  # fmt: skip
+    # A checkpoint of a one-layer vae copied into the run: refused before config.json is
+    # rewritten, as evaluate refuses it (fit refused it after, naming its checkpoint_dir).
+    "resume_from_a_foreign_checkpoint": Case(
+        ["train", "vae", "--data", "digits", "--epochs", "2", "--no-progress", "--out", "{hvae}"],
+        ("not a pyro_gen.vae.hierarchical.HierarchicalVAE", "restore the run's own checkpoint"),
+        lambda run, tmp: _foreign_checkpoint(run, tmp),
+    ),
+    "impute_from_a_foreign_checkpoint": Case(
+        IMPUTE,
+        ("not a pyro_gen.vae.hierarchical.HierarchicalVAE", "to retrain"),
+        lambda run, tmp: _foreign_checkpoint(run, tmp),
+    ),
     "resume_as_another_model": Case(
         ["train", "ddpm", "--data", "digits", "--epochs", "2", "--out", "{hvae}"],
         ("holds a vae run on digits", "fresh --out"),

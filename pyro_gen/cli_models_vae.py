@@ -69,7 +69,8 @@ def load_mask(path: str | Path, x: torch.Tensor) -> torch.Tensor:
         if "pickle" in str(e):  # NumPy advises allow_pickle=True for some: nor that
             raise pickled from None
         raise UsageError(f"--mask-file {path}: cannot read a mask from it ({e})") from None
-    except (OSError, RuntimeError, EOFError) as e:
+    except Exception as e:  # noqa: BLE001 - a file of any other format fails in any way
+        # (/etc/passwd raised IndexError inside torch.load); weights_only runs nothing
         raise UsageError(f"--mask-file {path}: cannot read a mask from it ({e})") from None
     if not isinstance(mask, torch.Tensor):
         raise UsageError(f"--mask-file {path}: holds a {type(mask).__name__}, not a tensor")
@@ -117,9 +118,23 @@ def _vae_loss(event_shape: tuple[int, ...], opts: dict[str, Any]) -> Any:
     return make_loss(opts["objective"], num_particles=opts["k"])
 
 
+def _recorded(config: dict, name: str, valid: bool) -> None:
+    # a value the command line never records: config.json was edited or damaged (it met
+    # Path(5) or float('x') as a traceback or a line that did not name the file)
+    if not valid:
+        raise UsageError(
+            f"the run's config.json records {name} = {config['options'][name]!r}, which "
+            "`pyro-gen train` never records; restore it from a copy or retrain into a fresh "
+            "directory"
+        )
+
+
 def _vae_data(x: torch.Tensor, y: torch.Tensor | None, config: dict, split: str) -> Any:
     rate = config["options"].get("missing_rate") or 0.0
     mask_file = config["options"].get("mask_file")
+    number = isinstance(rate, (int, float)) and not isinstance(rate, bool)
+    _recorded(config, "missing_rate", number and 0 <= rate < 1)
+    _recorded(config, "mask_file", mask_file is None or isinstance(mask_file, str))
     if mask_file and rate:
         raise UsageError("give --missing-rate or --mask-file, not both")
     if mask_file:  # the training images' own mask; held-out images are scored whole

@@ -73,6 +73,12 @@ class _Payload:
         return (Path.touch, (self.marker,))
 
 
+def _edit_options(run: Path, **options: object) -> None:
+    config = json.loads((run / "config.json").read_text())
+    config["options"].update(options)
+    (run / "config.json").write_text(json.dumps(config))
+
+
 def _foreign_checkpoint(run: Path, tmp: Path) -> None:
     shutil.copy(trained_run(tmp, "one-layer") / "checkpoint.pt", run / "checkpoint.pt")
 
@@ -236,6 +242,25 @@ CASES: dict[str, Case] = {
         IMPUTE,
         ("not a pyro_gen.vae.hierarchical.HierarchicalVAE", "to retrain"),
         lambda run, tmp: _foreign_checkpoint(run, tmp),
+    ),
+    # config.json edited or damaged: the vae's data options are refused naming the file
+    "config_mask_file_a_number": Case(
+        ["train", "vae", "--data", "digits", "--epochs", "2", "--no-progress", "--out", "{hvae}"],
+        ("config.json records mask_file = 5", "restore it"),
+        lambda run, tmp: _edit_options(run, mask_file=5),
+    ),
+    "config_missing_rate_text": Case(
+        ["evaluate", "{hvae}", "--num-test", "4"],
+        ("config.json records missing_rate = 'x'",),
+        lambda run, tmp: _edit_options(run, missing_rate="x"),
+    ),
+    "config_mask_file_of_text": Case(
+        ["train", "vae", "--data", "digits", "--epochs", "2", "--no-progress", "--out", "{hvae}"],
+        ("cannot read a mask",),  # torch.load raised IndexError on a text file
+        lambda run, tmp: (
+            (tmp / "notes.txt").write_text("root:x:0:0\n" * 50),
+            _edit_options(run, mask_file=str(tmp / "notes.txt")),
+        ),
     ),
     "resume_as_another_model": Case(
         ["train", "ddpm", "--data", "digits", "--epochs", "2", "--out", "{hvae}"],

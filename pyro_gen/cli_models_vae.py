@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import math
 import pickle
 from pathlib import Path
 from typing import Any
@@ -123,7 +124,7 @@ def _recorded(config: dict, name: str, valid: bool) -> None:
     # Path(5) or float('x') as a traceback or a line that did not name the file)
     if not valid:
         raise UsageError(
-            f"the run's config.json records {name} = {config['options'][name]!r}, which "
+            f"the run's config.json records {name} = {config['options'].get(name)!r}, which "
             "`pyro-gen train` never records; restore it from a copy or retrain into a fresh "
             "directory"
         )
@@ -209,7 +210,12 @@ def _ssvae_data(x: torch.Tensor, y: torch.Tensor | None, config: dict, split: st
     if split != "train":  # held out: the bound of unlabelled data, the label summed out
         return {"x": x}
     opts = {**VAE_MODELS["ssvae"].added_later, **config["options"]}
-    count = opts["labels"]
+    count, passes = opts["labels"], opts["labelled_passes"]
+    _recorded(
+        config, "labels", isinstance(count, int) and not isinstance(count, bool) and count >= 1
+    )
+    number = isinstance(passes, (int, float)) and not isinstance(passes, bool)
+    _recorded(config, "labelled_passes", number and math.isfinite(passes) and passes > 0)
     if count >= x.shape[0]:
         raise UsageError(
             f"--labels {count} leaves no unlabelled training example (there are "

@@ -79,6 +79,13 @@ def _edit_options(run: Path, **options: object) -> None:
     (run / "config.json").write_text(json.dumps(config))
 
 
+def _ssvae_settings(tmp: Path, **options: object) -> None:
+    """``{tmp}/ssvae``: an ssvae run recorded with --epochs 0, its options then edited."""
+    args = ["train", "ssvae", "--data", "digits", "--epochs", "0", "--no-progress"]
+    assert main([*args, "--out", str(tmp / "ssvae")]) == 0
+    _edit_options(tmp / "ssvae", **options)
+
+
 def _foreign_checkpoint(run: Path, tmp: Path) -> None:
     shutil.copy(trained_run(tmp, "one-layer") / "checkpoint.pt", run / "checkpoint.pt")
 
@@ -262,6 +269,36 @@ CASES: dict[str, Case] = {
             _edit_options(run, mask_file=str(tmp / "notes.txt")),
         ),
     ),
+    "config_ssvae_labels_text": Case(
+        [
+            "train",
+            "ssvae",
+            "--data",
+            "digits",
+            "--epochs",
+            "1",
+            "--no-progress",
+            "--out",
+            "{tmp}/ssvae",
+        ],
+        ("config.json records labels = 'x'",),  # a TypeError traceback
+        lambda run, tmp: _ssvae_settings(tmp, labels="x"),
+    ),  # fmt: skip
+    "config_ssvae_labels_negative": Case(
+        [
+            "train",
+            "ssvae",
+            "--data",
+            "digits",
+            "--epochs",
+            "1",
+            "--no-progress",
+            "--out",
+            "{tmp}/ssvae",
+        ],
+        ("config.json records labels = -3",),  # trained, on an empty labelled set
+        lambda run, tmp: _ssvae_settings(tmp, labels=-3),
+    ),  # fmt: skip
     "resume_as_another_model": Case(
         ["train", "ddpm", "--data", "digits", "--epochs", "2", "--out", "{hvae}"],
         ("holds a vae run on digits", "fresh --out"),

@@ -127,7 +127,9 @@ def impute_with_guide(
 
         num_draws = 1 if num_imputations is None else num_imputations
         total = torch.full((x.shape[0],), -torch.inf, device=x.device, dtype=torch.float64)
-        filled = torch.zeros((num_draws, *x.shape), device=x.device, dtype=x.dtype)
+        # integer pixels (uint8) are filled with the model's means, which are fractions
+        dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
+        filled = torch.zeros((num_draws, *x.shape), device=x.device, dtype=dtype)
         for start in range(0, num_samples, chunk):
             log_w, fns = particles(min(chunk, num_samples - start))
             log_w = log_w.to(torch.float64)
@@ -135,9 +137,9 @@ def impute_with_guide(
             new_total = torch.logaddexp(total, chunk_total)
             if num_imputations is None:
                 means = _values(fns, x, len(log_w), lambda fn: fn.mean)
-                w = torch.exp(log_w - new_total).to(x.dtype)
+                w = torch.exp(log_w - new_total).to(dtype)
                 w = w.reshape(w.shape + (1,) * (x.dim() - 1))
-                filled[0] = filled[0] * torch.exp(total - new_total).to(x.dtype).reshape(
+                filled[0] = filled[0] * torch.exp(total - new_total).to(dtype).reshape(
                     w.shape[1:]
                 ) + (w * means).sum(0)
             else:
@@ -151,10 +153,10 @@ def impute_with_guide(
                     draws = _values(fns, x, len(log_w), lambda fn: fn.sample())
                     chosen = draws[pick, torch.arange(x.shape[0], device=x.device)]
                     where = take[m].reshape((-1,) + (1,) * (x.dim() - 1))
-                    filled[m] = torch.where(where, chosen.to(x.dtype), filled[m])
+                    filled[m] = torch.where(where, chosen.to(dtype), filled[m])
             total = new_total
         filled = filled[0] if num_imputations is None else filled
-    return torch.where(mask, x, filled)
+    return torch.where(mask, x.to(filled.dtype), filled)
 
 
 def _weighted(

@@ -13,6 +13,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
+from pyro.distributions.torch_distribution import MaskedDistribution
 from pyro.poutine import Trace
 
 from pyro_gen.infer.log_weights import find_data_plate
@@ -39,13 +40,14 @@ def local_latents(guide_trace: Trace, plate: str) -> list[str]:
 
 
 def diagonal_normal(fn: Any) -> dist.Normal | None:
-    """The Normal under ``fn``'s ``Independent`` wrappers, or None for another family.
+    """The Normal under ``fn``'s ``Independent`` and mask wrappers, or None for another
+    family.
 
     Example:
         >>> diagonal_normal(dist.Normal(torch.zeros(3), 1.0).to_event(1)).loc.shape
         torch.Size([3])
     """
-    while isinstance(fn, dist.Independent):
+    while isinstance(fn, (dist.Independent, MaskedDistribution)):
         fn = fn.base_dist
     return fn if isinstance(fn, torch.distributions.Normal) else None
 
@@ -80,6 +82,41 @@ def chosen_latent(guide_trace: Trace, model_trace: Trace, site: str | None, verb
             f"(those are {latents})"
         )
     return site
+
+
+def site_mask(node: dict) -> torch.Tensor | None:
+    """Where a sample site's log-density counts, broadcastable against its value: the
+    ``poutine.mask`` it ran under and the masks of ``.mask(...)`` in its distribution (None
+    where nothing is masked).
+
+    Example:
+        >>> import pyro
+        >>> from pyro import poutine
+        >>> def model():
+        ...     m = torch.tensor([True, False])
+        ...     pyro.sample("z", dist.Normal(torch.zeros(2, 3), 1.0).mask(m[:, None]).to_event(1))
+        >>> site_mask(poutine.trace(model).get_trace().nodes["z"]).shape
+        torch.Size([2, 3])
+    """
+    fn = node["fn"]
+    depth = len(fn.event_shape)
+    masks = []
+    if node.get("mask") is not None:
+        mask = torch.as_tensor(node["mask"])
+        masks.append(mask.reshape(mask.shape + (1,) * depth))
+    while isinstance(fn, (dist.Independent, MaskedDistribution)):
+        if isinstance(fn, dist.Independent):
+            depth -= fn.reinterpreted_batch_ndims
+        else:
+            mask = torch.as_tensor(fn._mask)
+            masks.append(mask.reshape(mask.shape + (1,) * depth))
+        fn = fn.base_dist
+    if not masks:
+        return None
+    out = masks[0]
+    for mask in masks[1:]:
+        out = out & mask
+    return out
 
 
 @torch.no_grad()
@@ -139,10 +176,11 @@ def latent_statistics(
             "model's with functools.partial(model, batch_size=...) (and the guide's)"
         )
     batch_size = 500 if batch_size is None else batch_size
+    if not _cuttable(context, x.shape[0]):
+        batch_size = x.shape[0]  # described whole: the other arguments go with every row
     rng = pyro.util.get_rng_state()  # a description draws nothing the caller would see
     try:
-        first = _rows(context, x.shape[0], 0, batch_size)
-        with evaluated_pair(vae, guide, x[:batch_size], first) as (model, guide):
+        with evaluated_pair(vae, guide, x[:batch_size], context) as (model, guide):
             return _statistics(model, guide, x, site, batch_size, num_draws, context)
     finally:
         pyro.util.set_rng_state(rng)
@@ -155,13 +193,16 @@ def _parameters(fn: Callable) -> set[str]:
         return set()
 
 
-def _rows(context: dict, n: int, start: int, stop: int) -> dict:
-    """The batch's rows of the arguments with one row per example of x (``n`` rows: a
-    label, a mask), the others as given."""
-    return {
-        k: v[start:stop] if torch.is_tensor(v) and v.dim() and v.shape[0] == n else v
-        for k, v in context.items()
-    }
+def _cuttable(context: dict, n: int) -> bool:
+    """Whether x can be cut into batches while the other arguments go whole to each: none
+    may hold one row per example (a label, a mask, a ``PackedSequence``), which cannot be
+    told from a table that has as many rows by chance, so any tensor of ``n`` rows and any
+    object that is not a plain value keeps x whole."""
+    plain = (type(None), bool, int, float, str)
+    return all(
+        isinstance(v, plain) or (torch.is_tensor(v) and (v.dim() == 0 or v.shape[0] != n))
+        for v in context.values()
+    )
 
 
 def _statistics(
@@ -177,10 +218,9 @@ def _statistics(
     start = 0
     while start < x.shape[0]:
         batch = x[start : start + batch_size]
-        kwargs = _rows(context, x.shape[0], start, start + batch_size)
-        guide_trace = poutine.trace(PosteriorPoint(num_draws)(guide)).get_trace(batch, **kwargs)
+        guide_trace = poutine.trace(PosteriorPoint(num_draws)(guide)).get_trace(batch, **context)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-            batch, **kwargs
+            batch, **context
         )
         plate = find_data_plate(model_trace)
         check_every_example(model_trace, plate, batch, "latent_statistics")
@@ -195,6 +235,9 @@ def _statistics(
         means.append(rows)
         q, p = diagonal_normal(node["fn"]), diagonal_normal(model_trace.nodes[site]["fn"])
         if q is not None and p is not None:
-            kls.append(example_rows(torch.distributions.kl_divergence(q, p), node, plate))
+            kl = torch.distributions.kl_divergence(q, p)
+            counted = site_mask(node)  # a masked site (padding) adds nothing, as to the ELBO
+            kl = kl if counted is None else kl * counted.to(kl.dtype)
+            kls.append(example_rows(kl, node, plate))
         start += batch.shape[0]
     return torch.cat(means), (torch.cat(kls) if len(kls) == len(means) else None)

@@ -194,7 +194,8 @@ def impute(
         **context: further model arguments, e.g. ``y=`` for a conditional VAE.
 
     Returns:
-        ``x`` completed, shape ``x.shape``, or ``(M, *x.shape)`` with ``num_imputations``.
+        ``x`` completed, shape ``x.shape``, or ``(M, *x.shape)`` with ``num_imputations``;
+        floating point (integer pixels are filled with fractions, the model's means).
 
     References:
         Mattei & Frellsen, MIWAE, arXiv:1812.02633 (section 3).

@@ -10,8 +10,8 @@ Each pair either gives the right answer, checked against the user's own networks
 hand in evaluation mode, a closed form (KL of two Normals, PPCA's Gaussian conditional,
 a hierarchy's linear guide), or Pyro's own ``Trace_ELBO``/``TraceEnum_ELBO`` on the same
 seed, and leaves the networks' modes and buffers, the param store and the RNG as they were;
-or it raises one clear error (the helper or the site named, no Pyro trace dump). Tests
-marked ``xfail(strict=True)`` are defects found here, reported to the lead.
+or it raises one clear error (the helper or the site named, no Pyro trace dump). 27 of
+these cases were defects when first written (session 22); they now guard the fixes.
 """
 
 from __future__ import annotations
@@ -187,11 +187,6 @@ def test_vae_posterior_diagnostics_are_the_closed_form_kl_of_the_encoder(tutoria
     torch.testing.assert_close(stats["kl_per_dim"], kl.mean(0))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="latent_statistics/active_units/kl_per_dim draw the guide's latents and so advance "
-    "the global RNG, though their results are deterministic (reconstruct does not)",
-)
 def test_vae_posterior_diagnostics_leave_the_rng_alone(tutorial_vae):
     m, x = tutorial_vae
     m.model(x), m.guide(x)
@@ -257,11 +252,6 @@ def test_vae_pyro_autonormal_is_decoded_at_its_median(tutorial_vae):
     torch.testing.assert_close(reconstruct(m.model, x, guide=guide), expected)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="latent_statistics reads a Pyro autoguide's latent as a Delta at a random draw "
-    "(AutoNormal/AutoDiagonalNormal sample an auxiliary site first): its 'mean' is a draw",
-)
 @pytest.mark.parametrize("autoguide", [AutoNormal, AutoDiagonalNormal])
 def test_vae_pyro_autoguides_posterior_mean_is_their_loc(tutorial_vae, autoguide):
     m, x = tutorial_vae
@@ -271,12 +261,6 @@ def test_vae_pyro_autoguides_posterior_mean_is_their_loc(tutorial_vae, autoguide
     torch.testing.assert_close(mean, guide.median(x)["z"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="refine_posterior on a Pyro autoguide starts from one draw with scale 1e-5 (the "
-    "latent is a Delta) and keeps scoring the auxiliary site: semi_amortized_elbo with 0 "
-    "steps is ~30 nats below Pyro's ELBO of the same guide",
-)
 def test_vae_refinement_of_a_pyro_autonormal_starts_at_its_own_elbo(tutorial_vae):
     m, x = tutorial_vae
     guide = AutoNormal(m.model)
@@ -304,12 +288,6 @@ def _sparse_gamma_def():
     return sparse_gamma_def.model, sparse_gamma_def.guide, x
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="interpolate with a non-amortized guide (Pyro's AutoNormal, the sparse gamma DEF "
-    "example's guide: parameters per training example) fails inside Pyro: 'Shape mismatch "
-    "inside plate('data') at site z dim -1, 8 vs 2'",
-)
 @pytest.mark.parametrize("program", ["AutoNormal VAE", "sparse gamma DEF"])
 def test_non_amortized_guide_on_new_examples_is_refused_clearly(program):
     model, guide, x = {"AutoNormal VAE": _autonormal_vae, "sparse gamma DEF": _sparse_gamma_def}[
@@ -324,11 +302,6 @@ def test_vae_without_a_mask_argument_is_refused_by_impute(tutorial_vae):
     clear_error(lambda: impute(m.model, x, mask, guide=m.guide), "mask=mask")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="impute with AutoAmortizedNormal on a model without mask= says 'built to encode "
-    "the model arguments ['x'] but ['x'] were not given' (x was given; mask is the problem)",
-)
 def test_vae_without_a_mask_argument_is_refused_by_impute_with_an_autoguide(tutorial_vae):
     m, x = tutorial_vae
     guide = AutoAmortizedNormal(m.model, hidden_dims=(8,))
@@ -359,11 +332,6 @@ def masked_bernoulli_pair(z_dim: int = 2):
     return model, guide
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="impute casts the conditional mean to x's dtype: with 0/1 pixels held as uint8 "
-    "(the model observes x.float()) every missing pixel's probability is truncated to 0",
-)
 def test_impute_of_integer_pixels_is_their_probability():
     model, guide = masked_bernoulli_pair()
     x, mask = binary(6).to(torch.uint8), torch.rand(6, vae.X_DIM) < 0.5
@@ -434,11 +402,6 @@ def test_ss_vae_hand_guide_is_decoded_at_the_classifiers_label(m2):
     clear_error(lambda: latent_statistics(m.model, xs, guide=m.guide), "['y', 'z']", "site=")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reconstruct with a guide that leaves the enumerated label y to TraceEnum_ELBO "
-    "(AutoAmortizedNormal) draws y from the prior: a random reconstruction, no error",
-)
 def test_ss_vae_label_left_to_enumeration_is_not_drawn_at_random(m2):
     m, xs, _ = m2
     guide = AutoAmortizedNormal(m.model, hidden_dims=(8,))
@@ -452,12 +415,6 @@ def test_ss_vae_label_left_to_enumeration_is_not_drawn_at_random(m2):
     torch.testing.assert_close(reconstruct(m.model, xs, guide=guide), a)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="semi_amortized_elbo runs Trace_ELBO: with the label left to enumeration it is "
-    "drawn from the prior ('Found vars in model but not guide'), ~1 nat below the "
-    "TraceEnum_ELBO the user trains",
-)
 def test_ss_vae_semi_amortized_elbo_sums_an_enumerated_label_out(m2):
     m, _, _ = m2
     xs = ss_vae.clusters()["xs_unsup"][:8]
@@ -468,13 +425,6 @@ def test_ss_vae_semi_amortized_elbo_sums_an_enumerated_label_out(m2):
     assert got == pytest.approx(expected, abs=0.2)  # noise ~0.02
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="semi_amortized_elbo runs Trace_ELBO on a guide that enumerates y (Pyro's M2 "
-    "guide): Pyro warns the user 'If you want to enumerate sites, you need to use "
-    "TraceEnum_ELBO instead', which they cannot choose here (the value is right in "
-    "expectation)",
-)
 def test_ss_vae_refinement_of_an_enumerating_guide_does_not_tell_the_user_to_change_loss(m2):
     m, _, _ = m2
     xs = ss_vae.clusters()["xs_unsup"][:8]
@@ -534,12 +484,6 @@ def test_dmm_sequences_are_not_one_tensor_of_x(sequences):
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the posterior diagnostics ignore poutine.mask: for the DMM's z_7, 5 of 8 rows "
-    "are padding (masked out of the ELBO) yet kl_per_dim averages their KL with the 3 real "
-    "ones (0.013 where the ELBO's average is 0.003, the real rows' 0.008)",
-)
 def test_dmm_padded_steps_are_not_counted_as_examples():
     batch = next(dmm.minibatches(dmm.sequences(8), 8))
     context = {k: v for k, v in batch.items() if k != "seqs"}
@@ -557,12 +501,6 @@ def test_dmm_padded_steps_are_not_counted_as_examples():
     assert torch.allclose(got, as_the_elbo) or torch.allclose(got, real_rows), got
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="latent_statistics in batches cuts tensor arguments with x but not the DMM's "
-    "PackedSequence of reversed sequences: with more sequences than batch_size the GRU "
-    "fails inside torch ('INDICES element is out of DATA bounds')",
-)
 def test_dmm_statistics_in_batches_with_a_packed_sequence_argument():
     batch = next(dmm.minibatches(dmm.sequences(8), 8))
     context = {k: v for k, v in batch.items() if k != "seqs"}
@@ -597,12 +535,6 @@ def _cevae_pair():
     return c.model, c.guide, x, {"t": t, "y": y, "size": 2, "site": "x"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="interpolate with an argument that has one row per example (a sequence mask and "
-    "lengths, a subsample index, an obs_mask) fails inside torch or Pyro "
-    "('Shape mismatch inside plate', 'same number of dimensions', index out of bounds)",
-)
 @pytest.mark.parametrize("program", ["hierarchy", "ppca", "cevae"])
 def test_per_example_context_is_refused_clearly_by_interpolate(program):
     model, guide, x, context = {
@@ -625,12 +557,6 @@ def shifted_guide(x, shifts):
         pyro.sample("z", dist.Normal(x / 2, 0.5).to_event(1))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="latent_statistics in batches cuts every tensor argument whose first size is the "
-    "number of examples: a table that has as many rows by chance (4 shifts, 4 examples) is "
-    "cut too, and the KL comes out silently different",
-)
 def test_an_argument_with_as_many_rows_as_examples_by_chance_is_not_cut():
     x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
     shifts = torch.arange(12.0).reshape(4, 3)
@@ -665,12 +591,6 @@ def test_hierarchy_reconstruction_is_the_linear_guides_closed_form():
     torch.testing.assert_close(got, expected)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="latent_statistics runs the guide with draws: the mean of a site whose guide "
-    "depends on another latent (a global mu, an upper layer) is conditional on a random "
-    "draw of it, so it changes from call to call (reconstruct uses the point estimates)",
-)
 def test_hierarchy_statistics_of_a_site_below_a_global_are_its_posterior_mean():
     y, idx = hierarchy.simulate()
     hierarchy.guide(y, idx)
@@ -680,13 +600,6 @@ def test_hierarchy_statistics_of_a_site_below_a_global_are_its_posterior_mean():
     torch.testing.assert_close(mean, theta)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="refine_posterior starts a site whose guide depends on another latent (theta on "
-    "the global mu, eta on theta) from its loc given one random draw of that latent, then "
-    "keeps it fixed: a random start, and semi_amortized_elbo with 0 steps ~2 nats below "
-    "the guide's own ELBO (site='eta': -20.2 vs Pyro's -18.3)",
-)
 def test_hierarchy_refinement_of_a_site_below_a_global_starts_at_its_posterior_mean():
     y, idx = hierarchy.simulate()
     hierarchy.guide(y, idx)
@@ -696,12 +609,6 @@ def test_hierarchy_refinement_of_a_site_below_a_global_starts_at_its_posterior_m
     torch.testing.assert_close(loc, theta)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="local_latents counts a nested plate's subsample site ('items') as a latent: "
-    "the error lists ['theta', 'items', 'eta'], and site='items' gives AttributeError "
-    "'_Subsample' object has no attribute 'mean'",
-)
 def test_hierarchy_nested_plate_is_not_a_latent_site():
     y, idx = hierarchy.simulate()
     clear_error(
@@ -735,12 +642,6 @@ def test_cvae_statistics_are_the_recognition_and_prior_networks_by_hand():
     assert got == pytest.approx(expected, rel=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="latent_statistics (so active_units, kl_per_dim) splits x into batches of "
-    "batch_size (500 by default) but passes per-example arguments (ys=) whole: with more "
-    "examples than that, torch fails inside ('size of tensor a (4) must match ... (6)')",
-)
 def test_cvae_statistics_in_batches_split_the_per_example_arguments_too():
     (xs, ys), _ = cvae.masked_digits(32, 8)
     xs, ys = xs[:6], ys[:6]
@@ -787,11 +688,6 @@ def test_prodlda_is_decoded_in_evaluation_mode_and_its_statistics_untouched():
     assert p.training and p.encoder.drop.training
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="latent_statistics on a model that subsamples its documents (subsample_size=16 of "
-    "32) fails inside: RuntimeError shape '[32, -1]' is invalid for input of size 48",
-)
 def test_prodlda_subsampled_corpus_statistics_are_refused_clearly():
     p, docs = prodlda.ProdLDA(), prodlda.corpus(32)
     try:
@@ -802,12 +698,6 @@ def test_prodlda_subsampled_corpus_statistics_are_refused_clearly():
     assert mean.shape == (32, prodlda.TOPICS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="refine_posterior on a model that subsamples its documents returns 16 rows for 32 "
-    "documents: the per-example loc/scale are refined on a new random minibatch at each step "
-    "and belong to no stated document",
-)
 def test_prodlda_subsampled_corpus_refinement_is_per_document():
     p, docs = prodlda.ProdLDA(), prodlda.corpus(32)
     try:
@@ -836,13 +726,6 @@ def test_prodlda_subsampling_model_given_every_document_is_decoded_in_order():
     torch.testing.assert_close(got, expected)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="latent_statistics' own batch_size= (examples per run) takes the model's "
-    "batch_size argument (Pyro's LDA and scANVI examples' name): "
-    "latent_statistics(subsampled_model, docs, batch_size=32) leaves the model at 16 of 32 "
-    "and is refused as subsampling, where reconstruct/refine_posterior pass it on",
-)
 def test_prodlda_model_batch_size_reaches_the_model_in_the_statistics():
     p, docs = prodlda.ProdLDA(), prodlda.corpus(32)
     loc, _ = _prodlda_by_hand(p, docs)
@@ -1020,12 +903,6 @@ def test_bayesian_decoder_is_decoded_at_the_weights_and_codes_medians():
     torch.testing.assert_close(line[1], mid[0])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="refine_posterior/semi_amortized_elbo always vectorize particles; a PyroSample "
-    "decoder does not broadcast over them and torch fails inside ('t() expects a tensor "
-    "with <= 2 dimensions'), where Pyro's Trace_ELBO(vectorize_particles=False) works",
-)
 def test_bayesian_decoder_refinement_runs_or_is_refused_clearly():
     bv, x = bayesian_decoder.BayesianDecoderVAE(), binary(6)
     guide = bayesian_decoder.guide_for(bv)
@@ -1069,13 +946,6 @@ def test_sparse_gamma_def_is_decoded_at_the_gamma_means_of_its_guide():
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="refine_posterior checks the guide's support only: AutoAmortizedNormal's Gamma "
-    "site is a TransformedDistribution whose support reads Real (torch's biject_to("
-    "nonnegative) ends in an AffineTransform), so it is refined with a Normal and torch "
-    "fails inside the model ('Expected parameter rate ... GreaterThan(lower_bound=0.0)')",
-)
 def test_sparse_gamma_def_positive_latent_of_an_autoguide_is_refused_clearly():
     x = sparse_gamma_def.counts(10)
     guide = AutoAmortizedNormal(sparse_gamma_def.model, hidden_dims=(8,))
@@ -1105,12 +975,6 @@ def test_cevae_x_is_decoded_by_its_networks_at_the_guides_mean():
 # --- Pyro's LDA example: words laid out (WORDS, DOCS), topics enumerated ------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="latent_statistics takes x's first dimension as the examples: for LDA's data "
-    "(WORDS=16, DOCS=32) with the documents plate at dim -1 it returns the 32 documents' "
-    "(32, 3) topic means reshaped to (16, 6), silently",
-)
 def test_lda_documents_laid_out_along_the_last_dimension():
     data = lda.corpus()
     guide = lda.DirichletGuide()

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from typing import Any
 
+import pyro
 import torch
 from pyro import poutine
 from pyro.poutine.trace_struct import Trace
@@ -98,7 +99,8 @@ def reconstruct(
     """The model's mean of :math:`x` at the guide's point estimate of the latents given
     ``x``, shaped as ``x``: every latent at its posterior mean (see :class:`PosteriorPoint`),
     then :math:`\\mathbb{E}_{p(x \\mid z)}[x]` read from the model's observed site of the
-    data. Model and guide run in evaluation mode.
+    data. Model and guide run in evaluation mode, and the caller's random state is left as
+    it was.
 
     Args:
         vae: a pyro_gen VAE, or a Pyro model callable ``model(x, **context)`` with ``guide=``.
@@ -125,10 +127,14 @@ def reconstruct(
         >>> reconstruct(model, torch.tensor([[1.0, 3.0]]), guide=guide)
         tensor([[2., 2.]])
     """
-    with evaluated_pair(vae, guide, x, context) as (model, guide):
-        latents = poutine.trace(PosteriorPoint(num_draws)(guide)).get_trace(x, **context)
-        trace = replayed(model, latents, x, context)
-        return decoded_mean(trace, latents, x, site=site, purpose="reconstruct")
+    rng = pyro.util.get_rng_state()  # a flow's mean is drawn: the caller sees no draw
+    try:
+        with evaluated_pair(vae, guide, x, context) as (model, guide):
+            latents = poutine.trace(PosteriorPoint(num_draws)(guide)).get_trace(x, **context)
+            trace = replayed(model, latents, x, context)
+            return decoded_mean(trace, latents, x, site=site, purpose="reconstruct")
+    finally:
+        pyro.util.set_rng_state(rng)
 
 
 def _along_plate(node: dict, plate: DataPlate, t: torch.Tensor) -> torch.Tensor:

@@ -63,7 +63,9 @@ def test_a_flow_guide_is_reconstructed_at_the_mean_of_its_draws(linear):
             pyro.sample("code", dist.TransformedDistribution(base, [flow]))
 
     pyro.set_rng_seed(0)
+    state = torch.get_rng_state()
     got = reconstruct(model, x, guide=flow_guide, num_draws=400)
+    assert torch.equal(torch.get_rng_state(), state)  # the draws are not the caller's
     expected = posterior_mean(x) @ W.T + b
     # the mean of 400 draws of scale 0.1, through W (entries about 1): within a few 0.005
     assert (got - expected).abs().max() < 0.05

@@ -28,15 +28,15 @@ from pyro_gen.vae.observed_site import observed_data_site
 from pyro_gen.vae.pairs import evaluated_pair
 from pyro_gen.vae.posterior_point import PosteriorPoint
 
-__all__ = ["decoded_mean", "interpolation", "reconstruct", "replayed"]
+__all__ = ["interpolation", "reconstruct"]
 
 
-def replayed(model: Callable, latents: Trace, x: torch.Tensor, context: dict) -> Trace:
+def _replayed(model: Callable, latents: Trace, x: torch.Tensor, context: dict) -> Trace:
     """The model's trace on ``x`` with its latents replayed from ``latents``."""
     return poutine.trace(poutine.replay(model, trace=latents)).get_trace(x, **context)
 
 
-def decoded_mean(
+def _decoded_mean(
     trace: Trace,
     latents: Trace,
     x: torch.Tensor,
@@ -45,7 +45,7 @@ def decoded_mean(
     purpose: str,
     drawn: Sequence[str] = (),
 ) -> torch.Tensor:
-    """The mean of :math:`p(x \\mid z)` in the model's ``trace`` (see :func:`replayed`),
+    """The mean of :math:`p(x \\mid z)` in the model's ``trace`` (see :func:`_replayed`),
     shaped as ``x``, read at its observed site of ``x`` (``site``, or the only one in the
     data plate).
 
@@ -131,8 +131,8 @@ def reconstruct(
     try:
         with evaluated_pair(vae, guide, x, context) as (model, guide):
             latents = poutine.trace(PosteriorPoint(num_draws)(guide)).get_trace(x, **context)
-            trace = replayed(model, latents, x, context)
-            return decoded_mean(trace, latents, x, site=site, purpose="reconstruct")
+            trace = _replayed(model, latents, x, context)
+            return _decoded_mean(trace, latents, x, site=site, purpose="reconstruct")
     finally:
         pyro.util.set_rng_state(rng)
 
@@ -188,7 +188,7 @@ def interpolation(
         try:
             model, guide = evaluating.enter_context(evaluated_pair(vae, guide, x, context))
             points = poutine.trace(PosteriorPoint(num_draws)(guide)).get_trace(x, **context)
-            plate = find_data_plate(replayed(model, points, x, context))
+            plate = find_data_plate(_replayed(model, points, x, context))
         except (RuntimeError, ValueError, IndexError) as error:
             raise ValueError(
                 "interpolate encodes x_a and x_b as a batch of 2 examples with the guide; "
@@ -230,7 +230,7 @@ def interpolation(
             line.add_node(name, **node)
         x_line = x_a.expand(steps, *x_a.shape)
         try:
-            trace = replayed(model, line, x_line, context)
+            trace = _replayed(model, line, x_line, context)
         except (RuntimeError, ValueError, IndexError) as error:
             raise ValueError(
                 f"interpolate decodes the line's {steps} points as a batch of {steps} "
@@ -244,4 +244,4 @@ def interpolation(
                 )
             ) from error
         drawn = [name for name in local if name not in chosen]
-        return decoded_mean(trace, line, x_line, site=site, purpose="interpolate", drawn=drawn)
+        return _decoded_mean(trace, line, x_line, site=site, purpose="interpolate", drawn=drawn)

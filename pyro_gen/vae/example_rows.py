@@ -14,7 +14,17 @@ __all__ = ["check_every_example", "example_rows", "plate_dim"]
 
 
 def plate_dim(node: dict, plate: DataPlate) -> int:
-    """The (negative) dimension of ``node``'s value that runs over ``plate``'s examples."""
+    """The (negative) dimension of ``node``'s value that runs over ``plate``'s examples.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> from pyro import poutine
+        >>> def model():
+        ...     with pyro.plate("docs", 3):
+        ...         pyro.sample("theta", dist.Normal(torch.zeros(3, 2), 1.0).to_event(1))
+        >>> plate_dim(poutine.trace(model).get_trace().nodes["theta"], DataPlate("docs", -1))
+        -2
+    """
     frame = next(f for f in node["cond_indep_stack"] if f.name == plate.name)
     return frame.dim - len(node["fn"].event_shape)
 
@@ -46,6 +56,18 @@ def check_every_example(model_trace: Trace, plate: DataPlate, x: torch.Tensor, h
 
     Raises:
         ValueError: naming the plate, the sizes and what to do.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist
+        >>> from pyro import poutine
+        >>> def model(x):
+        ...     with pyro.plate("data", x.shape[0], subsample_size=2) as idx:
+        ...         pyro.sample("x", dist.Normal(0.0, 1.0), obs=x[idx])
+        >>> x = torch.zeros(5)
+        >>> check_every_example(poutine.trace(model).get_trace(x), DataPlate("data", -1), x, "f")
+        Traceback (most recent call last):
+        ...
+        ValueError: f answers for every example of x, but the model's data plate 'data' draws 2 ...
     """
     for node in model_trace.nodes.values():
         for frame in node.get("cond_indep_stack", ()):

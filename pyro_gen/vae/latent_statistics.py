@@ -26,7 +26,18 @@ __all__ = ["latent_statistics"]
 
 def local_latents(guide_trace: Trace, plate: str) -> list[str]:
     """The guide's latent sample sites in the data plate ``plate`` (auxiliary sites, nested
-    plates' subsample sites and ``pyro.deterministic`` records left out)."""
+    plates' subsample sites and ``pyro.deterministic`` records left out).
+
+    Example:
+        >>> import pyro
+        >>> from pyro import poutine
+        >>> def guide():
+        ...     pyro.sample("w", dist.Normal(0.0, 1.0))  # a global
+        ...     with pyro.plate("data", 4), pyro.plate("items", 3, dim=-2):
+        ...         pyro.sample("z", dist.Normal(0.0, 1.0))
+        >>> local_latents(poutine.trace(guide).get_trace(), "data")
+        ['z']
+    """
     return [
         name
         for name, site in guide_trace.nodes.items()

@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -42,10 +43,43 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"pyro-gen: error: {message} (see `{self.prog} --help`)\n")
 
 
+# How each setting is checked where it is typed (its type and choices), kept by
+# _add_setting so that a value read back from a run's config.json is checked the same way.
+_SETTING_CHECKS: dict[str, tuple[Callable[[str], Any] | None, tuple[str, ...] | None]] = {}
+
+
+def recorded_setting_problem(name: str, value: Any) -> bool:
+    """Whether ``value`` is one the command line could not have recorded for setting
+    ``name`` (what ``--name value`` would refuse, or not give back as that value).
+
+    Example:
+        >>> recorded_setting_problem("k", 5), recorded_setting_problem("k", "x")
+        (False, True)
+        >>> recorded_setting_problem("loss", "xyz"), recorded_setting_problem("layers", 1.5)
+        (True, True)
+    """
+    if not _SETTING_CHECKS:
+        build_parser()
+    check, choices = _SETTING_CHECKS[name]
+    if value is None:  # recorded for a setting whose default is none
+        return {**TRAINING_DEFAULTS, **OPTION_DEFAULTS}[name] is not None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return True
+    if choices is not None:
+        return value not in choices
+    if check is None:  # a path
+        return not isinstance(value, str)
+    try:
+        return check(str(value)) != value
+    except argparse.ArgumentTypeError:
+        return True
+
+
 def _add_setting(group: Any, name: str, help: str, **kwargs: Any) -> None:
     # SUPPRESS: an option appears in the parsed arguments only if the user typed it, so a
     # resume can tell a setting asked for from a default, and options of other models
     # can be refused by name.
+    _SETTING_CHECKS[name] = (kwargs.get("type"), kwargs.get("choices"))
     default = {**TRAINING_DEFAULTS, **OPTION_DEFAULTS}[name]
     shown = "default: " + ("none" if default is None else str(default))
     group.add_argument(flag(name), default=argparse.SUPPRESS, help=f"{help} ({shown})", **kwargs)

@@ -33,6 +33,7 @@ from pyro_gen.cli_models import (
     load_split,
     run_options,
 )
+from pyro_gen.cli_parser import recorded_setting_problem
 from pyro_gen.cli_settings import (
     OPTION_DEFAULTS,
     UsageError,
@@ -177,6 +178,19 @@ def _check_recorded_settings(config: dict[str, Any], out: Path) -> None:
             raise RunError(
                 f"{path} records {name} = {config[name]!r}, which `pyro-gen train` never "
                 "records; restore it from a copy or retrain into a fresh directory"
+            )
+    # the model options as their flags check them (a loss 'xyz' escaped as KeyError, an
+    # iwae k of 0 as ZeroDivisionError, a cycle weight 'x' as TypeError: tracebacks)
+    spec = MODELS[config["model"]]
+    for name, value in config["options"].items():
+        if name not in OPTION_DEFAULTS:  # recorded by the command itself (num_bins)
+            continue
+        allowed = spec.choices.get(name)
+        if recorded_setting_problem(name, value) or (allowed and value not in allowed):
+            raise RunError(
+                f"{path} records the {config['model']} option {name} = {value!r}, which "
+                "`pyro-gen train` never records; restore it from a copy or retrain into a "
+                "fresh directory"
             )
 
 

@@ -79,11 +79,22 @@ def _edit_options(run: Path, **options: object) -> None:
     (run / "config.json").write_text(json.dumps(config))
 
 
-def _ssvae_settings(tmp: Path, **options: object) -> None:
-    """``{tmp}/ssvae``: an ssvae run recorded with --epochs 0, its options then edited."""
-    args = ["train", "ssvae", "--data", "digits", "--epochs", "0", "--no-progress"]
-    assert main([*args, "--out", str(tmp / "ssvae")]) == 0
-    _edit_options(tmp / "ssvae", **options)
+def _edited(model: str, data: str, **options: object) -> Callable[[Path, Path], None]:
+    """Sets up ``{tmp}/MODEL``: a run recorded with --epochs 0, its options then edited."""
+
+    def setup(run: Path, tmp: Path) -> None:
+        args = ["train", model, "--data", data, "--epochs", "0", "--no-progress"]
+        toy = [] if data == "digits" else ["--toy-samples", "64"]
+        assert main([*args, *toy, "--out", str(tmp / model)]) == 0
+        _edit_options(tmp / model, **options)
+
+    return setup
+
+
+def _resume(model: str, data: str) -> list[str]:
+    toy = [] if data == "digits" else ["--toy-samples", "64"]
+    return ["train", model, "--data", data, *toy, "--epochs", "1", "--no-progress", "--out",
+            "{tmp}/" + model]  # fmt: skip
 
 
 def _foreign_checkpoint(run: Path, tmp: Path) -> None:
@@ -253,7 +264,7 @@ CASES: dict[str, Case] = {
     # config.json edited or damaged: the vae's data options are refused naming the file
     "config_mask_file_a_number": Case(
         ["train", "vae", "--data", "digits", "--epochs", "2", "--no-progress", "--out", "{hvae}"],
-        ("config.json records mask_file = 5", "restore it"),
+        ("config.json records", "mask_file = 5", "restore it"),
         lambda run, tmp: _edit_options(run, mask_file=5),
     ),
     "config_missing_rate_text": Case(
@@ -270,35 +281,34 @@ CASES: dict[str, Case] = {
         ),
     ),
     "config_ssvae_labels_text": Case(
-        [
-            "train",
-            "ssvae",
-            "--data",
-            "digits",
-            "--epochs",
-            "1",
-            "--no-progress",
-            "--out",
-            "{tmp}/ssvae",
-        ],
-        ("config.json records labels = 'x'",),  # a TypeError traceback
-        lambda run, tmp: _ssvae_settings(tmp, labels="x"),
-    ),  # fmt: skip
+        _resume("ssvae", "digits"),
+        ("config.json records", "labels = 'x'"),  # a TypeError traceback
+        _edited("ssvae", "digits", labels="x"),
+    ),
     "config_ssvae_labels_negative": Case(
-        [
-            "train",
-            "ssvae",
-            "--data",
-            "digits",
-            "--epochs",
-            "1",
-            "--no-progress",
-            "--out",
-            "{tmp}/ssvae",
-        ],
-        ("config.json records labels = -3",),  # trained, on an empty labelled set
-        lambda run, tmp: _ssvae_settings(tmp, labels=-3),
-    ),  # fmt: skip
+        _resume("ssvae", "digits"),
+        ("config.json records", "labels = -3"),  # trained, on an empty labelled set
+        _edited("ssvae", "digits", labels=-3),
+    ),
+    # Options checked as their flags check them (each escaped as a traceback).
+    "config_gan_loss_unknown": Case(
+        _resume("gan", "ring"), ("option loss = 'xyz'",), _edited("gan", "ring", loss="xyz")
+    ),
+    "config_wgan_loss_of_gan": Case(
+        _resume("wgan", "ring"),
+        ("option loss = 'nonsaturating'",),  # trained a wgan on another loss
+        _edited("wgan", "ring", loss="nonsaturating"),
+    ),
+    "config_iwae_k_zero": Case(
+        _resume("vae", "digits"),
+        ("option k = 0",),  # ZeroDivisionError
+        _edited("vae", "digits", objective="iwae", k=0),
+    ),
+    "config_cnf_objective_unknown": Case(
+        _resume("cnf", "moons"),
+        ("option objective = 'xyz'",),  # KeyError
+        _edited("cnf", "moons", objective="xyz"),
+    ),
     "resume_as_another_model": Case(
         ["train", "ddpm", "--data", "digits", "--epochs", "2", "--out", "{hvae}"],
         ("holds a vae run on digits", "fresh --out"),

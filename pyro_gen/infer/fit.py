@@ -320,7 +320,12 @@ def fit(
         stack.callback(release_peeked, batches)
         first = batches.peek()
         prog.check_call(first, 0)
+        # The warm-up's transform (a dynamic binarization) draws noise that is not the first
+        # step's: the RNG goes back, so fit steps as Pyro's SVI loop does from the same seed
+        # and a resumed run as a straight one.
+        rng = pyro.util.get_rng_state()
         first = with_transform(first, transform)
+        pyro.util.set_rng_state(rng)
         traces = warm_up(prog, first, check_sites=isinstance(loss, ELBO))
         # The param-store names the pair registers: a resume refuses a checkpoint written by
         # a model that had others, and every checkpoint records them for the next resume.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import pyro
 import torch
 from pyro.infer import ELBO
 
@@ -85,7 +86,10 @@ def _held_out(
                 f"eval_every={epochs} to evaluate once at the end"
             )
     held_out = HeldOutData(eval_data, batch_size, device)
-    guide_trace, model_trace = trace_once(prog, with_transform(held_out.first, transform))
+    rng = pyro.util.get_rng_state()  # the check's transform draws nothing training would see
+    first = with_transform(held_out.first, transform)
+    pyro.util.set_rng_state(rng)
+    guide_trace, model_trace = trace_once(prog, first)
     plate = plate_name or declared_plate(model)
     if isinstance(loss, ELBO):
         check_guide_plates(model_trace, guide_trace, find_data_plate(model_trace, plate))

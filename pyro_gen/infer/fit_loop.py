@@ -5,6 +5,7 @@ checkpoints.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -243,6 +244,18 @@ def _train(
             pyro.util.set_rng_state(rng)
         if dp is not None:  # rank 0's record (its evaluation, its clock) everywhere
             record = dp.broadcast(record)
+        for key in ("test_elbo", "test_loss"):
+            if key in record and not math.isfinite(record[key]):
+                # Parameters that give held-out data a non-finite score have diverged: this
+                # epoch is neither recorded nor checkpointed, so the last good one is kept
+                # (and metrics.jsonl stays JSON, which has no NaN).
+                raise NonFiniteLossError(
+                    f"the held-out {key} is {record[key]} after epoch {record['epoch']} though "
+                    "the training loss stayed finite: the parameters diverged (lower the "
+                    "learning rate or set grad_clip), or the held-out data hold values the "
+                    "training data do not. This epoch was not recorded or checkpointed; the "
+                    "last checkpoint is kept"
+                )
         if stopped_inside:
             partial = record
         else:

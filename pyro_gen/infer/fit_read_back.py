@@ -26,7 +26,8 @@ def _read_back(
     guide losses) counts by its first term, the model's; every term is checked.
 
     Raises:
-        NonFiniteLossError: naming the first step whose loss was NaN or infinite.
+        NonFiniteLossError: naming the first step whose loss was NaN or infinite, counted
+            from 1 (the first step of the run is step 1, as ``metrics.jsonl`` counts them).
     """
     # A plain Pyro step's loss is on the CPU and a recorded step's on the data's device: bring
     # them to the last one's device, then read once (the read waits for the device anyway).
@@ -39,7 +40,7 @@ def _read_back(
         if not all(map(math.isfinite, terms)):
             value = terms[0] if len(terms) == 1 else tuple(terms)
             raise NonFiniteLossError(
-                f"the loss or a gradient became non-finite at step {first_step + i} (loss "
+                f"the loss or a gradient became non-finite at step {first_step + i + 1} (loss "
                 f"{value}); that update was skipped and the parameters are finite. Lower the "
                 "learning rate, set grad_clip, or check the data"
             )

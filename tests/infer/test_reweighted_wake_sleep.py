@@ -130,7 +130,7 @@ def test_a_non_finite_guide_term_skips_the_update_and_names_the_step() -> None:
     for k, v in net.state_dict().items():  # the update was skipped
         assert torch.equal(v, before[k]), k
     net, batches = _setup()
-    with pytest.raises(NonFiniteLossError, match="non-finite at step 2 .*nan"):
+    with pytest.raises(NonFiniteLossError, match="non-finite at step 3 .*nan"):
         fit(net.model, batches, guide=net.guide, loss=_GuideTermBecomesNaN(at=3),
             epochs=1, progress=False)  # fmt: skip
     assert all(torch.isfinite(p).all() for p in net.parameters())

@@ -192,7 +192,7 @@ CASES: dict[str, Case] = {
             "--out",
             "{tmp}/nan",
         ],
-        ("training stopped", "at step 1", "--lr"),  # the second step, counted from 0
+        ("training stopped", "at step 2", "--lr"),  # the second step
     ),  # fmt: skip
     # One step at that rate: the loss was finite, the held-out ELBO is nan (this exited 0).
     "nan_held_out_after_one_step": Case(
@@ -210,7 +210,7 @@ CASES: dict[str, Case] = {
             "--out",
             "{tmp}/nan",
         ],
-        ("training diverged", "held-out ELBO is nan", "--lr"),
+        ("training stopped", "held-out test_elbo is nan", "--lr"),
     ),  # fmt: skip  # fmt: skip
     # A resume of the 2-layer run that would change its model.
     "resume_with_other_layers": Case(

@@ -18,7 +18,8 @@ from pyro_gen.infer.fit import NonFiniteLossError
 from tests.infer.test_compiled_guard import Poisonable
 
 BATCH, EXAMPLES = 8, 64  # 8 steps an epoch
-POISONED = 11  # the step (counted from 0, as fit names steps) that sees the infinity
+POISONED = 11  # steps done when the infinity arrives (counted from 0)
+NAMED = POISONED + 1  # the step that sees it, as fit names steps: from 1, as metrics.jsonl
 
 
 def poison_at(step: int, watched: dict):
@@ -53,7 +54,7 @@ def test_a_nan_step_is_skipped_and_named(poison, compile, caplog):
     gen, watched = Poisonable(poison), {}
     with (
         caplog.at_level(logging.WARNING, logger="pyro_gen"),
-        pytest.raises(NonFiniteLossError, match=rf"\bstep {POISONED}\b.*skipped") as info,
+        pytest.raises(NonFiniteLossError, match=rf"\bstep {NAMED}\b.*skipped") as info,
     ):
         train(gen, compile, epochs=3, step_callbacks=[poison_at(POISONED, watched)])
     assert "finite" in str(info.value)
@@ -72,7 +73,7 @@ def test_the_checkpoint_before_a_nan_is_untouched(tmp_path, checkpoint_every, co
     gen, watched = Poisonable("grad"), {"checkpoint": path}
     train(gen, compile, epochs=1, checkpoint_dir=tmp_path, checkpoint_every=checkpoint_every)
     assert path.exists()
-    with pytest.raises(NonFiniteLossError, match=re.escape(f"step {POISONED}")):
+    with pytest.raises(NonFiniteLossError, match=re.escape(f"step {NAMED}")):
         train(
             gen,
             compile,

@@ -49,3 +49,14 @@ def assert_one_line_error(status: int, err: str, *expected: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("pyro-gen: error: "), err
     for text in expected:
         assert text in lines[0], (text, lines[0])
+
+
+def run_files(run: Path) -> dict[str, bytes]:
+    """Every file of a run directory by its relative path, with its bytes (the lock file,
+    which a refused command may take and release, left out): equal before and after a
+    refused command when nothing in the run was changed or added."""
+    return {
+        str(p.relative_to(run)): p.read_bytes()
+        for p in sorted(run.rglob("*"))
+        if p.is_file() and not p.is_symlink() and p.name != ".pyro-gen.lock"
+    }

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.reliability.run_fixtures import assert_one_line_error, cli, trained_run
+from tests.reliability.run_fixtures import assert_one_line_error, cli, run_files, trained_run
 
 TRAIN = ["train", "vae", "--data", "digits", "--no-progress", "--out", "{run}"]
 
@@ -285,14 +285,6 @@ CASES: dict[str, Case] = {
 }
 
 
-def _snapshot(run: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(run)): p.read_bytes()
-        for p in sorted(run.rglob("*"))
-        if p.is_file() and not p.is_symlink() and p.name != ".pyro-gen.lock"
-    }
-
-
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_is_one_line_and_keeps_the_run(name, tmp_path, capsys, monkeypatch):
     case = CASES[name]
@@ -304,12 +296,12 @@ def test_bad_input_is_one_line_and_keeps_the_run(name, tmp_path, capsys, monkeyp
         monkeypatch.delenv("PYRO_GEN_DATA")
     if case.setup is not None:
         case.setup(run, scratch)
-    before = _snapshot(run)
+    before = run_files(run)
     victim = (scratch / "victim").read_bytes() if (scratch / "victim").exists() else None
     args = [a.format(run=run, tmp=scratch) for a in case.args]
     status, out, err = cli(capsys, *args)
     assert_one_line_error(status, err, *case.expect)
-    assert _snapshot(run) == before  # nothing in the run was changed or added
+    assert run_files(run) == before  # nothing in the run was changed or added
     if victim is not None:
         assert (scratch / "victim").read_bytes() == victim  # the symlink was not followed
     if case.creates_nothing:

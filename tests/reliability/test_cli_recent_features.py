@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from pyro_gen.cli import main
-from tests.reliability.run_fixtures import assert_one_line_error, cli, trained_run
+from tests.reliability.run_fixtures import assert_one_line_error, cli, run_files, trained_run
 
 SMALL = ["--z-dim", "4", "--hidden-dim", "16", "--batch-size", "256", "--subset", "256",
          "--test-subset", "64", "--no-progress", "--no-compile"]  # fmt: skip
@@ -352,14 +352,6 @@ def _flip_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-def _snapshot(run: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(run)): p.read_bytes()
-        for p in sorted(run.rglob("*"))
-        if p.is_file() and not p.is_symlink() and p.name != ".pyro-gen.lock"
-    }
-
-
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_is_one_line_and_loses_nothing(name, tmp_path, capsys):
     case = CASES[name]
@@ -369,12 +361,12 @@ def test_bad_input_is_one_line_and_loses_nothing(name, tmp_path, capsys):
     scratch.mkdir()
     if case.setup is not None:
         case.setup(run, scratch)
-    before, made = _snapshot(run), set(scratch.iterdir())
+    before, made = run_files(run), set(scratch.iterdir())
     victim = (scratch / "victim").read_bytes() if (scratch / "victim").exists() else None
     args = [a.format(hvae=run, tmp=scratch) for a in case.args]
     status, _, err = cli(capsys, *args)
     assert_one_line_error(status, err, *case.expect)
-    assert _snapshot(run) == before  # nothing in the run was changed or added
+    assert run_files(run) == before  # nothing in the run was changed or added
     if victim is not None:
         assert (scratch / "victim").read_bytes() == victim  # the symlink was not followed
     assert not (scratch / "marker").exists()  # nothing was executed from a file
@@ -430,10 +422,10 @@ def test_a_resume_refuses_a_mask_file_changed_since_training(tmp_path, capsys):
     status, _, err = cli(capsys, *train, "--epochs", "1")
     assert status == 0, err
     torch.save(~mask, tmp_path / "mask.pt")  # the other half observed
-    before = _snapshot(run)
+    before = run_files(run)
     status, _, err = cli(capsys, *train, "--epochs", "2")
     assert_one_line_error(status, err, "now holds another mask", "fresh --out")
-    assert _snapshot(run) == before
+    assert run_files(run) == before
     torch.save(mask, tmp_path / "mask.pt")  # restored: the resume goes on
     status, _, err = cli(capsys, *train, "--epochs", "2")
     assert status == 0, err

@@ -7,6 +7,8 @@ import atexit
 import functools
 import shutil
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -60,3 +62,26 @@ def run_files(run: Path) -> dict[str, bytes]:
         for p in sorted(run.rglob("*"))
         if p.is_file() and not p.is_symlink() and p.name != ".pyro-gen.lock"
     }
+
+
+@dataclass(frozen=True)
+class Case:
+    """One row of a bad-input sweep: the command's arguments, the words its one-line error
+    must hold, and a ``setup(run, tmp)`` that plants the fault first."""
+
+    args: list[str]
+    expect: tuple[str, ...]
+    setup: Callable[[Path, Path], None] | None = None
+    creates_nothing: bool = False  # a refused fresh run leaves no directory behind
+
+
+def planted_symlink(name: str) -> Callable[[Path, Path], None]:
+    """A setup that plants ``run/name`` as a symlink to a file outside the run, which a
+    command must refuse to write through."""
+
+    def setup(run: Path, tmp: Path) -> None:
+        (tmp / "victim").write_text("not yours")
+        (run / name).unlink(missing_ok=True)
+        (run / name).symlink_to(tmp / "victim")
+
+    return setup

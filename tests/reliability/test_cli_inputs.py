@@ -12,23 +12,21 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.reliability.run_fixtures import assert_one_line_error, cli, run_files, trained_run
+from tests.reliability.run_fixtures import (
+    Case,
+    assert_one_line_error,
+    cli,
+    planted_symlink,
+    run_files,
+    trained_run,
+)
 
 TRAIN = ["train", "vae", "--data", "digits", "--no-progress", "--out", "{run}"]
-
-
-@dataclass(frozen=True)
-class Case:
-    args: list[str]
-    expect: tuple[str, ...]
-    setup: Callable[[Path, Path], None] | None = None
-    creates_nothing: bool = False  # a refused fresh run leaves no directory behind
 
 
 def _write(name: str, text: str) -> Callable[[Path, Path], None]:
@@ -40,15 +38,6 @@ def _edit_config(edit: Callable[[dict], None]) -> Callable[[Path, Path], None]:
         config = json.loads((run / "config.json").read_text())
         edit(config)
         (run / "config.json").write_text(json.dumps(config))
-
-    return setup
-
-
-def _symlink(name: str) -> Callable[[Path, Path], None]:
-    def setup(run: Path, tmp: Path) -> None:
-        (tmp / "victim").write_text("not yours")
-        (run / name).unlink(missing_ok=True)
-        (run / name).symlink_to(tmp / "victim")
 
     return setup
 
@@ -151,13 +140,17 @@ CASES: dict[str, Case] = {
         _cache_directory,
     ),
     # Symlinks planted where a run file goes: refused, never followed.
-    "symlink_samples_png": Case(["sample", "{run}"], ("is a symlink",), _symlink("samples.png")),
-    "symlink_config": Case([*TRAIN, "--epochs", "2"], ("is a symlink",), _symlink("config.json")),
+    "symlink_samples_png": Case(
+        ["sample", "{run}"], ("is a symlink",), planted_symlink("samples.png")
+    ),
+    "symlink_config": Case(
+        [*TRAIN, "--epochs", "2"], ("is a symlink",), planted_symlink("config.json")
+    ),
     "symlink_metrics": Case(
-        [*TRAIN, "--epochs", "2"], ("is a symlink",), _symlink("metrics.jsonl")
+        [*TRAIN, "--epochs", "2"], ("is a symlink",), planted_symlink("metrics.jsonl")
     ),
     "symlink_evaluation": Case(
-        ["evaluate", "{run}"], ("is a symlink",), _symlink("evaluation.json")
+        ["evaluate", "{run}"], ("is a symlink",), planted_symlink("evaluation.json")
     ),
     # Broken run records.
     "config_is_a_list": Case(["evaluate", "{run}"], ("holds a list",), _write("config.json", "[]")),

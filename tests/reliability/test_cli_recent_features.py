@@ -17,7 +17,6 @@ import json
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,14 @@ import pytest
 import torch
 
 from pyro_gen.cli import main
-from tests.reliability.run_fixtures import assert_one_line_error, cli, run_files, trained_run
+from tests.reliability.run_fixtures import (
+    Case,
+    assert_one_line_error,
+    cli,
+    planted_symlink,
+    run_files,
+    trained_run,
+)
 
 SMALL = ["--z-dim", "4", "--hidden-dim", "16", "--batch-size", "256", "--subset", "256",
          "--test-subset", "64", "--no-progress", "--no-compile"]  # fmt: skip
@@ -41,22 +47,6 @@ def _trained_hvae() -> Path:
     args = ["train", "vae", "--data", "digits", *HVAE, *SMALL, "--epochs", "1", "--out", run]
     assert main([str(a) for a in args]) == 0
     return run
-
-
-@dataclass(frozen=True)
-class Case:
-    args: list[str]
-    expect: tuple[str, ...]
-    setup: Callable[[Path, Path], None] | None = None
-
-
-def _symlink(name: str) -> Callable[[Path, Path], None]:
-    def setup(run: Path, tmp: Path) -> None:
-        (tmp / "victim").write_text("not yours")
-        (run / name).unlink(missing_ok=True)
-        (run / name).symlink_to(tmp / "victim")
-
-    return setup
 
 
 def _mask(mask: torch.Tensor) -> Callable[[Path, Path], None]:
@@ -317,8 +307,8 @@ CASES: dict[str, Case] = {
     "impute_hides_nothing": Case([*IMPUTE, "--missing-rate", "0"], ("--missing-rate 0",)),
     "impute_hides_everything": Case([*IMPUTE, "--missing-rate", "1"], ("[0, 1)",)),
     "impute_k_zero": Case([*IMPUTE[:2], "--k", "0"], ("--k", "positive")),
-    "impute_symlink_png": Case(IMPUTE, ("is a symlink",), _symlink("imputed.png")),
-    "impute_symlink_json": Case(IMPUTE, ("is a symlink",), _symlink("imputation.json")),
+    "impute_symlink_png": Case(IMPUTE, ("is a symlink",), planted_symlink("imputed.png")),
+    "impute_symlink_json": Case(IMPUTE, ("is a symlink",), planted_symlink("imputation.json")),
     "impute_out_missing_folder": Case(
         [*IMPUTE, "--out", "{tmp}/no/such/x.png"], ("does not exist",)
     ),
@@ -337,7 +327,9 @@ CASES: dict[str, Case] = {
         ["evaluate", "{hvae}", "--probability-flow"], ("--probability-flow", "drop it")
     ),
     "evaluate_symlink_json": Case(
-        ["evaluate", "{hvae}", "--num-test", "4"], ("is a symlink",), _symlink("evaluation.json")
+        ["evaluate", "{hvae}", "--num-test", "4"],
+        ("is a symlink",),
+        planted_symlink("evaluation.json"),
     ),
     "sample_with_a_ddpm_sampler": Case(
         ["sample", "{hvae}", "--sampler", "ddim"], ("--sampler applies to ddpm",)

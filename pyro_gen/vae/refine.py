@@ -5,7 +5,8 @@ any Pyro model and guide."""
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -188,6 +189,28 @@ def _refine(
         opt.step()
 
 
+@contextmanager
+def _refined(
+    vae: Any,
+    x: torch.Tensor,
+    guide: Callable | None,
+    site: str | None,
+    start: str,
+    num_steps: int,
+    lr: float,
+    num_particles: int,
+    context: dict,
+) -> Iterator[_Refinement]:
+    """The refinement after ``num_steps``, with model and guide still in evaluation mode."""
+    built_in = own_posterior_family(vae, guide, site)
+    with evaluated_pair(vae, guide, x, context) as (model, guide_fn):
+        r = _refinement(
+            vae, model, guide_fn, x, start=start, built_in=built_in, site=site, context=context
+        )
+        _refine(r, x, num_steps, lr, num_particles, context)
+        yield r
+
+
 def refine_posterior(
     vae: Any,
     x: torch.Tensor,
@@ -244,13 +267,8 @@ def refine_posterior(
         >>> loc.shape
         torch.Size([3, 2])
     """
-    built_in = own_posterior_family(vae, guide, site)
-    with evaluated_pair(vae, guide, x, context) as (model, guide_fn):
-        r = _refinement(
-            vae, model, guide_fn, x, start=start, built_in=built_in, site=site, context=context
-        )
-        _refine(r, x, num_steps, lr, num_particles, context)
-    return r.loc.detach(), F.softplus(r.raw.detach())
+    with _refined(vae, x, guide, site, start, num_steps, lr, num_particles, context) as r:
+        return r.loc.detach(), F.softplus(r.raw.detach())
 
 
 def semi_amortized_elbo(
@@ -275,12 +293,7 @@ def semi_amortized_elbo(
         >>> isinstance(semi_amortized_elbo(VAE((8, 8), 2, 8), torch.rand(3, 8, 8), 2), float)
         True
     """
-    built_in = own_posterior_family(vae, guide, site)
-    with evaluated_pair(vae, guide, x, context) as (model, guide_fn):
-        r = _refinement(
-            vae, model, guide_fn, x, start=start, built_in=built_in, site=site, context=context
-        )
-        _refine(r, x, num_steps, lr, refine_particles, context)
-        with torch.no_grad():
-            loss = r.loss(x, context, num_particles, differentiable=False)
+    refined = _refined(vae, x, guide, site, start, num_steps, lr, refine_particles, context)
+    with refined as r, torch.no_grad():
+        loss = r.loss(x, context, num_particles, differentiable=False)
     return -loss / x.shape[0]

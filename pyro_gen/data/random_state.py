@@ -5,6 +5,8 @@ batch puts it back (:mod:`pyro_gen.data.batching`)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -55,3 +57,22 @@ def same_rng_state(a: dict[str, Any], b: dict[str, Any]) -> bool:
         and len(cuda_a) == len(cuda_b)
         and all(torch.equal(u, v) for u, v in zip(cuda_a, cuda_b))
     )
+
+
+@contextmanager
+def rng_left_alone() -> Iterator[None]:
+    """A block whose random draws the caller does not see: :func:`global_rng_state` (CUDA's
+    generators included, where a transform on a GPU batch draws) is put back after it,
+    raising or not.
+
+    Example:
+        >>> with rng_left_alone():
+        ...     a = torch.rand(2)
+        >>> torch.equal(a, torch.rand(2))  # the caller draws what the block drew
+        True
+    """
+    state = global_rng_state()
+    try:
+        yield
+    finally:
+        set_global_rng_state(state)

@@ -8,11 +8,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-import pyro
 import torch
 from tqdm.auto import tqdm
 
 from pyro_gen.data.batching import TensorBatches, Transform, batch_calls, with_transform
+from pyro_gen.data.random_state import rng_left_alone
 from pyro_gen.infer.evaluation_scorer import ParticleScorer
 from pyro_gen.infer.module_devices import modules_device
 from pyro_gen.infer.pair_declarations import declared_plate
@@ -73,11 +73,8 @@ def score_batches(
     )
     # One run finds the modules a plain function closes over (to switch their mode); it
     # and its transformed batch leave the RNG where it was.
-    rng = pyro.util.get_rng_state()
-    try:
+    with rng_left_alone():
         _first_trace(pair, calls, transform)
-    finally:
-        pyro.util.set_rng_state(rng)
     model_fn, guide_fn, modules = pair.model, pair.guide, list(pair.modules.values())
     chunks = range(0, num_particles, chunk)
     try:

@@ -29,6 +29,7 @@ from pyro_gen.data.batching import (
     release_peeked,
     with_transform,
 )
+from pyro_gen.data.random_state import rng_left_alone
 from pyro_gen.infer.argument_kinds import check_kinds
 from pyro_gen.infer.batch_checks import (
     check_sliced_dimension,
@@ -323,9 +324,8 @@ def fit(
         # The warm-up's transform (a dynamic binarization) draws noise that is not the first
         # step's: the RNG goes back, so fit steps as Pyro's SVI loop does from the same seed
         # and a resumed run as a straight one.
-        rng = pyro.util.get_rng_state()
-        first = with_transform(first, transform)
-        pyro.util.set_rng_state(rng)
+        with rng_left_alone():
+            first = with_transform(first, transform)
         traces = warm_up(prog, first, check_sites=isinstance(loss, ELBO))
         # The param-store names the pair registers: a resume refuses a checkpoint written by
         # a model that had others, and every checkpoint records them for the next resume.

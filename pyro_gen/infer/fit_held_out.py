@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import pyro
 import torch
 from pyro.infer import ELBO
 
 from pyro_gen.data.batching import Transform, batch_calls, with_transform
+from pyro_gen.data.random_state import rng_left_alone
 from pyro_gen.infer.evaluation import declared_plate
 from pyro_gen.infer.fit_progress import _Progress
 from pyro_gen.infer.held_out import HeldOutData, evaluations
@@ -86,9 +86,8 @@ def _held_out(
                 f"eval_every={epochs} to evaluate once at the end"
             )
     held_out = HeldOutData(eval_data, batch_size, device)
-    rng = pyro.util.get_rng_state()  # the check's transform draws nothing training would see
-    first = with_transform(held_out.first, transform)
-    pyro.util.set_rng_state(rng)
+    with rng_left_alone():  # the check's transform draws nothing training would see
+        first = with_transform(held_out.first, transform)
     guide_trace, model_trace = trace_once(prog, first)
     plate = plate_name or declared_plate(model)
     if isinstance(loss, ELBO):

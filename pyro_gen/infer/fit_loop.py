@@ -19,6 +19,7 @@ from pyro.infer import ELBO
 from tqdm.auto import tqdm
 
 from pyro_gen.data.batching import BatchCalls, Call, Transform, with_transform
+from pyro_gen.data.random_state import rng_left_alone
 from pyro_gen.infer.callbacks import only_tensors
 from pyro_gen.infer.checkpoint import (
     CHECKPOINT_NAME,
@@ -226,22 +227,21 @@ def _train(
             eval_data = held_out.for_evaluation()
             # Evaluation draws its own noise without moving the training RNG, so where and
             # how often we evaluate never changes the trained parameters.
-            rng = pyro.util.get_rng_state()
-            if isinstance(loss, ELBO):
-                record["test_elbo"] = evaluate_elbo(
-                    model,
-                    eval_data,
-                    guide=guide,
-                    batch_size=max(batch_size, 256),
-                    loss=loss,
-                    transform=transform,
-                    plate_name=plate_name,
-                )
-            else:  # an adversarial or likelihood-free objective: no ELBO to report
-                record["test_loss"] = _evaluate_loss(
-                    prog, held_out, eval_data, loss, max(batch_size, 256), transform, device
-                )
-            pyro.util.set_rng_state(rng)
+            with rng_left_alone():
+                if isinstance(loss, ELBO):
+                    record["test_elbo"] = evaluate_elbo(
+                        model,
+                        eval_data,
+                        guide=guide,
+                        batch_size=max(batch_size, 256),
+                        loss=loss,
+                        transform=transform,
+                        plate_name=plate_name,
+                    )
+                else:  # an adversarial or likelihood-free objective: no ELBO to report
+                    record["test_loss"] = _evaluate_loss(
+                        prog, held_out, eval_data, loss, max(batch_size, 256), transform, device
+                    )
         if dp is not None:  # rank 0's record (its evaluation, its clock) everywhere
             record = dp.broadcast(record)
         for key in ("test_elbo", "test_loss"):

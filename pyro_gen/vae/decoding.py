@@ -15,11 +15,11 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from typing import Any
 
-import pyro
 import torch
 from pyro import poutine
 from pyro.poutine.trace_struct import Trace
 
+from pyro_gen.data.random_state import rng_left_alone
 from pyro_gen.infer.evaluation_scorer import one_line_message
 from pyro_gen.infer.log_weights import DataPlate, find_data_plate
 from pyro_gen.vae.example_rows import plate_dim
@@ -127,14 +127,11 @@ def reconstruct(
         >>> reconstruct(model, torch.tensor([[1.0, 3.0]]), guide=guide)
         tensor([[2., 2.]])
     """
-    rng = pyro.util.get_rng_state()  # a flow's mean is drawn: the caller sees no draw
-    try:
-        with evaluated_pair(vae, guide, x, context) as (model, guide):
-            latents = poutine.trace(PosteriorPoint(num_draws)(guide)).get_trace(x, **context)
-            trace = _replayed(model, latents, x, context)
-            return _decoded_mean(trace, latents, x, site=site, purpose="reconstruct")
-    finally:
-        pyro.util.set_rng_state(rng)
+    # a flow's mean is drawn: the caller sees no draw
+    with rng_left_alone(), evaluated_pair(vae, guide, x, context) as (model, guide):
+        latents = poutine.trace(PosteriorPoint(num_draws)(guide)).get_trace(x, **context)
+        trace = _replayed(model, latents, x, context)
+        return _decoded_mean(trace, latents, x, site=site, purpose="reconstruct")
 
 
 def _along_plate(node: dict, plate: DataPlate, t: torch.Tensor) -> torch.Tensor:

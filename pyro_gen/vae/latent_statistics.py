@@ -9,13 +9,13 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.distributions.torch_distribution import MaskedDistribution
 from pyro.poutine import Trace
 
+from pyro_gen.data.random_state import rng_left_alone
 from pyro_gen.infer.log_weights import find_data_plate
 from pyro_gen.vae.example_rows import check_every_example, example_rows
 from pyro_gen.vae.pairs import evaluated_pair, model_and_guide
@@ -189,12 +189,9 @@ def latent_statistics(
     batch_size = 500 if batch_size is None else batch_size
     if not _cuttable(context, x.shape[0]):
         batch_size = x.shape[0]  # described whole: the other arguments go with every row
-    rng = pyro.util.get_rng_state()  # a description draws nothing the caller would see
-    try:
-        with evaluated_pair(vae, guide, x[:batch_size], context) as (model, guide):
-            return _statistics(model, guide, x, site, batch_size, num_draws, context)
-    finally:
-        pyro.util.set_rng_state(rng)
+    # a description draws nothing the caller would see
+    with rng_left_alone(), evaluated_pair(vae, guide, x[:batch_size], context) as pair:
+        return _statistics(*pair, x, site, batch_size, num_draws, context)
 
 
 def _parameters(fn: Callable) -> set[str]:

@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
@@ -18,6 +17,7 @@ from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 from pyro.poutine.messenger import Messenger
 from torch.nn import functional as F
 
+from pyro_gen.data.random_state import rng_left_alone
 from pyro_gen.infer.evaluation_scorer import one_line_message
 from pyro_gen.infer.log_weights import find_data_plate, max_plate_nesting
 from pyro_gen.vae.diagnostics import own_posterior_family, posterior_params
@@ -143,8 +143,7 @@ def _refinement(
     layer's mean)."""
     if start not in _STARTS:
         raise ValueError(f"start must be 'encoder' or 'standard_normal', got {start!r}")
-    rng = pyro.util.get_rng_state()
-    try:  # finding the starting point leaves the RNG where it was
+    with rng_left_alone():  # finding the starting point leaves the RNG where it was
         guide_trace = poutine.trace(PosteriorPoint()(guide)).get_trace(x, **context)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
             x, **context
@@ -156,8 +155,6 @@ def _refinement(
             check_every_example(model_trace, find_data_plate(model_trace), x, "refine_posterior")
             site = chosen_latent(guide_trace, model_trace, site, "refine")
             loc0, scale0, event_dim = _site_start(guide_trace, model_trace, site)
-    finally:
-        pyro.util.set_rng_state(rng)
     if start == "standard_normal":
         loc0, scale0 = torch.zeros_like(loc0), torch.ones_like(scale0)
     loc = loc0.detach().clone().requires_grad_(True)

@@ -15,6 +15,7 @@ import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 from pyro.poutine.messenger import Messenger
+from torch.distributions.relaxed_categorical import ExpRelaxedCategorical
 from torch.nn import functional as F
 
 from pyro_gen.data.random_state import rng_left_alone
@@ -93,6 +94,12 @@ def _support_is_real(fn: Any) -> bool:
     return support is dist.constraints.real
 
 
+def _on_log_simplex(fn: Any) -> bool:
+    while isinstance(fn, (dist.Independent, dist.MaskedDistribution)):
+        fn = fn.base_dist
+    return isinstance(fn, ExpRelaxedCategorical)
+
+
 def _site_start(
     guide_trace: Any, model_trace: Any, site: str
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -110,6 +117,13 @@ def _site_start(
             "as AutoAmortizedNormal or a hand-written one"
         )
     for role, f in (("guide", fn), ("model", model_trace.nodes[site]["fn"])):
+        if _on_log_simplex(f):
+            raise ValueError(
+                f"refine_posterior refines the guide's site {site!r} with a Normal, but the "
+                f"{role}'s distribution of it is a relaxed categorical on the log-simplex "
+                "(torch declares it real, but its draws satisfy logsumexp = 0, which a Normal "
+                "would leave): choose a continuous latent with site=..."
+            )
         # a TransformedDistribution's support is its last transform's codomain, which torch
         # often leaves as Real: the model's own distribution says where the site lies
         if not _support_is_real(f):

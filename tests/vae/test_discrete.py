@@ -18,6 +18,7 @@ from pyro_gen.vae.discrete import (
     anneal_temperature,
     temperature_schedule,
 )
+from pyro_gen.vae.refine import refine_posterior
 from pyro_gen.vae.sites import DATA_PLATE, LATENT
 
 K = 4
@@ -129,3 +130,12 @@ def test_bad_temperature_and_enumeration_size_get_clear_errors():
         DiscreteVAE((6,), num_latents=2, num_categories=K, inference="enumerate")
     with pytest.raises(ValueError, match="exact only for inference='enumerate'"):
         vae.log_prob(torch.rand(2, 6))
+
+
+def test_refine_posterior_refuses_the_relaxed_latent_on_the_log_simplex():
+    # torch declares ExpRelaxedCategorical's support real; a Normal refinement would still
+    # leave the log-simplex (logsumexp = 0), so the site is refused by name
+    vae = DiscreteVAE((6,), num_latents=2, num_categories=3, hidden_dims=(8,))
+    with pytest.raises(ValueError, match="log-simplex") as info:
+        refine_posterior(vae, torch.rand(4, 6).round(), num_steps=1)
+    assert repr(LATENT) in str(info.value)

@@ -352,13 +352,14 @@ class CompiledSVI(
             if "Trace Shapes:" in lines:
                 lines = lines[: lines.index("Trace Shapes:")]
             message = " ".join(line for line in lines if line)
+            # Named from 1, as fit's metrics and its non-finite-loss error count steps.
             raise InputCheckError(
-                f"the batch of step {step} failed an input check of the model, so its update "
+                f"the batch of step {step + 1} failed an input check of the model, so its update "
                 f"was skipped ({type(exc).__name__}: {message[:500]})"
             ) from exc
         # The model takes this batch after all: the value was control flow, not a check.
         self._fall_back(
-            f"a value the model branched on changed at step {step} (that update was skipped)"
+            f"a value the model branched on changed at step {step + 1} (that update was skipped)"
         )
 
     def verify_next(self) -> None:

@@ -249,6 +249,7 @@ def test_bad_input_on_the_device_path_skips_the_update_and_check_names_the_step(
     svi(7, x)  # fit's protocol: step number 7
     trained, adam = _parameters(), svi.optim.get_state()
     assert any(not torch.equal(before[k], trained[k]) for k in before)
+    # fit's step 8 is the ninth step, named from 1 as fit's metrics count steps
     for step in (8, 9):  # out of [0, 1]: the Bernoulli likelihood's check fails
         assert torch.isnan(svi(step, x * 3))
     after = _parameters()
@@ -258,7 +259,7 @@ def test_bad_input_on_the_device_path_skips_the_update_and_check_names_the_step(
         for k, state in svi.optim.get_state().items()
     )
     with pytest.raises(
-        InputCheckError, match=r"step 8 .*expects data in \[0, 1\], got values"
+        InputCheckError, match=r"step 9 .*expects data in \[0, 1\], got values"
     ) as e:
         svi.check()
     assert "\n" not in str(e.value) and "Trace Shapes" not in str(e.value)  # one line

@@ -12,8 +12,11 @@ generator's loss, whose gradient reaches only the parameters the model registere
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import inspect
 import math
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -89,6 +92,57 @@ def _unmasked(batch: AdversarialBatch) -> AdversarialBatch:
     )
 
 
+#: the signatures of the models the losses have seen, to find labels passed by position
+_SIGNATURES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def model_labels(model: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+    """The labels ``y`` a model was called with, by name or by position: ``svi.step(x, y)``
+    and fit's ``(x, y)`` tuples and DataLoaders pass them positionally to ``model(x, y)``,
+    and a discriminator left without them would be conditioned on nothing.
+
+    Example:
+        >>> def model(x, y=None): ...
+        >>> model_labels(model, (1, 2), {}), model_labels(model, (1,), {"y": 3})
+        (2, 3)
+    """
+    if "y" in kwargs or len(args) < 2:
+        return kwargs.get("y")
+    key = getattr(model, "__func__", model)  # a bound method's function: one per class
+    try:
+        signature = _SIGNATURES.get(key)
+    except TypeError:  # a callable that takes no weak reference: not cached
+        signature = None
+    try:
+        if signature is None:
+            signature = inspect.signature(model)
+            with contextlib.suppress(TypeError):
+                _SIGNATURES[key] = signature
+        bound = signature.bind_partial(*args)
+    except (TypeError, ValueError):  # no signature (a builtin), or arguments it refuses
+        return None
+    parameter = signature.parameters.get("y")
+    if parameter is None or parameter.kind not in (
+        parameter.POSITIONAL_ONLY,
+        parameter.POSITIONAL_OR_KEYWORD,
+    ):
+        return None
+    return bound.arguments.get("y")
+
+
+def context_like(context: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``context`` on ``x``'s device, and in its dtype when floating (one-hot or given
+    features); integer labels stay integers, for a discriminator that embeds them.
+
+    Example:
+        >>> context_like(torch.tensor([1, 2]), torch.zeros(2, dtype=torch.float64)).dtype
+        torch.int64
+    """
+    if context.is_floating_point():
+        return context.to(x)
+    return context.to(x.device)
+
+
 def _last_layer(module: nn.Module) -> nn.Module:
     leaves = [m for m in module.modules() if not list(m.children())]
     return leaves[-1] if leaves else module
@@ -134,10 +188,11 @@ class AdversarialLoss(PyroLoss):
     plate (with the plate's scale), as Pyro's ELBO is, so ``fit``'s ``train_loss`` is a
     value per example.
 
-    Conditional GANs pass labels as ``y=`` (the convention of the conditional VAE): the
-    discriminator gets them as its context, one-hot with ``discriminator.context_dim``
+    Conditional GANs pass labels as ``y``, by name or as the model's argument ``y`` by
+    position (``model(x, y)`` stepped as ``svi.step(x, y)``, or fit's ``(x, y)`` batches):
+    the discriminator gets them as its context, one-hot with ``discriminator.context_dim``
     classes when they are integers (a network without a ``context_dim`` attribute gets
-    ``y`` as given).
+    ``y`` as given: integer labels for an ``nn.Embedding`` stay integers).
 
     Args:
         discriminator: a module ``D(x)`` (or ``D(x, context)``) returning one unbounded
@@ -278,7 +333,7 @@ class AdversarialLoss(PyroLoss):
         its observations removed (replayed from a recording where the model allows one:
         :class:`~pyro_gen.gan.recorded.RecordedRuns`)."""
         sites = self.runs(model, guide, args, kwargs)
-        return self.batch_of(sites, self._context(kwargs.get("y")))
+        return self.batch_of(sites, self._context(model_labels(model, args, kwargs)))
 
     @staticmethod
     def unconditioned_trace(
@@ -356,11 +411,20 @@ class AdversarialLoss(PyroLoss):
                 "for the generator's output"
             )
         try:
-            out = d(x) if batch.context is None else d(x, batch.context.to(x))
+            out = d(x) if batch.context is None else d(x, context_like(batch.context, x))
         except RuntimeError as e:  # a user's network with no event_shape to check first
             raise ValueError(
                 f"the discriminator failed on site {batch.site!r} (examples of shape "
                 f"{event_shape}): {e}"
+            ) from e
+        except TypeError as e:  # a user's conditional network called without its labels
+            if batch.context is not None:
+                raise
+            raise TypeError(
+                f"the discriminator was called as D(x) on site {batch.site!r} and failed: {e}. "
+                "A conditional discriminator gets the labels the model is called with as its "
+                "argument y (model(x, y): svi.step(x, y) or y=labels; in fit, batches (x, y) "
+                "or {'x': ..., 'y': ...})"
             ) from e
         shape = batch.batch_shape
         if out.shape != shape:

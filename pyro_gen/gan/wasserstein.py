@@ -11,6 +11,7 @@ from pyro_gen.gan.adversarial import (
     AdversarialBatch,
     AdversarialLoss,
     OptimizerFactory,
+    context_like,
     fused_adam,
 )
 
@@ -186,7 +187,7 @@ class WassersteinGP(_Critic):
         return fused_adam(params, lr=1e-4, betas=(0.0, 0.9))
 
     def penalty(self, batch: AdversarialBatch) -> torch.Tensor:
-        context = None if batch.context is None else batch.context.to(batch.real)
+        context = None if batch.context is None else context_like(batch.context, batch.real)
         gp = gradient_penalty(
             self.discriminator, batch.real, batch.fake, event_dim=batch.event_dim, context=context
         )

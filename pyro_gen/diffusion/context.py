@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["expand_context", "slice_context"]
+__all__ = ["check_no_positional_labels", "expand_context", "slice_context"]
 
 
 def expand_context(context: Mapping[str, Any], batch: torch.Size | tuple[int, ...]) -> dict:
@@ -52,3 +52,29 @@ def slice_context(context: Mapping[str, Any], start: int, stop: int) -> dict:
         {'y': tensor([1, 2]), 'scale': 2.0}
     """
     return {k: v[start:stop] if torch.is_tensor(v) else v for k, v in context.items()}
+
+
+def check_no_positional_labels(x: Any, num_samples: Any, owner: str) -> None:
+    """Refuses a tensor in the ``num_samples`` slot of ``model(x, num_samples, **context)``
+    beside data: labels given by position (fit's ``(x, y)`` tuples, a DataLoader over a
+    ``TensorDataset(x, y)``, ``svi.step(x, y)``) land there, where the model, given data,
+    reads no count, and the network would silently train without them.
+
+    Raises:
+        ValueError: naming the way to pass labels by name.
+
+    Example:
+        >>> check_no_positional_labels(torch.zeros(2, 3), 1, "ScoreModel")  # a count: fine
+        >>> check_no_positional_labels(torch.zeros(2, 3), torch.tensor([0, 1]), "ScoreModel")
+        Traceback (most recent call last):
+        ...
+        ValueError: ScoreModel.model(x, num_samples, **context) was given a tensor of shape (2,) ...
+    """
+    if x is None or not torch.is_tensor(num_samples):
+        return
+    raise ValueError(
+        f"{owner}.model(x, num_samples, **context) was given a tensor of shape "
+        f"{tuple(num_samples.shape)} by position after x; labels (or other network inputs) go "
+        "by name: model(x, y=labels), and in fit a dict {'x': x, 'y': y} (a DataLoader's "
+        "dataset returning such dicts), not a tuple (x, y)"
+    )

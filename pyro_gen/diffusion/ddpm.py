@@ -19,7 +19,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pyro_gen.diffusion.context import expand_context, slice_context
+from pyro_gen.diffusion.context import check_no_positional_labels, expand_context, slice_context
 from pyro_gen.diffusion.ddpm_bound_terms import BoundTerms
 from pyro_gen.diffusion.ddpm_chain import FullChainForm
 from pyro_gen.diffusion.ddpm_time_plate import TimePlateForm
@@ -376,6 +376,7 @@ class DDPM(FullChainForm, TimePlateForm, BoundTerms, PicklableModule):
         ``context`` (e.g. ``y=labels``, one row per example) goes to the network as
         ``net(x_t, t, **context)``: ``fit(m, {"x": x, "y": y})`` trains a class-conditional
         DDPM."""
+        check_no_positional_labels(x, num_samples, type(self).__name__)
         if x is None or self.form == "full_chain":
             return self.chain_model(x, num_samples, **context)
         return self.plate_model(x, **context)
@@ -385,6 +386,7 @@ class DDPM(FullChainForm, TimePlateForm, BoundTerms, PicklableModule):
         it takes the model's ``context`` and needs none of it."""
         if x is None:
             return None
+        check_no_positional_labels(x, num_samples, type(self).__name__)
         if self.form == "full_chain":
             return self.chain_guide(x)
         return self.plate_guide(x)

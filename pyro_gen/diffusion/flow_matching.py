@@ -254,11 +254,22 @@ class FlowMatching(PicklableModule):
                 f"{tuple(x.shape)}"
             )
         if z is not None:
+            # fit's (x, y) tuples and DataLoader batches put labels here, the coupling's slot
+            labels = (
+                "; labels (or other network inputs) go by name: model(x, y=labels), and in fit "
+                "a dict {'x': x, 'y': y}, not a tuple (x, y)"
+            )
             if self.objective != "rectified":
-                raise ValueError("a coupling z (reflow) needs objective='rectified'")
-            if z.shape != x.shape:
-                raise ValueError(f"coupling z must be shaped like x {tuple(x.shape)}, got "
-                                 f"{tuple(z.shape)}")  # fmt: skip
+                raise ValueError(
+                    "a coupling z (reflow: the second argument, after x) needs "
+                    "objective='rectified'" + labels
+                )
+            if not torch.is_tensor(z) or z.shape != x.shape or not z.is_floating_point():
+                what = f"{tuple(z.shape)} {z.dtype}" if torch.is_tensor(z) else type(z).__name__
+                raise ValueError(
+                    f"coupling z must be shaped like x {tuple(x.shape)} (base draws), got {what}"
+                    + labels
+                )
 
     def _time_law(self, zeros: Tensor) -> dist.Distribution:
         """The law of ``"t"`` with the batch shape of ``zeros``."""

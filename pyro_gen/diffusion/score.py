@@ -35,7 +35,7 @@ from pyro import poutine
 from torch import Tensor, nn
 
 from pyro_gen.diffusion.bound import bound_sites
-from pyro_gen.diffusion.context import expand_context
+from pyro_gen.diffusion.context import check_no_positional_labels, expand_context
 from pyro_gen.diffusion.parameterization import PARAMETERIZATIONS
 from pyro_gen.diffusion.sde import SDE, ScheduleSDE
 from pyro_gen.transforms._base import PicklableModule, as_event_shape
@@ -289,6 +289,7 @@ class ScoreModel(PicklableModule):
         if x is None:
             return self._generate(num_samples, context)
         pyro.module(self.name, self)
+        check_no_positional_labels(x, num_samples, type(self).__name__)
         self._check(x)
         K = self.time_samples
         with pyro.plate("data", x.shape[0], dim=-1):
@@ -322,6 +323,7 @@ class ScoreModel(PicklableModule):
         takes the model's ``context`` and needs none of it."""
         if x is None:
             return None
+        check_no_positional_labels(x, num_samples, type(self).__name__)
         self._check(x)
         K = self.time_samples
         with pyro.plate("data", x.shape[0], dim=-1):

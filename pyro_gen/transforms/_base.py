@@ -309,13 +309,33 @@ def _check_rank(shape: Sequence[int], event_shape: tuple[int, ...], name: str, f
     than the event: slicing ``shape[: len(shape) - k]`` with a negative end silently made
     up a shape (``Squeeze((1, 4, 2)).forward_shape((4, 2))`` was ``(4, 4, 2, 1)``).
 
-    Sizes are not compared here: a stack of mismatched event shapes is reported by the
-    caller that knows the whole stack (``Flow``), and inputs by :func:`check_event_shape`.
+    Sizes are compared by :meth:`FlowTransformModule.forward_shape` only (see
+    :func:`_check_sizes`): ``inverse_shape`` walks a stack backwards for ``Flow`` and
+    ``MultiScale``, which report a mismatched stack with their own messages.
     """
     if len(shape) < len(event_shape):
         raise ValueError(
             f"{name}.{fn} expects a shape ending in the event shape {event_shape}, got "
             f"{tuple(shape)} with fewer dims"
+        )
+
+
+def _check_sizes(shape: Sequence[int], event_shape: tuple[int, ...], name: str) -> None:
+    """Raises ValueError, as torch's ``ReshapeTransform`` does, when the rightmost dims of
+    ``shape`` are not the event shape.
+
+    ``TransformedDistribution(base, transforms)`` takes its shapes from ``forward_shape``
+    alone: a base or preceding transform of other sizes (a (5,) base under a coupling on
+    3 features, an image layer before a vector one with no reshape) gave the distribution
+    an event shape no draw has, ``(1, 4, 16)`` for ``(1, 4, 4)`` images under a coupling on
+    16 features, and the error came only at sampling, contradicting ``event_shape``.
+    """
+    k = len(event_shape)
+    if tuple(shape[len(shape) - k :]) != event_shape:
+        raise ValueError(
+            f"{name} takes events of shape {event_shape}, but the base distribution or the "
+            f"transform before it gives shape {tuple(shape)}: make their event shapes agree "
+            "(e.g. a torch.distributions.transforms.ReshapeTransform between them)"
         )
 
 
@@ -446,6 +466,7 @@ class FlowTransformModule(TransformModule):
     # and event shapes from these, and Pyro's code calls their .numel() (AutoGaussian)
     def forward_shape(self, shape: Sequence[int]) -> torch.Size:
         _check_rank(shape, self.event_shape, type(self).__name__, "forward_shape")
+        _check_sizes(shape, self.event_shape, type(self).__name__)
         k = len(self.event_shape)
         return torch.Size(tuple(shape[: len(shape) - k]) + self.out_shape)
 

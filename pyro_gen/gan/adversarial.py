@@ -45,6 +45,8 @@ class AdversarialBatch:
         event_dim: number of event dimensions of the site.
         scale: the site's plate scale (subsampling), applied to the generator's loss.
         mask: the site's mask, or ``None``.
+        discrete: the site's distribution when it has no reparameterized sampler, else
+            ``None`` (see :class:`~pyro_gen.gan.observed.ObservedSite`).
     """
 
     site: str
@@ -54,6 +56,7 @@ class AdversarialBatch:
     event_dim: int
     scale: Any = 1.0
     mask: Any = None
+    discrete: str | None = None
 
     @property
     def batch_shape(self) -> torch.Size:
@@ -141,6 +144,22 @@ def context_like(context: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if context.is_floating_point():
         return context.to(x)
     return context.to(x.device)
+
+
+def _check_differentiable(batch: AdversarialBatch) -> None:
+    """Refuses to train a generator whose examples are drawn without a reparameterized
+    sampler: no gradient reaches it, and training would silently move the discriminator
+    alone (a Bernoulli generator's weights stayed exactly where they started)."""
+    if batch.discrete is None or batch.fake.requires_grad:
+        return
+    raise ValueError(
+        f"the model's site {batch.site!r} is drawn from {batch.discrete}, which has no "
+        "reparameterized sampler: its generated examples carry no gradient to the generator, "
+        "so an adversarial loss would train the discriminator alone. Generate the example as "
+        "a differentiable function of the latents, pyro.sample(name, dist.Delta(G(z), "
+        "event_dim=...), obs=x), or from a relaxed distribution "
+        "(dist.RelaxedBernoulliStraightThrough, dist.RelaxedOneHotCategoricalStraightThrough)"
+    )
 
 
 def _last_layer(module: nn.Module) -> nn.Module:
@@ -278,6 +297,7 @@ class AdversarialLoss(PyroLoss):
                 self.discriminator_step(model, guide, *args, **kwargs)
         batch = self.batch(model, guide, *args, **kwargs)
         if train:
+            _check_differentiable(batch)
             self.update_discriminator(batch)
         per_example = self.generator_term(batch)
         return scale_and_mask(per_example, batch.scale, batch.mask).sum()
@@ -361,7 +381,9 @@ class AdversarialLoss(PyroLoss):
                 f"site {name!r}: the data have shape {tuple(real.shape)} but the model "
                 f"generates {tuple(fake.shape)}; they must match"
             )
-        return AdversarialBatch(name, real, fake, context, site.event_dim, site.scale, site.mask)
+        return AdversarialBatch(
+            name, real, fake, context, site.event_dim, site.scale, site.mask, site.discrete
+        )
 
     def _pick_site(self, observed: list[str]) -> str:
         if self.site is not None:

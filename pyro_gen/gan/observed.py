@@ -28,6 +28,8 @@ class ObservedSite:
         scale: the site's scale (a plate's subsampling), a number or a tensor.
         mask: the site's mask, or ``None``.
         deterministic: whether the site is a ``pyro.deterministic`` site (not data).
+        discrete: the name of the site's distribution when it has no reparameterized
+            sampler (a Bernoulli: its generated value carries no gradient), else ``None``.
     """
 
     value: torch.Tensor
@@ -36,6 +38,7 @@ class ObservedSite:
     scale: Any = 1.0
     mask: Any = None
     deterministic: bool = False
+    discrete: str | None = None
 
 
 def unconditioned_traces(
@@ -86,7 +89,15 @@ def observed_sites(trace: poutine.Trace) -> dict[str, ObservedSite]:
             site["scale"],
             site["mask"],
             bool(site["infer"].get("_deterministic")),
+            None if site["fn"].has_rsample else _base_name(site["fn"]),
         )
         for name, site in trace.nodes.items()
         if site["type"] == "sample" and site["infer"].get("was_observed")
     }
+
+
+def _base_name(fn: Any) -> str:
+    """The name of the distribution under Pyro's wrappers (``Independent``, masks, expands)."""
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return type(fn).__name__

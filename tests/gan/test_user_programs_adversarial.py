@@ -282,3 +282,31 @@ def test_the_saved_param_store_restores_a_users_generator(tmp_path):
     assert _same(_state(g2), _state(g))
     draws = Predictive(program_model(g2), num_samples=1)(n=6)
     torch.testing.assert_close(draws["x"], g(draws["z"]).detach())
+
+
+def test_a_generator_of_discrete_draws_is_refused_and_its_relaxation_trains():
+    g = nn.Linear(2, 4)
+
+    def model(x, relaxed=False):  # noqa: ANN001, ANN202
+        pyro.module("gen", g)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            logits = g(z)
+            if relaxed:
+                law = dist.RelaxedBernoulliStraightThrough(torch.tensor(0.5), logits=logits)
+            else:
+                law = dist.Bernoulli(logits=logits)
+            return pyro.sample("x", law.to_event(1), obs=x)
+
+    x = (torch.rand(16, 4) > 0.5).float()
+    disc = nn.Sequential(nn.Linear(4, 1), nn.Flatten(0))
+    loss = NonSaturatingGAN(disc)
+    before = _state(g, disc)
+    svi = SVI(model, lambda x, relaxed=False: None, pyro.optim.Adam({"lr": 0.1}), loss)
+    # a Bernoulli's draws carry no gradient: training would move the discriminator alone
+    with pytest.raises(ValueError, match="Bernoulli, which has no reparameterized sampler"):
+        svi.step(x)
+    assert _same(_state(g, disc), before)
+    # the relaxation the error names trains the generator through its draws
+    svi.step(x, relaxed=True)
+    assert not any(torch.equal(a, b) for a, b in zip(_state(g), before))

@@ -381,6 +381,17 @@ class AdversarialLoss(PyroLoss):
                 f"site {name!r}: the data have shape {tuple(real.shape)} but the model "
                 f"generates {tuple(fake.shape)}; they must match"
             )
+        rows = real.shape[real.dim() - site.event_dim - 1] if real.dim() > site.event_dim else 1
+        if context is not None and context.dim() and context.shape[0] not in (1, rows):
+            # a model subsampling inside (pyro.plate(..., subsample_size=B) with y[idx]) takes
+            # the whole data set's labels; their rows meet the batch's in the discriminator
+            raise ValueError(
+                f"the labels y hold {context.shape[0]} rows but the model's site {name!r} has "
+                f"{rows} examples: the discriminator scores each example with its own row of "
+                "y. A model that subsamples its data inside (pyro.plate(..., subsample_size=...))"
+                " takes the whole data set's labels; subsample outside it instead (fit's "
+                "batch_size, or the batch's x and y passed to the model)"
+            )
         return AdversarialBatch(
             name, real, fake, context, site.event_dim, site.scale, site.mask, site.discrete
         )

@@ -310,3 +310,19 @@ def test_a_generator_of_discrete_draws_is_refused_and_its_relaxation_trains():
     # the relaxation the error names trains the generator through its draws
     svi.step(x, relaxed=True)
     assert not any(torch.equal(a, b) for a, b in zip(_state(g), before))
+
+
+def test_labels_of_the_whole_data_set_beside_a_subsampled_batch_are_one_clear_error():
+    g = LabelGenerator()
+
+    def model(x, y):  # noqa: ANN001, ANN202 - subsamples inside, as Pyro's examples do
+        pyro.module("gen", g)
+        with pyro.plate("data", x.shape[0], subsample_size=8) as idx:
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            return pyro.sample("x", dist.Delta(g(z, y[idx]), event_dim=1), obs=x[idx])
+
+    loss = NonSaturatingGAN(LabelCritic())
+    svi = SVI(model, lambda x, y: None, pyro.optim.Adam({}), loss)
+    with pytest.raises(ValueError, match="labels y hold 100 rows but .* 8 examples"):
+        svi.step(torch.randn(100, 2), torch.arange(100) % 3)
+    assert loss.discriminator.seen == []  # refused before the discriminator met them

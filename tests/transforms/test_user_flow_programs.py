@@ -21,7 +21,7 @@ import pyro.distributions.transforms as PT
 import pytest
 import torch
 from pyro import poutine
-from pyro.infer import Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
+from pyro.infer import Predictive, Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 from pyro.infer.autoguide import AutoNormalizingFlow
 
 from pyro_gen import transforms as T
@@ -45,21 +45,20 @@ def _autograd_log_density(transforms, base_log_prob, z: torch.Tensor) -> torch.T
     r""":math:`\log p(z) = \log p_0(u) - \log|\det \partial T/\partial u|` at ``u = T^{-1}(z)``
     for each row of ``z`` (shape ``(n, D)``), the Jacobian by autograd of the forward maps.
 
-    ``transforms`` maps a ``(D,)`` vector to a ``(D,)`` vector; ``base_log_prob(u, i)`` is
-    the base density of row ``i``. The inverse is the transform's own, but the forward map
-    must give ``z`` back, so a wrong inverse fails here too.
+    ``transforms`` maps rows of ``D`` to rows of ``D``; ``base_log_prob(u)`` is the base
+    density of the rows of ``u``. The inverse is the transforms' own, but the forward map
+    must give ``z`` back, so a wrong inverse fails here too. Rows are independent, so the
+    Jacobian of the row sum with respect to all rows holds every row's Jacobian.
     """
-    out = []
-    for i, zi in enumerate(z):
-        u = zi
-        for t in reversed(transforms):
-            u = t.inv(u.clone())
-        u = u.detach()
-        forward = _compose(transforms)
-        torch.testing.assert_close(forward(u.clone()), zi.detach())
-        jac = torch.autograd.functional.jacobian(forward, u.clone())
-        out.append(base_log_prob(u, i) - torch.linalg.slogdet(jac)[1])
-    return torch.stack(out)
+    u = z.detach()
+    for t in reversed(transforms):
+        u = t.inv(u.clone())
+    u = u.detach()
+    forward = _compose(transforms)
+    torch.testing.assert_close(forward(u.clone()), z.detach())
+    jac = torch.autograd.functional.jacobian(lambda v: forward(v).sum(0), u.clone())
+    jac = jac.permute(1, 0, 2)  # (n, D_out, D_in)
+    return base_log_prob(u) - torch.linalg.slogdet(jac)[1]
 
 
 def _compose(transforms):
@@ -147,9 +146,7 @@ def test_autonormalizingflow_loss_is_the_change_of_variables_bound(elbo: str) ->
     assert mu.dtype == F64 and len(mu) in (2, 3) and len(set(mu[:, 0].tolist())) == len(mu)
     latent = torch.cat([mu, z.reshape(len(z), -1)], -1)  # AutoContinuous packs sites in order
     base = guide.get_base_dist()
-    log_q = _autograd_log_density(
-        list(guide.get_transform().parts), lambda u, i: base.log_prob(u), latent
-    )
+    log_q = _autograd_log_density(list(guide.get_transform().parts), base.log_prob, latent)
     expected = -(_global_local_log_joint(x, mu, z) - log_q).mean()
     assert math.isclose(loss, float(expected), rel_tol=1e-9)
 
@@ -212,9 +209,9 @@ def test_vae_with_a_flow_prior_loss_is_the_scaled_bound(elbo: str) -> None:
     loss = ELBOS[elbo]().loss_and_grads(vae.model, guide, x)
     z = torch.cat([s.reshape(-1, 4, 2) for s in seen])
     base = _normal(torch.zeros(2, dtype=F64), 1.0)
-    log_prior = _autograd_log_density(
-        vae.prior_flow, lambda u, i: base.log_prob(u), z.reshape(-1, 2)
-    ).reshape(z.shape[:2])
+    log_prior = _autograd_log_density(vae.prior_flow, base.log_prob, z.reshape(-1, 2)).reshape(
+        z.shape[:2]
+    )
     with torch.no_grad():
         log_lik = _normal(vae.decoder(z), 0.5).log_prob(x)
         log_q = _normal(*vae.encode(x)).log_prob(z)
@@ -252,3 +249,224 @@ def test_a_stack_whose_event_shapes_disagree_is_refused_when_built(base_shape, m
     for t in make():
         good = _normal(torch.zeros(3, *t.event_shape), 1.0).to_event(len(t.event_shape) - 1)
         assert dist.TransformedDistribution(good, [t]).batch_shape == (3,)
+
+
+# ------------------------------------------------------------------ a conditional flow guide
+
+
+class _CVAE(torch.nn.Module):
+    """Pyro's CVAE example shape: predict ``y`` from ``x`` through a latent ``z``; the
+    amortized guide ``q(z | x, y)`` is a Gaussian pushed through conditional flows that
+    see ``x`` (``ConditionalTransformedDistribution(...).condition(x)``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        flows = [
+            T.conditional_affine_coupling(2, 3, hidden_dims=[8]),
+            T.conditional_spline_autoregressive(2, 3, [8], num_bins=4),
+            T.conditional_inverse_autoregressive(2, 3, [8]),
+            T.conditional_masked_autoregressive(2, 3, [8]),
+            T.conditional_additive_coupling(2, 3, parity=1, hidden_dims=[8]),
+        ]
+        self.flows = _perturb(torch.nn.ModuleList(flows).double())
+        self.encoder = torch.nn.Linear(5, 2).double()
+        self.decoder = torch.nn.Linear(5, 2).double()
+        self.scale = 0.7  # of the guide's base
+
+    def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        pyro.module("decoder", self.decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", _normal(x.new_zeros(2), 1.0))
+            h = torch.cat([z, x.expand(z.shape[:-1] + x.shape[-1:])], -1)
+            return pyro.sample("y", _normal(self.decoder(h), 0.5), obs=y)
+
+    def base(self, x: torch.Tensor, y: torch.Tensor) -> dist.Distribution:
+        return _normal(self.encoder(torch.cat([x, y], -1)), self.scale)
+
+    def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        pyro.module("encoder", self.encoder)
+        pyro.module("flows", self.flows)
+        y = x.new_zeros(x.shape[0], 2) if y is None else y
+        with pyro.plate("data", x.shape[0]):
+            q = dist.ConditionalTransformedDistribution(self.base(x, y), list(self.flows))
+            return pyro.sample("z", q.condition(x))
+
+
+@pytest.mark.parametrize("elbo", ["trace_vectorized", "tracegraph", "trace_sequential"])
+def test_cvae_with_a_conditional_flow_guide_loss_is_the_bound(elbo: str) -> None:
+    """Each data point's ``q(z_i | x_i, y_i)`` is its own context's flow: the loss equals
+    the bound computed point by point, with each flow conditioned on that one ``x_i`` and
+    its density by autograd."""
+    torch.manual_seed(2)
+    cvae = _CVAE()
+    x, y = torch.randn(3, 3, dtype=F64), torch.randn(3, 2, dtype=F64)
+    seen: list = []
+
+    def guide(x, y=None):
+        z = cvae.guide(x, y)
+        seen.append(z.detach())
+        return z
+
+    loss = ELBOS[elbo]().loss(cvae.model, guide, x, y)
+    z = torch.cat([s.reshape(-1, 3, 2) for s in seen])
+    expected = 0.0
+    with torch.no_grad():
+        base = cvae.base(x, y)
+        loc = cvae.decoder(torch.cat([z, x.expand(len(z), 3, 3)], -1))
+    for i in range(3):
+        flows = [t.condition(x[i]) for t in cvae.flows]
+        base_i = _normal(base.base_dist.loc[i], 0.7)
+        log_q = _autograd_log_density(flows, base_i.log_prob, z[:, i])
+        log_p = _normal(torch.zeros(2, dtype=F64), 1.0).log_prob(z[:, i])
+        log_p = log_p + _normal(loc[:, i], 0.5).log_prob(y[i])
+        expected = expected - (log_p - log_q).mean()
+    assert math.isclose(loss, float(expected), rel_tol=1e-9)
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_predictive_draws_the_cvae_guide_per_context(parallel: bool) -> None:
+    """``Predictive(model, guide=...)``, vectorized or not: ``(S, N, 2)`` latents and
+    predictions, and the latents of data point ``i`` come from ``x_i``'s flow. With a base
+    of scale 1e-9 every draw is the base mean pushed through the flows, so each is
+    compared with the flows conditioned on that one ``x_i``."""
+    torch.manual_seed(3)
+    cvae = _CVAE()
+    cvae.scale = 1e-9
+    x = torch.randn(4, 3, dtype=F64)
+    out = Predictive(cvae.model, guide=cvae.guide, num_samples=5, parallel=parallel)(x)
+    assert out["z"].shape == (5, 4, 2) and out["y"].shape == (5, 4, 2)
+    assert out["z"].dtype == F64
+    loc = cvae.base(x, x.new_zeros(4, 2)).base_dist.loc.detach()
+    for i in range(4):
+        z = loc[i]
+        for t in cvae.flows:
+            z = t.condition(x[i])(z)
+        torch.testing.assert_close(out["z"][:, i], z.expand(5, 2), atol=1e-6, rtol=0)
+    assert not torch.allclose(out["z"][0, 0], out["z"][0, 1], atol=1e-3)
+
+
+# ------------------------------------------------------------------ density estimation
+
+
+def _affine_flow() -> list:
+    """Layers whose composition is an affine map ``x = A u + b`` (in float32, as most
+    users build them): the density is the Gaussian ``N(b, A A^T)``."""
+    layers = [T.ActNorm(3), T.invertible_conv1x1(3), T.permute(3, "random", seed=1), T.ActNorm(3)]
+    layers[0](torch.randn(64, 3))  # data-dependent initialisation, as a first batch does
+    layers[3](2.0 + 3.0 * torch.randn(64, 3))
+    return [_perturb(t, 0.3) for t in layers]
+
+
+def _closed_form(layers: list) -> dist.MultivariateNormal:
+    forward = _compose(layers)
+    with torch.no_grad():
+        b = forward(torch.zeros(3))
+        a = (forward(torch.eye(3)) - b).T  # columns: images of the unit vectors
+    return dist.MultivariateNormal(b.double(), covariance_matrix=(a @ a.T).double())
+
+
+def _density_model(layers: list, how: str):
+    base = _normal(torch.zeros(3), 1.0)
+
+    def model(x: torch.Tensor | None = None, n: int = 0) -> torch.Tensor:
+        pyro.module("flow", torch.nn.ModuleList(layers))
+        flow = dist.TransformedDistribution(base, layers)
+        if how == "expand":  # no plate: the batch as one event
+            return pyro.sample("x", flow.expand([n]).to_event(1), obs=x)
+        with pyro.plate("data", n):
+            if how == "scaled":
+                with poutine.scale(scale=2.5):
+                    return pyro.sample("x", flow, obs=x)
+            return pyro.sample("x", flow, obs=x)
+
+    return model
+
+
+@pytest.mark.parametrize("how", ["plate", "scaled", "expand", "condition"])
+def test_density_estimation_loss_is_the_closed_form_gaussian(how: str) -> None:
+    """``pyro.sample("x", flow, obs=data)`` with an empty guide: ``Trace_ELBO`` (vectorized
+    particles too) is minus the closed-form log-likelihood, times ``poutine.scale``'s
+    factor; ``poutine.condition`` in place of ``obs`` and ``flow.expand([N]).to_event(1)``
+    in place of the plate give the same."""
+    torch.manual_seed(4)
+    layers = _affine_flow()
+    x = torch.randn(6, 3) * 2.0
+    model = _density_model(layers, how)
+    args = (x, 6)
+    if how == "condition":
+        model, args = poutine.condition(model, data={"x": x}), (None, 6)
+    expected = -_closed_form(layers).log_prob(x.double()).sum() * (2.5 if how == "scaled" else 1)
+    for elbo in (Trace_ELBO(), Trace_ELBO(num_particles=3, vectorize_particles=True)):
+        loss = elbo.loss(model, lambda *_: None, *args)
+        assert math.isclose(loss, float(expected), rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_predictive_draws_have_the_closed_form_moments(parallel: bool) -> None:
+    """``Predictive(model, num_samples=S)`` of the density model: ``(S, N, 3)`` draws whose
+    mean and covariance are the closed form's (mean within 5 standard errors)."""
+    torch.manual_seed(5)
+    layers = _affine_flow()
+    exact = _closed_form(layers)
+    model = _density_model(layers, "plate")
+    draws = Predictive(model, num_samples=40, parallel=parallel)(None, 50)["x"]
+    assert draws.shape == (40, 50, 3)
+    flat = draws.reshape(-1, 3).double()
+    se = (exact.covariance_matrix.diagonal() / len(flat)).sqrt()
+    assert bool(((flat.mean(0) - exact.mean).abs() < 5 * se).all())
+    cov = torch.cov(flat.T)
+    scale = exact.covariance_matrix.diagonal().sqrt()
+    corr_err = (cov - exact.covariance_matrix) / (scale[:, None] * scale[None, :])
+    assert float(corr_err.abs().max()) < 0.15
+
+
+# ------------------------------------------------------------------ gradients
+
+
+def _assert_gradients_are_finite_differences(loss_and_grads, loss, params, h=1e-6) -> None:
+    """Each parameter's gradient from ``loss_and_grads`` (at its largest entry) is the
+    central difference of the loss, both evaluated on the same draws (same seed; the guide
+    is reparameterized, so its draws move smoothly with its parameters). A gradient through
+    a stale cached value or a detached path would differ."""
+    for p in params:
+        p.grad = None
+    pyro.set_rng_seed(11)
+    loss_and_grads()
+    assert all(p.grad is not None for p in params)
+    for p in params[:: max(1, len(params) // 8)]:  # eight spread over the layers: time
+        i = int(p.grad.abs().argmax())
+        values = []
+        for step in (h, -2 * h, h):
+            with torch.no_grad():
+                p.view(-1)[i] += step
+            pyro.set_rng_seed(11)
+            values.append(loss())
+        fd = (values[0] - values[1]) / (2 * h)
+        assert math.isclose(fd, float(p.grad.view(-1)[i]), rel_tol=1e-4, abs_tol=1e-6)
+
+
+@pytest.mark.parametrize("program", ["autonormalizingflow", "vae_flow_prior", "cvae"])
+def test_svi_gradients_are_the_finite_differences_of_the_loss(program: str) -> None:
+    torch.manual_seed(6)
+    elbo = Trace_ELBO(num_particles=2, vectorize_particles=True, max_plate_nesting=1)
+    if program == "autonormalizingflow":
+        x = torch.randn(3, 2, dtype=F64)
+        model, guide, args = _global_local_model, None, (x,)
+        guide = AutoNormalizingFlow(model, _guide_flow)
+        guide(x)
+        params = list(guide.get_transform().parameters())
+    elif program == "vae_flow_prior":
+        vae = _FlowPriorVAE(n_total=8)
+        vae.flows.eval()  # the residual block's spectral norm: no power iteration per call
+        model, guide, args = vae.model, vae.guide, (torch.randn(4, 3, dtype=F64),)
+        params = list(vae.parameters())
+    else:
+        cvae = _CVAE()
+        model, guide = cvae.model, cvae.guide
+        args = (torch.randn(3, 3, dtype=F64), torch.randn(3, 2, dtype=F64))
+        params = list(cvae.parameters())
+    _assert_gradients_are_finite_differences(
+        lambda: elbo.loss_and_grads(model, guide, *args),
+        lambda: elbo.loss(model, guide, *args),
+        params,
+    )

@@ -79,6 +79,43 @@ def fused_adam(params: Iterable[nn.Parameter], **kwargs: Any) -> torch.optim.Ada
         return torch.optim.Adam(params, **kwargs)
 
 
+def _flat(batch: AdversarialBatch) -> AdversarialBatch:
+    """``batch`` with one batch dim: a discriminator is written for ``(batch, *event)``, and
+    under an outer plate (a user's groups, vectorized particles) the site's examples have
+    more batch dims, which a convolution, batch norm or ``x.view(len(x), -1)`` would fail on
+    or misread. The labels (one row per example of the last batch dim), the plate's scale
+    and mask follow the examples.
+
+    Example:
+        >>> x = torch.zeros(3, 5, 2)
+        >>> flat = _flat(AdversarialBatch("x", x, x, torch.arange(5), 1))
+        >>> flat.real.shape, flat.context.tolist()[:7]
+        (torch.Size([15, 2]), [0, 1, 2, 3, 4, 0, 1])
+    """
+    shape = batch.batch_shape
+    if len(shape) <= 1:
+        return batch
+    event = batch.real.shape[len(shape) :]
+
+    def per_example(value: Any) -> Any:
+        if not torch.is_tensor(value) or value.dim() == 0:
+            return value
+        return value.expand(shape).reshape(-1)
+
+    context = batch.context
+    if context is not None and context.dim():
+        tail = context.shape[1:]
+        context = context.expand(*shape, *tail).reshape(-1, *tail)
+    return dataclasses.replace(
+        batch,
+        real=batch.real.reshape(-1, *event),
+        fake=batch.fake.reshape(-1, *event),
+        context=context,
+        scale=per_example(batch.scale),
+        mask=per_example(batch.mask),
+    )
+
+
 def _unmasked(batch: AdversarialBatch) -> AdversarialBatch:
     """The examples of ``batch`` that its site's mask keeps, as one flat batch: padding or
     missing examples a model masks out (``poutine.mask``) must not teach the discriminator
@@ -392,8 +429,10 @@ class AdversarialLoss(PyroLoss):
                 " takes the whole data set's labels; subsample outside it instead (fit's "
                 "batch_size, or the batch's x and y passed to the model)"
             )
-        return AdversarialBatch(
-            name, real, fake, context, site.event_dim, site.scale, site.mask, site.discrete
+        return _flat(
+            AdversarialBatch(
+                name, real, fake, context, site.event_dim, site.scale, site.mask, site.discrete
+            )
         )
 
     def _pick_site(self, observed: list[str]) -> str:

@@ -210,6 +210,13 @@ def test_a_conditional_discriminator_the_labels_do_not_reach_is_one_clear_error(
         svi.step(torch.randn(4, 2), torch.tensor([0, 1, 2, 0]))
 
 
+class RowCritic(Critic):
+    """A user's discriminator written for a batch of rows ``(batch, 2)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.view(x.shape[0], -1)).squeeze(-1)
+
+
 def test_float64_networks_under_an_outer_plate_give_the_hand_written_loss_and_gradients():
     dtype = torch.float64
     g = mlp(2, 2).to(dtype)
@@ -224,7 +231,8 @@ def test_float64_networks_under_an_outer_plate_give_the_hand_written_loss_and_gr
         pass
 
     x = torch.randn(3, 5, 2, dtype=dtype)
-    loss = NonSaturatingGAN(Critic().to(dtype), record=False).eval()  # evaluate, never train
+    # evaluate, never train; the discriminator takes the examples of both plates as rows
+    loss = NonSaturatingGAN(RowCritic().to(dtype), record=False).eval()
     pyro.set_rng_seed(4)
     with poutine.trace(param_only=True) as params:
         value = loss.loss_and_grads(model, guide, x)
@@ -234,7 +242,7 @@ def test_float64_networks_under_an_outer_plate_give_the_hand_written_loss_and_gr
     pyro.set_rng_seed(4)
     fake = poutine.trace(poutine.uncondition(model)).get_trace(x).nodes["x"]["value"]
     assert fake.dtype == dtype and fake.shape == x.shape
-    expected = F.softplus(-loss.discriminator(fake)).sum()
+    expected = F.softplus(-loss.discriminator(fake.reshape(-1, 2))).sum()
     grads = torch.autograd.grad(expected, list(g.parameters()))
     expected = expected.detach()
     assert value == pytest.approx(expected.item(), rel=1e-12)

@@ -489,9 +489,14 @@ class AdversarialLoss(PyroLoss):
                 f"the discriminator failed on site {batch.site!r} (examples of shape "
                 f"{event_shape}): {e}"
             ) from e
-        except TypeError as e:  # a user's conditional network called without its labels
+        except TypeError as e:  # a user's network called without its labels, or with them
             if batch.context is not None:
-                raise
+                raise TypeError(
+                    f"the discriminator was called as D(x, y) on site {batch.site!r}, y the "
+                    f"labels the model takes as its argument y, and failed: {e}. A conditional "
+                    "GAN's discriminator takes them; a model whose argument y is not labels "
+                    "should call it something else"
+                ) from e
             raise TypeError(
                 f"the discriminator was called as D(x) on site {batch.site!r} and failed: {e}. "
                 "A conditional discriminator gets the labels the model is called with as its "

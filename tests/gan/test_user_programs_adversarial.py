@@ -196,7 +196,7 @@ def test_labels_reach_a_users_discriminator_whichever_way_the_program_is_called(
             assert got.dtype == torch.int64 and torch.equal(got, batches[i // 3][1]), form
 
 
-def test_a_conditional_discriminator_the_labels_do_not_reach_is_one_clear_error():
+def test_labels_and_a_discriminator_that_do_not_meet_are_one_clear_error():
     g = LabelGenerator()
 
     def model(x, labels):  # noqa: ANN001, ANN202 - not the convention's name y
@@ -207,6 +207,11 @@ def test_a_conditional_discriminator_the_labels_do_not_reach_is_one_clear_error(
 
     svi = SVI(model, lambda x, labels: None, pyro.optim.Adam({}), NonSaturatingGAN(LabelCritic()))
     with pytest.raises(TypeError, match=r"called as D\(x\).*argument y"):
+        svi.step(torch.randn(4, 2), torch.tensor([0, 1, 2, 0]))
+    # and labels y for a discriminator that takes none
+    g, model, guide = conditional_program()
+    svi = SVI(model, guide, pyro.optim.Adam({}), NonSaturatingGAN(Critic()))
+    with pytest.raises(TypeError, match=r"called as D\(x, y\).*argument y"):
         svi.step(torch.randn(4, 2), torch.tensor([0, 1, 2, 0]))
 
 

@@ -262,15 +262,46 @@ def sample_count(num_samples: object) -> int:
     return int(num_samples)  # type: ignore[call-overload]
 
 
+def _floating_dtype(module: object) -> torch.dtype | None:
+    """The dtype of ``module``'s first floating parameter (None: no module, or none)."""
+    if not isinstance(module, torch.nn.Module):
+        return None
+    return next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+
+
 def check_context(context: torch.Tensor, conditioner: object, name: str) -> None:
     """Raises a clear ValueError when ``context``'s last dim is not the conditioner's
-    ``context_dim`` (the network's own error was a matrix-size mismatch deep inside it)."""
+    ``context_dim`` (the network's own error was a matrix-size mismatch deep inside it), and
+    a TypeError for a floating context of more precision than the network's parameters (a
+    float64 context for a float32 flow: torch said "mat1 and mat2 must have the same
+    dtype" when the transform was first applied, naming neither)."""
     k = getattr(conditioner, "context_dim", None)
     if k and (context.dim() == 0 or context.shape[-1] != k):
         raise ValueError(
             f"{name}.condition(context) expects contexts of size context_dim={k} in the last "
             f"dim, got shape {tuple(context.shape)}"
         )
+    dtype = _floating_dtype(conditioner)
+    if (
+        dtype is not None
+        and context.is_floating_point()
+        and torch.finfo(context.dtype).bits > torch.finfo(dtype).bits
+    ):
+        raise TypeError(
+            f"{name} holds {dtype} parameters and got a {context.dtype} context: convert "
+            f"one to the other (context.to({dtype}), or the transform .to({context.dtype}))"
+        )
+
+
+def context_in_dtype(context: torch.Tensor, conditioner: object) -> torch.Tensor:
+    """``context`` in the dtype of the conditioner's parameters when it is integer, boolean
+    or of less precision (one-hot labels from ``F.one_hot`` are int64): a vector network
+    promoted those when it concatenated them to its float input, a convolutional one failed
+    with "mat1 and mat2 must have the same dtype". Call after :func:`check_context`."""
+    dtype = _floating_dtype(conditioner)
+    if dtype is None or context.dtype == dtype:
+        return context
+    return context.to(dtype)
 
 
 def dtype_mismatch(module: torch.nn.Module, x: torch.Tensor) -> str | None:
@@ -283,16 +314,19 @@ def dtype_mismatch(module: torch.nn.Module, x: torch.Tensor) -> str | None:
         >>> dtype_mismatch(torch.nn.Linear(2, 2), torch.zeros(2, dtype=torch.long))
         'Linear holds torch.float32 parameters and got torch.int64 input: a flow takes ...'
     """
-    p = next((p for p in module.parameters() if p.is_floating_point()), None)
-    if p is None or p.dtype == x.dtype:
+    # a conditioned transform owns no parameters: they are its network's (see
+    # FlowTransformModule._conditioner_modules), and torch's error named neither
+    modules = (module, *getattr(module, "_conditioner_modules", ()))
+    dtype = next((d for m in modules if (d := _floating_dtype(m)) is not None), None)
+    if dtype is None or dtype == x.dtype:
         return None
-    said = f"{type(module).__name__} holds {p.dtype} parameters and got {x.dtype} input"
+    said = f"{type(module).__name__} holds {dtype} parameters and got {x.dtype} input"
     if not x.is_floating_point():
         return (
-            f"{said}: a flow takes floating input (x.to({p.dtype}); integer data such as "
+            f"{said}: a flow takes floating input (x.to({dtype}); integer data such as "
             "pixels is dequantized first, e.g. pyro_gen.data.uniform_dequantize)"
         )
-    return f"{said}: convert one to the other (x.to({p.dtype}), or the module .to({x.dtype}))"
+    return f"{said}: convert one to the other (x.to({dtype}), or the module .to({x.dtype}))"
 
 
 def check_event_shape(x: torch.Tensor, event_shape: tuple[int, ...], name: str) -> None:

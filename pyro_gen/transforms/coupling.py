@@ -16,6 +16,7 @@ from pyro_gen.transforms._base import (
     FlowTransformModule,
     as_event_shape,
     check_context,
+    context_in_dtype,
     partial_module,
 )
 from pyro_gen.transforms.elementwise import Additive, Affine, ElementwiseBijection
@@ -302,6 +303,7 @@ class ConditionalCoupling(ConditionalModule):
         # reuse the precomputed layout with this module's (device-resident) index buffers:
         # conditioning on each batch costs no host sync
         check_context(context, self.conditioner, type(self).__name__)
+        context = context_in_dtype(context, self.conditioner)
         layout = copy.copy(self._layout)
         if layout.split:
             layout.cond_idx, layout.trans_idx = self.cond_idx, self.trans_idx

@@ -562,3 +562,59 @@ def test_trained_programs_restore_bit_for_bit(name: str, tmp_path) -> None:
     pyro.clear_param_store()
     assert _loss(torch.load(tmp_path / "program.pt", weights_only=False), args) == expected
     assert _loss(pickle.loads(pickled), args) == expected
+
+
+# ------------------------------------------------------------------ contexts users pass
+
+CONDITIONAL = {
+    "coupling": lambda: T.conditional_affine_coupling(2, 3, hidden_dims=[8]),
+    "image_coupling": lambda: T.conditional_affine_coupling(
+        (2, 2, 2), 3, hidden_channels=4, num_blocks=1
+    ),
+    "spline_coupling": lambda: T.conditional_spline_coupling(2, 3, hidden_dims=[8]),
+    "maf": lambda: T.conditional_masked_autoregressive(2, 3, [8]),
+    "iaf": lambda: T.conditional_inverse_autoregressive(2, 3, [8]),
+}
+
+
+@pytest.mark.parametrize("name", list(CONDITIONAL))
+def test_a_class_conditional_flow_takes_one_hot_labels_as_they_come(name: str) -> None:
+    """``F.one_hot(y, 3)`` is int64: as a context it gives the float one-hot's density in a
+    plate with ``obs=data`` (the image coupling failed with "mat1 and mat2 must have the
+    same dtype"); a float32 context for a float64 flow works as well."""
+    torch.manual_seed(9)
+    t = _perturb(CONDITIONAL[name]())
+    shape = t.event_shape
+    x, y = torch.randn(5, *shape), torch.tensor([0, 2, 1, 1, 0])
+    base = dist.Normal(torch.zeros(shape), 1.0).to_event(len(shape))
+    flow = dist.ConditionalTransformedDistribution(base, [t])
+
+    def model(x, context):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", flow.condition(context), obs=x)
+
+    labels = torch.nn.functional.one_hot(y, 3)
+    assert labels.dtype == torch.int64
+    expected = -flow.condition(labels.float()).log_prob(x).sum().detach()
+    assert math.isclose(Trace_ELBO().loss(model, lambda *_: None, x, labels), float(expected))
+    t64 = t.double()
+    base64 = dist.Normal(torch.zeros(shape, dtype=F64), 1.0).to_event(len(shape))
+    flow64 = dist.ConditionalTransformedDistribution(base64, [t64])
+    lp = flow64.condition(labels.float()).log_prob(x.double())  # a float32 context
+    assert lp.dtype == F64
+    assert math.isclose(-float(lp.sum()), float(expected), rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(CONDITIONAL))
+def test_a_dtype_mismatch_in_a_conditional_flow_is_one_clear_error(name: str) -> None:
+    """A float64 context for a float32 flow (refused when conditioning), and float64 data
+    for a conditioned float32 transform, name both dtypes and the conversion; torch said
+    "mat1 and mat2 must have the same dtype" from inside the network."""
+    t = CONDITIONAL[name]()
+    x = torch.randn(4, *t.event_shape)
+    with pytest.raises(TypeError, match=r"float32 parameters and got a torch.float64 context"):
+        t.condition(torch.randn(4, 3, dtype=F64))
+    conditioned = t.condition(torch.randn(4, 3))
+    for apply in (conditioned, conditioned.inv):
+        with pytest.raises(TypeError, match=r"float32 parameters and got torch.float64 input"):
+            apply(x.double())

@@ -5,7 +5,7 @@ loss=...)``, or ``pyro.infer.SVI(model, guide, optim, loss=...)``. It follows th
 :class:`pyro.infer.EnergyDistance`: the model's observed site is the data, and tracing the
 model with its observations removed (``poutine.uncondition``) gives generated examples of
 the same site. Each training call first takes ``n_critic`` optimizer steps on the
-discriminator (its own torch optimizer, never the Pyro param store), then returns the
+discriminator (its own torch optimizer, not the training loop's Pyro optimizer), then returns the
 generator's loss, whose gradient reaches only the parameters the model registered with
 ``pyro.module``: the Pyro optimizer of the training loop updates the generator alone.
 """
@@ -234,7 +234,11 @@ class AdversarialLoss(PyroLoss):
     generator). The discriminator's parameters and its optimizer's state are in this
     module's ``state_dict`` (the optimizer's through ``get_extra_state``), so a checkpoint
     of the loss, as :func:`pyro_gen.infer.fit` writes one, resumes adversarial training
-    exactly. The discriminator is never registered in Pyro's param store.
+    exactly. A plain ``nn.Module`` discriminator never enters Pyro's param store. A
+    ``PyroModule`` one does, as every ``PyroModule`` registers the parameters it reads, and
+    the training loop's Pyro optimizer then keeps a state for them; no gradient of the
+    generator's loss reaches them, so only the loss's own optimizer moves them (the same
+    steps as the ``nn.Module``).
 
     While the loss is in training mode and gradients are enabled, each call takes
     ``n_critic`` discriminator steps on the batch (fresh generated examples each time,

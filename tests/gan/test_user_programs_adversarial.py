@@ -339,3 +339,32 @@ def test_labels_of_the_whole_data_set_beside_a_subsampled_batch_are_one_clear_er
     with pytest.raises(ValueError, match="labels y hold 100 rows but .* 8 examples"):
         svi.step(torch.randn(100, 2), torch.arange(100) % 3)
     assert loss.discriminator.seen == []  # refused before the discriminator met them
+
+
+def test_a_pyro_module_discriminator_takes_the_nn_module_ones_steps():
+    """A ``PyroModule`` discriminator enters the param store (as every PyroModule does) and the
+    SVI loop's Pyro optimizer holds a state for it; no generator gradient reaches it, so the
+    generator and discriminator take exactly the steps of a plain ``nn.Module`` critic."""
+    from pyro.nn import PyroModule
+
+    def run(pyro_module: bool) -> tuple[list[torch.Tensor], list[str]]:
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        g, model, guide = program()
+        critic = Critic()
+        if pyro_module:
+            pyro_critic = PyroModule[Critic]()
+            pyro_critic.load_state_dict(critic.state_dict())
+            critic = pyro_critic
+        torch.manual_seed(1)
+        svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), NonSaturatingGAN(critic))
+        x = torch.randn(16, 2)
+        for _ in range(4):
+            svi.step(x)
+        return _state(g, critic), sorted(pyro.get_param_store().keys())
+
+    plain, plain_names = run(False)
+    pyro_made, pyro_names = run(True)
+    assert plain_names == ["gen$$$0.bias", "gen$$$0.weight", "gen$$$2.bias", "gen$$$2.weight"]
+    assert set(pyro_names) - set(plain_names)  # the PyroModule's parameters were registered
+    assert all(torch.equal(a, b) for a, b in zip(plain, pyro_made, strict=True))

@@ -225,6 +225,22 @@ class ResidualBlock(FlowTransformModule):
     # ------------------------------------------------------------------------ directions
     def _backward(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         grad = torch.is_grad_enabled()
+        if (
+            grad
+            and torch._C._get_tracing_state() is not None
+            and any(p.requires_grad for p in self.parameters())
+        ):
+            # The log-det's Jacobian comes from torch.autograd.grad with create_graph=True;
+            # a trace cannot record it as a function of trained parameters, and torch's own
+            # error ("Cannot insert a Tensor that requires grad as a constant") named neither
+            # the layer nor the fix. With frozen parameters (HMC's potential) it traces.
+            raise RuntimeError(
+                "ResidualBlock's density direction (inverse, log_prob) cannot run under "
+                "torch.jit.trace while its parameters require grad, as JitTrace_ELBO trains "
+                "them: its log-determinant takes autograd derivatives the trace does not "
+                "record. Use Trace_ELBO instead of JitTrace_ELBO (or freeze the block's "
+                "parameters, as NUTS/HMC(jit_compile=True) does)."
+            )
         with autograd_enabled():
             yr = y if y.requires_grad else graph_input(y).detach().requires_grad_(True)
             gy = self.net(yr)

@@ -618,3 +618,44 @@ def test_a_dtype_mismatch_in_a_conditional_flow_is_one_clear_error(name: str) ->
     for apply in (conditioned, conditioned.inv):
         with pytest.raises(TypeError, match=r"float32 parameters and got torch.float64 input"):
             apply(x.double())
+
+
+# ------------------------------------------------------------------ the jit
+
+
+def test_jit_elbo_with_a_residual_flow_prior_is_one_clear_error() -> None:
+    """``JitTrace_ELBO`` traces the model with the flow's parameters requiring grad; a
+    residual block's density direction takes its log-det from ``torch.autograd.grad``,
+    which the trace cannot record: torch said "Cannot insert a Tensor that requires grad
+    as a constant". Now the error names the block and the fix, and the program it points
+    to (``Trace_ELBO``) gives the by-hand bound."""
+    torch.manual_seed(10)
+    block = _perturb(T.residual_block(2, [8], tol=1e-12).double(), 0.5)
+    x = torch.randn(4, 2, dtype=F64)
+    base = _normal(torch.zeros(2, dtype=F64), 1.0)
+
+    def model(x):
+        pyro.module("block", block)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.TransformedDistribution(base, [block]))
+            pyro.sample("x", _normal(z, 0.5), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            return pyro.sample("z", _normal(x / 2, 0.6))
+
+    with pytest.raises(RuntimeError, match="ResidualBlock.*torch.jit.trace.*Trace_ELBO"):
+        pyro.infer.JitTrace_ELBO().loss_and_grads(model, guide, x)
+    seen: list = []
+
+    def recorded(x):
+        z = guide(x)
+        seen.append(z.detach())
+        return z
+
+    block.eval()  # the exact log-det in 2 dims: the roulette estimate is random
+    loss = Trace_ELBO().loss(model, recorded, x)
+    z = seen[0]
+    log_prior = _autograd_log_density([block], base.log_prob, z)
+    log_w = log_prior + _normal(z, 0.5).log_prob(x) - _normal(x / 2, 0.6).log_prob(z)
+    assert math.isclose(loss, -float(log_w.sum()), rel_tol=1e-10)

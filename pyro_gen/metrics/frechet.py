@@ -11,10 +11,11 @@ def frechet_distance(f1: torch.Tensor, f2: torch.Tensor) -> float:
     2(\\Sigma_1\\Sigma_2)^{1/2})` between Gaussians fitted to the rows of ``f1`` and ``f2``
     (the FID formula, here on any features).
 
-    Computed in float64 on the features' device. The trace of the matrix square root is
-    :math:`\\sum_i \\sqrt{\\lambda_i}` over the eigenvalues of the symmetric PSD matrix
-    :math:`\\Sigma_1^{1/2}\\Sigma_2\\Sigma_1^{1/2}`, which has the eigenvalues of
-    :math:`\\Sigma_1\\Sigma_2`.
+    Computed in float64 on the features' device, from the centred features rather than
+    their covariances: with :math:`X_i = Q_i R_i` (thin QR of the centred rows),
+    :math:`\\mathrm{tr}(\\Sigma_1\\Sigma_2)^{1/2}` is the sum of the singular values of
+    :math:`R_1 R_2^T / \\sqrt{(N_1 - 1)(N_2 - 1)}`, which stays accurate for singular
+    covariances (more features than samples) and large offsets.
 
     Args:
         f1: features, shape ``(N1, D)``.
@@ -47,11 +48,19 @@ def frechet_distance(f1: torch.Tensor, f2: torch.Tensor) -> float:
                 "samples) before computing the distance"
             )
     a, b = f1.detach().double(), f2.detach().to(f1.device).double()
+    # Centred data, never their covariances: R from X = QR factors X^T X = R^T R, so
+    # tr((S1 S2)^{1/2}) is the nuclear norm of R1 R2^T / sqrt((n1-1)(n2-1)) (the eigenvalues
+    # of S1 S2 are the squared singular values of L1^T L2 for any S = L L^T). Square roots of
+    # a covariance's eigenvalues turned rounding noise eps*lambda_max in its null space into
+    # sqrt(eps*lambda_max): f against f gave -2.6e-6 at unit scale and -266 at scale 1e4
+    # once features outnumbered samples.
     mu1, mu2 = a.mean(0), b.mean(0)
-    s1, s2 = torch.cov(a.T).reshape(a.shape[1], -1), torch.cov(b.T).reshape(b.shape[1], -1)
-    w, v = torch.linalg.eigh(s1)
-    r1 = (v * w.clamp(min=0).sqrt()) @ v.T
-    m = r1 @ s2 @ r1
-    ev = torch.linalg.eigvalsh((m + m.T) / 2)  # symmetric up to rounding
-    tr_sqrt = ev.clamp(min=0).sqrt().sum()
-    return float((mu1 - mu2).square().sum() + s1.trace() + s2.trace() - 2 * tr_sqrt)
+    x, y = a - mu1, b - mu2
+    n1, n2 = a.shape[0] - 1, b.shape[0] - 1
+    r1, r2 = torch.linalg.qr(x, mode="r")[1], torch.linalg.qr(y, mode="r")[1]
+    tr_sqrt = torch.linalg.svdvals(r1 @ r2.T).sum() / (n1 * n2) ** 0.5
+    traces = x.square().sum() / n1 + y.square().sum() / n2
+    distance = float((mu1 - mu2).square().sum() + traces - 2 * tr_sqrt)
+    # the squared Wasserstein-2 distance of two Gaussians is never negative: what remains
+    # below 0 is rounding of order eps * (tr S1 + tr S2)
+    return max(distance, 0.0)

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyro_gen.metrics.pixels import as_image_batch, check_unit_interval
+
 
 class SmallClassifier(nn.Module):
     """Two conv layers and a 128-unit feature layer for (B, 1, H, W) images in [0, 1].
@@ -30,10 +32,9 @@ class SmallClassifier(nn.Module):
         self.head = nn.Linear(feature_dim, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The penultimate (feature) layer for images ``(B, H, W)`` or ``(B, 1, H, W)``."""
-        if x.dim() == 3:
-            x = x[:, None]
-        return F.relu(self.fc(self.conv(x).flatten(1)))
+        """The penultimate (feature) layer for images ``(B, H, W)``, ``(B, 1, H, W)`` or
+        square images flattened to ``(B, H * W)`` (a Bernoulli decoder's ``(B, 784)``)."""
+        return F.relu(self.fc(self.conv(as_image_batch(x)).flatten(1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -64,13 +65,21 @@ def train_classifier(
             f"y must hold one integer label per image: {x.shape[0]} images, y of shape "
             f"{tuple(y.shape)} and dtype {y.dtype}"
         )
+    if x.shape[0] == 0:
+        raise ValueError("train_classifier needs at least one image, got none")
+    if int(y.min()) < 0:
+        raise ValueError(f"labels must be class indices 0, 1, ..., got {int(y.min())}")
+    # float64 or uint8 images failed inside the first conv layer ("Input type (double) and
+    # bias type (float) should be the same"), and 0..255 floats trained a classifier that
+    # sample_quality then fed [0, 1] pixels
+    x = as_image_batch(check_unit_interval(x, "x")).to(torch.get_default_dtype())
     gen = torch.Generator().manual_seed(seed)
     # The weights are drawn on the CPU from its generator alone: torch.manual_seed would
     # also reseed every CUDA generator, which fork_rng(devices=[]) does not restore.
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
         clf = SmallClassifier(int(y.max()) + 1).to(x.device)
-    y = y.to(x.device)
+    y = y.to(x.device, torch.long)
     opt = torch.optim.Adam(clf.parameters(), lr=lr)
     for _ in range(epochs):
         perm = torch.randperm(x.shape[0], generator=gen).to(x.device)

@@ -7,7 +7,9 @@ Everything runs on the samples' device; the classifier is moved there.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyro_gen.metrics.frechet import frechet_distance
+from pyro_gen.metrics.pixels import check_unit_interval, images_like, labelled_images
 
 
 @dataclass(frozen=True)
@@ -61,56 +64,47 @@ def class_coverage(predicted: torch.Tensor, num_classes: int) -> ClassCoverage:
     return ClassCoverage(hist, int((hist > 0).sum()), float(kl))
 
 
-#: Slack on [0, 1] for rounding (a sigmoid's 1 + 1 ulp), far below any other pixel scale.
-_RANGE_SLACK = 1e-6
-
-
-def _check_unit_interval(images: torch.Tensor, name: str) -> None:
-    """Refuses images that are not pixels in [0, 1], saying what range was found."""
-    # uint8 pixels (0..255) failed inside the first conv layer with torch's "Input type ...
-    # and bias type ... should be the same"
-    if not images.is_floating_point():
-        raise ValueError(
-            f"{name} must be floating-point pixels in [0, 1], got dtype {images.dtype} "
-            "(divide integer pixels by their maximum, e.g. x / 255)"
-        )
-    if images.numel() == 0:
-        return
-    # [-1, 1] images (a tanh generator, a diffusion model's space) and 0..255 floats were
-    # scored silently: the classifier, trained on [0, 1], gave meaningless features
-    if not bool(torch.isfinite(images).all()):
-        raise ValueError(
-            f"{name} must be pixels in [0, 1], found NaN or infinite values (a diverged "
-            "model's samples?): drop or fix them before scoring"
-        )
-    low, high = float(images.min()), float(images.max())
-    if low < -_RANGE_SLACK or high > 1 + _RANGE_SLACK:
-        raise ValueError(
-            f"{name} must be pixels in [0, 1], found values from {low:.4g} to {high:.4g}: "
-            "map [-1, 1] images with (x + 1) / 2, divide 0..255 pixels by 255, or clamp "
-            "samples that overshoot with x.clamp(0, 1)"
-        )
-
-
 @torch.no_grad()
 def _classify(
-    clf: nn.Module, images: torch.Tensor, batch_size: int, name: str = "images"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features and class probabilities, in batches (a conv net on 10,000 images at once
-    would hold gigabytes of activations)."""
-    _check_unit_interval(images, name)
-    dtype = next(clf.parameters()).dtype
-    images = images.to(dtype)
+    clf: nn.Module, images: torch.Tensor, batch_size: int, name: str, *, features: bool = True
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Features (when asked for) and class probabilities, in batches (a conv net on 10,000
+    images at once would hold gigabytes of activations). A classifier with only
+    ``forward`` gives probabilities from its logits."""
+    layered = callable(getattr(clf, "features", None)) and callable(getattr(clf, "head", None))
+    # a user's own classifier without features/head failed with "'Net' object has no
+    # attribute 'features'" from in here
+    if features and not layered:
+        raise TypeError(
+            f"clf ({type(clf).__name__}) needs features(x), its penultimate layer, and "
+            "head(features), its logits, for the Frechet distance: add both methods to it "
+            "(forward(x) alone is enough for label_agreement)"
+        )
+    images = check_unit_interval(images, name)
+    param = next(clf.parameters(), None)
+    images = images.to(param.dtype if param is not None else images.dtype)
     feats, probs = [], []
     for chunk in images.split(batch_size):
-        f = clf.features(chunk)
-        feats.append(f)
-        probs.append(F.softmax(clf.head(f), -1))
-    return torch.cat(feats), torch.cat(probs)
+        if layered:
+            f = clf.features(chunk)
+            feats.append(f)
+            probs.append(F.softmax(clf.head(f), -1))
+        else:
+            probs.append(F.softmax(clf(chunk), -1))
+    return (torch.cat(feats) if feats else None), torch.cat(probs)
 
 
-def _on(clf: nn.Module, device: torch.device) -> nn.Module:
-    return clf.to(device).eval()
+@contextlib.contextmanager
+def _scoring(clf: nn.Module, device: torch.device) -> Iterator[nn.Module]:
+    """``clf`` on ``device`` in eval mode (dropout off, batch-norm statistics frozen), each
+    submodule's train/eval mode restored afterwards: a user's classifier in the middle of
+    its own training loop was left in eval mode."""
+    modes = [(m, m.training) for m in clf.modules()]
+    try:
+        yield clf.to(device).eval()
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def label_agreement(
@@ -118,6 +112,11 @@ def label_agreement(
 ) -> tuple[float, float]:
     """Share of conditional samples the classifier assigns to the label they were generated
     for, with its binomial standard error.
+
+    ``labels`` has the samples' leading shape (``(N,)`` for ``(N, ...)`` images), or the
+    samples carry one more leading dim (``pyro.infer.Predictive``'s ``num_samples``, drawn
+    for the same labels). ``clf`` needs only ``forward(x)`` giving logits; it is moved to
+    the samples' device and scored in eval mode, its train/eval mode restored.
 
     Example:
         >>> from pyro_gen.metrics.classifier import SmallClassifier
@@ -127,15 +126,11 @@ def label_agreement(
         >>> label_agreement(clf, x, own)
         (1.0, 0.0)
     """
-    if labels.shape != samples.shape[:1]:
-        raise ValueError(
-            f"labels must hold one label per sample: {samples.shape[0]} samples, labels of "
-            f"shape {tuple(labels.shape)}"
-        )
+    samples, labels = labelled_images(samples, labels)
     if samples.shape[0] == 0:
         raise ValueError("label_agreement needs at least one sample, got none")
-    clf = _on(clf, samples.device)
-    _, probs = _classify(clf, samples, batch_size, "samples")
+    with _scoring(clf, samples.device) as clf:
+        _, probs = _classify(clf, samples, batch_size, "samples", features=False)
     hit = (probs.argmax(-1) == labels.to(samples.device)).double()
     share = float(hit.mean())
     return share, math.sqrt(share * (1 - share) / len(hit))
@@ -172,9 +167,11 @@ def sample_quality(
 
     Args:
         clf: a classifier with ``features(x)`` and ``head(features)`` (moved to the
-            samples' device, in eval mode).
-        samples: generated images in [0, 1], ``(N, 1, H, W)`` or ``(N, H, W)``.
-        real: real images, same layout and range.
+            samples' device, scored in eval mode, its train/eval mode restored).
+        samples: generated images in [0, 1], ``(N, 1, H, W)``, ``(N, H, W)`` or
+            ``(N, H * W)``; leading dims (``pyro.infer.Predictive``'s ``num_samples``) are
+            more samples, and a layout other than ``real``'s is reshaped to it.
+        real: real images ``(M, ...)`` in [0, 1], in the layout ``clf`` takes.
         real_labels: the real images' labels, for the classifier's accuracy.
         batch_size: images per classifier call.
 
@@ -188,6 +185,8 @@ def sample_quality(
         ValueError: images that are not floating-point pixels in [0, 1] (the range found
             is named), or labels of another length than the real images.
     """
+    real = images_like(real, None, "real")
+    samples = images_like(samples, real.shape[1:], "samples")
     if samples.shape[0] < 2 or real.shape[0] < 2:  # the Frechet distance's covariances
         counts = f"{samples.shape[0]} sample(s) and {real.shape[0]} real image(s)"
         raise ValueError(
@@ -200,9 +199,9 @@ def sample_quality(
             f"of shape {tuple(real_labels.shape)}"
         )
     device = samples.device
-    clf = _on(clf, device)
-    fs, probs = _classify(clf, samples, batch_size, "samples")
-    fr, real_probs = _classify(clf, real.to(device), batch_size, "real")
+    with _scoring(clf, device) as clf:
+        fs, probs = _classify(clf, samples, batch_size, "samples")
+        fr, real_probs = _classify(clf, real.to(device), batch_size, "real")
     coverage = class_coverage(probs.argmax(-1), probs.shape[-1])
     acc = float("nan")
     if real_labels is not None:

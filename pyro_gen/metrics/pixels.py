@@ -1,0 +1,135 @@
+"""What the classifier metrics accept as images: grayscale pixels in [0, 1], in the
+layouts users' models produce."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+#: Slack on [0, 1] for rounding (a sigmoid's 1 + 1 ulp), far below any other pixel scale.
+_RANGE_SLACK = 1e-6
+
+
+def check_unit_interval(images: torch.Tensor, name: str) -> torch.Tensor:
+    """``images`` as floating-point pixels in [0, 1] (boolean pixels, a binarized model's
+    samples, become 0.0 and 1.0); anything else is refused, saying what range was found.
+
+    Example:
+        >>> check_unit_interval(torch.tensor([True, False]), "x")
+        tensor([1., 0.])
+    """
+    if images.dtype == torch.bool:
+        images = images.to(torch.get_default_dtype())
+    # uint8 pixels (0..255) failed inside the first conv layer with torch's "Input type ...
+    # and bias type ... should be the same"
+    if not images.is_floating_point():
+        raise ValueError(
+            f"{name} must be floating-point pixels in [0, 1], got dtype {images.dtype} "
+            "(divide integer pixels by their maximum, e.g. x / 255)"
+        )
+    if images.numel() == 0:
+        return images
+    # [-1, 1] images (a tanh generator, a diffusion model's space) and 0..255 floats were
+    # scored silently: the classifier, trained on [0, 1], gave meaningless features
+    if not bool(torch.isfinite(images).all()):
+        raise ValueError(
+            f"{name} must be pixels in [0, 1], found NaN or infinite values (a diverged "
+            "model's samples?): drop or fix them before scoring"
+        )
+    low, high = float(images.min()), float(images.max())
+    if low < -_RANGE_SLACK or high > 1 + _RANGE_SLACK:
+        raise ValueError(
+            f"{name} must be pixels in [0, 1], found values from {low:.4g} to {high:.4g}: "
+            "map [-1, 1] images with (x + 1) / 2, divide 0..255 pixels by 255, or clamp "
+            "samples that overshoot with x.clamp(0, 1)"
+        )
+    return images
+
+
+def as_image_batch(x: torch.Tensor) -> torch.Tensor:
+    """Grayscale images as ``(B, 1, H, W)`` from ``(B, H, W)``, ``(B, 1, H, W)`` or square
+    images flattened to ``(B, H * W)``; any other shape is refused, saying which it got.
+
+    Example:
+        >>> as_image_batch(torch.zeros(3, 784)).shape
+        torch.Size([3, 1, 28, 28])
+    """
+    # (B, 784) failed inside conv2d ("Expected 3D (unbatched) or 4D (batched) input"), and a
+    # (B, C, H, W) batch with C > 1 inside it as a channel mismatch
+    side = math.isqrt(x.shape[-1]) if x.dim() == 2 else 0
+    if x.dim() == 2 and side * side == x.shape[-1]:
+        return x.reshape(x.shape[0], 1, side, side)
+    if x.dim() == 3:
+        return x[:, None]
+    if x.dim() == 4 and x.shape[1] == 1:
+        return x
+    raise ValueError(
+        f"images must be grayscale (B, H, W), (B, 1, H, W) or square images flattened to "
+        f"(B, H*W), got shape {tuple(x.shape)}: reshape them, e.g. x.reshape(-1, 1, 28, 28) "
+        "(draws of pyro.infer.Predictive carry a leading num_samples dim)"
+    )
+
+
+def _require_tensor(x: object, name: str) -> None:
+    if isinstance(x, dict):
+        raise TypeError(
+            f"{name} must be a tensor of images, got a dict with sites {sorted(x)} "
+            f"(pyro.infer.Predictive's output): pass the observed site, e.g. {name}['x']"
+        )
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor of images, got {type(x).__name__}")
+
+
+def images_like(
+    x: torch.Tensor, image_shape: tuple[int, ...] | torch.Size | None, name: str
+) -> torch.Tensor:
+    """``x`` as a batch ``(B, *image_shape)``: the leading dims of ``pyro.infer.Predictive``
+    (``(num_samples, N, ...)``) become one batch dim, and an image flattened differently
+    (``(N, 784)`` against ``(M, 1, 28, 28)``) takes ``image_shape``. Without
+    ``image_shape``, ``x`` must already be a batch ``(B, ...)``.
+
+    Example:
+        >>> images_like(torch.zeros(5, 4, 784), (1, 28, 28), "samples").shape
+        torch.Size([20, 1, 28, 28])
+    """
+    _require_tensor(x, name)
+    if image_shape is None:
+        if x.dim() < 2:
+            raise ValueError(f"{name} must be a batch of images (B, ...), got {tuple(x.shape)}")
+        return x
+    size = math.prod(image_shape)
+    # (num_samples, N, 784) was read as num_samples images of N x 784 pixels and scored
+    # without a word; a leading block of dims, then one image's pixels, is unambiguous
+    for k in range(1, x.dim() + 1):
+        if math.prod(x.shape[k:]) == size:
+            return x.reshape(math.prod(x.shape[:k]), *image_shape)
+    raise ValueError(
+        f"{name} of shape {tuple(x.shape)} do not end in images of the real images' shape "
+        f"{tuple(image_shape)} ({size} pixels each): give both sets in one layout"
+    )
+
+
+def labelled_images(x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images ``(B, ...)`` and labels ``(B,)`` from images whose leading dims are the
+    labels' shape, or one more leading dim (the ``num_samples`` of
+    ``pyro.infer.Predictive``, drawn for the same labels).
+
+    Example:
+        >>> x, y = labelled_images(torch.zeros(5, 3, 784), torch.tensor([0, 1, 2]))
+        >>> x.shape, y.tolist()
+        (torch.Size([15, 784]), [0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2])
+    """
+    _require_tensor(x, "samples")
+    d = labels.dim()
+    if d >= 1 and x.shape[:d] == labels.shape:
+        lead = d
+    elif d >= 1 and x.shape[1 : 1 + d] == labels.shape:
+        lead, labels = d + 1, labels.expand(x.shape[: d + 1])
+    else:
+        raise ValueError(
+            f"labels must hold one label per sample: samples of shape {tuple(x.shape)}, "
+            f"labels of shape {tuple(labels.shape)} (their shape must be the samples' "
+            "leading dims, or those after Predictive's num_samples dim)"
+        )
+    return x.reshape(math.prod(x.shape[:lead]), *x.shape[lead:]), labels.reshape(-1)

@@ -409,7 +409,10 @@ class FlowMatching(PicklableModule):
 
     def log_prob(self, x: Tensor, context: dict[str, Any] | None = None, **solver: Any) -> Tensor:
         """Exact :math:`\\log p(x)` through the flow's ODE (solver settings as :meth:`sample`,
-        plus ``trace``); with ``context`` (one row per example), :math:`\\log p(x \\mid y)`."""
+        plus ``trace``); with ``context`` (one row per example), :math:`\\log p(x \\mid y)`.
+        An evaluation: solved without gradients (the result does not require grad); the
+        continuous flow model it was built on (``FlowMatching(cnf)``: ``cnf.log_prob(x)``)
+        gives the same density, differentiable."""
         f = self.flow
         self._check(x, None)
         dynamics = self._dynamics(context, x.shape[0])

@@ -59,6 +59,10 @@ def probability_flow_log_prob(
 ) -> Tensor:
     """:math:`\\log p_\\epsilon(x)` in nats per example, by the probability-flow ODE.
 
+    An evaluation: the ODE is solved without gradients, so the result does not require grad
+    (neither ``x``'s nor the network's gradients are tracked; training uses the score
+    matching loss).
+
     Args:
         model: a :class:`~pyro_gen.diffusion.score.ScoreModel`, a DDPM on continuous data, or
             any object with ``.sde``, ``.score(x, t)`` and ``.event_shape``.

@@ -38,15 +38,19 @@ class ClassCoverage:
 
 
 def class_coverage(predicted: torch.Tensor, num_classes: int) -> ClassCoverage:
-    """Histogram of predicted classes, classes covered and its KL to the uniform.
+    """Histogram of predicted classes, classes covered and its KL to the uniform; every
+    element of ``predicted`` (of any shape, e.g. ``(num_samples, N)``) is one prediction.
 
     Example:
         >>> cov = class_coverage(torch.tensor([0, 0, 0, 0]), 10)  # one class only
         >>> cov.covered, round(cov.kl_to_uniform, 4) == round(math.log(10), 4)
         (1, True)
     """
-    if predicted.dim() != 1 or predicted.numel() == 0:
-        raise ValueError(f"predicted must be a non-empty 1-d tensor, got {tuple(predicted.shape)}")
+    if not isinstance(predicted, torch.Tensor) or predicted.numel() == 0:
+        shape = tuple(predicted.shape) if isinstance(predicted, torch.Tensor) else predicted
+        raise ValueError(f"predicted must be a non-empty tensor of classes, got {shape!r}")
+    # Predictive's (num_samples, N) classes are all predictions: every element is one
+    predicted = predicted.reshape(-1)
     # a class outside [0, num_classes) lengthened the histogram (and its KL) without a word,
     # and a float was truncated to a class
     if predicted.is_floating_point() or predicted.is_complex():

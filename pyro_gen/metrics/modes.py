@@ -84,6 +84,10 @@ def sample_modes(
         >>> print(mode_coverage(x, ring_modes(), 0.02))
         8/8 modes, 99.1% high quality
     """
+    # a user's integer grid of modes failed inside randn ("normal_kernel_cpu" not
+    # implemented for 'Long')
+    if not centers.is_floating_point():
+        centers = centers.to(torch.get_default_dtype())
     which = torch.randint(len(centers), (num_samples,), generator=generator, device=centers.device)
     noise = torch.randn(
         num_samples,

@@ -20,6 +20,7 @@ from torch import nn
 from pyro_gen.data.digits import load_digits
 from pyro_gen.metrics import (
     SmallClassifier,
+    class_coverage,
     frechet_distance,
     label_agreement,
     sample_quality,
@@ -210,3 +211,15 @@ def test_train_classifier_on_a_users_images_in_any_layout_and_dtype():
         train_classifier(unit[:0], y[:0], epochs=1)
     with pytest.raises(ValueError, match=r"grayscale .* got shape \(64, 3, 8, 8\)"):
         train_classifier(unit[:, None].expand(-1, 3, -1, -1), y, epochs=1)
+
+
+def test_class_coverage_of_predictive_classes_against_a_hand_histogram():
+    # (num_samples, N) predicted classes were refused as "not 1-d"; each is one prediction
+    predicted = torch.tensor([[0, 1, 1], [1, 3, 3]])
+    cov = class_coverage(predicted, 4)
+    hist = torch.tensor([1, 3, 0, 2], dtype=torch.float64) / 6
+    torch.testing.assert_close(cov.histogram, hist)
+    kl = sum(h * math.log(4 * h) for h in hist.tolist() if h > 0)
+    assert cov.covered == 3 and math.isclose(cov.kl_to_uniform, kl, rel_tol=1e-12)
+    with pytest.raises(ValueError, match=r"non-empty tensor of classes, got \(2, 0\)"):
+        class_coverage(torch.zeros(2, 0).long(), 4)

@@ -15,7 +15,7 @@ import torch
 from pyro.infer import Predictive
 
 from pyro_gen.data.toys import load_toy
-from pyro_gen.metrics import mode_coverage, ring_modes
+from pyro_gen.metrics import mode_coverage, ring_modes, sample_modes
 
 CENTERS = ring_modes(6, radius=3.0)
 STD = 0.05
@@ -102,3 +102,11 @@ def test_the_global_rng_is_left_alone():
     state = torch.get_rng_state()
     mode_coverage(x, CENTERS, STD, min_count=1)
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_sample_modes_draws_around_a_users_integer_grid():
+    # an integer grid failed inside randn; it is the float grid, point for point
+    grid = torch.tensor([[0, 0], [3, 0], [0, 3]])
+    as_int = sample_modes(grid, 0.1, 50, torch.Generator().manual_seed(0))
+    as_float = sample_modes(grid.float(), 0.1, 50, torch.Generator().manual_seed(0))
+    assert as_int.is_floating_point() and torch.equal(as_int, as_float)

@@ -196,6 +196,28 @@ class ConditionalInverseAutoregressive(_ConditionalAutoregressive):
     _concrete = InverseAutoregressive
 
 
+class ReLUInPlace(nn.ReLU):
+    """ReLU in place, except while ``torch.jit`` traces it.
+
+    In place: each follows a masked linear layer, whose backward does not need its output,
+    so it saves an allocation per layer (~2% of an IAF guide's step on CPU). Not while
+    traced: the traced graph replays the in-place op on tensors that may then be views of
+    its inputs (an unbatched MAF or IAF under Pyro's ``JitTrace_ELBO`` failed with "a view
+    of a leaf Variable that requires grad is being used in an in-place operation").
+
+    Example:
+        >>> h = torch.tensor([-1.0, 2.0])
+        >>> ReLUInPlace()(h) is h, h.tolist()
+        (True, [0.0, 2.0])
+    """
+
+    def __init__(self) -> None:
+        super().__init__(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.relu(x, inplace=not torch.jit.is_tracing())
+
+
 def _made(
     input_dim: int,
     hidden_dims: Sequence[int] | None,
@@ -205,16 +227,13 @@ def _made(
 ) -> MADE:
     (input_dim,) = as_event_shape(input_dim)  # a clear error before MADE's own
     hidden = [max(10 * input_dim, 32)] * 2 if hidden_dims is None else layer_widths(hidden_dims)
-    # in-place ReLU: each follows a masked linear layer, whose backward does not need its
-    # output, so it saves an allocation per layer (~2% of an IAF guide's step on CPU)
-    relu = functools.partial(nn.ReLU, inplace=True)
     return MADE(
         input_dim,
         hidden,
         elementwise.num_params,
         order=order,
         context_dim=context_dim,
-        activation=relu,
+        activation=ReLUInPlace,
     )
 
 

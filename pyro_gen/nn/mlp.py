@@ -58,9 +58,11 @@ def broadcast_context(x: torch.Tensor, context: torch.Tensor, event_dim: int) ->
         shape = torch.broadcast_shapes(batch, context.shape[:-1])
     except RuntimeError as exc:
         raise ValueError(
+            # the batch shapes only: the network's input may be part of the caller's (a
+            # coupling's conditioner sees half of it), so its full shape would mislead
             f"the context's batch shape {tuple(context.shape[:-1])} (context shape "
-            f"{tuple(context.shape)}) does not broadcast with the input's {tuple(batch)} "
-            f"(input shape {tuple(x.shape)}): give one context per input, or one for all"
+            f"{tuple(context.shape)}) does not broadcast with the input's batch shape "
+            f"{tuple(batch)}: give one context per input, or one for all"
         ) from exc
     return context.expand(shape + context.shape[-1:])
 

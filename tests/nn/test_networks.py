@@ -92,8 +92,18 @@ def test_a_unet_too_small_for_its_group_norms_says_so(size, base):
 def test_a_context_batch_that_does_not_broadcast_is_named():
     from pyro_gen.nn.mlp import broadcast_context
 
-    with pytest.raises(ValueError, match=r"context's batch shape \(4,\).*input's \(5,\)"):
+    with pytest.raises(
+        ValueError, match=r"context's batch shape \(4,\).*input's batch shape \(5,\)"
+    ):
         broadcast_context(torch.zeros(5, 3), torch.ones(4, 2), 1)
     made = MADE(3, [8], context_dim=2)
     with pytest.raises(ValueError, match="does not broadcast"):
         made(torch.zeros(5, 3), torch.ones(4, 2))
+    # A coupling's conditioner sees half of the user's input: the message names batch shapes
+    # only (it gave "input shape (7, 2)" for the user's (7, 3)).
+    from pyro_gen.transforms import conditional_affine_coupling
+
+    coupling = conditional_affine_coupling(3, 2, hidden_dims=[8]).condition(torch.randn(5, 2))
+    with pytest.raises(ValueError, match=r"input's batch shape \(7,\)") as info:
+        coupling(torch.randn(7, 3))
+    assert "(7, 2)" not in str(info.value)

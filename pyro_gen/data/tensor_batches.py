@@ -43,18 +43,21 @@ class TensorBatches:
         device = torch.device(device) if device is not None else None
         self.args = tuple(_to(v, device) for v in args)
         self.kwargs = {k: _to(v, device) for k, v in kwargs.items()}
-        sizes = {
-            (f"argument {i}" if isinstance(i, int) else repr(i)): t.shape[0]
+        tensors = {
+            (f"argument {i}" if isinstance(i, int) else repr(i)): t
             for i, t in [*enumerate(self.args), *self.kwargs.items()]
             if isinstance(t, torch.Tensor)
         }
-        if not sizes:
+        if not tensors:
             raise ValueError("data holds no tensor: pass a tensor, a tuple or dict of tensors")
-        if any(
-            isinstance(t, torch.Tensor) and t.dim() == 0
-            for t in [*self.args, *self.kwargs.values()]
-        ):
-            raise ValueError("data tensors need a first dimension that indexes examples")
+        for name, t in tensors.items():
+            if t.dim() == 0:  # checked before any size is read: a 0-dim tensor has none
+                raise ValueError(
+                    f"data tensors need a first dimension that indexes examples; {name} is a "
+                    "0-dim tensor: give one example as x.reshape(1), or pass a value that is "
+                    "not data as the model's own argument"
+                )
+        sizes = {name: t.shape[0] for name, t in tensors.items()}
         if len(set(sizes.values())) != 1:
             raise ValueError(f"all tensors must share their first dimension, got sizes {sizes}")
         self.num_examples = next(iter(sizes.values()))

@@ -4,6 +4,7 @@ import json
 import math
 
 import pyro
+import pyro.distributions as dist
 import pyro.optim
 import pytest
 import torch
@@ -184,6 +185,19 @@ def test_callback_can_stop_training():
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         fit(TinyVAE(), binary_data(), progress=False, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "data, named",
+    [(torch.tensor(3.0), "argument 0"), ({"x": torch.ones(4), "w": torch.tensor(2.0)}, "'w'")],
+)
+def test_data_without_a_dimension_of_examples_is_named(data, named):
+    # a 0-dim tensor has no size to read: it failed with IndexError before being named
+    def model(x, w=None):
+        pyro.sample("x", dist.Normal(pyro.param("m", torch.tensor(0.0)), 1.0), obs=x)
+
+    with pytest.raises(ValueError, match=f"{named} is a 0-dim tensor: give one example as"):
+        fit(model, data, guide=lambda x, w=None: None, epochs=1, progress=False)
 
 
 def test_device_argument_moves_model_and_data(device):

@@ -40,7 +40,7 @@ except ImportError as e:  # pragma: no cover - the dev extra installs it
     ) from e
 
 from pyro_gen.data.batching import Call, Transform, as_call, with_transform
-from pyro_gen.data.random_state import global_rng_state, set_global_rng_state
+from pyro_gen.data.random_state import global_rng_state, rng_left_alone, set_global_rng_state
 from pyro_gen.infer.annealing import kl_scale_pair
 from pyro_gen.infer.argument_kinds import check_kinds
 from pyro_gen.infer.batch_checks import warn_nothing_observed
@@ -184,6 +184,7 @@ class LightningSVI(lightning.LightningModule):
         self._example: Call | None = None  # the batch the pair was traced on
         self._represented: int | None = None
         self._loss_scale = 1.0  # R for a summed ELBO under DDP (see above)
+        self._training_rng: dict[str, Any] | None = None  # what validation must give back
         if example_batch is not None:
             self.trace_parameters(example_batch)
 
@@ -283,8 +284,12 @@ class LightningSVI(lightning.LightningModule):
 
     def _trace_first_batch(self) -> None:
         try:
-            loader = self.trainer.fit_loop._data_source.dataloader()
-            batch = next(iter(loader))
+            # A DataLoader's iterator draws its base seed (and a shuffling sampler its
+            # order) from the global RNG: peeking must not shift the run's shuffles and
+            # Pyro draws away from those of Pyro's SVI loop on the same seed.
+            with rng_left_alone():
+                loader = self.trainer.fit_loop._data_source.dataloader()
+                batch = next(iter(loader))
         except Exception as e:  # a data module or loader we cannot peek into
             raise RuntimeError(
                 "LightningSVI could not read a first training batch to trace the model and "
@@ -305,6 +310,7 @@ class LightningSVI(lightning.LightningModule):
         reduction, broadcasts the loss's weights from process 0 and averages the gradients
         of the loss's own optimizers before each of their steps."""
         self._loss_optimizers_to(self.device)
+        self._hold_training_rng()  # the sanity check's validation comes next
         if _world_size() == 1:
             return
         for module in self._loss_modules():
@@ -321,8 +327,25 @@ class LightningSVI(lightning.LightningModule):
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
+        self._training_rng = None
         for p in self._trained:
             p.grad = None
+
+    # Validation inside Trainer.fit (the sanity check, each epoch's) leaves the training RNG
+    # as it found it, as fit's evaluation does: a val loader, its shuffle and the guide's
+    # draws on it must not change the trained parameters or what a checkpoint resumes.
+    # Lightning creates the val loader's iterator (a draw) before any validation hook, so
+    # the state is held after each training batch, the last point before validation.
+    def _hold_training_rng(self) -> None:
+        if self.trainer.enable_validation:
+            self._training_rng = global_rng_state()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._hold_training_rng()
+
+    def on_validation_end(self) -> None:
+        if self.trainer.state.fn == "fit" and self._training_rng is not None:
+            set_global_rng_state(self._training_rng)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         call = self._call(batch)
@@ -361,7 +384,11 @@ class LightningSVI(lightning.LightningModule):
         checkpoint only and restoring its state on every rank would give them all the same
         noise."""
         if self.trainer.world_size == 1:
-            checkpoint[_RNG_KEY] = encode(global_rng_state(), "RNG state")
+            # a checkpoint saved during validation (ModelCheckpoint's on_validation_end runs
+            # before ours) records the training RNG that validation will give back
+            held = self._training_rng if self.trainer.validating else None
+            state = held if held is not None else global_rng_state()
+            checkpoint[_RNG_KEY] = encode(state, "RNG state")
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restores the saved generators when ``Trainer.fit`` resumes (after the first-batch

@@ -29,7 +29,8 @@ class VampPrior(PicklableModule):
 
     Args:
         event_shape: shape of one example (and of each pseudo-input).
-        num_components: number of pseudo-inputs :math:`K`.
+        num_components: number of pseudo-inputs :math:`K` (default 500, or the rows of
+            ``init``).
         encode: optional ``x -> (loc, scale)``; else supplied by :meth:`bind`.
         init: optional initial pseudo-inputs in :math:`(0, 1)`, shape ``(K, *event_shape)``
             (e.g. random training images).
@@ -47,15 +48,19 @@ class VampPrior(PicklableModule):
     def __init__(
         self,
         event_shape: Sequence[int],
-        num_components: int = 500,
+        num_components: int | None = None,
         encode: Encode | None = None,
         init: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.event_shape = tuple(event_shape)
         if init is None:
+            num_components = 500 if num_components is None else num_components
+            if num_components < 1:
+                raise ValueError(f"num_components must be at least 1, got {num_components}")
             raw = 0.1 * torch.randn(num_components, *self.event_shape)
         else:
+            _check_init(init, self.event_shape, num_components)
             # the default dtype, as the randn above and every module's parameters: float32
             # pseudo-inputs in a float64 program trained in float32
             p = init.to(torch.get_default_dtype()).clamp(0.01, 0.99)
@@ -84,6 +89,64 @@ class VampPrior(PicklableModule):
             raise RuntimeError("VampPrior has no encoder: pass encode= or call bind(guide)")
         if context is not None:
             raise NotImplementedError("VampPrior does not support a conditional VAE")
-        loc, scale = self._encode[0](self.pseudo_inputs())
+        u = self.pseudo_inputs()
+        try:
+            out = self._encode[0](u)
+        except RuntimeError as e:
+            # a float64 encoder fed the float32 pseudo-inputs failed inside its first layer
+            if "dtype" not in str(e) and "scalar type" not in str(e):
+                raise
+            raise TypeError(
+                f"VampPrior's pseudo-inputs are {u.dtype} and its encoder refused them "
+                f"({e}); give both one dtype: prior.to(<the encoder's dtype>)"
+            ) from e
+        if not (
+            isinstance(out, (tuple, list))
+            and len(out) == 2
+            and all(isinstance(t, torch.Tensor) for t in out)
+            and out[0].dim() == 2
+            and out[0].shape[0] == u.shape[0]
+        ):
+            got = _describe(out)
+            raise TypeError(
+                f"VampPrior's encoder must return (loc, scale) of shape (K, z_dim) for the K = "
+                f"{u.shape[0]} pseudo-inputs; it returned {got}"
+            )
+        loc, scale = out
         logits = torch.full(loc.shape[:1], -math.log(loc.shape[0]), device=loc.device)
         return GaussianMixture(logits.to(loc.dtype), loc, scale)
+
+
+def _check_init(
+    init: torch.Tensor, event_shape: tuple[int, ...], num_components: int | None
+) -> None:
+    """One clear error for initial pseudo-inputs the prior would otherwise clamp or reshape
+    into something else without a word (0..255 images all became 0.99)."""
+    expected = ("K", *event_shape) if num_components is None else (num_components, *event_shape)
+    if init.dim() != len(event_shape) + 1 or tuple(init.shape[1:]) != event_shape:
+        raise ValueError(
+            f"init must have shape (K, *event_shape) = {expected}, got {tuple(init.shape)}; "
+            f"reshape the examples to the prior's event shape"
+        )
+    if num_components is not None and init.shape[0] != num_components:
+        raise ValueError(
+            f"init has {init.shape[0]} pseudo-inputs but num_components={num_components}; "
+            f"pass as many rows as components (or leave num_components out)"
+        )
+    if init.shape[0] < 1:
+        raise ValueError("init needs at least one pseudo-input")
+    values = init.double()
+    if not bool(torch.isfinite(values).all()) or values.min() < 0 or values.max() > 1:
+        raise ValueError(
+            f"init must hold pseudo-inputs in [0, 1] (they pass through a sigmoid), got "
+            f"values in [{values.min().item():.4g}, {values.max().item():.4g}]; scale the "
+            f"data first (e.g. images / 255)"
+        )
+
+
+def _describe(out: object) -> str:
+    if isinstance(out, torch.Tensor):
+        return f"a tensor of shape {tuple(out.shape)}"
+    if isinstance(out, (tuple, list)):
+        return "(" + ", ".join(_describe(t) for t in out) + ")"
+    return type(out).__name__

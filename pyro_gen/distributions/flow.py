@@ -64,6 +64,28 @@ class FlowDistribution(dist.TransformedDistribution):
                 )
         return super().log_prob(value)
 
+    def rsample(self, sample_shape: tuple[int, ...] = ()) -> torch.Tensor:
+        if not self.has_rsample:
+            # torch raises a bare NotImplementedError from inside the base
+            raise NotImplementedError(
+                f"this flow's base ({type(self.base_dist).__name__}) has no reparameterized "
+                f"sampler (a mixture base picks its component discretely), so rsample cannot "
+                f"give pathwise gradients; use sample(), or a LearnedNormal / Normal base"
+            )
+        return super().rsample(sample_shape)
+
+
+def _positive_temperature(temperature: float | torch.Tensor) -> float | torch.Tensor:
+    """The temperature scales the base's standard deviations, so it must be positive (at
+    zero Pyro's Normal refused a zero scale, printing the whole tensor)."""
+    t = torch.as_tensor(temperature)
+    if t.numel() and not bool((t > 0).all()):
+        raise ValueError(
+            f"temperature scales the base's standard deviation and must be positive, got "
+            f"{temperature}; use a small positive value (e.g. 0.7) to sample nearer the mode"
+        )
+    return temperature
+
 
 class LearnedNormal(PicklableModule):
     r"""A learnable diagonal Gaussian base :math:`\mathcal{N}(\mu, \operatorname{diag}(\sigma^2))`.
@@ -90,6 +112,7 @@ class LearnedNormal(PicklableModule):
     def forward(
         self, context: torch.Tensor | None = None, temperature: float = 1.0
     ) -> dist.TorchDistribution:
+        temperature = _positive_temperature(temperature)
         loc, scale = self.loc, self.log_scale.exp() * temperature
         if context is not None:
             batch = context.shape[:-1]
@@ -125,6 +148,7 @@ class LearnedMixture(PicklableModule):
     def forward(
         self, context: torch.Tensor | None = None, temperature: float = 1.0
     ) -> dist.TorchDistribution:
+        temperature = _positive_temperature(temperature)
         batch = torch.Size(() if context is None else context.shape[:-1])
         logits = self.logits.expand(batch + self.logits.shape)
         loc = self.loc.expand(batch + self.loc.shape)
@@ -163,6 +187,7 @@ class ConditionalNormal(PicklableModule):
     ) -> dist.TorchDistribution:
         if context is None:
             raise ValueError("ConditionalNormal is a conditional base: pass a context")
+        temperature = _positive_temperature(temperature)
         loc, log_scale = self.net(context).chunk(2, -1)
         return dist.Normal(loc, log_scale.exp() * temperature).to_event(1)
 
@@ -257,6 +282,7 @@ class Flow(PicklableModule):
         """The flow distribution (conditioned on ``context`` if the flow is conditional)."""
         if self.conditional and context is None:
             raise ValueError("this flow has conditional transforms; pass a context")
+        temperature = _positive_temperature(temperature)
         if self.base is not None:
             base = self.base(context, temperature)
         else:

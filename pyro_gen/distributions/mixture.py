@@ -143,6 +143,14 @@ class GaussianMixture(dist.TorchDistribution):
             scale = self.scales.expand(shape + self.scales.shape[-2:]).gather(-2, index)[..., 0, :]
             return loc + scale * torch.randn_like(loc)
 
+    def rsample(self, sample_shape: tuple[int, ...] = ()) -> torch.Tensor:
+        # torch's own NotImplementedError has no message
+        raise NotImplementedError(
+            "GaussianMixture has no reparameterized sampler (the component is a discrete "
+            "choice): use sample(); as a prior it is only scored, and Pyro's ELBOs use "
+            "score-function gradients for sites with has_rsample=False"
+        )
+
     @property
     def mean(self) -> torch.Tensor:
         return (self.logits.softmax(-1)[..., None] * self.locs).sum(-2)

@@ -48,7 +48,7 @@ from pyro_gen.infer.distributed import _plates
 from pyro_gen.infer.local_params import local_params
 from pyro_gen.infer.loss_value import reported_loss, subsampled_size
 from pyro_gen.infer.pair_declarations import declared_plate
-from pyro_gen.infer.program import Program, program, warm_up
+from pyro_gen.infer.program import Program, program, trace_once, warm_up
 from pyro_gen.infer.program_checks import check_loss
 from pyro_gen.infer.state_codec import decode, encode
 from pyro_gen.infer.unregistered_params import warn_unregistered
@@ -183,6 +183,7 @@ class LightningSVI(lightning.LightningModule):
         self._hooks: list[Any] = []
         self._example: Call | None = None  # the batch the pair was traced on
         self._represented: int | None = None
+        self._eval_represented: int | None = None  # the same for the data being evaluated
         self._loss_scale = 1.0  # R for a summed ELBO under DDP (see above)
         self._training_rng: dict[str, Any] | None = None  # what validation must give back
         if example_batch is not None:
@@ -357,14 +358,21 @@ class LightningSVI(lightning.LightningModule):
         self.log("train_loss", per_example, prog_bar=True, batch_size=size)
         return value * self._loss_scale if self._loss_scale != 1.0 else value
 
-    def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self._evaluate(batch, "val_loss")
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        return self._evaluate(batch, batch_idx, "val_loss")
 
-    def test_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self._evaluate(batch, "test_loss")
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        return self._evaluate(batch, batch_idx, "test_loss")
 
-    def _evaluate(self, batch: Any, metric: str) -> torch.Tensor:
+    def _evaluate(self, batch: Any, batch_idx: int, metric: str) -> torch.Tensor:
         call = self._call(batch)
+        if batch_idx == 0:
+            # Where the data plate subsamples, Pyro scales a batch of B by N / B: its value
+            # stands for the held-out data's N examples (read off this data's own plate, as
+            # fit's evaluation does), not for B, which counted it N / B times too high.
+            with rng_left_alone():
+                _, model_trace = trace_once(self._prog, call)
+            self._eval_represented = subsampled_size(model_trace, declared_plate(self._prog.model))
         evaluate = getattr(self.loss, "loss", None)
         if not callable(evaluate):  # a callable loss such as EnergyDistance
             evaluate = self.loss
@@ -372,7 +380,8 @@ class LightningSVI(lightning.LightningModule):
             reported_loss(evaluate(self._model, self._guide, *call.args, **call.kwargs))
         )
         size = call.size if call.size is not None else 1
-        self.log(metric, value / size, prog_bar=True, batch_size=size, sync_dist=True)
+        per_example = value / (self._eval_represented or size)
+        self.log(metric, per_example, prog_bar=True, batch_size=size, sync_dist=True)
         return value
 
     # -- checkpoints -----------------------------------------------------------------------

@@ -206,6 +206,7 @@ class LightningSVI(lightning.LightningModule):
             the parameters the optimizer trains, in the order the trace met them.
         """
         call = self._example = self._call(batch, self._tensors_device())
+        self._check_batch(call, 0)
         guide_trace, model_trace = warm_up(
             self._prog, call, check_sites=isinstance(self.loss, ELBO)
         )
@@ -350,6 +351,9 @@ class LightningSVI(lightning.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         call = self._call(batch)
+        # a batch the model or guide does not take is named here, as fit names it, not by
+        # a TypeError from inside Pyro's handlers
+        self._check_batch(call, batch_idx)
         if self.annealing is not None:
             self._beta[0] = float(self.annealing(self.global_step))
         value = self._loss(call)
@@ -366,6 +370,7 @@ class LightningSVI(lightning.LightningModule):
 
     def _evaluate(self, batch: Any, batch_idx: int, metric: str) -> torch.Tensor:
         call = self._call(batch)
+        self._check_batch(call, batch_idx)
         if batch_idx == 0:
             # Where the data plate subsamples, Pyro scales a batch of B by N / B: its value
             # stands for the held-out data's N examples (read off this data's own plate, as
@@ -373,8 +378,13 @@ class LightningSVI(lightning.LightningModule):
             with rng_left_alone():
                 _, model_trace = trace_once(self._prog, call)
             self._eval_represented = subsampled_size(model_trace, declared_plate(self._prog.model))
-        evaluate = getattr(self.loss, "loss", None)
-        if not callable(evaluate):  # a callable loss such as EnergyDistance
+        # As fit's evaluation reads it: a loss object through its ``loss``, a callable loss
+        # (Pyro's EnergyDistance, whose ``loss`` raises NotImplementedError) called
+        if hasattr(self.loss, "loss_and_grads"):
+            evaluate = self.loss.loss
+        elif self._mode == "differentiable":
+            evaluate = self.loss.differentiable_loss
+        else:
             evaluate = self.loss
         value = torch.as_tensor(
             reported_loss(evaluate(self._model, self._guide, *call.args, **call.kwargs))
@@ -429,6 +439,22 @@ class LightningSVI(lightning.LightningModule):
     # -- the loss --------------------------------------------------------------------------
     def _call(self, batch: Any, device: torch.device | None = None) -> Call:
         return with_transform(as_call(batch, device), self.transform)
+
+    def _check_batch(self, call: Call, index: int) -> None:
+        """``fit``'s signature check of a batch, with the advice for a ``DataLoader`` (fit's
+        own, ``data=lambda: ...``, is no argument of Lightning's)."""
+        try:
+            self._prog.check_call(call, index)
+        except ValueError as e:
+            said = str(e).split(". To leave out", 1)[0]
+            if said == str(e):
+                raise
+            raise ValueError(
+                f"{said}. To leave out what it does not use (a DataLoader of (x, label) pairs "
+                "for a model(x)), have the DataLoader yield only what the model takes (its "
+                "Dataset or collate_fn), or give the model and guide parameters for the rest "
+                "(y=None)"
+            ) from None
 
     def _loss(self, call: Call) -> torch.Tensor:
         model, guide = self._model, self._guide

@@ -118,6 +118,9 @@ class GaussianMixture(dist.TorchDistribution):
             z, locs, scales = value.to(wide), locs.to(wide), scales.to(wide)
             prec = scales.pow(-2)  # (K, D)
             quad = z.pow(2) @ prec.T - 2 * z @ (locs * prec).T + (locs.pow(2) * prec).sum(-1)
+            # an infinite coordinate gave inf - inf = nan; its density is zero (log -inf),
+            # as the direct form and Pyro's Normal give it
+            quad = quad.masked_fill(z.isinf().any(-1, keepdim=True), math.inf)
             log_normal = (-0.5 * quad - scales.log().sum(-1) + const).to(dtype)
             log_normal = log_normal.expand(broadcast_shape(log_normal.shape, self.logits.shape))
         else:

@@ -26,7 +26,8 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro.infer import SVI, Predictive, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import SVI, JitTrace_ELBO, Predictive, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer.autoguide import AutoDelta, init_to_mean
 from pyro.optim import Adam
 from torch.distributions.transforms import ComposeTransform
 
@@ -174,6 +175,31 @@ def test_gradients_reach_the_prior_as_in_the_hand_written_loss(kind) -> None:
         torch.testing.assert_close(g, e, rtol=1e-8, atol=1e-10)
     prior_grads = [g for g, p in zip(got, params) if any(p is q for q in prog.prior.parameters())]
     assert kind == "normal" or any(bool(g.abs().sum() > 0) for g in prior_grads)
+
+
+@pytest.mark.parametrize("kind", PRIORS)
+def test_jit_trace_elbo_equals_trace_elbo(kind) -> None:
+    prog, x = Program(kind), data()
+    pyro.set_rng_seed(3)
+    expected = Trace_ELBO().loss(prog.model, prog.guide, x)
+    elbo = JitTrace_ELBO()
+    for _ in range(2):  # the traced call and a replay of the trace
+        pyro.set_rng_seed(3)
+        assert elbo.loss(prog.model, prog.guide, x) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["mog", "vamp"])
+def test_autoguide_init_to_mean_starts_at_the_mixture_mean(kind) -> None:
+    # init_to_mean reads the expanded site distribution's .mean: sum_k pi_k mu_k
+    prog, x = Program(kind), data()
+    guide = AutoDelta(prog.model, init_loc_fn=init_to_mean)
+    z = guide(x)["z"]
+    with torch.no_grad():
+        if kind == "mog":
+            w, locs = prog.prior.logits.softmax(-1), prog.prior.locs
+        else:
+            w, locs = torch.full((K,), 1 / K), prog.encoder.encode(prog.prior.pseudo_inputs())[0]
+        torch.testing.assert_close(z, (w[:, None] * locs).sum(0).expand(G, N, D))
 
 
 # ----------------------------------------------------------------------------- Predictive

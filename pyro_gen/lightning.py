@@ -399,9 +399,12 @@ class LightningSVI(lightning.LightningModule):
         """Adds the random number generators' states (torch, Python, numpy, and CUDA's once
         in use), which Lightning's checkpoints leave out, so that ``Trainer.fit(ckpt_path=)``
         continues a one-process run exactly: the same shuffles and the same Pyro draws as
-        a run that was never stopped. Not under DDP, where Lightning saves rank 0's
-        checkpoint only and restoring its state on every rank would give them all the same
-        noise."""
+        a run that was never stopped, from a checkpoint saved at an epoch's end
+        (``ModelCheckpoint``'s default). One saved inside an epoch (``every_n_train_steps``)
+        does not: Lightning starts that epoch's ``DataLoader`` afresh on resume (it warns
+        that the loader is not resumable), so its remaining steps see other batches. Not
+        under DDP, where Lightning saves rank 0's checkpoint only and restoring its state on
+        every rank would give them all the same noise."""
         if self.trainer.world_size == 1:
             # a checkpoint saved during validation (ModelCheckpoint's on_validation_end runs
             # before ours) records the training RNG that validation will give back

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from pyro_gen.distributions.mixture import GaussianMixture
-from pyro_gen.transforms._base import PicklableModule
+from pyro_gen.transforms._base import PicklableModule, as_event_shape
 
 Encode = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -28,7 +28,8 @@ class VampPrior(PicklableModule):
     stage of the guide (before its flow steps), so the prior is still a Gaussian mixture.
 
     Args:
-        event_shape: shape of one example (and of each pseudo-input).
+        event_shape: shape of one example (and of each pseudo-input); an int is one
+            dimension.
         num_components: number of pseudo-inputs :math:`K` (default 500, or the rows of
             ``init``).
         encode: optional ``x -> (loc, scale)``; else supplied by :meth:`bind`.
@@ -47,13 +48,14 @@ class VampPrior(PicklableModule):
 
     def __init__(
         self,
-        event_shape: Sequence[int],
+        event_shape: int | Sequence[int],
         num_components: int | None = None,
         encode: Encode | None = None,
         init: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
-        self.event_shape = tuple(event_shape)
+        # an int is one dimension, as for Flow (tuple(784) failed: int is not iterable)
+        self.event_shape = as_event_shape(event_shape)
         if init is None:
             num_components = 500 if num_components is None else num_components
             if num_components < 1:

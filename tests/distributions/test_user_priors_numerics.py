@@ -116,6 +116,8 @@ def test_vamp_prior_names_a_dtype_clash_with_its_encoder() -> None:
         (lambda: VampPrior((2, 2), 3, init=torch.rand(3, 4)), r"shape \(K, \*event_shape\)"),
         (lambda: VampPrior((4,), 5, init=torch.rand(3, 4)), "num_components=5"),
         (lambda: VampPrior((4,), 0), "at least 1"),
+        (lambda: VampPrior(0, 3), "positive whole number"),
+        (lambda: VampPrior(4.0, 3), "positive whole number"),
     ],
 )
 def test_vamp_prior_refuses_bad_init(make, match) -> None:
@@ -125,7 +127,8 @@ def test_vamp_prior_refuses_bad_init(make, match) -> None:
 
 def test_vamp_prior_takes_its_size_from_init_and_checks_its_encoder() -> None:
     x = torch.rand(7, 4) * 0.9 + 0.05
-    prior = VampPrior((4,), init=x)
+    prior = VampPrior(4, init=x)  # an int event shape, as Flow takes one
+    assert prior.event_shape == (4,)
     assert prior.num_components == 7
     torch.testing.assert_close(prior.pseudo_inputs(), x)
     prior.bind(type("Guide", (), {"encode": staticmethod(lambda u: u[:, :D])})())

@@ -85,6 +85,14 @@ class GaussianMixture(dist.TorchDistribution):
     def num_components(self) -> int:
         return self.locs.shape[-2]
 
+    @classmethod
+    def infer_shapes(cls, logits=(), locs=(), scales=(), **kwargs) -> tuple[torch.Size, torch.Size]:
+        """``(batch_shape, event_shape)`` from the parameters' shapes, as Pyro's multivariate
+        distributions give it (the inherited one raises NotImplementedError for event dims)."""
+        logits, locs, scales = tuple(logits), tuple(locs), tuple(scales)
+        batch = broadcast_shape(logits[:-1], locs[:-2], scales[:-2], kwargs.get("batch_shape", ()))
+        return torch.Size(batch), torch.Size(locs[-1:])
+
     def expand(self, batch_shape, _instance=None) -> GaussianMixture:
         # Pyro's expand: the current batch shape must broadcast to the new one (expanding
         # the already-expanded views raises otherwise), and validation is kept, so a plate

@@ -247,3 +247,19 @@ def test_an_infinite_latent_has_zero_mixture_density_as_under_pyros_normal() -> 
             got = p.log_prob(z)
             assert torch.equal(got[:2], normal.log_prob(z[:2]))  # -inf, not nan
             torch.testing.assert_close(got[2:].double(), direct(p.logits, p.locs, p.scales, z)[2:])
+
+
+@pytest.mark.parametrize(
+    "shapes",
+    [
+        dict(logits=(3,), locs=(3, D), scales=(3, D)),
+        dict(logits=(4, 3), locs=(3, D), scales=(3, 1)),
+        dict(logits=(5, 1, 3), locs=(2, 3, D), scales=(1, D)),
+    ],
+)
+def test_infer_shapes_agrees_with_the_built_distribution(shapes) -> None:
+    # Pyro's test_infer_shapes: the shapes inferred from the arguments' shapes are the
+    # distribution's own
+    args = {k: torch.rand(v) + 0.5 for k, v in shapes.items()}
+    d = GaussianMixture(**args)
+    assert GaussianMixture.infer_shapes(**shapes) == (d.batch_shape, d.event_shape)

@@ -141,11 +141,16 @@ class LightningSVI(lightning.LightningModule):
         loss = loss if loss is not None else Trace_ELBO()
         check_loss(loss)  # the class Trace_ELBO, not called, has a differentiable_loss too
         check_kinds(annealing=annealing)
-        if isinstance(optimizer, pyro.optim.PyroOptim):
+        if isinstance(optimizer, pyro.optim.PyroOptim) or _is_pyro_optim_builder(optimizer):
+            given = (
+                f"a Pyro {type(optimizer).__name__}"
+                if isinstance(optimizer, pyro.optim.PyroOptim)
+                else f"Pyro's pyro.optim.{optimizer.__name__}, which takes a dict of arguments"
+            )
             raise TypeError(
                 "optimizer must build a torch optimizer from parameters, e.g. "
                 "functools.partial(torch.optim.Adam, lr=1e-3): Lightning steps torch "
-                f"optimizers, not a Pyro {type(optimizer).__name__}"
+                f"optimizers, not {given}"
             )
         if optimizer is not None and not callable(optimizer):
             raise TypeError(
@@ -292,6 +297,10 @@ class LightningSVI(lightning.LightningModule):
             with rng_left_alone():
                 loader = self.trainer.fit_loop._data_source.dataloader()
                 batch = next(iter(loader))
+        except StopIteration:
+            raise ValueError(
+                "the training DataLoader yields no batches: give Trainer.fit data to train on"
+            ) from None
         except Exception as e:  # a data module or loader we cannot peek into
             raise RuntimeError(
                 "LightningSVI could not read a first training batch to trace the model and "
@@ -501,6 +510,15 @@ class LightningSVI(lightning.LightningModule):
     def _untrained_parameter_names(self) -> list[str]:
         trained = {id(p) for p in self._trained}
         return [name for name, p in self.named_parameters() if id(p) not in trained]
+
+
+def _is_pyro_optim_builder(optimizer: Any) -> bool:
+    """Whether ``optimizer`` is one of Pyro's wrapper functions (``pyro.optim.Adam``, not
+    called): it takes a dict of arguments, so given the parameters it failed inside Pyro
+    with an AssertionError when training started. Pyro's torch optimizer classes
+    (``pyro.optim.clipped_adam.ClippedAdam``) are torch optimizers and pass."""
+    module = getattr(optimizer, "__module__", None) or ""
+    return not isinstance(optimizer, type) and module.startswith("pyro.optim")
 
 
 def _average_gradients(optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> None:

@@ -316,3 +316,24 @@ def test_validation_of_a_callable_loss_calls_it() -> None:
     with torch.no_grad():
         expected = loss(_bernoulli, lambda x: None, x) / 16
     assert result["val_loss"] == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("builder", [pyro.optim.Adam, pyro.optim.ClippedAdam])
+def test_a_pyro_optim_builder_is_refused_when_built(builder: Any) -> None:
+    """Before: accepted, then AssertionError: optim_args must be function that returns
+    defaults or a defaults dictionary, from inside Pyro when training started."""
+    with pytest.raises(TypeError, match=rf"not Pyro's pyro.optim.{builder.__name__}, which"):
+        LightningSVI(_bernoulli, lambda x: None, optimizer=builder)
+    # Pyro's torch optimizer class is a torch optimizer, and builds one
+    clipped = pyro.optim.clipped_adam.ClippedAdam
+    svi = LightningSVI(
+        _bernoulli, lambda x: None, optimizer=clipped, example_batch=torch.zeros(2, 4)
+    )
+    assert isinstance(svi.configure_optimizers(), clipped)
+
+
+def test_an_empty_training_loader_is_named() -> None:
+    """Before: "could not read a first training batch ... ()", the empty StopIteration."""
+    svi = LightningSVI(_bernoulli, lambda x: None)
+    with pytest.raises(ValueError, match="the training DataLoader yields no batches"):
+        _trainer(1).fit(svi, DataLoader(TensorDataset(torch.zeros(0, 4)), batch_size=8))

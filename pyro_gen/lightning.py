@@ -210,7 +210,10 @@ class LightningSVI(lightning.LightningModule):
         Returns:
             the parameters the optimizer trains, in the order the trace met them.
         """
-        call = self._example = self._call(batch, self._tensors_device())
+        # the transform's draws (a dynamic binarization) are not the first step's: the RNG
+        # goes back, as in fit, so training draws what Pyro's SVI loop would
+        with rng_left_alone():
+            call = self._example = self._call(batch, self._tensors_device())
         self._check_batch(call, 0)
         guide_trace, model_trace = warm_up(
             self._prog, call, check_sites=isinstance(self.loss, ELBO)

@@ -337,3 +337,33 @@ def test_an_empty_training_loader_is_named() -> None:
     svi = LightningSVI(_bernoulli, lambda x: None)
     with pytest.raises(ValueError, match="the training DataLoader yields no batches"):
         _trainer(1).fit(svi, DataLoader(TensorDataset(torch.zeros(0, 4)), batch_size=8))
+
+
+def test_a_random_transform_draws_as_in_pyros_svi_loop() -> None:
+    """Dynamic binarization (``transform=torch.bernoulli``) on the user's loader with a
+    pyro_gen VAE and example_batch=: Pyro's loop binarizes each batch before its step.
+    Before: 0.06 off, the trace on the example batch drew a binarization of its own."""
+    from pyro_gen.vae import VAE
+
+    x = torch.rand(32, 4)
+
+    def vae_and_loader() -> tuple[VAE, DataLoader]:
+        pyro.clear_param_store()
+        torch.manual_seed(3)
+        vae = VAE(event_shape=(4,), z_dim=2, hidden_dim=8)
+        pyro.set_rng_seed(1)
+        return vae, DataLoader(TensorDataset(x), batch_size=8, shuffle=True)
+
+    vae, loader = vae_and_loader()
+    svi = pyro.infer.SVI(
+        vae.model, vae.guide, pyro.optim.Adam({"lr": 0.01}), pyro.infer.Trace_ELBO()
+    )
+    for _ in range(2):
+        for (batch,) in loader:
+            svi.step(torch.bernoulli(batch))
+    expected = {k: v.clone() for k, v in vae.state_dict().items()}
+
+    vae, loader = vae_and_loader()
+    svi = LightningSVI(vae, optimizer=_adam(0.01), transform=torch.bernoulli, example_batch=[x[:8]])
+    _trainer(2).fit(svi, loader)
+    _assert_same(expected, vae.state_dict())

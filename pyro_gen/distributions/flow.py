@@ -10,6 +10,7 @@ from pyro.distributions.conditional import ConditionalTransform
 from torch import nn
 from torch.distributions import Transform
 
+from pyro_gen.distributions.mixture import positive_int
 from pyro_gen.transforms._base import PicklableModule, as_event_shape, modules_of, sample_count
 
 
@@ -140,7 +141,11 @@ class LearnedMixture(PicklableModule):
 
     def __init__(self, dim: int, num_components: int = 8) -> None:
         super().__init__()
-        self.event_shape = (int(dim),)
+        dim, num_components = (
+            positive_int("dim", dim),
+            positive_int("num_components", num_components),
+        )
+        self.event_shape = (dim,)
         self.logits = nn.Parameter(torch.zeros(num_components))
         self.loc = nn.Parameter(torch.randn(num_components, dim))
         self.log_scale = nn.Parameter(torch.zeros(num_components, dim))

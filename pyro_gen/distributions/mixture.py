@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import pyro.distributions as dist
 import torch
@@ -11,6 +12,14 @@ from torch import nn
 from torch.distributions import constraints
 
 from pyro_gen.transforms._base import PicklableModule
+
+
+def positive_int(name: str, value: object) -> int:
+    """``value`` as an int, or one ValueError naming the argument (a float size failed
+    inside ``torch.randn`` with "type must be tuple of ints")."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive whole number, got {value!r}")
+    return int(value)
 
 
 def _broadcasts(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
@@ -197,8 +206,14 @@ class MixturePrior(PicklableModule):
 
     def __init__(self, z_dim: int, num_components: int = 10, min_scale: float = 1e-3) -> None:
         super().__init__()
-        if z_dim < 1 or num_components < 1:
-            raise ValueError("z_dim and num_components must be at least 1")
+        z_dim, num_components = (
+            positive_int("z_dim", z_dim),
+            positive_int("num_components", num_components),
+        )
+        if not min_scale >= 0:
+            raise ValueError(
+                f"min_scale is a floor on the scales and must be >= 0, got {min_scale}"
+            )
         self.z_dim = z_dim
         self.min_scale = min_scale
         self.logits = nn.Parameter(torch.zeros(num_components))

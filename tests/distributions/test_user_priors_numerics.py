@@ -263,3 +263,21 @@ def test_infer_shapes_agrees_with_the_built_distribution(shapes) -> None:
     args = {k: torch.rand(v) + 0.5 for k, v in shapes.items()}
     d = GaussianMixture(**args)
     assert GaussianMixture.infer_shapes(**shapes) == (d.batch_shape, d.event_shape)
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: MixturePrior(2.0, 3), "z_dim"),
+        (lambda: MixturePrior(2, 3.0), "num_components"),
+        (lambda: MixturePrior(2, 0), "num_components"),
+        (lambda: MixturePrior(2, 3, min_scale=-1.0), "min_scale"),
+        (lambda: LearnedMixture(2.5, 3), "dim"),
+        (lambda: LearnedMixture(2, 0), "num_components"),
+    ],
+)
+def test_module_priors_name_a_bad_size(make, match) -> None:
+    # float sizes failed inside torch.randn ("type must be tuple of ints"); a negative
+    # min_scale let the scales reach zero
+    with pytest.raises(ValueError, match=match):
+        make()

@@ -79,8 +79,12 @@ class FlowDistribution(dist.TransformedDistribution):
 def _positive_temperature(temperature: float | torch.Tensor) -> float | torch.Tensor:
     """The temperature scales the base's standard deviations, so it must be positive (at
     zero Pyro's Normal refused a zero scale, printing the whole tensor)."""
-    t = torch.as_tensor(temperature)
-    if t.numel() and not bool((t > 0).all()):
+    if isinstance(temperature, (int, float)):  # the usual case: no tensor per call
+        ok = temperature > 0
+    else:
+        t = torch.as_tensor(temperature)
+        ok = t.numel() == 0 or bool((t > 0).all())
+    if not ok:
         raise ValueError(
             f"temperature scales the base's standard deviation and must be positive, got "
             f"{temperature}; use a small positive value (e.g. 0.7) to sample nearer the mode"

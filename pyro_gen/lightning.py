@@ -184,6 +184,7 @@ class LightningSVI(lightning.LightningModule):
         self.pyro_modules = nn.ModuleDict(self._prog.modules)
         # parameters that only the param store holds (plain pyro.param sites), by store name
         self.pyro_params = nn.ParameterDict()
+        self._in_store: dict[str, nn.Parameter] = {}  # adopted param-store entries, by name
         self._trained: list[nn.Parameter] = []
         self._hooks: list[Any] = []
         self._example: Call | None = None  # the batch the pair was traced on
@@ -271,8 +272,25 @@ class LightningSVI(lightning.LightningModule):
             value = nn.Parameter(value.detach())
             del store[name]
             store.set_state({"params": {name: value}, "constraints": {name: constraint}})
+        if name in store:
+            self._in_store[name] = value
         self.pyro_params[name.replace(".", "/")] = value
         return value
+
+    def _check_store_holds_adopted(self) -> None:
+        """The adopted ``pyro.param`` tensors must still be the store's: after
+        ``pyro.clear_param_store()`` the model's ``pyro.param`` makes a fresh one, which the
+        loss would use while the optimizer steps ours, so nothing trained, silently."""
+        store = dict(pyro.get_param_store().named_parameters())
+        lost = [name for name, p in self._in_store.items() if store.get(name) is not p]
+        if lost:
+            raise RuntimeError(
+                f"the Pyro param store no longer holds {lost[0]!r} (of {len(lost)}), which "
+                "this LightningSVI trains: was pyro.clear_param_store() called after it was "
+                "built or trained? The model would make a fresh one that no optimizer steps. "
+                "Build a new LightningSVI to start from the initial values, or leave the store "
+                "as it is between Trainer.fit calls to continue training"
+            )
 
     # -- Lightning hooks -------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -282,6 +300,8 @@ class LightningSVI(lightning.LightningModule):
             return
         if not self._trained:
             self._trace_first_batch()
+        else:  # traced by example_batch= or an earlier Trainer.fit
+            self._check_store_holds_adopted()
         # DDP reduces the gradients of the parameters the loss trains; the others (an
         # adversarial loss's discriminator, unused submodules) get none from the loss
         nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(

@@ -367,3 +367,18 @@ def test_a_random_transform_draws_as_in_pyros_svi_loop() -> None:
     svi = LightningSVI(vae, optimizer=_adam(0.01), transform=torch.bernoulli, example_batch=[x[:8]])
     _trainer(2).fit(svi, loader)
     _assert_same(expected, vae.state_dict())
+
+
+def test_a_cleared_param_store_between_fits_is_named() -> None:
+    """A second Trainer.fit after pyro.clear_param_store(): the model's pyro.param made a
+    fresh tensor that the loss used while the optimizer stepped the adopted one. Before: it
+    ran, and the store's 'loc' stayed at its initial 0.0 (nothing trained, silently)."""
+    data = DataLoader(TensorDataset(3.0 + torch.randn(16, 4)), batch_size=8)
+    svi = LightningSVI(_bernoulli, lambda x: None, optimizer=_adam(0.1))
+    _trainer(2).fit(svi, data)
+    trained = pyro.param("loc").detach().clone()
+    _trainer(2).fit(svi, data)  # the store left alone: training continues
+    assert not torch.equal(pyro.param("loc"), trained)
+    pyro.clear_param_store()
+    with pytest.raises(RuntimeError, match="no longer holds 'loc'.*Build a new LightningSVI"):
+        _trainer(2).fit(svi, data)

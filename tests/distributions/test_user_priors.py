@@ -12,6 +12,8 @@ VampPrior, FlowPrior, a Flow with a LearnedMixture base) is checked against:
   the same Monte Carlo estimate where no KL is registered), float32 and float64 programs
   built by hand (``.double()``, no default dtype change);
 - the gradients of that hand-written loss (autograd) for the prior's parameters;
+- JitTrace_ELBO against Trace_ELBO on the same seed; AutoDelta's ``init_to_mean`` against
+  the mixture mean written by hand;
 - Predictive draws, parallel and sequential, against the prior's own draws (two-sample
   means and variances within five standard errors);
 - the param store saved and loaded into freshly built modules, and ``torch.save`` of the

@@ -296,12 +296,12 @@ class LightningSVI(lightning.LightningModule):
     def setup(self, stage: str) -> None:
         """Traces the pair on the first training batch (unless done already), so that the
         optimizer and DDP see every parameter Pyro registered."""
+        if self._trained:  # traced by example_batch= or an earlier Trainer.fit
+            self._check_store_holds_adopted()  # validate/test would score fresh values too
         if stage != "fit":
             return
         if not self._trained:
             self._trace_first_batch()
-        else:  # traced by example_batch= or an earlier Trainer.fit
-            self._check_store_holds_adopted()
         # DDP reduces the gradients of the parameters the loss trains; the others (an
         # adversarial loss's discriminator, unused submodules) get none from the loss
         nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(

@@ -382,3 +382,5 @@ def test_a_cleared_param_store_between_fits_is_named() -> None:
     pyro.clear_param_store()
     with pytest.raises(RuntimeError, match="no longer holds 'loc'.*Build a new LightningSVI"):
         _trainer(2).fit(svi, data)
+    with pytest.raises(RuntimeError, match="no longer holds 'loc'"):  # it scored loc = 0
+        _trainer(2).validate(svi, data, verbose=False)

@@ -11,8 +11,10 @@ per parameter), so any RNG draw moved (peeking at the first batch, validation) s
 
 Also: ``val_loss``/``test_loss`` against the closed-form negative log-likelihood for a
 subsampled plate; a learning-rate scheduler and a Lightning checkpoint resumed in a fresh
-process-like state against Pyro's ``StepLR`` loop; one clear error for batches the model
-does not take; a callable loss (Pyro's ``EnergyDistance``) in the validation loop.
+process-like state against Pyro's ``StepLR`` loop; a random ``transform=`` against Pyro's
+loop transforming each batch; a callable loss (Pyro's ``EnergyDistance``) in the validation
+loop against calling it. One clear error each for batches the model does not take, Pyro's
+optimizer builders, an empty loader and a param store cleared under a trained module.
 """
 
 from __future__ import annotations

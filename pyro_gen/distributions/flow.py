@@ -271,8 +271,18 @@ class Flow(PicklableModule):
                 f"the transforms map the base event shape {self.base_shape} to {shape}, not "
                 f"to the flow's event_shape {self.event_shape}"
             )
-        self.register_buffer("base_loc", torch.zeros(self.base_shape))
-        self.register_buffer("base_scale", torch.ones(self.base_shape))
+        # the base follows the transforms' dtype and device: float64 transforms built by hand
+        # drew float32 noise, which they refused, naming a conversion of an internal tensor
+        like = next(
+            (
+                t
+                for t in (*self.transforms.parameters(), *self.transforms.buffers())
+                if t.is_floating_point()
+            ),
+            torch.zeros(()),
+        )
+        self.register_buffer("base_loc", like.new_zeros(self.base_shape))
+        self.register_buffer("base_scale", like.new_ones(self.base_shape))
         self.conditional = any(isinstance(t, ConditionalTransform) for t in self._transforms)
         if base is not None:
             shape = tuple(getattr(base, "event_shape", ()))

@@ -17,6 +17,8 @@ What each check compares against:
 
 from __future__ import annotations
 
+import copy
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -276,3 +278,17 @@ def test_module_priors_name_a_bad_size(make, match) -> None:
     # min_scale let the scales reach zero
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_a_flow_of_float64_transforms_built_by_hand_draws_float64() -> None:
+    # the base's buffers were float32 whatever the transforms: sampling failed with the
+    # transforms asking to convert an internal tensor
+    torch.manual_seed(0)
+    parts = [T.affine_coupling(D, hidden_dims=[8]).double(), T.masked_autoregressive(D, [8])]
+    parts[1].double()
+    flow = Flow(D, parts)
+    x = flow.rsample(5)
+    assert x.dtype == torch.float64 and flow.sample(2).dtype == torch.float64
+    doubled = copy.deepcopy(flow).double()  # what the user would otherwise have to call
+    torch.testing.assert_close(flow.log_prob(x), doubled.log_prob(x), rtol=1e-12, atol=1e-12)
+    assert flow.log_prob(x).dtype == torch.float64

@@ -97,7 +97,11 @@ class LightningSVI(lightning.LightningModule):
     tuple or list positionally (a ``TensorDataset``'s ``[x]`` calls ``model(x)``), anything
     else as the one argument; ``transform=`` is applied on the device as in ``fit``. The
     training loss per example is logged as ``train_loss``, and the validation and test losses
-    (the negative ELBO per example for an ELBO) as ``val_loss`` and ``test_loss``.
+    (the negative ELBO per example for an ELBO) as ``val_loss`` and ``test_loss``. From the
+    same seed and the same batches in the same order, training draws what Pyro's ``SVI``
+    loop draws: tracing the first batch and validating inside ``Trainer.fit`` (the sanity
+    check, each epoch's) leave the global RNG as they found it, as ``fit`` does, so a
+    validation loader changes nothing that is trained.
 
     Args:
         model: a pyro_gen module (its ``model`` and ``guide`` are used) or a Pyro model

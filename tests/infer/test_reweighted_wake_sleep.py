@@ -156,4 +156,4 @@ def test_lightning_adapter_trains_with_both_terms() -> None:
     value.backward()
     for n, p in net.named_parameters():
         torch.testing.assert_close(p.grad, expected[n])
-    assert svi._evaluate([batches[1]], "val_loss").ndim == 0
+    assert svi.validation_step([batches[1]], 0).ndim == 0

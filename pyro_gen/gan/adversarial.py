@@ -12,11 +12,8 @@ generator's loss, whose gradient reaches only the parameters the model registere
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import inspect
 import math
-import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -26,6 +23,7 @@ from pyro.distributions.util import scale_and_mask
 from torch import nn
 from torch.nn import functional as F
 
+from pyro_gen.gan.labels import context_like, model_labels
 from pyro_gen.gan.observed import ObservedSite, observed_sites, unconditioned_traces
 from pyro_gen.gan.recorded import RecordedRuns
 from pyro_gen.transforms._base import PicklableModule
@@ -130,57 +128,6 @@ def _unmasked(batch: AdversarialBatch) -> AdversarialBatch:
     return dataclasses.replace(
         batch, real=batch.real[keep], fake=batch.fake[keep], context=context, mask=None
     )
-
-
-#: the signatures of the models the losses have seen, to find labels passed by position
-_SIGNATURES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def model_labels(model: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
-    """The labels ``y`` a model was called with, by name or by position: ``svi.step(x, y)``
-    and fit's ``(x, y)`` tuples and DataLoaders pass them positionally to ``model(x, y)``,
-    and a discriminator left without them would be conditioned on nothing.
-
-    Example:
-        >>> def model(x, y=None): ...
-        >>> model_labels(model, (1, 2), {}), model_labels(model, (1,), {"y": 3})
-        (2, 3)
-    """
-    if "y" in kwargs or len(args) < 2:
-        return kwargs.get("y")
-    key = getattr(model, "__func__", model)  # a bound method's function: one per class
-    try:
-        signature = _SIGNATURES.get(key)
-    except TypeError:  # a callable that takes no weak reference: not cached
-        signature = None
-    try:
-        if signature is None:
-            signature = inspect.signature(model)
-            with contextlib.suppress(TypeError):
-                _SIGNATURES[key] = signature
-        bound = signature.bind_partial(*args)
-    except (TypeError, ValueError):  # no signature (a builtin), or arguments it refuses
-        return None
-    parameter = signature.parameters.get("y")
-    if parameter is None or parameter.kind not in (
-        parameter.POSITIONAL_ONLY,
-        parameter.POSITIONAL_OR_KEYWORD,
-    ):
-        return None
-    return bound.arguments.get("y")
-
-
-def context_like(context: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``context`` on ``x``'s device, and in its dtype when floating (one-hot or given
-    features); integer labels stay integers, for a discriminator that embeds them.
-
-    Example:
-        >>> context_like(torch.tensor([1, 2]), torch.zeros(2, dtype=torch.float64)).dtype
-        torch.int64
-    """
-    if context.is_floating_point():
-        return context.to(x)
-    return context.to(x.device)
 
 
 def _check_differentiable(batch: AdversarialBatch) -> None:

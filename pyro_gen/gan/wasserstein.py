@@ -11,9 +11,9 @@ from pyro_gen.gan.adversarial import (
     AdversarialBatch,
     AdversarialLoss,
     OptimizerFactory,
-    context_like,
     fused_adam,
 )
+from pyro_gen.gan.labels import context_like
 
 
 def gradient_penalty(

@@ -32,9 +32,9 @@ from pyro_gen.transforms._base import (
     FlowTransformModule,
     as_event_shape,
     check_context,
-    partial_module,
 )
 from pyro_gen.transforms.elementwise import Additive, Affine, ElementwiseBijection
+from pyro_gen.transforms.ladj_cache import partial_module
 from pyro_gen.transforms.pyro_arguments import pyro_arguments
 
 

@@ -37,8 +37,9 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from pyro_gen.transforms._base import FlowTransformModule, autograd_enabled, graph_input
+from pyro_gen.transforms._base import FlowTransformModule
 from pyro_gen.transforms.ode_dynamics import ODEMLP, ConcatSquashLinear, ODEConvNet, ODETimeMLP
+from pyro_gen.transforms.own_derivatives import autograd_enabled, graph_input
 
 __all__ = [
     "AugmentedDynamics",

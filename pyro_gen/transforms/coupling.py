@@ -17,9 +17,9 @@ from pyro_gen.transforms._base import (
     as_event_shape,
     check_context,
     context_in_dtype,
-    partial_module,
 )
 from pyro_gen.transforms.elementwise import Additive, Affine, ElementwiseBijection
+from pyro_gen.transforms.ladj_cache import partial_module
 from pyro_gen.transforms.masks import alternating_mask, channel_mask, checkerboard_mask, half_mask
 from pyro_gen.transforms.pyro_arguments import pyro_arguments
 

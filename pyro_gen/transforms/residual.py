@@ -26,9 +26,8 @@ from pyro_gen.nn.mlp import layer_widths
 from pyro_gen.transforms._base import (
     FlowTransformModule,
     PicklableModule,
-    autograd_enabled,
-    graph_input,
 )
+from pyro_gen.transforms.own_derivatives import autograd_enabled, graph_input
 
 __all__ = ["LipschitzMLP", "ResidualBlock", "residual_block"]
 

@@ -226,7 +226,8 @@ def check_plate_sizes(guide_trace: poutine.Trace, model_trace: poutine.Trace) ->
             f"the model's plate {name!r} has size {takes} on this batch, but the guide's plate "
             f"of that name has size {size} (the examples it was set up on): a guide with "
             "parameters per example (e.g. Pyro's AutoNormal over local latents) scores "
-            f"batches of all {size} examples only. Pass batch_size={size}, use an amortized "
+            f"batches of all {size} examples only. Pass batch_size={size} (to fit, or to the "
+            "DataLoader Lightning reads), use an amortized "
             "guide (pyro_gen.vae.AutoAmortizedNormal), or subsample in the model "
             f"(pyro.plate({name!r}, {size}, subsample_size=...))"
         )

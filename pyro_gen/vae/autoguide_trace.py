@@ -8,6 +8,7 @@ from typing import Any
 
 import pyro
 import pyro.util
+import torch
 from pyro import poutine
 from pyro.infer.autoguide.initialization import InitMessenger
 from pyro.poutine.indep_messenger import CondIndepStackFrame
@@ -130,16 +131,49 @@ def check_latent_sites(trace: poutine.Trace) -> None:
                 f"site {name!r} is under a sequential plate; use a vectorized pyro.plate"
             )
         if site["fn"].support.is_discrete:
-            raise discrete_site_error(name, site)
+            raise discrete_site_error(name, site, _masked_observe_of(name, site))
         try:
             biject_to(site["fn"].support)
         except NotImplementedError:
             raise unreachable_support_error(name, site) from None
 
 
-def discrete_site_error(name: str, site: dict) -> ValueError:
+def _masked_observe_of(name: str, site: dict) -> str | None:
+    """The site ``name`` of ``pyro.sample(name, ..., obs_mask=...)`` when ``name`` looks like
+    the ``<name>_unobserved`` part that Pyro splits off (masked by ``~obs_mask``; the latent
+    trace read here holds neither ``<name>_observed`` nor the deterministic ``<name>``),
+    else None."""
+    suffix = "_unobserved"
+    if name.endswith(suffix) and isinstance(site.get("mask"), torch.Tensor):
+        return name[: -len(suffix)]
+    return None
+
+
+def discrete_site_error(name: str, site: dict, masked_from: str | None = None) -> ValueError:
     """The error for a discrete latent site the guide was asked to cover: it says how to
-    enumerate the site or guide it by hand."""
+    enumerate the site or guide it by hand. For the unobserved part of an ``obs_mask=``
+    site (``masked_from``) it says first that Pyro does not pass ``infer=`` on to that part
+    (``pyro.sample(name, ..., obs_mask=m, infer={"enumerate": ...})`` leaves it
+    unenumerated), since the advice to enumerate would otherwise read as already followed.
+
+    Example:
+        >>> import pyro.distributions as dist
+        >>> import torch
+        >>> site = {"fn": dist.Categorical(logits=torch.zeros(3))}
+        >>> print(discrete_site_error("y_unobserved", site, "y"))  # doctest: +ELLIPSIS
+        site 'y_unobserved' is the unobserved part of 'y' (if it has obs_mask=): Pyro ...
+    """
+    if masked_from is not None:
+        return ValueError(
+            f"site {name!r} is the unobserved part of {masked_from!r} (if it has obs_mask=): "
+            f"Pyro splits such a site into {masked_from + '_observed'!r} and {name!r} without "
+            f"passing its infer= on, so the entries it leaves "
+            f"unobserved ({name!r}, {type(site['fn']).__name__}) are a discrete latent that "
+            f"nothing enumerates, which AutoAmortizedNormal cannot guide: wrap the model in "
+            f"pyro.infer.config_enumerate (which marks {name!r} too) and train with "
+            f"TraceEnum_ELBO, or mask the labels yourself (poutine.mask(mask=...) around an "
+            f"observed site, and an enumerated site for the unlabelled rows)."
+        )
     return ValueError(
         f"AutoAmortizedNormal cannot guide the discrete site {name!r} "
         f"({type(site['fn']).__name__}, support {site['fn'].support}). Either enumerate it: "

@@ -14,11 +14,15 @@ __all__ = ["observed_data_site"]
 
 
 def _observed_in_plate(model_trace: Trace, plate: DataPlate) -> list[str]:
+    # A pyro.deterministic site is recorded as observed, but it is a function of other
+    # sites, not data: Pyro's obs_mask= idiom records one (``x``, the observed entries merged
+    # with the drawn ``x_unobserved``) beside the site that observes the data (``x_observed``).
     return [
         name
         for name, node in model_trace.nodes.items()
         if node["type"] == "sample"
         and node["is_observed"]
+        and not node["infer"].get("_deterministic", False)
         and any(f.name == plate.name for f in node["cond_indep_stack"])
     ]
 

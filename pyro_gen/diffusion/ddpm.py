@@ -25,6 +25,7 @@ from pyro_gen.diffusion.ddpm_chain import FullChainForm
 from pyro_gen.diffusion.ddpm_time_plate import TimePlateForm
 from pyro_gen.diffusion.ema import EMA
 from pyro_gen.diffusion.likelihood import DiscretizedGaussian
+from pyro_gen.diffusion.network import call_network
 from pyro_gen.diffusion.parameterization import PARAMETERIZATIONS, convert
 from pyro_gen.diffusion.schedules import NoiseSchedule, make_schedule
 from pyro_gen.transforms._base import PicklableModule, as_event_shape, sample_count
@@ -116,7 +117,8 @@ class DDPM(FullChainForm, TimePlateForm, BoundTerms, PicklableModule):
             The score-based samplers and likelihoods (:class:`~pyro_gen.diffusion.DDPMScore`)
             call it with fractional float steps.
         event_shape: shape of one example.
-        schedule: a :class:`NoiseSchedule` or a name for :func:`make_schedule`.
+        schedule: a :class:`NoiseSchedule`, a name for :func:`make_schedule`, or the betas
+            :math:`\\beta_{1:T}` themselves (a 1-D tensor or list, each in (0, 1)).
         timesteps: :math:`T` when ``schedule`` is a name.
         param: what the network predicts: ``"eps"``, ``"x0"``, ``"v"`` or ``"score"``.
         variance: ``"fixed_small"``, ``"fixed_large"`` or ``"learned_range"``.
@@ -157,7 +159,7 @@ class DDPM(FullChainForm, TimePlateForm, BoundTerms, PicklableModule):
         self,
         net: nn.Module,
         event_shape: Sequence[int],
-        schedule: NoiseSchedule | str = "linear",
+        schedule: NoiseSchedule | str | Sequence[float] | torch.Tensor = "linear",
         *,
         timesteps: int = 1000,
         param: str = "eps",
@@ -183,9 +185,7 @@ class DDPM(FullChainForm, TimePlateForm, BoundTerms, PicklableModule):
         if form not in ("time_plate", "full_chain"):
             raise ValueError(f"form must be 'time_plate' or 'full_chain', got {form!r}")
         self.net = net
-        self.schedule = (
-            schedule if isinstance(schedule, NoiseSchedule) else make_schedule(schedule, timesteps)
-        )
+        self.schedule = _as_schedule(schedule, timesteps)
         T = self.schedule.num_timesteps
         if not 1 <= time_samples <= T:
             raise ValueError(f"time_samples must lie in [1, T={T}], got {time_samples}")
@@ -203,6 +203,14 @@ class DDPM(FullChainForm, TimePlateForm, BoundTerms, PicklableModule):
             else self.event_shape
         )
         self.event_dim = len(self.net_shape)
+        if variance == "learned_range" and self.event_dim == 0:
+            # the variance output is a second channel, which scalar data (event shape ()) lack:
+            # the chunk along dim 1 failed in torch ("dimension out of range")
+            raise ValueError(
+                "variance='learned_range' needs a feature dim for the network's extra variance "
+                "output, and event_shape=() has none: use event_shape=(1,) with data of shape "
+                "(N, 1), or variance='fixed_small'"
+            )
         self.param, self.variance, self.objective, self.form = param, variance, objective, form
         self.time_samples = int(time_samples)
         self.eval_strata = int(eval_strata)
@@ -259,7 +267,7 @@ class DDPM(FullChainForm, TimePlateForm, BoundTerms, PicklableModule):
         batch = x_t.shape[: x_t.dim() - self.event_dim]
         context = expand_context(context, batch)
         flat = x_t.reshape(-1, *self.net_shape)
-        out = self.net(flat, t.reshape(-1), **context)
+        out = call_network(self.net, flat, t.reshape(-1), "DDPM", **context)
         self._check_output(out, flat)
         if self.variance == "learned_range":
             pred, v = out.chunk(2, dim=1)
@@ -270,7 +278,7 @@ class DDPM(FullChainForm, TimePlateForm, BoundTerms, PicklableModule):
         # A wrong output size met torch's "shape '[1, 8, 2]' is invalid for input of size 8"
         # in a reshape, naming neither the network nor the learned variances' extra channels.
         learned = self.variance == "learned_range"
-        N, C = flat.shape[0], flat.shape[1]
+        N, C = flat.shape[0], (flat.shape[1] if flat.dim() > 1 else 1)  # scalar data: (N,)
         ok = (
             out.dim() >= 2 and out.shape[:2] == (N, 2 * C) and out.numel() == 2 * flat.numel()
             if learned
@@ -449,6 +457,26 @@ class DDPM(FullChainForm, TimePlateForm, BoundTerms, PicklableModule):
         return float(variational_bound(self, x, **kwargs)["total"].mean()) / (
             math.prod(self.event_shape) * math.log(2)
         )
+
+
+def _as_schedule(schedule: NoiseSchedule | str | Sequence[float] | torch.Tensor, timesteps: int):
+    # betas given directly (a tensor or list, as schedules are written in DDPM code) met
+    # "unhashable type: 'list'" or "unknown schedule tensor([...])"
+    if isinstance(schedule, NoiseSchedule):
+        return schedule
+    if isinstance(schedule, str):
+        return make_schedule(schedule, timesteps)
+    try:
+        betas = torch.as_tensor(schedule, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(
+            "schedule must be a NoiseSchedule, a name ('linear', 'cosine', 'sigmoid') or a 1-D "
+            f"tensor of betas, got {type(schedule).__name__}"
+        ) from err
+    try:
+        return NoiseSchedule(betas)
+    except ValueError as err:
+        raise ValueError(f"schedule (the betas given): {err}") from None
 
 
 class _null:

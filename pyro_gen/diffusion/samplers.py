@@ -3,6 +3,7 @@ chain) and DDIM (any subsequence of steps, deterministic at ``eta=0``)."""
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -101,6 +102,9 @@ def ddim_sample(
         >>> ddim_sample(build_ddpm((2,), timesteps=10, hidden_dim=8), 3, steps=4).shape
         torch.Size([3, 2])
     """
+    if not (math.isfinite(eta) and eta >= 0):
+        # a negative eta ran as its absolute value (only sigma^2 and a symmetric draw see it)
+        raise ValueError(f"eta must be a number >= 0 (0: deterministic DDIM), got {eta}")
     s = ddpm.schedule
     T = s.num_timesteps
     taus = ddim_timesteps(T, T if steps is None else steps).tolist()

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from pyro_gen.diffusion.bound import bound_sites
 from pyro_gen.diffusion.context import check_no_positional_labels, expand_context
+from pyro_gen.diffusion.network import call_network
 from pyro_gen.diffusion.parameterization import PARAMETERIZATIONS
 from pyro_gen.diffusion.sde import SDE, ScheduleSDE
 from pyro_gen.transforms._base import PicklableModule, as_event_shape
@@ -233,7 +234,7 @@ class ScoreModel(PicklableModule):
         flat_t = t.reshape(-1)
         context = expand_context(context, batch)
         flat = x.reshape(-1, *self.event_shape)
-        pred = self.net(flat, flat_t * self.time_scale, **context)
+        pred = call_network(self.net, flat, flat_t * self.time_scale, "score model", **context)
         if pred.shape[:1] != flat.shape[:1] or pred.numel() != flat.numel():
             # torch's reshape error ("shape '[1, 8, 2]' is invalid ...") named no network
             raise ValueError(

@@ -75,6 +75,13 @@ def _start(
     sde: SDE, shape: tuple[int, ...], x_init, generator, dtype, device
 ) -> tuple[Tensor, tuple[int, ...]]:
     if x_init is not None:
+        # a score function of x alone (an oracle, a network taking any width) ran on x_init of
+        # another shape and returned samples of that shape, while shape said otherwise
+        if tuple(x_init.shape) != tuple(shape):
+            raise ValueError(
+                f"x_init has shape {tuple(x_init.shape)} but shape is {tuple(shape)}; they must "
+                "agree: (num_samples, *event_shape)"
+            )
         return x_init, tuple(x_init.shape[:1])
     ref = torch.zeros((), dtype=dtype or torch.get_default_dtype(), device=device)
     return sde.prior_sample(tuple(shape), generator=generator, like=ref), tuple(shape[:1])
@@ -88,8 +95,9 @@ def _langevin_step(score_fn: ScoreFn, x: Tensor, t: Tensor, snr: float, generato
     # Song et al.'s corrector: the step makes ||signal|| / ||noise|| equal to snr on average
     grad = score_fn(x, t)
     noise = _randn(x, generator)
-    grad_norm = grad.flatten(1).norm(dim=-1).mean()
-    noise_norm = noise.flatten(1).norm(dim=-1).mean()
+    # one norm per sample; reshape, not flatten(1), so scalar data (event shape ()) work too
+    grad_norm = grad.reshape(grad.shape[0], -1).norm(dim=-1).mean()
+    noise_norm = noise.reshape(noise.shape[0], -1).norm(dim=-1).mean()
     step = 2 * (snr * noise_norm / grad_norm.clamp(min=1e-12)) ** 2
     return x + step * grad + (2 * step).sqrt() * noise
 

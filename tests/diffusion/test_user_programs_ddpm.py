@@ -1,0 +1,241 @@
+"""A DDPM around a user's own denoiser (a plain ``nn.Module`` or a ``PyroModule``, taking the
+steps as an int64 tensor), built in float64 by hand (no ``torch.set_default_dtype``), trained
+and scored the ways a Pyro user would, and fed the mistakes a user makes.
+
+The closed form: a network linear in its input, :math:`\\hat\\epsilon = k_t x_t` with one
+learnable :math:`k_t` per step, makes every term of the DDPM bound a Gaussian expectation of a
+quadratic, so the exact negative ELBO of each example is known from the betas alone (computed
+here without the library's schedule) and Pyro's estimators of it must agree within their
+standard error.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pytest
+import torch
+from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
+from pyro.nn import PyroModule, PyroParam
+from torch import nn
+
+from pyro_gen.diffusion import DDPM, VPSDE, NoiseSchedule, ScoreModel
+from pyro_gen.infer import fit
+
+D = torch.float64
+BETAS = torch.tensor([0.05, 0.2, 0.4, 0.6], dtype=D)
+T = len(BETAS)
+
+
+class LinearEps(nn.Module):
+    """A user's eps network: one factor per step, looked up by the int64 step index."""
+
+    def __init__(self, k: torch.Tensor) -> None:
+        super().__init__()
+        self.k = nn.Parameter(k.clone())
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        assert t.dtype == torch.long, t.dtype  # the DDPM's docs: 1-based integer steps
+        return self.k[t - 1].reshape(-1, *(1,) * (x.dim() - 1)) * x
+
+
+class PyroLinearEps(PyroModule):
+    """The same network written as a PyroModule with a PyroParam."""
+
+    def __init__(self, k: torch.Tensor) -> None:
+        super().__init__()
+        self.k = PyroParam(k.clone())
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.k[t - 1].reshape(-1, *(1,) * (x.dim() - 1)) * x
+
+
+K = torch.tensor([0.3, -0.2, 0.5, 0.9], dtype=D)
+
+
+def closed_form_neg_elbo(x0: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Exact :math:`-\\mathrm{ELBO}(x_0)` of a 1-D DDPM with fixed_small variances and
+    :math:`\\hat\\epsilon = k_t x_t`, from ``BETAS`` alone."""
+    ab = torch.cumprod(1 - BETAS, 0)
+    ab_prev = torch.cat([torch.ones(1, dtype=D), ab[:-1]])
+    a, s = ab.sqrt(), (1 - ab).sqrt()
+    post_var = BETAS * (1 - ab_prev) / (1 - ab)
+    c1 = BETAS * ab_prev.sqrt() / (1 - ab)
+    m = (1 - s * k) / a  # x0_hat = m_t x_t
+
+    def sq(t: int) -> torch.Tensor:  # E (x0 - m_t x_t)^2 over x_t ~ q(x_t | x0)
+        return (x0 * (1 - m[t] * a[t])) ** 2 + m[t] ** 2 * s[t] ** 2
+
+    mean_T, var_T = a[-1] * x0, s[-1] ** 2
+    total = 0.5 * (var_T + mean_T**2 - 1 - var_T.log())  # L_T
+    for t in range(1, T):  # steps 2..T: equal variances, KL = diff^2 / (2 var)
+        total = total + c1[t] ** 2 * sq(t) / (2 * post_var[t])
+    var_1 = post_var[1]  # the clipped log-variance of step 1 (Nichol & Dhariwal)
+    return total + 0.5 * torch.log(2 * math.pi * var_1) + sq(0) / (2 * var_1)
+
+
+X = torch.tensor([[-1.3], [0.2], [0.9], [2.0]], dtype=D)
+
+
+def _estimate(loss, m: DDPM, reps: int = 8) -> tuple[float, float]:
+    vals = torch.tensor([loss.loss(m.model, m.guide, X) for _ in range(reps)])
+    return float(vals.mean()), float(vals.std() / math.sqrt(reps))
+
+
+@pytest.mark.parametrize(
+    "form, loss",
+    [
+        ("full_chain", Trace_ELBO),
+        ("full_chain", TraceMeanField_ELBO),
+        ("time_plate", TraceMeanField_ELBO),
+    ],
+)
+def test_the_elbo_of_a_users_linear_denoiser_is_its_closed_form(form, loss):
+    torch.manual_seed(0)
+    m = DDPM(LinearEps(K), (1,), NoiseSchedule(BETAS), form=form, time_samples=T).double()
+    exact = float(closed_form_neg_elbo(X[:, 0], K).sum())
+    est, se = _estimate(loss(num_particles=2000, vectorize_particles=True, max_plate_nesting=2), m)
+    assert abs(est - exact) < 5 * se + 1e-6, (est, exact, se)
+    # and a wrong closed form (another k) is far outside that band
+    assert abs(est - float(closed_form_neg_elbo(X[:, 0], K + 0.5).sum())) > 8 * se
+
+
+def test_the_closed_form_gradient_is_what_svi_follows():
+    """SGD on the closed form and SVI (analytic KLs, many particles) on the DDPM move k the
+    same way: the network's parameter gets the bound's gradient, not some other objective's."""
+    torch.manual_seed(1)
+    k = K.clone().requires_grad_()
+    closed_form_neg_elbo(X[:, 0], k).sum().backward()
+    m = DDPM(LinearEps(K), (1,), NoiseSchedule(BETAS), form="full_chain").double()
+    pyro.clear_param_store()
+    svi_loss = TraceMeanField_ELBO(num_particles=4000, vectorize_particles=True)
+    svi_loss.loss_and_grads(m.model, m.guide, X)
+    grad = m.net.k.grad
+    assert torch.allclose(grad, k.grad, rtol=0.05, atol=0.05), (grad, k.grad)
+    assert (grad.sign() == k.grad.sign()).all()
+
+
+def _trained(net: nn.Module, how: str) -> torch.Tensor:
+    pyro.clear_param_store()
+    torch.manual_seed(3)
+    m = DDPM(net, (1,), NoiseSchedule(BETAS), form="full_chain")
+    x = torch.randn(32, 1, dtype=D)
+    if how == "svi":
+        svi = SVI(m.model, m.guide, pyro.optim.Adam({"lr": 0.05}), TraceMeanField_ELBO())
+        for _ in range(5):
+            svi.step(x)
+    else:
+        fit(m, x, steps=5, batch_size=32, optim=pyro.optim.Adam({"lr": 0.05}), compile=False,
+            progress=False, loss=TraceMeanField_ELBO())  # fmt: skip
+    return next(iter(net.parameters())).detach().clone()
+
+
+@pytest.mark.parametrize("how", ["svi", "fit"])
+def test_a_pyromodule_denoiser_trains_exactly_as_the_plain_module(how):
+    # a PyroModule registers its params under its own names besides the DDPM's pyro.module
+    # names: one tensor under two names must still take one optimizer step per SVI step
+    plain = _trained(LinearEps(K), how)
+    pyro_net = _trained(PyroLinearEps(K), how)
+    assert not torch.equal(plain, K)  # training moved it
+    torch.testing.assert_close(pyro_net, plain, rtol=1e-12, atol=1e-12)
+
+
+def test_scalar_data_of_event_shape_empty_is_the_one_feature_model():
+    """Data of shape (N,) with event_shape=(): the bound and the samples equal those of the
+    same network on (N, 1); the shape check of the network's output indexed dim 1 of (N,)."""
+
+    class ScalarEps(LinearEps):
+        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            assert x.dim() == 1
+            return super().forward(x, t)
+
+    scalar = DDPM(ScalarEps(K), (), NoiseSchedule(BETAS), form="full_chain").double()
+    column = DDPM(LinearEps(K), (1,), NoiseSchedule(BETAS), form="full_chain").double()
+    for m, x in ((scalar, X[:, 0]), (column, X)):
+        torch.manual_seed(5)
+        m.loss = TraceMeanField_ELBO().loss(m.model, m.guide, x)
+        torch.manual_seed(6)
+        m.draws = m.sample(5)
+    assert scalar.loss == pytest.approx(column.loss, rel=1e-12)
+    torch.testing.assert_close(scalar.draws, column.draws[:, 0])
+    with pytest.raises(ValueError, match="learned_range.*event_shape=\\(\\).*fixed_small"):
+        DDPM(ScalarEps(K), (), NoiseSchedule(BETAS), variance="learned_range")
+
+
+def test_betas_given_as_a_list_or_tensor_are_the_schedule():
+    expected = NoiseSchedule(BETAS)
+    for betas in (BETAS.tolist(), NoiseSchedule(BETAS), BETAS.float()):
+        s = DDPM(LinearEps(K), (1,), betas).schedule
+        assert s.num_timesteps == T
+        torch.testing.assert_close(s.alphas_cumprod, expected.alphas_cumprod)
+    with pytest.raises(ValueError, match="schedule .*strictly inside \\(0, 1\\)"):
+        DDPM(LinearEps(K), (1,), [0.1, 1.2])
+    with pytest.raises(ValueError, match="schedule .*strictly inside \\(0, 1\\)"):
+        DDPM(LinearEps(K), (1,), [0.0, 0.1])
+    with pytest.raises(ValueError, match="schedule .*1-D"):
+        DDPM(LinearEps(K), (1,), [[0.1, 0.2]])
+    with pytest.raises(TypeError, match="schedule must be a NoiseSchedule, a name"):
+        DDPM(LinearEps(K), (1,), {"betas": 0.1})
+    with pytest.raises(ValueError, match="time steps T must be an integer >= 1, got 0"):
+        DDPM(LinearEps(K), (1,), "linear", timesteps=0)
+
+
+class TupleNet(nn.Module):
+    def forward(self, x: torch.Tensor, t: torch.Tensor):  # noqa: ANN201
+        return x, t
+
+
+class NoTime(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x)
+
+
+class Float32Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(2, 1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.lin(torch.cat([x, t[:, None].to(x.dtype)], -1))
+
+
+@pytest.mark.parametrize(
+    "net, error, match",
+    [
+        (TupleNet(), TypeError, "DDPM's network returned a tuple, not a tensor"),
+        (NoTime(), TypeError, "calls its network as net\\(x, t\\).*NoTime does not take"),
+        (Float32Net(), TypeError, "float32 parameters but was given float64 data.*double"),
+    ],
+)
+def test_a_users_network_mistake_is_one_error_naming_the_network(net, error, match):
+    m = DDPM(net, (1,), NoiseSchedule(BETAS))  # float32 model and network, float64 data
+    with pytest.raises(error, match=match):
+        Trace_ELBO().loss(m.model, m.guide, X)
+    if isinstance(net, Float32Net):
+        # the float32 network runs on float32 data: only the mismatch was refused
+        assert torch.isfinite(torch.tensor(Trace_ELBO().loss(m.model, m.guide, X.float())))
+    else:
+        with pytest.raises(error, match=match):
+            m.sample(2)
+
+
+def test_a_score_models_network_mistakes_are_named_too():
+    x = torch.randn(4, 1)
+    m = ScoreModel(TupleNet(), VPSDE(), (1,))
+    with pytest.raises(TypeError, match="score model's network returned a tuple"):
+        Trace_ELBO().loss(m.model, m.guide, x)
+    m = ScoreModel(Float32Net().double(), VPSDE(), (1,))
+    with pytest.raises(TypeError, match="float64 parameters but was given float32 data"):
+        Trace_ELBO().loss(m.model, m.guide, x)
+    assert torch.isfinite(torch.tensor(Trace_ELBO().loss(m.model, m.guide, x.double())))
+
+
+def test_ddim_refuses_a_negative_eta():
+    m = DDPM(LinearEps(K), (1,), NoiseSchedule(BETAS)).double()
+    with pytest.raises(ValueError, match="eta must be a number >= 0"):
+        m.sample(2, "ddim", steps=2, eta=-1.0)

@@ -60,6 +60,7 @@ from pyro_gen.infer.checkpoint_read import (
 from pyro_gen.infer.checkpoint_restore import restore_checkpoint, restore_modules
 from pyro_gen.infer.checkpoint_write import (
     append_metrics,
+    encode_checkpoint,
     optimizer_kind,
     save_checkpoint,
     write_metrics,
@@ -76,6 +77,7 @@ __all__ = [
     "CheckpointError",
     "RunLockedError",
     "append_metrics",
+    "encode_checkpoint",
     "load_checkpoint",
     "optimizer_kind",
     "parse_checkpoint",

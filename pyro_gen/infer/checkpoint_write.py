@@ -44,6 +44,38 @@ def save_checkpoint(
     Raises:
         CheckpointError: if some state cannot be stored without pickling code (it names it).
     """
+    payload = encode_checkpoint(
+        path,
+        modules=modules,
+        optim=optim,
+        progress=progress,
+        params=params,
+        local_params=local_params,
+    )
+    write_payload(path, payload)
+
+
+def encode_checkpoint(
+    path: str | Path,
+    *,
+    modules: Mapping[str, torch.nn.Module],
+    optim: pyro.optim.PyroOptim,
+    progress: dict[str, Any] | None = None,
+    params: Iterable[str] | None = None,
+    local_params: Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, Any]:
+    """The payload :func:`save_checkpoint` writes to ``path`` (named in errors), built
+    without writing: ``fit`` builds one before training, so that state no checkpoint can
+    hold (a user's own constraint class) is refused before an epoch's work, not after it.
+
+    Raises:
+        CheckpointError: as :func:`save_checkpoint` does.
+
+    Example:
+        >>> import pyro.optim
+        >>> encode_checkpoint("c.pt", modules={}, optim=pyro.optim.Adam({}))["format"]
+        2
+    """
     try:
         payload = {
             "format": FORMAT_VERSION,
@@ -59,7 +91,7 @@ def save_checkpoint(
             payload["traced_params"] = sorted(set(params))
     except UnsafeStateError as e:
         raise CheckpointError(f"cannot write checkpoint {path}: {e}") from e
-    write_payload(path, payload)
+    return payload
 
 
 def write_payload(path: str | Path, payload: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ from pyro_gen.infer.checkpoint import (
     CHECKPOINT_NAME,
     METRICS_NAME,
     CheckpointError,
+    encode_checkpoint,
     load_checkpoint,
     parse_checkpoint,
     restore_checkpoint,
@@ -88,4 +89,24 @@ def _resume(
             write_metrics(ckpt_dir / METRICS_NAME, state.history)
 
     _on_main(dp, reset_metrics)
+
+    def check_writable() -> None:
+        # A checkpoint refused when first written (a param with the user's own constraint
+        # class, which it cannot record by name) failed after the first epoch's training.
+        try:
+            encode_checkpoint(
+                path,
+                modules=prog.modules,
+                optim=optim,
+                progress=state.state(),
+                params=params,
+                local_params=local,
+            )
+        except CheckpointError as e:
+            raise CheckpointError(
+                f"{e}; or train without checkpoint_dir. Nothing was trained"
+            ) from e
+
+    if not _finished(state, epochs, steps):
+        _on_main(dp, check_writable)
     return state

@@ -284,6 +284,18 @@ class DDPM(FullChainForm, TimePlateForm, BoundTerms, PicklableModule):
             if learned
             else out.dim() >= 1 and out.shape[0] == N and out.numel() == flat.numel()
         )
+        if ok and not learned and out.shape != flat.shape and out.dim() > 2:
+            # the right number of values in another arrangement: a channels-last image
+            # network's (N, H, W, C) for (N, C, H, W) was reshaped silently into scrambled
+            # pixels; flattened rows (N, C*H*W) and size-1 dims dropped or added keep the order
+            squeeze = [d for d in out.shape[1:] if d != 1] == [d for d in flat.shape[1:] if d != 1]
+            if not squeeze:
+                raise ValueError(
+                    f"the DDPM's network returned shape {tuple(out.shape)} for x_t of shape "
+                    f"{tuple(flat.shape)}: the right number of values in another layout; "
+                    f"return them as {tuple(flat.shape)} (channels first: permute a "
+                    "channels-last output with .permute(0, 3, 1, 2))"
+                )
         if not ok:
             want = (N, 2 * C, *flat.shape[2:]) if learned else tuple(flat.shape)
             why = (

@@ -239,3 +239,37 @@ def test_ddim_refuses_a_negative_eta():
     m = DDPM(LinearEps(K), (1,), NoiseSchedule(BETAS)).double()
     with pytest.raises(ValueError, match="eta must be a number >= 0"):
         m.sample(2, "ddim", steps=2, eta=-1.0)
+
+
+class ChannelsLast(nn.Module):
+    """A user's image denoiser written for (N, H, W, C) arrays."""
+
+    def __init__(self, layout: str) -> None:
+        super().__init__()
+        self.layout = layout
+        self.w = nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.layout == "nhwc":
+            return self.w * x.permute(0, 2, 3, 1)
+        if self.layout == "flat":
+            return self.w * x.flatten(1)
+        return self.w * x
+
+
+def test_an_image_network_returning_channels_last_is_refused_and_other_layouts_kept():
+    # (N, H, W, C) for (N, C, H, W) holds the right number of values, which the DDPM
+    # reshaped silently into scrambled pixels
+    x = torch.rand(2, 3, 4, 4)
+    m = DDPM(ChannelsLast("nhwc"), (3, 4, 4), NoiseSchedule(BETAS))
+    with pytest.raises(ValueError, match="another layout.*\\(2, 3, 4, 4\\).*permute"):
+        Trace_ELBO().loss(m.model, m.guide, x)
+    # flattened rows and the identity layout are the same values in the same order
+    x_t = torch.randn(2, 3, 4, 4)
+    t = torch.full((2,), 2)
+    same = DDPM(ChannelsLast("nchw"), (3, 4, 4), NoiseSchedule(BETAS)).predict(x_t, t)[0]
+    flat = DDPM(ChannelsLast("flat"), (3, 4, 4), NoiseSchedule(BETAS)).predict(x_t, t)[0]
+    torch.testing.assert_close(flat, same)
+    torch.testing.assert_close(same, x_t)
+    one = DDPM(ChannelsLast("nhwc"), (1, 4, 4), NoiseSchedule(BETAS)).predict(x_t[:, :1], t)[0]
+    torch.testing.assert_close(one, x_t[:, :1])  # one channel: last or first, the same order

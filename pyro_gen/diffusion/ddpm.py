@@ -255,6 +255,14 @@ class DDPM(FullChainForm, TimePlateForm, BoundTerms, PicklableModule):
         return ((x + 1) / 2).clamp(0, 1).reshape(x.shape[:1] + self.event_shape)
 
     # ------------------------------------------------------------------ network
+    def sample_reference(self) -> torch.Tensor:
+        """A tensor whose dtype and device the generative chain draws in: the network's first
+        floating parameter, else the schedule's. A user's float64 network in a DDPM built
+        under float32 defaults trains on float64 data, and its float32 noise draws (the
+        schedule's dtype) were refused by the network when sampling."""
+        params = (p for p in self.net.parameters() if p.is_floating_point())
+        return next(params, self.schedule.betas)
+
     def _times(self, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
         batch = like.shape[: like.dim() - self.event_dim]
         return torch.as_tensor(t, device=like.device).long().expand(batch)

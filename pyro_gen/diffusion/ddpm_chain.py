@@ -15,8 +15,8 @@ class FullChainForm:
     """Mixin of :class:`~pyro_gen.diffusion.DDPM`: sites ``x_T``, ..., ``x_1`` and ``x_0``.
 
     Reads the DDPM's ``schedule``, ``event_dim``, ``net_shape``, ``name``,
-    ``large_log_variance``, ``to_model_space``, ``p_mean_logvar``, ``decoder``, ``_normal``
-    and ``_times``.
+    ``large_log_variance``, ``sample_reference``, ``to_model_space``, ``p_mean_logvar``,
+    ``decoder``, ``_normal`` and ``_times``.
 
     Example:
         >>> from pyro_gen.diffusion import DDPM
@@ -40,7 +40,7 @@ class FullChainForm:
         T = self.schedule.num_timesteps
         x0 = None if x is None else self.to_model_space(x)
         batch = num_samples if x is None else x.shape[0]
-        zeros = self.large_log_variance.new_zeros((batch, *self.net_shape))
+        zeros = self.sample_reference().new_zeros((batch, *self.net_shape))
         with pyro.plate("data", batch):
             x_t = pyro.sample(f"x_{T}", dist.Normal(zeros, 1.0).to_event(self.event_dim))
             for t in range(T, 1, -1):

@@ -70,7 +70,7 @@ def call_network(net: nn.Module, x: Tensor, t: Tensor, owner: str, **context: An
         raise TypeError(
             f"the {owner}'s network has {str(want).removeprefix('torch.')} parameters but was "
             f"given {str(x.dtype).removeprefix('torch.')} data; make them agree: convert the "
-            f"data (x.to({want})) or the model (model.to({x.dtype}), e.g. model.double())"
+            f"data (x.to({want})) or the model (model.to({x.dtype}))"
         ) from err
     if not torch.is_tensor(out):
         raise TypeError(

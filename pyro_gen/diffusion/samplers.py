@@ -16,7 +16,7 @@ __all__ = ["ancestral_sample", "ddim_sample", "ddim_timesteps"]
 
 
 def _noise(ddpm: DDPM, n: int, generator: torch.Generator | None) -> torch.Tensor:
-    ref = ddpm.schedule.betas
+    ref = ddpm.sample_reference()
     return torch.randn(
         (n, *ddpm.net_shape), generator=generator, device=ref.device, dtype=ref.dtype
     )

@@ -209,7 +209,11 @@ class Float32Net(nn.Module):
     [
         (TupleNet(), TypeError, "DDPM's network returned a tuple, not a tensor"),
         (NoTime(), TypeError, "calls its network as net\\(x, t\\).*NoTime does not take"),
-        (Float32Net(), TypeError, "float32 parameters but was given float64 data.*double"),
+        (
+            Float32Net(),
+            TypeError,
+            "float32 parameters but was given float64 data.*to\\(torch.float64\\)",
+        ),
     ],
 )
 def test_a_users_network_mistake_is_one_error_naming_the_network(net, error, match):
@@ -273,3 +277,29 @@ def test_an_image_network_returning_channels_last_is_refused_and_other_layouts_k
     torch.testing.assert_close(same, x_t)
     one = DDPM(ChannelsLast("nhwc"), (1, 4, 4), NoiseSchedule(BETAS)).predict(x_t[:, :1], t)[0]
     torch.testing.assert_close(one, x_t[:, :1])  # one channel: last or first, the same order
+
+
+def test_a_float64_network_in_a_ddpm_built_under_float32_defaults_samples_in_float64():
+    # it trains on float64 data (the schedule's float32 buffers promote); its draws were made
+    # in the schedule's float32, which the network refused in every sampler and Predictive
+
+    class MatmulEps(LinearEps):  # a matmul, as in nn.Linear, refuses mixed dtypes
+        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return super().forward(x @ torch.eye(1, dtype=self.k.dtype), t)
+
+    m = DDPM(MatmulEps(K), (1,), NoiseSchedule(BETAS), form="full_chain")
+    reference = DDPM(MatmulEps(K), (1,), NoiseSchedule(BETAS), form="full_chain").double()
+    assert m.schedule.betas.dtype == torch.float32
+    assert math.isfinite(TraceMeanField_ELBO().loss(m.model, m.guide, X))
+    for draw in (
+        lambda d: d.sample(5),
+        lambda d: d.sample(5, "ddim", steps=2, eta=1.0),
+        lambda d: pyro.infer.Predictive(d.model, num_samples=2)(None, 5)["x_0"],
+    ):
+        torch.manual_seed(7)
+        x = draw(m)
+        torch.manual_seed(7)
+        expected = draw(reference)
+        assert x.dtype == D
+        # the same float64 noise through float32-rounded coefficients
+        torch.testing.assert_close(x, expected, rtol=1e-5, atol=1e-6)

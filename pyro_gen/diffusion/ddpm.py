@@ -252,7 +252,9 @@ class DDPM(FullChainForm, TimePlateForm, BoundTerms, PicklableModule):
         """Inverse of :meth:`to_model_space` (images clamped to [0, 1])."""
         if self.data == "continuous":
             return x
-        return ((x + 1) / 2).clamp(0, 1).reshape(x.shape[:1] + self.event_shape)
+        # every batch dim kept: draws under outer plates (Predictive's vectorized samples)
+        batch = x.shape[: x.dim() - len(self.net_shape)]
+        return ((x + 1) / 2).clamp(0, 1).reshape(batch + self.event_shape)
 
     # ------------------------------------------------------------------ network
     def sample_reference(self) -> torch.Tensor:

@@ -35,7 +35,8 @@ class FullChainForm:
         self, x: torch.Tensor | None = None, num_samples: int = 1, **context
     ) -> torch.Tensor:
         """Generative chain :math:`x_T \\to \\dots \\to x_0`; observes ``x`` at ``"x_0"``;
-        ``context`` goes to the network."""
+        ``context`` goes to the network. Without data the draw is also recorded in data space
+        at the deterministic site ``"x"`` (images in [0, 1], shaped as the data)."""
         pyro.module(self.name, self)
         T = self.schedule.num_timesteps
         x0 = None if x is None else self.to_model_space(x)
@@ -47,7 +48,13 @@ class FullChainForm:
                 p = self.p_mean_logvar(x_t, t, **context)
                 x_t = pyro.sample(f"x_{t - 1}", self._normal(p["mean"], p["log_var"]))
             p = self.p_mean_logvar(x_t, 1, **context)
-            return pyro.sample("x_0", self.decoder(p["mean"], p["log_var"]), obs=x0)
+            x_0 = pyro.sample("x_0", self.decoder(p["mean"], p["log_var"]), obs=x0)
+            if x is None:
+                # the draw in data space too (images: [0, 1] in the data's shape, where "x_0"
+                # holds the model's [-1, 1] levels), named as a ScoreModel's generated site
+                nd = len(self.event_shape)
+                pyro.deterministic("x", self.from_model_space(x_0), event_dim=nd)
+            return x_0
 
     def chain_guide(self, x: torch.Tensor, num_samples: int = 1) -> None:
         """Forward process :math:`q(x_T \\mid x_0) \\prod_t q(x_{t-1} \\mid x_t, x_0)`."""

@@ -185,3 +185,19 @@ def test_predictive_on_a_scalar_score_model_keeps_its_outer_dims():
     draws = Predictive(m.model, num_samples=3, parallel=True)(None, 500)
     assert draws["x"].shape == (3, 500)
     assert abs(float(draws["x"].std()) / S - 1) < 0.08
+
+
+@pytest.mark.parametrize("event_shape", [(1, 8, 8), (8, 8), (1,)])
+def test_predictive_on_the_model_gives_the_draws_in_data_space_too(event_shape):
+    # "x_0" holds the model's space (images: levels in [-1, 1], (N, 1, H, W) for (H, W));
+    # Predictive gave users only that, and from_model_space kept one batch dim alone
+    m = _ddpm(event_shape)
+    pyro.set_rng_seed(5)
+    draws = Predictive(m.model, num_samples=3, parallel=True)(None, 4)
+    x, x_0 = draws["x"], draws["x_0"]
+    assert x.shape == (3, 4, *event_shape)
+    if len(event_shape) == 1:
+        assert torch.equal(x, x_0)
+    else:
+        assert bool(((x >= 0) & (x <= 1)).all()) and float(x_0.min()) < 0
+        torch.testing.assert_close(x, ((x_0 + 1) / 2).clamp(0, 1).reshape(x.shape))

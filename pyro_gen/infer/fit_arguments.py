@@ -6,6 +6,7 @@ import inspect
 import math
 import numbers
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import pyro
@@ -23,6 +24,21 @@ def _whole(name: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         kind = "non-negative" if minimum == 0 else "positive"
         raise ValueError(f"{name} must be a {kind} whole number, got {value!r}")
+
+
+def _check_run_directory(path: Path) -> None:
+    """A ``checkpoint_dir`` that is a file, or lies under one, failed creating it with
+    ``[Errno 17] File exists`` (or ``20 Not a directory``), naming neither the argument nor
+    what to do."""
+    for part in (path, *path.parents):
+        if part.exists():
+            if not part.is_dir():
+                where = "is" if part == path else f"is under {part}, which is"
+                raise NotADirectoryError(
+                    f"checkpoint_dir={str(path)!r} {where} a file, not a directory: pass a "
+                    "directory (made if missing) for the run's checkpoint and metrics"
+                )
+            return
 
 
 def _check_arguments(
@@ -44,6 +60,8 @@ def _check_arguments(
     _whole("checkpoint_every", checkpoint_every, 1)
     if checkpoint_every is not None and checkpoint_dir is None:
         raise ValueError("checkpoint_every= needs checkpoint_dir= (where to write them)")
+    if isinstance(checkpoint_dir, str | Path):
+        _check_run_directory(Path(checkpoint_dir))
     if grad_clip is not None and not (
         isinstance(grad_clip, numbers.Real) and math.isfinite(grad_clip) and grad_clip > 0
     ):

@@ -14,12 +14,12 @@ from pyro_gen.infer.checkpoint import (
     METRICS_NAME,
     CheckpointError,
     encode_checkpoint,
-    load_checkpoint,
     parse_checkpoint,
     restore_checkpoint,
     write_metrics,
 )
 from pyro_gen.infer.distributed import DataParallel
+from pyro_gen.infer.files import refuse_symlink
 from pyro_gen.infer.fit_layout import Layout, check_layout
 from pyro_gen.infer.fit_progress import _finished, _Progress
 from pyro_gen.infer.program import Program
@@ -50,10 +50,13 @@ def _resume(
     path = ckpt_dir / CHECKPOINT_NAME
 
     def read() -> bytes | None:
+        # A link planted where the checkpoint or the metrics go was read through (a resume
+        # from a file outside the run directory) and refused only when first written, after
+        # the training up to the first checkpoint; so was a directory in the metrics' place.
+        for name in (CHECKPOINT_NAME, METRICS_NAME):
+            refuse_symlink(ckpt_dir / name)
         if not path.exists():
             return None
-        if not path.is_file():
-            load_checkpoint(path)  # raises its error, naming the path
         return path.read_bytes()
 
     # Rank 0 reads the bytes and every rank parses them (onto its own device): a parsed

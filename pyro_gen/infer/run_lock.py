@@ -9,7 +9,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pyro_gen.infer.checkpoint_format import CheckpointError
-from pyro_gen.infer.files import O_NOFOLLOW, remove_stale_temporaries, try_lock, unlock
+from pyro_gen.infer.files import (
+    O_NOFOLLOW,
+    refuse_symlink,
+    remove_stale_temporaries,
+    try_lock,
+    unlock,
+)
 
 LOCK_NAME = ".pyro-gen.lock"
 
@@ -18,7 +24,7 @@ class RunLockedError(CheckpointError):
     """Another process is training into the same run directory."""
 
 
-_held: dict[str, list[int]] = {}  # real path -> [lock file descriptor, depth]
+_held: dict[str, list[int]] = {}  # real path -> [lock file descriptor, depth, thread id]
 _held_guard = threading.Lock()
 
 
@@ -26,13 +32,17 @@ _held_guard = threading.Lock()
 def run_lock(directory: str | Path) -> Iterator[Path]:
     """Exclusive use of a run directory (created if missing) for as long as the block runs.
 
-    Re-entrant within one process, so the command line can take it before writing
-    ``config.json`` and :func:`~pyro_gen.infer.fit` take it again. The first acquisition
-    removes temporary files that killed writers left behind.
+    Re-entrant within one thread, so the command line can take it before writing
+    ``config.json`` and :func:`~pyro_gen.infer.fit` take it again; another thread of the
+    process is refused as another process is (the lock file's ``flock`` is the process's,
+    so two threads training into one directory both got it, and wrote one checkpoint and
+    one metrics file in turn). The first acquisition removes temporary files that killed
+    writers left behind.
 
     Raises:
         RunLockedError: at once, naming the directory and the other process, if another
-            process holds it.
+            process or another thread of this one holds it.
+        UnsafePathError: if the lock file is a symlink or not a regular file.
 
     Example:
         >>> import tempfile
@@ -45,10 +55,15 @@ def run_lock(directory: str | Path) -> Iterator[Path]:
     key = os.path.realpath(directory)
     with _held_guard:
         entry = _held.get(key)
+        if entry is not None and entry[2] != threading.get_ident():
+            raise RunLockedError(
+                f"run directory {directory} is in use by another thread of this process "
+                f"(pid {os.getpid()}); wait for it to finish, or choose another directory"
+            )
         if entry is not None:
             entry[1] += 1
         else:
-            entry = _held[key] = [_acquire(directory), 1]
+            entry = _held[key] = [_acquire(directory), 1, threading.get_ident()]
     try:
         yield directory
     finally:
@@ -62,7 +77,11 @@ def run_lock(directory: str | Path) -> Iterator[Path]:
 
 def _acquire(directory: Path) -> int:
     path = directory / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | O_NOFOLLOW, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | O_NOFOLLOW, 0o644)
+    except OSError:
+        refuse_symlink(path)  # a planted link (or a directory) there: say so, by name
+        raise
     if not try_lock(fd):
         os.lseek(fd, 0, os.SEEK_SET)
         holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"

@@ -474,8 +474,19 @@ class DDPM(FullChainForm, TimePlateForm, BoundTerms, PicklableModule):
     def bits_per_dim(self, x: torch.Tensor, **kwargs) -> float:
         """Mean bound in bits/dim over ``x`` (all T terms, see
         :func:`~pyro_gen.diffusion.likelihood.variational_bound`)."""
+        import inspect
+
         from pyro_gen.diffusion.likelihood import variational_bound
 
+        known = inspect.signature(variational_bound).parameters
+        for name in kwargs:
+            if name not in known:
+                # labels passed as model(x, y=labels) are; here they met "variational_bound()
+                # got an unexpected keyword argument 'y'"
+                raise TypeError(
+                    f"bits_per_dim got an unknown keyword {name!r}; the network's inputs (labels) "
+                    f"go as context={{{name!r}: ...}}, one row per example"
+                )
         return float(variational_bound(self, x, **kwargs)["total"].mean()) / (
             math.prod(self.event_shape) * math.log(2)
         )

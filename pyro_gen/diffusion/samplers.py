@@ -15,6 +15,22 @@ if TYPE_CHECKING:
 __all__ = ["ancestral_sample", "ddim_sample", "ddim_timesteps"]
 
 
+def _start(
+    ddpm: DDPM, n: int, generator: torch.Generator | None, x_T: torch.Tensor | None
+) -> torch.Tensor:
+    if x_T is None:
+        return _noise(ddpm, n, generator)
+    want = (n, *ddpm.net_shape)
+    if tuple(x_T.shape) != want:
+        # x_T of other rows ran silently with num_samples ignored; of another event shape it
+        # met torch's "shape '[3, 1]' is invalid for input of size 6"
+        raise ValueError(
+            f"x_T has shape {tuple(x_T.shape)}; it must be (num_samples, *the network's input "
+            f"shape) = {want} (images of event shape (H, W) as (N, 1, H, W), in [-1, 1])"
+        )
+    return x_T
+
+
 def _noise(ddpm: DDPM, n: int, generator: torch.Generator | None) -> torch.Tensor:
     ref = ddpm.sample_reference()
     return torch.randn(
@@ -43,7 +59,7 @@ def ancestral_sample(
         torch.Size([4, 2])
     """
     T = ddpm.schedule.num_timesteps
-    x = _noise(ddpm, num_samples, generator) if x_T is None else x_T
+    x = _start(ddpm, num_samples, generator, x_T)
     for t in tqdm(range(T, 0, -1), disable=not progress, desc="ancestral", leave=False):
         p = ddpm.p_mean_logvar(x, t, clip=ddpm.clip_denoised, **(context or {}))
         if t == 1:
@@ -108,7 +124,7 @@ def ddim_sample(
     s = ddpm.schedule
     T = s.num_timesteps
     taus = ddim_timesteps(T, T if steps is None else steps).tolist()
-    x = _noise(ddpm, num_samples, generator) if x_T is None else x_T
+    x = _start(ddpm, num_samples, generator, x_T)
     for i in tqdm(range(len(taus) - 1, -1, -1), disable=not progress, desc="ddim", leave=False):
         t = taus[i]
         p = ddpm.p_mean_logvar(x, t, clip=ddpm.clip_denoised, **(context or {}))

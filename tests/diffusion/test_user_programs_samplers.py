@@ -201,3 +201,14 @@ def test_predictive_on_the_model_gives_the_draws_in_data_space_too(event_shape):
     else:
         assert bool(((x >= 0) & (x <= 1)).all()) and float(x_0.min()) < 0
         torch.testing.assert_close(x, ((x_0 + 1) / 2).clamp(0, 1).reshape(x.shape))
+
+
+def test_a_start_x_T_of_another_shape_is_refused():
+    # 5 rows for num_samples=3 drew 5 samples silently; a wrong event met torch's reshape error
+    m = _ddpm()
+    for sampler in (ancestral_sample, ddim_sample):
+        for x_T in (torch.randn(5, 1, dtype=D), torch.randn(3, 2, dtype=D)):
+            with pytest.raises(ValueError, match="x_T has shape .* must be .*= \\(3, 1\\)"):
+                sampler(m, 3, x_T=x_T)
+    z = torch.randn(3, 1, dtype=D)
+    torch.testing.assert_close(ddim_sample(m, 3, x_T=z), z * ddim_factor(T))

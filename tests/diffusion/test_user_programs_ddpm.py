@@ -54,25 +54,30 @@ class PyroLinearEps(PyroModule):
 K = torch.tensor([0.3, -0.2, 0.5, 0.9], dtype=D)
 
 
-def closed_form_neg_elbo(x0: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Exact :math:`-\\mathrm{ELBO}(x_0)` of a 1-D DDPM with fixed_small variances and
-    :math:`\\hat\\epsilon = k_t x_t`, from ``BETAS`` alone."""
+def closed_form_neg_elbo(
+    x0: torch.Tensor, k: torch.Tensor, param: str = "eps", variance: str = "fixed_small"
+) -> torch.Tensor:
+    """Exact :math:`-\\mathrm{ELBO}(x_0)` of a 1-D DDPM whose network predicts
+    :math:`k_t x_t` in parameterization ``param``, from ``BETAS`` alone."""
     ab = torch.cumprod(1 - BETAS, 0)
     ab_prev = torch.cat([torch.ones(1, dtype=D), ab[:-1]])
     a, s = ab.sqrt(), (1 - ab).sqrt()
     post_var = BETAS * (1 - ab_prev) / (1 - ab)
     c1 = BETAS * ab_prev.sqrt() / (1 - ab)
-    m = (1 - s * k) / a  # x0_hat = m_t x_t
+    # x0_hat = m_t x_t: x_t = a x0 + s eps, v = a eps - s x0, score = -eps / s
+    m = {"eps": (1 - s * k) / a, "x0": k, "v": a - s * k, "score": (1 + s**2 * k) / a}[param]
+    # the model's variances: step 1 takes the posterior variance of step 2 (Nichol & Dhariwal)
+    p_var = torch.cat([post_var[1:2], post_var[1:] if variance == "fixed_small" else BETAS[1:]])
 
     def sq(t: int) -> torch.Tensor:  # E (x0 - m_t x_t)^2 over x_t ~ q(x_t | x0)
         return (x0 * (1 - m[t] * a[t])) ** 2 + m[t] ** 2 * s[t] ** 2
 
     mean_T, var_T = a[-1] * x0, s[-1] ** 2
     total = 0.5 * (var_T + mean_T**2 - 1 - var_T.log())  # L_T
-    for t in range(1, T):  # steps 2..T: equal variances, KL = diff^2 / (2 var)
-        total = total + c1[t] ** 2 * sq(t) / (2 * post_var[t])
-    var_1 = post_var[1]  # the clipped log-variance of step 1 (Nichol & Dhariwal)
-    return total + 0.5 * torch.log(2 * math.pi * var_1) + sq(0) / (2 * var_1)
+    for t in range(1, T):  # steps 2..T: KL(N(mq, vq) || N(mp, vp)), mq - mp = c1 (x0 - x0_hat)
+        vq, vp = post_var[t], p_var[t]
+        total = total + 0.5 * ((vp / vq).log() + (vq + c1[t] ** 2 * sq(t)) / vp - 1)
+    return total + 0.5 * torch.log(2 * math.pi * p_var[0]) + sq(0) / (2 * p_var[0])
 
 
 X = torch.tensor([[-1.3], [0.2], [0.9], [2.0]], dtype=D)
@@ -103,6 +108,23 @@ def test_the_elbo_of_a_users_linear_denoiser_is_its_closed_form(form, loss):
     assert abs(est - exact) < 5 * se + 1e-6, (est, exact, se)
     # and a wrong closed form (another k) is far outside that band
     assert abs(est - float(closed_form_neg_elbo(X[:, 0], K + 1.0).sum())) > 10 * se
+
+
+@pytest.mark.parametrize(
+    "param, variance",
+    [("x0", "fixed_small"), ("v", "fixed_small"), ("score", "fixed_small"), ("eps", "fixed_large")],
+)
+def test_every_parameterization_and_fixed_variance_gives_the_closed_form_bound(param, variance):
+    torch.manual_seed(2)
+    m = DDPM(LinearEps(K), (1,), NoiseSchedule(BETAS), form="full_chain", param=param,
+             variance=variance).double()  # fmt: skip
+    exact = float(closed_form_neg_elbo(X[:, 0], K, param, variance).sum())
+    loss = TraceMeanField_ELBO(num_particles=2000, vectorize_particles=True)
+    est, se = _estimate(loss, m)
+    assert abs(est - exact) < 5 * se + 1e-6, (est, exact, se)
+    # another parameterization's (or variance's) closed form is not this one
+    other = ("eps", "fixed_small") if (param, variance) != ("eps", "fixed_small") else ("x0",)
+    assert abs(est - float(closed_form_neg_elbo(X[:, 0], K, *other).sum())) > 10 * se
 
 
 def test_the_closed_form_gradient_is_what_svi_follows():

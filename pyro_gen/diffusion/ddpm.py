@@ -450,10 +450,19 @@ class DDPM(FullChainForm, TimePlateForm, BoundTerms, PicklableModule):
 
         num_samples = sample_count(num_samples)
         if sampler not in ("ancestral", "ddim"):
-            raise ValueError(f"sampler must be 'ancestral' or 'ddim', got {sampler!r}")
+            raise ValueError(
+                f"sampler must be 'ancestral' or 'ddim', got {sampler!r} (the score-based "
+                "samplers 'pc', 'euler_maruyama', 'ode', 'langevin' take a DDPM through "
+                "pyro_gen.diffusion.sample(model, num_samples, sampler))"
+            )
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1
+        ):
+            # a negative size met torch's "negative dimension", a float range()'s TypeError
+            raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
         if sampler == "ancestral" and steps not in (None, self.schedule.num_timesteps):
             raise ValueError("ancestral sampling runs all T steps; use sampler='ddim' for fewer")
-        batch_size = batch_size or max(num_samples, 1)
+        batch_size = int(batch_size or max(num_samples, 1))
         context = dict(context or {})
         expand_context(context, (num_samples,))  # one row per sample, or a clear error
         out = []

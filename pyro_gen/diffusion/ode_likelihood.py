@@ -139,6 +139,13 @@ def _levels(sm: Any, x: Tensor, num_bins: int) -> Tensor:
     if int(num_bins) != num_bins or num_bins < 2:
         raise ValueError(f"num_bins must be a whole number >= 2, got {num_bins}")
     if _is_image_ddpm(sm):
+        if not x.is_floating_point():
+            # integer pixels met torch's "Float did not match Long" in the level check
+            raise TypeError(
+                f"an image DDPM takes its usual input, floats in [0, 1] on the levels "
+                f"i / {num_bins - 1}; got {x.dtype} (pixels 0..{num_bins - 1}: pass "
+                f"x.float() / {num_bins - 1})"
+            )
         level = (x * (num_bins - 1)).round()
         if not torch.allclose(level / (num_bins - 1), x, atol=1e-4):
             raise ValueError(f"image data must lie on the {num_bins} levels i/{num_bins - 1}")

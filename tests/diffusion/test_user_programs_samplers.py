@@ -212,3 +212,39 @@ def test_a_start_x_T_of_another_shape_is_refused():
                 sampler(m, 3, x_T=x_T)
     z = torch.randn(3, 1, dtype=D)
     torch.testing.assert_close(ddim_sample(m, 3, x_T=z), z * ddim_factor(T))
+
+
+def test_sample_in_chunks_is_the_one_batch_draw_and_bad_sizes_are_named():
+    m = _ddpm()
+    torch.manual_seed(6)
+    whole = ddim_sample(m, 5, x_T=torch.randn(5, 1, dtype=D))
+    torch.manual_seed(6)
+    z = torch.randn(5, 1, dtype=D)
+    torch.testing.assert_close(whole, z * ddim_factor(T))
+    assert m.sample(5, batch_size=2).shape == (5, 1)
+    for bad in (-2, 0, 2.5):
+        # -2 met torch's "negative dimension", 2.5 range()'s TypeError
+        with pytest.raises(ValueError, match=f"batch_size must be a whole number >= 1, got {bad}"):
+            m.sample(5, batch_size=bad)
+    with pytest.raises(ValueError, match="'ancestral' or 'ddim', got 'pc'.*diffusion.sample"):
+        m.sample(2, "pc")
+
+
+def test_integer_pixels_for_an_image_ddpms_bits_per_dim_are_named():
+    from pyro_gen.diffusion import probability_flow_bits_per_dim
+
+    class Scale(nn.Module):  # reads any (float) step: the ODE asks at fractional ones
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.tensor(0.5, dtype=D))
+
+        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.w * x
+
+    m = DDPM(Scale(), (8, 8), NoiseSchedule(BETAS)).double()
+    pixels = torch.randint(0, 256, (2, 8, 8))
+    with pytest.raises(TypeError, match="floats in \\[0, 1\\].*x.float\\(\\) / 255"):
+        probability_flow_bits_per_dim(m, pixels)
+    torch.manual_seed(7)
+    bpd = probability_flow_bits_per_dim(m, pixels.double() / 255, rtol=1e-3, atol=1e-3)
+    assert bpd.shape == (2,) and bool(torch.isfinite(bpd).all()) and bool((bpd > 0).all())

@@ -36,7 +36,9 @@ def save_checkpoint(
     states and ``progress`` (a dict of JSON-like values, tensors and RNG states).
 
     ``params``: the param-store names the program registers (its traced param sites), kept
-    so that :func:`restore_checkpoint` can tell a model that lost a ``pyro.param`` since.
+    so that :func:`restore_checkpoint` can tell a model that lost a ``pyro.param`` since;
+    with them, the store's other entries are saved only where ``optim`` has trained them
+    (a loss's own), not the user's params of other models.
     ``local_params``: the params outside the param store (a PyroModule's own under Pyro's
     ``module_local_params``) by site name, whose optimizer state is kept under that name
     (:mod:`pyro_gen.infer.local_params`).
@@ -77,11 +79,16 @@ def encode_checkpoint(
         2
     """
     try:
+        optim_states = optim_state(optim, local_params or {})
+        # With the traced names given, a store entry the program neither registers nor has
+        # trained is a bystander of the user's (another model's param): kept out, it was
+        # restored over the user's value on resume, or refused as "changed" by its shape.
+        ours = None if params is None else {*params, *(n for n in optim_states if n is not None)}
         payload = {
             "format": FORMAT_VERSION,
             "modules": {name: _module_entry(name, m) for name, m in modules.items()},
-            "param_store": _param_store_entry(modules),
-            "optim": encode(optim_state(optim, local_params or {}), "optimizer state"),
+            "param_store": _param_store_entry(modules, ours),
+            "optim": encode(optim_states, "optimizer state"),
             "optim_kind": optimizer_kind(optim),
             "optim_args": optimizer_args(optim),
             "rng": encode(global_rng_state(), "RNG state"),
@@ -115,7 +122,9 @@ def _module_entry(name: str, module: torch.nn.Module) -> dict[str, Any]:
     return {"class": _class_name(module), "state_dict": encoded}
 
 
-def _param_store_entry(modules: Mapping[str, torch.nn.Module]) -> dict[str, Any]:
+def _param_store_entry(
+    modules: Mapping[str, torch.nn.Module], ours: set[str] | None = None
+) -> dict[str, Any]:
     # A pyro.module parameter is the module's own tensor: its state_dict already holds it.
     # Anything else in the store (pyro.param sites, networks registered by a loss that is not
     # among ``modules``) is saved here.
@@ -124,6 +133,8 @@ def _param_store_entry(modules: Mapping[str, torch.nn.Module]) -> dict[str, Any]
     constraints = store.get_state()["constraints"]
     params, recorded, of_modules = {}, {}, {}
     for name, value in store.named_parameters():
+        if ours is not None and name not in ours:
+            continue
         where = f"constraint of param {name!r}"
         if id(value) not in owned:
             params[name] = value.detach()

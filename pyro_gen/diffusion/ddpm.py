@@ -262,7 +262,8 @@ class DDPM(FullChainForm, TimePlateForm, BoundTerms, PicklableModule):
         floating parameter, else the schedule's. A user's float64 network in a DDPM built
         under float32 defaults trains on float64 data, and its float32 noise draws (the
         schedule's dtype) were refused by the network when sampling."""
-        params = (p for p in self.net.parameters() if p.is_floating_point())
+        net_params = self.net.parameters() if isinstance(self.net, nn.Module) else ()
+        params = (p for p in net_params if p.is_floating_point())
         return next(params, self.schedule.betas)
 
     def _times(self, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:

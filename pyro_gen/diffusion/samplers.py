@@ -76,10 +76,16 @@ def ddim_timesteps(num_timesteps: int, steps: int) -> torch.Tensor:
     Example:
         >>> ddim_timesteps(10, 4)
         tensor([ 1,  4,  7, 10])
+        >>> ddim_timesteps(10, 1)  # one step: from T straight to the data
+        tensor([10])
     """
     if not 1 <= steps <= num_timesteps:
         raise ValueError(f"the number of sampler steps must lie in [1, T={num_timesteps}], "
                          f"got {steps}")  # fmt: skip
+    if steps == 1:
+        # linspace(1, T, 1) is [1]: one DDIM step then started at step 1, treating the prior
+        # draw x_T as nearly clean data, and returned it almost unchanged
+        return torch.tensor([num_timesteps])
     return torch.linspace(1, num_timesteps, steps, dtype=torch.float64).round().long()
 
 

@@ -248,3 +248,15 @@ def test_integer_pixels_for_an_image_ddpms_bits_per_dim_are_named():
     torch.manual_seed(7)
     bpd = probability_flow_bits_per_dim(m, pixels.double() / 255, rtol=1e-3, atol=1e-3)
     assert bpd.shape == (2,) and bool(torch.isfinite(bpd).all()) and bool((bpd > 0).all())
+
+
+def test_a_plain_function_as_the_network_samples_and_one_ddim_step_starts_at_T():
+    # an oracle written as a function (no parameters): the draws take the schedule's dtype
+    m = DDPM(lambda x, t: torch.zeros_like(x), (1,), NoiseSchedule(BETAS)).double()
+    torch.manual_seed(8)
+    z = torch.randn(4, 1, dtype=D)
+    # eps_hat = 0: x0_hat = x_t / a_t, and one DDIM step at eta=0 maps x_T to x_T / a_T
+    # (it ran from step 1, linspace(1, T, 1) = [1], and returned z / a_1, about z)
+    torch.testing.assert_close(ddim_sample(m, 4, steps=1, x_T=z), z / AB[-1].sqrt())
+    torch.testing.assert_close(ddim_sample(m, 4, steps=2, x_T=z), z / AB[-1].sqrt())
+    assert m.sample(3).dtype == D

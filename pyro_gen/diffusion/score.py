@@ -234,7 +234,22 @@ class ScoreModel(PicklableModule):
         flat_t = t.reshape(-1)
         context = expand_context(context, batch)
         flat = x.reshape(-1, *self.event_shape)
-        pred = call_network(self.net, flat, flat_t * self.time_scale, "score model", **context)
+        times = flat_t * self.time_scale
+        try:
+            pred = call_network(self.net, flat, times, "score model", **context)
+        except (RuntimeError, IndexError) as err:
+            # a network of whole steps (an nn.Embedding, as a DDPM's may be) failed deep in
+            # torch on the float times ("Expected tensor for argument #1 'indices' ...")
+            try:
+                call_network(self.net, flat, times.round().long(), "score model", **context)
+            except Exception:
+                raise err from None
+            raise TypeError(
+                "the score model gives its network float times t * time_scale (t in [eps, 1]), "
+                "and this network takes only whole steps (it failed on float times and ran on "
+                "long ones); give it a time input that takes floats (e.g. "
+                "pyro_gen.nn.SinusoidalTimeEmbedding), or train a DDPM, which passes steps"
+            ) from err
         if pred.shape[:1] != flat.shape[:1] or pred.numel() != flat.numel():
             # torch's reshape error ("shape '[1, 8, 2]' is invalid ...") named no network
             raise ValueError(

@@ -361,3 +361,29 @@ def test_bits_per_dim_names_context_for_labels_given_by_keyword():
     torch.manual_seed(9)
     by_hand = float(variational_bound(m, X, context={"y": y})["total"].mean()) / math.log(2)
     assert by_context == pytest.approx(by_hand, rel=1e-12)
+
+
+def test_a_score_model_around_a_network_of_whole_steps_names_the_float_times():
+    # LinearEps's DDPM-style step lookup, given float times, failed in torch's indexing
+    class StepTable(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.table = nn.Embedding(2, 1)
+
+        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.table(t) * x
+
+    m = ScoreModel(StepTable(), VPSDE(), (1,))
+    x = torch.randn(4, 1)
+    with pytest.raises(TypeError, match="float times.*takes only whole steps"):
+        Trace_ELBO().loss(m.model, m.guide, x)
+    with pytest.raises(TypeError, match="float times.*takes only whole steps"):
+        m.sample(2, "pc", steps=2)
+
+    class Broken(StepTable):  # an error that long times do not cure keeps its own message
+        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.table(t.long()) @ torch.ones(3, 3)
+
+    broken = ScoreModel(Broken(), VPSDE(), (1,))
+    with pytest.raises(RuntimeError, match="cannot be multiplied"):
+        Trace_ELBO().loss(broken.model, broken.guide, x)

@@ -63,7 +63,11 @@ class PlainFallback:
                 if getattr(loss, "requires_grad", False):
                     loss.backward()
         self._announce_fallback()
-        params = list({site["value"].unconstrained() for site in capture.trace.nodes.values()})
+        # In the trace's order, not a set's (memory addresses): clip_grad_norm_ sums the norms
+        # in this order, and a resumed run must clip by the same number as a straight one.
+        params = list(
+            dict.fromkeys(s["value"].unconstrained() for s in capture.trace.nodes.values())
+        )
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
         if isinstance(loss, tuple):

@@ -1,14 +1,11 @@
 """``grad_clip`` with a user's own program on the plain path (``compile=False``).
 
-Known defect (reported, not fixed here: the file is lead-owned):
-``CompiledSVI._plain_loss_and_grads`` in ``pyro_gen/infer/compiled_fallback.py`` collects
-the step's parameters as ``list({... set ...})``, an order set by the tensors' memory
-addresses, and ``clip_grad_norm_`` sums their norms in that order: the clip coefficient
-differs in its last bits between processes, and a resumed run (whose tensors sit
-elsewhere) drifts from the straight one (SGD-momentum buffers 3e-8 apart after 8 steps
-of a four-param program, Adam's parameters 3e-8; it depends on where the tensors land, so
-the drift itself shows only sometimes). The fix: ``list(dict.fromkeys(...))`` (trace
-order); the strict xfail below then passes and should lose its mark.
+``CompiledSVI._plain_loss_and_grads`` (``pyro_gen/infer/compiled_fallback.py``) collected
+the step's parameters as a set, in an order set by the tensors' memory addresses, and
+``clip_grad_norm_`` sums their norms in that order: the clip coefficient differed in its last
+bits between processes, and a resumed run (whose tensors sit elsewhere) drifted from the
+straight one (SGD-momentum buffers 3e-8 apart after 8 steps of a four-param program). It
+now keeps the trace's order.
 """
 
 from __future__ import annotations
@@ -17,7 +14,6 @@ from typing import Any
 
 import pyro
 import pyro.distributions as dist
-import pytest
 import torch
 
 from pyro_gen.infer import fit
@@ -25,11 +21,6 @@ from pyro_gen.infer import fit
 X = torch.randn(8, 3)
 
 
-@pytest.mark.xfail(
-    reason="compiled_fallback.py clips the gradients of a set of params (memory-address "
-    "order): reported to the lead, whose file it is",
-    strict=True,
-)
 def test_grad_clip_sums_the_norms_in_the_programs_order(monkeypatch):
     """The norms are summed in the order the program registers its params (so the clip
     coefficient is the same number in every process), not in the order of a set of

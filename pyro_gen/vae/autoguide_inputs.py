@@ -87,10 +87,17 @@ def encoder_rows(arguments: dict[int | str, Any], keys: list[int | str]) -> torc
     """
     missing = [k for k in keys if arguments.get(k) is None]
     if missing:
+        given = [k for k in keys if k not in missing]
+        why = (
+            f": an argument left out on some calls (labels given for part of the data) "
+            f"cannot be an input of the encoder; pass input_fn=lambda *args, **kwargs: "
+            f"(rows, features) tensor of {given} alone"
+            if given
+            else "; pass input_fn=lambda *args, **kwargs: (rows, features) tensor to choose"
+        )
         raise ValueError(
             f"AutoAmortizedNormal was built to encode the model arguments "
-            f"{keys} but {missing} were not given; pass "
-            f"input_fn=lambda *args, **kwargs: (rows, features) tensor to choose"
+            f"{keys} but {missing} were not given{why}"
         )
     parts = [arguments[k] for k in keys]
     flat = [p.reshape(p.shape[0], -1).to(parts[0].dtype) for p in parts]

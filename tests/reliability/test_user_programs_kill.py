@@ -88,21 +88,6 @@ def _child(
     return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
 
-def _assert_identical(a: object, b: object, where: str = "") -> None:
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), where
-        for k in a:
-            _assert_identical(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, list | tuple):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _assert_identical(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
-
-
 @pytest.mark.slow  # two fresh processes (imports dominate)
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_kill_9_of_a_user_program_then_resume_is_bit_exact(tmp_path):
@@ -121,7 +106,10 @@ def test_kill_9_of_a_user_program_then_resume_is_bit_exact(tmp_path):
         "AutoNormal.scales.linear.weight",
         "linear.bias",
     }
-    _assert_identical(a, b)
+    # imported here: the module is also the child's script, run without the tests package
+    from tests.reliability.identical_state import assert_identical
+
+    assert_identical(a, b)
     # nothing a killed writer leaves behind stays after the resume
     assert sorted(p.name for p in (tmp_path / "killed").iterdir()) == [
         ".pyro-gen.lock",

@@ -21,6 +21,7 @@ from pyro.distributions import constraints
 
 from pyro_gen.infer import changes_only_tensors, fit
 from pyro_gen.infer.fit import NonFiniteLossError
+from tests.reliability.identical_state import assert_identical
 
 # the data plates here have the batch's size (the posterior is not the point)
 pytestmark = pytest.mark.filterwarnings("ignore::pyro_gen.infer.batch_checks.UnscaledBatchWarning")
@@ -62,22 +63,6 @@ OPTIMIZERS = {
 }
 
 
-def assert_same(a: Any, b: Any, where: str = "") -> None:
-    if isinstance(a, torch.Tensor):
-        assert torch.isfinite(b).all(), where
-        assert torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            assert_same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, list | tuple):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
-
-
 @pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
 @pytest.mark.parametrize("kind", ["loss", "grad"])
 @pytest.mark.parametrize("compile", [None, False], ids=["compiled", "plain"])
@@ -103,6 +88,7 @@ def test_a_user_models_nan_is_skipped_named_and_leaves_the_checkpoint(
             step_callbacks=[changes_only_tensors(poison_after)])  # fmt: skip
     assert "parameters are finite" in str(info.value)
     assert not re.search(rf"\bstep {POISONED}\b", str(info.value))
-    assert_same(seen["params"], {k: v.detach() for k, v in pyro.get_param_store().items()})
-    assert_same(seen["optim"], optim.get_state(), "optim")
+    # equal to the finite values before the poisoned step: finite
+    assert_identical(seen["params"], {k: v.detach() for k, v in pyro.get_param_store().items()})
+    assert_identical(seen["optim"], optim.get_state(), "optim")
     assert path.read_bytes() == seen["bytes"]

@@ -25,6 +25,7 @@ from pyro.infer.autoguide import AutoDelta, AutoGuideList, AutoNormal
 from pyro.nn import PyroModule, PyroParam, PyroSample
 
 from pyro_gen.infer import changes_only_tensors, fit
+from tests.reliability.identical_state import assert_identical
 
 # the data plates here have the batch's size (the posterior is not the point)
 pytestmark = pytest.mark.filterwarnings("ignore::pyro_gen.infer.batch_checks.UnscaledBatchWarning")
@@ -76,24 +77,6 @@ def state(optim: pyro.optim.PyroOptim, *modules: torch.nn.Module) -> dict[str, A
         "python_rng": random.getstate(),
         "numpy_rng": np.random.get_state()[1].copy(),
     }
-
-
-def assert_identical(a: Any, b: Any, where: str = "") -> None:
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.shape == b.shape, where
-        assert torch.equal(a, b), f"{where}: max difference {(a - b).abs().max()}"
-    elif isinstance(a, np.ndarray):
-        assert np.array_equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            assert_identical(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, list | tuple):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_identical(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
 
 
 def train_plain(

@@ -25,7 +25,7 @@ from pyro_gen.diffusion.ddpm_chain import FullChainForm
 from pyro_gen.diffusion.ddpm_time_plate import TimePlateForm
 from pyro_gen.diffusion.ema import EMA
 from pyro_gen.diffusion.likelihood import DiscretizedGaussian
-from pyro_gen.diffusion.network import call_network
+from pyro_gen.diffusion.network import call_network, check_output
 from pyro_gen.diffusion.parameterization import PARAMETERIZATIONS, convert
 from pyro_gen.diffusion.schedules import NoiseSchedule, make_schedule
 from pyro_gen.transforms._base import PicklableModule, as_event_shape, sample_count
@@ -279,47 +279,11 @@ class DDPM(FullChainForm, TimePlateForm, BoundTerms, PicklableModule):
         context = expand_context(context, batch)
         flat = x_t.reshape(-1, *self.net_shape)
         out = call_network(self.net, flat, t.reshape(-1), "DDPM", **context)
-        self._check_output(out, flat)
+        check_output(out, flat, learned=self.variance == "learned_range")
         if self.variance == "learned_range":
             pred, v = out.chunk(2, dim=1)
             return pred.reshape(x_t.shape), v.reshape(x_t.shape)
         return out.reshape(batch + self.net_shape), None
-
-    def _check_output(self, out: torch.Tensor, flat: torch.Tensor) -> None:
-        # A wrong output size met torch's "shape '[1, 8, 2]' is invalid for input of size 8"
-        # in a reshape, naming neither the network nor the learned variances' extra channels.
-        learned = self.variance == "learned_range"
-        N, C = flat.shape[0], (flat.shape[1] if flat.dim() > 1 else 1)  # scalar data: (N,)
-        ok = (
-            out.dim() >= 2 and out.shape[:2] == (N, 2 * C) and out.numel() == 2 * flat.numel()
-            if learned
-            else out.dim() >= 1 and out.shape[0] == N and out.numel() == flat.numel()
-        )
-        if ok and not learned and out.shape != flat.shape and out.dim() > 2:
-            # the right number of values in another arrangement: a channels-last image
-            # network's (N, H, W, C) for (N, C, H, W) was reshaped silently into scrambled
-            # pixels; flattened rows (N, C*H*W) and size-1 dims dropped or added keep the order
-            squeeze = [d for d in out.shape[1:] if d != 1] == [d for d in flat.shape[1:] if d != 1]
-            if not squeeze:
-                raise ValueError(
-                    f"the DDPM's network returned shape {tuple(out.shape)} for x_t of shape "
-                    f"{tuple(flat.shape)}: the right number of values in another layout; "
-                    f"return them as {tuple(flat.shape)} (channels first: permute a "
-                    "channels-last output with .permute(0, 3, 1, 2))"
-                )
-        if not ok:
-            want = (N, 2 * C, *flat.shape[2:]) if learned else tuple(flat.shape)
-            why = (
-                ": variance='learned_range' needs the prediction and the variance output, twice "
-                "the channels (features) of x_t; give the network twice the outputs or use "
-                "variance='fixed_small'"
-                if learned
-                else ""
-            )
-            raise ValueError(
-                f"the DDPM's network returned shape {tuple(out.shape)} for x_t of shape "
-                f"{tuple(flat.shape)}; expected {want}{why}"
-            )
 
     def p_mean_logvar(
         self,

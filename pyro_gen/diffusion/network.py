@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["call_network"]
+__all__ = ["call_network", "check_output"]
 
 
 def _parameter_dtype(net: nn.Module) -> torch.dtype | None:
@@ -79,3 +79,50 @@ def call_network(net: nn.Module, x: Tensor, t: Tensor, owner: str, **context: An
             "wrapper module returning the prediction alone)"
         )
     return out
+
+
+def check_output(out: Tensor, flat: Tensor, *, learned: bool) -> None:
+    """Refuses a network output that is not the prediction for ``flat`` (the network's input
+    rows): another size, or the right number of values in another layout; with ``learned``
+    (variance="learned_range") twice the channels.
+
+    Example:
+        >>> check_output(torch.zeros(4, 3), torch.zeros(4, 3), learned=False)  # fine: None
+        >>> check_output(torch.zeros(4, 8, 8, 3), torch.zeros(4, 3, 8, 8), learned=False)
+        Traceback (most recent call last):
+        ...
+        ValueError: the DDPM's network returned shape (4, 8, 8, 3) for x_t of shape ...: ...
+    """
+    # A wrong output size met torch's "shape '[1, 8, 2]' is invalid for input of size 8"
+    # in a reshape, naming neither the network nor the learned variances' extra channels.
+    N, C = flat.shape[0], (flat.shape[1] if flat.dim() > 1 else 1)  # scalar data: (N,)
+    ok = (
+        out.dim() >= 2 and out.shape[:2] == (N, 2 * C) and out.numel() == 2 * flat.numel()
+        if learned
+        else out.dim() >= 1 and out.shape[0] == N and out.numel() == flat.numel()
+    )
+    if ok and not learned and out.shape != flat.shape and out.dim() > 2:
+        # the right number of values in another arrangement: a channels-last image
+        # network's (N, H, W, C) for (N, C, H, W) was reshaped silently into scrambled
+        # pixels; flattened rows (N, C*H*W) and size-1 dims dropped or added keep the order
+        squeeze = [d for d in out.shape[1:] if d != 1] == [d for d in flat.shape[1:] if d != 1]
+        if not squeeze:
+            raise ValueError(
+                f"the DDPM's network returned shape {tuple(out.shape)} for x_t of shape "
+                f"{tuple(flat.shape)}: the right number of values in another layout; "
+                f"return them as {tuple(flat.shape)} (channels first: permute a "
+                "channels-last output with .permute(0, 3, 1, 2))"
+            )
+    if not ok:
+        want = (N, 2 * C, *flat.shape[2:]) if learned else tuple(flat.shape)
+        why = (
+            ": variance='learned_range' needs the prediction and the variance output, twice "
+            "the channels (features) of x_t; give the network twice the outputs or use "
+            "variance='fixed_small'"
+            if learned
+            else ""
+        )
+        raise ValueError(
+            f"the DDPM's network returned shape {tuple(out.shape)} for x_t of shape "
+            f"{tuple(flat.shape)}; expected {want}{why}"
+        )

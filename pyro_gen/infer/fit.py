@@ -313,7 +313,7 @@ def fit(
         def lock() -> None:
             if ckpt_dir is not None:
                 ckpt_dir.mkdir(parents=True, exist_ok=True)
-                stack.enter_context(run_lock(ckpt_dir))
+                stack.enter_context(run_lock(ckpt_dir, training=True))
 
         _on_main(dp, lock)  # only rank 0 touches the run directory
         # A pass the first read below keeps (a DataLoader's iterator, its workers) goes when

@@ -24,24 +24,34 @@ class RunLockedError(CheckpointError):
     """Another process is training into the same run directory."""
 
 
-_held: dict[str, list[int]] = {}  # real path -> [lock file descriptor, depth, thread id]
+# real path -> [lock file descriptor, depth, thread id, whether a fit trains there]
+_held: dict[str, list[int]] = {}
 _held_guard = threading.Lock()
 
 
 @contextlib.contextmanager
-def run_lock(directory: str | Path) -> Iterator[Path]:
+def run_lock(directory: str | Path, *, training: bool = False) -> Iterator[Path]:
     """Exclusive use of a run directory (created if missing) for as long as the block runs.
 
     Re-entrant within one thread, so the command line can take it before writing
     ``config.json`` and :func:`~pyro_gen.infer.fit` take it again; another thread of the
     process is refused as another process is (the lock file's ``flock`` is the process's,
     so two threads training into one directory both got it, and wrote one checkpoint and
-    one metrics file in turn). The first acquisition removes temporary files that killed
-    writers left behind.
+    one metrics file in turn). Once a holder that trains there (``training=True``, as
+    ``fit`` takes it) has it, no one else in the thread takes it again: a ``fit`` into the
+    same directory from the outer fit's callback or from the user's code it runs restored
+    and overwrote the outer run's checkpoint and metrics, which the outer run overwrote
+    again. The first acquisition removes temporary files that killed writers left behind.
+
+    Args:
+        directory: the run directory.
+        training: the holder writes the run's checkpoint and metrics for as long as it
+            holds the lock (``fit``), so the thread may not take it again meanwhile.
 
     Raises:
         RunLockedError: at once, naming the directory and the other process, if another
-            process or another thread of this one holds it.
+            process or another thread of this one holds it, or if a training holder of this
+            thread does.
         UnsafePathError: if the lock file is a symlink or not a regular file.
 
     Example:
@@ -60,14 +70,23 @@ def run_lock(directory: str | Path) -> Iterator[Path]:
                 f"run directory {directory} is in use by another thread of this process "
                 f"(pid {os.getpid()}); wait for it to finish, or choose another directory"
             )
+        if entry is not None and entry[3]:
+            raise RunLockedError(
+                f"run directory {directory} is in use by a fit that is still training into it "
+                "in this thread (this call comes from its callback, or from code it runs); "
+                "training into it too would overwrite that run's checkpoint and metrics: give "
+                "this one another directory (checkpoint_dir=, --out)"
+            )
         if entry is not None:
             entry[1] += 1
         else:
-            entry = _held[key] = [_acquire(directory), 1, threading.get_ident()]
+            entry = _held[key] = [_acquire(directory), 1, threading.get_ident(), False]
+        entry[3] = training
     try:
         yield directory
     finally:
         with _held_guard:
+            entry[3] = False  # a training holder is the innermost one: none came after it
             entry[1] -= 1
             if entry[1] == 0:
                 del _held[key]

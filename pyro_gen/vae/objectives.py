@@ -12,7 +12,7 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
 
 
-def iwae(num_particles: int = 50, max_plate_nesting: int = 1) -> RenyiELBO:
+def iwae(num_particles: int = 50, max_plate_nesting: int | None = None) -> RenyiELBO:
     """The importance weighted bound (IWAE) with ``num_particles`` samples,
 
     .. math:: \\mathcal{L}_K(x) = \\mathbb{E}\\Big[\\log \\frac{1}{K} \\sum_{k=1}^K
@@ -22,6 +22,14 @@ def iwae(num_particles: int = 50, max_plate_nesting: int = 1) -> RenyiELBO:
     vectorized (the model and guide must broadcast over a leading particle dimension,
     as every model of :mod:`pyro_gen.vae` does).
 
+    Args:
+        num_particles: :math:`K`, importance samples per example.
+        max_plate_nesting: how many plates the model nests at most. None (the default, as
+            in Pyro's own ELBOs) has Pyro find it from one run of the model and guide at
+            the first step, so a model with a data plate and an inner plate (pixels,
+            features) or a global plate around a local one works as written; pass it only
+            to skip that run or when the first batch does not show the deepest nesting.
+
     References:
         Burda, Grosse & Salakhutdinov, Importance Weighted Autoencoders, arXiv:1509.00519.
 
@@ -29,12 +37,39 @@ def iwae(num_particles: int = 50, max_plate_nesting: int = 1) -> RenyiELBO:
         >>> iwae(5).num_particles
         5
     """
-    return RenyiELBO(
+    if max_plate_nesting is None:
+        # Pyro's ELBOs read infinity as "guess from the trace at the first step"
+        nesting: float = float("inf")
+    elif isinstance(max_plate_nesting, bool) or not isinstance(max_plate_nesting, int):
+        raise TypeError(
+            f"iwae: max_plate_nesting must be an int or None, got {max_plate_nesting!r}; "
+            "leave it None to have Pyro find it from the model's plates"
+        )
+    elif max_plate_nesting < 0:
+        raise ValueError(
+            f"iwae: max_plate_nesting must be >= 0, got {max_plate_nesting}; "
+            "leave it None to have Pyro find it from the model's plates"
+        )
+    else:
+        nesting = max_plate_nesting
+    return _IWAE(
         alpha=0.0,
         num_particles=num_particles,
         vectorize_particles=True,
-        max_plate_nesting=max_plate_nesting,
+        max_plate_nesting=nesting,
     )
+
+
+class _IWAE(RenyiELBO):
+    """Pyro's RenyiELBO whose first-step guess of ``max_plate_nesting`` leaves the random
+    streams as it found them, so a seeded run draws the same particles whether the nesting
+    was guessed or given (and as it did when iwae fixed the nesting at 1)."""
+
+    def _guess_max_plate_nesting(self, model, guide, args, kwargs) -> None:
+        cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+        devices = list(range(torch.cuda.device_count())) if cuda else []
+        with torch.random.fork_rng(devices=devices):
+            super()._guess_max_plate_nesting(model, guide, args, kwargs)
 
 
 class FreeBitsELBO(ELBO):
@@ -168,8 +203,8 @@ def make_loss(objective: str = "elbo", num_particles: int = 50, free_bits: float
     ``iwae`` (:func:`iwae` with ``num_particles``) or ``freebits``.
 
     Example:
-        >>> type(make_loss("iwae", 10)).__name__
-        'RenyiELBO'
+        >>> isinstance(make_loss("iwae", 10), RenyiELBO)
+        True
     """
     if objective == "elbo":
         return Trace_ELBO()

@@ -55,6 +55,7 @@ from pyro_gen.infer.checkpoint_format import (
 from pyro_gen.infer.checkpoint_read import (
     load_checkpoint,
     parse_checkpoint,
+    read_checkpoint_bytes,
     verify_checkpoint,
 )
 from pyro_gen.infer.checkpoint_restore import restore_checkpoint, restore_modules
@@ -81,6 +82,7 @@ __all__ = [
     "load_checkpoint",
     "optimizer_kind",
     "parse_checkpoint",
+    "read_checkpoint_bytes",
     "restore_checkpoint",
     "restore_modules",
     "run_lock",

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import random
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +28,7 @@ def load_checkpoint(path: str | Path, map_location: Any = None) -> dict[str, Any
         CheckpointError: naming the file, if it is missing, not a pyro_gen checkpoint of
             this format, truncated, or fails its checksum.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}: train first or point at a run directory")
-    return parse_checkpoint(path.read_bytes(), path, map_location)
+    return parse_checkpoint(read_checkpoint_bytes(path), path, map_location)
 
 
 def parse_checkpoint(raw: bytes, path: str | Path, map_location: Any = None) -> dict[str, Any]:
@@ -206,12 +205,54 @@ def verify_checkpoint(path: str | Path) -> None:
         CheckpointError: as :func:`load_checkpoint` does.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}: train first or point at a run directory")
-    _verified_payload(path, path.read_bytes())
+    _verified_payload(path, read_checkpoint_bytes(path))
 
 
-def _verified_payload(path: Path, raw: bytes) -> bytes:
+def read_checkpoint_bytes(path: str | Path) -> bytes:
+    """The bytes of the checkpoint at ``path``, read whole only once its first bytes are a
+    checkpoint's header and the size that header records is the file's.
+
+    A file of another kind under the checkpoint's name (gigabytes of zeros, a dataset, a
+    disk image) was read whole into memory before its first bytes were looked at; now it
+    is refused after at most a header's worth of bytes, as is a checkpoint padded or cut.
+
+    Raises:
+        CheckpointError: as :func:`load_checkpoint` does, naming the file.
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "checkpoint.pt"
+        >>> _ = p.write_bytes(bytes(1000))
+        >>> read_checkpoint_bytes(p)
+        Traceback (most recent call last):
+        ...
+        pyro_gen.infer.checkpoint_format.CheckpointError: ... is not a pyro_gen checkpoint; ...
+    """
+    path = Path(path)
+    missing = CheckpointError(f"no checkpoint at {path}: train first or point at a run directory")
+    try:
+        # O_NONBLOCK: a FIFO under the checkpoint's name would block the open forever
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
+        raise missing from e
+    except OSError as e:  # unreadable (permissions, an I/O error): say so by name
+        raise CheckpointError(
+            f"cannot read checkpoint {path} ({e.strerror}); make it readable, or retrain into "
+            "a fresh directory"
+        ) from e
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):  # a directory or a FIFO under the checkpoint's name
+        os.close(fd)
+        raise missing
+    with os.fdopen(fd, "rb") as f:
+        head = f.read(len(MAGIC) + _HEADER_LIMIT)
+        end, header = _header(path, head)
+        _check_size(path, info.st_size - (end + 1), header["size"])
+        return head + f.read(end + 1 + header["size"] - len(head))
+
+
+def _header(path: Path, raw: bytes) -> tuple[int, dict[str, Any]]:
+    """Where the header line of the checkpoint bytes ``raw`` ends, and what it records."""
     if not raw.startswith(MAGIC):
         if raw.startswith(b"PK\x03\x04") or raw.startswith(b"\x80"):
             kind = "a plain torch.save/pickle file (as older pyro_gen versions wrote)"
@@ -229,21 +270,30 @@ def _verified_payload(path: Path, raw: bytes) -> bytes:
         if end < 0:  # no end of header line: the file is cut inside it, or is not ours
             raise ValueError("no header line")
         header = json.loads(raw[len(MAGIC) : end])
-        size, digest = int(header["size"]), str(header["sha256"])
+        header = {"size": int(header["size"]), "sha256": str(header["sha256"])}
     # OverflowError: JSON's Infinity (or 1e400) as the size, which int() cannot convert
     except (ValueError, KeyError, TypeError, OverflowError) as e:
         raise CheckpointError(
             f"checkpoint {path} has a damaged header; it was not loaded. Restore it from a "
             "copy, or retrain into a fresh directory"
         ) from e
-    data = raw[end + 1 :]
-    if len(data) != size:
+    return end, header
+
+
+def _check_size(path: Path, found: int, written: int) -> None:
+    if found != written:
         raise CheckpointError(
-            f"checkpoint {path} is truncated or padded ({len(data)} bytes of data, "
-            f"{size} written); it was not loaded. Restore it from a copy, or retrain into a "
+            f"checkpoint {path} is truncated or padded ({found} bytes of data, "
+            f"{written} written); it was not loaded. Restore it from a copy, or retrain into a "
             "fresh directory"
         )
-    if hashlib.sha256(data).hexdigest() != digest:
+
+
+def _verified_payload(path: Path, raw: bytes) -> bytes:
+    end, header = _header(path, raw)
+    data = raw[end + 1 :]
+    _check_size(path, len(data), header["size"])
+    if hashlib.sha256(data).hexdigest() != header["sha256"]:
         raise CheckpointError(
             f"checkpoint {path} is damaged (its SHA-256 differs from the one recorded when it "
             "was written); it was not loaded. Restore it from a copy, or retrain into a fresh "

@@ -15,6 +15,7 @@ from pyro_gen.infer.checkpoint import (
     CheckpointError,
     encode_checkpoint,
     parse_checkpoint,
+    read_checkpoint_bytes,
     restore_checkpoint,
     write_metrics,
 )
@@ -57,7 +58,7 @@ def _resume(
             refuse_symlink(ckpt_dir / name)
         if not path.exists():
             return None
-        return path.read_bytes()
+        return read_checkpoint_bytes(path)  # a huge file of another kind is refused unread
 
     # Rank 0 reads the bytes and every rank parses them (onto its own device): a parsed
     # checkpoint sent between processes would hold copies of the constraint singletons.

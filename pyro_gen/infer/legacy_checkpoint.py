@@ -42,9 +42,23 @@ def convert_legacy_checkpoint(path: str | Path, *, trust_pickle: bool = False) -
             f"converting {path} unpickles it, which runs any code a crafted file holds; "
             "pass trust_pickle=True (--trust-pickle) only for a file you wrote yourself"
         )
-    raw = path.read_bytes()
-    if raw.startswith(MAGIC):
+    if not path.is_file():  # missing, a directory, or a FIFO (whose open would block)
+        raise CheckpointError(f"no checkpoint at {path}: nothing to convert")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(MAGIC))
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path} ({e.strerror}); nothing was converted") from e
+    if head.startswith(MAGIC):
         raise CheckpointError(f"{path} is already a format {FORMAT_VERSION} checkpoint")
+    # What torch.save writes starts with a zip header (or, before torch 1.6, a pickle
+    # opcode): anything else (a file of zeros, a dataset) is refused before it is read whole.
+    if not head.startswith((b"PK\x03\x04", b"\x80")):
+        raise CheckpointError(
+            f"{path} is not a torch.save file (its first bytes are neither a zip nor a pickle "
+            "header); nothing was converted. Retrain into a fresh directory"
+        )
+    raw = path.read_bytes()
     try:
         old = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=False)
     except Exception as e:  # a damaged or foreign file fails in many ways

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
+from pyro.infer.autoguide import AutoGuide
 from torch import nn
 
 from pyro_gen.distributions.mixture import GaussianMixture
@@ -68,20 +71,68 @@ class VampPrior(PicklableModule):
             p = init.to(torch.get_default_dtype()).clamp(0.01, 0.99)
             raw = (p / (1 - p)).log()
         self.pseudo_inputs_raw = nn.Parameter(raw)
-        self._encode = [encode]  # a list, so the encoder is not registered as a submodule
+        self._encode: list[Encode | None] = [None]  # a list: the encoder is no submodule
+        if encode is not None:
+            self._set_encoder(encode, "encode")
 
     @property
     def num_components(self) -> int:
         return self.pseudo_inputs_raw.shape[0]
 
     def bind(self, guide: nn.Module) -> None:
-        """Use ``guide.encode`` (an amortized Normal guide) for the mixture components."""
-        if not hasattr(guide, "encode"):
+        """Use ``guide.encode`` (an amortized Normal posterior family, ``encode(x) -> (loc,
+        scale)``) for the mixture components.
+
+        The encoder is tried here on two pseudo-inputs (without gradients, a module guide in
+        eval mode), so a guide whose ``encode`` takes other arguments, refuses inputs of the
+        prior's ``event_shape`` or returns something other than ``(loc, scale)`` of shape
+        ``(rows, z_dim)`` is refused now, with what to change, rather than at the first
+        step. A dtype or device mismatch is left to the first call, since the prior may
+        still be moved (``prior.to(...)``).
+
+        Raises:
+            TypeError: the guide has no usable ``encode`` (a Pyro autoguide's ``encode`` takes
+                the model's arguments and returns a dict of sites), or ``encode`` cannot
+                take one tensor, or returns the wrong structure or shapes.
+        """
+        encode = getattr(guide, "encode", None)
+        name = type(guide).__name__
+        if not callable(encode):
             raise TypeError(
                 f"VampPrior needs an amortized Normal guide with encode(x) -> (loc, scale); "
-                f"{type(guide).__name__} has none"
+                f"{name} has none: pass a posterior family such as "
+                "NormalPosterior(MLPEncoder(...)), or VampPrior(..., encode=fn)"
             )
-        self._encode[0] = guide.encode
+        if isinstance(guide, AutoGuide):
+            raise TypeError(
+                f"VampPrior cannot bind {name}: an autoguide's encode takes the model's "
+                "arguments and returns a dict of sites, not (loc, scale) for a batch of "
+                "pseudo-inputs; bind a posterior family such as NormalPosterior(MLPEncoder(...)) "
+                "(VAE(..., posterior=...)), or pass VampPrior(..., encode=fn) with fn(x) -> "
+                "(loc, scale)"
+            )
+        self._set_encoder(encode, f"{name}.encode", guide)
+
+    def _set_encoder(self, encode: Encode, who: str, owner: object = None) -> None:
+        """Try ``encode`` on two pseudo-inputs and keep it (see :meth:`bind`)."""
+        _check_takes_one_tensor(encode, who)
+        if owner is None:  # encode=module.encode: the module's mode is what matters
+            owner = getattr(encode, "__self__", encode)
+        with torch.no_grad(), _eval_mode(owner):
+            u = self.pseudo_inputs()[:2]
+            try:
+                out = encode(u)
+            except RuntimeError as e:
+                if not _is_placement_error(e):
+                    raise TypeError(
+                        f"VampPrior: {who} failed on pseudo-inputs of shape {tuple(u.shape)} "
+                        f"(rows of the prior's event_shape {self.event_shape}): {e}; give "
+                        "VampPrior the event_shape of the data the encoder takes"
+                    ) from e
+                # else: the prior may still be moved; the first call says what to do
+            else:
+                _check_encoded(out, u.shape[0], who)
+        self._encode[0] = encode
 
     def pseudo_inputs(self) -> torch.Tensor:
         return torch.sigmoid(self.pseudo_inputs_raw)
@@ -102,18 +153,7 @@ class VampPrior(PicklableModule):
                 f"VampPrior's pseudo-inputs are {u.dtype} and its encoder refused them "
                 f"({e}); give both one dtype: prior.to(<the encoder's dtype>)"
             ) from e
-        if not (
-            isinstance(out, (tuple, list))
-            and len(out) == 2
-            and all(isinstance(t, torch.Tensor) for t in out)
-            and out[0].dim() == 2
-            and out[0].shape[0] == u.shape[0]
-        ):
-            got = _describe(out)
-            raise TypeError(
-                f"VampPrior's encoder must return (loc, scale) of shape (K, z_dim) for the K = "
-                f"{u.shape[0]} pseudo-inputs; it returned {got}"
-            )
+        _check_encoded(out, u.shape[0], "VampPrior's encoder")
         loc, scale = out
         logits = torch.full(loc.shape[:1], -math.log(loc.shape[0]), device=loc.device)
         return GaussianMixture(logits.to(loc.dtype), loc, scale)
@@ -144,6 +184,69 @@ def _check_init(
             f"values in [{values.min().item():.4g}, {values.max().item():.4g}]; scale the "
             f"data first (e.g. images / 255)"
         )
+
+
+def _check_takes_one_tensor(encode: Callable, name: str) -> None:
+    """One clear error for an ``encode`` that needs more than the pseudo-inputs (an
+    ``encode(x, y)`` of a conditional guide failed inside the first step)."""
+    try:
+        signature = inspect.signature(encode)
+    except (TypeError, ValueError):  # a builtin without a signature: the trial call decides
+        return
+    try:
+        signature.bind(torch.empty(0))
+    except TypeError as e:
+        raise TypeError(
+            f"VampPrior calls {name}(x) with the pseudo-inputs alone, but its signature is "
+            f"{signature} ({e}); give the extra arguments defaults, or "
+            "pass VampPrior(..., encode=lambda u: ...) taking one tensor"
+        ) from None
+
+
+def _check_encoded(out: object, rows: int, who: str) -> None:
+    """``out`` must be ``(loc, scale)``: loc of shape ``(rows, z_dim)`` and a scale that
+    broadcasts to it."""
+    ok = (
+        isinstance(out, (tuple, list))
+        and len(out) == 2
+        and all(isinstance(t, torch.Tensor) for t in out)
+        and out[0].dim() == 2
+        and out[0].shape[0] == rows
+    )
+    if ok:
+        loc, scale = out
+        try:
+            ok = torch.broadcast_shapes(scale.shape, loc.shape) == loc.shape and scale.dim() == 2
+        except RuntimeError:
+            ok = False
+    if not ok:
+        raise TypeError(
+            f"{who} must return (loc, scale), each of shape (K, z_dim) for K pseudo-inputs "
+            f"(here K = {rows}); it returned {_describe(out)}: return the Normal's mean and "
+            "standard deviation per input row (a flat z_dim latent)"
+        )
+
+
+def _is_placement_error(e: RuntimeError) -> bool:
+    """A dtype or device mismatch between the pseudo-inputs and the encoder's weights."""
+    text = str(e)
+    return any(k in text for k in ("dtype", "scalar type", "device", "Expected all tensors"))
+
+
+@contextmanager
+def _eval_mode(guide: object) -> Iterator[None]:
+    """Eval mode for the trial call (no dropout, no batch-norm statistics updated), then
+    each submodule's own mode back."""
+    if not isinstance(guide, nn.Module):
+        yield
+        return
+    modes = [(m, m.training) for m in guide.modules()]
+    guide.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def _describe(out: object) -> str:

@@ -14,7 +14,12 @@ from typing import Any
 
 import torch
 
-__all__ = ["check_no_positional_labels", "expand_context", "slice_context"]
+__all__ = [
+    "check_no_positional_labels",
+    "check_sampler_choice",
+    "expand_context",
+    "slice_context",
+]
 
 
 def expand_context(context: Mapping[str, Any], batch: torch.Size | tuple[int, ...]) -> dict:
@@ -78,3 +83,61 @@ def check_no_positional_labels(x: Any, num_samples: Any, owner: str) -> None:
         "by name: model(x, y=labels), and in fit a dict {'x': x, 'y': y} (a DataLoader's "
         "dataset returning such dicts), not a tuple (x, y)"
     )
+
+
+#: what a generative program sets itself, so ``sampler_kwargs`` may not
+_PROGRAM_OWNS = ("x_init", "x_T", "context", "num_samples")
+
+
+def check_sampler_choice(
+    x: Any, sampler: Any, sampler_kwargs: Any, samplers: tuple[str, ...], owner: str
+) -> dict:
+    """The checked ``sampler_kwargs`` of ``model(None, num_samples, sampler=..., sampler_kwargs=
+    {...})``, the choice of how a model's generative program (Pyro's ``Predictive``, a
+    ``poutine.trace`` of the model without data) draws.
+
+    Why keyword arguments of the model: ``Predictive`` and ``poutine`` call ``model`` itself,
+    so a choice made anywhere else (``model.sample``'s arguments) never reached those draws,
+    and a ``sampler=`` given to the model went on to the network as if it were a label.
+
+    Raises:
+        ValueError: for a sampler given with data (the model is then the training objective),
+            an unknown name, or ``sampler_kwargs`` setting what the program sets itself.
+        TypeError: when ``sampler_kwargs`` is not a mapping.
+
+    Example:
+        >>> check_sampler_choice(None, "ode", {"rtol": 1e-3}, ("pc", "ode"), "ScoreModel")
+        {'rtol': 0.001}
+        >>> check_sampler_choice(None, "ddim", None, ("pc", "ode"), "ScoreModel")
+        Traceback (most recent call last):
+        ...
+        ValueError: ScoreModel.model(None, num_samples, sampler=...): sampler must be one of ...
+    """
+    if sampler is None and sampler_kwargs is None:
+        return {}
+    if x is not None:
+        raise ValueError(
+            f"{owner}.model(x, sampler=..., sampler_kwargs=...): these choose how "
+            "model(None, num_samples) draws; given data x the model is the training objective "
+            "and draws nothing: leave them out"
+        )
+    if sampler is not None and sampler not in samplers:
+        raise ValueError(
+            f"{owner}.model(None, num_samples, sampler=...): sampler must be one of "
+            f"{samplers}, got {sampler!r}"
+        )
+    if sampler_kwargs is None:
+        return {}
+    if not isinstance(sampler_kwargs, Mapping):
+        raise TypeError(
+            f"{owner}.model: sampler_kwargs must be a dict of the sampler's settings (e.g. "
+            f"{{'steps': 50}}), got {type(sampler_kwargs).__name__}"
+        )
+    owned = sorted(set(_PROGRAM_OWNS) & set(sampler_kwargs))
+    if owned:
+        raise ValueError(
+            f"{owner}.model: sampler_kwargs may not set {owned}: the program draws the "
+            "sampler's start at its prior site (condition that site to fix it) and passes its "
+            "own context (labels go as model(None, num_samples, y=labels))"
+        )
+    return dict(sampler_kwargs)

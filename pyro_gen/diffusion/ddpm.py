@@ -11,6 +11,7 @@ checkpoints, which record ``pyro_gen.diffusion.ddpm.DDPM``, load unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -365,14 +366,24 @@ class DDPM(FullChainForm, TimePlateForm, BoundTerms, PicklableModule):
         return self.form == "full_chain"
 
     def model(
-        self, x: torch.Tensor | None = None, num_samples: int = 1, **context: Any
+        self,
+        x: torch.Tensor | None = None,
+        num_samples: int = 1,
+        *,
+        sampler: str | None = None,
+        sampler_kwargs: dict[str, Any] | None = None,
+        **context: Any,
     ) -> torch.Tensor | None:
-        """Time-plate or full-chain model on data; the generative chain when ``x`` is None.
+        """Time-plate or full-chain model on data; the generative chain when ``x`` is None,
+        or another ``sampler`` with its ``sampler_kwargs`` (see :meth:`generate`).
         ``context`` (e.g. ``y=labels``, one row per example) goes to the network as
         ``net(x_t, t, **context)``: ``fit(m, {"x": x, "y": y})`` trains a class-conditional
         DDPM."""
         check_no_positional_labels(x, num_samples, type(self).__name__)
-        if x is None or self.form == "full_chain":
+        options = self.sampler_options(x, sampler, sampler_kwargs)
+        if x is None:
+            return self.generate(num_samples, sampler or "ancestral", options, context)
+        if self.form == "full_chain":
             return self.chain_model(x, num_samples, **context)
         return self.plate_model(x, **context)
 
@@ -431,7 +442,8 @@ class DDPM(FullChainForm, TimePlateForm, BoundTerms, PicklableModule):
         context = dict(context or {})
         expand_context(context, (num_samples,))  # one row per sample, or a clear error
         out = []
-        ctx = self.ema.average_parameters() if (use_ema and self.ema is not None) else _null()
+        use_ema = use_ema and self.ema is not None
+        ctx = self.ema.average_parameters() if use_ema else contextlib.nullcontext()
         with ctx:
             # one chunk of none for num_samples=0: an empty draw of the right shape
             for start in range(0, num_samples, batch_size) or [0]:
@@ -484,11 +496,3 @@ def _as_schedule(schedule: NoiseSchedule | str | Sequence[float] | torch.Tensor,
         return NoiseSchedule(betas)
     except ValueError as err:
         raise ValueError(f"schedule (the betas given): {err}") from None
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc) -> None:
-        return None

@@ -8,7 +8,15 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-__all__ = ["FullChainForm"]
+from pyro_gen.diffusion.context import check_sampler_choice, expand_context
+from pyro_gen.diffusion.network import register_module
+from pyro_gen.diffusion.score_samplers import SAMPLERS
+
+__all__ = ["GENERATORS", "FullChainForm"]
+
+#: samplers of a DDPM's generative program, ``model(None, num_samples, sampler=...)``: its own
+#: reverse chain, DDIM, and the score-based samplers of its SDE
+GENERATORS = ("ancestral", "ddim", *SAMPLERS)
 
 
 class FullChainForm:
@@ -37,7 +45,7 @@ class FullChainForm:
         """Generative chain :math:`x_T \\to \\dots \\to x_0`; observes ``x`` at ``"x_0"``;
         ``context`` goes to the network. Without data the draw is also recorded in data space
         at the deterministic site ``"x"`` (images in [0, 1], shaped as the data)."""
-        pyro.module(self.name, self)
+        register_module(self.name, self)
         T = self.schedule.num_timesteps
         x0 = None if x is None else self.to_model_space(x)
         batch = num_samples if x is None else x.shape[0]
@@ -66,3 +74,61 @@ class FullChainForm:
             for t in range(T, 1, -1):
                 mean, log_var = s.q_posterior(x0, x_t, self._times(t, x0), nd)
                 x_t = pyro.sample(f"x_{t - 1}", self._normal(mean, log_var))
+
+    def sampler_options(self, x: torch.Tensor | None, sampler, sampler_kwargs) -> dict:
+        """The checked ``sampler_kwargs`` of ``model(None, n, sampler=...)`` (see
+        :meth:`generate`)."""
+        options = check_sampler_choice(x, sampler, sampler_kwargs, GENERATORS, "DDPM")
+        if x is None and sampler in (None, "ancestral") and options:
+            raise ValueError(
+                "DDPM.model(None, sampler='ancestral') runs the reverse chain as Pyro sites, "
+                f"which has no settings; got sampler_kwargs {sorted(options)} (DDIM's steps "
+                "and eta: sampler='ddim')"
+            )
+        return options
+
+    def generate(
+        self, num_samples: int, sampler: str, options: dict, context: dict
+    ) -> torch.Tensor:
+        """The generative program of ``model(None, num_samples, sampler=..., sampler_kwargs=
+        {...})``: ``"ancestral"`` (the default) is :meth:`chain_model`, every step a Pyro site.
+        Any other of :data:`GENERATORS` draws the prior site ``f"x_{T}"`` and carries it to
+        the data end with that sampler (``"ddim"``: :func:`~pyro_gen.diffusion.ddim_sample`
+        with ``steps``/``eta``; the score samplers through
+        :class:`~pyro_gen.diffusion.DDPMScore`), recorded as a Delta site ``"x_0"`` (the
+        model's space, as the chain's) and the deterministic ``"x"`` (data space). All use
+        the network's current weights, as the chain does (:meth:`sample` uses the EMA's).
+
+        Example:
+            >>> from pyro_gen.diffusion import DDPM
+            >>> from pyro_gen.nn.time_embedding import TimeMLP
+            >>> m = DDPM(TimeMLP(2, 16, num_layers=1), (2,), timesteps=10)
+            >>> draws = pyro.infer.Predictive(m.model, num_samples=2)(
+            ...     None, 5, sampler="ddim", sampler_kwargs={"steps": 3})
+            >>> draws["x"].shape, sorted(draws)
+            (torch.Size([2, 5, 2]), ['x', 'x_0', 'x_10'])
+        """
+        if sampler == "ancestral":
+            return self.chain_model(None, num_samples, **context)
+        from pyro_gen.diffusion.samplers import ddim_sample
+        from pyro_gen.diffusion.score import DDPMScore
+        from pyro_gen.diffusion.score_samplers import sample
+
+        T, nd = self.schedule.num_timesteps, self.event_dim
+        zeros = self.sample_reference().new_zeros(self.net_shape)
+        with pyro.plate("data", num_samples):
+            x_T = pyro.sample(f"x_{T}", dist.Normal(zeros, 1.0).to_event(nd))
+            # the samplers take one flat batch; outer plates' dims are restored after
+            flat = x_T.reshape(-1, *self.net_shape)
+            ctx = expand_context(context, x_T.shape[: x_T.dim() - nd])
+            if sampler == "ddim":
+                draws = ddim_sample(self, flat.shape[0], x_T=flat, context=ctx, **options)
+            else:
+                score = DDPMScore(self, use_ema=False)
+                draws = sample(score, flat.shape[0], sampler, x_init=flat, context=ctx, **options)
+            x_0 = self.to_model_space(draws).reshape(x_T.shape)
+            # the sampler's output is an implicit distribution of x_T: a Delta site, as a
+            # ScoreModel's generated example
+            x_0 = pyro.sample("x_0", dist.Delta(x_0, event_dim=nd))
+            pyro.deterministic("x", self.from_model_space(x_0), event_dim=len(self.event_shape))
+            return x_0

@@ -15,6 +15,7 @@ import torch
 from pyro import poutine
 
 from pyro_gen.diffusion.ddpm_time_steps import TimeStepDraws
+from pyro_gen.diffusion.network import register_module
 from pyro_gen.diffusion.parameterization import convert
 
 __all__ = ["TimePlateForm"]
@@ -40,7 +41,7 @@ class TimePlateForm(TimeStepDraws):
 
     def plate_model(self, x: torch.Tensor, **context) -> None:
         """Time-plate model (see the DDPM's docstring); ``context`` goes to the network."""
-        pyro.module(self.name, self)
+        register_module(self.name, self)
         s, nd = self.schedule, self.event_dim
         x0 = self.to_model_space(x)
         B = x0.shape[0]

@@ -41,6 +41,7 @@ from pyro import poutine
 from torch import Tensor
 
 from pyro_gen.diffusion.context import expand_context, slice_context
+from pyro_gen.diffusion.network import register_module
 from pyro_gen.diffusion.preconditioned_velocity import PreconditionedVelocity
 from pyro_gen.transforms._base import PicklableModule, sample_count
 from pyro_gen.transforms.continuous import ContinuousFlow, _torchdiffeq, ode_log_likelihood
@@ -323,7 +324,7 @@ class FlowMatching(PicklableModule):
         (``y=labels``, one row per example) goes to the velocity network."""
         if x is None:
             return self._generate(num_samples, context)
-        pyro.module(self.name, self.flow)
+        register_module(self.name, self.flow)
         self._check(x, z)
         with (
             pyro.plate("data", x.shape[0], dim=-1),

@@ -35,8 +35,12 @@ from pyro import poutine
 from torch import Tensor, nn
 
 from pyro_gen.diffusion.bound import bound_sites
-from pyro_gen.diffusion.context import check_no_positional_labels, expand_context
-from pyro_gen.diffusion.network import call_network
+from pyro_gen.diffusion.context import (
+    check_no_positional_labels,
+    check_sampler_choice,
+    expand_context,
+)
+from pyro_gen.diffusion.network import call_network, register_module
 from pyro_gen.diffusion.parameterization import PARAMETERIZATIONS
 from pyro_gen.diffusion.sde import SDE, ScheduleSDE
 from pyro_gen.transforms._base import PicklableModule, as_event_shape
@@ -294,17 +298,31 @@ class ScoreModel(PicklableModule):
         log-likelihood was -9.73); the exact log-likelihood is :meth:`log_prob`."""
         return False
 
-    def model(self, x: Tensor | None = None, num_samples: int = 1, **context: Any) -> Tensor | None:
+    def model(
+        self,
+        x: Tensor | None = None,
+        num_samples: int = 1,
+        *,
+        sampler: str | None = None,
+        sampler_kwargs: dict[str, Any] | None = None,
+        **context: Any,
+    ) -> Tensor | None:
         """DSM objective on data ``x`` (see class docstring). Without data, the generative
-        program: ``"x_1"`` from the prior, carried to the data end by the default sampler
-        (:meth:`sample`) to the site ``"x"``, under ``pyro.plate("data", num_samples)``, so
-        :class:`~pyro.infer.Predictive` and ``poutine`` see the draws (outer plates add their
-        dims, as vectorized samples do). ``context`` (e.g. ``y=labels``, one row per example)
-        goes to the network as ``net(x, t, **context)``: ``fit(m, {"x": x, "y": y})`` trains
-        a conditional score model."""
+        program: ``"x_1"`` from the prior, carried to the data end by ``sampler`` (one of
+        :data:`~pyro_gen.diffusion.score_samplers.SAMPLERS`, default ``"pc"`` as
+        :meth:`sample`; ``sampler_kwargs`` its settings, e.g. ``{"steps": 100}`` or
+        ``{"rtol": 1e-3}`` for ``"ode"``) to the site ``"x"``, under
+        ``pyro.plate("data", num_samples)``, so :class:`~pyro.infer.Predictive` and
+        ``poutine`` see the draws (outer plates add their dims, as vectorized samples do):
+        ``Predictive(m.model, num_samples=4)(None, 100, sampler="ode")``. ``context`` (e.g.
+        ``y=labels``, one row per example) goes to the network as ``net(x, t, **context)``:
+        ``fit(m, {"x": x, "y": y})`` trains a conditional score model."""
+        from pyro_gen.diffusion.score_samplers import SAMPLERS
+
+        options = check_sampler_choice(x, sampler, sampler_kwargs, SAMPLERS, type(self).__name__)
         if x is None:
-            return self._generate(num_samples, context)
-        pyro.module(self.name, self)
+            return self._generate(num_samples, context, sampler or "pc", options)
+        register_module(self.name, self)
         check_no_positional_labels(x, num_samples, type(self).__name__)
         self._check(x)
         K = self.time_samples
@@ -320,7 +338,7 @@ class ScoreModel(PicklableModule):
                 bound_sites(self.sde, x, self.eps, self.event_dim, model=True)
         return None
 
-    def _generate(self, num_samples: int, context: dict) -> Tensor:
+    def _generate(self, num_samples: int, context: dict, sampler: str, options: dict) -> Tensor:
         ref = next(iter([*self.parameters(), *self.buffers()]), torch.zeros(()))
         zeros = torch.zeros(self.event_shape, dtype=ref.dtype, device=ref.device)
         with pyro.plate("data", num_samples):
@@ -329,7 +347,8 @@ class ScoreModel(PicklableModule):
             # the sampler takes one flat batch; outer plates' dims are restored after
             flat = x1.reshape(-1, *self.event_shape)
             context = expand_context(context, x1.shape[: x1.dim() - self.event_dim])
-            draws = self.sample(flat.shape[0], x_init=flat, context=context).reshape(x1.shape)
+            draws = self.sample(flat.shape[0], sampler, x_init=flat, context=context, **options)
+            draws = draws.reshape(x1.shape)
             # the sampler's output is an implicit distribution of x_1: a Delta site, as a
             # GAN generator's example
             return pyro.sample("x", dist.Delta(draws, event_dim=self.event_dim))

@@ -159,8 +159,8 @@ def _trained(net: nn.Module, how: str) -> torch.Tensor:
 
 @pytest.mark.parametrize("how", ["svi", "fit"])
 def test_a_pyromodule_denoiser_trains_exactly_as_the_plain_module(how):
-    # a PyroModule registers its params under its own names besides the DDPM's pyro.module
-    # names: one tensor under two names must still take one optimizer step per SVI step
+    # a PyroModule registers its params under its own names, and the DDPM leaves them to it
+    # (each tensor once in the param store): one optimizer step per SVI step, as the plain one
     plain = _trained(LinearEps(K), how)
     pyro_net = _trained(PyroLinearEps(K), how)
     assert not torch.equal(plain, K)  # training moved it

@@ -133,9 +133,28 @@ def probability_flow_log_prob(
         )  # fmt: skip
 
 
+def _off_the_levels(sm: Any, num_bins: int) -> str:
+    """The refusal of data that are not integer levels, naming what the model is: a DDPM on
+    continuous data (``data="continuous"``) was told "discrete data for a score model", with no
+    word of the density its data do have."""
+    ddpm = getattr(sm, "ddpm", None)
+    what = (
+        "this DDPM models continuous data (data='continuous'):"
+        if ddpm is not None
+        else f"for continuous data under this {type(sm).__name__},"
+    )
+    return (
+        f"x holds values off the integer levels 0..{num_bins - 1}: the probability-flow "
+        "bits/dim and decoder bound are bounds on the probability of discrete data, given as "
+        f"those integers (placed on [low, high]); {what} the exact log-density, in nats, is "
+        "probability_flow_log_prob(model, x) (a density, not a probability)"
+    )
+
+
 def _levels(sm: Any, x: Tensor, num_bins: int) -> Tensor:
     """The integer levels ``0..num_bins-1`` of discrete data, checked (image DDPMs take their
-    usual input, floats ``i / (num_bins - 1)`` in [0, 1]; any other model takes integers)."""
+    usual input, floats ``i / (num_bins - 1)`` in [0, 1]; any other model, a DDPM on
+    continuous data included, takes integers)."""
     if int(num_bins) != num_bins or num_bins < 2:
         raise ValueError(f"num_bins must be a whole number >= 2, got {num_bins}")
     if _is_image_ddpm(sm):
@@ -151,7 +170,7 @@ def _levels(sm: Any, x: Tensor, num_bins: int) -> Tensor:
             raise ValueError(f"image data must lie on the {num_bins} levels i/{num_bins - 1}")
     else:
         if x.is_floating_point() and not torch.equal(x, x.round()):
-            raise ValueError("discrete data for a score model must be integer levels 0..K-1")
+            raise ValueError(_off_the_levels(sm, num_bins))
         level = x.to(torch.get_default_dtype())
     if bool((level < 0).any() or (level > num_bins - 1).any()):
         raise ValueError(f"levels must lie in [0, {num_bins - 1}]")
@@ -195,7 +214,9 @@ def probability_flow_bits_per_dim(
 
     Data on the grid of ``num_bins`` levels: a DDPM on images takes its usual input (floats in
     [0, 1] on the levels ``i / (num_bins - 1)``), mapped to its [-1, 1] space; any other model
-    takes integers ``0..num_bins-1``, mapped (``"dequantize"``) to bins of width
+    (a DDPM on continuous data too: its data are not levels unless they are these integers, and
+    their density is :func:`probability_flow_log_prob`'s) takes integers ``0..num_bins-1``,
+    mapped (``"dequantize"``) to bins of width
     :math:`\\Delta = (\\text{high} - \\text{low}) / K` of ``[low, high]``. Each example gets
     one random draw (the uniform noise or :math:`x_{t_1}`), so the mean over a data set
     estimates the expected bound.

@@ -38,7 +38,14 @@ import torch
 from torch import Tensor, nn
 
 from pyro_gen.transforms._base import FlowTransformModule
-from pyro_gen.transforms.ode_dynamics import ODEMLP, ConcatSquashLinear, ODEConvNet, ODETimeMLP
+from pyro_gen.transforms.divergence import divergence_exact, divergence_hutchinson
+from pyro_gen.transforms.ode_dynamics import (
+    ODEMLP,
+    ConcatSquashLinear,
+    ODEConvNet,
+    ODETimeMLP,
+    call_drift,
+)
 from pyro_gen.transforms.own_derivatives import autograd_enabled, graph_input
 
 __all__ = [
@@ -67,76 +74,6 @@ def _torchdiffeq():
     except ImportError as e:  # pragma: no cover - torchdiffeq is an optional dependency
         raise ImportError("continuous flows need torchdiffeq: pip install 'pyro-gen[ode]'") from e
     return torchdiffeq
-
-
-def divergence_exact(dz: Tensor, z: Tensor, event_dim: int, create_graph: bool) -> Tensor:
-    r"""Exact trace of the Jacobian :math:`\operatorname{tr}(\partial f/\partial z)`.
-
-    Uses one vector-Jacobian product per event element, so it costs ``D`` backward passes; meant
-    for small ``D`` (2D toys, tests). Batch elements must not interact inside ``f``.
-
-    Args:
-        dz: ``f(z, t)``, same shape as ``z``.
-        z: the state, requiring grad, shape ``batch_shape + event_shape``.
-        event_dim: number of rightmost dimensions forming one event.
-        create_graph: keep the graph (needed when the result is differentiated again).
-
-    Returns:
-        Tensor of shape ``batch_shape``.
-
-    Example:
-        >>> z = torch.randn(3, 2, requires_grad=True)
-        >>> div = divergence_exact(2.0 * z, z, event_dim=1, create_graph=False)
-        >>> torch.allclose(div, torch.full((3,), 4.0))
-        True
-    """
-    batch_shape = z.shape[: z.dim() - event_dim]
-    flat_dz = _flat_event(dz, event_dim)
-    num_dims = flat_dz.shape[-1]
-    div = torch.zeros(batch_shape, dtype=z.dtype, device=z.device)
-    for i in range(num_dims):
-        (grad,) = torch.autograd.grad(
-            flat_dz[..., i].sum(), z, create_graph=create_graph, retain_graph=True
-        )
-        div = div + _flat_event(grad, event_dim)[..., i]
-    return div
-
-
-def _flat_event(t: Tensor, event_dim: int) -> Tensor:
-    """``t`` with its event dims flattened into one; unlike ``reshape(batch + (-1,))`` it
-    takes an empty batch, whose -1 torch cannot infer."""
-    return t.flatten(t.dim() - event_dim) if event_dim else t.unsqueeze(-1)
-
-
-def divergence_hutchinson(
-    dz: Tensor, z: Tensor, noise: Tensor, event_dim: int, create_graph: bool
-) -> Tensor:
-    r"""Hutchinson estimate :math:`\epsilon^\top (\partial f/\partial z)\, \epsilon`.
-
-    Unbiased for :math:`\operatorname{tr}(\partial f / \partial z)` when
-    :math:`\mathbb{E}[\epsilon \epsilon^\top] = I` (Rademacher or standard normal noise); costs
-    one backward pass whatever ``D`` is.
-
-    Args:
-        dz: ``f(z, t)``.
-        z: the state, requiring grad.
-        noise: :math:`\epsilon`, same shape as ``z``; keep it fixed during one ODE solve.
-        event_dim: number of rightmost dimensions forming one event.
-        create_graph: keep the graph for a later backward pass.
-
-    Returns:
-        Tensor of shape ``batch_shape``.
-
-    Example:
-        >>> z = torch.randn(3, 4, requires_grad=True)
-        >>> eps = torch.randn(3, 4)
-        >>> est = divergence_hutchinson(3.0 * z, z, eps, event_dim=1, create_graph=False)
-        >>> torch.allclose(est, 3.0 * (eps**2).sum(-1))
-        True
-    """
-    (vjp,) = torch.autograd.grad(dz, z, noise, create_graph=create_graph, retain_graph=True)
-    prod = vjp * noise
-    return _flat_event(prod, event_dim).sum(-1)
 
 
 class AugmentedDynamics(nn.Module):
@@ -195,11 +132,7 @@ class AugmentedDynamics(nn.Module):
             # the graph").
             if not create_graph or not z.requires_grad:
                 z = z.detach().requires_grad_(True)
-            dz = self.drift_fn(z, t)
-            if dz.shape != z.shape:
-                raise ValueError(
-                    f"drift returned shape {tuple(dz.shape)}, expected {tuple(z.shape)}"
-                )
+            dz = call_drift(self.drift_fn, z, t)
             if self.trace == "exact":
                 div = divergence_exact(dz, z, self.event_dim, create_graph)
             else:

@@ -5,12 +5,54 @@ trains best), for :class:`~pyro_gen.transforms.continuous.ContinuousFlow`."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ConcatSquashLinear", "ODEConvNet", "ODEMLP", "ODETimeMLP"]
+__all__ = ["ConcatSquashLinear", "ODEConvNet", "ODEMLP", "ODETimeMLP", "call_drift"]
+
+#: what a user's dynamics network is told when it fails, or returns another shape: the usual
+#: cause is a network written for torchdiffeq's ``func(t, z)`` argument order
+ARGUMENT_ORDER = (
+    "ContinuousFlow and odeint_with_logdet call the dynamics as f(z, t): the state z "
+    "(batch_shape + event_shape) first, the time t (a 0-dim tensor) second. torchdiffeq's "
+    "func(t, z) takes them the other way round: write forward(self, z, t) (a field that does "
+    "not depend on time takes t and ignores it)"
+)
+
+
+def call_drift(drift_fn: Callable[[Tensor, Tensor], Tensor], z: Tensor, t: Tensor) -> Tensor:
+    """``drift_fn(z, t)``, checked to be :math:`dz/dt` of ``z``'s shape.
+
+    A network that fails when called so (a ``TypeError`` or ``RuntimeError``, the errors a
+    swapped ``(t, z)`` order gives from inside the solver) gets the same error type with the
+    calling convention added, as does one returning another shape.
+
+    Example:
+        >>> call_drift(lambda z, t: -z, torch.ones(2, 3), torch.tensor(0.0)).shape
+        torch.Size([2, 3])
+        >>> call_drift(lambda t, z: z @ torch.eye(3), torch.ones(2, 3), torch.tensor(0.0))
+        Traceback (most recent call last):
+        ...
+        RuntimeError: the dynamics failed when called as f(z, t) ... write forward(self, z, t) ...
+    """
+    try:
+        dz = drift_fn(z, t)
+    except (TypeError, RuntimeError) as e:
+        if type(e) not in (TypeError, RuntimeError):  # out of memory and the like: as raised
+            raise
+        raise type(e)(
+            f"the dynamics failed when called as f(z, t) with z of shape {tuple(z.shape)} and "
+            f"t of shape {tuple(t.shape)}: {e}. {ARGUMENT_ORDER}"
+        ) from e
+    if not isinstance(dz, Tensor) or dz.shape != z.shape:
+        got = tuple(dz.shape) if isinstance(dz, Tensor) else type(dz).__name__
+        raise ValueError(
+            f"drift returned shape {got}, expected {tuple(z.shape)} (dz/dt has the shape of "
+            f"z). {ARGUMENT_ORDER}"
+        )
+    return dz
 
 
 class ConcatSquashLinear(nn.Module):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, NoReturn
 
 from pyro_gen.cli_models import IMAGE_DATA, MODELS, TOY_DATA
@@ -22,6 +21,7 @@ from pyro_gen.cli_settings import (
     flag,
     non_negative,
     override_names,
+    path_value,
     positive,
     positive_finite,
     rate,
@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting(train, "seed", "random seed", type=seed_value)
     train.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     train.add_argument(
-        "--out", type=Path, default=None, help="run directory (default runs/MODEL-DATA)"
+        "--out", type=path_value, default=None, help="run directory (default runs/MODEL-DATA)"
     )
     train.add_argument(
         "--override",
@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Scores a trained run on its held-out data. What is measured depends on "
         "the run's model, and an option its evaluation does not read is refused.",
     )
-    evaluate.add_argument("run", type=Path, help="run directory")
+    evaluate.add_argument("run", type=path_value, help="run directory")
     evaluate.add_argument(
         "--k", type=positive, default=None,
         help="importance samples of the IWAE log-likelihood: VAEs, flows on images "
@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample = sub.add_parser(
         "sample", parents=[common], help="draw samples from a trained run into a PNG"
     )
-    sample.add_argument("run", type=Path, help="run directory")
+    sample.add_argument("run", type=path_value, help="run directory")
     sample.add_argument(
         "-n", "--num-samples", type=positive, default=64, help="samples to draw (default 64)"
     )
@@ -311,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     sample.add_argument(
         "--out",
-        type=Path,
+        type=path_value,
         default=None,
         help="PNG file, or an existing folder for FOLDER/samples.png (default RUN/samples.png)",
     )
@@ -329,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
         "importance sampling with the run's VAE, and reports the error on the hidden pixels "
         "beside mean imputation; writes a PNG of truth, observed and imputed images.",
     )
-    impute.add_argument("run", type=Path, help="run directory of a vae")
+    impute.add_argument("run", type=path_value, help="run directory of a vae")
     impute.add_argument(
         "--missing-rate", type=rate, default=None,
         help="share of pixels hidden (default: the run's --missing-rate, or 0.5)",
@@ -341,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-test", type=positive, default=100, help="test images to impute (default 100)"
     )
     impute.add_argument(
-        "--out", type=Path, default=None,
+        "--out", type=path_value, default=None,
         help="PNG file, or an existing folder for FOLDER/imputed.png (default RUN/imputed.png)",
     )  # fmt: skip
     impute.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
@@ -351,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="rewrite the checkpoint of an older pyro-gen run in the current format",
     )
-    convert.add_argument("run", type=Path, help="run directory")
+    convert.add_argument("run", type=path_value, help="run directory")
     convert.add_argument(
         "--trust-pickle",
         action="store_true",

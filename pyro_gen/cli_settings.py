@@ -142,6 +142,24 @@ def rate(text: str) -> float:
     return value
 
 
+def path_value(text: str) -> Path:
+    """An argparse type: a path, refusing the empty string, which ``Path`` reads as the
+    current directory: ``--out "$RUN"`` with ``RUN`` unset trained into wherever the command
+    ran (the checkpoint, config and figures among the user's files), and ``sample ""`` read
+    whatever run lay there.
+
+    Example:
+        >>> path_value("runs/vae")
+        PosixPath('runs/vae')
+    """
+    if not text:
+        raise argparse.ArgumentTypeError(
+            "must name a path, got an empty string (an unset shell variable?); give it, or "
+            "'.' for the current directory"
+        )
+    return Path(text)
+
+
 def override_names(text: str) -> list[str]:
     """An argparse type: comma-separated settings a resume may change (``lr,batch-size``)."""
     names = [n.strip().lstrip("-").replace("-", "_") for n in text.split(",") if n.strip()]

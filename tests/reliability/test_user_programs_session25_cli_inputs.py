@@ -1,0 +1,59 @@
+"""Command-line inputs not in the table-driven sweep of ``test_cli_inputs``: an empty path,
+as ``--out "$RUN"`` gives with ``RUN`` unset. ``Path("")`` is the current directory, so
+``train --out ""`` trained into wherever the command ran (its checkpoint, config, metrics,
+lock file and figures among the user's own files) and ``sample --out ""`` wrote
+``samples.png`` there. Each is now refused in one line naming the argument, and nothing is
+written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.reliability.run_fixtures import (
+    SMALL_VAE,
+    assert_one_line_error,
+    cli,
+    run_files,
+    trained_run,
+)
+
+TRAIN = ["train", "vae", "--data", "digits", "--epochs", "1", "--subset", "256", *SMALL_VAE]
+
+CASES = {
+    "train_out": ([*TRAIN, "--out", ""], "--out"),
+    "evaluate_run": (["evaluate", ""], "run"),
+    "sample_run": (["sample", ""], "run"),
+    "sample_out": (["sample", "{run}", "--out", ""], "--out"),
+    "impute_run": (["impute", ""], "run"),
+    "impute_out": (["impute", "{run}", "--out", ""], "--out"),
+    "convert_run": (["convert-checkpoint", "", "--trust-pickle"], "run"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_an_empty_path_is_refused_and_nothing_is_written_where_the_command_ran(
+    tmp_path, capsys, monkeypatch, name
+):
+    args, argument = CASES[name]
+    run = trained_run(tmp_path)
+    before = run_files(run)
+    here = tmp_path / "cwd"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    status, _, err = cli(capsys, *(a.format(run=run) for a in args))
+    assert_one_line_error(
+        status, err, f"argument {argument}: must name a path, got an empty string", "'.'"
+    )
+    assert list(here.iterdir()) == []
+    assert run_files(run) == before
+
+
+def test_the_current_directory_named_as_dot_still_trains_there(tmp_path, capsys, monkeypatch):
+    """'.' is an explicit choice of the current directory, which the refusal points to."""
+    monkeypatch.chdir(tmp_path)
+    status, _, err = cli(capsys, *TRAIN, "--out", ".")
+    assert status == 0, err
+    assert {"checkpoint.pt", "config.json", "metrics.jsonl"} <= {p.name for p in Path().iterdir()}

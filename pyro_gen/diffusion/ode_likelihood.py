@@ -133,6 +133,12 @@ def probability_flow_log_prob(
         )  # fmt: skip
 
 
+def _float_dtype(sm: Any) -> torch.dtype:
+    """The dtype of the model's first floating parameter, else torch's default."""
+    params = sm.parameters() if isinstance(sm, torch.nn.Module) else ()
+    return next((p.dtype for p in params if p.is_floating_point()), torch.get_default_dtype())
+
+
 def _off_the_levels(sm: Any, num_bins: int) -> str:
     """The refusal of data that are not integer levels, naming what the model is: a DDPM on
     continuous data (``data="continuous"``) was told "discrete data for a score model", with no
@@ -171,7 +177,9 @@ def _levels(sm: Any, x: Tensor, num_bins: int) -> Tensor:
     else:
         if x.is_floating_point() and not torch.equal(x, x.round()):
             raise ValueError(_off_the_levels(sm, num_bins))
-        level = x.to(torch.get_default_dtype())
+        # integers carry no float dtype: the model's (a float64 network met float32 levels
+        # from torch's default and refused them), or the data's own when they are floats
+        level = x if x.is_floating_point() else x.to(_float_dtype(sm))
     if bool((level < 0).any() or (level > num_bins - 1).any()):
         raise ValueError(f"levels must lie in [0, {num_bins - 1}]")
     return level

@@ -46,6 +46,17 @@ class ExactEps(nn.Module):
         return sigma[:, None] * x + self.offset
 
 
+class TimeLinear(nn.Module):
+    """A user's score network of 2-D points: one linear layer on (x, t)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.lin(torch.cat([x, t.to(x.dtype)[:, None]], -1))
+
+
 def _ddpm() -> DDPM:
     return DDPM(ExactEps(), (1,), SCHEDULE, data="continuous")
 
@@ -96,3 +107,20 @@ def test_a_continuous_ddpms_decoder_bound_on_integer_levels_has_its_closed_form(
     nll = -((log_prior + log_dec).exp().sum(0) * dx).log()
     assert (expected >= nll).all()
     assert torch.allclose(out["entropy"], torch.full_like(out["entropy"], entropy))
+
+
+@pytest.mark.parametrize("endpoint", ["dequantize", "decoder"])
+def test_integer_levels_take_a_float64_networks_dtype(endpoint):
+    # integer data carry no float dtype: they were made torch's default float32, which a
+    # user's float64 network refused ("float64 parameters but was given float32 data")
+    m = ScoreModel(TimeLinear().double(), VPSDE(), (2,))
+    level = torch.tensor([[0, 7], [3, 4]])
+    kwargs = dict(num_bins=8, endpoint=endpoint, rtol=1e-4, atol=1e-4)
+    out = probability_flow_bits_per_dim(
+        m, level, generator=torch.Generator().manual_seed(0), **kwargs
+    )
+    assert out.dtype == D
+    as_floats = probability_flow_bits_per_dim(
+        m, level.to(D), generator=torch.Generator().manual_seed(0), **kwargs
+    )
+    assert torch.equal(out, as_floats)

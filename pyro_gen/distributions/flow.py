@@ -11,7 +11,13 @@ from torch import nn
 from torch.distributions import Transform
 
 from pyro_gen.distributions.mixture import positive_int
-from pyro_gen.transforms._base import PicklableModule, as_event_shape, modules_of, sample_count
+from pyro_gen.distributions.prior_module import (
+    PriorModule,
+    refuse_as_scored_site,
+    site_holding,
+    uncalled_message,
+)
+from pyro_gen.transforms._base import as_event_shape, modules_of, sample_count
 
 
 class FlowDistribution(dist.TransformedDistribution):
@@ -92,7 +98,7 @@ def _positive_temperature(temperature: float | torch.Tensor) -> float | torch.Te
     return temperature
 
 
-class LearnedNormal(PicklableModule):
+class LearnedNormal(PriorModule):
     r"""A learnable diagonal Gaussian base :math:`\mathcal{N}(\mu, \operatorname{diag}(\sigma^2))`.
 
     Starts at the standard normal (:math:`\mu = 0`, :math:`\log\sigma = 0`).
@@ -125,7 +131,7 @@ class LearnedNormal(PicklableModule):
         return dist.Normal(loc, scale).to_event(len(self.event_shape))
 
 
-class LearnedMixture(PicklableModule):
+class LearnedMixture(PriorModule):
     r"""A learnable mixture of :math:`K` diagonal Gaussians as a flow's base (vector events).
 
     :math:`p(u) = \sum_k \pi_k \mathcal{N}(u; \mu_k, \operatorname{diag}\sigma_k^2)`
@@ -166,7 +172,7 @@ class LearnedMixture(PicklableModule):
         return dist.MixtureSameFamily(dist.Categorical(logits=logits), components)
 
 
-class ConditionalNormal(PicklableModule):
+class ConditionalNormal(PriorModule):
     r"""A diagonal Gaussian base whose mean and log-scale are a network of the context.
 
     :math:`p(u \mid c) = \mathcal{N}(\mu(c), \operatorname{diag}\sigma(c)^2)`; the
@@ -201,7 +207,7 @@ class ConditionalNormal(PicklableModule):
         return dist.Normal(loc, log_scale.exp() * temperature).to_event(1)
 
 
-class Flow(PicklableModule):
+class Flow(PriorModule):
     r"""A normalizing flow as a module; calling it returns a :class:`FlowDistribution`.
 
     Holds the transforms (registered, so ``pyro.module`` and ``.to(device)`` see their
@@ -318,15 +324,22 @@ class Flow(PicklableModule):
 
     def log_prob(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """:math:`\\log p(x)`, shape ``x.shape[:-len(event_shape)]``."""
+        refuse_as_scored_site(self)
         return self(context).log_prob(x)
 
     def sample(
         self,
-        num_samples: int,
+        num_samples: int | None = None,
         context: torch.Tensor | None = None,
         temperature: float = 1.0,
     ) -> torch.Tensor:
         """``num_samples`` draws (no gradient), shape ``(num_samples, *batch, *event_shape)``."""
+        if num_samples is None:
+            # Pyro's init strategies call fn.sample() on a site given the module uncalled
+            site = site_holding(self)
+            if site is not None:
+                raise TypeError(uncalled_message(self, site))
+            raise TypeError("Flow.sample needs num_samples, the number of draws")
         num_samples = sample_count(num_samples)
         return self(context, temperature).sample((num_samples,))
 

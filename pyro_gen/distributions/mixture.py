@@ -11,7 +11,7 @@ from pyro.distributions.util import broadcast_shape
 from torch import nn
 from torch.distributions import constraints
 
-from pyro_gen.transforms._base import PicklableModule
+from pyro_gen.distributions.prior_module import PriorModule
 
 
 def positive_int(name: str, value: object) -> int:
@@ -183,7 +183,7 @@ class GaussianMixture(dist.TorchDistribution):
         return (pi * (self.scales.pow(2) + self.locs.pow(2))).sum(-2) - self.mean.pow(2)
 
 
-class MixturePrior(PicklableModule):
+class MixturePrior(PriorModule):
     """Learnable mixture-of-Gaussians prior for a VAE latent.
 
     Means start spread out (standard Normal draws), scales at one, weights uniform; all

@@ -12,12 +12,13 @@ from pyro.infer.autoguide import AutoGuide
 from torch import nn
 
 from pyro_gen.distributions.mixture import GaussianMixture
-from pyro_gen.transforms._base import PicklableModule, as_event_shape
+from pyro_gen.distributions.prior_module import PriorModule
+from pyro_gen.transforms._base import as_event_shape
 
 Encode = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
-class VampPrior(PicklableModule):
+class VampPrior(PriorModule):
     """Variational mixture of posteriors prior,
 
     .. math:: p(z) = \\frac{1}{K} \\sum_{k=1}^K q(z \\mid u_k),

@@ -13,11 +13,11 @@ import torch
 from torch import nn
 
 from pyro_gen.distributions.flow import Flow
+from pyro_gen.distributions.prior_module import PriorModule
 from pyro_gen.transforms import affine_coupling
-from pyro_gen.transforms._base import PicklableModule
 
 
-class NormalPrior(PicklableModule):
+class NormalPrior(PriorModule):
     """Standard Normal prior :math:`p(z) = \\mathcal{N}(0, I)`.
 
     Example:
@@ -38,7 +38,7 @@ class NormalPrior(PicklableModule):
         return dist.Normal(self.loc, self.scale).to_event(1)
 
 
-class FlowPrior(PicklableModule):
+class FlowPrior(PriorModule):
     """Flow prior: a RealNVP (affine coupling) pushforward of a standard Normal,
 
     .. math:: z = f_L \\circ \\dots \\circ f_1(\\epsilon),\\ \\epsilon \\sim \\mathcal{N}(0, I),

@@ -115,10 +115,14 @@ def _train_locked(
             if (out / CHECKPOINT_NAME).exists():
                 _verify_or_explain(out / CHECKPOINT_NAME, config, out)
         else:
-            if (out / CHECKPOINT_NAME).exists():
+            # A fresh run writes these names: ones already there without a config.json are
+            # not a run's (a user's folder given as --out), and were replaced unasked.
+            found = [name for name in RUN_FILES[1:] if (out / name).exists()]
+            if found:
                 raise UsageError(
-                    f"{out} has a {CHECKPOINT_NAME} but no {CONFIG_NAME}: it is not a complete "
-                    "pyro-gen run; choose a fresh --out"
+                    f"{out} has {', '.join(found)} but no {CONFIG_NAME}: it is not a complete "
+                    "pyro-gen run, and a new run would replace them; move them or choose a "
+                    "fresh --out"
                 )
             config = new_config(args, spec, given)
         _train_run(args, spec, config, config["options"], out, device)

@@ -57,3 +57,27 @@ def test_the_current_directory_named_as_dot_still_trains_there(tmp_path, capsys,
     status, _, err = cli(capsys, *TRAIN, "--out", ".")
     assert status == 0, err
     assert {"checkpoint.pt", "config.json", "metrics.jsonl"} <= {p.name for p in Path().iterdir()}
+
+
+@pytest.mark.parametrize("name", ["checkpoint.pt", "metrics.jsonl", "curves.png", "samples.png"])
+def test_a_users_folder_holding_a_file_a_run_writes_is_not_trained_into(tmp_path, capsys, name):
+    """``--out`` naming a folder of the user's (no config.json) that holds a ``samples.png``
+    or a ``metrics.jsonl`` of their own: a fresh run replaced it. Refused, naming it; the
+    folder's files are as they were."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / name).write_bytes(b"the user's own " + name.encode())
+    (folder / "notes.txt").write_text("kept")
+    before = run_files(folder)
+    status, _, err = cli(capsys, *TRAIN, "--out", folder)
+    assert_one_line_error(status, err, f"{folder} has {name} but no config.json", "fresh --out")
+    assert run_files(folder) == before
+
+
+def test_a_users_folder_holding_only_other_files_is_trained_into(tmp_path, capsys):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("kept")
+    status, _, err = cli(capsys, *TRAIN, "--out", folder)
+    assert status == 0, err
+    assert (folder / "notes.txt").read_text() == "kept" and (folder / "config.json").is_file()

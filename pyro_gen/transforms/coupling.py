@@ -18,6 +18,7 @@ from pyro_gen.transforms._base import (
     check_context,
     context_in_dtype,
 )
+from pyro_gen.transforms.conditioner_output import conditioner_features
 from pyro_gen.transforms.elementwise import Additive, Affine, ElementwiseBijection
 from pyro_gen.transforms.ladj_cache import partial_module
 from pyro_gen.transforms.masks import alternating_mask, channel_mask, checkerboard_mask, half_mask
@@ -85,7 +86,8 @@ class Coupling(FlowTransformModule):
     conditioning entries, shape ``(..., n_cond, *rest)``, and returns
     ``(..., num_params * n_trans, *rest)``. Otherwise (checkerboard) it receives
     ``x * mask`` of the full event shape and returns
-    ``(..., num_params * event_shape[0], *event_shape[1:])``. The mask is a buffer.
+    ``(..., num_params * event_shape[0], *event_shape[1:])``, or either as a tuple of
+    ``num_params`` tensors (Pyro's ``DenseNN(..., param_dims=[n, n])``). The mask is a buffer.
 
     Args:
         mask: bool tensor of the event shape, ``True`` where the input is kept.
@@ -151,14 +153,8 @@ class Coupling(FlowTransformModule):
         return x.index_select(x.dim() - len(self.event_shape), idx)
 
     def _params(self, h: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
-        p = self.elementwise.num_params
-        theta = self.conditioner(h)
-        dim = theta.dim() - len(self.event_shape)
-        if theta.shape[dim] != p * n:
-            raise ValueError(
-                f"conditioner returned {theta.shape[dim]} features on the first event dim, "
-                f"expected num_params * {n} = {p * n}"
-            )
+        p, k = self.elementwise.num_params, len(self.event_shape)
+        theta, dim = conditioner_features(self.conditioner(h), k, p, n)
         return self.elementwise.unpack(theta, dim, n)
 
     def _couple(self, x: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -120,6 +120,11 @@ class GaussianMixture(dist.TorchDistribution):
     def component_log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """:math:`\\log \\pi_k + \\log \\mathcal{N}(z; \\mu_k, \\sigma_k^2)`, shape
         ``(..., K)``."""
+        terms, dtype = self._component_terms(value)
+        return terms.to(dtype)
+
+    def _component_terms(self, value: torch.Tensor) -> tuple[torch.Tensor, torch.dtype]:
+        """The component terms, in float64 on the matmul path, and the result's dtype."""
         d = self.event_shape[0]
         const = -0.5 * d * math.log(2 * math.pi)
         # Pyro's densities promote (float32 parameters score float64 or integer values, and
@@ -129,8 +134,13 @@ class GaussianMixture(dist.TorchDistribution):
             logits, locs, scales = self._params
             # the expanded square z^2/s^2 - 2 z m/s^2 + m^2/s^2 cancels: in float32, at
             # |m| = 5 and s = 0.01 a draw from its own component was scored ~1 nat off (150
-            # at s = 1e-3, a VampPrior's sharp late-training posteriors); in float64 the same
-            # error is below 1e-6, and the (..., D) x (D, K) matmul stays cheap
+            # at s = 1e-3, a VampPrior's sharp late-training posteriors, 367 at |m| ~ 5 in
+            # 8 dims; a stable log-sum-exp does not help, the loss is in the quadratic); in
+            # float64 the same error is below 1e-6. The float64 (..., D) x (D, K) matmul is
+            # what makes a VampPrior VAE's CPU step 1.16x slower than float32 would be; the
+            # exact float32 form (direct differences) builds (..., K, D) and measured ~8x
+            # slower still on CPU (B 128, K 500, D 32), and too big for IWAE's particle
+            # chunks, so float64 it is (tests/distributions/test_mixture_precision.py).
             wide = torch.float64
             z, locs, scales = value.to(wide), locs.to(wide), scales.to(wide)
             prec = scales.pow(-2)  # (K, D)
@@ -138,20 +148,24 @@ class GaussianMixture(dist.TorchDistribution):
             # an infinite coordinate gave inf - inf = nan; its density is zero (log -inf),
             # as the direct form and Pyro's Normal give it
             quad = quad.masked_fill(z.isinf().any(-1, keepdim=True), math.inf)
-            log_normal = (-0.5 * quad - scales.log().sum(-1) + const).to(dtype)
+            log_normal = -0.5 * quad - scales.log().sum(-1) + const
             log_normal = log_normal.expand(broadcast_shape(log_normal.shape, self.logits.shape))
-        else:
-            # direct differences (MPS has no float64): exact, at the cost of (..., K, D)
-            z = value.to(dtype).unsqueeze(-2)
-            log_normal = (-0.5 * ((z - self.locs) / self.scales) ** 2 - self.scales.log()).sum(
-                -1
-            ) + const
-        return log_normal + self.logits.log_softmax(-1)
+            # weights and log-sum-exp stay wide too: far out (1e3 sigma) the terms are ~1e6
+            # apart from the origin's, and float32 rounding them first shifted the
+            # responsibilities, so the gradient was 1% off
+            return log_normal + self.logits.to(wide).log_softmax(-1), dtype
+        # direct differences (MPS has no float64): exact, at the cost of (..., K, D)
+        z = value.to(dtype).unsqueeze(-2)
+        log_normal = (-0.5 * ((z - self.locs) / self.scales) ** 2 - self.scales.log()).sum(
+            -1
+        ) + const
+        return log_normal + self.logits.log_softmax(-1), dtype
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
             self._validate_sample(value)
-        return self.component_log_prob(value).logsumexp(-1)
+        terms, dtype = self._component_terms(value)
+        return terms.logsumexp(-1).to(dtype)
 
     def sample(self, sample_shape: tuple[int, ...] = ()) -> torch.Tensor:
         with torch.no_grad():

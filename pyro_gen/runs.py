@@ -18,6 +18,9 @@ from pyro_gen.infer.checkpoint import CHECKPOINT_NAME, METRICS_NAME, CheckpointE
 from pyro_gen.infer.files import atomic_write_bytes
 
 CONFIG_NAME = "config.json"
+# A run's config.json is under a kilobyte: a bigger file under the name (a dataset, a file
+# of zeros) was read whole into memory before being refused as not JSON.
+_CONFIG_LIMIT = 2**20
 # What a config must hold to rebuild its model; everything else has a default.
 _REQUIRED: dict[str, type | tuple[type, ...]] = {
     "model": str,
@@ -70,6 +73,12 @@ def read_config(run: str | Path) -> dict[str, Any]:
         raise RunError(
             f"{run} has no {CONFIG_NAME}: it is not a pyro-gen run directory; point at the "
             "--out directory of `pyro-gen train`"
+        )
+    size = path.stat().st_size
+    if size > _CONFIG_LIMIT:
+        raise RunError(
+            f"{path} is {size} bytes, not the settings of a run (a few hundred bytes); it was "
+            "not read. Restore it from a copy, or retrain into a fresh directory"
         )
     try:
         config = json.loads(path.read_text())

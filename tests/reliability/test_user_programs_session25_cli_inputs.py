@@ -3,11 +3,12 @@ as ``--out "$RUN"`` gives with ``RUN`` unset. ``Path("")`` is the current direct
 ``train --out ""`` trained into wherever the command ran (its checkpoint, config, metrics,
 lock file and figures among the user's own files) and ``sample --out ""`` wrote
 ``samples.png`` there. Each is now refused in one line naming the argument, and nothing is
-written.
+written. A huge ``config.json`` is refused by its size rather than read whole.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,13 @@ from tests.reliability.run_fixtures import (
     run_files,
     trained_run,
 )
+
+
+def bytes_read() -> int:
+    """Bytes this process has read so far (``rchar`` of ``/proc/self/io``)."""
+    line = next(t for t in Path("/proc/self/io").read_text().splitlines() if t.startswith("rchar"))
+    return int(line.split()[1])
+
 
 TRAIN = ["train", "vae", "--data", "digits", "--epochs", "1", "--subset", "256", *SMALL_VAE]
 
@@ -81,3 +89,18 @@ def test_a_users_folder_holding_only_other_files_is_trained_into(tmp_path, capsy
     status, _, err = cli(capsys, *TRAIN, "--out", folder)
     assert status == 0, err
     assert (folder / "notes.txt").read_text() == "kept" and (folder / "config.json").is_file()
+
+
+@pytest.mark.parametrize("command", ["sample", "evaluate", "train"])
+def test_a_huge_config_json_is_refused_in_one_line_unread(tmp_path, capsys, command):
+    """A file of 256 MiB of zeros as config.json (sparse: no disk) was read whole before it
+    was refused as not JSON; now its size is refused, naming it, before reading."""
+    run = trained_run(tmp_path)
+    config = run / "config.json"
+    os.truncate(config, 256 * 2**20)
+    args = [*TRAIN, "--out", run] if command == "train" else [command, run]
+    before = bytes_read()
+    status, _, err = cli(capsys, *args)
+    assert bytes_read() - before < 16 * 2**20
+    assert_one_line_error(status, err, f"{config} is {256 * 2**20} bytes", "not read")
+    assert config.stat().st_size == 256 * 2**20

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import math
 import numbers
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,18 @@ def _check_arguments(
     _whole("checkpoint_every", checkpoint_every, 1)
     if checkpoint_every is not None and checkpoint_dir is None:
         raise ValueError("checkpoint_every= needs checkpoint_dir= (where to write them)")
-    if isinstance(checkpoint_dir, str | Path):
+    # Path("") is ".": the run's files went among the user's own in the working directory
+    if isinstance(checkpoint_dir, str) and not checkpoint_dir:
+        raise ValueError(
+            "checkpoint_dir='' names the current directory; pass None to keep nothing on disk, "
+            "or '.' to write the checkpoint and metrics there"
+        )
+    if checkpoint_dir is not None and not isinstance(checkpoint_dir, str | os.PathLike):
+        raise TypeError(
+            f"checkpoint_dir must be a directory path (str or pathlib.Path) or None, got "
+            f"{type(checkpoint_dir).__name__} {checkpoint_dir!r}"
+        )
+    if isinstance(checkpoint_dir, str | os.PathLike):
         _check_run_directory(Path(checkpoint_dir))
     if grad_clip is not None and not (
         isinstance(grad_clip, numbers.Real) and math.isfinite(grad_clip) and grad_clip > 0

@@ -15,7 +15,7 @@ import torch
 from pyro_gen.data.random_state import set_global_rng_state
 from pyro_gen.infer.checkpoint_format import CheckpointError
 from pyro_gen.infer.checkpoint_read import PARAM_SHAPED
-from pyro_gen.infer.checkpoint_write import _class_name, optimizer_kind
+from pyro_gen.infer.checkpoint_write import _class_name, check_state_arguments, optimizer_kind
 from pyro_gen.infer.local_params import restore_optim_state
 from pyro_gen.infer.optim_args import Change, apply_args, changed_args, describe
 from pyro_gen.infer.pyro_modules import MODULE_KEY
@@ -202,6 +202,7 @@ def restore_checkpoint(
         CheckpointError: naming every param that is new or gone, a module or param that does
             not fit, or another optimizer, before anything is restored.
     """
+    check_state_arguments(modules, optim)
     local = dict(local_params or {})
     if params is not None:
         _check_params(ckpt, modules, list(params), local)

@@ -78,6 +78,7 @@ def encode_checkpoint(
         >>> encode_checkpoint("c.pt", modules={}, optim=pyro.optim.Adam({}))["format"]
         2
     """
+    check_state_arguments(modules, optim)
     try:
         optim_states = optim_state(optim, local_params or {})
         # With the traced names given, a store entry the program neither registers nor has
@@ -99,6 +100,32 @@ def encode_checkpoint(
     except UnsafeStateError as e:
         raise CheckpointError(f"cannot write checkpoint {path}: {e}") from e
     return payload
+
+
+def check_state_arguments(modules: Any, optim: Any) -> None:
+    """Refuses ``modules`` that are not networks by name and an ``optim`` that is not a Pyro
+    optimizer, naming the argument: ``modules=net`` and ``optim=torch.optim.Adam(...)``
+    failed inside with ``'Linear' object has no attribute 'items'`` and ``'Adam' object has no
+    attribute 'get_state'``.
+
+    Example:
+        >>> check_state_arguments(torch.nn.Linear(1, 1), None)
+        Traceback (most recent call last):
+        ...
+        TypeError: modules must map names to torch.nn.Module objects, ...
+    """
+    if not isinstance(modules, Mapping) or not all(
+        isinstance(k, str) and isinstance(m, torch.nn.Module) for k, m in modules.items()
+    ):
+        raise TypeError(
+            "modules must map names to torch.nn.Module objects, e.g. modules={'model': net}, "
+            f"got {type(modules).__name__}"
+        )
+    if optim is not None and not isinstance(optim, pyro.optim.PyroOptim):
+        raise TypeError(
+            "optim must be a pyro.optim.PyroOptim such as pyro.optim.Adam({'lr': 1e-3}) (its "
+            f"state is what a checkpoint keeps), got {type(optim).__name__}"
+        )
 
 
 def write_payload(path: str | Path, payload: dict[str, Any]) -> None:

@@ -73,7 +73,10 @@ def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
         b'hello'
     """
     path = refuse_symlink(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:  # a missing or read-only folder: named by the target, not the temporary
+        raise OSError(e.errno, e.strerror, str(path)) from e
     try:
         # Held until the rename, so a concurrent clean-up leaves this live file alone.
         try_lock(fd)

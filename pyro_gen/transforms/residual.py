@@ -250,15 +250,36 @@ class ResidualBlock(FlowTransformModule):
     def _solve(self, x: torch.Tensor) -> torch.Tensor:
         """Fixed point of ``y -> x - g(y)``, no graph."""
         with torch.no_grad():
-            y = x.clone()
+            y, change = x.clone(), None
             for _ in range(self.max_iter):
                 y_new = x - self.net(y)
-                # all(), not max(): max() of an empty batch is an error, all() is True
-                done = bool(((y_new - y).abs() <= self.tol).all())
+                change = (y_new - y).abs()
                 y = y_new
-                if done:
-                    break
+                # all(), not max(): max() of an empty batch is an error, all() is True
+                if bool((change <= self.tol).all()):
+                    return y
+            if change is not None:
+                self._check_converged(x, y, change)
         return y
+
+    def _check_converged(self, x: torch.Tensor, y: torch.Tensor, change: torch.Tensor) -> None:
+        """Refuses a sample that is not the inverse of the density map: with a branch that
+        is no contraction (a user's own network without spectral normalisation) the
+        iteration wanders, and the sample went out silently, its ``log_prob`` the density of
+        another point. Iterates of a contraction that stall at float rounding (large values,
+        where ``tol`` is below one ulp) are converged as far as the dtype allows."""
+        rounding = 1e3 * torch.finfo(y.dtype).eps * float(torch.maximum(x.abs(), y.abs()).max())
+        worst = float(change.max())
+        if worst <= max(self.tol, rounding):
+            return
+        raise ValueError(
+            f"ResidualBlock's inverse (the sampling direction) did not converge in "
+            f"max_iter={self.max_iter} fixed-point iterations: the last one still moved by "
+            f"{worst:.3g} (tol={self.tol:g}). Its net must be a contraction (Lipschitz "
+            "constant < 1): use LipschitzMLP(dim, hidden_dims, lipschitz=0.9) (residual_block "
+            "builds one) or spectral-normalised layers with 1-Lipschitz activations; a "
+            "contraction close to 1 needs a larger max_iter"
+        )
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if torch._C._get_tracing_state() is not None:

@@ -102,3 +102,47 @@ def test_a_hypernet_of_other_outputs_is_one_clear_error(param_dims, match) -> No
     t = T.Coupling(T.half_mask(4), DenseNN(2, [8], param_dims=param_dims), T.Affine())
     with pytest.raises(ValueError, match=match):
         t(torch.randn(3, 4))
+
+
+# ------------------------------------------------------------------ a user's residual branch
+
+
+class _Linear(torch.nn.Module):
+    """``g(y) = A y``: a user's residual branch whose inverse is a linear solve."""
+
+    def __init__(self, a: torch.Tensor) -> None:
+        super().__init__()
+        self.a = torch.nn.Parameter(a)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return y @ self.a.T
+
+
+def _residual_flow(a: torch.Tensor) -> dist.TransformedDistribution:
+    block = T.ResidualBlock(2, _Linear(a), logdet="exact", tol=1e-12, cache_size=0)
+    return dist.TransformedDistribution(
+        dist.Normal(torch.zeros(2, dtype=F64), 1.0).to_event(1), [block]
+    )
+
+
+def test_a_users_contractive_branch_samples_the_closed_form() -> None:
+    r"""``x = u + A x`` is solved by ``x = (I + A)^{-1} u``; the density is
+    :math:`\log \mathcal N(x + A x) + \log|\det(I + A)|`."""
+    a = torch.tensor([[0.3, -0.2], [0.1, 0.25]], dtype=F64)
+    d = _residual_flow(a)
+    torch.manual_seed(3)
+    x = d.sample((5,))
+    torch.manual_seed(3)
+    u = d.base_dist.sample((5,))
+    eye = torch.eye(2, dtype=F64)
+    torch.testing.assert_close(x, torch.linalg.solve(eye + a, u.T).T)
+    expected = d.base_dist.log_prob(x + x @ a.T) + torch.linalg.slogdet(eye + a)[1]
+    torch.testing.assert_close(d.log_prob(x), expected)
+
+
+def test_a_users_branch_that_is_no_contraction_is_one_clear_error() -> None:
+    """``A = 2.5 I``: the fixed-point iteration ``x <- u - A x`` diverges. The draws used
+    to come out unconverged (not the inverse of the density map), silently."""
+    d = _residual_flow(2.5 * torch.eye(2, dtype=F64))
+    with pytest.raises(ValueError, match=r"did not converge in max_iter=500 .* contraction"):
+        d.sample((5,))

@@ -1,8 +1,11 @@
 """AutoAmortizedNormal: an encoder guide built by tracing any model with a plate over data.
 
 The guide's parts sit beside it: reading the model's trace (:mod:`.autoguide_trace`), the
-encoder's inputs (:mod:`.autoguide_inputs`) and the encoder with the posteriors it outputs
-(:mod:`.autoguide_encoder`); this module builds the guide from them and opens its plates.
+encoder's inputs (:mod:`.autoguide_inputs`), the encoder with the posteriors it outputs
+(:mod:`.autoguide_encoder`), the guide's prototype built from them
+(:mod:`.autoguide_prototype`), its plates (:mod:`.autoguide_plates`) and its posterior
+summaries (:mod:`.autoguide_summaries`); this module holds the class, its lifecycle (setup,
+the first call) and the guide itself.
 """
 
 from __future__ import annotations
@@ -13,50 +16,26 @@ from contextlib import ExitStack
 from typing import Any
 
 import pyro
-import pyro.distributions as dist
 import torch
-import torch.utils._pytree as pytree
 from pyro import poutine
 from pyro.infer.autoguide import AutoGuide, AutoNormal
-from pyro.poutine.indep_messenger import CondIndepStackFrame
-from pyro.poutine.util import site_is_subsample
-from torch.distributions import biject_to
 
 from pyro_gen.vae.autoguide_encoder import (
     DEFAULT_INIT_SCALE,
     MIN_SCALE,
     local_params,
     local_posterior,
-    local_site,
-    make_encoder,
-    start_locs_at,
     use_stored_encoder,
 )
-from pyro_gen.vae.autoguide_init import (
-    CheckedInit,
-    full_plate_locs,
-    per_example_locs,
-    reported_init_errors,
-)
-from pyro_gen.vae.autoguide_inputs import (
-    bind_arguments,
-    choose_inputs,
-    encoder_rows,
-    model_signature,
-    sized_arguments,
-)
-from pyro_gen.vae.autoguide_trace import (
-    check_latent_sites,
-    find_data_plate,
-    plate_sizes,
-    random_plates_of,
-    trace_latents,
-)
+from pyro_gen.vae.autoguide_init import reported_init_errors
+from pyro_gen.vae.autoguide_plates import PlatesMixin
+from pyro_gen.vae.autoguide_prototype import PrototypeMixin
+from pyro_gen.vae.autoguide_summaries import SummariesMixin
 
 __all__ = ["DEFAULT_INIT_SCALE", "AutoAmortizedNormal"]
 
 
-class AutoAmortizedNormal(AutoGuide):
+class AutoAmortizedNormal(PrototypeMixin, PlatesMixin, SummariesMixin, AutoGuide):
     """Amortized mean-field Normal guide for any model with a plate over data examples,
     built automatically by tracing the model (a Pyro :class:`~pyro.infer.autoguide.AutoGuide`).
 
@@ -245,135 +224,6 @@ class AutoAmortizedNormal(AutoGuide):
         self._signature: inspect.Signature | bool | None = None
         self._masked_sites: list[str] = []
 
-    # -- the model's arguments and its trace (autoguide_inputs, autoguide_trace) ----------
-    def _arguments(self, args: tuple, kwargs: dict) -> dict[int | str, Any]:
-        """The model's arguments by parameter name (by position if it takes ``*args``)."""
-        if self._signature is None and self.model is not None:
-            # kept, because a pickled Pyro autoguide drops its model
-            self._signature = model_signature(self.model)
-        return bind_arguments(self._signature, args, kwargs)
-
-    def _rows(self, args: tuple, kwargs: dict) -> torch.Tensor:
-        """Per-example inputs, ``(rows, features)``: the minibatch, or the full data."""
-        if self.input_fn is not None:
-            return self.input_fn(*args, **kwargs)
-        return encoder_rows(self._arguments(args, kwargs), self._input_keys)
-
-    def _find_data_plate(self, trace: Any, args: tuple, kwargs: dict) -> CondIndepStackFrame:
-        rows = self.input_fn(*args, **kwargs).shape[0] if self.input_fn is not None else None
-
-        def has_inputs(f: CondIndepStackFrame) -> bool:
-            sizes = {f.size, f.full_size or f.size}
-            if rows is not None:  # the encoder's rows are the examples: a plate of their number
-                return rows in sizes
-            return bool(sized_arguments(self._arguments(args, kwargs), sizes))
-
-        return find_data_plate(trace, self.plate_name, has_inputs)
-
-    def _choose_inputs(
-        self, frame: CondIndepStackFrame, draws_indices: bool, args: tuple, kwargs: dict
-    ) -> None:
-        if self.input_fn is None:
-            arguments = self._arguments(args, kwargs)
-            self._input_keys, self._index_inputs = choose_inputs(frame, arguments)
-        else:
-            full = frame.full_size or frame.size
-            rows = self.input_fn(*args, **kwargs).shape[0]
-            self._index_inputs = full != frame.size and rows == full
-        if self._index_inputs and not draws_indices and not self._user_plates():
-            raise ValueError(
-                f"plate {frame.name!r} subsamples the full data with indices the model "
-                f"chooses itself (subsample=...), which the guide cannot see: pass "
-                f"create_plates=lambda *args, **kwargs: pyro.plate({frame.name!r}, "
-                f"{frame.full_size or frame.size}, subsample=<the same indices>), or pass "
-                f"the minibatch to the model"
-            )
-
-    def _setup_prototype(self, *args: Any, **kwargs: Any) -> None:
-        init = None if self.init_loc_fn is None else CheckedInit(self.init_loc_fn)
-        if init is not None and self.master is not None:
-            self._check_plates_seen(args, kwargs)
-        trace, random_plates, enumerated, subsamples = trace_latents(self.model, args, kwargs, init)
-        check_latent_sites(trace)
-        self.prototype_trace = trace
-        if self.master is not None:
-            self.master()._check_prototype(trace)
-        self._prototype_frames = {
-            f.name: f for _, site in trace.iter_stochastic_nodes() for f in site["cond_indep_stack"]
-        }
-        frame = self._find_data_plate(trace, args, kwargs)
-        self.plate_name, self._data_frame = frame.name, frame
-        subsampled = frame.full_size not in (None, frame.size)
-        if subsampled and frame.name not in random_plates and self.master is not None:
-            # a part of an AutoGuideList, whose model may hide the plate's own indices
-            # (expose=[...]): the list draws them for the model to replay, if it draws any
-            random_plates |= random_plates_of(self.master().model, args, kwargs) & {frame.name}
-        self._choose_inputs(frame, frame.name in random_plates, args, kwargs)
-
-        local, global_names = {}, []
-        for name, site in trace.iter_stochastic_nodes():
-            if all(f.name != frame.name for f in site["cond_indep_stack"]):
-                global_names.append(name)
-                continue
-            local[name] = local_site(site, frame)
-        self.local_sites = local
-        self._masked_sites = [n for n in local if trace.nodes[n]["mask"] is not None]
-
-        total = sum(s["numel"] for s in local.values())
-        rows = self._rows(args, kwargs)
-        # the data plate's sizes for calls like this one (see _plate_sizes)
-        self._subsample_sizes = {
-            _call_key(rows.shape[0], args, kwargs): (frame.full_size or frame.size, frame.size)
-        }
-        self.net = make_encoder(rows, self.hidden_dims, total, self.init_scale)
-        if init is not None:
-            # Pyro's meaning (each site's loc starts at the init value) for a loc that is a
-            # function of the example: the loc head is set to the map giving each example
-            # its value (weights 0 and bias the value where it is common, the least-squares
-            # fit where it differs), rather than an offset beside the encoder, so the guide
-            # stays a plain encoder and checkpoints and the compiled step see nothing new.
-            full = frame.full_size or frame.size
-            if frame.name in random_plates and not self._index_inputs:
-                _refuse_random_indices(init.full_values, frame.name, full)
-            every = full_plate_locs(trace, local, init.full_values, frame.name, full)
-            if self._index_inputs and every is not None:  # the full data, a value for each
-                start_locs_at(self.net, rows, every)
-            else:
-                if self._index_inputs:  # the full data: the examples the trace's plate took
-                    rows = rows[subsamples[frame.name]]
-                start_locs_at(self.net, rows, per_example_locs(trace, local, frame.size))
-        if global_names:
-            hidden = list(local) + enumerated
-            # a strategy of its own: its trace draws its own indices, which this one's
-            # reading of the prototype's plates would not know
-            options = {} if init is None else {"init_loc_fn": CheckedInit(self.init_loc_fn)}
-            self.global_guide = AutoNormal(poutine.block(self.model, hide=hidden), **options)
-
-    def _check_plates_seen(self, args: tuple, kwargs: dict) -> None:
-        """Init values are placed by the examples a plate drew (see Initialization), which
-        a part's model blocked with ``expose=`` hides (the plate's indices are a site too);
-        without them a value per example would be refused as the wrong shape, or a common
-        one fail, so this says what to change."""
-        hidden = random_plates_of(self.master().model, args, kwargs) - random_plates_of(
-            self.model, args, kwargs
-        )
-        if hidden:
-            raise ValueError(
-                f"init_loc_fn: this AutoGuideList part's model hides the indices plate(s) "
-                f"{sorted(hidden)} draw (poutine.block(model, expose=[...]) blocks them as "
-                "sites too), so the init values cannot be placed on their examples: block "
-                "the other parts' sites with poutine.block(model, hide=[...]) instead"
-            )
-
-    def _check_prototype(self, part_trace: Any) -> None:
-        # the global AutoNormal reports its prototype to its master, as in an AutoGuideList
-        # the distributions' shapes, not the values': a global site under a subsampled
-        # plate may hold an init value of the plate's full size there (see CheckedInit)
-        for name, site in part_trace.iter_stochastic_nodes():
-            mine = self.prototype_trace.nodes[name]
-            if _shape(site) != _shape(mine):
-                raise ValueError(f"site {name!r} changed shape while the guide was built")
-
     def setup(self, *args: Any, **kwargs: Any) -> None:
         """Trace the model on example arguments and create every parameter, without
         recording anything (the first call does this otherwise). Call it to load a
@@ -410,83 +260,6 @@ class AutoAmortizedNormal(AutoGuide):
             self._use_stored_encoder()
         return super().__call__(*args, **kwargs)
 
-    # -- plates --------------------------------------------------------------------------
-    def _create_plates(self, *args: Any, **kwargs: Any) -> dict[str, pyro.plate]:
-        if self.master is not None:
-            self.plates = self.master().plates
-            return self.plates
-        plates: dict[str, pyro.plate] = {}
-        if self.create_plates is not None:
-            made = self.create_plates(*args, **kwargs)
-            made = [made] if isinstance(made, pyro.plate) else list(made)
-            if not all(isinstance(p, pyro.plate) for p in made):
-                raise TypeError("create_plates() must return a pyro.plate or plates")
-            plates = {p.name: p for p in made}
-        for name, f in self._prototype_frames.items():
-            # the data plate is made per call, sized by the batch at hand
-            if name not in plates and name != self.plate_name:
-                plates[name] = pyro.plate(
-                    name, f.full_size or f.size, subsample_size=f.size, dim=f.dim
-                )
-        self.plates = plates
-        return plates
-
-    def _user_plates(self) -> bool:
-        """Whether the user makes the plates (this guide's or its AutoGuideList's
-        ``create_plates``)."""
-        return self.create_plates is not None or (
-            self.master is not None and self.master().create_plates is not None
-        )
-
-    def _data_plate(
-        self, plates: dict[str, pyro.plate], rows: int, device, args: tuple, kwargs: dict
-    ) -> pyro.plate:
-        f = self._data_frame
-        user_plate = self._user_plates()
-        if f.name in plates and (user_plate or (self._index_inputs and self.master is not None)):
-            return plates[f.name]  # indices chosen by the user, or drawn once by the master
-        full = f.full_size or f.size
-        if self._index_inputs:  # the model replays the indices drawn here
-            full, size = self._plate_sizes(rows, args, kwargs)
-            return pyro.plate(f.name, full, subsample_size=size, dim=f.dim, device=device)
-        # The rows at hand are the examples and only the scale N/B matters: the plate's
-        # index site is kept out of the trace, so the model keeps its own indices (replayed
-        # ones would override a model's subsample=idx) and a hand-written guide part may
-        # open its own plate of this name next to this guide.
-        indices = torch.arange(rows, device=device)
-        with poutine.block(hide_fn=site_is_subsample):
-            return pyro.plate(
-                f.name, rows if full == f.size else full, subsample=indices, dim=f.dim
-            )
-
-    def _plate_sizes(self, rows: int, args: tuple, kwargs: dict) -> tuple[int, int]:
-        """The full and subsample sizes of the data plate that the model subsamples itself,
-        for this call: the trace's, or, for other data or other options than the trace's
-        (a held-out set of another size, another ``batch_size=``), the model's own, read
-        once per such call structure by running it as far as the plate."""
-        known = self.__dict__.setdefault("_subsample_sizes", {})
-        key = _call_key(rows, args, kwargs)
-        if key not in known:
-            f = self._data_frame
-            known[key] = plate_sizes(self.model, args, kwargs, f.name) or (rows, f.size)
-        return known[key]
-
-    @torch.no_grad()
-    def _site_masks(self, data_plate: pyro.plate, args: tuple, kwargs: dict) -> dict[str, Any]:
-        """The model's masks of the local sites for this call (e.g. padded steps of
-        sequences): a guide that scored a site the model masks out would add that site's
-        entropy to the ELBO unopposed. Read by one blocked run of the model."""
-        if self.model is None:
-            raise RuntimeError(
-                "this AutoAmortizedNormal has lost its model (Pyro autoguides drop it when "
-                "pickled) and needs it to read the model's masks: set guide._model = (model,)"
-            )
-        model = self.model
-        if self._index_inputs:  # the model's plate must pick the rows this guide encodes
-            model = poutine.condition(model, data={self.plate_name: data_plate.indices})
-        trace = poutine.block(poutine.trace(model).get_trace)(*args, **kwargs)
-        return {name: trace.nodes[name]["mask"] for name in self._masked_sites}
-
     # -- guide ---------------------------------------------------------------------------
     def _local_params(self, x: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         return local_params(self.net, self.local_sites, x)
@@ -514,85 +287,3 @@ class AutoAmortizedNormal(AutoGuide):
                         stack.enter_context(poutine.mask(mask=masks[name]))
                     result[name] = pyro.sample(name, local_posterior(loc, scale, s))
         return result
-
-    @torch.no_grad()
-    def encode(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
-        """Posterior median of each local site (the loc mapped to its support), for every
-        example in the model's arguments."""
-        self.setup(*args, **kwargs)
-        params = self._local_params(self._rows(args, kwargs))
-        return {
-            name: biject_to(self.local_sites[name]["support"])(loc)
-            for name, (loc, _) in params.items()
-        }
-
-    @torch.no_grad()
-    def median(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
-        """Posterior median of every latent site: globals, and locals per example."""
-        self.setup(*args, **kwargs)
-        out = {} if self.global_guide is None else self.global_guide.median(*args, **kwargs)
-        out.update(self.encode(*args, **kwargs))
-        return out
-
-    @torch.no_grad()
-    def quantiles(
-        self, quantiles: Sequence[float] | torch.Tensor, *args: Any, **kwargs: Any
-    ) -> dict[str, torch.Tensor]:
-        """Posterior quantiles of every latent site (globals, and locals per example), the
-        quantiles first: ``{name: tensor of shape (len(quantiles),) + site shape}``.
-
-        As Pyro's :class:`~pyro.infer.autoguide.AutoNormal` gives them (and so an
-        :class:`~pyro.infer.autoguide.AutoGuideList` holding this guide can): the quantiles
-        of each unconstrained coordinate's Normal mapped onto the site's support. Those are
-        the marginal quantiles where the support is mapped coordinate by coordinate (real,
-        positive, an interval); for a simplex or a Cholesky factor they are a summary only.
-        The quantile 0.5 is :meth:`median`.
-
-        Example:
-            >>> import pyro.distributions as dist
-            >>> def model(x):
-            ...     with pyro.plate("data", x.shape[0]):
-            ...         pyro.sample("s", dist.LogNormal(0.0, 1.0))
-            >>> guide = AutoAmortizedNormal(model, hidden_dims=(4,))
-            >>> q = guide.quantiles([0.1, 0.5, 0.9], torch.randn(3, 2))
-            >>> q["s"].shape, bool((q["s"][0] < q["s"][1]).all() and (q["s"][1] < q["s"][2]).all())
-            (torch.Size([3, 3]), True)
-        """
-        self.setup(*args, **kwargs)
-        out = (
-            {}
-            if self.global_guide is None
-            else self.global_guide.quantiles(quantiles, *args, **kwargs)
-        )
-        for name, (loc, scale) in self._local_params(self._rows(args, kwargs)).items():
-            q = torch.as_tensor(quantiles, dtype=loc.dtype, device=loc.device)
-            values = dist.Normal(loc, scale).icdf(q.reshape((-1,) + (1,) * loc.dim()))
-            out[name] = biject_to(self.local_sites[name]["support"])(values)
-        return out
-
-
-def _shape(site: dict) -> torch.Size:
-    return site["fn"].batch_shape + site["fn"].event_shape
-
-
-def _refuse_random_indices(
-    full_values: dict[str, tuple[torch.Tensor, tuple[str, ...]]], plate: str, full: int
-) -> None:
-    """Refuses values for every example of a plate that draws random indices around the
-    minibatch the model is given: the indices do not say which examples the rows are."""
-    names = sorted(n for n, (_, plates) in full_values.items() if plate in plates)
-    if names:
-        raise ValueError(
-            f"init_loc_fn gave sites {names} one value per example of the data set "
-            f"({full} along plate {plate!r}), but that plate draws its subsample indices at "
-            f"random (subsample_size=) while the model is given the minibatch, so nothing "
-            f"says which of those values are the minibatch's examples: open the plate with "
-            f"subsample=<the minibatch's indices in the data set>, give the values of this "
-            f"call's examples, or give the model the full data to subsample"
-        )
-
-
-def _call_key(rows: int, args: tuple, kwargs: dict) -> tuple:
-    """What decides a model's own subsampling of its data: the number of examples and the
-    arguments that are not tensors (``batch_size=``, flags)."""
-    return (rows, *(v for v in pytree.tree_leaves((args, kwargs)) if not torch.is_tensor(v)))

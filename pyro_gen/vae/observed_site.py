@@ -49,6 +49,12 @@ def observed_data_site(
         'pixels'
     """
     observed = _observed_in_plate(model_trace, plate)
+    if site is None and len(observed) > 1:
+        # a labelled batch observes its labels beside the data (an SSVAE's y): the site
+        # that observes x itself is the data's, when only one does
+        observes_x = [n for n in observed if _observes(model_trace.nodes[n]["value"], x)]
+        if len(observes_x) == 1:
+            observed = observes_x
     if site is None:
         if len(observed) != 1:
             raise ValueError(
@@ -62,7 +68,7 @@ def observed_data_site(
             f"(observed there: {observed})"
         )
     value = model_trace.nodes[site]["value"]
-    if value.numel() != x.numel() or not torch.equal(value.reshape(x.shape).to(x.dtype), x):
+    if not _observes(value, x):
         raise ValueError(
             f"the model's site {site!r} does not observe x as given (it observes a tensor of "
             f"shape {tuple(value.shape)}, x has {tuple(x.shape)}, or other values): {purpose} "
@@ -70,3 +76,8 @@ def observed_data_site(
             "view is fine)"
         )
     return site
+
+
+def _observes(value: torch.Tensor, x: torch.Tensor) -> bool:
+    """Whether a site's observed ``value`` is ``x`` (a reshaped view is fine)."""
+    return value.numel() == x.numel() and torch.equal(value.reshape(x.shape).to(x.dtype), x)

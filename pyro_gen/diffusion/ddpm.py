@@ -28,7 +28,7 @@ from pyro_gen.diffusion.ema import EMA
 from pyro_gen.diffusion.likelihood import DiscretizedGaussian
 from pyro_gen.diffusion.network import call_network, check_output
 from pyro_gen.diffusion.parameterization import PARAMETERIZATIONS, convert
-from pyro_gen.diffusion.schedules import NoiseSchedule, make_schedule
+from pyro_gen.diffusion.schedules import NoiseSchedule, as_schedule
 from pyro_gen.transforms._base import PicklableModule, as_event_shape, sample_count
 
 __all__ = ["DDPM"]
@@ -186,7 +186,7 @@ class DDPM(FullChainForm, TimePlateForm, BoundTerms, PicklableModule):
         if form not in ("time_plate", "full_chain"):
             raise ValueError(f"form must be 'time_plate' or 'full_chain', got {form!r}")
         self.net = net
-        self.schedule = _as_schedule(schedule, timesteps)
+        self.schedule = as_schedule(schedule, timesteps)
         T = self.schedule.num_timesteps
         if not 1 <= time_samples <= T:
             raise ValueError(f"time_samples must lie in [1, T={T}], got {time_samples}")
@@ -225,9 +225,12 @@ class DDPM(FullChainForm, TimePlateForm, BoundTerms, PicklableModule):
         self.ema = EMA(self.net, ema_decay) if ema_decay is not None else None
 
     # ------------------------------------------------------------------ data space
-    def to_model_space(self, x: torch.Tensor) -> torch.Tensor:
-        """Validate data and map it to the network's space (images: [0, 1] -> [-1, 1])."""
-        if x.shape[1:] != self.event_shape:
+    def to_model_space(self, x: torch.Tensor, outer: bool = False) -> torch.Tensor:
+        """Validate data and map it to the network's space (images: [0, 1] -> [-1, 1]); with
+        ``outer``, data may have outer plates' dims before the batch dim (the model's own)."""
+        nd = len(self.event_shape)
+        rows = x.dim() == nd + 1 or (outer and x.dim() > nd + 1)
+        if not rows or x.shape[x.dim() - nd :] != self.event_shape:
             raise ValueError(
                 f"expected data of shape (batch, {', '.join(map(str, self.event_shape))}), "
                 f"got {tuple(x.shape)}"
@@ -247,7 +250,7 @@ class DDPM(FullChainForm, TimePlateForm, BoundTerms, PicklableModule):
                 f"max {float(x.max()):.3g} (images: x.float() / 255; data of event shape "
                 f"{tuple(self.event_shape)} that are not images: DDPM(..., data='continuous'))"
             )
-        return (x * 2 - 1).reshape(x.shape[:1] + self.net_shape)
+        return (x * 2 - 1).reshape(x.shape[: x.dim() - nd] + self.net_shape)
 
     def from_model_space(self, x: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`to_model_space` (images clamped to [0, 1])."""
@@ -374,7 +377,9 @@ class DDPM(FullChainForm, TimePlateForm, BoundTerms, PicklableModule):
         sampler_kwargs: dict[str, Any] | None = None,
         **context: Any,
     ) -> torch.Tensor | None:
-        """Time-plate or full-chain model on data; the generative chain when ``x`` is None,
+        """Time-plate or full-chain model on data ``(batch, *event_shape)``, or with outer
+        plates' dims in front (a latent of the user's model under vectorized particles,
+        ``(P, 1, batch, *event_shape)``); the generative chain when ``x`` is None,
         or another ``sampler`` with its ``sampler_kwargs`` (see :meth:`generate`).
         ``context`` (e.g. ``y=labels``, one row per example) goes to the network as
         ``net(x_t, t, **context)``: ``fit(m, {"x": x, "y": y})`` trains a class-conditional
@@ -476,23 +481,3 @@ class DDPM(FullChainForm, TimePlateForm, BoundTerms, PicklableModule):
         return float(variational_bound(self, x, **kwargs)["total"].mean()) / (
             math.prod(self.event_shape) * math.log(2)
         )
-
-
-def _as_schedule(schedule: NoiseSchedule | str | Sequence[float] | torch.Tensor, timesteps: int):
-    # betas given directly (a tensor or list, as schedules are written in DDPM code) met
-    # "unhashable type: 'list'" or "unknown schedule tensor([...])"
-    if isinstance(schedule, NoiseSchedule):
-        return schedule
-    if isinstance(schedule, str):
-        return make_schedule(schedule, timesteps)
-    try:
-        betas = torch.as_tensor(schedule, dtype=torch.float64)
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise TypeError(
-            "schedule must be a NoiseSchedule, a name ('linear', 'cosine', 'sigmoid') or a 1-D "
-            f"tensor of betas, got {type(schedule).__name__}"
-        ) from err
-    try:
-        return NoiseSchedule(betas)
-    except ValueError as err:
-        raise ValueError(f"schedule (the betas given): {err}") from None

@@ -47,8 +47,9 @@ class FullChainForm:
         at the deterministic site ``"x"`` (images in [0, 1], shaped as the data)."""
         register_module(self.name, self)
         T = self.schedule.num_timesteps
-        x0 = None if x is None else self.to_model_space(x)
-        batch = num_samples if x is None else x.shape[0]
+        x0 = None if x is None else self.to_model_space(x, outer=True)
+        # data may have outer plates' dims (a latent's particles) before the batch dim
+        batch = num_samples if x0 is None else x0.shape[x0.dim() - self.event_dim - 1]
         zeros = self.sample_reference().new_zeros((batch, *self.net_shape))
         with pyro.plate("data", batch):
             x_t = pyro.sample(f"x_{T}", dist.Normal(zeros, 1.0).to_event(self.event_dim))
@@ -67,8 +68,8 @@ class FullChainForm:
     def chain_guide(self, x: torch.Tensor, num_samples: int = 1) -> None:
         """Forward process :math:`q(x_T \\mid x_0) \\prod_t q(x_{t-1} \\mid x_t, x_0)`."""
         s, nd, T = self.schedule, self.event_dim, self.schedule.num_timesteps
-        x0 = self.to_model_space(x)
-        with pyro.plate("data", x0.shape[0]):
+        x0 = self.to_model_space(x, outer=True)
+        with pyro.plate("data", x0.shape[x0.dim() - nd - 1]):
             mean, std = s.q_mean_std(x0, self._times(T, x0), nd)
             x_t = pyro.sample(f"x_{T}", dist.Normal(mean, std).to_event(nd))
             for t in range(T, 1, -1):

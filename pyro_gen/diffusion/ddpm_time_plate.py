@@ -43,8 +43,8 @@ class TimePlateForm(TimeStepDraws):
         """Time-plate model (see the DDPM's docstring); ``context`` goes to the network."""
         register_module(self.name, self)
         s, nd = self.schedule, self.event_dim
-        x0 = self.to_model_space(x)
-        B = x0.shape[0]
+        x0 = self.to_model_space(x, outer=True)
+        B = x0.shape[x0.dim() - nd - 1]  # outer plates' dims (a latent's particles) before it
         with pyro.plate("data", B, dim=-1), self._time_steps(x0, guide=False) as t:
             mean, std = s.q_mean_std(x0, t, nd)
             x_t = pyro.sample("x_t", dist.Normal(mean, std).to_event(nd))
@@ -76,8 +76,8 @@ class TimePlateForm(TimeStepDraws):
     def plate_guide(self, x: torch.Tensor) -> None:
         """Time-plate guide: forward marginal at ``"x_t"``, forward posterior at ``"x_prev"``."""
         s, nd = self.schedule, self.event_dim
-        x0 = self.to_model_space(x)
-        B = x0.shape[0]
+        x0 = self.to_model_space(x, outer=True)
+        B = x0.shape[x0.dim() - nd - 1]  # outer plates' dims (a latent's particles) before it
         with pyro.plate("data", B, dim=-1), self._time_steps(x0, guide=True) as t:
             mean, std = s.q_mean_std(x0, t, nd)
             x_t = pyro.sample("x_t", dist.Normal(mean, std).to_event(nd))

@@ -45,7 +45,7 @@ class TimeStepDraws:
         """Samples ``"t"`` and the prior site, enters the time plate and yields each example's
         steps (1-based, batch shape ``(k, B)``): ``time_samples`` uniform steps in training,
         one step per stratum in eval mode (see the DDPM's docstring)."""
-        T, B = self.schedule.num_timesteps, x0.shape[0]
+        T, B = self.schedule.num_timesteps, x0.shape[x0.dim() - self.event_dim - 1]
         if self.training or not self.eval_strata:
             u = pyro.sample("t", dist.Uniform(x0.new_zeros(B), x0.new_ones(B)))
             self._prior_site(x0, guide)

@@ -248,8 +248,11 @@ class FlowMatching(PicklableModule):
             f"{tuple(x.shape)}; it must return a velocity shaped like its input"
         )
 
-    def _check(self, x: Tensor, z: Tensor | None) -> None:
-        if x.dim() != self.event_dim + 1 or x.shape[1:] != self.event_shape:
+    def _check(self, x: Tensor, z: Tensor | None) -> int:
+        """The number of examples of ``x`` (outer plates' dims, a latent's vectorized
+        particles, may come before the batch), with the coupling ``z`` checked."""
+        nd = self.event_dim
+        if x.dim() < nd + 1 or x.shape[x.dim() - nd :] != self.event_shape:
             raise ValueError(
                 f"FlowMatching expects data of shape (batch, *{tuple(self.event_shape)}), got "
                 f"{tuple(x.shape)}"
@@ -271,6 +274,7 @@ class FlowMatching(PicklableModule):
                     f"coupling z must be shaped like x {tuple(x.shape)} (base draws), got {what}"
                     + labels
                 )
+        return x.shape[x.dim() - nd - 1]
 
     def _time_law(self, zeros: Tensor) -> dist.Distribution:
         """The law of ``"t"`` with the batch shape of ``zeros``."""
@@ -285,17 +289,20 @@ class FlowMatching(PicklableModule):
         return dist.TransformedDistribution(base, [dist.transforms.SigmoidTransform()])
 
     def _sites(self, x: Tensor, z: Tensor | None) -> tuple[Tensor, Tensor]:
-        law = self._time_law(x.new_zeros(self.time_samples, x.shape[0]))
+        K, B = self.time_samples, x.shape[x.dim() - self.event_dim - 1]
+        law = self._time_law(x.new_zeros(K, B))
         # the law's log-density cancels between model and guide; the logit laws' is masked out
         # because the round trip s -> logit s can land just outside the base's support at its
         # edge (a draw of exactly a), and -inf - (-inf) made one loss NaN in 16 million draws
         with poutine.mask(mask=self.time_sampling == "uniform"):
             s = pyro.sample("t", law)
         if z is None:
-            base = dist.Normal(x.new_zeros(()), 1.0).expand((self.time_samples, *x.shape))
+            base = dist.Normal(x.new_zeros(()), 1.0).expand((K, B, *self.event_shape))
             # (K, B, *event), or with the outer plates' dims (vectorized particles) in front
             return s, pyro.sample("z", base.to_event(self.event_dim))
-        return s, z.expand((self.time_samples, *x.shape))
+        # the coupling over the time plate (dim -2); with outer dims, z has that dim already
+        zb = z if z.dim() > self.event_dim + 1 else z.unsqueeze(0)
+        return s, zb.expand(torch.broadcast_shapes(zb.shape, (K, B, *self.event_shape)))
 
     # The plate over examples for evaluate_elbo: the objective's plate of time samples
     # encloses every site too.
@@ -317,7 +324,9 @@ class FlowMatching(PicklableModule):
         num_samples: int = 1,
         **context: Any,
     ):
-        """Flow-matching objective on ``x`` (with an optional coupling ``z``). Without data,
+        """Flow-matching objective on ``x`` (with an optional coupling ``z`` shaped like it),
+        ``(batch, *event_shape)`` or with outer plates' dims in front (a latent of the user's
+        model under vectorized particles, ``(P, 1, batch, *event_shape)``). Without data,
         the generative program: base draws ``"z"`` transported by the flow's ODE to the site
         ``"x"``, under ``pyro.plate("data", num_samples)``, so
         :class:`~pyro.infer.Predictive` and ``poutine`` see the draws. ``context``
@@ -325,9 +334,9 @@ class FlowMatching(PicklableModule):
         if x is None:
             return self._generate(num_samples, context)
         register_module(self.name, self.flow)
-        self._check(x, z)
+        B = self._check(x, z)
         with (
-            pyro.plate("data", x.shape[0], dim=-1),
+            pyro.plate("data", B, dim=-1),
             poutine.scale(scale=1 / self.time_samples),
             pyro.plate("time", self.time_samples, dim=-2),
         ):
@@ -363,9 +372,9 @@ class FlowMatching(PicklableModule):
         ``context`` and needs none of it."""
         if x is None:
             return None
-        self._check(x, z)
+        B = self._check(x, z)
         with (
-            pyro.plate("data", x.shape[0], dim=-1),
+            pyro.plate("data", B, dim=-1),
             poutine.scale(scale=1 / self.time_samples),
             pyro.plate("time", self.time_samples, dim=-2),
         ):

@@ -15,11 +15,13 @@ Time steps are 1-based everywhere in pyro_gen.diffusion; buffers are indexed by 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 __all__ = [
+    "as_schedule",
     "NoiseSchedule",
     "cosine_betas",
     "linear_betas",
@@ -252,3 +254,32 @@ def make_schedule(name: str, timesteps: int = 1000, **kwargs: float) -> NoiseSch
     if name not in builders:
         raise ValueError(f"unknown schedule {name!r}; choose one of {sorted(builders)}")
     return NoiseSchedule(builders[name](timesteps, **kwargs))
+
+
+def as_schedule(
+    schedule: NoiseSchedule | str | Sequence[float] | torch.Tensor, timesteps: int
+) -> NoiseSchedule:
+    """``schedule`` as a :class:`NoiseSchedule`: itself, a name for :func:`make_schedule` (with
+    ``timesteps``), or the betas :math:`\\beta_{1:T}` (a 1-D tensor or list, each in (0, 1)).
+
+    Example:
+        >>> as_schedule([0.1, 0.2], 1000).num_timesteps
+        2
+    """
+    # betas given directly (a tensor or list, as schedules are written in DDPM code) met
+    # "unhashable type: 'list'" or "unknown schedule tensor([...])"
+    if isinstance(schedule, NoiseSchedule):
+        return schedule
+    if isinstance(schedule, str):
+        return make_schedule(schedule, timesteps)
+    try:
+        betas = torch.as_tensor(schedule, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(
+            "schedule must be a NoiseSchedule, a name ('linear', 'cosine', 'sigmoid') or a 1-D "
+            f"tensor of betas, got {type(schedule).__name__}"
+        ) from err
+    try:
+        return NoiseSchedule(betas)
+    except ValueError as err:
+        raise ValueError(f"schedule (the betas given): {err}") from None

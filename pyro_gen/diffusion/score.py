@@ -263,15 +263,19 @@ class ScoreModel(PicklableModule):
             )
         return self.sde.convert(pred.reshape(x.shape), self.param, "score", x, t)
 
-    def _check(self, x: Tensor) -> None:
-        if x.dim() != self.event_dim + 1 or x.shape[1:] != self.event_shape:
+    def _check(self, x: Tensor) -> int:
+        """The number of examples of ``x``; outer plates' dims (a latent's vectorized
+        particles, when the model scores a latent of the user's) may come before the batch."""
+        nd = self.event_dim
+        if x.dim() < nd + 1 or x.shape[x.dim() - nd :] != self.event_shape:
             raise ValueError(
                 f"{type(self).__name__} expects data of shape (batch, *{tuple(self.event_shape)}),"
                 f" got {tuple(x.shape)}"
             )
+        return x.shape[x.dim() - nd - 1]
 
     def _sites(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        B, K = x.shape[0], self.time_samples
+        B, K = self._check(x), self.time_samples
         low = x.new_full((K, B), self.eps)
         t = pyro.sample("t", dist.Uniform(low, torch.ones_like(low)))
         # t is (K, B), or (..., K, B) under outer plates (vectorized particles): coefficients
@@ -307,7 +311,9 @@ class ScoreModel(PicklableModule):
         sampler_kwargs: dict[str, Any] | None = None,
         **context: Any,
     ) -> Tensor | None:
-        """DSM objective on data ``x`` (see class docstring). Without data, the generative
+        """DSM objective on data ``x`` (see class docstring), ``(batch, *event_shape)`` or
+        with outer plates' dims in front (a latent of the user's model under vectorized
+        particles, ``(P, 1, batch, *event_shape)``). Without data, the generative
         program: ``"x_1"`` from the prior, carried to the data end by ``sampler`` (one of
         :data:`~pyro_gen.diffusion.score_samplers.SAMPLERS`, default ``"pc"`` as
         :meth:`sample`; ``sampler_kwargs`` its settings, e.g. ``{"steps": 100}`` or
@@ -324,9 +330,8 @@ class ScoreModel(PicklableModule):
             return self._generate(num_samples, context, sampler or "pc", options)
         register_module(self.name, self)
         check_no_positional_labels(x, num_samples, type(self).__name__)
-        self._check(x)
-        K = self.time_samples
-        with pyro.plate("data", x.shape[0], dim=-1):
+        B, K = self._check(x), self.time_samples
+        with pyro.plate("data", B, dim=-1):
             with poutine.scale(scale=1 / K), pyro.plate("time", K, dim=-2):
                 t, x_t, mean, std = self._sites(x)
                 noise = (x_t - mean) / std
@@ -359,9 +364,8 @@ class ScoreModel(PicklableModule):
         if x is None:
             return None
         check_no_positional_labels(x, num_samples, type(self).__name__)
-        self._check(x)
-        K = self.time_samples
-        with pyro.plate("data", x.shape[0], dim=-1):
+        B, K = self._check(x), self.time_samples
+        with pyro.plate("data", B, dim=-1):
             with poutine.scale(scale=1 / K), pyro.plate("time", K, dim=-2):
                 self._sites(x)
             if self.bound:

@@ -42,6 +42,8 @@ class Net(nn.Module):
 MODELS = {
     "ddpm_time_plate": lambda: DDPM(Net(), (2,), timesteps=4, time_samples=4),
     "ddpm_full_chain": lambda: DDPM(Net(), (2,), timesteps=3, form="full_chain"),
+    # eval mode: step 1 and one step per stratum of 2..T for every example
+    "ddpm_eval_strata": lambda: DDPM(Net(), (2,), timesteps=6, eval_strata=2).eval(),
     "score": lambda: ScoreModel(Net(), VPSDE(), (2,), time_samples=2),
     "score_bound": lambda: ScoreModel(Net(), VPSDE(), (2,), weighting="likelihood", bound=True),
     "flow_matching": lambda: FlowMatching(ContinuousFlow(Net(), (2,)), time_samples=2),

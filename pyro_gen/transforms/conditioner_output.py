@@ -1,4 +1,5 @@
-"""What a coupling layer's conditioner network may return, checked in one place.
+"""What the user-supplied parts of a coupling layer return (its conditioner network, its
+element-wise map), checked in one place.
 
 Why: pyro_gen's conditioners return one tensor holding ``num_params * n`` features
 (parameter-major), but Pyro's own idiom, ``DenseNN(split, hidden, param_dims=[n, n])`` as
@@ -8,6 +9,10 @@ failed with ``'tuple' object has no attribute 'dim'``. A tuple of ``num_params``
 ``n`` features each is the same parameters split, so it is joined in that order (for
 :class:`~pyro_gen.transforms.Affine` the shift, then the log-scale: Pyro's ``(mean,
 log_scale)``).
+
+A user's own :class:`~pyro_gen.transforms.ElementwiseBijection` returns its log-derivative
+per element; one summed over the event (Pyro's ``log_abs_det_jacobian`` convention) was
+summed again over the batch, and every row's density silently got the batch's total.
 """
 
 from __future__ import annotations
@@ -62,3 +67,30 @@ def conditioner_features(
             f"expected num_params * {n} = {num_params * n}"
         )
     return theta, dim
+
+
+def elementwise_output(
+    out: tuple[torch.Tensor, torch.Tensor], event_dims: int, elementwise: object
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """An element-wise map's ``(y, log|dy/dx|)``, the log-derivative checked to be one per
+    element (its event dims those of ``y``; its batch dims may broadcast).
+
+    Example:
+        >>> y = torch.zeros(5, 2)
+        >>> elementwise_output((y, torch.zeros(2)), 1, None)[1].shape
+        torch.Size([2])
+        >>> elementwise_output((y, torch.zeros(5)), 1, None)
+        Traceback (most recent call last):
+        ...
+        ValueError: NoneType returned a log-derivative of shape (5,) for outputs of shape ...
+    """
+    y, ladj = out
+    k = event_dims
+    if ladj.dim() < k or ladj.shape[ladj.dim() - k :] != y.shape[y.dim() - k :]:
+        raise ValueError(
+            f"{type(elementwise).__name__} returned a log-derivative of shape "
+            f"{tuple(ladj.shape)} for outputs of shape {tuple(y.shape)}: an "
+            "ElementwiseBijection returns log|dy/dx| per element, shaped like y (the layer "
+            "sums it over the event); do not sum it yourself"
+        )
+    return y, ladj

@@ -18,7 +18,7 @@ from pyro_gen.transforms._base import (
     check_context,
     context_in_dtype,
 )
-from pyro_gen.transforms.conditioner_output import conditioner_features
+from pyro_gen.transforms.conditioner_output import conditioner_features, elementwise_output
 from pyro_gen.transforms.elementwise import Additive, Affine, ElementwiseBijection
 from pyro_gen.transforms.ladj_cache import partial_module
 from pyro_gen.transforms.masks import alternating_mask, channel_mask, checkerboard_mask, half_mask
@@ -166,6 +166,7 @@ class Coupling(FlowTransformModule):
             xc = self._select(x, self.cond_idx, self._cond_index)
             xt = self._select(x, self.trans_idx, self._trans_index)
             yt, ladj = fn(xt, self._params(xc, xt.shape[dim]))
+            yt, ladj = elementwise_output((yt, ladj), k, self.elementwise)
             # The output's batch shape is that of x broadcast with the conditioner's output,
             # whose batch is a conditional layer's context's: a context batch of (N,) with a
             # single x gives N outputs, as the autoregressive layers do. Broadcast only where
@@ -192,6 +193,7 @@ class Coupling(FlowTransformModule):
             mask, values = self.mask, self.mask_values
             masked = x * (values if values.dtype == x.dtype else values.to(x.dtype))
             yt, ladj = fn(x, self._params(masked, self.event_shape[0]))
+            yt, ladj = elementwise_output((yt, ladj), k, self.elementwise)
             y = torch.where(mask, x, yt)
             ladj = ladj.masked_fill(mask, 0.0)
         ladj = (ladj if k == 1 else ladj.flatten(ladj.dim() - k)).sum(-1)

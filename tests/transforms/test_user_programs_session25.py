@@ -146,3 +146,66 @@ def test_a_users_branch_that_is_no_contraction_is_one_clear_error() -> None:
     d = _residual_flow(2.5 * torch.eye(2, dtype=F64))
     with pytest.raises(ValueError, match=r"did not converge in max_iter=500 .* contraction"):
         d.sample((5,))
+
+
+# ------------------------------------------------------------------ a user's element-wise map
+
+
+class _Scale(T.ElementwiseBijection):
+    """A user's element-wise map ``y = x e^{s}`` (the ``ElementwiseBijection`` docstring's);
+    ``summed`` returns the log-derivative summed over the event, Pyro's
+    ``log_abs_det_jacobian`` convention, instead of per element."""
+
+    num_params = 1
+
+    def __init__(self, summed: bool = False) -> None:
+        super().__init__()
+        self.summed = summed
+
+    def _ladj(self, s: torch.Tensor) -> torch.Tensor:
+        return s.sum(-1) if self.summed else s
+
+    def forward(self, x, params):  # noqa: ANN001, ANN201
+        (s,) = params
+        return x * s.exp(), self._ladj(s)
+
+    def inverse(self, y, params):  # noqa: ANN001, ANN201
+        (s,) = params
+        return y * (-s).exp(), self._ladj(s)
+
+
+_LAYERS = {
+    "vector": lambda scale: T.coupling(4, scale, hidden_dims=[8]),
+    "checkerboard": lambda scale: T.coupling(
+        (2, 2, 2), scale, mask="checkerboard", hidden_channels=4, num_blocks=1
+    ),
+}
+
+
+@pytest.mark.parametrize("layer", sorted(_LAYERS))
+def test_a_users_elementwise_map_gives_the_autograd_density(layer: str) -> None:
+    torch.manual_seed(4)
+    t = _perturbed(_LAYERS[layer](_Scale()))
+    shape = t.event_shape
+    base = dist.Normal(torch.zeros(shape, dtype=F64), 1.0).to_event(len(shape))
+    x = torch.randn(3, *shape, dtype=F64)
+    u = t.inv(x)
+    expected = []
+    for i in range(3):
+        jac = torch.autograd.functional.jacobian(lambda v: t(v).reshape(-1), u[i]).reshape(
+            x[i].numel(), -1
+        )
+        expected.append(base.log_prob(u[i]) - torch.linalg.slogdet(jac)[1])
+    lp = dist.TransformedDistribution(base, [t]).log_prob(x)
+    torch.testing.assert_close(lp, torch.stack(expected))
+
+
+@pytest.mark.parametrize("layer", sorted(_LAYERS))
+def test_a_users_elementwise_map_returning_a_summed_log_derivative_is_one_clear_error(layer):
+    """Summed, every row's density used to get the whole batch's log-determinant."""
+    t = _LAYERS[layer](_Scale(summed=True))
+    x = torch.randn(5, *t.event_shape)
+    with pytest.raises(ValueError, match=r"_Scale returned a log-derivative of shape .* per elem"):
+        dist.TransformedDistribution(
+            dist.Normal(torch.zeros(t.event_shape), 1.0).to_event(len(t.event_shape)), [t]
+        ).log_prob(x)

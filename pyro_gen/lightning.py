@@ -52,6 +52,7 @@ from pyro_gen.infer.program import Program, program, trace_once, warm_up
 from pyro_gen.infer.program_checks import check_loss
 from pyro_gen.infer.state_codec import decode, encode
 from pyro_gen.infer.unregistered_params import warn_unregistered
+from pyro_gen.lightning_optimizer import check_built_optimizer
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
@@ -341,7 +342,9 @@ class LightningSVI(lightning.LightningModule):
                 "the model and guide have not been traced yet: pass example_batch= or call "
                 "trace_parameters(batch) before configure_optimizers"
             )
-        return self.optimizer_factory(self._trained)
+        built = self.optimizer_factory(self._trained)
+        check_built_optimizer(built, self._trained)
+        return built
 
     def on_fit_start(self) -> None:
         """Under DDP: ignores the untrained parameters (a discriminator) in DDP's gradient

@@ -29,19 +29,25 @@ P, B = 3, 5
 class Net(nn.Module):
     """A user's network of (x, t) for 2-D points."""
 
-    def __init__(self) -> None:
+    def __init__(self, outputs: int = 2) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.lin = nn.Linear(3, 2).double()
+        self.lin = nn.Linear(3, outputs).double()
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         t = t.to(x.dtype).expand(x.shape[:1])[:, None] / 4
         return 0.5 * self.lin(torch.cat([x, t], -1))
 
 
+# time_samples=T: the time plate takes every step, so its index draw (not replayable by
+# poutine.condition) is the same in both runs; the per-example step offsets are the site "t"
 MODELS = {
     "ddpm_time_plate": lambda: DDPM(Net(), (2,), timesteps=4, time_samples=4),
     "ddpm_full_chain": lambda: DDPM(Net(), (2,), timesteps=3, form="full_chain"),
+    # Ho et al.'s L_simple with Nichol & Dhariwal's learned variances (L_hybrid)
+    "ddpm_hybrid": lambda: DDPM(
+        Net(4), (2,), timesteps=4, time_samples=4, objective="simple", variance="learned_range"
+    ),
     # eval mode: step 1 and one step per stratum of 2..T for every example
     "ddpm_eval_strata": lambda: DDPM(Net(), (2,), timesteps=6, eval_strata=2).eval(),
     "score": lambda: ScoreModel(Net(), VPSDE(), (2,), time_samples=2),

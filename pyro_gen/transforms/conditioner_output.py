@@ -12,7 +12,9 @@ log_scale)``).
 
 A user's own :class:`~pyro_gen.transforms.ElementwiseBijection` returns its log-derivative
 per element; one summed over the event (Pyro's ``log_abs_det_jacobian`` convention) was
-summed again over the batch, and every row's density silently got the batch's total.
+summed again over the batch, and every row's density silently got the batch's total; one
+that does not set ``num_params`` left the conditioner with no outputs and failed inside the
+layer ("The size of tensor a (2) must match the size of tensor b (0)").
 """
 
 from __future__ import annotations
@@ -94,3 +96,25 @@ def elementwise_output(
             "sums it over the event); do not sum it yourself"
         )
     return y, ladj
+
+
+def check_elementwise(elementwise: object) -> None:
+    """Refuses an element-wise map whose ``num_params`` (the parameters the conditioner
+    predicts per element) is not a positive whole number, naming the class to fix.
+
+    Example:
+        >>> from pyro_gen.transforms import Affine, ElementwiseBijection
+        >>> check_elementwise(Affine())
+        >>> check_elementwise(ElementwiseBijection())
+        Traceback (most recent call last):
+        ...
+        ValueError: ElementwiseBijection.num_params is 0: ...
+    """
+    n = getattr(elementwise, "num_params", None)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        name = type(elementwise).__name__
+        raise ValueError(
+            f"{name}.num_params is {n!r}: an element-wise map sets num_params, the number of "
+            f"parameters its conditioner predicts per element (num_params = 1 for a scale, 2 "
+            f"for Affine's shift and log-scale), as a class attribute of {name}"
+        )

@@ -11,6 +11,7 @@ from torch import nn
 
 from pyro_gen.nn.mlp import MLP
 from pyro_gen.nn.resnet import ResNetConv
+from pyro_gen.transforms import conditioner_output as output
 from pyro_gen.transforms._base import (
     ConditionalModule,
     FlowTransformModule,
@@ -18,51 +19,20 @@ from pyro_gen.transforms._base import (
     check_context,
     context_in_dtype,
 )
-from pyro_gen.transforms.conditioner_output import conditioner_features, elementwise_output
 from pyro_gen.transforms.elementwise import Additive, Affine, ElementwiseBijection
 from pyro_gen.transforms.ladj_cache import partial_module
-from pyro_gen.transforms.masks import alternating_mask, channel_mask, checkerboard_mask, half_mask
+from pyro_gen.transforms.masks import (
+    MaskLayout,
+    alternating_mask,
+    channel_mask,
+    checkerboard_mask,
+    half_mask,
+)
 from pyro_gen.transforms.pyro_arguments import pyro_arguments
 
 Conditioner = Callable[..., torch.Tensor]
-
-
-def _as_slice(idx: torch.Tensor) -> slice | None:
-    """``idx`` as a strided slice (start, stop, step) when it is an arithmetic progression."""
-    n = idx.numel()
-    if n == 0:
-        return None
-    start = int(idx[0])
-    step = int(idx[1] - idx[0]) if n > 1 else 1
-    if step > 0 and torch.equal(idx, torch.arange(start, start + step * n, step)):
-        return slice(start, start + step * (n - 1) + 1, step)
-    return None
-
-
-class _Layout:
-    """How a mask splits the input, computed once on the CPU (host syncs happen here only).
-
-    ``split``: the mask depends only on the first event dim, so the layer works on index
-    sets ``cond_idx``/``trans_idx`` along it (as strided slices when possible: alternating
-    and half masks become views instead of gathers).
-    """
-
-    def __init__(self, mask: torch.Tensor) -> None:
-        mask = mask.detach().cpu().bool()
-        # kept as ints: a layout is reused by ``condition``, which may run under
-        # torch.jit.trace, where a buffer's ``.shape`` holds tensors
-        self.event_shape = tuple(int(s) for s in mask.shape)
-        if bool(mask.all()) or not bool(mask.any()):
-            raise ValueError("a coupling mask must contain both kept and transformed elements")
-        first = mask.reshape(mask.shape[0], -1)
-        self.split = bool((first == first[:, :1]).all())
-        self.cond_idx = self.trans_idx = self.cond_slice = self.trans_slice = None
-        if self.split:
-            keep = first[:, 0]
-            self.cond_idx = torch.nonzero(keep).flatten()
-            self.trans_idx = torch.nonzero(~keep).flatten()
-            self.cond_slice = _as_slice(self.cond_idx)
-            self.trans_slice = _as_slice(self.trans_idx)
+#: the mask layout's former home: modules pickled before it moved to masks.py name it here
+_Layout = MaskLayout
 
 
 class Coupling(FlowTransformModule):
@@ -117,14 +87,15 @@ class Coupling(FlowTransformModule):
         elementwise: ElementwiseBijection,
         *,
         cache_size: int = 1,
-        _layout: _Layout | None = None,
+        _layout: MaskLayout | None = None,
     ) -> None:
         mask = torch.as_tensor(mask).bool()
-        layout = _Layout(mask) if _layout is None else _layout
+        layout = MaskLayout(mask) if _layout is None else _layout
         super().__init__(layout.event_shape, cache_size=cache_size)
         self.register_buffer("mask", mask)
         self.conditioner = conditioner  # registered as submodule when it is a Module
         self._conditioner_modules = partial_module(conditioner)
+        output.check_elementwise(elementwise)
         self.elementwise = elementwise
         self.split = layout.split
         if not self.split:
@@ -154,7 +125,7 @@ class Coupling(FlowTransformModule):
 
     def _params(self, h: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
         p, k = self.elementwise.num_params, len(self.event_shape)
-        theta, dim = conditioner_features(self.conditioner(h), k, p, n)
+        theta, dim = output.conditioner_features(self.conditioner(h), k, p, n)
         return self.elementwise.unpack(theta, dim, n)
 
     def _couple(self, x: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,7 +137,7 @@ class Coupling(FlowTransformModule):
             xc = self._select(x, self.cond_idx, self._cond_index)
             xt = self._select(x, self.trans_idx, self._trans_index)
             yt, ladj = fn(xt, self._params(xc, xt.shape[dim]))
-            yt, ladj = elementwise_output((yt, ladj), k, self.elementwise)
+            yt, ladj = output.elementwise_output((yt, ladj), k, self.elementwise)
             # The output's batch shape is that of x broadcast with the conditioner's output,
             # whose batch is a conditional layer's context's: a context batch of (N,) with a
             # single x gives N outputs, as the autoregressive layers do. Broadcast only where
@@ -193,7 +164,7 @@ class Coupling(FlowTransformModule):
             mask, values = self.mask, self.mask_values
             masked = x * (values if values.dtype == x.dtype else values.to(x.dtype))
             yt, ladj = fn(x, self._params(masked, self.event_shape[0]))
-            yt, ladj = elementwise_output((yt, ladj), k, self.elementwise)
+            yt, ladj = output.elementwise_output((yt, ladj), k, self.elementwise)
             y = torch.where(mask, x, yt)
             ladj = ladj.masked_fill(mask, 0.0)
         ladj = (ladj if k == 1 else ladj.flatten(ladj.dim() - k)).sum(-1)
@@ -289,9 +260,10 @@ class ConditionalCoupling(ConditionalModule):
         mask = torch.as_tensor(mask).bool()
         self.register_buffer("mask", mask)
         self.conditioner = conditioner
+        output.check_elementwise(elementwise)
         self.elementwise = elementwise
         self.cache_size = cache_size
-        self._layout = _Layout(mask)
+        self._layout = MaskLayout(mask)
         self.event_shape = self._layout.event_shape
         if self._layout.split:
             self.register_buffer("cond_idx", self._layout.cond_idx)

@@ -106,3 +106,41 @@ def channel_mask(channels: int, height: int, width: int, parity: int = 0) -> tor
         raise ValueError(f"a channel mask needs at least 2 channels, got {channels}")
     keep = half_mask(channels, parity)
     return keep[:, None, None].expand(channels, height, width).clone()
+
+
+def _as_slice(idx: torch.Tensor) -> slice | None:
+    """``idx`` as a strided slice (start, stop, step) when it is an arithmetic progression."""
+    n = idx.numel()
+    if n == 0:
+        return None
+    start = int(idx[0])
+    step = int(idx[1] - idx[0]) if n > 1 else 1
+    if step > 0 and torch.equal(idx, torch.arange(start, start + step * n, step)):
+        return slice(start, start + step * (n - 1) + 1, step)
+    return None
+
+
+class MaskLayout:
+    """How a mask splits the input, computed once on the CPU (host syncs happen here only).
+
+    ``split``: the mask depends only on the first event dim, so the layer works on index
+    sets ``cond_idx``/``trans_idx`` along it (as strided slices when possible: alternating
+    and half masks become views instead of gathers).
+    """
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        mask = mask.detach().cpu().bool()
+        # kept as ints: a layout is reused by ``condition``, which may run under
+        # torch.jit.trace, where a buffer's ``.shape`` holds tensors
+        self.event_shape = tuple(int(s) for s in mask.shape)
+        if bool(mask.all()) or not bool(mask.any()):
+            raise ValueError("a coupling mask must contain both kept and transformed elements")
+        first = mask.reshape(mask.shape[0], -1)
+        self.split = bool((first == first[:, :1]).all())
+        self.cond_idx = self.trans_idx = self.cond_slice = self.trans_slice = None
+        if self.split:
+            keep = first[:, 0]
+            self.cond_idx = torch.nonzero(keep).flatten()
+            self.trans_idx = torch.nonzero(~keep).flatten()
+            self.cond_slice = _as_slice(self.cond_idx)
+            self.trans_slice = _as_slice(self.trans_idx)

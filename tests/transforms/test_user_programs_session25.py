@@ -209,3 +209,16 @@ def test_a_users_elementwise_map_returning_a_summed_log_derivative_is_one_clear_
         dist.TransformedDistribution(
             dist.Normal(torch.zeros(t.event_shape), 1.0).to_event(len(t.event_shape)), [t]
         ).log_prob(x)
+
+
+def test_a_users_elementwise_map_without_num_params_is_one_clear_error() -> None:
+    """The class in the ``ElementwiseBijection`` docstring with its ``num_params = 1`` left
+    out: the conditioner got no outputs and the layer failed with a bare size mismatch."""
+
+    class NoCount(_Scale):
+        num_params = 0
+
+    with pytest.raises(ValueError, match=r"NoCount.num_params is 0: .* class attribute of NoCount"):
+        T.coupling(4, NoCount(), hidden_dims=[8])
+    with pytest.raises(ValueError, match=r"NoCount.num_params is 0"):
+        T.ConditionalCoupling(T.half_mask(4), ConditionalDenseNN(2, 3, [8], [2]), NoCount())

@@ -136,6 +136,29 @@ class PrototypeMixin:
             # reading of the prototype's plates would not know
             options = {} if init is None else {"init_loc_fn": CheckedInit(self.init_loc_fn)}
             self.global_guide = AutoNormal(poutine.block(self.model, hide=hidden), **options)
+        if self.master is not None:
+            self._release_data_plate()
+
+    def _release_data_plate(self) -> None:
+        """In an AutoGuideList, keep the list from opening the data plate at the size it
+        was traced with: the list opens every plate of its prototype on each call, which
+        records the plate's indices, and the model replays them, so a later batch of
+        another size (an epoch's last, a held-out set) failed with "Shape mismatch inside
+        plate('data')". This guide opens the data plate per call, sized by the batch; it
+        is taken out of the list's plates only where no other part needs it: the list's
+        latents in the data plate are all this guide's, the model does not subsample the
+        data with indices the list draws, and the user does not make the plates."""
+        master = self.master()
+        frames = getattr(master, "_prototype_frames", None)
+        if not frames or self.plate_name not in frames:
+            return
+        if self._index_inputs or self._user_plates():
+            return
+        for name, site in master.prototype_trace.iter_stochastic_nodes():
+            in_plate = any(f.name == self.plate_name for f in site["cond_indep_stack"])
+            if in_plate and name not in self.local_sites:
+                return  # another part's latent, guided per example under the list's plate
+        del frames[self.plate_name]
 
     def _check_plates_seen(self, args: tuple, kwargs: dict) -> None:
         """Init values are placed by the examples a plate drew (see Initialization), which

@@ -21,6 +21,8 @@ CONFIG_NAME = "config.json"
 # A run's config.json is under a kilobyte: a bigger file under the name (a dataset, a file
 # of zeros) was read whole into memory before being refused as not JSON.
 _CONFIG_LIMIT = 2**20
+# About 150 bytes an epoch: hundreds of thousands of epochs.
+_METRICS_LIMIT = 64 * 2**20
 # What a config must hold to rebuild its model; everything else has a default.
 _REQUIRED: dict[str, type | tuple[type, ...]] = {
     "model": str,
@@ -130,9 +132,14 @@ def probe_writable(directory: str | Path, what: str) -> None:
 
 
 def recorded_epochs(run: str | Path) -> int:
-    """The epochs a run's metrics.jsonl records as finished (0 without one)."""
+    """The epochs a run's metrics.jsonl records as finished (0 without one, or with one
+    that is not a run's: a FIFO under the name blocked its read forever, and a file of
+    gigabytes was read whole)."""
+    path = Path(run) / METRICS_NAME
     try:
-        lines = (Path(run) / METRICS_NAME).read_text().splitlines()
+        if not path.is_file() or path.stat().st_size > _METRICS_LIMIT:
+            return 0
+        lines = path.read_text().splitlines()
         return sum(1 for line in lines if line.strip() and not json.loads(line).get("partial"))
     except (OSError, ValueError, AttributeError):  # no records, or not ours: train anew
         return 0

@@ -9,6 +9,7 @@ written. A huge ``config.json`` is refused by its size rather than read whole.
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,29 @@ def test_a_huge_config_json_is_refused_in_one_line_unread(tmp_path, capsys, comm
     assert bytes_read() - before < 16 * 2**20
     assert_one_line_error(status, err, f"{config} is {256 * 2**20} bytes", "not read")
     assert config.stat().st_size == 256 * 2**20
+
+
+class Hung(BaseException):
+    """Raised by the alarm: no handler of the command's catches it, as one may OSError."""
+
+
+def test_a_fifo_as_the_metrics_of_a_run_without_checkpoint_does_not_hang(tmp_path, capsys):
+    """``sample`` on a run whose checkpoint is gone reads metrics.jsonl to say whether it was
+    ever trained: a FIFO planted there blocked that read forever (the alarm ends the test
+    instead of hanging the suite)."""
+    run = trained_run(tmp_path)
+    (run / "checkpoint.pt").unlink()
+    (run / "metrics.jsonl").unlink()
+    os.mkfifo(run / "metrics.jsonl")
+
+    def hung(signum: int, frame: object) -> None:
+        raise Hung("the command blocked reading the FIFO")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(15)
+    try:
+        status, _, err = cli(capsys, "sample", run)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert_one_line_error(status, err, f"{run} has no checkpoint.pt", "train it")

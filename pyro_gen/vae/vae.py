@@ -137,6 +137,15 @@ class VAE(GuideSlot):
             )
         self.posterior = posterior
         if hasattr(self.prior, "bind"):
+            if num_classes is not None:
+                # the components are the encoder's posteriors at pseudo-inputs, which carry
+                # no label: bind would fail inside the conditional encoder, or the first step
+                raise ValueError(
+                    f"a VampPrior cannot serve a conditional VAE (num_classes={num_classes}): "
+                    "its components are the encoder's posteriors at unlabelled pseudo-inputs; "
+                    "use another prior (NormalPrior, MixturePrior, FlowPrior) or drop "
+                    "num_classes"
+                )
             if posterior is None:
                 raise ValueError(
                     "the VampPrior's components come from the VAE's posterior family: pass "

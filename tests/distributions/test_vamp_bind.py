@@ -132,3 +132,12 @@ def test_a_users_pyro_vae_with_its_own_encoder_module_trains_with_the_bound_prio
     losses = [svi.step(x) for _ in range(3)]
     assert all(torch.isfinite(torch.tensor(losses)))
     assert not torch.equal(raw, prior.pseudo_inputs_raw)  # the prior trains through the guide
+
+
+def test_a_conditional_vae_with_a_vamp_prior_is_refused_when_built():
+    """It failed at the first step (NotImplementedError), and with the bind-time check at
+    bind, inside the conditional encoder; now one error at construction says why."""
+    from pyro_gen.vae import VAE
+
+    with pytest.raises(ValueError, match=r"conditional VAE \(num_classes=3\)"):
+        VAE((8, 8), 2, 8, prior=VampPrior((8, 8), 5), num_classes=3)

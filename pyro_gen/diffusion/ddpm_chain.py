@@ -80,11 +80,16 @@ class FullChainForm:
         """The checked ``sampler_kwargs`` of ``model(None, n, sampler=...)`` (see
         :meth:`generate`)."""
         options = check_sampler_choice(x, sampler, sampler_kwargs, GENERATORS, "DDPM")
-        if x is None and sampler in (None, "ancestral") and options:
+        if x is None and sampler in (None, "ancestral") and set(options) - {"use_ema"}:
             raise ValueError(
                 "DDPM.model(None, sampler='ancestral') runs the reverse chain as Pyro sites, "
-                f"which has no settings; got sampler_kwargs {sorted(options)} (DDIM's steps "
-                "and eta: sampler='ddim')"
+                f"whose one setting is use_ema; got sampler_kwargs {sorted(options)} (DDIM's "
+                "steps and eta: sampler='ddim')"
+            )
+        if options.get("use_ema") and self.ema is None:
+            raise ValueError(
+                "sampler_kwargs={'use_ema': True}: this DDPM keeps no EMA; build it with "
+                "ema_decay=0.999 (say)"
             )
         return options
 
@@ -98,7 +103,8 @@ class FullChainForm:
         with ``steps``/``eta``; the score samplers through
         :class:`~pyro_gen.diffusion.DDPMScore`), recorded as a Delta site ``"x_0"`` (the
         model's space, as the chain's) and the deterministic ``"x"`` (data space). All use
-        the network's current weights, as the chain does (:meth:`sample` uses the EMA's).
+        the network's current weights, as the chain always did; ``sampler_kwargs={"use_ema":
+        True}`` draws with the EMA's, as :meth:`sample` does by default.
 
         Example:
             >>> from pyro_gen.diffusion import DDPM
@@ -109,6 +115,10 @@ class FullChainForm:
             >>> draws["x"].shape, sorted(draws)
             (torch.Size([2, 5, 2]), ['x', 'x_0', 'x_10'])
         """
+        options = dict(options)
+        if options.pop("use_ema", False):
+            with self.ema.average_parameters():
+                return self.generate(num_samples, sampler, options, context)
         if sampler == "ancestral":
             return self.chain_model(None, num_samples, **context)
         from pyro_gen.diffusion.samplers import ddim_sample

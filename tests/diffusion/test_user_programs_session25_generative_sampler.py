@@ -173,8 +173,30 @@ def test_mistakes_in_the_sampler_choice_get_one_error_each():
         m.model(None, 3, sampler="ode", sampler_kwargs={"x_init": x})
     with pytest.raises(TypeError, match="sampler_kwargs must be a dict"):
         d.model(None, 3, sampler="ddim", sampler_kwargs=[("steps", 3)])
-    with pytest.raises(ValueError, match="'ancestral'.*no settings.*\\['steps'\\].*'ddim'"):
+    with pytest.raises(ValueError, match="'ancestral'.*setting is use_ema.*\\['steps'\\]"):
         d.model(None, 3, sampler_kwargs={"steps": 3})
     # a setting the sampler does not have is the sampler's own error
     with pytest.raises(TypeError, match="eta"):
         m.model(None, 3, sampler="ode", sampler_kwargs={"eta": 1.0})
+
+
+@pytest.mark.parametrize("sampler", ["ancestral", "ddim"])
+def test_a_ddpms_program_draws_with_the_ema_weights_when_asked(sampler):
+    # sample() draws with the EMA's weights by default; the program keeps the network's own
+    # (as its chain always did) unless sampler_kwargs={"use_ema": True}
+    m = _ddpm(ema_decay=0.5)
+    with torch.no_grad():
+        m.net.lin.weight.add_(0.3)  # the EMA keeps the initial weights: now they differ
+    z = torch.randn(4, 2)
+    options = {"use_ema": True, **({"steps": 3} if sampler == "ddim" else {})}
+    x = _draw(m.model, "x_10", z, seed=3, sampler=sampler, sampler_kwargs=options)["x"]
+    plain = {k: v for k, v in options.items() if k != "use_ema"}
+    current = _draw(m.model, "x_10", z, seed=3, sampler=sampler, sampler_kwargs=plain)["x"]
+    with m.ema.average_parameters():
+        averaged = _draw(m.model, "x_10", z, seed=3, sampler=sampler, sampler_kwargs=plain)["x"]
+    assert torch.equal(x, averaged) and not torch.allclose(x, current)
+    weight = m.net.lin.weight.detach().clone()
+    _draw(m.model, "x_10", z, seed=3, sampler=sampler, sampler_kwargs=options)
+    assert torch.equal(m.net.lin.weight, weight)  # the network's own weights restored
+    with pytest.raises(ValueError, match="keeps no EMA.*ema_decay"):
+        _ddpm().model(None, 2, sampler=sampler, sampler_kwargs=options)

@@ -69,6 +69,13 @@ class _IWAE(RenyiELBO):
         cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
         devices = list(range(torch.cuda.device_count())) if cuda else []
         with torch.random.fork_rng(devices=devices):
+            # the guess may create a guide's parameters (an autoguide's first call): from a
+            # stream of its own, seeded from this one, so that the particles drawn after it
+            # (from the restored stream) do not repeat the numbers they were initialized with
+            seed = int(torch.randint(2**62, ()))
+            torch.default_generator.manual_seed(seed)
+            if cuda:
+                torch.cuda.manual_seed_all(seed)
             super()._guess_max_plate_nesting(model, guide, args, kwargs)
 
 

@@ -116,3 +116,32 @@ def test_evaluation_helpers_score_a_two_plate_model_exactly_with_the_exact_guide
     # the ELBO of the exact posterior is log p(x) too
     elbo = evaluate_elbo(model, x, guide=exact_guide, batch_size=3, per_example=True)
     assert torch.allclose(elbo, exact, atol=1e-4)
+
+
+def test_parameters_made_during_the_nesting_guess_are_not_the_particles_draws_again():
+    """The guess leaves the random stream as it found it; a parameter the guide creates in
+    it (an autoguide's first call) must not take the numbers the particles then draw."""
+    x = torch.randn(4, D)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+
+    def guide(x: torch.Tensor) -> None:
+        loc = pyro.param("loc", lambda: torch.randn(x.shape[0], 1))
+        with pyro.plate("data", x.shape[0], dim=-2):
+            pyro.sample("z", dist.Normal(loc, 1.0))
+
+    loss = iwae(3)
+    traces = []
+    loss._get_traces = _recording(loss._get_traces, traces)
+    loss.loss(model, guide, x)
+    z, loc = traces[0].nodes["z"]["value"], pyro.param("loc").detach()
+    assert not torch.allclose((z - loc)[0], loc)  # the first particle's noise
+
+
+def _recording(get_traces, traces):
+    def wrapped(*args, **kwargs):
+        for model_trace, guide_trace in get_traces(*args, **kwargs):
+            traces.append(guide_trace)
+            yield model_trace, guide_trace
+
+    return wrapped

@@ -12,7 +12,10 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
+import io
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -240,6 +243,22 @@ def _out_of_memory(error: BaseException) -> str | None:
     )
 
 
+def _output_closed() -> None:
+    """Says on stderr, if it is still open, that the output was closed; and points stdout
+    at /dev/null, so that the interpreter's last flush does not print a traceback."""
+    # stdout may be replaced (a test's capture), and stderr closed with it (2>&1 | head)
+    with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    with contextlib.suppress(OSError):
+        print(
+            "pyro-gen: stopped: its output was closed (the reader of a pipe exited); the "
+            "run's files written so far are intact",
+            file=sys.stderr,
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pyro-gen`` console script; returns the exit status.
 
@@ -260,6 +279,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         commands[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
+    except BrokenPipeError as e:
+        # The reader of the output exited (`pyro-gen train ... | head`): OSError's line
+        # blamed a path ("check that path, then rerun") the command was never given.
+        if args.debug or e.filename is not None:
+            raise
+        _output_closed()
+        return 141  # 128 + SIGPIPE, as a shell reports a command a closed pipe stopped
     except EXPECTED_ERRORS as e:
         if args.debug:
             raise

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -131,3 +133,27 @@ def test_a_fifo_as_the_metrics_of_a_run_without_checkpoint_does_not_hang(tmp_pat
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
     assert_one_line_error(status, err, f"{run} has no checkpoint.pt", "train it")
+
+
+def test_output_piped_into_a_reader_that_exits_is_one_line_not_a_path_error(tmp_path):
+    """``pyro-gen sample RUN | head -0``: the closed pipe was reported as "Broken pipe; check
+    that path, then rerun", blaming a path the command was never given. Now one line says
+    the output was closed, with the shell's status for it (141); the samples were written."""
+    run = trained_run(tmp_path)
+    (run / "samples.png").unlink()
+    read, write = os.pipe()
+    os.close(read)  # the reader has exited before the first line
+    done = subprocess.run(
+        [sys.executable, "-m", "pyro_gen", "sample", str(run)],
+        stdout=write,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+    )
+    os.close(write)
+    assert done.returncode == 141, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "pyro-gen: stopped: its output was closed (the reader of a pipe exited); the run's "
+        "files written so far are intact"
+    ]
+    assert (run / "samples.png").is_file()

@@ -40,7 +40,7 @@ import torch
 from pyro import poutine
 from torch import Tensor
 
-from pyro_gen.diffusion.context import expand_context, slice_context
+from pyro_gen.diffusion.context import check_sampler_choice, expand_context, slice_context
 from pyro_gen.diffusion.network import register_module
 from pyro_gen.diffusion.preconditioned_velocity import PreconditionedVelocity
 from pyro_gen.transforms._base import PicklableModule, sample_count
@@ -61,6 +61,10 @@ OBJECTIVES = ("cfm", "rectified")
 TIME_SAMPLINGS = {"uniform": (), "logit_normal": (0.0, 1.0), "logit_uniform": (-4.6, 2.5)}
 #: names accepted by ``FlowMatching(weighting=...)``
 WEIGHTINGS = ("velocity", "noise")
+
+
+def _brief(value: Any) -> str:
+    return f"tensor of shape {tuple(value.shape)}" if torch.is_tensor(value) else repr(value)
 
 
 def _the_flow(flow: Any) -> ContinuousFlow:
@@ -322,6 +326,9 @@ class FlowMatching(PicklableModule):
         x: Tensor | None = None,
         z: Tensor | None = None,
         num_samples: int = 1,
+        *,
+        sampler: str | None = None,
+        sampler_kwargs: dict[str, Any] | None = None,
         **context: Any,
     ):
         """Flow-matching objective on ``x`` (with an optional coupling ``z`` shaped like it),
@@ -329,10 +336,22 @@ class FlowMatching(PicklableModule):
         model under vectorized particles, ``(P, 1, batch, *event_shape)``). Without data,
         the generative program: base draws ``"z"`` transported by the flow's ODE to the site
         ``"x"``, under ``pyro.plate("data", num_samples)``, so
-        :class:`~pyro.infer.Predictive` and ``poutine`` see the draws. ``context``
-        (``y=labels``, one row per example) goes to the velocity network."""
+        :class:`~pyro.infer.Predictive` and ``poutine`` see the draws; ``sampler="ode"`` (the
+        one there is) with ``sampler_kwargs`` sets its solver as :meth:`sample`'s keywords do
+        (``{"method": "rk4", "options": {"step_size": 0.1}}``), as the diffusion models'
+        programs take theirs. ``context`` (``y=labels``, one row per example) goes to the
+        velocity network."""
+        options = check_sampler_choice(x, sampler, sampler_kwargs, ("ode",), "FlowMatching")
+        if x is None and z is not None:
+            # model(None, 5), as a DDPM's or a score model's program is called, put the count
+            # in the coupling's slot: one draw came back, silently
+            raise ValueError(
+                f"FlowMatching.model(x, z, num_samples) got z={_brief(z)} without data: the "
+                "second argument is the coupling z of reflow training, used only with x; give "
+                "the number of draws by name, model(None, num_samples=5)"
+            )
         if x is None:
-            return self._generate(num_samples, context)
+            return self._generate(num_samples, context, options)
         register_module(self.name, self.flow)
         B = self._check(x, z)
         with (
@@ -349,14 +368,14 @@ class FlowMatching(PicklableModule):
             pyro.factor("flow_matching", -0.5 * sq)
         return None
 
-    def _generate(self, num_samples: int, context: dict) -> Tensor:
+    def _generate(self, num_samples: int, context: dict, solver: dict) -> Tensor:
         ref = next(self.flow.parameters())
         zeros = torch.zeros(self.event_shape, dtype=ref.dtype, device=ref.device)
         with pyro.plate("data", num_samples):
             z = pyro.sample("z", dist.Normal(zeros, 1.0).to_event(self.event_dim))
             # the ODE takes one flat batch; outer plates' dims are restored after
             context = expand_context(context, z.shape[: z.dim() - self.event_dim])
-            x = self.transport(z.reshape(-1, *self.event_shape), context=context)
+            x = self.transport(z.reshape(-1, *self.event_shape), context=context, **solver)
             x = x.reshape(z.shape)
             # a deterministic map of z: a Delta site, as a GAN generator's example
             return pyro.sample("x", dist.Delta(x, event_dim=self.event_dim))

@@ -49,7 +49,9 @@ def _ddpm(**kwargs) -> DDPM:
 def _draw(model, site: str, z: torch.Tensor, seed: int, **kwargs) -> dict:
     """A trace of the generative program with its prior site fixed to ``z``."""
     torch.manual_seed(seed)
-    tr = poutine.trace(poutine.condition(model, {site: z})).get_trace(None, z.shape[0], **kwargs)
+    tr = poutine.trace(poutine.condition(model, {site: z})).get_trace(
+        None, num_samples=z.shape[0], **kwargs
+    )
     return {name: node["value"] for name, node in tr.nodes.items() if node["type"] == "sample"}
 
 
@@ -200,3 +202,38 @@ def test_a_ddpms_program_draws_with_the_ema_weights_when_asked(sampler):
     assert torch.equal(m.net.lin.weight, weight)  # the network's own weights restored
     with pytest.raises(ValueError, match="keeps no EMA.*ema_decay"):
         _ddpm().model(None, 2, sampler=sampler, sampler_kwargs=options)
+
+
+def test_a_flow_matching_program_takes_its_solvers_settings():
+    from pyro_gen.diffusion import FlowMatching
+    from pyro_gen.transforms.continuous import ContinuousFlow
+
+    fm = FlowMatching(ContinuousFlow(CountingNet(), (2,), rtol=1e-6, atol=1e-6))
+    z = torch.randn(3, 2)
+    rk4 = {"method": "rk4", "options": {"step_size": 0.25}}
+    fm.flow.dynamics.calls = 0
+    x = _draw(fm.model, "z", z, seed=1, sampler="ode", sampler_kwargs=rk4)["x"]
+    assert fm.flow.dynamics.calls == 16  # 4 steps x 4 stages
+    torch.testing.assert_close(x, fm.transport(z, **rk4), rtol=0, atol=0)
+    # without settings: the flow's own solver, as sample() uses
+    default = _draw(fm.model, "z", z, seed=1)["x"]
+    torch.testing.assert_close(default, fm.transport(z), rtol=0, atol=0)
+    assert not torch.allclose(default, x, rtol=0, atol=1e-7)
+    with pytest.raises(ValueError, match="sampler must be one of \\('ode',\\), got 'pc'"):
+        fm.model(None, num_samples=3, sampler="pc")
+    with pytest.raises(ValueError, match="given data x the model is the training objective"):
+        fm.model(torch.randn(4, 2), sampler_kwargs=rk4)
+
+
+def test_a_flow_matching_program_refuses_a_count_in_the_couplings_slot():
+    # model(None, 5), as the DDPM's and the score model's programs are called, gave one draw:
+    # the 5 went to the coupling z, which the program without data ignored
+    from pyro_gen.diffusion import FlowMatching
+    from pyro_gen.transforms.continuous import ContinuousFlow
+
+    fm = FlowMatching(ContinuousFlow(CountingNet(), (2,), rtol=1e-4, atol=1e-4))
+    with pytest.raises(ValueError, match="got z=5 without data.*model\\(None, num_samples=5\\)"):
+        Predictive(fm.model, num_samples=1)(None, 5)
+    with pytest.raises(ValueError, match="got z=tensor of shape \\(5, 2\\) without data"):
+        fm.model(None, torch.randn(5, 2))
+    assert Predictive(fm.model, num_samples=1)(None, num_samples=5)["x"].shape == (1, 5, 2)

@@ -36,7 +36,7 @@ from pyro_gen.infer.batch_checks import (
     warn_nothing_observed,
     warn_unscaled_batches,
 )
-from pyro_gen.infer.checkpoint import run_lock
+from pyro_gen.infer.checkpoint import CHECKPOINT_NAME, CheckpointError, run_lock
 from pyro_gen.infer.compiled_precision import check_trained_dtypes
 from pyro_gen.infer.distributed import ShardedBatches, setup
 from pyro_gen.infer.fit_arguments import _check_arguments, _device, checked_callbacks
@@ -155,7 +155,8 @@ def fit(
     as before (the same batch size and number of examples) and is refused otherwise; at an
     epoch boundary the batch size may change. A checkpoint of a model or guide with other
     param sites is refused, naming them. ``steps=0`` restores a checkpoint and trains nothing
-    (to evaluate or sample from a trained run).
+    (to evaluate or sample from a trained run); a ``checkpoint_dir`` without one is then
+    refused.
 
     Under ``torchrun --nproc_per_node N`` (or in a process group the caller initialized),
     ``fit`` trains data-parallel (:mod:`pyro_gen.infer.distributed`): each process takes its
@@ -312,6 +313,14 @@ def fit(
 
         def lock() -> None:
             if ckpt_dir is not None:
+                if steps == 0 and not (ckpt_dir / CHECKPOINT_NAME).exists():
+                    # restoring only: a mistyped directory restored nothing, silently (and
+                    # was created), and the untrained model was evaluated as the trained one
+                    raise CheckpointError(
+                        f"fit(steps=0) restores the checkpoint in checkpoint_dir, but "
+                        f"{ckpt_dir} has no {CHECKPOINT_NAME}: point at the run's directory; "
+                        "nothing was restored or created"
+                    )
                 ckpt_dir.mkdir(parents=True, exist_ok=True)
                 stack.enter_context(run_lock(ckpt_dir, training=True))
 

@@ -17,6 +17,7 @@ import torch
 from pyro.distributions import constraints
 
 from pyro_gen.infer import fit
+from pyro_gen.infer.checkpoint import CheckpointError
 
 X = torch.randn(16, 3)
 
@@ -57,3 +58,32 @@ def test_dot_and_none_still_mean_the_current_directory_and_no_files(tmp_path, mo
     assert list(tmp_path.iterdir()) == []
     train(".")
     assert {"checkpoint.pt", "metrics.jsonl"} <= {p.name for p in tmp_path.iterdir()}
+
+
+def test_restoring_with_steps_0_from_a_directory_without_a_checkpoint_is_refused(tmp_path):
+    """``fit(..., checkpoint_dir=run, steps=0)`` is how a user restores a trained run to
+    evaluate it (``pyro_gen.load`` says so for fit's directories): with the directory
+    mistyped it created an empty one, restored nothing and returned, and the untrained
+    model was evaluated as the trained one. Refused now, creating nothing; the right
+    directory restores the trained values exactly."""
+    run = tmp_path / "run"
+    train(run)
+    trained = pyro.param("scale").detach().clone()
+    pyro.clear_param_store()
+    with pytest.raises(CheckpointError, match=r"fit\(steps=0\) restores .*/run-typo has no "
+                       r"checkpoint.pt: point at the run's directory"):  # fmt: skip
+        fit(model, X, guide=lambda x: None, batch_size=4, steps=0, progress=False,
+            checkpoint_dir=tmp_path / "run-typo")  # fmt: skip
+    assert not (tmp_path / "run-typo").exists()
+    assert "scale" not in pyro.get_param_store()
+    fit(model, X, guide=lambda x: None, batch_size=4, steps=0, progress=False,
+        checkpoint_dir=run)  # fmt: skip
+    assert torch.equal(pyro.param("scale").detach(), trained)
+
+
+def test_epochs_0_into_a_fresh_directory_still_sets_up_the_run(tmp_path):
+    """``epochs=0`` (the command line's ``--epochs 0``, which records a run's settings) is
+    not a restore: it is taken with no checkpoint, as before."""
+    result = fit(model, X, guide=lambda x: None, batch_size=4, epochs=0, progress=False,
+                 checkpoint_dir=tmp_path / "fresh")  # fmt: skip
+    assert result.epoch == 0 and (tmp_path / "fresh").is_dir()

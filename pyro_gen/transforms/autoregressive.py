@@ -27,6 +27,7 @@ from torch import nn
 
 from pyro_gen.nn.made import MADE
 from pyro_gen.nn.mlp import layer_widths
+from pyro_gen.transforms import conditioner_output as output
 from pyro_gen.transforms._base import (
     ConditionalModule,
     FlowTransformModule,
@@ -58,17 +59,25 @@ class _Autoregressive(FlowTransformModule):
         cache_size: int = 1,
     ) -> None:
         super().__init__((input_dim,), cache_size=cache_size)
+        output.check_elementwise(elementwise)
         self.made = made
         self.elementwise = elementwise
         self._conditioner_modules = partial_module(made)
 
     def _params(self, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        theta = self.made(v)
-        return self.elementwise.unpack(theta, -1, self.event_shape[0])
+        theta, d, p = self.made(v), self.event_shape[0], self.elementwise.num_params
+        if not torch.is_tensor(theta) or theta.shape[-1] != p * d:
+            # Pyro's AutoRegressiveNN: one tensor per parameter (its default param_dims
+            # [1, 1]: mean, log_scale), or with param_dims=[p] one (..., p, D) tensor; both
+            # hold the parameters in our parameter-major order
+            if torch.is_tensor(theta) and p > 1 and theta.dim() >= 2 and theta.shape[-2:] == (p, d):
+                theta = theta.flatten(-2)
+            theta, _ = output.conditioner_features(theta, 1, p, d)
+        return self.elementwise.unpack(theta, -1, d)
 
     def _one_pass(self, v: torch.Tensor, cond: torch.Tensor, inverse: bool):
         h = self.elementwise.inverse if inverse else self.elementwise.forward
-        out, ladj = h(v, self._params(cond))
+        out, ladj = output.elementwise_output(h(v, self._params(cond)), 1, self.elementwise)
         return out, ladj.sum(-1)
 
     def _sequential(self, v: torch.Tensor, inverse: bool):
@@ -77,7 +86,7 @@ class _Autoregressive(FlowTransformModule):
         out = torch.zeros_like(v)
         ladj = None
         for _ in range(self.event_shape[0]):
-            out, ladj = h(v, self._params(out))
+            out, ladj = output.elementwise_output(h(v, self._params(out)), 1, self.elementwise)
             out = out.expand(torch.broadcast_shapes(out.shape, v.shape))
         return out, ladj.sum(-1)
 
@@ -91,7 +100,9 @@ class MaskedAutoregressive(_Autoregressive):
 
     Args:
         input_dim: :math:`D`.
-        made: conditioner with MADE's output layout (``num_params * D`` outputs).
+        made: autoregressive conditioner: MADE's output layout (``num_params * D``
+            outputs, parameter-major), or Pyro's :class:`~pyro.nn.AutoRegressiveNN` as it is
+            (a tuple of ``num_params`` tensors of ``D`` features, or ``(..., num_params, D)``).
         elementwise: the element-wise bijection :math:`h`.
         cache_size: 1 (default, as Pyro's autoregressive transforms) remembers the last
             input/output pair, so ``t.inv(t(u))`` costs nothing; 0 recomputes.

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from pyro_gen.infer.checkpoint import FORMAT_VERSION, MAGIC, CheckpointError, write_payload
-from pyro_gen.infer.files import atomic_write_bytes
+from pyro_gen.infer.files import atomic_write_bytes, refuse_symlink
 from pyro_gen.infer.state_codec import UnsafeStateError, encode, encode_constraint
 
 # What save_checkpoint wrote before format 2.
@@ -42,6 +42,10 @@ def convert_legacy_checkpoint(path: str | Path, *, trust_pickle: bool = False) -
             f"converting {path} unpickles it, which runs any code a crafted file holds; "
             "pass trust_pickle=True (--trust-pickle) only for a file you wrote yourself"
         )
+    # A link planted there was followed: --trust-pickle, meant for the user's own file,
+    # unpickled (ran) whatever file the link pointed at, and only its rewrite was refused.
+    refuse_symlink(path)
+    refuse_symlink(path.with_name(path.name + ".legacy"))
     if not path.is_file():  # missing, a directory, or a FIFO (whose open would block)
         raise CheckpointError(f"no checkpoint at {path}: nothing to convert")
     try:

@@ -6,6 +6,8 @@ process) only to refuse it as "not a pyro_gen checkpoint" or "padded". Now the h
 checked against the first bytes and the file's size before the rest is read, and the
 refusal names the file and says what to do. The files here are sparse (``os.truncate``),
 so they take no disk; how many bytes the process read is taken from ``/proc/self/io``.
+Also: ``convert-checkpoint --trust-pickle`` refuses a link planted at checkpoint.pt before
+unpickling what it points at.
 """
 
 from __future__ import annotations
@@ -140,4 +142,29 @@ def test_convert_checkpoint_refuses_a_file_that_is_not_torch_save_unread(tmp_pat
     refused(lambda: convert_legacy_checkpoint(path, trust_pickle=True), "not a torch.save file")
     status, _, err = cli(capsys, "convert-checkpoint", run, "--trust-pickle")
     assert_one_line_error(status, err, "not a torch.save file", "nothing was converted")
+    assert not (run / "checkpoint.pt.legacy").exists()
+
+
+class _Touch:
+    """Unpickling this creates ``marker``: it stands for code a crafted file runs."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (Path.touch, (self.marker,))
+
+
+def test_convert_checkpoint_refuses_a_planted_link_before_unpickling(tmp_path, capsys):
+    """``convert-checkpoint --trust-pickle`` vouches for the user's own file; a link planted
+    at checkpoint.pt was followed, so the file it pointed at was unpickled (its code ran)
+    before the rewrite through the link was refused. Now the link is refused first."""
+    run = trained_run(tmp_path)
+    marker = tmp_path / "code_ran"
+    torch.save({"payload": _Touch(marker)}, tmp_path / "elsewhere.pt")
+    (run / CHECKPOINT_NAME).unlink()
+    (run / CHECKPOINT_NAME).symlink_to(tmp_path / "elsewhere.pt")
+    status, _, err = cli(capsys, "convert-checkpoint", run, "--trust-pickle")
+    assert not marker.exists(), "the linked file was unpickled"
+    assert_one_line_error(status, err, f"{run / CHECKPOINT_NAME} is a symlink", "remove the link")
     assert not (run / "checkpoint.pt.legacy").exists()

@@ -384,8 +384,9 @@ def test_ss_vae_hand_guide_is_decoded_at_the_classifiers_label(m2):
         _, unlabelled = _m2_by_hand(m, xs, label)
         loc, labelled = _m2_by_hand(m, xs, ys)
     torch.testing.assert_close(reconstruct(m.model, xs, guide=m.guide), unlabelled)
-    # labelled: y and y_aux are observed in the plate too, so x's site is named
-    clear_error(lambda: reconstruct(m.model, xs, guide=m.guide, ys=ys), "site=", "'x'")
+    # labelled: y and y_aux are observed in the plate too; x's site is the one observing xs
+    # (helper A, session 25: it asked for site= before)
+    torch.testing.assert_close(reconstruct(m.model, xs, guide=m.guide, ys=ys), labelled)
     torch.testing.assert_close(reconstruct(m.model, xs, guide=m.guide, ys=ys, site="x"), labelled)
     clear_error(lambda: interpolate(m.model, xs[0], xs[1], 3, guide=m.guide), "'y' is discrete")
     # one label for both ends: the line runs in z alone
@@ -967,7 +968,8 @@ def test_cevae_x_is_decoded_by_its_networks_at_the_guides_mean():
         z = c.guide.z_dist(y, t, x).mean
         expected = c.model.x_dist(z).mean
     args = {"t": t, "y": y, "size": 20}
-    clear_error(lambda: reconstruct(c.model, x, guide=c.guide, **args), "['x', 't', 'y']", "site=")
+    # t and y are observed beside x; x's site is the one observing x (it asked for site=)
+    torch.testing.assert_close(reconstruct(c.model, x, guide=c.guide, **args), expected)
     torch.testing.assert_close(reconstruct(c.model, x, guide=c.guide, site="x", **args), expected)
     mean, _ = latent_statistics(c.model, x, guide=c.guide, **args)
     torch.testing.assert_close(mean, z)

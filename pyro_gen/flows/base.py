@@ -98,7 +98,7 @@ def make_dequantizer(
 
 
 class FlowModel(PicklableModule):
-    """A normalizing flow density model following the pyro_gen model protocol.
+    r"""A normalizing flow density model following the pyro_gen model protocol.
 
     Args:
         event_shape: shape of one data point.
@@ -109,6 +109,12 @@ class FlowModel(PicklableModule):
         num_bins: number of discrete levels for dequantization and :meth:`bits_per_dim`.
         base: a learnable base distribution module instead of the standard normal (see
             :class:`~pyro_gen.distributions.flow.LearnedNormal` and its siblings).
+
+    With conditional transforms (``conditional_affine_coupling(..., context_dim=C)``, a
+    :class:`~pyro_gen.distributions.flow.ConditionalNormal` base) the model is a conditional
+    density :math:`p(x \mid y)`: ``model``, ``guide`` and :meth:`log_prob` take the context
+    as ``y=`` (one row of ``C`` features per example), as a conditional VAE takes its labels.
+    (Not ``context=``: Pyro's handlers take that keyword themselves.)
 
     Example:
         >>> import pyro.distributions as dist
@@ -155,16 +161,36 @@ class FlowModel(PicklableModule):
         return list(self.flow._transforms)
 
     def distribution(
-        self, temperature: float = 1.0, batch_shape: Sequence[int] = ()
+        self,
+        temperature: float = 1.0,
+        batch_shape: Sequence[int] = (),
+        y: Tensor | None = None,
     ) -> FlowDistribution:
         """The flow as a Pyro distribution, usable in ``pyro.sample`` under plates.
 
         Args:
             temperature: scale of the base standard deviation (1 gives the model's density).
             batch_shape: batch shape to expand to (``pyro.plate`` also expands it).
+            y: the context of a conditional flow (its batch shape is ``y.shape[:-1]``).
         """
-        d = self.flow(temperature=temperature)
+        d = self.flow(self._context(y), temperature=temperature)
         return d.expand(torch.Size(batch_shape)) if batch_shape else d
+
+    def _context(self, y: Tensor | None) -> Tensor | None:
+        if not self.flow.conditional:
+            if y is not None:
+                raise ValueError(
+                    f"y= was given but this {type(self).__name__} is not conditional (none of "
+                    "its transforms or its base takes a context): drop y=, or build it with "
+                    "conditional transforms"
+                )
+            return None
+        if y is None:
+            raise ValueError(
+                f"this {type(self).__name__} has conditional transforms: call it with y=<context>"
+                " (one row of context features per example)"
+            )
+        return y
 
     def _check(self, x: Tensor) -> None:
         if x.dim() < self.event_dim or x.shape[x.dim() - self.event_dim :] != self.event_shape:
@@ -175,22 +201,30 @@ class FlowModel(PicklableModule):
         if x.is_floating_point() and not torch.isfinite(x).all():
             raise ValueError(f"{type(self).__name__} got non-finite data")
 
-    def model(self, x: Tensor | None = None, num_samples: int = 1, **context) -> Tensor:
+    def model(
+        self, x: Tensor | None = None, num_samples: int = 1, y: Tensor | None = None, **context
+    ) -> Tensor:
         """Observe ``x`` (shape ``(B, *event_shape)``) under ``pyro.plate("data", B)``.
 
-        With ``x=None`` it draws ``num_samples`` data points (continuous, before quantization).
+        With ``x=None`` it draws ``num_samples`` data points (continuous, before quantization),
+        one per row of ``y`` for a conditional flow. ``y``: the context of a conditional flow.
+        Other keyword arguments (``idx``, labels of an unconditional flow's dataset) are
+        ignored.
         """
         pyro.module(self.name, self.flow)
         if x is None:
-            with pyro.plate("data", num_samples):
-                return pyro.sample(self.site, self.distribution())
+            n = num_samples if y is None or y.dim() < 2 else y.shape[0]
+            with pyro.plate("data", n):
+                return pyro.sample(self.site, self.distribution(y=y))
         self._check(x)
         with pyro.plate("data", x.shape[0]):
             if self.dequantization is not None:
-                return self.dequantization.model_step(x, self.distribution(), self.site)
-            return pyro.sample(self.site, self.distribution(), obs=x)
+                return self.dequantization.model_step(x, self.distribution(y=y), self.site)
+            return pyro.sample(self.site, self.distribution(y=y), obs=x)
 
-    def guide(self, x: Tensor | None = None, num_samples: int = 1, **context) -> None:
+    def guide(
+        self, x: Tensor | None = None, num_samples: int = 1, y: Tensor | None = None, **context
+    ) -> None:
         r"""Empty (exact maximum likelihood), or :math:`q(u \mid x)` with dequantization."""
         if x is None or self.dequantization is None:
             return None
@@ -199,10 +233,11 @@ class FlowModel(PicklableModule):
             self.dequantization.guide_step(x)
         return None
 
-    def log_prob(self, x: Tensor) -> Tensor:
-        r"""Exact :math:`\log p(x)` of continuous data, shape ``x.shape[:-event_dim]``."""
+    def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        r"""Exact :math:`\log p(x)` (:math:`\log p(x \mid y)` for a conditional flow) of
+        continuous data, shape ``x.shape[:-event_dim]``."""
         self._check(x)
-        return self.distribution().log_prob(x)
+        return self.distribution(y=y).log_prob(x)
 
     @torch.no_grad()
     def sample(self, num_samples: int, temperature: float = 1.0) -> Tensor:

@@ -158,8 +158,10 @@ class NSF(FlowModel):
             density_order.append(t)
         return list(reversed(density_order))
 
-    def model(self, x: Tensor | None = None, num_samples: int = 1, **context) -> Tensor:
+    def model(
+        self, x: Tensor | None = None, num_samples: int = 1, y: Tensor | None = None, **context
+    ) -> Tensor:
         """As :meth:`FlowModel.model`, after checking that the spline bound covers vector data."""
         if x is not None and self.max_outside is not None and self.event_dim == 1:
             check_spline_bound(x, self.bound, site=self.site, max_outside=self.max_outside)
-        return super().model(x, num_samples=num_samples, **context)
+        return super().model(x, num_samples=num_samples, y=y, **context)

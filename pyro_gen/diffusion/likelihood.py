@@ -293,9 +293,11 @@ def sampled_variational_bound(
         est = x0.new_zeros(B)
         if edges is not None:
             for lo, hi in zip(edges[:-1].tolist(), edges[1:].tolist()):
-                u = torch.rand(B, generator=generator, device=x0.device)
+                # drawn where the generator lives (a CPU generator cannot draw on CUDA)
+                at = x0.device if generator is None else generator.device
+                u = torch.rand(B, generator=generator, device=at).to(x0.device)
                 t = lo + (u * (hi - lo)).long().clamp(max=hi - lo - 1)
-                noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
+                noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=at)
                 est = est + (hi - lo) * ddpm.kl_term(x0, t, noise.to(x0.device), **chunk)
         sampled.append(est)
     prior, exact, rest = torch.cat(priors), torch.cat(exacts), torch.cat(sampled)

@@ -52,18 +52,19 @@ from pyro_gen.infer.program import Program, program, trace_once, warm_up
 from pyro_gen.infer.program_checks import check_loss
 from pyro_gen.infer.state_codec import decode, encode
 from pyro_gen.infer.unregistered_params import warn_unregistered
-from pyro_gen.lightning_optimizer import check_built_optimizer
+from pyro_gen.lightning_loss import loss_and_grads_surrogate, loss_mode, move_loss_optimizers
+from pyro_gen.lightning_optimizer import (
+    average_gradients,
+    check_built_optimizer,
+    check_optimizer_factory,
+    world_size,
+)
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 __all__ = ["LightningSVI"]
 
 _RNG_KEY = "pyro_gen_rng_state"  # our entry in Lightning's checkpoint dict
-
-
-def _world_size() -> int:
-    dist = torch.distributed
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 class LightningSVI(lightning.LightningModule):
@@ -146,33 +147,8 @@ class LightningSVI(lightning.LightningModule):
         loss = loss if loss is not None else Trace_ELBO()
         check_loss(loss)  # the class Trace_ELBO, not called, has a differentiable_loss too
         check_kinds(annealing=annealing)
-        if isinstance(optimizer, pyro.optim.PyroOptim) or _is_pyro_optim_builder(optimizer):
-            given = (
-                f"a Pyro {type(optimizer).__name__}"
-                if isinstance(optimizer, pyro.optim.PyroOptim)
-                else f"Pyro's pyro.optim.{optimizer.__name__}, which takes a dict of arguments"
-            )
-            raise TypeError(
-                "optimizer must build a torch optimizer from parameters, e.g. "
-                "functools.partial(torch.optim.Adam, lr=1e-3): Lightning steps torch "
-                f"optimizers, not {given}"
-            )
-        if optimizer is not None and not callable(optimizer):
-            raise TypeError(
-                "optimizer must be a callable params -> torch.optim.Optimizer, got "
-                f"{type(optimizer).__name__}"
-            )
-        if hasattr(loss, "differentiable_loss"):
-            self._mode = "differentiable"
-        elif callable(loss) and not isinstance(loss, ELBO):
-            self._mode = "callable"
-        elif hasattr(loss, "loss_and_grads"):
-            self._mode = "gradients"
-        else:
-            raise TypeError(
-                f"loss must be a Pyro loss (an ELBO, a callable loss(model, guide, *args), or "
-                f"an object with loss_and_grads), got {type(loss).__name__}"
-            )
+        check_optimizer_factory(optimizer)
+        self._mode = loss_mode(loss)
         self._prog: Program = program(model, guide, loss)
         self._held_loss = [loss]  # a module loss is registered once, in pyro_modules
         self.optimizer_factory = optimizer or functools.partial(torch.optim.Adam, lr=1e-3)
@@ -350,15 +326,15 @@ class LightningSVI(lightning.LightningModule):
         """Under DDP: ignores the untrained parameters (a discriminator) in DDP's gradient
         reduction, broadcasts the loss's weights from process 0 and averages the gradients
         of the loss's own optimizers before each of their steps."""
-        self._loss_optimizers_to(self.device)
+        move_loss_optimizers(self._loss_optimizers(), self.device)
         self._hold_training_rng()  # the sanity check's validation comes next
-        if _world_size() == 1:
+        if world_size() == 1:
             return
         for module in self._loss_modules():
             for tensor in [*module.parameters(), *module.buffers()]:
                 torch.distributed.broadcast(tensor.data, src=0)
         for opt in self._loss_optimizers():
-            self._hooks.append(opt.register_step_pre_hook(_average_gradients))
+            self._hooks.append(opt.register_step_pre_hook(average_gradients))
 
     def on_fit_end(self) -> None:
         """Removes the DDP hooks and clears the trained parameters' gradients: they are the
@@ -504,20 +480,7 @@ class LightningSVI(lightning.LightningModule):
             return self.loss.differentiable_loss(model, guide, *call.args, **call.kwargs)
         if self._mode == "callable":
             return self.loss(model, guide, *call.args, **call.kwargs)
-        # loss_and_grads leaves its gradient on the parameters: keep any gradient being
-        # accumulated, take the new one, and return a surrogate whose gradient it is
-        held = [p.grad for p in self._trained]
-        for p in self._trained:
-            p.grad = None
-        value = self.loss.loss_and_grads(model, guide, *call.args, **call.kwargs)
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self._trained]
-        for p, g in zip(self._trained, held):
-            p.grad = g
-        surrogate = sum((p * g).sum() for p, g in zip(self._trained, grads))
-        # A loss of several terms (ReweightedWakeSleep) put every term's gradient on the
-        # parameters; its value is reported by the model's term.
-        value = torch.as_tensor(reported_loss(value), device=self.device)
-        return surrogate - surrogate.detach() + value
+        return loss_and_grads_surrogate(self.loss, model, guide, call, self._trained, self.device)
 
     def _loss_modules(self) -> list[nn.Module]:
         return [self.loss] if isinstance(self.loss, nn.Module) else []
@@ -528,35 +491,7 @@ class LightningSVI(lightning.LightningModule):
                 if isinstance(value, torch.optim.Optimizer):
                     yield value
 
-    def _loss_optimizers_to(self, device: torch.device) -> None:
-        # a checkpoint restores a loss's optimizer state before Lightning moves the modules
-        for opt in self._loss_optimizers():
-            for state in opt.state.values():
-                for key, value in state.items():
-                    if isinstance(value, torch.Tensor) and key != "step":
-                        state[key] = value.to(device)
-
     # -- DDP -------------------------------------------------------------------------------
     def _untrained_parameter_names(self) -> list[str]:
         trained = {id(p) for p in self._trained}
         return [name for name, p in self.named_parameters() if id(p) not in trained]
-
-
-def _is_pyro_optim_builder(optimizer: Any) -> bool:
-    """Whether ``optimizer`` is one of Pyro's wrapper functions (``pyro.optim.Adam``, not
-    called): it takes a dict of arguments, so given the parameters it failed inside Pyro
-    with an AssertionError when training started. Pyro's torch optimizer classes
-    (``pyro.optim.clipped_adam.ClippedAdam``) are torch optimizers and pass."""
-    module = getattr(optimizer, "__module__", None) or ""
-    return not isinstance(optimizer, type) and module.startswith("pyro.optim")
-
-
-def _average_gradients(optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> None:
-    """Averages the gradients of ``optimizer``'s parameters over all processes."""
-    world = _world_size()
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            torch.distributed.all_reduce(p.grad)
-            p.grad /= world

@@ -1,4 +1,6 @@
-"""The check of what :class:`~pyro_gen.lightning.LightningSVI`'s ``optimizer=`` builds.
+"""What :class:`~pyro_gen.lightning.LightningSVI`'s optimizers are: the check of what its
+``optimizer=`` builds, the test for Pyro's optimizer wrappers it refuses, and the gradient
+averaging it hooks onto a loss's own optimizers under DDP.
 
 Lightning trains with whatever ``configure_optimizers`` returns: ``None`` (a factory that
 forgot its ``return``) trained nothing, with only a warning among Lightning's log lines, and
@@ -11,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import pyro.optim
 import torch
 
 
@@ -45,3 +48,71 @@ def check_built_optimizer(built: Any, trained: Sequence[torch.nn.Parameter]) -> 
             "parameters the model and guide register, which would never train; build it from "
             "the parameters it is given (optimizer(params)), not from tensors of your own"
         )
+
+
+def check_optimizer_factory(optimizer: Any) -> None:
+    """Refuses an ``optimizer=`` that cannot build a torch optimizer from parameters: a Pyro
+    optimizer (Lightning steps torch optimizers) or something not callable.
+
+    Example:
+        >>> import functools, pyro.optim
+        >>> check_optimizer_factory(functools.partial(torch.optim.Adam, lr=1e-3))
+        >>> check_optimizer_factory(pyro.optim.Adam({"lr": 1e-3}))
+        Traceback (most recent call last):
+        ...
+        TypeError: optimizer must build a torch optimizer from parameters, ...
+    """
+    if isinstance(optimizer, pyro.optim.PyroOptim) or is_pyro_optim_builder(optimizer):
+        given = (
+            f"a Pyro {type(optimizer).__name__}"
+            if isinstance(optimizer, pyro.optim.PyroOptim)
+            else f"Pyro's pyro.optim.{optimizer.__name__}, which takes a dict of arguments"
+        )
+        raise TypeError(
+            "optimizer must build a torch optimizer from parameters, e.g. "
+            "functools.partial(torch.optim.Adam, lr=1e-3): Lightning steps torch "
+            f"optimizers, not {given}"
+        )
+    if optimizer is not None and not callable(optimizer):
+        raise TypeError(
+            "optimizer must be a callable params -> torch.optim.Optimizer, got "
+            f"{type(optimizer).__name__}"
+        )
+
+
+def is_pyro_optim_builder(optimizer: Any) -> bool:
+    """Whether ``optimizer`` is one of Pyro's wrapper functions (``pyro.optim.Adam``, not
+    called): it takes a dict of arguments, so given the parameters it failed inside Pyro
+    with an AssertionError when training started. Pyro's torch optimizer classes
+    (``pyro.optim.clipped_adam.ClippedAdam``) are torch optimizers and pass.
+
+    Example:
+        >>> import pyro.optim
+        >>> is_pyro_optim_builder(pyro.optim.Adam), is_pyro_optim_builder(torch.optim.Adam)
+        (True, False)
+    """
+    module = getattr(optimizer, "__module__", None) or ""
+    return not isinstance(optimizer, type) and module.startswith("pyro.optim")
+
+
+def world_size() -> int:
+    """Processes in the default ``torch.distributed`` group (1 when there is none).
+
+    Example:
+        >>> world_size()
+        1
+    """
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def average_gradients(optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> None:
+    """Averages the gradients of ``optimizer``'s parameters over all processes (a step
+    pre-hook: a loss's own optimizers, which DDP does not wrap, step on the mean)."""
+    world = world_size()
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= world

@@ -240,12 +240,16 @@ class FlowModel(PicklableModule):
         return self.distribution(y=y).log_prob(x)
 
     @torch.no_grad()
-    def sample(self, num_samples: int, temperature: float = 1.0) -> Tensor:
-        """Draw ``(num_samples, *event_shape)`` from the base at ``temperature`` pushed forward."""
+    def sample(self, num_samples: int, temperature: float = 1.0, y: Tensor | None = None) -> Tensor:
+        """Draw ``(num_samples, *event_shape)`` from the base at ``temperature`` pushed
+        forward; for a conditional flow, ``num_samples`` draws for each row of the context
+        ``y``: ``(num_samples, *y.shape[:-1], *event_shape)``."""
         num_samples = sample_count(num_samples)
-        return self.distribution(temperature).sample((num_samples,))
+        return self.distribution(temperature, y=y).sample((num_samples,))
 
-    def bits_per_dim(self, x: Tensor, num_bins: int | None = None) -> Tensor:
+    def bits_per_dim(
+        self, x: Tensor, num_bins: int | None = None, y: Tensor | None = None
+    ) -> Tensor:
         r"""Mean bits per dimension of dequantized data :math:`x = (k + u)/K \in [0,1]^D`.
 
         .. math::
@@ -257,5 +261,5 @@ class FlowModel(PicklableModule):
         """
         k = self.num_bins if num_bins is None else int(num_bins)
         d = math.prod(self.event_shape)
-        nll = -(self.log_prob(x) - d * math.log(k))
+        nll = -(self.log_prob(x, y=y) - d * math.log(k))
         return nll.mean() / (d * math.log(2.0))

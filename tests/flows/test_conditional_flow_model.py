@@ -4,6 +4,8 @@ swallowed by ``**context`` and the flow refused every call with "pass a context"
 
 from __future__ import annotations
 
+import math
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -53,6 +55,15 @@ def test_fit_learns_a_conditional_density_from_dict_batches():
         draws = m.model(None, y=torch.full((500, 1), 1.5))
     assert draws.shape == (500, 2)
     assert torch.allclose(draws.mean(0), torch.tensor([3.0, 3.0]), atol=0.15)
+    # and through sample(): num_samples draws for each row of the context
+    two = m.sample(400, y=torch.tensor([[-1.0], [1.0]]))
+    assert two.shape == (400, 2, 2)
+    assert torch.allclose(two.mean(0), torch.tensor([[-2.0, -2.0], [2.0, 2.0]]), atol=0.15)
+    # bits/dim of the conditional density: the log-likelihood's conversion, y passed on
+    levels = torch.rand(50, 2)
+    bpd = m.bits_per_dim(levels, num_bins=4, y=y[:50])
+    expected = -(m.log_prob(levels, y=y[:50]) - 2 * math.log(4)).mean() / (2 * math.log(2))
+    assert torch.allclose(bpd, expected)
 
 
 def test_missing_and_unexpected_context_are_refused_by_name():

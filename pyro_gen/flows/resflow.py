@@ -82,7 +82,7 @@ class ResidualFlow(FlowModel):
             event_shape, transforms, name=name, dequantization=dequantization, num_bins=num_bins
         )
 
-    def log_prob(self, x: Tensor) -> Tensor:
+    def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         r"""Exact :math:`\log p(x)` (up to 64 dimensions) in any mode: the blocks score in
         evaluation mode for the call, so no roulette estimate enters a reported density."""
         blocks = [m for m in self.modules() if isinstance(m, ResidualBlock)]
@@ -90,7 +90,7 @@ class ResidualFlow(FlowModel):
         for b in blocks:
             b.training = False
         try:
-            return super().log_prob(x)
+            return super().log_prob(x, y=y)
         finally:
             for b, mode in zip(blocks, modes):
                 b.training = mode

@@ -19,14 +19,51 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 _PIXEL_MAX = 255.0
 
 
-def _intensity(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    if x.is_floating_point():
+def _as_tensor(x: object, caller: str) -> torch.Tensor:
+    """``x`` as a tensor: a user's numpy images (from scikit-learn, PIL or a ``.npz``) failed
+    with "'numpy.ndarray' object has no attribute ..." from inside."""
+    if isinstance(x, torch.Tensor):
         return x
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(x))
+    raise TypeError(f"{caller}: x must be a tensor (or numpy array), got {type(x).__name__}")
+
+
+def _range(x: torch.Tensor) -> tuple[float, float]:
+    x = x.detach()  # a float() of a tensor that requires grad warns
+    return float(x.min()), float(x.max())
+
+
+def _intensity(x: torch.Tensor, caller: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Pixels as probabilities in [0, 1]: floats as they are, booleans (already binary
+    images) as 0 and 1, other integers as 0..255. A value outside is refused, since a
+    comparison with uniform noise would turn it into a plausible-looking binary image."""
+    if x.dtype == torch.bool:
+        # bool / 255 made every True pixel a 1-in-255 chance: binary images came back blank
+        return x.to(dtype or torch.get_default_dtype())
+    if x.numel() == 0:
+        return x if x.is_floating_point() else x.to(dtype or torch.get_default_dtype())
+    low, high = _range(x)
+    if x.is_floating_point():
+        # float pixels 0..255 (x.float() of uint8 images) came back all ones, NaN as zeros
+        if not (low >= 0.0 and high <= 1.0):
+            raise ValueError(
+                f"{caller}: floating x must be intensities in [0, 1], found values from "
+                f"{low:.4g} to {high:.4g}: divide 0..255 pixels by 255 (or pass the uint8 "
+                "pixels themselves), map [-1, 1] images with (x + 1) / 2"
+            )
+        return x
+    if low < 0 or high > _PIXEL_MAX:
+        raise ValueError(
+            f"{caller}: integer x must be pixels in 0..255, found values from {low:g} to "
+            f"{high:g}: pass intensities in [0, 1] instead, e.g. x / x.max()"
+        )
     return x.to(dtype or torch.get_default_dtype()) / _PIXEL_MAX
 
 
@@ -54,7 +91,8 @@ def dynamic_binarize(
     models trained on binarized MNIST.
 
     Args:
-        x: uint8 pixels in 0..255 or floats in [0, 1], on any device.
+        x: uint8 pixels in 0..255, floats in [0, 1] or booleans (a tensor or numpy
+            array), on any device; values outside are refused.
         generator: optional RNG (on ``x``'s device); the global one by default.
         dtype: floating dtype of the result; by default ``x``'s own if it is floating,
             else torch's default dtype.
@@ -69,6 +107,7 @@ def dynamic_binarize(
         >>> dynamic_binarize(torch.tensor([0, 255], dtype=torch.uint8), dtype=torch.float64).dtype
         torch.float64
     """
+    x = _as_tensor(x, "dynamic_binarize")
     out = _output_dtype(x, dtype, "dynamic_binarize")
     # A comparison with uniform noise is the same Bernoulli draw as torch.bernoulli at a
     # quarter of its cost on the CPU, which matters when it runs on every minibatch.
@@ -76,7 +115,7 @@ def dynamic_binarize(
         # r uniform on {0, ..., 254}: P(r < k) = k / 255 exactly, with no float conversion.
         r = torch.randint(0, 255, x.shape, dtype=torch.uint8, device=x.device, generator=generator)
         return (r < x).to(out)
-    p = _intensity(x, out)
+    p = _intensity(x, "dynamic_binarize", out)
     u = torch.rand(p.shape, dtype=p.dtype, device=p.device, generator=generator)
     return (u < p).to(out)
 
@@ -88,7 +127,7 @@ def static_binarize(x: torch.Tensor, seed: int = 0) -> torch.Tensor:
     seed give the same binary images on every device.
 
     Args:
-        x: uint8 pixels in 0..255 or floats in [0, 1].
+        x: uint8 pixels in 0..255, floats in [0, 1] or booleans (a tensor or numpy array).
         seed: seed of the draw.
 
     Example:
@@ -96,7 +135,7 @@ def static_binarize(x: torch.Tensor, seed: int = 0) -> torch.Tensor:
         >>> torch.equal(static_binarize(x, seed=1), static_binarize(x, seed=1))
         True
     """
-    p = _intensity(x)
+    p = _intensity(_as_tensor(x, "static_binarize"), "static_binarize")
     generator = torch.Generator().manual_seed(int(seed))
     u = torch.rand(p.shape, generator=generator, dtype=p.dtype).to(p.device)
     return (u < p).to(p.dtype)
@@ -115,7 +154,8 @@ def uniform_dequantize(
     ``x`` minus :math:`D \log K` (see :func:`bits_per_dim`).
 
     Args:
-        x: integer levels in ``0..num_bins - 1`` (e.g. uint8 pixels).
+        x: integer levels in ``0..num_bins - 1`` (e.g. uint8 pixels, or whole-number
+            floats), a tensor or numpy array; anything else is refused.
         num_bins: number of levels :math:`K`.
         generator: optional RNG (on ``x``'s device).
         dtype: floating dtype of the result; by default ``x``'s own if it is floating
@@ -131,7 +171,20 @@ def uniform_dequantize(
         >>> uniform_dequantize(torch.tensor([0.0, 255.0], dtype=torch.float64)).dtype
         torch.float64
     """
+    x = _as_tensor(x, "uniform_dequantize")
     dtype = _output_dtype(x, dtype, "uniform_dequantize")
+    if x.numel() > 0:
+        # floats in [0, 1] were read as levels and squeezed into [0, 2 / K), and levels of
+        # K or more were clamped to just below 1: both silently wrong data for the flow
+        low, high = _range(x)
+        integral = not x.is_floating_point() or bool((x == x.round()).all())
+        if not integral or low < 0 or high > num_bins - 1:
+            raise ValueError(
+                f"uniform_dequantize: x must be integer levels in 0..{num_bins - 1} for "
+                f"num_bins={num_bins}, found values from {low:.4g} to {high:.4g}"
+                + ("" if integral else " that are not whole numbers")
+                + ": pass the uint8 pixels (not x / 255), or num_bins= the number of levels"
+            )
     u = torch.rand(x.shape, generator=generator, dtype=dtype, device=x.device)
     y = (x.to(dtype) + u) / num_bins
     # (K - 1 + u) / K can round up to exactly 1 in float32.
@@ -167,6 +220,14 @@ def logit_transform(x: torch.Tensor, alpha: float = 0.05) -> tuple[torch.Tensor,
         raise TypeError("logit_transform expects floats in [0, 1]; dequantize integers first")
     if not 0.0 <= alpha < 0.5:
         raise ValueError(f"alpha must be in [0, 0.5); got {alpha}")
+    if x.numel() > 0:
+        # 0..255 floats gave NaN everywhere (the logit of p > 1), with nothing said
+        low, high = _range(x)
+        if not (low >= 0.0 and high <= 1.0):
+            raise ValueError(
+                f"logit_transform: x must be floats in [0, 1], found values from {low:.4g} to "
+                f"{high:.4g}: dequantize 0..255 pixels with uniform_dequantize first"
+            )
     p = alpha + (1 - 2 * alpha) * x
     y = torch.log(p) - torch.log1p(-p)
     log_det = math.log1p(-2 * alpha) - torch.log(p) - torch.log1p(-p)

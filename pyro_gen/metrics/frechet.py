@@ -3,10 +3,24 @@ features' device."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
-def frechet_distance(f1: torch.Tensor, f2: torch.Tensor) -> float:
+def _as_features(f: object, name: str) -> torch.Tensor:
+    if isinstance(f, torch.Tensor):
+        return f
+    if isinstance(f, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(f))
+    if isinstance(f, dict):
+        raise TypeError(
+            f"{name} must be features (N, D), got a dict with sites {sorted(f)} "
+            "(pyro.infer.Predictive's output): pass the features of one site"
+        )
+    raise TypeError(f"{name} must be a tensor or numpy array (N, D), got {type(f).__name__}")
+
+
+def frechet_distance(f1: torch.Tensor | np.ndarray, f2: torch.Tensor | np.ndarray) -> float:
     """:math:`\\|\\mu_1 - \\mu_2\\|^2 + \\mathrm{tr}(\\Sigma_1 + \\Sigma_2 -
     2(\\Sigma_1\\Sigma_2)^{1/2})` between Gaussians fitted to the rows of ``f1`` and ``f2``
     (the FID formula, here on any features).
@@ -18,8 +32,8 @@ def frechet_distance(f1: torch.Tensor, f2: torch.Tensor) -> float:
     covariances (more features than samples) and large offsets.
 
     Args:
-        f1: features, shape ``(N1, D)``.
-        f2: features, shape ``(N2, D)``.
+        f1: features, shape ``(N1, D)``, a tensor or numpy array.
+        f2: features, shape ``(N2, D)``, a tensor or numpy array.
 
     References:
         Heusel et al. GANs Trained by a Two Time-Scale Update Rule Converge to a Local Nash
@@ -32,6 +46,9 @@ def frechet_distance(f1: torch.Tensor, f2: torch.Tensor) -> float:
         >>> round(frechet_distance(torch.zeros(4, 2), torch.ones(4, 2)), 6)  # |mu1 - mu2|^2
         2.0
     """
+    # features a user computed in numpy (or saved with np.save) failed with "'numpy.ndarray'
+    # object has no attribute 'dim'"
+    f1, f2 = _as_features(f1, "f1"), _as_features(f2, "f2")
     if f1.dim() != 2 or f2.dim() != 2 or f1.shape[1] != f2.shape[1]:
         raise ValueError(
             f"features must be matrices (N, D) of the same width, got {tuple(f1.shape)} and "

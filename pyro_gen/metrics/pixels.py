@@ -81,6 +81,22 @@ def _require_tensor(x: object, name: str) -> None:
         raise TypeError(f"{name} must be a tensor of images, got {type(x).__name__}")
 
 
+def _check_same_layout(shape: tuple[int, ...], image_shape: tuple[int, ...], name: str) -> None:
+    """Reshaping keeps pixels in place only between layouts that differ by size-1 dims or
+    where one side is flat: channels-last ``(N, 32, 32, 3)`` samples against ``(M, 3, 32,
+    32)`` real images were reshaped, not permuted, and scored as scrambled pixels."""
+    a, b = [n for n in shape if n != 1], [n for n in image_shape if n != 1]
+    if a == b or len(a) <= 1 or len(b) <= 1:
+        return
+    hint = ""
+    if len(a) == 3 and a[-1:] + a[:-1] == b:
+        hint = f" ({name} look channels-last: x.permute(0, 3, 1, 2) makes them channels-first)"
+    raise ValueError(
+        f"{name} hold images of shape {shape}, the real images {image_shape}: a reshape would "
+        f"scramble their pixels, so give both sets in one layout{hint}"
+    )
+
+
 def images_like(
     x: torch.Tensor, image_shape: tuple[int, ...] | torch.Size | None, name: str
 ) -> torch.Tensor:
@@ -103,6 +119,7 @@ def images_like(
     # without a word; a leading block of dims, then one image's pixels, is unambiguous
     for k in range(1, x.dim() + 1):
         if math.prod(x.shape[k:]) == size:
+            _check_same_layout(tuple(x.shape[k:]), tuple(image_shape), name)
             return x.reshape(math.prod(x.shape[:k]), *image_shape)
     raise ValueError(
         f"{name} of shape {tuple(x.shape)} do not end in images of the real images' shape "
@@ -122,9 +139,23 @@ def labelled_images(x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
     """
     _require_tensor(x, "samples")
     d = labels.dim()
-    if d >= 1 and x.shape[:d] == labels.shape:
+    per_sample = d >= 1 and x.shape[:d] == labels.shape
+    per_draw = d >= 1 and x.dim() >= d + 2 and x.shape[1 : 1 + d] == labels.shape
+    # Predictive(num_samples=10) of a model given labels arange(10) draws (10, 10, 784): read
+    # as 10 images of 10 x 784 pixels it was scored without a word; when both readings fit
+    # and differ, only the caller knows which is meant (one label's two readings differ by a
+    # size-1 dim only, and keep the per-sample one)
+    if per_sample and per_draw and labels.numel() > 1:
+        raise ValueError(
+            f"samples of shape {tuple(x.shape)} with labels of shape {tuple(labels.shape)} "
+            f"read two ways: {x.shape[0]} images of shape {tuple(x.shape[d:])}, or "
+            f"{x.shape[0]} draws (Predictive's num_samples) of {labels.numel()} images of shape "
+            f"{tuple(x.shape[d + 1 :])}; flatten them first: for draws, "
+            f"samples.reshape(-1, *samples.shape[{d + 1}:]) and labels.repeat({x.shape[0]})"
+        )
+    if per_sample:
         lead = d
-    elif d >= 1 and x.shape[1 : 1 + d] == labels.shape:
+    elif per_draw:
         lead, labels = d + 1, labels.expand(x.shape[: d + 1])
     else:
         raise ValueError(

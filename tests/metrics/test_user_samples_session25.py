@@ -1,0 +1,139 @@
+"""The image metrics on layouts that read two ways: Predictive draws whose num_samples equals
+the number of labels, channels-last colour samples against a user's channels-first
+classifier, and features the user holds as numpy arrays. Each was scored without a word as
+other images than the user's; now it is refused with the reshape to make, or computed."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+import torch.nn.functional as F
+from pyro.infer import Predictive
+from torch import nn
+
+from pyro_gen.metrics import SmallClassifier, frechet_distance, label_agreement, sample_quality
+
+Z, K = 3, 10  # latent dim, labels (one image per digit)
+
+
+def cvae_model(decoder: nn.Module, y: torch.Tensor) -> None:
+    """A user's conditional Bernoulli decoder: one image per requested label."""
+    pyro.module("decoder", decoder)
+    with pyro.plate("data", y.shape[0]):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([Z]).to_event(1))
+        probs = decoder(torch.cat([z, F.one_hot(y, K).float()], -1))
+        pyro.sample("x", dist.Bernoulli(probs).to_event(1))
+
+
+class ForwardOnly(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(784, K))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def test_as_many_predictive_draws_as_labels_is_refused_then_counted_by_hand():
+    """num_samples=10 draws for labels 0..9 give (10, 10, 784): it was read as 10 images of
+    10 x 784 pixels (the classifier, flattening, saw 7840 inputs per image only by luck of
+    its layout; a conv net scored it as one tall image)."""
+    torch.manual_seed(0)
+    decoder = nn.Sequential(nn.Linear(Z + K, 784), nn.Sigmoid())
+    y = torch.arange(K)
+    pyro.set_rng_seed(0)
+    x = Predictive(cvae_model, num_samples=K, return_sites=["x"])(decoder, y)["x"]
+    assert x.shape == (K, K, 784)
+    clf = SmallClassifier(K)
+    with pytest.raises(ValueError, match=r"read two ways.*labels.repeat\(10\)"):
+        label_agreement(clf, x, y)
+    # what the message says to do, against a hand count of the classifier's own predictions
+    flat, labels = x.reshape(-1, *x.shape[2:]), y.repeat(K)
+    with torch.no_grad():
+        own = clf(flat).argmax(-1)
+    hits = int((own == labels).sum())
+    share, se = label_agreement(clf, flat, labels)
+    assert share == hits / (K * K)
+    assert math.isclose(se, math.sqrt(share * (1 - share) / (K * K)))
+    # the unambiguous readings still work: fewer draws than labels, one image per label
+    assert label_agreement(clf, x[:3], y)[0] == float((own[:30] == labels[:30]).double().mean())
+    assert label_agreement(clf, x[0], y)[0] == float((own[:K] == y).double().mean())
+
+
+def _scores(q) -> tuple[float, float, float, int]:
+    """Every score but the real accuracy (NaN without real labels, and NaN != NaN)."""
+    return q.frechet, q.confidence, q.class_kl, q.classes_covered
+
+
+class RGBClassifier(nn.Module):
+    """A user's own CIFAR-style classifier: (B, 3, H, W) in, features and head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.conv = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(2))
+        self.head = nn.Linear(16, K)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def test_channels_last_colour_samples_are_refused_not_scrambled():
+    gen = torch.Generator().manual_seed(0)
+    real = torch.rand(12, 3, 8, 8, generator=gen)
+    samples = torch.rand(10, 3, 8, 8, generator=gen)
+    clf = RGBClassifier()
+    expected = sample_quality(clf, samples, real)
+    with torch.no_grad():  # by hand from the classifier's own layers
+        fs, fr = clf.features(samples), clf.features(real)
+    assert math.isclose(expected.frechet, frechet_distance(fs, fr), rel_tol=1e-12)
+    channels_last = samples.permute(0, 2, 3, 1)  # (N, H, W, 3), the PIL / numpy layout
+    with pytest.raises(ValueError, match=r"scramble.*channels-last: x.permute\(0, 3, 1, 2\)"):
+        sample_quality(clf, channels_last, real)
+    assert _scores(sample_quality(clf, channels_last.permute(0, 3, 1, 2), real)) == _scores(
+        expected
+    )
+    # Predictive's leading draws and a flat (N, 3 * 8 * 8) layout stay the same images
+    assert _scores(sample_quality(clf, samples.reshape(2, 5, 3, 8, 8), real)) == _scores(expected)
+    assert _scores(sample_quality(clf, samples.reshape(10, -1), real)) == _scores(expected)
+
+
+def test_grayscale_channels_last_samples_are_the_same_images():
+    gen = torch.Generator().manual_seed(2)
+    real = torch.rand(8, 1, 28, 28, generator=gen)
+    samples = torch.rand(6, 1, 28, 28, generator=gen)
+    clf = SmallClassifier(K)
+    expected = sample_quality(clf, samples, real)
+    assert _scores(sample_quality(clf, samples.permute(0, 2, 3, 1), real)) == _scores(
+        expected
+    )  # (N, 28, 28, 1)
+    assert _scores(sample_quality(clf, samples[:, 0], real)) == _scores(expected)  # (N, 28, 28)
+
+
+def test_numpy_features_give_the_closed_form_distance():
+    """Features a user saved with numpy: diagonal covariances with exact sample moments, so
+    the distance is |m1 - m2|^2 + sum_j (sqrt(v1_j) - sqrt(v2_j))^2."""
+    # rows +-1 on each axis in turn: sample mean 0, sample covariance (2 / (2D - 1)) I
+    d = 3
+    unit = np.concatenate([np.eye(d), -np.eye(d)])
+    v1, v2 = np.array([1.0, 4.0, 0.25]), np.array([9.0, 1.0, 1.0])
+    m1, m2 = np.array([0.0, 1.0, 2.0]), np.array([3.0, -1.0, 2.0])
+    scale = math.sqrt((2 * d - 1) / 2)
+    f1, f2 = m1 + scale * unit * np.sqrt(v1), m2 + scale * unit * np.sqrt(v2)
+    np.testing.assert_allclose(np.cov(f1.T), np.diag(v1), atol=1e-12)
+    expected = float(((m1 - m2) ** 2).sum() + ((np.sqrt(v1) - np.sqrt(v2)) ** 2).sum())
+    assert math.isclose(frechet_distance(f1, f2), expected, rel_tol=1e-12)
+    assert frechet_distance(f1, torch.from_numpy(f2)) == frechet_distance(f1, f2)
+    with pytest.raises(TypeError, match=r"f2 must be a tensor or numpy array"):
+        frechet_distance(f1, f2.tolist())
+    with pytest.raises(TypeError, match=r"f1 must be features.*dict with sites \['x'\]"):
+        frechet_distance({"x": torch.from_numpy(f1)}, f2)

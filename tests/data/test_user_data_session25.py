@@ -1,11 +1,14 @@
-"""Preprocessing with a user's own images: booleans, 0..255 floats, [0, 1] floats handed to
-the dequantizer, numpy arrays. Each used to come back as plausible-looking wrong data."""
+"""Preprocessing and batching with a user's own data: booleans, 0..255 floats, [0, 1] floats
+handed to the dequantizer, numpy arrays. Each used to come back as plausible-looking wrong
+data (or a full-data step where a minibatch was asked for)."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 
@@ -16,6 +19,8 @@ from pyro_gen.data import (
     static_binarize,
     uniform_dequantize,
 )
+from pyro_gen.data.batching import batch_calls
+from pyro_gen.infer import fit
 
 
 def test_boolean_images_stay_the_binary_images_they_are() -> None:
@@ -92,3 +97,42 @@ def test_bits_per_dim_of_a_known_discrete_likelihood() -> None:
         exact.mean().item()
     )
     assert math.isclose(bits_per_dim(0.0, d, num_bins=k), math.log2(k))
+
+
+def _model(x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+    loc = pyro.param("loc", torch.zeros(2))
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=torch.as_tensor(x))
+
+
+def _guide(x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+    pass
+
+
+@pytest.mark.parametrize(
+    "data, where",
+    [
+        ((np.zeros((10, 2), np.float32),), r"data\[0\]"),
+        ((np.zeros((10, 2), np.float32), torch.arange(10)), r"data\[0\]"),
+        ({"x": torch.zeros(10, 2), "y": np.arange(10)}, r"data\['y'\]"),
+    ],
+    ids=["numpy-tuple", "numpy-beside-a-tensor", "numpy-in-a-dict"],
+)
+def test_numpy_datasets_in_a_tuple_or_dict_are_refused_not_passed_whole(data, where) -> None:
+    """fit(model, (x_numpy,), batch_size=4) ran 100 full-data steps an epoch (no tensor:
+    "the same call at every step"), and a numpy x beside a tensor y went whole into every
+    step beside 4 labels."""
+    with pytest.raises(TypeError, match=where + r" is a numpy array of shape .*torch.as_tensor"):
+        fit(_model, data, guide=_guide, steps=1, batch_size=4, progress=False)
+    # the same data as tensors: batches of 4 rows, sliced together
+    tensors = (
+        {k: torch.as_tensor(v) for k, v in data.items()}
+        if isinstance(data, dict)
+        else tuple(map(torch.as_tensor, data))
+    )
+    calls = batch_calls(tensors, 4, shuffle=False)
+    sizes = [c.size for c in calls]
+    assert sizes == [4, 4, 2]
+    # a numpy scalar (a model's constant) is no dataset and passes as before
+    call = next(iter(batch_calls((torch.zeros(10, 2), np.float32(0.5)), 4, shuffle=False)))
+    assert call.args[1] == np.float32(0.5)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyro_gen.metrics.inputs import as_tensor
 from pyro_gen.metrics.pixels import as_image_batch, check_unit_interval
 
 
@@ -58,6 +59,7 @@ def train_classifier(
         >>> clf.training
         False
     """
+    x, y = as_tensor(x, "x", "images"), as_tensor(y, "y", "integer labels")
     # a label vector of another length failed mid-epoch with an IndexError, and float labels
     # inside cross_entropy, neither naming the argument
     if y.shape != x.shape[:1] or y.is_floating_point():

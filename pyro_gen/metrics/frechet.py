@@ -6,18 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-
-def _as_features(f: object, name: str) -> torch.Tensor:
-    if isinstance(f, torch.Tensor):
-        return f
-    if isinstance(f, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(f))
-    if isinstance(f, dict):
-        raise TypeError(
-            f"{name} must be features (N, D), got a dict with sites {sorted(f)} "
-            "(pyro.infer.Predictive's output): pass the features of one site"
-        )
-    raise TypeError(f"{name} must be a tensor or numpy array (N, D), got {type(f).__name__}")
+from pyro_gen.metrics.inputs import as_tensor
 
 
 def frechet_distance(f1: torch.Tensor | np.ndarray, f2: torch.Tensor | np.ndarray) -> float:
@@ -48,7 +37,7 @@ def frechet_distance(f1: torch.Tensor | np.ndarray, f2: torch.Tensor | np.ndarra
     """
     # features a user computed in numpy (or saved with np.save) failed with "'numpy.ndarray'
     # object has no attribute 'dim'"
-    f1, f2 = _as_features(f1, "f1"), _as_features(f2, "f2")
+    f1, f2 = as_tensor(f1, "f1", "features (N, D)"), as_tensor(f2, "f2", "features (N, D)")
     if f1.dim() != 2 or f2.dim() != 2 or f1.shape[1] != f2.shape[1]:
         raise ValueError(
             f"features must be matrices (N, D) of the same width, got {tuple(f1.shape)} and "

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyro_gen.metrics.frechet import frechet_distance
+from pyro_gen.metrics.inputs import as_tensor
 from pyro_gen.metrics.pixels import check_unit_interval, images_like, labelled_images
 
 
@@ -46,8 +47,9 @@ def class_coverage(predicted: torch.Tensor, num_classes: int) -> ClassCoverage:
         >>> cov.covered, round(cov.kl_to_uniform, 4) == round(math.log(10), 4)
         (1, True)
     """
-    if not isinstance(predicted, torch.Tensor) or predicted.numel() == 0:
-        shape = tuple(predicted.shape) if isinstance(predicted, torch.Tensor) else predicted
+    predicted = as_tensor(predicted, "predicted", "class indices")
+    if predicted.numel() == 0:
+        shape = tuple(predicted.shape)
         raise ValueError(f"predicted must be a non-empty tensor of classes, got {shape!r}")
     # Predictive's (num_samples, N) classes are all predictions: every element is one
     predicted = predicted.reshape(-1)
@@ -197,6 +199,8 @@ def sample_quality(
             f"sample_quality needs at least 2 samples and 2 real images, got {counts}: the "
             "Frechet distance compares the covariances of their features"
         )
+    if real_labels is not None:
+        real_labels = as_tensor(real_labels, "real_labels", "one class index per real image")
     if real_labels is not None and real_labels.shape != real.shape[:1]:
         raise ValueError(
             f"real_labels must hold one label per real image: {real.shape[0]} images, labels "

@@ -19,14 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-
-def _not_a_tensor(samples: object) -> str:
-    if isinstance(samples, dict):
-        return (
-            f"samples must be a tensor of points, got a dict with sites {sorted(samples)} "
-            "(pyro.infer.Predictive's output): pass the one site, e.g. samples['x']"
-        )
-    return f"samples must be a tensor of points (..., D), got {type(samples).__name__}"
+from pyro_gen.metrics.inputs import as_tensor
 
 
 @dataclass(frozen=True)
@@ -84,6 +77,7 @@ def sample_modes(
         >>> print(mode_coverage(x, ring_modes(), 0.02))
         8/8 modes, 99.1% high quality
     """
+    centers = as_tensor(centers, "centers", "the modes' means (K, D)")
     # a user's integer grid of modes failed inside randn ("normal_kernel_cpu" not
     # implemented for 'Long')
     if not centers.is_floating_point():
@@ -132,8 +126,8 @@ def mode_coverage(
         >>> cov.modes, cov.high_quality
         (3, 1.0)
     """
-    if isinstance(samples, dict) or not isinstance(samples, torch.Tensor):
-        raise TypeError(_not_a_tensor(samples))
+    samples = as_tensor(samples, "samples", "points (..., D)")
+    centers = as_tensor(centers, "centers", "the modes' means (K, D)")
     if centers.dim() != 2 or centers.shape[0] == 0 or samples.shape[-1:] != centers.shape[1:]:
         raise ValueError(
             f"samples (..., D) and centers (K, D) with K >= 1 must share their last dim D, got "

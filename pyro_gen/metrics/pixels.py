@@ -7,6 +7,8 @@ import math
 
 import torch
 
+from pyro_gen.metrics.inputs import as_tensor
+
 #: Slack on [0, 1] for rounding (a sigmoid's 1 + 1 ulp), far below any other pixel scale.
 _RANGE_SLACK = 1e-6
 
@@ -71,16 +73,6 @@ def as_image_batch(x: torch.Tensor) -> torch.Tensor:
     )
 
 
-def _require_tensor(x: object, name: str) -> None:
-    if isinstance(x, dict):
-        raise TypeError(
-            f"{name} must be a tensor of images, got a dict with sites {sorted(x)} "
-            f"(pyro.infer.Predictive's output): pass the observed site, e.g. {name}['x']"
-        )
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a tensor of images, got {type(x).__name__}")
-
-
 def _check_same_layout(shape: tuple[int, ...], image_shape: tuple[int, ...], name: str) -> None:
     """Reshaping keeps pixels in place only between layouts that differ by size-1 dims or
     where one side is flat: channels-last ``(N, 32, 32, 3)`` samples against ``(M, 3, 32,
@@ -109,7 +101,7 @@ def images_like(
         >>> images_like(torch.zeros(5, 4, 784), (1, 28, 28), "samples").shape
         torch.Size([20, 1, 28, 28])
     """
-    _require_tensor(x, name)
+    x = as_tensor(x, name, "a tensor of images")
     if image_shape is None:
         if x.dim() < 2:
             raise ValueError(f"{name} must be a batch of images (B, ...), got {tuple(x.shape)}")
@@ -137,7 +129,8 @@ def labelled_images(x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
         >>> x.shape, y.tolist()
         (torch.Size([15, 784]), [0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2])
     """
-    _require_tensor(x, "samples")
+    x = as_tensor(x, "samples", "a tensor of images")
+    labels = as_tensor(labels, "labels", "class indices")
     d = labels.dim()
     per_sample = d >= 1 and x.shape[:d] == labels.shape
     per_draw = d >= 1 and x.dim() >= d + 2 and x.shape[1 : 1 + d] == labels.shape

@@ -1,7 +1,8 @@
-"""The image metrics on layouts that read two ways: Predictive draws whose num_samples equals
-the number of labels, channels-last colour samples against a user's channels-first
-classifier, and features the user holds as numpy arrays. Each was scored without a word as
-other images than the user's; now it is refused with the reshape to make, or computed."""
+"""The metrics on layouts that read two ways: Predictive draws whose num_samples equals the
+number of labels, channels-last colour samples against a user's channels-first classifier;
+and on images, labels, points and features the user holds as numpy arrays. The first two
+were scored without a word as other images than the user's (now refused with the reshape
+to make); numpy arrays failed deep inside each metric (now scored as their tensors)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,17 @@ import torch.nn.functional as F
 from pyro.infer import Predictive
 from torch import nn
 
-from pyro_gen.metrics import SmallClassifier, frechet_distance, label_agreement, sample_quality
+from pyro_gen.metrics import (
+    SmallClassifier,
+    class_coverage,
+    frechet_distance,
+    label_agreement,
+    mode_coverage,
+    ring_modes,
+    sample_modes,
+    sample_quality,
+    train_classifier,
+)
 
 Z, K = 3, 10  # latent dim, labels (one image per digit)
 
@@ -133,7 +144,44 @@ def test_numpy_features_give_the_closed_form_distance():
     expected = float(((m1 - m2) ** 2).sum() + ((np.sqrt(v1) - np.sqrt(v2)) ** 2).sum())
     assert math.isclose(frechet_distance(f1, f2), expected, rel_tol=1e-12)
     assert frechet_distance(f1, torch.from_numpy(f2)) == frechet_distance(f1, f2)
-    with pytest.raises(TypeError, match=r"f2 must be a tensor or numpy array"):
+    with pytest.raises(
+        TypeError, match=r"f2 must be features \(N, D\), a tensor or numpy array, got list"
+    ):
         frechet_distance(f1, f2.tolist())
     with pytest.raises(TypeError, match=r"f1 must be features.*dict with sites \['x'\]"):
         frechet_distance({"x": torch.from_numpy(f1)}, f2)
+
+
+def test_numpy_points_and_modes_give_the_exact_counts():
+    """Constructed samples: 25 on each of modes 0..4, 10 on mode 5 (too few to count), and 5
+    far from every mode; numpy arrays (a JAX or numpy sampler's output) give the same."""
+    centers = ring_modes()
+    on = torch.cat([centers[:5].repeat_interleave(25, 0), centers[5:6].repeat(10, 1)])
+    samples = torch.cat([on, torch.full((5, 2), 10.0)])
+    cov = mode_coverage(samples.numpy(), centers.numpy().astype(np.float64), 0.02)
+    assert (cov.modes, cov.num_modes, cov.high_quality) == (5, 8, 135 / 140)
+    assert cov.counts.tolist() == [25] * 5 + [10, 0, 0]
+    torch.testing.assert_close(cov.counts, mode_coverage(samples, centers, 0.02).counts)
+    gen = torch.Generator().manual_seed(0)
+    drawn = sample_modes(centers.numpy(), 0.02, 50, gen)
+    assert torch.equal(drawn, sample_modes(centers, 0.02, 50, torch.Generator().manual_seed(0)))
+    with pytest.raises(TypeError, match=r"centers must be the modes' means \(K, D\).*list"):
+        mode_coverage(samples, centers.tolist(), 0.02)
+
+
+def test_numpy_images_labels_and_classes_score_as_their_tensors():
+    gen = torch.Generator().manual_seed(4)
+    x, y = torch.rand(40, 8, 8, generator=gen), torch.arange(40) % 3
+    clf = train_classifier(x.numpy(), y.numpy(), epochs=1)
+    same = train_classifier(x, y, epochs=1)
+    for a, b in zip(clf.parameters(), same.parameters(), strict=True):
+        assert torch.equal(a, b)
+    with torch.no_grad():
+        own = clf(x).argmax(-1)
+    assert label_agreement(clf, x.numpy(), y.numpy())[0] == float((own == y).double().mean())
+    q = sample_quality(clf, x[:20].numpy(), x[20:].numpy(), y[20:].numpy())
+    assert q.real_accuracy == float((own[20:] == y[20:]).double().mean())
+    assert _scores(q) == _scores(sample_quality(clf, x[:20], x[20:], y[20:]))
+    cov = class_coverage(np.array([0, 0, 1, 2]), 4)  # 1/2, 1/4, 1/4, 0
+    assert cov.histogram.tolist() == [0.5, 0.25, 0.25, 0.0] and cov.covered == 3
+    assert math.isclose(cov.kl_to_uniform, 0.5 * math.log(2) + 0.5 * math.log(1), abs_tol=0)

@@ -59,7 +59,10 @@ def train_classifier(
         >>> clf.training
         False
     """
-    x, y = as_tensor(x, "x", "images"), as_tensor(y, "y", "integer labels")
+    # images straight from a user's generator carry its graph: the first batch's backward
+    # wrote gradients into the generator, the second failed with "Trying to backward through
+    # the graph a second time"; the classifier learns from the pixels only
+    x, y = as_tensor(x, "x", "images").detach(), as_tensor(y, "y", "integer labels")
     # a label vector of another length failed mid-epoch with an IndexError, and float labels
     # inside cross_entropy, neither naming the argument
     if y.shape != x.shape[:1] or y.is_floating_point():

@@ -39,7 +39,7 @@ def check_unit_interval(images: torch.Tensor, name: str) -> torch.Tensor:
             f"{name} must be pixels in [0, 1], found NaN or infinite values (a diverged "
             "model's samples?): drop or fix them before scoring"
         )
-    low, high = float(images.min()), float(images.max())
+    low, high = float(images.detach().min()), float(images.detach().max())
     if low < -_RANGE_SLACK or high > 1 + _RANGE_SLACK:
         raise ValueError(
             f"{name} must be pixels in [0, 1], found values from {low:.4g} to {high:.4g}: "

@@ -185,3 +185,18 @@ def test_numpy_images_labels_and_classes_score_as_their_tensors():
     cov = class_coverage(np.array([0, 0, 1, 2]), 4)  # 1/2, 1/4, 1/4, 0
     assert cov.histogram.tolist() == [0.5, 0.25, 0.25, 0.0] and cov.covered == 3
     assert math.isclose(cov.kl_to_uniform, 0.5 * math.log(2) + 0.5 * math.log(1), abs_tol=0)
+
+
+def test_a_classifier_trained_on_a_generators_output_leaves_the_generator_alone():
+    """train_classifier(generator(z), y) without a detach: the first batch's backward wrote
+    gradients into the user's generator, the second failed with "Trying to backward through
+    the graph a second time"."""
+    torch.manual_seed(0)
+    generator = nn.Sequential(nn.Linear(3, 64), nn.Sigmoid())
+    x = generator(torch.randn(40, 3)).reshape(40, 8, 8)
+    y = torch.arange(40) % 3
+    clf = train_classifier(x, y, epochs=2, batch_size=8)
+    assert all(p.grad is None for p in generator.parameters())
+    same = train_classifier(x.detach(), y, epochs=2, batch_size=8)
+    for a, b in zip(clf.parameters(), same.parameters(), strict=True):
+        assert torch.equal(a, b)

@@ -93,7 +93,9 @@ def _classify(
     for chunk in images.split(batch_size):
         if layered:
             f = clf.features(chunk)
-            feats.append(f)
+            # a conv net's pooled map (B, C, 1, 1) failed in frechet_distance with "features
+            # must be matrices (N, D)", which the caller never passed: one row per image
+            feats.append(f.reshape(f.shape[0], -1))
             probs.append(F.softmax(clf.head(f), -1))
         else:
             probs.append(F.softmax(clf(chunk), -1))
@@ -172,7 +174,8 @@ def sample_quality(
     same size is the floor. Not comparable to Inception FID.
 
     Args:
-        clf: a classifier with ``features(x)`` and ``head(features)`` (moved to the
+        clf: a classifier with ``features(x)`` (any shape ``(B, ...)``, e.g. a pooled
+            conv map, flattened to one row per image) and ``head(features)`` (moved to the
             samples' device, scored in eval mode, its train/eval mode restored).
         samples: generated images in [0, 1], ``(N, 1, H, W)``, ``(N, H, W)`` or
             ``(N, H * W)``; leading dims (``pyro.infer.Predictive``'s ``num_samples``) are

@@ -200,3 +200,30 @@ def test_a_classifier_trained_on_a_generators_output_leaves_the_generator_alone(
     same = train_classifier(x.detach(), y, epochs=2, batch_size=8)
     for a, b in zip(clf.parameters(), same.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+class PooledFeatures(nn.Module):
+    """A user's conv classifier whose penultimate layer is a pooled map (B, C, 1, 1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.conv, self.pool, self.fc = nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Linear(4, 3)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.conv(x))
+
+    def head(self, f: torch.Tensor) -> torch.Tensor:
+        return self.fc(f.flatten(1))
+
+
+def test_a_pooled_feature_map_is_one_feature_row_per_image():
+    gen = torch.Generator().manual_seed(6)
+    samples, real = torch.rand(10, 1, 8, 8, generator=gen), torch.rand(12, 1, 8, 8, generator=gen)
+    clf = PooledFeatures()
+    q = sample_quality(clf, samples, real)
+    with torch.no_grad():
+        fs, fr = clf.features(samples).flatten(1), clf.features(real).flatten(1)
+        probs = F.softmax(clf.head(clf.features(samples)), -1)
+    assert q.frechet == frechet_distance(fs, fr)
+    assert q.confidence == float(probs.max(-1).values.mean())

@@ -6,55 +6,14 @@ code after it (``'tuple' object has no attribute 'dim'``)."""
 from __future__ import annotations
 
 import inspect
-import warnings
 from typing import Any
 
-import pyro
 import torch
-from pyro.nn import PyroModule
-from pyro.params.param_store import param_with_module_name
 from torch import Tensor, nn
 
+from pyro_gen.nn.registration import register_module  # re-exported: its first home
+
 __all__ = ["call_network", "check_output", "register_module"]
-
-
-def register_module(name: str, module: nn.Module) -> None:
-    """``pyro.module(name, module)`` for the parameters no :class:`~pyro.nn.PyroModule` owns.
-
-    Why: a user's network may be a ``PyroModule``, which registers each parameter it reads
-    under its own name (``"lin.weight"``, with its constraint for a ``PyroParam``);
-    ``pyro.module`` registered the same tensor again under the model's name
-    (``"ddpm$$$net.lin.weight"``), so the param store and checkpoints held every such tensor
-    twice. A ``PyroModule``'s parameters therefore keep the names it gives them, as in any
-    Pyro program that uses one, and everything else is registered as ``pyro.module`` would.
-
-    Example:
-        >>> from pyro.nn.module import to_pyro_module_
-        >>> pyro.clear_param_store()
-        >>> m = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
-        >>> to_pyro_module_(m[1], recurse=False)
-        >>> register_module("m", m)
-        >>> sorted(pyro.get_param_store().keys())  # m[1]'s register when it runs
-        ['m$$$0.bias', 'm$$$0.weight']
-    """
-    owned = {id(p) for sub in module.modules() if isinstance(sub, PyroModule)
-             for p in sub.parameters()}  # fmt: skip
-    if not owned:
-        pyro.module(name, module)
-        return
-    for param_name, value in module.named_parameters():
-        if id(value) in owned:
-            continue
-        if value.requires_grad:
-            pyro.param(param_with_module_name(name, param_name), value)
-        elif module.training:
-            # pyro.module's own warning, kept for the parameters it would have seen
-            warnings.warn(
-                f"{param_name} was not registered in the param store because "
-                "requires_grad=False. You can silence this warning by calling "
-                "my_module.train(False)",
-                stacklevel=3,
-            )
 
 
 def _parameter_dtype(net: nn.Module) -> torch.dtype | None:

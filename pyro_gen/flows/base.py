@@ -32,6 +32,7 @@ from torch.distributions import Transform
 from torch.distributions.transforms import ReshapeTransform
 
 from pyro_gen.distributions.flow import Flow, FlowDistribution
+from pyro_gen.nn.registration import register_module
 from pyro_gen.transforms._base import PicklableModule, as_event_shape, sample_count
 from pyro_gen.transforms.dequantization import (
     ScaledSigmoid,
@@ -211,7 +212,7 @@ class FlowModel(PicklableModule):
         Other keyword arguments (``idx``, labels of an unconditional flow's dataset) are
         ignored.
         """
-        pyro.module(self.name, self.flow)
+        register_module(self.name, self.flow)
         if x is None:
             n = num_samples if y is None or y.dim() < 2 else y.shape[0]
             with pyro.plate("data", n):
@@ -228,7 +229,7 @@ class FlowModel(PicklableModule):
         r"""Empty (exact maximum likelihood), or :math:`q(u \mid x)` with dequantization."""
         if x is None or self.dequantization is None:
             return None
-        pyro.module(self.name + ".dequantization", self.dequantization)
+        register_module(self.name + ".dequantization", self.dequantization)
         with pyro.plate("data", x.shape[0]):
             self.dequantization.guide_step(x)
         return None

@@ -16,6 +16,7 @@ from pyro_gen.gan.adversarial import OptimizerFactory, PyroLoss
 from pyro_gen.gan.objectives import LeastSquaresGAN
 from pyro_gen.gan.observed import ObservedSite, observed_sites
 from pyro_gen.gan.recorded import RecordedRuns
+from pyro_gen.nn.registration import register_module
 from pyro_gen.transforms._base import PicklableModule
 
 #: Sites of the CycleGAN model: the translations (observed at the other domain's data) and
@@ -90,8 +91,8 @@ class CycleGAN(PicklableModule):
                 f"the unpaired batches must have the same size, got {x.shape[0]} examples "
                 f"of X and {y.shape[0]} of Y"
             )
-        pyro.module(self.prefix + "g", self.g)
-        pyro.module(self.prefix + "f", self.f)
+        register_module(self.prefix + "g", self.g)
+        register_module(self.prefix + "f", self.f)
         with pyro.plate("data", x.shape[0]):
             fake_y, fake_x = self.g(x), self.f(y)
             pyro.sample(TO_Y, dist.Delta(fake_y, event_dim=len(self.y_shape)), obs=y)

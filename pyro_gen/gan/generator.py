@@ -12,6 +12,7 @@ from torch import nn
 
 from pyro_gen.gan.average import ExponentialAverage
 from pyro_gen.infer.callbacks import changes_only_tensors
+from pyro_gen.nn.registration import register_module
 from pyro_gen.transforms._base import PicklableModule, sample_count
 
 #: Name of the plate over examples.
@@ -218,8 +219,8 @@ class Generator(PicklableModule):
 
         Extra keyword arguments are ignored, so the model takes what its guide takes.
         """
-        pyro.module(self.prefix + "generator", self.net)
-        pyro.module(self.prefix + "prior", self.prior)
+        register_module(self.prefix + "generator", self.net)
+        register_module(self.prefix + "prior", self.prior)
         if x is not None:
             self._check(x)
             batch = x.shape[0]

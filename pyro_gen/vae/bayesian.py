@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pyro_gen.nn.mlp import layer_widths
+from pyro_gen.nn.registration import register_module
 from pyro_gen.transforms._base import PicklableModule, as_event_shape, sample_count
 from pyro_gen.vae._utils import numel
 from pyro_gen.vae.encoders import MLPEncoder
@@ -246,7 +247,7 @@ class BayesianVAE(PicklableModule):
         """:math:`q(\\theta)` (AutoNormal, global) and :math:`q(z \\mid x)` (amortized,
         local)."""
         self._check(x)
-        pyro.module("encoder", self.encoder)
+        register_module("encoder", self.encoder)
         loc, scale, _ = self.encoder(x)
         with self._plate(x):
             z = pyro.sample(LATENT, dist.Normal(loc, scale).to_event(1))

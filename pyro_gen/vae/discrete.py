@@ -37,6 +37,7 @@ from torch.distributions.relaxed_categorical import ExpRelaxedCategorical as _Ex
 
 from pyro_gen.infer.callbacks import changes_only_tensors
 from pyro_gen.nn.mlp import layer_widths
+from pyro_gen.nn.registration import register_module
 from pyro_gen.transforms._base import PicklableModule, as_event_shape, sample_count
 from pyro_gen.vae._utils import mlp, numel
 from pyro_gen.vae.decoders import MLPDecoder
@@ -173,7 +174,7 @@ class DiscreteVAE(PicklableModule):
 
     def model(self, x: torch.Tensor | None = None, num_samples: int | None = None):
         """Uniform categorical (or its relaxation) prior, then :math:`x \\sim p(x \\mid z)`."""
-        pyro.module(self.prefix + "decoder", self.decoder)
+        register_module(self.prefix + "decoder", self.decoder)
         if x is not None:
             self._check(x)
         batch = x.shape[0] if x is not None else (num_samples or 1)
@@ -185,7 +186,7 @@ class DiscreteVAE(PicklableModule):
     def guide(self, x: torch.Tensor) -> torch.Tensor:
         """Amortized :math:`q(z \\mid x)`: relaxed draws, or marked for parallel enumeration."""
         self._check(x)
-        pyro.module(self.prefix + "encoder", self.encoder)
+        register_module(self.prefix + "encoder", self.encoder)
         infer = {"enumerate": "parallel"} if self.inference == "enumerate" else {}
         with pyro.plate(DATA_PLATE, x.shape[0]):
             return pyro.sample(LATENT, self._latent(self.encoder_logits(x)), infer=infer)

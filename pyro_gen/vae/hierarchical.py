@@ -12,6 +12,7 @@ from pyro import poutine
 from torch import nn
 from torch.nn import functional as F
 
+from pyro_gen.nn.registration import register_module
 from pyro_gen.transforms._base import as_event_shape, sample_count
 from pyro_gen.vae._utils import mlp
 from pyro_gen.vae.decoders import Decoder, MLPDecoder
@@ -154,9 +155,9 @@ class HierarchicalVAE(GuideSlot):
         return self.encoders
 
     def _register_generative(self) -> None:
-        pyro.module(self.prefix + "prior", self.prior)
-        pyro.module(self.prefix + "decoder", self.decoder)
-        pyro.module(self.prefix + "topdown", self.topdown)
+        register_module(self.prefix + "prior", self.prior)
+        register_module(self.prefix + "decoder", self.decoder)
+        register_module(self.prefix + "topdown", self.topdown)
 
     def model(
         self,
@@ -189,7 +190,7 @@ class HierarchicalVAE(GuideSlot):
             raise ValueError("the guide needs observed data x")
         encoders = self._built_in_encoders()
         x = fill_missing(x, mask)
-        pyro.module(self.prefix + "encoders", encoders)
+        register_module(self.prefix + "encoders", encoders)
         out: dict[str, torch.Tensor] = {}
         with pyro.plate(DATA_PLATE, x.shape[0]):
             if self.inference == "bottom_up":
@@ -200,7 +201,7 @@ class HierarchicalVAE(GuideSlot):
                         latent_site(layer), dist.Normal(loc, scale).to_event(1)
                     )
                 return out
-            pyro.module(self.prefix + "topdown", self.topdown)
+            register_module(self.prefix + "topdown", self.topdown)
             stats, inp = [], x
             for enc in encoders:
                 loc, scale, inp = enc(inp)

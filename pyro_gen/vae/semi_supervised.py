@@ -38,6 +38,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pyro_gen.nn.mlp import layer_widths
+from pyro_gen.nn.registration import register_module
 from pyro_gen.transforms._base import PicklableModule, as_event_shape, sample_count
 from pyro_gen.vae._utils import mlp, numel
 from pyro_gen.vae.decoders import MLPDecoder
@@ -172,7 +173,7 @@ class SSVAE(PicklableModule):
         :math:`x \\sim p(x \\mid y, z)`, and in training mode on labelled batches the factor
         :math:`\\alpha \\log q(y \\mid x)`."""
         y = self._check(x, y)
-        pyro.module(self.prefix + "decoder", self.decoder)
+        register_module(self.prefix + "decoder", self.decoder)
         obs = self.decoder.likelihood.prepare(x)
         with pyro.plate(DATA_PLATE, x.shape[0]):
             label = pyro.sample(LABEL, dist.Categorical(logits=self.prior_logits), obs=y)
@@ -180,7 +181,7 @@ class SSVAE(PicklableModule):
             z = pyro.sample(LATENT, dist.Normal(zeros, 1.0).to_event(1))
             pyro.sample(OBS, self.decoder(z, context=self._one_hot(label, z)), obs=obs)
             if y is not None and self.alpha > 0 and self.training:
-                pyro.module(self.prefix + "classifier", self.classifier)
+                register_module(self.prefix + "classifier", self.classifier)
                 log_q = dist.Categorical(logits=self.logits(x)).log_prob(y)
                 pyro.factor(CLASSIFICATION, self.alpha * log_q)
 
@@ -188,8 +189,8 @@ class SSVAE(PicklableModule):
         """:math:`y \\sim q(y \\mid x)`, enumerated in parallel, when ``y`` is not given;
         then :math:`z \\sim q(z \\mid x, y)`."""
         y = self._check(x, y)
-        pyro.module(self.prefix + "classifier", self.classifier)
-        pyro.module(self.prefix + "encoder", self.encoder)
+        register_module(self.prefix + "classifier", self.classifier)
+        register_module(self.prefix + "encoder", self.encoder)
         with pyro.plate(DATA_PLATE, x.shape[0]):
             if y is None:
                 y = pyro.sample(

@@ -11,6 +11,7 @@ from pyro.infer.autoguide import AutoGuide
 from torch import nn
 from torch.nn import functional as F
 
+from pyro_gen.nn.registration import register_module
 from pyro_gen.transforms._base import as_event_shape, sample_count
 from pyro_gen.vae.decoders import Decoder, MLPDecoder
 from pyro_gen.vae.encoders import MLPEncoder
@@ -217,8 +218,8 @@ class VAE(GuideSlot):
         observed entries. Extra keyword arguments (e.g. ``idx`` for a per-example guide)
         are ignored.
         """
-        pyro.module(self.prefix + "prior", self.prior)
-        pyro.module(self.prefix + "decoder", self.decoder)
+        register_module(self.prefix + "prior", self.prior)
+        register_module(self.prefix + "decoder", self.decoder)
         if x is not None:
             self._check(x)
             batch = x.shape[0]
@@ -253,7 +254,7 @@ class VAE(GuideSlot):
                 "this VAE was built with a replacing guide and no posterior family; assign a "
                 "guide (vae.guide = ...) or build it with posterior=..."
             )
-        pyro.module(self.prefix + "encoder", self.posterior)
+        register_module(self.prefix + "encoder", self.posterior)
         context = self._context(y)
         x = fill_missing(x, mask)
         with pyro.plate(DATA_PLATE, x.shape[0]):

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 Transform = Callable[[Any], Any] | Mapping[int | str, Callable[[Any], Any]]
@@ -53,8 +54,10 @@ def _tensors(obj: Any) -> list[torch.Tensor]:
 
 
 def _size(value: Any) -> int | None:
-    if isinstance(value, torch.Tensor):
-        return value.shape[0] if value.dim() > 0 else None
+    # a numpy batch (a user's generator of np arrays) counted as one example: fit's
+    # train_loss, a per-example mean, came out per batch (batch_size times too large)
+    if isinstance(value, torch.Tensor | np.ndarray):
+        return value.shape[0] if value.ndim > 0 else None
     batch_sizes = getattr(value, "batch_sizes", None)  # a PackedSequence
     if isinstance(batch_sizes, torch.Tensor) and batch_sizes.numel():
         return int(batch_sizes[0])

@@ -136,3 +136,33 @@ def test_numpy_datasets_in_a_tuple_or_dict_are_refused_not_passed_whole(data, wh
     # a numpy scalar (a model's constant) is no dataset and passes as before
     call = next(iter(batch_calls((torch.zeros(10, 2), np.float32(0.5)), 4, shuffle=False)))
     assert call.args[1] == np.float32(0.5)
+
+
+def _normal_model(x) -> None:
+    """Takes numpy or tensor batches alike, as a user's model that calls torch.as_tensor."""
+    x = torch.as_tensor(x, dtype=torch.float32)
+    loc = pyro.param("loc", torch.zeros(()))
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("x", dist.Normal(loc, 1.0), obs=x)
+
+
+def test_numpy_batches_count_their_rows_in_the_per_example_loss() -> None:
+    """A user's generator of numpy batches: each batch counted as one example, so the
+    train_loss (a per-example mean) came out per batch, about 25 times the true value."""
+    xs = np.random.default_rng(0).standard_normal(74).astype(np.float32)
+
+    def numpy_batches():
+        return iter([xs[:32], xs[32:64], xs[64:]])
+
+    pyro.clear_param_store()
+    result = fit(
+        _normal_model,
+        numpy_batches,
+        guide=_guide,
+        epochs=1,
+        optim=pyro.optim.Adam({"lr": 0.0}),  # loc stays 0: the loss has a closed form
+        progress=False,
+    )
+    exact = float(-dist.Normal(0.0, 1.0).log_prob(torch.from_numpy(xs)).double().mean())
+    assert result.history[-1]["train_loss"] == pytest.approx(exact, rel=1e-6)
+    assert [c.size for c in batch_calls(numpy_batches, 4, shuffle=False)] == [32, 32, 10]

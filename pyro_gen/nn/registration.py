@@ -66,15 +66,23 @@ def _register_pyro_module(mod: PyroModule) -> None:
     call, and a module that returns a distribution (a flow) reads its transforms' weights
     later, in ``log_prob``, where nothing registers them and training left them as they
     were; ``pyro.module`` had registered them, under a second name."""
+    local = pyro.settings.get("module_local_params")  # each module its own store: Pyro's way
+    prefix = mod.__dict__["_pyro_name"]
     with mod._pyro_context:  # read inside it, an attribute is registered as in mod's call
         for key, value in list(mod._parameters.items()):
             if value is None or not value.requires_grad:
                 continue  # a frozen parameter: left to mod, as pyro.module leaves it
             base = key[: -len(_UNCONSTRAINED)] if key.endswith(_UNCONSTRAINED) else key
-            getattr(mod, base if base in mod._pyro_params else key)
+            if base in mod._pyro_params:
+                getattr(mod, base)  # Pyro's own code: its constraint, synced with the store
+            elif local:
+                getattr(mod, key)
+            else:  # what mod's read of an nn.Parameter does, without its attribute lookups
+                pyro.param(f"{prefix}.{key}" if prefix else key, value)
         for key, child in list(mod._modules.items()):
             if isinstance(child, PyroModule):
-                getattr(mod, key)  # names it, if converted in place, as its first read does
+                if not child.__dict__["_pyro_name"]:
+                    getattr(mod, key)  # names it (converted in place), as its first read does
                 _register_pyro_module(child)
             elif child is not None:
                 _register_plain(mod._pyro_get_fullname(key), child)

@@ -154,3 +154,15 @@ def test_a_model_with_register_module_trains_as_with_pyro_module(convert):
     assert runs[0][0] == runs[1][0]
     for a, b in zip(runs[0][1], runs[1][1], strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_child_converted_in_place_gets_the_name_its_parent_gives_it():
+    # to_pyro_module_ on a plain child of a PyroModule leaves it unnamed until the parent
+    # reads it; registered before that read, it takes the same name, not "weight"
+    pyro.clear_param_store()
+    parent = PyroModule[nn.Sequential](nn.Linear(2, 2))
+    to_pyro_module_(parent[0])
+    register_module("parent", parent)
+    assert sorted(pyro.get_param_store().keys()) == ["0.bias", "0.weight"]
+    poutine.trace(parent).get_trace(torch.randn(3, 2))
+    assert sorted(pyro.get_param_store().keys()) == ["0.bias", "0.weight"]

@@ -166,7 +166,7 @@ def sample_quality(
         "mean_confidence": quality.confidence,
     }
     if requested is not None:
-        agreement = label_agreement(clf, samples, requested)
+        agreement = label_agreement(clf, samples, requested, draws=False)  # one per label
         results["label_agreement"], results["label_agreement_se"] = agreement
     return results
 

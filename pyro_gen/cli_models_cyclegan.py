@@ -93,9 +93,11 @@ def _evaluate(ev: Evaluation) -> dict[str, Any]:
         translated, truth = model.translate(test), dilate(test)
         back = model.translate_back(translated)
     results: dict[str, Any] = {"num_test": int(test.shape[0])}
-    share, se = label_agreement(clf, translated, ev.labels)
+    share, se = label_agreement(clf, translated, ev.labels, draws=False)
     results["class_preservation"], results["class_preservation_se"] = share, se
-    results["classifier_accuracy_on_dilated_test"] = label_agreement(clf, truth, ev.labels)[0]
+    results["classifier_accuracy_on_dilated_test"] = label_agreement(
+        clf, truth, ev.labels, draws=False
+    )[0]
     with_se(results, "l1_to_true_mapping", (translated - truth).abs().flatten(1).mean(1))
     with_se(results, "l1_identity_to_true_mapping", (test - truth).abs().flatten(1).mean(1))
     with_se(results, "cycle_error", (back - test).abs().flatten(1).mean(1))

@@ -116,15 +116,23 @@ def _scoring(clf: nn.Module, device: torch.device) -> Iterator[nn.Module]:
 
 
 def label_agreement(
-    clf: nn.Module, samples: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 1000
+    clf: nn.Module,
+    samples: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    batch_size: int = 1000,
+    draws: bool | None = None,
 ) -> tuple[float, float]:
     """Share of conditional samples the classifier assigns to the label they were generated
     for, with its binomial standard error.
 
     ``labels`` has the samples' leading shape (``(N,)`` for ``(N, ...)`` images), or the
     samples carry one more leading dim (``pyro.infer.Predictive``'s ``num_samples``, drawn
-    for the same labels). ``clf`` needs only ``forward(x)`` giving logits; it is moved to
-    the samples' device and scored in eval mode, its train/eval mode restored.
+    for the same labels). Samples that fit both, such as ``num_samples=10`` draws
+    ``(10, 10, 784)`` for the labels ``0..9``, need ``draws=True`` (Predictive's draws) or
+    ``draws=False`` (one image per label); ``None`` refuses them. ``clf`` needs only
+    ``forward(x)`` giving logits; it is moved to the samples' device and scored in eval
+    mode, its train/eval mode restored.
 
     Example:
         >>> from pyro_gen.metrics.classifier import SmallClassifier
@@ -134,11 +142,20 @@ def label_agreement(
         >>> label_agreement(clf, x, own)
         (1.0, 0.0)
     """
-    samples, labels = labelled_images(samples, labels)
+    samples, labels = labelled_images(samples, labels, draws)
     if samples.shape[0] == 0:
         raise ValueError("label_agreement needs at least one sample, got none")
     with _scoring(clf, samples.device) as clf:
         _, probs = _classify(clf, samples, batch_size, "samples", features=False)
+    # 1-based labels (1..10 for a 10-class classifier) lowered the share without a word: a
+    # class the classifier does not have is never agreed with
+    num_classes = probs.shape[-1]
+    if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
+        raise ValueError(
+            f"labels must be classes of clf, in [0, {num_classes}) for its {num_classes} "
+            f"outputs, got values from {int(labels.min())} to {int(labels.max())} (shift "
+            "1-based labels with labels - 1)"
+        )
     hit = (probs.argmax(-1) == labels.to(samples.device)).double()
     share = float(hit.mean())
     return share, math.sqrt(share * (1 - share) / len(hit))

@@ -119,10 +119,13 @@ def images_like(
     )
 
 
-def labelled_images(x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def labelled_images(
+    x: torch.Tensor, labels: torch.Tensor, draws: bool | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Images ``(B, ...)`` and labels ``(B,)`` from images whose leading dims are the
-    labels' shape, or one more leading dim (the ``num_samples`` of
-    ``pyro.infer.Predictive``, drawn for the same labels).
+    labels' shape (``draws=False``), or one more leading dim (``draws=True``: the
+    ``num_samples`` of ``pyro.infer.Predictive``, drawn for the same labels). ``draws=None``
+    reads the shapes, and refuses samples that fit both readings.
 
     Example:
         >>> x, y = labelled_images(torch.zeros(5, 3, 784), torch.tensor([0, 1, 2]))
@@ -131,9 +134,18 @@ def labelled_images(x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
     """
     x = as_tensor(x, "samples", "a tensor of images")
     labels = as_tensor(labels, "labels", "class indices")
+    # OneHotCategorical's float one-hot labels (a semi-supervised VAE's y) against (N, 10, 10)
+    # images were read as 10 labels per image, each 0 or 1, and scored without a word
+    if labels.is_floating_point() or labels.is_complex():
+        raise ValueError(
+            f"labels must be integer class indices, got dtype {labels.dtype} of shape "
+            f"{tuple(labels.shape)} (one-hot labels, e.g. OneHotCategorical draws: pass "
+            "labels.argmax(-1))"
+        )
     d = labels.dim()
-    per_sample = d >= 1 and x.shape[:d] == labels.shape
-    per_draw = d >= 1 and x.dim() >= d + 2 and x.shape[1 : 1 + d] == labels.shape
+    per_sample = draws is not True and d >= 1 and x.shape[:d] == labels.shape
+    per_draw = draws is not False and d >= 1 and x.dim() >= d + 2
+    per_draw = per_draw and x.shape[1 : 1 + d] == labels.shape
     # Predictive(num_samples=10) of a model given labels arange(10) draws (10, 10, 784): read
     # as 10 images of 10 x 784 pixels it was scored without a word; when both readings fit
     # and differ, only the caller knows which is meant (one label's two readings differ by a
@@ -143,17 +155,21 @@ def labelled_images(x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
             f"samples of shape {tuple(x.shape)} with labels of shape {tuple(labels.shape)} "
             f"read two ways: {x.shape[0]} images of shape {tuple(x.shape[d:])}, or "
             f"{x.shape[0]} draws (Predictive's num_samples) of {labels.numel()} images of shape "
-            f"{tuple(x.shape[d + 1 :])}; flatten them first: for draws, "
-            f"samples.reshape(-1, *samples.shape[{d + 1}:]) and labels.repeat({x.shape[0]})"
+            f"{tuple(x.shape[d + 1 :])}: pass draws=True for Predictive's draws, draws=False "
+            "for one image per label"
         )
     if per_sample:
         lead = d
     elif per_draw:
         lead, labels = d + 1, labels.expand(x.shape[: d + 1])
     else:
+        lead_dims = {
+            None: "the samples' leading dims, or those after Predictive's num_samples dim",
+            False: "the samples' leading dims (draws=False)",
+            True: "the samples' dims after Predictive's num_samples dim (draws=True)",
+        }[draws]
         raise ValueError(
             f"labels must hold one label per sample: samples of shape {tuple(x.shape)}, "
-            f"labels of shape {tuple(labels.shape)} (their shape must be the samples' "
-            "leading dims, or those after Predictive's num_samples dim)"
+            f"labels of shape {tuple(labels.shape)} (their shape must be {lead_dims})"
         )
     return x.reshape(math.prod(x.shape[:lead]), *x.shape[lead:]), labels.reshape(-1)

@@ -62,7 +62,7 @@ def test_as_many_predictive_draws_as_labels_is_refused_then_counted_by_hand():
     x = Predictive(cvae_model, num_samples=K, return_sites=["x"])(decoder, y)["x"]
     assert x.shape == (K, K, 784)
     clf = SmallClassifier(K)
-    with pytest.raises(ValueError, match=r"read two ways.*labels.repeat\(10\)"):
+    with pytest.raises(ValueError, match=r"read two ways.*pass draws=True .* draws=False"):
         label_agreement(clf, x, y)
     # what the message says to do, against a hand count of the classifier's own predictions
     flat, labels = x.reshape(-1, *x.shape[2:]), y.repeat(K)
@@ -72,6 +72,14 @@ def test_as_many_predictive_draws_as_labels_is_refused_then_counted_by_hand():
     share, se = label_agreement(clf, flat, labels)
     assert share == hits / (K * K)
     assert math.isclose(se, math.sqrt(share * (1 - share) / (K * K)))
+    assert label_agreement(clf, x, y, draws=True) == (share, se)
+    # draws=False: ten (10, 784) images, one per label, as a user's own (N, H, W) images
+    # with H == N are; the classifier scores them as such
+    with torch.no_grad():
+        tall = clf(x).argmax(-1)
+    assert label_agreement(clf, x, y, draws=False)[0] == float((tall == y).double().mean())
+    with pytest.raises(ValueError, match=r"after Predictive's num_samples dim \(draws=True\)"):
+        label_agreement(clf, x[0], y, draws=True)
     # the unambiguous readings still work: fewer draws than labels, one image per label
     assert label_agreement(clf, x[:3], y)[0] == float((own[:30] == labels[:30]).double().mean())
     assert label_agreement(clf, x[0], y)[0] == float((own[:K] == y).double().mean())
@@ -227,3 +235,22 @@ def test_a_pooled_feature_map_is_one_feature_row_per_image():
         probs = F.softmax(clf.head(clf.features(samples)), -1)
     assert q.frechet == frechet_distance(fs, fr)
     assert q.confidence == float(probs.max(-1).values.mean())
+
+
+def test_one_hot_and_one_based_labels_are_refused_not_scored():
+    """Labels from OneHotCategorical (a semi-supervised VAE's y) against 10x10 images read
+    as ten 0/1 labels per image; labels 1..10 for a 10-class classifier were never agreed
+    with. Both lowered the agreement without a word."""
+    gen = torch.Generator().manual_seed(7)
+    x = torch.rand(6, 10, 10, generator=gen)
+    clf = SmallClassifier(K)
+    y = torch.arange(6)
+    one_hot = dist.OneHotCategorical(probs=torch.ones(K)).sample((6,))
+    with pytest.raises(ValueError, match=r"integer class indices.*labels.argmax\(-1\)"):
+        label_agreement(clf, x, one_hot)
+    with pytest.raises(ValueError, match=r"in \[0, 10\).*from 1 to 10.*labels - 1"):
+        label_agreement(clf, x, torch.tensor([1, 2, 3, 4, 5, 10]))
+    with torch.no_grad():
+        own = clf(x).argmax(-1)
+    assert label_agreement(clf, x, y)[0] == float((own == y).double().mean())
+    assert label_agreement(clf, x, own)[0] == 1.0

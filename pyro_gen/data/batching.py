@@ -38,7 +38,7 @@ import torch
 from pyro_gen.data.batch_call import Call, Transform, as_call, describe, with_transform
 from pyro_gen.data.device_batches import Batch, DeviceBatches
 from pyro_gen.data.iterable_batches import IterableBatches, own_generator
-from pyro_gen.data.tensor_batches import TensorBatches
+from pyro_gen.data.tensor_batches import TensorBatches, refuse_numpy_datasets
 
 __all__ = [
     "STEPS_PER_EPOCH_WITHOUT_DATA",
@@ -79,20 +79,6 @@ def release_peeked(batches: Any) -> None:
         inner.release()
 
 
-def _refuse_numpy_datasets(data: tuple | Mapping) -> None:
-    """A numpy array in a tuple or dict of datasets was passed whole to every step as a
-    constant (only tensors are sliced): ``(x_numpy,)`` became 100 full-data steps an epoch
-    whatever the batch size, and ``(x_numpy, y)`` paired all of x with 4 labels."""
-    items = data.items() if isinstance(data, Mapping) else enumerate(data)
-    for key, value in items:
-        if isinstance(value, np.ndarray) and value.ndim > 0:
-            raise TypeError(
-                f"data[{key!r}] is a numpy array of shape {value.shape}, which would be passed "
-                f"whole to every step (only tensors are split into batches): pass "
-                f"torch.as_tensor(data[{key!r}]) in the model's dtype"
-            )
-
-
 def batch_calls(
     data: Any,
     batch_size: int,
@@ -125,7 +111,7 @@ def batch_calls(
             "(e.g. [data]) or a function returning an iterator of batches"
         )
     if isinstance(data, tuple | Mapping):
-        _refuse_numpy_datasets(data)
+        refuse_numpy_datasets(data)
     if isinstance(data, tuple | Mapping) and not any(
         map(torch.is_tensor, data.values() if isinstance(data, Mapping) else data)
     ):

@@ -10,9 +10,29 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 
 from pyro_gen.data.batch_call import Call, _first_size, _to
+
+
+def refuse_numpy_datasets(data: tuple | Mapping) -> None:
+    """A numpy array in a tuple or dict of datasets was passed whole to every step as a
+    constant (only tensors are sliced): ``(x_numpy,)`` became 100 full-data steps an epoch
+    whatever the batch size, ``(x_numpy, y)`` paired all of x with 4 labels, and
+    ``DeviceBatches({"x": x, "y": y_numpy}, 4)`` gave all of y with every 4 rows of x.
+
+    Example:
+        >>> refuse_numpy_datasets((torch.zeros(3), np.float32(2.0)))  # a constant passes
+    """
+    items = data.items() if isinstance(data, Mapping) else enumerate(data)
+    for key, value in items:
+        if isinstance(value, np.ndarray) and value.ndim > 0:
+            raise TypeError(
+                f"data[{key!r}] is a numpy array of shape {value.shape}, which would be passed "
+                f"whole to every step (only tensors are split into batches): pass "
+                f"torch.as_tensor(data[{key!r}]) in the model's dtype"
+            )
 
 
 class TensorBatches:
@@ -40,6 +60,8 @@ class TensorBatches:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         kwargs = dict(kwargs or {})
+        refuse_numpy_datasets(tuple(args))
+        refuse_numpy_datasets(kwargs)
         device = torch.device(device) if device is not None else None
         self.args = tuple(_to(v, device) for v in args)
         self.kwargs = {k: _to(v, device) for k, v in kwargs.items()}

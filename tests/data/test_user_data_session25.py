@@ -19,7 +19,7 @@ from pyro_gen.data import (
     static_binarize,
     uniform_dequantize,
 )
-from pyro_gen.data.batching import batch_calls
+from pyro_gen.data.batching import DeviceBatches, batch_calls
 from pyro_gen.infer import fit
 
 
@@ -166,3 +166,10 @@ def test_numpy_batches_count_their_rows_in_the_per_example_loss() -> None:
     exact = float(-dist.Normal(0.0, 1.0).log_prob(torch.from_numpy(xs)).double().mean())
     assert result.history[-1]["train_loss"] == pytest.approx(exact, rel=1e-6)
     assert [c.size for c in batch_calls(numpy_batches, 4, shuffle=False)] == [32, 32, 10]
+
+
+def test_device_batches_refuse_a_numpy_column_instead_of_repeating_it_whole() -> None:
+    with pytest.raises(TypeError, match=r"data\['y'\] is a numpy array of shape \(10,\)"):
+        DeviceBatches({"x": torch.zeros(10, 2), "y": np.arange(10)}, 4)
+    batches = DeviceBatches({"x": torch.zeros(10, 2), "y": torch.arange(10)}, 4, shuffle=False)
+    assert [b["y"].tolist() for b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]

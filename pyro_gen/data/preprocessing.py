@@ -246,7 +246,10 @@ def inverse_logit_transform(y: torch.Tensor, alpha: float = 0.05) -> torch.Tenso
 
 
 def bits_per_dim(
-    nll_nats: float | torch.Tensor, num_dims: int, *, num_bins: int | None = None
+    nll_nats: float | torch.Tensor,
+    num_dims: int | tuple[int, ...],
+    *,
+    num_bins: int | None = None,
 ) -> float | torch.Tensor:
     r"""Convert a negative log-likelihood in nats per example to bits per dimension.
 
@@ -259,7 +262,8 @@ def bits_per_dim(
 
     Args:
         nll_nats: NLL per example in nats (float or tensor).
-        num_dims: dimensions per example :math:`D` (784 for MNIST).
+        num_dims: dimensions per example :math:`D` (784 for MNIST), or an event shape
+            such as ``x.shape[1:]`` (its element count).
         num_bins: levels :math:`K` of the original data, if the data were rescaled.
 
     Example:
@@ -268,7 +272,22 @@ def bits_per_dim(
         >>> round(bits_per_dim(-784 * math.log(256), 784, num_bins=256), 6)
         0.0
     """
-    if num_dims <= 0:
-        raise ValueError(f"num_dims must be positive; got {num_dims}")
+    # an event shape (x.shape[1:], a flow's event_shape) failed with "'<=' not supported
+    # between instances of 'torch.Size' and 'int'": its element count is what is meant
+    if isinstance(num_dims, tuple | list):
+        num_dims = math.prod(num_dims)
+    if isinstance(num_dims, bool) or int(num_dims) != num_dims or num_dims <= 0:
+        raise ValueError(
+            f"num_dims must be a positive whole number of dimensions per example (or an "
+            f"event shape such as x.shape[1:]); got {num_dims!r}"
+        )
+    # num_bins=0 failed with "math domain error", and fractional levels mean nothing
+    if num_bins is not None and (
+        isinstance(num_bins, bool) or int(num_bins) != num_bins or num_bins < 1
+    ):
+        raise ValueError(
+            f"num_bins must be the number of integer levels of the data (256 for 8-bit "
+            f"pixels), got {num_bins!r}"
+        )
     offset = num_dims * math.log(num_bins) if num_bins is not None else 0.0
     return (nll_nats + offset) / (num_dims * math.log(2))

@@ -173,3 +173,15 @@ def test_device_batches_refuse_a_numpy_column_instead_of_repeating_it_whole() ->
         DeviceBatches({"x": torch.zeros(10, 2), "y": np.arange(10)}, 4)
     batches = DeviceBatches({"x": torch.zeros(10, 2), "y": torch.arange(10)}, 4, shuffle=False)
     assert [b["y"].tolist() for b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_bits_per_dim_takes_an_event_shape_and_refuses_nonsense_levels() -> None:
+    """bits_per_dim(nll, x.shape[1:]) failed with "'<=' not supported between 'torch.Size'
+    and 'int'", num_bins=0 with "math domain error", and num_dims=784.5 gave a number."""
+    nll = 784 * math.log(2) * 3
+    assert bits_per_dim(nll, torch.Size([1, 28, 28])) == pytest.approx(3.0)
+    assert bits_per_dim(nll, (28, 28), num_bins=256) == bits_per_dim(nll, 784, num_bins=256)
+    with pytest.raises(ValueError, match=r"num_bins must be the number of integer levels.*0"):
+        bits_per_dim(nll, 784, num_bins=0)
+    with pytest.raises(ValueError, match=r"num_dims must be a positive whole number.*784.5"):
+        bits_per_dim(nll, 784.5)

@@ -50,8 +50,9 @@ def check_unit_interval(images: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def as_image_batch(x: torch.Tensor) -> torch.Tensor:
-    """Grayscale images as ``(B, 1, H, W)`` from ``(B, H, W)``, ``(B, 1, H, W)`` or square
-    images flattened to ``(B, H * W)``; any other shape is refused, saying which it got.
+    """Grayscale images as ``(B, 1, H, W)`` from ``(B, H, W)``, ``(B, 1, H, W)``,
+    channels-last ``(B, H, W, 1)`` or square images flattened to ``(B, H * W)``; any other
+    shape is refused, saying which it got.
 
     Example:
         >>> as_image_batch(torch.zeros(3, 784)).shape
@@ -66,9 +67,14 @@ def as_image_batch(x: torch.Tensor) -> torch.Tensor:
         return x[:, None]
     if x.dim() == 4 and x.shape[1] == 1:
         return x
+    # channels-last grayscale (numpy, PIL and TensorFlow datasets) was refused; with one
+    # channel moving it first is a reshape that keeps every pixel in place
+    if x.dim() == 4 and x.shape[-1] == 1:
+        return x.reshape(x.shape[0], 1, x.shape[1], x.shape[2])
     raise ValueError(
-        f"images must be grayscale (B, H, W), (B, 1, H, W) or square images flattened to "
-        f"(B, H*W), got shape {tuple(x.shape)}: reshape them, e.g. x.reshape(-1, 1, 28, 28) "
+        f"images must be grayscale (B, H, W), (B, 1, H, W), (B, H, W, 1) or square images "
+        f"flattened to (B, H*W), got shape {tuple(x.shape)}: reshape them, e.g. "
+        "x.reshape(-1, 1, 28, 28) "
         "(draws of pyro.infer.Predictive carry a leading num_samples dim)"
     )
 

@@ -254,3 +254,17 @@ def test_one_hot_and_one_based_labels_are_refused_not_scored():
         own = clf(x).argmax(-1)
     assert label_agreement(clf, x, y)[0] == float((own == y).double().mean())
     assert label_agreement(clf, x, own)[0] == 1.0
+
+
+def test_channels_last_grayscale_images_train_and_score_as_channels_first():
+    """(N, 28, 28, 1) is how numpy, PIL and TensorFlow datasets hold grayscale images:
+    train_classifier and the real images of sample_quality refused them."""
+    gen = torch.Generator().manual_seed(8)
+    x, y = torch.rand(30, 8, 8, generator=gen), torch.arange(30) % 3
+    last = x[..., None]  # (N, 8, 8, 1)
+    clf = train_classifier(last, y, epochs=1)
+    for a, b in zip(clf.parameters(), train_classifier(x, y, epochs=1).parameters(), strict=True):
+        assert torch.equal(a, b)
+    expected = sample_quality(clf, x[:15], x[15:], y[15:])
+    got = sample_quality(clf, last[:15], last[15:], y[15:])
+    assert _scores(got) == _scores(expected) and got.real_accuracy == expected.real_accuracy

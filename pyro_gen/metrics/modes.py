@@ -138,6 +138,10 @@ def mode_coverage(
     samples = samples.reshape(-1, samples.shape[-1])
     if not std > 0:
         raise ValueError(f"std must be positive, got {std!r}")
+    # n_sigma=0 (or a negative radius) read as "0 modes, 0% high quality": a mode collapse
+    # that was only an empty ball
+    if not n_sigma > 0:
+        raise ValueError(f"n_sigma must be positive (3.0 is the benchmarks'), got {n_sigma!r}")
     # no samples read as "0 modes, 0% high quality", and min_count=0 counted every mode as
     # captured with no sample near it
     if samples.shape[0] == 0:

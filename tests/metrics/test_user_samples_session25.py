@@ -268,3 +268,12 @@ def test_channels_last_grayscale_images_train_and_score_as_channels_first():
     expected = sample_quality(clf, x[:15], x[15:], y[15:])
     got = sample_quality(clf, last[:15], last[15:], y[15:])
     assert _scores(got) == _scores(expected) and got.real_accuracy == expected.real_accuracy
+
+
+def test_a_zero_radius_is_refused_not_read_as_mode_collapse():
+    centers = ring_modes()
+    on_modes = centers.repeat(20, 1)
+    assert mode_coverage(on_modes, centers, 0.02).modes == 8
+    for n_sigma in (0.0, -3.0):
+        with pytest.raises(ValueError, match=r"n_sigma must be positive.*got"):
+            mode_coverage(on_modes, centers, 0.02, n_sigma=n_sigma)

@@ -173,7 +173,10 @@ def uniform_dequantize(
     """
     x = _as_tensor(x, "uniform_dequantize")
     dtype = _output_dtype(x, dtype, "uniform_dequantize")
-    if x.numel() > 0:
+    # uint8 pixels into 256 or more bins (and booleans into 2 or more) are levels by their
+    # dtype: no check, so the usual per-batch call does not wait on the device for a min/max
+    levels = {torch.uint8: 256, torch.bool: 2}.get(x.dtype)
+    if x.numel() > 0 and not (levels is not None and num_bins >= levels):
         # floats in [0, 1] were read as levels and squeezed into [0, 2 / K), and levels of
         # K or more were clamped to just below 1: both silently wrong data for the flow
         low, high = _range(x)

@@ -47,8 +47,8 @@ def _intensity(x: torch.Tensor, caller: str, dtype: torch.dtype | None = None) -
     if x.dtype == torch.bool:
         # bool / 255 made every True pixel a 1-in-255 chance: binary images came back blank
         return x.to(dtype or torch.get_default_dtype())
-    if x.numel() == 0:
-        return x if x.is_floating_point() else x.to(dtype or torch.get_default_dtype())
+    if x.dtype == torch.uint8 or x.numel() == 0:  # 0..255 by its dtype: nothing to check
+        return x if x.is_floating_point() else x.to(dtype or torch.get_default_dtype()) / _PIXEL_MAX
     low, high = _range(x)
     if x.is_floating_point():
         # float pixels 0..255 (x.float() of uint8 images) came back all ones, NaN as zeros

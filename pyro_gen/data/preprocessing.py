@@ -35,9 +35,15 @@ def _as_tensor(x: object, caller: str) -> torch.Tensor:
     raise TypeError(f"{caller}: x must be a tensor (or numpy array), got {type(x).__name__}")
 
 
-def _range(x: torch.Tensor) -> tuple[float, float]:
+def _range(x: torch.Tensor) -> tuple[float, float] | None:
+    """The smallest and largest value, where reading them back is cheap: None on an
+    accelerator, where the read would make every batch's transform wait for the device (and
+    the step behind it); the checks that use it run on CPU data only."""
+    if x.device.type != "cpu" or x.numel() == 0:
+        return None
     x = x.detach()  # a float() of a tensor that requires grad warns
-    return float(x.min()), float(x.max())
+    low, high = torch.aminmax(x)
+    return float(low), float(high)
 
 
 def _intensity(x: torch.Tensor, caller: str, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -49,7 +55,10 @@ def _intensity(x: torch.Tensor, caller: str, dtype: torch.dtype | None = None) -
         return x.to(dtype or torch.get_default_dtype())
     if x.dtype == torch.uint8 or x.numel() == 0:  # 0..255 by its dtype: nothing to check
         return x if x.is_floating_point() else x.to(dtype or torch.get_default_dtype()) / _PIXEL_MAX
-    low, high = _range(x)
+    found = _range(x)
+    if found is None:
+        return x if x.is_floating_point() else x.to(dtype or torch.get_default_dtype()) / _PIXEL_MAX
+    low, high = found
     if x.is_floating_point():
         # float pixels 0..255 (x.float() of uint8 images) came back all ones, NaN as zeros
         if not (low >= 0.0 and high <= 1.0):
@@ -92,7 +101,8 @@ def dynamic_binarize(
 
     Args:
         x: uint8 pixels in 0..255, floats in [0, 1] or booleans (a tensor or numpy
-            array), on any device; values outside are refused.
+            array), on any device; values outside are refused (on CPU data: on an
+            accelerator the check would make every batch wait for the device).
         generator: optional RNG (on ``x``'s device); the global one by default.
         dtype: floating dtype of the result; by default ``x``'s own if it is floating,
             else torch's default dtype.
@@ -155,7 +165,8 @@ def uniform_dequantize(
 
     Args:
         x: integer levels in ``0..num_bins - 1`` (e.g. uint8 pixels, or whole-number
-            floats), a tensor or numpy array; anything else is refused.
+            floats), a tensor or numpy array; anything else is refused (checked on CPU
+            data, as for :func:`dynamic_binarize`).
         num_bins: number of levels :math:`K`.
         generator: optional RNG (on ``x``'s device).
         dtype: floating dtype of the result; by default ``x``'s own if it is floating
@@ -176,10 +187,11 @@ def uniform_dequantize(
     # uint8 pixels into 256 or more bins (and booleans into 2 or more) are levels by their
     # dtype: no check, so the usual per-batch call does not wait on the device for a min/max
     levels = {torch.uint8: 256, torch.bool: 2}.get(x.dtype)
-    if x.numel() > 0 and not (levels is not None and num_bins >= levels):
+    found = None if levels is not None and num_bins >= levels else _range(x)
+    if found is not None:
         # floats in [0, 1] were read as levels and squeezed into [0, 2 / K), and levels of
         # K or more were clamped to just below 1: both silently wrong data for the flow
-        low, high = _range(x)
+        low, high = found
         integral = not x.is_floating_point() or bool((x == x.round()).all())
         if not integral or low < 0 or high > num_bins - 1:
             raise ValueError(
@@ -223,9 +235,10 @@ def logit_transform(x: torch.Tensor, alpha: float = 0.05) -> tuple[torch.Tensor,
         raise TypeError("logit_transform expects floats in [0, 1]; dequantize integers first")
     if not 0.0 <= alpha < 0.5:
         raise ValueError(f"alpha must be in [0, 0.5); got {alpha}")
-    if x.numel() > 0:
+    found = _range(x)
+    if found is not None:
         # 0..255 floats gave NaN everywhere (the logit of p > 1), with nothing said
-        low, high = _range(x)
+        low, high = found
         if not (low >= 0.0 and high <= 1.0):
             raise ValueError(
                 f"logit_transform: x must be floats in [0, 1], found values from {low:.4g} to "

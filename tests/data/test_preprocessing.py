@@ -116,3 +116,17 @@ def test_bits_per_dim() -> None:
     assert bits_per_dim(0.0, 784, num_bins=256) == pytest.approx(8.0)
     with pytest.raises(ValueError):
         bits_per_dim(1.0, 0)
+
+
+def test_range_checks_do_not_read_back_from_a_device():
+    """The per-batch transforms check their input's range only where the read is free (CPU
+    data): on a device the read would make each step wait. A meta tensor has no values, so
+    any read back raises; the transforms must run on it without one."""
+    from pyro_gen.data.preprocessing import dynamic_binarize, logit_transform, uniform_dequantize
+
+    x = torch.empty(4, 3, device="meta")
+    assert dynamic_binarize(x).device.type == "meta"
+    assert uniform_dequantize(x, num_bins=4).device.type == "meta"
+    assert logit_transform(x)[0].device.type == "meta"
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):  # the same values on the CPU: checked
+        dynamic_binarize(torch.full((4, 3), 300.0))

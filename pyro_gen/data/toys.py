@@ -17,6 +17,7 @@ References:
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from collections.abc import Callable
 
@@ -152,6 +153,10 @@ def load_toy(
     check_split(split)
     if name not in TOYS:
         raise ValueError(f"unknown toy dataset {name!r}; valid names: {', '.join(TOYS)}")
+    for arg, value in (("num_samples", num_samples), ("seed", seed)):
+        # a whole number: int() truncated 10.5 points to 10 and failed on None inside torch
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{arg} must be a whole number; got {value!r}")
     if num_samples < 0:
         raise ValueError(f"num_samples must be non-negative; got {num_samples}")
     generator = torch.Generator().manual_seed(2 * int(seed) + (split == "test"))

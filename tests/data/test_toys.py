@@ -169,3 +169,10 @@ def test_log_prob_bad_arguments() -> None:
         toy_log_prob("bogus", torch.zeros(1, 2))
     with pytest.raises(ValueError, match=r"\(\.\.\., 2\)"):
         toy_log_prob("checkerboard", torch.zeros(1, 3))
+
+
+@pytest.mark.parametrize("kwargs", [{"seed": None}, {"num_samples": 10.5}, {"num_samples": True}])
+def test_counts_and_seeds_must_be_whole_numbers(kwargs):
+    """seed=None failed inside torch on int(None); 10.5 points were silently 10."""
+    with pytest.raises(TypeError, match="must be a whole number"):
+        load("moons", **kwargs)

@@ -87,7 +87,18 @@ def loss_and_grads_surrogate(
 
 def move_loss_optimizers(optimizers: Iterable[torch.optim.Optimizer], device: torch.device) -> None:
     """Moves the state of a loss's own optimizers to ``device``: a checkpoint restores it
-    before Lightning moves the modules, so it would stay where it was saved."""
+    before Lightning moves the modules, so it would stay where it was saved. The step count
+    stays where it is (Adam keeps it on the CPU unless it is fused or capturable).
+
+    Example:
+        >>> w = torch.nn.Parameter(torch.ones(2))
+        >>> opt = torch.optim.Adam([w])
+        >>> w.grad = torch.ones(2)
+        >>> opt.step()
+        >>> move_loss_optimizers([opt], torch.device("meta"))
+        >>> opt.state[w]["exp_avg"].device.type, opt.state[w]["step"].device.type
+        ('meta', 'cpu')
+    """
     for opt in optimizers:
         for state in opt.state.values():
             for key, value in state.items():

@@ -35,6 +35,13 @@ _SCORE_CODE = pyro.poutine.Trace.compute_log_prob.__code__
 
 
 def uncalled_message(module: torch.nn.Module, site: str | None) -> str:
+    """The one error for a prior module handed to ``pyro.sample`` uncalled, naming the site
+    when it is known.
+
+    Example:
+        >>> uncalled_message(torch.nn.Identity(), "z")[:60]
+        "pyro.sample site 'z' was given the Identity module itself, n"
+    """
     name = type(module).__name__
     where = f"pyro.sample site {site!r}" if site else "pyro.sample"
     return (

@@ -99,5 +99,10 @@ class PlatesMixin:
 
 def call_key(rows: int, args: tuple, kwargs: dict) -> tuple:
     """What decides a model's own subsampling of its data: the number of examples and the
-    arguments that are not tensors (``batch_size=``, flags)."""
+    arguments that are not tensors (``batch_size=``, flags).
+
+    Example:
+        >>> call_key(128, (torch.zeros(128, 2),), {"batch_size": 32, "y": None})
+        (128, 32, None)
+    """
     return (rows, *(v for v in pytree.tree_leaves((args, kwargs)) if not torch.is_tensor(v)))

@@ -51,3 +51,19 @@ def test_tutorial_runs_in_smoke_mode(name, tmp_path, monkeypatch):
         if out.get("output_type") == "error"
     ]
     assert not errors
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_stored_outputs_come_from_a_finished_run(name):
+    """The text of a tutorial reads its stored outputs, so every code cell must have been run
+    and none may have failed in the run that is kept: a cell added or edited without being
+    run, or one that raised, would leave the text without its evidence."""
+    nbformat = pytest.importorskip("nbformat")
+    notebook = nbformat.read(TUTORIALS_DIR / name, as_version=4)
+    code = [(i, c) for i, c in enumerate(notebook.cells) if c.cell_type == "code"]
+    never_run = [i for i, c in code if c.source.strip() and c.get("execution_count") is None]
+    failed = [
+        i for i, c in code for out in c.get("outputs", []) if out.get("output_type") == "error"
+    ]
+    assert not never_run, f"{name}: code cells {never_run} have no stored output from a run"
+    assert not failed, f"{name}: code cells {failed} raised in the stored run"

@@ -207,6 +207,8 @@ class ODEConvNet(nn.Module):
         >>> f = ODEConvNet(1, 8)
         >>> f(torch.randn(2, 1, 6, 6), torch.tensor(0.5)).shape
         torch.Size([2, 1, 6, 6])
+        >>> f(torch.randn(3, 2, 1, 6, 6), torch.rand(3, 2)).shape  # extra batch dims
+        torch.Size([3, 2, 1, 6, 6])
     """
 
     def __init__(self, channels: int, hidden_channels: int = 32, num_layers: int = 2) -> None:
@@ -217,12 +219,16 @@ class ODEConvNet(nn.Module):
         )
 
     def forward(self, z: Tensor, t: Tensor) -> Tensor:
-        h = z
+        # conv2d takes one batch dim: a flow scored under two plates, or Predictive's
+        # particles, hands over (S, B, C, H, W), which failed inside conv2d
+        batch = z.shape[:-3]
+        h = z.reshape((-1,) + z.shape[-3:])
         t = t.to(h)
-        t = t.reshape(t.shape + (1, 1, 1)) if t.numel() > 1 else t.reshape(())  # one per example
+        # one time for all, or one per example
+        t = t.expand(batch).reshape(-1, 1, 1, 1) if t.numel() > 1 else t.reshape(())
         for i, conv in enumerate(self.convs):
             tt = t.expand(h.shape[:-3] + (1,) + h.shape[-2:])
             h = conv(torch.cat([h, tt], dim=-3))
             if i < len(self.convs) - 1:
                 h = nn.functional.softplus(h)
-        return h
+        return h.reshape(batch + h.shape[-3:])

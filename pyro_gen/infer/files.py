@@ -106,8 +106,21 @@ def append_line(path: str | Path, line: str) -> None:
         if path.is_symlink():
             refuse_symlink(path)
         raise e
-    with os.fdopen(fd, "a") as f:
-        f.write(line.rstrip("\n") + "\n")
+    data = (line.rstrip("\n") + "\n").encode()
+    try:
+        start = os.fstat(fd).st_size
+        try:
+            written = 0
+            while written < len(data):  # a write may be short (a disk filling up)
+                written += os.write(fd, data[written:])
+        except OSError as e:
+            # A full disk (or a file size limit) cut the line: take its part back, so that the
+            # file holds whole records only, and name the file (a failed write names none).
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+            raise OSError(e.errno, e.strerror, str(path)) from e
+    finally:
+        os.close(fd)
 
 
 def remove_stale_temporaries(directory: str | Path) -> list[Path]:

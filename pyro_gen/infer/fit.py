@@ -321,7 +321,6 @@ def fit(
                         f"{ckpt_dir} has no {CHECKPOINT_NAME}: point at the run's directory; "
                         "nothing was restored or created"
                     )
-                ckpt_dir.mkdir(parents=True, exist_ok=True)
                 stack.enter_context(run_lock(ckpt_dir, training=True))
 
         _on_main(dp, lock)  # only rank 0 touches the run directory

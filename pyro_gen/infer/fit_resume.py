@@ -19,6 +19,7 @@ from pyro_gen.infer.checkpoint import (
     restore_checkpoint,
     write_metrics,
 )
+from pyro_gen.infer.checkpoint_metrics import check_fit_metrics
 from pyro_gen.infer.distributed import DataParallel
 from pyro_gen.infer.files import refuse_symlink
 from pyro_gen.infer.fit_layout import Layout, check_layout
@@ -87,13 +88,6 @@ def _resume(
         if dp is not None and state.rank_streams is not None:
             dp.restore_streams(state.rank_streams)
 
-    def reset_metrics() -> None:
-        if state.history or (ckpt_dir / METRICS_NAME).exists():
-            # the records match the checkpoint: none for a fresh start, whatever was there
-            write_metrics(ckpt_dir / METRICS_NAME, state.history)
-
-    _on_main(dp, reset_metrics)
-
     def check_writable() -> None:
         # A checkpoint refused when first written (a param with the user's own constraint
         # class, which it cannot record by name) failed after the first epoch's training.
@@ -113,4 +107,15 @@ def _resume(
 
     if not _finished(state, epochs, steps):
         _on_main(dp, check_writable)
+
+    def reset_metrics() -> None:
+        # After every refusal above, so that a refused run leaves the records as they were.
+        metrics = ckpt_dir / METRICS_NAME
+        if ckpt is None and metrics.exists():
+            check_fit_metrics(metrics)  # emptied only if fit wrote it: not a user's file
+        if state.history or metrics.exists():
+            # the records match the checkpoint: none for a fresh start, whatever was there
+            write_metrics(metrics, state.history)
+
+    _on_main(dp, reset_metrics)
     return state

@@ -61,6 +61,7 @@ def run_lock(directory: str | Path, *, training: bool = False) -> Iterator[Path]
         ...     pass
     """
     directory = Path(directory)
+    made = _missing_folders(directory)
     directory.mkdir(parents=True, exist_ok=True)
     key = os.path.realpath(directory)
     with _held_guard:
@@ -79,38 +80,106 @@ def run_lock(directory: str | Path, *, training: bool = False) -> Iterator[Path]
             )
         if entry is not None:
             entry[1] += 1
+            created = False
         else:
-            entry = _held[key] = [_acquire(directory), 1, threading.get_ident(), False]
+            try:
+                fd, created = _acquire(directory)
+            except BaseException:
+                _remove_folders(made)
+                raise
+            entry = _held[key] = [fd, 1, threading.get_ident(), False]
         entry[3] = training
+    failed = True
     try:
         yield directory
+        failed = False
     finally:
         with _held_guard:
             entry[3] = False  # a training holder is the innermost one: none came after it
             entry[1] -= 1
             if entry[1] == 0:
                 del _held[key]
+                if failed and created:
+                    # A refused or failed run leaves no lock file of its own behind (nor the
+                    # folders it made, if they are empty): the directory is as it was found.
+                    # Unlinked while still locked, so a process that opened it meanwhile
+                    # finds, once it has the lock, that its file is no longer the lock file.
+                    with contextlib.suppress(OSError):
+                        os.unlink(directory / LOCK_NAME)
+                    _remove_folders(made)
                 unlock(entry[0])
                 os.close(entry[0])
 
 
-def _acquire(directory: Path) -> int:
+def _acquire(directory: Path) -> tuple[int, bool]:
+    """The locked lock file's descriptor, and whether this call created the file."""
     path = directory / LOCK_NAME
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | O_NOFOLLOW, 0o644)
-    except OSError:
-        refuse_symlink(path)  # a planted link (or a directory) there: say so, by name
-        raise
-    if not try_lock(fd):
-        os.lseek(fd, 0, os.SEEK_SET)
-        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+    for _ in range(_ATTEMPTS):
+        fd, created = _open_lock_file(path)
+        if not try_lock(fd):
+            os.lseek(fd, 0, os.SEEK_SET)
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunLockedError(
+                f"run directory {directory} is in use by another process (pid {holder}); wait "
+                "for it to finish, or choose another directory"
+            )
+        if _still_named(fd, path):
+            break
+        # The holder removed the file after we opened it (a refused run takes its lock file
+        # away): our lock is on a file no one else will open, so take the one now named.
         os.close(fd)
+    else:
         raise RunLockedError(
-            f"run directory {directory} is in use by another process (pid {holder}); wait for "
-            "it to finish, or choose another directory"
+            f"run directory {directory}: its lock file kept being replaced while taking it; "
+            "another process is starting and stopping runs there: wait, or choose another "
+            "directory"
         )
     os.ftruncate(fd, 0)
     os.lseek(fd, 0, os.SEEK_SET)
     os.write(fd, f"{os.getpid()}\n".encode())
     remove_stale_temporaries(directory)
-    return fd
+    return fd, created
+
+
+_ATTEMPTS = 16
+
+
+def _open_lock_file(path: Path) -> tuple[int, bool]:
+    try:
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | O_NOFOLLOW, 0o644), True
+        except FileExistsError:
+            return os.open(path, os.O_RDWR | O_NOFOLLOW), False
+    except FileNotFoundError:  # removed between the two opens: create it again
+        return _open_lock_file(path)
+    except OSError:
+        refuse_symlink(path)  # a planted link (or a directory) there: say so, by name
+        raise
+
+
+def _still_named(fd: int, path: Path) -> bool:
+    try:
+        named = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def _missing_folders(directory: Path) -> list[Path]:
+    """The folders ``mkdir(parents=True)`` of ``directory`` creates, deepest first."""
+    missing = []
+    for folder in (directory, *directory.parents):
+        if os.path.lexists(folder):
+            break
+        missing.append(folder)
+    return missing
+
+
+def _remove_folders(folders: list[Path]) -> None:
+    for folder in folders:  # deepest first; one that holds anything now is someone's
+        try:
+            folder.rmdir()
+        except OSError:
+            return

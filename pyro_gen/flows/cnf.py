@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from pyro_gen.flows.arguments import check_count
 from pyro_gen.flows.base import FlowModel, image_shape, pixel_output
 from pyro_gen.transforms._base import as_event_shape
 from pyro_gen.transforms.continuous import ODEMLP, ContinuousFlow, ODEConvNet, ODETimeMLP
@@ -85,6 +86,7 @@ class CNF(FlowModel):
         fourier_scale: float = 1.0,
     ) -> None:
         event_shape = as_event_shape(event_shape)
+        num_blocks = check_count("num_blocks", num_blocks)
         if dynamics not in VECTOR_DYNAMICS:
             raise ValueError(f"dynamics must be one of {VECTOR_DYNAMICS}, got {dynamics!r}")
         if dynamics == "time_mlp" and len(set(hidden_dims)) != 1:

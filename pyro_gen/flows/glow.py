@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from pyro_gen.flows.arguments import check_count, check_levels
 from pyro_gen.flows.base import FlowModel, image_shape, pixel_output
-from pyro_gen.flows.realnvp import max_levels
 from pyro_gen.transforms import ActNorm, InvertibleConv1x1, affine_coupling, multi_scale
 from pyro_gen.transforms._base import as_event_shape
 from pyro_gen.transforms.dequantization import UniformDequantization
@@ -81,11 +81,12 @@ class Glow(FlowModel):
         name: str | None = None,
     ) -> None:
         event_shape = as_event_shape(event_shape)
+        depth = check_count("depth", depth)
         if len(event_shape) == 1:
             transforms = _steps(event_shape, depth, dict(hidden_dims=hidden_dims))
         else:
             chw = image_shape(event_shape)
-            levels = max_levels(chw, squeeze_last=True) if num_levels is None else num_levels
+            levels = check_levels("Glow", chw, num_levels, squeeze_last=True)
             kw = dict(hidden_channels=hidden_channels, num_blocks=num_blocks)
             transforms = [multi_scale(chw, lambda s, last: _steps(s, depth, kw), levels)]
             transforms += pixel_output(event_shape, alpha)

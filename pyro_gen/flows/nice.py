@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from pyro_gen.flows.arguments import check_count
 from pyro_gen.flows.base import FlowModel, flat_pixel_output
 from pyro_gen.transforms import ActNorm, additive_coupling
 from pyro_gen.transforms._base import as_event_shape
@@ -59,6 +60,7 @@ class NICE(FlowModel):
         name: str | None = None,
     ) -> None:
         event_shape = as_event_shape(event_shape)
+        num_layers = check_count("num_layers", num_layers)
         dim = math.prod(event_shape)
         transforms: list = [ActNorm(dim)]
         for i in reversed(range(num_layers)):

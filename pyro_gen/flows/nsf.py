@@ -7,8 +7,9 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
+from pyro_gen.flows.arguments import check_count, check_levels
 from pyro_gen.flows.base import FlowModel, flat_pixel_output, image_shape, pixel_output
-from pyro_gen.flows.realnvp import max_levels, multiscale_couplings
+from pyro_gen.flows.realnvp import multiscale_couplings
 from pyro_gen.transforms import permute, spline_autoregressive, spline_coupling
 from pyro_gen.transforms._base import as_event_shape
 from pyro_gen.transforms.dequantization import UniformDequantization
@@ -117,10 +118,11 @@ class NSF(FlowModel):
         if layer not in ("autoregressive", "coupling"):
             raise ValueError(f"layer must be 'autoregressive' or 'coupling', got {layer!r}")
         event_shape = as_event_shape(event_shape)
+        num_layers = check_count("num_layers", num_layers)
         spline = dict(num_bins=spline_bins, bound=bound)
         if layer == "coupling" and len(event_shape) > 1:
             chw = image_shape(event_shape)
-            levels = max_levels(chw, squeeze_last=False) if num_levels is None else num_levels
+            levels = check_levels("NSF", chw, num_levels, squeeze_last=False)
             conv = dict(hidden_channels=hidden_channels, num_blocks=num_blocks, **spline)
 
             def make(shape: tuple[int, int, int], mask: str, parity: int):

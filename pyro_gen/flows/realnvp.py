@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 
 from torch.distributions import Transform
 
+from pyro_gen.flows.arguments import check_count, check_levels, level_fits
 from pyro_gen.flows.base import FlowModel, image_shape, pixel_output
 from pyro_gen.transforms import BatchNorm, Unsqueeze, affine_coupling, multi_scale
 from pyro_gen.transforms._base import as_event_shape
@@ -25,13 +26,9 @@ def max_levels(shape: Sequence[int], squeeze_last: bool, cap: int = 3) -> int:
         >>> max_levels((1, 28, 28), squeeze_last=False), max_levels((1, 28, 28), squeeze_last=True)
         (3, 2)
     """
-    _, h, w = shape
     best = 1
     for levels in range(1, cap + 1):
-        n = levels if squeeze_last else levels - 1
-        # the last level of RealNVP runs checkerboard couplings: keep at least 2x2 pixels
-        small = 1 if squeeze_last else 2
-        if h % 2**n == 0 and w % 2**n == 0 and min(h, w) // 2**n >= small:
+        if level_fits(tuple(shape), levels, squeeze_last):  # type: ignore[arg-type]
             best = levels
     return best
 
@@ -131,6 +128,7 @@ class RealNVP(FlowModel):
         name: str | None = None,
     ) -> None:
         event_shape = as_event_shape(event_shape)
+        num_layers = check_count("num_layers", num_layers)
         if len(event_shape) == 1:
             density_order: list = []
             for i in range(num_layers):
@@ -142,7 +140,7 @@ class RealNVP(FlowModel):
             transforms = list(reversed(density_order))
         else:
             chw = image_shape(event_shape)
-            levels = max_levels(chw, squeeze_last=False) if num_levels is None else num_levels
+            levels = check_levels("RealNVP", chw, num_levels, squeeze_last=False)
             conv = dict(hidden_channels=hidden_channels, num_blocks=num_blocks)
 
             def make(shape: tuple[int, int, int], mask: str, parity: int):

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
+from pyro_gen.flows.arguments import check_count
 from pyro_gen.flows.base import FlowModel, flat_pixel_output
 from pyro_gen.transforms import ActNorm, residual_block
 from pyro_gen.transforms._base import as_event_shape
@@ -70,6 +71,7 @@ class ResidualFlow(FlowModel):
         name: str | None = None,
     ) -> None:
         event_shape = as_event_shape(event_shape)
+        num_layers = check_count("num_layers", num_layers)
         dim = math.prod(event_shape)
         density_order: list = []  # data -> base
         for _ in range(num_layers):

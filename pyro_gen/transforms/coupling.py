@@ -9,8 +9,6 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from pyro_gen.nn.mlp import MLP
-from pyro_gen.nn.resnet import ResNetConv
 from pyro_gen.transforms import conditioner_output as output
 from pyro_gen.transforms._base import (
     ConditionalModule,
@@ -19,6 +17,7 @@ from pyro_gen.transforms._base import (
     check_context,
     context_in_dtype,
 )
+from pyro_gen.transforms.coupling_networks import coupling_conditioner as _conditioner
 from pyro_gen.transforms.elementwise import Additive, Affine, ElementwiseBijection
 from pyro_gen.transforms.ladj_cache import partial_module
 from pyro_gen.transforms.masks import (
@@ -350,23 +349,6 @@ def make_mask(
     if kind not in fns:
         raise ValueError(f"mask {kind!r} not valid for event shape {shape}; use one of {list(fns)}")
     return fns[kind](*shape, parity=parity)
-
-
-def _conditioner(
-    mask: torch.Tensor,
-    num_params: int,
-    hidden_dims: Sequence[int],
-    hidden_channels: int,
-    num_blocks: int,
-    context_dim: int,
-) -> nn.Module:
-    first = mask.reshape(mask.shape[0], -1)
-    split = bool((first == first[:, :1]).all())
-    n_cond = int(first[:, 0].sum()) if split else mask.shape[0]
-    n_out = (mask.shape[0] - n_cond if split else mask.shape[0]) * num_params
-    if mask.dim() == 1:
-        return MLP(n_cond, hidden_dims, n_out, context_dim=context_dim, zero_init_output=True)
-    return ResNetConv(n_cond, hidden_channels, n_out, num_blocks, context_dim=context_dim)
 
 
 def coupling(

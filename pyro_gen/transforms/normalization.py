@@ -248,6 +248,16 @@ class BatchNorm(FlowTransformModule):
         mean = y.mean(dims)
         var = y.var(dims, unbiased=False)
         if update:
+            if torch._C._get_tracing_state() is not None:
+                # a trace keeps only what feeds its outputs: the replays (every step after
+                # JitTrace_ELBO's first) left the running averages as they were, so samples
+                # and eval-mode densities came from statistics of the first batch, silently
+                raise RuntimeError(
+                    "BatchNorm in training mode updates its running averages, which a "
+                    "torch.jit.trace replay (JitTrace_ELBO, NUTS/HMC(jit_compile=True)) does "
+                    "not repeat: train with Trace_ELBO, or call .eval() first to use the "
+                    "running averages as fixed statistics"
+                )
             with torch.no_grad():
                 unbiased = var * (n / max(n - 1, 1))
                 self.running_mean.lerp_(mean.detach(), self.momentum)

@@ -26,7 +26,7 @@ from pyro.poutine.util import site_is_subsample
 
 from pyro_gen.data.batching import Call
 from pyro_gen.infer.drawn_site_dependents import describe, scored_dependents
-from pyro_gen.infer.evaluation_checks import check_site_densities
+from pyro_gen.infer.evaluation_checks import check_site_densities, check_sliced_rows
 from pyro_gen.infer.log_weights import (
     PARTICLE_PLATE,
     DataPlate,
@@ -188,10 +188,13 @@ class ParticleScorer:
             self.subsamples = _subsample_sites(guide_trace, model_trace)
         return guide_trace, model_trace
 
-    def setup(self, call: Call) -> None:
-        """Finds the data plate and the nesting depth from a draw without particles."""
+    def setup(self, call: Call, sliced: tuple[int, int] | None = None) -> None:
+        """Finds the data plate and the nesting depth from a draw without particles;
+        ``sliced``: ``(rows, examples)`` where evaluation cut tensor data into batches."""
         guide_trace, model_trace = self._traces(call, None, None)
-        self.plate = find_data_plate(model_trace, self.plate_name)
+        self.plate = find_data_plate(model_trace, self.plate_name, call.size)
+        if sliced is not None:
+            check_sliced_rows(model_trace, self.plate, *sliced)
 
         def rerun(replayed: Trace) -> Trace:
             guide = poutine.replay(self.guide, trace=replayed)

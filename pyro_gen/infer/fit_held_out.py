@@ -91,7 +91,9 @@ def _held_out(
     guide_trace, model_trace = trace_once(prog, first)
     plate = plate_name or declared_plate(model)
     if isinstance(loss, ELBO):
-        check_guide_plates(model_trace, guide_trace, find_data_plate(model_trace, plate))
+        check_guide_plates(
+            model_trace, guide_trace, find_data_plate(model_trace, plate, first.size)
+        )
     else:  # evaluate_elbo finds the plate itself; another loss is counted by it here
         held_out.represented = subsampled_size(model_trace, plate)
     return held_out

@@ -18,34 +18,42 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from pyro.distributions import Delta, Unit
+from pyro.distributions import Delta
 from pyro.distributions.util import scale_and_mask
 from pyro.ops import packed
 from pyro.ops.contract import contract_to_tensor
 from pyro.poutine import Trace
-from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
 
-#: The vectorized plate that evaluation wraps around guide and model to draw particles.
-PARTICLE_PLATE = "_pyro_gen_particles"
+from pyro_gen.infer.evaluation_plate import (
+    PARTICLE_PLATE,
+    DataPlate,
+    find_data_plate,
+    max_plate_nesting,
+    plates_of,
+    sample_sites,
+)
 
-
-@dataclass(frozen=True)
-class DataPlate:
-    """The vectorized plate whose elements are the examples of the data.
-
-    Attributes:
-        name: the plate's name.
-        dim: its (negative) batch dimension.
-    """
-
-    name: str
-    dim: int
+# The data plate's helpers are re-exported: they were defined here before their module.
+__all__ = [
+    "PARTICLE_PLATE",
+    "DataPlate",
+    "LogWeights",
+    "check_guide_plates",
+    "enumerated",
+    "enumeration_problem",
+    "example_scale",
+    "find_data_plate",
+    "is_delta",
+    "max_plate_nesting",
+    "sample_sites",
+    "scaled_site",
+    "split_log_weights",
+]
 
 
 @dataclass(frozen=True)
@@ -67,98 +75,6 @@ class LogWeights:
     global_sites: tuple[str, ...]
     prior_sites: tuple[str, ...]
     has_shared: bool
-
-
-def sample_sites(trace: Trace) -> Iterator[tuple[str, dict]]:
-    """The sample sites of a trace, without the plates' own subsample sites."""
-    for name, site in trace.nodes.items():
-        if site["type"] == "sample" and not site_is_subsample(site):
-            yield name, site
-
-
-def _plates(site: dict) -> dict[str, int]:
-    return {
-        f.name: f.dim for f in site["cond_indep_stack"] if f.vectorized and f.name != PARTICLE_PLATE
-    }
-
-
-def max_plate_nesting(*traces: Trace) -> int:
-    """How many batch dimensions the sites of ``traces`` use, counting plates and the
-    distributions' own batch shapes, so a particle dimension can go left of all of them."""
-    nesting = 0
-    for trace in traces:
-        for _, site in sample_sites(trace):
-            dims = [-d for d in _plates(site).values()]
-            nesting = max(nesting, len(getattr(site["fn"], "batch_shape", ())), *dims)
-    return nesting
-
-
-def find_data_plate(model_trace: Trace, plate_name: str | None = None) -> DataPlate:
-    """The plate over examples: ``plate_name`` when given, else the vectorized plate that
-    encloses every observed site and, among those, the most sample sites (``pyro.factor``
-    terms count as observed only in a model without other observations, and
-    ``pyro.deterministic`` sites not at all).
-
-    Raises:
-        ValueError: ``plate_name`` is not a vectorized plate of the model, or no single plate
-            qualifies (none encloses every observed site, or several tie); the message asks
-            for ``plate_name=``.
-
-    Example:
-        >>> import pyro, pyro.distributions as dist, torch
-        >>> from pyro import poutine
-        >>> def model(x):
-        ...     with pyro.plate("batch", x.shape[0]):
-        ...         z = pyro.sample("z", dist.Normal(0.0, 1.0))
-        ...         with pyro.plate("pixels", x.shape[1]):
-        ...             pyro.sample("x", dist.Normal(z, 1.0), obs=x.T)
-        >>> find_data_plate(poutine.trace(model).get_trace(torch.zeros(5, 3)))
-        DataPlate(name='batch', dim=-1)
-    """
-    # pyro.deterministic records values, not data or densities: it says nothing of the plate.
-    sites = [
-        (name, site)
-        for name, site in sample_sites(model_trace)
-        if not site["infer"].get("_deterministic", False)
-    ]
-    plates: dict[str, int] = {}
-    for _, site in sites:
-        plates.update(_plates(site))
-    if plate_name is not None:
-        if plate_name not in plates:
-            raise ValueError(
-                f"plate_name={plate_name!r} is not a vectorized plate of the model; its "
-                f"vectorized plates are {sorted(plates)}: pass the name of the "
-                "pyro.plate(...) whose elements are the examples"
-            )
-        return DataPlate(plate_name, plates[plate_name])
-    observed = {name: _plates(site) for name, site in sites if site["is_observed"]}
-    # Data are observations proper; pyro.factor terms (a regularizer on global sites, ...)
-    # decide only for a model that has nothing else.
-    data = {n: p for n, p in observed.items() if not isinstance(model_trace.nodes[n]["fn"], Unit)}
-    observed = data or observed
-    if not observed:
-        raise ValueError(
-            "the model has no observed sample site (obs=...), so there is no data to score: "
-            "observe the data in the model"
-        )
-    common = set(plates)
-    for names in observed.values():
-        common &= set(names)
-    counts = {p: sum(p in _plates(site) for _, site in sites) for p in common}
-    best = max(counts.values(), default=0)
-    winners = sorted(p for p, c in counts.items() if c == best)
-    if len(winners) == 1:
-        return DataPlate(winners[0], plates[winners[0]])
-    if not winners:
-        where = "; ".join(f"{n!r} in {sorted(p) or 'no plate'}" for n, p in observed.items())
-        reason = f"no vectorized plate encloses every observed site ({where})"
-    else:
-        reason = f"plates {winners} each enclose every observed site and {best} sample sites"
-    raise ValueError(
-        f"cannot tell which plate indexes the examples: {reason}. Pass plate_name= naming "
-        "the vectorized pyro.plate(...) over the data's examples"
-    )
 
 
 def _data_frame(site: dict, plate: DataPlate) -> Any:
@@ -252,7 +168,7 @@ def enumeration_problem(model_trace: Trace, plate: DataPlate) -> str | None:
     for name, site in sample_sites(model_trace):
         if not enumerated(site):
             continue
-        plates = set(_plates(site))
+        plates = set(plates_of(site))
         if plate.name not in plates:
             return (
                 f"enumerated site {name!r} is in plates {sorted(plates)}, outside the data "

@@ -93,7 +93,7 @@ def score_batches(
                 pair.check_call(call, index)
                 call = with_transform(call, transform)
                 if scorer.plate is None:
-                    scorer.setup(call)
+                    scorer.setup(call, _sliced_rows(calls))
                 scorer.new_batch()
                 parts = []
                 for key, start in enumerate(chunks):
@@ -113,6 +113,13 @@ def score_batches(
     if not results:
         raise ValueError("data yields no batches: there is nothing to evaluate")
     return results, scorer.has_shared
+
+
+def _sliced_rows(calls: Any) -> tuple[int, int] | None:
+    """``(rows per batch, examples)`` of tensor data cut into several batches, else None."""
+    if isinstance(calls, TensorBatches) and len(calls) > 1:
+        return min(calls.batch_size, calls.num_examples), calls.num_examples
+    return None
 
 
 def _first_trace(pair: Any, calls: Any, transform: Transform | None) -> None:

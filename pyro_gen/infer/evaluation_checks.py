@@ -1,6 +1,6 @@
-"""Refusals shared by the evaluation estimators: counts that are not positive integers, and
+"""Refusals shared by the evaluation estimators: counts that are not positive integers,
 joints with no density to estimate or weight by (data observed through a Delta, point-mass
-guide sites)."""
+guide sites), and tensor data cut along a dimension that is not the data plate's."""
 
 from __future__ import annotations
 
@@ -10,9 +10,55 @@ from collections.abc import Callable
 import torch
 from pyro.poutine import Trace
 
-from pyro_gen.infer.log_weights import is_delta, sample_sites
+from pyro_gen.infer.log_weights import DataPlate, is_delta, sample_sites
 
-__all__ = ["check_counts", "check_site_densities"]
+__all__ = ["check_counts", "check_sliced_rows", "check_site_densities"]
+
+
+def check_sliced_rows(model_trace: Trace, plate: DataPlate, rows: int, examples: int) -> None:
+    """Refuses tensor data that evaluation cuts into batches of ``rows`` rows (of
+    ``examples``) when the data plate does not run over those rows.
+
+    Each batch's log-weights are split along the data plate, so with another plate (the
+    columns of a matrix of rows by columns, the plate over sequences of time-major data)
+    every batch gave that plate's examples again, scored on part of their data: more values
+    than examples, and latents of that plate counted once per batch.
+
+    Example:
+        >>> import pyro, pyro.distributions as dist, torch
+        >>> def model(x):  # x: (rows, columns), a latent per column
+        ...     with pyro.plate("columns", x.shape[1]):
+        ...         z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        ...         with pyro.plate("rows", x.shape[0], dim=-2):
+        ...             pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+        >>> trace = pyro.poutine.trace(model).get_trace(torch.zeros(2, 3))
+        >>> check_sliced_rows(trace, DataPlate("columns", -1), rows=2, examples=5)
+        Traceback (most recent call last):
+        ...
+        ValueError: evaluation cuts tensor data into batches along their first dimension ...
+    """
+    frames = [
+        f
+        for _, s in sample_sites(model_trace)
+        for f in s["cond_indep_stack"]
+        if f.name == plate.name
+    ]
+    sizes = {f.size for f in frames}
+    # the plate over the batch's rows, or one subsampling them (a model that draws its own
+    # examples from the batch it is given); a plate without a size (-1) takes each site's
+    if len(sizes) != 1 or rows in sizes or any(f.full_size == rows for f in frames):
+        return
+    size = sizes.pop()
+    if size in (None, -1):
+        return
+    raise ValueError(
+        f"evaluation cuts tensor data into batches along their first dimension (here "
+        f"{rows} rows of {examples}), but the data plate {plate.name!r} has size {size} on "
+        "such a batch: its examples are not the data's rows, and each batch would score "
+        "them again on part of their data. Pass plate_name= naming the plate over the "
+        f"rows if the rows are the examples, batch_size={examples} (or more) to score the "
+        "data whole, or put the examples first (e.g. x.transpose(0, 1))"
+    )
 
 
 def check_site_densities(

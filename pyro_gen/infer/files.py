@@ -15,6 +15,7 @@ Every file a run writes (checkpoint, config, metrics, figures) goes through here
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import tempfile
@@ -62,6 +63,25 @@ def refuse_symlink(path: str | Path) -> Path:
     return path
 
 
+def refuse_read_only(path: str | Path) -> Path:
+    """Returns ``path`` if it is missing or writable by us; raises ``PermissionError``
+    naming it otherwise. A run replaces its files by renaming a new one over them, which
+    the file's own mode does not stop: a checkpoint the user made read-only (to keep it)
+    was overwritten by the next resume all the same.
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "run.pt"
+        >>> _ = p.write_bytes(b"x")
+        >>> refuse_read_only(p).name  # writable (a read-only one raises PermissionError)
+        'run.pt'
+    """
+    path = Path(path)
+    if path.is_file() and not os.access(path, os.W_OK):
+        raise PermissionError(errno.EACCES, "Permission denied (the file is read-only)", str(path))
+    return path
+
+
 def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
     """Writes ``payload`` to ``path`` so readers see either the old file or the new one.
 
@@ -72,7 +92,7 @@ def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
         >>> p.read_bytes()
         b'hello'
     """
-    path = refuse_symlink(path)
+    path = refuse_read_only(refuse_symlink(path))
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:  # a missing or read-only folder: named by the target, not the temporary

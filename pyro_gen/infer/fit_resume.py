@@ -21,7 +21,7 @@ from pyro_gen.infer.checkpoint import (
 )
 from pyro_gen.infer.checkpoint_metrics import check_fit_metrics
 from pyro_gen.infer.distributed import DataParallel
-from pyro_gen.infer.files import refuse_symlink
+from pyro_gen.infer.files import refuse_read_only, refuse_symlink
 from pyro_gen.infer.fit_layout import Layout, check_layout
 from pyro_gen.infer.fit_progress import _finished, _Progress
 from pyro_gen.infer.program import Program
@@ -56,7 +56,9 @@ def _resume(
         # from a file outside the run directory) and refused only when first written, after
         # the training up to the first checkpoint; so was a directory in the metrics' place.
         for name in (CHECKPOINT_NAME, METRICS_NAME):
-            refuse_symlink(ckpt_dir / name)
+            # one made read-only (to keep it) is refused now, not after the training up to
+            # the first checkpoint
+            refuse_read_only(refuse_symlink(ckpt_dir / name))
         if not path.exists():
             return None
         return read_checkpoint_bytes(path)  # a huge file of another kind is refused unread

@@ -1,0 +1,120 @@
+"""Permissions that change under a running ``fit`` of a user's own Pyro program: the run
+directory made read-only, the checkpoint or the metrics file made read-only (to keep them).
+
+Found here: a ``checkpoint.pt`` the user had made read-only was replaced by the next resume
+(a rename over a file ignores its mode), after training up to the first checkpoint. Now a
+read-only run file is refused by name before any step, and no write replaces one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Every case in one child (importing torch and Pyro costs seconds on a busy machine).
+_DRIVER = r"""
+import json, sys, warnings
+from pathlib import Path
+import pyro, pyro.distributions as dist, torch
+from pyro_gen.infer import fit
+from pyro_gen.infer.checkpoint import load_checkpoint
+warnings.simplefilter("ignore")
+X = torch.randn(16, 3)
+
+def model(x):
+    loc = pyro.sample("loc", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
+
+def guide(x):
+    pyro.sample("loc", dist.Normal(pyro.param("q_loc", torch.zeros(3)), 1.0).to_event(1))
+
+def train(run, epochs, at_epoch_2=None):
+    steps = []
+    def callback(record, m):
+        if record["epoch"] == 2 and at_epoch_2 is not None:
+            at_epoch_2()
+    pyro.clear_param_store()
+    try:
+        fit(model, X, guide=guide, batch_size=4, epochs=epochs, progress=False, compile=False,
+            checkpoint_dir=run, callbacks=[callback],
+            step_callbacks=[lambda step, m: steps.append(step)])
+        return {"error": None, "steps": len(steps)}
+    except OSError as e:
+        return {"error": [e.errno, e.filename, str(e)], "steps": len(steps)}
+
+def state(run):
+    epoch = load_checkpoint(run / "checkpoint.pt")["progress"]["epoch"]
+    records = (run / "metrics.jsonl").read_text().splitlines()
+    return {"epoch": epoch, "records": [json.loads(r)["epoch"] for r in records],
+            "names": sorted(p.name for p in run.iterdir())}
+
+root = Path(sys.argv[1])
+out = {}
+run = root / "directory"
+out["directory"] = {**train(run, 3, lambda: run.chmod(0o555)), **state(run)}
+run = root / "checkpoint"
+train(run, 1)
+(run / "checkpoint.pt").chmod(0o444)
+before = (run / "checkpoint.pt").read_bytes()
+out["checkpoint"] = {**train(run, 3), **state(run)}
+out["checkpoint"]["unchanged"] = (run / "checkpoint.pt").read_bytes() == before
+run = root / "metrics"
+out["metrics"] = {**train(run, 3, lambda: (run / "metrics.jsonl").chmod(0o444)), **state(run)}
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> dict:
+    as_root = os.geteuid() == 0
+    if as_root and shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: permission bits do not apply")
+    root = tmp_path_factory.mktemp("permissions")
+    # Permission bits do not stop root: as root the child runs without the capabilities
+    # that override them (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH).
+    drop = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"]
+    try:
+        proc = subprocess.run(
+            [*(drop if as_root else []), sys.executable, "-c", _DRIVER, str(root)],
+            cwd=REPO, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    finally:
+        for d in (root, *root.iterdir()):
+            d.chmod(0o755)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def test_a_directory_made_read_only_mid_run_keeps_the_last_checkpoint(results):
+    case = results["directory"]
+    number, filename, message = case["error"]
+    assert number == 13 and filename.endswith("directory/checkpoint.pt"), message
+    assert case["epoch"] == 1 and case["records"] == [1]
+    # the lock file stays (a read-only folder cannot lose it); no temporary file is left
+    assert case["names"] == [".pyro-gen.lock", "checkpoint.pt", "metrics.jsonl"]
+
+
+def test_a_read_only_checkpoint_is_refused_before_any_step(results):
+    case = results["checkpoint"]
+    number, filename, message = case["error"]
+    assert number == 13 and filename.endswith("checkpoint/checkpoint.pt"), message
+    assert "read-only" in message, message
+    assert case["steps"] == 0 and case["unchanged"] and case["epoch"] == 1
+
+
+def test_a_metrics_file_made_read_only_mid_run_is_named(results):
+    case = results["metrics"]
+    number, filename, message = case["error"]
+    assert number == 13 and filename.endswith("metrics/metrics.jsonl"), message
+    # epoch 2's checkpoint was written before its record's append failed: a rerun, once
+    # the file is writable, rewrites the records from the checkpoint
+    assert case["epoch"] == 2 and case["records"] == [1]

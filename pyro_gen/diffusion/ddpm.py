@@ -413,6 +413,7 @@ class DDPM(FullChainForm, TimePlateForm, BoundTerms, PicklableModule):
         progress: bool = False,
         batch_size: int | None = None,
         context: dict[str, Any] | None = None,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Draw samples in data space (images in [0, 1]), see :mod:`pyro_gen.diffusion.samplers`.
 
@@ -426,6 +427,8 @@ class DDPM(FullChainForm, TimePlateForm, BoundTerms, PicklableModule):
             batch_size: draw in chunks of this size.
             context: keyword arguments for the network, one row per sample (e.g.
                 ``{"y": labels}`` for a model trained with ``model(x, y=labels)``).
+            generator: the random generator of every draw (a seeded ``torch.Generator``
+                repeats the samples without touching the global seed).
         """
         from pyro_gen.diffusion.samplers import ancestral_sample, ddim_sample
 
@@ -455,11 +458,15 @@ class DDPM(FullChainForm, TimePlateForm, BoundTerms, PicklableModule):
                 n = min(batch_size, num_samples - start)
                 chunk = slice_context(context, start, start + n)
                 if sampler == "ancestral":
-                    out.append(ancestral_sample(self, n, progress=progress, context=chunk))
-                else:
-                    out.append(
-                        ddim_sample(self, n, steps=steps, eta=eta, progress=progress, context=chunk)
+                    draw = ancestral_sample(
+                        self, n, progress=progress, context=chunk, generator=generator
                     )
+                else:
+                    draw = ddim_sample(
+                        self, n, steps=steps, eta=eta, progress=progress, context=chunk,
+                        generator=generator,
+                    )  # fmt: skip
+                out.append(draw)
         return torch.cat(out)
 
     def bits_per_dim(self, x: torch.Tensor, **kwargs) -> float:

@@ -425,16 +425,18 @@ class FlowMatching(PicklableModule):
         )[-1]
 
     def sample(
-        self, num_samples: int, context: dict[str, Any] | None = None, **solver: Any
+        self,
+        num_samples: int,
+        context: dict[str, Any] | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        **solver: Any,
     ) -> Tensor:
         """Draws of the flow (base draws transported by the ODE); ``context`` (one row per
-        sample, e.g. ``{"y": labels}``) goes to the velocity network; ``solver`` overrides the
-        flow's ``method``/``rtol``/``atol``/``options``."""
-        ref = next(self.flow.parameters())
-        z = torch.randn(
-            (sample_count(num_samples), *self.event_shape), dtype=ref.dtype, device=ref.device
-        )
-        return self.transport(z, context, **solver)
+        sample, e.g. ``{"y": labels}``) goes to the velocity network; ``generator`` draws the
+        base points (the ODE is deterministic); ``solver`` overrides the flow's
+        ``method``/``rtol``/``atol``/``options``."""
+        return self.transport(_base_draws(self, num_samples, generator), context, **solver)
 
     def log_prob(self, x: Tensor, context: dict[str, Any] | None = None, **solver: Any) -> Tensor:
         """Exact :math:`\\log p(x)` through the flow's ODE (solver settings as :meth:`sample`,
@@ -454,7 +456,21 @@ class FlowMatching(PicklableModule):
             )
 
 
-def reflow_pairs(fm: FlowMatching, num_samples: int, **solver: Any) -> tuple[Tensor, Tensor]:
+def _base_draws(fm: FlowMatching, num_samples: int, generator: torch.Generator | None) -> Tensor:
+    # a generator= among the solver's settings failed inside torchdiffeq ("odeint() got an
+    # unexpected keyword argument 'generator'"): it belongs to these draws
+    ref = next(fm.flow.parameters())
+    shape = (sample_count(num_samples), *fm.event_shape)
+    return torch.randn(shape, generator=generator, dtype=ref.dtype, device=ref.device)
+
+
+def reflow_pairs(
+    fm: FlowMatching,
+    num_samples: int,
+    *,
+    generator: torch.Generator | None = None,
+    **solver: Any,
+) -> tuple[Tensor, Tensor]:
     """Couplings ``(x, z)`` for one reflow round of rectified flow: base draws ``z`` and the
     current flow's images ``x`` of them. Train a fresh ``FlowMatching(...,
     objective="rectified")`` on ``fit(fm2, (x, z))`` to straighten the paths (Liu et al.).
@@ -465,6 +481,5 @@ def reflow_pairs(fm: FlowMatching, num_samples: int, **solver: Any) -> tuple[Ten
         >>> x.shape, z.shape
         (torch.Size([4, 2]), torch.Size([4, 2]))
     """
-    ref = next(fm.flow.parameters())
-    z = torch.randn((int(num_samples), *fm.event_shape), dtype=ref.dtype, device=ref.device)
+    z = _base_draws(fm, num_samples, generator)
     return fm.transport(z, **solver), z

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from pyro_gen.diffusion.context import expand_context
+from pyro_gen.diffusion.data_end import check_score_at_data_end
 
 __all__ = [
     "ENDPOINTS",
@@ -105,6 +106,7 @@ def probability_flow_log_prob(
     eps = getattr(sm, "eps", 1e-3) if eps is None else float(eps)
     if not 0 <= eps < 1:
         raise ValueError(f"eps (the data-end time) must lie in [0, 1), got {eps}")
+    check_score_at_data_end(sm, eps, "probability_flow_log_prob")
     for name, tol in (("rtol", rtol), ("atol", atol)):
         if not (math.isfinite(tol) and tol > 0):
             raise ValueError(f"{name} must be a positive number, got {tol}")

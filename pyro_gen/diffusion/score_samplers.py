@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from pyro_gen.diffusion.context import expand_context
+from pyro_gen.diffusion.data_end import check_score_at_data_end
 from pyro_gen.diffusion.sde import SDE
 from pyro_gen.transforms._base import sample_count
 
@@ -398,6 +399,9 @@ def sample(
         expand_context(context, (num_samples,))  # one row per sample, or a clear error
     counted = _Counted(functools.partial(sm.score, **context) if context else sm.score)
     kwargs.setdefault("eps", getattr(sm, "eps", 1e-3))
+    if sampler in ("ode", "pc") or kwargs.get("corrector_steps"):
+        # these evaluate the score at eps itself (the ODE's last stage, the corrector)
+        check_score_at_data_end(sm, kwargs["eps"], f"the {sampler!r} sampler")
     if steps is not None and sampler != "ode":
         kwargs["levels" if sampler == "langevin" else "steps"] = steps
     ref = next(iter(sm.parameters()), None) if hasattr(sm, "parameters") else None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from pyro_gen.transforms._base import FlowTransformModule, as_event_shape
@@ -36,7 +38,11 @@ class Permute(FlowTransformModule):
         cache_size: int = 1,
         dim: int | None = None,
     ) -> None:
-        permutation = torch.as_tensor(permutation, dtype=torch.long)
+        indices = torch.as_tensor(permutation)
+        if indices.is_floating_point() and not torch.equal(indices, indices.trunc()):
+            # converted to long, [0.5, 1.7, 2.2] passed for the permutation [0, 1, 2]
+            raise ValueError(f"a permutation holds whole-number indices, got {permutation!r}")
+        permutation = indices.to(torch.long)
         n = permutation.numel()
         super().__init__((n,) if event_shape is None else event_shape, cache_size=cache_size)
         if dim is not None and dim != -len(self.event_shape):
@@ -91,25 +97,33 @@ def random_permutation(n: int, seed: int | None = None) -> torch.Tensor:
 @pyro_arguments
 def permute(
     event_shape: int | tuple[int, ...],
-    kind: str | torch.Tensor = "reverse",
+    kind: str | torch.Tensor | Sequence[int] = "reverse",
     seed: int | None = None,
     *,
     cache_size: int = 1,
 ) -> Permute:
     """Builds a :class:`Permute`: ``kind="reverse"`` or ``"random"`` over the first event dim,
-    or a given permutation tensor (Pyro's ``permute(input_dim, permutation)``).
+    or a given permutation, a tensor or list of indices (Pyro's
+    ``permute(input_dim, permutation)``).
 
     Example:
         >>> permute((3, 2, 2)).permutation.tolist()
         [2, 1, 0]
+        >>> permute(3, [1, 2, 0])(torch.tensor([10.0, 11.0, 12.0])).tolist()
+        [11.0, 12.0, 10.0]
     """
     shape = as_event_shape(event_shape)
-    if isinstance(kind, torch.Tensor):
-        perm = kind
-    elif kind == "reverse":
+    if not isinstance(kind, str):
+        # indices as a tensor, list or numpy array, as Permute itself takes them (a list
+        # was refused here with "kind must be 'reverse' or 'random'")
+        return Permute(kind, shape, cache_size=cache_size)
+    if kind == "reverse":
         perm = reverse_permutation(shape[0])
     elif kind == "random":
         perm = random_permutation(shape[0], seed)
     else:
-        raise ValueError(f"kind must be 'reverse' or 'random', got {kind!r}")
+        raise ValueError(
+            f"kind must be 'reverse', 'random' or a permutation of range({shape[0]}) "
+            f"(a tensor or list of indices), got {kind!r}"
+        )
     return Permute(perm, shape, cache_size=cache_size)

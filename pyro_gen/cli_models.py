@@ -255,6 +255,10 @@ def check_model(config: dict[str, Any], run: str | Path) -> ModelSpec:
             f"{Path(run) / CONFIG_NAME} {problem}, which no pyro-gen run records; restore it "
             "from a copy or retrain into a fresh directory"
         )
+    # Imported here: it reads the option table of the command line, which imports this.
+    from pyro_gen.cli_recorded import check_recorded_settings
+
+    check_recorded_settings(config, Path(run))
     return spec
 
 

@@ -11,7 +11,7 @@ import argparse
 import contextlib
 import math
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,6 @@ from pyro_gen.cli_models import (
     load_split,
     run_options,
 )
-from pyro_gen.cli_parser import recorded_setting_problem
 from pyro_gen.cli_settings import (
     OPTION_DEFAULTS,
     UsageError,
@@ -107,8 +106,7 @@ def _train_locked(
             refuse_symlink(out / name)
         previous = read_config(out) if (out / CONFIG_NAME).exists() else None
         if previous is not None:  # what resuming reads from it, before anything is built
-            check_model(previous, out)
-            _check_recorded_settings(previous, out)
+            check_model(previous, out)  # the recorded settings too (cli_recorded)
         _check_applicable(args, given, previous, out)
         if previous is not None:
             config = resumed_config(args, out, given, previous)
@@ -139,63 +137,6 @@ def _remove_unrecorded(out: Path) -> None:
             out.rmdir()
     except OSError:  # another process wrote into it meanwhile: it is theirs now
         pass
-
-
-def _whole(value: Any, least: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= least
-
-
-def _positive_number(value: Any) -> bool:
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return number and math.isfinite(value) and value > 0
-
-
-# The training settings a resume reads from config.json, as `pyro-gen train` records them
-# (the checks its command line makes); absent ones are refused, except where noted.
-_RECORDED_SETTINGS: dict[str, Callable[[Any], bool]] = {
-    "batch_size": lambda v: _whole(v, 1),
-    "lr": _positive_number,
-    "grad_clip": lambda v: v is None or _positive_number(v),
-    "subset": lambda v: v is None or _whole(v, 1),
-    "test_subset": lambda v: v is None or _whole(v, 1),
-    "seed": lambda v: _whole(v, 0) and v < 2**32,  # what numpy's seed takes
-}
-# recorded by later versions: a run from before them has its default
-_ADDED_LATER_SETTINGS: dict[str, Callable[[Any], bool]] = {
-    "eval_every": lambda v: _whole(v, 1),
-    "toy_samples": lambda v: _whole(v, 1),
-}
-
-
-def _check_recorded_settings(config: dict[str, Any], out: Path) -> None:
-    """Refuses a config.json whose training settings no run records (a damaged or edited
-    file), naming it, before a resume indexes or computes with them."""
-    path = out / CONFIG_NAME
-    for name, valid in {**_RECORDED_SETTINGS, **_ADDED_LATER_SETTINGS}.items():
-        if name not in config:
-            if name in _RECORDED_SETTINGS:
-                raise RunError(
-                    f"{path} lacks the setting {name!r}; restore it from a copy or retrain "
-                    "into a fresh directory"
-                )
-        elif not valid(config[name]):
-            raise RunError(
-                f"{path} records {name} = {config[name]!r}, which `pyro-gen train` never "
-                "records; restore it from a copy or retrain into a fresh directory"
-            )
-    # the model options as their flags check them (a loss 'xyz' escaped as KeyError, an
-    # iwae k of 0 as ZeroDivisionError, a cycle weight 'x' as TypeError: tracebacks)
-    spec = MODELS[config["model"]]
-    for name, value in config["options"].items():
-        if name not in OPTION_DEFAULTS:  # recorded by the command itself (num_bins)
-            continue
-        allowed = spec.choices.get(name)
-        if recorded_setting_problem(name, value) or (allowed and value not in allowed):
-            raise RunError(
-                f"{path} records the {config['model']} option {name} = {value!r}, which "
-                "`pyro-gen train` never records; restore it from a copy or retrain into a "
-                "fresh directory"
-            )
 
 
 def _check_applicable(

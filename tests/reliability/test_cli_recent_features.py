@@ -259,7 +259,7 @@ CASES: dict[str, Case] = {
     ),
     "config_missing_rate_text": Case(
         ["evaluate", "{hvae}", "--num-test", "4"],
-        ("config.json records missing_rate = 'x'",),
+        ("config.json records the vae option missing_rate = 'x'",),
         lambda run, tmp: _edit_options(run, missing_rate="x"),
     ),
     "config_mask_file_of_text": Case(

@@ -29,14 +29,19 @@ class BoundTerms:
     """
 
     @torch.no_grad()
-    def step_term(self, x0: torch.Tensor, t: int, **context) -> torch.Tensor:
+    def step_term(
+        self, x0: torch.Tensor, t: int, noise: torch.Tensor | None = None, **context
+    ) -> torch.Tensor:
         """One term of the bound per example (``x0`` in model space): :math:`L_{t-1}` with the
         analytic KL for ``t > 1``, :math:`L_0 = -\\log p_\\theta(x_0 \\mid x_1)` for ``t = 1``;
-        a single draw of :math:`x_t \\sim q(x_t \\mid x_0)`; ``context`` goes to the network."""
+        a single draw of :math:`x_t \\sim q(x_t \\mid x_0)`, from ``noise`` (standard normal,
+        shaped like ``x0``) when given, so a caller's generator decides it; ``context`` goes
+        to the network."""
         tt = self._times(t, x0)
+        noise = torch.randn_like(x0) if noise is None else noise
         if t > 1:
-            return self.kl_term(x0, tt, torch.randn_like(x0), **context)
-        x_1 = self.schedule.q_sample(x0, tt, torch.randn_like(x0), self.event_dim)
+            return self.kl_term(x0, tt, noise, **context)
+        x_1 = self.schedule.q_sample(x0, tt, noise, self.event_dim)
         p = self.p_mean_logvar(x_1, tt, **context)
         return -self.decoder(p["mean"], p["log_var"]).log_prob(x0)
 

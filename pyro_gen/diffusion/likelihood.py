@@ -222,6 +222,14 @@ def geometric_strata(first: int, last: int, strata: int) -> torch.Tensor:
     return torch.as_tensor(edges)
 
 
+def _randn(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normal draws shaped like ``like``, made where ``generator`` lives (a CPU
+    generator cannot draw on CUDA) and moved to ``like``'s device."""
+    at = like.device if generator is None else generator.device
+    noise = torch.randn(like.shape, generator=generator, dtype=like.dtype, device=at)
+    return noise.to(like.device)
+
+
 @torch.no_grad()
 def sampled_variational_bound(
     ddpm: DDPM,
@@ -289,7 +297,14 @@ def sampled_variational_bound(
         chunk = slice_context(context, start, start + batch_size)
         B = x0.shape[0]
         priors.append(prior_kl(ddpm, x0))
-        exacts.append(sum(ddpm.step_term(x0, t, **chunk) for t in range(1, exact_steps + 1)))
+        # the exact steps' draws of x_t from the generator too: they came from the global
+        # random state, so a seeded generator did not repeat the total
+        exacts.append(
+            sum(
+                ddpm.step_term(x0, t, _randn(x0, generator), **chunk)
+                for t in range(1, exact_steps + 1)
+            )
+        )
         est = x0.new_zeros(B)
         if edges is not None:
             for lo, hi in zip(edges[:-1].tolist(), edges[1:].tolist()):
@@ -297,8 +312,7 @@ def sampled_variational_bound(
                 at = x0.device if generator is None else generator.device
                 u = torch.rand(B, generator=generator, device=at).to(x0.device)
                 t = lo + (u * (hi - lo)).long().clamp(max=hi - lo - 1)
-                noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=at)
-                est = est + (hi - lo) * ddpm.kl_term(x0, t, noise.to(x0.device), **chunk)
+                est = est + (hi - lo) * ddpm.kl_term(x0, t, _randn(x0, generator), **chunk)
         sampled.append(est)
     prior, exact, rest = torch.cat(priors), torch.cat(exacts), torch.cat(sampled)
     total = prior + exact + rest

@@ -178,3 +178,15 @@ def test_flow_matching_draws_its_base_points_from_a_seeded_generator():
     assert torch.equal(first, fm.transport(z))
     x, z2 = reflow_pairs(fm, 4, generator=torch.Generator().manual_seed(3))
     assert torch.equal(z2, z) and torch.equal(x, first)
+
+
+def test_the_sampled_bound_takes_every_draw_from_its_generator():
+    """L_0 and the other exact steps drew x_t from the global random state: with the same
+    seeded generator the total changed with the global seed."""
+    from pyro_gen.diffusion import sampled_variational_bound
+
+    m, x = ddpm(), data(6)
+    first = _draws_repeat_and_leave_the_global_state(
+        lambda g: sampled_variational_bound(m, x, strata=3, exact_steps=2, generator=g)["total"]
+    )
+    assert first.shape == (6,) and torch.isfinite(first).all()

@@ -112,7 +112,7 @@ class Generator(PicklableModule):
         self.net = net
         self.latent_dim = int(latent_dim)
         self.event_shape = tuple(int(s) for s in event_shape)
-        self.prior = prior if prior is not None else StandardNormal(self.latent_dim)
+        self.prior = prior if prior is not None else self._default_prior(net, self.latent_dim)
         self.num_classes = num_classes
         self.prefix = f"{name}." if name else ""
         # net and prior averaged together: samples pair the averaged prior with the
@@ -122,6 +122,15 @@ class Generator(PicklableModule):
             if average is None
             else ExponentialAverage(nn.ModuleList([self.net, self.prior]), average)
         )
+
+    @staticmethod
+    def _default_prior(net: nn.Module, latent_dim: int) -> StandardNormal:
+        """The standard normal prior in the network's floating dtype and on its device: the
+        user's ``Generator(net.double())`` drew float32 latents into a float64 network, which
+        failed with torch's "mat1 and mat2 must have the same dtype"."""
+        prior = StandardNormal(latent_dim)
+        ref = next((p for p in net.parameters() if p.is_floating_point()), None)
+        return prior if ref is None else prior.to(device=ref.device, dtype=ref.dtype)
 
     def context(self, y: torch.Tensor | None) -> torch.Tensor | None:
         """The context passed to the networks for labels ``y``: one-hot for integer labels,
@@ -203,7 +212,19 @@ class Generator(PicklableModule):
         """:math:`G(z)`, the network's output for latent codes ``z`` (with the averaged
         weights when ``averaged`` and the generator keeps an average)."""
         net = self.average.module[0] if averaged and self.average is not None else self.net
-        return net(z) if context is None else net(z, context)
+        try:
+            return net(z) if context is None else net(z, context)
+        except RuntimeError as err:
+            want = next((p.dtype for p in net.parameters() if p.is_floating_point()), None)
+            if want is None or want == z.dtype:
+                raise
+            # a network converted after the generator was built (gen.net.double()), or a
+            # prior of the user's in another dtype: torch's error named neither
+            raise TypeError(
+                f"the generator's network has {str(want).removeprefix('torch.')} parameters "
+                f"but its prior draws {str(z.dtype).removeprefix('torch.')} latents z; convert "
+                f"the whole generator (gen.to({want})) so the prior follows"
+            ) from err
 
     def _prior(self, averaged: bool) -> nn.Module:
         return self.average.module[1] if averaged and self.average is not None else self.prior

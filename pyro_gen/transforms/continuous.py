@@ -386,6 +386,12 @@ class ContinuousFlow(FlowTransformModule):
         if trace not in TRACE_METHODS:
             raise ValueError(f"trace must be one of {TRACE_METHODS}, got {trace!r}")
         self.trace = trace
+        # t0 == t1 failed inside torchdiffeq ("t must be strictly increasing or decreasing")
+        # at the first call, and negative tolerances were passed to the solver as they were
+        if not (math.isfinite(t0) and math.isfinite(t1) and t0 != t1):
+            raise ValueError(f"t0 and t1 must be finite and differ, got t0={t0!r}, t1={t1!r}")
+        if not (rtol >= 0 and atol >= 0 and rtol + atol > 0):
+            raise ValueError(f"rtol and atol must be >= 0, not both 0, got {rtol!r}, {atol!r}")
         self.t0, self.t1 = float(t0), float(t1)
         self.method, self.rtol, self.atol = method, rtol, atol
         self.options = options

@@ -381,7 +381,7 @@ def coupling(
         torch.Size([6])
     """
     m = make_mask(event_shape, mask, parity)
-    net = _conditioner(m, elementwise.num_params, hidden_dims, hidden_channels, num_blocks, 0)
+    net = _conditioner(m, elementwise.num_params, hidden_dims, hidden_channels, num_blocks, None)
     return Coupling(m, net, elementwise, cache_size=cache_size)
 
 
@@ -403,7 +403,7 @@ def additive_coupling(
         [0, 1, 0, 1]
     """
     m = make_mask(event_shape, mask, parity)
-    net = _conditioner(m, 1, hidden_dims, hidden_channels, num_blocks, 0)
+    net = _conditioner(m, 1, hidden_dims, hidden_channels, num_blocks, None)
     return AdditiveCoupling(m, net, cache_size=cache_size)
 
 
@@ -427,7 +427,7 @@ def affine_coupling(
         (2, 4)
     """
     m = make_mask(event_shape, mask, parity)
-    net = _conditioner(m, 2, hidden_dims, hidden_channels, num_blocks, 0)
+    net = _conditioner(m, 2, hidden_dims, hidden_channels, num_blocks, None)
     return AffineCoupling(m, net, log_scale_bound=log_scale_bound, cache_size=cache_size)
 
 

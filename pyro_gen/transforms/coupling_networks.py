@@ -44,18 +44,21 @@ def coupling_conditioner(
     hidden_dims: Sequence[int],
     hidden_channels: int,
     num_blocks: int,
-    context_dim: int,
+    context_dim: int | None,
 ) -> nn.Module:
     """The network from the kept part of a coupling's input (and a context) to ``num_params``
     parameters per transformed element: an MLP for a vector mask, a residual conv net for an
-    image mask (its width and depth checked here; vectors ignore them).
+    image mask (its width and depth checked here; vectors ignore them). ``context_dim`` is
+    ``None`` for an unconditional coupling; a conditional one's must be a count >= 1 (0 built
+    a "conditional" coupling whose network never read the context).
 
     Example:
         >>> from pyro_gen.transforms.masks import checkerboard_mask
-        >>> net = coupling_conditioner(checkerboard_mask(1, 4, 4), 2, (), 8, 1, 0)
+        >>> net = coupling_conditioner(checkerboard_mask(1, 4, 4), 2, (), 8, 1, None)
         >>> net(torch.randn(3, 1, 4, 4)).shape
         torch.Size([3, 2, 4, 4])
     """
+    context_dim = 0 if context_dim is None else check_count("context_dim", context_dim)
     first = mask.reshape(mask.shape[0], -1)
     split = bool((first == first[:, :1]).all())
     n_cond = int(first[:, 0].sum()) if split else mask.shape[0]

@@ -6,6 +6,8 @@ element-wise bijection maps ``x -> y`` with them and returns its log-derivative.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from pyro_gen.transforms._base import PicklableModule
@@ -115,6 +117,13 @@ class Affine(ElementwiseBijection):
 
     def __init__(self, log_scale_bound: float = 3.0) -> None:
         super().__init__()
+        # B tanh(raw / B) is NaN for B = 0 or inf (0 * inf): a flow with log_scale_bound=0
+        # (or inf, meant as "no bound") built, and every log-det it gave was NaN
+        if isinstance(log_scale_bound, bool) or not 0 < log_scale_bound < math.inf:
+            raise ValueError(
+                f"log_scale_bound must be a positive finite number (the log-scale is squashed "
+                f"into (-B, B)), got {log_scale_bound!r}"
+            )
         self.log_scale_bound = float(log_scale_bound)
         # B as a 0-dim tensor: an op with a Python number converts it to a tensor in the
         # forward and again in the backward pass, which cost an IAF step ~2%. Divided by, not

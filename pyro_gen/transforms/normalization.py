@@ -84,6 +84,8 @@ class ActNorm(FlowTransformModule):
         shape = as_event_shape(event_shape)
         super().__init__(shape, cache_size=cache_size)
         n = shape[0]
+        if not 0 <= eps < math.inf:  # a negative floor made the log-scale's start NaN
+            raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
         self.eps = eps
         self.loc = nn.Parameter(torch.full((n,), math.nan))
         self.log_scale = nn.Parameter(torch.full((n,), math.nan))
@@ -218,6 +220,12 @@ class BatchNorm(FlowTransformModule):
         shape = as_event_shape(event_shape)
         super().__init__(shape, cache_size=cache_size)
         n = shape[0]
+        # outside these the running variance went negative (momentum 2: NaN log-dets in eval
+        # mode) or the variance floor took the root of a negative number, without a word
+        if not 0 <= momentum <= 1:
+            raise ValueError(f"momentum must lie in [0, 1], got {momentum!r}")
+        if not 0 <= eps < math.inf:
+            raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
         self.momentum = momentum
         self.eps = eps
         self.log_gamma = nn.Parameter(torch.zeros(n))

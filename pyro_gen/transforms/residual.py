@@ -166,6 +166,13 @@ class ResidualBlock(FlowTransformModule):
             raise ValueError(f"logdet must be 'auto', 'roulette' or 'exact', got {logdet!r}")
         if not 0 < p < 1:
             raise ValueError(f"p must lie in (0, 1), got {p!r}")
+        # max_iter=0 returned the solver's first guess as the sample, off by ~0.2, silently
+        if isinstance(max_iter, bool) or int(max_iter) != max_iter or max_iter < 1:
+            raise ValueError(f"max_iter must be a whole number >= 1, got {max_iter!r}")
+        if isinstance(n_exact, bool) or int(n_exact) != n_exact or n_exact < 0:
+            raise ValueError(f"n_exact must be a whole number >= 0, got {n_exact!r}")
+        if not 0 < tol < math.inf:
+            raise ValueError(f"tol must be a positive finite number, got {tol!r}")
         lip = getattr(net, "lipschitz", None)
         if lip is not None and not lip < 1:
             raise ValueError(f"the residual branch must be a contraction, got lipschitz={lip}")

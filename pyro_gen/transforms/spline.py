@@ -30,6 +30,7 @@ from pyro_gen.transforms.coupling import (
     _conditioner,
     make_mask,
 )
+from pyro_gen.transforms.coupling_networks import check_count
 from pyro_gen.transforms.elementwise import ElementwiseBijection
 from pyro_gen.transforms.pyro_arguments import pyro_arguments
 
@@ -97,8 +98,8 @@ class RationalQuadratic(ElementwiseBijection):
         super().__init__()
         if int(num_bins) != num_bins or num_bins < 1:
             raise ValueError(f"num_bins must be a positive integer, got {num_bins!r}")
-        if not bound > 0:
-            raise ValueError(f"bound must be positive, got {bound!r}")
+        if not 0 < bound < math.inf:  # inf built a spline whose every value was NaN
+            raise ValueError(f"bound must be positive and finite, got {bound!r}")
         if not 0 <= min_bin_size * num_bins < 1:
             raise ValueError(
                 f"min_bin_size * num_bins must lie in [0, 1), got {min_bin_size} * {num_bins}"
@@ -259,7 +260,7 @@ def spline_coupling(
     """
     h = RationalQuadratic(num_bins, bound)
     m = make_mask(event_shape, mask, parity)
-    net = _conditioner(m, h.num_params, hidden_dims, hidden_channels, num_blocks, 0)
+    net = _conditioner(m, h.num_params, hidden_dims, hidden_channels, num_blocks, None)
     return Coupling(m, net, h, cache_size=cache_size)
 
 
@@ -352,6 +353,6 @@ def conditional_spline_autoregressive(
         torch.Size([4, 3])
     """
     h = RationalQuadratic(num_bins, bound)
-    made = _made(input_dim, hidden_dims, h, order, context_dim)
+    made = _made(input_dim, hidden_dims, h, order, check_count("context_dim", context_dim))
     cls = ConditionalInverseAutoregressive if inverse else ConditionalMaskedAutoregressive
     return cls(input_dim, made, h, cache_size=cache_size)

@@ -1,0 +1,122 @@
+"""Transform arguments that built a transform giving NaN or wrong values, now one clear error
+when the transform is built.
+
+Before: ``log_scale_bound=0`` (or ``inf``, meant as "no bound") gave NaN log-dets from the
+first call (``B tanh(raw / B)``); a spline ``bound=inf`` NaN values; ``BatchNorm(momentum=2)``
+a negative running variance and NaN eval-mode log-dets; a negative ``eps`` NaN from the
+variance floor; ``residual_block(max_iter=0)`` returned the fixed-point solver's first guess
+as its sample (0.2 off, silently); a conditional coupling with ``context_dim=0`` built a
+network that never read the context; ``ContinuousFlow(t0=t1)`` failed inside torchdiffeq at
+the first call.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pyro_gen import transforms as T
+
+BAD = {
+    "iaf log_scale_bound=0": (
+        lambda: T.inverse_autoregressive(3, [8], log_scale_bound=0.0),
+        r"log_scale_bound must be a positive finite number .* got 0.0",
+    ),
+    "coupling log_scale_bound=inf": (
+        lambda: T.affine_coupling(3, hidden_dims=[8], log_scale_bound=math.inf),
+        r"log_scale_bound must be a positive finite number .* got inf",
+    ),
+    "conditional coupling log_scale_bound=nan": (
+        lambda: T.conditional_affine_coupling(3, 2, hidden_dims=[8], log_scale_bound=math.nan),
+        r"log_scale_bound must be a positive finite number .* got nan",
+    ),
+    "Affine(-1)": (lambda: T.Affine(-1.0), r"log_scale_bound must be a positive finite"),
+    "spline bound=inf": (
+        lambda: T.spline_coupling(3, bound=math.inf, hidden_dims=[8]),
+        r"bound must be positive and finite, got inf",
+    ),
+    "BatchNorm momentum=2": (
+        lambda: T.BatchNorm(3, momentum=2.0),
+        r"momentum must lie in \[0, 1\]",
+    ),
+    "BatchNorm momentum=-0.1": (
+        lambda: T.BatchNorm(3, momentum=-0.1),
+        r"momentum must lie in \[0, 1\]",
+    ),
+    "BatchNorm eps=-1": (lambda: T.BatchNorm(3, eps=-1.0), r"eps must be a finite number >= 0"),
+    "ActNorm eps=-1": (lambda: T.ActNorm(3, eps=-1.0), r"eps must be a finite number >= 0"),
+    "residual max_iter=0": (
+        lambda: T.residual_block(3, [8], max_iter=0),
+        r"max_iter must be a whole number >= 1, got 0",
+    ),
+    "residual n_exact=-1": (
+        lambda: T.residual_block(3, [8], n_exact=-1),
+        r"n_exact must be a whole number >= 0, got -1",
+    ),
+    "residual tol=-1": (
+        lambda: T.residual_block(3, [8], tol=-1.0),
+        r"tol must be a positive finite number, got -1.0",
+    ),
+    "conditional coupling context_dim=0": (
+        lambda: T.conditional_affine_coupling(3, 0, hidden_dims=[8]),
+        r"context_dim must be a whole number >= 1, got 0",
+    ),
+    "conditional image coupling context_dim=-1": (
+        lambda: T.conditional_additive_coupling((2, 2, 2), -1, hidden_channels=4),
+        r"context_dim must be a whole number >= 1, got -1",
+    ),
+    "conditional spline coupling context_dim=2.5": (
+        lambda: T.conditional_spline_coupling(3, 2.5, hidden_dims=[8]),
+        r"context_dim must be a whole number >= 1, got 2.5",
+    ),
+    "conditional spline autoregressive context_dim=0": (
+        lambda: T.conditional_spline_autoregressive(3, 0, [8]),
+        r"context_dim must be a whole number >= 1, got 0",
+    ),
+    "ContinuousFlow t0=t1": (
+        lambda: T.cnf(2, (4,), t0=0.5, t1=0.5),
+        r"t0 and t1 must be finite and differ, got t0=0.5, t1=0.5",
+    ),
+    "ContinuousFlow rtol=-1": (
+        lambda: T.cnf(2, (4,), rtol=-1.0),
+        r"rtol and atol must be >= 0, not both 0",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_an_argument_that_gave_nan_or_wrong_values_is_refused_when_built(name: str) -> None:
+    build, match = BAD[name]
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+def test_the_accepted_edges_still_build_and_invert() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(4, 3)
+    for t in (
+        T.BatchNorm(3, momentum=0.0, eps=0.0).eval(),
+        T.BatchNorm(3, momentum=1.0),
+        T.residual_block(3, [8], max_iter=1000, n_exact=0, tol=1e-9),
+        T.inverse_autoregressive(3, [8], log_scale_bound=0.5),
+        T.conditional_affine_coupling(3, 1, hidden_dims=[8]).condition(torch.ones(1)),
+    ):
+        if isinstance(t, T.BatchNorm) and t.training:
+            t.inv(torch.randn(8, 3))  # momentum 1: the running averages are this batch's
+            t.eval()
+        y = t(x)
+        assert torch.isfinite(t.log_abs_det_jacobian(x, y)).all()
+        torch.testing.assert_close(t.with_cache(0).inv(y), x, atol=1e-5, rtol=1e-5)
+
+
+def test_a_conditional_coupling_reads_its_context() -> None:
+    # the reason context_dim=0 is refused: the transform must depend on the context
+    torch.manual_seed(0)
+    t = T.conditional_affine_coupling(4, 2, hidden_dims=[8])
+    with torch.no_grad():
+        for p in t.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.randn(4)
+    assert not torch.allclose(t.condition(torch.zeros(2))(x), t.condition(torch.ones(2))(x))

@@ -213,6 +213,11 @@ def _one_line(error: BaseException) -> str:
         where = f": {error.filename}" if error.filename else ""
         advice = {
             errno.ENOSPC: "free some space there and rerun; files written before are intact",
+            # a file size limit (ulimit -f, a quota, FAT's 4 GiB) cut the write short
+            errno.EFBIG: (
+                "the file outgrew the size allowed for one file there (ulimit -f, quota or "
+                "file system); raise it or choose another path; files written before are intact"
+            ),
             errno.EACCES: "check its permissions, then rerun",
             errno.EPERM: "check its permissions, then rerun",
             errno.EROFS: "it is on a read-only file system; choose another path",

@@ -63,6 +63,7 @@ from pyro_gen.infer.checkpoint_write import (
     append_metrics,
     encode_checkpoint,
     optimizer_kind,
+    records_match,
     save_checkpoint,
     write_metrics,
     write_payload,
@@ -88,6 +89,7 @@ __all__ = [
     "run_lock",
     "save_checkpoint",
     "verify_checkpoint",
+    "records_match",
     "write_metrics",
     "write_payload",
 ]

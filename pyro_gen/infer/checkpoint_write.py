@@ -180,7 +180,29 @@ def _class_name(module: torch.nn.Module) -> str:
 
 def write_metrics(path: str | Path, history: list[dict[str, Any]]) -> None:
     """Rewrites the JSON-lines metrics file so it matches ``history`` exactly."""
-    atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in history).encode())
+    atomic_write_bytes(path, _metrics_bytes(history))
+
+
+def records_match(path: str | Path, history: list[dict[str, Any]]) -> bool:
+    """Whether the metrics file at ``path`` holds exactly ``history`` (False if missing).
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "metrics.jsonl"
+        >>> write_metrics(p, [{"epoch": 1, "train_loss": 0.5}])
+        >>> records_match(p, [{"epoch": 1, "train_loss": 0.5}]), records_match(p, [])
+        (True, False)
+    """
+    expected = _metrics_bytes(history)
+    try:
+        # the size first: a file of another length is not read (it may be large)
+        return Path(path).stat().st_size == len(expected) and Path(path).read_bytes() == expected
+    except OSError:
+        return False
+
+
+def _metrics_bytes(history: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in history).encode()
 
 
 def append_metrics(path: str | Path, record: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ from pyro_gen.infer.checkpoint import (
     encode_checkpoint,
     parse_checkpoint,
     read_checkpoint_bytes,
+    records_match,
     restore_checkpoint,
     write_metrics,
 )
@@ -56,9 +57,7 @@ def _resume(
         # from a file outside the run directory) and refused only when first written, after
         # the training up to the first checkpoint; so was a directory in the metrics' place.
         for name in (CHECKPOINT_NAME, METRICS_NAME):
-            # one made read-only (to keep it) is refused now, not after the training up to
-            # the first checkpoint
-            refuse_read_only(refuse_symlink(ckpt_dir / name))
+            refuse_symlink(ckpt_dir / name)
         if not path.exists():
             return None
         return read_checkpoint_bytes(path)  # a huge file of another kind is refused unread
@@ -91,6 +90,10 @@ def _resume(
             dp.restore_streams(state.rank_streams)
 
     def check_writable() -> None:
+        # A run file made read-only (to keep it) is refused now, not after the training up
+        # to the first checkpoint; restoring only (steps=0) writes neither, so may read one.
+        for name in (CHECKPOINT_NAME, METRICS_NAME):
+            refuse_read_only(ckpt_dir / name)
         # A checkpoint refused when first written (a param with the user's own constraint
         # class, which it cannot record by name) failed after the first epoch's training.
         try:
@@ -115,8 +118,10 @@ def _resume(
         metrics = ckpt_dir / METRICS_NAME
         if ckpt is None and metrics.exists():
             check_fit_metrics(metrics)  # emptied only if fit wrote it: not a user's file
-        if state.history or metrics.exists():
-            # the records match the checkpoint: none for a fresh start, whatever was there
+        # The records match the checkpoint: none for a fresh start, whatever was there (left
+        # alone where they already do: restoring only, steps=0, writes nothing).
+        written = state.history or metrics.exists()
+        if written and not records_match(metrics, state.history):
             write_metrics(metrics, state.history)
 
     _on_main(dp, reset_metrics)

@@ -178,3 +178,19 @@ def test_the_command_line_says_a_full_disk_in_one_line(tmp_path, capsys, monkeyp
 
 if __name__ == "__main__":  # pragma: no cover
     pytest.main([__file__, *sys.argv[1:]])
+
+
+def test_the_command_line_says_a_file_size_limit_in_one_line(
+    tmp_path, capsys, restore_file_size_limit
+):
+    """``ulimit -f`` (or a quota) below the checkpoint's size: the write is cut, and the line
+    says so instead of 'check that path'."""
+    run = trained_run(tmp_path)
+    before = (run / "checkpoint.pt").read_bytes()
+    resource.setrlimit(resource.RLIMIT_FSIZE, (len(before) // 2, resource.RLIM_INFINITY))
+    status, _, err = cli(capsys, "train", "vae", "--data", "digits", "--epochs", "2",
+                         "--no-progress", "--out", run)  # fmt: skip
+    resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    assert_one_line_error(status, err, "File too large", str(run / "checkpoint.pt"), "ulimit -f")
+    assert (run / "checkpoint.pt").read_bytes() == before
+    assert not [p for p in os.listdir(run) if p.endswith(".tmp")]

@@ -44,7 +44,8 @@ def train(run, epochs, at_epoch_2=None):
             at_epoch_2()
     pyro.clear_param_store()
     try:
-        fit(model, X, guide=guide, batch_size=4, epochs=epochs, progress=False, compile=False,
+        length = {"epochs": epochs} if epochs is not None else {"steps": 0}
+        fit(model, X, guide=guide, batch_size=4, progress=False, compile=False, **length,
             checkpoint_dir=run, callbacks=[callback],
             step_callbacks=[lambda step, m: steps.append(step)])
         return {"error": None, "steps": len(steps)}
@@ -69,6 +70,16 @@ out["checkpoint"] = {**train(run, 3), **state(run)}
 out["checkpoint"]["unchanged"] = (run / "checkpoint.pt").read_bytes() == before
 run = root / "metrics"
 out["metrics"] = {**train(run, 3, lambda: (run / "metrics.jsonl").chmod(0o444)), **state(run)}
+run = root / "restore"
+train(run, 1)
+for name in ("checkpoint.pt", "metrics.jsonl"):
+    (run / name).chmod(0o444)
+kept = {p.name: p.read_bytes() for p in run.iterdir()}
+out["restore"] = train(run, None)  # steps=0: restores, trains and writes nothing
+out["restore"]["unchanged"] = {p.name: p.read_bytes() for p in run.iterdir()} == kept
+out["restore"]["q_loc"] = pyro.param("q_loc").tolist()
+out["restore"]["saved"] = load_checkpoint(run / "checkpoint.pt")["param_store"]["params"][
+    "q_loc"].tolist()
 print(json.dumps(out))
 """
 
@@ -118,3 +129,11 @@ def test_a_metrics_file_made_read_only_mid_run_is_named(results):
     # epoch 2's checkpoint was written before its record's append failed: a rerun, once
     # the file is writable, rewrites the records from the checkpoint
     assert case["epoch"] == 2 and case["records"] == [1]
+
+
+def test_restoring_only_reads_a_read_only_checkpoint_and_writes_nothing(results):
+    """``fit(steps=0)`` restores a run (the way ``pyro_gen.load``'s message advises for a
+    ``checkpoint_dir``): its read-only files are read, not refused, and not rewritten."""
+    case = results["restore"]
+    assert case["error"] is None and case["steps"] == 0
+    assert case["unchanged"] and case["q_loc"] == case["saved"]

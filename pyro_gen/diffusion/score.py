@@ -42,7 +42,7 @@ from pyro_gen.diffusion.context import (
 )
 from pyro_gen.diffusion.network import call_network, register_module
 from pyro_gen.diffusion.parameterization import PARAMETERIZATIONS
-from pyro_gen.diffusion.sde import SDE, ScheduleSDE
+from pyro_gen.diffusion.sde import SDE, ScheduleSDE, as_sde
 from pyro_gen.transforms._base import PicklableModule, as_event_shape
 
 if TYPE_CHECKING:
@@ -156,7 +156,9 @@ class ScoreModel(PicklableModule):
         net: ``net(x, t)`` with ``x`` of shape ``(B, *event_shape)`` and ``t`` a float ``(B,)``
             (the time times ``time_scale``); keyword arguments of :meth:`model` (``y=labels``)
             and ``sample(..., context={"y": labels})`` reach it as ``net(x, t, y=...)``.
-        sde: the forward process (:class:`~pyro_gen.diffusion.sde.VESDE`, ``VPSDE``, ...).
+        sde: the forward process (:class:`~pyro_gen.diffusion.sde.VESDE`, ``VPSDE``, ...), a
+            name for :func:`~pyro_gen.diffusion.make_sde`, or a DDPM's variance schedule (its
+            betas), read through :class:`~pyro_gen.diffusion.sde.ScheduleSDE`.
         event_shape: shape of one example.
         param: what ``net`` predicts.
         weighting: :math:`\lambda(t)`, one of :data:`WEIGHTINGS`.
@@ -182,7 +184,7 @@ class ScoreModel(PicklableModule):
     def __init__(
         self,
         net: nn.Module,
-        sde: SDE,
+        sde: SDE | str | torch.Tensor,
         event_shape: Sequence[int],
         *,
         param: str = "eps",
@@ -200,6 +202,7 @@ class ScoreModel(PicklableModule):
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
         if not 0 <= eps < 1:
             raise ValueError(f"eps (the smallest training time) must lie in (0, 1), got {eps}")
+        sde = as_sde(sde)  # a name or a DDPM's schedule, as a DDPM takes them
         if eps == 0 and not float(sde.marginal(torch.tensor(0.0))[1].detach()) > 0:
             raise ValueError(
                 f"eps (the smallest training time) must lie in (0, 1) for {type(sde).__name__}: "

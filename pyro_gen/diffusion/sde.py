@@ -37,7 +37,7 @@ from pyro_gen.diffusion.parameterization import convert_scaled
 from pyro_gen.diffusion.schedules import NoiseSchedule
 from pyro_gen.transforms._base import PicklableModule
 
-__all__ = ["SDE", "SDES", "ScheduleSDE", "SubVPSDE", "VESDE", "VPSDE", "make_sde"]
+__all__ = ["SDE", "SDES", "ScheduleSDE", "SubVPSDE", "VESDE", "VPSDE", "as_sde", "make_sde"]
 
 #: torchdiffeq solvers with step-size control (they take ``step_t`` / ``jump_t`` options)
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
@@ -351,3 +351,33 @@ def make_sde(name: str, **kwargs: float) -> SDE:
     if name not in builders:
         raise ValueError(f"unknown SDE {name!r}; choose one of {list(SDES)}")
     return builders[name](**kwargs)
+
+
+def as_sde(sde: object) -> SDE:
+    """``sde`` as an :class:`SDE`: itself, a name for :func:`make_sde`, or a DDPM's variance
+    schedule (a :class:`~pyro_gen.diffusion.NoiseSchedule`, or its betas as a 1-D tensor or
+    list) as the :class:`ScheduleSDE` through it.
+
+    Why: a score model given a schedule or a name, as a DDPM takes them, failed inside with
+    "'Tensor' object has no attribute 'parameters'" or "'NoiseSchedule' object has no
+    attribute 'marginal'".
+
+    Raises:
+        TypeError: for anything else, naming the choices.
+
+    Example:
+        >>> type(as_sde("vp")).__name__, type(as_sde(torch.tensor([0.1, 0.2]))).__name__
+        ('VPSDE', 'ScheduleSDE')
+    """
+    from pyro_gen.diffusion.schedules import as_schedule
+
+    if isinstance(sde, SDE):
+        return sde
+    if isinstance(sde, str):
+        return make_sde(sde)
+    if isinstance(sde, NoiseSchedule | list | tuple) or torch.is_tensor(sde):
+        return ScheduleSDE(as_schedule(sde, 1))  # betas given: their count is T
+    raise TypeError(
+        f"sde must be an SDE (VPSDE(), VESDE(...), ...), a name ({', '.join(SDES)}) or a DDPM "
+        f"variance schedule (a NoiseSchedule or its betas), got {type(sde).__name__}"
+    )

@@ -133,12 +133,15 @@ def append_line(path: str | Path, line: str) -> None:
             written = 0
             while written < len(data):  # a write may be short (a disk filling up)
                 written += os.write(fd, data[written:])
-        except OSError as e:
-            # A full disk (or a file size limit) cut the line: take its part back, so that the
-            # file holds whole records only, and name the file (a failed write names none).
+        except BaseException as e:
+            # A full disk (or a file size limit, or Ctrl-C between two short writes) cut the
+            # line: take its part back, so that the file holds whole records only, and name
+            # the file (a failed write names none).
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, start)
-            raise OSError(e.errno, e.strerror, str(path)) from e
+            if isinstance(e, OSError):
+                raise OSError(e.errno, e.strerror, str(path)) from e
+            raise
     finally:
         os.close(fd)
 

@@ -194,3 +194,26 @@ def test_the_command_line_says_a_file_size_limit_in_one_line(
     assert_one_line_error(status, err, "File too large", str(run / "checkpoint.pt"), "ulimit -f")
     assert (run / "checkpoint.pt").read_bytes() == before
     assert not [p for p in os.listdir(run) if p.endswith(".tmp")]
+
+
+def test_ctrl_c_between_two_short_writes_of_a_record_leaves_whole_records(tmp_path, monkeypatch):
+    """A record's append that the kernel took in part (a short write, as on a filling disk)
+    and then Ctrl-C before the rest: the part is taken back."""
+    from pyro_gen.infer.checkpoint import append_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    append_metrics(path, {"epoch": 1, "train_loss": 0.5})
+    real_write, calls = os.write, []
+
+    def short_then_interrupted(fd: int, data: bytes) -> int:
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real_write(fd, data[:5])  # a short write
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "write", short_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        append_metrics(path, {"epoch": 2, "train_loss": 0.25})
+    monkeypatch.undo()
+    assert len(calls) == 2  # the record was being written in two parts when interrupted
+    assert epochs_recorded(path.parent) == [1]

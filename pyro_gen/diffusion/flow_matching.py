@@ -369,7 +369,7 @@ class FlowMatching(PicklableModule):
         return None
 
     def _generate(self, num_samples: int, context: dict, solver: dict) -> Tensor:
-        ref = next(self.flow.parameters())
+        ref = _reference(self)
         zeros = torch.zeros(self.event_shape, dtype=ref.dtype, device=ref.device)
         with pyro.plate("data", num_samples):
             z = pyro.sample("z", dist.Normal(zeros, 1.0).to_event(self.event_dim))
@@ -456,10 +456,18 @@ class FlowMatching(PicklableModule):
             )
 
 
+def _reference(fm: FlowMatching) -> Tensor:
+    """A tensor in the dtype and on the device of the flow's draws: its first floating
+    parameter or buffer, else torch's default. A velocity field of the user's without
+    parameters (an exact field) met a bare StopIteration from next(parameters())."""
+    tensors = (v for v in [*fm.flow.parameters(), *fm.flow.buffers()] if v.is_floating_point())
+    return next(tensors, torch.zeros(()))
+
+
 def _base_draws(fm: FlowMatching, num_samples: int, generator: torch.Generator | None) -> Tensor:
     # a generator= among the solver's settings failed inside torchdiffeq ("odeint() got an
     # unexpected keyword argument 'generator'"): it belongs to these draws
-    ref = next(fm.flow.parameters())
+    ref = _reference(fm)
     shape = (sample_count(num_samples), *fm.event_shape)
     return torch.randn(shape, generator=generator, dtype=ref.dtype, device=ref.device)
 

@@ -32,6 +32,7 @@ from torch.distributions import Transform
 from torch.distributions.transforms import ReshapeTransform
 
 from pyro_gen.distributions.flow import Flow, FlowDistribution
+from pyro_gen.flows.arguments import check_count
 from pyro_gen.nn.registration import register_module
 from pyro_gen.transforms._base import PicklableModule, as_event_shape, sample_count
 from pyro_gen.transforms.dequantization import (
@@ -149,7 +150,8 @@ class FlowModel(PicklableModule):
         self.flow = Flow(tuple(self.event_shape), list(transforms), base=base)
         self.base_shape = torch.Size(self.flow.base_shape)
         self.name = name or type(self).__name__.lower()
-        self.num_bins = int(num_bins)
+        # int() truncated 2.5 bins to 2 and 0 failed later in a log ("math domain error")
+        self.num_bins = check_count("num_bins", num_bins)
         self.dequantization = make_dequantizer(dequantization, self.event_shape, self.num_bins)
 
     @property
@@ -260,7 +262,7 @@ class FlowModel(PicklableModule):
         the discrete negative log-likelihood bound in bits, the number image-flow papers report.
         (Same conversion as ``pyro_gen.data.bits_per_dim`` on ``-log p + D log K`` nats.)
         """
-        k = self.num_bins if num_bins is None else int(num_bins)
+        k = self.num_bins if num_bins is None else check_count("num_bins", num_bins)
         d = math.prod(self.event_shape)
         nll = -(self.log_prob(x, y=y) - d * math.log(k))
         return nll.mean() / (d * math.log(2.0))

@@ -145,3 +145,14 @@ def test_the_levels_the_image_takes_are_built() -> None:
 def test_glow_on_odd_images_says_that_every_level_squeezes() -> None:
     with pytest.raises(ValueError, match=r"Glow squeezes at every level, so H and W must be even"):
         Glow((3, 3), depth=1, hidden_channels=4, num_blocks=1)
+
+
+@pytest.mark.parametrize("value", [0, 2.5])
+def test_num_bins_that_is_no_count_is_one_clear_error(value) -> None:
+    # bits_per_dim(x, num_bins=0) failed with "math domain error"; 2.5 bins were taken as 2,
+    # a bits/dim of the wrong number of levels without a word
+    flow = RealNVP((2,), num_layers=2, hidden_dims=(4,))
+    with pytest.raises(ValueError, match=r"^num_bins must be a whole number >= 1, got "):
+        flow.bits_per_dim(torch.rand(3, 2), num_bins=value)
+    with pytest.raises(ValueError, match=r"^num_bins must be a whole number >= 1, got "):
+        RealNVP((2,), num_layers=2, hidden_dims=(4,), num_bins=value)

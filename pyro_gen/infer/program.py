@@ -79,6 +79,12 @@ def _extra_positional_hint(call: Call, signature: inspect.Signature) -> str:
     taken = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
     if len(call.args) <= taken:
         return ""
+    if taken == 0:  # slicing to batch[:0] would hand it nothing: the data were not for it
+        return (
+            ". It takes no data: give it the parameters the batches fill (a guide takes "
+            "the model's arguments, e.g. def guide(x): ...), or, for a model without data "
+            "(an unnormalized density), pass data=() to call it with none"
+        )
     return (
         f". To leave out what it does not use (a DataLoader of (x, label) pairs for a "
         f"model(x)), pass a function returning the batches it takes: data=lambda: "

@@ -38,7 +38,9 @@ from pyro.distributions.transforms import Permute, conditional_affine_coupling
 from torch import Tensor, nn
 from torch.distributions.transforms import ReshapeTransform, Transform
 
+from pyro_gen.nn.mlp import layer_widths
 from pyro_gen.transforms._base import PicklableModule
+from pyro_gen.transforms.coupling_networks import check_count
 
 __all__ = ["ScaledSigmoid", "UniformDequantization", "VariationalDequantization"]
 
@@ -82,7 +84,8 @@ class ScaledSigmoid(Transform):
             raise ValueError(f"alpha must be in [0, 0.5), got {alpha}")
         super().__init__(cache_size=cache_size)
         self.alpha = float(alpha)
-        self._event_dim = event_dim
+        # -1 or 1.5 were kept, and summed the log-det over no or fractional dims
+        self._event_dim = check_count("event_dim", event_dim, minimum=0)
         width = 1.0 - 2.0 * self.alpha
         self.lower, self.upper = -self.alpha / width, (1.0 - self.alpha) / width
 
@@ -167,7 +170,8 @@ class UniformDequantization(PicklableModule):
     ) -> None:
         super().__init__()
         self.event_shape = torch.Size(event_shape)
-        self.num_bins = int(num_bins)
+        # int() took 2.5 levels as 2, and 0 divided the data by zero levels
+        self.num_bins = check_count("num_bins", num_bins)
         self.site = site
         # the float dtype of the noise for integer data, which carry none: follows .to() /
         # .double() of the module (a flow converted to float64 gets float64 noise); not
@@ -262,9 +266,12 @@ class VariationalDequantization(UniformDequantization):
         if dim < 2:
             raise ValueError("variational dequantization needs at least 2 dimensions per event")
         self.dim = dim
+        # widths of 0 built empty layers, and num_layers=0 a "learned" q(u | x) with nothing
+        # to learn (the uniform), neither with a word
+        widths = layer_widths(hidden_dims)
         self.couplings = nn.ModuleList(
-            conditional_affine_coupling(dim, dim, hidden_dims=list(hidden_dims))
-            for _ in range(num_layers)
+            conditional_affine_coupling(dim, dim, hidden_dims=widths)
+            for _ in range(check_count("num_layers", num_layers))
         )
         self.register_buffer("reverse", torch.arange(dim - 1, -1, -1))
 

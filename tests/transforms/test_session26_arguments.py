@@ -7,7 +7,8 @@ a negative running variance and NaN eval-mode log-dets; a negative ``eps`` NaN f
 variance floor; ``residual_block(max_iter=0)`` returned the fixed-point solver's first guess
 as its sample (0.2 off, silently); a conditional coupling with ``context_dim=0`` built a
 network that never read the context; ``ContinuousFlow(t0=t1)`` failed inside torchdiffeq at
-the first call.
+the first call; ``UniformDequantization(num_bins=2.5)`` dequantized into 2 levels, and
+``VariationalDequantization(num_layers=0)`` "learned" a guide with nothing to learn.
 """
 
 from __future__ import annotations
@@ -82,6 +83,22 @@ BAD = {
     "ContinuousFlow rtol=-1": (
         lambda: T.cnf(2, (4,), rtol=-1.0),
         r"rtol and atol must be >= 0, not both 0",
+    ),
+    "UniformDequantization num_bins=2.5": (
+        lambda: T.UniformDequantization((3,), num_bins=2.5),
+        r"num_bins must be a whole number >= 1, got 2.5",
+    ),
+    "VariationalDequantization num_layers=0": (
+        lambda: T.VariationalDequantization((3,), num_bins=4, num_layers=0),
+        r"num_layers must be a whole number >= 1, got 0",
+    ),
+    "VariationalDequantization hidden_dims=(0,)": (
+        lambda: T.VariationalDequantization((3,), num_bins=4, hidden_dims=(0,)),
+        r"hidden_dims must hold positive whole numbers",
+    ),
+    "ScaledSigmoid event_dim=-1": (
+        lambda: T.ScaledSigmoid(0.05, event_dim=-1),
+        r"event_dim must be a whole number >= 0, got -1",
     ),
 }
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pyro_gen.infer.checkpoint import CHECKPOINT_NAME, METRICS_NAME, CheckpointError
+from pyro_gen.infer.checkpoint_format import parse_json
 from pyro_gen.infer.files import atomic_write_bytes
 
 CONFIG_NAME = "config.json"
@@ -83,8 +84,8 @@ def read_config(run: str | Path) -> dict[str, Any]:
             "not read. Restore it from a copy, or retrain into a fresh directory"
         )
     try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        config = parse_json(path.read_text())
+    except ValueError as e:  # not JSON, not UTF-8, or nested too deeply
         raise RunError(f"{path} is not valid JSON ({e}); retrain into a fresh directory") from e
     if not isinstance(config, dict):
         raise RunError(
@@ -140,6 +141,6 @@ def recorded_epochs(run: str | Path) -> int:
         if not path.is_file() or path.stat().st_size > _METRICS_LIMIT:
             return 0
         lines = path.read_text().splitlines()
-        return sum(1 for line in lines if line.strip() and not json.loads(line).get("partial"))
+        return sum(1 for line in lines if line.strip() and not parse_json(line).get("partial"))
     except (OSError, ValueError, AttributeError):  # no records, or not ours: train anew
         return 0

@@ -13,10 +13,9 @@ appending its records to someone's file would damage it as surely, only more slo
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from pyro_gen.infer.checkpoint_format import CHECKPOINT_NAME, CheckpointError
+from pyro_gen.infer.checkpoint_format import CHECKPOINT_NAME, CheckpointError, parse_json
 
 # About 150 bytes an epoch: hundreds of thousands of epochs (as pyro_gen.runs reads it).
 METRICS_LIMIT = 64 * 2**20
@@ -83,7 +82,7 @@ def _not_fit_metrics(path: Path) -> str | None:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = parse_json(line)
         except ValueError:
             torn = line.startswith(_START) or _START.startswith(line)
             if number == len(lines) and torn:

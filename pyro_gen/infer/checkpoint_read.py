@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import random
 import stat
@@ -15,7 +14,7 @@ import numpy as np
 import torch
 from torch.distributions.constraints import Constraint
 
-from pyro_gen.infer.checkpoint_format import FORMAT_VERSION, MAGIC, CheckpointError
+from pyro_gen.infer.checkpoint_format import FORMAT_VERSION, MAGIC, CheckpointError, parse_json
 from pyro_gen.infer.state_codec import decode
 
 _HEADER_LIMIT = 4096
@@ -269,7 +268,7 @@ def _header(path: Path, raw: bytes) -> tuple[int, dict[str, Any]]:
     try:
         if end < 0:  # no end of header line: the file is cut inside it, or is not ours
             raise ValueError("no header line")
-        header = json.loads(raw[len(MAGIC) : end])
+        header = parse_json(raw[len(MAGIC) : end])
         header = {"size": int(header["size"]), "sha256": str(header["sha256"])}
     # OverflowError: JSON's Infinity (or 1e400) as the size, which int() cannot convert
     except (ValueError, KeyError, TypeError, OverflowError) as e:

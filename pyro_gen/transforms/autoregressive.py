@@ -34,6 +34,7 @@ from pyro_gen.transforms._base import (
     as_event_shape,
     check_context,
 )
+from pyro_gen.transforms.coupling_networks import check_count
 from pyro_gen.transforms.elementwise import Additive, Affine, ElementwiseBijection
 from pyro_gen.transforms.ladj_cache import partial_module
 from pyro_gen.transforms.pyro_arguments import pyro_arguments
@@ -320,7 +321,7 @@ def conditional_masked_autoregressive(
         2
     """
     h = _elementwise(elementwise, log_scale_bound)
-    made = _made(input_dim, hidden_dims, h, order, context_dim)
+    made = _made(input_dim, hidden_dims, h, order, check_count("context_dim", context_dim))
     return ConditionalMaskedAutoregressive(input_dim, made, h, cache_size=cache_size)
 
 
@@ -345,5 +346,5 @@ def conditional_inverse_autoregressive(
         2
     """
     h = _elementwise(elementwise, log_scale_bound)
-    made = _made(input_dim, hidden_dims, h, order, context_dim)
+    made = _made(input_dim, hidden_dims, h, order, check_count("context_dim", context_dim))
     return ConditionalInverseAutoregressive(input_dim, made, h, cache_size=cache_size)

@@ -76,6 +76,14 @@ BAD = {
         lambda: T.conditional_spline_autoregressive(3, 0, [8]),
         r"context_dim must be a whole number >= 1, got 0",
     ),
+    "conditional maf context_dim=0": (
+        lambda: T.conditional_masked_autoregressive(3, 0, [8]),
+        r"context_dim must be a whole number >= 1, got 0",
+    ),
+    "conditional iaf context_dim=2.5": (
+        lambda: T.conditional_inverse_autoregressive(3, 2.5, [8]),
+        r"context_dim must be a whole number >= 1, got 2.5",
+    ),
     "ContinuousFlow t0=t1": (
         lambda: T.cnf(2, (4,), t0=0.5, t1=0.5),
         r"t0 and t1 must be finite and differ, got t0=0.5, t1=0.5",

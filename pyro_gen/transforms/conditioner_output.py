@@ -109,7 +109,18 @@ def check_elementwise(elementwise: object) -> None:
         Traceback (most recent call last):
         ...
         ValueError: ElementwiseBijection.num_params is 0: ...
+        >>> check_elementwise(Affine)
+        Traceback (most recent call last):
+        ...
+        TypeError: the element-wise map must be an instance, got the class Affine: pass Affine(...)
     """
+    if isinstance(elementwise, type):
+        # the class passed for an instance (coupling(4, Affine)) failed at the first call
+        # with "unpack() missing 1 required positional argument: 'n'"
+        raise TypeError(
+            f"the element-wise map must be an instance, got the class {elementwise.__name__}: "
+            f"pass {elementwise.__name__}(...)"
+        )
     n = getattr(elementwise, "num_params", None)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         name = type(elementwise).__name__

@@ -326,7 +326,7 @@ def make_mask(
     Args:
         event_shape: ``D`` / ``(D,)`` for vectors or ``(C, H, W)`` for images.
         mask: ``"alternating"`` (vector default), ``"half"``, ``"checkerboard"`` (image
-            default), ``"channel"``, or a ready bool tensor (returned as is).
+            default), ``"channel"``, or a ready mask of 0/1 or False/True (tensor or list).
         parity: which half is kept fixed; alternate it between layers.
 
     Example:
@@ -334,9 +334,13 @@ def make_mask(
         [0, 0, 1, 1]
     """
     shape = as_event_shape(event_shape)
+    if isinstance(mask, (list, tuple)):  # "unhashable type: 'list'" in the lookup below
+        mask = torch.tensor(mask)
     if isinstance(mask, torch.Tensor):
         if tuple(mask.shape) != shape:
             raise ValueError(f"mask shape {tuple(mask.shape)} != event shape {shape}")
+        if not bool(((mask == 0) | (mask == 1)).all()):  # 0.5 or 2 were read as "kept"
+            raise ValueError(f"a mask holds 0/1 or False/True only, got {mask.tolist()}")
         return mask.bool()
     if len(shape) == 1:
         kind = mask or "alternating"

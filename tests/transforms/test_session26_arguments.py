@@ -145,3 +145,26 @@ def test_a_conditional_coupling_reads_its_context() -> None:
             p.add_(0.3 * torch.randn_like(p))
     x = torch.randn(4)
     assert not torch.allclose(t.condition(torch.zeros(2))(x), t.condition(torch.ones(2))(x))
+
+
+def test_an_elementwise_class_passed_for_an_instance_is_one_clear_error() -> None:
+    # coupling(4, Affine) built, then failed at the first call with "unpack() missing 1
+    # required positional argument: 'n'"
+    with pytest.raises(TypeError, match=r"must be an instance, got the class Affine: pass Aff"):
+        T.coupling(4, T.Affine, hidden_dims=[8])
+
+
+@pytest.mark.parametrize(
+    "mask", [[1, 0, 1, 0], (True, False, True, False), torch.tensor([1.0, 0.0, 1.0, 0.0])]
+)
+def test_a_mask_of_zeros_and_ones_is_taken_as_given(mask) -> None:
+    # a list failed with "unhashable type: 'list'"
+    t = T.affine_coupling(4, mask=mask, hidden_dims=[8])
+    assert t.mask.tolist() == [True, False, True, False]
+
+
+@pytest.mark.parametrize("mask", [[0.5, 0.0, 1.0, 0.0], torch.tensor([2, 0, 1, 0])])
+def test_a_mask_of_other_values_is_one_clear_error(mask) -> None:
+    # 0.5 and 2 were read as "kept" by .bool(), without a word
+    with pytest.raises(ValueError, match=r"a mask holds 0/1 or False/True only"):
+        T.affine_coupling(4, mask=mask, hidden_dims=[8])

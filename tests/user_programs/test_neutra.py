@@ -29,12 +29,15 @@ Z = 4.0  # standard errors allowed between an MCMC average and the exact expecta
 
 
 def assert_expectation(values: torch.Tensor, exact: float, what: str, min_ess: float = 40.0):
-    """The chain average of ``values`` (draws along dim 0) is within ``Z`` Monte Carlo
-    standard errors of ``exact``; the error is the draws' deviation over the square root of
-    their effective sample size (Pyro's estimator), which must be at least ``min_ess`` for
+    """The chain average of ``values`` (draws along dim 0, or ``(chains, draws)`` for
+    several chains, pooled) is within ``Z`` Monte Carlo standard errors of ``exact``; the
+    error is the draws' deviation over the square root of their effective sample size
+    (Pyro's estimator, across chains for several), which must be at least ``min_ess`` for
     the check to mean anything."""
-    v = values.detach().double().reshape(-1)
-    ess = float(effective_sample_size(v.reshape(1, -1, 1))[0])
+    chains = values.detach().double()
+    chains = chains.reshape(1, -1) if chains.dim() == 1 else chains
+    ess = float(effective_sample_size(chains.unsqueeze(-1))[0])
+    v = chains.reshape(-1)
     assert ess >= min_ess, f"{what}: effective sample size {ess:.0f} < {min_ess}"
     se = float(v.std()) / math.sqrt(ess)
     mean = float(v.mean())
@@ -407,19 +410,21 @@ def test_transform_reparam_samples_the_flow_prior_posterior(jit_compile):
             float(expected), abs=2e-4, rel=1e-5
         )
 
-    # 100 + 300 draws (was 150 + 400; the eager case took 41 s): over six seeds the eight
-    # checks' smallest effective sample size was 51-118 and the largest |z| 1.9-3.3, as
-    # with 400 draws (65-100, up to 3.3); the s.e. comes from the chain's own ESS. Since
-    # Affine divides by its bound (session 25, float64-exact) the chains differ in the last
-    # bits, and seed 0's inverse-path Var x1 has ESS 39 (seeds 1-3: smallest 64, 72, 101), so
-    # these checks ask for 30: still enough for the chain's own s.e. to mean something.
-    pyro.set_rng_seed(0)
-    mcmc = neutra.run_nuts(reparam_model, y, warmup=100, samples=300, jit_compile=jit_compile)
-    x = push(mcmc.get_samples()["x_base"])
-    mcmc = neutra.run_nuts(model, y, warmup=100, samples=300, jit_compile=jit_compile)
-    x_direct = mcmc.get_samples()["x"]
-    for draws, how in [(x, "TransformReparam"), (x_direct, "inverse")]:
+    # Two chains of 150 + 150 draws each, pooled (Pyro's cross-chain ESS). One chain of
+    # 100 + 300 had a sticky stretch at seed 0 after Affine's float64-exact bound changed
+    # its last bits (ESS 35-39 for Var x1, and at 100 warm-up steps two 150-draw chains gave
+    # |z| = 4.5 for E x1: draws still leaving the start). Over three seed pairs the eight
+    # checks' smallest pooled ESS was 44-69 and the largest |z| 2.0; eight chains of 300
+    # agree with quadrature (|z| <= 1.1), so the inverse path has no bias.
+    xs, x_direct = [], []
+    for seed in (0, 1):
+        pyro.set_rng_seed(seed)
+        mcmc = neutra.run_nuts(reparam_model, y, warmup=150, samples=150, jit_compile=jit_compile)
+        xs.append(push(mcmc.get_samples()["x_base"]).detach())
+        mcmc = neutra.run_nuts(model, y, warmup=150, samples=150, jit_compile=jit_compile)
+        x_direct.append(mcmc.get_samples()["x"].detach())
+    for draws, how in [(torch.stack(xs), "TransformReparam"), (torch.stack(x_direct), "inverse")]:
         for i in range(2):
             mean, var = float(exact["x_mean"][i]), float(exact["x_var"][i])
-            assert_expectation(draws[:, i], mean, f"{how}: E x{i}", min_ess=30)
-            assert_expectation((draws[:, i] - mean) ** 2, var, f"{how}: Var x{i}", min_ess=30)
+            assert_expectation(draws[..., i], mean, f"{how}: E x{i}")
+            assert_expectation((draws[..., i] - mean) ** 2, var, f"{how}: Var x{i}")

@@ -439,14 +439,18 @@ def test_ambiguous_or_missing_data_plate_asks_for_plate_name():
         with pyro.plate("rows", x.shape[0], dim=-2), pyro.plate("cols", x.shape[1], dim=-1):
             pyro.sample("x", dist.Normal(0.0, 1.0), obs=x)
 
-    x = torch.zeros(4, 3)
+    # Square: the sizes cannot say which plate holds the examples, so the user must.
+    x = torch.zeros(3, 3)
     with pytest.raises(ValueError, match=r"\['cols', 'rows'\].*plate_name="):
         evaluate_elbo(grid, x, guide=lambda x: None)
     values = evaluate_elbo(grid, x, guide=lambda x: None, plate_name="rows", per_example=True)
-    assert values.shape == (4,)
+    assert values.shape == (3,)
     assert torch.allclose(
-        values, torch.full((4,), -1.5 * math.log(2 * math.pi), dtype=torch.float64)
+        values, torch.full((3,), -1.5 * math.log(2 * math.pi), dtype=torch.float64)
     )
+    # Not square: the plate as long as the batch's first dimension is the data plate.
+    rows = evaluate_elbo(grid, torch.zeros(4, 3), guide=lambda x: None, per_example=True)
+    assert rows.shape == (4,)
     with pytest.raises(ValueError, match="'depth' is not a vectorized plate.*'cols', 'rows'"):
         evaluate_elbo(grid, x, guide=lambda x: None, plate_name="depth")
 

@@ -16,14 +16,13 @@ from typing import Any
 
 from pyro_gen.infer.checkpoint import CHECKPOINT_NAME, METRICS_NAME, CheckpointError
 from pyro_gen.infer.checkpoint_format import parse_json
+from pyro_gen.infer.checkpoint_metrics import METRICS_LIMIT
 from pyro_gen.infer.files import atomic_write_bytes
 
 CONFIG_NAME = "config.json"
 # A run's config.json is under a kilobyte: a bigger file under the name (a dataset, a file
 # of zeros) was read whole into memory before being refused as not JSON.
 _CONFIG_LIMIT = 2**20
-# About 150 bytes an epoch: hundreds of thousands of epochs.
-_METRICS_LIMIT = 64 * 2**20
 # What a config must hold to rebuild its model; everything else has a default.
 _REQUIRED: dict[str, type | tuple[type, ...]] = {
     "model": str,
@@ -138,7 +137,7 @@ def recorded_epochs(run: str | Path) -> int:
     gigabytes was read whole)."""
     path = Path(run) / METRICS_NAME
     try:
-        if not path.is_file() or path.stat().st_size > _METRICS_LIMIT:
+        if not path.is_file() or path.stat().st_size > METRICS_LIMIT:
             return 0
         lines = path.read_text().splitlines()
         return sum(1 for line in lines if line.strip() and not parse_json(line).get("partial"))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pyro_gen.infer.checkpoint_format import CHECKPOINT_NAME, CheckpointError, parse_json
 
-# About 150 bytes an epoch: hundreds of thousands of epochs (as pyro_gen.runs reads it).
+# About 150 bytes an epoch: hundreds of thousands of epochs (pyro_gen.runs reads under it too).
 METRICS_LIMIT = 64 * 2**20
 # How every record fit writes begins (json.dumps of a dict whose first key is the epoch).
 _START = '{"epoch": '

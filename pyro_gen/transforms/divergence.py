@@ -31,14 +31,23 @@ def divergence_exact(dz: Tensor, z: Tensor, event_dim: int, create_graph: bool) 
         >>> div = divergence_exact(2.0 * z, z, event_dim=1, create_graph=False)
         >>> torch.allclose(div, torch.full((3,), 4.0))
         True
+        >>> divergence_exact(torch.ones(3, 2), z, event_dim=1, create_graph=False)  # constant
+        tensor([0., 0., 0.])
     """
     batch_shape = z.shape[: z.dim() - event_dim]
+    div = torch.zeros(batch_shape, dtype=z.dtype, device=z.device)
+    if not dz.requires_grad:  # a field that reads neither z nor a parameter: no divergence
+        return div
     flat_dz = _flat_event(dz, event_dim)
     num_dims = flat_dz.shape[-1]
-    div = torch.zeros(batch_shape, dtype=z.dtype, device=z.device)
     for i in range(num_dims):
         (grad,) = torch.autograd.grad(
-            flat_dz[..., i].sum(), z, create_graph=create_graph, retain_graph=True
+            flat_dz[..., i].sum(),
+            z,
+            create_graph=create_graph,
+            retain_graph=True,
+            allow_unused=True,
+            materialize_grads=True,  # a field that does not read z has zero divergence
         )
         div = div + _flat_event(grad, event_dim)[..., i]
     return div
@@ -76,6 +85,16 @@ def divergence_hutchinson(
         >>> torch.allclose(est, 3.0 * (eps**2).sum(-1))
         True
     """
-    (vjp,) = torch.autograd.grad(dz, z, noise, create_graph=create_graph, retain_graph=True)
+    if not dz.requires_grad:  # a field that reads neither z nor a parameter
+        return torch.zeros(z.shape[: z.dim() - event_dim], dtype=z.dtype, device=z.device)
+    (vjp,) = torch.autograd.grad(
+        dz,
+        z,
+        noise,
+        create_graph=create_graph,
+        retain_graph=True,
+        allow_unused=True,
+        materialize_grads=True,
+    )
     prod = vjp * noise
     return _flat_event(prod, event_dim).sum(-1)

@@ -12,7 +12,9 @@ import torch
 class SurrogateLoss:
     """Wraps a callable ``loss_fn(model, guide, *args, **kwargs) -> Tensor`` whose gradient
     is the training signal (how :class:`pyro.infer.SVI` treats a loss that is not an ELBO),
-    so that a training loop calling ``loss_and_grads`` can use it.
+    so that a training loop calling ``loss_and_grads`` can use it. :func:`pyro_gen.infer.fit`
+    does not need it: ``fit(gen, data, loss=EnergyDistance(...))`` takes the callable as
+    Pyro's ``SVI`` does; this is for one's own loops written against ``loss_and_grads``.
 
     Pyro's :class:`~pyro.infer.EnergyDistance` is the likelihood-free baseline for a
     :class:`~pyro_gen.gan.Generator`. It scores the whole batch of one call as one vector

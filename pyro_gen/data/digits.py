@@ -1,7 +1,9 @@
 """scikit-learn's bundled 8x8 handwritten digits (1,797 images), for fast tests.
 
 The images ship inside scikit-learn, so no download is ever needed. Pixel values are
-integers 0..16 as scikit-learn gives them (not rescaled). scikit-learn has no official
+integers 0..16 as scikit-learn gives them (not rescaled): 17 levels, so binarize them with
+``dynamic_binarize(x, num_bins=17)`` and dequantize with ``uniform_dequantize(x, 17)``
+(or use ``x / 16`` as intensities in [0, 1]). scikit-learn has no official
 split, so a fixed one is used: ``numpy.random.default_rng(0).permutation(1797)``, whose
 first :data:`NUM_TRAIN` = 1,500 indices form ``train`` and the remaining 297 ``test``.
 The split is therefore the same on every machine and never overlaps.

@@ -33,7 +33,9 @@ def load(
     """Load a dataset split as CPU tensors.
 
     Images come back as uint8 ``(N, H, W)`` with int64 labels ``(N,)``: ``mnist`` and
-    ``fashion_mnist`` are 28x28 in 0..255, ``digits`` is 8x8 in 0..16. The 2D toys
+    ``fashion_mnist`` are 28x28 in 0..255, ``digits`` is 8x8 in 0..16 (17 levels: pass
+    ``num_bins=17`` to :func:`~pyro_gen.data.dynamic_binarize` and the other preprocessing
+    functions, or divide by 16 for intensities in [0, 1]). The 2D toys
     (``eight_gaussians``, ``moons``, ``checkerboard``, ``rings``, ``spirals``,
     ``pinwheel``) come back as float32 ``(N, 2)`` and ``None``, and take
     ``num_samples=`` and ``seed=``.

@@ -22,7 +22,10 @@ import math
 import numpy as np
 import torch
 
-_PIXEL_MAX = 255.0
+_PIXEL_LEVELS = 256
+#: Without ``num_bins=``, integer pixels whose batch maximum is below this are refused as
+#: ambiguous (see :func:`_check_levels`).
+_DARK_MAX = 32
 
 
 def _as_tensor(x: object, caller: str) -> torch.Tensor:
@@ -46,34 +49,69 @@ def _range(x: torch.Tensor) -> tuple[float, float] | None:
     return float(low), float(high)
 
 
-def _intensity(x: torch.Tensor, caller: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+def _levels(num_bins: int | None, caller: str) -> int:
+    """The number of integer pixel levels ``num_bins`` stands for (256 when not given)."""
+    if num_bins is None:
+        return _PIXEL_LEVELS
+    if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 2:
+        raise ValueError(
+            f"{caller}: num_bins= must be the number of integer pixel levels, at least 2 "
+            f"(256 for 8-bit pixels, 17 for scikit-learn's 0..16 digits), got {num_bins!r}"
+        )
+    return num_bins
+
+
+def _intensity(
+    x: torch.Tensor,
+    caller: str,
+    dtype: torch.dtype | None = None,
+    num_bins: int | None = None,
+) -> torch.Tensor:
     """Pixels as probabilities in [0, 1]: floats as they are, booleans (already binary
-    images) as 0 and 1, other integers as 0..255. A value outside is refused, since a
-    comparison with uniform noise would turn it into a plausible-looking binary image."""
+    images) as 0 and 1, other integers as levels ``0..num_bins - 1`` (0..255 by default). A
+    value outside is refused, since a comparison with uniform noise would turn it into a
+    plausible-looking binary image."""
+    levels = _levels(num_bins, caller)
+    out = dtype or torch.get_default_dtype()
     if x.dtype == torch.bool:
         # bool / 255 made every True pixel a 1-in-255 chance: binary images came back blank
-        return x.to(dtype or torch.get_default_dtype())
-    if x.dtype == torch.uint8 or x.numel() == 0:  # 0..255 by its dtype: nothing to check
-        return x if x.is_floating_point() else x.to(dtype or torch.get_default_dtype()) / _PIXEL_MAX
+        return x.to(out)
     found = _range(x)
-    if found is None:
-        return x if x.is_floating_point() else x.to(dtype or torch.get_default_dtype()) / _PIXEL_MAX
-    low, high = found
     if x.is_floating_point():
         # float pixels 0..255 (x.float() of uint8 images) came back all ones, NaN as zeros
-        if not (low >= 0.0 and high <= 1.0):
+        if found is not None and not (found[0] >= 0.0 and found[1] <= 1.0):
             raise ValueError(
                 f"{caller}: floating x must be intensities in [0, 1], found values from "
-                f"{low:.4g} to {high:.4g}: divide 0..255 pixels by 255 (or pass the uint8 "
-                "pixels themselves), map [-1, 1] images with (x + 1) / 2"
+                f"{found[0]:.4g} to {found[1]:.4g}: divide 0..255 pixels by 255 (or pass the "
+                "uint8 pixels themselves), map [-1, 1] images with (x + 1) / 2"
             )
         return x
-    if low < 0 or high > _PIXEL_MAX:
+    if found is not None:
+        _check_levels(found, levels, num_bins is None, caller)
+    return x.to(out) / (levels - 1)
+
+
+def _check_levels(found: tuple[float, float], levels: int, default: bool, caller: str) -> None:
+    """Integer pixels must lie in ``0..levels - 1``. Without ``num_bins=``, a batch whose
+    brightest pixel is 1..31 is refused too: read as 0..255 it binarizes to nearly blank
+    images (at most 1 pixel in 8 on), which is what scikit-learn's 0..16 digits and 0/1
+    images stored as integers silently became; ``num_bins=256`` accepts such dark pixels."""
+    low, high = found
+    if low < 0 or high > levels - 1:
         raise ValueError(
-            f"{caller}: integer x must be pixels in 0..255, found values from {low:g} to "
-            f"{high:g}: pass intensities in [0, 1] instead, e.g. x / x.max()"
+            f"{caller}: integer x must be pixels in 0..{levels - 1}"
+            + ("" if default else f" for num_bins={levels}")
+            + f", found values from {low:g} to {high:g}: pass num_bins= the number of "
+            "levels, or intensities in [0, 1] instead, e.g. x / x.max()"
         )
-    return x.to(dtype or torch.get_default_dtype()) / _PIXEL_MAX
+    if default and 0 < high < _DARK_MAX:
+        raise ValueError(
+            f"{caller}: integer x whose brightest pixel is {high:g} would be read as 0..255 "
+            f"pixels, every pixel on with probability at most {high:g}/255; say what scale "
+            f"they are on: num_bins={int(high) + 1} for levels 0..{high:g} (scikit-learn's "
+            "digits, load('digits'), are 0..16: num_bins=17), num_bins=2 (or x.bool()) for 0/1 "
+            "images, or num_bins=256 for dark 8-bit pixels"
+        )
 
 
 def _output_dtype(x: torch.Tensor, dtype: torch.dtype | None, caller: str) -> torch.dtype:
@@ -93,19 +131,25 @@ def dynamic_binarize(
     generator: torch.Generator | None = None,
     *,
     dtype: torch.dtype | None = None,
+    num_bins: int | None = None,
 ) -> torch.Tensor:
-    r"""A fresh Bernoulli draw per pixel, :math:`b \sim \mathrm{Bernoulli}(x)`, at every call.
+    r"""A fresh Bernoulli draw per pixel, :math:`b \sim \mathrm{Bernoulli}(x / (K - 1))`, at
+    every call (:math:`K` = ``num_bins`` integer levels; floats are used as they are).
 
     Calling it on every minibatch gives each epoch new binary images, which regularises
     models trained on binarized MNIST.
 
     Args:
-        x: uint8 pixels in 0..255, floats in [0, 1] or booleans (a tensor or numpy
-            array), on any device; values outside are refused (on CPU data: on an
+        x: integer pixels in ``0..num_bins - 1`` (uint8 0..255 by default), floats in
+            [0, 1] or booleans (a tensor or numpy array), on any device; values outside
+            are refused, and so are integer pixels no brighter than 31 when ``num_bins`` is
+            not given (they are rarely 0..255 pixels; checked on CPU data: on an
             accelerator the check would make every batch wait for the device).
         generator: optional RNG (on ``x``'s device); the global one by default.
         dtype: floating dtype of the result; by default ``x``'s own if it is floating,
             else torch's default dtype.
+        num_bins: number of integer levels :math:`K` of ``x``: 256 (the default) for 8-bit
+            pixels, 17 for scikit-learn's 0..16 digits (``load("digits")``).
 
     Returns:
         floats in {0, 1} with ``x``'s shape, on ``x``'s device.
@@ -116,36 +160,48 @@ def dynamic_binarize(
         ([0.0, 1.0], torch.float32)
         >>> dynamic_binarize(torch.tensor([0, 255], dtype=torch.uint8), dtype=torch.float64).dtype
         torch.float64
+        >>> dynamic_binarize(torch.tensor([0, 16], dtype=torch.uint8), num_bins=17).tolist()
+        [0.0, 1.0]
     """
     x = _as_tensor(x, "dynamic_binarize")
     out = _output_dtype(x, dtype, "dynamic_binarize")
     # A comparison with uniform noise is the same Bernoulli draw as torch.bernoulli at a
     # quarter of its cost on the CPU, which matters when it runs on every minibatch.
-    if x.dtype == torch.uint8:
-        # r uniform on {0, ..., 254}: P(r < k) = k / 255 exactly, with no float conversion.
-        r = torch.randint(0, 255, x.shape, dtype=torch.uint8, device=x.device, generator=generator)
+    levels = _levels(num_bins, "dynamic_binarize")
+    if x.dtype == torch.uint8 and levels <= _PIXEL_LEVELS:
+        found = _range(x)
+        if found is not None:
+            _check_levels(found, levels, num_bins is None, "dynamic_binarize")
+        # r uniform on {0, ..., K - 2}: P(r < k) = k / (K - 1) exactly, with no float
+        # conversion.
+        r = torch.randint(
+            0, levels - 1, x.shape, dtype=torch.uint8, device=x.device, generator=generator
+        )
         return (r < x).to(out)
-    p = _intensity(x, "dynamic_binarize", out)
+    p = _intensity(x, "dynamic_binarize", out, num_bins)
     u = torch.rand(p.shape, dtype=p.dtype, device=p.device, generator=generator)
     return (u < p).to(out)
 
 
-def static_binarize(x: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    r"""One fixed Bernoulli draw, :math:`b = [u < x]` with :math:`u` from ``seed``.
+def static_binarize(x: torch.Tensor, seed: int = 0, *, num_bins: int | None = None) -> torch.Tensor:
+    r"""One fixed Bernoulli draw, :math:`b = [u < x / (K - 1)]` with :math:`u` from ``seed``.
 
     The uniforms are drawn on the CPU with ``seed`` and then moved, so the same data and
     seed give the same binary images on every device.
 
     Args:
-        x: uint8 pixels in 0..255, floats in [0, 1] or booleans (a tensor or numpy array).
+        x: integer pixels in ``0..num_bins - 1``, floats in [0, 1] or booleans (a tensor
+            or numpy array), checked as by :func:`dynamic_binarize`.
         seed: seed of the draw.
+        num_bins: number of integer levels :math:`K` of ``x`` (256 by default; 17 for
+            scikit-learn's 0..16 digits).
 
     Example:
         >>> x = torch.full((2, 3), 0.5)
         >>> torch.equal(static_binarize(x, seed=1), static_binarize(x, seed=1))
         True
     """
-    p = _intensity(_as_tensor(x, "static_binarize"), "static_binarize")
+    p = _intensity(_as_tensor(x, "static_binarize"), "static_binarize", num_bins=num_bins)
     generator = torch.Generator().manual_seed(int(seed))
     u = torch.rand(p.shape, generator=generator, dtype=p.dtype).to(p.device)
     return (u < p).to(p.dtype)

@@ -29,6 +29,7 @@ from pyro_gen import data as datasets
 from pyro_gen.cli_evaluate import bound_results, report
 from pyro_gen.cli_figures import draw_samples, samples_path, save_samples
 from pyro_gen.cli_impute import impute_command
+from pyro_gen.cli_interrupt import interrupted_message
 from pyro_gen.cli_models import (
     MODELS,
     ModelSpec,
@@ -304,8 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"pyro-gen: error: {_out_of_memory(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("pyro-gen: interrupted; the last checkpoint is intact", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"pyro-gen: {interrupted_message(args, e.__traceback__)}", file=sys.stderr)
         return 130
     return 0
 

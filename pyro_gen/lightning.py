@@ -59,6 +59,7 @@ from pyro_gen.lightning_optimizer import (
     check_optimizer_factory,
     world_size,
 )
+from pyro_gen.lightning_store import lost_params, store_lost_error, unpack_elbo_module
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
@@ -144,6 +145,7 @@ class LightningSVI(lightning.LightningModule):
         example_batch: Any = None,
     ) -> None:
         super().__init__()
+        model, guide, loss = unpack_elbo_module(model, guide, loss)
         loss = loss if loss is not None else Trace_ELBO()
         check_loss(loss)  # the class Trace_ELBO, not called, has a differentiable_loss too
         check_kinds(annealing=annealing)
@@ -258,20 +260,12 @@ class LightningSVI(lightning.LightningModule):
         self.pyro_params[name.replace(".", "/")] = value
         return value
 
-    def _check_store_holds_adopted(self) -> None:
-        """The adopted ``pyro.param`` tensors must still be the store's: after
-        ``pyro.clear_param_store()`` the model's ``pyro.param`` makes a fresh one, which the
-        loss would use while the optimizer steps ours, so nothing trained, silently."""
-        store = dict(pyro.get_param_store().named_parameters())
-        lost = [name for name, p in self._in_store.items() if store.get(name) is not p]
+    def _check_store_holds_adopted(self, during_fit: bool = False) -> None:
+        """The adopted ``pyro.param`` tensors must still be the store's, or the loss uses
+        fresh ones while the optimizer steps ours: nothing trains, silently."""
+        lost = lost_params(self._in_store)
         if lost:
-            raise RuntimeError(
-                f"the Pyro param store no longer holds {lost[0]!r} (of {len(lost)}), which "
-                "this LightningSVI trains: was pyro.clear_param_store() called after it was "
-                "built or trained? The model would make a fresh one that no optimizer steps. "
-                "Build a new LightningSVI to start from the initial values, or leave the store "
-                "as it is between Trainer.fit calls to continue training"
-            )
+            raise store_lost_error(lost, during_fit)
 
     # -- Lightning hooks -------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -358,6 +352,7 @@ class LightningSVI(lightning.LightningModule):
             self._training_rng = global_rng_state()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._check_store_holds_adopted(during_fit=True)  # after callbacks' own batch ends
         self._hold_training_rng()
 
     def on_validation_end(self) -> None:

@@ -107,7 +107,7 @@ def _check_levels(found: tuple[float, float], levels: int, default: bool, caller
     if default and 0 < high < _DARK_MAX:
         raise ValueError(
             f"{caller}: integer x whose brightest pixel is {high:g} would be read as 0..255 "
-            f"pixels, every pixel on with probability at most {high:g}/255; say what scale "
+            f"pixels, at most {high / 255:.1%} of full scale; say what scale "
             f"they are on: num_bins={int(high) + 1} for levels 0..{high:g} (scikit-learn's "
             "digits, load('digits'), are 0..16: num_bins=17), num_bins=2 (or x.bool()) for 0/1 "
             "images, or num_bins=256 for dark 8-bit pixels"
@@ -209,7 +209,7 @@ def static_binarize(x: torch.Tensor, seed: int = 0, *, num_bins: int | None = No
 
 def uniform_dequantize(
     x: torch.Tensor,
-    num_bins: int = 256,
+    num_bins: int | None = None,
     generator: torch.Generator | None = None,
     *,
     dtype: torch.dtype | None = None,
@@ -223,7 +223,9 @@ def uniform_dequantize(
         x: integer levels in ``0..num_bins - 1`` (e.g. uint8 pixels, or whole-number
             floats), a tensor or numpy array; anything else is refused (checked on CPU
             data, as for :func:`dynamic_binarize`).
-        num_bins: number of levels :math:`K`.
+        num_bins: number of levels :math:`K`: 256 (the default) for 8-bit pixels, 17 for
+            scikit-learn's 0..16 digits; without it, levels no higher than 31 are refused
+            as of unknown scale, as by :func:`dynamic_binarize`.
         generator: optional RNG (on ``x``'s device).
         dtype: floating dtype of the result; by default ``x``'s own if it is floating
             (levels held as floats), else torch's default dtype.
@@ -242,8 +244,10 @@ def uniform_dequantize(
     dtype = _output_dtype(x, dtype, "uniform_dequantize")
     # uint8 pixels into 256 or more bins (and booleans into 2 or more) are levels by their
     # dtype: no check, so the usual per-batch call does not wait on the device for a min/max
+    given, num_bins = num_bins is not None, _levels(num_bins, "uniform_dequantize")
     levels = {torch.uint8: 256, torch.bool: 2}.get(x.dtype)
-    found = None if levels is not None and num_bins >= levels else _range(x)
+    skip = given and levels is not None and num_bins >= levels
+    found = None if skip else _range(x)
     if found is not None:
         # floats in [0, 1] were read as levels and squeezed into [0, 2 / K), and levels of
         # K or more were clamped to just below 1: both silently wrong data for the flow
@@ -256,6 +260,10 @@ def uniform_dequantize(
                 + ("" if integral else " that are not whole numbers")
                 + ": pass the uint8 pixels (not x / 255), or num_bins= the number of levels"
             )
+        if not given:
+            # scikit-learn's 0..16 digits (and 0/1 images) were squeezed into [0, 17 / 256)
+            # and scored as 8-bit data, with nothing said
+            _check_levels(found, num_bins, True, "uniform_dequantize")
     u = torch.rand(x.shape, generator=generator, dtype=dtype, device=x.device)
     y = (x.to(dtype) + u) / num_bins
     # (K - 1 + u) / K can round up to exactly 1 in float32.

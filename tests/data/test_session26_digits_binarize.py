@@ -80,3 +80,21 @@ def test_binarize_and_dequantize_read_digits_on_the_same_scale() -> None:
     y = uniform_dequantize(x, 17, torch.Generator().manual_seed(0))
     assert bool(((y * 17).floor() == x).all())
     assert dynamic_binarize(x, num_bins=17).shape == x.shape
+
+
+def test_dequantizing_digits_without_their_scale_is_refused() -> None:
+    """``uniform_dequantize(digits)`` squeezed 0..16 into [0, 17/256) and was scored as 8-bit
+    data; 0/1 booleans likewise into [0, 2/256)."""
+    x, _ = load("digits", "test")
+    with pytest.raises(
+        ValueError, match=r"uniform_dequantize: .*brightest pixel is 16.*num_bins=17"
+    ):
+        uniform_dequantize(x)
+    with pytest.raises(ValueError, match=r"brightest pixel is 1\b.*num_bins=2"):
+        uniform_dequantize(torch.tensor([True, False]))
+    # an explicit 256 is a statement that these are dark 8-bit pixels: bins of width 1/256
+    y = uniform_dequantize(x, 256, torch.Generator().manual_seed(0))
+    assert bool(((y * 256).floor() == x).all())
+    # bright 8-bit pixels need no num_bins, as before
+    pixels = torch.tensor([0, 200, 255], dtype=torch.uint8)
+    assert bool(((uniform_dequantize(pixels) * 256).floor() == pixels).all())

@@ -39,9 +39,19 @@ def frechet_distance(f1: torch.Tensor | np.ndarray, f2: torch.Tensor | np.ndarra
     # object has no attribute 'dim'"
     f1, f2 = as_tensor(f1, "f1", "features (N, D)"), as_tensor(f2, "f2", "features (N, D)")
     if f1.dim() != 2 or f2.dim() != 2 or f1.shape[1] != f2.shape[1]:
+        # the bare "must be matrices" left the user to guess the repair; how draws become
+        # rows (pooled, or one distance per draw) is the user's choice, so both are named
+        hint = ""
+        if min(f1.dim(), f2.dim()) == 1:
+            hint = ": one feature per row is (N, 1), e.g. f.reshape(-1, 1)"
+        elif max(f1.dim(), f2.dim()) > 2:
+            hint = (
+                ": pool pyro.infer.Predictive's draws (num_samples, N, D) with "
+                "f.reshape(-1, f.shape[-1]), or score each draw f[i] apart"
+            )
         raise ValueError(
             f"features must be matrices (N, D) of the same width, got {tuple(f1.shape)} and "
-            f"{tuple(f2.shape)}"
+            f"{tuple(f2.shape)}{hint}"
         )
     if f1.shape[0] < 2 or f2.shape[0] < 2:
         raise ValueError("each feature set needs at least 2 rows to estimate a covariance")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -53,6 +54,62 @@ class Attention(nn.Module):
         return x + self.proj(h.transpose(1, 2).reshape(B, C, H, W))
 
 
+def _whole(value: object, least: int) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= least
+
+
+def check_unet_arguments(
+    in_channels: object,
+    base_channels: object,
+    channel_mults: object,
+    num_res_blocks: object,
+    attention_levels: object,
+    out_channels: object,
+    num_classes: object,
+) -> None:
+    """Refuses, when the U-Net is built, what it used to accept and misbuild or fail on
+    later, naming the argument: ``in_channels=0`` (a network of empty convolutions), an odd
+    ``base_channels`` (then "embedding dim must be even"), ``channel_mults=()``
+    (``ZeroDivisionError``) or with a 0 (empty levels), and an ``attention_levels`` entry
+    beyond the levels (wrapped silently onto another level).
+
+    Example:
+        >>> check_unet_arguments(1, 8, (1, 2), 1, (5,), None, None)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: attention_levels must be level indices in [-2, 2) for 2 levels ...
+    """
+    for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+        if value is not None and not _whole(value, 1):
+            raise ValueError(f"{name} must be a positive whole number of channels, got {value!r}")
+    if not _whole(base_channels, 2) or base_channels % 2:
+        raise ValueError(
+            "base_channels must be an even whole number >= 2 (it is also the width of the "
+            f"sinusoidal time embedding, which pairs sines with cosines), got {base_channels!r}"
+        )
+    if (
+        not isinstance(channel_mults, Sequence)
+        or isinstance(channel_mults, str)
+        or not channel_mults
+        or not all(_whole(m, 1) for m in channel_mults)
+    ):
+        raise ValueError(
+            "channel_mults must be a non-empty sequence of positive whole width multipliers, "
+            f"one per level (e.g. (1, 2, 2)), got {channel_mults!r}"
+        )
+    if not _whole(num_res_blocks, 0):
+        raise ValueError(f"num_res_blocks must be a whole number >= 0, got {num_res_blocks!r}")
+    n = len(channel_mults)
+    levels = list(attention_levels) if isinstance(attention_levels, Sequence) else [None]
+    if not all(isinstance(lvl, numbers.Integral) and -n <= lvl < n for lvl in levels):
+        raise ValueError(
+            f"attention_levels must be level indices in [{-n}, {n}) for {n} levels "
+            f"(len(channel_mults)), got {attention_levels!r}"
+        )
+    if num_classes is not None and not _whole(num_classes, 1):
+        raise ValueError(f"num_classes must be a positive whole number, got {num_classes!r}")
+
+
 class UNet(nn.Module):
     """U-Net :math:`\\epsilon_\\theta(x_t, t)` for images ``(B, C, H, W)``.
 
@@ -98,6 +155,15 @@ class UNet(nn.Module):
         num_classes: int | None = None,
     ) -> None:
         super().__init__()
+        check_unet_arguments(
+            in_channels,
+            base_channels,
+            channel_mults,
+            num_res_blocks,
+            attention_levels,
+            out_channels,
+            num_classes,
+        )
         self.in_channels = in_channels
         self.factor = 2 ** (len(channel_mults) - 1)
         n_levels = len(channel_mults)

@@ -53,6 +53,7 @@ from pyro_gen.infer.loss_value import subsampled_size
 from pyro_gen.infer.pair_declarations import declared_plate
 from pyro_gen.infer.program import Program, program, warm_up
 from pyro_gen.infer.program_checks import check_loss, refuse_callable_data
+from pyro_gen.infer.run_lock import run_read_lock
 from pyro_gen.infer.unregistered_params import warn_unregistered
 
 __all__ = [
@@ -156,7 +157,8 @@ def fit(
     epoch boundary the batch size may change. A checkpoint of a model or guide with other
     param sites is refused, naming them. ``steps=0`` restores a checkpoint and trains nothing
     (to evaluate or sample from a trained run); a ``checkpoint_dir`` without one is then
-    refused.
+    refused. Restoring writes nothing, so the run directory may be read-only; a run that
+    another process is training into is refused.
 
     Under ``torchrun --nproc_per_node N`` (or in a process group the caller initialized),
     ``fit`` trains data-parallel (:mod:`pyro_gen.infer.distributed`): each process takes its
@@ -321,7 +323,10 @@ def fit(
                         f"{ckpt_dir} has no {CHECKPOINT_NAME}: point at the run's directory; "
                         "nothing was restored or created"
                     )
-                stack.enter_context(run_lock(ckpt_dir, training=True))
+                # restoring only writes nothing, so it reads a read-only run: no lock file
+                # is created, and a run training there is still refused
+                held = run_read_lock(ckpt_dir) if steps == 0 else run_lock(ckpt_dir, training=True)
+                stack.enter_context(held)
 
         _on_main(dp, lock)  # only rank 0 touches the run directory
         # A pass the first read below keeps (a DataLoader's iterator, its workers) goes when

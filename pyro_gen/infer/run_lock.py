@@ -1,9 +1,11 @@
-"""Exclusive use of a run directory by one training process (a lock file)."""
+"""Exclusive use of a run directory by one training process (a lock file), and reading a
+run that no process is training into, without writing anything there."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,11 +13,17 @@ from pathlib import Path
 from pyro_gen.infer.checkpoint_format import CheckpointError
 from pyro_gen.infer.files import (
     O_NOFOLLOW,
+    UnsafePathError,
     refuse_symlink,
     remove_stale_temporaries,
     try_lock,
     unlock,
 )
+
+try:
+    import fcntl
+except ImportError:  # Windows: msvcrt's byte-range locks have no shared mode
+    fcntl = None
 
 LOCK_NAME = ".pyro-gen.lock"
 
@@ -109,6 +117,81 @@ def run_lock(directory: str | Path, *, training: bool = False) -> Iterator[Path]
                     _remove_folders(made)
                 unlock(entry[0])
                 os.close(entry[0])
+
+
+@contextlib.contextmanager
+def run_read_lock(directory: str | Path) -> Iterator[Path]:
+    """Reads a run directory that no one trains into for as long as the block runs, writing
+    nothing there (``fit(steps=0)``: restoring a run, which may be read-only).
+
+    :func:`run_lock` creates and writes the lock file, so a restore that took it failed in a
+    read-only run directory (``PermissionError`` on ``.pyro-gen.lock``) though it writes
+    nothing. This opens the lock file read-only and holds a shared ``flock`` on it, which a
+    training holder's exclusive one excludes both ways: a restore is refused while a run
+    trains there (it would read a checkpoint about to be replaced, and its param store is
+    the trainer's if in this process), and a run cannot start there meanwhile. Without a
+    lock file no run holds the directory; checkpoints are replaced atomically, so a run that
+    starts meanwhile cannot show this reader half a file. Where ``flock`` is missing
+    (Windows) nothing is locked.
+
+    Args:
+        directory: the run directory; it must exist.
+
+    Raises:
+        RunLockedError: at once, naming the directory and the other process, if a process
+            (or another thread of this one, or a fit in this thread) trains there.
+        UnsafePathError: if the lock file is a symlink or not a regular file.
+
+    Example:
+        >>> import tempfile
+        >>> d = tempfile.mkdtemp()
+        >>> with run_lock(d):
+        ...     pass
+        >>> with run_read_lock(d), run_read_lock(d):
+        ...     pass
+    """
+    directory = Path(directory)
+    with _held_guard:
+        entry = _held.get(os.path.realpath(directory))
+        if entry is not None and entry[2] != threading.get_ident():
+            who = "another thread of this process"
+        elif entry is not None and entry[3]:
+            who = "a fit still training in this thread (this call comes from its callback)"
+        else:
+            who = None
+        if who is not None:
+            raise RunLockedError(
+                f"run directory {directory} is in use by {who} (pid {os.getpid()}), which "
+                "may be training into it: restore it once that has finished"
+            )
+    if entry is not None or fcntl is None:  # held by this thread's command line, not training
+        yield directory
+        return
+    path = directory / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | O_NOFOLLOW)
+    except FileNotFoundError:  # no run ever held it (a copied run): none trains there
+        fd = None
+    except OSError:
+        refuse_symlink(path)
+        raise
+    if fd is None:
+        yield directory
+        return
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or folder under its name
+            raise UnsafePathError(f"{path} exists and is not a regular file: move it")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            raise RunLockedError(
+                f"run directory {directory} is in use by another process (pid {holder}) that "
+                "is training into it: restore it once that has finished"
+            ) from None
+        yield directory
+    finally:
+        os.close(fd)  # closing releases the shared lock
 
 
 def _acquire(directory: Path) -> tuple[int, bool]:

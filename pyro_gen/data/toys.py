@@ -21,6 +21,7 @@ import numbers
 import os
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from pyro_gen.data.idx_dataset import check_split
@@ -47,8 +48,8 @@ def _shuffle(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 _EG_MODES, _EG_RADIUS, _EG_NOISE, _EG_SHRINK = 8, 4.0, 0.5, math.sqrt(2)
 
 
-def _eight_gaussians_centers() -> torch.Tensor:
-    angles = torch.arange(_EG_MODES) * (2 * math.pi / _EG_MODES)
+def _eight_gaussians_centers(dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    angles = torch.arange(_EG_MODES, dtype=dtype) * (2 * math.pi / _EG_MODES)
     return _EG_RADIUS * torch.stack([angles.cos(), angles.sin()], dim=-1)
 
 
@@ -164,7 +165,8 @@ def load_toy(
 
 
 def _eight_gaussians_log_prob(x: torch.Tensor) -> torch.Tensor:
-    centers = _eight_gaussians_centers().to(x) / _EG_SHRINK
+    # centres computed in float32 and cast gave float64 points a log density off by 3e-6
+    centers = (_eight_gaussians_centers(torch.float64) / _EG_SHRINK).to(x)
     var = (_EG_NOISE / _EG_SHRINK) ** 2
     sq = (x[..., None, :] - centers).pow(2).sum(-1)
     return torch.logsumexp(-0.5 * sq / var, -1) - math.log(2 * math.pi * var * _EG_MODES)
@@ -192,6 +194,22 @@ _LOG_PROBS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+def _as_points(x: object) -> torch.Tensor:
+    """``x`` as a tensor: numpy points (a model sampled in numpy or JAX) failed with
+    "'numpy.ndarray' object has no attribute 'is_floating_point'", and Predictive's dict
+    with "'dict' object has no attribute 'shape'"."""
+    if isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(x))
+    if isinstance(x, dict):
+        raise TypeError(
+            f"toy_log_prob: x must be points (..., 2), got a dict with sites {sorted(x)} "
+            "(pyro.infer.Predictive's output): pass the one site, e.g. x['x']"
+        )
+    raise TypeError(f"toy_log_prob: x must be a tensor or numpy array, got {type(x).__name__}")
+
+
 def toy_log_prob(name: str, x: torch.Tensor) -> torch.Tensor:
     r"""Exact log density of a 2D toy whose density has a closed form.
 
@@ -210,7 +228,7 @@ def toy_log_prob(name: str, x: torch.Tensor) -> torch.Tensor:
     Args:
         name: ``"eight_gaussians"`` or ``"checkerboard"``.
         x: points of shape ``(..., 2)`` (leading dims such as ``pyro.infer.Predictive``'s
-            ``num_samples`` are kept), any dtype and device.
+            ``num_samples`` are kept), any dtype and device, a tensor or numpy array.
 
     Returns:
         :math:`\log p(x)` of shape ``x.shape[:-1]``, in ``x``'s dtype (the default float
@@ -227,6 +245,8 @@ def toy_log_prob(name: str, x: torch.Tensor) -> torch.Tensor:
         >>> round(-toy_log_prob("eight_gaussians", x).mean().item(), 1)  # entropy, nats
         2.8
     """
+    # load() takes "eight-gaussians"; toy_log_prob refused the name load had just accepted
+    name = name.lower().replace("-", "_") if isinstance(name, str) else name
     if name not in TOYS:
         raise ValueError(f"unknown toy dataset {name!r}; valid names: {', '.join(TOYS)}")
     if name not in _LOG_PROBS:
@@ -234,6 +254,7 @@ def toy_log_prob(name: str, x: torch.Tensor) -> torch.Tensor:
             f"toy dataset {name!r} has no closed-form density; "
             f"toy_log_prob supports: {', '.join(_LOG_PROBS)}"
         )
+    x = _as_points(x)
     if x.shape[-1:] != (2,):
         raise ValueError(f"x must have shape (..., 2); got {tuple(x.shape)}")
     # integer points truncated the mode centres to integers (eight_gaussians at (0, 0) gave

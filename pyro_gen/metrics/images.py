@@ -115,6 +115,22 @@ def _scoring(clf: nn.Module, device: torch.device) -> Iterator[nn.Module]:
             m.training = training
 
 
+def _check_classes(labels: torch.Tensor, num_classes: int, name: str) -> None:
+    """1-based labels (1..10 for a 10-class classifier) lowered the share (or the accuracy)
+    without a word: a class the classifier does not have is never agreed with."""
+    if labels.is_floating_point() or labels.is_complex():
+        raise ValueError(
+            f"{name} must be integer class indices, got dtype {labels.dtype} (one-hot labels: "
+            "pass labels.argmax(-1))"
+        )
+    if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
+        raise ValueError(
+            f"{name} must be classes of clf, in [0, {num_classes}) for its {num_classes} "
+            f"outputs, got values from {int(labels.min())} to {int(labels.max())} (shift "
+            f"1-based labels with {name} - 1)"
+        )
+
+
 def label_agreement(
     clf: nn.Module,
     samples: torch.Tensor,
@@ -147,15 +163,7 @@ def label_agreement(
         raise ValueError("label_agreement needs at least one sample, got none")
     with _scoring(clf, samples.device) as clf:
         _, probs = _classify(clf, samples, batch_size, "samples", features=False)
-    # 1-based labels (1..10 for a 10-class classifier) lowered the share without a word: a
-    # class the classifier does not have is never agreed with
-    num_classes = probs.shape[-1]
-    if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
-        raise ValueError(
-            f"labels must be classes of clf, in [0, {num_classes}) for its {num_classes} "
-            f"outputs, got values from {int(labels.min())} to {int(labels.max())} (shift "
-            "1-based labels with labels - 1)"
-        )
+    _check_classes(labels, probs.shape[-1], "labels")
     hit = (probs.argmax(-1) == labels.to(samples.device)).double()
     share = float(hit.mean())
     return share, math.sqrt(share * (1 - share) / len(hit))
@@ -233,6 +241,8 @@ def sample_quality(
     coverage = class_coverage(probs.argmax(-1), probs.shape[-1])
     acc = float("nan")
     if real_labels is not None:
+        # 1-based or float labels gave an accuracy near 0 (or a truncated class) silently
+        _check_classes(real_labels, real_probs.shape[-1], "real_labels")
         acc = float((real_probs.argmax(-1) == real_labels.to(device)).double().mean())
     return QualityScore(
         frechet=frechet_distance(fs, fr),

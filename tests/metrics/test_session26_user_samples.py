@@ -97,3 +97,20 @@ def test_label_agreement_is_scikit_learns_accuracy() -> None:
     expected = metrics.accuracy_score(np.tile(labels, 5), predicted)
     assert share == pytest.approx(expected, abs=1e-12)
     assert stderr == pytest.approx(np.sqrt(expected * (1 - expected) / 150), abs=1e-12)
+
+
+def test_sample_quality_refuses_real_labels_the_classifier_cannot_have() -> None:
+    """1-based labels 1..10 scored the classifier's accuracy near 0 without a word (what
+    label_agreement already refused); the accuracy is checked against numpy's."""
+    torch.manual_seed(0)
+    clf = SmallClassifier(10)
+    real, samples = torch.rand(40, 28, 28), torch.rand(20, 28, 28)
+    labels = np.arange(40) % 10
+    with pytest.raises(ValueError, match=r"real_labels must be classes of clf, in \[0, 10\)"):
+        sample_quality(clf, samples, real, labels + 1)
+    with pytest.raises(ValueError, match="real_labels must be integer class indices"):
+        sample_quality(clf, samples, real, labels.astype(np.float32))
+    with torch.no_grad():
+        predicted = clf(real[:, None]).argmax(-1).numpy()
+    got = sample_quality(clf, samples, real, labels).real_accuracy
+    assert got == pytest.approx(float((predicted == labels).mean()), abs=1e-12)

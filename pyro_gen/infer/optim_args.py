@@ -32,6 +32,8 @@ import pyro
 import pyro.optim
 import torch
 
+from pyro_gen.infer.checkpoint_format import CheckpointError
+
 
 class Change(NamedTuple):
     """One argument of one parameter's optimizer (``param`` None: the scheduler's)."""
@@ -74,9 +76,14 @@ def optimizer_args(optim: pyro.optim.PyroOptim) -> str:
 
 def changed_args(recorded: str | None, optim: pyro.optim.PyroOptim) -> list[Change]:
     """The arguments of ``optim`` that differ from the ``recorded`` ones, for the parameters
-    recorded (nothing when none were recorded)."""
-    old = json.loads(recorded) if recorded is not None else None
-    if not isinstance(old, dict) or "params" not in old:  # not recorded (older checkpoints)
+    recorded (nothing when none were recorded).
+
+    Raises:
+        CheckpointError: if ``recorded`` is not the JSON text :func:`optimizer_args` writes
+            (a damaged or crafted checkpoint), in one line.
+    """
+    old = parse_recorded(recorded)
+    if old is None:
         return []
     new = _arguments(optim, list(old["params"]))
     changes = []
@@ -88,6 +95,52 @@ def changed_args(recorded: str | None, optim: pyro.optim.PyroOptim) -> list[Chan
             if before.get(key) != after.get(key):
                 changes.append(Change(where, key, before.get(key), after.get(key)))
     return changes
+
+
+def parse_recorded(recorded: str | None) -> dict[str, Any] | None:
+    """A checkpoint's record of :func:`optimizer_args`, checked: ``{"params": {name: args},
+    "scheduler": args or None}``, each ``args`` a dict; None where nothing comparable was
+    recorded (no record, or the flat one of checkpoints before per-parameter records).
+
+    The record is text inside a checkpoint, so a damaged or crafted one (not a string, not
+    JSON, nested past the recursion limit, of another shape) is refused here, as damaged,
+    rather than failing as a ``TypeError`` or ``AttributeError`` in the comparison.
+
+    Example:
+        >>> parse_recorded('{"params": {"loc": {"lr": 0.1}}, "scheduler": null}')
+        {'params': {'loc': {'lr': 0.1}}, 'scheduler': None}
+        >>> parse_recorded('{"params": ["loc"], "scheduler": null}')
+        Traceback (most recent call last):
+        ...
+        pyro_gen.infer.checkpoint_format.CheckpointError: ... (params is not a dict of dicts); ...
+    """
+    if recorded is None:
+        return None
+    if not isinstance(recorded, str):
+        raise _damaged(f"a {type(recorded).__name__}, not JSON text")
+    try:
+        old = json.loads(recorded)
+    except RecursionError:
+        raise _damaged("nested too deeply") from None
+    except ValueError as e:
+        raise _damaged(f"not JSON: {e}") from None
+    if not isinstance(old, dict) or "params" not in old:
+        if isinstance(old, dict):  # a flat record of older checkpoints: not per parameter
+            return None
+        raise _damaged(f"a JSON {type(old).__name__}, not an object")
+    params = old["params"]
+    if not isinstance(params, dict) or not all(isinstance(a, dict) for a in params.values()):
+        raise _damaged("params is not a dict of dicts")
+    if "scheduler" not in old or not isinstance(old["scheduler"], (dict, type(None))):
+        raise _damaged("scheduler is missing or not a dict")
+    return old
+
+
+def _damaged(what: str) -> CheckpointError:
+    return CheckpointError(
+        f"the checkpoint's record of its optimizer arguments is damaged ({what}); restore the "
+        "checkpoint from a copy, or train into a fresh directory"
+    )
 
 
 def describe(changes: list[Change]) -> str:

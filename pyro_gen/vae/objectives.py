@@ -92,6 +92,11 @@ class FreeBitsELBO(ELBO):
     Monte Carlo KL of the whole site is clamped at :math:`\\lambda` times its size. Meant
     for training; report the plain ELBO.
 
+    Pyro scales and masks count as in the ELBO, each latent's KL weighted by its site's
+    scale and mask, which must therefore be the same in model and guide (KL annealing scales
+    both: :func:`~pyro_gen.infer.annealing.kl_scale_pair`); a latent weighted on one side
+    only is refused with a ValueError naming it.
+
     Args:
         free_bits: :math:`\\lambda` in nats per latent dimension.
         num_particles: Monte Carlo samples per step.
@@ -139,6 +144,7 @@ class FreeBitsELBO(ELBO):
                         elbo = elbo - q_site["log_prob"].sum()
                     continue
                 p_site = model_trace.nodes[name]
+                _check_same_weighting(name, q_site, p_site)
                 elbo = elbo - self._clamped_kl(q_site, p_site)
             total = total - elbo
         return total / self.num_particles
@@ -202,6 +208,40 @@ def _check_reparameterized(model_trace: Trace, guide_trace: Trace) -> None:
                     "with TraceEnum_ELBO (enumerating them) or TraceGraph_ELBO, or relax them "
                     "(RelaxedOneHotCategorical)"
                 )
+
+
+def _check_same_weighting(name: str, q_site: dict, p_site: dict) -> None:
+    """The KL term of a latent takes one weighting, the guide site's scale and mask (as in
+    :class:`~pyro.infer.TraceMeanField_ELBO`). A ``poutine.scale`` or ``poutine.mask``
+    around the model's site alone (KL annealing written in the model, with an autoguide,
+    which copies no scale) was dropped without a word: the loss was the same at every beta.
+    """
+    q_scale, p_scale = q_site["scale"], p_site["scale"]
+    q_mask, p_mask = q_site["mask"], p_site["mask"]
+    if q_mask is None and p_mask is None:
+        if q_scale is p_scale:
+            return
+        if not (torch.is_tensor(q_scale) or torch.is_tensor(p_scale)):  # no device sync
+            if q_scale == p_scale:
+                return
+            _refuse_weighting(
+                name, f"scaled by {p_scale:g} in the model and {q_scale:g} in the guide"
+            )
+    value = q_site["value"]
+    batch = value.shape[: value.dim() - q_site["fn"].event_dim]
+    ones = torch.ones(batch, dtype=torch.float64, device=value.device)
+    q_weights = scale_and_mask(ones, q_scale, q_mask)
+    p_weights = scale_and_mask(ones, p_scale, p_mask)
+    if not torch.allclose(q_weights.expand(batch), p_weights.expand(batch), rtol=1e-6):
+        _refuse_weighting(name, "scaled or masked differently in the model and the guide")
+
+
+def _refuse_weighting(name: str, how: str) -> None:
+    raise ValueError(
+        f"FreeBitsELBO: latent site {name!r} is {how}; its KL term takes one weight, so "
+        "scale (or mask) the site in both: wrap both sites in the same poutine.scale, or "
+        "anneal with pyro_gen.infer.annealing.kl_scale_pair(model, guide, beta)"
+    )
 
 
 def make_loss(objective: str = "elbo", num_particles: int = 50, free_bits: float = 0.25) -> ELBO:

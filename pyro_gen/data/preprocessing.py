@@ -28,14 +28,14 @@ _PIXEL_LEVELS = 256
 _DARK_MAX = 32
 
 
-def _as_tensor(x: object, caller: str) -> torch.Tensor:
+def _as_tensor(x: object, caller: str, name: str = "x") -> torch.Tensor:
     """``x`` as a tensor: a user's numpy images (from scikit-learn, PIL or a ``.npz``) failed
     with "'numpy.ndarray' object has no attribute ..." from inside."""
     if isinstance(x, torch.Tensor):
         return x
     if isinstance(x, np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(x))
-    raise TypeError(f"{caller}: x must be a tensor (or numpy array), got {type(x).__name__}")
+    raise TypeError(f"{caller}: {name} must be a tensor (or numpy array), got {type(x).__name__}")
 
 
 def _range(x: torch.Tensor) -> tuple[float, float] | None:
@@ -284,7 +284,7 @@ def logit_transform(x: torch.Tensor, alpha: float = 0.05) -> tuple[torch.Tensor,
     so :math:`\log p_X(x) = \log p_Y(y) + \text{log\_det}`.
 
     Args:
-        x: floats in [0, 1], shape ``(batch, ...)``.
+        x: floats in [0, 1], shape ``(batch, ...)``, a tensor or numpy array.
         alpha: squeeze, in [0, 0.5).
 
     Returns:
@@ -295,6 +295,8 @@ def logit_transform(x: torch.Tensor, alpha: float = 0.05) -> tuple[torch.Tensor,
         >>> y.tolist(), round(log_det.item(), 4)
         ([[0.0, 0.0, 0.0]], 3.8428)
     """
+    # numpy intensities failed with "'numpy.ndarray' object has no attribute ..."
+    x = _as_tensor(x, "logit_transform")
     if not x.is_floating_point():
         raise TypeError("logit_transform expects floats in [0, 1]; dequantize integers first")
     if not 0.0 <= alpha < 0.5:
@@ -322,6 +324,7 @@ def inverse_logit_transform(y: torch.Tensor, alpha: float = 0.05) -> torch.Tenso
         >>> torch.allclose(inverse_logit_transform(logit_transform(x)[0]), x, atol=1e-6)
         True
     """
+    y = _as_tensor(y, "inverse_logit_transform", "y")
     return (torch.sigmoid(y) - alpha) / (1 - 2 * alpha)
 
 

@@ -5,10 +5,18 @@ Bernoulli probabilities k / (K - 1) of each level k."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from pyro_gen.data import dynamic_binarize, load, static_binarize, uniform_dequantize
+from pyro_gen.data import (
+    dynamic_binarize,
+    inverse_logit_transform,
+    load,
+    logit_transform,
+    static_binarize,
+    uniform_dequantize,
+)
 
 
 def _level_frequencies(b: torch.Tensor, x: torch.Tensor, levels: int) -> torch.Tensor:
@@ -98,3 +106,17 @@ def test_dequantizing_digits_without_their_scale_is_refused() -> None:
     # bright 8-bit pixels need no num_bins, as before
     pixels = torch.tensor([0, 200, 255], dtype=torch.uint8)
     assert bool(((uniform_dequantize(pixels) * 256).floor() == pixels).all())
+
+
+def test_logit_transform_takes_numpy_intensities_like_their_tensors() -> None:
+    """numpy intensities failed with "'numpy.ndarray' object has no attribute ..."."""
+    x = np.random.default_rng(0).uniform(size=(5, 3))
+    y, log_det = logit_transform(x)
+    y_t, log_det_t = logit_transform(torch.from_numpy(x))
+    assert torch.equal(y, y_t) and torch.equal(log_det, log_det_t)
+    # the closed form log|dy/dx| = sum log(1 - 2a) - log p - log(1 - p), p = a + (1 - 2a) x
+    p = 0.05 + 0.9 * x
+    np.testing.assert_allclose(log_det.numpy(), (np.log(0.9) - np.log(p * (1 - p))).sum(-1))
+    assert torch.allclose(inverse_logit_transform(y.numpy()), torch.from_numpy(x))
+    with pytest.raises(TypeError, match="inverse_logit_transform: y must be a tensor"):
+        inverse_logit_transform([0.0])

@@ -45,6 +45,7 @@ from pyro_gen.infer.annealing import kl_scale_pair
 from pyro_gen.infer.argument_kinds import check_kinds
 from pyro_gen.infer.batch_checks import warn_nothing_observed
 from pyro_gen.infer.distributed import _plates
+from pyro_gen.infer.elbo_module import unpack_elbo_module
 from pyro_gen.infer.local_params import local_params
 from pyro_gen.infer.loss_value import reported_loss, subsampled_size
 from pyro_gen.infer.pair_declarations import declared_plate
@@ -59,7 +60,7 @@ from pyro_gen.lightning_optimizer import (
     check_optimizer_factory,
     world_size,
 )
-from pyro_gen.lightning_store import lost_params, store_lost_error, unpack_elbo_module
+from pyro_gen.lightning_store import lost_params, store_lost_error
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 

@@ -39,6 +39,7 @@ from pyro_gen.infer.batch_checks import (
 from pyro_gen.infer.checkpoint import CHECKPOINT_NAME, CheckpointError, run_lock
 from pyro_gen.infer.compiled_precision import check_trained_dtypes
 from pyro_gen.infer.distributed import ShardedBatches, setup
+from pyro_gen.infer.elbo_module import unpack_elbo_module
 from pyro_gen.infer.fit_arguments import _check_arguments, _device, checked_callbacks
 from pyro_gen.infer.fit_held_out import _held_out
 from pyro_gen.infer.fit_layout import data_layout
@@ -277,6 +278,7 @@ def fit(
     )
     callbacks = checked_callbacks("callbacks", callbacks, "callback(record, model)")
     step_callbacks = checked_callbacks("step_callbacks", step_callbacks, "callback(step, model)")
+    model, guide, loss = unpack_elbo_module(model, guide, loss)  # Trace_ELBO(...)(m, g)
     loss = loss if loss is not None else Trace_ELBO()
     check_loss(loss)
     if isinstance(loss, TraceTailAdaptive_ELBO):

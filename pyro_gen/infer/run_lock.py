@@ -204,8 +204,8 @@ def _acquire(directory: Path) -> tuple[int, bool]:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise RunLockedError(
-                f"run directory {directory} is in use by another process (pid {holder}); wait "
-                "for it to finish, or choose another directory"
+                f"run directory {directory} is in use by another process ({_who(holder)}); "
+                "wait for it to finish, or choose another directory"
             )
         if _still_named(fd, path):
             break
@@ -226,6 +226,21 @@ def _acquire(directory: Path) -> tuple[int, bool]:
 
 
 _ATTEMPTS = 16
+
+
+def _who(holder: str) -> str:
+    """The process that holds the lock, from the pid its file holds. A restore
+    (:func:`run_read_lock`) writes no pid, so the file still names the last trainer: if that
+    one has exited, the holder is a process restoring from the run."""
+    if fcntl is None:  # Windows: no restores lock there, and os.kill(pid, 0) sends Ctrl-C
+        return f"pid {holder}"
+    try:
+        os.kill(int(holder), 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return f"one restoring from it, fit(steps=0); pid {holder}, which trained there, has exited"
+    except (ValueError, OSError, OverflowError, AttributeError):  # alive, or cannot tell
+        pass
+    return f"pid {holder}"
 
 
 def _open_lock_file(path: Path) -> tuple[int, bool]:

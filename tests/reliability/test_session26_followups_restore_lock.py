@@ -154,6 +154,15 @@ def test_a_run_cannot_start_training_while_it_is_being_restored(tmp_path):
             cwd=REPO, input="", capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert proc.returncode != 0 and "RunLockedError" in proc.stderr
+        # no pid in the lock file (no run trained there): the refusal cannot name one
+        assert "another process (pid unknown)" in proc.stderr, proc.stderr
+    (run / LOCK_NAME).write_text("2147483647\n")  # a trainer that has exited since
+    with run_read_lock(run):
+        proc = subprocess.run(
+            [sys.executable, "-c", _HOLDER, str(run)],
+            cwd=REPO, input="", capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert "one restoring from it, fit(steps=0)" in proc.stderr, proc.stderr
     with run_lock(run, training=True):  # and once the reads are over, it can
         pass
 

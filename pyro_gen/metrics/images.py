@@ -48,6 +48,10 @@ def class_coverage(predicted: torch.Tensor, num_classes: int) -> ClassCoverage:
         (1, True)
     """
     predicted = as_tensor(predicted, "predicted", "class indices")
+    # num_classes=10.0 failed inside bincount ("argument 'minlength' must be int")
+    if isinstance(num_classes, bool) or int(num_classes) != num_classes or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive whole number, got {num_classes!r}")
+    num_classes = int(num_classes)
     if predicted.numel() == 0:
         shape = tuple(predicted.shape)
         raise ValueError(f"predicted must be a non-empty tensor of classes, got {shape!r}")

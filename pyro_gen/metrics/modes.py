@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from pyro_gen.metrics.inputs import as_tensor
@@ -136,8 +137,16 @@ def mode_coverage(
     # pyro.infer.Predictive puts draws on a leading dim, (num_samples, N, D): every point
     # is a sample, whatever the batch dims in front of D
     samples = samples.reshape(-1, samples.shape[-1])
-    if not std > 0:
+    # a per-mode std (K,) failed with torch's "Boolean value of Tensor with more than one
+    # value is ambiguous": the balls here share one radius
+    if isinstance(std, torch.Tensor | np.ndarray) and math.prod(std.shape) != 1:
+        raise ValueError(
+            f"std must be one number, the components' shared standard deviation (mode_coverage "
+            f"measures mixtures of equal-width modes), got an array of shape {tuple(std.shape)}"
+        )
+    if not float(std) > 0:
         raise ValueError(f"std must be positive, got {std!r}")
+    std = float(std)
     # n_sigma=0 (or a negative radius) read as "0 modes, 0% high quality": a mode collapse
     # that was only an empty ball
     if not n_sigma > 0:

@@ -11,6 +11,7 @@ import torch
 
 from pyro_gen.metrics import (
     SmallClassifier,
+    class_coverage,
     frechet_distance,
     label_agreement,
     mode_coverage,
@@ -114,3 +115,19 @@ def test_sample_quality_refuses_real_labels_the_classifier_cannot_have() -> None
         predicted = clf(real[:, None]).argmax(-1).numpy()
     got = sample_quality(clf, samples, real, labels).real_accuracy
     assert got == pytest.approx(float((predicted == labels).mean()), abs=1e-12)
+
+
+def test_mode_coverage_std_and_class_coverage_num_classes_as_users_pass_them() -> None:
+    """A per-mode std failed with "Boolean value of Tensor ... is ambiguous"; num_classes=10.0
+    inside bincount. One-element and numpy scalars are the one number they are."""
+    points, centers = torch.zeros(30, 2), torch.zeros(2, 2)
+    with pytest.raises(ValueError, match=r"std must be one number.*shape \(2,\)"):
+        mode_coverage(points, centers, torch.tensor([0.1, 0.2]))
+    expected = mode_coverage(points, centers[:1], 0.1)
+    for std in (torch.tensor([0.1]), np.float32(0.1), np.array(0.1)):
+        got = mode_coverage(points, centers[:1], std)
+        assert (got.modes, got.high_quality) == (expected.modes, expected.high_quality)
+    predicted = torch.tensor([0, 1, 1, 2])
+    assert class_coverage(predicted, 10.0).histogram.tolist() == [0.25, 0.5, 0.25] + [0.0] * 7
+    with pytest.raises(ValueError, match="num_classes must be a positive whole number, got 2.5"):
+        class_coverage(predicted, 2.5)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from pyro import poutine
-from pyro.distributions import Independent, Normal
+from pyro.distributions import Independent, MaskedDistribution, Normal
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.poutine import Trace
@@ -88,7 +88,9 @@ class FreeBitsELBO(ELBO):
               \\mathrm{KL}_j(x)\\big),
 
     which stops the optimizer from switching latent dimensions off early. Per-dimension KL
-    is analytic when guide and model sites are both diagonal Normals; otherwise the
+    is analytic when guide and model sites are both diagonal Normals (a bare ``Normal``, or
+    under ``.to_event`` and a ``.mask(m)`` shared by both, whose masked entries count
+    nothing, the floor included); otherwise the
     Monte Carlo KL of the whole site is clamped at :math:`\\lambda` times its size. Meant
     for training; report the plain ELBO.
 
@@ -161,15 +163,17 @@ class FreeBitsELBO(ELBO):
         ones = torch.ones(batch, dtype=value.dtype, device=value.device)
         weights = scale_and_mask(ones, q_site["scale"], q_site["mask"]).expand(batch)
         weights = weights.reshape(n)
-        if (
-            isinstance(q, Independent)
-            and isinstance(p, Independent)
-            and isinstance(q.base_dist, Normal)
-            and isinstance(p.base_dist, Normal)
-        ):
-            kl = kl_divergence(q.base_dist, p.base_dist)  # (*batch, *event)
-            per_dim = (weights[:, None] * kl.reshape(n, -1)).sum(0)
-            return per_dim.clamp(min=self.free_bits * weights.sum()).sum()
+        q_normal, q_mask = _diagonal_normal(q)
+        p_normal, p_mask = _diagonal_normal(p)
+        if q_normal is not None and p_normal is not None and _same_mask(q_mask, p_mask):
+            kl = kl_divergence(q_normal, p_normal)  # (*batch, *event)
+            counted = weights[:, None].expand(n, kl[(0,) * len(batch)].numel())
+            if q_mask is not None:  # a .mask(m) on the density: padding counts nothing
+                mask = torch.as_tensor(q_mask, device=kl.device).expand(kl.shape)
+                counted = counted * mask.reshape(n, -1).to(counted.dtype)
+            per_dim = (counted * kl.reshape(n, -1)).sum(0)
+            # each dimension's floor is lambda per example it counts
+            return per_dim.clamp(min=self.free_bits * counted.sum(0)).sum()
         # the sites' log_prob are scaled and masked already
         kl = (q_site["log_prob"] - p_site["log_prob"]).sum()
         size = max(value[(0,) * len(batch)].numel(), 1) if len(batch) else value.numel()
@@ -208,6 +212,29 @@ def _check_reparameterized(model_trace: Trace, guide_trace: Trace) -> None:
                     "with TraceEnum_ELBO (enumerating them) or TraceGraph_ELBO, or relax them "
                     "(RelaxedOneHotCategorical)"
                 )
+
+
+def _diagonal_normal(fn: object) -> tuple[Normal | None, object]:
+    """The Normal under ``fn``'s ``Independent`` and ``.mask(m)`` wrappers (a bare Normal
+    site, the ``Normal(...).mask(m).to_event(1)`` of Pyro's DMM) and the mask, or None."""
+    mask = None
+    while isinstance(fn, (Independent, MaskedDistribution)):
+        if isinstance(fn, MaskedDistribution):
+            if mask is not None:
+                return None, None
+            mask = fn._mask
+        fn = fn.base_dist
+    return (fn, mask) if isinstance(fn, Normal) else (None, None)
+
+
+def _same_mask(q_mask: object, p_mask: object) -> bool:
+    """Whether the model's density mask is the guide's (a slice of one padding mask taken on
+    each side is another tensor of the same values)."""
+    if p_mask is q_mask:
+        return True
+    if p_mask is None or q_mask is None:
+        return False
+    return bool(torch.equal(torch.as_tensor(q_mask), torch.as_tensor(p_mask)))
 
 
 def _check_same_weighting(name: str, q_site: dict, p_site: dict) -> None:

@@ -149,7 +149,9 @@ def build_ddpm(
     elif len(event_shape) in (2, 3):
         channels = 1 if len(event_shape) == 2 else event_shape[0]
         H, W = event_shape[-2:]
-        mults = (1, 2, 2) if H % 4 == 0 and W % 4 == 0 else (1, 2) if H % 2 == 0 else (1,)
+        # each level after the first halves both sides, so both must divide
+        levels = 1 + min(_halvings(H), _halvings(W), 2)
+        mults = (1, 2, 2)[:levels]
         net = UNet(
             channels,
             base_channels,
@@ -171,3 +173,11 @@ def build_ddpm(
         ema_decay=ema_decay,
         **kwargs,
     )
+
+
+def _halvings(n: int) -> int:
+    """How many times ``n`` halves evenly (0 for an odd ``n``)."""
+    count = 0
+    while n > 0 and n % 2 == 0:
+        n, count = n // 2, count + 1
+    return count

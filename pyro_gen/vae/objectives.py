@@ -169,7 +169,7 @@ class FreeBitsELBO(ELBO):
             kl = kl_divergence(q_normal, p_normal)  # (*batch, *event)
             counted = weights[:, None].expand(n, kl[(0,) * len(batch)].numel())
             if q_mask is not None:  # a .mask(m) on the density: padding counts nothing
-                mask = torch.as_tensor(q_mask, device=kl.device).expand(kl.shape)
+                mask = q_mask.to(kl.device).expand(kl.shape)
                 counted = counted * mask.reshape(n, -1).to(counted.dtype)
             per_dim = (counted * kl.reshape(n, -1)).sum(0)
             # each dimension's floor is lambda per example it counts
@@ -214,27 +214,30 @@ def _check_reparameterized(model_trace: Trace, guide_trace: Trace) -> None:
                 )
 
 
-def _diagonal_normal(fn: object) -> tuple[Normal | None, object]:
+def _diagonal_normal(fn: object) -> tuple[Normal | None, torch.Tensor | None]:
     """The Normal under ``fn``'s ``Independent`` and ``.mask(m)`` wrappers (a bare Normal
-    site, the ``Normal(...).mask(m).to_event(1)`` of Pyro's DMM) and the mask, or None."""
+    site, the ``Normal(...).mask(m).to_event(1)`` of Pyro's DMM) and their masks, aligned
+    with the Normal's shape (a mask taken outside ``.to_event`` covers whole events), or
+    ``(None, None)``."""
+    depth = len(getattr(fn, "event_shape", ()))
     mask = None
     while isinstance(fn, (Independent, MaskedDistribution)):
-        if isinstance(fn, MaskedDistribution):
-            if mask is not None:
-                return None, None
-            mask = fn._mask
+        if isinstance(fn, Independent):
+            depth -= fn.reinterpreted_batch_ndims
+        else:
+            m = torch.as_tensor(fn._mask)
+            m = m.reshape(m.shape + (1,) * depth)
+            mask = m if mask is None else mask & m
         fn = fn.base_dist
     return (fn, mask) if isinstance(fn, Normal) else (None, None)
 
 
-def _same_mask(q_mask: object, p_mask: object) -> bool:
+def _same_mask(q_mask: torch.Tensor | None, p_mask: torch.Tensor | None) -> bool:
     """Whether the model's density mask is the guide's (a slice of one padding mask taken on
     each side is another tensor of the same values)."""
-    if p_mask is q_mask:
-        return True
     if p_mask is None or q_mask is None:
-        return False
-    return bool(torch.equal(torch.as_tensor(q_mask), torch.as_tensor(p_mask)))
+        return p_mask is q_mask
+    return p_mask.shape == q_mask.shape and bool(torch.equal(q_mask, p_mask))
 
 
 def _check_same_weighting(name: str, q_site: dict, p_site: dict) -> None:

@@ -74,3 +74,32 @@ def test_a_masked_latent_floors_each_step_by_the_sequences_that_have_it():
     assert at_zero == pytest.approx(
         TraceMeanField_ELBO().loss(padded_model, padded_guide, X), rel=1e-6
     )
+
+
+KEEP = torch.tensor([True, False, True, True])  # whole examples (a batch's padding rows)
+
+
+def row_masked_model(x):
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(torch.zeros(3), 1.0).to_event(1).mask(KEEP))
+        pyro.sample("x", dist.Normal(z, 1.0).to_event(1).mask(KEEP), obs=x)
+
+
+def row_masked_guide(x):
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("z", guide_normal(x).to_event(1).mask(KEEP))
+
+
+def test_a_mask_outside_to_event_leaves_out_whole_examples():
+    """The mask of ``.to_event(1).mask(keep)`` is per example, not per latent dimension
+    (aligned from the right it would have met the event dim)."""
+    free_bits = 0.6
+    kl = kl_divergence(guide_normal(X), dist.Normal(0.0, 1.0))[KEEP]
+    per_dim = kl.sum(0)
+    floor = (torch.maximum(free_bits * KEEP.sum(), per_dim) - per_dim).sum()
+    pyro.set_rng_seed(0)
+    at_zero = FreeBitsELBO(0.0).loss(row_masked_model, row_masked_guide, X)
+    pyro.set_rng_seed(0)
+    floored = FreeBitsELBO(free_bits).loss(row_masked_model, row_masked_guide, X)
+    assert floor > 0.1
+    assert floored - at_zero == pytest.approx(float(floor), rel=1e-5)

@@ -200,8 +200,9 @@ class GaussianMixture(dist.TorchDistribution):
 class MixturePrior(PriorModule):
     """Learnable mixture-of-Gaussians prior for a VAE latent.
 
-    Means start spread out (standard Normal draws), scales at one, weights uniform; all
-    three are learned. ``forward()`` returns a :class:`GaussianMixture`.
+    Means start spread out (standard Normal draws), scales at one (just above
+    ``min_scale`` where that is one or more), weights uniform; all three are learned.
+    ``forward()`` returns a :class:`GaussianMixture`.
 
     Args:
         z_dim: latent size :math:`D`.
@@ -232,8 +233,12 @@ class MixturePrior(PriorModule):
         self.min_scale = min_scale
         self.logits = nn.Parameter(torch.zeros(num_components))
         self.locs = nn.Parameter(torch.randn(num_components, z_dim))
-        # softplus^{-1}(1 - min_scale) so scales start at one
-        self.raw_scales = nn.Parameter(torch.full((num_components, z_dim), 0.5413))
+        # softplus^{-1}(1 - min_scale), so the scales start at one as documented (the fixed
+        # softplus^{-1}(1) started them at 1 + min_scale); a floor near or above one leaves
+        # (almost) nothing to add, so they start just above it
+        start = max(1.0 - min_scale, 1e-3)
+        raw = math.log(math.expm1(start))
+        self.raw_scales = nn.Parameter(torch.full((num_components, z_dim), raw))
 
     def forward(self, context: torch.Tensor | None = None, **kwargs) -> GaussianMixture:
         scales = nn.functional.softplus(self.raw_scales) + self.min_scale

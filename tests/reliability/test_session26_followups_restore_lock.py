@@ -10,9 +10,6 @@ trainer's exclusive lock excludes both ways.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,8 +22,7 @@ import torch
 from pyro_gen.infer import fit
 from pyro_gen.infer.checkpoint import RunLockedError
 from pyro_gen.infer.run_lock import LOCK_NAME, run_lock, run_read_lock
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.reliability.unprivileged import REPO, run_unprivileged
 
 # A user's own Pyro pair, trained once, then restored from a run made read-only.
 _DRIVER = r"""
@@ -77,22 +73,7 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def read_only(tmp_path_factory) -> dict:
-    as_root = os.geteuid() == 0
-    if as_root and shutil.which("setpriv") is None:
-        pytest.skip("running as root without setpriv: permission bits do not apply")
-    root = tmp_path_factory.mktemp("read_only_restore")
-    # as root, the child runs without the capabilities that override permission bits
-    drop = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"]
-    try:
-        proc = subprocess.run(
-            [*(drop if as_root else []), sys.executable, "-c", _DRIVER, str(root)],
-            cwd=REPO, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-    finally:
-        for d in (root, *root.iterdir()):
-            d.chmod(0o755)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.splitlines()[-1])
+    return run_unprivileged(_DRIVER, tmp_path_factory.mktemp("read_only_restore"))
 
 
 @pytest.mark.parametrize("case", ["with lock file", "without lock file"])

@@ -8,16 +8,9 @@ read-only run file is refused by name before any step, and no write replaces one
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.reliability.unprivileged import run_unprivileged
 
 # Every case in one child (importing torch and Pyro costs seconds on a busy machine).
 _DRIVER = r"""
@@ -86,23 +79,7 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> dict:
-    as_root = os.geteuid() == 0
-    if as_root and shutil.which("setpriv") is None:
-        pytest.skip("running as root without setpriv: permission bits do not apply")
-    root = tmp_path_factory.mktemp("permissions")
-    # Permission bits do not stop root: as root the child runs without the capabilities
-    # that override them (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH).
-    drop = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"]
-    try:
-        proc = subprocess.run(
-            [*(drop if as_root else []), sys.executable, "-c", _DRIVER, str(root)],
-            cwd=REPO, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-    finally:
-        for d in (root, *root.iterdir()):
-            d.chmod(0o755)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.splitlines()[-1])
+    return run_unprivileged(_DRIVER, tmp_path_factory.mktemp("permissions"))
 
 
 def test_a_directory_made_read_only_mid_run_keeps_the_last_checkpoint(results):

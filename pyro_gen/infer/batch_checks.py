@@ -71,13 +71,8 @@ def check_sliced_dimension(
     if found is None or batch_rows is None:
         return
     plate, frames = found
-    sizes = {f.size for f in frames}
-    # the plate over the batch's rows, or subsampling them (a model that draws its own
-    # examples from the batch it is given); a plate without a size (-1) takes each site's
-    if len(sizes) != 1 or batch_rows in sizes or any(f.full_size == batch_rows for f in frames):
-        return
-    size = sizes.pop()
-    if size in (None, -1):
+    size = plate_size_off_rows(frames, batch_rows)
+    if size is None:
         return
     raise ValueError(
         f"fit cuts tensor data along their first dimension, and this batch has {batch_rows} "
@@ -203,3 +198,25 @@ def warn_nothing_observed(model_trace: poutine.Trace, call: Call) -> None:
         NothingObservedWarning,
         stacklevel=3,
     )
+
+
+def plate_size_off_rows(frames: list[CondIndepStackFrame], rows: int) -> int | None:
+    """The data plate's size on a batch of ``rows`` rows when that plate is not over the
+    rows (None when it is, or cannot tell): ``frames`` are the plate's frames at every site.
+
+    A plate over the batch's rows, or subsampling them (a model that draws its own examples
+    from the batch it is given), passes; so does a plate without a size (-1 takes each
+    site's) or of several sizes.
+
+    Example:
+        >>> from types import SimpleNamespace as Frame
+        >>> plate_size_off_rows([Frame(size=3, full_size=None)], rows=5)
+        3
+        >>> plate_size_off_rows([Frame(size=2, full_size=5)], rows=5) is None  # subsampled
+        True
+    """
+    sizes = {f.size for f in frames}
+    if len(sizes) != 1 or rows in sizes or any(f.full_size == rows for f in frames):
+        return None
+    size = sizes.pop()
+    return None if size in (None, -1) else size

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import torch
 from pyro.poutine import Trace
 
+from pyro_gen.infer.batch_checks import plate_size_off_rows
 from pyro_gen.infer.log_weights import DataPlate, is_delta, sample_sites
 
 __all__ = ["check_counts", "check_sliced_rows", "check_site_densities"]
@@ -43,13 +44,8 @@ def check_sliced_rows(model_trace: Trace, plate: DataPlate, rows: int, examples:
         for f in s["cond_indep_stack"]
         if f.name == plate.name
     ]
-    sizes = {f.size for f in frames}
-    # the plate over the batch's rows, or one subsampling them (a model that draws its own
-    # examples from the batch it is given); a plate without a size (-1) takes each site's
-    if len(sizes) != 1 or rows in sizes or any(f.full_size == rows for f in frames):
-        return
-    size = sizes.pop()
-    if size in (None, -1):
+    size = plate_size_off_rows(frames, rows)
+    if size is None:
         return
     raise ValueError(
         f"evaluation cuts tensor data into batches along their first dimension (here "

@@ -22,26 +22,12 @@ import torch
 from pyro_gen.infer import fit
 from pyro_gen.infer.checkpoint import RunLockedError
 from pyro_gen.infer.run_lock import LOCK_NAME, run_lock, run_read_lock
-from tests.reliability.unprivileged import REPO, run_unprivileged
+from tests.reliability.unprivileged import DRIVER_PAIR, REPO, run_unprivileged
 
 # A user's own Pyro pair, trained once, then restored from a run made read-only.
-_DRIVER = r"""
-import json, os, sys, warnings
-from pathlib import Path
-import pyro, pyro.distributions as dist, torch
-from pyro_gen.infer import fit
-from pyro_gen.infer.checkpoint import load_checkpoint
-warnings.simplefilter("ignore")
-X = torch.randn(16, 3)
-
-def model(x):
-    loc = pyro.sample("loc", dist.Normal(torch.zeros(3), 1.0).to_event(1))
-    with pyro.plate("data", x.shape[0]):
-        pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
-
-def guide(x):
-    pyro.sample("loc", dist.Normal(pyro.param("q_loc", torch.zeros(3)), 1.0).to_event(1))
-
+_DRIVER = (
+    DRIVER_PAIR
+    + r"""
 def restore(run):
     pyro.clear_param_store()
     try:
@@ -69,6 +55,7 @@ for case in ("with lock file", "without lock file"):
     out[case]["unchanged"] = {p.name: p.read_bytes() for p in run.iterdir()} == kept
 print(json.dumps(out))
 """
+)
 
 
 @pytest.fixture(scope="module")

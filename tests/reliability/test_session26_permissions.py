@@ -10,26 +10,12 @@ from __future__ import annotations
 
 import pytest
 
-from tests.reliability.unprivileged import run_unprivileged
+from tests.reliability.unprivileged import DRIVER_PAIR, run_unprivileged
 
 # Every case in one child (importing torch and Pyro costs seconds on a busy machine).
-_DRIVER = r"""
-import json, sys, warnings
-from pathlib import Path
-import pyro, pyro.distributions as dist, torch
-from pyro_gen.infer import fit
-from pyro_gen.infer.checkpoint import load_checkpoint
-warnings.simplefilter("ignore")
-X = torch.randn(16, 3)
-
-def model(x):
-    loc = pyro.sample("loc", dist.Normal(torch.zeros(3), 1.0).to_event(1))
-    with pyro.plate("data", x.shape[0]):
-        pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
-
-def guide(x):
-    pyro.sample("loc", dist.Normal(pyro.param("q_loc", torch.zeros(3)), 1.0).to_event(1))
-
+_DRIVER = (
+    DRIVER_PAIR
+    + r"""
 def train(run, epochs, at_epoch_2=None):
     steps = []
     def callback(record, m):
@@ -75,6 +61,7 @@ out["restore"]["saved"] = load_checkpoint(run / "checkpoint.pt")["param_store"][
     "q_loc"].tolist()
 print(json.dumps(out))
 """
+)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,26 @@ REPO = Path(__file__).resolve().parents[2]
 _DROP = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"]
 
 
+# The start of a driver script: a user's own Pyro pair and its data, X (16 x 3).
+DRIVER_PAIR = r"""
+import json, os, sys, warnings
+from pathlib import Path
+import pyro, pyro.distributions as dist, torch
+from pyro_gen.infer import fit
+from pyro_gen.infer.checkpoint import load_checkpoint
+warnings.simplefilter("ignore")
+X = torch.randn(16, 3)
+
+def model(x):
+    loc = pyro.sample("loc", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
+
+def guide(x):
+    pyro.sample("loc", dist.Normal(pyro.param("q_loc", torch.zeros(3)), 1.0).to_event(1))
+"""
+
+
 def run_unprivileged(driver: str, root: Path) -> dict:
     """Runs ``python -c driver root`` where permission bits apply and returns the JSON its
     last line prints; ``root`` and its folders are made writable again afterwards (a test

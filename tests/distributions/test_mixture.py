@@ -1,5 +1,5 @@
 """GaussianMixture and MixturePrior: log density against a direct computation, shapes
-under plates, sampling moments, gradients."""
+under plates, sampling moments, gradients, and the prior's starting scales."""
 
 from __future__ import annotations
 
@@ -84,3 +84,17 @@ def test_bad_shapes():
         GaussianMixture(torch.zeros(2), torch.zeros(2), torch.ones(2))
     with pytest.raises(ValueError):
         MixturePrior(0)
+
+
+# MixturePrior's scales start at one, as documented, whatever floor ``min_scale`` puts under
+# them: they had started at 1 + min_scale (1.3 with min_scale=0.3).
+@pytest.mark.parametrize("min_scale", [0.0, 1e-3, 0.3, 0.9])
+def test_the_component_scales_start_at_one(min_scale):
+    prior = MixturePrior(2, num_components=3, min_scale=min_scale)
+    scales = prior().scales
+    assert torch.allclose(scales, torch.ones_like(scales), atol=1e-6)
+
+
+def test_a_floor_above_one_starts_the_scales_just_above_it():
+    scales = MixturePrior(2, num_components=3, min_scale=2.0)().scales
+    assert bool((scales > 2.0).all()) and bool((scales < 2.01).all())

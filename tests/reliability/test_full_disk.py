@@ -2,7 +2,7 @@
 user's own Pyro program: the last checkpoint survives whole, no temporary file stays, the
 error is one clear line naming the file, and rerunning ``fit`` continues exactly.
 
-Found here: a record cut by a full disk stayed in ``metrics.jsonl`` as half a line (which
+Before, a record cut by a full disk stayed in ``metrics.jsonl`` as half a line (which
 the command line's epoch count then read as "no records"), and its error named no file
 (``[Errno 28] No space left on device``, with nothing to say where).
 """
@@ -176,10 +176,6 @@ def test_the_command_line_says_a_full_disk_in_one_line(tmp_path, capsys, monkeyp
     assert not [p for p in os.listdir(run) if p.endswith(".tmp")]
 
 
-if __name__ == "__main__":  # pragma: no cover
-    pytest.main([__file__, *sys.argv[1:]])
-
-
 def test_the_command_line_says_a_file_size_limit_in_one_line(
     tmp_path, capsys, restore_file_size_limit
 ):
@@ -217,3 +213,7 @@ def test_ctrl_c_between_two_short_writes_of_a_record_leaves_whole_records(tmp_pa
     monkeypatch.undo()
     assert len(calls) == 2  # the record was being written in two parts when interrupted
     assert epochs_recorded(path.parent) == [1]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    pytest.main([__file__, *sys.argv[1:]])

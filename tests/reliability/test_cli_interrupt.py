@@ -1,6 +1,6 @@
 """Ctrl-C in each ``pyro-gen`` command: one true line, a non-zero exit, no traceback.
 
-Found here: every command said "interrupted; the last checkpoint is intact", also
+Before, every command said "interrupted; the last checkpoint is intact", also
 ``sample``, ``evaluate`` and ``impute`` (which write no checkpoint), a ``train`` stopped
 before its first checkpoint, and a ``train`` stopped while downloading its data.
 """

@@ -1,7 +1,7 @@
 """Permissions that change under a running ``fit`` of a user's own Pyro program: the run
 directory made read-only, the checkpoint or the metrics file made read-only (to keep them).
 
-Found here: a ``checkpoint.pt`` the user had made read-only was replaced by the next resume
+Before, a ``checkpoint.pt`` the user had made read-only was replaced by the next resume
 (a rename over a file ignores its mode), after training up to the first checkpoint. Now a
 read-only run file is refused by name before any step, and no write replaces one.
 """

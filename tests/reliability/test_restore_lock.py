@@ -1,7 +1,7 @@
 """``fit(steps=0, checkpoint_dir=D)`` restores a run and writes nothing, so it reads a
 read-only run, and it still refuses a run that another process is training into.
 
-Found here: restoring took the training lock, whose file it creates and writes, so a
+Before, restoring took the training lock, whose file it creates and writes, so a
 restore from a read-only run directory (a run copied read-only, a shared results folder)
 failed with ``PermissionError`` on ``.pyro-gen.lock``. Now a restore holds a shared lock
 on the lock file, opened read-only (or none, where no run ever left one), which a

@@ -1,7 +1,7 @@
 """A checkpoint's record of its optimizer arguments, damaged or crafted, is refused by the
 parse itself (``changed_args``), in one line, whoever calls it.
 
-Found here: ``changed_args`` parsed the record unprotected and only its caller on resume
+Before, ``changed_args`` parsed the record unprotected and only its caller on resume
 caught ``ValueError``/``TypeError``/``KeyError``/``RecursionError``; a record whose
 per-parameter arguments were not objects (``{"params": {"q_loc": "lr"}}``) escaped that
 catch as ``AttributeError: 'str' object has no attribute 'get'`` from a resume.

@@ -1,7 +1,7 @@
 """A ``config.json`` edited by hand with values of the wrong type: every command that reads
 the run refuses it in one line naming the file and the setting, as a resume did.
 
-Found here: ``sample`` drew images from runs whose ``k`` was null, whose ``missing_rate``
+Before, ``sample`` drew images from runs whose ``k`` was null, whose ``missing_rate``
 was the string ``"0"`` or whose ``mask_file`` was ``5``, and ``evaluate`` (and
 ``pyro_gen.load``) took the null ``k``, while ``train`` refused all three.
 """

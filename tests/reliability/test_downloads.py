@@ -1,5 +1,6 @@
 """Fault injection for downloads: a loopback HTTP server that stalls, trickles, truncates,
-streams forever, lies about sizes and redirects in circles, and a download killed with -9.
+streams forever, lies about sizes and redirects in circles, a download killed with -9, and
+one stopped half way through its body by Ctrl-C or a disk that fills.
 
 Every case asserts one clear line naming the URL, a bounded time (the limits are tiny
 here, so each case takes well under a second) and that no file, partial or whole, is left
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+import pyro_gen.data.download as download
 from pyro_gen.data import DatasetError
 from pyro_gen.data.download import download_file, gzip_cap
 from pyro_gen.data.errors import DownloadError
@@ -332,3 +334,52 @@ def test_part_file_of_a_live_writer_is_kept(tmp_path: Path) -> None:
     fresh.write_bytes(b"just created, not yet locked")
     assert remove_stale_parts(tmp_path, names) == [part]
     assert fresh.exists() and other.exists()
+
+
+# A download stopped by Ctrl-C, or by a disk that fills, half way through its body: the
+# target is not created, no .part file stays, and a full disk is one line naming the file.
+# (One killed outright leaves its .part file to the next load: the tests above.)
+CHUNK = b"x" * 4096
+
+
+def stand_in_body(chunks: int, then: BaseException | None = None) -> object:
+    """A stand-in for the network: ``chunks`` chunks, then ``then`` raised (if given)."""
+
+    def iter_body(url: str, limits: object) -> Iterator[bytes]:
+        for _ in range(chunks):
+            yield CHUNK
+        if then is not None:
+            raise then
+
+    return iter_body
+
+
+def test_ctrl_c_mid_download_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(download, "iter_body", stand_in_body(5, KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        download_file("http://mirror/a.gz", tmp_path / "a.gz", "0" * 32)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_disk_filling_mid_download_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    resource = pytest.importorskip("resource")  # file size limits: POSIX only
+    monkeypatch.setattr(download, "iter_body", stand_in_body(16))
+    saved = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (10_000, saved[1]))  # a full disk at 10 kB
+    try:
+        with pytest.raises(DatasetError) as info:
+            download_file("http://mirror/a.gz", tmp_path / "a.gz", "0" * 32)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, saved)
+    message = str(info.value)
+    assert "\n" not in message and f"cannot write {tmp_path / 'a.gz'}" in message, message
+    assert "free space" in message, message
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_download_is_kept_when_whole(tmp_path, monkeypatch):
+    """The stand-in network works: the same body, whole and with its md5, is kept."""
+    monkeypatch.setattr(download, "iter_body", stand_in_body(16))
+    md5 = hashlib.md5(CHUNK * 16, usedforsecurity=False).hexdigest()
+    path = download_file("http://mirror/a.gz", tmp_path / "a.gz", md5)
+    assert Path(path).read_bytes() == CHUNK * 16 and os.listdir(tmp_path) == ["a.gz"]

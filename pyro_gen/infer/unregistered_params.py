@@ -17,6 +17,7 @@ from collections.abc import Iterable
 import pyro
 import torch
 from pyro import poutine
+from pyro.nn import PyroModule
 
 from pyro_gen.data.batching import Call
 from pyro_gen.infer.program import Program, quiet_run, traces_of
@@ -78,11 +79,35 @@ def _trained(traces: Iterable[poutine.Trace]) -> set[int]:
     return ids
 
 
-def _owners(leaves: list[torch.Tensor], modules: list[torch.nn.Module]) -> list[str]:
-    """The outermost called modules holding ``leaves``, then the leaves no called module
-    holds (a parameter used outside its module's ``forward``)."""
-    left = {id(t): t for t in leaves}
-    names = []
+def _pyro_params(modules: Iterable[torch.nn.Module]) -> dict[int, str]:
+    """``PyroParam`` s of the PyroModules in ``modules`` (and below), by the id of their
+    unconstrained tensor: ``"the PyroParam 'noise' of a VAE"``. A PyroModule registers them
+    only inside its context (``forward`` or a ``@pyro_method``), so one read in a plain
+    ``model`` method is a parameter no optimizer steps."""
+    found: dict[int, str] = {}
+    for outer in modules:
+        for module in outer.modules():
+            if not isinstance(module, PyroModule):
+                continue
+            for name in module.__dict__.get("_pyro_params", {}):
+                tensor = module._parameters.get(name + "_unconstrained")
+                if tensor is not None:
+                    found.setdefault(
+                        id(tensor), f"the PyroParam {name!r} of a {type(module).__name__}"
+                    )
+    return found
+
+
+def _owners(
+    leaves: list[torch.Tensor],
+    modules: list[torch.nn.Module],
+    pyro_params: dict[int, str],
+) -> list[str]:
+    """The PyroParams among ``leaves``, the outermost called modules holding the others,
+    then the leaves no called module holds (a parameter used outside its module's
+    ``forward``)."""
+    names = [pyro_params[id(t)] for t in leaves if id(t) in pyro_params]
+    left = {id(t): t for t in leaves if id(t) not in pyro_params}
     for module in modules:  # in call order: an outer module runs before its children
         held = [p for p in module.parameters() if id(p) in left]
         if held:
@@ -121,13 +146,36 @@ def warn_unregistered(prog: Program, call: Call) -> None:
     untrained = [t for t in leaves if id(t) not in trained]
     if not untrained:
         return
-    owners = _owners(untrained, called)
+    pyro_params = _pyro_params([*called, *_program_modules(prog)])
+    owners = _owners(untrained, called, pyro_params)
+    remedies = []
+    if any(id(t) in pyro_params for t in untrained):
+        # the module is a PyroModule already: what is missing is its context
+        remedies.append(
+            "a PyroModule registers its PyroParams only inside forward or a method decorated "
+            "with @pyro.nn.pyro_method: decorate the model and guide methods that read them"
+        )
+    if any(id(t) not in pyro_params for t in untrained):
+        remedies.append(
+            'call pyro.module("name", module) in the model or guide that uses it (or make '
+            "it a pyro.nn.PyroModule)"
+        )
+    remedy = "; ".join(remedies)
     warnings.warn(
         f"the model or guide computes with {', '.join(owners)} whose parameters require a "
-        "gradient but are not registered with Pyro, so training leaves them as they are: "
-        'call pyro.module("name", module) in the model or guide that uses it (or make it a '
-        "pyro.nn.PyroModule); if they are meant to stay fixed, call requires_grad_(False) "
-        "on them",
+        f"gradient but are not registered with Pyro, so training leaves them as they are: "
+        f"{remedy}; if they are meant to stay fixed, call requires_grad_(False) on them",
         UnregisteredParameterWarning,
         stacklevel=3,
     )
+
+
+def _program_modules(prog: Program) -> list[torch.nn.Module]:
+    """The pair's modules, and those whose methods the model and guide are (a PyroModule's
+    ``model`` method passed as the model)."""
+    found = list(prog.modules.values())
+    for fn in (prog.model, prog.guide):
+        owner = getattr(fn, "__self__", None)
+        if isinstance(owner, torch.nn.Module):
+            found.append(owner)
+    return found

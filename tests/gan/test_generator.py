@@ -1,12 +1,14 @@
 """The generator is an ordinary Pyro model: Predictive draws from it, a flow prior on z
-trains with it, and an adversarial loss leaves gradients on the generator alone."""
+trains with it, an adversarial loss leaves gradients on the generator alone, and its prior
+draws in its network's dtype."""
 
 from __future__ import annotations
 
 import pyro
 import pytest
 import torch
-from pyro.infer import Predictive
+from pyro import poutine
+from pyro.infer import SVI, Predictive
 from torch import nn
 
 from pyro_gen.distributions import Flow
@@ -160,3 +162,29 @@ def test_examples_the_model_masks_out_count_for_nothing(loss_type):
     # optimizer step: Adam's momentum alone would move it)
     before, after = run(0.0, [some, none])
     assert all(torch.equal(a, b) for a, b in zip(before, after))
+
+
+# A Generator(net.double()) had a float32 default prior, and its first draw failed with torch's
+# "mat1 and mat2 must have the same dtype".
+def test_a_float64_network_gets_a_float64_prior():
+    torch.manual_seed(0)
+    gen = Generator(MLPGenerator(2, (2,), hidden_dims=(8,)).double())
+    loss = NonSaturatingGAN(MLPDiscriminator((2,), hidden_dims=(8,)).double())
+    x = torch.randn(16, 2, dtype=torch.float64)
+    svi = SVI(gen.model, gen.guide, pyro.optim.Adam({"lr": 1e-3}), loss)
+    assert torch.isfinite(torch.tensor(svi.step(x)))
+    trace = poutine.trace(gen.model).get_trace(None, num_samples=5)
+    z, out = trace.nodes["z"]["value"], trace.nodes["x"]["value"]
+    assert z.dtype == out.dtype == torch.float64
+    assert torch.equal(out, gen.net(z))
+    assert gen.sample(3).dtype == torch.float64
+
+
+def test_a_network_converted_after_the_generator_was_built_is_one_error():
+    gen = Generator(MLPGenerator(2, (2,), hidden_dims=(8,)))
+    gen.net.double()
+    with pytest.raises(TypeError, match=r"float64 parameters but its prior draws float32") as e:
+        gen.sample(2)
+    assert "gen.to(torch.float64)" in str(e.value)
+    gen.to(torch.float64)  # the fix it names
+    assert gen.sample(2).dtype == torch.float64

@@ -4,10 +4,7 @@
 Checked against hand-written PyTorch: ``n_critic`` discriminator steps per generator step are
 exactly that many Adam steps on fresh generated batches, followed by the generator's step on
 the last batch; a run resumed from Pyro's own state (param store, the Pyro optimizer's state,
-the loss's ``state_dict``, the random state) continues bit for bit. And a
-``Generator(net.double())`` (its default prior was float32, and the first draw failed with
-torch's "mat1 and mat2 must have the same dtype") draws float64 latents into its float64
-network; a network converted after the generator was built gets one error naming the fix.
+the loss's ``state_dict``, the random state) continues bit for bit.
 """
 
 from __future__ import annotations
@@ -19,13 +16,11 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro import poutine
 from pyro.infer import SVI
 from torch import nn
 from torch.nn import functional as F
 
-from pyro_gen.gan import Generator, NonSaturatingGAN, WassersteinGP
-from pyro_gen.nn import MLPDiscriminator, MLPGenerator
+from pyro_gen.gan import NonSaturatingGAN, WassersteinGP
 
 
 def _nets():
@@ -124,27 +119,3 @@ def test_svi_resumed_from_pyros_own_state_is_the_straight_run(loss_type):
     second, resumed, _ = _run(loss_type, 3, state)
     assert first + second == straight
     assert all(torch.equal(a, b) for a, b in zip(resumed, weights))
-
-
-def test_a_float64_network_gets_a_float64_prior():
-    torch.manual_seed(0)
-    gen = Generator(MLPGenerator(2, (2,), hidden_dims=(8,)).double())
-    loss = NonSaturatingGAN(MLPDiscriminator((2,), hidden_dims=(8,)).double())
-    x = torch.randn(16, 2, dtype=torch.float64)
-    svi = SVI(gen.model, gen.guide, pyro.optim.Adam({"lr": 1e-3}), loss)
-    assert torch.isfinite(torch.tensor(svi.step(x)))
-    trace = poutine.trace(gen.model).get_trace(None, num_samples=5)
-    z, out = trace.nodes["z"]["value"], trace.nodes["x"]["value"]
-    assert z.dtype == out.dtype == torch.float64
-    assert torch.equal(out, gen.net(z))
-    assert gen.sample(3).dtype == torch.float64
-
-
-def test_a_network_converted_after_the_generator_was_built_is_one_error():
-    gen = Generator(MLPGenerator(2, (2,), hidden_dims=(8,)))
-    gen.net.double()
-    with pytest.raises(TypeError, match=r"float64 parameters but its prior draws float32") as e:
-        gen.sample(2)
-    assert "gen.to(torch.float64)" in str(e.value)
-    gen.to(torch.float64)  # the fix it names
-    assert gen.sample(2).dtype == torch.float64

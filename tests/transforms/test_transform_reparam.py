@@ -1,5 +1,4 @@
-"""A pyro_gen flow as a learned prior reparameterized with Pyro's ``TransformReparam``, and
-permutations given as Pyro users give them.
+"""A pyro_gen flow as a learned prior reparameterized with Pyro's ``TransformReparam``.
 
 ``poutine.reparam(model, {"z": TransformReparam()})`` moves a ``TransformedDistribution``
 latent to its base (``z_base``) and makes ``z`` a deterministic push-forward. The joint
@@ -101,26 +100,3 @@ def test_svi_trains_a_flow_prior_reparameterized_by_transform_reparam() -> None:
     loss.backward()
     grads = [p.grad for p in t.parameters()]
     assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
-
-
-@pytest.mark.parametrize("indices", [[3, 2, 0, 1], (3, 2, 0, 1), torch.tensor([3, 2, 0, 1])])
-def test_permute_takes_indices_as_a_list_as_permute_does(indices) -> None:
-    # permute(4, [3, 2, 0, 1]) was refused with "kind must be 'reverse' or 'random'", while
-    # Permute([3, 2, 0, 1]) (and Pyro's Permute) took them
-    x = torch.tensor([10.0, 11.0, 12.0, 13.0])
-    assert T.permute(4, indices)(x).tolist() == [13.0, 12.0, 10.0, 11.0]
-    assert T.Permute(indices)(x).tolist() == [13.0, 12.0, 10.0, 11.0]
-
-
-@pytest.mark.parametrize(
-    "indices, match",
-    [
-        ([0.5, 1.7, 2.2], r"whole-number indices, got \[0.5, 1.7, 2.2\]"),
-        ([0, 0, 1], r"not a permutation of range\(3\)"),
-        ("shuffle", r"kind must be 'reverse', 'random' or a permutation of range\(3\)"),
-    ],
-)
-def test_a_permutation_that_is_none_is_one_clear_error(indices, match: str) -> None:
-    # fractional indices were truncated to [0, 1, 2], a valid permutation, without a word
-    with pytest.raises(ValueError, match=match):
-        T.permute(3, indices)

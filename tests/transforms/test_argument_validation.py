@@ -1,5 +1,6 @@
-"""Transform arguments that built a transform giving NaN or wrong values, now one clear error
-when the transform is built.
+"""Transform arguments as users give them: those that built a transform giving NaN or wrong
+values are one clear error when the transform is built, and the other spellings users have
+(a mask or a permutation as a list) are taken as given.
 
 Before: ``log_scale_bound=0`` (or ``inf``, meant as "no bound") gave NaN log-dets from the
 first call (``B tanh(raw / B)``); a spline ``bound=inf`` NaN values; ``BatchNorm(momentum=2)``
@@ -168,3 +169,56 @@ def test_a_mask_of_other_values_is_one_clear_error(mask) -> None:
     # 0.5 and 2 were read as "kept" by .bool(), without a word
     with pytest.raises(ValueError, match=r"a mask holds 0/1 or False/True only"):
         T.affine_coupling(4, mask=mask, hidden_dims=[8])
+
+
+@pytest.mark.parametrize("indices", [[3, 2, 0, 1], (3, 2, 0, 1), torch.tensor([3, 2, 0, 1])])
+def test_permute_takes_indices_as_a_list_as_permute_does(indices) -> None:
+    # permute(4, [3, 2, 0, 1]) was refused with "kind must be 'reverse' or 'random'", while
+    # Permute([3, 2, 0, 1]) (and Pyro's Permute) took them
+    x = torch.tensor([10.0, 11.0, 12.0, 13.0])
+    assert T.permute(4, indices)(x).tolist() == [13.0, 12.0, 10.0, 11.0]
+    assert T.Permute(indices)(x).tolist() == [13.0, 12.0, 10.0, 11.0]
+
+
+@pytest.mark.parametrize(
+    "indices, match",
+    [
+        ([0.5, 1.7, 2.2], r"whole-number indices, got \[0.5, 1.7, 2.2\]"),
+        ([0, 0, 1], r"not a permutation of range\(3\)"),
+        ("shuffle", r"kind must be 'reverse', 'random' or a permutation of range\(3\)"),
+    ],
+)
+def test_a_permutation_that_is_none_is_one_clear_error(indices, match: str) -> None:
+    # fractional indices were truncated to [0, 1, 2], a valid permutation, without a word
+    with pytest.raises(ValueError, match=match):
+        T.permute(3, indices)
+
+
+IMAGE_COUPLINGS = {
+    "affine_coupling": lambda **kw: T.affine_coupling((2, 4, 4), **kw),
+    "additive_coupling": lambda **kw: T.additive_coupling((2, 4, 4), mask="channel", **kw),
+    "spline_coupling": lambda **kw: T.spline_coupling((2, 4, 4), num_bins=4, **kw),
+    "conditional_affine_coupling": lambda **kw: T.conditional_affine_coupling((2, 4, 4), 3, **kw),
+    "conditional_spline_coupling": lambda **kw: T.conditional_spline_coupling((2, 4, 4), 3, **kw),
+}
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5, True])
+@pytest.mark.parametrize("name", list(IMAGE_COUPLINGS))
+def test_an_image_conditioner_width_that_is_no_count_is_one_clear_error(name, value) -> None:
+    # 0 built empty convolutions (a coupling stuck at the identity), -1 failed in torch with
+    # "Trying to create tensor with negative dimension", 2.5 in a conv's groups check
+    with pytest.raises(ValueError, match=r"^hidden_channels must be a whole number >= 1, got "):
+        IMAGE_COUPLINGS[name](hidden_channels=value, num_blocks=1)
+
+
+@pytest.mark.parametrize("name", list(IMAGE_COUPLINGS))
+def test_an_image_conditioner_depth_is_a_count_from_zero(name) -> None:
+    for value in (-1, 2.5):
+        with pytest.raises(ValueError, match=r"^num_blocks must be a whole number >= 0, got "):
+            IMAGE_COUPLINGS[name](hidden_channels=4, num_blocks=value)
+    t = IMAGE_COUPLINGS[name](hidden_channels=4, num_blocks=0)
+    if isinstance(t, T.ConditionalCoupling):
+        t = t.condition(torch.randn(3))
+    x = torch.randn(2, 2, 4, 4)
+    torch.testing.assert_close(t.inv(t(x)), x)

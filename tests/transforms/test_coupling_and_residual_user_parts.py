@@ -1,7 +1,9 @@
-"""pyro_gen's coupling layers with a Pyro user's own hypernet, as Pyro's flow tutorial
-writes one: ``DenseNN(split, hidden, param_dims=[n, n])`` returns one tensor per
-parameter (a tuple), which Pyro's ``AffineCoupling`` takes. Swapped into pyro_gen's
-``Coupling(mask, hypernet, Affine())`` (and ``ConditionalCoupling`` with a
+"""pyro_gen's coupling and residual layers with a Pyro user's own parts: a hypernet, a
+residual branch, an element-wise map.
+
+The hypernet as Pyro's flow tutorial writes one: ``DenseNN(split, hidden, param_dims=[n, n])``
+returns one tensor per parameter (a tuple), which Pyro's ``AffineCoupling`` takes. Swapped
+into pyro_gen's ``Coupling(mask, hypernet, Affine())`` (and ``ConditionalCoupling`` with a
 ``ConditionalDenseNN``) the same network used to fail with ``'tuple' object has no attribute
 'dim'``. Checked against the closed form of the map written from the network's own outputs,
 an autograd Jacobian, and a Pyro SVI step that reaches the network's parameters.

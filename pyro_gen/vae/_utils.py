@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
+import pyro
 import torch
 from torch import nn
 
@@ -41,3 +43,15 @@ def cat_context(h: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
     shape = torch.broadcast_shapes(h.shape[:-1], context.shape[:-1])
     h = h.expand(shape + h.shape[-1:])
     return torch.cat([h, context.expand(shape + context.shape[-1:])], -1)
+
+
+def setup_off_the_store(setup: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """Run a guide's ``setup`` (which runs the model once) against an empty param store,
+    restoring the user's store as it was afterwards.
+
+    Why: a model built at construction must not write the global param store, as Pyro's
+    autoguides do not before their first call. Its decoder's tensors left there under the
+    default names were taken, by ``pyro.param``, for those of another model with the same
+    names, whose own decoder then never trained."""
+    with pyro.get_param_store().scope():
+        setup(*args, **kwargs)

@@ -14,7 +14,7 @@ from torch.nn import functional as F
 
 from pyro_gen.nn.registration import register_module
 from pyro_gen.transforms._base import as_event_shape, sample_count
-from pyro_gen.vae._utils import mlp
+from pyro_gen.vae._utils import mlp, setup_off_the_store
 from pyro_gen.vae.decoders import Decoder, MLPDecoder
 from pyro_gen.vae.encoders import MLPEncoder
 from pyro_gen.vae.guide_slot import GuideSlot
@@ -142,7 +142,7 @@ class HierarchicalVAE(GuideSlot):
                 self.model, hidden_dims=h, input_fn=observed_rows, name=self.prefix + "encoder"
             )
             # build the encoder now, so that a state_dict loads before the first step
-            guide.setup(torch.full((2, *self.event_shape), 0.5))
+            setup_off_the_store(guide.setup, torch.full((2, *self.event_shape), 0.5))
         if guide is not None:
             self.set_guide(guide)
 

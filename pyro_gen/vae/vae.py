@@ -13,6 +13,7 @@ from torch.nn import functional as F
 
 from pyro_gen.nn.registration import register_module
 from pyro_gen.transforms._base import as_event_shape, sample_count
+from pyro_gen.vae._utils import setup_off_the_store
 from pyro_gen.vae.decoders import Decoder, MLPDecoder
 from pyro_gen.vae.encoders import MLPEncoder
 from pyro_gen.vae.guide_slot import GuideSlot
@@ -165,7 +166,7 @@ class VAE(GuideSlot):
             # build the encoder now, so that a state_dict loads before the first step
             dummy = torch.full((2, *self.event_shape), 0.5)
             kw = {} if num_classes is None else {"y": torch.zeros(2, dtype=torch.long)}
-            guide.setup(dummy, **kw)
+            setup_off_the_store(guide.setup, dummy, **kw)
         if guide is not None:
             self.set_guide(guide)
 

@@ -39,6 +39,8 @@ from pyro_gen.transforms.elementwise import Additive, Affine, ElementwiseBijecti
 from pyro_gen.transforms.ladj_cache import partial_module
 from pyro_gen.transforms.pyro_arguments import pyro_arguments
 
+_tracing_state = torch._C._get_tracing_state
+
 
 def _elementwise(kind: str | ElementwiseBijection, log_scale_bound: float) -> ElementwiseBijection:
     if isinstance(kind, ElementwiseBijection):
@@ -227,7 +229,9 @@ class ReLUInPlace(nn.ReLU):
         super().__init__(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.relu(x, inplace=not torch.jit.is_tracing())
+        # torch's own calls, not F.relu and torch.jit.is_tracing: their Python wrappers cost
+        # about 1 us a call, four calls a step of a 2-layer IAF guide
+        return torch.relu_(x) if _tracing_state() is None else torch.relu(x)
 
 
 def _made(

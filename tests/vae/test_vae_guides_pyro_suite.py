@@ -204,3 +204,47 @@ def test_a_saved_trained_vae_reloads_and_trains_on(guide, prior, how) -> None:
     svi.step(x)
     moved = [not torch.equal(a, b) for a, b in zip(before, back.parameters())]
     assert all(moved), [n for (n, _), m in zip(back.named_parameters(), moved) if not m]
+
+
+@pytest.mark.parametrize("guide, prior", CASES, ids=IDS)
+def test_a_param_store_restored_the_pyro_way_gives_the_trained_vae(guide, prior, tmp_path):
+    """Pyro's checkpoint idiom: ``get_param_store().save``, then in a new program ``load``
+    and ``pyro.module(name, part, update_module_params=True)`` for each network of a
+    freshly built VAE (the "auto" guide takes its stored encoder itself): the trained
+    loss on the same draws, and SVI goes on training the restored tensors.
+
+    Without the ``pyro.module`` calls a fresh VAE scores with its own new weights while
+    SVI steps the stored tensors, which nothing reads (Pyro's behaviour for
+    ``pyro.module``); ``pyro_gen.infer.fit`` refuses that case with the fix."""
+    pyro.clear_param_store()
+    vae, x = build(guide, prior), data()
+    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+    for _ in range(2):
+        svi.step(x)
+    trained = seeded(Trace_ELBO(), (vae.model, vae.guide), x)
+    pyro.get_param_store().save(tmp_path / "params.pt")
+
+    pyro.clear_param_store()
+    pyro.get_param_store().load(tmp_path / "params.pt")
+    torch.manual_seed(1)  # other initial weights than the trained VAE's
+    fresh = VAE(
+        SHAPE,
+        Z,
+        8,
+        prior=make_prior(prior, Z, SHAPE, num_components=3),
+        **(
+            {"guide": "auto"}
+            if guide == "auto"
+            else {"posterior": make_posterior(guide, SHAPE, Z, 8)}
+        ),
+    )
+    parts = {"prior": fresh.prior, "decoder": fresh.decoder, "encoder": fresh.posterior}
+    for name, part in parts.items():
+        if part is not None and any(True for _ in part.parameters()):
+            pyro.module(name, part, update_module_params=True)
+    assert seeded(Trace_ELBO(), (fresh.model, fresh.guide), x) == pytest.approx(trained, rel=1e-6)
+    before = [p.detach().clone() for p in fresh.parameters()]
+    svi = SVI(fresh.model, fresh.guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
+    svi.step(x)
+    moved = [not torch.equal(a, b) for a, b in zip(before, fresh.parameters())]
+    assert all(moved), [n for (n, _), m in zip(fresh.named_parameters(), moved) if not m]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import pyro.distributions as dist
 import torch
+from pyro.nn import ConditionalAutoRegressiveNN
 from torch import nn
 from torch.nn import functional as F
 
@@ -80,8 +81,9 @@ class IAFPosterior(NormalPosterior):
     .. math:: z_0 \\sim \\mathcal{N}(\\mu(x), \\sigma^2(x)),\\quad
               z_t = \\mu_t(z_{t-1}, h) + \\sigma_t(z_{t-1}, h) \\odot z_{t-1},
 
-    with :math:`(\\mu_t, \\sigma_t)` from a conditional MADE (random variable order per
-    step), so sampling and the density of the sample are one pass each. ``encode``, from
+    with :math:`(\\mu_t, \\sigma_t)` from a conditional MADE (a pseudo-random variable
+    order per step, the same in every build, so that a param store restores it), so
+    sampling and the density of the sample are one pass each. ``encode``, from
     :class:`NormalPosterior`, gives the Normal before the flow steps (used by diagnostics).
 
     Args:
@@ -112,12 +114,7 @@ class IAFPosterior(NormalPosterior):
         super().__init__(encoder)
         z = self.z_dim
         hidden = list(hidden_dims) if hidden_dims else [max(4 * z, 64)]
-        self.flows = nn.ModuleList(
-            dist.transforms.conditional_affine_autoregressive(
-                z, encoder.hidden_dim, hidden_dims=hidden, stable=True
-            )
-            for _ in range(num_flows)
-        )
+        self.flows = nn.ModuleList(_iaf_steps(z, encoder.hidden_dim, hidden, num_flows))
 
     def forward(
         self, x: torch.Tensor, context: torch.Tensor | None = None, **kwargs
@@ -125,6 +122,36 @@ class IAFPosterior(NormalPosterior):
         loc, scale, h = self.encoder(x, context)
         base = dist.Normal(loc, scale).to_event(1)
         return dist.TransformedDistribution(base, [f.condition(h) for f in self.flows])
+
+
+def _iaf_steps(
+    dim: int, context_dim: int, hidden_dims: list[int], num_flows: int
+) -> list[dist.transforms.ConditionalAffineAutoregressive]:
+    """IAF steps whose connectivity (each step's variable order, its hidden units' degrees)
+    is drawn from a generator with a fixed seed, their weights from the global one; two
+    consecutive steps never share an order.
+
+    Why: the connectivity lives in buffers, which Pyro's param store does not hold. Drawn
+    from the global generator, a VAE built afresh to receive a store restored with
+    ``pyro.get_param_store().load`` had other masks, so the restored weights gave another
+    posterior, silently."""
+    nets = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        order = None
+        for _ in range(num_flows):
+            new = torch.randperm(dim)
+            if order is not None and torch.equal(new, order):
+                new = order.flip(0)  # the same order twice in a row adds little
+            order = new
+            nets.append(
+                ConditionalAutoRegressiveNN(dim, context_dim, hidden_dims, permutation=order)
+            )
+    for net in nets:
+        for layer in net.modules():
+            if isinstance(layer, nn.Linear):
+                layer.reset_parameters()
+    return [dist.transforms.ConditionalAffineAutoregressive(n, stable=True) for n in nets]
 
 
 class PerExamplePosterior(Posterior):

@@ -341,7 +341,7 @@ def fit(
         # and a resumed run as a straight one.
         with rng_left_alone():
             first = with_transform(first, transform)
-        traces = warm_up(prog, first, check_sites=isinstance(loss, ELBO))
+        traces = warm_up(prog, first, check_sites=isinstance(loss, ELBO), plate_name=plate_name)
         # The param-store names the pair registers: a resume refuses a checkpoint written by
         # a model that had others, and every checkpoint records them for the next resume.
         params = sorted({n for t in traces for n, s in t.nodes.items() if s["type"] == "param"})

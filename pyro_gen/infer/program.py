@@ -21,8 +21,15 @@ import torch
 from pyro import poutine
 
 from pyro_gen.data.batching import Call, describe
+from pyro_gen.infer.evaluation_plate import find_data_plate
 from pyro_gen.infer.param_values import check_param_values, explain_param_values
-from pyro_gen.infer.program_checks import check_matching_sites, check_params, check_plate_sizes
+from pyro_gen.infer.program_checks import (
+    check_guide_observes_nothing,
+    check_matching_sites,
+    check_params,
+    check_plate_sizes,
+    refuse_classes,
+)
 from pyro_gen.infer.pyro_modules import MODULE_KEY, called_modules, registered_names
 from pyro_gen.infer.tensor_mismatch import explain_mismatch
 from pyro_gen.infer.undo_writes import UndoWrites
@@ -103,6 +110,7 @@ def program(model: Any, guide: Any = None, loss: Any = None) -> Program:
         >>> program(model, guide).modules
         {}
     """
+    refuse_classes(model, guide)
     if isinstance(model, torch.nn.Module) and callable(getattr(model, "model", None)):
         model_fn = model.model
         if guide is None:
@@ -202,22 +210,27 @@ def trace_once(prog: Program, call: Call) -> tuple[poutine.Trace, poutine.Trace]
     for name, module in registered_names(called, traces, prog.modules.values()).items():
         prog.modules[MODULE_KEY + name] = module
     check_plate_sizes(guide_trace, model_trace)
+    check_guide_observes_nothing(guide_trace, model_trace)
     return guide_trace, model_trace
 
 
-def warm_up(prog: Program, call: Call, *, check_sites: bool) -> tuple[poutine.Trace, poutine.Trace]:
+def warm_up(
+    prog: Program, call: Call, *, check_sites: bool, plate_name: str | None = None
+) -> tuple[poutine.Trace, poutine.Trace]:
     """Runs guide then model once on ``call`` (:func:`trace_once`) and returns their traces.
 
     Lazily built guides (autoguides) create their parameters here, so a checkpoint can be
     restored into them. Raises a clear error for a stale param-store entry that would
-    detach a module from what SVI trains and, with ``check_sites``, for guide and model
-    sites that do not match.
+    detach a module from what SVI trains, for a ``plate_name`` the model has no plate of
+    and, with ``check_sites``, for guide and model sites that do not match.
     """
     store = pyro.get_param_store()
     held = set(store.keys())
     guide_trace, model_trace = trace_once(prog, call)
     try:
         check_params(guide_trace, model_trace)
+        if plate_name is not None:  # a typo would turn the batch checks off unsaid
+            find_data_plate(model_trace, plate_name)
         if check_sites:
             check_matching_sites(model_trace, guide_trace, prog.loss)
     except ValueError:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from pyro import poutine
 from pyro.infer import TraceGraph_ELBO, TraceMeanField_ELBO
+from pyro.infer.autoguide import AutoGuide
 from pyro.params.param_store import _MODULE_NAMESPACE_DIVIDER
 from pyro.poutine.subsample_messenger import _Subsample
 
@@ -23,8 +24,10 @@ __all__ = [
     "check_loss",
     "check_params",
     "check_plate_sizes",
+    "check_guide_observes_nothing",
     "check_matching_sites",
     "refuse_callable_data",
+    "refuse_classes",
 ]
 
 
@@ -60,6 +63,58 @@ def refuse_callable_data(data: Any) -> None:
         "of tensors, an iterable of batches, or a function of no arguments returning one); "
         "pass a guide as guide="
     )
+
+
+def refuse_classes(model: Any, guide: Any) -> None:
+    """Refuses a class given as the model or the guide: callable, so Pyro's SVI calls it with
+    the batch, which builds an object and samples nothing. ``guide=AutoNormal`` for
+    ``AutoNormal(model)`` then trained nothing, or was scored with every latent drawn
+    from the prior.
+
+    Example:
+        >>> from pyro.infer.autoguide import AutoNormal
+        >>> refuse_classes(lambda x: None, AutoNormal)
+        Traceback (most recent call last):
+        ...
+        TypeError: guide is the class AutoNormal, not a guide built on the model: pass ...
+    """
+    if isinstance(guide, type):
+        if issubclass(guide, AutoGuide):
+            raise TypeError(
+                f"guide is the class {guide.__name__}, not a guide built on the model: pass "
+                f"guide={guide.__name__}(model)"
+            )
+        raise TypeError(
+            f"guide is the class {guide.__name__}, not a guide: pass an instance "
+            f"({guide.__name__}(...)) or a guide function"
+        )
+    if isinstance(model, type):
+        raise TypeError(
+            f"model is the class {model.__name__}, not a model: pass an instance "
+            f"({model.__name__}(...)), whose model and guide methods are used, or a Pyro "
+            "model function"
+        )
+
+
+def check_guide_observes_nothing(guide_trace: poutine.Trace, model_trace: poutine.Trace) -> None:
+    """Refuses a guide with observed sites the model does not have: model and guide passed
+    the other way round. Pyro's SVI trains such a pair (the guide's observation enters the
+    ELBO as a density of q, unmatched) with a warning of "non-auxiliary vars in guide but
+    not model"; with a guide that samples the model's latents too, the loss was exactly 0."""
+    observed = sorted(
+        name
+        for name, site in guide_trace.nodes.items()
+        if site["type"] == "sample"
+        and site["is_observed"]
+        and not site["infer"].get("is_auxiliary")
+        and name not in model_trace.nodes
+    )
+    if observed:
+        raise ValueError(
+            f"the guide observes {observed} (obs=), which the model has no site for: a guide "
+            "samples the model's latents and observes nothing. Are model and guide swapped? "
+            "Pass fit(model, data, guide=guide), as Pyro's SVI(model, guide, ...)"
+        )
 
 
 def check_loss(loss: Any) -> None:

@@ -28,7 +28,7 @@ import pyro
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-import step_time  # noqa: E402  (the benchmark's own RealNVP)
+import step_models  # noqa: E402  (the benchmark's own RealNVP)
 
 from pyro_gen.infer.compiled import CompiledSVI  # noqa: E402
 
@@ -49,7 +49,7 @@ def main() -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     x = torch.randn(args.batch, 2)
-    model = step_time.realnvp("guard_in_situ")
+    model = step_models.realnvp("guard_in_situ")
     svi = CompiledSVI(model.model, model.guide, pyro.optim.Adam({"lr": 1e-4}), step_guard=False)
     for _ in range(30):
         svi.step(x)

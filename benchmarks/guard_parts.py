@@ -25,7 +25,7 @@ import pyro
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-import step_time  # noqa: E402  (the benchmark's own RealNVP)
+import step_models  # noqa: E402  (the benchmark's own RealNVP)
 
 from pyro_gen.infer.compiled import CompiledSVI  # noqa: E402
 
@@ -50,7 +50,7 @@ def main() -> None:
     pyro.clear_param_store()
     torch.manual_seed(0)
     x = torch.randn(args.batch, 2)
-    model = step_time.realnvp("guard_parts")
+    model = step_models.realnvp("guard_parts")
     times: dict[str, list[int]] = {}
     steps = {}
     for label in ("on", "off"):

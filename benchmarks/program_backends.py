@@ -38,7 +38,7 @@ from typing import Any
 import pyro
 import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
-from step_time import hardware
+from step_models import hardware
 
 from pyro_gen.diffusion import build_ddpm
 from pyro_gen.flows import build as build_flow

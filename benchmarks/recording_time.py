@@ -30,7 +30,7 @@ import pyro
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-import step_time  # noqa: E402  (the benchmarks' own MNIST VAE and 2-D RealNVP)
+import step_models  # noqa: E402  (the benchmarks' own MNIST VAE and 2-D RealNVP)
 
 from pyro_gen.flows import ResidualFlow  # noqa: E402
 from pyro_gen.infer import compiled_step_recorder  # noqa: E402
@@ -38,10 +38,10 @@ from pyro_gen.infer.compiled import CompiledSVI  # noqa: E402
 
 MODELS: dict[str, tuple[Callable[[str], torch.nn.Module], Callable[[], torch.Tensor]]] = {
     "vae (MNIST, 784-400-50)": (
-        step_time.PyroVAE,
+        step_models.PyroVAE,
         lambda: torch.bernoulli(torch.full((128, 784), 0.13)),
     ),
-    "realnvp (2-D, 4 layers)": (step_time.realnvp, lambda: torch.randn(256, 2)),
+    "realnvp (2-D, 4 layers)": (step_models.realnvp, lambda: torch.randn(256, 2)),
     "residual flow (2-D, 6 layers)": (
         lambda name: ResidualFlow((2,), num_layers=6, hidden_dims=(64, 64), name=name),
         lambda: torch.randn(256, 2),

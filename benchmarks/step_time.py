@@ -25,124 +25,27 @@ import argparse
 import contextlib
 import ctypes
 import datetime
-import functools
-import math
 import os
 import platform
-import random
 import statistics
-import subprocess
 import sys
 import time
-import unittest.mock
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pyro
-import pyro.distributions as dist
 import torch
+from epoch_overhead import epoch_overhead, epoch_table
+from guard_cost import guard_cost, guard_table
+from step_models import PyroVAE, TorchVAE, ddpm, ddpm_loss, hardware, realnvp, sync
 from torch import nn
-from torch.nn import functional as F
 
-from pyro_gen.infer import compiled_check_placement as check_placement
 from pyro_gen.infer.compiled import CompiledSVI
-from pyro_gen.infer.fit import fit
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 MARK = "<!-- step_time:{device}:{end} -->"
-HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
-
-
-# --- models -------------------------------------------------------------------------------
-
-
-class TorchVAE(nn.Module):
-    """The VAE as one would write it by hand: the same networks and Monte Carlo ELBO."""
-
-    def __init__(self, x_dim: int = 784, hidden: int = 400, z_dim: int = 50) -> None:
-        super().__init__()
-        self.enc = nn.Sequential(nn.Linear(x_dim, hidden), nn.Softplus())
-        self.loc, self.log_scale = nn.Linear(hidden, z_dim), nn.Linear(hidden, z_dim)
-        self.dec = nn.Sequential(nn.Linear(z_dim, hidden), nn.Softplus(), nn.Linear(hidden, x_dim))
-
-    def loss(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.enc(x)
-        loc, log_scale = self.loc(h), self.log_scale(h)
-        eps = torch.randn_like(loc)
-        z = loc + log_scale.exp() * eps
-        log_px = -F.binary_cross_entropy_with_logits(self.dec(z), x, reduction="none").sum(-1)
-        log_pz = (-0.5 * z**2 - HALF_LOG_2PI).sum(-1)
-        log_qz = (-0.5 * eps**2 - log_scale - HALF_LOG_2PI).sum(-1)
-        return -(log_px + log_pz - log_qz).sum()
-
-
-class PyroVAE(TorchVAE):
-    """The same networks as a Pyro model/guide pair."""
-
-    def __init__(self, name: str, **kw: Any) -> None:
-        super().__init__(**kw)
-        self.name = name
-
-    def model(self, x: torch.Tensor) -> None:
-        pyro.module(self.name + ".dec", self.dec)
-        with pyro.plate("data", x.shape[0]):
-            z_dim = self.loc.out_features
-            prior = dist.Normal(x.new_zeros(z_dim), x.new_ones(z_dim)).to_event(1)
-            z = pyro.sample("z", prior)
-            lik = dist.Bernoulli(logits=self.dec(z), validate_args=False).to_event(1)
-            pyro.sample("x", lik, obs=x)
-
-    def guide(self, x: torch.Tensor) -> None:
-        for part in ("enc", "loc", "log_scale"):
-            pyro.module(f"{self.name}.{part}", getattr(self, part))
-        with pyro.plate("data", x.shape[0]):
-            h = self.enc(x)
-            pyro.sample("z", dist.Normal(self.loc(h), self.log_scale(h).exp()).to_event(1))
-
-
-def realnvp(name: str, dim: int = 2, layers: int = 4, hidden: int = 64) -> nn.Module:
-    """RealNVP from pyro_gen.flows when it exists, else from pyro_gen.transforms couplings."""
-    try:
-        from pyro_gen.flows import RealNVP  # type: ignore[attr-defined]
-
-        return RealNVP((dim,), num_layers=layers, hidden_dims=(hidden, hidden), name=name)
-    except (ImportError, TypeError):
-        from pyro_gen.flows.base import FlowModel
-        from pyro_gen.transforms import affine_coupling
-
-        ts = [
-            affine_coupling(dim, parity=i % 2, hidden_dims=(hidden, hidden)) for i in range(layers)
-        ]
-        return FlowModel((dim,), ts, name=name)
-
-
-def ddpm(name: str, dim: int = 2, timesteps: int = 1000) -> nn.Module:
-    """The time-plate DDPM with L_simple and fixed variances: the form hand-written code uses."""
-    from pyro_gen.diffusion import build_ddpm
-
-    gen = build_ddpm((dim,), objective="simple", variance="fixed_small", timesteps=timesteps)
-    gen.name = name
-    return gen
-
-
-def ddpm_loss(gen: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The same DDPM's loss written by hand: T x L_simple at one uniform step per example
-    (the time plate's estimate) plus the closed-form KL(q(x_T | x_0) || N(0, I))."""
-    s, T = gen.schedule, gen.schedule.num_timesteps
-
-    def loss(x: torch.Tensor) -> torch.Tensor:
-        t = torch.randint(1, T + 1, (x.shape[0],), device=x.device)
-        eps = torch.randn_like(x)
-        ab = s.alphas_cumprod[t - 1].unsqueeze(-1)
-        x_t = ab.sqrt() * x + (1 - ab).sqrt() * eps
-        simple = 0.5 * (gen.net(x_t, t) - eps).pow(2).sum(-1) * T
-        ab_T = s.alphas_cumprod[-1]
-        kl_T = 0.5 * (ab_T * x.pow(2) - ab_T - (1 - ab_T).log()).sum(-1)
-        return (simple + kl_T).sum()
-
-    return loss
 
 
 # --- variants -----------------------------------------------------------------------------
@@ -217,11 +120,6 @@ def build_variants(kind: str, device: torch.device, backends: list[str]) -> dict
 # --- measurement --------------------------------------------------------------------------
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _proc_kb(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -270,12 +168,12 @@ def measure(
     rows = []
     steppers = {}
     for label, make in build_variants(kind, device, backends).items():
-        _sync(device)
+        sync(device)
         held = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
         stepper = make()
         t0 = time.perf_counter()
         stepper(x)
-        _sync(device)
+        sync(device)
         first = time.perf_counter() - t0
         for _ in range(warmup):
             stepper(x)
@@ -283,7 +181,7 @@ def measure(
         compile_s = first
         if svi is not None:
             compile_s = svi.compile_time_s
-        _sync(device)
+        sync(device)
         if device.type == "cuda":  # what the variant keeps: weights, optimizer, graph pools
             held = (torch.cuda.memory_allocated(device) - held) / 2**20
         note = "" if svi is None or svi.compiled else f"fell back: {svi.fallback_reason}"
@@ -297,7 +195,7 @@ def measure(
             for _ in range(block):
                 t0 = time.perf_counter()
                 stepper(x)
-                _sync(device)
+                sync(device)
                 times[label].append(time.perf_counter() - t0)
     for r in rows:
         r["ms"] = 1e3 * statistics.median(times[r["variant"]])
@@ -333,236 +231,12 @@ def first_epoch(batch: int, device: torch.device, n: int, cold: bool) -> list[di
             for label, stepper in steppers.items():
                 t0 = time.perf_counter()
                 stepper(x)
-                _sync(device)
+                sync(device)
                 totals[label] += time.perf_counter() - t0
     return [{"variant": label, "s": s} for label, s in totals.items()]
 
 
-def epoch_overhead(device: torch.device, rounds: int) -> list[dict[str, Any]]:
-    """An MNIST epoch of ``fit`` (A) against the sum of its steps timed one by one (B).
-
-    A: the wall time of ``fit(VAE(), mnist, epochs=1, transform=dynamic_binarize)``, no
-    evaluation or checkpoint. B: 469 steps of a step object built as ``fit`` builds it
-    (same model, optim and loss), each timed alone on pre-sliced, pre-binarized batches
-    and returning the loss as a float (the loss is read back, so the step is complete).
-    Both start from a fresh step object, so both pay the recording of the 128 and the
-    final 96-example signature; A - B is what the loop and the data path add. After one
-    short warm-up of each, the variants take turns A B A B for ``compile=None`` and
-    ``compile=False``. Process CPU time is kept beside wall time: on a shared machine
-    other jobs move it less than the wall time (caches and shared cores still do).
-    """
-    from pyro_gen.data import dynamic_binarize, load
-    from pyro_gen.vae import VAE
-
-    x = load("mnist")[0].to(device)
-    order = torch.randperm(x.shape[0], device=device)
-    batches = [dynamic_binarize(x.index_select(0, idx)) for idx in order.split(128)]
-    gen = VAE().to(device)
-
-    def run_fit(compile: bool | None, **kw: Any) -> tuple[float, float]:
-        t0, c0 = time.perf_counter(), time.process_time()
-        fit(gen, x, batch_size=128, transform=dynamic_binarize, progress=False, compile=compile,
-            **kw)  # fmt: skip
-        return time.perf_counter() - t0, time.process_time() - c0
-
-    def run_steps(compile: bool | None, n: int) -> list[tuple[float, float]]:
-        pyro.clear_param_store()  # as fit does
-        optim, loss = pyro.optim.Adam({"lr": 1e-3}), pyro.infer.Trace_ELBO()
-        backend = "pyro" if compile is False else "auto"  # fit's plain and default steps
-        step = CompiledSVI(gen.model, gen.guide, optim, loss, backend=backend)
-        times = []
-        for i, b in enumerate(batches[:n]):
-            t0, c0 = time.perf_counter(), time.process_time()
-            float(step(i, x=b))  # read back: on CUDA the step is then complete
-            times.append((time.perf_counter() - t0, time.process_time() - c0))
-        return times
-
-    modes: dict[str, bool | None] = {"compile=None (CompiledSVI, auto)": None,
-                                     "compile=False (plain Pyro step)": False}  # fmt: skip
-    for compile in modes.values():  # warm-up: imports, first TorchScript, allocator
-        run_fit(compile, steps=20)
-        run_steps(compile, 20)
-    keys = ("a", "b", "a_cpu", "b_cpu", "rec")
-    got = {m: {k: [] for k in keys} for m in modes}
-    for _ in range(rounds):
-        for label, compile in modes.items():
-            a, a_cpu = run_fit(compile, epochs=1)
-            times = run_steps(compile, len(batches))
-            g = got[label]
-            g["a"].append(a)
-            g["a_cpu"].append(a_cpu)
-            g["b"].append(sum(t for t, _ in times))
-            g["b_cpu"].append(sum(c for _, c in times))
-            g["rec"].append(times[0][0] + times[-1][0])
-    rows = []
-    for label, g in got.items():
-        ratios = [a / b for a, b in zip(g["a"], g["b"])]
-        cpu_ratios = [a / b for a, b in zip(g["a_cpu"], g["b_cpu"])]
-        rows.append(
-            {
-                "variant": label,
-                **{k: statistics.median(v) for k, v in g.items()},
-                "ratio": statistics.median(ratios),
-                "ratios": ratios,
-                "cpu_ratio": statistics.median(cpu_ratios),
-            }
-        )
-    return rows
-
-
-def guard_cost(
-    device: torch.device,
-    rounds: int,
-    block: int,
-    backend: str = "auto",
-    kinds: tuple[str, ...] = ("vae", "realnvp"),
-    builds: int = 1,
-) -> list[dict[str, Any]]:
-    """The step guard's cost: fit's default step (``backend="auto"``, fused Adam) with the
-    guard on (A) and off (B), a second step with it off (C, the control) and one with the
-    guard as session 8 recorded it (S: large weight gradients summed after the multiply, not
-    bounded through their factors), all four on one model (its parameters in one place in
-    memory), taking turns (``block`` steps a turn,
-    in a random order each round) over ``rounds`` rounds on one batch. Everything is built
-    afresh ``builds`` times: where a process's tensors lie moves a step's time by a few
-    percent between copies of one model (measured: up to 3% between two unguarded copies),
-    which the control shows. Ratios are per round; the mean and standard error are over
-    builds (over rounds with one build)."""
-    out = []
-    cases = [(kind, batch) for kind in kinds for batch in (128, 1024)]
-    labels = ("on", "off", "control", "summed")
-    order = random.Random(0)
-    for kind, batch in cases:
-        make = PyroVAE if kind == "vae" else realnvp
-        keys = [label + clock for label in labels for clock in ("", "_cpu")]
-        means: dict[str, list[list[float]]] = {key: [] for key in keys}
-        for build in range(builds):
-            pyro.clear_param_store()
-            torch.manual_seed(build)
-            if kind == "vae":
-                x = torch.bernoulli(torch.rand(batch, 784, device=device))
-            else:
-                x = torch.randn(batch, 2, device=device)
-            model = make(f"guard_{kind}").to(device)
-            steppers: dict[str, Callable[[], Any]] = {}
-            # Built in a random order each build: a step built first ran up to 2% slower
-            # than an identical one built later (session 15: A and S are one program on the
-            # 2-D RealNVP, yet A/B was 1.031 and S/B 1.014 with A always built first).
-            for label in order.sample(labels, len(labels)):
-                guard = label in ("on", "summed")
-                svi = CompiledSVI(model.model, model.guide, pyro.optim.Adam({"lr": 1e-3}),
-                                  step_guard=guard, backend=backend)  # fmt: skip
-                products = () if label == "summed" else check_placement._PRODUCTS
-                with unittest.mock.patch.object(check_placement, "_PRODUCTS", products):
-                    for _ in range(20):  # the plain first step, the recording, warm-up
-                        svi.step(x)
-                assert svi.compiled, svi.fallback_reason
-                steppers[label] = functools.partial(svi.step, x)
-            for key in means:
-                means[key].append([])
-            # Wall time, and the process's CPU time, which other jobs on a shared machine
-            # move less (they still share caches and memory bandwidth).
-            for _ in range(rounds):
-                for label in order.sample(labels, len(labels)):
-                    _sync(device)
-                    t0, c0 = time.perf_counter(), time.process_time()
-                    for _ in range(block):
-                        steppers[label]()
-                    _sync(device)
-                    means[label][-1].append((time.perf_counter() - t0) / block)
-                    means[label + "_cpu"][-1].append((time.process_time() - c0) / block)
-        row: dict[str, Any] = {"case": f"{kind}, batch {batch}", "builds": builds}
-        for clock in ("", "_cpu"):
-            for label in ("on", "control", "summed"):
-                per_build = [
-                    [a / b for a, b in zip(num, den)]
-                    for num, den in zip(means[label + clock], means["off" + clock])
-                ]
-                # A build's ratio is its ratio of mean step times, not the mean of its rounds'
-                # ratios: a mean of ratios is biased up by about the squared coefficient of
-                # variation of the denominator (rounds on this host vary by ~10%, so ~1%),
-                # which showed as a control (C, the same program as B) at 1.01.
-                num, den = means[label + clock], means["off" + clock]
-                ratio_of_means = [statistics.mean(n) / statistics.mean(d) for n, d in zip(num, den)]
-                xs = ratio_of_means if builds > 1 else per_build[0]
-                row[f"{label}_round_ratio{clock}"] = statistics.mean(
-                    map(statistics.mean, per_build)
-                )
-                row[f"{label}_ratio{clock}"] = statistics.mean(xs)
-                row[f"{label}_se{clock}"] = statistics.stdev(xs) / math.sqrt(len(xs))
-                row[f"{label}_median{clock}"] = statistics.median(sum(per_build, []))
-            for label in labels:
-                row[f"{label}_ms{clock}"] = 1e3 * statistics.mean(sum(means[label + clock], []))
-        out.append(row)
-    return out
-
-
-def guard_table(
-    device: torch.device,
-    rows: list[dict[str, Any]],
-    rounds: int,
-    block: int,
-    backend: str,
-    builds: int = 1,
-) -> str:
-    step = "fit's default compiled step" if backend == "auto" else f"backend={backend!r}"
-    over = f"s.e. over {builds} builds" if builds > 1 else f"s.e. over {rounds} rounds"
-    lines = [
-        f"**step guard on (A) vs off (B), with a second unguarded step (C) as the control and "
-        f"the guard as recorded in session 8 (S, large gradients summed), one model, {step} "
-        f"({device.type}, fused Adam, {builds} build(s) x {rounds} rounds of "
-        f"{block} steps each, random order); target A/B <= 1.02**",
-        "",
-        f"| model | clock | A ms/step | B ms/step | C ms/step | A/B mean +- {over} "
-        "| A/B median | S/B mean +- s.e. | C/B mean +- s.e. |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        for clock, name in (("", "wall"), ("_cpu", "process CPU")):
-            lines.append(
-                f"| {r['case']} | {name} | {r['on_ms' + clock]:.3f} | {r['off_ms' + clock]:.3f} "
-                f"| {r['control_ms' + clock]:.3f} "
-                f"| {r['on_ratio' + clock]:.3f} +- {r['on_se' + clock]:.3f} "
-                f"| {r['on_median' + clock]:.3f} "
-                f"| {r['summed_ratio' + clock]:.3f} +- {r['summed_se' + clock]:.3f} "
-                f"| {r['control_ratio' + clock]:.3f} +- {r['control_se' + clock]:.3f} |"
-            )
-    return "\n".join(lines)
-
-
-def epoch_table(device: torch.device, rows: list[dict[str, Any]], rounds: int) -> str:
-    lines = [
-        f"**MNIST epoch (469 steps, VAE 784-400-50, batch 128, dynamic binarization, "
-        f"{device.type}): fit's epoch (A) vs the sum of its isolated steps (B), "
-        f"{rounds} rounds A B interleaved; target A/B <= 1.05**",
-        "",
-        "| variant | A: fit epoch s (median) | B: sum of 469 steps s (median) "
-        "| first + last step in B s | A/B wall (median) | A/B wall per round "
-        "| A/B process CPU time (median) |",
-        "|---|---:|---:|---:|---:|---|---:|",
-    ]
-    for r in rows:
-        per = ", ".join(f"{q:.3f}" for q in r["ratios"])
-        lines.append(
-            f"| {r['variant']} | {r['a']:.2f} | {r['b']:.2f} | {r['rec']:.2f} "
-            f"| {r['ratio']:.3f} | {per} | {r['cpu_ratio']:.3f} |"
-        )
-    return "\n".join(lines)
-
-
 # --- report -------------------------------------------------------------------------------
-
-
-def hardware(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    name = platform.processor() or "unknown CPU"
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                name = line.split(":", 1)[1].strip()
-    return f"{name}, {os.cpu_count()} cores visible, torch threads {torch.get_num_threads()}"
 
 
 def table(title: str, rows: list[dict[str, Any]]) -> str:

@@ -20,7 +20,7 @@ import time
 
 import pyro
 import torch
-from step_time import PyroVAE, hardware, realnvp
+from step_models import PyroVAE, hardware, realnvp
 
 from pyro_gen.infer.compiled import CompiledSVI
 

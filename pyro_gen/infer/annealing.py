@@ -26,6 +26,33 @@ from pyro.poutine.runtime import _PYRO_STACK
 BetaLike = float | Callable[[], float]
 
 
+def checked_weight(value: Any, said: str, where: str = "") -> float:
+    """``value`` as a KL weight, a finite number >= 0, else one error that starts with
+    ``said`` (what gave it), shows it, then ``where``. A weight below zero rewards divergence
+    from the prior and trained without a word; NaN surfaced as a non-finite loss; None (a
+    schedule without ``return``) failed inside ``float()``.
+
+    Example:
+        >>> checked_weight(0.5, "beta is")
+        0.5
+        >>> checked_weight(-1, "annealing returned")
+        Traceback (most recent call last):
+        ...
+        ValueError: annealing returned -1: the KL weight must be a finite number >= 0
+    """
+    rule = "the KL weight must be a finite number >= 0"
+    try:
+        if isinstance(value, str | bytes):
+            raise TypeError
+        weight = float(value)
+    except (TypeError, ValueError):
+        hint = " (does the schedule return its value?)" if value is None else ""
+        raise TypeError(f"{said} {value!r}{where}: {rule}{hint}") from None
+    if not (math.isfinite(weight) and weight >= 0):
+        raise ValueError(f"{said} {value!r}{where}: {rule}")
+    return weight
+
+
 @dataclass
 class EnumeratedSums:
     """What the model side of a :func:`kl_scale_pair` learns about the discrete sites the
@@ -71,6 +98,8 @@ class KLScaleMessenger(Messenger):
         sums: EnumeratedSums | None = None,
     ) -> None:
         super().__init__()
+        if not callable(beta) and not torch.is_tensor(beta):  # a tensor: a compiled input
+            checked_weight(beta, "kl_scale: beta is")
         self.beta = beta
         self.guide_sites = guide_sites
         self.records = records
@@ -137,7 +166,12 @@ class KLScaleMessenger(Messenger):
         ]
 
     def _beta(self) -> float:
-        return self.beta() if callable(self.beta) else self.beta
+        if not callable(self.beta):
+            return self.beta
+        beta = self.beta()
+        if not torch.is_tensor(beta):  # read per site: a float compare, no device sync
+            checked_weight(beta, "kl_scale: beta() returned")
+        return beta
 
     def _scaled(self, scale: Any) -> Any:
         beta = self._beta()

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from pyro_gen.data.batching import BatchCalls, Call, Transform, with_transform
 from pyro_gen.data.random_state import rng_left_alone
+from pyro_gen.infer.annealing import checked_weight
 from pyro_gen.infer.callbacks import only_tensors
 from pyro_gen.infer.checkpoint import (
     CHECKPOINT_NAME,
@@ -175,7 +176,8 @@ def _train(
             prog.check_call(call, state.batch)
             call = with_transform(call, transform)
             if annealing is not None:
-                beta[0] = float(annealing(state.step))
+                weight = annealing(state.step)
+                beta[0] = checked_weight(weight, "annealing returned", f" at step {state.step}")
             if dp is not None:
                 dp.begin_step(call.size if call.size is not None else 1, examples)
             pending.append(step_fn(state.step, *call.args, **call.kwargs))

@@ -17,8 +17,9 @@ The estimators are :func:`~pyro_gen.infer.evaluation_elbo.evaluate_elbo` and
 
 from __future__ import annotations
 
-import math
+import torch
 
+from pyro_gen.data.preprocessing import bits_per_dim
 from pyro_gen.infer.evaluation_elbo import ELBO_CHUNK, evaluate_elbo
 from pyro_gen.infer.evaluation_iwae import iwae_log_likelihood
 from pyro_gen.infer.module_devices import module_device
@@ -34,11 +35,27 @@ __all__ = [
 ]
 
 
-def bits_per_dim_from_nats(log_likelihood_nats: float, num_dims: int) -> float:
-    """Converts a log-likelihood per example (nats) into bits per dimension (lower is better).
+def bits_per_dim_from_nats(
+    log_likelihood_nats: float | torch.Tensor,
+    num_dims: int | tuple[int, ...],
+    *,
+    num_bins: int | None = None,
+) -> float | torch.Tensor:
+    """Converts a log-likelihood per example (nats), e.g. of :func:`iwae_log_likelihood`,
+    into bits per dimension (lower is better): :func:`pyro_gen.data.bits_per_dim` of its
+    negation, which checks ``num_dims``.
+
+    Args:
+        log_likelihood_nats: log-likelihood per example in nats (float or tensor).
+        num_dims: dimensions per example, or an event shape such as ``x.shape[1:]``.
+        num_bins: levels of the data before they were rescaled to [0, 1] (256 for
+            dequantized 8-bit pixels), to report bits on the integer scale.
 
     Example:
+        >>> import math
         >>> round(bits_per_dim_from_nats(-784 * math.log(2), 784), 6)
         1.0
+        >>> round(bits_per_dim_from_nats(0.0, (1, 28, 28), num_bins=256), 6)
+        8.0
     """
-    return -log_likelihood_nats / (num_dims * math.log(2))
+    return bits_per_dim(-log_likelihood_nats, num_dims, num_bins=num_bins)

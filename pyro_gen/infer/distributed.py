@@ -66,6 +66,7 @@ from pyro_gen.data.batching import Call
 from pyro_gen.data.random_state import set_pyro_rng_state
 from pyro_gen.infer.distributed_batches import ShardedBatches
 from pyro_gen.infer.distributed_reduce import GradReducer
+from pyro_gen.infer.module_modes import module_modes, restore_modes
 
 T = TypeVar("T")
 logger = logging.getLogger("pyro_gen")
@@ -365,7 +366,7 @@ def _plates(prog: Any, call: Call) -> tuple[bool, list[str]]:
     """Whether a sample site of the model sits in a plate that subsamples (its scale
     depends on the batch size), and the latent sites outside every plate, from one trace
     of guide and model on ``call`` that moves neither the RNG nor running statistics."""
-    modes = {name: m.training for name, m in prog.modules.items()}
+    modes = module_modes(prog.modules.values())
     for m in prog.modules.values():
         m.eval()
     try:
@@ -376,8 +377,7 @@ def _plates(prog: Any, call: Call) -> tuple[bool, list[str]]:
             trace = poutine.trace(model).get_trace(*call.args, **call.kwargs)
             pyro.util.set_rng_state(state)
     finally:
-        for name, m in prog.modules.items():
-            m.train(modes[name])
+        restore_modes(modes)
     sites = [s for s in trace.nodes.values() if s["type"] == "sample"]
     subsampled = any(
         f.full_size not in (None, f.size) for s in sites for f in s["cond_indep_stack"]

@@ -4,8 +4,7 @@ the modules in evaluation mode, no gradients, and an optional progress bar."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import torch
@@ -15,6 +14,7 @@ from pyro_gen.data.batching import TensorBatches, Transform, batch_calls, with_t
 from pyro_gen.data.random_state import rng_left_alone
 from pyro_gen.infer.evaluation_scorer import ParticleScorer
 from pyro_gen.infer.module_devices import modules_device
+from pyro_gen.infer.module_modes import evaluation_mode
 from pyro_gen.infer.pair_declarations import declared_plate
 from pyro_gen.infer.program import program, trace_once
 from pyro_gen.infer.program_checks import PlateSizeError, refuse_callable_data
@@ -22,28 +22,6 @@ from pyro_gen.infer.program_checks import PlateSizeError, refuse_callable_data
 __all__ = ["evaluation_mode", "score_batches", "widen"]
 
 T = TypeVar("T")
-
-
-@contextmanager
-def evaluation_mode(modules: list[torch.nn.Module]) -> Iterator[None]:
-    """Evaluation mode (dropout off, batch norm frozen) for a score, restored afterwards.
-
-    Example:
-        >>> net = torch.nn.Dropout()
-        >>> with evaluation_mode([net]):
-        ...     print(net.training)
-        False
-        >>> net.training
-        True
-    """
-    training = [m.training for m in modules]
-    for m in modules:
-        m.eval()
-    try:
-        yield
-    finally:
-        for m, mode in zip(modules, training):
-            m.train(mode)
 
 
 def score_batches(

@@ -15,6 +15,7 @@ from pyro_gen.infer.fit_progress import _Progress
 from pyro_gen.infer.held_out import HeldOutData, evaluations
 from pyro_gen.infer.log_weights import check_guide_plates, find_data_plate
 from pyro_gen.infer.loss_value import reported_loss, subsampled_size
+from pyro_gen.infer.module_modes import module_modes, restore_modes
 from pyro_gen.infer.program import Program, trace_once
 
 
@@ -36,7 +37,7 @@ def _evaluate_loss(
     ``SVI`` takes one (``simple_elbo``, ``TraceEnum_ELBO().differentiable_loss``), returns a
     differentiable tensor and may refuse to run without autograd: it runs with gradients
     enabled and its value is read off (no backward pass, nothing reaches ``.grad``)."""
-    modes = {name: m.training for name, m in prog.modules.items()}
+    modes = module_modes(prog.modules.values())
     for m in prog.modules.values():
         m.eval()
     if hasattr(loss, "loss_and_grads"):
@@ -54,8 +55,7 @@ def _evaluate_loss(
             total += value * (examples / represented if represented else 1.0)
             seen += examples
     finally:
-        for name, m in prog.modules.items():
-            m.train(modes[name])
+        restore_modes(modes)
     return total / max(seen, 1)
 
 

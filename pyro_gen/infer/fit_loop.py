@@ -35,6 +35,7 @@ from pyro_gen.infer.fit_progress import _finished, _Progress
 from pyro_gen.infer.fit_read_back import NonFiniteLossError, _read_back
 from pyro_gen.infer.fit_result import FitResult
 from pyro_gen.infer.held_out import HeldOutData, evaluates_after
+from pyro_gen.infer.module_modes import module_modes, restore_modes
 from pyro_gen.infer.program import Program
 
 logger = logging.getLogger("pyro_gen")
@@ -125,9 +126,11 @@ def _train(
             )
 
     partial: dict[str, Any] | None = None
+    modes = module_modes(prog.modules.values())
     while not done():
-        for m in prog.modules.values():
-            m.train()
+        # Each epoch trains in the modes the user gave (a frozen decoder.eval() stays so,
+        # as in Pyro's loop), whatever an evaluation or a callback switched them to.
+        restore_modes(modes)
         # Tensor data on CUDA draw their order from the CUDA generator: it is recorded too.
         if state.batch == 0:
             state.epoch_rng_state = rng_state(device)

@@ -22,6 +22,7 @@ from pyro import poutine
 
 from pyro_gen.data.batching import Call, describe
 from pyro_gen.infer.evaluation_plate import find_data_plate
+from pyro_gen.infer.module_modes import module_modes, restore_modes
 from pyro_gen.infer.param_values import check_param_values, explain_param_values
 from pyro_gen.infer.program_checks import (
     check_guide_observes_nothing,
@@ -153,15 +154,14 @@ def quiet_run(prog: Program) -> Iterator[None]:
     run in eval mode (no data-dependent initialisation, no running statistics) and other
     tensors' buffer writes are undone."""
     rng = pyro.util.get_rng_state()
-    modes = {name: m.training for name, m in prog.modules.items()}
+    modes = module_modes(prog.modules.values())
     for m in prog.modules.values():
         m.eval()
     try:
         with UndoWrites():
             yield
     finally:
-        for name, m in prog.modules.items():
-            m.train(modes[name])
+        restore_modes(modes)
         pyro.util.set_rng_state(rng)
 
 

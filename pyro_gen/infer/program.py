@@ -197,6 +197,9 @@ def trace_once(prog: Program, call: Call) -> tuple[poutine.Trace, poutine.Trace]
     try:
         with quiet_run(prog), torch.no_grad(), called_modules() as called:
             guide_trace, model_trace = traces_of(prog, call)
+    except NotImplementedError as e:
+        _explain_missing_forward(e, prog)
+        raise
     except (RuntimeError, ValueError) as e:
         registered = set(pyro.get_param_store().keys()) - held
         explain_param_values(e, registered)
@@ -212,6 +215,25 @@ def trace_once(prog: Program, call: Call) -> tuple[poutine.Trace, poutine.Trace]
     check_plate_sizes(guide_trace, model_trace)
     check_guide_observes_nothing(guide_trace, model_trace)
     return guide_trace, model_trace
+
+
+def _explain_missing_forward(error: NotImplementedError, prog: Program) -> None:
+    """Names the usual cause of torch's 'Module [VAE] is missing the required "forward"
+    function' here: an autoguide built on a module whose model is its ``model`` method
+    (``AutoNormal(vae)`` for ``AutoNormal(vae.model)``), which the guide then calls."""
+    module = prog.modules.get("model")
+    if (
+        module is None
+        or '"forward"' not in str(error)
+        or type(module).forward is not torch.nn.Module.forward
+    ):
+        return
+    guide, owner = type(prog.guide).__name__, type(module).__name__
+    raise TypeError(
+        f"the guide {guide} was built on the {owner} module, which has model and guide "
+        f"methods but no forward to call: build it on the model method, e.g. "
+        f"{guide}({owner.lower()}.model)"
+    ) from error
 
 
 def warm_up(

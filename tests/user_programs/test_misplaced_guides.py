@@ -13,7 +13,7 @@ import torch
 from pyro.infer.autoguide import AutoNormal
 
 from pyro_gen.infer import evaluate_elbo, fit, iwae_log_likelihood
-from pyro_gen.vae import AutoAmortizedNormal
+from pyro_gen.vae import VAE, AutoAmortizedNormal
 
 X = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
 
@@ -68,3 +68,18 @@ def test_the_pair_in_its_place_still_runs():
     fit(model, X, guide=posterior, steps=1, progress=False)
     exact = dist.Normal(0.0, 2**0.5).log_prob(X).sum(-1).mean()
     assert evaluate_elbo(model, X, guide=posterior) == pytest.approx(float(exact), abs=1e-5)
+
+
+@pytest.mark.parametrize("run", list(RUNS))
+@pytest.mark.parametrize("guide_class", [AutoNormal, AutoAmortizedNormal], ids=lambda c: c.__name__)
+def test_an_autoguide_built_on_a_pyro_gen_module_rather_than_its_model_is_named(run, guide_class):
+    """``AutoNormal(vae)`` for ``AutoNormal(vae.model)``: the autoguide calls the module,
+    which has model and guide methods but no forward, and torch said only 'Module [VAE] is
+    missing the required "forward" function'."""
+    pyro.clear_param_store()
+    vae = VAE((3,), z_dim=2, hidden_dim=4)
+    name = guide_class.__name__
+    with pytest.raises(
+        TypeError, match=rf"{name} was built on the VAE module.*{name}\(vae\.model\)"
+    ):
+        RUNS[run](vae, guide_class(vae))

@@ -35,6 +35,7 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
+from pyro_gen.infer.module_modes import module_modes, restore_modes
 from pyro_gen.vae.sites import LATENT
 
 
@@ -241,7 +242,7 @@ def impute(
             context=context,
         )
     ctx = _context_tensor(vae, context)
-    training = vae.training
+    modes = module_modes([vae])  # given back module by module: a frozen part stays frozen
     vae.eval()
     try:
         log_ws, zs = [], []
@@ -272,7 +273,7 @@ def impute(
                 filled = filled.to(x_in.dtype) / (vae.decoder.likelihood.num_params - 1)
             filled = filled.to(x_in.dtype)
     finally:
-        vae.train(training)
+        restore_modes(modes)
     return torch.where(mask, x_in, filled)
 
 

@@ -28,6 +28,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from pyro_gen.infer.module_modes import evaluation_mode
 from pyro_gen.transforms._base import PicklableModule
 from pyro_gen.vae.diagnostics import posterior_params
 from pyro_gen.vae.semi_supervised import SSVAE
@@ -83,12 +84,8 @@ def latent_features(
     """
     if not min_std >= 0:
         raise ValueError(f"min_std must be non-negative, got {min_std!r}")
-    was_training = m1.training
-    m1.eval()
-    try:
+    with evaluation_mode([m1]):  # given back module by module: a frozen part stays frozen
         loc, scale = posterior_params(m1, x, batch_size=batch_size)
-    finally:
-        m1.train(was_training)
     if keep is None:
         std = loc.std(0) if loc.shape[0] > 1 else torch.zeros(loc.shape[-1])
         keep = std > min_std

@@ -41,7 +41,7 @@ except ImportError as e:  # pragma: no cover - the dev extra installs it
 
 from pyro_gen.data.batching import Call, Transform, as_call, with_transform
 from pyro_gen.data.random_state import global_rng_state, rng_left_alone, set_global_rng_state
-from pyro_gen.infer.annealing import kl_scale_pair
+from pyro_gen.infer.annealing import checked_weight, kl_scale_pair
 from pyro_gen.infer.argument_kinds import check_kinds
 from pyro_gen.infer.batch_checks import warn_nothing_observed
 from pyro_gen.infer.distributed import _plates
@@ -366,7 +366,10 @@ class LightningSVI(lightning.LightningModule):
         # a TypeError from inside Pyro's handlers
         self._check_batch(call, batch_idx)
         if self.annealing is not None:
-            self._beta[0] = float(self.annealing(self.global_step))
+            step = self.global_step
+            self._beta[0] = checked_weight(
+                self.annealing(step), "annealing returned", f" at step {step}"
+            )
         value = self._loss(call)
         size = call.size if call.size is not None else 1
         per_example = value.detach() / (self._represented or size)

@@ -14,7 +14,7 @@ from pyro.infer import SVI, TraceEnum_ELBO, config_enumerate
 from torch import nn
 
 from pyro_gen.infer.compiled import CompiledSVI, supports
-from tests.infer.test_compiled import assert_same_as_svi, assert_same_loss_and_grads
+from tests.infer.compiled_models import assert_same_as_svi, assert_same_loss_and_grads
 
 RTOL = 1e-5
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from pyro.infer import SVI, Trace_ELBO
 
-from tests.infer.test_compiled import RTOL, make
+from tests.infer.compiled_models import RTOL, make
 
 # float64 throughout (tests/conftest.py, whose autouse fixture also clears the param store)
 pytestmark = pytest.mark.usefixtures("float64_default")

@@ -60,6 +60,7 @@ from pyro_gen.lightning_optimizer import (
     check_optimizer_factory,
     world_size,
 )
+from pyro_gen.lightning_resume import forget_epoch_end_resume, resume_at_epoch_end
 from pyro_gen.lightning_store import lost_params, store_lost_error
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -318,9 +319,8 @@ class LightningSVI(lightning.LightningModule):
         return built
 
     def on_fit_start(self) -> None:
-        """Under DDP: ignores the untrained parameters (a discriminator) in DDP's gradient
-        reduction, broadcasts the loss's weights from process 0 and averages the gradients
-        of the loss's own optimizers before each of their steps."""
+        """Moves the loss's own optimizers' state to the device; under DDP broadcasts the
+        loss's weights from process 0 and has its optimizers step on averaged gradients."""
         move_loss_optimizers(self._loss_optimizers(), self.device)
         self._hold_training_rng()  # the sanity check's validation comes next
         if world_size() == 1:
@@ -351,6 +351,9 @@ class LightningSVI(lightning.LightningModule):
     def _hold_training_rng(self) -> None:
         if self.trainer.enable_validation:
             self._training_rng = global_rng_state()
+
+    def on_train_start(self) -> None:
+        forget_epoch_end_resume(self.trainer.fit_loop)  # the loops have decided how to resume
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._check_store_holds_adopted(during_fit=True)  # after callbacks' own batch ends
@@ -412,11 +415,10 @@ class LightningSVI(lightning.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Adds the random number generators' states (torch, Python, numpy, and CUDA's once
         in use), which Lightning's checkpoints leave out, so that ``Trainer.fit(ckpt_path=)``
-        continues a one-process run exactly: the same shuffles and the same Pyro draws as
-        a run that was never stopped, from a checkpoint saved at an epoch's end
-        (``ModelCheckpoint``'s default). One saved inside an epoch (``every_n_train_steps``)
-        does not: Lightning starts that epoch's ``DataLoader`` afresh on resume (it warns
-        that the loader is not resumable), so its remaining steps see other batches. Not
+        continues a one-process run exactly (same shuffles, same Pyro draws) from a checkpoint
+        saved at an epoch's end, under ``max_epochs`` or ``max_steps`` (see
+        :mod:`pyro_gen.lightning_resume`). One saved inside an epoch does not: Lightning
+        starts that epoch's ``DataLoader`` afresh (it warns that it is not resumable). Not
         under DDP, where Lightning saves rank 0's checkpoint only and restoring its state on
         every rank would give them all the same noise."""
         if self.trainer.world_size == 1:
@@ -428,7 +430,7 @@ class LightningSVI(lightning.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restores the saved generators when ``Trainer.fit`` resumes (after the first-batch
-        trace, before the first step); loading weights alone leaves the caller's RNG be.
+        trace, before the first step; loading weights alone leaves the caller's RNG be).
 
         Raises:
             RuntimeError: if the checkpoint holds parameters that this module does not have
@@ -446,11 +448,12 @@ class LightningSVI(lightning.LightningModule):
                 "path, model=model, guide=guide, example_batch=batch), or call "
                 "trace_parameters(batch) before Trainer.validate/test(ckpt_path=...)"
             )
-        state = checkpoint.get(_RNG_KEY)
         trainer = self._trainer
-        if state is None or trainer is None or trainer.state.fn != "fit":
+        if trainer is None or trainer.state.fn != "fit":
             return
-        if trainer.world_size == 1:
+        resume_at_epoch_end(trainer.fit_loop, checkpoint)  # max_steps: see lightning_resume
+        state = checkpoint.get(_RNG_KEY)
+        if state is not None and trainer.world_size == 1:
             set_global_rng_state(decode(state))
 
     # -- the loss --------------------------------------------------------------------------

@@ -4,6 +4,7 @@ cache itself: :mod:`pyro_gen.transforms.ladj_cache`)."""
 from __future__ import annotations
 
 import numbers
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -59,14 +60,17 @@ class ConditionalModule(PicklableModule, ConditionalTransformModule):
 
 
 class _Mode:
-    """The ``training`` flag, one object shared by a transform and its ``with_cache`` twins."""
+    """The ``training`` flag, one object shared by a transform and its ``with_cache`` twins,
+    and those transforms (weakly), whose caches a change of mode drops."""
 
-    __slots__ = ("training",)
+    __slots__ = ("training", "sharers")
 
     def __init__(self, training: bool = True) -> None:
         self.training = training
+        self.sharers: weakref.WeakSet[FlowTransformModule] = weakref.WeakSet()
 
     def __reduce__(self) -> tuple:
+        # each unpickled or deep-copied transform adds itself again (__setstate__)
         return (_Mode, (self.training,))
 
 
@@ -326,17 +330,44 @@ class FlowTransformModule(TransformModule):
     @property
     def training(self) -> bool:  # type: ignore[override]
         mode = self.__dict__.get("_mode")
-        if mode is None:  # unpickled from a version that kept a plain attribute
-            mode = self.__dict__["_mode"] = _Mode(self.__dict__.pop("training", True))
+        if mode is None:
+            mode = self._shared_mode()
         return mode.training
+
+    def _shared_mode(self) -> _Mode:
+        """The ``_Mode`` of this transform, made (and this transform added to its sharers)
+        where there is none: unpickled from a version that kept a plain attribute."""
+        mode = self.__dict__.get("_mode")
+        if mode is None:
+            mode = self.__dict__["_mode"] = _Mode(self.__dict__.pop("training", True))
+        mode.sharers.add(self)
+        return mode
 
     @training.setter
     def training(self, value: bool) -> None:
         mode = self.__dict__.get("_mode")
-        if mode is None:
-            self.__dict__["_mode"] = _Mode(value)
-        else:
+        if mode is None:  # nn.Module.__init__ sets the flag first
+            mode = self.__dict__["_mode"] = _Mode(value)
+            mode.sharers.add(self)
+        elif mode.training != value:
             mode.training = value
+            # What a transform computes may depend on the mode (BatchNorm's batch or running
+            # statistics, ResidualBlock's random or exact log-det, dropout in a user's
+            # conditioner) while the cache stamp (parameters, grad mode) does not see it:
+            # after .eval() a density of the same data tensor was the training mode's.
+            # Dropped here, on the rare mode change, so that cache lookups stay as cheap.
+            for twin in mode.sharers:
+                twin._drop_cached()
+
+    def _drop_cached(self) -> None:
+        cache = self.__dict__.get("_ladj_cache")
+        if cache is not None:
+            cache.clear()
+            self.__dict__["_cached_x_y"] = (None, None)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._shared_mode()
 
     def with_cache(self, cache_size: int = 1) -> FlowTransformModule:
         """This transform with another ``cache_size``, sharing all its state.
@@ -352,12 +383,14 @@ class FlowTransformModule(TransformModule):
             return self
         if cache_size not in (0, 1):
             raise ValueError(f"cache_size must be 0 or 1, got {cache_size!r}")
+        mode = self._shared_mode()
         twin = type(self).__new__(type(self))
         twin.__dict__.update(self.__dict__)  # the same _parameters/_buffers/_modules dicts
         twin._cache_size = cache_size
         twin._cached_x_y = (None, None)
         twin._inv = None
         twin._ladj_cache = _LadjCache()
+        mode.sharers.add(twin)
         return twin
 
     # torch.Size, as torch's transforms return: a TransformedDistribution takes its batch

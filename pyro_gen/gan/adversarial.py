@@ -23,10 +23,11 @@ from pyro.distributions.util import scale_and_mask
 from torch import nn
 from torch.nn import functional as F
 
+from pyro_gen.gan.generator import Generator
 from pyro_gen.gan.labels import context_like, model_labels
+from pyro_gen.gan.loss_object import PyroLoss
 from pyro_gen.gan.observed import ObservedSite, observed_sites, unconditioned_traces
 from pyro_gen.gan.recorded import RecordedRuns
-from pyro_gen.transforms._base import PicklableModule
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
@@ -146,31 +147,25 @@ def _check_differentiable(batch: AdversarialBatch) -> None:
     )
 
 
+def _check_generator_learns(batch: AdversarialBatch, model: Callable[..., Any]) -> None:
+    """Refuses a training call whose generator is a :class:`~pyro_gen.gan.Generator` in eval
+    mode with an average: it then generates with its averaged weights, which carry no
+    gradient, so the network stayed exactly where it was while the discriminator trained
+    (a ``gen.eval()`` left from sampling or evaluating; ``fit`` keeps the user's modes)."""
+    owner = getattr(model, "__self__", None)
+    if batch.fake.requires_grad or not isinstance(owner, Generator) or not owner._averaged():
+        return
+    raise RuntimeError(
+        "the Generator is in eval mode, where it generates with its averaged weights "
+        "(average=), which carry no gradient: training would leave its network as it is. "
+        "Call gen.train() before training (fit, SVI.step); gen.sample() uses the averaged "
+        "weights in either mode"
+    )
+
+
 def _last_layer(module: nn.Module) -> nn.Module:
     leaves = [m for m in module.modules() if not list(m.children())]
     return leaves[-1] if leaves else module
-
-
-class PyroLoss(PicklableModule):
-    """A Pyro loss object whose ``forward(model, guide, *args, **kwargs)`` returns the
-    differentiable training loss (training whatever the object owns on the way, in
-    training mode); ``loss`` and ``loss_and_grads`` are the two methods Pyro's ``SVI`` and
-    :func:`pyro_gen.infer.fit` call."""
-
-    def loss(self, model: Callable[..., Any], guide: Callable[..., Any], *args, **kwargs) -> float:
-        """The loss on this batch, without training anything."""
-        with torch.no_grad():
-            return float(self(model, guide, *args, **kwargs))
-
-    def loss_and_grads(
-        self, model: Callable[..., Any], guide: Callable[..., Any], *args, **kwargs
-    ) -> float:
-        """Trains what the loss owns (a discriminator), then leaves the gradient of the loss
-        on the parameters the model and guide registered, and returns the loss."""
-        value = self(model, guide, *args, **kwargs)
-        if value.requires_grad:
-            value.backward()
-        return float(value.detach())
 
 
 class AdversarialLoss(PyroLoss):
@@ -187,13 +182,15 @@ class AdversarialLoss(PyroLoss):
     generator's loss reaches them, so only the loss's own optimizer moves them (the same
     steps as the ``nn.Module``).
 
-    While the loss is in training mode and gradients are enabled, each call takes
-    ``n_critic`` discriminator steps on the batch (fresh generated examples each time,
-    the last of them the ones the generator's loss then scores) before returning the
-    generator's loss; in eval mode (``loss.eval()``) or under
-    ``torch.no_grad()`` it only evaluates. The generator's loss is summed over the data
-    plate (with the plate's scale), as Pyro's ELBO is, so ``fit``'s ``train_loss`` is a
-    value per example.
+    With gradients enabled (``loss_and_grads``: Pyro's ``SVI.step``, ``fit``), each call
+    takes ``n_critic`` discriminator steps on the batch (fresh generated examples each
+    time, the last of them the ones the generator's loss then scores) before returning the
+    generator's loss; through ``loss`` or under ``torch.no_grad()`` it only evaluates. A
+    training call in eval mode (``loss.eval()``) is refused, as it would leave the
+    discriminator untrained; a discriminator frozen with ``requires_grad_(False)`` is not
+    stepped (in either mode), so the generator trains against it. The generator's loss is
+    summed over the data plate (with the plate's scale), as Pyro's ELBO is, so ``fit``'s
+    ``train_loss`` is a value per example.
 
     Conditional GANs pass labels as ``y``, by name or as the model's argument ``y`` by
     position (``model(x, y)`` stepped as ``svi.step(x, y)``, or fit's ``(x, y)`` batches):
@@ -279,16 +276,25 @@ class AdversarialLoss(PyroLoss):
         (one run of the model per step when ``n_critic=1``, as in PyTorch's DCGAN example):
         the discriminator sees it detached, the generator's loss scores it again with the
         updated discriminator."""
-        train = self.training and torch.is_grad_enabled()
+        training = self._training_call()
+        train = training and self.trains_discriminator()
         if train:
             for _ in range(self.n_critic - 1):
                 self.discriminator_step(model, guide, *args, **kwargs)
         batch = self.batch(model, guide, *args, **kwargs)
+        if training:
+            _check_generator_learns(batch, model)
         if train:
             _check_differentiable(batch)
             self.update_discriminator(batch)
         per_example = self.generator_term(batch)
         return scale_and_mask(per_example, batch.scale, batch.mask).sum()
+
+    def trains_discriminator(self) -> bool:
+        """Whether a training call steps the discriminator: not when every one of its
+        parameters is frozen (``requires_grad_(False)``), the way to train a generator
+        against a fixed discriminator."""
+        return any(p.requires_grad for p in self.discriminator.parameters())
 
     def generator_term(self, batch: AdversarialBatch) -> torch.Tensor:
         """The generator's loss per example of ``batch``, differentiable in the generated

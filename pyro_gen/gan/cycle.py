@@ -12,7 +12,8 @@ import torch
 from pyro.distributions.util import scale_and_mask
 from torch import nn
 
-from pyro_gen.gan.adversarial import OptimizerFactory, PyroLoss
+from pyro_gen.gan.adversarial import OptimizerFactory
+from pyro_gen.gan.loss_object import PyroLoss
 from pyro_gen.gan.objectives import LeastSquaresGAN
 from pyro_gen.gan.observed import ObservedSite, observed_sites
 from pyro_gen.gan.recorded import RecordedRuns
@@ -147,6 +148,8 @@ class CycleGANLoss(PyroLoss):
         True
     """
 
+    _freeze_hint = "loss.x.discriminator.requires_grad_(False) (and loss.y's)"
+
     def __init__(
         self,
         discriminator_x: nn.Module,
@@ -183,13 +186,16 @@ class CycleGANLoss(PyroLoss):
         return total  # type: ignore[return-value]
 
     def forward(self, model: Callable[..., Any], guide: Callable[..., Any], *args, **kwargs):
-        """Updates both discriminators (in training mode, with gradients enabled), then
-        returns the translators' loss as a differentiable scalar."""
+        """Updates both discriminators (with gradients enabled; a training call in eval mode
+        is refused, a discriminator frozen with ``requires_grad_(False)`` is not stepped),
+        then returns the translators' loss as a differentiable scalar."""
+        training = self._training_call()
         sites = self.runs(model, guide, args, kwargs)
         batches = [(term, term.batch_of(sites, None)) for term in (self.x, self.y)]
-        if self.training and torch.is_grad_enabled():
+        if training:
             for term, batch in batches:
-                term.update_discriminator(batch)
+                if term.trains_discriminator():
+                    term.update_discriminator(batch)
         per_example = sum(term.generator_term(batch) for term, batch in batches)
         per_example = per_example + self.cycle_weight * self.cycle_errors(sites)
         batch = batches[0][1]

@@ -70,7 +70,9 @@ class Generator(PicklableModule):
             and the prior's weights (:class:`ExponentialAverage`, e.g. ``0.999``), moved by
             :meth:`update_average` after each optimizer step (in ``fit``:
             ``step_callbacks=[gen.update_average]``). :meth:`sample`, and the model in eval
-            mode, then generate with the averaged weights; training uses the network's own.
+            mode, then generate with the averaged weights; training uses the network's own
+            (the averaged ones carry no gradient, so an adversarial loss refuses to train the
+            model in eval mode: ``gen.train()`` first).
             Batch norm's running statistics are copied from the network, not averaged, so
             they belong to the raw weights: with batch norm (the DCGAN generator) draw
             samples in training mode, normalising with each batch's own statistics, as

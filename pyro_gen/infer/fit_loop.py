@@ -129,7 +129,10 @@ def _train(
     modes = module_modes(prog.modules.values())
     while not done():
         # Each epoch trains in the modes the user gave (a frozen decoder.eval() stays so,
-        # as in Pyro's loop), whatever an evaluation or a callback switched them to.
+        # as in Pyro's loop), whatever an evaluation or a callback switched them to. A loss
+        # object whose mode gates what it trains (an adversarial loss's discriminator steps)
+        # refuses a training call in eval mode itself, the same under Pyro's SVI: fit does not
+        # switch it (pyro_gen.gan.loss_object.PyroLoss._training_call says why).
         restore_modes(modes)
         # Tensor data on CUDA draw their order from the CUDA generator: it is recorded too.
         if state.batch == 0:

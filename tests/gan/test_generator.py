@@ -67,15 +67,19 @@ def test_the_loss_leaves_gradients_on_the_generator_only():
     assert int(loss.optimizer.state_dict()["state"][0]["step"]) == 2  # n_critic updates
 
 
-def test_eval_mode_evaluates_without_training_the_discriminator():
+def test_a_frozen_discriminator_is_not_stepped_and_the_generator_trains_against_it():
+    # requires_grad_(False), torch's way to freeze, replaces loss.eval() for this, which a
+    # training call now refuses (tests/infer/test_fit_loss_modes.py)
     gen = Generator(MLPGenerator(2, (2,), (8,)))
     loss = NonSaturatingGAN(MLPDiscriminator((2,), (8,)))
+    loss.discriminator.requires_grad_(False)
     before = [p.detach().clone() for p in loss.discriminator.parameters()]
     value = loss.loss(gen.model, gen.guide, torch.randn(16, 2))
-    loss.eval()
     loss.loss_and_grads(gen.model, gen.guide, torch.randn(16, 2))
     assert value > 0 and not loss.optimizer.state_dict()["state"]
     assert all(torch.equal(a, b) for a, b in zip(before, loss.discriminator.parameters()))
+    assert all(p.grad is not None for p in gen.net.parameters())
+    assert not any(p.requires_grad for p in loss.discriminator.parameters())
 
 
 def test_conditional_gan_follows_the_label():

@@ -236,8 +236,10 @@ def test_float64_networks_under_an_outer_plate_give_the_hand_written_loss_and_gr
         pass
 
     x = torch.randn(3, 5, 2, dtype=dtype)
-    # evaluate, never train; the discriminator takes the examples of both plates as rows
-    loss = NonSaturatingGAN(RowCritic().to(dtype), record=False).eval()
+    # the discriminator frozen, so only the generator's gradients come; it takes the
+    # examples of both plates as rows
+    loss = NonSaturatingGAN(RowCritic().to(dtype), record=False)
+    loss.discriminator.requires_grad_(False)
     pyro.set_rng_seed(4)
     with poutine.trace(param_only=True) as params:
         value = loss.loss_and_grads(model, guide, x)
@@ -256,7 +258,7 @@ def test_float64_networks_under_an_outer_plate_give_the_hand_written_loss_and_gr
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
     assert {s["name"].split("$$$")[0] for s in params.trace.nodes.values()} == {"gen"}
     # trained, the discriminator's steps run in float64 too
-    loss.train()
+    loss.discriminator.requires_grad_(True)
     loss.loss_and_grads(model, guide, x)
     assert loss.last_discriminator_loss.dtype == dtype
 

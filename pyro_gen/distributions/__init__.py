@@ -9,5 +9,18 @@ from pyro_gen.distributions.flow import (
     LearnedMixture,
     LearnedNormal,
 )
+from pyro_gen.distributions.mixture import GaussianMixture, MixturePrior
+from pyro_gen.distributions.prior_module import PriorModule
+from pyro_gen.distributions.vamp import VampPrior
 
-__all__ = ["ConditionalNormal", "Flow", "FlowDistribution", "LearnedMixture", "LearnedNormal"]
+__all__ = [
+    "ConditionalNormal",
+    "Flow",
+    "FlowDistribution",
+    "GaussianMixture",
+    "LearnedMixture",
+    "LearnedNormal",
+    "MixturePrior",
+    "PriorModule",
+    "VampPrior",
+]

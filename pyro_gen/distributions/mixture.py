@@ -185,6 +185,16 @@ class GaussianMixture(dist.TorchDistribution):
             "score-function gradients for sites with has_rsample=False"
         )
 
+    def entropy(self) -> torch.Tensor:
+        # the type torch and Pyro raise where there is no closed form (their mixtures too),
+        # so code that catches it still does; torch's inherited error has no message
+        raise NotImplementedError(
+            "GaussianMixture has no closed-form entropy (the log of a sum of Gaussian "
+            "densities has no closed-form expectation); estimate it by Monte Carlo, "
+            "-p.log_prob(p.sample((n,))).mean(0) for n draws (unbiased, standard error "
+            "shrinking as 1/sqrt(n))"
+        )
+
     @property
     def mean(self) -> torch.Tensor:
         return (self.logits.softmax(-1)[..., None] * self.locs).sum(-2)

@@ -76,6 +76,43 @@ def sized_arguments(arguments: dict[int | str, Any], sizes: Iterable[int]) -> li
     ]
 
 
+def skipped_integer_arguments(arguments: dict[int | str, Any], sizes: Iterable[int]) -> str:
+    """What to do about the non-floating tensor arguments with one row per example, which
+    the encoder leaves out (counts, indices, labels), or ``""`` if there are none: the
+    sentence the "nothing to encode" errors end with, so that data held as a LongTensor of
+    counts is named rather than silently missing.
+
+    Example:
+        >>> args = {"counts": torch.ones(5, 3, dtype=torch.long), "c": torch.ones(3)}
+        >>> print(skipped_integer_arguments(args, {5}))  # doctest: +NORMALIZE_WHITESPACE
+        ; the model's argument 'counts', a torch.int64 tensor of shape (5, 3), was left out,
+        as the encoder reads floating-point arguments only (integer ones are taken for
+        indices or labels): if it is the data to encode, pass counts.float() to model and
+        guide, or give input_fn, a function of the model's arguments returning
+        counts.float()
+    """
+    sizes = set(sizes)
+    skipped = [
+        (k, v)
+        for k, v in arguments.items()
+        if torch.is_tensor(v) and not v.is_floating_point() and v.dim() and v.shape[0] in sizes
+    ]
+    if not skipped:
+        return ""
+    names = " and ".join(
+        f"{k!r}, a {v.dtype} tensor of shape {tuple(v.shape)}," for k, v in skipped
+    )
+    plural = "s" if len(skipped) > 1 else ""
+    key = skipped[0][0]
+    name = key if isinstance(key, str) else f"args[{key}]"  # by position where unnamed
+    return (
+        f"; the model's argument{plural} {names} {'were' if plural else 'was'} left out, as "
+        f"the encoder reads floating-point arguments only (integer ones are taken for indices "
+        f"or labels): if it is the data to encode, pass {name}.float() to model and guide, or "
+        f"give input_fn, a function of the model's arguments returning {name}.float()"
+    )
+
+
 def encoder_rows(arguments: dict[int | str, Any], keys: list[int | str]) -> torch.Tensor:
     """Per-example inputs, ``(rows, features)``: the arguments ``keys``, flattened per
     example and concatenated.
@@ -126,5 +163,6 @@ def choose_inputs(
             f"with first dimension {frame.size} (the size of plate {frame.name!r}) to "
             f"encode; "
             f"pass input_fn=lambda *args, **kwargs: tensor of shape (batch, features)"
+            + skipped_integer_arguments(arguments, {frame.size, full})
         )
     return keys, index_inputs

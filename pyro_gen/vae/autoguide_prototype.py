@@ -19,6 +19,7 @@ from pyro_gen.vae.autoguide_inputs import (
     encoder_rows,
     model_signature,
     sized_arguments,
+    skipped_integer_arguments,
 )
 from pyro_gen.vae.autoguide_plates import call_key
 from pyro_gen.vae.autoguide_trace import (
@@ -56,7 +57,14 @@ class PrototypeMixin:
                 return rows in sizes
             return bool(sized_arguments(self._arguments(args, kwargs), sizes))
 
-        return find_data_plate(trace, self.plate_name, has_inputs)
+        def skipped(sizes: set[int]) -> str:  # input_fn's rows are what it chose to encode
+            return (
+                ""
+                if rows is not None
+                else skipped_integer_arguments(self._arguments(args, kwargs), sizes)
+            )
+
+        return find_data_plate(trace, self.plate_name, has_inputs, skipped)
 
     def _choose_inputs(
         self, frame: CondIndepStackFrame, draws_indices: bool, args: tuple, kwargs: dict

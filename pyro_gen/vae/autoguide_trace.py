@@ -217,10 +217,12 @@ def find_data_plate(
     trace: poutine.Trace,
     plate_name: str | None,
     has_inputs: Callable[[CondIndepStackFrame], bool],
+    skipped_inputs: Callable[[set[int]], str] | None = None,
 ) -> CondIndepStackFrame:
     """The plate over data examples: ``plate_name``, or else the plate around the most latent
     sites among those for which ``has_inputs`` (the model has per-example inputs of its size);
-    on a tie the outermost.
+    on a tie the outermost. Where there is none, ``skipped_inputs(plate sizes)`` ends the
+    error (naming arguments of those sizes that were not taken as inputs).
 
     Example:
         >>> import pyro
@@ -254,6 +256,7 @@ def find_data_plate(
         return frames[plate_name]
     candidates = [f for f in frames.values() if has_inputs(f)]
     if not candidates:
+        sizes = {s for f in frames.values() for s in (f.size, f.full_size or f.size)}
         raise ValueError(
             "AutoAmortizedNormal found no plate over data examples: "
             + (
@@ -261,6 +264,7 @@ def find_data_plate(
                 f"floating-point tensor argument of the model, or the rows input_fn returns; "
                 f"plates: {described}); pass plate_name= and input_fn="
                 f"lambda *args, **kwargs: (batch, features) tensor"
+                + (skipped_inputs(sizes) if skipped_inputs is not None else "")
                 if frames
                 else "the model has no latent site under a pyro.plate (no such plate); "
                 "use pyro.infer.autoguide.AutoNormal for a model without local latents"

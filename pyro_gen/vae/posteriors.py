@@ -84,7 +84,9 @@ class IAFPosterior(NormalPosterior):
     with :math:`(\\mu_t, \\sigma_t)` from a conditional MADE (a pseudo-random variable
     order per step, the same in every build, so that a param store restores it), so
     sampling and the density of the sample are one pass each. ``encode``, from
-    :class:`NormalPosterior`, gives the Normal before the flow steps (used by diagnostics).
+    :class:`NormalPosterior`, gives the Normal before the flow steps (used by diagnostics,
+    and as the components of a bound :class:`~pyro_gen.distributions.VampPrior`, which
+    therefore are not flowed; its docstring says why).
 
     Args:
         encoder: an :class:`~pyro_gen.vae.encoders.Encoder` (its ``hidden_dim`` sizes the

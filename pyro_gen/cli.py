@@ -29,7 +29,12 @@ from pyro_gen import data as datasets
 from pyro_gen.cli_evaluate import bound_results, report
 from pyro_gen.cli_figures import draw_samples, samples_path, save_samples
 from pyro_gen.cli_impute import impute_command
-from pyro_gen.cli_interrupt import interrupted_message
+from pyro_gen.cli_interrupt import (
+    SIGTERM_STATUS,
+    Terminated,
+    interrupted_message,
+    sigterm_raises,
+)
 from pyro_gen.cli_models import (
     MODELS,
     ModelSpec,
@@ -284,8 +289,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "convert-checkpoint": _convert,
     }
     try:
-        commands[args.command](args)
-        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
+        with sigterm_raises():  # a scheduler's SIGTERM stops a command as Ctrl-C does
+            commands[args.command](args)
+            sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
     except BrokenPipeError as e:
         # The reader of the output exited (`pyro-gen train ... | head`): OSError's line
         # blamed a path ("check that path, then rerun") the command was never given.
@@ -308,6 +314,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         print(f"pyro-gen: {interrupted_message(args, e.__traceback__)}", file=sys.stderr)
         return 130
+    except Terminated as e:
+        said = interrupted_message(args, e.__traceback__, "terminated (SIGTERM)")
+        print(f"pyro-gen: {said}", file=sys.stderr)
+        return SIGTERM_STATUS
     return 0
 
 

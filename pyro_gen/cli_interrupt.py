@@ -1,4 +1,4 @@
-"""What a Ctrl-C left behind, said for the command it stopped.
+"""What a Ctrl-C or a SIGTERM left behind, said for the command it stopped.
 
 One message for every command ("the last checkpoint is intact") was false for the commands
 that never touch a checkpoint (``sample``, ``evaluate``, ``impute``), and for a ``train``
@@ -6,13 +6,25 @@ stopped before its first checkpoint (while downloading its data, say). Each mess
 says only what the command's own writes guarantee: run files are replaced atomically, so a
 stopped command leaves each one whole, old or new; a stopped download removes its partial
 file (``pyro_gen.data.paths.atomic_write``).
+
+A SIGTERM (what SLURM, Kubernetes or ``kill`` send before they kill a job) ended the process
+on the spot, as ``kill -9`` does: no line, no clean-up (a fresh run's empty folder, a partial
+download). :func:`sigterm_raises` makes it stop a command as Ctrl-C does. Only the command
+line installs it: a signal's handler belongs to the whole process, so a library call
+(``fit``) taking it over would override the handler of the program that calls it (a
+notebook's kernel, a scheduler's wrapper, Lightning's own), and a program that wants this
+wraps its own call in :func:`sigterm_raises`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 
 from pyro_gen.infer.checkpoint import CHECKPOINT_NAME
 
@@ -20,12 +32,69 @@ from pyro_gen.infer.checkpoint import CHECKPOINT_NAME
 _DOWNLOADING = ("pyro_gen.data.download", "pyro_gen.data.http_get")
 
 
-def interrupted_message(args: argparse.Namespace, traceback: TracebackType | None) -> str:
-    """The line ``pyro-gen`` prints when Ctrl-C stops ``args.command``.
+# what a shell reports for a process that SIGTERM ended: 128 + the signal's number
+SIGTERM_STATUS = 128 + signal.SIGTERM
+
+
+class Terminated(BaseException):
+    """Raised in the main thread by a SIGTERM inside :func:`sigterm_raises`.
+
+    A ``BaseException``, as ``KeyboardInterrupt`` is, so that no ``except Exception`` on the
+    way up takes it for an error of its own, and every ``finally`` and ``with`` block runs
+    (the run directory's lock is released, a partial download removed).
+    """
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Inside, a SIGTERM raises :class:`Terminated` where the main thread is, as Ctrl-C raises
+    ``KeyboardInterrupt``; the handler found is restored on leaving. The first SIGTERM
+    restores it at once, so a second one acts as it did before (by default, ends the
+    process). Nothing is installed outside the main thread (Python runs handlers there only)
+    or over a handler Python did not install or one that ignores SIGTERM (``nohup``-style:
+    whoever ignored it meant it).
+
+    Example:
+        >>> try:
+        ...     with sigterm_raises():
+        ...         handler = signal.getsignal(signal.SIGTERM)
+        ...         handler(signal.SIGTERM, None)  # as Python calls it when SIGTERM comes
+        ... except Terminated:
+        ...     print("stopped")
+        stopped
+        >>> signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        True
+    """
+    found = signal.getsignal(signal.SIGTERM)
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or found is None
+        or found is signal.SIG_IGN
+    ):
+        yield
+        return
+
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, found)
+        raise Terminated(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, found)
+
+
+def interrupted_message(
+    args: argparse.Namespace, traceback: TracebackType | None, stopped: str = "interrupted"
+) -> str:
+    """The line ``pyro-gen`` prints when Ctrl-C (or SIGTERM) stops ``args.command``.
 
     Args:
         args: the parsed command line.
-        traceback: where the ``KeyboardInterrupt`` was raised (``error.__traceback__``).
+        traceback: where the ``KeyboardInterrupt`` (or :class:`Terminated`) was raised
+            (``error.__traceback__``).
+        stopped: what stopped it, the line's first words (``"terminated (SIGTERM)"``).
 
     Example:
         >>> args = argparse.Namespace(command="sample", run="runs/vae-mnist")
@@ -44,20 +113,20 @@ def interrupted_message(args: argparse.Namespace, traceback: TracebackType | Non
         checkpoint = Path(out) / CHECKPOINT_NAME
         if checkpoint.is_file():
             return (
-                f"interrupted; {checkpoint}, the last checkpoint, is intact: rerun the same "
+                f"{stopped}; {checkpoint}, the last checkpoint, is intact: rerun the same "
                 f"command to resume from it{download}"
             )
-        return f"interrupted before the first checkpoint; nothing to resume from{download}"
+        return f"{stopped} before the first checkpoint; nothing to resume from{download}"
     if command == "convert-checkpoint":
         checkpoint = Path(args.run) / CHECKPOINT_NAME
         return (
-            f"interrupted; {checkpoint} is whole, either the original or the converted file "
+            f"{stopped}; {checkpoint} is whole, either the original or the converted file "
             "(rerun to finish; a converted one is refused as already current)"
         )
     # evaluate, sample and impute read the checkpoint; their results are written at the end,
     # each file atomically
     return (
-        f"interrupted; {command} leaves the checkpoint in {args.run} as it was, and writes "
+        f"{stopped}; {command} leaves the checkpoint in {args.run} as it was, and writes "
         f"its results whole or not at all{download}"
     )
 

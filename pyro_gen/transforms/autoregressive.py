@@ -36,7 +36,7 @@ from pyro_gen.transforms._base import (
 )
 from pyro_gen.transforms.coupling_networks import check_count
 from pyro_gen.transforms.elementwise import Additive, Affine, ElementwiseBijection
-from pyro_gen.transforms.ladj_cache import partial_module
+from pyro_gen.transforms.ladj_cache import conditioner_modules
 from pyro_gen.transforms.pyro_arguments import pyro_arguments
 
 _tracing_state = torch._C._get_tracing_state
@@ -65,7 +65,7 @@ class _Autoregressive(FlowTransformModule):
         output.check_elementwise(elementwise)
         self.made = made
         self.elementwise = elementwise
-        self._conditioner_modules = partial_module(made)
+        self._conditioner_modules = conditioner_modules(made)
 
     def _params(self, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
         theta, d, p = self.made(v), self.event_shape[0], self.elementwise.num_params

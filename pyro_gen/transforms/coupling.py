@@ -19,7 +19,7 @@ from pyro_gen.transforms._base import (
 )
 from pyro_gen.transforms.coupling_networks import coupling_conditioner as _conditioner
 from pyro_gen.transforms.elementwise import Additive, Affine, ElementwiseBijection
-from pyro_gen.transforms.ladj_cache import partial_module
+from pyro_gen.transforms.ladj_cache import conditioner_modules
 from pyro_gen.transforms.masks import (
     MaskLayout,
     alternating_mask,
@@ -93,7 +93,7 @@ class Coupling(FlowTransformModule):
         super().__init__(layout.event_shape, cache_size=cache_size)
         self.register_buffer("mask", mask)
         self.conditioner = conditioner  # registered as submodule when it is a Module
-        self._conditioner_modules = partial_module(conditioner)
+        self._conditioner_modules = conditioner_modules(conditioner)
         output.check_elementwise(elementwise)
         self.elementwise = elementwise
         self.split = layout.split

@@ -8,7 +8,9 @@ another mode makes it stale (used by :class:`pyro_gen.transforms._base.FlowTrans
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import inspect
 import operator
 import weakref
 from collections.abc import Sequence
@@ -170,8 +172,34 @@ torch.nn.modules.module.register_module_parameter_registration_hook(_structure_c
 torch.nn.modules.module.register_module_module_registration_hook(_structure_changed)
 
 
-def partial_module(fn: object) -> tuple[torch.nn.Module, ...]:
-    """``(module,)`` when ``fn`` is a ``functools.partial`` of a module, else ``()``."""
-    if isinstance(fn, functools.partial) and isinstance(fn.func, torch.nn.Module):
-        return (fn.func,)
-    return ()
+def conditioner_modules(fn: object) -> tuple[torch.nn.Module, ...]:
+    """The modules whose parameters a conditioner that is no module itself computes with: the
+    module of a ``functools.partial`` (a conditional layer's network with its context) or of a
+    bound method (``net.forward``), and the modules a function closes over or names as
+    globals (``lambda h: net(h)``). Their versions join the cache stamp: otherwise an
+    optimizer step on ``net`` left a density flow's cached result of the last step valid,
+    and scoring the same data tensor again failed with "Trying to backward through the
+    graph a second time". Runs once, when a transform is built.
+
+    Example:
+        >>> net = torch.nn.Linear(2, 4)
+        >>> [conditioner_modules(f) == (net,) for f in (net.forward, lambda h: net(h))]
+        [True, True]
+        >>> conditioner_modules(net)  # a module conditioner is a submodule, walked anyway
+        ()
+    """
+    if isinstance(fn, torch.nn.Module):
+        return ()
+    if isinstance(fn, functools.partial):
+        refs = [fn.func, *fn.args, *fn.keywords.values()]
+    elif inspect.ismethod(fn):
+        refs = [fn.__self__]
+    elif inspect.isfunction(fn):
+        refs = []
+        for cell in fn.__closure__ or ():
+            with contextlib.suppress(ValueError):  # a cell not yet assigned
+                refs.append(cell.cell_contents)
+        refs += [fn.__globals__[n] for n in fn.__code__.co_names if n in fn.__globals__]
+    else:
+        return ()
+    return tuple(dict.fromkeys(r for r in refs if isinstance(r, torch.nn.Module)))

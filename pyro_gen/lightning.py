@@ -339,6 +339,7 @@ class LightningSVI(lightning.LightningModule):
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
+        forget_epoch_end_resume(self.trainer.fit_loop)  # the loops decided when they loaded
         self._training_rng = None
         for p in self._trained:
             p.grad = None
@@ -351,9 +352,6 @@ class LightningSVI(lightning.LightningModule):
     def _hold_training_rng(self) -> None:
         if self.trainer.enable_validation:
             self._training_rng = global_rng_state()
-
-    def on_train_start(self) -> None:
-        forget_epoch_end_resume(self.trainer.fit_loop)  # the loops have decided how to resume
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._check_store_holds_adopted(during_fit=True)  # after callbacks' own batch ends

@@ -51,7 +51,7 @@ def ended_at_epoch_end(checkpoint: dict[str, Any]) -> bool:
 def resume_at_epoch_end(fit_loop: Any, checkpoint: dict[str, Any]) -> None:
     """Makes ``fit_loop`` (a ``Trainer.fit_loop`` about to load ``checkpoint``'s loops) decide
     whether it restarts as under ``max_epochs`` when the checkpoint's epoch ran to its end;
-    :func:`forget_epoch_end_resume` undoes it once the loops have decided.
+    :func:`forget_epoch_end_resume` undoes it when that ``Trainer.fit`` ends.
 
     Example:
         >>> class FitLoop:  # stands for Lightning's

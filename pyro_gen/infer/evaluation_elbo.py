@@ -55,7 +55,13 @@ def evaluate_elbo(
     sample are summed out of each example, as ``TraceEnum_ELBO`` does (sites enumerated by
     draws from their prior, ``"num_samples": S``, are averaged over the draws, as
     ``TraceTMC_ELBO`` does); a latent the guide lacks otherwise is drawn from the model,
-    with a warning. ``loss`` is accepted so that
+    with a warning. Discrete guide sites marked for parallel enumeration
+    (``config_enumerate`` on the guide, as in Pyro's semi-supervised VAE) are summed out of
+    each example as ``TraceEnum_ELBO`` sums them, :math:`\\sum_y q(y \\mid x)
+    \\log \\frac{p(x, y, z_y)}{q(y \\mid x)\\, q(z_y \\mid x, y)}` with one draw
+    :math:`z_y` per value (see :mod:`~pyro_gen.infer.evaluation_guide_enumeration`); one
+    that cannot be summed per example (outside the data plate or in a plate inside it) is
+    refused. ``loss`` is accepted so that
     :func:`~pyro_gen.infer.fit` can pass its objective: the estimate is always the plain
     ELBO (what a free-bits or IWAE objective bounds), the objective's ``num_particles`` is
     used when ``num_particles`` is 1, and with a ``TraceMeanField_ELBO`` the KL of each
@@ -81,8 +87,9 @@ def evaluate_elbo(
 
     Raises:
         ValueError: the data plate cannot be found (pass ``plate_name=``), a guide site is
-            not in the model, a count is not a positive integer, or the model observes its
-            data through a Delta (an implicit model: no likelihood). Guide sites that are
+            not in the model, a count is not a positive integer, the model observes its
+            data through a Delta (an implicit model: no likelihood), or a guide site is
+            enumerated where it cannot be summed out per example. Guide sites that are
             point masses (``AutoDelta``) get a warning: the estimate is then log p(x, z).
 
     Example:

@@ -63,9 +63,24 @@ def iwae_log_likelihood(
     the :math:`K M` draws are simply each example's importance samples.
     Particles are drawn ``chunk`` at a time under a vectorized plate (one at a time, with a
     warning, when the model does not broadcast over it), so memory stays bounded. Data
-    plate and enumerated sites are handled as in :func:`~pyro_gen.infer.evaluate_elbo`; masks
-    are kept, but a scaled site is refused, since exp of a scaled log-weight is no importance
-    weight.
+    plate and enumerated model sites are handled as in :func:`~pyro_gen.infer.evaluate_elbo`;
+    masks are kept, but a scaled site is refused, since exp of a scaled log-weight is no
+    importance weight.
+
+    Discrete guide sites :math:`y` marked for parallel enumeration (``config_enumerate`` on
+    the guide) are summed inside each importance weight: with :math:`z_{ky} \\sim
+    q(z \\mid x_i, y)` drawn for every value :math:`y`,
+
+    .. math::
+
+        W_k = \\sum_y q(y \\mid x_i)\\, \\frac{p(x_i, y, z_{ky})}{q(y \\mid x_i)\\,
+            q(z_{ky} \\mid x_i, y)} = \\sum_y \\frac{p(x_i, y, z_{ky})}{q(z_{ky} \\mid x_i, y)},
+        \\qquad \\mathbb{E}[W_k] = \\sum_y \\int p(x_i, y, z)\\, dz = p(x_i),
+
+    so :math:`\\log \\frac{1}{K} \\sum_k W_k` is a lower bound in expectation (Jensen),
+    tight as :math:`K \\to \\infty`, and exact when :math:`q(z \\mid x, y)` is the
+    posterior or there is no continuous latent (see
+    :mod:`~pyro_gen.infer.evaluation_guide_enumeration`).
 
     References:
         Burda, Grosse, Salakhutdinov, "Importance Weighted Autoencoders", arXiv:1509.00519.
@@ -88,7 +103,8 @@ def iwae_log_likelihood(
 
     Raises:
         ValueError: the data plate cannot be found (pass ``plate_name=``), a guide site is
-            not in the model, or a count is not a positive integer; or the joint is no
+            not in the model, a count is not a positive integer, or a guide site is
+            enumerated where it cannot be summed out per example; or the joint is no
             density: a guide site is a point mass (``AutoDelta``), the data are observed
             through a Delta (an implicit model), a site has a scale other than 1
             (``poutine.scale``, a subsampled plate besides the data plate's N/B), or the

@@ -4,9 +4,11 @@ Global latents are drawn on the first batch and replayed on every later one, and
 own subsample is replayed for every particle chunk of a batch. Model latents the guide lacks
 are summed out where they are enumerated and that can be done example by example, else
 drawn from the model, with a warning where that loosens the bound (a scored density depends
-on them; :mod:`~pyro_gen.infer.drawn_site_dependents`). Particles are vectorized under a
-particle plate when the model and guide broadcast over it, else drawn one at a time, with a
-warning.
+on them; :mod:`~pyro_gen.infer.drawn_site_dependents`). Guide latents marked for parallel
+enumeration are summed out too (the guide runs under ``poutine.enum``, as in
+``TraceEnum_ELBO``), or refused where that cannot be done example by example. Particles are
+vectorized under a particle plate when the model and guide broadcast over it, else drawn
+one at a time, with a warning.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ from pyro.poutine.util import site_is_subsample
 from pyro_gen.data.batching import Call
 from pyro_gen.infer.drawn_site_dependents import describe, scored_dependents
 from pyro_gen.infer.evaluation_checks import check_site_densities, check_sliced_rows
+from pyro_gen.infer.evaluation_guide_enumeration import (
+    GuideEnumerationError,
+    marked_for_enumeration,
+)
 from pyro_gen.infer.log_weights import (
     PARTICLE_PLATE,
     DataPlate,
@@ -133,6 +139,9 @@ class ParticleScorer:
         self.particle_dim = -1
         self.has_shared = False
         self.enumerate, self.enumerable = False, True
+        # switched on by the first batch whose guide marks a site (not at setup, which finds
+        # the plates' nesting that places the enumeration dims)
+        self.enumerate_guide = False
         self.reviewed: set[str] = set()
         self.vectorize, self.vectorized_once = True, False
         self.fixed: dict[Any, tuple[Trace, Trace]] = {}
@@ -163,12 +172,20 @@ class ParticleScorer:
         subsamples = self.subsamples
         if subsamples is not None:
             guide = poutine.replay(guide, trace=subsamples)
+        particles = None
+        if num_particles is not None:
+            particles = pyro.plate(PARTICLE_PLATE, num_particles, dim=self.particle_dim)
+            guide = particles(guide)
+        if self.enumerate_guide:
+            # outside the replays, which leave their sites as drawn, and the particle plate,
+            # so that draws of num_samples sites are made for each particle
+            guide = poutine.enum(guide, first_available_dim=self.particle_dim - 1)
+        guide_trace = self._trace("guide", guide, call)
         with ExitStack() as stack:
-            if num_particles is not None:
+            if particles is not None:
                 stack.enter_context(
                     pyro.plate(PARTICLE_PLATE, num_particles, dim=self.particle_dim)
                 )
-            guide_trace = self._trace("guide", guide, call)
             replay = guide_trace
             extra = [*(fixed[1].nodes.items() if fixed is not None else ())]
             extra += [*(subsamples.nodes.items() if subsamples is not None else ())]
@@ -180,8 +197,10 @@ class ParticleScorer:
             model = self.model
             if self.enumerate:
                 # inside the replay, as TraceEnum_ELBO puts it: enum then sees the replayed
-                # sites too and records the enumeration dims their densities depend on
-                model = poutine.enum(model, first_available_dim=self.particle_dim - 1)
+                # sites too and records the enumeration dims their densities depend on; after
+                # an enumerated guide it takes the dims left of the guide's, as there
+                first = None if self.enumerate_guide else self.particle_dim - 1
+                model = poutine.enum(model, first_available_dim=first)
             model = poutine.replay(model, trace=replay)
             model_trace = self._trace("model", model, call)
         if subsamples is None:
@@ -233,7 +252,8 @@ class ParticleScorer:
         if marked and self.enumerable:
             self.enumerate = True
             try:
-                problem = enumeration_problem(self._traces(call, None, None)[1], self.plate)
+                guide_trace, model_trace = self._traces(call, None, None)
+                problem = enumeration_problem(model_trace, self.plate, guide_trace)
             except Exception as error:  # the model does not run under poutine.enum
                 problem = f"{type(error).__name__}: {error}"
             if problem is None:
@@ -278,6 +298,9 @@ class ParticleScorer:
         vectorized = num_particles > 1
         guide_trace, model_trace = self._traces(call, num_particles if vectorized else None, key)
         assert self.plate is not None
+        if not self.enumerate_guide and marked_for_enumeration(guide_trace):
+            self.enumerate_guide = True  # its marked sites are summed out from now on
+            return self._weights(call, num_particles, key)
         weights = split_log_weights(
             model_trace,
             guide_trace,
@@ -285,6 +308,7 @@ class ParticleScorer:
             particle_dim=self.particle_dim,
             num_particles=num_particles if vectorized else 1,
             analytic_kl=self.analytic_kl,
+            importance=self.importance,
         )
         if self._review(call, model_trace, weights.prior_sites):
             return self._weights(call, num_particles, key)
@@ -303,6 +327,8 @@ class ParticleScorer:
                 weights = self._weights(call, num_particles, key)
                 self.vectorized_once = True
                 return weights.local, weights.shared
+            except GuideEnumerationError:
+                raise  # refused whether or not particles are vectorized
             except Exception as error:
                 if self.vectorized_once:
                     raise  # it broadcast before, so this is a genuine error

@@ -9,9 +9,9 @@ For a model :math:`p(g) \\prod_i p(x_i, z_i \\mid g)` and a guide
 
 and this module splits it into the *global* part (sites outside the data plate) and one
 *local* part per example (sites inside it), read off the traces without assuming any site
-or plate name; discrete sites that ``poutine.enum`` enumerated in the model are summed out
-of each example's part. The estimators of :mod:`pyro_gen.infer.evaluation` are built on
-the split.
+or plate name; discrete sites that ``poutine.enum`` enumerated, in the model or in the guide
+(:mod:`~pyro_gen.infer.evaluation_guide_enumeration`), are summed out of each example's part.
+The estimators of :mod:`pyro_gen.infer.evaluation` are built on the split.
 """
 
 from __future__ import annotations
@@ -29,6 +29,11 @@ from pyro.ops.contract import contract_to_tensor
 from pyro.poutine import Trace
 from torch.distributions import kl_divergence
 
+from pyro_gen.infer.evaluation_guide_enumeration import (
+    enumeration_log_weight,
+    guide_enumerated_sites,
+    sum_out_guide_enumeration,
+)
 from pyro_gen.infer.evaluation_plate import (
     PARTICLE_PLATE,
     DataPlate,
@@ -160,13 +165,17 @@ def enumerated(site: dict) -> bool:
     return site["infer"].get("_enumerate_dim") is not None
 
 
-def enumeration_problem(model_trace: Trace, plate: DataPlate) -> str | None:
+def enumeration_problem(
+    model_trace: Trace, plate: DataPlate, guide_trace: Trace | None = None
+) -> str | None:
     """Why the enumerated sites of ``model_trace`` cannot be summed out example by example,
     or None when they can: each must lie in the data plate (it may lie in plates inside it
     too, such as each word's topic in a document, and form ``pyro.markov`` chains, such as
-    a sequence's hidden states); one outside it would couple the examples."""
+    a sequence's hidden states); one outside it would couple the examples. Sites of
+    ``guide_trace`` (enumerated there, replayed in the model) are the guide's to check."""
+    guided = guide_trace.nodes if guide_trace is not None else {}
     for name, site in sample_sites(model_trace):
-        if not enumerated(site):
+        if not enumerated(site) or name in guided:
             continue
         plates = set(plates_of(site))
         if plate.name not in plates:
@@ -178,7 +187,7 @@ def enumeration_problem(model_trace: Trace, plate: DataPlate) -> str | None:
 
 
 def _enumerated_log_weight(
-    model_trace: Trace, plate: DataPlate
+    model_trace: Trace, plate: DataPlate, guided: set[str]
 ) -> tuple[torch.Tensor, set[str]] | None:
     """Each example's log-density of the model sites that depend on enumerated sites, with
     those summed out: the sites' factors are contracted by Pyro's plated sum-product (a
@@ -188,27 +197,32 @@ def _enumerated_log_weight(
     gives each site of a ``pyro.markov`` chain its own symbols although the chain reuses
     dims, so the sum runs along the chain (the forward algorithm of an HMM). Returns the
     unpacked tensor and the names of the sites it covers, or None without enumeration.
+    Sites the guide enumerated (``guided``, replayed) keep their enumeration dims, as in
+    ``TraceEnum_ELBO``: the guide's sum over them is taken afterwards.
 
     Raises:
         ValueError: the sites have different scales (besides the data plate's N/B).
     """
-    if not any(enumerated(site) for _, site in sample_sites(model_trace)):
+    if not any(enumerated(s) and n not in guided for n, s in sample_sites(model_trace)):
         return None
     model_trace.compute_log_prob()
     model_trace.pack_tensors()
-    plate_symbols = set(model_trace.plate_to_symbol.values())
+    kept = set(model_trace.plate_to_symbol.values())
     enum_dims: set[str] = set()
-    for _, site in sample_sites(model_trace):
-        if enumerated(site):
+    for name, site in sample_sites(model_trace):
+        if name in guided:
+            kept.add(site["infer"]["_dim_to_symbol"][site["infer"]["_enumerate_dim"]])
+        elif enumerated(site):
             enum_dims.update(site["packed"]["unscaled_log_prob"]._pyro_dims)
-    enum_dims -= plate_symbols
+    enum_dims -= kept
     tree: OrderedDict[frozenset, list[torch.Tensor]] = OrderedDict()
     covered, scales = set(), []
     for name, site in sample_sites(model_trace):
         log_prob = site["packed"]["unscaled_log_prob"]
         if enum_dims.isdisjoint(log_prob._pyro_dims):
             continue
-        if enumerated(site) and site["infer"].get("num_samples") is not None:
+        sampled = site["infer"].get("num_samples") is not None
+        if enumerated(site) and name not in guided and sampled:
             log_prob = _sampled_enumeration_factor(log_prob, site["infer"]["num_samples"])
         ordinal = frozenset(
             model_trace.plate_to_symbol[f.name] for f in site["cond_indep_stack"] if f.vectorized
@@ -324,6 +338,7 @@ def split_log_weights(
     particle_dim: int,
     num_particles: int = 1,
     analytic_kl: bool = False,
+    importance: bool = False,
 ) -> LogWeights:
     """Splits log p - log q of one joint draw into per-example and global parts.
 
@@ -331,9 +346,11 @@ def split_log_weights(
     latents with -log q, auxiliary ones included (an autoguide's unconstrained draw, whose
     guide site is a Delta carrying the Jacobian), as Pyro's ELBOs count them. Model latents
     that ``poutine.enum`` enumerated are summed out of each example's weight (they must
-    pass :func:`enumeration_problem`). Any other model latent without a guide site was drawn
-    from the model's own conditional, which is then its proposal, so its density cancels
-    and it is left out.
+    pass :func:`enumeration_problem`); so are guide latents that it enumerated (see
+    :mod:`~pyro_gen.infer.evaluation_guide_enumeration`): as an expectation under the guide,
+    or inside the importance weight when ``importance``. Any other model latent without a
+    guide site was drawn from the model's own conditional, which is then its proposal, so
+    its density cancels and it is left out.
 
     Args:
         model_trace: the model replayed against ``guide_trace``.
@@ -345,10 +362,14 @@ def split_log_weights(
         analytic_kl: replace log q - log p of a latent by KL(q || p) where it is known in
             closed form, as ``TraceMeanField_ELBO`` does (the same expectation, less noise;
             for an ELBO, not for importance weights).
+        importance: sum the guide's enumerated values :math:`y` out of the importance
+            weight, :math:`\\log \\sum_y q(y) w(y)`, instead of taking
+            :math:`\\sum_y q(y) \\log w(y)`, the ELBO's expectation.
 
     Raises:
         ValueError: a guide latent is not a model site or is observed there, or the data
-            plate is missing.
+            plate is missing; or (a ``GuideEnumerationError``) a guide site is enumerated
+            where it cannot be summed out per example.
     """
     guide_latents = {
         name: site for name, site in sample_sites(guide_trace) if not site["is_observed"]
@@ -367,7 +388,8 @@ def split_log_weights(
                 "guide samples only the model's latent sites; leave it out of the guide"
             )
     check_guide_plates(model_trace, guide_trace, plate)
-    summed_out = _enumerated_log_weight(model_trace, plate)
+    guide_enumerated = guide_enumerated_sites(guide_trace, plate, particle_dim)
+    summed_out = _enumerated_log_weight(model_trace, plate, set(guide_enumerated))
     covered = summed_out[1] if summed_out is not None else set()
     # a latent whose prior depends on a summed-out site is part of that sum, not a KL
     kl = _analytic_kl(model_trace, guide_latents) if analytic_kl else {}
@@ -409,6 +431,12 @@ def split_log_weights(
                 global_sites.append(site["name"])
     if summed_out is not None:  # the enumerated sites and those depending on them
         local = local + _reduce(summed_out[0], particle_dim, plate.dim)
+    if guide_enumerated:
+        log_d = sum(
+            _reduce(enumeration_log_weight(guide_trace.nodes[name]), particle_dim, plate.dim)
+            for name in guide_enumerated
+        )
+        local = sum_out_guide_enumeration(local, log_d, particle_dim, importance)
     return LogWeights(
         local=local.expand(K, B),
         shared=shared.to(local.device).expand(K),

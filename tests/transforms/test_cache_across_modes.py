@@ -15,10 +15,14 @@ import pickle
 
 import pyro.distributions as dist
 import pyro.distributions.transforms as PT
+import pytest
 import torch
 from torch import nn
 
 from pyro_gen import transforms as T
+
+from .registry import CASES, Case
+from .test_registry import _concrete, _context, _dtype_for, _prepare  # noqa: F401
 
 
 def _standard(d: int, dtype: torch.dtype = torch.float32) -> dist.Distribution:
@@ -137,3 +141,28 @@ def test_copies_and_pickles_follow_their_own_mode_changes() -> None:
             flow.log_prob(data)
             clone.eval()
             torch.testing.assert_close(flow.log_prob(data), _batchnorm_eval_density(clone, data))
+
+
+@pytest.mark.parametrize(
+    "case", [c for c in CASES if c.invertible and not c.known_bug], ids=lambda c: c.name
+)
+@pytest.mark.usefixtures("_dtype_for")
+def test_every_transform_scores_in_eval_mode_what_it_computes_afresh(case: Case) -> None:
+    # the registry's transforms, each scored in training mode and then, the same tensor, in
+    # eval mode: the values are eval mode's (those of a copy of the tensor, which no cache
+    # holds), whatever the transform does differently in training mode
+    t = _prepare(case)
+    ct = _concrete(case, t, _context(case, 16))
+    y = 2.0 + 1.5 * torch.randn(tuple(ct.forward_shape((16, *case.shape))), dtype=torch.float64)
+    if isinstance(t, torch.nn.Module):
+        t.train()
+    with torch.no_grad():
+        ct.log_abs_det_jacobian(ct.inv(y), y)
+        if isinstance(t, torch.nn.Module):
+            t.eval()
+        x = ct.inv(y)
+        ladj = ct.log_abs_det_jacobian(x, y)
+        y_copy = y.clone()
+        x_copy = ct.inv(y_copy)
+        torch.testing.assert_close(x, x_copy)
+        torch.testing.assert_close(ladj, ct.log_abs_det_jacobian(x_copy, y_copy))

@@ -6,8 +6,11 @@ tracing, so that an optimizer step, a parameter swapped in by ``pyro.module``, o
 another mode makes it stale (used by :class:`pyro_gen.transforms._base.FlowTransformModule`).
 
 Writes that bypass version counters stay invisible: a parameter changed through ``p.data``
-(``p.data.add_(...)``, a hand-written SGD step) leaves a cached result valid; write under
-``torch.no_grad()`` instead (``p.add_(...)``), or call the transform's ``clear_cache()``.
+(``p.data.add_(...)``, a hand-written SGD step) or by a fused optimizer
+(``torch.optim.Adam(..., fused=True)``, whose kernel leaves the counters as they were) leaves
+a cached result valid. Write under ``torch.no_grad()`` instead (``p.add_(...)``), call
+``torch.autograd.graph.increment_version(params)`` after such a step, or the transform's
+``clear_cache()``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ import weakref
 from collections.abc import Sequence
 
 import torch
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
 
 class _LadjCache:
@@ -175,25 +177,6 @@ def _structure_changed(module: torch.nn.Module, *_: object) -> None:
 
 torch.nn.modules.module.register_module_parameter_registration_hook(_structure_changed)
 torch.nn.modules.module.register_module_module_registration_hook(_structure_changed)
-
-
-def _fused_step_taken(optimizer: torch.optim.Optimizer, *_: object) -> None:
-    """Bumps the version counters of the parameters a fused optimizer step wrote.
-
-    ``torch.optim.Adam(..., fused=True)`` (and fused SGD/AdamW) update parameters in one
-    kernel that leaves their version counters as they were, so the stamp of a cached result
-    still held after the step: a density flow scoring the same data tensor at the next step
-    got the last step's result, and its backward failed ("Trying to backward through the
-    graph a second time"). Once per optimizer step, for fused parameter groups only; no
-    work on a cache lookup.
-    """
-    for group in optimizer.param_groups:
-        if group.get("fused"):
-            for param in group["params"]:
-                torch.autograd.graph.increment_version(param)
-
-
-register_optimizer_step_post_hook(_fused_step_taken)
 
 
 def conditioner_modules(fn: object) -> tuple[torch.nn.Module, ...]:

@@ -173,3 +173,8 @@ def _run(
     )
     if found_inf is not None:
         torch._foreach_sub_(steps, [found_inf] * len(steps))
+    # The kernel writes the parameters without bumping their version counters, as an
+    # in-place update does: a flow's cached result, valid while they are unchanged, then
+    # scored the same data tensor with the last step's graph at the next plain step (SVI
+    # after fit on the same optimizer: "backward through the graph a second time").
+    torch.autograd.graph.increment_version(params)

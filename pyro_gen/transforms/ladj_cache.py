@@ -10,7 +10,8 @@ Writes that bypass version counters stay invisible: a parameter changed through 
 (``torch.optim.Adam(..., fused=True)``, whose kernel leaves the counters as they were) leaves
 a cached result valid. Write under ``torch.no_grad()`` instead (``p.add_(...)``), call
 ``torch.autograd.graph.increment_version(params)`` after such a step, or the transform's
-``clear_cache()``.
+``clear_cache()``. (``fit``'s own fused update, which Pyro's SVI also takes after ``fit`` on
+the same optimizer, bumps them.)
 """
 
 from __future__ import annotations

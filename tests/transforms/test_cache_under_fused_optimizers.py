@@ -3,10 +3,11 @@
 A cached result is valid while the parameters' version counters are unchanged, and a fused
 optimizer step writes the parameters without bumping them, so the next step's score of the
 same data tensor is the last step's, and its backward fails with "Trying to backward through
-the graph a second time". Known and not yet fixed (strict xfail): a global optimizer step
-hook bumping the counters fixed it, but any registered hook turns off
-``pyro_gen.infer.fused_adam_step``'s fast path, whose kernel call skips the counters too.
-Hand-written steps through ``p.data`` are not seen either; ``clear_cache()`` and
+the graph a second time". Known and not fixed for torch's own fused optimizers (strict
+xfails): a global optimizer step hook bumping the counters fixed it, but any registered hook
+turns off ``pyro_gen.infer.fused_adam_step``'s fast path. That fast path (the compiled step of
+``fit``, and Pyro's SVI stepping the same optimizer afterwards) bumps the counters itself,
+tested below. Writes through ``p.data`` are not seen either; ``clear_cache()`` and
 ``torch.autograd.graph.increment_version`` are the documented ways out.
 """
 
@@ -118,3 +119,32 @@ def test_increment_version_after_a_fused_step_makes_the_cached_density_stale() -
     with torch.no_grad():
         copy_loss = -flow.log_prob(data.clone()).mean()
     torch.testing.assert_close(-flow.log_prob(data).mean(), copy_loss)
+
+
+def test_svi_after_fit_on_the_same_optimizer_scores_with_the_current_parameters() -> None:
+    """fit's compiled step updates through pyro_gen's fused kernel call
+    (infer/fused_adam_step), which bumps the version counters: Pyro's SVI stepping the same
+    optimizer afterwards scores the same data tensor with the parameters of now."""
+    from pyro_gen.infer import fit
+
+    torch.manual_seed(4)
+    pyro.clear_param_store()
+    layers, flow = _flow()
+    data = 1.0 + 2.0 * torch.randn(64, D)
+
+    def model(x: torch.Tensor) -> None:
+        pyro.module("layers", layers)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", flow, obs=x)
+
+    def guide(x: torch.Tensor) -> None:
+        pass
+
+    optim = pyro.optim.Adam({"lr": 0.05})
+    fit(model, data, guide=guide, optim=optim, steps=4, batch_size=64, compile=True, progress=False)
+    svi = SVI(model, guide, optim, Trace_ELBO())
+    losses = [svi.step(data) for _ in range(3)]  # no other score between: the cache holds data
+    with torch.no_grad():
+        after = -flow.log_prob(data.clone()).sum().item()
+    assert svi.step(data) == pytest.approx(after, rel=1e-6)
+    assert losses[0] != losses[1] != losses[2] != pytest.approx(after, rel=1e-4)

@@ -13,6 +13,8 @@ tested below. Writes through ``p.data`` are not seen either; ``clear_cache()`` a
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -45,6 +47,21 @@ def _flow() -> tuple[torch.nn.Module, dist.Distribution]:
     return torch.nn.ModuleList(layers), flow
 
 
+def _density_model(seed: int) -> tuple[dist.Distribution, torch.Tensor, Callable]:
+    """A Pyro model observing data under the flow, a fresh param store and the data."""
+    torch.manual_seed(seed)
+    pyro.clear_param_store()
+    layers, flow = _flow()
+    data = 1.0 + 2.0 * torch.randn(64, D)
+
+    def model(x: torch.Tensor) -> None:
+        pyro.module("layers", layers)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", flow, obs=x)
+
+    return flow, data, model
+
+
 @FUSED_STALE
 @pytest.mark.parametrize("optimizer_class", [torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD])
 def test_a_fused_optimizer_step_makes_the_cached_density_stale(optimizer_class: type) -> None:
@@ -68,15 +85,7 @@ def test_a_fused_optimizer_step_makes_the_cached_density_stale(optimizer_class: 
 
 @FUSED_STALE
 def test_svi_with_pyros_fused_adam_scores_the_data_with_the_current_parameters() -> None:
-    torch.manual_seed(1)
-    pyro.clear_param_store()
-    layers, flow = _flow()
-    data = 1.0 + 2.0 * torch.randn(64, D)
-
-    def model(x: torch.Tensor) -> None:
-        pyro.module("layers", layers)
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("x", flow, obs=x)
+    flow, data, model = _density_model(seed=1)
 
     _fused(torch.optim.Adam, [torch.zeros(1, requires_grad=True)])  # skips where unsupported
     svi = SVI(model, lambda x: None, pyro.optim.Adam({"lr": 0.05, "fused": True}), Trace_ELBO())
@@ -127,15 +136,7 @@ def test_svi_after_fit_on_the_same_optimizer_scores_with_the_current_parameters(
     optimizer afterwards scores the same data tensor with the parameters of now."""
     from pyro_gen.infer import fit
 
-    torch.manual_seed(4)
-    pyro.clear_param_store()
-    layers, flow = _flow()
-    data = 1.0 + 2.0 * torch.randn(64, D)
-
-    def model(x: torch.Tensor) -> None:
-        pyro.module("layers", layers)
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("x", flow, obs=x)
+    flow, data, model = _density_model(seed=4)
 
     def guide(x: torch.Tensor) -> None:
         pass

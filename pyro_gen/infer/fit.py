@@ -227,7 +227,11 @@ def fit(
             ``model`` (where they would also stop the compiled step from applying). The
             compiled step checks its recording against Pyro's run after each (a callback
             may change a number the model reads); mark one that changes only tensors with
-            :func:`~pyro_gen.infer.changes_only_tensors` to spare that forward pass.
+            :func:`~pyro_gen.infer.changes_only_tensors` to spare that forward pass. A
+            callback returning ``True`` stops training after that step, as ``steps=`` does:
+            with ``checkpoint_dir``, a checkpoint of that step is written (no evaluation of
+            the partial epoch), and ``fit`` called again resumes from it exactly (the
+            command line stops so on SIGTERM). Not under data-parallel training.
         progress: show a progress bar with the loss and examples per second.
         compile: ``None`` (default) runs the compiled ELBO step of
             :class:`~pyro_gen.infer.compiled.CompiledSVI` where the loss supports it

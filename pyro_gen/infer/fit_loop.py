@@ -126,6 +126,7 @@ def _train(
             )
 
     partial: dict[str, Any] | None = None
+    step_stop = False  # a step callback asked to stop
     modes = module_modes(prog.modules.values())
     while not done():
         # Each epoch trains in the modes the user gave (a frozen decoder.eval() stays so,
@@ -191,8 +192,18 @@ def _train(
             state.epoch_seen += examples
             state.step += 1
             state.batch += 1
-            for step_callback in step_callbacks:
-                step_callback(state.step, model)
+            # A callback returning True stops training after this step (all of them run).
+            asked = [step_callback(state.step, model) is True for step_callback in step_callbacks]
+            if any(asked):
+                if dp is not None:
+                    # Each process would stop at another step; a collective each step to agree
+                    # costs every step of every run.
+                    raise ValueError(
+                        "a step callback returned True (stop) under data-parallel training, "
+                        "which stops only at an epoch's end: return True from an epoch "
+                        "callback (callbacks=) instead"
+                    )
+                step_stop = True
             if check_after_callbacks:
                 # A step callback may change a value the model reads, which the recorded
                 # step holds as a constant: the next step checks it against Pyro's.
@@ -203,7 +214,7 @@ def _train(
                 bar.set_postfix(
                     loss=f"{state.epoch_loss / state.epoch_seen:.3f}", ex_per_s=f"{rate:.0f}"
                 )
-            if steps is not None and state.step >= steps:
+            if step_stop or (steps is not None and state.step >= steps):
                 stopped_inside = total is None or state.batch < total
                 break
             at_end = total is not None and state.batch == total
@@ -231,7 +242,15 @@ def _train(
             state.epoch += 1
             state.batch, state.epoch_rng_state = 0, None
             state.epoch_loss, state.epoch_seen, state.epoch_time = 0.0, 0, 0.0
-        if held_out is not None and evaluates_after(state.epoch, eval_every, done()) and main:
+        # A stop asked inside an epoch is quick (a scheduler's grace period): no evaluation of
+        # a partial epoch; the resumed run evaluates where the uninterrupted one does.
+        evaluate = not (step_stop and stopped_inside)
+        if (
+            held_out is not None
+            and evaluate
+            and evaluates_after(state.epoch, eval_every, done())
+            and main
+        ):
             eval_data = held_out.for_evaluation()
             # Evaluation draws its own noise without moving the training RNG, so where and
             # how often we evaluate never changes the trained parameters.
@@ -297,7 +316,7 @@ def _train(
             # recorded step holds as a constant: the next step checks it against Pyro's.
             verify()
         keep()
-        if stopped_inside or stop:
+        if stopped_inside or stop or step_stop:
             break
     history = state.history + ([partial] if partial is not None else [])
     return FitResult(history, state.epoch, state.step)

@@ -315,7 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pyro-gen: {interrupted_message(args, e.__traceback__)}", file=sys.stderr)
         return 130
     except Terminated as e:
-        said = interrupted_message(args, e.__traceback__, "terminated (SIGTERM)")
+        when = "" if e.step is None else f" after step {e.step}, checkpointed"
+        said = interrupted_message(args, e.__traceback__, f"terminated (SIGTERM){when}")
         print(f"pyro-gen: {said}", file=sys.stderr)
         return SIGTERM_STATUS
     return 0

@@ -25,7 +25,9 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType, TracebackType
+from typing import Any
 
+from pyro_gen.infer.callbacks import changes_only_tensors
 from pyro_gen.infer.checkpoint import CHECKPOINT_NAME
 
 # Modules whose frames on the interrupted stack mean a dataset was being fetched.
@@ -37,12 +39,82 @@ SIGTERM_STATUS = 128 + signal.SIGTERM
 
 
 class Terminated(BaseException):
-    """Raised in the main thread by a SIGTERM inside :func:`sigterm_raises`.
+    """Raised in the main thread by a SIGTERM inside :func:`sigterm_raises`, or after
+    training that :func:`sigterm_stops_training` stopped (``step``: the last step taken, whose
+    checkpoint was written).
 
     A ``BaseException``, as ``KeyboardInterrupt`` is, so that no ``except Exception`` on the
     way up takes it for an error of its own, and every ``finally`` and ``with`` block runs
     (the run directory's lock is released, a partial download removed).
     """
+
+    def __init__(self, *args: object, step: int | None = None) -> None:
+        super().__init__(*args)
+        self.step = step
+
+
+@changes_only_tensors  # it changes nothing the model reads
+class SigtermStop:
+    """A step callback for :func:`pyro_gen.infer.fit` that returns True (stop after this step,
+    writing its checkpoint) once ``requested``."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.step: int | None = None
+
+    def __call__(self, step: int, model: object) -> bool:
+        if self.requested:
+            self.step = step
+        return self.requested
+
+
+def _handler_to_replace() -> Any:
+    """SIGTERM's handler now, or None where none may be installed: outside the main thread
+    (Python runs handlers there only), over a handler Python did not install, or over one
+    that ignores SIGTERM (``nohup``-style: whoever ignored it meant it)."""
+    found = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or found is signal.SIG_IGN:
+        return None
+    return found
+
+
+@contextlib.contextmanager
+def sigterm_stops_training() -> Iterator[SigtermStop]:
+    """Inside, a SIGTERM asks the training loop to stop after its current step: pass the
+    :class:`SigtermStop` yielded among ``fit``'s ``step_callbacks``, and ``fit`` writes that
+    step's checkpoint and returns, within a step of the signal (a scheduler's grace period is
+    seconds), rather than losing the epoch's steps. On leaving, :class:`Terminated` is raised
+    if that happened. The first SIGTERM gives the handler found back, so a second one acts
+    as before (under :func:`sigterm_raises`, stops at once).
+
+    Example:
+        >>> with sigterm_raises():
+        ...     try:
+        ...         with sigterm_stops_training() as stop:
+        ...             signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)  # a SIGTERM
+        ...             print(stop(7, None))  # the step callback: stop after step 7
+        ...     except Terminated as e:
+        ...         print("stopped after step", e.step)
+        True
+        stopped after step 7
+    """
+    stop = SigtermStop()
+    found = _handler_to_replace()
+    if found is None:
+        yield stop
+        return
+
+    def request(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, found)
+        stop.requested = True
+
+    signal.signal(signal.SIGTERM, request)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGTERM, found)
+    if stop.requested:
+        raise Terminated(f"signal {signal.SIGTERM}", step=stop.step)
 
 
 @contextlib.contextmanager
@@ -65,12 +137,8 @@ def sigterm_raises() -> Iterator[None]:
         >>> signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
         True
     """
-    found = signal.getsignal(signal.SIGTERM)
-    if (
-        threading.current_thread() is not threading.main_thread()
-        or found is None
-        or found is signal.SIG_IGN
-    ):
+    found = _handler_to_replace()
+    if found is None:
         yield
         return
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ import torch
 
 from pyro_gen.cli_evaluate import samples_latents
 from pyro_gen.cli_figures import write_figures
+from pyro_gen.cli_interrupt import SigtermStop, sigterm_stops_training
 from pyro_gen.cli_models import (
     IMAGE_DATA,
     MODELS,
@@ -70,6 +72,19 @@ __all__ = ["train"]
 
 # Files train writes into a run directory.
 RUN_FILES = (CONFIG_NAME, CHECKPOINT_NAME, METRICS_NAME, "curves.png", "samples.png")
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[list[SigtermStop]]:
+    """fit's extra step callbacks: in one process, a SIGTERM stops training after the step
+    it came in, with that step's checkpoint (raising ``Terminated`` after ``fit``), where
+    Ctrl-C loses the epoch's steps. Under torchrun each process would stop at another step
+    (``fit`` refuses that): there, a SIGTERM stops the command as Ctrl-C does."""
+    if (os.environ.get("WORLD_SIZE") or "1") != "1":
+        yield []
+        return
+    with sigterm_stops_training() as stop:
+        yield [stop]
 
 
 def train(args: argparse.Namespace) -> None:
@@ -264,7 +279,11 @@ def _train_run(
     try:
         # Validation would report a diverged run as a value outside some site's support,
         # deep in a trace; without it the divergence reaches the loss, and fit names the step.
-        with pyro.validation_enabled(False), warnings.catch_warnings():
+        with (
+            pyro.validation_enabled(False),
+            warnings.catch_warnings(),
+            _stop_on_sigterm() as stop,
+        ):
             warnings.filterwarnings("ignore", message="Encountered NaN")  # fit reports it
             result = fit(
                 model,
@@ -280,7 +299,7 @@ def _train_run(
                 # a run recorded before --eval-every existed scored every epoch
                 eval_every=config.get("eval_every", 1),
                 checkpoint_dir=out,
-                step_callbacks=spec.step_callbacks(options),
+                step_callbacks=[*spec.step_callbacks(options), *stop],
                 progress=not args.no_progress,
                 compile=False if args.no_compile else None,
             )

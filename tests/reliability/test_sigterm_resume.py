@@ -1,7 +1,9 @@
 """SIGTERM (what SLURM or Kubernetes send before they kill a job) to ``pyro-gen train`` in
-another process: it stops as Ctrl-C does, with one line saying how to resume, status 143
-(128 + 15) and the run directory released; the resumed run is, bit for bit, the run never
-stopped. Before, SIGTERM ended the process as ``kill -9`` does: no line, no clean-up.
+another process: training stops after the step the signal came in and writes that step's
+checkpoint, with one line saying how to resume, status 143 (128 + 15) and the run directory
+released; the resumed run is, bit for bit, the run never stopped. Before, SIGTERM ended the
+process as ``kill -9`` does (no line, no clean-up), then as Ctrl-C does (the epoch's steps
+lost).
 
 The subprocess signals readiness from a step callback inside its second epoch and waits
 there, so the signal lands at the same point every time, with no timing. Run as
@@ -10,6 +12,7 @@ there, so the signal lands at the same point every time, with no timing. Run as
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -29,16 +32,22 @@ def _train_until_signalled(ready: str, stop_at: int, argv: list[str]) -> int:
     """``pyro-gen ARGV`` whose training waits at step ``stop_at`` after creating ``ready``."""
     import pyro_gen.cli_train as cli_train
     from pyro_gen.cli import main
+    from pyro_gen.cli_interrupt import SigtermStop
 
     real_fit = cli_train.fit
 
-    def wait_there(step: int, model: object) -> None:
-        if step == stop_at:
-            Path(ready).touch()
-            time.sleep(60)  # the SIGTERM's handler raises inside this sleep
-
     def fit(*args, step_callbacks=(), **kwargs):
-        return real_fit(*args, step_callbacks=[*step_callbacks, wait_there], **kwargs)
+        (stop,) = [cb for cb in step_callbacks if isinstance(cb, SigtermStop)]
+
+        def wait_there(step: int, model: object) -> None:
+            if step == stop_at:
+                Path(ready).touch()
+                deadline = time.monotonic() + 60
+                while not stop.requested and time.monotonic() < deadline:
+                    time.sleep(0.01)  # until the SIGTERM's handler has asked to stop
+
+        # before the CLI's stop: it answers at this step, as at any step the signal comes in
+        return real_fit(*args, step_callbacks=[wait_there, *step_callbacks], **kwargs)
 
     cli_train.fit = fit
     return main(argv)
@@ -86,10 +95,14 @@ def test_sigterm_stops_train_with_one_line_and_the_resume_is_bit_exact(tmp_path,
     lines = stopped.stderr.splitlines()
     assert len(lines) == 1, stopped.stderr
     assert lines[0] == (
-        f"pyro-gen: terminated (SIGTERM); {run / 'checkpoint.pt'}, the last checkpoint, is "
-        "intact: rerun the same command to resume from it"
+        f"pyro-gen: terminated (SIGTERM) after step {STOP_AT}, checkpointed; "
+        f"{run / 'checkpoint.pt'}, the last checkpoint, is intact: rerun the same command to "
+        "resume from it"
     )
-    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1  # stopped in epoch 2
+    # the epoch's steps up to the signal's are kept: epoch 1, then the part of epoch 2
+    records = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r.get("partial", False)) for r in records] == [(8, False), (STOP_AT, True)]
+    assert load_checkpoint(run / "checkpoint.pt")["progress"]["step"] == STOP_AT
 
     def own_handler(signum, frame):  # a handler the caller of main had: main gives it back
         pass

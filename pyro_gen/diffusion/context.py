@@ -16,6 +16,7 @@ import torch
 
 __all__ = [
     "check_no_positional_labels",
+    "check_outer_dims",
     "check_sampler_choice",
     "expand_context",
     "slice_context",
@@ -82,6 +83,34 @@ def check_no_positional_labels(x: Any, num_samples: Any, owner: str) -> None:
         f"{tuple(num_samples.shape)} by position after x; labels (or other network inputs) go "
         "by name: model(x, y=labels), and in fit a dict {'x': x, 'y': y} (a DataLoader's "
         "dataset returning such dicts), not a tuple (x, y)"
+    )
+
+
+def check_outer_dims(x: torch.Tensor, event_dim: int, owner: str) -> None:
+    """Refuses data whose dims before the batch dim do not leave a 1 at the time plate's dim
+    (-2): the time-plate models read those dims as outer plates' (a latent's vectorized
+    particles, ``(P, 1, batch, *event_shape)``), so stacked batches ``(groups, batch,
+    *event_shape)`` met Pyro's "Shape mismatch inside plate('time')", naming a plate the
+    user never wrote.
+
+    Raises:
+        ValueError: naming the shape expected and the two ways to pass stacked batches.
+
+    Example:
+        >>> check_outer_dims(torch.zeros(5, 1, 4, 2), 1, "ScoreModel")  # outer plates: fine
+        >>> check_outer_dims(torch.zeros(3, 4, 2), 1, "ScoreModel")
+        Traceback (most recent call last):
+        ...
+        ValueError: ScoreModel takes data (batch, *event_shape), got (3, 4, 2) ...
+    """
+    if x.dim() <= event_dim + 1 or x.shape[x.dim() - event_dim - 2] == 1:
+        return
+    raise ValueError(
+        f"{owner} takes data (batch, *event_shape), got {tuple(x.shape)} with event_dim "
+        f"{event_dim}: dims before the batch are outer plates' dims, (..., 1, batch, "
+        "*event_shape), with a 1 at the time plate's dim -2. Stacked batches go in as one: "
+        "x.reshape(-1, *event_shape), or as a plate of groups: the call under "
+        "pyro.plate('groups', G, dim=-3) with x.unsqueeze(-3)"
     )
 
 

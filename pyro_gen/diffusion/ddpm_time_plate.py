@@ -14,6 +14,7 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 
+from pyro_gen.diffusion.context import check_outer_dims
 from pyro_gen.diffusion.ddpm_time_steps import TimeStepDraws
 from pyro_gen.diffusion.network import register_module
 from pyro_gen.diffusion.parameterization import convert
@@ -44,6 +45,7 @@ class TimePlateForm(TimeStepDraws):
         register_module(self.name, self)
         s, nd = self.schedule, self.event_dim
         x0 = self.to_model_space(x, outer=True)
+        check_outer_dims(x0, nd, type(self).__name__)
         B = x0.shape[x0.dim() - nd - 1]  # outer plates' dims (a latent's particles) before it
         with pyro.plate("data", B, dim=-1), self._time_steps(x0, guide=False) as t:
             mean, std = s.q_mean_std(x0, t, nd)
@@ -77,6 +79,7 @@ class TimePlateForm(TimeStepDraws):
         """Time-plate guide: forward marginal at ``"x_t"``, forward posterior at ``"x_prev"``."""
         s, nd = self.schedule, self.event_dim
         x0 = self.to_model_space(x, outer=True)
+        check_outer_dims(x0, nd, type(self).__name__)
         B = x0.shape[x0.dim() - nd - 1]  # outer plates' dims (a latent's particles) before it
         with pyro.plate("data", B, dim=-1), self._time_steps(x0, guide=True) as t:
             mean, std = s.q_mean_std(x0, t, nd)

@@ -40,7 +40,12 @@ import torch
 from pyro import poutine
 from torch import Tensor
 
-from pyro_gen.diffusion.context import check_sampler_choice, expand_context, slice_context
+from pyro_gen.diffusion.context import (
+    check_outer_dims,
+    check_sampler_choice,
+    expand_context,
+    slice_context,
+)
 from pyro_gen.diffusion.network import register_module
 from pyro_gen.diffusion.preconditioned_velocity import PreconditionedVelocity
 from pyro_gen.transforms._base import PicklableModule, sample_count
@@ -261,6 +266,7 @@ class FlowMatching(PicklableModule):
                 f"FlowMatching expects data of shape (batch, *{tuple(self.event_shape)}), got "
                 f"{tuple(x.shape)}"
             )
+        check_outer_dims(x, nd, "FlowMatching")
         if z is not None:
             # fit's (x, y) tuples and DataLoader batches put labels here, the coupling's slot
             labels = (

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from pyro_gen.diffusion.bound import bound_sites
 from pyro_gen.diffusion.context import (
     check_no_positional_labels,
+    check_outer_dims,
     check_sampler_choice,
     expand_context,
 )
@@ -275,6 +276,7 @@ class ScoreModel(PicklableModule):
                 f"{type(self).__name__} expects data of shape (batch, *{tuple(self.event_shape)}),"
                 f" got {tuple(x.shape)}"
             )
+        check_outer_dims(x, nd, type(self).__name__)
         return x.shape[x.dim() - nd - 1]
 
     def _sites(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from pyro import poutine
-from pyro.distributions import Independent, MaskedDistribution, Normal
+from pyro.distributions import Delta, Independent, MaskedDistribution, Normal
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.poutine import Trace
@@ -91,8 +91,10 @@ class FreeBitsELBO(ELBO):
     is analytic when guide and model sites are both diagonal Normals (a bare ``Normal``, or
     under ``.to_event`` and a ``.mask(m)`` shared by both, whose masked entries count
     nothing, the floor included); otherwise the
-    Monte Carlo KL of the whole site is clamped at :math:`\\lambda` times its size. Meant
-    for training; report the plain ELBO.
+    Monte Carlo KL of the whole site is clamped at :math:`\\lambda` times its size. A latent
+    that a Pyro autoguide (``AutoNormal``) draws as ``<name>_unconstrained`` is floored on
+    the Monte Carlo KL of that draw, as a whole. Meant for training; report
+    the plain ELBO.
 
     Pyro scales and masks count as in the ELBO, each latent's KL weighted by its site's
     scale and mask, which must therefore be the same in model and guide (KL annealing scales
@@ -134,28 +136,35 @@ class FreeBitsELBO(ELBO):
             for site in model_trace.nodes.values():
                 if site["type"] == "sample" and site["is_observed"]:
                     elbo = elbo + site["log_prob"].sum()  # already scaled and masked
+            paired = _unconstrained_draws(guide_trace, model_trace)
             for name, q_site in guide_trace.nodes.items():
                 if q_site["type"] != "sample" or q_site["is_observed"]:
                     continue
                 if site_is_subsample(q_site):
                     continue
                 if name not in model_trace.nodes:
-                    # an auxiliary draw (an autoguide's unconstrained value): its -log q is
-                    # part of the ELBO, outside any latent's floor
-                    if q_site["infer"].get("is_auxiliary", False):
+                    # an auxiliary draw not paired with one latent (AutoDiagonalNormal's
+                    # joint latent): its -log q is part of the ELBO, outside any floor
+                    aux = q_site["infer"].get("is_auxiliary", False)
+                    if aux and name not in paired.values():
                         elbo = elbo - q_site["log_prob"].sum()
                     continue
                 p_site = model_trace.nodes[name]
                 _check_same_weighting(name, q_site, p_site)
-                elbo = elbo - self._clamped_kl(q_site, p_site)
+                aux_site = guide_trace.nodes[paired[name]] if name in paired else None
+                elbo = elbo - self._clamped_kl(q_site, p_site, aux_site)
             total = total - elbo
         return total / self.num_particles
 
-    def _clamped_kl(self, q_site: dict, p_site: dict) -> torch.Tensor:
+    def _clamped_kl(self, q_site: dict, p_site: dict, aux_site: dict | None = None) -> torch.Tensor:
         """The site's KL with each dimension's floor: with example weights :math:`w_b`
         (the site's scale, such as a subsampled plate's N/B, times its mask),
         :math:`\\sum_j \\max(\\lambda \\sum_b w_b, \\sum_b w_b \\mathrm{KL}_{bj})`, i.e.
-        :math:`\\lambda` against the batch mean of each dimension's KL, scaled."""
+        :math:`\\lambda` against the batch mean of each dimension's KL, scaled.
+
+        ``aux_site`` is an autoguide's unconstrained draw of this latent (the latent site
+        is then a ``Delta`` carrying only the log-Jacobian): its density is the guide's,
+        so it is part of this latent's KL."""
         q, p = q_site["fn"], p_site["fn"]
         value = q_site["value"]
         batch = value.shape[: value.dim() - q.event_dim]
@@ -163,6 +172,8 @@ class FreeBitsELBO(ELBO):
         ones = torch.ones(batch, dtype=value.dtype, device=value.device)
         weights = scale_and_mask(ones, q_site["scale"], q_site["mask"]).expand(batch)
         weights = weights.reshape(n)
+        # an autoguide's latent is a Delta: never a diagonal Normal, so the Monte Carlo
+        # branch below takes it, with its unconstrained draw's density
         q_normal, q_mask = _diagonal_normal(q)
         p_normal, p_mask = _diagonal_normal(p)
         if q_normal is not None and p_normal is not None and _same_mask(q_mask, p_mask):
@@ -176,6 +187,8 @@ class FreeBitsELBO(ELBO):
             return per_dim.clamp(min=self.free_bits * counted.sum(0)).sum()
         # the sites' log_prob are scaled and masked already
         kl = (q_site["log_prob"] - p_site["log_prob"]).sum()
+        if aux_site is not None:
+            kl = kl + aux_site["log_prob"].sum()
         size = max(value[(0,) * len(batch)].numel(), 1) if len(batch) else value.numel()
         return kl.clamp(min=self.free_bits * size * weights.sum())
 
@@ -190,6 +203,26 @@ class FreeBitsELBO(ELBO):
         loss = self.differentiable_loss(model, guide, *args, **kwargs)
         loss.backward()
         return loss.item()
+
+
+def _unconstrained_draws(guide_trace: Trace, model_trace: Trace) -> dict[str, str]:
+    """``{latent: auxiliary site}`` for the latents a Pyro autoguide (``AutoNormal``, the
+    global part of ``AutoAmortizedNormal``) draws as ``<latent>_unconstrained`` and then
+    records as a ``Delta``: the floor must weigh the KL of that draw, not the Delta's
+    log-Jacobian alone (which left free bits without effect on every such latent)."""
+    paired = {}
+    for name, site in guide_trace.nodes.items():
+        aux = guide_trace.nodes.get(f"{name}_unconstrained")
+        if (
+            site["type"] == "sample"
+            and name in model_trace.nodes
+            and aux is not None
+            and aux["type"] == "sample"
+            and aux["infer"].get("is_auxiliary", False)
+            and isinstance(site["fn"], Delta)
+        ):
+            paired[name] = f"{name}_unconstrained"
+    return paired
 
 
 def _check_reparameterized(model_trace: Trace, guide_trace: Trace) -> None:

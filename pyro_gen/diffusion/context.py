@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from pyro.poutine.indep_messenger import IndepMessenger
+from pyro.poutine.runtime import _PYRO_STACK
 
 __all__ = [
     "check_no_positional_labels",
@@ -86,12 +88,13 @@ def check_no_positional_labels(x: Any, num_samples: Any, owner: str) -> None:
     )
 
 
-def check_outer_dims(x: torch.Tensor, event_dim: int, owner: str) -> None:
-    """Refuses data whose dims before the batch dim do not leave a 1 at the time plate's dim
-    (-2): the time-plate models read those dims as outer plates' (a latent's vectorized
-    particles, ``(P, 1, batch, *event_shape)``), so stacked batches ``(groups, batch,
-    *event_shape)`` met Pyro's "Shape mismatch inside plate('time')", naming a plate the
-    user never wrote.
+def check_outer_dims(x: torch.Tensor, event_dim: int, owner: str, time_plate: bool = True) -> None:
+    """Refuses data whose dims before the batch dim are not outer plates' dims: the models
+    read them as such (a latent's vectorized particles, ``(P, 1, batch, *event_shape)``), so
+    stacked batches ``(groups, batch, *event_shape)`` met Pyro's "Shape mismatch inside
+    plate('time')" (the time-plate models: their time plate sits at dim -2, so that dim
+    must be 1) or "Model and guide shapes disagree at site 'x_4'" (a full-chain DDPM, whose
+    model draws one chain per example: a dim of size > 1 needs an enclosing plate there).
 
     Raises:
         ValueError: naming the shape expected and the two ways to pass stacked batches.
@@ -103,15 +106,23 @@ def check_outer_dims(x: torch.Tensor, event_dim: int, owner: str) -> None:
         ...
         ValueError: ScoreModel takes data (batch, *event_shape), got (3, 4, 2) ...
     """
-    if x.dim() <= event_dim + 1 or x.shape[x.dim() - event_dim - 2] == 1:
-        return
-    raise ValueError(
-        f"{owner} takes data (batch, *event_shape), got {tuple(x.shape)} with event_dim "
-        f"{event_dim}: dims before the batch are outer plates' dims, (..., 1, batch, "
-        "*event_shape), with a 1 at the time plate's dim -2. Stacked batches go in as one: "
-        "x.reshape(-1, *event_shape), or as a plate of groups: the call under "
-        "pyro.plate('groups', G, dim=-3) with x.unsqueeze(-3)"
-    )
+    outer = x.shape[: max(x.dim() - event_dim - 1, 0)]
+    if time_plate:
+        refused = len(outer) > 0 and outer[-1] != 1
+    else:
+        plates = {m.dim: m.size for m in _PYRO_STACK if isinstance(m, IndepMessenger)}
+        # the batch dim is -1, so the i-th of the outer dims sits at dim i - len(outer) - 1
+        dims = range(-len(outer) - 1, -1)
+        refused = any(n != 1 and plates.get(d) != n for d, n in zip(dims, outer, strict=True))
+    if refused:
+        where = "a 1 at the time plate's dim -2" if time_plate else "a plate at each such dim"
+        raise ValueError(
+            f"{owner} takes data (batch, *event_shape), got {tuple(x.shape)} with event_dim "
+            f"{event_dim}: dims before the batch are outer plates' dims, (..., 1, batch, "
+            f"*event_shape), with {where}. Stacked batches go in as one: "
+            "x.reshape(-1, *event_shape), or as a plate of groups: the call under "
+            "pyro.plate('groups', G, dim=-3) with x.unsqueeze(-3)"
+        )
 
 
 #: what a generative program sets itself, so ``sampler_kwargs`` may not

@@ -8,7 +8,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from pyro_gen.diffusion.context import check_sampler_choice, expand_context
+from pyro_gen.diffusion.context import check_outer_dims, check_sampler_choice, expand_context
 from pyro_gen.diffusion.network import register_module
 from pyro_gen.diffusion.score_samplers import SAMPLERS
 
@@ -48,6 +48,8 @@ class FullChainForm:
         register_module(self.name, self)
         T = self.schedule.num_timesteps
         x0 = None if x is None else self.to_model_space(x, outer=True)
+        if x0 is not None:
+            check_outer_dims(x0, self.event_dim, type(self).__name__, time_plate=False)
         # data may have outer plates' dims (a latent's particles) before the batch dim
         batch = num_samples if x0 is None else x0.shape[x0.dim() - self.event_dim - 1]
         zeros = self.sample_reference().new_zeros((batch, *self.net_shape))
@@ -69,6 +71,7 @@ class FullChainForm:
         """Forward process :math:`q(x_T \\mid x_0) \\prod_t q(x_{t-1} \\mid x_t, x_0)`."""
         s, nd, T = self.schedule, self.event_dim, self.schedule.num_timesteps
         x0 = self.to_model_space(x, outer=True)
+        check_outer_dims(x0, nd, type(self).__name__, time_plate=False)
         with pyro.plate("data", x0.shape[x0.dim() - nd - 1]):
             mean, std = s.q_mean_std(x0, self._times(T, x0), nd)
             x_t = pyro.sample(f"x_{T}", dist.Normal(mean, std).to_event(nd))

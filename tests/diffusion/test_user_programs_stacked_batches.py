@@ -2,7 +2,8 @@
 stacked several batches passes it to ``svi.step``: the time-plate models (score model, flow
 matching, DDPM) read dims before the batch as outer plates' dims, ``(..., 1, batch, *event)``
 with a 1 at the time plate's dim, so such data met Pyro's "Shape mismatch inside
-plate('time') at site x_t dim -2, 1 vs 2", naming a plate the user never wrote. They now say
+plate('time') at site x_t dim -2, 1 vs 2", naming a plate the user never wrote (a full-chain
+DDPM: "Model and guide shapes disagree at site 'x_4'"). They now say
 what shape is expected and how to pass stacked batches; the two ways they name work and give
 the flat batch's loss (the models' sites are the same draws in another layout)."""
 
@@ -34,6 +35,9 @@ MODELS = {
     "score": lambda: ScoreModel(Net(), VPSDE(), (2,)),
     "flow_matching": lambda: FlowMatching(ContinuousFlow(Net(), (2,))),
     "ddpm": lambda: DDPM(Net(), (2,), "linear", timesteps=10, variance="fixed_small"),
+    "ddpm_full_chain": lambda: DDPM(
+        Net(), (2,), "linear", timesteps=4, variance="fixed_small", form="full_chain"
+    ),
 }
 
 

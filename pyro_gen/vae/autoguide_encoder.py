@@ -171,7 +171,7 @@ def local_posterior(
     """
     base = dist.Normal(loc, scale).to_event(site["u_event_dim"])
     transform = biject_to(site["support"])
-    if _is_identity(transform):
+    if is_identity(transform):
         return base
     if torch.jit.is_tracing() and site["u_event_dim"]:
         # Under torch.jit tracing (JitTrace_ELBO) every size is a traced tensor, and a
@@ -183,9 +183,16 @@ def local_posterior(
     return dist.TransformedDistribution(base, transform.with_cache())
 
 
-def _is_identity(t: Transform) -> bool:
+def is_identity(t: Transform) -> bool:
+    """Whether ``t`` (from ``biject_to``) leaves values as they are: a real support.
+
+    Example:
+        >>> real, positive = dist.constraints.real_vector, dist.constraints.positive
+        >>> is_identity(biject_to(real)), is_identity(biject_to(positive))
+        (True, False)
+    """
     if isinstance(t, IndependentTransform):
-        return _is_identity(t.base_transform)
+        return is_identity(t.base_transform)
     return isinstance(t, ComposeTransform) and not t.parts
 
 

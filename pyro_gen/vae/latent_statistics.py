@@ -14,9 +14,11 @@ import torch
 from pyro import poutine
 from pyro.distributions.torch_distribution import MaskedDistribution
 from pyro.poutine import Trace
+from torch.distributions import biject_to
 
 from pyro_gen.data.random_state import rng_left_alone
 from pyro_gen.infer.log_weights import find_data_plate
+from pyro_gen.vae.autoguide_encoder import is_identity
 from pyro_gen.vae.example_rows import check_every_example, example_rows
 from pyro_gen.vae.pairs import evaluated_pair, model_and_guide
 from pyro_gen.vae.posterior_point import PosteriorPoint
@@ -61,6 +63,36 @@ def diagonal_normal(fn: Any) -> dist.Normal | None:
     while isinstance(fn, (dist.Independent, MaskedDistribution)):
         fn = fn.base_dist
     return fn if isinstance(fn, torch.distributions.Normal) else None
+
+
+def guide_normal(guide_trace: Trace, site: str, support: Any) -> dist.Normal | None:
+    """The guide's diagonal Normal of ``site``, or None for another family. A Pyro
+    autoguide (``AutoNormal``) draws a latent as an auxiliary ``<site>_unconstrained``
+    Normal and records the latent as a ``Delta``; on a real ``support`` (the model site's:
+    the Delta's is always real) the latent is that draw, so its Normal is the guide's
+    density (the Delta alone was refused as not Normal).
+
+    Example:
+        >>> import pyro
+        >>> from pyro.infer.autoguide import AutoNormal
+        >>> def model():
+        ...     with pyro.plate("rows", 3):
+        ...         pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        >>> pyro.clear_param_store()
+        >>> trace = poutine.trace(AutoNormal(model)).get_trace()
+        >>> guide_normal(trace, "z", dist.constraints.real_vector).loc.shape
+        torch.Size([3, 2])
+    """
+    node = guide_trace.nodes[site]
+    aux = guide_trace.nodes.get(f"{site}_unconstrained")
+    if (
+        isinstance(node["fn"], dist.Delta)
+        and aux is not None
+        and aux["infer"].get("is_auxiliary", False)
+        and is_identity(biject_to(support))
+    ):
+        return diagonal_normal(aux["fn"])
+    return diagonal_normal(node["fn"])
 
 
 def chosen_latent(guide_trace: Trace, model_trace: Trace, site: str | None, verb: str) -> str:
@@ -241,7 +273,8 @@ def _statistics(
             batch_size = x.shape[0]
             continue
         means.append(rows)
-        q, p = diagonal_normal(node["fn"]), diagonal_normal(model_trace.nodes[site]["fn"])
+        model_fn = model_trace.nodes[site]["fn"]
+        q, p = guide_normal(guide_trace, site, model_fn.support), diagonal_normal(model_fn)
         if q is not None and p is not None:
             kl = torch.distributions.kl_divergence(q, p)
             counted = site_mask(node)  # a masked site (padding) adds nothing, as to the ELBO

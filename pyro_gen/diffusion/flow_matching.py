@@ -46,7 +46,7 @@ from pyro_gen.diffusion.context import (
     expand_context,
     slice_context,
 )
-from pyro_gen.diffusion.network import register_module
+from pyro_gen.diffusion.network import call_network, register_module
 from pyro_gen.diffusion.preconditioned_velocity import PreconditionedVelocity
 from pyro_gen.transforms._base import PicklableModule, sample_count
 from pyro_gen.transforms.continuous import ContinuousFlow, _torchdiffeq, ode_log_likelihood
@@ -227,7 +227,7 @@ class FlowMatching(PicklableModule):
         flat_x, flat_t = x.reshape(-1, *self.event_shape), t.expand(batch).reshape(-1)
         cause = None
         try:
-            flat = self.flow.dynamics(flat_x, flat_t, **context)
+            flat = call_network(self.flow.dynamics, flat_x, flat_t, _OWNER, **context)
         except (RuntimeError, IndexError, TypeError) as err:
             flat, cause = None, err
         if flat is None or flat.shape != flat_x.shape:
@@ -413,11 +413,13 @@ class FlowMatching(PicklableModule):
         return out
 
     def _dynamics(self, context: dict[str, Any] | None, rows: int) -> Any:
-        """The flow's velocity with ``context`` (one row per example) bound."""
-        if not context:
-            return self.flow.dynamics
+        """The flow's velocity with ``context`` (one row per example) bound, called through
+        :func:`call_network`: data of another dtype than the network met torch's "mat1 and
+        mat2 must have the same dtype" in sample, transport and log_prob (a score model's
+        said what to convert)."""
+        context = dict(context or {})
         expand_context(context, (rows,))  # one row per example, or a clear error
-        return functools.partial(self.flow.dynamics, **context)
+        return functools.partial(call_network, self.flow.dynamics, owner=_OWNER, **context)
 
     @torch.no_grad()
     def transport(self, z: Tensor, context: dict[str, Any] | None = None, **solver: Any) -> Tensor:
@@ -460,6 +462,10 @@ class FlowMatching(PicklableModule):
             return ode_log_likelihood(
                 dynamics, x, f.t0, f.t1, base.log_prob, event_dim=self.event_dim, **kwargs
             )
+
+
+#: how errors of the velocity network name it
+_OWNER = "flow matching"
 
 
 def _reference(fm: FlowMatching) -> Tensor:

@@ -93,8 +93,9 @@ class FreeBitsELBO(ELBO):
     nothing, the floor included); otherwise the
     Monte Carlo KL of the whole site is clamped at :math:`\\lambda` times its size. A latent
     that a Pyro autoguide (``AutoNormal``) draws as ``<name>_unconstrained`` is floored on
-    the Monte Carlo KL of that draw, as a whole. Meant for training; report
-    the plain ELBO.
+    the Monte Carlo KL of that draw, as a whole; a guide that draws several latents in one
+    auxiliary site (``AutoDiagonalNormal``) is refused, their KLs being inseparable.
+    Meant for training; report the plain ELBO.
 
     Pyro scales and masks count as in the ELBO, each latent's KL weighted by its site's
     scale and mask, which must therefore be the same in model and guide (KL annealing scales
@@ -143,11 +144,8 @@ class FreeBitsELBO(ELBO):
                 if site_is_subsample(q_site):
                     continue
                 if name not in model_trace.nodes:
-                    # an auxiliary draw not paired with one latent (AutoDiagonalNormal's
-                    # joint latent): its -log q is part of the ELBO, outside any floor
-                    aux = q_site["infer"].get("is_auxiliary", False)
-                    if aux and name not in paired.values():
-                        elbo = elbo - q_site["log_prob"].sum()
+                    if q_site["infer"].get("is_auxiliary", False) and name not in paired.values():
+                        _refuse_joint_draw(name)
                     continue
                 p_site = model_trace.nodes[name]
                 _check_same_weighting(name, q_site, p_site)
@@ -223,6 +221,19 @@ def _unconstrained_draws(guide_trace: Trace, model_trace: Trace) -> dict[str, st
         ):
             paired[name] = f"{name}_unconstrained"
     return paired
+
+
+def _refuse_joint_draw(name: str) -> None:
+    """An auxiliary draw paired with no single latent (``AutoDiagonalNormal``'s joint
+    ``_AutoDiagonalNormal_latent``) holds the density of several latents at once: no
+    latent's KL can be floored, and flooring the Deltas' terms alone (their log-Jacobian
+    minus log p) floored the wrong quantity without a word."""
+    raise ValueError(
+        f"FreeBitsELBO floors the KL of each latent, but guide site {name!r} is an auxiliary "
+        "draw of several latents at once (AutoDiagonalNormal, AutoMultivariateNormal, "
+        "AutoLowRankMultivariateNormal), whose KLs cannot be told apart: guide with "
+        "AutoNormal or AutoAmortizedNormal (one Normal per latent), or train with Trace_ELBO"
+    )
 
 
 def _check_reparameterized(model_trace: Trace, guide_trace: Trace) -> None:

@@ -5,6 +5,8 @@ auxiliary ``<name>_unconstrained`` Normal and records the latent as a ``Delta`` 
 only the log-Jacobian. The floor was applied to that Delta's term minus ``log p(z)`` while
 the Normal's ``-log q`` went in unfloored, so free bits had no effect at all: a guide at
 the prior (KL zero) paid no floor. The floor now weighs the KL of the unconstrained draw.
+``AutoDiagonalNormal`` draws every latent in one auxiliary site, so no latent's KL can be
+floored; it got the same wrong floor and is now refused with a ValueError naming the site.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import pytest
 import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO
-from pyro.infer.autoguide import AutoNormal, init_to_value
+from pyro.infer.autoguide import AutoDiagonalNormal, AutoNormal, init_to_value
 
 from pyro_gen.vae import FreeBitsELBO
 
@@ -87,3 +89,14 @@ def test_away_from_the_prior_the_floor_is_on_the_monte_carlo_kl_of_the_draw(free
     # the free bits bind at the largest floor: the loss grew by more than the KLs
     if free_bits == 3.0:
         assert got > -p["x"] + kl_z + kl_s + 1.0
+
+
+def test_a_joint_autoguide_is_refused_naming_its_auxiliary_site():
+    """At the prior a floor of 2 nats on 12 latent dims costs 24 nats; the joint guide
+    paid only part of it, silently. Now refused."""
+    pyro.clear_param_store()
+    values = {"z": torch.zeros(4, 2), "s": torch.ones(4)}
+    guide = AutoDiagonalNormal(model, init_loc_fn=init_to_value(values=values), init_scale=1.0)
+    guide(X)
+    with pytest.raises(ValueError, match=r"'_AutoDiagonalNormal_latent' is an auxiliary draw"):
+        FreeBitsELBO(2.0).loss(model, guide, X)

@@ -368,7 +368,8 @@ class FlowMatching(PicklableModule):
             s, zz = self._sites(x, z)
             x_s, target = self.path(x, zz, s)
             sq = (self.velocity(x_s, s, **context) - target).pow(2)
-            sq = sq.flatten(sq.dim() - self.event_dim).sum(-1)
+            if self.event_dim:  # scalar data (event shape ()) have no event dims to sum
+                sq = sq.flatten(sq.dim() - self.event_dim).sum(-1)
             if self.weighting == "noise":
                 sq = sq * (1 - s).pow(2)
             pyro.factor("flow_matching", -0.5 * sq)

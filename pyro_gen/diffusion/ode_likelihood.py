@@ -375,7 +375,10 @@ def probability_flow_decoder_bound(
             grid = torch.linspace(low, high, num_bins, dtype=x0.dtype, device=x0.device)
             logits = -0.5 * ((x1[..., None] - alpha * grid) / sigma) ** 2
             lp_level = logits.log_softmax(-1).gather(-1, level.long()[..., None])[..., 0]
-            decoder = -lp_level.flatten(1).sum(-1)
+            # summed over the event dims only: flatten(1) took scalar data's batch dim for an
+            # event dim (IndexError) and folded a second batch dim into the first
+            nd = len(tuple(sm.event_shape))
+            decoder = -(lp_level.flatten(lp_level.dim() - nd).sum(-1) if nd else lp_level)
     ode = -probability_flow_log_prob(sm, x1, eps=t1, _model_space=True, **kwargs).detach()
     entropy = torch.full_like(ode, 0.5 * dims * (math.log(2 * math.pi * sigma**2) + 1))
     total = ode + decoder - entropy

@@ -81,6 +81,14 @@ class FlowDistribution(dist.TransformedDistribution):
             )
         return super().rsample(sample_shape)
 
+    def entropy(self) -> torch.Tensor:
+        # the type torch raises, so callers that catch it still do; torch's has no message
+        raise NotImplementedError(
+            "a flow has no closed-form entropy (the log-Jacobian depends on the point); "
+            "estimate it by Monte Carlo, -d.log_prob(d.sample((n,))).mean(0) for n draws "
+            "(unbiased, standard error shrinking as 1/sqrt(n))"
+        )
+
 
 def _positive_temperature(temperature: float | torch.Tensor) -> float | torch.Tensor:
     """The temperature scales the base's standard deviations, so it must be positive (at

@@ -190,8 +190,11 @@ class PerExamplePosterior(Posterior):
         **kwargs,
     ) -> dist.TorchDistribution:
         if idx is None:
+            # the other keywords are swallowed by **kwargs, so a misspelt idx= is named
+            given = f" (it got the keywords {sorted(kwargs)})" if kwargs else ""
             raise ValueError(
-                "PerExamplePosterior needs the example ids: call the guide as guide(x, idx=ids)"
+                "PerExamplePosterior needs the example ids as idx=: call the guide as "
+                f"guide(x, idx=ids), or the family as posterior(x, idx=ids){given}"
             )
         if idx.shape != x.shape[:1]:
             raise ValueError(f"idx must have shape ({x.shape[0]},), got {tuple(idx.shape)}")

@@ -468,6 +468,14 @@ def as_score_model(model: Any) -> Any:
     if isinstance(model, DDPM):
         return DDPMScore(model)
     if all(hasattr(model, a) for a in ("sde", "score", "event_shape")):
+        shape = model.event_shape
+        if not isinstance(shape, tuple | list | torch.Size):
+            # an int (as pyro_gen's constructors take) met "'int' object is not iterable"
+            # deep in the samplers and likelihoods
+            raise TypeError(
+                f"{type(model).__name__}.event_shape must be the shape of one example as a "
+                f"tuple, e.g. ({shape!r},) for vectors or () for scalars; got {shape!r}"
+            )
         return model
     raise TypeError(
         f"{type(model).__name__} cannot provide a score: the score-based samplers and the "

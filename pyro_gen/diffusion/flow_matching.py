@@ -428,6 +428,9 @@ class FlowMatching(PicklableModule):
         ``context`` (one row per point) goes to the velocity network."""
         f = self.flow
         dynamics = self._dynamics(context, z.shape[0])
+        if z.numel() == 0:
+            # no points: an adaptive solver divides by the empty error norm ("underflow in dt")
+            return z.clone()
         times = torch.tensor([f.t1, f.t0], dtype=z.dtype, device=z.device)
         return _torchdiffeq().odeint(
             lambda t, y: dynamics(y, t), z, times, **self._solver_kwargs(solver)
@@ -456,6 +459,9 @@ class FlowMatching(PicklableModule):
         f = self.flow
         self._check(x, None)
         dynamics = self._dynamics(context, x.shape[0])
+        if x.numel() == 0:
+            # no examples: torch's Independent.log_prob cannot sum an empty batch's event
+            return x.new_zeros(x.shape[: x.dim() - self.event_dim])
         kwargs = self._solver_kwargs(solver)
         kwargs.setdefault("trace", f.trace)
         base = dist.Normal(x.new_zeros(()), 1.0).expand(self.event_shape).to_event(self.event_dim)

@@ -94,6 +94,10 @@ def _randn(x: Tensor, generator: torch.Generator | None) -> Tensor:
 
 def _langevin_step(score_fn: ScoreFn, x: Tensor, t: Tensor, snr: float, generator) -> Tensor:
     # Song et al.'s corrector: the step makes ||signal|| / ||noise|| equal to snr on average
+    if x.numel() == 0:
+        # no samples: reshape(0, -1) is ambiguous and failed ("cannot reshape tensor of 0
+        # elements"), where the other samplers return the empty batch
+        return x
     grad = score_fn(x, t)
     noise = _randn(x, generator)
     # one norm per sample; reshape, not flatten(1), so scalar data (event shape ()) work too
@@ -336,6 +340,9 @@ def probability_flow(
         tb = t.to(z.dtype).expand(batch)
         return sde.reverse_drift(z, tb, score_fn(z, tb), probability_flow=True)
 
+    if x.numel() == 0:
+        # no samples: an adaptive solver divides by the empty error norm ("underflow in dt")
+        return x
     times = torch.tensor([1.0, eps], dtype=x.dtype, device=x.device)
     if options is None:
         options = sde.solver_options(method, 1.0, eps)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pyro_gen.diffusion.bound import likelihood_bound
 from pyro_gen.diffusion.ddpm import DDPM
 from pyro_gen.diffusion.ema import EMA, ema_callback
-from pyro_gen.diffusion.flow_matching import FlowMatching, PreconditionedVelocity, reflow_pairs
+from pyro_gen.diffusion.flow_matching import FlowMatching, PreconditionedVelocity
 from pyro_gen.diffusion.learned_sde import LearnedVPSDE
 from pyro_gen.diffusion.likelihood import (
     DiscretizedGaussian,
@@ -26,6 +26,7 @@ from pyro_gen.diffusion.ode_likelihood import (
     probability_flow_log_prob,
 )
 from pyro_gen.diffusion.parameterization import PARAMETERIZATIONS, convert, convert_scaled
+from pyro_gen.diffusion.reflow import reflow_pairs
 from pyro_gen.diffusion.samplers import ancestral_sample, ddim_sample, ddim_timesteps
 from pyro_gen.diffusion.schedules import (
     NoiseSchedule,

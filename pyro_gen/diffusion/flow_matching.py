@@ -57,7 +57,6 @@ __all__ = [
     "WEIGHTINGS",
     "FlowMatching",
     "PreconditionedVelocity",
-    "reflow_pairs",
 ]
 
 #: names accepted by ``FlowMatching(objective=...)``
@@ -448,7 +447,7 @@ class FlowMatching(PicklableModule):
         sample, e.g. ``{"y": labels}``) goes to the velocity network; ``generator`` draws the
         base points (the ODE is deterministic); ``solver`` overrides the flow's
         ``method``/``rtol``/``atol``/``options``."""
-        return self.transport(_base_draws(self, num_samples, generator), context, **solver)
+        return self.transport(base_draws(self, num_samples, generator), context, **solver)
 
     def log_prob(self, x: Tensor, context: dict[str, Any] | None = None, **solver: Any) -> Tensor:
         """Exact :math:`\\log p(x)` through the flow's ODE (solver settings as :meth:`sample`,
@@ -483,30 +482,10 @@ def _reference(fm: FlowMatching) -> Tensor:
     return next(tensors, torch.zeros(()))
 
 
-def _base_draws(fm: FlowMatching, num_samples: int, generator: torch.Generator | None) -> Tensor:
+def base_draws(fm: FlowMatching, num_samples: int, generator: torch.Generator | None) -> Tensor:
+    """``num_samples`` draws of the flow's standard Normal base, in its dtype and on its device."""
     # a generator= among the solver's settings failed inside torchdiffeq ("odeint() got an
     # unexpected keyword argument 'generator'"): it belongs to these draws
     ref = _reference(fm)
     shape = (sample_count(num_samples), *fm.event_shape)
     return torch.randn(shape, generator=generator, dtype=ref.dtype, device=ref.device)
-
-
-def reflow_pairs(
-    fm: FlowMatching,
-    num_samples: int,
-    *,
-    generator: torch.Generator | None = None,
-    **solver: Any,
-) -> tuple[Tensor, Tensor]:
-    """Couplings ``(x, z)`` for one reflow round of rectified flow: base draws ``z`` and the
-    current flow's images ``x`` of them. Train a fresh ``FlowMatching(...,
-    objective="rectified")`` on ``fit(fm2, (x, z))`` to straighten the paths (Liu et al.).
-
-    Example:
-        >>> from pyro_gen.transforms.continuous import cnf
-        >>> x, z = reflow_pairs(FlowMatching(cnf(2, (8,)), objective="rectified"), 4)
-        >>> x.shape, z.shape
-        (torch.Size([4, 2]), torch.Size([4, 2]))
-    """
-    z = _base_draws(fm, num_samples, generator)
-    return fm.transport(z, **solver), z

@@ -15,20 +15,9 @@ from torch import nn
 
 from pyro_gen.diffusion import VPSDE, FlowMatching, ScoreModel
 from pyro_gen.transforms.continuous import ContinuousFlow
+from tests.diffusion.user_network import Net
 
 MESSAGE = r"float32 parameters but was given float64 data.*x\.to\(torch\.float32\)"
-
-
-class Net(nn.Module):
-    """A user's velocity network ``net(x, t)``, float32 as built."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin = nn.Linear(3, 2)
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        t = t.to(x.dtype).expand(x.shape[:1])[:, None]
-        return self.lin(torch.cat([x, t], -1))
 
 
 def flow_matching(net: nn.Module) -> FlowMatching:

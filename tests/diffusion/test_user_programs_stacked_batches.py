@@ -13,23 +13,10 @@ import pyro
 import pytest
 import torch
 from pyro.infer import Trace_ELBO
-from torch import nn
 
 from pyro_gen.diffusion import DDPM, VPSDE, FlowMatching, ScoreModel
 from pyro_gen.transforms.continuous import ContinuousFlow
-
-
-class Net(nn.Module):
-    """A user's network ``net(x, t)`` for vectors of size 2."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin = nn.Linear(3, 2)
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        t = t.to(x.dtype).expand(x.shape[:1])[:, None]
-        return self.lin(torch.cat([x, t], -1))
-
+from tests.diffusion.user_network import Net
 
 MODELS = {
     "score": lambda: ScoreModel(Net(), VPSDE(), (2,)),

@@ -483,7 +483,13 @@ def _reference(fm: FlowMatching) -> Tensor:
 
 
 def base_draws(fm: FlowMatching, num_samples: int, generator: torch.Generator | None) -> Tensor:
-    """``num_samples`` draws of the flow's standard Normal base, in its dtype and on its device."""
+    """``num_samples`` draws of the flow's standard Normal base, in its dtype and on its device.
+
+    Example:
+        >>> from pyro_gen.transforms.continuous import cnf
+        >>> base_draws(FlowMatching(cnf(2, (8,))), 3, torch.Generator().manual_seed(0)).shape
+        torch.Size([3, 2])
+    """
     # a generator= among the solver's settings failed inside torchdiffeq ("odeint() got an
     # unexpected keyword argument 'generator'"): it belongs to these draws
     ref = _reference(fm)

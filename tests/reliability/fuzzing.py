@@ -4,10 +4,12 @@ reader failed on, for the test_fuzzed_*.py files (issue 11).
 The mutations are drawn from a fixed seed: flipped bytes in each region of a file,
 truncation, appended garbage, JSON values of another type, missing keys, huge numbers, NaN.
 :class:`Escapes` runs a reader on each, under a deadline: it must refuse with its documented
-error naming the file, or load where the content is verifiably the original's; any other
-exception or a hang is an escape, listed with the index that reproduces it
-(``_mutations(..., seed)[index]``). Checkpoint helpers: its regions, a header rewritten, and
-a pickled object whose unpickling writes a marker file (the stand-in for arbitrary code)."""
+error naming the file, or load where the content is verifiably the original's (a checksum
+still matches, or the file has no checksum to check); any other exception, a hang, or a
+marker file written by planted pickled code is an escape, and the test lists every one with
+the index that reproduces it (``_mutations(..., seed)[index]``). Checkpoint helpers: its
+regions, a header rewritten, and a pickled object whose unpickling writes a marker file (the
+stand-in for arbitrary code)."""
 
 from __future__ import annotations
 

@@ -3,13 +3,8 @@ directory in a run file's place, and ``pyro-gen sample``/``evaluate`` given a da
 one line of error, no traceback.
 
 Seeded fuzzing (issue 11: every failure is one clear error; nothing read from disk executes
-code; a corrupt file is refused by name). Each test takes real files, applies a few hundred
-mutations drawn from a fixed seed and hands each to the reader. The reader must either refuse
-with its documented error, naming the file, or load, and load only where the content is
-verifiably the original's (a checksum still matches, or the file has no checksum to check).
-Any other exception, a hang, or a marker file written by planted pickled code fails the
-test, which lists every escape with the index that reproduces it
-(``_mutations(..., seed)[index]``); the mutations and the escape log live in fuzzing.py."""
+code; a corrupt file is refused by name): what a reader must do with each mutation, and how
+an escape is reported, is in fuzzing.py's docstring."""
 
 from __future__ import annotations
 

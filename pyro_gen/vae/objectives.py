@@ -94,7 +94,8 @@ class FreeBitsELBO(ELBO):
     Monte Carlo KL of the whole site is clamped at :math:`\\lambda` times its size. A latent
     that a Pyro autoguide (``AutoNormal``) draws as ``<name>_unconstrained`` is floored on
     the Monte Carlo KL of that draw, as a whole; a guide that draws several latents in one
-    auxiliary site (``AutoDiagonalNormal``) is refused, their KLs being inseparable.
+    auxiliary site (``AutoDiagonalNormal``) is refused, their KLs being inseparable, and so
+    is a point estimate (``AutoDelta``, a ``Delta`` site), which has no KL to floor.
     Meant for training; report the plain ELBO.
 
     Pyro scales and masks count as in the ELBO, each latent's KL weighted by its site's
@@ -147,6 +148,8 @@ class FreeBitsELBO(ELBO):
                     if q_site["infer"].get("is_auxiliary", False) and name not in paired.values():
                         _refuse_joint_draw(name)
                     continue
+                if name not in paired and _is_point(q_site["fn"]):
+                    _refuse_point(name)
                 p_site = model_trace.nodes[name]
                 _check_same_weighting(name, q_site, p_site)
                 aux_site = guide_trace.nodes[paired[name]] if name in paired else None
@@ -233,6 +236,25 @@ def _refuse_joint_draw(name: str) -> None:
         "draw of several latents at once (AutoDiagonalNormal, AutoMultivariateNormal, "
         "AutoLowRankMultivariateNormal), whose KLs cannot be told apart: guide with "
         "AutoNormal or AutoAmortizedNormal (one Normal per latent), or train with Trace_ELBO"
+    )
+
+
+def _is_point(fn: object) -> bool:
+    """Whether ``fn`` is a ``Delta`` under its ``.mask``/``.to_event`` wrappers."""
+    while isinstance(fn, (Independent, MaskedDistribution)):
+        fn = fn.base_dist
+    return isinstance(fn, Delta)
+
+
+def _refuse_point(name: str) -> None:
+    """A point estimate (``AutoDelta``, a hand-written ``Delta``) has no density of its own,
+    so its "KL" is ``-log p(z)`` alone: flooring that floored the prior's density at the
+    point, which means nothing, and was done without a word."""
+    raise ValueError(
+        f"FreeBitsELBO floors the KL of each latent, but guide site {name!r} is a point "
+        "estimate (a Delta, as AutoDelta gives), which has no KL (only -log p(z)): for free "
+        "bits guide it with a density (AutoNormal, or AutoAmortizedNormal for latents under "
+        "the data plate), or train the point estimate (MAP) with Trace_ELBO"
     )
 
 

@@ -17,7 +17,13 @@ import pytest
 import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO
-from pyro.infer.autoguide import AutoDiagonalNormal, AutoNormal, init_to_value
+from pyro.infer.autoguide import (
+    AutoDelta,
+    AutoDiagonalNormal,
+    AutoGuideList,
+    AutoNormal,
+    init_to_value,
+)
 
 from pyro_gen.vae import FreeBitsELBO
 
@@ -100,3 +106,29 @@ def test_a_joint_autoguide_is_refused_naming_its_auxiliary_site():
     guide(X)
     with pytest.raises(ValueError, match=r"'_AutoDiagonalNormal_latent' is an auxiliary draw"):
         FreeBitsELBO(2.0).loss(model, guide, X)
+
+
+def test_a_point_estimate_is_refused_naming_its_site():
+    """AutoDelta gives each latent a Delta: the Monte Carlo "KL" was -log p(z) alone and
+    was floored (a floor of 5 nats turned a MAP loss into another number, silently)."""
+    pyro.clear_param_store()
+    with pytest.raises(ValueError, match=r"guide site 'z' is a point estimate.*AutoNormal"):
+        FreeBitsELBO(5.0).loss(model, AutoDelta(model), X)
+
+
+def test_a_point_estimate_in_a_guide_list_or_by_hand_is_refused():
+    """A density for z and a point for s (AutoGuideList), or a hand-written masked Delta."""
+    pyro.clear_param_store()
+    guide = AutoGuideList(model)
+    guide.append(AutoNormal(poutine.block(model, expose=["z"])))
+    guide.append(AutoDelta(poutine.block(model, expose=["s"])))
+    with pytest.raises(ValueError, match=r"guide site 's' is a point estimate"):
+        FreeBitsELBO(1.0).loss(model, guide, X)
+
+    def point_guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.sample("s", dist.Delta(torch.ones(x.shape[0])).mask(True))
+
+    with pytest.raises(ValueError, match=r"guide site 's' is a point estimate"):
+        FreeBitsELBO(1.0).loss(model, point_guide, X)

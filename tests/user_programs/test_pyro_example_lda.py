@@ -3,10 +3,9 @@ document plate) through pyro_gen: fit takes Pyro's SVI steps, trains with point-
 Dirichlet guides, resumes exactly, and evaluate_elbo sums the word topics out as
 ``TraceEnum_ELBO`` does.
 
-Issue 10, continued with Pyro's examples that lean on other inference machinery. Each is
-written in plain Pyro, trains with :func:`pyro_gen.infer.fit` and with Pyro's ``SVI``, and is
-scored with :func:`~pyro_gen.infer.evaluate_elbo` (and
-:func:`~pyro_gen.infer.iwae_log_likelihood` where the guide has a density)."""
+Issue 10, continued with Pyro's examples that lean on other inference machinery: what
+this group shares is said once in ``tests/user_programs/__init__.py``.
+"""
 
 from __future__ import annotations
 

@@ -3,10 +3,9 @@ enumerated by ``TraceEnum_ELBO`` and observed for some cells, a scaled classifie
 subsampled plate) through pyro_gen, with hand-written guides, ``AutoAmortizedNormal`` and an
 ``AutoGuideList``.
 
-Issue 10, continued with Pyro's examples that lean on other inference machinery. Each is
-written in plain Pyro, trains with :func:`pyro_gen.infer.fit` and with Pyro's ``SVI``, and is
-scored with :func:`~pyro_gen.infer.evaluate_elbo` (and
-:func:`~pyro_gen.infer.iwae_log_likelihood` where the guide has a density)."""
+Issue 10, continued with Pyro's examples that lean on other inference machinery: what
+this group shares is said once in ``tests/user_programs/__init__.py``.
+"""
 
 from __future__ import annotations
 

@@ -2,13 +2,9 @@
 pyro_gen: SVI's steps from a DataLoader, every guide, a corpus subsampled inside the model,
 and an exact resume with its batch-norm statistics.
 
-Issue 10, continued with Pyro's own tutorials and examples, each in plain Pyro as those
-write them: it trains with :func:`pyro_gen.infer.fit` and with Pyro's ``SVI`` loop, takes
-the guides users swap in without any edit to the model (hand-written,
-:class:`~pyro_gen.vae.AutoAmortizedNormal`, a flow guide on pyro_gen's IAF) and is scored by
-:func:`~pyro_gen.infer.evaluate_elbo` and :func:`~pyro_gen.infer.iwae_log_likelihood`. The
-options of ``fit`` a user reaches for (batch_size, a ``DataLoader``, the user's batch
-function, eval_data, checkpoints, compile on and off) are used on them."""
+Issue 10, continued with Pyro's tutorials and examples: what this group shares is said
+once in ``tests/user_programs/__init__.py``.
+"""
 
 from __future__ import annotations
 

@@ -2,13 +2,9 @@
 on constrained sites (the closed-form KL keeps their Jacobian), and SVI's steps once the
 guide has its parameters.
 
-Issue 10, continued with Pyro's own tutorials and examples, each in plain Pyro as those
-write them: it trains with :func:`pyro_gen.infer.fit` and with Pyro's ``SVI`` loop, takes
-the guides users swap in without any edit to the model (hand-written,
-:class:`~pyro_gen.vae.AutoAmortizedNormal`, a flow guide on pyro_gen's IAF) and is scored by
-:func:`~pyro_gen.infer.evaluate_elbo` and :func:`~pyro_gen.infer.iwae_log_likelihood`. The
-options of ``fit`` a user reaches for (batch_size, a ``DataLoader``, the user's batch
-function, eval_data, checkpoints, compile on and off) are used on them."""
+Issue 10, continued with Pyro's tutorials and examples: what this group shares is said
+once in ``tests/user_programs/__init__.py``.
+"""
 
 from __future__ import annotations
 

@@ -18,6 +18,7 @@ from pyro.nn import ConditionalAutoRegressiveNN
 from torch import nn
 from torch.nn import functional as F
 
+from pyro_gen.distributions.flow import FlowDistribution
 from pyro_gen.transforms._base import PicklableModule
 from pyro_gen.vae.encoders import Encoder
 
@@ -123,7 +124,9 @@ class IAFPosterior(NormalPosterior):
     ) -> dist.TorchDistribution:
         loc, scale, h = self.encoder(x, context)
         base = dist.Normal(loc, scale).to_event(1)
-        return dist.TransformedDistribution(base, [f.condition(h) for f in self.flows])
+        # pyro_gen's flow distribution, whose entropy() says there is no closed form and
+        # how to estimate it (Pyro's raised a NotImplementedError without a message)
+        return FlowDistribution(base, [f.condition(h) for f in self.flows])
 
 
 def _iaf_steps(

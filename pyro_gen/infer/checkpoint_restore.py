@@ -17,7 +17,13 @@ from pyro_gen.infer.checkpoint_format import CheckpointError
 from pyro_gen.infer.checkpoint_read import PARAM_SHAPED
 from pyro_gen.infer.checkpoint_write import _class_name, check_state_arguments, optimizer_kind
 from pyro_gen.infer.local_params import restore_optim_state
-from pyro_gen.infer.optim_args import Change, apply_args, changed_args, describe
+from pyro_gen.infer.optim_args import (
+    Change,
+    apply_args,
+    changed_args,
+    check_state_needed,
+    describe,
+)
 from pyro_gen.infer.pyro_modules import MODULE_KEY
 from pyro_gen.infer.state_codec import same_constraint
 from pyro_gen.nn.legacy_keys import upgrade_state_dict
@@ -232,6 +238,7 @@ def restore_checkpoint(
                 "scheduler's saved state sets the learning rate, so its arguments cannot "
                 "change on resume; pass the recorded ones, or train into a fresh directory"
             )
+        check_state_needed(ckpt["optim"], optim, changed)
     # Everything is checked: from here on nothing is refused, so nothing is half restored.
     _load_modules(ckpt, modules)
     _restore_param_store(ckpt["param_store"])

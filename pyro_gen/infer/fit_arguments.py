@@ -12,6 +12,7 @@ from typing import Any
 
 import pyro
 import pyro.optim
+import pyro.optim.multi
 import torch
 
 from pyro_gen.infer.evaluation import module_device
@@ -86,6 +87,27 @@ def _check_arguments(
             f"optim must be a pyro.optim.PyroOptim such as pyro.optim.Adam({{'lr': 1e-3}}), "
             f"got {_what(optim)}"
         )
+    _refuse_closure_optimizer(optim)
+
+
+def _refuse_closure_optimizer(optim: Any) -> None:
+    """A torch optimizer whose ``step`` takes a closure it cannot do without (LBFGS, which
+    re-evaluates the loss during its line search) failed at the first step, after fit's
+    checks and a recording, with torch's "step() missing 1 required positional argument:
+    'closure'": Pyro's SVI, which ``fit`` steps as, calls ``step()`` with none."""
+    ctor = getattr(optim, "pt_optim_constructor", None)
+    if not (isinstance(ctor, type) and issubclass(ctor, torch.optim.Optimizer)):
+        return
+    closure = inspect.signature(ctor.step).parameters.get("closure")
+    if closure is not None and closure.default is inspect.Parameter.empty:
+        raise TypeError(
+            f"optim wraps torch.optim.{ctor.__name__}, whose step needs a closure that "
+            "evaluates the loss again, and Pyro's SVI (which fit steps as) gives its "
+            "optimizers none: train with a first-order optimizer such as "
+            "pyro.optim.Adam({'lr': 1e-3}), or step "
+            f"{ctor.__name__} in your own loop over "
+            "pyro.infer.Trace_ELBO().differentiable_loss(model, guide, ...)"
+        )
 
 
 def checked_callbacks(kind: str, callbacks: Iterable[Any], call: str) -> list[Any]:
@@ -125,6 +147,8 @@ def _what(optim: Any) -> str:
     """What a wrong ``optim`` is and what to pass instead: torch's optimizers and
     schedulers, and Pyro's wrappers not yet called, were reported by bare type names ("got
     Adam" for ``torch.optim.Adam(...)``, "got function" for ``pyro.optim.Adam``)."""
+    if isinstance(optim, pyro.optim.multi.MultiOptimizer):
+        return _multi_optimizer(optim)
     schedulers = (torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
     if isinstance(optim, type) and issubclass(optim, torch.optim.Optimizer):
         what, name = f"the class torch.optim.{optim.__name__}", optim.__name__
@@ -143,6 +167,35 @@ def _what(optim: Any) -> str:
     return (
         f"{what}: pass pyro.optim.{name}({{'lr': ...}}) with its arguments, which makes one "
         "torch optimizer per parameter as Pyro's SVI does"
+    )
+
+
+def _multi_optimizer(optim: pyro.optim.multi.MultiOptimizer) -> str:
+    """What to pass instead of a ``pyro.optim.multi`` optimizer, which steps from a loss it
+    differentiates itself (``optim.step(loss, params)``), where SVI steps a ``PyroOptim`` on
+    the gradients each step leaves: ``fit`` refused one as "got PyroMultiOptimizer"."""
+    name = type(optim).__name__
+    what = (
+        f"pyro.optim.multi.{name}, which steps from a differentiable loss in one's own loop "
+        "(optim.step(loss, params)), not from the gradients of an SVI step"
+    )
+    wrapped = getattr(optim, "optim", None)
+    if isinstance(optim, pyro.optim.multi.PyroMultiOptimizer) and isinstance(
+        wrapped, pyro.optim.PyroOptim
+    ):
+        ctor, args = wrapped.pt_optim_constructor, wrapped.pt_optim_args
+        where = "torch.optim" if getattr(torch.optim, ctor.__name__, None) is ctor else None
+        where = where or ("pyro.optim" if getattr(pyro.optim, ctor.__name__, None) is ctor else "")
+        here = (
+            f" (here pyro.optim.PyroOptim({where or ctor.__module__}.{ctor.__name__}, {args!r}))"
+            if isinstance(args, dict)
+            else ""
+        )
+        return f"{what}: pass the PyroOptim it wraps: optim=multi.optim{here}"
+    return (
+        f"{what}: pass a pyro.optim.PyroOptim such as pyro.optim.Adam({{'lr': 1e-3}}), or run "
+        f"{name} in your own loop over pyro.infer.Trace_ELBO().differentiable_loss(model, "
+        "guide, ...)"
     )
 
 

@@ -171,3 +171,59 @@ def apply_args(states: dict[str, Any], optim: pyro.optim.PyroOptim, changes: lis
                 group[change.name] = given[change.name]
             elif change.name in defaults:
                 group[change.name] = defaults[change.name].default
+
+
+def check_state_needed(
+    states: dict[str, Any], optim: pyro.optim.PyroOptim, changes: list[Change]
+) -> None:
+    """Refuses changed arguments under which torch keeps state per parameter that the
+    saved ``states`` lack: resumed with ``amsgrad=True`` on an Adam checkpoint written
+    without it, the first step failed with KeyError 'max_exp_avg_sq' (RMSprop's
+    ``centered``, ``momentum``: 'grad_avg', 'momentum_buffer'). Torch makes such state at a
+    parameter's first step only, so the saved run cannot continue under the new argument.
+    An optimizer that starts missing state itself (SGD's momentum buffer) is not refused.
+
+    What state the new arguments keep is read from one step of a fresh torch optimizer
+    built with them on a zero copy of each parameter whose arguments changed.
+
+    Raises:
+        CheckpointError: naming the arguments and the state they need, before anything is
+            restored.
+    """
+    store = dict(pyro.get_param_store().named_parameters())
+    kept: dict[str, set[str]] = {}  # the state keys of a fresh optimizer, by its arguments
+    for name in sorted({c.param for c in changes if c.param is not None}):
+        saved = states.get(name)
+        if name not in store or not isinstance(saved, dict) or "scheduler" in saved:
+            continue
+        have = next(iter(saved.get("state", {}).values()), None)
+        if not have:  # no state saved: torch starts it at the next step, as in a fresh run
+            continue
+        given = optim._get_optim_args(store[name])
+        key = json.dumps(
+            [_canonical(given), list(store[name].shape), str(store[name].dtype)], sort_keys=True
+        )
+        if key not in kept:
+            kept[key] = _fresh_state_keys(optim.pt_optim_constructor, given, store[name])
+        missing = sorted(kept[key] - set(have))
+        if missing:
+            ctor = optim.pt_optim_constructor
+            raise CheckpointError(
+                f"this run's optimizer arguments differ from the checkpoint's: "
+                f"{describe([c for c in changes if c.param == name])}, under which "
+                f"{ctor.__name__} keeps {', '.join(map(repr, missing))} for each parameter "
+                f"from its first step on, and the checkpoint (written without) has none for "
+                f"{name!r}: resume with the checkpoint's arguments, or train into a fresh "
+                "directory"
+            )
+
+
+def _fresh_state_keys(ctor: Any, args: dict[str, Any], param: torch.Tensor) -> set[str]:
+    p = torch.zeros_like(param.detach()).requires_grad_()
+    p.grad = torch.zeros_like(p)
+    try:
+        optimizer = ctor([p], **args)
+        optimizer.step()
+    except Exception:  # arguments torch refuses here refuse the resumed step the same way
+        return set()
+    return set(optimizer.state[p])

@@ -61,6 +61,15 @@ OPTIMIZERS: dict[str, Callable[[], pyro.optim.PyroOptim]] = {
     "ClippedAdam": lambda: pyro.optim.ClippedAdam({"lr": 0.05, "clip_norm": 0.5, "lrd": 0.9}),
     "DCTAdam": lambda: pyro.optim.DCTAdam({"lr": 0.05}),
     "SGD-nesterov": lambda: pyro.optim.SGD({"lr": 0.01, "momentum": 0.9, "nesterov": True}),
+    "SGD-momentum-dampening": lambda: pyro.optim.SGD(
+        {"lr": 0.01, "momentum": 0.9, "dampening": 0.1}
+    ),
+    # torch optimizers through PyroOptim: one Pyro has no wrapper for, and Adam with
+    # per-parameter arguments and per-parameter clipping, both as functions
+    "PyroOptim-Rprop": lambda: pyro.optim.PyroOptim(torch.optim.Rprop, {"lr": 0.01}),
+    "PyroOptim-Adam-per-param-clip": lambda: pyro.optim.PyroOptim(
+        torch.optim.Adam, _per_param, lambda module_name, param_name: {"clip_value": 0.1}
+    ),
     "RMSprop": lambda: pyro.optim.RMSprop({"lr": 0.01}),
     "Adagrad": lambda: pyro.optim.Adagrad({"lr": 0.1}),
     "AdagradRMSProp": lambda: pyro.optim.AdagradRMSProp({"eta": 0.1}),
@@ -287,7 +296,16 @@ def _assert_state_close(got: Any, want: Any, where: str = "state") -> None:
 
 @pytest.mark.parametrize(
     "name, per, compile",
-    [(name, per, False) for name, per in CASES] + [("AdamW", None, None)],
+    [(name, per, False) for name, per in CASES]
+    + [
+        (name, per, None)  # the compiled step: fused AdamW, a Pyro optimizer, schedulers
+        for name, per in [
+            ("AdamW", None),
+            ("ClippedAdam", None),
+            ("ExponentialLR-Adam", "step"),
+            ("ReduceLROnPlateau", "epoch"),
+        ]
+    ],
 )
 def test_resume_equals_one_run(tmp_path, name, per, compile):
     """steps=4 into a checkpoint (inside the second epoch), then a fresh optimizer resumed

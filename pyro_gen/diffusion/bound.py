@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 
 from pyro_gen.diffusion.context import expand_context
+from pyro_gen.diffusion.likelihood import sum_event
 from pyro_gen.diffusion.sde import SDE
 
 __all__ = [
@@ -55,16 +56,12 @@ __all__ = [
 ]
 
 
-def _sum_event(v: Tensor, event_dim: int) -> Tensor:
-    return v.flatten(v.dim() - event_dim).sum(-1) if event_dim else v
-
-
 def prior_term(sde: SDE, x: Tensor, event_dim: int) -> Tensor:
     """:math:`D_{KL}(q(x_1 \\mid x) \\| \\pi)` per example, in closed form."""
     mean, sigma = sde.marginal_params(x, 1.0)
     var_ratio = (sigma / sde.prior_std) ** 2
     kl = 0.5 * (var_ratio + (mean / sde.prior_std) ** 2 - 1 - var_ratio.log())
-    return _sum_event(kl, event_dim)
+    return sum_event(kl, event_dim)
 
 
 def reconstruction_term(sde: SDE, x: Tensor, eps: float, event_dim: int) -> Tensor:
@@ -130,7 +127,8 @@ def likelihood_bound(
     Args:
         model: a :class:`~pyro_gen.diffusion.score.ScoreModel`, a DDPM on continuous data, or
             any object with ``.sde``, ``.score(x, t)`` and ``.event_shape``.
-        x: data, shape ``(batch, *event_shape)`` (a DDPM's data space).
+        x: data, shape ``(batch, *event_shape)`` or stacked batches ``(K, batch,
+            *event_shape)`` (a DDPM's data space); each result keeps ``x``'s batch dims.
         eps: data-end time (default the model's ``eps``); needs :math:`\\sigma(\\epsilon) > 0`.
         time_samples: stratified noise levels per example.
         generator: random generator.
@@ -171,13 +169,19 @@ def likelihood_bound(
     K = int(time_samples)
     event_shape = tuple(sm.event_shape)
     event_dim = len(event_shape)
-    if x.dim() != event_dim + 1 or tuple(x.shape[1:]) != event_shape:
-        raise ValueError(f"expected data of shape (batch, *{event_shape}), got {tuple(x.shape)}")
+    if x.dim() < event_dim + 1 or tuple(x.shape[x.dim() - event_dim :]) != event_shape:
+        raise ValueError(
+            f"expected data of shape (batch, *{event_shape}) or stacked batches (K, batch, "
+            f"*{event_shape}), got {tuple(x.shape)}"
+        )
     sde = sm.sde
     eps = _check_eps(sde, getattr(sm, "eps", 1e-3) if eps is None else eps, x)
+    # stacked batches as one flat batch (each example's terms are its own), reshaped back
+    batch = x.shape[: x.dim() - event_dim]
+    x = x.reshape(-1, *event_shape)
     B = x.shape[0]
-    if context:
-        expand_context(context, (B,))  # one row per example, or a clear error
+    # one row per example of the last batch dim (or a clear error), expanded to the B rows
+    context = expand_context(context or {}, batch)
     with torch.no_grad():
         ends = _log_snr(sde, torch.tensor([eps, 1.0], dtype=torch.float64, device=x.device))
         g0, g1 = float(ends[0]), float(ends[1])
@@ -193,13 +197,14 @@ def likelihood_bound(
         se = terms.std(0) / math.sqrt(K) if K > 1 else torch.full_like(diffusion, math.nan)
         prior = prior_term(sde, x, event_dim)
         recon = reconstruction_term(sde, x, eps, event_dim)
-    return {
+    out = {
         "prior": prior,
         "reconstruction": recon,
         "diffusion": diffusion,
         "total": prior + recon + diffusion,
         "diffusion_se": se,
     }
+    return {name: value.reshape(batch) for name, value in out.items()}
 
 
 def bound_sites(sde: SDE, x: Tensor, eps: float, event_dim: int, model: bool) -> None:

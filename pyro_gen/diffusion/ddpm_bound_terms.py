@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from pyro_gen.diffusion.likelihood import normal_kl
+from pyro_gen.diffusion.likelihood import normal_kl, sum_event
 
 __all__ = ["BoundTerms"]
 
@@ -55,4 +55,4 @@ class BoundTerms:
         x_t = s.q_sample(x0, t, noise, nd)
         p = self.p_mean_logvar(x_t, t, **context)
         q_mean, q_log_var = s.q_posterior(x0, x_t, t, nd)
-        return normal_kl(q_mean, q_log_var, p["mean"], p["log_var"]).flatten(1).sum(-1)
+        return sum_event(normal_kl(q_mean, q_log_var, p["mean"], p["log_var"]), nd)

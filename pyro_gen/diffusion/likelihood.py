@@ -30,6 +30,7 @@ __all__ = [
     "normal_kl",
     "prior_kl",
     "sampled_variational_bound",
+    "sum_event",
     "variational_bound",
 ]
 
@@ -134,14 +135,52 @@ class DiscretizedGaussian(TorchDistribution):
             return (((x.clamp(-1, 1) + 1) * k / 2).round() * 2 / k - 1).clamp(-1, 1)
 
 
+def sum_event(value: torch.Tensor, event_dim: int) -> torch.Tensor:
+    """``value`` summed over its ``event_dim`` rightmost dims, every batch dim kept (stacked
+    batches ``(K, B, *event)`` too: ``flatten(1)`` folded their second batch dim into the
+    event).
+
+    Example:
+        >>> sum_event(torch.ones(3, 4, 2), 1).shape, sum_event(torch.ones(3), 0).shape
+        (torch.Size([3, 4]), torch.Size([3]))
+    """
+    return value.flatten(value.dim() - event_dim).sum(-1) if event_dim else value
+
+
+def _flat_examples(
+    ddpm: DDPM, x: torch.Tensor, context: dict[str, Any] | None
+) -> tuple[torch.Tensor, torch.Size, dict[str, Any]]:
+    """Data in the model's space as one flat batch ``(N, *net_shape)``, its batch shape
+    (``(K, B)`` for stacked batches), and ``context`` expanded to the ``N`` rows.
+
+    Why: the bound helpers chunk their examples by ``batch_size`` along one dim, so data with
+    extra leading batch dims, which the network itself takes, were refused ("expected data of
+    shape (batch, 2)"); each example's terms do not depend on the others, so the flat batch's
+    results reshaped to ``batch`` are the per-slice results.
+    """
+    x0 = ddpm.to_model_space(x, outer=True)
+    batch = x0.shape[: x0.dim() - ddpm.event_dim]
+    # one row per example of the last batch dim, or a clear error
+    context = expand_context(dict(context or {}), batch)
+    return x0.reshape(-1, *ddpm.net_shape), batch, context
+
+
 def prior_kl(ddpm: DDPM, x0: torch.Tensor) -> torch.Tensor:
     """Closed-form :math:`L_T = D_{KL}(q(x_T \\mid x_0) \\| \\mathcal N(0, I))` per example, in
-    nats; ``x0`` in the model's space (images already mapped to [-1, 1])."""
+    nats; ``x0`` in the model's space (images already mapped to [-1, 1]), of any batch shape.
+
+    Example:
+        >>> from pyro_gen.diffusion import build_ddpm
+        >>> m = build_ddpm((2,), timesteps=4, hidden_dim=8)
+        >>> prior_kl(m, torch.zeros(3, 5, 2)).shape
+        torch.Size([3, 5])
+    """
     schedule, ndim = ddpm.schedule, ddpm.event_dim
-    t = torch.full(x0.shape[:1], schedule.num_timesteps, dtype=torch.long, device=x0.device)
+    batch = x0.shape[: x0.dim() - ndim]
+    t = torch.full(batch, schedule.num_timesteps, dtype=torch.long, device=x0.device)
     mean, std = schedule.q_mean_std(x0, t, ndim)
     kl = normal_kl(mean, 2 * std.log(), torch.zeros_like(mean), torch.zeros_like(mean))
-    return kl.flatten(1).sum(-1)
+    return sum_event(kl, ndim)
 
 
 @torch.no_grad()
@@ -163,18 +202,21 @@ def variational_bound(
 
     Args:
         ddpm: a :class:`~pyro_gen.diffusion.DDPM`.
-        x: data in the model's input format (images: floats in [0, 1]).
+        x: data in the model's input format (images: floats in [0, 1]), ``(batch,
+            *event_shape)`` or stacked batches ``(K, batch, *event_shape)``; each result keeps
+            ``x``'s batch dims.
         batch_size: examples per network pass.
         timesteps: optionally a subset of steps (1-based) to evaluate; the sum is then
             rescaled by ``T / len(timesteps)`` (an approximation, unbiased only when the subset
             is drawn uniformly at random).
         progress: show a tqdm bar over the time steps.
-        context: keyword arguments for the network, one row per example (``{"y": labels}``:
+        context: keyword arguments for the network, one row per example of ``x``'s last batch
+            dim (``{"y": labels}``:
             the bound on :math:`-\\log p(x \\mid y)` of a conditional DDPM).
 
     Returns:
         dict with per-example tensors ``"prior"`` (:math:`L_T`), ``"terms"`` (shape
-        ``(N, T)``, column ``t - 1`` is :math:`L_{t-1}`, column 0 is :math:`L_0`), ``"total"``
+        ``(*batch, T)``, column ``t - 1`` is :math:`L_{t-1}`, column 0 is :math:`L_0`), ``"total"``
         (nats) and ``"bits_per_dim"``.
 
     Example:
@@ -188,9 +230,7 @@ def variational_bound(
 
     T = ddpm.schedule.num_timesteps
     steps = torch.arange(1, T + 1) if timesteps is None else torch.as_tensor(timesteps).long()
-    x0_all = ddpm.to_model_space(x)
-    context = dict(context or {})
-    expand_context(context, x0_all.shape[:1])  # one row per example, or a clear error
+    x0_all, batch, context = _flat_examples(ddpm, x, context)
     priors, terms = [], []
     for start in range(0, x0_all.shape[0], batch_size):
         x0 = x0_all[start : start + batch_size]
@@ -201,7 +241,7 @@ def variational_bound(
         for t_val in tqdm(steps.tolist(), disable=not progress, desc="bound", leave=False):
             cols[:, t_val - 1] = ddpm.step_term(x0, t_val, **chunk)
         terms.append(cols)
-    prior, terms_t = torch.cat(priors), torch.cat(terms)
+    prior, terms_t = torch.cat(priors).reshape(batch), torch.cat(terms).reshape(batch + (T,))
     total = prior + terms_t.sum(-1) * (T / len(steps))
     dims = math.prod(ddpm.event_shape)
     return {
@@ -258,13 +298,16 @@ def sampled_variational_bound(
 
     Args:
         ddpm: a :class:`~pyro_gen.diffusion.DDPM`.
-        x: data in the model's input format (images: floats in [0, 1]).
+        x: data in the model's input format (images: floats in [0, 1]), ``(batch,
+            *event_shape)`` or stacked batches ``(K, batch, *event_shape)``; each result keeps
+            ``x``'s batch dims.
         strata: number of step intervals sampled (at most the steps left).
         exact_steps: steps ``1..exact_steps`` computed for every example (at least 1, so the
             decoder term :math:`L_0`, the largest, is never sampled).
         batch_size: examples per network pass.
         generator: random generator for the steps and the draws of :math:`x_t`.
-        context: keyword arguments for the network, one row per example.
+        context: keyword arguments for the network, one row per example (of ``x``'s last
+            batch dim).
 
     Returns:
         dict with per-example tensors ``"prior"`` (:math:`L_T`), ``"exact"`` (the first
@@ -288,9 +331,7 @@ def sampled_variational_bound(
         raise ValueError(f"strata must be a whole number >= 1, got {strata!r}")
     left = T - exact_steps
     edges = geometric_strata(exact_steps + 1, T, min(int(strata), left)) if left else None
-    x0_all = ddpm.to_model_space(x)
-    context = dict(context or {})
-    expand_context(context, x0_all.shape[:1])  # one row per example, or a clear error
+    x0_all, batch, context = _flat_examples(ddpm, x, context)
     priors, exacts, sampled = [], [], []
     for start in range(0, x0_all.shape[0], batch_size):
         x0 = x0_all[start : start + batch_size]
@@ -314,7 +355,7 @@ def sampled_variational_bound(
                 t = lo + (u * (hi - lo)).long().clamp(max=hi - lo - 1)
                 est = est + (hi - lo) * ddpm.kl_term(x0, t, _randn(x0, generator), **chunk)
         sampled.append(est)
-    prior, exact, rest = torch.cat(priors), torch.cat(exacts), torch.cat(sampled)
+    prior, exact, rest = (torch.cat(v).reshape(batch) for v in (priors, exacts, sampled))
     total = prior + exact + rest
     dims = math.prod(ddpm.event_shape)
     return {

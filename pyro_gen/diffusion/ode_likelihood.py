@@ -273,7 +273,9 @@ def probability_flow_bits_per_dim(
     u = torch.rand(level.shape, generator=generator, dtype=level.dtype, device=level.device)
     y = low + (level + u) * width
     if _is_image_ddpm(sm):
-        y = y.reshape(y.shape[:1] + tuple(sm.event_shape))
+        # every batch dim kept (stacked batches (K, B, H, W) too), the channel dim added
+        batch = y.shape[: y.dim() - len(sm.ddpm.event_shape)]
+        y = y.reshape(batch + tuple(sm.event_shape))
     lp = probability_flow_log_prob(sm, y, _model_space=True, **kwargs)
     dims = math.prod(sm.event_shape)
     return -(lp + dims * math.log(width)) / (dims * math.log(2))
@@ -352,7 +354,7 @@ def probability_flow_decoder_bound(
     level = _levels(sm, x, num_bins)
     if _is_image_ddpm(sm):
         t1 = 1.0 / T
-        x0 = ddpm.to_model_space(level / (num_bins - 1))
+        x0 = ddpm.to_model_space(level / (num_bins - 1), outer=True)
     else:
         t1 = getattr(sm, "eps", 1e-3) if eps is None else float(eps)
         x0 = low + level * (high - low) / (num_bins - 1)

@@ -418,8 +418,9 @@ class DDPMScore(PicklableModule):
         return len(self.event_shape)
 
     def to_model_space(self, x: Tensor) -> Tensor:
-        """Data to the DDPM's space (see :meth:`DDPM.to_model_space`)."""
-        return self.ddpm.to_model_space(x)
+        """Data to the DDPM's space (see :meth:`DDPM.to_model_space`), with any batch dims:
+        stacked batches ``(K, B, *event_shape)`` too, which the score itself takes."""
+        return self.ddpm.to_model_space(x, outer=True)
 
     def from_model_space(self, x: Tensor) -> Tensor:
         """The DDPM's space to data (images clamped to [0, 1])."""

@@ -223,6 +223,8 @@ class BayesianVAE(PicklableModule):
         return pyro.plate(DATA_PLATE, self.num_data, subsample=torch.arange(batch, device=x.device))
 
     def _check(self, x: torch.Tensor) -> None:
+        if x is None:  # the model generates without x; the guide encodes it
+            raise ValueError("BayesianVAE.guide needs the examples x (it encodes them)")
         if x.dim() != len(self.event_shape) + 1 or tuple(x.shape[1:]) != self.event_shape:
             raise ValueError(
                 f"expected x of shape (batch, {', '.join(map(str, self.event_shape))}), "
@@ -231,17 +233,35 @@ class BayesianVAE(PicklableModule):
         if self.num_data is not None and x.shape[0] > self.num_data:
             raise ValueError(f"a batch of {x.shape[0]} is larger than num_data={self.num_data}")
 
-    def model(self, x: torch.Tensor) -> torch.Tensor:
+    def model(self, x: torch.Tensor | None = None, num_samples: int | None = None) -> torch.Tensor:
         """:math:`\\theta \\sim p(\\theta)` (outside the data plate), then per example
-        :math:`z \\sim \\mathcal{N}(0, I)`, :math:`x \\sim p(x \\mid z, \\theta)`."""
-        self._check(x)
-        data_plate = self._plate(x)  # one plate entered twice (one subsample site)
+        :math:`z \\sim \\mathcal{N}(0, I)`, :math:`x \\sim p(x \\mid z, \\theta)`. Without
+        ``x`` it generates ``num_samples`` examples (default 1), as every model of the family
+        does: under ``Predictive(vae.model, guide=vae.weight_guide, num_samples=S)`` with
+        the weights drawn from their guide (sequentially: with ``parallel=True`` Pyro 1.9
+        reshapes the draws of a guide that opens no plate wrongly for weights of two dims).
+
+        Example:
+            >>> vae = BayesianVAE((8, 8), z_dim=2, hidden_dims=(16,))
+            >>> vae.model(num_samples=3).shape
+            torch.Size([3, 8, 8])
+        """
+        if x is None:
+            # generating: a plain plate (no N/B scale, nothing is scored), on the modules'
+            # device and dtype
+            like = self.decoder.layers[0].prior_loc
+            data_plate = pyro.plate(DATA_PLATE, sample_count(num_samples or 1))
+        else:
+            self._check(x)
+            like = x
+            data_plate = self._plate(x)  # one plate entered twice (one subsample site)
         with data_plate:
-            z = pyro.sample(LATENT, dist.Normal(x.new_zeros(self.z_dim), 1.0).to_event(1))
+            z = pyro.sample(LATENT, dist.Normal(like.new_zeros(self.z_dim), 1.0).to_event(1))
         # the decoder is called outside the plate, so its weight sites are global
         px = self.decoder(z)
+        obs = None if x is None else self.decoder.likelihood.prepare(x)
         with data_plate:
-            return pyro.sample(OBS, px, obs=self.decoder.likelihood.prepare(x))
+            return pyro.sample(OBS, px, obs=obs)
 
     def guide(self, x: torch.Tensor) -> torch.Tensor:
         """:math:`q(\\theta)` (AutoNormal, global) and :math:`q(z \\mid x)` (amortized,

@@ -152,7 +152,15 @@ class SSVAE(PicklableModule):
         self.register_buffer("prior_logits", torch.zeros(num_classes))
         self.prefix = f"{name}." if name else ""
 
-    def _check(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor | None:
+    def _check(
+        self, x: torch.Tensor | None, y: torch.Tensor | None, needs_x: str = ""
+    ) -> torch.Tensor | None:
+        """The checked labels; ``x`` may be None (the model generating) unless ``needs_x``
+        names the caller that encodes it."""
+        if x is None:
+            if needs_x:
+                raise ValueError(f"SSVAE.{needs_x} needs the examples x (it encodes them)")
+            return None if y is None else check_labels(y, self.num_classes, y.shape[0])
         n = len(self.event_shape)
         if x.dim() != n + 1 or tuple(x.shape[1:]) != self.event_shape:
             raise ValueError(
@@ -168,27 +176,47 @@ class SSVAE(PicklableModule):
         """Logits of the classifier :math:`q(y \\mid x)`, shape ``(batch, C)``."""
         return self.classifier(x.reshape(x.shape[0], -1).to(self.prior_logits.dtype))
 
-    def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
+    def model(
+        self,
+        x: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
+        num_samples: int | None = None,
+    ) -> torch.Tensor:
         """:math:`y \\sim p(y)` (observed when given), :math:`z \\sim p(z)`,
         :math:`x \\sim p(x \\mid y, z)`, and in training mode on labelled batches the factor
-        :math:`\\alpha \\log q(y \\mid x)`."""
+        :math:`\\alpha \\log q(y \\mid x)`. Without ``x`` it generates (as every model of
+        the family does, for ``Predictive``): one example per label of ``y``, or
+        ``num_samples`` (default 1).
+
+        Example:
+            >>> m2 = SSVAE((8, 8), num_classes=3, z_dim=2, hidden_dims=(16,))
+            >>> m2.model(num_samples=5).shape, m2.model(y=torch.tensor([0, 2])).shape
+            (torch.Size([5, 8, 8]), torch.Size([2, 8, 8]))
+        """
         y = self._check(x, y)
         register_module(self.prefix + "decoder", self.decoder)
-        obs = self.decoder.likelihood.prepare(x)
-        with pyro.plate(DATA_PLATE, x.shape[0]):
+        obs = None if x is None else self.decoder.likelihood.prepare(x)
+        if x is not None:
+            batch = x.shape[0]
+        else:
+            batch = y.shape[0] if y is not None else sample_count(num_samples or 1)
+        # x's device where it is given (the modules' otherwise), the prior's dtype
+        like = self.prior_logits if x is None else x
+        with pyro.plate(DATA_PLATE, batch):
             label = pyro.sample(LABEL, dist.Categorical(logits=self.prior_logits), obs=y)
-            zeros = x.new_zeros(self.z_dim, dtype=self.prior_logits.dtype)
+            zeros = like.new_zeros(self.z_dim, dtype=self.prior_logits.dtype)
             z = pyro.sample(LATENT, dist.Normal(zeros, 1.0).to_event(1))
-            pyro.sample(OBS, self.decoder(z, context=self._one_hot(label, z)), obs=obs)
-            if y is not None and self.alpha > 0 and self.training:
+            out = pyro.sample(OBS, self.decoder(z, context=self._one_hot(label, z)), obs=obs)
+            if x is not None and y is not None and self.alpha > 0 and self.training:
                 register_module(self.prefix + "classifier", self.classifier)
                 log_q = dist.Categorical(logits=self.logits(x)).log_prob(y)
                 pyro.factor(CLASSIFICATION, self.alpha * log_q)
+        return out
 
     def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         """:math:`y \\sim q(y \\mid x)`, enumerated in parallel, when ``y`` is not given;
         then :math:`z \\sim q(z \\mid x, y)`."""
-        y = self._check(x, y)
+        y = self._check(x, y, needs_x="guide")
         register_module(self.prefix + "classifier", self.classifier)
         register_module(self.prefix + "encoder", self.encoder)
         with pyro.plate(DATA_PLATE, x.shape[0]):
@@ -204,7 +232,7 @@ class SSVAE(PicklableModule):
     @torch.no_grad()
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         """The most probable label under :math:`q(y \\mid x)`, shape ``(batch,)``."""
-        self._check(x, None)
+        self._check(x, None, needs_x="classify")
         return self.logits(x).argmax(-1)
 
     @torch.no_grad()

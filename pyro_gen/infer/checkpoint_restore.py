@@ -23,6 +23,7 @@ from pyro_gen.infer.optim_args import (
     changed_args,
     check_state_needed,
     describe,
+    parse_recorded,
 )
 from pyro_gen.infer.pyro_modules import MODULE_KEY
 from pyro_gen.infer.state_codec import same_constraint
@@ -231,24 +232,25 @@ def restore_checkpoint(
                 f"passes {kind}: resume with the same Pyro optimizer (its state, e.g. Adam's "
                 "moments, is part of the checkpoint), or train into a fresh directory"
             )
-        changed = changed_args(ckpt.get("optim_args"), optim)  # refuses a damaged record
+        changed = changed_args(ckpt.get("optim_args"), optim, local)  # refuses a damaged record
         if changed and isinstance(optim, pyro.optim.PyroLRScheduler):
             raise CheckpointError(
                 f"this run's {kind} differs from the checkpoint's: {describe(changed)}. The "
                 "scheduler's saved state sets the learning rate, so its arguments cannot "
                 "change on resume; pass the recorded ones, or train into a fresh directory"
             )
-        check_state_needed(ckpt["optim"], optim, changed)
+        check_state_needed(ckpt["optim"], optim, changed, local)
     # Everything is checked: from here on nothing is refused, so nothing is half restored.
     _load_modules(ckpt, modules)
     _restore_param_store(ckpt["param_store"])
     if changed:  # the arguments given apply; the moments and step counts continue
-        apply_args(ckpt["optim"], optim, changed)
+        apply_args(ckpt["optim"], optim, changed, local)
         logger.warning("resuming with the optimizer arguments given: %s", describe(changed))
     if optim is not None:
         _scheduler_state_types(optim, ckpt["optim"])
         _set_optim_state(optim, ckpt["optim"])
-        restore_optim_state(optim, ckpt["optim"], local)
+        recorded = parse_recorded(ckpt.get("optim_args")) or {"params": {}}
+        restore_optim_state(optim, ckpt["optim"], local, compared=recorded["params"])
     set_global_rng_state(ckpt["rng"])
     return ckpt["progress"]
 

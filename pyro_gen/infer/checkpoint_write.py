@@ -91,7 +91,7 @@ def encode_checkpoint(
             "param_store": _param_store_entry(modules, ours),
             "optim": encode(optim_states, "optimizer state"),
             "optim_kind": optimizer_kind(optim),
-            "optim_args": optimizer_args(optim),
+            "optim_args": optimizer_args(optim, local_params),
             "rng": encode(global_rng_state(), "RNG state"),
             "progress": encode(dict(progress or {}), "progress"),
         }

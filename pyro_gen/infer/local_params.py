@@ -12,7 +12,7 @@ one's optimizer state and a resume gives it back.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import pyro
@@ -70,13 +70,23 @@ def optim_state(
 
 
 def restore_optim_state(
-    optim: pyro.optim.PyroOptim, states: Mapping[str, Any], local: Mapping[str, torch.Tensor]
+    optim: pyro.optim.PyroOptim,
+    states: Mapping[str, Any],
+    local: Mapping[str, torch.Tensor],
+    compared: Collection[str] = (),
 ) -> None:
     """Gives each of the ``local`` params its saved optimizer state, creating its optimizer
     as ``optim`` would on its first step (Pyro looks waiting state up by the store's names,
     so it would start these afresh). The learning rate and the other arguments of a plain
     optimizer are the ones ``optim`` is given now, as for the store's params (a change is
-    logged)."""
+    logged).
+
+    ``compared``: the params whose arguments the checkpoint recorded, which the caller has
+    compared with those given and applied to ``states``
+    (:func:`~pyro_gen.infer.optim_args.apply_args`). Only for the others (checkpoints
+    written before local params' arguments were recorded) are the saved param groups
+    compared with the arguments given, which takes a rate decayed since (ClippedAdam's
+    ``lrd``, a rate lowered by hand) for a changed argument."""
     changed: set[str] = set()
     for name, tensor in local.items():
         state = states.get(name)
@@ -88,7 +98,8 @@ def restore_optim_state(
             optim.grad_clip[tensor] = optim._get_grad_clip(tensor)
         held = optim.optim_objs[tensor]
         _load_state_dict(held, state)
-        if isinstance(held, torch.optim.Optimizer):  # a scheduler's arguments cannot change
+        # (a scheduler's arguments cannot change)
+        if isinstance(held, torch.optim.Optimizer) and name not in compared:
             given = optim._get_optim_args(tensor)
             for group in held.param_groups:
                 for key, value in given.items():

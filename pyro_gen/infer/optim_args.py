@@ -26,10 +26,12 @@ from __future__ import annotations
 import inspect
 import json
 from collections import defaultdict
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import pyro
 import pyro.optim
+import pyro.optim.clipped_adam
 import torch
 
 from pyro_gen.infer.checkpoint_format import CheckpointError
@@ -54,29 +56,44 @@ def _canonical(args: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(args, sort_keys=True, default=_plain))
 
 
-def _arguments(optim: pyro.optim.PyroOptim, names: list[str]) -> dict[str, Any]:
-    store = dict(pyro.get_param_store().named_parameters())
+def _tensors(local: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    """The trained tensors by name: the param store's, and params outside it (a
+    PyroModule's own under ``module_local_params``) by site name."""
+    return {**dict(pyro.get_param_store().named_parameters()), **(local or {})}
+
+
+def _arguments(
+    optim: pyro.optim.PyroOptim, names: list[str], local: Mapping[str, torch.Tensor] | None
+) -> dict[str, Any]:
+    tensors = _tensors(local)
     params = {
         # Pyro's own lookup of a parameter's arguments (a dict, or the function's result)
-        name: _canonical(optim._get_optim_args(store[name]))
+        name: _canonical(optim._get_optim_args(tensors[name]))
         for name in names
-        if name in store
+        if name in tensors
     }
     scheduler = _canonical(optim.kwargs) if isinstance(optim, pyro.optim.PyroLRScheduler) else None
     return {"params": params, "scheduler": scheduler}
 
 
-def optimizer_args(optim: pyro.optim.PyroOptim) -> str:
-    """The arguments of ``optim`` for each parameter it has an optimizer for, and its
-    scheduler's, as canonical JSON."""
+def optimizer_args(
+    optim: pyro.optim.PyroOptim, local: Mapping[str, torch.Tensor] | None = None
+) -> str:
+    """The arguments of ``optim`` for each parameter it has an optimizer for (the ``local``
+    params outside the store by site name), and its scheduler's, as canonical JSON."""
     store = pyro.get_param_store()
     names = [n for n in map(store.param_name, optim.optim_objs) if n is not None]
-    return json.dumps(_arguments(optim, sorted(names)), sort_keys=True)
+    names += [n for n, t in (local or {}).items() if t in optim.optim_objs]
+    return json.dumps(_arguments(optim, sorted(names), local), sort_keys=True)
 
 
-def changed_args(recorded: str | None, optim: pyro.optim.PyroOptim) -> list[Change]:
+def changed_args(
+    recorded: str | None,
+    optim: pyro.optim.PyroOptim,
+    local: Mapping[str, torch.Tensor] | None = None,
+) -> list[Change]:
     """The arguments of ``optim`` that differ from the ``recorded`` ones, for the parameters
-    recorded (nothing when none were recorded).
+    recorded (nothing when none were recorded); ``local``: the params outside the store.
 
     Raises:
         CheckpointError: if ``recorded`` is not the JSON text :func:`optimizer_args` writes
@@ -85,7 +102,7 @@ def changed_args(recorded: str | None, optim: pyro.optim.PyroOptim) -> list[Chan
     old = parse_recorded(recorded)
     if old is None:
         return []
-    new = _arguments(optim, list(old["params"]))
+    new = _arguments(optim, list(old["params"]), local)
     changes = []
     for where, before, after in [
         (None, old["scheduler"] or {}, new["scheduler"] or {}),
@@ -156,25 +173,46 @@ def describe(changes: list[Change]) -> str:
     return ", ".join(parts)
 
 
-def apply_args(states: dict[str, Any], optim: pyro.optim.PyroOptim, changes: list[Change]) -> None:
+def apply_args(
+    states: dict[str, Any],
+    optim: pyro.optim.PyroOptim,
+    changes: list[Change],
+    local: Mapping[str, torch.Tensor] | None = None,
+) -> None:
     """Sets the changed arguments in the param groups of the saved ``states``
     (``optim.get_state()`` of a plain Pyro optimizer); an argument no longer given takes
-    the torch optimizer's default."""
-    defaults = inspect.signature(optim.pt_optim_constructor).parameters
-    store = dict(pyro.get_param_store().named_parameters())
+    the torch optimizer's default.
+
+    ClippedAdam decays its rate by ``lrd`` at each step: a new ``lr`` goes on from where
+    the decay stood (the rate a run started with it has now), not from its undecayed value.
+    """
+    ctor = optim.pt_optim_constructor
+    defaults = inspect.signature(ctor).parameters
+    decays = isinstance(ctor, type) and issubclass(ctor, pyro.optim.clipped_adam.ClippedAdam)
+    tensors = _tensors(local)
     for change in changes:
-        if change.param is None or change.param not in states:
+        if change.param is None or change.param not in states or change.param not in tensors:
             continue
-        given = optim._get_optim_args(store[change.param])
+        given = optim._get_optim_args(tensors[change.param])
         for group in states[change.param]["param_groups"]:
             if change.name in given:
-                group[change.name] = given[change.name]
+                value = given[change.name]
             elif change.name in defaults:
-                group[change.name] = defaults[change.name].default
+                value = defaults[change.name].default
+            else:
+                continue
+            if decays and change.name == "lr":
+                recorded = change.recorded
+                recorded = defaults["lr"].default if recorded is None else recorded
+                value = value * (group["lr"] / recorded)
+            group[change.name] = value
 
 
 def check_state_needed(
-    states: dict[str, Any], optim: pyro.optim.PyroOptim, changes: list[Change]
+    states: dict[str, Any],
+    optim: pyro.optim.PyroOptim,
+    changes: list[Change],
+    local: Mapping[str, torch.Tensor] | None = None,
 ) -> None:
     """Refuses changed arguments under which torch keeps state per parameter that the
     saved ``states`` lack: resumed with ``amsgrad=True`` on an Adam checkpoint written
@@ -190,7 +228,7 @@ def check_state_needed(
         CheckpointError: naming the arguments and the state they need, before anything is
             restored.
     """
-    store = dict(pyro.get_param_store().named_parameters())
+    store = _tensors(local)
     kept: dict[str, set[str]] = {}  # the state keys of a fresh optimizer, by its arguments
     for name in sorted({c.param for c in changes if c.param is not None}):
         saved = states.get(name)

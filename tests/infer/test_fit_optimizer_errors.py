@@ -114,3 +114,20 @@ def test_resume_takes_arguments_whose_state_torch_makes_when_missing(tmp_path):
     result = _fit(optim, steps=4, checkpoint_dir=tmp_path)
     assert result.step == 4
     assert all("momentum_buffer" in s for o in optim.optim_objs.values() for s in o.state.values())
+
+
+def _rates(optim: pyro.optim.PyroOptim) -> list[float]:
+    return [g["lr"] for o in optim.optim_objs.values() for g in o.param_groups]
+
+
+def test_clipped_adam_resumed_with_another_rate_keeps_its_decay(tmp_path):
+    """ClippedAdam decays its rate by ``lrd`` at every step. Resumed with another ``lr``, the
+    rate jumped back to the new ``lr`` undecayed (0.2 where the checkpoint's schedule stood
+    at 0.1 * 0.5**4): the new rate now goes on from where the decay stood, the rate a run
+    started with it has at that step."""
+    _fit(pyro.optim.ClippedAdam({"lr": 0.1, "lrd": 0.5}), steps=4, checkpoint_dir=tmp_path)
+    resumed = pyro.optim.ClippedAdam({"lr": 0.2, "lrd": 0.5})
+    _fit(resumed, steps=5, checkpoint_dir=tmp_path)
+    fresh = pyro.optim.ClippedAdam({"lr": 0.2, "lrd": 0.5})
+    _fit(fresh, steps=5)
+    assert _rates(resumed) == _rates(fresh) == [0.2 * 0.5**5] * 2

@@ -56,12 +56,14 @@ def _module_local_params():
         yield
 
 
-def _train(mode: str, steps: int = 4, **kwargs) -> dict[str, torch.Tensor]:
+def _train(
+    mode: str, steps: int = 4, make_optim=lambda: pyro.optim.Adam({"lr": 0.05}), **kwargs
+) -> dict[str, torch.Tensor]:
     pyro.set_rng_seed(0)
     model = Regression()
     guide = AutoNormal(model)
     x, y = _xy()
-    optim = pyro.optim.Adam({"lr": 0.05})
+    optim = make_optim()
     if mode == "svi":
         rng = pyro.util.get_rng_state()  # fit's warm-up call leaves the RNG as it was
         guide(x, y)
@@ -105,6 +107,25 @@ def test_a_resumed_fit_equals_a_straight_one(tmp_path, mode):
         assert torch.equal(value, resumed[name]), name
 
 
+@pytest.mark.parametrize("mode", ["plain", "compiled"])
+def test_a_resumed_fit_keeps_clipped_adams_decayed_rate(tmp_path, mode, caplog):
+    """ClippedAdam decays its rate by ``lrd`` each step. Resumed with the same arguments,
+    these params' saved rate (decayed) was taken for a changed argument and set back to the
+    given ``lr`` (logged as "lr 0.00625 -> 0.05"): the resumed run took 8 times the
+    straight run's steps. Their arguments are now recorded and compared as the store's."""
+
+    def make_optim() -> pyro.optim.PyroOptim:
+        return pyro.optim.ClippedAdam({"lr": 0.05, "lrd": 0.5})
+
+    straight = _train(mode, 6, make_optim, checkpoint_dir=tmp_path / "a")
+    _train(mode, 3, make_optim, checkpoint_dir=tmp_path / "b")
+    with caplog.at_level(logging.WARNING, logger="pyro_gen"):
+        resumed = _train(mode, 6, make_optim, checkpoint_dir=tmp_path / "b")
+    assert "optimizer arguments given" not in caplog.text
+    for name, value in straight.items():
+        assert torch.equal(value, resumed[name]), name
+
+
 def test_a_resume_keeps_each_params_moments_and_applies_a_new_learning_rate(tmp_path, caplog):
     _train("plain", steps=3, checkpoint_dir=tmp_path)
     saved = load_checkpoint(tmp_path / "checkpoint.pt")["optim"]
@@ -124,7 +145,7 @@ def test_a_resume_keeps_each_params_moments_and_applies_a_new_learning_rate(tmp_
             checkpoint_dir=tmp_path,
         )  # fmt: skip  (steps=3: restores, trains nothing)
     # said, as for the store's params: the learning rate differs from the checkpoint's
-    assert "optimizer arguments given (module-local params): lr 0.05 -> 0.01" in caplog.text
+    assert "optimizer arguments given: lr=0.01 (the checkpoint's: 0.05) for 4 params" in caplog.text
     held = {id(p): o for p, o in optim.optim_objs.items()}
     assert len(held) == 4  # every param got its optimizer back before any step
     for o in held.values():

@@ -191,7 +191,7 @@ def _multi_optimizer(optim: pyro.optim.multi.MultiOptimizer) -> str:
             if isinstance(args, dict)
             else ""
         )
-        return f"{what}: pass the PyroOptim it wraps: optim=multi.optim{here}"
+        return f"{what}: pass the PyroOptim it wraps, its .optim{here}"
     return (
         f"{what}: pass a pyro.optim.PyroOptim such as pyro.optim.Adam({{'lr': 1e-3}}), or run "
         f"{name} in your own loop over pyro.infer.Trace_ELBO().differentiable_loss(model, "

@@ -19,7 +19,6 @@ default dtype).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 
 import torch
@@ -34,6 +33,7 @@ from pyro_gen.transforms._base import (
     as_event_shape,
     check_context,
 )
+from pyro_gen.transforms.conditioning import bind_context
 from pyro_gen.transforms.coupling_networks import check_count
 from pyro_gen.transforms.elementwise import Additive, Affine, ElementwiseBijection
 from pyro_gen.transforms.ladj_cache import conditioner_modules
@@ -182,7 +182,7 @@ class _ConditionalAutoregressive(ConditionalModule):
 
     def condition(self, context: torch.Tensor) -> _Autoregressive:
         check_context(context, self.made, type(self).__name__)
-        made = functools.partial(self.made, context=context)
+        made = bind_context(self.made, context, 1)
         return self._concrete(self.input_dim, made, self.elementwise, cache_size=self.cache_size)
 
 

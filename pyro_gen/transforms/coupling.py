@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import functools
 from collections.abc import Callable, Sequence
 
 import torch
@@ -17,6 +16,7 @@ from pyro_gen.transforms._base import (
     check_context,
     context_in_dtype,
 )
+from pyro_gen.transforms.conditioning import bind_context
 from pyro_gen.transforms.coupling_networks import coupling_conditioner as _conditioner
 from pyro_gen.transforms.elementwise import Additive, Affine, ElementwiseBijection
 from pyro_gen.transforms.ladj_cache import conditioner_modules
@@ -276,7 +276,7 @@ class ConditionalCoupling(ConditionalModule):
         layout = copy.copy(self._layout)
         if layout.split:
             layout.cond_idx, layout.trans_idx = self.cond_idx, self.trans_idx
-        cond = functools.partial(self.conditioner, context=context)
+        cond = bind_context(self.conditioner, context, len(self.event_shape))
         return Coupling(
             self.mask, cond, self.elementwise, cache_size=self.cache_size, _layout=layout
         )

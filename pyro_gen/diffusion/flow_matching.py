@@ -49,7 +49,7 @@ from pyro_gen.diffusion.context import (
 from pyro_gen.diffusion.network import call_network, register_module
 from pyro_gen.diffusion.preconditioned_velocity import PreconditionedVelocity
 from pyro_gen.transforms._base import PicklableModule, sample_count
-from pyro_gen.transforms.continuous import ContinuousFlow, _torchdiffeq, ode_log_likelihood
+from pyro_gen.transforms.continuous import ContinuousFlow, ode_log_likelihood, solve_ode
 
 __all__ = [
     "OBJECTIVES",
@@ -431,9 +431,7 @@ class FlowMatching(PicklableModule):
             # no points: an adaptive solver divides by the empty error norm ("underflow in dt")
             return z.clone()
         times = torch.tensor([f.t1, f.t0], dtype=z.dtype, device=z.device)
-        return _torchdiffeq().odeint(
-            lambda t, y: dynamics(y, t), z, times, **self._solver_kwargs(solver)
-        )[-1]
+        return solve_ode(lambda t, y: dynamics(y, t), z, times, **self._solver_kwargs(solver))[-1]
 
     def sample(
         self,

@@ -330,7 +330,7 @@ def probability_flow(
         >>> bool(abs(x.std() - 1) < 0.1)
         True
     """
-    from pyro_gen.transforms.continuous import _torchdiffeq
+    from pyro_gen.transforms.continuous import solve_ode
 
     eps = _check_eps(eps)
     rtol, atol = _positive("rtol", rtol), _positive("atol", atol)
@@ -346,8 +346,8 @@ def probability_flow(
     times = torch.tensor([1.0, eps], dtype=x.dtype, device=x.device)
     if options is None:
         options = sde.solver_options(method, 1.0, eps)
-    out = _torchdiffeq().odeint(func, x, times, rtol=rtol, atol=atol, method=method,
-                                options=options)  # fmt: skip
+    # the solver's "underflow in dt" on an untrained or diverging field, as one clear error
+    out = solve_ode(func, x, times, rtol=rtol, atol=atol, method=method, options=options)
     return out[-1]
 
 

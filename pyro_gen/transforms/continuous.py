@@ -41,12 +41,12 @@ from pyro_gen.transforms._base import FlowTransformModule
 from pyro_gen.transforms.divergence import divergence_exact, divergence_hutchinson
 from pyro_gen.transforms.ode_dynamics import (
     ODEMLP,
+    TRACE_METHODS,
+    AugmentedDynamics,
     ConcatSquashLinear,
     ODEConvNet,
     ODETimeMLP,
-    call_drift,
 )
-from pyro_gen.transforms.own_derivatives import autograd_enabled, graph_input
 
 __all__ = [
     "AugmentedDynamics",
@@ -60,10 +60,10 @@ __all__ = [
     "divergence_hutchinson",
     "ode_log_likelihood",
     "odeint_with_logdet",
+    "solve_ode",
 ]
 
 DriftFn = Callable[[Tensor, Tensor], Tensor]
-TRACE_METHODS = ("exact", "hutchinson")
 #: Event sizes up to this use the exact trace by default (D backward passes per evaluation).
 EXACT_TRACE_MAX_DIM = 16
 
@@ -74,72 +74,6 @@ def _torchdiffeq():
     except ImportError as e:  # pragma: no cover - torchdiffeq is an optional dependency
         raise ImportError("continuous flows need torchdiffeq: pip install 'pyro-gen[ode]'") from e
     return torchdiffeq
-
-
-class AugmentedDynamics(nn.Module):
-    r"""The augmented ODE
-    :math:`\frac{d}{dt}[z, \ell] = [f(z, t), \operatorname{tr}(\partial f/\partial z)]`.
-
-    Integrating it from :math:`t_a` to :math:`t_b` with :math:`\ell(t_a) = 0` gives
-    :math:`z(t_b)` and :math:`\ell(t_b) = \log|\det \partial z(t_b) / \partial z(t_a)|`.
-    A torchdiffeq-compatible ``func(t, state)``; an ``nn.Module`` so ``odeint_adjoint`` finds the
-    parameters of ``drift_fn`` when it is a module.
-
-    Args:
-        drift_fn: ``f(z, t) -> dz/dt``, ``z`` of shape ``batch_shape + event_shape``, ``t`` a
-            0-dim tensor (expand it yourself if your network wants one time per example).
-        event_dim: number of rightmost dimensions of ``z`` forming one event.
-        trace: ``"exact"`` or ``"hutchinson"``.
-        noise: Hutchinson noise, fixed for the whole solve (required for ``"hutchinson"``).
-
-    Example:
-        >>> dyn = AugmentedDynamics(lambda z, t: -z, event_dim=1, trace="exact")
-        >>> dz, dlogdet = dyn(torch.tensor(0.0), (torch.ones(2, 3), torch.zeros(2)))
-        >>> dlogdet.tolist()
-        [-3.0, -3.0]
-    """
-
-    def __init__(
-        self,
-        drift_fn: DriftFn,
-        event_dim: int = 1,
-        trace: str = "exact",
-        noise: Tensor | None = None,
-    ) -> None:
-        super().__init__()
-        if trace not in TRACE_METHODS:
-            raise ValueError(f"trace must be one of {TRACE_METHODS}, got {trace!r}")
-        if trace == "hutchinson" and noise is None:
-            raise ValueError("the Hutchinson estimator needs a noise tensor fixed for the solve")
-        self.drift_fn = drift_fn
-        self.event_dim = event_dim
-        self.trace = trace
-        self.noise = noise
-        self.num_evals = 0
-
-    def forward(self, t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-        z = state[0]
-        self.num_evals += 1
-        # Differentiating the divergence again is only needed when the caller records a graph
-        # (training, or the adjoint's backward pass); sampling under no_grad skips it.
-        create_graph = torch.is_grad_enabled()
-        with autograd_enabled():
-            z, t = graph_input(z), graph_input(t)
-            # Without a graph to keep, differentiate at a fresh leaf: the adjoint's forward
-            # solve runs under no_grad, where the state is a view of an input that requires
-            # grad (a reparameterized sample, HMC's position); autograd routes such a view's
-            # gradient to its base, so the divergence w.r.t. the view failed ("not used in
-            # the graph").
-            if not create_graph or not z.requires_grad:
-                z = z.detach().requires_grad_(True)
-            dz = call_drift(self.drift_fn, z, t)
-            if self.trace == "exact":
-                div = divergence_exact(dz, z, self.event_dim, create_graph)
-            else:
-                div = divergence_hutchinson(dz, z, self.noise, self.event_dim, create_graph)
-        if not create_graph:
-            dz, div = dz.detach(), div.detach()
-        return dz, div
 
 
 #: torchdiffeq's fixed-grid solvers: their steps do not depend on the state
@@ -266,12 +200,101 @@ def odeint_with_logdet(
 # make_fx recordings (pyro_gen.infer's compiled path) are not affected by the marker.
 @torch.compiler.disable
 def _odeint(dynamics, state, times, adjoint, adjoint_params, kwargs):
+    return solve_ode(
+        dynamics, state, times, adjoint=adjoint, adjoint_params=adjoint_params, **kwargs
+    )
+
+
+def solve_ode(
+    func: Callable,
+    y0: Tensor | tuple[Tensor, ...],
+    times: Tensor,
+    *,
+    adjoint: bool = False,
+    adjoint_params: Iterable[Tensor] | None = None,
+    **kwargs,
+):
+    r"""torchdiffeq's ``odeint(func, y0, times, **kwargs)`` (``odeint_adjoint`` with
+    ``adjoint``), with its bare ``AssertionError: underflow in dt`` replaced by an error that
+    says what went wrong and what to do.
+
+    Why: an adaptive solver stops so when its step size shrinks to nothing, which happens where
+    the solution blows up or the field turns non-finite: an untrained or diverging network,
+    such as the probability-flow ODE of an untrained variance-exploding score model, whose
+    drift grows like :math:`\sigma_{max}^2` times the network's output. The original error
+    stays attached as the cause; any other error passes unchanged.
+
+    Raises:
+        RuntimeError: naming where the solver stopped and the ways on (a fixed-step solver,
+            looser tolerances, a trained model).
+
+    Example:
+        >>> y = solve_ode(lambda t, y: -y, torch.ones(1), torch.tensor([0.0, 1.0]))
+        >>> round(float(y[-1]), 4) == round(math.exp(-1), 4)
+        True
+        >>> # dy/dt = y**2 from y(0) = 1: y = 1 / (1 - t) blows up at t = 1
+        >>> solve_ode(lambda t, y: y**2, torch.ones(1), torch.tensor([0.0, 2.0]))
+        Traceback (most recent call last):
+        ...
+        RuntimeError: the ODE solver (method='dopri5', ...) stopped near t=1, ...
+    """
     tdq = _torchdiffeq()
-    if adjoint:
-        return tdq.odeint_adjoint(
-            dynamics, state, times, adjoint_params=tuple(adjoint_params), **kwargs
-        )
-    return tdq.odeint(dynamics, state, times, **kwargs)
+    last: dict = {}
+
+    def recorded(t, y):
+        dy = func(t, y)
+        # detached: the adjoint's backward pass calls this too, and a graph kept here would
+        # outlive the solve
+        last["t"], last["dy"] = t, _detached(dy)
+        return dy
+
+    try:
+        if adjoint:
+            if adjoint_params is None and isinstance(func, nn.Module):
+                adjoint_params = tuple(func.parameters())
+            if adjoint_params is None:  # torchdiffeq's own error: whose parameters?
+                return tdq.odeint_adjoint(func, y0, times, **kwargs)
+            params = tuple(adjoint_params)
+            return tdq.odeint_adjoint(recorded, y0, times, adjoint_params=params, **kwargs)
+        return tdq.odeint(recorded, y0, times, **kwargs)
+    except AssertionError as err:
+        if not str(err).startswith("underflow in dt"):
+            raise
+        raise RuntimeError(_underflow_message(last, times, kwargs)) from err
+
+
+def _detached(value):
+    if isinstance(value, tuple | list):
+        return tuple(v.detach() for v in value)
+    return value.detach()
+
+
+def _underflow_message(last: dict, times: Tensor, kwargs: dict) -> str:
+    dy = last.get("dy", ())
+    finite = all(bool(torch.isfinite(p).all()) for p in (dy if isinstance(dy, tuple) else (dy,)))
+    t = float(torch.as_tensor(last.get("t", times[0])).detach())
+    # the last evaluation: a trial step's, at the stuck time when steps shrank, or where
+    # the field first returned inf/NaN (the step size drops to zero at once then)
+    where = (
+        f"stopped near t={t:.4g}" if finite else f"stopped: the field is not finite at t={t:.4g}"
+    )
+    lo, hi = sorted((float(times[0]), float(times[-1])))
+    if not lo <= t <= hi:
+        # the first step's trial point: sized from the field at the start, where it is small
+        where += " (a trial step past the end of the solve)"
+    solver = ", ".join(
+        f"{k}={kwargs.get(k, d)!r}"
+        for k, d in (("method", "dopri5"), ("rtol", 1e-7), ("atol", 1e-9))
+    )
+    return (
+        f"the ODE solver ({solver}) {where}, solving from t={float(times[0]):.4g} to "
+        f"{float(times[-1]):.4g}: its step size shrank to zero, as it does where the solution "
+        "blows up. An untrained or diverging network gives such fields, e.g. the "
+        "probability-flow ODE of an untrained variance-exploding score model, whose drift "
+        "grows like sigma_max**2 times the network's output. Train the model longer; or loosen "
+        "rtol/atol; or use a fixed-step solver, method='rk4', options={'step_size': 0.01}, "
+        "which always finishes (with inf or NaN where the solution blows up)"
+    )
 
 
 def ode_log_likelihood(

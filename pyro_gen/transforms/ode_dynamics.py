@@ -1,6 +1,8 @@
 r"""Vector fields :math:`f(z, t)` for continuous normalizing flows: FFJORD's ConcatSquash
 MLP and conv net, and an MLP on a sinusoidal embedding of :math:`t` (the one flow matching
-trains best), for :class:`~pyro_gen.transforms.continuous.ContinuousFlow`."""
+trains best), for :class:`~pyro_gen.transforms.continuous.ContinuousFlow`; and the field the
+solver integrates, :class:`AugmentedDynamics`: :math:`f` with the trace of its Jacobian, whose
+integral is the flow's log-determinant."""
 
 from __future__ import annotations
 
@@ -10,7 +12,19 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ConcatSquashLinear", "ODEConvNet", "ODEMLP", "ODETimeMLP", "call_drift"]
+from pyro_gen.transforms.divergence import divergence_exact, divergence_hutchinson
+from pyro_gen.transforms.own_derivatives import autograd_enabled, graph_input
+
+__all__ = [
+    "AugmentedDynamics",
+    "ConcatSquashLinear",
+    "ODEConvNet",
+    "ODEMLP",
+    "ODETimeMLP",
+    "call_drift",
+]
+
+TRACE_METHODS = ("exact", "hutchinson")
 
 #: what a user's dynamics network is told when it fails, or returns another shape: the usual
 #: cause is a network written for torchdiffeq's ``func(t, z)`` argument order
@@ -53,6 +67,72 @@ def call_drift(drift_fn: Callable[[Tensor, Tensor], Tensor], z: Tensor, t: Tenso
             f"z). {ARGUMENT_ORDER}"
         )
     return dz
+
+
+class AugmentedDynamics(nn.Module):
+    r"""The augmented ODE
+    :math:`\frac{d}{dt}[z, \ell] = [f(z, t), \operatorname{tr}(\partial f/\partial z)]`.
+
+    Integrating it from :math:`t_a` to :math:`t_b` with :math:`\ell(t_a) = 0` gives
+    :math:`z(t_b)` and :math:`\ell(t_b) = \log|\det \partial z(t_b) / \partial z(t_a)|`.
+    A torchdiffeq-compatible ``func(t, state)``; an ``nn.Module`` so ``odeint_adjoint`` finds the
+    parameters of ``drift_fn`` when it is a module.
+
+    Args:
+        drift_fn: ``f(z, t) -> dz/dt``, ``z`` of shape ``batch_shape + event_shape``, ``t`` a
+            0-dim tensor (expand it yourself if your network wants one time per example).
+        event_dim: number of rightmost dimensions of ``z`` forming one event.
+        trace: ``"exact"`` or ``"hutchinson"``.
+        noise: Hutchinson noise, fixed for the whole solve (required for ``"hutchinson"``).
+
+    Example:
+        >>> dyn = AugmentedDynamics(lambda z, t: -z, event_dim=1, trace="exact")
+        >>> dz, dlogdet = dyn(torch.tensor(0.0), (torch.ones(2, 3), torch.zeros(2)))
+        >>> dlogdet.tolist()
+        [-3.0, -3.0]
+    """
+
+    def __init__(
+        self,
+        drift_fn: Callable[[Tensor, Tensor], Tensor],
+        event_dim: int = 1,
+        trace: str = "exact",
+        noise: Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        if trace not in TRACE_METHODS:
+            raise ValueError(f"trace must be one of {TRACE_METHODS}, got {trace!r}")
+        if trace == "hutchinson" and noise is None:
+            raise ValueError("the Hutchinson estimator needs a noise tensor fixed for the solve")
+        self.drift_fn = drift_fn
+        self.event_dim = event_dim
+        self.trace = trace
+        self.noise = noise
+        self.num_evals = 0
+
+    def forward(self, t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        z = state[0]
+        self.num_evals += 1
+        # Differentiating the divergence again is only needed when the caller records a graph
+        # (training, or the adjoint's backward pass); sampling under no_grad skips it.
+        create_graph = torch.is_grad_enabled()
+        with autograd_enabled():
+            z, t = graph_input(z), graph_input(t)
+            # Without a graph to keep, differentiate at a fresh leaf: the adjoint's forward
+            # solve runs under no_grad, where the state is a view of an input that requires
+            # grad (a reparameterized sample, HMC's position); autograd routes such a view's
+            # gradient to its base, so the divergence w.r.t. the view failed ("not used in
+            # the graph").
+            if not create_graph or not z.requires_grad:
+                z = z.detach().requires_grad_(True)
+            dz = call_drift(self.drift_fn, z, t)
+            if self.trace == "exact":
+                div = divergence_exact(dz, z, self.event_dim, create_graph)
+            else:
+                div = divergence_hutchinson(dz, z, self.noise, self.event_dim, create_graph)
+        if not create_graph:
+            dz, div = dz.detach(), div.detach()
+        return dz, div
 
 
 class ConcatSquashLinear(nn.Module):

@@ -37,7 +37,8 @@ def bind_context(net: Any, context: torch.Tensor, event_dims: int) -> functools.
 
 def _call_with_context(net: Any, event_dims: int, h: torch.Tensor, *, context: torch.Tensor):
     batch = h.shape[: h.dim() - event_dims]
-    full = broadcast_context(h, context, event_dims).shape[:-1]
-    if full != batch:
-        h = h.expand(full + h.shape[h.dim() - event_dims :])
+    if context.shape[:-1] != batch:  # the usual one context per input skips this
+        full = broadcast_context(h, context, event_dims).shape[:-1]
+        if full != batch:
+            h = h.expand(full + h.shape[h.dim() - event_dims :])
     return net(h, context=context)

@@ -188,6 +188,9 @@ def _impute(args: argparse.Namespace) -> None:
     probe_writable(args.run, "imputation.json")
     model = _load_run_or_explain(args.run, config, device)
     view, _ = held_out_view(config, args.num_test)
+    # importance draws from the run's own seed, as evaluate's: imputing a run twice gives one
+    # answer (unseeded, two calls differed in the third digit of vae_mse)
+    pyro.set_rng_seed(config["seed"])
     impute_command(model, config, view, args, path)
 
 

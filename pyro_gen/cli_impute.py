@@ -66,5 +66,7 @@ def impute_command(
     observed = torch.where(mask, truth, torch.full_like(truth, 0.5))  # hidden pixels grey
     rows = torch.cat([truth[:n], observed[:n], filled[:n]]).cpu()
     plotting.save_image_grid(rows.reshape(rows.shape[0], *rows.shape[-2:]), path, nrow=n)
-    report(results, Path(args.run) / "imputation.json")
+    target = Path(args.run) / "imputation.json"
+    report(results, target)
+    print(f"written to {target}")
     print(f"truth, observed and imputed images written to {path}")

@@ -40,6 +40,13 @@ def test_miwae_trains_on_incomplete_images_and_imputes_them(tmp_path, capsys):
     assert imputed["missing_rate"] == 0.5 and imputed["num_test"] == 32
     assert imputed["vae_mse"] > 0 and imputed["mean_imputation_mse"] > 0
     assert (run / "imputed.png").stat().st_size > 0
+    assert f"written to {run / 'imputation.json'}" in out
+    # imputing a run twice gives one answer, as evaluating it does: the importance draws
+    # come from the run's seed (unseeded, two calls differed in the third digit of vae_mse)
+    torch.manual_seed(123)
+    status, _, err = cli(capsys, "impute", run, "--k", "20", "--num-test", "32")
+    assert status == 0, err
+    assert json.loads((run / "imputation.json").read_text()) == imputed
 
     status, _, err = cli(capsys, "impute", run, "--missing-rate", "1.5")
     assert status == 2 and "must lie in [0, 1)" in err

@@ -173,6 +173,12 @@ class BatchNorm(FlowTransformModule):
     Each call returns the log-determinant of the statistics it actually used, so
     ``log_abs_det_jacobian`` is right in both modes and both directions.
 
+    The batch is every batch dim of the input, so the particle dims that
+    ``Trace_ELBO(vectorize_particles=True)`` adds on the left of a flow prior's latents
+    share one set of statistics (with sequential particles each has its own): the two
+    losses differ in training mode. Use sequential particles, or ``.eval()``, where that
+    matters.
+
     Why not Pyro's ``BatchNorm``: it supports vectors only (no per-channel image
     statistics), its :math:`\gamma = \mathrm{relu}(\cdot) + 10^{-6}` can die (zero
     gradient), and its training-mode log-det always uses the variance of ``y``, which is

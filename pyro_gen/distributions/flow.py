@@ -89,6 +89,23 @@ class FlowDistribution(dist.TransformedDistribution):
             "(unbiased, standard error shrinking as 1/sqrt(n))"
         )
 
+    # torch's mean and variance raise a NotImplementedError without a message; the same
+    # type here, which Pyro's init_to_mean and pyro_gen's point estimates catch to fall
+    # back on draws
+    @property
+    def mean(self) -> torch.Tensor:
+        raise NotImplementedError(
+            "a flow has no closed-form mean in general (it pushes the base through a "
+            "nonlinear map); estimate it by Monte Carlo, d.sample((n,)).mean(0) for n draws"
+        )
+
+    @property
+    def variance(self) -> torch.Tensor:
+        raise NotImplementedError(
+            "a flow has no closed-form variance in general (it pushes the base through a "
+            "nonlinear map); estimate it by Monte Carlo, d.sample((n,)).var(0) for n draws"
+        )
+
 
 def _positive_temperature(temperature: float | torch.Tensor) -> float | torch.Tensor:
     """The temperature scales the base's standard deviations, so it must be positive (at

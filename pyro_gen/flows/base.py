@@ -216,7 +216,10 @@ class FlowModel(PicklableModule):
         """
         register_module(self.name, self.flow)
         if x is None:
-            n = num_samples if y is None or y.dim() < 2 else y.shape[0]
+            # the rows of y are its second-to-last dim: dims left of it are batch dims, a
+            # draw per Predictive(parallel=True) sample when y comes from a latent (its first
+            # dim made the plate the number of samples: "Shape mismatch inside plate('data')")
+            n = num_samples if y is None or y.dim() < 2 else y.shape[-2]
             with pyro.plate("data", n):
                 return pyro.sample(self.site, self.distribution(y=y))
         self._check(x)

@@ -240,10 +240,12 @@ def _refuse_joint_draw(name: str) -> None:
 
 
 def _is_point(fn: object) -> bool:
-    """Whether ``fn`` is a ``Delta`` under its ``.mask``/``.to_event`` wrappers."""
+    """Whether ``fn`` is a point mass: a ``Delta`` (under its ``.mask``/``.to_event``
+    wrappers) with no density. A Delta given ``log_density=log q(z)`` of a draw the guide
+    made itself carries a density, so its KL is as well defined as any other's."""
     while isinstance(fn, (Independent, MaskedDistribution)):
         fn = fn.base_dist
-    return isinstance(fn, Delta)
+    return isinstance(fn, Delta) and not bool(torch.as_tensor(fn.log_density).any())
 
 
 def _refuse_point(name: str) -> None:

@@ -132,3 +132,30 @@ def test_a_point_estimate_in_a_guide_list_or_by_hand_is_refused():
 
     with pytest.raises(ValueError, match=r"guide site 's' is a point estimate"):
         FreeBitsELBO(1.0).loss(model, point_guide, X)
+
+
+def test_a_delta_carrying_the_guides_density_is_floored_as_any_latent():
+    """A guide that draws z itself and records it as Delta(z, log_density=log q(z)) is no
+    point estimate: its Monte Carlo KL is floored as a whole, as computed here."""
+    loc, scale = torch.tensor([0.3, -0.2]), torch.tensor([0.5, 2.0])
+
+    def density_guide(x):
+        with pyro.plate("data", x.shape[0]):
+            q = dist.Normal(loc, scale).to_event(1).expand([x.shape[0]])
+            z = q.rsample()
+            pyro.sample("z", dist.Delta(z, log_density=q.log_prob(z), event_dim=1))
+            pyro.sample("s", dist.LogNormal(0.0, 1.0))
+
+    for free_bits in (0.0, 5.0):
+        pyro.set_rng_seed(4)
+        got = FreeBitsELBO(free_bits).loss(model, density_guide, X)
+        pyro.set_rng_seed(4)
+        guide_trace = poutine.trace(density_guide).get_trace(X)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(X)
+        z, s = guide_trace.nodes["z"]["value"], guide_trace.nodes["s"]["value"]
+        q_s = dist.LogNormal(0.0, 1.0)
+        kl_z = (dist.Normal(loc, scale).log_prob(z) - dist.Normal(0.0, 1.0).log_prob(z)).sum()
+        kl_s = (q_s.log_prob(s) - q_s.log_prob(s)).sum()  # the guide is the prior: zero
+        log_lik = model_trace.nodes["x"]["fn"].log_prob(X).sum()
+        expected = -log_lik + max(kl_z, free_bits * 2 * 4) + max(kl_s, free_bits * 1 * 4)
+        assert got == pytest.approx(expected.item(), rel=1e-5)

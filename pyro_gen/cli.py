@@ -169,7 +169,7 @@ def _sample_command(args: argparse.Namespace) -> None:
         pyro.set_rng_seed(args.seed)
     samples = draw_samples(spec, config, model, args.num_samples, args.sampler, args.steps)
     path = save_samples(model, samples, path, spec.plot_density(run_options(config)))
-    print(f"{args.num_samples} samples written to {path}")
+    print(f"{args.num_samples} sample{'s' * (args.num_samples != 1)} written to {path}")
 
 
 def _impute(args: argparse.Namespace) -> None:

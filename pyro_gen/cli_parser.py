@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from pyro_gen.cli_models import IMAGE_DATA, MODELS, TOY_DATA
-from pyro_gen.cli_models_gan import LOSSES
+from pyro_gen.cli_models_gan import LOSSES, MIXTURE_SAMPLES
 from pyro_gen.cli_settings import (
     OPTION_DEFAULTS,
     TRAINING_DEFAULTS,
@@ -32,6 +32,9 @@ from pyro_gen.cli_spec import MIXTURE_DATA
 # Defaults of evaluate's options, filled in once the run's model has refused the options it
 # does not read (which it can tell only from an option's parsed value of None: not typed).
 EVALUATE_DEFAULTS = {"k": 1000, "classifier_epochs": 3}
+# One text per option that several subcommands share, so that one name reads one way.
+_DEVICE_HELP = "cpu, cuda or cuda:N (default: cpu)"
+_NO_PROGRESS_HELP = "hide the progress bars (default: shown)"
 
 # ---------------------------------------------------------------------------------------
 # Argument parsing. Every value is checked here, where the user typed it.
@@ -75,13 +78,13 @@ def recorded_setting_problem(name: str, value: Any) -> bool:
         return True
 
 
-def _add_setting(group: Any, name: str, help: str, **kwargs: Any) -> None:
+def _add_setting(group: Any, name: str, help: str, shown: str | None = None, **kwargs: Any) -> None:
     # SUPPRESS: an option appears in the parsed arguments only if the user typed it, so a
     # resume can tell a setting asked for from a default, and options of other models
-    # can be refused by name.
+    # can be refused by name. `shown`: what the default means, where "none" would not say.
     _SETTING_CHECKS[name] = (kwargs.get("type"), kwargs.get("choices"))
     default = {**TRAINING_DEFAULTS, **OPTION_DEFAULTS}[name]
-    shown = "default: " + ("none" if default is None else str(default))
+    shown = "default: " + (shown or ("none" if default is None else str(default)))
     group.add_argument(flag(name), default=argparse.SUPPRESS, help=f"{help} ({shown})", **kwargs)
 
 
@@ -126,19 +129,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_setting(train, "toy_samples", "training samples of a 2D toy dataset", type=positive)
     _add_setting(train, "seed", "random seed", type=seed_value)
-    train.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    train.add_argument("--device", default="cpu", help=_DEVICE_HELP)
     train.add_argument(
-        "--out", type=path_value, default=None, help="run directory (default runs/MODEL-DATA)"
+        "--out", type=path_value, default=None, help="run directory (default: runs/MODEL-DATA)"
     )
     train.add_argument(
         "--override",
         type=override_names,
         action="extend",
         default=[],
-        help="on resume, settings that may differ from the recorded run (e.g. lr,batch-size; "
-        "default: none)",
+        help="on resume, settings that may differ from the recorded run, comma-separated "
+        "(e.g. lr,batch-size) (default: none)",
     )
-    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    train.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS_HELP)
     train.add_argument(
         "--no-compile",
         action="store_true",
@@ -192,8 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting(
         vae,
         "mask_file",
-        "vae: observation mask of the training images, .pt or .npy, one entry per pixel "
-        "(True or 1 = observed); the model scores the observed pixels",
+        "vae: observation mask of the training images, .pt or .npy, of their shape (N, H, W), "
+        "N after --subset: one entry per pixel of each image (True or 1 = observed); the model "
+        "scores the observed pixels",
     )
 
     flows = train.add_argument_group("flow options (nice, realnvp, glow, maf, nsf, resflow, cnf)")
@@ -207,8 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
         flows,
         "velocity_net",
         "cnf on 2D data: the network of the ODE's velocity, FFJORD's concat_squash or "
-        "time_mlp (a sinusoidal time embedding; none: time_mlp for --objective flow-matching "
-        "and rectified, whose checkerboard KL it halved, concat_squash for ml)",
+        "time_mlp (a sinusoidal time embedding, which halved the checkerboard KL of flow "
+        "matching)",
+        shown="time_mlp for --objective flow-matching and rectified, concat_squash for ml",
         choices=("concat_squash", "time_mlp"),
     )
 
@@ -222,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting(
         gan,
         "n_critic",
-        "discriminator steps per generator step (the loss's own: 1, or 5 for wgan)",
+        "discriminator steps per generator step",
+        shown="the loss's own: 5 for wgan-gp and wgan-clip, else 1",
         type=positive,
     )
 
@@ -265,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--k", type=positive, default=None,
         help="importance samples of the IWAE log-likelihood: VAEs, flows on images "
-        f"(default {EVALUATE_DEFAULTS['k']})",
+        f"(default: {EVALUATE_DEFAULTS['k']})",
     )  # fmt: skip
     evaluate.add_argument(
         "--num-test", type=positive, default=None,
@@ -274,48 +280,52 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     evaluate.add_argument(
         "-n", "--num-samples", type=positive, default=None,
-        help="samples a GAN on a 2D mixture is scored by (default 2500)",
+        help=f"samples a GAN on a 2D mixture is scored by (default: {MIXTURE_SAMPLES})",
     )  # fmt: skip
     evaluate.add_argument(
         "--classifier-epochs", type=positive, default=None,
         help="epochs of the classifier that scores GAN and CycleGAN images "
-        f"(default {EVALUATE_DEFAULTS['classifier_epochs']})",
+        f"(default: {EVALUATE_DEFAULTS['classifier_epochs']})",
     )  # fmt: skip
     evaluate.add_argument(
         "--probability-flow", action="store_true",
         help="ddpm: also the probability-flow ODE likelihood (slow for images)",
     )  # fmt: skip
-    evaluate.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    evaluate.add_argument(
-        "--no-progress", action="store_true",
-        help="hide the progress bars of the test ELBO and IWAE passes (default: shown)",
-    )  # fmt: skip
+    evaluate.add_argument("--device", default="cpu", help=_DEVICE_HELP)
+    evaluate.add_argument("--no-progress", action="store_true", help=_NO_PROGRESS_HELP)
 
     sample = sub.add_parser(
-        "sample", parents=[common], help="draw samples from a trained run into a PNG"
+        "sample",
+        parents=[common],
+        help="draw samples from a trained run into a PNG",
+        description="Draws samples from a trained run into a PNG: a grid of images, or a "
+        "scatter of 2D points over the model's density where it has one (cgan: the digits "
+        "0-9 in turn; cyclegan: the first N test images translated).",
     )
     sample.add_argument("run", type=path_value, help="run directory")
     sample.add_argument(
-        "-n", "--num-samples", type=positive, default=64, help="samples to draw (default 64)"
+        "-n", "--num-samples", type=positive, default=64, help="samples to draw (default: 64)"
     )
     sample.add_argument(
         "--sampler",
         choices=sorted({name for spec in MODELS.values() for name in spec.samplers}),
         default=None,
-        help="ddpm: ancestral (default) or ddim; ddpm, ncsn, sde: langevin (ncsn's default), "
-        "euler-maruyama, pc (sde's default) or ode",
+        help="ddpm: ancestral or ddim; ddpm, ncsn, sde: langevin, euler-maruyama, pc or ode "
+        "(default: ancestral for ddpm, langevin for ncsn, pc for sde)",
     )
     sample.add_argument(
         "--steps", type=positive, default=None,
-        help="sampling steps (langevin: noise levels; not ode, which is adaptive)",
+        help="sampling steps (langevin: noise levels; not ode, which is adaptive, nor ddpm's "
+        "ancestral, which takes all T) (default: T for ddim, 10 levels for langevin, 500 for "
+        "euler-maruyama and pc)",
     )  # fmt: skip
     sample.add_argument(
         "--out",
         type=path_value,
         default=None,
-        help="PNG file, or an existing folder for FOLDER/samples.png (default RUN/samples.png)",
+        help="PNG file, or an existing folder for FOLDER/samples.png (default: RUN/samples.png)",
     )
-    sample.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    sample.add_argument("--device", default="cpu", help=_DEVICE_HELP)
     sample.add_argument(
         "--seed", type=seed_value, default=None,
         help="random seed, for samples drawn again the same (default: unseeded, new ones)",
@@ -327,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="fill pixels hidden at random in test images with a trained vae (MIWAE)",
         description="Hides pixels of test images at random, fills them by self-normalised "
         "importance sampling with the run's VAE, and reports the error on the hidden pixels "
-        "beside mean imputation; writes a PNG of truth, observed and imputed images.",
+        "beside mean imputation, and writes them to RUN/imputation.json; draws a PNG of truth, "
+        "observed and imputed images.",
     )
     impute.add_argument("run", type=path_value, help="run directory of a vae")
     impute.add_argument(
@@ -335,21 +346,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of pixels hidden (default: the run's --missing-rate, or 0.5)",
     )  # fmt: skip
     impute.add_argument(
-        "--k", type=positive, default=1000, help="importance samples per image (default 1000)"
+        "--k", type=positive, default=1000, help="importance samples per image (default: 1000)"
     )
     impute.add_argument(
-        "--num-test", type=positive, default=100, help="test images to impute (default 100)"
+        "--num-test", type=positive, default=100, help="test images to impute (default: 100)"
     )
     impute.add_argument(
         "--out", type=path_value, default=None,
-        help="PNG file, or an existing folder for FOLDER/imputed.png (default RUN/imputed.png)",
+        help="PNG file, or an existing folder for FOLDER/imputed.png "
+        "(default: RUN/imputed.png)",
     )  # fmt: skip
-    impute.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    impute.add_argument("--device", default="cpu", help=_DEVICE_HELP)
 
     convert = sub.add_parser(
         "convert-checkpoint",
         parents=[common],
         help="rewrite the checkpoint of an older pyro-gen run in the current format",
+        description="Rewrites RUN/checkpoint.pt, written by a pyro-gen older than its "
+        "current checkpoint format, in that format (which loads without running code), and "
+        "keeps the original beside it. Needed once per such run; evaluate, sample and a "
+        "resumed train say when.",
     )
     convert.add_argument("run", type=path_value, help="run directory")
     convert.add_argument(

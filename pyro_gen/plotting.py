@@ -80,16 +80,17 @@ def save_scatter(
     """Writes a PNG of 2D samples, over the model density where ``log_prob`` is given."""
     plt = _pyplot()
     device = points.device  # the model's: its density is evaluated there
-    points = points.detach().float().cpu()
+    # NumPy arrays for matplotlib: a tensor's __array__ lacks NumPy 2's copy keyword (a warning)
+    points = points.detach().float().cpu().numpy()
     fig, ax = plt.subplots(figsize=(5, 5))
-    lo, hi = points.min(0).values - 0.5, points.max(0).values + 0.5
+    lo, hi = points.min(0) - 0.5, points.max(0) + 0.5
     if log_prob is not None:
         xs = torch.linspace(float(lo[0]), float(hi[0]), GRID)
         ys = torch.linspace(float(lo[1]), float(hi[1]), GRID)
         grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).reshape(-1, 2).to(device)
         with torch.no_grad():
-            density = log_prob(grid).exp().reshape(GRID, GRID).cpu()
-        ax.pcolormesh(xs, ys, density, shading="auto", cmap="viridis")
+            density = log_prob(grid).exp().reshape(GRID, GRID).float().cpu().numpy()
+        ax.pcolormesh(xs.numpy(), ys.numpy(), density, shading="auto", cmap="viridis")
     ax.scatter(points[:, 0], points[:, 1], s=2, c="white" if log_prob is not None else "k")
     ax.set_title(title)
     ax.set_aspect("equal")

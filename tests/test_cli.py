@@ -267,6 +267,18 @@ def test_curves_label_the_training_objective_apart_from_the_held_out_elbo(tmp_pa
     assert MODELS["vae"].train_bound({"objective": "elbo", "k": 50}) is None
 
 
+def test_scatter_plots_hand_matplotlib_arrays_not_tensors(tmp_path, recwarn):
+    # torch tensors given to pcolormesh and scatter made NumPy 2 warn ("__array__
+    # implementation doesn't accept a copy keyword") on every sample of a 2D model
+    from pyro_gen import plotting
+
+    points = torch.randn(50, 2)
+    log_prob = torch.distributions.Normal(0.0, 1.0).log_prob
+    plotting.save_scatter(points, tmp_path / "s.png", lambda x: log_prob(x).sum(-1))
+    assert (tmp_path / "s.png").stat().st_size > 0
+    assert [str(w.message) for w in recwarn] == []
+
+
 def test_evaluate_shows_progress_unless_asked_not_to(tmp_path, capsys):
     # K=1000 on MNIST took over 4 minutes without a word
     from tests.reliability.run_fixtures import cli, trained_run

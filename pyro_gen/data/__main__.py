@@ -21,6 +21,7 @@ from pyro_gen.data.idx_dataset import SPLITS, IdxDatasetSpec
 from pyro_gen.data.load import load
 from pyro_gen.data.mnist import MNIST
 from pyro_gen.data.paths import (
+    DATA_ENV,
     check_directory,
     check_file_or_absent,
     dataset_dir,
@@ -66,11 +67,27 @@ def rebuild(name: str, root: str | os.PathLike[str] | None = None) -> list[Path]
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (errors are one line on stderr)."""
-    parser = argparse.ArgumentParser(prog="python -m pyro_gen.data", description=__doc__)
+    # The --help texts are plain words: the module docstring's reST markup is for the docs.
+    parser = argparse.ArgumentParser(
+        prog="python -m pyro_gen.data",
+        description="Maintain the datasets' caches. `rebuild NAME` is the command that an "
+        "error about a damaged cache names.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    command = commands.add_parser("rebuild", help="delete a dataset's cache and fetch it again")
-    command.add_argument("name", choices=sorted(CACHED))
-    command.add_argument("--root", default=None, help="data root (default: $PYRO_GEN_DATA)")
+    command = commands.add_parser(
+        "rebuild",
+        help="delete a dataset's cache and fetch it again",
+        description="Removes the dataset's cached files (plain IDX, .gz and abandoned .part "
+        "files; never anything else) and loads both splits again from the dataset's sources, "
+        "which verify every file before it enters the cache. PYRO_GEN_OFFLINE and "
+        "PYRO_GEN_DATA apply as for pyro_gen.data.load.",
+    )
+    command.add_argument("name", choices=sorted(CACHED), help="the dataset whose cache to rebuild")
+    command.add_argument(
+        "--root",
+        default=None,
+        help=f"data root (default: ${DATA_ENV}, else ~/.cache/pyro_gen)",
+    )
     args = parser.parse_args(argv)
     try:
         removed = rebuild(args.name, args.root)

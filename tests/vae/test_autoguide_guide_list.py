@@ -1,7 +1,9 @@
 """AutoAmortizedNormal as a part of Pyro's AutoGuideList (globals guided by AutoDelta or
 AutoNormal, the locals by the encoder): a later batch of another size than the first (an
 epoch's last, a held-out set) failed with "Shape mismatch inside plate('data')", because the
-list opened the data plate at its traced size on every call and the model replayed it."""
+list opened the data plate at its traced size on every call and the model replayed it.
+And the list of the two is the single AutoAmortizedNormal split in two: the same loss and
+gradients under Trace, TraceMeanField and TraceGraph ELBOs, with a pyro_gen prior."""
 
 from __future__ import annotations
 
@@ -10,11 +12,11 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro import poutine
-from pyro.infer import SVI, Trace_ELBO
+from pyro.infer import SVI, Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 from pyro.infer.autoguide import AutoDelta, AutoGuideList, AutoNormal
 
 from pyro_gen.infer import evaluate_elbo
-from pyro_gen.vae import AutoAmortizedNormal
+from pyro_gen.vae import AutoAmortizedNormal, MixturePrior
 
 D = 4
 
@@ -78,3 +80,51 @@ def test_the_lists_data_plate_stays_where_another_part_guides_a_local_latent():
     x = torch.randn(5)
     assert torch.isfinite(torch.tensor(Trace_ELBO().loss(two_locals, guide, x)))
     assert "data" in guide._prototype_frames  # AutoNormal's u is indexed under it
+
+
+PRIOR = MixturePrior(2, 3)
+
+
+def mixture_model(x: torch.Tensor) -> None:
+    """A pyro_gen prior on the local latent, a positive global beside it."""
+    s = pyro.sample("s", dist.LogNormal(0.0, 1.0))
+    pyro.module("prior", PRIOR)
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", PRIOR())
+        pyro.sample("x", dist.Normal(z @ torch.ones(2, D), s.unsqueeze(-1)).to_event(1), obs=x)
+
+
+@pytest.mark.parametrize("Elbo", [Trace_ELBO, TraceMeanField_ELBO, TraceGraph_ELBO])
+def test_a_guide_list_is_the_single_guide_split_in_two(Elbo):
+    """AutoNormal for the global beside AutoAmortizedNormal for the local, in a list, is
+    AutoAmortizedNormal alone (whose globals get an AutoNormal of their own): with the same
+    parameter values both give the same loss and gradients on the same draws."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    x = torch.randn(5, D)
+    single = AutoAmortizedNormal(mixture_model, hidden_dims=(8,))
+    single(x)
+    split = AutoGuideList(mixture_model)
+    split.append(AutoNormal(poutine.block(mixture_model, expose=["s"])))
+    split.append(AutoAmortizedNormal(poutine.block(mixture_model, hide=["s"]), hidden_dims=(8,)))
+    split(x)
+    with torch.no_grad():  # move both off their initial values, then copy
+        for p in single.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    split[0].load_state_dict(single.global_guide.state_dict())
+    split[1].net.load_state_dict(single.net.state_dict())
+
+    def loss_and_grads(guide, parts):
+        params = [p for part in parts for p in part.parameters()]
+        for p in params:
+            p.grad = None
+        pyro.set_rng_seed(1)
+        loss = Elbo().loss_and_grads(mixture_model, guide, x)
+        return loss, [p.grad for p in params]
+
+    loss, grads = loss_and_grads(single, [single.global_guide, single.net])
+    split_loss, split_grads = loss_and_grads(split, [split[0], split[1].net])
+    assert split_loss == pytest.approx(loss, rel=1e-6)
+    assert all(g is not None for g in grads) and len(grads) == len(split_grads)
+    for a, b in zip(split_grads, grads):
+        torch.testing.assert_close(a, b)

@@ -2,7 +2,8 @@
 
 A run directory holds ``config.json`` (model name, dataset, options, training settings),
 ``checkpoint.pt`` and ``metrics.jsonl`` written by :func:`pyro_gen.infer.fit`, and the PNG
-figures the command line writes. :func:`pyro_gen.load` turns one back into a trained model.
+figures the command line writes. :func:`pyro_gen.load` turns one back into a trained model,
+and :func:`run_data` gives the data it trained on and is scored on, as the model takes them.
 Everything here is parsed as JSON, never unpickled, and checked before it is used.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +145,57 @@ def recorded_epochs(run: str | Path) -> int:
         return sum(1 for line in lines if line.strip() and not parse_json(line).get("partial"))
     except (OSError, ValueError, AttributeError):  # no records, or not ours: train anew
         return 0
+
+
+def run_data(
+    run: str | Path, split: str = "test", limit: int | None = None
+) -> tuple[Any, Callable[[Any], Any] | None]:
+    """The ``split`` of a ``pyro-gen train`` run's dataset as its model takes it, and the
+    transform applied to each batch (None for none), in the forms that
+    :func:`pyro_gen.infer.fit`, :func:`~pyro_gen.infer.evaluate_elbo` and
+    :func:`~pyro_gen.infer.iwae_log_likelihood` take as ``data`` and ``transform=``.
+
+    The model of :func:`pyro_gen.load` expects its data as training prepared them: pixels
+    binarized afresh for each batch for a VAE, dequantized for a flow on images, with the
+    run's mask for a ``--missing-rate`` VAE (a dict ``{"x": ..., "mask": ...}``), with the
+    labels for a conditional GAN. ``test`` is what ``pyro-gen evaluate`` scores, ``train``
+    what ``fit`` trained on (its first ``--subset`` examples).
+
+    Args:
+        run: a run directory of ``pyro-gen train``.
+        split: ``"test"`` or ``"train"``.
+        limit: only the first ``limit`` examples (``evaluate --num-test``); default all
+            (for ``train``, the run's ``--subset``).
+
+    Raises:
+        RunError: the directory or its ``config.json`` is missing or malformed.
+        ValueError: ``split`` or ``limit`` is not one of the values above.
+
+    Example:
+        >>> import contextlib, io, tempfile
+        >>> from pyro_gen.cli import main
+        >>> run = Path(tempfile.mkdtemp()) / "vae"
+        >>> args = ["train", "vae", "--data", "digits", "--epochs", "0", "--out", str(run)]
+        >>> with contextlib.redirect_stdout(io.StringIO()):  # --epochs 0: the settings only
+        ...     status = main(args)
+        >>> status
+        0
+        >>> x, transform = run_data(run, "test", limit=5)
+        >>> x.shape, x.dtype, sorted(transform(x).unique().tolist())
+        (torch.Size([5, 8, 8]), torch.uint8, [0.0, 1.0])
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive int or None (all examples), got {limit!r}")
+    # Imported here: the command line's tables of models import this module.
+    from pyro_gen.cli_models import check_model, load_split, run_options
+    from pyro_gen.cli_spec import data_view
+
+    config = read_config(run)
+    spec = check_model(config, run)
+    if limit is None and split == "train":
+        limit = config.get("subset")
+    x, y = load_split(config["data"], split, config, limit)
+    view = data_view(spec.data_kind(run_options(config)), config["data"], x)
+    return spec.fit_data(view.x, y, config, split), view.transform

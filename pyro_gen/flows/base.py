@@ -204,6 +204,20 @@ class FlowModel(PicklableModule):
         if x.is_floating_point() and not torch.isfinite(x).all():
             raise ValueError(f"{type(self).__name__} got non-finite data")
 
+    def _check_batch(self, x: Tensor) -> None:
+        """``model`` and ``guide`` observe one batch dim under ``pyro.plate("data", B)``: a
+        single example of shape ``event_shape`` made the plate its first event dim and was
+        scored that many times (3x for ``(3,)``, silently); more batch dims failed in Pyro
+        with "Value is not broadcastable with batch_shape+event_shape"."""
+        if x.dim() != self.event_dim + 1:
+            raise ValueError(
+                f"{type(self).__name__}.model and .guide observe a batch of shape (B, "
+                f"*{tuple(self.event_shape)}) under pyro.plate('data', B), got "
+                f"{tuple(x.shape)}: one example is x.unsqueeze(0); for more batch dims "
+                "flatten them (x.reshape(-1, *event_shape)), or observe "
+                "pyro.sample(name, flow.distribution(), obs=x) under plates of your own"
+            )
+
     def model(
         self, x: Tensor | None = None, num_samples: int = 1, y: Tensor | None = None, **context
     ) -> Tensor:
@@ -223,6 +237,7 @@ class FlowModel(PicklableModule):
             with pyro.plate("data", n):
                 return pyro.sample(self.site, self.distribution(y=y))
         self._check(x)
+        self._check_batch(x)
         with pyro.plate("data", x.shape[0]):
             if self.dequantization is not None:
                 return self.dequantization.model_step(x, self.distribution(y=y), self.site)
@@ -234,6 +249,7 @@ class FlowModel(PicklableModule):
         r"""Empty (exact maximum likelihood), or :math:`q(u \mid x)` with dequantization."""
         if x is None or self.dequantization is None:
             return None
+        self._check_batch(x)
         register_module(self.name + ".dequantization", self.dequantization)
         with pyro.plate("data", x.shape[0]):
             self.dequantization.guide_step(x)

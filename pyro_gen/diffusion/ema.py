@@ -77,7 +77,17 @@ class EMA(nn.Module):
 
     @contextmanager
     def average_parameters(self) -> Iterator[nn.Module]:
-        """Temporarily load the averages into the module (restored on exit)."""
+        """Temporarily load the averages into the module (restored on exit); before the first
+        :meth:`update` there is no average, and the module keeps its own weights.
+
+        Why: the averages start as a copy of the initial weights, so a model trained without
+        updates (in Pyro's own ``SVI`` loop, or restored from ``pyro.get_param_store()``,
+        which holds no buffers) sampled from its untrained initial network: a DDPM on
+        N(3, 0.5^2) data drew a mean of -618 where its trained weights drew 2.9.
+        """
+        if int(self.num_updates) == 0:
+            yield self._target
+            return
         params = dict(self._target.named_parameters())
         saved = {n: params[n].detach().clone() for n in self._names}
         with torch.no_grad():

@@ -127,6 +127,7 @@ def test_a_ddpms_program_runs_ddim_with_its_steps():
 
 def test_a_ddpms_program_runs_a_score_sampler_through_its_sde():
     m = _ddpm(ema_decay=0.5)
+    m.update_ema()  # an average (of the initial weights); before any, the EMA has none
     with torch.no_grad():
         m.net.lin.weight.add_(0.3)  # the EMA keeps the initial weights: now they differ
     z = torch.randn(4, 2)
@@ -187,6 +188,7 @@ def test_a_ddpms_program_draws_with_the_ema_weights_when_asked(sampler):
     # sample() draws with the EMA's weights by default; the program keeps the network's own
     # (as its chain always did) unless sampler_kwargs={"use_ema": True}
     m = _ddpm(ema_decay=0.5)
+    m.update_ema()  # an average (of the initial weights); before any, the EMA has none
     with torch.no_grad():
         m.net.lin.weight.add_(0.3)  # the EMA keeps the initial weights: now they differ
     z = torch.randn(4, 2)

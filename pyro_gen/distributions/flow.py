@@ -60,10 +60,16 @@ class FlowDistribution(dist.TransformedDistribution):
                     f"flow expects values with event shape {tuple(self.event_shape)}, "
                     f"got {tuple(value.shape)}"
                 )
-            if not bool(torch.isfinite(value).all()):
+            # one read-back in the common case (a device sync on an accelerator); which
+            # check failed is found out only when one did
+            finite = torch.isfinite(value).all()
+            inside = self.support.check(value).all()  # reduced over event dims already
+            if bool(finite & inside):
+                return super().log_prob(value)
+            if not bool(finite):
                 raise ValueError("flow log_prob got non-finite values (nan or inf)")
             # a short message instead of torch's, which prints the whole tensor
-            if not bool(self.support.check(value).all()):
+            if not bool(inside):
                 raise ValueError(
                     f"flow log_prob got values in [{value.min().item():.4g}, "
                     f"{value.max().item():.4g}], outside the support of the flow's last "

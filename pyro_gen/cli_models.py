@@ -47,6 +47,7 @@ from pyro_gen.infer.checkpoint import (
     restore_modules,
     verify_checkpoint,
 )
+from pyro_gen.infer.usable_device import device_problem
 from pyro_gen.metrics import grid_modes, ring_modes, sample_modes
 from pyro_gen.runs import CONFIG_NAME, RunError, checkpoint_path, read_config
 
@@ -302,9 +303,20 @@ def load_run(run: str | Path, device: torch.device | str = "cpu") -> torch.nn.Mo
     """The trained model of a run directory, on ``device``, in eval mode.
 
     Raises:
+        ValueError: if ``device`` is no device, or none this machine has.
         RunError: if the directory or its config.json is missing or malformed.
         CheckpointError: if checkpoint.pt is missing, damaged, of another format or model.
     """
+    # Checked first: torch refused "gpu" with a list of 25 device types, and "cuda" on a
+    # CPU-only build with "AssertionError: Torch not compiled with CUDA enabled", after the
+    # checkpoint was read.
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+    problem = device_problem(device)
+    if problem is not None:
+        raise ValueError(f"device {str(device)!r}: {problem}")
     config = read_config(run)
     check_model(config, run)
     ckpt = load_checkpoint(checkpoint_path(run), map_location="cpu")

@@ -73,3 +73,24 @@ def test_run_data_refuses_what_it_cannot_give(kwargs, message, tmp_path, capsys)
     assert cli(capsys, "train", "vae", "--data", "digits", "--epochs", "0", "--out", run)[0] == 0
     with pytest.raises(ValueError, match=message):
         run_data(run, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "device, message",
+    [
+        ("gpu", "unknown device 'gpu': use cpu, cuda or cuda:N"),
+        ("meta", "cannot hold a trained model; use cpu, cuda or cuda:N"),
+        ("cuda:99", "CUDA device"),  # none here, or fewer than 100
+    ],
+)
+def test_loading_a_run_onto_a_device_it_cannot_use_is_one_clear_error(
+    device, message, tmp_path, capsys
+):
+    # pyro_gen.load(run, device="cuda") on a CPU-only torch raised torch's
+    # "AssertionError: Torch not compiled with CUDA enabled", and "gpu" a list of 25 names
+    run = tmp_path / "vae"
+    status, _, err = cli(capsys, "train", "vae", "--data", "digits", *SMALL, "--out", run)
+    assert status == 0, err
+    with pytest.raises(ValueError, match="device") as caught:
+        pyro_gen.load(run, device=device)
+    assert message in str(caught.value)

@@ -12,6 +12,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from pyro_gen import __version__
 from pyro_gen.cli_models import IMAGE_DATA, MODELS, TOY_DATA
 from pyro_gen.cli_models_gan import LOSSES, MIXTURE_SAMPLES
 from pyro_gen.cli_settings import (
@@ -92,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     parser = _Parser(prog="pyro-gen", description="Deep generative models written the Pyro way.")
+    # the first thing a bug report asks for (it met "required: command")
+    parser.add_argument("--version", action="version", version=f"pyro-gen {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = sub.add_parser(

@@ -8,6 +8,8 @@ import re
 
 import pytest
 
+import pyro_gen
+from pyro_gen.cli import main
 from pyro_gen.cli_parser import build_parser
 from pyro_gen.cli_settings import OPTION_DEFAULTS, TRAINING_DEFAULTS, flag
 from pyro_gen.data.__main__ import main as data_main
@@ -87,3 +89,9 @@ def test_the_data_command_help_is_plain_text(capsys):
         text = capsys.readouterr().out
         assert "``" not in text and ":class:" not in text and ":func:" not in text, text
     assert re.search(r"\{fashion_mnist,mnist\}\s+\S", text), text  # the name is explained
+
+
+def test_version_is_printed(capsys):
+    # `pyro-gen --version` answered "the following arguments are required: command"
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"pyro-gen {pyro_gen.__version__}\n"

@@ -15,6 +15,7 @@ import torch
 from torch.distributions.constraints import Constraint
 
 from pyro_gen.infer.checkpoint_format import FORMAT_VERSION, MAGIC, CheckpointError, parse_json
+from pyro_gen.infer.compiled_resume import compile_record_problem
 from pyro_gen.infer.state_codec import decode
 
 _HEADER_LIMIT = 4096
@@ -93,6 +94,8 @@ def _parts(payload: dict[str, Any]) -> dict[str, Any]:
         "progress": decode(payload["progress"]),
         # absent when not given to save_checkpoint (and before it was recorded)
         "traced_params": payload.get("traced_params"),
+        # absent without a compiled step (and before it was recorded): programs start afresh
+        "compiled_step": payload.get("compiled_step"),
     }
 
 
@@ -140,7 +143,7 @@ def _layout_problem(ckpt: dict[str, Any]) -> str | None:
         isinstance(traced, list) and all(isinstance(n, str) for n in traced)
     ):
         return "traced_params is not a list of names"
-    return None
+    return compile_record_problem(ckpt["compiled_step"])
 
 
 # Per-parameter state that torch's optimizers keep as a tensor of the parameter's shape

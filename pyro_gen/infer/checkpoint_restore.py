@@ -16,6 +16,7 @@ from pyro_gen.data.random_state import set_global_rng_state
 from pyro_gen.infer.checkpoint_format import CheckpointError
 from pyro_gen.infer.checkpoint_read import PARAM_SHAPED
 from pyro_gen.infer.checkpoint_write import _class_name, check_state_arguments, optimizer_kind
+from pyro_gen.infer.compiled_resume import restore_compile_record
 from pyro_gen.infer.local_params import restore_optim_state
 from pyro_gen.infer.optim_args import (
     Change,
@@ -251,6 +252,9 @@ def restore_checkpoint(
         _set_optim_state(optim, ckpt["optim"])
         recorded = parse_recorded(ckpt.get("optim_args")) or {"params": {}}
         restore_optim_state(optim, ckpt["optim"], local, compared=recorded["params"])
+        # The compiled step made with this optimizer (fit makes it before restoring) takes
+        # each step on the path the run that wrote the checkpoint took.
+        restore_compile_record(optim, ckpt.get("compiled_step"))
     set_global_rng_state(ckpt["rng"])
     return ckpt["progress"]
 

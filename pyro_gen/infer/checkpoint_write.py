@@ -17,6 +17,7 @@ import torch
 
 from pyro_gen.data.random_state import global_rng_state
 from pyro_gen.infer.checkpoint_format import FORMAT_VERSION, MAGIC, CheckpointError
+from pyro_gen.infer.compiled_resume import compile_record
 from pyro_gen.infer.files import append_line, atomic_write_bytes
 from pyro_gen.infer.local_params import optim_state
 from pyro_gen.infer.optim_args import optimizer_args
@@ -97,6 +98,11 @@ def encode_checkpoint(
         }
         if params is not None:
             payload["traced_params"] = sorted(set(params))
+        # Which steps the compiled step trains with its recorded programs (Inductor rounds
+        # otherwise than Pyro's own step): a resume continues on the same path.
+        record = compile_record(optim)
+        if record is not None:
+            payload["compiled_step"] = encode(record, "compiled step")
     except UnsafeStateError as e:
         raise CheckpointError(f"cannot write checkpoint {path}: {e}") from e
     return payload

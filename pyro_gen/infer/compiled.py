@@ -65,8 +65,10 @@ This module holds the step's settings and its public protocol (:meth:`CompiledSV
 (:mod:`~pyro_gen.infer.compiled_step_recorder`), compiling it
 (:mod:`~pyro_gen.infer.compiled_compiler`), running and checking it
 (:mod:`~pyro_gen.infer.compiled_runner`), Pyro's own run of the model and guide
-(:mod:`~pyro_gen.infer.compiled_eager`) and the plain Pyro step
-(:mod:`~pyro_gen.infer.compiled_fallback`).
+(:mod:`~pyro_gen.infer.compiled_eager`), the plain Pyro step
+(:mod:`~pyro_gen.infer.compiled_fallback`) and what a checkpoint keeps of the programs, for
+a resumed run to take each step on the uninterrupted run's path
+(:mod:`~pyro_gen.infer.compiled_resume`).
 
 References:
     Paszke et al., PyTorch 2: Faster Machine Learning Through Dynamic Python Bytecode
@@ -103,6 +105,7 @@ from pyro_gen.infer.compiled_fallback import PlainFallback
 from pyro_gen.infer.compiled_optim import OptimizerStateError
 from pyro_gen.infer.compiled_precision import check_precision
 from pyro_gen.infer.compiled_recording import _Program, _Unsupported
+from pyro_gen.infer.compiled_resume import ResumableSteps
 from pyro_gen.infer.compiled_runner import ProgramRunner, _StaleConstants
 from pyro_gen.infer.compiled_signatures import SignaturePrograms
 from pyro_gen.infer.compiled_step_recorder import StepRecorder
@@ -135,7 +138,13 @@ def supports(loss: ELBO | None) -> bool:
 
 
 class CompiledSVI(
-    SignaturePrograms, StepRecorder, ProgramCompiler, ProgramRunner, EagerRuns, PlainFallback
+    SignaturePrograms,
+    StepRecorder,
+    ProgramCompiler,
+    ProgramRunner,
+    EagerRuns,
+    PlainFallback,
+    ResumableSteps,
 ):
     """SVI whose step runs the ELBO and its gradient as a compiled tensor program.
 
@@ -272,6 +281,14 @@ class CompiledSVI(
             self.fallback_reason = "compilation turned off"
         elif not supports(self.loss):
             self._fall_back(f"{loss_name(self.loss)} is not supported")
+        # Off for the step's whole life: a checkpoint's record does not turn it on.
+        self._off_from_start = self.fallback_reason is not None
+        # A restored checkpoint's record of the signatures not met again since (name: None
+        # when seen once, else the program's steps and whether compiled), and those of its
+        # programs to be recorded again (:mod:`~pyro_gen.infer.compiled_resume`).
+        self._resumed: dict[str, tuple[int, bool] | None] = {}
+        self._resumed_stale: set[str] = set()
+        self._serve_checkpoints()
 
     # -- public API ----------------------------------------------------------------------
 

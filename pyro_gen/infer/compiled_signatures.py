@@ -30,10 +30,10 @@ class SignaturePrograms:
     input signatures it keys programs by.
 
     Reads the step's ``_programs``, ``_sightings``, ``_first_signatures``, ``_stale``,
-    ``_local_params``, ``_calls``, ``_verify``, ``_updates``, ``backend``,
+    ``_local_params``, ``_calls``, ``_verify``, ``_updates``, ``_resumed``, ``backend``,
     ``compile_after``, ``max_programs``, ``check_steps``, ``check_every`` and
     ``compile_time_s``, and calls ``_record``, ``_compile``, ``_eager_signature``,
-    ``_eager_run`` and ``_quiet_rng``.
+    ``_eager_run``, ``_take_resumed`` and ``_quiet_rng``.
 
     Example:
         >>> import pyro.distributions as dist
@@ -84,6 +84,12 @@ class SignaturePrograms:
             with self._quiet_rng(tensors):
                 signature = self._eager_signature(args, kwargs)
             self._check_sites(signature, structure=(key[0], key[2]))
+            # What the run that wrote a restored checkpoint had done with this signature
+            # (compiled_resume): met before, it is recorded now, as that run did.
+            resumed = self._take_resumed(key) if self._resumed else None
+            if key not in self._sightings and resumed is not None:
+                self._sightings[key] = signature
+                self._updates.register(self._params_of(signature))
             if key not in self._sightings:
                 seen = len(self._sightings)
                 # Training data give one signature per argument structure (a semi-supervised
@@ -97,14 +103,24 @@ class SignaturePrograms:
                 self._sightings[key] = signature
                 self._updates.register(self._params_of(signature))
                 return None
-            prog = self._programs[key] = self._record(args, kwargs, tensors, signature)
+            calls, compiled = resumed if resumed is not None else (0, None)
+            prog = self._record(args, kwargs, tensors, signature, compiled=compiled)
+            self._programs[key], prog.calls = prog, calls
             if held is not None:  # batches whose input checks failed, not yet reported
                 prog.held = held
-        elif not prog.compiled and prog.calls >= compile_after(
-            self.backend,
-            self.compile_after,
-            first=False,
-            device=tensors[0].device if tensors else None,
+        # Not a program recorded at this step (no calls yet: _record compiled it or not),
+        # unless it continues a checkpoint's count: then it compiles where the
+        # uninterrupted run did. That test comes last: the steady state stops before it.
+        if (
+            not prog.compiled
+            and prog.calls
+            >= compile_after(
+                self.backend,
+                self.compile_after,
+                first=False,
+                device=tensors[0].device if tensors else None,
+            )
+            and prog.calls > 0
         ):
             start = time.perf_counter()
             prog.fn, prog.compiled = self._compile(prog, tensors), True

@@ -76,9 +76,10 @@ class StepRecorder:
     """Mixin of :class:`~pyro_gen.infer.compiled.CompiledSVI`: :meth:`_record`.
 
     Reads the step's ``loss``, ``grad_clip``, ``step_guard``, ``backend``,
-    ``compile_after``, ``retain_cpu_memory``, ``_kl``, ``_programs``, ``_updates``,
-    ``_flag_on_device`` and ``compile_time_s``, and calls ``_params_of``, ``_beta_values``,
-    ``_traces``, ``_networks``, ``_quiet_rng``, ``_eager_signature`` and ``_compile``.
+    ``compile_after``, ``retain_cpu_memory``, ``_kl``, ``_updates``, ``_flag_on_device``
+    and ``compile_time_s``, and calls ``_params_of``, ``_beta_values``, ``_traces``,
+    ``_networks``, ``_quiet_rng``, ``_eager_signature``, ``_no_program_yet`` and
+    ``_compile``.
 
     Example:
         >>> import pyro.distributions as dist
@@ -95,9 +96,16 @@ class StepRecorder:
     """
 
     def _record(
-        self, args: tuple, kwargs: dict, tensors: list[torch.Tensor], signature: tuple
+        self,
+        args: tuple,
+        kwargs: dict,
+        tensors: list[torch.Tensor],
+        signature: tuple,
+        compiled: bool | None = None,
     ) -> _Program:
-        """Records the step for these inputs; ``signature`` is their eager run's."""
+        """Records the step for these inputs; ``signature`` is their eager run's.
+        ``compiled``: whether to compile it now, as the run that wrote a restored checkpoint
+        had (:mod:`~pyro_gen.infer.compiled_resume`); None decides as for a new program."""
         start = time.perf_counter()
         with self._quiet_rng(tensors):
             params = self._params_of(signature)
@@ -203,12 +211,17 @@ class StepRecorder:
         self._updates.register(params)
         if self.retain_cpu_memory and any(p.device.type == "cpu" for p in params):
             retain_freed_cpu_memory()
-        now = compile_after(self.backend, self.compile_after, first=not self._programs) == 0
-        if now and prog.guards and resolved_backend(self.backend) == "inductor":
-            # Values read from the data steer this program (control flow): the next batch
-            # may not take its path (ProdLDA's int(counts.max()) did not; Inductor had spent
-            # 20 s on it), so it compiles once it has held for a while (_program_for).
-            now = False
+        if compiled is not None:  # as in the run that wrote the checkpoint
+            now = compiled
+        else:
+            first = self._no_program_yet()
+            now = compile_after(self.backend, self.compile_after, first=first) == 0
+            if now and prog.guards and resolved_backend(self.backend) == "inductor":
+                # Values read from the data steer this program (control flow): the next
+                # batch may not take its path (ProdLDA's int(counts.max()) did not; Inductor
+                # had spent 20 s on it), so it compiles once it has held for a while
+                # (_program_for).
+                now = False
         if now:
             prog.fn, prog.compiled = self._compile(prog, tensors), True
         elif self.backend == "auto":

@@ -155,12 +155,15 @@ def fit(
     it exactly, mid-epoch included: ``steps=4`` then a resume to ``steps=12`` gives the same
     parameters as ``steps=12`` in one call. A resume inside an epoch needs the data batched
     as before (the same batch size and number of examples) and is refused otherwise; at an
-    epoch boundary the batch size may change. Exactly means bit for bit with
-    ``compile=False`` and with the default compiled step on the CPU; where Inductor compiles
-    the step (``compile=True``, or on CUDA after 500 steps), the two agree to float
-    rounding (1e-7 after 8 steps of a small model): a resumed run starts its programs
-    afresh, so its first step on each input shape is Pyro's own and its switch to Inductor
-    comes later, where the uninterrupted run replayed the compiled program. A checkpoint of
+    epoch boundary the batch size may change. Exactly means bit for bit, where Inductor
+    compiles the step too (``compile=True``, or on CUDA after 500 steps), whose program
+    rounds otherwise than Pyro's own step: the checkpoint records which input shapes the
+    compiled step has met, how many steps each program has taken and which Inductor has
+    compiled, and the resumed run takes each step on the path the uninterrupted one took
+    (:mod:`~pyro_gen.infer.compiled_resume`). A checkpoint written before that record was
+    kept resumes with the programs started afresh (Pyro's own step first on each input
+    shape), which under Inductor agrees with the uninterrupted run to float rounding only
+    (1e-7 after 8 steps of a small model). A checkpoint of
     a model or guide with other param sites is refused, naming them. ``steps=0`` restores a
     checkpoint and trains nothing (to evaluate or sample from a trained run); a
     ``checkpoint_dir`` without one is then refused. Restoring writes nothing, so the run

@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pyro_gen.cli_evaluate import with_se
-from pyro_gen.cli_spec import PIXEL_LEVELS, Evaluation, ModelSpec
+from pyro_gen.cli_spec import PIXEL_LEVELS, Evaluation, ModelSpec, UsageError
 
 
 def dilate(x: torch.Tensor) -> torch.Tensor:
@@ -76,6 +76,11 @@ def _translations(model: Any, config: dict[str, Any], n: int) -> torch.Tensor:
     from pyro_gen.cli_models import load_split
 
     x, _ = load_split(config["data"], "test", config, n)
+    if x.shape[0] < n:  # it drew fewer than asked for and counted the -n asked
+        raise UsageError(
+            f"-n {n}: a cyclegan's samples are translations of test images, and "
+            f"{config['data']} has {x.shape[0]} test images; give -n {x.shape[0]} or fewer"
+        )
     return model.translate(_unit(x, config).to(next(model.parameters()).device))
 
 

@@ -125,6 +125,9 @@ def test_cyclegan_translates_digits_and_scores_against_the_known_mapping(tmp_pat
     assert 0 <= results["class_preservation"] <= 1 and results["cycle_error"] >= 0
     assert cli(capsys, "sample", run, "-n", "9")[0] == 0
     assert pyro_gen.load(run).translate(x[:3]).shape == (3, 1, 8, 8)
+    # its samples translate test images: -n 1000 drew the 297 there and said "1000 samples"
+    status, _, err = cli(capsys, "sample", run, "-n", "1000")
+    assert_one_line_error(status, err, "-n 1000", "297 test images", "-n 297 or fewer")
 
 
 def test_cgan_records_the_projection_discriminator_and_older_runs_rebuild_theirs():

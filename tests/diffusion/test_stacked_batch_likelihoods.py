@@ -2,7 +2,8 @@
 model and the network take: the bound (:func:`variational_bound`, its sampled estimate,
 ``DDPM.bits_per_dim``, :func:`prior_kl`), the continuous-time bound and the probability-flow
 likelihoods refused them ("expected data of shape (batch, 2), got (3, 4, 2)"; the image
-helpers: "shape '[3, 1, 4, 4]' is invalid"). Each now returns the per-slice loop's results
+helpers: "shape '[3, 1, 4, 4]' is invalid"; ``FlowMatching.log_prob``: an error about the
+training program's time plate). Each now returns the per-slice loop's results
 with the batch dims kept: every draw is made in the order the loop makes it (one chunk of
 ``batch_size`` rows per slice; one generator), so the two agree to the last bit, or, where the
 draws are laid out over the whole batch at once (:func:`likelihood_bound`), the flat batch's.
@@ -18,6 +19,7 @@ from torch import nn
 
 from pyro_gen.diffusion import (
     DDPM,
+    FlowMatching,
     likelihood_bound,
     prior_kl,
     probability_flow_bits_per_dim,
@@ -26,6 +28,7 @@ from pyro_gen.diffusion import (
     sampled_variational_bound,
     variational_bound,
 )
+from pyro_gen.transforms.continuous import ContinuousFlow
 
 K, B, T, LEVELS = 3, 4, 10, 4
 
@@ -162,3 +165,13 @@ def test_the_continuous_time_bound_of_stacked_batches():
     # the exact terms, example by example, are the per-slice loop's
     loop = [likelihood_bound(m, x[k], time_samples=4, context=context) for k in range(K)]
     _same(stacked, loop, ("prior", "reconstruction"))
+
+
+def test_flow_matchings_log_prob_of_stacked_batches_is_the_per_slice_loop():
+    # LabelNet takes one flat batch (B, 2), as a user's velocity network does
+    torch.manual_seed(0)
+    fm = FlowMatching(ContinuousFlow(LabelNet(), (2,), **FIXED_STEPS)).double()
+    _, x, context = _vectors()
+    lp = fm.log_prob(x, context=context)
+    loop = [fm.log_prob(x[k], context=context) for k in range(K)]
+    torch.testing.assert_close(lp, torch.stack(loop))

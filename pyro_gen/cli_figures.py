@@ -46,7 +46,11 @@ def write_figures(
 
     train_bound = spec.train_bound(run_options(config))
     curves = out / "curves.png"
-    paths = [plotting.save_curves(history, curves, bound, train_bound)] if history else []
+    paths = (
+        [plotting.save_curves(history, curves, bound, train_bound, spec.bound_is_loss)]
+        if history
+        else []
+    )
     samples = draw_samples(spec, config, model.eval(), num_samples)
     behind = spec.plot_density(run_options(config))
     paths.append(save_samples(model, samples, out / "samples.png", behind))

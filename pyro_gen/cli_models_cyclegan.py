@@ -125,6 +125,7 @@ CYCLEGAN_MODELS: dict[str, ModelSpec] = {
         evaluate_options=lambda o, data: ("num_test", "classifier_epochs"),
         figure=_translations,
         bound=lambda o: "translators' loss",
+        bound_is_loss=True,
         adam={"betas": (0.5, 0.999)},
     ),
 }

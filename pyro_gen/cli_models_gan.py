@@ -151,6 +151,7 @@ _COMMON = dict(
     unused_options=_unused_options,
     sample=_sample,
     bound=lambda o: "generator loss",
+    bound_is_loss=True,
     # DCGAN's Adam settings for the generator (Radford et al.)
     adam={"betas": (0.5, 0.999)},
 )

@@ -190,6 +190,8 @@ class ModelSpec:
             that transforms data rather than samples it (CycleGAN: translated test images).
         plot_density: ``options -> bool``: whether the 2D sample plot shows ``log_prob``
             behind the points (not where each of its 10,000 grid points is an ODE solve).
+        bound_is_loss: whether ``bound`` names the loss itself, as ``test_loss`` holds it (an
+            adversarial loss), not what ``-train_loss`` and ``test_elbo`` are.
     """
 
     build: Callable[[tuple[int, ...], dict[str, Any]], torch.nn.Module]
@@ -228,3 +230,4 @@ class ModelSpec:
     held_out_in_fit: Callable[[dict[str, Any]], bool] = field(default=lambda opts: True)
     figure: Callable[[Any, dict[str, Any], int], torch.Tensor] | None = None
     plot_density: Callable[[dict[str, Any]], bool] = field(default=lambda opts: True)
+    bound_is_loss: bool = False

@@ -107,30 +107,40 @@ def save_curves(
     path: str | Path,
     bound: str = "ELBO",
     train_bound: str | None = None,
+    is_loss: bool = False,
 ) -> Path:
     """Writes a PNG of the per-epoch training objective and, where recorded, the held-out
-    bound (``test_elbo`` in the records), labelled ``bound``; the training curve is labelled
-    ``train_bound`` (default ``bound``) where the objective trained differs from the held-out
-    one, e.g. an IWAE bound trained while ``test_elbo`` is the ELBO."""
+    one, labelled ``bound``; the training curve is labelled ``train_bound`` (default
+    ``bound``) where the objective trained differs from the held-out one, e.g. an IWAE bound
+    trained while ``test_elbo`` is the ELBO.
+
+    The curves are ``-train_loss`` and ``test_elbo`` (an ELBO, or the negated loss ``bound``
+    names), or with ``is_loss`` ``train_loss`` and ``test_loss`` as they are (an adversarial
+    loss, which no bound negates)."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _pyplot()
+    sign, test_key = (1.0, "test_loss") if is_loss else (-1.0, "test_elbo")
     epochs = [r["epoch"] for r in history]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(
         epochs,
-        [-r["train_loss"] for r in history],
+        [sign * r["train_loss"] for r in history],
         "o-",
         label=f"train {train_bound or bound} / example",
     )
-    tested = [r for r in history if "test_elbo" in r]
+    tested = [r for r in history if test_key in r]
     if tested:
         ax.plot(
             [r["epoch"] for r in tested],
-            [r["test_elbo"] for r in tested],
+            [r[test_key] for r in tested],
             "s-",
             label=f"test {bound} / example",
         )
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
+    nats = bound in ("ELBO", "exact log-likelihood")
+    ax.set_ylabel("loss per example" if is_loss else "nats per example" if nats else "per example")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("nats")
     ax.legend()
     try:
         return _write_png(

@@ -267,6 +267,38 @@ def test_curves_label_the_training_objective_apart_from_the_held_out_elbo(tmp_pa
     assert MODELS["vae"].train_bound({"objective": "elbo", "k": 50}) is None
 
 
+def test_curves_of_an_adversarial_loss_show_the_loss_and_whole_epochs(tmp_path, monkeypatch):
+    # A GAN's curve was labelled "train generator loss" but drew minus the loss (0.68 as
+    # -0.68), in "nats", without its held-out test_loss; epochs were ticked 1.2, 1.4, ...
+    import matplotlib.pyplot as plt
+
+    from pyro_gen import plotting
+    from pyro_gen.cli_models import MODELS
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    history = [{"epoch": e, "train_loss": 0.6 + e / 10, "test_loss": 0.5 + e / 10} for e in (1, 2)]
+    loss = MODELS["gan"].bound_is_loss and MODELS["cyclegan"].bound_is_loss
+    plotting.save_curves(history, tmp_path / "c.png", "generator loss", is_loss=loss)
+    ax = figures[0].axes[0]
+    lines = {line.get_label(): list(line.get_ydata()) for line in ax.get_lines()}
+    assert lines == {
+        "train generator loss / example": [0.7, 0.8],
+        "test generator loss / example": [0.6, 0.7],
+    }
+    assert ax.get_ylabel() == "loss per example"
+    assert all(float(t).is_integer() for t in ax.get_xticks())
+    # an ELBO is drawn as it is, in nats; a model's own objective stays negated (an ELBO)
+    assert not MODELS["vae"].bound_is_loss and not MODELS["sde"].bound_is_loss
+    elbo = [{"epoch": e, "train_loss": 30.0, "test_elbo": -31.0} for e in (1, 2)]
+    plotting.save_curves(elbo, tmp_path / "e.png")
+    assert figures[1].axes[0].get_ylabel() == "nats per example"
+    assert [list(line.get_ydata()) for line in figures[1].axes[0].get_lines()] == [
+        [-30.0, -30.0],
+        [-31.0, -31.0],
+    ]
+
+
 def test_scatter_plots_hand_matplotlib_arrays_not_tensors(tmp_path, recwarn):
     # torch tensors given to pcolormesh and scatter made NumPy 2 warn ("__array__
     # implementation doesn't accept a copy keyword") on every sample of a 2D model

@@ -60,6 +60,10 @@ def read_config(run: str | Path) -> dict[str, Any]:
     """
     run = Path(run)
     if not run.is_dir():
+        if run.exists() and (run.parent / CONFIG_NAME).is_file():  # a run's own file
+            raise RunError(
+                f"{run} is a file of the run directory {run.parent}; give {run.parent} itself"
+            )
         kind = "is a file, not a run directory" if run.exists() else "does not exist"
         raise RunError(f"run directory {run} {kind}: train one with `pyro-gen train`")
     path = run / CONFIG_NAME
@@ -76,7 +80,7 @@ def read_config(run: str | Path) -> dict[str, Any]:
             )
         raise RunError(
             f"{run} has no {CONFIG_NAME}: it is not a pyro-gen run directory; point at the "
-            "--out directory of `pyro-gen train`"
+            f"--out directory of `pyro-gen train`{_runs_inside(run)}"
         )
     size = path.stat().st_size
     if size > _CONFIG_LIMIT:
@@ -106,6 +110,23 @@ def read_config(run: str | Path) -> dict[str, Any]:
             "or retrain into a fresh directory"
         )
     return config
+
+
+# Runs named when a command is pointed at the folder that holds them (e.g. runs/).
+_RUNS_NAMED = 10
+
+
+def _runs_inside(folder: Path) -> str:
+    """``"; it holds RUN, RUN, ..."``: the run directories right inside ``folder``, for a
+    user who named the folder of their runs; empty where there are none."""
+    try:
+        runs = sorted(p for p in folder.iterdir() if (p / CONFIG_NAME).is_file())
+    except OSError:  # unreadable: the error says what it said before
+        return ""
+    if not runs:
+        return ""
+    more = f", and {len(runs) - _RUNS_NAMED} more" if len(runs) > _RUNS_NAMED else ""
+    return f"; it holds {', '.join(str(p) for p in runs[:_RUNS_NAMED])}{more}"
 
 
 def checkpoint_path(run: str | Path) -> Path:

@@ -267,8 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate",
         parents=[common],
         help="test ELBO and importance-weighted log-likelihood; exact densities; GAN metrics",
-        description="Scores a trained run on its held-out data. What is measured depends on "
-        "the run's model, and an option its evaluation does not read is refused.",
+        description="Scores a trained run on its held-out data and writes the numbers to "
+        "RUN/evaluation.json. What is measured depends on the run's model, and an option its "
+        "evaluation does not read is refused. Random draws come from the run's --seed: "
+        "evaluating a run twice gives one answer.",
     )
     evaluate.add_argument("run", type=path_value, help="run directory")
     evaluate.add_argument(
@@ -341,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Hides pixels of test images at random, fills them by self-normalised "
         "importance sampling with the run's VAE, and reports the error on the hidden pixels "
         "beside mean imputation, and writes them to RUN/imputation.json; draws a PNG of truth, "
-        "observed and imputed images.",
+        "observed and imputed images. Random draws come from the run's --seed: imputing twice "
+        "gives one answer.",
     )
     impute.add_argument("run", type=path_value, help="run directory of a vae")
     impute.add_argument(

@@ -193,7 +193,8 @@ class AdversarialLoss(PyroLoss):
     ``train_loss`` is a value per example.
 
     Conditional GANs pass labels as ``y``, by name or as the model's argument ``y`` by
-    position (``model(x, y)`` stepped as ``svi.step(x, y)``, or fit's ``(x, y)`` batches):
+    position (``model(x, y)`` stepped as ``svi.step(x, y)``, or fit's ``(x, y)`` batches), or
+    under the name the user's model gives them (``labels="digit"`` for ``model(x, digit)``):
     the discriminator gets them as its context, one-hot with ``discriminator.context_dim``
     classes when they are integers (a network without a ``context_dim`` attribute gets
     ``y`` as given: integer labels for an ``nn.Embedding`` stay integers).
@@ -205,6 +206,7 @@ class AdversarialLoss(PyroLoss):
             ``functools.partial(torch.optim.Adam, lr=2e-4)``; default per loss.
         n_critic: discriminator steps per generator step.
         site: the observed site the discriminator judges; default the model's only one.
+        labels: the name of the model's argument holding a conditional GAN's labels.
         record: run the model's generating run from a recording, replayed each step
             (:class:`~pyro_gen.gan.recorded.RecordedRuns`: the same examples and gradients as
             the Pyro run, without Pyro's per-site work; models it cannot stand for run
@@ -226,9 +228,17 @@ class AdversarialLoss(PyroLoss):
         optim: OptimizerFactory | None = None,
         n_critic: int = 1,
         site: str | None = None,
+        labels: str = "y",
         record: bool = True,
     ) -> None:
         super().__init__()
+        # a model written model(x, digit) had its labels found only as y: a conditional
+        # discriminator was refused with "called without labels" whatever the call
+        if not isinstance(labels, str) or not labels.isidentifier():
+            raise ValueError(
+                f"labels must name the model's argument holding the labels (a string such as "
+                f"'y' or 'digit'), got {labels!r}"
+            )
         if not isinstance(discriminator, nn.Module):
             raise TypeError(f"discriminator must be a torch.nn.Module, got {type(discriminator)}")
         if isinstance(_last_layer(discriminator), nn.Sigmoid | nn.Softmax):
@@ -238,6 +248,7 @@ class AdversarialLoss(PyroLoss):
         self.discriminator = discriminator
         self.n_critic = n_critic
         self.site = site
+        self.labels = labels
         factory = optim if optim is not None else self.default_optim
         self.optimizer = factory(discriminator.parameters())
         self.last_discriminator_loss: torch.Tensor | None = None
@@ -347,7 +358,7 @@ class AdversarialLoss(PyroLoss):
         its observations removed (replayed from a recording where the model allows one:
         :class:`~pyro_gen.gan.recorded.RecordedRuns`)."""
         sites = self.runs(model, guide, args, kwargs)
-        return self.batch_of(sites, self._context(model_labels(model, args, kwargs)))
+        return self.batch_of(sites, self._context(model_labels(model, args, kwargs, self.labels)))
 
     @staticmethod
     def unconditioned_trace(
@@ -380,11 +391,12 @@ class AdversarialLoss(PyroLoss):
             # a model subsampling inside (pyro.plate(..., subsample_size=B) with y[idx]) takes
             # the whole data set's labels; their rows meet the batch's in the discriminator
             raise ValueError(
-                f"the labels y hold {context.shape[0]} rows but the model's site {name!r} has "
-                f"{rows} examples: the discriminator scores each example with its own row of "
-                "y. A model that subsamples its data inside (pyro.plate(..., subsample_size=...))"
-                " takes the whole data set's labels; subsample outside it instead (fit's "
-                "batch_size, or the batch's x and y passed to the model)"
+                f"the labels {self.labels} hold {context.shape[0]} rows but the model's site "
+                f"{name!r} has {rows} examples: the discriminator scores each example with its "
+                f"own row of {self.labels}. A model that subsamples its data inside "
+                "(pyro.plate(..., subsample_size=...)) takes the whole data set's labels; "
+                "subsample outside it instead (fit's batch_size, or the batch's examples and "
+                "labels passed to the model)"
             )
         return _flat(
             AdversarialBatch(
@@ -415,14 +427,16 @@ class AdversarialLoss(PyroLoss):
             if context_dim:
                 raise ValueError(
                     f"the discriminator is conditional (context_dim={context_dim}) but the "
-                    "model was called without labels: pass y=labels (in fit, the data as a "
-                    "dict {'x': ..., 'y': ...})"
+                    f"model was called without labels {self.labels}: pass {self.labels}=labels (in "
+                    f"fit, the data as a dict {{'x': ..., {self.labels!r}: ...}}); a model that "
+                    "calls its labels by another name says which, e.g. labels='digit'"
                 )
             return None
         if context_dim == 0:
             raise ValueError(
-                "labels y were given but the discriminator was built with context_dim=0: a "
-                "conditional GAN needs a conditional discriminator (context_dim=num_classes)"
+                f"labels {self.labels} were given but the discriminator was built with "
+                "context_dim=0: a conditional GAN needs a conditional discriminator "
+                "(context_dim=num_classes)"
             )
         if y.is_floating_point() or context_dim is None:
             return y
@@ -449,16 +463,18 @@ class AdversarialLoss(PyroLoss):
         except TypeError as e:  # a user's network called without its labels, or with them
             if batch.context is not None:
                 raise TypeError(
-                    f"the discriminator was called as D(x, y) on site {batch.site!r}, y the "
-                    f"labels the model takes as its argument y, and failed: {e}. A conditional "
-                    "GAN's discriminator takes them; a model whose argument y is not labels "
-                    "should call it something else"
+                    f"the discriminator was called as D(x, {self.labels}) on site "
+                    f"{batch.site!r}, {self.labels} the labels the model takes as its argument "
+                    f"{self.labels}, and failed: {e}. A conditional GAN's discriminator takes "
+                    f"them; a model whose argument {self.labels} is not labels should call it "
+                    "something else"
                 ) from e
             raise TypeError(
                 f"the discriminator was called as D(x) on site {batch.site!r} and failed: {e}. "
                 "A conditional discriminator gets the labels the model is called with as its "
-                "argument y (model(x, y): svi.step(x, y) or y=labels; in fit, batches (x, y) "
-                "or {'x': ..., 'y': ...})"
+                f"argument {self.labels} (model(x, {self.labels}): svi.step(x, {self.labels}) "
+                f"or {self.labels}=labels; in fit, batches (x, {self.labels}) or a dict); a "
+                "model that calls its labels by another name says which, e.g. labels='digit'"
             ) from e
         shape = batch.batch_shape
         if out.shape != shape:

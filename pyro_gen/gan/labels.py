@@ -18,18 +18,22 @@ __all__ = ["context_like", "model_labels"]
 _SIGNATURES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def model_labels(model: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
-    """The labels ``y`` a model was called with, by name or by position: ``svi.step(x, y)``
-    and fit's ``(x, y)`` tuples and DataLoaders pass them positionally to ``model(x, y)``,
-    and a discriminator left without them would be conditioned on nothing.
+def model_labels(model: Callable[..., Any], args: tuple, kwargs: dict, name: str = "y") -> Any:
+    """The labels a model was called with as its argument ``name`` (``y`` unless the user's
+    model calls them something else), by name or by position: ``svi.step(x, y)`` and fit's
+    ``(x, y)`` tuples and DataLoaders pass them positionally to ``model(x, y)``, and a
+    discriminator left without them would be conditioned on nothing.
 
     Example:
         >>> def model(x, y=None): ...
         >>> model_labels(model, (1, 2), {}), model_labels(model, (1,), {"y": 3})
         (2, 3)
+        >>> def digits(x, digit): ...
+        >>> model_labels(digits, (1, 4), {}, name="digit")
+        4
     """
-    if "y" in kwargs or len(args) < 2:
-        return kwargs.get("y")
+    if name in kwargs or len(args) < 2:
+        return kwargs.get(name)
     key = getattr(model, "__func__", model)  # a bound method's function: one per class
     try:
         signature = _SIGNATURES.get(key)
@@ -43,13 +47,13 @@ def model_labels(model: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         bound = signature.bind_partial(*args)
     except (TypeError, ValueError):  # no signature (a builtin), or arguments it refuses
         return None
-    parameter = signature.parameters.get("y")
+    parameter = signature.parameters.get(name)
     if parameter is None or parameter.kind not in (
         parameter.POSITIONAL_ONLY,
         parameter.POSITIONAL_OR_KEYWORD,
     ):
         return None
-    return bound.arguments.get("y")
+    return bound.arguments.get(name)
 
 
 def context_like(context: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -96,6 +96,7 @@ class WassersteinGAN(_Critic):
         optim: builds the critic's optimizer; default RMSprop(lr=5e-5).
         n_critic: critic steps per generator step.
         site: the observed site; default the model's only one.
+        labels: the name of the model's argument holding a conditional GAN's labels.
         record: replay the model's run from a recording (see :class:`AdversarialLoss`).
 
     References:
@@ -119,11 +120,14 @@ class WassersteinGAN(_Critic):
         optim: OptimizerFactory | None = None,
         n_critic: int = 5,
         site: str | None = None,
+        labels: str = "y",
         record: bool = True,
     ) -> None:
         if not clip > 0:
             raise ValueError(f"clip must be a positive weight bound, got {clip!r}")
-        super().__init__(critic, optim=optim, n_critic=n_critic, site=site, record=record)
+        super().__init__(
+            critic, optim=optim, n_critic=n_critic, site=site, labels=labels, record=record
+        )
         self.clip = float(clip)
         self.after_discriminator_step()  # the critic starts inside the bound too
 
@@ -151,6 +155,7 @@ class WassersteinGP(_Critic):
         optim: builds the critic's optimizer; default Adam(lr=1e-4, betas=(0, 0.9)).
         n_critic: critic steps per generator step.
         site: the observed site; default the model's only one.
+        labels: the name of the model's argument holding a conditional GAN's labels.
         record: replay the model's run from a recording (see :class:`AdversarialLoss`).
 
     References:
@@ -174,11 +179,14 @@ class WassersteinGP(_Critic):
         optim: OptimizerFactory | None = None,
         n_critic: int = 5,
         site: str | None = None,
+        labels: str = "y",
         record: bool = True,
     ) -> None:
         if not penalty_weight >= 0:
             raise ValueError(f"penalty_weight must be non-negative, got {penalty_weight!r}")
-        super().__init__(critic, optim=optim, n_critic=n_critic, site=site, record=record)
+        super().__init__(
+            critic, optim=optim, n_critic=n_critic, site=site, labels=labels, record=record
+        )
         self.penalty_weight = float(penalty_weight)
 
     @staticmethod

@@ -8,7 +8,12 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from pyro_gen.diffusion.context import check_outer_dims, check_sampler_choice, expand_context
+from pyro_gen.diffusion.context import (
+    check_outer_dims,
+    check_sampler_choice,
+    data_plate,
+    expand_context,
+)
 from pyro_gen.diffusion.network import register_module
 from pyro_gen.diffusion.score_samplers import SAMPLERS
 
@@ -53,7 +58,8 @@ class FullChainForm:
         # data may have outer plates' dims (a latent's particles) before the batch dim
         batch = num_samples if x0 is None else x0.shape[x0.dim() - self.event_dim - 1]
         zeros = self.sample_reference().new_zeros((batch, *self.net_shape))
-        with pyro.plate("data", batch):
+        plate = pyro.plate("data", batch) if x0 is None else data_plate(batch, "DDPM")
+        with plate:
             x_t = pyro.sample(f"x_{T}", dist.Normal(zeros, 1.0).to_event(self.event_dim))
             for t in range(T, 1, -1):
                 p = self.p_mean_logvar(x_t, t, **context)
@@ -72,7 +78,7 @@ class FullChainForm:
         s, nd, T = self.schedule, self.event_dim, self.schedule.num_timesteps
         x0 = self.to_model_space(x, outer=True)
         check_outer_dims(x0, nd, type(self).__name__, time_plate=False)
-        with pyro.plate("data", x0.shape[x0.dim() - nd - 1]):
+        with data_plate(x0.shape[x0.dim() - nd - 1], "DDPM"):
             mean, std = s.q_mean_std(x0, self._times(T, x0), nd)
             x_t = pyro.sample(f"x_{T}", dist.Normal(mean, std).to_event(nd))
             for t in range(T, 1, -1):

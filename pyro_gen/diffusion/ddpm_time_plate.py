@@ -14,7 +14,7 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 
-from pyro_gen.diffusion.context import check_outer_dims
+from pyro_gen.diffusion.context import check_outer_dims, data_plate
 from pyro_gen.diffusion.ddpm_time_steps import TimeStepDraws
 from pyro_gen.diffusion.network import register_module
 from pyro_gen.diffusion.parameterization import convert
@@ -47,7 +47,7 @@ class TimePlateForm(TimeStepDraws):
         x0 = self.to_model_space(x, outer=True)
         check_outer_dims(x0, nd, type(self).__name__)
         B = x0.shape[x0.dim() - nd - 1]  # outer plates' dims (a latent's particles) before it
-        with pyro.plate("data", B, dim=-1), self._time_steps(x0, guide=False) as t:
+        with data_plate(B, "DDPM"), self._time_steps(x0, guide=False) as t:
             mean, std = s.q_mean_std(x0, t, nd)
             x_t = pyro.sample("x_t", dist.Normal(mean, std).to_event(nd))
             obs = x0.expand(x_t.shape)
@@ -81,7 +81,7 @@ class TimePlateForm(TimeStepDraws):
         x0 = self.to_model_space(x, outer=True)
         check_outer_dims(x0, nd, type(self).__name__)
         B = x0.shape[x0.dim() - nd - 1]  # outer plates' dims (a latent's particles) before it
-        with pyro.plate("data", B, dim=-1), self._time_steps(x0, guide=True) as t:
+        with data_plate(B, "DDPM"), self._time_steps(x0, guide=True) as t:
             mean, std = s.q_mean_std(x0, t, nd)
             x_t = pyro.sample("x_t", dist.Normal(mean, std).to_event(nd))
             if self.objective == "elbo" or self.variance == "learned_range":

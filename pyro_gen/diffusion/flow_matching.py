@@ -45,6 +45,7 @@ from torch import Tensor
 from pyro_gen.diffusion.context import (
     check_outer_dims,
     check_sampler_choice,
+    data_plate,
     expand_context,
     slice_context,
 )
@@ -364,7 +365,7 @@ class FlowMatching(FlowODE, PicklableModule):
         register_module(self.name, self.flow)
         B = self._check(x, z)
         with (
-            pyro.plate("data", B, dim=-1),
+            data_plate(B, "FlowMatching"),
             poutine.scale(scale=1 / self.time_samples),
             pyro.plate("time", self.time_samples, dim=-2),
         ):
@@ -391,7 +392,7 @@ class FlowMatching(FlowODE, PicklableModule):
             return None
         B = self._check(x, z)
         with (
-            pyro.plate("data", B, dim=-1),
+            data_plate(B, "FlowMatching"),
             poutine.scale(scale=1 / self.time_samples),
             pyro.plate("time", self.time_samples, dim=-2),
         ):

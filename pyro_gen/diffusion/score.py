@@ -39,6 +39,7 @@ from pyro_gen.diffusion.context import (
     check_no_positional_labels,
     check_outer_dims,
     check_sampler_choice,
+    data_plate,
     expand_context,
 )
 from pyro_gen.diffusion.network import call_network, register_module
@@ -336,7 +337,7 @@ class ScoreModel(PicklableModule):
         register_module(self.name, self)
         check_no_positional_labels(x, num_samples, type(self).__name__)
         B, K = self._check(x), self.time_samples
-        with pyro.plate("data", B, dim=-1):
+        with data_plate(B, "ScoreModel"):
             with poutine.scale(scale=1 / K), pyro.plate("time", K, dim=-2):
                 t, x_t, mean, std = self._sites(x)
                 noise = (x_t - mean) / std
@@ -370,7 +371,7 @@ class ScoreModel(PicklableModule):
             return None
         check_no_positional_labels(x, num_samples, type(self).__name__)
         B, K = self._check(x), self.time_samples
-        with pyro.plate("data", B, dim=-1):
+        with data_plate(B, "ScoreModel"):
             with poutine.scale(scale=1 / K), pyro.plate("time", K, dim=-2):
                 self._sites(x)
             if self.bound:

@@ -25,8 +25,6 @@ import itertools
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-import pyro
-import pyro.util
 import torch
 from pyro.infer import ELBO, Trace_ELBO
 from torch import nn
@@ -46,7 +44,6 @@ from pyro_gen.infer.argument_kinds import check_kinds
 from pyro_gen.infer.batch_checks import warn_nothing_observed
 from pyro_gen.infer.distributed import _plates
 from pyro_gen.infer.elbo_module import unpack_elbo_module
-from pyro_gen.infer.local_params import local_params
 from pyro_gen.infer.loss_value import reported_loss, subsampled_size
 from pyro_gen.infer.pair_declarations import declared_plate
 from pyro_gen.infer.program import Program, program, trace_once, warm_up
@@ -60,6 +57,7 @@ from pyro_gen.lightning_optimizer import (
     check_optimizer_factory,
     world_size,
 )
+from pyro_gen.lightning_params import trained_parameters
 from pyro_gen.lightning_resume import forget_epoch_end_resume, resume_at_epoch_end
 from pyro_gen.lightning_store import lost_params, store_lost_error
 
@@ -214,25 +212,9 @@ class LightningSVI(lightning.LightningModule):
             key = name.replace(".", "/")
             if key not in self.pyro_modules:
                 self.pyro_modules[key] = module
-        names = [
-            name
-            for trace in (guide_trace, model_trace)
-            for name, site in trace.nodes.items()
-            if site["type"] == "param"
-        ]
-        store = dict(pyro.get_param_store().named_parameters())  # unconstrained: the leaves
-        # params outside the store: a PyroModule's own under Pyro's module_local_params (as
-        # in Pyro's Lightning example), registered here as the module's parameters already
-        local = local_params(guide_trace, model_trace)
-        owned = {id(p) for p in self.parameters()}
-        trained: dict[int, nn.Parameter] = {}
-        for name in dict.fromkeys(names):
-            value = store[name] if name in store else local[name]
-            if id(value) not in owned:
-                value = self._adopt(name, value)
-                owned.add(id(value))
-            trained.setdefault(id(value), value)
-        self._trained = list(trained.values())
+        self._trained = trained_parameters(
+            self, (guide_trace, model_trace), self.pyro_params, self._in_store
+        )
         if not self._trained:
             raise ValueError(
                 "the model and guide register no parameters (no pyro.module, pyro.param or "
@@ -247,20 +229,6 @@ class LightningSVI(lightning.LightningModule):
         user's code creates tensors."""
         first = next(itertools.chain(self.parameters(), self.buffers()), None)
         return torch.device("cpu") if first is None else first.device
-
-    def _adopt(self, name: str, value: torch.Tensor) -> nn.Parameter:
-        """Registers a param-store tensor as a parameter of this module; the store is made to
-        hold that same ``nn.Parameter`` (a plain ``pyro.param`` leaf is not one)."""
-        store = pyro.get_param_store()
-        if name in store and not isinstance(value, nn.Parameter):
-            constraint = store.get_state()["constraints"][name]
-            value = nn.Parameter(value.detach())
-            del store[name]
-            store.set_state({"params": {name: value}, "constraints": {name: constraint}})
-        if name in store:
-            self._in_store[name] = value
-        self.pyro_params[name.replace(".", "/")] = value
-        return value
 
     def _check_store_holds_adopted(self, during_fit: bool = False) -> None:
         """The adopted ``pyro.param`` tensors must still be the store's, or the loss uses

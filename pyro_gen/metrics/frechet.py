@@ -53,6 +53,12 @@ def frechet_distance(f1: torch.Tensor | np.ndarray, f2: torch.Tensor | np.ndarra
             f"features must be matrices (N, D) of the same width, got {tuple(f1.shape)} and "
             f"{tuple(f2.shape)}{hint}"
         )
+    # (N, 0) features gave a distance of 0.0, read as "the same distribution"
+    if f1.shape[1] == 0:
+        raise ValueError(
+            f"features must have at least one column, got shapes {tuple(f1.shape)} and "
+            f"{tuple(f2.shape)}: pass the classifier's features, one row per example"
+        )
     if f1.shape[0] < 2 or f2.shape[0] < 2:
         raise ValueError("each feature set needs at least 2 rows to estimate a covariance")
     for name, f in (("f1", f1), ("f2", f2)):

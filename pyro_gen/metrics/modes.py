@@ -15,15 +15,16 @@ References:
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from pyro_gen.metrics.inputs import as_tensor
+from pyro_gen.metrics.inputs import as_tensor, results_equal
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ModeCoverage:
     """What :func:`mode_coverage` measured.
 
@@ -39,6 +40,9 @@ class ModeCoverage:
     num_modes: int
     high_quality: float
     counts: torch.Tensor
+
+    # compares the tensor fields by value (the generated == fails on them)
+    __eq__ = results_equal
 
     def __str__(self) -> str:
         return f"{self.modes}/{self.num_modes} modes, {100 * self.high_quality:.1f}% high quality"
@@ -129,10 +133,16 @@ def mode_coverage(
     """
     samples = as_tensor(samples, "samples", "points (..., D)")
     centers = as_tensor(centers, "centers", "the modes' means (K, D)")
-    if centers.dim() != 2 or centers.shape[0] == 0 or samples.shape[-1:] != centers.shape[1:]:
+    # D = 0 put every sample on every mode: "8/8 modes, 100% high quality" of nothing
+    if (
+        centers.dim() != 2
+        or 0 in centers.shape
+        or samples.dim() == 0
+        or samples.shape[-1:] != centers.shape[1:]
+    ):
         raise ValueError(
-            f"samples (..., D) and centers (K, D) with K >= 1 must share their last dim D, got "
-            f"{tuple(samples.shape)} and {tuple(centers.shape)}"
+            f"samples (..., D) and centers (K, D) with K >= 1 and D >= 1 must share their last "
+            f"dim D, got {tuple(samples.shape)} and {tuple(centers.shape)}"
         )
     # pyro.infer.Predictive puts draws on a leading dim, (num_samples, N, D): every point
     # is a sample, whatever the batch dims in front of D
@@ -155,8 +165,9 @@ def mode_coverage(
     # captured with no sample near it
     if samples.shape[0] == 0:
         raise ValueError("mode_coverage needs at least one sample, got none")
-    if min_count < 1:
-        raise ValueError(f"min_count must be at least 1, got {min_count!r}")
+    # a fractional min_count (2.5) counted as its ceiling without a word
+    if isinstance(min_count, bool) or not isinstance(min_count, numbers.Integral) or min_count < 1:
+        raise ValueError(f"min_count must be at least 1 and a whole number, got {min_count!r}")
     # a diverged model's NaN samples read as a mode collapse ("0/8 modes")
     finite = torch.isfinite(samples).all(-1)
     if not bool(finite.all()):

@@ -1,0 +1,83 @@
+"""Samples and features a user may hand the metrics by mistake (complex values, rows with no
+columns, a fractional count), each refused with one error that says what to pass instead, and
+the metrics' invariance to the order of the samples."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pyro_gen.metrics import (
+    class_coverage,
+    frechet_distance,
+    mode_coverage,
+    ring_modes,
+    sample_modes,
+)
+
+
+@pytest.mark.parametrize("as_numpy", [False, True], ids=["tensor", "numpy"])
+def test_complex_values_are_refused_not_cast_to_their_real_part(as_numpy):
+    # a spectrum's coefficients: before, the imaginary part was dropped with torch's warning
+    f = torch.randn(50, 3, dtype=torch.complex128)
+    real = torch.randn(50, 3, dtype=torch.float64)
+    wrap = (lambda t: t.numpy()) if as_numpy else (lambda t: t)
+    with pytest.raises(TypeError, match=r"f1 must be features.*real values.*x\.real"):
+        frechet_distance(wrap(f), real)
+    with pytest.raises(TypeError, match=r"f2 must be features.*real values"):
+        frechet_distance(real, wrap(f))
+    points = sample_modes(ring_modes(), 0.02, 200).to(torch.complex64)
+    with pytest.raises(TypeError, match="samples must be points.*real values"):
+        mode_coverage(wrap(points), ring_modes(), 0.02)
+    with pytest.raises(TypeError, match="predicted must be class indices with real values"):
+        class_coverage(wrap(torch.zeros(4, dtype=torch.complex64)), 3)
+
+
+def test_features_or_points_without_columns_are_refused():
+    # (N, 0) features gave 0.0, the distance of identical distributions
+    with pytest.raises(ValueError, match="at least one column"):
+        frechet_distance(torch.randn(5, 0), torch.randn(7, 0))
+    # D = 0 put every sample on every mode: "8/8 modes, 100.0% high quality"
+    with pytest.raises(ValueError, match="K >= 1 and D >= 1"):
+        mode_coverage(torch.zeros(100, 0), torch.zeros(8, 0), 0.1)
+
+
+@pytest.mark.parametrize("min_count", [2.5, 20.0, True])
+def test_a_count_that_is_not_a_whole_number_is_refused(min_count):
+    # 2.5 counted as 3 without a word
+    x = sample_modes(ring_modes(), 0.02, 400, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="min_count must be at least 1 and a whole number"):
+        mode_coverage(x, ring_modes(), 0.02, min_count=min_count)
+    # a numpy integer is a whole number: the same counts as the int
+    assert mode_coverage(x, ring_modes(), 0.02, min_count=np.int64(20)) == mode_coverage(
+        x, ring_modes(), 0.02, min_count=20
+    )
+
+
+def test_the_order_of_the_samples_changes_nothing():
+    gen = torch.Generator().manual_seed(1)
+    f1 = torch.randn(300, 4, generator=gen, dtype=torch.float64)
+    f2 = torch.randn(200, 4, generator=gen, dtype=torch.float64) * 2 + 1
+    p1, p2 = torch.randperm(300, generator=gen), torch.randperm(200, generator=gen)
+    distance = frechet_distance(f1, f2)
+    assert distance > 1.0  # far apart: the comparison has room to fail
+    assert frechet_distance(f1[p1], f2[p2]) == pytest.approx(distance, rel=1e-12)
+    # swapping the two sets is the same distance: W2 is symmetric
+    assert frechet_distance(f2, f1) == pytest.approx(distance, rel=1e-12)
+    x = sample_modes(ring_modes(), 0.05, 500, gen)
+    x = torch.cat([x, torch.full((20, 2), 7.0)])  # a few strays far from every mode
+    got = mode_coverage(x, ring_modes(), 0.05)
+    shuffled = mode_coverage(x[torch.randperm(len(x), generator=gen)], ring_modes(), 0.05)
+    assert got.high_quality < 1.0 and got == shuffled
+    # results compare by value: == on them failed with torch's "Boolean value of Tensor..."
+    assert got != mode_coverage(x[:400], ring_modes(), 0.05)
+    predicted = torch.randint(0, 5, (100,), generator=gen)
+    classes = class_coverage(predicted, 6)
+    assert classes == class_coverage(predicted[torch.randperm(100, generator=gen)], 6)
+    assert classes != class_coverage(predicted, 7) and classes.covered == 5
+    # the modes' order permutes the per-mode counts and nothing else
+    order = torch.randperm(8, generator=gen)
+    reordered = mode_coverage(x, ring_modes()[order], 0.05)
+    assert torch.equal(reordered.counts, got.counts[order])
+    assert (reordered.modes, reordered.high_quality) == (got.modes, got.high_quality)

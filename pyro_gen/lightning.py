@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
-from pyro.infer import ELBO, Trace_ELBO
+from pyro.infer import ELBO, Predictive, Trace_ELBO
 from torch import nn
 
 try:
@@ -61,7 +61,8 @@ from pyro_gen.lightning_params import trained_parameters
 from pyro_gen.lightning_resume import forget_epoch_end_resume, resume_at_epoch_end
 from pyro_gen.lightning_store import lost_params, store_lost_error
 
-OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+# builds a torch optimizer, or what configure_optimizers may return (with LR schedulers)
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], Any]
 
 __all__ = ["LightningSVI"]
 
@@ -104,7 +105,13 @@ class LightningSVI(lightning.LightningModule):
     same seed and the same batches in the same order, training draws what Pyro's ``SVI``
     loop draws: tracing the first batch and validating inside ``Trainer.fit`` (the sanity
     check, each epoch's) leave the global RNG as they found it, as ``fit`` does, so a
-    validation loader changes nothing that is trained.
+    validation loader changes nothing that is trained. (A guide whose first call draws, as an
+    autoguide draws the model's sites to find them, draws that in the trace, not in the first
+    step as under ``SVI``: call it once on a batch before either, RNG restored, to compare.)
+    ``Trainer.predict`` gives each batch's draws of Pyro's ``Predictive(model, guide=guide,
+    num_samples=1)``, as the module's ``forward`` does (as in Pyro's Lightning example), and
+    the properties ``model`` and ``guide`` are the pair, so that ``evaluate_elbo(module,
+    data)`` scores it.
 
     Args:
         model: a pyro_gen module (its ``model`` and ``guide`` are used) or a Pyro model
@@ -112,8 +119,9 @@ class LightningSVI(lightning.LightningModule):
         guide: a Pyro guide used instead of the module's; required for a model callable.
         loss: a Pyro loss (see above); default :class:`~pyro.infer.Trace_ELBO`.
         optimizer: builds the torch optimizer from the parameters the pair registered;
-            default Adam with learning rate 1e-3 (``fit``'s default). Override
-            ``configure_optimizers`` for schedulers.
+            default Adam with learning rate 1e-3 (``fit``'s default). With LR schedulers it
+            returns what ``configure_optimizers`` may, e.g. ``{"optimizer": opt,
+            "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, 1)}``.
         transform: applied to each batch on the device (e.g. dynamic binarization).
         annealing: ``step -> beta`` scaling the latent sites (KL warm-up), as in ``fit``.
         example_batch: a batch to trace the pair on now; by default the first training
@@ -182,6 +190,21 @@ class LightningSVI(lightning.LightningModule):
     def loss(self) -> Any:
         """The Pyro loss the steps minimise."""
         return self._held_loss[0]
+
+    @property
+    def model(self) -> Callable[..., Any]:
+        """The Pyro model trained (without the ``annealing`` weight)."""
+        return self._prog.model
+
+    @property
+    def guide(self) -> Callable[..., Any]:
+        """The Pyro guide trained (without the ``annealing`` weight)."""
+        return self._prog.guide
+
+    def forward(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """One draw of every sample site, latents from the guide: Pyro's
+        ``Predictive(model, guide=guide, num_samples=1)(*args, **kwargs)``."""
+        return Predictive(self.model, guide=self.guide, num_samples=1)(*args, **kwargs)
 
     # -- parameters ------------------------------------------------------------------------
     def trace_parameters(self, batch: Any) -> list[nn.Parameter]:
@@ -276,7 +299,7 @@ class LightningSVI(lightning.LightningModule):
             ) from e
         self.trace_parameters(batch)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> Any:
         if not self._trained:
             raise RuntimeError(
                 "the model and guide have not been traced yet: pass example_batch= or call "
@@ -350,6 +373,11 @@ class LightningSVI(lightning.LightningModule):
 
     def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         return self._evaluate(batch, batch_idx, "test_loss")
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
+        call = self._call(batch)
+        self._check_batch(call, batch_idx)
+        return self(*call.args, **call.kwargs)
 
     def _evaluate(self, batch: Any, batch_idx: int, metric: str) -> torch.Tensor:
         call = self._call(batch)

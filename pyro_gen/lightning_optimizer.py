@@ -1,5 +1,6 @@
 """What :class:`~pyro_gen.lightning.LightningSVI`'s optimizers are: the check of what its
-``optimizer=`` builds, the test for Pyro's optimizer wrappers it refuses, and the gradient
+``optimizer=`` builds (an optimizer, or with its LR schedulers what ``configure_optimizers``
+may return), the test for Pyro's optimizer wrappers it refuses, and the gradient
 averaging it hooks onto a loss's own optimizers under DDP.
 
 Lightning trains with whatever ``configure_optimizers`` returns: ``None`` (a factory that
@@ -17,12 +18,35 @@ import pyro.optim
 import torch
 
 
+def built_optimizers(built: Any) -> list[Any]:
+    """The optimizers in ``built``, any of the forms Lightning's ``configure_optimizers`` may
+    return: an optimizer, a dict with ``"optimizer"`` (and ``"lr_scheduler"``), a list or
+    tuple of those, or a pair (optimizers, schedulers) of lists. Whatever else is kept as it
+    is, for :func:`check_built_optimizer` to refuse.
+
+    Example:
+        >>> p = torch.nn.Parameter(torch.zeros(1))
+        >>> opt = torch.optim.SGD([p], lr=0.1)
+        >>> step = torch.optim.lr_scheduler.StepLR(opt, 1)
+        >>> built_optimizers({"optimizer": opt, "lr_scheduler": step}) == [opt]
+        True
+        >>> built_optimizers(([opt], [step])) == [opt]
+        True
+    """
+    if isinstance(built, dict) and "optimizer" in built:
+        return [built["optimizer"]]
+    if isinstance(built, list | tuple):
+        pair = len(built) == 2 and all(isinstance(b, list | tuple) for b in built)
+        return [o for b in (built[0] if pair else built) for o in built_optimizers(b)]
+    return [built]
+
+
 def check_built_optimizer(built: Any, trained: Sequence[torch.nn.Parameter]) -> None:
-    """Refuses ``built`` (what ``optimizer(trained)`` returned) unless it is a torch
-    optimizer, or a list of them, holding every parameter of ``trained``.
+    """Refuses ``built`` (what ``optimizer(trained)`` returned) unless its optimizers
+    (:func:`built_optimizers`) are torch optimizers holding every parameter of ``trained``.
 
     Raises:
-        TypeError: if it is not a torch optimizer.
+        TypeError: if it holds something other than a torch optimizer.
         ValueError: naming how many of the parameters it leaves out.
 
     Example:
@@ -33,12 +57,13 @@ def check_built_optimizer(built: Any, trained: Sequence[torch.nn.Parameter]) -> 
         ...
         TypeError: optimizer= returned NoneType, not a torch.optim.Optimizer; ...
     """
-    optimizers = list(built) if isinstance(built, list | tuple) else [built]
+    optimizers = built_optimizers(built)
     if not optimizers or not all(isinstance(o, torch.optim.Optimizer) for o in optimizers):
         raise TypeError(
             f"optimizer= returned {type(built).__name__}, not a torch.optim.Optimizer; it must "
             "build one from the parameters it is given, e.g. lambda params: "
-            "torch.optim.Adam(params, lr=1e-3), or Lightning trains nothing"
+            "torch.optim.Adam(params, lr=1e-3), or return what configure_optimizers may "
+            '(a dict {"optimizer": ..., "lr_scheduler": ...}), or Lightning trains nothing'
         )
     held = {id(p) for o in optimizers for group in o.param_groups for p in group["params"]}
     left_out = sum(id(p) not in held for p in trained)

@@ -152,12 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
         "before the first step (worth it for long runs only)",
     )
 
-    vae = train.add_argument_group("vae, ssvae options (z-dim: also GANs; hidden-dim: also others)")
-    _add_setting(vae, "z_dim", "latent size (GANs: 16)", type=positive)
+    vae = train.add_argument_group("vae, ssvae options (z-dim, hidden-dim: also others)")
+    _add_setting(vae, "z_dim", "latent size (also gan, wgan, cgan: 16)", type=positive)
     _add_setting(
         vae,
         "hidden_dim",
-        "hidden width (GANs, ncsn, sde: 128; cyclegan: 32 channels)",
+        "hidden width (also gan, wgan, cgan, but not of 28x28 images, and ncsn, sde on 2D "
+        "data: 128; cyclegan: 32 channels)",
         type=positive,
     )
     _add_setting(

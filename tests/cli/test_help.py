@@ -10,6 +10,7 @@ import pytest
 
 import pyro_gen
 from pyro_gen.cli import main
+from pyro_gen.cli_models import MODELS
 from pyro_gen.cli_parser import build_parser
 from pyro_gen.cli_settings import OPTION_DEFAULTS, TRAINING_DEFAULTS, flag
 from pyro_gen.data.__main__ import main as data_main
@@ -95,3 +96,13 @@ def test_version_is_printed(capsys):
     # `pyro-gen --version` answered "the following arguments are required: command"
     assert main(["--version"]) == 0
     assert capsys.readouterr().out == f"pyro-gen {pyro_gen.__version__}\n"
+
+
+def test_every_model_option_names_the_models_it_applies_to():
+    # "hidden-dim: also others" left a user to guess: flows and the DDPM refuse it
+    train = SUBCOMMANDS["train"]
+    for group in train._action_groups:
+        for action in group._group_actions:
+            users = {m for m, spec in MODELS.items() if action.dest in spec.options}
+            words = set(re.findall(r"[a-z]+", f"{group.title} {action.help}"))
+            assert users <= words, (action.option_strings, sorted(users - words), group.title)

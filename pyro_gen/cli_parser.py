@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="draw samples from a trained run into a PNG",
         description="Draws samples from a trained run into a PNG: a grid of images, or a "
-        "scatter of 2D points over the model's density where it has one (cgan: the digits "
+        "scatter of 2D points over the model's density where it has one (cgan: the classes "
         "0-9 in turn; cyclegan: the first N test images translated).",
     )
     sample.add_argument("run", type=path_value, help="run directory")

@@ -23,6 +23,7 @@ from pyro.distributions.util import scale_and_mask
 from torch import nn
 from torch.nn import functional as F
 
+from pyro_gen.gan.batch import AdversarialBatch, as_generated_shape, flat, unmasked
 from pyro_gen.gan.generator import Generator
 from pyro_gen.gan.labels import context_like, model_labels
 from pyro_gen.gan.loss_object import PyroLoss
@@ -30,36 +31,6 @@ from pyro_gen.gan.observed import ObservedSite, observed_sites, unconditioned_tr
 from pyro_gen.gan.recorded import RecordedRuns
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
-
-
-@dataclasses.dataclass
-class AdversarialBatch:
-    """One call's real and generated examples of the observed site.
-
-    Attributes:
-        site: name of the observed site.
-        real: the data, shape ``batch_shape + event_shape``.
-        fake: generated examples of the same shape.
-        context: what the discriminator is conditioned on (a one-hot label), or ``None``.
-        event_dim: number of event dimensions of the site.
-        scale: the site's plate scale (subsampling), applied to the generator's loss.
-        mask: the site's mask, or ``None``.
-        discrete: the site's distribution when it has no reparameterized sampler, else
-            ``None`` (see :class:`~pyro_gen.gan.observed.ObservedSite`).
-    """
-
-    site: str
-    real: torch.Tensor
-    fake: torch.Tensor
-    context: torch.Tensor | None
-    event_dim: int
-    scale: Any = 1.0
-    mask: Any = None
-    discrete: str | None = None
-
-    @property
-    def batch_shape(self) -> torch.Size:
-        return self.real.shape[: self.real.dim() - self.event_dim]
 
 
 def fused_adam(params: Iterable[nn.Parameter], **kwargs: Any) -> torch.optim.Adam:
@@ -76,59 +47,6 @@ def fused_adam(params: Iterable[nn.Parameter], **kwargs: Any) -> torch.optim.Ada
         return torch.optim.Adam(params, **kwargs, fused=True)
     except RuntimeError:  # e.g. a device without fused kernels
         return torch.optim.Adam(params, **kwargs)
-
-
-def _flat(batch: AdversarialBatch) -> AdversarialBatch:
-    """``batch`` with one batch dim: a discriminator is written for ``(batch, *event)``, and
-    under an outer plate (a user's groups, vectorized particles) the site's examples have
-    more batch dims, which a convolution, batch norm or ``x.view(len(x), -1)`` would fail on
-    or misread. The labels (one row per example of the last batch dim), the plate's scale
-    and mask follow the examples.
-
-    Example:
-        >>> x = torch.zeros(3, 5, 2)
-        >>> flat = _flat(AdversarialBatch("x", x, x, torch.arange(5), 1))
-        >>> flat.real.shape, flat.context.tolist()[:7]
-        (torch.Size([15, 2]), [0, 1, 2, 3, 4, 0, 1])
-    """
-    shape = batch.batch_shape
-    if len(shape) <= 1:
-        return batch
-    event = batch.real.shape[len(shape) :]
-
-    def per_example(value: Any) -> Any:
-        if not torch.is_tensor(value) or value.dim() == 0:
-            return value
-        return value.expand(shape).reshape(-1)
-
-    context = batch.context
-    if context is not None and context.dim():
-        tail = context.shape[1:]
-        context = context.expand(*shape, *tail).reshape(-1, *tail)
-    return dataclasses.replace(
-        batch,
-        real=batch.real.reshape(-1, *event),
-        fake=batch.fake.reshape(-1, *event),
-        context=context,
-        scale=per_example(batch.scale),
-        mask=per_example(batch.mask),
-    )
-
-
-def _unmasked(batch: AdversarialBatch) -> AdversarialBatch:
-    """The examples of ``batch`` that its site's mask keeps, as one flat batch: padding or
-    missing examples a model masks out (``poutine.mask``) must not teach the discriminator
-    what real data look like, just as they add nothing to the generator's loss."""
-    if batch.mask is None or batch.mask is True:
-        return batch
-    shape = batch.batch_shape
-    keep = torch.as_tensor(batch.mask, dtype=torch.bool, device=batch.real.device).expand(shape)
-    context = batch.context
-    if context is not None:
-        context = context.expand(*shape, *context.shape[len(shape) :])[keep]
-    return dataclasses.replace(
-        batch, real=batch.real[keep], fake=batch.fake[keep], context=context, mask=None
-    )
 
 
 def _check_differentiable(batch: AdversarialBatch) -> None:
@@ -334,7 +252,7 @@ class AdversarialLoss(PyroLoss):
         """One optimizer step of the discriminator on ``batch`` (its generated examples
         detached, so no gradient reaches the generator); returns its loss before the step.
         Examples the site's mask leaves out count for nothing, as in Pyro's ELBO."""
-        batch = _unmasked(batch)
+        batch = unmasked(batch)
         if batch.real.numel() == 0:  # every example masked out: nothing to learn from
             return batch.real.new_full((), float("nan"))
         if batch.fake.requires_grad:
@@ -380,12 +298,7 @@ class AdversarialLoss(PyroLoss):
         ``pyro.deterministic`` sites are not data and are never picked."""
         name = self._pick_site([n for n, site in sites.items() if not site.deterministic])
         site = sites[name]
-        real, fake = site.obs, site.value
-        if real.shape != fake.shape:
-            raise ValueError(
-                f"site {name!r}: the data have shape {tuple(real.shape)} but the model "
-                f"generates {tuple(fake.shape)}; they must match"
-            )
+        real, fake = as_generated_shape(name, site.obs, site.value)
         rows = real.shape[real.dim() - site.event_dim - 1] if real.dim() > site.event_dim else 1
         if context is not None and context.dim() and context.shape[0] not in (1, rows):
             # a model subsampling inside (pyro.plate(..., subsample_size=B) with y[idx]) takes
@@ -398,7 +311,7 @@ class AdversarialLoss(PyroLoss):
                 "subsample outside it instead (fit's batch_size, or the batch's examples and "
                 "labels passed to the model)"
             )
-        return _flat(
+        return flat(
             AdversarialBatch(
                 name, real, fake, context, site.event_dim, site.scale, site.mask, site.discrete
             )

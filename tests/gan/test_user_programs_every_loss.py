@@ -221,3 +221,46 @@ def test_labels_under_another_name_without_labels_is_one_error_naming_the_option
         loss.loss_and_grads(model, guide, torch.randn(4, 2, dtype=DTYPE), torch.arange(4) % 3)
     with pytest.raises(ValueError, match="labels must name the model's argument"):
         NonSaturatingGAN(LabelCritic(), labels=3)
+
+
+def particles_program(expand: bool):  # noqa: ANN201
+    """The user's particles: a plate of 3 draws per example outside the data plate, the data
+    broadcast over it as Pyro allows (or expanded to the generated shape by hand)."""
+    g = mlp(2, 2)
+
+    def model(x):  # noqa: ANN001, ANN202
+        pyro.module("gen", g)
+        with pyro.plate("particles", 3, dim=-2), pyro.plate("data", x.shape[0], dim=-1):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2, dtype=DTYPE), 1.0).to_event(1))
+            obs = x.expand(3, *x.shape) if expand else x
+            pyro.sample("x", dist.Delta(g(z), event_dim=1), obs=obs)
+
+    return g, model, lambda x: None
+
+
+@pytest.mark.parametrize("cls", list(BY_HAND), ids=lambda c: c.__name__)
+def test_data_broadcast_over_the_users_particles_plate_are_each_particles_data(cls):
+    x = torch.randn(6, 2, dtype=DTYPE)
+
+    def train(expand: bool) -> list[torch.Tensor]:
+        pyro.clear_param_store()
+        torch.manual_seed(0)
+        g, model, guide = particles_program(expand)
+        loss = cls(Critic(), n_critic=2)
+        svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), loss)
+        pyro.set_rng_seed(1)
+        for _ in range(2):
+            svi.step(x)
+        return [p.detach().clone() for m in (g, loss) for p in m.parameters()]
+
+    # before, the broadcast data were refused: "the data have shape (6, 2) but the model
+    # generates (3, 6, 2); they must match"
+    got, expected = train(expand=False), train(expand=True)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+
+
+def test_data_that_do_not_broadcast_to_the_generated_shape_are_one_clear_error():
+    _, model, guide = particles_program(expand=False)
+    loss = NonSaturatingGAN(Critic())
+    with pytest.raises(ValueError, match=r"\(6, 3, 2\).*generates \(3, 6, 2\).*broadcast"):
+        loss.loss_and_grads(model, guide, torch.randn(6, 3, 2, dtype=DTYPE))

@@ -1,6 +1,6 @@
 """Samples and features a user may hand the metrics by mistake (complex values, rows with no
-columns, a fractional count), each refused with one error that says what to pass instead, and
-the metrics' invariance to the order of the samples."""
+columns, a fractional count or batch size), each refused with one error that says what to
+pass instead, and the metrics' invariance to the order of the samples and to batching."""
 
 from __future__ import annotations
 
@@ -9,11 +9,15 @@ import pytest
 import torch
 
 from pyro_gen.metrics import (
+    SmallClassifier,
     class_coverage,
     frechet_distance,
+    label_agreement,
     mode_coverage,
     ring_modes,
     sample_modes,
+    sample_quality,
+    train_classifier,
 )
 
 
@@ -81,3 +85,33 @@ def test_the_order_of_the_samples_changes_nothing():
     reordered = mode_coverage(x, ring_modes()[order], 0.05)
     assert torch.equal(reordered.counts, got.counts[order])
     assert (reordered.modes, reordered.high_quality) == (got.modes, got.high_quality)
+
+
+@pytest.mark.parametrize("value", [0, 7.5, -1, True])
+def test_a_batch_size_or_epochs_that_is_not_a_whole_number_is_refused(value):
+    # 0 failed inside Tensor.split or range, 7.5 inside split_with_sizes or range
+    x, y = torch.rand(8, 8, 8), torch.arange(8) % 2
+    clf = SmallClassifier(2)
+    with pytest.raises(ValueError, match="batch_size must be a positive whole number"):
+        sample_quality(clf, x, x, batch_size=value)
+    with pytest.raises(ValueError, match="batch_size must be a positive whole number"):
+        label_agreement(clf, x, y, draws=False, batch_size=value)
+    with pytest.raises(ValueError, match="batch_size must be a positive whole number"):
+        train_classifier(x, y, batch_size=value)
+    if value != 0:  # epochs=0 is the seeded initial classifier
+        with pytest.raises(ValueError, match="epochs must be a whole number >= 0"):
+            train_classifier(x, y, epochs=value)
+
+
+def test_a_batch_size_changes_no_score():
+    x = torch.rand(9, 8, 8, generator=torch.Generator().manual_seed(2))
+    clf = train_classifier(x, torch.arange(9) % 3, epochs=1, batch_size=np.int64(4))
+    clf = clf.double()  # float64 features: no batch-dependent float32 kernels in the way
+    one, chunked = (
+        sample_quality(clf, x[:5], x[5:]),
+        sample_quality(clf, x[:5], x[5:], batch_size=2),
+    )
+    assert chunked.frechet == pytest.approx(one.frechet, rel=1e-9, abs=1e-12)
+    assert (chunked.confidence, chunked.classes_covered) == pytest.approx(
+        (one.confidence, one.classes_covered), rel=1e-6
+    )

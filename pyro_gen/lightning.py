@@ -165,11 +165,11 @@ class LightningSVI(lightning.LightningModule):
         self.transform = transform
         self.annealing = annealing
         self._beta = [1.0]
-        self._model, self._guide = self._prog.model, self._prog.guide
+        # what the training steps run, held in a tuple: an attribute would register a module
+        # model or guide (an autoguide) a second time, and then refuse the annealed pair
+        self._stepped = (self._prog.model, self._prog.guide)
         if annealing is not None:
-            self._model, self._guide = kl_scale_pair(
-                self._model, self._guide, lambda: self._beta[0]
-            )
+            self._stepped = kl_scale_pair(*self._stepped, lambda: self._beta[0])
         # the model, guide and loss objects that are modules: their parameters, buffers and
         # extra state (an adversarial loss's optimizer) are in Lightning's checkpoints
         self.pyro_modules = nn.ModuleDict(self._prog.modules)
@@ -389,8 +389,9 @@ class LightningSVI(lightning.LightningModule):
             with rng_left_alone():
                 _, model_trace = trace_once(self._prog, call)
             self._eval_represented = subsampled_size(model_trace, declared_plate(self._prog.model))
-        # As fit's evaluation reads it: a loss object through its ``loss``, a callable loss
-        # (Pyro's EnergyDistance, whose ``loss`` raises NotImplementedError) called
+        # As fit's evaluation reads it, of the pair without the annealing weight: a loss
+        # object through its ``loss``, a callable loss (EnergyDistance, whose ``loss`` raises
+        # NotImplementedError) called
         if hasattr(self.loss, "loss_and_grads"):
             evaluate = self.loss.loss
         elif self._mode == "differentiable":
@@ -398,7 +399,7 @@ class LightningSVI(lightning.LightningModule):
         else:
             evaluate = self.loss
         value = torch.as_tensor(
-            reported_loss(evaluate(self._model, self._guide, *call.args, **call.kwargs))
+            reported_loss(evaluate(self.model, self.guide, *call.args, **call.kwargs))
         )
         size = call.size if call.size is not None else 1
         per_example = value / (self._eval_represented or size)
@@ -433,7 +434,10 @@ class LightningSVI(lightning.LightningModule):
                 ``example_batch=``.
         """
         own = self.state_dict().keys()
-        unknown = [k for k in checkpoint.get("state_dict", {}) if k not in own]
+        held = checkpoint.get("state_dict", {})
+        for key in [k for k in held if k.startswith(("_model.", "_guide."))]:
+            del held[key]  # earlier versions saved a module model or guide twice
+        unknown = [k for k in held if k not in own]
         if unknown and not self._trained:
             raise RuntimeError(
                 f"the checkpoint holds {len(unknown)} entries (e.g. {unknown[0]!r}) that "
@@ -471,7 +475,7 @@ class LightningSVI(lightning.LightningModule):
             ) from None
 
     def _loss(self, call: Call) -> torch.Tensor:
-        model, guide = self._model, self._guide
+        model, guide = self._stepped
         if self._mode == "differentiable":
             return self.loss.differentiable_loss(model, guide, *call.args, **call.kwargs)
         if self._mode == "callable":

@@ -160,3 +160,28 @@ def test_evaluate_elbo_of_the_module_and_of_its_loaded_checkpoint(tmp_path: Path
     assert loaded.guide is guide
     pyro.set_rng_seed(0)
     assert evaluate_elbo(loaded, data, num_particles=8) == trained
+
+
+def test_a_checkpoint_holding_the_guide_twice_still_loads(tmp_path: Path) -> None:
+    """Checkpoints written before the guide module stopped being registered a second time
+    (as ``_guide``) hold its tensors under both names: they load, to the same values."""
+    svi = LightningSVI(model, _guide(), optimizer=lambda p: torch.optim.Adam(p, lr=0.1))
+    trainer = _trainer(1)
+    trainer.fit(svi, _pairs())
+    path = tmp_path / "old.ckpt"
+    trainer.save_checkpoint(path)
+    saved = torch.load(path, weights_only=False)
+    state = saved["state_dict"]
+    prefix = "pyro_modules.guide."
+    state.update(
+        {"_guide." + k[len(prefix) :]: v for k, v in list(state.items()) if k.startswith(prefix)}
+    )
+    torch.save(saved, path)
+    pyro.clear_param_store()
+    loaded = LightningSVI.load_from_checkpoint(
+        path, model=model, guide=AutoNormal(model), example_batch=(C[:8], Y[:8])
+    )
+    expected = svi.state_dict()
+    assert loaded.state_dict().keys() == expected.keys()
+    for name, value in expected.items():
+        assert torch.equal(loaded.state_dict()[name], value), name

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import scipy.linalg
 import torch
 
 from pyro_gen.metrics import (
@@ -18,12 +17,7 @@ from pyro_gen.metrics import (
     ring_modes,
     sample_quality,
 )
-
-
-def _gaussian_frechet(m1, s1, m2, s2) -> float:
-    """The closed form ||m1 - m2||^2 + tr(S1 + S2 - 2 (S1 S2)^{1/2}), via scipy's sqrtm."""
-    root = scipy.linalg.sqrtm(s1 @ s2).real
-    return float(((m1 - m2) ** 2).sum() + np.trace(s1 + s2 - 2 * root))
+from tests.metrics.gaussian_reference import gaussian_frechet
 
 
 def test_frechet_distance_is_the_gaussian_closed_form() -> None:
@@ -34,13 +28,13 @@ def test_frechet_distance_is_the_gaussian_closed_form() -> None:
     f1 = rng.multivariate_normal(m1, s1, 100_000)
     f2 = rng.multivariate_normal(m2, s2, 100_000)
     # the Gaussians fitted to the rows, exactly (numpy float64 against float32 torch rows)
-    fitted = _gaussian_frechet(f1.mean(0), np.cov(f1.T), f2.mean(0), np.cov(f2.T))
+    fitted = gaussian_frechet(f1.mean(0), np.cov(f1.T), f2.mean(0), np.cov(f2.T))
     assert frechet_distance(f1, f2) == pytest.approx(fitted, rel=1e-9)
     assert frechet_distance(torch.tensor(f1, dtype=torch.float32), f2) == pytest.approx(
         fitted, rel=1e-5
     )
     # and the population distance, within the sampling error of 100,000 rows
-    assert frechet_distance(f1, f2) == pytest.approx(_gaussian_frechet(m1, s1, m2, s2), rel=0.02)
+    assert frechet_distance(f1, f2) == pytest.approx(gaussian_frechet(m1, s1, m2, s2), rel=0.02)
 
 
 def test_frechet_distance_names_the_repair_of_a_wrong_shape() -> None:

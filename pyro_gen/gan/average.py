@@ -63,6 +63,21 @@ class ExponentialAverage(PicklableModule):
                 f"the averaged module has {len(mine)} parameters but the source has "
                 f"{len(theirs)}: average the module this average was built from"
             )
+        for (name, a), p in zip(self.module.named_parameters(), theirs):
+            # torch's own errors ("The size of tensor a (2) must match...", "expected dtype
+            # float for `end`") named neither the parameter nor the repair
+            if a.shape != p.shape:
+                raise ValueError(
+                    f"parameter {name!r} of the average has shape {tuple(a.shape)} but the "
+                    f"source's has {tuple(p.shape)}: average the module this average was "
+                    "built from"
+                )
+            if (a.dtype, a.device) != (p.dtype, p.device):
+                raise ValueError(
+                    f"parameter {name!r} of the average is {a.dtype} on {a.device} but the "
+                    f"source's is {p.dtype} on {p.device}: move or convert the average with "
+                    "the network (average.to(...)), or build it after converting the network"
+                )
         self.num_updates += 1
         t = self.num_updates.to(torch.get_default_dtype())
         # on the parameters' device as a tensor: no host read-back per step

@@ -38,6 +38,21 @@ def test_bad_decay_and_a_generator_without_an_average_are_refused():
         Generator(MLPGenerator(2, (2,), (8,))).update_average()
 
 
+def test_a_source_of_other_shapes_or_dtype_is_one_error_naming_the_parameter():
+    # torch's "The size of tensor a (2) must match ..." / "expected dtype float for `end`"
+    avg = ExponentialAverage(nn.Linear(2, 3))
+    with pytest.raises(ValueError, match=r"'weight' of the average has shape \(3, 2\).*\(2, 3\)"):
+        avg.update(nn.Linear(3, 2))
+    net = nn.Linear(2, 3)
+    avg = ExponentialAverage(net)
+    net.double()  # a user's network converted after its average was built
+    with pytest.raises(ValueError, match=r"torch.float32 on cpu.*torch.float64.*average.to"):
+        avg.update(net)
+    assert int(avg.num_updates) == 0  # a refused update counts for nothing
+    avg.to(torch.float64).update(net)  # the repair the error names
+    assert int(avg.num_updates) == 1
+
+
 def test_samples_and_the_eval_model_use_the_average_while_training_uses_the_network():
     pyro.set_rng_seed(0)
     gen = Generator(MLPGenerator(2, (2,), (8,)), average=0.5)

@@ -33,6 +33,8 @@ from pyro_gen.cli_spec import MIXTURE_DATA
 # Defaults of evaluate's options, filled in once the run's model has refused the options it
 # does not read (which it can tell only from an option's parsed value of None: not typed).
 EVALUATE_DEFAULTS = {"k": 1000, "classifier_epochs": 3}
+# train's --epochs when not given (a resume names it as the default it met).
+EPOCHS_DEFAULT = 3
 # One text per option that several subcommands share, so that one name reads one way.
 _DEVICE_HELP = "cpu, cuda or cuda:N (default: cpu)"
 _NO_PROGRESS_HELP = "hide the progress bars (default: shown)"
@@ -115,9 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--epochs",
         type=non_negative,
-        default=3,
+        default=EPOCHS_DEFAULT,
         help="total epochs, counting resumed ones; 0 records a new run's settings only "
-        "(default: 3)",
+        f"(default: {EPOCHS_DEFAULT})",
     )
     _add_setting(train, "batch_size", "examples per step", type=positive)
     _add_setting(train, "lr", "Adam learning rate", type=positive_finite)

@@ -35,6 +35,7 @@ from pyro_gen.cli_models import (
     load_split,
     run_options,
 )
+from pyro_gen.cli_parser import EPOCHS_DEFAULT
 from pyro_gen.cli_settings import (
     OPTION_DEFAULTS,
     UsageError,
@@ -324,9 +325,10 @@ def _train_run(
         return
     if result.epoch == done_before:  # a resume with no epoch left: the run is as it was
         epochs = f"{result.epoch} epoch" + ("" if result.epoch == 1 else "s")
+        default = " (the default)" if args.epochs == EPOCHS_DEFAULT else ""
         print(
-            f"nothing to train: {out} holds {epochs}, and --epochs {args.epochs} counts "
-            f"the epochs done; give --epochs {result.epoch + 1} or more to train further"
+            f"nothing to train: {out} holds {epochs}, and --epochs {args.epochs}{default} "
+            f"counts the epochs done; give --epochs {result.epoch + 1} or more to train further"
         )
         return
     bound = config["test_elbo_is"]

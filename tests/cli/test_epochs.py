@@ -52,3 +52,13 @@ def test_a_resume_with_no_epochs_left_says_so_and_keeps_the_run(tmp_path, capsys
     (run / "checkpoint.pt").unlink()
     status, _, err = cli(capsys, "sample", run, "-n", "2")
     assert_one_line_error(status, err, "has no checkpoint.pt", "records 1 epoch", "deleted")
+
+
+def test_a_resume_without_epochs_says_it_met_the_default(tmp_path, capsys):
+    # "--epochs 3 counts the epochs done" to a user who typed no --epochs
+    run = tmp_path / "run"
+    assert cli(capsys, *TRAIN, "--epochs", "3", "--out", run)[0] == 0
+    status, out, err = cli(capsys, *TRAIN, "--out", run)
+    assert status == 0, err
+    assert "holds 3 epochs, and --epochs 3 (the default) counts the epochs done" in out, out
+    assert "give --epochs 4 or more" in out

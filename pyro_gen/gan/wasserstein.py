@@ -52,6 +52,7 @@ def gradient_penalty(
         >>> torch.allclose(gp, torch.full((4,), (3 * 2**0.5 - 1) ** 2))
         True
     """
+    _check_penalty_inputs(real, fake, event_dim, eps)
     batch_shape = real.shape[: real.dim() - event_dim]
     if eps is None:
         eps = torch.rand(batch_shape, dtype=real.dtype, device=real.device)
@@ -61,6 +62,35 @@ def gradient_penalty(
     (grad,) = torch.autograd.grad(score.sum(), x_hat, create_graph=True)
     norm = grad.flatten(grad.dim() - event_dim).norm(dim=-1) if event_dim else grad.abs()
     return (norm - 1).pow(2)
+
+
+def _check_penalty_inputs(
+    real: torch.Tensor, fake: torch.Tensor, event_dim: int, eps: torch.Tensor | None
+) -> None:
+    """One error for what torch failed on from inside the penalty (mismatched sizes, or
+    integer data in ``torch.rand``'s bounds check), or, for an ``event_dim`` beyond the
+    examples' dims, a silently wrong norm."""
+    if real.shape != fake.shape:
+        raise ValueError(
+            f"real and fake must have one shape, got {tuple(real.shape)} and {tuple(fake.shape)}"
+        )
+    if isinstance(event_dim, bool) or not isinstance(event_dim, int):
+        raise ValueError(f"event_dim must be a whole number, got {event_dim!r}")
+    if not 0 <= event_dim <= real.dim():
+        raise ValueError(
+            f"event_dim must be between 0 and the examples' {real.dim()} dims, got {event_dim}"
+        )
+    if not real.is_floating_point() or not fake.is_floating_point():
+        raise ValueError(
+            f"real and fake must be floating point (the penalty differentiates the critic at "
+            f"points between them), got {real.dtype} and {fake.dtype}"
+        )
+    batch_shape = real.shape[: real.dim() - event_dim]
+    if eps is not None and eps.shape not in (batch_shape, batch_shape + (1,) * event_dim):
+        raise ValueError(
+            f"eps must hold one weight per example, shape {tuple(batch_shape)}, got "
+            f"{tuple(eps.shape)}"
+        )
 
 
 class _Critic(AdversarialLoss):

@@ -87,3 +87,25 @@ def test_wasserstein_critic_ending_in_a_sigmoid_is_refused():
             cls(critic)
     with pytest.raises(ValueError, match="returns logits"):
         MinimaxGAN(critic)
+
+
+def test_gradient_penalty_refuses_bad_inputs_with_one_clear_error():
+    critic, x = (lambda x: x.sum(-1)), torch.zeros(4, 2)
+    # torch's "The size of tensor a (4) must match...", "shape '[4, 1]' is invalid...",
+    # "check_uniform_bounds not implemented for 'Long'"; event_dim=3 gave a wrong penalty
+    with pytest.raises(ValueError, match=r"one shape, got \(4, 2\) and \(3, 2\)"):
+        gradient_penalty(critic, x, torch.zeros(3, 2), event_dim=1)
+    for event_dim in (3, -1):
+        with pytest.raises(ValueError, match="event_dim must be between 0 and the examples' 2"):
+            gradient_penalty(critic, x, x, event_dim=event_dim)
+    with pytest.raises(ValueError, match=r"eps must hold one weight per example, shape \(4,\)"):
+        gradient_penalty(critic, x, x, event_dim=1, eps=torch.rand(3))
+    with pytest.raises(ValueError, match="must be floating point"):
+        gradient_penalty(critic, x.long(), x.long(), event_dim=1)
+    # the weights as (B,) or (B, 1): the same penalty, here (|grad| - 1)^2 = (sqrt(2) - 1)^2
+    eps = torch.rand(4)
+    expected = torch.full((4,), (2**0.5 - 1) ** 2)
+    for weights in (eps, eps[:, None]):
+        torch.testing.assert_close(
+            gradient_penalty(critic, x, x + 1, event_dim=1, eps=weights), expected
+        )

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
+from pyro.optim import PyroOptim
+from pyro.optim.lr_scheduler import PyroLRScheduler
 from torch import nn
 from torch.nn import functional as F
 
@@ -47,6 +49,51 @@ def fused_adam(params: Iterable[nn.Parameter], **kwargs: Any) -> torch.optim.Ada
         return torch.optim.Adam(params, **kwargs, fused=True)
     except RuntimeError:  # e.g. a device without fused kernels
         return torch.optim.Adam(params, **kwargs)
+
+
+def build_optimizer(optim: Any, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    """The discriminator's torch optimizer from ``optim``: a factory of its parameters
+    (``functools.partial(torch.optim.Adam, lr=2e-4)``), or the Pyro optimizer a Pyro user
+    hands ``SVI`` (``pyro.optim.Adam({"lr": 2e-4})``), built with its torch class and
+    arguments. A Pyro optimizer was called as a factory and gave ``None``, and the first
+    step failed with "'NoneType' object has no attribute 'zero_grad'".
+
+    Example:
+        >>> import pyro
+        >>> opt = build_optimizer(pyro.optim.Adam({"lr": 0.01}), nn.Linear(2, 1).parameters())
+        >>> type(opt).__name__, opt.defaults["lr"]
+        ('Adam', 0.01)
+    """
+    params = list(params)
+    if isinstance(optim, PyroOptim):
+        if isinstance(optim, PyroLRScheduler) or callable(optim.pt_optim_args):
+            raise ValueError(
+                "optim: a Pyro scheduler or per-parameter arguments cannot build the "
+                "discriminator's optimizer (nothing would step the scheduler; its parameters "
+                "have no Pyro names): pass pyro.optim.Adam({...}) or a factory such as "
+                "functools.partial(torch.optim.Adam, lr=2e-4)"
+            )
+        if optim.pt_clip_args:
+            raise ValueError(
+                f"optim: the Pyro optimizer's clip_args {optim.pt_clip_args} would not be "
+                "applied to the discriminator: pass one without clip_args"
+            )
+        return optim.pt_optim_constructor(params, **optim.pt_optim_args)
+    built = optim(params) if callable(optim) else None
+    if not isinstance(built, torch.optim.Optimizer):
+        got = (
+            f"an optimizer already built on parameters ({type(optim).__name__})"
+            if isinstance(optim, torch.optim.Optimizer)
+            else f"{optim!r}, which returned {type(built).__name__}"
+            if callable(optim)
+            else repr(optim)
+        )
+        raise TypeError(
+            "optim must build the discriminator's torch optimizer from its parameters, e.g. "
+            "functools.partial(torch.optim.Adam, lr=2e-4), or be a Pyro optimizer such as "
+            f"pyro.optim.Adam({{'lr': 2e-4}}); got {got}"
+        )
+    return built
 
 
 def _check_differentiable(batch: AdversarialBatch) -> None:
@@ -121,7 +168,9 @@ class AdversarialLoss(PyroLoss):
         discriminator: a module ``D(x)`` (or ``D(x, context)``) returning one unbounded
             score per example (a logit, or a critic value); it must not end in a sigmoid.
         optim: builds the discriminator's torch optimizer from its parameters, e.g.
-            ``functools.partial(torch.optim.Adam, lr=2e-4)``; default per loss.
+            ``functools.partial(torch.optim.Adam, lr=2e-4)``, or a Pyro optimizer such as
+            ``pyro.optim.Adam({"lr": 2e-4})`` (its torch class and arguments); default per
+            loss.
         n_critic: discriminator steps per generator step.
         site: the observed site the discriminator judges; default the model's only one.
         labels: the name of the model's argument holding a conditional GAN's labels.
@@ -168,7 +217,7 @@ class AdversarialLoss(PyroLoss):
         self.site = site
         self.labels = labels
         factory = optim if optim is not None else self.default_optim
-        self.optimizer = factory(discriminator.parameters())
+        self.optimizer = build_optimizer(factory, discriminator.parameters())
         self.last_discriminator_loss: torch.Tensor | None = None
         # the model's generating run, replayed from a recording (not module state)
         self.runs = RecordedRuns(backend="auto" if record else "pyro")

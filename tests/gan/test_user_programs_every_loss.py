@@ -73,10 +73,19 @@ BY_HAND = {
 SGD = functools.partial(torch.optim.SGD, lr=0.1)
 
 
-def make(cls: type, **kwargs) -> nn.Module:  # noqa: ANN003
-    if cls is WassersteinGAN:
-        kwargs["clip"] = 0.3  # binding for some of the critic's weights after one step
-    return cls(Critic(), optim=SGD, n_critic=1, record=False, **kwargs)
+def make(cls: type, record: bool, model, guide, args) -> nn.Module:  # noqa: ANN001
+    """The loss on site x; recorded, after a first call that records the model's run (its
+    discriminator frozen for it), so the checked call is the replay."""
+    kwargs = {"clip": 0.3} if cls is WassersteinGAN else {}  # binding after one step
+    loss = cls(Critic(), optim=SGD, n_critic=1, site="x", record=record, **kwargs)
+    if record:
+        loss.discriminator.requires_grad_(False)
+        loss.loss_and_grads(model, guide, *args)
+        loss.discriminator.requires_grad_(True)
+    return loss
+
+
+RECORD = pytest.mark.parametrize("record", [True, False], ids=["recorded", "pyro"])
 
 
 def user_program():  # noqa: ANN201
@@ -115,14 +124,17 @@ def run_by_hand(model, args, seed):  # noqa: ANN001, ANN201
     return tr.nodes["data"]["value"], site["value"], site["infer"]["obs"]
 
 
+@RECORD
 @pytest.mark.parametrize("cls", list(BY_HAND), ids=lambda c: c.__name__)
-def test_the_generators_loss_and_gradients_are_the_hand_written_ones(cls):
+def test_the_generators_loss_and_gradients_are_the_hand_written_ones(cls, record):
     g, model, guide = user_program()
     args = data()
-    loss = make(cls, site="x")
+    loss = make(cls, record, model, guide, args)
     loss.discriminator.requires_grad_(False)  # the generator trains against it as it is
+    g.zero_grad()
     pyro.set_rng_seed(3)
     value = loss.loss_and_grads(model, guide, *args)
+    assert loss.runs.recorded == record, loss.runs.fallback_reason
     got = [p.grad.clone() for p in g.parameters()]
     g.zero_grad()
     idx, fake, _ = run_by_hand(model, args, seed=3)
@@ -136,14 +148,16 @@ def test_the_generators_loss_and_gradients_are_the_hand_written_ones(cls):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
 
 
+@RECORD
 @pytest.mark.parametrize("cls", list(BY_HAND), ids=lambda c: c.__name__)
-def test_one_discriminator_step_is_the_hand_written_one(cls):
+def test_one_discriminator_step_is_the_hand_written_one(cls, record):
     g, model, guide = user_program()
     args = data()
-    loss = make(cls, site="x")
+    loss = make(cls, record, model, guide, args)
     before = [p.detach().clone() for p in loss.discriminator.parameters()]
     pyro.set_rng_seed(4)
     loss.loss_and_grads(model, guide, *args)
+    assert loss.runs.recorded == record, loss.runs.fallback_reason
     idx, fake, real = run_by_hand(model, args, seed=4)
     keep = args[2][idx]
     # the discriminator learns from the examples the mask keeps, each weighted alike

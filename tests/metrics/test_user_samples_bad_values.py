@@ -12,6 +12,7 @@ from pyro_gen.metrics import (
     SmallClassifier,
     class_coverage,
     frechet_distance,
+    grid_modes,
     label_agreement,
     mode_coverage,
     ring_modes,
@@ -115,3 +116,27 @@ def test_a_batch_size_changes_no_score():
     assert (chunked.confidence, chunked.classes_covered) == pytest.approx(
         (one.confidence, one.classes_covered), rel=1e-6
     )
+
+
+def test_mixtures_and_draws_from_them_refuse_counts_and_spreads_they_cannot_have():
+    # ring_modes(0) raised ZeroDivisionError, ring_modes(2.5) gave 3 points spaced for 2.5,
+    # grid_modes(0) no modes; sample_modes drew with a negative std, and failed inside torch
+    # for no centers or a negative count
+    for bad in (0, 2.5, -1):
+        with pytest.raises(ValueError, match="num_modes must be a positive whole number"):
+            ring_modes(bad)
+        with pytest.raises(ValueError, match="size must be a positive whole number"):
+            grid_modes(bad)
+    for std in (-0.1, float("nan"), torch.tensor([0.1, -0.1])):
+        with pytest.raises(ValueError, match="std must be finite and non-negative"):
+            sample_modes(ring_modes(), std, 10)
+    with pytest.raises(ValueError, match=r"centers must be the modes' means \(K, D\)"):
+        sample_modes(torch.zeros(0, 2), 0.1, 10)
+    with pytest.raises(ValueError, match="num_samples must be a whole number >= 0"):
+        sample_modes(ring_modes(), 0.1, -3)
+    # numpy counts are whole numbers; a per-axis spread (D,) and a zero spread are draws
+    assert ring_modes(np.int64(4)).shape == (4, 2) and grid_modes(np.int64(3)).shape == (9, 2)
+    gen = torch.Generator().manual_seed(0)
+    exact = sample_modes(ring_modes(), 0.0, 50, gen)
+    assert all(bool((ring_modes() == row).all(-1).any()) for row in exact)
+    assert sample_modes(ring_modes(), torch.tensor([0.1, 0.0]), 5, gen).shape == (5, 2)

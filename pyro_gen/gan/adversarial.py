@@ -155,7 +155,10 @@ class AdversarialLoss(PyroLoss):
     discriminator untrained; a discriminator frozen with ``requires_grad_(False)`` is not
     stepped (in either mode), so the generator trains against it. The generator's loss is
     summed over the data plate (with the plate's scale), as Pyro's ELBO is, so ``fit``'s
-    ``train_loss`` is a value per example.
+    ``train_loss`` is a value per example. There is no ``num_particles``: for several
+    generated examples per data example, write the particles as a plate outside the data
+    plate (``pyro.plate("particles", n, dim=-2)``; the data broadcast over it, and
+    ``poutine.scale(scale=1 / n)`` averages them as Pyro's vectorized ELBO does).
 
     Conditional GANs pass labels as ``y``, by name or as the model's argument ``y`` by
     position (``model(x, y)`` stepped as ``svi.step(x, y)``, or fit's ``(x, y)`` batches), or

@@ -278,3 +278,15 @@ def test_data_that_do_not_broadcast_to_the_generated_shape_are_one_clear_error()
     loss = NonSaturatingGAN(Critic())
     with pytest.raises(ValueError, match=r"\(6, 3, 2\).*generates \(3, 6, 2\).*broadcast"):
         loss.loss_and_grads(model, guide, torch.randn(6, 3, 2, dtype=DTYPE))
+
+
+def test_particles_scaled_by_one_over_their_number_average_the_generators_loss():
+    # the docstring's recipe for Pyro's vectorized-ELBO average over particles
+    g, model, guide = particles_program(expand=False)
+    x = torch.randn(6, 2, dtype=DTYPE)
+    loss = NonSaturatingGAN(Critic(), record=False).requires_grad_(False)
+    pyro.set_rng_seed(0)
+    summed = loss.loss_and_grads(model, guide, x)
+    pyro.set_rng_seed(0)
+    averaged = loss.loss_and_grads(poutine.scale(model, scale=1 / 3), guide, x)
+    assert averaged == pytest.approx(summed / 3, rel=1e-12)

@@ -9,14 +9,14 @@ scale, a flag) go to the network unchanged.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from typing import Any
 
-import pyro
 import torch
 from pyro.poutine.indep_messenger import IndepMessenger
 from pyro.poutine.runtime import _PYRO_STACK
+
+from pyro_gen.plates import data_plate  # re-exported: the diffusion models import it here
 
 __all__ = [
     "check_no_positional_labels",
@@ -126,42 +126,6 @@ def check_outer_dims(x: torch.Tensor, event_dim: int, owner: str, time_plate: bo
             "x.reshape(-1, *event_shape), or as a plate of groups: the call under "
             "pyro.plate('groups', G, dim=-3) with x.unsqueeze(-3)"
         )
-
-
-def data_plate(size: int, owner: str) -> contextlib.AbstractContextManager:
-    """The training programs' plate over the ``size`` examples of a batch,
-    ``pyro.plate("data", size, dim=-1)``, or none when the caller's program already has a
-    plate at dim -1 over them: that plate, subsampled or not, is then theirs.
-
-    Why: Pyro's own minibatch idiom, ``with pyro.plate("data", N, subsample_size=B) as idx:
-    m.model(x[idx])``, met "Multiple sample sites named 'data'" (a plate of the same name) or
-    "at plates 'data' and 'batch', collide at dim=-1" (another name), though the user's plate
-    says what the model's would, and scales the terms by ``N / B`` as asked.
-
-    Raises:
-        ValueError: when the enclosing plate at dim -1 has another size than the batch.
-
-    Example:
-        >>> with pyro.plate("data", 10, subsample_size=4):  # the user's plate is the data plate
-        ...     isinstance(data_plate(4, "ScoreModel"), contextlib.nullcontext)
-        True
-        >>> data_plate(4, "ScoreModel").name, data_plate(4, "ScoreModel").dim
-        ('data', -1)
-    """
-    for frame in _PYRO_STACK:
-        if isinstance(frame, IndepMessenger) and frame.dim == -1:
-            # a subsampled plate's size is the full data's; its examples here are the subsample
-            here = getattr(frame, "subsample_size", None) or frame.size
-            if here != size:
-                raise ValueError(
-                    f"{owner} puts the {size} examples of its data at dim -1, where the "
-                    f"caller's plate {frame.name!r} holds {here}: call the model "
-                    "under a plate over the examples it is given (subsampled: "
-                    "x[idx] under pyro.plate(name, N, subsample_size=B) as idx), or under "
-                    "none"
-                )
-            return contextlib.nullcontext()
-    return pyro.plate("data", size, dim=-1)
 
 
 #: what a generative program sets itself, so ``sampler_kwargs`` may not

@@ -34,6 +34,7 @@ from torch.distributions.transforms import ReshapeTransform
 from pyro_gen.distributions.flow import Flow, FlowDistribution
 from pyro_gen.flows.arguments import check_count
 from pyro_gen.nn.registration import register_module
+from pyro_gen.plates import data_plate
 from pyro_gen.transforms._base import PicklableModule, as_event_shape, sample_count
 from pyro_gen.transforms.dequantization import (
     ScaledSigmoid,
@@ -234,11 +235,11 @@ class FlowModel(PicklableModule):
             # draw per Predictive(parallel=True) sample when y comes from a latent (its first
             # dim made the plate the number of samples: "Shape mismatch inside plate('data')")
             n = num_samples if y is None or y.dim() < 2 else y.shape[-2]
-            with pyro.plate("data", n):
+            with data_plate(n, type(self).__name__):
                 return pyro.sample(self.site, self.distribution(y=y))
         self._check(x)
         self._check_batch(x)
-        with pyro.plate("data", x.shape[0]):
+        with data_plate(x.shape[0], type(self).__name__):
             if self.dequantization is not None:
                 return self.dequantization.model_step(x, self.distribution(y=y), self.site)
             return pyro.sample(self.site, self.distribution(y=y), obs=x)
@@ -251,7 +252,7 @@ class FlowModel(PicklableModule):
             return None
         self._check_batch(x)
         register_module(self.name + ".dequantization", self.dequantization)
-        with pyro.plate("data", x.shape[0]):
+        with data_plate(x.shape[0], type(self).__name__):
             self.dequantization.guide_step(x)
         return None
 

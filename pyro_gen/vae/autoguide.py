@@ -20,6 +20,7 @@ import torch
 from pyro import poutine
 from pyro.infer.autoguide import AutoGuide, AutoNormal
 
+from pyro_gen.plates import enclosing_plate
 from pyro_gen.vae.autoguide_encoder import (
     DEFAULT_INIT_SCALE,
     MIN_SCALE,
@@ -249,6 +250,7 @@ class AutoAmortizedNormal(PrototypeMixin, PlatesMixin, SummariesMixin, AutoGuide
             use_stored_encoder(net, self._pyro_name)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self._refuse_callers_plate()
         # Parameters created inside the first recorded call would be recorded in creation
         # order rather than in the order of later calls (which trips recorders comparing
         # two runs, as the compiled step does), so they are created out of the record.
@@ -259,6 +261,21 @@ class AutoAmortizedNormal(PrototypeMixin, PlatesMixin, SummariesMixin, AutoGuide
         else:
             self._use_stored_encoder()
         return super().__call__(*args, **kwargs)
+
+    def _refuse_callers_plate(self) -> None:
+        """Like Pyro's autoguides, this guide opens the model's plates itself, from the
+        model's trace: under a caller's plate at dim -1 (``vae.guide(x[idx])`` inside
+        ``pyro.plate("data", N, subsample=idx)``) its plate over the examples met "duplicate
+        plate" or "collide at dim=-1" from Pyro, naming neither cause nor remedy."""
+        frame = enclosing_plate(-1)
+        if frame is not None:
+            raise ValueError(
+                f"{type(self).__name__} is called under the caller's plate {frame.name!r} "
+                "at dim -1, but like Pyro's autoguides it opens the model's plates itself. "
+                "Build it from the program that opens that plate and call it outside any "
+                "plate: def model(x): with pyro.plate(name, N, subsample_size=B) as idx: "
+                "vae.model(x[idx]); guide = AutoAmortizedNormal(model)"
+            )
 
     # -- guide ---------------------------------------------------------------------------
     def _local_params(self, x: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -38,6 +38,7 @@ from torch.nn import functional as F
 
 from pyro_gen.nn.mlp import layer_widths
 from pyro_gen.nn.registration import register_module
+from pyro_gen.plates import enclosing_plate
 from pyro_gen.transforms._base import PicklableModule, as_event_shape, sample_count
 from pyro_gen.vae._utils import numel
 from pyro_gen.vae.encoders import MLPEncoder
@@ -222,7 +223,22 @@ class BayesianVAE(PicklableModule):
         # an explicit subsample: the minibatch is given, only the N/B scale is wanted
         return pyro.plate(DATA_PLATE, self.num_data, subsample=torch.arange(batch, device=x.device))
 
+    def _refuse_callers_plate(self) -> None:
+        """The decoder's weights are global latents: under a caller's plate over the examples
+        (Pyro's minibatch idiom around the whole model) each example would draw its own,
+        which fails deep in the decoder or AutoNormal; this model opens its plate itself."""
+        frame = enclosing_plate(-1)
+        if frame is not None:
+            raise ValueError(
+                "BayesianVAE draws its decoder's weights once, outside its plate over the "
+                f"examples; under the caller's plate {frame.name!r} at dim -1 each example "
+                "would draw its own. Call vae.model and vae.guide outside any plate over "
+                "the examples; for minibatches of a data set of N examples build it with "
+                "num_data=N, so that its own plate scales the examples' terms by N/B"
+            )
+
     def _check(self, x: torch.Tensor) -> None:
+        self._refuse_callers_plate()
         if x is None:  # the model generates without x; the guide encodes it
             raise ValueError("BayesianVAE.guide needs the examples x (it encodes them)")
         if x.dim() != len(self.event_shape) + 1 or tuple(x.shape[1:]) != self.event_shape:
@@ -247,6 +263,7 @@ class BayesianVAE(PicklableModule):
             torch.Size([3, 8, 8])
         """
         if x is None:
+            self._refuse_callers_plate()
             # generating: a plain plate (no N/B scale, nothing is scored), on the modules'
             # device and dtype
             like = self.decoder.layers[0].prior_loc

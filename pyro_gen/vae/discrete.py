@@ -38,6 +38,7 @@ from torch.distributions.relaxed_categorical import ExpRelaxedCategorical as _Ex
 from pyro_gen.infer.callbacks import changes_only_tensors
 from pyro_gen.nn.mlp import layer_widths
 from pyro_gen.nn.registration import register_module
+from pyro_gen.plates import data_plate
 from pyro_gen.transforms._base import PicklableModule, as_event_shape, sample_count
 from pyro_gen.vae._utils import mlp, numel
 from pyro_gen.vae.decoders import MLPDecoder
@@ -179,7 +180,7 @@ class DiscreteVAE(PicklableModule):
             self._check(x)
         batch = x.shape[0] if x is not None else (num_samples or 1)
         obs = None if x is None else self.decoder.likelihood.prepare(x)
-        with pyro.plate(DATA_PLATE, batch):
+        with data_plate(batch, type(self).__name__, DATA_PLATE):
             z = pyro.sample(LATENT, self._latent(self.prior_logits))
             return pyro.sample(OBS, self.decoder(self._decode_input(z)), obs=obs)
 
@@ -188,7 +189,7 @@ class DiscreteVAE(PicklableModule):
         self._check(x)
         register_module(self.prefix + "encoder", self.encoder)
         infer = {"enumerate": "parallel"} if self.inference == "enumerate" else {}
-        with pyro.plate(DATA_PLATE, x.shape[0]):
+        with data_plate(x.shape[0], type(self).__name__, DATA_PLATE):
             return pyro.sample(LATENT, self._latent(self.encoder_logits(x)), infer=infer)
 
     @torch.no_grad()

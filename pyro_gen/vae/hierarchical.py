@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pyro_gen.nn.registration import register_module
+from pyro_gen.plates import data_plate
 from pyro_gen.transforms._base import as_event_shape, sample_count
 from pyro_gen.vae._utils import mlp, setup_off_the_store
 from pyro_gen.vae.decoders import Decoder, MLPDecoder
@@ -180,7 +181,7 @@ class HierarchicalVAE(GuideSlot):
             raise ValueError("mask= marks the observed entries of x: pass x too")
         batch = x.shape[0] if x is not None else (num_samples or 1)
         obs = None if x is None else self.decoder.likelihood.prepare(fill_missing(x, mask))
-        with pyro.plate(DATA_PLATE, batch):
+        with data_plate(batch, type(self).__name__, DATA_PLATE):
             z = pyro.sample(latent_site(self.num_layers), self.prior())
             for layer in range(self.num_layers - 1, 0, -1):
                 loc, scale = self.topdown[layer - 1](z)
@@ -198,7 +199,7 @@ class HierarchicalVAE(GuideSlot):
         x = fill_missing(x, mask)
         register_module(self.prefix + "encoders", encoders)
         out: dict[str, torch.Tensor] = {}
-        with pyro.plate(DATA_PLATE, x.shape[0]):
+        with data_plate(x.shape[0], type(self).__name__, DATA_PLATE):
             if self.inference == "bottom_up":
                 inp = x
                 for layer in range(1, self.num_layers + 1):

@@ -39,6 +39,7 @@ from torch.nn import functional as F
 
 from pyro_gen.nn.mlp import layer_widths
 from pyro_gen.nn.registration import register_module
+from pyro_gen.plates import data_plate
 from pyro_gen.transforms._base import PicklableModule, as_event_shape, sample_count
 from pyro_gen.vae._utils import mlp, numel
 from pyro_gen.vae.decoders import MLPDecoder
@@ -202,7 +203,7 @@ class SSVAE(PicklableModule):
             batch = y.shape[0] if y is not None else sample_count(num_samples or 1)
         # x's device where it is given (the modules' otherwise), the prior's dtype
         like = self.prior_logits if x is None else x
-        with pyro.plate(DATA_PLATE, batch):
+        with data_plate(batch, type(self).__name__, DATA_PLATE):
             label = pyro.sample(LABEL, dist.Categorical(logits=self.prior_logits), obs=y)
             zeros = like.new_zeros(self.z_dim, dtype=self.prior_logits.dtype)
             z = pyro.sample(LATENT, dist.Normal(zeros, 1.0).to_event(1))
@@ -219,7 +220,7 @@ class SSVAE(PicklableModule):
         y = self._check(x, y, needs_x="guide")
         register_module(self.prefix + "classifier", self.classifier)
         register_module(self.prefix + "encoder", self.encoder)
-        with pyro.plate(DATA_PLATE, x.shape[0]):
+        with data_plate(x.shape[0], type(self).__name__, DATA_PLATE):
             if y is None:
                 y = pyro.sample(
                     LABEL,

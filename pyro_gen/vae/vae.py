@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pyro_gen.nn.registration import register_module
+from pyro_gen.plates import data_plate
 from pyro_gen.transforms._base import as_event_shape, sample_count
 from pyro_gen.vae._utils import setup_off_the_store
 from pyro_gen.vae.decoders import Decoder, MLPDecoder
@@ -232,7 +233,7 @@ class VAE(GuideSlot):
         if mask is not None and x is None:
             raise ValueError("mask= marks the observed entries of x: pass x too")
         obs = None if x is None else self.decoder.likelihood.prepare(fill_missing(x, mask))
-        with pyro.plate(DATA_PLATE, batch):
+        with data_plate(batch, type(self).__name__, DATA_PLATE):
             z = pyro.sample(LATENT, self.prior(context=context))
             px = mask_pixels(self.decoder(z, context=context), mask)
             return pyro.sample(OBS, px, obs=obs)
@@ -258,7 +259,7 @@ class VAE(GuideSlot):
         register_module(self.prefix + "encoder", self.posterior)
         context = self._context(y)
         x = fill_missing(x, mask)
-        with pyro.plate(DATA_PLATE, x.shape[0]):
+        with data_plate(x.shape[0], type(self).__name__, DATA_PLATE):
             return pyro.sample(LATENT, self.posterior(x, context=context, **kwargs))
 
     @torch.no_grad()

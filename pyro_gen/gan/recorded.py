@@ -32,7 +32,8 @@ operations (a Gamma, a discrete site whose probabilities are learned), when a va
 branched on (``if x.max() > 1``, Pyro's argument checks) changes, when the shapes of the
 inputs keep changing, or when recording fails. Calls made under any Pyro handler other than a
 ``param_only`` trace (which is what ``SVI`` and ``fit`` use) run as Pyro, so that the handler
-sees the model's sites.
+sees the model's sites, and so do calls under ``torch.inference_mode()`` (Lightning's
+``validate`` and ``test``), which cannot be recorded: they neither record nor count.
 
 A replay takes the model's Python control flow as fixed, except where it depends on the
 tensor values the model reads (compared at each replay), on the input shapes and non-tensor
@@ -156,6 +157,12 @@ class RecordedRuns:
     ) -> dict[str, ObservedSite]:
         """The observed sites of one unconditioned run of ``model(*args, **kwargs)``."""
         if self.fallback_reason is not None or not only_param_capture():
+            return self._pyro(model, guide, args, kwargs)
+        if torch.is_inference_mode_enabled():
+            # Lightning's validate and test run under inference mode, where make_fx cannot
+            # record ("get value out of a tracing tensor ... _local_scalar_dense"): the
+            # failed recording used to turn replays off for all later training. An
+            # inference-mode run goes through Pyro and leaves the recordings as they are.
             return self._pyro(model, guide, args, kwargs)
         try:
             key, data = self._key(model, guide, args, kwargs)

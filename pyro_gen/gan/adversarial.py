@@ -116,9 +116,12 @@ def _check_generator_learns(batch: AdversarialBatch, model: Callable[..., Any]) 
     """Refuses a training call whose generator is a :class:`~pyro_gen.gan.Generator` in eval
     mode with an average: it then generates with its averaged weights, which carry no
     gradient, so the network stayed exactly where it was while the discriminator trained
-    (a ``gen.eval()`` left from sampling or evaluating; ``fit`` keeps the user's modes)."""
+    (a ``gen.eval()`` left from sampling or evaluating; ``fit`` keeps the user's modes).
+    Refused before the average's first update too, when the network's own weights still
+    stand in for it: otherwise the first step would train and the next, after
+    ``update_average``, fail."""
     owner = getattr(model, "__self__", None)
-    if batch.fake.requires_grad or not isinstance(owner, Generator) or not owner._averaged():
+    if not isinstance(owner, Generator) or owner.average is None or owner.training:
         return
     raise RuntimeError(
         "the Generator is in eval mode, where it generates with its averaged weights "

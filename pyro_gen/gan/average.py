@@ -26,6 +26,9 @@ class ExponentialAverage(PicklableModule):
 
     The copy's parameters do not require gradients and are never registered with Pyro, so
     no optimizer touches them; they are in the ``state_dict``, so checkpoints keep them.
+    Before the first :meth:`update` there is no average (:meth:`has_average` is False): the
+    copy holds the initial weights, and its users (:class:`~pyro_gen.gan.Generator`) keep
+    the network's own.
 
     Args:
         module: the module to average (it is deep-copied; the copy starts at its weights).
@@ -86,6 +89,26 @@ class ExponentialAverage(PicklableModule):
             a.lerp_(p.detach(), (1 - beta).to(a))
         for a, b in zip(self.module.buffers(), source.buffers()):
             a.copy_(b)
+
+    def has_average(self) -> bool:
+        """Whether :meth:`update` has run (``num_updates > 0``), so the copy averages something.
+
+        Why: the copy starts as the initial weights, so a generator trained without updates
+        (in Pyro's own ``SVI`` loop, or restored from ``pyro.get_param_store()``, which holds
+        no buffers) generated in eval mode and in ``sample()`` from its untrained network.
+        The read is a comparison that stays True once updated, so a recorded run of the
+        model that branches on it stays valid as the updates go on
+        (:mod:`pyro_gen.gan.recorded`).
+
+        Example:
+            >>> avg = ExponentialAverage(nn.Linear(1, 1))
+            >>> avg.has_average()
+            False
+            >>> avg.update(nn.Linear(1, 1))
+            >>> avg.has_average()
+            True
+        """
+        return bool(self.num_updates > 0)
 
     def forward(self, *args, **kwargs):
         """Calls the averaged module."""

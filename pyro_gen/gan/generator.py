@@ -72,7 +72,11 @@ class Generator(PicklableModule):
             ``step_callbacks=[gen.update_average]``). :meth:`sample`, and the model in eval
             mode, then generate with the averaged weights; training uses the network's own
             (the averaged ones carry no gradient, so an adversarial loss refuses to train the
-            model in eval mode: ``gen.train()`` first).
+            model in eval mode: ``gen.train()`` first). Before the first
+            :meth:`update_average` there is no average, and they generate with the network's
+            own weights: a generator trained in the user's own ``SVI`` loop without it, or
+            restored through ``pyro.get_param_store()`` (which holds no buffers), samples
+            what it learned, not its initial weights.
             Batch norm's running statistics are copied from the network, not averaged, so
             they belong to the raw weights: with batch norm (the DCGAN generator) draw
             samples in training mode, normalising with each batch's own statistics, as
@@ -205,15 +209,24 @@ class Generator(PicklableModule):
             )
         self.average.update(nn.ModuleList([self.net, self.prior]))
 
-    def _averaged(self) -> bool:
-        return self.average is not None and not self.training
+    def _networks(self, averaged: bool) -> tuple[nn.Module, nn.Module]:
+        """The network and prior to generate with: the averaged copies when ``averaged`` and
+        the average has had an update (one read of it), the generator's own otherwise."""
+        if averaged and self.average is not None and self.average.has_average():
+            return self.average.module[0], self.average.module[1]
+        return self.net, self.prior
 
     def generate(
         self, z: torch.Tensor, context: torch.Tensor | None = None, *, averaged: bool = False
     ) -> torch.Tensor:
         """:math:`G(z)`, the network's output for latent codes ``z`` (with the averaged
-        weights when ``averaged`` and the generator keeps an average)."""
-        net = self.average.module[0] if averaged and self.average is not None else self.net
+        weights when ``averaged`` and the generator keeps an average that has had an
+        update)."""
+        return self._generate(self._networks(averaged)[0], z, context)
+
+    def _generate(
+        self, net: nn.Module, z: torch.Tensor, context: torch.Tensor | None
+    ) -> torch.Tensor:
         try:
             return net(z) if context is None else net(z, context)
         except RuntimeError as err:
@@ -227,9 +240,6 @@ class Generator(PicklableModule):
                 f"but its prior draws {str(z.dtype).removeprefix('torch.')} latents z; convert "
                 f"the whole generator (gen.to({want})) so the prior follows"
             ) from err
-
-    def _prior(self, averaged: bool) -> nn.Module:
-        return self.average.module[1] if averaged and self.average is not None else self.prior
 
     def model(
         self,
@@ -252,10 +262,10 @@ class Generator(PicklableModule):
         else:
             batch = num_samples or 1
         context = self.context(y)
-        averaged = self._averaged()
+        net, prior = self._networks(averaged=not self.training)
         with pyro.plate(DATA_PLATE, batch):
-            z = pyro.sample(LATENT, self._prior(averaged)(context=context))
-            value = self.generate(z, context, averaged=averaged)
+            z = pyro.sample(LATENT, prior(context=context))
+            value = self._generate(net, z, context)
             return pyro.sample(OBS, dist.Delta(value, event_dim=len(self.event_shape)), obs=x)
 
     def guide(self, *args: Any, **kwargs: Any) -> None:
@@ -264,9 +274,10 @@ class Generator(PicklableModule):
     @torch.no_grad()
     def sample(self, num_samples: int, y: torch.Tensor | None = None) -> torch.Tensor:
         """``num_samples`` generated examples, shape ``(num_samples, *event_shape)``, from
-        the averaged weights when the generator keeps an average. A conditional generator
-        given no labels draws every class in turn (``y = arange(num_samples) % num_classes``),
-        so that ``load(run).sample(n)`` works for every generator.
+        the averaged weights when the generator keeps an average (once updated). A
+        conditional generator given no labels draws every class in turn
+        (``y = arange(num_samples) % num_classes``), so that ``load(run).sample(n)`` works
+        for every generator.
 
         Example:
             >>> from pyro_gen.nn import MLPGenerator
@@ -280,7 +291,7 @@ class Generator(PicklableModule):
         context = self.context(y)
         if context is not None and context.shape[0] != num_samples:
             raise ValueError(f"y must hold one label per sample ({num_samples})")
-        averaged = self.average is not None
-        prior = self._prior(averaged)(context=context)
-        z = prior.sample((num_samples,) if prior.batch_shape == () else ())
-        return self.generate(z, context, averaged=averaged)
+        net, prior = self._networks(averaged=True)
+        p_z = prior(context=context)
+        z = p_z.sample((num_samples,) if p_z.batch_shape == () else ())
+        return self._generate(net, z, context)

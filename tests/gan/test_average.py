@@ -56,9 +56,10 @@ def test_a_source_of_other_shapes_or_dtype_is_one_error_naming_the_parameter():
 def test_samples_and_the_eval_model_use_the_average_while_training_uses_the_network():
     pyro.set_rng_seed(0)
     gen = Generator(MLPGenerator(2, (2,), (8,)), average=0.5)
+    gen.update_average()  # an average (of the initial weights); before any, there is none
     with torch.no_grad():
         for p in gen.net.parameters():
-            p.add_(1.0)  # the network moves; the average has not been updated
+            p.add_(1.0)  # the network moves; the average has not been updated since
     z = torch.randn(5, 2)
     averaged = gen.average.module[0](z)
     pyro.set_rng_seed(1)

@@ -65,10 +65,20 @@ def _size(value: Any) -> int | None:
 
 
 def _to(value: Any, device: torch.device | None) -> Any:
+    """``value`` on ``device``, with the tensors inside its lists, tuples and dicts (a
+    collate_fn's ``{"x": x, "cond": {"label": y}}``): they were left on the host, and the
+    model failed on the device with an error naming neither the batch nor the argument."""
     if device is None:
         return value
-    if isinstance(value, torch.Tensor) or hasattr(value, "batch_sizes"):
+    if isinstance(value, torch.Tensor) or hasattr(value, "batch_sizes"):  # a PackedSequence
         return value.to(device)
+    # plain containers only: a class of the user's keeps its type and is theirs to move
+    if type(value) is dict:
+        return {k: _to(v, device) for k, v in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a namedtuple
+        return value._make(_to(v, device) for v in value)
+    if type(value) in (tuple, list):
+        return type(value)(_to(v, device) for v in value)
     return value
 
 

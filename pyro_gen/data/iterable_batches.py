@@ -16,10 +16,27 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.utils.data import SubsetRandomSampler
 
 from pyro_gen.data.batch_call import Call, as_call
 from pyro_gen.data.batch_kinds import _check_kinds, _kinds
 from pyro_gen.data.random_state import global_rng_state, same_rng_state, set_global_rng_state
+
+
+def _index_samplers(source: Any) -> list[tuple[str, Any]]:
+    """The samplers a ``DataLoader`` draws its indices through, named as the user set them:
+    its ``sampler`` and ``batch_sampler``, and the samplers inside those (a ``BatchSampler``
+    wraps one, also when given as ``sampler=`` with ``batch_size=None``, the recipe for
+    indexing a ``TensorDataset`` a batch at a time)."""
+    found: list[tuple[str, Any]] = []
+    seen: set[int] = set()
+    for name in ("sampler", "batch_sampler"):
+        owner = getattr(source, name, None)
+        while owner is not None and id(owner) not in seen:
+            seen.add(id(owner))
+            found.append((name, owner))
+            owner, name = getattr(owner, "sampler", None), f"{name}'s sampler"
+    return found
 
 
 def own_generator(source: Any) -> str | None:
@@ -33,17 +50,16 @@ def own_generator(source: Any) -> str | None:
         True
         >>> own_generator(torch.utils.data.DataLoader(data, generator=torch.Generator()))
         'its generator= argument'
+        >>> sampler = torch.utils.data.RandomSampler(data, generator=torch.Generator())
+        >>> batches = torch.utils.data.BatchSampler(sampler, 2, drop_last=False)
+        >>> own_generator(torch.utils.data.DataLoader(data, batch_size=None, sampler=batches))
+        "its sampler's sampler's generator"
     """
     if isinstance(getattr(source, "generator", None), torch.Generator):
         return "its generator= argument"
-    sampler = getattr(source, "sampler", None)
-    batch_sampler = getattr(source, "batch_sampler", None)
-    for name, owner in [("sampler", sampler), ("batch_sampler", batch_sampler)]:
-        if isinstance(getattr(owner, "generator", None), torch.Generator):
+    for name, sampler in _index_samplers(source):
+        if isinstance(getattr(sampler, "generator", None), torch.Generator):
             return f"its {name}'s generator"
-    inner = getattr(batch_sampler, "sampler", None)
-    if inner is not sampler and isinstance(getattr(inner, "generator", None), torch.Generator):
-        return "its batch_sampler's sampler's generator"
     return None
 
 
@@ -82,8 +98,16 @@ class IterableBatches:
 
     @property
     def num_examples(self) -> int | None:
+        """The examples an epoch draws its batches from: a ``DataLoader``'s dataset, or the
+        part of it a ``SubsetRandomSampler`` picks (a train split of one dataset, as torch's
+        recipe makes it); None where the source does not say."""
         dataset = getattr(self.source, "dataset", None)  # a DataLoader
+        # the split, not the whole dataset: a model with the split's size was warned that
+        # its batches came from all of the dataset's examples, and told to give that size
+        subsets = [s for _, s in _index_samplers(self.source) if isinstance(s, SubsetRandomSampler)]
         try:
+            if subsets:
+                return len(subsets[0].indices)
             return len(dataset) if dataset is not None else None
         except TypeError:
             return None

@@ -117,7 +117,8 @@ class UNet(nn.Module):
     resolution halves between levels (stride-2 conv) and doubles on the way up (nearest
     upsampling + conv), with skip connections; self-attention follows each block of the
     levels listed in ``attention_levels`` (the middle block always has it). H and W must be
-    divisible by ``2 ** (len(channel_mults) - 1)``.
+    divisible by ``2 ** (len(channel_mults) - 1)``. Extra leading batch dims
+    (``(K, B, C, H, W)``) are accepted, and ``t`` may be one time for the whole batch.
 
     Args:
         in_channels: image channels.
@@ -141,6 +142,8 @@ class UNet(nn.Module):
         >>> net = UNet(1, base_channels=8, channel_mults=(1, 2), attention_levels=(1,))
         >>> net(torch.randn(2, 1, 8, 8), torch.tensor([1, 7])).shape
         torch.Size([2, 1, 8, 8])
+        >>> net(torch.randn(3, 2, 1, 8, 8), torch.tensor(5)).shape  # particles, one time
+        torch.Size([3, 2, 1, 8, 8])
     """
 
     def __init__(
@@ -222,8 +225,30 @@ class UNet(nn.Module):
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
     ) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"UNet expects (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        if x.dim() < 4 or x.shape[-3] != self.in_channels:
+            raise ValueError(
+                f"UNet expects (..., {self.in_channels}, H, W) with at least one batch dim, got "
+                f"{tuple(x.shape)}"
+            )
+        # Leading batch dims (vectorized particles, (K, B, C, H, W)) are flattened for the
+        # convolutions, as ResNetConv and TimeMLP accept them; one time for the whole batch
+        # (a sampler's step) is broadcast, as TimeMLP broadcasts it.
+        batch = x.shape[:-3]
+        if not isinstance(t, torch.Tensor):  # a Python number (a tensor stays traceable)
+            t = torch.as_tensor(t, device=x.device)
+        try:
+            t = t.expand(batch)
+        except RuntimeError:
+            raise ValueError(
+                f"UNet's times t must be one per example (batch shape {tuple(batch)}) or one "
+                f"for the batch, got shape {tuple(t.shape)}"
+            ) from None
+        if y is not None and y.shape == batch:
+            y = y.reshape(-1)
+        out = self._forward(x.reshape((-1,) + x.shape[-3:]), t.reshape(-1), y)
+        return out.reshape(batch + out.shape[-3:])
+
+    def _forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         H, W = x.shape[-2:]
         if H % self.factor or W % self.factor:
             raise ValueError(

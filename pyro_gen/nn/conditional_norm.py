@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pyro_gen.nn.arguments import check_count
+
 
 class ConditionalBatchNorm(nn.Module):
     """Batch norm with a per-context scale and shift (de Vries et al. 2017; Dumoulin et al.
@@ -41,8 +43,8 @@ class ConditionalBatchNorm(nn.Module):
         self, num_features: int, context_dim: int, *, eps: float = 1e-5, momentum: float = 0.1
     ) -> None:
         super().__init__()
-        if context_dim < 1:
-            raise ValueError(f"context_dim must be positive, got {context_dim!r}")
+        num_features = check_count("num_features", num_features)
+        context_dim = check_count("context_dim", context_dim)
         # BatchNorm1d normalizes dimension 1 of inputs of any rank >= 2
         self.norm = nn.BatchNorm1d(num_features, eps=eps, momentum=momentum, affine=False)
         self.scale = nn.Linear(context_dim, num_features, bias=False)

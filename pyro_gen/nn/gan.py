@@ -12,19 +12,26 @@ label, as its second argument.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
+from pyro_gen.nn.arguments import check_count
 from pyro_gen.nn.conditional_norm import ConditionalBatchNorm
 from pyro_gen.nn.mlp import MLP, broadcast_context
 from pyro_gen.nn.resnet import ResNetConv
 
 
 def _event_shape(shape: int | Sequence[int]) -> tuple[int, ...]:
-    return (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
+    # a size of 0 built a network over nothing (and 2.5 was truncated to 2)
+    whole = numbers.Integral
+    sizes = [shape] if isinstance(shape, whole) else list(shape)
+    if not all(isinstance(s, whole) and not isinstance(s, bool) and s >= 1 for s in sizes):
+        raise ValueError(f"event_shape must hold positive whole sizes, got {shape!r}")
+    return tuple(int(s) for s in sizes)
 
 
 def _check_input(x: torch.Tensor, event_shape: tuple[int, ...], name: str) -> None:
@@ -72,6 +79,8 @@ class MLPGenerator(nn.Module):
         activation: type[nn.Module] = nn.ReLU,
     ) -> None:
         super().__init__()
+        latent_dim = check_count("latent_dim", latent_dim)
+        context_dim = check_count("context_dim", context_dim, minimum=0)
         self.latent_dim, self.context_dim = latent_dim, context_dim
         self.event_shape = _event_shape(event_shape)
         out = math.prod(self.event_shape)
@@ -187,6 +196,9 @@ class DCGANGenerator(nn.Module):
             raise ValueError(f"output must be 'sigmoid' or 'tanh', got {output!r}")
         if conditioning not in ("concat", "batchnorm"):
             raise ValueError(f"conditioning must be 'concat' or 'batchnorm', got {conditioning!r}")
+        latent_dim = check_count("latent_dim", latent_dim)
+        context_dim = check_count("context_dim", context_dim, minimum=0)
+        width = check_count("width", width)
         self.latent_dim, self.context_dim = latent_dim, context_dim
         self.event_shape = _event_shape(event_shape)
         channels = _image_shape(event_shape)[0]
@@ -279,6 +291,8 @@ class DCGANDiscriminator(nn.Module):
         super().__init__()
         if conditioning not in ("projection", "concat"):
             raise ValueError(f"conditioning must be 'projection' or 'concat', got {conditioning!r}")
+        width = check_count("width", width)
+        context_dim = check_count("context_dim", context_dim, minimum=0)
         self.event_shape = _event_shape(event_shape)
         self.image_shape = _image_shape(event_shape)
         self.context_dim = context_dim

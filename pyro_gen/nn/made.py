@@ -2,25 +2,73 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pyro_gen.nn.arguments import check_count
 from pyro_gen.nn.legacy_keys import LegacyKeys
 from pyro_gen.nn.mlp import concat_context, layer_widths
 
 
 class MaskedLinear(nn.Linear):
-    """Linear layer whose weight is multiplied by a fixed 0/1 mask (a buffer)."""
+    """Linear layer whose weight is multiplied by a fixed 0/1 mask (a buffer).
+
+    The mask has the weight's shape ``(out_features, in_features)``; a transposed one used to
+    be accepted and failed at the first call.
+
+    Example:
+        >>> layer = MaskedLinear(2, 2, torch.tensor([[0.0, 0.0], [1.0, 0.0]]))
+        >>> layer.bias.data.zero_()  # doctest: +ELLIPSIS
+        tensor(...)
+        >>> layer(torch.tensor([3.0, 5.0]))[0].item()  # row 0 of the mask sees nothing
+        0.0
+    """
 
     def __init__(self, in_features: int, out_features: int, mask: torch.Tensor) -> None:
         super().__init__(in_features, out_features)
+        if tuple(mask.shape) != tuple(self.weight.shape):
+            raise ValueError(
+                f"mask must have the weight's shape (out_features, in_features) = "
+                f"{tuple(self.weight.shape)}, got {tuple(mask.shape)}"
+            )
         self.register_buffer("mask", mask.to(self.weight.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight * self.mask, self.bias)
+
+
+def _as_order(order: object, d: int) -> torch.Tensor:
+    """``order`` as a CPU long tensor, refused unless it is a permutation of ``range(d)``
+    (a float order such as ``[0.0, 1.0, 2.5]`` used to be truncated to integers)."""
+    tensor = torch.as_tensor(order).cpu()
+    if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
+        raise ValueError(f"order must be a permutation of range({d}) in integers, got {order!r}")
+    tensor = tensor.long()
+    if tensor.shape != (d,) or not torch.equal(tensor.sort().values, torch.arange(d)):
+        raise ValueError(f"order must be a permutation of range({d}), got {order!r}")
+    return tensor
+
+
+def _warn_if_narrow(widths: list[int], d: int, context_dim: int) -> None:
+    """Warns when a hidden layer has fewer units than the degrees it must carry: the path
+    from the input of degree :math:`k` to the output of degree :math:`k + 1` needs a unit of
+    degree :math:`k` in every layer (and, with a context, one of degree 0 for the first output),
+    so a narrower layer silently cuts dependences the network is meant to have (a conditional
+    ``MADE(2, [1], context_dim=2)`` had its second output ignore the first input)."""
+    needed = d if context_dim else d - 1
+    narrow = [h for h in widths if h < needed]
+    if d > 1 and narrow:
+        warnings.warn(
+            f"MADE hidden_dims {widths} has layers narrower than {needed} (input_dim "
+            f"{d}{', with a context' if context_dim else ''}): some outputs will not depend on "
+            f"all the inputs before them in the order; use widths >= {needed}",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 class MADE(LegacyKeys):
@@ -39,7 +87,10 @@ class MADE(LegacyKeys):
 
     Args:
         input_dim: :math:`D`.
-        hidden_dims: hidden layer widths (each at least :math:`D-1` recommended).
+        hidden_dims: hidden layer widths. Each should be at least :math:`D-1` (:math:`D`
+            with a context): a narrower layer has fewer units than degrees, so some outputs
+            cannot depend on every input before them (a warning says so; Pyro's
+            ``AutoRegressiveNN`` refuses widths below :math:`D`).
         num_params: outputs per input dimension.
         order: input order :math:`\pi` (a permutation of ``range(D)``).
         context_dim: size of an optional context vector.
@@ -71,14 +122,13 @@ class MADE(LegacyKeys):
         zero_init_output: bool = True,
     ) -> None:
         super().__init__()
-        d = input_dim
+        d = check_count("input_dim", input_dim)
         self.input_dim = d
-        self.num_params = num_params
-        self.context_dim = context_dim
-        order = torch.arange(d) if order is None else torch.as_tensor(order, dtype=torch.long)
-        order = order.cpu()
-        if not torch.equal(order.sort().values, torch.arange(d)):
-            raise ValueError(f"order must be a permutation of range({d})")
+        self.num_params = check_count("num_params", num_params)
+        self.context_dim = context_dim = check_count("context_dim", context_dim, minimum=0)
+        widths = layer_widths(hidden_dims)
+        order = torch.arange(d) if order is None else _as_order(order, d)
+        _warn_if_narrow(widths, d, context_dim)
         self.register_buffer("order", order)
         # degree of input at position order[k] is k + 1
         deg_in = torch.empty(d, dtype=torch.long)
@@ -89,7 +139,7 @@ class MADE(LegacyKeys):
         # with a context, degree-0 hidden units (seeing only the context) let it reach the
         # first output in the order too; without one they would be constants
         low = 0 if context_dim else 1
-        for h in layer_widths(hidden_dims):
+        for h in widths:
             deg_h = torch.arange(h) % max(d - low, 1) + low
             mask = (deg_h[:, None] >= prev[None, :]).float()
             layers += [MaskedLinear(prev.numel(), h, mask), activation()]

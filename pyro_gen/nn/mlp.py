@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from pyro_gen.nn.arguments import check_count
 from pyro_gen.nn.legacy_keys import LegacyKeys
 
 
@@ -138,9 +139,11 @@ class MLP(LegacyKeys):
         zero_init_output: bool = False,
     ) -> None:
         super().__init__()
-        self.in_dim = in_dim
-        self.out_dim = out_dim
-        self.context_dim = context_dim
+        self.in_dim = in_dim = check_count("in_dim", in_dim)
+        # 0 passes: the coupling helpers build their MLP before checking the element-wise
+        # map, whose own error names the map that asked for no outputs
+        self.out_dim = out_dim = check_count("out_dim", out_dim, minimum=0)
+        self.context_dim = context_dim = check_count("context_dim", context_dim, minimum=0)
         dims = [in_dim + context_dim, *layer_widths(hidden_dims)]
         layers: list[nn.Module] = []
         for a, b in zip(dims[:-1], dims[1:]):

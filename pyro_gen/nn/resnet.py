@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pyro_gen.nn.arguments import check_count
 from pyro_gen.nn.mlp import broadcast_context
 
 
@@ -66,7 +67,12 @@ class ResNetConv(nn.Module):
         zero_init_output: bool = True,
     ) -> None:
         super().__init__()
-        if kernel_size % 2 != 1:
+        in_channels = check_count("in_channels", in_channels)
+        hidden_channels = check_count("hidden_channels", hidden_channels)
+        out_channels = check_count("out_channels", out_channels)
+        num_blocks = check_count("num_blocks", num_blocks, minimum=0)
+        context_dim = check_count("context_dim", context_dim, minimum=0)
+        if check_count("kernel_size", kernel_size) % 2 != 1:
             raise ValueError(f"kernel_size must be odd, got {kernel_size}")
         self.in_channels = in_channels
         self.out_channels = out_channels

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from pyro_gen.nn.arguments import check_count
+
 __all__ = ["SinusoidalTimeEmbedding", "TimeMLP"]
 
 
@@ -39,8 +41,12 @@ class SinusoidalTimeEmbedding(nn.Module):
 
     def __init__(self, dim: int, out_dim: int | None = None, max_period: float = 10000.0) -> None:
         super().__init__()
-        if dim % 2:
+        if check_count("dim", dim, minimum=2) % 2:
             raise ValueError(f"embedding dim must be even, got {dim}")
+        if out_dim is not None:
+            out_dim = check_count("out_dim", out_dim)
+        if not max_period > 1:  # log(max_period) > 0: frequencies below one, the longest last
+            raise ValueError(f"max_period must be a number > 1, got {max_period!r}")
         half = dim // 2
         # in the default dtype, as nn.Linear's weights: a float32 buffer in a module built
         # under torch.set_default_dtype(torch.float64) cast its times to float32 (and its
@@ -128,6 +134,13 @@ class TimeMLP(nn.Module):
         num_classes: int | None = None,
     ) -> None:
         super().__init__()
+        dim = check_count("dim", dim)
+        hidden_dim = check_count("hidden_dim", hidden_dim)
+        num_layers = check_count("num_layers", num_layers, minimum=0)
+        if out_dim is not None:
+            out_dim = check_count("out_dim", out_dim)
+        if check_count("time_dim", time_dim, minimum=2) % 2:
+            raise ValueError(f"time_dim must be even (sines paired with cosines), got {time_dim}")
         self.embed = SinusoidalTimeEmbedding(time_dim, hidden_dim)
         self.label = label_table(num_classes, hidden_dim)
         self.inp = nn.Linear(dim, hidden_dim)

@@ -55,6 +55,11 @@ class ConditionalBatchNorm(nn.Module):
     def forward(self, h: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """Normalizes ``h`` (shape ``(B, C, ...)``) and applies the scale and shift of each
         example's context (shape ``(B, context_dim)``)."""
+        if context.dim() != 2 or context.shape[-1] != self.scale.in_features:
+            raise ValueError(  # was torch's "mat1 and mat2 shapes cannot be multiplied"
+                f"context must have shape (batch, context_dim={self.scale.in_features}), got "
+                f"{tuple(context.shape)}"
+            )
         if context.shape[0] != h.shape[0]:
             raise ValueError(
                 f"one context per example: {h.shape[0]} examples, context of shape "

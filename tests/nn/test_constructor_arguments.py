@@ -72,3 +72,9 @@ def test_a_bad_size_is_refused_naming_the_argument(build, name, value) -> None:
 def test_numpy_and_torch_whole_numbers_are_sizes() -> None:
     assert MLPGenerator(np.int64(4), torch.Size([2]))(torch.randn(3, 4)).shape == (3, 2)
     assert MADE(np.int64(3), [np.int64(4)], np.int64(2))(torch.randn(3)).shape == (6,)
+
+
+def test_a_conditional_batch_norm_context_of_the_wrong_width_is_named() -> None:
+    # was torch's "mat1 and mat2 shapes cannot be multiplied (4x5 and 2x3)"
+    with pytest.raises(ValueError, match=r"context_dim=2\), got \(4, 5\)"):
+        ConditionalBatchNorm(3, 2)(torch.randn(4, 3), torch.randn(4, 5))

@@ -3,8 +3,10 @@ re-iterated every epoch.
 
 A ``DataLoader`` that has no generator of its own draws its sampler's order and its
 workers' seeds from the global RNG, which a checkpoint records; a loader or sampler given
-``generator=`` draws from a state no checkpoint holds, and a pass that follows a restored
-state says so with a warning (:func:`own_generator` finds such a generator).
+``generator=`` draws them from that generator, whose state ``fit`` records beside it
+(:meth:`IterableBatches.generator_states`, found by :func:`own_generators`). What no
+checkpoint holds (persistent workers' own draws, a generator that a batch function's
+fresh loaders share) makes a resumed pass say so with a warning.
 """
 
 from __future__ import annotations
@@ -39,6 +41,42 @@ def _index_samplers(source: Any) -> list[tuple[str, Any]]:
     return found
 
 
+def own_generators(source: Any) -> list[torch.Generator]:
+    """The ``torch.Generator`` s a ``DataLoader`` (or any object with ``generator`` /
+    ``sampler`` attributes) draws its order and its workers' base seed from instead of the
+    global RNG, each once, in a fixed order (the loader's, then its samplers' outwards in).
+
+    Example:
+        >>> data = torch.utils.data.TensorDataset(torch.zeros(4))
+        >>> g = torch.Generator()
+        >>> [x is g for x in own_generators(torch.utils.data.DataLoader(data, generator=g))]
+        [True]
+        >>> own_generators(torch.utils.data.DataLoader(data, shuffle=True))
+        []
+    """
+    found: list[torch.Generator] = []
+    owners = [source] + [sampler for _, sampler in _index_samplers(source)]
+    for owner in owners:
+        generator = getattr(owner, "generator", None)
+        # shuffle=True hands the loader's own generator to its RandomSampler: one stream
+        if isinstance(generator, torch.Generator) and all(generator is not g for g in found):
+            found.append(generator)
+    return found
+
+
+def _states(generators: list[torch.Generator]) -> list[torch.Tensor]:
+    return [g.get_state() for g in generators]
+
+
+def _set_states(generators: list[torch.Generator], states: list[torch.Tensor]) -> None:
+    for generator, state in zip(generators, states, strict=True):
+        generator.set_state(state)
+
+
+def _same_states(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
 def own_generator(source: Any) -> str | None:
     """Where a ``DataLoader`` (or any object with ``generator`` / ``sampler`` attributes)
     draws random numbers from a ``torch.Generator`` of its own rather than the global RNG,
@@ -65,12 +103,15 @@ def own_generator(source: Any) -> str | None:
 
 @dataclass
 class _Peeked:
-    """An iterator that :meth:`IterableBatches.peek` started, with the random states from
-    before and after it was made and read once."""
+    """An iterator that :meth:`IterableBatches.peek` started, with the random states (the
+    global RNG's and the source's own generators') from before and after it was made and
+    read once."""
 
     batches: Iterator[Any]
     before: dict[str, Any]
     after: dict[str, Any]
+    generators_before: list[torch.Tensor]
+    generators_after: list[torch.Tensor]
 
 
 class IterableBatches:
@@ -90,6 +131,14 @@ class IterableBatches:
         self._peeked: _Peeked | None = None
         self._first_kinds: dict[int | str, str] | None = None  # batch 0's, once read
         self._warned = False
+        # Whether a checkpoint's states of the source's own generators were put back (a
+        # resumed pass from them is the uninterrupted run's), and why not where refused.
+        self._restored = False
+        self._not_restored: str | None = None
+        # A batch function's last loader's own generators, and whether its loaders share one
+        # (whose state no checkpoint holds: each call's loader is a new object).
+        self._made_generators: list[torch.Generator] = []
+        self._shared_generator: str | None = None
 
     def __len__(self) -> int:
         if callable(self.source) and not isinstance(self.source, Iterable):
@@ -132,16 +181,58 @@ class IterableBatches:
             self.source = itertools.chain([first], self.source)
             return self._first(first)
         before = global_rng_state()
+        generators = own_generators(self.source)
+        generators_before = _states(generators)
         try:
             batches = self._fresh()
             first = next(batches, None)
-            after = global_rng_state()
+            after, generators_after = global_rng_state(), _states(generators)
         finally:
             set_global_rng_state(before)
+            _set_states(generators, generators_before)
         if first is None:
             raise ValueError("data yields no batches")
-        self._peeked = _Peeked(itertools.chain([first], batches), before, after)
+        chained = itertools.chain([first], batches)
+        self._peeked = _Peeked(chained, before, after, generators_before, generators_after)
         return self._first(first)
+
+    def generator_states(self) -> list[torch.Tensor]:
+        """The states (``torch.Generator.get_state()``, uint8 tensors) of the generators of
+        the source's own (:func:`own_generators`) as they are now: taken at an epoch's start,
+        they redraw its order on resume (:meth:`restore_generator_states`).
+
+        Example:
+            >>> g = torch.Generator().manual_seed(0)
+            >>> loader = torch.utils.data.DataLoader(range(4), shuffle=True, generator=g)
+            >>> batches = IterableBatches(loader)
+            >>> states = batches.generator_states()
+            >>> first = [call.args[0].item() for call in batches]
+            >>> batches.restore_generator_states(states)
+            >>> [call.args[0].item() for call in batches] == first
+            True
+        """
+        return _states(own_generators(self.source))
+
+    def restore_generator_states(self, states: list[torch.Tensor] | None) -> None:
+        """Puts back the states :meth:`generator_states` gave (read from a checkpoint), so
+        that the next pass draws the order the recorded one drew. None (a checkpoint written
+        before they were recorded) leaves the generators as they are, as does a list that
+        does not fit them (the data changed since): a resumed pass then warns."""
+        if states is None:
+            return
+        generators = own_generators(self.source)
+        try:
+            states = [s.cpu() for s in states]  # a checkpoint loaded onto the GPU
+            for generator, state in zip(generators, states, strict=True):
+                torch.Generator(generator.device).set_state(state)  # a throwaway: all or none
+        except (ValueError, RuntimeError, TypeError, AttributeError):
+            self._not_restored = (
+                f"the checkpoint recorded {len(states)} generator state(s) of the data and it "
+                f"has {len(generators)} generator(s) of its own now (or of another kind)"
+            )
+            return
+        _set_states(generators, states)
+        self._restored = True
 
     def release(self) -> None:
         """Drops the pass :meth:`peek` started and kept, if no pass took it: a caller that
@@ -155,7 +246,14 @@ class IterableBatches:
         return call
 
     def _fresh(self) -> Iterator[Any]:
-        return iter(self.source if isinstance(self.source, Iterable) else self.source())
+        if isinstance(self.source, Iterable):
+            return iter(self.source)
+        made = self.source()
+        generators = own_generators(made)
+        if any(g is h for g in generators for h in self._made_generators):
+            self._shared_generator = own_generator(made)
+        self._made_generators = generators
+        return iter(made)
 
     @property
     def makes_a_pass_per_read(self) -> bool:
@@ -179,17 +277,22 @@ class IterableBatches:
             self._passes += 1
             return self.source
         peeked, self._peeked = self._peeked, None
-        return peeked.batches if peeked is not None else self._fresh()
+        if peeked is None:
+            return self._fresh()
+        _set_states(own_generators(self.source), peeked.generators_after)
+        return peeked.batches
 
     def epoch(self, skip: int = 0) -> Iterator[Call]:
         """One pass over the batches. The iterator is made and ``skip`` batches are read
         now, not at the first batch, so a resume that restores the RNG state of the epoch's
         start reads them with the same random numbers (a ``DataLoader``'s shuffle).
 
-        A pass that :meth:`peek` started but that begins from another random state, or
-        inside the epoch (a resume restored a checkpoint's state), warns when the source
-        draws from a generator of its own, which the restored state does not include.
-        Every batch's arguments must be of the kinds the first one has."""
+        A pass that :meth:`peek` started but that begins from other random states, or
+        inside the epoch (a resume restored a checkpoint's states), warns where the
+        restored states leave out what the source draws: a generator of its own whose
+        state was not restored (:meth:`restore_generator_states`), persistent workers, a
+        generator that a batch function's loaders share. Every batch's arguments must be of
+        the kinds the first one has."""
         if self._one_shot and self._passes > 0:
             raise ValueError(
                 "data is an iterator and was used up after one pass: pass a list, a "
@@ -197,13 +300,20 @@ class IterableBatches:
             )
         self._passes += 1
         peeked, self._peeked = self._peeked, None
-        if peeked is not None and skip == 0 and same_rng_state(global_rng_state(), peeked.before):
+        generators = own_generators(self.source)
+        if (
+            peeked is not None
+            and skip == 0
+            and same_rng_state(global_rng_state(), peeked.before)
+            and _same_states(_states(generators), peeked.generators_before)
+        ):
             batches = peeked.batches  # its draws made now, as a fresh iterator's would be
             set_global_rng_state(peeked.after)
+            _set_states(generators, peeked.generators_after)
         else:
+            batches = self._fresh()
             if peeked is not None or skip > 0:
                 self._warn_unrecorded()
-            batches = self._fresh()
         for _ in itertools.islice(batches, skip):
             pass
         return self._checked(batches, skip)
@@ -230,13 +340,23 @@ class IterableBatches:
             return
         name = type(self.source).__name__
         where = own_generator(self.source)
-        if where is not None:
+        if where is not None and not self._restored:
+            why = self._not_restored or (
+                "the checkpoint does not hold its state (written before pyro-gen recorded it)"
+            )
             message = (
-                f"data ({name}) draws its order from {where}, whose state a checkpoint does "
-                "not hold (it records the global random state): this resumed pass is not the "
-                "one the uninterrupted run made, nor are the batches after it. Leave "
-                "generator= unset so that the shuffle draws from the global RNG, which "
-                "checkpoints record, to resume exactly"
+                f"data ({name}) draws its order from {where}, and {why}: this resumed pass is "
+                "not the one the uninterrupted run made, nor are the batches after it. Pass "
+                "the data the checkpoint was written with, or train into a fresh "
+                "checkpoint_dir, whose checkpoints hold it, to resume exactly"
+            )
+        elif self._shared_generator is not None:
+            message = (
+                f"data (the function {getattr(self.source, '__name__', name)}) returns loaders "
+                f"that share {self._shared_generator}, whose state a checkpoint cannot hold "
+                "(each call's loader is a new object): this resumed pass is not the one the "
+                "uninterrupted run made. Pass the DataLoader itself, or give each call's "
+                "loader its own seeded generator, to resume exactly"
             )
         elif getattr(self.source, "persistent_workers", False):
             # Its shuffle resumes exactly; what its workers draw themselves may not.

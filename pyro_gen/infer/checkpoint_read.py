@@ -135,6 +135,13 @@ def _layout_problem(ckpt: dict[str, Any]) -> str | None:
     random.Random().setstate(rng["random"])
     np.random.RandomState().set_state(rng["numpy"])
     torch.Generator().set_state(rng["torch"].cpu())
+    # absent before it was recorded; restoring sets each on the loader's own generator
+    loader_states = ckpt["progress"].get("loader_generator_states")
+    if loader_states is not None and not (
+        isinstance(loader_states, list)
+        and all(torch.is_tensor(s) and s.dtype == torch.uint8 for s in loader_states)
+    ):
+        return "the data loader's generator states are not uint8 tensors"
     for key in ("optim_kind", "optim_args"):
         if not isinstance(ckpt[key], (str, type(None))):
             return f"{key} is not a string"

@@ -18,7 +18,7 @@ import torch
 from pyro.infer import ELBO
 from tqdm.auto import tqdm
 
-from pyro_gen.data.batching import BatchCalls, Call, Transform, with_transform
+from pyro_gen.data.batching import BatchCalls, Call, IterableBatches, Transform, with_transform
 from pyro_gen.data.random_state import rng_left_alone
 from pyro_gen.infer.annealing import checked_weight
 from pyro_gen.infer.callbacks import only_tensors
@@ -109,11 +109,21 @@ def _train(
     def done() -> bool:
         return _finished(state, epochs, steps)
 
+    # The user's loader, whose own generators (if any) checkpoints keep beside the global RNG.
+    inner = batches.inner if isinstance(batches, ShardedBatches) else batches
+    loader = inner if isinstance(inner, IterableBatches) else None
+    if loader is not None:
+        # Resuming: the generators as at the recorded epoch's start (after fit's peek at
+        # the first batch, which drew from them and put them back). None: nothing to restore.
+        loader.restore_generator_states(state.loader_generator_states)
+
     def save() -> None:
         if dp is not None:
             dp.sync_buffers(prog.modules)
             if ckpt_dir is not None:
                 state.rank_streams = dp.gather_streams()
+        if loader is not None and state.batch == 0:  # the next epoch's start
+            state.loader_generator_states = loader.generator_states()
         if ckpt_dir is not None and main:
             path, progress = ckpt_dir / CHECKPOINT_NAME, state.state()
             save_checkpoint(
@@ -138,6 +148,8 @@ def _train(
         # Tensor data on CUDA draw their order from the CUDA generator: it is recorded too.
         if state.batch == 0:
             state.epoch_rng_state = rng_state(device)
+            if loader is not None:
+                state.loader_generator_states = loader.generator_states()
             epoch_batches = _epoch_calls(batches, 0, state.epoch)
         else:  # resuming mid-epoch: redraw the epoch's order, then carry on from here
             now = rng_state(device)
@@ -216,6 +228,12 @@ def _train(
                 )
             if step_stop or (steps is not None and state.step >= steps):
                 stopped_inside = total is None or state.batch < total
+                if not stopped_inside:
+                    # Read on to the pass's end, as an uninterrupted loop does: a sampler
+                    # draws as it runs out (RandomSampler's next permutation, from a
+                    # generator of the loader's own), and the checkpoint holds the states
+                    # that the next epoch starts from.
+                    next(iter(epoch_batches), None)
                 break
             at_end = total is not None and state.batch == total
             if checkpoint_every is not None and state.step % checkpoint_every == 0 and not at_end:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from pyro_gen.infer.fit_layout import Layout
 
 
@@ -19,6 +21,10 @@ class _Progress:
     # shuffle order on resume), and the running sums of its record.
     batch: int = 0
     epoch_rng_state: dict[str, Any] | None = None
+    # The states of the data loader's own generators (``DataLoader(generator=)``, a sampler's
+    # ``generator=``; uint8 tensors) at the start of the epoch in progress, or of the next one
+    # at an epoch's end. None: tensor data, or a checkpoint written before they were kept.
+    loader_generator_states: list[torch.Tensor] | None = None
     epoch_loss: float = 0.0
     epoch_seen: int = 0
     epoch_time: float = 0.0

@@ -56,7 +56,21 @@ def _split(module: nn.Module) -> tuple[list[tuple[str, Tensor]], list[PyroModule
     return plain, roots
 
 
-def _register_pyro_module(mod: PyroModule) -> None:
+def _swap_in(module: nn.Module, name: str, stored: Tensor, update: bool, given: Tensor) -> None:
+    """What ``pyro.module(..., update_module_params=True)`` does to one parameter: the
+    store's tensor (from ``pyro.get_param_store().load``) replaces the module's own, so the
+    module computes with the restored values and training updates the tensor it uses."""
+    # only when asked: under poutine.lift or substitute the returned value is a draw or a
+    # given tensor, with no store entry behind it
+    unconstrained = getattr(stored, "unconstrained", None) if update else None
+    stored = unconstrained() if unconstrained is not None else given
+    if stored is not given:
+        owner_name, _, leaf = name.rpartition(".")
+        owner = module.get_submodule(owner_name) if owner_name else module
+        owner._parameters[leaf] = stored
+
+
+def _register_pyro_module(mod: PyroModule, update: bool = False) -> None:
     """What ``mod`` registers when it reads its parameters, done now: each trainable
     parameter (a ``PyroParam`` by its own name, with its constraint) and each plain child's
     parameters under the names ``mod`` gives them. Its ``PyroSample`` attributes are not
@@ -78,21 +92,23 @@ def _register_pyro_module(mod: PyroModule) -> None:
             elif local:
                 getattr(mod, key)
             else:  # what mod's read of an nn.Parameter does, without its attribute lookups
-                pyro.param(f"{prefix}.{key}" if prefix else key, value)
+                stored = pyro.param(f"{prefix}.{key}" if prefix else key, value)
+                _swap_in(mod, key, stored, update, value)
         for key, child in list(mod._modules.items()):
             if isinstance(child, PyroModule):
                 if not child.__dict__["_pyro_name"]:
                     getattr(mod, key)  # names it (converted in place), as its first read does
-                _register_pyro_module(child)
+                _register_pyro_module(child, update)
             elif child is not None:
-                _register_plain(mod._pyro_get_fullname(key), child)
+                _register_plain(mod._pyro_get_fullname(key), child, update)
 
 
-def _register_plain(name: str, module: nn.Module) -> None:
+def _register_plain(name: str, module: nn.Module, update: bool = False) -> None:
     plain, roots = _split(module)
     for param_name, value in plain:
         if value.requires_grad:
-            pyro.param(param_with_module_name(name, param_name), value)
+            stored = pyro.param(param_with_module_name(name, param_name), value)
+            _swap_in(module, param_name, stored, update, value)
         elif module.training:
             # pyro.module's own warning, kept for the parameters it would have seen
             warnings.warn(
@@ -102,10 +118,10 @@ def _register_plain(name: str, module: nn.Module) -> None:
                 stacklevel=4,
             )
     for root in roots:
-        _register_pyro_module(root)
+        _register_pyro_module(root, update)
 
 
-def register_module(name: str, module: nn.Module) -> None:
+def register_module(name: str, module: nn.Module, update_module_params: bool = False) -> None:
     """``pyro.module(name, module)``, except that the parameters of a
     :class:`~pyro.nn.PyroModule` inside ``module`` are registered under the names that
     PyroModule gives them (a ``PyroParam`` with its constraint), as it would itself.
@@ -118,6 +134,11 @@ def register_module(name: str, module: nn.Module) -> None:
     PyroModule owns is registered as ``pyro.module`` would (with its warning for a parameter
     that does not require grad, in training mode).
 
+    With ``update_module_params=True`` the tensors already in the param store (a store
+    loaded with ``pyro.get_param_store().load``) replace the module's own, as
+    ``pyro.module(name, module, update_module_params=True)`` does; a ``PyroParam`` takes the
+    stored value by itself, as in Pyro. Without it the loaded values were left unused.
+
     Example:
         >>> from pyro.nn.module import to_pyro_module_
         >>> pyro.clear_param_store()
@@ -128,6 +149,6 @@ def register_module(name: str, module: nn.Module) -> None:
         ['bias', 'm$$$0.bias', 'm$$$0.weight', 'weight']
     """
     if isinstance(module, PyroModule):
-        _register_pyro_module(module)
+        _register_pyro_module(module, update_module_params)
     else:
-        _register_plain(name, module)
+        _register_plain(name, module, update_module_params)

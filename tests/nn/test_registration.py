@@ -166,3 +166,34 @@ def test_a_child_converted_in_place_gets_the_name_its_parent_gives_it():
     assert sorted(pyro.get_param_store().keys()) == ["0.bias", "0.weight"]
     poutine.trace(parent).get_trace(torch.randn(3, 2))
     assert sorted(pyro.get_param_store().keys()) == ["0.bias", "0.weight"]
+
+
+@pytest.mark.parametrize("convert", [False, True])
+def test_a_loaded_param_store_restores_the_module_as_pyro_module_does(convert, tmp_path):
+    """``update_module_params=True`` swaps the loaded tensors in (they were left unused, the
+    module computing with its fresh weights), a plain part and a PyroModule's own."""
+
+    def build(seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        net = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1))
+        if convert:
+            to_pyro_module_(net[2], recurse=False)
+        return net
+
+    x = torch.randn(4, 2)
+    pyro.clear_param_store()
+    trained = build(0)
+    register_module("net", trained)
+    pyro.get_param_store().save(tmp_path / "params.pt")
+    results = {}
+    for update in (False, True):
+        pyro.clear_param_store()
+        pyro.get_param_store().load(tmp_path / "params.pt")
+        fresh = build(1)
+        register_module("net", fresh, update_module_params=update)
+        results[update] = fresh(x)
+        if update:  # training now updates the tensors the module computes with
+            stored = set(map(id, pyro.get_param_store()._params.values()))
+            assert {id(p) for p in fresh.parameters()} == stored
+    assert not torch.equal(results[False], trained(x))  # what pyro.module leaves by default
+    assert torch.equal(results[True], trained(x))

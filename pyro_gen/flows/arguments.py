@@ -9,7 +9,7 @@ the user never passed ("Squeeze by 2 needs H and W divisible by it, got (4, 1, 1
 
 from __future__ import annotations
 
-from pyro_gen.transforms.coupling_networks import check_count
+from pyro_gen.nn.arguments import check_count
 
 __all__ = ["check_count", "check_levels", "level_fits"]
 

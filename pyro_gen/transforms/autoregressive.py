@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from pyro_gen.nn.arguments import check_count
 from pyro_gen.nn.made import MADE
 from pyro_gen.nn.mlp import layer_widths
 from pyro_gen.transforms import conditioner_output as output
@@ -34,7 +35,6 @@ from pyro_gen.transforms._base import (
     check_context,
 )
 from pyro_gen.transforms.conditioning import bind_context
-from pyro_gen.transforms.coupling_networks import check_count
 from pyro_gen.transforms.elementwise import Additive, Affine, ElementwiseBijection
 from pyro_gen.transforms.ladj_cache import conditioner_modules
 from pyro_gen.transforms.pyro_arguments import pyro_arguments

@@ -9,33 +9,16 @@ integer"; none named the argument.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
+from pyro_gen.nn.arguments import check_count
 from pyro_gen.nn.mlp import MLP
 from pyro_gen.nn.resnet import ResNetConv
 
-__all__ = ["check_count", "coupling_conditioner"]
-
-
-def check_count(name: str, value: object, minimum: int = 1) -> int:
-    """``value`` as an int, refused unless it is a whole number ``>= minimum``.
-
-    Example:
-        >>> check_count("num_blocks", 2, minimum=0)
-        2
-        >>> check_count("hidden_channels", 0)
-        Traceback (most recent call last):
-        ...
-        ValueError: hidden_channels must be a whole number >= 1, got 0
-    """
-    whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    if not (whole and value >= minimum):  # type: ignore[operator]
-        raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
-    return int(value)  # type: ignore[call-overload]
+__all__ = ["coupling_conditioner"]
 
 
 def coupling_conditioner(

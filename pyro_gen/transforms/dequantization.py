@@ -38,9 +38,9 @@ from pyro.distributions.transforms import Permute, conditional_affine_coupling
 from torch import Tensor, nn
 from torch.distributions.transforms import ReshapeTransform, Transform
 
+from pyro_gen.nn.arguments import check_count
 from pyro_gen.nn.mlp import layer_widths
 from pyro_gen.transforms._base import PicklableModule
-from pyro_gen.transforms.coupling_networks import check_count
 
 __all__ = ["ScaledSigmoid", "UniformDequantization", "VariationalDequantization"]
 

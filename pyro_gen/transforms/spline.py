@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch.nn import functional as F
 
+from pyro_gen.nn.arguments import check_count
 from pyro_gen.transforms.autoregressive import (
     ConditionalInverseAutoregressive,
     ConditionalMaskedAutoregressive,
@@ -30,7 +31,6 @@ from pyro_gen.transforms.coupling import (
     _conditioner,
     make_mask,
 )
-from pyro_gen.transforms.coupling_networks import check_count
 from pyro_gen.transforms.elementwise import ElementwiseBijection
 from pyro_gen.transforms.pyro_arguments import pyro_arguments
 

@@ -23,6 +23,7 @@ lightning = pytest.importorskip("lightning")
 from pyro_gen.lightning import LightningSVI  # noqa: E402
 from pyro_gen.vae import VAE  # noqa: E402
 from pyro_gen.vae.objectives import iwae  # noqa: E402
+from tests.lightning_trainer import quiet_trainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,15 +106,7 @@ def _quiet() -> None:
 
 
 def _trainer(steps: int, **kwargs) -> lightning.Trainer:
-    return lightning.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **kwargs,
-    )
+    return quiet_trainer(max_steps=steps, **kwargs)
 
 
 def normal_model(x: torch.Tensor) -> None:

@@ -20,6 +20,7 @@ lightning = pytest.importorskip("lightning")
 
 from pyro_gen.infer import fit  # noqa: E402
 from pyro_gen.lightning import LightningSVI  # noqa: E402
+from tests.lightning_trainer import quiet_trainer  # noqa: E402
 
 X = torch.randn(16)
 
@@ -61,10 +62,7 @@ def test_a_bad_kl_weight_is_one_error_naming_the_step(schedule, error, message) 
 
 def _trainer(epochs: int) -> lightning.Trainer:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    return lightning.Trainer(
-        max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
-    )  # fmt: skip
+    return quiet_trainer(max_epochs=epochs)
 
 
 def _warming(step: int) -> float:

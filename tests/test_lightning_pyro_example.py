@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 lightning = pytest.importorskip("lightning")
 
 from pyro_gen.lightning import LightningSVI  # noqa: E402
+from tests.lightning_trainer import quiet_trainer  # noqa: E402
 
 N = 64
 _adam = functools.partial(torch.optim.Adam, lr=0.02)
@@ -75,15 +76,7 @@ def _loader() -> DataLoader:
 
 
 def _trainer(steps: int, **kwargs) -> lightning.Trainer:
-    return lightning.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **kwargs,
-    )
+    return quiet_trainer(max_steps=steps, **kwargs)
 
 
 def _train(how: str, steps: int = 6) -> dict[str, torch.Tensor]:

@@ -6,8 +6,7 @@ LearningRateMonitor and CSVLogger, ``Trainer.predict`` (the example's ``forward`
 from __future__ import annotations
 
 import csv
-import logging
-import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from lightning.pytorch.loggers import CSVLogger  # noqa: E402
 
 from pyro_gen.infer import evaluate_elbo  # noqa: E402
 from pyro_gen.lightning import LightningSVI  # noqa: E402
+from tests.lightning_trainer import quiet_lightning, quiet_trainer  # noqa: E402
 
 N = 32
 torch.manual_seed(0)
@@ -43,25 +43,12 @@ def model(covariates: torch.Tensor, data: torch.Tensor | None = None) -> torch.T
 
 
 @pytest.fixture(autouse=True)
-def _quiet() -> None:
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    pyro.clear_param_store()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
-    pyro.clear_param_store()
+def _quiet() -> Iterator[None]:
+    yield from quiet_lightning()
 
 
 def _trainer(epochs: int, **kwargs: Any) -> lightning.Trainer:
-    settings = dict(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    return lightning.Trainer(**{**settings, **kwargs})
+    return quiet_trainer(max_epochs=epochs, **kwargs)
 
 
 def _guide() -> AutoNormal:

@@ -20,8 +20,7 @@ optimizer builders, an empty loader and a param store cleared under a trained mo
 from __future__ import annotations
 
 import functools
-import logging
-import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 
 from pyro_gen.infer import fit  # noqa: E402
 from pyro_gen.lightning import LightningSVI  # noqa: E402
+from tests.lightning_trainer import quiet_lightning, quiet_trainer  # noqa: E402
 
 N = 32
 torch.manual_seed(0)
@@ -45,25 +45,12 @@ Y = X @ torch.tensor([1.0, -2.0, 0.5]) + 0.3 * torch.randn(N)
 
 
 @pytest.fixture(autouse=True)
-def _quiet() -> None:
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    pyro.clear_param_store()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
-    pyro.clear_param_store()
+def _quiet() -> Iterator[None]:
+    yield from quiet_lightning()
 
 
 def _trainer(epochs: int, **kwargs: Any) -> lightning.Trainer:
-    settings = dict(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    return lightning.Trainer(**{**settings, **kwargs})
+    return quiet_trainer(max_epochs=epochs, **kwargs)
 
 
 def _store() -> dict[str, torch.Tensor]:

@@ -9,8 +9,6 @@ parameters (one optimizer, a list of them, parameter groups) train as before.
 
 from __future__ import annotations
 
-import logging
-import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 lightning = pytest.importorskip("lightning")
 
 from pyro_gen.lightning import LightningSVI  # noqa: E402
+from tests.lightning_trainer import quiet_lightning  # noqa: E402
 
 torch.manual_seed(0)
 X = torch.randn(32, 3) + 2.0
@@ -32,12 +31,7 @@ LOADER = DataLoader(TensorDataset(X), batch_size=8)
 
 @pytest.fixture(autouse=True)
 def _quiet() -> Iterator[None]:
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    pyro.clear_param_store()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
-    pyro.clear_param_store()
+    yield from quiet_lightning()
 
 
 def model(x: torch.Tensor) -> None:

@@ -23,21 +23,7 @@ from torch.nn import functional as F
 
 from pyro_gen.gan import NonSaturatingGAN, WassersteinGP
 from pyro_gen.infer import fit
-
-
-def mlp(n_in: int, n_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(n_in, 8), nn.Tanh(), nn.Linear(8, n_out))
-
-
-class Critic(nn.Module):
-    """A user's discriminator: one score per example, no attributes pyro_gen reads."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = mlp(2, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(-1)
+from tests.gan.user_networks import Critic, mlp
 
 
 def program(dtype: torch.dtype = torch.float32):

@@ -23,10 +23,7 @@ from pyro_gen.gan import (
     WassersteinGP,
 )
 from pyro_gen.infer import fit
-
-
-def mlp(n_in: int, n_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(n_in, 8), nn.Tanh(), nn.Linear(8, n_out))
+from tests.gan.user_networks import Critic, mlp
 
 
 class UserGAN(nn.Module):
@@ -45,15 +42,6 @@ class UserGAN(nn.Module):
 
     def guide(self, x: torch.Tensor, keep: torch.Tensor) -> None:
         pass
-
-
-class Critic(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = mlp(2, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(-1)
 
 
 def update_average(step: int, module: UserGAN) -> None:

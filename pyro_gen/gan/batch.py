@@ -110,7 +110,15 @@ def flat(batch: AdversarialBatch) -> AdversarialBatch:
 def unmasked(batch: AdversarialBatch) -> AdversarialBatch:
     """The examples of ``batch`` that its site's mask keeps, as one flat batch: padding or
     missing examples a model masks out (``poutine.mask``) must not teach the discriminator
-    what real data look like, just as they add nothing to the generator's loss."""
+    what real data look like, just as they add nothing to the generator's loss.
+
+    Example:
+        >>> x = torch.arange(6.0).reshape(3, 2)
+        >>> keep = torch.tensor([True, False, True])
+        >>> kept = unmasked(AdversarialBatch("x", x, -x, None, 1, mask=keep))
+        >>> kept.real.tolist(), kept.fake.shape, kept.mask
+        ([[0.0, 1.0], [4.0, 5.0]], torch.Size([2, 2]), None)
+    """
     if batch.mask is None or batch.mask is True:
         return batch
     shape = batch.batch_shape

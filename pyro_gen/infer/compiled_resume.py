@@ -78,7 +78,25 @@ def signature_name(key: tuple) -> str:
 
 
 def compile_record(optim: pyro.optim.PyroOptim | None) -> dict[str, Any] | None:
-    """The record of the compiled step that trains with ``optim`` (None when none does)."""
+    """The record of the compiled step that trains with ``optim`` (None when none does).
+
+    Example:
+        >>> import pyro
+        >>> import pyro.distributions as dist
+        >>> import torch
+        >>> from pyro_gen.infer.compiled import CompiledSVI
+        >>> def model(x):
+        ...     loc = pyro.param("loc", torch.zeros(1))
+        ...     with pyro.plate("data", x.shape[0]):
+        ...         pyro.sample("x", dist.Normal(loc, 1.0), obs=x)
+        >>> optim = pyro.optim.Adam({"lr": 0.1})
+        >>> print(compile_record(optim))  # no step trains with it yet
+        None
+        >>> step = CompiledSVI(model, lambda x: None, optim, backend="fx")
+        >>> _ = step.step(torch.zeros(4))
+        >>> compile_record(optim)["seen"] == step.compile_record()["seen"] != []
+        True
+    """
     step = _step_of(optim)
     return None if step is None else step.compile_record()
 
@@ -87,7 +105,11 @@ def restore_compile_record(
     optim: pyro.optim.PyroOptim | None, record: dict[str, Any] | None
 ) -> None:
     """Hands a checkpoint's record to the compiled step that trains with ``optim`` (made
-    before the restore, as ``fit`` makes it); nothing to do when there is none."""
+    before the restore, as ``fit`` makes it); nothing to do when there is none.
+
+    Example:
+        >>> restore_compile_record(pyro.optim.Adam({"lr": 0.1}), None)  # no step, no record
+    """
     step = _step_of(optim)
     if step is not None:
         step.restore_compile_record(record)

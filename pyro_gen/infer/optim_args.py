@@ -227,6 +227,22 @@ def check_state_needed(
     Raises:
         CheckpointError: naming the arguments and the state they need, before anything is
             restored.
+
+    Example:
+        >>> import pyro.distributions as dist
+        >>> from pyro.infer import SVI, Trace_ELBO
+        >>> pyro.clear_param_store()
+        >>> def model():
+        ...     w = pyro.param("w", torch.zeros(2))
+        ...     pyro.sample("y", dist.Normal(w, 1.0).to_event(1), obs=torch.ones(2))
+        >>> saved = pyro.optim.Adam({"lr": 0.1})
+        >>> _ = SVI(model, lambda: None, saved, Trace_ELBO()).step()
+        >>> resumed = pyro.optim.Adam({"lr": 0.1, "amsgrad": True})
+        >>> changes = changed_args(optimizer_args(saved), resumed)
+        >>> check_state_needed(saved.get_state(), resumed, changes)
+        Traceback (most recent call last):
+        ...
+        pyro_gen.infer.checkpoint_format.CheckpointError: this run's optimizer arguments ...
     """
     store = _tensors(local)
     kept: dict[str, set[str]] = {}  # the state keys of a fresh optimizer, by its arguments

@@ -164,13 +164,18 @@ def describe(changes: list[Change]) -> str:
     """The changes in a few words, those shared by several parameters once."""
     params: dict[tuple[str, str, str], list[str | None]] = defaultdict(list)
     for c in changes:
-        params[(c.name, json.dumps(c.given), json.dumps(c.recorded))].append(c.param)
+        params[(c.name, _shown(c.given), _shown(c.recorded))].append(c.param)
     parts = []
     for (name, given, recorded), where in params.items():
         count = sum(p is not None for p in where)
         whose = f" for {count} param{'s' * (count != 1)}" if count else " (scheduler)"
         parts.append(f"{name}={given} (the checkpoint's: {recorded}){whose}")
     return ", ".join(parts)
+
+
+def _shown(value: Any) -> str:
+    # an argument not passed is None in the record: "null" read as a value someone gave
+    return "not given" if value is None else json.dumps(value)
 
 
 def apply_args(

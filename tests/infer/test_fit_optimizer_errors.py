@@ -85,7 +85,7 @@ def test_an_optimizer_needing_a_closure_is_refused_before_training(make_optim, c
         (
             pyro.optim.Adam,
             {"lr": 0.05, "amsgrad": True},
-            r"amsgrad=true \(the checkpoint's: null\).*'max_exp_avg_sq'",
+            r"amsgrad=true \(the checkpoint's: not given\).*'max_exp_avg_sq'",
         ),
         (pyro.optim.RMSprop, {"lr": 0.05, "centered": True}, r"centered=true.*'grad_avg'"),
         (pyro.optim.RMSprop, {"lr": 0.05, "momentum": 0.9}, r"momentum=0\.9.*'momentum_buffer'"),

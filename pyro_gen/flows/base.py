@@ -235,6 +235,14 @@ class FlowModel(PicklableModule):
             # draw per Predictive(parallel=True) sample when y comes from a latent (its first
             # dim made the plate the number of samples: "Shape mismatch inside plate('data')")
             n = num_samples if y is None or y.dim() < 2 else y.shape[-2]
+            if num_samples not in (1, n):
+                # the draws follow y's rows; another count was silently ignored
+                raise ValueError(
+                    f"{type(self).__name__}.model(None, num_samples={num_samples}, y=...) "
+                    f"draws one example per row of y, which holds {n} (shape "
+                    f"{tuple(y.shape)}): leave num_samples out (or pass {n}), or pass "
+                    f"{num_samples} rows of context"
+                )
             with data_plate(n, type(self).__name__):
                 return pyro.sample(self.site, self.distribution(y=y))
         self._check(x)

@@ -53,8 +53,13 @@ LABEL = "y"
 CLASSIFICATION = "classification"
 
 
-def check_labels(y: torch.Tensor, num_classes: int, batch: int) -> torch.Tensor:
+def check_labels(
+    y: torch.Tensor, num_classes: int, batch: int, batch_dims: bool = False
+) -> torch.Tensor:
     """The labels ``y`` as a long tensor, after checking them.
+
+    With ``batch_dims`` the examples' labels are ``y``'s last dim and dims left of it are
+    batch dims (one per ``Predictive(parallel=True)`` sample of labels drawn from a latent).
 
     Raises:
         ValueError: a label lies outside ``0 .. num_classes - 1`` or there is not one per
@@ -68,7 +73,7 @@ def check_labels(y: torch.Tensor, num_classes: int, batch: int) -> torch.Tensor:
     if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.dtype == torch.bool:
         kind = y.dtype if isinstance(y, torch.Tensor) else type(y).__name__
         raise TypeError(f"y must be a tensor of integer class labels, got {kind}")
-    if y.shape != (batch,):
+    if (y.shape[-1:] if batch_dims else y.shape) != (batch,):
         raise ValueError(
             f"y must hold one label per example, shape ({batch},), got {tuple(y.shape)}"
         )
@@ -161,7 +166,12 @@ class SSVAE(PicklableModule):
         if x is None:
             if needs_x:
                 raise ValueError(f"SSVAE.{needs_x} needs the examples x (it encodes them)")
-            return None if y is None else check_labels(y, self.num_classes, y.shape[0])
+            if y is None:
+                return None
+            # generating: the examples follow the labels' last dim, whatever batch dims y
+            # carries on its left (a draw per Predictive(parallel=True) sample); its first dim
+            # refused such labels ("shape (S,), got (S, N)")
+            return check_labels(y, self.num_classes, y.shape[-1] if y.dim() else 1, True)
         n = len(self.event_shape)
         if x.dim() != n + 1 or tuple(x.shape[1:]) != self.event_shape:
             raise ValueError(
@@ -199,8 +209,17 @@ class SSVAE(PicklableModule):
         obs = None if x is None else self.decoder.likelihood.prepare(x)
         if x is not None:
             batch = x.shape[0]
+        elif y is not None:
+            batch = y.shape[-1]
+            if num_samples not in (None, 1, batch):
+                # the examples follow the labels; another count was silently ignored
+                raise ValueError(
+                    f"SSVAE.model(None, y=..., num_samples={num_samples}) generates one "
+                    f"example per label of y, which holds {batch}: leave num_samples out "
+                    f"(or pass {batch}), or pass {num_samples} labels"
+                )
         else:
-            batch = y.shape[0] if y is not None else sample_count(num_samples or 1)
+            batch = sample_count(num_samples or 1)
         # x's device where it is given (the modules' otherwise), the prior's dtype
         like = self.prior_logits if x is None else x
         with data_plate(batch, type(self).__name__, DATA_PLATE):

@@ -191,6 +191,30 @@ class VAE(GuideSlot):
             return y
         return F.one_hot(y.long(), self.num_classes).float()
 
+    def _rows(self, context: torch.Tensor, y: torch.Tensor, num_samples: int | None) -> int:
+        """The number of examples generated for the labels or context ``y``: one per row.
+
+        The rows are the context's second-to-last dim (the labels' last): dims left of it are
+        batch dims, one per ``Predictive(parallel=True)`` sample when ``y`` comes from a
+        latent, where ``y.shape[0]`` made the plate the number of samples ("Attempting to
+        broadcast a dimension of length N"). A ``num_samples`` other than the rows was
+        silently ignored; it is now refused.
+        """
+        if context.dim() < 2:
+            raise ValueError(
+                f"{type(self).__name__}.model(None, y=...) generates one example per label "
+                f"(or context row) of y, got y of shape {tuple(y.shape)}: pass labels of "
+                "shape (N,) or a context of shape (N, C) (one example: y.unsqueeze(0))"
+            )
+        rows = context.shape[-2]
+        if num_samples not in (None, 1, rows):
+            raise ValueError(
+                f"{type(self).__name__}.model(None, y=..., num_samples={num_samples}) "
+                f"generates one example per label of y, which holds {rows}: leave "
+                f"num_samples out (or pass {rows}), or pass {num_samples} labels (context rows)"
+            )
+        return rows
+
     def _encoder_input(self, x: torch.Tensor, y: torch.Tensor | None = None, **kwargs):
         """Input rows of the ``"auto"`` guide: the flattened image and the one-hot label."""
         h = observed_rows(x, kwargs.get("mask"))
@@ -216,20 +240,21 @@ class VAE(GuideSlot):
     ) -> torch.Tensor:
         """Generative model :math:`z \\sim p(z),\\ x \\sim p(x \\mid z)`.
 
-        ``mask`` (True where observed, shape of ``x``) restricts the likelihood to the
-        observed entries. Extra keyword arguments (e.g. ``idx`` for a per-example guide)
-        are ignored.
+        Without ``x`` it generates ``num_samples`` examples (default 1), or one per label
+        (or context row) of ``y`` for a conditional VAE. ``mask`` (True where observed,
+        shape of ``x``) restricts the likelihood to the observed entries. Extra keyword
+        arguments (e.g. ``idx`` for a per-example guide) are ignored.
         """
         register_module(self.prefix + "prior", self.prior)
         register_module(self.prefix + "decoder", self.decoder)
+        context = self._context(y)
         if x is not None:
             self._check(x)
             batch = x.shape[0]
-        elif y is not None:
-            batch = y.shape[0]
+        elif context is not None:
+            batch = self._rows(context, y, num_samples)
         else:
             batch = num_samples or 1
-        context = self._context(y)
         if mask is not None and x is None:
             raise ValueError("mask= marks the observed entries of x: pass x too")
         obs = None if x is None else self.decoder.likelihood.prepare(fill_missing(x, mask))

@@ -58,8 +58,9 @@ class FullChainForm:
         # data may have outer plates' dims (a latent's particles) before the batch dim
         batch = num_samples if x0 is None else x0.shape[x0.dim() - self.event_dim - 1]
         zeros = self.sample_reference().new_zeros((batch, *self.net_shape))
-        plate = pyro.plate("data", batch) if x0 is None else data_plate(batch, "DDPM")
-        with plate:
+        # generating too: a plate of its own under the caller's over the same examples drew
+        # batch x batch examples (or met "duplicate plate 'data'")
+        with data_plate(batch, "DDPM"):
             x_t = pyro.sample(f"x_{T}", dist.Normal(zeros, 1.0).to_event(self.event_dim))
             for t in range(T, 1, -1):
                 p = self.p_mean_logvar(x_t, t, **context)
@@ -136,7 +137,7 @@ class FullChainForm:
 
         T, nd = self.schedule.num_timesteps, self.event_dim
         zeros = self.sample_reference().new_zeros(self.net_shape)
-        with pyro.plate("data", num_samples):
+        with data_plate(num_samples, "DDPM"):
             x_T = pyro.sample(f"x_{T}", dist.Normal(zeros, 1.0).to_event(nd))
             # the samplers take one flat batch; outer plates' dims are restored after
             flat = x_T.reshape(-1, *self.net_shape)

@@ -345,12 +345,12 @@ class FlowMatching(FlowODE, PicklableModule):
         ``(batch, *event_shape)`` or with outer plates' dims in front (a latent of the user's
         model under vectorized particles, ``(P, 1, batch, *event_shape)``). Without data,
         the generative program: base draws ``"z"`` transported by the flow's ODE to the site
-        ``"x"``, under ``pyro.plate("data", num_samples)``, so
-        :class:`~pyro.infer.Predictive` and ``poutine`` see the draws; ``sampler="ode"`` (the
-        one there is) with ``sampler_kwargs`` sets its solver as :meth:`sample`'s keywords do
-        (``{"method": "rk4", "options": {"step_size": 0.1}}``), as the diffusion models'
-        programs take theirs. ``context`` (``y=labels``, one row per example) goes to the
-        velocity network."""
+        ``"x"``, under ``pyro.plate("data", num_samples)`` (or the caller's plate over the
+        examples, as in training), so :class:`~pyro.infer.Predictive` and ``poutine`` see
+        the draws; ``sampler="ode"`` (the one there is) with ``sampler_kwargs`` sets its
+        solver as :meth:`sample`'s keywords do (``{"method": "rk4", "options":
+        {"step_size": 0.1}}``), as the diffusion models' programs take theirs. ``context``
+        (``y=labels``, one row per example) goes to the velocity network."""
         options = check_sampler_choice(x, sampler, sampler_kwargs, ("ode",), "FlowMatching")
         if x is None and z is not None:
             # model(None, 5), as a DDPM's or a score model's program is called, put the count

@@ -16,7 +16,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor
 
-from pyro_gen.diffusion.context import expand_context
+from pyro_gen.diffusion.context import data_plate, expand_context
 from pyro_gen.diffusion.network import call_network
 from pyro_gen.transforms._base import sample_count
 from pyro_gen.transforms.continuous import ode_log_likelihood, solve_ode
@@ -44,7 +44,9 @@ class FlowODE:
     def _generate(self, num_samples: int, context: dict, solver: dict) -> Tensor:
         ref = _reference(self)
         zeros = torch.zeros(self.event_shape, dtype=ref.dtype, device=ref.device)
-        with pyro.plate("data", num_samples):
+        # the caller's plate over the examples, as training takes it: a plate of its own under
+        # it drew num_samples x num_samples examples (or met "duplicate plate 'data'")
+        with data_plate(num_samples, "FlowMatching"):
             z = pyro.sample("z", dist.Normal(zeros, 1.0).to_event(self.event_dim))
             # the ODE takes one flat batch; outer plates' dims are restored after
             context = expand_context(context, z.shape[: z.dim() - self.event_dim])

@@ -324,8 +324,9 @@ class ScoreModel(PicklableModule):
         :data:`~pyro_gen.diffusion.score_samplers.SAMPLERS`, default ``"pc"`` as
         :meth:`sample`; ``sampler_kwargs`` its settings, e.g. ``{"steps": 100}`` or
         ``{"rtol": 1e-3}`` for ``"ode"``) to the site ``"x"``, under
-        ``pyro.plate("data", num_samples)``, so :class:`~pyro.infer.Predictive` and
-        ``poutine`` see the draws (outer plates add their dims, as vectorized samples do):
+        ``pyro.plate("data", num_samples)`` (or the caller's plate over the examples, as in
+        training), so :class:`~pyro.infer.Predictive` and ``poutine`` see the draws (outer
+        plates add their dims, as vectorized samples do):
         ``Predictive(m.model, num_samples=4)(None, 100, sampler="ode")``. ``context`` (e.g.
         ``y=labels``, one row per example) goes to the network as ``net(x, t, **context)``:
         ``fit(m, {"x": x, "y": y})`` trains a conditional score model."""
@@ -352,7 +353,9 @@ class ScoreModel(PicklableModule):
     def _generate(self, num_samples: int, context: dict, sampler: str, options: dict) -> Tensor:
         ref = next(iter([*self.parameters(), *self.buffers()]), torch.zeros(()))
         zeros = torch.zeros(self.event_shape, dtype=ref.dtype, device=ref.device)
-        with pyro.plate("data", num_samples):
+        # the caller's plate over the examples, as training takes it: a plate of its own under
+        # it drew num_samples x num_samples examples (or met "duplicate plate 'data'")
+        with data_plate(num_samples, "ScoreModel"):
             prior = dist.Normal(zeros, self.sde.prior_std).to_event(self.event_dim)
             x1 = pyro.sample("x_1", prior)
             # the sampler takes one flat batch; outer plates' dims are restored after

@@ -241,6 +241,29 @@ class Generator(PicklableModule):
                 f"the whole generator (gen.to({want})) so the prior follows"
             ) from err
 
+    def _rows(self, context: torch.Tensor, y: torch.Tensor, num_samples: int | None) -> int:
+        """The number of examples generated for the labels or context ``y``: one per row.
+
+        The rows are the context's second-to-last dim (the labels' last): dims left of it are
+        batch dims, one per ``Predictive(parallel=True)`` sample when ``y`` comes from a
+        latent, where ``y.shape[0]`` made the plate the number of samples. A ``num_samples``
+        other than the rows was silently ignored; it is refused.
+        """
+        if context.dim() < 2:
+            raise ValueError(
+                f"Generator.model(None, y=...) generates one example per label (or context "
+                f"row) of y, got y of shape {tuple(y.shape)}: pass labels of shape (N,) or a "
+                "context of shape (N, C) (one example: y.unsqueeze(0))"
+            )
+        rows = context.shape[-2]
+        if num_samples not in (None, 1, rows):
+            raise ValueError(
+                f"Generator.model(None, y=..., num_samples={num_samples}) generates one "
+                f"example per label of y, which holds {rows}: leave num_samples out (or pass "
+                f"{rows}), or pass {num_samples} labels (context rows)"
+            )
+        return rows
+
     def model(
         self,
         x: torch.Tensor | None = None,
@@ -250,18 +273,20 @@ class Generator(PicklableModule):
     ) -> torch.Tensor:
         """:math:`z \\sim p(z),\\ x = G(z)`; the site ``"x"`` is observed when ``x`` is given.
 
-        Extra keyword arguments are ignored, so the model takes what its guide takes.
+        Without ``x`` it generates ``num_samples`` examples (default 1), or one per label (or
+        context row) of ``y`` for a conditional generator. Extra keyword arguments are
+        ignored, so the model takes what its guide takes.
         """
         register_module(self.prefix + "generator", self.net)
         register_module(self.prefix + "prior", self.prior)
+        context = self.context(y)
         if x is not None:
             self._check(x)
             batch = x.shape[0]
-        elif y is not None:
-            batch = y.shape[0]
+        elif context is not None:
+            batch = self._rows(context, y, num_samples)
         else:
             batch = num_samples or 1
-        context = self.context(y)
         net, prior = self._networks(averaged=not self.training)
         with pyro.plate(DATA_PLATE, batch):
             z = pyro.sample(LATENT, prior(context=context))

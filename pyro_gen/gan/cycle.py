@@ -18,6 +18,7 @@ from pyro_gen.gan.objectives import LeastSquaresGAN
 from pyro_gen.gan.observed import ObservedSite, observed_sites
 from pyro_gen.gan.recorded import RecordedRuns
 from pyro_gen.nn.registration import register_module
+from pyro_gen.plates import data_plate
 from pyro_gen.transforms._base import PicklableModule
 
 #: Sites of the CycleGAN model: the translations (observed at the other domain's data) and
@@ -33,9 +34,11 @@ class CycleGAN(PicklableModule):
     is unrelated to example ``i`` of the other), the site ``"y"`` is
     ``Delta(G(x))`` observed at the batch of ``Y`` and ``"x"`` is ``Delta(F(y))`` observed
     at the batch of ``X``: each adversarial term compares a domain's data with the
-    translations into it. The round trips :math:`F(G(x))` and :math:`G(F(y))` are the
-    deterministic sites ``"x_cycle"`` and ``"y_cycle"``, which :class:`CycleGANLoss` holds
-    to the inputs. The guide is empty: the translators are deterministic.
+    translations into it. A caller's plate over the pairs (Pyro's minibatch idiom, any
+    name) is the model's plate, and its ``N / B`` scale applies to :class:`CycleGANLoss`.
+    The round trips :math:`F(G(x))` and :math:`G(F(y))` are the deterministic sites
+    ``"x_cycle"`` and ``"y_cycle"``, which :class:`CycleGANLoss` holds to the inputs. The
+    guide is empty: the translators are deterministic.
 
     Args:
         g: the network :math:`G` taking ``x`` to the shape of ``y``.
@@ -94,7 +97,8 @@ class CycleGAN(PicklableModule):
             )
         register_module(self.prefix + "g", self.g)
         register_module(self.prefix + "f", self.f)
-        with pyro.plate("data", x.shape[0]):
+        # the caller's plate over these pairs, if any, is the model's (its N/B scale applies)
+        with data_plate(x.shape[0], "CycleGAN"):
             fake_y, fake_x = self.g(x), self.f(y)
             pyro.sample(TO_Y, dist.Delta(fake_y, event_dim=len(self.y_shape)), obs=y)
             pyro.sample(TO_X, dist.Delta(fake_x, event_dim=len(self.x_shape)), obs=x)

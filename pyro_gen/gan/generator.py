@@ -13,6 +13,7 @@ from torch import nn
 from pyro_gen.gan.average import ExponentialAverage
 from pyro_gen.infer.callbacks import changes_only_tensors
 from pyro_gen.nn.registration import register_module
+from pyro_gen.plates import data_plate
 from pyro_gen.transforms._base import PicklableModule, sample_count
 
 #: Name of the plate over examples.
@@ -48,12 +49,15 @@ class Generator(PicklableModule):
 
     The generated example is the site ``"x"`` with distribution
     ``Delta(G(z), event_dim=len(event_shape))`` under the plate ``"data"``, observed when
-    data are given. A Delta can be sampled but has no useful density, so this model is
-    trained by a likelihood-free objective: one of the adversarial losses of
-    :mod:`pyro_gen.gan`, or Pyro's :class:`~pyro.infer.EnergyDistance`. Being a Pyro
-    model, it works with :class:`~pyro.infer.Predictive`, ``poutine`` handlers and any
-    prior module on ``z`` (a :class:`~pyro_gen.distributions.Flow`, whose parameters then
-    train with the generator). The guide is empty: ``z`` is drawn from the prior.
+    data are given; called under the user's own plate over the examples (Pyro's minibatch idiom,
+    ``pyro.plate("data", N, subsample=idx)`` around ``model(x[idx])``, any name), that plate is
+    the model's, and its ``N / B`` scale applies to the adversarial losses. A Delta can be
+    sampled but has no useful density, so this model is trained by a likelihood-free objective:
+    one of the adversarial losses of :mod:`pyro_gen.gan`, or Pyro's
+    :class:`~pyro.infer.EnergyDistance`. Being a Pyro model, it works with
+    :class:`~pyro.infer.Predictive`, ``poutine`` handlers and any prior module on ``z`` (a
+    :class:`~pyro_gen.distributions.Flow`, whose parameters then train with the generator). The
+    guide is empty: ``z`` is drawn from the prior.
 
     Args:
         net: the generator network ``net(z)`` (or ``net(z, context)`` when conditional)
@@ -288,7 +292,9 @@ class Generator(PicklableModule):
         else:
             batch = num_samples or 1
         net, prior = self._networks(averaged=not self.training)
-        with pyro.plate(DATA_PLATE, batch):
+        # the caller's plate over these examples, if any, is the model's (Pyro's minibatch
+        # idiom: its N/B scale then applies to the adversarial loss, as to an ELBO)
+        with data_plate(batch, "Generator", DATA_PLATE):
             z = pyro.sample(LATENT, prior(context=context))
             value = self._generate(net, z, context)
             return pyro.sample(OBS, dist.Delta(value, event_dim=len(self.event_shape)), obs=x)

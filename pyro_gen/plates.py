@@ -1,5 +1,6 @@
 """The plate over a batch's examples that every ready-made model and guide opens, shared by
-the model families (VAE, flows, diffusion), so that each takes the caller's plate alike."""
+the model families (VAE, flows, diffusion, GAN), so that each takes the caller's plate alike,
+and how many examples a conditional model generates for its labels or context."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import contextlib
 import pyro
 from pyro.poutine.indep_messenger import CondIndepStackFrame
 from pyro.poutine.runtime import get_plates
+from torch import Tensor
 
-__all__ = ["data_plate", "enclosing_plate"]
+__all__ = ["check_sample_count", "data_plate", "enclosing_plate", "generated_rows"]
 
 
 def enclosing_plate(dim: int = -1) -> CondIndepStackFrame | None:
@@ -70,3 +72,46 @@ def data_plate(size: int, owner: str, name: str = "data") -> contextlib.Abstract
             "none"
         )
     return contextlib.nullcontext()
+
+
+def check_sample_count(owner: str, num_samples: int | None, rows: int, what: str) -> None:
+    """Refuses a ``num_samples`` other than the ``rows`` of ``y`` a conditional model
+    generates one example each for (``None`` and 1 mean one per row): another count was
+    ignored, silently. ``what`` names a row ("label", "context row").
+
+    Example:
+        >>> check_sample_count("VAE", None, 3, "label")
+        >>> check_sample_count("VAE", 7, 3, "label")
+        Traceback (most recent call last):
+        ...
+        ValueError: VAE.model(None, y=..., num_samples=7) generates one example per label of \
+y, which holds 3: leave num_samples out (or pass 3), or pass 7 of them
+    """
+    if num_samples not in (None, 1, rows):
+        raise ValueError(
+            f"{owner}.model(None, y=..., num_samples={num_samples}) generates one example "
+            f"per {what} of y, which holds {rows}: leave num_samples out (or pass {rows}), "
+            f"or pass {num_samples} of them"
+        )
+
+
+def generated_rows(owner: str, context: Tensor, y: Tensor, num_samples: int | None) -> int:
+    """The number of examples a conditional model generates for ``y``, whose context (the
+    one-hot labels, or ``y`` itself) is ``context``: one per row, its second-to-last dim.
+    Dims left of it are batch dims, one per ``Predictive(parallel=True)`` sample when ``y``
+    comes from a latent (``y.shape[0]`` made the plate the number of samples).
+
+    Example:
+        >>> import torch
+        >>> generated_rows("VAE", torch.zeros(4, 5, 3), torch.zeros(4, 5), None)
+        5
+    """
+    if context.dim() < 2:
+        raise ValueError(
+            f"{owner}.model(None, y=...) generates one example per label (or context row) "
+            f"of y, got y of shape {tuple(y.shape)}: pass labels of shape (N,) or a context "
+            "of shape (N, C) (one example: y.unsqueeze(0))"
+        )
+    rows = context.shape[-2]
+    check_sample_count(owner, num_samples, rows, "label (context row)")
+    return rows

@@ -34,7 +34,7 @@ from torch.distributions.transforms import ReshapeTransform
 from pyro_gen.distributions.flow import Flow, FlowDistribution
 from pyro_gen.flows.arguments import check_count
 from pyro_gen.nn.registration import register_module
-from pyro_gen.plates import data_plate
+from pyro_gen.plates import check_sample_count, data_plate
 from pyro_gen.transforms._base import PicklableModule, as_event_shape, sample_count
 from pyro_gen.transforms.dequantization import (
     ScaledSigmoid,
@@ -235,14 +235,8 @@ class FlowModel(PicklableModule):
             # draw per Predictive(parallel=True) sample when y comes from a latent (its first
             # dim made the plate the number of samples: "Shape mismatch inside plate('data')")
             n = num_samples if y is None or y.dim() < 2 else y.shape[-2]
-            if num_samples not in (1, n):
-                # the draws follow y's rows; another count was silently ignored
-                raise ValueError(
-                    f"{type(self).__name__}.model(None, num_samples={num_samples}, y=...) "
-                    f"draws one example per row of y, which holds {n} (shape "
-                    f"{tuple(y.shape)}): leave num_samples out (or pass {n}), or pass "
-                    f"{num_samples} rows of context"
-                )
+            if y is not None and y.dim() >= 2:
+                check_sample_count(type(self).__name__, num_samples, n, "row")
             with data_plate(n, type(self).__name__):
                 return pyro.sample(self.site, self.distribution(y=y))
         self._check(x)

@@ -13,7 +13,7 @@ from torch import nn
 from pyro_gen.gan.average import ExponentialAverage
 from pyro_gen.infer.callbacks import changes_only_tensors
 from pyro_gen.nn.registration import register_module
-from pyro_gen.plates import data_plate
+from pyro_gen.plates import data_plate, generated_rows
 from pyro_gen.transforms._base import PicklableModule, sample_count
 
 #: Name of the plate over examples.
@@ -245,29 +245,6 @@ class Generator(PicklableModule):
                 f"the whole generator (gen.to({want})) so the prior follows"
             ) from err
 
-    def _rows(self, context: torch.Tensor, y: torch.Tensor, num_samples: int | None) -> int:
-        """The number of examples generated for the labels or context ``y``: one per row.
-
-        The rows are the context's second-to-last dim (the labels' last): dims left of it are
-        batch dims, one per ``Predictive(parallel=True)`` sample when ``y`` comes from a
-        latent, where ``y.shape[0]`` made the plate the number of samples. A ``num_samples``
-        other than the rows was silently ignored; it is refused.
-        """
-        if context.dim() < 2:
-            raise ValueError(
-                f"Generator.model(None, y=...) generates one example per label (or context "
-                f"row) of y, got y of shape {tuple(y.shape)}: pass labels of shape (N,) or a "
-                "context of shape (N, C) (one example: y.unsqueeze(0))"
-            )
-        rows = context.shape[-2]
-        if num_samples not in (None, 1, rows):
-            raise ValueError(
-                f"Generator.model(None, y=..., num_samples={num_samples}) generates one "
-                f"example per label of y, which holds {rows}: leave num_samples out (or pass "
-                f"{rows}), or pass {num_samples} labels (context rows)"
-            )
-        return rows
-
     def model(
         self,
         x: torch.Tensor | None = None,
@@ -288,7 +265,7 @@ class Generator(PicklableModule):
             self._check(x)
             batch = x.shape[0]
         elif context is not None:
-            batch = self._rows(context, y, num_samples)
+            batch = generated_rows("Generator", context, y, num_samples)
         else:
             batch = num_samples or 1
         net, prior = self._networks(averaged=not self.training)

@@ -39,7 +39,7 @@ from torch.nn import functional as F
 
 from pyro_gen.nn.mlp import layer_widths
 from pyro_gen.nn.registration import register_module
-from pyro_gen.plates import data_plate
+from pyro_gen.plates import check_sample_count, data_plate
 from pyro_gen.transforms._base import PicklableModule, as_event_shape, sample_count
 from pyro_gen.vae._utils import mlp, numel
 from pyro_gen.vae.decoders import MLPDecoder
@@ -211,13 +211,7 @@ class SSVAE(PicklableModule):
             batch = x.shape[0]
         elif y is not None:
             batch = y.shape[-1]
-            if num_samples not in (None, 1, batch):
-                # the examples follow the labels; another count was silently ignored
-                raise ValueError(
-                    f"SSVAE.model(None, y=..., num_samples={num_samples}) generates one "
-                    f"example per label of y, which holds {batch}: leave num_samples out "
-                    f"(or pass {batch}), or pass {num_samples} labels"
-                )
+            check_sample_count("SSVAE", num_samples, batch, "label")
         else:
             batch = sample_count(num_samples or 1)
         # x's device where it is given (the modules' otherwise), the prior's dtype

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pyro_gen.nn.registration import register_module
-from pyro_gen.plates import data_plate
+from pyro_gen.plates import data_plate, generated_rows
 from pyro_gen.transforms._base import as_event_shape, sample_count
 from pyro_gen.vae._utils import setup_off_the_store
 from pyro_gen.vae.decoders import Decoder, MLPDecoder
@@ -191,30 +191,6 @@ class VAE(GuideSlot):
             return y
         return F.one_hot(y.long(), self.num_classes).float()
 
-    def _rows(self, context: torch.Tensor, y: torch.Tensor, num_samples: int | None) -> int:
-        """The number of examples generated for the labels or context ``y``: one per row.
-
-        The rows are the context's second-to-last dim (the labels' last): dims left of it are
-        batch dims, one per ``Predictive(parallel=True)`` sample when ``y`` comes from a
-        latent, where ``y.shape[0]`` made the plate the number of samples ("Attempting to
-        broadcast a dimension of length N"). A ``num_samples`` other than the rows was
-        silently ignored; it is now refused.
-        """
-        if context.dim() < 2:
-            raise ValueError(
-                f"{type(self).__name__}.model(None, y=...) generates one example per label "
-                f"(or context row) of y, got y of shape {tuple(y.shape)}: pass labels of "
-                "shape (N,) or a context of shape (N, C) (one example: y.unsqueeze(0))"
-            )
-        rows = context.shape[-2]
-        if num_samples not in (None, 1, rows):
-            raise ValueError(
-                f"{type(self).__name__}.model(None, y=..., num_samples={num_samples}) "
-                f"generates one example per label of y, which holds {rows}: leave "
-                f"num_samples out (or pass {rows}), or pass {num_samples} labels (context rows)"
-            )
-        return rows
-
     def _encoder_input(self, x: torch.Tensor, y: torch.Tensor | None = None, **kwargs):
         """Input rows of the ``"auto"`` guide: the flattened image and the one-hot label."""
         h = observed_rows(x, kwargs.get("mask"))
@@ -252,7 +228,7 @@ class VAE(GuideSlot):
             self._check(x)
             batch = x.shape[0]
         elif context is not None:
-            batch = self._rows(context, y, num_samples)
+            batch = generated_rows(type(self).__name__, context, y, num_samples)
         else:
             batch = num_samples or 1
         if mask is not None and x is None:

@@ -33,7 +33,7 @@ def test_a_num_samples_other_than_the_rows_is_one_error() -> None:
         x = flow.model(None, num_samples=num_samples, y=y)
         assert x.shape == (3, 2)
         assert (x[:, 1] - SHIFT * y[:, 0]).abs().max() < 6.0
-    with pytest.raises(ValueError, match=r"which holds 3 \(shape \(3, 1\)\): leave num_samples"):
+    with pytest.raises(ValueError, match=r"per row of y, which holds 3: leave num_samples"):
         flow.model(None, num_samples=7, y=y)
 
 

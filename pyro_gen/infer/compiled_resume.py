@@ -81,20 +81,12 @@ def compile_record(optim: pyro.optim.PyroOptim | None) -> dict[str, Any] | None:
     """The record of the compiled step that trains with ``optim`` (None when none does).
 
     Example:
-        >>> import pyro
-        >>> import pyro.distributions as dist
-        >>> import torch
         >>> from pyro_gen.infer.compiled import CompiledSVI
-        >>> def model(x):
-        ...     loc = pyro.param("loc", torch.zeros(1))
-        ...     with pyro.plate("data", x.shape[0]):
-        ...         pyro.sample("x", dist.Normal(loc, 1.0), obs=x)
         >>> optim = pyro.optim.Adam({"lr": 0.1})
         >>> print(compile_record(optim))  # no step trains with it yet
         None
-        >>> step = CompiledSVI(model, lambda x: None, optim, backend="fx")
-        >>> _ = step.step(torch.zeros(4))
-        >>> compile_record(optim)["seen"] == step.compile_record()["seen"] != []
+        >>> step = CompiledSVI(lambda: None, lambda: None, optim, backend="fx")
+        >>> compile_record(optim) == step.compile_record()  # the step made last with optim
         True
     """
     step = _step_of(optim)

@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyro_gen.metrics.inputs import as_tensor, check_count
+from pyro_gen.metrics.inputs import as_tensor
 from pyro_gen.metrics.pixels import as_image_batch, check_unit_interval
+from pyro_gen.nn.arguments import check_count
 
 
 class SmallClassifier(nn.Module):
@@ -73,7 +74,10 @@ def train_classifier(
     if x.shape[0] == 0:
         raise ValueError("train_classifier needs at least one image, got none")
     # epochs=0 is the seeded initial classifier
-    epochs, batch_size = check_count(epochs, "epochs", 0), check_count(batch_size, "batch_size")
+    epochs, batch_size = (
+        check_count("epochs", epochs, minimum=0),
+        check_count("batch_size", batch_size),
+    )
     if int(y.min()) < 0:
         raise ValueError(f"labels must be class indices 0, 1, ..., got {int(y.min())}")
     # float64 or uint8 images failed inside the first conv layer ("Input type (double) and

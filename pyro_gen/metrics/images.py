@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyro_gen.metrics.frechet import frechet_distance
-from pyro_gen.metrics.inputs import as_tensor, check_count, results_equal
+from pyro_gen.metrics.inputs import as_tensor, results_equal
 from pyro_gen.metrics.pixels import check_unit_interval, images_like, labelled_images
+from pyro_gen.nn.arguments import check_count
 
 
 @dataclass(frozen=True, eq=False)
@@ -93,7 +94,7 @@ def _classify(
             "head(features), its logits, for the Frechet distance: add both methods to it "
             "(forward(x) alone is enough for label_agreement)"
         )
-    batch_size = check_count(batch_size, "batch_size")
+    batch_size = check_count("batch_size", batch_size)
     images = check_unit_interval(images, name)
     param = next(clf.parameters(), None)
     images = images.to(param.dtype if param is not None else images.dtype)

@@ -5,7 +5,6 @@ saved with ``np.save``, labels from scikit-learn) are the same data, and a dict 
 from __future__ import annotations
 
 import dataclasses
-import numbers
 
 import numpy as np
 import torch
@@ -76,19 +75,3 @@ def results_equal(a: object, b: object) -> bool:
         if not same:
             return False
     return True
-
-
-def check_count(value: object, name: str, least: int = 1) -> int:
-    """``value`` as a whole number of at least ``least`` (a batch size, a number of epochs),
-    or one error naming ``name``: ``batch_size=0`` failed inside ``Tensor.split``
-    ("split_size can only be 0 if dimension size is 0") or ``range``, ``7.5`` inside
-    ``split_with_sizes``, and ``epochs=2.5`` inside ``range``.
-
-    Example:
-        >>> check_count(np.int64(3), "batch_size")
-        3
-    """
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
-        what = "a positive whole number" if least == 1 else f"a whole number >= {least}"
-        raise ValueError(f"{name} must be {what}, got {value!r}")
-    return int(value)

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pyro_gen.metrics.inputs import as_tensor, check_count, results_equal
+from pyro_gen.metrics.inputs import as_tensor, results_equal
+from pyro_gen.nn.arguments import check_count
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,7 +58,7 @@ def grid_modes(size: int = 5, spacing: float = 2.0) -> torch.Tensor:
         >>> m.shape, m.min().item(), m.max().item()
         (torch.Size([25, 2]), -4.0, 4.0)
     """
-    size = check_count(size, "size")  # 0 gave no modes, 2.5 a grid of 3 spaced as 2.5
+    size = check_count("size", size)  # 0 gave no modes, 2.5 a grid of 3 spaced as 2.5
     axis = (torch.arange(size, dtype=torch.get_default_dtype()) - (size - 1) / 2) * spacing
     return torch.cartesian_prod(axis, axis)
 
@@ -70,7 +71,7 @@ def ring_modes(num_modes: int = 8, radius: float = 2.0) -> torch.Tensor:
         True
     """
     # 0 failed with ZeroDivisionError, 2.5 gave 3 points spaced for 2.5
-    num_modes = check_count(num_modes, "num_modes")
+    num_modes = check_count("num_modes", num_modes)
     angle = torch.arange(num_modes, dtype=torch.get_default_dtype()) * (2 * math.pi / num_modes)
     return radius * torch.stack([angle.cos(), angle.sin()], -1)
 
@@ -96,7 +97,7 @@ def sample_modes(
         raise ValueError(
             f"centers must be the modes' means (K, D), K, D >= 1, got {tuple(centers.shape)}"
         )
-    num_samples = check_count(num_samples, "num_samples", 0)
+    num_samples = check_count("num_samples", num_samples, minimum=0)
     spread = torch.as_tensor(std, dtype=torch.float64)
     if not bool(torch.isfinite(spread).all() & (spread >= 0).all()):
         raise ValueError(f"std must be finite and non-negative, got {std!r}")

@@ -93,11 +93,11 @@ def test_a_batch_size_or_epochs_that_is_not_a_whole_number_is_refused(value):
     # 0 failed inside Tensor.split or range, 7.5 inside split_with_sizes or range
     x, y = torch.rand(8, 8, 8), torch.arange(8) % 2
     clf = SmallClassifier(2)
-    with pytest.raises(ValueError, match="batch_size must be a positive whole number"):
+    with pytest.raises(ValueError, match="batch_size must be a whole number >= 1"):
         sample_quality(clf, x, x, batch_size=value)
-    with pytest.raises(ValueError, match="batch_size must be a positive whole number"):
+    with pytest.raises(ValueError, match="batch_size must be a whole number >= 1"):
         label_agreement(clf, x, y, draws=False, batch_size=value)
-    with pytest.raises(ValueError, match="batch_size must be a positive whole number"):
+    with pytest.raises(ValueError, match="batch_size must be a whole number >= 1"):
         train_classifier(x, y, batch_size=value)
     if value != 0:  # epochs=0 is the seeded initial classifier
         with pytest.raises(ValueError, match="epochs must be a whole number >= 0"):
@@ -123,9 +123,9 @@ def test_mixtures_and_draws_from_them_refuse_counts_and_spreads_they_cannot_have
     # grid_modes(0) no modes; sample_modes drew with a negative std, and failed inside torch
     # for no centers or a negative count
     for bad in (0, 2.5, -1):
-        with pytest.raises(ValueError, match="num_modes must be a positive whole number"):
+        with pytest.raises(ValueError, match="num_modes must be a whole number >= 1"):
             ring_modes(bad)
-        with pytest.raises(ValueError, match="size must be a positive whole number"):
+        with pytest.raises(ValueError, match="size must be a whole number >= 1"):
             grid_modes(bad)
     for std in (-0.1, float("nan"), torch.tensor([0.1, -0.1])):
         with pytest.raises(ValueError, match="std must be finite and non-negative"):
